@@ -1,0 +1,521 @@
+//! The per-reading pipeline, pure: window update → features → scoring → ticket policy.
+//!
+//! `serve` wraps it with MQTT and sled, `evaluate` with CSV files; neither adds logic of its own,
+//! so a backtest opens exactly the tickets the daemon opens for the same readings.
+
+use crate::features::{streak_key, Attributes, DeviceState, MetricIndex, Observed, WindowSpec};
+use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
+use crate::predict::{Artifact, ModeModel};
+use crate::tickets::{
+    rfc3339, ticket_id, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket,
+};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// Policy knobs that are not part of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub window: WindowSpec,
+    /// A device is scored at most once per this much event time.
+    pub scoring_interval_ms: i64,
+    /// A live ticket is re-published when its probability moves by at least this much...
+    pub update_min_probability_delta: f64,
+    /// ...or its predicted failure time moves by at least this fraction of the remaining time.
+    pub update_min_ttf_fraction: f64,
+    /// Number of top features kept as a ticket's evidence.
+    pub evidence_features: usize,
+    /// Consecutive scorings required before opening; `None` uses each model's own value.
+    pub consecutive_override: Option<u16>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            window: WindowSpec::default(),
+            scoring_interval_ms: 3_600_000,
+            update_min_probability_delta: 0.05,
+            update_min_ttf_fraction: 0.2,
+            evidence_features: 5,
+            consecutive_override: None,
+        }
+    }
+}
+
+/// A loaded artifact with its metric ids resolved.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub artifact: Artifact,
+    ids: Vec<Option<u16>>,
+}
+
+/// The models the engine serves, with the index of metrics they read.
+#[derive(Debug, Default)]
+pub struct Models {
+    pub list: Vec<LoadedModel>,
+    pub index: MetricIndex,
+}
+
+impl Models {
+    /// Indexes the artifacts' metrics. Every artifact's windows must equal the daemon's.
+    pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, String> {
+        let mut index = MetricIndex::default();
+        for a in &artifacts {
+            if &a.features.window != window {
+                return Err(format!(
+                    "model {:?} was trained with windows {:?} but the daemon keeps {:?}; \
+                     set [features] in the configuration to match or retrain",
+                    a.name, a.features.window, window
+                ));
+            }
+            for m in &a.features.metrics {
+                index.intern(m.clone());
+            }
+        }
+        let list = artifacts
+            .into_iter()
+            .map(|artifact| LoadedModel {
+                ids: artifact.features.resolve(&index),
+                artifact,
+            })
+            .collect();
+        Ok(Models { list, index })
+    }
+
+    pub fn modes(&self) -> impl Iterator<Item = &str> {
+        self.list
+            .iter()
+            .flat_map(|m| m.artifact.modes.iter().map(|x| x.mode.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Opened,
+    /// Probability, predicted time or priority moved.
+    Updated,
+    /// Closed by a maintenance or failure event.
+    Settled,
+    /// Closed or moved by a person through the API or a customer reply.
+    Transition,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Opened => "opened",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Settled => "settled",
+            ChangeKind::Transition => "transition",
+        }
+    }
+}
+
+/// A ticket change the engine decided on; the caller persists and publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// The ticket's priority before this change (`None` when it was just opened).
+    pub previous_priority: Option<Priority>,
+    pub ticket: Ticket,
+}
+
+/// One scoring, as written by `evaluate --predictions-out`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scoring {
+    pub device_id: String,
+    pub ts: Millis,
+    pub mode: String,
+    pub probability: f64,
+    pub ttf_hours: Option<f64>,
+}
+
+/// Who a device belongs to and what it is, as the fleet registry knows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeviceCtx<'a> {
+    pub attrs: Option<&'a Attributes>,
+    pub customer_id: Option<&'a str>,
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    pub models: Arc<Models>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, models: Arc<Models>) -> Engine {
+        Engine { cfg, models }
+    }
+
+    pub fn new_state(&self, ts: Millis) -> DeviceState {
+        DeviceState::new(&self.cfg.window, ts)
+    }
+
+    /// Handles one reading of one device. `live` holds the device's live tickets and is updated
+    /// in place; every change is also appended to `changes`.
+    pub fn reading(
+        &self,
+        state: &mut DeviceState,
+        live: &mut Vec<Ticket>,
+        ctx: DeviceCtx<'_>,
+        r: &Reading,
+        changes: &mut Vec<Change>,
+        mut scorings: Option<&mut Vec<Scoring>>,
+    ) -> Observed {
+        let obs = state.observe(r, &self.cfg.window, &self.models.index);
+        if obs != Observed::Applied || self.models.list.is_empty() {
+            return obs;
+        }
+        if !state.take_scoring_slot(r.ts, self.cfg.scoring_interval_ms) {
+            return obs;
+        }
+        SCRATCH.with(|cell| {
+            let mut x = cell.borrow_mut();
+            for lm in &self.models.list {
+                let a = &lm.artifact;
+                if !a.applies_to.matches(ctx.attrs) {
+                    continue;
+                }
+                for mm in &a.modes {
+                    x.clear();
+                    a.features
+                        .extract(state, &lm.ids, &mm.mode, ctx.attrs, r.ts, &mut x);
+                    let s = a.score_mode(mm, &x);
+                    if let Some(out) = scorings.as_deref_mut() {
+                        out.push(Scoring {
+                            device_id: r.device_id.clone(),
+                            ts: r.ts,
+                            mode: mm.mode.clone(),
+                            probability: s.probability,
+                            ttf_hours: s.ttf_hours,
+                        });
+                    }
+                    let above = s.probability >= mm.threshold;
+                    let streak = state.streak_mut(&streak_key(&a.name, &mm.mode));
+                    *streak = if above { streak.saturating_add(1) } else { 0 };
+                    let streak = *streak;
+                    let needed = self
+                        .cfg
+                        .consecutive_override
+                        .unwrap_or(a.consecutive)
+                        .max(1);
+                    let prio = priority(s.ttf_hours, a.horizon_hours, s.probability);
+                    let predicted = s
+                        .ttf_hours
+                        .map(|h| rfc3339(r.ts + (h * 3_600_000.0) as i64));
+                    if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
+                        if self.should_update(t, s.probability, s.ttf_hours, r.ts, prio) {
+                            let previous_priority = Some(t.priority);
+                            t.probability = s.probability;
+                            t.predicted_failure_at = predicted;
+                            t.priority = t.priority.max(prio);
+                            t.updated_at = rfc3339(r.ts);
+                            t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
+                            t.history.push(HistoryEntry {
+                                at: rfc3339(r.ts),
+                                actor: "forewarn".into(),
+                                action: "updated".into(),
+                                from: None,
+                                to: None,
+                                note: format!("probability {:.2}", s.probability),
+                            });
+                            changes.push(Change {
+                                kind: ChangeKind::Updated,
+                                previous_priority,
+                                ticket: t.clone(),
+                            });
+                        }
+                    } else if above && streak >= needed {
+                        let t = self.open(a, mm, r, ctx, s.probability, predicted, prio, &x);
+                        live.push(t.clone());
+                        changes.push(Change {
+                            kind: ChangeKind::Opened,
+                            previous_priority: None,
+                            ticket: t,
+                        });
+                    }
+                }
+            }
+        });
+        obs
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &self,
+        a: &Artifact,
+        mm: &ModeModel,
+        r: &Reading,
+        ctx: DeviceCtx<'_>,
+        probability: f64,
+        predicted: Option<String>,
+        priority: Priority,
+        x: &[f64],
+    ) -> Ticket {
+        let at = rfc3339(r.ts);
+        Ticket {
+            id: ticket_id(&r.device_id, &mm.mode, r.ts),
+            device_id: r.device_id.clone(),
+            customer_id: ctx.customer_id.map(str::to_string),
+            failure_mode: mm.mode.clone(),
+            status: Status::Open,
+            priority,
+            probability,
+            predicted_failure_at: predicted,
+            opened_at: at.clone(),
+            updated_at: at.clone(),
+            model: ModelRef {
+                name: a.name.clone(),
+                version: a.version.clone(),
+            },
+            evidence: a.evidence(mm, x, self.cfg.evidence_features),
+            history: vec![HistoryEntry {
+                at,
+                actor: "forewarn".into(),
+                action: "opened".into(),
+                from: None,
+                to: Some(Status::Open),
+                note: format!(
+                    "probability {:.2} ≥ threshold {:.2} ({})",
+                    probability, mm.threshold, mm.threshold_rule
+                ),
+            }],
+            outcome: None,
+            opened_ms: r.ts,
+        }
+    }
+
+    fn should_update(
+        &self,
+        t: &Ticket,
+        p: f64,
+        ttf: Option<f64>,
+        now: Millis,
+        prio: Priority,
+    ) -> bool {
+        if prio > t.priority {
+            return true;
+        }
+        if (p - t.probability).abs() >= self.cfg.update_min_probability_delta {
+            return true;
+        }
+        let old = t
+            .predicted_failure_at
+            .as_deref()
+            .and_then(crate::ingest::decode::parse_ts_str);
+        match (old, ttf) {
+            (Some(old), Some(h)) => {
+                let new = now + (h * 3_600_000.0) as i64;
+                let remaining = (old - now).max(3_600_000) as f64;
+                ((new - old).abs() as f64) / remaining >= self.cfg.update_min_ttf_fraction
+            }
+            (None, Some(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// Handles a device event: a maintenance or failure settles the mode's live ticket.
+    pub fn event(
+        &self,
+        state: &mut DeviceState,
+        live: &mut Vec<Ticket>,
+        ev: &DeviceEvent,
+        changes: &mut Vec<Change>,
+    ) {
+        state.on_event(ev, &self.cfg.window);
+        if ev.kind == EventKind::Error {
+            return;
+        }
+        let (outcome, note) = match ev.kind {
+            EventKind::Failure => (Outcome::FailedBeforeService, "device reported a failure"),
+            _ => (Outcome::ConfirmedFault, "maintenance performed"),
+        };
+        live.retain_mut(|t| {
+            if t.failure_mode != ev.code {
+                return true;
+            }
+            let previous_priority = Some(t.priority);
+            // A live ticket can always become resolved.
+            let _ = t.transition(Status::Resolved, "device", ev.ts.max(t.opened_ms), note);
+            t.outcome = Some(outcome);
+            changes.push(Change {
+                kind: ChangeKind::Settled,
+                previous_priority,
+                ticket: t.clone(),
+            });
+            false
+        });
+    }
+}
+
+/// Urgency from how soon the failure is predicted, relative to the model's horizon.
+pub fn priority(ttf_hours: Option<f64>, horizon_hours: f64, probability: f64) -> Priority {
+    match ttf_hours {
+        Some(h) if h <= horizon_hours / 4.0 => Priority::Urgent,
+        Some(h) if h <= horizon_hours / 2.0 => Priority::High,
+        Some(_) => Priority::Advisory,
+        None if probability >= 0.9 => Priority::High,
+        None => Priority::Advisory,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{FeatureSpec, MetricStat};
+    use crate::predict::*;
+
+    /// One mode, probability rises steeply once `temp.last` passes 80.
+    pub(crate) fn hot_model() -> Artifact {
+        let window = WindowSpec::default();
+        Artifact {
+            format: ARTIFACT_FORMAT.into(),
+            format_version: ARTIFACT_VERSION,
+            name: "hot".into(),
+            version: "1".into(),
+            applies_to: AppliesTo::All,
+            horizon_hours: 24.0,
+            consecutive: 2,
+            features: FeatureSpec {
+                window,
+                metrics: vec!["temp".into()],
+                stats: vec![MetricStat::Last],
+                device: vec![],
+            },
+            modes: vec![ModeModel {
+                mode: "overheat".into(),
+                classifier: Estimator::Linear {
+                    scaler: Scaler {
+                        mean: vec![80.0],
+                        std: vec![1.0],
+                    },
+                    weights: vec![1.0],
+                    bias: 0.0,
+                    link: Link::Logistic,
+                },
+                regressor: Some(Estimator::Linear {
+                    scaler: Scaler {
+                        mean: vec![80.0],
+                        std: vec![1.0],
+                    },
+                    weights: vec![-1.0],
+                    bias: 20.0,
+                    link: Link::Identity,
+                }),
+                threshold: 0.5,
+                threshold_rule: "test".into(),
+                ttf_cap_hours: None,
+                validation: ValidationMetrics::default(),
+            }],
+            training: TrainingInfo::default(),
+        }
+    }
+
+    fn r(h: i64, temp: f64) -> Reading {
+        Reading {
+            device_id: "d1".into(),
+            ts: h * 3_600_000,
+            seq: None,
+            metrics: vec![("temp".into(), temp)],
+        }
+    }
+
+    fn engine() -> Engine {
+        let cfg = EngineConfig::default();
+        let models = Models::new(vec![hot_model()], &cfg.window).unwrap();
+        Engine::new(cfg, Arc::new(models))
+    }
+
+    #[test]
+    fn ticket_opens_after_consecutive_high_scores_and_only_once() {
+        let e = engine();
+        let mut st = e.new_state(0);
+        let mut live = vec![];
+        let mut ch = vec![];
+        for (h, t) in [(0, 70.0), (1, 85.0), (2, 86.0), (3, 87.0), (4, 87.2)] {
+            e.reading(
+                &mut st,
+                &mut live,
+                DeviceCtx::default(),
+                &r(h, t),
+                &mut ch,
+                None,
+            );
+        }
+        let opened: Vec<_> = ch.iter().filter(|c| c.kind == ChangeKind::Opened).collect();
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].ticket.opened_at, "1970-01-01T02:00:00Z");
+        assert!(opened[0].ticket.predicted_failure_at.is_some());
+        assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn maintenance_settles_and_a_new_problem_opens_a_new_ticket() {
+        let e = engine();
+        let mut st = e.new_state(0);
+        let mut live = vec![];
+        let mut ch = vec![];
+        for h in 0..3 {
+            e.reading(
+                &mut st,
+                &mut live,
+                DeviceCtx::default(),
+                &r(h, 90.0),
+                &mut ch,
+                None,
+            );
+        }
+        let ev = DeviceEvent {
+            device_id: "d1".into(),
+            ts: 3 * 3_600_000,
+            kind: EventKind::Maintenance,
+            code: "overheat".into(),
+        };
+        e.event(&mut st, &mut live, &ev, &mut ch);
+        assert!(live.is_empty());
+        let settled = ch.iter().find(|c| c.kind == ChangeKind::Settled).unwrap();
+        assert_eq!(settled.ticket.outcome, Some(Outcome::ConfirmedFault));
+        assert_eq!(settled.ticket.status, Status::Resolved);
+        for h in 4..7 {
+            e.reading(
+                &mut st,
+                &mut live,
+                DeviceCtx::default(),
+                &r(h, 90.0),
+                &mut ch,
+                None,
+            );
+        }
+        assert_eq!(
+            ch.iter().filter(|c| c.kind == ChangeKind::Opened).count(),
+            2
+        );
+    }
+
+    #[test]
+    fn scoring_interval_limits_work_for_chatty_devices() {
+        let e = engine();
+        let mut st = e.new_state(0);
+        let mut live = vec![];
+        let mut ch = vec![];
+        let mut sc = vec![];
+        for m in 0..120 {
+            let rd = Reading {
+                ts: m * 60_000,
+                ..r(0, 50.0)
+            };
+            e.reading(
+                &mut st,
+                &mut live,
+                DeviceCtx::default(),
+                &rd,
+                &mut ch,
+                Some(&mut sc),
+            );
+        }
+        assert_eq!(sc.len(), 2, "two hours of minute readings score twice");
+    }
+}

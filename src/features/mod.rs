@@ -1,0 +1,710 @@
+//! Per-device rolling state and feature extraction, in event time. Pure: no I/O, no clock.
+//!
+//! The same [`DeviceState::observe`] / [`FeatureSpec::extract`] pair runs in the daemon, in
+//! `forewarn train` (to build training rows) and in `forewarn evaluate` (backtests), so the three
+//! compute the same numbers for the same readings.
+//!
+//! State per device is bounded: a ring of the last `window_readings` readings (f32 values, one
+//! timestamp per slot), exponentially weighted mean/variance per metric for each span, a few
+//! counters, and one clock per failure mode. With the defaults (ring of 30, spans 5/20/60) and four
+//! metrics that is about 1 KiB (see `DeviceState::approx_bytes`).
+
+use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub const HOUR_MS: f64 = 3_600_000.0;
+
+/// Size of the dedup memory of recent timestamps, for readings that carry no `seq`.
+const RECENT_TS: usize = 8;
+
+/// The shape of the rolling windows every device keeps. Part of a model's feature spec: a model
+/// can only be served by a daemon whose windows match it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowSpec {
+    /// Readings kept per device in the ring window (min, max, mean, std, slope come from it).
+    pub window_readings: usize,
+    /// Spans, in readings, of the exponentially weighted means and deviations (alpha = 2/(span+1)).
+    pub ew_spans: Vec<u32>,
+    /// Readings older than the newest one by more than this are dropped as late.
+    pub late_tolerance_ms: i64,
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        WindowSpec {
+            window_readings: 30,
+            ew_spans: vec![5, 20, 60],
+            late_tolerance_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// Interned metric names: the metrics the loaded models use, in a fixed order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricIndex {
+    names: Vec<String>,
+    #[serde(skip)]
+    ids: HashMap<String, u16>,
+}
+
+impl MetricIndex {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        let mut idx = MetricIndex::default();
+        for n in names {
+            idx.intern(n.into());
+        }
+        idx
+    }
+    pub fn intern(&mut self, name: String) -> u16 {
+        if let Some(&id) = self.ids.get(&name) {
+            return id;
+        }
+        let id = self.names.len() as u16;
+        self.ids.insert(name.clone(), id);
+        self.names.push(name);
+        id
+    }
+    pub fn get(&self, name: &str) -> Option<u16> {
+        self.ids.get(name).copied()
+    }
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Rolling state of one metric of one device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricWindow {
+    /// Values aligned with the device's timestamp ring; NaN where the reading lacked this metric.
+    ring: Vec<f32>,
+    /// (mean, variance) per EW span; `None` until the first value.
+    ew: Vec<(f64, f64)>,
+    seen: u32,
+    last: f64,
+}
+
+impl MetricWindow {
+    fn new(spec: &WindowSpec) -> Self {
+        MetricWindow {
+            ring: vec![f32::NAN; spec.window_readings],
+            ew: vec![(0.0, 0.0); spec.ew_spans.len()],
+            seen: 0,
+            last: f64::NAN,
+        }
+    }
+
+    fn push(&mut self, slot: usize, v: f64, spec: &WindowSpec) {
+        self.ring[slot] = v as f32;
+        if self.seen == 0 {
+            for e in &mut self.ew {
+                *e = (v, 0.0);
+            }
+        } else {
+            for (e, &span) in self.ew.iter_mut().zip(&spec.ew_spans) {
+                let a = 2.0 / (span as f64 + 1.0);
+                let d = v - e.0;
+                let incr = a * d;
+                e.0 += incr;
+                e.1 = (1.0 - a) * (e.1 + d * incr);
+            }
+        }
+        self.seen = self.seen.saturating_add(1);
+        self.last = v;
+    }
+}
+
+/// What happened to a reading offered to a device's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    Applied,
+    /// Same `seq` (or, without `seq`, same timestamp) as one already applied: a redelivery.
+    Duplicate,
+    /// Older than the newest reading by more than the tolerance.
+    Late,
+}
+
+/// Everything forewarn remembers about one device between readings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceState {
+    pub first_ts: Millis,
+    pub last_ts: Millis,
+    pub last_seq: Option<u64>,
+    recent_ts: [Millis; RECENT_TS],
+    recent_head: u8,
+    /// Next slot of the ring and number of filled slots.
+    head: u16,
+    filled: u16,
+    ts_ring: Vec<Millis>,
+    /// Indexed by `MetricIndex` id; grown on demand.
+    metrics: Vec<Option<MetricWindow>>,
+    /// Readings applied since the last reset of the windows.
+    pub readings: u32,
+    /// Per failure mode: event time of the last maintenance or failure (the mode's clock start).
+    pub mode_reset: Vec<(String, Millis)>,
+    /// Exponentially decayed count of error events (half-life one day of event time).
+    pub error_rate: f64,
+    pub last_error_ts: Millis,
+    /// Event time of the last scoring, for the scoring interval.
+    pub last_scored_ts: Option<Millis>,
+    /// Consecutive scorings at or above threshold, per (model, mode) key; the ticket policy's memory.
+    pub streaks: Vec<(String, u16)>,
+}
+
+impl DeviceState {
+    pub fn new(spec: &WindowSpec, first_ts: Millis) -> Self {
+        DeviceState {
+            first_ts,
+            last_ts: Millis::MIN,
+            last_seq: None,
+            recent_ts: [Millis::MIN; RECENT_TS],
+            recent_head: 0,
+            head: 0,
+            filled: 0,
+            ts_ring: vec![0; spec.window_readings],
+            metrics: Vec::new(),
+            readings: 0,
+            mode_reset: Vec::new(),
+            error_rate: 0.0,
+            last_error_ts: Millis::MIN,
+            last_scored_ts: None,
+            streaks: Vec::new(),
+        }
+    }
+
+    /// Applies a reading unless it is a duplicate or too late. Only metrics in `index` are kept.
+    pub fn observe(&mut self, r: &Reading, spec: &WindowSpec, index: &MetricIndex) -> Observed {
+        if let (Some(seq), Some(last)) = (r.seq, self.last_seq) {
+            if seq <= last {
+                return Observed::Duplicate;
+            }
+        } else if r.seq.is_none() && self.recent_ts.contains(&r.ts) {
+            return Observed::Duplicate;
+        }
+        if self.readings > 0 && r.ts < self.last_ts.saturating_sub(spec.late_tolerance_ms) {
+            return Observed::Late;
+        }
+        if r.seq.is_some() {
+            self.last_seq = r.seq;
+        }
+        self.recent_ts[self.recent_head as usize] = r.ts;
+        self.recent_head = ((self.recent_head as usize + 1) % RECENT_TS) as u8;
+        if self.readings == 0 && self.first_ts > r.ts {
+            self.first_ts = r.ts;
+        }
+        self.last_ts = self.last_ts.max(r.ts);
+        let n = spec.window_readings;
+        if n > 0 {
+            let slot = self.head as usize;
+            self.ts_ring[slot] = r.ts;
+            for m in self.metrics.iter_mut().flatten() {
+                m.ring[slot] = f32::NAN;
+            }
+            for (name, v) in &r.metrics {
+                if let Some(id) = index.get(name) {
+                    let id = id as usize;
+                    if self.metrics.len() <= id {
+                        self.metrics.resize(id + 1, None);
+                    }
+                    self.metrics[id]
+                        .get_or_insert_with(|| MetricWindow::new(spec))
+                        .push(slot, *v, spec);
+                }
+            }
+            self.head = ((slot + 1) % n) as u16;
+            self.filled = (self.filled + 1).min(n as u16);
+        }
+        self.readings = self.readings.saturating_add(1);
+        Observed::Applied
+    }
+
+    /// Applies a device event. Maintenance or failure restarts the mode's clock; a failure also
+    /// clears the windows (the device was repaired or replaced, old readings describe another part).
+    pub fn on_event(&mut self, ev: &DeviceEvent, spec: &WindowSpec) {
+        match ev.kind {
+            EventKind::Error => {
+                self.error_rate = self.decayed_errors(ev.ts) + 1.0;
+                self.last_error_ts = self.last_error_ts.max(ev.ts);
+            }
+            EventKind::Maintenance | EventKind::Failure => {
+                match self.mode_reset.iter_mut().find(|(m, _)| *m == ev.code) {
+                    Some(e) => e.1 = e.1.max(ev.ts),
+                    None => self.mode_reset.push((ev.code.clone(), ev.ts)),
+                }
+                self.streaks
+                    .retain(|(k, _)| !streak_key_is_mode(k, &ev.code));
+                if ev.kind == EventKind::Failure {
+                    self.clear_windows(spec);
+                }
+            }
+        }
+    }
+
+    fn clear_windows(&mut self, spec: &WindowSpec) {
+        self.head = 0;
+        self.filled = 0;
+        self.ts_ring.iter_mut().for_each(|t| *t = 0);
+        self.metrics.clear();
+        self.readings = 0;
+        let _ = spec;
+    }
+
+    fn decayed_errors(&self, now: Millis) -> f64 {
+        if self.last_error_ts == Millis::MIN {
+            return 0.0;
+        }
+        let dt_h = (now - self.last_error_ts).max(0) as f64 / HOUR_MS;
+        self.error_rate * 0.5f64.powf(dt_h / 24.0)
+    }
+
+    /// True (and the interval restarts) when the device is due for scoring at event time `ts`.
+    pub fn take_scoring_slot(&mut self, ts: Millis, interval_ms: i64) -> bool {
+        match self.last_scored_ts {
+            Some(last) if ts < last.saturating_add(interval_ms) => false,
+            _ => {
+                self.last_scored_ts = Some(ts);
+                true
+            }
+        }
+    }
+
+    /// Hours since the mode's clock started: its last maintenance or failure, or the first reading.
+    pub fn hours_since_reset(&self, mode: &str, now: Millis) -> f64 {
+        let start = self
+            .mode_reset
+            .iter()
+            .find(|(m, _)| m == mode)
+            .map(|(_, t)| *t)
+            .unwrap_or(self.first_ts);
+        (now - start).max(0) as f64 / HOUR_MS
+    }
+
+    pub fn streak_mut(&mut self, key: &str) -> &mut u16 {
+        let pos = match self.streaks.iter().position(|(k, _)| k == key) {
+            Some(p) => p,
+            None => {
+                self.streaks.push((key.to_string(), 0));
+                self.streaks.len() - 1
+            }
+        };
+        &mut self.streaks[pos].1
+    }
+
+    fn metric(&self, id: u16) -> Option<&MetricWindow> {
+        self.metrics.get(id as usize).and_then(|m| m.as_ref())
+    }
+
+    /// Filled ring slots, oldest first.
+    fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.ts_ring.len();
+        let filled = self.filled as usize;
+        let start = (self.head as usize + n - filled) % n.max(1);
+        (0..filled).map(move |i| (start + i) % n)
+    }
+
+    /// Approximate heap + inline bytes of this state, for the memory budget.
+    pub fn approx_bytes(&self) -> usize {
+        let mut b = std::mem::size_of::<Self>() + self.ts_ring.capacity() * 8;
+        b += self.metrics.capacity() * std::mem::size_of::<Option<MetricWindow>>();
+        for m in self.metrics.iter().flatten() {
+            b += m.ring.capacity() * 4 + m.ew.capacity() * 16;
+        }
+        for (k, _) in &self.mode_reset {
+            b += k.capacity() + 32;
+        }
+        for (k, _) in &self.streaks {
+            b += k.capacity() + 32;
+        }
+        b
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+fn streak_key_is_mode(key: &str, mode: &str) -> bool {
+    key.rsplit_once('\u{1f}').map(|(_, m)| m) == Some(mode)
+}
+
+/// Key under which the policy keeps a streak: model name and failure mode.
+pub fn streak_key(model: &str, mode: &str) -> String {
+    format!("{model}\u{1f}{mode}")
+}
+
+/// One statistic of one metric.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "stat", content = "arg")]
+pub enum MetricStat {
+    Last,
+    Mean,
+    Std,
+    Min,
+    Max,
+    /// Least-squares slope over the ring, per hour of event time.
+    Slope,
+    /// EW mean for the span at this index of `WindowSpec::ew_spans`.
+    Ewm(u8),
+    /// EW standard deviation for the span at this index.
+    Ewstd(u8),
+    /// Difference of two EW means (short − long): a trend that trees cannot form themselves.
+    EwmDiff(u8, u8),
+}
+
+impl MetricStat {
+    fn label(&self, spec: &WindowSpec) -> String {
+        let span = |i: &u8| spec.ew_spans.get(*i as usize).copied().unwrap_or(0);
+        match self {
+            MetricStat::Last => "last".into(),
+            MetricStat::Mean => format!("mean{}", spec.window_readings),
+            MetricStat::Std => format!("std{}", spec.window_readings),
+            MetricStat::Min => format!("min{}", spec.window_readings),
+            MetricStat::Max => format!("max{}", spec.window_readings),
+            MetricStat::Slope => format!("slope{}", spec.window_readings),
+            MetricStat::Ewm(i) => format!("ewm{}", span(i)),
+            MetricStat::Ewstd(i) => format!("ewstd{}", span(i)),
+            MetricStat::EwmDiff(a, b) => format!("ewm{}-ewm{}", span(a), span(b)),
+        }
+    }
+}
+
+/// A device-level feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DeviceFeature {
+    /// Hours since the mode's last maintenance/failure (or the device's first reading).
+    HoursSinceReset,
+    /// Readings since the windows were last cleared.
+    Readings,
+    /// Decayed count of recent error events.
+    ErrorRate,
+    /// A numeric device attribute (NaN when missing or not a number).
+    AttrNumber { name: String },
+    /// 1.0 when a categorical attribute equals the value, else 0.0.
+    AttrIs { name: String, value: String },
+}
+
+/// Which features a model reads, in order. Stored in every model artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    pub window: WindowSpec,
+    /// Metrics read, in order; a metric missing from a device is NaN.
+    pub metrics: Vec<String>,
+    /// Statistics taken of every metric.
+    pub stats: Vec<MetricStat>,
+    pub device: Vec<DeviceFeature>,
+}
+
+/// Device attributes as read from the fleet registry or `devices.csv`.
+pub type Attributes = std::collections::BTreeMap<String, String>;
+
+impl FeatureSpec {
+    /// The default statistics: every ring statistic, each EW mean and deviation, and short-vs-long
+    /// trends.
+    pub fn default_stats(window: &WindowSpec) -> Vec<MetricStat> {
+        let mut stats = vec![
+            MetricStat::Last,
+            MetricStat::Mean,
+            MetricStat::Std,
+            MetricStat::Min,
+            MetricStat::Max,
+            MetricStat::Slope,
+        ];
+        let k = window.ew_spans.len() as u8;
+        for i in 0..k {
+            stats.push(MetricStat::Ewm(i));
+            stats.push(MetricStat::Ewstd(i));
+        }
+        for i in 1..k {
+            stats.push(MetricStat::EwmDiff(0, i));
+        }
+        stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.metrics.len() * self.stats.len() + self.device.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Feature names, aligned with [`FeatureSpec::extract`]'s output.
+    pub fn names(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.len());
+        for m in &self.metrics {
+            for s in &self.stats {
+                out.push(format!("{m}.{}", s.label(&self.window)));
+            }
+        }
+        for d in &self.device {
+            out.push(match d {
+                DeviceFeature::HoursSinceReset => "hours_since_reset".into(),
+                DeviceFeature::Readings => "readings".into(),
+                DeviceFeature::ErrorRate => "error_rate".into(),
+                DeviceFeature::AttrNumber { name } => format!("attr.{name}"),
+                DeviceFeature::AttrIs { name, value } => format!("attr.{name}={value}"),
+            });
+        }
+        out
+    }
+
+    /// Resolves metric names to ids once, so extraction does no string lookups.
+    pub fn resolve(&self, index: &MetricIndex) -> Vec<Option<u16>> {
+        self.metrics.iter().map(|m| index.get(m)).collect()
+    }
+
+    /// Appends this spec's features for `state` at event time `now` to `out`.
+    /// `ids` comes from [`FeatureSpec::resolve`] against the index the state was built with.
+    pub fn extract(
+        &self,
+        state: &DeviceState,
+        ids: &[Option<u16>],
+        mode: &str,
+        attrs: Option<&Attributes>,
+        now: Millis,
+        out: &mut Vec<f64>,
+    ) {
+        // Ring timestamps in hours relative to the newest, shared by every metric's slope.
+        let mut t_hours: [f64; 256] = [0.0; 256];
+        let slots: Vec<usize> = state.slots().take(256).collect();
+        let t_end = slots.last().map(|&s| state.ts_ring[s]).unwrap_or(0);
+        for (i, &s) in slots.iter().enumerate() {
+            t_hours[i] = (state.ts_ring[s] - t_end) as f64 / HOUR_MS;
+        }
+        for id in ids {
+            let mw = id.and_then(|id| state.metric(id));
+            let Some(mw) = mw else {
+                out.extend(std::iter::repeat_n(f64::NAN, self.stats.len()));
+                continue;
+            };
+            let ring = RingStats::compute(mw, &slots, &t_hours[..slots.len()]);
+            for s in &self.stats {
+                out.push(match *s {
+                    MetricStat::Last => mw.last,
+                    MetricStat::Mean => ring.mean,
+                    MetricStat::Std => ring.std,
+                    MetricStat::Min => ring.min,
+                    MetricStat::Max => ring.max,
+                    MetricStat::Slope => ring.slope,
+                    MetricStat::Ewm(i) => mw.ew.get(i as usize).map_or(f64::NAN, |e| e.0),
+                    MetricStat::Ewstd(i) => mw
+                        .ew
+                        .get(i as usize)
+                        .map_or(f64::NAN, |e| e.1.max(0.0).sqrt()),
+                    MetricStat::EwmDiff(a, b) => {
+                        match (mw.ew.get(a as usize), mw.ew.get(b as usize)) {
+                            (Some(x), Some(y)) => x.0 - y.0,
+                            _ => f64::NAN,
+                        }
+                    }
+                });
+            }
+        }
+        for d in &self.device {
+            out.push(match d {
+                DeviceFeature::HoursSinceReset => state.hours_since_reset(mode, now),
+                DeviceFeature::Readings => state.readings as f64,
+                DeviceFeature::ErrorRate => state.decayed_errors(now),
+                DeviceFeature::AttrNumber { name } => attrs
+                    .and_then(|a| a.get(name))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(f64::NAN),
+                DeviceFeature::AttrIs { name, value } => match attrs.and_then(|a| a.get(name)) {
+                    Some(v) if v == value => 1.0,
+                    _ => 0.0,
+                },
+            });
+        }
+    }
+}
+
+struct RingStats {
+    mean: f64,
+    std: f64,
+    min: f64,
+    max: f64,
+    slope: f64,
+}
+
+impl RingStats {
+    fn compute(mw: &MetricWindow, slots: &[usize], t: &[f64]) -> Self {
+        let (mut n, mut sx, mut sxx, mut st, mut stt, mut stx) = (0f64, 0., 0., 0., 0., 0.);
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (i, &s) in slots.iter().enumerate() {
+            let v = mw.ring[s];
+            if v.is_nan() {
+                continue;
+            }
+            let v = v as f64;
+            let ti = t[i];
+            n += 1.0;
+            sx += v;
+            sxx += v * v;
+            st += ti;
+            stt += ti * ti;
+            stx += ti * v;
+            min = min.min(v);
+            max = max.max(v);
+        }
+        if n == 0.0 {
+            return RingStats {
+                mean: f64::NAN,
+                std: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                slope: f64::NAN,
+            };
+        }
+        let mean = sx / n;
+        let var = (sxx / n - mean * mean).max(0.0);
+        let denom = n * stt - st * st;
+        let slope = if n >= 2.0 && denom.abs() > 1e-12 {
+            (n * stx - st * sx) / denom
+        } else {
+            0.0
+        };
+        RingStats {
+            mean,
+            std: var.sqrt(),
+            min,
+            max,
+            slope,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(ts_h: i64, seq: Option<u64>, v: f64) -> Reading {
+        Reading {
+            device_id: "d".into(),
+            ts: ts_h * 3_600_000,
+            seq,
+            metrics: vec![("temp".into(), v), ("other".into(), 1.0)],
+        }
+    }
+
+    fn spec() -> FeatureSpec {
+        let window = WindowSpec::default();
+        FeatureSpec {
+            stats: FeatureSpec::default_stats(&window),
+            window,
+            metrics: vec!["temp".into(), "absent".into()],
+            device: vec![DeviceFeature::HoursSinceReset, DeviceFeature::Readings],
+        }
+    }
+
+    #[test]
+    fn ring_statistics_follow_a_linear_trend() {
+        let s = spec();
+        let idx = MetricIndex::new(["temp"]);
+        let mut st = DeviceState::new(&s.window, 0);
+        for h in 0..50 {
+            assert_eq!(
+                st.observe(&reading(h, None, 2.0 * h as f64), &s.window, &idx),
+                Observed::Applied
+            );
+        }
+        let mut out = Vec::new();
+        s.extract(&st, &s.resolve(&idx), "m", None, 49 * 3_600_000, &mut out);
+        let names = s.names();
+        assert_eq!(out.len(), names.len());
+        let get = |n: &str| out[names.iter().position(|x| x == n).unwrap()];
+        assert_eq!(get("temp.last"), 98.0);
+        assert_eq!(get("temp.min30"), 40.0);
+        assert_eq!(get("temp.max30"), 98.0);
+        assert!((get("temp.slope30") - 2.0).abs() < 1e-6);
+        assert!((get("temp.mean30") - 69.0).abs() < 1e-6);
+        assert!(get("absent.last").is_nan());
+        assert_eq!(get("hours_since_reset"), 49.0);
+        assert_eq!(get("readings"), 50.0);
+    }
+
+    #[test]
+    fn redelivered_and_late_readings_are_not_applied() {
+        let w = WindowSpec::default();
+        let idx = MetricIndex::new(["temp"]);
+        let mut st = DeviceState::new(&w, 0);
+        assert_eq!(
+            st.observe(&reading(10, Some(1), 1.0), &w, &idx),
+            Observed::Applied
+        );
+        assert_eq!(
+            st.observe(&reading(10, Some(1), 1.0), &w, &idx),
+            Observed::Duplicate
+        );
+        assert_eq!(
+            st.observe(&reading(11, None, 1.0), &w, &idx),
+            Observed::Applied
+        );
+        assert_eq!(
+            st.observe(&reading(11, None, 1.0), &w, &idx),
+            Observed::Duplicate
+        );
+        assert_eq!(st.observe(&reading(2, None, 1.0), &w, &idx), Observed::Late);
+        assert_eq!(st.readings, 2);
+    }
+
+    #[test]
+    fn maintenance_restarts_the_mode_clock_and_state_round_trips() {
+        let w = WindowSpec::default();
+        let idx = MetricIndex::new(["temp"]);
+        let mut st = DeviceState::new(&w, 0);
+        st.observe(&reading(5, None, 1.0), &w, &idx);
+        *st.streak_mut(&streak_key("m1", "bearing")) = 3;
+        st.on_event(
+            &DeviceEvent {
+                device_id: "d".into(),
+                ts: 8 * 3_600_000,
+                kind: EventKind::Maintenance,
+                code: "bearing".into(),
+            },
+            &w,
+        );
+        assert_eq!(st.hours_since_reset("bearing", 10 * 3_600_000), 2.0);
+        assert_eq!(st.hours_since_reset("other", 10 * 3_600_000), 10.0);
+        assert!(st.streaks.is_empty());
+        // NaN slots make `==` useless here: compare the encodings.
+        let back = DeviceState::decode(&st.encode()).unwrap();
+        assert_eq!(back.encode(), st.encode());
+        assert_eq!(back.hours_since_reset("bearing", 10 * 3_600_000), 2.0);
+    }
+
+    #[test]
+    fn default_state_for_four_metrics_stays_under_two_kib() {
+        let w = WindowSpec::default();
+        let idx = MetricIndex::new(["a", "b", "c", "d"]);
+        let mut st = DeviceState::new(&w, 0);
+        for h in 0..100 {
+            let r = Reading {
+                device_id: "d".into(),
+                ts: h * 60_000,
+                seq: Some(h as u64),
+                metrics: vec![
+                    ("a".into(), 1.0),
+                    ("b".into(), 2.0),
+                    ("c".into(), 3.0),
+                    ("d".into(), 4.0),
+                ],
+            };
+            st.observe(&r, &w, &idx);
+        }
+        assert!(st.approx_bytes() < 2048, "{}", st.approx_bytes());
+    }
+}

@@ -1,0 +1,3 @@
+//! Telemetry in: payload decoding (pure, fuzzable) and the MQTT driver.
+
+pub mod decode;

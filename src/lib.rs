@@ -1,0 +1,22 @@
+//! forewarn — an IoT predictive-service daemon.
+//!
+//! Modules in data-flow order:
+//!
+//! - [`config`]   the whole configuration tree, `"30s"` durations, validation without I/O
+//! - [`ingest`]   MQTT driver (rumqttc, manual acks) and payload decoding (pure, fuzzable)
+//! - [`features`] per-device rolling windows and feature extraction, in event time (pure)
+//! - [`predict`]  model artifacts (load, version check) and scoring
+//! - [`engine`]   the per-reading pipeline shared by `serve` and `evaluate`: window → features →
+//!   score → ticket policy (pure)
+//! - [`tickets`]  the ticket type and its state machine (pure)
+//! - [`store`]    sled: one atomic batch per state change, flushed before acks
+//! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
+
+pub mod config;
+pub mod engine;
+pub mod features;
+pub mod ingest;
+pub mod notify;
+pub mod predict;
+pub mod store;
+pub mod tickets;

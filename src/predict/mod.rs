@@ -1,0 +1,607 @@
+//! Model artifacts (the versioned JSON files in `models/`) and scoring.
+//!
+//! An artifact is self-describing: its feature spec, the devices it applies to, per failure mode a
+//! classifier (probability of failing within the horizon), a regressor of time to failure, the
+//! decision threshold chosen on validation, and where it came from. `forewarn train` writes them,
+//! `serve` and `evaluate` load them through [`Artifact::load`], which refuses what it cannot serve.
+
+use crate::features::{Attributes, FeatureSpec};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const ARTIFACT_FORMAT: &str = "forewarn-model";
+/// Bumped on any change a previous daemon could not read correctly.
+pub const ARTIFACT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a forewarn model artifact: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: artifact format {found:?} version {version} is not supported (this build reads {ARTIFACT_FORMAT:?} version {ARTIFACT_VERSION})")]
+    Version {
+        path: PathBuf,
+        found: String,
+        version: u32,
+    },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+/// Which devices a model scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "match")]
+pub enum AppliesTo {
+    #[default]
+    All,
+    /// Devices whose attribute `name` is one of `values`.
+    Attribute { name: String, values: Vec<String> },
+}
+
+impl AppliesTo {
+    pub fn matches(&self, attrs: Option<&Attributes>) -> bool {
+        match self {
+            AppliesTo::All => true,
+            AppliesTo::Attribute { name, values } => attrs
+                .and_then(|a| a.get(name))
+                .is_some_and(|v| values.iter().any(|x| x == v)),
+        }
+    }
+}
+
+/// How a raw model output becomes the served number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    Identity,
+    /// Logistic sigmoid: the model outputs log-odds.
+    Logistic,
+}
+
+impl Link {
+    fn apply(self, x: f64) -> f64 {
+        match self {
+            Link::Identity => x,
+            Link::Logistic => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+/// Standardisation fitted on training rows only; NaN (a missing feature) maps to the mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Scaler {
+    pub fn transform(&self, x: &[f64], out: &mut Vec<f64>) {
+        out.clear();
+        out.extend(
+            x.iter()
+                .zip(self.mean.iter().zip(&self.std))
+                .map(|(v, (m, s))| {
+                    if v.is_finite() {
+                        (v - m) / if *s > 1e-12 { *s } else { 1.0 }
+                    } else {
+                        0.0
+                    }
+                }),
+        );
+    }
+}
+
+/// One node of a regression tree, stored flat. A leaf has `feature == LEAF`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub feature: u32,
+    pub threshold: f64,
+    pub left: u32,
+    pub right: u32,
+    /// Leaf output (or, for inner nodes, the mean output below, used for evidence).
+    pub value: f64,
+    /// Where a missing (NaN) feature goes.
+    pub missing_left: bool,
+}
+
+pub const LEAF: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    #[inline]
+    pub fn predict(&self, x: &[f64]) -> f64 {
+        let mut i = 0usize;
+        loop {
+            let n = &self.nodes[i];
+            if n.feature == LEAF {
+                return n.value;
+            }
+            let v = x[n.feature as usize];
+            let left = if v.is_nan() {
+                n.missing_left
+            } else {
+                v <= n.threshold
+            };
+            i = if left { n.left } else { n.right } as usize;
+        }
+    }
+}
+
+/// A fitted estimator. Both kinds score a feature row straight from [`FeatureSpec::extract`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Estimator {
+    /// Linear model on standardised features (logistic regression when `link` is logistic).
+    Linear {
+        scaler: Scaler,
+        weights: Vec<f64>,
+        bias: f64,
+        link: Link,
+    },
+    /// Additive tree ensemble (gradient boosting, or a forest with `learning_rate` 1/n).
+    Trees {
+        base: f64,
+        learning_rate: f64,
+        trees: Vec<Tree>,
+        link: Link,
+    },
+}
+
+impl Estimator {
+    pub fn n_features(&self) -> Option<usize> {
+        match self {
+            Estimator::Linear { weights, .. } => Some(weights.len()),
+            Estimator::Trees { .. } => None,
+        }
+    }
+
+    fn max_feature(&self) -> Option<usize> {
+        match self {
+            Estimator::Linear { weights, .. } => weights.len().checked_sub(1),
+            Estimator::Trees { trees, .. } => trees
+                .iter()
+                .flat_map(|t| t.nodes.iter())
+                .filter(|n| n.feature != LEAF)
+                .map(|n| n.feature as usize)
+                .max(),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if let Estimator::Trees { trees, .. } = self {
+            for (ti, t) in trees.iter().enumerate() {
+                if t.nodes.is_empty() {
+                    return Err(format!("tree {ti} is empty"));
+                }
+                for n in &t.nodes {
+                    if n.feature != LEAF
+                        && (n.left as usize >= t.nodes.len() || n.right as usize >= t.nodes.len())
+                    {
+                        return Err(format!("tree {ti} has a child index out of range"));
+                    }
+                }
+            }
+        }
+        if let Estimator::Linear {
+            scaler, weights, ..
+        } = self
+        {
+            if scaler.mean.len() != weights.len() || scaler.std.len() != weights.len() {
+                return Err("linear model scaler and weights differ in length".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Model output after the link (a probability for classifiers, hours for regressors).
+    pub fn predict(&self, x: &[f64]) -> f64 {
+        match self {
+            Estimator::Linear {
+                scaler,
+                weights,
+                bias,
+                link,
+            } => {
+                let mut z = *bias;
+                for ((v, w), (m, s)) in x
+                    .iter()
+                    .zip(weights)
+                    .zip(scaler.mean.iter().zip(&scaler.std))
+                {
+                    if v.is_finite() {
+                        z += w * (v - m) / if *s > 1e-12 { *s } else { 1.0 };
+                    }
+                }
+                link.apply(z)
+            }
+            Estimator::Trees {
+                base,
+                learning_rate,
+                trees,
+                link,
+            } => {
+                let mut z = *base;
+                for t in trees {
+                    z += learning_rate * t.predict(x);
+                }
+                link.apply(z)
+            }
+        }
+    }
+
+    /// Per-feature contribution to the raw output for row `x` (linear: weight × scaled value;
+    /// trees: the change of the node mean along the decision path, summed per feature).
+    pub fn contributions(&self, x: &[f64], n_features: usize) -> Vec<f64> {
+        let mut c = vec![0.0; n_features];
+        match self {
+            Estimator::Linear {
+                scaler, weights, ..
+            } => {
+                for (i, ((v, w), (m, s))) in x
+                    .iter()
+                    .zip(weights)
+                    .zip(scaler.mean.iter().zip(&scaler.std))
+                    .enumerate()
+                {
+                    if v.is_finite() && i < n_features {
+                        c[i] = w * (v - m) / if *s > 1e-12 { *s } else { 1.0 };
+                    }
+                }
+            }
+            Estimator::Trees {
+                trees,
+                learning_rate,
+                ..
+            } => {
+                for t in trees {
+                    let mut i = 0usize;
+                    loop {
+                        let n = &t.nodes[i];
+                        if n.feature == LEAF {
+                            break;
+                        }
+                        let v = x[n.feature as usize];
+                        let left = if v.is_nan() {
+                            n.missing_left
+                        } else {
+                            v <= n.threshold
+                        };
+                        let next = if left { n.left } else { n.right } as usize;
+                        if (n.feature as usize) < n_features {
+                            c[n.feature as usize] +=
+                                learning_rate * (t.nodes[next].value - n.value);
+                        }
+                        i = next;
+                    }
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Validation figures recorded at training time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValidationMetrics {
+    pub pr_auc: Option<f64>,
+    pub roc_auc: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub rmse_hours: Option<f64>,
+    pub rows: usize,
+    pub positives: usize,
+}
+
+/// The predictors for one failure mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModeModel {
+    pub mode: String,
+    /// P(this mode fails within the horizon).
+    pub classifier: Estimator,
+    /// Hours until this mode fails (capped at `ttf_cap_hours` in training).
+    pub regressor: Option<Estimator>,
+    /// Probability at or above which a scoring counts toward a ticket.
+    pub threshold: f64,
+    /// How the threshold was chosen, in words ("best F1 on validation devices").
+    #[serde(default)]
+    pub threshold_rule: String,
+    #[serde(default)]
+    pub ttf_cap_hours: Option<f64>,
+    #[serde(default)]
+    pub validation: ValidationMetrics,
+}
+
+/// Where a model came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainingInfo {
+    /// SHA-256 of the training files' bytes.
+    pub fingerprint: String,
+    pub devices: usize,
+    pub rows: usize,
+    pub trained_at: String,
+    pub command: String,
+}
+
+/// A model artifact as stored in `models/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub format: String,
+    pub format_version: u32,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub applies_to: AppliesTo,
+    /// The classifier's horizon, in hours.
+    pub horizon_hours: f64,
+    /// Consecutive scorings at or above threshold before a ticket opens.
+    pub consecutive: u16,
+    pub features: FeatureSpec,
+    pub modes: Vec<ModeModel>,
+    #[serde(default)]
+    pub training: TrainingInfo,
+}
+
+/// One mode's score for one feature row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModeScore {
+    pub probability: f64,
+    pub ttf_hours: Option<f64>,
+}
+
+/// A feature behind a score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub feature: String,
+    pub value: f64,
+    /// Contribution to the log-odds (positive pushes toward failure).
+    pub weight: f64,
+}
+
+impl Artifact {
+    /// Reads and validates an artifact file.
+    pub fn load(path: &Path) -> Result<Artifact, ArtifactError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ArtifactError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    pub fn from_json(text: &str, path: &Path) -> Result<Artifact, ArtifactError> {
+        // Check the header first, so a future format gets a version error, not a parse error.
+        #[derive(Deserialize)]
+        struct Header {
+            format: String,
+            format_version: u32,
+        }
+        let header: Header = serde_json::from_str(text).map_err(|source| ArtifactError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if header.format != ARTIFACT_FORMAT || header.format_version != ARTIFACT_VERSION {
+            return Err(ArtifactError::Version {
+                path: path.to_path_buf(),
+                found: header.format,
+                version: header.format_version,
+            });
+        }
+        let a: Artifact = serde_json::from_str(text).map_err(|source| ArtifactError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        a.validate().map_err(|detail| ArtifactError::Invalid {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        Ok(a)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.features.len();
+        if self.modes.is_empty() {
+            return Err("artifact has no failure modes".into());
+        }
+        if self.features.window.window_readings == 0 || self.features.window.window_readings > 256 {
+            return Err("feature spec window_readings must be 1..=256".into());
+        }
+        if self.features.window.ew_spans.len() > 8 {
+            return Err("feature spec has more than 8 EW spans".into());
+        }
+        for m in &self.modes {
+            for (what, e) in std::iter::once(("classifier", &m.classifier))
+                .chain(m.regressor.iter().map(|r| ("regressor", r)))
+            {
+                e.check()
+                    .map_err(|d| format!("mode {:?} {what}: {d}", m.mode))?;
+                if let Some(f) = e.max_feature() {
+                    if f >= n {
+                        return Err(format!(
+                            "mode {:?} {what} reads feature {f} but the feature spec has {n}",
+                            m.mode
+                        ));
+                    }
+                }
+                if let Some(k) = e.n_features() {
+                    if k != n {
+                        return Err(format!(
+                            "mode {:?} {what} expects {k} features, the feature spec has {n}",
+                            m.mode
+                        ));
+                    }
+                }
+            }
+            if !(0.0..=1.0).contains(&m.threshold) {
+                return Err(format!(
+                    "mode {:?} threshold {} is not a probability",
+                    m.mode, m.threshold
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Scores one mode on a feature row.
+    pub fn score_mode(&self, mode: &ModeModel, x: &[f64]) -> ModeScore {
+        let p = mode.classifier.predict(x).clamp(0.0, 1.0);
+        let ttf = mode.regressor.as_ref().map(|r| {
+            let v = r.predict(x).max(0.0);
+            match mode.ttf_cap_hours {
+                Some(cap) => v.min(cap),
+                None => v,
+            }
+        });
+        ModeScore {
+            probability: if p.is_nan() { 0.0 } else { p },
+            ttf_hours: ttf.filter(|v| v.is_finite()),
+        }
+    }
+
+    /// The `k` features that pushed this mode's score up the most.
+    pub fn evidence(&self, mode: &ModeModel, x: &[f64], k: usize) -> Vec<Evidence> {
+        let names = self.features.names();
+        let c = mode.classifier.contributions(x, names.len());
+        let mut idx: Vec<usize> = (0..c.len()).filter(|&i| c[i] > 0.0).collect();
+        idx.sort_by(|&a, &b| c[b].total_cmp(&c[a]));
+        idx.into_iter()
+            .take(k)
+            .map(|i| Evidence {
+                feature: names[i].clone(),
+                value: x[i],
+                weight: c[i],
+            })
+            .collect()
+    }
+}
+
+/// Loads every `*.json` artifact of a folder, sorted by file name.
+pub fn load_dir(dir: &Path) -> Result<Vec<Artifact>, ArtifactError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| ArtifactError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| Artifact::load(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{FeatureSpec, WindowSpec};
+
+    fn tiny() -> Artifact {
+        let window = WindowSpec::default();
+        Artifact {
+            format: ARTIFACT_FORMAT.into(),
+            format_version: ARTIFACT_VERSION,
+            name: "tiny".into(),
+            version: "1".into(),
+            applies_to: AppliesTo::All,
+            horizon_hours: 24.0,
+            consecutive: 2,
+            features: FeatureSpec {
+                stats: vec![crate::features::MetricStat::Last],
+                window,
+                metrics: vec!["temp".into()],
+                device: vec![],
+            },
+            modes: vec![ModeModel {
+                mode: "overheat".into(),
+                classifier: Estimator::Trees {
+                    base: -2.0,
+                    learning_rate: 1.0,
+                    link: Link::Logistic,
+                    trees: vec![Tree {
+                        nodes: vec![
+                            Node {
+                                feature: 0,
+                                threshold: 80.0,
+                                left: 1,
+                                right: 2,
+                                value: 0.0,
+                                missing_left: true,
+                            },
+                            Node {
+                                feature: LEAF,
+                                threshold: 0.0,
+                                left: 0,
+                                right: 0,
+                                value: -1.0,
+                                missing_left: true,
+                            },
+                            Node {
+                                feature: LEAF,
+                                threshold: 0.0,
+                                left: 0,
+                                right: 0,
+                                value: 4.0,
+                                missing_left: true,
+                            },
+                        ],
+                    }],
+                },
+                regressor: None,
+                threshold: 0.5,
+                threshold_rule: "test".into(),
+                ttf_cap_hours: None,
+                validation: ValidationMetrics::default(),
+            }],
+            training: TrainingInfo::default(),
+        }
+    }
+
+    #[test]
+    fn artifact_round_trips_and_scores() {
+        let a = tiny();
+        let json = serde_json::to_string(&a).unwrap();
+        let b = Artifact::from_json(&json, Path::new("m.json")).unwrap();
+        assert_eq!(a, b);
+        let hot = b.score_mode(&b.modes[0], &[90.0]);
+        let cold = b.score_mode(&b.modes[0], &[20.0]);
+        assert!(hot.probability > 0.8 && cold.probability < 0.1);
+        let ev = b.evidence(&b.modes[0], &[90.0], 3);
+        assert_eq!(ev[0].feature, "temp.last");
+    }
+
+    #[test]
+    fn unknown_version_or_feature_spec_is_refused_with_a_clear_error() {
+        let mut v = serde_json::to_value(tiny()).unwrap();
+        v["format_version"] = 99.into();
+        let e = Artifact::from_json(&v.to_string(), Path::new("m.json")).unwrap_err();
+        assert!(e.to_string().contains("version 99"), "{e}");
+        let mut v = serde_json::to_value(tiny()).unwrap();
+        v["features"]["stats"] = serde_json::json!([{"stat": "fourier"}]);
+        let e = Artifact::from_json(&v.to_string(), Path::new("m.json")).unwrap_err();
+        assert!(e.to_string().contains("m.json"), "{e}");
+        let mut a = tiny();
+        a.features.metrics.clear();
+        let e = Artifact::from_json(&serde_json::to_string(&a).unwrap(), Path::new("m.json"))
+            .unwrap_err();
+        assert!(e.to_string().contains("reads feature 0"), "{e}");
+    }
+}

@@ -1,0 +1,418 @@
+//! The only module that knows the storage engine (sled).
+//!
+//! One tree, keys by prefix, so that one state change — device state, the tickets it touched, the
+//! outbox rows and timeline entries it caused — is one atomic `apply_batch`, flushed before the
+//! MQTT acks go out. sled batches are atomic across keys of a tree; a single writer (the core lock
+//! in `serve`) does the read-modify-write, so no optimistic transaction has to be retried.
+//!
+//! | prefix | value |
+//! |---|---|
+//! | `meta/schema` | schema version |
+//! | `s/{device}` | device state (postcard) |
+//! | `t/{ticket id}` | ticket (JSON) |
+//! | `l/{device}\x1f{mode}` | id of the live ticket of that device and mode |
+//! | `o/{queue}/{seq}` | outbox row (JSON, owned by the queue's worker) |
+//! | `c/{customer}/{ms}{seq}` | customer timeline entry (JSON) |
+//! | `fd/{device}`, `fc/{customer}` | fleet registry records (JSON) |
+//! | `k/{name}` | small key-value records owned by other modules (idempotency marks, …) |
+
+use crate::tickets::Ticket;
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::Path;
+
+pub const SCHEMA_VERSION: u32 = 1;
+const SEP: u8 = 0x1f;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt record {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("store at {path} has schema version {found}, this build uses {SCHEMA_VERSION}")]
+    Schema { path: String, found: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+/// Filters of `GET /api/v1/tickets`.
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    pub status: Option<crate::tickets::Status>,
+    pub device_id: Option<String>,
+    pub customer_id: Option<String>,
+    /// Only tickets updated (event time, epoch ms) at or after this.
+    pub since_ms: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// Changes collected for one atomic commit.
+#[derive(Default)]
+pub struct Tx {
+    batch: sled::Batch,
+    ops: usize,
+    seqs: Vec<u64>,
+    next_seq: usize,
+}
+
+impl Tx {
+    pub fn len(&self) -> usize {
+        self.ops
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    pub fn put_state(&mut self, device: &str, bytes: Vec<u8>) {
+        self.batch.insert(key2(b"s/", device), bytes);
+        self.ops += 1;
+    }
+
+    /// Stores a ticket and keeps the live index in step with its status.
+    pub fn put_ticket(&mut self, t: &Ticket) {
+        let json = serde_json::to_vec(t).unwrap_or_default();
+        self.batch.insert(key2(b"t/", &t.id), json);
+        let mut lk = key2(b"l/", &t.device_id);
+        lk.push(SEP);
+        lk.extend_from_slice(t.failure_mode.as_bytes());
+        if t.is_live() {
+            self.batch.insert(lk, t.id.as_bytes());
+        } else {
+            self.batch.remove(lk);
+        }
+        self.ops += 1;
+    }
+
+    fn seq(&mut self) -> u64 {
+        let s = self.seqs.get(self.next_seq).copied().unwrap_or(0);
+        self.next_seq += 1;
+        s
+    }
+
+    /// Appends an outbox row; returns its key (stable: use it as the row's identity).
+    pub fn push_outbox<T: Serialize>(&mut self, queue: &str, row: &T) -> Vec<u8> {
+        let seq = self.seq();
+        let k = outbox_key(queue, seq);
+        self.batch
+            .insert(k.clone(), serde_json::to_vec(row).unwrap_or_default());
+        self.ops += 1;
+        k
+    }
+
+    /// Appends an entry to a customer's timeline at event time `ms`.
+    pub fn push_timeline<T: Serialize>(&mut self, customer: &str, ms: i64, entry: &T) {
+        let seq = self.seq();
+        let mut k = key2(b"c/", customer);
+        k.push(b'/');
+        k.extend_from_slice(&(ms as u64 ^ (1 << 63)).to_be_bytes());
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.batch
+            .insert(k, serde_json::to_vec(entry).unwrap_or_default());
+        self.ops += 1;
+    }
+
+    pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
+        self.batch.insert(
+            key2(b"k/", name),
+            serde_json::to_vec(value).unwrap_or_default(),
+        );
+        self.ops += 1;
+    }
+
+    pub fn put_fleet_device<T: Serialize>(&mut self, id: &str, v: &T) {
+        self.batch
+            .insert(key2(b"fd/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.ops += 1;
+    }
+
+    pub fn put_fleet_customer<T: Serialize>(&mut self, id: &str, v: &T) {
+        self.batch
+            .insert(key2(b"fc/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.ops += 1;
+    }
+}
+
+fn key2(prefix: &[u8], s: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + s.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+fn outbox_prefix(queue: &str) -> Vec<u8> {
+    let mut k = key2(b"o/", queue);
+    k.push(b'/');
+    k
+}
+
+fn outbox_key(queue: &str, seq: u64) -> Vec<u8> {
+    let mut k = outbox_prefix(queue);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn decode<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, checking its schema version.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let tree = db.open_tree("forewarn")?;
+        match tree.get(b"meta/schema")? {
+            None => {
+                tree.insert(b"meta/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Schema {
+                    path: dir.display().to_string(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                })
+            }
+        }
+        Ok(Store { db, tree })
+    }
+
+    /// Starts a transaction with room for `seqs` outbox/timeline sequence numbers.
+    pub fn tx(&self, seqs: usize) -> Result<Tx> {
+        let mut v = Vec::with_capacity(seqs);
+        for _ in 0..seqs {
+            v.push(self.db.generate_id()?);
+        }
+        Ok(Tx {
+            seqs: v,
+            ..Tx::default()
+        })
+    }
+
+    /// Applies the transaction atomically and flushes it to disk.
+    pub fn commit(&self, tx: Tx) -> Result<()> {
+        if tx.ops == 0 {
+            return Ok(());
+        }
+        self.tree.apply_batch(tx.batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Whether the store can take a write right now (for `/readyz`).
+    pub fn probe(&self) -> Result<()> {
+        self.tree.insert(b"meta/probe", &b"1"[..])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn load_state(&self, device: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(key2(b"s/", device))?.map(|v| v.to_vec()))
+    }
+
+    pub fn state_count(&self) -> usize {
+        self.tree.scan_prefix(b"s/").count()
+    }
+
+    pub fn ticket(&self, id: &str) -> Result<Option<Ticket>> {
+        let k = key2(b"t/", id);
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Live tickets of a device, found through the live index.
+    pub fn live_tickets(&self, device: &str) -> Result<Vec<Ticket>> {
+        let mut prefix = key2(b"l/", device);
+        prefix.push(SEP);
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (_, id) = kv?;
+            if let Some(t) = self.ticket(&String::from_utf8_lossy(&id))? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// All tickets matching the filter, most recently opened first.
+    pub fn tickets(&self, f: &TicketFilter) -> Result<Vec<Ticket>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"t/") {
+            let (k, v) = kv?;
+            let t: Ticket = decode(&k, &v)?;
+            if f.status.is_some_and(|s| s != t.status)
+                || f.device_id.as_ref().is_some_and(|d| *d != t.device_id)
+                || f.customer_id
+                    .as_ref()
+                    .is_some_and(|c| Some(c) != t.customer_id.as_ref())
+            {
+                continue;
+            }
+            if let Some(since) = f.since_ms {
+                let upd = crate::ingest::decode::parse_ts_str(&t.updated_at).unwrap_or(t.opened_ms);
+                if upd < since {
+                    continue;
+                }
+            }
+            out.push(t);
+        }
+        out.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(a.id.cmp(&b.id)));
+        if let Some(l) = f.limit {
+            out.truncate(l);
+        }
+        Ok(out)
+    }
+
+    /// Outbox rows of a queue, oldest first: (key, row).
+    pub fn outbox<T: DeserializeOwned>(&self, queue: &str) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(outbox_prefix(queue)) {
+            let (k, v) = kv?;
+            out.push((k.to_vec(), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_len(&self, queue: &str) -> usize {
+        self.tree.scan_prefix(outbox_prefix(queue)).count()
+    }
+
+    /// Rewrites one outbox row (attempt bookkeeping) and flushes.
+    pub fn outbox_put<T: Serialize>(&self, key: &[u8], row: &T) -> Result<()> {
+        self.tree
+            .insert(key, serde_json::to_vec(row).unwrap_or_default())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes a delivered outbox row and flushes.
+    pub fn outbox_remove(&self, key: &[u8]) -> Result<()> {
+        self.tree.remove(key)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A customer's timeline in event-time order.
+    pub fn timeline<T: DeserializeOwned>(&self, customer: &str) -> Result<Vec<T>> {
+        let mut prefix = key2(b"c/", customer);
+        prefix.push(b'/');
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn get_kv<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let k = key2(b"k/", name);
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn fleet_devices<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.scan_json(b"fd/")
+    }
+
+    pub fn fleet_customers<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.scan_json(b"fc/")
+    }
+
+    fn scan_json<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tickets::{rfc3339, ModelRef, Priority, Status};
+
+    fn ticket(id: &str, status: Status) -> Ticket {
+        Ticket {
+            id: id.into(),
+            device_id: "d1".into(),
+            customer_id: Some("c1".into()),
+            failure_mode: "m".into(),
+            status,
+            priority: Priority::High,
+            probability: 0.8,
+            predicted_failure_at: None,
+            opened_at: rfc3339(0),
+            updated_at: rfc3339(0),
+            model: ModelRef {
+                name: "x".into(),
+                version: "1".into(),
+            },
+            evidence: vec![],
+            history: vec![],
+            outcome: None,
+            opened_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_commit_survives_reopening_and_keeps_the_live_index() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let mut tx = s.tx(2).unwrap();
+            tx.put_ticket(&ticket("T-1", Status::Open));
+            tx.put_state("d1", vec![1, 2, 3]);
+            tx.push_outbox("dispatch", &serde_json::json!({"n": 1}));
+            tx.push_timeline("c1", 5, &serde_json::json!({"e": "opened"}));
+            s.commit(tx).unwrap();
+        }
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.live_tickets("d1").unwrap().len(), 1);
+        assert_eq!(s.load_state("d1").unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(s.outbox::<serde_json::Value>("dispatch").unwrap().len(), 1);
+        assert_eq!(s.timeline::<serde_json::Value>("c1").unwrap().len(), 1);
+        let mut tx = s.tx(0).unwrap();
+        tx.put_ticket(&ticket("T-1", Status::Resolved));
+        s.commit(tx).unwrap();
+        assert!(s.live_tickets("d1").unwrap().is_empty());
+        let f = TicketFilter {
+            status: Some(Status::Resolved),
+            ..Default::default()
+        };
+        assert_eq!(s.tickets(&f).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn timeline_is_in_event_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut tx = s.tx(3).unwrap();
+        tx.push_timeline("c1", 300, &3);
+        tx.push_timeline("c1", -100, &1);
+        tx.push_timeline("c1", 200, &2);
+        s.commit(tx).unwrap();
+        assert_eq!(s.timeline::<i32>("c1").unwrap(), vec![1, 2, 3]);
+    }
+}
