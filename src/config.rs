@@ -424,6 +424,18 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The engine settings `serve` and `evaluate` share.
+    pub fn engine_config(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            window: self.features.window(),
+            scoring_interval_ms: self.scoring.interval.as_millis_i64(),
+            update_min_probability_delta: self.tickets.update_min_probability_delta,
+            update_min_ttf_fraction: self.tickets.update_min_ttf_fraction,
+            evidence_features: self.tickets.evidence_features,
+            consecutive_override: self.scoring.consecutive,
+        }
+    }
+
     /// Checks values that parse but make no sense. No I/O.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, message: &str| {

@@ -2,6 +2,7 @@
 //!
 //! Modules in data-flow order:
 //!
+//! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `demo`)
 //! - [`config`]   the whole configuration tree, `"30s"` durations, validation without I/O
 //! - [`ingest`]   MQTT driver (rumqttc, manual acks) and payload decoding (pure, fuzzable)
 //! - [`features`] per-device rolling windows and feature extraction, in event time (pure)
@@ -10,11 +11,14 @@
 //!   score → ticket policy (pure)
 //! - [`tickets`]  the ticket type and its state machine (pure)
 //! - [`store`]    sled: one atomic batch per state change, flushed before acks
+//! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod features;
+pub mod fleet;
 pub mod ingest;
 pub mod notify;
 pub mod predict;

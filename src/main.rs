@@ -1,3 +1,11 @@
+//! Thin: parse the command line, run the command, map its failure to an exit code.
+
+use clap::Parser;
+
 fn main() {
-    println!("forewarn");
+    let cli = forewarn::cli::Cli::parse();
+    if let Err(f) = forewarn::cli::run(cli) {
+        eprintln!("forewarn: {}", f.message);
+        std::process::exit(f.code);
+    }
 }

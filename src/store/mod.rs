@@ -53,12 +53,11 @@ pub struct TicketFilter {
 }
 
 /// Changes collected for one atomic commit.
-#[derive(Default)]
 pub struct Tx {
     batch: sled::Batch,
     ops: usize,
-    seqs: Vec<u64>,
-    next_seq: usize,
+    /// For sequence numbers of outbox and timeline rows (monotonic across restarts).
+    db: sled::Db,
 }
 
 impl Tx {
@@ -90,9 +89,9 @@ impl Tx {
     }
 
     fn seq(&mut self) -> u64 {
-        let s = self.seqs.get(self.next_seq).copied().unwrap_or(0);
-        self.next_seq += 1;
-        s
+        // generate_id only fails if sled cannot persist its id counter; the commit that follows
+        // would then fail too and nothing is written, so a fallback value is never stored.
+        self.db.generate_id().unwrap_or(u64::MAX)
     }
 
     /// Appends an outbox row; returns its key (stable: use it as the row's identity).
@@ -189,16 +188,13 @@ impl Store {
         Ok(Store { db, tree })
     }
 
-    /// Starts a transaction with room for `seqs` outbox/timeline sequence numbers.
-    pub fn tx(&self, seqs: usize) -> Result<Tx> {
-        let mut v = Vec::with_capacity(seqs);
-        for _ in 0..seqs {
-            v.push(self.db.generate_id()?);
+    /// Starts collecting one atomic change.
+    pub fn tx(&self) -> Tx {
+        Tx {
+            batch: sled::Batch::default(),
+            ops: 0,
+            db: self.db.clone(),
         }
-        Ok(Tx {
-            seqs: v,
-            ..Tx::default()
-        })
     }
 
     /// Applies the transaction atomically and flushes it to disk.
@@ -381,7 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path(), 1 << 20).unwrap();
-            let mut tx = s.tx(2).unwrap();
+            let mut tx = s.tx();
             tx.put_ticket(&ticket("T-1", Status::Open));
             tx.put_state("d1", vec![1, 2, 3]);
             tx.push_outbox("dispatch", &serde_json::json!({"n": 1}));
@@ -393,7 +389,7 @@ mod tests {
         assert_eq!(s.load_state("d1").unwrap(), Some(vec![1, 2, 3]));
         assert_eq!(s.outbox::<serde_json::Value>("dispatch").unwrap().len(), 1);
         assert_eq!(s.timeline::<serde_json::Value>("c1").unwrap().len(), 1);
-        let mut tx = s.tx(0).unwrap();
+        let mut tx = s.tx();
         tx.put_ticket(&ticket("T-1", Status::Resolved));
         s.commit(tx).unwrap();
         assert!(s.live_tickets("d1").unwrap().is_empty());
@@ -408,7 +404,7 @@ mod tests {
     fn timeline_is_in_event_time_order() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        let mut tx = s.tx(3).unwrap();
+        let mut tx = s.tx();
         tx.push_timeline("c1", 300, &3);
         tx.push_timeline("c1", -100, &1);
         tx.push_timeline("c1", 200, &2);

@@ -1,0 +1,71 @@
+//! Command-line entry points, one file per command. `main.rs` only parses and dispatches.
+
+use clap::{Parser, Subcommand};
+
+pub mod demo;
+pub mod evaluate;
+pub mod replay;
+pub mod serve;
+pub mod train;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "forewarn",
+    version,
+    about = "Predictive service for IoT fleets: telemetry in, tickets and customer alerts out, before the fault"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: MQTT telemetry → features → scoring → tickets, with the HTTP API.
+    Serve(serve::Args),
+    /// Fit failure predictors from history files (telemetry.csv, events.csv, devices.csv).
+    Train(train::Args),
+    /// Backtest a model over history with the daemon's own feature, scoring and ticket code.
+    Evaluate(evaluate::Args),
+    /// Publish history files as device traffic to a broker.
+    Replay(replay::Args),
+    /// The whole system on one machine: embedded broker, simulated fleet, daemon, local sinks.
+    Demo(demo::Args),
+}
+
+/// A command's failure: its message (one line, naming the file/line/key at fault) and exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    /// Usage and configuration errors exit with 2.
+    pub fn usage(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+    /// Runtime failures exit with 1.
+    pub fn runtime(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}

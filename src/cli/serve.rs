@@ -1,0 +1,10 @@
+//! `forewarn serve`.
+
+use super::{CliResult, Failure};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> CliResult {
+    Err(Failure::runtime("forewarn serve is not built yet"))
+}
