@@ -423,6 +423,19 @@ impl App {
         Ok(t)
     }
 
+    /// For the notifier's `TicketDesk`: a customer's reply moves the ticket (or, with `to:
+    /// None`, only adds a history note) through the single writer.
+    pub fn customer_reply(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, String> {
+        self.transition(id, to, actor, note)
+            .map_err(|e| e.to_string())
+    }
+
     // ---------------------------------------------------------------- fleet
 
     pub fn device(&self, id: &str) -> Option<Device> {
