@@ -241,3 +241,42 @@ async fn malformed_payloads_are_rejected_counted_and_acknowledged_while_good_rea
     );
     stop(h, tok).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_loss_reconnects_and_receives_what_the_broker_kept() {
+    let b = broker();
+    let proxy = Proxy::start(b.addr).await;
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&proxy.url(), &dirs, "fw-reconnect")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let dev = mqtt(&b, "pump-5").await;
+    for h in 0..10 {
+        dev.publish("devices/pump-5/telemetry", reading(h, h as u64 + 1, 70.0))
+            .await;
+    }
+    eventually("first readings applied", || async {
+        stored_readings(&h, "pump-5") == 10
+    })
+    .await;
+    proxy.cut();
+    eventually("daemon sees the loss", || async {
+        api.metric("forewarn_broker_connected").await == 0.0
+    })
+    .await;
+    let r = api.http.get(format!("{}/readyz", api.base)).send().await.unwrap();
+    assert_eq!(r.status(), 503, "not ready without the broker");
+    for h in 10..30 {
+        dev.publish("devices/pump-5/telemetry", reading(h, h as u64 + 1, 70.0))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    eventually("readings kept by the broker arrive after reconnecting", || async {
+        stored_readings(&h, "pump-5") == 30
+    })
+    .await;
+    assert!(api.metric("forewarn_broker_connects_total").await >= 2.0);
+    assert!(api.metric("forewarn_broker_disconnects_total").await >= 1.0);
+    stop(h, tok).await;
+}

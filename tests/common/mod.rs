@@ -271,3 +271,57 @@ impl Api {
             .unwrap_or(0.0)
     }
 }
+
+/// A TCP proxy in front of the broker whose connections can be cut, to simulate broker loss.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, r) = (conns.clone(), refuse.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = l.accept().await else {
+                    return;
+                };
+                if r.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().unwrap().push(t.abort_handle());
+            }
+        });
+        Proxy {
+            addr,
+            conns,
+            refuse,
+        }
+    }
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+    /// Drops every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+    pub fn restore(&self) {
+        self.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
