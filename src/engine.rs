@@ -58,7 +58,17 @@ pub struct Models {
 impl Models {
     /// Indexes the artifacts' metrics. Every artifact's windows must equal the daemon's.
     pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, String> {
-        let mut index = MetricIndex::default();
+        Models::with_index(artifacts, window, MetricIndex::default())
+    }
+
+    /// Like [`Models::new`], starting from an existing index so that metric ids already used by
+    /// stored device states stay the same across restarts and model reloads.
+    pub fn with_index(
+        artifacts: Vec<Artifact>,
+        window: &WindowSpec,
+        base: MetricIndex,
+    ) -> Result<Models, String> {
+        let mut index = base;
         for a in &artifacts {
             if &a.features.window != window {
                 return Err(format!(
