@@ -13,6 +13,8 @@
 //! - [`store`]    sled: one atomic batch per state change, flushed before acks
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
+//! - [`sim`]      a deterministic simulated fleet (tests, benchmarks, demo, `forewarn simulate`)
+//! - [`replay`]   history files → MQTT device traffic (`forewarn replay`)
 
 pub mod cli;
 pub mod config;
@@ -22,5 +24,6 @@ pub mod fleet;
 pub mod ingest;
 pub mod notify;
 pub mod predict;
+pub mod sim;
 pub mod store;
 pub mod tickets;
