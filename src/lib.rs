@@ -24,6 +24,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod notify;
 pub mod predict;
+pub mod replay;
 pub mod sim;
 pub mod store;
 pub mod tickets;

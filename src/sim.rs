@@ -13,6 +13,9 @@
 //! simulate` can all rely on it. The generator uses its own small PRNG (SplitMix64) so the stream
 //! does not change when a dependency does.
 
+// Modes, metrics and their tables are parallel arrays indexed together: index loops read best.
+#![allow(clippy::needless_range_loop)]
+
 use crate::features::Attributes;
 use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
 use std::collections::VecDeque;
@@ -87,7 +90,7 @@ impl Default for SimConfig {
             ticks: 24 * 30,
             malformed_fraction: 0.0,
             maintenance_every_ms: 45 * 24 * 3_600_000,
-            error_rate_per_hour: 0.002,
+            error_rate_per_hour: 0.0005,
             id_prefix: "dev-".into(),
         }
     }
@@ -177,7 +180,7 @@ impl Rng {
         (r * c, r * s)
     }
     fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 }
 
@@ -212,7 +215,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(cfg: SimConfig) -> Fleet {
-        let mut rng = Rng(cfg.seed ^ 0x5EED_F0_4E_3A_11);
+        let mut rng = Rng(cfg.seed ^ 0x5EED_F04E_3A11);
         let width = cfg.devices.saturating_sub(1).to_string().len().max(6);
         let mut devices = Vec::with_capacity(cfg.devices);
         for i in 0..cfg.devices {
@@ -356,7 +359,7 @@ impl Fleet {
             d.next_maintenance =
                 ts + ((0.5 + rng.uniform()) * cfg.maintenance_every_ms as f64) as i64;
         }
-        let p_err = cfg.error_rate_per_hour * dt_h * (1.0 + 40.0 * worst.powi(4));
+        let p_err = cfg.error_rate_per_hour * dt_h * (1.0 + 30.0 * worst.powi(4));
         if rng.uniform() < p_err {
             let code = ERROR_CODES[rng.below(ERROR_CODES.len())];
             self.pending.push_back(event(EventKind::Error, code));
@@ -396,7 +399,7 @@ fn malformed_payload(kind: usize, ts: Millis, seq: u64, v: &[f64; 4]) -> Vec<u8>
     match kind {
         // Cut off mid-way, as by a dropped connection.
         0 => {
-            let full = reading_json(
+            let full = telemetry_payload(
                 ts,
                 Some(seq),
                 METRICS.iter().copied().zip(v.iter().copied()),
@@ -441,7 +444,8 @@ fn push_number(out: &mut Vec<u8>, x: f64) {
     }
 }
 
-fn reading_json<'a>(
+/// A telemetry payload from its parts (what [`to_payload`] writes for a whole reading).
+pub fn telemetry_payload<'a>(
     ts: Millis,
     seq: Option<u64>,
     metrics: impl Iterator<Item = (&'a str, f64)>,
@@ -468,7 +472,7 @@ fn reading_json<'a>(
 
 /// A reading as the contract's telemetry payload: `{"ts": RFC 3339, "seq": n, "metrics": {…}}`.
 pub fn to_payload(r: &Reading) -> Vec<u8> {
-    reading_json(r.ts, r.seq, r.metrics.iter().map(|(n, x)| (n.as_str(), *x)))
+    telemetry_payload(r.ts, r.seq, r.metrics.iter().map(|(n, x)| (n.as_str(), *x)))
 }
 
 /// An event as the contract's event payload: `{"ts": RFC 3339, "kind": …, "code": …}`.
