@@ -574,6 +574,123 @@ pub fn write_csv(
     Ok(sum)
 }
 
+/// A model artifact with the shape of a trained gradient-boosted one, over the default features of
+/// the simulated fleet's four metrics: per mode a classifier and a time-to-failure regressor of
+/// `trees` full trees of depth `depth`. Split thresholds are taken from feature rows of the
+/// simulated fleet, so decisions branch as they would on real data. It predicts nothing useful:
+/// it exists so benchmarks and memory measurements do the work a real model makes the engine do.
+pub fn synthetic_model(
+    modes: usize,
+    trees: usize,
+    depth: u32,
+    seed: u64,
+) -> crate::predict::Artifact {
+    use crate::features::{DeviceFeature, DeviceState, FeatureSpec, MetricIndex, WindowSpec};
+    use crate::predict::*;
+    let window = WindowSpec::default();
+    let features = FeatureSpec {
+        stats: FeatureSpec::default_stats(&window),
+        window,
+        metrics: METRICS.iter().map(|m| m.to_string()).collect(),
+        device: vec![
+            DeviceFeature::HoursSinceReset,
+            DeviceFeature::Readings,
+            DeviceFeature::ErrorRate,
+        ],
+    };
+    // Sample feature rows from a small simulated fleet.
+    let index = MetricIndex::new(METRICS);
+    let ids = features.resolve(&index);
+    let mut states: Vec<DeviceState> = Vec::new();
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    let fleet = Fleet::new(SimConfig {
+        devices: 20,
+        ticks: 24 * 20,
+        seed,
+        ..SimConfig::default()
+    });
+    for e in fleet {
+        if let SimEvent::Reading(r) = e {
+            let i: usize = r.device_id[r.device_id.len() - 6..].parse().unwrap_or(0);
+            if states.len() <= i {
+                states.resize_with(i + 1, || DeviceState::new(&features.window, r.ts));
+            }
+            states[i].observe(&r, &features.window, &index);
+            if r.seq.unwrap_or(0) % 7 == 0 {
+                let mut x = Vec::new();
+                features.extract(&states[i], &ids, MODES[0], None, r.ts, &mut x);
+                rows.push(x);
+            }
+        }
+    }
+    let n_features = features.len() as u32;
+    let mut rng = Rng(seed ^ 0xB0057);
+    let tree = |rng: &mut Rng, scale: f64| {
+        let inner = (1usize << depth) - 1;
+        let mut nodes = Vec::with_capacity(2 * inner + 1);
+        for i in 0..2 * inner + 1 {
+            if i < inner {
+                let feature = rng.below(n_features as usize) as u32;
+                let row = &rows[rng
+                    .below(rows.len().max(1))
+                    .min(rows.len().saturating_sub(1))];
+                let t = row.get(feature as usize).copied().unwrap_or(0.0);
+                nodes.push(Node {
+                    feature,
+                    threshold: if t.is_finite() { t } else { 0.0 },
+                    left: (2 * i + 1) as u32,
+                    right: (2 * i + 2) as u32,
+                    value: 0.0,
+                    missing_left: rng.uniform() < 0.5,
+                });
+            } else {
+                nodes.push(Node {
+                    feature: LEAF,
+                    threshold: 0.0,
+                    left: 0,
+                    right: 0,
+                    value: (rng.uniform() - 0.5) * scale,
+                    missing_left: true,
+                });
+            }
+        }
+        Tree { nodes }
+    };
+    let modes = (0..modes)
+        .map(|m| ModeModel {
+            mode: MODES[m % MODES.len()].to_string(),
+            classifier: Estimator::Trees {
+                base: -3.0,
+                learning_rate: 0.1,
+                trees: (0..trees).map(|_| tree(&mut rng, 2.0)).collect(),
+                link: Link::Logistic,
+            },
+            regressor: Some(Estimator::Trees {
+                base: 200.0,
+                learning_rate: 0.1,
+                trees: (0..trees).map(|_| tree(&mut rng, 100.0)).collect(),
+                link: Link::Identity,
+            }),
+            threshold: 0.5,
+            threshold_rule: "synthetic".into(),
+            ttf_cap_hours: Some(720.0),
+            validation: ValidationMetrics::default(),
+        })
+        .collect();
+    Artifact {
+        format: ARTIFACT_FORMAT.into(),
+        format_version: ARTIFACT_VERSION,
+        name: "synthetic".into(),
+        version: "1".into(),
+        applies_to: AppliesTo::All,
+        horizon_hours: 48.0,
+        consecutive: 2,
+        features,
+        modes,
+        training: TrainingInfo::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,6 +880,22 @@ mod tests {
         }
         assert!(malformed > 1_000, "{malformed}");
         assert!(reasons.len() >= 4, "{reasons:?}");
+    }
+
+    #[test]
+    fn synthetic_model_is_a_valid_artifact_that_branches_on_fleet_data() {
+        let a = synthetic_model(2, 10, 5, 1);
+        a.validate().unwrap();
+        assert_eq!(a.modes.len(), 2);
+        let json = serde_json::to_string(&a).unwrap();
+        let b = crate::predict::Artifact::from_json(&json, Path::new("m.json")).unwrap();
+        // Thresholds come from real rows: different inputs land in different leaves.
+        let x1 = vec![0.0; a.features.len()];
+        let x2 = vec![1.0e6; a.features.len()];
+        assert_ne!(
+            b.score_mode(&b.modes[0], &x1).probability,
+            b.score_mode(&b.modes[0], &x2).probability
+        );
     }
 
     #[test]
