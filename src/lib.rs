@@ -17,6 +17,8 @@
 //! - [`api`]      the HTTP API (axum): tickets, fleet, rejects, `/metrics`, health
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
 //! - `broker`     an embedded MQTT broker for tests and the demo (feature `embedded-broker`)
+//! - [`sim`]      a deterministic simulated fleet (tests, benchmarks, demo, `forewarn simulate`)
+//! - [`replay`]   history files → MQTT device traffic (`forewarn replay`)
 
 pub mod api;
 #[cfg(feature = "embedded-broker")]
@@ -31,5 +33,7 @@ pub mod metrics;
 pub mod notify;
 pub mod predict;
 pub mod serve;
+pub mod replay;
+pub mod sim;
 pub mod store;
 pub mod tickets;
