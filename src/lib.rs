@@ -13,6 +13,8 @@
 //! - [`store`]    sled: one atomic batch per state change, flushed before acks
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
+//! - [`train`]    offline training and backtesting (`forewarn train` / `evaluate`), reusing
+//!   `features` and `engine` so training, backtests and serving compute the same numbers
 
 pub mod cli;
 pub mod config;
@@ -24,3 +26,4 @@ pub mod notify;
 pub mod predict;
 pub mod store;
 pub mod tickets;
+pub mod train;
