@@ -19,6 +19,8 @@
 //! - `broker`     an embedded MQTT broker for tests and the demo (feature `embedded-broker`)
 //! - [`sim`]      a deterministic simulated fleet (tests, benchmarks, demo, `forewarn simulate`)
 //! - [`replay`]   history files → MQTT device traffic (`forewarn replay`)
+//! - [`train`]    offline training and backtesting (`forewarn train` / `evaluate`), reusing
+//!   `features` and `engine` so training, backtests and serving compute the same numbers
 
 pub mod api;
 #[cfg(feature = "embedded-broker")]
@@ -37,3 +39,4 @@ pub mod replay;
 pub mod sim;
 pub mod store;
 pub mod tickets;
+pub mod train;
