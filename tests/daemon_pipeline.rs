@@ -264,7 +264,12 @@ async fn broker_loss_reconnects_and_receives_what_the_broker_kept() {
         api.metric("forewarn_broker_connected").await == 0.0
     })
     .await;
-    let r = api.http.get(format!("{}/readyz", api.base)).send().await.unwrap();
+    let r = api
+        .http
+        .get(format!("{}/readyz", api.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503, "not ready without the broker");
     for h in 10..30 {
         dev.publish("devices/pump-5/telemetry", reading(h, h as u64 + 1, 70.0))
@@ -272,9 +277,10 @@ async fn broker_loss_reconnects_and_receives_what_the_broker_kept() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
-    eventually("readings kept by the broker arrive after reconnecting", || async {
-        stored_readings(&h, "pump-5") == 30
-    })
+    eventually(
+        "readings kept by the broker arrive after reconnecting",
+        || async { stored_readings(&h, "pump-5") == 30 },
+    )
     .await;
     assert!(api.metric("forewarn_broker_connects_total").await >= 2.0);
     assert!(api.metric("forewarn_broker_disconnects_total").await >= 1.0);

@@ -322,6 +322,7 @@ impl Proxy {
         }
     }
     pub fn restore(&self) {
-        self.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.refuse
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
