@@ -57,7 +57,7 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     // Small groups: many commits, so the kill lands between and inside them.
     cfg.ingest.commit_group = 4;
     let path = write_config(&dirs, &cfg);
-    let mut child = spawn(&path);
+    let mut first = Some(spawn(&path));
     wait_ready(&addr).await;
     let dev = mqtt(&b, "kill9-pub").await;
     let series = degrading(200);
@@ -65,8 +65,10 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
         dev.publish("devices/k9/telemetry", reading(*hr, i as u64 + 1, *t))
             .await;
         if i == 60 {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            if let Some(mut child) = first.take() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+            }
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -100,7 +102,10 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    child.wait().unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "SIGTERM is a clean shutdown"
+    );
     let store = forewarn::store::Store::open(&dirs.data(), 8 << 20).unwrap();
     let st = DeviceState::decode(&store.load_state("k9").unwrap().unwrap()).unwrap();
     assert_eq!(st.readings, 200, "every reading applied exactly once");
