@@ -306,3 +306,40 @@ async fn a_bad_model_is_a_config_error_at_start_and_ignored_on_reload() {
     let s = forewarn::serve::check(&cfg).unwrap();
     assert_eq!((s.models, s.modes), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_through_the_api_is_seen_by_the_ticket_policy() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-policy")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let id = open_ticket(&b, &api, "pol-1").await;
+    let r = api
+        .http
+        .post(format!("{}/api/v1/tickets/{id}/transitions", api.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"to": "acknowledged", "note": "crew informed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The device keeps heating: the policy updates the acknowledged ticket, never reopens it
+    // and never opens a second one.
+    let dev = mqtt(&b, "pol-1-more").await;
+    for hr in 40..50 {
+        dev.publish(
+            "devices/pol-1/telemetry",
+            reading(hr, hr as u64 + 1, 74.0 + (hr - 30) as f64 * 1.5),
+        )
+        .await;
+    }
+    eventually("updates applied", || async {
+        api.get_json(&format!("/api/v1/tickets/{id}")).await["updated_at"] == "2015-01-03T01:00:00Z"
+    })
+    .await;
+    let all = api.tickets("?device_id=pol-1").await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["status"], "acknowledged");
+    stop(h, tok).await;
+}
