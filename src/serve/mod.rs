@@ -71,9 +71,25 @@ pub type RoutesHook = Box<dyn FnOnce(Arc<App>) -> axum::Router + Send>;
 /// Starts an extra background worker (e.g. the notification outbox worker).
 pub type WorkerHook = Box<dyn FnOnce(Arc<App>, CancellationToken) -> JoinHandle<()> + Send>;
 
-/// Integration points for other stages.
+/// Integration points for other stages. Wiring the notifier looks like:
+///
+/// ```ignore
+/// let registry = prometheus::Registry::new();
+/// let notifier = Arc::new(Notifier::build(&cfg.notify, &cfg.api.public_url, &registry)?);
+/// let hooks = Hooks {
+///     registry: Some(registry),
+///     on_change: Some(notifier.clone()),           // impl OnTicketChange for Notifier
+///     routes: Some(Box::new({ let n = notifier.clone();
+///         move |app| n.routes(app.store.clone(), app) })),   // impl TicketDesk for App
+///     workers: vec![Box::new(move |app, token| {
+///         notifier.spawn_worker(app.store.clone(), app, token) })],
+/// };
+/// serve::run_with(cfg, shutdown, hooks).await?
+/// ```
 #[derive(Default)]
 pub struct Hooks {
+    /// The registry `/metrics` renders; other stages register on it too (default: a new one).
+    pub registry: Option<prometheus::Registry>,
     pub on_change: Option<Arc<dyn OnTicketChange>>,
     pub routes: Option<RoutesHook>,
     pub workers: Vec<WorkerHook>,
@@ -217,7 +233,7 @@ pub async fn run_with(
         }
         store.commit(tx)?;
     }
-    let registry = prometheus::Registry::new();
+    let registry = hooks.registry.unwrap_or_default();
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
     let app = Arc::new(
