@@ -144,6 +144,15 @@ async fn transitions_follow_the_lifecycle_keep_history_and_refuse_with_409() {
         ["opened", "acknowledged", "scheduled", "dismissed"]
     );
     assert_eq!(api.tickets("?status=dismissed").await.len(), 1);
+    assert_eq!(api.tickets("?since=2015-01-01T00:00:00Z").await.len(), 1);
+    assert_eq!(api.tickets("?since=2099-01-01T00:00:00Z").await.len(), 0);
+    let r = api
+        .http
+        .get(format!("{}/api/v1/tickets?since=yesterday", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     assert_eq!(api.tickets("?status=open").await.len(), 0);
     assert_eq!(
         api.metric("forewarn_ticket_changes_total{kind=\"transition\"}")

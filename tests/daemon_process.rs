@@ -152,3 +152,60 @@ fn check_config_exits_0_when_valid_and_2_on_a_broken_model() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broker.url"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_models_and_keeps_them_when_an_artifact_is_bad() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-hup");
+    let addr = free_addr();
+    cfg.api.listen = addr.clone();
+    let path = write_config(&dirs, &cfg);
+    let mut child = spawn(&path);
+    wait_ready(&addr).await;
+    let http = reqwest::Client::new();
+    let metric = |name: &'static str| {
+        let http = http.clone();
+        let url = format!("http://{addr}/metrics");
+        async move {
+            let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(-1.0)
+        }
+    };
+    assert_eq!(metric("forewarn_models_loaded").await, 1.0);
+    let mut second = hot_model();
+    second.name = "hot2".into();
+    second.save(&dirs.models().join("hot2.json")).unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    eventually("second model loaded", || async {
+        metric("forewarn_models_loaded").await == 2.0
+    })
+    .await;
+    std::fs::write(dirs.models().join("hot3.json"), "{").unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    eventually("reload error counted", || async {
+        metric("forewarn_model_reloads_total{result=\"error\"}").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        metric("forewarn_models_loaded").await,
+        2.0,
+        "old models stay"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}
