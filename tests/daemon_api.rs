@@ -1,4 +1,5 @@
 //! The HTTP API over loopback against a running daemon.
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The daemon end to end: real embedded broker, real sled store, real HTTP.
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The `forewarn serve` binary as a process: kill -9 mid-stream and `--check-config`.
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Throughput of the daemon's hot path (run with `--ignored --nocapture`, ideally `--release`).
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 
