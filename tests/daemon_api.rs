@@ -353,3 +353,96 @@ async fn a_transition_through_the_api_is_seen_by_the_ticket_policy() {
     assert_eq!(all[0]["status"], "acknowledged");
     stop(h, tok).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_transitions_racing_readings_never_leave_two_live_tickets() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-race");
+    cfg.ingest.commit_group = 16;
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A dispatcher desk that dismisses or acknowledges every ticket it sees, as fast as it can.
+    let desk = {
+        let (http, base, stop_flag) = (api.http.clone(), api.base.clone(), stop_flag.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let list: Vec<serde_json::Value> = http
+                    .get(format!("{base}/api/v1/tickets?status=open"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                for t in list {
+                    n += 1;
+                    let to = if n % 2 == 0 {
+                        "dismissed"
+                    } else {
+                        "acknowledged"
+                    };
+                    let _ = http
+                        .post(format!(
+                            "{base}/api/v1/tickets/{}/transitions",
+                            t["id"].as_str().unwrap()
+                        ))
+                        .bearer_auth(TOKEN)
+                        .json(&json!({"to": to}))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let dev = mqtt(&b, "race-pub").await;
+    let series = degrading(60);
+    for (i, (hr, t)) in series.iter().enumerate() {
+        for d in 0..10 {
+            dev.publish(
+                &format!("devices/race-{d}/telemetry"),
+                reading(*hr, i as u64 + 1, *t),
+            )
+            .await;
+        }
+    }
+    eventually("all readings applied", || async {
+        api.metric("forewarn_readings_total").await == 600.0
+    })
+    .await;
+    stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let transitions = desk.await.unwrap();
+    assert!(transitions > 0);
+    for d in 0..10 {
+        let all = api.tickets(&format!("?device_id=race-{d}")).await;
+        let live = all
+            .iter()
+            .filter(|t| {
+                ["open", "acknowledged", "scheduled"].contains(&t["status"].as_str().unwrap())
+            })
+            .count();
+        assert!(live <= 1, "race-{d}: {live} live tickets");
+        assert!(
+            h.app
+                .store
+                .live_tickets(&format!("race-{d}"))
+                .unwrap()
+                .len()
+                <= 1
+        );
+        for t in &all {
+            // A dismissed ticket is never touched by the policy afterwards.
+            if t["status"] == "dismissed" {
+                let last = t["history"].as_array().unwrap().last().unwrap();
+                assert_eq!(last["action"], "dismissed", "{t}");
+            }
+        }
+    }
+    stop(h, tok).await;
+}
