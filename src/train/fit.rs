@@ -97,6 +97,7 @@ struct Fitted {
 }
 
 /// Fits one estimator; `valid` (GBM only) drives early stopping.
+#[allow(clippy::too_many_arguments)]
 fn fit_one(
     kind: EstimatorKind,
     loss: Loss,
@@ -171,7 +172,7 @@ pub fn train(
             "events.csv has no failure events: nothing to predict".into(),
         ));
     }
-    if !(opts.horizon_h > 0.0) {
+    if opts.horizon_h.is_nan() || opts.horizon_h <= 0.0 {
         return Err(TrainError::Data("the horizon must be positive".into()));
     }
     let cap = opts
