@@ -189,10 +189,6 @@ pub fn train(
             "every telemetry metric is constant or empty: nothing to learn from".into(),
         ));
     }
-    let pb = super::progress(h.devices.len() as u64, "features");
-    let all_rows = build_rows(h, &spec, &opts.engine, &modes, opts.horizon_h, cap, &pb);
-    pb.finish_and_clear();
-
     let failing: Vec<(String, bool)> = h
         .devices
         .iter()
@@ -208,6 +204,19 @@ pub fn train(
     for &i in &valid_dev {
         is_valid[i] = true;
     }
+
+    let pb = super::progress(h.devices.len() as u64, "features");
+    let all_rows = build_rows(
+        h,
+        &spec,
+        &opts.engine,
+        &modes,
+        opts.horizon_h,
+        cap,
+        &is_valid,
+        &pb,
+    );
+    pb.finish_and_clear();
 
     let pb = super::progress(modes.len() as u64 * 2, "fitting");
     let mut mode_models = Vec::new();
