@@ -137,8 +137,15 @@ fn fit_one(
                 p.max_rounds = r.max(1);
             }
             let m = p.fit_with_validation(&ds, vds.as_ref())?;
+            let mut estimator = m.estimator;
+            // Weighting positives by w multiplies the fitted odds by w: take ln w off the
+            // log-odds so tickets carry a probability, not a weighted score. Rankings (and so
+            // the threshold choice) are unchanged.
+            if let (Loss::Logistic, Estimator::Trees { base, .. }) = (loss, &mut estimator) {
+                *base -= w_pos.ln();
+            }
             Ok(Fitted {
-                estimator: m.estimator,
+                estimator,
                 rounds: Some(m.rounds),
             })
         }
