@@ -116,6 +116,19 @@ impl Tx {
         self.ops += 1;
     }
 
+    /// Rewrites an outbox row as part of this transaction (worker bookkeeping).
+    pub fn put_outbox_row<T: Serialize>(&mut self, key: &[u8], row: &T) {
+        self.batch
+            .insert(key, serde_json::to_vec(row).unwrap_or_default());
+        self.ops += 1;
+    }
+
+    /// Removes an outbox row as part of this transaction (delivered together with its records).
+    pub fn remove_outbox_row(&mut self, key: &[u8]) {
+        self.batch.remove(key);
+        self.ops += 1;
+    }
+
     pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
         self.batch.insert(
             key2(b"k/", name),
