@@ -168,6 +168,7 @@ pub fn route(i: &RouteInput) -> Decision {
     }
     let mut primary = Vec::new();
     let mut fallback = Vec::new();
+    let mut extra_primary = Vec::new();
     for (ch, rank) in order {
         let name = ch.as_str();
         let rank_s = rank
@@ -188,9 +189,12 @@ pub fn route(i: &RouteInput) -> Decision {
             ));
             continue;
         }
-        if class.contains(&ch) {
+        if class.contains(&ch) && rank.is_some() {
             primary.push(ch);
             notes.push(format!("{name}: {rank_s}"));
+        } else if class.contains(&ch) {
+            extra_primary.push(ch);
+            notes.push(format!("{name}: last resort ({rank_s})"));
         } else {
             fallback.push(ch);
             notes.push(format!(
@@ -199,7 +203,12 @@ pub fn route(i: &RouteInput) -> Decision {
             ));
         }
     }
-    let mut channels: Vec<Channel> = primary.into_iter().chain(fallback).collect();
+    // Channels the customer did not list come last, as a final resort.
+    let (listed, unlisted): (Vec<Channel>, Vec<Channel>) = fallback
+        .into_iter()
+        .chain(extra_primary)
+        .partition(|ch| c.preferences.contains(ch));
+    let mut channels: Vec<Channel> = primary.into_iter().chain(listed).chain(unlisted).collect();
     if let Some(last) = i.escalate_from {
         let rank = |ch: &Channel| {
             i.cfg

@@ -86,12 +86,8 @@ impl Notifier {
                 return;
             }
         };
-        let now = self.clock.now_ms();
-        self.metrics.depth.set(rows.len() as i64);
-        let oldest = rows.iter().map(|(_, r)| r.created_ms).min();
-        self.metrics
-            .oldest_age
-            .set(oldest.map(|o| (now - o).max(0) as f64 / 1000.0).unwrap_or(0.0));
+        self.gauges(&rows);
+        let handled = rows.iter().any(|(_, r)| r.due_ms <= self.clock.now_ms());
         for (key, row) in rows {
             if row.due_ms > self.clock.now_ms() {
                 continue;
@@ -100,6 +96,20 @@ impl Notifier {
                 tracing::error!(error = %e, "notify outbox row could not be updated");
             }
         }
+        if handled {
+            if let Ok(rows) = store.outbox::<OutboxRow>(QUEUE) {
+                self.gauges(&rows);
+            }
+        }
+    }
+
+    fn gauges(&self, rows: &[(Vec<u8>, OutboxRow)]) {
+        let now = self.clock.now_ms();
+        self.metrics.depth.set(rows.len() as i64);
+        let oldest = rows.iter().map(|(_, r)| r.created_ms).min();
+        self.metrics
+            .oldest_age
+            .set(oldest.map(|o| (now - o).max(0) as f64 / 1000.0).unwrap_or(0.0));
     }
 
     fn timeline(&self, store: &Store, customer: &str, e: TimelineEntry) {
