@@ -22,14 +22,33 @@ async fn advisory_goes_to_the_first_preferred_asynchronous_channel() {
     assert_eq!(push.len(), 1);
     assert_eq!(push[0].to, "topic-acme");
     assert!(push[0].body.contains("pump-1"), "{}", push[0].body);
-    assert!(h.smtp.mails().is_empty(), "only one channel is used when it works");
+    assert!(
+        h.smtp.mails().is_empty(),
+        "only one channel is used when it works"
+    );
     let tl = h.timeline("acme");
     let decision = tl.iter().find(|e| e.kind == "decision").unwrap();
-    assert!(decision.detail.starts_with("PUSH: advisory"), "{}", decision.detail);
-    assert!(decision.detail.contains("push: preferred #1"), "{}", decision.detail);
-    assert!(tl.iter().any(|e| e.kind == "message" && e.ticket_id == t.id));
+    assert!(
+        decision.detail.starts_with("PUSH: advisory"),
+        "{}",
+        decision.detail
+    );
+    assert!(
+        decision.detail.contains("push: preferred #1"),
+        "{}",
+        decision.detail
+    );
+    assert!(tl
+        .iter()
+        .any(|e| e.kind == "message" && e.ticket_id == t.id));
     assert_eq!(h.outbox_len(), 0);
-    assert_eq!(h.metric("forewarn_notify_messages_total", &[("channel", "push"), ("outcome", "sent")]), 1.0);
+    assert_eq!(
+        h.metric(
+            "forewarn_notify_messages_total",
+            &[("channel", "push"), ("outcome", "sent")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -42,12 +61,21 @@ async fn email_is_sent_over_real_smtp_with_plain_and_html_parts() {
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].to, vec!["acme@customer.test".to_string()]);
     let data = &mails[0].data;
-    assert!(data.contains(&format!("[{}]", t.id)), "subject carries the ticket id");
+    assert!(
+        data.contains(&format!("[{}]", t.id)),
+        "subject carries the ticket id"
+    );
     assert!(data.contains("Reply-To: replies@forewarn.test"));
     let parts = smtp::parts(data);
     let plain = parts.iter().find(|p| p.0.contains("text/plain")).unwrap();
     let html = parts.iter().find(|p| p.0.contains("text/html")).unwrap();
-    assert!(plain.1.contains("pump-1 is likely to develop a bearing wear fault"), "{}", plain.1);
+    assert!(
+        plain
+            .1
+            .contains("pump-1 is likely to develop a bearing wear fault"),
+        "{}",
+        plain.1
+    );
     assert!(html.1.contains("<a href=\"http://127.0.0.1:"), "{}", html.1);
     assert!(html.1.contains("/notify/v1/s/"));
 }
@@ -69,15 +97,25 @@ async fn urgent_uses_an_immediate_channel_in_quiet_hours_while_advisory_waits_un
         .iter()
         .find(|e| e.kind == "decision" && e.ticket_id == urgent.id)
         .unwrap();
-    assert!(urgent_decision.detail.starts_with("SMS: urgent"), "{}", urgent_decision.detail);
+    assert!(
+        urgent_decision.detail.starts_with("SMS: urgent"),
+        "{}",
+        urgent_decision.detail
+    );
     assert!(urgent_decision.detail.contains("sms: preferred #2"));
-    assert!(urgent_decision.detail.contains("email skipped: quiet hours until 07:00"));
+    assert!(urgent_decision
+        .detail
+        .contains("email skipped: quiet hours until 07:00"));
     let held = tl
         .iter()
         .find(|e| e.kind == "decision" && e.ticket_id == advisory.id)
         .unwrap();
     assert_eq!(held.outcome.as_deref(), Some("held"));
-    assert!(held.detail.contains("held: quiet hours until 07:00"), "{}", held.detail);
+    assert!(
+        held.detail.contains("held: quiet hours until 07:00"),
+        "{}",
+        held.detail
+    );
     // 06:59: still quiet.
     h.advance(Duration::from_secs(7 * 3600 + 59 * 60));
     h.run().await;
@@ -101,16 +139,27 @@ async fn sms_outage_falls_back_to_email_after_retries() {
         h.advance(Duration::from_secs(120));
     }
     h.run().await;
-    assert_eq!(h.fakes.requests("sms"), 3, "max_attempts on the first channel");
+    assert_eq!(
+        h.fakes.requests("sms"),
+        3,
+        "max_attempts on the first channel"
+    );
     assert!(h.fakes.delivered("sms").is_empty());
     let mails = h.smtp.mails();
     assert_eq!(mails.len(), 1, "fell back to e-mail");
     assert!(mails[0].data.contains(&t.id));
     let tl = h.timeline("acme");
     let fb = tl.iter().find(|e| e.kind == "fallback").unwrap();
-    assert!(fb.detail.starts_with("sms failed (provider answered 503"), "{}", fb.detail);
+    assert!(
+        fb.detail.starts_with("sms failed (provider answered 503"),
+        "{}",
+        fb.detail
+    );
     assert!(fb.detail.contains("trying email next"));
-    assert_eq!(h.metric("forewarn_notify_fallbacks_total", &[("channel", "sms")]), 1.0);
+    assert_eq!(
+        h.metric("forewarn_notify_fallbacks_total", &[("channel", "sms")]),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -124,9 +173,17 @@ async fn a_rejected_number_falls_back_at_once() {
     assert_eq!(h.fakes.requests("sms"), 1, "a 400 is not retried");
     let calls = h.fakes.delivered("voice");
     assert_eq!(calls.len(), 1);
-    assert!(calls[0].body.starts_with("<Response><Say language=\"en-US\">"), "{}", calls[0].body);
+    assert!(
+        calls[0]
+            .body
+            .starts_with("<Response><Say language=\"en-US\">"),
+        "{}",
+        calls[0].body
+    );
     assert!(calls[0].body.contains("pump-1"));
-    assert!(calls[0].status_callback.ends_with("/notify/v1/twilio/status"));
+    assert!(calls[0]
+        .status_callback
+        .ends_with("/notify/v1/twilio/status"));
 }
 
 #[tokio::test]
@@ -159,14 +216,18 @@ async fn rate_limit_retry_after_is_honoured() {
     h.fakes.set("push", Mode::Ok);
     h.advance(Duration::from_secs(119));
     h.run().await;
-    assert_eq!(h.fakes.requests("push"), 1, "waits for Retry-After, not the 1s backoff");
+    assert_eq!(
+        h.fakes.requests("push"),
+        1,
+        "waits for Retry-After, not the 1s backoff"
+    );
     h.advance(Duration::from_secs(2));
     h.run().await;
     assert_eq!(h.fakes.delivered("push").len(), 1);
     let tl = h.timeline("acme");
-    assert!(tl
-        .iter()
-        .any(|e| e.kind == "attempt" && e.detail.contains("429") && e.detail.contains("retry in 120s")));
+    assert!(tl.iter().any(|e| e.kind == "attempt"
+        && e.detail.contains("429")
+        && e.detail.contains("retry in 120s")));
 }
 
 #[tokio::test]
@@ -178,7 +239,10 @@ async fn unacknowledged_urgent_ticket_is_escalated_to_a_more_immediate_channel_u
     assert_eq!(h.fakes.delivered("sms").len(), 1);
     h.advance(Duration::from_secs(3600));
     h.run().await;
-    assert!(h.fakes.delivered("voice").is_empty(), "not before ack_timeout");
+    assert!(
+        h.fakes.delivered("voice").is_empty(),
+        "not before ack_timeout"
+    );
     h.advance(Duration::from_secs(3600));
     h.run().await;
     let calls = h.fakes.delivered("voice");
@@ -193,9 +257,9 @@ async fn unacknowledged_urgent_ticket_is_escalated_to_a_more_immediate_channel_u
     assert_eq!(h.outbox_len(), 0);
     assert_eq!(h.metric("forewarn_notify_escalations_total", &[]), 2.0);
     let tl = h.timeline("acme");
-    assert!(tl
-        .iter()
-        .any(|e| e.kind == "decision" && e.ticket_id == t.id && e.detail.contains("escalating beyond sms")));
+    assert!(tl.iter().any(|e| e.kind == "decision"
+        && e.ticket_id == t.id
+        && e.detail.contains("escalating beyond sms")));
 }
 
 #[tokio::test]
@@ -206,16 +270,21 @@ async fn an_acknowledged_ticket_gets_no_reminder() {
     h.run().await;
     use forewarn::notify::TicketDesk;
     h.desk
-        .customer_reply(&t.id, Some(forewarn::tickets::Status::Acknowledged), "api:ops", "")
+        .customer_reply(
+            &t.id,
+            Some(forewarn::tickets::Status::Acknowledged),
+            "api:ops",
+            "",
+        )
         .unwrap();
     h.advance(Duration::from_secs(3 * 3600));
     h.run().await;
     assert_eq!(h.fakes.delivered("sms").len(), 1);
     assert!(h.fakes.delivered("voice").is_empty());
     let tl = h.timeline("acme");
-    assert!(tl
-        .iter()
-        .any(|e| e.kind == "dropped" && e.detail.contains("reminder not needed: ticket acknowledged")));
+    assert!(tl.iter().any(|e| e.kind == "dropped"
+        && e.detail
+            .contains("reminder not needed: ticket acknowledged")));
 }
 
 #[tokio::test]
@@ -235,11 +304,16 @@ async fn daily_budget_holds_advisories_but_lets_urgent_through_within_its_allowa
     let tl = h.timeline("acme");
     assert!(tl
         .iter()
-        .any(|e| e.outcome.as_deref() == Some("held") && e.detail.contains("daily budget used (2/2)")));
+        .any(|e| e.outcome.as_deref() == Some("held")
+            && e.detail.contains("daily budget used (2/2)")));
     h.open(&c, "p4", Priority::Urgent, 0.97, Some(6));
     h.open(&c, "p5", Priority::Urgent, 0.97, Some(6));
     h.run().await;
-    assert_eq!(h.fakes.delivered("sms").len(), 1, "one urgent over budget, not two");
+    assert_eq!(
+        h.fakes.delivered("sms").len(),
+        1,
+        "one urgent over budget, not two"
+    );
     // Local midnight refills the budget; 00:01 is quiet hours, so the advisory waits for 07:00.
     h.advance(Duration::from_secs(12 * 3600 + 60));
     h.run().await;
@@ -247,7 +321,10 @@ async fn daily_budget_holds_advisories_but_lets_urgent_through_within_its_allowa
     assert_eq!(h.fakes.delivered("push").len(), 2);
     h.advance(Duration::from_secs(7 * 3600));
     h.run().await;
-    assert_eq!(h.fakes.delivered("push").len() + h.fakes.delivered("sms").len(), 5);
+    assert_eq!(
+        h.fakes.delivered("push").len() + h.fakes.delivered("sms").len(),
+        5
+    );
 }
 
 #[tokio::test]
@@ -284,7 +361,11 @@ async fn restart_between_send_and_record_does_not_message_the_customer_twice() {
     assert_eq!(h.outbox_len(), 1, "the interrupted row survived");
     h.run().await;
     assert_eq!(h.fakes.requests("sms"), 2, "the request was repeated...");
-    assert_eq!(h.fakes.delivered("sms").len(), 1, "...with the same idempotency key");
+    assert_eq!(
+        h.fakes.delivered("sms").len(),
+        1,
+        "...with the same idempotency key"
+    );
     let tl = h.timeline("acme");
     assert!(tl
         .iter()
@@ -303,16 +384,26 @@ async fn thai_and_persian_customers_get_their_language() {
 
     let sms = h.fakes.delivered("sms");
     assert_eq!(sms.len(), 1);
-    assert!(sms[0].body.contains("แจ้งเตือนการบำรุงรักษา"), "{}", sms[0].body);
+    assert!(
+        sms[0].body.contains("แจ้งเตือนการบำรุงรักษา"),
+        "{}",
+        sms[0].body
+    );
     assert!(sms[0].body.contains("pump-th"));
     let mails = h.smtp.mails();
     assert_eq!(mails.len(), 1);
     let parts = smtp::parts(&mails[0].data);
     let html = &parts.iter().find(|p| p.0.contains("text/html")).unwrap().1;
-    assert!(html.contains("dir=\"rtl\"") && html.contains("lang=\"fa\""), "{html}");
+    assert!(
+        html.contains("dir=\"rtl\"") && html.contains("lang=\"fa\""),
+        "{html}"
+    );
     assert!(html.contains("اطلاعیهٔ سرویس"), "{html}");
     let plain = &parts.iter().find(|p| p.0.contains("text/plain")).unwrap().1;
-    assert!(plain.contains("pump-fa") && plain.contains("گرامی"), "{plain}");
+    assert!(
+        plain.contains("pump-fa") && plain.contains("گرامی"),
+        "{plain}"
+    );
 }
 
 #[tokio::test]
@@ -346,7 +437,11 @@ async fn without_any_provider_nothing_fails_and_the_timeline_says_why() {
     let tl = h.timeline("acme");
     let d = tl.iter().find(|e| e.kind == "decision").unwrap();
     assert_eq!(d.outcome.as_deref(), Some("dropped"));
-    assert!(d.detail.contains("email skipped: no provider configured"), "{}", d.detail);
+    assert!(
+        d.detail.contains("email skipped: no provider configured"),
+        "{}",
+        d.detail
+    );
 }
 
 #[tokio::test]
@@ -365,7 +460,10 @@ async fn worker_task_delivers_and_stops_on_shutdown() {
     }
     assert_eq!(h.fakes.delivered("push").len(), 1);
     token.cancel();
-    tokio::time::timeout(Duration::from_secs(2), job).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), job)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(h.metric("forewarn_notify_outbox_depth", &[]), 0.0);
     let _ = HOUR;
 }

@@ -61,8 +61,8 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
         s.push_str(v);
     }
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac =
-        Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).unwrap_or_else(|_| unreachable!());
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes())
+        .unwrap_or_else(|_| unreachable!());
     mac.update(s.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -73,7 +73,10 @@ fn twilio_verified(
     path: &str,
     params: &[(String, String)],
 ) -> bool {
-    let Some(sig) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
+    let Some(sig) = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let url = format!("{}{path}", n.public_url);
@@ -134,7 +137,9 @@ impl Reply {
             "1" | "๑" | "۱" | "١" | "yes" | "y" | "ok" | "okay" | "confirm" | "ใช่" | "ตกลง"
             | "بله" | "باشه" => Reply::Acknowledge,
             "2" | "๒" | "۲" | "٢" | "later" | "reschedule" | "another" => Reply::Reschedule,
-            "3" | "๓" | "۳" | "٣" | "no" | "not" | "stop" | "ไม่" | "نه" => Reply::NotNow,
+            "3" | "๓" | "۳" | "٣" | "no" | "not" | "stop" | "ไม่" | "نه" => {
+                Reply::NotNow
+            }
             _ => Reply::Unknown,
         }
     }
@@ -241,14 +246,25 @@ impl Notifier {
         let row = &rec.row;
         self.metrics
             .messages
-            .with_label_values(&[ch, if delivered { "delivered" } else { "undelivered" }])
+            .with_label_values(&[
+                ch,
+                if delivered {
+                    "delivered"
+                } else {
+                    "undelivered"
+                },
+            ])
             .inc();
         tx.push_timeline(
             &row.customer_id,
             now,
             &TimelineEntry::new(now, "delivery", &row.ticket_id, format!("{ch} {status}"))
                 .channel(rec.channel)
-                .outcome(if delivered { "delivered" } else { "undelivered" }),
+                .outcome(if delivered {
+                    "delivered"
+                } else {
+                    "undelivered"
+                }),
         );
         if failed {
             let pos = row.plan.iter().position(|c| *c == rec.channel);
@@ -288,7 +304,11 @@ async fn sms_reply(
     Form(params): Form<Vec<(String, String)>>,
 ) -> Response {
     if s.n.cfg.sms.is_none() {
-        return error(StatusCode::NOT_FOUND, "not_configured", "SMS is not configured");
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "SMS is not configured",
+        );
     }
     if !twilio_verified(&s.n, &headers, "/notify/v1/twilio/sms", &params) {
         return error(
@@ -317,8 +337,7 @@ async fn sms_reply(
     let Some(ticket) = ticket else {
         return twiml_ok();
     };
-    if s
-        .desk
+    if s.desk
         .ticket(&ticket)
         .is_none_or(|t| t.customer_id.as_deref() != Some(customer.as_str()))
     {
@@ -401,7 +420,11 @@ async fn email_reply(
             .fold(0u8, |a, (x, y)| a | (x ^ y))
             != 0
     {
-        return error(StatusCode::FORBIDDEN, "bad_key", "inbound key does not match");
+        return error(
+            StatusCode::FORBIDDEN,
+            "bad_key",
+            "inbound key does not match",
+        );
     }
     let from = param(&params, "sender")
         .or_else(|| param(&params, "from"))
@@ -443,10 +466,14 @@ async fn email_reply(
         Reply::Unknown => Reply::Acknowledge,
         r => r,
     };
-    match s
-        .n
-        .apply_reply(&s.store, s.desk.as_ref(), &ticket_id, "email", reply, first_line)
-    {
+    match s.n.apply_reply(
+        &s.store,
+        s.desk.as_ref(),
+        &ticket_id,
+        "email",
+        reply,
+        first_line,
+    ) {
         Ok(t) => Json(serde_json::json!({"ticket_id": t.id, "status": t.status})).into_response(),
         Err(ReplyError::NotFound) => error(StatusCode::NOT_FOUND, "not_found", "no such ticket"),
         Err(ReplyError::Rejected(m)) => error(StatusCode::CONFLICT, "rejected", &m),
@@ -463,24 +490,26 @@ fn page_html(title: &str, body: &str) -> Html<String> {
     ))
 }
 
-fn claims(s: &AppState, token: &str) -> Result<(link::LinkClaims, Ticket), Response> {
+fn claims(s: &AppState, token: &str) -> Result<(link::LinkClaims, Ticket), Box<Response>> {
     let c = link::verify(&s.n.link_key, token, s.n.clock.now_ms()).map_err(|e| {
         let code = match e {
             LinkError::Expired => StatusCode::GONE,
             LinkError::Invalid => StatusCode::NOT_FOUND,
         };
-        (code, page_html("forewarn", &format!("<p>{e}.</p>"))).into_response()
+        Box::new((code, page_html("forewarn", &format!("<p>{e}.</p>"))).into_response())
     })?;
     let t = s
         .desk
         .ticket(&c.ticket_id)
         .filter(|t| t.customer_id.as_deref() == Some(c.customer_id.as_str()))
         .ok_or_else(|| {
-            (
-                StatusCode::NOT_FOUND,
-                page_html("forewarn", "<p>This ticket no longer exists.</p>"),
+            Box::new(
+                (
+                    StatusCode::NOT_FOUND,
+                    page_html("forewarn", "<p>This ticket no longer exists.</p>"),
+                )
+                    .into_response(),
             )
-                .into_response()
         })?;
     Ok((c, t))
 }
@@ -488,7 +517,7 @@ fn claims(s: &AppState, token: &str) -> Result<(link::LinkClaims, Ticket), Respo
 async fn page(State(s): State<AppState>, Path(token): Path<String>) -> Response {
     let (_, t) = match claims(&s, &token) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let e = super::templates::html_escape;
     let answered: Option<Answer> = s
@@ -497,7 +526,13 @@ async fn page(State(s): State<AppState>, Path(token): Path<String>) -> Response 
         .ok()
         .flatten();
     let already = answered
-        .map(|a| format!("<p><em>Your answer so far: {} ({}).</em></p>", e(&a.answer), e(&a.at)))
+        .map(|a| {
+            format!(
+                "<p><em>Your answer so far: {} ({}).</em></p>",
+                e(&a.answer),
+                e(&a.at)
+            )
+        })
         .unwrap_or_default();
     let when = t
         .predicted_failure_at
@@ -526,7 +561,7 @@ async fn page_answer(
 ) -> Response {
     let (_, t) = match claims(&s, &token) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let reply = match param(&params, "action") {
         Some("confirm") => Reply::Confirm,
@@ -555,9 +590,11 @@ async fn page_answer(
             ),
         )
         .into_response(),
-        Err(ReplyError::NotFound) => {
-            (StatusCode::NOT_FOUND, page_html("forewarn", "<p>No such ticket.</p>")).into_response()
-        }
+        Err(ReplyError::NotFound) => (
+            StatusCode::NOT_FOUND,
+            page_html("forewarn", "<p>No such ticket.</p>"),
+        )
+            .into_response(),
         Err(ReplyError::Rejected(m)) => (
             StatusCode::CONFLICT,
             page_html(
@@ -574,12 +611,9 @@ async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response
         Ok(entries) if entries.is_empty() && s.desk.customer(&id).is_none() => {
             error(StatusCode::NOT_FOUND, "not_found", "no such customer")
         }
-        Ok(entries) => Json(serde_json::json!({"customer_id": id, "entries": entries}))
-            .into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "store",
-            &e.to_string(),
-        ),
+        Ok(entries) => {
+            Json(serde_json::json!({"customer_id": id, "entries": entries})).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
     }
 }

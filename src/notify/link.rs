@@ -67,11 +67,27 @@ mod tests {
     fn links_verify_and_reject_tampering_and_expiry() {
         let tok = sign(b"k1k1k1k1k1k1k1k1", "T-1", "c1", 1000);
         let c = verify(b"k1k1k1k1k1k1k1k1", &tok, 999).unwrap();
-        assert_eq!((c.ticket_id.as_str(), c.customer_id.as_str()), ("T-1", "c1"));
-        assert_eq!(verify(b"k1k1k1k1k1k1k1k1", &tok, 1001), Err(LinkError::Expired));
-        assert_eq!(verify(b"other-key-000000", &tok, 0), Err(LinkError::Invalid));
+        assert_eq!(
+            (c.ticket_id.as_str(), c.customer_id.as_str()),
+            ("T-1", "c1")
+        );
+        assert_eq!(
+            verify(b"k1k1k1k1k1k1k1k1", &tok, 1001),
+            Err(LinkError::Expired)
+        );
+        assert_eq!(
+            verify(b"other-key-000000", &tok, 0),
+            Err(LinkError::Invalid)
+        );
         let forged = sign(b"other-key-000000", "T-2", "c1", 9999);
-        let mixed = format!("{}.{}", forged.split('.').next().unwrap(), tok.split('.').nth(1).unwrap());
-        assert_eq!(verify(b"k1k1k1k1k1k1k1k1", &mixed, 0), Err(LinkError::Invalid));
+        let mixed = format!(
+            "{}.{}",
+            forged.split('.').next().unwrap(),
+            tok.split('.').nth(1).unwrap()
+        );
+        assert_eq!(
+            verify(b"k1k1k1k1k1k1k1k1", &mixed, 0),
+            Err(LinkError::Invalid)
+        );
     }
 }

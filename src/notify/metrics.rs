@@ -32,7 +32,9 @@ impl NotifyMetrics {
                     "forewarn_notify_delivery_seconds",
                     "Time from the ticket change to the provider accepting the message",
                 )
-                .buckets(vec![0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 43200.0]),
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 43200.0,
+                ]),
                 &["channel"],
             )?,
             fallbacks: IntCounterVec::new(

@@ -194,12 +194,11 @@ impl Notifier {
         })?;
         let mut providers: BTreeMap<Channel, Box<dyn Provider>> = BTreeMap::new();
         if let Some(e) = &cfg.email {
-            let p = channels::email::Email::build(e, timeout).map_err(|m| {
-                NotifyError::Channel {
+            let p =
+                channels::email::Email::build(e, timeout).map_err(|m| NotifyError::Channel {
                     channel: "email".into(),
                     message: m,
-                }
-            })?;
+                })?;
             providers.insert(Channel::Email, Box::new(p));
         }
         if let Some(t) = &cfg.sms {

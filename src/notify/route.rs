@@ -15,7 +15,7 @@ pub fn urgency(cfg: &RoutingConfig, t: &Ticket, now_ms: i64) -> (bool, String) {
     if let Some(at) = t
         .predicted_failure_at
         .as_deref()
-        .and_then(|s| crate::ingest::decode::parse_ts_str(s))
+        .and_then(crate::ingest::decode::parse_ts_str)
     {
         if at - now_ms < cfg.urgent_within.as_millis_i64() {
             return (
@@ -50,7 +50,10 @@ fn at_local(tz: Tz, d: NaiveDate, minute: u32) -> Option<i64> {
     let ndt = d.and_hms_opt(minute / 60, minute % 60, 0)?;
     tz.from_local_datetime(&ndt)
         .earliest()
-        .or_else(|| tz.from_local_datetime(&(ndt + chrono::Duration::hours(1))).earliest())
+        .or_else(|| {
+            tz.from_local_datetime(&(ndt + chrono::Duration::hours(1)))
+                .earliest()
+        })
         .map(|t| t.timestamp_millis())
 }
 
@@ -92,9 +95,17 @@ pub fn next_local_midnight(c: &Customer, now_ms: i64) -> i64 {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    Send { channels: Vec<Channel>, reason: String },
-    Hold { until_ms: i64, reason: String },
-    Drop { reason: String },
+    Send {
+        channels: Vec<Channel>,
+        reason: String,
+    },
+    Hold {
+        until_ms: i64,
+        reason: String,
+    },
+    Drop {
+        reason: String,
+    },
 }
 
 pub struct RouteInput<'a> {
@@ -199,7 +210,11 @@ pub fn route(i: &RouteInput) -> Decision {
             fallback.push(ch);
             notes.push(format!(
                 "{name}: fallback only ({rank_s}, not {})",
-                if i.urgent { "immediate" } else { "asynchronous" }
+                if i.urgent {
+                    "immediate"
+                } else {
+                    "asynchronous"
+                }
             ));
         }
     }
@@ -299,7 +314,10 @@ mod tests {
             Decision::Send { channels, reason } => {
                 assert_eq!(channels, vec![Channel::Sms]);
                 assert!(reason.contains("sms: preferred #2"), "{reason}");
-                assert!(reason.contains("email skipped: quiet hours until 07:00"), "{reason}");
+                assert!(
+                    reason.contains("email skipped: quiet hours until 07:00"),
+                    "{reason}"
+                );
             }
             d => panic!("{d:?}"),
         }

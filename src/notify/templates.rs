@@ -17,8 +17,16 @@ pub const EMBEDDED: [(&str, &str); 3] = [
 
 /// Facts every message carries.
 pub const FACTS: [&str; 10] = [
-    "name", "device", "failure_mode", "probability", "when", "ticket", "link", "priority",
-    "status", "reply_to",
+    "name",
+    "device",
+    "failure_mode",
+    "probability",
+    "when",
+    "ticket",
+    "link",
+    "priority",
+    "status",
+    "reply_to",
 ];
 /// Phrases each locale must define (rendered from facts, then available to templates).
 pub const PHRASES: [&str; 11] = [
@@ -318,7 +326,12 @@ impl Templates {
 fn tidy(s: &str) -> String {
     let lines: Vec<String> = s
         .lines()
-        .map(|l| l.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" "))
+        .map(|l| {
+            l.split(' ')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     lines.join("\n").trim().to_string()
 }
@@ -352,7 +365,11 @@ fn parse_locale(text: &str) -> Result<Locale, String> {
             Template::parse(src, &all).map_err(|e| format!("templates.{k}: {e}"))?,
         );
     }
-    if let Some(extra) = f.templates.keys().find(|k| !TEMPLATES.contains(&k.as_str())) {
+    if let Some(extra) = f
+        .templates
+        .keys()
+        .find(|k| !TEMPLATES.contains(&k.as_str()))
+    {
         return Err(format!("templates.{extra} is not a known template"));
     }
     let rtl = match f.direction.as_deref() {

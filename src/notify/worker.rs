@@ -107,9 +107,11 @@ impl Notifier {
         let now = self.clock.now_ms();
         self.metrics.depth.set(rows.len() as i64);
         let oldest = rows.iter().map(|(_, r)| r.created_ms).min();
-        self.metrics
-            .oldest_age
-            .set(oldest.map(|o| (now - o).max(0) as f64 / 1000.0).unwrap_or(0.0));
+        self.metrics.oldest_age.set(
+            oldest
+                .map(|o| (now - o).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0),
+        );
     }
 
     fn timeline(&self, store: &Store, customer: &str, e: TimelineEntry) {
@@ -128,7 +130,9 @@ impl Notifier {
         mut row: OutboxRow,
     ) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now_ms();
-        let ticket = desk.ticket(&row.ticket_id).unwrap_or_else(|| row.ticket.clone());
+        let ticket = desk
+            .ticket(&row.ticket_id)
+            .unwrap_or_else(|| row.ticket.clone());
         let answered: Option<Answer> = store
             .get_kv(&format!("notify/answer/{}", row.ticket_id))
             .ok()
@@ -323,7 +327,8 @@ impl Notifier {
             rendered: &rendered,
             json: &json,
             idempotency_key: &idem,
-            status_callback: matches!(ch, Channel::Sms | Channel::Voice).then_some(callback.as_str()),
+            status_callback: matches!(ch, Channel::Sms | Channel::Voice)
+                .then_some(callback.as_str()),
         };
         let result = provider.send(&out).await;
         let now = self.clock.now_ms();
@@ -357,7 +362,11 @@ impl Notifier {
                             kind.as_str(),
                             acc.detail,
                             rendered.locale,
-                            if resent { ", resent with the same idempotency key" } else { "" }
+                            if resent {
+                                ", resent with the same idempotency key"
+                            } else {
+                                ""
+                            }
                         ),
                     )
                     .channel(ch)
@@ -386,7 +395,11 @@ impl Notifier {
                         urgency_reason: format!(
                             "urgent: not acknowledged {} after the {} message",
                             self.cfg.ack_timeout,
-                            if row.reminder == 0 { "first" } else { "previous" }
+                            if row.reminder == 0 {
+                                "first"
+                            } else {
+                                "previous"
+                            }
                         ),
                         created_ms: due,
                         due_ms: due,
@@ -429,7 +442,10 @@ impl Notifier {
                         .map(|_| ());
                 }
                 let backoff = self.backoff(row.tries);
-                let wait = after.map(|a| a.as_millis() as i64).unwrap_or(0).max(backoff);
+                let wait = after
+                    .map(|a| a.as_millis() as i64)
+                    .unwrap_or(0)
+                    .max(backoff);
                 row.due_ms = now + wait;
                 tracing::warn!(channel = ch.as_str(), ticket = %row.ticket_id, tries = row.tries, wait_ms = wait, error = %detail, "notification will be retried");
                 let mut tx = store.tx();
@@ -467,7 +483,9 @@ impl Notifier {
     fn backoff(&self, tries: u32) -> i64 {
         let min = self.cfg.retry_min.as_millis_i64().max(1);
         let max = self.cfg.retry_max.as_millis_i64().max(min);
-        let exp = min.saturating_mul(1i64 << tries.saturating_sub(1).min(30)).min(max);
+        let exp = min
+            .saturating_mul(1i64 << tries.saturating_sub(1).min(30))
+            .min(max);
         let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
         ((exp as f64) * jitter) as i64
     }
@@ -546,7 +564,14 @@ impl Notifier {
         now: i64,
     ) -> BTreeMap<&'static str, String> {
         let mut f = BTreeMap::new();
-        f.insert("name", if c.name.is_empty() { c.id.clone() } else { c.name.clone() });
+        f.insert(
+            "name",
+            if c.name.is_empty() {
+                c.id.clone()
+            } else {
+                c.name.clone()
+            },
+        );
         let device = desk
             .device(&t.device_id)
             .and_then(|d| d.attributes.get("name").cloned())
@@ -557,7 +582,7 @@ impl Notifier {
         let when = t
             .predicted_failure_at
             .as_deref()
-            .and_then(|s| crate::ingest::decode::parse_ts_str(s))
+            .and_then(crate::ingest::decode::parse_ts_str)
             .and_then(|ms| route::tz_of(c).timestamp_millis_opt(ms).single())
             .map(|lt| format!("{} ({})", lt.format("%Y-%m-%d %H:%M"), c.time_zone))
             .unwrap_or_default();

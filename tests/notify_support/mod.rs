@@ -272,7 +272,9 @@ impl Harness {
     }
 
     pub async fn run(&self) {
-        self.notifier.run_once(&self.store, self.desk.as_ref()).await;
+        self.notifier
+            .run_once(&self.store, self.desk.as_ref())
+            .await;
     }
 
     pub fn advance(&self, d: Duration) {

@@ -86,7 +86,13 @@ impl Fakes {
             .collect()
     }
     pub fn requests(&self, service: &str) -> usize {
-        *self.inner.lock().unwrap().requests.get(service).unwrap_or(&0)
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .requests
+            .get(service)
+            .unwrap_or(&0)
     }
 }
 
@@ -125,6 +131,7 @@ async fn gate(st: &Arc<Mutex<Inner>>, service: &'static str) -> Result<Option<u6
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record(
     st: &Arc<Mutex<Inner>>,
     service: &'static str,
@@ -178,7 +185,16 @@ async fn messages(
         Err(r) => return r,
     };
     let g = |k: &str| f.get(k).cloned().unwrap_or_default();
-    let msid = record(&st, "sms", &h, g("To"), g("Body"), String::new(), g("StatusCallback"), "SM");
+    let msid = record(
+        &st,
+        "sms",
+        &h,
+        g("To"),
+        g("Body"),
+        String::new(),
+        g("StatusCallback"),
+        "SM",
+    );
     if let Some(ms) = hang {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -205,7 +221,16 @@ async fn calls(
     if !g("Twiml").starts_with("<Response>") {
         return (StatusCode::BAD_REQUEST, "Twiml required").into_response();
     }
-    let csid = record(&st, "voice", &h, g("To"), g("Twiml"), String::new(), g("StatusCallback"), "CA");
+    let csid = record(
+        &st,
+        "voice",
+        &h,
+        g("To"),
+        g("Twiml"),
+        String::new(),
+        g("StatusCallback"),
+        "CA",
+    );
     (
         StatusCode::CREATED,
         Json(serde_json::json!({"sid": csid, "status": "queued"})),

@@ -110,10 +110,13 @@ impl SmtpServer {
 /// content type: enough to read what a customer would see.
 pub fn parts(data: &str) -> Vec<(String, String)> {
     use base64::Engine;
-    let boundary = data
-        .split("boundary=")
-        .nth(1)
-        .map(|b| b.trim_start_matches('"').split(['"', '\r', '\n', ';']).next().unwrap().to_string());
+    let boundary = data.split("boundary=").nth(1).map(|b| {
+        b.trim_start_matches('"')
+            .split(['"', '\r', '\n', ';'])
+            .next()
+            .unwrap()
+            .to_string()
+    });
     let Some(b) = boundary else {
         return vec![];
     };
@@ -130,8 +133,12 @@ pub fn parts(data: &str) -> Vec<(String, String)> {
             .to_string();
         let text = if head_l.contains("content-transfer-encoding: base64") {
             let joined: String = body.split_whitespace().collect();
-            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(joined).unwrap())
-                .unwrap()
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(joined)
+                    .unwrap(),
+            )
+            .unwrap()
         } else if head_l.contains("quoted-printable") {
             qp(body)
         } else {
@@ -148,7 +155,7 @@ fn qp(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'=' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+        if b[i] == b'=' && i + 2 < b.len() {
             if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(v);
                 i += 3;
