@@ -343,6 +343,7 @@ async fn restart_between_send_and_record_does_not_message_the_customer_twice() {
     let _ = job.await;
     let Harness {
         dir,
+        tmp,
         fakes,
         smtp,
         server,
@@ -356,7 +357,7 @@ async fn restart_between_send_and_record_does_not_message_the_customer_twice() {
     let _ = server.await;
     // Restart on the same data directory.
     fakes.set("sms", Mode::Ok);
-    let h = Harness::with(dir, fakes, smtp, |_| {}).await;
+    let h = Harness::with(dir, tmp, fakes, smtp, |_| {}).await;
     h.add_customer(c);
     assert_eq!(h.outbox_len(), 1, "the interrupted row survived");
     h.run().await;
@@ -466,4 +467,82 @@ async fn worker_task_delivers_and_stops_on_shutdown() {
         .unwrap();
     assert_eq!(h.metric("forewarn_notify_outbox_depth", &[]), 0.0);
     let _ = HOUR;
+}
+
+#[tokio::test]
+async fn priority_rising_to_urgent_alerts_again_and_settling_sends_a_short_resolved_note() {
+    use forewarn::engine::ChangeKind;
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
+    let mut t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1);
+    // A probability change alone does not message the customer.
+    t.probability = 0.75;
+    h.change(&c, ChangeKind::Updated, Some(Priority::High), &t);
+    h.run().await;
+    assert_eq!(h.smtp.mails().len() + h.fakes.delivered("sms").len(), 1);
+    // Rising to urgent does, on an immediate channel.
+    t.priority = Priority::Urgent;
+    h.change(&c, ChangeKind::Updated, Some(Priority::High), &t);
+    h.run().await;
+    let sms = h.fakes.delivered("sms");
+    assert_eq!(sms.len(), 1);
+    assert!(
+        sms[0].body.contains("Urgent service alert"),
+        "{}",
+        sms[0].body
+    );
+    // A maintenance event settles it: a short note, no question, no link.
+    t.transition(
+        forewarn::tickets::Status::Resolved,
+        "device",
+        t.opened_ms + 1,
+        "",
+    )
+    .unwrap();
+    h.change(&c, ChangeKind::Settled, Some(Priority::Urgent), &t);
+    h.run().await;
+    let mails = h.smtp.mails();
+    assert_eq!(mails.len(), 2);
+    let plain = smtp::parts(&mails[1].data)
+        .into_iter()
+        .find(|p| p.0.contains("text/plain"))
+        .unwrap()
+        .1;
+    assert!(plain.contains("Resolved"), "{plain}");
+    assert!(!plain.contains("Reply 1"), "{plain}");
+}
+
+#[tokio::test]
+async fn a_bounced_email_falls_back_to_push() {
+    let h = Harness::start(|_| {}).await;
+    h.smtp.mode.store(2, std::sync::atomic::Ordering::SeqCst);
+    let c = h.customer("acme", "en", &[Channel::Email, Channel::Push]);
+    h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    h.run().await;
+    assert_eq!(h.fakes.delivered("push").len(), 1);
+    let tl = h.timeline("acme");
+    let fb = tl.iter().find(|e| e.kind == "fallback").unwrap();
+    assert!(
+        fb.detail
+            .starts_with("email failed (smtp rejected the message (550"),
+        "{}",
+        fb.detail
+    );
+}
+
+#[tokio::test]
+async fn a_temporary_smtp_failure_is_retried_on_email() {
+    let h = Harness::start(|_| {}).await;
+    h.smtp.mode.store(1, std::sync::atomic::Ordering::SeqCst);
+    let c = h.customer("acme", "en", &[Channel::Email, Channel::Push]);
+    h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    h.smtp.mode.store(0, std::sync::atomic::Ordering::SeqCst);
+    h.advance(Duration::from_secs(5));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1);
+    assert!(h.fakes.delivered("push").is_empty());
 }

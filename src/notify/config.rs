@@ -7,6 +7,30 @@ use crate::tickets::Priority;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// A credential: deserialized like a string, never printed by `Debug` (configs get logged).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
@@ -16,7 +40,7 @@ pub struct NotifyConfig {
     /// How often the worker looks at the outbox.
     pub poll_interval: Dur,
     /// HMAC key of self-service links (also FOREWARN__NOTIFY__LINK_SECRET); random per start if unset.
-    pub link_secret: Option<String>,
+    pub link_secret: Option<Secret>,
     /// Self-service links expire after this.
     pub link_ttl: Dur,
     /// Folder of `<locale>.toml` template files overriding/adding to the embedded ones.
@@ -40,7 +64,7 @@ pub struct NotifyConfig {
     /// Send a short "resolved" message when a notified ticket is settled by a maintenance event.
     pub notify_resolved: bool,
     /// Shared secret for the e-mail inbound-parse webhook (`?key=`); unset: the route is off.
-    pub inbound_email_key: Option<String>,
+    pub inbound_email_key: Option<Secret>,
     pub routing: RoutingConfig,
     pub email: Option<EmailConfig>,
     pub sms: Option<TwilioConfig>,
@@ -130,7 +154,7 @@ pub struct EmailConfig {
     pub port: u16,
     pub tls: SmtpTls,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `Forewarn Service <service@example.com>`
     pub from: String,
     /// Where customer replies go (the inbound-parse address), if not `from`.
@@ -158,7 +182,7 @@ pub struct TwilioConfig {
     pub api_base: String,
     pub account_sid: String,
     /// Basic-auth password, and key of X-Twilio-Signature on callbacks.
-    pub auth_token: String,
+    pub auth_token: Secret,
     /// Sender number (E.164).
     pub from: String,
 }
@@ -168,7 +192,7 @@ impl Default for TwilioConfig {
         TwilioConfig {
             api_base: "https://api.twilio.com".into(),
             account_sid: String::new(),
-            auth_token: String::new(),
+            auth_token: Secret::default(),
             from: String::new(),
         }
     }
@@ -179,7 +203,7 @@ impl Default for TwilioConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
     pub url: String,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 }
 
 impl Default for PushConfig {
@@ -195,7 +219,7 @@ impl Default for PushConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// HMAC-SHA256 key of `X-Forewarn-Signature` on customer webhooks.
-    pub secret: String,
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,7 +228,7 @@ pub struct MqttConfig {
     pub url: String,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 impl Default for MqttConfig {
@@ -288,10 +312,68 @@ impl NotifyConfig {
             }
         }
         if let Some(m) = &self.mqtt {
-            if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
-                return bad("mqtt.url", "must start with mqtt:// or mqtts://");
+            if !m.url.starts_with("mqtt://") {
+                return bad(
+                    "mqtt.url",
+                    "must start with mqtt:// (TLS is not supported here yet)",
+                );
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_tables_parse_and_secrets_never_print() {
+        let c: NotifyConfig = toml::from_str(
+            r#"
+            link_secret = "0123456789abcdef-secret"
+            [sms]
+            account_sid = "AC1"
+            auth_token = "tok-very-secret"
+            from = "+15550100"
+            [email]
+            host = "smtp.example.com"
+            tls = "tls"
+            port = 465
+            password = "pw-very-secret"
+            from = "Service <s@example.com>"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(&*c.sms.as_ref().unwrap().auth_token, "tok-very-secret");
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("very-secret") && !dbg.contains("0123456789abcdef"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = NotifyConfig::default();
+        c.retry_min = Dur::secs(900);
+        assert_eq!(c.validate().unwrap_err().0, "retry_min");
+        let mut c = NotifyConfig::default();
+        c.email = Some(EmailConfig {
+            from: "not an address".into(),
+            ..EmailConfig::default()
+        });
+        assert_eq!(c.validate().unwrap_err().0, "email.from");
+        let mut c = NotifyConfig::default();
+        c.webhook = Some(WebhookConfig {
+            secret: "short".into(),
+        });
+        assert_eq!(c.validate().unwrap_err().0, "webhook.secret");
+        let mut c = NotifyConfig::default();
+        c.sms = Some(TwilioConfig::default());
+        assert_eq!(c.validate().unwrap_err().0, "sms.account_sid");
+        assert!(toml::from_str::<NotifyConfig>("smss = 1").is_err());
+        assert!(toml::from_str::<NotifyConfig>("[email]\ntls = \"ssl\"").is_err());
     }
 }

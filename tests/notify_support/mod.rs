@@ -125,7 +125,9 @@ pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
 }
 
 pub struct Harness {
-    pub dir: tempfile::TempDir,
+    pub dir: std::path::PathBuf,
+    /// Keeps a temporary data dir alive (None when the dir belongs to someone else).
+    pub tmp: Option<tempfile::TempDir>,
     pub store: Store,
     pub notifier: Arc<Notifier>,
     pub desk: Arc<StoreDesk>,
@@ -144,13 +146,14 @@ impl Harness {
     pub async fn start(tweak: impl FnOnce(&mut NotifyConfig)) -> Harness {
         let fakes = Fakes::start().await;
         let smtp = SmtpServer::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        Self::with(dir, fakes, smtp, tweak).await
+        let tmp = tempfile::tempdir().unwrap();
+        Self::with(tmp.path().to_path_buf(), Some(tmp), fakes, smtp, tweak).await
     }
 
     /// Builds a harness over an existing data dir and fakes (a restart).
     pub async fn with(
-        dir: tempfile::TempDir,
+        dir: std::path::PathBuf,
+        tmp: Option<tempfile::TempDir>,
         fakes: Fakes,
         smtp: SmtpServer,
         tweak: impl FnOnce(&mut NotifyConfig),
@@ -159,7 +162,7 @@ impl Harness {
         // A restarted harness may have to wait for the previous one's handles to drop.
         let mut tries = 0;
         let store = loop {
-            match Store::open(dir.path(), 8 << 20) {
+            match Store::open(&dir, 8 << 20) {
                 Ok(s) => break s,
                 Err(e) if tries > 100 => panic!("{e}"),
                 Err(_) => {
@@ -187,6 +190,7 @@ impl Harness {
         });
         Harness {
             dir,
+            tmp,
             store,
             notifier,
             desk,
@@ -269,6 +273,27 @@ impl Harness {
             .on_ticket_change(&mut tx, &change, Some(customer), None, now);
         self.store.commit(tx).unwrap();
         t
+    }
+
+    /// Commits a later change of a ticket (update, settlement) the way the daemon does.
+    pub fn change(
+        &self,
+        customer: &Customer,
+        kind: ChangeKind,
+        previous: Option<Priority>,
+        t: &Ticket,
+    ) {
+        use forewarn::notify::Clock;
+        let change = Change {
+            kind,
+            previous_priority: previous,
+            ticket: t.clone(),
+        };
+        let mut tx = self.store.tx();
+        tx.put_ticket(t);
+        self.notifier
+            .on_ticket_change(&mut tx, &change, Some(customer), None, self.clock.now_ms());
+        self.store.commit(tx).unwrap();
     }
 
     pub async fn run(&self) {

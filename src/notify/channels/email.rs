@@ -27,7 +27,7 @@ impl Email {
         };
         let mut b = b.port(cfg.port).timeout(Some(timeout));
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            b = b.credentials(Credentials::new(u.clone(), p.clone()));
+            b = b.credentials(Credentials::new(u.clone(), p.0.clone()));
         }
         let from = cfg
             .from

@@ -41,7 +41,7 @@ impl Provider for Mqtt {
             let mut o = MqttOptions::new(format!("{}-{id}", self.cfg.client_id), host, port);
             o.set_keep_alive(Duration::from_secs(10));
             if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
-                o.set_credentials(u.clone(), p.clone());
+                o.set_credentials(u.clone(), p.0.clone());
             }
             let (client, mut ev) = AsyncClient::new(o, 4);
             let body = serde_json::to_vec(m.json).unwrap_or_default();

@@ -40,7 +40,7 @@ impl Provider for Push {
                 req = req.header("Click", link);
             }
             if let Some(t) = &self.cfg.token {
-                req = req.bearer_auth(t);
+                req = req.bearer_auth(&t.0);
             }
             let (_status, body) = classify(req.send().await).await?;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();

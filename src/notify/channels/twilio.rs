@@ -66,7 +66,7 @@ impl Provider for Twilio {
             let r = self
                 .http
                 .post(url)
-                .basic_auth(sid, Some(&self.cfg.auth_token))
+                .basic_auth(sid, Some(&self.cfg.auth_token.0))
                 .header("I-Twilio-Idempotency-Token", m.idempotency_key)
                 .form(&form)
                 .send()
