@@ -356,23 +356,41 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let mut c = NotifyConfig::default();
-        c.retry_min = Dur::secs(900);
-        assert_eq!(c.validate().unwrap_err().0, "retry_min");
-        let mut c = NotifyConfig::default();
-        c.email = Some(EmailConfig {
-            from: "not an address".into(),
-            ..EmailConfig::default()
-        });
-        assert_eq!(c.validate().unwrap_err().0, "email.from");
-        let mut c = NotifyConfig::default();
-        c.webhook = Some(WebhookConfig {
-            secret: "short".into(),
-        });
-        assert_eq!(c.validate().unwrap_err().0, "webhook.secret");
-        let mut c = NotifyConfig::default();
-        c.sms = Some(TwilioConfig::default());
-        assert_eq!(c.validate().unwrap_err().0, "sms.account_sid");
+        let key = |c: NotifyConfig| c.validate().unwrap_err().0;
+        let d = NotifyConfig::default;
+        assert_eq!(
+            key(NotifyConfig {
+                retry_min: Dur::secs(900),
+                ..d()
+            }),
+            "retry_min"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                email: Some(EmailConfig {
+                    from: "not an address".into(),
+                    ..EmailConfig::default()
+                }),
+                ..d()
+            }),
+            "email.from"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                webhook: Some(WebhookConfig {
+                    secret: "short".into(),
+                }),
+                ..d()
+            }),
+            "webhook.secret"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                sms: Some(TwilioConfig::default()),
+                ..d()
+            }),
+            "sms.account_sid"
+        );
         assert!(toml::from_str::<NotifyConfig>("smss = 1").is_err());
         assert!(toml::from_str::<NotifyConfig>("[email]\ntls = \"ssl\"").is_err());
     }
