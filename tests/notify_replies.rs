@@ -249,3 +249,67 @@ async fn timeline_of_an_unknown_customer_is_404() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+#[tokio::test]
+async fn the_self_service_page_speaks_the_customers_language() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("darya", "fa", &[Channel::Sms]);
+    h.open(&c, "pump-fa", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let sms = h.fakes.delivered("sms");
+    assert!(sms[0].body.contains("هشدار فوری سرویس"), "{}", sms[0].body);
+    let html = h
+        .http
+        .get(link_in(&sms[0].body))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("lang=\"fa\" dir=\"rtl\""), "{html}");
+    assert!(
+        html.contains("تأیید بازدید") && html.contains("pump-fa"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn after_an_answer_an_urgent_update_informs_without_asking_again() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    let mut t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    assert!(h.fakes.delivered("sms")[0].body.contains("Reply 1"));
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/sms",
+            &[("From", c.contacts[&Channel::Sms].as_str()), ("Body", "3")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    t = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(t.status, Status::Acknowledged);
+    assert_eq!(t.history.last().unwrap().note, "not now by sms: 3");
+    t.priority = Priority::Urgent;
+    h.change(
+        &c,
+        forewarn::engine::ChangeKind::Updated,
+        Some(Priority::High),
+        &t,
+    );
+    h.run().await;
+    let sms = h.fakes.delivered("sms");
+    assert_eq!(sms.len(), 2);
+    assert!(
+        sms[1].body.contains("Urgent service alert"),
+        "{}",
+        sms[1].body
+    );
+    assert!(
+        !sms[1].body.contains("Reply 1"),
+        "not asked again: {}",
+        sms[1].body
+    );
+    assert_eq!(h.outbox_len(), 0, "no reminder for an answered ticket");
+}

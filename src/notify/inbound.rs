@@ -481,13 +481,38 @@ async fn email_reply(
 }
 
 fn page_html(title: &str, body: &str) -> Html<String> {
+    page_html_in("en", false, title, body)
+}
+
+fn page_html_in(lang: &str, rtl: bool, title: &str, body: &str) -> Html<String> {
     Html(format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+        "<!DOCTYPE html><html lang=\"{lang}\" dir=\"{dir}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <title>{t}</title><style>body{{font-family:sans-serif;max-width:32em;margin:2em auto;padding:0 1em}}\
          button{{display:block;width:100%;margin:.5em 0;padding:.8em;font-size:1em}}</style></head>\
          <body><h1>{t}</h1>{body}</body></html>",
+        lang = super::templates::html_escape(lang),
+        dir = if rtl { "rtl" } else { "ltr" },
         t = super::templates::html_escape(title)
     ))
+}
+
+/// The page's words in the ticket's customer's language.
+fn page_text(s: &AppState, t: &Ticket) -> super::templates::PageText {
+    let now = s.n.clock.now_ms();
+    let customer = t.customer_id.as_deref().and_then(|c| s.desk.customer(c));
+    match customer {
+        Some(c) => {
+            let facts = s.n.facts(t, &c, s.desk.as_ref(), now);
+            s.n.templates.page(&c.locale, &facts)
+        }
+        None => {
+            let mut facts = std::collections::BTreeMap::new();
+            facts.insert("device", t.device_id.clone());
+            facts.insert("failure_mode", t.failure_mode.replace(['_', '-'], " "));
+            facts.insert("probability", format!("{:.0}", t.probability * 100.0));
+            s.n.templates.page("", &facts)
+        }
+    }
 }
 
 fn claims(s: &AppState, token: &str) -> Result<(link::LinkClaims, Ticket), Box<Response>> {
@@ -520,38 +545,30 @@ async fn page(State(s): State<AppState>, Path(token): Path<String>) -> Response 
         Err(r) => return *r,
     };
     let e = super::templates::html_escape;
+    let p = page_text(&s, &t);
     let answered: Option<Answer> = s
         .store
         .get_kv(&format!("notify/answer/{}", t.id))
         .ok()
         .flatten();
     let already = answered
-        .map(|a| {
-            format!(
-                "<p><em>Your answer so far: {} ({}).</em></p>",
-                e(&a.answer),
-                e(&a.at)
-            )
-        })
-        .unwrap_or_default();
-    let when = t
-        .predicted_failure_at
-        .as_deref()
-        .map(|w| format!(", expected by {}", e(w)))
+        .map(|a| format!("<p><em>✓ {} ({})</em></p>", e(&a.answer), e(&a.at)))
         .unwrap_or_default();
     let body = format!(
-        "<p><strong>{dev}</strong>: likely {mode} fault ({p:.0}%){when}.</p><p>Ticket {id}, status {st}.</p>{already}\
-         <form method=\"post\"><label>Preferred time (optional) <input name=\"when\" placeholder=\"e.g. Tue morning\"></label>\
-         <button name=\"action\" value=\"confirm\">Confirm a visit</button>\
-         <button name=\"action\" value=\"reschedule\">Ask for another time</button>\
-         <button name=\"action\" value=\"not_now\">Not now</button></form>",
-        dev = e(&t.device_id),
-        mode = e(&t.failure_mode),
-        p = t.probability * 100.0,
+        "<p><strong>{summary}</strong></p><p>{id} · {st}</p>{already}\
+         <form method=\"post\"><label>{when} <input name=\"when\"></label>\
+         <button name=\"action\" value=\"confirm\">{confirm}</button>\
+         <button name=\"action\" value=\"reschedule\">{reschedule}</button>\
+         <button name=\"action\" value=\"not_now\">{not_now}</button></form>",
+        summary = e(&p.summary),
         id = e(&t.id),
         st = t.status.as_str(),
+        when = e(&p.when),
+        confirm = e(&p.confirm),
+        reschedule = e(&p.reschedule),
+        not_now = e(&p.not_now),
     );
-    page_html("Service visit", &body).into_response()
+    page_html_in(&p.lang, p.rtl, &p.title, &body).into_response()
 }
 
 async fn page_answer(
@@ -580,16 +597,22 @@ async fn page_answer(
         .n
         .apply_reply(&s.store, s.desk.as_ref(), &t.id, "link", reply, when)
     {
-        Ok(t) => page_html(
-            "Thank you",
-            &format!(
-                "<p>We have recorded: <strong>{}</strong>. Ticket {} is now {}.</p>",
-                reply.as_str(),
-                super::templates::html_escape(&t.id),
-                t.status.as_str()
-            ),
-        )
-        .into_response(),
+        Ok(t) => {
+            let p = page_text(&s, &t);
+            page_html_in(
+                &p.lang,
+                p.rtl,
+                &p.title,
+                &format!(
+                    "<p>{}</p><p>{} · {} · {}</p>",
+                    super::templates::html_escape(&p.thanks),
+                    super::templates::html_escape(&t.id),
+                    reply.as_str(),
+                    t.status.as_str()
+                ),
+            )
+            .into_response()
+        }
         Err(ReplyError::NotFound) => (
             StatusCode::NOT_FOUND,
             page_html("forewarn", "<p>No such ticket.</p>"),

@@ -29,7 +29,7 @@ pub const FACTS: [&str; 10] = [
     "reply_to",
 ];
 /// Phrases each locale must define (rendered from facts, then available to templates).
-pub const PHRASES: [&str; 11] = [
+pub const PHRASES: [&str; 17] = [
     "alert",
     "urgent",
     "reminder",
@@ -41,6 +41,12 @@ pub const PHRASES: [&str; 11] = [
     "next",
     "reply_text",
     "reply_voice",
+    "page_title",
+    "page_confirm",
+    "page_reschedule",
+    "page_not_now",
+    "page_when",
+    "page_thanks",
 ];
 /// Templates per channel each locale must define.
 pub const TEMPLATES: [&str; 7] = [
@@ -260,6 +266,7 @@ impl Templates {
         locale: &str,
         kind: MessageKind,
         facts: &BTreeMap<&'static str, String>,
+        ask: bool,
     ) -> Rendered {
         let (name, l) = self.pick(locale);
         let mut vars: BTreeMap<&str, String> = facts.iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -284,12 +291,14 @@ impl Templates {
             vars.get("by_when_unknown").cloned().unwrap_or_default()
         };
         vars.insert("by", by);
-        let no_question = kind == MessageKind::Resolved;
-        if no_question {
+        // Resolved: nothing to ask. Already answered: not asked again (the link stays).
+        if kind == MessageKind::Resolved || !ask {
             vars.insert("reply", String::new());
             vars.insert("reply_voice", String::new());
             vars.insert("next", String::new());
-            vars.insert("link", String::new());
+            if kind == MessageKind::Resolved {
+                vars.insert("link", String::new());
+            }
         } else {
             let r = vars.get("reply_text").cloned().unwrap_or_default();
             vars.insert("reply", r);
@@ -318,6 +327,50 @@ impl Templates {
             email_subject: t("email_subject", false),
             email_text: t("email_text", false),
             email_html: t("email_html", true),
+        }
+    }
+}
+
+/// The self-service page's words in the customer's language.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageText {
+    pub lang: String,
+    pub rtl: bool,
+    pub title: String,
+    /// "{prediction}, {by}".
+    pub summary: String,
+    pub confirm: String,
+    pub reschedule: String,
+    pub not_now: String,
+    pub when: String,
+    pub thanks: String,
+}
+
+impl Templates {
+    pub fn page(&self, locale: &str, facts: &BTreeMap<&'static str, String>) -> PageText {
+        let (name, l) = self.pick(locale);
+        let vars: BTreeMap<&str, String> = facts.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let p = |k: &str| {
+            l.phrases
+                .get(k)
+                .map(|t| t.render(&vars, false))
+                .unwrap_or_default()
+        };
+        let by = if facts.get("when").is_some_and(|w| !w.is_empty()) {
+            p("by_when")
+        } else {
+            p("by_when_unknown")
+        };
+        PageText {
+            lang: name.to_string(),
+            rtl: l.rtl,
+            title: p("page_title"),
+            summary: format!("{}, {by}", p("prediction")),
+            confirm: p("page_confirm"),
+            reschedule: p("page_reschedule"),
+            not_now: p("page_not_now"),
+            when: p("page_when"),
+            thanks: p("page_thanks"),
         }
     }
 }
@@ -405,7 +458,7 @@ mod tests {
     fn embedded_locales_load_and_render_every_channel() {
         let t = Templates::load(None, "en").unwrap();
         for loc in ["en", "th", "fa"] {
-            let r = t.render(loc, MessageKind::Urgent, &facts());
+            let r = t.render(loc, MessageKind::Urgent, &facts(), true);
             assert_eq!(r.locale, loc);
             for s in [&r.sms, &r.voice, &r.push, &r.email_subject, &r.email_text] {
                 assert!(!s.is_empty() && !s.contains("{{"), "{loc}: {s}");
@@ -413,15 +466,31 @@ mod tests {
             assert!(r.sms.contains("pump-7"), "{loc}: {}", r.sms);
             assert!(r.email_html.contains("https://x/n/abc"));
         }
-        let fa = t.render("fa-IR", MessageKind::Alert, &facts());
+        let fa = t.render("fa-IR", MessageKind::Alert, &facts(), true);
         assert!(fa.rtl && fa.email_html.contains("dir=\"rtl\""));
-        assert!(t.render("de", MessageKind::Alert, &facts()).locale == "en");
+        assert!(t.render("de", MessageKind::Alert, &facts(), true).locale == "en");
+    }
+
+    #[test]
+    fn an_answered_ticket_is_not_asked_again_and_the_page_speaks_persian() {
+        let t = Templates::load(None, "en").unwrap();
+        let asked = t.render("en", MessageKind::Urgent, &facts(), true);
+        let told = t.render("en", MessageKind::Urgent, &facts(), false);
+        assert!(asked.sms.contains("Reply 1"));
+        assert!(
+            !told.sms.contains("Reply 1") && told.sms.contains("pump-7"),
+            "{}",
+            told.sms
+        );
+        let page = t.page("fa", &facts());
+        assert!(page.rtl && page.lang == "fa");
+        assert!(page.confirm.contains("تأیید"), "{}", page.confirm);
     }
 
     #[test]
     fn html_part_escapes_customer_data() {
         let t = Templates::load(None, "en").unwrap();
-        let r = t.render("en", MessageKind::Alert, &facts());
+        let r = t.render("en", MessageKind::Alert, &facts(), true);
         assert!(r.email_html.contains("Acme &lt;Ops&gt;"));
         assert!(r.email_text.contains("Acme <Ops>"));
     }

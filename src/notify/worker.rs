@@ -286,7 +286,9 @@ impl Notifier {
             row.kind
         };
         let facts = self.facts(&ticket, &customer, desk, now);
-        let rendered = self.templates.render(&customer.locale, kind, &facts);
+        let rendered = self
+            .templates
+            .render(&customer.locale, kind, &facts, answered.is_none());
         let json = serde_json::json!({
             "schema": "forewarn.notification/v1",
             "kind": kind.as_str(),
@@ -385,7 +387,7 @@ impl Notifier {
                     }
                 }
                 let wants_ack = matches!(kind, MessageKind::Urgent | MessageKind::Reminder);
-                if wants_ack && row.reminder < self.cfg.max_reminders {
+                if wants_ack && answered.is_none() && row.reminder < self.cfg.max_reminders {
                     let due = now + self.cfg.ack_timeout.as_millis_i64();
                     let n = row.reminder + 1;
                     let rem = OutboxRow {
