@@ -120,6 +120,15 @@ async fn urgent_uses_an_immediate_channel_in_quiet_hours_while_advisory_waits_un
     h.advance(Duration::from_secs(7 * 3600 + 59 * 60));
     h.run().await;
     assert!(h.smtp.mails().is_empty());
+    assert_eq!(
+        h.metric("forewarn_notify_outbox_depth", &[]),
+        2.0,
+        "held advisory + reminder timer"
+    );
+    assert_eq!(
+        h.metric("forewarn_notify_outbox_oldest_age_seconds", &[]),
+        (7 * 3600 + 59 * 60) as f64
+    );
     // 07:00: the e-mail goes.
     h.advance(MIN);
     h.run().await;

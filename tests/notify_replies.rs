@@ -313,3 +313,30 @@ async fn after_an_answer_an_urgent_update_informs_without_asking_again() {
     );
     assert_eq!(h.outbox_len(), 0, "no reminder for an answered ticket");
 }
+
+#[tokio::test]
+async fn an_unanswered_call_falls_back_to_sms_through_the_call_status_callback() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Voice, Channel::Sms]);
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let calls = h.fakes.delivered("voice");
+    assert_eq!(calls.len(), 1);
+    assert!(h.fakes.delivered("sms").is_empty());
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/status",
+            &[
+                ("CallSid", calls[0].sid.as_str()),
+                ("CallStatus", "no-answer"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 1);
+    assert_eq!(
+        h.metric("forewarn_notify_fallbacks_total", &[("channel", "voice")]),
+        1.0
+    );
+}
