@@ -164,6 +164,12 @@ impl Notifier {
         text: &str,
     ) -> Result<Ticket, ReplyError> {
         let t = desk.ticket(ticket_id).ok_or(ReplyError::NotFound)?;
+        if !t.is_live() {
+            return Err(ReplyError::Rejected(format!(
+                "ticket {ticket_id} is already {}",
+                t.status.as_str()
+            )));
+        }
         let cid = t.customer_id.clone().unwrap_or_default();
         let now = self.clock.now_ms();
         let prev: Option<Answer> = store
@@ -344,14 +350,14 @@ async fn sms_reply(
         return twiml_ok();
     }
     let reply = Reply::parse(body);
-    match s
-        .n
-        .apply_reply(&s.store, s.desk.as_ref(), &ticket, "sms", reply, body)
+    // Twilio only needs to know the webhook worked; an answer that cannot apply (ticket
+    // closed meanwhile) is logged, not bounced back to the provider.
+    if let Err(ReplyError::Rejected(m)) =
+        s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket, "sms", reply, body)
     {
-        Ok(_) => twiml_ok(),
-        Err(ReplyError::NotFound) => twiml_ok(),
-        Err(ReplyError::Rejected(m)) => error(StatusCode::CONFLICT, "rejected", &m),
+        tracing::info!(ticket = %ticket, reason = %m, "SMS reply not applied");
     }
+    twiml_ok()
 }
 
 fn twiml_ok() -> Response {

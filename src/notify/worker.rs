@@ -280,11 +280,7 @@ impl Notifier {
                 .fall_back(store, key, row, ch, "no provider configured".into())
                 .map(|_| ());
         };
-        let kind = if row.kind == MessageKind::Reminder {
-            MessageKind::Reminder
-        } else {
-            row.kind
-        };
+        let kind = row.kind;
         let facts = self.facts(&ticket, &customer, desk, now);
         let rendered = self
             .templates
@@ -391,7 +387,8 @@ impl Notifier {
                     let due = now + self.cfg.ack_timeout.as_millis_i64();
                     let n = row.reminder + 1;
                     let rem = OutboxRow {
-                        id: format!("{}/reminder/{n}", row.ticket_id),
+                        // Unique per chain, so each reminder has its own idempotency key.
+                        id: format!("{}/r{n}", row.id),
                         kind: MessageKind::Reminder,
                         urgent: true,
                         urgency_reason: format!(
