@@ -555,3 +555,47 @@ async fn a_temporary_smtp_failure_is_retried_on_email() {
     assert_eq!(h.smtp.mails().len(), 1);
     assert!(h.fakes.delivered("push").is_empty());
 }
+
+async fn email_over_tls(
+    mode: fn(std::sync::Arc<tokio_rustls::rustls::ServerConfig>) -> smtp::TlsMode,
+    tls: forewarn::notify::config::SmtpTls,
+) {
+    let (ca_pem, server_cfg) = smtp::localhost_tls();
+    let server = smtp::SmtpServer::start_with(mode(server_cfg)).await;
+    let fakes = notify_support::providers::Fakes::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let data = tmp.path().join("db");
+    let h = Harness::with(data, Some(tmp), fakes, server, |c| {
+        let e = c.email.as_mut().unwrap();
+        e.host = "localhost".into();
+        e.tls = tls;
+        e.ca_file = Some(ca);
+    })
+    .await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let mails = h.smtp.mails();
+    assert_eq!(mails.len(), 1, "{:?}", h.timeline("acme"));
+    assert!(mails[0].tls, "the message travelled encrypted");
+}
+
+#[tokio::test]
+async fn email_upgrades_with_starttls_when_configured() {
+    email_over_tls(
+        smtp::TlsMode::Starttls,
+        forewarn::notify::config::SmtpTls::Starttls,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn email_uses_implicit_tls_when_configured() {
+    email_over_tls(
+        smtp::TlsMode::Implicit,
+        forewarn::notify::config::SmtpTls::Tls,
+    )
+    .await;
+}

@@ -159,6 +159,9 @@ pub struct EmailConfig {
     pub from: String,
     /// Where customer replies go (the inbound-parse address), if not `from`.
     pub reply_to: Option<String>,
+    /// PEM CA certificate(s) to trust for the SMTP server's TLS (a private relay); default: the
+    /// web PKI roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for EmailConfig {
@@ -171,6 +174,7 @@ impl Default for EmailConfig {
             password: None,
             from: "forewarn@localhost".into(),
             reply_to: None,
+            ca_file: None,
         }
     }
 }

@@ -103,6 +103,7 @@ pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
             password: None,
             from: "Forewarn Service <service@forewarn.test>".into(),
             reply_to: Some("replies@forewarn.test".into()),
+            ca_file: None,
         }),
         sms: Some(tw.clone()),
         voice: Some(tw),

@@ -6,6 +6,7 @@ use super::{Accepted, Outgoing, Provider, SendError, SendFuture};
 use crate::notify::config::{EmailConfig, SmtpTls};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::Duration;
 
@@ -18,12 +19,33 @@ pub struct Email {
 impl Email {
     pub fn build(cfg: &EmailConfig, timeout: Duration) -> Result<Email, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let b = match cfg.tls {
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host)
-                .map_err(|e| format!("notify.email: {e}"))?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host)
-                .map_err(|e| format!("notify.email: {e}"))?,
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
+        let err = |e: lettre::transport::smtp::Error| format!("notify.email: {e}");
+        let b = match (cfg.tls, &cfg.ca_file) {
+            (SmtpTls::None, _) => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
+            }
+            (SmtpTls::Starttls, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host).map_err(err)?
+            }
+            (SmtpTls::Tls, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(err)?
+            }
+            (mode, Some(ca)) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("notify.email.ca_file {}: {e}", ca.display()))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| format!("notify.email.ca_file {}: {e}", ca.display()))?;
+                let params = TlsParameters::builder(cfg.host.clone())
+                    .add_root_certificate(cert)
+                    .build_rustls()
+                    .map_err(err)?;
+                let tls = if mode == SmtpTls::Tls {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                };
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(tls)
+            }
         };
         let mut b = b.port(cfg.port).timeout(Some(timeout));
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
