@@ -82,8 +82,7 @@ pub(crate) async fn classify(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(retry_after);
     let body = resp.text().await.unwrap_or_default();
     if status.is_success() {
         return Ok((status, body));
@@ -98,6 +97,37 @@ pub(crate) async fn classify(
         Err(SendError::Permanent {
             detail: format!("provider answered {status}: {short}"),
         })
+    }
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date.
+pub fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let ms = (at.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
+    Some(Duration::from_millis(ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        use std::time::Duration;
+        assert_eq!(super::retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            super::retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(300)).to_rfc2822();
+        let d = super::retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(290) && d <= Duration::from_secs(300),
+            "{d:?}"
+        );
+        assert_eq!(super::retry_after("soon"), None);
     }
 }
 
