@@ -111,6 +111,16 @@ pub fn retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms as u64))
 }
 
+/// HTTP client shared by the HTTP channels.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -129,14 +139,4 @@ mod tests {
         );
         assert_eq!(super::retry_after("soon"), None);
     }
-}
-
-/// HTTP client shared by the HTTP channels.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("http client: {e}"))
 }
