@@ -6,6 +6,7 @@ pub mod demo;
 pub mod evaluate;
 pub mod replay;
 pub mod serve;
+pub mod simulate;
 pub mod train;
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,8 @@ pub enum Command {
     Replay(replay::Args),
     /// The whole system on one machine: embedded broker, simulated fleet, daemon, local sinks.
     Demo(demo::Args),
+    /// Write a simulated fleet's history (telemetry.csv, events.csv, devices.csv) for training and demos.
+    Simulate(simulate::Args),
 }
 
 /// A command's failure: its message (one line, naming the file/line/key at fault) and exit code.
@@ -67,5 +70,6 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Evaluate(a) => evaluate::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Simulate(a) => simulate::run(a),
     }
 }

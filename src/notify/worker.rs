@@ -157,7 +157,7 @@ impl Notifier {
         };
         if let Some(why) = stale {
             let mut tx = store.tx();
-            tx.remove_outbox_row(key);
+            tx.remove_raw(key);
             tx.push_timeline(
                 &row.customer_id,
                 now,
@@ -171,7 +171,7 @@ impl Notifier {
                 .with_label_values(&["none", "dropped"])
                 .inc();
             let mut tx = store.tx();
-            tx.remove_outbox_row(key);
+            tx.remove_raw(key);
             tx.push_timeline(
                 &row.customer_id,
                 now,
@@ -239,7 +239,7 @@ impl Notifier {
                         .with_label_values(&["none", "dropped"])
                         .inc();
                     let mut tx = store.tx();
-                    tx.remove_outbox_row(key);
+                    tx.remove_raw(key);
                     tx.push_timeline(
                         &customer.id,
                         now,
@@ -345,7 +345,7 @@ impl Notifier {
                     a.detail = acc.detail.clone();
                 }
                 let mut tx = store.tx();
-                tx.remove_outbox_row(key);
+                tx.remove_raw(key);
                 tx.put_kv(&budget_key(&customer.id, &day), &(sent_today + 1));
                 tx.push_timeline(
                     &customer.id,
@@ -533,7 +533,7 @@ impl Notifier {
             Ok(true)
         } else {
             tracing::warn!(ticket = %row.ticket_id, "notification undeliverable on every channel");
-            tx.remove_outbox_row(key);
+            tx.remove_raw(key);
             tx.push_timeline(
                 &row.customer_id,
                 now,

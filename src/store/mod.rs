@@ -123,8 +123,8 @@ impl Tx {
         self.ops += 1;
     }
 
-    /// Removes an outbox row as part of this transaction (delivered together with its records).
-    pub fn remove_outbox_row(&mut self, key: &[u8]) {
+    /// Removes a row by its full key (an outbox row delivered or moved to another queue, …).
+    pub fn remove_raw(&mut self, key: &[u8]) {
         self.batch.remove(key);
         self.ops += 1;
     }

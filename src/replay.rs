@@ -1,0 +1,781 @@
+//! History files → device traffic: reads the contract's CSV layout, merges readings and events in
+//! event-time order and publishes them to an MQTT broker as the devices would have, with QoS 1,
+//! per-device sequence numbers and an optional rate limit. Used by `forewarn replay`, the
+//! end-to-end tests and the benchmarks.
+//!
+//! Reading is streaming and forgiving: a bad row is reported as `file:line: reason`, counted and
+//! skipped; only an unreadable file or a header without the required columns stops the replay.
+//! History files are often sorted by device rather than by time, so the rows are kept in a compact
+//! table (about 48 bytes per 4-metric reading) and sorted by time before publishing.
+
+use crate::ingest::decode::{validate_device_id, DeviceEvent, EventKind, Millis};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Header { path: PathBuf, detail: String },
+    #[error("broker URL {url:?}: {detail}")]
+    BadUrl { url: String, detail: String },
+    #[error("broker {url}: cannot connect: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("broker {url}: {acked} of {published} messages acknowledged; no acknowledgement for {waited_s} s (last error: {last_error})")]
+    Unacked {
+        url: String,
+        published: u64,
+        acked: u64,
+        waited_s: u64,
+        last_error: String,
+    },
+    #[error("broker {url}: client closed: {detail}")]
+    Closed { url: String, detail: String },
+}
+
+/// A row that could not be used, with where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub path: PathBuf,
+    pub line: u64,
+    pub message: String,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A reading: `at` indexes the value table (row × metric count).
+    Reading,
+    /// An event: `at` indexes the event table.
+    Event,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    ts: Millis,
+    device: u32,
+    kind: Kind,
+    at: u32,
+}
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// True for a reading (telemetry topic), false for an event.
+    pub is_reading: bool,
+}
+
+/// History loaded from the CSV layout, sorted by event time (readings before events at the same
+/// time; otherwise file order).
+#[derive(Debug, Default)]
+pub struct History {
+    devices: Vec<String>,
+    device_ids: HashMap<String, u32>,
+    metrics: Vec<String>,
+    /// Row-major: one row of `metrics.len()` values per reading; NaN is an empty cell.
+    values: Vec<f64>,
+    events: Vec<(EventKind, String)>,
+    items: Vec<Item>,
+    pub row_errors: u64,
+    /// The first row errors, for the operator (the rest are only counted).
+    pub first_errors: Vec<RowError>,
+}
+
+/// How many row errors are kept verbatim.
+const KEEP_ERRORS: usize = 20;
+
+impl History {
+    pub fn readings(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| i.kind == Kind::Reading)
+            .count()
+    }
+    pub fn events(&self) -> usize {
+        self.events.len()
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn metrics(&self) -> &[String] {
+        &self.metrics
+    }
+
+    fn row_error(&mut self, path: &Path, line: u64, message: String) {
+        self.row_errors += 1;
+        if self.first_errors.len() < KEEP_ERRORS {
+            self.first_errors.push(RowError {
+                path: path.to_path_buf(),
+                line,
+                message,
+            });
+        }
+    }
+
+    fn device(&mut self, id: &str) -> u32 {
+        if let Some(&d) = self.device_ids.get(id) {
+            return d;
+        }
+        let d = self.devices.len() as u32;
+        self.devices.push(id.to_string());
+        self.device_ids.insert(id.to_string(), d);
+        d
+    }
+
+    /// Reads `telemetry.csv` from a file.
+    pub fn read_telemetry_file(&mut self, path: &Path) -> Result<(), ReplayError> {
+        let f = std::fs::File::open(path).map_err(|source| ReplayError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.read_telemetry(std::io::BufReader::with_capacity(1 << 20, f), path)
+    }
+
+    /// Reads `events.csv` from a file.
+    pub fn read_events_file(&mut self, path: &Path) -> Result<(), ReplayError> {
+        let f = std::fs::File::open(path).map_err(|source| ReplayError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.read_events(std::io::BufReader::with_capacity(1 << 20, f), path)
+    }
+
+    /// Reads telemetry rows (`device_id,ts,<metric>…`). `path` names the source in messages.
+    pub fn read_telemetry(&mut self, r: impl Read, path: &Path) -> Result<(), ReplayError> {
+        let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(r);
+        let header = read_header(&mut rdr, path)?;
+        let (id_col, ts_col) = (col(&header, "device_id", path)?, col(&header, "ts", path)?);
+        let metric_cols: Vec<usize> = (0..header.len())
+            .filter(|&i| i != id_col && i != ts_col)
+            .collect();
+        if metric_cols.is_empty() {
+            return Err(ReplayError::Header {
+                path: path.to_path_buf(),
+                detail: "telemetry header names no metric columns".into(),
+            });
+        }
+        let names: Vec<String> = metric_cols.iter().map(|&i| header[i].clone()).collect();
+        if !self.metrics.is_empty() && self.metrics != names {
+            return Err(ReplayError::Header {
+                path: path.to_path_buf(),
+                detail: "metric columns differ from the telemetry already read".into(),
+            });
+        }
+        self.metrics = names;
+        let mut rec = csv::ByteRecord::new();
+        let mut row = Vec::with_capacity(metric_cols.len());
+        loop {
+            let line = rdr.position().line();
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let io = matches!(e.kind(), csv::ErrorKind::Io(_));
+                    let line = e.position().map_or(line, |p| p.line());
+                    self.row_error(path, line, e.to_string());
+                    if io {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let line = rec.position().map_or(line, |p| p.line());
+            if rec.len() != header.len() {
+                self.row_error(
+                    path,
+                    line,
+                    format!("{} fields, the header has {}", rec.len(), header.len()),
+                );
+                continue;
+            }
+            let (id, ts) = match id_and_ts(&rec, id_col, ts_col) {
+                Ok(x) => x,
+                Err(m) => {
+                    self.row_error(path, line, m);
+                    continue;
+                }
+            };
+            row.clear();
+            let mut bad = None;
+            for (k, &c) in metric_cols.iter().enumerate() {
+                let cell = std::str::from_utf8(&rec[c]).unwrap_or("\u{fffd}").trim();
+                if cell.is_empty() {
+                    row.push(f64::NAN);
+                    continue;
+                }
+                match cell.parse::<f64>() {
+                    Ok(v) if v.is_finite() => row.push(v),
+                    _ => {
+                        bad = Some(format!(
+                            "metric {:?} is not a finite number: {:?}",
+                            self.metrics[k],
+                            cell.chars().take(32).collect::<String>()
+                        ));
+                        break;
+                    }
+                }
+            }
+            if let Some(m) = bad {
+                self.row_error(path, line, m);
+                continue;
+            }
+            if row.iter().all(|v| v.is_nan()) {
+                self.row_error(path, line, "row has no metric values".into());
+                continue;
+            }
+            let device = self.device(id);
+            let at = (self.values.len() / self.metrics.len()) as u32;
+            self.values.extend_from_slice(&row);
+            self.items.push(Item {
+                ts,
+                device,
+                kind: Kind::Reading,
+                at,
+            });
+        }
+        self.sort();
+        Ok(())
+    }
+
+    /// Reads event rows (`device_id,ts,kind,code`).
+    pub fn read_events(&mut self, r: impl Read, path: &Path) -> Result<(), ReplayError> {
+        let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(r);
+        let header = read_header(&mut rdr, path)?;
+        let id_col = col(&header, "device_id", path)?;
+        let ts_col = col(&header, "ts", path)?;
+        let kind_col = col(&header, "kind", path)?;
+        let code_col = header.iter().position(|h| h == "code");
+        let mut rec = csv::ByteRecord::new();
+        loop {
+            let line = rdr.position().line();
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let io = matches!(e.kind(), csv::ErrorKind::Io(_));
+                    let line = e.position().map_or(line, |p| p.line());
+                    self.row_error(path, line, e.to_string());
+                    if io {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let line = rec.position().map_or(line, |p| p.line());
+            if rec.len() != header.len() {
+                self.row_error(
+                    path,
+                    line,
+                    format!("{} fields, the header has {}", rec.len(), header.len()),
+                );
+                continue;
+            }
+            let (id, ts) = match id_and_ts(&rec, id_col, ts_col) {
+                Ok(x) => x,
+                Err(m) => {
+                    self.row_error(path, line, m);
+                    continue;
+                }
+            };
+            let kind_s = std::str::from_utf8(&rec[kind_col]).unwrap_or("").trim();
+            let Some(kind) = EventKind::parse(kind_s) else {
+                self.row_error(
+                    path,
+                    line,
+                    format!(
+                        "kind {:?} is not failure, maintenance or error",
+                        kind_s.chars().take(32).collect::<String>()
+                    ),
+                );
+                continue;
+            };
+            let code = code_col
+                .map(|c| std::str::from_utf8(&rec[c]).unwrap_or("\u{0}").trim())
+                .unwrap_or("");
+            if kind != EventKind::Error && code.is_empty() {
+                self.row_error(
+                    path,
+                    line,
+                    "failure and maintenance events need a code naming the failure mode".into(),
+                );
+                continue;
+            }
+            if code.len() > 128 || code.chars().any(|c| c.is_control()) {
+                self.row_error(path, line, "unusable event code".into());
+                continue;
+            }
+            let device = self.device(id);
+            let at = self.events.len() as u32;
+            self.events.push((kind, code.to_string()));
+            self.items.push(Item {
+                ts,
+                device,
+                kind: Kind::Event,
+                at,
+            });
+        }
+        self.sort();
+        Ok(())
+    }
+
+    fn sort(&mut self) {
+        // Stable: file order is kept among equal times; readings sort before events.
+        self.items.sort_by_key(|i| (i.ts, i.kind == Kind::Event));
+    }
+
+    /// The messages to publish, in event-time order, with per-device sequence numbers (counting
+    /// from 1 in this history) on readings.
+    pub fn messages<'a>(&'a self, topic_prefix: &'a str) -> impl Iterator<Item = Message> + 'a {
+        let mut seq = vec![0u64; self.devices.len()];
+        let stride = self.metrics.len();
+        self.items.iter().map(move |it| {
+            let id = &self.devices[it.device as usize];
+            match it.kind {
+                Kind::Reading => {
+                    let s = &mut seq[it.device as usize];
+                    *s += 1;
+                    let row = &self.values[it.at as usize * stride..][..stride];
+                    let metrics = self
+                        .metrics
+                        .iter()
+                        .zip(row)
+                        .filter(|(_, v)| !v.is_nan())
+                        .map(|(n, v)| (n.as_str(), *v));
+                    Message {
+                        topic: format!("{topic_prefix}/{id}/telemetry"),
+                        payload: crate::sim::telemetry_payload(it.ts, Some(*s), metrics),
+                        is_reading: true,
+                    }
+                }
+                Kind::Event => {
+                    let (kind, code) = &self.events[it.at as usize];
+                    Message {
+                        topic: format!("{topic_prefix}/{id}/events"),
+                        payload: crate::sim::event_payload(&DeviceEvent {
+                            device_id: id.clone(),
+                            ts: it.ts,
+                            kind: *kind,
+                            code: code.clone(),
+                        }),
+                        is_reading: false,
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn read_header<R: Read>(rdr: &mut csv::Reader<R>, path: &Path) -> Result<Vec<String>, ReplayError> {
+    let h = rdr.headers().map_err(|e| ReplayError::Header {
+        path: path.to_path_buf(),
+        detail: format!("cannot read the header row: {e}"),
+    })?;
+    Ok(h.iter().map(|s| s.trim().to_string()).collect())
+}
+
+fn col(header: &[String], name: &str, path: &Path) -> Result<usize, ReplayError> {
+    header
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| ReplayError::Header {
+            path: path.to_path_buf(),
+            detail: format!("header has no {name:?} column"),
+        })
+}
+
+fn id_and_ts(
+    rec: &csv::ByteRecord,
+    id_col: usize,
+    ts_col: usize,
+) -> Result<(&str, Millis), String> {
+    let id = std::str::from_utf8(&rec[id_col])
+        .map_err(|_| "device_id is not UTF-8".to_string())?
+        .trim();
+    validate_device_id(id).map_err(|e| e.detail)?;
+    let ts_s = std::str::from_utf8(&rec[ts_col]).unwrap_or("").trim();
+    let ts = crate::ingest::decode::parse_ts_str(ts_s)
+        .or_else(|| ts_s.parse::<i64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "ts {:?} is neither RFC 3339 nor epoch milliseconds",
+                ts_s.chars().take(40).collect::<String>()
+            )
+        })?;
+    Ok((id, ts))
+}
+
+/// Where and how to publish.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// `mqtt://host:port`.
+    pub broker: String,
+    pub client_id: String,
+    pub qos: QoS,
+    /// Messages per second; `None` publishes as fast as the broker takes them.
+    pub rate: Option<f64>,
+    /// Give up when no acknowledgement arrives for this long while some are outstanding.
+    pub ack_timeout: Duration,
+    /// Give up when the first connection is not accepted within this long.
+    pub connect_timeout: Duration,
+}
+
+impl PublishOptions {
+    pub fn new(broker: impl Into<String>) -> PublishOptions {
+        PublishOptions {
+            broker: broker.into(),
+            client_id: format!("forewarn-replay-{}", std::process::id()),
+            qos: QoS::AtLeastOnce,
+            rate: None,
+            ack_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a publish run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PublishSummary {
+    pub published: u64,
+    pub readings: u64,
+    pub events: u64,
+    /// PUBACKs received (QoS 1); equals `published` on success.
+    pub acked: u64,
+    /// Connection errors met (and recovered from) on the way.
+    pub connection_errors: u64,
+    pub seconds: f64,
+}
+
+impl PublishSummary {
+    pub fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.published as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Splits `mqtt://host:port` into host and port.
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), ReplayError> {
+    let bad = |detail: &str| ReplayError::BadUrl {
+        url: url.to_string(),
+        detail: detail.to_string(),
+    };
+    let rest = if let Some(r) = url.strip_prefix("mqtt://") {
+        r
+    } else if url.starts_with("mqtts://") {
+        return Err(bad(
+            "TLS (mqtts://) is not supported by replay; use mqtt://",
+        ));
+    } else {
+        return Err(bad("must start with mqtt://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>().map_err(|_| bad("port is not a number"))?,
+        ),
+        None => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Shared between the publisher and the task polling the MQTT event loop.
+#[derive(Default)]
+struct Progress {
+    acked: AtomicU64,
+    connected: AtomicBool,
+    errors: AtomicU64,
+    last_error: parking_lot::Mutex<String>,
+}
+
+/// Publishes `messages` to the broker, then waits until every QoS 1 message is acknowledged.
+/// `on_progress(published, acked)` is called now and then (for a progress bar).
+pub async fn publish(
+    messages: impl Iterator<Item = Message>,
+    opts: &PublishOptions,
+    mut on_progress: impl FnMut(u64, u64),
+) -> Result<PublishSummary, ReplayError> {
+    let (host, port) = parse_broker_url(&opts.broker)?;
+    let mut mo = MqttOptions::new(&opts.client_id, host, port);
+    mo.set_keep_alive(Duration::from_secs(30));
+    mo.set_max_packet_size(1 << 20, 1 << 20);
+    mo.set_clean_session(true);
+    // The request channel bounds what is queued ahead of the socket: when it is full, `publish`
+    // waits (back-pressure from the broker reaches the reader of the history).
+    let (client, mut eventloop) = AsyncClient::new(mo, 1024);
+    let progress = Arc::new(Progress::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    // The event loop is polled in its own task: awaiting publish in the polling task deadlocks
+    // once the request channel is full.
+    let poller = {
+        let progress = progress.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ev = eventloop.poll() => ev,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        progress.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        progress.connected.store(true, Ordering::Release);
+                        backoff = Duration::from_millis(100);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                        *progress.last_error.lock() = e.to_string();
+                        // rumqttc reconnects on the next poll at once: back off, with jitter.
+                        let jitter = Duration::from_millis(u64::from(rand::random::<u8>()));
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(backoff + jitter) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+    };
+    let result = publish_all(messages, opts, &client, &progress, &mut on_progress).await;
+    if result.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !poller.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    stop.cancel();
+    let _ = poller.await;
+    result
+}
+
+async fn publish_all(
+    messages: impl Iterator<Item = Message>,
+    opts: &PublishOptions,
+    client: &AsyncClient,
+    progress: &Progress,
+    on_progress: &mut impl FnMut(u64, u64),
+) -> Result<PublishSummary, ReplayError> {
+    let started = Instant::now();
+    let deadline = started + opts.connect_timeout;
+    while !progress.connected.load(Ordering::Acquire) {
+        if Instant::now() > deadline {
+            return Err(ReplayError::Connect {
+                url: opts.broker.clone(),
+                detail: {
+                    let e = progress.last_error.lock().clone();
+                    if e.is_empty() {
+                        "no CONNACK".into()
+                    } else {
+                        e
+                    }
+                },
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let mut sum = PublishSummary::default();
+    for m in messages {
+        if let Some(rate) = opts.rate {
+            let due = started + Duration::from_secs_f64(sum.published as f64 / rate);
+            let now = Instant::now();
+            if due > now + Duration::from_millis(1) {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        client
+            .publish(m.topic, opts.qos, false, m.payload)
+            .await
+            .map_err(|e| ReplayError::Closed {
+                url: opts.broker.clone(),
+                detail: e.to_string(),
+            })?;
+        sum.published += 1;
+        if m.is_reading {
+            sum.readings += 1;
+        } else {
+            sum.events += 1;
+        }
+        if sum.published % 256 == 0 {
+            on_progress(sum.published, progress.acked.load(Ordering::Relaxed));
+        }
+    }
+    if opts.qos != QoS::AtMostOnce {
+        let mut last = progress.acked.load(Ordering::Relaxed);
+        let mut last_change = Instant::now();
+        while last < sum.published {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let now = progress.acked.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+                on_progress(sum.published, now);
+            } else if last_change.elapsed() > opts.ack_timeout {
+                return Err(ReplayError::Unacked {
+                    url: opts.broker.clone(),
+                    published: sum.published,
+                    acked: now,
+                    waited_s: opts.ack_timeout.as_secs(),
+                    last_error: progress.last_error.lock().clone(),
+                });
+            }
+        }
+        // After a reconnect a message may be acknowledged twice: never report more than sent.
+        sum.acked = last.min(sum.published);
+    }
+    sum.seconds = started.elapsed().as_secs_f64();
+    sum.connection_errors = progress.errors.load(Ordering::Relaxed);
+    on_progress(sum.published, sum.acked);
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(tel: &str, ev: Option<&str>) -> History {
+        let mut h = History::default();
+        h.read_telemetry(tel.as_bytes(), Path::new("telemetry.csv"))
+            .unwrap();
+        if let Some(ev) = ev {
+            h.read_events(ev.as_bytes(), Path::new("events.csv"))
+                .unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn readings_and_events_merge_in_event_time_order_with_per_device_seq() {
+        let h = load(
+            "device_id,ts,temp,vib\n\
+             a,2025-01-01T02:00:00Z,1.5,2\n\
+             a,2025-01-01T01:00:00Z,1,\n\
+             b,2025-01-01T01:30:00Z,3,4\n",
+            Some("device_id,ts,kind,code\na,2025-01-01T01:00:00Z,maintenance,seal\n"),
+        );
+        assert_eq!(h.row_errors, 0);
+        let msgs: Vec<Message> = h.messages("devices").collect();
+        let topics: Vec<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "devices/a/telemetry",
+                "devices/a/events",
+                "devices/b/telemetry",
+                "devices/a/telemetry"
+            ]
+        );
+        let p = |i: usize| String::from_utf8(msgs[i].payload.clone()).unwrap();
+        assert_eq!(
+            p(0),
+            r#"{"ts":"2025-01-01T01:00:00Z","seq":1,"metrics":{"temp":1}}"#
+        );
+        assert_eq!(
+            p(1),
+            r#"{"ts":"2025-01-01T01:00:00Z","kind":"maintenance","code":"seal"}"#
+        );
+        assert!(p(3).contains(r#""seq":2"#), "{}", p(3));
+    }
+
+    #[test]
+    fn bad_rows_are_reported_with_file_and_line_and_skipped() {
+        let h = load(
+            "device_id,ts,temp\n\
+             a,2025-01-01T01:00:00Z,1\n\
+             a,yesterday,2\n\
+             a/b,2025-01-01T01:00:00Z,3\n\
+             a,2025-01-01T03:00:00Z,hot\n\
+             a,2025-01-01T04:00:00Z\n\
+             a,2025-01-01T05:00:00Z,\n\
+             a,2025-01-01T06:00:00Z,6\n",
+            Some("device_id,ts,kind,code\na,2025-01-01T01:00:00Z,explode,x\na,2025-01-01T01:00:00Z,failure,\n"),
+        );
+        assert_eq!(h.readings(), 2);
+        assert_eq!(h.events(), 0);
+        assert_eq!(h.row_errors, 7);
+        let lines: Vec<String> = h.first_errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            lines[0].starts_with("telemetry.csv:3: ts \"yesterday\""),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("telemetry.csv:4:"), "{lines:?}");
+        assert!(
+            lines[2].contains("metric \"temp\" is not a finite number"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[3].starts_with("telemetry.csv:6: 2 fields"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[4].starts_with("telemetry.csv:7: row has no metric"),
+            "{lines:?}"
+        );
+        assert!(lines[5].starts_with("events.csv:2: kind"), "{lines:?}");
+        assert!(
+            lines[6].starts_with("events.csv:3: failure and maintenance"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn header_without_required_columns_is_refused() {
+        let mut h = History::default();
+        let e = h
+            .read_telemetry("id,ts,temp\n".as_bytes(), Path::new("t.csv"))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "t.csv: header has no \"device_id\" column");
+        let e = h
+            .read_telemetry("device_id,ts\n".as_bytes(), Path::new("t.csv"))
+            .unwrap_err();
+        assert!(e.to_string().contains("no metric columns"), "{e}");
+    }
+
+    #[test]
+    fn broker_urls_parse_or_are_refused_clearly() {
+        assert_eq!(
+            parse_broker_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert!(parse_broker_url("http://x").is_err());
+        assert!(parse_broker_url("mqtt://x:notaport").is_err());
+    }
+}
