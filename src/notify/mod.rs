@@ -15,6 +15,7 @@
 
 pub mod channels;
 pub mod config;
+pub mod daemon;
 pub mod inbound;
 pub mod link;
 pub mod metrics;

@@ -7,8 +7,11 @@ use chrono::{NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use std::collections::BTreeSet;
 
-/// Whether a ticket needs an immediate channel, and why.
+/// Whether a ticket needs an immediate channel, and why. "How soon" is measured from the
+/// ticket's own event time (its latest update), so a replay of history routes like the live
+/// stream did; `now_ms` is the fallback when that time is unreadable.
 pub fn urgency(cfg: &RoutingConfig, t: &Ticket, now_ms: i64) -> (bool, String) {
+    let now_ms = crate::ingest::decode::parse_ts_str(&t.updated_at).unwrap_or(now_ms);
     if t.priority >= cfg.urgent_priority {
         return (true, format!("urgent: priority {}", t.priority.as_str()));
     }

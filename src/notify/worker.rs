@@ -152,6 +152,19 @@ impl Notifier {
                 })
             }
             MessageKind::Resolved => None,
+            // Opened already urgent (e.g. failure predicted soon) and then raised to urgent
+            // priority: the customer has had the urgent alert. (A fallback row of that alert
+            // has its plan already and goes on.)
+            MessageKind::Urgent
+                if row.plan.is_empty()
+                    && store
+                        .get_kv::<bool>(&format!("notify/urgent/{}", row.ticket_id))
+                        .ok()
+                        .flatten()
+                        .is_some() =>
+            {
+                Some("not sent: the customer already had an urgent alert for this ticket".into())
+            }
             _ => (!ticket.is_live())
                 .then(|| format!("not sent: ticket already {}", ticket.status.as_str())),
         };
@@ -347,6 +360,9 @@ impl Notifier {
                 let mut tx = store.tx();
                 tx.remove_raw(key);
                 tx.put_kv(&budget_key(&customer.id, &day), &(sent_today + 1));
+                if kind == MessageKind::Urgent {
+                    tx.put_kv(&format!("notify/urgent/{}", row.ticket_id), &true);
+                }
                 tx.push_timeline(
                     &customer.id,
                     now,
