@@ -248,6 +248,13 @@ async fn timeline_of_an_unknown_customer_is_404() {
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
+    let r = h
+        .http
+        .get(format!("{}/api/v1/customers/a%20b/timeline", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }
 
 #[tokio::test]

@@ -636,6 +636,13 @@ async fn page_answer(
 }
 
 async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    if let Err(e) = crate::ingest::decode::validate_device_id(&id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("customer id: {}", e.detail.replace("device id", "id")),
+        );
+    }
     match s.store.timeline::<TimelineEntry>(&id) {
         Ok(entries) if entries.is_empty() && s.desk.customer(&id).is_none() => {
             error(StatusCode::NOT_FOUND, "not_found", "no such customer")

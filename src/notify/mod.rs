@@ -333,11 +333,6 @@ impl Notifier {
             now_wall_ms,
             &TimelineEntry::new(now_wall_ms, "ticket", &t.id, what).outcome(t.status.as_str()),
         );
-        if let Some(c) = customer {
-            for (ch, addr) in &c.contacts {
-                tx.put_kv(&contact_key(*ch, addr), &c.id);
-            }
-        }
         let (urgent, why) = route::urgency(&self.cfg.routing, t, now_wall_ms);
         let kind = match change.kind {
             ChangeKind::Opened if urgent => MessageKind::Urgent,
@@ -391,6 +386,13 @@ impl Notifier {
             attempts: Vec::new(),
         };
         tx.push_outbox(QUEUE, &row);
+        // Replies arrive by address: index the contacts we are about to write to (a hash, so
+        // no contact detail appears in a key).
+        if let Some(c) = customer {
+            for (ch, addr) in &c.contacts {
+                tx.put_kv(&contact_key(*ch, addr), &c.id);
+            }
+        }
         if kind != MessageKind::Resolved {
             tx.put_kv(&format!("notify/last/{cid}"), &t.id);
         }
