@@ -304,6 +304,22 @@ impl Notifier {
     }
 }
 
+/// Applies a reply off the async workers: it goes through the daemon's single writer and flushes.
+async fn reply_blocking(
+    s: &AppState,
+    ticket: &str,
+    channel: &'static str,
+    reply: Reply,
+    text: &str,
+) -> Result<Ticket, ReplyError> {
+    let (s, ticket, text) = (s.clone(), ticket.to_string(), text.to_string());
+    tokio::task::spawn_blocking(move || {
+        s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket, channel, reply, &text)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ReplyError::Rejected(format!("reply task failed: {e}"))))
+}
+
 async fn sms_reply(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -352,9 +368,7 @@ async fn sms_reply(
     let reply = Reply::parse(body);
     // Twilio only needs to know the webhook worked; an answer that cannot apply (ticket
     // closed meanwhile) is logged, not bounced back to the provider.
-    if let Err(ReplyError::Rejected(m)) =
-        s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket, "sms", reply, body)
-    {
+    if let Err(ReplyError::Rejected(m)) = reply_blocking(&s, &ticket, "sms", reply, body).await {
         tracing::info!(ticket = %ticket, reason = %m, "SMS reply not applied");
     }
     twiml_ok()
@@ -395,7 +409,9 @@ async fn status_callback(
     let status = param(&params, "MessageStatus").or_else(|| param(&params, "CallStatus"));
     match (sid, status) {
         (Some(sid), Some(st)) => {
-            s.n.apply_status(&s.store, sid, st);
+            let (s, sid, st) = (s.clone(), sid.to_string(), st.to_string());
+            let _ =
+                tokio::task::spawn_blocking(move || s.n.apply_status(&s.store, &sid, &st)).await;
             StatusCode::NO_CONTENT.into_response()
         }
         _ => error(
@@ -472,14 +488,7 @@ async fn email_reply(
         Reply::Unknown => Reply::Acknowledge,
         r => r,
     };
-    match s.n.apply_reply(
-        &s.store,
-        s.desk.as_ref(),
-        &ticket_id,
-        "email",
-        reply,
-        first_line,
-    ) {
+    match reply_blocking(&s, &ticket_id, "email", reply, first_line).await {
         Ok(t) => Json(serde_json::json!({"ticket_id": t.id, "status": t.status})).into_response(),
         Err(ReplyError::NotFound) => error(StatusCode::NOT_FOUND, "not_found", "no such ticket"),
         Err(ReplyError::Rejected(m)) => error(StatusCode::CONFLICT, "rejected", &m),
@@ -599,10 +608,7 @@ async fn page_answer(
         }
     };
     let when = param(&params, "when").unwrap_or("").trim();
-    match s
-        .n
-        .apply_reply(&s.store, s.desk.as_ref(), &t.id, "link", reply, when)
-    {
+    match reply_blocking(&s, &t.id, "link", reply, when).await {
         Ok(t) => {
             let p = page_text(&s, &t);
             page_html_in(
