@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod link;
 pub mod metrics;
 pub mod route;
+pub mod sink;
 pub mod templates;
 mod worker;
 
