@@ -502,6 +502,7 @@ mod tests {
         assert_eq!(from_file.ingest, IngestConfig::default());
         assert_eq!(from_file.features, FeaturesConfig::default());
         assert_eq!(from_file.scoring, ScoringConfig::default());
+        assert_eq!(from_file.notify, crate::notify::NotifyConfig::default());
     }
 
     #[test]

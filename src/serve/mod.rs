@@ -88,7 +88,8 @@ pub type WorkerHook = Box<dyn FnOnce(Arc<App>, CancellationToken) -> JoinHandle<
 /// ```
 #[derive(Default)]
 pub struct Hooks {
-    /// The registry `/metrics` renders; other stages register on it too (default: a new one).
+    /// Registry the hooked stages registered their metrics in (served at `/metrics` with the
+    /// daemon's own); a fresh one when unset.
     pub registry: Option<prometheus::Registry>,
     pub on_change: Option<Arc<dyn OnTicketChange>>,
     pub routes: Option<RoutesHook>,
@@ -161,6 +162,11 @@ pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     mqtt::options(&cfg.broker, &cfg.broker.client_id)
         .map_err(|e| ServeError::Config(e.to_string()))?;
+    crate::notify::templates::Templates::load(
+        cfg.notify.templates_dir.as_deref(),
+        &cfg.notify.fallback_locale,
+    )
+    .map_err(|e| ServeError::Config(format!("notify templates: {e}")))?;
     Ok(CheckSummary {
         models,
         modes,
@@ -195,9 +201,11 @@ impl ConnectionObserver for Observer {
     }
 }
 
-/// Starts the daemon with no extra stages.
+/// Starts the daemon with customer notifications (`[notify]`).
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, ServeError> {
-    run_with(cfg, shutdown, Hooks::default()).await
+    let hooks =
+        crate::notify::daemon::hooks(&cfg).map_err(|e| ServeError::Config(e.to_string()))?;
+    run_with(cfg, shutdown, hooks).await
 }
 
 /// Starts the daemon: store, models, fleet, API, MQTT, processor, dispatcher, reload on SIGHUP.
@@ -233,7 +241,7 @@ pub async fn run_with(
         }
         store.commit(tx)?;
     }
-    let registry = hooks.registry.unwrap_or_default();
+    let registry = hooks.registry.clone().unwrap_or_default();
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
     let app = Arc::new(
