@@ -48,6 +48,8 @@ pub struct DemoSummary {
     /// Lead times (hours of event time) of the forewarned failures.
     pub lead_hours: Vec<f64>,
     pub api_addr: String,
+    /// Customer messages the notification sink received.
+    pub messages: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +98,20 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         ..SimConfig::default()
     };
     let fleet = Fleet::new(sim_cfg.clone());
-    let (customers, devices) = registry(&fleet);
 
-    let hooks = crate::serve::Hooks::default();
-    let handle = crate::serve::run_with(cfg.clone(), shutdown.clone(), hooks).await?;
+    // Customer notifications go to a local sink speaking the providers' APIs (SMS, voice, push,
+    // webhook); every message is also appended to notifications.jsonl in the data folder.
+    let sink = crate::notify::sink::LocalSink::start(Some(&data_dir.join("notifications.jsonl")))
+        .await
+        .map_err(|e| DemoError::Setup(format!("notification sink: {e}")))?;
+    sink.configure(&mut cfg.notify);
+    cfg.notify.link_secret = Some(crate::notify::config::Secret(format!(
+        "demo-link-secret-{}",
+        std::process::id()
+    )));
+    let (customers, devices) = registry(&fleet, &sink.webhook_url());
+
+    let handle = crate::serve::run(cfg.clone(), shutdown.clone()).await?;
     handle
         .app
         .upsert_fleet(customers, devices)
@@ -113,9 +125,15 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         "  fleet      {} simulated devices, 4 metrics each, 3 failure modes; {} simulated hours per second",
         opts.devices, opts.sim_hours_per_second
     );
+    println!(
+        "  customers  {} (en, th, fa); their messages: {}",
+        CUSTOMERS.len(),
+        data_dir.join("notifications.jsonl").display()
+    );
     println!();
 
     let console = Console::start(&broker.url()).await?;
+    let printer = tokio::spawn(print_messages(sink.clone()));
     let mut summary = DemoSummary {
         api_addr: api.clone(),
         ..DemoSummary::default()
@@ -132,6 +150,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     // Let the daemon finish the last group, then count what the ticket topic showed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     summary.tickets_opened = console.opened();
+    summary.messages = sink.messages().len();
+    printer.abort();
     print_summary(&summary);
 
     if opts.keep_running && !shutdown.is_cancelled() {
@@ -165,25 +185,34 @@ fn pick_listen(wanted: &str) -> String {
     }
 }
 
-/// Customers in three locales, each owning a third of the fleet.
-fn registry(fleet: &Fleet) -> (Vec<Customer>, Vec<Device>) {
+/// Customers in three locales, each owning a third of the fleet. The first keeps quiet hours
+/// (so, depending on the hour, the demo shows advisories held until morning).
+fn registry(fleet: &Fleet, webhook: &str) -> (Vec<Customer>, Vec<Device>) {
     let customers: Vec<Customer> = CUSTOMERS
         .iter()
-        .map(|(id, name, locale, tz)| Customer {
+        .enumerate()
+        .map(|(i, (id, name, locale, tz))| Customer {
             id: id.to_string(),
             name: name.to_string(),
             locale: locale.to_string(),
             time_zone: tz.to_string(),
             contacts: [
-                (Channel::Email, format!("service@{id}.example")),
-                (Channel::Sms, "+15550100".to_string()),
+                (Channel::Push, format!("{id}-alerts")),
+                (Channel::Sms, format!("+1555010{i}")),
+                (Channel::Voice, format!("+1555010{i}")),
+                (Channel::Webhook, webhook.to_string()),
             ]
             .into_iter()
             .collect(),
-            preferences: vec![Channel::Email, Channel::Sms],
-            quiet_hours: Some("22:00-07:00".into()),
+            preferences: vec![
+                Channel::Push,
+                Channel::Sms,
+                Channel::Voice,
+                Channel::Webhook,
+            ],
+            quiet_hours: (i == 0).then(|| "22:00-07:00".to_string()),
             urgent_in_quiet_hours: true,
-            daily_budget: None,
+            daily_budget: Some(50),
         })
         .collect();
     let devices = fleet
@@ -250,6 +279,26 @@ impl Console {
 
     fn opened(&self) -> usize {
         self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Prints each customer message once, as the sink receives it.
+async fn print_messages(sink: crate::notify::sink::LocalSink) {
+    let mut shown = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let all = sink.messages();
+        for m in all.iter().skip(shown) {
+            let text: String = m.text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let text: String = text.chars().take(110).collect();
+            println!(
+                "           → {:<7} {}: {}",
+                m.channel,
+                m.to,
+                crate::notify::sink::redact_links(&text)
+            );
+        }
+        shown = all.len();
     }
 }
 
@@ -369,7 +418,7 @@ fn print_summary(s: &DemoSummary) {
     let median = lead.get(lead.len() / 2).copied().unwrap_or(0.0);
     println!();
     println!(
-        "{} readings published ({} malformed, rejected and counted), {} tickets opened, {} failures, {} of them forewarned (median lead {:.0} h)",
-        s.readings, s.malformed, s.tickets_opened, s.failures, s.failures_forewarned, median
+        "{} readings published ({} malformed, rejected and counted), {} tickets opened, {} failures, {} of them forewarned (median lead {:.0} h), {} customer messages",
+        s.readings, s.malformed, s.tickets_opened, s.failures, s.failures_forewarned, median, s.messages
     );
 }

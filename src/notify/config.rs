@@ -128,7 +128,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             urgent_priority: Priority::Urgent,
             urgent_within: Dur::hours(24),
-            urgent_probability: 0.95,
+            urgent_probability: 1.0,
             immediate: vec![Voice, Sms],
             asynchronous: vec![Email, Push, Webhook, Mqtt],
             immediacy: vec![Voice, Sms, Push, Mqtt, Webhook, Email],
