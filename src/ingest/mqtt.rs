@@ -304,9 +304,70 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// The subscriptions that carry `filters`: when they all have the same number of levels and no
+/// `#`, ONE filter covering them all (levels that differ become `+`), else the filters as given.
+///
+/// Why: MQTT orders messages only within a topic, and brokers deliver what different
+/// subscriptions match on separate paths (rumqttd moved a device's events thousands of messages
+/// away from its readings when `telemetry` and `events` were two subscriptions). A device's
+/// failure or maintenance event must reach the engine between the readings it came between,
+/// or the daemon's tickets differ from what `forewarn evaluate` computes for the same history.
+/// Under one subscription a broker keeps each publisher's order. Topics the covering filter adds
+/// that neither list names are acknowledged and ignored by the processor.
+pub fn ordered_subscriptions(filters: &[String]) -> Vec<String> {
+    let split: Vec<Vec<&str>> = filters.iter().map(|f| f.split('/').collect()).collect();
+    let Some(first) = split.first() else {
+        return Vec::new();
+    };
+    if split.len() == 1
+        || split
+            .iter()
+            .any(|l| l.len() != first.len() || l.contains(&"#"))
+    {
+        return filters.to_vec();
+    }
+    let merged: Vec<&str> = (0..first.len())
+        .map(|i| {
+            if split.iter().all(|l| l[i] == first[i]) {
+                first[i]
+            } else {
+                "+"
+            }
+        })
+        .collect();
+    vec![merged.join("/")]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn readings_and_events_share_one_subscription_when_one_filter_covers_both() {
+        let got = ordered_subscriptions(&strings(&["devices/+/telemetry", "devices/+/events"]));
+        assert_eq!(got, strings(&["devices/+/+"]));
+        for t in ["devices/a/telemetry", "devices/a/events"] {
+            assert!(topic_matches(&got[0], t));
+        }
+        assert_eq!(
+            ordered_subscriptions(&strings(&["site/x/+/telemetry", "site/y/+/events"])),
+            strings(&["site/+/+/+"])
+        );
+    }
+
+    #[test]
+    fn filters_of_different_shapes_stay_separate_subscriptions() {
+        let uneven = strings(&["devices/+/telemetry", "alarms/#"]);
+        assert_eq!(ordered_subscriptions(&uneven), uneven);
+        let levels = strings(&["a/+/telemetry", "a/+/x/events"]);
+        assert_eq!(ordered_subscriptions(&levels), levels);
+        assert_eq!(ordered_subscriptions(&strings(&["a/+"])), strings(&["a/+"]));
+        assert!(ordered_subscriptions(&[]).is_empty());
+    }
 
     #[test]
     fn urls_parse_with_default_ports() {

@@ -284,8 +284,17 @@ pub async fn run_with(
         mpsc::channel::<Inbound>(cfg.ingest.commit_group.saturating_mul(4).max(64));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Publish>>();
     let acks_flushed = CancellationToken::new();
-    let mut subscriptions = cfg.ingest.telemetry_topics.clone();
-    subscriptions.extend(cfg.ingest.event_topics.iter().cloned());
+    let mut filters = cfg.ingest.telemetry_topics.clone();
+    filters.extend(cfg.ingest.event_topics.iter().cloned());
+    // One subscription for readings and events where possible: a device's messages then arrive
+    // in the order it sent them (see `ordered_subscriptions`).
+    let subscriptions = mqtt::ordered_subscriptions(&filters);
+    if subscriptions.len() > 1 {
+        tracing::warn!(
+            "telemetry and event topic filters differ in shape; subscribing to each: the broker \
+             may deliver a device's events out of order with its readings"
+        );
+    }
     tasks.push(tokio::spawn(mqtt::drive(
         eventloop,
         client.clone(),

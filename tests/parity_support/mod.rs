@@ -1,0 +1,246 @@
+//! Shared parts of the backtest-equals-live tests: a simulated history on disk, the tickets
+//! `forewarn evaluate` would open for it, the same history replayed through a broker into the real
+//! daemon, and a readable comparison of the two ticket sets.
+#![allow(dead_code)]
+
+use forewarn::config::Config;
+use forewarn::fleet::{Device, FleetFile};
+use forewarn::predict::Artifact;
+use forewarn::serve::Handle;
+use forewarn::sim::{CsvSummary, SimConfig};
+use forewarn::store::TicketFilter;
+use forewarn::tickets::Ticket;
+use forewarn::train::csv::History;
+use forewarn::train::evaluate::{evaluate, EvalOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The committed demo model: trained on simulated history of the same shape (training a model
+/// of that quality takes minutes in a debug build, too long for a test).
+pub fn demo_model() -> Artifact {
+    Artifact::from_json(forewarn::demo::DEMO_MODEL, Path::new("models/demo.json"))
+        .expect("committed demo model parses")
+}
+
+/// A simulated history in the contract's CSV layout, written to `dir`.
+pub struct SimHistory {
+    pub dir: PathBuf,
+    pub summary: CsvSummary,
+}
+
+impl SimHistory {
+    pub fn write(dir: &Path, devices: usize, days: u64, seed: u64) -> SimHistory {
+        let cfg = SimConfig::hourly(devices, days, seed);
+        let summary = forewarn::sim::write_csv(dir, &cfg, |_| {}).expect("write simulated CSV");
+        SimHistory {
+            dir: dir.to_path_buf(),
+            summary,
+        }
+    }
+    pub fn telemetry(&self) -> PathBuf {
+        self.dir.join("telemetry.csv")
+    }
+    pub fn events(&self) -> PathBuf {
+        self.dir.join("events.csv")
+    }
+    pub fn devices(&self) -> PathBuf {
+        self.dir.join("devices.csv")
+    }
+
+    /// Failure modes that failed at least once, with their counts.
+    pub fn failures_by_mode(&self) -> BTreeMap<String, usize> {
+        let h = History::load(&self.telemetry(), &self.events(), None).expect("history loads");
+        let mut out = BTreeMap::new();
+        for d in &h.devices {
+            for e in &d.events {
+                if e.kind == forewarn::ingest::decode::EventKind::Failure {
+                    *out.entry(e.code.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// The fleet registry the daemon needs to see what evaluate reads from devices.csv: the
+    /// same attributes per device (models read `model` and `install_year`).
+    pub fn write_fleet_file(&self, path: &Path) {
+        let attrs = forewarn::train::csv::read_devices(&self.devices()).expect("devices.csv");
+        let fleet = FleetFile {
+            customers: vec![],
+            devices: attrs
+                .into_iter()
+                .map(|(id, attributes)| Device {
+                    id,
+                    customer_id: None,
+                    attributes,
+                })
+                .collect(),
+        };
+        std::fs::write(path, toml::to_string(&fleet).expect("fleet TOML")).expect("fleet file");
+    }
+}
+
+/// The tickets `forewarn evaluate` opens for the history (its `--tickets-out`), final states.
+pub fn evaluate_tickets(cfg: &Config, model: Artifact, hist: &SimHistory) -> Vec<Ticket> {
+    let h = History::load(&hist.telemetry(), &hist.events(), Some(&hist.devices()))
+        .expect("history loads");
+    let ev = evaluate(
+        model,
+        &h,
+        None,
+        &EvalOptions {
+            engine: cfg.engine_config(),
+            match_window_h: None,
+            rmse_cap_h: None,
+        },
+    )
+    .expect("evaluate");
+    ev.tickets
+}
+
+/// Where the daemon under test listens and stores.
+pub struct DaemonSetup {
+    pub broker_url: String,
+    /// Device topics are `{topic_prefix}/{device}/telemetry|events`; one level.
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub root: PathBuf,
+}
+
+/// The daemon's configuration for a parity run: the defaults (so the engine configuration is the
+/// one `evaluate` uses) with the broker, topics, store, models and fleet pointed at the test's.
+pub fn daemon_config(s: &DaemonSetup, model: &Artifact, hist: &SimHistory) -> Config {
+    let models = s.root.join("models");
+    std::fs::create_dir_all(&models).expect("models dir");
+    model.save(&models.join("model.json")).expect("save model");
+    let fleet = s.root.join("fleet.toml");
+    hist.write_fleet_file(&fleet);
+    let mut cfg = Config::default();
+    cfg.broker.url = s.broker_url.clone();
+    cfg.broker.client_id = s.client_id.clone();
+    cfg.broker.reconnect_min = "50ms".parse().expect("dur");
+    cfg.broker.reconnect_max = "500ms".parse().expect("dur");
+    cfg.ingest.telemetry_topics = vec![format!("{}/+/telemetry", s.topic_prefix)];
+    cfg.ingest.event_topics = vec![format!("{}/+/events", s.topic_prefix)];
+    cfg.ingest.device_id_level = Some(s.topic_prefix.split('/').count());
+    cfg.dispatch.topic_prefix = format!("{}/tickets", s.topic_prefix);
+    cfg.api.listen = "127.0.0.1:0".into();
+    cfg.api.tokens = vec!["parity-token".into()];
+    cfg.store.data_dir = s.root.join("data");
+    cfg.store.cache_bytes = 16 << 20;
+    cfg.scoring.models_dir = models;
+    cfg.fleet.file = Some(fleet);
+    cfg
+}
+
+/// Starts the real daemon, replays the history through the broker (QoS 1, every PUBACK awaited),
+/// waits until the daemon has processed every message and returns its tickets from the store.
+pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> Vec<Ticket> {
+    forewarn::serve::install_crypto();
+    let shutdown = CancellationToken::new();
+    let handle = forewarn::serve::run(cfg, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    wait_until(
+        "daemon connected to the broker",
+        Duration::from_secs(20),
+        || handle.app.broker_connected(),
+    )
+    .await;
+
+    let mut replay = forewarn::replay::History::default();
+    replay
+        .read_telemetry_file(&hist.telemetry())
+        .expect("replay telemetry");
+    replay
+        .read_events_file(&hist.events())
+        .expect("replay events");
+    assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
+    let mut opts = forewarn::replay::PublishOptions::new(s.broker_url.clone());
+    opts.client_id = format!("{}-replay", s.client_id);
+    let published = forewarn::replay::publish(replay.messages(&s.topic_prefix), &opts, |_, _| {})
+        .await
+        .expect("replay publishes");
+    assert_eq!(published.acked, published.published);
+    assert_eq!(published.published, replay.len() as u64);
+
+    let total = published.published;
+    wait_until(
+        "the daemon has processed every replayed message",
+        Duration::from_secs(60),
+        || handle.app.metrics.messages.get() >= total,
+    )
+    .await;
+    // The processor counts a group before committing it, under the core lock; any call that
+    // takes that lock returns only once the group's commit is done.
+    let _ = handle.app.devices();
+    let app = &handle.app;
+    assert_eq!(app.metrics.messages.get(), total, "no message twice");
+    let tickets = app
+        .store
+        .tickets(&TicketFilter::default())
+        .expect("read tickets");
+    stop(handle, shutdown).await;
+    tickets
+}
+
+async fn stop(h: Handle, token: CancellationToken) {
+    token.cancel();
+    h.stopped(Duration::from_secs(10)).await;
+}
+
+pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What must agree between backtest and live, one line per ticket.
+fn line(t: &Ticket) -> String {
+    format!(
+        "{} device={} mode={} opened_at={} status={:?} outcome={:?} priority={:?} updated_at={} probability={:.9} predicted_failure_at={}",
+        t.id,
+        t.device_id,
+        t.failure_mode,
+        t.opened_at,
+        t.status,
+        t.outcome,
+        t.priority,
+        t.updated_at,
+        t.probability,
+        t.predicted_failure_at.as_deref().unwrap_or("-"),
+    )
+}
+
+/// Panics with a line-by-line diff unless both sides hold the same tickets.
+pub fn assert_same_tickets(backtest: &[Ticket], live: &[Ticket]) {
+    let a: BTreeMap<&str, String> = backtest.iter().map(|t| (t.id.as_str(), line(t))).collect();
+    let b: BTreeMap<&str, String> = live.iter().map(|t| (t.id.as_str(), line(t))).collect();
+    assert_eq!(a.len(), backtest.len(), "evaluate opened a ticket id twice");
+    assert_eq!(b.len(), live.len(), "the daemon stored a ticket id twice");
+    let mut diff = String::new();
+    for (id, la) in &a {
+        match b.get(id) {
+            None => diff.push_str(&format!("- evaluate only: {la}\n")),
+            Some(lb) if lb != la => {
+                diff.push_str(&format!("~ evaluate: {la}\n  daemon:   {lb}\n"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, lb) in &b {
+        if !a.contains_key(id) {
+            diff.push_str(&format!("+ daemon only:   {lb}\n"));
+        }
+    }
+    assert!(
+        diff.is_empty(),
+        "backtest and live tickets differ ({} from evaluate, {} from the daemon):\n{diff}",
+        backtest.len(),
+        live.len()
+    );
+}
