@@ -88,14 +88,7 @@ fn run_engine(engine: &Engine, s: &Stream, iters: u64) -> Duration {
                         .or_insert_with(|| (engine.new_state(r.ts), Vec::new())),
                 };
                 changes.clear();
-                black_box(engine.reading(
-                    state,
-                    live,
-                    DeviceCtx::default(),
-                    r,
-                    &mut changes,
-                    None,
-                ));
+                black_box(engine.reading(state, live, DeviceCtx::default(), r, &mut changes, None));
             }
         }
         elapsed += start.elapsed();

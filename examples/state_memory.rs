@@ -25,7 +25,10 @@ fn status_kib(field: &str) -> Option<u64> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let devices: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let devices: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let readings: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(40);
     let cfg = EngineConfig::default();
     let models = Models::new(vec![synthetic_model(2, 100, 5, 7)], &cfg.window)
