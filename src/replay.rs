@@ -442,13 +442,23 @@ impl PublishOptions {
     pub fn new(broker: impl Into<String>) -> PublishOptions {
         PublishOptions {
             broker: broker.into(),
-            client_id: format!("forewarn-replay-{}", std::process::id()),
+            client_id: unique_client_id("forewarn-replay"),
             qos: QoS::AtLeastOnce,
             rate: None,
             ack_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// `{prefix}-{pid}-{n}`: two clients with one id take each other's session over, endlessly.
+pub fn unique_client_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// What a publish run did.
