@@ -481,6 +481,18 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return bad("dispatch.webhook_url", "must be an http(s) URL");
             }
+            if self
+                .dispatch
+                .webhook_secret
+                .as_deref()
+                .unwrap_or("")
+                .is_empty()
+            {
+                return bad(
+                    "dispatch.webhook_secret",
+                    "is needed to sign webhook deliveries (or set FOREWARN_DISPATCH_SECRET)",
+                );
+            }
         }
         self.notify
             .validate()

@@ -58,7 +58,17 @@ pub struct Models {
 impl Models {
     /// Indexes the artifacts' metrics. Every artifact's windows must equal the daemon's.
     pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, String> {
-        let mut index = MetricIndex::default();
+        Models::with_index(artifacts, window, MetricIndex::default())
+    }
+
+    /// Like [`Models::new`], starting from an existing index so that metric ids already used by
+    /// stored device states stay the same across restarts and model reloads.
+    pub fn with_index(
+        artifacts: Vec<Artifact>,
+        window: &WindowSpec,
+        base: MetricIndex,
+    ) -> Result<Models, String> {
+        let mut index = base;
         for a in &artifacts {
             if &a.features.window != window {
                 return Err(format!(
@@ -165,11 +175,14 @@ impl Engine {
         changes: &mut Vec<Change>,
         mut scorings: Option<&mut Vec<Scoring>>,
     ) -> Observed {
-        let obs = state.observe(r, &self.cfg.window, &self.models.index);
-        if obs != Observed::Applied || self.models.list.is_empty() {
-            return obs;
-        }
-        if !state.take_scoring_slot(r.ts, self.cfg.scoring_interval_ms) {
+        let (obs, due) = observe_and_slot(
+            state,
+            r,
+            &self.cfg,
+            &self.models.index,
+            !self.models.list.is_empty(),
+        );
+        if !due {
             return obs;
         }
         SCRATCH.with(|cell| {
@@ -349,6 +362,24 @@ impl Engine {
             false
         });
     }
+}
+
+/// Applies a reading to a device's windows and says whether the device is due for scoring at
+/// this reading (only when `scoring` and the reading was applied). `Engine::reading` and
+/// `forewarn train` both step through here, so training rows are taken at exactly the readings
+/// the daemon scores.
+pub fn observe_and_slot(
+    state: &mut DeviceState,
+    r: &Reading,
+    cfg: &EngineConfig,
+    index: &MetricIndex,
+    scoring: bool,
+) -> (Observed, bool) {
+    let obs = state.observe(r, &cfg.window, index);
+    if obs != Observed::Applied || !scoring {
+        return (obs, false);
+    }
+    (obs, state.take_scoring_slot(r.ts, cfg.scoring_interval_ms))
 }
 
 /// Urgency from how soon the failure is predicted, relative to the model's horizon.

@@ -239,3 +239,13 @@ mod tests {
         assert!(parse_quiet_hours("evening").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_example_fleet_file_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleet.toml");
+        let f = super::FleetFile::load(&path).unwrap();
+        assert!(!f.customers.is_empty() && !f.devices.is_empty());
+    }
+}

@@ -13,18 +13,30 @@
 //! - [`store`]    sled: one atomic batch per state change, flushed before acks
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
+//! - [`serve`]    the daemon: app core (single writer, commit path), dispatch outbox worker, reload
+//! - [`api`]      the HTTP API (axum): tickets, fleet, rejects, `/metrics`, health
+//! - [`metrics`]  typed Prometheus metrics with bounded labels
+//! - `broker`     an embedded MQTT broker for tests and the demo (feature `embedded-broker`)
 //! - [`sim`]      a deterministic simulated fleet (tests, benchmarks, demo, `forewarn simulate`)
 //! - [`replay`]   history files → MQTT device traffic (`forewarn replay`)
+//! - [`train`]    offline training and backtesting (`forewarn train` / `evaluate`), reusing
+//!   `features` and `engine` so training, backtests and serving compute the same numbers
 
+pub mod api;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod features;
 pub mod fleet;
 pub mod ingest;
+pub mod metrics;
 pub mod notify;
 pub mod predict;
 pub mod replay;
+pub mod serve;
 pub mod sim;
 pub mod store;
 pub mod tickets;
+pub mod train;

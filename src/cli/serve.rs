@@ -1,10 +1,122 @@
-//! `forewarn serve`.
+//! `forewarn serve`: flags override the configuration; `--check-config` validates the
+//! configuration, the fleet file and the models without starting.
 
 use super::{CliResult, Failure};
+use crate::config::Config;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Configuration file (TOML); defaults apply without one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Broker URL, e.g. mqtt://127.0.0.1:1883 (overrides broker.url).
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// API listen address, e.g. 127.0.0.1:8080 (overrides api.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Database directory (overrides store.data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Model artifacts directory (overrides scoring.models_dir).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Validate configuration, fleet file and models, then exit (0 valid, 2 invalid).
+    #[arg(long)]
+    pub check_config: bool,
+}
 
-pub fn run(_args: Args) -> CliResult {
-    Err(Failure::runtime("forewarn serve is not built yet"))
+/// Loads the configuration and applies the command-line overrides.
+pub fn config(args: &Args) -> Result<Config, Failure> {
+    let mut cfg = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
+    if let Some(b) = &args.broker {
+        cfg.broker.url = b.clone();
+    }
+    if let Some(l) = &args.listen {
+        cfg.api.listen = l.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.store.data_dir = d.clone();
+    }
+    if let Some(m) = &args.models {
+        cfg.scoring.models_dir = m.clone();
+    }
+    cfg.validate().map_err(Failure::usage)?;
+    Ok(cfg)
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(args: Args) -> CliResult {
+    let cfg = config(&args)?;
+    if args.check_config {
+        let s = crate::serve::check(&cfg).map_err(|e| {
+            if e.is_config() {
+                Failure::usage(e)
+            } else {
+                Failure::runtime(e)
+            }
+        })?;
+        println!(
+            "configuration ok: {} model(s) with {} failure mode(s), {} device(s), {} customer(s) in the fleet file",
+            s.models, s.modes, s.devices, s.customers
+        );
+        return Ok(());
+    }
+    init_tracing(&cfg.log.filter);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let handle = crate::serve::run(cfg, shutdown.clone())
+            .await
+            .map_err(|e| {
+                if e.is_config() {
+                    Failure::usage(e)
+                } else {
+                    Failure::runtime(e)
+                }
+            })?;
+        wait_for_signal().await;
+        tracing::info!("shutting down: stopping intake, draining, flushing");
+        shutdown.cancel();
+        handle.stopped(Duration::from_secs(10)).await;
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,10 +1,113 @@
-//! `forewarn train`.
+//! `forewarn train`: fit failure predictors from history files into a model artifact.
 
 use super::{CliResult, Failure};
+use crate::config::{Config, Dur};
+use crate::train::csv::History;
+use crate::train::fit::{self, EstimatorKind, TrainOptions};
+use crate::train::select::Target;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// telemetry.csv: device_id,ts,<metric>…
+    #[arg(long)]
+    pub telemetry: PathBuf,
+    /// events.csv: device_id,ts,kind,code (failure modes are the codes of failure events)
+    #[arg(long)]
+    pub events: PathBuf,
+    /// devices.csv: device_id,<attribute>… (optional)
+    #[arg(long)]
+    pub devices: Option<PathBuf>,
+    /// The classifier predicts a failure within this much event time.
+    #[arg(long, default_value = "24h")]
+    pub horizon: Dur,
+    /// Configuration (windows and scoring interval must match the daemon's).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where to write the model artifact (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Cap of the time-to-failure target [default: 4 × horizon].
+    #[arg(long)]
+    pub ttf_cap: Option<Dur>,
+    /// Model family: gbm (boosted trees on every window statistic) or linear (baseline on last values).
+    #[arg(long, value_enum, default_value = "gbm")]
+    pub estimator: EstimatorKind,
+    /// Choose the threshold for the highest recall at this ticket precision on validation
+    /// [default: best ticket F1].
+    #[arg(long)]
+    pub min_precision: Option<f64>,
+    /// A validation ticket counts as correct when the failure follows within this [default: 2 × horizon].
+    #[arg(long)]
+    pub match_window: Option<Dur>,
+    /// Share of training devices held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub validation_fraction: f64,
+    /// Seed of the device split and of the boosting subsamples.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Model name [default: the output file's stem].
+    #[arg(long)]
+    pub name: Option<String>,
+}
 
-pub fn run(_args: Args) -> CliResult {
-    Err(Failure::runtime("forewarn train is not built yet"))
+pub fn run(args: Args) -> CliResult {
+    let started = std::time::Instant::now();
+    let cfg = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
+    if let Some(p) = args.min_precision {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Failure::usage("--min-precision must be between 0 and 1"));
+        }
+    }
+    if !(0.0..0.9).contains(&args.validation_fraction) {
+        return Err(Failure::usage("--validation-fraction must be in [0, 0.9)"));
+    }
+    if args.horizon.as_hours_f64() <= 0.0 {
+        return Err(Failure::usage("--horizon must be positive"));
+    }
+    let history = History::load(&args.telemetry, &args.events, args.devices.as_deref())
+        .map_err(Failure::runtime)?;
+    let mut files = vec![args.telemetry.as_path(), args.events.as_path()];
+    if let Some(d) = &args.devices {
+        files.push(d.as_path());
+    }
+    let fingerprint = fit::fingerprint(&files).map_err(Failure::runtime)?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let opts = TrainOptions {
+        engine: cfg.engine_config(),
+        horizon_h: args.horizon.as_hours_f64(),
+        ttf_cap_h: args.ttf_cap.map(Dur::as_hours_f64),
+        estimator: args.estimator,
+        target: args
+            .min_precision
+            .map_or(Target::BestF1, Target::MinPrecision),
+        match_window_h: args.match_window.map(Dur::as_hours_f64),
+        valid_fraction: args.validation_fraction,
+        seed: args.seed,
+        name,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let (artifact, modes) = fit::train(&history, fingerprint, &opts).map_err(Failure::runtime)?;
+    artifact
+        .save(&args.out)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", args.out.display())))?;
+    let summary = serde_json::json!({
+        "model": artifact.name,
+        "version": artifact.version,
+        "out": args.out.display().to_string(),
+        "devices": history.devices.len(),
+        "readings": history.rows,
+        "features": artifact.features.len(),
+        "horizon_hours": artifact.horizon_hours,
+        "consecutive": artifact.consecutive,
+        "modes": modes,
+        "seconds": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+    });
+    println!("{summary}");
+    Ok(())
 }

@@ -116,6 +116,12 @@ impl Tx {
         self.ops += 1;
     }
 
+    /// Removes a row by its full key (an outbox row moved to another queue, …).
+    pub fn remove_raw(&mut self, key: &[u8]) {
+        self.batch.remove(key);
+        self.ops += 1;
+    }
+
     pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
         self.batch.insert(
             key2(b"k/", name),

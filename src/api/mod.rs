@@ -1,0 +1,382 @@
+//! The HTTP API (contract section 5): tickets, devices, customers, rejects, `/metrics`,
+//! `/healthz`, `/readyz`.
+//!
+//! Errors are `{"error": {"code", "message"}}` with the matching status. Mutations need a bearer
+//! token (`api.tokens`, `FOREWARN_API_TOKEN`); reads need one only with `api.protect_reads`;
+//! `/metrics` and the health checks are open. Ids in paths follow the device-id rules (no `/`,
+//! `+`, `#`, whitespace or control characters, at most 128 bytes).
+
+mod error;
+
+pub use error::ApiError;
+
+use crate::fleet::{Customer, Device};
+use crate::serve::App;
+use crate::store::TicketFilter;
+use crate::tickets::{Status, Ticket};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+
+type AppState = Arc<App>;
+
+/// All routes of the API with the app as state.
+pub fn router(app: Arc<App>) -> Router {
+    let limit = app.cfg.api.max_body_bytes;
+    Router::new()
+        .route("/api/v1/tickets", get(list_tickets))
+        .route("/api/v1/tickets/{id}", get(get_ticket))
+        .route(
+            "/api/v1/tickets/{id}/transitions",
+            axum::routing::post(post_transition),
+        )
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", get(get_device).put(put_device))
+        .route("/api/v1/customers", get(list_customers))
+        .route(
+            "/api/v1/customers/{id}",
+            get(get_customer).put(put_customer),
+        )
+        .route("/api/v1/rejects", get(list_rejects))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+// ------------------------------------------------------------------ auth
+
+/// Checks the bearer token; `mutation` decides whether one is needed at all.
+pub fn authorize(app: &App, headers: &HeaderMap, mutation: bool) -> Result<(), ApiError> {
+    if !mutation && !app.cfg.api.protect_reads {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(ApiError::unauthorized("a bearer token is required"));
+    };
+    if app
+        .cfg
+        .api
+        .tokens
+        .iter()
+        .any(|t| !t.is_empty() && constant_time_eq(t.as_bytes(), presented.as_bytes()))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("the bearer token is not valid"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refuses ids that could not be a device, customer or ticket id.
+pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    crate::ingest::decode::validate_device_id(id).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{what} id: {}",
+            e.detail.replace("device id", "id")
+        ))
+    })
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(ApiError::from)
+}
+
+/// Runs a blocking store/core operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+// ------------------------------------------------------------------ tickets
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketQuery {
+    status: Option<String>,
+    device_id: Option<String>,
+    customer_id: Option<String>,
+    /// RFC 3339 or epoch milliseconds: tickets updated at or after.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+const MAX_LIST: usize = 10_000;
+
+async fn list_tickets(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<TicketQuery>, QueryRejection>,
+) -> Result<Json<Vec<Ticket>>, ApiError> {
+    authorize(&app, &headers, false)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status {s:?} is not one of open, acknowledged, scheduled, resolved, dismissed"
+            ))
+        })?),
+        None => None,
+    };
+    let since_ms = match q.since.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| crate::ingest::decode::parse_ts_str(s))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("since {s:?} is not RFC 3339 or epoch ms"))
+                })?,
+        ),
+        None => None,
+    };
+    for (what, v) in [("device", &q.device_id), ("customer", &q.customer_id)] {
+        if let Some(v) = v {
+            check_id(what, v)?;
+        }
+    }
+    let filter = TicketFilter {
+        status,
+        device_id: q.device_id,
+        customer_id: q.customer_id,
+        since_ms,
+        limit: Some(q.limit.unwrap_or(1000).min(MAX_LIST)),
+    };
+    let app2 = app.clone();
+    let list = blocking(move || {
+        app2.store
+            .tickets(&filter)
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+async fn get_ticket(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Ticket>, ApiError> {
+    authorize(&app, &headers, false)?;
+    check_id("ticket", &id)?;
+    match app.store.ticket(&id) {
+        Ok(Some(t)) => Ok(Json(t)),
+        Ok(None) => Err(ApiError::not_found(format!("ticket {id} not found"))),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    to: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn post_transition(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<TransitionBody>, JsonRejection>,
+) -> Result<Json<Ticket>, ApiError> {
+    authorize(&app, &headers, true)?;
+    check_id("ticket", &id)?;
+    let body = json_body(body)?;
+    let to = Status::parse(&body.to).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "to {:?} is not one of acknowledged, scheduled, resolved, dismissed",
+            body.to
+        ))
+    })?;
+    if body.note.len() > 4096 {
+        return Err(ApiError::bad_request("note is longer than 4096 bytes"));
+    }
+    let app2 = app.clone();
+    let t = blocking(move || {
+        app2.transition(&id, Some(to), "api", &body.note)
+            .map_err(ApiError::from)
+    })
+    .await?;
+    Ok(Json(t))
+}
+
+// ------------------------------------------------------------------ fleet
+
+async fn list_devices(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    authorize(&app, &headers, false)?;
+    Ok(Json(app.devices()))
+}
+
+async fn get_device(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    authorize(&app, &headers, false)?;
+    check_id("device", &id)?;
+    app.device(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("device {id} not found")))
+}
+
+/// Fills the record's `id` from the path when missing and refuses a different one.
+fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value, ApiError> {
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    match obj.get("id") {
+        None => {
+            obj.insert("id".into(), serde_json::Value::String(id.to_string()));
+        }
+        Some(serde_json::Value::String(s)) if s == id => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "the body's id differs from the path's",
+            ))
+        }
+    }
+    Ok(v)
+}
+
+async fn put_device(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers, true)?;
+    check_id("device", &id)?;
+    let v = with_path_id(json_body(body)?, &id)?;
+    let d: Device = serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    d.validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(c) = &d.customer_id {
+        check_id("customer", c)?;
+    }
+    let existed = app.device(&id).is_some();
+    let app2 = app.clone();
+    let d2 = d.clone();
+    blocking(move || app2.upsert_fleet(vec![], vec![d2]).map_err(ApiError::from)).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(d)).into_response())
+}
+
+async fn list_customers(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Customer>>, ApiError> {
+    authorize(&app, &headers, false)?;
+    Ok(Json(app.customers()))
+}
+
+async fn get_customer(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Customer>, ApiError> {
+    authorize(&app, &headers, false)?;
+    check_id("customer", &id)?;
+    app.customer(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("customer {id} not found")))
+}
+
+async fn put_customer(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers, true)?;
+    check_id("customer", &id)?;
+    let v = with_path_id(json_body(body)?, &id)?;
+    let c: Customer =
+        serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    c.validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let existed = app.customer(&id).is_some();
+    let app2 = app.clone();
+    let c2 = c.clone();
+    blocking(move || app2.upsert_fleet(vec![c2], vec![]).map_err(ApiError::from)).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(c)).into_response())
+}
+
+// ------------------------------------------------------------------ operations
+
+async fn list_rejects(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::serve::core::RejectRecord>>, ApiError> {
+    authorize(&app, &headers, false)?;
+    Ok(Json(app.rejects()))
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let broker = app.broker_connected();
+    let models = app.models_ready();
+    let app2 = app.clone();
+    let store = tokio::task::spawn_blocking(move || app2.store.probe().is_ok())
+        .await
+        .unwrap_or(false);
+    let ready = broker && store && models;
+    let body = serde_json::json!({
+        "ready": ready, "broker": broker, "store": store, "models": models,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,350 @@
+//! The MQTT driver (rumqttc, MQTT 3.1.1): connection options, the polling task and the acker.
+//!
+//! What forewarn needs from the broker:
+//! - QoS 1 and persistent sessions (clean_session = false): messages published while forewarn is
+//!   away or not yet acknowledged are kept and redelivered to the same `broker.client_id`. The
+//!   broker's queue for an offline client bounds how long forewarn may be down without loss
+//!   (Mosquitto: `max_queued_messages`, default 1000 — raise it for a real fleet).
+//! - A packet size limit at least `broker.max_packet_bytes` for batched readings.
+//! - An in-flight window: forewarn acknowledges a message only after its effects are committed,
+//!   in groups of up to `ingest.commit_group`, so throughput is bounded by the broker's per-client
+//!   in-flight limit (Mosquitto `max_inflight_messages`, default 20) divided by the commit time.
+//!   Set it to at least `ingest.commit_group` for rated throughput.
+//! - Retained messages for the ticket topics (`dispatch.topic_prefix`).
+//!
+//! Tasks (trap: never await a client request inside the task that polls the event loop):
+//! - `drive` polls the `EventLoop`, forwards publishes over a bounded channel and reconnects with
+//!   exponential backoff and jitter (rumqttc retries at once on its own).
+//! - the processor (in `serve`) drains that channel, commits, then hands the group's publishes to
+//! - `ack_loop`, which sends the acks through the `AsyncClient`.
+
+use crate::config::BrokerConfig;
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("config key broker.url: {0}")]
+    Url(String),
+    #[error("config key broker.ca_file: {path}: {message}")]
+    Ca { path: String, message: String },
+}
+
+/// One message as received: the publish (kept for its ack) and when it arrived.
+pub struct Inbound {
+    pub publish: Publish,
+    /// Monotonic receipt time, for the reading → ticket latency.
+    pub received: Instant,
+    /// Wall-clock receipt time (epoch ms): the event time of readings without `ts`.
+    pub received_ms: i64,
+}
+
+/// Splits `mqtt://host:port` / `mqtts://host:port` into (tls, host, port).
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), MqttError> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(MqttError::Url(format!(
+            "{url:?} must start with mqtt:// or mqtts://"
+        )));
+    };
+    let rest = rest.trim_end_matches('/');
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, tail) = v6
+            .split_once(']')
+            .ok_or_else(|| MqttError::Url(format!("{url:?}: unclosed [ in host")))?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p
+                .parse()
+                .map_err(|_| MqttError::Url(format!("{url:?}: bad port {p:?}")))?,
+            None => default_port,
+        };
+        (h.to_string(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| MqttError::Url(format!("{url:?}: bad port {p:?}")))?,
+            ),
+            None => (rest.to_string(), default_port),
+        }
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(MqttError::Url(format!("{url:?}: no usable host")));
+    }
+    Ok((tls, host, port))
+}
+
+/// Builds rumqttc options from `[broker]`: persistent session, manual acks, our packet limit.
+pub fn options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, MqttError> {
+    let (tls, host, port) = parse_url(&cfg.url)?;
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(cfg.keep_alive.std().max(Duration::from_secs(1)));
+    // The broker keeps our subscriptions and unacknowledged messages while we are away.
+    o.set_clean_session(false);
+    // Ack only after the commit (see the module doc).
+    o.set_manual_acks(true);
+    o.set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
+    o.set_inflight(cfg.inflight.max(1));
+    // Acks and ticket publishes queue here; the polling task drains it on every poll.
+    o.set_request_channel_capacity(4096);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        o.set_credentials(u.clone(), p.clone());
+    } else if let Some(u) = &cfg.username {
+        o.set_credentials(u.clone(), String::new());
+    }
+    if tls {
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(cfg)?)),
+        ));
+    }
+    Ok(o)
+}
+
+fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, MqttError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let ca_err = |message: String| MqttError::Ca {
+                path: path.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let mut n = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(ca_err("no PEM certificates found".into()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Exponential backoff with full jitter between `min` and `max`.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min: min.max(Duration::from_millis(1)),
+            max: max.max(min),
+            attempt: 0,
+        }
+    }
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    /// The next wait: uniformly random in [min, min·2^attempt] capped at max.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.min.saturating_mul(1u32 << self.attempt.min(20));
+        let cap = exp.min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let lo = self.min.as_millis() as u64;
+        let hi = (cap.as_millis() as u64).max(lo);
+        Duration::from_millis(rand::rng().random_range(lo..=hi))
+    }
+}
+
+/// What the polling task reports to the rest of the daemon.
+pub trait ConnectionObserver: Send + Sync {
+    fn connected(&self);
+    fn disconnected(&self, error: &str);
+}
+
+/// Settings of the polling task.
+pub struct DriveOptions {
+    pub subscriptions: Vec<String>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// After shutdown, how long to keep polling so the last acks reach the broker.
+    pub grace: Duration,
+}
+
+/// Polls the event loop until shutdown. Publishes go to `forward`; when it is full, `send`
+/// waits, so we stop reading from the socket and the broker stops sending once our in-flight
+/// window is used up: backpressure, nothing dropped. After `shutdown`, nothing more is forwarded
+/// (those messages stay unacknowledged and are redelivered to the next run); we keep polling until
+/// `acks_flushed` fires or the grace time ends, so acks queued by the processor still go out.
+pub async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    forward: mpsc::Sender<Inbound>,
+    opts: DriveOptions,
+    observer: Arc<dyn ConnectionObserver>,
+    shutdown: CancellationToken,
+    acks_flushed: CancellationToken,
+) {
+    let mut forward = Some(forward);
+    let mut backoff = Backoff::new(opts.reconnect_min, opts.reconnect_max);
+    let mut connected = false;
+    let grace_end = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(grace_end);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if forward.is_some() => {
+                forward = None;
+                grace_end.as_mut().reset(tokio::time::Instant::now() + opts.grace);
+                if !connected {
+                    break;
+                }
+            }
+            _ = acks_flushed.cancelled(), if forward.is_none() => {
+                // Give the queued acks one more round through the socket, then say goodbye.
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    while eventloop.poll().await.is_ok() {}
+                }).await;
+                break;
+            }
+            _ = &mut grace_end, if forward.is_none() => break,
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(f) = &forward {
+                        let msg = Inbound {
+                            publish: p,
+                            received: Instant::now(),
+                            received_ms: chrono::Utc::now().timestamp_millis(),
+                        };
+                        if f.send(msg).await.is_err() {
+                            forward = None;
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    connected = true;
+                    backoff.reset();
+                    observer.connected();
+                    tracing::info!(session_present = ack.session_present, "connected to broker");
+                    // Subscribing again is harmless with a kept session and needed without one.
+                    // Not awaited here (trap 5): a request awaited in the polling task can hang.
+                    let topics: Vec<rumqttc::SubscribeFilter> = opts
+                        .subscriptions
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+                        .collect();
+                    if let Err(e) = client.try_subscribe_many(topics) {
+                        tracing::error!("could not queue subscriptions: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        connected = false;
+                    }
+                    observer.disconnected(&e.to_string());
+                    if forward.is_none() {
+                        break;
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!("broker connection: {e}; retrying in {wait:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    }
+    observer.disconnected("shut down");
+}
+
+/// Sends acks for committed groups. Runs apart from the polling task so that a full request
+/// channel only delays acks, never the loop that drains it. The channel is unbounded in type but
+/// bounded in practice by the broker's in-flight window: each entry is a message the broker
+/// delivered and is waiting on.
+pub async fn ack_loop(
+    client: AsyncClient,
+    mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
+    flushed: CancellationToken,
+) {
+    while let Some(group) = acks.recv().await {
+        for p in &group {
+            // Fails only when the event loop is gone; the broker then redelivers, and
+            // processing is idempotent.
+            if client.ack(p).await.is_err() {
+                break;
+            }
+        }
+    }
+    flushed.cancel();
+}
+
+/// Whether an MQTT topic matches a filter with `+` and `#` wildcards.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_default_ports() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            (false, "127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker.example").unwrap(),
+            (true, "broker.example".into(), 8883)
+        );
+        assert_eq!(
+            parse_url("mqtt://[::1]:1999").unwrap(),
+            (false, "::1".into(), 1999)
+        );
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("mqtt://x:notaport").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_within_bounds() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..30 {
+            let d = b.next_delay();
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_secs(2));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn wildcards_match_levels() {
+        assert!(topic_matches("devices/+/telemetry", "devices/d1/telemetry"));
+        assert!(!topic_matches("devices/+/telemetry", "devices/d1/events"));
+        assert!(!topic_matches(
+            "devices/+/telemetry",
+            "devices/a/b/telemetry"
+        ));
+        assert!(topic_matches("devices/#", "devices/a/b"));
+    }
+}

@@ -1,0 +1,186 @@
+//! The daemon's metrics, typed and registered once on a `prometheus::Registry`.
+//!
+//! Counters end in `_total`, durations in `_seconds`; gauges are plain counts of things that exist
+//! now (rows, devices, a 0/1 state). Labels are bounded sets (`reason`, `kind`, `target`,
+//! `result`) — never a device or ticket id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// MQTT messages taken from the broker (telemetry and events).
+    pub messages: IntCounter,
+    /// Readings decoded from telemetry payloads.
+    pub readings: IntCounter,
+    /// Payloads rejected, by `RejectReason`.
+    pub rejected: IntCounterVec,
+    /// Readings not applied: `duplicate` (redelivery) or `late` (beyond the tolerance).
+    pub dropped: IntCounterVec,
+    pub events: IntCounter,
+    /// Devices scored (each scoring covers every mode of every applicable model).
+    pub scorings: IntCounter,
+    /// Ticket changes by kind: opened, updated, settled, transition.
+    pub ticket_changes: IntCounterVec,
+    /// Wall time from MQTT receipt of the reading to the commit of the ticket change it caused.
+    pub reading_to_ticket: Histogram,
+    pub commits: IntCounter,
+    pub commit_failures: IntCounter,
+    pub commit_seconds: Histogram,
+    /// Rows waiting in a durable outbox, by queue.
+    pub outbox_depth: IntGaugeVec,
+    /// Dispatch deliveries by target (mqtt, webhook) and result (ok, error, dead).
+    pub dispatch: IntCounterVec,
+    /// 1 while connected to the broker.
+    pub broker_connected: IntGauge,
+    pub broker_connects: IntCounter,
+    pub broker_disconnects: IntCounter,
+    /// Device states held in memory.
+    pub devices_in_memory: IntGauge,
+    /// Device states dropped from memory (least recently seen) — reloaded from the store on demand.
+    pub evictions: IntCounter,
+    /// Model artifacts in use.
+    pub models_loaded: IntGauge,
+    /// Model reloads by result (ok, error).
+    pub model_reloads: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric(name));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|_| unreachable_metric(name));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name));
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|_| unreachable_metric(name));
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
+
+/// Metric names and help texts are constants of this file; prometheus only refuses invalid names.
+fn unreachable_metric(name: &str) -> ! {
+    panic!("metric {name} has an invalid name or labels (a bug in metrics.rs)")
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Metrics {
+        let r = registry;
+        let lat = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let m = Metrics {
+            registry: registry.clone(),
+            messages: counter(r, "forewarn_mqtt_messages_total", "MQTT messages received"),
+            readings: counter(r, "forewarn_readings_total", "Telemetry readings decoded"),
+            rejected: counter_vec(
+                r,
+                "forewarn_rejected_total",
+                "Payloads rejected, by reason",
+                &["reason"],
+            ),
+            dropped: counter_vec(
+                r,
+                "forewarn_readings_dropped_total",
+                "Readings not applied: duplicate (redelivered) or late",
+                &["reason"],
+            ),
+            events: counter(r, "forewarn_device_events_total", "Device events applied"),
+            scorings: counter(r, "forewarn_scorings_total", "Device scorings made"),
+            ticket_changes: counter_vec(
+                r,
+                "forewarn_ticket_changes_total",
+                "Ticket changes, by kind",
+                &["kind"],
+            ),
+            reading_to_ticket: histogram(
+                r,
+                "forewarn_reading_to_ticket_seconds",
+                "Wall time from MQTT receipt of a reading to the commit of the ticket change it caused",
+                lat.clone(),
+            ),
+            commits: counter(r, "forewarn_commits_total", "Store commits of message groups"),
+            commit_failures: counter(
+                r,
+                "forewarn_commit_failures_total",
+                "Store commits that failed (the group is not acknowledged)",
+            ),
+            commit_seconds: histogram(
+                r,
+                "forewarn_commit_seconds",
+                "Time to apply and flush one group's commit",
+                lat,
+            ),
+            outbox_depth: {
+                let g = IntGaugeVec::new(
+                    Opts::new("forewarn_outbox_depth", "Rows waiting in a durable outbox"),
+                    &["queue"],
+                )
+                .unwrap_or_else(|_| unreachable_metric("forewarn_outbox_depth"));
+                let _ = r.register(Box::new(g.clone()));
+                g
+            },
+            dispatch: counter_vec(
+                r,
+                "forewarn_dispatch_deliveries_total",
+                "Dispatch deliveries, by target and result",
+                &["target", "result"],
+            ),
+            broker_connected: gauge(r, "forewarn_broker_connected", "1 while connected to the broker"),
+            broker_connects: counter(r, "forewarn_broker_connects_total", "Broker connections made"),
+            broker_disconnects: counter(
+                r,
+                "forewarn_broker_disconnects_total",
+                "Broker connections lost or refused",
+            ),
+            devices_in_memory: gauge(r, "forewarn_devices_in_memory", "Device states held in memory"),
+            evictions: counter(
+                r,
+                "forewarn_device_evictions_total",
+                "Device states evicted from memory (least recently seen)",
+            ),
+            models_loaded: gauge(r, "forewarn_models_loaded", "Model artifacts in use"),
+            model_reloads: counter_vec(
+                r,
+                "forewarn_model_reloads_total",
+                "Model reloads, by result",
+                &["result"],
+            ),
+        };
+        // Pre-create bounded label values so dashboards see zeros rather than gaps.
+        for reason in crate::ingest::decode::RejectReason::ALL {
+            m.rejected.with_label_values(&[reason.as_str()]);
+        }
+        for reason in ["duplicate", "late"] {
+            m.dropped.with_label_values(&[reason]);
+        }
+        for kind in ["opened", "updated", "settled", "transition"] {
+            m.ticket_changes.with_label_values(&[kind]);
+        }
+        m.outbox_depth.with_label_values(&["dispatch"]);
+        m
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

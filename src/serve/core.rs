@@ -1,0 +1,630 @@
+//! The app core: per-device state and live tickets in memory, the fleet registry, and the commit
+//! path. One writer: every change (a group of MQTT messages, an API transition, a fleet upsert)
+//! runs under the `core` mutex and ends in one atomic, flushed store commit.
+
+use super::dispatch::DispatchRow;
+use super::OnTicketChange;
+use crate::config::Config;
+use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, Models};
+use crate::features::{DeviceState, MetricIndex, Observed};
+use crate::fleet::{Customer, Device};
+use crate::ingest::decode::{self, Limits, Reject};
+use crate::ingest::mqtt::{topic_matches, Inbound};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, Tx};
+use crate::tickets::{rfc3339, HistoryEntry, Status, Ticket, TransitionError};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The outbox queue of field-service dispatch (MQTT retained + webhook).
+pub const DISPATCH_QUEUE: &str = "dispatch";
+/// Where the metric index (metric name → id used inside stored device states) is kept.
+const METRIC_INDEX_KEY: &str = "metric_index";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("ticket {0} not found")]
+    TicketNotFound(String),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A device's in-memory state.
+struct Slot {
+    state: DeviceState,
+    /// The device's live tickets (open, acknowledged, scheduled): the ticket policy's input.
+    live: Vec<Ticket>,
+    /// Last touch, for least-recently-seen eviction.
+    tick: u64,
+    /// Changed since the last commit.
+    dirty: bool,
+}
+
+struct Core {
+    engine: Engine,
+    slots: HashMap<String, Slot>,
+    tick: u64,
+    devices: HashMap<String, Device>,
+    customers: HashMap<String, Customer>,
+}
+
+/// A rejected payload kept for `GET /api/v1/rejects`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectRecord {
+    /// Wall-clock receipt time (RFC 3339).
+    pub received_at: String,
+    pub topic: String,
+    pub reason: &'static str,
+    pub detail: String,
+    /// The first bytes of the payload (lossy UTF-8).
+    pub payload_prefix: String,
+}
+
+/// Limits how many reject lines are logged per minute; the rest are only counted.
+struct LogBudget {
+    minute: i64,
+    used: u32,
+    suppressed: u64,
+}
+
+/// The daemon's shared state: what the processor, the API and the workers use.
+pub struct App {
+    pub cfg: Config,
+    pub store: Store,
+    pub metrics: Metrics,
+    /// std-style mutex (parking_lot): held by the processing thread for a whole group, and by
+    /// API mutations on blocking threads; never across an `.await`.
+    core: Mutex<Core>,
+    rejects: Mutex<VecDeque<RejectRecord>>,
+    log_budget: Mutex<LogBudget>,
+    on_change: Option<Arc<dyn OnTicketChange>>,
+    limits: Limits,
+    pub(crate) dispatch_wake: tokio::sync::Notify,
+    pub(crate) broker_connected: AtomicBool,
+    models_ready: AtomicBool,
+}
+
+/// Result of processing one group.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GroupStats {
+    pub readings: usize,
+    pub changes: usize,
+}
+
+impl App {
+    pub(crate) fn new(
+        cfg: Config,
+        store: Store,
+        metrics: Metrics,
+        models: Models,
+        on_change: Option<Arc<dyn OnTicketChange>>,
+    ) -> Result<App, CoreError> {
+        let devices = store
+            .fleet_devices::<Device>()?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        let customers = store
+            .fleet_customers::<Customer>()?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        let limits = Limits {
+            max_payload_bytes: cfg.ingest.max_payload_bytes,
+            max_batch: cfg.ingest.max_batch,
+            ..Limits::default()
+        };
+        metrics.models_loaded.set(models.list.len() as i64);
+        let engine = Engine::new(cfg.engine_config(), Arc::new(models));
+        let app = App {
+            core: Mutex::new(Core {
+                engine,
+                slots: HashMap::new(),
+                tick: 0,
+                devices,
+                customers,
+            }),
+            rejects: Mutex::new(VecDeque::new()),
+            log_budget: Mutex::new(LogBudget {
+                minute: 0,
+                used: 0,
+                suppressed: 0,
+            }),
+            on_change,
+            limits,
+            dispatch_wake: tokio::sync::Notify::new(),
+            broker_connected: AtomicBool::new(false),
+            models_ready: AtomicBool::new(true),
+            cfg,
+            store,
+            metrics,
+        };
+        app.metrics
+            .outbox_depth
+            .with_label_values(&[DISPATCH_QUEUE])
+            .set(app.store.outbox_len(DISPATCH_QUEUE) as i64);
+        Ok(app)
+    }
+
+    // ---------------------------------------------------------------- ingest
+
+    /// Processes a group of messages and commits all their effects in one flushed batch. The
+    /// caller acknowledges the group only when this returns `Ok`.
+    pub fn process_group(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        let mut changes: Vec<(Change, Instant)> = Vec::new();
+        let mut scratch: Vec<Change> = Vec::new();
+        let mut dirty: Vec<String> = Vec::new();
+        let mut stats = GroupStats::default();
+        let level = self.cfg.ingest.device_id_level;
+        for m in msgs {
+            self.metrics.messages.inc();
+            let topic = m.publish.topic.as_str();
+            let topic_device = level.and_then(|l| topic.split('/').nth(l));
+            let is_telemetry = self
+                .cfg
+                .ingest
+                .telemetry_topics
+                .iter()
+                .any(|f| topic_matches(f, topic));
+            if is_telemetry {
+                let readings = match decode::decode_telemetry(
+                    &m.publish.payload,
+                    topic_device,
+                    m.received_ms,
+                    &self.limits,
+                ) {
+                    Ok(r) => r,
+                    Err(rej) => {
+                        self.reject(topic, &m.publish.payload, &rej);
+                        continue;
+                    }
+                };
+                for r in &readings {
+                    stats.readings += 1;
+                    self.metrics.readings.inc();
+                    core.slot(&self.store, &r.device_id, r.ts, &mut dirty)?;
+                    let dev = core.devices.get(&r.device_id);
+                    let ctx = DeviceCtx {
+                        attrs: dev.map(|d| &d.attributes),
+                        customer_id: dev.and_then(|d| d.customer_id.as_deref()),
+                    };
+                    let slot = core
+                        .slots
+                        .get_mut(r.device_id.as_str())
+                        .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
+                    let before = slot.state.last_scored_ts;
+                    let obs = core.engine.reading(
+                        &mut slot.state,
+                        &mut slot.live,
+                        ctx,
+                        r,
+                        &mut scratch,
+                        None,
+                    );
+                    match obs {
+                        Observed::Applied => {}
+                        Observed::Duplicate => {
+                            self.metrics.dropped.with_label_values(&["duplicate"]).inc()
+                        }
+                        Observed::Late => self.metrics.dropped.with_label_values(&["late"]).inc(),
+                    }
+                    if slot.state.last_scored_ts != before {
+                        self.metrics.scorings.inc();
+                    }
+                    changes.extend(scratch.drain(..).map(|c| (c, m.received)));
+                }
+            } else {
+                let events = match decode::decode_events(
+                    &m.publish.payload,
+                    topic_device,
+                    m.received_ms,
+                    &self.limits,
+                ) {
+                    Ok(e) => e,
+                    Err(rej) => {
+                        self.reject(topic, &m.publish.payload, &rej);
+                        continue;
+                    }
+                };
+                for ev in &events {
+                    self.metrics.events.inc();
+                    core.slot(&self.store, &ev.device_id, ev.ts, &mut dirty)?;
+                    let slot = core
+                        .slots
+                        .get_mut(ev.device_id.as_str())
+                        .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
+                    core.engine
+                        .event(&mut slot.state, &mut slot.live, ev, &mut scratch);
+                    changes.extend(scratch.drain(..).map(|c| (c, m.received)));
+                }
+            }
+        }
+        let mut tx = self.store.tx();
+        for d in &dirty {
+            if let Some(slot) = core.slots.get_mut(d.as_str()) {
+                tx.put_state(d, slot.state.encode());
+                slot.dirty = false;
+            }
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for (c, _) in &changes {
+            self.record_change(core, &mut tx, c, now_ms);
+        }
+        let started = Instant::now();
+        if let Err(e) = self.store.commit(tx) {
+            // Nothing was written: forget what these messages did in memory so a redelivery
+            // starts again from the stored state.
+            for d in &dirty {
+                core.slots.remove(d.as_str());
+            }
+            self.metrics.commit_failures.inc();
+            self.metrics.devices_in_memory.set(core.slots.len() as i64);
+            return Err(e.into());
+        }
+        let done = Instant::now();
+        self.metrics
+            .commit_seconds
+            .observe(done.duration_since(started).as_secs_f64());
+        self.metrics.commits.inc();
+        for (c, received) in &changes {
+            if matches!(c.kind, ChangeKind::Opened | ChangeKind::Updated) {
+                self.metrics
+                    .reading_to_ticket
+                    .observe(done.duration_since(*received).as_secs_f64());
+            }
+        }
+        stats.changes = changes.len();
+        if !changes.is_empty() {
+            self.dispatch_wake.notify_one();
+        }
+        core.evict(self.cfg.ingest.max_devices_in_memory, &self.metrics);
+        self.metrics.devices_in_memory.set(core.slots.len() as i64);
+        Ok(stats)
+    }
+
+    /// Writes one ticket change into the transaction: the ticket, its dispatch outbox row and
+    /// whatever the notifier adds.
+    fn record_change(&self, core: &Core, tx: &mut Tx, c: &Change, now_ms: i64) {
+        tx.put_ticket(&c.ticket);
+        tx.push_outbox(
+            DISPATCH_QUEUE,
+            &DispatchRow::new(c, self.cfg.dispatch.webhook_url.is_some()),
+        );
+        self.metrics
+            .ticket_changes
+            .with_label_values(&[c.kind.as_str()])
+            .inc();
+        // Notifications integration point: the notifier writes its outbox rows into the same
+        // commit as the ticket change.
+        if let Some(n) = &self.on_change {
+            let device = core.devices.get(&c.ticket.device_id);
+            let customer = c
+                .ticket
+                .customer_id
+                .as_deref()
+                .or(device.and_then(|d| d.customer_id.as_deref()))
+                .and_then(|id| core.customers.get(id));
+            n.on_ticket_change(tx, c, customer, device, now_ms);
+        }
+    }
+
+    fn reject(&self, topic: &str, payload: &[u8], rej: &Reject) {
+        self.metrics
+            .rejected
+            .with_label_values(&[rej.reason.as_str()])
+            .inc();
+        let now = chrono::Utc::now().timestamp_millis();
+        {
+            let mut b = self.log_budget.lock();
+            let minute = now / 60_000;
+            if minute != b.minute {
+                if b.suppressed > 0 {
+                    tracing::warn!("{} more rejected payloads not logged", b.suppressed);
+                }
+                *b = LogBudget {
+                    minute,
+                    used: 0,
+                    suppressed: 0,
+                };
+            }
+            if b.used < self.cfg.log.rejects_per_minute {
+                b.used += 1;
+                tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.detail);
+            } else {
+                b.suppressed += 1;
+            }
+        }
+        let cap = self.cfg.ingest.recent_rejects;
+        if cap == 0 {
+            return;
+        }
+        let prefix = &payload[..payload.len().min(256)];
+        let rec = RejectRecord {
+            received_at: rfc3339(now),
+            topic: clip(topic, 200).to_string(),
+            reason: rej.reason.as_str(),
+            detail: clip(&rej.detail, 500).to_string(),
+            payload_prefix: String::from_utf8_lossy(prefix).into_owned(),
+        };
+        let mut q = self.rejects.lock();
+        while q.len() >= cap {
+            q.pop_front();
+        }
+        q.push_back(rec);
+    }
+
+    /// Recent rejects, newest first.
+    pub fn rejects(&self) -> Vec<RejectRecord> {
+        self.rejects.lock().iter().rev().cloned().collect()
+    }
+
+    // ---------------------------------------------------------------- tickets
+
+    pub fn ticket(&self, id: &str) -> Option<Ticket> {
+        self.store.ticket(id).ok().flatten()
+    }
+
+    /// Moves a ticket to `to` (or, with `None`, adds a history note) through the single writer,
+    /// committing the ticket, its dispatch row and the notifier's rows.
+    pub fn transition(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        let mut t = self
+            .store
+            .ticket(id)?
+            .ok_or_else(|| CoreError::TicketNotFound(id.to_string()))?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let previous_priority = Some(t.priority);
+        match to {
+            Some(to) => t.transition(to, actor, now, note)?,
+            None => {
+                t.history.push(HistoryEntry {
+                    at: rfc3339(now),
+                    actor: actor.to_string(),
+                    action: "note".into(),
+                    from: None,
+                    to: None,
+                    note: note.to_string(),
+                });
+            }
+        }
+        let change = Change {
+            kind: ChangeKind::Transition,
+            previous_priority,
+            ticket: t.clone(),
+        };
+        let mut tx = self.store.tx();
+        self.record_change(core, &mut tx, &change, now);
+        self.store.commit(tx)?;
+        if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {
+            slot.live.retain(|x| x.id != t.id);
+            if t.is_live() {
+                slot.live.push(t.clone());
+            }
+        }
+        self.dispatch_wake.notify_one();
+        Ok(t)
+    }
+
+    /// For the notifier's `TicketDesk`: a customer's reply moves the ticket (or, with `to:
+    /// None`, only adds a history note) through the single writer.
+    pub fn customer_reply(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, String> {
+        self.transition(id, to, actor, note)
+            .map_err(|e| e.to_string())
+    }
+
+    // ---------------------------------------------------------------- fleet
+
+    pub fn device(&self, id: &str) -> Option<Device> {
+        self.core.lock().devices.get(id).cloned()
+    }
+
+    pub fn customer(&self, id: &str) -> Option<Customer> {
+        self.core.lock().customers.get(id).cloned()
+    }
+
+    pub fn devices(&self) -> Vec<Device> {
+        let mut v: Vec<Device> = self.core.lock().devices.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn customers(&self) -> Vec<Customer> {
+        let mut v: Vec<Customer> = self.core.lock().customers.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Inserts or replaces fleet records (validated by the caller) in one commit.
+    pub fn upsert_fleet(
+        &self,
+        customers: Vec<Customer>,
+        devices: Vec<Device>,
+    ) -> Result<(), CoreError> {
+        let mut core = self.core.lock();
+        let mut tx = self.store.tx();
+        for c in &customers {
+            tx.put_fleet_customer(&c.id, c);
+        }
+        for d in &devices {
+            tx.put_fleet_device(&d.id, d);
+        }
+        self.store.commit(tx)?;
+        for c in customers {
+            core.customers.insert(c.id.clone(), c);
+        }
+        for d in devices {
+            core.devices.insert(d.id.clone(), d);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- models
+
+    pub fn models_ready(&self) -> bool {
+        self.models_ready.load(Ordering::Relaxed)
+    }
+
+    pub fn broker_connected(&self) -> bool {
+        self.broker_connected.load(Ordering::Relaxed)
+    }
+
+    /// Reloads every artifact of the models directory. On any error the old models stay.
+    pub fn reload_models(&self) -> Result<usize, String> {
+        let dir = self.cfg.scoring.models_dir.clone();
+        let res = {
+            let base = load_metric_index(&self.store);
+            let mut core = self.core.lock();
+            let base = merge_index(base, &core.engine.models.index);
+            match build_models(&dir, &self.cfg, base) {
+                Ok(models) => {
+                    let n = models.list.len();
+                    match save_metric_index(&self.store, &models.index) {
+                        Ok(()) => {
+                            core.engine = Engine::new(self.cfg.engine_config(), Arc::new(models));
+                            Ok(n)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match &res {
+            Ok(n) => {
+                self.metrics.models_loaded.set(*n as i64);
+                self.metrics.model_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("reloaded {n} model artifact(s) from {}", dir.display());
+            }
+            Err(e) => {
+                self.metrics
+                    .model_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!("model reload failed, keeping the current models: {e}");
+            }
+        }
+        res
+    }
+}
+
+impl Core {
+    /// Makes sure the device has a slot (loading its stored state and live tickets on first
+    /// touch) and marks it dirty.
+    fn slot(
+        &mut self,
+        store: &Store,
+        device: &str,
+        ts: i64,
+        dirty: &mut Vec<String>,
+    ) -> Result<(), CoreError> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(s) = self.slots.get_mut(device) {
+            s.tick = tick;
+            if !s.dirty {
+                s.dirty = true;
+                dirty.push(device.to_string());
+            }
+            return Ok(());
+        }
+        let state = match store.load_state(device)? {
+            Some(bytes) => match DeviceState::decode(&bytes) {
+                Some(s) => s,
+                None => {
+                    tracing::error!(
+                        "stored state of a device is unreadable; starting it afresh ({} bytes)",
+                        bytes.len()
+                    );
+                    self.engine.new_state(ts)
+                }
+            },
+            None => self.engine.new_state(ts),
+        };
+        let live = store.live_tickets(device)?;
+        self.slots.insert(
+            device.to_string(),
+            Slot {
+                state,
+                live,
+                tick,
+                dirty: true,
+            },
+        );
+        dirty.push(device.to_string());
+        Ok(())
+    }
+
+    /// Drops the least recently seen device states beyond `max` (all are committed by now).
+    /// Evicts down to 90 % of `max` at once so the sort is paid rarely.
+    fn evict(&mut self, max: usize, metrics: &Metrics) {
+        if self.slots.len() <= max {
+            return;
+        }
+        let target = (max - max / 10).max(1).min(max);
+        let mut ticks: Vec<u64> = self.slots.values().map(|s| s.tick).collect();
+        let n_evict = self.slots.len() - target;
+        ticks.select_nth_unstable(n_evict - 1);
+        let cutoff = ticks[n_evict - 1];
+        let before = self.slots.len();
+        self.slots.retain(|_, s| s.tick > cutoff || s.dirty);
+        metrics.evictions.inc_by((before - self.slots.len()) as u64);
+    }
+}
+
+fn clip(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The metric index stored with the device states (ids inside stored states refer to it).
+pub(crate) fn load_metric_index(store: &Store) -> MetricIndex {
+    match store.get_kv::<Vec<String>>(METRIC_INDEX_KEY) {
+        Ok(Some(names)) => MetricIndex::new(names),
+        _ => MetricIndex::default(),
+    }
+}
+
+pub(crate) fn save_metric_index(store: &Store, index: &MetricIndex) -> Result<(), StoreError> {
+    let mut tx = store.tx();
+    tx.put_kv(METRIC_INDEX_KEY, &index.names().to_vec());
+    store.commit(tx)
+}
+
+fn merge_index(mut base: MetricIndex, current: &MetricIndex) -> MetricIndex {
+    for n in current.names() {
+        base.intern(n.clone());
+    }
+    base
+}
+
+/// Loads and indexes every artifact of `dir`, keeping the ids of `base` stable.
+pub(crate) fn build_models(dir: &Path, cfg: &Config, base: MetricIndex) -> Result<Models, String> {
+    let artifacts = crate::predict::load_dir(dir).map_err(|e| e.to_string())?;
+    Models::with_index(artifacts, &cfg.features.window(), base)
+}

@@ -1,0 +1,253 @@
+//! Field-service dispatch: every ticket change goes out from the durable outbox (queue
+//! `dispatch`, written in the same commit as the ticket) to
+//! - MQTT `{dispatch.topic_prefix}/{device_id}/{failure_mode}`, QoS 1, retained: the ticket's
+//!   current state as JSON;
+//! - the dispatch webhook (when configured): a POST of `{"event": "ticket.<kind>", "ticket": …}`
+//!   signed with `X-Forewarn-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+//!
+//! A row is removed only once both targets took it; failures retry with exponential backoff, and
+//! after `dispatch.max_attempts` the row moves to the `dispatch_dead` queue (counted, logged).
+//! Rows of one (device, mode) go out in commit order, so the retained message is the latest state.
+
+use super::core::{App, DISPATCH_QUEUE};
+use crate::engine::Change;
+use crate::ingest::mqtt::Backoff;
+use crate::tickets::Ticket;
+use hmac::{Hmac, Mac};
+use rumqttc::{AsyncClient, QoS};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const DEAD_QUEUE: &str = "dispatch_dead";
+
+/// One pending dispatch of a ticket change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DispatchRow {
+    /// `opened`, `updated`, `settled` or `transition`.
+    pub event: String,
+    pub ticket: Ticket,
+    pub mqtt_done: bool,
+    pub webhook_done: bool,
+    pub attempts: u32,
+    /// Wall-clock epoch ms before which no retry is made.
+    pub next_attempt_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl DispatchRow {
+    pub fn new(c: &Change, has_webhook: bool) -> DispatchRow {
+        DispatchRow {
+            event: c.kind.as_str().to_string(),
+            ticket: c.ticket.clone(),
+            mqtt_done: false,
+            webhook_done: !has_webhook,
+            attempts: 0,
+            next_attempt_ms: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    // HMAC accepts keys of any length.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The webhook body of a row.
+pub fn webhook_body(row: &DispatchRow) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": format!("ticket.{}", row.event),
+        "ticket": row.ticket,
+    }))
+    .unwrap_or_default()
+}
+
+pub struct Dispatcher {
+    app: Arc<App>,
+    client: AsyncClient,
+    http: reqwest::Client,
+}
+
+impl Dispatcher {
+    pub fn new(app: Arc<App>, client: AsyncClient) -> Result<Dispatcher, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Dispatcher { app, client, http })
+    }
+
+    /// Delivers outbox rows until shutdown. Woken by commits; also retries on a timer.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            self.round().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.app.dispatch_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn round(&self) {
+        let store = &self.app.store;
+        let rows = match store.outbox::<DispatchRow>(DISPATCH_QUEUE) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("dispatch outbox unreadable: {e}");
+                return;
+            }
+        };
+        let depth = &self.app.metrics.outbox_depth;
+        depth
+            .with_label_values(&[DISPATCH_QUEUE])
+            .set(rows.len() as i64);
+        let cfg = &self.app.cfg.dispatch;
+        let m = &self.app.metrics.dispatch;
+        // (device, mode) pairs with an undelivered earlier row: later rows wait (ordering).
+        let mut blocked: HashSet<(String, String)> = HashSet::new();
+        for (key, mut row) in rows {
+            let pair = (
+                row.ticket.device_id.clone(),
+                row.ticket.failure_mode.clone(),
+            );
+            if blocked.contains(&pair) {
+                continue;
+            }
+            let now = chrono::Utc::now().timestamp_millis();
+            if row.next_attempt_ms > now {
+                blocked.insert(pair);
+                continue;
+            }
+            let mut error: Option<String> = None;
+            if !row.mqtt_done {
+                if self.app.broker_connected() {
+                    let topic = format!(
+                        "{}/{}/{}",
+                        cfg.topic_prefix, row.ticket.device_id, row.ticket.failure_mode
+                    );
+                    let payload = serde_json::to_vec(&row.ticket).unwrap_or_default();
+                    // Queued into the client's session: with clean_session = false rumqttc
+                    // re-sends it after a reconnect until the broker acknowledges it.
+                    match self
+                        .client
+                        .publish(topic, QoS::AtLeastOnce, true, payload)
+                        .await
+                    {
+                        Ok(()) => {
+                            row.mqtt_done = true;
+                            m.with_label_values(&["mqtt", "ok"]).inc();
+                        }
+                        Err(e) => {
+                            m.with_label_values(&["mqtt", "error"]).inc();
+                            error = Some(format!("mqtt: {e}"));
+                        }
+                    }
+                } else {
+                    error = Some("mqtt: broker not connected".into());
+                }
+            }
+            if !row.webhook_done {
+                match self.post(&row, &key).await {
+                    Ok(()) => {
+                        row.webhook_done = true;
+                        m.with_label_values(&["webhook", "ok"]).inc();
+                    }
+                    Err(e) => {
+                        m.with_label_values(&["webhook", "error"]).inc();
+                        error = Some(format!("webhook: {e}"));
+                    }
+                }
+            }
+            let res = if row.mqtt_done && row.webhook_done {
+                store.outbox_remove(&key)
+            } else {
+                row.attempts += 1;
+                row.last_error = error.clone();
+                if row.attempts >= cfg.max_attempts.max(1) {
+                    tracing::error!(
+                        ticket = %row.ticket.id,
+                        "dispatch gave up after {} attempts: {}",
+                        row.attempts,
+                        error.as_deref().unwrap_or("")
+                    );
+                    m.with_label_values(&["any", "dead"]).inc();
+                    let mut tx = store.tx();
+                    tx.push_outbox(DEAD_QUEUE, &row);
+                    tx.remove_raw(&key);
+                    store.commit(tx)
+                } else {
+                    let mut b = Backoff::new(cfg.retry_min.std(), cfg.retry_max.std());
+                    let mut wait = Duration::ZERO;
+                    for _ in 0..row.attempts {
+                        wait = b.next_delay();
+                    }
+                    row.next_attempt_ms = now + wait.as_millis() as i64;
+                    tracing::warn!(
+                        ticket = %row.ticket.id,
+                        attempt = row.attempts,
+                        "dispatch failed, retrying in {wait:?}: {}",
+                        error.as_deref().unwrap_or("")
+                    );
+                    blocked.insert(pair);
+                    store.outbox_put(&key, &row)
+                }
+            };
+            if let Err(e) = res {
+                tracing::error!("dispatch outbox update failed: {e}");
+            }
+        }
+        depth
+            .with_label_values(&[DISPATCH_QUEUE])
+            .set(store.outbox_len(DISPATCH_QUEUE) as i64);
+    }
+
+    async fn post(&self, row: &DispatchRow, key: &[u8]) -> Result<(), String> {
+        let cfg = &self.app.cfg.dispatch;
+        let Some(url) = &cfg.webhook_url else {
+            return Ok(());
+        };
+        let body = webhook_body(row);
+        let mut req = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            // Stable per row: receivers can drop repeats of a delivery retried after a timeout.
+            .header("x-forewarn-delivery", hex::encode(key));
+        if let Some(secret) = &cfg.webhook_secret {
+            req = req.header("x-forewarn-signature", signature(secret.as_bytes(), &body));
+        }
+        let resp = req.body(body).send().await.map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", resp.status()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hex_hmac_sha256() {
+        // RFC 4231 test case 2.
+        let s = signature(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            s,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! `forewarn serve`, as a library: [`run`] starts every stage from the configuration and returns
+//! a [`Handle`] with the bound API address; cancelling the token shuts the daemon down in order.
+//!
+//! The story of a reading: the MQTT polling task (`ingest::mqtt::drive`) forwards publishes over
+//! a bounded channel → the processing thread takes what has arrived (up to
+//! `ingest.commit_group`), runs it through the engine under the core lock and commits states,
+//! tickets and outbox rows in one flushed batch (`core::App::process_group`) → the acker sends the
+//! group's acks → the dispatcher publishes the ticket changes from the outbox.
+//!
+//! Shutdown (one token): the polling task stops forwarding → the processor drains what it holds,
+//! commits and hands over the last acks → the acker sends them → the polling task disconnects.
+//! The API server and the dispatcher stop on the same token.
+
+pub mod core;
+pub mod dispatch;
+
+use crate::config::Config;
+use crate::engine::Change;
+use crate::fleet::{Customer, Device, FleetFile};
+use crate::ingest::mqtt::{self, ConnectionObserver, DriveOptions, Inbound};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, Tx};
+use rumqttc::{AsyncClient, Publish};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use self::core::App;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad configuration, fleet file or model artifact: exit code 2.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl ServeError {
+    pub fn is_config(&self) -> bool {
+        matches!(self, ServeError::Config(_))
+    }
+}
+
+/// Called for every ticket change inside the commit that records it (notifications hook in here:
+/// whatever they write to `tx` is committed atomically with the ticket).
+pub trait OnTicketChange: Send + Sync {
+    fn on_ticket_change(
+        &self,
+        tx: &mut Tx,
+        change: &Change,
+        customer: Option<&Customer>,
+        device: Option<&Device>,
+        now_wall_ms: i64,
+    );
+}
+
+/// Builds extra API routes once the app exists (e.g. the notifier's replies and timeline).
+pub type RoutesHook = Box<dyn FnOnce(Arc<App>) -> axum::Router + Send>;
+/// Starts an extra background worker (e.g. the notification outbox worker).
+pub type WorkerHook = Box<dyn FnOnce(Arc<App>, CancellationToken) -> JoinHandle<()> + Send>;
+
+/// Integration points for other stages.
+#[derive(Default)]
+pub struct Hooks {
+    pub on_change: Option<Arc<dyn OnTicketChange>>,
+    pub routes: Option<RoutesHook>,
+    pub workers: Vec<WorkerHook>,
+}
+
+/// A running daemon.
+pub struct Handle {
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    processor: std::thread::JoinHandle<()>,
+}
+
+impl Handle {
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every stage has stopped (after the shutdown token is cancelled), at most
+    /// `grace` for the background tasks.
+    pub async fn stopped(self, grace: Duration) {
+        let Handle {
+            app,
+            tasks,
+            processor,
+            ..
+        } = self;
+        let _ = tokio::task::spawn_blocking(move || processor.join()).await;
+        let all = futures_join(tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("some tasks did not stop within {grace:?}");
+        }
+        tracing::info!("stopped");
+        drop(app);
+    }
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Installs rustls' ring provider once per process (MQTT TLS and the webhook client).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What `--check-config` found.
+#[derive(Debug)]
+pub struct CheckSummary {
+    pub models: usize,
+    pub modes: usize,
+    pub devices: usize,
+    pub customers: usize,
+}
+
+/// Validates everything `serve` would load at start — configuration, fleet file, model
+/// artifacts, broker URL and CA file — without starting anything.
+pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
+    let fleet = load_fleet(cfg)?;
+    let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
+        .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
+    let modes = artifacts.iter().map(|a| a.modes.len()).sum();
+    let models = artifacts.len();
+    crate::engine::Models::new(artifacts, &cfg.features.window())
+        .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
+    mqtt::options(&cfg.broker, &cfg.broker.client_id)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    Ok(CheckSummary {
+        models,
+        modes,
+        devices: fleet.devices.len(),
+        customers: fleet.customers.len(),
+    })
+}
+
+fn load_fleet(cfg: &Config) -> Result<FleetFile, ServeError> {
+    match &cfg.fleet.file {
+        Some(p) => FleetFile::load(p).map_err(|e| ServeError::Config(format!("fleet file {e}"))),
+        None => Ok(FleetFile::default()),
+    }
+}
+
+struct Observer(Arc<App>);
+
+impl ConnectionObserver for Observer {
+    fn connected(&self) {
+        self.0.broker_connected.store(true, Ordering::Relaxed);
+        self.0.metrics.broker_connected.set(1);
+        self.0.metrics.broker_connects.inc();
+        // Retained ticket publishes that waited for the broker can go now.
+        self.0.dispatch_wake.notify_one();
+    }
+    fn disconnected(&self, error: &str) {
+        if self.0.broker_connected.swap(false, Ordering::Relaxed) {
+            self.0.metrics.broker_disconnects.inc();
+            tracing::warn!("disconnected from broker: {error}");
+        }
+        self.0.metrics.broker_connected.set(0);
+    }
+}
+
+/// Starts the daemon with no extra stages.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, ServeError> {
+    run_with(cfg, shutdown, Hooks::default()).await
+}
+
+/// Starts the daemon: store, models, fleet, API, MQTT, processor, dispatcher, reload on SIGHUP.
+pub async fn run_with(
+    cfg: Config,
+    shutdown: CancellationToken,
+    hooks: Hooks,
+) -> Result<Handle, ServeError> {
+    install_crypto();
+    let fleet = load_fleet(&cfg)?;
+    let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
+        .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
+    let mqtt_opts = mqtt::options(&cfg.broker, &cfg.broker.client_id)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    std::fs::create_dir_all(&cfg.store.data_dir).map_err(|e| {
+        ServeError::Runtime(format!(
+            "cannot create data dir {}: {e}",
+            cfg.store.data_dir.display()
+        ))
+    })?;
+    let store = Store::open(&cfg.store.data_dir, cfg.store.cache_bytes)?;
+    let base = self::core::load_metric_index(&store);
+    let models = crate::engine::Models::with_index(artifacts, &cfg.features.window(), base)
+        .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
+    self::core::save_metric_index(&store, &models.index)?;
+    if !fleet.customers.is_empty() || !fleet.devices.is_empty() {
+        let mut tx = store.tx();
+        for c in &fleet.customers {
+            tx.put_fleet_customer(&c.id, c);
+        }
+        for d in &fleet.devices {
+            tx.put_fleet_device(&d.id, d);
+        }
+        store.commit(tx)?;
+    }
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry);
+    let n_models = models.list.len();
+    let app = Arc::new(
+        App::new(cfg.clone(), store, metrics, models, hooks.on_change)
+            .map_err(|e| ServeError::Runtime(e.to_string()))?,
+    );
+    if cfg.api.tokens.is_empty() {
+        tracing::warn!("no API tokens configured (api.tokens / FOREWARN_API_TOKEN): mutating calls are refused");
+    }
+
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.api.listen.clone(),
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: cfg.api.listen.clone(),
+        source,
+    })?;
+    let mut router = crate::api::router(app.clone());
+    if let Some(extra) = hooks.routes {
+        router = router.merge(extra(app.clone()));
+    }
+    let mut tasks = Vec::new();
+    let api_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!("API server: {e}");
+        }
+    }));
+
+    // MQTT: polling task → bounded channel → processor thread → acker.
+    let (client, eventloop) = AsyncClient::new(mqtt_opts, 4096);
+    // Capacity: a few groups' worth. When full, the polling task waits (backpressure through
+    // the broker's in-flight window); nothing is dropped.
+    let (fwd_tx, fwd_rx) =
+        mpsc::channel::<Inbound>(cfg.ingest.commit_group.saturating_mul(4).max(64));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Publish>>();
+    let acks_flushed = CancellationToken::new();
+    let mut subscriptions = cfg.ingest.telemetry_topics.clone();
+    subscriptions.extend(cfg.ingest.event_topics.iter().cloned());
+    tasks.push(tokio::spawn(mqtt::drive(
+        eventloop,
+        client.clone(),
+        fwd_tx,
+        DriveOptions {
+            subscriptions,
+            reconnect_min: cfg.broker.reconnect_min.std(),
+            reconnect_max: cfg.broker.reconnect_max.std(),
+            grace: Duration::from_secs(5),
+        },
+        Arc::new(Observer(app.clone())),
+        shutdown.clone(),
+        acks_flushed.clone(),
+    )));
+    tasks.push(tokio::spawn(mqtt::ack_loop(
+        client.clone(),
+        ack_rx,
+        acks_flushed,
+    )));
+    let proc_app = app.clone();
+    let group = cfg.ingest.commit_group.max(1);
+    let processor = std::thread::Builder::new()
+        .name("forewarn-processor".into())
+        .spawn(move || process_loop(proc_app, fwd_rx, ack_tx, group))
+        .map_err(|e| ServeError::Runtime(format!("cannot start the processor thread: {e}")))?;
+
+    let dispatcher = dispatch::Dispatcher::new(app.clone(), client)
+        .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))?;
+    tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
+    for w in hooks.workers {
+        tasks.push(w(app.clone(), shutdown.clone()));
+    }
+    tasks.push(tokio::spawn(reload_on_sighup(
+        app.clone(),
+        shutdown.clone(),
+    )));
+    tracing::info!(
+        api = %api_addr,
+        broker = %cfg.broker.url,
+        models = n_models,
+        "forewarn serve started"
+    );
+    Ok(Handle {
+        api_addr,
+        app,
+        shutdown,
+        tasks,
+        processor,
+    })
+}
+
+/// The single writer of ingest: takes what has arrived (up to `group` messages), processes and
+/// commits it, then hands the publishes to the acker. Runs on its own thread because the commit
+/// flushes to disk.
+fn process_loop(
+    app: Arc<App>,
+    mut rx: mpsc::Receiver<Inbound>,
+    acks: mpsc::UnboundedSender<Vec<Publish>>,
+    group: usize,
+) {
+    let mut buf: Vec<Inbound> = Vec::with_capacity(group);
+    while let Some(first) = rx.blocking_recv() {
+        buf.push(first);
+        while buf.len() < group {
+            match rx.try_recv() {
+                Ok(m) => buf.push(m),
+                Err(_) => break,
+            }
+        }
+        match app.process_group(&buf) {
+            Ok(_) => {
+                let _ = acks.send(buf.drain(..).map(|m| m.publish).collect());
+            }
+            Err(e) => {
+                // Not acknowledged: the broker redelivers these after the next reconnect.
+                tracing::error!(
+                    "commit of {} messages failed, not acknowledged: {e}",
+                    buf.len()
+                );
+                buf.clear();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP (model reload disabled): {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = hup.recv() => {
+                if s.is_none() { break; }
+                let app = app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.reload_models()).await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_app: Arc<App>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+}

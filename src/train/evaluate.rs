@@ -1,0 +1,346 @@
+//! `forewarn evaluate`: history replayed through the daemon's [`Engine`], unchanged, in event time
+//! (per device, readings and events merged by timestamp, a reading before an event stamped at the
+//! same time), then scored at ticket level and reading level.
+
+use super::csv::{History, Step};
+use super::labels::label;
+use super::select::{self, TicketTally};
+use super::TrainError;
+use crate::engine::{ChangeKind, DeviceCtx, Engine, EngineConfig, Models, Scoring};
+use crate::features::HOUR_MS;
+use crate::ingest::decode::{EventKind, Millis};
+use crate::predict::Artifact;
+use crate::tickets::Ticket;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub engine: EngineConfig,
+    /// A ticket is correct when its failure follows within this; default twice the horizon.
+    pub match_window_h: Option<f64>,
+    /// Cap on true time to failure for the RMSE; default the model's own cap.
+    pub rmse_cap_h: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Quantiles {
+    pub p10: Option<f64>,
+    pub median: Option<f64>,
+    pub p90: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketSummary {
+    pub opened: usize,
+    pub correct: usize,
+    pub precision: Option<f64>,
+    pub due_failures: usize,
+    pub detected: usize,
+    pub recall: Option<f64>,
+    pub lead_time_hours: Quantiles,
+    pub false_alarms: usize,
+    pub device_months: f64,
+    pub false_alarms_per_device_month: Option<f64>,
+    pub match_window_hours: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadingSummary {
+    pub scorings: usize,
+    pub labelled: usize,
+    pub positives: usize,
+    pub pr_auc: Option<f64>,
+    pub roc_auc: Option<f64>,
+    /// Over scorings whose failure was observed; truth capped at `rmse_cap_hours`.
+    pub ttf_rmse_hours: Option<f64>,
+    pub ttf_rows: usize,
+    pub rmse_cap_hours: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TruthSummary {
+    pub devices: usize,
+    /// At each device's last scoring, truth capped at `rmse_cap_hours`.
+    pub rmse_hours: Option<f64>,
+    /// PHM08 score (d = predicted − true; e^(−d/13) − 1 early, e^(d/10) − 1 late), same cap.
+    pub phm08_score: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub model_version: String,
+    pub horizon_hours: f64,
+    pub devices: usize,
+    pub readings: usize,
+    pub tickets: TicketSummary,
+    pub readings_level: ReadingSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truth: Option<TruthSummary>,
+}
+
+/// Everything a backtest produced.
+pub struct Evaluation {
+    pub summary: Summary,
+    /// Every ticket opened, in its final state, in order of opening.
+    pub tickets: Vec<Ticket>,
+    pub scorings: Vec<Scoring>,
+    pub lead_hours: Vec<f64>,
+    pub pr_curve: Vec<(f64, f64)>,
+    /// (true, predicted) time to failure, capped, per labelled scoring.
+    pub ttf_pairs: Vec<(f64, f64)>,
+}
+
+/// Reads `truth.csv` (`device_id,<remaining hours at the last reading>`).
+pub fn read_truth(path: &Path) -> Result<BTreeMap<String, f64>, TrainError> {
+    let attrs = super::csv::read_devices(path)?;
+    let mut out = BTreeMap::new();
+    for (id, a) in attrs {
+        let v = a
+            .values()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| {
+                TrainError::Data(format!(
+                    "{}: device {id:?} has no numeric remaining life",
+                    path.display()
+                ))
+            })?;
+        out.insert(id, v);
+    }
+    Ok(out)
+}
+
+pub fn evaluate(
+    artifact: Artifact,
+    h: &History,
+    truth: Option<&BTreeMap<String, f64>>,
+    opts: &EvalOptions,
+) -> Result<Evaluation, TrainError> {
+    let horizon = artifact.horizon_hours;
+    let window_h = opts.match_window_h.unwrap_or(2.0 * horizon);
+    let cap = opts
+        .rmse_cap_h
+        .or_else(|| artifact.modes.iter().find_map(|m| m.ttf_cap_hours));
+    let name = artifact.name.clone();
+    let version = artifact.version.clone();
+    let modes: Vec<String> = artifact.modes.iter().map(|m| m.mode.clone()).collect();
+    let models = Models::new(vec![artifact], &opts.engine.window).map_err(TrainError::Data)?;
+    let engine = Engine::new(opts.engine.clone(), Arc::new(models));
+
+    let pb = super::progress(h.devices.len() as u64, "backtest");
+    let mut scorings = Vec::new();
+    let mut changes = Vec::new();
+    let mut device_months = 0.0;
+    for d in &h.devices {
+        let attrs = h.attrs.get(&d.id);
+        let ctx = DeviceCtx {
+            attrs,
+            customer_id: attrs
+                .and_then(|a| a.get("customer_id").or_else(|| a.get("customer")))
+                .map(String::as_str),
+        };
+        let first =
+            d.ts.first()
+                .copied()
+                .into_iter()
+                .chain(d.events.first().map(|e| e.ts))
+                .min()
+                .unwrap_or(0);
+        device_months += (d.observed_until() - first).max(0) as f64 / (30.0 * 24.0 * HOUR_MS);
+        let mut state = engine.new_state(first);
+        let mut live: Vec<Ticket> = Vec::new();
+        for step in d.steps() {
+            match step {
+                Step::Reading(i) => {
+                    let r = d.reading(i, &h.metrics);
+                    engine.reading(
+                        &mut state,
+                        &mut live,
+                        ctx,
+                        &r,
+                        &mut changes,
+                        Some(&mut scorings),
+                    );
+                }
+                Step::Event(ev) => engine.event(&mut state, &mut live, ev, &mut changes),
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    // Final state of every ticket, in order of opening.
+    let mut order = Vec::new();
+    let mut last: HashMap<String, Ticket> = HashMap::new();
+    for c in changes {
+        if c.kind == ChangeKind::Opened {
+            order.push(c.ticket.id.clone());
+        }
+        last.insert(c.ticket.id.clone(), c.ticket);
+    }
+    let tickets: Vec<Ticket> = order.iter().filter_map(|id| last.remove(id)).collect();
+
+    // Ticket level, per (device, mode).
+    let by_id: HashMap<&str, usize> = h
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect();
+    let mut tally = TicketTally::default();
+    let mut scored: HashMap<(&str, &str), Vec<Millis>> = HashMap::new();
+    for s in &scorings {
+        scored
+            .entry((s.device_id.as_str(), s.mode.as_str()))
+            .or_default()
+            .push(s.ts);
+    }
+    for d in &h.devices {
+        for m in &modes {
+            let opened: Vec<Millis> = tickets
+                .iter()
+                .filter(|t| t.device_id == d.id && &t.failure_mode == m)
+                .map(|t| t.opened_ms)
+                .collect();
+            let fails: Vec<Millis> = d
+                .events
+                .iter()
+                .filter(|e| &e.code == m && e.kind == EventKind::Failure)
+                .map(|e| e.ts)
+                .collect();
+            let sc = scored
+                .get(&(d.id.as_str(), m.as_str()))
+                .map_or(&[][..], |v| &v[..]);
+            tally.add(select::match_tickets(
+                &opened, &fails, sc, horizon, window_h,
+            ));
+        }
+    }
+    let false_alarms = tally.tickets - tally.correct;
+    let tickets_summary = TicketSummary {
+        opened: tally.tickets,
+        correct: tally.correct,
+        precision: tally.precision(),
+        due_failures: tally.due,
+        detected: tally.detected,
+        recall: tally.recall(),
+        lead_time_hours: Quantiles {
+            p10: select::quantile(&tally.lead_hours, 0.1),
+            median: select::quantile(&tally.lead_hours, 0.5),
+            p90: select::quantile(&tally.lead_hours, 0.9),
+        },
+        false_alarms,
+        device_months,
+        false_alarms_per_device_month: (device_months > 0.0)
+            .then(|| false_alarms as f64 / device_months),
+        match_window_hours: window_h,
+    };
+
+    // Reading level.
+    let (mut ps, mut ls) = (Vec::new(), Vec::new());
+    let mut ttf_pairs = Vec::new();
+    for s in &scorings {
+        let Some(&di) = by_id.get(s.device_id.as_str()) else {
+            continue;
+        };
+        let d = &h.devices[di];
+        let l = label(
+            &d.events,
+            &s.mode,
+            s.ts,
+            d.observed_until(),
+            horizon,
+            cap.unwrap_or(f64::INFINITY),
+        );
+        if let Some(p) = l.positive {
+            ps.push(s.probability);
+            ls.push(p);
+        }
+        if let (Some(t), Some(pred)) = (l.ttf_hours, s.ttf_hours) {
+            let t = cap.map_or(t, |c| t.min(c));
+            ttf_pairs.push((t, pred));
+        }
+    }
+    let rmse = |pairs: &[(f64, f64)]| {
+        (!pairs.is_empty()).then(|| {
+            (pairs.iter().map(|(t, p)| (p - t).powi(2)).sum::<f64>() / pairs.len() as f64).sqrt()
+        })
+    };
+    let readings_level = ReadingSummary {
+        scorings: scorings.len(),
+        labelled: ps.len(),
+        positives: ls.iter().filter(|l| **l).count(),
+        pr_auc: select::pr_auc(&ps, &ls),
+        roc_auc: select::roc_auc(&ps, &ls),
+        ttf_rmse_hours: rmse(&ttf_pairs),
+        ttf_rows: ttf_pairs.len(),
+        rmse_cap_hours: cap,
+    };
+    let pr_curve = select::pr_curve(&ps, &ls);
+
+    // Truth at each device's last reading: the last scoring, shifted by any gap to that reading.
+    let truth_summary = truth.map(|truth| {
+        let mut pairs = Vec::new();
+        for d in &h.devices {
+            let (Some(&rul), Some(&last_ts)) = (truth.get(&d.id), d.ts.last()) else {
+                continue;
+            };
+            // With several modes the device fails at its soonest predicted mode.
+            let last = scorings
+                .iter()
+                .filter(|s| s.device_id == d.id && s.ttf_hours.is_some())
+                .fold(None::<(Millis, f64)>, |acc, s| {
+                    let v = s.ttf_hours.unwrap_or(f64::INFINITY);
+                    match acc {
+                        Some((ts, best)) if ts > s.ts => Some((ts, best)),
+                        Some((ts, best)) if ts == s.ts => Some((ts, best.min(v))),
+                        _ => Some((s.ts, v)),
+                    }
+                });
+            if let Some((ts, pred)) = last {
+                let t = rul + (last_ts - ts) as f64 / HOUR_MS;
+                let t = cap.map_or(t, |c| t.min(c));
+                pairs.push((t, pred));
+            }
+        }
+        let score = pairs
+            .iter()
+            .map(|(t, p)| {
+                let d = p - t;
+                if d < 0.0 {
+                    (-d / 13.0).exp() - 1.0
+                } else {
+                    (d / 10.0).exp() - 1.0
+                }
+            })
+            .sum::<f64>();
+        TruthSummary {
+            devices: pairs.len(),
+            rmse_hours: rmse(&pairs),
+            phm08_score: (!pairs.is_empty()).then_some(score),
+        }
+    });
+
+    Ok(Evaluation {
+        summary: Summary {
+            model: name,
+            model_version: version,
+            horizon_hours: horizon,
+            devices: h.devices.len(),
+            readings: h.rows,
+            tickets: tickets_summary,
+            readings_level,
+            truth: truth_summary,
+        },
+        tickets,
+        scorings,
+        lead_hours: tally.lead_hours,
+        pr_curve,
+        ttf_pairs,
+    })
+}

@@ -1,0 +1,104 @@
+//! Labels for training rows, respecting maintenance and censoring.
+//!
+//! For a row at event time `t` and a failure mode, only the NEXT event of that mode counts: a
+//! maintenance replaces the part and restarts its clock, so a failure after it is another part's.
+//!
+//! - next event is a failure at `f`: time to failure `f − t`; positive when within the horizon.
+//! - next event is a maintenance at `m`, or nothing was observed until `end`: no failure for at
+//!   least `m − t` (or `end − t`) hours. Negative only if that covers the horizon; otherwise the row
+//!   is censored (unknown) and is not used by the classifier. The regressor gets the cap when that
+//!   span covers the cap, else the row is censored for it too.
+
+use crate::features::HOUR_MS;
+use crate::ingest::decode::{DeviceEvent, EventKind, Millis};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Label {
+    /// Hours to the next failure of the mode, when one was observed before any maintenance.
+    pub ttf_hours: Option<f64>,
+    /// Fails within the horizon; `None` when censored.
+    pub positive: Option<bool>,
+    /// Regression target: time to failure capped at the cap; `None` when censored.
+    pub target: Option<f64>,
+}
+
+/// Labels a row at `t` for `mode`. `events` are the device's events sorted by time, `end` the
+/// last event time observed for the device.
+pub fn label(
+    events: &[DeviceEvent],
+    mode: &str,
+    t: Millis,
+    end: Millis,
+    horizon_h: f64,
+    cap_h: f64,
+) -> Label {
+    let next = events.iter().find(|e| {
+        e.ts >= t && e.code == mode && matches!(e.kind, EventKind::Failure | EventKind::Maintenance)
+    });
+    match next {
+        Some(e) if e.kind == EventKind::Failure => {
+            let ttf = (e.ts - t) as f64 / HOUR_MS;
+            Label {
+                ttf_hours: Some(ttf),
+                positive: Some(ttf <= horizon_h),
+                target: Some(ttf.min(cap_h)),
+            }
+        }
+        other => {
+            let until = other.map_or(end, |e| e.ts);
+            let free = (until - t).max(0) as f64 / HOUR_MS;
+            Label {
+                ttf_hours: None,
+                positive: if free > horizon_h { Some(false) } else { None },
+                target: if free >= cap_h { Some(cap_h) } else { None },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(h: i64, kind: EventKind) -> DeviceEvent {
+        DeviceEvent {
+            device_id: "d".into(),
+            ts: h * 3_600_000,
+            kind,
+            code: "pump".into(),
+        }
+    }
+
+    #[test]
+    fn maintenance_resets_the_clock_so_a_later_failure_is_not_a_positive() {
+        let evs = vec![ev(10, EventKind::Maintenance), ev(15, EventKind::Failure)];
+        let h = |x: i64| x * 3_600_000;
+        // 8 h before maintenance, 13 h before the failure: censored, not positive.
+        let l = label(&evs, "pump", h(2), h(20), 24.0, 100.0);
+        assert_eq!(l.positive, None);
+        assert_eq!(l.ttf_hours, None);
+        // After the maintenance the failure is 4 h away: positive.
+        let l = label(&evs, "pump", h(11), h(20), 24.0, 100.0);
+        assert_eq!(l.positive, Some(true));
+        assert_eq!(l.target, Some(4.0));
+        // Another mode has no events: censored unless the observed future covers the horizon.
+        assert_eq!(label(&evs, "fan", h(0), h(20), 24.0, 100.0).positive, None);
+        assert_eq!(
+            label(&evs, "fan", h(0), h(30), 24.0, 10.0).positive,
+            Some(false)
+        );
+        assert_eq!(
+            label(&evs, "fan", h(0), h(30), 24.0, 10.0).target,
+            Some(10.0)
+        );
+    }
+
+    #[test]
+    fn far_failures_are_negatives_with_capped_targets() {
+        let evs = vec![ev(200, EventKind::Failure)];
+        let l = label(&evs, "pump", 0, 200 * 3_600_000, 24.0, 96.0);
+        assert_eq!(l.positive, Some(false));
+        assert_eq!(l.target, Some(96.0));
+        assert_eq!(l.ttf_hours, Some(200.0));
+    }
+}

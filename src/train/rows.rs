@@ -1,0 +1,158 @@
+//! The feature spec a data set supports, and training rows taken exactly where the daemon scores.
+
+use super::csv::{History, Step};
+use super::labels::{label, Label};
+use crate::engine::{observe_and_slot, EngineConfig};
+use crate::features::{
+    DeviceFeature, DeviceState, FeatureSpec, MetricIndex, MetricStat, WindowSpec,
+};
+use crate::ingest::decode::{EventKind, Millis};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Categorical attributes with more distinct values than this are not one-hot encoded.
+pub const MAX_CATEGORIES: usize = 10;
+
+/// Attribute columns that name an owner, not a property of the device.
+const IDENTITY_ATTRS: [&str; 3] = ["customer", "customer_id", "owner"];
+
+/// The feature spec for a data set: every telemetry metric that is not constant (or absent) in
+/// training, `stats` of each; the mode clock, readings, the error rate when the data has error
+/// events, numeric attributes, and one-hot categorical attributes with few values.
+pub fn build_spec(h: &History, window: &WindowSpec, stats: Vec<MetricStat>) -> FeatureSpec {
+    let k = h.metrics.len();
+    let mut lo = vec![f64::INFINITY; k];
+    let mut hi = vec![f64::NEG_INFINITY; k];
+    for d in &h.devices {
+        for row in d.values.chunks_exact(k.max(1)) {
+            for (j, v) in row.iter().enumerate() {
+                if v.is_finite() {
+                    lo[j] = lo[j].min(*v);
+                    hi[j] = hi[j].max(*v);
+                }
+            }
+        }
+    }
+    let metrics = h
+        .metrics
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| hi[*j] > lo[*j])
+        .map(|(_, m)| m.clone())
+        .collect();
+    let mut device = vec![DeviceFeature::HoursSinceReset, DeviceFeature::Readings];
+    if h.devices
+        .iter()
+        .any(|d| d.events.iter().any(|e| e.kind == EventKind::Error))
+    {
+        device.push(DeviceFeature::ErrorRate);
+    }
+    let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for attrs in h.attrs.values() {
+        for (k, v) in attrs {
+            values.entry(k).or_default().insert(v);
+        }
+    }
+    for (name, vals) in values {
+        if IDENTITY_ATTRS.contains(&name) || vals.len() < 2 {
+            continue;
+        }
+        if vals
+            .iter()
+            .all(|v| v.parse::<f64>().is_ok_and(f64::is_finite))
+        {
+            device.push(DeviceFeature::AttrNumber { name: name.into() });
+        } else if vals.len() <= MAX_CATEGORIES {
+            for v in vals {
+                device.push(DeviceFeature::AttrIs {
+                    name: name.into(),
+                    value: v.into(),
+                });
+            }
+        }
+    }
+    FeatureSpec {
+        window: window.clone(),
+        metrics,
+        stats,
+        device,
+    }
+}
+
+/// Feature rows of one failure mode, row-major, with where they came from and their labels.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    pub n_features: usize,
+    pub x: Vec<f64>,
+    /// Index into `History::devices`.
+    pub device: Vec<u32>,
+    pub ts: Vec<Millis>,
+    pub labels: Vec<Label>,
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+    pub fn row(&self, i: usize) -> &[f64] {
+        &self.x[i * self.n_features..(i + 1) * self.n_features]
+    }
+}
+
+/// Replays every device through the daemon's window/scoring-slot step and extracts `spec`'s
+/// features at each reading the daemon would score, one row per mode.
+pub fn build_rows(
+    h: &History,
+    spec: &FeatureSpec,
+    cfg: &EngineConfig,
+    modes: &[String],
+    horizon_h: f64,
+    cap_h: f64,
+    pb: &indicatif::ProgressBar,
+) -> Vec<Rows> {
+    let index = MetricIndex::new(spec.metrics.iter().cloned());
+    let ids = spec.resolve(&index);
+    let nf = spec.len();
+    let mut out: Vec<Rows> = modes
+        .iter()
+        .map(|_| Rows {
+            n_features: nf,
+            ..Default::default()
+        })
+        .collect();
+    for (di, d) in h.devices.iter().enumerate() {
+        let attrs = h.attrs.get(&d.id);
+        let end = d.observed_until();
+        let first =
+            d.ts.first()
+                .copied()
+                .into_iter()
+                .chain(d.events.first().map(|e| e.ts))
+                .min()
+                .unwrap_or(0);
+        let mut state = DeviceState::new(&cfg.window, first);
+        for step in d.steps() {
+            match step {
+                Step::Event(ev) => state.on_event(ev, &cfg.window),
+                Step::Reading(i) => {
+                    let r = d.reading(i, &h.metrics);
+                    let (_, due) = observe_and_slot(&mut state, &r, cfg, &index, true);
+                    if !due {
+                        continue;
+                    }
+                    for (mode, rows) in modes.iter().zip(out.iter_mut()) {
+                        spec.extract(&state, &ids, mode, attrs, r.ts, &mut rows.x);
+                        rows.device.push(di as u32);
+                        rows.ts.push(r.ts);
+                        rows.labels
+                            .push(label(&d.events, mode, r.ts, end, horizon_h, cap_h));
+                    }
+                }
+            }
+        }
+        pb.inc(1);
+    }
+    out
+}

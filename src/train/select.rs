@@ -1,0 +1,425 @@
+//! Honest model selection: validation devices, ranking metrics, the ticket-level match rule and
+//! the choice of threshold and consecutive scorings on validation.
+
+use crate::features::HOUR_MS;
+use crate::ingest::decode::{DeviceEvent, EventKind, Millis};
+
+/// Splits devices into (training, validation) by a seeded hash of their ids, so a device's rows
+/// never sit on both sides. Devices that fail and devices that do not are split separately, so the
+/// validation side sees failures. At least one device of each non-empty group stays in training.
+pub fn split_devices(ids: &[(String, bool)], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut train = Vec::new();
+    let mut valid = Vec::new();
+    for failing in [true, false] {
+        let mut group: Vec<(u64, usize)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, f))| *f == failing)
+            .map(|(i, (id, _))| (fnv(id, seed), i))
+            .collect();
+        group.sort_unstable();
+        let n_valid =
+            ((group.len() as f64 * fraction).round() as usize).min(group.len().saturating_sub(1));
+        for (k, (_, i)) in group.into_iter().enumerate() {
+            if k < n_valid {
+                valid.push(i);
+            } else {
+                train.push(i);
+            }
+        }
+    }
+    train.sort_unstable();
+    valid.sort_unstable();
+    (train, valid)
+}
+
+fn fnv(s: &str, seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Area under the ROC curve (ties count half); `None` without both classes.
+pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut rank_sum, mut pos) = (0.0, 0usize);
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j < idx.len() && scores[idx[j]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j + 1) as f64 / 2.0;
+        for &k in &idx[i..j] {
+            if labels[k] {
+                rank_sum += avg_rank;
+                pos += 1;
+            }
+        }
+        i = j;
+    }
+    let neg = scores.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    Some((rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64))
+}
+
+/// Precision–recall curve points (recall, precision), from the highest score down.
+pub fn pr_curve(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let total_pos = labels.iter().filter(|l| **l).count();
+    if total_pos == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j < idx.len() && scores[idx[j]] == scores[idx[i]] {
+            if labels[idx[j]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            j += 1;
+        }
+        out.push((tp as f64 / total_pos as f64, tp as f64 / (tp + fp) as f64));
+        i = j;
+    }
+    out
+}
+
+/// Average precision (area under the PR curve, step-wise); `None` without positives.
+pub fn pr_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let curve = pr_curve(scores, labels);
+    if curve.is_empty() {
+        return None;
+    }
+    let mut prev_r = 0.0;
+    let mut ap = 0.0;
+    for (r, p) in curve {
+        ap += (r - prev_r) * p;
+        prev_r = r;
+    }
+    Some(ap)
+}
+
+/// Ticket-level outcome over some devices and modes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TicketTally {
+    pub tickets: usize,
+    /// Tickets followed by a failure of their mode within the match window.
+    pub correct: usize,
+    /// Failures the device was observed (scored) within the horizon before: a warning was possible.
+    pub due: usize,
+    /// Due failures with a ticket opened within the match window before them.
+    pub detected: usize,
+    /// Per detected failure: hours from the earliest matching ticket to the failure.
+    pub lead_hours: Vec<f64>,
+}
+
+impl TicketTally {
+    pub fn precision(&self) -> Option<f64> {
+        (self.tickets > 0).then(|| self.correct as f64 / self.tickets as f64)
+    }
+    pub fn recall(&self) -> Option<f64> {
+        (self.due > 0).then(|| self.detected as f64 / self.due as f64)
+    }
+    pub fn f1(&self) -> f64 {
+        match (self.precision(), self.recall()) {
+            (Some(p), Some(r)) if p + r > 0.0 => 2.0 * p * r / (p + r),
+            _ => 0.0,
+        }
+    }
+    /// Recall where each detection counts by its lead time, up to the horizon: the chance that the
+    /// ticket is already open when the device is looked at a uniformly random time within the
+    /// horizon before failing. A warning one minute ahead is worth little.
+    pub fn lead_weighted_recall(&self, horizon_h: f64) -> Option<f64> {
+        (self.due > 0).then(|| {
+            self.lead_hours
+                .iter()
+                .map(|l| (l / horizon_h).clamp(0.0, 1.0))
+                .sum::<f64>()
+                / self.due as f64
+        })
+    }
+
+    /// F1 of precision and [`TicketTally::lead_weighted_recall`].
+    pub fn lead_weighted_f1(&self, horizon_h: f64) -> f64 {
+        match (self.precision(), self.lead_weighted_recall(horizon_h)) {
+            (Some(p), Some(r)) if p + r > 0.0 => 2.0 * p * r / (p + r),
+            _ => 0.0,
+        }
+    }
+
+    pub fn add(&mut self, o: TicketTally) {
+        self.tickets += o.tickets;
+        self.correct += o.correct;
+        self.due += o.due;
+        self.detected += o.detected;
+        self.lead_hours.extend(o.lead_hours);
+    }
+}
+
+/// Matches one device's tickets for one mode against its failures of that mode.
+///
+/// A ticket opened at `o` is correct when a failure follows in `[o, o + window]`. A failure at `f`
+/// is due when the device was scored in `[f − horizon, f]`, and detected when a ticket opened in
+/// `[f − window, f]` after the previous failure. All slices sorted.
+pub fn match_tickets(
+    opened: &[Millis],
+    failures: &[Millis],
+    scored: &[Millis],
+    horizon_h: f64,
+    window_h: f64,
+) -> TicketTally {
+    let w = (window_h * HOUR_MS) as i64;
+    let hz = (horizon_h * HOUR_MS) as i64;
+    let mut t = TicketTally {
+        tickets: opened.len(),
+        ..Default::default()
+    };
+    for &o in opened {
+        if failures.iter().any(|&f| f >= o && f <= o.saturating_add(w)) {
+            t.correct += 1;
+        }
+    }
+    let mut prev = Millis::MIN;
+    for &f in failures {
+        let lo = f.saturating_sub(hz);
+        let due = scored.iter().any(|&s| s >= lo && s <= f);
+        if due {
+            t.due += 1;
+            let first = opened
+                .iter()
+                .copied()
+                .filter(|&o| o > prev && o <= f && o >= f.saturating_sub(w))
+                .min();
+            if let Some(o) = first {
+                t.detected += 1;
+                t.lead_hours.push((f - o) as f64 / HOUR_MS);
+            }
+        }
+        prev = f;
+    }
+    t
+}
+
+/// Replays the ticket policy of the engine on scored rows of one device: a ticket opens after
+/// `consecutive` scorings at or above `threshold` and stays live until a failure or maintenance of
+/// the mode settles it (which also resets the streak). Returns the opening times.
+pub fn simulate_openings(
+    rows: &[(Millis, f64)],
+    events: &[DeviceEvent],
+    mode: &str,
+    threshold: f64,
+    consecutive: u16,
+) -> Vec<Millis> {
+    let mut out = Vec::new();
+    let mut evs = events
+        .iter()
+        .filter(|e| e.code == mode && matches!(e.kind, EventKind::Failure | EventKind::Maintenance))
+        .peekable();
+    let (mut streak, mut live) = (0u16, false);
+    for &(ts, p) in rows {
+        while evs.peek().is_some_and(|e| e.ts < ts) {
+            evs.next();
+            streak = 0;
+            live = false;
+        }
+        streak = if p >= threshold {
+            streak.saturating_add(1)
+        } else {
+            0
+        };
+        if !live && p >= threshold && streak >= consecutive.max(1) {
+            out.push(ts);
+            live = true;
+        }
+    }
+    out
+}
+
+/// What the ticket policy should aim for on validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    BestF1,
+    /// Highest recall with precision at least this (best F1 when none reaches it).
+    MinPrecision(f64),
+}
+
+impl Target {
+    pub fn describe(&self, window_h: f64) -> String {
+        let rule = format!(
+            "on validation devices (a ticket is correct when the failure follows within {window_h}h; \
+             a detection counts by its lead time up to the horizon)"
+        );
+        match self {
+            Target::BestF1 => format!("best ticket F1 {rule}"),
+            Target::MinPrecision(p) => {
+                format!("highest ticket recall with precision >= {p} {rule}, else best F1")
+            }
+        }
+    }
+}
+
+/// One validation device for threshold selection.
+pub struct ValidDevice<'a> {
+    pub rows: Vec<(Millis, f64)>,
+    pub events: &'a [DeviceEvent],
+}
+
+/// The chosen policy and its validation tally.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub threshold: f64,
+    pub consecutive: u16,
+    pub tally: TicketTally,
+}
+
+/// Chooses threshold and consecutive scorings (1–3) on validation devices for `target`.
+pub fn choose_policy(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    horizon_h: f64,
+    window_h: f64,
+    target: Target,
+) -> Choice {
+    let mut probs: Vec<f64> = devices
+        .iter()
+        .flat_map(|d| d.rows.iter().map(|r| r.1))
+        .filter(|p| p.is_finite())
+        .collect();
+    probs.sort_by(f64::total_cmp);
+    probs.dedup();
+    let mut cands: Vec<f64> = if probs.len() <= 200 {
+        probs.clone()
+    } else {
+        (0..200).map(|i| probs[i * probs.len() / 200]).collect()
+    };
+    cands.retain(|c| *c > 0.0);
+    let tally_for = |th: f64, k: u16| {
+        let mut t = TicketTally::default();
+        for d in devices {
+            let opened = simulate_openings(&d.rows, d.events, mode, th, k);
+            let fails: Vec<Millis> = d
+                .events
+                .iter()
+                .filter(|e| e.code == mode && e.kind == EventKind::Failure)
+                .map(|e| e.ts)
+                .collect();
+            let scored: Vec<Millis> = d.rows.iter().map(|r| r.0).collect();
+            t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
+        }
+        t
+    };
+    let mut scored: Vec<(f64, Choice)> = Vec::new();
+    for k in 1..=3u16 {
+        for &th in &cands {
+            let tally = tally_for(th, k);
+            let f1 = tally.lead_weighted_f1(horizon_h);
+            let score = match target {
+                Target::BestF1 => f1,
+                Target::MinPrecision(p) => {
+                    if tally.precision().unwrap_or(0.0) >= p {
+                        1.0 + tally.lead_weighted_recall(horizon_h).unwrap_or(0.0) + 1e-3 * f1
+                    } else {
+                        f1
+                    }
+                }
+            };
+            scored.push((
+                score,
+                Choice {
+                    threshold: th,
+                    consecutive: k,
+                    tally,
+                },
+            ));
+        }
+    }
+    let Some(top) = scored.iter().map(|s| s.0).max_by(f64::total_cmp) else {
+        return Choice {
+            threshold: 0.5,
+            consecutive: 2,
+            tally: TicketTally::default(),
+        };
+    };
+    // Several policies often tie on a small validation set. Take the `consecutive` with the most
+    // tied thresholds, and the median of those: the middle of the good range is the choice least
+    // sensitive to the shift from validation devices to unseen ones.
+    let tied: Vec<&Choice> = scored
+        .iter()
+        .filter(|s| s.0 >= top - 1e-9)
+        .map(|s| &s.1)
+        .collect();
+    let k = (1..=3u16)
+        .max_by_key(|k| {
+            (
+                tied.iter().filter(|c| c.consecutive == *k).count(),
+                std::cmp::Reverse(*k),
+            )
+        })
+        .unwrap_or(2);
+    let mut of_k: Vec<&Choice> = tied.into_iter().filter(|c| c.consecutive == k).collect();
+    of_k.sort_by(|a, b| a.threshold.total_cmp(&b.threshold));
+    of_k[of_k.len() / 2].clone()
+}
+
+/// The q-quantile (0..=1) of a sample, by linear interpolation; `None` when empty.
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_of_a_perfect_and_a_useless_ranking() {
+        let l = [false, false, true, true];
+        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &l), Some(1.0));
+        assert_eq!(roc_auc(&[0.5; 4], &l), Some(0.5));
+        assert!((pr_auc(&[0.1, 0.2, 0.8, 0.9], &l).unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(roc_auc(&[0.1], &[true]), None);
+    }
+
+    #[test]
+    fn tickets_match_failures_within_the_window_and_count_lead_time() {
+        let h = |x: i64| x * 3_600_000;
+        let t = match_tickets(
+            &[h(10), h(100)],
+            &[h(40), h(300)],
+            &[h(35), h(290)],
+            24.0,
+            48.0,
+        );
+        assert_eq!((t.tickets, t.correct), (2, 1));
+        assert_eq!((t.due, t.detected), (2, 1));
+        assert_eq!(t.lead_hours, vec![30.0]);
+    }
+
+    #[test]
+    fn device_split_keeps_failing_devices_on_both_sides() {
+        let ids: Vec<(String, bool)> = (0..20).map(|i| (format!("d{i}"), i % 2 == 0)).collect();
+        let (tr, va) = split_devices(&ids, 0.2, 1);
+        assert_eq!(tr.len() + va.len(), 20);
+        assert!(va.iter().any(|&i| ids[i].1) && va.iter().any(|&i| !ids[i].1));
+        assert!(tr.iter().all(|i| !va.contains(i)));
+        assert_eq!(split_devices(&ids, 0.2, 1), (tr, va));
+    }
+}

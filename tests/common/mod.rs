@@ -1,0 +1,328 @@
+//! Shared parts of the daemon tests: a real embedded broker, a real sled store in a tempdir, a
+//! tiny model artifact written to a temp models dir, an MQTT publisher and an HTTP client.
+#![allow(dead_code)]
+
+use forewarn::config::Config;
+use forewarn::features::{FeatureSpec, MetricStat, WindowSpec};
+use forewarn::predict::*;
+use forewarn::serve::{self, Handle};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-token";
+pub const HOUR: i64 = 3_600_000;
+/// 2015-01-01T00:00:00Z
+pub const T0: i64 = 1_420_070_400_000;
+
+/// One mode, "overheat": probability rises steeply once `temp` passes 80; time to failure
+/// 20 h minus the excess.
+pub fn hot_model() -> Artifact {
+    let window = WindowSpec::default();
+    Artifact {
+        format: ARTIFACT_FORMAT.into(),
+        format_version: ARTIFACT_VERSION,
+        name: "hot".into(),
+        version: "1".into(),
+        applies_to: AppliesTo::All,
+        horizon_hours: 24.0,
+        consecutive: 2,
+        features: FeatureSpec {
+            window,
+            metrics: vec!["temp".into()],
+            stats: vec![MetricStat::Last],
+            device: vec![],
+        },
+        modes: vec![ModeModel {
+            mode: "overheat".into(),
+            classifier: Estimator::Linear {
+                scaler: Scaler {
+                    mean: vec![80.0],
+                    std: vec![1.0],
+                },
+                weights: vec![1.0],
+                bias: 0.0,
+                link: Link::Logistic,
+            },
+            regressor: Some(Estimator::Linear {
+                scaler: Scaler {
+                    mean: vec![80.0],
+                    std: vec![1.0],
+                },
+                weights: vec![-1.0],
+                bias: 20.0,
+                link: Link::Identity,
+            }),
+            threshold: 0.5,
+            threshold_rule: "test".into(),
+            ttf_cap_hours: None,
+            validation: ValidationMetrics::default(),
+        }],
+        training: TrainingInfo::default(),
+    }
+}
+
+/// A temp dir with `models/hot.json` and room for the database.
+pub struct Dirs {
+    pub root: tempfile::TempDir,
+}
+
+impl Dirs {
+    pub fn new() -> Dirs {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("models")).unwrap();
+        hot_model()
+            .save(&root.path().join("models/hot.json"))
+            .unwrap();
+        Dirs { root }
+    }
+    pub fn models(&self) -> PathBuf {
+        self.root.path().join("models")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+pub fn broker() -> forewarn::broker::EmbeddedBroker {
+    // The test's own HTTP clients need rustls' provider too.
+    forewarn::serve::install_crypto();
+    forewarn::broker::start(&Default::default()).unwrap()
+}
+
+pub fn config(broker_url: &str, dirs: &Dirs, client_id: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.broker.url = broker_url.into();
+    cfg.broker.client_id = client_id.into();
+    cfg.broker.reconnect_min = "50ms".parse().unwrap();
+    cfg.broker.reconnect_max = "500ms".parse().unwrap();
+    cfg.api.listen = "127.0.0.1:0".into();
+    cfg.api.tokens = vec![TOKEN.into()];
+    cfg.store.data_dir = dirs.data();
+    cfg.store.cache_bytes = 8 << 20;
+    cfg.scoring.models_dir = dirs.models();
+    cfg.dispatch.retry_min = "50ms".parse().unwrap();
+    cfg.dispatch.retry_max = "200ms".parse().unwrap();
+    cfg
+}
+
+pub async fn start(cfg: Config) -> (Handle, CancellationToken) {
+    let token = CancellationToken::new();
+    let h = serve::run(cfg, token.clone()).await.unwrap();
+    (h, token)
+}
+
+pub async fn stop(h: Handle, token: CancellationToken) {
+    token.cancel();
+    h.stopped(Duration::from_secs(10)).await;
+}
+
+/// Waits until the daemon is ready (broker connected, store writable, models loaded).
+pub async fn ready(h: &Handle) {
+    let url = format!("http://{}/readyz", h.api_addr);
+    let http = reqwest::Client::new();
+    eventually("daemon ready", || async {
+        http.get(&url)
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+/// Polls `f` until it returns true (at most 15 s).
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// An MQTT client for the test side, with its event loop polled in the background.
+pub struct Mqtt {
+    pub client: AsyncClient,
+    pub incoming: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+}
+
+pub async fn mqtt(broker: &forewarn::broker::EmbeddedBroker, id: &str) -> Mqtt {
+    let mut o = MqttOptions::new(id, "127.0.0.1", broker.addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut up = Some(up_tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(u) = up.take() {
+                        let _ = u.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), up_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    Mqtt {
+        client,
+        incoming: rx,
+    }
+}
+
+impl Mqtt {
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+}
+
+/// A telemetry payload for hour `h` after T0.
+pub fn reading(h: i64, seq: u64, temp: f64) -> String {
+    serde_json::json!({"ts": T0 + h * HOUR, "seq": seq, "metrics": {"temp": temp, "volt": 170.0}})
+        .to_string()
+}
+
+/// A degrading device: 30 hours of normal temperature, then rising above 80.
+pub fn degrading(hours: i64) -> Vec<(i64, f64)> {
+    (0..hours)
+        .map(|h| {
+            let t = if h < 30 {
+                70.0 + (h % 3) as f64 * 0.5
+            } else {
+                74.0 + (h - 30) as f64 * 1.5
+            };
+            (h, t)
+        })
+        .collect()
+}
+
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(h: &Handle) -> Api {
+        Api {
+            base: format!("http://{}", h.api_addr),
+            http: reqwest::Client::new(),
+        }
+    }
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+    pub async fn tickets(&self, query: &str) -> Vec<serde_json::Value> {
+        self.get_json(&format!("/api/v1/tickets{query}"))
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+    /// The value of one sample line of /metrics, e.g. `forewarn_rejected_total{reason="invalid_json"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// A TCP proxy in front of the broker whose connections can be cut, to simulate broker loss.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, r) = (conns.clone(), refuse.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = l.accept().await else {
+                    return;
+                };
+                if r.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().unwrap().push(t.abort_handle());
+            }
+        });
+        Proxy {
+            addr,
+            conns,
+            refuse,
+        }
+    }
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+    /// Drops every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+    pub fn restore(&self) {
+        self.refuse
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

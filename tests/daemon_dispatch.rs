@@ -1,0 +1,112 @@
+//! Field-service dispatch: retained MQTT ticket state and a signed webhook on a real loopback
+//! HTTP server.
+
+mod common;
+
+use axum::http::{HeaderMap, StatusCode};
+use common::*;
+use hmac::{Hmac, Mac};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
+/// A dispatch system on loopback that fails its first request, then accepts.
+async fn webhook_server() -> (String, Received) {
+    let got: Received = Arc::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let g = g.clone();
+            async move {
+                let mut v = g.lock().unwrap();
+                v.push((headers, body.to_vec()));
+                if v.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_is_published_retained_and_posted_signed_to_the_dispatch_webhook() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let (url, got) = webhook_server().await;
+    let mut cfg = config(&b.url(), &dirs, "fw-dispatch");
+    cfg.dispatch.webhook_url = Some(url);
+    cfg.dispatch.webhook_secret = Some("s3cret".into());
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let dev = mqtt(&b, "disp-1-pub").await;
+    for (i, (hr, t)) in degrading(36).iter().enumerate() {
+        dev.publish("devices/disp-1/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    eventually("a ticket opened", || async {
+        !api.tickets("?device_id=disp-1").await.is_empty()
+    })
+    .await;
+    let id = api.tickets("?device_id=disp-1").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Webhook: first attempt refused, retried, every body signed.
+    eventually("webhook delivered after a retry", || async {
+        got.lock().unwrap().len() >= 2
+    })
+    .await;
+    for (headers, body) in got.lock().unwrap().iter() {
+        let sig = headers["x-forewarn-signature"].to_str().unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(body);
+        assert_eq!(
+            sig,
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        );
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["event"], "ticket.opened");
+        assert_eq!(v["ticket"]["id"], id.as_str());
+    }
+    eventually("outbox drained", || async {
+        api.metric("forewarn_outbox_depth{queue=\"dispatch\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    assert!(
+        api.metric("forewarn_dispatch_deliveries_total{result=\"error\",target=\"webhook\"}")
+            .await
+            >= 1.0
+    );
+
+    // MQTT: a late subscriber gets the current state, retained.
+    let mut watcher = mqtt(&b, "dispatch-watcher").await;
+    watcher
+        .client
+        .subscribe(
+            "forewarn/tickets/disp-1/overheat",
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(10), watcher.incoming.recv())
+        .await
+        .expect("retained ticket")
+        .unwrap();
+    assert!(p.retain, "ticket state is retained");
+    let t: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(t["id"], id.as_str());
+    assert_eq!(t["status"], "open");
+    stop(h, tok).await;
+}

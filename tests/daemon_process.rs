@@ -1,0 +1,149 @@
+//! The `forewarn serve` binary as a process: kill -9 mid-stream and `--check-config`.
+
+mod common;
+
+use common::*;
+use forewarn::features::DeviceState;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_forewarn"))
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn write_config(dirs: &Dirs, cfg: &forewarn::config::Config) -> std::path::PathBuf {
+    let p = dirs.path().join("forewarn.toml");
+    std::fs::write(&p, toml::to_string(cfg).unwrap()).unwrap();
+    p
+}
+
+fn spawn(config: &std::path::Path) -> Child {
+    bin()
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("FOREWARN_API_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(addr: &str) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/readyz");
+    eventually("serve process ready", || async {
+        http.get(&url)
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-kill9");
+    let addr = free_addr();
+    cfg.api.listen = addr.clone();
+    // Small groups: many commits, so the kill lands between and inside them.
+    cfg.ingest.commit_group = 4;
+    let path = write_config(&dirs, &cfg);
+    let mut child = spawn(&path);
+    wait_ready(&addr).await;
+    let dev = mqtt(&b, "kill9-pub").await;
+    let series = degrading(200);
+    for (i, (hr, t)) in series.iter().enumerate() {
+        dev.publish("devices/k9/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+        if i == 60 {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut child = spawn(&path);
+    wait_ready(&addr).await;
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://{addr}/metrics");
+    // The restarted process receives what the broker kept (everything after the last ack);
+    // wait until its intake settles.
+    let mut prev = -1.0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let n: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("forewarn_readings_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if n > 0.0 && n == prev {
+            break;
+        }
+        prev = n;
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    child.wait().unwrap();
+    let store = forewarn::store::Store::open(&dirs.data(), 8 << 20).unwrap();
+    let st = DeviceState::decode(&store.load_state("k9").unwrap().unwrap()).unwrap();
+    assert_eq!(st.readings, 200, "every reading applied exactly once");
+    let tickets = store.tickets(&Default::default()).unwrap();
+    assert_eq!(tickets.len(), 1, "{tickets:?}");
+}
+
+#[test]
+fn check_config_exits_0_when_valid_and_2_on_a_broken_model() {
+    let dirs = Dirs::new();
+    let cfg = config("mqtt://127.0.0.1:1", &dirs, "fw-check");
+    let path = write_config(&dirs, &cfg);
+    let out = bin()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 model(s)"));
+    std::fs::write(dirs.models().join("zz.json"), "not json").unwrap();
+    let out = bin()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("zz.json"));
+    let out = bin()
+        .args([
+            "serve",
+            "--check-config",
+            "--broker",
+            "http://nope",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broker.url"));
+}

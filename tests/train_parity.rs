@@ -1,0 +1,93 @@
+//! Training rows and the daemon's scorings are the same numbers: a row built by `forewarn train`
+//! scores exactly like the engine's scoring of the same reading in `forewarn evaluate`.
+
+use forewarn::engine::EngineConfig;
+use forewarn::train::csv::History;
+use forewarn::train::evaluate::{evaluate, EvalOptions};
+use forewarn::train::fit::{train, EstimatorKind, TrainOptions};
+use forewarn::train::rows::build_rows;
+use forewarn::train::select::Target;
+use std::fmt::Write as _;
+
+#[test]
+fn training_rows_score_exactly_like_the_engine_scores_the_same_readings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tel = String::from("device_id,ts,temp,load\n");
+    let mut ev = String::from("device_id,ts,kind,code\n");
+    for d in 0..8i64 {
+        let life = 90 + 7 * d;
+        // Readings every 20 minutes: the 1 h scoring interval keeps one in three.
+        for k in 0..=(life * 3) {
+            let h = k as f64 / 3.0;
+            let temp =
+                50.0 + ((h - (life as f64 - 30.0)).max(0.0)) + ((k * 7 + d) % 5) as f64 * 0.3;
+            let load = if k % 4 == 0 {
+                String::new()
+            } else {
+                format!("{}", (k % 9) as f64)
+            };
+            let ts = forewarn::tickets::rfc3339(k * 1_200_000);
+            writeln!(tel, "m{d},{ts},{temp:.2},{load}").unwrap();
+        }
+        if d % 3 == 0 {
+            let ts = forewarn::tickets::rfc3339(30 * 3_600_000);
+            writeln!(ev, "m{d},{ts},maintenance,belt").unwrap();
+        }
+        writeln!(
+            ev,
+            "m{d},{},failure,belt",
+            forewarn::tickets::rfc3339(life * 3_600_000)
+        )
+        .unwrap();
+    }
+    let t = tmp.path().join("telemetry.csv");
+    let e = tmp.path().join("events.csv");
+    std::fs::write(&t, tel).unwrap();
+    std::fs::write(&e, ev).unwrap();
+    let h = History::load(&t, &e, None).unwrap();
+    let engine = EngineConfig::default();
+    let opts = TrainOptions {
+        engine: engine.clone(),
+        horizon_h: 12.0,
+        ttf_cap_h: None,
+        estimator: EstimatorKind::Linear,
+        target: Target::BestF1,
+        match_window_h: None,
+        valid_fraction: 0.25,
+        seed: 3,
+        name: "parity".into(),
+        command: String::new(),
+    };
+    let (artifact, _) = train(&h, "0".repeat(64), &opts).unwrap();
+    let pb = indicatif::ProgressBar::hidden();
+    let rows = build_rows(
+        &h,
+        &artifact.features,
+        &engine,
+        &["belt".to_string()],
+        12.0,
+        48.0,
+        &pb,
+    );
+    let rows = &rows[0];
+    let ev = evaluate(
+        artifact.clone(),
+        &h,
+        None,
+        &EvalOptions {
+            engine,
+            match_window_h: None,
+            rmse_cap_h: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(rows.len(), ev.scorings.len());
+    assert!(rows.len() < h.rows / 2, "scoring interval not applied");
+    for (i, s) in ev.scorings.iter().enumerate() {
+        assert_eq!(h.devices[rows.device[i] as usize].id, s.device_id);
+        assert_eq!(rows.ts[i], s.ts);
+        let mine = artifact.score_mode(&artifact.modes[0], rows.row(i));
+        assert_eq!(mine.probability, s.probability, "row {i}");
+        assert_eq!(mine.ttf_hours, s.ttf_hours, "row {i}");
+    }
+}
