@@ -15,6 +15,9 @@ fn limits() -> Limits {
     }
 }
 
+/// A reading's metrics, in payload order.
+type Metrics = Vec<(String, f64)>;
+
 /// What every accepted reading must satisfy.
 fn check_readings(rs: &[Reading], l: &Limits) {
     assert!(!rs.is_empty() && rs.len() <= l.max_batch);
@@ -141,7 +144,7 @@ proptest! {
         device in prop_oneof![4 => "[a-z0-9-]{1,12}", 1 => ".{0,6}"],
     ) {
         let l = limits();
-        let (text, expected): (String, Option<Vec<Vec<(String, f64)>>>) = if batch || items.len() > 1 {
+        let (text, expected): (String, Option<Vec<Metrics>>) = if batch || items.len() > 1 {
             let t = format!("[{}]", items.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(","));
             (t, items.iter().map(|(_, e)| e.clone()).collect())
         } else {
@@ -154,7 +157,7 @@ proptest! {
                 prop_assert!(device_ok);
                 // Whatever is accepted is exactly what was sent.
                 if let Some(exp) = expected {
-                    let got: Vec<Vec<(String, f64)>> = rs.into_iter().map(|r| r.metrics).collect();
+                    let got: Vec<Metrics> = rs.into_iter().map(|r| r.metrics).collect();
                     prop_assert_eq!(got, exp);
                 }
             }
