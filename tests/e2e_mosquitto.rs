@@ -4,9 +4,10 @@
 //! Each test uses its own topic prefix, so several runs can share one broker.
 
 use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits, Reading};
-use forewarn::replay::{publish, History, Message, PublishOptions};
+use forewarn::replay::{publish, History, Message, PublishOptions, PublishSummary};
 use forewarn::sim::{event_payload, to_payload, write_csv, Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn broker_addr() -> String {
@@ -21,9 +22,11 @@ fn unique_prefix(test: &str) -> String {
     format!("fw-e2e-{test}-{}-{nanos}", std::process::id())
 }
 
-/// A QoS 1 subscriber to `{prefix}/+/telemetry` and `{prefix}/+/events` that collects what
-/// arrives until `expected` messages are in or `quiet` passes without one.
-async fn subscribe(prefix: &str) -> tokio::sync::mpsc::Receiver<(String, Vec<u8>)> {
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A QoS 1 subscriber to `{prefix}/+/telemetry` and `{prefix}/+/events`, collecting in the
+/// background what arrives.
+async fn subscribe(prefix: &str) -> Received {
     let (host, port) = broker_addr()
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.parse().unwrap()))
@@ -40,8 +43,9 @@ async fn subscribe(prefix: &str) -> tokio::sync::mpsc::Receiver<(String, Vec<u8>
         .subscribe(format!("{prefix}/+/events"), QoS::AtLeastOnce)
         .await
         .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
+    let received: Received = Default::default();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sink = received.clone();
     tokio::spawn(async move {
         let _client = client;
         let mut ready = Some(ready_tx);
@@ -57,9 +61,7 @@ async fn subscribe(prefix: &str) -> tokio::sync::mpsc::Receiver<(String, Vec<u8>
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send((p.topic, p.payload.to_vec())).await.is_err() {
-                        break;
-                    }
+                    sink.lock().unwrap().push((p.topic, p.payload.to_vec()));
                 }
                 Ok(_) => {}
                 Err(e) => panic!("subscriber lost the broker: {e}"),
@@ -70,21 +72,30 @@ async fn subscribe(prefix: &str) -> tokio::sync::mpsc::Receiver<(String, Vec<u8>
         .await
         .expect("broker did not acknowledge the subscriptions")
         .unwrap();
-    rx
+    received
 }
 
-async fn collect(
-    rx: &mut tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
-    expected: usize,
-) -> Vec<(String, Vec<u8>)> {
-    let mut got = Vec::with_capacity(expected);
-    while got.len() < expected {
-        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-            Ok(Some(m)) => got.push(m),
-            _ => break,
+/// Publishes in chunks smaller than Mosquitto's default per-client queue (1000 QoS 1 messages
+/// beyond the 20 in flight; more are dropped for a subscriber that falls behind) and lets the
+/// subscriber catch up after each chunk. Returns the summed publish summary.
+async fn publish_paced(messages: Vec<Message>, received: &Received) -> PublishSummary {
+    let mut total = PublishSummary::default();
+    let mut sent = 0usize;
+    for chunk in messages.chunks(800) {
+        let s = publish(chunk.iter().cloned(), &opts(), |_, _| {})
+            .await
+            .unwrap();
+        total.published += s.published;
+        total.acked += s.acked;
+        total.readings += s.readings;
+        total.events += s.events;
+        sent += chunk.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while received.lock().unwrap().len() < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    got
+    total
 }
 
 fn opts() -> PublishOptions {
@@ -95,7 +106,7 @@ fn opts() -> PublishOptions {
 #[ignore = "needs Mosquitto: FOREWARN_MOSQUITTO=host:port (see .ci/run)"]
 async fn every_simulated_message_is_acknowledged_and_delivered_intact() {
     let prefix = unique_prefix("sim");
-    let mut rx = subscribe(&prefix).await;
+    let received = subscribe(&prefix).await;
     let fleet = Fleet::new(SimConfig {
         devices: 40,
         ticks: 24 * 10,
@@ -104,28 +115,31 @@ async fn every_simulated_message_is_acknowledged_and_delivered_intact() {
         ..SimConfig::default()
     });
     let items: Vec<SimEvent> = fleet.collect();
-    let messages = items.iter().map(|e| match e {
-        SimEvent::Reading(r) => Message {
-            topic: format!("{prefix}/{}/telemetry", r.device_id),
-            payload: to_payload(r),
-            is_reading: true,
-        },
-        SimEvent::Event(ev) => Message {
-            topic: format!("{prefix}/{}/events", ev.device_id),
-            payload: event_payload(ev),
-            is_reading: false,
-        },
-        SimEvent::Malformed { device_id, payload } => Message {
-            topic: format!("{prefix}/{device_id}/telemetry"),
-            payload: payload.clone(),
-            is_reading: true,
-        },
-    });
-    let sum = publish(messages, &opts(), |_, _| {}).await.unwrap();
+    let messages: Vec<Message> = items
+        .iter()
+        .map(|e| match e {
+            SimEvent::Reading(r) => Message {
+                topic: format!("{prefix}/{}/telemetry", r.device_id),
+                payload: to_payload(r),
+                is_reading: true,
+            },
+            SimEvent::Event(ev) => Message {
+                topic: format!("{prefix}/{}/events", ev.device_id),
+                payload: event_payload(ev),
+                is_reading: false,
+            },
+            SimEvent::Malformed { device_id, payload } => Message {
+                topic: format!("{prefix}/{device_id}/telemetry"),
+                payload: payload.clone(),
+                is_reading: true,
+            },
+        })
+        .collect();
+    let sum = publish_paced(messages, &received).await;
     assert_eq!(sum.published as usize, items.len());
     assert_eq!(sum.acked, sum.published, "every QoS 1 message acknowledged");
 
-    let got = collect(&mut rx, items.len()).await;
+    let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), items.len(), "every message delivered");
     let limits = Limits::default();
     let (mut readings, mut events, mut rejected) = (Vec::new(), 0usize, 0usize);
@@ -187,13 +201,11 @@ async fn replayed_history_files_arrive_in_event_time_order_per_device() {
     let total = (sum.readings + sum.failures + sum.maintenance + sum.errors) as usize;
     assert_eq!(h.len(), total);
 
-    let mut rx = subscribe(&prefix).await;
-    let published = publish(h.messages(&prefix), &opts(), |_, _| {})
-        .await
-        .unwrap();
+    let received = subscribe(&prefix).await;
+    let published = publish_paced(h.messages(&prefix).collect(), &received).await;
     assert_eq!(published.published as usize, total);
     assert_eq!(published.acked, published.published);
-    let got = collect(&mut rx, total).await;
+    let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), total);
     // Per device, readings arrive with increasing seq and non-decreasing time.
     let mut last: std::collections::HashMap<String, (u64, i64)> = Default::default();
