@@ -84,7 +84,7 @@ N_READINGS=$(( $(wc -l <"$WORK/fleet/telemetry.csv") - 1 ))
 N_EVENTS=$(( $(wc -l <"$WORK/fleet/events.csv") - 1 ))
 TOTAL=$(( N_READINGS + N_EVENTS ))
 echo "$N_READINGS readings and $N_EVENTS events from $DEVICES devices"
-"$BIN" simulate --out "$WORK/train" --devices 300 --days 120 --seed 12 >/dev/null
+"$BIN" simulate --out "$WORK/train" --devices 150 --days 45 --seed 12 >/dev/null
 mkdir -p "$WORK/models"
 "$BIN" train --telemetry "$WORK/train/telemetry.csv" --events "$WORK/train/events.csv" \
     --devices "$WORK/train/devices.csv" --out "$WORK/models/sim.json" >"$WORK/train.log" 2>&1 \

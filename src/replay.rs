@@ -535,6 +535,8 @@ pub async fn publish(
     mo.set_keep_alive(Duration::from_secs(30));
     mo.set_max_packet_size(1 << 20, 1 << 20);
     mo.set_clean_session(true);
+    // rumqttc's default of 100 unacknowledged publishes caps a loopback replay near 25k msg/s.
+    mo.set_inflight(1000);
     // The request channel bounds what is queued ahead of the socket: when it is full, `publish`
     // waits (back-pressure from the broker reaches the reader of the history).
     let (client, mut eventloop) = AsyncClient::new(mo, 1024);
