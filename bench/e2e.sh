@@ -104,7 +104,10 @@ printf 'baseline: %.0f readings/s (%.1f s)\n' "$BASE_RATE" "$(echo "$T1 - $T0" |
 
 start_daemon() { # $1: data dir
     API=127.0.0.1:$(free_port)
-    "$BIN" serve --broker "$BROKER" --listen "$API" --data-dir "$1" --models "$WORK/models" >"$1.log" 2>&1 &
+    # A client id of its own: a daemon resuming another's persistent session would also receive
+    # whatever that session still holds.
+    FOREWARN__BROKER__CLIENT_ID="forewarn-bench-$RANDOM-$RANDOM" \
+        "$BIN" serve --broker "$BROKER" --listen "$API" --data-dir "$1" --models "$WORK/models" >"$1.log" 2>&1 &
     DAEMON=$!
     PIDS+=($DAEMON)
     for _ in $(seq 1 200); do
@@ -113,6 +116,15 @@ start_daemon() { # $1: data dir
     done
     echo "daemon not ready; its log:" >&2; tail -20 "$1.log" >&2; return 1
 }
+# Until every published reading was processed once (duplicates are counted apart), at most 5 min.
+processed() { echo $(( $(metric forewarn_readings_total) - $(metric 'forewarn_readings_dropped_total{reason="duplicate"}') )); }
+wait_processed() {
+    for _ in $(seq 1 3000); do
+        [ "$(processed)" -ge "$N_READINGS" ] && return 0
+        sleep 0.1
+    done
+    echo "not every reading was processed: $(processed) of $N_READINGS" >&2
+}
 stop_daemon() { kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; }
 
 echo "== forewarn serve consuming the same stream at full speed"
@@ -120,30 +132,25 @@ start_daemon "$WORK/data1"
 CPU0=$(cpu_seconds "$DAEMON")
 T0=$(now)
 "$BIN" replay --telemetry "$WORK/fleet/telemetry.csv" --events "$WORK/fleet/events.csv" --broker "$BROKER" --rate max | tee "$WORK/replay-forewarn.txt"
-for _ in $(seq 1 6000); do
-    [ "$(metric forewarn_readings_total)" = "$N_READINGS" ] && break
-    sleep 0.05
-done
+wait_processed
 T1=$(now)
-PROCESSED=$(metric forewarn_readings_total)
+PROCESSED=$(processed)
+DUPLICATES=$(metric 'forewarn_readings_dropped_total{reason="duplicate"}')
 CPU1=$(cpu_seconds "$DAEMON")
 RSS=$(peak_rss_mb "$DAEMON")
 FW_RATE=$(echo "$N_READINGS / ($T1 - $T0)" | bc -l)
 TICKETS=$(metric 'forewarn_ticket_changes_total{kind="opened"}')
 stop_daemon
-printf 'forewarn: %.0f readings/s (%.1f s), published %s, processed %s, CPU %.1f s (%.2f cores), peak RSS %s MB, tickets opened %s\n' \
+printf 'forewarn: %.0f readings/s (%.1f s), published %s, processed %s, CPU %.1f s (%.2f cores), peak RSS %s MB, tickets opened %s, duplicates %s\n' \
     "$FW_RATE" "$(echo "$T1 - $T0" | bc -l)" "$N_READINGS" "$PROCESSED" "$(echo "$CPU1 - $CPU0" | bc -l)" \
-    "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$TICKETS"
+    "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$TICKETS" "$DUPLICATES"
 printf 'ratio forewarn / broker-only baseline: %.2f\n' "$(echo "$FW_RATE / $BASE_RATE" | bc -l)"
 
 echo "== latency at 50% of that rate"
 HALF=$(printf '%.0f' "$(echo "$FW_RATE / 2" | bc -l)")
 start_daemon "$WORK/data2"
 "$BIN" replay --telemetry "$WORK/fleet/telemetry.csv" --events "$WORK/fleet/events.csv" --broker "$BROKER" --rate "$HALF" | tee "$WORK/replay-half.txt"
-for _ in $(seq 1 6000); do
-    [ "$(metric forewarn_readings_total)" = "$N_READINGS" ] && break
-    sleep 0.05
-done
+wait_processed
 curl -s "http://$API/metrics" >"$WORK/metrics-half.txt"
 stop_daemon
 # Quantiles from the cumulative histogram buckets (upper bound of the bucket holding the rank).
