@@ -604,7 +604,8 @@ async fn publish_all(
     let started = Instant::now();
     let deadline = started + opts.connect_timeout;
     while !progress.connected.load(Ordering::Acquire) {
-        if Instant::now() > deadline {
+        // Refused three times in a row (about a second of backoff): nobody is listening there.
+        if Instant::now() > deadline || progress.errors.load(Ordering::Relaxed) >= 3 {
             return Err(ReplayError::Connect {
                 url: opts.broker.clone(),
                 detail: {
