@@ -37,7 +37,8 @@ impl EmbeddedBroker {
 pub struct BrokerOptions {
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
-    /// Unacknowledged QoS 1 messages per client.
+    /// Unacknowledged QoS 1 messages per client. forewarn acknowledges a group after its
+    /// commit, so this window divided by the commit time bounds its intake of small messages.
     pub max_inflight: usize,
 }
 
@@ -45,7 +46,7 @@ impl Default for BrokerOptions {
     fn default() -> Self {
         BrokerOptions {
             max_payload_bytes: 1024 * 1024,
-            max_inflight: 100,
+            max_inflight: 1000,
         }
     }
 }

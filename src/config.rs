@@ -57,7 +57,7 @@ impl std::str::FromStr for Dur {
                 ))
             }
         };
-        if !ms.is_finite() || ms < 0.0 || ms > 1e15 {
+        if !ms.is_finite() || !(0.0..=1e15).contains(&ms) {
             return Err(format!("duration {s:?} is out of range"));
         }
         Ok(Dur(std::time::Duration::from_micros((ms * 1e3) as u64)))
@@ -96,7 +96,7 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub broker: BrokerConfig,
@@ -110,24 +110,6 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub notify: crate::notify::NotifyConfig,
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            broker: BrokerConfig::default(),
-            ingest: IngestConfig::default(),
-            features: FeaturesConfig::default(),
-            scoring: ScoringConfig::default(),
-            tickets: TicketsConfig::default(),
-            store: StoreConfig::default(),
-            api: ApiConfig::default(),
-            fleet: FleetConfig::default(),
-            dispatch: DispatchConfig::default(),
-            notify: crate::notify::NotifyConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -308,17 +290,11 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
     /// TOML file of devices and customers loaded at start (optional).
     pub file: Option<PathBuf>,
-}
-
-impl Default for FleetConfig {
-    fn default() -> Self {
-        FleetConfig { file: None }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -526,6 +502,7 @@ mod tests {
         assert_eq!(from_file.ingest, IngestConfig::default());
         assert_eq!(from_file.features, FeaturesConfig::default());
         assert_eq!(from_file.scoring, ScoringConfig::default());
+        assert_eq!(from_file.notify, crate::notify::NotifyConfig::default());
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "embedded-broker")]
+pub mod demo;
 pub mod engine;
 pub mod features;
 pub mod fleet;

@@ -1,4 +1,5 @@
 //! The HTTP API over loopback against a running daemon.
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 
@@ -144,6 +145,15 @@ async fn transitions_follow_the_lifecycle_keep_history_and_refuse_with_409() {
         ["opened", "acknowledged", "scheduled", "dismissed"]
     );
     assert_eq!(api.tickets("?status=dismissed").await.len(), 1);
+    assert_eq!(api.tickets("?since=2015-01-01T00:00:00Z").await.len(), 1);
+    assert_eq!(api.tickets("?since=2099-01-01T00:00:00Z").await.len(), 0);
+    let r = api
+        .http
+        .get(format!("{}/api/v1/tickets?since=yesterday", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     assert_eq!(api.tickets("?status=open").await.len(), 0);
     assert_eq!(
         api.metric("forewarn_ticket_changes_total{kind=\"transition\"}")
@@ -305,4 +315,134 @@ async fn a_bad_model_is_a_config_error_at_start_and_ignored_on_reload() {
     std::fs::remove_file(dirs.models().join("broken.json")).unwrap();
     let s = forewarn::serve::check(&cfg).unwrap();
     assert_eq!((s.models, s.modes), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_through_the_api_is_seen_by_the_ticket_policy() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-policy")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let id = open_ticket(&b, &api, "pol-1").await;
+    let r = api
+        .http
+        .post(format!("{}/api/v1/tickets/{id}/transitions", api.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"to": "acknowledged", "note": "crew informed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The device keeps heating: the policy updates the acknowledged ticket, never reopens it
+    // and never opens a second one.
+    let dev = mqtt(&b, "pol-1-more").await;
+    for hr in 40..50 {
+        dev.publish(
+            "devices/pol-1/telemetry",
+            reading(hr, hr as u64 + 1, 74.0 + (hr - 30) as f64 * 1.5),
+        )
+        .await;
+    }
+    eventually("updates applied", || async {
+        api.get_json(&format!("/api/v1/tickets/{id}")).await["updated_at"] == "2015-01-03T01:00:00Z"
+    })
+    .await;
+    let all = api.tickets("?device_id=pol-1").await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["status"], "acknowledged");
+    stop(h, tok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_transitions_racing_readings_never_leave_two_live_tickets() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-race");
+    cfg.ingest.commit_group = 16;
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A dispatcher desk that dismisses or acknowledges every ticket it sees, as fast as it can.
+    let desk = {
+        let (http, base, stop_flag) = (api.http.clone(), api.base.clone(), stop_flag.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let list: Vec<serde_json::Value> = http
+                    .get(format!("{base}/api/v1/tickets?status=open"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                for t in list {
+                    n += 1;
+                    let to = if n % 2 == 0 {
+                        "dismissed"
+                    } else {
+                        "acknowledged"
+                    };
+                    let _ = http
+                        .post(format!(
+                            "{base}/api/v1/tickets/{}/transitions",
+                            t["id"].as_str().unwrap()
+                        ))
+                        .bearer_auth(TOKEN)
+                        .json(&json!({"to": to}))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let dev = mqtt(&b, "race-pub").await;
+    let series = degrading(60);
+    for (i, (hr, t)) in series.iter().enumerate() {
+        for d in 0..10 {
+            dev.publish(
+                &format!("devices/race-{d}/telemetry"),
+                reading(*hr, i as u64 + 1, *t),
+            )
+            .await;
+        }
+    }
+    eventually("all readings applied", || async {
+        api.metric("forewarn_readings_total").await == 600.0
+    })
+    .await;
+    stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let transitions = desk.await.unwrap();
+    assert!(transitions > 0);
+    for d in 0..10 {
+        let all = api.tickets(&format!("?device_id=race-{d}")).await;
+        let live = all
+            .iter()
+            .filter(|t| {
+                ["open", "acknowledged", "scheduled"].contains(&t["status"].as_str().unwrap())
+            })
+            .count();
+        assert!(live <= 1, "race-{d}: {live} live tickets");
+        assert!(
+            h.app
+                .store
+                .live_tickets(&format!("race-{d}"))
+                .unwrap()
+                .len()
+                <= 1
+        );
+        for t in &all {
+            // A dismissed ticket is never touched by the policy afterwards.
+            if t["status"] == "dismissed" {
+                let last = t["history"].as_array().unwrap().last().unwrap();
+                assert_eq!(last["action"], "dismissed", "{t}");
+            }
+        }
+    }
+    stop(h, tok).await;
 }

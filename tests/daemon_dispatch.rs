@@ -1,5 +1,6 @@
 //! Field-service dispatch: retained MQTT ticket state and a signed webhook on a real loopback
 //! HTTP server.
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The daemon end to end: real embedded broker, real sled store, real HTTP.
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 
@@ -284,5 +285,56 @@ async fn broker_loss_reconnects_and_receives_what_the_broker_kept() {
     .await;
     assert!(api.metric("forewarn_broker_connects_total").await >= 2.0);
     assert!(api.metric("forewarn_broker_disconnects_total").await >= 1.0);
+    stop(h, tok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_devices_resume_from_the_store_when_they_speak_again() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-evict");
+    cfg.ingest.max_devices_in_memory = 5;
+    cfg.ingest.commit_group = 8;
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let dev = mqtt(&b, "evict-pub").await;
+    // Device e0 degrades half-way, then 20 other devices push it out of memory.
+    let series = degrading(45);
+    for (i, (hr, t)) in series.iter().enumerate().take(36) {
+        dev.publish("devices/e0/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    for d in 1..=20 {
+        for hr in 0..3 {
+            dev.publish(
+                &format!("devices/e{d}/telemetry"),
+                reading(hr, hr as u64 + 1, 70.0),
+            )
+            .await;
+        }
+    }
+    eventually("others applied", || async {
+        stored_readings(&h, "e20") == 3
+    })
+    .await;
+    assert!(api.metric("forewarn_device_evictions_total").await >= 15.0);
+    assert!(api.metric("forewarn_devices_in_memory").await <= 5.0);
+    // e0 comes back: its window, seq and live ticket come from the store.
+    for (i, (hr, t)) in series.iter().enumerate().skip(36) {
+        dev.publish("devices/e0/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    // A redelivery of an old reading is still recognised after the reload.
+    dev.publish("devices/e0/telemetry", reading(10, 11, 70.0))
+        .await;
+    eventually("e0 applied", || async { stored_readings(&h, "e0") == 45 }).await;
+    eventually("duplicate counted", || async {
+        api.metric("forewarn_readings_dropped_total{reason=\"duplicate\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(api.tickets("?device_id=e0").await.len(), 1);
     stop(h, tok).await;
 }

@@ -1,4 +1,5 @@
 //! The `forewarn serve` binary as a process: kill -9 mid-stream and `--check-config`.
+#![cfg(feature = "embedded-broker")]
 
 mod common;
 
@@ -57,7 +58,7 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     // Small groups: many commits, so the kill lands between and inside them.
     cfg.ingest.commit_group = 4;
     let path = write_config(&dirs, &cfg);
-    let mut child = spawn(&path);
+    let mut first = Some(spawn(&path));
     wait_ready(&addr).await;
     let dev = mqtt(&b, "kill9-pub").await;
     let series = degrading(200);
@@ -65,8 +66,10 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
         dev.publish("devices/k9/telemetry", reading(*hr, i as u64 + 1, *t))
             .await;
         if i == 60 {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            if let Some(mut child) = first.take() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+            }
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -100,7 +103,10 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    child.wait().unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "SIGTERM is a clean shutdown"
+    );
     let store = forewarn::store::Store::open(&dirs.data(), 8 << 20).unwrap();
     let st = DeviceState::decode(&store.load_state("k9").unwrap().unwrap()).unwrap();
     assert_eq!(st.readings, 200, "every reading applied exactly once");
@@ -146,4 +152,61 @@ fn check_config_exits_0_when_valid_and_2_on_a_broken_model() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broker.url"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_models_and_keeps_them_when_an_artifact_is_bad() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-hup");
+    let addr = free_addr();
+    cfg.api.listen = addr.clone();
+    let path = write_config(&dirs, &cfg);
+    let mut child = spawn(&path);
+    wait_ready(&addr).await;
+    let http = reqwest::Client::new();
+    let metric = |name: &'static str| {
+        let http = http.clone();
+        let url = format!("http://{addr}/metrics");
+        async move {
+            let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(-1.0)
+        }
+    };
+    assert_eq!(metric("forewarn_models_loaded").await, 1.0);
+    let mut second = hot_model();
+    second.name = "hot2".into();
+    second.save(&dirs.models().join("hot2.json")).unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    eventually("second model loaded", || async {
+        metric("forewarn_models_loaded").await == 2.0
+    })
+    .await;
+    std::fs::write(dirs.models().join("hot3.json"), "{").unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    eventually("reload error counted", || async {
+        metric("forewarn_model_reloads_total{result=\"error\"}").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        metric("forewarn_models_loaded").await,
+        2.0,
+        "old models stay"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
 }

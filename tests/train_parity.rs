@@ -67,6 +67,7 @@ fn training_rows_score_exactly_like_the_engine_scores_the_same_readings() {
         &["belt".to_string()],
         12.0,
         48.0,
+        &vec![true; h.devices.len()],
         &pb,
     );
     let rows = &rows[0];

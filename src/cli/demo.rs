@@ -1,10 +1,79 @@
-//! `forewarn demo`.
+//! `forewarn demo`: embedded broker, simulated fleet, the daemon with the demo model, and the
+//! field-service console, on one machine with nothing installed.
 
 use super::{CliResult, Failure};
+use crate::config::Dur;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 90)]
+    pub devices: usize,
+    /// Simulated hours of event time per second of wall time.
+    #[arg(long, default_value_t = 24.0)]
+    pub speed: f64,
+    /// How long the fleet publishes.
+    #[arg(long, default_value = "60s")]
+    pub duration: Dur,
+    /// API listen address (a free port is used when it is taken).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Stop when the fleet stops instead of keeping the API up until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+    /// Seed of the simulated fleet.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Keep the demo database here (default: a temporary folder, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
 
+#[cfg(not(feature = "embedded-broker"))]
 pub fn run(_args: Args) -> CliResult {
-    Err(Failure::runtime("forewarn demo is not built yet"))
+    Err(Failure::usage(
+        "this build has no embedded broker: rebuild with the `embedded-broker` feature",
+    ))
+}
+
+#[cfg(feature = "embedded-broker")]
+pub fn run(args: Args) -> CliResult {
+    use crate::demo::DemoOptions;
+    if args.devices == 0 || args.speed.is_nan() || args.speed <= 0.0 {
+        return Err(Failure::usage("--devices and --speed must be positive"));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::runtime)?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let s2 = shutdown.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                s2.cancel();
+            }
+        });
+        let opts = DemoOptions {
+            devices: args.devices,
+            sim_hours_per_second: args.speed,
+            duration: args.duration.std(),
+            listen: args.listen,
+            keep_running: !args.exit,
+            seed: args.seed,
+            data_dir: args.data_dir,
+        };
+        crate::demo::run(opts, shutdown)
+            .await
+            .map(|_| ())
+            .map_err(Failure::runtime)
+    })
 }

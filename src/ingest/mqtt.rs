@@ -327,6 +327,34 @@ mod tests {
     }
 
     #[test]
+    fn tls_options_use_the_configured_ca_file_and_refuse_a_bad_one() {
+        crate::serve::install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        let mut cfg = BrokerConfig {
+            url: "mqtts://localhost:8883".into(),
+            ca_file: Some(ca.clone()),
+            username: Some("forewarn".into()),
+            password: Some("pw".into()),
+            ..BrokerConfig::default()
+        };
+        let o = options(&cfg, "fw").unwrap();
+        assert!(matches!(o.transport(), Transport::Tls(_)));
+        assert!(!o.clean_session());
+        assert_eq!(
+            o.credentials().map(|c| c.username),
+            Some("forewarn".to_string())
+        );
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let e = options(&cfg, "fw").unwrap_err().to_string();
+        assert!(e.contains("broker.ca_file"), "{e}");
+        cfg.ca_file = None;
+        assert!(options(&cfg, "fw").is_ok(), "web PKI roots by default");
+    }
+
+    #[test]
     fn backoff_grows_within_bounds() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         for _ in 0..30 {

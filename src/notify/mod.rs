@@ -1,18 +1,441 @@
 //! Customer notifications: routing to the best channel for the moment, the durable outbox,
 //! fallback, quiet hours, escalation, replies and the customer timeline.
+//!
+//! Data flow: the daemon calls [`Notifier::on_ticket_change`] while it builds the atomic commit of
+//! a ticket change, which adds an outbox row (queue `notify`) and timeline entries to the same sled
+//! batch. The worker ([`Notifier::spawn_worker`]) routes each due row ([`route`]), renders it
+//! ([`templates`]), and hands it to a channel ([`channels`]) with an idempotency key; every
+//! decision and attempt lands in the customer's timeline. Replies come back through
+//! [`Notifier::routes`] and change the ticket through the daemon's [`TicketDesk`].
+//!
+//! Store keys used here (all under `k/notify/…` or the `notify` outbox queue):
+//! `budget/{customer}/{local day}` messages sent that day, `addr/{hash}` contact → customer,
+//! `last/{customer}` last ticket notified, `answer/{ticket}` the customer's answer,
+//! `sid/{provider id}` what a status callback refers to.
 
+pub mod channels;
+pub mod config;
+pub mod daemon;
+pub mod inbound;
+pub mod link;
+pub mod metrics;
+pub mod route;
+pub mod sink;
+pub mod templates;
+mod worker;
+
+pub use config::NotifyConfig;
+pub use worker::{Attempt, OutboxRow};
+
+use crate::engine::{Change, ChangeKind};
+use crate::fleet::{Channel, Customer, Device};
+use crate::tickets::{rfc3339, Priority, Ticket};
+use channels::Provider;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use templates::{MessageKind, Templates};
 
-/// `[notify]` configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotifyConfig {
-    pub enabled: bool,
+/// Outbox queue of notifications.
+pub const QUEUE: &str = "notify";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notify templates: {0}")]
+    Templates(String),
+    #[error("notify.{channel}: {message}")]
+    Channel { channel: String, message: String },
+    #[error("notify metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
-impl NotifyConfig {
-    /// Checks the section; on error returns (key below `notify.`, message).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        Ok(())
+/// How notify changes a ticket (acknowledge/schedule/reschedule request) — implemented by the
+/// daemon so the single writer keeps its in-memory live tickets, the dispatch outbox and history
+/// consistent.
+pub trait TicketDesk: Send + Sync {
+    fn ticket(&self, id: &str) -> Option<Ticket>;
+    /// Applies a transition (or, with `to == None`, just appends a history note) and returns the ticket.
+    fn customer_reply(
+        &self,
+        id: &str,
+        to: Option<crate::tickets::Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, String>;
+    fn customer(&self, id: &str) -> Option<Customer>;
+    fn device(&self, id: &str) -> Option<Device>;
+}
+
+/// Wall time, injectable so quiet hours and escalation can be tested without waiting.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// A clock that moves only when told to.
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(ms: i64) -> Arc<ManualClock> {
+        Arc::new(ManualClock(AtomicI64::new(ms)))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst)
+    }
+    pub fn advance(&self, d: std::time::Duration) {
+        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One line of a customer's timeline (`GET /api/v1/customers/{id}/timeline`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// RFC 3339 wall time.
+    pub at: String,
+    /// "ticket", "queued", "decision", "attempt", "message", "fallback", "delivery", "reply",
+    /// "escalation", "dropped".
+    pub kind: String,
+    pub ticket_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    pub detail: String,
+}
+
+impl TimelineEntry {
+    pub fn new(at_ms: i64, kind: &str, ticket_id: &str, detail: impl Into<String>) -> Self {
+        TimelineEntry {
+            at: rfc3339(at_ms),
+            kind: kind.into(),
+            ticket_id: ticket_id.into(),
+            channel: None,
+            outcome: None,
+            detail: detail.into(),
+        }
+    }
+    pub fn channel(mut self, c: Channel) -> Self {
+        self.channel = Some(c);
+        self
+    }
+    pub fn outcome(mut self, o: &str) -> Self {
+        self.outcome = Some(o.into());
+        self
+    }
+}
+
+/// The customer's answer to a ticket, kept so they are not asked again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub answer: String,
+    pub channel: String,
+    pub at: String,
+}
+
+pub struct Notifier {
+    cfg: NotifyConfig,
+    public_url: String,
+    templates: Templates,
+    link_key: Vec<u8>,
+    providers: BTreeMap<Channel, Box<dyn Provider>>,
+    metrics: metrics::NotifyMetrics,
+    clock: Arc<dyn Clock>,
+}
+
+/// Key of the contact index: a hash, so contact details never appear in keys.
+pub fn contact_key(channel: Channel, address: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let norm: String = address
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let d = Sha256::digest(format!("{}:{norm}", channel.as_str()).as_bytes());
+    format!("notify/addr/{}", hex::encode(&d[..12]))
+}
+
+impl Notifier {
+    /// Templates loaded and checked here (config error at start).
+    pub fn build(
+        cfg: &NotifyConfig,
+        public_url: &str,
+        registry: &prometheus::Registry,
+    ) -> Result<Notifier, NotifyError> {
+        let templates = Templates::load(cfg.templates_dir.as_deref(), &cfg.fallback_locale)
+            .map_err(NotifyError::Templates)?;
+        let link_key = match &cfg.link_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                tracing::warn!(
+                    "notify.link_secret is not set: self-service links are signed with a random key \
+                     and stop working at the next restart (set FOREWARN__NOTIFY__LINK_SECRET)"
+                );
+                let k: [u8; 32] = rand::random();
+                k.to_vec()
+            }
+        };
+        let timeout = cfg.send_timeout.std();
+        let http = channels::http_client(timeout).map_err(|m| NotifyError::Channel {
+            channel: "http".into(),
+            message: m,
+        })?;
+        let mut providers: BTreeMap<Channel, Box<dyn Provider>> = BTreeMap::new();
+        if let Some(e) = &cfg.email {
+            let p =
+                channels::email::Email::build(e, timeout).map_err(|m| NotifyError::Channel {
+                    channel: "email".into(),
+                    message: m,
+                })?;
+            providers.insert(Channel::Email, Box::new(p));
+        }
+        if let Some(t) = &cfg.sms {
+            providers.insert(
+                Channel::Sms,
+                Box::new(channels::twilio::Twilio::new(
+                    t,
+                    channels::twilio::Kind::Sms,
+                    http.clone(),
+                )),
+            );
+        }
+        if let Some(t) = &cfg.voice {
+            providers.insert(
+                Channel::Voice,
+                Box::new(channels::twilio::Twilio::new(
+                    t,
+                    channels::twilio::Kind::Voice,
+                    http.clone(),
+                )),
+            );
+        }
+        if let Some(p) = &cfg.push {
+            providers.insert(
+                Channel::Push,
+                Box::new(channels::push::Push::new(p, http.clone())),
+            );
+        }
+        if let Some(w) = &cfg.webhook {
+            providers.insert(
+                Channel::Webhook,
+                Box::new(channels::webhook::Webhook::new(&w.secret, http.clone())),
+            );
+        }
+        if let Some(m) = &cfg.mqtt {
+            providers.insert(
+                Channel::Mqtt,
+                Box::new(channels::mqtt::Mqtt::new(m, timeout)),
+            );
+        }
+        let names: Vec<&str> = providers.keys().map(|c| c.as_str()).collect();
+        tracing::info!(
+            channels = %names.join(","),
+            locales = %templates.locales().join(","),
+            "notifications ready"
+        );
+        Ok(Notifier {
+            cfg: cfg.clone(),
+            public_url: public_url.trim_end_matches('/').to_string(),
+            templates,
+            link_key,
+            providers,
+            metrics: metrics::NotifyMetrics::register(registry)?,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Replaces the wall clock (tests, simulations).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Notifier {
+        self.clock = clock;
+        self
+    }
+
+    pub fn config(&self) -> &NotifyConfig {
+        &self.cfg
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    /// Channels with a configured provider.
+    pub fn available(&self) -> BTreeSet<Channel> {
+        self.providers.keys().copied().collect()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The signed self-service link of a ticket.
+    pub fn link(&self, ticket_id: &str, customer_id: &str, now_ms: i64) -> String {
+        let exp = now_ms + self.cfg.link_ttl.as_millis_i64();
+        format!(
+            "{}/notify/v1/s/{}",
+            self.public_url,
+            link::sign(&self.link_key, ticket_id, customer_id, exp)
+        )
+    }
+
+    /// Called by the daemon while building the atomic commit of a ticket change: adds the outbox
+    /// rows (queue "notify") and timeline entries for it to `tx`. Pure apart from the Tx (no I/O).
+    ///
+    /// Opened → an alert (urgent or advisory); Updated → an urgent alert only when the priority
+    /// rises to urgent; Settled → a short "resolved" message if `notify_resolved`; Transition
+    /// (people acting through the API or a reply) → a timeline entry only.
+    pub fn on_ticket_change(
+        &self,
+        tx: &mut crate::store::Tx,
+        change: &Change,
+        customer: Option<&Customer>,
+        device: Option<&Device>,
+        now_wall_ms: i64,
+    ) {
+        let t = &change.ticket;
+        let Some(cid) = customer
+            .map(|c| c.id.clone())
+            .or_else(|| t.customer_id.clone())
+            .or_else(|| device.and_then(|d| d.customer_id.clone()))
+        else {
+            return;
+        };
+        let what = match change.kind {
+            ChangeKind::Opened => format!(
+                "ticket opened: {} on {} ({}, {:.0}%)",
+                t.failure_mode,
+                t.device_id,
+                t.priority.as_str(),
+                t.probability * 100.0
+            ),
+            ChangeKind::Updated => format!(
+                "ticket updated: {}, {:.0}%",
+                t.priority.as_str(),
+                t.probability * 100.0
+            ),
+            ChangeKind::Settled => format!("ticket settled: {}", t.status.as_str()),
+            ChangeKind::Transition => format!("ticket {}", t.status.as_str()),
+        };
+        tx.push_timeline(
+            &cid,
+            now_wall_ms,
+            &TimelineEntry::new(now_wall_ms, "ticket", &t.id, what).outcome(t.status.as_str()),
+        );
+        let (urgent, why) = route::urgency(&self.cfg.routing, t, now_wall_ms);
+        let kind = match change.kind {
+            ChangeKind::Opened if urgent => MessageKind::Urgent,
+            ChangeKind::Opened => MessageKind::Alert,
+            ChangeKind::Updated
+                if t.priority >= self.cfg.routing.urgent_priority
+                    && change
+                        .previous_priority
+                        .is_some_and(|p| p < self.cfg.routing.urgent_priority) =>
+            {
+                MessageKind::Urgent
+            }
+            ChangeKind::Settled if self.cfg.notify_resolved => MessageKind::Resolved,
+            _ => return,
+        };
+        if !self.cfg.enabled {
+            tx.push_timeline(
+                &cid,
+                now_wall_ms,
+                &TimelineEntry::new(
+                    now_wall_ms,
+                    "dropped",
+                    &t.id,
+                    "notifications are disabled (notify.enabled = false)",
+                ),
+            );
+            return;
+        }
+        let urgent = matches!(kind, MessageKind::Urgent);
+        let row = OutboxRow {
+            id: format!("{}/{}/{}", t.id, kind.as_str(), now_wall_ms),
+            ticket_id: t.id.clone(),
+            customer_id: cid.clone(),
+            kind,
+            urgent,
+            urgency_reason: if kind == MessageKind::Resolved {
+                "advisory: resolved".into()
+            } else if urgent && !why.starts_with("urgent") {
+                format!("urgent: priority rose to {}", Priority::Urgent.as_str())
+            } else {
+                why
+            },
+            ticket: t.clone(),
+            created_ms: now_wall_ms,
+            due_ms: now_wall_ms,
+            reminder: 0,
+            escalate_from: None,
+            plan: Vec::new(),
+            step: 0,
+            tries: 0,
+            attempts: Vec::new(),
+        };
+        tx.push_outbox(QUEUE, &row);
+        // Replies arrive by address: index the contacts we are about to write to (a hash, so
+        // no contact detail appears in a key).
+        if let Some(c) = customer {
+            for (ch, addr) in &c.contacts {
+                tx.put_kv(&contact_key(*ch, addr), &c.id);
+            }
+        }
+        if kind != MessageKind::Resolved {
+            tx.put_kv(&format!("notify/last/{cid}"), &t.id);
+        }
+        tx.push_timeline(
+            &cid,
+            now_wall_ms,
+            &TimelineEntry::new(
+                now_wall_ms,
+                "queued",
+                &t.id,
+                format!("{} message queued", kind.as_str()),
+            ),
+        );
+    }
+
+    /// Delivery worker (outbox → providers, retries, fallback, escalation timers) until `shutdown`.
+    pub fn spawn_worker(
+        self: Arc<Self>,
+        store: crate::store::Store,
+        desk: Arc<dyn TicketDesk>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let poll = self.cfg.poll_interval.std();
+            loop {
+                self.run_once(&store, desk.as_ref()).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+            tracing::info!("notification worker stopped");
+        })
+    }
+
+    /// Inbound routes: SMS reply webhook, e-mail inbound-parse webhook, provider status callbacks,
+    /// the signed self-service page (GET + POST), and GET /api/v1/customers/{id}/timeline.
+    pub fn routes(
+        self: Arc<Self>,
+        store: crate::store::Store,
+        desk: Arc<dyn TicketDesk>,
+    ) -> axum::Router {
+        inbound::router(self, store, desk)
     }
 }

@@ -167,8 +167,10 @@ impl App {
         let mut dirty: Vec<String> = Vec::new();
         let mut stats = GroupStats::default();
         let level = self.cfg.ingest.device_id_level;
+        // Counted locally and added once per group: the hot path stays free of label lookups.
+        let (mut duplicates, mut late, mut scorings, mut events) = (0u64, 0u64, 0u64, 0u64);
+        self.metrics.messages.inc_by(msgs.len() as u64);
         for m in msgs {
-            self.metrics.messages.inc();
             let topic = m.publish.topic.as_str();
             let topic_device = level.and_then(|l| topic.split('/').nth(l));
             let is_telemetry = self
@@ -192,7 +194,6 @@ impl App {
                 };
                 for r in &readings {
                     stats.readings += 1;
-                    self.metrics.readings.inc();
                     core.slot(&self.store, &r.device_id, r.ts, &mut dirty)?;
                     let dev = core.devices.get(&r.device_id);
                     let ctx = DeviceCtx {
@@ -214,18 +215,22 @@ impl App {
                     );
                     match obs {
                         Observed::Applied => {}
-                        Observed::Duplicate => {
-                            self.metrics.dropped.with_label_values(&["duplicate"]).inc()
-                        }
-                        Observed::Late => self.metrics.dropped.with_label_values(&["late"]).inc(),
+                        Observed::Duplicate => duplicates += 1,
+                        Observed::Late => late += 1,
                     }
                     if slot.state.last_scored_ts != before {
-                        self.metrics.scorings.inc();
+                        scorings += 1;
                     }
                     changes.extend(scratch.drain(..).map(|c| (c, m.received)));
                 }
-            } else {
-                let events = match decode::decode_events(
+            } else if self
+                .cfg
+                .ingest
+                .event_topics
+                .iter()
+                .any(|f| topic_matches(f, topic))
+            {
+                let decoded = match decode::decode_events(
                     &m.publish.payload,
                     topic_device,
                     m.received_ms,
@@ -237,8 +242,8 @@ impl App {
                         continue;
                     }
                 };
-                for ev in &events {
-                    self.metrics.events.inc();
+                for ev in &decoded {
+                    events += 1;
                     core.slot(&self.store, &ev.device_id, ev.ts, &mut dirty)?;
                     let slot = core
                         .slots
@@ -248,8 +253,23 @@ impl App {
                         .event(&mut slot.state, &mut slot.live, ev, &mut scratch);
                     changes.extend(scratch.drain(..).map(|c| (c, m.received)));
                 }
+            } else {
+                // A topic our subscriptions match but neither filter list names (an overlapping
+                // broker-side subscription): nothing to do, acknowledged with the group.
+                tracing::debug!(topic = %clip(topic, 200), "message on an unhandled topic ignored");
             }
         }
+        self.metrics.readings.inc_by(stats.readings as u64);
+        self.metrics.events.inc_by(events);
+        self.metrics.scorings.inc_by(scorings);
+        self.metrics
+            .dropped
+            .with_label_values(&["duplicate"])
+            .inc_by(duplicates);
+        self.metrics
+            .dropped
+            .with_label_values(&["late"])
+            .inc_by(late);
         let mut tx = self.store.tx();
         for d in &dirty {
             if let Some(slot) = core.slots.get_mut(d.as_str()) {

@@ -131,6 +131,8 @@ impl Dispatcher {
                 continue;
             }
             let mut error: Option<String> = None;
+            let mut waiting_for_broker = false;
+            let mut progressed = false;
             if !row.mqtt_done {
                 if self.app.broker_connected() {
                     let topic = format!(
@@ -155,13 +157,16 @@ impl Dispatcher {
                         }
                     }
                 } else {
-                    error = Some("mqtt: broker not connected".into());
+                    // Not a failed attempt: the row simply waits for the connection (the
+                    // connect wakes this worker).
+                    waiting_for_broker = true;
                 }
             }
             if !row.webhook_done {
                 match self.post(&row, &key).await {
                     Ok(()) => {
                         row.webhook_done = true;
+                        progressed = true;
                         m.with_label_values(&["webhook", "ok"]).inc();
                     }
                     Err(e) => {
@@ -172,6 +177,15 @@ impl Dispatcher {
             }
             let res = if row.mqtt_done && row.webhook_done {
                 store.outbox_remove(&key)
+            } else if error.is_none() {
+                // Only waiting for the broker; keep any webhook progress.
+                debug_assert!(waiting_for_broker);
+                blocked.insert(pair);
+                if progressed {
+                    store.outbox_put(&key, &row)
+                } else {
+                    Ok(())
+                }
             } else {
                 row.attempts += 1;
                 row.last_error = error.clone();

@@ -71,9 +71,26 @@ pub type RoutesHook = Box<dyn FnOnce(Arc<App>) -> axum::Router + Send>;
 /// Starts an extra background worker (e.g. the notification outbox worker).
 pub type WorkerHook = Box<dyn FnOnce(Arc<App>, CancellationToken) -> JoinHandle<()> + Send>;
 
-/// Integration points for other stages.
+/// Integration points for other stages. Wiring the notifier looks like:
+///
+/// ```ignore
+/// let registry = prometheus::Registry::new();
+/// let notifier = Arc::new(Notifier::build(&cfg.notify, &cfg.api.public_url, &registry)?);
+/// let hooks = Hooks {
+///     registry: Some(registry),
+///     on_change: Some(notifier.clone()),           // impl OnTicketChange for Notifier
+///     routes: Some(Box::new({ let n = notifier.clone();
+///         move |app| n.routes(app.store.clone(), app) })),   // impl TicketDesk for App
+///     workers: vec![Box::new(move |app, token| {
+///         notifier.spawn_worker(app.store.clone(), app, token) })],
+/// };
+/// serve::run_with(cfg, shutdown, hooks).await?
+/// ```
 #[derive(Default)]
 pub struct Hooks {
+    /// Registry the hooked stages registered their metrics in (served at `/metrics` with the
+    /// daemon's own); a fresh one when unset.
+    pub registry: Option<prometheus::Registry>,
     pub on_change: Option<Arc<dyn OnTicketChange>>,
     pub routes: Option<RoutesHook>,
     pub workers: Vec<WorkerHook>,
@@ -145,6 +162,11 @@ pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     mqtt::options(&cfg.broker, &cfg.broker.client_id)
         .map_err(|e| ServeError::Config(e.to_string()))?;
+    crate::notify::templates::Templates::load(
+        cfg.notify.templates_dir.as_deref(),
+        &cfg.notify.fallback_locale,
+    )
+    .map_err(|e| ServeError::Config(format!("notify templates: {e}")))?;
     Ok(CheckSummary {
         models,
         modes,
@@ -179,9 +201,11 @@ impl ConnectionObserver for Observer {
     }
 }
 
-/// Starts the daemon with no extra stages.
+/// Starts the daemon with customer notifications (`[notify]`).
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, ServeError> {
-    run_with(cfg, shutdown, Hooks::default()).await
+    let hooks =
+        crate::notify::daemon::hooks(&cfg).map_err(|e| ServeError::Config(e.to_string()))?;
+    run_with(cfg, shutdown, hooks).await
 }
 
 /// Starts the daemon: store, models, fleet, API, MQTT, processor, dispatcher, reload on SIGHUP.
@@ -217,7 +241,7 @@ pub async fn run_with(
         }
         store.commit(tx)?;
     }
-    let registry = prometheus::Registry::new();
+    let registry = hooks.registry.clone().unwrap_or_default();
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
     let app = Arc::new(
@@ -285,7 +309,10 @@ pub async fn run_with(
     let group = cfg.ingest.commit_group.max(1);
     let processor = std::thread::Builder::new()
         .name("forewarn-processor".into())
-        .spawn(move || process_loop(proc_app, fwd_rx, ack_tx, group))
+        .spawn({
+            let shutdown = shutdown.clone();
+            move || process_loop(proc_app, fwd_rx, ack_tx, group, shutdown)
+        })
         .map_err(|e| ServeError::Runtime(format!("cannot start the processor thread: {e}")))?;
 
     let dispatcher = dispatch::Dispatcher::new(app.clone(), client)
@@ -315,12 +342,15 @@ pub async fn run_with(
 
 /// The single writer of ingest: takes what has arrived (up to `group` messages), processes and
 /// commits it, then hands the publishes to the acker. Runs on its own thread because the commit
-/// flushes to disk.
+/// flushes to disk. A failed commit is retried with backoff (nothing is acknowledged meanwhile,
+/// so the channel fills and the broker holds back); on shutdown the group is left unacknowledged
+/// for the broker to redeliver.
 fn process_loop(
     app: Arc<App>,
     mut rx: mpsc::Receiver<Inbound>,
     acks: mpsc::UnboundedSender<Vec<Publish>>,
     group: usize,
+    shutdown: CancellationToken,
 ) {
     let mut buf: Vec<Inbound> = Vec::with_capacity(group);
     while let Some(first) = rx.blocking_recv() {
@@ -331,18 +361,24 @@ fn process_loop(
                 Err(_) => break,
             }
         }
-        match app.process_group(&buf) {
-            Ok(_) => {
-                let _ = acks.send(buf.drain(..).map(|m| m.publish).collect());
-            }
-            Err(e) => {
-                // Not acknowledged: the broker redelivers these after the next reconnect.
-                tracing::error!(
-                    "commit of {} messages failed, not acknowledged: {e}",
-                    buf.len()
-                );
-                buf.clear();
-                std::thread::sleep(Duration::from_millis(200));
+        let mut backoff = mqtt::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match app.process_group(&buf) {
+                Ok(_) => {
+                    let _ = acks.send(buf.drain(..).map(|m| m.publish).collect());
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "commit of {} messages failed, not acknowledged: {e}",
+                        buf.len()
+                    );
+                    if shutdown.is_cancelled() {
+                        buf.clear();
+                        break;
+                    }
+                    std::thread::sleep(backoff.next_delay());
+                }
             }
         }
     }

@@ -116,7 +116,14 @@ impl Tx {
         self.ops += 1;
     }
 
-    /// Removes a row by its full key (an outbox row moved to another queue, …).
+    /// Rewrites an outbox row as part of this transaction (worker bookkeeping).
+    pub fn put_outbox_row<T: Serialize>(&mut self, key: &[u8], row: &T) {
+        self.batch
+            .insert(key, serde_json::to_vec(row).unwrap_or_default());
+        self.ops += 1;
+    }
+
+    /// Removes a row by its full key (an outbox row delivered or moved to another queue, …).
     pub fn remove_raw(&mut self, key: &[u8]) {
         self.batch.remove(key);
         self.ops += 1;

@@ -47,7 +47,7 @@ pub enum Step<'a> {
 }
 
 impl DeviceHistory {
-    pub fn row<'a>(&'a self, i: usize, n_metrics: usize) -> &'a [f64] {
+    pub fn row(&self, i: usize, n_metrics: usize) -> &[f64] {
         &self.values[i * n_metrics..(i + 1) * n_metrics]
     }
 

@@ -97,6 +97,7 @@ struct Fitted {
 }
 
 /// Fits one estimator; `valid` (GBM only) drives early stopping.
+#[allow(clippy::too_many_arguments)]
 fn fit_one(
     kind: EstimatorKind,
     loss: Loss,
@@ -136,8 +137,15 @@ fn fit_one(
                 p.max_rounds = r.max(1);
             }
             let m = p.fit_with_validation(&ds, vds.as_ref())?;
+            let mut estimator = m.estimator;
+            // Weighting positives by w multiplies the fitted odds by w: take ln w off the
+            // log-odds so tickets carry a probability, not a weighted score. Rankings (and so
+            // the threshold choice) are unchanged.
+            if let (Loss::Logistic, Estimator::Trees { base, .. }) = (loss, &mut estimator) {
+                *base -= w_pos.ln();
+            }
             Ok(Fitted {
-                estimator: m.estimator,
+                estimator,
                 rounds: Some(m.rounds),
             })
         }
@@ -171,7 +179,7 @@ pub fn train(
             "events.csv has no failure events: nothing to predict".into(),
         ));
     }
-    if !(opts.horizon_h > 0.0) {
+    if opts.horizon_h.is_nan() || opts.horizon_h <= 0.0 {
         return Err(TrainError::Data("the horizon must be positive".into()));
     }
     let cap = opts
@@ -188,10 +196,6 @@ pub fn train(
             "every telemetry metric is constant or empty: nothing to learn from".into(),
         ));
     }
-    let pb = super::progress(h.devices.len() as u64, "features");
-    let all_rows = build_rows(h, &spec, &opts.engine, &modes, opts.horizon_h, cap, &pb);
-    pb.finish_and_clear();
-
     let failing: Vec<(String, bool)> = h
         .devices
         .iter()
@@ -207,6 +211,19 @@ pub fn train(
     for &i in &valid_dev {
         is_valid[i] = true;
     }
+
+    let pb = super::progress(h.devices.len() as u64, "features");
+    let all_rows = build_rows(
+        h,
+        &spec,
+        &opts.engine,
+        &modes,
+        opts.horizon_h,
+        cap,
+        &is_valid,
+        &pb,
+    );
+    pb.finish_and_clear();
 
     let pb = super::progress(modes.len() as u64 * 2, "fitting");
     let mut mode_models = Vec::new();

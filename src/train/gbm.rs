@@ -53,7 +53,7 @@ impl GbmParams {
             max_depth: 5,
             min_leaf: 20,
             lambda: 1.0,
-            subsample: 0.8,
+            subsample: 0.5,
             colsample: 0.5,
             patience: 40,
             max_bins: 255,
@@ -77,11 +77,13 @@ impl Gbm {
     }
 }
 
+/// Gradient sums of one bin. f32 keeps a node's histograms (features × 256 bins) small enough
+/// to stay in cache, the main cost of training; totals are taken in f64.
 #[derive(Clone, Copy, Default)]
 struct Bin {
-    g: f64,
-    h: f64,
-    n: f64,
+    g: f32,
+    h: f32,
+    n: f32,
 }
 
 /// Quantile cut points per feature; `v <= cuts[b]` ⇔ `bin(v) <= b`.
@@ -139,6 +141,27 @@ impl Binner {
     }
 }
 
+/// Sums in f64, for gains.
+#[derive(Clone, Copy, Default)]
+struct Sum {
+    g: f64,
+    h: f64,
+    n: f64,
+}
+
+impl Sum {
+    fn add(&mut self, b: Bin) {
+        self.g += b.g as f64;
+        self.h += b.h as f64;
+        self.n += b.n as f64;
+    }
+    fn of(b: Bin) -> Sum {
+        let mut s = Sum::default();
+        s.add(b);
+        s
+    }
+}
+
 struct Split {
     gain: f64,
     feature: usize,
@@ -161,11 +184,13 @@ struct Grower<'a> {
 
 impl Grower<'_> {
     fn hist(&self, rows: &[u32]) -> Vec<Bin> {
-        let mut hist = vec![Bin::default(); self.cuts.len() * BINS];
-        let mut slots: Vec<(usize, &mut [Bin])> = hist
-            .chunks_mut(BINS)
-            .enumerate()
-            .filter(|(f, _)| self.features.binary_search(f).is_ok())
+        // Indexed by position in `self.features` (this tree's sample of features), not by id.
+        let mut hist = vec![Bin::default(); self.features.len() * BINS];
+        let mut slots: Vec<(usize, &mut [Bin])> = self
+            .features
+            .iter()
+            .copied()
+            .zip(hist.chunks_mut(BINS))
             .collect();
         let fill = |slots: &mut [(usize, &mut [Bin])]| {
             for (f, hf) in slots.iter_mut() {
@@ -173,8 +198,8 @@ impl Grower<'_> {
                 for &r in rows {
                     let r = r as usize;
                     let b = &mut hf[col[r] as usize];
-                    b.g += self.g[r];
-                    b.h += self.h[r];
+                    b.g += self.g[r] as f32;
+                    b.h += self.h[r] as f32;
                     b.n += 1.0;
                 }
             }
@@ -202,29 +227,26 @@ impl Grower<'_> {
         g * g / (h + self.p.lambda)
     }
 
-    fn best_split(&self, hist: &[Bin], tot: Bin) -> Option<Split> {
+    fn best_split(&self, hist: &[Bin], tot: Sum) -> Option<Split> {
         let min_leaf = self.p.min_leaf.max(1) as f64;
         let parent = self.score(tot.g, tot.h);
         let mut best: Option<Split> = None;
-        for &f in &self.features {
+        for (j, &f) in self.features.iter().enumerate() {
             let cuts = &self.cuts[f];
             if cuts.is_empty() {
                 continue;
             }
-            let hf = &hist[f * BINS..(f + 1) * BINS];
-            let nan = hf[NAN_BIN as usize];
-            let mut acc = Bin::default();
+            let hf = &hist[j * BINS..(j + 1) * BINS];
+            let nan = Sum::of(hf[NAN_BIN as usize]);
+            let mut acc = Sum::default();
             // Splitting after the last cut sends every finite value left and NaN right.
             let last = if nan.n > 0.0 {
                 cuts.len()
             } else {
                 cuts.len() - 1
             };
-            for b in 0..=last.min(cuts.len()) {
-                let x = hf[b];
-                acc.g += x.g;
-                acc.h += x.h;
-                acc.n += x.n;
+            for (b, bin) in hf.iter().enumerate().take(last.min(cuts.len()) + 1) {
+                acc.add(*bin);
                 if b == cuts.len() && nan.n == 0.0 {
                     break;
                 }
@@ -258,14 +280,11 @@ impl Grower<'_> {
 
     fn grow(&mut self, rows: &mut [u32], hist: Vec<Bin>, depth: usize) -> u32 {
         let tot = {
-            let f = self.features[0];
-            hist[f * BINS..(f + 1) * BINS]
-                .iter()
-                .fold(Bin::default(), |a, b| Bin {
-                    g: a.g + b.g,
-                    h: a.h + b.h,
-                    n: a.n + b.n,
-                })
+            let mut t = Sum::default();
+            for b in &hist[..BINS] {
+                t.add(*b);
+            }
+            t
         };
         let id = self.nodes.len() as u32;
         self.nodes.push(Node {
@@ -311,12 +330,10 @@ impl Grower<'_> {
         } else {
             (self.hist(right), hist)
         };
-        for &f in &self.features {
-            for b in f * BINS..(f + 1) * BINS {
-                big_hist[b].g -= small_hist[b].g;
-                big_hist[b].h -= small_hist[b].h;
-                big_hist[b].n -= small_hist[b].n;
-            }
+        for (b, s) in big_hist.iter_mut().zip(&small_hist) {
+            b.g -= s.g;
+            b.h -= s.h;
+            b.n -= s.n;
         }
         let (lh, rh) = if left.len() <= right.len() {
             (small_hist, big_hist)
@@ -340,9 +357,17 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-fn row_of(x: &ArrayView2<f64>, r: usize, buf: &mut Vec<f64>) {
-    buf.clear();
-    buf.extend(x.row(r).iter().copied());
+/// Row `r` as a slice: borrowed when the matrix is in standard layout, else copied into `buf`.
+fn row_of<'a>(x: &'a ArrayView2<'_, f64>, r: usize, buf: &'a mut Vec<f64>) -> &'a [f64] {
+    let row = x.row(r);
+    match row.to_slice() {
+        Some(s) => s,
+        None => {
+            buf.clear();
+            buf.extend(row.iter().copied());
+            buf
+        }
+    }
 }
 
 impl GbmParams {
@@ -453,8 +478,7 @@ impl GbmParams {
                 nodes: grower.nodes,
             };
             for (i, p) in pred.iter_mut().enumerate() {
-                row_of(&x, i, &mut buf);
-                *p += self.learning_rate * tree.predict(&buf);
+                *p += self.learning_rate * tree.predict(row_of(&x, i, &mut buf));
             }
             trees.push(tree);
             if let Some(v) = valid {
@@ -465,9 +489,8 @@ impl GbmParams {
                 let mut loss = 0.0;
                 let mut wtot = 0.0;
                 for (i, p) in vpred.iter_mut().enumerate() {
-                    row_of(&vx, i, &mut buf);
                     if let Some(t) = t {
-                        *p += self.learning_rate * t.predict(&buf);
+                        *p += self.learning_rate * t.predict(row_of(&vx, i, &mut buf));
                     }
                     let wi = vw.and_then(|w| w.get(i)).map_or(1.0, |&w| w as f64);
                     loss += wi

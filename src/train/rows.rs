@@ -101,8 +101,14 @@ impl Rows {
     }
 }
 
+/// Rows per mode kept in memory for training. Past it, rows far from any failure (negative, time
+/// to failure beyond the cap) are thinned evenly; rows near failures are all kept.
+pub const ROW_BUDGET: usize = 200_000;
+
 /// Replays every device through the daemon's window/scoring-slot step and extracts `spec`'s
-/// features at each reading the daemon would score, one row per mode.
+/// features at each reading the daemon would score, one row per mode. Devices marked in
+/// `keep_all` (validation devices, whose scorings replay the ticket policy) are never thinned.
+#[allow(clippy::too_many_arguments)]
 pub fn build_rows(
     h: &History,
     spec: &FeatureSpec,
@@ -110,6 +116,7 @@ pub fn build_rows(
     modes: &[String],
     horizon_h: f64,
     cap_h: f64,
+    keep_all: &[bool],
     pb: &indicatif::ProgressBar,
 ) -> Vec<Rows> {
     let index = MetricIndex::new(spec.metrics.iter().cloned());
@@ -122,6 +129,9 @@ pub fn build_rows(
             ..Default::default()
         })
         .collect();
+    // Keep one in `thin` of the far-from-failure rows when the data is larger than the budget.
+    let thin = h.rows.div_ceil(ROW_BUDGET).max(1);
+    let mut far_seen = vec![0usize; modes.len()];
     for (di, d) in h.devices.iter().enumerate() {
         let attrs = h.attrs.get(&d.id);
         let end = d.observed_until();
@@ -142,12 +152,20 @@ pub fn build_rows(
                     if !due {
                         continue;
                     }
-                    for (mode, rows) in modes.iter().zip(out.iter_mut()) {
+                    for (m, (mode, rows)) in modes.iter().zip(out.iter_mut()).enumerate() {
+                        let l = label(&d.events, mode, r.ts, end, horizon_h, cap_h);
+                        let far =
+                            l.positive == Some(false) && l.ttf_hours.is_none_or(|t| t >= cap_h);
+                        if far && thin > 1 && !keep_all.get(di).copied().unwrap_or(false) {
+                            far_seen[m] += 1;
+                            if far_seen[m] % thin != 0 {
+                                continue;
+                            }
+                        }
                         spec.extract(&state, &ids, mode, attrs, r.ts, &mut rows.x);
                         rows.device.push(di as u32);
                         rows.ts.push(r.ts);
-                        rows.labels
-                            .push(label(&d.events, mode, r.ts, end, horizon_h, cap_h));
+                        rows.labels.push(l);
                     }
                 }
             }

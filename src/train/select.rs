@@ -422,4 +422,44 @@ mod tests {
         assert!(tr.iter().all(|i| !va.contains(i)));
         assert_eq!(split_devices(&ids, 0.2, 1), (tr, va));
     }
+
+    #[test]
+    fn policy_prefers_early_warnings_and_ignores_a_lone_spike() {
+        let h = |x: i64| x * 3_600_000;
+        let fail = vec![DeviceEvent {
+            device_id: "a".into(),
+            ts: h(200),
+            kind: EventKind::Failure,
+            code: "m".into(),
+        }];
+        let failing: Vec<(Millis, f64)> = (0..200)
+            .map(|t| {
+                let p = match 200 - t {
+                    d if d <= 20 => 0.95,
+                    d if d <= 40 => 0.6,
+                    _ => 0.1,
+                };
+                (h(t), p)
+            })
+            .collect();
+        let healthy: Vec<(Millis, f64)> = (0..200)
+            .map(|t| (h(t), if t == 77 { 0.58 } else { 0.1 }))
+            .collect();
+        let devices = [
+            ValidDevice {
+                rows: failing.clone(),
+                events: &fail,
+            },
+            ValidDevice {
+                rows: healthy.clone(),
+                events: &[],
+            },
+        ];
+        let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
+        assert!(c.threshold <= 0.6, "{c:?}");
+        assert!(simulate_openings(&healthy, &[], "m", c.threshold, c.consecutive).is_empty());
+        let opened = simulate_openings(&failing, &fail, "m", c.threshold, c.consecutive);
+        assert!(h(200) - opened[0] >= h(24), "{c:?}");
+        assert_eq!(c.tally.precision(), Some(1.0));
+    }
 }

@@ -1,0 +1,424 @@
+//! `forewarn demo`: the whole system on one machine with nothing installed.
+//!
+//! An embedded MQTT broker, the daemon (the same `serve::run_with` as production) loaded with the
+//! committed demo model, a simulated fleet publishing telemetry and device events through the
+//! broker in accelerated event time, and a field-service console that subscribes to the ticket
+//! topic. Each failure is checked against the tickets that came before it, so a newcomer sees
+//! tickets open *before* the simulated failures, with their lead time.
+
+use crate::config::Config;
+use crate::fleet::{Channel, Customer, Device};
+use crate::ingest::decode::{EventKind, Millis};
+use crate::sim::{Fleet, SimConfig, SimEvent};
+use crate::tickets::{rfc3339, Status, Ticket};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The demo model, trained on simulated history (see README "The demo model").
+pub const DEMO_MODEL: &str = include_str!("../models/demo.json");
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub devices: usize,
+    /// Simulated hours of event time per wall-clock second.
+    pub sim_hours_per_second: f64,
+    /// How long the fleet publishes.
+    pub duration: Duration,
+    /// Where the API listens (falls back to a free port when taken).
+    pub listen: String,
+    /// Keep the daemon and API up after the fleet stops, until Ctrl-C.
+    pub keep_running: bool,
+    pub seed: u64,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What the demo saw, for the summary (and the test that runs it).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DemoSummary {
+    pub readings: u64,
+    pub malformed: u64,
+    pub tickets_opened: usize,
+    pub failures: usize,
+    /// Failures that a live ticket for the same device and mode announced beforehand.
+    pub failures_forewarned: usize,
+    /// Lead times (hours of event time) of the forewarned failures.
+    pub lead_hours: Vec<f64>,
+    pub api_addr: String,
+    /// Customer messages the notification sink received.
+    pub messages: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
+}
+
+const CUSTOMERS: [(&str, &str, &str, &str); 3] = [
+    ("acme-water", "Acme Water", "en", "Europe/Berlin"),
+    ("siam-cold-chain", "Siam Cold Chain", "th", "Asia/Bangkok"),
+    ("pars-energy", "Pars Energy", "fa", "Asia/Tehran"),
+];
+
+/// Runs the demo; prints its story to stdout and returns the summary.
+pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoSummary, DemoError> {
+    let broker = crate::broker::start(&crate::broker::BrokerOptions::default())
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let data_dir = opts.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("forewarn-demo-{}", std::process::id()))
+    });
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let models_dir = data_dir.join("models");
+    std::fs::create_dir_all(&models_dir)
+        .and_then(|_| std::fs::write(models_dir.join("demo.json"), DEMO_MODEL))
+        .map_err(|e| DemoError::Setup(format!("{}: {e}", models_dir.display())))?;
+
+    let mut cfg = Config::default();
+    cfg.broker.url = broker.url();
+    cfg.broker.client_id = "forewarn-demo".into();
+    cfg.store.data_dir = data_dir.join("db");
+    cfg.store.cache_bytes = 32 * 1024 * 1024;
+    cfg.scoring.models_dir = models_dir;
+    cfg.api.listen = pick_listen(&opts.listen);
+    cfg.api.public_url = format!("http://{}", cfg.api.listen);
+    cfg.api.tokens = vec!["demo-token".into()];
+    cfg.log.filter = "warn,rumqttd=off".into();
+
+    let sim_cfg = SimConfig {
+        devices: opts.devices,
+        seed: opts.seed,
+        ticks: u64::MAX / 2,
+        malformed_fraction: 0.0005,
+        ..SimConfig::default()
+    };
+    let fleet = Fleet::new(sim_cfg.clone());
+
+    // Customer notifications go to a local sink speaking the providers' APIs (SMS, voice, push,
+    // webhook); every message is also appended to notifications.jsonl in the data folder.
+    let sink = crate::notify::sink::LocalSink::start(Some(&data_dir.join("notifications.jsonl")))
+        .await
+        .map_err(|e| DemoError::Setup(format!("notification sink: {e}")))?;
+    sink.configure(&mut cfg.notify);
+    cfg.notify.link_secret = Some(crate::notify::config::Secret(format!(
+        "demo-link-secret-{}",
+        std::process::id()
+    )));
+    let (customers, devices) = registry(&fleet, &sink.webhook_url());
+
+    let handle = crate::serve::run(cfg.clone(), shutdown.clone()).await?;
+    handle
+        .app
+        .upsert_fleet(customers, devices)
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let api = handle.api_addr.to_string();
+    println!("forewarn demo");
+    println!("  broker     {} (embedded)", broker.url());
+    println!("  API        http://{api}/api/v1/tickets   (token for changes: demo-token)");
+    println!("  metrics    http://{api}/metrics");
+    println!(
+        "  fleet      {} simulated devices, 4 metrics each, 3 failure modes; {} simulated hours per second",
+        opts.devices, opts.sim_hours_per_second
+    );
+    println!(
+        "  customers  {} (en, th, fa); their messages: {}",
+        CUSTOMERS.len(),
+        data_dir.join("notifications.jsonl").display()
+    );
+    println!();
+
+    let console = Console::start(&broker.url()).await?;
+    let printer = tokio::spawn(print_messages(sink.clone()));
+    let mut summary = DemoSummary {
+        api_addr: api.clone(),
+        ..DemoSummary::default()
+    };
+    publish_fleet(
+        fleet,
+        &opts,
+        &broker.url(),
+        &handle.app,
+        &mut summary,
+        &shutdown,
+    )
+    .await?;
+    // Let the daemon finish the last group, then count what the ticket topic showed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    summary.tickets_opened = console.opened();
+    summary.messages = sink.messages().len();
+    printer.abort();
+    print_summary(&summary);
+
+    if opts.keep_running && !shutdown.is_cancelled() {
+        println!("\nThe daemon keeps running: try");
+        println!("  curl -s http://{api}/api/v1/tickets?status=open");
+        println!("  curl -s -X POST -H 'Authorization: Bearer demo-token' -H 'Content-Type: application/json' \\");
+        println!(
+            "       -d '{{\"to\":\"acknowledged\"}}' http://{api}/api/v1/tickets/<id>/transitions"
+        );
+        println!("Ctrl-C stops it.");
+        shutdown.cancelled().await;
+    }
+    shutdown.cancel();
+    handle.stopped(Duration::from_secs(5)).await;
+    if opts.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    Ok(summary)
+}
+
+fn pick_listen(wanted: &str) -> String {
+    match std::net::TcpListener::bind(wanted) {
+        Ok(l) => {
+            drop(l);
+            wanted.to_string()
+        }
+        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| wanted.to_string()),
+    }
+}
+
+/// Customers in three locales, each owning a third of the fleet. The first keeps quiet hours
+/// (so, depending on the hour, the demo shows advisories held until morning).
+fn registry(fleet: &Fleet, webhook: &str) -> (Vec<Customer>, Vec<Device>) {
+    let customers: Vec<Customer> = CUSTOMERS
+        .iter()
+        .enumerate()
+        .map(|(i, (id, name, locale, tz))| Customer {
+            id: id.to_string(),
+            name: name.to_string(),
+            locale: locale.to_string(),
+            time_zone: tz.to_string(),
+            contacts: [
+                (Channel::Push, format!("{id}-alerts")),
+                (Channel::Sms, format!("+1555010{i}")),
+                (Channel::Voice, format!("+1555010{i}")),
+                (Channel::Webhook, webhook.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            preferences: vec![
+                Channel::Push,
+                Channel::Sms,
+                Channel::Voice,
+                Channel::Webhook,
+            ],
+            quiet_hours: (i == 0).then(|| "22:00-07:00".to_string()),
+            urgent_in_quiet_hours: true,
+            daily_budget: Some(50),
+        })
+        .collect();
+    let devices = fleet
+        .devices()
+        .enumerate()
+        .map(|(i, d)| Device {
+            id: d.id.clone(),
+            customer_id: Some(CUSTOMERS[i % CUSTOMERS.len()].0.to_string()),
+            attributes: d.attributes(),
+        })
+        .collect();
+    (customers, devices)
+}
+
+/// The field-service side: subscribes to the ticket topic and announces each new ticket.
+struct Console {
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Console {
+    async fn start(url: &str) -> Result<Console, DemoError> {
+        let (host, port) =
+            crate::replay::parse_broker_url(url).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let mut o = MqttOptions::new("forewarn-demo-console", host, port);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut ev) = AsyncClient::new(o, 100);
+        client
+            .subscribe("forewarn/tickets/#", QoS::AtLeastOnce)
+            .await
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let o2 = opened.clone();
+        // Ticket ids already announced (the topic is retained and re-published on updates).
+        let mut seen: HashSet<String> = HashSet::new();
+        tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let Ok(t) = serde_json::from_slice::<Ticket>(&p.payload) else {
+                            continue;
+                        };
+                        if t.status == Status::Open && seen.insert(t.id.clone()) {
+                            o2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            println!(
+                                "[{}] TICKET   {:<11} {:<13} p={:.2}  failure predicted {}  ({}, customer {})",
+                                short(&t.opened_at),
+                                t.device_id,
+                                t.failure_mode,
+                                t.probability,
+                                t.predicted_failure_at.as_deref().map(short).unwrap_or("-"),
+                                t.priority.as_str(),
+                                t.customer_id.as_deref().unwrap_or("-"),
+                            );
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        Ok(Console { opened })
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Prints each customer message once, as the sink receives it.
+async fn print_messages(sink: crate::notify::sink::LocalSink) {
+    let mut shown = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let all = sink.messages();
+        for m in all.iter().skip(shown) {
+            let text: String = m.text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let text: String = text.chars().take(110).collect();
+            println!(
+                "           → {:<7} {}: {}",
+                m.channel,
+                m.to,
+                crate::notify::sink::redact_links(&text)
+            );
+        }
+        shown = all.len();
+    }
+}
+
+fn short(rfc: &str) -> &str {
+    // "2025-01-14T03:00:00Z" → "2025-01-14T03:00"
+    rfc.get(..16).unwrap_or(rfc)
+}
+
+async fn publish_fleet(
+    fleet: Fleet,
+    opts: &DemoOptions,
+    url: &str,
+    app: &crate::serve::App,
+    summary: &mut DemoSummary,
+    shutdown: &CancellationToken,
+) -> Result<(), DemoError> {
+    let (host, port) =
+        crate::replay::parse_broker_url(url).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let mut o = MqttOptions::new("forewarn-demo-fleet", host, port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(200);
+    let (client, mut ev) = AsyncClient::new(o, 1000);
+    let poller = tokio::spawn(async move {
+        loop {
+            if ev.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let start_ms = fleet.config().start_ms;
+    let started = Instant::now();
+    let sim_ms_per_wall_ms = opts.sim_hours_per_second * 3_600_000.0 / 1000.0;
+    for (published, item) in (0_u64..).zip(fleet) {
+        if shutdown.is_cancelled() || started.elapsed() >= opts.duration {
+            break;
+        }
+        let ts = match &item {
+            SimEvent::Reading(r) => r.ts,
+            SimEvent::Event(e) => e.ts,
+            SimEvent::Malformed { .. } => start_ms,
+        };
+        // Pace event time against the wall clock.
+        let due = Duration::from_secs_f64(((ts - start_ms) as f64 / sim_ms_per_wall_ms) / 1000.0);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let (topic, payload) = match &item {
+            SimEvent::Reading(r) => {
+                summary.readings += 1;
+                (
+                    format!("devices/{}/telemetry", r.device_id),
+                    crate::sim::to_payload(r),
+                )
+            }
+            SimEvent::Event(e) => {
+                if e.kind == EventKind::Failure {
+                    // Judge the failure only once the daemon has processed everything published
+                    // before it, so a slow daemon is not mistaken for a missed prediction.
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while app.metrics.messages.get() < published && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    report_failure(app, &e.device_id, &e.code, e.ts, summary);
+                }
+                (
+                    format!("devices/{}/events", e.device_id),
+                    crate::sim::event_payload(e),
+                )
+            }
+            SimEvent::Malformed { device_id, payload } => {
+                summary.malformed += 1;
+                (format!("devices/{device_id}/telemetry"), payload.clone())
+            }
+        };
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+    }
+    poller.abort();
+    Ok(())
+}
+
+fn report_failure(
+    app: &crate::serve::App,
+    device: &str,
+    mode: &str,
+    ts: Millis,
+    s: &mut DemoSummary,
+) {
+    s.failures += 1;
+    let live = app.store.live_tickets(device).unwrap_or_default();
+    match live
+        .into_iter()
+        .find(|t| t.failure_mode == mode && t.opened_ms <= ts)
+    {
+        Some(t) => {
+            let lead = (ts - t.opened_ms) as f64 / 3_600_000.0;
+            s.failures_forewarned += 1;
+            s.lead_hours.push(lead);
+            println!(
+                "[{}] FAILURE  {device:<11} {mode:<13} forewarned: ticket {} opened {lead:.0} h before",
+                short(&rfc3339(ts)),
+                t.id
+            );
+        }
+        None => println!(
+            "[{}] FAILURE  {device:<11} {mode:<13} no ticket beforehand",
+            short(&rfc3339(ts))
+        ),
+    }
+}
+
+fn print_summary(s: &DemoSummary) {
+    let mut lead = s.lead_hours.clone();
+    lead.sort_by(f64::total_cmp);
+    let median = lead.get(lead.len() / 2).copied().unwrap_or(0.0);
+    println!();
+    println!(
+        "{} readings published ({} malformed, rejected and counted), {} tickets opened, {} failures, {} of them forewarned (median lead {:.0} h), {} customer messages",
+        s.readings, s.malformed, s.tickets_opened, s.failures, s.failures_forewarned, median, s.messages
+    );
+}

@@ -1,0 +1,133 @@
+//! E-mail over SMTP (lettre): STARTTLS, implicit TLS or plain (local relay), a plain-text and an
+//! HTML part. The idempotency key becomes the Message-ID, so a resend after a crash carries the
+//! same id (SMTP itself has no de-duplication; mail clients thread or collapse it).
+
+use super::{Accepted, Outgoing, Provider, SendError, SendFuture};
+use crate::notify::config::{EmailConfig, SmtpTls};
+use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::time::Duration;
+
+pub struct Email {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+}
+
+impl Email {
+    pub fn build(cfg: &EmailConfig, timeout: Duration) -> Result<Email, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let err = |e: lettre::transport::smtp::Error| format!("notify.email: {e}");
+        let b = match (cfg.tls, &cfg.ca_file) {
+            (SmtpTls::None, _) => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
+            }
+            (SmtpTls::Starttls, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host).map_err(err)?
+            }
+            (SmtpTls::Tls, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(err)?
+            }
+            (mode, Some(ca)) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("notify.email.ca_file {}: {e}", ca.display()))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| format!("notify.email.ca_file {}: {e}", ca.display()))?;
+                let params = TlsParameters::builder(cfg.host.clone())
+                    .add_root_certificate(cert)
+                    .build_rustls()
+                    .map_err(err)?;
+                let tls = if mode == SmtpTls::Tls {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                };
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(tls)
+            }
+        };
+        let mut b = b.port(cfg.port).timeout(Some(timeout));
+        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+            b = b.credentials(Credentials::new(u.clone(), p.0.clone()));
+        }
+        let from = cfg
+            .from
+            .parse()
+            .map_err(|_| "notify.email.from: not an e-mail address".to_string())?;
+        let reply_to = match &cfg.reply_to {
+            Some(r) => Some(
+                r.parse()
+                    .map_err(|_| "notify.email.reply_to: not an e-mail address".to_string())?,
+            ),
+            None => None,
+        };
+        Ok(Email {
+            transport: b.build(),
+            from,
+            reply_to,
+        })
+    }
+
+    fn message(&self, m: &Outgoing) -> Result<Message, SendError> {
+        let to: Mailbox = m.address.parse().map_err(|_| SendError::Permanent {
+            detail: "recipient is not an e-mail address".into(),
+        })?;
+        let r = m.rendered;
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(r.email_subject.clone())
+            .message_id(Some(format!("<{}@forewarn>", m.idempotency_key)));
+        if let Some(rt) = &self.reply_to {
+            b = b.reply_to(rt.clone());
+        }
+        b.multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(r.email_text.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(r.email_html.clone()),
+                ),
+        )
+        .map_err(|e| SendError::Permanent {
+            detail: format!("message could not be built: {e}"),
+        })
+    }
+}
+
+impl Provider for Email {
+    fn send<'a>(&'a self, m: &'a Outgoing<'a>) -> SendFuture<'a> {
+        Box::pin(async move {
+            let msg = self.message(m)?;
+            match self.transport.send(msg).await {
+                Ok(resp) => Ok(Accepted {
+                    provider_id: Some(format!("<{}@forewarn>", m.idempotency_key)),
+                    detail: format!("smtp {}", resp.code()),
+                }),
+                Err(e) if e.is_permanent() => Err(SendError::Permanent {
+                    detail: format!(
+                        "smtp rejected the message ({})",
+                        e.status().map(|c| c.to_string()).unwrap_or_default()
+                    ),
+                }),
+                Err(e) => Err(SendError::Retry {
+                    detail: if e.is_transient() {
+                        format!(
+                            "smtp temporary failure ({})",
+                            e.status().map(|c| c.to_string()).unwrap_or_default()
+                        )
+                    } else {
+                        "smtp server unreachable".into()
+                    },
+                    after: None,
+                }),
+            }
+        })
+    }
+}

@@ -1,0 +1,142 @@
+//! One module per channel, all behind [`Provider`]. A provider gets one fully rendered message
+//! with its idempotency key and answers: accepted (with the provider's id), retry later (with
+//! the provider's Retry-After when it gave one), or failed for good (bounce, invalid number…).
+
+pub mod email;
+pub mod mqtt;
+pub mod push;
+pub mod twilio;
+pub mod webhook;
+
+use super::templates::Rendered;
+use crate::fleet::Channel;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// One message to one address.
+pub struct Outgoing<'a> {
+    pub channel: Channel,
+    /// Contact address (never logged).
+    pub address: &'a str,
+    pub rendered: &'a Rendered,
+    /// Facts as JSON for machine channels (webhook, MQTT).
+    pub json: &'a serde_json::Value,
+    /// Sent to the provider so a retry after a crash does not message the customer twice.
+    pub idempotency_key: &'a str,
+    /// Where the provider reports delivery (Twilio StatusCallback).
+    pub status_callback: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// The provider's id (Twilio SID, SMTP Message-ID…), for status callbacks.
+    pub provider_id: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying on the same channel (timeout, 5xx, 429).
+    #[error("{detail}")]
+    Retry {
+        detail: String,
+        after: Option<Duration>,
+    },
+    /// This channel will not deliver this message (4xx, bounce): fall back.
+    #[error("{detail}")]
+    Permanent { detail: String },
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Accepted, SendError>> + Send + 'a>>;
+
+/// The one interface every channel implements.
+pub trait Provider: Send + Sync {
+    fn send<'a>(&'a self, m: &'a Outgoing<'a>) -> SendFuture<'a>;
+}
+
+/// Maps an HTTP answer to the outcome classes above.
+pub(crate) async fn classify(
+    r: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(reqwest::StatusCode, String), SendError> {
+    let resp = match r {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(SendError::Retry {
+                detail: format!(
+                    "provider unreachable: {}",
+                    if e.is_timeout() {
+                        "timeout".to_string()
+                    } else if e.is_connect() {
+                        "connection failed".to_string()
+                    } else {
+                        "request error".to_string()
+                    }
+                ),
+                after: None,
+            })
+        }
+    };
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after);
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok((status, body));
+    }
+    let short: String = body.chars().take(200).collect();
+    if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
+        Err(SendError::Retry {
+            detail: format!("provider answered {status}"),
+            after: retry_after,
+        })
+    } else {
+        Err(SendError::Permanent {
+            detail: format!("provider answered {status}: {short}"),
+        })
+    }
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date.
+pub fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let ms = (at.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
+    Some(Duration::from_millis(ms as u64))
+}
+
+/// HTTP client shared by the HTTP channels.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        use std::time::Duration;
+        assert_eq!(super::retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            super::retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(300)).to_rfc2822();
+        let d = super::retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(290) && d <= Duration::from_secs(300),
+            "{d:?}"
+        );
+        assert_eq!(super::retry_after("soon"), None);
+    }
+}

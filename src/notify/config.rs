@@ -1,0 +1,401 @@
+//! The `[notify]` section: delivery policy, routing rules and one optional table per provider.
+//! A channel whose provider table is absent is simply unavailable; routing records why.
+
+use crate::config::Dur;
+use crate::fleet::Channel;
+use crate::tickets::Priority;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A credential: deserialized like a string, never printed by `Debug` (configs get logged).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// On by default: with no provider configured every message is recorded as undeliverable
+    /// (with the reason) in the customer's timeline, nothing fails.
+    pub enabled: bool,
+    /// How often the worker looks at the outbox.
+    pub poll_interval: Dur,
+    /// HMAC key of self-service links (also FOREWARN__NOTIFY__LINK_SECRET); random per start if unset.
+    pub link_secret: Option<Secret>,
+    /// Self-service links expire after this.
+    pub link_ttl: Dur,
+    /// Folder of `<locale>.toml` template files overriding/adding to the embedded ones.
+    pub templates_dir: Option<PathBuf>,
+    /// Locale used when a customer's locale has no templates.
+    pub fallback_locale: String,
+    /// Messages per customer per local day unless the customer sets their own.
+    pub daily_budget: u32,
+    /// Urgent messages may exceed the budget by this many.
+    pub urgent_over_budget: u32,
+    /// Attempts per channel before falling back to the next one.
+    pub max_attempts: u32,
+    pub retry_min: Dur,
+    pub retry_max: Dur,
+    /// Timeout of one provider call.
+    pub send_timeout: Dur,
+    /// An urgent ticket still open this long after its alert gets a reminder...
+    pub ack_timeout: Dur,
+    /// ...at most this many times, each on a more immediate channel when there is one.
+    pub max_reminders: u32,
+    /// Send a short "resolved" message when a notified ticket is settled by a maintenance event.
+    pub notify_resolved: bool,
+    /// Shared secret for the e-mail inbound-parse webhook (`?key=`); unset: the route is off.
+    pub inbound_email_key: Option<Secret>,
+    pub routing: RoutingConfig,
+    pub email: Option<EmailConfig>,
+    pub sms: Option<TwilioConfig>,
+    pub voice: Option<TwilioConfig>,
+    pub push: Option<PushConfig>,
+    pub webhook: Option<WebhookConfig>,
+    pub mqtt: Option<MqttConfig>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            enabled: true,
+            poll_interval: Dur::secs(1),
+            link_secret: None,
+            link_ttl: Dur::hours(14 * 24),
+            templates_dir: None,
+            fallback_locale: "en".into(),
+            daily_budget: 6,
+            urgent_over_budget: 2,
+            max_attempts: 5,
+            retry_min: Dur::secs(2),
+            retry_max: Dur::secs(600),
+            send_timeout: Dur::secs(15),
+            ack_timeout: Dur::hours(2),
+            max_reminders: 2,
+            notify_resolved: true,
+            inbound_email_key: None,
+            routing: RoutingConfig::default(),
+            email: None,
+            sms: None,
+            voice: None,
+            push: None,
+            webhook: None,
+            mqtt: None,
+        }
+    }
+}
+
+/// Routing rules as data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// A ticket at or above this priority is urgent...
+    pub urgent_priority: Priority,
+    /// ...so is one whose failure is predicted sooner than this...
+    pub urgent_within: Dur,
+    /// ...or whose probability is at least this.
+    pub urgent_probability: f64,
+    /// Channels used for urgent messages (customer's preference order decides among them).
+    pub immediate: Vec<Channel>,
+    /// Channels used for advisory messages; never during quiet hours.
+    pub asynchronous: Vec<Channel>,
+    /// Most immediate first: reminders climb this ladder.
+    pub immediacy: Vec<Channel>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        use Channel::*;
+        RoutingConfig {
+            urgent_priority: Priority::Urgent,
+            urgent_within: Dur::hours(24),
+            urgent_probability: 1.0,
+            immediate: vec![Voice, Sms],
+            asynchronous: vec![Email, Push, Webhook, Mqtt],
+            immediacy: vec![Voice, Sms, Push, Mqtt, Webhook, Email],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on localhost.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// `Forewarn Service <service@example.com>`
+    pub from: String,
+    /// Where customer replies go (the inbound-parse address), if not `from`.
+    pub reply_to: Option<String>,
+    /// PEM CA certificate(s) to trust for the SMTP server's TLS (a private relay); default: the
+    /// web PKI roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            host: "localhost".into(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password: None,
+            from: "forewarn@localhost".into(),
+            reply_to: None,
+            ca_file: None,
+        }
+    }
+}
+
+/// Twilio-shaped provider (SMS: Messages API, voice: Calls API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwilioConfig {
+    pub api_base: String,
+    pub account_sid: String,
+    /// Basic-auth password, and key of X-Twilio-Signature on callbacks.
+    pub auth_token: Secret,
+    /// Sender number (E.164).
+    pub from: String,
+}
+
+impl Default for TwilioConfig {
+    fn default() -> Self {
+        TwilioConfig {
+            api_base: "https://api.twilio.com".into(),
+            account_sid: String::new(),
+            auth_token: Secret::default(),
+            from: String::new(),
+        }
+    }
+}
+
+/// ntfy-shaped publish API: `POST {url}/{topic}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    pub url: String,
+    pub token: Option<Secret>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            url: "https://ntfy.sh".into(),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// HMAC-SHA256 key of `X-Forewarn-Signature` on customer webhooks.
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub url: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "forewarn-notify".into(),
+            username: None,
+            password: None,
+        }
+    }
+}
+
+fn http_url(u: &str) -> bool {
+    u.starts_with("http://") || u.starts_with("https://")
+}
+
+impl NotifyConfig {
+    /// Checks the section; on error returns (key below `notify.`, message). No I/O.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if self.retry_min > self.retry_max {
+            return bad("retry_min", "must not exceed notify.retry_max");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1");
+        }
+        if self.poll_interval.0.is_zero() {
+            return bad("poll_interval", "must be above 0s");
+        }
+        if self.fallback_locale.trim().is_empty() {
+            return bad("fallback_locale", "must name a locale, e.g. \"en\"");
+        }
+        if self.link_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return bad("link_secret", "must be at least 16 characters");
+        }
+        let r = &self.routing;
+        if !(0.0..=1.0).contains(&r.urgent_probability) {
+            return bad("routing.urgent_probability", "must be within 0..1");
+        }
+        if r.immediate.is_empty() || r.asynchronous.is_empty() {
+            return bad(
+                "routing.immediate",
+                "routing.immediate and routing.asynchronous each need a channel",
+            );
+        }
+        if let Some(e) = &self.email {
+            if e.from.parse::<lettre::message::Mailbox>().is_err() {
+                return bad("email.from", "is not an e-mail address");
+            }
+            if let Some(rt) = &e.reply_to {
+                if rt.parse::<lettre::message::Mailbox>().is_err() {
+                    return bad("email.reply_to", "is not an e-mail address");
+                }
+            }
+            if e.host.is_empty() {
+                return bad("email.host", "must not be empty");
+            }
+        }
+        for (k, t) in [("sms", &self.sms), ("voice", &self.voice)] {
+            if let Some(t) = t {
+                if !http_url(&t.api_base) {
+                    return bad(&format!("{k}.api_base"), "must be an http(s) URL");
+                }
+                if t.account_sid.is_empty() || t.auth_token.is_empty() || t.from.is_empty() {
+                    return bad(
+                        &format!("{k}.account_sid"),
+                        "account_sid, auth_token and from are all required",
+                    );
+                }
+            }
+        }
+        if let Some(p) = &self.push {
+            if !http_url(&p.url) {
+                return bad("push.url", "must be an http(s) URL");
+            }
+        }
+        if let Some(w) = &self.webhook {
+            if w.secret.len() < 16 {
+                return bad("webhook.secret", "must be at least 16 characters");
+            }
+        }
+        if let Some(m) = &self.mqtt {
+            if !m.url.starts_with("mqtt://") {
+                return bad(
+                    "mqtt.url",
+                    "must start with mqtt:// (TLS is not supported here yet)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_tables_parse_and_secrets_never_print() {
+        let c: NotifyConfig = toml::from_str(
+            r#"
+            link_secret = "0123456789abcdef-secret"
+            [sms]
+            account_sid = "AC1"
+            auth_token = "tok-very-secret"
+            from = "+15550100"
+            [email]
+            host = "smtp.example.com"
+            tls = "tls"
+            port = 465
+            password = "pw-very-secret"
+            from = "Service <s@example.com>"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(&*c.sms.as_ref().unwrap().auth_token, "tok-very-secret");
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("very-secret") && !dbg.contains("0123456789abcdef"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |c: NotifyConfig| c.validate().unwrap_err().0;
+        let d = NotifyConfig::default;
+        assert_eq!(
+            key(NotifyConfig {
+                retry_min: Dur::secs(900),
+                ..d()
+            }),
+            "retry_min"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                email: Some(EmailConfig {
+                    from: "not an address".into(),
+                    ..EmailConfig::default()
+                }),
+                ..d()
+            }),
+            "email.from"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                webhook: Some(WebhookConfig {
+                    secret: "short".into(),
+                }),
+                ..d()
+            }),
+            "webhook.secret"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                sms: Some(TwilioConfig::default()),
+                ..d()
+            }),
+            "sms.account_sid"
+        );
+        assert!(toml::from_str::<NotifyConfig>("smss = 1").is_err());
+        assert!(toml::from_str::<NotifyConfig>("[email]\ntls = \"ssl\"").is_err());
+    }
+}

@@ -1,0 +1,619 @@
+//! The delivery worker: due outbox rows → route → render → provider, with retries (exponential
+//! backoff with jitter, Retry-After), fallback to the next channel, reminders for unacknowledged
+//! urgent tickets, and the daily budget. Every step is recorded in the customer's timeline.
+//!
+//! Crash safety: before calling a provider the row records the attempt ("sending") durably; the
+//! idempotency key depends only on (row, channel), so after a kill -9 between "sent" and
+//! "recorded" the same request is repeated with the same key and the provider drops the copy.
+//! On success the row's removal, the timeline entry, the budget count and any reminder row are
+//! one atomic commit.
+
+use super::channels::{Outgoing, SendError};
+use super::route::{self, Decision, RouteInput};
+use super::templates::MessageKind;
+use super::{Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
+use crate::fleet::{Channel, Customer};
+use crate::store::Store;
+use crate::tickets::{Status, Ticket};
+use chrono::TimeZone;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_ms: i64,
+    pub channel: Channel,
+    /// "sending", "accepted", "retry", "failed".
+    pub outcome: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// Stable identity; the idempotency key is derived from it and the channel.
+    pub id: String,
+    pub ticket_id: String,
+    pub customer_id: String,
+    pub kind: MessageKind,
+    pub urgent: bool,
+    pub urgency_reason: String,
+    /// The ticket as it was when the message was queued (the desk's copy is preferred).
+    pub ticket: Ticket,
+    pub created_ms: i64,
+    /// Not before this wall time (retry backoff, quiet hours, budget, reminder timer).
+    pub due_ms: i64,
+    /// 0 for the first message, n for the n-th reminder.
+    pub reminder: u32,
+    /// Reminders: the channel that was used before (climb above it).
+    pub escalate_from: Option<Channel>,
+    /// Channels to try in order, decided when first routed (empty until then).
+    pub plan: Vec<Channel>,
+    pub step: usize,
+    /// Attempts on `plan[step]`.
+    pub tries: u32,
+    pub attempts: Vec<Attempt>,
+}
+
+impl OutboxRow {
+    pub fn idempotency_key(&self, ch: Channel) -> String {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(format!("{}\x1f{}", self.id, ch.as_str()).as_bytes());
+        hex::encode(&d[..16])
+    }
+}
+
+/// What a provider id (Twilio SID) refers to, for status callbacks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentRecord {
+    pub row: OutboxRow,
+    pub channel: Channel,
+    /// A final status was already applied (callbacks repeat).
+    pub settled: bool,
+}
+
+pub(crate) fn budget_key(customer: &str, day: &str) -> String {
+    format!("notify/budget/{customer}/{day}")
+}
+
+impl Notifier {
+    /// One pass over the outbox: every due row is handled once. Public so tests and `demo` can
+    /// drive delivery step by step.
+    pub async fn run_once(&self, store: &Store, desk: &dyn TicketDesk) {
+        let rows = match store.outbox::<OutboxRow>(QUEUE) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "notify outbox unreadable");
+                return;
+            }
+        };
+        self.gauges(&rows);
+        let handled = rows.iter().any(|(_, r)| r.due_ms <= self.clock.now_ms());
+        for (key, row) in rows {
+            if row.due_ms > self.clock.now_ms() {
+                continue;
+            }
+            if let Err(e) = self.handle(store, desk, &key, row).await {
+                tracing::error!(error = %e, "notify outbox row could not be updated");
+            }
+        }
+        if handled {
+            if let Ok(rows) = store.outbox::<OutboxRow>(QUEUE) {
+                self.gauges(&rows);
+            }
+        }
+    }
+
+    fn gauges(&self, rows: &[(Vec<u8>, OutboxRow)]) {
+        let now = self.clock.now_ms();
+        self.metrics.depth.set(rows.len() as i64);
+        let oldest = rows.iter().map(|(_, r)| r.created_ms).min();
+        self.metrics.oldest_age.set(
+            oldest
+                .map(|o| (now - o).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0),
+        );
+    }
+
+    fn timeline(&self, store: &Store, customer: &str, e: TimelineEntry) {
+        let mut tx = store.tx();
+        tx.push_timeline(customer, self.clock.now_ms(), &e);
+        if let Err(err) = store.commit(tx) {
+            tracing::error!(error = %err, "notify timeline write failed");
+        }
+    }
+
+    async fn handle(
+        &self,
+        store: &Store,
+        desk: &dyn TicketDesk,
+        key: &[u8],
+        mut row: OutboxRow,
+    ) -> Result<(), crate::store::StoreError> {
+        let now = self.clock.now_ms();
+        let ticket = desk
+            .ticket(&row.ticket_id)
+            .unwrap_or_else(|| row.ticket.clone());
+        let answered: Option<Answer> = store
+            .get_kv(&format!("notify/answer/{}", row.ticket_id))
+            .ok()
+            .flatten();
+        // Not asked again what they already answered; nothing to say about a closed ticket.
+        let stale = match row.kind {
+            MessageKind::Reminder => {
+                (ticket.status != Status::Open || answered.is_some()).then(|| {
+                    format!(
+                        "reminder not needed: ticket {}{}",
+                        ticket.status.as_str(),
+                        answered
+                            .as_ref()
+                            .map(|a| format!(", customer answered {:?} by {}", a.answer, a.channel))
+                            .unwrap_or_default()
+                    )
+                })
+            }
+            MessageKind::Resolved => None,
+            // Opened already urgent (e.g. failure predicted soon) and then raised to urgent
+            // priority: the customer has had the urgent alert. (A fallback row of that alert
+            // has its plan already and goes on.)
+            MessageKind::Urgent
+                if row.plan.is_empty()
+                    && store
+                        .get_kv::<bool>(&format!("notify/urgent/{}", row.ticket_id))
+                        .ok()
+                        .flatten()
+                        .is_some() =>
+            {
+                Some("not sent: the customer already had an urgent alert for this ticket".into())
+            }
+            _ => (!ticket.is_live())
+                .then(|| format!("not sent: ticket already {}", ticket.status.as_str())),
+        };
+        if let Some(why) = stale {
+            let mut tx = store.tx();
+            tx.remove_raw(key);
+            tx.push_timeline(
+                &row.customer_id,
+                now,
+                &TimelineEntry::new(now, "dropped", &row.ticket_id, why),
+            );
+            return store.commit(tx);
+        }
+        let Some(customer) = desk.customer(&row.customer_id) else {
+            self.metrics
+                .messages
+                .with_label_values(&["none", "dropped"])
+                .inc();
+            let mut tx = store.tx();
+            tx.remove_raw(key);
+            tx.push_timeline(
+                &row.customer_id,
+                now,
+                &TimelineEntry::new(now, "dropped", &row.ticket_id, "customer unknown"),
+            );
+            return store.commit(tx);
+        };
+        let day = route::local_day(&customer, now);
+        let sent_today: u32 = store
+            .get_kv(&budget_key(&customer.id, &day))
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if row.plan.is_empty() {
+            let available = self.available();
+            let input = RouteInput {
+                cfg: &self.cfg.routing,
+                available: &available,
+                customer: &customer,
+                urgent: row.urgent,
+                urgency_reason: &row.urgency_reason,
+                escalate_from: row.escalate_from,
+                now_ms: now,
+                sent_today,
+                budget: customer.daily_budget.unwrap_or(self.cfg.daily_budget),
+                urgent_over_budget: self.cfg.urgent_over_budget,
+            };
+            match route::route(&input) {
+                Decision::Send { channels, reason } => {
+                    row.plan = channels;
+                    row.step = 0;
+                    row.tries = 0;
+                    let first = row.plan[0];
+                    self.timeline(
+                        store,
+                        &customer.id,
+                        TimelineEntry::new(
+                            now,
+                            "decision",
+                            &row.ticket_id,
+                            format!("{}: {reason}", first.as_str().to_uppercase()),
+                        )
+                        .channel(first),
+                    );
+                }
+                Decision::Hold { until_ms, reason } => {
+                    self.metrics
+                        .messages
+                        .with_label_values(&["none", "held"])
+                        .inc();
+                    row.due_ms = until_ms;
+                    let mut tx = store.tx();
+                    tx.put_outbox_row(key, &row);
+                    tx.push_timeline(
+                        &customer.id,
+                        now,
+                        &TimelineEntry::new(now, "decision", &row.ticket_id, reason)
+                            .outcome("held"),
+                    );
+                    return store.commit(tx);
+                }
+                Decision::Drop { reason } => {
+                    self.metrics
+                        .messages
+                        .with_label_values(&["none", "dropped"])
+                        .inc();
+                    let mut tx = store.tx();
+                    tx.remove_raw(key);
+                    tx.push_timeline(
+                        &customer.id,
+                        now,
+                        &TimelineEntry::new(now, "decision", &row.ticket_id, reason)
+                            .outcome("dropped"),
+                    );
+                    return store.commit(tx);
+                }
+            }
+        } else if !row.urgent {
+            // A retry of an advisory message never lands in quiet hours either.
+            if let Some((until, hhmm)) = route::quiet_until(&customer, now) {
+                row.due_ms = until;
+                let mut tx = store.tx();
+                tx.put_outbox_row(key, &row);
+                tx.push_timeline(
+                    &customer.id,
+                    now,
+                    &TimelineEntry::new(
+                        now,
+                        "decision",
+                        &row.ticket_id,
+                        format!("retry held: quiet hours until {hhmm}"),
+                    )
+                    .outcome("held"),
+                );
+                return store.commit(tx);
+            }
+        }
+        let ch = row.plan[row.step];
+        let Some(address) = customer.contacts.get(&ch).cloned() else {
+            return self
+                .fall_back(store, key, row, ch, "no contact on this channel".into())
+                .map(|_| ());
+        };
+        let Some(provider) = self.providers.get(&ch) else {
+            return self
+                .fall_back(store, key, row, ch, "no provider configured".into())
+                .map(|_| ());
+        };
+        let kind = row.kind;
+        let facts = self.facts(&ticket, &customer, desk, now);
+        let rendered = self
+            .templates
+            .render(&customer.locale, kind, &facts, answered.is_none());
+        let json = serde_json::json!({
+            "schema": "forewarn.notification/v1",
+            "kind": kind.as_str(),
+            "urgent": row.urgent,
+            "ticket_id": ticket.id,
+            "device_id": ticket.device_id,
+            "failure_mode": ticket.failure_mode,
+            "priority": ticket.priority,
+            "probability": ticket.probability,
+            "predicted_failure_at": ticket.predicted_failure_at,
+            "status": ticket.status,
+            "text": rendered.push,
+            "link": facts.get("link"),
+            "locale": rendered.locale,
+            "idempotency_key": row.idempotency_key(ch),
+        });
+        let idem = row.idempotency_key(ch);
+        let resent = row
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == "sending" && a.channel == ch);
+        // Durable before the provider call: a crash after this point resends with the same key.
+        row.attempts.push(Attempt {
+            at_ms: now,
+            channel: ch,
+            outcome: "sending".into(),
+            detail: if resent {
+                "repeated after an interrupted attempt (same idempotency key)".into()
+            } else {
+                String::new()
+            },
+        });
+        store.outbox_put(key, &row)?;
+        let callback = format!("{}/notify/v1/twilio/status", self.public_url);
+        let out = Outgoing {
+            channel: ch,
+            address: &address,
+            rendered: &rendered,
+            json: &json,
+            idempotency_key: &idem,
+            status_callback: matches!(ch, Channel::Sms | Channel::Voice)
+                .then_some(callback.as_str()),
+        };
+        let result = provider.send(&out).await;
+        let now = self.clock.now_ms();
+        match result {
+            Ok(acc) => {
+                self.metrics
+                    .messages
+                    .with_label_values(&[ch.as_str(), "sent"])
+                    .inc();
+                self.metrics
+                    .latency
+                    .with_label_values(&[ch.as_str()])
+                    .observe((now - row.created_ms).max(0) as f64 / 1000.0);
+                if let Some(a) = row.attempts.last_mut() {
+                    a.outcome = "accepted".into();
+                    a.detail = acc.detail.clone();
+                }
+                let mut tx = store.tx();
+                tx.remove_raw(key);
+                tx.put_kv(&budget_key(&customer.id, &day), &(sent_today + 1));
+                if kind == MessageKind::Urgent {
+                    tx.put_kv(&format!("notify/urgent/{}", row.ticket_id), &true);
+                }
+                tx.push_timeline(
+                    &customer.id,
+                    now,
+                    &TimelineEntry::new(
+                        now,
+                        "message",
+                        &row.ticket_id,
+                        format!(
+                            "{} {} message accepted ({}, locale {}{})",
+                            ch.as_str(),
+                            kind.as_str(),
+                            acc.detail,
+                            rendered.locale,
+                            if resent {
+                                ", resent with the same idempotency key"
+                            } else {
+                                ""
+                            }
+                        ),
+                    )
+                    .channel(ch)
+                    .outcome("sent"),
+                );
+                if let Some(pid) = &acc.provider_id {
+                    if matches!(ch, Channel::Sms | Channel::Voice) {
+                        tx.put_kv(
+                            &format!("notify/sid/{pid}"),
+                            &SentRecord {
+                                row: row.clone(),
+                                channel: ch,
+                                settled: false,
+                            },
+                        );
+                    }
+                }
+                let wants_ack = matches!(kind, MessageKind::Urgent | MessageKind::Reminder);
+                if wants_ack && answered.is_none() && row.reminder < self.cfg.max_reminders {
+                    let due = now + self.cfg.ack_timeout.as_millis_i64();
+                    let n = row.reminder + 1;
+                    let rem = OutboxRow {
+                        // Unique per chain, so each reminder has its own idempotency key.
+                        id: format!("{}/r{n}", row.id),
+                        kind: MessageKind::Reminder,
+                        urgent: true,
+                        urgency_reason: format!(
+                            "urgent: not acknowledged {} after the {} message",
+                            self.cfg.ack_timeout,
+                            if row.reminder == 0 {
+                                "first"
+                            } else {
+                                "previous"
+                            }
+                        ),
+                        created_ms: due,
+                        due_ms: due,
+                        reminder: n,
+                        escalate_from: Some(ch),
+                        plan: Vec::new(),
+                        step: 0,
+                        tries: 0,
+                        attempts: Vec::new(),
+                        ..row.clone()
+                    };
+                    tx.push_outbox(QUEUE, &rem);
+                }
+                store.commit(tx)?;
+                if row.kind == MessageKind::Reminder {
+                    self.metrics.escalations.inc();
+                }
+                tracing::info!(channel = ch.as_str(), kind = kind.as_str(), ticket = %row.ticket_id, "customer notified");
+                Ok(())
+            }
+            Err(SendError::Retry { detail, after }) => {
+                self.metrics
+                    .messages
+                    .with_label_values(&[ch.as_str(), "retry"])
+                    .inc();
+                row.tries += 1;
+                if let Some(a) = row.attempts.last_mut() {
+                    a.outcome = "retry".into();
+                    a.detail = detail.clone();
+                }
+                if row.tries >= self.cfg.max_attempts {
+                    return self
+                        .fall_back(
+                            store,
+                            key,
+                            row,
+                            ch,
+                            format!("{detail} (after {} attempts)", self.cfg.max_attempts),
+                        )
+                        .map(|_| ());
+                }
+                let backoff = self.backoff(row.tries);
+                let wait = after
+                    .map(|a| a.as_millis() as i64)
+                    .unwrap_or(0)
+                    .max(backoff);
+                row.due_ms = now + wait;
+                tracing::warn!(channel = ch.as_str(), ticket = %row.ticket_id, tries = row.tries, wait_ms = wait, error = %detail, "notification will be retried");
+                let mut tx = store.tx();
+                tx.put_outbox_row(key, &row);
+                tx.push_timeline(
+                    &customer.id,
+                    now,
+                    &TimelineEntry::new(
+                        now,
+                        "attempt",
+                        &row.ticket_id,
+                        format!(
+                            "{} attempt {} failed: {detail}; retry in {}s",
+                            ch.as_str(),
+                            row.tries,
+                            (wait + 999) / 1000
+                        ),
+                    )
+                    .channel(ch)
+                    .outcome("retry"),
+                );
+                store.commit(tx)
+            }
+            Err(SendError::Permanent { detail }) => {
+                if let Some(a) = row.attempts.last_mut() {
+                    a.outcome = "failed".into();
+                    a.detail = detail.clone();
+                }
+                self.fall_back(store, key, row, ch, detail).map(|_| ())
+            }
+        }
+    }
+
+    /// Exponential backoff with jitter: between half and all of min·2^(n-1), capped.
+    fn backoff(&self, tries: u32) -> i64 {
+        let min = self.cfg.retry_min.as_millis_i64().max(1);
+        let max = self.cfg.retry_max.as_millis_i64().max(min);
+        let exp = min
+            .saturating_mul(1i64 << tries.saturating_sub(1).min(30))
+            .min(max);
+        let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
+        ((exp as f64) * jitter) as i64
+    }
+
+    /// The channel failed for good: next channel in the plan, or give up with the reason.
+    pub(crate) fn fall_back(
+        &self,
+        store: &Store,
+        key: &[u8],
+        mut row: OutboxRow,
+        failed: Channel,
+        detail: String,
+    ) -> Result<bool, crate::store::StoreError> {
+        let now = self.clock.now_ms();
+        self.metrics
+            .messages
+            .with_label_values(&[failed.as_str(), "failed"])
+            .inc();
+        let mut tx = store.tx();
+        if row.step + 1 < row.plan.len() {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[failed.as_str()])
+                .inc();
+            row.step += 1;
+            row.tries = 0;
+            row.due_ms = now;
+            let next = row.plan[row.step];
+            tx.put_outbox_row(key, &row);
+            tx.push_timeline(
+                &row.customer_id,
+                now,
+                &TimelineEntry::new(
+                    now,
+                    "fallback",
+                    &row.ticket_id,
+                    format!(
+                        "{} failed ({detail}); trying {} next",
+                        failed.as_str(),
+                        next.as_str()
+                    ),
+                )
+                .channel(next),
+            );
+            store.commit(tx)?;
+            Ok(true)
+        } else {
+            tracing::warn!(ticket = %row.ticket_id, "notification undeliverable on every channel");
+            tx.remove_raw(key);
+            tx.push_timeline(
+                &row.customer_id,
+                now,
+                &TimelineEntry::new(
+                    now,
+                    "dropped",
+                    &row.ticket_id,
+                    format!(
+                        "{} failed ({detail}); no channel left: message undeliverable",
+                        failed.as_str()
+                    ),
+                )
+                .channel(failed)
+                .outcome("failed"),
+            );
+            store.commit(tx)?;
+            Ok(false)
+        }
+    }
+
+    /// The facts every template gets.
+    pub(crate) fn facts(
+        &self,
+        t: &Ticket,
+        c: &Customer,
+        desk: &dyn TicketDesk,
+        now: i64,
+    ) -> BTreeMap<&'static str, String> {
+        let mut f = BTreeMap::new();
+        f.insert(
+            "name",
+            if c.name.is_empty() {
+                c.id.clone()
+            } else {
+                c.name.clone()
+            },
+        );
+        let device = desk
+            .device(&t.device_id)
+            .and_then(|d| d.attributes.get("name").cloned())
+            .unwrap_or_else(|| t.device_id.clone());
+        f.insert("device", device);
+        f.insert("failure_mode", t.failure_mode.replace(['_', '-'], " "));
+        f.insert("probability", format!("{:.0}", t.probability * 100.0));
+        let when = t
+            .predicted_failure_at
+            .as_deref()
+            .and_then(crate::ingest::decode::parse_ts_str)
+            .and_then(|ms| route::tz_of(c).timestamp_millis_opt(ms).single())
+            .map(|lt| format!("{} ({})", lt.format("%Y-%m-%d %H:%M"), c.time_zone))
+            .unwrap_or_default();
+        f.insert("when", when);
+        f.insert("ticket", t.id.clone());
+        f.insert("link", self.link(&t.id, &c.id, now));
+        f.insert("priority", t.priority.as_str().to_string());
+        f.insert("status", t.status.as_str().to_string());
+        f.insert(
+            "reply_to",
+            self.cfg
+                .email
+                .as_ref()
+                .map(|e| e.reply_to.clone().unwrap_or_else(|| e.from.clone()))
+                .unwrap_or_default(),
+        );
+        f
+    }
+}

@@ -1,0 +1,111 @@
+//! Notifications inside the daemon: a degrading device opens a ticket, the customer gets an SMS
+//! (fake Twilio over HTTP), answers it through the signed webhook on the daemon's API server, and
+//! the ticket and the customer's timeline show it.
+
+mod common;
+mod notify_support;
+
+use common::*;
+use forewarn::notify::config::TwilioConfig;
+use notify_support::providers::{Fakes, SID, TOKEN as TWILIO_TOKEN};
+
+const FLEET: &str = r#"
+[[customers]]
+id = "acme"
+name = "Acme Pumps"
+contacts = { sms = "+66810000001", email = "ops@acme.example" }
+preferences = ["sms", "email"]
+
+[[devices]]
+id = "pump-1"
+customer_id = "acme"
+"#;
+
+const PUBLIC: &str = "https://forewarn.example";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_opened_by_telemetry_reaches_the_customer_and_their_sms_reply_acknowledges_it() {
+    let b = broker();
+    let fakes = Fakes::start().await;
+    let dirs = Dirs::new();
+    let fleet = dirs.path().join("fleet.toml");
+    std::fs::write(&fleet, FLEET).unwrap();
+    let mut cfg = config(&b.url(), &dirs, "fw-notify");
+    cfg.fleet.file = Some(fleet);
+    cfg.api.public_url = PUBLIC.into();
+    cfg.notify.poll_interval = "50ms".parse().unwrap();
+    cfg.notify.link_secret = Some("daemon-test-link-secret".into());
+    cfg.notify.sms = Some(TwilioConfig {
+        api_base: fakes.base.clone(),
+        account_sid: SID.into(),
+        auth_token: TWILIO_TOKEN.into(),
+        from: "+15550100".into(),
+    });
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let dev = mqtt(&b, "pump-1").await;
+    for (i, (hr, t)) in degrading(48).iter().enumerate() {
+        dev.publish("devices/pump-1/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    eventually("the customer got an SMS", || async {
+        !fakes.delivered("sms").is_empty()
+    })
+    .await;
+    // The ticket opened already urgent (failure predicted within a day) and its priority rose
+    // to urgent later: the second urgent alert is not sent.
+    eventually("both urgent rows handled", || async {
+        h.app.store.outbox_len(forewarn::notify::QUEUE) <= 1
+    })
+    .await;
+    let open = api.tickets("?device_id=pump-1").await;
+    assert_eq!(open.len(), 1);
+    let id = open[0]["id"].as_str().unwrap().to_string();
+    let sms = fakes.delivered("sms");
+    assert_eq!(sms.len(), 1, "one ticket, one message");
+    assert_eq!(sms[0].to, "+66810000001");
+    assert!(sms[0].body.contains(&id), "{}", sms[0].body);
+    assert!(sms[0].body.contains(&format!("{PUBLIC}/notify/v1/s/")));
+
+    // Twilio posts the reply, signed for the public URL it was configured with.
+    let params = vec![
+        ("From".to_string(), "+66810000001".to_string()),
+        ("Body".to_string(), "yes".to_string()),
+    ];
+    let sig = forewarn::notify::inbound::twilio_signature(
+        TWILIO_TOKEN,
+        &format!("{PUBLIC}/notify/v1/twilio/sms"),
+        &params,
+    );
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/notify/v1/twilio/sms", h.api_addr))
+        .header("X-Twilio-Signature", sig)
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = api.get_json(&format!("/api/v1/tickets/{id}")).await;
+    assert_eq!(t["status"], "acknowledged");
+    let tl = api.get_json("/api/v1/customers/acme/timeline").await;
+    let kinds: Vec<&str> = tl["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in ["ticket", "queued", "decision", "message", "reply"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    assert!(tl["entries"].as_array().unwrap().iter().any(
+        |e| e["detail"] == "not sent: the customer already had an urgent alert for this ticket"
+    ));
+    assert!(
+        api.metric("forewarn_notify_messages_total{channel=\"sms\",outcome=\"sent\"}")
+            .await
+            >= 1.0,
+        "notify metrics are served at /metrics"
+    );
+    stop(h, tok).await;
+}

@@ -1,0 +1,349 @@
+//! Replies on any channel land on the same ticket: SMS (signed Twilio webhook), e-mail
+//! (inbound parse), the signed self-service page; status callbacks drive fallback; the customer
+//! timeline shows it all in order.
+
+mod notify_support;
+
+use forewarn::fleet::Channel;
+use forewarn::notify::TicketDesk;
+use forewarn::tickets::{Priority, Status};
+use notify_support::Harness;
+use std::time::Duration;
+
+fn link_in(text: &str) -> String {
+    let i = text.find("http://").expect("a link in the message");
+    text[i..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches(['.', ','])
+        .to_string()
+}
+
+#[tokio::test]
+async fn sms_reply_acknowledges_a_ticket_first_notified_by_email_and_shows_in_the_timeline() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1, "first notified by e-mail");
+    assert!(h.fakes.delivered("sms").is_empty());
+    h.advance(Duration::from_secs(600));
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/sms",
+            &[
+                ("MessageSid", "SMreply1"),
+                ("AccountSid", "AC0000test"),
+                ("From", c.contacts[&Channel::Sms].as_str()),
+                ("To", "+15550100"),
+                ("Body", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("<Response>"));
+    let now = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(now.status, Status::Acknowledged);
+    let last = now.history.last().unwrap();
+    assert_eq!(last.actor, "customer:sms");
+    assert_eq!(last.note, "acknowledged by sms: 1");
+
+    let tl: serde_json::Value = h
+        .http
+        .get(format!("{}/api/v1/customers/acme/timeline", h.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = tl["entries"].as_array().unwrap();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["ticket", "queued", "decision", "message", "reply"]);
+    assert_eq!(entries[3]["channel"], "email");
+    assert_eq!(entries[4]["outcome"], "acknowledged");
+    assert!(entries.iter().all(|e| e["ticket_id"] == t.id.as_str()));
+    let times: Vec<&str> = entries.iter().map(|e| e["at"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "time order: {times:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_sms_webhook_is_refused() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    let r = h
+        .http
+        .post(format!("{}/notify/v1/twilio/sms", h.url))
+        .header("X-Twilio-Signature", "bm90IGEgc2lnbmF0dXJl")
+        .form(&[("From", c.contacts[&Channel::Sms].as_str()), ("Body", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_signature");
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+}
+
+#[tokio::test]
+async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_asked_again() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let post = |from: &'static str, key: &'static str| {
+        let subject = format!("Re: [{}] Service advisory: pump-1", t.id);
+        let url = format!("{}/notify/v1/email/inbound?key={key}", h.url);
+        let http = h.http.clone();
+        async move {
+            http.post(url)
+                .form(&[
+                    ("sender", from),
+                    ("subject", subject.as_str()),
+                    ("stripped-text", "2 - next week would be better\n\n> quoted"),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(post("acme@customer.test", "wrong").await.status(), 403);
+    let r = post("someone@else.test", "inbound-key-for-tests").await;
+    assert_eq!(r.status(), 403, "only the ticket's customer may answer");
+    let r = post("acme@customer.test", "inbound-key-for-tests").await;
+    assert_eq!(r.status(), 200);
+    let now = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(now.status, Status::Acknowledged);
+    assert_eq!(
+        now.history.last().unwrap().note,
+        "reschedule requested by email: 2 - next week would be better"
+    );
+    // The same answer again (a resent e-mail) changes nothing.
+    let r = post("acme@customer.test", "inbound-key-for-tests").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        h.desk.ticket(&t.id).unwrap().history.len(),
+        now.history.len()
+    );
+    let replies = h
+        .timeline("acme")
+        .into_iter()
+        .filter(|e| e.kind == "reply")
+        .count();
+    assert_eq!(replies, 1);
+}
+
+#[tokio::test]
+async fn self_service_link_confirms_a_visit_and_stops_reminders() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Sms, Channel::Voice]);
+    let t = h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let sms = h.fakes.delivered("sms");
+    let link = link_in(&sms[0].body);
+    assert!(
+        link.starts_with(&format!("{}/notify/v1/s/", h.url)),
+        "{link}"
+    );
+    let page = h.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("pump-1") && html.contains("Confirm a visit"));
+    let tampered = format!("{}0", link);
+    assert_eq!(h.http.get(&tampered).send().await.unwrap().status(), 404);
+    let r = h
+        .http
+        .post(&link)
+        .form(&[("action", "confirm"), ("when", "Tuesday morning")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("visit confirmed"));
+    let now = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(now.status, Status::Scheduled);
+    assert_eq!(now.history.last().unwrap().actor, "customer:link");
+    h.advance(Duration::from_secs(3 * 3600));
+    h.run().await;
+    assert!(
+        h.fakes.delivered("voice").is_empty(),
+        "no reminder after an answer"
+    );
+    assert_eq!(h.outbox_len(), 0);
+    // The link expires.
+    h.advance(Duration::from_secs(15 * 86400));
+    assert_eq!(h.http.get(&link).send().await.unwrap().status(), 410);
+}
+
+#[tokio::test]
+async fn undelivered_status_callback_falls_back_to_the_next_channel() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Sms, Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let sms = h.fakes.delivered("sms");
+    assert_eq!(sms.len(), 1);
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/status",
+            &[
+                ("MessageSid", sms[0].sid.as_str()),
+                ("MessageStatus", "sent"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(h.outbox_len(), 0, "an intermediate status changes nothing");
+    for _ in 0..2 {
+        // Callbacks repeat; the second one is ignored.
+        let r = h
+            .twilio_post(
+                "/notify/v1/twilio/status",
+                &[
+                    ("MessageSid", sms[0].sid.as_str()),
+                    ("MessageStatus", "undelivered"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status(), 204);
+    }
+    assert_eq!(h.outbox_len(), 1);
+    h.run().await;
+    let mails = h.smtp.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].data.contains(&t.id));
+    let tl = h.timeline("acme");
+    assert!(tl
+        .iter()
+        .any(|e| e.kind == "delivery" && e.outcome.as_deref() == Some("undelivered")));
+    assert!(tl
+        .iter()
+        .any(|e| e.kind == "fallback" && e.detail == "sms undelivered; trying email next"));
+    assert_eq!(
+        h.metric(
+            "forewarn_notify_messages_total",
+            &[("channel", "sms"), ("outcome", "undelivered")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn timeline_of_an_unknown_customer_is_404() {
+    let h = Harness::start(|_| {}).await;
+    let r = h
+        .http
+        .get(format!("{}/api/v1/customers/nobody/timeline", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let r = h
+        .http
+        .get(format!("{}/api/v1/customers/a%20b/timeline", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn the_self_service_page_speaks_the_customers_language() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("darya", "fa", &[Channel::Sms]);
+    h.open(&c, "pump-fa", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let sms = h.fakes.delivered("sms");
+    assert!(sms[0].body.contains("هشدار فوری سرویس"), "{}", sms[0].body);
+    let html = h
+        .http
+        .get(link_in(&sms[0].body))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("lang=\"fa\" dir=\"rtl\""), "{html}");
+    assert!(
+        html.contains("تأیید بازدید") && html.contains("pump-fa"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn after_an_answer_an_urgent_update_informs_without_asking_again() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    let mut t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    assert!(h.fakes.delivered("sms")[0].body.contains("Reply 1"));
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/sms",
+            &[("From", c.contacts[&Channel::Sms].as_str()), ("Body", "3")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    t = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(t.status, Status::Acknowledged);
+    assert_eq!(t.history.last().unwrap().note, "not now by sms: 3");
+    t.priority = Priority::Urgent;
+    h.change(
+        &c,
+        forewarn::engine::ChangeKind::Updated,
+        Some(Priority::High),
+        &t,
+    );
+    h.run().await;
+    let sms = h.fakes.delivered("sms");
+    assert_eq!(sms.len(), 2);
+    assert!(
+        sms[1].body.contains("Urgent service alert"),
+        "{}",
+        sms[1].body
+    );
+    assert!(
+        !sms[1].body.contains("Reply 1"),
+        "not asked again: {}",
+        sms[1].body
+    );
+    assert_eq!(h.outbox_len(), 0, "no reminder for an answered ticket");
+}
+
+#[tokio::test]
+async fn an_unanswered_call_falls_back_to_sms_through_the_call_status_callback() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Voice, Channel::Sms]);
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let calls = h.fakes.delivered("voice");
+    assert_eq!(calls.len(), 1);
+    assert!(h.fakes.delivered("sms").is_empty());
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/status",
+            &[
+                ("CallSid", calls[0].sid.as_str()),
+                ("CallStatus", "no-answer"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 1);
+    assert_eq!(
+        h.metric("forewarn_notify_fallbacks_total", &[("channel", "voice")]),
+        1.0
+    );
+}

@@ -1,0 +1,285 @@
+//! Fake cloud providers as a real HTTP server on loopback, speaking the documented shapes:
+//! Twilio Messages and Calls APIs (form POST, basic auth, `I-Twilio-Idempotency-Token`
+//! de-duplication, StatusCallback), ntfy publish, and a customer webhook that checks the
+//! HMAC signature. Each service can be told to fail, rate-limit, hang or go down.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Ok,
+    /// 503 to everything: the provider is down.
+    Down,
+    /// 429 with Retry-After (seconds).
+    RateLimit(u64),
+    /// 400: e.g. an invalid number.
+    Reject,
+    /// Accept and record the message, then answer only after this long (the client times out).
+    Hang(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub service: &'static str,
+    pub to: String,
+    pub body: String,
+    pub title: String,
+    pub idempotency: String,
+    pub status_callback: String,
+    pub sid: String,
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub modes: HashMap<&'static str, Mode>,
+    pub delivered: Vec<Delivered>,
+    /// Every request, including refused and de-duplicated ones, per service.
+    pub requests: HashMap<&'static str, usize>,
+    pub sids: HashMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct Fakes {
+    pub base: String,
+    pub inner: Arc<Mutex<Inner>>,
+}
+
+pub const SID: &str = "AC0000test";
+pub const TOKEN: &str = "twilio-auth-token-for-tests";
+pub const HOOK_SECRET: &str = "customer-webhook-secret-0123";
+
+impl Fakes {
+    pub async fn start() -> Fakes {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/2010-04-01/Accounts/{sid}/Messages.json", post(messages))
+            .route("/2010-04-01/Accounts/{sid}/Calls.json", post(calls))
+            .route("/hook", post(hook))
+            .route("/{topic}", post(push))
+            .with_state(inner.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(l, app).await.unwrap();
+        });
+        Fakes { base, inner }
+    }
+    pub fn set(&self, service: &'static str, m: Mode) {
+        self.inner.lock().unwrap().modes.insert(service, m);
+    }
+    pub fn delivered(&self, service: &str) -> Vec<Delivered> {
+        self.inner
+            .lock()
+            .unwrap()
+            .delivered
+            .iter()
+            .filter(|d| d.service == service)
+            .cloned()
+            .collect()
+    }
+    pub fn requests(&self, service: &str) -> usize {
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .requests
+            .get(service)
+            .unwrap_or(&0)
+    }
+}
+
+type St = State<Arc<Mutex<Inner>>>;
+
+fn authorized(h: &HeaderMap, sid: &str) -> bool {
+    use base64::Engine;
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}"))
+    );
+    sid == SID && h.get("authorization").and_then(|v| v.to_str().ok()) == Some(want.as_str())
+}
+
+async fn gate(st: &Arc<Mutex<Inner>>, service: &'static str) -> Result<Option<u64>, Response> {
+    let mode = {
+        let mut g = st.lock().unwrap();
+        *g.requests.entry(service).or_default() += 1;
+        *g.modes.get(service).unwrap_or(&Mode::Ok)
+    };
+    match mode {
+        Mode::Ok => Ok(None),
+        Mode::Hang(ms) => Ok(Some(ms)),
+        Mode::Down => Err((StatusCode::SERVICE_UNAVAILABLE, "down").into_response()),
+        Mode::Reject => Err((
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"code": 21211, "message": "Invalid 'To' Phone Number"})),
+        )
+            .into_response()),
+        Mode::RateLimit(s) => Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            [("Retry-After", s.to_string())],
+            Json(serde_json::json!({"code": 20429, "message": "Too Many Requests"})),
+        )
+            .into_response()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    st: &Arc<Mutex<Inner>>,
+    service: &'static str,
+    h: &HeaderMap,
+    to: String,
+    body: String,
+    title: String,
+    cb: String,
+    prefix: &str,
+) -> String {
+    let idem = h
+        .get("i-twilio-idempotency-token")
+        .or_else(|| h.get("x-idempotency-key"))
+        .or_else(|| h.get("idempotency-key"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut g = st.lock().unwrap();
+    if !idem.is_empty() {
+        if let Some(sid) = g.sids.get(&idem) {
+            return sid.clone(); // the same request again: not sent twice
+        }
+    }
+    let sid = format!("{prefix}{:032}", g.delivered.len() + 1);
+    if !idem.is_empty() {
+        g.sids.insert(idem.clone(), sid.clone());
+    }
+    g.delivered.push(Delivered {
+        service,
+        to,
+        body,
+        title,
+        idempotency: idem,
+        status_callback: cb,
+        sid: sid.clone(),
+    });
+    sid
+}
+
+async fn messages(
+    State(st): St,
+    Path(sid): Path<String>,
+    h: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&h, &sid) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let hang = match gate(&st, "sms").await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let g = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let msid = record(
+        &st,
+        "sms",
+        &h,
+        g("To"),
+        g("Body"),
+        String::new(),
+        g("StatusCallback"),
+        "SM",
+    );
+    if let Some(ms) = hang {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({"sid": msid, "status": "queued", "to": g("To")})),
+    )
+        .into_response()
+}
+
+async fn calls(
+    State(st): St,
+    Path(sid): Path<String>,
+    h: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&h, &sid) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Err(r) = gate(&st, "voice").await {
+        return r;
+    }
+    let g = |k: &str| f.get(k).cloned().unwrap_or_default();
+    if !g("Twiml").starts_with("<Response>") {
+        return (StatusCode::BAD_REQUEST, "Twiml required").into_response();
+    }
+    let csid = record(
+        &st,
+        "voice",
+        &h,
+        g("To"),
+        g("Twiml"),
+        String::new(),
+        g("StatusCallback"),
+        "CA",
+    );
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({"sid": csid, "status": "queued"})),
+    )
+        .into_response()
+}
+
+async fn push(State(st): St, Path(topic): Path<String>, h: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = gate(&st, "push").await {
+        return r;
+    }
+    let title = h
+        .get("title")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let id = record(
+        &st,
+        "push",
+        &h,
+        topic.clone(),
+        String::from_utf8_lossy(&body).into_owned(),
+        title,
+        String::new(),
+        "ntfy",
+    );
+    Json(serde_json::json!({"id": id, "event": "message", "topic": topic})).into_response()
+}
+
+async fn hook(State(st): St, h: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = gate(&st, "webhook").await {
+        return r;
+    }
+    let sig = h
+        .get("x-forewarn-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if sig != forewarn::notify::channels::webhook::sign(HOOK_SECRET.as_bytes(), &body) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    record(
+        &st,
+        "webhook",
+        &h,
+        "hook".into(),
+        String::from_utf8_lossy(&body).into_owned(),
+        String::new(),
+        String::new(),
+        "wh",
+    );
+    StatusCode::NO_CONTENT.into_response()
+}
