@@ -24,6 +24,7 @@ async fn daemon_opens_exactly_the_tickets_the_backtest_opens_for_the_same_histor
         topic_prefix: "devices".into(),
         client_id: "fw-parity".into(),
         root: tmp.path().join("daemon"),
+        replay_chunk: None,
     };
     let cfg = daemon_config(&setup, &model, &hist);
     assert_eq!(

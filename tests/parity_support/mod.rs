@@ -107,6 +107,10 @@ pub struct DaemonSetup {
     pub topic_prefix: String,
     pub client_id: String,
     pub root: PathBuf,
+    /// Publish at most this many messages before waiting for the daemon to receive them: a real
+    /// broker drops QoS 1 messages beyond its per-client queue (Mosquitto: 1000) for a
+    /// subscriber that falls behind. `None` publishes everything at once.
+    pub replay_chunk: Option<usize>,
 }
 
 /// The daemon's configuration for a parity run: the defaults (so the engine configuration is the
@@ -160,19 +164,26 @@ pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> 
     assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
     let mut opts = forewarn::replay::PublishOptions::new(s.broker_url.clone());
     opts.client_id = format!("{}-replay", s.client_id);
-    let published = forewarn::replay::publish(replay.messages(&s.topic_prefix), &opts, |_, _| {})
-        .await
-        .expect("replay publishes");
-    assert_eq!(published.acked, published.published);
-    assert_eq!(published.published, replay.len() as u64);
-
-    let total = published.published;
-    wait_until(
-        "the daemon has processed every replayed message",
-        Duration::from_secs(60),
-        || handle.app.metrics.messages.get() >= total,
-    )
-    .await;
+    let messages: Vec<forewarn::replay::Message> = replay.messages(&s.topic_prefix).collect();
+    assert_eq!(messages.len(), replay.len());
+    let (mut published, mut acked) = (0u64, 0u64);
+    for chunk in messages.chunks(s.replay_chunk.unwrap_or(usize::MAX).max(1)) {
+        let sum = forewarn::replay::publish(chunk.iter().cloned(), &opts, |_, _| {})
+            .await
+            .expect("replay publishes");
+        published += sum.published;
+        acked += sum.acked;
+        let app = &handle.app;
+        wait_until(
+            "the daemon has received every replayed message",
+            Duration::from_secs(60),
+            || app.metrics.messages.get() >= published,
+        )
+        .await;
+    }
+    assert_eq!(acked, published, "every publish acknowledged by the broker");
+    assert_eq!(published, messages.len() as u64);
+    let total = published;
     // The processor counts a group before committing it, under the core lock; any call that
     // takes that lock returns only once the group's commit is done.
     let _ = handle.app.devices();
