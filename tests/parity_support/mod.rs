@@ -139,20 +139,65 @@ pub fn daemon_config(s: &DaemonSetup, model: &Artifact, hist: &SimHistory) -> Co
     cfg
 }
 
+/// A device outside the history whose `error` events mark progress: the daemon only records
+/// errors for it (no tickets), and its stored state shows the newest marker the daemon committed.
+const PROBE: &str = "zz-parity-probe";
+/// Event time of the first marker (2000-01-01T00:00:00Z); markers count up from it.
+const MARKER_T0: i64 = 946_684_800_000;
+
+fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
+    use forewarn::ingest::decode::{DeviceEvent, EventKind};
+    forewarn::replay::Message {
+        topic: format!("{prefix}/{PROBE}/events"),
+        payload: forewarn::sim::event_payload(&DeviceEvent {
+            device_id: PROBE.into(),
+            ts,
+            kind: EventKind::Error,
+            code: "probe".into(),
+        }),
+        is_reading: false,
+    }
+}
+
+/// Event time of the newest probe marker the daemon has committed.
+fn committed_probe(app: &forewarn::serve::App) -> Option<i64> {
+    let bytes = app.store.load_state(PROBE).ok()??;
+    let state = forewarn::features::DeviceState::decode(&bytes)?;
+    Some(state.last_error_ts)
+}
+
 /// Starts the real daemon, replays the history through the broker (QoS 1, every PUBACK awaited),
-/// waits until the daemon has processed every message and returns its tickets from the store.
+/// waits until the daemon has committed every message and returns its tickets from the store.
 pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> Vec<Ticket> {
     forewarn::serve::install_crypto();
     let shutdown = CancellationToken::new();
     let handle = forewarn::serve::run(cfg, shutdown.clone())
         .await
         .expect("daemon starts");
-    wait_until(
-        "daemon connected to the broker",
-        Duration::from_secs(20),
-        || handle.app.broker_connected(),
-    )
-    .await;
+    let app = handle.app.clone();
+    let mut opts = forewarn::replay::PublishOptions::new(s.broker_url.clone());
+    opts.client_id = format!("{}-replay", s.client_id);
+
+    // Connected is not subscribed: a broker drops what is published before the subscription
+    // exists. Publish markers until the daemon has committed one.
+    let subscribed_deadline = Instant::now() + Duration::from_secs(20);
+    let mut marker = MARKER_T0;
+    while committed_probe(&app).is_none() {
+        assert!(
+            Instant::now() < subscribed_deadline,
+            "the daemon never received a message through {}",
+            s.broker_url
+        );
+        marker += 1_000;
+        forewarn::replay::publish(
+            std::iter::once(probe_message(&s.topic_prefix, marker)),
+            &opts,
+            |_, _| {},
+        )
+        .await
+        .expect("probe publishes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let mut replay = forewarn::replay::History::default();
     replay
@@ -162,10 +207,9 @@ pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> 
         .read_events_file(&hist.events())
         .expect("replay events");
     assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
-    let mut opts = forewarn::replay::PublishOptions::new(s.broker_url.clone());
-    opts.client_id = format!("{}-replay", s.client_id);
     let messages: Vec<forewarn::replay::Message> = replay.messages(&s.topic_prefix).collect();
     assert_eq!(messages.len(), replay.len());
+    let base = app.metrics.messages.get();
     let (mut published, mut acked) = (0u64, 0u64);
     for chunk in messages.chunks(s.replay_chunk.unwrap_or(usize::MAX).max(1)) {
         let sum = forewarn::replay::publish(chunk.iter().cloned(), &opts, |_, _| {})
@@ -173,26 +217,43 @@ pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> 
             .expect("replay publishes");
         published += sum.published;
         acked += sum.acked;
-        let app = &handle.app;
+        // Pacing only (a late probe may be counted too): exact completion is the final marker.
         wait_until(
-            "the daemon has received every replayed message",
+            "the daemon has received the replayed messages",
             Duration::from_secs(60),
-            || app.metrics.messages.get() >= published,
+            || app.metrics.messages.get() >= base + published,
         )
         .await;
     }
     assert_eq!(acked, published, "every publish acknowledged by the broker");
     assert_eq!(published, messages.len() as u64);
-    let total = published;
-    // The processor counts a group before committing it, under the core lock; any call that
-    // takes that lock returns only once the group's commit is done.
-    let _ = handle.app.devices();
-    let app = &handle.app;
-    assert_eq!(app.metrics.messages.get(), total, "no message twice");
+
+    // One subscription keeps the publisher's order: once the daemon has committed a marker
+    // published after the history, it has committed the whole history.
+    let done = MARKER_T0 + 365 * 86_400_000;
+    forewarn::replay::publish(
+        std::iter::once(probe_message(&s.topic_prefix, done)),
+        &opts,
+        |_, _| {},
+    )
+    .await
+    .expect("final marker publishes");
+    wait_until(
+        "the daemon has committed every replayed message",
+        Duration::from_secs(60),
+        || committed_probe(&app) == Some(done),
+    )
+    .await;
+    assert_eq!(
+        app.metrics.readings.get(),
+        replay.readings() as u64,
+        "every reading decoded once"
+    );
     let tickets = app
         .store
         .tickets(&TicketFilter::default())
         .expect("read tickets");
+    drop(app);
     stop(handle, shutdown).await;
     tickets
 }
