@@ -81,7 +81,7 @@ async fn subscribe(prefix: &str) -> Received {
 async fn publish_paced(messages: Vec<Message>, received: &Received) -> PublishSummary {
     let mut total = PublishSummary::default();
     let mut sent = 0usize;
-    for chunk in messages.chunks(800) {
+    for chunk in messages.chunks(400) {
         let s = publish(chunk.iter().cloned(), &opts(), |_, _| {})
             .await
             .unwrap();

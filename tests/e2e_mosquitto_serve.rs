@@ -120,7 +120,7 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
     // daemon has received it.
     let opts = PublishOptions::new(format!("mqtt://{}", broker_addr()));
     let (mut published, mut acked) = (0u64, 0u64);
-    for chunk in messages.chunks(800) {
+    for chunk in messages.chunks(400) {
         let sum = publish(chunk.iter().cloned(), &opts, |_, _| {})
             .await
             .unwrap();
