@@ -264,7 +264,11 @@ pub async fn run_with(
     })?;
     let mut router = crate::api::router(app.clone());
     if let Some(extra) = hooks.routes {
-        router = router.merge(extra(app.clone()));
+        // The body limit covers the extra routes too (the notifier's form posts): a layer on
+        // the API's router alone does not reach routes merged after it.
+        router = router.merge(
+            extra(app.clone()).layer(axum::extract::DefaultBodyLimit::max(cfg.api.max_body_bytes)),
+        );
     }
     let mut tasks = Vec::new();
     let api_shutdown = shutdown.clone();
