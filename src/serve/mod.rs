@@ -382,6 +382,15 @@ fn process_loop(
                         break;
                     }
                     std::thread::sleep(backoff.next_delay());
+                    if let crate::serve::core::CoreError::Store(se) = &e {
+                        if crate::store::Store::is_io_error(se) {
+                            // sled refuses everything after an I/O error until reopened.
+                            match app.store.reopen() {
+                                Ok(()) => tracing::warn!("store reopened after an I/O error"),
+                                Err(e) => tracing::error!("store not writable yet: {e}"),
+                            }
+                        }
+                    }
                 }
             }
         }
