@@ -227,7 +227,15 @@ impl Store {
     }
 
     fn h(&self) -> Result<Open> {
-        self.inner.read().clone().ok_or(StoreError::Reopening)
+        let current = self.inner.read().clone();
+        match current {
+            Some(open) => Ok(open),
+            // Closed by a reopen that failed (the disk still full): any user tries again.
+            None => {
+                self.reopen()?;
+                self.inner.read().clone().ok_or(StoreError::Reopening)
+            }
+        }
     }
 
     /// Closes the database and opens it again from disk (what was flushed is all there is: a
@@ -282,7 +290,7 @@ impl Store {
         Tx {
             batch: sled::Batch::default(),
             ops: 0,
-            db: self.inner.read().as_ref().map(|o| o.db.clone()),
+            db: self.h().ok().map(|o| o.db),
         }
     }
 
@@ -290,6 +298,10 @@ impl Store {
     pub fn commit(&self, tx: Tx) -> Result<()> {
         if tx.ops == 0 {
             return Ok(());
+        }
+        if tx.db.is_none() {
+            // Built while the database was closed: its sequence numbers are placeholders.
+            return Err(StoreError::Reopening);
         }
         let h = self.h()?;
         h.tree.apply_batch(tx.batch)?;
@@ -444,6 +456,34 @@ impl Store {
 mod tests {
     use super::*;
     use crate::tickets::{rfc3339, ModelRef, Priority, Status};
+
+    #[test]
+    fn reopen_keeps_what_was_committed_and_every_clone_uses_the_new_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let other = store.clone();
+        let mut tx = store.tx();
+        tx.put_state("d1", vec![1, 2, 3]);
+        store.commit(tx).unwrap();
+        store.reopen().unwrap();
+        assert_eq!(other.load_state("d1").unwrap(), Some(vec![1, 2, 3]));
+        let mut tx = other.tx();
+        tx.put_state("d2", vec![4]);
+        other.commit(tx).unwrap();
+        assert_eq!(store.load_state("d2").unwrap(), Some(vec![4]));
+        // A transaction still holding the old database keeps its lock: reopening waits, fails
+        // cleanly, and works once it is gone.
+        let held = store.tx();
+        assert!(store.reopen().is_err());
+        assert!(
+            store.probe().is_err(),
+            "closed until it can be opened again"
+        );
+        drop(held);
+        store.reopen().unwrap();
+        store.probe().unwrap();
+        assert_eq!(store.load_state("d2").unwrap(), Some(vec![4]));
+    }
 
     fn ticket(id: &str, status: Status) -> Ticket {
         Ticket {
