@@ -442,13 +442,23 @@ impl PublishOptions {
     pub fn new(broker: impl Into<String>) -> PublishOptions {
         PublishOptions {
             broker: broker.into(),
-            client_id: format!("forewarn-replay-{}", std::process::id()),
+            client_id: unique_client_id("forewarn-replay"),
             qos: QoS::AtLeastOnce,
             rate: None,
             ack_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// `{prefix}-{pid}-{n}`: two clients with one id take each other's session over, endlessly.
+pub fn unique_client_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// What a publish run did.
@@ -525,6 +535,8 @@ pub async fn publish(
     mo.set_keep_alive(Duration::from_secs(30));
     mo.set_max_packet_size(1 << 20, 1 << 20);
     mo.set_clean_session(true);
+    // rumqttc's default of 100 unacknowledged publishes caps a loopback replay near 25k msg/s.
+    mo.set_inflight(1000);
     // The request channel bounds what is queued ahead of the socket: when it is full, `publish`
     // waits (back-pressure from the broker reaches the reader of the history).
     let (client, mut eventloop) = AsyncClient::new(mo, 1024);
@@ -592,7 +604,8 @@ async fn publish_all(
     let started = Instant::now();
     let deadline = started + opts.connect_timeout;
     while !progress.connected.load(Ordering::Acquire) {
-        if Instant::now() > deadline {
+        // Refused three times in a row (about a second of backoff): nobody is listening there.
+        if Instant::now() > deadline || progress.errors.load(Ordering::Relaxed) >= 3 {
             return Err(ReplayError::Connect {
                 url: opts.broker.clone(),
                 detail: {

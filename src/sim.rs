@@ -237,9 +237,9 @@ impl Fleet {
                     * (1.0 - 0.03 * age).max(0.5)
                     * (0.35 * z).exp();
                 rate[m] = 1.0 / life.max(24.0);
-                // Devices are in service already: spread their starting wear so failures do not
-                // arrive in one wave.
-                wear[m] = rng.uniform() * 0.85;
+                // Devices are in service already: a fleet in steady state has its wear spread over
+                // the whole range, so failures arrive from the first day, not in one later wave.
+                wear[m] = rng.uniform() * 0.98;
             }
             let next_maintenance =
                 cfg.start_ms + (rng.uniform() * cfg.maintenance_every_ms as f64) as i64;

@@ -47,12 +47,12 @@ impl Status {
     /// Whether a transition from `self` to `to` is allowed.
     pub fn can_become(self, to: Status) -> bool {
         use Status::*;
-        match (self, to) {
-            (Open, Acknowledged | Scheduled | Resolved | Dismissed) => true,
-            (Acknowledged, Scheduled | Resolved | Dismissed) => true,
-            (Scheduled, Scheduled | Resolved | Dismissed) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (Open, Acknowledged | Scheduled | Resolved | Dismissed)
+                | (Acknowledged, Scheduled | Resolved | Dismissed)
+                | (Scheduled, Scheduled | Resolved | Dismissed)
+        )
     }
 }
 
