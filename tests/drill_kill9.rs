@@ -122,7 +122,7 @@ async fn setup(name: &str) -> Run {
 /// Starts the daemon for the last time (unless it is running), waits until every reading is
 /// applied and the provider has been quiet for a while, stops it cleanly and returns the store's
 /// view.
-async fn finish(run: &Run, running: Option<std::process::Child>) -> Outcome {
+async fn finish(run: &Run, running: Option<Serve>) -> Outcome {
     let mut child = running.unwrap_or_else(|| spawn_serve(&run.config, &run.log, "warn"));
     wait_ready(&run.http, &run.addr).await;
     let mut last = (f64::NAN, usize::MAX);

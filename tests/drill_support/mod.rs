@@ -21,8 +21,33 @@ pub fn write_config(dir: &Path, cfg: &forewarn::config::Config) -> PathBuf {
     p
 }
 
+/// A `forewarn serve` child process, killed if the test ends (or panics) with it still running.
+pub struct Serve(pub Child);
+
+impl std::ops::Deref for Serve {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `forewarn serve --config <config>` with its stdout and stderr appended to `log`.
-pub fn spawn_serve(config: &Path, log: &Path, rust_log: &str) -> Child {
+pub fn spawn_serve(config: &Path, log: &Path, rust_log: &str) -> Serve {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -37,6 +62,7 @@ pub fn spawn_serve(config: &Path, log: &Path, rust_log: &str) -> Child {
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .spawn()
+        .map(Serve)
         .unwrap()
 }
 
