@@ -195,6 +195,8 @@ pub async fn drive(
 ) {
     let mut forward = Some(forward);
     let mut backoff = Backoff::new(opts.reconnect_min, opts.reconnect_max);
+    // broker.max_packet_bytes (both directions were set from it).
+    let packet_limit = eventloop.mqtt_options.max_packet_size();
     let mut connected = false;
     let grace_end = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(grace_end);
@@ -231,6 +233,13 @@ pub async fn drive(
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    // A limit raised for one oversized message applies to this connection
+                    // only (it is fixed when connecting); the next one is back to the bound.
+                    if eventloop.mqtt_options.max_packet_size() != packet_limit {
+                        eventloop
+                            .mqtt_options
+                            .set_max_packet_size(packet_limit, packet_limit);
+                    }
                     connected = true;
                     backoff.reset();
                     observer.connected();
@@ -251,6 +260,21 @@ pub async fn drive(
                     if connected {
                         connected = false;
                     }
+                    if let Some(n) = oversized_packet(&e) {
+                        // MQTT 3.1.1 cannot tell the broker our packet limit, so a message over
+                        // it is redelivered on every reconnect and would stall the session for
+                        // good. Read it once at its size (at most the MQTT maximum): ingest then
+                        // rejects it (too_large) and acknowledges it.
+                        tracing::warn!(
+                            bytes = n,
+                            limit = packet_limit,
+                            "the broker sent a packet over broker.max_packet_bytes; accepting \
+                             it once on the next connection so it is rejected and acknowledged"
+                        );
+                        eventloop
+                            .mqtt_options
+                            .set_max_packet_size(n.min(MQTT_MAX_PACKET), packet_limit);
+                    }
                     observer.disconnected(&e.to_string());
                     if forward.is_none() {
                         break;
@@ -266,6 +290,19 @@ pub async fn drive(
         }
     }
     observer.disconnected("shut down");
+}
+
+/// The largest remaining length an MQTT packet can declare.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// The declared size of an incoming packet refused for being over our limit.
+fn oversized_packet(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
 }
 
 /// Sends acks for committed groups. Runs apart from the polling task so that a full request

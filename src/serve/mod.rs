@@ -264,7 +264,11 @@ pub async fn run_with(
     })?;
     let mut router = crate::api::router(app.clone());
     if let Some(extra) = hooks.routes {
-        router = router.merge(extra(app.clone()));
+        // The body limit covers the extra routes too (the notifier's form posts): a layer on
+        // the API's router alone does not reach routes merged after it.
+        router = router.merge(
+            extra(app.clone()).layer(axum::extract::DefaultBodyLimit::max(cfg.api.max_body_bytes)),
+        );
     }
     let mut tasks = Vec::new();
     let api_shutdown = shutdown.clone();
@@ -387,6 +391,15 @@ fn process_loop(
                         break;
                     }
                     std::thread::sleep(backoff.next_delay());
+                    if let crate::serve::core::CoreError::Store(se) = &e {
+                        if crate::store::Store::is_io_error(se) {
+                            // sled refuses everything after an I/O error until reopened.
+                            match app.store.reopen() {
+                                Ok(()) => tracing::warn!("store reopened after an I/O error"),
+                                Err(e) => tracing::error!("store not writable yet: {e}"),
+                            }
+                        }
+                    }
                 }
             }
         }

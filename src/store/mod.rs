@@ -18,7 +18,8 @@
 
 use crate::tickets::Ticket;
 use serde::{de::DeserializeOwned, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const SCHEMA_VERSION: u32 = 1;
 const SEP: u8 = 0x1f;
@@ -31,12 +32,24 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
     #[error("store at {path} has schema version {found}, this build uses {SCHEMA_VERSION}")]
     Schema { path: String, found: String },
+    #[error("store: being reopened after an I/O error")]
+    Reopening,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A handle on the database. After an I/O error (a full disk, say) sled refuses every further
+/// operation for the life of the open database, so [`Store::reopen`] swaps in a fresh one once
+/// the disk takes writes again; every clone of the handle sees the new one.
 #[derive(Clone)]
 pub struct Store {
+    inner: Arc<parking_lot::RwLock<Option<Open>>>,
+    dir: PathBuf,
+    cache_bytes: u64,
+}
+
+#[derive(Clone)]
+struct Open {
     db: sled::Db,
     tree: sled::Tree,
 }
@@ -57,7 +70,7 @@ pub struct Tx {
     batch: sled::Batch,
     ops: usize,
     /// For sequence numbers of outbox and timeline rows (monotonic across restarts).
-    db: sled::Db,
+    db: Option<sled::Db>,
 }
 
 impl Tx {
@@ -91,7 +104,10 @@ impl Tx {
     fn seq(&mut self) -> u64 {
         // generate_id only fails if sled cannot persist its id counter; the commit that follows
         // would then fail too and nothing is written, so a fallback value is never stored.
-        self.db.generate_id().unwrap_or(u64::MAX)
+        self.db
+            .as_ref()
+            .and_then(|db| db.generate_id().ok())
+            .unwrap_or(u64::MAX)
     }
 
     /// Appends an outbox row; returns its key (stable: use it as the row's identity).
@@ -179,6 +195,15 @@ fn decode<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T> {
 impl Store {
     /// Opens (or creates) the database in `dir`, checking its schema version.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let open = Self::open_db(dir, cache_bytes)?;
+        Ok(Store {
+            inner: Arc::new(parking_lot::RwLock::new(Some(open))),
+            dir: dir.to_path_buf(),
+            cache_bytes,
+        })
+    }
+
+    fn open_db(dir: &Path, cache_bytes: u64) -> Result<Open> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -198,7 +223,66 @@ impl Store {
                 })
             }
         }
-        Ok(Store { db, tree })
+        Ok(Open { db, tree })
+    }
+
+    fn h(&self) -> Result<Open> {
+        let current = self.inner.read().clone();
+        match current {
+            Some(open) => Ok(open),
+            // Closed by a reopen that failed (the disk still full): any user tries again.
+            None => {
+                self.reopen()?;
+                self.inner.read().clone().ok_or(StoreError::Reopening)
+            }
+        }
+    }
+
+    /// Closes the database and opens it again from disk (what was flushed is all there is: a
+    /// failed commit was never acknowledged). Fails while the disk still refuses writes or
+    /// while another thread still holds a handle of the old database (try again later).
+    pub fn reopen(&self) -> Result<()> {
+        let mut g = self.inner.write();
+        if let Some(old) = g.take() {
+            drop(old);
+        }
+        let mut last = StoreError::Reopening;
+        for _ in 0..10 {
+            match Self::open_db(&self.dir, self.cache_bytes) {
+                Ok(open) => {
+                    let probe = open
+                        .tree
+                        .insert(b"meta/probe", &b"1"[..])
+                        .and_then(|_| open.db.flush().map(|_| ()));
+                    match probe {
+                        Ok(()) => {
+                            *g = Some(open);
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            // Still failing: close it again and report.
+                            drop(open);
+                            last = e.into();
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The old database's lock goes when its last handle does.
+                    last = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The I/O error sled keeps returning once it has had one (cleared only by reopening).
+    pub fn is_io_error(e: &StoreError) -> bool {
+        matches!(
+            e,
+            StoreError::Sled(sled::Error::Io(_)) | StoreError::Reopening
+        )
     }
 
     /// Starts collecting one atomic change.
@@ -206,7 +290,7 @@ impl Store {
         Tx {
             batch: sled::Batch::default(),
             ops: 0,
-            db: self.db.clone(),
+            db: self.h().ok().map(|o| o.db),
         }
     }
 
@@ -215,29 +299,35 @@ impl Store {
         if tx.ops == 0 {
             return Ok(());
         }
-        self.tree.apply_batch(tx.batch)?;
-        self.db.flush()?;
+        if tx.db.is_none() {
+            // Built while the database was closed: its sequence numbers are placeholders.
+            return Err(StoreError::Reopening);
+        }
+        let h = self.h()?;
+        h.tree.apply_batch(tx.batch)?;
+        h.db.flush()?;
         Ok(())
     }
 
     /// Whether the store can take a write right now (for `/readyz`).
     pub fn probe(&self) -> Result<()> {
-        self.tree.insert(b"meta/probe", &b"1"[..])?;
-        self.db.flush()?;
+        let h = self.h()?;
+        h.tree.insert(b"meta/probe", &b"1"[..])?;
+        h.db.flush()?;
         Ok(())
     }
 
     pub fn load_state(&self, device: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(key2(b"s/", device))?.map(|v| v.to_vec()))
+        Ok(self.h()?.tree.get(key2(b"s/", device))?.map(|v| v.to_vec()))
     }
 
     pub fn state_count(&self) -> usize {
-        self.tree.scan_prefix(b"s/").count()
+        self.h().map_or(0, |h| h.tree.scan_prefix(b"s/").count())
     }
 
     pub fn ticket(&self, id: &str) -> Result<Option<Ticket>> {
         let k = key2(b"t/", id);
-        match self.tree.get(&k)? {
+        match self.h()?.tree.get(&k)? {
             Some(v) => Ok(Some(decode(&k, &v)?)),
             None => Ok(None),
         }
@@ -248,7 +338,7 @@ impl Store {
         let mut prefix = key2(b"l/", device);
         prefix.push(SEP);
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(&prefix) {
+        for kv in self.h()?.tree.scan_prefix(&prefix) {
             let (_, id) = kv?;
             if let Some(t) = self.ticket(&String::from_utf8_lossy(&id))? {
                 out.push(t);
@@ -260,7 +350,7 @@ impl Store {
     /// All tickets matching the filter, most recently opened first.
     pub fn tickets(&self, f: &TicketFilter) -> Result<Vec<Ticket>> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"t/") {
+        for kv in self.h()?.tree.scan_prefix(b"t/") {
             let (k, v) = kv?;
             let t: Ticket = decode(&k, &v)?;
             if f.status.is_some_and(|s| s != t.status)
@@ -289,7 +379,7 @@ impl Store {
     /// Outbox rows of a queue, oldest first: (key, row).
     pub fn outbox<T: DeserializeOwned>(&self, queue: &str) -> Result<Vec<(Vec<u8>, T)>> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(outbox_prefix(queue)) {
+        for kv in self.h()?.tree.scan_prefix(outbox_prefix(queue)) {
             let (k, v) = kv?;
             out.push((k.to_vec(), decode(&k, &v)?));
         }
@@ -297,21 +387,23 @@ impl Store {
     }
 
     pub fn outbox_len(&self, queue: &str) -> usize {
-        self.tree.scan_prefix(outbox_prefix(queue)).count()
+        self.h()
+            .map_or(0, |h| h.tree.scan_prefix(outbox_prefix(queue)).count())
     }
 
     /// Rewrites one outbox row (attempt bookkeeping) and flushes.
     pub fn outbox_put<T: Serialize>(&self, key: &[u8], row: &T) -> Result<()> {
-        self.tree
+        self.h()?
+            .tree
             .insert(key, serde_json::to_vec(row).unwrap_or_default())?;
-        self.db.flush()?;
+        self.h()?.db.flush()?;
         Ok(())
     }
 
     /// Removes a delivered outbox row and flushes.
     pub fn outbox_remove(&self, key: &[u8]) -> Result<()> {
-        self.tree.remove(key)?;
-        self.db.flush()?;
+        self.h()?.tree.remove(key)?;
+        self.h()?.db.flush()?;
         Ok(())
     }
 
@@ -320,7 +412,7 @@ impl Store {
         let mut prefix = key2(b"c/", customer);
         prefix.push(b'/');
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(&prefix) {
+        for kv in self.h()?.tree.scan_prefix(&prefix) {
             let (k, v) = kv?;
             out.push(decode(&k, &v)?);
         }
@@ -329,7 +421,7 @@ impl Store {
 
     pub fn get_kv<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         let k = key2(b"k/", name);
-        match self.tree.get(&k)? {
+        match self.h()?.tree.get(&k)? {
             Some(v) => Ok(Some(decode(&k, &v)?)),
             None => Ok(None),
         }
@@ -345,7 +437,7 @@ impl Store {
 
     fn scan_json<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(prefix) {
+        for kv in self.h()?.tree.scan_prefix(prefix) {
             let (k, v) = kv?;
             out.push(decode(&k, &v)?);
         }
@@ -353,7 +445,10 @@ impl Store {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.h()
+            .ok()
+            .and_then(|h| h.db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -361,6 +456,34 @@ impl Store {
 mod tests {
     use super::*;
     use crate::tickets::{rfc3339, ModelRef, Priority, Status};
+
+    #[test]
+    fn reopen_keeps_what_was_committed_and_every_clone_uses_the_new_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let other = store.clone();
+        let mut tx = store.tx();
+        tx.put_state("d1", vec![1, 2, 3]);
+        store.commit(tx).unwrap();
+        store.reopen().unwrap();
+        assert_eq!(other.load_state("d1").unwrap(), Some(vec![1, 2, 3]));
+        let mut tx = other.tx();
+        tx.put_state("d2", vec![4]);
+        other.commit(tx).unwrap();
+        assert_eq!(store.load_state("d2").unwrap(), Some(vec![4]));
+        // A transaction still holding the old database keeps its lock: reopening waits, fails
+        // cleanly, and works once it is gone.
+        let held = store.tx();
+        assert!(store.reopen().is_err());
+        assert!(
+            store.probe().is_err(),
+            "closed until it can be opened again"
+        );
+        drop(held);
+        store.reopen().unwrap();
+        store.probe().unwrap();
+        assert_eq!(store.load_state("d2").unwrap(), Some(vec![4]));
+    }
 
     fn ticket(id: &str, status: Status) -> Ticket {
         Ticket {

@@ -1,0 +1,167 @@
+//! Secrets and customer contact details never reach the daemon's log. The real `forewarn serve`
+//! binary runs at `debug` with every credential configured (API token, dispatch webhook secret,
+//! Twilio auth token, link secret, inbound e-mail key, broker password); a device opens a ticket,
+//! its owner gets an SMS, the API is hit with wrong tokens and a customer with new contacts is
+//! upserted, a bad payload is rejected. The captured stdout+stderr must not contain any of the
+//! secrets, phone numbers or e-mail addresses.
+#![cfg(feature = "embedded-broker")]
+
+mod common;
+mod drill_support;
+mod notify_support;
+
+use common::{broker, config, degrading, mqtt, reading, Dirs, TOKEN};
+use drill_support::*;
+use forewarn::notify::config::TwilioConfig;
+use notify_support::providers::{Fakes, HOOK_SECRET, SID, TOKEN as TWILIO_TOKEN};
+use serde_json::json;
+use std::time::Duration;
+
+const PHONE: &str = "+66810007777";
+const EMAIL: &str = "owner.secret@acme.example";
+const NEW_PHONE: &str = "+4915100009999";
+const NEW_EMAIL: &str = "night.shift@acme.example";
+const LINK_SECRET: &str = "log-test-link-secret-0123456789";
+const INBOUND_KEY: &str = "log-test-inbound-key-3141";
+const BROKER_PASSWORD: &str = "log-test-broker-password-2718";
+const WRONG_TOKEN: &str = "presented-wrong-token-1618";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_contact_details_never_appear_in_the_log() {
+    let b = broker();
+    let fakes = Fakes::start().await;
+    let dirs = Dirs::new();
+    let fleet = dirs.path().join("fleet.toml");
+    std::fs::write(
+        &fleet,
+        format!(
+            "[[customers]]\nid = \"acme\"\nname = \"Acme\"\ntime_zone = \"UTC\"\n\
+             contacts = {{ sms = \"{PHONE}\", email = \"{EMAIL}\" }}\npreferences = [\"sms\", \"email\"]\n\n\
+             [[devices]]\nid = \"pump-1\"\ncustomer_id = \"acme\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cfg = config(&b.url(), &dirs, "fw-logs");
+    let addr = free_addr();
+    cfg.api.listen = addr.clone();
+    cfg.fleet.file = Some(fleet);
+    cfg.log.filter = "debug".into();
+    cfg.broker.username = Some("forewarn".into());
+    cfg.broker.password = Some(BROKER_PASSWORD.into());
+    cfg.dispatch.webhook_url = Some(format!("{}/hook", fakes.base));
+    cfg.dispatch.webhook_secret = Some(HOOK_SECRET.into());
+    cfg.notify.poll_interval = "50ms".parse().unwrap();
+    cfg.notify.link_secret = Some(LINK_SECRET.into());
+    cfg.notify.inbound_email_key = Some(INBOUND_KEY.into());
+    cfg.notify.sms = Some(TwilioConfig {
+        api_base: fakes.base.clone(),
+        account_sid: SID.into(),
+        auth_token: TWILIO_TOKEN.into(),
+        from: "+15550100".into(),
+    });
+    let path = write_config(dirs.path(), &cfg);
+    let log = dirs.path().join("serve.log");
+    let http = reqwest::Client::new();
+    let mut child = spawn_serve(&path, &log, "debug");
+    wait_ready(&http, &addr).await;
+
+    let dev = mqtt(&b, "logs-pub").await;
+    for (i, (hr, t)) in degrading(48).iter().enumerate() {
+        dev.publish("devices/pump-1/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    dev.publish(
+        "devices/pump-1/telemetry",
+        format!("{{\"phone\": \"{PHONE}\""),
+    )
+    .await;
+    wait_until("the SMS went out", Duration::from_secs(30), || async {
+        !fakes.delivered("sms").is_empty()
+    })
+    .await;
+    let base = format!("http://{addr}");
+    let r = http
+        .put(format!("{base}/api/v1/customers/acme"))
+        .bearer_auth(WRONG_TOKEN)
+        .json(&json!({"name": "Acme", "contacts": {"sms": NEW_PHONE}, "preferences": ["sms"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .put(format!("{base}/api/v1/customers/acme"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "Acme", "time_zone": "UTC",
+            "contacts": {"sms": NEW_PHONE, "email": NEW_EMAIL}, "preferences": ["sms", "email"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    // A refused upsert echoes nothing of the body into the log either.
+    let r = http
+        .put(format!("{base}/api/v1/customers/acme"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "Acme", "time_zone": "Nowhere/City",
+            "contacts": {"sms": NEW_PHONE, "email": NEW_EMAIL}, "preferences": ["sms"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(format!("{base}/notify/v1/email/inbound?key=wrong"))
+        .form(&[("from", NEW_EMAIL), ("text", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    let r = http
+        .post(format!("{base}/notify/v1/twilio/sms"))
+        .form(&[("From", PHONE), ("Body", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sigterm(&mut child).success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().count() > 10,
+        "the daemon logged at debug:\n{text}"
+    );
+    eprintln!(
+        "{} log lines; sample:\n{}",
+        text.lines().count(),
+        text.lines()
+            .filter(|l| l.contains("forewarn"))
+            .take(8)
+            .map(|l| l.chars().take(200).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let phone_digits = |p: &str| p.trim_start_matches('+').to_string();
+    for (what, needle) in [
+        ("API token", TOKEN.to_string()),
+        ("presented wrong token", WRONG_TOKEN.to_string()),
+        ("dispatch webhook secret", HOOK_SECRET.to_string()),
+        ("Twilio auth token", TWILIO_TOKEN.to_string()),
+        ("link secret", LINK_SECRET.to_string()),
+        ("inbound e-mail key", INBOUND_KEY.to_string()),
+        ("broker password", BROKER_PASSWORD.to_string()),
+        ("phone number", phone_digits(PHONE)),
+        ("new phone number", phone_digits(NEW_PHONE)),
+        ("e-mail address", EMAIL.to_string()),
+        ("new e-mail address", NEW_EMAIL.to_string()),
+    ] {
+        let hits: Vec<&str> = text.lines().filter(|l| l.contains(&needle)).collect();
+        assert!(
+            hits.is_empty(),
+            "the {what} appears in the log:\n{}",
+            hits.iter()
+                .take(3)
+                .map(|l| l.chars().take(400).collect::<String>())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
