@@ -268,9 +268,9 @@ impl FlatTrees {
 
     /// Same as [`Estimator::predict`] on the estimator this was compiled from.
     pub fn predict(&self, x: &[f64]) -> f64 {
-        const LANES: usize = 4;
+        const LANES: usize = 8;
         let mut z = self.base;
-        // Four trees walked in lockstep so their node loads overlap; their leaves are then
+        // Eight trees walked in lockstep so their node loads overlap; their leaves are then
         // added one by one in tree order, as the stored walker adds them.
         let mut chunks = self.roots.chunks_exact(LANES);
         for c in &mut chunks {
