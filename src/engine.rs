@@ -3,9 +3,11 @@
 //! `serve` wraps it with MQTT and sled, `evaluate` with CSV files; neither adds logic of its own,
 //! so a backtest opens exactly the tickets the daemon opens for the same readings.
 
-use crate::features::{streak_key, Attributes, DeviceState, MetricIndex, Observed, WindowSpec};
+use crate::features::{
+    streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
+};
 use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
-use crate::predict::{Artifact, ModeModel};
+use crate::predict::{Artifact, CompiledMode, ModeModel};
 use crate::tickets::{
     rfc3339, ticket_id, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket,
 };
@@ -41,11 +43,32 @@ impl Default for EngineConfig {
     }
 }
 
-/// A loaded artifact with its metric ids resolved.
+/// A loaded artifact with its metric ids resolved and what scoring needs precomputed.
 #[derive(Debug)]
 pub struct LoadedModel {
     pub artifact: Artifact,
     ids: Vec<Option<u16>>,
+    /// Where the mode-dependent features sit in a row (see `FeatureSpec::mode_positions`).
+    mode_positions: Vec<usize>,
+    /// Per mode, in `artifact.modes` order: the policy's streak key and the compiled trees.
+    streak_keys: Vec<String>,
+    compiled: Vec<CompiledMode>,
+}
+
+impl LoadedModel {
+    fn new(artifact: Artifact, index: &MetricIndex) -> LoadedModel {
+        LoadedModel {
+            ids: artifact.features.resolve(index),
+            mode_positions: artifact.features.mode_positions(),
+            streak_keys: artifact
+                .modes
+                .iter()
+                .map(|m| streak_key(&artifact.name, &m.mode))
+                .collect(),
+            compiled: artifact.modes.iter().map(CompiledMode::new).collect(),
+            artifact,
+        }
+    }
 }
 
 /// The models the engine serves, with the index of metrics they read.
@@ -83,10 +106,7 @@ impl Models {
         }
         let list = artifacts
             .into_iter()
-            .map(|artifact| LoadedModel {
-                ids: artifact.features.resolve(&index),
-                artifact,
-            })
+            .map(|artifact| LoadedModel::new(artifact, &index))
             .collect();
         Ok(Models { list, index })
     }
@@ -192,11 +212,17 @@ impl Engine {
                 if !a.applies_to.matches(ctx.attrs) {
                     continue;
                 }
-                for mm in &a.modes {
-                    x.clear();
+                // One extraction per model; per mode only the mode's clock features change.
+                x.clear();
+                if let Some(first) = a.modes.first() {
                     a.features
-                        .extract(state, &lm.ids, &mm.mode, ctx.attrs, r.ts, &mut x);
-                    let s = a.score_mode(mm, &x);
+                        .extract(state, &lm.ids, &first.mode, ctx.attrs, r.ts, &mut x);
+                }
+                for (k, mm) in a.modes.iter().enumerate() {
+                    if k > 0 {
+                        FeatureSpec::patch_mode(state, &lm.mode_positions, &mm.mode, r.ts, &mut x);
+                    }
+                    let s = a.score_mode_compiled(mm, &lm.compiled[k], &x);
                     if let Some(out) = scorings.as_deref_mut() {
                         out.push(Scoring {
                             device_id: r.device_id.clone(),
@@ -207,7 +233,7 @@ impl Engine {
                         });
                     }
                     let above = s.probability >= mm.threshold;
-                    let streak = state.streak_mut(&streak_key(&a.name, &mm.mode));
+                    let streak = state.streak_mut(&lm.streak_keys[k]);
                     *streak = if above { streak.saturating_add(1) } else { 0 };
                     let streak = *streak;
                     let needed = self
@@ -216,14 +242,16 @@ impl Engine {
                         .unwrap_or(a.consecutive)
                         .max(1);
                     let prio = priority(s.ttf_hours, a.horizon_hours, s.probability);
-                    let predicted = s
-                        .ttf_hours
-                        .map(|h| rfc3339(r.ts + (h * 3_600_000.0) as i64));
+                    // Formatted only when a ticket takes it.
+                    let predicted = || {
+                        s.ttf_hours
+                            .map(|h| rfc3339(r.ts + (h * 3_600_000.0) as i64))
+                    };
                     if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
                         if self.should_update(t, s.probability, s.ttf_hours, r.ts, prio) {
                             let previous_priority = Some(t.priority);
                             t.probability = s.probability;
-                            t.predicted_failure_at = predicted;
+                            t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
                             t.updated_at = rfc3339(r.ts);
                             t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
@@ -242,7 +270,7 @@ impl Engine {
                             });
                         }
                     } else if above && streak >= needed {
-                        let t = self.open(a, mm, r, ctx, s.probability, predicted, prio, &x);
+                        let t = self.open(a, mm, r, ctx, s.probability, predicted(), prio, &x);
                         live.push(t.clone());
                         changes.push(Change {
                             kind: ChangeKind::Opened,
@@ -548,5 +576,63 @@ mod tests {
             );
         }
         assert_eq!(sc.len(), 2, "two hours of minute readings score twice");
+    }
+
+    #[test]
+    fn each_mode_scores_what_its_own_extraction_and_stored_trees_give() {
+        use crate::sim::{synthetic_model, Fleet, SimConfig, SimEvent, MODES};
+        let cfg = EngineConfig {
+            scoring_interval_ms: 0,
+            ..EngineConfig::default()
+        };
+        let a = synthetic_model(3, 30, 5, 3);
+        let models = Models::new(vec![a.clone()], &cfg.window).unwrap();
+        let ids = a.features.resolve(&models.index);
+        let e = Engine::new(cfg, Arc::new(models));
+        let fleet = Fleet::new(SimConfig {
+            devices: 3,
+            ticks: 400,
+            interval_ms: 60_000,
+            seed: 9,
+            ..SimConfig::default()
+        });
+        let mut states: std::collections::HashMap<String, (DeviceState, Vec<Ticket>)> =
+            Default::default();
+        let (mut ch, mut sc, mut x) = (vec![], vec![], vec![]);
+        let mut checked = 0;
+        for (i, ev) in fleet.enumerate() {
+            let r = match ev {
+                SimEvent::Reading(r) => r,
+                _ => continue,
+            };
+            let (st, live) = states
+                .entry(r.device_id.clone())
+                .or_insert_with(|| (e.new_state(r.ts), vec![]));
+            if i == 600 {
+                // One mode's clock restarts: its rows now differ from the other modes'.
+                let ev = DeviceEvent {
+                    device_id: r.device_id.clone(),
+                    ts: r.ts - 1,
+                    kind: EventKind::Maintenance,
+                    code: MODES[1].into(),
+                };
+                e.event(st, live, &ev, &mut ch);
+            }
+            sc.clear();
+            e.reading(st, live, DeviceCtx::default(), &r, &mut ch, Some(&mut sc));
+            for (s, mm) in sc.iter().zip(&a.modes) {
+                x.clear();
+                a.features.extract(st, &ids, &mm.mode, None, r.ts, &mut x);
+                let want = a.score_mode(mm, &x);
+                assert_eq!(s.mode, mm.mode);
+                assert_eq!(s.probability.to_bits(), want.probability.to_bits());
+                assert_eq!(
+                    s.ttf_hours.map(f64::to_bits),
+                    want.ttf_hours.map(f64::to_bits)
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 1_000, "{checked}");
     }
 }

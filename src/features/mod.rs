@@ -67,6 +67,11 @@ impl MetricIndex {
         id
     }
     pub fn get(&self, name: &str) -> Option<u16> {
+        // A few names (the usual case, looked up for every metric of every reading): comparing
+        // them beats hashing the name. Same answer as the map, which mirrors `names`.
+        if self.names.len() <= 16 && self.ids.len() == self.names.len() {
+            return self.names.iter().position(|n| n == name).map(|i| i as u16);
+        }
         self.ids.get(name).copied()
     }
     pub fn names(&self) -> &[String] {
@@ -301,7 +306,7 @@ impl DeviceState {
         self.metrics.get(id as usize).and_then(|m| m.as_ref())
     }
 
-    /// Filled ring slots, oldest first.
+    /// Filled ring slots, oldest first (at most 256: artifacts are validated to that).
     fn slots(&self) -> impl Iterator<Item = usize> + '_ {
         let n = self.ts_ring.len();
         let filled = self.filled as usize;
@@ -461,6 +466,33 @@ impl FeatureSpec {
         out
     }
 
+    /// Positions in [`FeatureSpec::extract`]'s output of the features that depend on the failure
+    /// mode (hours since the mode's reset); every other feature is the same for all modes.
+    pub fn mode_positions(&self) -> Vec<usize> {
+        let base = self.metrics.len() * self.stats.len();
+        self.device
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d, DeviceFeature::HoursSinceReset))
+            .map(|(i, _)| base + i)
+            .collect()
+    }
+
+    /// Turns a row extracted for one mode into the row [`FeatureSpec::extract`] gives for
+    /// `mode`, by rewriting the `positions` from [`FeatureSpec::mode_positions`]: extracting
+    /// once per model instead of once per mode.
+    pub fn patch_mode(
+        state: &DeviceState,
+        positions: &[usize],
+        mode: &str,
+        now: Millis,
+        row: &mut [f64],
+    ) {
+        for &p in positions {
+            row[p] = state.hours_since_reset(mode, now);
+        }
+    }
+
     /// Resolves metric names to ids once, so extraction does no string lookups.
     pub fn resolve(&self, index: &MetricIndex) -> Vec<Option<u16>> {
         self.metrics.iter().map(|m| index.get(m)).collect()
@@ -478,11 +510,21 @@ impl FeatureSpec {
         out: &mut Vec<f64>,
     ) {
         // Ring timestamps in hours relative to the newest, shared by every metric's slope.
+        // Fixed arrays: extraction runs at every scoring and should not allocate.
         let mut t_hours: [f64; 256] = [0.0; 256];
-        let slots: Vec<usize> = state.slots().take(256).collect();
-        let t_end = slots.last().map(|&s| state.ts_ring[s]).unwrap_or(0);
+        let mut slot_buf: [u16; 256] = [0; 256];
+        let mut filled = 0;
+        for (i, s) in state.slots().take(256).enumerate() {
+            slot_buf[i] = s as u16;
+            filled = i + 1;
+        }
+        let slots = &slot_buf[..filled];
+        let t_end = slots
+            .last()
+            .map(|&s| state.ts_ring[s as usize])
+            .unwrap_or(0);
         for (i, &s) in slots.iter().enumerate() {
-            t_hours[i] = (state.ts_ring[s] - t_end) as f64 / HOUR_MS;
+            t_hours[i] = (state.ts_ring[s as usize] - t_end) as f64 / HOUR_MS;
         }
         for id in ids {
             let mw = id.and_then(|id| state.metric(id));
@@ -490,7 +532,7 @@ impl FeatureSpec {
                 out.extend(std::iter::repeat_n(f64::NAN, self.stats.len()));
                 continue;
             };
-            let ring = RingStats::compute(mw, &slots, &t_hours[..slots.len()]);
+            let ring = RingStats::compute(mw, slots, &t_hours[..slots.len()]);
             for s in &self.stats {
                 out.push(match *s {
                     MetricStat::Last => mw.last,
@@ -541,11 +583,11 @@ struct RingStats {
 }
 
 impl RingStats {
-    fn compute(mw: &MetricWindow, slots: &[usize], t: &[f64]) -> Self {
+    fn compute(mw: &MetricWindow, slots: &[u16], t: &[f64]) -> Self {
         let (mut n, mut sx, mut sxx, mut st, mut stt, mut stx) = (0f64, 0., 0., 0., 0., 0.);
         let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
         for (i, &s) in slots.iter().enumerate() {
-            let v = mw.ring[s];
+            let v = mw.ring[s as usize];
             if v.is_nan() {
                 continue;
             }

@@ -161,9 +161,90 @@ pub fn validate_device_id(id: &str) -> Result<(), Reject> {
 
 /// Parses a contract timestamp: RFC 3339 text or integer epoch milliseconds.
 pub fn parse_ts_str(s: &str) -> Option<Millis> {
-    chrono::DateTime::parse_from_rfc3339(s.trim())
-        .ok()
-        .map(|t| t.timestamp_millis())
+    let s = s.trim();
+    parse_utc_rfc3339(s).or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+/// The common RFC 3339 form, `YYYY-MM-DDTHH:MM:SS(.f{1,9})?Z` (what devices and
+/// `tickets::rfc3339` write), without chrono: same result as chrono for every string it accepts
+/// (tested against chrono), `None` for anything else — then chrono decides, so leap seconds,
+/// offsets, lower-case separators and the like keep chrono's semantics.
+fn parse_utc_rfc3339(s: &str) -> Option<Millis> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let digit = |i: usize| -> Option<i64> {
+        let d = b[i].wrapping_sub(b'0');
+        (d < 10).then_some(d as i64)
+    };
+    let two = |i: usize| -> Option<i64> { Some(digit(i)? * 10 + digit(i + 1)?) };
+    let year = two(0)? * 100 + two(2)?;
+    let (month, day) = (two(5)?, two(8)?);
+    let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 3 {
+                millis = millis * 10 + (b[i] - b'0') as i64;
+            }
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 || n > 9 {
+            return None;
+        }
+        for _ in n..3 {
+            millis *= 10;
+        }
+    }
+    if i + 1 != b.len() || b[i] != b'Z' {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(secs * 1_000 + millis)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[derive(Deserialize)]
@@ -265,6 +346,18 @@ pub fn decode_telemetry(
     received_at: Millis,
     limits: &Limits,
 ) -> Result<Vec<Reading>, Reject> {
+    decode_telemetry_with(payload, topic_device, received_at, limits, decode_one)
+}
+
+type DecodeOne = fn(&str, Option<&str>, Millis, &Limits) -> Result<Reading, Reject>;
+
+fn decode_telemetry_with(
+    payload: &[u8],
+    topic_device: Option<&str>,
+    received_at: Millis,
+    limits: &Limits,
+    decode_one: DecodeOne,
+) -> Result<Vec<Reading>, Reject> {
     let text = check_size(payload, limits)?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
@@ -292,7 +385,24 @@ pub fn decode_telemetry(
     }
 }
 
+/// One reading: the single-pass decoder when it accepts the text, else the exact decoder, which
+/// owns every rejection (so the fast path cannot change what is rejected, or why).
 fn decode_one(
+    text: &str,
+    topic_device: Option<&str>,
+    received_at: Millis,
+    limits: &Limits,
+) -> Result<Reading, Reject> {
+    match fast::decode_one(text, topic_device, received_at, limits) {
+        Some(r) => Ok(r),
+        None => decode_one_exact(text, topic_device, received_at, limits),
+    }
+}
+
+/// The reference decoder of one reading: every field captured first, then checked in a fixed
+/// order (JSON, device id, timestamp, metrics present, count, values), each failure with its
+/// reason. Only payloads that [`fast::decode_one`] does not accept get here.
+fn decode_one_exact(
     text: &str,
     topic_device: Option<&str>,
     received_at: Millis,
@@ -341,6 +451,206 @@ fn decode_one(
         seq: raw.seq,
         metrics,
     })
+}
+
+/// The single-pass reading decoder: `metrics` parsed straight into `(String, f64)` pairs, the
+/// known fields matched without allocating, the timestamp parsed in place. It answers only for
+/// payloads it accepts whole; `None` means "ask [`decode_one_exact`]".
+///
+/// It accepts exactly what the exact decoder accepts and yields the same reading: the same
+/// serde_json number parser (`float_roundtrip`) turns each value into the same `f64`
+/// (`u64`/`i64`/`f64` as `serde_json::Value::as_f64` converts them), and the timestamp rules
+/// are the exact decoder's `TsField` rules. `decode_parity` below checks both on fuzzed input.
+mod fast {
+    use super::{parse_ts_str, resolve_device, Limits, Millis, Reading};
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    /// Any error: the caller falls back to the exact decoder, which words the real one.
+    fn bail<E: de::Error>() -> E {
+        E::custom("fast path declined")
+    }
+
+    pub(super) fn decode_one(
+        text: &str,
+        topic_device: Option<&str>,
+        received_at: Millis,
+        limits: &Limits,
+    ) -> Option<Reading> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let visitor = ReadingVisitor {
+            max_metrics: limits.max_metrics,
+        };
+        let f = serde::Deserializer::deserialize_map(&mut de, visitor).ok()?;
+        de.end().ok()?;
+        let metrics = f.metrics?;
+        let device_id = resolve_device(topic_device, f.device_id).ok()?;
+        Some(Reading {
+            device_id,
+            ts: f.ts.unwrap_or(received_at),
+            seq: f.seq,
+            metrics,
+        })
+    }
+
+    #[derive(Default)]
+    struct Fields {
+        /// `None` when absent or null: the time of receipt.
+        ts: Option<Millis>,
+        seq: Option<u64>,
+        metrics: Option<Vec<(String, f64)>>,
+        device_id: Option<String>,
+    }
+
+    enum Field {
+        Ts,
+        Seq,
+        Metrics,
+        DeviceId,
+        Other,
+    }
+
+    impl<'de> de::Deserialize<'de> for Field {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Field;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a field name")
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Field, E> {
+                    Ok(match s {
+                        "ts" => Field::Ts,
+                        "seq" => Field::Seq,
+                        "metrics" => Field::Metrics,
+                        "device_id" => Field::DeviceId,
+                        _ => Field::Other,
+                    })
+                }
+            }
+            d.deserialize_identifier(V)
+        }
+    }
+
+    struct ReadingVisitor {
+        max_metrics: usize,
+    }
+
+    impl<'de> Visitor<'de> for ReadingVisitor {
+        type Value = Fields;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a reading object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+            let mut out = Fields::default();
+            // A repeated known field is an error for the exact decoder (serde's derive).
+            let mut seen = [false; 4];
+            let mut first = |i: usize| -> Result<(), A::Error> {
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(bail());
+                }
+                Ok(())
+            };
+            while let Some(key) = m.next_key::<Field>()? {
+                match key {
+                    Field::Ts => {
+                        first(0)?;
+                        out.ts = m.next_value_seed(TsSeed)?;
+                    }
+                    Field::Seq => {
+                        first(1)?;
+                        out.seq = m.next_value()?;
+                    }
+                    Field::Metrics => {
+                        first(2)?;
+                        out.metrics = Some(m.next_value_seed(MetricsSeed {
+                            max: self.max_metrics,
+                        })?);
+                    }
+                    Field::DeviceId => {
+                        first(3)?;
+                        out.device_id = m.next_value()?;
+                    }
+                    Field::Other => {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// The exact decoder's `TsField` (integer millis, RFC 3339 text, integral float) and
+    /// `parse_ts`, declining whatever that would reject.
+    struct TsSeed;
+
+    impl<'de> DeserializeSeed<'de> for TsSeed {
+        type Value = Option<Millis>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl Visitor<'_> for TsSeed {
+        type Value = Option<Millis>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a timestamp")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v).map(Some).map_err(|_| bail())
+        }
+        fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
+            if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 {
+                Ok(Some(f as i64))
+            } else {
+                Err(bail())
+            }
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            parse_ts_str(s).map(Some).ok_or_else(bail)
+        }
+    }
+
+    /// The `metrics` object as pairs in payload order; declines a non-object, an empty object,
+    /// more than `max` metrics and any value that is not a number.
+    struct MetricsSeed {
+        max: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for MetricsSeed {
+        type Value = Vec<(String, f64)>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for MetricsSeed {
+        type Value = Vec<(String, f64)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object of metric name to number")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(8.min(self.max));
+            while let Some(name) = m.next_key::<String>()? {
+                // serde_json's number parser, as `Value` uses it; a non-number is an error.
+                let v: f64 = m.next_value()?;
+                if out.len() == self.max || !v.is_finite() {
+                    return Err(bail());
+                }
+                out.push((name, v));
+            }
+            if out.is_empty() {
+                return Err(bail());
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Parses a JSON object into ordered pairs, rejecting anything that is not an object.
@@ -540,5 +850,182 @@ mod tests {
             &Limits::default(),
         );
         assert_eq!(bad.unwrap_err().reason, RejectReason::BadEvent);
+    }
+
+    /// The single-pass decoder against the exact one, on payloads built to hit every branch of
+    /// both: the results must be equal, values to the bit.
+    mod decode_parity {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn exact(p: &[u8], topic: Option<&str>, l: &Limits) -> Result<Vec<Reading>, Reject> {
+            decode_telemetry_with(p, topic, 7, l, decode_one_exact)
+        }
+
+        fn assert_same(p: &[u8], topic: Option<&str>, l: &Limits) {
+            let fast = decode_telemetry(p, topic, 7, l);
+            let slow = exact(p, topic, l);
+            let text = String::from_utf8_lossy(p);
+            match (&fast, &slow) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "{text}");
+                    for (x, y) in a.iter().zip(b) {
+                        for ((_, u), (_, v)) in x.metrics.iter().zip(&y.metrics) {
+                            assert_eq!(u.to_bits(), v.to_bits(), "{text}");
+                        }
+                    }
+                }
+                _ => assert_eq!(fast, slow, "{text}"),
+            }
+        }
+
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| format!("{v}")),
+                2 => any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| format!("{v:e}")),
+                2 => any::<i64>().prop_map(|v| v.to_string()),
+                2 => any::<u64>().prop_map(|v| v.to_string()),
+                2 => "-?[0-9]{1,25}(\\.[0-9]{1,25})?([eE][-+]?[0-9]{1,3})?",
+                1 => prop::sample::select(vec![
+                    "-0", "0", "-0.0", "1e308", "1.8e308", "1e999", "-1e999", "1e-400", "4.9e-324",
+                    "2.2250738585072011e-308", "18446744073709551616", "-9223372036854775809",
+                    "9007199254740993", "01", "1.", ".5", "+1", "NaN", "-", "1e", "0x10",
+                ].into_iter().map(String::from).collect::<Vec<_>>()),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => number(),
+                1 => prop::sample::select(vec![
+                    "null", "true", "\"12\"", "[1]", "[1e999]", "{}", "{\"a\":1}", "\"\\ud800\"",
+                    "[[[[[[1]]]]]]",
+                ].into_iter().map(String::from).collect::<Vec<_>>()),
+            ]
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => "[a-z_]{1,8}".prop_map(|n| format!("\"{n}\"")),
+                1 => prop::sample::select(vec![
+                    "\"\"", "\"t\\u00e9\"", "\"a\\\"b\"", "\"\\ud800\"", "\"\\ud83d\\ude00\"",
+                    "\"a\\x\"", "1", "\"ts\"",
+                ].into_iter().map(String::from).collect::<Vec<_>>()),
+            ]
+        }
+
+        fn ts() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => (-62_000_000_000_000i64..253_402_300_799_000).prop_map(|ms| {
+                    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+                    format!("\"{}\"", t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                }),
+                2 => any::<i64>().prop_map(|v| v.to_string()),
+                1 => number(),
+                2 => "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,11})?(Z|z|[+-][0-9]{2}:[0-9]{2})?"
+                    .prop_map(|s| format!("\"{s}\"")),
+                1 => prop::sample::select(vec![
+                    "null", "true", "{}", "[]", "\" 2015-01-01T06:00:00Z \"", "\"2016-12-31T23:59:60Z\"",
+                    "\"2015-02-29T00:00:00Z\"", "\"yesterday\"", "1.5", "1e20", "-0", "-0.0",
+                    "9223372036854775808",
+                ].into_iter().map(String::from).collect::<Vec<_>>()),
+            ]
+        }
+
+        fn field() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => ts().prop_map(|t| format!("\"ts\":{t}")),
+                2 => prop_oneof![
+                    any::<u64>().prop_map(|v| v.to_string()),
+                    Just("-1".to_string()), Just("1.0".to_string()), Just("null".to_string()),
+                    Just("\"3\"".to_string()),
+                ].prop_map(|v| format!("\"seq\":{v}")),
+                4 => proptest::collection::vec((name(), value()), 0..6).prop_map(|kv| {
+                    let body: Vec<String> = kv.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    format!("\"metrics\":{{{}}}", body.join(","))
+                }),
+                1 => prop::sample::select(vec![
+                    "\"metrics\":null", "\"metrics\":[1]", "\"metrics\":5", "\"device_id\":\"d-9\"",
+                    "\"device_id\":null", "\"device_id\":7", "\"device_id\":\"a/b\"", "\"x\":[1e999]",
+                    "\"x\":{\"y\":[true]}", "\"seq\":1e999",
+                ].into_iter().map(String::from).collect::<Vec<_>>()),
+            ]
+        }
+
+        fn object() -> impl Strategy<Value = String> {
+            (proptest::collection::vec(field(), 0..5), any::<bool>()).prop_map(|(f, ws)| {
+                let sep = if ws { " ,\n" } else { "," };
+                format!("{{{}}}", f.join(sep))
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn single_pass_decoder_answers_as_the_exact_one(
+                items in proptest::collection::vec(object(), 1..4),
+                batch in any::<bool>(),
+                topic in prop_oneof![4 => Just(Some("pump-1")), 1 => Just(None), 1 => Just(Some("a b"))],
+                max_metrics in prop_oneof![4 => Just(256usize), 1 => 0usize..4],
+                cut in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                mutate in any::<bool>(),
+            ) {
+                let text = if batch || items.len() > 1 {
+                    format!("[{}]", items.join(","))
+                } else {
+                    items[0].clone()
+                };
+                let l = Limits { max_metrics, max_batch: 2, ..Limits::default() };
+                assert_same(text.as_bytes(), topic, &l);
+                if mutate {
+                    let mut b = text.into_bytes();
+                    let i = cut.index(b.len());
+                    b[i] = byte;
+                    assert_same(&b, topic, &l);
+                    assert_same(&b[..i], topic, &l);
+                }
+            }
+
+            #[test]
+            fn fast_rfc3339_agrees_with_chrono(
+                ms in -62_000_000_000_000i64..253_402_300_799_999,
+                digits in 0usize..10,
+                text in "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,11})?Z",
+            ) {
+                let chrono_ms = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis());
+                let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+                let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+                if digits > 0 {
+                    let nanos = format!("{:09}", t.timestamp_subsec_nanos());
+                    s.push('.');
+                    s.push_str(&nanos[..digits]);
+                }
+                s.push('Z');
+                prop_assert!(parse_utc_rfc3339(&s).is_some(), "{s}");
+                prop_assert_eq!(parse_utc_rfc3339(&s), chrono_ms(&s), "{}", s);
+                // Random digits: whatever the fast path accepts, chrono accepts with the same value.
+                if let Some(v) = parse_utc_rfc3339(&text) {
+                    prop_assert_eq!(Some(v), chrono_ms(&text), "{}", text);
+                }
+                prop_assert_eq!(parse_ts_str(&text), chrono_ms(&text), "{}", text);
+            }
+        }
+
+        #[test]
+        fn fast_rfc3339_knows_month_lengths_and_leap_years() {
+            for year in [1900, 1970, 1999, 2000, 2023, 2024, 2100] {
+                for month in 1..=12 {
+                    for day in 27..=32 {
+                        let s = format!("{year:04}-{month:02}-{day:02}T23:59:59.999Z");
+                        let want = chrono::DateTime::parse_from_rfc3339(&s)
+                            .ok()
+                            .map(|t| t.timestamp_millis());
+                        assert_eq!(parse_utc_rfc3339(&s), want, "{s}");
+                    }
+                }
+            }
+        }
     }
 }
