@@ -159,6 +159,44 @@ impl History {
         self.read_events(std::io::BufReader::with_capacity(1 << 20, f), path)
     }
 
+    /// Reads the next record with the header's number of fields into `rec` and returns its line;
+    /// `None` at the end of the input (or after an I/O error). Malformed rows are counted as row
+    /// errors and skipped.
+    fn next_record<R: Read>(
+        &mut self,
+        rdr: &mut csv::Reader<R>,
+        rec: &mut csv::ByteRecord,
+        fields: usize,
+        path: &Path,
+    ) -> Option<u64> {
+        loop {
+            let line = rdr.position().line();
+            match rdr.read_byte_record(rec) {
+                Ok(false) => return None,
+                Ok(true) => {}
+                Err(e) => {
+                    let io = matches!(e.kind(), csv::ErrorKind::Io(_));
+                    let line = e.position().map_or(line, |p| p.line());
+                    self.row_error(path, line, e.to_string());
+                    if io {
+                        return None;
+                    }
+                    continue;
+                }
+            }
+            let line = rec.position().map_or(line, |p| p.line());
+            if rec.len() != fields {
+                self.row_error(
+                    path,
+                    line,
+                    format!("{} fields, the header has {}", rec.len(), fields),
+                );
+                continue;
+            }
+            return Some(line);
+        }
+    }
+
     /// Reads telemetry rows (`device_id,ts,<metric>…`). `path` names the source in messages.
     pub fn read_telemetry(&mut self, r: impl Read, path: &Path) -> Result<(), ReplayError> {
         let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(r);
@@ -183,30 +221,7 @@ impl History {
         self.metrics = names;
         let mut rec = csv::ByteRecord::new();
         let mut row = Vec::with_capacity(metric_cols.len());
-        loop {
-            let line = rdr.position().line();
-            match rdr.read_byte_record(&mut rec) {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => {
-                    let io = matches!(e.kind(), csv::ErrorKind::Io(_));
-                    let line = e.position().map_or(line, |p| p.line());
-                    self.row_error(path, line, e.to_string());
-                    if io {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            let line = rec.position().map_or(line, |p| p.line());
-            if rec.len() != header.len() {
-                self.row_error(
-                    path,
-                    line,
-                    format!("{} fields, the header has {}", rec.len(), header.len()),
-                );
-                continue;
-            }
+        while let Some(line) = self.next_record(&mut rdr, &mut rec, header.len(), path) {
             let (id, ts) = match id_and_ts(&rec, id_col, ts_col) {
                 Ok(x) => x,
                 Err(m) => {
@@ -265,30 +280,7 @@ impl History {
         let kind_col = col(&header, "kind", path)?;
         let code_col = header.iter().position(|h| h == "code");
         let mut rec = csv::ByteRecord::new();
-        loop {
-            let line = rdr.position().line();
-            match rdr.read_byte_record(&mut rec) {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => {
-                    let io = matches!(e.kind(), csv::ErrorKind::Io(_));
-                    let line = e.position().map_or(line, |p| p.line());
-                    self.row_error(path, line, e.to_string());
-                    if io {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            let line = rec.position().map_or(line, |p| p.line());
-            if rec.len() != header.len() {
-                self.row_error(
-                    path,
-                    line,
-                    format!("{} fields, the header has {}", rec.len(), header.len()),
-                );
-                continue;
-            }
+        while let Some(line) = self.next_record(&mut rdr, &mut rec, header.len(), path) {
             let (id, ts) = match id_and_ts(&rec, id_col, ts_col) {
                 Ok(x) => x,
                 Err(m) => {
