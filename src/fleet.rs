@@ -5,7 +5,15 @@
 use crate::features::Attributes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `[fleet]`: the devices and customers loaded at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TOML file of devices and customers loaded at start (optional).
+    pub file: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,10 +126,10 @@ pub enum FleetError {
 
 impl Device {
     pub fn validate(&self) -> Result<(), FleetError> {
-        crate::ingest::decode::validate_device_id(&self.id).map_err(|e| FleetError::Invalid {
+        crate::domain::validate_device_id(&self.id).map_err(|e| FleetError::Invalid {
             what: "device",
             id: self.id.clone(),
-            message: e.detail,
+            message: e.to_string(),
         })
     }
 }
@@ -133,8 +141,8 @@ impl Customer {
             id: self.id.clone(),
             message,
         };
-        crate::ingest::decode::validate_device_id(&self.id)
-            .map_err(|e| bad(e.detail.replace("device", "customer")))?;
+        crate::domain::validate_device_id(&self.id)
+            .map_err(|e| bad(e.to_string().replace("device", "customer")))?;
         if self.time_zone.parse::<chrono_tz::Tz>().is_err() {
             return Err(bad(format!("unknown time zone {:?}", self.time_zone)));
         }

@@ -15,7 +15,6 @@
 
 pub mod channels;
 pub mod config;
-pub mod daemon;
 pub mod inbound;
 pub mod link;
 pub mod metrics;
@@ -27,9 +26,9 @@ mod worker;
 pub use config::NotifyConfig;
 pub use worker::{Attempt, OutboxRow};
 
+use crate::domain::{format_ts, Priority, Ticket};
 use crate::engine::{Change, ChangeKind};
 use crate::fleet::{Channel, Customer, Device};
-use crate::tickets::{rfc3339, Priority, Ticket};
 use channels::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,7 +58,7 @@ pub trait TicketDesk: Send + Sync {
     fn customer_reply(
         &self,
         id: &str,
-        to: Option<crate::tickets::Status>,
+        to: Option<crate::domain::Status>,
         actor: &str,
         note: &str,
     ) -> Result<Ticket, String>;
@@ -120,7 +119,7 @@ pub struct TimelineEntry {
 impl TimelineEntry {
     pub fn new(at_ms: i64, kind: &str, ticket_id: &str, detail: impl Into<String>) -> Self {
         TimelineEntry {
-            at: rfc3339(at_ms),
+            at: format_ts(at_ms),
             kind: kind.into(),
             ticket_id: ticket_id.into(),
             channel: None,

@@ -12,9 +12,9 @@ use super::channels::{Outgoing, SendError};
 use super::route::{self, Decision, RouteInput};
 use super::templates::MessageKind;
 use super::{Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
+use crate::domain::{Status, Ticket};
 use crate::fleet::{Channel, Customer};
 use crate::store::Store;
-use crate::tickets::{Status, Ticket};
 use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -597,7 +597,7 @@ impl Notifier {
         let when = t
             .predicted_failure_at
             .as_deref()
-            .and_then(crate::ingest::decode::parse_ts_str)
+            .and_then(crate::domain::parse_ts)
             .and_then(|ms| route::tz_of(c).timestamp_millis_opt(ms).single())
             .map(|lt| format!("{} ({})", lt.format("%Y-%m-%d %H:%M"), c.time_zone))
             .unwrap_or_default();

@@ -5,6 +5,11 @@
 //! decision threshold chosen on validation, and where it came from. `forewarn train` writes them,
 //! `serve` and `evaluate` load them through [`Artifact::load`], which refuses what it cannot serve.
 
+mod config;
+
+pub use config::Config;
+
+use crate::domain::Evidence;
 use crate::features::{Attributes, FeatureSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -548,15 +553,6 @@ pub struct Artifact {
 pub struct ModeScore {
     pub probability: f64,
     pub ttf_hours: Option<f64>,
-}
-
-/// A feature behind a score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evidence {
-    pub feature: String,
-    pub value: f64,
-    /// Contribution to the log-odds (positive pushes toward failure).
-    pub weight: f64,
 }
 
 impl Artifact {

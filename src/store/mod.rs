@@ -16,7 +16,11 @@
 //! | `fd/{device}`, `fc/{customer}` | fleet registry records (JSON) |
 //! | `k/{name}` | small key-value records owned by other modules (idempotency marks, …) |
 
-use crate::tickets::Ticket;
+mod config;
+
+pub use config::Config;
+
+use crate::domain::Ticket;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,7 +61,7 @@ struct Open {
 /// Filters of `GET /api/v1/tickets`.
 #[derive(Debug, Clone, Default)]
 pub struct TicketFilter {
-    pub status: Option<crate::tickets::Status>,
+    pub status: Option<crate::domain::Status>,
     pub device_id: Option<String>,
     pub customer_id: Option<String>,
     /// Only tickets updated (event time, epoch ms) at or after this.
@@ -362,7 +366,7 @@ impl Store {
                 continue;
             }
             if let Some(since) = f.since_ms {
-                let upd = crate::ingest::decode::parse_ts_str(&t.updated_at).unwrap_or(t.opened_ms);
+                let upd = crate::domain::parse_ts(&t.updated_at).unwrap_or(t.opened_ms);
                 if upd < since {
                     continue;
                 }
@@ -455,7 +459,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tickets::{rfc3339, ModelRef, Priority, Status};
+    use crate::domain::{format_ts, ModelRef, Priority, Status};
 
     #[test]
     fn reopen_keeps_what_was_committed_and_every_clone_uses_the_new_database() {
@@ -495,8 +499,8 @@ mod tests {
             priority: Priority::High,
             probability: 0.8,
             predicted_failure_at: None,
-            opened_at: rfc3339(0),
-            updated_at: rfc3339(0),
+            opened_at: format_ts(0),
+            updated_at: format_ts(0),
             model: ModelRef {
                 name: "x".into(),
                 version: "1".into(),
