@@ -141,6 +141,10 @@ impl App {
             ..Limits::default()
         };
         metrics.models_loaded.set(models.list.len() as i64);
+        // Registered once per registry; a second App on the same registry keeps the first.
+        let _ = metrics
+            .registry
+            .register(Box::new(store.quarantined_counter()));
         let engine = Engine::new(settings.engine.clone(), Arc::new(models));
         let app = App {
             core: Mutex::new(Core {
@@ -614,10 +618,7 @@ impl Core {
             Some(bytes) => match DeviceState::decode(&bytes) {
                 Some(s) => s,
                 None => {
-                    tracing::error!(
-                        "stored state of a device is unreadable; starting it afresh ({} bytes)",
-                        bytes.len()
-                    );
+                    store.quarantine_state(device, &bytes, "device state does not decode");
                     self.engine.new_state(ts)
                 }
             },
