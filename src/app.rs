@@ -55,6 +55,9 @@ struct Core {
     tick: u64,
     devices: HashMap<String, Device>,
     customers: HashMap<String, Customer>,
+    /// Devices seen on the stream that the registry does not know (`forewarn_unregistered_devices`);
+    /// a device leaves the set when it is registered or forgotten.
+    unregistered: std::collections::HashSet<String>,
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
@@ -153,6 +156,7 @@ impl App {
                 tick: 0,
                 devices,
                 customers,
+                unregistered: Default::default(),
             }),
             rejects: Mutex::new(VecDeque::new()),
             log_budget: Mutex::new(LogBudget {
@@ -217,6 +221,12 @@ impl App {
                     stats.readings += 1;
                     core.slot(&self.store, &r.device_id, r.ts, &mut dirty)?;
                     let dev = core.devices.get(&r.device_id);
+                    if dev.is_none() && !core.unregistered.contains(r.device_id.as_str()) {
+                        core.unregistered.insert(r.device_id.clone());
+                        self.metrics
+                            .unregistered_devices
+                            .set(core.unregistered.len() as i64);
+                    }
                     let ctx = DeviceCtx {
                         attrs: dev.map(|d| &d.attributes),
                         customer_id: dev.and_then(|d| d.customer_id.as_deref()),
@@ -517,8 +527,12 @@ impl App {
             core.customers.insert(c.id.clone(), c);
         }
         for d in devices {
+            core.unregistered.remove(d.id.as_str());
             core.devices.insert(d.id.clone(), d);
         }
+        self.metrics
+            .unregistered_devices
+            .set(core.unregistered.len() as i64);
         Ok(())
     }
 

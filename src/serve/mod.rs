@@ -171,14 +171,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     app::save_metric_index(&store, &models.index)?;
     if !fleet.customers.is_empty() || !fleet.devices.is_empty() {
-        let mut tx = store.tx();
-        for c in &fleet.customers {
-            tx.put_fleet_customer(&c.id, c);
-        }
-        for d in &fleet.devices {
-            tx.put_fleet_device(&d.id, d);
-        }
-        store.commit(tx)?;
+        let applied = crate::fleet::apply_file(&store, &fleet)?;
+        tracing::info!(
+            "fleet file: {} record(s) written, {} left as the registry has them",
+            applied.written,
+            applied.kept
+        );
     }
     let registry = prometheus::Registry::new();
     // Built (templates checked, providers set up) before anything starts, so a bad template or

@@ -535,6 +535,11 @@ impl Store {
         }
     }
 
+    /// Every `k/` record whose name starts with `prefix`, in key order.
+    pub fn scan_kv<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        self.scan_json(&key2(b"k/", prefix))
+    }
+
     pub fn fleet_devices<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
         self.scan_json(b"fd/")
     }
@@ -642,6 +647,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.tickets(&f).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_ticket_with_a_missing_evidence_value_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut t = ticket("T-2", Status::Open);
+        t.evidence = vec![crate::domain::Evidence {
+            feature: "attr.age".into(),
+            value: None,
+            weight: 0.4,
+        }];
+        let mut tx = s.tx();
+        tx.put_ticket(&t);
+        s.commit(tx).unwrap();
+        assert_eq!(s.ticket("T-2").unwrap(), Some(t));
+        assert!(s.quarantine_list().unwrap().is_empty());
     }
 
     #[test]
