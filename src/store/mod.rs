@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `meta/schema` | schema version |
 //! | `s/{device}` | device state (postcard) |
+//! | `r/{device}` | the device's reorder buffer: items held for event-time order (postcard) |
 //! | `t/{ticket id}` | ticket (JSON) |
 //! | `l/{device}\x1f{mode}` | id of the live ticket of that device and mode |
 //! | `o/{queue}/{seq}` | outbox row (JSON, owned by the queue's worker) |
@@ -107,6 +108,16 @@ impl Tx {
 
     pub fn put_state(&mut self, device: &str, bytes: Vec<u8>) {
         self.batch.insert(key2(b"s/", device), bytes);
+        self.ops += 1;
+    }
+
+    pub fn put_reorder(&mut self, device: &str, bytes: Vec<u8>) {
+        self.batch.insert(key2(b"r/", device), bytes);
+        self.ops += 1;
+    }
+
+    pub fn remove_reorder(&mut self, device: &str) {
+        self.batch.remove(key2(b"r/", device));
         self.ops += 1;
     }
 
@@ -357,6 +368,25 @@ impl Store {
     /// Sets a device state that could not be decoded aside (see [`Store::quarantine`]).
     pub fn quarantine_state(&self, device: &str, bytes: &[u8], detail: &str) {
         self.quarantine(&key2(b"s/", device), bytes, detail);
+    }
+
+    pub fn load_reorder(&self, device: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.h()?.tree.get(key2(b"r/", device))?.map(|v| v.to_vec()))
+    }
+
+    /// Devices with a stored reorder buffer.
+    pub fn reorder_devices(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kv in self.h()?.tree.scan_prefix(b"r/") {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[2..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Sets a reorder buffer that could not be decoded aside.
+    pub fn quarantine_reorder(&self, device: &str, bytes: &[u8], detail: &str) {
+        self.quarantine(&key2(b"r/", device), bytes, detail);
     }
 
     pub fn state_count(&self) -> usize {

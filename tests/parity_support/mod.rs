@@ -136,6 +136,8 @@ pub fn daemon_config(s: &DaemonSetup, model: &Artifact, hist: &SimHistory) -> Co
     cfg.store.cache_bytes = 16 << 20;
     cfg.scoring.models_dir = models;
     cfg.fleet.file = Some(fleet);
+    // Each device's last message is held for event-time order until this idle timer.
+    cfg.ingest.reorder_idle = Some("100ms".parse().expect("dur"));
     cfg
 }
 
