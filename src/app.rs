@@ -12,7 +12,7 @@ use crate::ingest::decode::{self, Limits, Reject};
 use crate::ingest::mqtt::{topic_matches, Inbound};
 use crate::ingest::reorder::{self, Item, Offer, Pending};
 use crate::metrics::Metrics;
-use crate::notify::{Notifier, TicketDesk};
+use crate::notify::{DeskError, Notifier, TicketDesk};
 use crate::store::{Store, StoreError, Tx};
 use crate::tickets::TransitionError;
 use parking_lot::Mutex;
@@ -37,6 +37,17 @@ pub enum CoreError {
     Transition(#[from] TransitionError),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Why the models directory could not be (re)loaded; the models in use stay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Artifact(#[from] crate::predict::ArtifactError),
+    #[error(transparent)]
+    Models(#[from] crate::engine::ModelsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A device's in-memory state.
@@ -618,9 +629,13 @@ impl App {
         to: Option<Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String> {
-        self.transition(id, to, actor, note)
-            .map_err(|e| e.to_string())
+    ) -> Result<Ticket, DeskError> {
+        self.transition(id, to, actor, note).map_err(|e| match e {
+            CoreError::Store(e) => DeskError::Store(e),
+            CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
+            CoreError::Transition(e) => DeskError::Transition(e),
+            CoreError::Invalid(m) => DeskError::Invalid(m),
+        })
     }
 
     // ---------------------------------------------------------------- fleet
@@ -684,7 +699,7 @@ impl App {
     }
 
     /// Reloads every artifact of the models directory. On any error the old models stay.
-    pub fn reload_models(&self) -> Result<usize, String> {
+    pub fn reload_models(&self) -> Result<usize, ReloadError> {
         let dir = self.settings.models_dir.clone();
         let res = {
             let base = load_metric_index(&self.store);
@@ -699,7 +714,7 @@ impl App {
                                 Engine::new(self.settings.engine.clone(), Arc::new(models));
                             Ok(n)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(ReloadError::Store(e)),
                     }
                 }
                 Err(e) => Err(e),
@@ -734,7 +749,7 @@ impl TicketDesk for App {
         to: Option<Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String> {
+    ) -> Result<Ticket, DeskError> {
         App::customer_reply(self, id, to, actor, note)
     }
     fn customer(&self, id: &str) -> Option<Customer> {
@@ -854,7 +869,7 @@ pub(crate) fn build_models(
     dir: &Path,
     window: &WindowSpec,
     base: MetricIndex,
-) -> Result<Models, String> {
-    let artifacts = crate::predict::load_dir(dir).map_err(|e| e.to_string())?;
-    Models::with_index(artifacts, window, base)
+) -> Result<Models, ReloadError> {
+    let artifacts = crate::predict::load_dir(dir)?;
+    Ok(Models::with_index(artifacts, window, base)?)
 }

@@ -77,9 +77,23 @@ pub struct Models {
     pub index: MetricIndex,
 }
 
+/// Why a set of artifacts cannot be served together.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelsError {
+    #[error(
+        "model {name:?} was trained with windows {trained:?} but the daemon keeps {daemon:?}; \
+         set [features] in the configuration to match or retrain"
+    )]
+    WindowMismatch {
+        name: String,
+        trained: WindowSpec,
+        daemon: WindowSpec,
+    },
+}
+
 impl Models {
     /// Indexes the artifacts' metrics. Every artifact's windows must equal the daemon's.
-    pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, String> {
+    pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, ModelsError> {
         Models::with_index(artifacts, window, MetricIndex::default())
     }
 
@@ -89,15 +103,15 @@ impl Models {
         artifacts: Vec<Artifact>,
         window: &WindowSpec,
         base: MetricIndex,
-    ) -> Result<Models, String> {
+    ) -> Result<Models, ModelsError> {
         let mut index = base;
         for a in &artifacts {
             if &a.features.window != window {
-                return Err(format!(
-                    "model {:?} was trained with windows {:?} but the daemon keeps {:?}; \
-                     set [features] in the configuration to match or retrain",
-                    a.name, a.features.window, window
-                ));
+                return Err(ModelsError::WindowMismatch {
+                    name: a.name.clone(),
+                    trained: a.features.window.clone(),
+                    daemon: window.clone(),
+                });
             }
             for m in &a.features.metrics {
                 index.intern(m.clone());

@@ -155,7 +155,7 @@ impl Customer {
             return Err(bad(format!("unknown time zone {:?}", self.time_zone)));
         }
         if let Some(q) = &self.quiet_hours {
-            parse_quiet_hours(q).map_err(bad)?;
+            parse_quiet_hours(q).map_err(|e| bad(e.to_string()))?;
         }
         for c in &self.preferences {
             if !self.contacts.contains_key(c) {
@@ -170,8 +170,13 @@ impl Customer {
     }
 }
 
+/// A quiet-hours text that is not `HH:MM-HH:MM`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("quiet hours {0:?} must look like 22:00-07:00")]
+pub struct QuietHoursError(pub String);
+
 /// Parses "22:00-07:00" into minutes after local midnight (start, end); may wrap midnight.
-pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), String> {
+pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), QuietHoursError> {
     let parse = |t: &str| -> Option<u32> {
         let (h, m) = t.trim().split_once(':')?;
         let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
@@ -179,10 +184,10 @@ pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), String> {
     };
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("quiet hours {s:?} must look like 22:00-07:00"))?;
+        .ok_or_else(|| QuietHoursError(s.to_string()))?;
     match (parse(a), parse(b)) {
         (Some(a), Some(b)) => Ok((a, b)),
-        _ => Err(format!("quiet hours {s:?} must look like 22:00-07:00")),
+        _ => Err(QuietHoursError(s.to_string())),
     }
 }
 

@@ -194,7 +194,7 @@ impl Notifier {
         let actor = format!("customer:{channel}");
         let t = desk
             .customer_reply(ticket_id, to, &actor, &note)
-            .map_err(ReplyError::Rejected)?;
+            .map_err(|e| ReplyError::Rejected(e.to_string()))?;
         self.metrics
             .replies
             .with_label_values(&[match channel {

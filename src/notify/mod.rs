@@ -42,11 +42,24 @@ pub const QUEUE: &str = "notify";
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     #[error("notify templates: {0}")]
-    Templates(String),
+    Templates(#[from] templates::TemplateError),
     #[error("notify.{channel}: {message}")]
     Channel { channel: String, message: String },
     #[error("notify metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+/// Why the desk did not apply a customer's reply.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    #[error("ticket {0} not found")]
+    TicketNotFound(String),
+    #[error(transparent)]
+    Transition(#[from] crate::tickets::TransitionError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How notify changes a ticket (acknowledge/schedule/reschedule request) — implemented by the
@@ -61,7 +74,7 @@ pub trait TicketDesk: Send + Sync {
         to: Option<crate::domain::Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String>;
+    ) -> Result<Ticket, DeskError>;
     fn customer(&self, id: &str) -> Option<Customer>;
     fn device(&self, id: &str) -> Option<Device>;
 }
@@ -189,16 +202,16 @@ impl Notifier {
             }
         };
         let timeout = cfg.send_timeout.std();
-        let http = channels::http_client(timeout).map_err(|m| NotifyError::Channel {
+        let http = channels::http_client(timeout).map_err(|e| NotifyError::Channel {
             channel: "http".into(),
-            message: m,
+            message: format!("http client: {e}"),
         })?;
         let mut providers: BTreeMap<Channel, Box<dyn Provider>> = BTreeMap::new();
         if let Some(e) = &cfg.email {
             let p =
-                channels::email::Email::build(e, timeout).map_err(|m| NotifyError::Channel {
+                channels::email::Email::build(e, timeout).map_err(|e| NotifyError::Channel {
                     channel: "email".into(),
-                    message: m,
+                    message: e.to_string(),
                 })?;
             providers.insert(Channel::Email, Box::new(p));
         }

@@ -193,11 +193,9 @@ impl Notifier {
             return store.commit(tx);
         };
         let day = route::local_day(&customer, now);
-        let sent_today: u32 = store
-            .get_kv(&budget_key(&customer.id, &day))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        // A read error leaves the row for the next round: counting from 0 would overspend the
+        // customer's budget.
+        let sent_today: u32 = store.get_kv(&budget_key(&customer.id, &day))?.unwrap_or(0);
         if row.plan.is_empty() {
             let available = self.available();
             let input = RouteInput {

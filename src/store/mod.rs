@@ -43,6 +43,13 @@ pub enum StoreError {
     Schema { path: String, found: String },
     #[error("store: being reopened after an I/O error")]
     Reopening,
+    /// A value could not be serialised: the whole transaction is refused rather than an empty
+    /// record written.
+    #[error("store: cannot encode {key}: {source}")]
+    Encode {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -94,6 +101,8 @@ pub struct TicketFilter {
 pub struct Tx {
     batch: sled::Batch,
     ops: usize,
+    /// The first value that could not be serialised; [`Store::commit`] then fails.
+    encode_error: Option<StoreError>,
     /// For sequence numbers of outbox and timeline rows (monotonic across restarts).
     db: Option<sled::Db>,
 }
@@ -104,6 +113,22 @@ impl Tx {
     }
     pub fn is_empty(&self) -> bool {
         self.ops == 0
+    }
+
+    /// Inserts `value` as JSON under `key`; a value that cannot be serialised is remembered and
+    /// fails the commit.
+    fn insert_json<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(json) => self.batch.insert(key, json),
+            Err(source) => {
+                if self.encode_error.is_none() {
+                    self.encode_error = Some(StoreError::Encode {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     pub fn put_state(&mut self, device: &str, bytes: Vec<u8>) {
@@ -123,8 +148,7 @@ impl Tx {
 
     /// Stores a ticket and keeps the live index in step with its status.
     pub fn put_ticket(&mut self, t: &Ticket) {
-        let json = serde_json::to_vec(t).unwrap_or_default();
-        self.batch.insert(key2(b"t/", &t.id), json);
+        self.insert_json(key2(b"t/", &t.id), t);
         let mut lk = key2(b"l/", &t.device_id);
         lk.push(SEP);
         lk.extend_from_slice(t.failure_mode.as_bytes());
@@ -149,8 +173,7 @@ impl Tx {
     pub fn push_outbox<T: Serialize>(&mut self, queue: &str, row: &T) -> Vec<u8> {
         let seq = self.seq();
         let k = outbox_key(queue, seq);
-        self.batch
-            .insert(k.clone(), serde_json::to_vec(row).unwrap_or_default());
+        self.insert_json(k.clone(), row);
         self.ops += 1;
         k
     }
@@ -162,15 +185,13 @@ impl Tx {
         k.push(b'/');
         k.extend_from_slice(&(ms as u64 ^ (1 << 63)).to_be_bytes());
         k.extend_from_slice(&seq.to_be_bytes());
-        self.batch
-            .insert(k, serde_json::to_vec(entry).unwrap_or_default());
+        self.insert_json(k, entry);
         self.ops += 1;
     }
 
     /// Rewrites an outbox row as part of this transaction (worker bookkeeping).
     pub fn put_outbox_row<T: Serialize>(&mut self, key: &[u8], row: &T) {
-        self.batch
-            .insert(key, serde_json::to_vec(row).unwrap_or_default());
+        self.insert_json(key.to_vec(), row);
         self.ops += 1;
     }
 
@@ -181,22 +202,17 @@ impl Tx {
     }
 
     pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
-        self.batch.insert(
-            key2(b"k/", name),
-            serde_json::to_vec(value).unwrap_or_default(),
-        );
+        self.insert_json(key2(b"k/", name), value);
         self.ops += 1;
     }
 
     pub fn put_fleet_device<T: Serialize>(&mut self, id: &str, v: &T) {
-        self.batch
-            .insert(key2(b"fd/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.insert_json(key2(b"fd/", id), v);
         self.ops += 1;
     }
 
     pub fn put_fleet_customer<T: Serialize>(&mut self, id: &str, v: &T) {
-        self.batch
-            .insert(key2(b"fc/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.insert_json(key2(b"fc/", id), v);
         self.ops += 1;
     }
 }
@@ -334,12 +350,16 @@ impl Store {
         Tx {
             batch: sled::Batch::default(),
             ops: 0,
+            encode_error: None,
             db: self.h().ok().map(|o| o.db),
         }
     }
 
     /// Applies the transaction atomically and flushes it to disk.
     pub fn commit(&self, tx: Tx) -> Result<()> {
+        if let Some(e) = tx.encode_error {
+            return Err(e);
+        }
         if tx.ops == 0 {
             return Ok(());
         }
@@ -531,9 +551,11 @@ impl Store {
 
     /// Rewrites one outbox row (attempt bookkeeping) and flushes.
     pub fn outbox_put<T: Serialize>(&self, key: &[u8], row: &T) -> Result<()> {
-        self.h()?
-            .tree
-            .insert(key, serde_json::to_vec(row).unwrap_or_default())?;
+        let json = serde_json::to_vec(row).map_err(|source| StoreError::Encode {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })?;
+        self.h()?.tree.insert(key, json)?;
         self.h()?.db.flush()?;
         Ok(())
     }
@@ -599,6 +621,27 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::{format_ts, ModelRef, Priority, Status};
+
+    #[test]
+    fn a_value_that_cannot_be_encoded_fails_the_whole_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        // JSON object keys must be strings: this map cannot be serialised.
+        let unencodable: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let mut tx = store.tx();
+        tx.put_state("d1", vec![1]);
+        tx.put_kv("bad", &unencodable);
+        let e = store.commit(tx).unwrap_err();
+        assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+        assert_eq!(
+            store.load_state("d1").unwrap(),
+            None,
+            "nothing of it was written"
+        );
+        assert_eq!(store.get_kv::<u8>("bad").unwrap(), None);
+        let e = store.outbox_put(b"o/x/1", &unencodable).unwrap_err();
+        assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+    }
 
     #[test]
     fn reopen_keeps_what_was_committed_and_every_clone_uses_the_new_database() {

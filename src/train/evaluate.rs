@@ -129,7 +129,8 @@ pub fn evaluate(
     let name = artifact.name.clone();
     let version = artifact.version.clone();
     let modes: Vec<String> = artifact.modes.iter().map(|m| m.mode.clone()).collect();
-    let models = Models::new(vec![artifact], &opts.engine.window).map_err(TrainError::Data)?;
+    let models = Models::new(vec![artifact], &opts.engine.window)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
     let engine = Engine::new(opts.engine.clone(), Arc::new(models));
 
     let pb = super::progress(h.devices.len() as u64, "backtest");

@@ -10,7 +10,7 @@ use forewarn::domain::{format_ts, HistoryEntry, ModelRef, Priority, Status, Tick
 use forewarn::engine::{Change, ChangeKind};
 use forewarn::fleet::{Channel, Customer, Device};
 use forewarn::notify::config::{EmailConfig, PushConfig, SmtpTls, TwilioConfig, WebhookConfig};
-use forewarn::notify::{ManualClock, Notifier, NotifyConfig, TicketDesk, TimelineEntry};
+use forewarn::notify::{DeskError, ManualClock, Notifier, NotifyConfig, TicketDesk, TimelineEntry};
 use forewarn::store::Store;
 use forewarn::tickets::ticket_id;
 use providers::{Fakes, HOOK_SECRET, SID, TOKEN};
@@ -53,15 +53,15 @@ impl TicketDesk for StoreDesk {
         to: Option<Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String> {
+    ) -> Result<Ticket, DeskError> {
         use forewarn::notify::Clock;
         let _g = self.write.lock().unwrap();
-        let mut t = self.ticket(id).ok_or("no such ticket")?;
+        let mut t = self
+            .ticket(id)
+            .ok_or_else(|| DeskError::TicketNotFound(id.into()))?;
         let now = self.clock.now_ms();
         match to {
-            Some(s) => t
-                .transition(s, actor, now, note)
-                .map_err(|e| e.to_string())?,
+            Some(s) => t.transition(s, actor, now, note)?,
             None => t.history.push(HistoryEntry {
                 at: format_ts(now),
                 actor: actor.into(),
@@ -73,7 +73,7 @@ impl TicketDesk for StoreDesk {
         }
         let mut tx = self.store.tx();
         tx.put_ticket(&t);
-        self.store.commit(tx).map_err(|e| e.to_string())?;
+        self.store.commit(tx)?;
         Ok(t)
     }
     fn customer(&self, id: &str) -> Option<Customer> {
