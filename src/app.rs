@@ -4,7 +4,7 @@
 //! dispatch row and the notifier's rows together.
 
 use crate::dispatch::DispatchRow;
-use crate::domain::{format_ts, HistoryEntry, Millis, Status, Ticket};
+use crate::domain::{format_ts, HistoryEntry, Millis, RejectReason, Status, Ticket};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
 use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
@@ -293,10 +293,7 @@ impl App {
                     m.received_ms,
                     &self.limits,
                 ) {
-                    Ok(r) => {
-                        stats.readings += r.len();
-                        r.into_iter().map(Item::Reading).collect()
-                    }
+                    Ok(r) => r.into_iter().map(Item::Reading).collect(),
                     Err(rej) => {
                         self.reject(topic, &m.publish.payload, &rej);
                         continue;
@@ -327,6 +324,29 @@ impl App {
                 tracing::debug!(topic = %clip(topic, 200), "message on an unhandled topic ignored");
                 continue;
             };
+            let skew = self.settings.ingest.max_clock_skew.as_millis_i64();
+            if skew > 0 {
+                if let Some(ts) = items
+                    .iter()
+                    .map(Item::ts)
+                    .find(|&ts| ts > m.received_ms.saturating_add(skew))
+                {
+                    let rej = Reject::new(
+                        RejectReason::FutureTs,
+                        format!(
+                            "timestamp {} is more than {} ahead of receipt",
+                            format_ts(ts),
+                            self.settings.ingest.max_clock_skew
+                        ),
+                    );
+                    self.reject(topic, &m.publish.payload, &rej);
+                    continue;
+                }
+            }
+            stats.readings += items
+                .iter()
+                .filter(|i| matches!(i, Item::Reading(_)))
+                .count();
             for item in items {
                 let device = match &item {
                     Item::Reading(r) => r.device_id.clone(),
@@ -536,6 +556,56 @@ impl App {
         core.evict(self.settings.ingest.max_devices_in_memory, &self.metrics);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(())
+    }
+
+    /// Drops the state of devices whose newest timestamp is older than `now_ms - forget_after`
+    /// from memory and disk (their tickets stay). Returns how many were forgotten.
+    pub fn forget_unseen(&self, now_ms: i64) -> Result<usize, CoreError> {
+        let Some(after) = self.settings.ingest.forget_after else {
+            return Ok(0);
+        };
+        let cutoff = now_ms.saturating_sub(after.as_millis_i64());
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        let mut gone = Vec::new();
+        for (device, bytes) in self.store.states()? {
+            let newest = match core.slots.get(device.as_str()) {
+                Some(slot) => Some(
+                    slot.state
+                        .last_ts
+                        .max(slot.reorder.max_seen.unwrap_or(Millis::MIN)),
+                ),
+                None => DeviceState::decode(&bytes).map(|s| s.last_ts),
+            };
+            // A state that does not decode is the quarantine's business, not this sweep's.
+            if newest.is_some_and(|t| t < cutoff) {
+                gone.push(device);
+            }
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.store.tx();
+        for d in &gone {
+            tx.remove_device_state(d);
+        }
+        self.store.commit(tx)?;
+        let mut gaps = self.gaps.lock();
+        for d in &gone {
+            core.slots.remove(d.as_str());
+            core.unregistered.remove(d.as_str());
+            gaps.remove(d.as_str());
+        }
+        self.metrics.devices_forgotten.inc_by(gone.len() as u64);
+        self.metrics
+            .unregistered_devices
+            .set(core.unregistered.len() as i64);
+        self.metrics.devices_in_memory.set(core.slots.len() as i64);
+        tracing::info!(
+            "forgot the state of {} device(s) unseen for {after}",
+            gone.len()
+        );
+        Ok(gone.len())
     }
 
     /// Releases what devices silent for `reorder_idle` still hold in their reorder buffers (and,

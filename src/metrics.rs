@@ -46,6 +46,8 @@ pub struct Metrics {
     pub devices_in_memory: IntGauge,
     /// Device states dropped from memory (least recently seen) — reloaded from the store on demand.
     pub evictions: IntCounter,
+    /// Device states dropped after `ingest.forget_after` without a reading.
+    pub devices_forgotten: IntCounter,
     /// Devices seen on the stream since start that the fleet registry does not know.
     pub unregistered_devices: IntGauge,
     /// Model artifacts in use.
@@ -170,6 +172,11 @@ impl Metrics {
                 r,
                 "forewarn_device_evictions_total",
                 "Device states evicted from memory (least recently seen)",
+            ),
+            devices_forgotten: counter(
+                r,
+                "forewarn_devices_forgotten_total",
+                "Device states dropped from memory and disk after ingest.forget_after unseen",
             ),
             unregistered_devices: gauge(
                 r,
