@@ -449,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn readings_are_sorted_and_merged_with_events_reading_first_on_ties() {
+    fn readings_are_sorted_and_merged_with_events_first_on_ties() {
         let d = tempfile::tempdir().unwrap();
         let t = file(
             &d,
@@ -466,7 +466,8 @@ mod tests {
         assert!(dev.ts[0] < dev.ts[1]);
         assert!(dev.values[0].is_nan() && dev.values[1] == 2.0);
         let kinds: Vec<bool> = dev.steps().map(|s| matches!(s, Step::Reading(_))).collect();
-        assert_eq!(kinds, vec![true, true, false]);
+        // At equal times the event comes first (contract, section 7).
+        assert_eq!(kinds, vec![true, false, true]);
         assert_eq!(h.failure_modes(), vec!["fan".to_string()]);
         let bad = file(
             &d,
