@@ -24,6 +24,41 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
 
+/// Where the broker session this data directory relies on is recorded.
+const BROKER_SESSION_KEY: &str = "broker_session";
+
+/// The persistent session a data directory has at a broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BrokerSession {
+    pub broker: String,
+    pub client_id: String,
+}
+
+/// Whether the broker's `session_present` at start agrees with what the data directory knows;
+/// `Some(explanation)` when it does not.
+pub fn session_verdict(
+    session_present: bool,
+    known: Option<&BrokerSession>,
+    now: &BrokerSession,
+) -> Option<String> {
+    let same = known == Some(now);
+    match (session_present, same) {
+        (true, false) => Some(format!(
+            "the broker resumed a session for client id {:?} that this data directory does not \
+             know (another daemon with the same client id, or a new data directory): what it \
+             queued is applied here",
+            now.client_id
+        )),
+        (false, true) => Some(format!(
+            "this data directory expects a persistent session at {} for client id {:?} but the \
+             broker has none (restarted without persistence, or the session expired): what was \
+             published while forewarn was away is lost",
+            now.broker, now.client_id
+        )),
+        _ => None,
+    }
+}
+
 /// Where the metric index (metric name → id used inside stored device states) is kept.
 const METRIC_INDEX_KEY: &str = "metric_index";
 
@@ -175,6 +210,8 @@ pub struct App {
     /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
     gaps: Mutex<HashMap<String, Gap>>,
     loss: Mutex<Loss>,
+    /// What the session check at the first broker connection found amiss, for `/readyz`.
+    session_note: Mutex<Option<String>>,
     /// Plans the customer notifications of every ticket change, inside the change's commit.
     notifier: Arc<Notifier>,
     limits: Limits,
@@ -246,6 +283,7 @@ impl App {
             }),
             gaps: Mutex::new(HashMap::new()),
             loss: Mutex::new(Loss::default()),
+            session_note: Mutex::new(None),
             notifier,
             limits,
             dispatch_wake: Arc::new(Notify::new()),
@@ -706,6 +744,38 @@ impl App {
                  counted as a reset, its readings are applied"
             ),
         }
+    }
+
+    /// At the first connection: compares the broker's `session_present` with what the data
+    /// directory expects (a persistent session at this broker under this client id, recorded
+    /// after the first connection), says so when they disagree, and records the session.
+    pub fn check_session(&self, session_present: bool, broker: &str, client_id: &str) {
+        let mark = BrokerSession {
+            broker: broker.to_string(),
+            client_id: client_id.to_string(),
+        };
+        let known = self
+            .store
+            .get_kv::<BrokerSession>(BROKER_SESSION_KEY)
+            .ok()
+            .flatten();
+        let note = session_verdict(session_present, known.as_ref(), &mark);
+        if let Some(n) = &note {
+            tracing::warn!("broker session: {n}");
+        }
+        *self.session_note.lock() = note;
+        if known.as_ref() != Some(&mark) {
+            let mut tx = self.store.tx();
+            tx.put_kv(BROKER_SESSION_KEY, &mark);
+            if let Err(e) = self.store.commit(tx) {
+                tracing::warn!("could not record the broker session: {e}");
+            }
+        }
+    }
+
+    /// What the session check found amiss at start, if anything.
+    pub fn session_note(&self) -> Option<String> {
+        self.session_note.lock().clone()
     }
 
     /// Each device's last `seq` gap, by device id.
