@@ -153,6 +153,11 @@ impl Tx {
         self.ops += 1;
     }
 
+    pub fn remove_kv(&mut self, name: &str) {
+        self.batch.remove(key2(b"k/", name));
+        self.ops += 1;
+    }
+
     pub fn put_fleet_device<T: Serialize>(&mut self, id: &str, v: &T) {
         self.batch
             .insert(key2(b"fd/", id), serde_json::to_vec(v).unwrap_or_default());

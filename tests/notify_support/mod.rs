@@ -29,6 +29,8 @@ pub struct StoreDesk {
     pub clock: Arc<ManualClock>,
     /// Single writer, like the daemon's core lock.
     write: Mutex<()>,
+    /// Like the daemon, a transition is committed with the notifier's rows.
+    pub notifier: std::sync::OnceLock<Arc<Notifier>>,
 }
 
 impl StoreDesk {
@@ -38,6 +40,7 @@ impl StoreDesk {
             customers: Mutex::new(HashMap::new()),
             clock,
             write: Mutex::new(()),
+            notifier: std::sync::OnceLock::new(),
         }
     }
 }
@@ -72,6 +75,15 @@ impl TicketDesk for StoreDesk {
         }
         let mut tx = self.store.tx();
         tx.put_ticket(&t);
+        if let Some(n) = self.notifier.get() {
+            let change = Change {
+                kind: ChangeKind::Transition,
+                previous_priority: Some(t.priority),
+                ticket: t.clone(),
+            };
+            let customer = t.customer_id.as_deref().and_then(|c| self.customer(c));
+            n.on_ticket_change(&mut tx, &change, customer.as_ref(), None, now);
+        }
         self.store.commit(tx).map_err(|e| e.to_string())?;
         Ok(t)
     }
@@ -185,6 +197,7 @@ impl Harness {
                 .with_clock(clock.clone()),
         );
         let desk = Arc::new(StoreDesk::new(store.clone(), clock.clone()));
+        let _ = desk.notifier.set(notifier.clone());
         let app = notifier.clone().routes(store.clone(), desk.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(l, app).await;
