@@ -148,12 +148,17 @@ async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_a
         h.desk.ticket(&t.id).unwrap().history.len(),
         now.history.len()
     );
-    let replies = h
+    let replies: Vec<_> = h
         .timeline("acme")
         .into_iter()
         .filter(|e| e.kind == "reply")
-        .count();
-    assert_eq!(replies, 1);
+        .map(|e| e.outcome.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        replies,
+        ["acknowledged", "repeat"],
+        "kept, not applied twice"
+    );
 }
 
 #[tokio::test]

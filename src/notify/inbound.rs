@@ -238,6 +238,16 @@ impl Notifier {
             .ok()
             .flatten();
         if reply != Reply::Unclear && prev.as_ref().is_some_and(|p| p.answer == reply.as_str()) {
+            // The same answer again changes nothing, but the message is kept.
+            let mut entry = TimelineEntry::new(
+                now,
+                "reply",
+                ticket_id,
+                format!("{} by {channel} again: {short}", reply.as_str()),
+            )
+            .outcome("repeat");
+            entry.channel = m.channel;
+            tx.push_timeline(&cid, now, &entry);
             store.commit(tx)?;
             return Ok(t);
         }

@@ -34,7 +34,7 @@ pub const FACTS: [&str; 14] = [
     "visit",
 ];
 /// Phrases each locale must define (rendered from facts, then available to templates).
-pub const PHRASES: [&str; 45] = [
+pub const PHRASES: [&str; 48] = [
     // Headlines, one per kind of message.
     "alert",
     "urgent",
@@ -44,6 +44,11 @@ pub const PHRASES: [&str; 45] = [
     "visit_confirmed",
     "visit_rescheduled",
     "no_action",
+    // A short word that marks an urgent warning, a reminder and an update where space is
+    // short ({{tag}}; empty for an advisory).
+    "tag_urgent",
+    "tag_reminder",
+    "tag_update",
     // What the message says, per kind ("warning" for alert, urgent, reminder and update).
     "warning",
     "body_resolved",
@@ -98,7 +103,7 @@ pub const TEMPLATES: [&str; 7] = [
     "email_html",
 ];
 /// Placeholders the templates may use beyond facts and phrases.
-const DERIVED: [&str; 5] = ["headline", "body", "by", "reply", "dir"];
+const DERIVED: [&str; 6] = ["headline", "tag", "body", "by", "reply", "dir"];
 /// Placeholders of a locale's `date_format`.
 const DATE_PARTS: [&str; 5] = ["weekday", "day", "month", "year", "time"];
 
@@ -505,6 +510,14 @@ impl Templates {
         let mut vars = self.vars(l, facts);
         let headline = vars.get(kind.as_str()).cloned().unwrap_or_default();
         vars.insert("headline", headline);
+        let tag = match kind {
+            MessageKind::Urgent | MessageKind::Reminder | MessageKind::Update => vars
+                .get(format!("tag_{}", kind.as_str()).as_str())
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        vars.insert("tag", tag);
         let body = if kind.is_warning() {
             vars.get("warning").cloned()
         } else {

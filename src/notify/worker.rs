@@ -4,7 +4,10 @@
 //!
 //! Crash safety: before calling a provider the row records the attempt ("sending") durably; the
 //! idempotency key depends only on (row, channel), so after a kill -9 between "sent" and
-//! "recorded" the same request is repeated with the same key and the provider drops the copy.
+//! "recorded" the same request is repeated with the same key. Receivers that honour the key
+//! (webhooks, push) drop the copy; Twilio's REST API does not, so an SMS or call interrupted at
+//! exactly that moment can reach the customer twice (the same message, marked as a resend in
+//! the timeline) — at least once, never lost.
 //! On success the row's removal, the timeline entry, the budget count and any reminder row are
 //! one atomic commit.
 
@@ -410,7 +413,10 @@ impl Notifier {
                         );
                     }
                 }
-                let wants_ack = matches!(kind, MessageKind::Urgent | MessageKind::Reminder);
+                let wants_ack = matches!(
+                    kind,
+                    MessageKind::Urgent | MessageKind::Update | MessageKind::Reminder
+                );
                 if wants_ack && answered.is_none() && row.reminder < self.cfg.max_reminders {
                     let due = now + self.cfg.ack_timeout.as_millis_i64();
                     let n = row.reminder + 1;

@@ -3,6 +3,7 @@
 //! with an injected clock.
 #![allow(dead_code)]
 
+pub mod peers;
 pub mod providers;
 pub mod smtp;
 
