@@ -82,6 +82,20 @@ async fn sms_reply_books_a_visit_for_a_ticket_first_notified_by_email_and_shows_
     assert_eq!(entries[5]["detail"], "visit_confirmed message queued");
     assert_eq!(entries[6]["outcome"], "scheduled");
     assert!(entries.iter().all(|e| e["ticket_id"] == t.id.as_str()));
+    // The customer's story of this ticket: alerted by e-mail, answered by SMS, visit booked.
+    let stories = tl["stories"].as_array().unwrap();
+    assert_eq!(stories.len(), 1);
+    assert_eq!(stories[0]["ticket_id"], t.id.as_str());
+    assert_eq!(stories[0]["alerted_on"], "email");
+    assert_eq!(stories[0]["replies"], 1);
+    assert_eq!(stories[0]["status"], "scheduled");
+    let story_kinds: Vec<&str> = stories[0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(story_kinds, ["ticket", "message", "ticket", "reply"]);
     let times: Vec<&str> = entries.iter().map(|e| e["at"].as_str().unwrap()).collect();
     assert!(
         times.windows(2).all(|w| w[0] <= w[1]),

@@ -7,7 +7,7 @@
 //! | `POST /notify/v1/twilio/status` | SMS/call status callback (signed likewise) |
 //! | `POST /notify/v1/email/inbound?key=…` | e-mail reply, inbound-parse form (Mailgun field names; `text`/`from`/`subject` also accepted) |
 //! | `GET/POST /notify/v1/s/{token}` | signed self-service page: confirm a visit, another time, not now |
-//! | `GET /api/v1/customers/{id}/timeline` | every ticket, message, delivery, reply and decision in time order |
+//! | `GET /api/v1/customers/{id}/timeline` | every ticket, message, delivery, reply and decision in time order (`entries`), and one story per ticket (`stories`) |
 
 use super::intent::{self, Intent};
 use super::link::{self, LinkError};
@@ -1056,7 +1056,11 @@ async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response
             error(StatusCode::NOT_FOUND, "not_found", "no such customer")
         }
         Ok(entries) => {
-            Json(serde_json::json!({"customer_id": id, "entries": entries})).into_response()
+            // `entries` is the full record (unchanged shape); `stories` is the customer's view,
+            // one per ticket.
+            let stories = super::story::group(&entries);
+            Json(serde_json::json!({"customer_id": id, "entries": entries, "stories": stories}))
+                .into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
     }

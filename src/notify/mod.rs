@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod moment;
 pub mod route;
 pub mod sink;
+pub mod story;
 pub mod templates;
 mod worker;
 
