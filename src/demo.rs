@@ -125,7 +125,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
             "demo-inbound-email-key".into(),
         ));
     }
-    let (customers, devices) = registry(&fleet, &sink.webhook_url());
+    let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some());
 
     let handle = crate::serve::run(cfg.clone(), shutdown.clone()).await?;
     handle
@@ -146,6 +146,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         CUSTOMERS.len(),
         data_dir.join("notifications.jsonl").display()
     );
+    if let Some(e) = &cfg.notify.email {
+        println!(
+            "  e-mail     to {} through SMTP {}:{} (from --config)",
+            CUSTOMERS[0].1, e.host, e.port
+        );
+    }
     println!();
 
     let console = Console::start(&broker.url()).await?;
@@ -208,7 +214,8 @@ fn pick_listen(wanted: &str) -> String {
 
 /// Customers in three locales, each owning a third of the fleet. The first keeps quiet hours
 /// (so, depending on the hour, the demo shows advisories held until morning).
-fn registry(fleet: &Fleet, webhook: &str) -> (Vec<Customer>, Vec<Device>) {
+/// With an e-mail provider configured (`--config`), the English customer prefers e-mail.
+fn registry(fleet: &Fleet, webhook: &str, email: bool) -> (Vec<Customer>, Vec<Device>) {
     let customers: Vec<Customer> = CUSTOMERS
         .iter()
         .enumerate()
@@ -226,12 +233,16 @@ fn registry(fleet: &Fleet, webhook: &str) -> (Vec<Customer>, Vec<Device>) {
             ]
             .into_iter()
             .collect(),
-            preferences: vec![
-                Channel::Push,
-                Channel::Sms,
-                Channel::Voice,
-                Channel::Webhook,
-            ],
+            preferences: if email && i == 0 {
+                vec![Channel::Email, Channel::Sms, Channel::Voice]
+            } else {
+                vec![
+                    Channel::Push,
+                    Channel::Sms,
+                    Channel::Voice,
+                    Channel::Webhook,
+                ]
+            },
             quiet_hours: (i == 0).then(|| "22:00-07:00".to_string()),
             urgent_in_quiet_hours: true,
             daily_budget: Some(50),

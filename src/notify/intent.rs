@@ -316,6 +316,18 @@ mod tests {
         assert_eq!(parse("stop the pump now"), Intent::Unclear);
     }
 
+    proptest::proptest! {
+        // The same inputs as the cargo-fuzz target (fuzz/fuzz_targets/inbound_text.rs).
+        #[test]
+        fn no_text_makes_the_readers_panic(text in "(\\PC|[๐-๙۰-۹٠-٩ก-ฮا-ی\u{200c}\u{064b}]|T-[0-9a-fA-F]{0,18}){0,60}") {
+            let _ = parse(&text);
+            let _ = crate::notify::inbound::Reply::parse(&text);
+            let _ = crate::notify::inbound::ticket_ref(&text);
+            let headers = vec![("Auto-Submitted".to_string(), text.clone())];
+            let _ = auto_reply(&headers, &text);
+        }
+    }
+
     #[test]
     fn auto_replies_are_recognised_by_headers_and_subjects() {
         let h = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
