@@ -3,14 +3,13 @@
 //! `serve` wraps it with MQTT and sled, `evaluate` with CSV files; neither adds logic of its own,
 //! so a backtest opens exactly the tickets the daemon opens for the same readings.
 
+use crate::domain::{format_ts, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
+use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use crate::features::{
     streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
 };
-use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
 use crate::predict::{Artifact, CompiledMode, ModeModel};
-use crate::tickets::{
-    rfc3339, ticket_id, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket,
-};
+use crate::tickets::ticket_id;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -78,9 +77,23 @@ pub struct Models {
     pub index: MetricIndex,
 }
 
+/// Why a set of artifacts cannot be served together.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelsError {
+    #[error(
+        "model {name:?} was trained with windows {trained:?} but the daemon keeps {daemon:?}; \
+         set [features] in the configuration to match or retrain"
+    )]
+    WindowMismatch {
+        name: String,
+        trained: WindowSpec,
+        daemon: WindowSpec,
+    },
+}
+
 impl Models {
     /// Indexes the artifacts' metrics. Every artifact's windows must equal the daemon's.
-    pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, String> {
+    pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, ModelsError> {
         Models::with_index(artifacts, window, MetricIndex::default())
     }
 
@@ -90,15 +103,15 @@ impl Models {
         artifacts: Vec<Artifact>,
         window: &WindowSpec,
         base: MetricIndex,
-    ) -> Result<Models, String> {
+    ) -> Result<Models, ModelsError> {
         let mut index = base;
         for a in &artifacts {
             if &a.features.window != window {
-                return Err(format!(
-                    "model {:?} was trained with windows {:?} but the daemon keeps {:?}; \
-                     set [features] in the configuration to match or retrain",
-                    a.name, a.features.window, window
-                ));
+                return Err(ModelsError::WindowMismatch {
+                    name: a.name.clone(),
+                    trained: a.features.window.clone(),
+                    daemon: window.clone(),
+                });
             }
             for m in &a.features.metrics {
                 index.intern(m.clone());
@@ -245,7 +258,7 @@ impl Engine {
                     // Formatted only when a ticket takes it.
                     let predicted = || {
                         s.ttf_hours
-                            .map(|h| rfc3339(r.ts + (h * 3_600_000.0) as i64))
+                            .map(|h| format_ts(r.ts + (h * 3_600_000.0) as i64))
                     };
                     if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
                         if self.should_update(t, s.probability, s.ttf_hours, r.ts, prio) {
@@ -253,10 +266,10 @@ impl Engine {
                             t.probability = s.probability;
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
-                            t.updated_at = rfc3339(r.ts);
+                            t.updated_at = format_ts(r.ts);
                             t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
                             t.history.push(HistoryEntry {
-                                at: rfc3339(r.ts),
+                                at: format_ts(r.ts),
                                 actor: "forewarn".into(),
                                 action: "updated".into(),
                                 from: None,
@@ -296,7 +309,7 @@ impl Engine {
         priority: Priority,
         x: &[f64],
     ) -> Ticket {
-        let at = rfc3339(r.ts);
+        let at = format_ts(r.ts);
         Ticket {
             id: ticket_id(&r.device_id, &mm.mode, r.ts),
             device_id: r.device_id.clone(),
@@ -346,7 +359,7 @@ impl Engine {
         let old = t
             .predicted_failure_at
             .as_deref()
-            .and_then(crate::ingest::decode::parse_ts_str);
+            .and_then(crate::domain::parse_ts);
         match (old, ttf) {
             (Some(old), Some(h)) => {
                 let new = now + (h * 3_600_000.0) as i64;

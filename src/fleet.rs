@@ -5,7 +5,15 @@
 use crate::features::Attributes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `[fleet]`: the devices and customers loaded at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TOML file of devices and customers loaded at start (optional).
+    pub file: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,10 +126,10 @@ pub enum FleetError {
 
 impl Device {
     pub fn validate(&self) -> Result<(), FleetError> {
-        crate::ingest::decode::validate_device_id(&self.id).map_err(|e| FleetError::Invalid {
+        crate::domain::validate_device_id(&self.id).map_err(|e| FleetError::Invalid {
             what: "device",
             id: self.id.clone(),
-            message: e.detail,
+            message: e.to_string(),
         })
     }
 }
@@ -133,13 +141,13 @@ impl Customer {
             id: self.id.clone(),
             message,
         };
-        crate::ingest::decode::validate_device_id(&self.id)
-            .map_err(|e| bad(e.detail.replace("device", "customer")))?;
+        crate::domain::validate_device_id(&self.id)
+            .map_err(|e| bad(e.to_string().replace("device", "customer")))?;
         if self.time_zone.parse::<chrono_tz::Tz>().is_err() {
             return Err(bad(format!("unknown time zone {:?}", self.time_zone)));
         }
         if let Some(q) = &self.quiet_hours {
-            parse_quiet_hours(q).map_err(bad)?;
+            parse_quiet_hours(q).map_err(|e| bad(e.to_string()))?;
         }
         for c in &self.preferences {
             if !self.contacts.contains_key(c) {
@@ -154,8 +162,13 @@ impl Customer {
     }
 }
 
+/// A quiet-hours text that is not `HH:MM-HH:MM`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("quiet hours {0:?} must look like 22:00-07:00")]
+pub struct QuietHoursError(pub String);
+
 /// Parses "22:00-07:00" into minutes after local midnight (start, end); may wrap midnight.
-pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), String> {
+pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), QuietHoursError> {
     let parse = |t: &str| -> Option<u32> {
         let (h, m) = t.trim().split_once(':')?;
         let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
@@ -163,10 +176,10 @@ pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), String> {
     };
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("quiet hours {s:?} must look like 22:00-07:00"))?;
+        .ok_or_else(|| QuietHoursError(s.to_string()))?;
     match (parse(a), parse(b)) {
         (Some(a), Some(b)) => Ok((a, b)),
-        _ => Err(format!("quiet hours {s:?} must look like 22:00-07:00")),
+        _ => Err(QuietHoursError(s.to_string())),
     }
 }
 

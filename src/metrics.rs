@@ -164,7 +164,7 @@ impl Metrics {
             ),
         };
         // Pre-create bounded label values so dashboards see zeros rather than gaps.
-        for reason in crate::ingest::decode::RejectReason::ALL {
+        for reason in crate::domain::RejectReason::ALL {
             m.rejected.with_label_values(&[reason.as_str()]);
         }
         for reason in ["duplicate", "late"] {

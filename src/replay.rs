@@ -8,7 +8,7 @@
 //! History files are often sorted by device rather than by time, so the rows are kept in a compact
 //! table (about 48 bytes per 4-metric reading) and sorted by time before publishing.
 
-use crate::ingest::decode::{validate_device_id, DeviceEvent, EventKind, Millis};
+use crate::domain::{validate_device_id, DeviceEvent, EventKind, Millis};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::io::Read;
@@ -402,9 +402,9 @@ fn id_and_ts(
     let id = std::str::from_utf8(&rec[id_col])
         .map_err(|_| "device_id is not UTF-8".to_string())?
         .trim();
-    validate_device_id(id).map_err(|e| e.detail)?;
+    validate_device_id(id).map_err(|e| e.to_string())?;
     let ts_s = std::str::from_utf8(&rec[ts_col]).unwrap_or("").trim();
-    let ts = crate::ingest::decode::parse_ts_str(ts_s)
+    let ts = crate::domain::parse_ts(ts_s)
         .or_else(|| ts_s.parse::<i64>().ok())
         .ok_or_else(|| {
             format!(

@@ -5,10 +5,10 @@
 
 mod notify_support;
 
+use forewarn::domain::{Outcome, Priority, Status};
 use forewarn::engine::ChangeKind;
 use forewarn::fleet::Channel;
 use forewarn::notify::TicketDesk;
-use forewarn::tickets::{Outcome, Priority, Status};
 use notify_support::Harness;
 use std::time::Duration;
 

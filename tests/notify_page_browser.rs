@@ -6,9 +6,9 @@
 
 mod notify_support;
 
+use forewarn::domain::{Priority, Status};
 use forewarn::fleet::Channel;
 use forewarn::notify::{Clock, TicketDesk};
-use forewarn::tickets::{Priority, Status};
 use notify_support::Harness;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};

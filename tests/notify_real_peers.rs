@@ -5,11 +5,11 @@
 
 mod notify_support;
 
+use forewarn::domain::{Outcome, Priority, Status};
 use forewarn::engine::ChangeKind;
 use forewarn::fleet::{Channel, Customer};
 use forewarn::notify::templates::sms_segments;
 use forewarn::notify::TicketDesk;
-use forewarn::tickets::{Outcome, Priority, Status};
 use notify_support::peers::{python_has, twilio_library_signature, AioSmtpd};
 use notify_support::providers::TOKEN;
 use notify_support::Harness;
@@ -21,7 +21,7 @@ async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String)
         c.preferences[0] == Channel::Sms,
         c.preferences[0] == Channel::Email,
     );
-    let answer = |t: &forewarn::tickets::Ticket, text: String| {
+    let answer = |t: &forewarn::domain::Ticket, text: String| {
         let (h, c, id) = (h, c.clone(), t.id.clone());
         async move {
             if by_sms {

@@ -4,13 +4,13 @@
 
 mod notify_support;
 
+use forewarn::domain::{Priority, Status};
 use forewarn::fleet::Channel;
 use forewarn::notify::TicketDesk;
-use forewarn::tickets::{Priority, Status};
 use notify_support::Harness;
 use std::time::Duration;
 
-fn link_of(h: &Harness, t: &forewarn::tickets::Ticket) -> String {
+fn link_of(h: &Harness, t: &forewarn::domain::Ticket) -> String {
     use forewarn::notify::Clock;
     h.notifier
         .link(&t.id, t.customer_id.as_deref().unwrap(), h.clock.now_ms())

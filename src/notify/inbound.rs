@@ -14,9 +14,9 @@ use super::link::{self, LinkError};
 use super::templates::{Facts, PageText};
 use super::worker::SentRecord;
 use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, NEEDS_HUMAN, QUEUE};
+use crate::domain::{format_ts, Status, Ticket};
 use crate::fleet::Channel;
 use crate::store::Store;
-use crate::tickets::{rfc3339, Status, Ticket};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -213,7 +213,7 @@ impl Notifier {
         let short: String = m.text.chars().take(200).collect();
         let mut tx = store.tx();
         if let Some(k) = &provider_key {
-            tx.put_kv(k, &rfc3339(now));
+            tx.put_kv(k, &format_ts(now));
         }
         if !t.is_live() {
             tx.push_timeline(
@@ -273,7 +273,7 @@ impl Notifier {
         let actor = format!("customer:{channel}");
         let t = desk
             .customer_reply(ticket_id, to, &actor, &note)
-            .map_err(ReplyError::Desk)?;
+            .map_err(|e| ReplyError::Desk(e.to_string()))?;
         self.metrics.replies.with_label_values(&[channel]).inc();
         if reply != Reply::Unclear {
             tx.put_kv(
@@ -281,7 +281,7 @@ impl Notifier {
                 &Answer {
                     answer: reply.as_str().into(),
                     channel: channel.into(),
-                    at: rfc3339(now),
+                    at: format_ts(now),
                 },
             );
         }
@@ -313,7 +313,7 @@ impl Notifier {
         let now = self.clock.now_ms();
         let mut tx = store.tx();
         if let Some(id) = provider_id {
-            tx.put_kv(&super::inbound_key(channel, id), &rfc3339(now));
+            tx.put_kv(&super::inbound_key(channel, id), &format_ts(now));
         }
         tx.push_timeline(
             customer,
@@ -342,7 +342,7 @@ impl Notifier {
             tx.put_kv(
                 &key,
                 &super::OptOut {
-                    at: rfc3339(now),
+                    at: format_ts(now),
                     keyword: keyword.chars().take(20).collect(),
                 },
             );
@@ -925,8 +925,8 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
     }
     if !t.is_live() {
         let what = match (t.status, t.outcome) {
-            (Status::Dismissed, _) | (_, Some(crate::tickets::Outcome::FalseAlarm)) => &p.no_action,
-            (_, Some(crate::tickets::Outcome::ConfirmedFault)) => &p.resolved,
+            (Status::Dismissed, _) | (_, Some(crate::domain::Outcome::FalseAlarm)) => &p.no_action,
+            (_, Some(crate::domain::Outcome::ConfirmedFault)) => &p.resolved,
             _ => &p.closed,
         };
         body.push_str(&format!(
@@ -1044,11 +1044,11 @@ async fn page_answer(
 }
 
 async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    if let Err(e) = crate::ingest::decode::validate_device_id(&id) {
+    if let Err(e) = crate::domain::validate_device_id(&id) {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            &format!("customer id: {}", e.detail.replace("device id", "id")),
+            &format!("customer id: {}", e.to_string().replace("device id", "id")),
         );
     }
     match s.store.timeline::<TimelineEntry>(&id) {

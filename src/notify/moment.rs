@@ -17,8 +17,8 @@
 //! ever being told.
 
 use super::templates::MessageKind;
+use crate::domain::{Outcome, Priority, Status};
 use crate::engine::{Change, ChangeKind};
-use crate::tickets::{Outcome, Priority, Status};
 
 /// The note a customer's "another time" reply leaves in the ticket history (read back here).
 pub const ANOTHER_TIME: &str = "another time requested";
@@ -85,7 +85,7 @@ pub fn for_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tickets::{ModelRef, Ticket};
+    use crate::domain::{ModelRef, Ticket};
 
     fn ticket() -> Ticket {
         Ticket {

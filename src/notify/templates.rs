@@ -148,11 +148,22 @@ enum Piece {
     Section(String, Vec<Piece>, bool),
 }
 
+/// What is wrong with a template file, naming the file and key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+impl From<String> for TemplateError {
+    fn from(s: String) -> Self {
+        TemplateError(s)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Template(Vec<Piece>);
 
 impl Template {
-    fn parse(s: &str, allowed: &dyn Fn(&str) -> bool) -> Result<Template, String> {
+    fn parse(s: &str, allowed: &dyn Fn(&str) -> bool) -> Result<Template, TemplateError> {
         let mut rest = s;
         let pieces = Self::parse_until(&mut rest, None, allowed)?;
         Ok(Template(pieces))
@@ -162,11 +173,11 @@ impl Template {
         rest: &mut &str,
         close: Option<&str>,
         allowed: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<Piece>, String> {
+    ) -> Result<Vec<Piece>, TemplateError> {
         let mut out = Vec::new();
         while let Some(i) = rest.find("{{") {
             if rest[..i].contains("}}") {
-                return Err(format!("stray }}}} near {:?}", trunc(rest)));
+                return Err(format!("stray }}}} near {:?}", trunc(rest)).into());
             }
             if i > 0 {
                 out.push(Piece::Text(rest[..i].to_string()));
@@ -182,7 +193,7 @@ impl Template {
                 return if close == Some(name) {
                     Ok(out)
                 } else {
-                    Err(format!("{{{{/{name}}}}} closes nothing"))
+                    Err(format!("{{{{/{name}}}}} closes nothing").into())
                 };
             }
             let (section, inverted, name) = match (tag.strip_prefix('#'), tag.strip_prefix('^')) {
@@ -191,7 +202,7 @@ impl Template {
                 _ => (false, false, tag),
             };
             if !allowed(name) {
-                return Err(format!("unknown placeholder {{{{{name}}}}}"));
+                return Err(format!("unknown placeholder {{{{{name}}}}}").into());
             }
             if section {
                 let inner = Self::parse_until(rest, Some(name), allowed)?;
@@ -201,10 +212,10 @@ impl Template {
             }
         }
         if rest.contains("}}") {
-            return Err(format!("stray }}}} near {:?}", trunc(rest)));
+            return Err(format!("stray }}}} near {:?}", trunc(rest)).into());
         }
         if let Some(name) = close {
-            return Err(format!("{{{{#{name}}}}} is not closed"));
+            return Err(format!("{{{{#{name}}}}} is not closed").into());
         }
         if !rest.is_empty() {
             out.push(Piece::Text(rest.to_string()));
@@ -381,7 +392,7 @@ pub struct Templates {
 
 impl Templates {
     /// Embedded locales, then `<dir>/*.toml` over them. Errors name the file and key.
-    pub fn load(dir: Option<&Path>, fallback: &str) -> Result<Templates, String> {
+    pub fn load(dir: Option<&Path>, fallback: &str) -> Result<Templates, TemplateError> {
         let mut locales = BTreeMap::new();
         for (name, text) in EMBEDDED {
             locales.insert(
@@ -410,7 +421,7 @@ impl Templates {
             }
         }
         if !locales.contains_key(fallback) {
-            return Err(format!("fallback locale {fallback:?} has no templates"));
+            return Err(format!("fallback locale {fallback:?} has no templates").into());
         }
         Ok(Templates {
             locales,
@@ -668,7 +679,7 @@ fn tidy(s: &str) -> String {
     out.join("\n").trim().to_string()
 }
 
-fn parse_locale(text: &str) -> Result<Locale, String> {
+fn parse_locale(text: &str) -> Result<Locale, TemplateError> {
     let f: LocaleFile = toml::from_str(text).map_err(|e| e.to_string())?;
     let facts = |n: &str| FACTS.contains(&n);
     let mut phrases = BTreeMap::new();
@@ -684,7 +695,7 @@ fn parse_locale(text: &str) -> Result<Locale, String> {
         );
     }
     if let Some(extra) = f.phrases.keys().find(|k| !PHRASES.contains(&k.as_str())) {
-        return Err(format!("phrases.{extra} is not a known phrase"));
+        return Err(format!("phrases.{extra} is not a known phrase").into());
     }
     let all = |n: &str| FACTS.contains(&n) || PHRASES.contains(&n) || DERIVED.contains(&n);
     let mut templates = BTreeMap::new();
@@ -703,10 +714,12 @@ fn parse_locale(text: &str) -> Result<Locale, String> {
         .keys()
         .find(|k| !TEMPLATES.contains(&k.as_str()))
     {
-        return Err(format!("templates.{extra} is not a known template"));
+        return Err(format!("templates.{extra} is not a known template").into());
     }
     if !f.modes.contains_key("default") {
-        return Err("modes.default is missing (the words for a mode not listed)".into());
+        return Err(TemplateError(
+            "modes.default is missing (the words for a mode not listed)".into(),
+        ));
     }
     let mut modes = BTreeMap::new();
     for (k, m) in &f.modes {
@@ -716,20 +729,21 @@ fn parse_locale(text: &str) -> Result<Locale, String> {
         modes.insert(k.clone(), Mode { name, advice });
     }
     if f.months.len() != 12 {
-        return Err(format!("months: 12 names needed, found {}", f.months.len()));
+        return Err(format!("months: 12 names needed, found {}", f.months.len()).into());
     }
     if f.weekdays.len() != 7 {
         return Err(format!(
             "weekdays: 7 names needed (Monday first), found {}",
             f.weekdays.len()
-        ));
+        )
+        .into());
     }
     let date_format = Template::parse(&f.date_format, &|n| DATE_PARTS.contains(&n))
         .map_err(|e| format!("date_format: {e}"))?;
     let rtl = match f.direction.as_deref() {
         None | Some("ltr") => false,
         Some("rtl") => true,
-        Some(o) => return Err(format!("direction {o:?} must be \"ltr\" or \"rtl\"")),
+        Some(o) => return Err(format!("direction {o:?} must be \"ltr\" or \"rtl\"").into()),
     };
     Ok(Locale {
         rtl,
@@ -943,7 +957,7 @@ mod tests {
         let bad = good.replace("{{device}}", "{{devise}}");
         assert_ne!(bad, good);
         std::fs::write(dir.path().join("en.toml"), bad).unwrap();
-        let e = Templates::load(Some(dir.path()), "en").unwrap_err();
+        let e = Templates::load(Some(dir.path()), "en").unwrap_err().0;
         assert!(e.contains("en.toml") && e.contains("{{devise}}"), "{e}");
         assert!(Templates::load(None, "xx").is_err());
         let unclosed = good.replace("{{/link}}", "");

@@ -16,9 +16,9 @@ use super::route::{self, Decision, RouteInput};
 use super::templates::Facts;
 use super::templates::MessageKind;
 use super::{Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
+use crate::domain::{Status, Ticket};
 use crate::fleet::{Channel, Customer};
 use crate::store::Store;
-use crate::tickets::{Status, Ticket};
 use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -202,11 +202,9 @@ impl Notifier {
             return store.commit(tx);
         };
         let day = route::local_day(&customer, now);
-        let sent_today: u32 = store
-            .get_kv(&budget_key(&customer.id, &day))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        // A read error leaves the row for the next round: counting from 0 would overspend the
+        // customer's budget.
+        let sent_today: u32 = store.get_kv(&budget_key(&customer.id, &day))?.unwrap_or(0);
         if row.plan.is_empty() {
             let available = self.available();
             let opted_out = self.opted_out(store, &customer);
@@ -621,7 +619,7 @@ impl Notifier {
         let at = t
             .predicted_failure_at
             .as_deref()
-            .and_then(crate::ingest::decode::parse_ts_str);
+            .and_then(crate::domain::parse_ts);
         // Never a time in the past: within the next hour (or gone) it is "as soon as possible".
         let soon = at.is_some_and(|ms| ms <= now + 3_600_000);
         let when = at

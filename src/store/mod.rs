@@ -16,7 +16,11 @@
 //! | `fd/{device}`, `fc/{customer}` | fleet registry records (JSON) |
 //! | `k/{name}` | small key-value records owned by other modules (idempotency marks, …) |
 
-use crate::tickets::Ticket;
+mod config;
+
+pub use config::Config;
+
+use crate::domain::Ticket;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +38,13 @@ pub enum StoreError {
     Schema { path: String, found: String },
     #[error("store: being reopened after an I/O error")]
     Reopening,
+    /// A value could not be serialised: the whole transaction is refused rather than an empty
+    /// record written.
+    #[error("store: cannot encode {key}: {source}")]
+    Encode {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -57,7 +68,7 @@ struct Open {
 /// Filters of `GET /api/v1/tickets`.
 #[derive(Debug, Clone, Default)]
 pub struct TicketFilter {
-    pub status: Option<crate::tickets::Status>,
+    pub status: Option<crate::domain::Status>,
     pub device_id: Option<String>,
     pub customer_id: Option<String>,
     /// Only tickets updated (event time, epoch ms) at or after this.
@@ -69,6 +80,8 @@ pub struct TicketFilter {
 pub struct Tx {
     batch: sled::Batch,
     ops: usize,
+    /// The first value that could not be serialised; [`Store::commit`] then fails.
+    encode_error: Option<StoreError>,
     /// For sequence numbers of outbox and timeline rows (monotonic across restarts).
     db: Option<sled::Db>,
 }
@@ -81,6 +94,22 @@ impl Tx {
         self.ops == 0
     }
 
+    /// Inserts `value` as JSON under `key`; a value that cannot be serialised is remembered and
+    /// fails the commit.
+    fn insert_json<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(json) => self.batch.insert(key, json),
+            Err(source) => {
+                if self.encode_error.is_none() {
+                    self.encode_error = Some(StoreError::Encode {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     pub fn put_state(&mut self, device: &str, bytes: Vec<u8>) {
         self.batch.insert(key2(b"s/", device), bytes);
         self.ops += 1;
@@ -88,8 +117,7 @@ impl Tx {
 
     /// Stores a ticket and keeps the live index in step with its status.
     pub fn put_ticket(&mut self, t: &Ticket) {
-        let json = serde_json::to_vec(t).unwrap_or_default();
-        self.batch.insert(key2(b"t/", &t.id), json);
+        self.insert_json(key2(b"t/", &t.id), t);
         let mut lk = key2(b"l/", &t.device_id);
         lk.push(SEP);
         lk.extend_from_slice(t.failure_mode.as_bytes());
@@ -114,8 +142,7 @@ impl Tx {
     pub fn push_outbox<T: Serialize>(&mut self, queue: &str, row: &T) -> Vec<u8> {
         let seq = self.seq();
         let k = outbox_key(queue, seq);
-        self.batch
-            .insert(k.clone(), serde_json::to_vec(row).unwrap_or_default());
+        self.insert_json(k.clone(), row);
         self.ops += 1;
         k
     }
@@ -127,15 +154,13 @@ impl Tx {
         k.push(b'/');
         k.extend_from_slice(&(ms as u64 ^ (1 << 63)).to_be_bytes());
         k.extend_from_slice(&seq.to_be_bytes());
-        self.batch
-            .insert(k, serde_json::to_vec(entry).unwrap_or_default());
+        self.insert_json(k, entry);
         self.ops += 1;
     }
 
     /// Rewrites an outbox row as part of this transaction (worker bookkeeping).
     pub fn put_outbox_row<T: Serialize>(&mut self, key: &[u8], row: &T) {
-        self.batch
-            .insert(key, serde_json::to_vec(row).unwrap_or_default());
+        self.insert_json(key.to_vec(), row);
         self.ops += 1;
     }
 
@@ -146,10 +171,7 @@ impl Tx {
     }
 
     pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
-        self.batch.insert(
-            key2(b"k/", name),
-            serde_json::to_vec(value).unwrap_or_default(),
-        );
+        self.insert_json(key2(b"k/", name), value);
         self.ops += 1;
     }
 
@@ -159,14 +181,12 @@ impl Tx {
     }
 
     pub fn put_fleet_device<T: Serialize>(&mut self, id: &str, v: &T) {
-        self.batch
-            .insert(key2(b"fd/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.insert_json(key2(b"fd/", id), v);
         self.ops += 1;
     }
 
     pub fn put_fleet_customer<T: Serialize>(&mut self, id: &str, v: &T) {
-        self.batch
-            .insert(key2(b"fc/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.insert_json(key2(b"fc/", id), v);
         self.ops += 1;
     }
 }
@@ -295,12 +315,16 @@ impl Store {
         Tx {
             batch: sled::Batch::default(),
             ops: 0,
+            encode_error: None,
             db: self.h().ok().map(|o| o.db),
         }
     }
 
     /// Applies the transaction atomically and flushes it to disk.
     pub fn commit(&self, tx: Tx) -> Result<()> {
+        if let Some(e) = tx.encode_error {
+            return Err(e);
+        }
         if tx.ops == 0 {
             return Ok(());
         }
@@ -367,7 +391,7 @@ impl Store {
                 continue;
             }
             if let Some(since) = f.since_ms {
-                let upd = crate::ingest::decode::parse_ts_str(&t.updated_at).unwrap_or(t.opened_ms);
+                let upd = crate::domain::parse_ts(&t.updated_at).unwrap_or(t.opened_ms);
                 if upd < since {
                     continue;
                 }
@@ -398,9 +422,11 @@ impl Store {
 
     /// Rewrites one outbox row (attempt bookkeeping) and flushes.
     pub fn outbox_put<T: Serialize>(&self, key: &[u8], row: &T) -> Result<()> {
-        self.h()?
-            .tree
-            .insert(key, serde_json::to_vec(row).unwrap_or_default())?;
+        let json = serde_json::to_vec(row).map_err(|source| StoreError::Encode {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })?;
+        self.h()?.tree.insert(key, json)?;
         self.h()?.db.flush()?;
         Ok(())
     }
@@ -460,7 +486,28 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tickets::{rfc3339, ModelRef, Priority, Status};
+    use crate::domain::{format_ts, ModelRef, Priority, Status};
+
+    #[test]
+    fn a_value_that_cannot_be_encoded_fails_the_whole_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        // JSON object keys must be strings: this map cannot be serialised.
+        let unencodable: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let mut tx = store.tx();
+        tx.put_state("d1", vec![1]);
+        tx.put_kv("bad", &unencodable);
+        let e = store.commit(tx).unwrap_err();
+        assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+        assert_eq!(
+            store.load_state("d1").unwrap(),
+            None,
+            "nothing of it was written"
+        );
+        assert_eq!(store.get_kv::<u8>("bad").unwrap(), None);
+        let e = store.outbox_put(b"o/x/1", &unencodable).unwrap_err();
+        assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+    }
 
     #[test]
     fn reopen_keeps_what_was_committed_and_every_clone_uses_the_new_database() {
@@ -500,8 +547,8 @@ mod tests {
             priority: Priority::High,
             probability: 0.8,
             predicted_failure_at: None,
-            opened_at: rfc3339(0),
-            updated_at: rfc3339(0),
+            opened_at: format_ts(0),
+            updated_at: format_ts(0),
             model: ModelRef {
                 name: "x".into(),
                 version: "1".into(),

@@ -5,10 +5,8 @@
 //! allocate without bound.
 
 use super::TrainError;
+use crate::domain::{parse_ts, validate_device_id, DeviceEvent, EventKind, Millis, Reading};
 use crate::features::Attributes;
-use crate::ingest::decode::{
-    parse_ts_str, validate_device_id, DeviceEvent, EventKind, Millis, Reading,
-};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
@@ -233,7 +231,7 @@ fn device_id(path: &Path, line: u64, s: &str) -> Result<String, TrainError> {
 }
 
 fn timestamp(path: &Path, line: u64, s: &str) -> Result<Millis, TrainError> {
-    parse_ts_str(s).ok_or_else(|| {
+    parse_ts(s).ok_or_else(|| {
         TrainError::csv(path, line, format!("ts {s:?} is not an RFC 3339 timestamp"))
     })
 }

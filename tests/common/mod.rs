@@ -90,7 +90,7 @@ impl Dirs {
 
 pub fn broker() -> forewarn::broker::EmbeddedBroker {
     // The test's own HTTP clients need rustls' provider too.
-    forewarn::serve::install_crypto();
+    forewarn::tls::install_crypto();
     forewarn::broker::start(&Default::default()).unwrap()
 }
 

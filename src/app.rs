@@ -1,28 +1,28 @@
 //! The app core: per-device state and live tickets in memory, the fleet registry, and the commit
 //! path. One writer: every change (a group of MQTT messages, an API transition, a fleet upsert)
-//! runs under the `core` mutex and ends in one atomic, flushed store commit.
+//! runs under the `core` mutex and ends in one atomic, flushed store commit — the ticket, its
+//! dispatch row and the notifier's rows together.
 
-use super::dispatch::DispatchRow;
-use super::OnTicketChange;
-use crate::config::Config;
-use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, Models};
-use crate::features::{DeviceState, MetricIndex, Observed};
+use crate::dispatch::DispatchRow;
+use crate::domain::{format_ts, HistoryEntry, Status, Ticket};
+use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
+use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
 use crate::ingest::decode::{self, Limits, Reject};
 use crate::ingest::mqtt::{topic_matches, Inbound};
 use crate::metrics::Metrics;
+use crate::notify::{DeskError, Notifier, TicketDesk};
 use crate::store::{Store, StoreError, Tx};
-use crate::tickets::{rfc3339, HistoryEntry, Status, Ticket, TransitionError};
+use crate::tickets::TransitionError;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Notify;
 
-/// The outbox queue of field-service dispatch (MQTT retained + webhook).
-pub const DISPATCH_QUEUE: &str = "dispatch";
 /// Where the metric index (metric name → id used inside stored device states) is kept.
 const METRIC_INDEX_KEY: &str = "metric_index";
 
@@ -36,6 +36,17 @@ pub enum CoreError {
     Transition(#[from] TransitionError),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Why the models directory could not be (re)loaded; the models in use stay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Artifact(#[from] crate::predict::ArtifactError),
+    #[error(transparent)]
+    Models(#[from] crate::engine::ModelsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A device's in-memory state.
@@ -76,9 +87,23 @@ struct LogBudget {
     suppressed: u64,
 }
 
+/// What the single writer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ingest: crate::ingest::Config,
+    pub engine: EngineConfig,
+    pub window: WindowSpec,
+    /// Where `reload_models` reads the artifacts from.
+    pub models_dir: PathBuf,
+    /// At most this many reject log lines per minute; the rest are only counted.
+    pub rejects_per_minute: u32,
+    /// Whether dispatch rows also wait for the webhook.
+    pub has_webhook: bool,
+}
+
 /// The daemon's shared state: what the processor, the API and the workers use.
 pub struct App {
-    pub cfg: Config,
+    pub settings: Settings,
     pub store: Store,
     pub metrics: Metrics,
     /// std-style mutex (parking_lot): held by the processing thread for a whole group, and by
@@ -86,10 +111,13 @@ pub struct App {
     core: Mutex<Core>,
     rejects: Mutex<VecDeque<RejectRecord>>,
     log_budget: Mutex<LogBudget>,
-    on_change: Option<Arc<dyn OnTicketChange>>,
+    /// Plans the customer notifications of every ticket change, inside the change's commit.
+    notifier: Arc<Notifier>,
     limits: Limits,
-    pub(crate) dispatch_wake: tokio::sync::Notify,
-    pub(crate) broker_connected: AtomicBool,
+    /// Wakes the dispatch worker after a commit that added rows.
+    pub dispatch_wake: Arc<Notify>,
+    /// Kept by the MQTT driver's connection observer.
+    pub broker_connected: Arc<AtomicBool>,
     models_ready: AtomicBool,
 }
 
@@ -102,11 +130,11 @@ pub struct GroupStats {
 
 impl App {
     pub(crate) fn new(
-        cfg: Config,
+        settings: Settings,
         store: Store,
         metrics: Metrics,
         models: Models,
-        on_change: Option<Arc<dyn OnTicketChange>>,
+        notifier: Arc<Notifier>,
     ) -> Result<App, CoreError> {
         let devices = store
             .fleet_devices::<Device>()?
@@ -119,12 +147,12 @@ impl App {
             .map(|c| (c.id.clone(), c))
             .collect();
         let limits = Limits {
-            max_payload_bytes: cfg.ingest.max_payload_bytes,
-            max_batch: cfg.ingest.max_batch,
+            max_payload_bytes: settings.ingest.max_payload_bytes,
+            max_batch: settings.ingest.max_batch,
             ..Limits::default()
         };
         metrics.models_loaded.set(models.list.len() as i64);
-        let engine = Engine::new(cfg.engine_config(), Arc::new(models));
+        let engine = Engine::new(settings.engine.clone(), Arc::new(models));
         let app = App {
             core: Mutex::new(Core {
                 engine,
@@ -139,19 +167,19 @@ impl App {
                 used: 0,
                 suppressed: 0,
             }),
-            on_change,
+            notifier,
             limits,
-            dispatch_wake: tokio::sync::Notify::new(),
-            broker_connected: AtomicBool::new(false),
+            dispatch_wake: Arc::new(Notify::new()),
+            broker_connected: Arc::new(AtomicBool::new(false)),
             models_ready: AtomicBool::new(true),
-            cfg,
+            settings,
             store,
             metrics,
         };
         app.metrics
             .outbox_depth
-            .with_label_values(&[DISPATCH_QUEUE])
-            .set(app.store.outbox_len(DISPATCH_QUEUE) as i64);
+            .with_label_values(&[crate::dispatch::QUEUE])
+            .set(app.store.outbox_len(crate::dispatch::QUEUE) as i64);
         Ok(app)
     }
 
@@ -166,7 +194,7 @@ impl App {
         let mut scratch: Vec<Change> = Vec::new();
         let mut dirty: Vec<String> = Vec::new();
         let mut stats = GroupStats::default();
-        let level = self.cfg.ingest.device_id_level;
+        let level = self.settings.ingest.device_id_level;
         // Counted locally and added once per group: the hot path stays free of label lookups.
         let (mut duplicates, mut late, mut scorings, mut events) = (0u64, 0u64, 0u64, 0u64);
         self.metrics.messages.inc_by(msgs.len() as u64);
@@ -174,7 +202,7 @@ impl App {
             let topic = m.publish.topic.as_str();
             let topic_device = level.and_then(|l| topic.split('/').nth(l));
             let is_telemetry = self
-                .cfg
+                .settings
                 .ingest
                 .telemetry_topics
                 .iter()
@@ -224,7 +252,7 @@ impl App {
                     changes.extend(scratch.drain(..).map(|c| (c, m.received)));
                 }
             } else if self
-                .cfg
+                .settings
                 .ingest
                 .event_topics
                 .iter()
@@ -308,7 +336,7 @@ impl App {
         if !changes.is_empty() {
             self.dispatch_wake.notify_one();
         }
-        core.evict(self.cfg.ingest.max_devices_in_memory, &self.metrics);
+        core.evict(self.settings.ingest.max_devices_in_memory, &self.metrics);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(stats)
     }
@@ -318,8 +346,8 @@ impl App {
     fn record_change(&self, core: &Core, tx: &mut Tx, c: &Change, now_ms: i64) {
         tx.put_ticket(&c.ticket);
         tx.push_outbox(
-            DISPATCH_QUEUE,
-            &DispatchRow::new(c, self.cfg.dispatch.webhook_url.is_some()),
+            crate::dispatch::QUEUE,
+            &DispatchRow::new(c, self.settings.has_webhook),
         );
         self.metrics
             .ticket_changes
@@ -327,16 +355,15 @@ impl App {
             .inc();
         // Notifications integration point: the notifier writes its outbox rows into the same
         // commit as the ticket change.
-        if let Some(n) = &self.on_change {
-            let device = core.devices.get(&c.ticket.device_id);
-            let customer = c
-                .ticket
-                .customer_id
-                .as_deref()
-                .or(device.and_then(|d| d.customer_id.as_deref()))
-                .and_then(|id| core.customers.get(id));
-            n.on_ticket_change(tx, c, customer, device, now_ms);
-        }
+        let device = core.devices.get(&c.ticket.device_id);
+        let customer = c
+            .ticket
+            .customer_id
+            .as_deref()
+            .or(device.and_then(|d| d.customer_id.as_deref()))
+            .and_then(|id| core.customers.get(id));
+        self.notifier
+            .on_ticket_change(tx, c, customer, device, now_ms);
     }
 
     fn reject(&self, topic: &str, payload: &[u8], rej: &Reject) {
@@ -358,20 +385,20 @@ impl App {
                     suppressed: 0,
                 };
             }
-            if b.used < self.cfg.log.rejects_per_minute {
+            if b.used < self.settings.rejects_per_minute {
                 b.used += 1;
                 tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.detail);
             } else {
                 b.suppressed += 1;
             }
         }
-        let cap = self.cfg.ingest.recent_rejects;
+        let cap = self.settings.ingest.recent_rejects;
         if cap == 0 {
             return;
         }
         let prefix = &payload[..payload.len().min(256)];
         let rec = RejectRecord {
-            received_at: rfc3339(now),
+            received_at: format_ts(now),
             topic: clip(topic, 200).to_string(),
             reason: rej.reason.as_str(),
             detail: clip(&rej.detail, 500).to_string(),
@@ -416,7 +443,7 @@ impl App {
             Some(to) => t.transition(to, actor, now, note)?,
             None => {
                 t.history.push(HistoryEntry {
-                    at: rfc3339(now),
+                    at: format_ts(now),
                     actor: actor.to_string(),
                     action: "note".into(),
                     from: None,
@@ -451,9 +478,13 @@ impl App {
         to: Option<Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String> {
-        self.transition(id, to, actor, note)
-            .map_err(|e| e.to_string())
+    ) -> Result<Ticket, DeskError> {
+        self.transition(id, to, actor, note).map_err(|e| match e {
+            CoreError::Store(e) => DeskError::Store(e),
+            CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
+            CoreError::Transition(e) => DeskError::Transition(e),
+            CoreError::Invalid(m) => DeskError::Invalid(m),
+        })
     }
 
     // ---------------------------------------------------------------- fleet
@@ -513,21 +544,22 @@ impl App {
     }
 
     /// Reloads every artifact of the models directory. On any error the old models stay.
-    pub fn reload_models(&self) -> Result<usize, String> {
-        let dir = self.cfg.scoring.models_dir.clone();
+    pub fn reload_models(&self) -> Result<usize, ReloadError> {
+        let dir = self.settings.models_dir.clone();
         let res = {
             let base = load_metric_index(&self.store);
             let mut core = self.core.lock();
             let base = merge_index(base, &core.engine.models.index);
-            match build_models(&dir, &self.cfg, base) {
+            match build_models(&dir, &self.settings.window, base) {
                 Ok(models) => {
                     let n = models.list.len();
                     match save_metric_index(&self.store, &models.index) {
                         Ok(()) => {
-                            core.engine = Engine::new(self.cfg.engine_config(), Arc::new(models));
+                            core.engine =
+                                Engine::new(self.settings.engine.clone(), Arc::new(models));
                             Ok(n)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(ReloadError::Store(e)),
                     }
                 }
                 Err(e) => Err(e),
@@ -548,6 +580,28 @@ impl App {
             }
         }
         res
+    }
+}
+
+/// Customer replies move tickets through the single writer, like API transitions.
+impl TicketDesk for App {
+    fn ticket(&self, id: &str) -> Option<Ticket> {
+        App::ticket(self, id)
+    }
+    fn customer_reply(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, DeskError> {
+        App::customer_reply(self, id, to, actor, note)
+    }
+    fn customer(&self, id: &str) -> Option<Customer> {
+        App::customer(self, id)
+    }
+    fn device(&self, id: &str) -> Option<Device> {
+        App::device(self, id)
     }
 }
 
@@ -644,7 +698,11 @@ fn merge_index(mut base: MetricIndex, current: &MetricIndex) -> MetricIndex {
 }
 
 /// Loads and indexes every artifact of `dir`, keeping the ids of `base` stable.
-pub(crate) fn build_models(dir: &Path, cfg: &Config, base: MetricIndex) -> Result<Models, String> {
-    let artifacts = crate::predict::load_dir(dir).map_err(|e| e.to_string())?;
-    Models::with_index(artifacts, &cfg.features.window(), base)
+pub(crate) fn build_models(
+    dir: &Path,
+    window: &WindowSpec,
+    base: MetricIndex,
+) -> Result<Models, ReloadError> {
+    let artifacts = crate::predict::load_dir(dir)?;
+    Ok(Models::with_index(artifacts, window, base)?)
 }
