@@ -247,6 +247,23 @@ async fn an_unclear_reply_is_kept_for_a_person_and_changes_no_status() {
     assert_eq!(status, 200);
     assert_eq!(body["needs_human"], true);
     assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    // A text from a number no customer has is kept for a person too.
+    sms(&h, "+4915100000000", "SMstranger", "Hallo, wer ist da?").await;
+    let tl: serde_json::Value = h
+        .http
+        .get(format!(
+            "{}/api/v1/customers/unknown-sender/timeline",
+            h.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let e = &tl["entries"][0];
+    assert_eq!(e["outcome"], "needs_human");
+    assert!(e["detail"].as_str().unwrap().contains("wer ist da"), "{e}");
 }
 
 #[tokio::test]

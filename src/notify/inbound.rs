@@ -545,7 +545,19 @@ fn handle_sms(s: &AppState, from: &str, body: &str, sid: Option<&str>) -> Option
             .inbound_ignored
             .with_label_values(&["unknown_sender"])
             .inc();
-        tracing::warn!("SMS reply from an unknown number: not attached to any customer");
+        tracing::warn!("SMS reply from an unknown number: kept for a person");
+        let short: String = body.chars().take(200).collect();
+        let from: String = from.chars().take(40).collect();
+        if let Err(e) = s.n.keep(
+            &s.store,
+            super::UNKNOWN_SENDER,
+            "",
+            (Channel::Sms, sid),
+            format!("sms from {from}, a number no customer has: {short}"),
+            NEEDS_HUMAN,
+        ) {
+            tracing::error!(error = %e, "SMS from an unknown number not recorded");
+        }
         return None;
     };
     let ticket = ticket_ref(body)

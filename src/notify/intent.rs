@@ -4,7 +4,7 @@
 //!
 //! | answer | digit | words (en / th / fa) | effect |
 //! |---|---|---|---|
-//! | confirm | 1 | yes, ok, confirm / ใช่, ตกลง, ยืนยัน / بله, باشه, تأیید | visit scheduled |
+//! | confirm | 1 | yes, ok, book, confirm / ใช่, ตกลง, ยืนยัน, นัดช่าง / بله, باشه, تأیید | visit scheduled |
 //! | later | 2 | later, another time / ขอเวลาอื่น, ทีหลัง / بعداً, زمان دیگر | asks for another time |
 //! | not now | 3 | no, not now / ไม่, ยังไม่สะดวก / نه, الان نه | acknowledged, no visit |
 //!
@@ -104,6 +104,7 @@ const WORDS: &[(&str, Intent)] = &[
     ("no thanks", Intent::NotNow),
     ("another time", Intent::Later),
     ("ไม่มีปัญหา", Intent::Confirm),
+    ("นัดช่าง", Intent::Confirm),
     ("ยังไม่สะดวก", Intent::NotNow),
     ("ไม่สะดวก", Intent::NotNow),
     ("ขอเวลาอื่น", Intent::Later),
@@ -138,6 +139,7 @@ const EN_WORDS: &[(&str, Intent)] = &[
     ("ok", Intent::Confirm),
     ("okay", Intent::Confirm),
     ("sure", Intent::Confirm),
+    ("book", Intent::Confirm),
     ("no", Intent::NotNow),
     ("n", Intent::NotNow),
     ("nope", Intent::NotNow),
@@ -280,6 +282,12 @@ mod tests {
             ("ไม่มีปัญหาค่ะ", Intent::Confirm),
             ("ยังไม่สะดวกค่ะ", Intent::NotNow),
             ("ขอเวลาอื่นได้ไหม", Intent::Later),
+            // The words the messages themselves offer.
+            ("นัดช่างค่ะ", Intent::Confirm),
+            ("Book a visit", Intent::Confirm),
+            ("another time please", Intent::Later),
+            ("زمان دیگر", Intent::Later),
+            ("تأیید", Intent::Confirm),
             ("۱ باشه، لطفاً فردا صبح", Intent::Confirm),
             ("باشه", Intent::Confirm),
             ("بله، ممنون", Intent::Confirm),

@@ -43,6 +43,10 @@ use templates::{MessageKind, Templates};
 /// Outbox queue of notifications.
 pub const QUEUE: &str = "notify";
 
+/// The timeline that keeps replies from addresses no customer has (for a person to read):
+/// `GET /api/v1/customers/unknown-sender/timeline`.
+pub const UNKNOWN_SENDER: &str = "unknown-sender";
+
 /// Timeline outcome of what a person must read and act on (an unclear reply, a failure).
 pub const NEEDS_HUMAN: &str = "needs_human";
 
