@@ -3,5 +3,6 @@
 pub mod config;
 pub mod decode;
 pub mod mqtt;
+pub mod reorder;
 
 pub use config::{BrokerConfig, Config};
