@@ -513,7 +513,9 @@ mod tests {
         let bad = good.replace("prediction = \"{{device}}", "prediction = \"{{devise}}");
         assert_ne!(bad, good);
         std::fs::write(dir.path().join("en.toml"), bad).unwrap();
-        let e = Templates::load(Some(dir.path()), "en").unwrap_err();
+        let e = Templates::load(Some(dir.path()), "en")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("en.toml") && e.contains("{{devise}}"), "{e}");
         assert!(Templates::load(None, "xx").is_err());
     }
