@@ -172,7 +172,9 @@ pub struct Scoring {
     pub ttf_hours: Option<f64>,
 }
 
-/// Who a device belongs to and what it is, as the fleet registry knows it.
+/// Who a device belongs to and what it is, as the fleet registry knows it. `attrs: None` is a
+/// device the registry does not know: it is scored with every attribute missing, and its tickets
+/// say so.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeviceCtx<'a> {
     pub attrs: Option<&'a Attributes>,
@@ -333,8 +335,15 @@ impl Engine {
                 from: None,
                 to: Some(Status::Open),
                 note: format!(
-                    "probability {:.2} ≥ threshold {:.2} ({})",
-                    probability, mm.threshold, mm.threshold_rule
+                    "probability {:.2} ≥ threshold {:.2} ({}){}",
+                    probability,
+                    mm.threshold,
+                    mm.threshold_rule,
+                    if ctx.attrs.is_none() {
+                        "; device not in registry: scored without its attributes"
+                    } else {
+                        ""
+                    }
                 ),
             }],
             outcome: None,

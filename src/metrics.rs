@@ -42,6 +42,8 @@ pub struct Metrics {
     pub devices_in_memory: IntGauge,
     /// Device states dropped from memory (least recently seen) — reloaded from the store on demand.
     pub evictions: IntCounter,
+    /// Devices seen on the stream since start that the fleet registry does not know.
+    pub unregistered_devices: IntGauge,
     /// Model artifacts in use.
     pub models_loaded: IntGauge,
     /// Model reloads by result (ok, error).
@@ -154,6 +156,11 @@ impl Metrics {
                 r,
                 "forewarn_device_evictions_total",
                 "Device states evicted from memory (least recently seen)",
+            ),
+            unregistered_devices: gauge(
+                r,
+                "forewarn_unregistered_devices",
+                "Devices seen since start that are not in the fleet registry (scored without attributes)",
             ),
             models_loaded: gauge(r, "forewarn_models_loaded", "Model artifacts in use"),
             model_reloads: counter_vec(

@@ -72,6 +72,7 @@ pub fn router(app: Arc<App>, cfg: &Config) -> Router {
             get(get_customer).put(put_customer),
         )
         .route("/api/v1/rejects", get(list_rejects))
+        .route("/api/v1/quarantine", get(list_quarantine))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -401,6 +402,22 @@ async fn list_rejects(
 ) -> Result<Json<Vec<crate::app::RejectRecord>>, ApiError> {
     authorize(&auth, &headers, false)?;
     Ok(Json(app.rejects()))
+}
+
+/// Stored records that could not be decoded and were set aside.
+async fn list_quarantine(
+    State(ApiState { app, auth }): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::store::Quarantined>>, ApiError> {
+    authorize(&auth, &headers, false)?;
+    let app2 = app.clone();
+    let list = blocking(move || {
+        app2.store
+            .quarantine_list()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok(Json(list))
 }
 
 async fn metrics(State(ApiState { app, .. }): State<ApiState>) -> Response {

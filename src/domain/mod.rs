@@ -7,12 +7,14 @@
 
 mod device;
 mod duration;
+mod order;
 mod reading;
 mod ticket;
 mod time;
 
 pub use device::{validate_device_id, DeviceIdError, MAX_DEVICE_ID_LEN};
 pub use duration::{Dur, DurError};
+pub use order::{apply_order, rank as order_rank};
 pub use reading::{DeviceEvent, EventKind, Reading, RejectReason};
 pub use ticket::{Evidence, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
 pub use time::{format_ts, parse_rfc3339, parse_ts, Millis};

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     pub feature: String,
-    pub value: f64,
+    /// `None` when the feature had no value (a missing device attribute, an empty window).
+    pub value: Option<f64>,
     /// Contribution to the log-odds (positive pushes toward failure).
     pub weight: f64,
 }

@@ -57,6 +57,9 @@ pub struct Config {
     /// Devices kept in memory; the least recently seen beyond this are evicted (their state stays
     /// in the store and is reloaded when they speak again).
     pub max_devices_in_memory: usize,
+    /// A device silent this long (wall time) has what it holds in the reorder buffer released
+    /// anyway (see `features.late_tolerance`); unset, the tolerance itself.
+    pub reorder_idle: Option<Dur>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             commit_group: 256,
             recent_rejects: 200,
             max_devices_in_memory: 1_000_000,
+            reorder_idle: None,
         }
     }
 }

@@ -5,5 +5,6 @@ pub mod config;
 pub mod decode;
 pub mod encode;
 pub mod mqtt;
+pub mod reorder;
 
 pub use config::{BrokerConfig, Config};

@@ -702,13 +702,15 @@ impl Artifact {
     pub fn evidence(&self, mode: &ModeModel, x: &[f64], k: usize) -> Vec<Evidence> {
         let names = self.features.names();
         let c = mode.classifier.contributions(x, names.len());
-        let mut idx: Vec<usize> = (0..c.len()).filter(|&i| c[i] > 0.0).collect();
+        let mut idx: Vec<usize> = (0..c.len())
+            .filter(|&i| c[i] > 0.0 && c[i].is_finite())
+            .collect();
         idx.sort_by(|&a, &b| c[b].total_cmp(&c[a]));
         idx.into_iter()
             .take(k)
             .map(|i| Evidence {
                 feature: names[i].clone(),
-                value: x[i],
+                value: Some(x[i]).filter(|v| v.is_finite()),
                 weight: c[i],
             })
             .collect()

@@ -171,14 +171,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     app::save_metric_index(&store, &models.index)?;
     if !fleet.customers.is_empty() || !fleet.devices.is_empty() {
-        let mut tx = store.tx();
-        for c in &fleet.customers {
-            tx.put_fleet_customer(&c.id, c);
-        }
-        for d in &fleet.devices {
-            tx.put_fleet_device(&d.id, d);
-        }
-        store.commit(tx)?;
+        let applied = crate::fleet::apply_file(&store, &fleet)?;
+        tracing::info!(
+            "fleet file: {} record(s) written, {} left as the registry has them",
+            applied.written,
+            applied.kept
+        );
     }
     let registry = prometheus::Registry::new();
     // Built (templates checked, providers set up) before anything starts, so a bad template or
@@ -196,6 +194,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
         models_dir: cfg.scoring.models_dir.clone(),
         rejects_per_minute: cfg.log.rejects_per_minute,
         has_webhook: cfg.dispatch.webhook_url.is_some(),
+        reorder_idle: cfg.ingest.reorder_idle.map_or(
+            Duration::from_millis(cfg.features.window().late_tolerance_ms.max(0) as u64),
+            |d| d.std(),
+        ),
     };
     let app = Arc::new(
         App::new(settings, store, metrics, models, notifier.clone())
@@ -291,6 +293,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
     .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))?;
     tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
     tasks.push(notifier.spawn_worker(app.store.clone(), desk, shutdown.clone()));
+    if cfg.features.window().late_tolerance_ms > 0 {
+        tasks.push(tokio::spawn(release_idle_loop(
+            app.clone(),
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(reload_on_sighup(
         app.clone(),
         shutdown.clone(),
@@ -308,6 +316,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
         tasks,
         processor,
     })
+}
+
+/// The reorder idle timer: releases what silent devices still hold, a few times per idle period.
+async fn release_idle_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let period =
+        (app.settings.reorder_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let a = app.clone();
+        match tokio::task::spawn_blocking(move || a.release_idle()).await {
+            Ok(Ok(_)) => {}
+            // Nothing was committed: the items stay held and the next tick tries again.
+            Ok(Err(e)) => tracing::warn!("releasing held readings of idle devices failed: {e}"),
+            Err(e) => tracing::error!("idle release task failed: {e}"),
+        }
+    }
 }
 
 /// The single writer of ingest: takes what has arrived (up to `group` messages), processes and

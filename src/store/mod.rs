@@ -9,12 +9,17 @@
 //! |---|---|
 //! | `meta/schema` | schema version |
 //! | `s/{device}` | device state (postcard) |
+//! | `r/{device}` | the device's reorder buffer: items held for event-time order (postcard) |
 //! | `t/{ticket id}` | ticket (JSON) |
 //! | `l/{device}\x1f{mode}` | id of the live ticket of that device and mode |
 //! | `o/{queue}/{seq}` | outbox row (JSON, owned by the queue's worker) |
 //! | `c/{customer}/{ms}{seq}` | customer timeline entry (JSON) |
 //! | `fd/{device}`, `fc/{customer}` | fleet registry records (JSON) |
 //! | `k/{name}` | small key-value records owned by other modules (idempotency marks, …) |
+//! | `q/{original key}` | a record that could not be decoded, moved aside (JSON [`Quarantined`]) |
+//!
+//! A record that cannot be decoded is never allowed to stop a reader: every scan moves it to
+//! `q/` under its own key (one atomic batch), counts it, logs it and goes on.
 
 mod config;
 
@@ -57,6 +62,22 @@ pub struct Store {
     inner: Arc<parking_lot::RwLock<Option<Open>>>,
     dir: PathBuf,
     cache_bytes: u64,
+    /// Records moved aside since start (`forewarn_store_quarantined_total`, registered by the
+    /// app: the store knows no registry).
+    quarantined: prometheus::IntCounter,
+}
+
+/// A record set aside because it could not be decoded, as `GET /api/v1/quarantine` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    /// The record's key where it was found (lossy UTF-8).
+    pub key: String,
+    /// Why it could not be read.
+    pub detail: String,
+    /// Wall-clock time it was moved aside (epoch ms).
+    pub at_ms: i64,
+    /// The record's bytes as they were (lossy UTF-8).
+    pub value: String,
 }
 
 #[derive(Clone)]
@@ -112,6 +133,16 @@ impl Tx {
 
     pub fn put_state(&mut self, device: &str, bytes: Vec<u8>) {
         self.batch.insert(key2(b"s/", device), bytes);
+        self.ops += 1;
+    }
+
+    pub fn put_reorder(&mut self, device: &str, bytes: Vec<u8>) {
+        self.batch.insert(key2(b"r/", device), bytes);
+        self.ops += 1;
+    }
+
+    pub fn remove_reorder(&mut self, device: &str) {
+        self.batch.remove(key2(b"r/", device));
         self.ops += 1;
     }
 
@@ -216,10 +247,19 @@ impl Store {
     /// Opens (or creates) the database in `dir`, checking its schema version.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let open = Self::open_db(dir, cache_bytes)?;
+        let quarantined = prometheus::IntCounter::new(
+            "forewarn_store_quarantined_total",
+            "Stored records that could not be decoded and were moved aside",
+        )
+        .map_err(|e| StoreError::Corrupt {
+            key: "metrics".into(),
+            detail: e.to_string(),
+        })?;
         Ok(Store {
             inner: Arc::new(parking_lot::RwLock::new(Some(open))),
             dir: dir.to_path_buf(),
             cache_bytes,
+            quarantined,
         })
     }
 
@@ -345,16 +385,106 @@ impl Store {
         Ok(self.h()?.tree.get(key2(b"s/", device))?.map(|v| v.to_vec()))
     }
 
+    /// Sets a device state that could not be decoded aside (see [`Store::quarantine`]).
+    pub fn quarantine_state(&self, device: &str, bytes: &[u8], detail: &str) {
+        self.quarantine(&key2(b"s/", device), bytes, detail);
+    }
+
+    pub fn load_reorder(&self, device: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.h()?.tree.get(key2(b"r/", device))?.map(|v| v.to_vec()))
+    }
+
+    /// Devices with a stored reorder buffer.
+    pub fn reorder_devices(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kv in self.h()?.tree.scan_prefix(b"r/") {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[2..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Sets a reorder buffer that could not be decoded aside.
+    pub fn quarantine_reorder(&self, device: &str, bytes: &[u8], detail: &str) {
+        self.quarantine(&key2(b"r/", device), bytes, detail);
+    }
+
     pub fn state_count(&self) -> usize {
         self.h().map_or(0, |h| h.tree.scan_prefix(b"s/").count())
     }
 
+    /// A ticket by id; `None` when absent or when it could not be decoded (then quarantined).
     pub fn ticket(&self, id: &str) -> Result<Option<Ticket>> {
         let k = key2(b"t/", id);
         match self.h()?.tree.get(&k)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
+            Some(v) => Ok(self.decode_or_quarantine(&k, &v)),
             None => Ok(None),
         }
+    }
+
+    /// The counter of quarantined records, for the app to register.
+    pub fn quarantined_counter(&self) -> prometheus::IntCounter {
+        self.quarantined.clone()
+    }
+
+    /// Decodes a record; one that cannot be decoded is moved aside (see [`Store::quarantine`])
+    /// and read as absent.
+    fn decode_or_quarantine<T: DeserializeOwned>(&self, k: &[u8], v: &[u8]) -> Option<T> {
+        match decode(k, v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let detail = match e {
+                    StoreError::Corrupt { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                self.quarantine(k, v, &detail);
+                None
+            }
+        }
+    }
+
+    /// Moves the record at `key` (holding `value`) to `q/{key}` in one flushed batch, counts
+    /// and logs it. Best effort: if the move cannot be written the record stays where it was and
+    /// is read as absent again next time.
+    pub fn quarantine(&self, key: &[u8], value: &[u8], detail: &str) {
+        let rec = Quarantined {
+            key: String::from_utf8_lossy(key).into_owned(),
+            detail: detail.to_string(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            value: String::from_utf8_lossy(value).into_owned(),
+        };
+        let mut qk = b"q/".to_vec();
+        qk.extend_from_slice(key);
+        let mut batch = sled::Batch::default();
+        batch.insert(qk, serde_json::to_vec(&rec).unwrap_or_default());
+        batch.remove(key);
+        let moved = self
+            .h()
+            .and_then(|h| {
+                h.tree.apply_batch(batch)?;
+                h.db.flush()?;
+                Ok(())
+            })
+            .is_ok();
+        self.quarantined.inc();
+        tracing::error!(
+            key = %rec.key,
+            moved,
+            "stored record could not be decoded and was set aside: {}",
+            rec.detail
+        );
+    }
+
+    /// Records set aside by [`Store::quarantine`], in key order.
+    pub fn quarantine_list(&self) -> Result<Vec<Quarantined>> {
+        let mut out = Vec::new();
+        for kv in self.h()?.tree.scan_prefix(b"q/") {
+            let (_, v) = kv?;
+            if let Ok(q) = serde_json::from_slice(&v) {
+                out.push(q);
+            }
+        }
+        Ok(out)
     }
 
     /// Live tickets of a device, found through the live index.
@@ -376,7 +506,9 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(b"t/") {
             let (k, v) = kv?;
-            let t: Ticket = decode(&k, &v)?;
+            let Some(t): Option<Ticket> = self.decode_or_quarantine(&k, &v) else {
+                continue;
+            };
             if f.status.is_some_and(|s| s != t.status)
                 || f.device_id.as_ref().is_some_and(|d| *d != t.device_id)
                 || f.customer_id
@@ -405,7 +537,9 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(outbox_prefix(queue)) {
             let (k, v) = kv?;
-            out.push((k.to_vec(), decode(&k, &v)?));
+            if let Some(row) = self.decode_or_quarantine(&k, &v) {
+                out.push((k.to_vec(), row));
+            }
         }
         Ok(out)
     }
@@ -440,7 +574,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            out.push(decode(&k, &v)?);
+            out.extend(self.decode_or_quarantine(&k, &v));
         }
         Ok(out)
     }
@@ -448,9 +582,14 @@ impl Store {
     pub fn get_kv<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         let k = key2(b"k/", name);
         match self.h()?.tree.get(&k)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
+            Some(v) => Ok(self.decode_or_quarantine(&k, &v)),
             None => Ok(None),
         }
+    }
+
+    /// Every `k/` record whose name starts with `prefix`, in key order.
+    pub fn scan_kv<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        self.scan_json(&key2(b"k/", prefix))
     }
 
     pub fn fleet_devices<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
@@ -465,7 +604,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(prefix) {
             let (k, v) = kv?;
-            out.push(decode(&k, &v)?);
+            out.extend(self.decode_or_quarantine(&k, &v));
         }
         Ok(out)
     }
@@ -581,6 +720,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.tickets(&f).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_ticket_with_a_missing_evidence_value_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut t = ticket("T-2", Status::Open);
+        t.evidence = vec![crate::domain::Evidence {
+            feature: "attr.age".into(),
+            value: None,
+            weight: 0.4,
+        }];
+        let mut tx = s.tx();
+        tx.put_ticket(&t);
+        s.commit(tx).unwrap();
+        assert_eq!(s.ticket("T-2").unwrap(), Some(t));
+        assert!(s.quarantine_list().unwrap().is_empty());
     }
 
     #[test]

@@ -57,15 +57,15 @@ impl DeviceHistory {
         }
     }
 
-    /// Readings and events merged in event time. At equal timestamps the reading comes first:
-    /// an event stamped at a reading's time (a failure at the last operating cycle) follows it.
+    /// Readings and events merged in the apply order of [`crate::domain::apply_order`] (events
+    /// sorted by it on load): at equal timestamps events come first, as `serve` applies them.
     pub fn steps(&self) -> impl Iterator<Item = Step<'_>> + '_ {
         let (mut i, mut j) = (0usize, 0usize);
         std::iter::from_fn(move || {
             let r = self.ts.get(i);
             let e = self.events.get(j);
             match (r, e) {
-                (Some(&rt), Some(ev)) if rt <= ev.ts => {
+                (Some(&rt), Some(ev)) if rt < ev.ts => {
                     i += 1;
                     Some(Step::Reading(i - 1))
                 }
@@ -120,7 +120,12 @@ impl History {
             h.devices[i].events.push(ev);
         }
         for d in &mut h.devices {
-            d.events.sort_by_key(|e| e.ts);
+            d.events.sort_by(|a, b| {
+                crate::domain::apply_order(
+                    (a.ts, Some(a.kind), &a.code),
+                    (b.ts, Some(b.kind), &b.code),
+                )
+            });
         }
         h.devices.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(p) = devices {
@@ -264,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn readings_are_sorted_and_merged_with_events_reading_first_on_ties() {
+    fn readings_are_sorted_and_merged_with_events_event_first_on_ties() {
         let d = tempfile::tempdir().unwrap();
         let t = file(
             &d,
@@ -281,7 +286,8 @@ mod tests {
         assert!(dev.ts[0] < dev.ts[1]);
         assert!(dev.values[0].is_nan() && dev.values[1] == 2.0);
         let kinds: Vec<bool> = dev.steps().map(|s| matches!(s, Step::Reading(_))).collect();
-        assert_eq!(kinds, vec![true, true, false]);
+        // Contract 7: at equal timestamps events apply before readings.
+        assert_eq!(kinds, vec![true, false, true]);
         assert_eq!(h.failure_modes(), vec!["fan".to_string()]);
         let bad = file(
             &d,

@@ -107,6 +107,8 @@ pub fn config(broker_url: &str, dirs: &Dirs, client_id: &str) -> Config {
     cfg.scoring.models_dir = dirs.models();
     cfg.dispatch.retry_min = "50ms".parse().unwrap();
     cfg.dispatch.retry_max = "200ms".parse().unwrap();
+    // What a device last sent is held for event-time order until its next message or this long.
+    cfg.ingest.reorder_idle = Some("100ms".parse().unwrap());
     cfg
 }
 

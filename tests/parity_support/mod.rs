@@ -136,6 +136,8 @@ pub fn daemon_config(s: &DaemonSetup, model: &Artifact, hist: &SimHistory) -> Co
     cfg.store.cache_bytes = 16 << 20;
     cfg.scoring.models_dir = models;
     cfg.fleet.file = Some(fleet);
+    // Each device's last message is held for event-time order until this idle timer.
+    cfg.ingest.reorder_idle = Some("100ms".parse().expect("dur"));
     cfg
 }
 
@@ -169,6 +171,16 @@ fn committed_probe(app: &forewarn::app::App) -> Option<i64> {
 /// Starts the real daemon, replays the history through the broker (QoS 1, every PUBACK awaited),
 /// waits until the daemon has committed every message and returns its tickets from the store.
 pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> Vec<Ticket> {
+    daemon_tickets_arriving(cfg, s, hist, |m| m).await
+}
+
+/// Like [`daemon_tickets`], publishing the history's messages in the order `arrival` gives them.
+pub async fn daemon_tickets_arriving(
+    cfg: Config,
+    s: &DaemonSetup,
+    hist: &SimHistory,
+    arrival: impl FnOnce(Vec<forewarn::replay::Message>) -> Vec<forewarn::replay::Message>,
+) -> Vec<Ticket> {
     forewarn::tls::install_crypto();
     let shutdown = CancellationToken::new();
     let handle = forewarn::serve::run(cfg, shutdown.clone())
@@ -207,7 +219,8 @@ pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> 
         .read_events_file(&hist.events())
         .expect("replay events");
     assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
-    let messages: Vec<forewarn::replay::Message> = replay.messages(&s.topic_prefix).collect();
+    let messages: Vec<forewarn::replay::Message> =
+        arrival(replay.messages(&s.topic_prefix).collect());
     assert_eq!(messages.len(), replay.len());
     let base = app.metrics.messages.get();
     let (mut published, mut acked) = (0u64, 0u64);
