@@ -383,7 +383,7 @@ async fn publish_fleet(
                 summary.readings += 1;
                 (
                     format!("devices/{}/telemetry", r.device_id),
-                    crate::sim::to_payload(r),
+                    crate::ingest::encode::to_payload(r),
                 )
             }
             SimEvent::Event(e) => {
@@ -398,7 +398,7 @@ async fn publish_fleet(
                 }
                 (
                     format!("devices/{}/events", e.device_id),
-                    crate::sim::event_payload(e),
+                    crate::ingest::encode::event_payload(e),
                 )
             }
             SimEvent::Malformed { device_id, payload } => {
