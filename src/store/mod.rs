@@ -213,6 +213,11 @@ impl Tx {
         self.ops += 1;
     }
 
+    pub fn remove_kv(&mut self, name: &str) {
+        self.batch.remove(key2(b"k/", name));
+        self.ops += 1;
+    }
+
     pub fn put_fleet_device<T: Serialize>(&mut self, id: &str, v: &T) {
         self.insert_json(key2(b"fd/", id), v);
         self.ops += 1;
