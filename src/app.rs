@@ -124,10 +124,9 @@ struct Core {
     /// Devices seen on the stream that the registry does not know (`forewarn_unregistered_devices`);
     /// a device leaves the set when it is registered or forgotten.
     unregistered: std::collections::HashSet<String>,
-    /// Devices with a stored reorder buffer at start, not yet loaded: the first idle release
-    /// loads and flushes them.
-    pending_at_start: Vec<String>,
-    started: Instant,
+    /// Devices whose reorder buffer is on disk but not in memory (held at start, or evicted
+    /// while holding), with their last arrival: the idle release loads and flushes them.
+    held_on_disk: HashMap<String, Instant>,
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
@@ -247,7 +246,12 @@ impl App {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-        let pending_at_start = store.reorder_devices()?;
+        let started = Instant::now();
+        let held_on_disk = store
+            .reorder_devices()?
+            .into_iter()
+            .map(|d| (d, started))
+            .collect();
         let limits = Limits {
             max_payload_bytes: settings.ingest.max_payload_bytes,
             max_batch: settings.ingest.max_batch,
@@ -267,8 +271,7 @@ impl App {
                 devices,
                 customers,
                 unregistered: Default::default(),
-                pending_at_start,
-                started: Instant::now(),
+                held_on_disk,
             }),
             rejects: Mutex::new(VecDeque::new()),
             log_budget: Mutex::new(LogBudget {
@@ -659,9 +662,13 @@ impl App {
             .filter(|(_, s)| !s.reorder.is_empty() && now.duration_since(s.last_arrival) >= idle)
             .map(|(d, _)| d.clone())
             .collect();
-        if !core.pending_at_start.is_empty() && core.started.elapsed() >= idle {
-            devices.append(&mut core.pending_at_start);
-        }
+        core.held_on_disk.retain(|d, at| {
+            let due = now.duration_since(*at) >= idle;
+            if due {
+                devices.push(d.clone());
+            }
+            !due
+        });
         if devices.is_empty() {
             return Ok(0);
         }
@@ -1064,6 +1071,8 @@ impl Core {
             None => self.engine.new_state(ts),
         };
         let live = store.live_tickets(device)?;
+        // Back in memory: the idle release finds it among the slots again.
+        self.held_on_disk.remove(device);
         let (reorder, reorder_stored) = match store.load_reorder(device)? {
             Some(bytes) => match reorder::Buffer::decode(&bytes) {
                 Some(b) => (b, true),
@@ -1102,9 +1111,16 @@ impl Core {
         ticks.select_nth_unstable(n_evict - 1);
         let cutoff = ticks[n_evict - 1];
         let before = self.slots.len();
-        // A device holding items for event-time order stays: the idle timer must see it.
-        self.slots
-            .retain(|_, s| s.tick > cutoff || s.dirty || !s.reorder.is_empty());
+        // A device holding items for event-time order may go too (they are on disk): the idle
+        // release finds it through `held_on_disk`.
+        let held = &mut self.held_on_disk;
+        self.slots.retain(|d, s| {
+            let keep = s.tick > cutoff || s.dirty;
+            if !keep && !s.reorder.is_empty() {
+                held.insert(d.clone(), s.last_arrival);
+            }
+            keep
+        });
         metrics.evictions.inc_by((before - self.slots.len()) as u64);
     }
 }
