@@ -26,6 +26,7 @@ pub struct Config {
     pub fleet: crate::fleet::Config,
     pub dispatch: crate::dispatch::Config,
     pub notify: crate::notify::NotifyConfig,
+    pub shutdown: crate::serve::ShutdownConfig,
     pub log: LogConfig,
 }
 

@@ -438,17 +438,8 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     let broker = app.broker_connected();
     let models = app.models_ready();
-    let app2 = app.clone();
-    let store = tokio::task::spawn_blocking(move || match app2.store.probe() {
-        Ok(()) => true,
-        // After an I/O error the database must be reopened to take writes again.
-        Err(e) if crate::store::Store::is_io_error(&e) => {
-            app2.store.reopen().is_ok() && app2.store.probe().is_ok()
-        }
-        Err(_) => false,
-    })
-    .await
-    .unwrap_or(false);
+    // What the commit loop last saw: no write, flush or reopen happens on behalf of a probe.
+    let store = app.store_writable();
     let ready = broker && store && models;
     let body = serde_json::json!({
         "ready": ready, "broker": broker, "store": store, "models": models,

@@ -50,6 +50,26 @@ impl ServeError {
     }
 }
 
+/// `[shutdown]`: how long each stage may take to drain once the shutdown token is cancelled.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// The MQTT driver keeps its connection this long for the last acknowledgements.
+    pub ack_grace: crate::domain::Dur,
+    /// Every background task (API, dispatch, notifications) together, after the processor
+    /// has committed what it held.
+    pub grace: crate::domain::Dur,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            ack_grace: crate::domain::Dur::secs(5),
+            grace: crate::domain::Dur::secs(10),
+        }
+    }
+}
+
 /// A running daemon.
 pub struct Handle {
     /// Where the HTTP API listens.
@@ -261,7 +281,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
             subscriptions,
             reconnect_min: cfg.broker.reconnect_min.std(),
             reconnect_max: cfg.broker.reconnect_max.std(),
-            grace: Duration::from_secs(5),
+            grace: cfg.shutdown.ack_grace.std(),
         },
         Arc::new(Observer(app.clone())),
         shutdown.clone(),
@@ -364,10 +384,14 @@ fn process_loop(
         loop {
             match app.process_group(&buf) {
                 Ok(_) => {
+                    app.set_store_writable(true);
                     let _ = acks.send(buf.drain(..).map(|m| m.publish).collect());
                     break;
                 }
                 Err(e) => {
+                    if matches!(e, app::CoreError::Store(_)) {
+                        app.set_store_writable(false);
+                    }
                     tracing::error!(
                         "commit of {} messages failed, not acknowledged: {e}",
                         buf.len()
