@@ -131,19 +131,12 @@ pub fn authorize(auth: &Auth, headers: &HeaderMap, mutation: bool) -> Result<(),
     if auth
         .tokens
         .iter()
-        .any(|t| !t.is_empty() && constant_time_eq(t.as_bytes(), presented.as_bytes()))
+        .any(|t| !t.is_empty() && crate::sign::constant_time_eq(t.as_bytes(), presented.as_bytes()))
     {
         Ok(())
     } else {
         Err(ApiError::unauthorized("the bearer token is not valid"))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Refuses ids that could not be a device, customer or ticket id.
