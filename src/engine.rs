@@ -388,7 +388,17 @@ impl Engine {
         ev: &DeviceEvent,
         changes: &mut Vec<Change>,
     ) {
+        // Only the failure modes the loaded models score are remembered: every distinct code a
+        // device sends must not grow its state. A failure of another mode still clears the
+        // windows (the device was repaired), but leaves no clock behind.
+        let known = ev.kind == EventKind::Error || self.models.modes().any(|m| m == ev.code);
+        if !known && ev.kind == EventKind::Maintenance {
+            return;
+        }
         state.on_event(ev, &self.cfg.window);
+        if !known {
+            state.mode_reset.retain(|(m, _)| *m != ev.code);
+        }
         if ev.kind == EventKind::Error {
             return;
         }
