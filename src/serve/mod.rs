@@ -50,26 +50,6 @@ impl ServeError {
     }
 }
 
-/// `[shutdown]`: how long each stage may take to drain once the shutdown token is cancelled.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShutdownConfig {
-    /// The MQTT driver keeps its connection this long for the last acknowledgements.
-    pub ack_grace: crate::domain::Dur,
-    /// Every background task (API, dispatch, notifications) together, after the processor
-    /// has committed what it held.
-    pub grace: crate::domain::Dur,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            ack_grace: crate::domain::Dur::secs(5),
-            grace: crate::domain::Dur::secs(10),
-        }
-    }
-}
-
 /// A running daemon.
 pub struct Handle {
     /// Where the HTTP API listens.
