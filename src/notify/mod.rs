@@ -335,7 +335,24 @@ impl Notifier {
             &TimelineEntry::new(now_wall_ms, "ticket", &t.id, what).outcome(t.status.as_str()),
         );
         let (urgent, why) = route::urgency(&self.cfg.routing, t, now_wall_ms);
+        // The model's customer-alert level gates messages: a ticket opened below it is dispatch
+        // only, until it reaches the level (the engine then records `ALERT_RAISED`).
+        let withheld = t
+            .history
+            .iter()
+            .any(|h| h.action == crate::engine::ALERT_WITHHELD);
+        let alerted = t
+            .history
+            .iter()
+            .any(|h| h.action == crate::engine::ALERT_RAISED);
+        let just_alerted = change.kind == ChangeKind::Updated
+            && t.history
+                .last()
+                .is_some_and(|h| h.action == crate::engine::ALERT_RAISED);
         let kind = match change.kind {
+            ChangeKind::Opened | ChangeKind::Updated if withheld && !alerted => return,
+            ChangeKind::Updated if just_alerted && urgent => MessageKind::Urgent,
+            ChangeKind::Updated if just_alerted => MessageKind::Alert,
             ChangeKind::Opened if urgent => MessageKind::Urgent,
             ChangeKind::Opened => MessageKind::Alert,
             ChangeKind::Updated
