@@ -27,6 +27,42 @@ pub struct DeviceHistory {
     pub values: Vec<f64>,
     /// Sorted by event time.
     pub events: Vec<DeviceEvent>,
+    /// The events as labels see them, sorted: a maintenance whose `outcome` is `confirmed` is a
+    /// failure that was prevented (a positive of its mode), one whose outcome is `false_alarm` is
+    /// left out (the part was fine: rows before it are not censored by it). Without an `outcome`
+    /// column, the same as `events`.
+    pub labels: Vec<DeviceEvent>,
+}
+
+/// The optional fifth column of `events.csv`: what a ticket's visit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Confirmed,
+    FalseAlarm,
+    Failed,
+}
+
+impl EventOutcome {
+    pub fn parse(s: &str) -> Option<EventOutcome> {
+        match s {
+            "confirmed" => Some(EventOutcome::Confirmed),
+            "false_alarm" => Some(EventOutcome::FalseAlarm),
+            "failed" => Some(EventOutcome::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// How an event with an outcome counts for labels (see [`DeviceHistory::labels`]).
+fn as_label(ev: &DeviceEvent, outcome: Option<EventOutcome>) -> Option<DeviceEvent> {
+    match (ev.kind, outcome) {
+        (EventKind::Maintenance, Some(EventOutcome::Confirmed)) => Some(DeviceEvent {
+            kind: EventKind::Failure,
+            ..ev.clone()
+        }),
+        (EventKind::Maintenance, Some(EventOutcome::FalseAlarm)) => None,
+        _ => Some(ev.clone()),
+    }
 }
 
 /// A data set: every device's readings and events, and the fleet's attributes.
@@ -107,14 +143,14 @@ impl History {
         devices: Option<&Path>,
     ) -> Result<History, TrainError> {
         let mut h = read_telemetry(telemetry)?;
-        let evs = read_events(events)?;
+        let evs = read_events_with_outcomes(events)?;
         let mut by_id: HashMap<String, usize> = h
             .devices
             .iter()
             .enumerate()
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
-        for ev in evs {
+        for (ev, outcome) in evs {
             let i = match by_id.get(&ev.device_id) {
                 Some(&i) => i,
                 None => {
@@ -126,10 +162,14 @@ impl History {
                     h.devices.len() - 1
                 }
             };
+            if let Some(l) = as_label(&ev, outcome) {
+                h.devices[i].labels.push(l);
+            }
             h.devices[i].events.push(ev);
         }
         for d in &mut h.devices {
             d.events.sort_by_key(|e| e.ts);
+            d.labels.sort_by_key(|e| e.ts);
         }
         h.devices.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(p) = devices {
@@ -138,12 +178,12 @@ impl History {
         Ok(h)
     }
 
-    /// Failure modes named by failure events, sorted.
+    /// Failure modes named by failure events (and confirmed maintenance), sorted.
     pub fn failure_modes(&self) -> Vec<String> {
         let mut m: Vec<String> = self
             .devices
             .iter()
-            .flat_map(|d| d.events.iter())
+            .flat_map(|d| d.labels.iter())
             .filter(|e| e.kind == EventKind::Failure)
             .map(|e| e.code.clone())
             .collect();
@@ -339,9 +379,20 @@ pub fn read_telemetry(path: &Path) -> Result<History, TrainError> {
 
 /// events.csv: `device_id,ts,kind,code`.
 pub fn read_events(path: &Path) -> Result<Vec<DeviceEvent>, TrainError> {
+    Ok(read_events_with_outcomes(path)?
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect())
+}
+
+/// events.csv: `device_id,ts,kind,code[,outcome]`; an empty outcome cell is no outcome.
+pub fn read_events_with_outcomes(
+    path: &Path,
+) -> Result<Vec<(DeviceEvent, Option<EventOutcome>)>, TrainError> {
     let mut rdr = open(path)?;
     let cols = headers(path, &mut rdr)?;
     expect_columns(path, &cols, &["device_id", "ts", "kind", "code"])?;
+    let with_outcome = cols.get(4).is_some_and(|c| c == "outcome");
     let mut out = Vec::new();
     let mut rec = csv::StringRecord::new();
     loop {
@@ -368,12 +419,27 @@ pub fn read_events(path: &Path) -> Result<Vec<DeviceEvent>, TrainError> {
                 "code must be 1 to 128 characters",
             ));
         }
-        out.push(DeviceEvent {
-            device_id,
-            ts,
-            kind,
-            code: code.to_string(),
-        });
+        let outcome = match rec.get(4).map(str::trim) {
+            Some(o) if with_outcome && !o.is_empty() => {
+                Some(EventOutcome::parse(o).ok_or_else(|| {
+                    TrainError::csv(
+                        path,
+                        line,
+                        format!("outcome {o:?} is not confirmed, false_alarm or failed"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        out.push((
+            DeviceEvent {
+                device_id,
+                ts,
+                kind,
+                code: code.to_string(),
+            },
+            outcome,
+        ));
     }
     Ok(out)
 }
@@ -422,6 +488,45 @@ mod tests {
             .write_all(body.as_bytes())
             .unwrap();
         p
+    }
+
+    #[test]
+    fn outcomes_turn_confirmed_maintenance_into_prevented_failures() {
+        let d = tempfile::tempdir().unwrap();
+        let t = file(
+            &d,
+            "t.csv",
+            "device_id,ts,temp\na,2020-01-01T00:00:00Z,1\nb,2020-01-01T00:00:00Z,1\n",
+        );
+        let e = file(
+            &d,
+            "e.csv",
+            "device_id,ts,kind,code,outcome\n\
+             a,2020-01-02T00:00:00Z,maintenance,pump,confirmed\n\
+             a,2020-01-03T00:00:00Z,maintenance,pump,false_alarm\n\
+             b,2020-01-02T00:00:00Z,maintenance,pump,\n\
+             b,2020-01-04T00:00:00Z,failure,pump,failed\n",
+        );
+        let h = History::load(&t, &e, None).unwrap();
+        let a = &h.devices[0];
+        // What the daemon saw is unchanged; what labels see is the prevented failure only.
+        assert_eq!(a.events.len(), 2);
+        assert!(a.events.iter().all(|e| e.kind == EventKind::Maintenance));
+        assert_eq!(a.labels.len(), 1);
+        assert_eq!(a.labels[0].kind, EventKind::Failure);
+        let b = &h.devices[1];
+        assert_eq!(b.labels, b.events);
+        assert_eq!(h.failure_modes(), vec!["pump".to_string()]);
+        let bad = file(
+            &d,
+            "bad.csv",
+            "device_id,ts,kind,code,outcome\na,2020-01-02T00:00:00Z,maintenance,pump,maybe\n",
+        );
+        let err = read_events(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.csv:2") && err.contains("outcome"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -284,7 +284,7 @@ pub fn train(
         .iter()
         .map(|d| {
             let mut m: Vec<String> = d
-                .events
+                .labels
                 .iter()
                 .filter(|e| e.kind == EventKind::Failure)
                 .map(|e| e.code.clone())
@@ -476,7 +476,7 @@ pub fn train(
                 oof_devices.push(d);
                 vdevs.push(ValidDevice {
                     rows: r,
-                    events: &h.devices[d].events,
+                    events: &h.devices[d].labels,
                 });
             }
         }

@@ -235,7 +235,7 @@ pub fn build_rows(
                         continue;
                     }
                     for (m, (mode, rows)) in modes.iter().zip(out.iter_mut()).enumerate() {
-                        let l = label(&d.events, mode, r.ts, end, horizon_h, cap_h);
+                        let l = label(&d.labels, mode, r.ts, end, horizon_h, cap_h);
                         let far =
                             l.positive == Some(false) && l.ttf_hours.is_none_or(|t| t >= cap_h);
                         if far && thin > 1 && !keep_all.get(di).copied().unwrap_or(false) {
