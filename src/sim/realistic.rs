@@ -210,7 +210,7 @@ pub fn generate(cfg: &RealisticConfig) -> RealisticHistory {
         let mut offset = [0.0; 5];
         for (k, o) in offset.iter_mut().enumerate() {
             let (z, _) = rng.normal2();
-            *o = z * [4.0, 30.0, 3.0, 2.0, 2.0][k];
+            *o = z * [4.0, 30.0, 3.0, 1.5, 2.0][k];
         }
         let mut drift_rate = [0.0; 5];
         for k in [2, 4] {
@@ -344,19 +344,19 @@ pub fn generate(cfg: &RealisticConfig) -> RealisticHistory {
             let (n2, n3) = rng.normal2();
             let (n4, n5) = rng.normal2();
             let v = [
-                230.0 + u.offset[0] + 3.0 * (1.0 + 1.2 * s(CONTROLLER)) * n0,
-                1500.0 * load + u.offset[1] - 60.0 * s(MOTOR) + 25.0 * n1,
-                100.0 + 10.0 * load + u.offset[2] + u.drift[2] - 12.0 * s(SEAL) + 2.0 * n2,
+                230.0 + u.offset[0] + 3.0 * (1.0 + 2.0 * s(CONTROLLER)) * n0,
+                1500.0 * load + u.offset[1] - 120.0 * s(MOTOR) + 25.0 * n1,
+                100.0 + 10.0 * load + u.offset[2] + u.drift[2] - 15.0 * s(SEAL) + 2.0 * n2,
                 40.0 + 5.0 * load
                     + u.offset[3]
-                    + 8.0 * s(MOTOR)
-                    + 3.0 * s(BEARING)
-                    + (2.5 + 4.0 * s(BEARING)) * n3,
+                    + 14.0 * s(MOTOR)
+                    + 5.0 * s(BEARING)
+                    + (2.5 + 5.0 * s(BEARING)) * n3,
                 60.0 + 15.0 * load
                     + 2.0 * daily
                     + u.offset[4]
                     + u.drift[4]
-                    + 6.0 * s(BEARING)
+                    + 8.0 * s(BEARING)
                     + 2.0 * s(SEAL)
                     + 1.5 * n4,
             ];

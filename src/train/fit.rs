@@ -83,7 +83,8 @@ pub const MIN_FAILURES: usize = 3;
 /// Out-of-fold ticket precision a mode needs before it may ticket: below it, most of its tickets
 /// would send a technician for nothing.
 pub const MIN_TICKET_PRECISION: f64 = 0.5;
-/// Cap on false watches per device-month: a watch is internal, so it may be wrong more often.
+/// Cap on false watch episodes (score rising to the watch level with no failure following within
+/// the match window) per device-month: a watch is internal, so it may be wrong more often.
 pub const WATCH_CAP: f64 = 1.0;
 
 /// Platt scaling fitted on (raw probability, label) pairs by Newton's method on the log-loss.
@@ -525,14 +526,11 @@ pub fn train(
                 vm.recall = c.tally.recall();
                 vm.f1 = Some(c.tally.f1());
             }
-            let watch = select::lowest_under_cap(
+            let watch = select::watch_level(
                 &vdevs,
                 mode,
-                0.0,
-                c.consecutive,
                 WATCH_CAP,
                 oof_months,
-                false,
                 opts.horizon_h,
                 window_h,
             );
@@ -542,16 +540,10 @@ pub fn train(
                 (None, Some(t)) => t,
                 (None, None) => 1.0,
             };
-            let wt = select::tally_at(
-                &vdevs,
-                mode,
-                watch_th,
-                c.consecutive,
-                opts.horizon_h,
-                window_h,
-            );
-            out.watches = wt.tickets;
-            out.false_watches_per_device_month = per_month(wt.tickets - wt.correct);
+            if let Some((_, wt)) = &watch {
+                out.watches = wt.tickets;
+                out.false_watches_per_device_month = per_month(wt.tickets - wt.correct);
+            }
             let alert = ticket.and_then(|t| {
                 select::lowest_under_cap(
                     &vdevs,
@@ -572,7 +564,7 @@ pub fn train(
             let rule = format!(
                 "out of fold ({k} folds grouped by device); ticket: {}; needs {MIN_FAILURES} \
                  failures and precision >= {MIN_TICKET_PRECISION}; watch: lowest score with at \
-                 most {WATCH_CAP} false watches per device-month; customer alert: lowest score \
+                 most {WATCH_CAP} false watch episodes per device-month; customer alert: lowest score \
                  at or above the ticket's with at most {} false alerts per device-month",
                 opts.target.describe(window_h),
                 opts.alert_cap

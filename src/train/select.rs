@@ -361,6 +361,68 @@ pub fn tally_at(
     t
 }
 
+/// Watch episodes of one device: the times its score rises to `threshold` or above after being
+/// below it (a watch is not held like a ticket: it ends when the score falls back).
+pub fn watch_episodes(rows: &[(Millis, f64)], threshold: f64) -> Vec<Millis> {
+    let mut out = Vec::new();
+    let mut on = false;
+    for &(ts, p) in rows {
+        let above = p >= threshold;
+        if above && !on {
+            out.push(ts);
+        }
+        on = above;
+    }
+    out
+}
+
+/// The lowest candidate threshold whose watch episodes not followed by a failure of the mode
+/// within the match window stay at or under `cap` per device-month; `None` when none does.
+pub fn watch_level(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    cap_per_device_month: f64,
+    device_months: f64,
+    horizon_h: f64,
+    window_h: f64,
+) -> Option<(f64, TicketTally)> {
+    if device_months <= 0.0 {
+        return None;
+    }
+    let tally = |th: f64| {
+        let mut t = TicketTally::default();
+        for d in devices {
+            let opened = watch_episodes(&d.rows, th);
+            let fails: Vec<Millis> = d
+                .events
+                .iter()
+                .filter(|e| e.code == mode && e.kind == EventKind::Failure)
+                .map(|e| e.ts)
+                .collect();
+            let scored: Vec<Millis> = d.rows.iter().map(|r| r.0).collect();
+            t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
+        }
+        t
+    };
+    // False episodes fall as the threshold rises: bisect over the sorted candidates.
+    let cands = candidates(devices);
+    let ok = |th: f64| {
+        let t = tally(th);
+        ((t.tickets - t.correct) as f64 / device_months <= cap_per_device_month).then_some(t)
+    };
+    let (mut lo, mut hi) = (0usize, cands.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if ok(cands[mid]).is_some() {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let th = *cands.get(lo)?;
+    ok(th).map(|t| (th, t))
+}
+
 /// The lowest candidate threshold at or above `floor` whose false openings per device-month stay
 /// at or under `cap` (and, when `need_detection`, that detects at least one failure), with its
 /// tally. Lower thresholds warn earlier and more often, so this is the level's best recall under
