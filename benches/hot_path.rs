@@ -10,12 +10,12 @@
 //! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use forewarn::domain::Ticket;
 use forewarn::engine::{DeviceCtx, Engine, EngineConfig, Models};
 use forewarn::features::DeviceState;
 use forewarn::ingest::decode::{decode_telemetry, Limits};
 use forewarn::predict::Artifact;
 use forewarn::sim::{synthetic_model, to_payload, Fleet, SimConfig, SimEvent};
-use forewarn::tickets::Ticket;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;

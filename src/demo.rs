@@ -1,16 +1,16 @@
 //! `forewarn demo`: the whole system on one machine with nothing installed.
 //!
-//! An embedded MQTT broker, the daemon (the same `serve::run_with` as production) loaded with the
+//! An embedded MQTT broker, the daemon (the same `serve::run` as production) loaded with the
 //! committed demo model, a simulated fleet publishing telemetry and device events through the
 //! broker in accelerated event time, and a field-service console that subscribes to the ticket
 //! topic. Each failure is checked against the tickets that came before it, so a newcomer sees
 //! tickets open *before* the simulated failures, with their lead time.
 
 use crate::config::Config;
+use crate::domain::{format_ts, Status, Ticket};
+use crate::domain::{EventKind, Millis};
 use crate::fleet::{Channel, Customer, Device};
-use crate::ingest::decode::{EventKind, Millis};
 use crate::sim::{Fleet, SimConfig, SimEvent};
-use crate::tickets::{rfc3339, Status, Ticket};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -311,7 +311,7 @@ async fn publish_fleet(
     fleet: Fleet,
     opts: &DemoOptions,
     url: &str,
-    app: &crate::serve::App,
+    app: &crate::app::App,
     summary: &mut DemoSummary,
     shutdown: &CancellationToken,
 ) -> Result<(), DemoError> {
@@ -383,7 +383,7 @@ async fn publish_fleet(
 }
 
 fn report_failure(
-    app: &crate::serve::App,
+    app: &crate::app::App,
     device: &str,
     mode: &str,
     ts: Millis,
@@ -401,13 +401,13 @@ fn report_failure(
             s.lead_hours.push(lead);
             println!(
                 "[{}] FAILURE  {device:<11} {mode:<13} forewarned: ticket {} opened {lead:.0} h before",
-                short(&rfc3339(ts)),
+                short(&format_ts(ts)),
                 t.id
             );
         }
         None => println!(
             "[{}] FAILURE  {device:<11} {mode:<13} no ticket beforehand",
-            short(&rfc3339(ts))
+            short(&format_ts(ts))
         ),
     }
 }

@@ -3,14 +3,13 @@
 //! `serve` wraps it with MQTT and sled, `evaluate` with CSV files; neither adds logic of its own,
 //! so a backtest opens exactly the tickets the daemon opens for the same readings.
 
+use crate::domain::{format_ts, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
+use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use crate::features::{
     streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
 };
-use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
 use crate::predict::{Artifact, CompiledMode, ModeModel};
-use crate::tickets::{
-    rfc3339, ticket_id, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket,
-};
+use crate::tickets::ticket_id;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -80,9 +79,23 @@ pub struct Models {
     pub codes: Vec<String>,
 }
 
+/// Why a set of artifacts cannot be served together.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelsError {
+    #[error(
+        "model {name:?} was trained with windows {trained:?} but the daemon keeps {daemon:?}; \
+         set [features] in the configuration to match or retrain"
+    )]
+    WindowMismatch {
+        name: String,
+        trained: WindowSpec,
+        daemon: WindowSpec,
+    },
+}
+
 impl Models {
     /// Indexes the artifacts' metrics. Every artifact's windows must equal the daemon's.
-    pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, String> {
+    pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, ModelsError> {
         Models::with_index(artifacts, window, MetricIndex::default())
     }
 
@@ -92,15 +105,15 @@ impl Models {
         artifacts: Vec<Artifact>,
         window: &WindowSpec,
         base: MetricIndex,
-    ) -> Result<Models, String> {
+    ) -> Result<Models, ModelsError> {
         let mut index = base;
         for a in &artifacts {
             if &a.features.window != window {
-                return Err(format!(
-                    "model {:?} was trained with windows {:?} but the daemon keeps {:?}; \
-                     set [features] in the configuration to match or retrain",
-                    a.name, a.features.window, window
-                ));
+                return Err(ModelsError::WindowMismatch {
+                    name: a.name.clone(),
+                    trained: a.features.window.clone(),
+                    daemon: window.clone(),
+                });
             }
             for m in &a.features.metrics {
                 index.intern(m.clone());
@@ -177,7 +190,9 @@ pub const ALERT_WITHHELD: &str = "alert_withheld";
 /// History action recording that a live ticket reached the customer-alert level.
 pub const ALERT_RAISED: &str = "customer_alert";
 
-/// Who a device belongs to and what it is, as the fleet registry knows it.
+/// Who a device belongs to and what it is, as the fleet registry knows it. `attrs: None` is a
+/// device the registry does not know: it is scored with every attribute missing, and its tickets
+/// say so.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeviceCtx<'a> {
     pub attrs: Option<&'a Attributes>,
@@ -266,7 +281,7 @@ impl Engine {
                     // Formatted only when a ticket takes it.
                     let predicted = || {
                         s.ttf_hours
-                            .map(|h| rfc3339(r.ts + (h * 3_600_000.0) as i64))
+                            .map(|h| format_ts(r.ts + (h * 3_600_000.0) as i64))
                     };
                     if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
                         let raise = alert
@@ -277,10 +292,10 @@ impl Engine {
                             t.probability = s.probability;
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
-                            t.updated_at = rfc3339(r.ts);
+                            t.updated_at = format_ts(r.ts);
                             t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
                             t.history.push(HistoryEntry {
-                                at: rfc3339(r.ts),
+                                at: format_ts(r.ts),
                                 actor: "forewarn".into(),
                                 action: ALERT_RAISED.into(),
                                 from: None,
@@ -297,10 +312,10 @@ impl Engine {
                             t.probability = s.probability;
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
-                            t.updated_at = rfc3339(r.ts);
+                            t.updated_at = format_ts(r.ts);
                             t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
                             t.history.push(HistoryEntry {
-                                at: rfc3339(r.ts),
+                                at: format_ts(r.ts),
                                 actor: "forewarn".into(),
                                 action: "updated".into(),
                                 from: None,
@@ -317,7 +332,7 @@ impl Engine {
                         let mut t = self.open(a, mm, r, ctx, s.probability, predicted(), prio, &x);
                         if !alert {
                             t.history.push(HistoryEntry {
-                                at: rfc3339(r.ts),
+                                at: format_ts(r.ts),
                                 actor: "forewarn".into(),
                                 action: ALERT_WITHHELD.into(),
                                 from: None,
@@ -350,7 +365,7 @@ impl Engine {
         priority: Priority,
         x: &[f64],
     ) -> Ticket {
-        let at = rfc3339(r.ts);
+        let at = format_ts(r.ts);
         Ticket {
             id: ticket_id(&r.device_id, &mm.mode, r.ts),
             device_id: r.device_id.clone(),
@@ -374,10 +389,15 @@ impl Engine {
                 from: None,
                 to: Some(Status::Open),
                 note: format!(
-                    "probability {:.2} ≥ threshold {:.2} ({})",
+                    "probability {:.2} ≥ threshold {:.2} ({}){}",
                     probability,
                     mm.ticket_threshold().unwrap_or(mm.threshold),
-                    mm.threshold_rule
+                    mm.threshold_rule,
+                    if ctx.attrs.is_none() {
+                        "; device not in registry: scored without its attributes"
+                    } else {
+                        ""
+                    }
                 ),
             }],
             outcome: None,
@@ -402,7 +422,7 @@ impl Engine {
         let old = t
             .predicted_failure_at
             .as_deref()
-            .and_then(crate::ingest::decode::parse_ts_str);
+            .and_then(crate::domain::parse_ts);
         match (old, ttf) {
             (Some(old), Some(h)) => {
                 let new = now + (h * 3_600_000.0) as i64;

@@ -1,11 +1,27 @@
 //! The fleet registry: devices (attributes, owning customer) and customers (contact channels,
-//! preferences, time zone, locale). Loaded from a TOML file at start, upserted through the API,
-//! persisted in the store.
+//! preferences, time zone, locale). Loaded from a file at start (TOML, or the contract's
+//! `devices.csv`), upserted through the API (and `forewarn fleet import`), persisted in the store.
+//!
+//! **Which wins at start.** The store is the registry; the fleet file only brings *its own
+//! changes*. A record whose file version is the one imported at the previous start is left as the
+//! store has it (an API change since then stands); a record that is new in the file, or changed
+//! in the file since the last import, is written. Whatever is replaced is kept as history
+//! (`k/fleet_history/…`), never silently lost.
 
 use crate::features::Attributes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `[fleet]`: the devices and customers loaded at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Devices and customers loaded at start (optional): a TOML file of `[[devices]]` and
+    /// `[[customers]]`, or a `devices.csv` (`device_id,<attribute>…`; a `customer_id` or
+    /// `customer` column names the owner).
+    pub file: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,10 +134,10 @@ pub enum FleetError {
 
 impl Device {
     pub fn validate(&self) -> Result<(), FleetError> {
-        crate::ingest::decode::validate_device_id(&self.id).map_err(|e| FleetError::Invalid {
+        crate::domain::validate_device_id(&self.id).map_err(|e| FleetError::Invalid {
             what: "device",
             id: self.id.clone(),
-            message: e.detail,
+            message: e.to_string(),
         })
     }
 }
@@ -133,13 +149,13 @@ impl Customer {
             id: self.id.clone(),
             message,
         };
-        crate::ingest::decode::validate_device_id(&self.id)
-            .map_err(|e| bad(e.detail.replace("device", "customer")))?;
+        crate::domain::validate_device_id(&self.id)
+            .map_err(|e| bad(e.to_string().replace("device", "customer")))?;
         if self.time_zone.parse::<chrono_tz::Tz>().is_err() {
             return Err(bad(format!("unknown time zone {:?}", self.time_zone)));
         }
         if let Some(q) = &self.quiet_hours {
-            parse_quiet_hours(q).map_err(bad)?;
+            parse_quiet_hours(q).map_err(|e| bad(e.to_string()))?;
         }
         for c in &self.preferences {
             if !self.contacts.contains_key(c) {
@@ -154,8 +170,13 @@ impl Customer {
     }
 }
 
+/// A quiet-hours text that is not `HH:MM-HH:MM`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("quiet hours {0:?} must look like 22:00-07:00")]
+pub struct QuietHoursError(pub String);
+
 /// Parses "22:00-07:00" into minutes after local midnight (start, end); may wrap midnight.
-pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), String> {
+pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), QuietHoursError> {
     let parse = |t: &str| -> Option<u32> {
         let (h, m) = t.trim().split_once(':')?;
         let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
@@ -163,15 +184,27 @@ pub fn parse_quiet_hours(s: &str) -> Result<(u32, u32), String> {
     };
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("quiet hours {s:?} must look like 22:00-07:00"))?;
+        .ok_or_else(|| QuietHoursError(s.to_string()))?;
     match (parse(a), parse(b)) {
         (Some(a), Some(b)) => Ok((a, b)),
-        _ => Err(format!("quiet hours {s:?} must look like 22:00-07:00")),
+        _ => Err(QuietHoursError(s.to_string())),
     }
 }
 
 impl FleetFile {
+    /// Reads a fleet file: `*.csv` as a `devices.csv`, anything else as TOML.
     pub fn load(path: &Path) -> Result<FleetFile, FleetError> {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            let f = FleetFile {
+                customers: vec![],
+                devices: devices_from_csv(path)?,
+            };
+            f.validate()?;
+            return Ok(f);
+        }
         let text = std::fs::read_to_string(path).map_err(|e| FleetError::File {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -195,9 +228,238 @@ impl FleetFile {
     }
 }
 
+/// Reads the contract's `devices.csv`: every column is an attribute (models may read them); a
+/// `customer_id` (or `customer`) column also names the owning customer.
+pub fn devices_from_csv(path: &Path) -> Result<Vec<Device>, FleetError> {
+    let rows = crate::train::csv::read_devices(path).map_err(|e| FleetError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, attributes)| Device {
+            customer_id: attributes
+                .get("customer_id")
+                .or_else(|| attributes.get("customer"))
+                .cloned(),
+            id,
+            attributes,
+        })
+        .collect())
+}
+
+/// Columns of a `customers.csv` besides `customer_id`.
+const CUSTOMER_COLUMNS: [&str; 11] = [
+    "name",
+    "locale",
+    "time_zone",
+    "email",
+    "sms",
+    "voice",
+    "push",
+    "webhook",
+    "mqtt",
+    "preferences",
+    "quiet_hours",
+];
+
+/// Reads a `customers.csv`: `customer_id` and any of `name, locale, time_zone, email, sms, voice,
+/// push, webhook, mqtt, preferences, quiet_hours`; `preferences` lists channels separated by `;`
+/// (`sms;email`). Unknown columns are an error, naming the column.
+pub fn customers_from_csv(path: &Path) -> Result<Vec<Customer>, FleetError> {
+    let err = |line: u64, message: String| FleetError::File {
+        path: format!("{}:{line}", path.display()),
+        message,
+    };
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| err(0, e.to_string()))?;
+    let cols: Vec<String> = rdr
+        .headers()
+        .map_err(|e| err(1, e.to_string()))?
+        .iter()
+        .map(|c| c.trim().to_string())
+        .collect();
+    if cols.first().map(String::as_str) != Some("customer_id") {
+        return Err(err(1, "the first column must be customer_id".into()));
+    }
+    if let Some(c) = cols[1..]
+        .iter()
+        .find(|c| !CUSTOMER_COLUMNS.contains(&c.as_str()))
+    {
+        return Err(err(1, format!("unknown column {c:?}")));
+    }
+    let mut out = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| err(e.position().map_or(0, |p| p.line()), e.to_string()))?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let mut c = Customer {
+            id: rec.get(0).unwrap_or_default().trim().to_string(),
+            name: String::new(),
+            locale: default_locale(),
+            time_zone: default_tz(),
+            contacts: BTreeMap::new(),
+            preferences: vec![],
+            quiet_hours: None,
+            urgent_in_quiet_hours: true,
+            daily_budget: None,
+        };
+        for (col, v) in cols.iter().zip(rec.iter()).skip(1) {
+            let v = v.trim();
+            if v.is_empty() {
+                continue;
+            }
+            match col.as_str() {
+                "name" => c.name = v.to_string(),
+                "locale" => c.locale = v.to_string(),
+                "time_zone" => c.time_zone = v.to_string(),
+                "quiet_hours" => c.quiet_hours = Some(v.to_string()),
+                "preferences" => {
+                    for p in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                        let ch = Channel::ALL
+                            .into_iter()
+                            .find(|x| x.as_str() == p)
+                            .ok_or_else(|| err(line, format!("unknown channel {p:?}")))?;
+                        c.preferences.push(ch);
+                    }
+                }
+                channel => {
+                    if let Some(ch) = Channel::ALL.into_iter().find(|x| x.as_str() == channel) {
+                        c.contacts.insert(ch, v.to_string());
+                    }
+                }
+            }
+        }
+        c.validate().map_err(|e| err(line, e.to_string()))?;
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// What [`apply_file`] did at start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Records written from the file (new, or changed in the file since the last import).
+    pub written: usize,
+    /// Records left as the store has them: unchanged in the file, changed through the API.
+    pub kept: usize,
+}
+
+/// Brings the fleet file's own changes into the store's registry (see the module comment for the
+/// rule), in one commit.
+pub fn apply_file(
+    store: &crate::store::Store,
+    file: &FleetFile,
+) -> Result<Applied, crate::store::StoreError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut applied = Applied::default();
+    let mut tx = store.tx();
+    let stored_devices: BTreeMap<String, Device> = store
+        .fleet_devices::<Device>()?
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    let stored_customers: BTreeMap<String, Customer> = store
+        .fleet_customers::<Customer>()?
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    for c in &file.customers {
+        let mark = format!("fleet_file/customer/{}", c.id);
+        let last: Option<Customer> = store.get_kv(&mark)?;
+        let stored = stored_customers.get(&c.id);
+        if last.as_ref() == Some(c) && stored.is_some() {
+            applied.kept += 1;
+            continue;
+        }
+        if let Some(old) = stored.filter(|s| *s != c) {
+            tx.put_kv(&format!("fleet_history/customer/{}/{now}", c.id), old);
+        }
+        tx.put_fleet_customer(&c.id, c);
+        tx.put_kv(&mark, c);
+        applied.written += 1;
+    }
+    for d in &file.devices {
+        let mark = format!("fleet_file/device/{}", d.id);
+        let last: Option<Device> = store.get_kv(&mark)?;
+        let stored = stored_devices.get(&d.id);
+        if last.as_ref() == Some(d) && stored.is_some() {
+            applied.kept += 1;
+            continue;
+        }
+        if let Some(old) = stored.filter(|s| *s != d) {
+            tx.put_kv(&format!("fleet_history/device/{}/{now}", d.id), old);
+        }
+        tx.put_fleet_device(&d.id, d);
+        tx.put_kv(&mark, d);
+        applied.written += 1;
+    }
+    store.commit(tx)?;
+    Ok(applied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_change_survives_a_restart_with_the_same_file_and_a_file_edit_wins_with_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 1 << 20).unwrap();
+        let dev = |model: &str| Device {
+            id: "pump-1".into(),
+            customer_id: None,
+            attributes: [("model".to_string(), model.to_string())].into(),
+        };
+        let file = FleetFile {
+            customers: vec![],
+            devices: vec![dev("P200")],
+        };
+        assert_eq!(apply_file(&store, &file).unwrap().written, 1);
+        // Changed through the API, then the daemon restarts with the same file.
+        let mut tx = store.tx();
+        tx.put_fleet_device("pump-1", &dev("P300"));
+        store.commit(tx).unwrap();
+        assert_eq!(apply_file(&store, &file).unwrap().kept, 1);
+        assert_eq!(store.fleet_devices::<Device>().unwrap(), vec![dev("P300")]);
+        // The file is edited: its change wins, the API's version is kept as history.
+        let edited = FleetFile {
+            customers: vec![],
+            devices: vec![dev("P400")],
+        };
+        assert_eq!(apply_file(&store, &edited).unwrap().written, 1);
+        assert_eq!(store.fleet_devices::<Device>().unwrap(), vec![dev("P400")]);
+        let hist: Vec<Device> = store.scan_kv("fleet_history/device/pump-1/").unwrap();
+        assert_eq!(hist, vec![dev("P300")]);
+    }
+
+    #[test]
+    fn devices_and_customers_csv_read_into_registry_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("devices.csv");
+        std::fs::write(
+            &d,
+            "device_id,model,age,customer_id\npump-1,P200,7,acme\npump-2,P300,,\n",
+        )
+        .unwrap();
+        let f = FleetFile::load(&d).unwrap();
+        assert_eq!(f.devices.len(), 2);
+        assert_eq!(f.devices[0].customer_id.as_deref(), Some("acme"));
+        assert_eq!(f.devices[0].attributes["age"], "7");
+        assert!(!f.devices[1].attributes.contains_key("age"));
+        let c = dir.path().join("customers.csv");
+        std::fs::write(
+            &c,
+            "customer_id,name,locale,time_zone,email,sms,preferences\nacme,ACME สยาม,th,Asia/Bangkok,ops@acme.example,+66800000000,sms;email\n",
+        )
+        .unwrap();
+        let cs = customers_from_csv(&c).unwrap();
+        assert_eq!(cs[0].preferences, vec![Channel::Sms, Channel::Email]);
+        assert_eq!(cs[0].contacts[&Channel::Email], "ops@acme.example");
+        std::fs::write(&c, "customer_id,fax\nacme,1\n").unwrap();
+        assert!(customers_from_csv(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("fax"));
+    }
 
     #[test]
     fn fleet_file_parses_and_checks_preferences() {

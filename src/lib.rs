@@ -2,6 +2,8 @@
 //!
 //! Modules in data-flow order:
 //!
+//! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time, device
+//!   ids, tickets and their statuses, durations
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `demo`)
 //! - [`config`]   the whole configuration tree, `"30s"` durations, validation without I/O
 //! - [`ingest`]   MQTT driver (rumqttc, manual acks) and payload decoding (pure, fuzzable)
@@ -23,12 +25,15 @@
 //!   `features` and `engine` so training, backtests and serving compute the same numbers
 
 pub mod api;
+pub mod app;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
+pub mod dispatch;
+pub mod domain;
 pub mod engine;
 pub mod features;
 pub mod fleet;
@@ -41,4 +46,5 @@ pub mod serve;
 pub mod sim;
 pub mod store;
 pub mod tickets;
+pub mod tls;
 pub mod train;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub devices_in_memory: IntGauge,
     /// Device states dropped from memory (least recently seen) — reloaded from the store on demand.
     pub evictions: IntCounter,
+    /// Devices seen on the stream since start that the fleet registry does not know.
+    pub unregistered_devices: IntGauge,
     /// Model artifacts in use.
     pub models_loaded: IntGauge,
     /// Model reloads by result (ok, error).
@@ -155,6 +157,11 @@ impl Metrics {
                 "forewarn_device_evictions_total",
                 "Device states evicted from memory (least recently seen)",
             ),
+            unregistered_devices: gauge(
+                r,
+                "forewarn_unregistered_devices",
+                "Devices seen since start that are not in the fleet registry (scored without attributes)",
+            ),
             models_loaded: gauge(r, "forewarn_models_loaded", "Model artifacts in use"),
             model_reloads: counter_vec(
                 r,
@@ -164,7 +171,7 @@ impl Metrics {
             ),
         };
         // Pre-create bounded label values so dashboards see zeros rather than gaps.
-        for reason in crate::ingest::decode::RejectReason::ALL {
+        for reason in crate::domain::RejectReason::ALL {
             m.rejected.with_label_values(&[reason.as_str()]);
         }
         for reason in ["duplicate", "late"] {

@@ -8,7 +8,7 @@
 //! History files are often sorted by device rather than by time, so the rows are kept in a compact
 //! table (about 48 bytes per 4-metric reading) and sorted by time before publishing.
 
-use crate::ingest::decode::{validate_device_id, DeviceEvent, EventKind, Millis};
+use crate::domain::{validate_device_id, DeviceEvent, EventKind, Millis};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::io::Read;
@@ -330,8 +330,22 @@ impl History {
     }
 
     fn sort(&mut self) {
-        // Stable: file order is kept among equal times; readings sort before events.
-        self.items.sort_by_key(|i| (i.ts, i.kind == Kind::Event));
+        // The apply order (events first at equal times, see `domain::apply_order`), so that a
+        // daemon without a reorder tolerance applies what it receives as the backtest does.
+        // Stable: file order is kept among equal items.
+        let events = &self.events;
+        let key = |i: &Item| match i.kind {
+            Kind::Reading => (None, ""),
+            Kind::Event => {
+                let (k, c) = &events[i.at as usize];
+                (Some(*k), c.as_str())
+            }
+        };
+        self.items.sort_by(|a, b| {
+            let (ka, ca) = key(a);
+            let (kb, cb) = key(b);
+            crate::domain::apply_order((a.ts, ka, ca), (b.ts, kb, cb))
+        });
     }
 
     /// The messages to publish, in event-time order, with per-device sequence numbers (counting
@@ -402,9 +416,9 @@ fn id_and_ts(
     let id = std::str::from_utf8(&rec[id_col])
         .map_err(|_| "device_id is not UTF-8".to_string())?
         .trim();
-    validate_device_id(id).map_err(|e| e.detail)?;
+    validate_device_id(id).map_err(|e| e.to_string())?;
     let ts_s = std::str::from_utf8(&rec[ts_col]).unwrap_or("").trim();
-    let ts = crate::ingest::decode::parse_ts_str(ts_s)
+    let ts = crate::domain::parse_ts(ts_s)
         .or_else(|| ts_s.parse::<i64>().ok())
         .ok_or_else(|| {
             format!(
@@ -695,22 +709,23 @@ mod tests {
         assert_eq!(h.row_errors, 0);
         let msgs: Vec<Message> = h.messages("devices").collect();
         let topics: Vec<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+        // At equal times the event goes first (contract, section 7).
         assert_eq!(
             topics,
             [
-                "devices/a/telemetry",
                 "devices/a/events",
+                "devices/a/telemetry",
                 "devices/b/telemetry",
                 "devices/a/telemetry"
             ]
         );
         let p = |i: usize| String::from_utf8(msgs[i].payload.clone()).unwrap();
         assert_eq!(
-            p(0),
+            p(1),
             r#"{"ts":"2025-01-01T01:00:00Z","seq":1,"metrics":{"temp":1}}"#
         );
         assert_eq!(
-            p(1),
+            p(0),
             r#"{"ts":"2025-01-01T01:00:00Z","kind":"maintenance","code":"seal"}"#
         );
         assert!(p(3).contains(r#""seq":2"#), "{}", p(3));

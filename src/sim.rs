@@ -18,8 +18,8 @@
 
 pub mod realistic;
 
+use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use crate::features::Attributes;
-use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
@@ -454,7 +454,7 @@ pub fn telemetry_payload<'a>(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"ts\":\"");
-    out.extend_from_slice(crate::tickets::rfc3339(ts).as_bytes());
+    out.extend_from_slice(crate::domain::format_ts(ts).as_bytes());
     out.push(b'"');
     if let Some(seq) = seq {
         let _ = write!(out, ",\"seq\":{seq}");
@@ -481,7 +481,7 @@ pub fn to_payload(r: &Reading) -> Vec<u8> {
 pub fn event_payload(e: &DeviceEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(80);
     out.extend_from_slice(b"{\"ts\":\"");
-    out.extend_from_slice(crate::tickets::rfc3339(e.ts).as_bytes());
+    out.extend_from_slice(crate::domain::format_ts(e.ts).as_bytes());
     out.extend_from_slice(b"\",\"kind\":\"");
     out.extend_from_slice(e.kind.as_str().as_bytes());
     out.extend_from_slice(b"\",\"code\":");
@@ -540,7 +540,7 @@ pub fn write_csv(
         match item {
             SimEvent::Reading(r) => {
                 if ts_cache.0 != r.ts {
-                    ts_cache = (r.ts, crate::tickets::rfc3339(r.ts));
+                    ts_cache = (r.ts, crate::domain::format_ts(r.ts));
                 }
                 write!(tel, "{},{}", r.device_id, ts_cache.1)?;
                 for (_, x) in &r.metrics {
@@ -562,7 +562,7 @@ pub fn write_csv(
                     evs,
                     "{},{},{},{}",
                     e.device_id,
-                    crate::tickets::rfc3339(e.ts),
+                    crate::domain::format_ts(e.ts),
                     e.kind.as_str(),
                     e.code
                 )?;

@@ -21,7 +21,7 @@ fn metric_sum(text: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_forewarns_failures_rejects_bad_payloads_and_messages_customers() {
-    forewarn::serve::install_crypto();
+    forewarn::tls::install_crypto();
     let tmp = tempfile::tempdir().unwrap();
     // A port we know, so the daemon's /metrics can be watched while the demo runs.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -54,7 +54,7 @@ async fn a_broker_restart_mid_stream_loses_no_reading_and_changes_no_ticket() {
     let Some(bin) = mosquitto_bin("drill_broker_restart") else {
         return;
     };
-    forewarn::serve::install_crypto();
+    forewarn::tls::install_crypto();
     if std::env::var("FOREWARN_DRILL_TRACE").is_ok() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("info,forewarn=debug")
@@ -168,7 +168,7 @@ async fn a_broker_restart_mid_stream_loses_no_reading_and_changes_no_ticket() {
             let hr = 20 + 6 * i as i64 + 5;
             (
                 format!("rs-{i}"),
-                forewarn::tickets::rfc3339(common::T0 + hr * common::HOUR),
+                forewarn::domain::format_ts(common::T0 + hr * common::HOUR),
             )
         })
         .collect();

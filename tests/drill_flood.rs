@@ -150,7 +150,7 @@ async fn oversized_payloads_are_rejected_and_the_daemon_keeps_serving() {
         max_inflight: 1000,
     })
     .unwrap();
-    forewarn::serve::install_crypto();
+    forewarn::tls::install_crypto();
     if std::env::var("FOREWARN_DRILL_TRACE").is_ok() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("info,forewarn=debug,rumqttd=warn")

@@ -3,7 +3,8 @@
 //!
 //! Each test uses its own topic prefix, so several runs can share one broker.
 
-use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits, Reading};
+use forewarn::domain::Reading;
+use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits};
 use forewarn::replay::{publish, History, Message, PublishOptions, PublishSummary};
 use forewarn::sim::{event_payload, to_payload, write_csv, Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};

@@ -70,7 +70,7 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
     overheating_model()
         .save(&dirs.models().join("overheating.json"))
         .unwrap();
-    forewarn::serve::install_crypto();
+    forewarn::tls::install_crypto();
     let mut cfg = common::config(
         &format!("mqtt://{}", broker_addr()),
         &dirs,

@@ -2,9 +2,8 @@
 //! near-valid JSON never panic, are rejected with a reason, or decode to readings whose values are
 //! finite and whose device ids are usable.
 
-use forewarn::ingest::decode::{
-    decode_events, decode_telemetry, validate_device_id, EventKind, Limits, Reading,
-};
+use forewarn::domain::{validate_device_id, EventKind, Reading};
+use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits};
 use proptest::prelude::*;
 
 fn limits() -> Limits {

@@ -2,7 +2,7 @@
 //! bytes never panic; a refused file names the file and the line at fault; what is accepted holds
 //! usable device ids and finite (or missing) values.
 
-use forewarn::ingest::decode::validate_device_id;
+use forewarn::domain::validate_device_id;
 use forewarn::train::csv::{read_devices, read_events, read_telemetry};
 use forewarn::train::TrainError;
 use proptest::prelude::*;

@@ -41,7 +41,7 @@ async fn tls_with_password_connects_and_a_wrong_password_or_certificate_does_not
     let Some(bin) = mosquitto_bin("hostile_mqtt_tls") else {
         return;
     };
-    forewarn::serve::install_crypto();
+    forewarn::tls::install_crypto();
     let dirs = Dirs::new();
     let mdir = dirs.path().join("mosquitto");
     std::fs::create_dir_all(&mdir).unwrap();

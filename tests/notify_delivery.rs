@@ -4,8 +4,8 @@
 
 mod notify_support;
 
+use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
-use forewarn::tickets::Priority;
 use notify_support::providers::Mode;
 use notify_support::{smtp, Harness, HOUR};
 use std::time::Duration;
@@ -281,7 +281,7 @@ async fn an_acknowledged_ticket_gets_no_reminder() {
     h.desk
         .customer_reply(
             &t.id,
-            Some(forewarn::tickets::Status::Acknowledged),
+            Some(forewarn::domain::Status::Acknowledged),
             "api:ops",
             "",
         )
@@ -504,7 +504,7 @@ async fn priority_rising_to_urgent_alerts_again_and_settling_sends_a_short_resol
     );
     // A maintenance event settles it: a short note, no question, no link.
     t.transition(
-        forewarn::tickets::Status::Resolved,
+        forewarn::domain::Status::Resolved,
         "device",
         t.opened_ms + 1,
         "",

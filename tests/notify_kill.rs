@@ -4,8 +4,8 @@
 
 mod notify_support;
 
+use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
-use forewarn::tickets::Priority;
 use notify_support::providers::{Fakes, Inner, Mode};
 use notify_support::smtp::SmtpServer;
 use notify_support::Harness;

@@ -4,9 +4,9 @@
 
 mod notify_support;
 
+use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
 use forewarn::notify::config::MqttConfig;
-use forewarn::tickets::Priority;
 use notify_support::Harness;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;

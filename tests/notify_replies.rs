@@ -4,9 +4,9 @@
 
 mod notify_support;
 
+use forewarn::domain::{Priority, Status};
 use forewarn::fleet::Channel;
 use forewarn::notify::TicketDesk;
-use forewarn::tickets::{Priority, Status};
 use notify_support::Harness;
 use std::time::Duration;
 

@@ -28,14 +28,14 @@ fn fleet(dir: &std::path::Path) -> History {
                     }
                 })
                 + noise;
-            let ts = forewarn::tickets::rfc3339(h * 3_600_000);
+            let ts = forewarn::domain::format_ts(h * 3_600_000);
             writeln!(tel, "d{d:02},{ts},{temp:.2},{volt:.2}").unwrap();
         }
         if let Some(f) = fuse_at {
-            let ts = forewarn::tickets::rfc3339(f * 3_600_000);
+            let ts = forewarn::domain::format_ts(f * 3_600_000);
             writeln!(ev, "d{d:02},{ts},failure,fuse").unwrap();
         }
-        let ts = forewarn::tickets::rfc3339(life * 3_600_000);
+        let ts = forewarn::domain::format_ts(life * 3_600_000);
         writeln!(ev, "d{d:02},{ts},failure,belt").unwrap();
     }
     let t = dir.join("telemetry.csv");

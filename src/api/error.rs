@@ -1,6 +1,6 @@
 //! API errors: `{"error": {"code": "…", "message": "…"}}` with the matching status.
 
-use crate::serve::core::CoreError;
+use crate::app::CoreError;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

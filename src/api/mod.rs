@@ -6,14 +6,19 @@
 //! `/metrics` and the health checks are open. Ids in paths follow the device-id rules (no `/`,
 //! `+`, `#`, whitespace or control characters, at most 128 bytes).
 
+mod config;
 mod error;
+
+pub use config::Config;
 
 pub use error::ApiError;
 
+use crate::app::App;
+use crate::domain::{Status, Ticket};
 use crate::fleet::{Customer, Device};
-use crate::serve::App;
+use crate::notify::{Notifier, TicketDesk};
+use crate::store::Store;
 use crate::store::TicketFilter;
-use crate::tickets::{Status, Ticket};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,11 +28,35 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 
-type AppState = Arc<App>;
+/// Who may call what: the bearer tokens and whether reads need one.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    tokens: Vec<String>,
+    protect_reads: bool,
+}
+
+impl Auth {
+    pub fn new(cfg: &Config) -> Auth {
+        Auth {
+            tokens: cfg.tokens.clone(),
+            protect_reads: cfg.protect_reads,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    app: Arc<App>,
+    auth: Arc<Auth>,
+}
 
 /// All routes of the API with the app as state.
-pub fn router(app: Arc<App>) -> Router {
-    let limit = app.cfg.api.max_body_bytes;
+pub fn router(app: Arc<App>, cfg: &Config) -> Router {
+    let limit = cfg.max_body_bytes;
+    let state = ApiState {
+        app,
+        auth: Arc::new(Auth::new(cfg)),
+    };
     Router::new()
         .route("/api/v1/tickets", get(list_tickets))
         .route("/api/v1/tickets/{id}", get(get_ticket))
@@ -43,19 +72,49 @@ pub fn router(app: Arc<App>) -> Router {
             get(get_customer).put(put_customer),
         )
         .route("/api/v1/rejects", get(list_rejects))
+        .route("/api/v1/quarantine", get(list_quarantine))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(app)
+        .with_state(state)
+}
+
+/// The notifier's routes (provider webhooks, replies, the self-service page, the customer
+/// timeline). The timeline is an API read: token-protected when `api.protect_reads` is set;
+/// provider webhooks carry their own signatures and the self-service page its signed token. The
+/// body limit is applied here too: a layer on [`router`] does not reach routes merged after it.
+pub fn notify_routes(
+    notifier: Arc<Notifier>,
+    store: Store,
+    desk: Arc<dyn TicketDesk>,
+    cfg: &Config,
+) -> Router {
+    let auth = Arc::new(Auth::new(cfg));
+    notifier
+        .routes(store, desk)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let auth = auth.clone();
+                async move {
+                    if req.uri().path().starts_with("/api/") {
+                        if let Err(e) = authorize(&auth, req.headers(), false) {
+                            return e.into_response();
+                        }
+                    }
+                    next.run(req).await
+                }
+            },
+        ))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
 }
 
 // ------------------------------------------------------------------ auth
 
 /// Checks the bearer token; `mutation` decides whether one is needed at all.
-pub fn authorize(app: &App, headers: &HeaderMap, mutation: bool) -> Result<(), ApiError> {
-    if !mutation && !app.cfg.api.protect_reads {
+pub fn authorize(auth: &Auth, headers: &HeaderMap, mutation: bool) -> Result<(), ApiError> {
+    if !mutation && !auth.protect_reads {
         return Ok(());
     }
     let presented = headers
@@ -69,9 +128,7 @@ pub fn authorize(app: &App, headers: &HeaderMap, mutation: bool) -> Result<(), A
     let Some(presented) = presented else {
         return Err(ApiError::unauthorized("a bearer token is required"));
     };
-    if app
-        .cfg
-        .api
+    if auth
         .tokens
         .iter()
         .any(|t| !t.is_empty() && constant_time_eq(t.as_bytes(), presented.as_bytes()))
@@ -91,10 +148,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Refuses ids that could not be a device, customer or ticket id.
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    crate::ingest::decode::validate_device_id(id).map_err(|e| {
+    crate::domain::validate_device_id(id).map_err(|e| {
         ApiError::bad_request(format!(
             "{what} id: {}",
-            e.detail.replace("device id", "id")
+            e.to_string().replace("device id", "id")
         ))
     })
 }
@@ -128,11 +185,11 @@ struct TicketQuery {
 const MAX_LIST: usize = 10_000;
 
 async fn list_tickets(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
     q: Result<Query<TicketQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Ticket>>, ApiError> {
-    authorize(&app, &headers, false)?;
+    authorize(&auth, &headers, false)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -146,7 +203,7 @@ async fn list_tickets(
         Some(s) => Some(
             s.parse::<i64>()
                 .ok()
-                .or_else(|| crate::ingest::decode::parse_ts_str(s))
+                .or_else(|| crate::domain::parse_ts(s))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!("since {s:?} is not RFC 3339 or epoch ms"))
                 })?,
@@ -176,11 +233,11 @@ async fn list_tickets(
 }
 
 async fn get_ticket(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Ticket>, ApiError> {
-    authorize(&app, &headers, false)?;
+    authorize(&auth, &headers, false)?;
     check_id("ticket", &id)?;
     match app.store.ticket(&id) {
         Ok(Some(t)) => Ok(Json(t)),
@@ -198,12 +255,12 @@ struct TransitionBody {
 }
 
 async fn post_transition(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Json<Ticket>, ApiError> {
-    authorize(&app, &headers, true)?;
+    authorize(&auth, &headers, true)?;
     check_id("ticket", &id)?;
     let body = json_body(body)?;
     let to = Status::parse(&body.to).ok_or_else(|| {
@@ -227,19 +284,19 @@ async fn post_transition(
 // ------------------------------------------------------------------ fleet
 
 async fn list_devices(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Device>>, ApiError> {
-    authorize(&app, &headers, false)?;
+    authorize(&auth, &headers, false)?;
     Ok(Json(app.devices()))
 }
 
 async fn get_device(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Device>, ApiError> {
-    authorize(&app, &headers, false)?;
+    authorize(&auth, &headers, false)?;
     check_id("device", &id)?;
     app.device(&id)
         .map(Json)
@@ -266,12 +323,12 @@ fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value,
 }
 
 async fn put_device(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, true)?;
+    authorize(&auth, &headers, true)?;
     check_id("device", &id)?;
     let v = with_path_id(json_body(body)?, &id)?;
     let d: Device = serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -293,19 +350,19 @@ async fn put_device(
 }
 
 async fn list_customers(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Customer>>, ApiError> {
-    authorize(&app, &headers, false)?;
+    authorize(&auth, &headers, false)?;
     Ok(Json(app.customers()))
 }
 
 async fn get_customer(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Customer>, ApiError> {
-    authorize(&app, &headers, false)?;
+    authorize(&auth, &headers, false)?;
     check_id("customer", &id)?;
     app.customer(&id)
         .map(Json)
@@ -313,12 +370,12 @@ async fn get_customer(
 }
 
 async fn put_customer(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, true)?;
+    authorize(&auth, &headers, true)?;
     check_id("customer", &id)?;
     let v = with_path_id(json_body(body)?, &id)?;
     let c: Customer =
@@ -340,14 +397,30 @@ async fn put_customer(
 // ------------------------------------------------------------------ operations
 
 async fn list_rejects(
-    State(app): State<AppState>,
+    State(ApiState { app, auth }): State<ApiState>,
     headers: HeaderMap,
-) -> Result<Json<Vec<crate::serve::core::RejectRecord>>, ApiError> {
-    authorize(&app, &headers, false)?;
+) -> Result<Json<Vec<crate::app::RejectRecord>>, ApiError> {
+    authorize(&auth, &headers, false)?;
     Ok(Json(app.rejects()))
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+/// Stored records that could not be decoded and were set aside.
+async fn list_quarantine(
+    State(ApiState { app, auth }): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::store::Quarantined>>, ApiError> {
+    authorize(&auth, &headers, false)?;
+    let app2 = app.clone();
+    let list = blocking(move || {
+        app2.store
+            .quarantine_list()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+async fn metrics(State(ApiState { app, .. }): State<ApiState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -362,7 +435,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(app): State<AppState>) -> Response {
+async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     let broker = app.broker_connected();
     let models = app.models_ready();
     let app2 = app.clone();

@@ -2,7 +2,7 @@
 //! field-service console, on one machine with nothing installed.
 
 use super::{CliResult, Failure};
-use crate::config::Dur;
+use crate::domain::Dur;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 

@@ -1,7 +1,8 @@
 //! `forewarn evaluate`: backtest a model over history with the daemon's own engine.
 
 use super::{CliResult, Failure};
-use crate::config::{Config, Dur};
+use crate::config::Config;
+use crate::domain::Dur;
 use crate::predict::Artifact;
 use crate::train::csv::History;
 use crate::train::evaluate::{self, EvalOptions};
@@ -101,7 +102,7 @@ pub fn run(args: Args) -> CliResult {
                 w,
                 "{},{},{},{:.6},{}",
                 s.device_id,
-                crate::tickets::rfc3339(s.ts),
+                crate::domain::format_ts(s.ts),
                 s.mode,
                 s.probability,
                 ttf

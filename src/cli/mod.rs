@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod demo;
 pub mod evaluate;
+pub mod fleet;
 pub mod replay;
 pub mod serve;
 pub mod simulate;
@@ -28,6 +29,8 @@ pub enum Command {
     Train(train::Args),
     /// Backtest a model over history with the daemon's own feature, scoring and ticket code.
     Evaluate(evaluate::Args),
+    /// The fleet registry of a running daemon: `fleet import --devices devices.csv`.
+    Fleet(fleet::Args),
     /// Publish history files as device traffic to a broker.
     Replay(replay::Args),
     /// The whole system on one machine: embedded broker, simulated fleet, daemon, local sinks.
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Serve(a) => serve::run(a),
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
+        Command::Fleet(a) => fleet::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Simulate(a) => simulate::run(a),

@@ -30,15 +30,18 @@ pub struct Args {
     pub client_id: Option<String>,
 }
 
-pub fn parse_rate(s: &str) -> Result<Option<f64>, String> {
+/// A `--rate` that is neither a positive number nor `max`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--rate {0:?}: expected messages per second (> 0) or \"max\"")]
+pub struct RateError(pub String);
+
+pub fn parse_rate(s: &str) -> Result<Option<f64>, RateError> {
     if s == "max" {
         return Ok(None);
     }
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(Some(r)),
-        _ => Err(format!(
-            "--rate {s:?}: expected messages per second (> 0) or \"max\""
-        )),
+        _ => Err(RateError(s.to_string())),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `forewarn simulate`: writes a simulated fleet's history in the contract's CSV layout.
 
 use super::{CliResult, Failure};
-use crate::config::Dur;
+use crate::domain::Dur;
 use crate::sim::{realistic, write_csv, SimConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;

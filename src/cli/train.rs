@@ -1,7 +1,8 @@
 //! `forewarn train`: fit failure predictors from history files into a model artifact.
 
 use super::{CliResult, Failure};
-use crate::config::{Config, Dur};
+use crate::config::Config;
+use crate::domain::Dur;
 use crate::train::csv::History;
 use crate::train::fit::{self, EstimatorKind, TrainOptions};
 use crate::train::select::Target;

@@ -9,7 +9,11 @@
 //! counters, and one clock per failure mode. With the defaults (ring of 30, spans 5/20/60) and four
 //! metrics that is about 1 KiB (see `DeviceState::approx_bytes`).
 
-use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
+mod config;
+
+pub use config::Config;
+
+use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

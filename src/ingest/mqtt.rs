@@ -18,7 +18,7 @@
 //! - the processor (in `serve`) drains that channel, commits, then hands the group's publishes to
 //! - `ack_loop`, which sends the acks through the `AsyncClient`.
 
-use crate::config::BrokerConfig;
+use super::config::BrokerConfig;
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
 use std::sync::Arc;
@@ -426,7 +426,7 @@ mod tests {
 
     #[test]
     fn tls_options_use_the_configured_ca_file_and_refuse_a_bad_one() {
-        crate::serve::install_crypto();
+        crate::tls::install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();

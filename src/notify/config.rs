@@ -1,9 +1,9 @@
 //! The `[notify]` section: delivery policy, routing rules and one optional table per provider.
 //! A channel whose provider table is absent is simply unavailable; routing records why.
 
-use crate::config::Dur;
+use crate::domain::Dur;
+use crate::domain::Priority;
 use crate::fleet::Channel;
-use crate::tickets::Priority;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -12,9 +12,9 @@
 use super::link::{self, LinkError};
 use super::worker::SentRecord;
 use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
+use crate::domain::{format_ts, Status, Ticket};
 use crate::fleet::Channel;
 use crate::store::Store;
-use crate::tickets::{rfc3339, Status, Ticket};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -194,7 +194,7 @@ impl Notifier {
         let actor = format!("customer:{channel}");
         let t = desk
             .customer_reply(ticket_id, to, &actor, &note)
-            .map_err(ReplyError::Rejected)?;
+            .map_err(|e| ReplyError::Rejected(e.to_string()))?;
         self.metrics
             .replies
             .with_label_values(&[match channel {
@@ -211,7 +211,7 @@ impl Notifier {
                 &Answer {
                     answer: reply.as_str().into(),
                     channel: channel.into(),
-                    at: rfc3339(now),
+                    at: format_ts(now),
                 },
             );
         }
@@ -642,11 +642,11 @@ async fn page_answer(
 }
 
 async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    if let Err(e) = crate::ingest::decode::validate_device_id(&id) {
+    if let Err(e) = crate::domain::validate_device_id(&id) {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            &format!("customer id: {}", e.detail.replace("device id", "id")),
+            &format!("customer id: {}", e.to_string().replace("device id", "id")),
         );
     }
     match s.store.timeline::<TimelineEntry>(&id) {

@@ -15,7 +15,6 @@
 
 pub mod channels;
 pub mod config;
-pub mod daemon;
 pub mod inbound;
 pub mod link;
 pub mod metrics;
@@ -27,9 +26,9 @@ mod worker;
 pub use config::NotifyConfig;
 pub use worker::{Attempt, OutboxRow};
 
+use crate::domain::{format_ts, Priority, Ticket};
 use crate::engine::{Change, ChangeKind};
 use crate::fleet::{Channel, Customer, Device};
-use crate::tickets::{rfc3339, Priority, Ticket};
 use channels::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,11 +42,24 @@ pub const QUEUE: &str = "notify";
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     #[error("notify templates: {0}")]
-    Templates(String),
+    Templates(#[from] templates::TemplateError),
     #[error("notify.{channel}: {message}")]
     Channel { channel: String, message: String },
     #[error("notify metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+/// Why the desk did not apply a customer's reply.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    #[error("ticket {0} not found")]
+    TicketNotFound(String),
+    #[error(transparent)]
+    Transition(#[from] crate::tickets::TransitionError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How notify changes a ticket (acknowledge/schedule/reschedule request) — implemented by the
@@ -59,10 +71,10 @@ pub trait TicketDesk: Send + Sync {
     fn customer_reply(
         &self,
         id: &str,
-        to: Option<crate::tickets::Status>,
+        to: Option<crate::domain::Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String>;
+    ) -> Result<Ticket, DeskError>;
     fn customer(&self, id: &str) -> Option<Customer>;
     fn device(&self, id: &str) -> Option<Device>;
 }
@@ -120,7 +132,7 @@ pub struct TimelineEntry {
 impl TimelineEntry {
     pub fn new(at_ms: i64, kind: &str, ticket_id: &str, detail: impl Into<String>) -> Self {
         TimelineEntry {
-            at: rfc3339(at_ms),
+            at: format_ts(at_ms),
             kind: kind.into(),
             ticket_id: ticket_id.into(),
             channel: None,
@@ -190,16 +202,16 @@ impl Notifier {
             }
         };
         let timeout = cfg.send_timeout.std();
-        let http = channels::http_client(timeout).map_err(|m| NotifyError::Channel {
+        let http = channels::http_client(timeout).map_err(|e| NotifyError::Channel {
             channel: "http".into(),
-            message: m,
+            message: format!("http client: {e}"),
         })?;
         let mut providers: BTreeMap<Channel, Box<dyn Provider>> = BTreeMap::new();
         if let Some(e) = &cfg.email {
             let p =
-                channels::email::Email::build(e, timeout).map_err(|m| NotifyError::Channel {
+                channels::email::Email::build(e, timeout).map_err(|e| NotifyError::Channel {
                     channel: "email".into(),
-                    message: m,
+                    message: e.to_string(),
                 })?;
             providers.insert(Channel::Email, Box::new(p));
         }

@@ -1,8 +1,8 @@
 //! Routing, pure: which channels, in which order, now or later, and why.
 
 use super::config::RoutingConfig;
+use crate::domain::Ticket;
 use crate::fleet::{parse_quiet_hours, Channel, Customer};
-use crate::tickets::Ticket;
 use chrono::{NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use std::collections::BTreeSet;
@@ -11,14 +11,14 @@ use std::collections::BTreeSet;
 /// ticket's own event time (its latest update), so a replay of history routes like the live
 /// stream did; `now_ms` is the fallback when that time is unreadable.
 pub fn urgency(cfg: &RoutingConfig, t: &Ticket, now_ms: i64) -> (bool, String) {
-    let now_ms = crate::ingest::decode::parse_ts_str(&t.updated_at).unwrap_or(now_ms);
+    let now_ms = crate::domain::parse_ts(&t.updated_at).unwrap_or(now_ms);
     if t.priority >= cfg.urgent_priority {
         return (true, format!("urgent: priority {}", t.priority.as_str()));
     }
     if let Some(at) = t
         .predicted_failure_at
         .as_deref()
-        .and_then(crate::ingest::decode::parse_ts_str)
+        .and_then(crate::domain::parse_ts)
     {
         if at - now_ms < cfg.urgent_within.as_millis_i64() {
             return (

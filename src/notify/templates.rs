@@ -80,11 +80,22 @@ enum Piece {
     Var(String),
 }
 
+/// What is wrong with a template file, naming the file and key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+impl From<String> for TemplateError {
+    fn from(s: String) -> Self {
+        TemplateError(s)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Template(Vec<Piece>);
 
 impl Template {
-    fn parse(s: &str, allowed: &dyn Fn(&str) -> bool) -> Result<Template, String> {
+    fn parse(s: &str, allowed: &dyn Fn(&str) -> bool) -> Result<Template, TemplateError> {
         let mut out = Vec::new();
         let mut rest = s;
         while let Some(i) = rest.find("{{") {
@@ -97,13 +108,13 @@ impl Template {
                 .ok_or_else(|| format!("unclosed {{{{ near {:?}", trunc(&rest[i..])))?;
             let name = after[..j].trim();
             if !allowed(name) {
-                return Err(format!("unknown placeholder {{{{{name}}}}}"));
+                return Err(format!("unknown placeholder {{{{{name}}}}}").into());
             }
             out.push(Piece::Var(name.to_string()));
             rest = &after[j + 2..];
         }
         if rest.contains("}}") {
-            return Err(format!("stray }}}} near {:?}", trunc(rest)));
+            return Err(format!("stray }}}} near {:?}", trunc(rest)).into());
         }
         if !rest.is_empty() {
             out.push(Piece::Text(rest.to_string()));
@@ -203,7 +214,7 @@ pub struct Templates {
 
 impl Templates {
     /// Embedded locales, then `<dir>/*.toml` over them. Errors name the file and key.
-    pub fn load(dir: Option<&Path>, fallback: &str) -> Result<Templates, String> {
+    pub fn load(dir: Option<&Path>, fallback: &str) -> Result<Templates, TemplateError> {
         let mut locales = BTreeMap::new();
         for (name, text) in EMBEDDED {
             locales.insert(
@@ -232,7 +243,7 @@ impl Templates {
             }
         }
         if !locales.contains_key(fallback) {
-            return Err(format!("fallback locale {fallback:?} has no templates"));
+            return Err(format!("fallback locale {fallback:?} has no templates").into());
         }
         Ok(Templates {
             locales,
@@ -389,7 +400,7 @@ fn tidy(s: &str) -> String {
     lines.join("\n").trim().to_string()
 }
 
-fn parse_locale(text: &str) -> Result<Locale, String> {
+fn parse_locale(text: &str) -> Result<Locale, TemplateError> {
     let f: LocaleFile = toml::from_str(text).map_err(|e| e.to_string())?;
     let facts = |n: &str| FACTS.contains(&n);
     let mut phrases = BTreeMap::new();
@@ -404,7 +415,7 @@ fn parse_locale(text: &str) -> Result<Locale, String> {
         );
     }
     if let Some(extra) = f.phrases.keys().find(|k| !PHRASES.contains(&k.as_str())) {
-        return Err(format!("phrases.{extra} is not a known phrase"));
+        return Err(format!("phrases.{extra} is not a known phrase").into());
     }
     let all = |n: &str| FACTS.contains(&n) || PHRASES.contains(&n) || DERIVED.contains(&n);
     let mut templates = BTreeMap::new();
@@ -423,12 +434,12 @@ fn parse_locale(text: &str) -> Result<Locale, String> {
         .keys()
         .find(|k| !TEMPLATES.contains(&k.as_str()))
     {
-        return Err(format!("templates.{extra} is not a known template"));
+        return Err(format!("templates.{extra} is not a known template").into());
     }
     let rtl = match f.direction.as_deref() {
         None | Some("ltr") => false,
         Some("rtl") => true,
-        Some(o) => return Err(format!("direction {o:?} must be \"ltr\" or \"rtl\"")),
+        Some(o) => return Err(format!("direction {o:?} must be \"ltr\" or \"rtl\"").into()),
     };
     Ok(Locale {
         rtl,
@@ -502,7 +513,9 @@ mod tests {
         let bad = good.replace("prediction = \"{{device}}", "prediction = \"{{devise}}");
         assert_ne!(bad, good);
         std::fs::write(dir.path().join("en.toml"), bad).unwrap();
-        let e = Templates::load(Some(dir.path()), "en").unwrap_err();
+        let e = Templates::load(Some(dir.path()), "en")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("en.toml") && e.contains("{{devise}}"), "{e}");
         assert!(Templates::load(None, "xx").is_err());
     }

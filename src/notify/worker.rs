@@ -12,9 +12,9 @@ use super::channels::{Outgoing, SendError};
 use super::route::{self, Decision, RouteInput};
 use super::templates::MessageKind;
 use super::{Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
+use crate::domain::{Status, Ticket};
 use crate::fleet::{Channel, Customer};
 use crate::store::Store;
-use crate::tickets::{Status, Ticket};
 use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -193,11 +193,9 @@ impl Notifier {
             return store.commit(tx);
         };
         let day = route::local_day(&customer, now);
-        let sent_today: u32 = store
-            .get_kv(&budget_key(&customer.id, &day))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        // A read error leaves the row for the next round: counting from 0 would overspend the
+        // customer's budget.
+        let sent_today: u32 = store.get_kv(&budget_key(&customer.id, &day))?.unwrap_or(0);
         if row.plan.is_empty() {
             let available = self.available();
             let input = RouteInput {
@@ -597,7 +595,7 @@ impl Notifier {
         let when = t
             .predicted_failure_at
             .as_deref()
-            .and_then(crate::ingest::decode::parse_ts_str)
+            .and_then(crate::domain::parse_ts)
             .and_then(|ms| route::tz_of(c).timestamp_millis_opt(ms).single())
             .map(|lt| format!("{} ({})", lt.format("%Y-%m-%d %H:%M"), c.time_zone))
             .unwrap_or_default();

@@ -5,6 +5,11 @@
 //! decision threshold chosen on validation, and where it came from. `forewarn train` writes them,
 //! `serve` and `evaluate` load them through [`Artifact::load`], which refuses what it cannot serve.
 
+mod config;
+
+pub use config::Config;
+
+use crate::domain::Evidence;
 use crate::features::{Attributes, FeatureSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -38,6 +43,24 @@ pub enum ArtifactError {
     },
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
+}
+
+/// What makes an artifact unusable (a tree pointing outside itself, a feature the spec does not
+/// have, a threshold that is not a probability, …), worded for the operator.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidArtifact(pub String);
+
+impl From<String> for InvalidArtifact {
+    fn from(s: String) -> Self {
+        InvalidArtifact(s)
+    }
+}
+
+impl From<&str> for InvalidArtifact {
+    fn from(s: &str) -> Self {
+        InvalidArtifact(s.to_string())
+    }
 }
 
 /// Which devices a model scores.
@@ -370,17 +393,17 @@ impl Estimator {
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), InvalidArtifact> {
         if let Estimator::Trees { trees, .. } = self {
             for (ti, t) in trees.iter().enumerate() {
                 if t.nodes.is_empty() {
-                    return Err(format!("tree {ti} is empty"));
+                    return Err(format!("tree {ti} is empty").into());
                 }
                 for n in &t.nodes {
                     if n.feature != LEAF
                         && (n.left as usize >= t.nodes.len() || n.right as usize >= t.nodes.len())
                     {
-                        return Err(format!("tree {ti} has a child index out of range"));
+                        return Err(format!("tree {ti} has a child index out of range").into());
                     }
                 }
             }
@@ -654,15 +677,6 @@ pub struct ModeScore {
     pub ttf_hours: Option<f64>,
 }
 
-/// A feature behind a score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evidence {
-    pub feature: String,
-    pub value: f64,
-    /// Contribution to the log-odds (positive pushes toward failure).
-    pub weight: f64,
-}
-
 impl Artifact {
     /// Reads and validates an artifact file.
     pub fn load(path: &Path) -> Result<Artifact, ArtifactError> {
@@ -697,14 +711,14 @@ impl Artifact {
             path: path.to_path_buf(),
             source,
         })?;
-        a.validate().map_err(|detail| ArtifactError::Invalid {
+        a.validate().map_err(|e| ArtifactError::Invalid {
             path: path.to_path_buf(),
-            detail,
+            detail: e.to_string(),
         })?;
         Ok(a)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidArtifact> {
         let n = self.features.len();
         if self.modes.is_empty() {
             return Err("artifact has no failure modes".into());
@@ -726,7 +740,8 @@ impl Artifact {
                         return Err(format!(
                             "mode {:?} {what} reads feature {f} but the feature spec has {n}",
                             m.mode
-                        ));
+                        )
+                        .into());
                     }
                 }
                 if let Some(k) = e.n_features() {
@@ -734,7 +749,8 @@ impl Artifact {
                         return Err(format!(
                             "mode {:?} {what} expects {k} features, the feature spec has {n}",
                             m.mode
-                        ));
+                        )
+                        .into());
                     }
                 }
             }
@@ -742,7 +758,8 @@ impl Artifact {
                 return Err(format!(
                     "mode {:?} threshold {} is not a probability",
                     m.mode, m.threshold
-                ));
+                )
+                .into());
             }
         }
         Ok(())
@@ -794,13 +811,15 @@ impl Artifact {
     pub fn evidence(&self, mode: &ModeModel, x: &[f64], k: usize) -> Vec<Evidence> {
         let names = self.features.names();
         let c = mode.classifier.contributions(x, names.len());
-        let mut idx: Vec<usize> = (0..c.len()).filter(|&i| c[i] > 0.0).collect();
+        let mut idx: Vec<usize> = (0..c.len())
+            .filter(|&i| c[i] > 0.0 && c[i].is_finite())
+            .collect();
         idx.sort_by(|&a, &b| c[b].total_cmp(&c[a]));
         idx.into_iter()
             .take(k)
             .map(|i| Evidence {
                 feature: names[i].clone(),
-                value: x[i],
+                value: Some(x[i]).filter(|v| v.is_finite()),
                 weight: c[i],
             })
             .collect()

@@ -4,22 +4,21 @@
 //! The story of a reading: the MQTT polling task (`ingest::mqtt::drive`) forwards publishes over
 //! a bounded channel → the processing thread takes what has arrived (up to
 //! `ingest.commit_group`), runs it through the engine under the core lock and commits states,
-//! tickets and outbox rows in one flushed batch (`core::App::process_group`) → the acker sends the
+//! tickets and outbox rows in one flushed batch (`app::App::process_group`) → the acker sends the
 //! group's acks → the dispatcher publishes the ticket changes from the outbox.
 //!
 //! Shutdown (one token): the polling task stops forwarding → the processor drains what it holds,
 //! commits and hands over the last acks → the acker sends them → the polling task disconnects.
 //! The API server and the dispatcher stop on the same token.
 
-pub mod core;
-pub mod dispatch;
-
+use crate::app::{self, App, Settings};
 use crate::config::Config;
-use crate::engine::Change;
-use crate::fleet::{Customer, Device, FleetFile};
+use crate::dispatch::Dispatcher;
+use crate::fleet::FleetFile;
 use crate::ingest::mqtt::{self, ConnectionObserver, DriveOptions, Inbound};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError, Tx};
+use crate::notify::{Notifier, TicketDesk};
+use crate::store::{Store, StoreError};
 use rumqttc::{AsyncClient, Publish};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -28,8 +27,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-pub use self::core::App;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -51,49 +48,6 @@ impl ServeError {
     pub fn is_config(&self) -> bool {
         matches!(self, ServeError::Config(_))
     }
-}
-
-/// Called for every ticket change inside the commit that records it (notifications hook in here:
-/// whatever they write to `tx` is committed atomically with the ticket).
-pub trait OnTicketChange: Send + Sync {
-    fn on_ticket_change(
-        &self,
-        tx: &mut Tx,
-        change: &Change,
-        customer: Option<&Customer>,
-        device: Option<&Device>,
-        now_wall_ms: i64,
-    );
-}
-
-/// Builds extra API routes once the app exists (e.g. the notifier's replies and timeline).
-pub type RoutesHook = Box<dyn FnOnce(Arc<App>) -> axum::Router + Send>;
-/// Starts an extra background worker (e.g. the notification outbox worker).
-pub type WorkerHook = Box<dyn FnOnce(Arc<App>, CancellationToken) -> JoinHandle<()> + Send>;
-
-/// Integration points for other stages. Wiring the notifier looks like:
-///
-/// ```ignore
-/// let registry = prometheus::Registry::new();
-/// let notifier = Arc::new(Notifier::build(&cfg.notify, &cfg.api.public_url, &registry)?);
-/// let hooks = Hooks {
-///     registry: Some(registry),
-///     on_change: Some(notifier.clone()),           // impl OnTicketChange for Notifier
-///     routes: Some(Box::new({ let n = notifier.clone();
-///         move |app| n.routes(app.store.clone(), app) })),   // impl TicketDesk for App
-///     workers: vec![Box::new(move |app, token| {
-///         notifier.spawn_worker(app.store.clone(), app, token) })],
-/// };
-/// serve::run_with(cfg, shutdown, hooks).await?
-/// ```
-#[derive(Default)]
-pub struct Hooks {
-    /// Registry the hooked stages registered their metrics in (served at `/metrics` with the
-    /// daemon's own); a fresh one when unset.
-    pub registry: Option<prometheus::Registry>,
-    pub on_change: Option<Arc<dyn OnTicketChange>>,
-    pub routes: Option<RoutesHook>,
-    pub workers: Vec<WorkerHook>,
 }
 
 /// A running daemon.
@@ -134,11 +88,6 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
     }
-}
-
-/// Installs rustls' ring provider once per process (MQTT TLS and the webhook client).
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// What `--check-config` found.
@@ -201,20 +150,10 @@ impl ConnectionObserver for Observer {
     }
 }
 
-/// Starts the daemon with customer notifications (`[notify]`).
+/// Starts the daemon: store, models, fleet, notifier, API, MQTT, processor, dispatcher, reload
+/// on SIGHUP.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, ServeError> {
-    let hooks =
-        crate::notify::daemon::hooks(&cfg).map_err(|e| ServeError::Config(e.to_string()))?;
-    run_with(cfg, shutdown, hooks).await
-}
-
-/// Starts the daemon: store, models, fleet, API, MQTT, processor, dispatcher, reload on SIGHUP.
-pub async fn run_with(
-    cfg: Config,
-    shutdown: CancellationToken,
-    hooks: Hooks,
-) -> Result<Handle, ServeError> {
-    install_crypto();
+    crate::tls::install_crypto();
     let fleet = load_fleet(&cfg)?;
     let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
@@ -227,25 +166,41 @@ pub async fn run_with(
         ))
     })?;
     let store = Store::open(&cfg.store.data_dir, cfg.store.cache_bytes)?;
-    let base = self::core::load_metric_index(&store);
+    let base = app::load_metric_index(&store);
     let models = crate::engine::Models::with_index(artifacts, &cfg.features.window(), base)
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
-    self::core::save_metric_index(&store, &models.index)?;
+    app::save_metric_index(&store, &models.index)?;
     if !fleet.customers.is_empty() || !fleet.devices.is_empty() {
-        let mut tx = store.tx();
-        for c in &fleet.customers {
-            tx.put_fleet_customer(&c.id, c);
-        }
-        for d in &fleet.devices {
-            tx.put_fleet_device(&d.id, d);
-        }
-        store.commit(tx)?;
+        let applied = crate::fleet::apply_file(&store, &fleet)?;
+        tracing::info!(
+            "fleet file: {} record(s) written, {} left as the registry has them",
+            applied.written,
+            applied.kept
+        );
     }
-    let registry = hooks.registry.clone().unwrap_or_default();
+    let registry = prometheus::Registry::new();
+    // Built (templates checked, providers set up) before anything starts, so a bad template or
+    // provider table is a config error at start.
+    let notifier = Arc::new(
+        Notifier::build(&cfg.notify, &cfg.api.public_url, &registry)
+            .map_err(|e| ServeError::Config(e.to_string()))?,
+    );
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
+    let settings = Settings {
+        ingest: cfg.ingest.clone(),
+        engine: cfg.engine_config(),
+        window: cfg.features.window(),
+        models_dir: cfg.scoring.models_dir.clone(),
+        rejects_per_minute: cfg.log.rejects_per_minute,
+        has_webhook: cfg.dispatch.webhook_url.is_some(),
+        reorder_idle: cfg.ingest.reorder_idle.map_or(
+            Duration::from_millis(cfg.features.window().late_tolerance_ms.max(0) as u64),
+            |d| d.std(),
+        ),
+    };
     let app = Arc::new(
-        App::new(cfg.clone(), store, metrics, models, hooks.on_change)
+        App::new(settings, store, metrics, models, notifier.clone())
             .map_err(|e| ServeError::Runtime(e.to_string()))?,
     );
     if cfg.api.tokens.is_empty() {
@@ -262,14 +217,13 @@ pub async fn run_with(
         addr: cfg.api.listen.clone(),
         source,
     })?;
-    let mut router = crate::api::router(app.clone());
-    if let Some(extra) = hooks.routes {
-        // The body limit covers the extra routes too (the notifier's form posts): a layer on
-        // the API's router alone does not reach routes merged after it.
-        router = router.merge(
-            extra(app.clone()).layer(axum::extract::DefaultBodyLimit::max(cfg.api.max_body_bytes)),
-        );
-    }
+    let desk: Arc<dyn TicketDesk> = app.clone();
+    let router = crate::api::router(app.clone(), &cfg.api).merge(crate::api::notify_routes(
+        notifier.clone(),
+        app.store.clone(),
+        desk.clone(),
+        &cfg.api,
+    ));
     let mut tasks = Vec::new();
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
@@ -328,11 +282,22 @@ pub async fn run_with(
         })
         .map_err(|e| ServeError::Runtime(format!("cannot start the processor thread: {e}")))?;
 
-    let dispatcher = dispatch::Dispatcher::new(app.clone(), client)
-        .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))?;
+    let dispatcher = Dispatcher::new(
+        cfg.dispatch.clone(),
+        app.store.clone(),
+        app.metrics.clone(),
+        app.dispatch_wake.clone(),
+        app.broker_connected.clone(),
+        client,
+    )
+    .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))?;
     tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
-    for w in hooks.workers {
-        tasks.push(w(app.clone(), shutdown.clone()));
+    tasks.push(notifier.spawn_worker(app.store.clone(), desk, shutdown.clone()));
+    if cfg.features.window().late_tolerance_ms > 0 {
+        tasks.push(tokio::spawn(release_idle_loop(
+            app.clone(),
+            shutdown.clone(),
+        )));
     }
     tasks.push(tokio::spawn(reload_on_sighup(
         app.clone(),
@@ -351,6 +316,27 @@ pub async fn run_with(
         tasks,
         processor,
     })
+}
+
+/// The reorder idle timer: releases what silent devices still hold, a few times per idle period.
+async fn release_idle_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let period =
+        (app.settings.reorder_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let a = app.clone();
+        match tokio::task::spawn_blocking(move || a.release_idle()).await {
+            Ok(Ok(_)) => {}
+            // Nothing was committed: the items stay held and the next tick tries again.
+            Ok(Err(e)) => tracing::warn!("releasing held readings of idle devices failed: {e}"),
+            Err(e) => tracing::error!("idle release task failed: {e}"),
+        }
+    }
 }
 
 /// The single writer of ingest: takes what has arrived (up to `group` messages), processes and
@@ -391,7 +377,7 @@ fn process_loop(
                         break;
                     }
                     std::thread::sleep(backoff.next_delay());
-                    if let crate::serve::core::CoreError::Store(se) = &e {
+                    if let app::CoreError::Store(se) = &e {
                         if crate::store::Store::is_io_error(se) {
                             // sled refuses everything after an I/O error until reopened.
                             match app.store.reopen() {

@@ -20,8 +20,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{CsvSummary, Rng};
+use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use crate::features::Attributes;
-use crate::ingest::decode::{DeviceEvent, EventKind, Millis, Reading};
 use std::io::Write;
 use std::path::Path;
 
@@ -434,7 +434,7 @@ pub fn write_csv(
     let mut tel = open("telemetry.csv")?;
     writeln!(tel, "device_id,ts,{}", METRICS.join(","))?;
     for r in &h.readings {
-        write!(tel, "{},{}", r.device_id, crate::tickets::rfc3339(r.ts))?;
+        write!(tel, "{},{}", r.device_id, crate::domain::format_ts(r.ts))?;
         for m in METRICS {
             match r.metrics.iter().find(|(n, _)| n == m) {
                 Some((_, x)) => write!(tel, ",{x}")?,
@@ -460,7 +460,7 @@ pub fn write_csv(
             evs,
             "{},{},{},{}",
             e.device_id,
-            crate::tickets::rfc3339(e.ts),
+            crate::domain::format_ts(e.ts),
             e.kind.as_str(),
             e.code
         )?;

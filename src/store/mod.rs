@@ -9,14 +9,23 @@
 //! |---|---|
 //! | `meta/schema` | schema version |
 //! | `s/{device}` | device state (postcard) |
+//! | `r/{device}` | the device's reorder buffer: items held for event-time order (postcard) |
 //! | `t/{ticket id}` | ticket (JSON) |
 //! | `l/{device}\x1f{mode}` | id of the live ticket of that device and mode |
 //! | `o/{queue}/{seq}` | outbox row (JSON, owned by the queue's worker) |
 //! | `c/{customer}/{ms}{seq}` | customer timeline entry (JSON) |
 //! | `fd/{device}`, `fc/{customer}` | fleet registry records (JSON) |
 //! | `k/{name}` | small key-value records owned by other modules (idempotency marks, …) |
+//! | `q/{original key}` | a record that could not be decoded, moved aside (JSON [`Quarantined`]) |
+//!
+//! A record that cannot be decoded is never allowed to stop a reader: every scan moves it to
+//! `q/` under its own key (one atomic batch), counts it, logs it and goes on.
 
-use crate::tickets::Ticket;
+mod config;
+
+pub use config::Config;
+
+use crate::domain::Ticket;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +43,13 @@ pub enum StoreError {
     Schema { path: String, found: String },
     #[error("store: being reopened after an I/O error")]
     Reopening,
+    /// A value could not be serialised: the whole transaction is refused rather than an empty
+    /// record written.
+    #[error("store: cannot encode {key}: {source}")]
+    Encode {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -46,6 +62,22 @@ pub struct Store {
     inner: Arc<parking_lot::RwLock<Option<Open>>>,
     dir: PathBuf,
     cache_bytes: u64,
+    /// Records moved aside since start (`forewarn_store_quarantined_total`, registered by the
+    /// app: the store knows no registry).
+    quarantined: prometheus::IntCounter,
+}
+
+/// A record set aside because it could not be decoded, as `GET /api/v1/quarantine` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    /// The record's key where it was found (lossy UTF-8).
+    pub key: String,
+    /// Why it could not be read.
+    pub detail: String,
+    /// Wall-clock time it was moved aside (epoch ms).
+    pub at_ms: i64,
+    /// The record's bytes as they were (lossy UTF-8).
+    pub value: String,
 }
 
 #[derive(Clone)]
@@ -57,7 +89,7 @@ struct Open {
 /// Filters of `GET /api/v1/tickets`.
 #[derive(Debug, Clone, Default)]
 pub struct TicketFilter {
-    pub status: Option<crate::tickets::Status>,
+    pub status: Option<crate::domain::Status>,
     pub device_id: Option<String>,
     pub customer_id: Option<String>,
     /// Only tickets updated (event time, epoch ms) at or after this.
@@ -69,6 +101,8 @@ pub struct TicketFilter {
 pub struct Tx {
     batch: sled::Batch,
     ops: usize,
+    /// The first value that could not be serialised; [`Store::commit`] then fails.
+    encode_error: Option<StoreError>,
     /// For sequence numbers of outbox and timeline rows (monotonic across restarts).
     db: Option<sled::Db>,
 }
@@ -81,15 +115,40 @@ impl Tx {
         self.ops == 0
     }
 
+    /// Inserts `value` as JSON under `key`; a value that cannot be serialised is remembered and
+    /// fails the commit.
+    fn insert_json<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(json) => self.batch.insert(key, json),
+            Err(source) => {
+                if self.encode_error.is_none() {
+                    self.encode_error = Some(StoreError::Encode {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     pub fn put_state(&mut self, device: &str, bytes: Vec<u8>) {
         self.batch.insert(key2(b"s/", device), bytes);
         self.ops += 1;
     }
 
+    pub fn put_reorder(&mut self, device: &str, bytes: Vec<u8>) {
+        self.batch.insert(key2(b"r/", device), bytes);
+        self.ops += 1;
+    }
+
+    pub fn remove_reorder(&mut self, device: &str) {
+        self.batch.remove(key2(b"r/", device));
+        self.ops += 1;
+    }
+
     /// Stores a ticket and keeps the live index in step with its status.
     pub fn put_ticket(&mut self, t: &Ticket) {
-        let json = serde_json::to_vec(t).unwrap_or_default();
-        self.batch.insert(key2(b"t/", &t.id), json);
+        self.insert_json(key2(b"t/", &t.id), t);
         let mut lk = key2(b"l/", &t.device_id);
         lk.push(SEP);
         lk.extend_from_slice(t.failure_mode.as_bytes());
@@ -114,8 +173,7 @@ impl Tx {
     pub fn push_outbox<T: Serialize>(&mut self, queue: &str, row: &T) -> Vec<u8> {
         let seq = self.seq();
         let k = outbox_key(queue, seq);
-        self.batch
-            .insert(k.clone(), serde_json::to_vec(row).unwrap_or_default());
+        self.insert_json(k.clone(), row);
         self.ops += 1;
         k
     }
@@ -127,15 +185,13 @@ impl Tx {
         k.push(b'/');
         k.extend_from_slice(&(ms as u64 ^ (1 << 63)).to_be_bytes());
         k.extend_from_slice(&seq.to_be_bytes());
-        self.batch
-            .insert(k, serde_json::to_vec(entry).unwrap_or_default());
+        self.insert_json(k, entry);
         self.ops += 1;
     }
 
     /// Rewrites an outbox row as part of this transaction (worker bookkeeping).
     pub fn put_outbox_row<T: Serialize>(&mut self, key: &[u8], row: &T) {
-        self.batch
-            .insert(key, serde_json::to_vec(row).unwrap_or_default());
+        self.insert_json(key.to_vec(), row);
         self.ops += 1;
     }
 
@@ -146,22 +202,17 @@ impl Tx {
     }
 
     pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
-        self.batch.insert(
-            key2(b"k/", name),
-            serde_json::to_vec(value).unwrap_or_default(),
-        );
+        self.insert_json(key2(b"k/", name), value);
         self.ops += 1;
     }
 
     pub fn put_fleet_device<T: Serialize>(&mut self, id: &str, v: &T) {
-        self.batch
-            .insert(key2(b"fd/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.insert_json(key2(b"fd/", id), v);
         self.ops += 1;
     }
 
     pub fn put_fleet_customer<T: Serialize>(&mut self, id: &str, v: &T) {
-        self.batch
-            .insert(key2(b"fc/", id), serde_json::to_vec(v).unwrap_or_default());
+        self.insert_json(key2(b"fc/", id), v);
         self.ops += 1;
     }
 }
@@ -196,10 +247,19 @@ impl Store {
     /// Opens (or creates) the database in `dir`, checking its schema version.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let open = Self::open_db(dir, cache_bytes)?;
+        let quarantined = prometheus::IntCounter::new(
+            "forewarn_store_quarantined_total",
+            "Stored records that could not be decoded and were moved aside",
+        )
+        .map_err(|e| StoreError::Corrupt {
+            key: "metrics".into(),
+            detail: e.to_string(),
+        })?;
         Ok(Store {
             inner: Arc::new(parking_lot::RwLock::new(Some(open))),
             dir: dir.to_path_buf(),
             cache_bytes,
+            quarantined,
         })
     }
 
@@ -290,12 +350,16 @@ impl Store {
         Tx {
             batch: sled::Batch::default(),
             ops: 0,
+            encode_error: None,
             db: self.h().ok().map(|o| o.db),
         }
     }
 
     /// Applies the transaction atomically and flushes it to disk.
     pub fn commit(&self, tx: Tx) -> Result<()> {
+        if let Some(e) = tx.encode_error {
+            return Err(e);
+        }
         if tx.ops == 0 {
             return Ok(());
         }
@@ -321,16 +385,106 @@ impl Store {
         Ok(self.h()?.tree.get(key2(b"s/", device))?.map(|v| v.to_vec()))
     }
 
+    /// Sets a device state that could not be decoded aside (see [`Store::quarantine`]).
+    pub fn quarantine_state(&self, device: &str, bytes: &[u8], detail: &str) {
+        self.quarantine(&key2(b"s/", device), bytes, detail);
+    }
+
+    pub fn load_reorder(&self, device: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.h()?.tree.get(key2(b"r/", device))?.map(|v| v.to_vec()))
+    }
+
+    /// Devices with a stored reorder buffer.
+    pub fn reorder_devices(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kv in self.h()?.tree.scan_prefix(b"r/") {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[2..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Sets a reorder buffer that could not be decoded aside.
+    pub fn quarantine_reorder(&self, device: &str, bytes: &[u8], detail: &str) {
+        self.quarantine(&key2(b"r/", device), bytes, detail);
+    }
+
     pub fn state_count(&self) -> usize {
         self.h().map_or(0, |h| h.tree.scan_prefix(b"s/").count())
     }
 
+    /// A ticket by id; `None` when absent or when it could not be decoded (then quarantined).
     pub fn ticket(&self, id: &str) -> Result<Option<Ticket>> {
         let k = key2(b"t/", id);
         match self.h()?.tree.get(&k)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
+            Some(v) => Ok(self.decode_or_quarantine(&k, &v)),
             None => Ok(None),
         }
+    }
+
+    /// The counter of quarantined records, for the app to register.
+    pub fn quarantined_counter(&self) -> prometheus::IntCounter {
+        self.quarantined.clone()
+    }
+
+    /// Decodes a record; one that cannot be decoded is moved aside (see [`Store::quarantine`])
+    /// and read as absent.
+    fn decode_or_quarantine<T: DeserializeOwned>(&self, k: &[u8], v: &[u8]) -> Option<T> {
+        match decode(k, v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let detail = match e {
+                    StoreError::Corrupt { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                self.quarantine(k, v, &detail);
+                None
+            }
+        }
+    }
+
+    /// Moves the record at `key` (holding `value`) to `q/{key}` in one flushed batch, counts
+    /// and logs it. Best effort: if the move cannot be written the record stays where it was and
+    /// is read as absent again next time.
+    pub fn quarantine(&self, key: &[u8], value: &[u8], detail: &str) {
+        let rec = Quarantined {
+            key: String::from_utf8_lossy(key).into_owned(),
+            detail: detail.to_string(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            value: String::from_utf8_lossy(value).into_owned(),
+        };
+        let mut qk = b"q/".to_vec();
+        qk.extend_from_slice(key);
+        let mut batch = sled::Batch::default();
+        batch.insert(qk, serde_json::to_vec(&rec).unwrap_or_default());
+        batch.remove(key);
+        let moved = self
+            .h()
+            .and_then(|h| {
+                h.tree.apply_batch(batch)?;
+                h.db.flush()?;
+                Ok(())
+            })
+            .is_ok();
+        self.quarantined.inc();
+        tracing::error!(
+            key = %rec.key,
+            moved,
+            "stored record could not be decoded and was set aside: {}",
+            rec.detail
+        );
+    }
+
+    /// Records set aside by [`Store::quarantine`], in key order.
+    pub fn quarantine_list(&self) -> Result<Vec<Quarantined>> {
+        let mut out = Vec::new();
+        for kv in self.h()?.tree.scan_prefix(b"q/") {
+            let (_, v) = kv?;
+            if let Ok(q) = serde_json::from_slice(&v) {
+                out.push(q);
+            }
+        }
+        Ok(out)
     }
 
     /// Live tickets of a device, found through the live index.
@@ -352,7 +506,9 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(b"t/") {
             let (k, v) = kv?;
-            let t: Ticket = decode(&k, &v)?;
+            let Some(t): Option<Ticket> = self.decode_or_quarantine(&k, &v) else {
+                continue;
+            };
             if f.status.is_some_and(|s| s != t.status)
                 || f.device_id.as_ref().is_some_and(|d| *d != t.device_id)
                 || f.customer_id
@@ -362,7 +518,7 @@ impl Store {
                 continue;
             }
             if let Some(since) = f.since_ms {
-                let upd = crate::ingest::decode::parse_ts_str(&t.updated_at).unwrap_or(t.opened_ms);
+                let upd = crate::domain::parse_ts(&t.updated_at).unwrap_or(t.opened_ms);
                 if upd < since {
                     continue;
                 }
@@ -381,7 +537,9 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(outbox_prefix(queue)) {
             let (k, v) = kv?;
-            out.push((k.to_vec(), decode(&k, &v)?));
+            if let Some(row) = self.decode_or_quarantine(&k, &v) {
+                out.push((k.to_vec(), row));
+            }
         }
         Ok(out)
     }
@@ -393,9 +551,11 @@ impl Store {
 
     /// Rewrites one outbox row (attempt bookkeeping) and flushes.
     pub fn outbox_put<T: Serialize>(&self, key: &[u8], row: &T) -> Result<()> {
-        self.h()?
-            .tree
-            .insert(key, serde_json::to_vec(row).unwrap_or_default())?;
+        let json = serde_json::to_vec(row).map_err(|source| StoreError::Encode {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })?;
+        self.h()?.tree.insert(key, json)?;
         self.h()?.db.flush()?;
         Ok(())
     }
@@ -414,7 +574,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            out.push(decode(&k, &v)?);
+            out.extend(self.decode_or_quarantine(&k, &v));
         }
         Ok(out)
     }
@@ -422,9 +582,14 @@ impl Store {
     pub fn get_kv<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         let k = key2(b"k/", name);
         match self.h()?.tree.get(&k)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
+            Some(v) => Ok(self.decode_or_quarantine(&k, &v)),
             None => Ok(None),
         }
+    }
+
+    /// Every `k/` record whose name starts with `prefix`, in key order.
+    pub fn scan_kv<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        self.scan_json(&key2(b"k/", prefix))
     }
 
     pub fn fleet_devices<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
@@ -439,7 +604,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(prefix) {
             let (k, v) = kv?;
-            out.push(decode(&k, &v)?);
+            out.extend(self.decode_or_quarantine(&k, &v));
         }
         Ok(out)
     }
@@ -455,7 +620,28 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tickets::{rfc3339, ModelRef, Priority, Status};
+    use crate::domain::{format_ts, ModelRef, Priority, Status};
+
+    #[test]
+    fn a_value_that_cannot_be_encoded_fails_the_whole_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        // JSON object keys must be strings: this map cannot be serialised.
+        let unencodable: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let mut tx = store.tx();
+        tx.put_state("d1", vec![1]);
+        tx.put_kv("bad", &unencodable);
+        let e = store.commit(tx).unwrap_err();
+        assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+        assert_eq!(
+            store.load_state("d1").unwrap(),
+            None,
+            "nothing of it was written"
+        );
+        assert_eq!(store.get_kv::<u8>("bad").unwrap(), None);
+        let e = store.outbox_put(b"o/x/1", &unencodable).unwrap_err();
+        assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+    }
 
     #[test]
     fn reopen_keeps_what_was_committed_and_every_clone_uses_the_new_database() {
@@ -495,8 +681,8 @@ mod tests {
             priority: Priority::High,
             probability: 0.8,
             predicted_failure_at: None,
-            opened_at: rfc3339(0),
-            updated_at: rfc3339(0),
+            opened_at: format_ts(0),
+            updated_at: format_ts(0),
             model: ModelRef {
                 name: "x".into(),
                 version: "1".into(),
@@ -534,6 +720,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.tickets(&f).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_ticket_with_a_missing_evidence_value_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut t = ticket("T-2", Status::Open);
+        t.evidence = vec![crate::domain::Evidence {
+            feature: "attr.age".into(),
+            value: None,
+            weight: 0.4,
+        }];
+        let mut tx = s.tx();
+        tx.put_ticket(&t);
+        s.commit(tx).unwrap();
+        assert_eq!(s.ticket("T-2").unwrap(), Some(t));
+        assert!(s.quarantine_list().unwrap().is_empty());
     }
 
     #[test]

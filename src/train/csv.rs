@@ -5,10 +5,8 @@
 //! allocate without bound.
 
 use super::TrainError;
+use crate::domain::{parse_ts, validate_device_id, DeviceEvent, EventKind, Millis, Reading};
 use crate::features::Attributes;
-use crate::ingest::decode::{
-    parse_ts_str, validate_device_id, DeviceEvent, EventKind, Millis, Reading,
-};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
@@ -102,15 +100,15 @@ impl DeviceHistory {
         }
     }
 
-    /// Readings and events merged in event time. At equal timestamps the reading comes first:
-    /// an event stamped at a reading's time (a failure at the last operating cycle) follows it.
+    /// Readings and events merged in the apply order of [`crate::domain::apply_order`] (events
+    /// sorted by it on load): at equal timestamps events come first, as `serve` applies them.
     pub fn steps(&self) -> impl Iterator<Item = Step<'_>> + '_ {
         let (mut i, mut j) = (0usize, 0usize);
         std::iter::from_fn(move || {
             let r = self.ts.get(i);
             let e = self.events.get(j);
             match (r, e) {
-                (Some(&rt), Some(ev)) if rt <= ev.ts => {
+                (Some(&rt), Some(ev)) if rt < ev.ts => {
                     i += 1;
                     Some(Step::Reading(i - 1))
                 }
@@ -168,8 +166,14 @@ impl History {
             h.devices[i].events.push(ev);
         }
         for d in &mut h.devices {
-            d.events.sort_by_key(|e| e.ts);
-            d.labels.sort_by_key(|e| e.ts);
+            let order = |a: &DeviceEvent, b: &DeviceEvent| {
+                crate::domain::apply_order(
+                    (a.ts, Some(a.kind), &a.code),
+                    (b.ts, Some(b.kind), &b.code),
+                )
+            };
+            d.events.sort_by(order);
+            d.labels.sort_by(order);
         }
         h.devices.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(p) = devices {
@@ -273,7 +277,7 @@ fn device_id(path: &Path, line: u64, s: &str) -> Result<String, TrainError> {
 }
 
 fn timestamp(path: &Path, line: u64, s: &str) -> Result<Millis, TrainError> {
-    parse_ts_str(s).ok_or_else(|| {
+    parse_ts(s).ok_or_else(|| {
         TrainError::csv(path, line, format!("ts {s:?} is not an RFC 3339 timestamp"))
     })
 }
@@ -551,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn readings_are_sorted_and_merged_with_events_reading_first_on_ties() {
+    fn readings_are_sorted_and_merged_with_events_event_first_on_ties() {
         let d = tempfile::tempdir().unwrap();
         let t = file(
             &d,
@@ -568,7 +572,8 @@ mod tests {
         assert!(dev.ts[0] < dev.ts[1]);
         assert!(dev.values[0].is_nan() && dev.values[1] == 2.0);
         let kinds: Vec<bool> = dev.steps().map(|s| matches!(s, Step::Reading(_))).collect();
-        assert_eq!(kinds, vec![true, true, false]);
+        // Contract 7: at equal timestamps events apply before readings.
+        assert_eq!(kinds, vec![true, false, true]);
         assert_eq!(h.failure_modes(), vec!["fan".to_string()]);
         let bad = file(
             &d,

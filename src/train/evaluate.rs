@@ -6,11 +6,11 @@ use super::csv::{History, Step};
 use super::labels::label;
 use super::select::{self, TicketTally};
 use super::TrainError;
+use crate::domain::Ticket;
+use crate::domain::{EventKind, Millis};
 use crate::engine::{ChangeKind, DeviceCtx, Engine, EngineConfig, Models, Scoring};
 use crate::features::HOUR_MS;
-use crate::ingest::decode::{EventKind, Millis};
 use crate::predict::Artifact;
-use crate::tickets::Ticket;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -152,7 +152,8 @@ pub fn evaluate(
     let name = artifact.name.clone();
     let version = artifact.version.clone();
     let modes: Vec<String> = artifact.modes.iter().map(|m| m.mode.clone()).collect();
-    let models = Models::new(vec![artifact], &opts.engine.window).map_err(TrainError::Data)?;
+    let models = Models::new(vec![artifact], &opts.engine.window)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
     let engine = Engine::new(opts.engine.clone(), Arc::new(models));
 
     let pb = super::progress(h.devices.len() as u64, "backtest");
@@ -275,7 +276,7 @@ pub fn evaluate(
             t.history
                 .iter()
                 .find(|e| e.action == crate::engine::ALERT_RAISED)
-                .and_then(|e| crate::ingest::decode::parse_ts_str(&e.at))
+                .and_then(|e| crate::domain::parse_ts(&e.at))
         } else {
             Some(t.opened_ms)
         };

@@ -16,10 +16,10 @@ use super::linear;
 use super::rows::{build_rows, build_spec, Rows};
 use super::select::{self, Target, ValidDevice};
 use super::TrainError;
+use crate::domain::EventKind;
 use crate::engine::EngineConfig;
 use crate::features::HOUR_MS;
 use crate::features::{FeatureSpec, MetricStat};
-use crate::ingest::decode::EventKind;
 use crate::predict::{
     AppliesTo, Artifact, Calibration, Estimator, Levels, ModeEvidence, ModeModel, OutOfFold,
     TrainingInfo, ValidationMetrics, ARTIFACT_FORMAT, ARTIFACT_VERSION,

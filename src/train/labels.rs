@@ -9,8 +9,8 @@
 //!   is censored (unknown) and is not used by the classifier. The regressor gets the cap when that
 //!   span covers the cap, else the row is censored for it too.
 
+use crate::domain::{DeviceEvent, EventKind, Millis};
 use crate::features::HOUR_MS;
-use crate::ingest::decode::{DeviceEvent, EventKind, Millis};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Label {

@@ -2,11 +2,11 @@
 
 use super::csv::{History, Step};
 use super::labels::{label, Label};
+use crate::domain::{EventKind, Millis};
 use crate::engine::{observe_and_slot, EngineConfig};
 use crate::features::{
     DeviceFeature, DeviceState, FeatureSpec, MetricIndex, MetricStat, WindowSpec,
 };
-use crate::ingest::decode::{EventKind, Millis};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Categorical attributes with more distinct values than this are not one-hot encoded.

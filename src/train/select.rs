@@ -1,8 +1,8 @@
 //! Honest model selection: validation devices, ranking metrics, the ticket-level match rule and
 //! the choice of threshold and consecutive scorings on validation.
 
+use crate::domain::{DeviceEvent, EventKind, Millis};
 use crate::features::HOUR_MS;
-use crate::ingest::decode::{DeviceEvent, EventKind, Millis};
 
 /// Splits devices into (training, validation) by a seeded hash of their ids, so a device's rows
 /// never sit on both sides. Devices that fail and devices that do not are split separately, so the

@@ -92,7 +92,7 @@ impl Dirs {
 
 pub fn broker() -> forewarn::broker::EmbeddedBroker {
     // The test's own HTTP clients need rustls' provider too.
-    forewarn::serve::install_crypto();
+    forewarn::tls::install_crypto();
     forewarn::broker::start(&Default::default()).unwrap()
 }
 
@@ -109,6 +109,8 @@ pub fn config(broker_url: &str, dirs: &Dirs, client_id: &str) -> Config {
     cfg.scoring.models_dir = dirs.models();
     cfg.dispatch.retry_min = "50ms".parse().unwrap();
     cfg.dispatch.retry_max = "200ms".parse().unwrap();
+    // What a device last sent is held for event-time order until its next message or this long.
+    cfg.ingest.reorder_idle = Some("100ms".parse().unwrap());
     cfg
 }
 

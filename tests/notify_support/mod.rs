@@ -6,12 +6,13 @@
 pub mod providers;
 pub mod smtp;
 
+use forewarn::domain::{format_ts, HistoryEntry, ModelRef, Priority, Status, Ticket};
 use forewarn::engine::{Change, ChangeKind};
 use forewarn::fleet::{Channel, Customer, Device};
 use forewarn::notify::config::{EmailConfig, PushConfig, SmtpTls, TwilioConfig, WebhookConfig};
-use forewarn::notify::{ManualClock, Notifier, NotifyConfig, TicketDesk, TimelineEntry};
+use forewarn::notify::{DeskError, ManualClock, Notifier, NotifyConfig, TicketDesk, TimelineEntry};
 use forewarn::store::Store;
-use forewarn::tickets::{rfc3339, ticket_id, HistoryEntry, ModelRef, Priority, Status, Ticket};
+use forewarn::tickets::ticket_id;
 use providers::{Fakes, HOOK_SECRET, SID, TOKEN};
 use smtp::SmtpServer;
 use std::collections::{BTreeMap, HashMap};
@@ -52,17 +53,17 @@ impl TicketDesk for StoreDesk {
         to: Option<Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String> {
+    ) -> Result<Ticket, DeskError> {
         use forewarn::notify::Clock;
         let _g = self.write.lock().unwrap();
-        let mut t = self.ticket(id).ok_or("no such ticket")?;
+        let mut t = self
+            .ticket(id)
+            .ok_or_else(|| DeskError::TicketNotFound(id.into()))?;
         let now = self.clock.now_ms();
         match to {
-            Some(s) => t
-                .transition(s, actor, now, note)
-                .map_err(|e| e.to_string())?,
+            Some(s) => t.transition(s, actor, now, note)?,
             None => t.history.push(HistoryEntry {
-                at: rfc3339(now),
+                at: format_ts(now),
                 actor: actor.into(),
                 action: "note".into(),
                 from: None,
@@ -72,7 +73,7 @@ impl TicketDesk for StoreDesk {
         }
         let mut tx = self.store.tx();
         tx.put_ticket(&t);
-        self.store.commit(tx).map_err(|e| e.to_string())?;
+        self.store.commit(tx)?;
         Ok(t)
     }
     fn customer(&self, id: &str) -> Option<Customer> {
@@ -251,9 +252,9 @@ impl Harness {
             status: Status::Open,
             priority,
             probability,
-            predicted_failure_at: fails_in_hours.map(|h| rfc3339(now + h * HOUR)),
-            opened_at: rfc3339(now),
-            updated_at: rfc3339(now),
+            predicted_failure_at: fails_in_hours.map(|h| format_ts(now + h * HOUR)),
+            opened_at: format_ts(now),
+            updated_at: format_ts(now),
             model: ModelRef {
                 name: "m".into(),
                 version: "1".into(),

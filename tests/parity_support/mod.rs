@@ -4,12 +4,12 @@
 #![allow(dead_code)]
 
 use forewarn::config::Config;
+use forewarn::domain::Ticket;
 use forewarn::fleet::{Device, FleetFile};
 use forewarn::predict::Artifact;
 use forewarn::serve::Handle;
 use forewarn::sim::{CsvSummary, SimConfig};
 use forewarn::store::TicketFilter;
-use forewarn::tickets::Ticket;
 use forewarn::train::csv::History;
 use forewarn::train::evaluate::{evaluate, EvalOptions};
 use std::collections::BTreeMap;
@@ -55,7 +55,7 @@ impl SimHistory {
         let mut out = BTreeMap::new();
         for d in &h.devices {
             for e in &d.events {
-                if e.kind == forewarn::ingest::decode::EventKind::Failure {
+                if e.kind == forewarn::domain::EventKind::Failure {
                     *out.entry(e.code.clone()).or_insert(0) += 1;
                 }
             }
@@ -136,6 +136,8 @@ pub fn daemon_config(s: &DaemonSetup, model: &Artifact, hist: &SimHistory) -> Co
     cfg.store.cache_bytes = 16 << 20;
     cfg.scoring.models_dir = models;
     cfg.fleet.file = Some(fleet);
+    // Each device's last message is held for event-time order until this idle timer.
+    cfg.ingest.reorder_idle = Some("100ms".parse().expect("dur"));
     cfg
 }
 
@@ -146,7 +148,7 @@ const PROBE: &str = "zz-parity-probe";
 const MARKER_T0: i64 = 946_684_800_000;
 
 fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
-    use forewarn::ingest::decode::{DeviceEvent, EventKind};
+    use forewarn::domain::{DeviceEvent, EventKind};
     forewarn::replay::Message {
         topic: format!("{prefix}/{PROBE}/events"),
         payload: forewarn::sim::event_payload(&DeviceEvent {
@@ -160,7 +162,7 @@ fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
 }
 
 /// Event time of the newest probe marker the daemon has committed.
-fn committed_probe(app: &forewarn::serve::App) -> Option<i64> {
+fn committed_probe(app: &forewarn::app::App) -> Option<i64> {
     let bytes = app.store.load_state(PROBE).ok()??;
     let state = forewarn::features::DeviceState::decode(&bytes)?;
     Some(state.last_error_ts)
@@ -169,7 +171,17 @@ fn committed_probe(app: &forewarn::serve::App) -> Option<i64> {
 /// Starts the real daemon, replays the history through the broker (QoS 1, every PUBACK awaited),
 /// waits until the daemon has committed every message and returns its tickets from the store.
 pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> Vec<Ticket> {
-    forewarn::serve::install_crypto();
+    daemon_tickets_arriving(cfg, s, hist, |m| m).await
+}
+
+/// Like [`daemon_tickets`], publishing the history's messages in the order `arrival` gives them.
+pub async fn daemon_tickets_arriving(
+    cfg: Config,
+    s: &DaemonSetup,
+    hist: &SimHistory,
+    arrival: impl FnOnce(Vec<forewarn::replay::Message>) -> Vec<forewarn::replay::Message>,
+) -> Vec<Ticket> {
+    forewarn::tls::install_crypto();
     let shutdown = CancellationToken::new();
     let handle = forewarn::serve::run(cfg, shutdown.clone())
         .await
@@ -207,7 +219,8 @@ pub async fn daemon_tickets(cfg: Config, s: &DaemonSetup, hist: &SimHistory) -> 
         .read_events_file(&hist.events())
         .expect("replay events");
     assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
-    let messages: Vec<forewarn::replay::Message> = replay.messages(&s.topic_prefix).collect();
+    let messages: Vec<forewarn::replay::Message> =
+        arrival(replay.messages(&s.topic_prefix).collect());
     assert_eq!(messages.len(), replay.len());
     let base = app.metrics.messages.get();
     let (mut published, mut acked) = (0u64, 0u64);

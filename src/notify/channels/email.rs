@@ -16,10 +16,29 @@ pub struct Email {
     reply_to: Option<Mailbox>,
 }
 
+/// Why the e-mail channel could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailSetupError {
+    #[error("notify.email: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("notify.email.ca_file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("notify.email.ca_file {path}: {source}")]
+    CaCert {
+        path: std::path::PathBuf,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("notify.email.{0}: not an e-mail address")]
+    Address(&'static str),
+}
+
 impl Email {
-    pub fn build(cfg: &EmailConfig, timeout: Duration) -> Result<Email, String> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let err = |e: lettre::transport::smtp::Error| format!("notify.email: {e}");
+    pub fn build(cfg: &EmailConfig, timeout: Duration) -> Result<Email, EmailSetupError> {
+        crate::tls::install_crypto();
+        let err = EmailSetupError::Smtp;
         let b = match (cfg.tls, &cfg.ca_file) {
             (SmtpTls::None, _) => {
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
@@ -31,10 +50,15 @@ impl Email {
                 AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(err)?
             }
             (mode, Some(ca)) => {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| format!("notify.email.ca_file {}: {e}", ca.display()))?;
-                let cert = Certificate::from_pem(&pem)
-                    .map_err(|e| format!("notify.email.ca_file {}: {e}", ca.display()))?;
+                let pem = std::fs::read(ca).map_err(|source| EmailSetupError::CaFile {
+                    path: ca.clone(),
+                    source,
+                })?;
+                let cert =
+                    Certificate::from_pem(&pem).map_err(|source| EmailSetupError::CaCert {
+                        path: ca.clone(),
+                        source,
+                    })?;
                 let params = TlsParameters::builder(cfg.host.clone())
                     .add_root_certificate(cert)
                     .build_rustls()
@@ -54,11 +78,11 @@ impl Email {
         let from = cfg
             .from
             .parse()
-            .map_err(|_| "notify.email.from: not an e-mail address".to_string())?;
+            .map_err(|_| EmailSetupError::Address("from"))?;
         let reply_to = match &cfg.reply_to {
             Some(r) => Some(
                 r.parse()
-                    .map_err(|_| "notify.email.reply_to: not an e-mail address".to_string())?,
+                    .map_err(|_| EmailSetupError::Address("reply_to"))?,
             ),
             None => None,
         };

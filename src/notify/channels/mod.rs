@@ -112,13 +112,12 @@ pub fn retry_after(v: &str) -> Option<Duration> {
 }
 
 /// HTTP client shared by the HTTP channels.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    crate::tls::install_crypto();
     reqwest::Client::builder()
         .timeout(timeout)
         .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("http client: {e}"))
 }
 
 #[cfg(test)]

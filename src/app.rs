@@ -1,28 +1,29 @@
 //! The app core: per-device state and live tickets in memory, the fleet registry, and the commit
 //! path. One writer: every change (a group of MQTT messages, an API transition, a fleet upsert)
-//! runs under the `core` mutex and ends in one atomic, flushed store commit.
+//! runs under the `core` mutex and ends in one atomic, flushed store commit — the ticket, its
+//! dispatch row and the notifier's rows together.
 
-use super::dispatch::DispatchRow;
-use super::OnTicketChange;
-use crate::config::Config;
-use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, Models};
-use crate::features::{DeviceState, MetricIndex, Observed};
+use crate::dispatch::DispatchRow;
+use crate::domain::{format_ts, HistoryEntry, Millis, Status, Ticket};
+use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
+use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
 use crate::ingest::decode::{self, Limits, Reject};
 use crate::ingest::mqtt::{topic_matches, Inbound};
+use crate::ingest::reorder::{self, Item, Offer, Pending};
 use crate::metrics::Metrics;
+use crate::notify::{DeskError, Notifier, TicketDesk};
 use crate::store::{Store, StoreError, Tx};
-use crate::tickets::{rfc3339, HistoryEntry, Status, Ticket, TransitionError};
+use crate::tickets::TransitionError;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Notify;
 
-/// The outbox queue of field-service dispatch (MQTT retained + webhook).
-pub const DISPATCH_QUEUE: &str = "dispatch";
 /// Where the metric index (metric name → id used inside stored device states) is kept.
 const METRIC_INDEX_KEY: &str = "metric_index";
 
@@ -38,15 +39,42 @@ pub enum CoreError {
     Invalid(String),
 }
 
+/// Why the models directory could not be (re)loaded; the models in use stay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Artifact(#[from] crate::predict::ArtifactError),
+    #[error(transparent)]
+    Models(#[from] crate::engine::ModelsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// A device's in-memory state.
 struct Slot {
     state: DeviceState,
     /// The device's live tickets (open, acknowledged, scheduled): the ticket policy's input.
     live: Vec<Ticket>,
+    /// Readings and events held until the device's watermark passes them (event-time order).
+    reorder: reorder::Buffer,
+    /// Whether the store holds a reorder buffer for the device (so an empty one is removed).
+    reorder_stored: bool,
+    /// Wall time of the device's last message, for the reorder idle timer.
+    last_arrival: Instant,
     /// Last touch, for least-recently-seen eviction.
     tick: u64,
     /// Changed since the last commit.
     dirty: bool,
+}
+
+/// Counts of one group, added to the metrics once per group: the hot path stays free of label
+/// lookups.
+#[derive(Default)]
+struct Tally {
+    duplicates: u64,
+    late: u64,
+    scorings: u64,
+    events: u64,
 }
 
 struct Core {
@@ -55,6 +83,13 @@ struct Core {
     tick: u64,
     devices: HashMap<String, Device>,
     customers: HashMap<String, Customer>,
+    /// Devices seen on the stream that the registry does not know (`forewarn_unregistered_devices`);
+    /// a device leaves the set when it is registered or forgotten.
+    unregistered: std::collections::HashSet<String>,
+    /// Devices with a stored reorder buffer at start, not yet loaded: the first idle release
+    /// loads and flushes them.
+    pending_at_start: Vec<String>,
+    started: Instant,
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
@@ -76,9 +111,26 @@ struct LogBudget {
     suppressed: u64,
 }
 
+/// What the single writer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ingest: crate::ingest::Config,
+    pub engine: EngineConfig,
+    pub window: WindowSpec,
+    /// Where `reload_models` reads the artifacts from.
+    pub models_dir: PathBuf,
+    /// At most this many reject log lines per minute; the rest are only counted.
+    pub rejects_per_minute: u32,
+    /// Whether dispatch rows also wait for the webhook.
+    pub has_webhook: bool,
+    /// Wall time a device may stay silent before what it has held in the reorder buffer is
+    /// released anyway.
+    pub reorder_idle: std::time::Duration,
+}
+
 /// The daemon's shared state: what the processor, the API and the workers use.
 pub struct App {
-    pub cfg: Config,
+    pub settings: Settings,
     pub store: Store,
     pub metrics: Metrics,
     /// std-style mutex (parking_lot): held by the processing thread for a whole group, and by
@@ -86,10 +138,13 @@ pub struct App {
     core: Mutex<Core>,
     rejects: Mutex<VecDeque<RejectRecord>>,
     log_budget: Mutex<LogBudget>,
-    on_change: Option<Arc<dyn OnTicketChange>>,
+    /// Plans the customer notifications of every ticket change, inside the change's commit.
+    notifier: Arc<Notifier>,
     limits: Limits,
-    pub(crate) dispatch_wake: tokio::sync::Notify,
-    pub(crate) broker_connected: AtomicBool,
+    /// Wakes the dispatch worker after a commit that added rows.
+    pub dispatch_wake: Arc<Notify>,
+    /// Kept by the MQTT driver's connection observer.
+    pub broker_connected: Arc<AtomicBool>,
     models_ready: AtomicBool,
 }
 
@@ -102,11 +157,11 @@ pub struct GroupStats {
 
 impl App {
     pub(crate) fn new(
-        cfg: Config,
+        settings: Settings,
         store: Store,
         metrics: Metrics,
         models: Models,
-        on_change: Option<Arc<dyn OnTicketChange>>,
+        notifier: Arc<Notifier>,
     ) -> Result<App, CoreError> {
         let devices = store
             .fleet_devices::<Device>()?
@@ -118,13 +173,18 @@ impl App {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
+        let pending_at_start = store.reorder_devices()?;
         let limits = Limits {
-            max_payload_bytes: cfg.ingest.max_payload_bytes,
-            max_batch: cfg.ingest.max_batch,
+            max_payload_bytes: settings.ingest.max_payload_bytes,
+            max_batch: settings.ingest.max_batch,
             ..Limits::default()
         };
         metrics.models_loaded.set(models.list.len() as i64);
-        let engine = Engine::new(cfg.engine_config(), Arc::new(models));
+        // Registered once per registry; a second App on the same registry keeps the first.
+        let _ = metrics
+            .registry
+            .register(Box::new(store.quarantined_counter()));
+        let engine = Engine::new(settings.engine.clone(), Arc::new(models));
         let app = App {
             core: Mutex::new(Core {
                 engine,
@@ -132,6 +192,9 @@ impl App {
                 tick: 0,
                 devices,
                 customers,
+                unregistered: Default::default(),
+                pending_at_start,
+                started: Instant::now(),
             }),
             rejects: Mutex::new(VecDeque::new()),
             log_budget: Mutex::new(LogBudget {
@@ -139,19 +202,19 @@ impl App {
                 used: 0,
                 suppressed: 0,
             }),
-            on_change,
+            notifier,
             limits,
-            dispatch_wake: tokio::sync::Notify::new(),
-            broker_connected: AtomicBool::new(false),
+            dispatch_wake: Arc::new(Notify::new()),
+            broker_connected: Arc::new(AtomicBool::new(false)),
             models_ready: AtomicBool::new(true),
-            cfg,
+            settings,
             store,
             metrics,
         };
         app.metrics
             .outbox_depth
-            .with_label_values(&[DISPATCH_QUEUE])
-            .set(app.store.outbox_len(DISPATCH_QUEUE) as i64);
+            .with_label_values(&[crate::dispatch::QUEUE])
+            .set(app.store.outbox_len(crate::dispatch::QUEUE) as i64);
         Ok(app)
     }
 
@@ -162,130 +225,209 @@ impl App {
     pub fn process_group(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
-        let mut changes: Vec<(Change, Instant)> = Vec::new();
-        let mut scratch: Vec<Change> = Vec::new();
+        let mut changes: Vec<(Change, i64)> = Vec::new();
         let mut dirty: Vec<String> = Vec::new();
         let mut stats = GroupStats::default();
-        let level = self.cfg.ingest.device_id_level;
-        // Counted locally and added once per group: the hot path stays free of label lookups.
-        let (mut duplicates, mut late, mut scorings, mut events) = (0u64, 0u64, 0u64, 0u64);
+        let mut tally = Tally::default();
+        let level = self.settings.ingest.device_id_level;
+        let tolerance = self.settings.window.late_tolerance_ms;
+        let mut released: Vec<(Item, i64)> = Vec::new();
         self.metrics.messages.inc_by(msgs.len() as u64);
         for m in msgs {
             let topic = m.publish.topic.as_str();
             let topic_device = level.and_then(|l| topic.split('/').nth(l));
             let is_telemetry = self
-                .cfg
+                .settings
                 .ingest
                 .telemetry_topics
                 .iter()
                 .any(|f| topic_matches(f, topic));
-            if is_telemetry {
-                let readings = match decode::decode_telemetry(
+            let items: Vec<Item> = if is_telemetry {
+                match decode::decode_telemetry(
                     &m.publish.payload,
                     topic_device,
                     m.received_ms,
                     &self.limits,
                 ) {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        stats.readings += r.len();
+                        r.into_iter().map(Item::Reading).collect()
+                    }
                     Err(rej) => {
                         self.reject(topic, &m.publish.payload, &rej);
                         continue;
                     }
-                };
-                for r in &readings {
-                    stats.readings += 1;
-                    core.slot(&self.store, &r.device_id, r.ts, &mut dirty)?;
-                    let dev = core.devices.get(&r.device_id);
-                    let ctx = DeviceCtx {
-                        attrs: dev.map(|d| &d.attributes),
-                        customer_id: dev.and_then(|d| d.customer_id.as_deref()),
-                    };
-                    let slot = core
-                        .slots
-                        .get_mut(r.device_id.as_str())
-                        .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
-                    let before = slot.state.last_scored_ts;
-                    let obs = core.engine.reading(
-                        &mut slot.state,
-                        &mut slot.live,
-                        ctx,
-                        r,
-                        &mut scratch,
-                        None,
-                    );
-                    match obs {
-                        Observed::Applied => {}
-                        Observed::Duplicate => duplicates += 1,
-                        Observed::Late => late += 1,
-                    }
-                    if slot.state.last_scored_ts != before {
-                        scorings += 1;
-                    }
-                    changes.extend(scratch.drain(..).map(|c| (c, m.received)));
                 }
             } else if self
-                .cfg
+                .settings
                 .ingest
                 .event_topics
                 .iter()
                 .any(|f| topic_matches(f, topic))
             {
-                let decoded = match decode::decode_events(
+                match decode::decode_events(
                     &m.publish.payload,
                     topic_device,
                     m.received_ms,
                     &self.limits,
                 ) {
-                    Ok(e) => e,
+                    Ok(e) => e.into_iter().map(Item::Event).collect(),
                     Err(rej) => {
                         self.reject(topic, &m.publish.payload, &rej);
                         continue;
                     }
-                };
-                for ev in &decoded {
-                    events += 1;
-                    core.slot(&self.store, &ev.device_id, ev.ts, &mut dirty)?;
-                    let slot = core
-                        .slots
-                        .get_mut(ev.device_id.as_str())
-                        .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
-                    core.engine
-                        .event(&mut slot.state, &mut slot.live, ev, &mut scratch);
-                    changes.extend(scratch.drain(..).map(|c| (c, m.received)));
                 }
             } else {
                 // A topic our subscriptions match but neither filter list names (an overlapping
                 // broker-side subscription): nothing to do, acknowledged with the group.
                 tracing::debug!(topic = %clip(topic, 200), "message on an unhandled topic ignored");
+                continue;
+            };
+            for item in items {
+                let device = match &item {
+                    Item::Reading(r) => r.device_id.clone(),
+                    Item::Event(e) => e.device_id.clone(),
+                };
+                core.slot(&self.store, &device, item.ts(), &mut dirty)?;
+                if tolerance <= 0 {
+                    // No reorder tolerance: applied in arrival order, as before.
+                    self.apply(core, &item, m.received_ms, &mut tally, &mut changes)?;
+                    continue;
+                }
+                let slot = core
+                    .slots
+                    .get_mut(device.as_str())
+                    .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
+                slot.last_arrival = m.received;
+                let pending = match &item {
+                    Item::Reading(r) => Pending::reading(r, m.received_ms),
+                    Item::Event(e) => Pending::event(e, m.received_ms),
+                };
+                match slot.reorder.offer(pending, tolerance) {
+                    Offer::Held => {}
+                    // A redelivery of a reading applied long ago is a duplicate, not a loss.
+                    Offer::Late
+                        if matches!(&item, Item::Reading(r)
+                            if r.seq.zip(slot.state.last_seq).is_some_and(|(s, l)| s <= l)) =>
+                    {
+                        tally.duplicates += 1
+                    }
+                    Offer::Late => tally.late += 1,
+                    Offer::Duplicate => tally.duplicates += 1,
+                }
+                slot.reorder.release(&device, &mut released);
+                for (item, received_ms) in released.drain(..) {
+                    self.apply(core, &item, received_ms, &mut tally, &mut changes)?;
+                }
             }
         }
         self.metrics.readings.inc_by(stats.readings as u64);
-        self.metrics.events.inc_by(events);
-        self.metrics.scorings.inc_by(scorings);
+        stats.changes = changes.len();
+        self.commit_group(core, &dirty, &changes, tally)?;
+        Ok(stats)
+    }
+
+    /// Applies one reading or event to its device (whose slot exists) through the engine.
+    fn apply(
+        &self,
+        core: &mut Core,
+        item: &Item,
+        received_ms: i64,
+        tally: &mut Tally,
+        changes: &mut Vec<(Change, i64)>,
+    ) -> Result<(), CoreError> {
+        let mut scratch: Vec<Change> = Vec::new();
+        match item {
+            Item::Reading(r) => {
+                let dev = core.devices.get(&r.device_id);
+                if dev.is_none() && !core.unregistered.contains(r.device_id.as_str()) {
+                    core.unregistered.insert(r.device_id.clone());
+                    self.metrics
+                        .unregistered_devices
+                        .set(core.unregistered.len() as i64);
+                }
+                let ctx = DeviceCtx {
+                    attrs: dev.map(|d| &d.attributes),
+                    customer_id: dev.and_then(|d| d.customer_id.as_deref()),
+                };
+                let slot = core
+                    .slots
+                    .get_mut(r.device_id.as_str())
+                    .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
+                let before = slot.state.last_scored_ts;
+                let obs = core.engine.reading(
+                    &mut slot.state,
+                    &mut slot.live,
+                    ctx,
+                    r,
+                    &mut scratch,
+                    None,
+                );
+                match obs {
+                    Observed::Applied => {}
+                    Observed::Duplicate => tally.duplicates += 1,
+                    Observed::Late => tally.late += 1,
+                }
+                if slot.state.last_scored_ts != before {
+                    tally.scorings += 1;
+                }
+            }
+            Item::Event(ev) => {
+                tally.events += 1;
+                let slot = core
+                    .slots
+                    .get_mut(ev.device_id.as_str())
+                    .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
+                core.engine
+                    .event(&mut slot.state, &mut slot.live, ev, &mut scratch);
+            }
+        }
+        changes.extend(scratch.into_iter().map(|c| (c, received_ms)));
+        Ok(())
+    }
+
+    /// Commits what a group (or an idle release) did: the dirty device states and reorder
+    /// buffers, and every ticket change with its outbox rows, in one flushed batch.
+    fn commit_group(
+        &self,
+        core: &mut Core,
+        dirty: &[String],
+        changes: &[(Change, i64)],
+        tally: Tally,
+    ) -> Result<(), CoreError> {
+        self.metrics.events.inc_by(tally.events);
+        self.metrics.scorings.inc_by(tally.scorings);
         self.metrics
             .dropped
             .with_label_values(&["duplicate"])
-            .inc_by(duplicates);
+            .inc_by(tally.duplicates);
         self.metrics
             .dropped
             .with_label_values(&["late"])
-            .inc_by(late);
+            .inc_by(tally.late);
         let mut tx = self.store.tx();
-        for d in &dirty {
+        for d in dirty {
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
                 tx.put_state(d, slot.state.encode());
+                if !slot.reorder.is_empty() {
+                    tx.put_reorder(d, slot.reorder.encode());
+                    slot.reorder_stored = true;
+                } else if slot.reorder_stored {
+                    tx.remove_reorder(d);
+                    slot.reorder_stored = false;
+                }
                 slot.dirty = false;
             }
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
-        for (c, _) in &changes {
+        for (c, _) in changes {
             self.record_change(core, &mut tx, c, now_ms);
         }
         let started = Instant::now();
         if let Err(e) = self.store.commit(tx) {
             // Nothing was written: forget what these messages did in memory so a redelivery
             // starts again from the stored state.
-            for d in &dirty {
+            for d in dirty {
                 core.slots.remove(d.as_str());
             }
             self.metrics.commit_failures.inc();
@@ -297,20 +439,57 @@ impl App {
             .commit_seconds
             .observe(done.duration_since(started).as_secs_f64());
         self.metrics.commits.inc();
-        for (c, received) in &changes {
+        let done_ms = chrono::Utc::now().timestamp_millis();
+        for (c, received_ms) in changes {
             if matches!(c.kind, ChangeKind::Opened | ChangeKind::Updated) {
                 self.metrics
                     .reading_to_ticket
-                    .observe(done.duration_since(*received).as_secs_f64());
+                    .observe((done_ms - received_ms).max(0) as f64 / 1000.0);
             }
         }
-        stats.changes = changes.len();
         if !changes.is_empty() {
             self.dispatch_wake.notify_one();
         }
-        core.evict(self.cfg.ingest.max_devices_in_memory, &self.metrics);
+        core.evict(self.settings.ingest.max_devices_in_memory, &self.metrics);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
-        Ok(stats)
+        Ok(())
+    }
+
+    /// Releases what devices silent for `reorder_idle` still hold in their reorder buffers (and,
+    /// once, what was held at start), applies it and commits. Returns the items released.
+    pub fn release_idle(&self) -> Result<usize, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        let idle = self.settings.reorder_idle;
+        let now = Instant::now();
+        let mut devices: Vec<String> = core
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.reorder.is_empty() && now.duration_since(s.last_arrival) >= idle)
+            .map(|(d, _)| d.clone())
+            .collect();
+        if !core.pending_at_start.is_empty() && core.started.elapsed() >= idle {
+            devices.append(&mut core.pending_at_start);
+        }
+        if devices.is_empty() {
+            return Ok(0);
+        }
+        let mut dirty = Vec::new();
+        let mut changes = Vec::new();
+        let mut tally = Tally::default();
+        let mut released = Vec::new();
+        for d in &devices {
+            core.slot(&self.store, d, Millis::MIN, &mut dirty)?;
+            if let Some(slot) = core.slots.get_mut(d.as_str()) {
+                slot.reorder.flush(d, &mut released);
+            }
+        }
+        let n = released.len();
+        for (item, received_ms) in released {
+            self.apply(core, &item, received_ms, &mut tally, &mut changes)?;
+        }
+        self.commit_group(core, &dirty, &changes, tally)?;
+        Ok(n)
     }
 
     /// Writes one ticket change into the transaction: the ticket, its dispatch outbox row and
@@ -318,8 +497,8 @@ impl App {
     fn record_change(&self, core: &Core, tx: &mut Tx, c: &Change, now_ms: i64) {
         tx.put_ticket(&c.ticket);
         tx.push_outbox(
-            DISPATCH_QUEUE,
-            &DispatchRow::new(c, self.cfg.dispatch.webhook_url.is_some()),
+            crate::dispatch::QUEUE,
+            &DispatchRow::new(c, self.settings.has_webhook),
         );
         self.metrics
             .ticket_changes
@@ -327,16 +506,15 @@ impl App {
             .inc();
         // Notifications integration point: the notifier writes its outbox rows into the same
         // commit as the ticket change.
-        if let Some(n) = &self.on_change {
-            let device = core.devices.get(&c.ticket.device_id);
-            let customer = c
-                .ticket
-                .customer_id
-                .as_deref()
-                .or(device.and_then(|d| d.customer_id.as_deref()))
-                .and_then(|id| core.customers.get(id));
-            n.on_ticket_change(tx, c, customer, device, now_ms);
-        }
+        let device = core.devices.get(&c.ticket.device_id);
+        let customer = c
+            .ticket
+            .customer_id
+            .as_deref()
+            .or(device.and_then(|d| d.customer_id.as_deref()))
+            .and_then(|id| core.customers.get(id));
+        self.notifier
+            .on_ticket_change(tx, c, customer, device, now_ms);
     }
 
     fn reject(&self, topic: &str, payload: &[u8], rej: &Reject) {
@@ -358,20 +536,20 @@ impl App {
                     suppressed: 0,
                 };
             }
-            if b.used < self.cfg.log.rejects_per_minute {
+            if b.used < self.settings.rejects_per_minute {
                 b.used += 1;
                 tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.detail);
             } else {
                 b.suppressed += 1;
             }
         }
-        let cap = self.cfg.ingest.recent_rejects;
+        let cap = self.settings.ingest.recent_rejects;
         if cap == 0 {
             return;
         }
         let prefix = &payload[..payload.len().min(256)];
         let rec = RejectRecord {
-            received_at: rfc3339(now),
+            received_at: format_ts(now),
             topic: clip(topic, 200).to_string(),
             reason: rej.reason.as_str(),
             detail: clip(&rej.detail, 500).to_string(),
@@ -416,7 +594,7 @@ impl App {
             Some(to) => t.transition(to, actor, now, note)?,
             None => {
                 t.history.push(HistoryEntry {
-                    at: rfc3339(now),
+                    at: format_ts(now),
                     actor: actor.to_string(),
                     action: "note".into(),
                     from: None,
@@ -451,9 +629,13 @@ impl App {
         to: Option<Status>,
         actor: &str,
         note: &str,
-    ) -> Result<Ticket, String> {
-        self.transition(id, to, actor, note)
-            .map_err(|e| e.to_string())
+    ) -> Result<Ticket, DeskError> {
+        self.transition(id, to, actor, note).map_err(|e| match e {
+            CoreError::Store(e) => DeskError::Store(e),
+            CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
+            CoreError::Transition(e) => DeskError::Transition(e),
+            CoreError::Invalid(m) => DeskError::Invalid(m),
+        })
     }
 
     // ---------------------------------------------------------------- fleet
@@ -497,8 +679,12 @@ impl App {
             core.customers.insert(c.id.clone(), c);
         }
         for d in devices {
+            core.unregistered.remove(d.id.as_str());
             core.devices.insert(d.id.clone(), d);
         }
+        self.metrics
+            .unregistered_devices
+            .set(core.unregistered.len() as i64);
         Ok(())
     }
 
@@ -513,21 +699,22 @@ impl App {
     }
 
     /// Reloads every artifact of the models directory. On any error the old models stay.
-    pub fn reload_models(&self) -> Result<usize, String> {
-        let dir = self.cfg.scoring.models_dir.clone();
+    pub fn reload_models(&self) -> Result<usize, ReloadError> {
+        let dir = self.settings.models_dir.clone();
         let res = {
             let base = load_metric_index(&self.store);
             let mut core = self.core.lock();
             let base = merge_index(base, &core.engine.models.index);
-            match build_models(&dir, &self.cfg, base) {
+            match build_models(&dir, &self.settings.window, base) {
                 Ok(models) => {
                     let n = models.list.len();
                     match save_metric_index(&self.store, &models.index) {
                         Ok(()) => {
-                            core.engine = Engine::new(self.cfg.engine_config(), Arc::new(models));
+                            core.engine =
+                                Engine::new(self.settings.engine.clone(), Arc::new(models));
                             Ok(n)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(ReloadError::Store(e)),
                     }
                 }
                 Err(e) => Err(e),
@@ -548,6 +735,28 @@ impl App {
             }
         }
         res
+    }
+}
+
+/// Customer replies move tickets through the single writer, like API transitions.
+impl TicketDesk for App {
+    fn ticket(&self, id: &str) -> Option<Ticket> {
+        App::ticket(self, id)
+    }
+    fn customer_reply(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, DeskError> {
+        App::customer_reply(self, id, to, actor, note)
+    }
+    fn customer(&self, id: &str) -> Option<Customer> {
+        App::customer(self, id)
+    }
+    fn device(&self, id: &str) -> Option<Device> {
+        App::device(self, id)
     }
 }
 
@@ -575,21 +784,31 @@ impl Core {
             Some(bytes) => match DeviceState::decode(&bytes) {
                 Some(s) => s,
                 None => {
-                    tracing::error!(
-                        "stored state of a device is unreadable; starting it afresh ({} bytes)",
-                        bytes.len()
-                    );
+                    store.quarantine_state(device, &bytes, "device state does not decode");
                     self.engine.new_state(ts)
                 }
             },
             None => self.engine.new_state(ts),
         };
         let live = store.live_tickets(device)?;
+        let (reorder, reorder_stored) = match store.load_reorder(device)? {
+            Some(bytes) => match reorder::Buffer::decode(&bytes) {
+                Some(b) => (b, true),
+                None => {
+                    store.quarantine_reorder(device, &bytes, "reorder buffer does not decode");
+                    (reorder::Buffer::default(), false)
+                }
+            },
+            None => (reorder::Buffer::default(), false),
+        };
         self.slots.insert(
             device.to_string(),
             Slot {
                 state,
                 live,
+                reorder,
+                reorder_stored,
+                last_arrival: Instant::now(),
                 tick,
                 dirty: true,
             },
@@ -610,7 +829,9 @@ impl Core {
         ticks.select_nth_unstable(n_evict - 1);
         let cutoff = ticks[n_evict - 1];
         let before = self.slots.len();
-        self.slots.retain(|_, s| s.tick > cutoff || s.dirty);
+        // A device holding items for event-time order stays: the idle timer must see it.
+        self.slots
+            .retain(|_, s| s.tick > cutoff || s.dirty || !s.reorder.is_empty());
         metrics.evictions.inc_by((before - self.slots.len()) as u64);
     }
 }
@@ -644,7 +865,11 @@ fn merge_index(mut base: MetricIndex, current: &MetricIndex) -> MetricIndex {
 }
 
 /// Loads and indexes every artifact of `dir`, keeping the ids of `base` stable.
-pub(crate) fn build_models(dir: &Path, cfg: &Config, base: MetricIndex) -> Result<Models, String> {
-    let artifacts = crate::predict::load_dir(dir).map_err(|e| e.to_string())?;
-    Models::with_index(artifacts, &cfg.features.window(), base)
+pub(crate) fn build_models(
+    dir: &Path,
+    window: &WindowSpec,
+    base: MetricIndex,
+) -> Result<Models, ReloadError> {
+    let artifacts = crate::predict::load_dir(dir)?;
+    Ok(Models::with_index(artifacts, window, base)?)
 }

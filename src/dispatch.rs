@@ -9,20 +9,35 @@
 //! after `dispatch.max_attempts` the row moves to the `dispatch_dead` queue (counted, logged).
 //! Rows of one (device, mode) go out in commit order, so the retained message is the latest state.
 
-use super::core::{App, DISPATCH_QUEUE};
+use crate::domain::{Dur, Ticket};
 use crate::engine::Change;
 use crate::ingest::mqtt::Backoff;
-use crate::tickets::Ticket;
+use crate::metrics::Metrics;
+use crate::store::Store;
 use hmac::{Hmac, Mac};
 use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// The outbox queue of field-service dispatch, written in the same commit as the ticket change.
+pub const QUEUE: &str = "dispatch";
+/// Rows that used up `dispatch.max_attempts`.
 pub const DEAD_QUEUE: &str = "dispatch_dead";
+
+/// Why one webhook delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+}
 
 /// One pending dispatch of a ticket change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,19 +88,42 @@ pub fn webhook_body(row: &DispatchRow) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The delivery worker: reads the `dispatch` outbox and delivers each row to MQTT and the
+/// webhook.
 pub struct Dispatcher {
-    app: Arc<App>,
+    cfg: Config,
+    store: Store,
+    metrics: Metrics,
+    /// Notified by every commit that adds rows, and by a broker (re)connection.
+    wake: Arc<Notify>,
+    /// Kept by the MQTT driver: retained publishes wait for the broker rather than fail.
+    broker_connected: Arc<AtomicBool>,
     client: AsyncClient,
     http: reqwest::Client,
 }
 
 impl Dispatcher {
-    pub fn new(app: Arc<App>, client: AsyncClient) -> Result<Dispatcher, reqwest::Error> {
+    pub fn new(
+        cfg: Config,
+        store: Store,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+        broker_connected: Arc<AtomicBool>,
+        client: AsyncClient,
+    ) -> Result<Dispatcher, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Dispatcher { app, client, http })
+        Ok(Dispatcher {
+            cfg,
+            store,
+            metrics,
+            wake,
+            broker_connected,
+            client,
+            http,
+        })
     }
 
     /// Delivers outbox rows until shutdown. Woken by commits; also retries on a timer.
@@ -94,27 +132,25 @@ impl Dispatcher {
             self.round().await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.app.dispatch_wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
     }
 
     async fn round(&self) {
-        let store = &self.app.store;
-        let rows = match store.outbox::<DispatchRow>(DISPATCH_QUEUE) {
+        let store = &self.store;
+        let rows = match store.outbox::<DispatchRow>(QUEUE) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("dispatch outbox unreadable: {e}");
                 return;
             }
         };
-        let depth = &self.app.metrics.outbox_depth;
-        depth
-            .with_label_values(&[DISPATCH_QUEUE])
-            .set(rows.len() as i64);
-        let cfg = &self.app.cfg.dispatch;
-        let m = &self.app.metrics.dispatch;
+        let depth = &self.metrics.outbox_depth;
+        depth.with_label_values(&[QUEUE]).set(rows.len() as i64);
+        let cfg = &self.cfg;
+        let m = &self.metrics.dispatch;
         // (device, mode) pairs with an undelivered earlier row: later rows wait (ordering).
         let mut blocked: HashSet<(String, String)> = HashSet::new();
         for (key, mut row) in rows {
@@ -134,7 +170,7 @@ impl Dispatcher {
             let mut waiting_for_broker = false;
             let mut progressed = false;
             if !row.mqtt_done {
-                if self.app.broker_connected() {
+                if self.broker_connected.load(Ordering::Relaxed) {
                     let topic = format!(
                         "{}/{}/{}",
                         cfg.topic_prefix, row.ticket.device_id, row.ticket.failure_mode
@@ -223,12 +259,12 @@ impl Dispatcher {
             }
         }
         depth
-            .with_label_values(&[DISPATCH_QUEUE])
-            .set(store.outbox_len(DISPATCH_QUEUE) as i64);
+            .with_label_values(&[QUEUE])
+            .set(store.outbox_len(QUEUE) as i64);
     }
 
-    async fn post(&self, row: &DispatchRow, key: &[u8]) -> Result<(), String> {
-        let cfg = &self.app.cfg.dispatch;
+    async fn post(&self, row: &DispatchRow, key: &[u8]) -> Result<(), DeliveryError> {
+        let cfg = &self.cfg;
         let Some(url) = &cfg.webhook_url else {
             return Ok(());
         };
@@ -242,11 +278,39 @@ impl Dispatcher {
         if let Some(secret) = &cfg.webhook_secret {
             req = req.header("x-forewarn-signature", signature(secret.as_bytes(), &body));
         }
-        let resp = req.body(body).send().await.map_err(|e| e.to_string())?;
+        let resp = req.body(body).send().await?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!("HTTP {}", resp.status()))
+            Err(DeliveryError::Status(resp.status()))
+        }
+    }
+}
+
+/// `[dispatch]`: where ticket changes go for field service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Ticket changes are published here, retained, QoS 1: `{prefix}/{device_id}/{failure_mode}`.
+    pub topic_prefix: String,
+    /// Field-service webhook (unset: MQTT only).
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 secret for `X-Forewarn-Signature` (also `FOREWARN_DISPATCH_SECRET`).
+    pub webhook_secret: Option<String>,
+    pub max_attempts: u32,
+    pub retry_min: Dur,
+    pub retry_max: Dur,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            topic_prefix: "forewarn/tickets".into(),
+            webhook_url: None,
+            webhook_secret: None,
+            max_attempts: 20,
+            retry_min: Dur::secs(1),
+            retry_max: Dur::secs(300),
         }
     }
 }

@@ -1,0 +1,57 @@
+//! The one order in which a device's readings and events are applied, in `serve`, `evaluate`,
+//! `train` and `replay` alike (contract, section 7): by timestamp; at equal timestamps events
+//! before readings (what was logged at 06:00 is known to the 06:00 score), and among events
+//! `failure`, then `maintenance`, then `error`, then by code.
+
+use super::{EventKind, Millis};
+use std::cmp::Ordering;
+
+/// Where an item of this kind sits among items of the same timestamp.
+pub fn rank(event: Option<EventKind>) -> u8 {
+    match event {
+        Some(EventKind::Failure) => 0,
+        Some(EventKind::Maintenance) => 1,
+        Some(EventKind::Error) => 2,
+        None => 3,
+    }
+}
+
+/// Compares two items by the apply order: `(ts, kind, code)`, where `kind` is `None` for a
+/// reading (whose code is empty). Equal items keep their relative order under a stable sort.
+pub fn apply_order(
+    a: (Millis, Option<EventKind>, &str),
+    b: (Millis, Option<EventKind>, &str),
+) -> Ordering {
+    a.0.cmp(&b.0)
+        .then(rank(a.1).cmp(&rank(b.1)))
+        .then_with(|| a.2.cmp(b.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_timestamps_put_events_first_failure_maintenance_error_then_code() {
+        let mut items = vec![
+            (5, None, ""),
+            (5, Some(EventKind::Error), "e9"),
+            (5, Some(EventKind::Error), "e1"),
+            (5, Some(EventKind::Maintenance), "comp2"),
+            (4, None, ""),
+            (5, Some(EventKind::Failure), "comp1"),
+        ];
+        items.sort_by(|a, b| apply_order(*a, *b));
+        assert_eq!(
+            items,
+            vec![
+                (4, None, ""),
+                (5, Some(EventKind::Failure), "comp1"),
+                (5, Some(EventKind::Maintenance), "comp2"),
+                (5, Some(EventKind::Error), "e1"),
+                (5, Some(EventKind::Error), "e9"),
+                (5, None, ""),
+            ]
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! What devices send: telemetry readings and events, and the bounded set of reasons input is
+//! refused for.
+
+use super::Millis;
+
+/// One telemetry reading of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub device_id: String,
+    pub ts: Millis,
+    pub seq: Option<u64>,
+    /// Metric name → finite value, in payload order.
+    pub metrics: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Failure,
+    Maintenance,
+    Error,
+}
+
+impl EventKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "failure" => Some(Self::Failure),
+            "maintenance" => Some(Self::Maintenance),
+            "error" => Some(Self::Error),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failure => "failure",
+            Self::Maintenance => "maintenance",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A device event: a failure, a maintenance visit or an error code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEvent {
+    pub device_id: String,
+    pub ts: Millis,
+    pub kind: EventKind,
+    /// The failure mode (for failure and maintenance) or error code.
+    pub code: String,
+}
+
+/// Why a payload was rejected. The label set is bounded: it is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    TooLarge,
+    NotUtf8,
+    InvalidJson,
+    NoMetrics,
+    NonFiniteValue,
+    BadTimestamp,
+    BadDeviceId,
+    BadEvent,
+    BatchTooLarge,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 9] = [
+        Self::TooLarge,
+        Self::NotUtf8,
+        Self::InvalidJson,
+        Self::NoMetrics,
+        Self::NonFiniteValue,
+        Self::BadTimestamp,
+        Self::BadDeviceId,
+        Self::BadEvent,
+        Self::BatchTooLarge,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::NotUtf8 => "not_utf8",
+            Self::InvalidJson => "invalid_json",
+            Self::NoMetrics => "no_metrics",
+            Self::NonFiniteValue => "non_finite_value",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::BadDeviceId => "bad_device_id",
+            Self::BadEvent => "bad_event",
+            Self::BatchTooLarge => "batch_too_large",
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The ingest stage's settings: the broker connection (`[broker]`) and what is taken from it
+//! (`[ingest]`).
+
+use crate::domain::Dur;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS with rustls).
+    pub url: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of CA certificates to trust for `mqtts://` (default: the system's web PKI roots).
+    pub ca_file: Option<PathBuf>,
+    pub keep_alive: Dur,
+    /// Largest packet accepted from the broker (rumqttc's default of 10 KiB is too small).
+    pub max_packet_bytes: usize,
+    /// Unacknowledged QoS 1 messages the client accepts at once.
+    pub inflight: u16,
+    pub reconnect_min: Dur,
+    pub reconnect_max: Dur,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "forewarn".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            keep_alive: Dur::secs(30),
+            max_packet_bytes: 1024 * 1024,
+            inflight: 100,
+            reconnect_min: Dur(std::time::Duration::from_millis(200)),
+            reconnect_max: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub telemetry_topics: Vec<String>,
+    pub event_topics: Vec<String>,
+    /// Which topic level (0-based) holds the device id; `None` reads the payload's `device_id`.
+    pub device_id_level: Option<usize>,
+    pub max_payload_bytes: usize,
+    pub max_batch: usize,
+    /// Messages processed and committed together before their acks are sent.
+    pub commit_group: usize,
+    /// Rejected payloads kept for inspection through the API.
+    pub recent_rejects: usize,
+    /// Devices kept in memory; the least recently seen beyond this are evicted (their state stays
+    /// in the store and is reloaded when they speak again).
+    pub max_devices_in_memory: usize,
+    /// A device silent this long (wall time) has what it holds in the reorder buffer released
+    /// anyway (see `features.late_tolerance`); unset, the tolerance itself.
+    pub reorder_idle: Option<Dur>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            telemetry_topics: vec!["devices/+/telemetry".into()],
+            event_topics: vec!["devices/+/events".into()],
+            device_id_level: Some(1),
+            max_payload_bytes: 256 * 1024,
+            max_batch: 1000,
+            commit_group: 256,
+            recent_rejects: 200,
+            max_devices_in_memory: 1_000_000,
+            reorder_idle: None,
+        }
+    }
+}

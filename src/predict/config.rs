@@ -1,0 +1,25 @@
+//! `[scoring]`: where model artifacts are loaded from and how often a device is scored.
+
+use crate::domain::Dur;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub models_dir: PathBuf,
+    /// A device is scored at most once per this much event time.
+    pub interval: Dur,
+    /// Override every model's "consecutive scorings above threshold" (unset: the model's own).
+    pub consecutive: Option<u16>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            models_dir: PathBuf::from("models"),
+            interval: Dur::hours(1),
+            consecutive: None,
+        }
+    }
+}
