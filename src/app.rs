@@ -4,7 +4,7 @@
 //! dispatch row and the notifier's rows together.
 
 use crate::dispatch::DispatchRow;
-use crate::domain::{format_ts, HistoryEntry, Millis, Status, Ticket};
+use crate::domain::{format_ts, HistoryEntry, Millis, RejectReason, Status, Ticket};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
 use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
@@ -72,6 +72,9 @@ struct Slot {
 #[derive(Default)]
 struct Tally {
     duplicates: u64,
+    /// Readings a `seq` gap says never arrived.
+    missing: u64,
+    resets: u64,
     late: u64,
     scorings: u64,
     events: u64,
@@ -102,6 +105,35 @@ pub struct RejectRecord {
     pub detail: String,
     /// The first bytes of the payload (lossy UTF-8).
     pub payload_prefix: String,
+}
+
+/// The last `seq` gap seen for a device, as `GET /api/v1/gaps` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gap {
+    pub device_id: String,
+    /// Last `seq` applied before the gap, and the `seq` that came after it.
+    pub after_seq: u64,
+    pub next_seq: u64,
+    pub missing: u64,
+    /// Event time of the reading after the gap (RFC 3339).
+    pub ts: String,
+    /// Wall-clock time the gap was noticed (RFC 3339).
+    pub noticed_at: String,
+}
+
+/// Upstream loss since start, for `/readyz`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Loss {
+    pub readings_missing: u64,
+    pub seq_resets: u64,
+    /// Wall-clock time (epoch ms) of the last gap, if any.
+    pub last_gap_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LossNote {
+    Gap { prev: u64, seq: u64, missing: u64 },
+    Reset { last: u64, seq: u64 },
 }
 
 /// Limits how many reject lines are logged per minute; the rest are only counted.
@@ -138,6 +170,11 @@ pub struct App {
     core: Mutex<Core>,
     rejects: Mutex<VecDeque<RejectRecord>>,
     log_budget: Mutex<LogBudget>,
+    /// Budget of the loss and reset log lines (per minute), apart from rejects'.
+    loss_log_budget: Mutex<LogBudget>,
+    /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
+    gaps: Mutex<HashMap<String, Gap>>,
+    loss: Mutex<Loss>,
     /// Plans the customer notifications of every ticket change, inside the change's commit.
     notifier: Arc<Notifier>,
     limits: Limits,
@@ -202,6 +239,13 @@ impl App {
                 used: 0,
                 suppressed: 0,
             }),
+            loss_log_budget: Mutex::new(LogBudget {
+                minute: 0,
+                used: 0,
+                suppressed: 0,
+            }),
+            gaps: Mutex::new(HashMap::new()),
+            loss: Mutex::new(Loss::default()),
             notifier,
             limits,
             dispatch_wake: Arc::new(Notify::new()),
@@ -249,10 +293,7 @@ impl App {
                     m.received_ms,
                     &self.limits,
                 ) {
-                    Ok(r) => {
-                        stats.readings += r.len();
-                        r.into_iter().map(Item::Reading).collect()
-                    }
+                    Ok(r) => r.into_iter().map(Item::Reading).collect(),
                     Err(rej) => {
                         self.reject(topic, &m.publish.payload, &rej);
                         continue;
@@ -283,6 +324,29 @@ impl App {
                 tracing::debug!(topic = %clip(topic, 200), "message on an unhandled topic ignored");
                 continue;
             };
+            let skew = self.settings.ingest.max_clock_skew.as_millis_i64();
+            if skew > 0 {
+                if let Some(ts) = items
+                    .iter()
+                    .map(Item::ts)
+                    .find(|&ts| ts > m.received_ms.saturating_add(skew))
+                {
+                    let rej = Reject::new(
+                        RejectReason::FutureTs,
+                        format!(
+                            "timestamp {} is more than {} ahead of receipt",
+                            format_ts(ts),
+                            self.settings.ingest.max_clock_skew
+                        ),
+                    );
+                    self.reject(topic, &m.publish.payload, &rej);
+                    continue;
+                }
+            }
+            stats.readings += items
+                .iter()
+                .filter(|i| matches!(i, Item::Reading(_)))
+                .count();
             for item in items {
                 let device = match &item {
                     Item::Reading(r) => r.device_id.clone(),
@@ -355,6 +419,17 @@ impl App {
                     .get_mut(r.device_id.as_str())
                     .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
                 let before = slot.state.last_scored_ts;
+                // A `seq` at or below the last one on a reading newer than anything the device
+                // sent is a restart of its counter (reboot, firmware update), not a redelivery
+                // (which carries the old timestamp).
+                if let (Some(seq), Some(last)) = (r.seq, slot.state.last_seq) {
+                    if seq <= last && r.ts > slot.state.last_ts {
+                        slot.state.last_seq = None;
+                        tally.resets += 1;
+                        self.note_loss(&r.device_id, LossNote::Reset { last, seq });
+                    }
+                }
+                let prev_seq = slot.state.last_seq;
                 let obs = core.engine.reading(
                     &mut slot.state,
                     &mut slot.live,
@@ -363,6 +438,24 @@ impl App {
                     &mut scratch,
                     None,
                 );
+                if let (Observed::Applied, Some(seq), Some(prev)) = (obs, r.seq, prev_seq) {
+                    if seq > prev.saturating_add(1) {
+                        let missing = seq - prev - 1;
+                        tally.missing += missing;
+                        self.gaps.lock().insert(
+                            r.device_id.clone(),
+                            Gap {
+                                device_id: r.device_id.clone(),
+                                after_seq: prev,
+                                next_seq: seq,
+                                missing,
+                                ts: format_ts(r.ts),
+                                noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
+                            },
+                        );
+                        self.note_loss(&r.device_id, LossNote::Gap { prev, seq, missing });
+                    }
+                }
                 match obs {
                     Observed::Applied => {}
                     Observed::Duplicate => tally.duplicates += 1,
@@ -396,6 +489,16 @@ impl App {
         tally: Tally,
     ) -> Result<(), CoreError> {
         self.metrics.events.inc_by(tally.events);
+        if tally.missing > 0 || tally.resets > 0 {
+            self.metrics.readings_missing.inc_by(tally.missing);
+            self.metrics.seq_resets.inc_by(tally.resets);
+            let mut l = self.loss.lock();
+            l.readings_missing += tally.missing;
+            l.seq_resets += tally.resets;
+            if tally.missing > 0 {
+                l.last_gap_ms = Some(chrono::Utc::now().timestamp_millis());
+            }
+        }
         self.metrics.scorings.inc_by(tally.scorings);
         self.metrics
             .dropped
@@ -453,6 +556,56 @@ impl App {
         core.evict(self.settings.ingest.max_devices_in_memory, &self.metrics);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(())
+    }
+
+    /// Drops the state of devices whose newest timestamp is older than `now_ms - forget_after`
+    /// from memory and disk (their tickets stay). Returns how many were forgotten.
+    pub fn forget_unseen(&self, now_ms: i64) -> Result<usize, CoreError> {
+        let Some(after) = self.settings.ingest.forget_after else {
+            return Ok(0);
+        };
+        let cutoff = now_ms.saturating_sub(after.as_millis_i64());
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        let mut gone = Vec::new();
+        for (device, bytes) in self.store.states()? {
+            let newest = match core.slots.get(device.as_str()) {
+                Some(slot) => Some(
+                    slot.state
+                        .last_ts
+                        .max(slot.reorder.max_seen.unwrap_or(Millis::MIN)),
+                ),
+                None => DeviceState::decode(&bytes).map(|s| s.last_ts),
+            };
+            // A state that does not decode is the quarantine's business, not this sweep's.
+            if newest.is_some_and(|t| t < cutoff) {
+                gone.push(device);
+            }
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.store.tx();
+        for d in &gone {
+            tx.remove_device_state(d);
+        }
+        self.store.commit(tx)?;
+        let mut gaps = self.gaps.lock();
+        for d in &gone {
+            core.slots.remove(d.as_str());
+            core.unregistered.remove(d.as_str());
+            gaps.remove(d.as_str());
+        }
+        self.metrics.devices_forgotten.inc_by(gone.len() as u64);
+        self.metrics
+            .unregistered_devices
+            .set(core.unregistered.len() as i64);
+        self.metrics.devices_in_memory.set(core.slots.len() as i64);
+        tracing::info!(
+            "forgot the state of {} device(s) unseen for {after}",
+            gone.len()
+        );
+        Ok(gone.len())
     }
 
     /// Releases what devices silent for `reorder_idle` still hold in their reorder buffers (and,
@@ -515,6 +668,56 @@ impl App {
             .and_then(|id| core.customers.get(id));
         self.notifier
             .on_ticket_change(tx, c, customer, device, now_ms);
+    }
+
+    /// Logs a `seq` gap or reset, within the per-minute budget (the rest are only counted).
+    fn note_loss(&self, device: &str, note: LossNote) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut b = self.loss_log_budget.lock();
+        let minute = now / 60_000;
+        if minute != b.minute {
+            if b.suppressed > 0 {
+                tracing::warn!("{} more seq gaps or resets not logged", b.suppressed);
+            }
+            *b = LogBudget {
+                minute,
+                used: 0,
+                suppressed: 0,
+            };
+        }
+        if b.used >= self.settings.rejects_per_minute {
+            b.suppressed += 1;
+            return;
+        }
+        b.used += 1;
+        let device = clip(device, 200);
+        match note {
+            LossNote::Gap { prev, seq, missing } => tracing::warn!(
+                device,
+                missing,
+                "{missing} reading(s) of device {device} never arrived (seq {prev} then {seq}): \
+                 the broker drops QoS 1 messages a slow or offline subscriber has not taken \
+                 beyond its queue and in-flight limits (Mosquitto: max_queued_messages, default \
+                 1000; max_inflight_messages, default 20) — raise them (see the README)"
+            ),
+            LossNote::Reset { last, seq } => tracing::warn!(
+                device,
+                "device {device} restarted its seq ({last} then {seq}, on a newer reading): \
+                 counted as a reset, its readings are applied"
+            ),
+        }
+    }
+
+    /// Each device's last `seq` gap, by device id.
+    pub fn gaps(&self) -> Vec<Gap> {
+        let mut v: Vec<Gap> = self.gaps.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        v
+    }
+
+    /// Upstream loss since start.
+    pub fn loss(&self) -> Loss {
+        *self.loss.lock()
     }
 
     fn reject(&self, topic: &str, payload: &[u8], rej: &Reject) {

@@ -34,6 +34,9 @@ pub struct DemoOptions {
     pub keep_running: bool,
     pub seed: u64,
     pub data_dir: Option<PathBuf>,
+    /// A configuration file whose `[notify]` providers (an SMTP server, a Twilio account…)
+    /// replace the local sink for the channels it configures.
+    pub config: Option<PathBuf>,
 }
 
 /// What the demo saw, for the summary (and the test that runs it).
@@ -50,6 +53,8 @@ pub struct DemoSummary {
     pub api_addr: String,
     /// Customer messages the notification sink received.
     pub messages: usize,
+    /// Simulated customer replies that landed on a ticket.
+    pub replies: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         .map_err(|e| DemoError::Setup(format!("{}: {e}", models_dir.display())))?;
 
     let mut cfg = Config::default();
+    if let Some(file) = &opts.config {
+        let loaded = Config::load(Some(file)).map_err(|e| DemoError::Setup(e.to_string()))?;
+        cfg.notify = loaded.notify;
+    }
     cfg.broker.url = broker.url();
     cfg.broker.client_id = "forewarn-demo".into();
     cfg.store.data_dir = data_dir.join("db");
@@ -105,11 +114,18 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         .await
         .map_err(|e| DemoError::Setup(format!("notification sink: {e}")))?;
     sink.configure(&mut cfg.notify);
-    cfg.notify.link_secret = Some(crate::notify::config::Secret(format!(
-        "demo-link-secret-{}",
-        std::process::id()
-    )));
-    let (customers, devices) = registry(&fleet, &sink.webhook_url());
+    if cfg.notify.link_secret.is_none() {
+        cfg.notify.link_secret = Some(crate::notify::config::Secret(format!(
+            "demo-link-secret-{}",
+            std::process::id()
+        )));
+    }
+    if cfg.notify.inbound_email_key.is_none() {
+        cfg.notify.inbound_email_key = Some(crate::notify::config::Secret(
+            "demo-inbound-email-key".into(),
+        ));
+    }
+    let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some());
 
     let handle = crate::serve::run(cfg.clone(), shutdown.clone()).await?;
     handle
@@ -130,6 +146,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         CUSTOMERS.len(),
         data_dir.join("notifications.jsonl").display()
     );
+    if let Some(e) = &cfg.notify.email {
+        println!(
+            "  e-mail     to {} through SMTP {}:{} (from --config)",
+            CUSTOMERS[0].1, e.host, e.port
+        );
+    }
     println!();
 
     let console = Console::start(&broker.url()).await?;
@@ -150,6 +172,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     // Let the daemon finish the last group, then count what the ticket topic showed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     summary.tickets_opened = console.opened();
+    if !shutdown.is_cancelled() {
+        summary.replies = converse(&cfg, &handle.app).await;
+        // The worker polls the outbox; give it time to send the follow-ups.
+        tokio::time::sleep(cfg.notify.poll_interval.std() * 2 + Duration::from_millis(500)).await;
+    }
     summary.messages = sink.messages().len();
     printer.abort();
     print_summary(&summary);
@@ -187,7 +214,8 @@ fn pick_listen(wanted: &str) -> String {
 
 /// Customers in three locales, each owning a third of the fleet. The first keeps quiet hours
 /// (so, depending on the hour, the demo shows advisories held until morning).
-fn registry(fleet: &Fleet, webhook: &str) -> (Vec<Customer>, Vec<Device>) {
+/// With an e-mail provider configured (`--config`), the English customer prefers e-mail.
+fn registry(fleet: &Fleet, webhook: &str, email: bool) -> (Vec<Customer>, Vec<Device>) {
     let customers: Vec<Customer> = CUSTOMERS
         .iter()
         .enumerate()
@@ -201,15 +229,20 @@ fn registry(fleet: &Fleet, webhook: &str) -> (Vec<Customer>, Vec<Device>) {
                 (Channel::Sms, format!("+1555010{i}")),
                 (Channel::Voice, format!("+1555010{i}")),
                 (Channel::Webhook, webhook.to_string()),
+                (Channel::Email, format!("service@{id}.example")),
             ]
             .into_iter()
             .collect(),
-            preferences: vec![
-                Channel::Push,
-                Channel::Sms,
-                Channel::Voice,
-                Channel::Webhook,
-            ],
+            preferences: if email && i == 0 {
+                vec![Channel::Email, Channel::Sms, Channel::Voice]
+            } else {
+                vec![
+                    Channel::Push,
+                    Channel::Sms,
+                    Channel::Voice,
+                    Channel::Webhook,
+                ]
+            },
             quiet_hours: (i == 0).then(|| "22:00-07:00".to_string()),
             urgent_in_quiet_hours: true,
             daily_budget: Some(50),
@@ -350,7 +383,7 @@ async fn publish_fleet(
                 summary.readings += 1;
                 (
                     format!("devices/{}/telemetry", r.device_id),
-                    crate::sim::to_payload(r),
+                    crate::ingest::encode::to_payload(r),
                 )
             }
             SimEvent::Event(e) => {
@@ -365,7 +398,7 @@ async fn publish_fleet(
                 }
                 (
                     format!("devices/{}/events", e.device_id),
-                    crate::sim::event_payload(e),
+                    crate::ingest::encode::event_payload(e),
                 )
             }
             SimEvent::Malformed { device_id, payload } => {
@@ -412,13 +445,150 @@ fn report_failure(
     }
 }
 
+/// The customer's side: one customer of each language answers a ticket they were alerted
+/// about — by SMS in Thai, on the self-service page in Persian, by e-mail in English — through
+/// the daemon's own inbound routes, exactly as a provider or a browser would.
+async fn converse(cfg: &Config, app: &crate::app::App) -> usize {
+    println!();
+    println!("The customers answer:");
+    let http = reqwest::Client::new();
+    let public = cfg.api.public_url.trim_end_matches('/').to_string();
+    let mut landed = 0;
+    for (cid, _, locale, _) in CUSTOMERS {
+        let filter = crate::store::TicketFilter {
+            customer_id: Some(cid.to_string()),
+            ..Default::default()
+        };
+        let mut tickets = app.store.tickets(&filter).unwrap_or_default();
+        // The ticket the customer heard about last (an SMS reply without a ticket number means
+        // that one) first.
+        let last: Option<String> = app
+            .store
+            .get_kv(&format!("notify/last/{cid}"))
+            .ok()
+            .flatten();
+        tickets.sort_by_key(|t| Some(&t.id) != last.as_ref());
+        let alerted = tickets.into_iter().find(|t| {
+            t.is_live()
+                && app
+                    .store
+                    .get_kv::<Channel>(&format!("notify/alerted/{}", t.id))
+                    .ok()
+                    .flatten()
+                    .is_some()
+        });
+        let Some(t) = alerted else {
+            println!("  {cid}: no alert to answer yet");
+            continue;
+        };
+        let (how, said, sent) = match locale {
+            "th" => {
+                let body = "ตกลงค่ะ";
+                let path = "/notify/v1/twilio/sms";
+                let params = vec![
+                    ("MessageSid".to_string(), format!("SMdemo{}", t.id)),
+                    ("From".to_string(), "+15550101".to_string()),
+                    ("To".to_string(), "+10000000000".to_string()),
+                    ("Body".to_string(), body.to_string()),
+                ];
+                let token = cfg
+                    .notify
+                    .sms
+                    .as_ref()
+                    .map(|s| s.auth_token.0.clone())
+                    .unwrap_or_default();
+                let sig = crate::notify::inbound::twilio_signature(
+                    &token,
+                    &format!("{public}{path}"),
+                    &params,
+                );
+                let r = http
+                    .post(format!("{public}{path}"))
+                    .header("X-Twilio-Signature", sig)
+                    .form(&params)
+                    .send()
+                    .await;
+                (
+                    "SMS",
+                    body.to_string(),
+                    r.is_ok_and(|r| r.status().is_success()),
+                )
+            }
+            "fa" => {
+                let secret = cfg
+                    .notify
+                    .link_secret
+                    .as_ref()
+                    .map(|s| s.0.clone())
+                    .unwrap_or_default();
+                let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
+                let token = crate::notify::link::sign(secret.as_bytes(), &t.id, cid, exp);
+                let when = "فردا صبح";
+                let r = http
+                    .post(format!("{public}/notify/v1/s/{token}"))
+                    .form(&[("action", "reschedule"), ("when", when)])
+                    .send()
+                    .await;
+                (
+                    "page",
+                    format!("«درخواست زمان دیگر» ({when})"),
+                    r.is_ok_and(|r| r.status().is_success()),
+                )
+            }
+            _ => {
+                let key = cfg
+                    .notify
+                    .inbound_email_key
+                    .as_ref()
+                    .map(|s| s.0.clone())
+                    .unwrap_or_default();
+                let text = "Yes please, Tuesday morning suits us.";
+                let subject = format!("Re: [{}] Service advisory", t.id);
+                let sender = format!("service@{cid}.example");
+                let message_id = format!("<demo-{}@{cid}.example>", t.id);
+                let r = http
+                    .post(format!("{public}/notify/v1/email/inbound?key={key}"))
+                    .form(&[
+                        ("sender", sender.as_str()),
+                        ("subject", subject.as_str()),
+                        ("stripped-text", text),
+                        ("Message-Id", message_id.as_str()),
+                    ])
+                    .send()
+                    .await;
+                (
+                    "e-mail",
+                    text.to_string(),
+                    r.is_ok_and(|r| r.status().is_success()),
+                )
+            }
+        };
+        let now = app.store.ticket(&t.id).ok().flatten();
+        let status = now.as_ref().map(|t| t.status.as_str()).unwrap_or("?");
+        if sent {
+            landed += 1;
+        }
+        println!(
+            "  ← {how:<6} {cid} ({locale}): {said}  →  ticket {} {}",
+            t.id,
+            if sent {
+                format!("now {status}")
+            } else {
+                "not reached".into()
+            }
+        );
+    }
+    println!("The follow-up messages:");
+    landed
+}
+
 fn print_summary(s: &DemoSummary) {
     let mut lead = s.lead_hours.clone();
     lead.sort_by(f64::total_cmp);
     let median = lead.get(lead.len() / 2).copied().unwrap_or(0.0);
     println!();
     println!(
-        "{} readings published ({} malformed, rejected and counted), {} tickets opened, {} failures, {} of them forewarned (median lead {:.0} h), {} customer messages",
-        s.readings, s.malformed, s.tickets_opened, s.failures, s.failures_forewarned, median, s.messages
+        "{} readings published ({} malformed, rejected and counted), {} tickets opened, {} failures, {} of them forewarned (median lead {:.0} h), {} customer messages, {} customer replies",
+        s.readings, s.malformed, s.tickets_opened, s.failures, s.failures_forewarned, median, s.messages, s.replies
     );
 }

@@ -231,10 +231,16 @@ impl FleetFile {
 /// Reads the contract's `devices.csv`: every column is an attribute (models may read them); a
 /// `customer_id` (or `customer`) column also names the owning customer.
 pub fn devices_from_csv(path: &Path) -> Result<Vec<Device>, FleetError> {
-    let rows = crate::train::csv::read_devices(path).map_err(|e| FleetError::File {
+    let file_error = |e: crate::history::HistoryError| FleetError::File {
         path: path.display().to_string(),
         message: e.to_string(),
-    })?;
+    };
+    let (rows, _) = crate::history::read_devices(
+        crate::history::open(path).map_err(file_error)?,
+        path,
+        crate::history::BadRows::Fail,
+    )
+    .map_err(file_error)?;
     Ok(rows
         .into_iter()
         .map(|(id, attributes)| Device {

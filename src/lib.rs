@@ -37,6 +37,7 @@ pub mod domain;
 pub mod engine;
 pub mod features;
 pub mod fleet;
+pub mod history;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;

@@ -21,6 +21,10 @@ pub struct Metrics {
     /// Readings not applied: `duplicate` (redelivery) or `late` (beyond the tolerance).
     pub dropped: IntCounterVec,
     pub events: IntCounter,
+    /// Readings a per-device `seq` gap says never arrived (lost upstream, at the broker).
+    pub readings_missing: IntCounter,
+    /// Devices whose `seq` restarted (reboot, firmware update).
+    pub seq_resets: IntCounter,
     /// Devices scored (each scoring covers every mode of every applicable model).
     pub scorings: IntCounter,
     /// Ticket changes by kind: opened, updated, settled, transition.
@@ -42,6 +46,8 @@ pub struct Metrics {
     pub devices_in_memory: IntGauge,
     /// Device states dropped from memory (least recently seen) — reloaded from the store on demand.
     pub evictions: IntCounter,
+    /// Device states dropped after `ingest.forget_after` without a reading.
+    pub devices_forgotten: IntCounter,
     /// Devices seen on the stream since start that the fleet registry does not know.
     pub unregistered_devices: IntGauge,
     /// Model artifacts in use.
@@ -104,6 +110,16 @@ impl Metrics {
                 &["reason"],
             ),
             events: counter(r, "forewarn_device_events_total", "Device events applied"),
+            readings_missing: counter(
+                r,
+                "forewarn_readings_missing_total",
+                "Readings never received: gaps in a device's seq (lost upstream, e.g. by the broker)",
+            ),
+            seq_resets: counter(
+                r,
+                "forewarn_seq_resets_total",
+                "Devices whose seq restarted below the last one on a newer reading (reboot)",
+            ),
             scorings: counter(r, "forewarn_scorings_total", "Device scorings made"),
             ticket_changes: counter_vec(
                 r,
@@ -156,6 +172,11 @@ impl Metrics {
                 r,
                 "forewarn_device_evictions_total",
                 "Device states evicted from memory (least recently seen)",
+            ),
+            devices_forgotten: counter(
+                r,
+                "forewarn_devices_forgotten_total",
+                "Device states dropped from memory and disk after ingest.forget_after unseen",
             ),
             unregistered_devices: gauge(
                 r,

@@ -8,7 +8,10 @@
 //! History files are often sorted by device rather than by time, so the rows are kept in a compact
 //! table (about 48 bytes per 4-metric reading) and sorted by time before publishing.
 
-use crate::domain::{validate_device_id, DeviceEvent, EventKind, Millis};
+use crate::domain::{DeviceEvent, EventKind, Millis};
+use crate::history::{
+    self, BadRows, HistoryError, ReadSummary, Refused, RowError, TelemetryReader,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::io::Read;
@@ -40,20 +43,6 @@ pub enum ReplayError {
     },
     #[error("broker {url}: client closed: {detail}")]
     Closed { url: String, detail: String },
-}
-
-/// A row that could not be used, with where it is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowError {
-    pub path: PathBuf,
-    pub line: u64,
-    pub message: String,
-}
-
-impl std::fmt::Display for RowError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +89,20 @@ pub struct History {
 /// How many row errors are kept verbatim.
 const KEEP_ERRORS: usize = 20;
 
+impl From<HistoryError> for ReplayError {
+    fn from(e: HistoryError) -> ReplayError {
+        match e {
+            HistoryError::Io { path, source } => ReplayError::Io { path, source },
+            HistoryError::Header { path, detail } => ReplayError::Header { path, detail },
+            // Replay reads with `BadRows::Skip`: a row error never stops it.
+            HistoryError::Row(e) => ReplayError::Header {
+                path: e.path.clone(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
 impl History {
     pub fn readings(&self) -> usize {
         self.items
@@ -120,15 +123,12 @@ impl History {
         &self.metrics
     }
 
-    fn row_error(&mut self, path: &Path, line: u64, message: String) {
-        self.row_errors += 1;
-        if self.first_errors.len() < KEEP_ERRORS {
-            self.first_errors.push(RowError {
-                path: path.to_path_buf(),
-                line,
-                message,
-            });
-        }
+    /// Books what a skipping read set aside.
+    fn count_skipped(&mut self, summary: ReadSummary) {
+        self.row_errors += summary.skipped;
+        let room = KEEP_ERRORS.saturating_sub(self.first_errors.len());
+        self.first_errors
+            .extend(summary.first_errors.into_iter().take(room));
     }
 
     fn device(&mut self, id: &str) -> u32 {
@@ -143,188 +143,67 @@ impl History {
 
     /// Reads `telemetry.csv` from a file.
     pub fn read_telemetry_file(&mut self, path: &Path) -> Result<(), ReplayError> {
-        let f = std::fs::File::open(path).map_err(|source| ReplayError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        self.read_telemetry(std::io::BufReader::with_capacity(1 << 20, f), path)
+        self.read_telemetry(history::open(path)?, path)
     }
 
     /// Reads `events.csv` from a file.
     pub fn read_events_file(&mut self, path: &Path) -> Result<(), ReplayError> {
-        let f = std::fs::File::open(path).map_err(|source| ReplayError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        self.read_events(std::io::BufReader::with_capacity(1 << 20, f), path)
+        self.read_events(history::open(path)?, path)
     }
 
-    /// Reads the next record with the header's number of fields into `rec` and returns its line;
-    /// `None` at the end of the input (or after an I/O error). Malformed rows are counted as row
-    /// errors and skipped.
-    fn next_record<R: Read>(
-        &mut self,
-        rdr: &mut csv::Reader<R>,
-        rec: &mut csv::ByteRecord,
-        fields: usize,
-        path: &Path,
-    ) -> Option<u64> {
-        loop {
-            let line = rdr.position().line();
-            match rdr.read_byte_record(rec) {
-                Ok(false) => return None,
-                Ok(true) => {}
-                Err(e) => {
-                    let io = matches!(e.kind(), csv::ErrorKind::Io(_));
-                    let line = e.position().map_or(line, |p| p.line());
-                    self.row_error(path, line, e.to_string());
-                    if io {
-                        return None;
-                    }
-                    continue;
-                }
-            }
-            let line = rec.position().map_or(line, |p| p.line());
-            if rec.len() != fields {
-                self.row_error(
-                    path,
-                    line,
-                    format!("{} fields, the header has {}", rec.len(), fields),
-                );
-                continue;
-            }
-            return Some(line);
-        }
-    }
-
-    /// Reads telemetry rows (`device_id,ts,<metric>…`). `path` names the source in messages.
+    /// Reads telemetry rows (`device_id,ts,<metric>…`), skipping and counting bad ones. A row
+    /// with no value at all is skipped too: it has no payload form (the daemon would reject it
+    /// as `no_metrics`). `path` names the source in messages.
     pub fn read_telemetry(&mut self, r: impl Read, path: &Path) -> Result<(), ReplayError> {
-        let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(r);
-        let header = read_header(&mut rdr, path)?;
-        let (id_col, ts_col) = (col(&header, "device_id", path)?, col(&header, "ts", path)?);
-        let metric_cols: Vec<usize> = (0..header.len())
-            .filter(|&i| i != id_col && i != ts_col)
-            .collect();
-        if metric_cols.is_empty() {
-            return Err(ReplayError::Header {
-                path: path.to_path_buf(),
-                detail: "telemetry header names no metric columns".into(),
-            });
-        }
-        let names: Vec<String> = metric_cols.iter().map(|&i| header[i].clone()).collect();
-        if !self.metrics.is_empty() && self.metrics != names {
+        let mut rows = TelemetryReader::new(r, path, BadRows::Skip)?;
+        if !self.metrics.is_empty() && self.metrics != rows.metrics() {
             return Err(ReplayError::Header {
                 path: path.to_path_buf(),
                 detail: "metric columns differ from the telemetry already read".into(),
             });
         }
-        self.metrics = names;
-        let mut rec = csv::ByteRecord::new();
-        let mut row = Vec::with_capacity(metric_cols.len());
-        while let Some(line) = self.next_record(&mut rdr, &mut rec, header.len(), path) {
-            let (id, ts) = match id_and_ts(&rec, id_col, ts_col) {
-                Ok(x) => x,
-                Err(m) => {
-                    self.row_error(path, line, m);
-                    continue;
-                }
-            };
-            row.clear();
-            let mut bad = None;
-            for (k, &c) in metric_cols.iter().enumerate() {
-                let cell = std::str::from_utf8(&rec[c]).unwrap_or("\u{fffd}").trim();
-                if cell.is_empty() {
-                    row.push(f64::NAN);
-                    continue;
-                }
-                match cell.parse::<f64>() {
-                    Ok(v) if v.is_finite() => row.push(v),
-                    _ => {
-                        bad = Some(format!(
-                            "metric {:?} is not a finite number: {:?}",
-                            self.metrics[k],
-                            cell.chars().take(32).collect::<String>()
-                        ));
-                        break;
-                    }
-                }
-            }
-            if let Some(m) = bad {
-                self.row_error(path, line, m);
+        self.metrics = rows.metrics().to_vec();
+        while let Some(row) = rows.next_row()? {
+            if row.values.iter().all(|v| v.is_nan()) {
+                let line = row.line;
+                rows.refuse(line, Refused("row has no metric values".into()))?;
                 continue;
             }
-            if row.iter().all(|v| v.is_nan()) {
-                self.row_error(path, line, "row has no metric values".into());
-                continue;
-            }
-            let device = self.device(id);
+            let device = self.device(row.device_id);
             let at = (self.values.len() / self.metrics.len()) as u32;
-            self.values.extend_from_slice(&row);
+            self.values.extend_from_slice(row.values);
             self.items.push(Item {
-                ts,
+                ts: row.ts,
                 device,
                 kind: Kind::Reading,
                 at,
             });
         }
+        let (_, summary) = rows.finish();
+        self.count_skipped(summary);
         self.sort();
         Ok(())
     }
 
-    /// Reads event rows (`device_id,ts,kind,code`).
+    /// Reads event rows (`device_id,ts,kind[,code]`), skipping and counting bad ones.
     pub fn read_events(&mut self, r: impl Read, path: &Path) -> Result<(), ReplayError> {
-        let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(r);
-        let header = read_header(&mut rdr, path)?;
-        let id_col = col(&header, "device_id", path)?;
-        let ts_col = col(&header, "ts", path)?;
-        let kind_col = col(&header, "kind", path)?;
-        let code_col = header.iter().position(|h| h == "code");
-        let mut rec = csv::ByteRecord::new();
-        while let Some(line) = self.next_record(&mut rdr, &mut rec, header.len(), path) {
-            let (id, ts) = match id_and_ts(&rec, id_col, ts_col) {
-                Ok(x) => x,
-                Err(m) => {
-                    self.row_error(path, line, m);
-                    continue;
-                }
-            };
-            let kind_s = std::str::from_utf8(&rec[kind_col]).unwrap_or("").trim();
-            let Some(kind) = EventKind::parse(kind_s) else {
-                self.row_error(
-                    path,
-                    line,
-                    format!(
-                        "kind {:?} is not failure, maintenance or error",
-                        kind_s.chars().take(32).collect::<String>()
-                    ),
-                );
-                continue;
-            };
-            let code = code_col
-                .map(|c| std::str::from_utf8(&rec[c]).unwrap_or("\u{0}").trim())
-                .unwrap_or("");
-            if kind != EventKind::Error && code.is_empty() {
-                self.row_error(
-                    path,
-                    line,
-                    "failure and maintenance events need a code naming the failure mode".into(),
-                );
-                continue;
-            }
-            if code.len() > 128 || code.chars().any(|c| c.is_control()) {
-                self.row_error(path, line, "unusable event code".into());
-                continue;
-            }
-            let device = self.device(id);
+        let mut read = Vec::new();
+        let summary = history::read_events(r, path, BadRows::Skip, |_, e| {
+            read.push(e);
+            Ok(())
+        })?;
+        for e in read {
+            let device = self.device(&e.device_id);
             let at = self.events.len() as u32;
-            self.events.push((kind, code.to_string()));
+            self.events.push((e.kind, e.code));
             self.items.push(Item {
-                ts,
+                ts: e.ts,
                 device,
                 kind: Kind::Event,
                 at,
             });
         }
+        self.count_skipped(summary);
         self.sort();
         Ok(())
     }
@@ -368,7 +247,7 @@ impl History {
                         .map(|(n, v)| (n.as_str(), *v));
                     Message {
                         topic: format!("{topic_prefix}/{id}/telemetry"),
-                        payload: crate::sim::telemetry_payload(it.ts, Some(*s), metrics),
+                        payload: crate::ingest::encode::telemetry_payload(it.ts, Some(*s), metrics),
                         is_reading: true,
                     }
                 }
@@ -376,7 +255,7 @@ impl History {
                     let (kind, code) = &self.events[it.at as usize];
                     Message {
                         topic: format!("{topic_prefix}/{id}/events"),
-                        payload: crate::sim::event_payload(&DeviceEvent {
+                        payload: crate::ingest::encode::event_payload(&DeviceEvent {
                             device_id: id.clone(),
                             ts: it.ts,
                             kind: *kind,
@@ -388,45 +267,6 @@ impl History {
             }
         })
     }
-}
-
-fn read_header<R: Read>(rdr: &mut csv::Reader<R>, path: &Path) -> Result<Vec<String>, ReplayError> {
-    let h = rdr.headers().map_err(|e| ReplayError::Header {
-        path: path.to_path_buf(),
-        detail: format!("cannot read the header row: {e}"),
-    })?;
-    Ok(h.iter().map(|s| s.trim().to_string()).collect())
-}
-
-fn col(header: &[String], name: &str, path: &Path) -> Result<usize, ReplayError> {
-    header
-        .iter()
-        .position(|h| h == name)
-        .ok_or_else(|| ReplayError::Header {
-            path: path.to_path_buf(),
-            detail: format!("header has no {name:?} column"),
-        })
-}
-
-fn id_and_ts(
-    rec: &csv::ByteRecord,
-    id_col: usize,
-    ts_col: usize,
-) -> Result<(&str, Millis), String> {
-    let id = std::str::from_utf8(&rec[id_col])
-        .map_err(|_| "device_id is not UTF-8".to_string())?
-        .trim();
-    validate_device_id(id).map_err(|e| e.to_string())?;
-    let ts_s = std::str::from_utf8(&rec[ts_col]).unwrap_or("").trim();
-    let ts = crate::domain::parse_ts(ts_s)
-        .or_else(|| ts_s.parse::<i64>().ok())
-        .ok_or_else(|| {
-            format!(
-                "ts {:?} is neither RFC 3339 nor epoch milliseconds",
-                ts_s.chars().take(40).collect::<String>()
-            )
-        })?;
-    Ok((id, ts))
 }
 
 /// Where and how to publish.

@@ -20,8 +20,9 @@ pub mod realistic;
 
 use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use crate::features::Attributes;
+use crate::history::{DeviceWriter, EventWriter, TelemetryWriter};
+use crate::ingest::encode::telemetry_payload;
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::Path;
 
 /// The metrics every simulated device reports, in payload order.
@@ -425,71 +426,6 @@ fn malformed_payload(kind: usize, ts: Millis, seq: u64, v: &[f64; 4]) -> Vec<u8>
     }
 }
 
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Rare: let serde_json do the escaping.
-        let quoted = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-        out.extend_from_slice(quoted.as_bytes());
-    }
-}
-
-fn push_number(out: &mut Vec<u8>, x: f64) {
-    if x.is_finite() {
-        let _ = write!(out, "{x}");
-    } else {
-        // Not representable in JSON: a reading never holds one (the decoder refuses them).
-        out.extend_from_slice(b"null");
-    }
-}
-
-/// A telemetry payload from its parts (what [`to_payload`] writes for a whole reading).
-pub fn telemetry_payload<'a>(
-    ts: Millis,
-    seq: Option<u64>,
-    metrics: impl Iterator<Item = (&'a str, f64)>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"{\"ts\":\"");
-    out.extend_from_slice(crate::domain::format_ts(ts).as_bytes());
-    out.push(b'"');
-    if let Some(seq) = seq {
-        let _ = write!(out, ",\"seq\":{seq}");
-    }
-    out.extend_from_slice(b",\"metrics\":{");
-    for (i, (name, x)) in metrics.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        push_json_str(&mut out, name);
-        out.push(b':');
-        push_number(&mut out, x);
-    }
-    out.extend_from_slice(b"}}");
-    out
-}
-
-/// A reading as the contract's telemetry payload: `{"ts": RFC 3339, "seq": n, "metrics": {…}}`.
-pub fn to_payload(r: &Reading) -> Vec<u8> {
-    telemetry_payload(r.ts, r.seq, r.metrics.iter().map(|(n, x)| (n.as_str(), *x)))
-}
-
-/// An event as the contract's event payload: `{"ts": RFC 3339, "kind": …, "code": …}`.
-pub fn event_payload(e: &DeviceEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80);
-    out.extend_from_slice(b"{\"ts\":\"");
-    out.extend_from_slice(crate::domain::format_ts(e.ts).as_bytes());
-    out.extend_from_slice(b"\",\"kind\":\"");
-    out.extend_from_slice(e.kind.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"code\":");
-    push_json_str(&mut out, &e.code);
-    out.push(b'}');
-    out
-}
-
 /// What [`write_csv`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CsvSummary {
@@ -524,29 +460,17 @@ pub fn write_csv(
             std::fs::File::create(dir.join(name))?,
         ))
     };
-    let mut dev = open("devices.csv")?;
-    writeln!(dev, "device_id,model,install_year")?;
+    let mut dev = DeviceWriter::new(open("devices.csv")?, &["model", "install_year"])?;
     for d in fleet.devices() {
-        writeln!(dev, "{},{},{}", d.id, MODELS[d.model], d.install_year)?;
+        dev.row(&d.id, &[MODELS[d.model], &d.install_year.to_string()])?;
     }
-    dev.flush()?;
-    let mut tel = open("telemetry.csv")?;
-    let mut evs = open("events.csv")?;
-    writeln!(tel, "device_id,ts,{}", METRICS.join(","))?;
-    writeln!(evs, "device_id,ts,kind,code")?;
-    // Consecutive readings share their timestamp text: format it once per tick.
-    let mut ts_cache: (Millis, String) = (Millis::MIN, String::new());
+    dev.finish()?;
+    let mut tel = TelemetryWriter::new(open("telemetry.csv")?, &METRICS)?;
+    let mut evs = EventWriter::new(open("events.csv")?)?;
     for item in fleet {
         match item {
             SimEvent::Reading(r) => {
-                if ts_cache.0 != r.ts {
-                    ts_cache = (r.ts, crate::domain::format_ts(r.ts));
-                }
-                write!(tel, "{},{}", r.device_id, ts_cache.1)?;
-                for (_, x) in &r.metrics {
-                    write!(tel, ",{x}")?;
-                }
-                tel.write_all(b"\n")?;
+                tel.row(&r.device_id, r.ts, r.metrics.iter().map(|(_, x)| *x))?;
                 sum.readings += 1;
                 if sum.readings % 65_536 == 0 {
                     progress(sum.readings);
@@ -558,21 +482,14 @@ pub fn write_csv(
                     EventKind::Maintenance => sum.maintenance += 1,
                     EventKind::Error => sum.errors += 1,
                 }
-                writeln!(
-                    evs,
-                    "{},{},{},{}",
-                    e.device_id,
-                    crate::domain::format_ts(e.ts),
-                    e.kind.as_str(),
-                    e.code
-                )?;
+                evs.row(&e)?;
             }
             SimEvent::Malformed { .. } => {}
         }
     }
     progress(sum.readings);
-    tel.flush()?;
-    evs.flush()?;
+    tel.finish()?;
+    evs.finish()?;
     Ok(sum)
 }
 
@@ -699,6 +616,7 @@ pub fn synthetic_model(
 mod tests {
     use super::*;
     use crate::ingest::decode::{decode_events, decode_telemetry, Limits};
+    use crate::ingest::encode::{event_payload, to_payload};
 
     fn small(seed: u64) -> SimConfig {
         SimConfig {

@@ -40,6 +40,7 @@ async fn demo_forewarns_failures_rejects_bad_payloads_and_messages_customers() {
         keep_running: false,
         seed: 42,
         data_dir: Some(tmp.path().join("demo")),
+        config: None,
     };
 
     let rejected = Arc::new(AtomicU64::new(0));
@@ -81,4 +82,8 @@ async fn demo_forewarns_failures_rejects_bad_payloads_and_messages_customers() {
     );
     assert!(summary.lead_hours.iter().all(|h| *h >= 0.0), "{summary:?}");
     assert!(summary.messages >= 1, "no customer message: {summary:?}");
+    assert!(
+        summary.replies >= 1,
+        "no simulated customer reply landed: {summary:?}"
+    );
 }

@@ -5,8 +5,9 @@
 
 use forewarn::domain::Reading;
 use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits};
+use forewarn::ingest::encode::{event_payload, to_payload};
 use forewarn::replay::{publish, History, Message, PublishOptions, PublishSummary};
-use forewarn::sim::{event_payload, to_payload, write_csv, Fleet, SimConfig, SimEvent};
+use forewarn::sim::{write_csv, Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

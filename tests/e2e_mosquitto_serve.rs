@@ -6,9 +6,10 @@
 mod common;
 
 use forewarn::features::{FeatureSpec, MetricStat, WindowSpec};
+use forewarn::ingest::encode::{event_payload, to_payload};
 use forewarn::predict::*;
 use forewarn::replay::{publish, Message, PublishOptions};
-use forewarn::sim::{event_payload, to_payload, Fleet, SimConfig, SimEvent};
+use forewarn::sim::{Fleet, SimConfig, SimEvent};
 use std::collections::HashSet;
 
 fn broker_addr() -> String {

@@ -1,6 +1,7 @@
-//! Property tests of the history CSV reader (`forewarn replay`'s): arbitrary bytes never panic,
-//! and every data row of a file with a usable header is either accepted or reported with its
-//! line number — never silently lost.
+//! Property tests of the history reader under `BadRows::Skip`, as `forewarn replay` uses it:
+//! arbitrary bytes never panic, and every data row of a file with a usable header is either
+//! accepted or reported with its line number — never silently lost. (`fuzz_train_csv` holds the
+//! same reader to its `BadRows::Fail` side.)
 
 use forewarn::replay::History;
 use proptest::prelude::*;

@@ -1,4 +1,5 @@
-//! Property tests of the training/backtest CSV readers (`forewarn train`/`evaluate`): arbitrary
+//! Property tests of the history reader under `BadRows::Fail`, as `forewarn train`/`evaluate`
+//! use it (`fuzz_csv` holds its `BadRows::Skip` side): arbitrary
 //! bytes never panic; a refused file names the file and the line at fault; what is accepted holds
 //! usable device ids and finite (or missing) values.
 

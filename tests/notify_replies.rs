@@ -10,6 +10,13 @@ use forewarn::notify::TicketDesk;
 use notify_support::Harness;
 use std::time::Duration;
 
+fn link_of(h: &Harness, t: &forewarn::domain::Ticket) -> String {
+    use forewarn::notify::Clock;
+    h.notifier
+        .link(&t.id, t.customer_id.as_deref().unwrap(), h.clock.now_ms())
+}
+
+#[allow(dead_code)]
 fn link_in(text: &str) -> String {
     let i = text.find("http://").expect("a link in the message");
     text[i..]
@@ -21,7 +28,7 @@ fn link_in(text: &str) -> String {
 }
 
 #[tokio::test]
-async fn sms_reply_acknowledges_a_ticket_first_notified_by_email_and_shows_in_the_timeline() {
+async fn sms_reply_books_a_visit_for_a_ticket_first_notified_by_email_and_shows_in_the_timeline() {
     let h = Harness::start(|_| {}).await;
     let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
     let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
@@ -44,10 +51,14 @@ async fn sms_reply_acknowledges_a_ticket_first_notified_by_email_and_shows_in_th
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("<Response>"));
     let now = h.desk.ticket(&t.id).unwrap();
-    assert_eq!(now.status, Status::Acknowledged);
+    assert_eq!(
+        now.status,
+        Status::Scheduled,
+        "1 books the visit, as the message says"
+    );
     let last = now.history.last().unwrap();
     assert_eq!(last.actor, "customer:sms");
-    assert_eq!(last.note, "acknowledged by sms: 1");
+    assert_eq!(last.note, "visit confirmed by sms: 1");
 
     let tl: serde_json::Value = h
         .http
@@ -63,10 +74,28 @@ async fn sms_reply_acknowledges_a_ticket_first_notified_by_email_and_shows_in_th
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["ticket", "queued", "decision", "message", "reply"]);
+    assert_eq!(
+        kinds,
+        ["ticket", "queued", "decision", "message", "ticket", "queued", "reply"]
+    );
     assert_eq!(entries[3]["channel"], "email");
-    assert_eq!(entries[4]["outcome"], "acknowledged");
+    assert_eq!(entries[5]["detail"], "visit_confirmed message queued");
+    assert_eq!(entries[6]["outcome"], "scheduled");
     assert!(entries.iter().all(|e| e["ticket_id"] == t.id.as_str()));
+    // The customer's story of this ticket: alerted by e-mail, answered by SMS, visit booked.
+    let stories = tl["stories"].as_array().unwrap();
+    assert_eq!(stories.len(), 1);
+    assert_eq!(stories[0]["ticket_id"], t.id.as_str());
+    assert_eq!(stories[0]["alerted_on"], "email");
+    assert_eq!(stories[0]["replies"], 1);
+    assert_eq!(stories[0]["status"], "scheduled");
+    let story_kinds: Vec<&str> = stories[0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(story_kinds, ["ticket", "message", "ticket", "reply"]);
     let times: Vec<&str> = entries.iter().map(|e| e["at"].as_str().unwrap()).collect();
     assert!(
         times.windows(2).all(|w| w[0] <= w[1]),
@@ -124,7 +153,7 @@ async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_a
     assert_eq!(now.status, Status::Acknowledged);
     assert_eq!(
         now.history.last().unwrap().note,
-        "reschedule requested by email: 2 - next week would be better"
+        "another time requested by email: 2 - next week would be better"
     );
     // The same answer again (a resent e-mail) changes nothing.
     let r = post("acme@customer.test", "inbound-key-for-tests").await;
@@ -133,12 +162,17 @@ async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_a
         h.desk.ticket(&t.id).unwrap().history.len(),
         now.history.len()
     );
-    let replies = h
+    let replies: Vec<_> = h
         .timeline("acme")
         .into_iter()
         .filter(|e| e.kind == "reply")
-        .count();
-    assert_eq!(replies, 1);
+        .map(|e| e.outcome.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        replies,
+        ["acknowledged", "repeat"],
+        "kept, not applied twice"
+    );
 }
 
 #[tokio::test]
@@ -147,8 +181,7 @@ async fn self_service_link_confirms_a_visit_and_stops_reminders() {
     let c = h.customer("acme", "en", &[Channel::Sms, Channel::Voice]);
     let t = h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
     h.run().await;
-    let sms = h.fakes.delivered("sms");
-    let link = link_in(&sms[0].body);
+    let link = link_of(&h, &t);
     assert!(
         link.starts_with(&format!("{}/notify/v1/s/", h.url)),
         "{link}"
@@ -156,7 +189,10 @@ async fn self_service_link_confirms_a_visit_and_stops_reminders() {
     let page = h.http.get(&link).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("pump-1") && html.contains("Confirm a visit"));
+    assert!(
+        html.contains("pump-1") && html.contains("Book a visit"),
+        "{html}"
+    );
     let tampered = format!("{}0", link);
     assert_eq!(h.http.get(&tampered).send().await.unwrap().status(), 404);
     let r = h
@@ -167,7 +203,8 @@ async fn self_service_link_confirms_a_visit_and_stops_reminders() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("visit confirmed"));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Visit booked"), "{html}");
     let now = h.desk.ticket(&t.id).unwrap();
     assert_eq!(now.status, Status::Scheduled);
     assert_eq!(now.history.last().unwrap().actor, "customer:link");
@@ -261,13 +298,13 @@ async fn timeline_of_an_unknown_customer_is_404() {
 async fn the_self_service_page_speaks_the_customers_language() {
     let h = Harness::start(|_| {}).await;
     let c = h.customer("darya", "fa", &[Channel::Sms]);
-    h.open(&c, "pump-fa", Priority::Urgent, 0.97, Some(6));
+    let t = h.open(&c, "pump-fa", Priority::Urgent, 0.97, Some(6));
     h.run().await;
     let sms = h.fakes.delivered("sms");
-    assert!(sms[0].body.contains("هشدار فوری سرویس"), "{}", sms[0].body);
+    assert!(sms[0].body.contains("فرسودگی بلبرینگ"), "{}", sms[0].body);
     let html = h
         .http
-        .get(link_in(&sms[0].body))
+        .get(link_of(&h, &t))
         .send()
         .await
         .unwrap()
@@ -309,7 +346,7 @@ async fn after_an_answer_an_urgent_update_informs_without_asking_again() {
     let sms = h.fakes.delivered("sms");
     assert_eq!(sms.len(), 2);
     assert!(
-        sms[1].body.contains("Urgent service alert"),
+        sms[1].body.contains("Service needed sooner"),
         "{}",
         sms[1].body
     );

@@ -73,6 +73,7 @@ pub fn router(app: Arc<App>, cfg: &Config) -> Router {
         )
         .route("/api/v1/rejects", get(list_rejects))
         .route("/api/v1/quarantine", get(list_quarantine))
+        .route("/api/v1/gaps", get(list_gaps))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -404,6 +405,15 @@ async fn list_rejects(
     Ok(Json(app.rejects()))
 }
 
+/// Each device's last `seq` gap: readings that never arrived.
+async fn list_gaps(
+    State(ApiState { app, auth }): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::app::Gap>>, ApiError> {
+    authorize(&auth, &headers, false)?;
+    Ok(Json(app.gaps()))
+}
+
 /// Stored records that could not be decoded and were set aside.
 async fn list_quarantine(
     State(ApiState { app, auth }): State<ApiState>,
@@ -450,8 +460,19 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     .await
     .unwrap_or(false);
     let ready = broker && store && models;
+    // Loss upstream does not make forewarn unready (restarting it would lose more), but says so.
+    let loss = app.loss();
+    let upstream_loss = if loss.readings_missing > 0 {
+        serde_json::json!({
+            "readings_missing": loss.readings_missing,
+            "last_gap_at": loss.last_gap_ms.map(crate::domain::format_ts),
+        })
+    } else {
+        serde_json::Value::Bool(false)
+    };
     let body = serde_json::json!({
         "ready": ready, "broker": broker, "store": store, "models": models,
+        "upstream_loss": upstream_loss, "seq_resets": loss.seq_resets,
     });
     let status = if ready {
         StatusCode::OK

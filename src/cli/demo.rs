@@ -29,6 +29,10 @@ pub struct Args {
     /// Keep the demo database here (default: a temporary folder, removed at the end).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Use the `[notify]` providers of this configuration file (an SMTP server, a Twilio
+    /// account…) instead of the local sink for the channels it configures.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[cfg(not(feature = "embedded-broker"))]
@@ -70,6 +74,7 @@ pub fn run(args: Args) -> CliResult {
             keep_running: !args.exit,
             seed: args.seed,
             data_dir: args.data_dir,
+            config: args.config,
         };
         crate::demo::run(opts, shutdown)
             .await

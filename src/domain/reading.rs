@@ -62,10 +62,12 @@ pub enum RejectReason {
     BadDeviceId,
     BadEvent,
     BatchTooLarge,
+    /// Stamped further ahead of its receipt than `ingest.max_clock_skew`.
+    FutureTs,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         Self::TooLarge,
         Self::NotUtf8,
         Self::InvalidJson,
@@ -75,6 +77,7 @@ impl RejectReason {
         Self::BadDeviceId,
         Self::BadEvent,
         Self::BatchTooLarge,
+        Self::FutureTs,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,6 +90,7 @@ impl RejectReason {
             Self::BadDeviceId => "bad_device_id",
             Self::BadEvent => "bad_event",
             Self::BatchTooLarge => "batch_too_large",
+            Self::FutureTs => "future_ts",
         }
     }
 }

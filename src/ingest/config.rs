@@ -60,6 +60,13 @@ pub struct Config {
     /// A device silent this long (wall time) has what it holds in the reorder buffer released
     /// anyway (see `features.late_tolerance`); unset, the tolerance itself.
     pub reorder_idle: Option<Dur>,
+    /// A reading or event stamped more than this ahead of its receipt is rejected (`future_ts`):
+    /// one far-future timestamp would otherwise make every later reading of the device late.
+    /// `0s` accepts any timestamp.
+    pub max_clock_skew: Dur,
+    /// The state of a device whose newest timestamp is older than this (a device retired or
+    /// renamed) is dropped from memory and disk, its live tickets kept. Unset: kept forever.
+    pub forget_after: Option<Dur>,
 }
 
 impl Default for Config {
@@ -74,6 +81,8 @@ impl Default for Config {
             recent_rejects: 200,
             max_devices_in_memory: 1_000_000,
             reorder_idle: None,
+            max_clock_skew: Dur::secs(600),
+            forget_after: None,
         }
     }
 }

@@ -19,7 +19,7 @@ pub struct Reject {
 }
 
 impl Reject {
-    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
         Reject {
             reason,
             detail: detail.into(),

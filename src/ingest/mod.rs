@@ -1,7 +1,9 @@
-//! Telemetry in: payload decoding (pure, fuzzable) and the MQTT driver.
+//! Telemetry in: payload decoding (pure, fuzzable), its inverse (encoding, for everything that
+//! plays a device) and the MQTT driver.
 
 pub mod config;
 pub mod decode;
+pub mod encode;
 pub mod mqtt;
 pub mod reorder;
 

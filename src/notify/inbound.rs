@@ -7,11 +7,13 @@
 //! | `POST /notify/v1/twilio/status` | SMS/call status callback (signed likewise) |
 //! | `POST /notify/v1/email/inbound?key=…` | e-mail reply, inbound-parse form (Mailgun field names; `text`/`from`/`subject` also accepted) |
 //! | `GET/POST /notify/v1/s/{token}` | signed self-service page: confirm a visit, another time, not now |
-//! | `GET /api/v1/customers/{id}/timeline` | every ticket, message, delivery, reply and decision in time order |
+//! | `GET /api/v1/customers/{id}/timeline` | every ticket, message, delivery, reply and decision in time order (`entries`), and one story per ticket (`stories`) |
 
+use super::intent::{self, Intent};
 use super::link::{self, LinkError};
+use super::templates::{Facts, PageText};
 use super::worker::SentRecord;
-use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
+use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, NEEDS_HUMAN, QUEUE};
 use crate::domain::{format_ts, Status, Ticket};
 use crate::fleet::Channel;
 use crate::store::Store;
@@ -99,113 +101,181 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// What a customer said.
+/// What a customer's answer asks for (from the page's buttons or a parsed text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    /// "1", "yes", "ok": seen, go ahead.
-    Acknowledge,
-    /// The self-service page's "confirm a visit".
+    /// "1", "yes", the page's "book a visit": the ticket becomes scheduled.
     Confirm,
-    /// "2": another time please.
-    Reschedule,
-    /// "3": not now.
+    /// "2", "later": another time please.
+    Later,
+    /// "3", "not now": seen, no visit for now.
     NotNow,
-    Unknown,
+    /// Not one of the offered answers: recorded for a person to read.
+    Unclear,
 }
 
 impl Reply {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reply::Acknowledge => "acknowledged",
             Reply::Confirm => "visit confirmed",
-            Reply::Reschedule => "reschedule requested",
+            Reply::Later => super::moment::ANOTHER_TIME,
             Reply::NotNow => "not now",
-            Reply::Unknown => "message",
+            Reply::Unclear => "message",
         }
     }
 
-    /// First word of a text reply, in any of the template languages or as a digit in Latin,
-    /// Thai, Persian or Arabic script.
+    /// A text reply, read by the one intent parser ([`intent::parse`]); carrier keywords are
+    /// not answers (they are handled before a ticket is looked at).
     pub fn parse(text: &str) -> Reply {
-        let first = text
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .trim_matches(|c: char| c.is_ascii_punctuation())
-            .to_lowercase();
-        match first.as_str() {
-            "1" | "๑" | "۱" | "١" | "yes" | "y" | "ok" | "okay" | "confirm" | "ใช่" | "ตกลง"
-            | "بله" | "باشه" => Reply::Acknowledge,
-            "2" | "๒" | "۲" | "٢" | "later" | "reschedule" | "another" => Reply::Reschedule,
-            "3" | "๓" | "۳" | "٣" | "no" | "not" | "stop" | "ไม่" | "نه" => {
-                Reply::NotNow
-            }
-            _ => Reply::Unknown,
+        match intent::parse(text) {
+            Intent::Confirm => Reply::Confirm,
+            Intent::Later => Reply::Later,
+            Intent::NotNow => Reply::NotNow,
+            Intent::Stop | Intent::Start | Intent::Help | Intent::Unclear => Reply::Unclear,
         }
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
+    #[error("no such ticket")]
     NotFound,
-    Rejected(String),
+    /// The ticket is closed: the reply is kept for a person, not applied.
+    #[error("ticket {0} is already {1}")]
+    Closed(String, &'static str),
+    /// This provider message was handled before.
+    #[error("already handled")]
+    Duplicate,
+    #[error("{0}")]
+    Desk(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// A reply as it arrived.
+pub struct Incoming<'a> {
+    /// `None` for the self-service page.
+    pub channel: Option<Channel>,
+    /// The provider's message id (Twilio `MessageSid`, e-mail `Message-ID`), for replays.
+    pub provider_id: Option<&'a str>,
+    pub reply: Reply,
+    pub text: &'a str,
+    /// The visit time the customer wrote on the page.
+    pub visit: &'a str,
+}
+
+fn channel_name(c: Option<Channel>) -> &'static str {
+    match c {
+        Some(Channel::Sms) => "sms",
+        Some(Channel::Email) => "email",
+        Some(Channel::Voice) => "voice",
+        _ => "link",
+    }
 }
 
 impl Notifier {
+    /// Whether this provider message id was handled already.
+    pub fn seen_inbound(&self, store: &Store, channel: Channel, provider_id: &str) -> bool {
+        store
+            .get_kv::<String>(&super::inbound_key(channel, provider_id))
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
     /// Applies a reply to the ticket through the desk, records the answer (so nobody asks
-    /// again) and the timeline entry. Idempotent: the same answer twice changes nothing.
+    /// again), the provider message id (so a replay changes nothing) and the timeline entry.
+    /// An unclear reply, or one to a closed ticket, is kept on the ticket and the timeline
+    /// marked for a person, never dropped.
     pub fn apply_reply(
         &self,
         store: &Store,
         desk: &dyn TicketDesk,
         ticket_id: &str,
-        channel: &str,
-        reply: Reply,
-        text: &str,
+        m: &Incoming,
     ) -> Result<Ticket, ReplyError> {
-        let t = desk.ticket(ticket_id).ok_or(ReplyError::NotFound)?;
-        if !t.is_live() {
-            return Err(ReplyError::Rejected(format!(
-                "ticket {ticket_id} is already {}",
-                t.status.as_str()
-            )));
+        let _one_at_a_time = self.inbound.lock();
+        let provider_key = match (m.channel, m.provider_id) {
+            (Some(ch), Some(id)) => Some(super::inbound_key(ch, id)),
+            _ => None,
+        };
+        if provider_key
+            .as_ref()
+            .is_some_and(|k| store.get_kv::<String>(k).ok().flatten().is_some())
+        {
+            return Err(ReplyError::Duplicate);
         }
+        let channel = channel_name(m.channel);
+        let reply = m.reply;
+        let t = desk.ticket(ticket_id).ok_or(ReplyError::NotFound)?;
         let cid = t.customer_id.clone().unwrap_or_default();
         let now = self.clock.now_ms();
+        let short: String = m.text.chars().take(200).collect();
+        let mut tx = store.tx();
+        if let Some(k) = &provider_key {
+            tx.put_kv(k, &format_ts(now));
+        }
+        if !t.is_live() {
+            tx.push_timeline(
+                &cid,
+                now,
+                &TimelineEntry::new(
+                    now,
+                    "reply",
+                    ticket_id,
+                    format!(
+                        "customer wrote by {channel} after the ticket was {}: {short}",
+                        t.status.as_str()
+                    ),
+                )
+                .outcome(NEEDS_HUMAN),
+            );
+            store.commit(tx)?;
+            return Err(ReplyError::Closed(ticket_id.to_string(), t.status.as_str()));
+        }
         let prev: Option<Answer> = store
             .get_kv(&format!("notify/answer/{ticket_id}"))
             .ok()
             .flatten();
-        if prev.as_ref().is_some_and(|p| p.answer == reply.as_str()) {
+        if reply != Reply::Unclear && prev.as_ref().is_some_and(|p| p.answer == reply.as_str()) {
+            // The same answer again changes nothing, but the message is kept.
+            let mut entry = TimelineEntry::new(
+                now,
+                "reply",
+                ticket_id,
+                format!("{} by {channel} again: {short}", reply.as_str()),
+            )
+            .outcome("repeat");
+            entry.channel = m.channel;
+            tx.push_timeline(&cid, now, &entry);
+            store.commit(tx)?;
             return Ok(t);
         }
         let wanted = match reply {
             Reply::Confirm => Some(Status::Scheduled),
-            Reply::Acknowledge | Reply::Reschedule | Reply::NotNow => Some(Status::Acknowledged),
-            Reply::Unknown => None,
+            Reply::Later | Reply::NotNow => Some(Status::Acknowledged),
+            Reply::Unclear => None,
         };
         let to = wanted.filter(|s| t.status.can_become(*s));
-        let short: String = text.chars().take(200).collect();
+        let visit: String = m.visit.trim().chars().take(100).collect();
+        let visit_note = if visit.is_empty() {
+            String::new()
+        } else {
+            format!("{}{visit}", super::VISIT_MARK)
+        };
         let note = match (reply, short.is_empty()) {
-            (Reply::Unknown, _) => format!("customer wrote by {channel}: {short}"),
-            (_, true) => format!("{} by {channel}", reply.as_str()),
-            (_, false) => format!("{} by {channel}: {short}", reply.as_str()),
+            (Reply::Unclear, _) => {
+                format!("customer wrote by {channel} (for a person to read): {short}")
+            }
+            (_, true) => format!("{} by {channel}{visit_note}", reply.as_str()),
+            (_, false) => format!("{} by {channel}: {short}{visit_note}", reply.as_str()),
         };
         let actor = format!("customer:{channel}");
         let t = desk
             .customer_reply(ticket_id, to, &actor, &note)
-            .map_err(|e| ReplyError::Rejected(e.to_string()))?;
-        self.metrics
-            .replies
-            .with_label_values(&[match channel {
-                "sms" => "sms",
-                "email" => "email",
-                "voice" => "voice",
-                _ => "link",
-            }])
-            .inc();
-        let mut tx = store.tx();
-        if reply != Reply::Unknown {
+            .map_err(|e| ReplyError::Desk(e.to_string()))?;
+        self.metrics.replies.with_label_values(&[channel]).inc();
+        if reply != Reply::Unclear {
             tx.put_kv(
                 &format!("notify/answer/{ticket_id}"),
                 &Answer {
@@ -215,18 +285,91 @@ impl Notifier {
                 },
             );
         }
-        tx.push_timeline(
-            &cid,
-            now,
-            &TimelineEntry::new(now, "reply", ticket_id, note).outcome(t.status.as_str()),
-        );
-        store
-            .commit(tx)
-            .map_err(|e| ReplyError::Rejected(e.to_string()))?;
+        let mut entry = TimelineEntry::new(now, "reply", ticket_id, note);
+        entry.channel = m.channel;
+        let entry = if reply == Reply::Unclear {
+            entry.outcome(NEEDS_HUMAN)
+        } else {
+            entry.outcome(t.status.as_str())
+        };
+        tx.push_timeline(&cid, now, &entry);
+        store.commit(tx)?;
         tracing::info!(ticket = %ticket_id, channel, answer = reply.as_str(), "customer replied");
         Ok(t)
     }
 
+    /// A message from a known customer that names no ticket, or an automatic reply: kept on
+    /// the timeline (and the provider id remembered), nothing else.
+    fn keep(
+        &self,
+        store: &Store,
+        customer: &str,
+        ticket: &str,
+        (channel, provider_id): (Channel, Option<&str>),
+        detail: String,
+        outcome: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        let _one_at_a_time = self.inbound.lock();
+        let now = self.clock.now_ms();
+        let mut tx = store.tx();
+        if let Some(id) = provider_id {
+            tx.put_kv(&super::inbound_key(channel, id), &format_ts(now));
+        }
+        tx.push_timeline(
+            customer,
+            now,
+            &TimelineEntry::new(now, "reply", ticket, detail)
+                .channel(channel)
+                .outcome(outcome),
+        );
+        store.commit(tx)
+    }
+
+    /// Carrier STOP / START for one channel and address: recorded, respected by routing.
+    fn opt(
+        &self,
+        store: &Store,
+        customer: Option<&str>,
+        channel: Channel,
+        address: &str,
+        keyword: &str,
+        stop: bool,
+    ) -> Result<(), crate::store::StoreError> {
+        let now = self.clock.now_ms();
+        let mut tx = store.tx();
+        let key = super::optout_key(channel, address);
+        if stop {
+            tx.put_kv(
+                &key,
+                &super::OptOut {
+                    at: format_ts(now),
+                    keyword: keyword.chars().take(20).collect(),
+                },
+            );
+        } else {
+            tx.remove_kv(&key);
+        }
+        if let Some(c) = customer {
+            tx.push_timeline(
+                c,
+                now,
+                &TimelineEntry::new(
+                    now,
+                    "opt_out",
+                    "",
+                    format!(
+                        "{} {} by {}",
+                        channel.as_str(),
+                        if stop { "opted out" } else { "opted back in" },
+                        keyword.trim()
+                    ),
+                )
+                .channel(channel)
+                .outcome(if stop { "opted_out" } else { "opted_in" }),
+            );
+        }
+        store.commit(tx)
+    }
     /// Applies a provider status callback: delivered, or undelivered → next channel.
     pub fn apply_status(&self, store: &Store, provider_id: &str, status: &str) -> bool {
         let key = format!("notify/sid/{provider_id}");
@@ -304,20 +447,24 @@ impl Notifier {
     }
 }
 
-/// Applies a reply off the async workers: it goes through the daemon's single writer and flushes.
-async fn reply_blocking(
+/// Runs inbound handling off the async workers: it goes through the daemon's single writer and
+/// flushes.
+/// A failure (a bug) answers 500, so the provider retries and the fuzz tests see it.
+async fn blocking<T: Send + 'static>(
     s: &AppState,
-    ticket: &str,
-    channel: &'static str,
-    reply: Reply,
-    text: &str,
-) -> Result<Ticket, ReplyError> {
-    let (s, ticket, text) = (s.clone(), ticket.to_string(), text.to_string());
-    tokio::task::spawn_blocking(move || {
-        s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket, channel, reply, &text)
-    })
-    .await
-    .unwrap_or_else(|e| Err(ReplyError::Rejected(format!("reply task failed: {e}"))))
+    f: impl FnOnce(&AppState) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "inbound task failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the message could not be handled",
+            )
+        })
 }
 
 async fn sms_reply(
@@ -339,57 +486,148 @@ async fn sms_reply(
             "X-Twilio-Signature does not match",
         );
     }
-    let from = param(&params, "From").unwrap_or("");
-    let body = param(&params, "Body").unwrap_or("");
+    let from = param(&params, "From").unwrap_or("").to_string();
+    let body = param(&params, "Body").unwrap_or("").to_string();
+    let sid = param(&params, "MessageSid")
+        .or_else(|| param(&params, "SmsSid"))
+        .map(str::to_string);
+    // Twilio only needs to know the webhook worked (and what to answer a keyword with); what
+    // could not be applied is logged and kept, not bounced back to the provider.
+    match blocking(&s, move |s| handle_sms(s, &from, &body, sid.as_deref())).await {
+        Ok(answer) => twiml(answer.as_deref()),
+        Err(r) => r,
+    }
+}
+
+/// One inbound SMS: carrier keywords, then the reply to the customer's ticket. Returns the text
+/// to answer with (keywords only).
+fn handle_sms(s: &AppState, from: &str, body: &str, sid: Option<&str>) -> Option<String> {
+    if sid.is_some_and(|id| s.n.seen_inbound(&s.store, Channel::Sms, id)) {
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["replay"])
+            .inc();
+        tracing::info!("SMS with an already handled MessageSid ignored");
+        return None;
+    }
     let customer: Option<String> = s
         .store
         .get_kv(&contact_key(Channel::Sms, from))
         .ok()
         .flatten();
+    let locale = customer
+        .as_deref()
+        .and_then(|c| s.desk.customer(c))
+        .map(|c| c.locale)
+        .unwrap_or_default();
+    let say = |key: &str| Some(s.n.templates.phrase(&locale, key, &Facts::default()));
+    let intent = intent::parse(body);
+    match intent {
+        Intent::Stop | Intent::Start => {
+            let stop = intent == Intent::Stop;
+            if let Err(e) = s.n.opt(
+                &s.store,
+                customer.as_deref(),
+                Channel::Sms,
+                from,
+                body,
+                stop,
+            ) {
+                tracing::error!(error = %e, "SMS opt-out not recorded");
+            }
+            return say(if stop { "sms_stopped" } else { "sms_started" });
+        }
+        Intent::Help => return say("sms_help"),
+        _ => {}
+    }
     let Some(customer) = customer else {
-        tracing::info!("SMS reply from an unknown number ignored");
-        return twiml_ok();
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["unknown_sender"])
+            .inc();
+        tracing::warn!("SMS reply from an unknown number: kept for a person");
+        let short: String = body.chars().take(200).collect();
+        let from: String = from.chars().take(40).collect();
+        if let Err(e) = s.n.keep(
+            &s.store,
+            super::UNKNOWN_SENDER,
+            "",
+            (Channel::Sms, sid),
+            format!("sms from {from}, a number no customer has: {short}"),
+            NEEDS_HUMAN,
+        ) {
+            tracing::error!(error = %e, "SMS from an unknown number not recorded");
+        }
+        return None;
     };
-    let ticket = ticket_ref(body).or_else(|| {
-        s.store
-            .get_kv::<String>(&format!("notify/last/{customer}"))
-            .ok()
-            .flatten()
-    });
+    let ticket = ticket_ref(body)
+        .or_else(|| {
+            s.store
+                .get_kv::<String>(&format!("notify/last/{customer}"))
+                .ok()
+                .flatten()
+        })
+        .filter(|t| {
+            s.desk
+                .ticket(t)
+                .is_some_and(|t| t.customer_id.as_deref() == Some(customer.as_str()))
+        });
+    let short: String = body.chars().take(200).collect();
     let Some(ticket) = ticket else {
-        return twiml_ok();
+        if let Err(e) = s.n.keep(
+            &s.store,
+            &customer,
+            "",
+            (Channel::Sms, sid),
+            format!("customer wrote by sms about no known ticket: {short}"),
+            NEEDS_HUMAN,
+        ) {
+            tracing::error!(error = %e, "SMS reply not recorded");
+        }
+        return None;
     };
-    if s.desk
-        .ticket(&ticket)
-        .is_none_or(|t| t.customer_id.as_deref() != Some(customer.as_str()))
-    {
-        return twiml_ok();
+    let m = Incoming {
+        channel: Some(Channel::Sms),
+        provider_id: sid,
+        reply: Reply::parse(body),
+        text: body,
+        visit: "",
+    };
+    match s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket, &m) {
+        Ok(_) => {}
+        Err(ReplyError::Duplicate) => {
+            s.n.metrics
+                .inbound_ignored
+                .with_label_values(&["replay"])
+                .inc();
+        }
+        Err(e) => tracing::info!(ticket = %ticket, reason = %e, "SMS reply not applied"),
     }
-    let reply = Reply::parse(body);
-    // Twilio only needs to know the webhook worked; an answer that cannot apply (ticket
-    // closed meanwhile) is logged, not bounced back to the provider.
-    if let Err(ReplyError::Rejected(m)) = reply_blocking(&s, &ticket, "sms", reply, body).await {
-        tracing::info!(ticket = %ticket, reason = %m, "SMS reply not applied");
-    }
-    twiml_ok()
+    None
 }
 
-fn twiml_ok() -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/xml")],
-        "<Response></Response>",
-    )
-        .into_response()
+/// A TwiML answer, with a message for keyword replies.
+fn twiml(message: Option<&str>) -> Response {
+    let body = match message {
+        Some(m) if !m.is_empty() => format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
+            super::templates::html_escape(m)
+        ),
+        _ => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>".to_string(),
+    };
+    ([(axum::http::header::CONTENT_TYPE, "text/xml")], body).into_response()
 }
 
-/// A ticket id (`T-` and 16 hex digits) anywhere in the text.
+/// A ticket id (`T-` and 16 hex digits) anywhere in the text. People's text is Unicode: the
+/// scan walks characters, never byte offsets it computed itself.
 pub fn ticket_ref(text: &str) -> Option<String> {
-    let b = text.as_bytes();
-    (0..b.len().saturating_sub(17)).find_map(|i| {
-        let cand = &text.get(i..i + 18)?;
-        let (p, h) = cand.split_at(2);
-        (p.eq_ignore_ascii_case("t-") && h.bytes().all(|c| c.is_ascii_hexdigit()))
-            .then(|| format!("T-{}", h.to_lowercase()))
+    let chars: Vec<char> = text.chars().collect();
+    chars.windows(18).find_map(|w| {
+        let prefix = w[0].eq_ignore_ascii_case(&'t') && w[1] == '-';
+        (prefix && w[2..].iter().all(|c| c.is_ascii_hexdigit())).then(|| {
+            let hex: String = w[2..].iter().map(|c| c.to_ascii_lowercase()).collect();
+            format!("T-{hex}")
+        })
     })
 }
 
@@ -409,10 +647,11 @@ async fn status_callback(
     let status = param(&params, "MessageStatus").or_else(|| param(&params, "CallStatus"));
     match (sid, status) {
         (Some(sid), Some(st)) => {
-            let (s, sid, st) = (s.clone(), sid.to_string(), st.to_string());
-            let _ =
-                tokio::task::spawn_blocking(move || s.n.apply_status(&s.store, &sid, &st)).await;
-            StatusCode::NO_CONTENT.into_response()
+            let (sid, st) = (sid.to_string(), st.to_string());
+            match blocking(&s, move |s| s.n.apply_status(&s.store, &sid, &st)).await {
+                Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                Err(r) => r,
+            }
         }
         _ => error(
             StatusCode::BAD_REQUEST,
@@ -448,18 +687,60 @@ async fn email_reply(
             "inbound key does not match",
         );
     }
-    let from = param(&params, "sender")
-        .or_else(|| param(&params, "from"))
+    blocking(&s, move |s| handle_email(s, &params))
+        .await
+        .unwrap_or_else(|r| r)
+}
+
+/// The headers of an inbound e-mail: Mailgun's `message-headers` (a JSON list of pairs) and any
+/// header sent as its own form field.
+fn email_headers(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = param(params, "message-headers")
+        .and_then(|j| serde_json::from_str::<Vec<(String, String)>>(j).ok())
+        .unwrap_or_default();
+    for name in [
+        "Auto-Submitted",
+        "X-Autoreply",
+        "X-Autorespond",
+        "Precedence",
+        "X-Auto-Response-Suppress",
+        "Message-Id",
+    ] {
+        if let Some(v) = param(params, name) {
+            h.push((name.to_string(), v.to_string()));
+        }
+    }
+    h
+}
+
+fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
+    let from = param(params, "sender")
+        .or_else(|| param(params, "from"))
         .unwrap_or("");
+    // '<' and '>' are ASCII, so these byte positions are character boundaries.
     let addr = match (from.rfind('<'), from.rfind('>')) {
         (Some(a), Some(b)) if a < b => &from[a + 1..b],
         _ => from,
     };
-    let subject = param(&params, "subject").unwrap_or("");
-    let text = param(&params, "stripped-text")
-        .or_else(|| param(&params, "body-plain"))
-        .or_else(|| param(&params, "text"))
+    let subject = param(params, "subject").unwrap_or("");
+    let text = param(params, "stripped-text")
+        .or_else(|| param(params, "body-plain"))
+        .or_else(|| param(params, "text"))
         .unwrap_or("");
+    let headers = email_headers(params);
+    let message_id = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("message-id"))
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let message_id = message_id.as_deref();
+    if message_id.is_some_and(|id| s.n.seen_inbound(&s.store, Channel::Email, id)) {
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["replay"])
+            .inc();
+        return Json(serde_json::json!({"ignored": "replay"})).into_response();
+    }
     let Some(ticket_id) = ticket_ref(subject).or_else(|| ticket_ref(text)) else {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -475,169 +756,302 @@ async fn email_reply(
     let Some(t) = s.desk.ticket(&ticket_id) else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such ticket");
     };
-    if sender.is_none() || sender != t.customer_id {
+    let Some(customer) = sender.filter(|c| t.customer_id.as_deref() == Some(c.as_str())) else {
         return error(
             StatusCode::FORBIDDEN,
             "unknown_sender",
             "the sender is not the ticket's customer",
         );
-    }
-    let first_line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let reply = match Reply::parse(first_line) {
-        // Any written answer means they have seen it.
-        Reply::Unknown => Reply::Acknowledge,
-        r => r,
     };
-    match reply_blocking(&s, &ticket_id, "email", reply, first_line).await {
-        Ok(t) => Json(serde_json::json!({"ticket_id": t.id, "status": t.status})).into_response(),
+    let first_line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    // An out-of-office answer is not the customer's answer: recorded, never acted on.
+    if let Some(why) = intent::auto_reply(&headers, subject) {
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["auto_reply"])
+            .inc();
+        let detail = format!("automatic reply by email ignored ({why})");
+        if let Err(e) = s.n.keep(
+            &s.store,
+            &customer,
+            &ticket_id,
+            (Channel::Email, message_id),
+            detail,
+            "auto_reply",
+        ) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
+        }
+        return Json(
+            serde_json::json!({"ticket_id": t.id, "status": t.status, "ignored": "auto_reply"}),
+        )
+        .into_response();
+    }
+    let intent = intent::parse(first_line);
+    if matches!(intent, Intent::Stop | Intent::Start) {
+        let stop = intent == Intent::Stop;
+        if let Err(e) = s.n.opt(
+            &s.store,
+            Some(&customer),
+            Channel::Email,
+            addr,
+            first_line,
+            stop,
+        ) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
+        }
+        return Json(serde_json::json!({"ticket_id": t.id, "status": t.status, "opted_out": stop}))
+            .into_response();
+    }
+    let m = Incoming {
+        channel: Some(Channel::Email),
+        provider_id: message_id,
+        reply: Reply::parse(first_line),
+        text: first_line,
+        visit: "",
+    };
+    match s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket_id, &m) {
+        Ok(t) => Json(serde_json::json!({
+            "ticket_id": t.id,
+            "status": t.status,
+            "needs_human": m.reply == Reply::Unclear,
+        }))
+        .into_response(),
+        Err(ReplyError::Duplicate) => {
+            s.n.metrics
+                .inbound_ignored
+                .with_label_values(&["replay"])
+                .inc();
+            Json(serde_json::json!({"ignored": "replay"})).into_response()
+        }
         Err(ReplyError::NotFound) => error(StatusCode::NOT_FOUND, "not_found", "no such ticket"),
-        Err(ReplyError::Rejected(m)) => error(StatusCode::CONFLICT, "rejected", &m),
+        Err(e @ ReplyError::Closed(..)) => error(StatusCode::CONFLICT, "closed", &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "reply", &e.to_string()),
     }
 }
 
-fn page_html(title: &str, body: &str) -> Html<String> {
-    page_html_in("en", false, title, body)
-}
+const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:32em;margin:1em auto;padding:0 1em;line-height:1.5}\
+    h1{font-size:1.4em}button{display:block;width:100%;box-sizing:border-box;margin:.5em 0;padding:.9em;font-size:1em}\
+    input{width:100%;box-sizing:border-box;padding:.6em;font-size:1em}label{display:block;margin:.5em 0}\
+    .status{color:#444}.done{padding:.8em;background:#eef6ee;border-radius:.3em}";
 
 fn page_html_in(lang: &str, rtl: bool, title: &str, body: &str) -> Html<String> {
+    let e = super::templates::html_escape;
     Html(format!(
-        "<!DOCTYPE html><html lang=\"{lang}\" dir=\"{dir}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{t}</title><style>body{{font-family:sans-serif;max-width:32em;margin:2em auto;padding:0 1em}}\
-         button{{display:block;width:100%;margin:.5em 0;padding:.8em;font-size:1em}}</style></head>\
+        "<!DOCTYPE html><html lang=\"{lang}\" dir=\"{dir}\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{t}</title><style>{PAGE_STYLE}</style></head>\
          <body><h1>{t}</h1>{body}</body></html>",
-        lang = super::templates::html_escape(lang),
+        lang = e(lang),
         dir = if rtl { "rtl" } else { "ltr" },
-        t = super::templates::html_escape(title)
+        t = e(title)
     ))
 }
 
+/// The language of a visitor we know nothing about yet (a bad or expired link).
+fn visitor_locale(headers: &HeaderMap) -> String {
+    headers
+        .get(axum::http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// An error page in the visitor's language.
+fn page_error(
+    s: &AppState,
+    locale: &str,
+    status: StatusCode,
+    pick: fn(&PageText) -> &str,
+) -> Response {
+    let p = s.n.templates.page(locale, &Facts::default());
+    let body = format!("<p>{}</p>", super::templates::html_escape(pick(&p)));
+    (status, page_html_in(&p.lang, p.rtl, &p.title, &body)).into_response()
+}
+
 /// The page's words in the ticket's customer's language.
-fn page_text(s: &AppState, t: &Ticket) -> super::templates::PageText {
+fn page_text(s: &AppState, t: &Ticket) -> (PageText, String) {
     let now = s.n.clock.now_ms();
     let customer = t.customer_id.as_deref().and_then(|c| s.desk.customer(c));
     match customer {
         Some(c) => {
             let facts = s.n.facts(t, &c, s.desk.as_ref(), now);
-            s.n.templates.page(&c.locale, &facts)
+            (s.n.templates.page(&c.locale, &facts), c.locale)
         }
         None => {
-            let mut facts = std::collections::BTreeMap::new();
-            facts.insert("device", t.device_id.clone());
-            facts.insert("failure_mode", t.failure_mode.replace(['_', '-'], " "));
-            facts.insert("probability", format!("{:.0}", t.probability * 100.0));
-            s.n.templates.page("", &facts)
+            let facts = Facts {
+                device: t.device_id.clone(),
+                failure_mode: t.failure_mode.clone(),
+                ticket: t.id.clone(),
+                ..Facts::default()
+            };
+            (s.n.templates.page("", &facts), String::new())
         }
     }
 }
 
-fn claims(s: &AppState, token: &str) -> Result<(link::LinkClaims, Ticket), Box<Response>> {
+fn claims(
+    s: &AppState,
+    headers: &HeaderMap,
+    token: &str,
+) -> Result<(link::LinkClaims, Ticket), Box<Response>> {
+    let locale = visitor_locale(headers);
     let c = link::verify(&s.n.link_key, token, s.n.clock.now_ms()).map_err(|e| {
-        let code = match e {
-            LinkError::Expired => StatusCode::GONE,
-            LinkError::Invalid => StatusCode::NOT_FOUND,
-        };
-        Box::new((code, page_html("forewarn", &format!("<p>{e}.</p>"))).into_response())
+        Box::new(match e {
+            LinkError::Expired => page_error(s, &locale, StatusCode::GONE, |p| &p.expired),
+            LinkError::Invalid => page_error(s, &locale, StatusCode::NOT_FOUND, |p| &p.invalid),
+        })
     })?;
     let t = s
         .desk
         .ticket(&c.ticket_id)
         .filter(|t| t.customer_id.as_deref() == Some(c.customer_id.as_str()))
         .ok_or_else(|| {
-            Box::new(
-                (
-                    StatusCode::NOT_FOUND,
-                    page_html("forewarn", "<p>This ticket no longer exists.</p>"),
-                )
-                    .into_response(),
-            )
+            let locale = s
+                .desk
+                .customer(&c.customer_id)
+                .map(|c| c.locale)
+                .unwrap_or(locale.clone());
+            Box::new(page_error(s, &locale, StatusCode::NOT_FOUND, |p| &p.gone))
         })?;
     Ok((c, t))
 }
 
-async fn page(State(s): State<AppState>, Path(token): Path<String>) -> Response {
-    let (_, t) = match claims(&s, &token) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
+/// The page body: what is wrong and when, the status, and the three buttons while the ticket is
+/// open — or, once it is closed, what happened.
+fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
     let e = super::templates::html_escape;
-    let p = page_text(&s, &t);
     let answered: Option<Answer> = s
         .store
         .get_kv(&format!("notify/answer/{}", t.id))
         .ok()
         .flatten();
-    let already = answered
-        .map(|a| format!("<p><em>✓ {} ({})</em></p>", e(&a.answer), e(&a.at)))
+    let status = p
+        .statuses
+        .get(t.status.as_str())
+        .cloned()
         .unwrap_or_default();
-    let body = format!(
-        "<p><strong>{summary}</strong></p><p>{id} · {st}</p>{already}\
-         <form method=\"post\"><label>{when} <input name=\"when\"></label>\
-         <button name=\"action\" value=\"confirm\">{confirm}</button>\
-         <button name=\"action\" value=\"reschedule\">{reschedule}</button>\
-         <button name=\"action\" value=\"not_now\">{not_now}</button></form>",
+    let mut body = String::new();
+    if !note.is_empty() {
+        body.push_str(&format!("<p class=\"done\" id=\"thanks\">{}</p>", e(note)));
+    }
+    if !t.is_live() {
+        let what = match (t.status, t.outcome) {
+            (Status::Dismissed, _) | (_, Some(crate::domain::Outcome::FalseAlarm)) => &p.no_action,
+            (_, Some(crate::domain::Outcome::ConfirmedFault)) => &p.resolved,
+            _ => &p.closed,
+        };
+        body.push_str(&format!(
+            "<p class=\"status\" id=\"status\" data-status=\"{}\">{}</p><p id=\"closed\">{}</p>",
+            t.status.as_str(),
+            e(&status),
+            e(what)
+        ));
+        return body;
+    }
+    body.push_str(&format!(
+        "<p><strong>{summary}</strong></p>{advice}<p class=\"status\" id=\"status\" data-status=\"{code}\">{st}</p>",
         summary = e(&p.summary),
-        id = e(&t.id),
-        st = t.status.as_str(),
+        advice = if p.advice.is_empty() {
+            String::new()
+        } else {
+            format!("<p>{}</p>", e(&p.advice))
+        },
+        code = t.status.as_str(),
+        st = e(&status),
+    ));
+    if let Some(a) = answered {
+        let said = match a.answer.as_str() {
+            x if x == Reply::Confirm.as_str() => &p.confirm,
+            x if x == Reply::Later.as_str() => &p.reschedule,
+            _ => &p.not_now,
+        };
+        body.push_str(&format!(
+            "<p id=\"answered\"><em>{}: {}</em></p>",
+            e(&p.answered),
+            e(said)
+        ));
+    }
+    body.push_str(&format!(
+        "<form method=\"post\"><label>{when} <input name=\"when\" maxlength=\"100\"></label>\
+         <button name=\"action\" value=\"confirm\" id=\"confirm\">{confirm}</button>\
+         <button name=\"action\" value=\"reschedule\" id=\"reschedule\">{reschedule}</button>\
+         <button name=\"action\" value=\"not_now\" id=\"not_now\">{not_now}</button></form>",
         when = e(&p.when),
         confirm = e(&p.confirm),
         reschedule = e(&p.reschedule),
         not_now = e(&p.not_now),
-    );
-    page_html_in(&p.lang, p.rtl, &p.title, &body).into_response()
+    ));
+    body
+}
+
+async fn page(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let (_, t) = match claims(&s, &headers, &token) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let (p, _) = page_text(&s, &t);
+    page_html_in(&p.lang, p.rtl, &p.title, &page_body(&s, &t, &p, "")).into_response()
 }
 
 async fn page_answer(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Path(token): Path<String>,
     Form(params): Form<Vec<(String, String)>>,
 ) -> Response {
-    let (_, t) = match claims(&s, &token) {
+    let (_, t) = match claims(&s, &headers, &token) {
         Ok(x) => x,
         Err(r) => return *r,
     };
+    let (p, locale) = page_text(&s, &t);
     let reply = match param(&params, "action") {
         Some("confirm") => Reply::Confirm,
-        Some("reschedule") => Reply::Reschedule,
+        Some("reschedule") => Reply::Later,
         Some("not_now") => Reply::NotNow,
-        _ => {
-            return (
-                StatusCode::BAD_REQUEST,
-                page_html("forewarn", "<p>Please choose one of the buttons.</p>"),
+        _ => return page_error(&s, &locale, StatusCode::BAD_REQUEST, |p| &p.choose),
+    };
+    let when = param(&params, "when").unwrap_or("").trim().to_string();
+    let id = t.id.clone();
+    let result = blocking(&s, move |s| {
+        let m = Incoming {
+            channel: None,
+            provider_id: None,
+            reply,
+            text: "",
+            visit: &when,
+        };
+        s.n.apply_reply(&s.store, s.desk.as_ref(), &id, &m)
+    })
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match result {
+        Ok(t) => {
+            let (p, _) = page_text(&s, &t);
+            page_html_in(&p.lang, p.rtl, &p.title, &page_body(&s, &t, &p, &p.thanks))
+                .into_response()
+        }
+        Err(ReplyError::NotFound) => page_error(&s, &locale, StatusCode::NOT_FOUND, |p| &p.gone),
+        Err(ReplyError::Closed(..)) => {
+            // Closed meanwhile: show what happened instead of an error.
+            let t = s.desk.ticket(&t.id).unwrap_or(t);
+            (
+                StatusCode::CONFLICT,
+                page_html_in(&p.lang, p.rtl, &p.title, &page_body(&s, &t, &p, "")),
             )
                 .into_response()
         }
-    };
-    let when = param(&params, "when").unwrap_or("").trim();
-    match reply_blocking(&s, &t.id, "link", reply, when).await {
-        Ok(t) => {
-            let p = page_text(&s, &t);
-            page_html_in(
-                &p.lang,
-                p.rtl,
-                &p.title,
-                &format!(
-                    "<p>{}</p><p>{} · {} · {}</p>",
-                    super::templates::html_escape(&p.thanks),
-                    super::templates::html_escape(&t.id),
-                    reply.as_str(),
-                    t.status.as_str()
-                ),
-            )
-            .into_response()
+        Err(e) => {
+            tracing::error!(error = %e, "page answer not recorded");
+            page_error(&s, &locale, StatusCode::INTERNAL_SERVER_ERROR, |p| &p.error)
         }
-        Err(ReplyError::NotFound) => (
-            StatusCode::NOT_FOUND,
-            page_html("forewarn", "<p>No such ticket.</p>"),
-        )
-            .into_response(),
-        Err(ReplyError::Rejected(m)) => (
-            StatusCode::CONFLICT,
-            page_html(
-                "forewarn",
-                &format!("<p>{}</p>", super::templates::html_escape(&m)),
-            ),
-        )
-            .into_response(),
     }
 }
 
@@ -654,7 +1068,11 @@ async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response
             error(StatusCode::NOT_FOUND, "not_found", "no such customer")
         }
         Ok(entries) => {
-            Json(serde_json::json!({"customer_id": id, "entries": entries})).into_response()
+            // `entries` is the full record (unchanged shape); `stories` is the customer's view,
+            // one per ticket.
+            let stories = super::story::group(&entries);
+            Json(serde_json::json!({"customer_id": id, "entries": entries, "stories": stories}))
+                .into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
     }

@@ -13,6 +13,9 @@ pub struct NotifyMetrics {
     pub fallbacks: IntCounterVec,
     pub escalations: IntCounter,
     pub replies: IntCounterVec,
+    /// Inbound messages recorded but not acted on: replayed provider id, automatic reply,
+    /// unknown sender (bounded `reason` label).
+    pub inbound_ignored: IntCounterVec,
     pub depth: IntGauge,
     pub oldest_age: Gauge,
 }
@@ -55,6 +58,14 @@ impl NotifyMetrics {
                 ),
                 &["channel"],
             )?,
+            inbound_ignored: IntCounterVec::new(
+                Opts::new(
+                    "forewarn_notify_inbound_ignored_total",
+                    "Inbound messages recorded but not acted on, by reason (replay, auto_reply, \
+                     unknown_sender)",
+                ),
+                &["reason"],
+            )?,
             depth: IntGauge::new(
                 "forewarn_notify_outbox_depth",
                 "Notifications waiting in the outbox (including held ones)",
@@ -69,6 +80,7 @@ impl NotifyMetrics {
         r.register(Box::new(m.fallbacks.clone()))?;
         r.register(Box::new(m.escalations.clone()))?;
         r.register(Box::new(m.replies.clone()))?;
+        r.register(Box::new(m.inbound_ignored.clone()))?;
         r.register(Box::new(m.depth.clone()))?;
         r.register(Box::new(m.oldest_age.clone()))?;
         Ok(m)

@@ -13,13 +13,17 @@
 //! `last/{customer}` last ticket notified, `answer/{ticket}` the customer's answer,
 //! `sid/{provider id}` what a status callback refers to.
 
+pub mod calendar;
 pub mod channels;
 pub mod config;
 pub mod inbound;
+pub mod intent;
 pub mod link;
 pub mod metrics;
+pub mod moment;
 pub mod route;
 pub mod sink;
+pub mod story;
 pub mod templates;
 mod worker;
 
@@ -38,6 +42,13 @@ use templates::{MessageKind, Templates};
 
 /// Outbox queue of notifications.
 pub const QUEUE: &str = "notify";
+
+/// The timeline that keeps replies from addresses no customer has (for a person to read):
+/// `GET /api/v1/customers/unknown-sender/timeline`.
+pub const UNKNOWN_SENDER: &str = "unknown-sender";
+
+/// Timeline outcome of what a person must read and act on (an unclear reply, a failure).
+pub const NEEDS_HUMAN: &str = "needs_human";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -150,6 +161,27 @@ impl TimelineEntry {
     }
 }
 
+/// A customer's carrier opt-out (STOP) on one channel and address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptOut {
+    pub at: String,
+    /// The keyword they sent.
+    pub keyword: String,
+}
+
+/// Key of an opt-out: hashed like the contact index.
+pub fn optout_key(channel: Channel, address: &str) -> String {
+    contact_key(channel, address).replacen("notify/addr/", "notify/optout/", 1)
+}
+
+/// Key of an inbound message already handled (provider message id), for replay protection.
+pub fn inbound_key(channel: Channel, provider_id: &str) -> String {
+    contact_key(channel, provider_id).replacen("notify/addr/", "notify/inbound/", 1)
+}
+
+/// Marks the visit time a customer wrote in a reply's history note.
+pub const VISIT_MARK: &str = " · preferred time: ";
+
 /// The customer's answer to a ticket, kept so they are not asked again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
@@ -166,6 +198,10 @@ pub struct Notifier {
     providers: BTreeMap<Channel, Box<dyn Provider>>,
     metrics: metrics::NotifyMetrics,
     clock: Arc<dyn Clock>,
+    /// Serialises inbound handling so a provider's retry racing the original is seen as a
+    /// replay (a std-like lock: held only around store reads and one commit, never across I/O
+    /// to the outside).
+    inbound: parking_lot::Mutex<()>,
 }
 
 /// Key of the contact index: a hash, so contact details never appear in keys.
@@ -267,6 +303,7 @@ impl Notifier {
             providers,
             metrics: metrics::NotifyMetrics::register(registry)?,
             clock: Arc::new(SystemClock),
+            inbound: parking_lot::Mutex::new(()),
         })
     }
 
@@ -325,58 +362,56 @@ impl Notifier {
         else {
             return;
         };
+        // The customer's story: what happened to the ticket, not every new score. A probability
+        // update is only an entry when it changes the priority.
         let what = match change.kind {
-            ChangeKind::Opened => format!(
-                "ticket opened: {} on {} ({}, {:.0}%)",
+            ChangeKind::Opened => Some(format!(
+                "ticket opened: {} on {} ({})",
                 t.failure_mode,
                 t.device_id,
                 t.priority.as_str(),
-                t.probability * 100.0
-            ),
-            ChangeKind::Updated => format!(
-                "ticket updated: {}, {:.0}%",
-                t.priority.as_str(),
-                t.probability * 100.0
-            ),
-            ChangeKind::Settled => format!("ticket settled: {}", t.status.as_str()),
-            ChangeKind::Transition => format!("ticket {}", t.status.as_str()),
+            )),
+            ChangeKind::Updated => change
+                .previous_priority
+                .filter(|p| *p != t.priority)
+                .map(|p| format!("priority {} → {}", p.as_str(), t.priority.as_str())),
+            ChangeKind::Settled => Some(format!(
+                "ticket settled: {}{}",
+                t.status.as_str(),
+                t.outcome
+                    .map(|o| match o {
+                        crate::domain::Outcome::ConfirmedFault => " (serviced)",
+                        crate::domain::Outcome::FalseAlarm => " (false alarm)",
+                        crate::domain::Outcome::FailedBeforeService => " (failed before service)",
+                    })
+                    .unwrap_or("")
+            )),
+            ChangeKind::Transition => Some(format!("ticket {}", t.status.as_str())),
         };
-        tx.push_timeline(
-            &cid,
-            now_wall_ms,
-            &TimelineEntry::new(now_wall_ms, "ticket", &t.id, what).outcome(t.status.as_str()),
-        );
+        if let Some(what) = what {
+            tx.push_timeline(
+                &cid,
+                now_wall_ms,
+                &TimelineEntry::new(now_wall_ms, "ticket", &t.id, what).outcome(t.status.as_str()),
+            );
+        }
         let (urgent, why) = route::urgency(&self.cfg.routing, t, now_wall_ms);
-        // The model's customer-alert level gates messages: a ticket opened below it is dispatch
-        // only, until it reaches the level (the engine then records `ALERT_RAISED`).
-        let withheld = t
-            .history
-            .iter()
-            .any(|h| h.action == crate::engine::ALERT_WITHHELD);
-        let alerted = t
-            .history
-            .iter()
-            .any(|h| h.action == crate::engine::ALERT_RAISED);
-        let just_alerted = change.kind == ChangeKind::Updated
-            && t.history
-                .last()
-                .is_some_and(|h| h.action == crate::engine::ALERT_RAISED);
-        let kind = match change.kind {
-            ChangeKind::Opened | ChangeKind::Updated if withheld && !alerted => return,
-            ChangeKind::Updated if just_alerted && urgent => MessageKind::Urgent,
-            ChangeKind::Updated if just_alerted => MessageKind::Alert,
-            ChangeKind::Opened if urgent => MessageKind::Urgent,
-            ChangeKind::Opened => MessageKind::Alert,
-            ChangeKind::Updated
-                if t.priority >= self.cfg.routing.urgent_priority
-                    && change
-                        .previous_priority
-                        .is_some_and(|p| p < self.cfg.routing.urgent_priority) =>
-            {
-                MessageKind::Urgent
+        let kind = match moment::for_change(
+            change,
+            urgent,
+            self.cfg.routing.urgent_priority,
+            self.cfg.notify_resolved,
+        ) {
+            moment::Moment::Send(kind) => kind,
+            moment::Moment::FollowUp(why) => {
+                tx.push_timeline(
+                    &cid,
+                    now_wall_ms,
+                    &TimelineEntry::new(now_wall_ms, "follow_up", &t.id, why).outcome(NEEDS_HUMAN),
+                );
+                return;
             }
-            ChangeKind::Settled if self.cfg.notify_resolved => MessageKind::Resolved,
-            _ => return,
+            moment::Moment::Nothing => return,
         };
         if !self.cfg.enabled {
             tx.push_timeline(
@@ -391,15 +426,15 @@ impl Notifier {
             );
             return;
         }
-        let urgent = matches!(kind, MessageKind::Urgent);
+        let urgent = matches!(kind, MessageKind::Urgent | MessageKind::Update);
         let row = OutboxRow {
             id: format!("{}/{}/{}", t.id, kind.as_str(), now_wall_ms),
             ticket_id: t.id.clone(),
             customer_id: cid.clone(),
             kind,
             urgent,
-            urgency_reason: if kind == MessageKind::Resolved {
-                "advisory: resolved".into()
+            urgency_reason: if !kind.is_warning() {
+                format!("advisory: {}", kind.as_str().replace('_', " "))
             } else if urgent && !why.starts_with("urgent") {
                 format!("urgent: priority rose to {}", Priority::Urgent.as_str())
             } else {
@@ -423,7 +458,7 @@ impl Notifier {
                 tx.put_kv(&contact_key(*ch, addr), &c.id);
             }
         }
-        if kind != MessageKind::Resolved {
+        if kind.is_warning() {
             tx.put_kv(&format!("notify/last/{cid}"), &t.id);
         }
         tx.push_timeline(

@@ -115,6 +115,8 @@ pub struct RouteInput<'a> {
     pub cfg: &'a RoutingConfig,
     /// Channels with a configured provider.
     pub available: &'a BTreeSet<Channel>,
+    /// Channels on which the customer opted out (carrier STOP): never used.
+    pub opted_out: &'a BTreeSet<Channel>,
     pub customer: &'a Customer,
     pub urgent: bool,
     pub urgency_reason: &'a str,
@@ -190,6 +192,10 @@ pub fn route(i: &RouteInput) -> Decision {
             .unwrap_or_else(|| "not in preferences".into());
         if !c.contacts.contains_key(&ch) {
             notes.push(format!("{name} skipped: no contact"));
+            continue;
+        }
+        if i.opted_out.contains(&ch) {
+            notes.push(format!("{name} skipped: customer opted out"));
             continue;
         }
         if !i.available.contains(&ch) {
@@ -288,6 +294,7 @@ mod tests {
         RouteInput {
             cfg,
             available: av,
+            opted_out: empty(),
             customer: c,
             urgent,
             urgency_reason: if urgent { "urgent" } else { "advisory" },
@@ -296,6 +303,30 @@ mod tests {
             sent_today: 0,
             budget: 5,
             urgent_over_budget: 1,
+        }
+    }
+
+    fn empty() -> &'static BTreeSet<Channel> {
+        static E: BTreeSet<Channel> = BTreeSet::new();
+        &E
+    }
+
+    #[test]
+    fn an_opted_out_channel_is_never_used() {
+        let c = customer();
+        let cfg = RoutingConfig::default();
+        let av: BTreeSet<_> = Channel::ALL.into_iter().collect();
+        let out: BTreeSet<_> = [Channel::Sms].into_iter().collect();
+        let mut i = input(&c, &cfg, &av, true, NIGHT);
+        i.opted_out = &out;
+        match route(&i) {
+            Decision::Drop { reason } => {
+                assert!(
+                    reason.contains("sms skipped: customer opted out"),
+                    "{reason}"
+                )
+            }
+            d => panic!("{d:?}"),
         }
     }
 

@@ -74,6 +74,8 @@ impl LocalSink {
     }
 
     /// Points the SMS, voice, push and webhook channels of `cfg` at this sink.
+    /// Points every channel the configuration leaves unset at the sink (a configured provider,
+    /// e.g. a real SMTP server or Twilio account given to `forewarn demo --config`, is kept).
     pub fn configure(&self, cfg: &mut NotifyConfig) {
         let tw = TwilioConfig {
             api_base: self.base_url.clone(),
@@ -81,13 +83,13 @@ impl LocalSink {
             auth_token: Secret(TOKEN.into()),
             from: "+10000000000".into(),
         };
-        cfg.sms = Some(tw.clone());
-        cfg.voice = Some(tw);
-        cfg.push = Some(PushConfig {
+        cfg.sms.get_or_insert_with(|| tw.clone());
+        cfg.voice.get_or_insert(tw);
+        cfg.push.get_or_insert_with(|| PushConfig {
             url: self.base_url.clone(),
             token: None,
         });
-        cfg.webhook = Some(WebhookConfig {
+        cfg.webhook.get_or_insert_with(|| WebhookConfig {
             secret: Secret(HOOK_SECRET.into()),
         });
     }

@@ -5,6 +5,7 @@
 //! A template is text with `{{name}}` placeholders. Phrases (headline, reply hint, …) are
 //! rendered first and may use the fact placeholders; templates then use both.
 
+use super::calendar::{Calendar, DateStyle, Digits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,11 +16,14 @@ pub const EMBEDDED: [(&str, &str); 3] = [
     ("fa", include_str!("../../config/templates/fa.toml")),
 ];
 
-/// Facts every message carries.
-pub const FACTS: [&str; 10] = [
+/// Facts every message carries (placeholders the phrases and templates may use).
+pub const FACTS: [&str; 14] = [
     "name",
     "device",
+    "mode",
+    "advice",
     "failure_mode",
+    "likelihood",
     "probability",
     "when",
     "ticket",
@@ -27,28 +31,68 @@ pub const FACTS: [&str; 10] = [
     "priority",
     "status",
     "reply_to",
+    "visit",
 ];
 /// Phrases each locale must define (rendered from facts, then available to templates).
-pub const PHRASES: [&str; 17] = [
+pub const PHRASES: [&str; 48] = [
+    // Headlines, one per kind of message.
     "alert",
     "urgent",
     "reminder",
     "update",
     "resolved",
-    "prediction",
+    "visit_confirmed",
+    "visit_rescheduled",
+    "no_action",
+    // A short word that marks an urgent warning, a reminder and an update where space is
+    // short ({{tag}}; empty for an advisory).
+    "tag_urgent",
+    "tag_reminder",
+    "tag_update",
+    // What the message says, per kind ("warning" for alert, urgent, reminder and update).
+    "warning",
+    "body_resolved",
+    "body_visit_confirmed",
+    "body_visit_rescheduled",
+    "body_no_action",
+    // When: a time, "as soon as possible" when that time is (almost) here, or unknown.
     "by_when",
+    "by_soon",
     "by_when_unknown",
+    // The optional qualitative word ({{likelihood}}); no number is shown by default.
+    "likelihood_high",
+    "likelihood_medium",
+    "likelihood_low",
     "next",
     "reply_text",
+    "reply_email",
     "reply_voice",
+    "link_text",
+    // Answers to carrier keywords (sent back in the reply to the SMS).
+    "sms_help",
+    "sms_stopped",
+    "sms_started",
+    // The self-service page.
     "page_title",
     "page_confirm",
     "page_reschedule",
     "page_not_now",
     "page_when",
     "page_thanks",
+    "page_answered",
+    "page_status_open",
+    "page_status_acknowledged",
+    "page_status_scheduled",
+    "page_status_resolved",
+    "page_status_dismissed",
+    "page_closed",
+    "page_invalid",
+    "page_expired",
+    "page_gone",
+    "page_choose",
+    "page_error",
 ];
-/// Templates per channel each locale must define.
+/// One template per channel.
 pub const TEMPLATES: [&str; 7] = [
     "sms",
     "voice",
@@ -59,7 +103,20 @@ pub const TEMPLATES: [&str; 7] = [
     "email_html",
 ];
 /// Placeholders the templates may use beyond facts and phrases.
-const DERIVED: [&str; 4] = ["headline", "by", "reply", "dir"];
+const DERIVED: [&str; 6] = ["headline", "tag", "body", "by", "reply", "dir"];
+/// Placeholders of a locale's `date_format`.
+const DATE_PARTS: [&str; 5] = ["weekday", "day", "month", "year", "time"];
+
+/// A failure mode in the customer's words.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeFile {
+    /// What is wrong, as a noun phrase that reads after "What we see:" (no article needed).
+    name: String,
+    /// What the customer can do meanwhile.
+    #[serde(default)]
+    advice: String,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,14 +127,25 @@ struct LocaleFile {
     /// Language tag for text-to-speech (e.g. "th-TH").
     #[serde(default)]
     voice_language: Option<String>,
+    calendar: Calendar,
+    digits: Digits,
+    months: Vec<String>,
+    weekdays: Vec<String>,
+    /// How a moment is written, from {{weekday}} {{day}} {{month}} {{year}} {{time}}.
+    date_format: String,
     phrases: BTreeMap<String, String>,
     templates: BTreeMap<String, String>,
+    /// Per failure mode; `default` for the modes not listed (it may use {{failure_mode}}).
+    modes: BTreeMap<String, ModeFile>,
 }
 
 #[derive(Debug, Clone)]
 enum Piece {
     Text(String),
     Var(String),
+    /// `{{#name}}…{{/name}}`: the inside only when `name` is not empty; `{{^name}}…{{/name}}`
+    /// (the `bool`): only when it is empty.
+    Section(String, Vec<Piece>, bool),
 }
 
 /// What is wrong with a template file, naming the file and key.
@@ -96,9 +164,21 @@ struct Template(Vec<Piece>);
 
 impl Template {
     fn parse(s: &str, allowed: &dyn Fn(&str) -> bool) -> Result<Template, TemplateError> {
-        let mut out = Vec::new();
         let mut rest = s;
+        let pieces = Self::parse_until(&mut rest, None, allowed)?;
+        Ok(Template(pieces))
+    }
+
+    fn parse_until(
+        rest: &mut &str,
+        close: Option<&str>,
+        allowed: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Piece>, TemplateError> {
+        let mut out = Vec::new();
         while let Some(i) = rest.find("{{") {
+            if rest[..i].contains("}}") {
+                return Err(format!("stray }}}} near {:?}", trunc(rest)).into());
+            }
             if i > 0 {
                 out.push(Piece::Text(rest[..i].to_string()));
             }
@@ -106,25 +186,52 @@ impl Template {
             let j = after
                 .find("}}")
                 .ok_or_else(|| format!("unclosed {{{{ near {:?}", trunc(&rest[i..])))?;
-            let name = after[..j].trim();
+            let tag = after[..j].trim();
+            *rest = &after[j + 2..];
+            if let Some(name) = tag.strip_prefix('/') {
+                let name = name.trim();
+                return if close == Some(name) {
+                    Ok(out)
+                } else {
+                    Err(format!("{{{{/{name}}}}} closes nothing").into())
+                };
+            }
+            let (section, inverted, name) = match (tag.strip_prefix('#'), tag.strip_prefix('^')) {
+                (Some(n), _) => (true, false, n.trim()),
+                (_, Some(n)) => (true, true, n.trim()),
+                _ => (false, false, tag),
+            };
             if !allowed(name) {
                 return Err(format!("unknown placeholder {{{{{name}}}}}").into());
             }
-            out.push(Piece::Var(name.to_string()));
-            rest = &after[j + 2..];
+            if section {
+                let inner = Self::parse_until(rest, Some(name), allowed)?;
+                out.push(Piece::Section(name.to_string(), inner, inverted));
+            } else {
+                out.push(Piece::Var(name.to_string()));
+            }
         }
         if rest.contains("}}") {
             return Err(format!("stray }}}} near {:?}", trunc(rest)).into());
         }
+        if let Some(name) = close {
+            return Err(format!("{{{{#{name}}}}} is not closed").into());
+        }
         if !rest.is_empty() {
             out.push(Piece::Text(rest.to_string()));
         }
-        Ok(Template(out))
+        *rest = "";
+        Ok(out)
     }
 
     fn render(&self, vars: &BTreeMap<&str, String>, html: bool) -> String {
         let mut s = String::new();
-        for p in &self.0 {
+        Self::render_into(&self.0, vars, html, &mut s);
+        s
+    }
+
+    fn render_into(pieces: &[Piece], vars: &BTreeMap<&str, String>, html: bool, s: &mut String) {
+        for p in pieces {
             match p {
                 Piece::Text(t) => s.push_str(t),
                 Piece::Var(v) => {
@@ -135,9 +242,14 @@ impl Template {
                         s.push_str(val);
                     }
                 }
+                Piece::Section(v, inner, inverted) => {
+                    let set = vars.get(v.as_str()).is_some_and(|x| !x.trim().is_empty());
+                    if set != *inverted {
+                        Self::render_into(inner, vars, html, s);
+                    }
+                }
             }
         }
-        s
     }
 }
 
@@ -161,22 +273,42 @@ pub fn html_escape(s: &str) -> String {
 }
 
 #[derive(Debug, Clone)]
+struct Mode {
+    name: Template,
+    advice: Template,
+}
+
+#[derive(Debug, Clone)]
 struct Locale {
     rtl: bool,
     voice_language: String,
+    dates: DateStyle,
+    date_format: Template,
     phrases: BTreeMap<String, Template>,
     templates: BTreeMap<String, Template>,
+    modes: BTreeMap<String, Mode>,
 }
 
 /// What a message is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
+    /// A fault is coming (advisory).
     Alert,
+    /// A fault is coming soon or is likely: an immediate channel.
     Urgent,
+    /// No answer yet to an urgent alert.
     Reminder,
+    /// The ticket became urgent after the first alert.
     Update,
+    /// A visit or maintenance fixed what the customer was alerted about.
     Resolved,
+    /// The visit is booked.
+    VisitConfirmed,
+    /// The customer asked for another time: we will propose one.
+    VisitRescheduled,
+    /// The alert was a false alarm: no action needed.
+    NoActionNeeded,
 }
 
 impl MessageKind {
@@ -187,8 +319,54 @@ impl MessageKind {
             MessageKind::Reminder => "reminder",
             MessageKind::Update => "update",
             MessageKind::Resolved => "resolved",
+            MessageKind::VisitConfirmed => "visit_confirmed",
+            MessageKind::VisitRescheduled => "visit_rescheduled",
+            MessageKind::NoActionNeeded => "no_action",
         }
     }
+
+    /// Messages that warn about a coming fault (and ask for an answer).
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            MessageKind::Alert | MessageKind::Urgent | MessageKind::Reminder | MessageKind::Update
+        )
+    }
+
+    pub const ALL: [MessageKind; 8] = [
+        MessageKind::Alert,
+        MessageKind::Urgent,
+        MessageKind::Reminder,
+        MessageKind::Update,
+        MessageKind::Resolved,
+        MessageKind::VisitConfirmed,
+        MessageKind::VisitRescheduled,
+        MessageKind::NoActionNeeded,
+    ];
+}
+
+/// What a message is built from, before it is put in the customer's words.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Facts {
+    /// The customer's name.
+    pub name: String,
+    /// The device's display name.
+    pub device: String,
+    /// The failure mode's code ("bearing_wear").
+    pub failure_mode: String,
+    pub probability: f64,
+    /// When the failure is expected, in the customer's local time, if it is still ahead.
+    pub when: Option<chrono::NaiveDateTime>,
+    /// The expected time has come or passed (or is too close to plan for): "as soon as possible".
+    pub soon: bool,
+    pub ticket: String,
+    /// The self-service page (empty: none).
+    pub link: String,
+    pub priority: String,
+    pub status: String,
+    pub reply_to: String,
+    /// The visit time the customer asked for, as they wrote it.
+    pub visit: String,
 }
 
 /// One message rendered for every channel.
@@ -271,50 +449,110 @@ impl Templates {
         (name.as_str(), l)
     }
 
-    /// Renders `kind` with `facts` (keys of [`FACTS`]) in the customer's locale.
-    pub fn render(
-        &self,
-        locale: &str,
-        kind: MessageKind,
-        facts: &BTreeMap<&'static str, String>,
-        ask: bool,
-    ) -> Rendered {
-        let (name, l) = self.pick(locale);
-        let mut vars: BTreeMap<&str, String> = facts.iter().map(|(k, v)| (*k, v.clone())).collect();
+    /// The facts as placeholder values in the locale's words: mode name and advice, the date in
+    /// the locale's calendar and digits, the qualitative likelihood, and the phrases.
+    fn vars(&self, l: &Locale, f: &Facts) -> BTreeMap<&'static str, String> {
+        let mut v: BTreeMap<&'static str, String> = BTreeMap::new();
+        v.insert("name", f.name.clone());
+        v.insert("device", f.device.clone());
+        v.insert("failure_mode", f.failure_mode.replace(['_', '-'], " "));
+        v.insert("probability", format!("{:.0}", f.probability * 100.0));
+        v.insert("ticket", f.ticket.clone());
+        v.insert("link", f.link.clone());
+        v.insert("priority", f.priority.clone());
+        v.insert("status", f.status.clone());
+        v.insert("reply_to", f.reply_to.clone());
+        v.insert("visit", f.visit.clone());
+        let when = match (f.soon, f.when) {
+            (false, Some(t)) => {
+                let p = l.dates.parts(t);
+                let mut d: BTreeMap<&str, String> = BTreeMap::new();
+                d.insert("weekday", p.weekday);
+                d.insert("day", p.day);
+                d.insert("month", p.month);
+                d.insert("year", p.year);
+                d.insert("time", p.time);
+                tidy(&l.date_format.render(&d, false))
+            }
+            _ => String::new(),
+        };
+        v.insert("when", when);
+        let mode = l
+            .modes
+            .get(&f.failure_mode)
+            .or_else(|| l.modes.get("default"));
+        let (mode_name, advice) = match mode {
+            Some(m) => (m.name.render(&v, false), m.advice.render(&v, false)),
+            None => (v["failure_mode"].clone(), String::new()),
+        };
+        v.insert("mode", mode_name);
+        v.insert("advice", advice);
         let phrase = |k: &str, vars: &BTreeMap<&str, String>| {
             l.phrases
                 .get(k)
-                .map(|t| t.render(vars, false))
+                .map(|t| tidy(&t.render(vars, false)))
                 .unwrap_or_default()
         };
-        let mut rendered_phrases = Vec::new();
-        for k in PHRASES {
-            rendered_phrases.push((k, phrase(k, &vars)));
-        }
-        for (k, v) in rendered_phrases {
-            vars.insert(k, v);
-        }
+        let likelihood = match f.probability {
+            p if p >= 0.7 => phrase("likelihood_high", &v),
+            p if p >= 0.4 => phrase("likelihood_medium", &v),
+            _ => phrase("likelihood_low", &v),
+        };
+        v.insert("likelihood", likelihood);
+        let by = if f.soon {
+            phrase("by_soon", &v)
+        } else if f.when.is_some() {
+            phrase("by_when", &v)
+        } else {
+            phrase("by_when_unknown", &v)
+        };
+        v.insert("by", by);
+        let rendered: Vec<(&'static str, String)> =
+            PHRASES.iter().map(|k| (*k, phrase(k, &v))).collect();
+        v.extend(rendered);
+        v.insert("dir", if l.rtl { "rtl" } else { "ltr" }.to_string());
+        v
+    }
+
+    /// Renders `kind` in the customer's locale. `ask`: the customer has not answered yet, so
+    /// the message says how to (a warning only; the other kinds never ask).
+    pub fn render(&self, locale: &str, kind: MessageKind, facts: &Facts, ask: bool) -> Rendered {
+        let (name, l) = self.pick(locale);
+        let mut vars = self.vars(l, facts);
         let headline = vars.get(kind.as_str()).cloned().unwrap_or_default();
         vars.insert("headline", headline);
-        let by = if facts.get("when").is_some_and(|w| !w.is_empty()) {
-            vars.get("by_when").cloned().unwrap_or_default()
-        } else {
-            vars.get("by_when_unknown").cloned().unwrap_or_default()
+        let tag = match kind {
+            MessageKind::Urgent | MessageKind::Reminder | MessageKind::Update => vars
+                .get(format!("tag_{}", kind.as_str()).as_str())
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
         };
-        vars.insert("by", by);
-        // Resolved: nothing to ask. Already answered: not asked again (the link stays).
-        if kind == MessageKind::Resolved || !ask {
-            vars.insert("reply", String::new());
-            vars.insert("reply_voice", String::new());
-            vars.insert("next", String::new());
-            if kind == MessageKind::Resolved {
-                vars.insert("link", String::new());
-            }
+        vars.insert("tag", tag);
+        let body = if kind.is_warning() {
+            vars.get("warning").cloned()
         } else {
+            vars.get(format!("body_{}", kind.as_str()).as_str())
+                .cloned()
+        };
+        vars.insert("body", body.unwrap_or_default());
+        if !kind.is_warning() {
+            // Nothing to do, nothing to answer, no page to open.
+            for k in ["next", "advice", "link", "link_text", "reply_voice"] {
+                vars.insert(k, String::new());
+            }
+        }
+        if kind.is_warning() && ask {
             let r = vars.get("reply_text").cloned().unwrap_or_default();
             vars.insert("reply", r);
+        } else {
+            vars.insert("reply", String::new());
+            vars.insert("reply_email", String::new());
+            vars.insert("reply_voice", String::new());
         }
-        vars.insert("dir", if l.rtl { "rtl" } else { "ltr" }.to_string());
+        if facts.link.is_empty() {
+            vars.insert("link_text", String::new());
+        }
         let t = |k: &str, html: bool| {
             let s = l
                 .templates
@@ -340,6 +578,12 @@ impl Templates {
             email_html: t("email_html", true),
         }
     }
+
+    /// One phrase in the customer's locale (SMS keyword answers, page words).
+    pub fn phrase(&self, locale: &str, key: &str, facts: &Facts) -> String {
+        let (_, l) = self.pick(locale);
+        self.vars(l, facts).remove(key).unwrap_or_default()
+    }
 }
 
 /// The self-service page's words in the customer's language.
@@ -348,45 +592,70 @@ pub struct PageText {
     pub lang: String,
     pub rtl: bool,
     pub title: String,
-    /// "{prediction}, {by}".
+    /// What is wrong and when.
     pub summary: String,
+    pub advice: String,
     pub confirm: String,
     pub reschedule: String,
     pub not_now: String,
     pub when: String,
     pub thanks: String,
+    /// "You answered: …".
+    pub answered: String,
+    /// Status words by status name.
+    pub statuses: BTreeMap<&'static str, String>,
+    /// What a closed ticket shows instead of the buttons.
+    pub closed: String,
+    pub resolved: String,
+    pub no_action: String,
+    pub invalid: String,
+    pub expired: String,
+    pub gone: String,
+    pub choose: String,
+    pub error: String,
 }
 
 impl Templates {
-    pub fn page(&self, locale: &str, facts: &BTreeMap<&'static str, String>) -> PageText {
+    pub fn page(&self, locale: &str, facts: &Facts) -> PageText {
         let (name, l) = self.pick(locale);
-        let vars: BTreeMap<&str, String> = facts.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let p = |k: &str| {
-            l.phrases
-                .get(k)
-                .map(|t| t.render(&vars, false))
-                .unwrap_or_default()
-        };
-        let by = if facts.get("when").is_some_and(|w| !w.is_empty()) {
-            p("by_when")
-        } else {
-            p("by_when_unknown")
-        };
+        let mut v = self.vars(l, facts);
+        let mut p = |k: &str| v.remove(k).unwrap_or_default();
+        let statuses = [
+            ("open", p("page_status_open")),
+            ("acknowledged", p("page_status_acknowledged")),
+            ("scheduled", p("page_status_scheduled")),
+            ("resolved", p("page_status_resolved")),
+            ("dismissed", p("page_status_dismissed")),
+        ]
+        .into_iter()
+        .collect();
         PageText {
             lang: name.to_string(),
             rtl: l.rtl,
             title: p("page_title"),
-            summary: format!("{}, {by}", p("prediction")),
+            summary: p("warning"),
+            advice: p("advice"),
             confirm: p("page_confirm"),
             reschedule: p("page_reschedule"),
             not_now: p("page_not_now"),
             when: p("page_when"),
             thanks: p("page_thanks"),
+            answered: p("page_answered"),
+            statuses,
+            closed: p("page_closed"),
+            resolved: p("body_resolved"),
+            no_action: p("body_no_action"),
+            invalid: p("page_invalid"),
+            expired: p("page_expired"),
+            gone: p("page_gone"),
+            choose: p("page_choose"),
+            error: p("page_error"),
         }
     }
 }
 
-/// Collapses runs of spaces left by empty placeholders, keeps line breaks.
+/// Collapses runs of spaces left by empty placeholders, keeps line breaks, drops a space left
+/// before punctuation and runs of empty lines.
 fn tidy(s: &str) -> String {
     let lines: Vec<String> = s
         .lines()
@@ -395,15 +664,26 @@ fn tidy(s: &str) -> String {
                 .filter(|w| !w.is_empty())
                 .collect::<Vec<_>>()
                 .join(" ")
+                .replace(" .", ".")
+                .replace(" ,", ",")
+                .replace(" ،", "،")
         })
         .collect();
-    lines.join("\n").trim().to_string()
+    let mut out: Vec<&str> = Vec::new();
+    for l in &lines {
+        if l.is_empty() && out.last().is_some_and(|p| p.is_empty()) {
+            continue;
+        }
+        out.push(l);
+    }
+    out.join("\n").trim().to_string()
 }
 
 fn parse_locale(text: &str) -> Result<Locale, TemplateError> {
     let f: LocaleFile = toml::from_str(text).map_err(|e| e.to_string())?;
     let facts = |n: &str| FACTS.contains(&n);
     let mut phrases = BTreeMap::new();
+    let phrase_vars = |n: &str| FACTS.contains(&n) || n == "by";
     for k in PHRASES {
         let src = f
             .phrases
@@ -411,7 +691,7 @@ fn parse_locale(text: &str) -> Result<Locale, TemplateError> {
             .ok_or_else(|| format!("phrases.{k} is missing"))?;
         phrases.insert(
             k.to_string(),
-            Template::parse(src, &facts).map_err(|e| format!("phrases.{k}: {e}"))?,
+            Template::parse(src, &phrase_vars).map_err(|e| format!("phrases.{k}: {e}"))?,
         );
     }
     if let Some(extra) = f.phrases.keys().find(|k| !PHRASES.contains(&k.as_str())) {
@@ -436,6 +716,30 @@ fn parse_locale(text: &str) -> Result<Locale, TemplateError> {
     {
         return Err(format!("templates.{extra} is not a known template").into());
     }
+    if !f.modes.contains_key("default") {
+        return Err(TemplateError(
+            "modes.default is missing (the words for a mode not listed)".into(),
+        ));
+    }
+    let mut modes = BTreeMap::new();
+    for (k, m) in &f.modes {
+        let name = Template::parse(&m.name, &facts).map_err(|e| format!("modes.{k}.name: {e}"))?;
+        let advice =
+            Template::parse(&m.advice, &facts).map_err(|e| format!("modes.{k}.advice: {e}"))?;
+        modes.insert(k.clone(), Mode { name, advice });
+    }
+    if f.months.len() != 12 {
+        return Err(format!("months: 12 names needed, found {}", f.months.len()).into());
+    }
+    if f.weekdays.len() != 7 {
+        return Err(format!(
+            "weekdays: 7 names needed (Monday first), found {}",
+            f.weekdays.len()
+        )
+        .into());
+    }
+    let date_format = Template::parse(&f.date_format, &|n| DATE_PARTS.contains(&n))
+        .map_err(|e| format!("date_format: {e}"))?;
     let rtl = match f.direction.as_deref() {
         None | Some("ltr") => false,
         Some("rtl") => true,
@@ -444,42 +748,182 @@ fn parse_locale(text: &str) -> Result<Locale, TemplateError> {
     Ok(Locale {
         rtl,
         voice_language: f.voice_language.unwrap_or_else(|| "en-US".into()),
+        dates: DateStyle {
+            calendar: f.calendar,
+            digits: f.digits,
+            months: f.months,
+            weekdays: f.weekdays,
+        },
+        date_format,
         phrases,
         templates,
+        modes,
     })
+}
+
+/// How many SMS segments a text takes: GSM-7 when every character is in the GSM 03.38 basic set
+/// or its extension (which counts twice), otherwise UCS-2 (UTF-16 units).
+pub fn sms_segments(text: &str) -> usize {
+    const BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+    const EXTENDED: &str = "^{}\\[~]|€\u{000c}";
+    let mut septets = 0usize;
+    let mut gsm = true;
+    for c in text.chars() {
+        if BASIC.contains(c) {
+            septets += 1;
+        } else if EXTENDED.contains(c) {
+            septets += 2;
+        } else {
+            gsm = false;
+            break;
+        }
+    }
+    if gsm {
+        if septets <= 160 {
+            1
+        } else {
+            septets.div_ceil(153)
+        }
+    } else {
+        let units = text.encode_utf16().count();
+        if units <= 70 {
+            1
+        } else {
+            units.div_ceil(67)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn facts() -> BTreeMap<&'static str, String> {
-        let mut f = BTreeMap::new();
-        f.insert("name", "Acme <Ops>".to_string());
-        f.insert("device", "pump-7".to_string());
-        f.insert("failure_mode", "bearing".to_string());
-        f.insert("probability", "92".to_string());
-        f.insert("when", "2026-11-23 14:00 Asia/Bangkok".to_string());
-        f.insert("ticket", "T-1".to_string());
-        f.insert("link", "https://x/n/abc".to_string());
-        f
+    fn facts() -> Facts {
+        Facts {
+            name: "Acme <Ops>".into(),
+            device: "pump-7".into(),
+            failure_mode: "bearing_wear".into(),
+            probability: 0.92,
+            when: chrono::NaiveDate::from_ymd_opt(2026, 11, 25)
+                .and_then(|d| d.and_hms_opt(14, 0, 0)),
+            soon: false,
+            ticket: "T-0123456789abcdef".into(),
+            link: "https://x/n/abc".into(),
+            ..Facts::default()
+        }
     }
 
     #[test]
     fn embedded_locales_load_and_render_every_channel() {
         let t = Templates::load(None, "en").unwrap();
         for loc in ["en", "th", "fa"] {
-            let r = t.render(loc, MessageKind::Urgent, &facts(), true);
-            assert_eq!(r.locale, loc);
-            for s in [&r.sms, &r.voice, &r.push, &r.email_subject, &r.email_text] {
-                assert!(!s.is_empty() && !s.contains("{{"), "{loc}: {s}");
+            for kind in MessageKind::ALL {
+                let r = t.render(loc, kind, &facts(), true);
+                assert_eq!(r.locale, loc);
+                for s in [&r.sms, &r.push, &r.email_subject, &r.email_text] {
+                    assert!(!s.is_empty() && !s.contains("{{"), "{loc} {kind:?}: {s}");
+                }
+                assert!(r.sms.contains("pump-7"), "{loc}: {}", r.sms);
+                assert_eq!(
+                    r.email_html.contains("https://x/n/abc"),
+                    kind.is_warning(),
+                    "{loc} {kind:?}: only a warning links to the page"
+                );
             }
-            assert!(r.sms.contains("pump-7"), "{loc}: {}", r.sms);
-            assert!(r.email_html.contains("https://x/n/abc"));
         }
         let fa = t.render("fa-IR", MessageKind::Alert, &facts(), true);
         assert!(fa.rtl && fa.email_html.contains("dir=\"rtl\""));
         assert!(t.render("de", MessageKind::Alert, &facts(), true).locale == "en");
+    }
+
+    #[test]
+    fn dates_are_written_in_the_customers_calendar_and_digits() {
+        let t = Templates::load(None, "en").unwrap();
+        let en = t.render("en", MessageKind::Alert, &facts(), true);
+        assert!(en.sms.contains("Wed 25 Nov 2026, 14:00"), "{}", en.sms);
+        let th = t.render("th", MessageKind::Alert, &facts(), true);
+        assert!(th.sms.contains("25 พ.ย. 2569"), "{}", th.sms);
+        let fa = t.render("fa", MessageKind::Alert, &facts(), true);
+        assert!(fa.sms.contains("۴ آذر ۱۴۰۵"), "{}", fa.sms);
+        assert!(fa.sms.contains("۱۴:۰۰"), "{}", fa.sms);
+    }
+
+    #[test]
+    fn a_time_already_here_reads_as_soon_as_possible() {
+        let t = Templates::load(None, "en").unwrap();
+        let f = Facts {
+            soon: true,
+            ..facts()
+        };
+        let en = t.render("en", MessageKind::Urgent, &f, true);
+        assert!(en.sms.contains("as soon as possible"), "{}", en.sms);
+        assert!(!en.sms.contains("2026"), "{}", en.sms);
+    }
+
+    #[test]
+    fn modes_have_names_in_every_language_and_unknown_modes_read_well() {
+        let t = Templates::load(None, "en").unwrap();
+        let mut f = facts();
+        for mode in ["bearing_wear", "overheating", "seal_leak", "comp3"] {
+            f.failure_mode = mode.into();
+            for loc in ["en", "th", "fa"] {
+                let r = t.render(loc, MessageKind::Alert, &f, true);
+                assert!(!r.sms.contains('_'), "{loc}: {}", r.sms);
+                assert!(!r.sms.contains(" a overheating"), "{}", r.sms);
+                if loc != "en" {
+                    assert!(!r.email_text.contains("bearing"), "{loc}: {}", r.email_text);
+                }
+            }
+        }
+        assert!(t
+            .render("en", MessageKind::Alert, &f, true)
+            .sms
+            .contains("comp3"));
+    }
+
+    #[test]
+    fn no_probability_is_shown_to_customers_by_default() {
+        let t = Templates::load(None, "en").unwrap();
+        for loc in ["en", "th", "fa"] {
+            for kind in MessageKind::ALL {
+                let r = t.render(loc, kind, &facts(), true);
+                for s in [&r.sms, &r.email_text, &r.push, &r.voice] {
+                    assert!(
+                        !s.contains('%') && !s.contains('٪') && !s.contains("92"),
+                        "{s}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sms_fit_in_two_segments_in_every_locale() {
+        let t = Templates::load(None, "en").unwrap();
+        let f = Facts {
+            device: "Pump 7 (basement)".into(),
+            ..facts()
+        };
+        let mut over = Vec::new();
+        for loc in ["en", "th", "fa"] {
+            for kind in MessageKind::ALL {
+                let r = t.render(loc, kind, &f, true);
+                let n = sms_segments(&r.sms);
+                if n > 2 {
+                    over.push(format!(
+                        "{loc} {kind:?}: {n} segments, {} units: {}",
+                        r.sms.encode_utf16().count(),
+                        r.sms
+                    ));
+                }
+            }
+        }
+        assert!(over.is_empty(), "{}", over.join("\n"));
+        assert_eq!(sms_segments(&"a".repeat(160)), 1);
+        assert_eq!(sms_segments(&"a".repeat(161)), 2);
+        assert_eq!(sms_segments(&"ก".repeat(70)), 1);
+        assert_eq!(sms_segments(&"ก".repeat(71)), 2);
+        assert_eq!(sms_segments(&"{".repeat(80)), 1);
     }
 
     #[test]
@@ -510,7 +954,7 @@ mod tests {
     fn a_bad_template_is_an_error_naming_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let good = EMBEDDED[0].1;
-        let bad = good.replace("prediction = \"{{device}}", "prediction = \"{{devise}}");
+        let bad = good.replace("{{device}}", "{{devise}}");
         assert_ne!(bad, good);
         std::fs::write(dir.path().join("en.toml"), bad).unwrap();
         let e = Templates::load(Some(dir.path()), "en")
@@ -518,5 +962,8 @@ mod tests {
             .to_string();
         assert!(e.contains("en.toml") && e.contains("{{devise}}"), "{e}");
         assert!(Templates::load(None, "xx").is_err());
+        let unclosed = good.replace("{{/link}}", "");
+        std::fs::write(dir.path().join("en.toml"), unclosed).unwrap();
+        assert!(Templates::load(Some(dir.path()), "en").is_err());
     }
 }

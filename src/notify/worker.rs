@@ -4,12 +4,16 @@
 //!
 //! Crash safety: before calling a provider the row records the attempt ("sending") durably; the
 //! idempotency key depends only on (row, channel), so after a kill -9 between "sent" and
-//! "recorded" the same request is repeated with the same key and the provider drops the copy.
+//! "recorded" the same request is repeated with the same key. Receivers that honour the key
+//! (webhooks, push) drop the copy; Twilio's REST API does not, so an SMS or call interrupted at
+//! exactly that moment can reach the customer twice (the same message, marked as a resend in
+//! the timeline) — at least once, never lost.
 //! On success the row's removal, the timeline entry, the budget count and any reminder row are
 //! one atomic commit.
 
 use super::channels::{Outgoing, SendError};
 use super::route::{self, Decision, RouteInput};
+use super::templates::Facts;
 use super::templates::MessageKind;
 use super::{Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
 use crate::domain::{Status, Ticket};
@@ -17,7 +21,7 @@ use crate::fleet::{Channel, Customer};
 use crate::store::Store;
 use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -151,11 +155,16 @@ impl Notifier {
                     )
                 })
             }
-            MessageKind::Resolved => None,
+            // Follow-ups go only to a customer notify actually alerted about this ticket.
+            MessageKind::Resolved
+            | MessageKind::VisitConfirmed
+            | MessageKind::VisitRescheduled
+            | MessageKind::NoActionNeeded => (!self.was_alerted(store, &row.ticket_id))
+                .then(|| "not sent: the customer was never alerted about this ticket".to_string()),
             // Opened already urgent (e.g. failure predicted soon) and then raised to urgent
             // priority: the customer has had the urgent alert. (A fallback row of that alert
             // has its plan already and goes on.)
-            MessageKind::Urgent
+            MessageKind::Urgent | MessageKind::Update
                 if row.plan.is_empty()
                     && store
                         .get_kv::<bool>(&format!("notify/urgent/{}", row.ticket_id))
@@ -198,7 +207,9 @@ impl Notifier {
         let sent_today: u32 = store.get_kv(&budget_key(&customer.id, &day))?.unwrap_or(0);
         if row.plan.is_empty() {
             let available = self.available();
+            let opted_out = self.opted_out(store, &customer);
             let input = RouteInput {
+                opted_out: &opted_out,
                 cfg: &self.cfg.routing,
                 available: &available,
                 customer: &customer,
@@ -296,6 +307,7 @@ impl Notifier {
         let rendered = self
             .templates
             .render(&customer.locale, kind, &facts, answered.is_none());
+        let link = kind.is_warning().then_some(facts.link.as_str());
         let json = serde_json::json!({
             "schema": "forewarn.notification/v1",
             "kind": kind.as_str(),
@@ -308,7 +320,7 @@ impl Notifier {
             "predicted_failure_at": ticket.predicted_failure_at,
             "status": ticket.status,
             "text": rendered.push,
-            "link": facts.get("link"),
+            "link": link,
             "locale": rendered.locale,
             "idempotency_key": row.idempotency_key(ch),
         });
@@ -358,8 +370,11 @@ impl Notifier {
                 let mut tx = store.tx();
                 tx.remove_raw(key);
                 tx.put_kv(&budget_key(&customer.id, &day), &(sent_today + 1));
-                if kind == MessageKind::Urgent {
+                if matches!(kind, MessageKind::Urgent | MessageKind::Update) {
                     tx.put_kv(&format!("notify/urgent/{}", row.ticket_id), &true);
+                }
+                if kind.is_warning() {
+                    tx.put_kv(&alerted_key(&row.ticket_id), &ch);
                 }
                 tx.push_timeline(
                     &customer.id,
@@ -396,7 +411,10 @@ impl Notifier {
                         );
                     }
                 }
-                let wants_ack = matches!(kind, MessageKind::Urgent | MessageKind::Reminder);
+                let wants_ack = matches!(
+                    kind,
+                    MessageKind::Urgent | MessageKind::Update | MessageKind::Reminder
+                );
                 if wants_ack && answered.is_none() && row.reminder < self.cfg.max_reminders {
                     let due = now + self.cfg.ack_timeout.as_millis_i64();
                     let n = row.reminder + 1;
@@ -568,50 +586,88 @@ impl Notifier {
         }
     }
 
+    /// Whether a warning about this ticket reached a provider (what follow-ups depend on).
+    pub(crate) fn was_alerted(&self, store: &Store, ticket_id: &str) -> bool {
+        store
+            .get_kv::<Channel>(&alerted_key(ticket_id))
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    /// The customer's channels that answered STOP.
+    pub(crate) fn opted_out(&self, store: &Store, c: &Customer) -> BTreeSet<Channel> {
+        c.contacts
+            .iter()
+            .filter(|(ch, addr)| {
+                store
+                    .get_kv::<super::OptOut>(&super::optout_key(**ch, addr))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            })
+            .map(|(ch, _)| *ch)
+            .collect()
+    }
+
     /// The facts every template gets.
-    pub(crate) fn facts(
-        &self,
-        t: &Ticket,
-        c: &Customer,
-        desk: &dyn TicketDesk,
-        now: i64,
-    ) -> BTreeMap<&'static str, String> {
-        let mut f = BTreeMap::new();
-        f.insert(
-            "name",
-            if c.name.is_empty() {
-                c.id.clone()
-            } else {
-                c.name.clone()
-            },
-        );
+    pub(crate) fn facts(&self, t: &Ticket, c: &Customer, desk: &dyn TicketDesk, now: i64) -> Facts {
         let device = desk
             .device(&t.device_id)
             .and_then(|d| d.attributes.get("name").cloned())
             .unwrap_or_else(|| t.device_id.clone());
-        f.insert("device", device);
-        f.insert("failure_mode", t.failure_mode.replace(['_', '-'], " "));
-        f.insert("probability", format!("{:.0}", t.probability * 100.0));
-        let when = t
+        let at = t
             .predicted_failure_at
             .as_deref()
-            .and_then(crate::domain::parse_ts)
+            .and_then(crate::domain::parse_ts);
+        // Never a time in the past: within the next hour (or gone) it is "as soon as possible".
+        let soon = at.is_some_and(|ms| ms <= now + 3_600_000);
+        let when = at
+            .filter(|_| !soon)
             .and_then(|ms| route::tz_of(c).timestamp_millis_opt(ms).single())
-            .map(|lt| format!("{} ({})", lt.format("%Y-%m-%d %H:%M"), c.time_zone))
-            .unwrap_or_default();
-        f.insert("when", when);
-        f.insert("ticket", t.id.clone());
-        f.insert("link", self.link(&t.id, &c.id, now));
-        f.insert("priority", t.priority.as_str().to_string());
-        f.insert("status", t.status.as_str().to_string());
-        f.insert(
-            "reply_to",
-            self.cfg
+            .map(|lt| lt.naive_local());
+        let visit = store_visit(t);
+        Facts {
+            name: if c.name.is_empty() {
+                c.id.clone()
+            } else {
+                c.name.clone()
+            },
+            device,
+            failure_mode: t.failure_mode.clone(),
+            probability: t.probability,
+            when,
+            soon,
+            ticket: t.id.clone(),
+            link: self.link(&t.id, &c.id, now),
+            priority: t.priority.as_str().to_string(),
+            status: t.status.as_str().to_string(),
+            reply_to: self
+                .cfg
                 .email
                 .as_ref()
                 .map(|e| e.reply_to.clone().unwrap_or_else(|| e.from.clone()))
                 .unwrap_or_default(),
-        );
-        f
+            visit,
+        }
     }
+}
+
+/// Key of "this ticket's customer was alerted" (the channel that carried the warning).
+pub(crate) fn alerted_key(ticket_id: &str) -> String {
+    format!("notify/alerted/{ticket_id}")
+}
+
+/// The visit time the customer asked for, from the last reply that named one.
+fn store_visit(t: &Ticket) -> String {
+    t.history
+        .iter()
+        .rev()
+        .filter(|h| h.actor.starts_with("customer:"))
+        .find_map(|h| {
+            h.note
+                .split_once(super::VISIT_MARK)
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
 }

@@ -299,6 +299,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
             shutdown.clone(),
         )));
     }
+    if let Some(after) = cfg.ingest.forget_after {
+        tasks.push(tokio::spawn(forget_loop(
+            app.clone(),
+            after.std(),
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(reload_on_sighup(
         app.clone(),
         shutdown.clone(),
@@ -316,6 +323,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
         tasks,
         processor,
     })
+}
+
+/// Sweeps the states of devices unseen for `ingest.forget_after`, ten times per period (at most
+/// hourly, at least every half second).
+async fn forget_loop(app: Arc<App>, after: Duration, shutdown: CancellationToken) {
+    let period = (after / 10).clamp(Duration::from_millis(500), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let a = app.clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        match tokio::task::spawn_blocking(move || a.forget_unseen(now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("forgetting unseen devices failed: {e}"),
+            Err(e) => tracing::error!("forget task failed: {e}"),
+        }
+    }
 }
 
 /// The reorder idle timer: releases what silent devices still hold, a few times per idle period.

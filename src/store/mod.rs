@@ -136,6 +136,13 @@ impl Tx {
         self.ops += 1;
     }
 
+    /// Forgets a device's state and reorder buffer.
+    pub fn remove_device_state(&mut self, device: &str) {
+        self.batch.remove(key2(b"s/", device));
+        self.batch.remove(key2(b"r/", device));
+        self.ops += 1;
+    }
+
     pub fn put_reorder(&mut self, device: &str, bytes: Vec<u8>) {
         self.batch.insert(key2(b"r/", device), bytes);
         self.ops += 1;
@@ -203,6 +210,11 @@ impl Tx {
 
     pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
         self.insert_json(key2(b"k/", name), value);
+        self.ops += 1;
+    }
+
+    pub fn remove_kv(&mut self, name: &str) {
+        self.batch.remove(key2(b"k/", name));
         self.ops += 1;
     }
 
@@ -392,6 +404,16 @@ impl Store {
 
     pub fn load_reorder(&self, device: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.h()?.tree.get(key2(b"r/", device))?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored device state: (device, bytes).
+    pub fn states(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.h()?.tree.scan_prefix(b"s/") {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k[2..]).into_owned(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Devices with a stored reorder buffer.

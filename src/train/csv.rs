@@ -1,20 +1,13 @@
-//! History files in the contract's CSV layout (`telemetry.csv`, `events.csv`, `devices.csv`).
-//!
-//! Every bad row is an error naming `file:line`; nothing panics on input. Lines are capped at
-//! [`MAX_LINE_BYTES`] before the CSV parser buffers them, so a hostile file cannot make one record
-//! allocate without bound.
+//! A data set as training and backtests see it: each device's readings sorted by event time, its
+//! events, and the fleet's attributes — read with [`crate::history`]'s reader under
+//! [`BadRows::Fail`] (every bad row is an error naming `file:line`).
 
 use super::TrainError;
-use crate::domain::{parse_ts, validate_device_id, DeviceEvent, EventKind, Millis, Reading};
+use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use crate::features::Attributes;
+use crate::history::{self, BadRows, HistoryError, RowError};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::Path;
-
-/// Longest line accepted in a history file.
-pub const MAX_LINE_BYTES: usize = 1 << 20;
-/// Most metric columns accepted in telemetry.csv.
-pub const MAX_METRICS: usize = 4096;
 
 /// One device's history: readings sorted by event time, and its events.
 #[derive(Debug, Clone, Default)]
@@ -197,168 +190,52 @@ impl History {
     }
 }
 
-/// Refuses lines longer than [`MAX_LINE_BYTES`] before the CSV parser buffers them.
-struct LineCap<R> {
-    inner: R,
-    run: usize,
-}
-
-impl<R: Read> Read for LineCap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                self.run = 0;
-            } else {
-                self.run += 1;
-                if self.run > MAX_LINE_BYTES {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("a line is longer than {MAX_LINE_BYTES} bytes"),
-                    ));
-                }
-            }
-        }
-        Ok(n)
-    }
-}
-
-fn open(
-    path: &Path,
-) -> Result<csv::Reader<LineCap<std::io::BufReader<std::fs::File>>>, TrainError> {
-    let f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(LineCap {
-            inner: std::io::BufReader::new(f),
-            run: 0,
-        }))
-}
-
-fn line_of(rec: &csv::StringRecord) -> u64 {
-    rec.position().map_or(0, |p| p.line())
-}
-
-fn csv_err(path: &Path, e: csv::Error) -> TrainError {
-    let line = e.position().map_or(0, |p| p.line());
-    let detail = match e.kind() {
-        csv::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => format!("expected {expected_len} fields, found {len}"),
-        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
-        _ => e.to_string(),
-    };
-    TrainError::csv(path, line, detail)
-}
-
-fn headers(path: &Path, rdr: &mut csv::Reader<impl Read>) -> Result<Vec<String>, TrainError> {
-    let h = rdr.headers().map_err(|e| csv_err(path, e))?;
-    Ok(h.iter().map(|s| s.trim().to_string()).collect())
-}
-
-fn expect_columns(path: &Path, got: &[String], want: &[&str]) -> Result<(), TrainError> {
-    for (i, w) in want.iter().enumerate() {
-        if got.get(i).map(String::as_str) != Some(*w) {
-            return Err(TrainError::csv(
+impl From<HistoryError> for TrainError {
+    fn from(e: HistoryError) -> TrainError {
+        match e {
+            HistoryError::Io { path, source } => TrainError::Io { path, source },
+            HistoryError::Header { path, detail } => TrainError::Csv {
                 path,
-                1,
-                format!("column {} must be {w:?} (header: {})", i + 1, got.join(",")),
-            ));
+                line: 1,
+                detail,
+            },
+            HistoryError::Row(RowError {
+                path,
+                line,
+                message,
+            }) => TrainError::Csv {
+                path,
+                line,
+                detail: message,
+            },
         }
     }
-    Ok(())
 }
 
-fn device_id(path: &Path, line: u64, s: &str) -> Result<String, TrainError> {
-    let id = s.trim();
-    validate_device_id(id).map_err(|r| TrainError::csv(path, line, format!("device_id: {r}")))?;
-    Ok(id.to_string())
-}
-
-fn timestamp(path: &Path, line: u64, s: &str) -> Result<Millis, TrainError> {
-    parse_ts(s).ok_or_else(|| {
-        TrainError::csv(path, line, format!("ts {s:?} is not an RFC 3339 timestamp"))
-    })
-}
-
-/// telemetry.csv: `device_id,ts,<metric>…`; an empty cell is a missing value.
+/// telemetry.csv: `device_id,ts,<metric>…`; an empty cell is a missing value. The first bad row
+/// is an error naming `file:line`.
 pub fn read_telemetry(path: &Path) -> Result<History, TrainError> {
-    let mut rdr = open(path)?;
-    let cols = headers(path, &mut rdr)?;
-    expect_columns(path, &cols, &["device_id", "ts"])?;
-    let metrics: Vec<String> = cols[2..].to_vec();
-    if metrics.is_empty() {
-        return Err(TrainError::csv(
-            path,
-            1,
-            "no metric columns after device_id,ts",
-        ));
-    }
-    if metrics.len() > MAX_METRICS {
-        return Err(TrainError::csv(
-            path,
-            1,
-            format!("more than {MAX_METRICS} metric columns"),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for m in &metrics {
-        if m.is_empty() || !seen.insert(m.as_str()) {
-            return Err(TrainError::csv(
-                path,
-                1,
-                format!("metric column {m:?} is empty or repeated"),
-            ));
-        }
-    }
-    let k = metrics.len();
     let mut devices: Vec<DeviceHistory> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut rows = 0usize;
-    let mut rec = csv::StringRecord::new();
-    loop {
-        match rdr.read_record(&mut rec) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return Err(csv_err(path, e)),
-        }
-        let line = line_of(&rec);
-        let id = device_id(path, line, &rec[0])?;
-        let ts = timestamp(path, line, &rec[1])?;
-        let i = match by_id.get(&id) {
-            Some(&i) => i,
-            None => {
-                devices.push(DeviceHistory {
-                    id: id.clone(),
-                    ..Default::default()
-                });
-                by_id.insert(id, devices.len() - 1);
-                devices.len() - 1
-            }
-        };
-        let d = &mut devices[i];
-        d.ts.push(ts);
-        for (j, cell) in rec.iter().skip(2).enumerate() {
-            let cell = cell.trim();
-            let v = if cell.is_empty() {
-                f64::NAN
-            } else {
-                match cell.parse::<f64>() {
-                    Ok(v) if v.is_finite() => v,
-                    _ => {
-                        return Err(TrainError::csv(
-                            path,
-                            line,
-                            format!("{}: {cell:?} is not a finite number", metrics[j]),
-                        ))
-                    }
+    let (metrics, summary) =
+        history::read_telemetry(history::open(path)?, path, BadRows::Fail, |row| {
+            let i = match by_id.get(row.device_id) {
+                Some(&i) => i,
+                None => {
+                    devices.push(DeviceHistory {
+                        id: row.device_id.to_string(),
+                        ..Default::default()
+                    });
+                    by_id.insert(row.device_id.to_string(), devices.len() - 1);
+                    devices.len() - 1
                 }
             };
-            d.values.push(v);
-        }
-        rows += 1;
-    }
+            let d = &mut devices[i];
+            d.ts.push(row.ts);
+            d.values.extend_from_slice(row.values);
+            Ok(())
+        })?;
+    let k = metrics.len();
     // Sort each device's readings by time, keeping file order among equal timestamps.
     for d in &mut devices {
         if d.ts.windows(2).any(|w| w[0] > w[1]) {
@@ -377,107 +254,85 @@ pub fn read_telemetry(path: &Path) -> Result<History, TrainError> {
         metrics,
         devices,
         attrs: BTreeMap::new(),
-        rows,
+        rows: summary.rows as usize,
     })
 }
 
-/// events.csv: `device_id,ts,kind,code`.
+/// events.csv: `device_id,ts,kind,code`. The first bad row is an error naming `file:line`.
 pub fn read_events(path: &Path) -> Result<Vec<DeviceEvent>, TrainError> {
-    Ok(read_events_with_outcomes(path)?
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect())
+    let mut out = Vec::new();
+    history::read_events(history::open(path)?, path, BadRows::Fail, |_, e| {
+        out.push(e);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
-/// events.csv: `device_id,ts,kind,code[,outcome]`; an empty outcome cell is no outcome.
+/// events.csv with its optional fifth column `outcome` (`confirmed`, `false_alarm`, `failed`; an
+/// empty cell is no outcome). Events are read by the shared reader; the outcome column, which it
+/// ignores, by a second pass that matches rows by line.
 pub fn read_events_with_outcomes(
     path: &Path,
 ) -> Result<Vec<(DeviceEvent, Option<EventOutcome>)>, TrainError> {
-    let mut rdr = open(path)?;
-    let cols = headers(path, &mut rdr)?;
-    expect_columns(path, &cols, &["device_id", "ts", "kind", "code"])?;
-    let with_outcome = cols.get(4).is_some_and(|c| c == "outcome");
-    let mut out = Vec::new();
-    let mut rec = csv::StringRecord::new();
+    let mut lines = Vec::new();
+    history::read_events(history::open(path)?, path, BadRows::Fail, |line, e| {
+        lines.push((line, e));
+        Ok(())
+    })?;
+    let outcomes = read_outcomes(path)?;
+    Ok(lines
+        .into_iter()
+        .map(|(line, e)| (e, outcomes.get(&line).copied()))
+        .collect())
+}
+
+/// Line → outcome, for the rows of `events.csv` that carry one.
+fn read_outcomes(path: &Path) -> Result<HashMap<u64, EventOutcome>, TrainError> {
+    let mut out = HashMap::new();
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(history::open(path)?);
+    let col = rdr
+        .byte_headers()
+        .map_err(|e| TrainError::csv(path, 1, e.to_string()))?
+        .iter()
+        .position(|h| h == b"outcome");
+    let Some(col) = col else {
+        return Ok(out);
+    };
+    let mut rec = csv::ByteRecord::new();
     loop {
-        match rdr.read_record(&mut rec) {
+        match rdr.read_byte_record(&mut rec) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => return Err(csv_err(path, e)),
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                return Err(TrainError::csv(path, line, e.to_string()));
+            }
         }
-        let line = line_of(&rec);
-        let device_id = device_id(path, line, &rec[0])?;
-        let ts = timestamp(path, line, &rec[1])?;
-        let kind = EventKind::parse(rec[2].trim()).ok_or_else(|| {
+        let line = rec.position().map_or(0, |p| p.line());
+        let cell = rec.get(col).unwrap_or_default();
+        let text = String::from_utf8_lossy(cell);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let o = EventOutcome::parse(text).ok_or_else(|| {
             TrainError::csv(
                 path,
                 line,
-                format!("kind {:?} is not failure, maintenance or error", &rec[2]),
+                format!("outcome {text:?} is not confirmed, false_alarm or failed"),
             )
         })?;
-        let code = rec[3].trim();
-        if code.is_empty() || code.len() > 128 {
-            return Err(TrainError::csv(
-                path,
-                line,
-                "code must be 1 to 128 characters",
-            ));
-        }
-        let outcome = match rec.get(4).map(str::trim) {
-            Some(o) if with_outcome && !o.is_empty() => {
-                Some(EventOutcome::parse(o).ok_or_else(|| {
-                    TrainError::csv(
-                        path,
-                        line,
-                        format!("outcome {o:?} is not confirmed, false_alarm or failed"),
-                    )
-                })?)
-            }
-            _ => None,
-        };
-        out.push((
-            DeviceEvent {
-                device_id,
-                ts,
-                kind,
-                code: code.to_string(),
-            },
-            outcome,
-        ));
+        out.insert(line, o);
     }
     Ok(out)
 }
 
-/// devices.csv: `device_id,<attribute>…`.
+/// devices.csv: `device_id,<attribute>…`. The first bad row is an error naming `file:line`.
 pub fn read_devices(path: &Path) -> Result<BTreeMap<String, Attributes>, TrainError> {
-    let mut rdr = open(path)?;
-    let cols = headers(path, &mut rdr)?;
-    expect_columns(path, &cols, &["device_id"])?;
-    let mut out = BTreeMap::new();
-    let mut rec = csv::StringRecord::new();
-    loop {
-        match rdr.read_record(&mut rec) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return Err(csv_err(path, e)),
-        }
-        let line = line_of(&rec);
-        let id = device_id(path, line, &rec[0])?;
-        let attrs: Attributes = cols[1..]
-            .iter()
-            .zip(rec.iter().skip(1))
-            .filter(|(_, v)| !v.trim().is_empty())
-            .map(|(k, v)| (k.clone(), v.trim().to_string()))
-            .collect();
-        if out.insert(id.clone(), attrs).is_some() {
-            return Err(TrainError::csv(
-                path,
-                line,
-                format!("device {id:?} listed twice"),
-            ));
-        }
-    }
-    Ok(out)
+    let (attrs, _) = history::read_devices(history::open(path)?, path, BadRows::Fail)?;
+    Ok(attrs)
 }
 
 #[cfg(test)]
@@ -526,7 +381,7 @@ mod tests {
             "bad.csv",
             "device_id,ts,kind,code,outcome\na,2020-01-02T00:00:00Z,maintenance,pump,maybe\n",
         );
-        let err = read_events(&bad).unwrap_err().to_string();
+        let err = read_events_with_outcomes(&bad).unwrap_err().to_string();
         assert!(
             err.contains("bad.csv:2") && err.contains("outcome"),
             "{err}"
@@ -548,7 +403,7 @@ mod tests {
     #[test]
     fn overlong_line_is_refused_without_buffering_it() {
         let d = tempfile::tempdir().unwrap();
-        let long = "x".repeat(MAX_LINE_BYTES + 10);
+        let long = "x".repeat(history::MAX_LINE_BYTES + 10);
         let p = file(&d, "t.csv", &format!("device_id,ts,temp\n{long}\n"));
         let e = read_telemetry(&p).unwrap_err().to_string();
         assert!(e.contains("longer than"), "{e}");

@@ -3,6 +3,7 @@
 //! with an injected clock.
 #![allow(dead_code)]
 
+pub mod peers;
 pub mod providers;
 pub mod smtp;
 
@@ -30,6 +31,8 @@ pub struct StoreDesk {
     pub clock: Arc<ManualClock>,
     /// Single writer, like the daemon's core lock.
     write: Mutex<()>,
+    /// Like the daemon, a transition is committed with the notifier's rows.
+    pub notifier: std::sync::OnceLock<Arc<Notifier>>,
 }
 
 impl StoreDesk {
@@ -39,6 +42,7 @@ impl StoreDesk {
             customers: Mutex::new(HashMap::new()),
             clock,
             write: Mutex::new(()),
+            notifier: std::sync::OnceLock::new(),
         }
     }
 }
@@ -73,6 +77,15 @@ impl TicketDesk for StoreDesk {
         }
         let mut tx = self.store.tx();
         tx.put_ticket(&t);
+        if let Some(n) = self.notifier.get() {
+            let change = Change {
+                kind: ChangeKind::Transition,
+                previous_priority: Some(t.priority),
+                ticket: t.clone(),
+            };
+            let customer = t.customer_id.as_deref().and_then(|c| self.customer(c));
+            n.on_ticket_change(&mut tx, &change, customer.as_ref(), None, now);
+        }
         self.store.commit(tx)?;
         Ok(t)
     }
@@ -186,6 +199,7 @@ impl Harness {
                 .with_clock(clock.clone()),
         );
         let desk = Arc::new(StoreDesk::new(store.clone(), clock.clone()));
+        let _ = desk.notifier.set(notifier.clone());
         let app = notifier.clone().routes(store.clone(), desk.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(l, app).await;

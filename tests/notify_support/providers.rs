@@ -1,7 +1,7 @@
 //! Fake cloud providers as a real HTTP server on loopback, speaking the documented shapes:
-//! Twilio Messages and Calls APIs (form POST, basic auth, `I-Twilio-Idempotency-Token`
-//! de-duplication, StatusCallback), ntfy publish, and a customer webhook that checks the
-//! HMAC signature. Each service can be told to fail, rate-limit, hang or go down.
+//! Twilio Messages and Calls APIs (form POST, basic auth, StatusCallback; like the real API they
+//! do not de-duplicate by idempotency key), ntfy publish, and a customer webhook that checks
+//! the HMAC signature. Each service can be told to fail, rate-limit, hang or go down.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -150,7 +150,11 @@ fn record(
         .unwrap_or("")
         .to_string();
     let mut g = st.lock().unwrap();
-    if !idem.is_empty() {
+    // Twilio's REST API does not de-duplicate by this header (it only signs its own webhooks
+    // with it), so the fake SMS and voice services deliver every request, as the real ones do.
+    // The push and webhook fakes stand for receivers that do honour an idempotency key.
+    let dedupes = !matches!(service, "sms" | "voice");
+    if dedupes && !idem.is_empty() {
         if let Some(sid) = g.sids.get(&idem) {
             return sid.clone(); // the same request again: not sent twice
         }

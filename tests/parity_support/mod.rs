@@ -151,7 +151,7 @@ fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
     use forewarn::domain::{DeviceEvent, EventKind};
     forewarn::replay::Message {
         topic: format!("{prefix}/{PROBE}/events"),
-        payload: forewarn::sim::event_payload(&DeviceEvent {
+        payload: forewarn::ingest::encode::event_payload(&DeviceEvent {
             device_id: PROBE.into(),
             ts,
             kind: EventKind::Error,

@@ -1,0 +1,445 @@
+//! The customer's side of the conversation: replies in three scripts mean what they say,
+//! automatic replies and replayed provider messages change nothing, carrier keywords are
+//! honoured, an unclear reply reaches a person, and each moment gets its message (and only
+//! those). Real HTTP on loopback, real sled, the real SMTP test server.
+
+mod notify_support;
+
+use forewarn::domain::{Outcome, Priority, Status};
+use forewarn::engine::ChangeKind;
+use forewarn::fleet::Channel;
+use forewarn::notify::TicketDesk;
+use notify_support::Harness;
+use std::time::Duration;
+
+async fn sms(h: &Harness, from: &str, sid: &str, body: &str) -> String {
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/sms",
+            &[
+                ("MessageSid", sid),
+                ("AccountSid", "AC0000test"),
+                ("From", from),
+                ("To", "+15550100"),
+                ("Body", body),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+async fn email(
+    h: &Harness,
+    from: &str,
+    subject: &str,
+    text: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let hdrs: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let r = h
+        .http
+        .post(format!(
+            "{}/notify/v1/email/inbound?key=inbound-key-for-tests",
+            h.url
+        ))
+        .form(&[
+            ("sender", from),
+            ("subject", subject),
+            ("stripped-text", text),
+            (
+                "message-headers",
+                serde_json::to_string(&hdrs).unwrap().as_str(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn replies_in_thai_persian_and_english_book_the_visit_and_get_a_confirmation() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let th = h.customer("somchai", "th", &[Channel::Sms]);
+    let fa = h.customer("darya", "fa", &[Channel::Sms]);
+    let en = h.customer("acme", "en", &[Channel::Email]);
+    let tth = h.open(&th, "pump-th", Priority::High, 0.7, Some(72));
+    let tfa = h.open(&fa, "pump-fa", Priority::High, 0.7, Some(72));
+    let ten = h.open(&en, "pump-en", Priority::High, 0.7, Some(72));
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 2);
+    sms(&h, &th.contacts[&Channel::Sms], "SMth1", "ตกลงค่ะ").await;
+    sms(
+        &h,
+        &fa.contacts[&Channel::Sms],
+        "SMfa1",
+        "۱ باشه، لطفاً فردا صبح",
+    )
+    .await;
+    let subject = format!("Re: [{}] Service advisory: pump-en", ten.id);
+    let (status, _) = email(
+        &h,
+        "acme@customer.test",
+        &subject,
+        "Yes please, any morning.\n\n> quoted",
+        &[("Message-Id", "<r1@customer.test>")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    for t in [&tth, &tfa, &ten] {
+        assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Scheduled);
+    }
+    // Each customer hears back, in their language, that the visit is booked.
+    h.run().await;
+    let texts = h.fakes.delivered("sms");
+    assert_eq!(texts.len(), 4, "two alerts, two confirmations");
+    assert!(
+        texts[2..].iter().any(|m| m.body.contains("ยืนยันนัดช่างแล้ว")),
+        "{texts:?}"
+    );
+    assert!(
+        texts[2..].iter().any(|m| m.body.contains("بازدید ثبت شد")),
+        "{texts:?}"
+    );
+    let mails = h.smtp.mails();
+    assert_eq!(mails.len(), 2);
+    assert!(mails[1].data.contains("Visit booked"), "{}", mails[1].data);
+}
+
+#[tokio::test]
+async fn a_replayed_message_sid_changes_nothing() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let from = c.contacts[&Channel::Sms].clone();
+    sms(&h, &from, "SMreplay", "3").await;
+    let after = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(after.status, Status::Acknowledged);
+    // The same signed request again, even with another body, is not applied again.
+    for body in ["3", "1"] {
+        sms(&h, &from, "SMreplay", body).await;
+    }
+    let now = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(now.status, Status::Acknowledged);
+    assert_eq!(now.history.len(), after.history.len());
+    assert_eq!(
+        h.metric(
+            "forewarn_notify_inbound_ignored_total",
+            &[("reason", "replay")]
+        ),
+        2.0
+    );
+    let replies = h
+        .timeline("acme")
+        .into_iter()
+        .filter(|e| e.kind == "reply")
+        .count();
+    assert_eq!(replies, 1);
+}
+
+#[tokio::test]
+async fn an_out_of_office_reply_is_recorded_and_never_acted_on() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
+    let t = h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let subject = format!("Automatic reply: [{}] Urgent", t.id);
+    for (headers, subject) in [
+        (vec![("Auto-Submitted", "auto-replied")], subject.clone()),
+        (vec![("X-Autoreply", "yes")], format!("Re: [{}]", t.id)),
+        (vec![("Precedence", "bulk")], format!("Re: [{}]", t.id)),
+        (vec![], format!("ตอบกลับอัตโนมัติ: [{}]", t.id)),
+        (vec![], format!("پاسخ خودکار: [{}]", t.id)),
+    ] {
+        let (status, body) = email(
+            &h,
+            "acme@customer.test",
+            &subject,
+            "1 - I am out of the office until Monday.",
+            &headers,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["ignored"], "auto_reply", "{subject}");
+    }
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    let ignored = h
+        .timeline("acme")
+        .into_iter()
+        .filter(|e| e.kind == "reply" && e.outcome.as_deref() == Some("auto_reply"))
+        .count();
+    assert_eq!(ignored, 5);
+    // The reminder still comes: nobody answered.
+    assert_eq!(h.outbox_len(), 1);
+}
+
+#[tokio::test]
+async fn stop_opts_out_of_sms_and_routing_respects_it_until_start() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("somchai", "th", &[Channel::Sms, Channel::Email]);
+    let from = c.contacts[&Channel::Sms].clone();
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 1);
+    let answer = sms(&h, &from, "SMstop", "STOP").await;
+    assert!(answer.contains("<Message>"), "{answer}");
+    assert!(answer.contains("START"), "{answer}");
+    assert!(answer.contains("คุณจะไม่ได้รับ SMS"), "in Thai: {answer}");
+    h.open(&c, "pump-2", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 1, "no SMS after STOP");
+    assert_eq!(h.smtp.mails().len(), 1, "the e-mail carries it instead");
+    let tl = h.timeline("somchai");
+    assert!(tl.iter().any(|e| e.kind == "opt_out"));
+    assert!(tl
+        .iter()
+        .any(|e| e.kind == "decision" && e.detail.contains("sms skipped: customer opted out")));
+    let help = sms(&h, &from, "SMhelp", "HELP").await;
+    assert!(help.contains("STOP"), "{help}");
+    sms(&h, &from, "SMstart", "START").await;
+    h.open(&c, "pump-3", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 2, "SMS again after START");
+}
+
+#[tokio::test]
+async fn an_unclear_reply_is_kept_for_a_person_and_changes_no_status() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("darya", "fa", &[Channel::Sms, Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    sms(
+        &h,
+        &c.contacts[&Channel::Sms],
+        "SMq",
+        "دستگاه صدای عجیبی می‌دهد، کی می‌آیید؟",
+    )
+    .await;
+    let now = h.desk.ticket(&t.id).unwrap();
+    assert_eq!(now.status, Status::Open);
+    assert!(now
+        .history
+        .last()
+        .unwrap()
+        .note
+        .contains("for a person to read"));
+    let tl = h.timeline("darya");
+    let kept = tl
+        .iter()
+        .find(|e| e.kind == "reply" && e.outcome.as_deref() == Some("needs_human"))
+        .expect("the reply is on the timeline for a person");
+    assert!(kept.detail.contains("صدای عجیبی"), "{}", kept.detail);
+    // An e-mail that answers nothing is not taken as an acknowledgement either.
+    let (status, body) = email(
+        &h,
+        "darya@customer.test",
+        &format!("Re: [{}]", t.id),
+        "Who is this?",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["needs_human"], true);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    // A text from a number no customer has is kept for a person too.
+    sms(&h, "+4915100000000", "SMstranger", "Hallo, wer ist da?").await;
+    let tl: serde_json::Value = h
+        .http
+        .get(format!(
+            "{}/api/v1/customers/unknown-sender/timeline",
+            h.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let e = &tl["entries"][0];
+    assert_eq!(e["outcome"], "needs_human");
+    assert!(e["detail"].as_str().unwrap().contains("wer ist da"), "{e}");
+}
+
+#[tokio::test]
+async fn dismissal_after_an_alert_says_no_action_needed_and_never_to_the_unalerted() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1);
+    h.desk
+        .customer_reply(&t.id, Some(Status::Dismissed), "api:ops", "false alarm")
+        .unwrap();
+    h.run().await;
+    let mails = h.smtp.mails();
+    assert_eq!(mails.len(), 2);
+    assert!(
+        mails[1].data.contains("No action needed"),
+        "{}",
+        mails[1].data
+    );
+    assert!(!mails[1].data.contains("/notify/v1/s/"), "no dead link");
+
+    // Held by quiet hours, then dismissed: the alert is dropped and so is the "no action".
+    h.advance(Duration::from_secs(11 * 3600));
+    let t2 = h.open(&c, "pump-2", Priority::Advisory, 0.5, Some(300));
+    h.run().await;
+    h.desk
+        .customer_reply(&t2.id, Some(Status::Dismissed), "api:ops", "false alarm")
+        .unwrap();
+    h.advance(Duration::from_secs(9 * 3600));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 2, "nothing about a ticket never told");
+    assert!(h
+        .timeline("acme")
+        .iter()
+        .any(|e| e.ticket_id == t2.id && e.detail.contains("never alerted")));
+}
+
+#[tokio::test]
+async fn a_failure_gets_a_person_not_a_message() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let mut t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    t.transition(Status::Resolved, "device", t.opened_ms + 1, "failure")
+        .unwrap();
+    t.outcome = Some(Outcome::FailedBeforeService);
+    h.change(&c, ChangeKind::Settled, Some(Priority::High), &t);
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1, "nothing automatic after a failure");
+    assert!(h
+        .timeline("acme")
+        .iter()
+        .any(|e| e.kind == "follow_up" && e.outcome.as_deref() == Some("needs_human")));
+}
+
+#[tokio::test]
+async fn a_failure_time_already_past_reads_as_soon_as_possible() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(-2));
+    h.run().await;
+    let body = &h.fakes.delivered("sms")[0].body;
+    assert!(body.contains("as soon as possible"), "{body}");
+    assert!(!body.contains("2026"), "{body}");
+}
+
+#[tokio::test]
+async fn the_call_does_not_claim_a_text_was_sent() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Voice]);
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let call = &h.fakes.delivered("voice")[0].body;
+    assert!(!call.contains("text message"), "{call}");
+    assert!(call.contains("worn bearings"), "{call}");
+}
+
+/// Every inbound route with arbitrary Unicode: no panic (a 500), and a known customer's text is
+/// never lost (it lands on their timeline).
+#[test]
+fn no_input_crashes_an_inbound_route() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let h = rt.block_on(Harness::start(|c| c.max_reminders = 0));
+    let c = h.customer("acme", "th", &[Channel::Sms, Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    rt.block_on(h.run());
+    let link = {
+        use forewarn::notify::Clock;
+        h.notifier.link(&t.id, "acme", h.clock.now_ms())
+    };
+    const TEXT: &str =
+        "(\\PC|[๐-๙۰-۹٠-٩ก-ฮا-ی\u{200c}\u{0301}]|T-[0-9a-fA-F]{0,18}|STOP|1|۲){0,40}";
+    let text = || proptest::string::string_regex(TEXT).unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let from = c.contacts[&Channel::Sms].clone();
+    let n = std::sync::atomic::AtomicU32::new(0);
+    runner
+        .run(
+            &(text(), text(), any::<bool>()),
+            |(a, b, known): (String, String, bool)| {
+                let sid = format!(
+                    "SMfuzz{}",
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                rt.block_on(async {
+                    let before = h.timeline("acme").len();
+                    let sender = if known { from.as_str() } else { a.as_str() };
+                    let r = h
+                        .twilio_post(
+                            "/notify/v1/twilio/sms",
+                            &[("MessageSid", &sid), ("From", sender), ("Body", &b)],
+                        )
+                        .await;
+                    assert_eq!(r.status(), 200, "sms {a:?} {b:?}");
+                    if known {
+                        assert!(h.timeline("acme").len() > before, "kept: {b:?}");
+                    }
+                    let r = h
+                        .twilio_post(
+                            "/notify/v1/twilio/status",
+                            &[("MessageSid", &a), ("MessageStatus", &b)],
+                        )
+                        .await;
+                    assert_eq!(r.status(), 204, "status {a:?} {b:?}");
+                    let sender = if known {
+                        "acme@customer.test"
+                    } else {
+                        a.as_str()
+                    };
+                    let (status, _) = email(&h, sender, &a, &b, &[("Auto-Submitted", &a)]).await;
+                    assert!(
+                        [200, 403, 404, 409, 422].contains(&status),
+                        "email {status} {a:?} {b:?}"
+                    );
+                    let bad = h
+                        .http
+                        .get(format!("{}/notify/v1/s/{}", h.url, url_escape(&a)))
+                        .header("Accept-Language", "fa")
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!([404, 410].contains(&bad.status().as_u16()), "page {a:?}");
+                    let r = h
+                        .http
+                        .post(&link)
+                        .form(&[("action", a.as_str()), ("when", b.as_str())])
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(
+                        [200, 400, 409].contains(&r.status().as_u16()),
+                        "page post {} {a:?}",
+                        r.status()
+                    );
+                });
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

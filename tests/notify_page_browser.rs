@@ -1,0 +1,237 @@
+//! The self-service page in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver, spoken to directly over HTTP), 360 px wide, in English, Thai and Persian — a
+//! screenshot per locale under `target/`, the three buttons clicked through, and a closed
+//! ticket showing what happened instead of the buttons. Without Chromium the test skips, and
+//! fails under `CI=true` (`.ci/run` installs `chromium` and `chromium-driver`).
+
+mod notify_support;
+
+use forewarn::domain::{Priority, Status};
+use forewarn::fleet::Channel;
+use forewarn::notify::{Clock, TicketDesk};
+use notify_support::Harness;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn find(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| {
+        let out = Command::new("sh")
+            .args(["-c", &format!("command -v {n}")])
+            .output()
+            .ok()?;
+        let p = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (!p.is_empty()).then_some(p)
+    })
+}
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn start(chromium: &str, chromedriver: &str) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        // Headless windows have a minimum width; a phone's viewport is emulated instead.
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": chromium,
+            "mobileEmulation": {"deviceMetrics": {"width": 360, "height": 780, "pixelRatio": 1.0}},
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--window-size=360,800",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        }}}});
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}"))
+            .to_string();
+        Driver {
+            child,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let req = self.http.request(method.clone(), url);
+        let req = if method == reqwest::Method::GET {
+            req
+        } else {
+            req.json(&body)
+        };
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({"url": url}))
+            .await;
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": js, "args": []}),
+        )
+        .await
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_string();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            json!({}),
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine;
+        let v = self
+            .call(reqwest::Method::GET, "/screenshot", json!({}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_page_works_in_a_browser_in_three_languages_at_360_px() {
+    let (Some(chromium), Some(chromedriver)) = (
+        find(&["chromium", "chromium-browser", "google-chrome"]),
+        find(&["chromedriver"]),
+    ) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "chromium and chromedriver are required under CI"
+        );
+        eprintln!("skipped: chromium or chromedriver is not installed");
+        return;
+    };
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let d = Driver::start(&chromium, &chromedriver).await;
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&out).unwrap();
+    let cases = [
+        ("en", "confirm", Status::Scheduled, "Thank you"),
+        ("th", "reschedule", Status::Acknowledged, "ขอบคุณ"),
+        ("fa", "not_now", Status::Acknowledged, "سپاسگزاریم"),
+    ];
+    for (loc, action, want, thanks) in cases {
+        let c = h.customer(&format!("page-{loc}"), loc, &[Channel::Sms]);
+        let t = h.open(&c, &format!("pump-{loc}"), Priority::Urgent, 0.95, Some(30));
+        let link = h.notifier.link(&t.id, &c.id, h.clock.now_ms());
+        d.go(&link).await;
+        let dir = d.script("return document.documentElement.dir").await;
+        assert_eq!(dir, if loc == "fa" { "rtl" } else { "ltr" });
+        assert_eq!(d.script("return document.documentElement.lang").await, loc);
+        let fits = d
+            .script("return document.documentElement.scrollWidth <= window.innerWidth")
+            .await;
+        assert_eq!(fits, true, "{loc}: no sideways scrolling at 360 px");
+        let width = d.script("return window.innerWidth").await;
+        assert!(width.as_i64().unwrap() <= 360, "{width}");
+        d.screenshot(&out.join(format!("notify-page-{loc}.png")))
+            .await;
+        d.script(&format!(
+            "document.querySelector('input[name=when]').value = '{}'; return 0",
+            "Tuesday"
+        ))
+        .await;
+        d.click(&format!("#{action}")).await;
+        // The form posts and the browser loads the answer page.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let v = d.script("return document.body.innerText").await;
+            let text = v.as_str().unwrap_or_default().to_string();
+            if text.contains(thanks) || Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let text = text.as_str();
+        assert!(text.contains(thanks), "{loc}: {text}");
+        assert_eq!(h.desk.ticket(&t.id).unwrap().status, want, "{loc}");
+        // The answer is shown in the customer's words, and the buttons remain while it is open.
+        assert!(text.lines().count() > 3, "{text}");
+        // Closed: what happened, no buttons.
+        h.desk
+            .customer_reply(&t.id, Some(Status::Dismissed), "api:ops", "false alarm")
+            .unwrap();
+        d.go(&link).await;
+        let buttons = d
+            .script("return document.querySelectorAll('button').length")
+            .await;
+        assert_eq!(buttons, 0, "{loc}: a closed ticket offers no buttons");
+        let closed = d
+            .script("return document.getElementById('closed').innerText")
+            .await;
+        assert!(!closed.as_str().unwrap().is_empty(), "{loc}");
+        if loc == "fa" {
+            d.screenshot(&out.join("notify-page-fa-closed.png")).await;
+        }
+    }
+    // A bad link answers in the visitor's language.
+    d.go(&format!("{}/notify/v1/s/not-a-token", h.url)).await;
+    let text = d.script("return document.body.innerText").await;
+    assert!(text.as_str().unwrap().contains("link"), "{text}");
+}

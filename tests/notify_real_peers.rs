@@ -1,0 +1,258 @@
+//! Every kind of message in every locale, delivered to real peers and read back: e-mail through
+//! a real SMTP server process (Python's aiosmtpd) and parsed by Python's MIME parser; SMS to the
+//! fake provider (which, like Twilio, does not de-duplicate) with its segments counted; inbound
+//! SMS signed by the official `twilio` library.
+
+mod notify_support;
+
+use forewarn::domain::{Outcome, Priority, Status};
+use forewarn::engine::ChangeKind;
+use forewarn::fleet::{Channel, Customer};
+use forewarn::notify::templates::sms_segments;
+use forewarn::notify::TicketDesk;
+use notify_support::peers::{python_has, twilio_library_signature, AioSmtpd};
+use notify_support::providers::TOKEN;
+use notify_support::Harness;
+use std::time::Duration;
+
+/// Walks one customer through all eight moments; returns nothing, the peers hold the result.
+async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String) {
+    let (by_sms, by_mail) = (
+        c.preferences[0] == Channel::Sms,
+        c.preferences[0] == Channel::Email,
+    );
+    let answer = |t: &forewarn::domain::Ticket, text: String| {
+        let (h, c, id) = (h, c.clone(), t.id.clone());
+        async move {
+            if by_sms {
+                let from = c.contacts[&Channel::Sms].clone();
+                let sid = format!("SM-{id}");
+                let path = "/notify/v1/twilio/sms";
+                let params = [
+                    ("MessageSid", sid.as_str()),
+                    ("From", from.as_str()),
+                    ("To", "+15550100"),
+                    ("Body", text.as_str()),
+                ];
+                // Signed by the official library, not by forewarn's own code.
+                let sig = twilio_library_signature(TOKEN, &format!("{}{path}", h.url), &params);
+                let r = h
+                    .http
+                    .post(format!("{}{path}", h.url))
+                    .header("X-Twilio-Signature", sig)
+                    .form(&params)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "signature accepted");
+            } else if by_mail {
+                let r = h
+                    .http
+                    .post(format!(
+                        "{}/notify/v1/email/inbound?key=inbound-key-for-tests",
+                        h.url
+                    ))
+                    .form(&[
+                        ("sender", c.contacts[&Channel::Email].as_str()),
+                        ("subject", format!("Re: [{id}]").as_str()),
+                        ("stripped-text", text.as_str()),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }
+    };
+    // Every conversation starts at noon in Bangkok, so the dates below are the same for all.
+    h.clock.set(notify_support::NOON_BKK);
+    // alert → visit confirmed → no action needed (dismissed after the alert)
+    let t1 = h.open(c, &format!("{}-a", c.id), Priority::High, 0.7, Some(72));
+    h.run().await;
+    answer(&t1, reply("1")).await;
+    assert_eq!(h.desk.ticket(&t1.id).unwrap().status, Status::Scheduled);
+    h.run().await;
+    h.desk
+        .customer_reply(&t1.id, Some(Status::Dismissed), "api:ops", "false alarm")
+        .unwrap();
+    h.run().await;
+    // urgent → visit rescheduled → resolved by maintenance
+    let t2 = h.open(c, &format!("{}-b", c.id), Priority::Urgent, 0.95, Some(10));
+    h.run().await;
+    answer(&t2, reply("2")).await;
+    h.run().await;
+    let mut t2 = h.desk.ticket(&t2.id).unwrap();
+    t2.transition(Status::Resolved, "device", t2.opened_ms + 1, "maintenance")
+        .unwrap();
+    t2.outcome = Some(Outcome::ConfirmedFault);
+    h.change(c, ChangeKind::Settled, Some(Priority::Urgent), &t2);
+    h.run().await;
+    // advisory → priority rises (update); urgent unanswered → reminder
+    let mut t3 = h.open(c, &format!("{}-c", c.id), Priority::High, 0.6, Some(72));
+    h.run().await;
+    t3.priority = Priority::Urgent;
+    h.change(c, ChangeKind::Updated, Some(Priority::High), &t3);
+    h.run().await;
+    h.advance(Duration::from_secs(3600 + 60));
+    h.run().await;
+}
+
+#[tokio::test]
+async fn every_message_in_every_locale_reaches_real_peers_and_reads_back() {
+    if !python_has(&["aiosmtpd", "twilio"]) {
+        return;
+    }
+    let smtpd = AioSmtpd::start();
+    let port = smtpd.port;
+    let h = Harness::start(move |c| {
+        if let Some(e) = c.email.as_mut() {
+            e.port = port;
+        }
+        c.max_reminders = 1;
+        c.ack_timeout = "1h".parse().unwrap();
+        c.daily_budget = 50;
+    })
+    .await;
+    type Reply = fn(&str) -> String;
+    let replies: [(&str, Reply); 3] = [
+        ("en", |d| match d {
+            "1" => "Yes please".into(),
+            _ => "later, I am away".into(),
+        }),
+        ("th", |d| match d {
+            "1" => "๑ ค่ะ".into(),
+            _ => "ขอเวลาอื่นได้ไหมคะ".into(),
+        }),
+        ("fa", |d| match d {
+            "1" => "۱ باشه، لطفاً فردا صبح".into(),
+            _ => "۲".into(),
+        }),
+    ];
+    for (loc, reply) in replies {
+        let mut by_mail = h.customer(&format!("{loc}mail"), loc, &[Channel::Email]);
+        by_mail.contacts.retain(|ch, _| *ch == Channel::Email);
+        h.add_customer(by_mail.clone());
+        let mut by_sms = h.customer(&format!("{loc}sms"), loc, &[Channel::Sms]);
+        by_sms.contacts.retain(|ch, _| *ch == Channel::Sms);
+        h.add_customer(by_sms.clone());
+        conversation(&h, &by_mail, &reply).await;
+        conversation(&h, &by_sms, &reply).await;
+    }
+
+    // E-mail, parsed back by Python's MIME parser.
+    let mails = smtpd.messages();
+    let headlines = [
+        (
+            "en",
+            [
+                "Service advisory",
+                "Visit booked",
+                "No action needed",
+                "Urgent: service needed",
+                "Another time for your visit",
+                "Fixed",
+                "Service needed sooner",
+                "Reminder: service needed",
+            ],
+        ),
+        (
+            "th",
+            [
+                "แจ้งเตือนการบำรุงรักษา",
+                "ยืนยันนัดช่างแล้ว",
+                "ไม่ต้องดำเนินการใดๆ",
+                "ด่วน: ควรซ่อมบำรุง",
+                "ขอเวลานัดใหม่",
+                "แก้ไขเรียบร้อยแล้ว",
+                "ควรซ่อมบำรุงเร็วขึ้น",
+                "เตือนอีกครั้ง: ควรซ่อมบำรุง",
+            ],
+        ),
+        (
+            "fa",
+            [
+                "اطلاعیهٔ سرویس",
+                "بازدید ثبت شد",
+                "اقدامی لازم نیست",
+                "فوری: نیاز به سرویس",
+                "زمان دیگری برای بازدید",
+                "برطرف شد",
+                "سرویس زودتر لازم است",
+                "یادآوری: نیاز به سرویس",
+            ],
+        ),
+    ];
+    for (loc, want) in headlines {
+        let mine: Vec<_> = mails
+            .iter()
+            .filter(|m| m.to.contains(&format!("{loc}mail@")))
+            .collect();
+        // Eight kinds of message; the third ticket starts with an advisory too.
+        assert_eq!(mine.len(), 9, "{loc}: one e-mail per moment: {mine:#?}");
+        for w in want {
+            let m = mine
+                .iter()
+                .find(|m| m.subject.contains(w))
+                .unwrap_or_else(|| panic!("{loc}: no e-mail titled {w:?}: {mine:#?}"));
+            assert!(
+                m.content_types.contains(&"text/plain".to_string())
+                    && m.content_types.contains(&"text/html".to_string()),
+                "{:?}",
+                m.content_types
+            );
+            assert!(m.subject.contains("[T-"), "the ticket id threads replies");
+            assert!(!m.text.contains('%') && !m.text.contains('٪'), "{}", m.text);
+            assert!(!m.text.contains("{{"), "{}", m.text);
+            let warning = m.text.contains("/notify/v1/s/");
+            assert_eq!(
+                m.html.contains("/notify/v1/s/"),
+                warning,
+                "the link is in both parts or neither"
+            );
+        }
+        let alert = mine.iter().find(|m| m.subject.contains(want[0])).unwrap();
+        let date = match loc {
+            "en" => "Thu 26 Nov 2026, 12:00",
+            "th" => "26 พ.ย. 2569 12:00 น.",
+            _ => "۵ آذر ۱۴۰۵، ۱۲:۰۰",
+        };
+        assert!(alert.text.contains(date), "{loc}: {}", alert.text);
+        assert!(
+            alert.text.contains("/notify/v1/s/"),
+            "the alert links to the page"
+        );
+        if loc == "fa" {
+            assert!(alert.html.contains("dir=\"rtl\""));
+        }
+        for closing in [want[2], want[5]] {
+            let m = mine.iter().find(|m| m.subject.contains(closing)).unwrap();
+            assert!(
+                !m.text.contains("/notify/v1/s/"),
+                "no dead link: {}",
+                m.text
+            );
+        }
+    }
+
+    // SMS: every moment, within two segments, in the customer's language.
+    let texts = h.fakes.delivered("sms");
+    for loc in ["en", "th", "fa"] {
+        let mine: Vec<_> = texts
+            .iter()
+            .filter(|d| {
+                Some(&d.to)
+                    == h.desk
+                        .customer(&format!("{loc}sms"))
+                        .unwrap()
+                        .contacts
+                        .get(&Channel::Sms)
+            })
+            .collect();
+        assert_eq!(mine.len(), 9, "{loc}: one text per moment: {mine:#?}");
+        for d in &mine {
+            let n = sms_segments(&d.body);
+            assert!((1..=2).contains(&n), "{loc}: {n} segments: {}", d.body);
+            eprintln!("{loc} sms ({n} segments): {}", d.body);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Third-party peers run as they are, outside the test: Python's aiosmtpd as a real SMTP server
+//! process (a maildir behind it, read back with Python's own MIME parser), and the official
+//! `twilio` library's `RequestValidator` signing inbound webhooks. Missing Python packages make
+//! a test skip locally and fail under `CI=true` (`.ci/run` installs them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether the Python modules are importable; under CI their absence is a failure.
+pub fn python_has(modules: &[&str]) -> bool {
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg(format!("import {}", modules.join(", ")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 with {modules:?} is required under CI (pip install aiosmtpd twilio)"
+        );
+        eprintln!("skipped: python3 with {modules:?} is not installed");
+    }
+    ok
+}
+
+/// `python3 -m aiosmtpd` delivering into a maildir; killed on drop.
+pub struct AioSmtpd {
+    pub port: u16,
+    pub maildir: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl AioSmtpd {
+    pub fn start() -> AioSmtpd {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("maildir");
+        // A free port: bind, read it, release it (aiosmtpd cannot report a port 0 binding).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        AioSmtpd {
+            port,
+            maildir,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Every message in the maildir, parsed by Python's `email` package.
+    pub fn messages(&self) -> Vec<ParsedMail> {
+        parse_maildir(&self.maildir)
+    }
+}
+
+impl Drop for AioSmtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ParsedMail {
+    pub to: String,
+    pub subject: String,
+    pub message_id: String,
+    pub content_types: Vec<String>,
+    pub text: String,
+    pub html: String,
+}
+
+const PARSE: &str = r#"
+import email, email.policy, json, mailbox, sys
+out = []
+for key, msg in sorted(mailbox.Maildir(sys.argv[1], create=False).items(), key=lambda kv: kv[1]["Date"] or ""):
+    m = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    text = m.get_body(preferencelist=("plain",))
+    html = m.get_body(preferencelist=("html",))
+    out.append({
+        "to": str(m["To"] or ""),
+        "subject": str(m["Subject"] or ""),
+        "message_id": str(m["Message-ID"] or ""),
+        "content_types": [p.get_content_type() for p in m.walk()],
+        "text": text.get_content() if text else "",
+        "html": html.get_content() if html else "",
+    })
+print(json.dumps(out))
+"#;
+
+pub fn parse_maildir(dir: &Path) -> Vec<ParsedMail> {
+    if !dir.join("new").exists() {
+        return vec![];
+    }
+    let out = Command::new("python3")
+        .args(["-c", PARSE])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `X-Twilio-Signature` as the official library computes it.
+pub fn twilio_library_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    const SIGN: &str = r#"
+import json, sys
+from twilio.request_validator import RequestValidator
+token, url, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+print(RequestValidator(token).compute_signature(url, dict(params)))
+"#;
+    let params = serde_json::to_string(params).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", SIGN, token, url, &params])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

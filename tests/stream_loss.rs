@@ -1,0 +1,246 @@
+//! Loss is measured and said: a per-device `seq` gap is counted, shown in the API and in
+//! `/readyz` (which stays ready); a `seq` that restarts is a reset, not a stream of duplicates;
+//! and against a default-configured Mosquitto that drops what a slower subscriber has not taken,
+//! what forewarn received plus what it reports missing is what was published.
+#![cfg(feature = "embedded-broker")]
+
+mod common;
+mod drill_support;
+
+use common::*;
+use forewarn::features::DeviceState;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::time::Duration;
+
+fn stored_readings(h: &forewarn::serve::Handle, device: &str) -> u32 {
+    h.app
+        .store
+        .load_state(device)
+        .unwrap()
+        .and_then(|b| DeviceState::decode(&b))
+        .map(|s| s.readings)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-gaps")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let dev = mqtt(&b, "gap-pub").await;
+    // seq 1..=10, then 11..=13 lost upstream, then 14..=20.
+    for hr in (0..10).chain(13..20) {
+        dev.publish("devices/gap-1/telemetry", reading(hr, hr as u64 + 1, 70.0))
+            .await;
+    }
+    eventually("17 readings applied", || async {
+        stored_readings(&h, "gap-1") == 17
+    })
+    .await;
+    assert_eq!(api.metric("forewarn_readings_missing_total").await, 3.0);
+    let gaps = api.get_json("/api/v1/gaps").await;
+    let g = &gaps.as_array().unwrap()[0];
+    assert_eq!(g["device_id"], "gap-1");
+    assert_eq!(
+        (g["after_seq"].as_u64(), g["next_seq"].as_u64()),
+        (Some(10), Some(14))
+    );
+    assert_eq!(g["missing"], 3);
+    let r = api
+        .http
+        .get(format!("{}/readyz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "loss upstream does not make forewarn unready"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["upstream_loss"]["readings_missing"], 3);
+
+    // The device reboots: its seq starts again at 1, on newer readings.
+    for (i, hr) in (20..30).enumerate() {
+        dev.publish("devices/gap-1/telemetry", reading(hr, i as u64 + 1, 70.0))
+            .await;
+    }
+    eventually("the readings after the reboot applied", || async {
+        stored_readings(&h, "gap-1") == 27
+    })
+    .await;
+    assert_eq!(api.metric("forewarn_seq_resets_total").await, 1.0);
+    assert_eq!(
+        api.metric("forewarn_readings_dropped_total{reason=\"duplicate\"}")
+            .await,
+        0.0
+    );
+    // A redelivery of a reading from before the reboot is dropped (older than the tolerance),
+    // neither a second reset nor a gap.
+    dev.publish("devices/gap-1/telemetry", reading(15, 16, 70.0))
+        .await;
+    eventually("the old redelivery dropped", || async {
+        api.metric("forewarn_readings_dropped_total{reason=\"late\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(stored_readings(&h, "gap-1"), 27);
+    assert_eq!(api.metric("forewarn_seq_resets_total").await, 1.0);
+    assert_eq!(api.metric("forewarn_readings_missing_total").await, 3.0);
+    stop(h, tok).await;
+}
+
+const DEVICES: u64 = 50;
+const PER_DEVICE: u64 = 400;
+
+/// A publisher faster than forewarn: QoS 1, a wide in-flight window, no pacing.
+async fn flood(port: u16) -> u64 {
+    let mut o = MqttOptions::new("loss-flood", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(1000);
+    let (client, mut el) = AsyncClient::new(o, 10_000);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let a = acked.clone();
+    let poll = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    for hr in 0..PER_DEVICE {
+        for d in 0..DEVICES {
+            client
+                .publish(
+                    format!("devices/fl-{d}/telemetry"),
+                    QoS::AtLeastOnce,
+                    false,
+                    reading(hr as i64, hr + 1, 70.0),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let total = DEVICES * PER_DEVICE;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker acknowledged every publish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    poll.abort();
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_default_mosquitto_received_plus_reported_missing_is_what_was_published() {
+    let Some(bin) = drill_support::mosquitto_bin("stream_loss") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must have the mosquitto binary"
+        );
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let dirs = Dirs::new();
+    let mdir = dirs.path().join("mosquitto");
+    std::fs::create_dir_all(&mdir).unwrap();
+    let port = drill_support::free_port();
+    // Mosquitto's defaults: max_inflight_messages 20, max_queued_messages 1000.
+    let _broker = drill_support::Mosquitto::start(
+        &bin,
+        &mdir,
+        port,
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    );
+    let cfg = config(&format!("mqtt://127.0.0.1:{port}"), &dirs, "fw-loss");
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let published = flood(port).await;
+    // A last reading per device, paced, makes a loss at the end of each stream a gap too.
+    let closer = {
+        let mut o = MqttOptions::new("loss-closer", "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut el) = AsyncClient::new(o, 100);
+        tokio::spawn(async move {
+            loop {
+                if el.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        client
+    };
+    let applied = |api: &Api| {
+        let api = Api {
+            base: api.base.clone(),
+            http: api.http.clone(),
+        };
+        async move {
+            api.metric("forewarn_readings_total").await
+                - api
+                    .metric("forewarn_readings_dropped_total{reason=\"duplicate\"}")
+                    .await
+                - api
+                    .metric("forewarn_readings_dropped_total{reason=\"late\"}")
+                    .await
+        }
+    };
+    // Let forewarn drain what the broker kept before the closing readings.
+    let mut last = -1.0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = api.metric("forewarn_readings_total").await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    for d in 0..DEVICES {
+        closer
+            .publish(
+                format!("devices/fl-{d}/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                reading(PER_DEVICE as i64, PER_DEVICE + 1, 70.0),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let expected = (published + DEVICES) as f64;
+    eventually(
+        "every published reading received or reported missing",
+        || async {
+            let got = applied(&api).await + api.metric("forewarn_readings_missing_total").await;
+            got >= expected - 20.0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = applied(&api).await;
+    let missing = api.metric("forewarn_readings_missing_total").await;
+    eprintln!("published {expected}, received {received}, reported missing {missing}");
+    assert!(
+        missing > 0.0,
+        "the default broker settings must have dropped some of a flood this fast"
+    );
+    // Within the broker's in-flight window (20 by default).
+    assert!(
+        (received + missing - expected).abs() <= 20.0,
+        "published {expected}, received {received}, reported missing {missing}"
+    );
+    let body = api.get_json("/readyz").await;
+    assert!(body["upstream_loss"]["readings_missing"].as_f64().unwrap() > 0.0);
+    stop(h, tok).await;
+}
