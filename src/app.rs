@@ -219,6 +219,9 @@ pub struct App {
     /// Kept by the MQTT driver's connection observer.
     pub broker_connected: Arc<AtomicBool>,
     models_ready: AtomicBool,
+    /// Kept by the commit loop: false from a failed commit until one succeeds (or the store is
+    /// reopened). `/readyz` reports it.
+    store_writable: AtomicBool,
 }
 
 /// Result of processing one group.
@@ -292,6 +295,7 @@ impl App {
             dispatch_wake: Arc::new(Notify::new()),
             broker_connected: Arc::new(AtomicBool::new(false)),
             models_ready: AtomicBool::new(true),
+            store_writable: AtomicBool::new(true),
             settings,
             store,
             metrics,
@@ -972,6 +976,16 @@ impl App {
 
     pub fn models_ready(&self) -> bool {
         self.models_ready.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last commit (or reopening) of the store succeeded.
+    pub fn store_writable(&self) -> bool {
+        self.store_writable.load(Ordering::Relaxed)
+    }
+
+    /// Recorded by the commit loop after each commit attempt.
+    pub fn set_store_writable(&self, ok: bool) {
+        self.store_writable.store(ok, Ordering::Relaxed);
     }
 
     pub fn broker_connected(&self) -> bool {

@@ -44,6 +44,7 @@ pub mod notify;
 pub mod predict;
 pub mod replay;
 pub mod serve;
+pub mod sign;
 pub mod sim;
 pub mod store;
 pub mod tickets;

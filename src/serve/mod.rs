@@ -271,7 +271,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
             subscriptions,
             reconnect_min: cfg.broker.reconnect_min.std(),
             reconnect_max: cfg.broker.reconnect_max.std(),
-            grace: Duration::from_secs(5),
+            grace: cfg.shutdown.ack_grace.std(),
         },
         Arc::new(Observer {
             app: app.clone(),
@@ -407,10 +407,14 @@ fn process_loop(
         loop {
             match app.process_group(&buf) {
                 Ok(_) => {
+                    app.set_store_writable(true);
                     let _ = acks.send(buf.drain(..).map(|m| m.publish).collect());
                     break;
                 }
                 Err(e) => {
+                    if matches!(e, app::CoreError::Store(_)) {
+                        app.set_store_writable(false);
+                    }
                     tracing::error!(
                         "commit of {} messages failed, not acknowledged: {e}",
                         buf.len()
