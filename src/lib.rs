@@ -6,7 +6,8 @@
 //!   ids, tickets and their statuses, durations
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `demo`)
 //! - [`config`]   the whole configuration tree, `"30s"` durations, validation without I/O
-//! - [`ingest`]   MQTT driver (rumqttc, manual acks) and payload decoding (pure, fuzzable)
+//! - [`ingest`]   MQTT driver (rumqttc, manual acks), payload decoding (pure, fuzzable) and the
+//!   per-device reorder buffer that applies readings and events in event-time order (pure)
 //! - [`features`] per-device rolling windows and feature extraction, in event time (pure)
 //! - [`predict`]  model artifacts (load, version check) and scoring
 //! - [`engine`]   the per-reading pipeline shared by `serve` and `evaluate`: window → features →
