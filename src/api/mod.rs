@@ -457,6 +457,7 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     let body = serde_json::json!({
         "ready": ready, "broker": broker, "store": store, "models": models,
         "upstream_loss": upstream_loss, "seq_resets": loss.seq_resets,
+        "session": app.session_note(),
     });
     let status = if ready {
         StatusCode::OK

@@ -181,7 +181,8 @@ impl Backoff {
 
 /// What the polling task reports to the rest of the daemon.
 pub trait ConnectionObserver: Send + Sync {
-    fn connected(&self);
+    /// Connected; `session_present` is the broker's word on whether it kept our session.
+    fn connected(&self, session_present: bool);
     fn disconnected(&self, error: &str);
 }
 
@@ -257,7 +258,7 @@ pub async fn drive(
                     }
                     connected = true;
                     backoff.reset();
-                    observer.connected();
+                    observer.connected(ack.session_present);
                     tracing::info!(session_present = ack.session_present, "connected to broker");
                     // Subscribing again is harmless with a kept session and needed without one.
                     // Not awaited here (trap 5): a request awaited in the polling task can hang.
