@@ -34,7 +34,23 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Ends the WebDriver session first (chromedriver then closes Chromium, which would
+    /// otherwise outlive it), even when the test panics: a plain blocking HTTP DELETE.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://").to_string();
+        if let Ok(mut c) = std::net::TcpStream::connect(&addr) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+            let req = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if c.write_all(req.as_bytes()).is_ok() {
+                // The answer comes once the browser is gone.
+                let mut first = [0u8; 512];
+                let _ = c.read(&mut first);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
