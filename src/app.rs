@@ -567,7 +567,8 @@ impl App {
                 slot.dirty = false;
             }
         }
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        // The notifier's clock: the wall clock, or the simulated one in the demo.
+        let now_ms = self.notifier.now_ms();
         for (c, _) in changes {
             self.record_change(core, &mut tx, c, now_ms);
         }
@@ -872,7 +873,7 @@ impl App {
             .store
             .ticket(id)?
             .ok_or_else(|| CoreError::TicketNotFound(id.to_string()))?;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.notifier.now_ms();
         let previous_priority = Some(t.priority);
         match to {
             Some(to) => t.transition(to, actor, now, note)?,

@@ -14,6 +14,7 @@ use crate::sim::{Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -127,7 +128,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     }
     let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some());
 
-    let handle = crate::serve::run(cfg.clone(), shutdown.clone()).await?;
+    let clock = Arc::new(SimClock(AtomicI64::new(fleet.config().start_ms)));
+    let handle = crate::serve::run_with_clock(cfg.clone(), shutdown.clone(), clock.clone()).await?;
     handle
         .app
         .upsert_fleet(customers, devices)
@@ -165,6 +167,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         &opts,
         &broker.url(),
         &handle.app,
+        &clock,
         &mut summary,
         &shutdown,
     )
@@ -340,11 +343,24 @@ fn short(rfc: &str) -> &str {
     rfc.get(..16).unwrap_or(rfc)
 }
 
+/// The demo's "now" for customer messages and API transitions: the event time of the newest
+/// message the simulated fleet published (it stands still once the fleet stops), so messages
+/// speak of the simulated days — dates in the customer's calendar, quiet hours, reminders — and
+/// not of today, which lies after every simulated failure.
+struct SimClock(AtomicI64);
+
+impl crate::notify::Clock for SimClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 async fn publish_fleet(
     fleet: Fleet,
     opts: &DemoOptions,
     url: &str,
     app: &crate::app::App,
+    clock: &SimClock,
     summary: &mut DemoSummary,
     shutdown: &CancellationToken,
 ) -> Result<(), DemoError> {
@@ -378,6 +394,7 @@ async fn publish_fleet(
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
+        clock.0.fetch_max(ts, Ordering::Relaxed);
         let (topic, payload) = match &item {
             SimEvent::Reading(r) => {
                 summary.readings += 1;

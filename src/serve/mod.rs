@@ -163,6 +163,17 @@ impl ConnectionObserver for Observer {
 /// Starts the daemon: store, models, fleet, notifier, API, MQTT, processor, dispatcher, reload
 /// on SIGHUP.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, ServeError> {
+    run_with_clock(cfg, shutdown, Arc::new(crate::notify::SystemClock)).await
+}
+
+/// [`run`] with the clock customer messages and API transitions are stamped and scheduled by:
+/// the wall clock in production; the demo's simulated clock, so its messages speak of the
+/// simulated days (dates, quiet hours, reminders) rather than of today.
+pub async fn run_with_clock(
+    cfg: Config,
+    shutdown: CancellationToken,
+    clock: Arc<dyn crate::notify::Clock>,
+) -> Result<Handle, ServeError> {
     crate::tls::install_crypto();
     let fleet = load_fleet(&cfg)?;
     let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
@@ -193,7 +204,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
     // provider table is a config error at start.
     let notifier = Arc::new(
         Notifier::build(&cfg.notify, &cfg.api.public_url, &registry)
-            .map_err(|e| ServeError::Config(e.to_string()))?,
+            .map_err(|e| ServeError::Config(e.to_string()))?
+            .with_clock(clock),
     );
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
