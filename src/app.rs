@@ -78,6 +78,8 @@ struct Tally {
     late: u64,
     scorings: u64,
     events: u64,
+    /// Accepted readings and events for the history archive (only collected when it is on).
+    archived: Vec<crate::archive::Record>,
 }
 
 struct Core {
@@ -163,6 +165,8 @@ pub struct Settings {
 /// The daemon's shared state: what the processor, the API and the workers use.
 pub struct App {
     pub settings: Settings,
+    /// The optional history archive, fed after each successful commit (`serve` sets it).
+    pub archive: Option<crate::archive::Archive>,
     pub store: Store,
     pub metrics: Metrics,
     /// std-style mutex (parking_lot): held by the processing thread for a whole group, and by
@@ -254,6 +258,7 @@ impl App {
             settings,
             store,
             metrics,
+            archive: None,
         };
         app.metrics
             .outbox_depth
@@ -457,6 +462,11 @@ impl App {
                     }
                 }
                 match obs {
+                    Observed::Applied if self.archive.is_some() => {
+                        tally
+                            .archived
+                            .push(crate::archive::Record::Reading(r.clone()));
+                    }
                     Observed::Applied => {}
                     Observed::Duplicate => tally.duplicates += 1,
                     Observed::Late => tally.late += 1,
@@ -467,6 +477,11 @@ impl App {
             }
             Item::Event(ev) => {
                 tally.events += 1;
+                if self.archive.is_some() {
+                    tally
+                        .archived
+                        .push(crate::archive::Record::Event(ev.clone()));
+                }
                 let slot = core
                     .slots
                     .get_mut(ev.device_id.as_str())
@@ -542,6 +557,9 @@ impl App {
             .commit_seconds
             .observe(done.duration_since(started).as_secs_f64());
         self.metrics.commits.inc();
+        if let Some(a) = &self.archive {
+            a.send(tally.archived);
+        }
         let done_ms = chrono::Utc::now().timestamp_millis();
         for (c, received_ms) in changes {
             if matches!(c.kind, ChangeKind::Opened | ChangeKind::Updated) {

@@ -17,6 +17,8 @@
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
 //! - [`serve`]    the daemon: app core (single writer, commit path), dispatch outbox worker, reload
 //! - [`api`]      the HTTP API (axum): tickets, fleet, rejects, `/metrics`, health
+//! - [`archive`]  optional history archive of accepted readings and events (`forewarn export`)
+//! - [`outcomes`] realised precision of settled tickets on `/metrics`
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
 //! - `broker`     an embedded MQTT broker for tests and the demo (feature `embedded-broker`)
 //! - [`sim`]      a deterministic simulated fleet (tests, benchmarks, demo, `forewarn simulate`)
@@ -26,6 +28,7 @@
 
 pub mod api;
 pub mod app;
+pub mod archive;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
@@ -41,6 +44,7 @@ pub mod history;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod outcomes;
 pub mod predict;
 pub mod replay;
 pub mod serve;
