@@ -24,6 +24,41 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
 
+/// Where the broker session this data directory relies on is recorded.
+const BROKER_SESSION_KEY: &str = "broker_session";
+
+/// The persistent session a data directory has at a broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BrokerSession {
+    pub broker: String,
+    pub client_id: String,
+}
+
+/// Whether the broker's `session_present` at start agrees with what the data directory knows;
+/// `Some(explanation)` when it does not.
+pub fn session_verdict(
+    session_present: bool,
+    known: Option<&BrokerSession>,
+    now: &BrokerSession,
+) -> Option<String> {
+    let same = known == Some(now);
+    match (session_present, same) {
+        (true, false) => Some(format!(
+            "the broker resumed a session for client id {:?} that this data directory does not \
+             know (another daemon with the same client id, or a new data directory): what it \
+             queued is applied here",
+            now.client_id
+        )),
+        (false, true) => Some(format!(
+            "this data directory expects a persistent session at {} for client id {:?} but the \
+             broker has none (restarted without persistence, or the session expired): what was \
+             published while forewarn was away is lost",
+            now.broker, now.client_id
+        )),
+        _ => None,
+    }
+}
+
 /// Where the metric index (metric name → id used inside stored device states) is kept.
 const METRIC_INDEX_KEY: &str = "metric_index";
 
@@ -91,10 +126,9 @@ struct Core {
     /// Devices seen on the stream that the registry does not know (`forewarn_unregistered_devices`);
     /// a device leaves the set when it is registered or forgotten.
     unregistered: std::collections::HashSet<String>,
-    /// Devices with a stored reorder buffer at start, not yet loaded: the first idle release
-    /// loads and flushes them.
-    pending_at_start: Vec<String>,
-    started: Instant,
+    /// Devices whose reorder buffer is on disk but not in memory (held at start, or evicted
+    /// while holding), with their last arrival: the idle release loads and flushes them.
+    held_on_disk: HashMap<String, Instant>,
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
@@ -179,6 +213,8 @@ pub struct App {
     /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
     gaps: Mutex<HashMap<String, Gap>>,
     loss: Mutex<Loss>,
+    /// What the session check at the first broker connection found amiss, for `/readyz`.
+    session_note: Mutex<Option<String>>,
     /// Plans the customer notifications of every ticket change, inside the change's commit.
     notifier: Arc<Notifier>,
     limits: Limits,
@@ -187,6 +223,9 @@ pub struct App {
     /// Kept by the MQTT driver's connection observer.
     pub broker_connected: Arc<AtomicBool>,
     models_ready: AtomicBool,
+    /// Kept by the commit loop: false from a failed commit until one succeeds (or the store is
+    /// reopened). `/readyz` reports it.
+    store_writable: AtomicBool,
 }
 
 /// Result of processing one group.
@@ -214,7 +253,12 @@ impl App {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-        let pending_at_start = store.reorder_devices()?;
+        let started = Instant::now();
+        let held_on_disk = store
+            .reorder_devices()?
+            .into_iter()
+            .map(|d| (d, started))
+            .collect();
         let limits = Limits {
             max_payload_bytes: settings.ingest.max_payload_bytes,
             max_batch: settings.ingest.max_batch,
@@ -234,8 +278,7 @@ impl App {
                 devices,
                 customers,
                 unregistered: Default::default(),
-                pending_at_start,
-                started: Instant::now(),
+                held_on_disk,
             }),
             rejects: Mutex::new(VecDeque::new()),
             log_budget: Mutex::new(LogBudget {
@@ -250,11 +293,13 @@ impl App {
             }),
             gaps: Mutex::new(HashMap::new()),
             loss: Mutex::new(Loss::default()),
+            session_note: Mutex::new(None),
             notifier,
             limits,
             dispatch_wake: Arc::new(Notify::new()),
             broker_connected: Arc::new(AtomicBool::new(false)),
             models_ready: AtomicBool::new(true),
+            store_writable: AtomicBool::new(true),
             settings,
             store,
             metrics,
@@ -639,9 +684,13 @@ impl App {
             .filter(|(_, s)| !s.reorder.is_empty() && now.duration_since(s.last_arrival) >= idle)
             .map(|(d, _)| d.clone())
             .collect();
-        if !core.pending_at_start.is_empty() && core.started.elapsed() >= idle {
-            devices.append(&mut core.pending_at_start);
-        }
+        core.held_on_disk.retain(|d, at| {
+            let due = now.duration_since(*at) >= idle;
+            if due {
+                devices.push(d.clone());
+            }
+            !due
+        });
         if devices.is_empty() {
             return Ok(0);
         }
@@ -724,6 +773,38 @@ impl App {
                  counted as a reset, its readings are applied"
             ),
         }
+    }
+
+    /// At the first connection: compares the broker's `session_present` with what the data
+    /// directory expects (a persistent session at this broker under this client id, recorded
+    /// after the first connection), says so when they disagree, and records the session.
+    pub fn check_session(&self, session_present: bool, broker: &str, client_id: &str) {
+        let mark = BrokerSession {
+            broker: broker.to_string(),
+            client_id: client_id.to_string(),
+        };
+        let known = self
+            .store
+            .get_kv::<BrokerSession>(BROKER_SESSION_KEY)
+            .ok()
+            .flatten();
+        let note = session_verdict(session_present, known.as_ref(), &mark);
+        if let Some(n) = &note {
+            tracing::warn!("broker session: {n}");
+        }
+        *self.session_note.lock() = note;
+        if known.as_ref() != Some(&mark) {
+            let mut tx = self.store.tx();
+            tx.put_kv(BROKER_SESSION_KEY, &mark);
+            if let Err(e) = self.store.commit(tx) {
+                tracing::warn!("could not record the broker session: {e}");
+            }
+        }
+    }
+
+    /// What the session check found amiss at start, if anything.
+    pub fn session_note(&self) -> Option<String> {
+        self.session_note.lock().clone()
     }
 
     /// Each device's last `seq` gap, by device id.
@@ -915,6 +996,16 @@ impl App {
         self.models_ready.load(Ordering::Relaxed)
     }
 
+    /// Whether the last commit (or reopening) of the store succeeded.
+    pub fn store_writable(&self) -> bool {
+        self.store_writable.load(Ordering::Relaxed)
+    }
+
+    /// Recorded by the commit loop after each commit attempt.
+    pub fn set_store_writable(&self, ok: bool) {
+        self.store_writable.store(ok, Ordering::Relaxed);
+    }
+
     pub fn broker_connected(&self) -> bool {
         self.broker_connected.load(Ordering::Relaxed)
     }
@@ -1012,6 +1103,8 @@ impl Core {
             None => self.engine.new_state(ts),
         };
         let live = store.live_tickets(device)?;
+        // Back in memory: the idle release finds it among the slots again.
+        self.held_on_disk.remove(device);
         let (reorder, reorder_stored) = match store.load_reorder(device)? {
             Some(bytes) => match reorder::Buffer::decode(&bytes) {
                 Some(b) => (b, true),
@@ -1050,9 +1143,16 @@ impl Core {
         ticks.select_nth_unstable(n_evict - 1);
         let cutoff = ticks[n_evict - 1];
         let before = self.slots.len();
-        // A device holding items for event-time order stays: the idle timer must see it.
-        self.slots
-            .retain(|_, s| s.tick > cutoff || s.dirty || !s.reorder.is_empty());
+        // A device holding items for event-time order may go too (they are on disk): the idle
+        // release finds it through `held_on_disk`.
+        let held = &mut self.held_on_disk;
+        self.slots.retain(|d, s| {
+            let keep = s.tick > cutoff || s.dirty;
+            if !keep && !s.reorder.is_empty() {
+                held.insert(d.clone(), s.last_arrival);
+            }
+            keep
+        });
         metrics.evictions.inc_by((before - self.slots.len()) as u64);
     }
 }

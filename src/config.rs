@@ -5,6 +5,7 @@
 //! `FOREWARN__SECTION__KEY`. Unknown keys are errors; durations are written `30s`, `24h`, `7d`.
 //! [`Config::validate`] does no I/O.
 
+use crate::domain::Dur;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,28 @@ pub struct Config {
     pub fleet: crate::fleet::Config,
     pub dispatch: crate::dispatch::Config,
     pub notify: crate::notify::NotifyConfig,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+}
+
+/// `[shutdown]`: how long each stage may take to drain once the shutdown token is cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// The MQTT driver keeps its connection this long for the last acknowledgements.
+    pub ack_grace: Dur,
+    /// Every background task (API, dispatch, notifications) together, after the processor
+    /// has committed what it held.
+    pub grace: Dur,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            ack_grace: Dur::secs(5),
+            grace: Dur::secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

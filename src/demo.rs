@@ -192,7 +192,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         shutdown.cancelled().await;
     }
     shutdown.cancel();
-    handle.stopped(Duration::from_secs(5)).await;
+    handle.stopped(cfg.shutdown.grace.std()).await;
     if opts.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&data_dir);
     }

@@ -14,10 +14,8 @@ use crate::engine::Change;
 use crate::ingest::mqtt::Backoff;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use hmac::{Hmac, Mac};
 use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -66,17 +64,6 @@ impl DispatchRow {
             last_error: None,
         }
     }
-}
-
-/// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC accepts keys of any length.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The webhook body of a row.
@@ -276,7 +263,10 @@ impl Dispatcher {
             // Stable per row: receivers can drop repeats of a delivery retried after a timeout.
             .header("x-forewarn-delivery", hex::encode(key));
         if let Some(secret) = &cfg.webhook_secret {
-            req = req.header("x-forewarn-signature", signature(secret.as_bytes(), &body));
+            req = req.header(
+                "x-forewarn-signature",
+                crate::sign::webhook_signature(secret.as_bytes(), &body),
+            );
         }
         let resp = req.body(body).send().await?;
         if resp.status().is_success() {
@@ -312,20 +302,5 @@ impl Default for Config {
             retry_min: Dur::secs(1),
             retry_max: Dur::secs(300),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_is_hex_hmac_sha256() {
-        // RFC 4231 test case 2.
-        let s = signature(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(
-            s,
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
     }
 }

@@ -75,6 +75,8 @@ impl LoadedModel {
 pub struct Models {
     pub list: Vec<LoadedModel>,
     pub index: MetricIndex,
+    /// Event codes some model reads: the only ones device states remember.
+    pub codes: Vec<String>,
 }
 
 /// Why a set of artifacts cannot be served together.
@@ -117,11 +119,19 @@ impl Models {
                 index.intern(m.clone());
             }
         }
+        let mut codes: Vec<String> = Vec::new();
+        for a in &artifacts {
+            for c in a.features.codes() {
+                if !codes.contains(&c) {
+                    codes.push(c);
+                }
+            }
+        }
         let list = artifacts
             .into_iter()
             .map(|artifact| LoadedModel::new(artifact, &index))
             .collect();
-        Ok(Models { list, index })
+        Ok(Models { list, index, codes })
     }
 
     pub fn modes(&self) -> impl Iterator<Item = &str> {
@@ -170,7 +180,15 @@ pub struct Scoring {
     pub mode: String,
     pub probability: f64,
     pub ttf_hours: Option<f64>,
+    /// At or above the mode's watch level (internal: API and metrics only).
+    pub watch: bool,
 }
+
+/// History action of a ticket whose customer was not alerted when it opened (its score was below
+/// the customer-alert level); the notifier then sends nothing until [`ALERT_RAISED`].
+pub const ALERT_WITHHELD: &str = "alert_withheld";
+/// History action recording that a live ticket reached the customer-alert level.
+pub const ALERT_RAISED: &str = "customer_alert";
 
 /// Who a device belongs to and what it is, as the fleet registry knows it. `attrs: None` is a
 /// device the registry does not know: it is scored with every attribute missing, and its tickets
@@ -245,9 +263,12 @@ impl Engine {
                             mode: mm.mode.clone(),
                             probability: s.probability,
                             ttf_hours: s.ttf_hours,
+                            watch: s.probability >= mm.watch_threshold(),
                         });
                     }
-                    let above = s.probability >= mm.threshold;
+                    // A mode without evidence has no ticket level: it can only be watched.
+                    let above = mm.ticket_threshold().is_some_and(|t| s.probability >= t);
+                    let alert = mm.alert_threshold().is_some_and(|t| s.probability >= t);
                     let streak = state.streak_mut(&lm.streak_keys[k]);
                     *streak = if above { streak.saturating_add(1) } else { 0 };
                     let streak = *streak;
@@ -263,7 +284,30 @@ impl Engine {
                             .map(|h| format_ts(r.ts + (h * 3_600_000.0) as i64))
                     };
                     if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
-                        if self.should_update(t, s.probability, s.ttf_hours, r.ts, prio) {
+                        let raise = alert
+                            && t.history.iter().any(|h| h.action == ALERT_WITHHELD)
+                            && !t.history.iter().any(|h| h.action == ALERT_RAISED);
+                        if raise {
+                            let previous_priority = Some(t.priority);
+                            t.probability = s.probability;
+                            t.predicted_failure_at = predicted();
+                            t.priority = t.priority.max(prio);
+                            t.updated_at = format_ts(r.ts);
+                            t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
+                            t.history.push(HistoryEntry {
+                                at: format_ts(r.ts),
+                                actor: "forewarn".into(),
+                                action: ALERT_RAISED.into(),
+                                from: None,
+                                to: None,
+                                note: "reached the customer-alert level".into(),
+                            });
+                            changes.push(Change {
+                                kind: ChangeKind::Updated,
+                                previous_priority,
+                                ticket: t.clone(),
+                            });
+                        } else if self.should_update(t, s.probability, s.ttf_hours, r.ts, prio) {
                             let previous_priority = Some(t.priority);
                             t.probability = s.probability;
                             t.predicted_failure_at = predicted();
@@ -285,7 +329,17 @@ impl Engine {
                             });
                         }
                     } else if above && streak >= needed {
-                        let t = self.open(a, mm, r, ctx, s.probability, predicted(), prio, &x);
+                        let mut t = self.open(a, mm, r, ctx, s.probability, predicted(), prio, &x);
+                        if !alert {
+                            t.history.push(HistoryEntry {
+                                at: format_ts(r.ts),
+                                actor: "forewarn".into(),
+                                action: ALERT_WITHHELD.into(),
+                                from: None,
+                                to: None,
+                                note: "below the customer-alert level: dispatch only".into(),
+                            });
+                        }
                         live.push(t.clone());
                         changes.push(Change {
                             kind: ChangeKind::Opened,
@@ -337,7 +391,7 @@ impl Engine {
                 note: format!(
                     "probability {:.2} ≥ threshold {:.2} ({}){}",
                     probability,
-                    mm.threshold,
+                    mm.ticket_threshold().unwrap_or(mm.threshold),
                     mm.threshold_rule,
                     if ctx.attrs.is_none() {
                         "; device not in registry: scored without its attributes"
@@ -395,7 +449,7 @@ impl Engine {
         if !known && ev.kind == EventKind::Maintenance {
             return;
         }
-        state.on_event(ev, &self.cfg.window);
+        state.on_event(ev, &self.cfg.window, &self.models.codes);
         if !known {
             state.mode_reset.retain(|(m, _)| *m != ev.code);
         }
@@ -500,6 +554,8 @@ mod tests {
                 threshold_rule: "test".into(),
                 ttf_cap_hours: None,
                 validation: ValidationMetrics::default(),
+                calibration: None,
+                levels: None,
             }],
             training: TrainingInfo::default(),
         }

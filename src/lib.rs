@@ -48,6 +48,7 @@ pub mod outcomes;
 pub mod predict;
 pub mod replay;
 pub mod serve;
+pub mod sign;
 pub mod sim;
 pub mod store;
 pub mod tickets;

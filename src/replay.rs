@@ -330,34 +330,19 @@ impl PublishSummary {
     }
 }
 
-/// Splits `mqtt://host:port` into host and port.
+/// Splits `mqtt://host:port` into host and port (TLS is not supported by replay).
 pub fn parse_broker_url(url: &str) -> Result<(String, u16), ReplayError> {
-    let bad = |detail: &str| ReplayError::BadUrl {
+    let bad = |detail: String| ReplayError::BadUrl {
         url: url.to_string(),
-        detail: detail.to_string(),
+        detail,
     };
-    let rest = if let Some(r) = url.strip_prefix("mqtt://") {
-        r
-    } else if url.starts_with("mqtts://") {
-        return Err(bad(
-            "TLS (mqtts://) is not supported by replay; use mqtt://",
-        ));
-    } else {
-        return Err(bad("must start with mqtt://"));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>().map_err(|_| bad("port is not a number"))?,
-        ),
-        None => (rest, 1883),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("no host"));
+    match crate::ingest::mqtt::parse_url(url) {
+        Ok((false, host, port)) => Ok((host, port)),
+        Ok((true, _, _)) => Err(bad(
+            "TLS (mqtts://) is not supported by replay; use mqtt://".into(),
+        )),
+        Err(e) => Err(bad(e.to_string())),
     }
-    Ok((host.to_string(), port))
 }
 
 /// Shared between the publisher and the task polling the MQTT event loop.

@@ -16,6 +16,8 @@
 // Modes, metrics and their tables are parallel arrays indexed together: index loops read best.
 #![allow(clippy::needless_range_loop)]
 
+pub mod realistic;
+
 use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
 use crate::features::Attributes;
 use crate::history::{DeviceWriter, EventWriter, TelemetryWriter};
@@ -592,6 +594,8 @@ pub fn synthetic_model(
             threshold_rule: "synthetic".into(),
             ttf_cap_hours: Some(720.0),
             validation: ValidationMetrics::default(),
+            calibration: None,
+            levels: None,
         })
         .collect();
     Artifact {

@@ -87,3 +87,53 @@ async fn demo_forewarns_failures_rejects_bad_payloads_and_messages_customers() {
         "no simulated customer reply landed: {summary:?}"
     );
 }
+
+/// `forewarn demo` as a process stops on SIGTERM like `serve` does: it drains and exits 0 well
+/// before its publishing time is up.
+#[cfg(unix)]
+#[test]
+fn demo_process_stops_cleanly_on_sigterm() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["demo", "--devices", "3", "--duration", "600s", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until its API answers, so the signal arrives while it runs.
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the demo's API never came up"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the demo exited before it was signalled: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = i32::try_from(child.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if signalled.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the demo ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

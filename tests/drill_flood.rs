@@ -105,6 +105,9 @@ async fn a_flood_of_device_ids_is_evicted_within_the_bound_and_known_devices_kee
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
+    // Each device's newest reading is held for event-time order until its idle timer (100 ms in
+    // the test configuration); give the release a moment before stopping the daemon.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let evictions = m("forewarn_device_evictions_total").await;
     let in_memory = m("forewarn_devices_in_memory").await;
     let (rss_end, hwm) = rss_kib(child.id());

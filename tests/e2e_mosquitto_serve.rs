@@ -50,6 +50,8 @@ fn overheating_model() -> Artifact {
             threshold_rule: "e2e".into(),
             ttf_cap_hours: None,
             validation: ValidationMetrics::default(),
+            calibration: None,
+            levels: None,
         }],
         training: TrainingInfo::default(),
     }

@@ -132,19 +132,12 @@ pub fn authorize(auth: &Auth, headers: &HeaderMap, mutation: bool) -> Result<(),
     if auth
         .tokens
         .iter()
-        .any(|t| !t.is_empty() && constant_time_eq(t.as_bytes(), presented.as_bytes()))
+        .any(|t| !t.is_empty() && crate::sign::constant_time_eq(t.as_bytes(), presented.as_bytes()))
     {
         Ok(())
     } else {
         Err(ApiError::unauthorized("the bearer token is not valid"))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Refuses ids that could not be a device, customer or ticket id.
@@ -448,17 +441,8 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     let broker = app.broker_connected();
     let models = app.models_ready();
-    let app2 = app.clone();
-    let store = tokio::task::spawn_blocking(move || match app2.store.probe() {
-        Ok(()) => true,
-        // After an I/O error the database must be reopened to take writes again.
-        Err(e) if crate::store::Store::is_io_error(&e) => {
-            app2.store.reopen().is_ok() && app2.store.probe().is_ok()
-        }
-        Err(_) => false,
-    })
-    .await
-    .unwrap_or(false);
+    // What the commit loop last saw: no write, flush or reopen happens on behalf of a probe.
+    let store = app.store_writable();
     let ready = broker && store && models;
     // Loss upstream does not make forewarn unready (restarting it would lose more), but says so.
     let loss = app.loss();
@@ -473,6 +457,7 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     let body = serde_json::json!({
         "ready": ready, "broker": broker, "store": store, "models": models,
         "upstream_loss": upstream_loss, "seq_resets": loss.seq_resets,
+        "session": app.session_note(),
     });
     let status = if ready {
         StatusCode::OK

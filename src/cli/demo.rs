@@ -62,9 +62,8 @@ pub fn run(args: Args) -> CliResult {
         let shutdown = CancellationToken::new();
         let s2 = shutdown.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                s2.cancel();
-            }
+            super::shutdown_signal().await;
+            s2.cancel();
         });
         let opts = DemoOptions {
             devices: args.devices,

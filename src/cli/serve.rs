@@ -4,7 +4,6 @@
 use super::{CliResult, Failure};
 use crate::config::Config;
 use std::path::PathBuf;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
@@ -81,6 +80,7 @@ pub fn run(args: Args) -> CliResult {
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
+        let grace = cfg.shutdown.grace.std();
         let handle = crate::serve::run(cfg, shutdown.clone())
             .await
             .map_err(|e| {
@@ -90,33 +90,10 @@ pub fn run(args: Args) -> CliResult {
                     Failure::runtime(e)
                 }
             })?;
-        wait_for_signal().await;
+        super::shutdown_signal().await;
         tracing::info!("shutting down: stopping intake, draining, flushing");
         shutdown.cancel();
-        handle.stopped(Duration::from_secs(10)).await;
+        handle.stopped(grace).await;
         Ok(())
     })
-}
-
-/// SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -41,9 +41,12 @@ pub struct Args {
     /// A validation ticket counts as correct when the failure follows within this [default: 2 × horizon].
     #[arg(long)]
     pub match_window: Option<Dur>,
-    /// Share of training devices held out for validation.
-    #[arg(long, default_value_t = 0.2)]
-    pub validation_fraction: f64,
+    /// Folds of the cross-validation grouped by device that chooses rounds, calibration and levels.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Cap on false customer alerts per device-month (out of fold) for the customer-alert level.
+    #[arg(long, default_value_t = 0.05)]
+    pub alert_cap: f64,
     /// Seed of the device split and of the boosting subsamples.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -60,8 +63,11 @@ pub fn run(args: Args) -> CliResult {
             return Err(Failure::usage("--min-precision must be between 0 and 1"));
         }
     }
-    if !(0.0..0.9).contains(&args.validation_fraction) {
-        return Err(Failure::usage("--validation-fraction must be in [0, 0.9)"));
+    if args.folds < 2 {
+        return Err(Failure::usage("--folds must be at least 2"));
+    }
+    if !(args.alert_cap >= 0.0) {
+        return Err(Failure::usage("--alert-cap must be a non-negative number"));
     }
     if args.horizon.as_hours_f64() <= 0.0 {
         return Err(Failure::usage("--horizon must be positive"));
@@ -88,7 +94,8 @@ pub fn run(args: Args) -> CliResult {
             .min_precision
             .map_or(Target::BestF1, Target::MinPrecision),
         match_window_h: args.match_window.map(Dur::as_hours_f64),
-        valid_fraction: args.validation_fraction,
+        folds: args.folds,
+        alert_cap: args.alert_cap,
         seed: args.seed,
         name,
         command: std::env::args().collect::<Vec<_>>().join(" "),

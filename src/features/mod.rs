@@ -22,6 +22,9 @@ pub const HOUR_MS: f64 = 3_600_000.0;
 /// Size of the dedup memory of recent timestamps, for readings that carry no `seq`.
 const RECENT_TS: usize = 8;
 
+/// Occurrences remembered per tracked event code: a count in a window saturates here.
+pub const CODE_MEMORY: usize = 32;
+
 /// The shape of the rolling windows every device keeps. Part of a model's feature spec: a model
 /// can only be served by a daemon whose windows match it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +168,31 @@ pub struct DeviceState {
     pub last_scored_ts: Option<Millis>,
     /// Consecutive scorings at or above threshold, per (model, mode) key; the ticket policy's memory.
     pub streaks: Vec<(String, u16)>,
+    /// Per event code the loaded models read: event times of its latest occurrences, oldest
+    /// first, at most [`CODE_MEMORY`]. Codes no model reads are not kept, so the state stays
+    /// bounded whatever a device logs.
+    pub codes: Vec<(String, Vec<Millis>)>,
+}
+
+/// The layout of [`DeviceState`] before event codes were tracked, to read states stored by an
+/// older daemon (postcard is not self-describing: a field added at the end changes the bytes).
+#[derive(Deserialize)]
+struct DeviceStateV1 {
+    first_ts: Millis,
+    last_ts: Millis,
+    last_seq: Option<u64>,
+    recent_ts: [Millis; RECENT_TS],
+    recent_head: u8,
+    head: u16,
+    filled: u16,
+    ts_ring: Vec<Millis>,
+    metrics: Vec<Option<MetricWindow>>,
+    readings: u32,
+    mode_reset: Vec<(String, Millis)>,
+    error_rate: f64,
+    last_error_ts: Millis,
+    last_scored_ts: Option<Millis>,
+    streaks: Vec<(String, u16)>,
 }
 
 impl DeviceState {
@@ -185,6 +213,7 @@ impl DeviceState {
             last_error_ts: Millis::MIN,
             last_scored_ts: None,
             streaks: Vec::new(),
+            codes: Vec::new(),
         }
     }
 
@@ -236,11 +265,15 @@ impl DeviceState {
 
     /// Applies a device event. Maintenance or failure restarts the mode's clock; a failure also
     /// clears the windows (the device was repaired or replaced, old readings describe another part).
-    pub fn on_event(&mut self, ev: &DeviceEvent, spec: &WindowSpec) {
+    /// `tracked` lists the event codes whose occurrences the loaded models read.
+    pub fn on_event(&mut self, ev: &DeviceEvent, spec: &WindowSpec, tracked: &[String]) {
         match ev.kind {
             EventKind::Error => {
                 self.error_rate = self.decayed_errors(ev.ts) + 1.0;
                 self.last_error_ts = self.last_error_ts.max(ev.ts);
+                if tracked.iter().any(|c| *c == ev.code) {
+                    self.remember_code(&ev.code, ev.ts);
+                }
             }
             EventKind::Maintenance | EventKind::Failure => {
                 match self.mode_reset.iter_mut().find(|(m, _)| *m == ev.code) {
@@ -254,6 +287,41 @@ impl DeviceState {
                 }
             }
         }
+    }
+
+    fn remember_code(&mut self, code: &str, ts: Millis) {
+        let pos = match self.codes.iter().position(|(c, _)| c == code) {
+            Some(p) => p,
+            None => {
+                self.codes.push((code.to_string(), Vec::new()));
+                self.codes.len() - 1
+            }
+        };
+        let times = &mut self.codes[pos].1;
+        // Events arrive in event-time order within the late tolerance: insert in place.
+        let at = times.partition_point(|t| *t <= ts);
+        times.insert(at, ts);
+        if times.len() > CODE_MEMORY {
+            times.remove(0);
+        }
+    }
+
+    /// Occurrences of `code` in `(now − hours, now]` (at most [`CODE_MEMORY`]).
+    pub fn code_count(&self, code: &str, hours: f64, now: Millis) -> f64 {
+        let from = now.saturating_sub((hours * HOUR_MS) as i64);
+        self.codes
+            .iter()
+            .find(|(c, _)| c == code)
+            .map_or(0, |(_, t)| {
+                t.iter().filter(|&&t| t > from && t <= now).count()
+            }) as f64
+    }
+
+    /// Hours since the latest occurrence of `code` at or before `now`; `None` if none is known.
+    pub fn hours_since_code(&self, code: &str, now: Millis) -> Option<f64> {
+        let (_, times) = self.codes.iter().find(|(c, _)| c == code)?;
+        let last = times.iter().rev().find(|&&t| t <= now)?;
+        Some((now - last) as f64 / HOUR_MS)
     }
 
     fn clear_windows(&mut self, spec: &WindowSpec) {
@@ -331,6 +399,9 @@ impl DeviceState {
         for (k, _) in &self.streaks {
             b += k.capacity() + 32;
         }
+        for (k, t) in &self.codes {
+            b += k.capacity() + t.capacity() * 8 + 48;
+        }
         b
     }
 
@@ -338,8 +409,30 @@ impl DeviceState {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
+    /// Reads a stored state, in this layout or the one before event codes were tracked.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        postcard::from_bytes(bytes).ok()
+        if let Ok(s) = postcard::from_bytes::<DeviceState>(bytes) {
+            return Some(s);
+        }
+        let v1: DeviceStateV1 = postcard::from_bytes(bytes).ok()?;
+        Some(DeviceState {
+            first_ts: v1.first_ts,
+            last_ts: v1.last_ts,
+            last_seq: v1.last_seq,
+            recent_ts: v1.recent_ts,
+            recent_head: v1.recent_head,
+            head: v1.head,
+            filled: v1.filled,
+            ts_ring: v1.ts_ring,
+            metrics: v1.metrics,
+            readings: v1.readings,
+            mode_reset: v1.mode_reset,
+            error_rate: v1.error_rate,
+            last_error_ts: v1.last_error_ts,
+            last_scored_ts: v1.last_scored_ts,
+            streaks: v1.streaks,
+            codes: Vec::new(),
+        })
     }
 }
 
@@ -369,6 +462,10 @@ pub enum MetricStat {
     Ewstd(u8),
     /// Difference of two EW means (short − long): a trend that trees cannot form themselves.
     EwmDiff(u8, u8),
+    /// Mean over the readings of the last this many hours of event time (within the ring).
+    MeanHours(f64),
+    /// Standard deviation over the readings of the last this many hours (within the ring).
+    StdHours(f64),
 }
 
 impl MetricStat {
@@ -384,6 +481,8 @@ impl MetricStat {
             MetricStat::Ewm(i) => format!("ewm{}", span(i)),
             MetricStat::Ewstd(i) => format!("ewstd{}", span(i)),
             MetricStat::EwmDiff(a, b) => format!("ewm{}-ewm{}", span(a), span(b)),
+            MetricStat::MeanHours(h) => format!("mean{h}h"),
+            MetricStat::StdHours(h) => format!("std{h}h"),
         }
     }
 }
@@ -402,6 +501,10 @@ pub enum DeviceFeature {
     AttrNumber { name: String },
     /// 1.0 when a categorical attribute equals the value, else 0.0.
     AttrIs { name: String, value: String },
+    /// Occurrences of an event code in the last `hours` of event time.
+    CodeCount { code: String, hours: f64 },
+    /// Hours since the event code last occurred (NaN when it has not, as far as the state knows).
+    CodeHoursSince { code: String },
 }
 
 /// Which features a model reads, in order. Stored in every model artifact.
@@ -465,7 +568,24 @@ impl FeatureSpec {
                 DeviceFeature::ErrorRate => "error_rate".into(),
                 DeviceFeature::AttrNumber { name } => format!("attr.{name}"),
                 DeviceFeature::AttrIs { name, value } => format!("attr.{name}={value}"),
+                DeviceFeature::CodeCount { code, hours } => format!("code.{code}.count{hours}h"),
+                DeviceFeature::CodeHoursSince { code } => format!("code.{code}.hours_since"),
             });
+        }
+        out
+    }
+
+    /// The event codes this spec reads: what a device's state must track for it.
+    pub fn codes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for d in &self.device {
+            if let DeviceFeature::CodeCount { code, .. } | DeviceFeature::CodeHoursSince { code } =
+                d
+            {
+                if !out.contains(code) {
+                    out.push(code.clone());
+                }
+            }
         }
         out
     }
@@ -537,6 +657,17 @@ impl FeatureSpec {
                 continue;
             };
             let ring = RingStats::compute(mw, slots, &t_hours[..slots.len()]);
+            // Time windows end at `now` (the scoring's event time), not at the newest reading:
+            // after a gap the window holds fewer readings, or none.
+            let lag_h = (now - t_end) as f64 / HOUR_MS;
+            let timed = |h: f64| {
+                let from = slots
+                    .iter()
+                    .enumerate()
+                    .position(|(i, _)| t_hours[i] - lag_h > -h)
+                    .unwrap_or(slots.len());
+                RingStats::compute(mw, &slots[from..], &t_hours[from..slots.len()])
+            };
             for s in &self.stats {
                 out.push(match *s {
                     MetricStat::Last => mw.last,
@@ -556,6 +687,8 @@ impl FeatureSpec {
                             _ => f64::NAN,
                         }
                     }
+                    MetricStat::MeanHours(h) => timed(h).mean,
+                    MetricStat::StdHours(h) => timed(h).std,
                 });
             }
         }
@@ -573,6 +706,10 @@ impl FeatureSpec {
                     Some(v) if v == value => 1.0,
                     _ => 0.0,
                 },
+                DeviceFeature::CodeCount { code, hours } => state.code_count(code, *hours, now),
+                DeviceFeature::CodeHoursSince { code } => {
+                    state.hours_since_code(code, now).unwrap_or(f64::NAN)
+                }
             });
         }
     }
@@ -722,6 +859,7 @@ mod tests {
                 code: "bearing".into(),
             },
             &w,
+            &[],
         );
         assert_eq!(st.hours_since_reset("bearing", 10 * 3_600_000), 2.0);
         assert_eq!(st.hours_since_reset("other", 10 * 3_600_000), 10.0);

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     #[error("config key broker.url: {0}")]
-    Url(String),
+    Url(#[from] BrokerUrlError),
     #[error("config key broker.ca_file: {path}: {message}")]
     Ca { path: String, message: String },
 }
@@ -43,27 +43,40 @@ pub struct Inbound {
     pub received_ms: i64,
 }
 
-/// Splits `mqtt://host:port` / `mqtts://host:port` into (tls, host, port).
-pub fn parse_url(url: &str) -> Result<(bool, String, u16), MqttError> {
+/// A broker URL that is not `mqtt[s]://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error("{0:?} must start with mqtt:// or mqtts://")]
+    Scheme(String),
+    #[error("{0:?}: unclosed [ in host")]
+    Bracket(String),
+    #[error("{url:?}: bad port {port:?}")]
+    Port { url: String, port: String },
+    #[error("{0:?}: no usable host")]
+    Host(String),
+}
+
+/// Splits `mqtt://host:port` / `mqtts://host:port` into (tls, host, port): the one broker-URL
+/// parser (the daemon, replay, the demo and the MQTT notification channel use it).
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), BrokerUrlError> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("mqtt://") {
         (false, r)
     } else {
-        return Err(MqttError::Url(format!(
-            "{url:?} must start with mqtt:// or mqtts://"
-        )));
+        return Err(BrokerUrlError::Scheme(url.to_string()));
     };
     let rest = rest.trim_end_matches('/');
     let default_port = if tls { 8883 } else { 1883 };
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         let (h, tail) = v6
             .split_once(']')
-            .ok_or_else(|| MqttError::Url(format!("{url:?}: unclosed [ in host")))?;
+            .ok_or_else(|| BrokerUrlError::Bracket(url.to_string()))?;
         let port = match tail.strip_prefix(':') {
-            Some(p) => p
-                .parse()
-                .map_err(|_| MqttError::Url(format!("{url:?}: bad port {p:?}")))?,
+            Some(p) => p.parse().map_err(|_| BrokerUrlError::Port {
+                url: url.to_string(),
+                port: p.to_string(),
+            })?,
             None => default_port,
         };
         (h.to_string(), port)
@@ -71,14 +84,16 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), MqttError> {
         match rest.rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
-                p.parse()
-                    .map_err(|_| MqttError::Url(format!("{url:?}: bad port {p:?}")))?,
+                p.parse().map_err(|_| BrokerUrlError::Port {
+                    url: url.to_string(),
+                    port: p.to_string(),
+                })?,
             ),
             None => (rest.to_string(), default_port),
         }
     };
     if host.is_empty() || host.contains('/') {
-        return Err(MqttError::Url(format!("{url:?}: no usable host")));
+        return Err(BrokerUrlError::Host(url.to_string()));
     }
     Ok((tls, host, port))
 }
@@ -166,7 +181,8 @@ impl Backoff {
 
 /// What the polling task reports to the rest of the daemon.
 pub trait ConnectionObserver: Send + Sync {
-    fn connected(&self);
+    /// Connected; `session_present` is the broker's word on whether it kept our session.
+    fn connected(&self, session_present: bool);
     fn disconnected(&self, error: &str);
 }
 
@@ -242,7 +258,7 @@ pub async fn drive(
                     }
                     connected = true;
                     backoff.reset();
-                    observer.connected();
+                    observer.connected(ack.session_present);
                     tracing::info!(session_present = ack.session_present, "connected to broker");
                     // Subscribing again is harmless with a kept session and needed without one.
                     // Not awaited here (trap 5): a request awaited in the polling task can hang.

@@ -84,13 +84,7 @@ fn twilio_verified(
     let url = format!("{}{path}", n.public_url);
     [&n.cfg.sms, &n.cfg.voice].into_iter().flatten().any(|t| {
         let want = twilio_signature(&t.auth_token, &url, params);
-        // Constant-time comparison of equal-length strings.
-        want.len() == sig.len()
-            && want
-                .bytes()
-                .zip(sig.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        crate::sign::constant_time_eq(want.as_bytes(), sig.as_bytes())
     })
 }
 

@@ -40,7 +40,24 @@ pub fn for_change(
     notify_resolved: bool,
 ) -> Moment {
     let t = &change.ticket;
+    // The model's customer-alert level gates messages: a ticket opened below it is dispatch only
+    // until it reaches the level (the engine then records `ALERT_RAISED`).
+    let withheld = t
+        .history
+        .iter()
+        .any(|h| h.action == crate::engine::ALERT_WITHHELD);
+    let alerted = t
+        .history
+        .iter()
+        .any(|h| h.action == crate::engine::ALERT_RAISED);
+    let just_alerted = change.kind == ChangeKind::Updated
+        && t.history
+            .last()
+            .is_some_and(|h| h.action == crate::engine::ALERT_RAISED);
     match change.kind {
+        ChangeKind::Opened | ChangeKind::Updated if withheld && !alerted => Moment::Nothing,
+        ChangeKind::Updated if just_alerted && urgent => Moment::Send(MessageKind::Urgent),
+        ChangeKind::Updated if just_alerted => Moment::Send(MessageKind::Alert),
         ChangeKind::Opened if urgent => Moment::Send(MessageKind::Urgent),
         ChangeKind::Opened => Moment::Send(MessageKind::Alert),
         ChangeKind::Updated

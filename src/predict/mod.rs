@@ -15,8 +15,13 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const ARTIFACT_FORMAT: &str = "forewarn-model";
-/// Bumped on any change a previous daemon could not read correctly.
-pub const ARTIFACT_VERSION: u32 = 1;
+/// Bumped on any change a previous daemon could not read correctly. Version 2 added calibration,
+/// the three levels (watch, ticket, customer alert) with their out-of-fold evidence, event-code
+/// features and event-time windows; version 1 artifacts still load (their one threshold serves as
+/// every level, as it did).
+pub const ARTIFACT_VERSION: u32 = 2;
+/// The oldest artifact version this build reads.
+pub const ARTIFACT_MIN_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -30,7 +35,7 @@ pub enum ArtifactError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{path}: artifact format {found:?} version {version} is not supported (this build reads {ARTIFACT_FORMAT:?} version {ARTIFACT_VERSION})")]
+    #[error("{path}: artifact format {found:?} version {version} is not supported (this build reads {ARTIFACT_FORMAT:?} versions {ARTIFACT_MIN_VERSION} to {ARTIFACT_VERSION})")]
     Version {
         path: PathBuf,
         found: String,
@@ -537,8 +542,107 @@ pub struct ModeModel {
     pub ttf_cap_hours: Option<f64>,
     #[serde(default)]
     pub validation: ValidationMetrics,
+    /// Maps the classifier's output to a calibrated probability (fitted out of fold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    /// The three levels and the out-of-fold evidence behind them. `None` (version 1 artifacts):
+    /// `threshold` serves as every level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<Levels>,
 }
 
+impl ModeModel {
+    /// Score at which a ticket opens; `None` when the mode may not open tickets at all.
+    pub fn ticket_threshold(&self) -> Option<f64> {
+        match &self.levels {
+            Some(l) => l.ticket,
+            None => Some(self.threshold),
+        }
+    }
+    /// Score at which a device is watched (internal: API and metrics only).
+    pub fn watch_threshold(&self) -> f64 {
+        self.levels.as_ref().map_or(self.threshold, |l| l.watch)
+    }
+    /// Score at which a live ticket also alerts the customer; `None`: never.
+    pub fn alert_threshold(&self) -> Option<f64> {
+        match &self.levels {
+            Some(l) => l.customer_alert,
+            None => Some(self.threshold),
+        }
+    }
+}
+
+/// A monotone map from a classifier's raw probability to a calibrated one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Calibration {
+    /// Platt scaling on the log-odds: p' = σ(a · logit(p) + b), with a > 0 (monotone).
+    Platt { a: f64, b: f64 },
+}
+
+impl Calibration {
+    pub fn apply(&self, p: f64) -> f64 {
+        match *self {
+            Calibration::Platt { a, b } => {
+                let p = p.clamp(1e-12, 1.0 - 1e-12);
+                let z = a * (p / (1.0 - p)).ln() + b;
+                1.0 / (1.0 + (-z).exp())
+            }
+        }
+    }
+}
+
+/// Whether a mode's predictions earned the right to open tickets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeEvidence {
+    /// Enough failures, and out-of-fold tickets that were mostly right.
+    #[default]
+    Sufficient,
+    /// Too few failures in training to choose or check a ticket threshold: watch only.
+    TooFewFailures,
+    /// Out of fold, no ticket policy found failures with acceptable precision: watch only.
+    NoOutOfFoldEvidence,
+}
+
+/// Out-of-fold figures of a mode at its chosen levels (k-fold grouped by device).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutOfFold {
+    pub folds: usize,
+    pub devices: usize,
+    pub device_months: f64,
+    /// Failures of the mode the devices were scored before (a warning was possible).
+    pub failures: usize,
+    pub tickets: usize,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub lead_hours_median: Option<f64>,
+    pub false_tickets_per_device_month: Option<f64>,
+    pub alerts: usize,
+    pub false_alerts_per_device_month: Option<f64>,
+    pub watches: usize,
+    pub false_watches_per_device_month: Option<f64>,
+    /// Brier score of the calibrated out-of-fold probabilities, and before calibration.
+    pub brier: Option<f64>,
+    pub brier_uncalibrated: Option<f64>,
+}
+
+/// A mode's three levels, each chosen on out-of-fold predictions for its stated target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Levels {
+    /// Watch (internal): the lowest score whose false watches stay under the watch cap.
+    pub watch: f64,
+    /// Ticket (dispatch); `None` when the evidence is not sufficient.
+    pub ticket: Option<f64>,
+    /// Customer alert: the lowest score at or above the ticket's whose false alerts stay under
+    /// the alert cap; `None` when none does.
+    pub customer_alert: Option<f64>,
+    pub evidence: ModeEvidence,
+    /// How each level was chosen, in words.
+    pub rule: String,
+    pub out_of_fold: OutOfFold,
+}
 /// Where a model came from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -599,7 +703,9 @@ impl Artifact {
             path: path.to_path_buf(),
             source,
         })?;
-        if header.format != ARTIFACT_FORMAT || header.format_version != ARTIFACT_VERSION {
+        if header.format != ARTIFACT_FORMAT
+            || !(ARTIFACT_MIN_VERSION..=ARTIFACT_VERSION).contains(&header.format_version)
+        {
             return Err(ArtifactError::Version {
                 path: path.to_path_buf(),
                 found: header.format,
@@ -689,7 +795,10 @@ impl Artifact {
     fn score(mode: &ModeModel, compiled: Option<&CompiledMode>, x: &[f64]) -> ModeScore {
         let flat_cls = compiled.and_then(|c| c.classifier.as_ref());
         let flat_reg = compiled.and_then(|c| c.regressor.as_ref());
-        let p = predict_with(&mode.classifier, flat_cls, x).clamp(0.0, 1.0);
+        let mut p = predict_with(&mode.classifier, flat_cls, x).clamp(0.0, 1.0);
+        if let (Some(c), false) = (&mode.calibration, p.is_nan()) {
+            p = c.apply(p);
+        }
         let ttf = mode.regressor.as_ref().map(|r| {
             let v = predict_with(r, flat_reg, x).max(0.0);
             match mode.ttf_cap_hours {
@@ -797,6 +906,8 @@ mod tests {
                 threshold_rule: "test".into(),
                 ttf_cap_hours: None,
                 validation: ValidationMetrics::default(),
+                calibration: None,
+                levels: None,
             }],
             training: TrainingInfo::default(),
         }

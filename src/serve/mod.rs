@@ -131,22 +131,32 @@ fn load_fleet(cfg: &Config) -> Result<FleetFile, ServeError> {
     }
 }
 
-struct Observer(Arc<App>);
+struct Observer {
+    app: Arc<App>,
+    /// The broker and client id, for the session check at the first connection.
+    broker: String,
+    client_id: String,
+    checked: std::sync::atomic::AtomicBool,
+}
 
 impl ConnectionObserver for Observer {
-    fn connected(&self) {
-        self.0.broker_connected.store(true, Ordering::Relaxed);
-        self.0.metrics.broker_connected.set(1);
-        self.0.metrics.broker_connects.inc();
+    fn connected(&self, session_present: bool) {
+        if !self.checked.swap(true, Ordering::Relaxed) {
+            self.app
+                .check_session(session_present, &self.broker, &self.client_id);
+        }
+        self.app.broker_connected.store(true, Ordering::Relaxed);
+        self.app.metrics.broker_connected.set(1);
+        self.app.metrics.broker_connects.inc();
         // Retained ticket publishes that waited for the broker can go now.
-        self.0.dispatch_wake.notify_one();
+        self.app.dispatch_wake.notify_one();
     }
     fn disconnected(&self, error: &str) {
-        if self.0.broker_connected.swap(false, Ordering::Relaxed) {
-            self.0.metrics.broker_disconnects.inc();
+        if self.app.broker_connected.swap(false, Ordering::Relaxed) {
+            self.app.metrics.broker_disconnects.inc();
             tracing::warn!("disconnected from broker: {error}");
         }
-        self.0.metrics.broker_connected.set(0);
+        self.app.metrics.broker_connected.set(0);
     }
 }
 
@@ -265,9 +275,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<Handle, Ser
             subscriptions,
             reconnect_min: cfg.broker.reconnect_min.std(),
             reconnect_max: cfg.broker.reconnect_max.std(),
-            grace: Duration::from_secs(5),
+            grace: cfg.shutdown.ack_grace.std(),
         },
-        Arc::new(Observer(app.clone())),
+        Arc::new(Observer {
+            app: app.clone(),
+            broker: cfg.broker.url.clone(),
+            client_id: cfg.broker.client_id.clone(),
+            checked: std::sync::atomic::AtomicBool::new(false),
+        }),
         shutdown.clone(),
         acks_flushed.clone(),
     )));
@@ -396,10 +411,14 @@ fn process_loop(
         loop {
             match app.process_group(&buf) {
                 Ok(_) => {
+                    app.set_store_writable(true);
                     let _ = acks.send(buf.drain(..).map(|m| m.publish).collect());
                     break;
                 }
                 Err(e) => {
+                    if matches!(e, app::CoreError::Store(_)) {
+                        app.set_store_writable(false);
+                    }
                     tracing::error!(
                         "commit of {} messages failed, not acknowledged: {e}",
                         buf.len()

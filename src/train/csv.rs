@@ -18,6 +18,42 @@ pub struct DeviceHistory {
     pub values: Vec<f64>,
     /// Sorted by event time.
     pub events: Vec<DeviceEvent>,
+    /// The events as labels see them, sorted: a maintenance whose `outcome` is `confirmed` is a
+    /// failure that was prevented (a positive of its mode), one whose outcome is `false_alarm` is
+    /// left out (the part was fine: rows before it are not censored by it). Without an `outcome`
+    /// column, the same as `events`.
+    pub labels: Vec<DeviceEvent>,
+}
+
+/// The optional fifth column of `events.csv`: what a ticket's visit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Confirmed,
+    FalseAlarm,
+    Failed,
+}
+
+impl EventOutcome {
+    pub fn parse(s: &str) -> Option<EventOutcome> {
+        match s {
+            "confirmed" => Some(EventOutcome::Confirmed),
+            "false_alarm" => Some(EventOutcome::FalseAlarm),
+            "failed" => Some(EventOutcome::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// How an event with an outcome counts for labels (see [`DeviceHistory::labels`]).
+fn as_label(ev: &DeviceEvent, outcome: Option<EventOutcome>) -> Option<DeviceEvent> {
+    match (ev.kind, outcome) {
+        (EventKind::Maintenance, Some(EventOutcome::Confirmed)) => Some(DeviceEvent {
+            kind: EventKind::Failure,
+            ..ev.clone()
+        }),
+        (EventKind::Maintenance, Some(EventOutcome::FalseAlarm)) => None,
+        _ => Some(ev.clone()),
+    }
 }
 
 /// A data set: every device's readings and events, and the fleet's attributes.
@@ -98,14 +134,14 @@ impl History {
         devices: Option<&Path>,
     ) -> Result<History, TrainError> {
         let mut h = read_telemetry(telemetry)?;
-        let evs = read_events(events)?;
+        let evs = read_events_with_outcomes(events)?;
         let mut by_id: HashMap<String, usize> = h
             .devices
             .iter()
             .enumerate()
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
-        for ev in evs {
+        for (ev, outcome) in evs {
             let i = match by_id.get(&ev.device_id) {
                 Some(&i) => i,
                 None => {
@@ -117,15 +153,20 @@ impl History {
                     h.devices.len() - 1
                 }
             };
+            if let Some(l) = as_label(&ev, outcome) {
+                h.devices[i].labels.push(l);
+            }
             h.devices[i].events.push(ev);
         }
         for d in &mut h.devices {
-            d.events.sort_by(|a, b| {
+            let order = |a: &DeviceEvent, b: &DeviceEvent| {
                 crate::domain::apply_order(
                     (a.ts, Some(a.kind), &a.code),
                     (b.ts, Some(b.kind), &b.code),
                 )
-            });
+            };
+            d.events.sort_by(order);
+            d.labels.sort_by(order);
         }
         h.devices.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(p) = devices {
@@ -134,12 +175,12 @@ impl History {
         Ok(h)
     }
 
-    /// Failure modes named by failure events, sorted.
+    /// Failure modes named by failure events (and confirmed maintenance), sorted.
     pub fn failure_modes(&self) -> Vec<String> {
         let mut m: Vec<String> = self
             .devices
             .iter()
-            .flat_map(|d| d.events.iter())
+            .flat_map(|d| d.labels.iter())
             .filter(|e| e.kind == EventKind::Failure)
             .map(|e| e.code.clone())
             .collect();
@@ -227,6 +268,67 @@ pub fn read_events(path: &Path) -> Result<Vec<DeviceEvent>, TrainError> {
     Ok(out)
 }
 
+/// events.csv with its optional fifth column `outcome` (`confirmed`, `false_alarm`, `failed`; an
+/// empty cell is no outcome). Events are read by the shared reader; the outcome column, which it
+/// ignores, by a second pass that matches rows by line.
+pub fn read_events_with_outcomes(
+    path: &Path,
+) -> Result<Vec<(DeviceEvent, Option<EventOutcome>)>, TrainError> {
+    let mut lines = Vec::new();
+    history::read_events(history::open(path)?, path, BadRows::Fail, |line, e| {
+        lines.push((line, e));
+        Ok(())
+    })?;
+    let outcomes = read_outcomes(path)?;
+    Ok(lines
+        .into_iter()
+        .map(|(line, e)| (e, outcomes.get(&line).copied()))
+        .collect())
+}
+
+/// Line → outcome, for the rows of `events.csv` that carry one.
+fn read_outcomes(path: &Path) -> Result<HashMap<u64, EventOutcome>, TrainError> {
+    let mut out = HashMap::new();
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(history::open(path)?);
+    let col = rdr
+        .byte_headers()
+        .map_err(|e| TrainError::csv(path, 1, e.to_string()))?
+        .iter()
+        .position(|h| h == b"outcome");
+    let Some(col) = col else {
+        return Ok(out);
+    };
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                return Err(TrainError::csv(path, line, e.to_string()));
+            }
+        }
+        let line = rec.position().map_or(0, |p| p.line());
+        let cell = rec.get(col).unwrap_or_default();
+        let text = String::from_utf8_lossy(cell);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let o = EventOutcome::parse(text).ok_or_else(|| {
+            TrainError::csv(
+                path,
+                line,
+                format!("outcome {text:?} is not confirmed, false_alarm or failed"),
+            )
+        })?;
+        out.insert(line, o);
+    }
+    Ok(out)
+}
+
 /// devices.csv: `device_id,<attribute>…`. The first bad row is an error naming `file:line`.
 pub fn read_devices(path: &Path) -> Result<BTreeMap<String, Attributes>, TrainError> {
     let (attrs, _) = history::read_devices(history::open(path)?, path, BadRows::Fail)?;
@@ -245,6 +347,45 @@ mod tests {
             .write_all(body.as_bytes())
             .unwrap();
         p
+    }
+
+    #[test]
+    fn outcomes_turn_confirmed_maintenance_into_prevented_failures() {
+        let d = tempfile::tempdir().unwrap();
+        let t = file(
+            &d,
+            "t.csv",
+            "device_id,ts,temp\na,2020-01-01T00:00:00Z,1\nb,2020-01-01T00:00:00Z,1\n",
+        );
+        let e = file(
+            &d,
+            "e.csv",
+            "device_id,ts,kind,code,outcome\n\
+             a,2020-01-02T00:00:00Z,maintenance,pump,confirmed\n\
+             a,2020-01-03T00:00:00Z,maintenance,pump,false_alarm\n\
+             b,2020-01-02T00:00:00Z,maintenance,pump,\n\
+             b,2020-01-04T00:00:00Z,failure,pump,failed\n",
+        );
+        let h = History::load(&t, &e, None).unwrap();
+        let a = &h.devices[0];
+        // What the daemon saw is unchanged; what labels see is the prevented failure only.
+        assert_eq!(a.events.len(), 2);
+        assert!(a.events.iter().all(|e| e.kind == EventKind::Maintenance));
+        assert_eq!(a.labels.len(), 1);
+        assert_eq!(a.labels[0].kind, EventKind::Failure);
+        let b = &h.devices[1];
+        assert_eq!(b.labels, b.events);
+        assert_eq!(h.failure_modes(), vec!["pump".to_string()]);
+        let bad = file(
+            &d,
+            "bad.csv",
+            "device_id,ts,kind,code,outcome\na,2020-01-02T00:00:00Z,maintenance,pump,maybe\n",
+        );
+        let err = read_events_with_outcomes(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.csv:2") && err.contains("outcome"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -47,6 +47,27 @@ pub struct TicketSummary {
     pub match_window_hours: f64,
 }
 
+/// Customer alerts: tickets that reached their mode's customer-alert level, counted from the
+/// moment they did; an alert is false unless a failure of its mode follows within the match window.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertSummary {
+    pub alerts: usize,
+    pub correct: usize,
+    pub false_alerts: usize,
+    pub false_per_device_month: Option<f64>,
+    /// Scorings at or above the watch level (internal), and the devices and modes they concern.
+    pub watch_scorings: usize,
+    pub watched_device_modes: usize,
+}
+
+/// How well the probabilities mean what they say, over labelled scorings.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationSummary {
+    pub brier: Option<f64>,
+    /// Per tenth of predicted probability: (mean predicted, observed frequency, scorings).
+    pub reliability: Vec<(f64, f64, usize)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadingSummary {
     pub scorings: usize,
@@ -77,7 +98,9 @@ pub struct Summary {
     pub devices: usize,
     pub readings: usize,
     pub tickets: TicketSummary,
+    pub customer_alerts: AlertSummary,
     pub readings_level: ReadingSummary,
+    pub calibration: CalibrationSummary,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truth: Option<TruthSummary>,
 }
@@ -242,6 +265,50 @@ pub fn evaluate(
         match_window_hours: window_h,
     };
 
+    // Customer alerts: from opening, unless withheld then, from when the level was reached.
+    let mut alerts = (0usize, 0usize);
+    for t in &tickets {
+        let withheld = t
+            .history
+            .iter()
+            .any(|e| e.action == crate::engine::ALERT_WITHHELD);
+        let at = if withheld {
+            t.history
+                .iter()
+                .find(|e| e.action == crate::engine::ALERT_RAISED)
+                .and_then(|e| crate::domain::parse_ts(&e.at))
+        } else {
+            Some(t.opened_ms)
+        };
+        let Some(at) = at else { continue };
+        alerts.0 += 1;
+        let w = (window_h * HOUR_MS) as i64;
+        let hit = by_id.get(t.device_id.as_str()).is_some_and(|&di| {
+            h.devices[di].events.iter().any(|e| {
+                e.kind == EventKind::Failure
+                    && e.code == t.failure_mode
+                    && e.ts >= at
+                    && e.ts <= at.saturating_add(w)
+            })
+        });
+        if hit {
+            alerts.1 += 1;
+        }
+    }
+    let mut watched: std::collections::HashSet<(&str, &str)> = Default::default();
+    for s in scorings.iter().filter(|s| s.watch) {
+        watched.insert((s.device_id.as_str(), s.mode.as_str()));
+    }
+    let customer_alerts = AlertSummary {
+        alerts: alerts.0,
+        correct: alerts.1,
+        false_alerts: alerts.0 - alerts.1,
+        false_per_device_month: (device_months > 0.0)
+            .then(|| (alerts.0 - alerts.1) as f64 / device_months),
+        watch_scorings: scorings.iter().filter(|s| s.watch).count(),
+        watched_device_modes: watched.len(),
+    };
+
     // Reading level.
     let (mut ps, mut ls) = (Vec::new(), Vec::new());
     let mut ttf_pairs = Vec::new();
@@ -283,6 +350,21 @@ pub fn evaluate(
         rmse_cap_hours: cap,
     };
     let pr_curve = select::pr_curve(&ps, &ls);
+    let mut bins = vec![(0.0f64, 0.0f64, 0usize); 10];
+    for (p, l) in ps.iter().zip(&ls) {
+        let b = ((p * 10.0) as usize).min(9);
+        bins[b].0 += p;
+        bins[b].1 += if *l { 1.0 } else { 0.0 };
+        bins[b].2 += 1;
+    }
+    let calibration = CalibrationSummary {
+        brier: super::fit::brier(&ps, &ls),
+        reliability: bins
+            .into_iter()
+            .filter(|b| b.2 > 0)
+            .map(|(sp, sy, n)| (sp / n as f64, sy / n as f64, n))
+            .collect(),
+    };
 
     // Truth at each device's last reading: the last scoring, shifted by any gap to that reading.
     let truth_summary = truth.map(|truth| {
@@ -335,7 +417,9 @@ pub fn evaluate(
             devices: h.devices.len(),
             readings: h.rows,
             tickets: tickets_summary,
+            customer_alerts,
             readings_level,
+            calibration,
             truth: truth_summary,
         },
         tickets,

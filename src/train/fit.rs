@@ -1,10 +1,14 @@
 //! `forewarn train`: history → rows → per failure mode a classifier and a time-to-failure
-//! regressor → threshold and consecutive scorings chosen on validation devices → artifact.
+//! regressor → calibration, levels (watch, ticket, customer alert) and consecutive scorings chosen
+//! on out-of-fold predictions → artifact.
 //!
-//! Honesty rules: the validation devices are a seeded split of the TRAINING devices (never the
-//! evaluation set); scalers, bins and class weights come from training rows only; early stopping,
-//! threshold and `consecutive` are chosen on validation; the final models are then refitted on
-//! every training device with the chosen number of rounds.
+//! Honesty rules: the training devices are split into k folds grouped by device (every mode's
+//! failing devices spread over the folds; never the evaluation set). Each fold's classifier is
+//! fitted on the other folds, early-stopped on its own fold and scores it: those out-of-fold
+//! scores, over every training device, choose the number of boosting rounds, the calibration,
+//! the thresholds and `consecutive`, and give the per-mode figures the artifact reports. The final
+//! classifier is then fitted on every device with the chosen rounds. A mode with too few failures,
+//! or whose out-of-fold tickets were not mostly right, may only raise a watch.
 
 use super::csv::History;
 use super::gbm::{GbmParams, Loss};
@@ -14,10 +18,11 @@ use super::select::{self, Target, ValidDevice};
 use super::TrainError;
 use crate::domain::EventKind;
 use crate::engine::EngineConfig;
+use crate::features::HOUR_MS;
 use crate::features::{FeatureSpec, MetricStat};
 use crate::predict::{
-    AppliesTo, Artifact, Estimator, ModeModel, TrainingInfo, ValidationMetrics, ARTIFACT_FORMAT,
-    ARTIFACT_VERSION,
+    AppliesTo, Artifact, Calibration, Estimator, Levels, ModeEvidence, ModeModel, OutOfFold,
+    TrainingInfo, ValidationMetrics, ARTIFACT_FORMAT, ARTIFACT_VERSION,
 };
 use linfa::Dataset;
 use ndarray::{Array1, Array2};
@@ -44,7 +49,10 @@ pub struct TrainOptions {
     pub target: Target,
     /// Ticket match window for threshold selection; default twice the horizon.
     pub match_window_h: Option<f64>,
-    pub valid_fraction: f64,
+    /// Folds of the device-grouped cross-validation (at most one per device).
+    pub folds: usize,
+    /// Cap on false customer alerts per device-month, out of fold.
+    pub alert_cap: f64,
     pub seed: u64,
     pub name: String,
     pub command: String,
@@ -63,12 +71,81 @@ pub struct ModeSummary {
     pub mode: String,
     pub rows: usize,
     pub positives: usize,
-    pub validation_devices: usize,
     pub classifier_rounds: Option<usize>,
     pub regressor_rounds: Option<usize>,
-    pub threshold: f64,
     pub consecutive: u16,
     pub validation: ValidationMetrics,
+    pub levels: Levels,
+}
+
+/// Fewest failures (with scorings before them) a mode needs out of fold before it may ticket.
+pub const MIN_FAILURES: usize = 3;
+/// Out-of-fold ticket precision a mode needs before it may ticket: below it, most of its tickets
+/// would send a technician for nothing.
+pub const MIN_TICKET_PRECISION: f64 = 0.5;
+/// Cap on false watch episodes (score rising to the watch level with no failure following within
+/// the match window) per device-month: a watch is internal, so it may be wrong more often.
+pub const WATCH_CAP: f64 = 1.0;
+
+/// Platt scaling fitted on (raw probability, label) pairs by Newton's method on the log-loss.
+/// `None` when the pairs hold one class only or the fit is not increasing (it must not reorder).
+pub fn fit_platt(p: &[f64], y: &[bool]) -> Option<Calibration> {
+    let pos = y.iter().filter(|v| **v).count();
+    if pos == 0 || pos == y.len() {
+        return None;
+    }
+    let z: Vec<f64> = p
+        .iter()
+        .map(|p| {
+            let p = p.clamp(1e-12, 1.0 - 1e-12);
+            (p / (1.0 - p)).ln()
+        })
+        .collect();
+    // Platt's targets: a little off 0 and 1, so a separable set does not diverge.
+    let n_pos = pos as f64;
+    let n_neg = (y.len() - pos) as f64;
+    let t_pos = (n_pos + 1.0) / (n_pos + 2.0);
+    let t_neg = 1.0 / (n_neg + 2.0);
+    let (mut a, mut b) = (1.0f64, 0.0f64);
+    for _ in 0..100 {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
+        for (zi, yi) in z.iter().zip(y) {
+            let q = 1.0 / (1.0 + (-(a * zi + b)).exp());
+            let t = if *yi { t_pos } else { t_neg };
+            let d = q - t;
+            let w = (q * (1.0 - q)).max(1e-12);
+            ga += d * zi;
+            gb += d;
+            haa += w * zi * zi;
+            hab += w * zi;
+            hbb += w;
+        }
+        let det = haa * hbb - hab * hab;
+        if det.abs() < 1e-18 {
+            break;
+        }
+        let da = (hbb * ga - hab * gb) / det;
+        let db = (haa * gb - hab * ga) / det;
+        // Damped: the log-loss is convex, but a full step can overshoot on few positives.
+        let step = 1.0f64.min(5.0 / (da.abs() + db.abs()).max(1e-12));
+        a -= step * da;
+        b -= step * db;
+        if da.abs() + db.abs() < 1e-9 {
+            break;
+        }
+    }
+    (a.is_finite() && b.is_finite() && a > 1e-6).then_some(Calibration::Platt { a, b })
+}
+
+/// Mean squared difference between probabilities and outcomes.
+pub fn brier(p: &[f64], y: &[bool]) -> Option<f64> {
+    (!p.is_empty()).then(|| {
+        p.iter()
+            .zip(y)
+            .map(|(p, y)| (p - if *y { 1.0 } else { 0.0 }).powi(2))
+            .sum::<f64>()
+            / p.len() as f64
+    })
 }
 
 /// SHA-256 over the bytes of the input files, in order.
@@ -190,29 +267,55 @@ pub fn train(
         EstimatorKind::Gbm => FeatureSpec::default_stats(&opts.engine.window),
         EstimatorKind::Linear => vec![MetricStat::Last],
     };
-    let spec = build_spec(h, &opts.engine.window, stats);
+    let spec = build_spec(
+        h,
+        &opts.engine.window,
+        stats,
+        opts.horizon_h,
+        opts.estimator == EstimatorKind::Gbm,
+    );
     if spec.metrics.is_empty() {
         return Err(TrainError::Data(
             "every telemetry metric is constant or empty: nothing to learn from".into(),
         ));
     }
-    let failing: Vec<(String, bool)> = h
+    let ids: Vec<String> = h.devices.iter().map(|d| d.id.clone()).collect();
+    let failed: Vec<Vec<String>> = h
         .devices
         .iter()
         .map(|d| {
-            (
-                d.id.clone(),
-                d.events.iter().any(|e| e.kind == EventKind::Failure),
-            )
+            let mut m: Vec<String> = d
+                .labels
+                .iter()
+                .filter(|e| e.kind == EventKind::Failure)
+                .map(|e| e.code.clone())
+                .collect();
+            m.sort();
+            m.dedup();
+            m
         })
         .collect();
-    let (_, valid_dev) = select::split_devices(&failing, opts.valid_fraction, opts.seed);
-    let mut is_valid = vec![false; h.devices.len()];
-    for &i in &valid_dev {
-        is_valid[i] = true;
-    }
+    let k = opts.folds.clamp(1, h.devices.len().max(1));
+    let fold = select::device_folds(&ids, &failed, k, opts.seed);
+    // Device-months of history, for false alarms per device-month out of fold.
+    let months: Vec<f64> = h
+        .devices
+        .iter()
+        .map(|d| {
+            let first =
+                d.ts.first()
+                    .copied()
+                    .into_iter()
+                    .chain(d.events.first().map(|e| e.ts))
+                    .min()
+                    .unwrap_or(0);
+            (d.observed_until() - first).max(0) as f64 / (30.0 * 24.0 * HOUR_MS)
+        })
+        .collect();
 
     let pb = super::progress(h.devices.len() as u64, "features");
+    // Every device's rows are replayed by the out-of-fold ticket policy: none is thinned.
+    let keep_all = vec![k >= 2; h.devices.len()];
     let all_rows = build_rows(
         h,
         &spec,
@@ -220,19 +323,19 @@ pub fn train(
         &modes,
         opts.horizon_h,
         cap,
-        &is_valid,
+        &keep_all,
         &pb,
     );
     pb.finish_and_clear();
 
-    let pb = super::progress(modes.len() as u64 * 2, "fitting");
+    let pb = super::progress(modes.len() as u64 * (k as u64 + 2), "fitting");
     let mut mode_models = Vec::new();
     let mut summaries = Vec::new();
     let mut consecutive_votes = Vec::new();
     for (mode, rows) in modes.iter().zip(&all_rows) {
-        let cls_rows = |valid: bool| -> (Vec<usize>, Vec<f64>) {
+        let labelled = |keep: &dyn Fn(usize) -> bool| -> (Vec<usize>, Vec<f64>) {
             (0..rows.len())
-                .filter(|&i| is_valid[rows.device[i] as usize] == valid)
+                .filter(|&i| keep(rows.device[i] as usize))
                 .filter_map(|i| {
                     rows.labels[i]
                         .positive
@@ -240,37 +343,74 @@ pub fn train(
                 })
                 .unzip()
         };
-        let reg_rows = |valid: bool| -> (Vec<usize>, Vec<f64>) {
-            (0..rows.len())
-                .filter(|&i| is_valid[rows.device[i] as usize] == valid)
-                .filter_map(|i| rows.labels[i].target.map(|t| (i, t)))
-                .unzip()
-        };
-        let (ct, cy) = cls_rows(false);
-        let (cv, cvy) = cls_rows(true);
-        let positives = cy.iter().chain(&cvy).filter(|v| **v > 0.5).count();
-        if positives == 0 || cy.iter().all(|v| *v > 0.5) {
+        let (all_i, all_y) = labelled(&|_| true);
+        let positives = all_y.iter().filter(|v| **v > 0.5).count();
+        if positives == 0 || positives == all_y.len() {
             return Err(TrainError::Data(format!(
                 "mode {mode:?}: training rows need both failing-within-horizon and healthy examples \
                  (positives {positives}); try another --horizon"
             )));
         }
-        let validate = !cv.is_empty();
+
+        // Out of fold: each fold scored by a classifier that never saw its devices.
+        let mut oof = vec![f64::NAN; rows.len()];
+        let mut rounds = Vec::new();
+        if k >= 2 {
+            for f in 0..k {
+                let (ti, ty) = labelled(&|d| fold[d] != f);
+                let (vi, vy) = labelled(&|d| fold[d] == f);
+                let tpos = ty.iter().filter(|v| **v > 0.5).count();
+                if tpos == 0 || tpos == ty.len() {
+                    pb.inc(1);
+                    continue;
+                }
+                let m = fit_one(
+                    opts.estimator,
+                    Loss::Logistic,
+                    rows,
+                    &ti,
+                    &ty,
+                    (!vi.is_empty()).then_some((&vi[..], &vy[..])),
+                    opts.seed.wrapping_add(f as u64),
+                    None,
+                )?;
+                if let Some(r) = m.rounds {
+                    rounds.push(r);
+                }
+                for (i, o) in oof.iter_mut().enumerate() {
+                    if fold[rows.device[i] as usize] == f {
+                        *o = m.estimator.predict(rows.row(i));
+                    }
+                }
+                pb.inc(1);
+            }
+        }
+        rounds.sort_unstable();
+        let chosen_rounds = rounds.get(rounds.len() / 2).copied();
         let cls = fit_one(
             opts.estimator,
             Loss::Logistic,
             rows,
-            &ct,
-            &cy,
-            validate.then_some((&cv[..], &cvy[..])),
-            opts.seed,
+            &all_i,
+            &all_y,
             None,
+            opts.seed,
+            chosen_rounds,
         )?;
         pb.inc(1);
-        let (rt, ry) = reg_rows(false);
-        let (rv, rvy) = reg_rows(true);
-        let reg = if rt.len() >= 10 {
-            Some(fit_one(
+
+        // Regressor: early-stopped on the first fold, then refitted on every device.
+        let (rt, ry): (Vec<usize>, Vec<f64>) = (0..rows.len())
+            .filter(|&i| k < 2 || fold[rows.device[i] as usize] != 0)
+            .filter_map(|i| rows.labels[i].target.map(|t| (i, t)))
+            .unzip();
+        let (rv, rvy): (Vec<usize>, Vec<f64>) = (0..rows.len())
+            .filter(|&i| k >= 2 && fold[rows.device[i] as usize] == 0)
+            .filter_map(|i| rows.labels[i].target.map(|t| (i, t)))
+            .unzip();
+        let mut vm = ValidationMetrics::default();
+        let reg = if rt.len() + rv.len() >= 10 {
+            let first = fit_one(
                 opts.estimator,
                 Loss::SquaredError,
                 rows,
@@ -279,79 +419,19 @@ pub fn train(
                 (!rv.is_empty()).then_some((&rv[..], &rvy[..])),
                 opts.seed,
                 None,
-            )?)
-        } else {
-            None
-        };
-        pb.inc(1);
-
-        // Validation figures and the ticket policy, on validation devices only.
-        let mut vm = ValidationMetrics {
-            rows: cv.len(),
-            positives: cvy.iter().filter(|v| **v > 0.5).count(),
-            ..Default::default()
-        };
-        let vscores: Vec<f64> = cv
-            .iter()
-            .map(|&i| cls.estimator.predict(rows.row(i)))
-            .collect();
-        let vlabels: Vec<bool> = cvy.iter().map(|v| *v > 0.5).collect();
-        vm.roc_auc = select::roc_auc(&vscores, &vlabels);
-        vm.pr_auc = select::pr_auc(&vscores, &vlabels);
-        if let Some(r) = &reg {
+            )?;
             if !rv.is_empty() {
                 let se: f64 = rv
                     .iter()
                     .zip(&rvy)
-                    .map(|(&i, t)| (r.estimator.predict(rows.row(i)).clamp(0.0, cap) - t).powi(2))
+                    .map(|(&i, t)| {
+                        (first.estimator.predict(rows.row(i)).clamp(0.0, cap) - t).powi(2)
+                    })
                     .sum();
                 vm.rmse_hours = Some((se / rv.len() as f64).sqrt());
-            }
-        }
-        let vdevs: Vec<ValidDevice> = valid_dev
-            .iter()
-            .map(|&d| ValidDevice {
-                rows: (0..rows.len())
-                    .filter(|&i| rows.device[i] as usize == d)
-                    .map(|i| (rows.ts[i], cls.estimator.predict(rows.row(i))))
-                    .collect(),
-                events: &h.devices[d].events,
-            })
-            .collect();
-        let (threshold, consecutive, rule) = if vdevs.is_empty() {
-            (
-                0.5,
-                2,
-                "0.5 (too few devices for a validation split)".to_string(),
-            )
-        } else {
-            let c = select::choose_policy(&vdevs, mode, opts.horizon_h, window_h, opts.target);
-            vm.precision = c.tally.precision();
-            vm.recall = c.tally.recall();
-            vm.f1 = Some(c.tally.f1());
-            (c.threshold, c.consecutive, opts.target.describe(window_h))
-        };
-        consecutive_votes.push(consecutive);
-
-        // Refit on every training device with the rounds validation chose.
-        let (mut cls, mut reg) = (cls, reg);
-        if validate {
-            let all: Vec<usize> = ct.iter().chain(&cv).copied().collect();
-            let ally: Vec<f64> = cy.iter().chain(&cvy).copied().collect();
-            cls = fit_one(
-                opts.estimator,
-                Loss::Logistic,
-                rows,
-                &all,
-                &ally,
-                None,
-                opts.seed,
-                cls.rounds,
-            )?;
-            if let Some(r) = &reg {
                 let all: Vec<usize> = rt.iter().chain(&rv).copied().collect();
                 let ally: Vec<f64> = ry.iter().chain(&rvy).copied().collect();
-                reg = Some(fit_one(
+                Some(fit_one(
                     opts.estimator,
                     Loss::SquaredError,
                     rows,
@@ -359,33 +439,176 @@ pub fn train(
                     &ally,
                     None,
                     opts.seed,
-                    r.rounds,
-                )?);
+                    first.rounds,
+                )?)
+            } else {
+                Some(first)
             }
+        } else {
+            None
+        };
+        pb.inc(1);
+
+        // Calibration and ranking figures on the labelled out-of-fold rows.
+        let (mut op, mut oy) = (Vec::new(), Vec::new());
+        for (&i, y) in all_i.iter().zip(&all_y) {
+            if oof[i].is_finite() {
+                op.push(oof[i]);
+                oy.push(*y > 0.5);
+            }
+        }
+        let calibration = fit_platt(&op, &oy);
+        let calibrate = |p: f64| calibration.as_ref().map_or(p, |c| c.apply(p));
+        let op_cal: Vec<f64> = op.iter().map(|p| calibrate(*p)).collect();
+        vm.rows = op.len();
+        vm.positives = oy.iter().filter(|v| **v).count();
+        vm.roc_auc = select::roc_auc(&op, &oy);
+        vm.pr_auc = select::pr_auc(&op, &oy);
+
+        // Levels, on every device that has out-of-fold scores.
+        let mut oof_devices: Vec<usize> = Vec::new();
+        let mut vdevs: Vec<ValidDevice> = Vec::new();
+        for d in 0..h.devices.len() {
+            let r: Vec<(i64, f64)> = (0..rows.len())
+                .filter(|&i| rows.device[i] as usize == d && oof[i].is_finite())
+                .map(|i| (rows.ts[i], calibrate(oof[i])))
+                .collect();
+            if !r.is_empty() {
+                oof_devices.push(d);
+                vdevs.push(ValidDevice {
+                    rows: r,
+                    events: &h.devices[d].labels,
+                });
+            }
+        }
+        let oof_months: f64 = oof_devices.iter().map(|&d| months[d]).sum();
+        let per_month = |n: usize| (oof_months > 0.0).then(|| n as f64 / oof_months);
+        let mut out = OutOfFold {
+            folds: k,
+            devices: vdevs.len(),
+            device_months: oof_months,
+            brier: brier(&op_cal, &oy),
+            brier_uncalibrated: brier(&op, &oy),
+            ..OutOfFold::default()
+        };
+        let (levels, consecutive) = if vdevs.is_empty() {
+            (
+                Levels {
+                    watch: 1.0,
+                    ticket: None,
+                    customer_alert: None,
+                    evidence: ModeEvidence::NoOutOfFoldEvidence,
+                    rule: "no out-of-fold predictions (too few devices to cross-validate)".into(),
+                    out_of_fold: out,
+                },
+                2,
+            )
+        } else {
+            let c = select::choose_policy(&vdevs, mode, opts.horizon_h, window_h, opts.target);
+            out.failures = c.tally.due;
+            let evidence = if c.tally.due < MIN_FAILURES {
+                ModeEvidence::TooFewFailures
+            } else if c.tally.detected == 0
+                || c.tally.precision().unwrap_or(0.0) < MIN_TICKET_PRECISION
+            {
+                ModeEvidence::NoOutOfFoldEvidence
+            } else {
+                ModeEvidence::Sufficient
+            };
+            let ticket = (evidence == ModeEvidence::Sufficient).then_some(c.threshold);
+            if ticket.is_some() {
+                out.tickets = c.tally.tickets;
+                out.precision = c.tally.precision();
+                out.recall = c.tally.recall();
+                out.lead_hours_median = select::quantile(&c.tally.lead_hours, 0.5);
+                out.false_tickets_per_device_month = per_month(c.tally.tickets - c.tally.correct);
+                vm.precision = c.tally.precision();
+                vm.recall = c.tally.recall();
+                vm.f1 = Some(c.tally.f1());
+            }
+            let watch = select::watch_level(
+                &vdevs,
+                mode,
+                WATCH_CAP,
+                oof_months,
+                opts.horizon_h,
+                window_h,
+            );
+            let watch_th = match (watch.as_ref().map(|w| w.0), ticket) {
+                (Some(w), Some(t)) => w.min(t),
+                (Some(w), None) => w,
+                (None, Some(t)) => t,
+                (None, None) => 1.0,
+            };
+            if let Some((_, wt)) = &watch {
+                out.watches = wt.tickets;
+                out.false_watches_per_device_month = per_month(wt.tickets - wt.correct);
+            }
+            let alert = ticket.and_then(|t| {
+                select::lowest_under_cap(
+                    &vdevs,
+                    mode,
+                    t,
+                    c.consecutive,
+                    opts.alert_cap,
+                    oof_months,
+                    true,
+                    opts.horizon_h,
+                    window_h,
+                )
+            });
+            if let Some((_, at)) = &alert {
+                out.alerts = at.tickets;
+                out.false_alerts_per_device_month = per_month(at.tickets - at.correct);
+            }
+            let rule = format!(
+                "out of fold ({k} folds grouped by device); ticket: {}; needs {MIN_FAILURES} \
+                 failures and precision >= {MIN_TICKET_PRECISION}; watch: lowest score with at \
+                 most {WATCH_CAP} false watch episodes per device-month; customer alert: lowest score \
+                 at or above the ticket's with at most {} false alerts per device-month",
+                opts.target.describe(window_h),
+                opts.alert_cap
+            );
+            (
+                Levels {
+                    watch: watch_th,
+                    ticket,
+                    customer_alert: alert.map(|a| a.0),
+                    evidence,
+                    rule,
+                    out_of_fold: out,
+                },
+                c.consecutive,
+            )
+        };
+        // Only a mode that may ticket has a say in the artifact's `consecutive`.
+        if levels.ticket.is_some() {
+            consecutive_votes.push(consecutive);
         }
         summaries.push(ModeSummary {
             mode: mode.clone(),
             rows: rows.len(),
             positives,
-            validation_devices: valid_dev.len(),
             classifier_rounds: cls.rounds,
             regressor_rounds: reg.as_ref().and_then(|r| r.rounds),
-            threshold,
             consecutive,
             validation: vm.clone(),
+            levels: levels.clone(),
         });
         mode_models.push(ModeModel {
             mode: mode.clone(),
             classifier: cls.estimator,
             regressor: reg.map(|r| r.estimator),
-            threshold,
-            threshold_rule: rule,
+            threshold: levels.ticket.unwrap_or(1.0),
+            threshold_rule: levels.rule.clone(),
             ttf_cap_hours: Some(cap),
             validation: vm,
+            calibration,
+            levels: Some(levels),
         });
     }
     pb.finish_and_clear();
-    // One artifact holds one `consecutive`: the most cautious the modes asked for.
+    // One artifact holds one `consecutive`: the most cautious the ticketing modes asked for.
     let consecutive = consecutive_votes.iter().copied().max().unwrap_or(2);
     let artifact = Artifact {
         format: ARTIFACT_FORMAT.into(),
@@ -409,4 +632,31 @@ pub fn train(
         .validate()
         .map_err(|d| TrainError::Data(format!("trained artifact is invalid: {d}")))?;
     Ok((artifact, summaries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_is_monotone_and_moves_probabilities_toward_frequencies() {
+        // Raw scores that overstate risk: a tenth of the rows scored 0.8 fail.
+        let mut p = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..1000 {
+            let raw = if i % 2 == 0 { 0.8 } else { 0.2 };
+            p.push(raw);
+            y.push(if raw > 0.5 { i % 20 == 0 } else { i % 200 == 1 });
+        }
+        let c = fit_platt(&p, &y).expect("two classes");
+        let hi = c.apply(0.8);
+        assert!((hi - 0.1).abs() < 0.03, "{hi}");
+        let mut last = 0.0;
+        for i in 0..=1000 {
+            let q = c.apply(i as f64 / 1000.0);
+            assert!(q >= last, "not monotone at {i}: {q} < {last}");
+            last = q;
+        }
+        assert!(fit_platt(&[0.1, 0.9], &[false, false]).is_none());
+    }
 }

@@ -165,7 +165,60 @@ fn scatter(pairs: &[(f64, f64)], title: &str) -> Result<String, TrainError> {
     ))
 }
 
-/// Writes `summary.json`, `lead_time.svg`, `precision_recall.svg` and `ttf_predicted_vs_true.svg`.
+/// Reliability diagram: observed frequency against mean predicted probability per tenth, with
+/// the diagonal a calibrated model follows.
+fn reliability(points: &[(f64, f64, usize)], brier: Option<f64>) -> Result<String, TrainError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let area = root.margin(MARGIN, MARGIN, MARGIN, MARGIN);
+        let mut chart = ChartBuilder::on(&area)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.0, p.1)),
+                RED.stroke_width(2),
+            ))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new((p.0, p.1), 4, RED.filled())),
+            )
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    let title = match brier {
+        Some(b) => format!("Reliability (Brier score {b:.4})"),
+        None => "Reliability".to_string(),
+    };
+    Ok(annotate(
+        svg,
+        &title,
+        "mean predicted probability",
+        "observed frequency",
+        (0.0, 1.0),
+        (0.0, 1.0),
+    ))
+}
+
+/// Writes `summary.json`, `lead_time.svg`, `precision_recall.svg`, `ttf_predicted_vs_true.svg`
+/// and `reliability.svg`.
 pub fn write_report(dir: &Path, ev: &Evaluation) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let json =
@@ -191,6 +244,13 @@ pub fn write_report(dir: &Path, ev: &Evaluation) -> Result<(), TrainError> {
     write(
         &dir.join("ttf_predicted_vs_true.svg"),
         &scatter(&ev.ttf_pairs, "Predicted vs true time to failure")?,
+    )?;
+    write(
+        &dir.join("reliability.svg"),
+        &reliability(
+            &ev.summary.calibration.reliability,
+            ev.summary.calibration.brier,
+        )?,
     )?;
     Ok(())
 }

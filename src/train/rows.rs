@@ -15,10 +15,72 @@ pub const MAX_CATEGORIES: usize = 10;
 /// Attribute columns that name an owner, not a property of the device.
 const IDENTITY_ATTRS: [&str; 3] = ["customer", "customer_id", "owner"];
 
+/// Event codes with features of their own, at most: the most frequent in training.
+pub const MAX_CODES: usize = 50;
+
+/// The data's cadence: the median time between two readings of a device, in hours (1 when there
+/// are too few readings to tell).
+pub fn cadence_hours(h: &History) -> f64 {
+    let mut gaps: Vec<i64> = Vec::new();
+    for d in &h.devices {
+        // A few thousand gaps per device are plenty for a median.
+        let step = (d.ts.len() / 4096).max(1);
+        gaps.extend(
+            d.ts.windows(2)
+                .step_by(step)
+                .map(|w| w[1] - w[0])
+                .filter(|g| *g > 0),
+        );
+    }
+    if gaps.is_empty() {
+        return 1.0;
+    }
+    let mid = gaps.len() / 2;
+    let (_, m, _) = gaps.select_nth_unstable(mid);
+    // Whole seconds: the windows' names stay readable and stable across runs.
+    ((*m as f64 / 1000.0).round().max(1.0)) / 3600.0
+}
+
+/// Windows in event time derived from the cadence `c` and horizon `hz` (hours), so the same rule
+/// serves a 10-second fleet and an hourly one. Metric windows: a short one of 3 readings and a
+/// day-long one of 24 readings, both within the ring the daemon keeps. Event-code windows: the
+/// longer of 6 readings and a quarter horizon, and the longer of 24 readings and the horizon.
+pub fn time_windows(c: f64, hz: f64, window: &WindowSpec) -> (Vec<f64>, Vec<f64>) {
+    let ring = window.window_readings as f64 * c;
+    let round = |h: f64| (h * 3600.0).round() / 3600.0;
+    let mut metric: Vec<f64> = [3.0 * c, 24.0 * c]
+        .into_iter()
+        .map(|h| round(h.min(ring)))
+        .filter(|h| *h > 0.0)
+        .collect();
+    metric.dedup();
+    let mut code: Vec<f64> = [(6.0 * c).max(hz / 4.0), (24.0 * c).max(hz)]
+        .into_iter()
+        .map(round)
+        .collect();
+    code.dedup();
+    (metric, code)
+}
+
 /// The feature spec for a data set: every telemetry metric that is not constant (or absent) in
-/// training, `stats` of each; the mode clock, readings, the error rate when the data has error
-/// events, numeric attributes, and one-hot categorical attributes with few values.
-pub fn build_spec(h: &History, window: &WindowSpec, stats: Vec<MetricStat>) -> FeatureSpec {
+/// training, `stats` of each (plus mean and deviation over event-time windows when `timed`); the
+/// mode clock, readings, the error rate when the data has error events, per error code seen in
+/// training its counts over event-time windows and the hours since it last occurred, numeric
+/// attributes, and one-hot categorical attributes with few values.
+pub fn build_spec(
+    h: &History,
+    window: &WindowSpec,
+    mut stats: Vec<MetricStat>,
+    horizon_h: f64,
+    timed: bool,
+) -> FeatureSpec {
+    let (metric_windows, code_windows) = time_windows(cadence_hours(h), horizon_h, window);
+    if timed {
+        for w in &metric_windows {
+            stats.push(MetricStat::MeanHours(*w));
+            stats.push(MetricStat::StdHours(*w));
+        }
+    }
     let k = h.metrics.len();
     let mut lo = vec![f64::INFINITY; k];
     let mut hi = vec![f64::NEG_INFINITY; k];
@@ -45,6 +107,25 @@ pub fn build_spec(h: &History, window: &WindowSpec, stats: Vec<MetricStat>) -> F
         .any(|d| d.events.iter().any(|e| e.kind == EventKind::Error))
     {
         device.push(DeviceFeature::ErrorRate);
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in &h.devices {
+        for e in d.events.iter().filter(|e| e.kind == EventKind::Error) {
+            *counts.entry(e.code.as_str()).or_default() += 1;
+        }
+    }
+    let mut codes: Vec<(&str, usize)> = counts.into_iter().filter(|(_, n)| *n >= 2).collect();
+    codes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    codes.truncate(MAX_CODES);
+    codes.sort();
+    for (code, _) in codes {
+        for w in &code_windows {
+            device.push(DeviceFeature::CodeCount {
+                code: code.into(),
+                hours: *w,
+            });
+        }
+        device.push(DeviceFeature::CodeHoursSince { code: code.into() });
     }
     let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for attrs in h.attrs.values() {
@@ -121,6 +202,7 @@ pub fn build_rows(
 ) -> Vec<Rows> {
     let index = MetricIndex::new(spec.metrics.iter().cloned());
     let ids = spec.resolve(&index);
+    let codes = spec.codes();
     let nf = spec.len();
     let mut out: Vec<Rows> = modes
         .iter()
@@ -145,7 +227,7 @@ pub fn build_rows(
         let mut state = DeviceState::new(&cfg.window, first);
         for step in d.steps() {
             match step {
-                Step::Event(ev) => state.on_event(ev, &cfg.window),
+                Step::Event(ev) => state.on_event(ev, &cfg.window, &codes),
                 Step::Reading(i) => {
                     let r = d.reading(i, &h.metrics);
                     let (_, due) = observe_and_slot(&mut state, &r, cfg, &index, true);
@@ -153,7 +235,7 @@ pub fn build_rows(
                         continue;
                     }
                     for (m, (mode, rows)) in modes.iter().zip(out.iter_mut()).enumerate() {
-                        let l = label(&d.events, mode, r.ts, end, horizon_h, cap_h);
+                        let l = label(&d.labels, mode, r.ts, end, horizon_h, cap_h);
                         let far =
                             l.positive == Some(false) && l.ttf_hours.is_none_or(|t| t >= cap_h);
                         if far && thin > 1 && !keep_all.get(di).copied().unwrap_or(false) {

@@ -33,6 +33,41 @@ pub fn split_devices(ids: &[(String, bool)], fraction: f64, seed: u64) -> (Vec<u
     (train, valid)
 }
 
+/// Assigns every device to one of `k` folds for cross-validation grouped by device: a device's
+/// rows are all in one fold. `failures[i]` lists the modes device `i` failed of. Devices failing
+/// the rarest mode are dealt first, then those of the next rarest, then devices that never failed,
+/// each group in seeded hash order and dealt round robin: every mode's failing devices spread over
+/// as many folds as they can.
+pub fn device_folds(ids: &[String], failures: &[Vec<String>], k: usize, seed: u64) -> Vec<usize> {
+    let k = k.max(1);
+    let mut per_mode: std::collections::HashMap<&str, usize> = Default::default();
+    for f in failures {
+        for m in f {
+            *per_mode.entry(m.as_str()).or_default() += 1;
+        }
+    }
+    let mut order: Vec<(usize, &str, u64, usize)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let rarest = failures
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|m| (per_mode.get(m.as_str()).copied().unwrap_or(0), m.as_str()))
+                .min()
+                .unwrap_or((usize::MAX, ""));
+            (rarest.0, rarest.1, fnv(id, seed), i)
+        })
+        .collect();
+    order.sort_unstable();
+    let mut folds = vec![0; ids.len()];
+    for (n, (_, _, _, i)) in order.into_iter().enumerate() {
+        folds[i] = n % k;
+    }
+    folds
+}
+
 fn fnv(s: &str, seed: u64) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     for b in s.bytes() {
@@ -284,14 +319,8 @@ pub struct Choice {
     pub tally: TicketTally,
 }
 
-/// Chooses threshold and consecutive scorings (1–3) on validation devices for `target`.
-pub fn choose_policy(
-    devices: &[ValidDevice<'_>],
-    mode: &str,
-    horizon_h: f64,
-    window_h: f64,
-    target: Target,
-) -> Choice {
+/// Candidate thresholds: the distinct positive scores of `devices`, at most 200 (quantiles).
+pub fn candidates(devices: &[ValidDevice<'_>]) -> Vec<f64> {
     let mut probs: Vec<f64> = devices
         .iter()
         .flat_map(|d| d.rows.iter().map(|r| r.1))
@@ -305,10 +334,65 @@ pub fn choose_policy(
         (0..200).map(|i| probs[i * probs.len() / 200]).collect()
     };
     cands.retain(|c| *c > 0.0);
-    let tally_for = |th: f64, k: u16| {
+    cands
+}
+
+/// The ticket tally of the policy (threshold, consecutive) replayed on `devices`.
+pub fn tally_at(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    threshold: f64,
+    consecutive: u16,
+    horizon_h: f64,
+    window_h: f64,
+) -> TicketTally {
+    let mut t = TicketTally::default();
+    for d in devices {
+        let opened = simulate_openings(&d.rows, d.events, mode, threshold, consecutive);
+        let fails: Vec<Millis> = d
+            .events
+            .iter()
+            .filter(|e| e.code == mode && e.kind == EventKind::Failure)
+            .map(|e| e.ts)
+            .collect();
+        let scored: Vec<Millis> = d.rows.iter().map(|r| r.0).collect();
+        t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
+    }
+    t
+}
+
+/// Watch episodes of one device: the times its score rises to `threshold` or above after being
+/// below it (a watch is not held like a ticket: it ends when the score falls back).
+pub fn watch_episodes(rows: &[(Millis, f64)], threshold: f64) -> Vec<Millis> {
+    let mut out = Vec::new();
+    let mut on = false;
+    for &(ts, p) in rows {
+        let above = p >= threshold;
+        if above && !on {
+            out.push(ts);
+        }
+        on = above;
+    }
+    out
+}
+
+/// The lowest candidate threshold whose watch episodes not followed by a failure of the mode
+/// within the match window stay at or under `cap` per device-month; `None` when none does.
+pub fn watch_level(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    cap_per_device_month: f64,
+    device_months: f64,
+    horizon_h: f64,
+    window_h: f64,
+) -> Option<(f64, TicketTally)> {
+    if device_months <= 0.0 {
+        return None;
+    }
+    let tally = |th: f64| {
         let mut t = TicketTally::default();
         for d in devices {
-            let opened = simulate_openings(&d.rows, d.events, mode, th, k);
+            let opened = watch_episodes(&d.rows, th);
             let fails: Vec<Millis> = d
                 .events
                 .iter()
@@ -320,6 +404,65 @@ pub fn choose_policy(
         }
         t
     };
+    // False episodes fall as the threshold rises: bisect over the sorted candidates.
+    let cands = candidates(devices);
+    let ok = |th: f64| {
+        let t = tally(th);
+        ((t.tickets - t.correct) as f64 / device_months <= cap_per_device_month).then_some(t)
+    };
+    let (mut lo, mut hi) = (0usize, cands.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if ok(cands[mid]).is_some() {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let th = *cands.get(lo)?;
+    ok(th).map(|t| (th, t))
+}
+
+/// The lowest candidate threshold at or above `floor` whose false openings per device-month stay
+/// at or under `cap` (and, when `need_detection`, that detects at least one failure), with its
+/// tally. Lower thresholds warn earlier and more often, so this is the level's best recall under
+/// its false-alarm budget.
+#[allow(clippy::too_many_arguments)]
+pub fn lowest_under_cap(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    floor: f64,
+    consecutive: u16,
+    cap_per_device_month: f64,
+    device_months: f64,
+    need_detection: bool,
+    horizon_h: f64,
+    window_h: f64,
+) -> Option<(f64, TicketTally)> {
+    if device_months <= 0.0 {
+        return None;
+    }
+    candidates(devices)
+        .into_iter()
+        .filter(|c| *c >= floor)
+        .find_map(|th| {
+            let t = tally_at(devices, mode, th, consecutive, horizon_h, window_h);
+            let false_rate = (t.tickets - t.correct) as f64 / device_months;
+            (false_rate <= cap_per_device_month && (!need_detection || t.detected > 0))
+                .then_some((th, t))
+        })
+}
+
+/// Chooses threshold and consecutive scorings (1–3) on validation devices for `target`.
+pub fn choose_policy(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    horizon_h: f64,
+    window_h: f64,
+    target: Target,
+) -> Choice {
+    let cands = candidates(devices);
+    let tally_for = |th: f64, k: u16| tally_at(devices, mode, th, k, horizon_h, window_h);
     let mut scored: Vec<(f64, Choice)> = Vec::new();
     for k in 1..=3u16 {
         for &th in &cands {
@@ -411,6 +554,43 @@ mod tests {
         assert_eq!((t.tickets, t.correct), (2, 1));
         assert_eq!((t.due, t.detected), (2, 1));
         assert_eq!(t.lead_hours, vec![30.0]);
+    }
+
+    #[test]
+    fn folds_group_devices_and_spread_each_modes_failing_devices() {
+        let ids: Vec<String> = (0..23).map(|i| format!("dev{i}")).collect();
+        // Three devices fail the rare mode, eight the common one, the rest never fail.
+        let failures: Vec<Vec<String>> = (0..23)
+            .map(|i| match i {
+                0..=2 => vec!["rare".to_string()],
+                3..=10 => vec!["common".to_string()],
+                _ => vec![],
+            })
+            .collect();
+        let folds = device_folds(&ids, &failures, 5, 7);
+        assert_eq!(folds.len(), 23);
+        assert!(folds.iter().all(|f| *f < 5));
+        let spread = |range: std::ops::RangeInclusive<usize>| {
+            let mut fs: Vec<usize> = range.map(|i| folds[i]).collect();
+            fs.sort_unstable();
+            fs.dedup();
+            fs.len()
+        };
+        assert_eq!(
+            spread(0..=2),
+            3,
+            "rare failures in three different folds: {folds:?}"
+        );
+        assert_eq!(
+            spread(3..=10),
+            5,
+            "common failures in every fold: {folds:?}"
+        );
+        // Every fold gets devices, and the same seed gives the same folds.
+        for f in 0..5 {
+            assert!(folds.iter().filter(|x| **x == f).count() >= 4, "{folds:?}");
+        }
+        assert_eq!(device_folds(&ids, &failures, 5, 7), folds);
     }
 
     #[test]

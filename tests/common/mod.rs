@@ -58,6 +58,8 @@ pub fn hot_model() -> Artifact {
             threshold_rule: "test".into(),
             ttf_cap_hours: None,
             validation: ValidationMetrics::default(),
+            calibration: None,
+            levels: None,
         }],
         training: TrainingInfo::default(),
     }

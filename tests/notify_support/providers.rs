@@ -272,7 +272,7 @@ async fn hook(State(st): St, h: HeaderMap, body: Bytes) -> Response {
         .get("x-forewarn-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if sig != forewarn::notify::channels::webhook::sign(HOOK_SECRET.as_bytes(), &body) {
+    if sig != forewarn::sign::webhook_signature(HOOK_SECRET.as_bytes(), &body) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     record(

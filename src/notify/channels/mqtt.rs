@@ -22,12 +22,11 @@ impl Mqtt {
     }
 }
 
+/// `mqtt://host:port` (TLS is not supported here yet: `notify.mqtt.url` is checked for it).
 fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("mqtt://")?;
-    let rest = rest.split('/').next()?;
-    match rest.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((rest.to_string(), 1883)),
+    match crate::ingest::mqtt::parse_url(url) {
+        Ok((false, host, port)) => Some((host, port)),
+        _ => None,
     }
 }
 

@@ -2,8 +2,6 @@
 //! (`X-Forewarn-Signature: sha256=<hex>` over the exact body), with `Idempotency-Key`.
 
 use super::{classify, Accepted, Outgoing, Provider, SendFuture};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 pub struct Webhook {
     secret: String,
@@ -19,13 +17,6 @@ impl Webhook {
     }
 }
 
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 impl Provider for Webhook {
     fn send<'a>(&'a self, m: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
@@ -34,7 +25,10 @@ impl Provider for Webhook {
                 .http
                 .post(m.address)
                 .header("Content-Type", "application/json")
-                .header("X-Forewarn-Signature", sign(self.secret.as_bytes(), &body))
+                .header(
+                    "X-Forewarn-Signature",
+                    crate::sign::webhook_signature(self.secret.as_bytes(), &body),
+                )
                 .header("Idempotency-Key", m.idempotency_key)
                 .body(body)
                 .send()
