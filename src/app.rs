@@ -115,6 +115,8 @@ struct Tally {
     events: u64,
     /// Accepted readings and events for the history archive (only collected when it is on).
     archived: Vec<crate::archive::Record>,
+    /// (mode, probability) of each scoring, for the drift statistic.
+    scores: Vec<(String, f64)>,
 }
 
 struct Core {
@@ -201,6 +203,8 @@ pub struct App {
     pub settings: Settings,
     /// The optional history archive, fed after each successful commit (`serve` sets it).
     pub archive: Option<crate::archive::Archive>,
+    /// Live score drift per model and mode (`forewarn_model_score_drift_psi`).
+    drift: Option<crate::outcomes::Drift>,
     pub store: Store,
     pub metrics: Metrics,
     /// std-style mutex (parking_lot): held by the processing thread for a whole group, and by
@@ -304,7 +308,11 @@ impl App {
             store,
             metrics,
             archive: None,
+            drift: None,
         };
+        let mut app = app;
+        // A second App on the same registry (some tests) finds the name taken and goes without.
+        app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
             .outbox_depth
             .with_label_values(&[crate::dispatch::QUEUE])
@@ -480,14 +488,18 @@ impl App {
                     }
                 }
                 let prev_seq = slot.state.last_seq;
+                let mut scored = Vec::new();
                 let obs = core.engine.reading(
                     &mut slot.state,
                     &mut slot.live,
                     ctx,
                     r,
                     &mut scratch,
-                    None,
+                    self.drift.as_ref().map(|_| &mut scored),
                 );
+                tally
+                    .scores
+                    .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
                 if let (Observed::Applied, Some(seq), Some(prev)) = (obs, r.seq, prev_seq) {
                     if seq > prev.saturating_add(1) {
                         let missing = seq - prev - 1;
@@ -604,6 +616,9 @@ impl App {
         self.metrics.commits.inc();
         if let Some(a) = &self.archive {
             a.send(tally.archived);
+        }
+        if let Some(d) = &self.drift {
+            d.observe_scorings(&core.engine.models, tally.scores);
         }
         let done_ms = chrono::Utc::now().timestamp_millis();
         for (c, received_ms) in changes {

@@ -75,6 +75,17 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     ready(&h).await;
     let api = Api::new(&h);
 
+    // A quiet device first: its scores are the reference of the drift statistic.
+    let quiet = mqtt(&b, "pump-q").await;
+    for h in 0..400 {
+        quiet
+            .publish(
+                "devices/pump-q/telemetry",
+                reading(h, h as u64 + 1, 70.0 + (h % 3) as f64 * 0.5),
+            )
+            .await;
+    }
+
     // pump-a: serviced, fault found. pump-b: failed before service. pump-c: dismissed.
     let a = mqtt(&b, "pump-a").await;
     let ta = open_ticket_on(&a, &api, "pump-a").await;
@@ -106,6 +117,12 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         .await;
     assert!((p - 2.0 / 3.0).abs() < 1e-9, "realised precision {p}");
 
+    // The degrading devices' scores moved away from the quiet reference.
+    let drift = api
+        .metric("forewarn_model_score_drift_psi{mode=\"overheat\",model=\"hot\"}")
+        .await;
+    assert!(drift > 0.1, "drift {drift}");
+
     // The store is held by the running daemon: export says so instead of reading half a state.
     let out = dirs.path().join("export");
     let err = forewarn::cli::export::export(&dirs.data(), &out).unwrap_err();
@@ -119,7 +136,7 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         {
             n += std::fs::read_to_string(&p).unwrap().lines().count() - 1;
         }
-        n == 3 * 48
+        n == 400 + 3 * 48
     })
     .await;
     assert_eq!(api.metric("forewarn_archive_dropped_total").await, 0.0);
@@ -127,7 +144,10 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     stop(h, tok).await;
 
     let sum = forewarn::cli::export::export(&dirs.data(), &out).unwrap();
-    assert_eq!((sum.readings, sum.events, sum.outcomes), (3 * 48, 2, 2));
+    assert_eq!(
+        (sum.readings, sum.events, sum.outcomes),
+        (400 + 3 * 48, 2, 2)
+    );
 
     // The files read back with the reader `forewarn train` uses, failing on any bad row.
     let tel = out.join("telemetry.csv");
@@ -143,7 +163,7 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     )
     .unwrap();
     assert!(metrics.contains(&"temp".to_string()), "{metrics:?}");
-    assert_eq!(rows, 3 * 48);
+    assert_eq!(rows, 400 + 3 * 48);
     let ev = out.join("events.csv");
     let mut events = Vec::new();
     read_events(
@@ -165,6 +185,16 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         ],
         "the dismissed ticket had no visit, so it adds no event"
     );
+    // The training loader takes the three files, the `outcome` column included.
+    let with = forewarn::train::csv::read_events_with_outcomes(&ev).unwrap();
+    let confirmed = with
+        .iter()
+        .filter(|(e, o)| e.device_id == "pump-a" && o.is_some())
+        .count();
+    assert_eq!(confirmed, 1);
+    let hist =
+        forewarn::train::csv::History::load(&tel, &ev, Some(&out.join("devices.csv"))).unwrap();
+    assert_eq!(hist.failure_modes(), vec!["overheat".to_string()]);
     let dev = out.join("devices.csv");
     let (attrs, _) = read_devices(std::fs::File::open(&dev).unwrap(), &dev, BadRows::Fail).unwrap();
     assert_eq!(attrs["pump-a"]["model"], "P200");
