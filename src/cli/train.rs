@@ -66,7 +66,7 @@ pub fn run(args: Args) -> CliResult {
     if args.folds < 2 {
         return Err(Failure::usage("--folds must be at least 2"));
     }
-    if !(args.alert_cap >= 0.0) {
+    if args.alert_cap.is_nan() || args.alert_cap < 0.0 {
         return Err(Failure::usage("--alert-cap must be a non-negative number"));
     }
     if args.horizon.as_hours_f64() <= 0.0 {

@@ -271,7 +271,7 @@ impl DeviceState {
             EventKind::Error => {
                 self.error_rate = self.decayed_errors(ev.ts) + 1.0;
                 self.last_error_ts = self.last_error_ts.max(ev.ts);
-                if tracked.iter().any(|c| *c == ev.code) {
+                if tracked.contains(&ev.code) {
                     self.remember_code(&ev.code, ev.ts);
                 }
             }
