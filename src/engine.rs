@@ -510,56 +510,8 @@ pub fn priority(ttf_hours: Option<f64>, horizon_hours: f64, probability: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::{FeatureSpec, MetricStat};
-    use crate::predict::*;
 
-    /// One mode, probability rises steeply once `temp.last` passes 80.
-    pub(crate) fn hot_model() -> Artifact {
-        let window = WindowSpec::default();
-        Artifact {
-            format: ARTIFACT_FORMAT.into(),
-            format_version: ARTIFACT_VERSION,
-            name: "hot".into(),
-            version: "1".into(),
-            applies_to: AppliesTo::All,
-            horizon_hours: 24.0,
-            consecutive: 2,
-            features: FeatureSpec {
-                window,
-                metrics: vec!["temp".into()],
-                stats: vec![MetricStat::Last],
-                device: vec![],
-            },
-            modes: vec![ModeModel {
-                mode: "overheat".into(),
-                classifier: Estimator::Linear {
-                    scaler: Scaler {
-                        mean: vec![80.0],
-                        std: vec![1.0],
-                    },
-                    weights: vec![1.0],
-                    bias: 0.0,
-                    link: Link::Logistic,
-                },
-                regressor: Some(Estimator::Linear {
-                    scaler: Scaler {
-                        mean: vec![80.0],
-                        std: vec![1.0],
-                    },
-                    weights: vec![-1.0],
-                    bias: 20.0,
-                    link: Link::Identity,
-                }),
-                threshold: 0.5,
-                threshold_rule: "test".into(),
-                ttf_cap_hours: None,
-                validation: ValidationMetrics::default(),
-                calibration: None,
-                levels: None,
-            }],
-            training: TrainingInfo::default(),
-        }
-    }
+    use crate::predict::example::hot_model;
 
     fn r(h: i64, temp: f64) -> Reading {
         Reading {

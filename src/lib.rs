@@ -1,30 +1,37 @@
 //! forewarn — an IoT predictive-service daemon.
 //!
-//! Modules in data-flow order:
+//! The module map, bottom-up: each module imports only modules listed above it (the import graph
+//! has no cycles).
 //!
-//! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time, device
-//!   ids, tickets and their statuses, durations
-//! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `demo`)
-//! - [`config`]   the whole configuration tree, `"30s"` durations, validation without I/O
-//! - [`ingest`]   MQTT driver (rumqttc, manual acks) and payload decoding (pure, fuzzable)
+//! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time (one
+//!   parse, one format), device ids, tickets and their statuses, durations
 //! - [`features`] per-device rolling windows and feature extraction, in event time (pure)
-//! - [`predict`]  model artifacts (load, version check) and scoring
+//! - [`predict`]  model artifacts (load, version check) and scoring (pure)
+//! - [`tickets`]  the ticket state machine (pure)
 //! - [`engine`]   the per-reading pipeline shared by `serve` and `evaluate`: window → features →
 //!   score → ticket policy (pure)
-//! - [`tickets`]  the ticket type and its state machine (pure)
 //! - [`store`]    sled: one atomic batch per state change, flushed before acks
+//! - [`history`]  the CSV history format: one reader with the caller's bad-row policy, the writer
+//! - [`ingest`]   payload decoding and encoding (pure, fuzzable), the MQTT driver (rumqttc,
+//!   manual acks), the per-device reorder buffer
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
-//! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
-//! - [`serve`]    the daemon: app core (single writer, commit path), dispatch outbox worker, reload
-//! - [`api`]      the HTTP API (axum): tickets, fleet, rejects, `/metrics`, health
-//! - [`archive`]  optional history archive of accepted readings and events (`forewarn export`)
-//! - [`outcomes`] realised precision of settled tickets on `/metrics`
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
-//! - `broker`     an embedded MQTT broker for tests and the demo (feature `embedded-broker`)
-//! - [`sim`]      a deterministic simulated fleet (tests, benchmarks, demo, `forewarn simulate`)
-//! - [`replay`]   history files → MQTT device traffic (`forewarn replay`)
-//! - [`train`]    offline training and backtesting (`forewarn train` / `evaluate`), reusing
-//!   `features` and `engine` so training, backtests and serving compute the same numbers
+//! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider
+//! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
+//! - [`dispatch`] field-service dispatch: the outbox row and the worker delivering it
+//! - [`archive`]  the optional history archive of accepted readings and events (`forewarn export`)
+//! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
+//!   score drift
+//! - [`app`]      the single writer: in-memory device state and the commit path
+//! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
+//!   health; one bearer-token check
+//! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
+//! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation
+//! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `simulate`,
+//!   `demo`, `fleet`, `export`)
+//! - tools beside the daemon: [`sim`] a deterministic simulated fleet, [`replay`] history files →
+//!   MQTT device traffic, [`train`] offline training and backtesting (reusing `features`,
+//!   `engine` and `history`), `demo` and `broker` (feature `embedded-broker`)
 
 pub mod api;
 pub mod app;

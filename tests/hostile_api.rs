@@ -62,6 +62,12 @@ async fn open_ticket(b: &forewarn::broker::EmbeddedBroker, api: &Api) -> String 
         !api.tickets("?device_id=pump-1").await.is_empty()
     })
     .await;
+    // The last readings wait in the event-time reorder buffer until the idle timer releases
+    // them: the snapshot is taken once every reading has been scored.
+    eventually("every reading scored", || async {
+        api.metric("forewarn_scorings_total").await >= 48.0
+    })
+    .await;
     api.tickets("?device_id=pump-1").await[0]["id"]
         .as_str()
         .unwrap()

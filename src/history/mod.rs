@@ -5,7 +5,7 @@
 //! rules, timestamps (RFC 3339 or epoch milliseconds), event rules (an error event may have no
 //! code), control-character and line-length limits. What differs is the caller's choice of
 //! [`BadRows`]: training and backtests fail at the first bad row with its `file:line`, replay
-//! skips and counts. The writer ([`write`]) produces what the reader reads back.
+//! skips and counts. The writer ([`write`](mod@write)) produces what the reader reads back.
 
 pub mod read;
 pub mod write;

@@ -6,6 +6,7 @@
 //! `serve` and `evaluate` load them through [`Artifact::load`], which refuses what it cannot serve.
 
 mod config;
+pub mod example;
 
 pub use config::Config;
 

@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use forewarn::config::Config;
-use forewarn::features::{FeatureSpec, MetricStat, WindowSpec};
-use forewarn::predict::*;
+pub use forewarn::predict::example::hot_model;
 use forewarn::serve::{self, Handle};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
@@ -15,55 +14,6 @@ pub const TOKEN: &str = "test-token";
 pub const HOUR: i64 = 3_600_000;
 /// 2015-01-01T00:00:00Z
 pub const T0: i64 = 1_420_070_400_000;
-
-/// One mode, "overheat": probability rises steeply once `temp` passes 80; time to failure
-/// 20 h minus the excess.
-pub fn hot_model() -> Artifact {
-    let window = WindowSpec::default();
-    Artifact {
-        format: ARTIFACT_FORMAT.into(),
-        format_version: ARTIFACT_VERSION,
-        name: "hot".into(),
-        version: "1".into(),
-        applies_to: AppliesTo::All,
-        horizon_hours: 24.0,
-        consecutive: 2,
-        features: FeatureSpec {
-            window,
-            metrics: vec!["temp".into()],
-            stats: vec![MetricStat::Last],
-            device: vec![],
-        },
-        modes: vec![ModeModel {
-            mode: "overheat".into(),
-            classifier: Estimator::Linear {
-                scaler: Scaler {
-                    mean: vec![80.0],
-                    std: vec![1.0],
-                },
-                weights: vec![1.0],
-                bias: 0.0,
-                link: Link::Logistic,
-            },
-            regressor: Some(Estimator::Linear {
-                scaler: Scaler {
-                    mean: vec![80.0],
-                    std: vec![1.0],
-                },
-                weights: vec![-1.0],
-                bias: 20.0,
-                link: Link::Identity,
-            }),
-            threshold: 0.5,
-            threshold_rule: "test".into(),
-            ttf_cap_hours: None,
-            validation: ValidationMetrics::default(),
-            calibration: None,
-            levels: None,
-        }],
-        training: TrainingInfo::default(),
-    }
-}
 
 /// A temp dir with `models/hot.json` and room for the database.
 pub struct Dirs {
