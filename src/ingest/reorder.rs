@@ -98,12 +98,13 @@ impl Buffer {
         out.extend(self.pending.drain(..n).map(|p| into_item(device, p)));
     }
 
-    /// The device is idle: releases everything held and moves the watermark past it, so what
-    /// arrives later at or before the newest time seen counts as late.
+    /// The device is idle: releases everything held and moves the watermark up to the newest
+    /// time seen, so what arrives later before it counts as late. An item stamped exactly at
+    /// that time is still accepted (a reading that follows its same-time event after a pause of
+    /// the publisher), at the price of the equal-time order against what was released.
     pub fn flush(&mut self, device: &str, out: &mut Vec<(Item, i64)>) {
         if let Some(m) = self.max_seen {
-            let w = m.saturating_add(1);
-            self.watermark = Some(self.watermark.map_or(w, |old| old.max(w)));
+            self.watermark = Some(self.watermark.map_or(m, |old| old.max(m)));
         }
         out.extend(self.pending.drain(..).map(|p| into_item(device, p)));
     }
@@ -229,7 +230,12 @@ mod tests {
         out.clear();
         b.flush("d", &mut out);
         assert_eq!(order(&out), vec![(21, "r")]);
-        assert_eq!(b.offer(r(21, 4), 10), Offer::Late, "flushed past");
+        assert_eq!(b.offer(r(20, 4), 10), Offer::Late, "flushed past");
+        assert_eq!(
+            b.offer(r(21, 5), 10),
+            Offer::Held,
+            "the newest time itself is not late"
+        );
         assert_eq!(Buffer::decode(&b.encode()), Some(b));
     }
 }

@@ -136,8 +136,10 @@ pub fn daemon_config(s: &DaemonSetup, model: &Artifact, hist: &SimHistory) -> Co
     cfg.store.cache_bytes = 16 << 20;
     cfg.scoring.models_dir = models;
     cfg.fleet.file = Some(fleet);
-    // Each device's last message is held for event-time order until this idle timer.
-    cfg.ingest.reorder_idle = Some("100ms".parse().expect("dur"));
+    // Each device's last message is held for event-time order until this idle timer; longer
+    // than any pause of the publisher on a loaded machine, so that only the end of the history
+    // is released by it.
+    cfg.ingest.reorder_idle = Some("1s".parse().expect("dur"));
     cfg
 }
 
