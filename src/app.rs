@@ -113,6 +113,10 @@ struct Tally {
     late: u64,
     scorings: u64,
     events: u64,
+    /// Accepted readings and events for the history archive (only collected when it is on).
+    archived: Vec<crate::archive::Record>,
+    /// (mode, probability) of each scoring, for the drift statistic.
+    scores: Vec<(String, f64)>,
 }
 
 struct Core {
@@ -197,6 +201,10 @@ pub struct Settings {
 /// The daemon's shared state: what the processor, the API and the workers use.
 pub struct App {
     pub settings: Settings,
+    /// The optional history archive, fed after each successful commit (`serve` sets it).
+    pub archive: Option<crate::archive::Archive>,
+    /// Live score drift per model and mode (`forewarn_model_score_drift_psi`).
+    drift: Option<crate::outcomes::Drift>,
     pub store: Store,
     pub metrics: Metrics,
     /// std-style mutex (parking_lot): held by the processing thread for a whole group, and by
@@ -299,7 +307,12 @@ impl App {
             settings,
             store,
             metrics,
+            archive: None,
+            drift: None,
         };
+        let mut app = app;
+        // A second App on the same registry (some tests) finds the name taken and goes without.
+        app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
             .outbox_depth
             .with_label_values(&[crate::dispatch::QUEUE])
@@ -475,14 +488,18 @@ impl App {
                     }
                 }
                 let prev_seq = slot.state.last_seq;
+                let mut scored = Vec::new();
                 let obs = core.engine.reading(
                     &mut slot.state,
                     &mut slot.live,
                     ctx,
                     r,
                     &mut scratch,
-                    None,
+                    self.drift.as_ref().map(|_| &mut scored),
                 );
+                tally
+                    .scores
+                    .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
                 if let (Observed::Applied, Some(seq), Some(prev)) = (obs, r.seq, prev_seq) {
                     if seq > prev.saturating_add(1) {
                         let missing = seq - prev - 1;
@@ -502,6 +519,11 @@ impl App {
                     }
                 }
                 match obs {
+                    Observed::Applied if self.archive.is_some() => {
+                        tally
+                            .archived
+                            .push(crate::archive::Record::Reading(r.clone()));
+                    }
                     Observed::Applied => {}
                     Observed::Duplicate => tally.duplicates += 1,
                     Observed::Late => tally.late += 1,
@@ -512,6 +534,11 @@ impl App {
             }
             Item::Event(ev) => {
                 tally.events += 1;
+                if self.archive.is_some() {
+                    tally
+                        .archived
+                        .push(crate::archive::Record::Event(ev.clone()));
+                }
                 let slot = core
                     .slots
                     .get_mut(ev.device_id.as_str())
@@ -588,6 +615,12 @@ impl App {
             .commit_seconds
             .observe(done.duration_since(started).as_secs_f64());
         self.metrics.commits.inc();
+        if let Some(a) = &self.archive {
+            a.send(tally.archived);
+        }
+        if let Some(d) = &self.drift {
+            d.observe_scorings(&core.engine.models, tally.scores);
+        }
         let done_ms = chrono::Utc::now().timestamp_millis();
         for (c, received_ms) in changes {
             if matches!(c.kind, ChangeKind::Opened | ChangeKind::Updated) {

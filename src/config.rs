@@ -23,6 +23,7 @@ pub struct Config {
     pub scoring: crate::predict::Config,
     pub tickets: crate::tickets::Config,
     pub store: crate::store::Config,
+    pub archive: crate::archive::Config,
     pub api: crate::api::Config,
     pub fleet: crate::fleet::Config,
     pub dispatch: crate::dispatch::Config,
@@ -197,6 +198,12 @@ impl Config {
                 );
             }
         }
+        self.archive
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })?;
         self.notify
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {

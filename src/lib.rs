@@ -19,19 +19,23 @@
 //! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
 //! - [`dispatch`] field-service dispatch: the outbox row and the worker delivering it
+//! - [`archive`]  the optional history archive of accepted readings and events (`forewarn export`)
+//! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
+//!   score drift
 //! - [`app`]      the single writer: in-memory device state and the commit path
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
 //!   health; one bearer-token check
 //! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
 //! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `simulate`,
-//!   `demo`, `fleet`)
+//!   `demo`, `fleet`, `export`)
 //! - tools beside the daemon: [`sim`] a deterministic simulated fleet, [`replay`] history files →
 //!   MQTT device traffic, [`train`] offline training and backtesting (reusing `features`,
 //!   `engine` and `history`), `demo` and `broker` (feature `embedded-broker`)
 
 pub mod api;
 pub mod app;
+pub mod archive;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
@@ -47,6 +51,7 @@ pub mod history;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod outcomes;
 pub mod predict;
 pub mod replay;
 pub mod serve;

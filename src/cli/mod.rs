@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod demo;
 pub mod evaluate;
+pub mod export;
 pub mod fleet;
 pub mod replay;
 pub mod serve;
@@ -29,6 +30,8 @@ pub enum Command {
     Train(train::Args),
     /// Backtest a model over history with the daemon's own feature, scoring and ticket code.
     Evaluate(evaluate::Args),
+    /// A stopped daemon's archived history and ticket outcomes as training files.
+    Export(export::Args),
     /// The fleet registry of a running daemon: `fleet import --devices devices.csv`.
     Fleet(fleet::Args),
     /// Publish history files as device traffic to a broker.
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Fleet(a) => fleet::run(a),
+        Command::Export(a) => export::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Simulate(a) => simulate::run(a),

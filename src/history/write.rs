@@ -68,6 +68,11 @@ impl<W: Write> TelemetryWriter<W> {
         self.out.write_all(b"\n")
     }
 
+    /// Flushes what was written so far (an appending writer keeps the file open).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
     /// Flushes and returns the output.
     pub fn finish(mut self) -> std::io::Result<W> {
         self.out.flush()?;
@@ -75,23 +80,54 @@ impl<W: Write> TelemetryWriter<W> {
     }
 }
 
-/// `events.csv`: `device_id,ts,kind,code`.
+/// `events.csv`: `device_id,ts,kind,code`, optionally with the fifth column `outcome`.
 pub struct EventWriter<W: Write> {
     out: W,
+    with_outcome: bool,
 }
 
 impl<W: Write> EventWriter<W> {
     /// Writes the header row.
     pub fn new(mut out: W) -> std::io::Result<Self> {
         out.write_all(b"device_id,ts,kind,code\n")?;
-        Ok(EventWriter { out })
+        Ok(EventWriter {
+            out,
+            with_outcome: false,
+        })
+    }
+
+    /// Writes the header row with the `outcome` column (`forewarn export`).
+    pub fn with_outcome(mut out: W) -> std::io::Result<Self> {
+        out.write_all(b"device_id,ts,kind,code,outcome\n")?;
+        Ok(EventWriter {
+            out,
+            with_outcome: true,
+        })
     }
 
     pub fn row(&mut self, e: &DeviceEvent) -> std::io::Result<()> {
+        self.row_with_outcome(e, None)
+    }
+
+    /// One event; `outcome` is written only by a writer made [`with_outcome`](Self::with_outcome).
+    pub fn row_with_outcome(
+        &mut self,
+        e: &DeviceEvent,
+        outcome: Option<&str>,
+    ) -> std::io::Result<()> {
         field(&mut self.out, &e.device_id)?;
         write!(self.out, ",{},{},", format_ts(e.ts), e.kind.as_str())?;
         field(&mut self.out, &e.code)?;
+        if self.with_outcome {
+            self.out.write_all(b",")?;
+            field(&mut self.out, outcome.unwrap_or(""))?;
+        }
         self.out.write_all(b"\n")
+    }
+
+    /// Flushes what was written so far (an appending writer keeps the file open).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 
     /// Flushes and returns the output.
@@ -126,6 +162,11 @@ impl<W: Write> DeviceWriter<W> {
             field(&mut self.out, v)?;
         }
         self.out.write_all(b"\n")
+    }
+
+    /// Flushes what was written so far (an appending writer keeps the file open).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 
     /// Flushes and returns the output.

@@ -221,10 +221,14 @@ pub async fn run_with_clock(
             |d| d.std(),
         ),
     };
-    let app = Arc::new(
-        App::new(settings, store, metrics, models, notifier.clone())
-            .map_err(|e| ServeError::Runtime(e.to_string()))?,
-    );
+    let archive = crate::archive::Archive::build(&cfg.archive, &cfg.store.data_dir, &registry)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    crate::outcomes::register(&registry, store.clone())
+        .map_err(|e| ServeError::Runtime(e.to_string()))?;
+    let mut app = App::new(settings, store, metrics, models, notifier.clone())
+        .map_err(|e| ServeError::Runtime(e.to_string()))?;
+    app.archive = archive;
+    let app = Arc::new(app);
     if cfg.api.tokens.is_empty() {
         tracing::warn!("no API tokens configured (api.tokens / FOREWARN_API_TOKEN): mutating calls are refused");
     }

@@ -1,0 +1,256 @@
+//! What settled tickets say about the models: `forewarn_model_realised_precision{model,mode}`.
+//!
+//! A settled ticket's outcome is the fleet's verdict on a prediction: a confirmed fault or a
+//! failure before service says the prediction was right, a dismissal (false alarm) says it was
+//! not. The gauge is computed from the store when `/metrics` is scraped, so it always agrees
+//! with the tickets the API lists and survives restarts without its own state; the cost is one
+//! scan of the tickets per scrape. Labels are the model name and the failure mode, both bounded
+//! by the loaded artifacts.
+
+use crate::domain::{Outcome, Ticket};
+use crate::store::{Store, TicketFilter};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, Opts};
+use std::collections::BTreeMap;
+
+/// Settled outcomes of one (model, mode).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Confirmed faults and failures before service.
+    pub right: u64,
+    /// Dismissed as false alarms.
+    pub wrong: u64,
+}
+
+impl Tally {
+    /// `None` before any outcome.
+    pub fn precision(self) -> Option<f64> {
+        let n = self.right + self.wrong;
+        (n > 0).then(|| self.right as f64 / n as f64)
+    }
+}
+
+/// Outcomes per (model name, failure mode).
+pub fn tally<'a>(
+    tickets: impl IntoIterator<Item = &'a Ticket>,
+) -> BTreeMap<(String, String), Tally> {
+    let mut out: BTreeMap<(String, String), Tally> = BTreeMap::new();
+    for t in tickets {
+        let Some(o) = t.outcome else { continue };
+        let e = out
+            .entry((t.model.name.clone(), t.failure_mode.clone()))
+            .or_default();
+        match o {
+            Outcome::ConfirmedFault | Outcome::FailedBeforeService => e.right += 1,
+            Outcome::FalseAlarm => e.wrong += 1,
+        }
+    }
+    out
+}
+
+struct PrecisionCollector {
+    store: Store,
+    gauge: GaugeVec,
+}
+
+impl Collector for PrecisionCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gauge.reset();
+        match self.store.tickets(&TicketFilter::default()) {
+            Ok(tickets) => {
+                for ((model, mode), t) in tally(&tickets) {
+                    if let Some(p) = t.precision() {
+                        self.gauge.with_label_values(&[&model, &mode]).set(p);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "realised precision: tickets unreadable"),
+        }
+        self.gauge.collect()
+    }
+}
+
+/// Registers the realised-precision gauge, read from `store` at each scrape.
+pub fn register(registry: &prometheus::Registry, store: Store) -> Result<(), prometheus::Error> {
+    let gauge = GaugeVec::new(
+        Opts::new(
+            "forewarn_model_realised_precision",
+            "Settled tickets whose outcome confirmed the prediction (fault found or failed before service) over all settled with an outcome, per model and mode",
+        ),
+        &["model", "mode"],
+    )?;
+    registry.register(Box::new(PrecisionCollector { store, gauge }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ModelRef, Priority, Status};
+
+    fn ticket(id: &str, mode: &str, outcome: Option<Outcome>) -> Ticket {
+        Ticket {
+            id: id.into(),
+            device_id: "d1".into(),
+            customer_id: None,
+            failure_mode: mode.into(),
+            status: Status::Resolved,
+            priority: Priority::High,
+            probability: 0.9,
+            predicted_failure_at: None,
+            opened_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            model: ModelRef {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            evidence: vec![],
+            history: vec![],
+            outcome,
+            opened_ms: 0,
+        }
+    }
+
+    #[test]
+    fn drift_is_small_for_the_same_scores_and_large_for_shifted_ones() {
+        let reg = prometheus::Registry::new();
+        let d = Drift::build(&reg).unwrap();
+        let same = (0..2 * DRIFT_REFERENCE).map(|i| (i % 100) as f64 / 100.0);
+        d.observe("m", "a", same);
+        let low = (0..DRIFT_REFERENCE).map(|i| (i % 100) as f64 / 100.0);
+        d.observe("m", "b", low);
+        d.observe("m", "b", (0..DRIFT_REFERENCE).map(|_| 0.95));
+        let a = d.gauge.with_label_values(&["m", "a"]).get();
+        let b = d.gauge.with_label_values(&["m", "b"]).get();
+        assert!(a < 0.01, "same distribution: {a}");
+        assert!(b > 1.0, "all scores moved to the top bin: {b}");
+        assert_eq!(psi(&[0, 0], &[1, 1]), None);
+    }
+
+    #[test]
+    fn precision_counts_confirmed_and_failed_against_dismissed() {
+        let ts = [
+            ticket("1", "bearing", Some(Outcome::ConfirmedFault)),
+            ticket("2", "bearing", Some(Outcome::FailedBeforeService)),
+            ticket("3", "bearing", Some(Outcome::FalseAlarm)),
+            ticket("4", "bearing", Some(Outcome::FalseAlarm)),
+            ticket("5", "seal", None),
+        ];
+        let t = tally(&ts);
+        assert_eq!(t[&("m".into(), "bearing".into())].precision(), Some(0.5));
+        assert!(!t.contains_key(&("m".to_string(), "seal".to_string())));
+    }
+}
+
+/// Scores per (model, mode) that make the reference distribution. The artifact carries no
+/// training score distribution, so the first scores the daemon computes after start are the
+/// reference, and the drift statistic compares the latest as many scores against them.
+pub const DRIFT_REFERENCE: usize = 500;
+const BINS: usize = 10;
+
+#[derive(Default)]
+struct ScoreHist {
+    reference: [u64; BINS],
+    reference_n: usize,
+    /// Bins of the latest scores after the reference filled, oldest first.
+    recent: std::collections::VecDeque<u8>,
+    recent_counts: [u64; BINS],
+}
+
+/// Population stability index of `live` against `reference` (both counts over the same bins);
+/// half an observation is added to every bin so an empty bin keeps the statistic finite.
+pub fn psi(reference: &[u64], live: &[u64]) -> Option<f64> {
+    let (rn, ln) = (reference.iter().sum::<u64>(), live.iter().sum::<u64>());
+    if rn == 0 || ln == 0 || reference.len() != live.len() {
+        return None;
+    }
+    let k = reference.len() as f64 * 0.5;
+    let (rn, ln) = (rn as f64 + k, ln as f64 + k);
+    Some(
+        reference
+            .iter()
+            .zip(live)
+            .map(|(&r, &l)| {
+                let r = (r as f64 + 0.5) / rn;
+                let l = (l as f64 + 0.5) / ln;
+                (l - r) * (l / r).ln()
+            })
+            .sum(),
+    )
+}
+
+/// Live score drift per (model, mode): `forewarn_model_score_drift_psi{model,mode}`.
+pub struct Drift {
+    hists: parking_lot::Mutex<std::collections::HashMap<(String, String), ScoreHist>>,
+    gauge: GaugeVec,
+}
+
+impl Drift {
+    pub fn build(registry: &prometheus::Registry) -> Result<Drift, prometheus::Error> {
+        let gauge = GaugeVec::new(
+            Opts::new(
+                "forewarn_model_score_drift_psi",
+                "Population stability index of the latest live scores against the first scores after start (10 bins over 0..1), per model and mode",
+            ),
+            &["model", "mode"],
+        )?;
+        registry.register(Box::new(gauge.clone()))?;
+        Ok(Drift {
+            hists: Default::default(),
+            gauge,
+        })
+    }
+
+    /// Adds the (mode, probability) pairs of a commit, each under the first loaded model that
+    /// scores the mode (exact when no two models share a mode).
+    pub fn observe_scorings(&self, models: &crate::engine::Models, scores: Vec<(String, f64)>) {
+        let mut by: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        for (mode, p) in scores {
+            by.entry(mode).or_default().push(p);
+        }
+        for (mode, ps) in by {
+            let model = models
+                .list
+                .iter()
+                .find(|m| m.artifact.modes.iter().any(|mm| mm.mode == mode))
+                .map_or("", |m| m.artifact.name.as_str());
+            self.observe(model, &mode, ps);
+        }
+    }
+
+    /// Adds scores (probabilities in 0..1) of one (model, mode) and updates its gauge.
+    pub fn observe(&self, model: &str, mode: &str, scores: impl IntoIterator<Item = f64>) {
+        let mut hists = self.hists.lock();
+        let key = (model.to_string(), mode.to_string());
+        let h = hists.entry(key).or_default();
+        let mut recent = false;
+        for p in scores {
+            if !p.is_finite() {
+                continue;
+            }
+            let b = ((p.clamp(0.0, 1.0) * BINS as f64) as usize).min(BINS - 1);
+            if h.reference_n < DRIFT_REFERENCE {
+                h.reference[b] += 1;
+                h.reference_n += 1;
+                continue;
+            }
+            recent = true;
+            h.recent.push_back(b as u8);
+            h.recent_counts[b] += 1;
+            if h.recent.len() > DRIFT_REFERENCE {
+                if let Some(old) = h.recent.pop_front() {
+                    h.recent_counts[old as usize] -= 1;
+                }
+            }
+        }
+        if recent {
+            if let Some(v) = psi(&h.reference, &h.recent_counts) {
+                self.gauge.with_label_values(&[model, mode]).set(v);
+            }
+        }
+    }
+}
