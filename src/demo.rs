@@ -162,9 +162,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         api_addr: api.clone(),
         ..DemoSummary::default()
     };
+    // The customers answer while the fleet runs (a third and two thirds of the way through,
+    // while their tickets are open); whoever had nothing to answer by then answers at the end.
+    let mut answered = HashSet::new();
     publish_fleet(
         fleet,
         &opts,
+        &cfg,
+        &mut answered,
         &broker.url(),
         &handle.app,
         &clock,
@@ -176,7 +181,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     tokio::time::sleep(Duration::from_millis(500)).await;
     summary.tickets_opened = console.opened();
     if !shutdown.is_cancelled() {
-        summary.replies = converse(&cfg, &handle.app).await;
+        summary.replies += converse(&cfg, &handle.app, &mut answered).await;
         // The worker polls the outbox; give it time to send the follow-ups.
         tokio::time::sleep(cfg.notify.poll_interval.std() * 2 + Duration::from_millis(500)).await;
     }
@@ -358,6 +363,8 @@ impl crate::notify::Clock for SimClock {
 async fn publish_fleet(
     fleet: Fleet,
     opts: &DemoOptions,
+    cfg: &Config,
+    answered: &mut HashSet<String>,
     url: &str,
     app: &crate::app::App,
     clock: &SimClock,
@@ -380,6 +387,7 @@ async fn publish_fleet(
     let start_ms = fleet.config().start_ms;
     let started = Instant::now();
     let sim_ms_per_wall_ms = opts.sim_hours_per_second * 3_600_000.0 / 1000.0;
+    let mut next_ask = opts.duration / 3;
     for (published, item) in (0_u64..).zip(fleet) {
         if shutdown.is_cancelled() || started.elapsed() >= opts.duration {
             break;
@@ -395,6 +403,10 @@ async fn publish_fleet(
             tokio::time::sleep(wait).await;
         }
         clock.0.fetch_max(ts, Ordering::Relaxed);
+        if started.elapsed() >= next_ask {
+            next_ask += opts.duration / 3;
+            summary.replies += converse(cfg, app, answered).await;
+        }
         let (topic, payload) = match &item {
             SimEvent::Reading(r) => {
                 summary.readings += 1;
@@ -465,13 +477,21 @@ fn report_failure(
 /// The customer's side: one customer of each language answers a ticket they were alerted
 /// about — by SMS in Thai, on the self-service page in Persian, by e-mail in English — through
 /// the daemon's own inbound routes, exactly as a provider or a browser would.
-async fn converse(cfg: &Config, app: &crate::app::App) -> usize {
+/// The simulated customers who have not answered yet answer the alert they heard about last,
+/// each on their own channel; returns how many replies landed on a ticket.
+async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<String>) -> usize {
+    if CUSTOMERS.iter().all(|c| answered.contains(c.0)) {
+        return 0;
+    }
     println!();
     println!("The customers answer:");
     let http = reqwest::Client::new();
     let public = cfg.api.public_url.trim_end_matches('/').to_string();
     let mut landed = 0;
     for (cid, _, locale, _) in CUSTOMERS {
+        if answered.contains(&cid.to_string()) {
+            continue;
+        }
         let filter = crate::store::TicketFilter {
             customer_id: Some(cid.to_string()),
             ..Default::default()
@@ -584,6 +604,7 @@ async fn converse(cfg: &Config, app: &crate::app::App) -> usize {
         let status = now.as_ref().map(|t| t.status.as_str()).unwrap_or("?");
         if sent {
             landed += 1;
+            answered.insert(cid.to_string());
         }
         println!(
             "  ← {how:<6} {cid} ({locale}): {said}  →  ticket {} {}",
@@ -596,6 +617,7 @@ async fn converse(cfg: &Config, app: &crate::app::App) -> usize {
         );
     }
     println!("The follow-up messages:");
+    println!();
     landed
 }
 
