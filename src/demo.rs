@@ -165,14 +165,17 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     // The customers answer while the fleet runs (a third and two thirds of the way through,
     // while their tickets are open); whoever had nothing to answer by then answers at the end.
     let mut answered = HashSet::new();
+    let daemon = Daemon {
+        cfg: &cfg,
+        app: &handle.app,
+        clock: &clock,
+        broker_url: broker.url(),
+    };
     publish_fleet(
         fleet,
         &opts,
-        &cfg,
+        &daemon,
         &mut answered,
-        &broker.url(),
-        &handle.app,
-        &clock,
         &mut summary,
         &shutdown,
     )
@@ -360,17 +363,29 @@ impl crate::notify::Clock for SimClock {
     }
 }
 
+/// What the simulated fleet talks to: the daemon (its configuration and app, the broker) and
+/// the demo's clock.
+struct Daemon<'a> {
+    cfg: &'a Config,
+    app: &'a crate::app::App,
+    clock: &'a SimClock,
+    broker_url: String,
+}
+
 async fn publish_fleet(
     fleet: Fleet,
     opts: &DemoOptions,
-    cfg: &Config,
+    daemon: &Daemon<'_>,
     answered: &mut HashSet<String>,
-    url: &str,
-    app: &crate::app::App,
-    clock: &SimClock,
     summary: &mut DemoSummary,
     shutdown: &CancellationToken,
 ) -> Result<(), DemoError> {
+    let Daemon {
+        cfg,
+        app,
+        clock,
+        broker_url: url,
+    } = daemon;
     let (host, port) =
         crate::replay::parse_broker_url(url).map_err(|e| DemoError::Setup(e.to_string()))?;
     let mut o = MqttOptions::new("forewarn-demo-fleet", host, port);
