@@ -520,8 +520,12 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
             .ok()
             .flatten();
         tickets.sort_by_key(|t| Some(&t.id) != last.as_ref());
+        // An SMS carries no ticket number: it lands on the ticket last warned about, so that
+        // is the one the SMS customer can answer.
+        let by_sms = locale == "th";
         let alerted = tickets.into_iter().find(|t| {
-            t.is_live()
+            (!by_sms || Some(&t.id) == last.as_ref())
+                && t.is_live()
                 && app
                     .store
                     .get_kv::<Channel>(&format!("notify/alerted/{}", t.id))
