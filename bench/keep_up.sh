@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Does forewarn keep up with a tuned Mosquitto? (issue 11, "Keep up")
+#
+#   bench/keep_up.sh [DEVICES] [READINGS]        (defaults: 10000 devices, 1000000 readings)
+#
+# All in one run, against one dedicated Mosquitto (free loopback port, its own config:
+# max_inflight_messages 1000, max_queued_messages 1000000, no persistence), with the same stream
+# from bench/publisher (a Rust QoS 1 publisher that encodes every payload before the clock starts):
+#
+# 1. baseline:  `mosquitto_sub -q 1` consumes the stream;
+# 2. realistic: `forewarn serve` with models/demo.json (trained on the simulator's fleet; opens
+#               tickets at the simulator's rate) consumes it;
+# 3. storm:     `forewarn serve` with the same model, every mode's threshold set to 1e-9 and
+#               consecutive = 1, so every device opens a ticket for every mode at its first scoring.
+#
+# readings/s = readings published / (last reading consumed − first publish); for forewarn,
+# "consumed" is when /metrics counts every reading decoded once (duplicates apart), polled every
+# 0.1 s. Also: published vs processed, forewarn_readings_missing_total, tickets opened, daemon CPU
+# seconds and peak RSS (VmHWM). Needs `cargo build --release`; builds bench/publisher when missing.
+# The work folder (a few hundred MB for 1M readings) is removed at the end unless KEEP=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEVICES=${1:-10000}
+READINGS=${2:-1000000}
+BIN=${FOREWARN_BIN:-target/release/forewarn}
+PUB=bench/publisher/target/release/forewarn-bench-publisher
+CONNECTIONS=${CONNECTIONS:-2}
+[ -x "$BIN" ] || { echo "no $BIN: run cargo build --release first" >&2; exit 2; }
+[ -x "$PUB" ] || cargo build --release --manifest-path bench/publisher/Cargo.toml
+command -v jq >/dev/null || { echo "needs jq" >&2; exit 2; }
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ "${KEEP:-0}" = 1 ] && echo "work folder kept: $WORK" || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { while :; do p=$((20000 + RANDOM % 40000)); accepts "$p" || { echo "$p"; return; }; done; }
+wait_port() { for _ in $(seq 1 100); do accepts "$1" && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
+now() { date +%s.%N; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+metric() { curl -s "http://$API/metrics" | awk -v m="$1" '$1 == m { print $2; found=1 } END { if (!found) print 0 }'; }
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" | tail -1; }
+
+echo "== machine ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(uname -m), $(free -g | awk '/^Mem:/ { print $2 " GiB RAM" }'), load average $(loadavg)"
+
+echo "== Mosquitto"
+MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+PORT=$(free_port)
+cat >"$WORK/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+persistence false
+# Queue, do not drop, QoS 1 messages for a subscriber that falls behind.
+max_queued_messages 1000000
+max_inflight_messages 1000
+CONF
+"$MOSQ" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+PIDS+=($!)
+wait_port "$PORT"
+BROKER="127.0.0.1:$PORT"
+echo "broker mqtt://$BROKER ($("$MOSQ" -h 2>/dev/null | head -1)), config: $(grep -v '^#' "$WORK/mosquitto.conf" | tail -n +2 | paste -sd ';')"
+
+echo "== data"
+TICKS=$(( (READINGS + DEVICES - 1) / DEVICES ))
+DAYS=$(( (TICKS + 23) / 24 ))
+"$BIN" simulate --out "$WORK/full" --devices "$DEVICES" --days "$DAYS" --interval 3600000ms --seed 11 >/dev/null
+mkdir -p "$WORK/fleet"
+head -n $(( READINGS + 1 )) "$WORK/full/telemetry.csv" >"$WORK/fleet/telemetry.csv"
+LAST_TS=$(tail -n 1 "$WORK/fleet/telemetry.csv" | cut -d, -f2)
+awk -F, -v last="$LAST_TS" 'NR == 1 || $2 <= last' "$WORK/full/events.csv" >"$WORK/fleet/events.csv"
+rm -rf "$WORK/full"
+N_READINGS=$(( $(wc -l <"$WORK/fleet/telemetry.csv") - 1 ))
+N_EVENTS=$(( $(wc -l <"$WORK/fleet/events.csv") - 1 ))
+TOTAL=$(( N_READINGS + N_EVENTS ))
+echo "$N_READINGS readings and $N_EVENTS events from $DEVICES devices (hourly, up to $LAST_TS)"
+mkdir -p "$WORK/realistic" "$WORK/storm"
+cp models/demo.json "$WORK/realistic/demo.json"
+jq '.name = "storm" | .consecutive = 1 | .modes[] |= (.threshold = 1e-9 | .levels = null)' \
+    models/demo.json >"$WORK/storm/storm.json"
+
+publish() { # $1: label; prints the publisher's output, sets T0 (first publish, epoch s)
+    "$PUB" --broker "$BROKER" --telemetry "$WORK/fleet/telemetry.csv" --events "$WORK/fleet/events.csv" \
+        --connections "$CONNECTIONS" >"$WORK/pub-$1.txt"
+    T0=$(field start_epoch <"$WORK/pub-$1.txt")
+    PUB_RATE=$(field rate <"$WORK/pub-$1.txt")
+    PUB_N=$(field published <"$WORK/pub-$1.txt")
+    PUB_READINGS=$(field readings <"$WORK/pub-$1.txt")
+}
+
+declare -A RATE
+echo "== baseline: mosquitto_sub -q 1"
+L0=$(loadavg)
+mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -i "bench-sub-$$" -t 'devices/+/telemetry' -t 'devices/+/events' -C "$TOTAL" >/dev/null &
+SUB=$!
+PIDS+=($SUB)
+sleep 0.5
+publish baseline
+wait "$SUB"
+T1=$(now)
+RATE[baseline]=$(echo "$PUB_READINGS / ($T1 - $T0)" | bc -l)
+printf 'baseline: %.0f readings/s (%.1f s); publisher alone %s msg/s, %s messages acked; load average before %s, after %s\n' \
+    "${RATE[baseline]}" "$(echo "$T1 - $T0" | bc -l)" "$PUB_RATE" "$PUB_N" "$L0" "$(loadavg)"
+
+start_daemon() { # $1: data dir, $2: models dir
+    API=127.0.0.1:$(free_port)
+    # A client id of its own: a daemon resuming another's persistent session would also receive
+    # whatever that session still holds.
+    FOREWARN__BROKER__CLIENT_ID="forewarn-bench-$RANDOM-$RANDOM" \
+        "$BIN" serve --broker "mqtt://$BROKER" --listen "$API" --data-dir "$1" --models "$2" >"$1.log" 2>&1 &
+    DAEMON=$!
+    PIDS+=($DAEMON)
+    for _ in $(seq 1 300); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$API/readyz")" = 200 ] && return 0
+        sleep 0.1
+    done
+    echo "daemon not ready; its log:" >&2; tail -20 "$1.log" >&2; return 1
+}
+duplicates() { metric 'forewarn_readings_dropped_total{reason="duplicate"}'; }
+processed() { echo $(( $(metric forewarn_readings_total) - $(duplicates) )); }
+wait_processed() { # every published reading decoded once, at most 10 min
+    for _ in $(seq 1 6000); do
+        [ "$(processed)" -ge "$N_READINGS" ] && return 0
+        sleep 0.1
+    done
+    echo "not every reading was processed: $(processed) of $N_READINGS" >&2
+}
+
+for run in realistic storm; do
+    echo "== forewarn serve, $run model"
+    start_daemon "$WORK/data-$run" "$WORK/$run"
+    L0=$(loadavg)
+    CPU0=$(cpu_seconds "$DAEMON")
+    publish "$run"
+    wait_processed
+    T1=$(now)
+    PROCESSED=$(processed)
+    CPU1=$(cpu_seconds "$DAEMON")
+    RSS=$(peak_rss_mb "$DAEMON")
+    MISSING=$(metric forewarn_readings_missing_total)
+    LATE=$(metric 'forewarn_readings_dropped_total{reason="late"}')
+    SCORINGS=$(metric forewarn_scorings_total)
+    TICKETS=$(metric 'forewarn_ticket_changes_total{kind="opened"}')
+    RATE[$run]=$(echo "$PUB_READINGS / ($T1 - $T0)" | bc -l)
+    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, duplicates %s, late %s; scorings %s, tickets opened %s; CPU %.1f s (%.2f cores), peak RSS %s MB; load average before %s, after %s\n' \
+        "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \
+        "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" \
+        "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$L0" "$(loadavg)"
+    kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
+    rm -rf "$WORK/data-$run"
+done
+echo "== targets (issue 11): realistic >= 1.0x baseline, storm >= 0.8x"
+printf 'realistic %.2fx, storm %.2fx\n' "$(echo "${RATE[realistic]} / ${RATE[baseline]}" | bc -l)" "$(echo "${RATE[storm]} / ${RATE[baseline]}" | bc -l)"
+echo "== done"
