@@ -181,6 +181,30 @@ struct LogBudget {
     suppressed: u64,
 }
 
+impl LogBudget {
+    /// Whether one more line of `what` may be logged this minute (at most `per_minute`); at the
+    /// turn of the minute says how many were held back.
+    fn allow(&mut self, now_ms: i64, per_minute: u32, what: &str) -> bool {
+        let minute = now_ms / 60_000;
+        if minute != self.minute {
+            if self.suppressed > 0 {
+                tracing::warn!("{} more {what} not logged", self.suppressed);
+            }
+            *self = LogBudget {
+                minute,
+                used: 0,
+                suppressed: 0,
+            };
+        }
+        if self.used >= per_minute {
+            self.suppressed += 1;
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+}
+
 /// What the single writer needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -756,23 +780,13 @@ impl App {
     /// Logs a `seq` gap or reset, within the per-minute budget (the rest are only counted).
     fn note_loss(&self, device: &str, note: LossNote) {
         let now = chrono::Utc::now().timestamp_millis();
-        let mut b = self.loss_log_budget.lock();
-        let minute = now / 60_000;
-        if minute != b.minute {
-            if b.suppressed > 0 {
-                tracing::warn!("{} more seq gaps or resets not logged", b.suppressed);
-            }
-            *b = LogBudget {
-                minute,
-                used: 0,
-                suppressed: 0,
-            };
-        }
-        if b.used >= self.settings.rejects_per_minute {
-            b.suppressed += 1;
+        if !self.loss_log_budget.lock().allow(
+            now,
+            self.settings.rejects_per_minute,
+            "seq gaps or resets",
+        ) {
             return;
         }
-        b.used += 1;
         let device = clip(device, 200);
         match note {
             LossNote::Gap { prev, seq, missing } => tracing::warn!(
@@ -841,25 +855,12 @@ impl App {
             .with_label_values(&[rej.reason.as_str()])
             .inc();
         let now = chrono::Utc::now().timestamp_millis();
+        if self
+            .log_budget
+            .lock()
+            .allow(now, self.settings.rejects_per_minute, "rejected payloads")
         {
-            let mut b = self.log_budget.lock();
-            let minute = now / 60_000;
-            if minute != b.minute {
-                if b.suppressed > 0 {
-                    tracing::warn!("{} more rejected payloads not logged", b.suppressed);
-                }
-                *b = LogBudget {
-                    minute,
-                    used: 0,
-                    suppressed: 0,
-                };
-            }
-            if b.used < self.settings.rejects_per_minute {
-                b.used += 1;
-                tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.detail);
-            } else {
-                b.suppressed += 1;
-            }
+            tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.detail);
         }
         let cap = self.settings.ingest.recent_rejects;
         if cap == 0 {
