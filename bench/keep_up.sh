@@ -4,7 +4,7 @@
 #   bench/keep_up.sh [DEVICES] [READINGS]        (defaults: 10000 devices, 1000000 readings)
 #
 # All in one run, against one dedicated Mosquitto (free loopback port, its own config:
-# max_inflight_messages 1000, max_queued_messages 1000000, no persistence), with the same stream
+# max_inflight_messages 1000, max_queued_messages 100000000 — more than any run publishes, so the broker never drops what forewarn has not yet taken, no persistence), with the same stream
 # from bench/publisher (a Rust QoS 1 publisher that encodes every payload before the clock starts):
 #
 # 1. baseline:  `mosquitto_sub -q 1` consumes the stream;
@@ -60,8 +60,8 @@ listener $PORT 127.0.0.1
 allow_anonymous true
 persistence false
 # Queue, do not drop, QoS 1 messages for a subscriber that falls behind.
-max_queued_messages 1000000
-max_inflight_messages 1000
+max_queued_messages 100000000
+max_inflight_messages ${MAX_INFLIGHT:-1000}
 CONF
 "$MOSQ" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
 PIDS+=($!)
@@ -149,11 +149,13 @@ for run in realistic storm; do
     LATE=$(metric 'forewarn_readings_dropped_total{reason="late"}')
     SCORINGS=$(metric forewarn_scorings_total)
     TICKETS=$(metric 'forewarn_ticket_changes_total{kind="opened"}')
+    COMMITS=$(metric forewarn_commit_seconds_count)
+    COMMIT_S=$(metric forewarn_commit_seconds_sum)
     RATE[$run]=$(echo "$PUB_READINGS / ($T1 - $T0)" | bc -l)
-    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, duplicates %s, late %s; scorings %s, tickets opened %s; CPU %.1f s (%.2f cores), peak RSS %s MB; load average before %s, after %s\n' \
+    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, duplicates %s, late %s; scorings %s, tickets opened %s; CPU %.1f s (%.2f cores), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
         "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \
         "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" \
-        "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$L0" "$(loadavg)"
+        "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$COMMITS" "$COMMIT_S" "$L0" "$(loadavg)"
     kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
     rm -rf "$WORK/data-$run"
 done

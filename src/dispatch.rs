@@ -140,6 +140,7 @@ impl Dispatcher {
         let m = &self.metrics.dispatch;
         // (device, mode) pairs with an undelivered earlier row: later rows wait (ordering).
         let mut blocked: HashSet<(String, String)> = HashSet::new();
+        let mut delivered: Vec<Vec<u8>> = Vec::new();
         for (key, mut row) in rows {
             let pair = (
                 row.ticket.device_id.clone(),
@@ -199,7 +200,10 @@ impl Dispatcher {
                 }
             }
             let res = if row.mqtt_done && row.webhook_done {
-                store.outbox_remove(&key)
+                // Removed with the round's other deliveries in one flushed batch below: a
+                // crash before it only repeats these deliveries (at least once, as ever).
+                delivered.push(key);
+                Ok(())
             } else if error.is_none() {
                 // Only waiting for the broker; keep any webhook progress.
                 debug_assert!(waiting_for_broker);
@@ -242,6 +246,15 @@ impl Dispatcher {
                 }
             };
             if let Err(e) = res {
+                tracing::error!("dispatch outbox update failed: {e}");
+            }
+        }
+        if !delivered.is_empty() {
+            let mut tx = store.tx();
+            for key in &delivered {
+                tx.remove_raw(key);
+            }
+            if let Err(e) = store.commit(tx) {
                 tracing::error!("dispatch outbox update failed: {e}");
             }
         }

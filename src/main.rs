@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// See Cargo.toml: per-message allocations on the ingest path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = forewarn::cli::Cli::parse();
     if let Err(f) = forewarn::cli::run(cli) {

@@ -3,8 +3,11 @@
 //! A settled ticket's outcome is the fleet's verdict on a prediction: a confirmed fault or a
 //! failure before service says the prediction was right, a dismissal (false alarm) says it was
 //! not. The gauge is computed from the store when `/metrics` is scraped, so it always agrees
-//! with the tickets the API lists and survives restarts without its own state; the cost is one
-//! scan of the tickets per scrape. Labels are the model name and the failure mode, both bounded
+//! with the tickets the API lists and survives restarts without its own state. The tickets are
+//! scanned once (and again only after a record was quarantined); after that the store hands
+//! over the outcomes each commit writes (`Store::take_outcomes`), so a scrape every 100 ms
+//! during a ticket storm costs a pass over the settled outcomes in memory, not a read of every
+//! ticket. Labels are the model name and the failure mode, both bounded
 //! by the loaded artifacts.
 
 use crate::domain::{Outcome, Ticket};
@@ -12,7 +15,7 @@ use crate::store::{Store, TicketFilter};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, Opts};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Settled outcomes of one (model, mode).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +38,20 @@ impl Tally {
 pub fn tally<'a>(
     tickets: impl IntoIterator<Item = &'a Ticket>,
 ) -> BTreeMap<(String, String), Tally> {
+    let noted: Vec<(String, String, Outcome)> = tickets
+        .into_iter()
+        .filter_map(|t| Some((t.model.name.clone(), t.failure_mode.clone(), t.outcome?)))
+        .collect();
+    tally_outcomes(noted.iter())
+}
+
+/// Outcomes per (model name, failure mode), from (model, mode, outcome) triples.
+fn tally_outcomes<'a>(
+    noted: impl IntoIterator<Item = &'a (String, String, Outcome)>,
+) -> BTreeMap<(String, String), Tally> {
     let mut out: BTreeMap<(String, String), Tally> = BTreeMap::new();
-    for t in tickets {
-        let Some(o) = t.outcome else { continue };
-        let e = out
-            .entry((t.model.name.clone(), t.failure_mode.clone()))
-            .or_default();
+    for (model, mode, o) in noted {
+        let e = out.entry((model.clone(), mode.clone())).or_default();
         match o {
             Outcome::ConfirmedFault | Outcome::FailedBeforeService => e.right += 1,
             Outcome::FalseAlarm => e.wrong += 1,
@@ -52,6 +63,8 @@ pub fn tally<'a>(
 struct PrecisionCollector {
     store: Store,
     gauge: GaugeVec,
+    /// Outcome per ticket id, and the store's quarantine epoch it was scanned at.
+    known: parking_lot::Mutex<Option<(u64, HashMap<String, (String, String, Outcome)>)>>,
 }
 
 impl Collector for PrecisionCollector {
@@ -60,16 +73,37 @@ impl Collector for PrecisionCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        self.gauge.reset();
-        match self.store.tickets(&TicketFilter::default()) {
-            Ok(tickets) => {
-                for ((model, mode), t) in tally(&tickets) {
-                    if let Some(p) = t.precision() {
-                        self.gauge.with_label_values(&[&model, &mode]).set(p);
-                    }
+        let mut known = self.known.lock();
+        let epoch = self.store.outcome_epoch();
+        if known.as_ref().is_none_or(|(at, _)| *at != epoch) {
+            // Tracking first, then the scan: an outcome committed in between is in both, and
+            // applying it twice is harmless (keyed by ticket id).
+            self.store.track_outcomes();
+            match self.store.tickets(&TicketFilter::default()) {
+                Ok(tickets) => {
+                    let map = tickets
+                        .into_iter()
+                        .filter_map(|t| Some((t.id, (t.model.name, t.failure_mode, t.outcome?))))
+                        .collect();
+                    *known = Some((epoch, map));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "realised precision: tickets unreadable");
+                    return self.gauge.collect();
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "realised precision: tickets unreadable"),
+        }
+        let Some((_, map)) = known.as_mut() else {
+            return self.gauge.collect();
+        };
+        for n in self.store.take_outcomes() {
+            map.insert(n.ticket, (n.model, n.mode, n.outcome));
+        }
+        self.gauge.reset();
+        for ((model, mode), t) in tally_outcomes(map.values()) {
+            if let Some(p) = t.precision() {
+                self.gauge.with_label_values(&[&model, &mode]).set(p);
+            }
         }
         self.gauge.collect()
     }
@@ -84,7 +118,11 @@ pub fn register(registry: &prometheus::Registry, store: Store) -> Result<(), pro
         ),
         &["model", "mode"],
     )?;
-    registry.register(Box::new(PrecisionCollector { store, gauge }))
+    registry.register(Box::new(PrecisionCollector {
+        store,
+        gauge,
+        known: parking_lot::Mutex::new(None),
+    }))
 }
 
 #[cfg(test)]

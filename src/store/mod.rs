@@ -65,6 +65,21 @@ pub struct Store {
     /// Records moved aside since start (`forewarn_store_quarantined_total`, registered by the
     /// app: the store knows no registry).
     quarantined: prometheus::IntCounter,
+    /// Bumped by every quarantine (a ticket may have gone): readers that summarise outcomes
+    /// start again from a scan when it moved.
+    outcome_epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Outcomes written by commits since the last [`Store::take_outcomes`], once
+    /// [`Store::track_outcomes`] turned it on (off by default, so nothing accumulates unread).
+    outcome_log: Arc<parking_lot::Mutex<Option<Vec<OutcomeNote>>>>,
+}
+
+/// A ticket written with an outcome (for summaries kept up to date without rescanning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeNote {
+    pub ticket: String,
+    pub model: String,
+    pub mode: String,
+    pub outcome: crate::domain::Outcome,
 }
 
 /// A record set aside because it could not be decoded, as `GET /api/v1/quarantine` lists it.
@@ -105,6 +120,8 @@ pub struct Tx {
     encode_error: Option<StoreError>,
     /// For sequence numbers of outbox and timeline rows (monotonic across restarts).
     db: Option<sled::Db>,
+    /// Tickets written with an outcome (see `Store::take_outcomes`).
+    outcomes: Vec<OutcomeNote>,
 }
 
 impl Tx {
@@ -155,6 +172,14 @@ impl Tx {
 
     /// Stores a ticket and keeps the live index in step with its status.
     pub fn put_ticket(&mut self, t: &Ticket) {
+        if let Some(outcome) = t.outcome {
+            self.outcomes.push(OutcomeNote {
+                ticket: t.id.clone(),
+                model: t.model.name.clone(),
+                mode: t.failure_mode.clone(),
+                outcome,
+            });
+        }
         self.insert_json(key2(b"t/", &t.id), t);
         let mut lk = key2(b"l/", &t.device_id);
         lk.push(SEP);
@@ -272,6 +297,8 @@ impl Store {
             dir: dir.to_path_buf(),
             cache_bytes,
             quarantined,
+            outcome_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            outcome_log: Arc::new(parking_lot::Mutex::new(None)),
         })
     }
 
@@ -364,6 +391,7 @@ impl Store {
             ops: 0,
             encode_error: None,
             db: self.h().ok().map(|o| o.db),
+            outcomes: Vec::new(),
         }
     }
 
@@ -382,7 +410,37 @@ impl Store {
         let h = self.h()?;
         h.tree.apply_batch(tx.batch)?;
         h.db.flush()?;
+        if !tx.outcomes.is_empty() {
+            if let Some(log) = self.outcome_log.lock().as_mut() {
+                log.extend(tx.outcomes);
+            }
+        }
         Ok(())
+    }
+
+    /// From now on, commits note the outcomes they write for [`Store::take_outcomes`].
+    pub fn track_outcomes(&self) {
+        self.outcome_log.lock().get_or_insert_with(Vec::new);
+    }
+
+    /// The outcomes committed since the last call (empty unless tracking is on).
+    pub fn take_outcomes(&self) -> Vec<OutcomeNote> {
+        self.outcome_log
+            .lock()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Moves whenever a record is quarantined (a ticket with an outcome may have gone).
+    pub fn outcome_epoch(&self) -> u64 {
+        self.outcome_epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump_outcome_epoch(&self) {
+        self.outcome_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Whether the store can take a write right now (for `/readyz`).
@@ -489,6 +547,7 @@ impl Store {
             })
             .is_ok();
         self.quarantined.inc();
+        self.bump_outcome_epoch();
         tracing::error!(
             key = %rec.key,
             moved,
@@ -578,13 +637,6 @@ impl Store {
             source,
         })?;
         self.h()?.tree.insert(key, json)?;
-        self.h()?.db.flush()?;
-        Ok(())
-    }
-
-    /// Removes a delivered outbox row and flushes.
-    pub fn outbox_remove(&self, key: &[u8]) -> Result<()> {
-        self.h()?.tree.remove(key)?;
         self.h()?.db.flush()?;
         Ok(())
     }
