@@ -16,7 +16,8 @@
 //!   manual acks), the per-device reorder buffer
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
-//! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider
+//! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider;
+//!   [`secret`] secrets that never print, URLs with their credentials redacted
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
 //! - [`dispatch`] field-service dispatch: the outbox row and the worker delivering it
 //! - [`archive`]  the optional history archive of accepted readings and events (`forewarn export`)
@@ -54,6 +55,7 @@ pub mod notify;
 pub mod outcomes;
 pub mod predict;
 pub mod replay;
+pub mod secret;
 pub mod serve;
 pub mod sign;
 pub mod sim;

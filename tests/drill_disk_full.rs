@@ -8,7 +8,7 @@
 mod common;
 mod drill_support;
 
-use common::{broker, config, degrading, mqtt, reading, Dirs};
+use common::{broker, config, degrading, http_with_token, mqtt, reading, Dirs, TOKEN};
 use drill_support::*;
 use forewarn::features::DeviceState;
 use std::io::Write;
@@ -73,7 +73,7 @@ async fn a_full_disk_stops_acks_and_readiness_and_recovery_loses_nothing() {
     cfg.api.listen = addr.clone();
     let path = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");
-    let http = reqwest::Client::new();
+    let http = http_with_token(TOKEN);
     let mut child = spawn_serve(&path, &log, "info");
     wait_ready(&http, &addr).await;
     let dev = mqtt(&b, "disk-pub").await;

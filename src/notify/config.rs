@@ -7,29 +7,9 @@ use crate::fleet::Channel;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// A credential: deserialized like a string, never printed by `Debug` (configs get logged).
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl std::ops::Deref for Secret {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Secret {
-        Secret(s.to_string())
-    }
-}
+/// A credential, never printed: moved to `crate::secret` so API tokens and the broker and
+/// dispatch secrets share it.
+pub use crate::secret::Secret;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

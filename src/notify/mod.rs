@@ -502,4 +502,22 @@ impl Notifier {
     ) -> axum::Router {
         inbound::router(self, store, desk)
     }
+
+    /// The `/notify/v1/*` part of [`Notifier::routes`] (`api.public_listen` serves it alone).
+    pub fn public_routes(
+        self: Arc<Self>,
+        store: crate::store::Store,
+        desk: Arc<dyn TicketDesk>,
+    ) -> axum::Router {
+        inbound::public_router(self, store, desk)
+    }
+
+    /// The timeline part of [`Notifier::routes`], an API read.
+    pub fn timeline_routes(
+        self: Arc<Self>,
+        store: crate::store::Store,
+        desk: Arc<dyn TicketDesk>,
+    ) -> axum::Router {
+        inbound::timeline_router(self, store, desk)
+    }
 }
