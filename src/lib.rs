@@ -14,6 +14,7 @@
 //! - [`history`]  the CSV history format: one reader with the caller's bad-row policy, the writer
 //! - [`ingest`]   payload decoding and encoding (pure, fuzzable), the MQTT driver (rumqttc,
 //!   manual acks), the per-device reorder buffer
+//! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
 //! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider;
@@ -51,6 +52,7 @@ pub mod fleet;
 pub mod history;
 pub mod ingest;
 pub mod metrics;
+pub mod netguard;
 pub mod notify;
 pub mod outcomes;
 pub mod predict;

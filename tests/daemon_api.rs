@@ -635,3 +635,46 @@ async fn api_transitions_racing_readings_never_leave_two_live_tickets() {
     }
     stop(h, tok).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_are_validated_per_channel_and_webhooks_must_be_public() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-contacts")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let put = |contacts: serde_json::Value| {
+        let (http, url) = (
+            api.http.clone(),
+            format!("{}/api/v1/customers/contact-check", api.base),
+        );
+        async move {
+            let r = http
+                .put(url)
+                .json(&json!({"contacts": contacts}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    for bad in [
+        json!({"sms": "0812345678"}),
+        json!({"voice": "call me"}),
+        json!({"email": "not-an-address"}),
+        json!({"webhook": "http://hooks.acme.example/x"}),
+        json!({"webhook": "https://127.0.0.1:9/x"}),
+        json!({"webhook": "https://169.254.169.254/latest/meta-data"}),
+        json!({"webhook": "https://user:pw@hooks.acme.example/x"}),
+        json!({"mqtt": "customers/#"}),
+    ] {
+        let (status, body) = put(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let good = json!({"sms": "+66812345678", "email": "ops@acme.example",
+        "webhook": "https://hooks.acme.example/forewarn"});
+    let (status, body) = put(good).await;
+    assert_eq!(status, 201, "{body}");
+    stop(h, tok).await;
+}

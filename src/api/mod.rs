@@ -330,7 +330,7 @@ async fn put_customer(
     let v = with_path_id(json_body(body)?, &id)?;
     let c: Customer =
         serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    c.validate()
+    c.validate_with(&app.settings.contact_policy)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let existed = app.customer(&id).is_some();
     let app2 = app.clone();

@@ -204,6 +204,9 @@ impl Default for PushConfig {
 pub struct WebhookConfig {
     /// HMAC-SHA256 key of `X-Forewarn-Signature` on customer webhooks.
     pub secret: Secret,
+    /// Hosts, addresses and networks (`10.0.0.0/8`) a customer webhook may point at although
+    /// they are internal, over plain `http` too (see `netguard`). Empty: public `https` only.
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +297,9 @@ impl NotifyConfig {
             if w.secret.len() < 16 {
                 return bad("webhook.secret", "must be at least 16 characters");
             }
+            if let Err(e) = crate::netguard::AddressPolicy::new(&w.allow) {
+                return bad("webhook.allow", &e.to_string());
+            }
         }
         if let Some(m) = &self.mqtt {
             if !m.url.starts_with("mqtt://") {
@@ -363,6 +369,7 @@ mod tests {
             key(NotifyConfig {
                 webhook: Some(WebhookConfig {
                     secret: "short".into(),
+                    allow: vec![],
                 }),
                 ..d()
             }),

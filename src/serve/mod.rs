@@ -126,11 +126,30 @@ pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
     })
 }
 
+/// Where customers' webhook contacts may point: `[notify.webhook] allow`.
+fn contact_policy(cfg: &Config) -> Result<crate::netguard::AddressPolicy, ServeError> {
+    let allow = cfg
+        .notify
+        .webhook
+        .as_ref()
+        .map(|w| w.allow.clone())
+        .unwrap_or_default();
+    crate::netguard::AddressPolicy::new(&allow)
+        .map_err(|e| ServeError::Config(format!("config key notify.webhook.allow: {e}")))
+}
+
+/// The fleet file, with every customer's contacts checked against the address policy.
 fn load_fleet(cfg: &Config) -> Result<FleetFile, ServeError> {
-    match &cfg.fleet.file {
-        Some(p) => FleetFile::load(p).map_err(|e| ServeError::Config(format!("fleet file {e}"))),
-        None => Ok(FleetFile::default()),
+    let f = match &cfg.fleet.file {
+        Some(p) => FleetFile::load(p).map_err(|e| ServeError::Config(format!("fleet file {e}")))?,
+        None => FleetFile::default(),
+    };
+    let policy = contact_policy(cfg)?;
+    for c in &f.customers {
+        c.validate_with(&policy)
+            .map_err(|e| ServeError::Config(format!("fleet file: {e}")))?;
     }
+    Ok(f)
 }
 
 struct Observer {
@@ -183,6 +202,7 @@ pub async fn run_with_clock(
         .validate()
         .map_err(|(key, message)| ServeError::Config(format!("config key api.{key}: {message}")))?;
     let fleet = load_fleet(&cfg)?;
+    let webhook_policy = contact_policy(&cfg)?;
     let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     let mqtt_opts = mqtt::options(&cfg.broker, &cfg.broker.client_id)
@@ -217,6 +237,7 @@ pub async fn run_with_clock(
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
     let settings = Settings {
+        contact_policy: webhook_policy,
         ingest: cfg.ingest.clone(),
         engine: cfg.engine_config(),
         window: cfg.features.window(),
