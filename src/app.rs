@@ -863,7 +863,9 @@ impl App {
             .lock()
             .allow(now, self.settings.rejects_per_minute, "rejected payloads")
         {
-            tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.detail);
+            // Values the payload carried stay out of the log (they may be anything a device
+            // sent); the full detail is kept for GET /api/v1/rejects.
+            tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.log_detail());
         }
         let cap = self.settings.ingest.recent_rejects;
         if cap == 0 {
