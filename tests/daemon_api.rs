@@ -271,7 +271,20 @@ async fn public_routes_can_have_their_own_listener() {
         .await
         .unwrap();
     assert!(page.status().is_client_error());
-    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    // An HTML page: framing refused, no referrer, not cached, and a CSP that loads nothing.
+    let hd = page.headers();
+    assert!(hd["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert_eq!(hd["x-frame-options"], "DENY");
+    assert_eq!(hd["referrer-policy"], "no-referrer");
+    assert_eq!(hd["cache-control"], "no-store");
+    let csp = hd["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert_eq!(
         status(format!("{private}/notify/v1/s/not-a-link")).await,
         404
