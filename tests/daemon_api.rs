@@ -691,3 +691,49 @@ async fn contacts_are_validated_per_channel_and_webhooks_must_be_public() {
     assert_eq!(status, 201, "{body}");
     stop(h, tok).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_changed_through_the_api_leaves_the_contact_index() {
+    use forewarn::fleet::{contact_index_key, Channel};
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-index")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let put = |sms: &'static str| {
+        let (http, url) = (
+            api.http.clone(),
+            format!("{}/api/v1/customers/acme", api.base),
+        );
+        async move {
+            http.put(url)
+                .json(&json!({"contacts": {"sms": sms, "email": "ops@acme.example"}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(put("+66810000001").await, 201);
+    // What the notifier writes when it queues a message to these addresses.
+    let old_sms = contact_index_key(Channel::Sms, "+66810000001");
+    let email = contact_index_key(Channel::Email, "ops@acme.example");
+    let mut tx = h.app.store.tx();
+    tx.put_kv(&old_sms, &"acme");
+    tx.put_kv(&email, &"acme");
+    h.app.store.commit(tx).unwrap();
+    assert_eq!(put("+66810000002").await, 200);
+    let get = |k: &str| h.app.store.get_kv::<String>(k).unwrap();
+    assert_eq!(
+        get(&old_sms),
+        None,
+        "a reply from the old number finds no one"
+    );
+    assert_eq!(
+        get(&email).as_deref(),
+        Some("acme"),
+        "the unchanged address stays"
+    );
+    stop(h, tok).await;
+}
