@@ -101,8 +101,9 @@ pub struct CheckSummary {
     pub customers: usize,
 }
 
-/// Validates everything `serve` would load at start — configuration, fleet file, model
-/// artifacts, broker URL and CA file — without starting anything.
+/// Validates everything `serve` would load at start — configuration, fleet file (contacts
+/// included), model artifacts, broker URL and CA file, the API tokens file — without starting
+/// anything.
 pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
     let fleet = load_fleet(cfg)?;
     let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
@@ -113,6 +114,7 @@ pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     mqtt::options(&cfg.broker, &cfg.broker.client_id)
         .map_err(|e| ServeError::Config(e.to_string()))?;
+    crate::api::Auth::new(&cfg.api).map_err(|e| ServeError::Config(format!("api: {e}")))?;
     crate::notify::templates::Templates::load(
         cfg.notify.templates_dir.as_deref(),
         &cfg.notify.fallback_locale,
