@@ -220,6 +220,9 @@ pub struct Settings {
     /// Wall time a device may stay silent before what it has held in the reorder buffer is
     /// released anyway.
     pub reorder_idle: std::time::Duration,
+    /// Where customers' webhook contacts may point (`[notify.webhook] allow`), checked when
+    /// customers are written through the API.
+    pub contact_policy: crate::netguard::AddressPolicy,
 }
 
 /// The daemon's shared state: what the processor, the API and the workers use.
@@ -860,7 +863,9 @@ impl App {
             .lock()
             .allow(now, self.settings.rejects_per_minute, "rejected payloads")
         {
-            tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.detail);
+            // Values the payload carried stay out of the log (they may be anything a device
+            // sent); the full detail is kept for GET /api/v1/rejects.
+            tracing::warn!(topic = %clip(topic, 200), reason = rej.reason.as_str(), "rejected payload: {}", rej.log_detail());
         }
         let cap = self.settings.ingest.recent_rejects;
         if cap == 0 {
@@ -988,6 +993,9 @@ impl App {
         let mut core = self.core.lock();
         let mut tx = self.store.tx();
         for c in &customers {
+            if let Some(old) = core.customers.get(&c.id) {
+                crate::fleet::prune_contact_index(&self.store, &mut tx, old, c)?;
+            }
             tx.put_fleet_customer(&c.id, c);
         }
         for d in &devices {

@@ -115,13 +115,15 @@ impl Config {
         })?;
         let mut cfg = cfg;
         if let Ok(t) = std::env::var("FOREWARN_API_TOKEN") {
-            if !t.is_empty() && !cfg.api.tokens.contains(&t) {
-                cfg.api.tokens.push(t);
+            if !t.is_empty() && !cfg.api.tokens.iter().any(|x| x.secret().expose() == t) {
+                cfg.api
+                    .tokens
+                    .push(crate::api::TokenConfig::Bare(crate::secret::Secret::new(t)));
             }
         }
         if let Ok(s) = std::env::var("FOREWARN_DISPATCH_SECRET") {
             if !s.is_empty() {
-                cfg.dispatch.webhook_secret = Some(s);
+                cfg.dispatch.webhook_secret = Some(s.into());
             }
         }
         cfg.validate()?;
@@ -178,9 +180,12 @@ impl Config {
                 "must be within 0..1",
             );
         }
-        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("api.listen", "must be an address like 127.0.0.1:8080");
-        }
+        self.api
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("api.{key}"),
+                message,
+            })?;
         if let Some(u) = &self.dispatch.webhook_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return bad("dispatch.webhook_url", "must be an http(s) URL");
@@ -227,6 +232,7 @@ mod tests {
         assert_eq!(from_file.features, crate::features::Config::default());
         assert_eq!(from_file.scoring, crate::predict::Config::default());
         assert_eq!(from_file.notify, crate::notify::NotifyConfig::default());
+        assert_eq!(from_file.api, crate::api::Config::default());
     }
 
     #[test]

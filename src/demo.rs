@@ -97,7 +97,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     cfg.scoring.models_dir = models_dir;
     cfg.api.listen = pick_listen(&opts.listen);
     cfg.api.public_url = format!("http://{}", cfg.api.listen);
-    cfg.api.tokens = vec!["demo-token".into()];
+    // Reads need the token too (the default); the demo prints it with each example call.
+    cfg.api.tokens = vec![crate::api::TokenConfig::Bare("demo-token".into())];
     cfg.log.filter = "warn,rumqttd=off".into();
 
     let sim_cfg = SimConfig {
@@ -137,7 +138,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     let api = handle.api_addr.to_string();
     println!("forewarn demo");
     println!("  broker     {} (embedded)", broker.url());
-    println!("  API        http://{api}/api/v1/tickets   (token for changes: demo-token)");
+    println!("  API        http://{api}/api/v1/tickets   (Authorization: Bearer demo-token)");
     println!("  metrics    http://{api}/metrics");
     println!(
         "  fleet      {} simulated devices, 4 metrics each, 3 failure modes; {} simulated hours per second",
@@ -194,7 +195,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
 
     if opts.keep_running && !shutdown.is_cancelled() {
         println!("\nThe daemon keeps running: try");
-        println!("  curl -s http://{api}/api/v1/tickets?status=open");
+        println!(
+            "  curl -s -H 'Authorization: Bearer demo-token' 'http://{api}/api/v1/tickets?status=open'"
+        );
         println!("  curl -s -X POST -H 'Authorization: Bearer demo-token' -H 'Content-Type: application/json' \\");
         println!(
             "       -d '{{\"to\":\"acknowledged\"}}' http://{api}/api/v1/tickets/<id>/transitions"

@@ -13,6 +13,7 @@ use crate::domain::{Dur, Ticket};
 use crate::engine::Change;
 use crate::ingest::mqtt::Backoff;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::store::Store;
 use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
@@ -28,13 +29,30 @@ pub const QUEUE: &str = "dispatch";
 /// Rows that used up `dispatch.max_attempts`.
 pub const DEAD_QUEUE: &str = "dispatch_dead";
 
-/// Why one webhook delivery failed.
+/// Why one webhook delivery failed. Neither names the URL: it may carry a token in its query.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("{0}")]
-    Http(#[from] reqwest::Error),
+    Http(String),
     #[error("HTTP {0}")]
     Status(reqwest::StatusCode),
+}
+
+impl DeliveryError {
+    /// What went wrong, with the URL reduced to scheme, host and path (never reqwest's own
+    /// message, which carries the whole URL).
+    fn http(url: &str, e: reqwest::Error) -> DeliveryError {
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else if e.is_redirect() {
+            "redirected (not followed)"
+        } else {
+            "request failed"
+        };
+        DeliveryError::Http(format!("{}: {what}", crate::secret::redact_url(url)))
+    }
 }
 
 /// One pending dispatch of a ticket change.
@@ -101,6 +119,8 @@ impl Dispatcher {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the signed body somewhere the configuration did not name.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Dispatcher {
             cfg,
@@ -271,17 +291,21 @@ impl Dispatcher {
         let body = webhook_body(row);
         let mut req = self
             .http
-            .post(url)
+            .post(url.expose())
             .header("content-type", "application/json")
             // Stable per row: receivers can drop repeats of a delivery retried after a timeout.
             .header("x-forewarn-delivery", hex::encode(key));
         if let Some(secret) = &cfg.webhook_secret {
             req = req.header(
                 "x-forewarn-signature",
-                crate::sign::webhook_signature(secret.as_bytes(), &body),
+                crate::sign::webhook_signature(secret.expose().as_bytes(), &body),
             );
         }
-        let resp = req.body(body).send().await?;
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| DeliveryError::http(url.expose(), e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -296,10 +320,10 @@ impl Dispatcher {
 pub struct Config {
     /// Ticket changes are published here, retained, QoS 1: `{prefix}/{device_id}/{failure_mode}`.
     pub topic_prefix: String,
-    /// Field-service webhook (unset: MQTT only).
-    pub webhook_url: Option<String>,
+    /// Field-service webhook (unset: MQTT only). A secret: a token may ride in its query.
+    pub webhook_url: Option<Secret>,
     /// HMAC-SHA256 secret for `X-Forewarn-Signature` (also `FOREWARN_DISPATCH_SECRET`).
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
     pub max_attempts: u32,
     pub retry_min: Dur,
     pub retry_max: Dur,

@@ -166,8 +166,143 @@ impl Customer {
                 )));
             }
         }
+        for (ch, addr) in &self.contacts {
+            check_contact(*ch, addr).map_err(|m| bad(format!("{} contact: {m}", ch.as_str())))?;
+        }
         Ok(())
     }
+
+    /// [`Customer::validate`], and a webhook contact must be somewhere `policy` lets forewarn
+    /// send (public `https`, unless allow-listed). For records written through the API or the
+    /// fleet file.
+    pub fn validate_with(&self, policy: &crate::netguard::AddressPolicy) -> Result<(), FleetError> {
+        self.validate()?;
+        if let Some(url) = self.contacts.get(&Channel::Webhook) {
+            policy.check_url(url).map_err(|e| FleetError::Invalid {
+                what: "customer",
+                id: self.id.clone(),
+                message: format!("webhook contact: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The shape each channel's address must have. Messages never repeat the address (it is a
+/// customer's contact detail and errors end up in logs).
+fn check_contact(ch: Channel, addr: &str) -> Result<(), String> {
+    if addr.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    match ch {
+        Channel::Sms | Channel::Voice => {
+            let digits = addr.strip_prefix('+').unwrap_or("");
+            let ok = (8..=15).contains(&digits.len())
+                && digits.chars().all(|c| c.is_ascii_digit())
+                && !digits.starts_with('0');
+            if !ok {
+                return Err(
+                    "must be an E.164 number: + and 8 to 15 digits, e.g. +66812345678".into(),
+                );
+            }
+        }
+        Channel::Email => {
+            let ok = addr.len() <= 254
+                && !addr
+                    .chars()
+                    .any(|c| c.is_whitespace() || "<>()[],;:\\\"".contains(c))
+                && addr.split_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty()
+                        && local.len() <= 64
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && domain.split('.').all(|l| {
+                            !l.is_empty()
+                                && !l.starts_with('-')
+                                && !l.ends_with('-')
+                                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+                        })
+                });
+            if !ok {
+                return Err("must be an e-mail address like name@example.com".into());
+            }
+        }
+        Channel::Push => {
+            let ok = !addr.is_empty()
+                && addr.len() <= 64
+                && addr
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err("must be a push topic of letters, digits, - and _ (at most 64)".into());
+            }
+        }
+        Channel::Webhook => {
+            if addr.len() > 2048 {
+                return Err("is longer than 2048 characters".into());
+            }
+            // The address policy (public https) is applied by `validate_with`; here the shape.
+            let ok = reqwest::Url::parse(addr)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
+                return Err("must be an https URL".into());
+            }
+        }
+        Channel::Mqtt => {
+            let ok = !addr.is_empty()
+                && addr.len() <= 256
+                && !addr.contains(['+', '#', '\0'])
+                && !addr.starts_with('$');
+            if !ok {
+                return Err(
+                    "must be an MQTT topic without wildcards, not starting with $ (at most 256 bytes)"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Key of the contact index (address → customer id, written when a message is queued, read
+/// when a reply arrives): a hash, so contact details never appear in keys.
+pub fn contact_index_key(channel: Channel, address: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let norm: String = address
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let d = Sha256::digest(format!("{}:{norm}", channel.as_str()).as_bytes());
+    format!("notify/addr/{}", hex::encode(&d[..12]))
+}
+
+/// Removes, in `tx`, the contact-index entries `old` leaves behind when replaced by `new`: every
+/// address `old` had that `new` no longer has, where the index still names this customer (a
+/// reply from a number the customer gave up must not land on their tickets).
+pub fn prune_contact_index(
+    store: &crate::store::Store,
+    tx: &mut crate::store::Tx,
+    old: &Customer,
+    new: &Customer,
+) -> Result<usize, crate::store::StoreError> {
+    let mut pruned = 0;
+    for (ch, addr) in &old.contacts {
+        let key = contact_index_key(*ch, addr);
+        if new
+            .contacts
+            .get(ch)
+            .is_some_and(|a| contact_index_key(*ch, a) == key)
+        {
+            continue;
+        }
+        if store.get_kv::<String>(&key)?.as_deref() == Some(old.id.as_str()) {
+            tx.remove_kv(&key);
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
 }
 
 /// A quiet-hours text that is not `HH:MM-HH:MM`.
@@ -378,6 +513,7 @@ pub fn apply_file(
         }
         if let Some(old) = stored.filter(|s| *s != c) {
             tx.put_kv(&format!("fleet_history/customer/{}/{now}", c.id), old);
+            prune_contact_index(store, &mut tx, old, c)?;
         }
         tx.put_fleet_customer(&c.id, c);
         tx.put_kv(&mark, c);
@@ -498,6 +634,106 @@ mod tests {
         c.preferences.pop();
         c.time_zone = "Mars/Olympus".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn contacts_are_checked_per_channel() {
+        let with = |ch: Channel, addr: &str| Customer {
+            contacts: [(ch, addr.to_string())].into(),
+            ..toml::from_str::<Customer>("id = \"acme\"").unwrap()
+        };
+        for (ch, good) in [
+            (Channel::Sms, "+66812345678"),
+            (Channel::Voice, "+15550100"),
+            (Channel::Email, "ops@acme.example"),
+            (Channel::Email, "ฝ่ายบริการ@บริษัท.ไทย"),
+            (Channel::Push, "acme-alerts_1"),
+            (Channel::Webhook, "https://hooks.acme.example/forewarn?k=1"),
+            (Channel::Mqtt, "customers/acme/alerts"),
+        ] {
+            with(ch, good)
+                .validate()
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (ch, bad) in [
+            (Channel::Sms, "0812345678"),
+            (Channel::Sms, "+66 81 234 5678"),
+            (Channel::Voice, "+0123456789"),
+            (Channel::Sms, "+1234567890123456"),
+            (Channel::Email, "ops.acme.example"),
+            (Channel::Email, "Ops <ops@acme.example>"),
+            (Channel::Email, "ops@localhost"),
+            (Channel::Email, "a@b@c.example"),
+            (Channel::Push, "../admin"),
+            (Channel::Webhook, "ftp://hooks.acme.example/x"),
+            (Channel::Webhook, "hooks.acme.example/x"),
+            (Channel::Mqtt, "customers/+/alerts"),
+            (Channel::Mqtt, "$SYS/broker"),
+        ] {
+            let e = with(ch, bad).validate().unwrap_err().to_string();
+            assert!(!e.contains(bad), "the error repeats the contact: {e}");
+        }
+        let open = crate::netguard::AddressPolicy::default();
+        let hook = |u: &str| with(Channel::Webhook, u);
+        assert!(hook("https://hooks.acme.example/x")
+            .validate_with(&open)
+            .is_ok());
+        for internal in [
+            "http://hooks.acme.example/x",
+            "https://127.0.0.1:9/x",
+            "https://169.254.169.254/latest",
+            "https://[::1]/x",
+        ] {
+            assert!(hook(internal).validate_with(&open).is_err(), "{internal}");
+        }
+        let lab = crate::netguard::AddressPolicy::new(&["127.0.0.1".into()]).unwrap();
+        assert!(hook("http://127.0.0.1:9/x").validate_with(&lab).is_ok());
+    }
+
+    #[test]
+    fn a_changed_contact_leaves_no_index_entry_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 1 << 20).unwrap();
+        let cust = |sms: &str, email: &str| Customer {
+            contacts: [
+                (Channel::Sms, sms.to_string()),
+                (Channel::Email, email.to_string()),
+            ]
+            .into(),
+            ..toml::from_str::<Customer>("id = \"acme\"").unwrap()
+        };
+        let old = cust("+66810000001", "ops@acme.example");
+        let new = cust("+66810000002", "OPS@acme.example");
+        let mut tx = store.tx();
+        tx.put_kv(&contact_index_key(Channel::Sms, "+66810000001"), &"acme");
+        tx.put_kv(
+            &contact_index_key(Channel::Email, "ops@acme.example"),
+            &"acme",
+        );
+        // An address now indexed to someone else is theirs: not pruned.
+        tx.put_kv(&contact_index_key(Channel::Sms, "+66810000009"), &"other");
+        store.commit(tx).unwrap();
+        let mut tx = store.tx();
+        let n = prune_contact_index(&store, &mut tx, &old, &new).unwrap();
+        store.commit(tx).unwrap();
+        assert_eq!(
+            n, 1,
+            "only the number changed (the e-mail differs in case only)"
+        );
+        let get = |k: String| store.get_kv::<String>(&k).unwrap();
+        assert_eq!(get(contact_index_key(Channel::Sms, "+66810000001")), None);
+        assert_eq!(
+            get(contact_index_key(Channel::Email, "ops@acme.example")).as_deref(),
+            Some("acme")
+        );
+        let mut tx = store.tx();
+        let gone = cust("+66810000009", "x@acme.example");
+        prune_contact_index(&store, &mut tx, &gone, &new).unwrap();
+        store.commit(tx).unwrap();
+        assert_eq!(
+            get(contact_index_key(Channel::Sms, "+66810000009")).as_deref(),
+            Some("other")
+        );
     }
 
     #[test]

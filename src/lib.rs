@@ -14,9 +14,11 @@
 //! - [`history`]  the CSV history format: one reader with the caller's bad-row policy, the writer
 //! - [`ingest`]   payload decoding and encoding (pure, fuzzable), the MQTT driver (rumqttc,
 //!   manual acks), the per-device reorder buffer
+//! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
-//! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider
+//! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider;
+//!   [`secret`] secrets that never print, URLs with their credentials redacted
 //! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
 //! - [`dispatch`] field-service dispatch: the outbox row and the worker delivering it
 //! - [`archive`]  the optional history archive of accepted readings and events (`forewarn export`)
@@ -50,10 +52,12 @@ pub mod fleet;
 pub mod history;
 pub mod ingest;
 pub mod metrics;
+pub mod netguard;
 pub mod notify;
 pub mod outcomes;
 pub mod predict;
 pub mod replay;
+pub mod secret;
 pub mod serve;
 pub mod sign;
 pub mod sim;

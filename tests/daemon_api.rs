@@ -30,10 +30,10 @@ async fn mutations_without_a_valid_token_are_refused() {
     let (h, tok) = start(config(&b.url(), &dirs, "fw-auth")).await;
     ready(&h).await;
     let api = Api::new(&h);
+    let anon = reqwest::Client::new();
     let id = open_ticket(&b, &api, "auth-1").await;
     let url = format!("{}/api/v1/tickets/{id}/transitions", api.base);
-    let r = api
-        .http
+    let r = anon
         .post(&url)
         .json(&json!({"to": "acknowledged"}))
         .send()
@@ -42,8 +42,7 @@ async fn mutations_without_a_valid_token_are_refused() {
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
-    let r = api
-        .http
+    let r = anon
         .post(&url)
         .bearer_auth("wrong")
         .json(&json!({"to": "acknowledged"}))
@@ -51,51 +50,254 @@ async fn mutations_without_a_valid_token_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = api
-        .http
+    let r = anon
         .put(format!("{}/api/v1/devices/d9", api.base))
         .json(&json!({"customer_id": "c1"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    // Reads are open by default; the ticket is unchanged.
+    // The ticket is unchanged.
     let t = api.get_json(&format!("/api/v1/tickets/{id}")).await;
     assert_eq!(t["status"], "open");
     stop(h, tok).await;
 }
 
+const READER: &str = "reader-token-5150";
+const WRITER: &str = "writer-token-2112";
+
+/// Every read route, with and without a token, by default (no `protect_reads` in the config).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_need_a_token_when_protected() {
+async fn every_read_route_needs_a_token_by_default() {
+    use forewarn::api::{Scope, ScopedToken, TokenConfig};
     let b = broker();
     let dirs = Dirs::new();
     let mut cfg = config(&b.url(), &dirs, "fw-protect");
-    cfg.api.protect_reads = true;
+    for (token, scope) in [(READER, Scope::Read), (WRITER, Scope::Write)] {
+        cfg.api.tokens.push(TokenConfig::Scoped(ScopedToken {
+            token: token.into(),
+            scope,
+        }));
+    }
     let (h, tok) = start(cfg).await;
     ready(&h).await;
     let api = Api::new(&h);
+    let id = open_ticket(&b, &api, "prot-1").await;
     let r = api
         .http
-        .get(format!("{}/api/v1/tickets", api.base))
+        .put(format!("{}/api/v1/customers/acme", api.base))
+        .json(&json!({"contacts": {"email": "ops@acme.example"}}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert!(r.status().is_success(), "{}", r.status());
     let r = api
         .http
-        .get(format!("{}/api/v1/tickets", api.base))
-        .bearer_auth(TOKEN)
+        .put(format!("{}/api/v1/devices/prot-1", api.base))
+        .json(&json!({"customer_id": "acme"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = api
-        .http
-        .get(format!("{}/metrics", api.base))
+    assert!(r.status().is_success(), "{}", r.status());
+    let anon = reqwest::Client::new();
+    let get = |path: String, token: Option<&'static str>| {
+        let (anon, base) = (anon.clone(), api.base.clone());
+        async move {
+            let mut rq = anon.get(format!("{base}{path}"));
+            if let Some(t) = token {
+                rq = rq.bearer_auth(t);
+            }
+            rq.send().await.unwrap()
+        }
+    };
+    // (route, the scope it needs)
+    let routes = [
+        ("/api/v1/tickets".to_string(), Scope::Read),
+        (format!("/api/v1/tickets/{id}"), Scope::Read),
+        ("/api/v1/tickets?status=open".to_string(), Scope::Read),
+        ("/api/v1/devices".to_string(), Scope::Read),
+        ("/api/v1/devices/prot-1".to_string(), Scope::Read),
+        ("/api/v1/customers".to_string(), Scope::Read),
+        ("/api/v1/customers/acme".to_string(), Scope::Read),
+        ("/api/v1/customers/acme/timeline".to_string(), Scope::Read),
+        ("/api/v1/gaps".to_string(), Scope::Read),
+        ("/api/v1/rejects".to_string(), Scope::Admin),
+        ("/api/v1/quarantine".to_string(), Scope::Admin),
+    ];
+    for (path, needs) in &routes {
+        let r = get(path.clone(), None).await;
+        assert_eq!(r.status(), 401, "GET {path} without a token");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer", "{path}");
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("acme.example") && !body.contains("prot-1"),
+            "{path}: {body}"
+        );
+        let r = get(path.clone(), Some("not-a-token")).await;
+        assert_eq!(r.status(), 401, "GET {path} with a wrong token");
+        let r = get(path.clone(), Some(READER)).await;
+        let want = if *needs == Scope::Read { 200 } else { 403 };
+        assert_eq!(r.status(), want, "GET {path} with a read token");
+        let r = get(path.clone(), Some(TOKEN)).await;
+        assert_eq!(r.status(), 200, "GET {path} with an admin token");
+    }
+    // What the read token returns is what was stored.
+    let r = get("/api/v1/customers/acme".into(), Some(READER)).await;
+    let c: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(c["contacts"]["email"], "ops@acme.example");
+    // Scopes: read cannot write, write can, and neither reaches admin routes.
+    let transition = |token: &'static str| {
+        let (anon, url) = (
+            anon.clone(),
+            format!("{}/api/v1/tickets/{id}/transitions", api.base),
+        );
+        async move {
+            anon.post(url)
+                .bearer_auth(token)
+                .json(&json!({"to": "acknowledged"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = transition(READER).await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(transition(WRITER).await.status(), 200);
+    assert_eq!(
+        get("/api/v1/rejects".into(), Some(WRITER)).await.status(),
+        403
+    );
+    // Scrapers and probes need no token.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(get(path.into(), None).await.status(), 200, "{path}");
+    }
+    stop(h, tok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_reads_need_both_the_setting_and_a_loopback_listener() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-open");
+    cfg.api.protect_reads = false;
+    cfg.api.listen = "0.0.0.0:0".into();
+    let e = forewarn::serve::run(cfg.clone(), Default::default())
+        .await
+        .err()
+        .expect("open reads on a public address must not start");
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("api.protect_reads"), "{e}");
+    assert!(e.to_string().contains("loopback"), "{e}");
+    cfg.api.listen = "127.0.0.1:0".into();
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let anon = reqwest::Client::new();
+    let base = format!("http://{}", h.api_addr);
+    let r = anon
+        .get(format!("{base}/api/v1/tickets"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "metrics stay open");
+    assert_eq!(r.status(), 200, "open reads on loopback");
+    let r = anon
+        .put(format!("{base}/api/v1/devices/d1"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "writes still need a token");
+    stop(h, tok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_through_the_tokens_file_without_a_restart() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let file = dirs.path().join("tokens");
+    std::fs::write(&file, "# first generation\nread gen-1-token-abcdef\n").unwrap();
+    let mut cfg = config(&b.url(), &dirs, "fw-rotate");
+    cfg.api.tokens_file = Some(file.clone());
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let anon = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/tickets", h.api_addr);
+    let status = |token: &'static str| {
+        let (anon, url) = (anon.clone(), url.clone());
+        async move {
+            anon.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("gen-1-token-abcdef").await, 200);
+    assert_eq!(status("gen-2-token-abcdef").await, 401);
+    // A different size as well as a new mtime, so the change is seen even on coarse clocks.
+    std::fs::write(&file, "read gen-2-token-abcdef\nadmin gen-2-admin-token\n").unwrap();
+    eventually("the new tokens file in force", || async {
+        status("gen-2-token-abcdef").await == 200 && status("gen-1-token-abcdef").await == 401
+    })
+    .await;
+    // A broken file keeps what is in force.
+    std::fs::write(&file, "sudo broken-line-that-is-long\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(status("gen-2-token-abcdef").await, 200);
+    stop(h, tok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_routes_can_have_their_own_listener() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-public");
+    cfg.api.public_listen = Some("127.0.0.1:0".into());
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let public = format!("http://{}", h.public_addr.expect("a public listener"));
+    let private = format!("http://{}", h.api_addr);
+    let api = Api::new(&h);
+    let status = |url: String| {
+        let http = api.http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    // The self-service page answers on the public listener (an unknown link: 4xx from the page's
+    // own handler, not the router's 404 JSON), and not on the private one.
+    let page = reqwest::get(format!("{public}/notify/v1/s/not-a-link"))
+        .await
+        .unwrap();
+    assert!(page.status().is_client_error());
+    // An HTML page: framing refused, no referrer, not cached, and a CSP that loads nothing.
+    let hd = page.headers();
+    assert!(hd["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert_eq!(hd["x-frame-options"], "DENY");
+    assert_eq!(hd["referrer-policy"], "no-referrer");
+    assert_eq!(hd["cache-control"], "no-store");
+    let csp = hd["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(
+        status(format!("{private}/notify/v1/s/not-a-link")).await,
+        404
+    );
+    // The API is not on the public listener, even with a valid token.
+    assert_eq!(status(format!("{public}/api/v1/tickets")).await, 404);
+    assert_eq!(
+        status(format!("{public}/api/v1/customers/acme/timeline")).await,
+        404
+    );
+    assert_eq!(status(format!("{public}/metrics")).await, 404);
+    assert_eq!(status(format!("{public}/healthz")).await, 200);
+    assert_eq!(status(format!("{private}/api/v1/tickets")).await, 200);
     stop(h, tok).await;
 }
 
@@ -444,5 +646,94 @@ async fn api_transitions_racing_readings_never_leave_two_live_tickets() {
             }
         }
     }
+    stop(h, tok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_are_validated_per_channel_and_webhooks_must_be_public() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-contacts")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let put = |contacts: serde_json::Value| {
+        let (http, url) = (
+            api.http.clone(),
+            format!("{}/api/v1/customers/contact-check", api.base),
+        );
+        async move {
+            let r = http
+                .put(url)
+                .json(&json!({"contacts": contacts}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    for bad in [
+        json!({"sms": "0812345678"}),
+        json!({"voice": "call me"}),
+        json!({"email": "not-an-address"}),
+        json!({"webhook": "http://hooks.acme.example/x"}),
+        json!({"webhook": "https://127.0.0.1:9/x"}),
+        json!({"webhook": "https://169.254.169.254/latest/meta-data"}),
+        json!({"webhook": "https://user:pw@hooks.acme.example/x"}),
+        json!({"mqtt": "customers/#"}),
+    ] {
+        let (status, body) = put(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let good = json!({"sms": "+66812345678", "email": "ops@acme.example",
+        "webhook": "https://hooks.acme.example/forewarn"});
+    let (status, body) = put(good).await;
+    assert_eq!(status, 201, "{body}");
+    stop(h, tok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_changed_through_the_api_leaves_the_contact_index() {
+    use forewarn::fleet::{contact_index_key, Channel};
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-index")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let put = |sms: &'static str| {
+        let (http, url) = (
+            api.http.clone(),
+            format!("{}/api/v1/customers/acme", api.base),
+        );
+        async move {
+            http.put(url)
+                .json(&json!({"contacts": {"sms": sms, "email": "ops@acme.example"}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(put("+66810000001").await, 201);
+    // What the notifier writes when it queues a message to these addresses.
+    let old_sms = contact_index_key(Channel::Sms, "+66810000001");
+    let email = contact_index_key(Channel::Email, "ops@acme.example");
+    let mut tx = h.app.store.tx();
+    tx.put_kv(&old_sms, &"acme");
+    tx.put_kv(&email, &"acme");
+    h.app.store.commit(tx).unwrap();
+    assert_eq!(put("+66810000002").await, 200);
+    let get = |k: &str| h.app.store.get_kv::<String>(k).unwrap();
+    assert_eq!(
+        get(&old_sms),
+        None,
+        "a reply from the old number finds no one"
+    );
+    assert_eq!(
+        get(&email).as_deref(),
+        Some("acme"),
+        "the unchanged address stays"
+    );
     stop(h, tok).await;
 }

@@ -43,7 +43,7 @@ async fn ticket_is_published_retained_and_posted_signed_to_the_dispatch_webhook(
     let dirs = Dirs::new();
     let (url, got) = webhook_server().await;
     let mut cfg = config(&b.url(), &dirs, "fw-dispatch");
-    cfg.dispatch.webhook_url = Some(url);
+    cfg.dispatch.webhook_url = Some(url.into());
     cfg.dispatch.webhook_secret = Some("s3cret".into());
     let (h, tok) = start(cfg).await;
     ready(&h).await;

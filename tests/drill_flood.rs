@@ -50,7 +50,7 @@ async fn a_flood_of_device_ids_is_evicted_within_the_bound_and_known_devices_kee
     cfg.api.listen = addr.clone();
     let path = drill_support::write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");
-    let http = reqwest::Client::new();
+    let http = http_with_token(TOKEN);
     // The daemon as its own process, so its memory is measured apart from the broker's.
     let mut child = drill_support::spawn_serve(&path, &log, "warn");
     drill_support::wait_ready(&http, &addr).await;

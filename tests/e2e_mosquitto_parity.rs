@@ -3,6 +3,7 @@
 //!
 //! Topics and client ids carry a per-run prefix, so runs can share one broker.
 
+mod ci_support;
 mod parity_support;
 
 use parity_support::*;
@@ -11,7 +12,10 @@ use parity_support::*;
 #[ignore = "needs Mosquitto: FOREWARN_MOSQUITTO=host:port (see .ci/run)"]
 async fn daemon_behind_mosquitto_opens_exactly_the_tickets_the_backtest_opens() {
     let Ok(addr) = std::env::var("FOREWARN_MOSQUITTO") else {
-        println!("FOREWARN_MOSQUITTO is not set (e.g. 127.0.0.1:1883): skipped");
+        ci_support::cannot_run(
+            "e2e_mosquitto_parity",
+            "FOREWARN_MOSQUITTO is not set (e.g. 127.0.0.1:1883)",
+        );
         return;
     };
     let nanos = std::time::SystemTime::now()

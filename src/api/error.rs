@@ -10,8 +10,8 @@ use axum::Json;
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
-    /// Stable machine-readable code: bad_request, unauthorized, not_found, conflict,
-    /// payload_too_large, unsupported_media_type, internal.
+    /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
+    /// payload_too_large, unsupported_media_type, request_timeout, unavailable, internal.
     pub code: &'static str,
     pub message: String,
 }
@@ -29,6 +29,15 @@ impl ApiError {
     }
     pub fn unauthorized(m: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", m)
+    }
+    pub fn request_timeout(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
     }
     pub fn not_found(m: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", m)

@@ -1,15 +1,20 @@
 //! The HTTP API (contract section 5): tickets, devices, customers, rejects, `/metrics`,
 //! `/healthz`, `/readyz`.
 //!
-//! Errors are `{"error": {"code", "message"}}` with the matching status. Mutations need a bearer
-//! token (`api.tokens`, `FOREWARN_API_TOKEN`); reads need one only with `api.protect_reads`;
-//! `/metrics` and the health checks are open. Ids in paths follow the device-id rules (no `/`,
-//! `+`, `#`, whitespace or control characters, at most 128 bytes).
+//! Errors are `{"error": {"code", "message"}}` with the matching status. Every route but
+//! `/metrics` and the health checks takes the [`Authorized`] extractor with the scope it needs
+//! (see [`auth`]): reads need `read` (unless `api.protect_reads = false` on a loopback listener),
+//! ticket transitions and fleet upserts `write`, rejected payloads and quarantined records
+//! `admin`. Ids in paths follow the device-id rules (no `/`, `+`, `#`, whitespace or control
+//! characters, at most 128 bytes).
 
+pub mod auth;
 mod config;
 mod error;
+pub mod server;
 
-pub use config::Config;
+pub use auth::{Auth, Authorized, NeedsAdmin, NeedsRead, NeedsWrite, Scope};
+pub use config::{Config, ScopedToken, TokenConfig};
 
 pub use error::ApiError;
 
@@ -20,29 +25,13 @@ use crate::notify::{Notifier, TicketDesk};
 use crate::store::Store;
 use crate::store::TicketFilter;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
-
-/// Who may call what: the bearer tokens and whether reads need one.
-#[derive(Debug, Clone)]
-pub struct Auth {
-    tokens: Vec<String>,
-    protect_reads: bool,
-}
-
-impl Auth {
-    pub fn new(cfg: &Config) -> Auth {
-        Auth {
-            tokens: cfg.tokens.clone(),
-            protect_reads: cfg.protect_reads,
-        }
-    }
-}
 
 #[derive(Clone)]
 struct ApiState {
@@ -50,13 +39,16 @@ struct ApiState {
     auth: Arc<Auth>,
 }
 
+impl FromRef<ApiState> for Arc<Auth> {
+    fn from_ref(s: &ApiState) -> Arc<Auth> {
+        s.auth.clone()
+    }
+}
+
 /// All routes of the API with the app as state.
-pub fn router(app: Arc<App>, cfg: &Config) -> Router {
+pub fn router(app: Arc<App>, auth: Arc<Auth>, cfg: &Config) -> Router {
     let limit = cfg.max_body_bytes;
-    let state = ApiState {
-        app,
-        auth: Arc::new(Auth::new(cfg)),
-    };
+    let state = ApiState { app, auth };
     Router::new()
         .route("/api/v1/tickets", get(list_tickets))
         .route("/api/v1/tickets/{id}", get(get_ticket))
@@ -82,62 +74,35 @@ pub fn router(app: Arc<App>, cfg: &Config) -> Router {
         .with_state(state)
 }
 
-/// The notifier's routes (provider webhooks, replies, the self-service page, the customer
-/// timeline). The timeline is an API read: token-protected when `api.protect_reads` is set;
-/// provider webhooks carry their own signatures and the self-service page its signed token. The
-/// body limit is applied here too: a layer on [`router`] does not reach routes merged after it.
+/// The notifier's routes, in two parts. `public`: provider webhooks (they carry their own
+/// signatures) and the self-service page (its signed link): what must face the internet.
+/// `private`: the customer timeline, an API read behind the same [`Authorized`] extractor as
+/// the rest. The body limit is applied to each: a layer on [`router`] does not reach routes
+/// merged after it.
+pub struct NotifyRoutes {
+    pub public: Router,
+    pub private: Router,
+}
+
 pub fn notify_routes(
     notifier: Arc<Notifier>,
     store: Store,
     desk: Arc<dyn TicketDesk>,
+    auth: Arc<Auth>,
     cfg: &Config,
-) -> Router {
-    let auth = Arc::new(Auth::new(cfg));
-    notifier
-        .routes(store, desk)
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let auth = auth.clone();
-                async move {
-                    if req.uri().path().starts_with("/api/") {
-                        if let Err(e) = authorize(&auth, req.headers(), false) {
-                            return e.into_response();
-                        }
-                    }
-                    next.run(req).await
-                }
-            },
-        ))
-        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
-}
-
-// ------------------------------------------------------------------ auth
-
-/// Checks the bearer token; `mutation` decides whether one is needed at all.
-pub fn authorize(auth: &Auth, headers: &HeaderMap, mutation: bool) -> Result<(), ApiError> {
-    if !mutation && !auth.protect_reads {
-        return Ok(());
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return Err(ApiError::unauthorized("a bearer token is required"));
-    };
-    if auth
-        .tokens
-        .iter()
-        .any(|t| !t.is_empty() && crate::sign::constant_time_eq(t.as_bytes(), presented.as_bytes()))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized("the bearer token is not valid"))
-    }
+) -> NotifyRoutes {
+    let public = notifier
+        .clone()
+        .public_routes(store.clone(), desk.clone())
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
+    let private = notifier
+        .timeline_routes(store, desk)
+        .route_layer(axum::middleware::from_extractor_with_state::<
+            Authorized<NeedsRead>,
+            Arc<Auth>,
+        >(auth))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
+    NotifyRoutes { public, private }
 }
 
 /// Refuses ids that could not be a device, customer or ticket id.
@@ -179,11 +144,10 @@ struct TicketQuery {
 const MAX_LIST: usize = 10_000;
 
 async fn list_tickets(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
     q: Result<Query<TicketQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Ticket>>, ApiError> {
-    authorize(&auth, &headers, false)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -227,11 +191,10 @@ async fn list_tickets(
 }
 
 async fn get_ticket(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
     Path(id): Path<String>,
 ) -> Result<Json<Ticket>, ApiError> {
-    authorize(&auth, &headers, false)?;
     check_id("ticket", &id)?;
     match app.store.ticket(&id) {
         Ok(Some(t)) => Ok(Json(t)),
@@ -249,12 +212,11 @@ struct TransitionBody {
 }
 
 async fn post_transition(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsWrite>,
     Path(id): Path<String>,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Json<Ticket>, ApiError> {
-    authorize(&auth, &headers, true)?;
     check_id("ticket", &id)?;
     let body = json_body(body)?;
     let to = Status::parse(&body.to).ok_or_else(|| {
@@ -278,19 +240,17 @@ async fn post_transition(
 // ------------------------------------------------------------------ fleet
 
 async fn list_devices(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
-    authorize(&auth, &headers, false)?;
     Ok(Json(app.devices()))
 }
 
 async fn get_device(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
     Path(id): Path<String>,
 ) -> Result<Json<Device>, ApiError> {
-    authorize(&auth, &headers, false)?;
     check_id("device", &id)?;
     app.device(&id)
         .map(Json)
@@ -317,12 +277,11 @@ fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value,
 }
 
 async fn put_device(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsWrite>,
     Path(id): Path<String>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&auth, &headers, true)?;
     check_id("device", &id)?;
     let v = with_path_id(json_body(body)?, &id)?;
     let d: Device = serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -344,19 +303,17 @@ async fn put_device(
 }
 
 async fn list_customers(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<Customer>>, ApiError> {
-    authorize(&auth, &headers, false)?;
     Ok(Json(app.customers()))
 }
 
 async fn get_customer(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
     Path(id): Path<String>,
 ) -> Result<Json<Customer>, ApiError> {
-    authorize(&auth, &headers, false)?;
     check_id("customer", &id)?;
     app.customer(&id)
         .map(Json)
@@ -364,17 +321,16 @@ async fn get_customer(
 }
 
 async fn put_customer(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsWrite>,
     Path(id): Path<String>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&auth, &headers, true)?;
     check_id("customer", &id)?;
     let v = with_path_id(json_body(body)?, &id)?;
     let c: Customer =
         serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    c.validate()
+    c.validate_with(&app.settings.contact_policy)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let existed = app.customer(&id).is_some();
     let app2 = app.clone();
@@ -391,28 +347,25 @@ async fn put_customer(
 // ------------------------------------------------------------------ operations
 
 async fn list_rejects(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsAdmin>,
 ) -> Result<Json<Vec<crate::app::RejectRecord>>, ApiError> {
-    authorize(&auth, &headers, false)?;
     Ok(Json(app.rejects()))
 }
 
 /// Each device's last `seq` gap: readings that never arrived.
 async fn list_gaps(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<crate::app::Gap>>, ApiError> {
-    authorize(&auth, &headers, false)?;
     Ok(Json(app.gaps()))
 }
 
 /// Stored records that could not be decoded and were set aside.
 async fn list_quarantine(
-    State(ApiState { app, auth }): State<ApiState>,
-    headers: HeaderMap,
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsAdmin>,
 ) -> Result<Json<Vec<crate::store::Quarantined>>, ApiError> {
-    authorize(&auth, &headers, false)?;
     let app2 = app.clone();
     let list = blocking(move || {
         app2.store

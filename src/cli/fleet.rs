@@ -28,9 +28,9 @@ pub struct ImportArgs {
     /// The daemon's API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub api: String,
-    /// Bearer token for mutating calls.
+    /// Bearer token with the `write` scope (a `Secret`: the args' Debug never shows it).
     #[arg(long, env = "FOREWARN_API_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: crate::secret::Secret,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -59,7 +59,7 @@ fn import(a: ImportArgs) -> CliResult {
         let put = |path: String, body: serde_json::Value| {
             let req = http
                 .put(format!("{base}{path}"))
-                .bearer_auth(&a.token)
+                .bearer_auth(a.token.expose())
                 .json(&body);
             async move {
                 let r = req

@@ -12,7 +12,7 @@ pub struct BrokerConfig {
     pub url: String,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<crate::secret::Secret>,
     /// PEM file of CA certificates to trust for `mqtts://` (default: the system's web PKI roots).
     pub ca_file: Option<PathBuf>,
     pub keep_alive: Dur,

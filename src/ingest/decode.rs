@@ -25,6 +25,35 @@ impl Reject {
             detail: detail.into(),
         }
     }
+
+    /// The detail fit for a log line: every value the payload carried — quoted strings, and
+    /// what serde puts between backticks — replaced by `…`. The full detail stays in
+    /// `GET /api/v1/rejects` (admin scope).
+    pub fn log_detail(&self) -> String {
+        let mut out = String::with_capacity(self.detail.len());
+        let mut chars = self.detail.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' | '`' => {
+                    out.push(c);
+                    out.push('…');
+                    let mut escaped = false;
+                    for d in chars.by_ref() {
+                        if escaped {
+                            escaped = false;
+                        } else if d == '\\' {
+                            escaped = true;
+                        } else if d == c {
+                            break;
+                        }
+                    }
+                    out.push(c);
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
 }
 
 /// Limits applied while decoding.
@@ -537,6 +566,19 @@ pub fn decode_events(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_detail_keeps_the_shape_but_not_the_values() {
+        let r = Reject::new(
+            RejectReason::InvalidJson,
+            "invalid type: string \"pin=4711 \\\" x\", expected f64 at line 1 column 30; `12` seen",
+        );
+        let d = r.log_detail();
+        assert_eq!(
+            d,
+            "invalid type: string \"…\", expected f64 at line 1 column 30; `…` seen"
+        );
+    }
+
     use super::*;
 
     fn dec(p: &str) -> Result<Vec<Reading>, Reject> {

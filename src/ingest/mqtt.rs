@@ -112,7 +112,7 @@ pub fn options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, MqttE
     // Acks and ticket publishes queue here; the polling task drains it on every poll.
     o.set_request_channel_capacity(4096);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-        o.set_credentials(u.clone(), p.clone());
+        o.set_credentials(u.clone(), p.expose());
     } else if let Some(u) = &cfg.username {
         o.set_credentials(u.clone(), String::new());
     }

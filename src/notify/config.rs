@@ -7,29 +7,9 @@ use crate::fleet::Channel;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// A credential: deserialized like a string, never printed by `Debug` (configs get logged).
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl std::ops::Deref for Secret {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Secret {
-        Secret(s.to_string())
-    }
-}
+/// A credential, never printed: moved to `crate::secret` so API tokens and the broker and
+/// dispatch secrets share it.
+pub use crate::secret::Secret;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -224,6 +204,9 @@ impl Default for PushConfig {
 pub struct WebhookConfig {
     /// HMAC-SHA256 key of `X-Forewarn-Signature` on customer webhooks.
     pub secret: Secret,
+    /// Hosts, addresses and networks (`10.0.0.0/8`) a customer webhook may point at although
+    /// they are internal, over plain `http` too (see `netguard`). Empty: public `https` only.
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +297,9 @@ impl NotifyConfig {
             if w.secret.len() < 16 {
                 return bad("webhook.secret", "must be at least 16 characters");
             }
+            if let Err(e) = crate::netguard::AddressPolicy::new(&w.allow) {
+                return bad("webhook.allow", &e.to_string());
+            }
         }
         if let Some(m) = &self.mqtt {
             if !m.url.starts_with("mqtt://") {
@@ -383,6 +369,7 @@ mod tests {
             key(NotifyConfig {
                 webhook: Some(WebhookConfig {
                     secret: "short".into(),
+                    allow: vec![],
                 }),
                 ..d()
             }),

@@ -204,17 +204,10 @@ pub struct Notifier {
     inbound: parking_lot::Mutex<()>,
 }
 
-/// Key of the contact index: a hash, so contact details never appear in keys.
+/// Key of the contact index: a hash, so contact details never appear in keys. Defined beside
+/// the registry, which prunes it when contacts change.
 pub fn contact_key(channel: Channel, address: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let norm: String = address
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let d = Sha256::digest(format!("{}:{norm}", channel.as_str()).as_bytes());
-    format!("notify/addr/{}", hex::encode(&d[..12]))
+    crate::fleet::contact_index_key(channel, address)
 }
 
 impl Notifier {
@@ -278,10 +271,13 @@ impl Notifier {
             );
         }
         if let Some(w) = &cfg.webhook {
-            providers.insert(
-                Channel::Webhook,
-                Box::new(channels::webhook::Webhook::new(&w.secret, http.clone())),
-            );
+            let hook = channels::webhook::Webhook::new(&w.secret, &w.allow, timeout).map_err(
+                |message| NotifyError::Channel {
+                    channel: "webhook".into(),
+                    message,
+                },
+            )?;
+            providers.insert(Channel::Webhook, Box::new(hook));
         }
         if let Some(m) = &cfg.mqtt {
             providers.insert(
@@ -501,5 +497,23 @@ impl Notifier {
         desk: Arc<dyn TicketDesk>,
     ) -> axum::Router {
         inbound::router(self, store, desk)
+    }
+
+    /// The `/notify/v1/*` part of [`Notifier::routes`] (`api.public_listen` serves it alone).
+    pub fn public_routes(
+        self: Arc<Self>,
+        store: crate::store::Store,
+        desk: Arc<dyn TicketDesk>,
+    ) -> axum::Router {
+        inbound::public_router(self, store, desk)
+    }
+
+    /// The timeline part of [`Notifier::routes`], an API read.
+    pub fn timeline_routes(
+        self: Arc<Self>,
+        store: crate::store::Store,
+        desk: Arc<dyn TicketDesk>,
+    ) -> axum::Router {
+        inbound::timeline_router(self, store, desk)
     }
 }

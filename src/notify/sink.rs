@@ -89,9 +89,21 @@ impl LocalSink {
             url: self.base_url.clone(),
             token: None,
         });
-        cfg.webhook.get_or_insert_with(|| WebhookConfig {
+        let hook = cfg.webhook.get_or_insert_with(|| WebhookConfig {
             secret: Secret(HOOK_SECRET.into()),
+            allow: vec![],
         });
+        // The sink listens on loopback, which customer webhooks may not reach by default.
+        if let Some(host) = self
+            .base_url
+            .strip_prefix("http://")
+            .and_then(|r| r.rsplit_once(':'))
+            .map(|(h, _)| h.to_string())
+        {
+            if !hook.allow.contains(&host) {
+                hook.allow.push(host);
+            }
+        }
     }
 
     /// The customer webhook address of the sink (for demo customers' `webhook` contact).

@@ -54,6 +54,8 @@ impl ServeError {
 pub struct Handle {
     /// Where the HTTP API listens.
     pub api_addr: SocketAddr,
+    /// Where the public routes listen on their own (`api.public_listen`), if they do.
+    pub public_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -99,8 +101,9 @@ pub struct CheckSummary {
     pub customers: usize,
 }
 
-/// Validates everything `serve` would load at start — configuration, fleet file, model
-/// artifacts, broker URL and CA file — without starting anything.
+/// Validates everything `serve` would load at start — configuration, fleet file (contacts
+/// included), model artifacts, broker URL and CA file, the API tokens file — without starting
+/// anything.
 pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
     let fleet = load_fleet(cfg)?;
     let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
@@ -111,6 +114,7 @@ pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     mqtt::options(&cfg.broker, &cfg.broker.client_id)
         .map_err(|e| ServeError::Config(e.to_string()))?;
+    crate::api::Auth::new(&cfg.api).map_err(|e| ServeError::Config(format!("api: {e}")))?;
     crate::notify::templates::Templates::load(
         cfg.notify.templates_dir.as_deref(),
         &cfg.notify.fallback_locale,
@@ -124,11 +128,30 @@ pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
     })
 }
 
+/// Where customers' webhook contacts may point: `[notify.webhook] allow`.
+fn contact_policy(cfg: &Config) -> Result<crate::netguard::AddressPolicy, ServeError> {
+    let allow = cfg
+        .notify
+        .webhook
+        .as_ref()
+        .map(|w| w.allow.clone())
+        .unwrap_or_default();
+    crate::netguard::AddressPolicy::new(&allow)
+        .map_err(|e| ServeError::Config(format!("config key notify.webhook.allow: {e}")))
+}
+
+/// The fleet file, with every customer's contacts checked against the address policy.
 fn load_fleet(cfg: &Config) -> Result<FleetFile, ServeError> {
-    match &cfg.fleet.file {
-        Some(p) => FleetFile::load(p).map_err(|e| ServeError::Config(format!("fleet file {e}"))),
-        None => Ok(FleetFile::default()),
+    let f = match &cfg.fleet.file {
+        Some(p) => FleetFile::load(p).map_err(|e| ServeError::Config(format!("fleet file {e}")))?,
+        None => FleetFile::default(),
+    };
+    let policy = contact_policy(cfg)?;
+    for c in &f.customers {
+        c.validate_with(&policy)
+            .map_err(|e| ServeError::Config(format!("fleet file: {e}")))?;
     }
+    Ok(f)
 }
 
 struct Observer {
@@ -175,7 +198,13 @@ pub async fn run_with_clock(
     clock: Arc<dyn crate::notify::Clock>,
 ) -> Result<Handle, ServeError> {
     crate::tls::install_crypto();
+    // Checked here too (not only by `Config::load`): open reads on a public address must not
+    // start whoever built the configuration.
+    cfg.api
+        .validate()
+        .map_err(|(key, message)| ServeError::Config(format!("config key api.{key}: {message}")))?;
     let fleet = load_fleet(&cfg)?;
+    let webhook_policy = contact_policy(&cfg)?;
     let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
     let mqtt_opts = mqtt::options(&cfg.broker, &cfg.broker.client_id)
@@ -210,6 +239,7 @@ pub async fn run_with_clock(
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
     let settings = Settings {
+        contact_policy: webhook_policy,
         ingest: cfg.ingest.clone(),
         engine: cfg.engine_config(),
         window: cfg.features.window(),
@@ -229,36 +259,71 @@ pub async fn run_with_clock(
         .map_err(|e| ServeError::Runtime(e.to_string()))?;
     app.archive = archive;
     let app = Arc::new(app);
-    if cfg.api.tokens.is_empty() {
-        tracing::warn!("no API tokens configured (api.tokens / FOREWARN_API_TOKEN): mutating calls are refused");
+    let auth = Arc::new(
+        crate::api::Auth::new(&cfg.api).map_err(|e| ServeError::Config(format!("api: {e}")))?,
+    );
+    if !auth.has_tokens() {
+        tracing::warn!(
+            "no API tokens configured (api.tokens, api.tokens_file, FOREWARN_API_TOKEN): \
+             every call but /metrics and the health checks is refused"
+        );
+    }
+    if !cfg.api.protect_reads {
+        tracing::warn!(
+            "api.protect_reads = false: reads are open to anyone who can reach {}",
+            cfg.api.listen
+        );
     }
 
-    let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: cfg.api.listen.clone(),
-            source,
-        })?;
-    let api_addr = listener.local_addr().map_err(|source| ServeError::Listen {
-        addr: cfg.api.listen.clone(),
-        source,
-    })?;
+    let listener = bind(&cfg.api.listen).await?;
+    let api_addr = local_addr(&listener, &cfg.api.listen)?;
+    let public_listener = match &cfg.api.public_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let public_addr = match (&public_listener, &cfg.api.public_listen) {
+        (Some(l), Some(addr)) => Some(local_addr(l, addr)?),
+        _ => None,
+    };
     let desk: Arc<dyn TicketDesk> = app.clone();
-    let router = crate::api::router(app.clone(), &cfg.api).merge(crate::api::notify_routes(
+    let notify = crate::api::notify_routes(
         notifier.clone(),
         app.store.clone(),
         desk.clone(),
+        auth.clone(),
         &cfg.api,
-    ));
+    );
+    let limits = crate::api::server::Limits::from_config(&cfg.api);
+    let mut router = crate::api::router(app.clone(), auth.clone(), &cfg.api).merge(notify.private);
     let mut tasks = Vec::new();
-    let api_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!("API server: {e}");
+    let grace = cfg.shutdown.grace.std();
+    match public_listener {
+        Some(l) => {
+            // The public listener has the provider callbacks and the page, and a liveness check
+            // for the proxy in front of it; nothing else.
+            let public = notify.public.route(
+                "/healthz",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            );
+            let public = crate::api::server::harden(public, &limits);
+            tasks.push(tokio::spawn(crate::api::server::serve(
+                l,
+                public,
+                limits.clone(),
+                shutdown.clone(),
+                grace,
+            )));
         }
-    }));
+        None => router = router.merge(notify.public),
+    }
+    let router = crate::api::server::harden(router, &limits);
+    tasks.push(tokio::spawn(crate::api::server::serve(
+        listener,
+        router,
+        limits,
+        shutdown.clone(),
+        grace,
+    )));
 
     // MQTT: polling task → bounded channel → processor thread → acker.
     let (client, eventloop) = AsyncClient::new(mqtt_opts, 4096);
@@ -339,8 +404,12 @@ pub async fn run_with_clock(
     }
     tasks.push(tokio::spawn(reload_on_sighup(
         app.clone(),
+        auth.clone(),
         shutdown.clone(),
     )));
+    if cfg.api.tokens_file.is_some() {
+        tasks.push(tokio::spawn(watch_tokens_file(auth, shutdown.clone())));
+    }
     tracing::info!(
         api = %api_addr,
         broker = %cfg.broker.url,
@@ -349,6 +418,7 @@ pub async fn run_with_clock(
     );
     Ok(Handle {
         api_addr,
+        public_addr,
         app,
         shutdown,
         tasks,
@@ -455,8 +525,47 @@ fn process_loop(
     }
 }
 
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn local_addr(l: &tokio::net::TcpListener, addr: &str) -> Result<SocketAddr, ServeError> {
+    l.local_addr().map_err(|source| ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// What re-reading the API tokens file gave; on error the tokens in force stay.
+fn log_tokens_reload(result: Result<usize, crate::api::auth::TokensFileError>) {
+    match result {
+        Ok(n) => tracing::info!("API tokens file re-read: {n} token(s)"),
+        Err(e) => tracing::warn!("{e}; the tokens read before stay in force"),
+    }
+}
+
+/// Checks the tokens file every second (a `stat`) and re-reads it when it changed.
+async fn watch_tokens_file(auth: Arc<crate::api::Auth>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(r) = auth.reload_if_changed() {
+            log_tokens_reload(r);
+        }
+    }
+}
+
 #[cfg(unix)]
-async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
+async fn reload_on_sighup(app: Arc<App>, auth: Arc<crate::api::Auth>, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -472,12 +581,19 @@ async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
                 if s.is_none() { break; }
                 let app = app.clone();
                 let _ = tokio::task::spawn_blocking(move || app.reload_models()).await;
+                if auth.has_file() {
+                    log_tokens_reload(auth.reload());
+                }
             }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn reload_on_sighup(_app: Arc<App>, shutdown: CancellationToken) {
+async fn reload_on_sighup(
+    _app: Arc<App>,
+    _auth: Arc<crate::api::Auth>,
+    shutdown: CancellationToken,
+) {
     shutdown.cancelled().await;
 }

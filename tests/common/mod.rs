@@ -53,7 +53,7 @@ pub fn config(broker_url: &str, dirs: &Dirs, client_id: &str) -> Config {
     cfg.broker.reconnect_min = "50ms".parse().unwrap();
     cfg.broker.reconnect_max = "500ms".parse().unwrap();
     cfg.api.listen = "127.0.0.1:0".into();
-    cfg.api.tokens = vec![TOKEN.into()];
+    cfg.api.tokens = vec![forewarn::api::TokenConfig::Bare(TOKEN.into())];
     cfg.store.data_dir = dirs.data();
     cfg.store.cache_bytes = 8 << 20;
     cfg.scoring.models_dir = dirs.models();
@@ -174,16 +174,34 @@ pub fn degrading(hours: i64) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// An HTTP client for the daemon's API that sends [`TOKEN`] (reads need one by default).
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
 }
 
+/// A reqwest client whose every request carries `Authorization: Bearer <token>`.
+pub fn http_with_token(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
 impl Api {
     pub fn new(h: &Handle) -> Api {
+        Api::at(&h.api_addr.to_string())
+    }
+    /// The API at `addr` (`host:port`), with [`TOKEN`].
+    pub fn at(addr: &str) -> Api {
         Api {
-            base: format!("http://{}", h.api_addr),
-            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            http: http_with_token(TOKEN),
         }
     }
     pub async fn get_json(&self, path: &str) -> serde_json::Value {

@@ -127,6 +127,8 @@ pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
         }),
         webhook: Some(WebhookConfig {
             secret: HOOK_SECRET.into(),
+            // The fake providers listen on loopback: allowed here, refused by default.
+            allow: vec!["127.0.0.1".into()],
         }),
         link_secret: Some("test-link-secret-0123456789".into()),
         inbound_email_key: Some("inbound-key-for-tests".into()),

@@ -87,7 +87,7 @@ pub(crate) async fn classify(
     if status.is_success() {
         return Ok((status, body));
     }
-    let short: String = body.chars().take(200).collect();
+    let short = sanitize_provider_text(&body, 200);
     if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
         Err(SendError::Retry {
             detail: format!("provider answered {status}"),
@@ -98,6 +98,38 @@ pub(crate) async fn classify(
             detail: format!("provider answered {status}: {short}"),
         })
     }
+}
+
+/// A provider's answer as it may be stored in a timeline: markup and control characters
+/// removed, whitespace collapsed, at most `max` characters. Error pages can be HTML or echo
+/// what was sent; the timeline is an API read and must stay plain text.
+pub fn sanitize_provider_text(body: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    let mut space = false;
+    for c in body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                space = true;
+            }
+            _ if in_tag => {}
+            c if c.is_whitespace() || c.is_control() => space = true,
+            c => {
+                if space && !out.is_empty() {
+                    out.push(' ');
+                }
+                space = false;
+                out.push(c);
+            }
+        }
+        if out.chars().count() >= max {
+            break;
+        }
+    }
+    let cut: String = out.chars().take(max).collect();
+    cut.trim_end().to_string()
 }
 
 /// `Retry-After`: delta-seconds or an HTTP-date.
@@ -122,6 +154,16 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn provider_text_loses_markup_and_control_characters() {
+        let s = super::sanitize_provider_text(
+            "<html><body><h1>Bad\u{7}\r\nRequest</h1>\n<script>x()</script>  too   long</body></html>",
+            20,
+        );
+        assert_eq!(s, "Bad Request x() too");
+        assert_eq!(super::sanitize_provider_text("ok", 200), "ok");
+    }
+
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {
         use std::time::Duration;
