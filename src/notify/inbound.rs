@@ -707,27 +707,73 @@ fn email_headers(params: &[(String, String)]) -> Vec<(String, String)> {
     h
 }
 
-fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
-    let from = param(params, "sender")
-        .or_else(|| param(params, "from"))
-        .unwrap_or("");
-    // '<' and '>' are ASCII, so these byte positions are character boundaries.
-    let addr = match (from.rfind('<'), from.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &from[a + 1..b],
+/// An inbound e-mail as the provider's form carries it, read without I/O (and fuzzed: see
+/// `fuzz/`): the sender's address, the subject, the reply's first line, the headers, the
+/// `Message-ID`, the ticket it names and whether it is an automatic reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailForm {
+    pub address: String,
+    pub subject: String,
+    /// The first non-empty line of the reply (quoted history below it is not the answer).
+    pub first_line: String,
+    pub headers: Vec<(String, String)>,
+    pub message_id: Option<String>,
+    pub ticket: Option<String>,
+    /// Why this is an automatic reply (`Auto-Submitted`, out-of-office subject…), if it is one.
+    pub auto_reply: Option<String>,
+}
+
+impl EmailForm {
+    pub fn parse(params: &[(String, String)]) -> EmailForm {
+        let from = param(params, "sender")
+            .or_else(|| param(params, "from"))
+            .unwrap_or("");
+        let address = mailbox_address(from).to_string();
+        let subject = param(params, "subject").unwrap_or("").to_string();
+        let text = param(params, "stripped-text")
+            .or_else(|| param(params, "body-plain"))
+            .or_else(|| param(params, "text"))
+            .unwrap_or("");
+        let headers = email_headers(params);
+        let message_id = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("message-id"))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        let ticket = ticket_ref(&subject).or_else(|| ticket_ref(text));
+        let first_line = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string();
+        let auto_reply = intent::auto_reply(&headers, &subject);
+        EmailForm {
+            address,
+            subject,
+            first_line,
+            headers,
+            message_id,
+            ticket,
+            auto_reply,
+        }
+    }
+}
+
+/// `Name <a@b>` → `a@b`; anything else as it is. Walks characters: the text is the sender's.
+fn mailbox_address(from: &str) -> &str {
+    let open = from.char_indices().rfind(|(_, c)| *c == '<');
+    let close = from.char_indices().rfind(|(_, c)| *c == '>');
+    match (open, close) {
+        // '<' is one byte, so the index after it is a character boundary.
+        (Some((a, _)), Some((b, _))) if a < b => from.get(a + 1..b).unwrap_or(from),
         _ => from,
-    };
-    let subject = param(params, "subject").unwrap_or("");
-    let text = param(params, "stripped-text")
-        .or_else(|| param(params, "body-plain"))
-        .or_else(|| param(params, "text"))
-        .unwrap_or("");
-    let headers = email_headers(params);
-    let message_id = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("message-id"))
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty());
-    let message_id = message_id.as_deref();
+    }
+}
+
+fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
+    let form = EmailForm::parse(params);
+    let addr = form.address.as_str();
+    let message_id = form.message_id.as_deref();
     if message_id.is_some_and(|id| s.n.seen_inbound(&s.store, Channel::Email, id)) {
         s.n.metrics
             .inbound_ignored
@@ -735,7 +781,7 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
             .inc();
         return Json(serde_json::json!({"ignored": "replay"})).into_response();
     }
-    let Some(ticket_id) = ticket_ref(subject).or_else(|| ticket_ref(text)) else {
+    let Some(ticket_id) = form.ticket.clone() else {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no_ticket",
@@ -757,9 +803,9 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
             "the sender is not the ticket's customer",
         );
     };
-    let first_line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let first_line = form.first_line.as_str();
     // An out-of-office answer is not the customer's answer: recorded, never acted on.
-    if let Some(why) = intent::auto_reply(&headers, subject) {
+    if let Some(why) = &form.auto_reply {
         s.n.metrics
             .inbound_ignored
             .with_label_values(&["auto_reply"])
