@@ -303,6 +303,72 @@ async fn dismissal_after_an_alert_says_no_action_needed_and_never_to_the_unalert
 }
 
 #[tokio::test]
+async fn fixed_is_told_only_to_an_alerted_customer_and_only_after_a_service() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let fixed = |h: &Harness| {
+        h.smtp
+            .mails()
+            .iter()
+            .filter(|m| m.data.contains("] Fixed: "))
+            .count()
+    };
+    // Alerted, then a maintenance settles it: "fixed".
+    let mut t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    t.transition(Status::Resolved, "device", t.opened_ms + 1, "maintenance")
+        .unwrap();
+    t.outcome = Some(Outcome::ConfirmedFault);
+    h.change(&c, ChangeKind::Settled, Some(Priority::High), &t);
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 2);
+    assert_eq!(fixed(&h), 1);
+    assert!(
+        !h.smtp.mails()[1].data.contains("/notify/v1/s/"),
+        "no dead link"
+    );
+
+    // Never told (the advisory waits for quiet hours to end), then serviced: nothing.
+    h.advance(Duration::from_secs(11 * 3600));
+    let mut t2 = h.open(&c, "pump-2", Priority::Advisory, 0.5, Some(300));
+    h.run().await;
+    t2.transition(Status::Resolved, "device", t2.opened_ms + 1, "maintenance")
+        .unwrap();
+    t2.outcome = Some(Outcome::ConfirmedFault);
+    h.change(&c, ChangeKind::Settled, Some(Priority::Advisory), &t2);
+    h.advance(Duration::from_secs(9 * 3600));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 2, "nothing about a ticket never told");
+
+    // Alerted, then the maintenance found nothing (a false alarm): not "fixed".
+    let mut t3 = h.open(&c, "pump-3", Priority::High, 0.7, Some(72));
+    h.run().await;
+    t3.transition(Status::Resolved, "device", t3.opened_ms + 1, "maintenance")
+        .unwrap();
+    t3.outcome = Some(Outcome::FalseAlarm);
+    h.change(&c, ChangeKind::Settled, Some(Priority::High), &t3);
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 3, "the third alert, nothing after it");
+    assert_eq!(fixed(&h), 1);
+}
+
+#[tokio::test]
+async fn a_replayed_email_message_id_changes_nothing() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let subject = format!("Re: [{}] Service advisory: pump-1", t.id);
+    let id = [("Message-Id", "<r1@customer.test>")];
+    let (status, _) = email(&h, "acme@customer.test", &subject, "3", &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+    let (status, body) = email(&h, "acme@customer.test", &subject, "1", &id).await;
+    assert_eq!((status, body["ignored"].as_str()), (200, Some("replay")));
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+}
+
+#[tokio::test]
 async fn a_failure_gets_a_person_not_a_message() {
     let h = Harness::start(|c| c.max_reminders = 0).await;
     let c = h.customer("acme", "en", &[Channel::Email]);
@@ -340,6 +406,86 @@ async fn the_call_does_not_claim_a_text_was_sent() {
     let call = &h.fakes.delivered("voice")[0].body;
     assert!(!call.contains("text message"), "{call}");
     assert!(call.contains("worn bearings"), "{call}");
+}
+
+#[tokio::test]
+async fn a_thai_call_is_spoken_in_thai_and_a_persian_customer_gets_a_text_instead() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let th = h.customer("somchai", "th", &[Channel::Voice, Channel::Sms]);
+    h.open(&th, "pump-th", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let calls = h.fakes.delivered("voice");
+    assert_eq!(calls.len(), 1, "the Thai customer is called");
+    let twiml = &calls[0].body;
+    // Twilio's default voice has no Thai: a Google Thai voice, with the language named.
+    assert!(
+        twiml.contains("<Say voice=\"Google.th-TH-Standard-A\" language=\"th-TH\">"),
+        "{twiml}"
+    );
+    assert!(twiml.contains("ลูกปืนสึกหรอ"), "said in Thai: {twiml}");
+    assert!(!twiml.contains("bearing"), "{twiml}");
+
+    let fa = h.customer("dariush", "fa", &[Channel::Voice, Channel::Sms]);
+    h.open(&fa, "pump-fa", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    assert_eq!(
+        h.fakes.delivered("voice").len(),
+        1,
+        "no call in a language the provider cannot speak"
+    );
+    let texts = h.fakes.delivered("sms");
+    assert_eq!(texts.len(), 1, "the urgent alert goes by text instead");
+    assert_eq!(texts[0].to, fa.contacts[&Channel::Sms]);
+    assert!(
+        texts[0].body.contains("فرسودگی بلبرینگ"),
+        "{}",
+        texts[0].body
+    );
+    assert!(
+        h.timeline("dariush").iter().any(|e| e.kind == "decision"
+            && e.detail
+                .contains("voice skipped: no text-to-speech voice for fa")),
+        "the routing decision says why"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_who_has_a_persian_voice_can_enable_calls_in_persian() {
+    let dir = tempfile::tempdir().unwrap();
+    let fa = forewarn::notify::templates::EMBEDDED
+        .iter()
+        .find(|(n, _)| *n == "fa")
+        .unwrap()
+        .1;
+    let with_voice = fa.replacen(
+        "calendar = ",
+        "voice_language = \"fa-IR\"\nvoice = \"Acme.fa-IR-1\"\ncalendar = ",
+        1,
+    );
+    std::fs::write(dir.path().join("fa.toml"), with_voice).unwrap();
+    let path = dir.path().to_path_buf();
+    let h = Harness::start(move |c| {
+        c.max_reminders = 0;
+        c.templates_dir = Some(path);
+    })
+    .await;
+    let c = h.customer("dariush", "fa", &[Channel::Voice, Channel::Sms]);
+    h.open(&c, "pump-fa", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let calls = h.fakes.delivered("voice");
+    assert_eq!(calls.len(), 1);
+    assert!(
+        calls[0]
+            .body
+            .contains("<Say voice=\"Acme.fa-IR-1\" language=\"fa-IR\">"),
+        "{}",
+        calls[0].body
+    );
+    assert!(
+        calls[0].body.contains("فرسودگی بلبرینگ"),
+        "{}",
+        calls[0].body
+    );
 }
 
 /// Every inbound route with arbitrary Unicode: no panic (a 500), and a known customer's text is

@@ -239,7 +239,8 @@ impl Notifier {
                 ticket_id,
                 format!("{} by {channel} again: {short}", reply.as_str()),
             )
-            .outcome("repeat");
+            .outcome("repeat")
+            .said(&short);
             entry.channel = m.channel;
             tx.push_timeline(&cid, now, &entry);
             store.commit(tx)?;
@@ -279,7 +280,7 @@ impl Notifier {
                 },
             );
         }
-        let mut entry = TimelineEntry::new(now, "reply", ticket_id, note);
+        let mut entry = TimelineEntry::new(now, "reply", ticket_id, note).said(&short);
         entry.channel = m.channel;
         let entry = if reply == Reply::Unclear {
             entry.outcome(NEEDS_HUMAN)
@@ -872,7 +873,9 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
 const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:32em;margin:1em auto;padding:0 1em;line-height:1.5}\
     h1{font-size:1.4em}button{display:block;width:100%;box-sizing:border-box;margin:.5em 0;padding:.9em;font-size:1em}\
     input{width:100%;box-sizing:border-box;padding:.6em;font-size:1em}label{display:block;margin:.5em 0}\
-    .status{color:#444}.done{padding:.8em;background:#eef6ee;border-radius:.3em}";
+    .status{color:#444}.done{padding:.8em;background:#eef6ee;border-radius:.3em}\
+    h2{font-size:1.1em;margin-top:1.5em}#story ol{padding-inline-start:1.2em}#story li{margin:.3em 0}#story time{color:#555}\
+    :lang(fa) #story ol{list-style-type:persian}:lang(th) #story ol{list-style-type:thai}";
 
 fn page_html_in(lang: &str, rtl: bool, title: &str, body: &str) -> Html<String> {
     let e = super::templates::html_escape;
@@ -975,6 +978,7 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
     if !note.is_empty() {
         body.push_str(&format!("<p class=\"done\" id=\"thanks\">{}</p>", e(note)));
     }
+    let story = story_html(s, t, p);
     if !t.is_live() {
         let what = match (t.status, t.outcome) {
             (Status::Dismissed, _) | (_, Some(crate::domain::Outcome::FalseAlarm)) => &p.no_action,
@@ -987,6 +991,7 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
             e(&status),
             e(what)
         ));
+        body.push_str(&story);
         return body;
     }
     body.push_str(&format!(
@@ -1022,7 +1027,57 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
         reschedule = e(&p.reschedule),
         not_now = e(&p.not_now),
     ));
+    body.push_str(&story);
     body
+}
+
+/// The ticket's story in the customer's words and calendar, from the same stories the
+/// timeline API serves (`story::group`), told by [`super::story::page_lines`].
+fn story_html(s: &AppState, t: &Ticket, p: &PageText) -> String {
+    use chrono::TimeZone;
+    let e = super::templates::html_escape;
+    let Some(cid) = t.customer_id.as_deref() else {
+        return String::new();
+    };
+    let customer = s.desk.customer(cid);
+    let locale = customer
+        .as_ref()
+        .map(|c| c.locale.clone())
+        .unwrap_or_default();
+    let tz = customer
+        .as_ref()
+        .map(super::route::tz_of)
+        .unwrap_or(chrono_tz::Tz::UTC);
+    let entries = match s.store.timeline::<TimelineEntry>(cid) {
+        Ok(x) => x,
+        Err(err) => {
+            tracing::warn!(error = %err, "timeline unreadable: the page shows no story");
+            return String::new();
+        }
+    };
+    let stories = super::story::group(&entries);
+    let Some(story) = stories.iter().find(|st| st.ticket_id == t.id) else {
+        return String::new();
+    };
+    let lines = super::story::page_lines(story, &p.story, &p.statuses);
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut html = format!("<section id=\"story\"><h2>{}</h2><ol>", e(&p.story.title));
+    for l in lines {
+        let when = crate::domain::parse_ts(&l.at)
+            .and_then(|ms| tz.timestamp_millis_opt(ms).single())
+            .map(|lt| s.n.templates.date(&locale, lt.naive_local()))
+            .unwrap_or_default();
+        html.push_str(&format!(
+            "<li data-kind=\"{}\"><time>{}</time> \u{2014} {}</li>",
+            l.kind,
+            e(&when),
+            e(&l.text)
+        ));
+    }
+    html.push_str("</ol></section>");
+    html
 }
 
 async fn page(

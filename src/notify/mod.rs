@@ -138,6 +138,12 @@ pub struct TimelineEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     pub detail: String,
+    /// On "message" entries: which message it was (the page names it in the customer's words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageKind>,
+    /// On "reply" entries: the customer's own words (at most 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub said: Option<String>,
 }
 
 impl TimelineEntry {
@@ -149,6 +155,8 @@ impl TimelineEntry {
             channel: None,
             outcome: None,
             detail: detail.into(),
+            message: None,
+            said: None,
         }
     }
     pub fn channel(mut self, c: Channel) -> Self {
@@ -157,6 +165,16 @@ impl TimelineEntry {
     }
     pub fn outcome(mut self, o: &str) -> Self {
         self.outcome = Some(o.into());
+        self
+    }
+    pub fn message(mut self, k: MessageKind) -> Self {
+        self.message = Some(k);
+        self
+    }
+    /// The customer's words (nothing when they wrote nothing, e.g. a button on the page).
+    pub fn said(mut self, text: &str) -> Self {
+        let t: String = text.trim().chars().take(200).collect();
+        self.said = (!t.is_empty()).then_some(t);
         self
     }
 }

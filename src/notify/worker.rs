@@ -208,8 +208,23 @@ impl Notifier {
         if row.plan.is_empty() {
             let available = self.available();
             let opted_out = self.opted_out(store, &customer);
+            let mut unusable = std::collections::BTreeMap::new();
+            if !self.templates.speaks(&customer.locale) {
+                unusable.insert(
+                    Channel::Voice,
+                    format!(
+                        "no text-to-speech voice for {} (notify templates: voice_language)",
+                        if customer.locale.is_empty() {
+                            "this customer's language"
+                        } else {
+                            customer.locale.as_str()
+                        }
+                    ),
+                );
+            }
             let input = RouteInput {
                 opted_out: &opted_out,
+                unusable: &unusable,
                 cfg: &self.cfg.routing,
                 available: &available,
                 customer: &customer,
@@ -397,7 +412,8 @@ impl Notifier {
                         ),
                     )
                     .channel(ch)
-                    .outcome("sent"),
+                    .outcome("sent")
+                    .message(kind),
                 );
                 if let Some(pid) = &acc.provider_id {
                     if matches!(ch, Channel::Sms | Channel::Voice) {

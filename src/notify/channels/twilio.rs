@@ -29,12 +29,21 @@ impl Twilio {
     }
 }
 
-/// TwiML for a spoken message, said twice so a half-heard call still carries it.
-pub fn twiml(text: &str, language: &str) -> String {
+/// TwiML for a spoken message, said twice so a half-heard call still carries it. `voice`
+/// (e.g. "Google.th-TH-Standard-A") is omitted when empty: the provider's default voice.
+pub fn twiml(text: &str, language: &str, voice: &str) -> String {
     let t = html_escape(text);
-    let l = html_escape(language);
+    let attrs = if voice.is_empty() {
+        format!("language=\"{}\"", html_escape(language))
+    } else {
+        format!(
+            "voice=\"{}\" language=\"{}\"",
+            html_escape(voice),
+            html_escape(language)
+        )
+    };
     format!(
-        "<Response><Say language=\"{l}\">{t}</Say><Pause length=\"1\"/><Say language=\"{l}\">{t}</Say></Response>"
+        "<Response><Say {attrs}>{t}</Say><Pause length=\"1\"/><Say {attrs}>{t}</Say></Response>"
     )
 }
 
@@ -55,7 +64,11 @@ impl Provider for Twilio {
                 Kind::Voice => {
                     form.push((
                         "Twiml",
-                        twiml(&m.rendered.voice, &m.rendered.voice_language),
+                        twiml(
+                            &m.rendered.voice,
+                            &m.rendered.voice_language,
+                            &m.rendered.voice_name,
+                        ),
                     ));
                     format!("{base}/2010-04-01/Accounts/{sid}/Calls.json")
                 }
