@@ -28,7 +28,7 @@ pub mod templates;
 mod worker;
 
 pub use config::NotifyConfig;
-pub use worker::{Attempt, OutboxRow};
+pub use worker::{fingerprint, interrupted_match, Attempt, OutboxRow};
 
 use crate::domain::{format_ts, Priority, Ticket};
 use crate::engine::{Change, ChangeKind};

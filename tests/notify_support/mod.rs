@@ -190,6 +190,12 @@ impl Harness {
         tweak(&mut cfg);
         cfg.validate().unwrap();
         let clock = ManualClock::new(NOON_BKK);
+        // The providers see the same time as the notifier (message creation times).
+        let provider_clock = clock.clone();
+        fakes.set_clock(Arc::new(move || {
+            use forewarn::notify::Clock;
+            provider_clock.now_ms()
+        }));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let registry = prometheus::Registry::new();
