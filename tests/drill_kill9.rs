@@ -106,6 +106,7 @@ async fn setup(name: &str) -> Run {
         account_sid: SID.into(),
         auth_token: TWILIO_TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     });
     let config = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");

@@ -46,6 +46,7 @@ async fn daemon(
         account_sid: SID.into(),
         auth_token: TWILIO_TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     });
     let (h, tok) = start(cfg).await;
     ready(&h).await;

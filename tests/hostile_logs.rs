@@ -58,6 +58,7 @@ async fn secrets_and_contact_details_never_appear_in_the_log() {
         account_sid: SID.into(),
         auth_token: TWILIO_TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     });
     let path = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");

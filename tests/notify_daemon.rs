@@ -40,6 +40,7 @@ async fn a_ticket_opened_by_telemetry_reaches_the_customer_and_their_sms_reply_a
         account_sid: SID.into(),
         auth_token: TWILIO_TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     });
     let (h, tok) = start(cfg).await;
     ready(&h).await;

@@ -189,6 +189,10 @@ pub struct TwilioConfig {
     pub auth_token: Secret,
     /// Sender number (E.164).
     pub from: String,
+    /// The SharedKey secret of a Twilio Webhooks Rule: requests that carry
+    /// `X-Twilio-Webhooks-Signature-Settings` are checked with it and the algorithm the header
+    /// names (HMAC-SHA256); unset, such requests are refused.
+    pub webhook_shared_key: Option<Secret>,
 }
 
 impl Default for TwilioConfig {
@@ -198,6 +202,7 @@ impl Default for TwilioConfig {
             account_sid: String::new(),
             auth_token: Secret::default(),
             from: String::new(),
+            webhook_shared_key: None,
         }
     }
 }

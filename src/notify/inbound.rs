@@ -22,8 +22,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -52,40 +50,90 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// `X-Twilio-Signature`: base64 HMAC-SHA1 of the URL followed by every POST parameter
-/// (name then value), sorted by name.
+/// `X-Twilio-Signature` in the Auth Token scheme: base64 HMAC-SHA1 of the URL followed by
+/// every POST parameter (name then value), sorted by name ([`super::signature`] has both
+/// schemes).
 pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    let mut p: Vec<&(String, String)> = params.iter().collect();
-    p.sort();
-    let mut s = url.to_string();
-    for (k, v) in p {
-        s.push_str(k);
-        s.push_str(v);
-    }
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes())
-        .unwrap_or_else(|_| unreachable!());
-    mac.update(s.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    super::signature::twilio_signature(
+        auth_token,
+        url,
+        params,
+        super::signature::TwilioAlgorithm::HmacSha1,
+    )
 }
 
-fn twilio_verified(
+/// A Twilio webhook as it arrived: its parameters read from the raw body (form or JSON), and
+/// whether its signature holds for the URL Twilio requested (the public URL with the path and
+/// query string of this request).
+fn twilio_request(
     n: &Notifier,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
-    path: &str,
-    params: &[(String, String)],
-) -> bool {
+    body: &[u8],
+) -> (Vec<(String, String)>, bool) {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    let params: Vec<(String, String)> = if json {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(s) => (k, s),
+                        other => (k, other.to_string()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        form_urlencoded::parse(body).into_owned().collect()
+    };
     let Some(sig) = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
     else {
-        return false;
+        return (params, false);
     };
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
     let url = format!("{}{path}", n.public_url);
-    [&n.cfg.sms, &n.cfg.voice].into_iter().flatten().any(|t| {
-        let want = twilio_signature(&t.auth_token, &url, params);
-        crate::sign::constant_time_eq(want.as_bytes(), sig.as_bytes())
-    })
+    let settings = headers
+        .get("x-twilio-webhooks-signature-settings")
+        .and_then(|v| v.to_str().ok());
+    let configured = [&n.cfg.sms, &n.cfg.voice];
+    let tokens: Vec<&str> = configured
+        .iter()
+        .copied()
+        .flatten()
+        .map(|t| &*t.auth_token)
+        .collect();
+    let shared: Vec<&str> = configured
+        .iter()
+        .copied()
+        .flatten()
+        .filter_map(|t| t.webhook_shared_key.as_deref())
+        .collect();
+    let no_shared = [None];
+    let shared_keys: Vec<Option<&str>> = if shared.is_empty() {
+        no_shared.to_vec()
+    } else {
+        shared.into_iter().map(Some).collect()
+    };
+    let empty: [(String, String); 0] = [];
+    let req = super::signature::TwilioRequest {
+        url: &url,
+        params: if json { &empty } else { &params },
+        json_body: json.then_some(body),
+        signature: sig,
+        settings,
+    };
+    let ok = shared_keys
+        .iter()
+        .any(|k| super::signature::twilio_valid(&tokens, *k, &req));
+    (params, ok)
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -464,8 +512,9 @@ async fn blocking<T: Send + 'static>(
 
 async fn sms_reply(
     State(s): State<AppState>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
-    Form(params): Form<Vec<(String, String)>>,
+    body: axum::body::Bytes,
 ) -> Response {
     if s.n.cfg.sms.is_none() {
         return error(
@@ -474,7 +523,8 @@ async fn sms_reply(
             "SMS is not configured",
         );
     }
-    if !twilio_verified(&s.n, &headers, "/notify/v1/twilio/sms", &params) {
+    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
+    if !verified {
         return error(
             StatusCode::FORBIDDEN,
             "bad_signature",
@@ -628,10 +678,12 @@ pub fn ticket_ref(text: &str) -> Option<String> {
 
 async fn status_callback(
     State(s): State<AppState>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
-    Form(params): Form<Vec<(String, String)>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if !twilio_verified(&s.n, &headers, "/notify/v1/twilio/status", &params) {
+    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
+    if !verified {
         return error(
             StatusCode::FORBIDDEN,
             "bad_signature",

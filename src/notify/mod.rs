@@ -22,6 +22,7 @@ pub mod link;
 pub mod metrics;
 pub mod moment;
 pub mod route;
+pub mod signature;
 pub mod sink;
 pub mod story;
 pub mod templates;

@@ -107,6 +107,7 @@ pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
         account_sid: SID.into(),
         auth_token: TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     };
     NotifyConfig {
         email: Some(EmailConfig {
