@@ -40,24 +40,19 @@ async fn email(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    // Sent to the reply address of our last e-mail to that sender (if any), signed as
+    // Mailgun forwards it.
+    let recipient = h.reply_address(from);
+    let hdrs = serde_json::to_string(&hdrs).unwrap();
     let r = h
-        .http
-        .post(format!(
-            "{}/notify/v1/email/inbound?key=inbound-key-for-tests",
-            h.url
-        ))
-        .form(&[
+        .mailgun_post(&[
             ("sender", from),
+            ("recipient", &recipient),
             ("subject", subject),
             ("stripped-text", text),
-            (
-                "message-headers",
-                serde_json::to_string(&hdrs).unwrap().as_str(),
-            ),
+            ("message-headers", &hdrs),
         ])
-        .send()
-        .await
-        .unwrap();
+        .await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or_default())
 }
@@ -146,9 +141,14 @@ async fn a_replayed_message_sid_changes_nothing() {
 #[tokio::test]
 async fn an_out_of_office_reply_is_recorded_and_never_acted_on() {
     let h = Harness::start(|_| {}).await;
-    let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
+    // Reachable by e-mail only, so even the urgent alert is an e-mail (the out-of-office
+    // answers its reply address).
+    let mut c = h.customer("acme", "en", &[Channel::Email]);
+    c.contacts.retain(|ch, _| *ch == Channel::Email);
+    h.add_customer(c.clone());
     let t = h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
     h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1);
     let subject = format!("Automatic reply: [{}] Urgent", t.id);
     for (headers, subject) in [
         (vec![("Auto-Submitted", "auto-replied")], subject.clone()),
@@ -365,6 +365,47 @@ async fn a_replayed_email_message_id_changes_nothing() {
     assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
     let (status, body) = email(&h, "acme@customer.test", &subject, "1", &id).await;
     assert_eq!((status, body["ignored"].as_str()), (200, Some("replay")));
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+}
+
+#[tokio::test]
+async fn a_replayed_or_stale_mailgun_request_changes_nothing() {
+    use forewarn::notify::Clock;
+    use notify_support::mailgun_fields;
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let to = h.reply_address("acme@customer.test");
+    let subject = format!("Re: [{}]", t.id);
+    let post = |text: &str, fields: Vec<(String, String)>| {
+        let mut form: Vec<(String, String)> = [
+            ("sender", "acme@customer.test"),
+            ("recipient", to.as_str()),
+            ("subject", subject.as_str()),
+            ("stripped-text", text),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        form.extend(fields);
+        h.http
+            .post(format!("{}/notify/v1/email/inbound", h.url))
+            .form(&form)
+            .send()
+    };
+    // Signed ten minutes ago: outside the five-minute window.
+    let stale = mailgun_fields(h.clock.now_ms() - 600_000, "tok-stale");
+    assert_eq!(post("1", stale).await.unwrap().status(), 403);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    let once = mailgun_fields(h.clock.now_ms(), "tok-once");
+    assert_eq!(post("3", once.clone()).await.unwrap().status(), 200);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+    // The same signed request again, even with another text: ignored.
+    let r = post("1", once).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["ignored"], "replay");
     assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
 }
 

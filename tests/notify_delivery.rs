@@ -65,7 +65,10 @@ async fn email_is_sent_over_real_smtp_with_plain_and_html_parts() {
         data.contains(&format!("[{}]", t.id)),
         "subject carries the ticket id"
     );
-    assert!(data.contains("Reply-To: replies@forewarn.test"));
+    // The message's own reply address: the configured one with an unguessable token.
+    let reply_to = notify_support::reply_to_of(data).unwrap();
+    let token = forewarn::notify::reply_token(&reply_to).unwrap();
+    assert_eq!(reply_to, format!("replies+{token}@forewarn.test"));
     let parts = smtp::parts(data);
     let plain = parts.iter().find(|p| p.0.contains("text/plain")).unwrap();
     let html = parts.iter().find(|p| p.0.contains("text/html")).unwrap();

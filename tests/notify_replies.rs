@@ -128,26 +128,44 @@ async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_a
     let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
     let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
     h.run().await;
-    let post = |from: &'static str, key: &'static str| {
-        let subject = format!("Re: [{}] Service advisory: pump-1", t.id);
-        let url = format!("{}/notify/v1/email/inbound?key={key}", h.url);
-        let http = h.http.clone();
+    let subject = format!("Re: [{}] Service advisory: pump-1", t.id);
+    // The e-mail's own reply address: the answer goes to it, whoever `From` claims to be.
+    let reply_to = h.reply_address("acme@customer.test");
+    assert!(reply_to.starts_with("replies+"), "{reply_to}");
+    let post = |from: &'static str, to: String| {
+        let (subject, h) = (subject.clone(), &h);
         async move {
-            http.post(url)
-                .form(&[
-                    ("sender", from),
-                    ("subject", subject.as_str()),
-                    ("stripped-text", "2 - next week would be better\n\n> quoted"),
-                ])
-                .send()
-                .await
-                .unwrap()
+            h.mailgun_post(&[
+                ("sender", from),
+                ("recipient", &to),
+                ("subject", &subject),
+                ("stripped-text", "2 - next week would be better\n\n> quoted"),
+            ])
+            .await
         }
     };
-    assert_eq!(post("acme@customer.test", "wrong").await.status(), 403);
-    let r = post("someone@else.test", "inbound-key-for-tests").await;
-    assert_eq!(r.status(), 403, "only the ticket's customer may answer");
-    let r = post("acme@customer.test", "inbound-key-for-tests").await;
+    // Unsigned (the old static key): refused.
+    let r = h
+        .http
+        .post(format!("{}/notify/v1/email/inbound?key=whatever", h.url))
+        .form(&[
+            ("sender", "acme@customer.test"),
+            ("subject", subject.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The customer's own From address, but to the shared address (no token): the From is not
+    // trusted, the message is kept for a person and nothing changes.
+    let r = post("acme@customer.test", "replies@forewarn.test".into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    assert!(h
+        .timeline(forewarn::notify::UNKNOWN_SENDER)
+        .iter()
+        .any(|e| e.outcome.as_deref() == Some("needs_human")));
+    let r = post("acme@customer.test", reply_to.clone()).await;
     assert_eq!(r.status(), 200);
     let now = h.desk.ticket(&t.id).unwrap();
     assert_eq!(now.status, Status::Acknowledged);
@@ -156,7 +174,7 @@ async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_a
         "another time requested by email: 2 - next week would be better"
     );
     // The same answer again (a resent e-mail) changes nothing.
-    let r = post("acme@customer.test", "inbound-key-for-tests").await;
+    let r = post("acme@customer.test", reply_to.clone()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         h.desk.ticket(&t.id).unwrap().history.len(),

@@ -63,8 +63,15 @@ pub struct NotifyConfig {
     pub max_reminders: u32,
     /// Send a short "resolved" message when a notified ticket is settled by a maintenance event.
     pub notify_resolved: bool,
-    /// Shared secret for the e-mail inbound-parse webhook (`?key=`); unset: the route is off.
+    /// No longer accepted (a static key in the URL is forgeable): see
+    /// `inbound_email_signing_key`. Kept so an old configuration gets a clear error.
     pub inbound_email_key: Option<Secret>,
+    /// Mailgun's HTTP webhook signing key: inbound e-mail must carry Mailgun's `timestamp`,
+    /// `token` and `signature`; unset, the e-mail reply route is off.
+    pub inbound_email_signing_key: Option<Secret>,
+    /// How far an inbound e-mail's signed timestamp may be from now (each token is accepted
+    /// once within it).
+    pub inbound_email_max_age: Dur,
     pub routing: RoutingConfig,
     pub email: Option<EmailConfig>,
     pub sms: Option<TwilioConfig>,
@@ -93,6 +100,8 @@ impl Default for NotifyConfig {
             max_reminders: 2,
             notify_resolved: true,
             inbound_email_key: None,
+            inbound_email_signing_key: None,
+            inbound_email_max_age: Dur::secs(300),
             routing: RoutingConfig::default(),
             email: None,
             sms: None,
@@ -271,6 +280,23 @@ impl NotifyConfig {
         if self.fallback_locale.trim().is_empty() {
             return bad("fallback_locale", "must name a locale, e.g. \"en\"");
         }
+        if self.inbound_email_key.is_some() {
+            return bad(
+                "inbound_email_key",
+                "a static key in the URL is forgeable and is no longer accepted: set \
+                 notify.inbound_email_signing_key (Mailgun's HTTP webhook signing key) instead",
+            );
+        }
+        if self
+            .inbound_email_signing_key
+            .as_ref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return bad(
+                "inbound_email_signing_key",
+                "must be at least 16 characters",
+            );
+        }
         if self.link_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return bad("link_secret", "must be at least 16 characters");
         }
@@ -399,6 +425,14 @@ mod tests {
                 ..d()
             }),
             "sms.account_sid"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                inbound_email_key: Some("static-key-in-the-url".into()),
+                ..d()
+            }),
+            "inbound_email_key",
+            "a forgeable static key is refused"
         );
         assert!(toml::from_str::<NotifyConfig>("smss = 1").is_err());
         assert!(toml::from_str::<NotifyConfig>("[email]\ntls = \"ssl\"").is_err());

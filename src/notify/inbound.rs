@@ -3,9 +3,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /notify/v1/twilio/sms` | SMS reply (Twilio form, `X-Twilio-Signature` verified) |
+//! | `POST /notify/v1/twilio/sms` | SMS reply (Twilio form or JSON, `X-Twilio-Signature` in either scheme, see [`super::signature`]) |
 //! | `POST /notify/v1/twilio/status` | SMS/call status callback (signed likewise) |
-//! | `POST /notify/v1/email/inbound?key=…` | e-mail reply, inbound-parse form (Mailgun field names; `text`/`from`/`subject` also accepted) |
+//! | `POST /notify/v1/email/inbound` | e-mail reply as Mailgun's routes forward it (Mailgun's signature, replay window, one use per token); the reply counts for the ticket and customer of the per-message reply address it was sent to, never for `From` |
 //! | `GET/POST /notify/v1/s/{token}` | signed self-service page: confirm a visit, another time, not now |
 //! | `GET /api/v1/customers/{id}/timeline` | every ticket, message, delivery, reply and decision in time order (`entries`), and one story per ticket (`stories`) |
 
@@ -17,12 +17,11 @@ use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, NEEDS_HUMA
 use crate::domain::{format_ts, Status, Ticket};
 use crate::fleet::Channel;
 use crate::store::Store;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -708,31 +707,35 @@ async fn status_callback(
     }
 }
 
+/// Inbound e-mail, as Mailgun's routes forward it: the request must carry Mailgun's signature
+/// (`timestamp`, `token`, `signature` keyed with the webhook signing key), within
+/// `inbound_email_max_age` of now, and each `token` is accepted once.
 async fn email_reply(
     State(s): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
     Form(params): Form<Vec<(String, String)>>,
 ) -> Response {
-    let Some(want) = &s.n.cfg.inbound_email_key else {
+    let Some(key) = &s.n.cfg.inbound_email_signing_key else {
         return error(
             StatusCode::NOT_FOUND,
             "not_configured",
-            "notify.inbound_email_key is not set",
+            "notify.inbound_email_signing_key is not set",
         );
     };
-    let given = q.get("key").map(String::as_str).unwrap_or("");
-    if given.len() != want.len()
-        || given
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            != 0
-    {
-        return error(
-            StatusCode::FORBIDDEN,
-            "bad_key",
-            "inbound key does not match",
-        );
+    let now = s.n.clock.now_ms();
+    let window = s.n.cfg.inbound_email_max_age.as_millis_i64();
+    if let Err(e) = super::signature::mailgun_valid(
+        key,
+        param(&params, "timestamp"),
+        param(&params, "token"),
+        param(&params, "signature"),
+        now,
+        window,
+    ) {
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["bad_signature"])
+            .inc();
+        return error(StatusCode::FORBIDDEN, "bad_signature", &e.to_string());
     }
     blocking(&s, move |s| handle_email(s, &params))
         .await
@@ -765,7 +768,14 @@ fn email_headers(params: &[(String, String)]) -> Vec<(String, String)> {
 /// `Message-ID`, the ticket it names and whether it is an automatic reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmailForm {
+    /// The sender's address as the message claims it (`From`): recorded, never trusted.
     pub address: String,
+    /// The address the message was sent to (Mailgun `recipient`).
+    pub recipient: String,
+    /// The token of our per-message reply address in `recipient`, if it has one.
+    pub reply_token: Option<String>,
+    /// Mailgun's one-time `token` of this request (replay protection).
+    pub provider_token: Option<String>,
     pub subject: String,
     /// The first non-empty line of the reply (quoted history below it is not the answer).
     pub first_line: String,
@@ -782,6 +792,15 @@ impl EmailForm {
             .or_else(|| param(params, "from"))
             .unwrap_or("");
         let address = mailbox_address(from).to_string();
+        let recipient = param(params, "recipient")
+            .or_else(|| param(params, "to"))
+            .map(mailbox_address)
+            .unwrap_or("")
+            .to_string();
+        let reply_token = super::reply_token(&recipient);
+        let provider_token = param(params, "token")
+            .map(str::to_string)
+            .filter(|t| !t.is_empty());
         let subject = param(params, "subject").unwrap_or("").to_string();
         let text = param(params, "stripped-text")
             .or_else(|| param(params, "body-plain"))
@@ -802,6 +821,9 @@ impl EmailForm {
         let auto_reply = intent::auto_reply(&headers, &subject);
         EmailForm {
             address,
+            recipient,
+            reply_token,
+            provider_token,
             subject,
             first_line,
             headers,
@@ -825,8 +847,30 @@ fn mailbox_address(from: &str) -> &str {
 
 fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
     let form = EmailForm::parse(params);
-    let addr = form.address.as_str();
     let message_id = form.message_id.as_deref();
+    // Each signed request once: Mailgun's token, then the message's own Message-ID.
+    if let Some(tok) = &form.provider_token {
+        let key = super::inbound_key(Channel::Email, &format!("mailgun-token:{tok}"));
+        let seen = {
+            let _one_at_a_time = s.n.inbound.lock();
+            let seen = s.store.get_kv::<String>(&key).ok().flatten().is_some();
+            if !seen {
+                let mut tx = s.store.tx();
+                tx.put_kv(&key, &format_ts(s.n.clock.now_ms()));
+                if let Err(e) = s.store.commit(tx) {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
+                }
+            }
+            seen
+        };
+        if seen {
+            s.n.metrics
+                .inbound_ignored
+                .with_label_values(&["replay"])
+                .inc();
+            return Json(serde_json::json!({"ignored": "replay"})).into_response();
+        }
+    }
     if message_id.is_some_and(|id| s.n.seen_inbound(&s.store, Channel::Email, id)) {
         s.n.metrics
             .inbound_ignored
@@ -834,28 +878,52 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
             .inc();
         return Json(serde_json::json!({"ignored": "replay"})).into_response();
     }
-    let Some(ticket_id) = form.ticket.clone() else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_ticket",
-            "no ticket reference in the subject or text",
-        );
+    // Who wrote is decided by the address they wrote to (a per-message reply address we
+    // recorded when we sent), never by `From`.
+    let target: Option<super::ReplyTarget> = form
+        .reply_token
+        .as_deref()
+        .and_then(|t| s.store.get_kv(&super::reply_key(t)).ok().flatten());
+    let Some(target) = target else {
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["unknown_sender"])
+            .inc();
+        let subject: String = form.subject.chars().take(100).collect();
+        let line: String = form.first_line.chars().take(200).collect();
+        let to: String = form.recipient.chars().take(80).collect();
+        if let Err(e) = s.n.keep(
+            &s.store,
+            super::UNKNOWN_SENDER,
+            "",
+            (Channel::Email, message_id),
+            format!("email to {to}, not one of our reply addresses (subject {subject:?}): {line}"),
+            NEEDS_HUMAN,
+        ) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
+        }
+        return Json(serde_json::json!({"kept": NEEDS_HUMAN})).into_response();
     };
-    let sender: Option<String> = s
-        .store
-        .get_kv(&contact_key(Channel::Email, addr))
-        .ok()
-        .flatten();
+    let ticket_id = target.ticket_id.clone();
     let Some(t) = s.desk.ticket(&ticket_id) else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such ticket");
     };
-    let Some(customer) = sender.filter(|c| t.customer_id.as_deref() == Some(c.as_str())) else {
+    if t.customer_id.as_deref() != Some(target.customer_id.as_str()) {
         return error(
-            StatusCode::FORBIDDEN,
-            "unknown_sender",
-            "the sender is not the ticket's customer",
+            StatusCode::CONFLICT,
+            "reassigned",
+            "the ticket belongs to another customer now",
         );
-    };
+    }
+    let customer = target.customer_id.clone();
+    // The customer's own address on file (an opt-out applies to it, not to whatever `From`
+    // said).
+    let contact = s
+        .desk
+        .customer(&customer)
+        .and_then(|c| c.contacts.get(&Channel::Email).cloned())
+        .unwrap_or_default();
+    let addr = contact.as_str();
     let first_line = form.first_line.as_str();
     // An out-of-office answer is not the customer's answer: recorded, never acted on.
     if let Some(why) = &form.auto_reply {

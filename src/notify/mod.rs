@@ -198,6 +198,37 @@ pub fn inbound_key(channel: Channel, provider_id: &str) -> String {
     contact_key(channel, provider_id).replacen("notify/addr/", "notify/inbound/", 1)
 }
 
+/// What a per-message e-mail reply address (`replies+<token>@…`) stands for: the reply lands on
+/// this ticket for this customer, whatever the `From` says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyTarget {
+    pub ticket_id: String,
+    pub customer_id: String,
+}
+
+/// Key of a reply address token.
+pub fn reply_key(token: &str) -> String {
+    format!("notify/replyto/{token}")
+}
+
+/// The reply address of the last e-mail sent about a ticket (the demo's customer answers it).
+pub fn last_reply_address(store: &crate::store::Store, ticket_id: &str) -> Option<String> {
+    store
+        .get_kv(&format!("notify/replylast/{ticket_id}"))
+        .ok()
+        .flatten()
+}
+
+/// The token in a reply address: the part after the last `+` of the local part, if it looks
+/// like one of ours (24 hex digits). Walks characters: the address is the sender's text.
+pub fn reply_token(address: &str) -> Option<String> {
+    let addr = address.trim().trim_start_matches('<').trim_end_matches('>');
+    let (local, _) = addr.rsplit_once('@')?;
+    let (_, token) = local.rsplit_once('+')?;
+    let token = token.to_ascii_lowercase();
+    (token.chars().count() == 24 && token.chars().all(|c| c.is_ascii_hexdigit())).then_some(token)
+}
+
 /// Marks the visit time a customer wrote in a reply's history note.
 pub const VISIT_MARK: &str = " · preferred time: ";
 
@@ -347,6 +378,26 @@ impl Notifier {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// This e-mail's own reply address and its token: the configured reply address (or the
+    /// sender) with `+<token>` in its local part. The token is an HMAC of the outbox row, so it
+    /// cannot be guessed and a resend of the same message carries the same address.
+    pub fn reply_address(&self, row_id: &str) -> Option<(String, String)> {
+        use hmac::{Hmac, Mac};
+        let e = self.cfg.email.as_ref()?;
+        let base = e.reply_to.clone().unwrap_or_else(|| e.from.clone());
+        let mb: lettre::message::Mailbox = base.parse().ok()?;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.link_key).ok()?;
+        mac.update(b"reply-address\x1f");
+        mac.update(row_id.as_bytes());
+        let token = hex::encode(&mac.finalize().into_bytes()[..12]);
+        let addr = format!("{}+{token}@{}", mb.email.user(), mb.email.domain());
+        let full = match &mb.name {
+            Some(n) => format!("{n} <{addr}>"),
+            None => addr,
+        };
+        Some((token, full))
     }
 
     /// The signed self-service link of a ticket.

@@ -402,6 +402,23 @@ impl Notifier {
             fingerprint: (ch == Channel::Sms).then(|| fingerprint(&rendered.sms)),
         });
         store.outbox_put(key, &row)?;
+        // E-mail: this message's own reply address, known before it leaves (a reply can only
+        // come back to an address we recorded).
+        let reply = (ch == Channel::Email)
+            .then(|| self.reply_address(&row.id))
+            .flatten();
+        if let Some((token, addr)) = &reply {
+            let mut tx = store.tx();
+            tx.put_kv(
+                &super::reply_key(token),
+                &super::ReplyTarget {
+                    ticket_id: row.ticket_id.clone(),
+                    customer_id: customer.id.clone(),
+                },
+            );
+            tx.put_kv(&format!("notify/replylast/{}", row.ticket_id), addr);
+            store.commit(tx)?;
+        }
         let callback = format!("{}/notify/v1/twilio/status", self.public_url);
         let out = Outgoing {
             channel: ch,
@@ -411,6 +428,7 @@ impl Notifier {
             idempotency_key: &idem,
             status_callback: matches!(ch, Channel::Sms | Channel::Voice)
                 .then_some(callback.as_str()),
+            reply_to: reply.as_ref().map(|(_, a)| a.as_str()),
         };
         let result = match self
             .recover(store, provider.as_ref(), &address, &interrupted)

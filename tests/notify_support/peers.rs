@@ -82,6 +82,8 @@ impl Drop for AioSmtpd {
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ParsedMail {
     pub to: String,
+    /// The address part of `Reply-To`.
+    pub reply_to: String,
     pub subject: String,
     pub message_id: String,
     pub content_types: Vec<String>,
@@ -98,6 +100,7 @@ for key, msg in sorted(mailbox.Maildir(sys.argv[1], create=False).items(), key=l
     html = m.get_body(preferencelist=("html",))
     out.append({
         "to": str(m["To"] or ""),
+        "reply_to": m["Reply-To"].addresses[0].addr_spec if m["Reply-To"] else "",
         "subject": str(m["Subject"] or ""),
         "message_id": str(m["Message-ID"] or ""),
         "content_types": [p.get_content_type() for p in m.walk()],

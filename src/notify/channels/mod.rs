@@ -26,6 +26,9 @@ pub struct Outgoing<'a> {
     pub idempotency_key: &'a str,
     /// Where the provider reports delivery (Twilio StatusCallback).
     pub status_callback: Option<&'a str>,
+    /// E-mail: this message's own reply address (`replies+<token>@…`), instead of the
+    /// configured one.
+    pub reply_to: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
