@@ -100,7 +100,13 @@ pub fn notify_routes(
                 let auth = auth.clone();
                 async move {
                     if req.uri().path().starts_with("/api/") {
-                        if let Err(e) = authorize(&auth, req.headers(), false) {
+                        // Reads follow `protect_reads`; anything else (revoking links) is a
+                        // write and always needs the token.
+                        let write = !matches!(
+                            *req.method(),
+                            axum::http::Method::GET | axum::http::Method::HEAD
+                        );
+                        if let Err(e) = authorize(&auth, req.headers(), write) {
                             return e.into_response();
                         }
                     }

@@ -41,8 +41,13 @@ pub struct NotifyConfig {
     pub poll_interval: Dur,
     /// HMAC key of self-service links (also FOREWARN__NOTIFY__LINK_SECRET); random per start if unset.
     pub link_secret: Option<Secret>,
-    /// Self-service links expire after this.
+    /// Self-service links expire after this...
     pub link_ttl: Dur,
+    /// ...or after this when the ticket is urgent (a visit within days is no use later).
+    pub link_ttl_urgent: Dur,
+    /// The link in machine channels' JSON (webhook, MQTT, push) lives only this long: those
+    /// payloads are stored and forwarded by systems other than the customer's.
+    pub machine_link_ttl: Dur,
     /// Folder of `<locale>.toml` template files overriding/adding to the embedded ones.
     pub templates_dir: Option<PathBuf>,
     /// Locale used when a customer's locale has no templates.
@@ -88,6 +93,8 @@ impl Default for NotifyConfig {
             poll_interval: Dur::secs(1),
             link_secret: None,
             link_ttl: Dur::hours(14 * 24),
+            link_ttl_urgent: Dur::hours(48),
+            machine_link_ttl: Dur::hours(1),
             templates_dir: None,
             fallback_locale: "en".into(),
             daily_budget: 6,

@@ -37,6 +37,7 @@ pub fn router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>) -> Rout
         .route("/notify/v1/twilio/status", post(status_callback))
         .route("/notify/v1/email/inbound", post(email_reply))
         .route("/notify/v1/s/{token}", get(page).post(page_answer))
+        .route("/api/v1/tickets/{id}/links/revoke", post(revoke_links))
         .route("/api/v1/customers/{id}/timeline", get(timeline))
         .with_state(AppState { n, store, desk })
 }
@@ -324,6 +325,9 @@ impl Notifier {
                     answer: reply.as_str().into(),
                     channel: channel.into(),
                     at: format_ts(now),
+                    // A different answer than before, given on the page, is a change.
+                    changes: prev.as_ref().map_or(0, |p| p.changes)
+                        + u32::from(m.channel.is_none() && prev.is_some()),
                 },
             );
         }
@@ -1065,6 +1069,16 @@ fn claims(
             LinkError::Invalid => page_error(s, &locale, StatusCode::NOT_FOUND, |p| &p.invalid),
         })
     })?;
+    let revoked: Option<i64> = s
+        .store
+        .get_kv(&super::link_revoked_key(&c.ticket_id))
+        .ok()
+        .flatten();
+    if revoked.is_some_and(|r| c.iat_ms <= r) {
+        return Err(Box::new(page_error(s, &locale, StatusCode::GONE, |p| {
+            &p.expired
+        })));
+    }
     let t = s
         .desk
         .ticket(&c.ticket_id)
@@ -1231,6 +1245,39 @@ async fn page_answer(
         _ => return page_error(&s, &locale, StatusCode::BAD_REQUEST, |p| &p.choose),
     };
     let when = param(&params, "when").unwrap_or("").trim().to_string();
+    // An answer can be changed once on the page, after a confirmation.
+    let prev: Option<Answer> = s
+        .store
+        .get_kv(&format!("notify/answer/{}", t.id))
+        .ok()
+        .flatten();
+    if let Some(prev) = prev.filter(|p| p.answer != reply.as_str() && t.is_live()) {
+        if prev.changes >= 1 {
+            return page_error(&s, &locale, StatusCode::CONFLICT, |p| &p.change_used);
+        }
+        if param(&params, "confirm") != Some("yes") {
+            let e = super::templates::html_escape;
+            let word = |a: &str| match a {
+                x if x == Reply::Confirm.as_str() => p.confirm.clone(),
+                x if x == Reply::Later.as_str() => p.reschedule.clone(),
+                _ => p.not_now.clone(),
+            };
+            let action = param(&params, "action").unwrap_or("");
+            let body = format!(
+                "<p id=\"change\">{q}</p><p>{old} \u{2192} <strong>{new}</strong></p>\
+                 <form method=\"post\"><input type=\"hidden\" name=\"action\" value=\"{a}\">\
+                 <input type=\"hidden\" name=\"when\" value=\"{w}\">\
+                 <button name=\"confirm\" value=\"yes\" id=\"confirm_change\">{b}</button></form>",
+                q = e(&p.change_confirm),
+                old = e(&word(&prev.answer)),
+                new = e(&word(reply.as_str())),
+                a = e(action),
+                w = e(&when),
+                b = e(&p.change_button),
+            );
+            return page_html_in(&p.lang, p.rtl, &p.title, &body).into_response();
+        }
+    }
     let id = t.id.clone();
     let result = blocking(&s, move |s| {
         let m = Incoming {
@@ -1267,6 +1314,19 @@ async fn page_answer(
             tracing::error!(error = %e, "page answer not recorded");
             page_error(&s, &locale, StatusCode::INTERNAL_SERVER_ERROR, |p| &p.error)
         }
+    }
+}
+
+/// `POST /api/v1/tickets/{id}/links/revoke` (a write: needs the API token): every link of the
+/// ticket issued so far stops working.
+async fn revoke_links(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    if s.desk.ticket(&id).is_none() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such ticket");
+    }
+    match blocking(&s, move |s| s.n.revoke_links(&s.store, &id)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(r) => r,
     }
 }
 

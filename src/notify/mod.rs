@@ -229,6 +229,11 @@ pub fn reply_token(address: &str) -> Option<String> {
     (token.chars().count() == 24 && token.chars().all(|c| c.is_ascii_hexdigit())).then_some(token)
 }
 
+/// Key of a ticket's link revocation (epoch ms: links issued up to then are refused).
+pub fn link_revoked_key(ticket_id: &str) -> String {
+    format!("notify/linkrevoked/{ticket_id}")
+}
+
 /// Marks the visit time a customer wrote in a reply's history note.
 pub const VISIT_MARK: &str = " · preferred time: ";
 
@@ -238,6 +243,10 @@ pub struct Answer {
     pub answer: String,
     pub channel: String,
     pub at: String,
+    /// How often the customer changed their answer on the page (once is allowed, with a
+    /// confirmation).
+    #[serde(default)]
+    pub changes: u32,
 }
 
 pub struct Notifier {
@@ -400,14 +409,52 @@ impl Notifier {
         Some((token, full))
     }
 
-    /// The signed self-service link of a ticket.
+    /// The signed self-service link of a ticket (the advisory lifetime, `link_ttl`).
     pub fn link(&self, ticket_id: &str, customer_id: &str, now_ms: i64) -> String {
-        let exp = now_ms + self.cfg.link_ttl.as_millis_i64();
+        self.link_until(
+            ticket_id,
+            customer_id,
+            now_ms + self.cfg.link_ttl.as_millis_i64(),
+        )
+    }
+
+    /// The customer's link for this ticket: `link_ttl_urgent` for an urgent ticket, `link_ttl`
+    /// otherwise.
+    pub fn link_for(&self, t: &Ticket, customer_id: &str, now_ms: i64) -> String {
+        let ttl = if t.priority >= self.cfg.routing.urgent_priority {
+            self.cfg.link_ttl_urgent.min(self.cfg.link_ttl)
+        } else {
+            self.cfg.link_ttl
+        };
+        self.link_until(&t.id, customer_id, now_ms + ttl.as_millis_i64())
+    }
+
+    /// The short-lived link machine channels carry (`machine_link_ttl`).
+    pub fn machine_link(&self, t: &Ticket, customer_id: &str, now_ms: i64) -> String {
+        let ttl = self.cfg.machine_link_ttl.as_millis_i64();
+        self.link_until(&t.id, customer_id, now_ms + ttl)
+    }
+
+    fn link_until(&self, ticket_id: &str, customer_id: &str, exp_ms: i64) -> String {
+        // Issued "now" on the notifier's clock, never after the expiry it is given.
+        let iat = self.clock.now_ms().min(exp_ms);
         format!(
             "{}/notify/v1/s/{}",
             self.public_url,
-            link::sign(&self.link_key, ticket_id, customer_id, exp)
+            link::sign_issued(&self.link_key, ticket_id, customer_id, exp_ms, iat)
         )
+    }
+
+    /// Revokes every self-service link of a ticket issued until now (server-side state: the
+    /// page refuses them as expired; links issued later work).
+    pub fn revoke_links(
+        &self,
+        store: &crate::store::Store,
+        ticket_id: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut tx = store.tx();
+        tx.put_kv(&link_revoked_key(ticket_id), &self.clock.now_ms());
+        store.commit(tx)
     }
 
     /// Called by the daemon while building the atomic commit of a ticket change: adds the outbox

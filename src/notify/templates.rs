@@ -34,7 +34,7 @@ pub const FACTS: [&str; 14] = [
     "visit",
 ];
 /// Phrases each locale must define (rendered from facts, then available to templates).
-pub const PHRASES: [&str; 65] = [
+pub const PHRASES: [&str; 68] = [
     // Headlines, one per kind of message.
     "alert",
     "urgent",
@@ -91,6 +91,10 @@ pub const PHRASES: [&str; 65] = [
     "page_gone",
     "page_choose",
     "page_error",
+    // Changing an answer on the page: asked to confirm, allowed once.
+    "page_change_confirm",
+    "page_change_button",
+    "page_change_used",
     // The ticket's story on the page: what was sent on which channel, what became of it, the
     // customer's answers and what they changed.
     "story_title",
@@ -658,6 +662,11 @@ pub struct PageText {
     pub gone: String,
     pub choose: String,
     pub error: String,
+    /// "Change your answer?" (then the old and the new answer), its button, and what a
+    /// second change is told.
+    pub change_confirm: String,
+    pub change_button: String,
+    pub change_used: String,
     /// The words of the ticket's story.
     pub story: StoryWords,
 }
@@ -716,6 +725,9 @@ impl Templates {
             gone: p("page_gone"),
             choose: p("page_choose"),
             error: p("page_error"),
+            change_confirm: p("page_change_confirm"),
+            change_button: p("page_change_button"),
+            change_used: p("page_change_used"),
             story: StoryWords {
                 title: p("story_title"),
                 opened: p("story_opened"),

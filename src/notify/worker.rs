@@ -362,7 +362,13 @@ impl Notifier {
         let rendered = self
             .templates
             .render(&customer.locale, kind, &facts, answered.is_none());
-        let link = kind.is_warning().then_some(facts.link.as_str());
+        // Machine channels' payloads are stored and forwarded by other systems: they carry a
+        // short-lived link, never the customer's.
+        let machine_link = matches!(ch, Channel::Webhook | Channel::Mqtt | Channel::Push)
+            .then(|| self.machine_link(&ticket, &customer.id, now));
+        let link = kind
+            .is_warning()
+            .then(|| machine_link.as_deref().unwrap_or(facts.link.as_str()));
         let json = serde_json::json!({
             "schema": "forewarn.notification/v1",
             "kind": kind.as_str(),
@@ -774,7 +780,7 @@ impl Notifier {
             when,
             soon,
             ticket: t.id.clone(),
-            link: self.link(&t.id, &c.id, now),
+            link: self.link_for(t, &c.id, now),
             priority: t.priority.as_str().to_string(),
             status: t.status.as_str().to_string(),
             reply_to: self
