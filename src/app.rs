@@ -267,6 +267,11 @@ pub struct GroupStats {
 }
 
 impl App {
+    /// The notifier (the demo's simulated customers answer through its routes, on its clock).
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+
     pub(crate) fn new(
         settings: Settings,
         store: Store,

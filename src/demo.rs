@@ -122,9 +122,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
             std::process::id()
         )));
     }
-    if cfg.notify.inbound_email_key.is_none() {
-        cfg.notify.inbound_email_key = Some(crate::notify::config::Secret(
-            "demo-inbound-email-key".into(),
+    if cfg.notify.inbound_email_signing_key.is_none() {
+        cfg.notify.inbound_email_signing_key = Some(crate::notify::config::Secret(
+            "demo-mailgun-signing-key".into(),
         ));
     }
     let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some());
@@ -573,7 +573,10 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
                     r.is_ok_and(|r| r.status().is_success()),
                 )
             }
-            "fa" => {
+            // The Persian customer uses the page; so does the English one when no e-mail
+            // reached them (without an e-mail provider there is no reply address to answer:
+            // e-mail replies count only on the address the message was sent with).
+            l if l == "fa" || crate::notify::last_reply_address(&app.store, &t.id).is_none() => {
                 let secret = cfg
                     .notify
                     .link_secret
@@ -582,22 +585,30 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
                     .unwrap_or_default();
                 let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
                 let token = crate::notify::link::sign(secret.as_bytes(), &t.id, cid, exp);
-                let when = "فردا صبح";
+                let (action, when, said) = if l == "fa" {
+                    ("reschedule", "فردا صبح", "«درخواست زمان دیگر» (فردا صبح)")
+                } else {
+                    (
+                        "confirm",
+                        "Tuesday morning",
+                        "“Book a visit” (Tuesday morning)",
+                    )
+                };
                 let r = http
                     .post(format!("{public}/notify/v1/s/{token}"))
-                    .form(&[("action", "reschedule"), ("when", when)])
+                    .form(&[("action", action), ("when", when)])
                     .send()
                     .await;
                 (
                     "page",
-                    format!("«درخواست زمان دیگر» ({when})"),
+                    said.to_string(),
                     r.is_ok_and(|r| r.status().is_success()),
                 )
             }
             _ => {
                 let key = cfg
                     .notify
-                    .inbound_email_key
+                    .inbound_email_signing_key
                     .as_ref()
                     .map(|s| s.0.clone())
                     .unwrap_or_default();
@@ -605,13 +616,25 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
                 let subject = format!("Re: [{}] Service advisory", t.id);
                 let sender = format!("service@{cid}.example");
                 let message_id = format!("<demo-{}@{cid}.example>", t.id);
+                // The customer answers the address our e-mail asked them to reply to; the
+                // provider (Mailgun's shape) signs what it forwards, on the daemon's clock.
+                let recipient =
+                    crate::notify::last_reply_address(&app.store, &t.id).unwrap_or_default();
+                let timestamp = (app.notifier().now_ms() / 1000).to_string();
+                let token = format!("demo-{}-{}", t.id, std::process::id());
+                let signature =
+                    crate::notify::signature::mailgun_signature(&key, &timestamp, &token);
                 let r = http
-                    .post(format!("{public}/notify/v1/email/inbound?key={key}"))
+                    .post(format!("{public}/notify/v1/email/inbound"))
                     .form(&[
                         ("sender", sender.as_str()),
+                        ("recipient", recipient.as_str()),
                         ("subject", subject.as_str()),
                         ("stripped-text", text),
                         ("Message-Id", message_id.as_str()),
+                        ("timestamp", timestamp.as_str()),
+                        ("token", token.as_str()),
+                        ("signature", signature.as_str()),
                     ])
                     .send()
                     .await;

@@ -40,12 +40,13 @@ async fn daemon(
     cfg.api.max_body_bytes = LIMIT;
     cfg.notify.poll_interval = "50ms".parse().unwrap();
     cfg.notify.link_secret = Some("hostile-link-secret-0123456789".into());
-    cfg.notify.inbound_email_key = Some("hostile-inbound-key".into());
+    cfg.notify.inbound_email_signing_key = Some("hostile-mailgun-signing-key".into());
     cfg.notify.sms = Some(TwilioConfig {
         api_base: fakes.base.clone(),
         account_sid: SID.into(),
         auth_token: TWILIO_TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     });
     let (h, tok) = start(cfg).await;
     ready(&h).await;
@@ -173,21 +174,52 @@ async fn every_mutating_route_refuses_a_missing_or_wrong_credential_and_changes_
             "status callback {sig:?}"
         );
     }
-    let email = [
-        ("from", "ops@acme.example"),
-        ("subject", &format!("Re: {id}")),
-        ("text", "yes"),
+    // Inbound e-mail needs Mailgun's signature: none, a wrong one, the old static key, the
+    // right signature on a stale timestamp.
+    let now = (chrono::Utc::now().timestamp()).to_string();
+    let stale = (chrono::Utc::now().timestamp() - 3600).to_string();
+    let good_stale = forewarn::notify::signature::mailgun_signature(
+        "hostile-mailgun-signing-key",
+        &stale,
+        "tok-stale",
+    );
+    let subject = format!("Re: {id}");
+    let forged: [(&str, Vec<(&str, &str)>); 4] = [
+        ("unsigned", vec![]),
+        (
+            "wrong signature",
+            vec![
+                ("timestamp", &now),
+                ("token", "tok-1"),
+                ("signature", "00ff"),
+            ],
+        ),
+        ("static key", vec![("key", "hostile-mailgun-signing-key")]),
+        (
+            "stale",
+            vec![
+                ("timestamp", &stale),
+                ("token", "tok-stale"),
+                ("signature", &good_stale),
+            ],
+        ),
     ];
-    for q in ["", "?key=", "?key=wrong"] {
+    for (what, extra) in forged {
+        let mut form = vec![
+            ("from", "ops@acme.example"),
+            ("subject", subject.as_str()),
+            ("text", "yes"),
+        ];
+        form.extend(extra);
         let r = http
-            .post(format!("{base}/notify/v1/email/inbound{q}"))
-            .form(&email)
+            .post(format!("{base}/notify/v1/email/inbound"))
+            .form(&form)
             .send()
             .await
             .unwrap();
         assert!(
             [401, 403].contains(&r.status().as_u16()),
-            "inbound e-mail {q:?}: {}",
+            "inbound e-mail {what}: {}",
             r.status()
         );
     }
@@ -261,7 +293,7 @@ async fn bodies_over_the_limit_get_413_on_every_route_that_takes_one() {
         ),
         (
             "POST",
-            "/notify/v1/email/inbound?key=hostile-inbound-key",
+            "/notify/v1/email/inbound",
             "application/x-www-form-urlencoded",
             &form_big,
         ),

@@ -109,12 +109,13 @@ async fn secrets_and_contact_details_never_appear_in_the_log() {
     cfg.dispatch.webhook_secret = Some(HOOK_SECRET.into());
     cfg.notify.poll_interval = "50ms".parse().unwrap();
     cfg.notify.link_secret = Some(LINK_SECRET.into());
-    cfg.notify.inbound_email_key = Some(INBOUND_KEY.into());
+    cfg.notify.inbound_email_signing_key = Some(INBOUND_KEY.into());
     cfg.notify.sms = Some(TwilioConfig {
         api_base: fakes.base.clone(),
         account_sid: SID.into(),
         auth_token: TWILIO_TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     });
     let path = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");
@@ -173,8 +174,14 @@ async fn secrets_and_contact_details_never_appear_in_the_log() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let r = http
-        .post(format!("{base}/notify/v1/email/inbound?key=wrong"))
-        .form(&[("from", NEW_EMAIL), ("text", "yes")])
+        .post(format!("{base}/notify/v1/email/inbound"))
+        .form(&[
+            ("from", NEW_EMAIL),
+            ("text", "yes"),
+            ("timestamp", "1795410000"),
+            ("token", "forged-token"),
+            ("signature", "00"),
+        ])
         .send()
         .await
         .unwrap();
@@ -240,7 +247,7 @@ async fn secrets_and_contact_details_never_appear_in_the_log() {
         ("dispatch webhook secret", HOOK_SECRET.to_string()),
         ("Twilio auth token", TWILIO_TOKEN.to_string()),
         ("link secret", LINK_SECRET.to_string()),
-        ("inbound e-mail key", INBOUND_KEY.to_string()),
+        ("inbound e-mail signing key", INBOUND_KEY.to_string()),
         ("broker password", BROKER_PASSWORD.to_string()),
         ("token in the dispatch URL", DISPATCH_URL_TOKEN.to_string()),
         ("SMTP password", SMTP_PASSWORD.to_string()),

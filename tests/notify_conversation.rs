@@ -40,24 +40,19 @@ async fn email(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    // Sent to the reply address of our last e-mail to that sender (if any), signed as
+    // Mailgun forwards it.
+    let recipient = h.reply_address(from);
+    let hdrs = serde_json::to_string(&hdrs).unwrap();
     let r = h
-        .http
-        .post(format!(
-            "{}/notify/v1/email/inbound?key=inbound-key-for-tests",
-            h.url
-        ))
-        .form(&[
+        .mailgun_post(&[
             ("sender", from),
+            ("recipient", &recipient),
             ("subject", subject),
             ("stripped-text", text),
-            (
-                "message-headers",
-                serde_json::to_string(&hdrs).unwrap().as_str(),
-            ),
+            ("message-headers", &hdrs),
         ])
-        .send()
-        .await
-        .unwrap();
+        .await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or_default())
 }
@@ -146,9 +141,14 @@ async fn a_replayed_message_sid_changes_nothing() {
 #[tokio::test]
 async fn an_out_of_office_reply_is_recorded_and_never_acted_on() {
     let h = Harness::start(|_| {}).await;
-    let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
+    // Reachable by e-mail only, so even the urgent alert is an e-mail (the out-of-office
+    // answers its reply address).
+    let mut c = h.customer("acme", "en", &[Channel::Email]);
+    c.contacts.retain(|ch, _| *ch == Channel::Email);
+    h.add_customer(c.clone());
     let t = h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
     h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1);
     let subject = format!("Automatic reply: [{}] Urgent", t.id);
     for (headers, subject) in [
         (vec![("Auto-Submitted", "auto-replied")], subject.clone()),
@@ -303,6 +303,113 @@ async fn dismissal_after_an_alert_says_no_action_needed_and_never_to_the_unalert
 }
 
 #[tokio::test]
+async fn fixed_is_told_only_to_an_alerted_customer_and_only_after_a_service() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let fixed = |h: &Harness| {
+        h.smtp
+            .mails()
+            .iter()
+            .filter(|m| m.data.contains("] Fixed: "))
+            .count()
+    };
+    // Alerted, then a maintenance settles it: "fixed".
+    let mut t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    t.transition(Status::Resolved, "device", t.opened_ms + 1, "maintenance")
+        .unwrap();
+    t.outcome = Some(Outcome::ConfirmedFault);
+    h.change(&c, ChangeKind::Settled, Some(Priority::High), &t);
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 2);
+    assert_eq!(fixed(&h), 1);
+    assert!(
+        !h.smtp.mails()[1].data.contains("/notify/v1/s/"),
+        "no dead link"
+    );
+
+    // Never told (the advisory waits for quiet hours to end), then serviced: nothing.
+    h.advance(Duration::from_secs(11 * 3600));
+    let mut t2 = h.open(&c, "pump-2", Priority::Advisory, 0.5, Some(300));
+    h.run().await;
+    t2.transition(Status::Resolved, "device", t2.opened_ms + 1, "maintenance")
+        .unwrap();
+    t2.outcome = Some(Outcome::ConfirmedFault);
+    h.change(&c, ChangeKind::Settled, Some(Priority::Advisory), &t2);
+    h.advance(Duration::from_secs(9 * 3600));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 2, "nothing about a ticket never told");
+
+    // Alerted, then the maintenance found nothing (a false alarm): not "fixed".
+    let mut t3 = h.open(&c, "pump-3", Priority::High, 0.7, Some(72));
+    h.run().await;
+    t3.transition(Status::Resolved, "device", t3.opened_ms + 1, "maintenance")
+        .unwrap();
+    t3.outcome = Some(Outcome::FalseAlarm);
+    h.change(&c, ChangeKind::Settled, Some(Priority::High), &t3);
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 3, "the third alert, nothing after it");
+    assert_eq!(fixed(&h), 1);
+}
+
+#[tokio::test]
+async fn a_replayed_email_message_id_changes_nothing() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let subject = format!("Re: [{}] Service advisory: pump-1", t.id);
+    let id = [("Message-Id", "<r1@customer.test>")];
+    let (status, _) = email(&h, "acme@customer.test", &subject, "3", &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+    let (status, body) = email(&h, "acme@customer.test", &subject, "1", &id).await;
+    assert_eq!((status, body["ignored"].as_str()), (200, Some("replay")));
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+}
+
+#[tokio::test]
+async fn a_replayed_or_stale_mailgun_request_changes_nothing() {
+    use forewarn::notify::Clock;
+    use notify_support::mailgun_fields;
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let to = h.reply_address("acme@customer.test");
+    let subject = format!("Re: [{}]", t.id);
+    let post = |text: &str, fields: Vec<(String, String)>| {
+        let mut form: Vec<(String, String)> = [
+            ("sender", "acme@customer.test"),
+            ("recipient", to.as_str()),
+            ("subject", subject.as_str()),
+            ("stripped-text", text),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        form.extend(fields);
+        h.http
+            .post(format!("{}/notify/v1/email/inbound", h.url))
+            .form(&form)
+            .send()
+    };
+    // Signed ten minutes ago: outside the five-minute window.
+    let stale = mailgun_fields(h.clock.now_ms() - 600_000, "tok-stale");
+    assert_eq!(post("1", stale).await.unwrap().status(), 403);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    let once = mailgun_fields(h.clock.now_ms(), "tok-once");
+    assert_eq!(post("3", once.clone()).await.unwrap().status(), 200);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+    // The same signed request again, even with another text: ignored.
+    let r = post("1", once).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["ignored"], "replay");
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+}
+
+#[tokio::test]
 async fn a_failure_gets_a_person_not_a_message() {
     let h = Harness::start(|c| c.max_reminders = 0).await;
     let c = h.customer("acme", "en", &[Channel::Email]);
@@ -340,6 +447,86 @@ async fn the_call_does_not_claim_a_text_was_sent() {
     let call = &h.fakes.delivered("voice")[0].body;
     assert!(!call.contains("text message"), "{call}");
     assert!(call.contains("worn bearings"), "{call}");
+}
+
+#[tokio::test]
+async fn a_thai_call_is_spoken_in_thai_and_a_persian_customer_gets_a_text_instead() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let th = h.customer("somchai", "th", &[Channel::Voice, Channel::Sms]);
+    h.open(&th, "pump-th", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let calls = h.fakes.delivered("voice");
+    assert_eq!(calls.len(), 1, "the Thai customer is called");
+    let twiml = &calls[0].body;
+    // Twilio's default voice has no Thai: a Google Thai voice, with the language named.
+    assert!(
+        twiml.contains("<Say voice=\"Google.th-TH-Standard-A\" language=\"th-TH\">"),
+        "{twiml}"
+    );
+    assert!(twiml.contains("ลูกปืนสึกหรอ"), "said in Thai: {twiml}");
+    assert!(!twiml.contains("bearing"), "{twiml}");
+
+    let fa = h.customer("dariush", "fa", &[Channel::Voice, Channel::Sms]);
+    h.open(&fa, "pump-fa", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    assert_eq!(
+        h.fakes.delivered("voice").len(),
+        1,
+        "no call in a language the provider cannot speak"
+    );
+    let texts = h.fakes.delivered("sms");
+    assert_eq!(texts.len(), 1, "the urgent alert goes by text instead");
+    assert_eq!(texts[0].to, fa.contacts[&Channel::Sms]);
+    assert!(
+        texts[0].body.contains("فرسودگی بلبرینگ"),
+        "{}",
+        texts[0].body
+    );
+    assert!(
+        h.timeline("dariush").iter().any(|e| e.kind == "decision"
+            && e.detail
+                .contains("voice skipped: no text-to-speech voice for fa")),
+        "the routing decision says why"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_who_has_a_persian_voice_can_enable_calls_in_persian() {
+    let dir = tempfile::tempdir().unwrap();
+    let fa = forewarn::notify::templates::EMBEDDED
+        .iter()
+        .find(|(n, _)| *n == "fa")
+        .unwrap()
+        .1;
+    let with_voice = fa.replacen(
+        "calendar = ",
+        "voice_language = \"fa-IR\"\nvoice = \"Acme.fa-IR-1\"\ncalendar = ",
+        1,
+    );
+    std::fs::write(dir.path().join("fa.toml"), with_voice).unwrap();
+    let path = dir.path().to_path_buf();
+    let h = Harness::start(move |c| {
+        c.max_reminders = 0;
+        c.templates_dir = Some(path);
+    })
+    .await;
+    let c = h.customer("dariush", "fa", &[Channel::Voice, Channel::Sms]);
+    h.open(&c, "pump-fa", Priority::Urgent, 0.97, Some(6));
+    h.run().await;
+    let calls = h.fakes.delivered("voice");
+    assert_eq!(calls.len(), 1);
+    assert!(
+        calls[0]
+            .body
+            .contains("<Say voice=\"Acme.fa-IR-1\" language=\"fa-IR\">"),
+        "{}",
+        calls[0].body
+    );
+    assert!(
+        calls[0].body.contains("فرسودگی بلبرینگ"),
+        "{}",
+        calls[0].body
+    );
 }
 
 /// Every inbound route with arbitrary Unicode: no panic (a 500), and a known customer's text is

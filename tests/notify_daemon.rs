@@ -40,6 +40,7 @@ async fn a_ticket_opened_by_telemetry_reaches_the_customer_and_their_sms_reply_a
         account_sid: SID.into(),
         auth_token: TWILIO_TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     });
     let (h, tok) = start(cfg).await;
     ready(&h).await;
@@ -108,5 +109,16 @@ async fn a_ticket_opened_by_telemetry_reaches_the_customer_and_their_sms_reply_a
             >= 1.0,
         "notify metrics are served at /metrics"
     );
+    // Revoking the ticket's links is a write: refused without the token, done with it.
+    let revoke = format!("http://{}/api/v1/tickets/{id}/links/revoke", h.api_addr);
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(&revoke).send().await.unwrap().status(), 401);
+    let r = http
+        .post(&revoke)
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     stop(h, tok).await;
 }

@@ -65,7 +65,10 @@ async fn email_is_sent_over_real_smtp_with_plain_and_html_parts() {
         data.contains(&format!("[{}]", t.id)),
         "subject carries the ticket id"
     );
-    assert!(data.contains("Reply-To: replies@forewarn.test"));
+    // The message's own reply address: the configured one with an unguessable token.
+    let reply_to = notify_support::reply_to_of(data).unwrap();
+    let token = forewarn::notify::reply_token(&reply_to).unwrap();
+    assert_eq!(reply_to, format!("replies+{token}@forewarn.test"));
     let parts = smtp::parts(data);
     let plain = parts.iter().find(|p| p.0.contains("text/plain")).unwrap();
     let html = parts.iter().find(|p| p.0.contains("text/html")).unwrap();
@@ -343,16 +346,17 @@ async fn daily_budget_holds_advisories_but_lets_urgent_through_within_its_allowa
     );
 }
 
-#[tokio::test]
-async fn restart_between_send_and_record_repeats_the_message_once_with_the_same_key() {
+/// Kills the worker while the provider holds the request (the message is sent, the answer
+/// never recorded) and restarts it on the same data directory.
+async fn interrupted_then_restarted(service: &'static str, prefs: &[Channel]) -> Harness {
     let h = Harness::start(|c| c.send_timeout = "1s".parse().unwrap()).await;
-    let c = h.customer("acme", "en", &[Channel::Sms]);
+    let c = h.customer("acme", "en", prefs);
     h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
     // The provider accepts the message but we die before hearing back.
-    h.fakes.set("sms", Mode::Hang(10_000));
+    h.fakes.set(service, Mode::Hang(10_000));
     let (n, store, desk) = (h.notifier.clone(), h.store.clone(), h.desk.clone());
     let job = tokio::spawn(async move { n.run_once(&store, desk.as_ref()).await });
-    while h.fakes.delivered("sms").is_empty() {
+    while h.fakes.delivered(service).is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     job.abort();
@@ -372,23 +376,126 @@ async fn restart_between_send_and_record_repeats_the_message_once_with_the_same_
     server.abort();
     let _ = server.await;
     // Restart on the same data directory.
-    fakes.set("sms", Mode::Ok);
+    fakes.set(service, Mode::Ok);
     let h = Harness::with(dir, tmp, fakes, smtp, |_| {}).await;
     h.add_customer(c);
     assert_eq!(h.outbox_len(), 1, "the interrupted row survived");
+    h
+}
+
+#[tokio::test]
+async fn restart_between_send_and_record_finds_the_sms_at_the_provider_and_sends_nothing_again() {
+    let h = interrupted_then_restarted("sms", &[Channel::Sms]).await;
     h.run().await;
-    assert_eq!(h.fakes.requests("sms"), 2, "the request was repeated...");
-    // ...with the same idempotency key. Twilio's API does not de-duplicate by it (nor does the
-    // fake): after a crash at exactly this moment the customer can get the text twice, never
-    // a different text and never more than once per interrupted attempt.
-    let sent = h.fakes.delivered("sms");
-    assert_eq!(sent.len(), 2);
-    assert_eq!(sent[0].idempotency, sent[1].idempotency);
-    assert_eq!(sent[0].body, sent[1].body);
+    // Twilio does not de-duplicate (nor does the fake): the notifier asked the Messages list
+    // what went to this number, found the interrupted text and did not send it again.
+    assert_eq!(h.fakes.requests("sms_list"), 1, "asked the provider first");
+    assert_eq!(h.fakes.requests("sms"), 1, "and sent nothing again");
+    assert_eq!(h.fakes.delivered("sms").len(), 1);
     let tl = h.timeline("acme");
-    assert!(tl
+    let msg = tl.iter().find(|e| e.kind == "message").unwrap();
+    assert!(
+        msg.detail.contains("found at the provider") && msg.detail.contains("not sent again"),
+        "{}",
+        msg.detail
+    );
+    // Its delivery report still lands on the ticket: the provider id was recorded.
+    let sid = h.fakes.delivered("sms")[0].sid.clone();
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/status",
+            &[("MessageSid", &sid), ("MessageStatus", "delivered")],
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert!(h
+        .timeline("acme")
         .iter()
-        .any(|e| e.kind == "message" && e.detail.contains("resent with the same idempotency key")));
+        .any(|e| e.kind == "delivery" && e.outcome.as_deref() == Some("delivered")));
+}
+
+#[tokio::test]
+async fn restart_between_send_and_record_finds_the_call_at_the_provider_and_calls_once() {
+    let h = interrupted_then_restarted("voice", &[Channel::Voice]).await;
+    h.run().await;
+    assert_eq!(h.fakes.requests("voice_list"), 1);
+    assert_eq!(h.fakes.delivered("voice").len(), 1, "one call");
+}
+
+#[tokio::test]
+async fn an_interrupted_attempt_that_never_reached_the_provider_is_sent_after_the_restart() {
+    use forewarn::notify::{Attempt, OutboxRow, QUEUE};
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    // A crash right after the attempt was recorded, before the request left: the row says
+    // "sending", the provider has nothing.
+    let (key, mut row) = h.store.outbox::<OutboxRow>(QUEUE).unwrap().remove(0);
+    row.attempts.push(Attempt {
+        at_ms: notify_support::NOON_BKK,
+        channel: Channel::Sms,
+        outcome: "sending".into(),
+        detail: String::new(),
+        fingerprint: Some(forewarn::notify::fingerprint("an earlier text")),
+    });
+    h.store.outbox_put(&key, &row).unwrap();
+    h.run().await;
+    assert_eq!(h.fakes.requests("sms_list"), 1, "asked first");
+    assert_eq!(
+        h.fakes.delivered("sms").len(),
+        1,
+        "nothing found: sent once"
+    );
+    assert_eq!(h.outbox_len(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_attempt_is_retried_without_a_look_up() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    // A 503 is an answer: the provider did not take the message.
+    h.fakes.set("sms", Mode::Down);
+    h.run().await;
+    h.fakes.set("sms", Mode::Ok);
+    h.advance(Duration::from_secs(120));
+    h.run().await;
+    assert_eq!(h.fakes.requests("sms_list"), 0);
+    assert_eq!(h.fakes.delivered("sms").len(), 1);
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_be_asked_gets_nothing_sent_again() {
+    let h = interrupted_then_restarted("sms", &[Channel::Sms]).await;
+    h.fakes.set("sms_list", Mode::Down);
+    h.run().await;
+    assert_eq!(h.fakes.requests("sms"), 1, "no look-up, no second send");
+    assert_eq!(h.outbox_len(), 1, "the row waits");
+    h.fakes.set("sms_list", Mode::Ok);
+    h.advance(Duration::from_secs(120));
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 1, "found, still one text");
+}
+
+#[tokio::test]
+async fn a_timed_out_request_is_looked_up_before_it_is_repeated() {
+    let h = Harness::start(|c| {
+        c.send_timeout = "300ms".parse().unwrap();
+        c.max_reminders = 0;
+    })
+    .await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    h.open(&c, "pump-1", Priority::Urgent, 0.97, Some(6));
+    // The provider takes the message but answers too late: a timeout here, a text there.
+    h.fakes.set("sms", Mode::Hang(2_000));
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 1);
+    h.fakes.set("sms", Mode::Ok);
+    h.advance(Duration::from_secs(120));
+    h.run().await;
+    assert_eq!(h.fakes.requests("sms_list"), 1);
+    assert_eq!(h.fakes.delivered("sms").len(), 1, "one text, not two");
+    assert_eq!(h.outbox_len(), 0);
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use notify_support::Harness;
 use std::time::Duration;
 
 /// Walks one customer through all eight moments; returns nothing, the peers hold the result.
-async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String) {
+async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String, smtpd: &AioSmtpd) {
     let (by_sms, by_mail) = (
         c.preferences[0] == Channel::Sms,
         c.preferences[0] == Channel::Email,
@@ -46,20 +46,23 @@ async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String)
                     .unwrap();
                 assert_eq!(r.status(), 200, "signature accepted");
             } else if by_mail {
+                // The answer goes to the reply address our e-mail about this ticket carried
+                // (as Python's parser reads it), signed as Mailgun forwards it.
+                let to = smtpd
+                    .messages()
+                    .into_iter()
+                    .find(|m| m.subject.contains(&format!("[{id}]")))
+                    .map(|m| m.reply_to)
+                    .unwrap_or_default();
+                assert!(to.starts_with("replies+"), "{to:?}");
                 let r = h
-                    .http
-                    .post(format!(
-                        "{}/notify/v1/email/inbound?key=inbound-key-for-tests",
-                        h.url
-                    ))
-                    .form(&[
+                    .mailgun_post(&[
                         ("sender", c.contacts[&Channel::Email].as_str()),
+                        ("recipient", to.as_str()),
                         ("subject", format!("Re: [{id}]").as_str()),
                         ("stripped-text", text.as_str()),
                     ])
-                    .send()
-                    .await
-                    .unwrap();
+                    .await;
                 assert_eq!(r.status(), 200);
             }
         }
@@ -135,8 +138,8 @@ async fn every_message_in_every_locale_reaches_real_peers_and_reads_back() {
         let mut by_sms = h.customer(&format!("{loc}sms"), loc, &[Channel::Sms]);
         by_sms.contacts.retain(|ch, _| *ch == Channel::Sms);
         h.add_customer(by_sms.clone());
-        conversation(&h, &by_mail, &reply).await;
-        conversation(&h, &by_sms, &reply).await;
+        conversation(&h, &by_mail, &reply, &smtpd).await;
+        conversation(&h, &by_sms, &reply, &smtpd).await;
     }
 
     // E-mail, parsed back by Python's MIME parser.
@@ -255,4 +258,130 @@ async fn every_message_in_every_locale_reaches_real_peers_and_reads_back() {
             eprintln!("{loc} sms ({n} segments): {}", d.body);
         }
     }
+}
+
+/// Inbound SMS and status callbacks signed by the official `twilio` library in both schemes
+/// (Auth Token HMAC-SHA1; a Webhooks Rule SharedKey with HMAC-SHA256 named in
+/// `X-Twilio-Webhooks-Signature-Settings`), on a URL with a query string, signed with and
+/// without the port, a JSON status callback signed through `bodySHA256`; a replayed
+/// `MessageSid` changes nothing and a wrong key is refused.
+#[tokio::test]
+async fn twilio_signatures_from_the_official_library_in_both_schemes() {
+    use notify_support::peers::{twilio_library_body_hash, twilio_library_signature_with};
+    if !python_has(&["twilio"]) {
+        return;
+    }
+    const SHARED: &str = "webhooks-rule-shared-key-secret";
+    let h = Harness::start(|c| {
+        c.max_reminders = 0;
+        if let Some(s) = c.sms.as_mut() {
+            s.webhook_shared_key = Some(SHARED.into());
+        }
+    })
+    .await;
+    let c = h.customer("acme", "en", &[Channel::Sms]);
+    let from = c.contacts[&Channel::Sms].clone();
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let post = |url: String,
+                sig: String,
+                settings: Option<&'static str>,
+                form: Vec<(&'static str, String)>| {
+        let mut r = h
+            .http
+            .post(url)
+            .header("X-Twilio-Signature", sig)
+            .form(&form);
+        if let Some(s) = settings {
+            r = r.header("X-Twilio-Webhooks-Signature-Settings", s);
+        }
+        r.send()
+    };
+    let form = |sid: &'static str, body: &'static str| -> Vec<(&'static str, String)> {
+        vec![
+            ("MessageSid", sid.to_string()),
+            ("From", from.clone()),
+            ("To", "+15550100".to_string()),
+            ("Body", body.to_string()),
+        ]
+    };
+    let pairs = |f: &[(&'static str, String)]| -> Vec<(&'static str, String)> { f.to_vec() };
+    let sign = |key: &str, url: &str, f: &[(&'static str, String)], alg: &str| {
+        let p: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        twilio_library_signature_with(key, url, &p, alg)
+    };
+
+    // Auth Token scheme, a query string on the webhook URL, signed without the port.
+    let url = format!("{}/notify/v1/twilio/sms?src=carrier-a", h.url);
+    let portless = url.replacen(&format!(":{}", h.url.rsplit(':').next().unwrap()), "", 1);
+    assert_ne!(portless, url);
+    let f = form("SMlib1", "3");
+    let sig = sign(TOKEN, &portless, &pairs(&f), "HMAC_SHA1");
+    let r = post(url.clone(), sig, None, f).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "Auth Token scheme, query string, port-less signature"
+    );
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+
+    // The same request again (a replay): accepted by the signature, ignored by MessageSid.
+    let f = form("SMlib1", "1");
+    let sig = sign(TOKEN, &url, &pairs(&f), "HMAC_SHA1");
+    let r = post(url.clone(), sig, None, f).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Acknowledged);
+    assert_eq!(
+        h.metric(
+            "forewarn_notify_inbound_ignored_total",
+            &[("reason", "replay")]
+        ),
+        1.0
+    );
+
+    // SharedKey scheme, HMAC-SHA256.
+    let settings = Some("key=webhooks_sharedkey_test,algorithm=HMAC_SHA256");
+    let f = form("SMlib2", "1");
+    let sig = sign(SHARED, &url, &pairs(&f), "HMAC_SHA256");
+    let r = post(url.clone(), sig, settings, f).await.unwrap();
+    assert_eq!(r.status(), 200, "SharedKey scheme");
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Scheduled);
+
+    // A signature by another key, or the Auth Token claimed as the SharedKey: refused.
+    let f = form("SMlib3", "3");
+    let sig = sign("not-the-token", &url, &pairs(&f), "HMAC_SHA1");
+    assert_eq!(
+        post(url.clone(), sig, None, f.clone())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let sig = sign(TOKEN, &url, &pairs(&f), "HMAC_SHA256");
+    assert_eq!(
+        post(url.clone(), sig, settings, f).await.unwrap().status(),
+        403
+    );
+
+    // A JSON status callback, signed through bodySHA256.
+    let sid = h.fakes.delivered("sms")[0].sid.clone();
+    let body = serde_json::json!({"MessageSid": sid, "MessageStatus": "delivered"}).to_string();
+    let hash = twilio_library_body_hash(&body);
+    let url = format!("{}/notify/v1/twilio/status?bodySHA256={hash}", h.url);
+    let sig = sign(TOKEN, &url, &[], "HMAC_SHA1");
+    let send = |b: String, sig: String| {
+        h.http
+            .post(url.clone())
+            .header("X-Twilio-Signature", sig)
+            .header("Content-Type", "application/json")
+            .body(b)
+            .send()
+    };
+    let tampered = body.replace("delivered", "undelivered");
+    assert_eq!(send(tampered, sig.clone()).await.unwrap().status(), 403);
+    assert_eq!(send(body, sig).await.unwrap().status(), 204);
+    assert!(h
+        .timeline("acme")
+        .iter()
+        .any(|e| e.kind == "delivery" && e.outcome.as_deref() == Some("delivered")));
 }

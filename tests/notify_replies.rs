@@ -128,26 +128,44 @@ async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_a
     let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
     let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
     h.run().await;
-    let post = |from: &'static str, key: &'static str| {
-        let subject = format!("Re: [{}] Service advisory: pump-1", t.id);
-        let url = format!("{}/notify/v1/email/inbound?key={key}", h.url);
-        let http = h.http.clone();
+    let subject = format!("Re: [{}] Service advisory: pump-1", t.id);
+    // The e-mail's own reply address: the answer goes to it, whoever `From` claims to be.
+    let reply_to = h.reply_address("acme@customer.test");
+    assert!(reply_to.starts_with("replies+"), "{reply_to}");
+    let post = |from: &'static str, to: String| {
+        let (subject, h) = (subject.clone(), &h);
         async move {
-            http.post(url)
-                .form(&[
-                    ("sender", from),
-                    ("subject", subject.as_str()),
-                    ("stripped-text", "2 - next week would be better\n\n> quoted"),
-                ])
-                .send()
-                .await
-                .unwrap()
+            h.mailgun_post(&[
+                ("sender", from),
+                ("recipient", &to),
+                ("subject", &subject),
+                ("stripped-text", "2 - next week would be better\n\n> quoted"),
+            ])
+            .await
         }
     };
-    assert_eq!(post("acme@customer.test", "wrong").await.status(), 403);
-    let r = post("someone@else.test", "inbound-key-for-tests").await;
-    assert_eq!(r.status(), 403, "only the ticket's customer may answer");
-    let r = post("acme@customer.test", "inbound-key-for-tests").await;
+    // Unsigned (the old static key): refused.
+    let r = h
+        .http
+        .post(format!("{}/notify/v1/email/inbound?key=whatever", h.url))
+        .form(&[
+            ("sender", "acme@customer.test"),
+            ("subject", subject.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The customer's own From address, but to the shared address (no token): the From is not
+    // trusted, the message is kept for a person and nothing changes.
+    let r = post("acme@customer.test", "replies@forewarn.test".into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    assert!(h
+        .timeline(forewarn::notify::UNKNOWN_SENDER)
+        .iter()
+        .any(|e| e.outcome.as_deref() == Some("needs_human")));
+    let r = post("acme@customer.test", reply_to.clone()).await;
     assert_eq!(r.status(), 200);
     let now = h.desk.ticket(&t.id).unwrap();
     assert_eq!(now.status, Status::Acknowledged);
@@ -156,7 +174,7 @@ async fn an_email_reply_asking_for_another_time_lands_on_the_ticket_and_is_not_a
         "another time requested by email: 2 - next week would be better"
     );
     // The same answer again (a resent e-mail) changes nothing.
-    let r = post("acme@customer.test", "inbound-key-for-tests").await;
+    let r = post("acme@customer.test", reply_to.clone()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         h.desk.ticket(&t.id).unwrap().history.len(),
@@ -383,4 +401,103 @@ async fn an_unanswered_call_falls_back_to_sms_through_the_call_status_callback()
         h.metric("forewarn_notify_fallbacks_total", &[("channel", "voice")]),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_page_answer_can_be_changed_once_after_a_confirmation() {
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let link = link_of(&h, &t);
+    let answer = |action: &'static str, confirm: bool| {
+        let (http, link) = (h.http.clone(), link.clone());
+        async move {
+            let mut form = vec![("action", action), ("when", "")];
+            if confirm {
+                form.push(("confirm", "yes"));
+            }
+            let r = http.post(link).form(&form).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let status = || h.desk.ticket(&t.id).unwrap().status;
+    assert_eq!(answer("reschedule", false).await.0, 200);
+    assert_eq!(status(), Status::Acknowledged);
+    // A different answer: first a confirmation page, nothing changed yet.
+    let (code, page) = answer("confirm", false).await;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Change your answer?") && page.contains("confirm_change"),
+        "{page}"
+    );
+    assert_eq!(status(), Status::Acknowledged);
+    // Confirmed: changed.
+    assert_eq!(answer("confirm", true).await.0, 200);
+    assert_eq!(status(), Status::Scheduled);
+    // A second change is refused, in the customer's words; the answer stays.
+    let (code, page) = answer("not_now", true).await;
+    assert_eq!(code, 409);
+    assert!(page.contains("already changed your answer once"), "{page}");
+    assert_eq!(status(), Status::Scheduled);
+}
+
+#[tokio::test]
+async fn urgent_links_live_shorter_and_machine_channels_carry_a_short_lived_one() {
+    use forewarn::notify::Clock;
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Webhook]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let hook: serde_json::Value =
+        serde_json::from_str(&h.fakes.delivered("webhook")[0].body).unwrap();
+    let machine = hook["link"].as_str().unwrap().to_string();
+    assert_ne!(machine, link_of(&h, &t), "not the customer's link");
+    assert_eq!(h.http.get(&machine).send().await.unwrap().status(), 200);
+    // An hour and a minute later the webhook's link is dead; the customer's is not.
+    h.advance(Duration::from_secs(3660));
+    assert_eq!(h.http.get(&machine).send().await.unwrap().status(), 410);
+    let now = h.clock.now_ms();
+    let advisory = h.notifier.link_for(&t, "acme", now);
+    let mut urgent = t.clone();
+    urgent.priority = Priority::Urgent;
+    let urgent = h.notifier.link_for(&urgent, "acme", now);
+    // Three days on: the urgent ticket's link (48 h) is gone, the advisory one (14 d) works.
+    h.advance(Duration::from_secs(72 * 3600));
+    assert_eq!(h.http.get(&urgent).send().await.unwrap().status(), 410);
+    assert_eq!(h.http.get(&advisory).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn revoked_links_stop_working_and_new_ones_do() {
+    use forewarn::notify::Clock;
+    let h = Harness::start(|c| c.max_reminders = 0).await;
+    let c = h.customer("acme", "en", &[Channel::Email]);
+    let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
+    h.run().await;
+    let old = link_of(&h, &t);
+    assert_eq!(h.http.get(&old).send().await.unwrap().status(), 200);
+    h.advance(Duration::from_secs(60));
+    let r = h
+        .http
+        .post(format!("{}/api/v1/tickets/{}/links/revoke", h.url, t.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // Every link issued so far is refused, its answer too; the ticket is untouched.
+    assert_eq!(h.http.get(&old).send().await.unwrap().status(), 410);
+    let r = h
+        .http
+        .post(&old)
+        .form(&[("action", "confirm")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    assert_eq!(h.desk.ticket(&t.id).unwrap().status, Status::Open);
+    // A link issued afterwards works.
+    h.advance(Duration::from_secs(1));
+    let new = h.notifier.link(&t.id, "acme", h.clock.now_ms());
+    assert_eq!(h.http.get(&new).send().await.unwrap().status(), 200);
 }

@@ -95,12 +95,18 @@ pub fn notify_routes(
         .clone()
         .public_routes(store.clone(), desk.clone())
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
-    let private = notifier
-        .timeline_routes(store, desk)
+    let timeline = notifier
+        .clone()
+        .timeline_routes(store.clone(), desk.clone())
         .route_layer(axum::middleware::from_extractor_with_state::<
             Authorized<NeedsRead>,
             Arc<Auth>,
-        >(auth))
+        >(auth.clone()));
+    let links = notifier.links_routes(store, desk).route_layer(
+        axum::middleware::from_extractor_with_state::<Authorized<NeedsWrite>, Arc<Auth>>(auth),
+    );
+    let private = timeline
+        .merge(links)
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
     NotifyRoutes { public, private }
 }

@@ -4,6 +4,7 @@
 use super::{CliResult, Failure};
 use crate::domain::Dur;
 use std::path::PathBuf;
+#[cfg(feature = "embedded-broker")]
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]

@@ -21,8 +21,13 @@ pub struct NotifyConfig {
     pub poll_interval: Dur,
     /// HMAC key of self-service links (also FOREWARN__NOTIFY__LINK_SECRET); random per start if unset.
     pub link_secret: Option<Secret>,
-    /// Self-service links expire after this.
+    /// Self-service links expire after this...
     pub link_ttl: Dur,
+    /// ...or after this when the ticket is urgent (a visit within days is no use later).
+    pub link_ttl_urgent: Dur,
+    /// The link in machine channels' JSON (webhook, MQTT, push) lives only this long: those
+    /// payloads are stored and forwarded by systems other than the customer's.
+    pub machine_link_ttl: Dur,
     /// Folder of `<locale>.toml` template files overriding/adding to the embedded ones.
     pub templates_dir: Option<PathBuf>,
     /// Locale used when a customer's locale has no templates.
@@ -43,8 +48,15 @@ pub struct NotifyConfig {
     pub max_reminders: u32,
     /// Send a short "resolved" message when a notified ticket is settled by a maintenance event.
     pub notify_resolved: bool,
-    /// Shared secret for the e-mail inbound-parse webhook (`?key=`); unset: the route is off.
+    /// No longer accepted (a static key in the URL is forgeable): see
+    /// `inbound_email_signing_key`. Kept so an old configuration gets a clear error.
     pub inbound_email_key: Option<Secret>,
+    /// Mailgun's HTTP webhook signing key: inbound e-mail must carry Mailgun's `timestamp`,
+    /// `token` and `signature`; unset, the e-mail reply route is off.
+    pub inbound_email_signing_key: Option<Secret>,
+    /// How far an inbound e-mail's signed timestamp may be from now (each token is accepted
+    /// once within it).
+    pub inbound_email_max_age: Dur,
     pub routing: RoutingConfig,
     pub email: Option<EmailConfig>,
     pub sms: Option<TwilioConfig>,
@@ -61,6 +73,8 @@ impl Default for NotifyConfig {
             poll_interval: Dur::secs(1),
             link_secret: None,
             link_ttl: Dur::hours(14 * 24),
+            link_ttl_urgent: Dur::hours(48),
+            machine_link_ttl: Dur::hours(1),
             templates_dir: None,
             fallback_locale: "en".into(),
             daily_budget: 6,
@@ -73,6 +87,8 @@ impl Default for NotifyConfig {
             max_reminders: 2,
             notify_resolved: true,
             inbound_email_key: None,
+            inbound_email_signing_key: None,
+            inbound_email_max_age: Dur::secs(300),
             routing: RoutingConfig::default(),
             email: None,
             sms: None,
@@ -169,6 +185,10 @@ pub struct TwilioConfig {
     pub auth_token: Secret,
     /// Sender number (E.164).
     pub from: String,
+    /// The SharedKey secret of a Twilio Webhooks Rule: requests that carry
+    /// `X-Twilio-Webhooks-Signature-Settings` are checked with it and the algorithm the header
+    /// names (HMAC-SHA256); unset, such requests are refused.
+    pub webhook_shared_key: Option<Secret>,
 }
 
 impl Default for TwilioConfig {
@@ -178,6 +198,7 @@ impl Default for TwilioConfig {
             account_sid: String::new(),
             auth_token: Secret::default(),
             from: String::new(),
+            webhook_shared_key: None,
         }
     }
 }
@@ -248,6 +269,23 @@ impl NotifyConfig {
         }
         if self.fallback_locale.trim().is_empty() {
             return bad("fallback_locale", "must name a locale, e.g. \"en\"");
+        }
+        if self.inbound_email_key.is_some() {
+            return bad(
+                "inbound_email_key",
+                "a static key in the URL is forgeable and is no longer accepted: set \
+                 notify.inbound_email_signing_key (Mailgun's HTTP webhook signing key) instead",
+            );
+        }
+        if self
+            .inbound_email_signing_key
+            .as_ref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return bad(
+                "inbound_email_signing_key",
+                "must be at least 16 characters",
+            );
         }
         if self.link_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return bad("link_secret", "must be at least 16 characters");
@@ -381,6 +419,14 @@ mod tests {
                 ..d()
             }),
             "sms.account_sid"
+        );
+        assert_eq!(
+            key(NotifyConfig {
+                inbound_email_key: Some("static-key-in-the-url".into()),
+                ..d()
+            }),
+            "inbound_email_key",
+            "a forgeable static key is refused"
         );
         assert!(toml::from_str::<NotifyConfig>("smss = 1").is_err());
         assert!(toml::from_str::<NotifyConfig>("[email]\ntls = \"ssl\"").is_err());

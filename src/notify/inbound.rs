@@ -3,9 +3,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /notify/v1/twilio/sms` | SMS reply (Twilio form, `X-Twilio-Signature` verified) |
+//! | `POST /notify/v1/twilio/sms` | SMS reply (Twilio form or JSON, `X-Twilio-Signature` in either scheme, see [`super::signature`]) |
 //! | `POST /notify/v1/twilio/status` | SMS/call status callback (signed likewise) |
-//! | `POST /notify/v1/email/inbound?key=…` | e-mail reply, inbound-parse form (Mailgun field names; `text`/`from`/`subject` also accepted) |
+//! | `POST /notify/v1/email/inbound` | e-mail reply as Mailgun's routes forward it (Mailgun's signature, replay window, one use per token); the reply counts for the ticket and customer of the per-message reply address it was sent to, never for `From` |
 //! | `GET/POST /notify/v1/s/{token}` | signed self-service page: confirm a visit, another time, not now |
 //! | `GET /api/v1/customers/{id}/timeline` | every ticket, message, delivery, reply and decision in time order (`entries`), and one story per ticket (`stories`) |
 
@@ -17,14 +17,11 @@ use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, NEEDS_HUMA
 use crate::domain::{format_ts, Status, Ticket};
 use crate::fleet::Channel;
 use crate::store::Store;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -55,6 +52,13 @@ pub fn timeline_router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>
         .with_state(AppState { n, store, desk })
 }
 
+/// Revoking a ticket's self-service links, an API write (the API puts its token check in front).
+pub fn links_router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>) -> Router {
+    Router::new()
+        .route("/api/v1/tickets/{id}/links/revoke", post(revoke_links))
+        .with_state(AppState { n, store, desk })
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
@@ -63,40 +67,90 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// `X-Twilio-Signature`: base64 HMAC-SHA1 of the URL followed by every POST parameter
-/// (name then value), sorted by name.
+/// `X-Twilio-Signature` in the Auth Token scheme: base64 HMAC-SHA1 of the URL followed by
+/// every POST parameter (name then value), sorted by name ([`super::signature`] has both
+/// schemes).
 pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    let mut p: Vec<&(String, String)> = params.iter().collect();
-    p.sort();
-    let mut s = url.to_string();
-    for (k, v) in p {
-        s.push_str(k);
-        s.push_str(v);
-    }
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes())
-        .unwrap_or_else(|_| unreachable!());
-    mac.update(s.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    super::signature::twilio_signature(
+        auth_token,
+        url,
+        params,
+        super::signature::TwilioAlgorithm::HmacSha1,
+    )
 }
 
-fn twilio_verified(
+/// A Twilio webhook as it arrived: its parameters read from the raw body (form or JSON), and
+/// whether its signature holds for the URL Twilio requested (the public URL with the path and
+/// query string of this request).
+fn twilio_request(
     n: &Notifier,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
-    path: &str,
-    params: &[(String, String)],
-) -> bool {
+    body: &[u8],
+) -> (Vec<(String, String)>, bool) {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    let params: Vec<(String, String)> = if json {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(s) => (k, s),
+                        other => (k, other.to_string()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        form_urlencoded::parse(body).into_owned().collect()
+    };
     let Some(sig) = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
     else {
-        return false;
+        return (params, false);
     };
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
     let url = format!("{}{path}", n.public_url);
-    [&n.cfg.sms, &n.cfg.voice].into_iter().flatten().any(|t| {
-        let want = twilio_signature(&t.auth_token, &url, params);
-        crate::sign::constant_time_eq(want.as_bytes(), sig.as_bytes())
-    })
+    let settings = headers
+        .get("x-twilio-webhooks-signature-settings")
+        .and_then(|v| v.to_str().ok());
+    let configured = [&n.cfg.sms, &n.cfg.voice];
+    let tokens: Vec<&str> = configured
+        .iter()
+        .copied()
+        .flatten()
+        .map(|t| &*t.auth_token)
+        .collect();
+    let shared: Vec<&str> = configured
+        .iter()
+        .copied()
+        .flatten()
+        .filter_map(|t| t.webhook_shared_key.as_deref())
+        .collect();
+    let no_shared = [None];
+    let shared_keys: Vec<Option<&str>> = if shared.is_empty() {
+        no_shared.to_vec()
+    } else {
+        shared.into_iter().map(Some).collect()
+    };
+    let empty: [(String, String); 0] = [];
+    let req = super::signature::TwilioRequest {
+        url: &url,
+        params: if json { &empty } else { &params },
+        json_body: json.then_some(body),
+        signature: sig,
+        settings,
+    };
+    let ok = shared_keys
+        .iter()
+        .any(|k| super::signature::twilio_valid(&tokens, *k, &req));
+    (params, ok)
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -250,7 +304,8 @@ impl Notifier {
                 ticket_id,
                 format!("{} by {channel} again: {short}", reply.as_str()),
             )
-            .outcome("repeat");
+            .outcome("repeat")
+            .said(&short);
             entry.channel = m.channel;
             tx.push_timeline(&cid, now, &entry);
             store.commit(tx)?;
@@ -287,10 +342,13 @@ impl Notifier {
                     answer: reply.as_str().into(),
                     channel: channel.into(),
                     at: format_ts(now),
+                    // A different answer than before, given on the page, is a change.
+                    changes: prev.as_ref().map_or(0, |p| p.changes)
+                        + u32::from(m.channel.is_none() && prev.is_some()),
                 },
             );
         }
-        let mut entry = TimelineEntry::new(now, "reply", ticket_id, note);
+        let mut entry = TimelineEntry::new(now, "reply", ticket_id, note).said(&short);
         entry.channel = m.channel;
         let entry = if reply == Reply::Unclear {
             entry.outcome(NEEDS_HUMAN)
@@ -474,8 +532,9 @@ async fn blocking<T: Send + 'static>(
 
 async fn sms_reply(
     State(s): State<AppState>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
-    Form(params): Form<Vec<(String, String)>>,
+    body: axum::body::Bytes,
 ) -> Response {
     if s.n.cfg.sms.is_none() {
         return error(
@@ -484,7 +543,8 @@ async fn sms_reply(
             "SMS is not configured",
         );
     }
-    if !twilio_verified(&s.n, &headers, "/notify/v1/twilio/sms", &params) {
+    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
+    if !verified {
         return error(
             StatusCode::FORBIDDEN,
             "bad_signature",
@@ -638,10 +698,12 @@ pub fn ticket_ref(text: &str) -> Option<String> {
 
 async fn status_callback(
     State(s): State<AppState>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
-    Form(params): Form<Vec<(String, String)>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if !twilio_verified(&s.n, &headers, "/notify/v1/twilio/status", &params) {
+    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
+    if !verified {
         return error(
             StatusCode::FORBIDDEN,
             "bad_signature",
@@ -666,31 +728,35 @@ async fn status_callback(
     }
 }
 
+/// Inbound e-mail, as Mailgun's routes forward it: the request must carry Mailgun's signature
+/// (`timestamp`, `token`, `signature` keyed with the webhook signing key), within
+/// `inbound_email_max_age` of now, and each `token` is accepted once.
 async fn email_reply(
     State(s): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
     Form(params): Form<Vec<(String, String)>>,
 ) -> Response {
-    let Some(want) = &s.n.cfg.inbound_email_key else {
+    let Some(key) = &s.n.cfg.inbound_email_signing_key else {
         return error(
             StatusCode::NOT_FOUND,
             "not_configured",
-            "notify.inbound_email_key is not set",
+            "notify.inbound_email_signing_key is not set",
         );
     };
-    let given = q.get("key").map(String::as_str).unwrap_or("");
-    if given.len() != want.len()
-        || given
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            != 0
-    {
-        return error(
-            StatusCode::FORBIDDEN,
-            "bad_key",
-            "inbound key does not match",
-        );
+    let now = s.n.clock.now_ms();
+    let window = s.n.cfg.inbound_email_max_age.as_millis_i64();
+    if let Err(e) = super::signature::mailgun_valid(
+        key,
+        param(&params, "timestamp"),
+        param(&params, "token"),
+        param(&params, "signature"),
+        now,
+        window,
+    ) {
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["bad_signature"])
+            .inc();
+        return error(StatusCode::FORBIDDEN, "bad_signature", &e.to_string());
     }
     blocking(&s, move |s| handle_email(s, &params))
         .await
@@ -718,27 +784,114 @@ fn email_headers(params: &[(String, String)]) -> Vec<(String, String)> {
     h
 }
 
-fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
-    let from = param(params, "sender")
-        .or_else(|| param(params, "from"))
-        .unwrap_or("");
-    // '<' and '>' are ASCII, so these byte positions are character boundaries.
-    let addr = match (from.rfind('<'), from.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &from[a + 1..b],
+/// An inbound e-mail as the provider's form carries it, read without I/O (and fuzzed: see
+/// `fuzz/`): the sender's address, the subject, the reply's first line, the headers, the
+/// `Message-ID`, the ticket it names and whether it is an automatic reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailForm {
+    /// The sender's address as the message claims it (`From`): recorded, never trusted.
+    pub address: String,
+    /// The address the message was sent to (Mailgun `recipient`).
+    pub recipient: String,
+    /// The token of our per-message reply address in `recipient`, if it has one.
+    pub reply_token: Option<String>,
+    /// Mailgun's one-time `token` of this request (replay protection).
+    pub provider_token: Option<String>,
+    pub subject: String,
+    /// The first non-empty line of the reply (quoted history below it is not the answer).
+    pub first_line: String,
+    pub headers: Vec<(String, String)>,
+    pub message_id: Option<String>,
+    pub ticket: Option<String>,
+    /// Why this is an automatic reply (`Auto-Submitted`, out-of-office subject…), if it is one.
+    pub auto_reply: Option<String>,
+}
+
+impl EmailForm {
+    pub fn parse(params: &[(String, String)]) -> EmailForm {
+        let from = param(params, "sender")
+            .or_else(|| param(params, "from"))
+            .unwrap_or("");
+        let address = mailbox_address(from).to_string();
+        let recipient = param(params, "recipient")
+            .or_else(|| param(params, "to"))
+            .map(mailbox_address)
+            .unwrap_or("")
+            .to_string();
+        let reply_token = super::reply_token(&recipient);
+        let provider_token = param(params, "token")
+            .map(str::to_string)
+            .filter(|t| !t.is_empty());
+        let subject = param(params, "subject").unwrap_or("").to_string();
+        let text = param(params, "stripped-text")
+            .or_else(|| param(params, "body-plain"))
+            .or_else(|| param(params, "text"))
+            .unwrap_or("");
+        let headers = email_headers(params);
+        let message_id = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("message-id"))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        let ticket = ticket_ref(&subject).or_else(|| ticket_ref(text));
+        let first_line = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string();
+        let auto_reply = intent::auto_reply(&headers, &subject);
+        EmailForm {
+            address,
+            recipient,
+            reply_token,
+            provider_token,
+            subject,
+            first_line,
+            headers,
+            message_id,
+            ticket,
+            auto_reply,
+        }
+    }
+}
+
+/// `Name <a@b>` → `a@b`; anything else as it is. Walks characters: the text is the sender's.
+fn mailbox_address(from: &str) -> &str {
+    let open = from.char_indices().rfind(|(_, c)| *c == '<');
+    let close = from.char_indices().rfind(|(_, c)| *c == '>');
+    match (open, close) {
+        // '<' is one byte, so the index after it is a character boundary.
+        (Some((a, _)), Some((b, _))) if a < b => from.get(a + 1..b).unwrap_or(from),
         _ => from,
-    };
-    let subject = param(params, "subject").unwrap_or("");
-    let text = param(params, "stripped-text")
-        .or_else(|| param(params, "body-plain"))
-        .or_else(|| param(params, "text"))
-        .unwrap_or("");
-    let headers = email_headers(params);
-    let message_id = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("message-id"))
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty());
-    let message_id = message_id.as_deref();
+    }
+}
+
+fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
+    let form = EmailForm::parse(params);
+    let message_id = form.message_id.as_deref();
+    // Each signed request once: Mailgun's token, then the message's own Message-ID.
+    if let Some(tok) = &form.provider_token {
+        let key = super::inbound_key(Channel::Email, &format!("mailgun-token:{tok}"));
+        let seen = {
+            let _one_at_a_time = s.n.inbound.lock();
+            let seen = s.store.get_kv::<String>(&key).ok().flatten().is_some();
+            if !seen {
+                let mut tx = s.store.tx();
+                tx.put_kv(&key, &format_ts(s.n.clock.now_ms()));
+                if let Err(e) = s.store.commit(tx) {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
+                }
+            }
+            seen
+        };
+        if seen {
+            s.n.metrics
+                .inbound_ignored
+                .with_label_values(&["replay"])
+                .inc();
+            return Json(serde_json::json!({"ignored": "replay"})).into_response();
+        }
+    }
     if message_id.is_some_and(|id| s.n.seen_inbound(&s.store, Channel::Email, id)) {
         s.n.metrics
             .inbound_ignored
@@ -746,31 +899,55 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
             .inc();
         return Json(serde_json::json!({"ignored": "replay"})).into_response();
     }
-    let Some(ticket_id) = ticket_ref(subject).or_else(|| ticket_ref(text)) else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_ticket",
-            "no ticket reference in the subject or text",
-        );
+    // Who wrote is decided by the address they wrote to (a per-message reply address we
+    // recorded when we sent), never by `From`.
+    let target: Option<super::ReplyTarget> = form
+        .reply_token
+        .as_deref()
+        .and_then(|t| s.store.get_kv(&super::reply_key(t)).ok().flatten());
+    let Some(target) = target else {
+        s.n.metrics
+            .inbound_ignored
+            .with_label_values(&["unknown_sender"])
+            .inc();
+        let subject: String = form.subject.chars().take(100).collect();
+        let line: String = form.first_line.chars().take(200).collect();
+        let to: String = form.recipient.chars().take(80).collect();
+        if let Err(e) = s.n.keep(
+            &s.store,
+            super::UNKNOWN_SENDER,
+            "",
+            (Channel::Email, message_id),
+            format!("email to {to}, not one of our reply addresses (subject {subject:?}): {line}"),
+            NEEDS_HUMAN,
+        ) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
+        }
+        return Json(serde_json::json!({"kept": NEEDS_HUMAN})).into_response();
     };
-    let sender: Option<String> = s
-        .store
-        .get_kv(&contact_key(Channel::Email, addr))
-        .ok()
-        .flatten();
+    let ticket_id = target.ticket_id.clone();
     let Some(t) = s.desk.ticket(&ticket_id) else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such ticket");
     };
-    let Some(customer) = sender.filter(|c| t.customer_id.as_deref() == Some(c.as_str())) else {
+    if t.customer_id.as_deref() != Some(target.customer_id.as_str()) {
         return error(
-            StatusCode::FORBIDDEN,
-            "unknown_sender",
-            "the sender is not the ticket's customer",
+            StatusCode::CONFLICT,
+            "reassigned",
+            "the ticket belongs to another customer now",
         );
-    };
-    let first_line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    }
+    let customer = target.customer_id.clone();
+    // The customer's own address on file (an opt-out applies to it, not to whatever `From`
+    // said).
+    let contact = s
+        .desk
+        .customer(&customer)
+        .and_then(|c| c.contacts.get(&Channel::Email).cloned())
+        .unwrap_or_default();
+    let addr = contact.as_str();
+    let first_line = form.first_line.as_str();
     // An out-of-office answer is not the customer's answer: recorded, never acted on.
-    if let Some(why) = intent::auto_reply(&headers, subject) {
+    if let Some(why) = &form.auto_reply {
         s.n.metrics
             .inbound_ignored
             .with_label_values(&["auto_reply"])
@@ -837,7 +1014,9 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
 const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:32em;margin:1em auto;padding:0 1em;line-height:1.5}\
     h1{font-size:1.4em}button{display:block;width:100%;box-sizing:border-box;margin:.5em 0;padding:.9em;font-size:1em}\
     input{width:100%;box-sizing:border-box;padding:.6em;font-size:1em}label{display:block;margin:.5em 0}\
-    .status{color:#444}.done{padding:.8em;background:#eef6ee;border-radius:.3em}";
+    .status{color:#444}.done{padding:.8em;background:#eef6ee;border-radius:.3em}\
+    h2{font-size:1.1em;margin-top:1.5em}#story ol{padding-inline-start:1.2em}#story li{margin:.3em 0}#story time{color:#555}\
+    :lang(fa) #story ol{list-style-type:persian}:lang(th) #story ol{list-style-type:thai}";
 
 fn page_html_in(lang: &str, rtl: bool, title: &str, body: &str) -> Html<String> {
     let e = super::templates::html_escape;
@@ -907,6 +1086,16 @@ fn claims(
             LinkError::Invalid => page_error(s, &locale, StatusCode::NOT_FOUND, |p| &p.invalid),
         })
     })?;
+    let revoked: Option<i64> = s
+        .store
+        .get_kv(&super::link_revoked_key(&c.ticket_id))
+        .ok()
+        .flatten();
+    if revoked.is_some_and(|r| c.iat_ms <= r) {
+        return Err(Box::new(page_error(s, &locale, StatusCode::GONE, |p| {
+            &p.expired
+        })));
+    }
     let t = s
         .desk
         .ticket(&c.ticket_id)
@@ -940,6 +1129,7 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
     if !note.is_empty() {
         body.push_str(&format!("<p class=\"done\" id=\"thanks\">{}</p>", e(note)));
     }
+    let story = story_html(s, t, p);
     if !t.is_live() {
         let what = match (t.status, t.outcome) {
             (Status::Dismissed, _) | (_, Some(crate::domain::Outcome::FalseAlarm)) => &p.no_action,
@@ -952,6 +1142,7 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
             e(&status),
             e(what)
         ));
+        body.push_str(&story);
         return body;
     }
     body.push_str(&format!(
@@ -987,7 +1178,57 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
         reschedule = e(&p.reschedule),
         not_now = e(&p.not_now),
     ));
+    body.push_str(&story);
     body
+}
+
+/// The ticket's story in the customer's words and calendar, from the same stories the
+/// timeline API serves (`story::group`), told by [`super::story::page_lines`].
+fn story_html(s: &AppState, t: &Ticket, p: &PageText) -> String {
+    use chrono::TimeZone;
+    let e = super::templates::html_escape;
+    let Some(cid) = t.customer_id.as_deref() else {
+        return String::new();
+    };
+    let customer = s.desk.customer(cid);
+    let locale = customer
+        .as_ref()
+        .map(|c| c.locale.clone())
+        .unwrap_or_default();
+    let tz = customer
+        .as_ref()
+        .map(super::route::tz_of)
+        .unwrap_or(chrono_tz::Tz::UTC);
+    let entries = match s.store.timeline::<TimelineEntry>(cid) {
+        Ok(x) => x,
+        Err(err) => {
+            tracing::warn!(error = %err, "timeline unreadable: the page shows no story");
+            return String::new();
+        }
+    };
+    let stories = super::story::group(&entries);
+    let Some(story) = stories.iter().find(|st| st.ticket_id == t.id) else {
+        return String::new();
+    };
+    let lines = super::story::page_lines(story, &p.story, &p.statuses);
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut html = format!("<section id=\"story\"><h2>{}</h2><ol>", e(&p.story.title));
+    for l in lines {
+        let when = crate::domain::parse_ts(&l.at)
+            .and_then(|ms| tz.timestamp_millis_opt(ms).single())
+            .map(|lt| s.n.templates.date(&locale, lt.naive_local()))
+            .unwrap_or_default();
+        html.push_str(&format!(
+            "<li data-kind=\"{}\"><time>{}</time> \u{2014} {}</li>",
+            l.kind,
+            e(&when),
+            e(&l.text)
+        ));
+    }
+    html.push_str("</ol></section>");
+    html
 }
 
 async fn page(
@@ -1021,6 +1262,39 @@ async fn page_answer(
         _ => return page_error(&s, &locale, StatusCode::BAD_REQUEST, |p| &p.choose),
     };
     let when = param(&params, "when").unwrap_or("").trim().to_string();
+    // An answer can be changed once on the page, after a confirmation.
+    let prev: Option<Answer> = s
+        .store
+        .get_kv(&format!("notify/answer/{}", t.id))
+        .ok()
+        .flatten();
+    if let Some(prev) = prev.filter(|p| p.answer != reply.as_str() && t.is_live()) {
+        if prev.changes >= 1 {
+            return page_error(&s, &locale, StatusCode::CONFLICT, |p| &p.change_used);
+        }
+        if param(&params, "confirm") != Some("yes") {
+            let e = super::templates::html_escape;
+            let word = |a: &str| match a {
+                x if x == Reply::Confirm.as_str() => p.confirm.clone(),
+                x if x == Reply::Later.as_str() => p.reschedule.clone(),
+                _ => p.not_now.clone(),
+            };
+            let action = param(&params, "action").unwrap_or("");
+            let body = format!(
+                "<p id=\"change\">{q}</p><p>{old} \u{2192} <strong>{new}</strong></p>\
+                 <form method=\"post\"><input type=\"hidden\" name=\"action\" value=\"{a}\">\
+                 <input type=\"hidden\" name=\"when\" value=\"{w}\">\
+                 <button name=\"confirm\" value=\"yes\" id=\"confirm_change\">{b}</button></form>",
+                q = e(&p.change_confirm),
+                old = e(&word(&prev.answer)),
+                new = e(&word(reply.as_str())),
+                a = e(action),
+                w = e(&when),
+                b = e(&p.change_button),
+            );
+            return page_html_in(&p.lang, p.rtl, &p.title, &body).into_response();
+        }
+    }
     let id = t.id.clone();
     let result = blocking(&s, move |s| {
         let m = Incoming {
@@ -1057,6 +1331,19 @@ async fn page_answer(
             tracing::error!(error = %e, "page answer not recorded");
             page_error(&s, &locale, StatusCode::INTERNAL_SERVER_ERROR, |p| &p.error)
         }
+    }
+}
+
+/// `POST /api/v1/tickets/{id}/links/revoke` (a write: needs the API token): every link of the
+/// ticket issued so far stops working.
+async fn revoke_links(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    if s.desk.ticket(&id).is_none() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such ticket");
+    }
+    match blocking(&s, move |s| s.n.revoke_links(&s.store, &id)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(r) => r,
     }
 }
 

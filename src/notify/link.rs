@@ -1,5 +1,7 @@
-//! Signed self-service links: `base64url(ticket|customer|expiry ms).hex(HMAC-SHA256)`.
-//! Stateless: the page checks the signature and expiry, nothing to look up or leak.
+//! Signed self-service links: `base64url(ticket|customer|expiry ms|issued ms).hex(HMAC-SHA256)`.
+//! The page checks the signature and expiry, then the server-side state of the ticket's links:
+//! every link issued up to a revocation (`Notifier::revoke_links`) is refused. Links signed
+//! before `issued` was added (three fields) count as issued at time 0.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -12,7 +14,18 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
 }
 
 pub fn sign(key: &[u8], ticket_id: &str, customer_id: &str, exp_ms: i64) -> String {
-    let payload = URL_SAFE_NO_PAD.encode(format!("{ticket_id}|{customer_id}|{exp_ms}"));
+    sign_issued(key, ticket_id, customer_id, exp_ms, 0)
+}
+
+/// A link issued at `iat_ms` (what revocation compares with).
+pub fn sign_issued(
+    key: &[u8],
+    ticket_id: &str,
+    customer_id: &str,
+    exp_ms: i64,
+    iat_ms: i64,
+) -> String {
+    let payload = URL_SAFE_NO_PAD.encode(format!("{ticket_id}|{customer_id}|{exp_ms}|{iat_ms}"));
     let mut m = mac(key);
     m.update(payload.as_bytes());
     format!("{payload}.{}", hex::encode(m.finalize().into_bytes()))
@@ -23,6 +36,8 @@ pub struct LinkClaims {
     pub ticket_id: String,
     pub customer_id: String,
     pub exp_ms: i64,
+    /// When it was issued (0 for links from before this field).
+    pub iat_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,12 +58,16 @@ pub fn verify(key: &[u8], token: &str, now_ms: i64) -> Result<LinkClaims, LinkEr
         .decode(payload)
         .map_err(|_| LinkError::Invalid)?;
     let s = String::from_utf8(raw).map_err(|_| LinkError::Invalid)?;
-    let mut it = s.splitn(3, '|');
-    let (t, c, e) = (it.next(), it.next(), it.next());
+    let mut it = s.splitn(4, '|');
+    let (t, c, e, i) = (it.next(), it.next(), it.next(), it.next());
     let (Some(t), Some(c), Some(e)) = (t, c, e) else {
         return Err(LinkError::Invalid);
     };
     let exp_ms: i64 = e.parse().map_err(|_| LinkError::Invalid)?;
+    let iat_ms: i64 = match i {
+        Some(i) => i.parse().map_err(|_| LinkError::Invalid)?,
+        None => 0,
+    };
     if now_ms > exp_ms {
         return Err(LinkError::Expired);
     }
@@ -56,6 +75,7 @@ pub fn verify(key: &[u8], token: &str, now_ms: i64) -> Result<LinkClaims, LinkEr
         ticket_id: t.into(),
         customer_id: c.into(),
         exp_ms,
+        iat_ms,
     })
 }
 
@@ -89,5 +109,13 @@ mod tests {
             verify(b"k1k1k1k1k1k1k1k1", &mixed, 0),
             Err(LinkError::Invalid)
         );
+        let issued = sign_issued(b"k1k1k1k1k1k1k1k1", "T-1", "c1", 1000, 500);
+        assert_eq!(verify(b"k1k1k1k1k1k1k1k1", &issued, 0).unwrap().iat_ms, 500);
+        // A link signed before `issued` existed (three fields) still verifies, issued at 0.
+        let payload = URL_SAFE_NO_PAD.encode("T-1|c1|1000");
+        let mut m = mac(b"k1k1k1k1k1k1k1k1");
+        m.update(payload.as_bytes());
+        let legacy = format!("{payload}.{}", hex::encode(m.finalize().into_bytes()));
+        assert_eq!(verify(b"k1k1k1k1k1k1k1k1", &legacy, 0).unwrap().iat_ms, 0);
     }
 }

@@ -22,13 +22,14 @@ pub mod link;
 pub mod metrics;
 pub mod moment;
 pub mod route;
+pub mod signature;
 pub mod sink;
 pub mod story;
 pub mod templates;
 mod worker;
 
 pub use config::NotifyConfig;
-pub use worker::{Attempt, OutboxRow};
+pub use worker::{fingerprint, interrupted_match, Attempt, OutboxRow};
 
 use crate::domain::{format_ts, Priority, Ticket};
 use crate::engine::{Change, ChangeKind};
@@ -138,6 +139,12 @@ pub struct TimelineEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     pub detail: String,
+    /// On "message" entries: which message it was (the page names it in the customer's words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageKind>,
+    /// On "reply" entries: the customer's own words (at most 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub said: Option<String>,
 }
 
 impl TimelineEntry {
@@ -149,6 +156,8 @@ impl TimelineEntry {
             channel: None,
             outcome: None,
             detail: detail.into(),
+            message: None,
+            said: None,
         }
     }
     pub fn channel(mut self, c: Channel) -> Self {
@@ -157,6 +166,16 @@ impl TimelineEntry {
     }
     pub fn outcome(mut self, o: &str) -> Self {
         self.outcome = Some(o.into());
+        self
+    }
+    pub fn message(mut self, k: MessageKind) -> Self {
+        self.message = Some(k);
+        self
+    }
+    /// The customer's words (nothing when they wrote nothing, e.g. a button on the page).
+    pub fn said(mut self, text: &str) -> Self {
+        let t: String = text.trim().chars().take(200).collect();
+        self.said = (!t.is_empty()).then_some(t);
         self
     }
 }
@@ -179,6 +198,42 @@ pub fn inbound_key(channel: Channel, provider_id: &str) -> String {
     contact_key(channel, provider_id).replacen("notify/addr/", "notify/inbound/", 1)
 }
 
+/// What a per-message e-mail reply address (`replies+<token>@…`) stands for: the reply lands on
+/// this ticket for this customer, whatever the `From` says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyTarget {
+    pub ticket_id: String,
+    pub customer_id: String,
+}
+
+/// Key of a reply address token.
+pub fn reply_key(token: &str) -> String {
+    format!("notify/replyto/{token}")
+}
+
+/// The reply address of the last e-mail sent about a ticket (the demo's customer answers it).
+pub fn last_reply_address(store: &crate::store::Store, ticket_id: &str) -> Option<String> {
+    store
+        .get_kv(&format!("notify/replylast/{ticket_id}"))
+        .ok()
+        .flatten()
+}
+
+/// The token in a reply address: the part after the last `+` of the local part, if it looks
+/// like one of ours (24 hex digits). Walks characters: the address is the sender's text.
+pub fn reply_token(address: &str) -> Option<String> {
+    let addr = address.trim().trim_start_matches('<').trim_end_matches('>');
+    let (local, _) = addr.rsplit_once('@')?;
+    let (_, token) = local.rsplit_once('+')?;
+    let token = token.to_ascii_lowercase();
+    (token.chars().count() == 24 && token.chars().all(|c| c.is_ascii_hexdigit())).then_some(token)
+}
+
+/// Key of a ticket's link revocation (epoch ms: links issued up to then are refused).
+pub fn link_revoked_key(ticket_id: &str) -> String {
+    format!("notify/linkrevoked/{ticket_id}")
+}
+
 /// Marks the visit time a customer wrote in a reply's history note.
 pub const VISIT_MARK: &str = " · preferred time: ";
 
@@ -188,6 +243,10 @@ pub struct Answer {
     pub answer: String,
     pub channel: String,
     pub at: String,
+    /// How often the customer changed their answer on the page (once is allowed, with a
+    /// confirmation).
+    #[serde(default)]
+    pub changes: u32,
 }
 
 pub struct Notifier {
@@ -326,14 +385,72 @@ impl Notifier {
         self.clock.now_ms()
     }
 
-    /// The signed self-service link of a ticket.
+    /// This e-mail's own reply address and its token: the configured reply address (or the
+    /// sender) with `+<token>` in its local part. The token is an HMAC of the outbox row, so it
+    /// cannot be guessed and a resend of the same message carries the same address.
+    pub fn reply_address(&self, row_id: &str) -> Option<(String, String)> {
+        use hmac::{Hmac, Mac};
+        let e = self.cfg.email.as_ref()?;
+        let base = e.reply_to.clone().unwrap_or_else(|| e.from.clone());
+        let mb: lettre::message::Mailbox = base.parse().ok()?;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.link_key).ok()?;
+        mac.update(b"reply-address\x1f");
+        mac.update(row_id.as_bytes());
+        let token = hex::encode(&mac.finalize().into_bytes()[..12]);
+        let addr = format!("{}+{token}@{}", mb.email.user(), mb.email.domain());
+        let full = match &mb.name {
+            Some(n) => format!("{n} <{addr}>"),
+            None => addr,
+        };
+        Some((token, full))
+    }
+
+    /// The signed self-service link of a ticket (the advisory lifetime, `link_ttl`).
     pub fn link(&self, ticket_id: &str, customer_id: &str, now_ms: i64) -> String {
-        let exp = now_ms + self.cfg.link_ttl.as_millis_i64();
+        self.link_until(
+            ticket_id,
+            customer_id,
+            now_ms + self.cfg.link_ttl.as_millis_i64(),
+        )
+    }
+
+    /// The customer's link for this ticket: `link_ttl_urgent` for an urgent ticket, `link_ttl`
+    /// otherwise.
+    pub fn link_for(&self, t: &Ticket, customer_id: &str, now_ms: i64) -> String {
+        let ttl = if t.priority >= self.cfg.routing.urgent_priority {
+            self.cfg.link_ttl_urgent.min(self.cfg.link_ttl)
+        } else {
+            self.cfg.link_ttl
+        };
+        self.link_until(&t.id, customer_id, now_ms + ttl.as_millis_i64())
+    }
+
+    /// The short-lived link machine channels carry (`machine_link_ttl`).
+    pub fn machine_link(&self, t: &Ticket, customer_id: &str, now_ms: i64) -> String {
+        let ttl = self.cfg.machine_link_ttl.as_millis_i64();
+        self.link_until(&t.id, customer_id, now_ms + ttl)
+    }
+
+    fn link_until(&self, ticket_id: &str, customer_id: &str, exp_ms: i64) -> String {
+        // Issued "now" on the notifier's clock, never after the expiry it is given.
+        let iat = self.clock.now_ms().min(exp_ms);
         format!(
             "{}/notify/v1/s/{}",
             self.public_url,
-            link::sign(&self.link_key, ticket_id, customer_id, exp)
+            link::sign_issued(&self.link_key, ticket_id, customer_id, exp_ms, iat)
         )
+    }
+
+    /// Revokes every self-service link of a ticket issued until now (server-side state: the
+    /// page refuses them as expired; links issued later work).
+    pub fn revoke_links(
+        &self,
+        store: &crate::store::Store,
+        ticket_id: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut tx = store.tx();
+        tx.put_kv(&link_revoked_key(ticket_id), &self.clock.now_ms());
+        store.commit(tx)
     }
 
     /// Called by the daemon while building the atomic commit of a ticket change: adds the outbox
@@ -515,5 +632,14 @@ impl Notifier {
         desk: Arc<dyn TicketDesk>,
     ) -> axum::Router {
         inbound::timeline_router(self, store, desk)
+    }
+
+    /// The link-revoking part of [`Notifier::routes`], an API write.
+    pub fn links_routes(
+        self: Arc<Self>,
+        store: crate::store::Store,
+        desk: Arc<dyn TicketDesk>,
+    ) -> axum::Router {
+        inbound::links_router(self, store, desk)
     }
 }

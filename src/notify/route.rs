@@ -117,6 +117,9 @@ pub struct RouteInput<'a> {
     pub available: &'a BTreeSet<Channel>,
     /// Channels on which the customer opted out (carrier STOP): never used.
     pub opted_out: &'a BTreeSet<Channel>,
+    /// Channels that cannot carry a message to this customer, and why (a call in a language
+    /// the voice provider cannot speak).
+    pub unusable: &'a std::collections::BTreeMap<Channel, String>,
     pub customer: &'a Customer,
     pub urgent: bool,
     pub urgency_reason: &'a str,
@@ -196,6 +199,10 @@ pub fn route(i: &RouteInput) -> Decision {
         }
         if i.opted_out.contains(&ch) {
             notes.push(format!("{name} skipped: customer opted out"));
+            continue;
+        }
+        if let Some(why) = i.unusable.get(&ch) {
+            notes.push(format!("{name} skipped: {why}"));
             continue;
         }
         if !i.available.contains(&ch) {
@@ -295,6 +302,7 @@ mod tests {
             cfg,
             available: av,
             opted_out: empty(),
+            unusable: none(),
             customer: c,
             urgent,
             urgency_reason: if urgent { "urgent" } else { "advisory" },
@@ -309,6 +317,37 @@ mod tests {
     fn empty() -> &'static BTreeSet<Channel> {
         static E: BTreeSet<Channel> = BTreeSet::new();
         &E
+    }
+
+    fn none() -> &'static BTreeMap<Channel, String> {
+        static N: BTreeMap<Channel, String> = BTreeMap::new();
+        &N
+    }
+
+    #[test]
+    fn a_customer_whose_language_cannot_be_spoken_gets_a_text_instead_of_a_call() {
+        let mut c = customer();
+        c.contacts.insert(Channel::Voice, "+6680".into());
+        c.preferences = vec![Channel::Voice, Channel::Sms];
+        let cfg = RoutingConfig::default();
+        let av: BTreeSet<_> = Channel::ALL.into_iter().collect();
+        let unusable: BTreeMap<_, _> =
+            [(Channel::Voice, "no text-to-speech voice for fa".to_string())]
+                .into_iter()
+                .collect();
+        let mut i = input(&c, &cfg, &av, true, NOON);
+        i.unusable = &unusable;
+        match route(&i) {
+            Decision::Send { channels, reason } => {
+                assert!(!channels.contains(&Channel::Voice), "{channels:?}");
+                assert_eq!(channels[0], Channel::Sms);
+                assert!(
+                    reason.contains("voice skipped: no text-to-speech voice for fa"),
+                    "{reason}"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

@@ -82,6 +82,7 @@ impl LocalSink {
             account_sid: SID.into(),
             auth_token: Secret(TOKEN.into()),
             from: "+10000000000".into(),
+            webhook_shared_key: None,
         };
         cfg.sms.get_or_insert_with(|| tw.clone());
         cfg.voice.get_or_insert(tw);

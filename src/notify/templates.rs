@@ -34,7 +34,7 @@ pub const FACTS: [&str; 14] = [
     "visit",
 ];
 /// Phrases each locale must define (rendered from facts, then available to templates).
-pub const PHRASES: [&str; 48] = [
+pub const PHRASES: [&str; 68] = [
     // Headlines, one per kind of message.
     "alert",
     "urgent",
@@ -91,6 +91,29 @@ pub const PHRASES: [&str; 48] = [
     "page_gone",
     "page_choose",
     "page_error",
+    // Changing an answer on the page: asked to confirm, allowed once.
+    "page_change_confirm",
+    "page_change_button",
+    "page_change_used",
+    // The ticket's story on the page: what was sent on which channel, what became of it, the
+    // customer's answers and what they changed.
+    "story_title",
+    "story_opened",
+    "story_sent",
+    "story_delivered",
+    "story_read",
+    "story_undelivered",
+    "story_replied",
+    "story_auto_reply",
+    "story_for_person",
+    "story_no_change",
+    "channel_sms",
+    "channel_email",
+    "channel_voice",
+    "channel_push",
+    "channel_webhook",
+    "channel_mqtt",
+    "channel_page",
 ];
 /// One template per channel.
 pub const TEMPLATES: [&str; 7] = [
@@ -124,9 +147,14 @@ struct LocaleFile {
     /// "rtl" for right-to-left scripts.
     #[serde(default)]
     direction: Option<String>,
-    /// Language tag for text-to-speech (e.g. "th-TH").
+    /// Language tag for text-to-speech (e.g. "th-TH"). Absent: the provider cannot speak this
+    /// language, so customers with this locale are not called (urgent messages go by text).
     #[serde(default)]
     voice_language: Option<String>,
+    /// The provider's text-to-speech voice for that language (Twilio: "Google.th-TH-Standard-A");
+    /// absent: the provider's default voice, which must speak `voice_language`.
+    #[serde(default)]
+    voice: Option<String>,
     calendar: Calendar,
     digits: Digits,
     months: Vec<String>,
@@ -281,12 +309,28 @@ struct Mode {
 #[derive(Debug, Clone)]
 struct Locale {
     rtl: bool,
-    voice_language: String,
+    /// None: no text-to-speech in this language.
+    voice_language: Option<String>,
+    voice: Option<String>,
     dates: DateStyle,
     date_format: Template,
     phrases: BTreeMap<String, Template>,
     templates: BTreeMap<String, Template>,
     modes: BTreeMap<String, Mode>,
+}
+
+impl Locale {
+    /// A local moment in this locale's calendar, digits and date format.
+    fn date(&self, t: chrono::NaiveDateTime) -> String {
+        let p = self.dates.parts(t);
+        let mut d: BTreeMap<&str, String> = BTreeMap::new();
+        d.insert("weekday", p.weekday);
+        d.insert("day", p.day);
+        d.insert("month", p.month);
+        d.insert("year", p.year);
+        d.insert("time", p.time);
+        tidy(&self.date_format.render(&d, false))
+    }
 }
 
 /// What a message is about.
@@ -374,7 +418,10 @@ pub struct Facts {
 pub struct Rendered {
     pub locale: String,
     pub rtl: bool,
+    /// Empty when the locale has no text-to-speech (see [`Templates::speaks`]).
     pub voice_language: String,
+    /// The text-to-speech voice; empty: the provider's default.
+    pub voice_name: String,
     pub sms: String,
     pub voice: String,
     pub push_title: String,
@@ -464,16 +511,7 @@ impl Templates {
         v.insert("reply_to", f.reply_to.clone());
         v.insert("visit", f.visit.clone());
         let when = match (f.soon, f.when) {
-            (false, Some(t)) => {
-                let p = l.dates.parts(t);
-                let mut d: BTreeMap<&str, String> = BTreeMap::new();
-                d.insert("weekday", p.weekday);
-                d.insert("day", p.day);
-                d.insert("month", p.month);
-                d.insert("year", p.year);
-                d.insert("time", p.time);
-                tidy(&l.date_format.render(&d, false))
-            }
+            (false, Some(t)) => l.date(t),
             _ => String::new(),
         };
         v.insert("when", when);
@@ -568,7 +606,8 @@ impl Templates {
         Rendered {
             locale: name.to_string(),
             rtl: l.rtl,
-            voice_language: l.voice_language.clone(),
+            voice_language: l.voice_language.clone().unwrap_or_default(),
+            voice_name: l.voice.clone().unwrap_or_default(),
             sms: t("sms", false),
             voice: t("voice", false),
             push_title: t("push_title", false),
@@ -577,6 +616,16 @@ impl Templates {
             email_text: t("email_text", false),
             email_html: t("email_html", true),
         }
+    }
+
+    /// Whether calls can be made in this locale (it names a text-to-speech language).
+    pub fn speaks(&self, locale: &str) -> bool {
+        self.pick(locale).1.voice_language.is_some()
+    }
+
+    /// A local moment written in the locale's calendar and digits (the page's story).
+    pub fn date(&self, locale: &str, t: chrono::NaiveDateTime) -> String {
+        self.pick(locale).1.date(t)
     }
 
     /// One phrase in the customer's locale (SMS keyword answers, page words).
@@ -613,6 +662,32 @@ pub struct PageText {
     pub gone: String,
     pub choose: String,
     pub error: String,
+    /// "Change your answer?" (then the old and the new answer), its button, and what a
+    /// second change is told.
+    pub change_confirm: String,
+    pub change_button: String,
+    pub change_used: String,
+    /// The words of the ticket's story.
+    pub story: StoryWords,
+}
+
+/// The words the page tells a ticket's story with.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoryWords {
+    pub title: String,
+    pub opened: String,
+    pub sent: String,
+    pub delivered: String,
+    pub read: String,
+    pub undelivered: String,
+    pub replied: String,
+    pub auto_reply: String,
+    pub for_person: String,
+    pub no_change: String,
+    /// Channel names by channel ("page" for the page itself).
+    pub channels: BTreeMap<&'static str, String>,
+    /// Each kind of message's headline, by kind.
+    pub headlines: BTreeMap<&'static str, String>,
 }
 
 impl Templates {
@@ -650,6 +725,29 @@ impl Templates {
             gone: p("page_gone"),
             choose: p("page_choose"),
             error: p("page_error"),
+            change_confirm: p("page_change_confirm"),
+            change_button: p("page_change_button"),
+            change_used: p("page_change_used"),
+            story: StoryWords {
+                title: p("story_title"),
+                opened: p("story_opened"),
+                sent: p("story_sent"),
+                delivered: p("story_delivered"),
+                read: p("story_read"),
+                undelivered: p("story_undelivered"),
+                replied: p("story_replied"),
+                auto_reply: p("story_auto_reply"),
+                for_person: p("story_for_person"),
+                no_change: p("story_no_change"),
+                channels: ["sms", "email", "voice", "push", "webhook", "mqtt", "page"]
+                    .into_iter()
+                    .map(|c| (c, p(&format!("channel_{c}"))))
+                    .collect(),
+                headlines: MessageKind::ALL
+                    .into_iter()
+                    .map(|k| (k.as_str(), p(k.as_str())))
+                    .collect(),
+            },
         }
     }
 }
@@ -747,7 +845,8 @@ fn parse_locale(text: &str) -> Result<Locale, TemplateError> {
     };
     Ok(Locale {
         rtl,
-        voice_language: f.voice_language.unwrap_or_else(|| "en-US".into()),
+        voice_language: f.voice_language.filter(|v| !v.trim().is_empty()),
+        voice: f.voice.filter(|v| !v.trim().is_empty()),
         dates: DateStyle {
             calendar: f.calendar,
             digits: f.digits,
@@ -926,6 +1025,41 @@ mod tests {
         assert_eq!(sms_segments(&"{".repeat(80)), 1);
     }
 
+    /// The segment count of every SMS, stated: (locale, [alert, urgent, reminder, update,
+    /// resolved, visit confirmed, visit rescheduled, no action]) for a device called
+    /// "Pump 7 (basement)", a date ahead, the customer not yet answered (warnings ask for an
+    /// answer) and a visit time written ("Tuesday morning"). A template edit that changes one
+    /// of these numbers must change this table.
+    #[test]
+    fn sms_segment_counts_per_locale_and_message() {
+        let t = Templates::load(None, "en").unwrap();
+        let f = Facts {
+            device: "Pump 7 (basement)".into(),
+            visit: "Tuesday morning".into(),
+            ..facts()
+        };
+        let stated: [(&str, [usize; 8]); 3] = [
+            ("en", [2, 2, 2, 2, 1, 1, 1, 1]),
+            ("th", [2, 2, 2, 2, 2, 2, 2, 2]),
+            ("fa", [2, 2, 2, 2, 2, 2, 2, 2]),
+        ];
+        let mut got = Vec::new();
+        for (loc, _) in stated {
+            let counts: Vec<usize> = MessageKind::ALL
+                .into_iter()
+                .map(|k| sms_segments(&t.render(loc, k, &f, true).sms))
+                .collect();
+            got.push((loc, counts));
+        }
+        for ((loc, want), (_, counts)) in stated.iter().zip(&got) {
+            assert_eq!(counts.as_slice(), want.as_slice(), "{loc}: {got:?}");
+            assert!(
+                counts.iter().all(|n| (1..=2).contains(n)),
+                "{loc}: {counts:?}"
+            );
+        }
+    }
+
     #[test]
     fn an_answered_ticket_is_not_asked_again_and_the_page_speaks_persian() {
         let t = Templates::load(None, "en").unwrap();
@@ -940,6 +1074,72 @@ mod tests {
         let page = t.page("fa", &facts());
         assert!(page.rtl && page.lang == "fa");
         assert!(page.confirm.contains("تأیید"), "{}", page.confirm);
+    }
+
+    #[test]
+    fn calls_are_made_only_in_a_language_the_voice_provider_speaks() {
+        let t = Templates::load(None, "en").unwrap();
+        assert!(t.speaks("en") && t.speaks("th-TH"));
+        assert!(
+            !t.speaks("fa"),
+            "no Persian text-to-speech: fa customers get texts"
+        );
+        let th = t.render("th", MessageKind::Urgent, &facts(), true);
+        assert_eq!(
+            (th.voice_language.as_str(), th.voice_name.as_str()),
+            ("th-TH", "Google.th-TH-Standard-A")
+        );
+        assert!(th.voice.contains("ลูกปืนสึกหรอ"), "{}", th.voice);
+        let fa = t.render("fa", MessageKind::Urgent, &facts(), true);
+        assert!(fa.voice.contains("فرسودگی بلبرینگ"), "{}", fa.voice);
+        assert!(!fa.voice.contains("Hello"), "{}", fa.voice);
+    }
+
+    #[test]
+    fn an_operator_can_show_a_qualitative_likelihood_but_never_a_number_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let en = EMBEDDED[0].1.replacen(
+            "warning = \"{{device}} needs",
+            "warning = \"{{device}} ({{likelihood}} to fail) needs",
+            1,
+        );
+        std::fs::write(dir.path().join("en.toml"), en).unwrap();
+        let t = Templates::load(Some(dir.path()), "en").unwrap();
+        let r = t.render("en", MessageKind::Alert, &facts(), true);
+        assert!(
+            r.sms.contains("pump-7 (very likely to fail) needs"),
+            "{}",
+            r.sms
+        );
+        assert!(!r.sms.contains("92"), "{}", r.sms);
+    }
+
+    #[test]
+    fn the_answers_a_message_offers_are_the_ones_the_parser_reads() {
+        use crate::notify::intent::{self, Intent};
+        let t = Templates::load(None, "en").unwrap();
+        for loc in ["en", "th", "fa"] {
+            for key in ["reply_text", "reply_email", "sms_help"] {
+                let offer = t.phrase(loc, key, &facts());
+                let digits: Vec<char> = offer
+                    .chars()
+                    .filter(|c| intent::digit_value(*c).is_some())
+                    .collect();
+                assert_eq!(digits.len(), 3, "{loc} {key}: {offer}");
+                let meant: Vec<Intent> = digits
+                    .iter()
+                    .map(|d| intent::parse(&d.to_string()))
+                    .collect();
+                assert_eq!(
+                    meant,
+                    [Intent::Confirm, Intent::Later, Intent::NotNow],
+                    "{loc} {key}: {offer}"
+                );
+            }
+            let help = t.phrase(loc, "sms_help", &facts());
+            assert!(help.contains("STOP"), "{loc}: {help}");
+            assert_eq!(intent::parse("STOP"), Intent::Stop);
+        }
     }
 
     #[test]

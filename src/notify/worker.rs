@@ -2,16 +2,19 @@
 //! backoff with jitter, Retry-After), fallback to the next channel, reminders for unacknowledged
 //! urgent tickets, and the daily budget. Every step is recorded in the customer's timeline.
 //!
-//! Crash safety: before calling a provider the row records the attempt ("sending") durably; the
-//! idempotency key depends only on (row, channel), so after a kill -9 between "sent" and
-//! "recorded" the same request is repeated with the same key. Receivers that honour the key
-//! (webhooks, push) drop the copy; Twilio's REST API does not, so an SMS or call interrupted at
-//! exactly that moment can reach the customer twice (the same message, marked as a resend in
-//! the timeline) — at least once, never lost.
+//! Crash safety: before calling a provider the row records the attempt ("sending", with a
+//! fingerprint of the SMS text) durably. After a kill -9 between "sent" and "recorded", the next
+//! pass finds that attempt still "sending" and, for SMS and calls, asks the provider what it sent
+//! to the customer since then ([`Provider::lookup`]): a message or call it holds that matches
+//! (same number, created after the attempt, an SMS with the same text, and a provider id notify
+//! has no record of) is taken as the one sent, and nothing is sent again — at most once to a
+//! person. A failed look-up sends nothing either (the row retries). Providers with no look-up
+//! (push, webhook, e-mail, MQTT) get the request again with the same idempotency key: at least
+//! once, never lost.
 //! On success the row's removal, the timeline entry, the budget count and any reminder row are
 //! one atomic commit.
 
-use super::channels::{Outgoing, SendError};
+use super::channels::{Accepted, Found, Lookup, Outgoing, Provider, SendError};
 use super::route::{self, Decision, RouteInput};
 use super::templates::Facts;
 use super::templates::MessageKind;
@@ -27,9 +30,46 @@ use std::collections::BTreeSet;
 pub struct Attempt {
     pub at_ms: i64,
     pub channel: Channel,
-    /// "sending", "accepted", "retry", "failed".
+    /// "sending", "accepted", "retry", "unanswered" (sent, no answer: it may have arrived),
+    /// "failed".
     pub outcome: String,
     pub detail: String,
+    /// SHA-256 (hex) of the SMS text this attempt sent, to recognise it at the provider after
+    /// a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// SHA-256 (hex) of a message text as the provider would keep it.
+pub fn fingerprint(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.trim().as_bytes()))
+}
+
+/// How far a provider's clock may be behind ours when matching an interrupted attempt.
+const CLOCK_SLACK_MS: i64 = 10 * 60 * 1000;
+
+/// Which of the provider's messages (newest first) is the one an interrupted attempt sent
+/// (pure): created no earlier than the first interrupted attempt (less the clock slack), an
+/// SMS with one of the attempts' texts, and a provider id notify has no record of (`known`).
+pub fn interrupted_match<'a>(
+    found: &'a [Found],
+    interrupted: &[&Attempt],
+    known: &dyn Fn(&str) -> bool,
+) -> Option<&'a Found> {
+    let since = interrupted.iter().map(|a| a.at_ms).min()? - CLOCK_SLACK_MS;
+    let prints: Vec<&str> = interrupted
+        .iter()
+        .filter_map(|a| a.fingerprint.as_deref())
+        .collect();
+    found.iter().find(|f| {
+        f.created_ms.is_none_or(|c| c >= since)
+            && (prints.is_empty()
+                || f.body
+                    .as_deref()
+                    .is_some_and(|b| prints.contains(&fingerprint(b).as_str())))
+            && !known(&f.provider_id)
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,8 +248,23 @@ impl Notifier {
         if row.plan.is_empty() {
             let available = self.available();
             let opted_out = self.opted_out(store, &customer);
+            let mut unusable = std::collections::BTreeMap::new();
+            if !self.templates.speaks(&customer.locale) {
+                unusable.insert(
+                    Channel::Voice,
+                    format!(
+                        "no text-to-speech voice for {} (notify templates: voice_language)",
+                        if customer.locale.is_empty() {
+                            "this customer's language"
+                        } else {
+                            customer.locale.as_str()
+                        }
+                    ),
+                );
+            }
             let input = RouteInput {
                 opted_out: &opted_out,
+                unusable: &unusable,
                 cfg: &self.cfg.routing,
                 available: &available,
                 customer: &customer,
@@ -307,7 +362,13 @@ impl Notifier {
         let rendered = self
             .templates
             .render(&customer.locale, kind, &facts, answered.is_none());
-        let link = kind.is_warning().then_some(facts.link.as_str());
+        // Machine channels' payloads are stored and forwarded by other systems: they carry a
+        // short-lived link, never the customer's.
+        let machine_link = matches!(ch, Channel::Webhook | Channel::Mqtt | Channel::Push)
+            .then(|| self.machine_link(&ticket, &customer.id, now));
+        let link = kind
+            .is_warning()
+            .then(|| machine_link.as_deref().unwrap_or(facts.link.as_str()));
         let json = serde_json::json!({
             "schema": "forewarn.notification/v1",
             "kind": kind.as_str(),
@@ -325,22 +386,45 @@ impl Notifier {
             "idempotency_key": row.idempotency_key(ch),
         });
         let idem = row.idempotency_key(ch);
-        let resent = row
+        // Attempts on this channel that never got an answer recorded: a crash interrupted them.
+        let interrupted: Vec<Attempt> = row
             .attempts
-            .last()
-            .is_some_and(|a| a.outcome == "sending" && a.channel == ch);
-        // Durable before the provider call: a crash after this point resends with the same key.
+            .iter()
+            .filter(|a| matches!(a.outcome.as_str(), "sending" | "unanswered") && a.channel == ch)
+            .cloned()
+            .collect();
+        let resent = !interrupted.is_empty();
+        // Durable before the provider call: after a crash from here on, the next pass knows an
+        // attempt may have reached the provider.
         row.attempts.push(Attempt {
             at_ms: now,
             channel: ch,
             outcome: "sending".into(),
             detail: if resent {
-                "repeated after an interrupted attempt (same idempotency key)".into()
+                "after an interrupted attempt".into()
             } else {
                 String::new()
             },
+            fingerprint: (ch == Channel::Sms).then(|| fingerprint(&rendered.sms)),
         });
         store.outbox_put(key, &row)?;
+        // E-mail: this message's own reply address, known before it leaves (a reply can only
+        // come back to an address we recorded).
+        let reply = (ch == Channel::Email)
+            .then(|| self.reply_address(&row.id))
+            .flatten();
+        if let Some((token, addr)) = &reply {
+            let mut tx = store.tx();
+            tx.put_kv(
+                &super::reply_key(token),
+                &super::ReplyTarget {
+                    ticket_id: row.ticket_id.clone(),
+                    customer_id: customer.id.clone(),
+                },
+            );
+            tx.put_kv(&format!("notify/replylast/{}", row.ticket_id), addr);
+            store.commit(tx)?;
+        }
         let callback = format!("{}/notify/v1/twilio/status", self.public_url);
         let out = Outgoing {
             channel: ch,
@@ -350,8 +434,16 @@ impl Notifier {
             idempotency_key: &idem,
             status_callback: matches!(ch, Channel::Sms | Channel::Voice)
                 .then_some(callback.as_str()),
+            reply_to: reply.as_ref().map(|(_, a)| a.as_str()),
         };
-        let result = provider.send(&out).await;
+        let result = match self
+            .recover(store, provider.as_ref(), &address, &interrupted)
+            .await
+        {
+            Recovery::Send => provider.send(&out).await,
+            Recovery::Done(r) => r,
+        };
+        let recovered = resent && result.as_ref().is_ok_and(|a| a.detail.starts_with(FOUND));
         let now = self.clock.now_ms();
         match result {
             Ok(acc) => {
@@ -389,15 +481,18 @@ impl Notifier {
                             kind.as_str(),
                             acc.detail,
                             rendered.locale,
-                            if resent {
-                                ", resent with the same idempotency key"
-                            } else {
-                                ""
+                            match (resent, recovered) {
+                                (true, true) => ", not sent again",
+                                (true, false) =>
+                                    ", sent again: the interrupted attempt never \
+                                                 reached the customer",
+                                _ => "",
                             }
                         ),
                     )
                     .channel(ch)
-                    .outcome("sent"),
+                    .outcome("sent")
+                    .message(kind),
                 );
                 if let Some(pid) = &acc.provider_id {
                     if matches!(ch, Channel::Sms | Channel::Voice) {
@@ -452,13 +547,15 @@ impl Notifier {
                 Ok(())
             }
             Err(SendError::Retry { detail, after }) => {
+                let unanswered = super::channels::no_answer(&detail);
                 self.metrics
                     .messages
                     .with_label_values(&[ch.as_str(), "retry"])
                     .inc();
                 row.tries += 1;
                 if let Some(a) = row.attempts.last_mut() {
-                    a.outcome = "retry".into();
+                    // No answer: the provider may have the message; the next attempt asks first.
+                    a.outcome = if unanswered { "unanswered" } else { "retry" }.into();
                     a.detail = detail.clone();
                 }
                 if row.tries >= self.cfg.max_attempts {
@@ -507,6 +604,50 @@ impl Notifier {
                 }
                 self.fall_back(store, key, row, ch, detail).map(|_| ())
             }
+        }
+    }
+
+    /// Before repeating an interrupted attempt: was it sent after all? Asks the provider
+    /// (where it can tell) and answers what to do.
+    async fn recover(
+        &self,
+        store: &Store,
+        provider: &dyn Provider,
+        address: &str,
+        interrupted: &[Attempt],
+    ) -> Recovery {
+        if interrupted.is_empty() {
+            return Recovery::Send;
+        }
+        let found = match provider.lookup(address).await {
+            Ok(Lookup::Unsupported) => return Recovery::Send,
+            Ok(Lookup::Found(f)) => f,
+            Err(e) => {
+                return Recovery::Done(Err(SendError::Retry {
+                    detail: format!("not sent: an earlier attempt may have been; {e}"),
+                    after: None,
+                }))
+            }
+        };
+        let known = |sid: &str| {
+            // An unreadable record counts as known: better one message too few than two.
+            !matches!(
+                store.get_kv::<SentRecord>(&format!("notify/sid/{sid}")),
+                Ok(None)
+            )
+        };
+        let attempts: Vec<&Attempt> = interrupted.iter().collect();
+        match interrupted_match(&found, &attempts, &known) {
+            None => Recovery::Send,
+            Some(f) if matches!(f.status.as_str(), "failed" | "undelivered" | "canceled") => {
+                Recovery::Done(Err(SendError::Permanent {
+                    detail: format!("{FOUND} ({}): {}", f.status, f.provider_id),
+                }))
+            }
+            Some(f) => Recovery::Done(Ok(Accepted {
+                provider_id: Some(f.provider_id.clone()),
+                detail: format!("{FOUND} ({})", f.status),
+            })),
         }
     }
 
@@ -639,7 +780,7 @@ impl Notifier {
             when,
             soon,
             ticket: t.id.clone(),
-            link: self.link(&t.id, &c.id, now),
+            link: self.link_for(t, &c.id, now),
             priority: t.priority.as_str().to_string(),
             status: t.status.as_str().to_string(),
             reply_to: self
@@ -651,6 +792,17 @@ impl Notifier {
             visit,
         }
     }
+}
+
+/// How a recovered attempt is described (timeline, attempt detail).
+const FOUND: &str = "found at the provider after an interrupted attempt";
+
+/// What to do about an attempt that may have been interrupted.
+enum Recovery {
+    /// Nothing reached the provider (or it cannot tell): send.
+    Send,
+    /// The provider has it (or could not be asked): this is the outcome, nothing is sent.
+    Done(Result<Accepted, SendError>),
 }
 
 /// Key of "this ticket's customer was alerted" (the channel that carried the warning).
@@ -670,4 +822,63 @@ fn store_visit(t: &Ticket) -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(at_ms: i64, text: Option<&str>) -> Attempt {
+        Attempt {
+            at_ms,
+            channel: Channel::Sms,
+            outcome: "sending".into(),
+            detail: String::new(),
+            fingerprint: text.map(fingerprint),
+        }
+    }
+
+    fn found(sid: &str, body: Option<&str>, created_ms: i64) -> Found {
+        Found {
+            provider_id: sid.into(),
+            body: body.map(str::to_string),
+            created_ms: Some(created_ms),
+            status: "queued".into(),
+        }
+    }
+
+    #[test]
+    fn only_the_interrupted_text_is_taken_for_sent() {
+        let t0 = 1_000_000_000;
+        let a = attempt(t0, Some("forewarn: pump needs a visit"));
+        let none = |_: &str| false;
+        let list = [
+            found("SM3", Some("forewarn: another ticket"), t0 + 5),
+            found("SM2", Some("forewarn: pump needs a visit "), t0 + 2),
+            found("SM1", Some("forewarn: pump needs a visit"), t0 - 3_600_000),
+        ];
+        // The same text, after the attempt (trailing space as the provider may keep it).
+        assert_eq!(
+            interrupted_match(&list, &[&a], &none).map(|f| f.provider_id.as_str()),
+            Some("SM2")
+        );
+        // A message notify already recorded is not the interrupted one.
+        let known = |sid: &str| sid == "SM2";
+        assert_eq!(interrupted_match(&list, &[&a], &known), None);
+        // An hour older than the attempt: an earlier message with the same words.
+        assert_eq!(interrupted_match(&list[2..], &[&a], &none), None);
+        // Calls have no text: the number, the time and an unknown id decide.
+        let call = attempt(t0, None);
+        assert_eq!(
+            interrupted_match(&list, &[&call], &none).map(|f| f.provider_id.as_str()),
+            Some("SM3")
+        );
+        // Several interrupted attempts: the earliest bounds the window, any text matches.
+        let later = attempt(t0 + 10, Some("forewarn: re-rendered text"));
+        assert_eq!(
+            interrupted_match(&list, &[&later, &a], &none).map(|f| f.provider_id.as_str()),
+            Some("SM2")
+        );
+        assert_eq!(interrupted_match(&list, &[], &none), None);
+    }
 }

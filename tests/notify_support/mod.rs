@@ -20,6 +20,33 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Mailgun's HTTP webhook signing key in the tests.
+pub const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-for-tests";
+
+/// The reply address in a raw e-mail's `Reply-To` header.
+pub fn reply_to_of(data: &str) -> Option<String> {
+    let line = data
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("reply-to:"))?;
+    let v = line.split_once(':')?.1.trim();
+    let v = match (v.rfind('<'), v.rfind('>')) {
+        (Some(a), Some(b)) if a < b => v.get(a + 1..b)?,
+        _ => v,
+    };
+    Some(v.to_string())
+}
+
+/// Mailgun's `timestamp`, `token` and `signature` for a request at `now_ms`.
+pub fn mailgun_fields(now_ms: i64, token: &str) -> Vec<(String, String)> {
+    let ts = (now_ms / 1000).to_string();
+    let sig = forewarn::notify::signature::mailgun_signature(MAILGUN_KEY, &ts, token);
+    vec![
+        ("timestamp".into(), ts),
+        ("token".into(), token.into()),
+        ("signature".into(), sig),
+    ]
+}
+
 /// 2026-11-23 12:00 in Bangkok (05:00 UTC).
 pub const NOON_BKK: i64 = 1_795_410_000_000;
 pub const HOUR: i64 = 3_600_000;
@@ -107,6 +134,7 @@ pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
         account_sid: SID.into(),
         auth_token: TOKEN.into(),
         from: "+15550100".into(),
+        webhook_shared_key: None,
     };
     NotifyConfig {
         email: Some(EmailConfig {
@@ -131,7 +159,7 @@ pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
             allow: vec!["127.0.0.1".into()],
         }),
         link_secret: Some("test-link-secret-0123456789".into()),
-        inbound_email_key: Some("inbound-key-for-tests".into()),
+        inbound_email_signing_key: Some(MAILGUN_KEY.into()),
         max_attempts: 3,
         retry_min: "1s".parse().unwrap(),
         retry_max: "60s".parse().unwrap(),
@@ -192,6 +220,12 @@ impl Harness {
         tweak(&mut cfg);
         cfg.validate().unwrap();
         let clock = ManualClock::new(NOON_BKK);
+        // The providers see the same time as the notifier (message creation times).
+        let provider_clock = clock.clone();
+        fakes.set_clock(Arc::new(move || {
+            use forewarn::notify::Clock;
+            provider_clock.now_ms()
+        }));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let registry = prometheus::Registry::new();
@@ -355,6 +389,40 @@ impl Harness {
             }
         }
         0.0
+    }
+
+    /// The reply address of the newest e-mail sent to `to` (its own `Reply-To`), or an
+    /// address that is none of ours.
+    pub fn reply_address(&self, to: &str) -> String {
+        self.smtp
+            .mails()
+            .iter()
+            .rev()
+            .find(|m| m.to.iter().any(|t| t.contains(to)))
+            .and_then(|m| reply_to_of(&m.data))
+            .unwrap_or_else(|| "replies@forewarn.test".into())
+    }
+
+    /// POSTs an inbound e-mail as Mailgun forwards it: the form plus a fresh signed token on
+    /// the notifier's clock.
+    pub async fn mailgun_post(&self, form: &[(&str, &str)]) -> reqwest::Response {
+        use forewarn::notify::Clock;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut all: Vec<(String, String)> = form
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.extend(mailgun_fields(
+            self.clock.now_ms(),
+            &format!("tok-{}-{n}", std::process::id()),
+        ));
+        self.http
+            .post(format!("{}/notify/v1/email/inbound", self.url))
+            .form(&all)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// POSTs a Twilio-signed form to one of forewarn's inbound routes.

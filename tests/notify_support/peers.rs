@@ -82,6 +82,8 @@ impl Drop for AioSmtpd {
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ParsedMail {
     pub to: String,
+    /// The address part of `Reply-To`.
+    pub reply_to: String,
     pub subject: String,
     pub message_id: String,
     pub content_types: Vec<String>,
@@ -98,6 +100,7 @@ for key, msg in sorted(mailbox.Maildir(sys.argv[1], create=False).items(), key=l
     html = m.get_body(preferencelist=("html",))
     out.append({
         "to": str(m["To"] or ""),
+        "reply_to": m["Reply-To"].addresses[0].addr_spec if m["Reply-To"] else "",
         "subject": str(m["Subject"] or ""),
         "message_id": str(m["Message-ID"] or ""),
         "content_types": [p.get_content_type() for p in m.walk()],
@@ -142,5 +145,47 @@ print(RequestValidator(token).compute_signature(url, dict(params)))
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `X-Twilio-Signature` as the official library computes it, in the scheme named
+/// (`HMAC_SHA1` with the Auth Token, `HMAC_SHA256` with a Webhooks Rule's SharedKey).
+pub fn twilio_library_signature_with(
+    key: &str,
+    url: &str,
+    params: &[(&str, &str)],
+    algorithm: &str,
+) -> String {
+    const SIGN: &str = r#"
+import json, sys
+from twilio.request_validator import RequestValidator
+key, url, params, alg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+print(RequestValidator(key).compute_signature(url, dict(params), alg))
+"#;
+    let params = serde_json::to_string(params).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", SIGN, key, url, &params, algorithm])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The official library's SHA-256 of a JSON body (the `bodySHA256` URL parameter).
+pub fn twilio_library_body_hash(body: &str) -> String {
+    const HASH: &str = r#"
+import sys
+from twilio.request_validator import RequestValidator
+print(RequestValidator("unused").compute_hash(sys.argv[1]))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", HASH, body])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -1,9 +1,12 @@
 //! Fake cloud providers as a real HTTP server on loopback, speaking the documented shapes:
-//! Twilio Messages and Calls APIs (form POST, basic auth, StatusCallback; like the real API they
-//! do not de-duplicate by idempotency key), ntfy publish, and a customer webhook that checks
-//! the HMAC signature. Each service can be told to fail, rate-limit, hang or go down.
+//! Twilio Messages and Calls APIs (create: form POST, basic auth, StatusCallback; list: `GET`
+//! filtered by `To` and `From`, newest first, `PageSize`, RFC 2822 `date_created`, the JSON
+//! list under `messages` / `calls`), ntfy publish, and a customer webhook that checks the HMAC
+//! signature. Like the real services, none of them de-duplicates by an idempotency key: every
+//! request is a message. Each service can be told to fail, rate-limit, hang or go down.
 
 use axum::body::Bytes;
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +33,10 @@ pub enum Mode {
 pub struct Delivered {
     pub service: &'static str,
     pub to: String,
+    /// The sender (Twilio `From`).
+    pub from: String,
+    /// When the provider created it (its clock).
+    pub created_ms: i64,
     pub body: String,
     pub title: String,
     pub idempotency: String,
@@ -37,13 +44,17 @@ pub struct Delivered {
     pub sid: String,
 }
 
+/// The provider's clock (epoch ms).
+pub type FakeClock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 #[derive(Default)]
 pub struct Inner {
+    /// The providers' clock: wall time unless a test sets one.
+    pub clock: Option<FakeClock>,
     pub modes: HashMap<&'static str, Mode>,
     pub delivered: Vec<Delivered>,
-    /// Every request, including refused and de-duplicated ones, per service.
+    /// Every request, including refused ones, per service (`sms_list`, `voice_list`: look-ups).
     pub requests: HashMap<&'static str, usize>,
-    pub sids: HashMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -60,8 +71,14 @@ impl Fakes {
     pub async fn start() -> Fakes {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
-            .route("/2010-04-01/Accounts/{sid}/Messages.json", post(messages))
-            .route("/2010-04-01/Accounts/{sid}/Calls.json", post(calls))
+            .route(
+                "/2010-04-01/Accounts/{sid}/Messages.json",
+                post(messages).get(list_messages),
+            )
+            .route(
+                "/2010-04-01/Accounts/{sid}/Calls.json",
+                post(calls).get(list_calls),
+            )
             .route("/hook", post(hook))
             .route("/{topic}", post(push))
             .with_state(inner.clone());
@@ -71,6 +88,10 @@ impl Fakes {
             axum::serve(l, app).await.unwrap();
         });
         Fakes { base, inner }
+    }
+    /// The providers' clock from now on (message creation times).
+    pub fn set_clock(&self, clock: FakeClock) {
+        self.inner.lock().unwrap().clock = Some(clock);
     }
     pub fn set(&self, service: &'static str, m: Mode) {
         self.inner.lock().unwrap().modes.insert(service, m);
@@ -136,7 +157,7 @@ fn record(
     st: &Arc<Mutex<Inner>>,
     service: &'static str,
     h: &HeaderMap,
-    to: String,
+    (to, from): (String, String),
     body: String,
     title: String,
     cb: String,
@@ -151,21 +172,19 @@ fn record(
         .to_string();
     let mut g = st.lock().unwrap();
     // Twilio's REST API does not de-duplicate by this header (it only signs its own webhooks
-    // with it), so the fake SMS and voice services deliver every request, as the real ones do.
-    // The push and webhook fakes stand for receivers that do honour an idempotency key.
-    let dedupes = !matches!(service, "sms" | "voice");
-    if dedupes && !idem.is_empty() {
-        if let Some(sid) = g.sids.get(&idem) {
-            return sid.clone(); // the same request again: not sent twice
-        }
-    }
+    // with it), nor does ntfy, nor a webhook receiver that does not check it: every request is
+    // delivered, as the real services do.
     let sid = format!("{prefix}{:032}", g.delivered.len() + 1);
-    if !idem.is_empty() {
-        g.sids.insert(idem.clone(), sid.clone());
-    }
+    let created_ms = g
+        .clock
+        .as_ref()
+        .map(|c| c())
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     g.delivered.push(Delivered {
         service,
         to,
+        from,
+        created_ms,
         body,
         title,
         idempotency: idem,
@@ -173,6 +192,77 @@ fn record(
         sid: sid.clone(),
     });
     sid
+}
+
+/// Twilio's list API: `To` and `From` filter exactly, newest first, at most `PageSize`
+/// (default 50) in one page.
+fn list(
+    st: &Arc<Mutex<Inner>>,
+    service: &'static str,
+    key: &str,
+    q: &HashMap<String, String>,
+) -> Response {
+    let g = st.lock().unwrap();
+    let size: usize = q
+        .get("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .min(1000);
+    let items: Vec<serde_json::Value> = g
+        .delivered
+        .iter()
+        .rev()
+        .filter(|d| d.service == service)
+        .filter(|d| q.get("To").is_none_or(|t| *t == d.to))
+        .filter(|d| q.get("From").is_none_or(|f| *f == d.from))
+        .take(size)
+        .map(|d| {
+            let created = chrono::DateTime::from_timestamp_millis(d.created_ms)
+                .unwrap()
+                .to_rfc2822();
+            let mut v = serde_json::json!({
+                "sid": d.sid, "to": d.to, "from": d.from, "status": "queued",
+                "date_created": created,
+            });
+            if service == "sms" {
+                v["body"] = d.body.clone().into();
+            }
+            v
+        })
+        .collect();
+    let mut page = serde_json::json!({"page": 0, "page_size": size});
+    page[key] = items.into();
+    Json(page).into_response()
+}
+
+async fn list_messages(
+    State(st): St,
+    Path(sid): Path<String>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&h, &sid) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Err(r) = gate(&st, "sms_list").await {
+        return r;
+    }
+    list(&st, "sms", "messages", &q)
+}
+
+async fn list_calls(
+    State(st): St,
+    Path(sid): Path<String>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&h, &sid) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Err(r) = gate(&st, "voice_list").await {
+        return r;
+    }
+    list(&st, "voice", "calls", &q)
 }
 
 async fn messages(
@@ -193,7 +283,7 @@ async fn messages(
         &st,
         "sms",
         &h,
-        g("To"),
+        (g("To"), g("From")),
         g("Body"),
         String::new(),
         g("StatusCallback"),
@@ -218,9 +308,10 @@ async fn calls(
     if !authorized(&h, &sid) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    if let Err(r) = gate(&st, "voice").await {
-        return r;
-    }
+    let hang = match gate(&st, "voice").await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
     let g = |k: &str| f.get(k).cloned().unwrap_or_default();
     if !g("Twiml").starts_with("<Response>") {
         return (StatusCode::BAD_REQUEST, "Twiml required").into_response();
@@ -229,12 +320,15 @@ async fn calls(
         &st,
         "voice",
         &h,
-        g("To"),
+        (g("To"), g("From")),
         g("Twiml"),
         String::new(),
         g("StatusCallback"),
         "CA",
     );
+    if let Some(ms) = hang {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     (
         StatusCode::CREATED,
         Json(serde_json::json!({"sid": csid, "status": "queued"})),
@@ -255,7 +349,7 @@ async fn push(State(st): St, Path(topic): Path<String>, h: HeaderMap, body: Byte
         &st,
         "push",
         &h,
-        topic.clone(),
+        (topic.clone(), String::new()),
         String::from_utf8_lossy(&body).into_owned(),
         title,
         String::new(),
@@ -279,7 +373,7 @@ async fn hook(State(st): St, h: HeaderMap, body: Bytes) -> Response {
         &st,
         "webhook",
         &h,
-        "hook".into(),
+        ("hook".into(), String::new()),
         String::from_utf8_lossy(&body).into_owned(),
         String::new(),
         String::new(),

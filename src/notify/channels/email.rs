@@ -103,7 +103,8 @@ impl Email {
             .to(to)
             .subject(r.email_subject.clone())
             .message_id(Some(format!("<{}@forewarn>", m.idempotency_key)));
-        if let Some(rt) = &self.reply_to {
+        let own = m.reply_to.and_then(|a| a.parse::<Mailbox>().ok());
+        if let Some(rt) = own.as_ref().or(self.reply_to.as_ref()) {
             b = b.reply_to(rt.clone());
         }
         b.multipart(

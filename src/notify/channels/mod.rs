@@ -26,6 +26,9 @@ pub struct Outgoing<'a> {
     pub idempotency_key: &'a str,
     /// Where the provider reports delivery (Twilio StatusCallback).
     pub status_callback: Option<&'a str>,
+    /// E-mail: this message's own reply address (`replies+<token>@…`), instead of the
+    /// configured one.
+    pub reply_to: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,9 +53,49 @@ pub enum SendError {
 
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Accepted, SendError>> + Send + 'a>>;
 
+/// A message the provider holds for an address: perhaps the one an interrupted attempt sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub provider_id: String,
+    /// The text as the provider keeps it (SMS); `None` where it keeps none (calls).
+    pub body: Option<String>,
+    /// When the provider created it (epoch ms), if it said.
+    pub created_ms: Option<i64>,
+    /// The provider's status word ("queued", "delivered", "failed"…).
+    pub status: String,
+}
+
+/// What a provider can tell about the messages it sent to an address.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The provider has no such API (ntfy, webhooks, SMTP, MQTT): a repeat after a crash can
+    /// reach the customer twice (at least once).
+    Unsupported,
+    /// Its most recent messages to the address, newest first.
+    Found(Vec<Found>),
+}
+
+pub type LookupFuture<'a> = Pin<Box<dyn Future<Output = Result<Lookup, SendError>> + Send + 'a>>;
+
 /// The one interface every channel implements.
 pub trait Provider: Send + Sync {
     fn send<'a>(&'a self, m: &'a Outgoing<'a>) -> SendFuture<'a>;
+
+    /// The provider's recent messages to `address`, asked before repeating an attempt that was
+    /// interrupted between the request and its record (at most once where this is supported).
+    fn lookup<'a>(&'a self, _address: &'a str) -> LookupFuture<'a> {
+        Box::pin(async { Ok(Lookup::Unsupported) })
+    }
+}
+
+/// The request went out but no answer came back: the provider may have the message.
+const NO_ANSWER_TIMEOUT: &str = "provider unreachable: timeout";
+const NO_ANSWER_ERROR: &str = "provider unreachable: request error";
+
+/// Whether a retry's detail says the request may have reached the provider although it failed
+/// here (a timeout, a connection lost after sending): a repeat must first ask the provider.
+pub fn no_answer(detail: &str) -> bool {
+    detail == NO_ANSWER_TIMEOUT || detail == NO_ANSWER_ERROR
 }
 
 /// Maps an HTTP answer to the outcome classes above.
@@ -63,16 +106,14 @@ pub(crate) async fn classify(
         Ok(r) => r,
         Err(e) => {
             return Err(SendError::Retry {
-                detail: format!(
-                    "provider unreachable: {}",
-                    if e.is_timeout() {
-                        "timeout".to_string()
-                    } else if e.is_connect() {
-                        "connection failed".to_string()
-                    } else {
-                        "request error".to_string()
-                    }
-                ),
+                detail: if e.is_timeout() {
+                    NO_ANSWER_TIMEOUT
+                } else if e.is_connect() {
+                    "provider unreachable: connection failed"
+                } else {
+                    NO_ANSWER_ERROR
+                }
+                .to_string(),
                 after: None,
             })
         }

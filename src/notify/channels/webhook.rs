@@ -127,6 +127,7 @@ mod tests {
             locale: "en".into(),
             rtl: false,
             voice_language: "en-US".into(),
+            voice_name: String::new(),
             sms: String::new(),
             voice: String::new(),
             push_title: String::new(),
@@ -143,6 +144,7 @@ mod tests {
             json: &json,
             idempotency_key: "k1",
             status_callback: None,
+            reply_to: None,
         };
         hook.send(&m).await
     }
