@@ -64,8 +64,11 @@ struct PrecisionCollector {
     store: Store,
     gauge: GaugeVec,
     /// Outcome per ticket id, and the store's quarantine epoch it was scanned at.
-    known: parking_lot::Mutex<Option<(u64, HashMap<String, (String, String, Outcome)>)>>,
+    known: parking_lot::Mutex<Option<(u64, Known)>>,
 }
+
+/// Ticket id → (model, mode, outcome).
+type Known = HashMap<String, (String, String, Outcome)>;
 
 impl Collector for PrecisionCollector {
     fn desc(&self) -> Vec<&Desc> {
