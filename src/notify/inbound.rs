@@ -32,7 +32,9 @@ struct AppState {
 }
 
 pub fn router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>) -> Router {
-    public_router(n.clone(), store.clone(), desk.clone()).merge(timeline_router(n, store, desk))
+    public_router(n.clone(), store.clone(), desk.clone())
+        .merge(timeline_router(n.clone(), store.clone(), desk.clone()))
+        .merge(links_router(n, store, desk))
 }
 
 /// The `/notify/v1/*` routes: what providers and customers reach from the internet.
