@@ -275,7 +275,7 @@ impl Engine {
                     let needed = self
                         .cfg
                         .consecutive_override
-                        .unwrap_or(a.consecutive)
+                        .unwrap_or_else(|| mm.consecutive(a.consecutive))
                         .max(1);
                     let prio = priority(s.ttf_hours, a.horizon_hours, s.probability);
                     // Formatted only when a ticket takes it.
@@ -549,6 +549,43 @@ mod tests {
         assert_eq!(opened[0].ticket.opened_at, "1970-01-01T02:00:00Z");
         assert!(opened[0].ticket.predicted_failure_at.is_some());
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn a_mode_keeps_the_consecutive_scorings_its_threshold_was_chosen_with() {
+        // The artifact asks for two scorings in a row; the mode chose its threshold for one.
+        let mut a = hot_model();
+        let th = a.modes[0].threshold;
+        a.modes[0].levels = Some(crate::predict::Levels {
+            watch: th,
+            ticket: Some(th),
+            customer_alert: None,
+            evidence: crate::predict::ModeEvidence::Sufficient,
+            rule: String::new(),
+            out_of_fold: Default::default(),
+            consecutive: Some(1),
+        });
+        assert_eq!(a.consecutive, 2);
+        let cfg = EngineConfig::default();
+        let e = Engine::new(
+            cfg.clone(),
+            Arc::new(Models::new(vec![a], &cfg.window).unwrap()),
+        );
+        let mut st = e.new_state(0);
+        let (mut live, mut ch) = (vec![], vec![]);
+        for (h, t) in [(0, 70.0), (1, 85.0), (2, 86.0)] {
+            e.reading(
+                &mut st,
+                &mut live,
+                DeviceCtx::default(),
+                &r(h, t),
+                &mut ch,
+                None,
+            );
+        }
+        let opened: Vec<_> = ch.iter().filter(|c| c.kind == ChangeKind::Opened).collect();
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].ticket.opened_at, "1970-01-01T01:00:00Z");
     }
 
     #[test]

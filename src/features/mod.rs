@@ -466,6 +466,10 @@ pub enum MetricStat {
     MeanHours(f64),
     /// Standard deviation over the readings of the last this many hours (within the ring).
     StdHours(f64),
+    /// Mean over the last this many hours minus the EW mean of the span at this index: the recent
+    /// level against the device's own longer baseline. Over a day-long window it is free of device
+    /// offsets, slow drift and the daily cycle, which a tree cannot subtract by itself.
+    MeanHoursLessEwm(f64, u8),
 }
 
 impl MetricStat {
@@ -483,6 +487,7 @@ impl MetricStat {
             MetricStat::EwmDiff(a, b) => format!("ewm{}-ewm{}", span(a), span(b)),
             MetricStat::MeanHours(h) => format!("mean{h}h"),
             MetricStat::StdHours(h) => format!("std{h}h"),
+            MetricStat::MeanHoursLessEwm(h, i) => format!("mean{h}h-ewm{}", span(i)),
         }
     }
 }
@@ -541,6 +546,11 @@ impl FeatureSpec {
         }
         for i in 1..k {
             stats.push(MetricStat::EwmDiff(0, i));
+        }
+        // Every middle span against the longest too: a level shift over hours to days, with less
+        // of the short span's noise.
+        for i in 1..k.saturating_sub(1) {
+            stats.push(MetricStat::EwmDiff(i, k - 1));
         }
         stats
     }
@@ -689,6 +699,10 @@ impl FeatureSpec {
                     }
                     MetricStat::MeanHours(h) => timed(h).mean,
                     MetricStat::StdHours(h) => timed(h).std,
+                    MetricStat::MeanHoursLessEwm(h, i) => mw
+                        .ew
+                        .get(i as usize)
+                        .map_or(f64::NAN, |e| timed(h).mean - e.0),
                 });
             }
         }
@@ -817,6 +831,38 @@ mod tests {
         assert!(get("absent.last").is_nan());
         assert_eq!(get("hours_since_reset"), 49.0);
         assert_eq!(get("readings"), 50.0);
+    }
+
+    #[test]
+    fn day_level_against_the_baseline_ignores_a_device_offset_and_sees_a_shift() {
+        let window = WindowSpec::default();
+        let s = FeatureSpec {
+            stats: vec![MetricStat::MeanHoursLessEwm(24.0, 2)],
+            window: window.clone(),
+            metrics: vec!["temp".into()],
+            device: vec![],
+        };
+        let idx = MetricIndex::new(["temp"]);
+        let feature = |offset: f64, shift: f64| {
+            let mut st = DeviceState::new(&window, 0);
+            for h in 0..200i64 {
+                // A daily cycle, the device's offset, and a shift over the last day.
+                let daily = 5.0 * (h as f64 * std::f64::consts::TAU / 24.0).sin();
+                let v = 50.0 + offset + daily + if h >= 176 { shift } else { 0.0 };
+                st.observe(&reading(h, None, v), &window, &idx);
+            }
+            let mut out = Vec::new();
+            s.extract(&st, &s.resolve(&idx), "m", None, 199 * 3_600_000, &mut out);
+            out[0]
+        };
+        let healthy = feature(0.0, 0.0);
+        assert!(healthy.abs() < 1.0, "{healthy}");
+        // The ring keeps f32 values: equal up to their rounding.
+        assert!((feature(37.0, 0.0) - healthy).abs() < 1e-3);
+        // The EW baseline follows the shift too (about half of it after a day at span 60): a
+        // sizable part of it still shows.
+        assert!(feature(37.0, 4.0) - healthy > 1.2);
+        assert_eq!(s.names(), vec!["temp.mean24h-ewm60".to_string()]);
     }
 
     #[test]

@@ -560,6 +560,14 @@ impl ModeModel {
             None => Some(self.threshold),
         }
     }
+    /// Scorings in a row at or above the ticket level that open a ticket: the mode's own choice,
+    /// else `artifact_default` (the artifact's `consecutive`).
+    pub fn consecutive(&self, artifact_default: u16) -> u16 {
+        self.levels
+            .as_ref()
+            .and_then(|l| l.consecutive)
+            .unwrap_or(artifact_default)
+    }
     /// Score at which a device is watched (internal: API and metrics only).
     pub fn watch_threshold(&self) -> f64 {
         self.levels.as_ref().map_or(self.threshold, |l| l.watch)
@@ -643,6 +651,10 @@ pub struct Levels {
     /// How each level was chosen, in words.
     pub rule: String,
     pub out_of_fold: OutOfFold,
+    /// Scorings in a row at or above the ticket level before a ticket opens, as chosen with the
+    /// threshold for this mode; `None` (older artifacts): the artifact's `consecutive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive: Option<u16>,
 }
 /// Where a model came from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -500,6 +500,7 @@ pub fn train(
                     evidence: ModeEvidence::NoOutOfFoldEvidence,
                     rule: "no out-of-fold predictions (too few devices to cross-validate)".into(),
                     out_of_fold: out,
+                    consecutive: None,
                 },
                 2,
             )
@@ -577,6 +578,7 @@ pub fn train(
                     evidence,
                     rule,
                     out_of_fold: out,
+                    consecutive: ticket.map(|_| c.consecutive),
                 },
                 c.consecutive,
             )
@@ -608,7 +610,8 @@ pub fn train(
         });
     }
     pb.finish_and_clear();
-    // One artifact holds one `consecutive`: the most cautious the ticketing modes asked for.
+    // Each ticketing mode keeps its own `consecutive` (in its levels); the artifact's is what
+    // older daemons and modes without a ticket level use: the most cautious one asked for.
     let consecutive = consecutive_votes.iter().copied().max().unwrap_or(2);
     let artifact = Artifact {
         format: ARTIFACT_FORMAT.into(),

@@ -80,6 +80,12 @@ pub fn build_spec(
             stats.push(MetricStat::MeanHours(*w));
             stats.push(MetricStat::StdHours(*w));
         }
+        // The longest window's mean against the longest EW mean: how far the device has moved
+        // from its own recent normal, whatever its offset.
+        if let (Some(w), Some(last)) = (metric_windows.last(), window.ew_spans.len().checked_sub(1))
+        {
+            stats.push(MetricStat::MeanHoursLessEwm(*w, last as u8));
+        }
     }
     let k = h.metrics.len();
     let mut lo = vec![f64::INFINITY; k];

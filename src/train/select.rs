@@ -173,22 +173,22 @@ impl TicketTally {
             _ => 0.0,
         }
     }
-    /// Recall where each detection counts by its lead time, up to the horizon: the chance that the
-    /// ticket is already open when the device is looked at a uniformly random time within the
-    /// horizon before failing. A warning one minute ahead is worth little.
-    pub fn lead_weighted_recall(&self, horizon_h: f64) -> Option<f64> {
+    /// Recall where each detection counts by its lead time, in proportion up to `full_lead_h` and
+    /// fully from there: a warning one hour ahead is worth little, one that leaves the lead the
+    /// policy aims for ([`FULL_CREDIT_LEAD`] of the horizon) is worth as much as an earlier one.
+    pub fn lead_weighted_recall(&self, full_lead_h: f64) -> Option<f64> {
         (self.due > 0).then(|| {
             self.lead_hours
                 .iter()
-                .map(|l| (l / horizon_h).clamp(0.0, 1.0))
+                .map(|l| (l / full_lead_h).clamp(0.0, 1.0))
                 .sum::<f64>()
                 / self.due as f64
         })
     }
 
     /// F1 of precision and [`TicketTally::lead_weighted_recall`].
-    pub fn lead_weighted_f1(&self, horizon_h: f64) -> f64 {
-        match (self.precision(), self.lead_weighted_recall(horizon_h)) {
+    pub fn lead_weighted_f1(&self, full_lead_h: f64) -> f64 {
+        match (self.precision(), self.lead_weighted_recall(full_lead_h)) {
             (Some(p), Some(r)) if p + r > 0.0 => 2.0 * p * r / (p + r),
             _ => 0.0,
         }
@@ -282,6 +282,12 @@ pub fn simulate_openings(
     out
 }
 
+/// The lead time, as a fraction of the horizon, from which a detection counts fully when the
+/// policy is chosen. Half the horizon is the lead a ticket needs to be worth dispatching; crediting
+/// more (up to the whole horizon) pushed thresholds down to catch the first faint signs of a fault,
+/// trading many false tickets for hours of lead nobody needed.
+pub const FULL_CREDIT_LEAD: f64 = 0.5;
+
 /// What the ticket policy should aim for on validation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
@@ -294,7 +300,7 @@ impl Target {
     pub fn describe(&self, window_h: f64) -> String {
         let rule = format!(
             "on validation devices (a ticket is correct when the failure follows within {window_h}h; \
-             a detection counts by its lead time up to the horizon)"
+             a detection counts by its lead time up to half the horizon)"
         );
         match self {
             Target::BestF1 => format!("best ticket F1 {rule}"),
@@ -467,12 +473,13 @@ pub fn choose_policy(
     for k in 1..=3u16 {
         for &th in &cands {
             let tally = tally_for(th, k);
-            let f1 = tally.lead_weighted_f1(horizon_h);
+            let full = FULL_CREDIT_LEAD * horizon_h;
+            let f1 = tally.lead_weighted_f1(full);
             let score = match target {
                 Target::BestF1 => f1,
                 Target::MinPrecision(p) => {
                     if tally.precision().unwrap_or(0.0) >= p {
-                        1.0 + tally.lead_weighted_recall(horizon_h).unwrap_or(0.0) + 1e-3 * f1
+                        1.0 + tally.lead_weighted_recall(full).unwrap_or(0.0) + 1e-3 * f1
                     } else {
                         f1
                     }
@@ -639,7 +646,7 @@ mod tests {
         assert!(c.threshold <= 0.6, "{c:?}");
         assert!(simulate_openings(&healthy, &[], "m", c.threshold, c.consecutive).is_empty());
         let opened = simulate_openings(&failing, &fail, "m", c.threshold, c.consecutive);
-        assert!(h(200) - opened[0] >= h(24), "{c:?}");
+        assert!(h(200) - opened[0] >= h(12), "{c:?}");
         assert_eq!(c.tally.precision(), Some(1.0));
     }
 }

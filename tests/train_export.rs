@@ -1,0 +1,154 @@
+//! Training on what `forewarn export` writes: a daemon's archived history and its ticket outcomes,
+//! read back by `forewarn train`. A maintenance that confirmed a predicted fault is a failure that
+//! was prevented, so it teaches the model as much as a failure does.
+
+use forewarn::archive::{self, Files, Record};
+use forewarn::cli::export::export;
+use forewarn::domain::{
+    format_ts, DeviceEvent, EventKind, ModelRef, Outcome, Priority, Reading, Status, Ticket,
+};
+use forewarn::engine::EngineConfig;
+use forewarn::store::Store;
+use forewarn::train::csv::History;
+use forewarn::train::fit::{train, EstimatorKind, TrainOptions};
+use forewarn::train::select::Target;
+use std::path::Path;
+
+const H: i64 = 3_600_000;
+
+/// Eight devices whose `temp` climbs over the 30 h before their belt gives out. Devices 0–3 failed;
+/// on devices 4–7 the daemon's ticket sent a technician who replaced the belt (a maintenance
+/// event), and the ticket was settled as a confirmed fault.
+fn daemon_data_dir(dir: &Path) {
+    let mut files = Files::new(archive::dir(dir), &archive::Config::default()).unwrap();
+    let mut tickets = Vec::new();
+    for d in 0..8i64 {
+        let id = format!("d{d}");
+        let end = 200 + 13 * d;
+        let mut batch = Vec::new();
+        for h in 0..end {
+            let noise = ((h * 7 + d * 3) % 5) as f64 * 0.3;
+            let temp = 50.0 + (h - (end - 30)).max(0) as f64 + noise;
+            batch.push(Record::Reading(Reading {
+                device_id: id.clone(),
+                ts: h * H,
+                seq: Some(h as u64 + 1),
+                metrics: vec![("temp".into(), temp)],
+            }));
+        }
+        // A day of healthy running after the repair, so the device's history goes on.
+        for h in end..end + 24 {
+            batch.push(Record::Reading(Reading {
+                device_id: id.clone(),
+                ts: h * H,
+                seq: Some(h as u64 + 1),
+                metrics: vec![("temp".into(), 50.0)],
+            }));
+        }
+        let prevented = d >= 4;
+        batch.push(Record::Event(DeviceEvent {
+            device_id: id.clone(),
+            ts: end * H,
+            kind: if prevented {
+                EventKind::Maintenance
+            } else {
+                EventKind::Failure
+            },
+            code: "belt".into(),
+        }));
+        files.write(&batch, 0).unwrap();
+        if prevented {
+            let opened = (end - 10) * H;
+            tickets.push(Ticket {
+                id: format!("t{d}"),
+                device_id: id,
+                customer_id: None,
+                failure_mode: "belt".into(),
+                status: Status::Resolved,
+                priority: Priority::High,
+                probability: 0.9,
+                predicted_failure_at: None,
+                opened_at: format_ts(opened),
+                updated_at: format_ts(end * H),
+                model: ModelRef {
+                    name: "m".into(),
+                    version: "1".into(),
+                },
+                evidence: vec![],
+                history: vec![],
+                outcome: Some(Outcome::ConfirmedFault),
+                opened_ms: opened,
+            });
+        }
+    }
+    files.close();
+    let store = Store::open(dir, 16 << 20).unwrap();
+    let mut tx = store.tx();
+    for t in &tickets {
+        tx.put_ticket(t);
+    }
+    store.commit(tx).unwrap();
+}
+
+fn belt_positives(telemetry: &Path, events: &Path) -> (usize, History) {
+    let h = History::load(telemetry, events, None).unwrap();
+    let opts = TrainOptions {
+        engine: EngineConfig::default(),
+        horizon_h: 12.0,
+        ttf_cap_h: None,
+        estimator: EstimatorKind::Linear,
+        target: Target::BestF1,
+        match_window_h: None,
+        folds: 4,
+        alert_cap: 0.05,
+        seed: 1,
+        name: "export".into(),
+        command: String::new(),
+    };
+    let (_, summary) = train(&h, "0".repeat(64), &opts).unwrap();
+    let belt = summary.iter().find(|m| m.mode == "belt").unwrap();
+    (belt.positives, h)
+}
+
+#[test]
+fn confirmed_maintenance_in_an_export_trains_like_the_failure_it_prevented() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("export");
+    daemon_data_dir(&data);
+    let sum = export(&data, &out).unwrap();
+    assert_eq!(sum.outcomes, 4, "{sum:?}");
+    assert_eq!(sum.events, 8, "{sum:?}");
+
+    let tel = out.join("telemetry.csv");
+    let ev = out.join("events.csv");
+    let (with_outcomes, h) = belt_positives(&tel, &ev);
+    // Every device's belt episode ended in a (failed or prevented) failure as training sees it.
+    for d in &h.devices {
+        assert!(
+            d.labels
+                .iter()
+                .any(|e| e.kind == EventKind::Failure && e.code == "belt"),
+            "{}: {:?}",
+            d.id,
+            d.labels
+        );
+    }
+
+    // The same export without its outcome column: the repaired devices only say "maintenance",
+    // which censors the rows before it instead of making them positives.
+    let text = std::fs::read_to_string(&ev).unwrap();
+    let stripped: String = text
+        .lines()
+        .map(|l| l.splitn(5, ',').take(4).collect::<Vec<_>>().join(",") + "\n")
+        .collect();
+    let ev_plain = tmp.path().join("events_plain.csv");
+    std::fs::write(&ev_plain, stripped).unwrap();
+    let (without, _) = belt_positives(&tel, &ev_plain);
+    assert!(without > 0);
+    assert_eq!(
+        with_outcomes,
+        2 * without,
+        "four prevented failures count like the four failures"
+    );
+}
