@@ -115,6 +115,7 @@ start_daemon() { # $1: data dir, $2: models dir
     # A client id of its own: a daemon resuming another's persistent session would also receive
     # whatever that session still holds.
     FOREWARN__BROKER__CLIENT_ID="forewarn-bench-$RANDOM-$RANDOM" \
+        FOREWARN__INGEST__BROKER_DROPS_TOPIC='$SYS/broker/publish/messages/dropped' \
         "$BIN" serve --broker "mqtt://$BROKER" --listen "$API" --data-dir "$1" --models "$2" >"$1.log" 2>&1 &
     DAEMON=$!
     PIDS+=($DAEMON)
@@ -146,15 +147,16 @@ for run in realistic storm; do
     CPU1=$(cpu_seconds "$DAEMON")
     RSS=$(peak_rss_mb "$DAEMON")
     MISSING=$(metric forewarn_readings_missing_total)
+    BROKER_DROPPED=$(metric forewarn_broker_dropped_messages)
     LATE=$(metric 'forewarn_readings_dropped_total{reason="late"}')
     SCORINGS=$(metric forewarn_scorings_total)
     TICKETS=$(metric 'forewarn_ticket_changes_total{kind="opened"}')
     COMMITS=$(metric forewarn_commit_seconds_count)
     COMMIT_S=$(metric forewarn_commit_seconds_sum)
     RATE[$run]=$(echo "$PUB_READINGS / ($T1 - $T0)" | bc -l)
-    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, duplicates %s, late %s; scorings %s, tickets opened %s; CPU %.1f s (%.2f cores), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
+    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, broker-reported drops %s, duplicates %s, late %s; scorings %s, tickets opened %s; CPU %.1f s (%.2f cores), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
         "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \
-        "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" \
+        "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$BROKER_DROPPED" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" \
         "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$COMMITS" "$COMMIT_S" "$L0" "$(loadavg)"
     kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
     rm -rf "$WORK/data-$run"

@@ -166,6 +166,8 @@ pub struct Loss {
     pub seq_resets: u64,
     /// Wall-clock time (epoch ms) of the last gap, if any.
     pub last_gap_ms: Option<i64>,
+    /// The broker's dropped-message count when forewarn first heard it, and the latest.
+    pub broker_dropped: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -408,6 +410,11 @@ impl App {
                         continue;
                     }
                 }
+            } else if !self.settings.ingest.broker_drops_topic.is_empty()
+                && topic == self.settings.ingest.broker_drops_topic
+            {
+                self.broker_drops(&m.publish.payload);
+                continue;
             } else {
                 // A topic our subscriptions match but neither filter list names (an overlapping
                 // broker-side subscription): nothing to do, acknowledged with the group.
@@ -783,6 +790,43 @@ impl App {
             .and_then(|id| core.customers.get(id));
         self.notifier
             .on_ticket_change(tx, c, customer, device, now_ms);
+    }
+
+    /// The broker's count of dropped publishes (broker-wide): kept, exported, and a rise since
+    /// forewarn first heard it logged, within the per-minute budget.
+    fn broker_drops(&self, payload: &[u8]) {
+        let Some(n) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        else {
+            tracing::debug!("the broker's dropped-message count is not a number; ignored");
+            return;
+        };
+        self.metrics
+            .broker_dropped
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        let rose = {
+            let mut l = self.loss.lock();
+            let (first, last) = l.broker_dropped.unwrap_or((n, n));
+            l.broker_dropped = Some((first, n));
+            n > last
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        if rose
+            && self.loss_log_budget.lock().allow(
+                now,
+                self.settings.rejects_per_minute,
+                "broker drop reports",
+            )
+        {
+            tracing::warn!(
+                dropped = n,
+                "the broker reports {n} dropped publishes (all its subscribers): messages for a \
+                 subscriber that fell behind are dropped beyond its queue and in-flight limits \
+                 (Mosquitto: max_queued_messages, max_inflight_messages); a device's last \
+                 readings lost this way show as a seq gap only when it sends again"
+            );
+        }
     }
 
     /// Logs a `seq` gap or reset, within the per-minute budget (the rest are only counted).

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub dispatch: IntCounterVec,
     /// 1 while connected to the broker.
     pub broker_connected: IntGauge,
+    /// The broker's own count of publishes it dropped (Mosquitto's
+    /// `$SYS/broker/publish/messages/dropped`, broker-wide); -1 until the broker reports one.
+    pub broker_dropped: IntGauge,
     pub broker_connects: IntCounter,
     pub broker_disconnects: IntCounter,
     /// Device states held in memory.
@@ -161,6 +164,11 @@ impl Metrics {
                 &["target", "result"],
             ),
             broker_connected: gauge(r, "forewarn_broker_connected", "1 while connected to the broker"),
+            broker_dropped: gauge(
+                r,
+                "forewarn_broker_dropped_messages",
+                "Publishes the broker says it dropped for queue or in-flight limits (all its clients; from ingest.broker_drops_topic; -1 until reported)",
+            ),
             broker_connects: counter(r, "forewarn_broker_connects_total", "Broker connections made"),
             broker_disconnects: counter(
                 r,

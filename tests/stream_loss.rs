@@ -151,14 +151,16 @@ async fn against_a_default_mosquitto_received_plus_reported_missing_is_what_was_
     let mdir = dirs.path().join("mosquitto");
     std::fs::create_dir_all(&mdir).unwrap();
     let port = drill_support::free_port();
-    // Mosquitto's defaults: max_inflight_messages 20, max_queued_messages 1000.
+    // Mosquitto's defaults: max_inflight_messages 20, max_queued_messages 1000. Its $SYS tree
+    // every second (default 10 s), so its own count of dropped messages arrives within the test.
     let _broker = drill_support::Mosquitto::start(
         &bin,
         &mdir,
         port,
-        &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"),
     );
-    let cfg = config(&format!("mqtt://127.0.0.1:{port}"), &dirs, "fw-loss");
+    let mut cfg = config(&format!("mqtt://127.0.0.1:{port}"), &dirs, "fw-loss");
+    cfg.ingest.broker_drops_topic = "$SYS/broker/publish/messages/dropped".into();
     let (h, tok) = start(cfg).await;
     ready(&h).await;
     let api = Api::new(&h);
@@ -202,6 +204,17 @@ async fn against_a_default_mosquitto_received_plus_reported_missing_is_what_was_
         }
         last = now;
     }
+    // Before any device sends again (no seq gap can show a loss at the end of a stream yet),
+    // the broker's own report says that it dropped messages.
+    eventually("the broker's dropped count reported", || async {
+        api.metric("forewarn_broker_dropped_messages").await > 0.0
+    })
+    .await;
+    let body = api.get_json("/readyz").await;
+    assert!(
+        body["broker_dropped"].as_u64().is_some_and(|n| n > 0),
+        "readyz says the broker dropped messages: {body}"
+    );
     for d in 0..DEVICES {
         closer
             .publish(

@@ -416,6 +416,8 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     let body = serde_json::json!({
         "ready": ready, "broker": broker, "store": store, "models": models,
         "upstream_loss": upstream_loss, "seq_resets": loss.seq_resets,
+        // What the broker says it dropped since forewarn first heard from it (all subscribers).
+        "broker_dropped": loss.broker_dropped.map(|(first, last)| last.saturating_sub(first)),
         "session": app.session_note(),
     });
     let status = if ready {

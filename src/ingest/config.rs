@@ -67,6 +67,12 @@ pub struct Config {
     /// The state of a device whose newest timestamp is older than this (a device retired or
     /// renamed) is dropped from memory and disk, its live tickets kept. Unset: kept forever.
     pub forget_after: Option<Dur>,
+    /// A topic where the broker publishes how many messages it has dropped (Mosquitto:
+    /// `$SYS/broker/publish/messages/dropped`, every `sys_interval`): a rise is logged and shown
+    /// in `/readyz` and `forewarn_broker_dropped_messages`, because the loss of a device's *last*
+    /// readings leaves no `seq` gap until it sends again. Empty (the default): not subscribed —
+    /// a broker that does not allow `$SYS` subscriptions (rumqttd) closes the connection.
+    pub broker_drops_topic: String,
 }
 
 impl Default for Config {
@@ -83,6 +89,7 @@ impl Default for Config {
             reorder_idle: None,
             max_clock_skew: Dur::secs(600),
             forget_after: None,
+            broker_drops_topic: String::new(),
         }
     }
 }

@@ -337,8 +337,14 @@ pub async fn run_with_clock(
     filters.extend(cfg.ingest.event_topics.iter().cloned());
     // One subscription for readings and events where possible: a device's messages then arrive
     // in the order it sent them (see `ordered_subscriptions`).
-    let subscriptions = mqtt::ordered_subscriptions(&filters);
-    if subscriptions.len() > 1 {
+    let mut subscriptions = mqtt::ordered_subscriptions(&filters);
+    // The broker's own word on what it dropped (Mosquitto's $SYS tree; a broker without it
+    // simply never publishes there).
+    app.metrics.broker_dropped.set(-1);
+    if !cfg.ingest.broker_drops_topic.is_empty() {
+        subscriptions.push(cfg.ingest.broker_drops_topic.clone());
+    }
+    if mqtt::ordered_subscriptions(&filters).len() > 1 {
         tracing::warn!(
             "telemetry and event topic filters differ in shape; subscribing to each: the broker \
              may deliver a device's events out of order with its readings"
