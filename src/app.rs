@@ -245,6 +245,10 @@ pub struct App {
     loss_log_budget: Mutex<LogBudget>,
     /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
     gaps: Mutex<HashMap<String, Gap>>,
+    /// Per device (from the topic), telemetry payloads rejected and not yet matched by a `seq`
+    /// gap: a device's malformed message used a `seq` too, and the gap it leaves is a rejection
+    /// already counted, not a loss upstream. Bounded: cleared when it holds too many devices.
+    rejected_unmatched: Mutex<HashMap<String, u64>>,
     loss: Mutex<Loss>,
     /// What the session check at the first broker connection found amiss, for `/readyz`.
     session_note: Mutex<Option<String>>,
@@ -330,6 +334,7 @@ impl App {
                 suppressed: 0,
             }),
             gaps: Mutex::new(HashMap::new()),
+            rejected_unmatched: Mutex::new(HashMap::new()),
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
             notifier,
@@ -388,6 +393,13 @@ impl App {
                     Ok(r) => r.into_iter().map(Item::Reading).collect(),
                     Err(rej) => {
                         self.reject(topic, &m.publish.payload, &rej);
+                        if let Some(d) = topic_device {
+                            let mut u = self.rejected_unmatched.lock();
+                            if u.len() >= 100_000 && !u.contains_key(d) {
+                                u.clear();
+                            }
+                            *u.entry(d.to_string()).or_default() += 1;
+                        }
                         continue;
                     }
                 }
@@ -540,8 +552,26 @@ impl App {
                     .scores
                     .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
                 if let (Observed::Applied, Some(seq), Some(prev)) = (obs, r.seq, prev_seq) {
-                    if seq > prev.saturating_add(1) {
-                        let missing = seq - prev - 1;
+                    let gap = seq.saturating_sub(prev.saturating_add(1));
+                    // The part of the gap the device's own rejected payloads explain.
+                    let explained = if gap > 0 {
+                        let mut u = self.rejected_unmatched.lock();
+                        match u.get_mut(r.device_id.as_str()) {
+                            Some(n) => {
+                                let e = (*n).min(gap);
+                                *n -= e;
+                                if *n == 0 {
+                                    u.remove(r.device_id.as_str());
+                                }
+                                e
+                            }
+                            None => 0,
+                        }
+                    } else {
+                        0
+                    };
+                    if gap > explained {
+                        let missing = gap - explained;
                         tally.missing += missing;
                         self.gaps.lock().insert(
                             r.device_id.clone(),

@@ -127,6 +127,15 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
             "demo-mailgun-signing-key".into(),
         ));
     }
+    // Without an SMTP server from --config, e-mail is written as .eml files into the data
+    // folder: the English customer still gets (and answers) e-mail.
+    if cfg.notify.email.is_none() {
+        cfg.notify.email = Some(crate::notify::config::EmailConfig {
+            from: "Forewarn Service <service@forewarn.example>".into(),
+            outbox_dir: Some(data_dir.join("mail")),
+            ..Default::default()
+        });
+    }
     let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some());
 
     let clock = Arc::new(SimClock(AtomicI64::new(fleet.config().start_ms)));
@@ -150,10 +159,17 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         data_dir.join("notifications.jsonl").display()
     );
     if let Some(e) = &cfg.notify.email {
-        println!(
-            "  e-mail     to {} through SMTP {}:{} (from --config)",
-            CUSTOMERS[0].1, e.host, e.port
-        );
+        match &e.outbox_dir {
+            Some(dir) => println!(
+                "  e-mail     to {} written as .eml files into {}",
+                CUSTOMERS[0].1,
+                dir.display()
+            ),
+            None => println!(
+                "  e-mail     to {} through SMTP {}:{} (from --config)",
+                CUSTOMERS[0].1, e.host, e.port
+            ),
+        }
     }
     println!();
 

@@ -31,11 +31,11 @@ async fn demo_forewarns_failures_rejects_bad_payloads_and_messages_customers() {
     let listen = format!("127.0.0.1:{port}");
     let opts = DemoOptions {
         devices: 90,
-        // 10 s at 24 simulated hours per second: 10 days of a 90-device fleet. The default seed
+        // 20 s at 24 simulated hours per second: 20 days of a 90-device fleet. The default seed
         // has its first forewarned failure on day 5 and four by day 8, so a machine that
-        // publishes at half speed still sees one.
+        // publishes at a quarter of the speed (a loaded 2-core CI runner) still sees one.
         sim_hours_per_second: 24.0,
-        duration: Duration::from_secs(10),
+        duration: Duration::from_secs(20),
         listen: listen.clone(),
         keep_running: false,
         seed: 42,

@@ -90,6 +90,35 @@ async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
     assert_eq!(stored_readings(&h, "gap-1"), 27);
     assert_eq!(api.metric("forewarn_seq_resets_total").await, 1.0);
     assert_eq!(api.metric("forewarn_readings_missing_total").await, 3.0);
+
+    // A malformed message uses a seq too: the gap it leaves is the rejection (already counted
+    // as rejected), not a loss at the broker. A gap beyond it still is one.
+    for hr in 0..3 {
+        dev.publish("devices/gap-2/telemetry", reading(hr, hr as u64 + 1, 70.0))
+            .await;
+    }
+    dev.publish(
+        "devices/gap-2/telemetry",
+        br#"{"ts":"not a time","seq":4,"metrics":{"temp":70.0}}"#.to_vec(),
+    )
+    .await;
+    for hr in 4..6 {
+        dev.publish("devices/gap-2/telemetry", reading(hr, hr as u64 + 1, 70.0))
+            .await;
+    }
+    // seq 7 and 8 lost upstream, seq 9 arrives.
+    dev.publish("devices/gap-2/telemetry", reading(8, 9, 70.0))
+        .await;
+    eventually("the readings around the rejected one applied", || async {
+        stored_readings(&h, "gap-2") == 6
+    })
+    .await;
+    assert_eq!(
+        api.metric("forewarn_rejected_total{reason=\"bad_timestamp\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(api.metric("forewarn_readings_missing_total").await, 5.0);
     stop(h, tok).await;
 }
 

@@ -158,6 +158,9 @@ pub struct EmailConfig {
     /// PEM CA certificate(s) to trust for the SMTP server's TLS (a private relay); default: the
     /// web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Instead of SMTP, write each message as an `.eml` file into this folder (trying templates,
+    /// the demo); `host`, `port`, `tls` and credentials are then unused.
+    pub outbox_dir: Option<PathBuf>,
 }
 
 impl Default for EmailConfig {
@@ -171,6 +174,7 @@ impl Default for EmailConfig {
             from: "forewarn@localhost".into(),
             reply_to: None,
             ca_file: None,
+            outbox_dir: None,
         }
     }
 }

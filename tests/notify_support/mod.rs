@@ -146,6 +146,7 @@ pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
             from: "Forewarn Service <service@forewarn.test>".into(),
             reply_to: Some("replies@forewarn.test".into()),
             ca_file: None,
+            outbox_dir: None,
         }),
         sms: Some(tw.clone()),
         voice: Some(tw),

@@ -1,5 +1,5 @@
 //! E-mail over SMTP (lettre): STARTTLS, implicit TLS or plain (local relay), a plain-text and an
-//! HTML part. The idempotency key becomes the Message-ID, so a resend after a crash carries the
+//! HTML part; or, with `outbox_dir`, written as `.eml` files into a folder (the demo). The idempotency key becomes the Message-ID, so a resend after a crash carries the
 //! same id (SMTP itself has no de-duplication; mail clients thread or collapse it).
 
 use super::{Accepted, Outgoing, Provider, SendError, SendFuture};
@@ -7,13 +7,19 @@ use crate::notify::config::{EmailConfig, SmtpTls};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::Duration;
 
 pub struct Email {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Transport,
     from: Mailbox,
     reply_to: Option<Mailbox>,
+}
+
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// `.eml` files in a folder.
+    Files(AsyncFileTransport<Tokio1Executor>),
 }
 
 /// Why the e-mail channel could not be set up.
@@ -33,11 +39,38 @@ pub enum EmailSetupError {
     },
     #[error("notify.email.{0}: not an e-mail address")]
     Address(&'static str),
+    #[error("notify.email.outbox_dir {path}: {source}")]
+    OutboxDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Email {
     pub fn build(cfg: &EmailConfig, timeout: Duration) -> Result<Email, EmailSetupError> {
         crate::tls::install_crypto();
+        let from = cfg
+            .from
+            .parse()
+            .map_err(|_| EmailSetupError::Address("from"))?;
+        let reply_to = match &cfg.reply_to {
+            Some(r) => Some(
+                r.parse()
+                    .map_err(|_| EmailSetupError::Address("reply_to"))?,
+            ),
+            None => None,
+        };
+        if let Some(dir) = &cfg.outbox_dir {
+            std::fs::create_dir_all(dir).map_err(|source| EmailSetupError::OutboxDir {
+                path: dir.clone(),
+                source,
+            })?;
+            return Ok(Email {
+                transport: Transport::Files(AsyncFileTransport::new(dir)),
+                from,
+                reply_to,
+            });
+        }
         let err = EmailSetupError::Smtp;
         let b = match (cfg.tls, &cfg.ca_file) {
             (SmtpTls::None, _) => {
@@ -75,19 +108,8 @@ impl Email {
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
             b = b.credentials(Credentials::new(u.clone(), p.0.clone()));
         }
-        let from = cfg
-            .from
-            .parse()
-            .map_err(|_| EmailSetupError::Address("from"))?;
-        let reply_to = match &cfg.reply_to {
-            Some(r) => Some(
-                r.parse()
-                    .map_err(|_| EmailSetupError::Address("reply_to"))?,
-            ),
-            None => None,
-        };
         Ok(Email {
-            transport: b.build(),
+            transport: Transport::Smtp(b.build()),
             from,
             reply_to,
         })
@@ -130,7 +152,22 @@ impl Provider for Email {
     fn send<'a>(&'a self, m: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let msg = self.message(m)?;
-            match self.transport.send(msg).await {
+            let smtp = match &self.transport {
+                Transport::Smtp(t) => t,
+                Transport::Files(f) => {
+                    return match f.send(msg).await {
+                        Ok(file) => Ok(Accepted {
+                            provider_id: Some(format!("<{}@forewarn>", m.idempotency_key)),
+                            detail: format!("written as {file}.eml"),
+                        }),
+                        Err(e) => Err(SendError::Retry {
+                            detail: format!("e-mail file could not be written: {e}"),
+                            after: None,
+                        }),
+                    };
+                }
+            };
+            match smtp.send(msg).await {
                 Ok(resp) => Ok(Accepted {
                     provider_id: Some(format!("<{}@forewarn>", m.idempotency_key)),
                     detail: format!("smtp {}", resp.code()),
@@ -154,5 +191,60 @@ impl Provider for Email {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::templates::Rendered;
+    use crate::notify::Channel;
+
+    #[tokio::test]
+    async fn an_outbox_dir_gets_each_message_as_an_eml_file_with_its_own_reply_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = EmailConfig {
+            from: "Service <service@forewarn.example>".into(),
+            outbox_dir: Some(dir.path().join("mail")),
+            ..Default::default()
+        };
+        let email = Email::build(&cfg, Duration::from_secs(5)).unwrap();
+        let rendered = Rendered {
+            locale: "th".into(),
+            rtl: false,
+            voice_language: String::new(),
+            voice_name: String::new(),
+            sms: String::new(),
+            voice: String::new(),
+            push_title: String::new(),
+            push: String::new(),
+            email_subject: "แจ้งเตือน".into(),
+            email_text: "ตกลงไหม".into(),
+            email_html: "<p>ตกลงไหม</p>".into(),
+        };
+        let json = serde_json::json!({});
+        let m = Outgoing {
+            channel: Channel::Email,
+            address: "ops@customer.example",
+            rendered: &rendered,
+            json: &json,
+            idempotency_key: "k-1",
+            status_callback: None,
+            reply_to: Some("service+tok@forewarn.example"),
+        };
+        let accepted = email.send(&m).await.unwrap();
+        assert_eq!(accepted.provider_id.as_deref(), Some("<k-1@forewarn>"));
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("mail"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1);
+        let eml = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(eml.contains("To: ops@customer.example"), "{eml}");
+        assert!(
+            eml.contains("Reply-To: service+tok@forewarn.example"),
+            "{eml}"
+        );
+        assert!(eml.contains("Message-ID: <k-1@forewarn>"), "{eml}");
     }
 }
