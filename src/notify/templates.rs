@@ -509,7 +509,9 @@ impl Templates {
         v.insert("priority", f.priority.clone());
         v.insert("status", f.status.clone());
         v.insert("reply_to", f.reply_to.clone());
-        v.insert("visit", f.visit.clone());
+        // As the customer wrote it (up to 100 characters on the page), but short enough that a
+        // confirmation stays within two SMS segments in every locale.
+        v.insert("visit", short_visit(&f.visit));
         let when = match (f.soon, f.when) {
             (false, Some(t)) => l.date(t),
             _ => String::new(),
@@ -893,6 +895,20 @@ pub fn sms_segments(text: &str) -> usize {
     }
 }
 
+/// At most [`VISIT_CHARS`] characters of a customer's visit time, cut at a character boundary,
+/// with "..." when cut (three dots: "…" is not in the GSM 7-bit alphabet and would turn an
+/// English SMS into UCS-2, halving its segment).
+fn short_visit(visit: &str) -> String {
+    let visit = visit.trim();
+    match visit.char_indices().nth(VISIT_CHARS) {
+        Some((i, _)) => format!("{}...", visit[..i].trim_end()),
+        None => visit.to_string(),
+    }
+}
+
+/// See [`short_visit`].
+const VISIT_CHARS: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1031,6 +1047,16 @@ mod tests {
     /// answer) and a visit time written ("Tuesday morning"). A template edit that changes one
     /// of these numbers must change this table.
     #[test]
+    fn a_long_visit_time_is_cut_at_a_character_boundary() {
+        assert_eq!(short_visit(" Tuesday morning "), "Tuesday morning");
+        let thai = "วันอังคารช่วงเช้าหลังเก้าโมงถ้าเป็นไปได้นะคะ";
+        let cut = short_visit(thai);
+        assert_eq!(cut.chars().count(), VISIT_CHARS + 3);
+        assert!(cut.ends_with("..."));
+        assert!(thai.starts_with(cut.trim_end_matches('.')));
+    }
+
+    #[test]
     fn sms_segment_counts_per_locale_and_message() {
         let t = Templates::load(None, "en").unwrap();
         let f = Facts {
@@ -1057,6 +1083,26 @@ mod tests {
                 counts.iter().all(|n| (1..=2).contains(n)),
                 "{loc}: {counts:?}"
             );
+        }
+        // The longest visit time the page accepts (100 characters, in the customer's language)
+        // keeps every message within two segments too.
+        for (loc, words) in [
+            ("en", "Tuesday morning after nine "),
+            ("th", "พรุ่งนี้เช้าหลังเก้าโมง "),
+            ("fa", "فردا صبح بعد از ساعت نه "),
+        ] {
+            let long = Facts {
+                visit: words.repeat(10).chars().take(100).collect(),
+                ..f.clone()
+            };
+            for k in MessageKind::ALL {
+                let n = sms_segments(&t.render(loc, k, &long, true).sms);
+                assert!(
+                    (1..=2).contains(&n),
+                    "{loc} {k:?} with a long visit: {n}: {}",
+                    t.render(loc, k, &long, true).sms
+                );
+            }
         }
     }
 
