@@ -38,7 +38,12 @@ pub struct DemoOptions {
     /// A configuration file whose `[notify]` providers (an SMTP server, a Twilio account…)
     /// replace the local sink for the channels it configures.
     pub config: Option<PathBuf>,
+    /// Fraction of readings the simulated devices send malformed (the CLI's default: 0.0005).
+    pub malformed_fraction: f64,
 }
+
+/// The share of malformed payloads the demo's devices send unless told otherwise.
+pub const MALFORMED_FRACTION: f64 = 0.0005;
 
 /// What the demo saw, for the summary (and the test that runs it).
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -105,7 +110,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         devices: opts.devices,
         seed: opts.seed,
         ticks: u64::MAX / 2,
-        malformed_fraction: 0.0005,
+        malformed_fraction: opts.malformed_fraction,
         ..SimConfig::default()
     };
     let fleet = Fleet::new(sim_cfg.clone());

@@ -75,6 +75,7 @@ pub fn run(args: Args) -> CliResult {
             seed: args.seed,
             data_dir: args.data_dir,
             config: args.config,
+            malformed_fraction: crate::demo::MALFORMED_FRACTION,
         };
         crate::demo::run(opts, shutdown)
             .await
