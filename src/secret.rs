@@ -3,11 +3,37 @@
 //! message or an error that formats its fields cannot carry one into a log. The text is reached
 //! only on purpose, through [`Secret::expose`] (or `Deref`, kept for the code that predates it).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+use std::cell::Cell;
 
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+thread_local! {
+    /// Set by [`redacted`]: secrets serialise as `***` (for `serve --print-config`).
+    static REDACT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every [`Secret`] it serialises written as `***` (an empty one stays empty, so
+/// the output still says which secrets are unset). Outside it, a secret serialises as its text:
+/// the drills write configuration files for the daemons they start.
+pub fn redacted<T>(f: impl FnOnce() -> T) -> T {
+    let before = REDACT.with(|r| r.replace(true));
+    let out = f();
+    REDACT.with(|r| r.set(before));
+    out
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if REDACT.with(|r| r.get()) && !self.0.is_empty() {
+            s.serialize_str("***")
+        } else {
+            s.serialize_str(&self.0)
+        }
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {

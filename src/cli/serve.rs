@@ -26,6 +26,10 @@ pub struct Args {
     /// Validate configuration, fleet file and models, then exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
+    /// Print the effective configuration (file, environment and flags applied) as TOML, secrets
+    /// shown as ***, then exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// Loads the configuration and applies the command-line overrides.
@@ -59,6 +63,12 @@ fn init_tracing(filter: &str) {
 
 pub fn run(args: Args) -> CliResult {
     let cfg = config(&args)?;
+    if args.print_config {
+        let text = crate::secret::redacted(|| toml::to_string_pretty(&cfg))
+            .map_err(|e| Failure::runtime(format!("cannot print the configuration: {e}")))?;
+        print!("{text}");
+        return Ok(());
+    }
     if args.check_config {
         let s = crate::serve::check(&cfg).map_err(|e| {
             if e.is_config() {
