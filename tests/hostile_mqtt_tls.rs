@@ -111,6 +111,10 @@ async fn tls_with_password_connects_and_a_wrong_password_or_certificate_does_not
     .await;
     stop(h, tok).await;
 
+    // The notify MQTT channel over the same TLS listener with the same credentials: the message
+    // reaches a subscriber; with an untrusted certificate it is not delivered (a retry, no panic).
+    notify_channel_over_tls(&url, &cert, &other, plain_port).await;
+
     // Wrong password, then an untrusted certificate: never ready, and /readyz says why.
     for (what, ca, password) in [
         ("wrong password", cert.clone(), "not-the-password"),
@@ -131,4 +135,80 @@ async fn tls_with_password_connects_and_a_wrong_password_or_certificate_does_not
         }
         stop(h, tok).await;
     }
+}
+
+async fn notify_channel_over_tls(
+    url: &str,
+    cert: &std::path::Path,
+    other: &std::path::Path,
+    plain_port: u16,
+) {
+    use forewarn::fleet::Channel;
+    use forewarn::notify::channels::{mqtt::Mqtt, Outgoing, Provider};
+    use forewarn::notify::config::MqttConfig;
+    use forewarn::notify::templates::Rendered;
+
+    let mut o = MqttOptions::new("tls-app", "127.0.0.1", plain_port);
+    o.set_credentials(USER, PASSWORD);
+    let (app, mut el) = AsyncClient::new(o, 100);
+    app.subscribe("customers/acme/alerts", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok(ev) = el.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                let _ = tx.send(p.payload.to_vec());
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let rendered = Rendered {
+        locale: "fa".into(),
+        rtl: true,
+        voice_language: String::new(),
+        voice_name: String::new(),
+        sms: String::new(),
+        voice: String::new(),
+        push_title: String::new(),
+        push: String::new(),
+        email_subject: String::new(),
+        email_text: String::new(),
+        email_html: String::new(),
+    };
+    let json = serde_json::json!({"ticket": "T-1", "text": "نیاز به سرویس"});
+    let message = |key: &'static str| Outgoing {
+        channel: Channel::Mqtt,
+        address: "customers/acme/alerts",
+        rendered: &rendered,
+        json: &json,
+        idempotency_key: key,
+        status_callback: None,
+        reply_to: None,
+    };
+    let cfg = |ca: &std::path::Path| MqttConfig {
+        url: url.to_string(),
+        client_id: "fw-notify-tls".into(),
+        username: Some(USER.into()),
+        password: Some(PASSWORD.into()),
+        ca_file: Some(ca.to_path_buf()),
+    };
+    let trusted = Mqtt::new(&cfg(cert), Duration::from_secs(10));
+    trusted
+        .send(&message("tls-ok-1"))
+        .await
+        .expect("published over TLS");
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the app received the notification")
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(v["text"], "نیاز به سرویس");
+
+    let untrusted = Mqtt::new(&cfg(other), Duration::from_secs(5));
+    assert!(
+        untrusted.send(&message("tls-bad-1")).await.is_err(),
+        "an untrusted certificate must not deliver"
+    );
 }

@@ -125,8 +125,16 @@ pub fn options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, MqttE
 }
 
 fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, MqttError> {
+    tls_client_config(cfg.ca_file.as_deref())
+}
+
+/// The rustls client configuration for an `mqtts://` broker: the certificates of `ca_file`
+/// (PEM), or the web PKI roots. Shared by ingest and the notify MQTT channel.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, MqttError> {
     let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
+    match ca_file {
         Some(path) => {
             let ca_err = |message: String| MqttError::Ca {
                 path: path.display().to_string(),

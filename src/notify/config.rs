@@ -237,10 +237,13 @@ pub struct WebhookConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS (rustls).
     pub url: String,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// PEM CA certificate(s) for an `mqtts://` broker; default: the web PKI roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -250,6 +253,7 @@ impl Default for MqttConfig {
             client_id: "forewarn-notify".into(),
             username: None,
             password: None,
+            ca_file: None,
         }
     }
 }
@@ -344,11 +348,8 @@ impl NotifyConfig {
             }
         }
         if let Some(m) = &self.mqtt {
-            if !m.url.starts_with("mqtt://") {
-                return bad(
-                    "mqtt.url",
-                    "must start with mqtt:// (TLS is not supported here yet)",
-                );
+            if crate::ingest::mqtt::parse_url(&m.url).is_err() {
+                return bad("mqtt.url", "must be mqtt://host:port or mqtts://host:port");
             }
         }
         Ok(())

@@ -6,28 +6,40 @@
 use super::{Accepted, Outgoing, Provider, SendError, SendFuture};
 use crate::notify::config::MqttConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing as MqttOut, Packet, QoS};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Mqtt {
     cfg: MqttConfig,
     timeout: Duration,
+    /// For `mqtts://`: the TLS configuration, or why it could not be built (the CA file).
+    tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Mqtt {
     pub fn new(cfg: &MqttConfig, timeout: Duration) -> Mqtt {
+        let tls = match crate::ingest::mqtt::parse_url(&cfg.url) {
+            Ok((true, _, _)) => Some({
+                crate::tls::install_crypto();
+                crate::ingest::mqtt::tls_client_config(cfg.ca_file.as_deref())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            }),
+            _ => None,
+        };
         Mqtt {
             cfg: cfg.clone(),
             timeout,
+            tls,
         }
     }
 }
 
-/// `mqtt://host:port` (TLS is not supported here yet: `notify.mqtt.url` is checked for it).
+/// `mqtt://host:port` or `mqtts://host:port` (checked by the configuration).
 fn host_port(url: &str) -> Option<(String, u16)> {
-    match crate::ingest::mqtt::parse_url(url) {
-        Ok((false, host, port)) => Some((host, port)),
-        _ => None,
-    }
+    crate::ingest::mqtt::parse_url(url)
+        .ok()
+        .map(|(_, host, port)| (host, port))
 }
 
 impl Provider for Mqtt {
@@ -41,6 +53,19 @@ impl Provider for Mqtt {
             o.set_keep_alive(Duration::from_secs(10));
             if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
                 o.set_credentials(u.clone(), p.0.clone());
+            }
+            match &self.tls {
+                None => {}
+                Some(Ok(tls)) => {
+                    o.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(SendError::Permanent {
+                        detail: format!("notify.mqtt.ca_file: {e}"),
+                    })
+                }
             }
             let (client, mut ev) = AsyncClient::new(o, 4);
             let body = serde_json::to_vec(m.json).unwrap_or_default();
