@@ -566,8 +566,10 @@ pub fn train(
                 "out of fold ({k} folds grouped by device); ticket: {}; needs {MIN_FAILURES} \
                  failures and precision >= {MIN_TICKET_PRECISION}; watch: lowest score with at \
                  most {WATCH_CAP} false watch episodes per device-month; customer alert: lowest score \
-                 at or above the ticket's with at most {} false alerts per device-month",
+                 at or above the ticket's whose false alerts plus {} of their Poisson deviation \
+                 stay at most {} per device-month",
                 opts.target.describe(window_h),
+                select::FALSE_RATE_MARGIN_SD,
                 opts.alert_cap
             );
             (
