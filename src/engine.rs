@@ -88,13 +88,14 @@ pub enum ModelsError {
     )]
     WindowMismatch {
         name: String,
-        trained: WindowSpec,
-        daemon: WindowSpec,
+        trained: Box<WindowSpec>,
+        daemon: Box<WindowSpec>,
     },
 }
 
 impl Models {
-    /// Indexes the artifacts' metrics. Every artifact's windows must equal the daemon's.
+    /// Indexes the artifacts' metrics. The daemon's windows must serve every artifact's
+    /// ([`WindowSpec::serves`]).
     pub fn new(artifacts: Vec<Artifact>, window: &WindowSpec) -> Result<Models, ModelsError> {
         Models::with_index(artifacts, window, MetricIndex::default())
     }
@@ -108,11 +109,11 @@ impl Models {
     ) -> Result<Models, ModelsError> {
         let mut index = base;
         for a in &artifacts {
-            if &a.features.window != window {
+            if !window.serves(&a.features.window) {
                 return Err(ModelsError::WindowMismatch {
                     name: a.name.clone(),
-                    trained: a.features.window.clone(),
-                    daemon: window.clone(),
+                    trained: Box::new(a.features.window.clone()),
+                    daemon: Box::new(window.clone()),
                 });
             }
             for m in &a.features.metrics {

@@ -79,6 +79,29 @@ fn a_mode_with_one_failure_gets_no_ticket_level_and_never_opens_a_ticket() {
     assert!(bl.out_of_fold.precision.is_some() && bl.out_of_fold.recall.is_some());
     assert!(bl.customer_alert.is_none_or(|c| c >= bl.ticket.unwrap()));
     assert!(bl.watch <= bl.ticket.unwrap());
+    // The false-alert cap holds for a device's alerts of every mode together, with a margin:
+    // each alerting mode's out-of-fold false alerts, plus their Poisson margin, within its
+    // share of the cap.
+    let ticketing: Vec<_> = a
+        .modes
+        .iter()
+        .filter_map(|m| m.levels.as_ref())
+        .filter(|l| l.ticket.is_some())
+        .collect();
+    let share = opts.alert_cap / ticketing.len() as f64;
+    for l in &ticketing {
+        if let (Some(_), Some(rate)) = (
+            l.customer_alert,
+            l.out_of_fold.false_alerts_per_device_month,
+        ) {
+            let months = l.out_of_fold.device_months;
+            let false_alerts = (rate * months).round() as usize;
+            assert!(
+                forewarn::train::select::false_rate_bound(false_alerts, months) <= share + 1e-12,
+                "{l:?}"
+            );
+        }
+    }
     // The train summary says the same per mode.
     let s = summary.iter().find(|s| s.mode == "fuse").unwrap();
     assert_eq!(s.levels.evidence, ModeEvidence::TooFewFailures);

@@ -53,7 +53,7 @@ pub fn run(args: Args) -> CliResult {
     let started = std::time::Instant::now();
     let cfg = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
     let artifact = Artifact::load(&args.model).map_err(Failure::usage)?;
-    if artifact.features.window != cfg.features.window() {
+    if !cfg.features.window().serves(&artifact.features.window) {
         return Err(Failure::usage(format!(
             "{}: model was trained with windows {:?} but the configuration keeps {:?} ([features])",
             args.model.display(),

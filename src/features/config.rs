@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub window_readings: usize,
     pub ew_spans: Vec<u32>,
+    /// Spans in hours of event time of the EW baselines that follow the reading spans.
+    pub ew_hours: Vec<f64>,
     pub late_tolerance: Dur,
 }
 
@@ -18,6 +20,7 @@ impl Default for Config {
         Config {
             window_readings: w.window_readings,
             ew_spans: w.ew_spans,
+            ew_hours: w.ew_hours,
             late_tolerance: Dur(std::time::Duration::from_millis(w.late_tolerance_ms as u64)),
         }
     }
@@ -28,6 +31,7 @@ impl Config {
         WindowSpec {
             window_readings: self.window_readings,
             ew_spans: self.ew_spans.clone(),
+            ew_hours: self.ew_hours.clone(),
             late_tolerance_ms: self.late_tolerance.as_millis_i64(),
         }
     }

@@ -34,6 +34,13 @@ pub struct WindowSpec {
     pub window_readings: usize,
     /// Spans, in readings, of the exponentially weighted means and deviations (alpha = 2/(span+1)).
     pub ew_spans: Vec<u32>,
+    /// Spans, in hours of event time, of further EW means and deviations: a reading `dt` hours
+    /// after the metric's previous one weighs 1 − e^(−2·dt/span), which at an even cadence is the
+    /// reading span's alpha for span ÷ cadence readings. A baseline that covers the same stretch of
+    /// time whatever the data's cadence. Their EW slots follow the reading spans' (index
+    /// `ew_spans.len() + i`). Absent from artifacts trained before it existed: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ew_hours: Vec<f64>,
     /// Readings older than the newest one by more than this are dropped as late.
     pub late_tolerance_ms: i64,
 }
@@ -43,7 +50,40 @@ impl Default for WindowSpec {
         WindowSpec {
             window_readings: 30,
             ew_spans: vec![5, 20, 60],
+            ew_hours: vec![DEFAULT_BASELINE_HOURS],
             late_tolerance_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// The default event-time baseline: a week.
+pub const DEFAULT_BASELINE_HOURS: f64 = 168.0;
+
+impl WindowSpec {
+    /// EW slots per metric: the reading spans, then the event-time spans.
+    pub fn ew_len(&self) -> usize {
+        self.ew_spans.len() + self.ew_hours.len()
+    }
+
+    /// Whether a daemon keeping these windows computes every feature of a model trained with
+    /// `trained`: the same ring, reading spans and tolerance, and the model's event-time spans
+    /// leading this one's (a model from before event-time spans reads none of them).
+    pub fn serves(&self, trained: &WindowSpec) -> bool {
+        self.window_readings == trained.window_readings
+            && self.ew_spans == trained.ew_spans
+            && self.late_tolerance_ms == trained.late_tolerance_ms
+            && self.ew_hours.starts_with(&trained.ew_hours)
+    }
+
+    /// The label of EW slot `i`: `60` for a reading span, `168h` for an event-time one.
+    fn ew_label(&self, i: u8) -> String {
+        let i = i as usize;
+        match self.ew_spans.get(i) {
+            Some(s) => s.to_string(),
+            None => match self.ew_hours.get(i - self.ew_spans.len()) {
+                Some(h) => format!("{h}h"),
+                None => "0".into(),
+            },
         }
     }
 }
@@ -107,21 +147,33 @@ impl MetricWindow {
     fn new(spec: &WindowSpec) -> Self {
         MetricWindow {
             ring: vec![f32::NAN; spec.window_readings],
-            ew: vec![(0.0, 0.0); spec.ew_spans.len()],
+            ew: vec![(0.0, 0.0); spec.ew_len()],
             seen: 0,
             last: f64::NAN,
         }
     }
 
-    fn push(&mut self, slot: usize, v: f64, spec: &WindowSpec) {
+    /// `dt_h`: hours since this metric's previous value (for the event-time spans).
+    fn push(&mut self, slot: usize, v: f64, dt_h: f64, spec: &WindowSpec) {
         self.ring[slot] = v as f32;
         if self.seen == 0 {
             for e in &mut self.ew {
                 *e = (v, 0.0);
             }
         } else {
-            for (e, &span) in self.ew.iter_mut().zip(&spec.ew_spans) {
-                let a = 2.0 / (span as f64 + 1.0);
+            // A state stored before event-time spans were kept: they start from this value.
+            if self.ew.len() < spec.ew_len() {
+                self.ew.resize(spec.ew_len(), (v, 0.0));
+            }
+            let reading_alphas = spec.ew_spans.iter().map(|&s| 2.0 / (s as f64 + 1.0));
+            let time_alphas = spec.ew_hours.iter().map(|&h| {
+                if h > 0.0 && h.is_finite() {
+                    1.0 - (-2.0 * dt_h.max(0.0) / h).exp()
+                } else {
+                    1.0
+                }
+            });
+            for (e, a) in self.ew.iter_mut().zip(reading_alphas.chain(time_alphas)) {
                 let d = v - e.0;
                 let incr = a * d;
                 e.0 += incr;
@@ -237,10 +289,19 @@ impl DeviceState {
         if self.readings == 0 && self.first_ts > r.ts {
             self.first_ts = r.ts;
         }
+        // The device's previous reading: the fallback for a metric whose previous value has left
+        // the ring.
+        let prev_ts = (self.readings > 0).then_some(self.last_ts);
         self.last_ts = self.last_ts.max(r.ts);
         let n = spec.window_readings;
         if n > 0 {
             let slot = self.head as usize;
+            // Earlier readings still in the ring (this one takes the oldest slot).
+            let earlier = if spec.ew_hours.is_empty() {
+                0
+            } else {
+                (self.filled as usize).min(n - 1)
+            };
             self.ts_ring[slot] = r.ts;
             for m in self.metrics.iter_mut().flatten() {
                 m.ring[slot] = f32::NAN;
@@ -251,9 +312,16 @@ impl DeviceState {
                     if self.metrics.len() <= id {
                         self.metrics.resize(id + 1, None);
                     }
-                    self.metrics[id]
-                        .get_or_insert_with(|| MetricWindow::new(spec))
-                        .push(slot, *v, spec);
+                    let mw = self.metrics[id].get_or_insert_with(|| MetricWindow::new(spec));
+                    // Hours since this metric's previous value: its newest slot in the ring,
+                    // else the device's previous reading.
+                    let prev = (1..=earlier)
+                        .map(|k| (slot + n - k) % n)
+                        .find(|&s| !mw.ring[s].is_nan())
+                        .map(|s| self.ts_ring[s])
+                        .or(prev_ts);
+                    let dt_h = prev.map_or(0.0, |p| (r.ts - p) as f64 / HOUR_MS);
+                    mw.push(slot, *v, dt_h, spec);
                 }
             }
             self.head = ((slot + 1) % n) as u16;
@@ -456,7 +524,7 @@ pub enum MetricStat {
     Max,
     /// Least-squares slope over the ring, per hour of event time.
     Slope,
-    /// EW mean for the span at this index of `WindowSpec::ew_spans`.
+    /// EW mean for the span at this index of `WindowSpec::ew_spans` (then of `ew_hours`).
     Ewm(u8),
     /// EW standard deviation for the span at this index.
     Ewstd(u8),
@@ -474,7 +542,7 @@ pub enum MetricStat {
 
 impl MetricStat {
     fn label(&self, spec: &WindowSpec) -> String {
-        let span = |i: &u8| spec.ew_spans.get(*i as usize).copied().unwrap_or(0);
+        let span = |i: &u8| spec.ew_label(*i);
         match self {
             MetricStat::Last => "last".into(),
             MetricStat::Mean => format!("mean{}", spec.window_readings),
@@ -539,7 +607,7 @@ impl FeatureSpec {
             MetricStat::Max,
             MetricStat::Slope,
         ];
-        let k = window.ew_spans.len() as u8;
+        let k = window.ew_spans.len().min(8) as u8;
         for i in 0..k {
             stats.push(MetricStat::Ewm(i));
             stats.push(MetricStat::Ewstd(i));
@@ -551,6 +619,20 @@ impl FeatureSpec {
         // of the short span's noise.
         for i in 1..k.saturating_sub(1) {
             stats.push(MetricStat::EwmDiff(i, k - 1));
+        }
+        // The event-time baselines: their mean and deviation, and every reading span but the
+        // shortest against the longest of them (the device against its own normal of the last
+        // week, whatever the cadence).
+        let hours = window.ew_hours.len().min(8) as u8;
+        if hours > 0 {
+            let base = k + hours - 1;
+            for i in k..k + hours {
+                stats.push(MetricStat::Ewm(i));
+                stats.push(MetricStat::Ewstd(i));
+            }
+            for i in 1..k {
+                stats.push(MetricStat::EwmDiff(i, base));
+            }
         }
         stats
     }
@@ -863,6 +945,111 @@ mod tests {
         // sizable part of it still shows.
         assert!(feature(37.0, 4.0) - healthy > 1.2);
         assert_eq!(s.names(), vec!["temp.mean24h-ewm60".to_string()]);
+    }
+
+    /// The event-time baseline after a level step, fed at `cadence_s` seconds per reading.
+    fn baseline_after_a_step(cadence_s: i64, readings_per_gap: i64) -> (f64, String) {
+        let window = WindowSpec::default();
+        let s = FeatureSpec {
+            stats: vec![MetricStat::Ewm(window.ew_spans.len() as u8)],
+            window: window.clone(),
+            metrics: vec!["temp".into()],
+            device: vec![],
+        };
+        let idx = MetricIndex::new(["temp"]);
+        let mut st = DeviceState::new(&window, 0);
+        let week_ms = 168 * 3_600_000;
+        let step_ms = cadence_s * 1000;
+        let mut ts = 0;
+        // Two weeks at 10, then one week at 20; every `readings_per_gap`-th reading is missing.
+        let mut i = 0;
+        while ts <= 3 * week_ms {
+            let v = if ts < 2 * week_ms { 10.0 } else { 20.0 };
+            if readings_per_gap == 0 || i % readings_per_gap != 0 {
+                let r = Reading {
+                    device_id: "d".into(),
+                    ts,
+                    seq: None,
+                    metrics: vec![("temp".into(), v)],
+                };
+                st.observe(&r, &window, &idx);
+            }
+            ts += step_ms;
+            i += 1;
+        }
+        let mut out = Vec::new();
+        s.extract(&st, &s.resolve(&idx), "m", None, st.last_ts, &mut out);
+        (out[0], s.names()[0].clone())
+    }
+
+    #[test]
+    fn the_event_time_baseline_covers_the_same_time_at_any_cadence() {
+        // After a week at the new level an EW of span one week (weight e^(-2) left on the old
+        // level) sits near 20 − 10·e^(−2) ≈ 18.6, at an hourly or a one-minute cadence, with or
+        // without missing readings; the reading spans would not (span 60 is an hour at 1/min).
+        let expected = 20.0 - 10.0 * (-2.0f64).exp();
+        for (cadence, gaps) in [(3600, 0), (60, 0), (3600, 4), (600, 3)] {
+            let (v, name) = baseline_after_a_step(cadence, gaps);
+            assert!(
+                (v - expected).abs() < 0.15,
+                "cadence {cadence}s gaps {gaps}: {v}"
+            );
+            assert_eq!(name, "temp.ewm168h");
+        }
+    }
+
+    #[test]
+    fn windows_from_before_event_time_spans_load_and_are_served() {
+        // An artifact's window spec as written before `ew_hours` existed.
+        let old: WindowSpec = serde_json::from_str(
+            r#"{"window_readings":30,"ew_spans":[5,20,60],"late_tolerance_ms":300000}"#,
+        )
+        .unwrap();
+        assert!(old.ew_hours.is_empty());
+        let daemon = WindowSpec::default();
+        assert!(daemon.serves(&old));
+        assert!(daemon.serves(&daemon));
+        // It re-serialises as before.
+        assert!(!serde_json::to_string(&old).unwrap().contains("ew_hours"));
+        // A model needing a baseline the daemon does not keep is refused.
+        assert!(!old.serves(&daemon));
+        let other = WindowSpec {
+            ew_hours: vec![24.0],
+            ..WindowSpec::default()
+        };
+        assert!(!daemon.serves(&other));
+        // The reading spans' features are the same whether or not the daemon keeps baselines.
+        let stats = FeatureSpec::default_stats(&old);
+        let spec = |w: &WindowSpec| FeatureSpec {
+            stats: stats.clone(),
+            window: w.clone(),
+            metrics: vec!["temp".into()],
+            device: vec![],
+        };
+        let idx = MetricIndex::new(["temp"]);
+        let run = |w: &WindowSpec| {
+            let mut st = DeviceState::new(w, 0);
+            for h in 0..100 {
+                st.observe(&reading(h * 2 + h % 3, None, (h as f64).sin()), w, &idx);
+            }
+            let mut out = Vec::new();
+            spec(w).extract(&st, &spec(w).resolve(&idx), "m", None, st.last_ts, &mut out);
+            out
+        };
+        assert_eq!(run(&old), run(&daemon));
+        // A stored state without the baseline slots gains them on its next reading.
+        let mut st = DeviceState::new(&old, 0);
+        st.observe(&reading(1, None, 3.0), &old, &idx);
+        st.observe(&reading(2, None, 5.0), &daemon, &idx);
+        let full = FeatureSpec {
+            stats: FeatureSpec::default_stats(&daemon),
+            window: daemon.clone(),
+            metrics: vec!["temp".into()],
+            device: vec![],
+        };
+        let mut out = Vec::new();
+        full.extract(&st, &full.resolve(&idx), "m", None, st.last_ts, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
     }
 
     #[test]

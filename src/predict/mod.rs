@@ -747,6 +747,10 @@ impl Artifact {
         if self.features.window.ew_spans.len() > 8 {
             return Err("feature spec has more than 8 EW spans".into());
         }
+        let hours = &self.features.window.ew_hours;
+        if hours.len() > 8 || hours.iter().any(|h| !h.is_finite() || *h <= 0.0) {
+            return Err("feature spec ew_hours must be at most 8 positive, finite spans".into());
+        }
         for m in &self.modes {
             for (what, e) in std::iter::once(("classifier", &m.classifier))
                 .chain(m.regressor.iter().map(|r| ("regressor", r)))

@@ -78,6 +78,17 @@ pub struct ModeSummary {
     pub levels: Levels,
 }
 
+/// A ticketing mode whose customer-alert level is chosen after the loop over modes.
+struct PendingAlert<'a> {
+    /// Index of the mode in the summaries and the artifact's modes.
+    at: usize,
+    /// The ticket level: an alert is never below it.
+    floor: f64,
+    consecutive: u16,
+    months: f64,
+    devices: Vec<ValidDevice<'a>>,
+}
+
 /// Fewest failures (with scorings before them) a mode needs out of fold before it may ticket.
 pub const MIN_FAILURES: usize = 3;
 /// Out-of-fold ticket precision a mode needs before it may ticket: below it, most of its tickets
@@ -332,6 +343,7 @@ pub fn train(
     let mut mode_models = Vec::new();
     let mut summaries = Vec::new();
     let mut consecutive_votes = Vec::new();
+    let mut pending_alerts: Vec<PendingAlert> = Vec::new();
     for (mode, rows) in modes.iter().zip(&all_rows) {
         let labelled = |keep: &dyn Fn(usize) -> bool| -> (Vec<usize>, Vec<f64>) {
             (0..rows.len())
@@ -545,36 +557,32 @@ pub fn train(
                 out.watches = wt.tickets;
                 out.false_watches_per_device_month = per_month(wt.tickets - wt.correct);
             }
-            let alert = ticket.and_then(|t| {
-                select::lowest_under_cap(
-                    &vdevs,
-                    mode,
-                    t,
-                    c.consecutive,
-                    opts.alert_cap,
-                    oof_months,
-                    true,
-                    opts.horizon_h,
-                    window_h,
-                )
-            });
-            if let Some((_, at)) = &alert {
-                out.alerts = at.tickets;
-                out.false_alerts_per_device_month = per_month(at.tickets - at.correct);
+            // The customer-alert level is chosen once every mode's ticket level is known (the
+            // false-alert cap is shared by the modes that may alert).
+            if let Some(t) = ticket {
+                pending_alerts.push(PendingAlert {
+                    at: summaries.len(),
+                    floor: t,
+                    consecutive: c.consecutive,
+                    months: oof_months,
+                    devices: vdevs,
+                });
             }
             let rule = format!(
                 "out of fold ({k} folds grouped by device); ticket: {}; needs {MIN_FAILURES} \
                  failures and precision >= {MIN_TICKET_PRECISION}; watch: lowest score with at \
                  most {WATCH_CAP} false watch episodes per device-month; customer alert: lowest score \
-                 at or above the ticket's with at most {} false alerts per device-month",
+                 at or above the ticket's whose false alerts plus {} of their Poisson deviation \
+                 stay at most {} per device-month shared equally by the modes with a ticket level",
                 opts.target.describe(window_h),
+                select::FALSE_RATE_MARGIN_SD,
                 opts.alert_cap
             );
             (
                 Levels {
                     watch: watch_th,
                     ticket,
-                    customer_alert: alert.map(|a| a.0),
+                    customer_alert: None,
                     evidence,
                     rule,
                     out_of_fold: out,
@@ -610,6 +618,34 @@ pub fn train(
         });
     }
     pb.finish_and_clear();
+    // Customer alerts: `alert_cap` bounds a device's false alerts of every mode together, so each
+    // mode that may alert gets an equal share of it.
+    let share = opts.alert_cap / pending_alerts.len().max(1) as f64;
+    for p in &pending_alerts {
+        let (Some(summary), Some(model)) = (summaries.get_mut(p.at), mode_models.get_mut(p.at))
+        else {
+            continue;
+        };
+        let alert = select::lowest_under_cap(
+            &p.devices,
+            &summary.mode,
+            p.floor,
+            p.consecutive,
+            share,
+            p.months,
+            true,
+            opts.horizon_h,
+            window_h,
+        );
+        let levels = &mut summary.levels;
+        levels.customer_alert = alert.as_ref().map(|a| a.0);
+        if let Some((_, at)) = &alert {
+            levels.out_of_fold.alerts = at.tickets;
+            levels.out_of_fold.false_alerts_per_device_month =
+                (p.months > 0.0).then(|| (at.tickets - at.correct) as f64 / p.months);
+        }
+        model.levels = Some(levels.clone());
+    }
     // Each ticketing mode keeps its own `consecutive` (in its levels); the artifact's is what
     // older daemons and modes without a ticket level use: the most cautious one asked for.
     let consecutive = consecutive_votes.iter().copied().max().unwrap_or(2);

@@ -85,6 +85,13 @@ pub fn build_spec(
         if let (Some(w), Some(last)) = (metric_windows.last(), window.ew_spans.len().checked_sub(1))
         {
             stats.push(MetricStat::MeanHoursLessEwm(*w, last as u8));
+            // And against the longest event-time baseline, when the windows keep one.
+            if !window.ew_hours.is_empty() && window.ew_len() <= 16 {
+                stats.push(MetricStat::MeanHoursLessEwm(
+                    *w,
+                    (window.ew_len() - 1) as u8,
+                ));
+            }
         }
     }
     let k = h.metrics.len();

@@ -429,8 +429,20 @@ pub fn watch_level(
     ok(th).map(|t| (th, t))
 }
 
+/// Standard deviations of margin in [`false_rate_bound`]: about a one-sided 95 % bound.
+pub const FALSE_RATE_MARGIN_SD: f64 = 1.645;
+
+/// A cautious estimate of a false-opening rate per device-month from `false_count` out-of-fold
+/// false openings: the count plus [`FALSE_RATE_MARGIN_SD`] of its Poisson deviation (√count). A
+/// rate that met its cap only by luck on these devices would exceed it on the next fleet; the
+/// margin is large for few device-months and shrinks as they grow.
+pub fn false_rate_bound(false_count: usize, device_months: f64) -> f64 {
+    let f = false_count as f64;
+    (f + FALSE_RATE_MARGIN_SD * f.sqrt()) / device_months
+}
+
 /// The lowest candidate threshold at or above `floor` whose false openings per device-month stay
-/// at or under `cap` (and, when `need_detection`, that detects at least one failure), with its
+/// at or under `cap` with a margin ([`false_rate_bound`]) (and, when `need_detection`, that detects at least one failure), with its
 /// tally. Lower thresholds warn earlier and more often, so this is the level's best recall under
 /// its false-alarm budget.
 #[allow(clippy::too_many_arguments)]
@@ -453,7 +465,7 @@ pub fn lowest_under_cap(
         .filter(|c| *c >= floor)
         .find_map(|th| {
             let t = tally_at(devices, mode, th, consecutive, horizon_h, window_h);
-            let false_rate = (t.tickets - t.correct) as f64 / device_months;
+            let false_rate = false_rate_bound(t.tickets - t.correct, device_months);
             (false_rate <= cap_per_device_month && (!need_detection || t.detected > 0))
                 .then_some((th, t))
         })
@@ -538,6 +550,16 @@ pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_false_rate_bound_keeps_a_margin_that_shrinks_with_evidence() {
+        assert_eq!(false_rate_bound(0, 10.0), 0.0);
+        // 3 false openings in 100 device-months: 0.03 measured, above 0.05 with the margin.
+        assert!(false_rate_bound(3, 100.0) > 0.05);
+        // 30 in 1000: the same rate, now within the cap, and still above the measured rate.
+        assert!(false_rate_bound(30, 1000.0) < 0.05);
+        assert!(false_rate_bound(30, 1000.0) > 0.03);
+    }
 
     #[test]
     fn auc_of_a_perfect_and_a_useless_ranking() {
