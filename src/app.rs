@@ -117,6 +117,8 @@ struct Tally {
     archived: Vec<crate::archive::Record>,
     /// (mode, probability) of each scoring, for the drift statistic.
     scores: Vec<(String, f64)>,
+    /// Gaps noticed, written with the group.
+    gaps: Vec<Gap>,
 }
 
 struct Core {
@@ -145,8 +147,9 @@ pub struct RejectRecord {
     pub payload_prefix: String,
 }
 
-/// The last `seq` gap seen for a device, as `GET /api/v1/gaps` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// The last `seq` gap seen for a device, as `GET /api/v1/gaps` shows it (kept in the store, so
+/// a restart does not forget where the stream lost readings).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Gap {
     pub device_id: String,
     /// Last `seq` applied before the gap, and the `seq` that came after it.
@@ -333,7 +336,14 @@ impl App {
                 used: 0,
                 suppressed: 0,
             }),
-            gaps: Mutex::new(HashMap::new()),
+            gaps: Mutex::new(
+                store
+                    .scan_kv::<Gap>(GAP_PREFIX)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|g| (g.device_id.clone(), g))
+                    .collect(),
+            ),
             rejected_unmatched: Mutex::new(HashMap::new()),
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
@@ -573,17 +583,16 @@ impl App {
                     if gap > explained {
                         let missing = gap - explained;
                         tally.missing += missing;
-                        self.gaps.lock().insert(
-                            r.device_id.clone(),
-                            Gap {
-                                device_id: r.device_id.clone(),
-                                after_seq: prev,
-                                next_seq: seq,
-                                missing,
-                                ts: format_ts(r.ts),
-                                noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
-                            },
-                        );
+                        let gap = Gap {
+                            device_id: r.device_id.clone(),
+                            after_seq: prev,
+                            next_seq: seq,
+                            missing,
+                            ts: format_ts(r.ts),
+                            noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
+                        };
+                        self.gaps.lock().insert(r.device_id.clone(), gap.clone());
+                        tally.gaps.push(gap);
                         self.note_loss(&r.device_id, LossNote::Gap { prev, seq, missing });
                     }
                 }
@@ -663,6 +672,9 @@ impl App {
                 slot.dirty = false;
             }
         }
+        for g in &tally.gaps {
+            tx.put_kv(&gap_key(&g.device_id), g);
+        }
         // The notifier's clock: the wall clock, or the simulated one in the demo.
         let now_ms = self.notifier.now_ms();
         for (c, _) in changes {
@@ -736,6 +748,7 @@ impl App {
         let mut tx = self.store.tx();
         for d in &gone {
             tx.remove_device_state(d);
+            tx.remove_kv(&gap_key(d));
         }
         self.store.commit(tx)?;
         let mut gaps = self.gaps.lock();
@@ -1259,6 +1272,13 @@ impl Core {
         });
         metrics.evictions.inc_by((before - self.slots.len()) as u64);
     }
+}
+
+/// Where a device's last gap is kept (`k/gap/<device>`).
+const GAP_PREFIX: &str = "gap/";
+
+fn gap_key(device: &str) -> String {
+    format!("{GAP_PREFIX}{device}")
 }
 
 fn clip(s: &str, n: usize) -> &str {

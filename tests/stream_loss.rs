@@ -26,7 +26,8 @@ fn stored_readings(h: &forewarn::serve::Handle, device: &str) -> u32 {
 async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
     let b = broker();
     let dirs = Dirs::new();
-    let (h, tok) = start(config(&b.url(), &dirs, "fw-gaps")).await;
+    let cfg = config(&b.url(), &dirs, "fw-gaps");
+    let (h, tok) = start(cfg.clone()).await;
     ready(&h).await;
     let api = Api::new(&h);
     let dev = mqtt(&b, "gap-pub").await;
@@ -119,6 +120,26 @@ async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
         1.0
     );
     assert_eq!(api.metric("forewarn_readings_missing_total").await, 5.0);
+    stop(h, tok).await;
+
+    // A restart does not forget where each device's stream lost readings.
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let gaps = api.get_json("/api/v1/gaps").await;
+    let mut got: Vec<(String, u64)> = gaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["device_id"].as_str().unwrap().to_string(),
+                g["missing"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![("gap-1".into(), 3), ("gap-2".into(), 2)]);
     stop(h, tok).await;
 }
 
