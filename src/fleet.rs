@@ -188,11 +188,30 @@ impl Customer {
     }
 }
 
-/// The shape each channel's address must have. Messages never repeat the address (it is a
-/// customer's contact detail and errors end up in logs).
-fn check_contact(ch: Channel, addr: &str) -> Result<(), String> {
+/// Why a contact address does not have its channel's shape (the address itself is never in the
+/// message: it is a customer's contact detail and errors end up in logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum ContactError {
+    #[error("contains control characters")]
+    ControlCharacters,
+    #[error("must be an E.164 number: + and 8 to 15 digits, e.g. +66812345678")]
+    NotE164,
+    #[error("must be an e-mail address like name@example.com")]
+    NotEmail,
+    #[error("must be a push topic of letters, digits, - and _ (at most 64)")]
+    NotPushTopic,
+    #[error("is longer than 2048 characters")]
+    TooLong,
+    #[error("must be an https URL")]
+    NotUrl,
+    #[error("must be an MQTT topic without wildcards, not starting with $ (at most 256 bytes)")]
+    NotMqttTopic,
+}
+
+/// The shape each channel's address must have.
+fn check_contact(ch: Channel, addr: &str) -> Result<(), ContactError> {
     if addr.chars().any(char::is_control) {
-        return Err("contains control characters".into());
+        return Err(ContactError::ControlCharacters);
     }
     match ch {
         Channel::Sms | Channel::Voice => {
@@ -201,9 +220,7 @@ fn check_contact(ch: Channel, addr: &str) -> Result<(), String> {
                 && digits.chars().all(|c| c.is_ascii_digit())
                 && !digits.starts_with('0');
             if !ok {
-                return Err(
-                    "must be an E.164 number: + and 8 to 15 digits, e.g. +66812345678".into(),
-                );
+                return Err(ContactError::NotE164);
             }
         }
         Channel::Email => {
@@ -224,7 +241,7 @@ fn check_contact(ch: Channel, addr: &str) -> Result<(), String> {
                         })
                 });
             if !ok {
-                return Err("must be an e-mail address like name@example.com".into());
+                return Err(ContactError::NotEmail);
             }
         }
         Channel::Push => {
@@ -234,18 +251,18 @@ fn check_contact(ch: Channel, addr: &str) -> Result<(), String> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !ok {
-                return Err("must be a push topic of letters, digits, - and _ (at most 64)".into());
+                return Err(ContactError::NotPushTopic);
             }
         }
         Channel::Webhook => {
             if addr.len() > 2048 {
-                return Err("is longer than 2048 characters".into());
+                return Err(ContactError::TooLong);
             }
             // The address policy (public https) is applied by `validate_with`; here the shape.
             let ok = reqwest::Url::parse(addr)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
             if !ok {
-                return Err("must be an https URL".into());
+                return Err(ContactError::NotUrl);
             }
         }
         Channel::Mqtt => {
@@ -254,10 +271,7 @@ fn check_contact(ch: Channel, addr: &str) -> Result<(), String> {
                 && !addr.contains(['+', '#', '\0'])
                 && !addr.starts_with('$');
             if !ok {
-                return Err(
-                    "must be an MQTT topic without wildcards, not starting with $ (at most 256 bytes)"
-                        .into(),
-                );
+                return Err(ContactError::NotMqttTopic);
             }
         }
     }

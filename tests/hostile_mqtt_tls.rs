@@ -167,15 +167,7 @@ async fn notify_channel_over_tls(
     let rendered = Rendered {
         locale: "fa".into(),
         rtl: true,
-        voice_language: String::new(),
-        voice_name: String::new(),
-        sms: String::new(),
-        voice: String::new(),
-        push_title: String::new(),
-        push: String::new(),
-        email_subject: String::new(),
-        email_text: String::new(),
-        email_html: String::new(),
+        ..Default::default()
     };
     let json = serde_json::json!({"ticket": "T-1", "text": "نیاز به سرویس"});
     let message = |key: &'static str| Outgoing {

@@ -330,12 +330,13 @@ impl Notifier {
             );
         }
         if let Some(w) = &cfg.webhook {
-            let hook = channels::webhook::Webhook::new(&w.secret, &w.allow, timeout).map_err(
-                |message| NotifyError::Channel {
-                    channel: "webhook".into(),
-                    message,
-                },
-            )?;
+            let hook =
+                channels::webhook::Webhook::new(&w.secret, &w.allow, timeout).map_err(|e| {
+                    NotifyError::Channel {
+                        channel: "webhook".into(),
+                        message: e.to_string(),
+                    }
+                })?;
             providers.insert(Channel::Webhook, Box::new(hook));
         }
         if let Some(m) = &cfg.mqtt {

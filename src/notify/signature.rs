@@ -30,10 +30,16 @@ pub enum TwilioAlgorithm {
     HmacSha256,
 }
 
+/// A signature algorithm named in `X-Twilio-Webhooks-Signature-Settings` that this code does
+/// not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown Twilio signature algorithm {0}")]
+pub struct UnknownAlgorithm(pub String);
+
 /// What `X-Twilio-Webhooks-Signature-Settings` asks for: `None` when the header is absent
-/// (Auth Token, HMAC-SHA1); `Some(Err(name))` for an algorithm this code does not know (the
+/// (Auth Token, HMAC-SHA1); `Some(Err(_))` for an algorithm this code does not know (the
 /// request is refused, as Twilio's validator does).
-pub fn twilio_settings(header: Option<&str>) -> Option<Result<TwilioAlgorithm, String>> {
+pub fn twilio_settings(header: Option<&str>) -> Option<Result<TwilioAlgorithm, UnknownAlgorithm>> {
     let h = header?;
     let alg = h
         .split(',')
@@ -44,7 +50,7 @@ pub fn twilio_settings(header: Option<&str>) -> Option<Result<TwilioAlgorithm, S
     Some(match alg.as_deref() {
         None | Some("HMAC_SHA1") => Ok(TwilioAlgorithm::HmacSha1),
         Some("HMAC_SHA256") => Ok(TwilioAlgorithm::HmacSha256),
-        Some(other) => Err(other.to_string()),
+        Some(other) => Err(UnknownAlgorithm(other.to_string())),
     })
 }
 

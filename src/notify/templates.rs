@@ -414,7 +414,7 @@ pub struct Facts {
 }
 
 /// One message rendered for every channel.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rendered {
     pub locale: String,
     pub rtl: bool,

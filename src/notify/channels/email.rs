@@ -211,16 +211,10 @@ mod tests {
         let email = Email::build(&cfg, Duration::from_secs(5)).unwrap();
         let rendered = Rendered {
             locale: "th".into(),
-            rtl: false,
-            voice_language: String::new(),
-            voice_name: String::new(),
-            sms: String::new(),
-            voice: String::new(),
-            push_title: String::new(),
-            push: String::new(),
             email_subject: "แจ้งเตือน".into(),
             email_text: "ตกลงไหม".into(),
             email_html: "<p>ตกลงไหม</p>".into(),
+            ..Default::default()
         };
         let json = serde_json::json!({});
         let m = Outgoing {

@@ -13,7 +13,7 @@ pub struct Mqtt {
     cfg: MqttConfig,
     timeout: Duration,
     /// For `mqtts://`: the TLS configuration, or why it could not be built (the CA file).
-    tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
+    tls: Option<Result<Arc<rustls::ClientConfig>, crate::ingest::mqtt::MqttError>>,
 }
 
 impl Mqtt {
@@ -21,9 +21,7 @@ impl Mqtt {
         let tls = match crate::ingest::mqtt::parse_url(&cfg.url) {
             Ok((true, _, _)) => Some({
                 crate::tls::install_crypto();
-                crate::ingest::mqtt::tls_client_config(cfg.ca_file.as_deref())
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
+                crate::ingest::mqtt::tls_client_config(cfg.ca_file.as_deref()).map(Arc::new)
             }),
             _ => None,
         };

@@ -16,18 +16,30 @@ pub struct Webhook {
     http: reqwest::Client,
 }
 
+/// Why the webhook channel could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookSetupError {
+    #[error("{0}")]
+    Allow(#[from] crate::netguard::GuardError),
+    #[error("http client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
 impl Webhook {
     /// `allow`: `[notify.webhook] allow`. Errors name the bad entry or the client failure.
-    pub fn new(secret: &Secret, allow: &[String], timeout: Duration) -> Result<Webhook, String> {
-        let policy = Arc::new(AddressPolicy::new(allow).map_err(|e| e.to_string())?);
+    pub fn new(
+        secret: &Secret,
+        allow: &[String],
+        timeout: Duration,
+    ) -> Result<Webhook, WebhookSetupError> {
+        let policy = Arc::new(AddressPolicy::new(allow)?);
         crate::tls::install_crypto();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
+            .build()?;
         Ok(Webhook {
             secret: secret.clone(),
             policy,
@@ -125,16 +137,8 @@ mod tests {
     async fn send(hook: &Webhook, url: &str) -> Result<Accepted, SendError> {
         let rendered = Rendered {
             locale: "en".into(),
-            rtl: false,
             voice_language: "en-US".into(),
-            voice_name: String::new(),
-            sms: String::new(),
-            voice: String::new(),
-            push_title: String::new(),
-            push: String::new(),
-            email_subject: String::new(),
-            email_text: String::new(),
-            email_html: String::new(),
+            ..Default::default()
         };
         let json = serde_json::json!({"ticket": "T-1"});
         let m = Outgoing {
