@@ -153,6 +153,20 @@ impl Config {
         if !(self.broker.url.starts_with("mqtt://") || self.broker.url.starts_with("mqtts://")) {
             return bad("broker.url", "must start with mqtt:// or mqtts://");
         }
+        if !matches!(self.broker.protocol, 4 | 5) {
+            return bad("broker.protocol", "must be 4 (MQTT 3.1.1) or 5 (MQTT 5)");
+        }
+        if self
+            .ingest
+            .shared_group
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            return bad(
+                "ingest.shared_group",
+                "must be a non-empty name without '/', '+' or '#'",
+            );
+        }
         if self.broker.client_id.is_empty() {
             return bad("broker.client_id", "must not be empty");
         }

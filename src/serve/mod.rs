@@ -15,11 +15,11 @@ use crate::app::{self, App, Settings};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::fleet::FleetFile;
+use crate::ingest::mqtt::Publish;
 use crate::ingest::mqtt::{self, ConnectionObserver, DriveOptions, Inbound};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, TicketDesk};
 use crate::store::{Store, StoreError};
-use rumqttc::{AsyncClient, Publish};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -326,7 +326,7 @@ pub async fn run_with_clock(
     )));
 
     // MQTT: polling task → bounded channel → processor thread → acker.
-    let (client, eventloop) = AsyncClient::new(mqtt_opts, 4096);
+    let (client, eventloop) = mqtt_opts.connect(4096);
     // Capacity: a few groups' worth. When full, the polling task waits (backpressure through
     // the broker's in-flight window); nothing is dropped.
     let (fwd_tx, fwd_rx) =
@@ -341,9 +341,15 @@ pub async fn run_with_clock(
     // The broker's own word on what it dropped (Mosquitto's $SYS tree; a broker without it
     // simply never publishes there).
     app.metrics.broker_dropped.set(-1);
+    let data_filters = subscriptions.len();
     if !cfg.ingest.broker_drops_topic.is_empty() {
         subscriptions.push(cfg.ingest.broker_drops_topic.clone());
     }
+    let subscriptions = mqtt::shared(
+        &subscriptions,
+        cfg.ingest.shared_group.as_deref(),
+        data_filters,
+    );
     if mqtt::ordered_subscriptions(&filters).len() > 1 {
         tracing::warn!(
             "telemetry and event topic filters differ in shape; subscribing to each: the broker \
