@@ -139,6 +139,7 @@ impl Config {
             update_min_ttf_fraction: self.tickets.update_min_ttf_fraction,
             evidence_features: self.tickets.evidence_features,
             consecutive_override: self.scoring.consecutive,
+            ticket_id_key: Vec::new(),
         }
     }
 

@@ -101,6 +101,28 @@ pub struct CheckSummary {
     pub customers: usize,
 }
 
+const TICKET_ID_KEY: &str = "ticket_id_key";
+
+/// The key this daemon's ticket ids are derived under: 32 random bytes made at the first start
+/// and kept in the data directory, so ids stay the same across restarts and cannot be computed
+/// by anyone who knows only a device id and a time.
+fn ticket_id_key(store: &Store) -> Result<Vec<u8>, ServeError> {
+    let stored = store
+        .get_kv::<Vec<u8>>(TICKET_ID_KEY)
+        .map_err(|e| ServeError::Runtime(format!("ticket id key: {e}")))?;
+    if let Some(k) = stored.filter(|k| k.len() == 32) {
+        return Ok(k);
+    }
+    let mut key = vec![0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut key[..]);
+    let mut tx = store.tx();
+    tx.put_kv(TICKET_ID_KEY, &key);
+    store
+        .commit(tx)
+        .map_err(|e| ServeError::Runtime(format!("ticket id key: {e}")))?;
+    Ok(key)
+}
+
 /// Validates everything `serve` would load at start — configuration, fleet file (contacts
 /// included), model artifacts, broker URL and CA file, the API tokens file — without starting
 /// anything.
@@ -238,10 +260,12 @@ pub async fn run_with_clock(
     );
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
+    let mut engine = cfg.engine_config();
+    engine.ticket_id_key = ticket_id_key(&store)?;
     let settings = Settings {
         contact_policy: webhook_policy,
         ingest: cfg.ingest.clone(),
-        engine: cfg.engine_config(),
+        engine,
         window: cfg.features.window(),
         models_dir: cfg.scoring.models_dir.clone(),
         rejects_per_minute: cfg.log.rejects_per_minute,
