@@ -258,6 +258,8 @@ pub struct App {
     /// Plans the customer notifications of every ticket change, inside the change's commit.
     notifier: Arc<Notifier>,
     limits: Limits,
+    /// Sparkplug B and SenML: asked first whether a topic is theirs.
+    formats: crate::ingest::formats::Formats,
     /// Wakes the dispatch worker after a commit that added rows.
     pub dispatch_wake: Arc<Notify>,
     /// Kept by the MQTT driver's connection observer.
@@ -279,6 +281,11 @@ impl App {
     /// The notifier (the demo's simulated customers answer through its routes, on its clock).
     pub fn notifier(&self) -> &Arc<Notifier> {
         &self.notifier
+    }
+
+    /// The Sparkplug B and SenML decoders (`serve` publishes their rebirth requests).
+    pub fn formats(&self) -> &crate::ingest::formats::Formats {
+        &self.formats
     }
 
     pub(crate) fn new(
@@ -348,6 +355,11 @@ impl App {
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
             notifier,
+            formats: crate::ingest::formats::Formats::build(
+                &settings.ingest,
+                limits,
+                &metrics.registry,
+            ),
             limits,
             dispatch_wake: Arc::new(Notify::new()),
             broker_connected: Arc::new(AtomicBool::new(false)),
@@ -393,7 +405,21 @@ impl App {
                 .telemetry_topics
                 .iter()
                 .any(|f| topic_matches(f, topic));
-            let items: Vec<Item> = if is_telemetry {
+            let items: Vec<Item> = if let Some(d) =
+                self.formats
+                    .decode(topic, &m.publish.payload, m.received_ms)
+            {
+                if let Some(g) = d.gap {
+                    self.sparkplug_gap(g, m.received_ms, &mut tally);
+                }
+                match d.result {
+                    Ok(items) => items,
+                    Err(rej) => {
+                        self.reject(topic, &m.publish.payload, &rej);
+                        continue;
+                    }
+                }
+            } else if is_telemetry {
                 match decode::decode_telemetry(
                     &m.publish.payload,
                     topic_device,
@@ -870,6 +896,36 @@ impl App {
                  readings lost this way show as a seq gap only when it sends again"
             );
         }
+    }
+
+    /// A Sparkplug edge node's `seq` gap: counted with the other losses and kept as the node's
+    /// last gap (`GET /api/v1/gaps`, under the node's device id), in messages rather than readings.
+    fn sparkplug_gap(
+        &self,
+        g: crate::ingest::sparkplug::SeqGap,
+        received_ms: i64,
+        tally: &mut Tally,
+    ) {
+        let (prev, seq) = (u64::from(g.prev), u64::from(g.seq));
+        tally.missing += g.missing;
+        let gap = Gap {
+            device_id: g.node_id.clone(),
+            after_seq: prev,
+            next_seq: seq,
+            missing: g.missing,
+            ts: format_ts(received_ms),
+            noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
+        };
+        self.gaps.lock().insert(g.node_id.clone(), gap.clone());
+        tally.gaps.push(gap);
+        self.note_loss(
+            &g.node_id,
+            LossNote::Gap {
+                prev,
+                seq,
+                missing: g.missing,
+            },
+        );
     }
 
     /// Logs a `seq` gap or reset, within the per-minute budget (the rest are only counted).

@@ -73,6 +73,10 @@ pub struct Config {
     /// readings leaves no `seq` gap until it sends again. Empty (the default): not subscribed —
     /// a broker that does not allow `$SYS` subscriptions (rumqttd) closes the connection.
     pub broker_drops_topic: String,
+    /// Sparkplug B edge nodes and devices (`[ingest.sparkplug]`); off by default.
+    pub sparkplug: super::sparkplug::Config,
+    /// SenML packs (`[ingest.senml]`); off by default.
+    pub senml: super::senml::Config,
 }
 
 impl Default for Config {
@@ -90,6 +94,8 @@ impl Default for Config {
             max_clock_skew: Dur::secs(600),
             forget_after: None,
             broker_drops_topic: String::new(),
+            sparkplug: Default::default(),
+            senml: Default::default(),
         }
     }
 }

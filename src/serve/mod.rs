@@ -344,6 +344,8 @@ pub async fn run_with_clock(
     if !cfg.ingest.broker_drops_topic.is_empty() {
         subscriptions.push(cfg.ingest.broker_drops_topic.clone());
     }
+    // Sparkplug B and SenML topics, when configured.
+    subscriptions.extend(crate::ingest::formats::subscriptions(&cfg.ingest));
     if mqtt::ordered_subscriptions(&filters).len() > 1 {
         tracing::warn!(
             "telemetry and event topic filters differ in shape; subscribing to each: the broker \
@@ -369,6 +371,14 @@ pub async fn run_with_clock(
         shutdown.clone(),
         acks_flushed.clone(),
     )));
+    // Sparkplug rebirth requests go out through the same client, from their own task.
+    if let Some(commands) = app.formats().take_commands() {
+        tasks.push(tokio::spawn(crate::ingest::formats::publish_commands(
+            client.clone(),
+            commands,
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(mqtt::ack_loop(
         client.clone(),
         ack_rx,
