@@ -49,10 +49,7 @@ async fn senml_packs_become_readings_of_their_base_name_and_open_a_ticket() {
             C::Integer((-2).into()),
             C::Text("urn:dev:ow:10e2073a0108006:".into()),
         ),
-        (
-            C::Integer((-3).into()),
-            C::Integer(((T0 / 1000) as i64).into()),
-        ),
+        (C::Integer((-3).into()), C::Integer((T0 / 1000).into())),
         (C::Integer(0.into()), C::Text("temp".into())),
         (C::Integer(2.into()), C::Float(21.5)),
     ])]);
