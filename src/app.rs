@@ -119,6 +119,8 @@ struct Tally {
     scores: Vec<(String, f64)>,
     /// Gaps noticed, written with the group.
     gaps: Vec<Gap>,
+    /// Sparkplug edge node states (births, aliases, `seq`) changed, written with the group.
+    sparkplug: Vec<crate::ingest::sparkplug::StoredNode>,
 }
 
 struct Core {
@@ -372,6 +374,14 @@ impl App {
             drift: None,
         };
         let mut app = app;
+        // Sparkplug births acknowledged before a restart still count.
+        match app
+            .store
+            .scan_kv::<crate::ingest::sparkplug::StoredNode>(crate::ingest::sparkplug::STATE_PREFIX)
+        {
+            Ok(nodes) => app.formats.restore(nodes),
+            Err(e) => tracing::warn!("Sparkplug edge node states not read back: {e}"),
+        }
         // A second App on the same registry (some tests) finds the name taken and goes without.
         app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
@@ -532,6 +542,7 @@ impl App {
         }
         self.metrics.readings.inc_by(stats.readings as u64);
         stats.changes = changes.len();
+        tally.sparkplug = self.formats.take_changed();
         self.commit_group(core, &dirty, &changes, tally)?;
         Ok(stats)
     }
@@ -700,6 +711,9 @@ impl App {
         }
         for g in &tally.gaps {
             tx.put_kv(&gap_key(&g.device_id), g);
+        }
+        for n in &tally.sparkplug {
+            tx.put_kv(&n.key(), n);
         }
         // The notifier's clock: the wall clock, or the simulated one in the demo.
         let now_ms = self.notifier.now_ms();

@@ -146,6 +146,21 @@ impl Formats {
         }
     }
 
+    /// Puts back the Sparkplug edge node states the store kept.
+    pub fn restore(&self, stored: Vec<sparkplug::StoredNode>) {
+        if let Some(host) = &self.sparkplug {
+            host.lock().restore(stored);
+        }
+    }
+
+    /// The Sparkplug edge node states changed since the last call, for the group's commit.
+    pub fn take_changed(&self) -> Vec<sparkplug::StoredNode> {
+        match &self.sparkplug {
+            Some(host) => host.lock().take_changed(),
+            None => Vec::new(),
+        }
+    }
+
     /// The commands (rebirth requests) to publish, once.
     pub fn take_commands(&self) -> Option<mpsc::Receiver<Command>> {
         self.commands_rx.lock().take()

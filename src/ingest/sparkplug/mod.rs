@@ -33,7 +33,7 @@ use payload::payload::Metric;
 use payload::{DataType, Payload};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The topic namespace of Sparkplug B.
 pub const NAMESPACE: &str = "spBv1.0";
@@ -406,12 +406,33 @@ pub struct Node {
     pub last_rebirth_ms: Option<i64>,
 }
 
+/// An edge node's state as the store keeps it, so births (aliases, datatypes, `bdSeq`) and the
+/// `seq` outlive a restart: the BIRTH that was acknowledged is not needed again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredNode {
+    pub group: String,
+    pub edge: String,
+    pub node: Node,
+}
+
+impl StoredNode {
+    /// The store key (`group` and `edge` cannot contain `/`).
+    pub fn key(&self) -> String {
+        format!("{STATE_PREFIX}{}/{}", self.group, self.edge)
+    }
+}
+
+/// Where edge node states are kept in the store's key-value space.
+pub const STATE_PREFIX: &str = "sparkplug/";
+
 /// The host application's state: every edge node seen, by (group, edge node).
 #[derive(Debug, Clone)]
 pub struct Host {
     cfg: Config,
     limits: Limits,
     nodes: HashMap<(String, String), Node>,
+    /// Nodes changed since [`Host::take_changed`].
+    changed: HashSet<(String, String)>,
 }
 
 impl Host {
@@ -420,7 +441,29 @@ impl Host {
             cfg,
             limits,
             nodes: HashMap::new(),
+            changed: HashSet::new(),
         }
+    }
+
+    /// Puts back what the store kept.
+    pub fn restore(&mut self, stored: Vec<StoredNode>) {
+        for s in stored {
+            self.nodes.insert((s.group, s.edge), s.node);
+        }
+    }
+
+    /// The nodes changed since the last call, to be written with the messages' commit.
+    pub fn take_changed(&mut self) -> Vec<StoredNode> {
+        let mut out: Vec<StoredNode> = self
+            .changed
+            .drain()
+            .filter_map(|(group, edge)| {
+                let node = self.nodes.get(&(group.clone(), edge.clone()))?.clone();
+                Some(StoredNode { group, edge, node })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.group, &a.edge).cmp(&(&b.group, &b.edge)));
+        out
     }
 
     /// The state of an edge node, if it has been seen.
@@ -520,6 +563,7 @@ impl Host {
         let payload_ts = p.timestamp.map(to_millis).transpose()?;
         let key = (t.group.to_string(), t.edge.to_string());
         let rebirth_ms = self.cfg.rebirth_interval.as_millis_i64();
+        self.changed.insert(key.clone());
         let node = self.nodes.entry(key).or_default();
         let mut want_rebirth = None;
         match t.kind {

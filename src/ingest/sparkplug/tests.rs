@@ -491,3 +491,29 @@ fn templates_are_checked() {
     );
     assert!(Config::default().subscriptions().is_empty());
 }
+
+#[test]
+fn births_and_seq_survive_a_restart_through_the_stored_state() {
+    let mut h = host();
+    born(&mut h);
+    let changed = h.take_changed();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].key(), "sparkplug/plant/gw1");
+    assert!(h.take_changed().is_empty(), "taken once");
+    // What the store writes and reads back (JSON).
+    let json = serde_json::to_string(&changed).unwrap();
+    let back: Vec<StoredNode> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, changed);
+
+    let mut after = host();
+    after.restore(back);
+    let dd = payload(Some(2), None, vec![by_alias(1, Value::DoubleValue(5.0))]);
+    let o = after
+        .handle("spBv1.0/plant/DDATA/gw1/press", &dd, T, T)
+        .unwrap();
+    assert_eq!(o.reject, None);
+    assert_eq!(o.gap, None);
+    assert_eq!(o.rebirth, None);
+    assert_eq!(o.readings[0].metrics, vec![("Temp".into(), 5.0)]);
+    assert_eq!(after.take_changed().len(), 1);
+}
