@@ -135,7 +135,7 @@ proptest! {
             proptest::collection::vec((
                 prop::sample::select(vec!["bn", "bt", "bu", "bv", "bs", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut", "bver", "x_", "y"]),
                 prop_oneof![
-                    "[a-z:/.]{0,6}".prop_map(|s| serde_json::Value::String(s)),
+                    "[a-z:/.]{0,6}".prop_map(serde_json::Value::String),
                     any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| serde_json::json!(v)),
                     (-400_000_000i64..2_000_000_000).prop_map(|v| serde_json::json!(v)),
                     any::<bool>().prop_map(serde_json::Value::Bool),
