@@ -99,7 +99,8 @@ proptest! {
         msgs in proptest::collection::vec((topic(), payload(), any::<bool>(), any::<prop::sample::Index>(), any::<u8>()), 1..12),
     ) {
         let l = limits();
-        let mut host = Host::new(Config::default(), l);
+        let cfg = Config { max_metrics: l.max_metrics, ..Config::default() };
+        let mut host = Host::new(cfg, l);
         for (i, (t, mut p, mutate, at, byte)) in msgs.into_iter().enumerate() {
             if mutate && !p.is_empty() {
                 let k = at.index(p.len());

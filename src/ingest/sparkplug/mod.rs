@@ -67,6 +67,10 @@ pub struct Config {
     pub rebirth: bool,
     /// At most one rebirth request per edge node per this much wall time.
     pub rebirth_interval: Dur,
+    /// Numeric metrics one reading (one timestamp of one node or device) may carry; a message
+    /// with more is rejected (`too_large`; its BIRTH aliases are still recorded). Edge nodes
+    /// often have more tags than a JSON payload's limit of 256, hence a limit of its own.
+    pub max_metrics: usize,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             node_id_template: "{group}.{edge}".into(),
             rebirth: true,
             rebirth_interval: Dur::secs(10),
+            max_metrics: 1024,
         }
     }
 }
@@ -101,6 +106,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         check_template(&self.device_id_template, true).map_err(|m| ("device_id_template", m))?;
         check_template(&self.node_id_template, false).map_err(|m| ("node_id_template", m))?;
+        if self.max_metrics == 0 {
+            return Err(("max_metrics", "must be at least 1".into()));
+        }
         for g in &self.groups {
             if g.is_empty() || g.contains(['/', '+', '#']) {
                 return Err(("groups", format!("{g:?} is not a Sparkplug group id")));
@@ -702,13 +710,14 @@ impl Host {
         if out
             .readings
             .iter()
-            .any(|r| r.metrics.len() > self.limits.max_metrics)
+            .any(|r| r.metrics.len() > self.cfg.max_metrics)
         {
             return Err(Reject::new(
                 RejectReason::TooLarge,
                 format!(
-                    "more than {} numeric metrics with one timestamp",
-                    self.limits.max_metrics
+                    "more than {} numeric metrics with one timestamp \
+                     (ingest.sparkplug.max_metrics)",
+                    self.cfg.max_metrics
                 ),
             ));
         }

@@ -517,3 +517,37 @@ fn births_and_seq_survive_a_restart_through_the_stored_state() {
     assert_eq!(o.readings[0].metrics, vec![("Temp".into(), 5.0)]);
     assert_eq!(after.take_changed().len(), 1);
 }
+
+#[test]
+fn a_reading_over_max_metrics_is_rejected_but_the_birth_aliases_are_kept() {
+    let mut h = Host::new(
+        Config {
+            max_metrics: 2,
+            ..Config::default()
+        },
+        Limits::default(),
+    );
+    let nb = payload(
+        Some(0),
+        Some(T as u64),
+        (1..=3)
+            .map(|i| {
+                metric(
+                    &format!("m{i}"),
+                    Some(i),
+                    DataType::Double,
+                    Value::DoubleValue(1.0),
+                )
+            })
+            .collect(),
+    );
+    let o = h.handle("spBv1.0/plant/NBIRTH/gw1", &nb, T, T).unwrap();
+    let r = o.reject.expect("rejected");
+    assert_eq!(r.reason, RejectReason::TooLarge);
+    assert!(r.detail.contains("ingest.sparkplug.max_metrics"), "{r}");
+    assert!(o.readings.is_empty());
+    let nd = payload(Some(1), None, vec![by_alias(3, Value::DoubleValue(2.0))]);
+    let o = h.handle("spBv1.0/plant/NDATA/gw1", &nd, T, T).unwrap();
+    assert_eq!(o.reject, None);
+    assert_eq!(o.readings[0].metrics, vec![("m3".into(), 2.0)]);
+}
