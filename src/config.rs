@@ -175,6 +175,13 @@ impl Config {
                 key: format!("ingest.sparkplug.{key}"),
                 message,
             })?;
+        self.ingest
+            .senml
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("ingest.senml.{key}"),
+                message,
+            })?;
         if self.features.window_readings == 0 || self.features.window_readings > 256 {
             return bad("features.window_readings", "must be between 1 and 256");
         }

@@ -52,6 +52,24 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks the topic filters (no I/O): `(key, message)` of the first fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for t in &self.topics {
+            let levels: Vec<&str> = t.split('/').collect();
+            let bad_hash = levels
+                .iter()
+                .enumerate()
+                .any(|(i, l)| l.contains('#') && (*l != "#" || i + 1 != levels.len()));
+            let bad_plus = levels.iter().any(|l| l.contains('+') && *l != "+");
+            if t.is_empty() || bad_hash || bad_plus {
+                return Err(("topics", format!("{t:?} is not an MQTT topic filter")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Relative times are below 2^28 seconds (RFC 8428 §4.5.3).
 const RELATIVE_LIMIT: f64 = 268_435_456.0;
 
@@ -628,6 +646,19 @@ mod tests {
             .reason,
             RejectReason::NotUtf8
         );
+    }
+
+    #[test]
+    fn topic_filters_are_checked() {
+        let with = |t: &str| Config {
+            topics: vec![t.to_string()],
+            ..Config::default()
+        };
+        assert!(with("senml/+").validate().is_ok());
+        assert!(with("senml/#").validate().is_ok());
+        for bad in ["", "senml/#/x", "senml/a+", "se#nml"] {
+            assert!(with(bad).validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
