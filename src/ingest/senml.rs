@@ -38,7 +38,9 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceIdFrom {
+    /// The base name in effect for the record (`"base_name"`).
     BaseName,
+    /// A level of the topic the pack arrived on (`"topic"`).
     Topic,
 }
 
