@@ -681,8 +681,8 @@ impl Host {
                                 out.reject = Some(Reject::new(
                                     RejectReason::NoBirth,
                                     format!(
-                                        "{} from {what} before its BIRTH: aliases and \
-                                         datatypes unknown; a rebirth is requested",
+                                        "{} from {what} before its BIRTH: its aliases \
+                                         and datatypes are unknown until it is born again",
                                         t.kind.as_str()
                                     ),
                                 ));
@@ -712,7 +712,11 @@ impl Host {
             .iter()
             .any(|r| r.metrics.len() > self.cfg.max_metrics)
         {
-            return Err(Reject::new(
+            // Rejected, but what the message did to the node (birth, seq) stands, and so do
+            // the gap and the rebirth request it caused.
+            out.readings.clear();
+            out.events.clear();
+            out.reject = Some(Reject::new(
                 RejectReason::TooLarge,
                 format!(
                     "more than {} numeric metrics with one timestamp \
