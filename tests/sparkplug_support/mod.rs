@@ -115,7 +115,7 @@ pub async fn assert_ingested(h: &Handle, run: &EdgeRun, group: &str, edge: &str,
     }
     for reason in ["no_birth", "seq_gap", "unknown_alias"] {
         let sample = format!(r#"forewarn_sparkplug_rebirth_requests_total{{reason="{reason}"}}"#);
-        assert!(api.metric(&sample).await >= 1.0, "{sample}");
+        common::eventually(&sample, || async { api.metric(&sample).await >= 1.0 }).await;
     }
 
     // The deaths: DDEATH of the device, then NDEATH of the node (the device already dead).
