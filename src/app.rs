@@ -119,6 +119,8 @@ struct Tally {
     scores: Vec<(String, f64)>,
     /// Gaps noticed, written with the group.
     gaps: Vec<Gap>,
+    /// Sparkplug edge node states (births, aliases, `seq`) changed, written with the group.
+    sparkplug: Vec<crate::ingest::sparkplug::StoredNode>,
 }
 
 struct Core {
@@ -258,6 +260,8 @@ pub struct App {
     /// Plans the customer notifications of every ticket change, inside the change's commit.
     notifier: Arc<Notifier>,
     limits: Limits,
+    /// Sparkplug B and SenML: asked first whether a topic is theirs.
+    formats: crate::ingest::formats::Formats,
     /// Wakes the dispatch worker after a commit that added rows.
     pub dispatch_wake: Arc<Notify>,
     /// Kept by the MQTT driver's connection observer.
@@ -279,6 +283,11 @@ impl App {
     /// The notifier (the demo's simulated customers answer through its routes, on its clock).
     pub fn notifier(&self) -> &Arc<Notifier> {
         &self.notifier
+    }
+
+    /// The Sparkplug B and SenML decoders (`serve` publishes their rebirth requests).
+    pub fn formats(&self) -> &crate::ingest::formats::Formats {
+        &self.formats
     }
 
     pub(crate) fn new(
@@ -348,6 +357,11 @@ impl App {
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
             notifier,
+            formats: crate::ingest::formats::Formats::build(
+                &settings.ingest,
+                limits,
+                &metrics.registry,
+            ),
             limits,
             dispatch_wake: Arc::new(Notify::new()),
             broker_connected: Arc::new(AtomicBool::new(false)),
@@ -360,6 +374,14 @@ impl App {
             drift: None,
         };
         let mut app = app;
+        // Sparkplug births acknowledged before a restart still count.
+        match app
+            .store
+            .scan_kv::<crate::ingest::sparkplug::StoredNode>(crate::ingest::sparkplug::STATE_PREFIX)
+        {
+            Ok(nodes) => app.formats.restore(nodes),
+            Err(e) => tracing::warn!("Sparkplug edge node states not read back: {e}"),
+        }
         // A second App on the same registry (some tests) finds the name taken and goes without.
         app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
@@ -393,7 +415,21 @@ impl App {
                 .telemetry_topics
                 .iter()
                 .any(|f| topic_matches(f, topic));
-            let items: Vec<Item> = if is_telemetry {
+            let items: Vec<Item> = if let Some(d) =
+                self.formats
+                    .decode(topic, &m.publish.payload, m.received_ms)
+            {
+                if let Some(g) = d.gap {
+                    self.sparkplug_gap(g, m.received_ms, &mut tally);
+                }
+                match d.result {
+                    Ok(items) => items,
+                    Err(rej) => {
+                        self.reject(topic, &m.publish.payload, &rej);
+                        continue;
+                    }
+                }
+            } else if is_telemetry {
                 match decode::decode_telemetry(
                     &m.publish.payload,
                     topic_device,
@@ -506,6 +542,7 @@ impl App {
         }
         self.metrics.readings.inc_by(stats.readings as u64);
         stats.changes = changes.len();
+        tally.sparkplug = self.formats.take_changed();
         self.commit_group(core, &dirty, &changes, tally)?;
         Ok(stats)
     }
@@ -674,6 +711,9 @@ impl App {
         }
         for g in &tally.gaps {
             tx.put_kv(&gap_key(&g.device_id), g);
+        }
+        for n in &tally.sparkplug {
+            tx.put_kv(&n.key(), n);
         }
         // The notifier's clock: the wall clock, or the simulated one in the demo.
         let now_ms = self.notifier.now_ms();
@@ -870,6 +910,36 @@ impl App {
                  readings lost this way show as a seq gap only when it sends again"
             );
         }
+    }
+
+    /// A Sparkplug edge node's `seq` gap: counted with the other losses and kept as the node's
+    /// last gap (`GET /api/v1/gaps`, under the node's device id), in messages rather than readings.
+    fn sparkplug_gap(
+        &self,
+        g: crate::ingest::sparkplug::SeqGap,
+        received_ms: i64,
+        tally: &mut Tally,
+    ) {
+        let (prev, seq) = (u64::from(g.prev), u64::from(g.seq));
+        tally.missing += g.missing;
+        let gap = Gap {
+            device_id: g.node_id.clone(),
+            after_seq: prev,
+            next_seq: seq,
+            missing: g.missing,
+            ts: format_ts(received_ms),
+            noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
+        };
+        self.gaps.lock().insert(g.node_id.clone(), gap.clone());
+        tally.gaps.push(gap);
+        self.note_loss(
+            &g.node_id,
+            LossNote::Gap {
+                prev,
+                seq,
+                missing: g.missing,
+            },
+        );
     }
 
     /// Logs a `seq` gap or reset, within the per-minute budget (the rest are only counted).

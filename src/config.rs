@@ -183,6 +183,20 @@ impl Config {
         if self.ingest.commit_group == 0 {
             return bad("ingest.commit_group", "must be at least 1");
         }
+        self.ingest
+            .sparkplug
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("ingest.sparkplug.{key}"),
+                message,
+            })?;
+        self.ingest
+            .senml
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("ingest.senml.{key}"),
+                message,
+            })?;
         if self.features.window_readings == 0 || self.features.window_readings > 256 {
             return bad("features.window_readings", "must be between 1 and 256");
         }

@@ -12,8 +12,9 @@
 //!   score → ticket policy (pure)
 //! - [`store`]    sled: one atomic batch per state change, flushed before acks
 //! - [`history`]  the CSV history format: one reader with the caller's bad-row policy, the writer
-//! - [`ingest`]   payload decoding and encoding (pure, fuzzable), the MQTT driver (rumqttc,
-//!   manual acks), the per-device reorder buffer
+//! - [`ingest`]   payload decoding and encoding (pure, fuzzable) — forewarn's JSON, Sparkplug B
+//!   (a pure host state machine: births, aliases, `seq`, rebirth requests) and SenML — the MQTT
+//!   driver (rumqttc, manual acks), the per-device reorder buffer
 //! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`metrics`]  typed Prometheus metrics with bounded labels

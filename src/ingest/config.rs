@@ -85,12 +85,16 @@ pub struct Config {
     /// readings leaves no `seq` gap until it sends again. Empty (the default): not subscribed —
     /// a broker that does not allow `$SYS` subscriptions (rumqttd) closes the connection.
     pub broker_drops_topic: String,
-    /// Subscribe to the telemetry and event filters as members of this shared subscription group
-    /// (`$share/{group}/{filter}`, MQTT 5 and Mosquitto's 3.1.1 alike). The broker gives each
-    /// message to ONE connected member, round robin: meant for an active/standby pair where the
-    /// standby connects only while the active is away (see README, "Active/standby"). Unset:
-    /// plain subscriptions.
+    /// Subscribe to the data filters as members of this shared subscription group
+    /// (`$share/{group}/{filter}`; MQTT 5, and Mosquitto accepts it from 3.1.1 too). The broker
+    /// gives each message to ONE member of the group, so members each see part of every
+    /// device's stream: for moving a stream between instances, not load sharing (README,
+    /// "MQTT 5"). Unset: plain subscriptions.
     pub shared_group: Option<String>,
+    /// Sparkplug B edge nodes and devices (`[ingest.sparkplug]`); off by default.
+    pub sparkplug: super::sparkplug::Config,
+    /// SenML packs (`[ingest.senml]`); off by default.
+    pub senml: super::senml::Config,
 }
 
 impl Default for Config {
@@ -109,6 +113,8 @@ impl Default for Config {
             forget_after: None,
             broker_drops_topic: String::new(),
             shared_group: None,
+            sparkplug: Default::default(),
+            senml: Default::default(),
         }
     }
 }

@@ -145,6 +145,24 @@ impl Client {
         }
     }
 
+    /// A QoS 0 publish (commands such as Sparkplug rebirth requests: a lost one is asked again).
+    pub async fn publish_at_most_once(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        match self {
+            Client::V4(c) => c
+                .publish(topic, QoS::AtMostOnce, false, payload)
+                .await
+                .map_err(|e| ClientError(e.to_string())),
+            Client::V5(c) => c
+                .publish(topic, v5::mqttbytes::QoS::AtMostOnce, false, payload)
+                .await
+                .map_err(|e| ClientError(e.to_string())),
+        }
+    }
+
     /// Acknowledges a delivered message (nothing for QoS 0).
     pub async fn ack(&self, p: &Publish) -> Result<(), ClientError> {
         match self {

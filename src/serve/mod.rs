@@ -362,6 +362,8 @@ pub async fn run_with_clock(
     // One subscription for readings and events where possible: a device's messages then arrive
     // in the order it sent them (see `ordered_subscriptions`).
     let mut subscriptions = mqtt::ordered_subscriptions(&filters);
+    // Sparkplug B and SenML topics, when configured.
+    subscriptions.extend(crate::ingest::formats::subscriptions(&cfg.ingest));
     // The broker's own word on what it dropped (Mosquitto's $SYS tree; a broker without it
     // simply never publishes there).
     app.metrics.broker_dropped.set(-1);
@@ -399,6 +401,14 @@ pub async fn run_with_clock(
         shutdown.clone(),
         acks_flushed.clone(),
     )));
+    // Sparkplug rebirth requests go out through the same client, from their own task.
+    if let Some(commands) = app.formats().take_commands() {
+        tasks.push(tokio::spawn(crate::ingest::formats::publish_commands(
+            client.clone(),
+            commands,
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(mqtt::ack_loop(
         client.clone(),
         ack_rx,
