@@ -53,6 +53,9 @@ pub fn visit_key(ticket_id: &str) -> String {
     format!("visits/visit/{ticket_id}")
 }
 
+/// Prefix of every proposal's key.
+pub const PROPOSAL_PREFIX: &str = "visits/proposal/";
+
 /// Prefix of every booked visit's key.
 pub const VISIT_PREFIX: &str = "visits/visit/";
 
