@@ -34,6 +34,12 @@ pub fn routes(b: Arc<Board>) -> Router {
         .with_state(b)
 }
 
+/// The board's own script, style and event stream, nothing from elsewhere; inline script and
+/// style stay forbidden (the charts' SVG is markup, not style).
+const BOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                         connect-src 'self'; img-src 'self' data:; form-action 'self'; \
+                         frame-ancestors 'none'; base-uri 'none'";
+
 const CSS: &str = include_str!("../../templates/board/board.css");
 const JS: &str = include_str!("../../templates/board/board.js");
 
@@ -102,6 +108,7 @@ fn page<T: Template>(t: &T) -> Response {
             [
                 (header::CACHE_CONTROL, "no-store"),
                 (header::X_FRAME_OPTIONS, "DENY"),
+                (header::CONTENT_SECURITY_POLICY, BOARD_CSP),
             ],
             Html(html),
         )

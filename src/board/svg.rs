@@ -137,7 +137,7 @@ mod tests {
             name: "temp".into(),
             points: vec![(0, 70.0), (1000, f64::NAN), (2000, 85.5), (3000, 90.4)],
         };
-        let svg = metric_panels(&[s.clone()], 600);
+        let svg = metric_panels(std::slice::from_ref(&s), 600);
         assert!(svg.contains("role=\"img\""));
         assert!(
             svg.contains("temp over the last 3 readings: from 70.0 to 90.4"),
@@ -163,7 +163,7 @@ mod tests {
             name: "<b>".into(),
             points: vec![(0, 1.0)],
         };
-        let out = metric_panels(&[s.clone()], 600);
+        let out = metric_panels(std::slice::from_ref(&s), 600);
         assert!(out.contains("&lt;b&gt;") && !out.contains("<svg"));
         assert_eq!(sparkline(&s), "");
     }
