@@ -184,15 +184,17 @@ impl Board {
             .map(|ms| self.local(ms))
             .unwrap_or_else(|| rfc.to_string())
     }
-    fn slot_words(&self, s: &Slot) -> String {
-        let end = self
-            .cal
+    /// "14:00" in the board's time zone.
+    fn hm(&self, ms: Millis) -> String {
+        self.cal
             .tz
-            .timestamp_millis_opt(s.end_ms)
+            .timestamp_millis_opt(ms)
             .single()
             .map(|t| t.format("%H:%M").to_string())
-            .unwrap_or_default();
-        format!("{}\u{2013}{end}", self.local(s.start_ms))
+            .unwrap_or_default()
+    }
+    fn slot_words(&self, s: &Slot) -> String {
+        format!("{}\u{2013}{}", self.local(s.start_ms), self.hm(s.end_ms))
     }
 }
 
@@ -1142,7 +1144,12 @@ async fn day_page(
                         cells.push(Cell {
                             span,
                             ticket: v.ticket_id.clone(),
-                            label: format!("{} {}", b.slot_words(&v.slot), v.ticket_id),
+                            label: format!(
+                                "{}\u{2013}{} {}",
+                                b.hm(v.slot.start_ms),
+                                b.hm(v.slot.end_ms),
+                                v.ticket_id
+                            ),
                             off: false,
                         });
                     }
