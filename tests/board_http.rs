@@ -83,11 +83,28 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         region: String::new(),
         hours: "08:00-17:00".into(),
     }];
+    cfg.notify.link_secret = Some("board-http-link-secret-0123456789".into());
     let (h, tok) = start(cfg).await;
     ready(&h).await;
     let api = Api::new(&h);
     let base = api.base.clone();
     let http = no_redirects();
+    for (path, body) in [
+        (
+            "/api/v1/customers/cust-k",
+            json!({"name": "บริษัท เค", "locale": "th", "time_zone": "Asia/Bangkok"}),
+        ),
+        ("/api/v1/devices/pump-k", json!({"customer_id": "cust-k"})),
+    ] {
+        let r = api
+            .http
+            .put(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}");
+    }
 
     // Pages need a session; a wrong token or a forged sign-in form gets none.
     let r = http.get(format!("{base}/board")).send().await.unwrap();
@@ -272,6 +289,100 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
     );
     let visits: Value = api.get_json("/api/v1/visits").await;
     assert_eq!(visits.as_array().unwrap().len(), 1);
+
+    // One conversation, two sides: the customer's page offers exactly the proposed slots, a
+    // slot that was not proposed is refused, and the one they pick is booked.
+    let dev = mqtt(&b, "pump-k-pub").await;
+    for (i, (hr, t)) in degrading(40).iter().enumerate() {
+        dev.publish("devices/pump-k/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    eventually("a ticket for pump-k", || async {
+        !api.tickets("?device_id=pump-k").await.is_empty()
+    })
+    .await;
+    let t = api.tickets("?device_id=pump-k").await[0].clone();
+    let tk = t["id"].as_str().unwrap().to_string();
+    assert_eq!(t["customer_id"], "cust-k");
+    let free: Value = api
+        .get_json(&format!("/api/v1/tickets/{tk}/slots?technician=t-2"))
+        .await;
+    let offer = json!([free[1], free[3]]);
+    let r = api
+        .http
+        .post(format!("{base}/api/v1/tickets/{tk}/proposal"))
+        .json(&json!({"technician_id": "t-2", "slots": offer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ticket = h.app.ticket(&tk).unwrap();
+    let link = h
+        .app
+        .notifier()
+        .link_for(&ticket, "cust-k", chrono::Utc::now().timestamp_millis());
+    let path = &link[link.find("/notify/v1/s/").unwrap()..];
+    let page = http
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let offered: Vec<String> = page
+        .split("name=\"slot\" value=\"")
+        .skip(1)
+        .map(|p| p.chars().take_while(|c| c.is_ascii_digit()).collect())
+        .collect();
+    let want: Vec<String> = [&free[1], &free[3]]
+        .iter()
+        .map(|s| s["start_ms"].to_string())
+        .collect();
+    assert_eq!(offered, want, "the page offers exactly the proposed slots");
+    let r = http
+        .post(format!("{base}{path}"))
+        .form(&[
+            ("action", "confirm"),
+            ("slot", &free[2]["start_ms"].to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a slot that was not proposed");
+    assert_eq!(
+        api.get_json(&format!("/api/v1/tickets/{tk}")).await["status"],
+        "open"
+    );
+    let r = http
+        .post(format!("{base}{path}"))
+        .form(&[("action", "confirm"), ("slot", &want[1])])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = api.get_json(&format!("/api/v1/tickets/{tk}")).await;
+    assert_eq!(t["status"], "scheduled");
+    let visits: Value = api.get_json("/api/v1/visits").await;
+    let v = visits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["ticket_id"] == json!(tk))
+        .expect("the customer's choice is booked")
+        .clone();
+    assert_eq!(v["slot"], free[3]);
+    assert_eq!(v["technician_id"], "t-2");
+    assert_eq!(v["booked_by"], "customer:link");
+    let page = http
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("name=\"slot\""), "the proposal is used up");
 
     // Sign-out ends the session.
     let r = http
