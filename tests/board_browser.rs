@@ -331,6 +331,7 @@ async fn a_dispatcher_works_a_ticket_from_the_board_and_the_customer_books_the_v
         );
         assert_eq!(c.script("return document.documentElement.dir").await, "rtl");
         c.screenshot(&out.join("customer-page-390.png")).await;
+        axe(&c, &axe_src, "customer's page").await;
         c.click("#slot-1").await;
         c.click("#confirm").await;
         c.wait_for("thanks", "document.getElementById('thanks')", 10)
