@@ -632,12 +632,21 @@ impl Board {
         (reached, answered)
     }
 
-    /// Tickets for the queue: every ticket the store holds, newest first, up to a bound.
-    pub fn tickets(&self) -> Result<Vec<Ticket>, StoreError> {
-        self.app.store.tickets(&TicketFilter {
-            limit: Some(5000),
+    /// Tickets for the queue: every live one (however old), or for another status filter the
+    /// newest up to a bound.
+    pub fn tickets(&self, status: queue::StatusFilter) -> Result<Vec<Ticket>, StoreError> {
+        let (status, limit) = match status {
+            queue::StatusFilter::Live => (None, None),
+            queue::StatusFilter::All => (None, Some(5000)),
+            queue::StatusFilter::One(s) => (Some(s), Some(5000)),
+        };
+        let mut list = self.app.store.tickets(&TicketFilter {
+            status,
+            limit,
             ..TicketFilter::default()
-        })
+        })?;
+        list.retain(|t| limit.is_some() || t.is_live());
+        Ok(list)
     }
 }
 

@@ -523,7 +523,7 @@ async fn queue_page(
         breached_only: q.breached.as_deref() == Some("1"),
     };
     let b2 = b.clone();
-    let Some(Ok(tickets)) = blocking(move || b2.tickets()).await else {
+    let Some(Ok(tickets)) = blocking(move || b2.tickets(status)).await else {
         return error_page(
             Some(&s),
             StatusCode::INTERNAL_SERVER_ERROR,
