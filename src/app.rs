@@ -4,7 +4,7 @@
 //! dispatch row and the notifier's rows together.
 
 use crate::dispatch::DispatchRow;
-use crate::domain::{format_ts, HistoryEntry, Millis, RejectReason, Status, Ticket};
+use crate::domain::{format_ts, HistoryEntry, Millis, Outcome, RejectReason, Status, Ticket};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
 use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
@@ -1068,6 +1068,22 @@ impl App {
         actor: &str,
         note: &str,
     ) -> Result<Ticket, CoreError> {
+        self.transition_with(id, to, actor, note, None, |_, _| Ok(()))
+    }
+
+    /// [`App::transition`], with the outcome a person gives when resolving or dismissing (the
+    /// label for the next training run), and `also`: further records written in the same
+    /// commit as the change (the board's booked visit or assignment), given the changed ticket.
+    /// `also` runs inside the single writer: no I/O, no waiting.
+    pub fn transition_with(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        outcome: Option<Outcome>,
+        also: impl FnOnce(&Ticket, &mut Tx) -> Result<(), CoreError>,
+    ) -> Result<Ticket, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
         let mut t = self
@@ -1089,12 +1105,21 @@ impl App {
                 });
             }
         }
+        if let Some(o) = outcome {
+            if !matches!(t.status, Status::Resolved | Status::Dismissed) {
+                return Err(CoreError::Invalid(
+                    "an outcome is given only when resolving or dismissing a ticket".into(),
+                ));
+            }
+            t.outcome = Some(o);
+        }
         let change = Change {
             kind: ChangeKind::Transition,
             previous_priority,
             ticket: t.clone(),
         };
         let mut tx = self.store.tx();
+        also(&t, &mut tx)?;
         self.record_change(core, &mut tx, &change, now);
         self.store.commit(tx)?;
         if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {

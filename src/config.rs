@@ -25,6 +25,7 @@ pub struct Config {
     pub store: crate::store::Config,
     pub archive: crate::archive::Config,
     pub api: crate::api::Config,
+    pub board: crate::board::Config,
     pub fleet: crate::fleet::Config,
     pub dispatch: crate::dispatch::Config,
     pub notify: crate::notify::NotifyConfig,
@@ -232,6 +233,12 @@ impl Config {
                 );
             }
         }
+        self.board
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("board.{key}"),
+                message,
+            })?;
         self.archive
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -262,6 +269,7 @@ mod tests {
         assert_eq!(from_file.scoring, crate::predict::Config::default());
         assert_eq!(from_file.notify, crate::notify::NotifyConfig::default());
         assert_eq!(from_file.api, crate::api::Config::default());
+        assert_eq!(from_file.board, crate::board::Config::default());
     }
 
     #[test]

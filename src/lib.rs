@@ -28,6 +28,8 @@
 //! - [`app`]      the single writer: in-memory device state and the commit path
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
 //!   health; one bearer-token check
+//! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
+//!   view, device, customer), sign-in, technicians and visits; changes go through `app`
 //! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
 //! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `simulate`,
@@ -39,6 +41,7 @@
 pub mod api;
 pub mod app;
 pub mod archive;
+pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;

@@ -319,6 +319,18 @@ pub async fn run_with_clock(
     );
     let limits = crate::api::server::Limits::from_config(&cfg.api);
     let mut router = crate::api::router(app.clone(), auth.clone(), &cfg.api).merge(notify.private);
+    if cfg.board.enabled {
+        // The board stays on the private listener, beside the API it shares tokens with.
+        let board = crate::board::Board::build(
+            &cfg.board,
+            app.clone(),
+            auth.clone(),
+            &cfg.api.public_url,
+            shutdown.clone(),
+        )
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+        router = router.merge(board.router(cfg.api.max_body_bytes));
+    }
     let mut tasks = Vec::new();
     let grace = cfg.shutdown.grace.std();
     match public_listener {
