@@ -5,7 +5,8 @@
 
 use crate::dispatch::DispatchRow;
 use crate::domain::{format_ts, HistoryEntry, Millis, RejectReason, Status, Ticket};
-use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
+use crate::domain::Reading;
+use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models, Scoring};
 use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
 use crate::ingest::decode::{self, Limits, Reject};
@@ -16,7 +17,7 @@ use crate::notify::{DeskError, Notifier, TicketDesk};
 use crate::store::{Store, StoreError, Tx};
 use crate::tickets::TransitionError;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +84,8 @@ pub enum ReloadError {
     Models(#[from] crate::engine::ModelsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("device journals could not be folded before the models change: {0}")]
+    Checkpoint(Box<CoreError>),
 }
 
 /// A device's in-memory state.
@@ -100,6 +103,63 @@ struct Slot {
     tick: u64,
     /// Changed since the last commit.
     dirty: bool,
+    /// Whether the store holds a snapshot of the device (its first commit writes one).
+    snapshot_stored: bool,
+    /// Steps journaled on disk since the snapshot (slots `0..journal_len`).
+    journal_len: u32,
+    /// Generation of the stored snapshot: journal entries of other generations are stale.
+    journal_gen: u64,
+    /// This group's steps (encoded [`Step`]s), journaled at its commit unless a snapshot is due.
+    steps: Vec<Vec<u8>>,
+    /// Snapshot at the next commit (loaded with a journal: fold it soon, under the context —
+    /// registry, models — it was replayed with).
+    force_snapshot: bool,
+}
+
+/// One step of a device's state machine as its journal keeps it (postcard): replayed over the
+/// snapshot through the same code as the live path, the steps give the state the daemon had.
+/// Steps that changed nothing (a duplicate or late arrival) are not journaled.
+#[derive(Debug, Serialize, Deserialize)]
+enum Step<P> {
+    /// Held by the reorder buffer, with the tolerance then in force (what the watermark passed
+    /// was released and applied).
+    Offer { tolerance_ms: i64, item: P },
+    /// Applied at once (no reorder tolerance).
+    Apply(P),
+    /// The idle timer released everything the buffer held.
+    Flush,
+}
+
+fn encode_step(step: &Step<&Pending>) -> Vec<u8> {
+    // Strings, numbers and options only: postcard cannot fail on them.
+    postcard::to_allocvec(step).unwrap_or_default()
+}
+
+/// What one reading does to its device's state and live tickets: a `seq` restart check, then
+/// the engine. The live path ([`App::apply`]) and the journal replay both step through here, so
+/// a replayed state equals the state the daemon had. Returns what the state made of the reading
+/// and the restart noticed, `(last seq, new seq)`.
+fn apply_reading(
+    engine: &Engine,
+    state: &mut DeviceState,
+    live: &mut Vec<Ticket>,
+    ctx: DeviceCtx<'_>,
+    r: &Reading,
+    changes: &mut Vec<Change>,
+    scorings: Option<&mut Vec<Scoring>>,
+) -> (Observed, Option<(u64, u64)>) {
+    // A `seq` at or below the last one on a reading newer than anything the device sent is a
+    // restart of its counter (reboot, firmware update), not a redelivery (which carries the old
+    // timestamp).
+    let mut reset = None;
+    if let (Some(seq), Some(last)) = (r.seq, state.last_seq) {
+        if seq <= last && r.ts > state.last_ts {
+            state.last_seq = None;
+            reset = Some((last, seq));
+        }
+    }
+    let obs = engine.reading(state, live, ctx, r, changes, scorings);
+    (obs, reset)
 }
 
 /// Counts of one group, added to the metrics once per group: the hot path stays free of label
@@ -133,6 +193,9 @@ struct Core {
     /// Devices whose reorder buffer is on disk but not in memory (held at start, or evicted
     /// while holding), with their last arrival: the idle release loads and flushes them.
     held_on_disk: HashMap<String, Instant>,
+    /// `store.snapshot_every`: a device's whole state is written after at most this many
+    /// journaled steps.
+    snapshot_every: u32,
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
@@ -228,6 +291,8 @@ pub struct Settings {
     /// Where customers' webhook contacts may point (`[notify.webhook] allow`), checked when
     /// customers are written through the API.
     pub contact_policy: crate::netguard::AddressPolicy,
+    /// `store.snapshot_every`.
+    pub snapshot_every: u32,
 }
 
 /// The daemon's shared state: what the processor, the API and the workers use.
@@ -298,12 +363,6 @@ impl App {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-        let started = Instant::now();
-        let held_on_disk = store
-            .reorder_devices()?
-            .into_iter()
-            .map(|d| (d, started))
-            .collect();
         let limits = Limits {
             max_payload_bytes: settings.ingest.max_payload_bytes,
             max_batch: settings.ingest.max_batch,
@@ -323,7 +382,8 @@ impl App {
                 devices,
                 customers,
                 unregistered: Default::default(),
-                held_on_disk,
+                held_on_disk: HashMap::new(),
+                snapshot_every: settings.snapshot_every.max(1),
             }),
             rejects: Mutex::new(VecDeque::new()),
             log_budget: Mutex::new(LogBudget {
@@ -360,6 +420,20 @@ impl App {
             drift: None,
         };
         let mut app = app;
+        // After a crash, device states are snapshots plus journals: fold them now, so that what
+        // is on disk is every device's state again (and the journals replay under the registry
+        // and models they were written with, as far as those are unchanged since).
+        let folded = app.checkpoint()?;
+        if folded > 0 {
+            tracing::info!("replayed the journals of {folded} device(s) left by the last run");
+        }
+        let started = Instant::now();
+        app.core.get_mut().held_on_disk = app
+            .store
+            .reorder_devices()?
+            .into_iter()
+            .map(|d| (d, started))
+            .collect();
         // A second App on the same registry (some tests) finds the name taken and goes without.
         app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
@@ -472,22 +546,27 @@ impl App {
                     Item::Event(e) => e.device_id.clone(),
                 };
                 core.slot(&self.store, &device, item.ts(), &mut dirty)?;
-                if tolerance <= 0 {
-                    // No reorder tolerance: applied in arrival order, as before.
-                    self.apply(core, &item, m.received_ms, &mut tally, &mut changes)?;
-                    continue;
-                }
                 let slot = core
                     .slots
                     .get_mut(device.as_str())
                     .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
-                slot.last_arrival = m.received;
                 let pending = match &item {
                     Item::Reading(r) => Pending::reading(r, m.received_ms),
                     Item::Event(e) => Pending::event(e, m.received_ms),
                 };
+                if tolerance <= 0 {
+                    // No reorder tolerance: applied in arrival order, as before.
+                    slot.steps.push(encode_step(&Step::Apply(&pending)));
+                    self.apply(core, &item, m.received_ms, &mut tally, &mut changes)?;
+                    continue;
+                }
+                slot.last_arrival = m.received;
+                let step = encode_step(&Step::Offer {
+                    tolerance_ms: tolerance,
+                    item: &pending,
+                });
                 match slot.reorder.offer(pending, tolerance) {
-                    Offer::Held => {}
+                    Offer::Held => slot.steps.push(step),
                     // A redelivery of a reading applied long ago is a duplicate, not a loss.
                     Offer::Late
                         if matches!(&item, Item::Reading(r)
@@ -538,19 +617,10 @@ impl App {
                     .get_mut(r.device_id.as_str())
                     .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
                 let before = slot.state.last_scored_ts;
-                // A `seq` at or below the last one on a reading newer than anything the device
-                // sent is a restart of its counter (reboot, firmware update), not a redelivery
-                // (which carries the old timestamp).
-                if let (Some(seq), Some(last)) = (r.seq, slot.state.last_seq) {
-                    if seq <= last && r.ts > slot.state.last_ts {
-                        slot.state.last_seq = None;
-                        tally.resets += 1;
-                        self.note_loss(&r.device_id, LossNote::Reset { last, seq });
-                    }
-                }
-                let prev_seq = slot.state.last_seq;
                 let mut scored = Vec::new();
-                let obs = core.engine.reading(
+                let last_seq = slot.state.last_seq;
+                let (obs, reset) = apply_reading(
+                    &core.engine,
                     &mut slot.state,
                     &mut slot.live,
                     ctx,
@@ -558,6 +628,14 @@ impl App {
                     &mut scratch,
                     self.drift.as_ref().map(|_| &mut scored),
                 );
+                // The last `seq` before this reading, unless the reading restarted the counter.
+                let prev_seq = if let Some((last, seq)) = reset {
+                    tally.resets += 1;
+                    self.note_loss(&r.device_id, LossNote::Reset { last, seq });
+                    None
+                } else {
+                    last_seq
+                };
                 tally
                     .scores
                     .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
@@ -659,16 +737,10 @@ impl App {
             .with_label_values(&["late"])
             .inc_by(tally.late);
         let mut tx = self.store.tx();
+        let every = core.snapshot_every as usize;
         for d in dirty {
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
-                tx.put_state(d, slot.state.encode());
-                if !slot.reorder.is_empty() {
-                    tx.put_reorder(d, slot.reorder.encode());
-                    slot.reorder_stored = true;
-                } else if slot.reorder_stored {
-                    tx.remove_reorder(d);
-                    slot.reorder_stored = false;
-                }
+                slot.persist(&mut tx, d, every);
                 slot.dirty = false;
             }
         }
@@ -713,9 +785,52 @@ impl App {
         if !changes.is_empty() {
             self.dispatch_wake.notify_one();
         }
-        core.evict(self.settings.ingest.max_devices_in_memory, &self.metrics);
+        self.evict(core);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(())
+    }
+
+    /// Drops the least recently seen device states beyond `ingest.max_devices_in_memory`
+    /// (all are committed by now). A device leaves memory with its snapshot written (one commit
+    /// for all of them), so that what is on disk is its state. If that commit fails they go
+    /// anyway: their journals are replayed when they are loaded again. Evicts down to 90 % of
+    /// the bound at once so the sort is paid rarely.
+    fn evict(&self, core: &mut Core) {
+        let max = self.settings.ingest.max_devices_in_memory;
+        if core.slots.len() <= max {
+            return;
+        }
+        let target = (max - max / 10).max(1).min(max);
+        let mut ticks: Vec<u64> = core.slots.values().map(|s| s.tick).collect();
+        let n_evict = core.slots.len() - target;
+        ticks.select_nth_unstable(n_evict - 1);
+        let cutoff = ticks[n_evict - 1];
+        let mut tx = self.store.tx();
+        for (d, s) in core.slots.iter_mut() {
+            if s.tick <= cutoff && !s.dirty && (s.journal_len > 0 || s.force_snapshot) {
+                s.snapshot(&mut tx, d);
+            }
+        }
+        if let Err(e) = self.store.commit(tx) {
+            tracing::warn!(
+                "snapshots of evicted device states not written ({e}): their journals are \
+                 replayed when they are loaded again"
+            );
+        }
+        let before = core.slots.len();
+        // A device holding items for event-time order may go too (they are on disk): the idle
+        // release finds it through `held_on_disk`.
+        let held = &mut core.held_on_disk;
+        core.slots.retain(|d, s| {
+            let keep = s.tick > cutoff || s.dirty;
+            if !keep && !s.reorder.is_empty() {
+                held.insert(d.clone(), s.last_arrival);
+            }
+            keep
+        });
+        self.metrics
+            .evictions
+            .inc_by((before - core.slots.len()) as u64);
     }
 
     /// Drops the state of devices whose newest timestamp is older than `now_ms - forget_after`
@@ -747,7 +862,7 @@ impl App {
         }
         let mut tx = self.store.tx();
         for d in &gone {
-            tx.remove_device_state(d);
+            tx.remove_device_state(d, &self.store.journal_slots(d)?);
             tx.remove_kv(&gap_key(d));
         }
         self.store.commit(tx)?;
@@ -767,6 +882,85 @@ impl App {
             gone.len()
         );
         Ok(gone.len())
+    }
+
+    /// Folds device journals into snapshots: every device with journaled steps, in memory or
+    /// only on disk (left by a crash), gets its whole state written, and the journal records
+    /// go. At start-up (recovery), at shutdown, and before the models change. Returns how many
+    /// devices had steps to fold.
+    pub fn checkpoint(&self) -> Result<usize, CoreError> {
+        let mut core = self.core.lock();
+        self.fold(&mut core, None)
+    }
+
+    /// [`App::checkpoint`] for the devices in `only` (all when `None`), in commits of at most
+    /// 256 devices. If one fails, its devices leave memory (they are loaded again from what
+    /// the store has: snapshot and journal).
+    fn fold(&self, core: &mut Core, only: Option<&[String]>) -> Result<usize, CoreError> {
+        let mut todo: Vec<String> = match only {
+            Some(list) => list.to_vec(),
+            None => {
+                let mut all = self.store.journaled_devices()?;
+                all.extend(
+                    core.slots
+                        .iter()
+                        .filter(|(_, s)| s.journal_len > 0 || s.force_snapshot)
+                        .map(|(d, _)| d.clone()),
+                );
+                all
+            }
+        };
+        todo.sort_unstable();
+        todo.dedup();
+        let mut folded = 0;
+        for chunk in todo.chunks(256) {
+            let mut tx = self.store.tx();
+            for d in chunk {
+                let on_disk = self.store.journal_slots(d)?;
+                match core.slots.get_mut(d.as_str()) {
+                    Some(slot) => {
+                        if slot.journal_len > 0 || slot.force_snapshot {
+                            slot.snapshot(&mut tx, d);
+                            folded += 1;
+                        }
+                    }
+                    None if on_disk.is_empty() => {}
+                    None => {
+                        let gen = self.store.journal_gen(d)?;
+                        if !self.store.journal(d, gen)?.is_empty() {
+                            // Nothing decodable (all set aside): no state to write.
+                            let (mut slot, found) = core.load(&self.store, d, Millis::MIN)?;
+                            if found {
+                                slot.snapshot(&mut tx, d);
+                                folded += 1;
+                            }
+                        }
+                    }
+                }
+                if !on_disk.is_empty() {
+                    tx.remove_journal(d, &on_disk);
+                }
+            }
+            if let Err(e) = self.store.commit(tx) {
+                for d in chunk {
+                    core.slots.remove(d.as_str());
+                }
+                self.metrics.devices_in_memory.set(core.slots.len() as i64);
+                return Err(e.into());
+            }
+        }
+        Ok(folded)
+    }
+
+    /// A device's committed state: the one in memory, else what the store has (snapshot and
+    /// journal). `None` for a device the daemon has no state of.
+    pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
+        let core = self.core.lock();
+        if let Some(s) = core.slots.get(device) {
+            return Ok(Some(s.state.clone()));
+        }
+        let (slot, found) = core.load(&self.store, device, Millis::MIN)?;
+        Ok(found.then_some(slot.state))
     }
 
     /// Releases what devices silent for `reorder_idle` still hold in their reorder buffers (and,
@@ -799,6 +993,7 @@ impl App {
         for d in &devices {
             core.slot(&self.store, d, Millis::MIN, &mut dirty)?;
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
+                slot.steps.push(encode_step(&Step::Flush));
                 slot.reorder.flush(d, &mut released);
             }
         }
@@ -1083,6 +1278,10 @@ impl App {
         devices: Vec<Device>,
     ) -> Result<(), CoreError> {
         let mut core = self.core.lock();
+        // The devices' journals replay under the registry they were written with: fold them
+        // before it changes.
+        let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+        self.fold(&mut core, Some(&ids))?;
         let mut tx = self.store.tx();
         for c in &customers {
             if let Some(old) = core.customers.get(&c.id) {
@@ -1137,13 +1336,18 @@ impl App {
             match build_models(&dir, &self.settings.window, base) {
                 Ok(models) => {
                     let n = models.list.len();
-                    match save_metric_index(&self.store, &models.index) {
-                        Ok(()) => {
-                            core.engine =
-                                Engine::new(self.settings.engine.clone(), Arc::new(models));
-                            Ok(n)
-                        }
-                        Err(e) => Err(ReloadError::Store(e)),
+                    // Journals replay under the models they were written with: fold them
+                    // before the models change.
+                    match self.fold(&mut core, None) {
+                        Err(e) => Err(ReloadError::Checkpoint(Box::new(e))),
+                        Ok(_) => match save_metric_index(&self.store, &models.index) {
+                            Ok(()) => {
+                                core.engine =
+                                    Engine::new(self.settings.engine.clone(), Arc::new(models));
+                                Ok(n)
+                            }
+                            Err(e) => Err(ReloadError::Store(e)),
+                        },
                     }
                 }
                 Err(e) => Err(e),
@@ -1209,20 +1413,31 @@ impl Core {
             }
             return Ok(());
         }
-        let state = match store.load_state(device)? {
-            Some(bytes) => match DeviceState::decode(&bytes) {
-                Some(s) => s,
-                None => {
-                    store.quarantine_state(device, &bytes, "device state does not decode");
-                    self.engine.new_state(ts)
-                }
-            },
-            None => self.engine.new_state(ts),
-        };
-        let live = store.live_tickets(device)?;
         // Back in memory: the idle release finds it among the slots again.
         self.held_on_disk.remove(device);
-        let (reorder, reorder_stored) = match store.load_reorder(device)? {
+        let (mut slot, _) = self.load(store, device, ts)?;
+        slot.tick = tick;
+        slot.dirty = true;
+        self.slots.insert(device.to_string(), slot);
+        dirty.push(device.to_string());
+        Ok(())
+    }
+
+    /// A device's state as the store has it: its snapshot (a new state from event time `ts`
+    /// when there is none) with the steps of its journal replayed on top, its reorder buffer and
+    /// its live tickets. Also says whether the store had anything of the device. Records that
+    /// cannot be decoded are set aside (the journal's other steps still apply).
+    fn load(&self, store: &Store, device: &str, ts: Millis) -> Result<(Slot, bool), CoreError> {
+        let mut state = store.load_state(device)?.and_then(|bytes| {
+            let s = DeviceState::decode(&bytes);
+            if s.is_none() {
+                store.quarantine_state(device, &bytes, "device state does not decode");
+            }
+            s
+        });
+        // A snapshot set aside is written again at the next commit.
+        let snapshot_stored = state.is_some();
+        let (mut reorder, reorder_stored) = match store.load_reorder(device)? {
             Some(bytes) => match reorder::Buffer::decode(&bytes) {
                 Some(b) => (b, true),
                 None => {
@@ -1232,45 +1447,118 @@ impl Core {
             },
             None => (reorder::Buffer::default(), false),
         };
-        self.slots.insert(
-            device.to_string(),
-            Slot {
-                state,
-                live,
-                reorder,
-                reorder_stored,
-                last_arrival: Instant::now(),
-                tick,
-                dirty: true,
-            },
-        );
-        dirty.push(device.to_string());
-        Ok(())
+        let journal_gen = store.journal_gen(device)?;
+        let journal = store.journal(device, journal_gen)?;
+        let journal_len = journal.len() as u32;
+        let mut released = Vec::new();
+        for (i, bytes) in journal {
+            let step = match postcard::from_bytes::<Step<Pending>>(&bytes) {
+                Ok(step) => step,
+                Err(e) => {
+                    store.quarantine_journal(
+                        device,
+                        i,
+                        &bytes,
+                        &format!("journal step does not decode: {e}"),
+                    );
+                    continue;
+                }
+            };
+            // Without a snapshot, the state starts where the live path started it: at the
+            // first item offered.
+            let first = match &step {
+                Step::Offer { item, .. } | Step::Apply(item) => item.ts,
+                Step::Flush => ts,
+            };
+            let state = state.get_or_insert_with(|| self.engine.new_state(first));
+            match step {
+                Step::Offer { tolerance_ms, item } => {
+                    if reorder.offer(item, tolerance_ms) == Offer::Held {
+                        reorder.release(device, &mut released);
+                    }
+                }
+                Step::Apply(item) => released.push(item.into_item(device)),
+                Step::Flush => reorder.flush(device, &mut released),
+            }
+            for (item, _) in released.drain(..) {
+                self.replay(state, &item);
+            }
+        }
+        let found = state.is_some();
+        let slot = Slot {
+            state: state.unwrap_or_else(|| self.engine.new_state(ts)),
+            live: store.live_tickets(device)?,
+            reorder,
+            reorder_stored,
+            last_arrival: Instant::now(),
+            tick: 0,
+            dirty: false,
+            snapshot_stored,
+            journal_len,
+            journal_gen,
+            steps: Vec::new(),
+            force_snapshot: journal_len > 0,
+        };
+        Ok((slot, found))
     }
 
-    /// Drops the least recently seen device states beyond `max` (all are committed by now).
-    /// Evicts down to 90 % of `max` at once so the sort is paid rarely.
-    fn evict(&mut self, max: usize, metrics: &Metrics) {
-        if self.slots.len() <= max {
+    /// Applies a journaled item to a state: what [`App::apply`] did to it, without the effects
+    /// already committed (ticket changes, counts, gaps).
+    fn replay(&self, state: &mut DeviceState, item: &Item) {
+        let mut changes = Vec::new();
+        let mut live = Vec::new();
+        match item {
+            Item::Reading(r) => {
+                let dev = self.devices.get(&r.device_id);
+                let ctx = DeviceCtx {
+                    attrs: dev.map(|d| &d.attributes),
+                    customer_id: dev.and_then(|d| d.customer_id.as_deref()),
+                };
+                apply_reading(&self.engine, state, &mut live, ctx, r, &mut changes, None);
+            }
+            Item::Event(ev) => self.engine.event(state, &mut live, ev, &mut changes),
+        }
+    }
+}
+
+impl Slot {
+    /// Writes what a commit must keep of the device: the journal records of this group's steps,
+    /// or its whole state when a snapshot is due (first commit, `every` steps since the last
+    /// one, or forced).
+    fn persist(&mut self, tx: &mut Tx, device: &str, every: usize) {
+        let due = !self.snapshot_stored
+            || self.force_snapshot
+            || self.journal_len as usize + self.steps.len() >= every;
+        if due {
+            self.snapshot(tx, device);
             return;
         }
-        let target = (max - max / 10).max(1).min(max);
-        let mut ticks: Vec<u64> = self.slots.values().map(|s| s.tick).collect();
-        let n_evict = self.slots.len() - target;
-        ticks.select_nth_unstable(n_evict - 1);
-        let cutoff = ticks[n_evict - 1];
-        let before = self.slots.len();
-        // A device holding items for event-time order may go too (they are on disk): the idle
-        // release finds it through `held_on_disk`.
-        let held = &mut self.held_on_disk;
-        self.slots.retain(|d, s| {
-            let keep = s.tick > cutoff || s.dirty;
-            if !keep && !s.reorder.is_empty() {
-                held.insert(d.clone(), s.last_arrival);
-            }
-            keep
-        });
-        metrics.evictions.inc_by((before - self.slots.len()) as u64);
+        for step in self.steps.drain(..) {
+            tx.put_journal(device, self.journal_gen, self.journal_len, &step);
+            self.journal_len += 1;
+        }
+    }
+
+    /// Writes the device's whole state (state and reorder buffer): the journal so far is folded
+    /// into it, so its generation moves on. The bookkeeping changes in memory at once; a caller
+    /// whose commit fails drops the slot (it is loaded again from what the store has).
+    fn snapshot(&mut self, tx: &mut Tx, device: &str) {
+        tx.put_state(device, self.state.encode());
+        if !self.reorder.is_empty() {
+            tx.put_reorder(device, self.reorder.encode());
+            self.reorder_stored = true;
+        } else if self.reorder_stored {
+            tx.remove_reorder(device);
+            self.reorder_stored = false;
+        }
+        if self.journal_len > 0 {
+            self.journal_gen += 1;
+            tx.put_journal_gen(device, self.journal_gen);
+            self.journal_len = 0;
+        }
+        self.steps.clear();
+        self.snapshot_stored = true;
+        self.force_snapshot = false;
     }
 }
 

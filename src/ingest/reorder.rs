@@ -95,7 +95,7 @@ impl Buffer {
     pub fn release(&mut self, device: &str, out: &mut Vec<(Item, i64)>) {
         let Some(w) = self.watermark else { return };
         let n = self.pending.partition_point(|q| q.ts < w);
-        out.extend(self.pending.drain(..n).map(|p| into_item(device, p)));
+        out.extend(self.pending.drain(..n).map(|p| p.into_item(device)));
     }
 
     /// The device is idle: releases everything held and moves the watermark up to the newest
@@ -106,7 +106,7 @@ impl Buffer {
         if let Some(m) = self.max_seen {
             self.watermark = Some(self.watermark.map_or(m, |old| old.max(m)));
         }
-        out.extend(self.pending.drain(..).map(|p| into_item(device, p)));
+        out.extend(self.pending.drain(..).map(|p| p.into_item(device)));
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -154,22 +154,26 @@ impl Pending {
     }
 }
 
-fn into_item(device: &str, p: Pending) -> (Item, i64) {
-    let item = match p.event {
-        None => Item::Reading(Reading {
-            device_id: device.to_string(),
-            ts: p.ts,
-            seq: p.seq,
-            metrics: p.metrics,
-        }),
-        Some(kind) => Item::Event(DeviceEvent {
-            device_id: device.to_string(),
-            ts: p.ts,
-            kind,
-            code: p.code,
-        }),
-    };
-    (item, p.received_ms)
+impl Pending {
+    /// The reading or event again, with its receipt time.
+    pub fn into_item(self, device: &str) -> (Item, i64) {
+        let p = self;
+        let item = match p.event {
+            None => Item::Reading(Reading {
+                device_id: device.to_string(),
+                ts: p.ts,
+                seq: p.seq,
+                metrics: p.metrics,
+            }),
+            Some(kind) => Item::Event(DeviceEvent {
+                device_id: device.to_string(),
+                ts: p.ts,
+                kind,
+                code: p.code,
+            }),
+        };
+        (item, p.received_ms)
+    }
 }
 
 #[cfg(test)]

@@ -250,6 +250,7 @@ pub async fn run_with_clock(
             Duration::from_millis(cfg.features.window().late_tolerance_ms.max(0) as u64),
             |d| d.std(),
         ),
+        snapshot_every: cfg.store.snapshot_every,
     };
     let archive = crate::archive::Archive::build(&cfg.archive, &cfg.store.data_dir, &registry)
         .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -528,6 +529,12 @@ fn process_loop(
                 }
             }
         }
+    }
+    // Intake has stopped: leave every device's whole state on disk (journals folded), so the
+    // next start has nothing to replay.
+    match app.checkpoint() {
+        Ok(n) => tracing::debug!("journals of {n} device(s) folded at shutdown"),
+        Err(e) => tracing::warn!("device journals not folded at shutdown ({e}): replayed at the next start"),
     }
 }
 
