@@ -4,8 +4,8 @@
 //! dispatch row and the notifier's rows together.
 
 use crate::dispatch::DispatchRow;
-use crate::domain::{format_ts, HistoryEntry, Millis, RejectReason, Status, Ticket};
 use crate::domain::Reading;
+use crate::domain::{format_ts, HistoryEntry, Millis, RejectReason, Status, Ticket};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models, Scoring};
 use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};

@@ -14,10 +14,10 @@ use forewarn::store::Store;
 use std::time::Duration;
 
 const DEVICES: [&str; 3] = ["jr-1", "jr-2", "jr-3"];
-/// Hours published before the kill: the degrading device's first reading above the ticket
-/// level (hour 35) is applied, so its streak (one of the two the model needs) lives only in
-/// the journal when the daemon dies.
-const BEFORE_KILL: i64 = 36;
+/// Hours published before the kill: the degrading device's first reading at the ticket level
+/// (hour 34) is applied, so its streak (one of the two the model needs) lives only in the
+/// journal when the daemon dies.
+const BEFORE_KILL: i64 = 35;
 const HOURS: i64 = 48;
 
 /// Device 0 degrades; the others stay healthy.
@@ -36,13 +36,20 @@ async fn publish(dev: &Mqtt, hours: std::ops::Range<i64>) {
     for h in hours {
         for (i, d) in DEVICES.iter().enumerate() {
             let t = series(i)[h as usize].1;
-            dev.publish(&format!("devices/{d}/telemetry"), reading(h, h as u64 + 1, t))
-                .await;
+            dev.publish(
+                &format!("devices/{d}/telemetry"),
+                reading(h, h as u64 + 1, t),
+            )
+            .await;
         }
     }
 }
 
-fn journal_config(b: &forewarn::broker::EmbeddedBroker, dirs: &Dirs, id: &str) -> forewarn::config::Config {
+fn journal_config(
+    b: &forewarn::broker::EmbeddedBroker,
+    dirs: &Dirs,
+    id: &str,
+) -> forewarn::config::Config {
     let mut cfg = config(&b.url(), dirs, id);
     // No snapshot but a device's first within this test: every later step is journal only.
     cfg.store.snapshot_every = 1000;
@@ -67,7 +74,12 @@ fn outcome(store: &Store) -> (Vec<Vec<u8>>, Vec<String>) {
         .tickets(&Default::default())
         .unwrap()
         .into_iter()
-        .map(|t| format!("{} {} {:?} p={:.6}", t.id, t.opened_at, t.status, t.probability))
+        .map(|t| {
+            format!(
+                "{} {} {:?} p={:.6}",
+                t.id, t.opened_at, t.status, t.probability
+            )
+        })
         .collect();
     (states, tickets)
 }
@@ -103,12 +115,18 @@ async fn kill_9_between_journal_and_snapshot_restarts_to_the_uninterrupted_state
     .await;
     // The last readings are held for event-time order until the idle timer releases them.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(app);
     stop(h, tok).await;
     let want = outcome(&Store::open(&ref_dirs.data(), 8 << 20).unwrap());
-    assert_eq!(want.1.len(), 1, "one ticket, for the degrading device: {:?}", want.1);
+    assert_eq!(
+        want.1.len(),
+        1,
+        "one ticket, for the degrading device: {:?}",
+        want.1
+    );
     assert!(
-        want.1[0].contains(&forewarn::domain::format_ts(T0 + 36 * HOUR)),
-        "opened at hour 36, its second reading above the level: {:?}",
+        want.1[0].contains(&forewarn::domain::format_ts(T0 + 35 * HOUR)),
+        "opened at hour 35, its second reading at the level: {:?}",
         want.1
     );
 
@@ -160,7 +178,11 @@ async fn kill_9_between_journal_and_snapshot_restarts_to_the_uninterrupted_state
         "start-up folds the journals left by the kill: {said}"
     );
     publish(&dev, BEFORE_KILL..HOURS).await;
-    wait_readings(&addr, ((HOURS - BEFORE_KILL) as usize * DEVICES.len()) as f64).await;
+    wait_readings(
+        &addr,
+        ((HOURS - BEFORE_KILL) as usize * DEVICES.len()) as f64,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(sigterm(&mut child).success(), "SIGTERM is a clean shutdown");
     let got = outcome(&Store::open(&dirs.data(), 8 << 20).unwrap());

@@ -534,7 +534,9 @@ fn process_loop(
     // next start has nothing to replay.
     match app.checkpoint() {
         Ok(n) => tracing::debug!("journals of {n} device(s) folded at shutdown"),
-        Err(e) => tracing::warn!("device journals not folded at shutdown ({e}): replayed at the next start"),
+        Err(e) => tracing::warn!(
+            "device journals not folded at shutdown ({e}): replayed at the next start"
+        ),
     }
 }
 

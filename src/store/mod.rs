@@ -577,10 +577,9 @@ impl Store {
                 .get(prefix.len()..)
                 .and_then(|b| <[u8; 4]>::try_from(b).ok())
                 .map(u32::from_be_bytes);
-            let (Some(slot), Some(g)) = (
-                slot,
-                v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
-            ) else {
+            let (Some(slot), Some(g)) =
+                (slot, v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+            else {
                 self.quarantine(&k, &v, "journal entry without slot or generation");
                 continue;
             };
@@ -602,7 +601,10 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(&prefix) {
             let (k, _) = kv?;
-            if let Some(b) = k.get(prefix.len()..).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            if let Some(b) = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            {
                 out.push(u32::from_be_bytes(b));
             }
         }
@@ -1014,7 +1016,10 @@ mod tests {
         let q = s.quarantine_list().unwrap();
         assert_eq!(q.len(), 1);
         assert!(q[0].key.starts_with("j/d1"), "{q:?}");
-        assert!(s.journal_slots("d1").unwrap().is_empty(), "moved, not skipped");
+        assert!(
+            s.journal_slots("d1").unwrap().is_empty(),
+            "moved, not skipped"
+        );
     }
 
     #[test]
@@ -1029,9 +1034,19 @@ mod tests {
         }
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.load_state("d1").unwrap(), Some(vec![1, 2, 3]));
-        assert_eq!(s.journal_gen("d1").unwrap(), 0, "no journal: the state is the snapshot");
         assert_eq!(
-            s.h().unwrap().tree.get(b"meta/schema").unwrap().unwrap().as_ref(),
+            s.journal_gen("d1").unwrap(),
+            0,
+            "no journal: the state is the snapshot"
+        );
+        assert_eq!(
+            s.h()
+                .unwrap()
+                .tree
+                .get(b"meta/schema")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
             SCHEMA_VERSION.to_string().as_bytes(),
             "upgraded in place"
         );
@@ -1046,7 +1061,8 @@ mod tests {
         }
         let e = Store::open(newer.path(), 1 << 20).err().unwrap();
         assert!(
-            e.to_string().contains("schema version 3, this build uses 2"),
+            e.to_string()
+                .contains("schema version 3, this build uses 2"),
             "{e}"
         );
     }
