@@ -84,7 +84,7 @@ pub enum ReloadError {
     Models(#[from] crate::engine::ModelsError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("device journals could not be folded before the models change: {0}")]
+    #[error("device states could not be checkpointed before the models change: {0}")]
     Checkpoint(Box<CoreError>),
 }
 
@@ -105,20 +105,18 @@ struct Slot {
     dirty: bool,
     /// Whether the store holds a snapshot of the device (its first commit writes one).
     snapshot_stored: bool,
-    /// Steps journaled on disk since the snapshot (slots `0..journal_len`).
-    journal_len: u32,
-    /// Generation of the stored snapshot: journal entries of other generations are stale.
-    journal_gen: u64,
-    /// This group's steps (encoded [`Step`]s), journaled at its commit unless a snapshot is due.
+    /// The step log holds steps of this device after its snapshot (written at the next
+    /// checkpoint, or before the device leaves memory).
+    logged: bool,
+    /// This group's steps (encoded [`Step`]s), logged at its commit unless a snapshot is due.
     steps: Vec<Vec<u8>>,
-    /// Snapshot at the next commit (loaded with a journal: fold it soon, under the context —
-    /// registry, models — it was replayed with).
+    /// Write the whole state at the next commit (its snapshot was set aside).
     force_snapshot: bool,
 }
 
-/// One step of a device's state machine as its journal keeps it (postcard): replayed over the
+/// One step of a device's state machine as the step log keeps it (postcard): replayed over the
 /// snapshot through the same code as the live path, the steps give the state the daemon had.
-/// Steps that changed nothing (a duplicate or late arrival) are not journaled.
+/// Steps that changed nothing (a duplicate or late arrival) are not logged.
 #[derive(Debug, Serialize, Deserialize)]
 enum Step<P> {
     /// Held by the reorder buffer, with the tolerance then in force (what the watermark passed
@@ -136,7 +134,7 @@ fn encode_step(step: &Step<&Pending>) -> Vec<u8> {
 }
 
 /// What one reading does to its device's state and live tickets: a `seq` restart check, then
-/// the engine. The live path ([`App::apply`]) and the journal replay both step through here, so
+/// the engine. The live path ([`App::apply`]) and the log replay both step through here, so
 /// a replayed state equals the state the daemon had. Returns what the state made of the reading
 /// and the restart noticed, `(last seq, new seq)`.
 fn apply_reading(
@@ -193,9 +191,16 @@ struct Core {
     /// Devices whose reorder buffer is on disk but not in memory (held at start, or evicted
     /// while holding), with their last arrival: the idle release loads and flushes them.
     held_on_disk: HashMap<String, Instant>,
-    /// `store.snapshot_every`: a device's whole state is written after at most this many
-    /// journaled steps.
+    /// `store.snapshot_every`: a checkpoint (every device's whole state written, the step log
+    /// emptied) after this many logged steps.
     snapshot_every: u32,
+    /// Sequence numbers of the step log records on disk, oldest first.
+    log: Vec<u64>,
+    /// Steps logged since the last checkpoint.
+    log_steps: u64,
+    /// Set at start and after a failed commit: the slots in memory cannot be trusted, what is
+    /// on disk (snapshots and the step log) is rebuilt before anything else.
+    needs_recovery: bool,
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
@@ -384,6 +389,9 @@ impl App {
                 unregistered: Default::default(),
                 held_on_disk: HashMap::new(),
                 snapshot_every: settings.snapshot_every.max(1),
+                log: Vec::new(),
+                log_steps: 0,
+                needs_recovery: true,
             }),
             rejects: Mutex::new(VecDeque::new()),
             log_budget: Mutex::new(LogBudget {
@@ -420,12 +428,12 @@ impl App {
             drift: None,
         };
         let mut app = app;
-        // After a crash, device states are snapshots plus journals: fold them now, so that what
-        // is on disk is every device's state again (and the journals replay under the registry
-        // and models they were written with, as far as those are unchanged since).
-        let folded = app.checkpoint()?;
-        if folded > 0 {
-            tracing::info!("replayed the journals of {folded} device(s) left by the last run");
+        // After a crash, device states are snapshots plus the step log: replay and checkpoint
+        // now, so that what is on disk is every device's state again (the log replays under the
+        // registry and models of this start).
+        let replayed = app.checkpoint()?;
+        if replayed > 0 {
+            tracing::info!("replayed the step log of {replayed} device(s) left by the last run");
         }
         let started = Instant::now();
         app.core.get_mut().held_on_disk = app
@@ -450,6 +458,7 @@ impl App {
     pub fn process_group(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
+        self.recover_if_needed(core)?;
         let mut changes: Vec<(Change, i64)> = Vec::new();
         let mut dirty: Vec<String> = Vec::new();
         let mut stats = GroupStats::default();
@@ -737,13 +746,15 @@ impl App {
             .with_label_values(&["late"])
             .inc_by(tally.late);
         let mut tx = self.store.tx();
-        let every = core.snapshot_every as usize;
+        let mut records: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut logged = 0;
         for d in dirty {
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
-                slot.persist(&mut tx, d, every);
+                logged += slot.persist(&mut tx, d, &mut records);
                 slot.dirty = false;
             }
         }
+        let log_seq = (!records.is_empty()).then(|| tx.put_log(log_record(&records)));
         for g in &tally.gaps {
             tx.put_kv(&gap_key(&g.device_id), g);
         }
@@ -756,13 +767,12 @@ impl App {
         if let Err(e) = self.store.commit(tx) {
             // Nothing was written: forget what these messages did in memory so a redelivery
             // starts again from the stored state.
-            for d in dirty {
-                core.slots.remove(d.as_str());
-            }
             self.metrics.commit_failures.inc();
-            self.metrics.devices_in_memory.set(core.slots.len() as i64);
+            self.distrust_memory(core);
             return Err(e.into());
         }
+        core.log.extend(log_seq);
+        core.log_steps += logged;
         let done = Instant::now();
         self.metrics
             .commit_seconds
@@ -785,16 +795,137 @@ impl App {
         if !changes.is_empty() {
             self.dispatch_wake.notify_one();
         }
+        if core.log_steps >= u64::from(core.snapshot_every) {
+            if let Err(e) = self.checkpoint_locked(core) {
+                tracing::warn!("checkpoint failed (tried again after the next commit): {e}");
+            }
+        }
         self.evict(core);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(())
     }
 
+    /// After a failed commit the slots in memory are ahead of the store: drop them all; the
+    /// next user of the core rebuilds them from the snapshots and the step log.
+    fn distrust_memory(&self, core: &mut Core) {
+        core.slots.clear();
+        core.needs_recovery = true;
+        self.metrics.devices_in_memory.set(0);
+    }
+
+    fn recover_if_needed(&self, core: &mut Core) -> Result<(), CoreError> {
+        if core.needs_recovery {
+            self.recover(core)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the devices the step log has steps of (their snapshots with the steps replayed,
+    /// through the same code as the live path) and checkpoints them. Returns how many devices
+    /// the log had steps of.
+    fn recover(&self, core: &mut Core) -> Result<usize, CoreError> {
+        let mut steps: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        core.log.clear();
+        for (seq, bytes) in self.store.log()? {
+            core.log.push(seq);
+            let Ok(record) = postcard::from_bytes::<Vec<(String, Vec<u8>)>>(&bytes) else {
+                self.store
+                    .quarantine_log(seq, &bytes, "step log record does not decode");
+                continue;
+            };
+            for (device, step) in record {
+                if step.is_empty() {
+                    // A snapshot (or a forgetting) after the steps before it.
+                    steps.remove(&device);
+                } else {
+                    if !steps.contains_key(&device) {
+                        order.push(device.clone());
+                    }
+                    steps.entry(device).or_default().push(step);
+                }
+            }
+        }
+        let mut n = 0;
+        for device in order {
+            let Some(list) = steps.remove(&device) else {
+                continue;
+            };
+            let (mut slot, _) = core.load(&self.store, &device, Millis::MIN)?;
+            core.replay_steps(&device, &mut slot, list);
+            slot.logged = true;
+            core.slots.insert(device, slot);
+            n += 1;
+        }
+        let started = Instant::now();
+        core.held_on_disk = self
+            .store
+            .reorder_devices()?
+            .into_iter()
+            .filter(|d| !core.slots.contains_key(d.as_str()))
+            .map(|d| (d, started))
+            .collect();
+        core.needs_recovery = false;
+        core.log_steps = u64::from(core.snapshot_every);
+        self.checkpoint_locked(core)?;
+        self.metrics.devices_in_memory.set(core.slots.len() as i64);
+        Ok(n)
+    }
+
+    /// Writes the whole state of the listed devices that have steps in the log (in commits of
+    /// at most 512), each followed by its mark in the log. A failed commit leaves the core to
+    /// be rebuilt from the store.
+    fn snapshot_devices(&self, core: &mut Core, devices: &[String]) -> Result<(), CoreError> {
+        for chunk in devices.chunks(512) {
+            let mut tx = self.store.tx();
+            let mut marks: Vec<(&str, Vec<u8>)> = Vec::new();
+            for d in chunk {
+                if let Some(slot) = core.slots.get_mut(d.as_str()) {
+                    if slot.logged || slot.force_snapshot || !slot.snapshot_stored {
+                        slot.snapshot(&mut tx, d);
+                        marks.push((d, Vec::new()));
+                    }
+                }
+            }
+            if marks.is_empty() {
+                continue;
+            }
+            let seq = tx.put_log(log_record(&marks));
+            if let Err(e) = self.store.commit(tx) {
+                self.distrust_memory(core);
+                return Err(e.into());
+            }
+            core.log.push(seq);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole state of every device with steps in the log, then empties the log.
+    fn checkpoint_locked(&self, core: &mut Core) -> Result<(), CoreError> {
+        let devices: Vec<String> = core
+            .slots
+            .iter()
+            .filter(|(_, s)| s.logged || s.force_snapshot)
+            .map(|(d, _)| d.clone())
+            .collect();
+        self.snapshot_devices(core, &devices)?;
+        for chunk in core.log.chunks(4096) {
+            let mut tx = self.store.tx();
+            for &seq in chunk {
+                tx.remove_log(seq);
+            }
+            self.store.commit(tx)?;
+        }
+        core.log.clear();
+        core.log_steps = 0;
+        Ok(())
+    }
+
     /// Drops the least recently seen device states beyond `ingest.max_devices_in_memory`
-    /// (all are committed by now). A device leaves memory with its snapshot written (one commit
-    /// for all of them), so that what is on disk is its state. If that commit fails they go
-    /// anyway: their journals are replayed when they are loaded again. Evicts down to 90 % of
-    /// the bound at once so the sort is paid rarely.
+    /// (all are committed by now). A device leaves memory with its whole state written (one
+    /// commit for all of them), so that what is on disk is its state; if that commit fails,
+    /// memory is rebuilt from the store. Evicts down to 90 % of the bound at once so the sort
+    /// is paid rarely.
     fn evict(&self, core: &mut Core) {
         let max = self.settings.ingest.max_devices_in_memory;
         if core.slots.len() <= max {
@@ -805,17 +936,15 @@ impl App {
         let n_evict = core.slots.len() - target;
         ticks.select_nth_unstable(n_evict - 1);
         let cutoff = ticks[n_evict - 1];
-        let mut tx = self.store.tx();
-        for (d, s) in core.slots.iter_mut() {
-            if s.tick <= cutoff && !s.dirty && (s.journal_len > 0 || s.force_snapshot) {
-                s.snapshot(&mut tx, d);
-            }
-        }
-        if let Err(e) = self.store.commit(tx) {
-            tracing::warn!(
-                "snapshots of evicted device states not written ({e}): their journals are \
-                 replayed when they are loaded again"
-            );
+        let victims: Vec<String> = core
+            .slots
+            .iter()
+            .filter(|(_, s)| s.tick <= cutoff && !s.dirty)
+            .map(|(d, _)| d.clone())
+            .collect();
+        if let Err(e) = self.snapshot_devices(core, &victims) {
+            tracing::warn!("device states not evicted (their snapshots could not be written): {e}");
+            return;
         }
         let before = core.slots.len();
         // A device holding items for event-time order may go too (they are on disk): the idle
@@ -842,6 +971,7 @@ impl App {
         let cutoff = now_ms.saturating_sub(after.as_millis_i64());
         let mut core = self.core.lock();
         let core = &mut *core;
+        self.recover_if_needed(core)?;
         let mut gone = Vec::new();
         for (device, bytes) in self.store.states()? {
             let newest = match core.slots.get(device.as_str()) {
@@ -862,10 +992,14 @@ impl App {
         }
         let mut tx = self.store.tx();
         for d in &gone {
-            tx.remove_device_state(d, &self.store.journal_slots(d)?);
+            tx.remove_device_state(d);
             tx.remove_kv(&gap_key(d));
         }
+        // Marks in the step log: a replay must not bring back what the log holds of them.
+        let marks: Vec<(&str, Vec<u8>)> = gone.iter().map(|d| (d.as_str(), Vec::new())).collect();
+        let log_seq = tx.put_log(log_record(&marks));
         self.store.commit(tx)?;
+        core.log.push(log_seq);
         let mut gaps = self.gaps.lock();
         for d in &gone {
             core.slots.remove(d.as_str());
@@ -884,78 +1018,27 @@ impl App {
         Ok(gone.len())
     }
 
-    /// Folds device journals into snapshots: every device with journaled steps, in memory or
-    /// only on disk (left by a crash), gets its whole state written, and the journal records
-    /// go. At start-up (recovery), at shutdown, and before the models change. Returns how many
-    /// devices had steps to fold.
+    /// Writes the whole state of every device the step log has steps of and empties the log
+    /// (rebuilding memory from the store first when it cannot be trusted: at start, after a
+    /// failed commit). At start-up, at shutdown, before the models change and whenever
+    /// `store.snapshot_every` steps have been logged. Returns how many devices were rebuilt
+    /// from the log.
     pub fn checkpoint(&self) -> Result<usize, CoreError> {
         let mut core = self.core.lock();
-        self.fold(&mut core, None)
-    }
-
-    /// [`App::checkpoint`] for the devices in `only` (all when `None`), in commits of at most
-    /// 256 devices. If one fails, its devices leave memory (they are loaded again from what
-    /// the store has: snapshot and journal).
-    fn fold(&self, core: &mut Core, only: Option<&[String]>) -> Result<usize, CoreError> {
-        let mut todo: Vec<String> = match only {
-            Some(list) => list.to_vec(),
-            None => {
-                let mut all = self.store.journaled_devices()?;
-                all.extend(
-                    core.slots
-                        .iter()
-                        .filter(|(_, s)| s.journal_len > 0 || s.force_snapshot)
-                        .map(|(d, _)| d.clone()),
-                );
-                all
-            }
-        };
-        todo.sort_unstable();
-        todo.dedup();
-        let mut folded = 0;
-        for chunk in todo.chunks(256) {
-            let mut tx = self.store.tx();
-            for d in chunk {
-                let on_disk = self.store.journal_slots(d)?;
-                match core.slots.get_mut(d.as_str()) {
-                    Some(slot) => {
-                        if slot.journal_len > 0 || slot.force_snapshot {
-                            slot.snapshot(&mut tx, d);
-                            folded += 1;
-                        }
-                    }
-                    None if on_disk.is_empty() => {}
-                    None => {
-                        let gen = self.store.journal_gen(d)?;
-                        if !self.store.journal(d, gen)?.is_empty() {
-                            // Nothing decodable (all set aside): no state to write.
-                            let (mut slot, found) = core.load(&self.store, d, Millis::MIN)?;
-                            if found {
-                                slot.snapshot(&mut tx, d);
-                                folded += 1;
-                            }
-                        }
-                    }
-                }
-                if !on_disk.is_empty() {
-                    tx.remove_journal(d, &on_disk);
-                }
-            }
-            if let Err(e) = self.store.commit(tx) {
-                for d in chunk {
-                    core.slots.remove(d.as_str());
-                }
-                self.metrics.devices_in_memory.set(core.slots.len() as i64);
-                return Err(e.into());
-            }
+        let core = &mut *core;
+        if core.needs_recovery {
+            return self.recover(core);
         }
-        Ok(folded)
+        self.checkpoint_locked(core)?;
+        Ok(0)
     }
 
-    /// A device's committed state: the one in memory, else what the store has (snapshot and
-    /// journal). `None` for a device the daemon has no state of.
+    /// A device's committed state: the one in memory, else its snapshot (a device leaves
+    /// memory with its whole state written). `None` for a device the daemon has no state of.
     pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
-        let core = self.core.lock();
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        self.recover_if_needed(core)?;
         if let Some(s) = core.slots.get(device) {
             return Ok(Some(s.state.clone()));
         }
@@ -968,6 +1051,7 @@ impl App {
     pub fn release_idle(&self) -> Result<usize, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
+        self.recover_if_needed(core)?;
         let idle = self.settings.reorder_idle;
         let now = Instant::now();
         let mut devices: Vec<String> = core
@@ -1278,10 +1362,11 @@ impl App {
         devices: Vec<Device>,
     ) -> Result<(), CoreError> {
         let mut core = self.core.lock();
-        // The devices' journals replay under the registry they were written with: fold them
-        // before it changes.
+        // The step log replays under the registry of the day: write these devices' whole
+        // states before it changes.
+        self.recover_if_needed(&mut core)?;
         let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
-        self.fold(&mut core, Some(&ids))?;
+        self.snapshot_devices(&mut core, &ids)?;
         let mut tx = self.store.tx();
         for c in &customers {
             if let Some(old) = core.customers.get(&c.id) {
@@ -1336,9 +1421,12 @@ impl App {
             match build_models(&dir, &self.settings.window, base) {
                 Ok(models) => {
                     let n = models.list.len();
-                    // Journals replay under the models they were written with: fold them
-                    // before the models change.
-                    match self.fold(&mut core, None) {
+                    // The step log replays under the models of the day: checkpoint before
+                    // they change.
+                    let checkpointed = self
+                        .recover_if_needed(&mut core)
+                        .and_then(|()| self.checkpoint_locked(&mut core));
+                    match checkpointed {
                         Err(e) => Err(ReloadError::Checkpoint(Box::new(e))),
                         Ok(_) => match save_metric_index(&self.store, &models.index) {
                             Ok(()) => {
@@ -1423,21 +1511,18 @@ impl Core {
         Ok(())
     }
 
-    /// A device's state as the store has it: its snapshot (a new state from event time `ts`
-    /// when there is none) with the steps of its journal replayed on top, its reorder buffer and
-    /// its live tickets. Also says whether the store had anything of the device. Records that
-    /// cannot be decoded are set aside (the journal's other steps still apply).
+    /// A device's snapshot as the store has it (a new state from event time `ts` when there is
+    /// none), with its reorder buffer and its live tickets; says whether the store had a state
+    /// of the device. Records that cannot be decoded are set aside.
     fn load(&self, store: &Store, device: &str, ts: Millis) -> Result<(Slot, bool), CoreError> {
-        let mut state = store.load_state(device)?.and_then(|bytes| {
+        let state = store.load_state(device)?.and_then(|bytes| {
             let s = DeviceState::decode(&bytes);
             if s.is_none() {
                 store.quarantine_state(device, &bytes, "device state does not decode");
             }
             s
         });
-        // A snapshot set aside is written again at the next commit.
-        let snapshot_stored = state.is_some();
-        let (mut reorder, reorder_stored) = match store.load_reorder(device)? {
+        let (reorder, reorder_stored) = match store.load_reorder(device)? {
             Some(bytes) => match reorder::Buffer::decode(&bytes) {
                 Some(b) => (b, true),
                 None => {
@@ -1447,43 +1532,6 @@ impl Core {
             },
             None => (reorder::Buffer::default(), false),
         };
-        let journal_gen = store.journal_gen(device)?;
-        let journal = store.journal(device, journal_gen)?;
-        let journal_len = journal.len() as u32;
-        let mut released = Vec::new();
-        for (i, bytes) in journal {
-            let step = match postcard::from_bytes::<Step<Pending>>(&bytes) {
-                Ok(step) => step,
-                Err(e) => {
-                    store.quarantine_journal(
-                        device,
-                        i,
-                        &bytes,
-                        &format!("journal step does not decode: {e}"),
-                    );
-                    continue;
-                }
-            };
-            // Without a snapshot, the state starts where the live path started it: at the
-            // first item offered.
-            let first = match &step {
-                Step::Offer { item, .. } | Step::Apply(item) => item.ts,
-                Step::Flush => ts,
-            };
-            let state = state.get_or_insert_with(|| self.engine.new_state(first));
-            match step {
-                Step::Offer { tolerance_ms, item } => {
-                    if reorder.offer(item, tolerance_ms) == Offer::Held {
-                        reorder.release(device, &mut released);
-                    }
-                }
-                Step::Apply(item) => released.push(item.into_item(device)),
-                Step::Flush => reorder.flush(device, &mut released),
-            }
-            for (item, _) in released.drain(..) {
-                self.replay(state, &item);
-            }
-        }
         let found = state.is_some();
         let slot = Slot {
             state: state.unwrap_or_else(|| self.engine.new_state(ts)),
@@ -1493,16 +1541,49 @@ impl Core {
             last_arrival: Instant::now(),
             tick: 0,
             dirty: false,
-            snapshot_stored,
-            journal_len,
-            journal_gen,
+            // A snapshot set aside is written again at the next commit.
+            snapshot_stored: found,
+            logged: false,
             steps: Vec::new(),
-            force_snapshot: journal_len > 0,
+            force_snapshot: false,
         };
         Ok((slot, found))
     }
 
-    /// Applies a journaled item to a state: what [`App::apply`] did to it, without the effects
+    /// Replays logged steps (in log order) over a loaded slot. Without a snapshot the state
+    /// starts where the live path started it: at the first item offered. A step that does not
+    /// decode is skipped and logged.
+    fn replay_steps(&self, device: &str, slot: &mut Slot, steps: Vec<Vec<u8>>) {
+        let mut released = Vec::new();
+        for (i, bytes) in steps.into_iter().enumerate() {
+            let step = match postcard::from_bytes::<Step<Pending>>(&bytes) {
+                Ok(step) => step,
+                Err(e) => {
+                    tracing::error!(device = %clip(device, 200), "logged step does not decode, skipped: {e}");
+                    continue;
+                }
+            };
+            if i == 0 && !slot.snapshot_stored {
+                if let Step::Offer { item, .. } | Step::Apply(item) = &step {
+                    slot.state = self.engine.new_state(item.ts);
+                }
+            }
+            match step {
+                Step::Offer { tolerance_ms, item } => {
+                    if slot.reorder.offer(item, tolerance_ms) == Offer::Held {
+                        slot.reorder.release(device, &mut released);
+                    }
+                }
+                Step::Apply(item) => released.push(item.into_item(device)),
+                Step::Flush => slot.reorder.flush(device, &mut released),
+            }
+            for (item, _) in released.drain(..) {
+                self.replay(&mut slot.state, &item);
+            }
+        }
+    }
+
+    /// Applies a logged item to a state: what [`App::apply`] did to it, without the effects
     /// already committed (ticket changes, counts, gaps).
     fn replay(&self, state: &mut DeviceState, item: &Item) {
         let mut changes = Vec::new();
@@ -1522,26 +1603,31 @@ impl Core {
 }
 
 impl Slot {
-    /// Writes what a commit must keep of the device: the journal records of this group's steps,
-    /// or its whole state when a snapshot is due (first commit, `every` steps since the last
-    /// one, or forced).
-    fn persist(&mut self, tx: &mut Tx, device: &str, every: usize) {
-        let due = !self.snapshot_stored
-            || self.force_snapshot
-            || self.journal_len as usize + self.steps.len() >= every;
-        if due {
+    /// Adds what a commit must keep of the device: this group's steps for the step log, or its
+    /// whole state (with its mark in the log) when it has none stored yet. Returns the steps
+    /// logged.
+    fn persist<'a>(
+        &mut self,
+        tx: &mut Tx,
+        device: &'a str,
+        records: &mut Vec<(&'a str, Vec<u8>)>,
+    ) -> u64 {
+        if !self.snapshot_stored || self.force_snapshot {
             self.snapshot(tx, device);
-            return;
+            records.push((device, Vec::new()));
+            return 0;
         }
-        for step in self.steps.drain(..) {
-            tx.put_journal(device, self.journal_gen, self.journal_len, &step);
-            self.journal_len += 1;
+        let n = self.steps.len() as u64;
+        if n > 0 {
+            self.logged = true;
+            records.extend(self.steps.drain(..).map(|s| (device, s)));
         }
+        n
     }
 
-    /// Writes the device's whole state (state and reorder buffer): the journal so far is folded
-    /// into it, so its generation moves on. The bookkeeping changes in memory at once; a caller
-    /// whose commit fails drops the slot (it is loaded again from what the store has).
+    /// Writes the device's whole state (state and reorder buffer); the caller marks it in the
+    /// step log. The bookkeeping changes in memory at once; a caller whose commit fails drops
+    /// the slots (memory is rebuilt from the store).
     fn snapshot(&mut self, tx: &mut Tx, device: &str) {
         tx.put_state(device, self.state.encode());
         if !self.reorder.is_empty() {
@@ -1551,15 +1637,19 @@ impl Slot {
             tx.remove_reorder(device);
             self.reorder_stored = false;
         }
-        if self.journal_len > 0 {
-            self.journal_gen += 1;
-            tx.put_journal_gen(device, self.journal_gen);
-            self.journal_len = 0;
-        }
         self.steps.clear();
         self.snapshot_stored = true;
         self.force_snapshot = false;
+        self.logged = false;
     }
+}
+
+/// A step log record: (device, encoded step) in the order applied; an empty step marks the
+/// device's whole state written (or forgotten) at that point, so a replay drops what came
+/// before.
+fn log_record(records: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    // Strings and bytes only: postcard cannot fail on them.
+    postcard::to_allocvec(records).unwrap_or_default()
 }
 
 /// Where a device's last gap is kept (`k/gap/<device>`).

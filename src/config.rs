@@ -168,8 +168,8 @@ impl Config {
         if self.ingest.commit_group == 0 {
             return bad("ingest.commit_group", "must be at least 1");
         }
-        if !(1..=4096).contains(&self.store.snapshot_every) {
-            return bad("store.snapshot_every", "must be between 1 and 4096");
+        if !(1..=10_000_000).contains(&self.store.snapshot_every) {
+            return bad("store.snapshot_every", "must be between 1 and 10000000");
         }
         if self.features.window_readings == 0 || self.features.window_readings > 256 {
             return bad("features.window_readings", "must be between 1 and 256");

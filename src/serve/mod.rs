@@ -530,13 +530,12 @@ fn process_loop(
             }
         }
     }
-    // Intake has stopped: leave every device's whole state on disk (journals folded), so the
-    // next start has nothing to replay.
-    match app.checkpoint() {
-        Ok(n) => tracing::debug!("journals of {n} device(s) folded at shutdown"),
-        Err(e) => tracing::warn!(
-            "device journals not folded at shutdown ({e}): replayed at the next start"
-        ),
+    // Intake has stopped: leave every device's whole state on disk (a checkpoint), so the next
+    // start has nothing to replay.
+    if let Err(e) = app.checkpoint() {
+        tracing::warn!(
+            "no checkpoint at shutdown ({e}): the step log is replayed at the next start"
+        );
     }
 }
 

@@ -9,10 +9,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// sled's page cache (its default of 1 GiB is too much for a small box).
     pub cache_bytes: u64,
-    /// A device's whole state is written (a snapshot) after at most this many journaled steps
-    /// (readings and events); in between, each commit writes only the small journal records of
-    /// the steps. 1 writes the whole state at every commit that touches the device. Bounds the
-    /// replay at start-up after a crash, too.
+    /// A checkpoint — every device's whole state written, the step log emptied — after this
+    /// many logged steps (readings and events of the whole fleet); in between, a commit writes
+    /// one step log record for its group instead of each device's state. 1 checkpoints at every
+    /// commit. Also bounds what is replayed at start-up after a crash.
     pub snapshot_every: u32,
 }
 
@@ -21,7 +21,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("data"),
             cache_bytes: 128 * 1024 * 1024,
-            snapshot_every: 32,
+            snapshot_every: 100_000,
         }
     }
 }

@@ -10,8 +10,7 @@
 //! | `meta/schema` | schema version |
 //! | `s/{device}` | device state (postcard) |
 //! | `r/{device}` | the device's reorder buffer: items held for event-time order (postcard) |
-//! | `j/{device}\x1f{i}` | the device's journal: steps applied since its snapshot (see below) |
-//! | `jg/{device}` | generation of the device's snapshot (u64, big-endian) |
+//! | `w/{seq}` | the step log: one record per commit, the steps it applied (see below) |
 //! | `t/{ticket id}` | ticket (JSON) |
 //! | `l/{device}\x1f{mode}` | id of the live ticket of that device and mode |
 //! | `o/{queue}/{seq}` | outbox row (JSON, owned by the queue's worker) |
@@ -20,13 +19,12 @@
 //! | `k/{name}` | small key-value records owned by other modules (idempotency marks, …) |
 //! | `q/{original key}` | a record that could not be decoded, moved aside (JSON [`Quarantined`]) |
 //!
-//! A device's state is a snapshot (`s/` and `r/`) plus its journal: the small records of the
-//! steps (readings and events offered, idle flushes) applied since the snapshot, so that a commit
-//! writes ~100 bytes per message instead of the device's whole state. The journal is a ring of
-//! slots `0..n` overwritten in place (no deletes): each entry carries the generation of the
-//! snapshot it follows, a snapshot bumps the generation, and only entries of the current
-//! generation, contiguous from slot 0, are read back. What a step means is the app's business;
-//! the store keeps bytes.
+//! A device's state is its snapshot (`s/` and `r/`) plus the steps the step log holds for it
+//! after its last snapshot. sled's cost is per key written (and grows with the number of keys),
+//! not per byte, so a commit writes one log record with all the steps of its group (readings and
+//! events offered, idle flushes) instead of one or two records per device; the devices' whole
+//! states are written at checkpoints, and the log records before a checkpoint are removed. What
+//! a step means is the app's business; the store keeps bytes.
 //!
 //! A record that cannot be decoded is never allowed to stop a reader: every scan moves it to
 //! `q/` under its own key (one atomic batch), counts it, logs it and goes on.
@@ -40,7 +38,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// 2: device journals (`j/`, `jg/`). A data directory of version 1 (no journals) is upgraded in
+/// 2: the step log (`w/`). A data directory of version 1 (no step log) is upgraded in
 /// place when opened; an older build refuses a version 2 directory.
 pub const SCHEMA_VERSION: u32 = 2;
 /// Versions this build opens (and upgrades to [`SCHEMA_VERSION`]).
@@ -167,40 +165,25 @@ impl Tx {
         self.ops += 1;
     }
 
-    /// Forgets a device's state, reorder buffer and journal (`journal` = its journal slots, as
-    /// [`Store::journal_slots`] lists them).
-    pub fn remove_device_state(&mut self, device: &str, journal: &[u32]) {
+    /// Forgets a device's state and reorder buffer.
+    pub fn remove_device_state(&mut self, device: &str) {
         self.batch.remove(key2(b"s/", device));
         self.batch.remove(key2(b"r/", device));
-        self.batch.remove(key2(b"jg/", device));
-        for &i in journal {
-            self.batch.remove(journal_key(device, i));
-        }
         self.ops += 1;
     }
 
-    /// Writes journal slot `slot` of a device: one step after the snapshot of generation `gen`.
-    pub fn put_journal(&mut self, device: &str, gen: u64, slot: u32, step: &[u8]) {
-        let mut v = Vec::with_capacity(8 + step.len());
-        v.extend_from_slice(&gen.to_be_bytes());
-        v.extend_from_slice(step);
-        self.batch.insert(journal_key(device, slot), v);
+    /// Appends a record to the step log; returns its sequence number (monotonic across
+    /// restarts: the log is read back in this order).
+    pub fn put_log(&mut self, record: Vec<u8>) -> u64 {
+        let seq = self.seq();
+        self.batch.insert(log_key(seq), record);
         self.ops += 1;
+        seq
     }
 
-    /// Records the generation of the snapshot written in this transaction: the journal entries
-    /// of earlier generations are stale from now on.
-    pub fn put_journal_gen(&mut self, device: &str, gen: u64) {
-        self.batch
-            .insert(key2(b"jg/", device), gen.to_be_bytes().to_vec());
-        self.ops += 1;
-    }
-
-    /// Removes journal slots (a checkpoint leaves none behind).
-    pub fn remove_journal(&mut self, device: &str, slots: &[u32]) {
-        for &i in slots {
-            self.batch.remove(journal_key(device, i));
-        }
+    /// Removes a step log record (its steps are in the snapshots now).
+    pub fn remove_log(&mut self, seq: u64) {
+        self.batch.remove(log_key(seq));
         self.ops += 1;
     }
 
@@ -305,15 +288,9 @@ fn key2(prefix: &[u8], s: &str) -> Vec<u8> {
     k
 }
 
-fn journal_prefix(device: &str) -> Vec<u8> {
-    let mut k = key2(b"j/", device);
-    k.push(SEP);
-    k
-}
-
-fn journal_key(device: &str, slot: u32) -> Vec<u8> {
-    let mut k = journal_prefix(device);
-    k.extend_from_slice(&slot.to_be_bytes());
+fn log_key(seq: u64) -> Vec<u8> {
+    let mut k = b"w/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -549,88 +526,23 @@ impl Store {
         Ok(out)
     }
 
-    /// The generation of a device's snapshot (0 when none was recorded).
-    pub fn journal_gen(&self, device: &str) -> Result<u64> {
-        let k = key2(b"jg/", device);
-        Ok(match self.h()?.tree.get(&k)? {
-            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
-                Ok(b) => u64::from_be_bytes(b),
-                Err(_) => {
-                    // Read as 0: every journal entry is then stale, the snapshot stands alone.
-                    self.quarantine(&k, &v, "journal generation is not 8 bytes");
-                    0
-                }
-            },
-            None => 0,
-        })
-    }
-
-    /// A device's journal entries of generation `gen`, contiguous from slot 0, in slot order:
-    /// the steps applied since its snapshot. Entries of other generations are stale and skipped;
-    /// one too short to hold a generation is set aside.
-    pub fn journal(&self, device: &str, gen: u64) -> Result<Vec<(u32, Vec<u8>)>> {
+    /// Every step log record, in log order: (sequence number, bytes). A key that is not a
+    /// sequence number is set aside.
+    pub fn log(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
-        let prefix = journal_prefix(device);
-        for kv in self.h()?.tree.scan_prefix(&prefix) {
+        for kv in self.h()?.tree.scan_prefix(b"w/") {
             let (k, v) = kv?;
-            let slot = k
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(u32::from_be_bytes);
-            let (Some(slot), Some(g)) =
-                (slot, v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()))
-            else {
-                self.quarantine(&k, &v, "journal entry without slot or generation");
-                continue;
-            };
-            if u64::from_be_bytes(g) != gen {
-                continue;
-            }
-            // Slots are written in order after each snapshot: a stale hole ends the journal.
-            if slot as usize != out.len() {
-                break;
-            }
-            out.push((slot, v[8..].to_vec()));
-        }
-        Ok(out)
-    }
-
-    /// The journal slots a device has on disk, whatever their generation.
-    pub fn journal_slots(&self, device: &str) -> Result<Vec<u32>> {
-        let prefix = journal_prefix(device);
-        let mut out = Vec::new();
-        for kv in self.h()?.tree.scan_prefix(&prefix) {
-            let (k, _) = kv?;
-            if let Some(b) = k
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            {
-                out.push(u32::from_be_bytes(b));
+            match k.get(2..).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                Some(b) => out.push((u64::from_be_bytes(b), v.to_vec())),
+                None => self.quarantine(&k, &v, "step log key without a sequence number"),
             }
         }
         Ok(out)
     }
 
-    /// Devices with journal entries on disk (any generation), in key order.
-    pub fn journaled_devices(&self) -> Result<Vec<String>> {
-        let mut out: Vec<String> = Vec::new();
-        for kv in self.h()?.tree.scan_prefix(b"j/") {
-            let (k, _) = kv?;
-            // `j/` device SEP slot (4 bytes).
-            let Some(end) = k.len().checked_sub(5).filter(|&e| e >= 2 && k[e] == SEP) else {
-                continue;
-            };
-            let d = String::from_utf8_lossy(&k[2..end]);
-            if out.last().map(String::as_str) != Some(d.as_ref()) {
-                out.push(d.into_owned());
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sets a journal entry that could not be decoded aside.
-    pub fn quarantine_journal(&self, device: &str, slot: u32, bytes: &[u8], detail: &str) {
-        self.quarantine(&journal_key(device, slot), bytes, detail);
+    /// Sets a step log record that could not be decoded aside.
+    pub fn quarantine_log(&self, seq: u64, bytes: &[u8], detail: &str) {
+        self.quarantine(&log_key(seq), bytes, detail);
     }
 
     /// Sets a reorder buffer that could not be decoded aside.
@@ -963,62 +875,34 @@ mod tests {
     }
 
     #[test]
-    fn the_journal_reads_back_the_current_generation_contiguous_from_slot_0() {
+    fn the_step_log_reads_back_in_commit_order_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
-        let mut tx = s.tx();
-        for i in 0..40u32 {
-            // Slot 31 ends its key with the separator byte.
-            tx.put_journal("d1", 0, i, &[i as u8]);
+        let mut seqs = Vec::new();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            for i in 0..3u8 {
+                let mut tx = s.tx();
+                seqs.push(tx.put_log(vec![i]));
+                s.commit(tx).unwrap();
+            }
         }
-        tx.put_journal("d2", 0, 0, b"x");
-        s.commit(tx).unwrap();
-        assert_eq!(s.journal_gen("d1").unwrap(), 0);
-        let j = s.journal("d1", 0).unwrap();
-        assert_eq!(j.len(), 40);
-        assert_eq!(j[31], (31, vec![31]));
-        assert_eq!(s.journaled_devices().unwrap(), vec!["d1", "d2"]);
-
-        // A snapshot moves the generation on; the ring is overwritten from slot 0.
-        let mut tx = s.tx();
-        tx.put_journal_gen("d1", 1);
-        tx.put_journal("d1", 1, 0, b"a");
-        tx.put_journal("d1", 1, 1, b"b");
-        s.commit(tx).unwrap();
-        assert_eq!(s.journal_gen("d1").unwrap(), 1);
-        assert_eq!(
-            s.journal("d1", 1).unwrap(),
-            vec![(0, b"a".to_vec()), (1, b"b".to_vec())],
-            "stale entries of generation 0 (slots 2..40) are not read"
-        );
-        assert!(s.journal("d1", 2).unwrap().is_empty());
-
-        // Forgetting the device removes every slot, whatever its generation.
-        let slots = s.journal_slots("d1").unwrap();
-        assert_eq!(slots.len(), 40);
-        let mut tx = s.tx();
-        tx.remove_device_state("d1", &slots);
-        s.commit(tx).unwrap();
-        assert_eq!(s.journal_gen("d1").unwrap(), 0);
-        assert_eq!(s.journaled_devices().unwrap(), vec!["d2"]);
-    }
-
-    #[test]
-    fn a_journal_entry_without_a_generation_is_set_aside() {
-        let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.h()
-            .unwrap()
-            .tree
-            .insert(journal_key("d1", 0), &b"abc"[..])
-            .unwrap();
-        assert!(s.journal("d1", 0).unwrap().is_empty());
-        let q = s.quarantine_list().unwrap();
-        assert_eq!(q.len(), 1);
-        assert!(q[0].key.starts_with("j/d1"), "{q:?}");
+        let mut tx = s.tx();
+        let later = tx.put_log(vec![9]);
+        tx.remove_log(seqs[0]);
+        s.commit(tx).unwrap();
         assert!(
-            s.journal_slots("d1").unwrap().is_empty(),
-            "moved, not skipped"
+            later > seqs[2],
+            "sequence numbers keep rising after a restart"
+        );
+        let log: Vec<Vec<u8>> = s.log().unwrap().into_iter().map(|(_, v)| v).collect();
+        assert_eq!(log, vec![vec![1], vec![2], vec![9]]);
+        s.h().unwrap().tree.insert(b"w/x", &b"?"[..]).unwrap();
+        assert_eq!(s.log().unwrap().len(), 3);
+        assert_eq!(
+            s.quarantine_list().unwrap().len(),
+            1,
+            "a malformed key is set aside"
         );
     }
 
@@ -1034,10 +918,9 @@ mod tests {
         }
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.load_state("d1").unwrap(), Some(vec![1, 2, 3]));
-        assert_eq!(
-            s.journal_gen("d1").unwrap(),
-            0,
-            "no journal: the state is the snapshot"
+        assert!(
+            s.log().unwrap().is_empty(),
+            "no step log: the state is the snapshot"
         );
         assert_eq!(
             s.h()

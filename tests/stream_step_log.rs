@@ -1,7 +1,8 @@
-//! Device states are snapshots plus journals: a commit writes the small journal record of each
-//! step and the whole state only every `store.snapshot_every` steps. Killed (SIGKILL) with steps
-//! only in the journal, the real `forewarn serve` binary restarts to exactly the state and the
-//! tickets of a run that was never interrupted: the journal is replayed through the same code.
+//! Device states are snapshots plus the step log: a commit writes one log record with the
+//! steps of its group, and the devices' whole states are written at checkpoints (every
+//! `store.snapshot_every` steps, at shutdown). Killed (SIGKILL) with steps only in the log, the
+//! real `forewarn serve` binary restarts to exactly the state and the tickets of a run that was
+//! never interrupted: the log is replayed through the same code.
 #![cfg(feature = "embedded-broker")]
 
 mod common;
@@ -16,7 +17,7 @@ use std::time::Duration;
 const DEVICES: [&str; 3] = ["jr-1", "jr-2", "jr-3"];
 /// Hours published before the kill: the degrading device's first reading at the ticket level
 /// (hour 34) is applied, so its streak (one of the two the model needs) lives only in the
-/// journal when the daemon dies.
+/// step log when the daemon dies.
 const BEFORE_KILL: i64 = 35;
 const HOURS: i64 = 48;
 
@@ -45,13 +46,14 @@ async fn publish(dev: &Mqtt, hours: std::ops::Range<i64>) {
     }
 }
 
-fn journal_config(
+fn log_config(
     b: &forewarn::broker::EmbeddedBroker,
     dirs: &Dirs,
     id: &str,
 ) -> forewarn::config::Config {
     let mut cfg = config(&b.url(), dirs, id);
-    // No snapshot but a device's first within this test: every later step is journal only.
+    // No checkpoint within this test: after a device's first commit, its steps are in the log
+    // only.
     cfg.store.snapshot_every = 1000;
     cfg.ingest.commit_group = 4;
     cfg
@@ -95,14 +97,14 @@ async fn wait_readings(addr: &str, n: f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_between_journal_and_snapshot_restarts_to_the_uninterrupted_state_and_tickets() {
+async fn kill_9_between_log_and_checkpoint_restarts_to_the_uninterrupted_state_and_tickets() {
     let b = broker();
 
     // The uninterrupted run (in-process; the same code as the binary).
     let ref_dirs = Dirs::new();
-    let (h, tok) = start(journal_config(&b, &ref_dirs, "fw-journal-ref")).await;
+    let (h, tok) = start(log_config(&b, &ref_dirs, "fw-steplog-ref")).await;
     ready(&h).await;
-    let dev = mqtt(&b, "journal-ref-pub").await;
+    let dev = mqtt(&b, "steplog-ref-pub").await;
     publish(&dev, 0..HOURS).await;
     let app = h.app.clone();
     eventually("the reference applied every reading", || async {
@@ -130,24 +132,24 @@ async fn kill_9_between_journal_and_snapshot_restarts_to_the_uninterrupted_state
         want.1
     );
 
-    // The same stream, the daemon killed with the last steps in the journal only.
+    // The same stream, the daemon killed with every step after the first in the log only.
     let dirs = Dirs::new();
-    let mut cfg = journal_config(&b, &dirs, "fw-journal-kill");
+    let mut cfg = log_config(&b, &dirs, "fw-steplog-kill");
     let addr = drill_support::free_addr();
     cfg.api.listen = addr.clone();
     let path = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");
     let mut child = spawn_serve(&path, &log, "warn");
     wait_ready(&reqwest::Client::new(), &addr).await;
-    let dev = mqtt(&b, "journal-kill-pub").await;
+    let dev = mqtt(&b, "steplog-kill-pub").await;
     publish(&dev, 0..BEFORE_KILL).await;
     wait_readings(&addr, (BEFORE_KILL as usize * DEVICES.len()) as f64).await;
-    // Let the idle timer release (and journal) what the buffers held, then kill.
+    // Let the idle timer release (and log) what the buffers held, then kill.
     tokio::time::sleep(Duration::from_millis(500)).await;
     child.kill().unwrap();
     child.wait().unwrap();
 
-    // On disk: snapshots of the first reading only, every later step in the journals.
+    // On disk: snapshots of the first reading only, every later step in the log.
     {
         let store = Store::open(&dirs.data(), 8 << 20).unwrap();
         for d in DEVICES {
@@ -157,25 +159,24 @@ async fn kill_9_between_journal_and_snapshot_restarts_to_the_uninterrupted_state
                 "{d}: the snapshot lags ({} readings)",
                 snap.readings
             );
-            let gen = store.journal_gen(d).unwrap();
-            assert!(
-                store.journal(d, gen).unwrap().len() as u32 >= BEFORE_KILL as u32 - snap.readings,
-                "{d}: the rest is journaled"
-            );
         }
+        assert!(
+            !store.log().unwrap().is_empty(),
+            "the rest is in the step log"
+        );
         assert!(
             store.tickets(&Default::default()).unwrap().is_empty(),
             "no ticket yet: the streak is one reading long"
         );
     }
 
-    // Restarted: the journals are replayed; the stream goes on.
+    // Restarted: the log is replayed; the stream goes on.
     let mut child = spawn_serve(&path, &log, "info");
     wait_ready(&reqwest::Client::new(), &addr).await;
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
-        said.contains("replayed the journals of 3 device(s)"),
-        "start-up folds the journals left by the kill: {said}"
+        said.contains("replayed the step log of 3 device(s)"),
+        "start-up replays the log left by the kill: {said}"
     );
     publish(&dev, BEFORE_KILL..HOURS).await;
     wait_readings(
@@ -195,7 +196,7 @@ async fn kill_9_between_journal_and_snapshot_restarts_to_the_uninterrupted_state
     }
     let store = Store::open(&dirs.data(), 8 << 20).unwrap();
     assert!(
-        store.journaled_devices().unwrap().is_empty(),
-        "a clean shutdown folds every journal"
+        store.log().unwrap().is_empty(),
+        "a clean shutdown checkpoints: nothing left to replay"
     );
 }
