@@ -456,6 +456,24 @@ impl App {
     /// Processes a group of messages and commits all their effects in one flushed batch. The
     /// caller acknowledges the group only when this returns `Ok`.
     pub fn process_group(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
+        self.process(msgs, true)
+    }
+
+    /// Like [`App::process_group`], but the batch is only applied: the caller acknowledges the
+    /// group after a successful [`Store::flush`] that began after this returned, and calls
+    /// [`App::distrust_memory`] if that flush fails.
+    pub fn process_group_applied(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
+        self.process(msgs, false)
+    }
+
+    /// A flush failed: what was applied since the last good one may be lost, so memory is
+    /// rebuilt from the store before the next use.
+    pub fn distrust_memory(&self) {
+        let mut core = self.core.lock();
+        self.distrust(&mut core);
+    }
+
+    fn process(&self, msgs: &[Inbound], durable: bool) -> Result<GroupStats, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
         self.recover_if_needed(core)?;
@@ -594,7 +612,7 @@ impl App {
         }
         self.metrics.readings.inc_by(stats.readings as u64);
         stats.changes = changes.len();
-        self.commit_group(core, &dirty, &changes, tally)?;
+        self.commit_group(core, &dirty, &changes, tally, durable)?;
         Ok(stats)
     }
 
@@ -724,6 +742,7 @@ impl App {
         dirty: &[String],
         changes: &[(Change, i64)],
         tally: Tally,
+        durable: bool,
     ) -> Result<(), CoreError> {
         self.metrics.events.inc_by(tally.events);
         if tally.missing > 0 || tally.resets > 0 {
@@ -764,11 +783,16 @@ impl App {
             self.record_change(core, &mut tx, c, now_ms);
         }
         let started = Instant::now();
-        if let Err(e) = self.store.commit(tx) {
+        let committed = if durable {
+            self.store.commit(tx)
+        } else {
+            self.store.apply(tx)
+        };
+        if let Err(e) = committed {
             // Nothing was written: forget what these messages did in memory so a redelivery
             // starts again from the stored state.
             self.metrics.commit_failures.inc();
-            self.distrust_memory(core);
+            self.distrust(core);
             return Err(e.into());
         }
         core.log.extend(log_seq);
@@ -807,7 +831,7 @@ impl App {
 
     /// After a failed commit the slots in memory are ahead of the store: drop them all; the
     /// next user of the core rebuilds them from the snapshots and the step log.
-    fn distrust_memory(&self, core: &mut Core) {
+    fn distrust(&self, core: &mut Core) {
         core.slots.clear();
         core.needs_recovery = true;
         self.metrics.devices_in_memory.set(0);
@@ -892,7 +916,7 @@ impl App {
             }
             let seq = tx.put_log(log_record(&marks));
             if let Err(e) = self.store.commit(tx) {
-                self.distrust_memory(core);
+                self.distrust(core);
                 return Err(e.into());
             }
             core.log.push(seq);
@@ -1085,7 +1109,7 @@ impl App {
         for (item, received_ms) in released {
             self.apply(core, &item, received_ms, &mut tally, &mut changes)?;
         }
-        self.commit_group(core, &dirty, &changes, tally)?;
+        self.commit_group(core, &dirty, &changes, tally, true)?;
         Ok(n)
     }
 

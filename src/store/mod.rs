@@ -439,6 +439,14 @@ impl Store {
 
     /// Applies the transaction atomically and flushes it to disk.
     pub fn commit(&self, tx: Tx) -> Result<()> {
+        self.apply(tx)?;
+        self.flush()
+    }
+
+    /// Applies the transaction atomically, without waiting for the disk: readers see it at
+    /// once; it is durable after the next [`Store::flush`] (or sled's own, within a second).
+    /// Whoever acknowledges what it holds flushes first.
+    pub fn apply(&self, tx: Tx) -> Result<()> {
         if let Some(e) = tx.encode_error {
             return Err(e);
         }
@@ -451,12 +459,18 @@ impl Store {
         }
         let h = self.h()?;
         h.tree.apply_batch(tx.batch)?;
-        h.db.flush()?;
         if !tx.outcomes.is_empty() {
             if let Some(log) = self.outcome_log.lock().as_mut() {
                 log.extend(tx.outcomes);
             }
         }
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable (one fsync for every transaction applied since
+    /// the last one).
+    pub fn flush(&self) -> Result<()> {
+        self.h()?.db.flush()?;
         Ok(())
     }
 
@@ -674,7 +688,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Outbox rows of a queue, oldest first: (key, row).
+    /// Outbox rows of a queue, oldest first: (key, row). Durable: a row is acted on (a
+    /// message sent, a ticket published) only once the commit that wrote it is on disk, even
+    /// when ingest applied it without waiting ([`Store::apply`]).
     pub fn outbox<T: DeserializeOwned>(&self, queue: &str) -> Result<Vec<(Vec<u8>, T)>> {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(outbox_prefix(queue)) {
@@ -682,6 +698,9 @@ impl Store {
             if let Some(row) = self.decode_or_quarantine(&k, &v) {
                 out.push((k.to_vec(), row));
             }
+        }
+        if !out.is_empty() {
+            self.flush()?;
         }
         Ok(out)
     }
