@@ -7,8 +7,9 @@
 //! item older than the watermark is late (dropped and counted, as before). An item is released
 //! once it is strictly older than the watermark, so everything released is older than everything
 //! still accepted. When the device falls silent, [`Buffer::flush`] (driven by an idle timer)
-//! releases the rest and moves the watermark past it. The buffer is stored with the device's
-//! state, in the same commit, so an acknowledged message is never only in memory.
+//! releases the rest and moves the watermark past it. What is offered to the buffer is in
+//! the step log, and the buffer itself is stored with the device's state at checkpoints, so an
+//! acknowledged message is never only in memory.
 
 use crate::domain::{apply_order, DeviceEvent, EventKind, Millis, Reading};
 use serde::{Deserialize, Serialize};

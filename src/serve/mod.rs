@@ -3,9 +3,11 @@
 //!
 //! The story of a reading: the MQTT polling task (`ingest::mqtt::drive`) forwards publishes over
 //! a bounded channel → the processing thread takes what has arrived (up to
-//! `ingest.commit_group`), runs it through the engine under the core lock and commits states,
-//! tickets and outbox rows in one flushed batch (`app::App::process_group`) → the acker sends the
-//! group's acks → the dispatcher publishes the ticket changes from the outbox.
+//! `ingest.commit_group`), runs it through the engine under the core lock and applies its steps
+//! (one step log record), tickets and outbox rows in one atomic batch
+//! (`app::App::process_group_applied`) → the flusher makes it durable (one fsync for every group
+//! waiting, while the processor goes on with the next) → the acker sends the group's acks → the
+//! dispatcher publishes the ticket changes from the outbox (rows are read durable).
 //!
 //! Shutdown (one token): the polling task stops forwarding → the processor drains what it holds,
 //! commits and hands over the last acks → the acker sends them → the polling task disconnects.
