@@ -431,17 +431,12 @@ impl App {
         // After a crash, device states are snapshots plus the step log: replay and checkpoint
         // now, so that what is on disk is every device's state again (the log replays under the
         // registry and models of this start).
+        // (Recovery also lists the devices whose reorder buffers wait on disk for the idle
+        // release.)
         let replayed = app.checkpoint()?;
         if replayed > 0 {
             tracing::info!("replayed the step log of {replayed} device(s) left by the last run");
         }
-        let started = Instant::now();
-        app.core.get_mut().held_on_disk = app
-            .store
-            .reorder_devices()?
-            .into_iter()
-            .map(|d| (d, started))
-            .collect();
         // A second App on the same registry (some tests) finds the name taken and goes without.
         app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
@@ -890,7 +885,6 @@ impl App {
             .map(|d| (d, started))
             .collect();
         core.needs_recovery = false;
-        core.log_steps = u64::from(core.snapshot_every);
         self.checkpoint_locked(core)?;
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(n)
