@@ -519,6 +519,9 @@ fn process_loop(
                             }
                         }
                         Err(e) => {
+                            // A commit that did not reach the disk.
+                            app.metrics.commit_failures.inc();
+                            app.set_store_writable(false);
                             tracing::error!("flush of {n} group(s) failed, not acknowledged: {e}");
                             for g in groups {
                                 let _ = failed_tx.send(g);
