@@ -316,6 +316,9 @@ pub struct App {
     log_budget: Mutex<LogBudget>,
     /// Budget of the loss and reset log lines (per minute), apart from rejects'.
     loss_log_budget: Mutex<LogBudget>,
+    /// What the last applied (not yet flushed) group gives the history archive; the caller
+    /// takes it with [`App::take_unflushed_archive`] and hands it over after the flush.
+    unflushed_archive: Mutex<Vec<crate::archive::Record>>,
     /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
     gaps: Mutex<HashMap<String, Gap>>,
     /// Per device (from the topic), telemetry payloads rejected and not yet matched by a `seq`
@@ -413,6 +416,7 @@ impl App {
                     .collect(),
             ),
             rejected_unmatched: Mutex::new(HashMap::new()),
+            unflushed_archive: Mutex::new(Vec::new()),
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
             notifier,
@@ -459,6 +463,18 @@ impl App {
     /// [`App::distrust_memory`] if that flush fails.
     pub fn process_group_applied(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
         self.process(msgs, false)
+    }
+
+    /// The history archive's records of the group [`App::process_group_applied`] just applied.
+    pub fn take_unflushed_archive(&self) -> Vec<crate::archive::Record> {
+        std::mem::take(&mut *self.unflushed_archive.lock())
+    }
+
+    /// Hands records to the history archive once their group is durable.
+    pub fn archive_durable(&self, records: Vec<crate::archive::Record>) {
+        if let Some(a) = &self.archive {
+            a.send(records);
+        }
     }
 
     /// A flush failed: what was applied since the last good one may be lost, so memory is
@@ -798,7 +814,13 @@ impl App {
             .observe(done.duration_since(started).as_secs_f64());
         self.metrics.commits.inc();
         if let Some(a) = &self.archive {
-            a.send(tally.archived);
+            if durable {
+                a.send(tally.archived);
+            } else {
+                // Archived once durable: a group lost before its flush is redelivered and
+                // archived then.
+                self.unflushed_archive.lock().extend(tally.archived);
+            }
         }
         if let Some(d) = &self.drift {
             d.observe_scorings(&core.engine.models, tally.scores);

@@ -501,7 +501,9 @@ fn process_loop(
     // Groups handed to the flusher and not yet acknowledged or handed back.
     let in_flusher = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Unbounded: at most the broker's in-flight window is ever unacknowledged.
-    let (to_flush, flush_rx) = std::sync::mpsc::channel::<Vec<Inbound>>();
+    // A group and what it gives the history archive once durable.
+    type Applied = (Vec<Inbound>, Vec<crate::archive::Record>);
+    let (to_flush, flush_rx) = std::sync::mpsc::channel::<Applied>();
     let (failed_tx, failed_rx) = std::sync::mpsc::channel::<Vec<Inbound>>();
     let flusher = std::thread::Builder::new()
         .name("forewarn-flusher".into())
@@ -514,7 +516,8 @@ fn process_loop(
                     let n = groups.len();
                     match app.store.flush() {
                         Ok(()) => {
-                            for g in groups {
+                            for (g, archived) in groups {
+                                app.archive_durable(archived);
                                 let _ = acks.send(g.into_iter().map(|m| m.publish).collect());
                             }
                         }
@@ -523,7 +526,7 @@ fn process_loop(
                             app.metrics.commit_failures.inc();
                             app.set_store_writable(false);
                             tracing::error!("flush of {n} group(s) failed, not acknowledged: {e}");
-                            for g in groups {
+                            for (g, _) in groups {
                                 let _ = failed_tx.send(g);
                             }
                         }
@@ -586,9 +589,22 @@ fn process_loop(
             Ok(_) => {
                 app.set_store_writable(true);
                 in_flusher.fetch_add(1, Ordering::SeqCst);
-                if let Err(back) = to_flush.send(std::mem::take(&mut buf)) {
+                let archived = app.take_unflushed_archive();
+                if let Err(back) = to_flush.send((std::mem::take(&mut buf), archived)) {
+                    // The flusher is gone: this group is already applied, flush it here.
                     in_flusher.fetch_sub(1, Ordering::SeqCst);
-                    commit_sync(&app, back.0, &acks, &shutdown);
+                    let (g, archived) = back.0;
+                    match app.store.flush() {
+                        Ok(()) => {
+                            app.archive_durable(archived);
+                            let _ = acks.send(g.into_iter().map(|m| m.publish).collect());
+                        }
+                        Err(e) => {
+                            tracing::error!("flush failed, not acknowledged: {e}");
+                            app.distrust_memory();
+                            commit_sync(&app, g, &acks, &shutdown);
+                        }
+                    }
                 }
             }
             Err(e) => {
