@@ -21,7 +21,7 @@ attributes = { model = "P200" }
 "#;
 
 fn stored_readings(h: &forewarn::serve::Handle, device: &str) -> u32 {
-    // The committed state: the daemon's memory, else the store's snapshot and journal.
+    // The committed state: the daemon's memory, else the stored snapshot.
     h.app
         .device_state(device)
         .unwrap()

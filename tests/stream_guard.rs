@@ -9,7 +9,7 @@ use common::*;
 use forewarn::features::DeviceState;
 
 fn state(h: &forewarn::serve::Handle, device: &str) -> Option<DeviceState> {
-    // The committed state: the daemon's memory, else the store's snapshot and journal.
+    // The committed state: the daemon's memory, else the stored snapshot.
     h.app.device_state(device).unwrap()
 }
 
