@@ -1073,8 +1073,9 @@ impl App {
         Ok(0)
     }
 
-    /// A device's committed state: the one in memory, else its snapshot (a device leaves
-    /// memory with its whole state written). `None` for a device the daemon has no state of.
+    /// A device's state as applied (in the store's batches; durable once flushed): the one in
+    /// memory, else its snapshot (a device leaves memory with its whole state written). `None`
+    /// for a device the daemon has no state of.
     pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
