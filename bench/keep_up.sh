@@ -151,12 +151,14 @@ for run in realistic storm; do
     LATE=$(metric 'forewarn_readings_dropped_total{reason="late"}')
     SCORINGS=$(metric forewarn_scorings_total)
     TICKETS=$(metric 'forewarn_ticket_changes_total{kind="opened"}')
+    UPDATES=$(metric 'forewarn_ticket_changes_total{kind="updated"}')
+    SETTLED=$(metric 'forewarn_ticket_changes_total{kind="settled"}')
     COMMITS=$(metric forewarn_commit_seconds_count)
     COMMIT_S=$(metric forewarn_commit_seconds_sum)
     RATE[$run]=$(echo "$PUB_READINGS / ($T1 - $T0)" | bc -l)
-    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, broker-reported drops %s, duplicates %s, late %s; scorings %s, tickets opened %s; CPU %.1f s (%.2f cores), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
+    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, broker-reported drops %s, duplicates %s, late %s; scorings %s, tickets opened %s (updated %s, settled %s); CPU %.1f s (%.2f cores), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
         "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \
-        "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$BROKER_DROPPED" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" \
+        "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$BROKER_DROPPED" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" "$UPDATES" "$SETTLED" \
         "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$COMMITS" "$COMMIT_S" "$L0" "$(loadavg)"
     kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
     rm -rf "$WORK/data-$run"

@@ -4,8 +4,9 @@
 //! dispatch row and the notifier's rows together.
 
 use crate::dispatch::DispatchRow;
+use crate::domain::Reading;
 use crate::domain::{format_ts, HistoryEntry, Millis, Outcome, RejectReason, Status, Ticket};
-use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
+use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models, Scoring};
 use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
 use crate::ingest::decode::{self, Limits, Reject};
@@ -16,7 +17,7 @@ use crate::notify::{DeskError, Notifier, TicketDesk};
 use crate::store::{Store, StoreError, Tx};
 use crate::tickets::TransitionError;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +84,8 @@ pub enum ReloadError {
     Models(#[from] crate::engine::ModelsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("device states could not be checkpointed before the models change: {0}")]
+    Checkpoint(Box<CoreError>),
 }
 
 /// A device's in-memory state.
@@ -100,6 +103,61 @@ struct Slot {
     tick: u64,
     /// Changed since the last commit.
     dirty: bool,
+    /// Whether the store holds a snapshot of the device (its first commit writes one).
+    snapshot_stored: bool,
+    /// The step log holds steps of this device after its snapshot (written at the next
+    /// checkpoint, or before the device leaves memory).
+    logged: bool,
+    /// This group's steps (encoded [`Step`]s), logged at its commit unless a snapshot is due.
+    steps: Vec<Vec<u8>>,
+    /// Write the whole state at the next commit (its snapshot was set aside).
+    force_snapshot: bool,
+}
+
+/// One step of a device's state machine as the step log keeps it (postcard): replayed over the
+/// snapshot through the same code as the live path, the steps give the state the daemon had.
+/// Steps that changed nothing (a duplicate or late arrival) are not logged.
+#[derive(Debug, Serialize, Deserialize)]
+enum Step<P> {
+    /// Held by the reorder buffer, with the tolerance then in force (what the watermark passed
+    /// was released and applied).
+    Offer { tolerance_ms: i64, item: P },
+    /// Applied at once (no reorder tolerance).
+    Apply(P),
+    /// The idle timer released everything the buffer held.
+    Flush,
+}
+
+fn encode_step(step: &Step<&Pending>) -> Vec<u8> {
+    // Strings, numbers and options only: postcard cannot fail on them.
+    postcard::to_allocvec(step).unwrap_or_default()
+}
+
+/// What one reading does to its device's state and live tickets: a `seq` restart check, then
+/// the engine. The live path ([`App::apply`]) and the log replay both step through here, so
+/// a replayed state equals the state the daemon had. Returns what the state made of the reading
+/// and the restart noticed, `(last seq, new seq)`.
+fn apply_reading(
+    engine: &Engine,
+    state: &mut DeviceState,
+    live: &mut Vec<Ticket>,
+    ctx: DeviceCtx<'_>,
+    r: &Reading,
+    changes: &mut Vec<Change>,
+    scorings: Option<&mut Vec<Scoring>>,
+) -> (Observed, Option<(u64, u64)>) {
+    // A `seq` at or below the last one on a reading newer than anything the device sent is a
+    // restart of its counter (reboot, firmware update), not a redelivery (which carries the old
+    // timestamp).
+    let mut reset = None;
+    if let (Some(seq), Some(last)) = (r.seq, state.last_seq) {
+        if seq <= last && r.ts > state.last_ts {
+            state.last_seq = None;
+            reset = Some((last, seq));
+        }
+    }
+    let obs = engine.reading(state, live, ctx, r, changes, scorings);
+    (obs, reset)
 }
 
 /// Counts of one group, added to the metrics once per group: the hot path stays free of label
@@ -135,6 +193,16 @@ struct Core {
     /// Devices whose reorder buffer is on disk but not in memory (held at start, or evicted
     /// while holding), with their last arrival: the idle release loads and flushes them.
     held_on_disk: HashMap<String, Instant>,
+    /// `store.snapshot_every`: a checkpoint (every device's whole state written, the step log
+    /// emptied) after this many logged steps.
+    snapshot_every: u32,
+    /// Sequence numbers of the step log records on disk, oldest first.
+    log: Vec<u64>,
+    /// Steps logged since the last checkpoint.
+    log_steps: u64,
+    /// Set at start and after a failed commit: the slots in memory cannot be trusted, what is
+    /// on disk (snapshots and the step log) is rebuilt before anything else.
+    needs_recovery: bool,
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
@@ -230,6 +298,8 @@ pub struct Settings {
     /// Where customers' webhook contacts may point (`[notify.webhook] allow`), checked when
     /// customers are written through the API.
     pub contact_policy: crate::netguard::AddressPolicy,
+    /// `store.snapshot_every`.
+    pub snapshot_every: u32,
 }
 
 /// The daemon's shared state: what the processor, the API and the workers use.
@@ -248,6 +318,9 @@ pub struct App {
     log_budget: Mutex<LogBudget>,
     /// Budget of the loss and reset log lines (per minute), apart from rejects'.
     loss_log_budget: Mutex<LogBudget>,
+    /// What the last applied (not yet flushed) group gives the history archive; the caller
+    /// takes it with [`App::take_unflushed_archive`] and hands it over after the flush.
+    unflushed_archive: Mutex<Vec<crate::archive::Record>>,
     /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
     gaps: Mutex<HashMap<String, Gap>>,
     /// Per device (from the topic), telemetry payloads rejected and not yet matched by a `seq`
@@ -307,12 +380,6 @@ impl App {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-        let started = Instant::now();
-        let held_on_disk = store
-            .reorder_devices()?
-            .into_iter()
-            .map(|d| (d, started))
-            .collect();
         let limits = Limits {
             max_payload_bytes: settings.ingest.max_payload_bytes,
             max_batch: settings.ingest.max_batch,
@@ -332,7 +399,11 @@ impl App {
                 devices,
                 customers,
                 unregistered: Default::default(),
-                held_on_disk,
+                held_on_disk: HashMap::new(),
+                snapshot_every: settings.snapshot_every.max(1),
+                log: Vec::new(),
+                log_steps: 0,
+                needs_recovery: true,
             }),
             rejects: Mutex::new(VecDeque::new()),
             log_budget: Mutex::new(LogBudget {
@@ -354,6 +425,7 @@ impl App {
                     .collect(),
             ),
             rejected_unmatched: Mutex::new(HashMap::new()),
+            unflushed_archive: Mutex::new(Vec::new()),
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
             notifier,
@@ -382,6 +454,15 @@ impl App {
             Ok(nodes) => app.formats.restore(nodes),
             Err(e) => tracing::warn!("Sparkplug edge node states not read back: {e}"),
         }
+        // After a crash, device states are snapshots plus the step log: replay and checkpoint
+        // now, so that what is on disk is every device's state again (the log replays under the
+        // registry and models of this start).
+        // (Recovery also lists the devices whose reorder buffers wait on disk for the idle
+        // release.)
+        let replayed = app.checkpoint()?;
+        if replayed > 0 {
+            tracing::info!("replayed the step log of {replayed} device(s) left by the last run");
+        }
         // A second App on the same registry (some tests) finds the name taken and goes without.
         app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
@@ -396,8 +477,39 @@ impl App {
     /// Processes a group of messages and commits all their effects in one flushed batch. The
     /// caller acknowledges the group only when this returns `Ok`.
     pub fn process_group(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
+        self.process(msgs, true)
+    }
+
+    /// Like [`App::process_group`], but the batch is only applied: the caller acknowledges the
+    /// group after a successful [`Store::flush`] that began after this returned, and calls
+    /// [`App::distrust_memory`] if that flush fails.
+    pub fn process_group_applied(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
+        self.process(msgs, false)
+    }
+
+    /// The history archive's records of the group [`App::process_group_applied`] just applied.
+    pub fn take_unflushed_archive(&self) -> Vec<crate::archive::Record> {
+        std::mem::take(&mut *self.unflushed_archive.lock())
+    }
+
+    /// Hands records to the history archive once their group is durable.
+    pub fn archive_durable(&self, records: Vec<crate::archive::Record>) {
+        if let Some(a) = &self.archive {
+            a.send(records);
+        }
+    }
+
+    /// A flush failed: what was applied since the last good one may be lost, so memory is
+    /// rebuilt from the store before the next use.
+    pub fn distrust_memory(&self) {
+        let mut core = self.core.lock();
+        self.distrust(&mut core);
+    }
+
+    fn process(&self, msgs: &[Inbound], durable: bool) -> Result<GroupStats, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
+        self.recover_if_needed(core)?;
         let mut changes: Vec<(Change, i64)> = Vec::new();
         let mut dirty: Vec<String> = Vec::new();
         let mut stats = GroupStats::default();
@@ -508,22 +620,27 @@ impl App {
                     Item::Event(e) => e.device_id.clone(),
                 };
                 core.slot(&self.store, &device, item.ts(), &mut dirty)?;
-                if tolerance <= 0 {
-                    // No reorder tolerance: applied in arrival order, as before.
-                    self.apply(core, &item, m.received_ms, &mut tally, &mut changes)?;
-                    continue;
-                }
                 let slot = core
                     .slots
                     .get_mut(device.as_str())
                     .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
-                slot.last_arrival = m.received;
                 let pending = match &item {
                     Item::Reading(r) => Pending::reading(r, m.received_ms),
                     Item::Event(e) => Pending::event(e, m.received_ms),
                 };
+                if tolerance <= 0 {
+                    // No reorder tolerance: applied in arrival order, as before.
+                    slot.steps.push(encode_step(&Step::Apply(&pending)));
+                    self.apply(core, &item, m.received_ms, &mut tally, &mut changes)?;
+                    continue;
+                }
+                slot.last_arrival = m.received;
+                let step = encode_step(&Step::Offer {
+                    tolerance_ms: tolerance,
+                    item: &pending,
+                });
                 match slot.reorder.offer(pending, tolerance) {
-                    Offer::Held => {}
+                    Offer::Held => slot.steps.push(step),
                     // A redelivery of a reading applied long ago is a duplicate, not a loss.
                     Offer::Late
                         if matches!(&item, Item::Reading(r)
@@ -543,7 +660,7 @@ impl App {
         self.metrics.readings.inc_by(stats.readings as u64);
         stats.changes = changes.len();
         tally.sparkplug = self.formats.take_changed();
-        self.commit_group(core, &dirty, &changes, tally)?;
+        self.commit_group(core, &dirty, &changes, tally, durable)?;
         Ok(stats)
     }
 
@@ -575,19 +692,10 @@ impl App {
                     .get_mut(r.device_id.as_str())
                     .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
                 let before = slot.state.last_scored_ts;
-                // A `seq` at or below the last one on a reading newer than anything the device
-                // sent is a restart of its counter (reboot, firmware update), not a redelivery
-                // (which carries the old timestamp).
-                if let (Some(seq), Some(last)) = (r.seq, slot.state.last_seq) {
-                    if seq <= last && r.ts > slot.state.last_ts {
-                        slot.state.last_seq = None;
-                        tally.resets += 1;
-                        self.note_loss(&r.device_id, LossNote::Reset { last, seq });
-                    }
-                }
-                let prev_seq = slot.state.last_seq;
                 let mut scored = Vec::new();
-                let obs = core.engine.reading(
+                let last_seq = slot.state.last_seq;
+                let (obs, reset) = apply_reading(
+                    &core.engine,
                     &mut slot.state,
                     &mut slot.live,
                     ctx,
@@ -595,6 +703,14 @@ impl App {
                     &mut scratch,
                     self.drift.as_ref().map(|_| &mut scored),
                 );
+                // The last `seq` before this reading, unless the reading restarted the counter.
+                let prev_seq = if let Some((last, seq)) = reset {
+                    tally.resets += 1;
+                    self.note_loss(&r.device_id, LossNote::Reset { last, seq });
+                    None
+                } else {
+                    last_seq
+                };
                 tally
                     .scores
                     .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
@@ -674,6 +790,7 @@ impl App {
         dirty: &[String],
         changes: &[(Change, i64)],
         tally: Tally,
+        durable: bool,
     ) -> Result<(), CoreError> {
         self.metrics.events.inc_by(tally.events);
         if tally.missing > 0 || tally.resets > 0 {
@@ -696,19 +813,15 @@ impl App {
             .with_label_values(&["late"])
             .inc_by(tally.late);
         let mut tx = self.store.tx();
+        let mut records: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut logged = 0;
         for d in dirty {
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
-                tx.put_state(d, slot.state.encode());
-                if !slot.reorder.is_empty() {
-                    tx.put_reorder(d, slot.reorder.encode());
-                    slot.reorder_stored = true;
-                } else if slot.reorder_stored {
-                    tx.remove_reorder(d);
-                    slot.reorder_stored = false;
-                }
+                logged += slot.persist(&mut tx, d, &mut records);
                 slot.dirty = false;
             }
         }
+        let log_seq = (!records.is_empty()).then(|| tx.put_log(log_record(&records)));
         for g in &tally.gaps {
             tx.put_kv(&gap_key(&g.device_id), g);
         }
@@ -721,23 +834,33 @@ impl App {
             self.record_change(core, &mut tx, c, now_ms);
         }
         let started = Instant::now();
-        if let Err(e) = self.store.commit(tx) {
+        let committed = if durable {
+            self.store.commit(tx)
+        } else {
+            self.store.apply(tx)
+        };
+        if let Err(e) = committed {
             // Nothing was written: forget what these messages did in memory so a redelivery
             // starts again from the stored state.
-            for d in dirty {
-                core.slots.remove(d.as_str());
-            }
             self.metrics.commit_failures.inc();
-            self.metrics.devices_in_memory.set(core.slots.len() as i64);
+            self.distrust(core);
             return Err(e.into());
         }
+        core.log.extend(log_seq);
+        core.log_steps += logged;
         let done = Instant::now();
         self.metrics
             .commit_seconds
             .observe(done.duration_since(started).as_secs_f64());
         self.metrics.commits.inc();
         if let Some(a) = &self.archive {
-            a.send(tally.archived);
+            if durable {
+                a.send(tally.archived);
+            } else {
+                // Archived once durable: a group lost before its flush is redelivered and
+                // archived then.
+                self.unflushed_archive.lock().extend(tally.archived);
+            }
         }
         if let Some(d) = &self.drift {
             d.observe_scorings(&core.engine.models, tally.scores);
@@ -753,9 +876,170 @@ impl App {
         if !changes.is_empty() {
             self.dispatch_wake.notify_one();
         }
-        core.evict(self.settings.ingest.max_devices_in_memory, &self.metrics);
+        if core.log_steps >= u64::from(core.snapshot_every) {
+            if let Err(e) = self.checkpoint_locked(core) {
+                tracing::warn!("checkpoint failed (tried again after the next commit): {e}");
+            }
+        }
+        self.evict(core);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(())
+    }
+
+    /// After a failed commit the slots in memory are ahead of the store: drop them all; the
+    /// next user of the core rebuilds them from the snapshots and the step log.
+    fn distrust(&self, core: &mut Core) {
+        core.slots.clear();
+        core.needs_recovery = true;
+        self.metrics.devices_in_memory.set(0);
+    }
+
+    fn recover_if_needed(&self, core: &mut Core) -> Result<(), CoreError> {
+        if core.needs_recovery {
+            self.recover(core)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the devices the step log has steps of (their snapshots with the steps replayed,
+    /// through the same code as the live path) and checkpoints them. Returns how many devices
+    /// the log had steps of.
+    fn recover(&self, core: &mut Core) -> Result<usize, CoreError> {
+        let mut steps: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        core.log.clear();
+        for (seq, bytes) in self.store.log()? {
+            core.log.push(seq);
+            let Ok(record) = postcard::from_bytes::<Vec<(String, Vec<u8>)>>(&bytes) else {
+                self.store
+                    .quarantine_log(seq, &bytes, "step log record does not decode");
+                continue;
+            };
+            for (device, step) in record {
+                if step.is_empty() {
+                    // A snapshot (or a forgetting) after the steps before it.
+                    steps.remove(&device);
+                } else {
+                    if !steps.contains_key(&device) {
+                        order.push(device.clone());
+                    }
+                    steps.entry(device).or_default().push(step);
+                }
+            }
+        }
+        let mut n = 0;
+        for device in order {
+            let Some(list) = steps.remove(&device) else {
+                continue;
+            };
+            let (mut slot, _) = core.load(&self.store, &device, Millis::MIN)?;
+            core.replay_steps(&device, &mut slot, list);
+            slot.logged = true;
+            core.slots.insert(device, slot);
+            n += 1;
+        }
+        let started = Instant::now();
+        core.held_on_disk = self
+            .store
+            .reorder_devices()?
+            .into_iter()
+            .filter(|d| !core.slots.contains_key(d.as_str()))
+            .map(|d| (d, started))
+            .collect();
+        core.needs_recovery = false;
+        self.checkpoint_locked(core)?;
+        self.metrics.devices_in_memory.set(core.slots.len() as i64);
+        Ok(n)
+    }
+
+    /// Writes the whole state of the listed devices that have steps in the log (in commits of
+    /// at most 512), each followed by its mark in the log. A failed commit leaves the core to
+    /// be rebuilt from the store.
+    fn snapshot_devices(&self, core: &mut Core, devices: &[String]) -> Result<(), CoreError> {
+        for chunk in devices.chunks(512) {
+            let mut tx = self.store.tx();
+            let mut marks: Vec<(&str, Vec<u8>)> = Vec::new();
+            for d in chunk {
+                if let Some(slot) = core.slots.get_mut(d.as_str()) {
+                    if slot.logged || slot.force_snapshot || !slot.snapshot_stored {
+                        slot.snapshot(&mut tx, d);
+                        marks.push((d, Vec::new()));
+                    }
+                }
+            }
+            if marks.is_empty() {
+                continue;
+            }
+            let seq = tx.put_log(log_record(&marks));
+            if let Err(e) = self.store.commit(tx) {
+                self.distrust(core);
+                return Err(e.into());
+            }
+            core.log.push(seq);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole state of every device with steps in the log, then empties the log.
+    fn checkpoint_locked(&self, core: &mut Core) -> Result<(), CoreError> {
+        let devices: Vec<String> = core
+            .slots
+            .iter()
+            .filter(|(_, s)| s.logged || s.force_snapshot)
+            .map(|(d, _)| d.clone())
+            .collect();
+        self.snapshot_devices(core, &devices)?;
+        for chunk in core.log.chunks(4096) {
+            let mut tx = self.store.tx();
+            for &seq in chunk {
+                tx.remove_log(seq);
+            }
+            self.store.commit(tx)?;
+        }
+        core.log.clear();
+        core.log_steps = 0;
+        Ok(())
+    }
+
+    /// Drops the least recently seen device states beyond `ingest.max_devices_in_memory`
+    /// (all are committed by now). A device leaves memory with its whole state written (one
+    /// commit for all of them), so that what is on disk is its state; if that commit fails,
+    /// memory is rebuilt from the store. Evicts down to 90 % of the bound at once so the sort
+    /// is paid rarely.
+    fn evict(&self, core: &mut Core) {
+        let max = self.settings.ingest.max_devices_in_memory;
+        if core.slots.len() <= max {
+            return;
+        }
+        let target = (max - max / 10).max(1).min(max);
+        let mut ticks: Vec<u64> = core.slots.values().map(|s| s.tick).collect();
+        let n_evict = core.slots.len() - target;
+        ticks.select_nth_unstable(n_evict - 1);
+        let cutoff = ticks[n_evict - 1];
+        let victims: Vec<String> = core
+            .slots
+            .iter()
+            .filter(|(_, s)| s.tick <= cutoff && !s.dirty)
+            .map(|(d, _)| d.clone())
+            .collect();
+        if let Err(e) = self.snapshot_devices(core, &victims) {
+            tracing::warn!("device states not evicted (their snapshots could not be written): {e}");
+            return;
+        }
+        let before = core.slots.len();
+        // A device holding items for event-time order may go too (they are on disk): the idle
+        // release finds it through `held_on_disk`.
+        let held = &mut core.held_on_disk;
+        core.slots.retain(|d, s| {
+            let keep = s.tick > cutoff || s.dirty;
+            if !keep && !s.reorder.is_empty() {
+                held.insert(d.clone(), s.last_arrival);
+            }
+            keep
+        });
+        self.metrics
+            .evictions
+            .inc_by((before - core.slots.len()) as u64);
     }
 
     /// Drops the state of devices whose newest timestamp is older than `now_ms - forget_after`
@@ -767,6 +1051,7 @@ impl App {
         let cutoff = now_ms.saturating_sub(after.as_millis_i64());
         let mut core = self.core.lock();
         let core = &mut *core;
+        self.recover_if_needed(core)?;
         let mut gone = Vec::new();
         for (device, bytes) in self.store.states()? {
             let newest = match core.slots.get(device.as_str()) {
@@ -790,7 +1075,11 @@ impl App {
             tx.remove_device_state(d);
             tx.remove_kv(&gap_key(d));
         }
+        // Marks in the step log: a replay must not bring back what the log holds of them.
+        let marks: Vec<(&str, Vec<u8>)> = gone.iter().map(|d| (d.as_str(), Vec::new())).collect();
+        let log_seq = tx.put_log(log_record(&marks));
         self.store.commit(tx)?;
+        core.log.push(log_seq);
         let mut gaps = self.gaps.lock();
         for d in &gone {
             core.slots.remove(d.as_str());
@@ -809,11 +1098,41 @@ impl App {
         Ok(gone.len())
     }
 
+    /// Writes the whole state of every device the step log has steps of and empties the log
+    /// (rebuilding memory from the store first when it cannot be trusted: at start, after a
+    /// failed commit). At start-up, at shutdown, before the models change and whenever
+    /// `store.snapshot_every` steps have been logged. Returns how many devices were rebuilt
+    /// from the log.
+    pub fn checkpoint(&self) -> Result<usize, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        if core.needs_recovery {
+            return self.recover(core);
+        }
+        self.checkpoint_locked(core)?;
+        Ok(0)
+    }
+
+    /// A device's state as applied (in the store's batches; durable once flushed): the one in
+    /// memory, else its snapshot (a device leaves memory with its whole state written). `None`
+    /// for a device the daemon has no state of.
+    pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        self.recover_if_needed(core)?;
+        if let Some(s) = core.slots.get(device) {
+            return Ok(Some(s.state.clone()));
+        }
+        let (slot, found) = core.load(&self.store, device, Millis::MIN)?;
+        Ok(found.then_some(slot.state))
+    }
+
     /// Releases what devices silent for `reorder_idle` still hold in their reorder buffers (and,
     /// once, what was held at start), applies it and commits. Returns the items released.
     pub fn release_idle(&self) -> Result<usize, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
+        self.recover_if_needed(core)?;
         let idle = self.settings.reorder_idle;
         let now = Instant::now();
         let mut devices: Vec<String> = core
@@ -839,6 +1158,7 @@ impl App {
         for d in &devices {
             core.slot(&self.store, d, Millis::MIN, &mut dirty)?;
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
+                slot.steps.push(encode_step(&Step::Flush));
                 slot.reorder.flush(d, &mut released);
             }
         }
@@ -846,7 +1166,7 @@ impl App {
         for (item, received_ms) in released {
             self.apply(core, &item, received_ms, &mut tally, &mut changes)?;
         }
-        self.commit_group(core, &dirty, &changes, tally)?;
+        self.commit_group(core, &dirty, &changes, tally, true)?;
         Ok(n)
     }
 
@@ -1178,6 +1498,11 @@ impl App {
         devices: Vec<Device>,
     ) -> Result<(), CoreError> {
         let mut core = self.core.lock();
+        // The step log replays under the registry of the day: write these devices' whole
+        // states before it changes.
+        self.recover_if_needed(&mut core)?;
+        let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+        self.snapshot_devices(&mut core, &ids)?;
         let mut tx = self.store.tx();
         for c in &customers {
             if let Some(old) = core.customers.get(&c.id) {
@@ -1232,13 +1557,21 @@ impl App {
             match build_models(&dir, &self.settings.window, base) {
                 Ok(models) => {
                     let n = models.list.len();
-                    match save_metric_index(&self.store, &models.index) {
-                        Ok(()) => {
-                            core.engine =
-                                Engine::new(self.settings.engine.clone(), Arc::new(models));
-                            Ok(n)
-                        }
-                        Err(e) => Err(ReloadError::Store(e)),
+                    // The step log replays under the models of the day: checkpoint before
+                    // they change.
+                    let checkpointed = self
+                        .recover_if_needed(&mut core)
+                        .and_then(|()| self.checkpoint_locked(&mut core));
+                    match checkpointed {
+                        Err(e) => Err(ReloadError::Checkpoint(Box::new(e))),
+                        Ok(_) => match save_metric_index(&self.store, &models.index) {
+                            Ok(()) => {
+                                core.engine =
+                                    Engine::new(self.settings.engine.clone(), Arc::new(models));
+                                Ok(n)
+                            }
+                            Err(e) => Err(ReloadError::Store(e)),
+                        },
                     }
                 }
                 Err(e) => Err(e),
@@ -1304,19 +1637,27 @@ impl Core {
             }
             return Ok(());
         }
-        let state = match store.load_state(device)? {
-            Some(bytes) => match DeviceState::decode(&bytes) {
-                Some(s) => s,
-                None => {
-                    store.quarantine_state(device, &bytes, "device state does not decode");
-                    self.engine.new_state(ts)
-                }
-            },
-            None => self.engine.new_state(ts),
-        };
-        let live = store.live_tickets(device)?;
         // Back in memory: the idle release finds it among the slots again.
         self.held_on_disk.remove(device);
+        let (mut slot, _) = self.load(store, device, ts)?;
+        slot.tick = tick;
+        slot.dirty = true;
+        self.slots.insert(device.to_string(), slot);
+        dirty.push(device.to_string());
+        Ok(())
+    }
+
+    /// A device's snapshot as the store has it (a new state from event time `ts` when there is
+    /// none), with its reorder buffer and its live tickets; says whether the store had a state
+    /// of the device. Records that cannot be decoded are set aside.
+    fn load(&self, store: &Store, device: &str, ts: Millis) -> Result<(Slot, bool), CoreError> {
+        let state = store.load_state(device)?.and_then(|bytes| {
+            let s = DeviceState::decode(&bytes);
+            if s.is_none() {
+                store.quarantine_state(device, &bytes, "device state does not decode");
+            }
+            s
+        });
         let (reorder, reorder_stored) = match store.load_reorder(device)? {
             Some(bytes) => match reorder::Buffer::decode(&bytes) {
                 Some(b) => (b, true),
@@ -1327,46 +1668,124 @@ impl Core {
             },
             None => (reorder::Buffer::default(), false),
         };
-        self.slots.insert(
-            device.to_string(),
-            Slot {
-                state,
-                live,
-                reorder,
-                reorder_stored,
-                last_arrival: Instant::now(),
-                tick,
-                dirty: true,
-            },
-        );
-        dirty.push(device.to_string());
-        Ok(())
+        let found = state.is_some();
+        let slot = Slot {
+            state: state.unwrap_or_else(|| self.engine.new_state(ts)),
+            live: store.live_tickets(device)?,
+            reorder,
+            reorder_stored,
+            last_arrival: Instant::now(),
+            tick: 0,
+            dirty: false,
+            // A snapshot set aside is written again at the next commit.
+            snapshot_stored: found,
+            logged: false,
+            steps: Vec::new(),
+            force_snapshot: false,
+        };
+        Ok((slot, found))
     }
 
-    /// Drops the least recently seen device states beyond `max` (all are committed by now).
-    /// Evicts down to 90 % of `max` at once so the sort is paid rarely.
-    fn evict(&mut self, max: usize, metrics: &Metrics) {
-        if self.slots.len() <= max {
-            return;
-        }
-        let target = (max - max / 10).max(1).min(max);
-        let mut ticks: Vec<u64> = self.slots.values().map(|s| s.tick).collect();
-        let n_evict = self.slots.len() - target;
-        ticks.select_nth_unstable(n_evict - 1);
-        let cutoff = ticks[n_evict - 1];
-        let before = self.slots.len();
-        // A device holding items for event-time order may go too (they are on disk): the idle
-        // release finds it through `held_on_disk`.
-        let held = &mut self.held_on_disk;
-        self.slots.retain(|d, s| {
-            let keep = s.tick > cutoff || s.dirty;
-            if !keep && !s.reorder.is_empty() {
-                held.insert(d.clone(), s.last_arrival);
+    /// Replays logged steps (in log order) over a loaded slot. Without a snapshot the state
+    /// starts where the live path started it: at the first item offered. A step that does not
+    /// decode is skipped and logged.
+    fn replay_steps(&self, device: &str, slot: &mut Slot, steps: Vec<Vec<u8>>) {
+        let mut released = Vec::new();
+        for (i, bytes) in steps.into_iter().enumerate() {
+            let step = match postcard::from_bytes::<Step<Pending>>(&bytes) {
+                Ok(step) => step,
+                Err(e) => {
+                    tracing::error!(device = %clip(device, 200), "logged step does not decode, skipped: {e}");
+                    continue;
+                }
+            };
+            if i == 0 && !slot.snapshot_stored {
+                if let Step::Offer { item, .. } | Step::Apply(item) = &step {
+                    slot.state = self.engine.new_state(item.ts);
+                }
             }
-            keep
-        });
-        metrics.evictions.inc_by((before - self.slots.len()) as u64);
+            match step {
+                Step::Offer { tolerance_ms, item } => {
+                    if slot.reorder.offer(item, tolerance_ms) == Offer::Held {
+                        slot.reorder.release(device, &mut released);
+                    }
+                }
+                Step::Apply(item) => released.push(item.into_item(device)),
+                Step::Flush => slot.reorder.flush(device, &mut released),
+            }
+            for (item, _) in released.drain(..) {
+                self.replay(&mut slot.state, &item);
+            }
+        }
     }
+
+    /// Applies a logged item to a state: what [`App::apply`] did to it, without the effects
+    /// already committed (ticket changes, counts, gaps).
+    fn replay(&self, state: &mut DeviceState, item: &Item) {
+        let mut changes = Vec::new();
+        let mut live = Vec::new();
+        match item {
+            Item::Reading(r) => {
+                let dev = self.devices.get(&r.device_id);
+                let ctx = DeviceCtx {
+                    attrs: dev.map(|d| &d.attributes),
+                    customer_id: dev.and_then(|d| d.customer_id.as_deref()),
+                };
+                apply_reading(&self.engine, state, &mut live, ctx, r, &mut changes, None);
+            }
+            Item::Event(ev) => self.engine.event(state, &mut live, ev, &mut changes),
+        }
+    }
+}
+
+impl Slot {
+    /// Adds what a commit must keep of the device: this group's steps for the step log, or its
+    /// whole state (with its mark in the log) when it has none stored yet. Returns the steps
+    /// logged.
+    fn persist<'a>(
+        &mut self,
+        tx: &mut Tx,
+        device: &'a str,
+        records: &mut Vec<(&'a str, Vec<u8>)>,
+    ) -> u64 {
+        if !self.snapshot_stored || self.force_snapshot {
+            self.snapshot(tx, device);
+            records.push((device, Vec::new()));
+            return 0;
+        }
+        let n = self.steps.len() as u64;
+        if n > 0 {
+            self.logged = true;
+            records.extend(self.steps.drain(..).map(|s| (device, s)));
+        }
+        n
+    }
+
+    /// Writes the device's whole state (state and reorder buffer); the caller marks it in the
+    /// step log. The bookkeeping changes in memory at once; a caller whose commit fails drops
+    /// the slots (memory is rebuilt from the store).
+    fn snapshot(&mut self, tx: &mut Tx, device: &str) {
+        tx.put_state(device, self.state.encode());
+        if !self.reorder.is_empty() {
+            tx.put_reorder(device, self.reorder.encode());
+            self.reorder_stored = true;
+        } else if self.reorder_stored {
+            tx.remove_reorder(device);
+            self.reorder_stored = false;
+        }
+        self.steps.clear();
+        self.snapshot_stored = true;
+        self.force_snapshot = false;
+        self.logged = false;
+    }
+}
+
+/// A step log record: (device, encoded step) in the order applied; an empty step marks the
+/// device's whole state written (or forgotten) at that point, so a replay drops what came
+/// before.
+fn log_record(records: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    // Strings and bytes only: postcard cannot fail on them.
+    postcard::to_allocvec(records).unwrap_or_default()
 }
 
 /// Where a device's last gap is kept (`k/gap/<device>`).

@@ -198,6 +198,9 @@ impl Config {
                 key: format!("ingest.senml.{key}"),
                 message,
             })?;
+        if !(1..=10_000_000).contains(&self.store.snapshot_every) {
+            return bad("store.snapshot_every", "must be between 1 and 10000000");
+        }
         if self.features.window_readings == 0 || self.features.window_readings > 256 {
             return bad("features.window_readings", "must be between 1 and 256");
         }

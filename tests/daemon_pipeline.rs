@@ -21,12 +21,11 @@ attributes = { model = "P200" }
 "#;
 
 fn stored_readings(h: &forewarn::serve::Handle, device: &str) -> u32 {
+    // The committed state: the daemon's memory, else the stored snapshot.
     h.app
-        .store
-        .load_state(device)
+        .device_state(device)
         .unwrap()
-        .and_then(|b| DeviceState::decode(&b))
-        .map(|s| s.readings)
+        .map(|s: DeviceState| s.readings)
         .unwrap_or(0)
 }
 

@@ -116,15 +116,14 @@ async fn a_broker_restart_mid_stream_loses_no_reading_and_changes_no_ticket() {
     )
     .await;
     let store = h.app.store.clone();
+    let app = h.app.clone();
     let applied = |d: String| {
-        let store = store.clone();
+        let app = app.clone();
         move || {
-            store
-                .load_state(&d)
+            app.device_state(&d)
                 .ok()
                 .flatten()
-                .and_then(|b| DeviceState::decode(&b))
-                .map_or(0, |s| s.readings)
+                .map_or(0, |s: DeviceState| s.readings)
         }
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -154,14 +154,14 @@ async fn finish(run: &Run, running: Option<Serve>) -> Outcome {
             .map(|b| DeviceState::decode(&b).unwrap());
         readings.insert(device(i), st.map(|s| s.readings).unwrap_or(0).into());
     }
-    let tickets = store
+    // Not the id: each data directory keys its ticket ids with its own secret.
+    let mut tickets = store
         .tickets(&Default::default())
         .unwrap()
         .into_iter()
         .map(|t| {
             format!(
-                "{} {} {} {:?} {:?} p={:.6} opened={} fails={:?}",
-                t.id,
+                "{} {} {:?} {:?} p={:.6} opened={} fails={:?}",
                 t.device_id,
                 t.failure_mode,
                 t.status,
@@ -172,6 +172,7 @@ async fn finish(run: &Run, running: Option<Serve>) -> Outcome {
             )
         })
         .collect::<Vec<_>>();
+    tickets.sort();
     let mut messages: BTreeMap<String, usize> = BTreeMap::new();
     let mut keys = std::collections::HashSet::new();
     let mut repeated = 0;

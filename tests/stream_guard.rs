@@ -9,11 +9,8 @@ use common::*;
 use forewarn::features::DeviceState;
 
 fn state(h: &forewarn::serve::Handle, device: &str) -> Option<DeviceState> {
-    h.app
-        .store
-        .load_state(device)
-        .unwrap()
-        .and_then(|b| DeviceState::decode(&b))
+    // The committed state: the daemon's memory, else the stored snapshot.
+    h.app.device_state(device).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,10 @@ fn plant_corrupt_records(dir: &std::path::Path) {
         .unwrap();
     tree.insert(b"s/q-1".as_slice(), b"\xff\xff\xff".as_slice())
         .unwrap();
+    // A step log record (replayed at start) that is not a list of (device, step).
+    let mut k = b"w/".to_vec();
+    k.extend_from_slice(&7u64.to_be_bytes());
+    tree.insert(k, b"\xff\xff\xff\xff".as_slice()).unwrap();
     db.flush().unwrap();
 }
 
@@ -73,7 +77,7 @@ async fn corrupt_records_are_quarantined_and_tickets_still_flow_to_dispatch() {
         .iter()
         .map(|r| r["key"].as_str().unwrap().to_string())
         .collect();
-    for want in ["t/T-bad", "o/dispatch/", "fd/broken", "s/q-1"] {
+    for want in ["t/T-bad", "o/dispatch/", "fd/broken", "s/q-1", "w/"] {
         assert!(
             keys.iter().any(|k| k.starts_with(want)),
             "{want} quarantined: {keys:?}"

@@ -663,13 +663,8 @@ struct TicketPage {
 /// The device's window of each metric the evidence names.
 fn driving_series(b: &Board, t: &Ticket) -> Vec<super::svg::Series> {
     let index = crate::app::load_metric_index(&b.app.store);
-    let state = b
-        .app
-        .store
-        .load_state(&t.device_id)
-        .ok()
-        .flatten()
-        .and_then(|bytes| crate::features::DeviceState::decode(&bytes));
+    // From the app, not the store: the stored state is a checkpoint that lags what was applied.
+    let state = b.app.device_state(&t.device_id).ok().flatten();
     let Some(state) = state else {
         return Vec::new();
     };
@@ -1255,13 +1250,7 @@ async fn device_page(
     blocking(move || {
         let b = b2;
         let device = b.app.device(&id);
-        let state = b
-            .app
-            .store
-            .load_state(&id)
-            .ok()
-            .flatten()
-            .and_then(|x| crate::features::DeviceState::decode(&x));
+        let state = b.app.device_state(&id).ok().flatten();
         let tickets = b
             .app
             .store

@@ -7,8 +7,9 @@
 //! item older than the watermark is late (dropped and counted, as before). An item is released
 //! once it is strictly older than the watermark, so everything released is older than everything
 //! still accepted. When the device falls silent, [`Buffer::flush`] (driven by an idle timer)
-//! releases the rest and moves the watermark past it. The buffer is stored with the device's
-//! state, in the same commit, so an acknowledged message is never only in memory.
+//! releases the rest and moves the watermark past it. What is offered to the buffer is in
+//! the step log, and the buffer itself is stored with the device's state at checkpoints, so an
+//! acknowledged message is never only in memory.
 
 use crate::domain::{apply_order, DeviceEvent, EventKind, Millis, Reading};
 use serde::{Deserialize, Serialize};
@@ -95,7 +96,7 @@ impl Buffer {
     pub fn release(&mut self, device: &str, out: &mut Vec<(Item, i64)>) {
         let Some(w) = self.watermark else { return };
         let n = self.pending.partition_point(|q| q.ts < w);
-        out.extend(self.pending.drain(..n).map(|p| into_item(device, p)));
+        out.extend(self.pending.drain(..n).map(|p| p.into_item(device)));
     }
 
     /// The device is idle: releases everything held and moves the watermark up to the newest
@@ -106,7 +107,7 @@ impl Buffer {
         if let Some(m) = self.max_seen {
             self.watermark = Some(self.watermark.map_or(m, |old| old.max(m)));
         }
-        out.extend(self.pending.drain(..).map(|p| into_item(device, p)));
+        out.extend(self.pending.drain(..).map(|p| p.into_item(device)));
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -154,22 +155,26 @@ impl Pending {
     }
 }
 
-fn into_item(device: &str, p: Pending) -> (Item, i64) {
-    let item = match p.event {
-        None => Item::Reading(Reading {
-            device_id: device.to_string(),
-            ts: p.ts,
-            seq: p.seq,
-            metrics: p.metrics,
-        }),
-        Some(kind) => Item::Event(DeviceEvent {
-            device_id: device.to_string(),
-            ts: p.ts,
-            kind,
-            code: p.code,
-        }),
-    };
-    (item, p.received_ms)
+impl Pending {
+    /// The reading or event again, with its receipt time.
+    pub fn into_item(self, device: &str) -> (Item, i64) {
+        let p = self;
+        let item = match p.event {
+            None => Item::Reading(Reading {
+                device_id: device.to_string(),
+                ts: p.ts,
+                seq: p.seq,
+                metrics: p.metrics,
+            }),
+            Some(kind) => Item::Event(DeviceEvent {
+                device_id: device.to_string(),
+                ts: p.ts,
+                kind,
+                code: p.code,
+            }),
+        };
+        (item, p.received_ms)
+    }
 }
 
 #[cfg(test)]

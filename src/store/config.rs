@@ -9,6 +9,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// sled's page cache (its default of 1 GiB is too much for a small box).
     pub cache_bytes: u64,
+    /// A checkpoint — every device's whole state written, the step log emptied — after this
+    /// many logged steps (readings and events of the whole fleet); in between, a commit writes
+    /// one step log record for its group instead of each device's state. 1 checkpoints at every
+    /// commit. Also bounds what is replayed at start-up after a crash.
+    pub snapshot_every: u32,
 }
 
 impl Default for Config {
@@ -16,6 +21,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("data"),
             cache_bytes: 128 * 1024 * 1024,
+            snapshot_every: 100_000,
         }
     }
 }

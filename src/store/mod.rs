@@ -10,6 +10,7 @@
 //! | `meta/schema` | schema version |
 //! | `s/{device}` | device state (postcard) |
 //! | `r/{device}` | the device's reorder buffer: items held for event-time order (postcard) |
+//! | `w/{seq}` | the step log: one record per commit, the steps it applied (see below) |
 //! | `t/{ticket id}` | ticket (JSON) |
 //! | `l/{device}\x1f{mode}` | id of the live ticket of that device and mode |
 //! | `o/{queue}/{seq}` | outbox row (JSON, owned by the queue's worker) |
@@ -17,6 +18,13 @@
 //! | `fd/{device}`, `fc/{customer}` | fleet registry records (JSON) |
 //! | `k/{name}` | small key-value records owned by other modules (idempotency marks, …) |
 //! | `q/{original key}` | a record that could not be decoded, moved aside (JSON [`Quarantined`]) |
+//!
+//! A device's state is its snapshot (`s/` and `r/`) plus the steps the step log holds for it
+//! after its last snapshot. sled's cost is per key written (and grows with the number of keys),
+//! not per byte, so a commit writes one log record with all the steps of its group (readings and
+//! events offered, idle flushes) instead of one or two records per device; the devices' whole
+//! states are written at checkpoints, and the log records before a checkpoint are removed. What
+//! a step means is the app's business; the store keeps bytes.
 //!
 //! A record that cannot be decoded is never allowed to stop a reader: every scan moves it to
 //! `q/` under its own key (one atomic batch), counts it, logs it and goes on.
@@ -30,7 +38,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the step log (`w/`). A data directory of version 1 (no step log) is upgraded in
+/// place when opened; an older build refuses a version 2 directory.
+pub const SCHEMA_VERSION: u32 = 2;
+/// Versions this build opens (and upgrades to [`SCHEMA_VERSION`]).
+const READABLE_SCHEMAS: &[&str] = &["1", "2"];
 const SEP: u8 = 0x1f;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +172,21 @@ impl Tx {
         self.ops += 1;
     }
 
+    /// Appends a record to the step log; returns its sequence number (monotonic across
+    /// restarts: the log is read back in this order).
+    pub fn put_log(&mut self, record: Vec<u8>) -> u64 {
+        let seq = self.seq();
+        self.batch.insert(log_key(seq), record);
+        self.ops += 1;
+        seq
+    }
+
+    /// Removes a step log record (its steps are in the snapshots now).
+    pub fn remove_log(&mut self, seq: u64) {
+        self.batch.remove(log_key(seq));
+        self.ops += 1;
+    }
+
     pub fn put_reorder(&mut self, device: &str, bytes: Vec<u8>) {
         self.batch.insert(key2(b"r/", device), bytes);
         self.ops += 1;
@@ -261,6 +288,12 @@ fn key2(prefix: &[u8], s: &str) -> Vec<u8> {
     k
 }
 
+fn log_key(seq: u64) -> Vec<u8> {
+    let mut k = b"w/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn outbox_prefix(queue: &str) -> Vec<u8> {
     let mut k = key2(b"o/", queue);
     k.push(b'/');
@@ -315,6 +348,15 @@ impl Store {
                 db.flush()?;
             }
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v) if READABLE_SCHEMAS.iter().any(|r| r.as_bytes() == v.as_ref()) => {
+                tree.insert(b"meta/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+                tracing::info!(
+                    "store at {} upgraded from schema version {} to {SCHEMA_VERSION}",
+                    dir.display(),
+                    String::from_utf8_lossy(&v)
+                );
+            }
             Some(v) => {
                 return Err(StoreError::Schema {
                     path: dir.display().to_string(),
@@ -397,6 +439,14 @@ impl Store {
 
     /// Applies the transaction atomically and flushes it to disk.
     pub fn commit(&self, tx: Tx) -> Result<()> {
+        self.apply(tx)?;
+        self.flush()
+    }
+
+    /// Applies the transaction atomically, without waiting for the disk: readers see it at
+    /// once; it is durable after the next [`Store::flush`] (or sled's own, within a second).
+    /// Whoever acknowledges what it holds flushes first.
+    pub fn apply(&self, tx: Tx) -> Result<()> {
         if let Some(e) = tx.encode_error {
             return Err(e);
         }
@@ -409,12 +459,18 @@ impl Store {
         }
         let h = self.h()?;
         h.tree.apply_batch(tx.batch)?;
-        h.db.flush()?;
         if !tx.outcomes.is_empty() {
             if let Some(log) = self.outcome_log.lock().as_mut() {
                 log.extend(tx.outcomes);
             }
         }
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable (one fsync for every transaction applied since
+    /// the last one).
+    pub fn flush(&self) -> Result<()> {
+        self.h()?.db.flush()?;
         Ok(())
     }
 
@@ -482,6 +538,25 @@ impl Store {
             out.push(String::from_utf8_lossy(&k[2..]).into_owned());
         }
         Ok(out)
+    }
+
+    /// Every step log record, in log order: (sequence number, bytes). A key that is not a
+    /// sequence number is set aside.
+    pub fn log(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.h()?.tree.scan_prefix(b"w/") {
+            let (k, v) = kv?;
+            match k.get(2..).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                Some(b) => out.push((u64::from_be_bytes(b), v.to_vec())),
+                None => self.quarantine(&k, &v, "step log key without a sequence number"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets a step log record that could not be decoded aside.
+    pub fn quarantine_log(&self, seq: u64, bytes: &[u8], detail: &str) {
+        self.quarantine(&log_key(seq), bytes, detail);
     }
 
     /// Sets a reorder buffer that could not be decoded aside.
@@ -613,7 +688,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Outbox rows of a queue, oldest first: (key, row).
+    /// Outbox rows of a queue, oldest first: (key, row). Durable: a row is acted on (a
+    /// message sent, a ticket published) only once the commit that wrote it is on disk, even
+    /// when ingest applied it without waiting ([`Store::apply`]).
     pub fn outbox<T: DeserializeOwned>(&self, queue: &str) -> Result<Vec<(Vec<u8>, T)>> {
         let mut out = Vec::new();
         for kv in self.h()?.tree.scan_prefix(outbox_prefix(queue)) {
@@ -621,6 +698,9 @@ impl Store {
             if let Some(row) = self.decode_or_quarantine(&k, &v) {
                 out.push((k.to_vec(), row));
             }
+        }
+        if !out.is_empty() {
+            self.flush()?;
         }
         Ok(out)
     }
@@ -811,6 +891,82 @@ mod tests {
         s.commit(tx).unwrap();
         assert_eq!(s.ticket("T-2").unwrap(), Some(t));
         assert!(s.quarantine_list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_step_log_reads_back_in_commit_order_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seqs = Vec::new();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            for i in 0..3u8 {
+                let mut tx = s.tx();
+                seqs.push(tx.put_log(vec![i]));
+                s.commit(tx).unwrap();
+            }
+        }
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut tx = s.tx();
+        let later = tx.put_log(vec![9]);
+        tx.remove_log(seqs[0]);
+        s.commit(tx).unwrap();
+        assert!(
+            later > seqs[2],
+            "sequence numbers keep rising after a restart"
+        );
+        let log: Vec<Vec<u8>> = s.log().unwrap().into_iter().map(|(_, v)| v).collect();
+        assert_eq!(log, vec![vec![1], vec![2], vec![9]]);
+        s.h().unwrap().tree.insert(b"w/x", &b"?"[..]).unwrap();
+        assert_eq!(s.log().unwrap().len(), 3);
+        assert_eq!(
+            s.quarantine_list().unwrap().len(),
+            1,
+            "a malformed key is set aside"
+        );
+    }
+
+    #[test]
+    fn a_data_dir_of_the_previous_layout_opens_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("forewarn").unwrap();
+            tree.insert(b"meta/schema", &b"1"[..]).unwrap();
+            tree.insert(b"s/d1", &[1u8, 2, 3][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.load_state("d1").unwrap(), Some(vec![1, 2, 3]));
+        assert!(
+            s.log().unwrap().is_empty(),
+            "no step log: the state is the snapshot"
+        );
+        assert_eq!(
+            s.h()
+                .unwrap()
+                .tree
+                .get(b"meta/schema")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            SCHEMA_VERSION.to_string().as_bytes(),
+            "upgraded in place"
+        );
+        drop(s);
+
+        let newer = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(newer.path()).unwrap();
+            let tree = db.open_tree("forewarn").unwrap();
+            tree.insert(b"meta/schema", &b"3"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let e = Store::open(newer.path(), 1 << 20).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("schema version 3, this build uses 2"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -165,8 +165,8 @@ fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
 
 /// Event time of the newest probe marker the daemon has committed.
 fn committed_probe(app: &forewarn::app::App) -> Option<i64> {
-    let bytes = app.store.load_state(PROBE).ok()??;
-    let state = forewarn::features::DeviceState::decode(&bytes)?;
+    // Committed: the processor holds the core lock from a group's first message to its commit.
+    let state = app.device_state(PROBE).ok()??;
     Some(state.last_error_ts)
 }
 
