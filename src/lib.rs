@@ -15,6 +15,7 @@
 //! - [`ingest`]   payload decoding and encoding (pure, fuzzable), the MQTT driver (rumqttc,
 //!   manual acks), the per-device reorder buffer
 //! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
+//! - [`error_body`] the JSON error body of every HTTP route (`{"error": {"code", "message"}}`)
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
 //! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider;
@@ -28,7 +29,8 @@
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
 //!   health; one bearer-token check
 //! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
-//! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation
+//! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation;
+//!   [`config_reference`] the reference of every key, generated from those `Config`s
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `simulate`,
 //!   `demo`, `fleet`, `export`)
 //! - tools beside the daemon: [`sim`] a deterministic simulated fleet, [`replay`] history files →
@@ -42,11 +44,13 @@ pub mod archive;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod config_reference;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod engine;
+pub mod error_body;
 pub mod features;
 pub mod fleet;
 pub mod history;

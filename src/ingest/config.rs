@@ -5,22 +5,28 @@ use crate::domain::Dur;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// `mqtt://host:port` or `mqtts://host:port` (TLS with rustls).
     pub url: String,
+    /// The MQTT client id; the broker keeps this client's session, so use one id per daemon.
     pub client_id: String,
+    /// MQTT user name, if the broker asks for one.
     pub username: Option<String>,
+    /// MQTT password (better set by environment variable).
     pub password: Option<crate::secret::Secret>,
     /// PEM file of CA certificates to trust for `mqtts://` (default: the system's web PKI roots).
     pub ca_file: Option<PathBuf>,
+    /// MQTT keep-alive interval.
     pub keep_alive: Dur,
     /// Largest packet accepted from the broker (rumqttc's default of 10 KiB is too small).
     pub max_packet_bytes: usize,
     /// Unacknowledged QoS 1 messages the client accepts at once.
     pub inflight: u16,
+    /// Reconnect backoff after losing the broker: exponential with jitter, from this...
     pub reconnect_min: Dur,
+    /// ...up to this.
     pub reconnect_max: Dur,
 }
 
@@ -41,14 +47,18 @@ impl Default for BrokerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Topic filters of readings; the device id is the topic level at `device_id_level`.
     pub telemetry_topics: Vec<String>,
+    /// Topic filters of device events (failures, maintenance, errors).
     pub event_topics: Vec<String>,
     /// Which topic level (0-based) holds the device id; `None` reads the payload's `device_id`.
     pub device_id_level: Option<usize>,
+    /// Larger payloads are rejected (reason `too_large`).
     pub max_payload_bytes: usize,
+    /// Readings per batch payload at most.
     pub max_batch: usize,
     /// Messages processed and committed together before their acks are sent.
     pub commit_group: usize,
