@@ -221,7 +221,7 @@ async fn list_tickets(
 }
 
 #[utoipa::path(get, path = "/api/v1/tickets/{id}", tag = "tickets",
-    params(("id" = String, Path, description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
         (status = 200, description = "The ticket", body = Ticket),
         (status = 400, description = "The id is not valid", body = ErrorBody),
@@ -253,7 +253,7 @@ struct TransitionBody {
 }
 
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/transitions", tag = "tickets",
-    params(("id" = String, Path, description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body = TransitionBody,
     responses(
         (status = 200, description = "The ticket after the transition", body = Ticket),
@@ -301,7 +301,7 @@ async fn list_devices(
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "fleet",
-    params(("id" = String, Path, description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
         (status = 200, description = "The device", body = Device),
         (status = 400, description = "The id is not valid", body = ErrorBody),
@@ -339,7 +339,7 @@ fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value,
 }
 
 #[utoipa::path(put, path = "/api/v1/devices/{id}", tag = "fleet",
-    params(("id" = String, Path, description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body(content = Device, description = "The device; `id` may be left out (the path's is used) but must not differ"),
     responses(
         (status = 200, description = "Replaced", body = Device),
@@ -384,7 +384,7 @@ async fn list_customers(
 }
 
 #[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "fleet",
-    params(("id" = String, Path, description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
         (status = 200, description = "The customer", body = Customer),
         (status = 400, description = "The id is not valid", body = ErrorBody),
@@ -403,7 +403,7 @@ async fn get_customer(
 }
 
 #[utoipa::path(put, path = "/api/v1/customers/{id}", tag = "fleet",
-    params(("id" = String, Path, description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body(content = Customer, description = "The customer; `id` may be left out (the path's is used) but must not differ"),
     responses(
         (status = 200, description = "Replaced", body = Customer),
