@@ -26,6 +26,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
+    /// Optional in a `PUT /api/v1/devices/{id}` body (the path's id is used); always present in
+    /// answers and the fleet file.
+    #[schema(required = false)]
     pub id: String,
     #[serde(default)]
     pub customer_id: Option<String>,
@@ -88,6 +91,9 @@ impl Channel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Customer {
+    /// Optional in a `PUT /api/v1/customers/{id}` body (the path's id is used); always present
+    /// in answers and the fleet file.
+    #[schema(required = false)]
     pub id: String,
     #[serde(default)]
     pub name: String,

@@ -146,22 +146,46 @@ async fn blocking<T: Send + 'static>(
 
 // ------------------------------------------------------------------ tickets
 
+// The id parameters' `pattern` (here and on each `{id}`) is `domain::validate_device_id` said
+// as a regular expression: none of `/`, `+`, `#`, control characters or Unicode white space.
+// (The 128 is in bytes there; a pattern can only count characters.)
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct TicketQuery {
-    /// Only tickets with this status.
-    #[param(value_type = Option<Status>)]
+    /// Only tickets with this status (empty: any).
+    #[param(value_type = Option<StatusFilter>)]
     status: Option<String>,
     /// Only this device's tickets.
+    #[param(
+        pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$"
+    )]
     device_id: Option<String>,
     /// Only this customer's tickets.
+    #[param(
+        pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$"
+    )]
     customer_id: Option<String>,
     /// RFC 3339 or epoch milliseconds: tickets updated at or after.
     since: Option<String>,
     /// At most this many tickets (default 1000, at most 10000).
     #[param(minimum = 0)]
     limit: Option<usize>,
+}
+
+/// `status` as the query takes it: a status, or empty for any (what a form with nothing chosen
+/// sends). Only describes the parameter; the handler reads the text.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum StatusFilter {
+    #[serde(rename = "")]
+    Any,
+    Open,
+    Acknowledged,
+    Scheduled,
+    Resolved,
+    Dismissed,
 }
 
 const MAX_LIST: usize = 10_000;
@@ -221,7 +245,7 @@ async fn list_tickets(
 }
 
 #[utoipa::path(get, path = "/api/v1/tickets/{id}", tag = "tickets",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
         (status = 200, description = "The ticket", body = Ticket),
         (status = 400, description = "The id is not valid", body = ErrorBody),
@@ -253,7 +277,7 @@ struct TransitionBody {
 }
 
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/transitions", tag = "tickets",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body = TransitionBody,
     responses(
         (status = 200, description = "The ticket after the transition", body = Ticket),
@@ -301,7 +325,7 @@ async fn list_devices(
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "fleet",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
         (status = 200, description = "The device", body = Device),
         (status = 400, description = "The id is not valid", body = ErrorBody),
@@ -339,7 +363,7 @@ fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value,
 }
 
 #[utoipa::path(put, path = "/api/v1/devices/{id}", tag = "fleet",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body(content = Device, description = "The device; `id` may be left out (the path's is used) but must not differ"),
     responses(
         (status = 200, description = "Replaced", body = Device),
@@ -384,7 +408,7 @@ async fn list_customers(
 }
 
 #[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "fleet",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
         (status = 200, description = "The customer", body = Customer),
         (status = 400, description = "The id is not valid", body = ErrorBody),
@@ -403,7 +427,7 @@ async fn get_customer(
 }
 
 #[utoipa::path(put, path = "/api/v1/customers/{id}", tag = "fleet",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body(content = Customer, description = "The customer; `id` may be left out (the path's is used) but must not differ"),
     responses(
         (status = 200, description = "Replaced", body = Customer),

@@ -1451,7 +1451,7 @@ async fn page_answer(
 /// `POST /api/v1/tickets/{id}/links/revoke` (a write: needs the API token): every link of the
 /// ticket issued so far stops working.
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/links/revoke", tag = "notify",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Ticket id")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
     responses(
         (status = 204, description = "Every link of the ticket issued so far stops working"),
         (status = 404, description = "No such ticket", body = ErrorBody),
@@ -1472,7 +1472,7 @@ async fn revoke_links(State(s): State<AppState>, Path(id): Path<String>) -> Resp
 /// (`entries`), and one story per ticket (`stories`). `unknown-sender` holds replies from
 /// addresses no customer has.
 #[utoipa::path(get, path = "/api/v1/customers/{id}/timeline", tag = "notify",
-    params(("id" = String, Path, pattern = r"^[^/+#\s\x00-\x1f\x7f-\x9f]{1,128}$", description = "Customer id")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id")),
     responses(
         (status = 200, description = "The timeline", body = Timeline),
         (status = 400, description = "The id is not valid", body = ErrorBody),
