@@ -190,6 +190,7 @@ enum StatusFilter {
 
 const MAX_LIST: usize = 10_000;
 
+/// List tickets, newest change first.
 #[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets",
     params(TicketQuery),
     responses(
@@ -244,6 +245,7 @@ async fn list_tickets(
     Ok(Json(list))
 }
 
+/// One ticket, with its evidence and history.
 #[utoipa::path(get, path = "/api/v1/tickets/{id}", tag = "tickets",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
@@ -276,6 +278,7 @@ struct TransitionBody {
     note: String,
 }
 
+/// Move a ticket to another status.
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/transitions", tag = "tickets",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body = TransitionBody,
@@ -314,6 +317,7 @@ async fn post_transition(
 
 // ------------------------------------------------------------------ fleet
 
+/// List the devices of the registry.
 #[utoipa::path(get, path = "/api/v1/devices", tag = "fleet",
     responses((status = 200, description = "Every device of the registry", body = Vec<Device>)),
     security(("bearer" = ["read"])))]
@@ -324,6 +328,7 @@ async fn list_devices(
     Ok(Json(app.devices()))
 }
 
+/// One device.
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "fleet",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
@@ -362,6 +367,7 @@ fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value,
     Ok(v)
 }
 
+/// Create or replace a device.
 #[utoipa::path(put, path = "/api/v1/devices/{id}", tag = "fleet",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body(content = Device, description = "The device; `id` may be left out (the path's is used) but must not differ"),
@@ -397,6 +403,7 @@ async fn put_device(
     Ok((status, Json(d)).into_response())
 }
 
+/// List the customers of the registry.
 #[utoipa::path(get, path = "/api/v1/customers", tag = "fleet",
     responses((status = 200, description = "Every customer of the registry, with their contacts", body = Vec<Customer>)),
     security(("bearer" = ["read"])))]
@@ -407,6 +414,7 @@ async fn list_customers(
     Ok(Json(app.customers()))
 }
 
+/// One customer, with contacts and preferences.
 #[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "fleet",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
@@ -426,6 +434,7 @@ async fn get_customer(
         .ok_or_else(|| ApiError::not_found(format!("customer {id} not found")))
 }
 
+/// Create or replace a customer.
 #[utoipa::path(put, path = "/api/v1/customers/{id}", tag = "fleet",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body(content = Customer, description = "The customer; `id` may be left out (the path's is used) but must not differ"),
@@ -461,6 +470,7 @@ async fn put_customer(
 
 // ------------------------------------------------------------------ operations
 
+/// The latest rejected payloads and why.
 #[utoipa::path(get, path = "/api/v1/rejects", tag = "operations",
     responses((status = 200, description = "The latest rejected payloads (`ingest.recent_rejects` of them)", body = Vec<crate::app::RejectRecord>)),
     security(("bearer" = ["admin"])))]
@@ -620,8 +630,10 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// This document. Open: no token (it is the same for every deployment and committed with the
-/// source as `openapi.json`).
+/// This document.
+///
+/// Open: no token (it is the same for every deployment and committed with the source as
+/// `openapi.json`).
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = Object, content_type = "application/json")))]
 async fn openapi_json() -> Response {

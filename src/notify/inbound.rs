@@ -569,8 +569,10 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
-/// A customer's SMS reply, as Twilio forwards it. Carrier keywords (STOP, START, HELP) are
-/// answered in TwiML; a reply is applied to the customer's ticket.
+/// A customer's SMS reply (Twilio webhook).
+///
+/// Carrier keywords (STOP, START, HELP) are answered in TwiML; a reply is applied to the
+/// customer's ticket.
 #[utoipa::path(post, path = "/notify/v1/twilio/sms", tag = "notify", operation_id = "twilio_sms",
     params(TwilioHeaders),
     request_body(description = "Twilio's webhook parameters, as a form (or JSON)", content(
@@ -750,8 +752,9 @@ pub fn ticket_ref(text: &str) -> Option<String> {
     })
 }
 
-/// A delivery status callback for an SMS or a call: delivered, or undelivered (the next
-/// channel is tried).
+/// A delivery status callback (Twilio webhook).
+///
+/// For an SMS or a call: delivered, or undelivered (the next channel is tried).
 #[utoipa::path(post, path = "/notify/v1/twilio/status", tag = "notify", operation_id = "twilio_status",
     params(TwilioHeaders),
     request_body(description = "Twilio's status callback parameters, as a form (or JSON)", content(
@@ -797,11 +800,11 @@ async fn status_callback(
     }
 }
 
-/// Inbound e-mail, as Mailgun's routes forward it: the request must carry Mailgun's signature
-/// (`timestamp`, `token`, `signature` keyed with the webhook signing key), within
-/// `inbound_email_max_age` of now, and each `token` is accepted once.
-/// A customer's e-mail reply, as Mailgun's routes forward it, signed with the webhook signing
-/// key; it counts for the ticket of the reply address it was sent to.
+/// A customer's e-mail reply (Mailgun inbound route).
+///
+/// The request must carry Mailgun's signature (`timestamp`, `token`, `signature` keyed with the
+/// webhook signing key), within `inbound_email_max_age` of now, and each `token` is accepted
+/// once. The reply counts for the ticket and customer of the reply address it was sent to.
 #[utoipa::path(post, path = "/notify/v1/email/inbound", tag = "notify", operation_id = "inbound_email",
     request_body(content = MailgunForm, content_type = "application/x-www-form-urlencoded"),
     responses(
@@ -1321,8 +1324,9 @@ fn story_html(s: &AppState, t: &Ticket, p: &PageText) -> String {
     html
 }
 
-/// The self-service page of a signed link: what is wrong, the ticket's status and story, and
-/// the customer's three answers.
+/// The self-service page of a signed link.
+///
+/// What is wrong, the ticket's status and story, and the customer's three answers.
 #[utoipa::path(get, path = "/notify/v1/s/{token}", tag = "notify", operation_id = "self_service_page",
     params(("token" = String, Path, description = "The signed token of the link sent to the customer"), PageHeaders),
     responses(
@@ -1448,8 +1452,9 @@ async fn page_answer(
     }
 }
 
-/// `POST /api/v1/tickets/{id}/links/revoke` (a write: needs the API token): every link of the
-/// ticket issued so far stops working.
+/// Revoke a ticket's self-service links.
+///
+/// Every link of the ticket issued so far stops working (a write: needs scope `write`).
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/links/revoke", tag = "notify",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
     responses(
@@ -1468,7 +1473,9 @@ async fn revoke_links(State(s): State<AppState>, Path(id): Path<String>) -> Resp
     }
 }
 
-/// Every ticket, message, delivery, reply and decision of a customer in time order
+/// A customer's timeline.
+///
+/// Every ticket, message, delivery, reply and decision of the customer in time order
 /// (`entries`), and one story per ticket (`stories`). `unknown-sender` holds replies from
 /// addresses no customer has.
 #[utoipa::path(get, path = "/api/v1/customers/{id}/timeline", tag = "notify",
