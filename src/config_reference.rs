@@ -41,6 +41,8 @@ impl Key {
 pub struct Table {
     pub path: Vec<String>,
     pub description: String,
+    /// An optional table (`Option<…>`): absent by default.
+    pub optional: bool,
     pub keys: Vec<Key>,
 }
 
@@ -86,6 +88,20 @@ fn table_schema(s: &Value) -> Option<&Map<String, Value>> {
     None
 }
 
+/// Whether `s` also admits `null` (an `Option`).
+fn nullable(s: &Value) -> bool {
+    let in_type = match s.get("type") {
+        Some(Value::Array(a)) => a.iter().any(|t| t == "null"),
+        _ => false,
+    };
+    let in_alternatives = ["anyOf", "oneOf"].iter().any(|alt| {
+        s.get(*alt)
+            .and_then(Value::as_array)
+            .is_some_and(|list| list.iter().any(is_null))
+    });
+    in_type || in_alternatives
+}
+
 fn is_null(v: &Value) -> bool {
     v.get("type").and_then(Value::as_str) == Some("null")
 }
@@ -103,6 +119,7 @@ fn walk(path: Vec<String>, s: &Value, out: &mut Vec<Table>) {
                 .unwrap_or(""),
         ),
         keys: Vec::new(),
+        optional: nullable(s),
     };
     let defaults = s.get("default").or_else(|| obj.get("default"));
     let mut nested = Vec::new();
@@ -269,6 +286,12 @@ pub fn markdown() -> String {
         if !t.description.is_empty() {
             md.push_str(&format!("{}\n\n", t.description));
         }
+        if t.optional {
+            md.push_str(
+                "An optional table, absent by default (what it configures is off); the defaults \
+                 below apply once it is given.\n\n",
+            );
+        }
         md.push_str("| key | type | default | environment variable | secret | description |\n");
         md.push_str("|---|---|---|---|---|---|\n");
         for k in &t.keys {
@@ -317,6 +340,11 @@ mod tests {
         assert!(grace.kind.starts_with("duration"), "{grace:?}");
         assert_eq!(grace.default.as_deref(), Some("\"10s\""));
         assert!(key("api.tokens").secret);
+        let tables = tables();
+        let table = |p: &str| tables.iter().find(|t| t.path.join(".") == p).unwrap();
+        assert!(table("notify.sms").optional);
+        assert!(!table("notify.routing").optional);
+        assert!(!table("api").optional);
     }
 
     /// A key without a doc comment would have an empty line in the reference: give the field a
