@@ -4,7 +4,7 @@
 //! dispatch row and the notifier's rows together.
 
 use crate::dispatch::DispatchRow;
-use crate::domain::{format_ts, HistoryEntry, Millis, RejectReason, Status, Ticket};
+use crate::domain::{format_ts, HistoryEntry, Millis, Outcome, RejectReason, Status, Ticket};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
 use crate::features::{DeviceState, MetricIndex, Observed, WindowSpec};
 use crate::fleet::{Customer, Device};
@@ -119,6 +119,8 @@ struct Tally {
     scores: Vec<(String, f64)>,
     /// Gaps noticed, written with the group.
     gaps: Vec<Gap>,
+    /// Sparkplug edge node states (births, aliases, `seq`) changed, written with the group.
+    sparkplug: Vec<crate::ingest::sparkplug::StoredNode>,
 }
 
 struct Core {
@@ -258,6 +260,8 @@ pub struct App {
     /// Plans the customer notifications of every ticket change, inside the change's commit.
     notifier: Arc<Notifier>,
     limits: Limits,
+    /// Sparkplug B and SenML: asked first whether a topic is theirs.
+    formats: crate::ingest::formats::Formats,
     /// Wakes the dispatch worker after a commit that added rows.
     pub dispatch_wake: Arc<Notify>,
     /// Kept by the MQTT driver's connection observer.
@@ -279,6 +283,11 @@ impl App {
     /// The notifier (the demo's simulated customers answer through its routes, on its clock).
     pub fn notifier(&self) -> &Arc<Notifier> {
         &self.notifier
+    }
+
+    /// The Sparkplug B and SenML decoders (`serve` publishes their rebirth requests).
+    pub fn formats(&self) -> &crate::ingest::formats::Formats {
+        &self.formats
     }
 
     pub(crate) fn new(
@@ -348,6 +357,11 @@ impl App {
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
             notifier,
+            formats: crate::ingest::formats::Formats::build(
+                &settings.ingest,
+                limits,
+                &metrics.registry,
+            ),
             limits,
             dispatch_wake: Arc::new(Notify::new()),
             broker_connected: Arc::new(AtomicBool::new(false)),
@@ -360,6 +374,14 @@ impl App {
             drift: None,
         };
         let mut app = app;
+        // Sparkplug births acknowledged before a restart still count.
+        match app
+            .store
+            .scan_kv::<crate::ingest::sparkplug::StoredNode>(crate::ingest::sparkplug::STATE_PREFIX)
+        {
+            Ok(nodes) => app.formats.restore(nodes),
+            Err(e) => tracing::warn!("Sparkplug edge node states not read back: {e}"),
+        }
         // A second App on the same registry (some tests) finds the name taken and goes without.
         app.drift = crate::outcomes::Drift::build(&app.metrics.registry).ok();
         app.metrics
@@ -393,7 +415,21 @@ impl App {
                 .telemetry_topics
                 .iter()
                 .any(|f| topic_matches(f, topic));
-            let items: Vec<Item> = if is_telemetry {
+            let items: Vec<Item> = if let Some(d) =
+                self.formats
+                    .decode(topic, &m.publish.payload, m.received_ms)
+            {
+                if let Some(g) = d.gap {
+                    self.sparkplug_gap(g, m.received_ms, &mut tally);
+                }
+                match d.result {
+                    Ok(items) => items,
+                    Err(rej) => {
+                        self.reject(topic, &m.publish.payload, &rej);
+                        continue;
+                    }
+                }
+            } else if is_telemetry {
                 match decode::decode_telemetry(
                     &m.publish.payload,
                     topic_device,
@@ -506,6 +542,7 @@ impl App {
         }
         self.metrics.readings.inc_by(stats.readings as u64);
         stats.changes = changes.len();
+        tally.sparkplug = self.formats.take_changed();
         self.commit_group(core, &dirty, &changes, tally)?;
         Ok(stats)
     }
@@ -674,6 +711,9 @@ impl App {
         }
         for g in &tally.gaps {
             tx.put_kv(&gap_key(&g.device_id), g);
+        }
+        for n in &tally.sparkplug {
+            tx.put_kv(&n.key(), n);
         }
         // The notifier's clock: the wall clock, or the simulated one in the demo.
         let now_ms = self.notifier.now_ms();
@@ -872,6 +912,36 @@ impl App {
         }
     }
 
+    /// A Sparkplug edge node's `seq` gap: counted with the other losses and kept as the node's
+    /// last gap (`GET /api/v1/gaps`, under the node's device id), in messages rather than readings.
+    fn sparkplug_gap(
+        &self,
+        g: crate::ingest::sparkplug::SeqGap,
+        received_ms: i64,
+        tally: &mut Tally,
+    ) {
+        let (prev, seq) = (u64::from(g.prev), u64::from(g.seq));
+        tally.missing += g.missing;
+        let gap = Gap {
+            device_id: g.node_id.clone(),
+            after_seq: prev,
+            next_seq: seq,
+            missing: g.missing,
+            ts: format_ts(received_ms),
+            noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
+        };
+        self.gaps.lock().insert(g.node_id.clone(), gap.clone());
+        tally.gaps.push(gap);
+        self.note_loss(
+            &g.node_id,
+            LossNote::Gap {
+                prev,
+                seq,
+                missing: g.missing,
+            },
+        );
+    }
+
     /// Logs a `seq` gap or reset, within the per-minute budget (the rest are only counted).
     fn note_loss(&self, device: &str, note: LossNote) {
         let now = chrono::Utc::now().timestamp_millis();
@@ -998,6 +1068,22 @@ impl App {
         actor: &str,
         note: &str,
     ) -> Result<Ticket, CoreError> {
+        self.transition_with(id, to, actor, note, None, |_, _| Ok(()))
+    }
+
+    /// [`App::transition`], with the outcome a person gives when resolving or dismissing (the
+    /// label for the next training run), and `also`: further records written in the same
+    /// commit as the change (the board's booked visit or assignment), given the changed ticket.
+    /// `also` runs inside the single writer: no I/O, no waiting.
+    pub fn transition_with(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        outcome: Option<Outcome>,
+        also: impl FnOnce(&Ticket, &mut Tx) -> Result<(), CoreError>,
+    ) -> Result<Ticket, CoreError> {
         let mut core = self.core.lock();
         let core = &mut *core;
         let mut t = self
@@ -1019,12 +1105,21 @@ impl App {
                 });
             }
         }
+        if let Some(o) = outcome {
+            if !matches!(t.status, Status::Resolved | Status::Dismissed) {
+                return Err(CoreError::Invalid(
+                    "an outcome is given only when resolving or dismissing a ticket".into(),
+                ));
+            }
+            t.outcome = Some(o);
+        }
         let change = Change {
             kind: ChangeKind::Transition,
             previous_priority,
             ticket: t.clone(),
         };
         let mut tx = self.store.tx();
+        also(&t, &mut tx)?;
         self.record_change(core, &mut tx, &change, now);
         self.store.commit(tx)?;
         if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {

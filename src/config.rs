@@ -25,6 +25,7 @@ pub struct Config {
     pub store: crate::store::Config,
     pub archive: crate::archive::Config,
     pub api: crate::api::Config,
+    pub board: crate::board::Config,
     pub fleet: crate::fleet::Config,
     pub dispatch: crate::dispatch::Config,
     pub notify: crate::notify::NotifyConfig,
@@ -139,6 +140,7 @@ impl Config {
             update_min_ttf_fraction: self.tickets.update_min_ttf_fraction,
             evidence_features: self.tickets.evidence_features,
             consecutive_override: self.scoring.consecutive,
+            ticket_id_key: Vec::new(),
         }
     }
 
@@ -152,6 +154,20 @@ impl Config {
         };
         if !(self.broker.url.starts_with("mqtt://") || self.broker.url.starts_with("mqtts://")) {
             return bad("broker.url", "must start with mqtt:// or mqtts://");
+        }
+        if !matches!(self.broker.protocol, 4 | 5) {
+            return bad("broker.protocol", "must be 4 (MQTT 3.1.1) or 5 (MQTT 5)");
+        }
+        if self
+            .ingest
+            .shared_group
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            return bad(
+                "ingest.shared_group",
+                "must be a non-empty name without '/', '+' or '#'",
+            );
         }
         if self.broker.client_id.is_empty() {
             return bad("broker.client_id", "must not be empty");
@@ -168,6 +184,20 @@ impl Config {
         if self.ingest.commit_group == 0 {
             return bad("ingest.commit_group", "must be at least 1");
         }
+        self.ingest
+            .sparkplug
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("ingest.sparkplug.{key}"),
+                message,
+            })?;
+        self.ingest
+            .senml
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("ingest.senml.{key}"),
+                message,
+            })?;
         if self.features.window_readings == 0 || self.features.window_readings > 256 {
             return bad("features.window_readings", "must be between 1 and 256");
         }
@@ -203,6 +233,12 @@ impl Config {
                 );
             }
         }
+        self.board
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("board.{key}"),
+                message,
+            })?;
         self.archive
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -233,6 +269,7 @@ mod tests {
         assert_eq!(from_file.scoring, crate::predict::Config::default());
         assert_eq!(from_file.notify, crate::notify::NotifyConfig::default());
         assert_eq!(from_file.api, crate::api::Config::default());
+        assert_eq!(from_file.board, crate::board::Config::default());
     }
 
     #[test]

@@ -105,6 +105,22 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     // Reads need the token too (the default); the demo prints it with each example call.
     cfg.api.tokens = vec![crate::api::TokenConfig::Bare("demo-token".into())];
     cfg.log.filter = "warn,rumqttd=off".into();
+    // The board's technicians: one per failure mode, and one who does everything.
+    cfg.board.technicians = [
+        ("t-ana", "Ana Lima", vec!["bearing_wear"]),
+        ("t-somchai", "สมชาย ใจดี", vec!["overheating"]),
+        ("t-darya", "دریا کریمی", vec!["seal_leak"]),
+        ("t-max", "Max Weber", vec![]),
+    ]
+    .into_iter()
+    .map(|(id, name, skills)| crate::board::Technician {
+        id: id.into(),
+        name: name.into(),
+        skills: skills.into_iter().map(String::from).collect(),
+        region: String::new(),
+        hours: String::new(),
+    })
+    .collect();
 
     let sim_cfg = SimConfig {
         devices: opts.devices,
@@ -154,6 +170,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     println!("  broker     {} (embedded)", broker.url());
     println!("  API        http://{api}/api/v1/tickets   (Authorization: Bearer demo-token)");
     println!("  metrics    http://{api}/metrics");
+    println!("  board      http://{api}/board   (sign in with the token demo-token)");
     println!(
         "  fleet      {} simulated devices, 4 metrics each, 3 failure modes; {} simulated hours per second",
         opts.devices, opts.sim_hours_per_second
@@ -223,8 +240,18 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         println!(
             "       -d '{{\"to\":\"acknowledged\"}}' http://{api}/api/v1/tickets/<id>/transitions"
         );
+        println!(
+            "Or open the board, http://{api}/board (token demo-token): pick a ticket, assign a \
+             technician and propose visit slots; the simulated customer picks one on their page."
+        );
         println!("Ctrl-C stops it.");
+        let booking = tokio::spawn(customers_pick_slots(
+            cfg.clone(),
+            handle.app.clone(),
+            shutdown.clone(),
+        ));
         shutdown.cancelled().await;
+        let _ = booking.await;
     }
     shutdown.cancel();
     handle.stopped(cfg.shutdown.grace.std()).await;
@@ -232,6 +259,57 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     Ok(summary)
+}
+
+/// While the daemon keeps running: each visit a dispatcher proposes on the board is answered a
+/// few seconds later by the simulated customer, who picks the first slot on their page (the
+/// same self-service page and form a real customer uses).
+async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: CancellationToken) {
+    let http = reqwest::Client::new();
+    let public = cfg.api.public_url.clone();
+    let secret = cfg
+        .notify
+        .link_secret
+        .as_ref()
+        .map(|s| s.0.clone())
+        .unwrap_or_default();
+    let mut answered: HashSet<(String, String)> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+        let proposals: Vec<crate::domain::Proposal> = app
+            .store
+            .scan_kv(crate::domain::PROPOSAL_PREFIX)
+            .unwrap_or_default();
+        for p in proposals {
+            if !answered.insert((p.ticket_id.clone(), p.proposed_at.clone())) {
+                continue;
+            }
+            let Some(t) = app.ticket(&p.ticket_id).filter(|t| t.is_live()) else {
+                continue;
+            };
+            let (Some(cid), Some(slot)) = (t.customer_id.clone(), p.slots.first()) else {
+                continue;
+            };
+            let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
+            let token = crate::notify::link::sign(secret.as_bytes(), &t.id, &cid, exp);
+            let start = slot.start_ms.to_string();
+            let r = http
+                .post(format!("{public}/notify/v1/s/{token}"))
+                .form(&[("action", "confirm"), ("slot", start.as_str())])
+                .send()
+                .await;
+            let ok = r.is_ok_and(|r| r.status().is_success());
+            println!(
+                "  {cid} picked {} for {} on their page{}",
+                format_ts(slot.start_ms),
+                t.id,
+                if ok { "" } else { " (not recorded)" }
+            );
+        }
+    }
 }
 
 fn pick_listen(wanted: &str) -> String {

@@ -15,7 +15,6 @@ use crate::ingest::mqtt::Backoff;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::Store;
-use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,7 +102,7 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     /// Kept by the MQTT driver: retained publishes wait for the broker rather than fail.
     broker_connected: Arc<AtomicBool>,
-    client: AsyncClient,
+    client: crate::ingest::mqtt::Client,
     http: reqwest::Client,
 }
 
@@ -114,7 +113,7 @@ impl Dispatcher {
         metrics: Metrics,
         wake: Arc<Notify>,
         broker_connected: Arc<AtomicBool>,
-        client: AsyncClient,
+        client: crate::ingest::mqtt::Client,
     ) -> Result<Dispatcher, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -186,11 +185,7 @@ impl Dispatcher {
                     let payload = serde_json::to_vec(&row.ticket).unwrap_or_default();
                     // Queued into the client's session: with clean_session = false rumqttc
                     // re-sends it after a reconnect until the broker acknowledges it.
-                    match self
-                        .client
-                        .publish(topic, QoS::AtLeastOnce, true, payload)
-                        .await
-                    {
+                    match self.client.publish(topic, true, payload).await {
                         Ok(()) => {
                             row.mqtt_done = true;
                             m.with_label_values(&["mqtt", "ok"]).inc();

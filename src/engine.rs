@@ -27,6 +27,9 @@ pub struct EngineConfig {
     pub evidence_features: usize,
     /// Consecutive scorings required before opening; `None` uses each model's own value.
     pub consecutive_override: Option<u16>,
+    /// The key ticket ids are derived under (see [`crate::tickets::ticket_id`]); empty in
+    /// `evaluate` and `train`.
+    pub ticket_id_key: Vec<u8>,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +41,7 @@ impl Default for EngineConfig {
             update_min_ttf_fraction: 0.2,
             evidence_features: 5,
             consecutive_override: None,
+            ticket_id_key: Vec::new(),
         }
     }
 }
@@ -368,7 +372,7 @@ impl Engine {
     ) -> Ticket {
         let at = format_ts(r.ts);
         Ticket {
-            id: ticket_id(&r.device_id, &mm.mode, r.ts),
+            id: ticket_id(&self.cfg.ticket_id_key, &r.device_id, &mm.mode, r.ts),
             device_id: r.device_id.clone(),
             customer_id: ctx.customer_id.map(str::to_string),
             failure_mode: mm.mode.clone(),

@@ -12,8 +12,9 @@
 //!   score → ticket policy (pure)
 //! - [`store`]    sled: one atomic batch per state change, flushed before acks
 //! - [`history`]  the CSV history format: one reader with the caller's bad-row policy, the writer
-//! - [`ingest`]   payload decoding and encoding (pure, fuzzable), the MQTT driver (rumqttc,
-//!   manual acks), the per-device reorder buffer
+//! - [`ingest`]   payload decoding and encoding (pure, fuzzable) — forewarn's JSON, Sparkplug B
+//!   (a pure host state machine: births, aliases, `seq`, rebirth requests) and SenML — the MQTT
+//!   driver (rumqttc, manual acks), the per-device reorder buffer
 //! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
 //! - [`error_body`] the JSON error body of every HTTP route (`{"error": {"code", "message"}}`)
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
@@ -28,6 +29,8 @@
 //! - [`app`]      the single writer: in-memory device state and the commit path
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
 //!   health; one bearer-token check
+//! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
+//!   view, device, customer), sign-in, technicians and visits; changes go through `app`
 //! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
 //! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation;
 //!   [`config_reference`] the reference of every key, generated from those `Config`s
@@ -40,6 +43,7 @@
 pub mod api;
 pub mod app;
 pub mod archive;
+pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;

@@ -104,6 +104,27 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // pump-d: a person resolved it after a visit that found nothing (no maintenance event).
+    let dd = mqtt(&b, "pump-d").await;
+    let td = open_ticket_on(&dd, &api, "pump-d").await;
+    let r = api
+        .http
+        .post(format!("{}/api/v1/tickets/{td}/transitions", api.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"to": "resolved", "note": "no fault found", "outcome": "false_alarm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = api
+        .http
+        .post(format!("{}/api/v1/tickets/{td}/transitions", api.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"to": "acknowledged", "outcome": "false_alarm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a resolved ticket stays resolved");
     for id in [&ta, &tb] {
         eventually("ticket settled", || async {
             api.get_json(&format!("/api/v1/tickets/{id}")).await["status"] == "resolved"
@@ -111,11 +132,11 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         .await;
     }
 
-    // Two of the three settled predictions were right.
+    // Two of the four settled predictions were right.
     let p = api
         .metric("forewarn_model_realised_precision{mode=\"overheat\",model=\"hot\"}")
         .await;
-    assert!((p - 2.0 / 3.0).abs() < 1e-9, "realised precision {p}");
+    assert!((p - 2.0 / 4.0).abs() < 1e-9, "realised precision {p}");
 
     // The degrading devices' scores moved away from the quiet reference.
     let drift = api
@@ -136,7 +157,7 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         {
             n += std::fs::read_to_string(&p).unwrap().lines().count() - 1;
         }
-        n == 400 + 3 * 48
+        n == 400 + 4 * 48
     })
     .await;
     assert_eq!(api.metric("forewarn_archive_dropped_total").await, 0.0);
@@ -146,7 +167,7 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     let sum = forewarn::cli::export::export(&dirs.data(), &out).unwrap();
     assert_eq!(
         (sum.readings, sum.events, sum.outcomes),
-        (400 + 3 * 48, 2, 2)
+        (400 + 4 * 48, 3, 3)
     );
 
     // The files read back with the reader `forewarn train` uses, failing on any bad row.
@@ -163,7 +184,7 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     )
     .unwrap();
     assert!(metrics.contains(&"temp".to_string()), "{metrics:?}");
-    assert_eq!(rows, 400 + 3 * 48);
+    assert_eq!(rows, 400 + 4 * 48);
     let ev = out.join("events.csv");
     let mut events = Vec::new();
     read_events(
@@ -176,14 +197,15 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         },
     )
     .unwrap();
-    assert_eq!(events.len(), 2);
+    assert_eq!(events.len(), 3);
     assert_eq!(
         outcomes(&ev),
         vec![
             ("pump-a".into(), "maintenance".into(), "confirmed".into()),
             ("pump-b".into(), "failure".into(), "failed".into()),
+            ("pump-d".into(), "maintenance".into(), "false_alarm".into()),
         ],
-        "the dismissed ticket had no visit, so it adds no event"
+        "the dismissed ticket had no visit, so it adds no event; the visit that found nothing does"
     );
     // The training loader takes the three files, the `outcome` column included.
     let with = forewarn::train::csv::read_events_with_outcomes(&ev).unwrap();

@@ -34,9 +34,8 @@ async fn throughput_of_the_commit_path_in_process() {
         for d in 0..devices {
             let p = payload(d, (r * batch) as i64, (r * batch) as u64 + 1, batch);
             msgs.push(Inbound {
-                publish: rumqttc::Publish::new(
+                publish: forewarn::ingest::mqtt::Publish::new(
                     format!("devices/dev-{d}/telemetry"),
-                    rumqttc::QoS::AtLeastOnce,
                     p,
                 ),
                 received: Instant::now(),

@@ -6,171 +6,15 @@
 //! buttons. Without Chromium the test skips, and
 //! fails under `CI=true` (`.ci/run` installs `chromium` and `chromium-driver`).
 
+mod browser_support;
 mod notify_support;
 
+use browser_support::{find, Driver, Viewport};
 use forewarn::domain::{Priority, Status};
 use forewarn::fleet::Channel;
 use forewarn::notify::{Clock, TicketDesk};
 use notify_support::Harness;
-use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn find(names: &[&str]) -> Option<String> {
-    names.iter().find_map(|n| {
-        let out = Command::new("sh")
-            .args(["-c", &format!("command -v {n}")])
-            .output()
-            .ok()?;
-        let p = String::from_utf8(out.stdout).ok()?.trim().to_string();
-        (!p.is_empty()).then_some(p)
-    })
-}
-
-struct Driver {
-    child: Child,
-    base: String,
-    session: String,
-    http: reqwest::Client,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Driver {
-    /// Ends the WebDriver session first (chromedriver then closes Chromium, which would
-    /// otherwise outlive it), even when the test panics: a plain blocking HTTP DELETE.
-    fn drop(&mut self) {
-        use std::io::{Read, Write};
-        let addr = self.base.trim_start_matches("http://").to_string();
-        if let Ok(mut c) = std::net::TcpStream::connect(&addr) {
-            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-            let req = format!(
-                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                self.session
-            );
-            if c.write_all(req.as_bytes()).is_ok() {
-                // The answer comes once the browser is gone.
-                let mut first = [0u8; 512];
-                let _ = c.read(&mut first);
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Driver {
-    async fn start(chromium: &str, chromedriver: &str) -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let profile = tempfile::tempdir().unwrap();
-        // Headless windows have a minimum width; a phone's viewport is emulated instead.
-        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-            "binary": chromium,
-            "mobileEmulation": {"deviceMetrics": {"width": 360, "height": 780, "pixelRatio": 1.0}},
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--window-size=360,800",
-                format!("--user-data-dir={}", profile.path().display()),
-            ]
-        }}}});
-        let r: Value = http
-            .post(format!("{base}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let session = r["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {r}"))
-            .to_string();
-        Driver {
-            child,
-            base,
-            session,
-            http,
-            _profile: profile,
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let req = self.http.request(method.clone(), url);
-        let req = if method == reqwest::Method::GET {
-            req
-        } else {
-            req.json(&body)
-        };
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
-        v["value"].clone()
-    }
-
-    async fn go(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", json!({"url": url}))
-            .await;
-    }
-
-    async fn script(&self, js: &str) -> Value {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/sync",
-            json!({"script": js, "args": []}),
-        )
-        .await
-    }
-
-    async fn click(&self, css: &str) {
-        let el = self
-            .call(
-                reqwest::Method::POST,
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        let id = el
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(|v| v.as_str())
-            .unwrap_or_else(|| panic!("no element {css}: {el}"))
-            .to_string();
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            json!({}),
-        )
-        .await;
-    }
-
-    async fn screenshot(&self, path: &std::path::Path) {
-        use base64::Engine;
-        let v = self
-            .call(reqwest::Method::GET, "/screenshot", json!({}))
-            .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap())
-            .unwrap();
-        std::fs::write(path, png).unwrap();
-    }
-}
 
 #[tokio::test]
 async fn the_page_works_in_a_browser_in_three_languages_at_360_px() {
@@ -186,7 +30,7 @@ async fn the_page_works_in_a_browser_in_three_languages_at_360_px() {
         return;
     };
     let h = Harness::start(|c| c.max_reminders = 0).await;
-    let d = Driver::start(&chromium, &chromedriver).await;
+    let d = Driver::start(&chromium, &chromedriver, Viewport::Phone(360)).await;
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&out).unwrap();
     let cases = [

@@ -276,6 +276,10 @@ struct TransitionBody {
     /// Kept in the ticket's history; at most 4096 bytes.
     #[serde(default)]
     note: String,
+    /// With `to: resolved` or `dismissed`: how it ended (`confirmed_fault`, `false_alarm`,
+    /// `failed_before_service`), the label for the next training run.
+    #[serde(default)]
+    outcome: Option<crate::domain::Outcome>,
 }
 
 /// Move a ticket to another status.
@@ -308,8 +312,15 @@ async fn post_transition(
     }
     let app2 = app.clone();
     let t = blocking(move || {
-        app2.transition(&id, Some(to), "api", &body.note)
-            .map_err(ApiError::from)
+        app2.transition_with(
+            &id,
+            Some(to),
+            "api",
+            &body.note,
+            body.outcome,
+            |_, _| Ok(()),
+        )
+        .map_err(ApiError::from)
     })
     .await?;
     Ok(Json(t))

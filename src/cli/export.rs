@@ -6,11 +6,13 @@
 //! (`confirmed`) or the failure of its mode (`failed`) on its device, at or after the ticket
 //! opened and at or before it settled. A ticket dismissed through the API without any visit has
 //! no event to carry its outcome, so it adds nothing to `events.csv` (it still counts in
-//! `forewarn_model_realised_precision`).
+//! `forewarn_model_realised_precision`). A ticket a person resolved with a verdict (the board's
+//! "fault confirmed", "replaced part" or "no fault found", or the API's `outcome`) was a visit:
+//! when no archived maintenance carries it, that visit is written as the maintenance event.
 
 use super::{CliResult, Failure};
 use crate::archive;
-use crate::domain::{parse_ts, DeviceEvent, EventKind, Millis, Outcome};
+use crate::domain::{parse_ts, DeviceEvent, EventKind, Millis, Outcome, Status};
 use crate::fleet::Device;
 use crate::history::{
     read_events, BadRows, DeviceWriter, EventWriter, HistoryError, TelemetryReader, TelemetryWriter,
@@ -177,12 +179,56 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
             outcome[i] = Some(word);
         }
     }
+    // A ticket a person resolved with a verdict (on the board or through the API) records a
+    // visit: when no archived maintenance carries it, the visit itself becomes the maintenance
+    // event of the mode at the resolution, with the verdict (`confirmed`, or `false_alarm` when
+    // no fault was found). Dismissals had no visit and add nothing.
+    let carried: BTreeSet<(&str, &str, Millis)> = events
+        .iter()
+        .zip(&outcome)
+        .filter(|(_, o)| o.is_some())
+        .map(|(e, _)| (e.device_id.as_str(), e.code.as_str(), e.ts))
+        .collect();
+    let mut visits: Vec<(DeviceEvent, Option<&'static str>)> = Vec::new();
+    for t in &tickets {
+        let word = match (t.status, t.outcome) {
+            (Status::Resolved, Some(Outcome::ConfirmedFault)) => "confirmed",
+            (Status::Resolved, Some(Outcome::FalseAlarm)) => "false_alarm",
+            _ => continue,
+        };
+        let by_person = t.history.last().is_some_and(|h| {
+            h.to == Some(Status::Resolved)
+                && (h.actor == "api"
+                    || h.actor.starts_with("api:")
+                    || h.actor.starts_with("board:"))
+        });
+        let Some(settled) = parse_ts(&t.updated_at).filter(|_| by_person) else {
+            continue;
+        };
+        let has_event = carried.iter().any(|(d, c, ts)| {
+            *d == t.device_id && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
+        });
+        if !has_event {
+            visits.push((
+                DeviceEvent {
+                    device_id: t.device_id.clone(),
+                    ts: settled,
+                    kind: EventKind::Maintenance,
+                    code: t.failure_mode.clone(),
+                },
+                Some(word),
+            ));
+        }
+    }
+    let mut rows: Vec<(DeviceEvent, Option<&'static str>)> =
+        events.into_iter().zip(outcome).chain(visits).collect();
+    rows.sort_by(|a, b| (&a.0.device_id, a.0.ts).cmp(&(&b.0.device_id, b.0.ts)));
     let ev_path = out.join("events.csv");
     let mut ew = EventWriter::with_outcome(BufWriter::new(
         File::create(&ev_path).map_err(io(&ev_path))?,
     ))
     .map_err(io(&ev_path))?;
-    for (e, o) in events.iter().zip(&outcome) {
+    for (e, o) in &rows {
         ew.row_with_outcome(e, *o).map_err(io(&ev_path))?;
         sum.events += 1;
         sum.outcomes += u64::from(o.is_some());

@@ -11,6 +11,7 @@ mod order;
 mod reading;
 mod ticket;
 mod time;
+mod visit;
 
 pub use device::{validate_device_id, DeviceIdError, MAX_DEVICE_ID_LEN};
 pub use duration::{Dur, DurError};
@@ -18,3 +19,4 @@ pub use order::{apply_order, rank as order_rank};
 pub use reading::{DeviceEvent, EventKind, Reading, RejectReason};
 pub use ticket::{Evidence, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
 pub use time::{format_ts, parse_rfc3339, parse_ts, Millis};
+pub use visit::{proposal_key, visit_key, Proposal, Slot, Visit, PROPOSAL_PREFIX, VISIT_PREFIX};

@@ -64,10 +64,21 @@ pub enum RejectReason {
     BatchTooLarge,
     /// Stamped further ahead of its receipt than `ingest.max_clock_skew`.
     FutureTs,
+    /// A Sparkplug B payload that is not a valid protobuf `Payload`.
+    InvalidProtobuf,
+    /// A Sparkplug B message that breaks the specification's rules (a `seq` over 255, a DATA
+    /// topic without its device level, …).
+    BadSparkplug,
+    /// Sparkplug B DATA from an edge node or device whose BIRTH forewarn has not seen: its
+    /// aliases and datatypes are unknown, so a rebirth is requested instead.
+    NoBirth,
+    /// A SenML pack (RFC 8428) that is not one: a record that is not an object, a label of the
+    /// wrong type, a name outside the RFC's characters, an unknown must-understand label.
+    BadSenml,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 14] = [
         Self::TooLarge,
         Self::NotUtf8,
         Self::InvalidJson,
@@ -78,6 +89,10 @@ impl RejectReason {
         Self::BadEvent,
         Self::BatchTooLarge,
         Self::FutureTs,
+        Self::InvalidProtobuf,
+        Self::BadSparkplug,
+        Self::NoBirth,
+        Self::BadSenml,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,6 +106,10 @@ impl RejectReason {
             Self::BadEvent => "bad_event",
             Self::BatchTooLarge => "batch_too_large",
             Self::FutureTs => "future_ts",
+            Self::InvalidProtobuf => "invalid_protobuf",
+            Self::BadSparkplug => "bad_sparkplug",
+            Self::NoBirth => "no_birth",
+            Self::BadSenml => "bad_senml",
         }
     }
 }

@@ -269,6 +269,24 @@ impl DeviceState {
         }
     }
 
+    /// The window's values of metric `id` (a [`MetricIndex`] id), oldest first, with their
+    /// event times; readings that lacked the metric are left out. For charts: the board draws
+    /// what drove a score from these.
+    pub fn series(&self, id: u16) -> Vec<(Millis, f64)> {
+        let n = self.ts_ring.len();
+        let Some(Some(mw)) = self.metrics.get(id as usize) else {
+            return Vec::new();
+        };
+        let filled = (self.filled as usize).min(n);
+        (0..filled)
+            .map(|k| (self.head as usize + n - filled + k) % n)
+            .filter_map(|slot| {
+                let v = *mw.ring.get(slot)?;
+                (!v.is_nan()).then(|| (self.ts_ring[slot], f64::from(v)))
+            })
+            .collect()
+    }
+
     /// Applies a reading unless it is a duplicate or too late. Only metrics in `index` are kept.
     pub fn observe(&mut self, r: &Reading, spec: &WindowSpec, index: &MetricIndex) -> Observed {
         if let (Some(seq), Some(last)) = (r.seq, self.last_seq) {
@@ -913,6 +931,25 @@ mod tests {
         assert!(get("absent.last").is_nan());
         assert_eq!(get("hours_since_reset"), 49.0);
         assert_eq!(get("readings"), 50.0);
+    }
+
+    #[test]
+    fn a_series_is_the_window_oldest_first_after_the_ring_wraps() {
+        let s = spec();
+        let idx = MetricIndex::new(["temp"]);
+        let mut st = DeviceState::new(&s.window, 0);
+        let n = s.window.window_readings as i64;
+        for h in 0..n + 5 {
+            st.observe(&reading(h, None, h as f64), &s.window, &idx);
+        }
+        let series = st.series(idx.get("temp").unwrap());
+        assert_eq!(series.len(), n as usize);
+        assert_eq!(series[0], (5 * 3_600_000, 5.0));
+        assert_eq!(
+            series.last().copied(),
+            Some(((n + 4) * 3_600_000, (n + 4) as f64))
+        );
+        assert!(st.series(7).is_empty());
     }
 
     #[test]

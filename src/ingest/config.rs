@@ -10,6 +10,9 @@ use std::path::PathBuf;
 pub struct BrokerConfig {
     /// `mqtt://host:port` or `mqtts://host:port` (TLS with rustls).
     pub url: String,
+    /// MQTT protocol version: 4 (MQTT 3.1.1, the default) or 5 (MQTT 5: session expiry,
+    /// receive maximum and maximum packet size are announced to the broker).
+    pub protocol: u8,
     /// The MQTT client id; the broker keeps this client's session, so use one id per daemon.
     pub client_id: String,
     /// MQTT user name, if the broker asks for one.
@@ -22,8 +25,14 @@ pub struct BrokerConfig {
     pub keep_alive: Dur,
     /// Largest packet accepted from the broker (rumqttc's default of 10 KiB is too small).
     pub max_packet_bytes: usize,
-    /// Unacknowledged QoS 1 messages the client accepts at once.
+    /// Unacknowledged QoS 1 messages the client itself keeps in flight (its own publishes).
     pub inflight: u16,
+    /// MQTT 5 only: how long the broker keeps forewarn's session (subscriptions and queued
+    /// messages) after a disconnect. MQTT 3.1.1 sessions last until the broker's own limit.
+    pub session_expiry: Dur,
+    /// MQTT 5 only: the most unacknowledged QoS 1 messages the broker may send forewarn at once
+    /// (forewarn acknowledges after each commit group; keep it a few `ingest.commit_group`s).
+    pub receive_maximum: u16,
     /// Reconnect backoff after losing the broker: exponential with jitter, from this...
     pub reconnect_min: Dur,
     /// ...up to this.
@@ -34,6 +43,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: "mqtt://127.0.0.1:1883".into(),
+            protocol: 4,
             client_id: "forewarn".into(),
             username: None,
             password: None,
@@ -41,6 +51,8 @@ impl Default for BrokerConfig {
             keep_alive: Dur::secs(30),
             max_packet_bytes: 1024 * 1024,
             inflight: 100,
+            session_expiry: Dur::secs(7 * 24 * 3600),
+            receive_maximum: 1024,
             reconnect_min: Dur(std::time::Duration::from_millis(200)),
             reconnect_max: Dur::secs(30),
         }
@@ -83,6 +95,16 @@ pub struct Config {
     /// readings leaves no `seq` gap until it sends again. Empty (the default): not subscribed —
     /// a broker that does not allow `$SYS` subscriptions (rumqttd) closes the connection.
     pub broker_drops_topic: String,
+    /// Subscribe to the data filters as members of this shared subscription group
+    /// (`$share/{group}/{filter}`; MQTT 5, and Mosquitto accepts it from 3.1.1 too). The broker
+    /// gives each message to ONE member of the group, so members each see part of every
+    /// device's stream: for moving a stream between instances, not load sharing (README,
+    /// "MQTT 5"). Unset: plain subscriptions.
+    pub shared_group: Option<String>,
+    /// Sparkplug B edge nodes and devices (`[ingest.sparkplug]`); off by default.
+    pub sparkplug: super::sparkplug::Config,
+    /// SenML packs (`[ingest.senml]`); off by default.
+    pub senml: super::senml::Config,
 }
 
 impl Default for Config {
@@ -100,6 +122,9 @@ impl Default for Config {
             max_clock_skew: Dur::secs(600),
             forget_after: None,
             broker_drops_topic: String::new(),
+            shared_group: None,
+            sparkplug: Default::default(),
+            senml: Default::default(),
         }
     }
 }

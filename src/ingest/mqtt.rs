@@ -1,4 +1,7 @@
-//! The MQTT driver (rumqttc, MQTT 3.1.1): connection options, the polling task and the acker.
+//! The MQTT driver (rumqttc; MQTT 3.1.1 by default, MQTT 5 with `broker.protocol = 5`): connection
+//! options, the polling task and the acker. Both protocol versions end in the same [`Publish`]
+//! (topic, payload, what its ack needs) and the same [`Client`], so nothing past this module knows
+//! which one is spoken.
 //!
 //! What forewarn needs from the broker:
 //! - QoS 1 and persistent sessions (clean_session = false): messages published while forewarn is
@@ -12,6 +15,13 @@
 //!   Set it to at least `ingest.commit_group` for rated throughput.
 //! - Retained messages for the ticket topics (`dispatch.topic_prefix`).
 //!
+//! With MQTT 5 the connection says the rest itself: a session expiry interval
+//! (`broker.session_expiry`; with `clean_start = false` alone an MQTT 5 broker keeps no session),
+//! a receive maximum (`broker.receive_maximum`: the broker never has more unacknowledged QoS 1
+//! messages out to forewarn than that) and a maximum packet size (`broker.max_packet_bytes`: the
+//! broker discards a larger message for us instead of sending it, so the 3.1.1 work-around below
+//! is not needed; the loss then shows as a `seq` gap and in the broker's drop count).
+//!
 //! Tasks (trap: never await a client request inside the task that polls the event loop):
 //! - `drive` polls the `EventLoop`, forwards publishes over a bounded channel and reconnects with
 //!   exponential backoff and jitter (rumqttc retries at once on its own).
@@ -20,7 +30,8 @@
 
 use super::config::BrokerConfig;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::v5;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -32,6 +43,239 @@ pub enum MqttError {
     Url(#[from] BrokerUrlError),
     #[error("config key broker.ca_file: {path}: {message}")]
     Ca { path: String, message: String },
+    #[error("config key broker.protocol: {0} is not supported (4 = MQTT 3.1.1, 5 = MQTT 5)")]
+    Protocol(u8),
+}
+
+/// A request to the MQTT client that could not be queued: the event loop is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("mqtt client: {0}")]
+pub struct ClientError(String);
+
+/// One message as the broker delivered it, whichever the protocol version.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    /// What acknowledging it needs (its packet id and QoS).
+    ack: AckToken,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AckToken {
+    pkid: u16,
+    qos: QoS,
+}
+
+impl Publish {
+    fn from_v4(p: rumqttc::Publish) -> Publish {
+        Publish {
+            topic: p.topic,
+            payload: p.payload,
+            ack: AckToken {
+                pkid: p.pkid,
+                qos: p.qos,
+            },
+        }
+    }
+
+    fn from_v5(p: v5::mqttbytes::v5::Publish) -> Publish {
+        // The broker checks that topics are UTF-8 (both versions require it).
+        let topic = match String::from_utf8(p.topic.to_vec()) {
+            Ok(t) => t,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        let qos = match p.qos {
+            v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+            v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+            v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+        };
+        Publish {
+            topic,
+            payload: p.payload,
+            ack: AckToken { pkid: p.pkid, qos },
+        }
+    }
+
+    /// A message built by hand (tests, benchmarks): nothing to acknowledge.
+    pub fn new(topic: impl Into<String>, payload: impl Into<bytes::Bytes>) -> Publish {
+        Publish {
+            topic: topic.into(),
+            payload: payload.into(),
+            ack: AckToken {
+                pkid: 0,
+                qos: QoS::AtMostOnce,
+            },
+        }
+    }
+}
+
+fn qos_v5(q: QoS) -> v5::mqttbytes::QoS {
+    match q {
+        QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// The handle the daemon publishes, subscribes and acknowledges through.
+#[derive(Clone)]
+pub enum Client {
+    V4(AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+impl Client {
+    /// A QoS 1 publish, queued into the session (re-sent after a reconnect until acknowledged).
+    pub async fn publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        match self {
+            Client::V4(c) => c
+                .publish(topic, QoS::AtLeastOnce, retain, payload)
+                .await
+                .map_err(|e| ClientError(e.to_string())),
+            Client::V5(c) => c
+                .publish(topic, v5::mqttbytes::QoS::AtLeastOnce, retain, payload)
+                .await
+                .map_err(|e| ClientError(e.to_string())),
+        }
+    }
+
+    /// A QoS 0 publish (commands such as Sparkplug rebirth requests: a lost one is asked again).
+    pub async fn publish_at_most_once(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        match self {
+            Client::V4(c) => c
+                .publish(topic, QoS::AtMostOnce, false, payload)
+                .await
+                .map_err(|e| ClientError(e.to_string())),
+            Client::V5(c) => c
+                .publish(topic, v5::mqttbytes::QoS::AtMostOnce, false, payload)
+                .await
+                .map_err(|e| ClientError(e.to_string())),
+        }
+    }
+
+    /// Acknowledges a delivered message (nothing for QoS 0).
+    pub async fn ack(&self, p: &Publish) -> Result<(), ClientError> {
+        match self {
+            Client::V4(c) => {
+                let mut m = rumqttc::Publish::new("", p.ack.qos, Vec::new());
+                m.pkid = p.ack.pkid;
+                c.ack(&m).await.map_err(|e| ClientError(e.to_string()))
+            }
+            Client::V5(c) => {
+                let mut m =
+                    v5::mqttbytes::v5::Publish::new("", qos_v5(p.ack.qos), Vec::new(), None);
+                m.pkid = p.ack.pkid;
+                c.ack(&m).await.map_err(|e| ClientError(e.to_string()))
+            }
+        }
+    }
+
+    fn try_subscribe_many(&self, filters: &[String]) -> Result<(), ClientError> {
+        match self {
+            Client::V4(c) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce)),
+                )
+                .map_err(|e| ClientError(e.to_string())),
+            Client::V5(c) => c
+                .try_subscribe_many(filters.iter().map(|t| {
+                    v5::mqttbytes::v5::Filter::new(t.clone(), v5::mqttbytes::QoS::AtLeastOnce)
+                }))
+                .map_err(|e| ClientError(e.to_string())),
+        }
+    }
+
+    fn try_disconnect(&self) -> Result<(), ClientError> {
+        match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| ClientError(e.to_string())),
+            Client::V5(c) => c.try_disconnect().map_err(|e| ClientError(e.to_string())),
+        }
+    }
+}
+
+/// Connection options for the configured protocol version.
+#[derive(Debug)]
+pub enum Options {
+    V4(Box<MqttOptions>),
+    V5(Box<v5::MqttOptions>),
+}
+
+impl Options {
+    /// The client and the event loop the polling task ([`drive`]) owns.
+    pub fn connect(self, capacity: usize) -> (Client, Connection) {
+        match self {
+            Options::V4(o) => {
+                let (c, e) = AsyncClient::new(*o, capacity);
+                (Client::V4(c), Connection::V4(Box::new(e)))
+            }
+            Options::V5(o) => {
+                let (c, e) = v5::AsyncClient::new(*o, capacity);
+                (Client::V5(c), Connection::V5(Box::new(e)))
+            }
+        }
+    }
+}
+
+/// The event loop of either protocol version.
+pub enum Connection {
+    V4(Box<EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+/// What one poll of the event loop yields, the same for both versions.
+enum Polled {
+    Publish(Publish),
+    ConnAck { session_present: bool },
+    Other,
+}
+
+impl Connection {
+    async fn poll(&mut self) -> Result<Polled, rumqttc::ConnectionError> {
+        Ok(match self {
+            Connection::V4(e) => match e.poll().await? {
+                Event::Incoming(Packet::Publish(p)) => Polled::Publish(Publish::from_v4(p)),
+                Event::Incoming(Packet::ConnAck(a)) => Polled::ConnAck {
+                    session_present: a.session_present,
+                },
+                _ => Polled::Other,
+            },
+            Connection::V5(e) => match e.poll().await.map_err(v5_error)? {
+                v5::Event::Incoming(v5::Incoming::Publish(p)) => {
+                    Polled::Publish(Publish::from_v5(p))
+                }
+                v5::Event::Incoming(v5::Incoming::ConnAck(a)) => Polled::ConnAck {
+                    session_present: a.session_present,
+                },
+                _ => Polled::Other,
+            },
+        })
+    }
+
+    /// The packet limit set at start (3.1.1 only: MQTT 5 announces it to the broker).
+    fn packet_limit(&self) -> usize {
+        match self {
+            Connection::V4(e) => e.mqtt_options.max_packet_size(),
+            Connection::V5(_) => MQTT_MAX_PACKET,
+        }
+    }
+}
+
+/// MQTT 5 connection errors in the 3.1.1 error type, so [`drive`] handles one kind. Only the
+/// message is kept (the caller logs and reconnects).
+fn v5_error(e: v5::ConnectionError) -> rumqttc::ConnectionError {
+    rumqttc::ConnectionError::Io(std::io::Error::other(format!("mqtt 5: {e}")))
 }
 
 /// One message as received: the publish (kept for its ack) and when it arrived.
@@ -98,8 +342,48 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), BrokerUrlError> {
     Ok((tls, host, port))
 }
 
-/// Builds rumqttc options from `[broker]`: persistent session, manual acks, our packet limit.
-pub fn options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, MqttError> {
+/// Builds rumqttc options from `[broker]` for its protocol version.
+pub fn options(cfg: &BrokerConfig, client_id: &str) -> Result<Options, MqttError> {
+    match cfg.protocol {
+        4 => options_v4(cfg, client_id).map(|o| Options::V4(Box::new(o))),
+        5 => options_v5(cfg, client_id).map(|o| Options::V5(Box::new(o))),
+        p => Err(MqttError::Protocol(p)),
+    }
+}
+
+/// MQTT 5: a persistent session that outlives the connection for `broker.session_expiry`, manual
+/// acks, and the receive maximum and packet limit announced to the broker.
+fn options_v5(cfg: &BrokerConfig, client_id: &str) -> Result<v5::MqttOptions, MqttError> {
+    let (tls, host, port) = parse_url(&cfg.url)?;
+    let mut o = v5::MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(cfg.keep_alive.std().max(Duration::from_secs(1)));
+    o.set_clean_start(false);
+    // 0 would end the session at every disconnect; u32::MAX means "never expires".
+    let expiry = cfg.session_expiry.std().as_secs().clamp(1, u32::MAX as u64) as u32;
+    o.set_session_expiry_interval(Some(expiry));
+    o.set_receive_maximum(Some(cfg.receive_maximum.max(1)));
+    let limit = cfg.max_packet_bytes.clamp(64, MQTT_MAX_PACKET) as u32;
+    o.set_max_packet_size(Some(limit));
+    o.set_manual_acks(true);
+    o.set_request_channel_capacity(4096);
+    if let Some(u) = &cfg.username {
+        let p = cfg
+            .password
+            .as_ref()
+            .map(|p| p.expose())
+            .unwrap_or_default();
+        o.set_credentials(u.clone(), p);
+    }
+    if tls {
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(cfg)?)),
+        ));
+    }
+    Ok(o)
+}
+
+/// MQTT 3.1.1: persistent session, manual acks, our packet limit.
+fn options_v4(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, MqttError> {
     let (tls, host, port) = parse_url(&cfg.url)?;
     let mut o = MqttOptions::new(client_id, host, port);
     o.set_keep_alive(cfg.keep_alive.std().max(Duration::from_secs(1)));
@@ -209,8 +493,8 @@ pub struct DriveOptions {
 /// (those messages stay unacknowledged and are redelivered to the next run); we keep polling until
 /// `acks_flushed` fires or the grace time ends, so acks queued by the processor still go out.
 pub async fn drive(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
+    mut conn: Connection,
+    client: Client,
     forward: mpsc::Sender<Inbound>,
     opts: DriveOptions,
     observer: Arc<dyn ConnectionObserver>,
@@ -220,7 +504,7 @@ pub async fn drive(
     let mut forward = Some(forward);
     let mut backoff = Backoff::new(opts.reconnect_min, opts.reconnect_max);
     // broker.max_packet_bytes (both directions were set from it).
-    let packet_limit = eventloop.mqtt_options.max_packet_size();
+    let packet_limit = conn.packet_limit();
     let mut connected = false;
     let grace_end = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(grace_end);
@@ -238,13 +522,13 @@ pub async fn drive(
                 // Give the queued acks one more round through the socket, then say goodbye.
                 let _ = client.try_disconnect();
                 let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                    while eventloop.poll().await.is_ok() {}
+                    while conn.poll().await.is_ok() {}
                 }).await;
                 break;
             }
             _ = &mut grace_end, if forward.is_none() => break,
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+            ev = conn.poll() => match ev {
+                Ok(Polled::Publish(p)) => {
                     if let Some(f) = &forward {
                         let msg = Inbound {
                             publish: p,
@@ -256,35 +540,30 @@ pub async fn drive(
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Ok(Polled::ConnAck { session_present }) => {
                     // A limit raised for one oversized message applies to this connection
                     // only (it is fixed when connecting); the next one is back to the bound.
-                    if eventloop.mqtt_options.max_packet_size() != packet_limit {
-                        eventloop
-                            .mqtt_options
-                            .set_max_packet_size(packet_limit, packet_limit);
+                    if let Connection::V4(e) = &mut conn {
+                        if e.mqtt_options.max_packet_size() != packet_limit {
+                            e.mqtt_options.set_max_packet_size(packet_limit, packet_limit);
+                        }
                     }
                     connected = true;
                     backoff.reset();
-                    observer.connected(ack.session_present);
-                    tracing::info!(session_present = ack.session_present, "connected to broker");
+                    observer.connected(session_present);
+                    tracing::info!(session_present, "connected to broker");
                     // Subscribing again is harmless with a kept session and needed without one.
                     // Not awaited here (trap 5): a request awaited in the polling task can hang.
-                    let topics: Vec<rumqttc::SubscribeFilter> = opts
-                        .subscriptions
-                        .iter()
-                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
-                        .collect();
-                    if let Err(e) = client.try_subscribe_many(topics) {
+                    if let Err(e) = client.try_subscribe_many(&opts.subscriptions) {
                         tracing::error!("could not queue subscriptions: {e}");
                     }
                 }
-                Ok(_) => {}
+                Ok(Polled::Other) => {}
                 Err(e) => {
                     if connected {
                         connected = false;
                     }
-                    if let Some(n) = oversized_packet(&e) {
+                    if let (Some(n), Connection::V4(ev)) = (oversized_packet(&e), &mut conn) {
                         // MQTT 3.1.1 cannot tell the broker our packet limit, so a message over
                         // it is redelivered on every reconnect and would stall the session for
                         // good. Read it once at its size (at most the MQTT maximum): ingest then
@@ -295,8 +574,7 @@ pub async fn drive(
                             "the broker sent a packet over broker.max_packet_bytes; accepting \
                              it once on the next connection so it is rejected and acknowledged"
                         );
-                        eventloop
-                            .mqtt_options
+                        ev.mqtt_options
                             .set_max_packet_size(n.min(MQTT_MAX_PACKET), packet_limit);
                     }
                     observer.disconnected(&e.to_string());
@@ -334,7 +612,7 @@ fn oversized_packet(e: &rumqttc::ConnectionError) -> Option<usize> {
 /// bounded in practice by the broker's in-flight window: each entry is a message the broker
 /// delivered and is waiting on.
 pub async fn ack_loop(
-    client: AsyncClient,
+    client: Client,
     mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
     flushed: CancellationToken,
 ) {
@@ -348,6 +626,26 @@ pub async fn ack_loop(
         }
     }
     flushed.cancel();
+}
+
+/// The first `n` filters as members of the shared subscription `group` (`$share/{group}/...`):
+/// the broker then gives each message to one member of the group. The rest (the broker's own
+/// `$SYS` topics, which cannot be shared) stay plain subscriptions.
+pub fn shared(filters: &[String], group: Option<&str>, n: usize) -> Vec<String> {
+    match group {
+        Some(g) => filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if i < n {
+                    format!("$share/{g}/{f}")
+                } else {
+                    f.clone()
+                }
+            })
+            .collect(),
+        None => filters.to_vec(),
+    }
 }
 
 /// Whether an MQTT topic matches a filter with `+` and `#` wildcards.
@@ -462,7 +760,9 @@ mod tests {
             password: Some("pw".into()),
             ..BrokerConfig::default()
         };
-        let o = options(&cfg, "fw").unwrap();
+        let Options::V4(o) = options(&cfg, "fw").unwrap() else {
+            panic!("protocol 4 is MQTT 3.1.1")
+        };
         assert!(matches!(o.transport(), Transport::Tls(_)));
         assert!(!o.clean_session());
         assert_eq!(
@@ -474,6 +774,45 @@ mod tests {
         assert!(e.contains("broker.ca_file"), "{e}");
         cfg.ca_file = None;
         assert!(options(&cfg, "fw").is_ok(), "web PKI roots by default");
+    }
+
+    #[test]
+    fn mqtt5_options_announce_session_expiry_receive_maximum_and_packet_limit() {
+        let cfg = BrokerConfig {
+            protocol: 5,
+            session_expiry: crate::domain::Dur::secs(3600),
+            receive_maximum: 512,
+            max_packet_bytes: 64 * 1024,
+            username: Some("forewarn".into()),
+            ..BrokerConfig::default()
+        };
+        let Options::V5(o) = options(&cfg, "fw").unwrap() else {
+            panic!("protocol 5 is MQTT 5")
+        };
+        assert!(!o.clean_start());
+        assert_eq!(o.session_expiry_interval(), Some(3600));
+        assert_eq!(o.receive_maximum(), Some(512));
+        assert_eq!(o.max_packet_size(), Some(64 * 1024));
+        assert!(o.manual_acks());
+        let bad = BrokerConfig {
+            protocol: 3,
+            ..BrokerConfig::default()
+        };
+        let e = options(&bad, "fw").err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("broker.protocol")));
+    }
+
+    #[test]
+    fn shared_subscriptions_prefix_every_filter() {
+        let f = strings(&["devices/+/+", "$SYS/broker/publish/messages/dropped"]);
+        assert_eq!(
+            shared(&f, Some("forewarn"), 1),
+            strings(&[
+                "$share/forewarn/devices/+/+",
+                "$SYS/broker/publish/messages/dropped"
+            ])
+        );
+        assert_eq!(shared(&f, None, 1), f);
     }
 
     #[test]

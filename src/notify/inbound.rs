@@ -260,6 +260,8 @@ pub struct Incoming<'a> {
     pub text: &'a str,
     /// The visit time the customer wrote on the page.
     pub visit: &'a str,
+    /// The proposed slot the customer picked on the page: booked with the answer.
+    pub booking: Option<crate::domain::Visit>,
 }
 
 fn channel_name(c: Option<Channel>) -> &'static str {
@@ -386,6 +388,12 @@ impl Notifier {
                         + u32::from(m.channel.is_none() && prev.is_some()),
                 },
             );
+        }
+        if let Some(v) = m.booking.as_ref().filter(|_| t.status == Status::Scheduled) {
+            // The customer picked one of the slots the dispatcher proposed: the visit is booked
+            // and the proposal is used up.
+            tx.put_kv(&crate::domain::visit_key(ticket_id), v);
+            tx.remove_kv(&crate::domain::proposal_key(ticket_id));
         }
         let mut entry = TimelineEntry::new(now, "reply", ticket_id, note).said(&short);
         entry.channel = m.channel;
@@ -713,6 +721,8 @@ fn handle_sms(s: &AppState, from: &str, body: &str, sid: Option<&str>) -> Option
         reply: Reply::parse(body),
         text: body,
         visit: "",
+
+        booking: None,
     };
     match s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket, &m) {
         Ok(_) => {}
@@ -1084,6 +1094,8 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
         reply: Reply::parse(first_line),
         text: first_line,
         visit: "",
+
+        booking: None,
     };
     match s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket_id, &m) {
         Ok(t) => Json(EmailOutcome {
@@ -1109,7 +1121,8 @@ const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:32em;m
     input{width:100%;box-sizing:border-box;padding:.6em;font-size:1em}label{display:block;margin:.5em 0}\
     .status{color:#444}.done{padding:.8em;background:#eef6ee;border-radius:.3em}\
     h2{font-size:1.1em;margin-top:1.5em}#story ol{padding-inline-start:1.2em}#story li{margin:.3em 0}#story time{color:#555}\
-    :lang(fa) #story ol{list-style-type:persian}:lang(th) #story ol{list-style-type:thai}";
+    :lang(fa) #story ol{list-style-type:persian}:lang(th) #story ol{list-style-type:thai}\
+    fieldset{border:1px solid #bbb;border-radius:.3em;margin:.5em 0}.slot{display:flex;gap:.6em;align-items:center}.slot input{width:auto}";
 
 fn page_html_in(lang: &str, rtl: bool, title: &str, body: &str) -> Html<String> {
     let e = super::templates::html_escape;
@@ -1261,8 +1274,9 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
             e(said)
         ));
     }
+    let slots = proposed_slots_html(s, t, p);
     body.push_str(&format!(
-        "<form method=\"post\"><label>{when} <input name=\"when\" maxlength=\"100\"></label>\
+        "<form method=\"post\">{slots}<label>{when} <input name=\"when\" maxlength=\"100\"></label>\
          <button name=\"action\" value=\"confirm\" id=\"confirm\">{confirm}</button>\
          <button name=\"action\" value=\"reschedule\" id=\"reschedule\">{reschedule}</button>\
          <button name=\"action\" value=\"not_now\" id=\"not_now\">{not_now}</button></form>",
@@ -1273,6 +1287,51 @@ fn page_body(s: &AppState, t: &Ticket, p: &PageText, note: &str) -> String {
     ));
     body.push_str(&story);
     body
+}
+
+/// The visit slots a dispatcher proposed for the ticket, if any.
+fn proposal(s: &AppState, t: &Ticket) -> Option<crate::domain::Proposal> {
+    s.store
+        .get_kv::<crate::domain::Proposal>(&crate::domain::proposal_key(&t.id))
+        .ok()
+        .flatten()
+        .filter(|p| !p.slots.is_empty())
+}
+
+/// A moment in the ticket's customer's time zone, calendar and digits.
+fn customer_moment(s: &AppState, t: &Ticket, ms: i64) -> String {
+    use chrono::TimeZone;
+    let customer = t.customer_id.as_deref().and_then(|c| s.desk.customer(c));
+    let tz = customer
+        .as_ref()
+        .map(super::route::tz_of)
+        .unwrap_or(chrono_tz::Tz::UTC);
+    let locale = customer.map(|c| c.locale).unwrap_or_default();
+    tz.timestamp_millis_opt(ms)
+        .single()
+        .map(|lt| s.n.templates.date(&locale, lt.naive_local()))
+        .unwrap_or_default()
+}
+
+/// The proposed slots as radio buttons (the customer picks one, then books the visit): exactly
+/// the slots the dispatcher offered, in the customer's calendar.
+fn proposed_slots_html(s: &AppState, t: &Ticket, p: &PageText) -> String {
+    let e = super::templates::html_escape;
+    let Some(prop) = proposal(s, t) else {
+        return String::new();
+    };
+    let mut html = format!("<fieldset id=\"slots\"><legend>{}</legend>", e(&p.slots));
+    for (i, slot) in prop.slots.iter().enumerate() {
+        html.push_str(&format!(
+            "<label class=\"slot\"><input type=\"radio\" name=\"slot\" value=\"{v}\" id=\"slot-{i}\"{c}> \
+             <span dir=\"auto\">{w}</span></label>",
+            v = slot.start_ms,
+            c = if i == 0 { " checked" } else { "" },
+            w = e(&customer_moment(s, t, slot.start_ms)),
+        ));
+    }
+    html.push_str("</fieldset>");
+    html
 }
 
 /// The ticket's story in the customer's words and calendar, from the same stories the
@@ -1379,7 +1438,28 @@ async fn page_answer(
         Some("not_now") => Reply::NotNow,
         _ => return page_error(&s, &locale, StatusCode::BAD_REQUEST, |p| &p.choose),
     };
-    let when = param(&params, "when").unwrap_or("").trim().to_string();
+    let mut when = param(&params, "when").unwrap_or("").trim().to_string();
+    // A proposed slot picked with "book a visit" books exactly that slot; a slot that was not
+    // proposed is refused.
+    let mut booking = None;
+    if let (Reply::Confirm, Some(v)) = (reply, param(&params, "slot")) {
+        let prop = proposal(&s, &t);
+        let chosen = v.parse::<i64>().ok().and_then(|start| {
+            prop.as_ref()
+                .and_then(|p| p.slots.iter().find(|x| x.start_ms == start).copied())
+        });
+        let (Some(prop), Some(slot)) = (prop, chosen) else {
+            return page_error(&s, &locale, StatusCode::BAD_REQUEST, |p| &p.choose);
+        };
+        when = customer_moment(&s, &t, slot.start_ms);
+        booking = Some(crate::domain::Visit {
+            ticket_id: t.id.clone(),
+            technician_id: prop.technician_id.clone(),
+            slot,
+            booked_at: format_ts(s.n.clock.now_ms()),
+            booked_by: "customer:link".into(),
+        });
+    }
     // An answer can be changed once on the page, after a confirmation.
     let prev: Option<Answer> = s
         .store
@@ -1421,6 +1501,7 @@ async fn page_answer(
             reply,
             text: "",
             visit: &when,
+            booking,
         };
         s.n.apply_reply(&s.store, s.desk.as_ref(), &id, &m)
     })

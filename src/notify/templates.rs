@@ -34,7 +34,7 @@ pub const FACTS: [&str; 14] = [
     "visit",
 ];
 /// Phrases each locale must define (rendered from facts, then available to templates).
-pub const PHRASES: [&str; 68] = [
+pub const PHRASES: [&str; 69] = [
     // Headlines, one per kind of message.
     "alert",
     "urgent",
@@ -78,6 +78,8 @@ pub const PHRASES: [&str; 68] = [
     "page_reschedule",
     "page_not_now",
     "page_when",
+    // Above the visit slots a dispatcher proposed (the customer picks one).
+    "page_slots",
     "page_thanks",
     "page_answered",
     "page_status_open",
@@ -556,6 +558,16 @@ impl Templates {
         v
     }
 
+    /// A failure mode in a locale's words ("worn bearings"), as the messages name it.
+    pub fn mode_name(&self, locale: &str, mode: &str) -> String {
+        let (_, l) = self.pick(locale);
+        let f = Facts {
+            failure_mode: mode.to_string(),
+            ..Facts::default()
+        };
+        self.vars(l, &f).remove("mode").unwrap_or_default()
+    }
+
     /// Renders `kind` in the customer's locale. `ask`: the customer has not answered yet, so
     /// the message says how to (a warning only; the other kinds never ask).
     pub fn render(&self, locale: &str, kind: MessageKind, facts: &Facts, ask: bool) -> Rendered {
@@ -652,6 +664,8 @@ pub struct PageText {
     pub reschedule: String,
     pub not_now: String,
     pub when: String,
+    /// Above the proposed visit slots.
+    pub slots: String,
     pub thanks: String,
     /// "You answered: …".
     pub answered: String,
@@ -718,6 +732,7 @@ impl Templates {
             reschedule: p("page_reschedule"),
             not_now: p("page_not_now"),
             when: p("page_when"),
+            slots: p("page_slots"),
             thanks: p("page_thanks"),
             answered: p("page_answered"),
             statuses,

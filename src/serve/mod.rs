@@ -15,11 +15,11 @@ use crate::app::{self, App, Settings};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::fleet::FleetFile;
+use crate::ingest::mqtt::Publish;
 use crate::ingest::mqtt::{self, ConnectionObserver, DriveOptions, Inbound};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, TicketDesk};
 use crate::store::{Store, StoreError};
-use rumqttc::{AsyncClient, Publish};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -99,6 +99,28 @@ pub struct CheckSummary {
     pub modes: usize,
     pub devices: usize,
     pub customers: usize,
+}
+
+const TICKET_ID_KEY: &str = "ticket_id_key";
+
+/// The key this daemon's ticket ids are derived under: 32 random bytes made at the first start
+/// and kept in the data directory, so ids stay the same across restarts and cannot be computed
+/// by anyone who knows only a device id and a time.
+fn ticket_id_key(store: &Store) -> Result<Vec<u8>, ServeError> {
+    let stored = store
+        .get_kv::<Vec<u8>>(TICKET_ID_KEY)
+        .map_err(|e| ServeError::Runtime(format!("ticket id key: {e}")))?;
+    if let Some(k) = stored.filter(|k| k.len() == 32) {
+        return Ok(k);
+    }
+    let mut key = vec![0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut key[..]);
+    let mut tx = store.tx();
+    tx.put_kv(TICKET_ID_KEY, &key);
+    store
+        .commit(tx)
+        .map_err(|e| ServeError::Runtime(format!("ticket id key: {e}")))?;
+    Ok(key)
 }
 
 /// Validates everything `serve` would load at start — configuration, fleet file (contacts
@@ -238,10 +260,12 @@ pub async fn run_with_clock(
     );
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
+    let mut engine = cfg.engine_config();
+    engine.ticket_id_key = ticket_id_key(&store)?;
     let settings = Settings {
         contact_policy: webhook_policy,
         ingest: cfg.ingest.clone(),
-        engine: cfg.engine_config(),
+        engine,
         window: cfg.features.window(),
         models_dir: cfg.scoring.models_dir.clone(),
         rejects_per_minute: cfg.log.rejects_per_minute,
@@ -295,6 +319,18 @@ pub async fn run_with_clock(
     );
     let limits = crate::api::server::Limits::from_config(&cfg.api);
     let mut router = crate::api::router(app.clone(), auth.clone(), &cfg.api).merge(notify.private);
+    if cfg.board.enabled {
+        // The board stays on the private listener, beside the API it shares tokens with.
+        let board = crate::board::Board::build(
+            &cfg.board,
+            app.clone(),
+            auth.clone(),
+            &cfg.api.public_url,
+            shutdown.clone(),
+        )
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+        router = router.merge(board.router(cfg.api.max_body_bytes));
+    }
     let mut tasks = Vec::new();
     let grace = cfg.shutdown.grace.std();
     match public_listener {
@@ -326,7 +362,7 @@ pub async fn run_with_clock(
     )));
 
     // MQTT: polling task → bounded channel → processor thread → acker.
-    let (client, eventloop) = AsyncClient::new(mqtt_opts, 4096);
+    let (client, eventloop) = mqtt_opts.connect(4096);
     // Capacity: a few groups' worth. When full, the polling task waits (backpressure through
     // the broker's in-flight window); nothing is dropped.
     let (fwd_tx, fwd_rx) =
@@ -338,12 +374,20 @@ pub async fn run_with_clock(
     // One subscription for readings and events where possible: a device's messages then arrive
     // in the order it sent them (see `ordered_subscriptions`).
     let mut subscriptions = mqtt::ordered_subscriptions(&filters);
+    // Sparkplug B and SenML topics, when configured.
+    subscriptions.extend(crate::ingest::formats::subscriptions(&cfg.ingest));
     // The broker's own word on what it dropped (Mosquitto's $SYS tree; a broker without it
     // simply never publishes there).
     app.metrics.broker_dropped.set(-1);
+    let data_filters = subscriptions.len();
     if !cfg.ingest.broker_drops_topic.is_empty() {
         subscriptions.push(cfg.ingest.broker_drops_topic.clone());
     }
+    let subscriptions = mqtt::shared(
+        &subscriptions,
+        cfg.ingest.shared_group.as_deref(),
+        data_filters,
+    );
     if mqtt::ordered_subscriptions(&filters).len() > 1 {
         tracing::warn!(
             "telemetry and event topic filters differ in shape; subscribing to each: the broker \
@@ -369,6 +413,14 @@ pub async fn run_with_clock(
         shutdown.clone(),
         acks_flushed.clone(),
     )));
+    // Sparkplug rebirth requests go out through the same client, from their own task.
+    if let Some(commands) = app.formats().take_commands() {
+        tasks.push(tokio::spawn(crate::ingest::formats::publish_commands(
+            client.clone(),
+            commands,
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(mqtt::ack_loop(
         client.clone(),
         ack_rx,

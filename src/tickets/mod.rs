@@ -23,15 +23,36 @@ impl Status {
 }
 
 /// A ticket id derived from what opened it, so a replay of the same history names tickets the same.
-pub fn ticket_id(device_id: &str, mode: &str, opened_ms: Millis) -> String {
+///
+/// With a `key` (the daemon's: random, kept in its data directory) the id is an HMAC-SHA-256 of
+/// device, mode and opening time under that key: nobody without the key can compute the id of
+/// another device's ticket (ids appear in SMS and e-mail replies). Without one (`evaluate`,
+/// `train`: no secret involved) it is a plain SHA-256, the same for everyone.
+pub fn ticket_id(key: &[u8], device_id: &str, mode: &str, opened_ms: Millis) -> String {
+    use hmac::{Hmac, Mac};
     use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(device_id.as_bytes());
-    h.update([0x1f]);
-    h.update(mode.as_bytes());
-    h.update([0x1f]);
-    h.update(opened_ms.to_be_bytes());
-    let d = h.finalize();
+    let parts: [&[u8]; 5] = [
+        device_id.as_bytes(),
+        &[0x1f],
+        mode.as_bytes(),
+        &[0x1f],
+        &opened_ms.to_be_bytes(),
+    ];
+    let d: Vec<u8> = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) if !key.is_empty() => {
+            for p in parts {
+                mac.update(p);
+            }
+            mac.finalize().into_bytes().to_vec()
+        }
+        _ => {
+            let mut h = Sha256::new();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize().to_vec()
+        }
+    };
     format!("T-{}", hex::encode(&d[..8]))
 }
 
@@ -85,7 +106,7 @@ mod tests {
 
     fn t() -> Ticket {
         Ticket {
-            id: ticket_id("d", "m", 0),
+            id: ticket_id(&[], "d", "m", 0),
             device_id: "d".into(),
             customer_id: None,
             failure_mode: "m".into(),
@@ -130,8 +151,15 @@ mod tests {
 
     #[test]
     fn ids_are_stable_per_opening() {
-        assert_eq!(ticket_id("a", "m", 5), ticket_id("a", "m", 5));
-        assert_ne!(ticket_id("a", "m", 5), ticket_id("a", "m", 6));
+        assert_eq!(ticket_id(&[], "a", "m", 5), ticket_id(&[], "a", "m", 5));
+        assert_ne!(ticket_id(&[], "a", "m", 5), ticket_id(&[], "a", "m", 6));
+        // Keyed: stable under one key, unrelated across keys and to the unkeyed id.
+        let k1 = [7u8; 32];
+        let k2 = [8u8; 32];
+        assert_eq!(ticket_id(&k1, "a", "m", 5), ticket_id(&k1, "a", "m", 5));
+        assert_ne!(ticket_id(&k1, "a", "m", 5), ticket_id(&k2, "a", "m", 5));
+        assert_ne!(ticket_id(&k1, "a", "m", 5), ticket_id(&[], "a", "m", 5));
+        assert_eq!(ticket_id(&k1, "a", "m", 5).chars().count(), 18);
         assert_eq!(format_ts(1_420_092_000_000), "2015-01-01T06:00:00Z");
     }
 }

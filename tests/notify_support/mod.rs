@@ -296,7 +296,7 @@ impl Harness {
         use forewarn::notify::Clock;
         let now = self.clock.now_ms();
         let t = Ticket {
-            id: ticket_id(device, "bearing_wear", now),
+            id: ticket_id(&[], device, "bearing_wear", now),
             device_id: device.into(),
             customer_id: Some(customer.id.clone()),
             failure_mode: "bearing_wear".into(),

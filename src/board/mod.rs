@@ -1,0 +1,670 @@
+//! The dispatch board: pages people work tickets from, served by the daemon beside the API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /board` | the queue: live tickets, soonest predicted failure first, with filters |
+//! | `GET /board/tickets/{id}` | evidence in words and charts, history, the actions |
+//! | `POST /board/tickets/{id}/{action}` | acknowledge, assign, propose, schedule, resolve, dismiss |
+//! | `GET /board/day` | technicians against the hours of a day, with their visits |
+//! | `GET /board/devices/{id}`, `/board/customers/{id}` | a device's windows and tickets; a customer's timeline |
+//! | `GET /board/events` | server-sent events: the queue changed |
+//! | `GET/POST /board/login`, `POST /board/logout` | sign-in with an API token |
+//! | `/api/v1/technicians`, `/api/v1/visits`, `/api/v1/tickets/{id}/{slots,assignment,proposal,visit}` | the same as JSON, behind the API's bearer tokens |
+//!
+//! Every change goes through [`App::transition_with`] — the single writer the JSON API's
+//! transitions use — so a board action and an API call are the same commit: the ticket, its
+//! dispatch row, the customer's notifications, and the board's own record (an assignment, a
+//! proposal, a visit). The pages are plain HTML forms that work without JavaScript; a small
+//! script (`assets/board.js`) refreshes the queue on server-sent events and keeps focus.
+//!
+//! The pieces: [`sla`] deadlines over business hours, [`slots`] free visit slots, [`queue`]
+//! rows, order and filters, [`session`] sign-in and CSRF, [`svg`] charts (all pure); [`pages`]
+//! and [`api`] are the thin HTTP shell.
+
+mod api;
+mod config;
+mod pages;
+pub mod queue;
+pub mod session;
+pub mod sla;
+pub mod slots;
+pub mod svg;
+
+pub use config::{Config, SlaConfig, Technician};
+
+use crate::app::{App, CoreError};
+use crate::domain::{
+    format_ts, proposal_key, visit_key, Millis, Outcome, Priority, Proposal, Slot, Status, Ticket,
+    Visit, VISIT_PREFIX,
+};
+use crate::notify::TimelineEntry;
+use crate::store::{StoreError, TicketFilter};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Why a board action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who a ticket is assigned to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub ticket_id: String,
+    pub technician_id: String,
+    /// RFC 3339.
+    pub at: String,
+    pub by: String,
+}
+
+fn assignment_key(ticket_id: &str) -> String {
+    format!("board/assignment/{ticket_id}")
+}
+const TECHNICIAN_PREFIX: &str = "board/technician/";
+
+/// How a person says a ticket ended; each maps onto the training label ([`Outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    FaultConfirmed,
+    ReplacedPart,
+    NoFaultFound,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 3] = [
+        Resolution::FaultConfirmed,
+        Resolution::ReplacedPart,
+        Resolution::NoFaultFound,
+    ];
+    pub fn parse(s: &str) -> Option<Resolution> {
+        Resolution::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::FaultConfirmed => "fault_confirmed",
+            Resolution::ReplacedPart => "replaced_part",
+            Resolution::NoFaultFound => "no_fault_found",
+        }
+    }
+    pub fn words(self) -> &'static str {
+        match self {
+            Resolution::FaultConfirmed => "fault confirmed",
+            Resolution::ReplacedPart => "replaced part",
+            Resolution::NoFaultFound => "no fault found",
+        }
+    }
+    /// The label: a fault found (repaired or a part replaced) confirms the prediction; none
+    /// found makes it a false alarm.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Resolution::FaultConfirmed | Resolution::ReplacedPart => Outcome::ConfirmedFault,
+            Resolution::NoFaultFound => Outcome::FalseAlarm,
+        }
+    }
+}
+
+/// The board: configuration, the business calendar, sessions, and the app it works on.
+pub struct Board {
+    app: Arc<App>,
+    auth: Arc<crate::api::Auth>,
+    cfg: Config,
+    cal: sla::BusinessCalendar,
+    slas: [sla::Sla; 3],
+    sessions: session::Sessions,
+    public_url: String,
+    shutdown: CancellationToken,
+    /// Bumped by changes that are not ticket changes (technicians), so live pages refresh.
+    local_changes: AtomicU64,
+}
+
+/// Why the board could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("config key board.{key}: {message}")]
+pub struct BoardConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Board {
+    pub fn build(
+        cfg: &Config,
+        app: Arc<App>,
+        auth: Arc<crate::api::Auth>,
+        public_url: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Board>, BoardConfigError> {
+        let err = |(key, message)| BoardConfigError { key, message };
+        cfg.validate().map_err(err)?;
+        Ok(Arc::new(Board {
+            cal: cfg.calendar().map_err(err)?,
+            slas: cfg.slas().map_err(err)?,
+            sessions: session::Sessions::new(cfg.session_ttl.std()),
+            cfg: cfg.clone(),
+            app,
+            auth,
+            public_url: public_url.to_string(),
+            shutdown,
+            local_changes: AtomicU64::new(0),
+        }))
+    }
+
+    /// The board's routes: the pages and their JSON twins.
+    pub fn router(self: &Arc<Self>, max_body: usize) -> axum::Router {
+        pages::routes(self.clone())
+            .merge(api::routes(self.clone()))
+            .layer(axum::extract::DefaultBodyLimit::max(max_body))
+    }
+
+    /// The clock tickets are stamped by (the demo's simulated one, or the wall clock).
+    pub fn now(&self) -> Millis {
+        self.app.notifier().now_ms()
+    }
+
+    /// Grows with every ticket change and every board-only change: what live pages watch.
+    pub fn version(&self) -> u64 {
+        use prometheus::core::Collector;
+        let tickets: u64 = self
+            .app
+            .metrics
+            .ticket_changes
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum();
+        tickets + self.local_changes.load(Ordering::Relaxed)
+    }
+
+    fn sla_of(&self, p: Priority) -> sla::Sla {
+        match p {
+            Priority::Urgent => self.slas[0],
+            Priority::High => self.slas[1],
+            Priority::Advisory => self.slas[2],
+        }
+    }
+
+    /// When a ticket must have had a response.
+    pub fn deadline(&self, t: &Ticket) -> Millis {
+        self.cal.deadline(t.opened_ms, self.sla_of(t.priority))
+    }
+
+    // ------------------------------------------------------------ technicians and visits
+
+    /// Technicians from the configuration, then those the API added or replaced.
+    pub fn technicians(&self) -> Vec<Technician> {
+        let mut by_id: std::collections::BTreeMap<String, Technician> = self
+            .cfg
+            .technicians
+            .iter()
+            .map(|t| (t.id.clone(), t.clone()))
+            .collect();
+        for t in self
+            .app
+            .store
+            .scan_kv::<Technician>(TECHNICIAN_PREFIX)
+            .unwrap_or_default()
+        {
+            by_id.insert(t.id.clone(), t);
+        }
+        by_id.into_values().collect()
+    }
+
+    pub fn technician(&self, id: &str) -> Option<Technician> {
+        self.technicians().into_iter().find(|t| t.id == id)
+    }
+
+    /// Adds or replaces a technician (kept in the store, over the configuration's).
+    pub fn put_technician(&self, t: &Technician) -> Result<(), BoardError> {
+        if crate::domain::validate_device_id(&t.id).is_err() {
+            return Err(BoardError::Invalid(format!(
+                "technician id {:?} is not a valid id",
+                t.id
+            )));
+        }
+        if !t.hours.is_empty() {
+            sla::parse_hours(&t.hours).map_err(|e| BoardError::Invalid(format!("hours: {e}")))?;
+        }
+        let mut tx = self.app.store.tx();
+        tx.put_kv(&format!("{TECHNICIAN_PREFIX}{}", t.id), t);
+        self.app.store.commit(tx)?;
+        self.local_changes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn hours_of(&self, t: &Technician) -> (u32, u32) {
+        sla::parse_hours(&t.hours).unwrap_or((self.cal.open, self.cal.close))
+    }
+
+    /// Every booked visit.
+    pub fn visits(&self) -> Vec<Visit> {
+        let mut v = self
+            .app
+            .store
+            .scan_kv::<Visit>(VISIT_PREFIX)
+            .unwrap_or_default();
+        v.sort_by_key(|x| x.slot.start_ms);
+        v
+    }
+
+    pub fn visit(&self, ticket_id: &str) -> Option<Visit> {
+        self.app.store.get_kv(&visit_key(ticket_id)).ok().flatten()
+    }
+
+    pub fn proposal(&self, ticket_id: &str) -> Option<Proposal> {
+        self.app
+            .store
+            .get_kv(&proposal_key(ticket_id))
+            .ok()
+            .flatten()
+    }
+
+    pub fn assignment(&self, ticket_id: &str) -> Option<Assignment> {
+        self.app
+            .store
+            .get_kv(&assignment_key(ticket_id))
+            .ok()
+            .flatten()
+    }
+
+    /// The technician's booked time, apart from `except`'s visit (a ticket being rebooked).
+    fn busy(&self, technician: &str, except: &str) -> Vec<Slot> {
+        self.visits()
+            .into_iter()
+            .filter(|v| v.technician_id == technician && v.ticket_id != except)
+            .map(|v| v.slot)
+            .collect()
+    }
+
+    /// The technician's next free slots for a ticket.
+    pub fn free_slots(&self, technician: &Technician, ticket_id: &str) -> Vec<Slot> {
+        slots::free_slots(
+            &self.cal,
+            self.hours_of(technician),
+            self.cfg.slot_length.as_millis_i64(),
+            self.now(),
+            &self.busy(&technician.id, ticket_id),
+            self.cfg.slots_offered,
+        )
+    }
+
+    /// A slot the technician can take for this ticket: working hours, a business day, ahead,
+    /// and clear of their other visits.
+    fn check_slot(&self, tech: &Technician, ticket_id: &str, s: &Slot) -> Result<(), BoardError> {
+        if !slots::within_hours(&self.cal, self.hours_of(tech), s) {
+            return Err(BoardError::Invalid(format!(
+                "{} is outside {}'s working hours on a business day",
+                format_ts(s.start_ms),
+                tech.name
+            )));
+        }
+        if s.start_ms < self.now() {
+            return Err(BoardError::Invalid(format!(
+                "{} has passed",
+                format_ts(s.start_ms)
+            )));
+        }
+        if self.busy(&tech.id, ticket_id).iter().any(|b| b.overlaps(s)) {
+            return Err(BoardError::Invalid(format!(
+                "{} already has a visit at {}",
+                tech.name,
+                format_ts(s.start_ms)
+            )));
+        }
+        Ok(())
+    }
+
+    fn known_technician(&self, id: &str) -> Result<Technician, BoardError> {
+        self.technician(id)
+            .ok_or_else(|| BoardError::NotFound(format!("technician {id} not found")))
+    }
+
+    // ------------------------------------------------------------ actions
+
+    /// The one way the board changes a ticket: the single writer's transition, with the
+    /// board's records in the same commit.
+    fn change(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        outcome: Option<Outcome>,
+        also: impl FnOnce(&Ticket, &mut crate::store::Tx) -> Result<(), CoreError>,
+    ) -> Result<Ticket, BoardError> {
+        if note.len() > 4096 {
+            return Err(BoardError::Invalid("note is longer than 4096 bytes".into()));
+        }
+        Ok(self
+            .app
+            .transition_with(id, to, actor, note, outcome, also)?)
+    }
+
+    pub fn acknowledge(&self, id: &str, actor: &str, note: &str) -> Result<Ticket, BoardError> {
+        self.change(id, Some(Status::Acknowledged), actor, note, None, |_, _| {
+            Ok(())
+        })
+    }
+
+    pub fn assign(&self, id: &str, technician: &str, actor: &str) -> Result<Ticket, BoardError> {
+        let tech = self.known_technician(technician)?;
+        let now = self.now();
+        let note = format!("assigned to {} ({})", tech.name, tech.id);
+        self.change(id, None, actor, &note, None, |t, tx| {
+            if !t.is_live() {
+                return Err(CoreError::Invalid(format!(
+                    "ticket {} is {}: nothing to assign",
+                    t.id,
+                    t.status.as_str()
+                )));
+            }
+            tx.put_kv(
+                &assignment_key(&t.id),
+                &Assignment {
+                    ticket_id: t.id.clone(),
+                    technician_id: tech.id.clone(),
+                    at: format_ts(now),
+                    by: actor.to_string(),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// Offers the customer `slots` with `technician`: the self-service page shows exactly these.
+    pub fn propose(
+        &self,
+        id: &str,
+        technician: &str,
+        slots: &[Slot],
+        actor: &str,
+    ) -> Result<Ticket, BoardError> {
+        let tech = self.known_technician(technician)?;
+        if slots.is_empty() || slots.len() > 20 {
+            return Err(BoardError::Invalid("propose between 1 and 20 slots".into()));
+        }
+        for s in slots {
+            self.check_slot(&tech, id, s)?;
+        }
+        let mut slots = slots.to_vec();
+        slots.sort();
+        slots.dedup();
+        let now = self.now();
+        let note = format!(
+            "proposed {} visit slot(s) with {}: {}",
+            slots.len(),
+            tech.name,
+            slots
+                .iter()
+                .map(|s| format_ts(s.start_ms))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.change(id, None, actor, &note, None, |t, tx| {
+            if !t.is_live() {
+                return Err(CoreError::Invalid(format!(
+                    "ticket {} is {}: no visit to propose",
+                    t.id,
+                    t.status.as_str()
+                )));
+            }
+            tx.put_kv(
+                &proposal_key(&t.id),
+                &Proposal {
+                    ticket_id: t.id.clone(),
+                    technician_id: tech.id.clone(),
+                    slots,
+                    proposed_at: format_ts(now),
+                    by: actor.to_string(),
+                },
+            );
+            tx.put_kv(
+                &assignment_key(&t.id),
+                &Assignment {
+                    ticket_id: t.id.clone(),
+                    technician_id: tech.id.clone(),
+                    at: format_ts(now),
+                    by: actor.to_string(),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// Books a visit and schedules the ticket, in one commit.
+    pub fn schedule(
+        &self,
+        id: &str,
+        technician: &str,
+        slot: Slot,
+        actor: &str,
+    ) -> Result<Ticket, BoardError> {
+        let tech = self.known_technician(technician)?;
+        self.check_slot(&tech, id, &slot)?;
+        let now = self.now();
+        let note = format!(
+            "visit booked with {} at {}",
+            tech.name,
+            format_ts(slot.start_ms)
+        );
+        self.change(id, Some(Status::Scheduled), actor, &note, None, |t, tx| {
+            tx.put_kv(
+                &visit_key(&t.id),
+                &Visit {
+                    ticket_id: t.id.clone(),
+                    technician_id: tech.id.clone(),
+                    slot,
+                    booked_at: format_ts(now),
+                    booked_by: actor.to_string(),
+                },
+            );
+            tx.remove_kv(&proposal_key(&t.id));
+            tx.put_kv(
+                &assignment_key(&t.id),
+                &Assignment {
+                    ticket_id: t.id.clone(),
+                    technician_id: tech.id.clone(),
+                    at: format_ts(now),
+                    by: actor.to_string(),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// Resolves with how it ended; the outcome is the ticket's training label.
+    pub fn resolve(
+        &self,
+        id: &str,
+        how: Resolution,
+        note: &str,
+        actor: &str,
+    ) -> Result<Ticket, BoardError> {
+        let note = if note.trim().is_empty() {
+            how.words().to_string()
+        } else {
+            format!("{}: {}", how.words(), note.trim())
+        };
+        self.change(
+            id,
+            Some(Status::Resolved),
+            actor,
+            &note,
+            Some(how.outcome()),
+            |t, tx| {
+                tx.remove_kv(&proposal_key(&t.id));
+                Ok(())
+            },
+        )
+    }
+
+    /// Dismisses as a false alarm (the label: the prediction was wrong).
+    pub fn dismiss(&self, id: &str, note: &str, actor: &str) -> Result<Ticket, BoardError> {
+        self.change(
+            id,
+            Some(Status::Dismissed),
+            actor,
+            note,
+            Some(Outcome::FalseAlarm),
+            |t, tx| {
+                tx.remove_kv(&proposal_key(&t.id));
+                tx.remove_kv(&visit_key(&t.id));
+                Ok(())
+            },
+        )
+    }
+
+    // ------------------------------------------------------------ reading
+
+    pub fn mode_words(&self, mode: &str) -> String {
+        self.app.notifier().templates().mode_name("en", mode)
+    }
+
+    /// The queue's rows for `tickets`, ordered.
+    pub fn rows(&self, tickets: &[Ticket]) -> Vec<queue::Row> {
+        let mut stories: HashMap<String, Vec<crate::notify::story::Story>> = HashMap::new();
+        let techs = self.technicians();
+        let visits: HashMap<String, Visit> = self
+            .visits()
+            .into_iter()
+            .map(|v| (v.ticket_id.clone(), v))
+            .collect();
+        let mut rows: Vec<queue::Row> = tickets
+            .iter()
+            .map(|t| {
+                let device = self.app.device(&t.device_id);
+                let cid = t
+                    .customer_id
+                    .clone()
+                    .or_else(|| device.as_ref().and_then(|d| d.customer_id.clone()))
+                    .unwrap_or_default();
+                let customer = (!cid.is_empty()).then(|| self.app.customer(&cid)).flatten();
+                let story = if cid.is_empty() {
+                    None
+                } else {
+                    let list = stories.entry(cid.clone()).or_insert_with(|| {
+                        let entries = self
+                            .app
+                            .store
+                            .timeline::<TimelineEntry>(&cid)
+                            .unwrap_or_default();
+                        crate::notify::story::group(&entries)
+                    });
+                    list.iter().find(|s| s.ticket_id == t.id).cloned()
+                };
+                let (reached, answered) = self.contact_words(t, story.as_ref());
+                let technician = self
+                    .assignment(&t.id)
+                    .and_then(|a| techs.iter().find(|x| x.id == a.technician_id))
+                    .map(|x| x.name.clone())
+                    .unwrap_or_default();
+                queue::Row {
+                    id: t.id.clone(),
+                    device_id: t.device_id.clone(),
+                    customer_name: customer.map(|c| c.name).unwrap_or_default(),
+                    customer_id: cid,
+                    mode: t.failure_mode.clone(),
+                    mode_words: self.mode_words(&t.failure_mode),
+                    region: device
+                        .as_ref()
+                        .and_then(|d| d.attributes.get("region").cloned())
+                        .unwrap_or_default(),
+                    status: t.status,
+                    priority: t.priority,
+                    probability: t.probability,
+                    predicted_ms: t
+                        .predicted_failure_at
+                        .as_deref()
+                        .and_then(crate::domain::parse_ts),
+                    opened_ms: t.opened_ms,
+                    deadline_ms: self.deadline(t),
+                    responded: t.status != Status::Open,
+                    reached,
+                    answered,
+                    technician,
+                    visit: visits.get(&t.id).map(|v| v.slot),
+                }
+            })
+            .collect();
+        queue::order(&mut rows);
+        rows
+    }
+
+    /// How the customer was reached and what they answered, in words.
+    fn contact_words(
+        &self,
+        t: &Ticket,
+        story: Option<&crate::notify::story::Story>,
+    ) -> (String, String) {
+        let reached = match story {
+            Some(s) => match s.alerted_on {
+                Some(ch) if s.delivered => format!("{}, delivered", ch.as_str()),
+                Some(ch) => format!("{}, sent", ch.as_str()),
+                None => "not reached yet".to_string(),
+            },
+            None => "not reached yet".to_string(),
+        };
+        let answer: Option<crate::notify::Answer> = self
+            .app
+            .store
+            .get_kv(&format!("notify/answer/{}", t.id))
+            .ok()
+            .flatten();
+        let mut answered = answer
+            .map(|a| format!("{} (by {})", a.answer, a.channel))
+            .unwrap_or_default();
+        if story.is_some_and(|s| s.needs_human) {
+            if !answered.is_empty() {
+                answered.push_str("; ");
+            }
+            answered.push_str("a message waits for a person");
+        }
+        (reached, answered)
+    }
+
+    /// Tickets for the queue: every live one (however old), or for another status filter the
+    /// newest up to a bound.
+    pub fn tickets(&self, status: queue::StatusFilter) -> Result<Vec<Ticket>, StoreError> {
+        let (status, limit) = match status {
+            queue::StatusFilter::Live => (None, None),
+            queue::StatusFilter::All => (None, Some(5000)),
+            queue::StatusFilter::One(s) => (Some(s), Some(5000)),
+        };
+        let mut list = self.app.store.tickets(&TicketFilter {
+            status,
+            limit,
+            ..TicketFilter::default()
+        })?;
+        list.retain(|t| limit.is_some() || t.is_live());
+        Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolutions_become_training_labels() {
+        assert_eq!(
+            Resolution::FaultConfirmed.outcome(),
+            Outcome::ConfirmedFault
+        );
+        assert_eq!(Resolution::ReplacedPart.outcome(), Outcome::ConfirmedFault);
+        assert_eq!(Resolution::NoFaultFound.outcome(), Outcome::FalseAlarm);
+        for r in Resolution::ALL {
+            assert_eq!(Resolution::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Resolution::parse("fixed"), None);
+    }
+}

@@ -1,0 +1,83 @@
+//! Visits as values: the slots a dispatcher proposes for a ticket, and the visit that gets
+//! booked — by the dispatcher, or by the customer picking one of the proposed slots on the
+//! self-service page (one conversation, two sides). Where they are kept is named here so the
+//! board and the notifier read and write the same records.
+
+use super::Millis;
+use serde::{Deserialize, Serialize};
+
+/// A stretch of time `[start_ms, end_ms)`, epoch milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Slot {
+    pub start_ms: Millis,
+    pub end_ms: Millis,
+}
+
+impl Slot {
+    pub fn overlaps(&self, other: &Slot) -> bool {
+        self.start_ms < other.end_ms && other.start_ms < self.end_ms
+    }
+}
+
+/// The slots a dispatcher offered the customer for a ticket's visit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub ticket_id: String,
+    pub technician_id: String,
+    pub slots: Vec<Slot>,
+    /// RFC 3339.
+    pub proposed_at: String,
+    /// Who proposed them ("board:<name>", "api").
+    pub by: String,
+}
+
+/// A booked visit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Visit {
+    pub ticket_id: String,
+    pub technician_id: String,
+    pub slot: Slot,
+    /// RFC 3339.
+    pub booked_at: String,
+    /// "board:<name>", "api", or "customer:link" when the customer picked a proposed slot.
+    pub booked_by: String,
+}
+
+/// Store key of a ticket's proposal.
+pub fn proposal_key(ticket_id: &str) -> String {
+    format!("visits/proposal/{ticket_id}")
+}
+
+/// Store key of a ticket's booked visit.
+pub fn visit_key(ticket_id: &str) -> String {
+    format!("visits/visit/{ticket_id}")
+}
+
+/// Prefix of every proposal's key.
+pub const PROPOSAL_PREFIX: &str = "visits/proposal/";
+
+/// Prefix of every booked visit's key.
+pub const VISIT_PREFIX: &str = "visits/visit/";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_overlap_only_when_they_share_time() {
+        let a = Slot {
+            start_ms: 0,
+            end_ms: 10,
+        };
+        let b = Slot {
+            start_ms: 10,
+            end_ms: 20,
+        };
+        let c = Slot {
+            start_ms: 5,
+            end_ms: 15,
+        };
+        assert!(!a.overlaps(&b));
+        assert!(a.overlaps(&c) && c.overlaps(&b));
+    }
+}

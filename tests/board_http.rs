@@ -1,0 +1,404 @@
+//! The board over plain HTTP against a running daemon: sign-in and its cookie, roles from token
+//! scopes, CSRF on every form, and the JSON twins (technicians, proposals, visits) refusing what
+//! does not fit.
+#![cfg(feature = "embedded-broker")]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const VIEWER: &str = "viewer-token";
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of a hidden `csrf` field in a page.
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[at..].chars().take_while(|c| *c != '"').collect()
+}
+
+fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+}
+
+/// Signs in with `token`; returns the `Cookie` header value for the session.
+async fn sign_in(http: &reqwest::Client, base: &str, token: &str, proto: &str) -> String {
+    let r = http
+        .get(format!("{base}/board/login"))
+        .header("x-forwarded-proto", proto)
+        .send()
+        .await
+        .unwrap();
+    let login = cookie_of(&r, "fw_board_login").unwrap();
+    let pair = login.split(';').next().unwrap().to_string();
+    let html = r.text().await.unwrap();
+    let r = http
+        .post(format!("{base}/board/login"))
+        .header("cookie", &pair)
+        .header("x-forwarded-proto", proto)
+        .form(&[
+            ("csrf", csrf_of(&html).as_str()),
+            ("token", token),
+            ("name", "Ana"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "signed in");
+    let c = cookie_of(&r, "fw_board").expect("a session cookie");
+    assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/board"));
+    assert_eq!(c.contains("Secure"), proto == "https", "{c}");
+    c.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_roles_csrf_and_the_json_twins_hold() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-board-http");
+    cfg.api.tokens.push(forewarn::api::TokenConfig::Scoped(
+        forewarn::api::ScopedToken {
+            token: VIEWER.into(),
+            scope: forewarn::api::Scope::Read,
+        },
+    ));
+    cfg.board.business_days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(String::from)
+        .to_vec();
+    cfg.board.technicians = vec![forewarn::board::Technician {
+        id: "t-1".into(),
+        name: "Ana".into(),
+        skills: vec!["overheat".into()],
+        region: String::new(),
+        hours: "08:00-17:00".into(),
+    }];
+    cfg.notify.link_secret = Some("board-http-link-secret-0123456789".into());
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let base = api.base.clone();
+    let http = no_redirects();
+    for (path, body) in [
+        (
+            "/api/v1/customers/cust-k",
+            json!({"name": "บริษัท เค", "locale": "th", "time_zone": "Asia/Bangkok"}),
+        ),
+        ("/api/v1/devices/pump-k", json!({"customer_id": "cust-k"})),
+    ] {
+        let r = api
+            .http
+            .put(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}");
+    }
+
+    // Pages need a session; a wrong token or a forged sign-in form gets none.
+    let r = http.get(format!("{base}/board")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let r = http
+        .get(format!("{base}/board/login"))
+        .send()
+        .await
+        .unwrap();
+    let pair = cookie_of(&r, "fw_board_login").unwrap();
+    let pair = pair.split(';').next().unwrap().to_string();
+    let html = r.text().await.unwrap();
+    let r = http
+        .post(format!("{base}/board/login"))
+        .header("cookie", &pair)
+        .form(&[("csrf", csrf_of(&html).as_str()), ("token", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(cookie_of(&r, "fw_board").is_none());
+    let r = http
+        .post(format!("{base}/board/login"))
+        .form(&[("csrf", "made-up"), ("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        cookie_of(&r, "fw_board").is_none(),
+        "no sign-in without the form's token"
+    );
+
+    // A ticket to work on.
+    let dev = mqtt(&b, "pump-h-pub").await;
+    for (i, (hr, t)) in degrading(40).iter().enumerate() {
+        dev.publish("devices/pump-h/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    eventually("a ticket", || async {
+        !api.tickets("?device_id=pump-h").await.is_empty()
+    })
+    .await;
+    let id = api.tickets("?device_id=pump-h").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A viewer reads but cannot act, and sees no action forms.
+    let viewer = sign_in(&http, &base, VIEWER, "https").await;
+    let page = http
+        .get(format!("{base}/board/tickets/{id}"))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("id=\"acknowledge\""));
+    let r = http
+        .post(format!("{base}/board/tickets/{id}/acknowledge"))
+        .header("cookie", &viewer)
+        .form(&[("csrf", csrf_of(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // A dispatcher acts only with the session's CSRF token.
+    let admin = sign_in(&http, &base, TOKEN, "http").await;
+    let html = http
+        .get(format!("{base}/board/tickets/{id}"))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&html);
+    for bad in ["", "0000", &csrf[..csrf.len() - 1]] {
+        let r = http
+            .post(format!("{base}/board/tickets/{id}/acknowledge"))
+            .header("cookie", &admin)
+            .form(&[("csrf", bad)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "csrf {bad:?}");
+    }
+    assert_eq!(
+        api.get_json(&format!("/api/v1/tickets/{id}")).await["status"],
+        "open",
+        "nothing changed"
+    );
+    let r = http
+        .post(format!("{base}/board/tickets/{id}/acknowledge"))
+        .header("cookie", &admin)
+        .form(&[("csrf", csrf.as_str()), ("note", "ยืนยันแล้ว — دیده شد")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let t = api.get_json(&format!("/api/v1/tickets/{id}")).await;
+    assert_eq!(t["status"], "acknowledged");
+    let last = t["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "board:Ana");
+    assert_eq!(last["note"], "ยืนยันแล้ว — دیده شد");
+
+    // The JSON twins: technicians (admin to change), slots, proposals that must fit.
+    let viewer_api = http_with_token(VIEWER);
+    let r = viewer_api
+        .put(format!("{base}/api/v1/technicians/t-2"))
+        .json(&json!({"id": "t-2", "name": "Bo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = api
+        .http
+        .put(format!("{base}/api/v1/technicians/t-2"))
+        .json(&json!({"id": "t-2", "name": "Bo", "hours": "25:00-26:00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "bad hours are refused");
+    let r = api
+        .http
+        .put(format!("{base}/api/v1/technicians/t-2"))
+        .json(&json!({"id": "t-2", "name": "Bo", "region": "south"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let techs: Value = api.get_json("/api/v1/technicians").await;
+    assert_eq!(techs.as_array().unwrap().len(), 2);
+    let slots: Value = api
+        .get_json(&format!("/api/v1/tickets/{id}/slots?technician=t-1"))
+        .await;
+    let first = slots[0].clone();
+    assert!(first["start_ms"].as_i64().unwrap() > chrono::Utc::now().timestamp_millis());
+    // 03:00–05:00 is outside 08:00–17:00.
+    let day = first["start_ms"].as_i64().unwrap() / 86_400_000 * 86_400_000 + 86_400_000;
+    let night = json!({"start_ms": day + 3 * HOUR, "end_ms": day + 5 * HOUR});
+    let r = api
+        .http
+        .post(format!("{base}/api/v1/tickets/{id}/proposal"))
+        .json(&json!({"technician_id": "t-1", "slots": [night]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = api
+        .http
+        .post(format!("{base}/api/v1/tickets/{id}/visit"))
+        .json(&json!({"technician_id": "t-1", "slot": first}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        api.get_json(&format!("/api/v1/tickets/{id}")).await["status"],
+        "scheduled"
+    );
+    // The technician is busy then: another ticket is not offered that slot.
+    let other: Value = api
+        .get_json("/api/v1/tickets/T-other/slots?technician=t-1")
+        .await;
+    assert!(
+        other.as_array().unwrap().iter().all(|s| *s != first),
+        "a booked slot is offered again: {other}"
+    );
+    let visits: Value = api.get_json("/api/v1/visits").await;
+    assert_eq!(visits.as_array().unwrap().len(), 1);
+
+    // One conversation, two sides: the customer's page offers exactly the proposed slots, a
+    // slot that was not proposed is refused, and the one they pick is booked.
+    let dev = mqtt(&b, "pump-k-pub").await;
+    for (i, (hr, t)) in degrading(40).iter().enumerate() {
+        dev.publish("devices/pump-k/telemetry", reading(*hr, i as u64 + 1, *t))
+            .await;
+    }
+    eventually("a ticket for pump-k", || async {
+        !api.tickets("?device_id=pump-k").await.is_empty()
+    })
+    .await;
+    let t = api.tickets("?device_id=pump-k").await[0].clone();
+    let tk = t["id"].as_str().unwrap().to_string();
+    assert_eq!(t["customer_id"], "cust-k");
+    let free: Value = api
+        .get_json(&format!("/api/v1/tickets/{tk}/slots?technician=t-2"))
+        .await;
+    let offer = json!([free[1], free[3]]);
+    let r = api
+        .http
+        .post(format!("{base}/api/v1/tickets/{tk}/proposal"))
+        .json(&json!({"technician_id": "t-2", "slots": offer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ticket = h.app.ticket(&tk).unwrap();
+    let link = h
+        .app
+        .notifier()
+        .link_for(&ticket, "cust-k", chrono::Utc::now().timestamp_millis());
+    let path = &link[link.find("/notify/v1/s/").unwrap()..];
+    let page = http
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let offered: Vec<String> = page
+        .split("name=\"slot\" value=\"")
+        .skip(1)
+        .map(|p| p.chars().take_while(|c| c.is_ascii_digit()).collect())
+        .collect();
+    let want: Vec<String> = [&free[1], &free[3]]
+        .iter()
+        .map(|s| s["start_ms"].to_string())
+        .collect();
+    assert_eq!(offered, want, "the page offers exactly the proposed slots");
+    let r = http
+        .post(format!("{base}{path}"))
+        .form(&[
+            ("action", "confirm"),
+            ("slot", &free[2]["start_ms"].to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a slot that was not proposed");
+    assert_eq!(
+        api.get_json(&format!("/api/v1/tickets/{tk}")).await["status"],
+        "open"
+    );
+    let r = http
+        .post(format!("{base}{path}"))
+        .form(&[("action", "confirm"), ("slot", &want[1])])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = api.get_json(&format!("/api/v1/tickets/{tk}")).await;
+    assert_eq!(t["status"], "scheduled");
+    let visits: Value = api.get_json("/api/v1/visits").await;
+    let v = visits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["ticket_id"] == json!(tk))
+        .expect("the customer's choice is booked")
+        .clone();
+    assert_eq!(v["slot"], free[3]);
+    assert_eq!(v["technician_id"], "t-2");
+    assert_eq!(v["booked_by"], "customer:link");
+    let page = http
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("name=\"slot\""), "the proposal is used up");
+
+    // Sign-out ends the session.
+    let r = http
+        .post(format!("{base}/board/logout"))
+        .header("cookie", &admin)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = http
+        .get(format!("{base}/board"))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "signed out");
+    stop(h, tok).await;
+}
