@@ -58,6 +58,10 @@ REAL = {
 READS = {
     "/api/v1/tickets/{id}": "tickets",
     "/api/v1/tickets/{id}/transitions": "tickets",
+    "/api/v1/tickets/{id}/slots": "tickets",
+    "/api/v1/tickets/{id}/assignment": "tickets",
+    "/api/v1/tickets/{id}/proposal": "tickets",
+    "/api/v1/tickets/{id}/visit": "tickets",
     "/api/v1/devices/{id}": "devices",
     "/api/v1/customers/{id}": "customers",
     "/api/v1/customers/{id}/timeline": "customers",

@@ -1,7 +1,7 @@
 //! forewarn — an IoT predictive-service daemon.
 //!
 //! The module map, bottom-up: each module imports only modules listed above it (the import graph
-//! has no cycles).
+//! has no cycles but the one noted at `board`).
 //!
 //! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time (one
 //!   parse, one format), device ids, tickets and their statuses, durations
@@ -31,6 +31,8 @@
 //!   health; one bearer-token check
 //! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
 //!   view, device, customer), sign-in, technicians and visits; changes go through `app`
+//!   (`api::openapi` reads `board::api`'s route descriptions, the one upward import, so the
+//!   OpenAPI document covers every route)
 //! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
 //! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation;
 //!   [`config_reference`] the reference of every key, generated from those `Config`s

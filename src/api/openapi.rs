@@ -34,6 +34,7 @@ use utoipa::OpenApi as _;
         (name = "tickets", description = "Service tickets and their transitions"),
         (name = "fleet", description = "Devices and customers"),
         (name = "notify", description = "Customer timelines, link revocation, provider webhooks and the self-service page"),
+        (name = "board", description = "The dispatch board's JSON routes: technicians, visits, slots, assignment, proposals, bookings (served with `board.enabled`)"),
         (name = "operations", description = "Metrics, health, rejected and quarantined input, this document"),
     ),
     components(schemas(ErrorBody))
@@ -49,6 +50,9 @@ pub fn document() -> OpenApi {
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc.merge(super::routes_openapi());
     doc.merge(crate::notify::inbound::openapi());
+    // The board's JSON routes (served with `board.enabled`, the default). The one import of a
+    // module above `api`: it only reads their descriptions, to keep one document.
+    doc.merge(crate::board::api::openapi());
     shared(&mut doc);
     doc
 }

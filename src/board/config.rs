@@ -57,7 +57,9 @@ impl Default for SlaConfig {
 }
 
 /// A field technician: what they can repair (failure modes) and where they go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Technician {
     pub id: String,
