@@ -206,7 +206,7 @@ struct Core {
 }
 
 /// A rejected payload kept for `GET /api/v1/rejects`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RejectRecord {
     /// Wall-clock receipt time (RFC 3339).
     pub received_at: String,
@@ -219,7 +219,7 @@ pub struct RejectRecord {
 
 /// The last `seq` gap seen for a device, as `GET /api/v1/gaps` shows it (kept in the store, so
 /// a restart does not forget where the stream lost readings).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Gap {
     pub device_id: String,
     /// Last `seq` applied before the gap, and the `seq` that came after it.

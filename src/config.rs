@@ -14,7 +14,7 @@ use std::path::Path;
 /// The annotated default configuration, embedded so `forewarn demo` needs no files.
 pub const DEFAULT_TOML: &str = include_str!("../config/forewarn.toml");
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub broker: crate::ingest::BrokerConfig,
@@ -34,7 +34,7 @@ pub struct Config {
 }
 
 /// `[shutdown]`: how long each stage may take to drain once the shutdown token is cancelled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// The MQTT driver keeps its connection this long for the last acknowledgements.
@@ -53,7 +53,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing filter, e.g. `info,forewarn=debug` (also `RUST_LOG`).

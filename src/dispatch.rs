@@ -310,7 +310,7 @@ impl Dispatcher {
 }
 
 /// `[dispatch]`: where ticket changes go for field service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Ticket changes are published here, retained, QoS 1: `{prefix}/{device_id}/{failure_mode}`.
@@ -319,8 +319,12 @@ pub struct Config {
     pub webhook_url: Option<Secret>,
     /// HMAC-SHA256 secret for `X-Forewarn-Signature` (also `FOREWARN_DISPATCH_SECRET`).
     pub webhook_secret: Option<Secret>,
+    /// Delivery attempts of a ticket change to the webhook; then it moves to the dead queue
+    /// (counted, logged).
     pub max_attempts: u32,
+    /// Retry backoff between webhook attempts: exponential with jitter, from this...
     pub retry_min: Dur,
+    /// ...up to this.
     pub retry_max: Dur,
 }
 

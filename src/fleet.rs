@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// `[fleet]`: the devices and customers loaded at start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Devices and customers loaded at start (optional): a TOML file of `[[devices]]` and
@@ -23,19 +23,36 @@ pub struct Config {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
+    /// Optional in a `PUT /api/v1/devices/{id}` body (the path's id is used); always present in
+    /// answers and the fleet file.
+    #[schema(required = false)]
     pub id: String,
     #[serde(default)]
     pub customer_id: Option<String>,
     /// Static attributes (model type, install year, site…) that models may select on or read.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     pub attributes: Attributes,
 }
 
 /// A channel forewarn can reach a customer on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     Email,
@@ -71,9 +88,12 @@ impl Channel {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Customer {
+    /// Optional in a `PUT /api/v1/customers/{id}` body (the path's id is used); always present
+    /// in answers and the fleet file.
+    #[schema(required = false)]
     pub id: String,
     #[serde(default)]
     pub name: String,

@@ -1,7 +1,7 @@
 //! forewarn — an IoT predictive-service daemon.
 //!
 //! The module map, bottom-up: each module imports only modules listed above it (the import graph
-//! has no cycles).
+//! has no cycles but the one noted at `board`).
 //!
 //! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time (one
 //!   parse, one format), device ids, tickets and their statuses, durations
@@ -16,6 +16,7 @@
 //!   (a pure host state machine: births, aliases, `seq`, rebirth requests) and SenML — the MQTT
 //!   driver (rumqttc, manual acks), the per-device reorder buffer
 //! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
+//! - [`error_body`] the JSON error body of every HTTP route (`{"error": {"code", "message"}}`)
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
 //! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider;
@@ -30,8 +31,11 @@
 //!   health; one bearer-token check
 //! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
 //!   view, device, customer), sign-in, technicians and visits; changes go through `app`
+//!   (`api::openapi` reads `board::api`'s route descriptions, the one upward import, so the
+//!   OpenAPI document covers every route)
 //! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
-//! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation
+//! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation;
+//!   [`config_reference`] the reference of every key, generated from those `Config`s
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `simulate`,
 //!   `demo`, `fleet`, `export`)
 //! - tools beside the daemon: [`sim`] a deterministic simulated fleet, [`replay`] history files →
@@ -46,11 +50,13 @@ pub mod board;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod config_reference;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod engine;
+pub mod error_body;
 pub mod features;
 pub mod fleet;
 pub mod history;

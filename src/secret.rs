@@ -35,6 +35,17 @@ impl Serialize for Secret {
     }
 }
 
+/// A secret is a string in the configuration's schema, marked so the generated reference says
+/// it is one (`config_reference`).
+impl schemars::JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "writeOnly": true, "x-secret": true})
+    }
+}
+
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())

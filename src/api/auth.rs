@@ -24,7 +24,19 @@ use std::sync::Arc;
 use subtle::{ConditionallySelectable, ConstantTimeEq, ConstantTimeGreater};
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Tickets, devices, customers (with their contacts), timelines, gaps.

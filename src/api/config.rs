@@ -6,7 +6,7 @@ use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The API proper (`/api/v1/*`, `/metrics`, health); keep it on a private address.
@@ -22,6 +22,7 @@ pub struct Config {
     pub tokens_file: Option<PathBuf>,
     /// Reads need a token (scope `read`). `false` is accepted only with a loopback `listen`.
     pub protect_reads: bool,
+    /// Request bodies larger than this get 413.
     pub max_body_bytes: usize,
     /// Public base URL for links in customer messages (self-service pages).
     pub public_url: String,
@@ -39,7 +40,7 @@ pub struct Config {
 }
 
 /// One entry of `api.tokens`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum TokenConfig {
     /// Every scope: what a token could do before scopes existed.
@@ -47,7 +48,7 @@ pub enum TokenConfig {
     Scoped(ScopedToken),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopedToken {
     pub token: Secret,

@@ -11,12 +11,13 @@
 pub mod auth;
 mod config;
 mod error;
+pub mod openapi;
 pub mod server;
 
 pub use auth::{Auth, Authorized, NeedsAdmin, NeedsRead, NeedsWrite, Scope};
 pub use config::{Config, ScopedToken, TokenConfig};
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::app::App;
 use crate::domain::{Status, Ticket};
@@ -28,10 +29,11 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 struct ApiState {
@@ -45,30 +47,38 @@ impl FromRef<ApiState> for Arc<Auth> {
     }
 }
 
+/// The API's routes, each with its OpenAPI description (the `#[utoipa::path]` on its handler):
+/// the router and [`openapi::document`] are built from this one list, so no route goes
+/// undocumented.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tickets))
+        .routes(routes!(get_ticket))
+        .routes(routes!(post_transition))
+        .routes(routes!(list_devices))
+        .routes(routes!(get_device, put_device))
+        .routes(routes!(list_customers))
+        .routes(routes!(get_customer, put_customer))
+        .routes(routes!(list_rejects))
+        .routes(routes!(list_quarantine))
+        .routes(routes!(list_gaps))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
+}
+
+/// The descriptions of [`router`]'s routes (no state needed).
+pub(crate) fn routes_openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
 /// All routes of the API with the app as state.
 pub fn router(app: Arc<App>, auth: Arc<Auth>, cfg: &Config) -> Router {
     let limit = cfg.max_body_bytes;
     let state = ApiState { app, auth };
-    Router::new()
-        .route("/api/v1/tickets", get(list_tickets))
-        .route("/api/v1/tickets/{id}", get(get_ticket))
-        .route(
-            "/api/v1/tickets/{id}/transitions",
-            axum::routing::post(post_transition),
-        )
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(get_device).put(put_device))
-        .route("/api/v1/customers", get(list_customers))
-        .route(
-            "/api/v1/customers/{id}",
-            get(get_customer).put(put_customer),
-        )
-        .route("/api/v1/rejects", get(list_rejects))
-        .route("/api/v1/quarantine", get(list_quarantine))
-        .route("/api/v1/gaps", get(list_gaps))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -136,19 +146,58 @@ async fn blocking<T: Send + 'static>(
 
 // ------------------------------------------------------------------ tickets
 
-#[derive(Debug, Deserialize)]
+// The id parameters' `pattern` (here and on each `{id}`) is `domain::validate_device_id` said
+// as a regular expression: none of `/`, `+`, `#`, control characters or Unicode white space.
+// (The 128 is in bytes there; a pattern can only count characters.)
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TicketQuery {
+    /// Only tickets with this status (empty: any).
+    #[param(value_type = Option<StatusFilter>)]
     status: Option<String>,
+    /// Only this device's tickets.
+    #[param(
+        pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$"
+    )]
     device_id: Option<String>,
+    /// Only this customer's tickets.
+    #[param(
+        pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$"
+    )]
     customer_id: Option<String>,
     /// RFC 3339 or epoch milliseconds: tickets updated at or after.
     since: Option<String>,
+    /// At most this many tickets (default 1000, at most 10000).
+    #[param(minimum = 0)]
     limit: Option<usize>,
+}
+
+/// `status` as the query takes it: a status, or empty for any (what a form with nothing chosen
+/// sends). Only describes the parameter; the handler reads the text.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum StatusFilter {
+    #[serde(rename = "")]
+    Any,
+    Open,
+    Acknowledged,
+    Scheduled,
+    Resolved,
+    Dismissed,
 }
 
 const MAX_LIST: usize = 10_000;
 
+/// List tickets, newest change first.
+#[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets",
+    params(TicketQuery),
+    responses(
+        (status = 200, description = "Tickets, newest change first", body = Vec<Ticket>),
+        (status = 400, description = "A query parameter is not valid", body = ErrorBody),
+    ),
+    security(("bearer" = ["read"])))]
 async fn list_tickets(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
@@ -196,6 +245,15 @@ async fn list_tickets(
     Ok(Json(list))
 }
 
+/// One ticket, with its evidence and history.
+#[utoipa::path(get, path = "/api/v1/tickets/{id}", tag = "tickets",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    responses(
+        (status = 200, description = "The ticket", body = Ticket),
+        (status = 400, description = "The id is not valid", body = ErrorBody),
+        (status = 404, description = "No such ticket", body = ErrorBody),
+    ),
+    security(("bearer" = ["read"])))]
 async fn get_ticket(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
@@ -209,10 +267,13 @@ async fn get_ticket(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
+    /// The status to move to.
+    #[schema(value_type = Status)]
     to: String,
+    /// Kept in the ticket's history; at most 4096 bytes.
     #[serde(default)]
     note: String,
     /// With `to: resolved` or `dismissed`: how it ended (`confirmed_fault`, `false_alarm`,
@@ -221,6 +282,17 @@ struct TransitionBody {
     outcome: Option<crate::domain::Outcome>,
 }
 
+/// Move a ticket to another status.
+#[utoipa::path(post, path = "/api/v1/tickets/{id}/transitions", tag = "tickets",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    request_body = TransitionBody,
+    responses(
+        (status = 200, description = "The ticket after the transition", body = Ticket),
+        (status = 400, description = "The id or the body is not valid", body = ErrorBody),
+        (status = 404, description = "No such ticket", body = ErrorBody),
+        (status = 409, description = "The ticket cannot move from its status to `to`", body = ErrorBody),
+    ),
+    security(("bearer" = ["write"])))]
 async fn post_transition(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsWrite>,
@@ -256,6 +328,10 @@ async fn post_transition(
 
 // ------------------------------------------------------------------ fleet
 
+/// List the devices of the registry.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "fleet",
+    responses((status = 200, description = "Every device of the registry", body = Vec<Device>)),
+    security(("bearer" = ["read"])))]
 async fn list_devices(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
@@ -263,6 +339,15 @@ async fn list_devices(
     Ok(Json(app.devices()))
 }
 
+/// One device.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "fleet",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    responses(
+        (status = 200, description = "The device", body = Device),
+        (status = 400, description = "The id is not valid", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+    ),
+    security(("bearer" = ["read"])))]
 async fn get_device(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
@@ -293,6 +378,16 @@ fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value,
     Ok(v)
 }
 
+/// Create or replace a device.
+#[utoipa::path(put, path = "/api/v1/devices/{id}", tag = "fleet",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Device id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    request_body(content = Device, description = "The device; `id` may be left out (the path's is used) but must not differ"),
+    responses(
+        (status = 200, description = "Replaced", body = Device),
+        (status = 201, description = "Created", body = Device),
+        (status = 400, description = "The id or the body is not valid", body = ErrorBody),
+    ),
+    security(("bearer" = ["write"])))]
 async fn put_device(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsWrite>,
@@ -319,6 +414,10 @@ async fn put_device(
     Ok((status, Json(d)).into_response())
 }
 
+/// List the customers of the registry.
+#[utoipa::path(get, path = "/api/v1/customers", tag = "fleet",
+    responses((status = 200, description = "Every customer of the registry, with their contacts", body = Vec<Customer>)),
+    security(("bearer" = ["read"])))]
 async fn list_customers(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
@@ -326,6 +425,15 @@ async fn list_customers(
     Ok(Json(app.customers()))
 }
 
+/// One customer, with contacts and preferences.
+#[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "fleet",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    responses(
+        (status = 200, description = "The customer", body = Customer),
+        (status = 400, description = "The id is not valid", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+    ),
+    security(("bearer" = ["read"])))]
 async fn get_customer(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
@@ -337,6 +445,16 @@ async fn get_customer(
         .ok_or_else(|| ApiError::not_found(format!("customer {id} not found")))
 }
 
+/// Create or replace a customer.
+#[utoipa::path(put, path = "/api/v1/customers/{id}", tag = "fleet",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    request_body(content = Customer, description = "The customer; `id` may be left out (the path's is used) but must not differ"),
+    responses(
+        (status = 200, description = "Replaced", body = Customer),
+        (status = 201, description = "Created", body = Customer),
+        (status = 400, description = "The id or the body is not valid (a contact of the wrong shape, a webhook address forewarn may not send to…)", body = ErrorBody),
+    ),
+    security(("bearer" = ["write"])))]
 async fn put_customer(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsWrite>,
@@ -363,6 +481,10 @@ async fn put_customer(
 
 // ------------------------------------------------------------------ operations
 
+/// The latest rejected payloads and why.
+#[utoipa::path(get, path = "/api/v1/rejects", tag = "operations",
+    responses((status = 200, description = "The latest rejected payloads (`ingest.recent_rejects` of them)", body = Vec<crate::app::RejectRecord>)),
+    security(("bearer" = ["admin"])))]
 async fn list_rejects(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsAdmin>,
@@ -371,6 +493,9 @@ async fn list_rejects(
 }
 
 /// Each device's last `seq` gap: readings that never arrived.
+#[utoipa::path(get, path = "/api/v1/gaps", tag = "operations",
+    responses((status = 200, description = "Each device's last `seq` gap", body = Vec<crate::app::Gap>)),
+    security(("bearer" = ["read"])))]
 async fn list_gaps(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
@@ -379,6 +504,9 @@ async fn list_gaps(
 }
 
 /// Stored records that could not be decoded and were set aside.
+#[utoipa::path(get, path = "/api/v1/quarantine", tag = "operations",
+    responses((status = 200, description = "Stored records set aside because they could not be decoded", body = Vec<crate::store::Quarantined>)),
+    security(("bearer" = ["admin"])))]
 async fn list_quarantine(
     State(ApiState { app, .. }): State<ApiState>,
     _: Authorized<NeedsAdmin>,
@@ -393,6 +521,9 @@ async fn list_quarantine(
     Ok(Json(list))
 }
 
+/// Prometheus text exposition format. Open: no token.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Every metric forewarn exports", body = String, content_type = "text/plain")))]
 async fn metrics(State(ApiState { app, .. }): State<ApiState>) -> Response {
     (
         [(
@@ -404,10 +535,75 @@ async fn metrics(State(ApiState { app, .. }): State<ApiState>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// The body of `/healthz`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
 }
 
+/// Liveness: the process answers. Open: no token.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// The body of `/readyz`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// Broker, store and models are all up.
+    pub ready: bool,
+    /// Connected to the MQTT broker.
+    pub broker: bool,
+    /// The store accepted the last commit.
+    pub store: bool,
+    /// Models are loaded.
+    pub models: bool,
+    /// `false`, or what is known to be lost upstream (forewarn stays ready: a restart would
+    /// lose more).
+    pub upstream_loss: UpstreamLoss,
+    /// Devices whose `seq` started over (a device restart).
+    pub seq_resets: u64,
+    /// Messages the broker says it dropped since forewarn first heard from it (all
+    /// subscribers); `null` when the broker does not say.
+    pub broker_dropped: Option<u64>,
+    /// A note on the MQTT session (e.g. that the broker kept no session), if any.
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum UpstreamLoss {
+    /// Nothing lost (always `false`).
+    None(bool),
+    Lost(LostReadings),
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LostReadings {
+    /// Readings that never arrived (`seq` gaps) since start.
+    pub readings_missing: u64,
+    /// When the last gap was noticed (RFC 3339).
+    pub last_gap_at: Option<String>,
+}
+
+/// A 503 from `/readyz`: not ready, or (like any route) too many requests at once.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ReadyOrBusy {
+    NotReady(Readiness),
+    Busy(ErrorBody),
+}
+
+/// Readiness: broker connected, store writable, models loaded. Open: no token.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (the body says what is missing), or too many requests at once", body = ReadyOrBusy),
+    ))]
 async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     let broker = app.broker_connected();
     let models = app.models_ready();
@@ -417,24 +613,44 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
     // Loss upstream does not make forewarn unready (restarting it would lose more), but says so.
     let loss = app.loss();
     let upstream_loss = if loss.readings_missing > 0 {
-        serde_json::json!({
-            "readings_missing": loss.readings_missing,
-            "last_gap_at": loss.last_gap_ms.map(crate::domain::format_ts),
+        UpstreamLoss::Lost(LostReadings {
+            readings_missing: loss.readings_missing,
+            last_gap_at: loss.last_gap_ms.map(crate::domain::format_ts),
         })
     } else {
-        serde_json::Value::Bool(false)
+        UpstreamLoss::None(false)
     };
-    let body = serde_json::json!({
-        "ready": ready, "broker": broker, "store": store, "models": models,
-        "upstream_loss": upstream_loss, "seq_resets": loss.seq_resets,
+    let body = Readiness {
+        ready,
+        broker,
+        store,
+        models,
+        upstream_loss,
+        seq_resets: loss.seq_resets,
         // What the broker says it dropped since forewarn first heard from it (all subscribers).
-        "broker_dropped": loss.broker_dropped.map(|(first, last)| last.saturating_sub(first)),
-        "session": app.session_note(),
-    });
+        broker_dropped: loss
+            .broker_dropped
+            .map(|(first, last)| last.saturating_sub(first)),
+        session: app.session_note(),
+    };
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// This document.
+///
+/// Open: no token (it is the same for every deployment and committed with the source as
+/// `openapi.json`).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = Object, content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::json(),
+    )
+        .into_response()
 }

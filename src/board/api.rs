@@ -15,12 +15,14 @@
 use super::{Board, BoardError, Technician};
 use crate::api::{check_id, ApiError, Auth, Authorized, NeedsAdmin, NeedsRead, NeedsWrite};
 use crate::domain::{Slot, Ticket, Visit};
+use crate::error_body::ErrorBody;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRef, Path, Query, State};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 struct St {
@@ -33,16 +35,25 @@ impl FromRef<St> for Arc<Auth> {
     }
 }
 
+/// The routes, each with its OpenAPI description (`#[utoipa::path]` on its handler).
+fn described() -> OpenApiRouter<St> {
+    OpenApiRouter::new()
+        .routes(routes!(list_technicians))
+        .routes(routes!(put_technician))
+        .routes(routes!(list_visits))
+        .routes(routes!(free_slots))
+        .routes(routes!(assign))
+        .routes(routes!(propose))
+        .routes(routes!(book))
+}
+
+/// The descriptions of these routes, for the API's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    described().into_openapi()
+}
+
 pub fn routes(b: Arc<Board>) -> Router {
-    Router::new()
-        .route("/api/v1/technicians", get(list_technicians))
-        .route("/api/v1/technicians/{id}", put(put_technician))
-        .route("/api/v1/visits", get(list_visits))
-        .route("/api/v1/tickets/{id}/slots", get(free_slots))
-        .route("/api/v1/tickets/{id}/assignment", post(assign))
-        .route("/api/v1/tickets/{id}/proposal", post(propose))
-        .route("/api/v1/tickets/{id}/visit", post(book))
-        .with_state(St { b })
+    described().split_for_parts().0.with_state(St { b })
 }
 
 impl From<BoardError> for ApiError {
@@ -69,6 +80,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// Technicians (from the configuration and the API).
+#[utoipa::path(get, path = "/api/v1/technicians", tag = "board",
+    responses((status = 200, description = "Every technician", body = Vec<Technician>)),
+    security(("bearer" = ["read"])))]
 async fn list_technicians(
     State(St { b }): State<St>,
     _: Authorized<NeedsRead>,
@@ -76,6 +91,15 @@ async fn list_technicians(
     Json(b.technicians())
 }
 
+/// Add or replace a technician.
+#[utoipa::path(put, path = "/api/v1/technicians/{id}", tag = "board",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Technician id")),
+    request_body(content = Technician, description = "The technician; `id` must be the path's"),
+    responses(
+        (status = 200, description = "Stored", body = Technician),
+        (status = 400, description = "The id or the body is not valid", body = ErrorBody),
+    ),
+    security(("bearer" = ["admin"])))]
 async fn put_technician(
     State(St { b }): State<St>,
     _: Authorized<NeedsAdmin>,
@@ -94,16 +118,31 @@ async fn put_technician(
     Ok(Json(t))
 }
 
+/// Booked visits.
+#[utoipa::path(get, path = "/api/v1/visits", tag = "board",
+    responses((status = 200, description = "Every booked visit", body = Vec<Visit>)),
+    security(("bearer" = ["read"])))]
 async fn list_visits(State(St { b }): State<St>, _: Authorized<NeedsRead>) -> Json<Vec<Visit>> {
     Json(b.visits())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SlotsQuery {
+    /// The technician whose free slots are wanted.
     technician: String,
 }
 
+/// A technician's free visit slots for a ticket.
+#[utoipa::path(get, path = "/api/v1/tickets/{id}/slots", tag = "board",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id"), SlotsQuery),
+    responses(
+        (status = 200, description = "Free slots, earliest first", body = Vec<Slot>),
+        (status = 400, description = "The id or the query is not valid", body = ErrorBody),
+        (status = 404, description = "No such technician", body = ErrorBody),
+    ),
+    security(("bearer" = ["read"])))]
 async fn free_slots(
     State(St { b }): State<St>,
     _: Authorized<NeedsRead>,
@@ -118,12 +157,23 @@ async fn free_slots(
     Ok(Json(b.free_slots(&tech, &id)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AssignBody {
     technician_id: String,
 }
 
+/// Assign a ticket to a technician.
+#[utoipa::path(post, path = "/api/v1/tickets/{id}/assignment", tag = "board",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
+    request_body = AssignBody,
+    responses(
+        (status = 200, description = "The ticket, assigned", body = Ticket),
+        (status = 400, description = "The id or the body is not valid", body = ErrorBody),
+        (status = 404, description = "No such ticket or technician", body = ErrorBody),
+        (status = 409, description = "The ticket's status does not allow it", body = ErrorBody),
+    ),
+    security(("bearer" = ["write"])))]
 async fn assign(
     State(St { b }): State<St>,
     _: Authorized<NeedsWrite>,
@@ -137,13 +187,24 @@ async fn assign(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProposalBody {
     technician_id: String,
     slots: Vec<Slot>,
 }
 
+/// Offer the customer visit slots for a ticket.
+#[utoipa::path(post, path = "/api/v1/tickets/{id}/proposal", tag = "board",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
+    request_body = ProposalBody,
+    responses(
+        (status = 200, description = "The ticket, with the proposal in its history", body = Ticket),
+        (status = 400, description = "The id or the body is not valid", body = ErrorBody),
+        (status = 404, description = "No such ticket or technician", body = ErrorBody),
+        (status = 409, description = "The ticket's status does not allow it", body = ErrorBody),
+    ),
+    security(("bearer" = ["write"])))]
 async fn propose(
     State(St { b }): State<St>,
     _: Authorized<NeedsWrite>,
@@ -157,13 +218,24 @@ async fn propose(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VisitBody {
     technician_id: String,
     slot: Slot,
 }
 
+/// Book a visit: the ticket becomes scheduled.
+#[utoipa::path(post, path = "/api/v1/tickets/{id}/visit", tag = "board",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
+    request_body = VisitBody,
+    responses(
+        (status = 200, description = "The ticket, scheduled", body = Ticket),
+        (status = 400, description = "The id or the body is not valid", body = ErrorBody),
+        (status = 404, description = "No such ticket or technician", body = ErrorBody),
+        (status = 409, description = "The ticket's status does not allow it", body = ErrorBody),
+    ),
+    security(("bearer" = ["write"])))]
 async fn book(
     State(St { b }): State<St>,
     _: Authorized<NeedsWrite>,

@@ -5,7 +5,7 @@ use super::sla::{BusinessCalendar, Sla};
 use crate::domain::Dur;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Serve the board (`/board`) on the API listener.
@@ -35,11 +35,14 @@ pub struct Config {
 
 /// `[board.sla]`: `"4h"` (clock time), `"16h business"` (business hours only), or
 /// `"next_business_day"` (by the close of the next business day).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlaConfig {
+    /// Response deadline of urgent tickets.
     pub urgent: String,
+    /// Response deadline of high-priority tickets.
     pub high: String,
+    /// Response deadline of advisory tickets.
     pub advisory: String,
 }
 
@@ -54,7 +57,9 @@ impl Default for SlaConfig {
 }
 
 /// A field technician: what they can repair (failure modes) and where they go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Technician {
     pub id: String,

@@ -21,7 +21,7 @@
 //! rows, order and filters, [`session`] sign-in and CSRF, [`svg`] charts (all pure); [`pages`]
 //! and [`api`] are the thin HTTP shell.
 
-mod api;
+pub mod api;
 mod config;
 mod pages;
 pub mod queue;

@@ -2,10 +2,12 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod config;
 pub mod demo;
 pub mod evaluate;
 pub mod export;
 pub mod fleet;
+pub mod openapi;
 pub mod replay;
 pub mod serve;
 pub mod simulate;
@@ -40,6 +42,10 @@ pub enum Command {
     Demo(demo::Args),
     /// Write a simulated fleet's history (telemetry.csv, events.csv, devices.csv) for training and demos.
     Simulate(simulate::Args),
+    /// The configuration's documentation: `config reference` prints every key (Markdown).
+    Config(config::Args),
+    /// Print the HTTP API's OpenAPI 3.1 document (JSON), as served at /api/v1/openapi.json.
+    Openapi(openapi::Args),
 }
 
 /// A command's failure: its message (one line, naming the file/line/key at fault) and exit code.
@@ -79,6 +85,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Replay(a) => replay::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Simulate(a) => simulate::run(a),
+        Command::Config(a) => config::run(a),
+        Command::Openapi(a) => openapi::run(a),
     }
 }
 

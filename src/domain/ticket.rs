@@ -5,7 +5,7 @@ use super::Millis;
 use serde::{Deserialize, Serialize};
 
 /// One feature behind a score, as a ticket shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Evidence {
     pub feature: String,
     /// `None` when the feature had no value (a missing device attribute, an empty window).
@@ -14,7 +14,7 @@ pub struct Evidence {
     pub weight: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Open,
@@ -53,7 +53,20 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Advisory,
@@ -72,7 +85,7 @@ impl Priority {
 }
 
 /// How a ticket ended: the label for the next training run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Serviced for this mode while the ticket was live.
@@ -83,14 +96,14 @@ pub enum Outcome {
     FailedBeforeService,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelRef {
     pub name: String,
     pub version: String,
 }
 
 /// One line of a ticket's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// RFC 3339.
     pub at: String,
@@ -106,7 +119,7 @@ pub struct HistoryEntry {
     pub note: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ticket {
     pub id: String,
     pub device_id: String,
@@ -127,5 +140,6 @@ pub struct Ticket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
     /// Event time of opening in epoch ms (for ordering and filters).
+    #[schema(value_type = i64)]
     pub opened_ms: Millis,
 }

@@ -7,9 +7,23 @@ use super::Millis;
 use serde::{Deserialize, Serialize};
 
 /// A stretch of time `[start_ms, end_ms)`, epoch milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Slot {
+    #[schema(value_type = i64)]
     pub start_ms: Millis,
+    #[schema(value_type = i64)]
     pub end_ms: Millis,
 }
 
@@ -32,7 +46,7 @@ pub struct Proposal {
 }
 
 /// A booked visit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Visit {
     pub ticket_id: String,
     pub technician_id: String,

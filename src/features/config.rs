@@ -4,13 +4,17 @@ use super::WindowSpec;
 use crate::domain::Dur;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Readings kept per device in the ring window (min, max, mean, std, slope); 1 to 256.
     pub window_readings: usize,
+    /// Spans, in readings, of the exponentially weighted means and deviations (at most 8).
     pub ew_spans: Vec<u32>,
     /// Spans in hours of event time of the EW baselines that follow the reading spans.
     pub ew_hours: Vec<f64>,
+    /// Readings and events up to this much out of order are held and applied in event-time order;
+    /// older ones are dropped (reason `late`). `0s` applies everything in arrival order.
     pub late_tolerance: Dur,
 }
 

@@ -5,7 +5,7 @@ use crate::domain::Dur;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// `mqtt://host:port` or `mqtts://host:port` (TLS with rustls).
@@ -13,11 +13,15 @@ pub struct BrokerConfig {
     /// MQTT protocol version: 4 (MQTT 3.1.1, the default) or 5 (MQTT 5: session expiry,
     /// receive maximum and maximum packet size are announced to the broker).
     pub protocol: u8,
+    /// The MQTT client id; the broker keeps this client's session, so use one id per daemon.
     pub client_id: String,
+    /// MQTT user name, if the broker asks for one.
     pub username: Option<String>,
+    /// MQTT password (better set by environment variable).
     pub password: Option<crate::secret::Secret>,
     /// PEM file of CA certificates to trust for `mqtts://` (default: the system's web PKI roots).
     pub ca_file: Option<PathBuf>,
+    /// MQTT keep-alive interval.
     pub keep_alive: Dur,
     /// Largest packet accepted from the broker (rumqttc's default of 10 KiB is too small).
     pub max_packet_bytes: usize,
@@ -29,7 +33,9 @@ pub struct BrokerConfig {
     /// MQTT 5 only: the most unacknowledged QoS 1 messages the broker may send forewarn at once
     /// (forewarn acknowledges after each commit group; keep it a few `ingest.commit_group`s).
     pub receive_maximum: u16,
+    /// Reconnect backoff after losing the broker: exponential with jitter, from this...
     pub reconnect_min: Dur,
+    /// ...up to this.
     pub reconnect_max: Dur,
 }
 
@@ -53,14 +59,18 @@ impl Default for BrokerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Topic filters of readings; the device id is the topic level at `device_id_level`.
     pub telemetry_topics: Vec<String>,
+    /// Topic filters of device events (failures, maintenance, errors).
     pub event_topics: Vec<String>,
     /// Which topic level (0-based) holds the device id; `None` reads the payload's `device_id`.
     pub device_id_level: Option<usize>,
+    /// Larger payloads are rejected (reason `too_large`).
     pub max_payload_bytes: usize,
+    /// Readings per batch payload at most.
     pub max_batch: usize,
     /// Messages processed and committed together before their acks are sent.
     pub commit_group: usize,

@@ -20,7 +20,7 @@ use crate::ingest::decode::{Limits, Reject};
 use serde::{Deserialize, Serialize};
 
 /// `[ingest.senml]`: SenML packs as a telemetry source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Topic filters carrying SenML packs (JSON or CBOR). Empty (the default): not subscribed.
@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// Where a SenML record's device id comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceIdFrom {
     /// The base name in effect for the record (`"base_name"`).

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// dispatch secrets share it.
 pub use crate::secret::Secret;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
     /// On by default: with no provider configured every message is recorded as undeliverable
@@ -38,7 +38,10 @@ pub struct NotifyConfig {
     pub urgent_over_budget: u32,
     /// Attempts per channel before falling back to the next one.
     pub max_attempts: u32,
+    /// Retry backoff between attempts on a channel: exponential with jitter (or the provider's
+    /// `Retry-After`), from this...
     pub retry_min: Dur,
+    /// ...up to this.
     pub retry_max: Dur,
     /// Timeout of one provider call.
     pub send_timeout: Dur,
@@ -101,7 +104,7 @@ impl Default for NotifyConfig {
 }
 
 /// Routing rules as data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// A ticket at or above this priority is urgent...
@@ -132,7 +135,7 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SmtpTls {
     /// Plain connection upgraded with STARTTLS (port 587).
@@ -143,13 +146,18 @@ pub enum SmtpTls {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
+    /// SMTP server.
     pub host: String,
+    /// SMTP port (587 for STARTTLS, 465 for implicit TLS).
     pub port: u16,
+    /// `starttls`, `tls` (implicit) or `none` (a local relay only).
     pub tls: SmtpTls,
+    /// SMTP user name, if the server asks for one.
     pub username: Option<String>,
+    /// SMTP password (better set by environment variable).
     pub password: Option<Secret>,
     /// `Forewarn Service <service@example.com>`
     pub from: String,
@@ -180,10 +188,12 @@ impl Default for EmailConfig {
 }
 
 /// Twilio-shaped provider (SMS: Messages API, voice: Calls API).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TwilioConfig {
+    /// Base URL of the provider's API (Twilio's, or anything speaking its shape).
     pub api_base: String,
+    /// The account SID.
     pub account_sid: String,
     /// Basic-auth password, and key of X-Twilio-Signature on callbacks.
     pub auth_token: Secret,
@@ -208,10 +218,12 @@ impl Default for TwilioConfig {
 }
 
 /// ntfy-shaped publish API: `POST {url}/{topic}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
+    /// Base URL of the publish API; each message is POSTed to `{url}/{customer's push topic}`.
     pub url: String,
+    /// Bearer token of the publish API, if it needs one.
     pub token: Option<Secret>,
 }
 
@@ -224,7 +236,7 @@ impl Default for PushConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// HMAC-SHA256 key of `X-Forewarn-Signature` on customer webhooks.
@@ -234,13 +246,16 @@ pub struct WebhookConfig {
     pub allow: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// `mqtt://host:port`, or `mqtts://host:port` for TLS (rustls).
     pub url: String,
+    /// The notifier's own MQTT client id.
     pub client_id: String,
+    /// MQTT user name, if the broker asks for one.
     pub username: Option<String>,
+    /// MQTT password (better set by environment variable).
     pub password: Option<Secret>,
     /// PEM CA certificate(s) for an `mqtts://` broker; default: the web PKI roots.
     pub ca_file: Option<PathBuf>,

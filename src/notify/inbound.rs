@@ -15,14 +15,18 @@ use super::templates::{Facts, PageText};
 use super::worker::SentRecord;
 use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, NEEDS_HUMAN, QUEUE};
 use crate::domain::{format_ts, Status, Ticket};
+use crate::error_body::ErrorBody;
 use crate::fleet::Channel;
 use crate::store::Store;
+use axum::extract::rejection::{BytesRejection, FormRejection};
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 struct AppState {
@@ -37,36 +41,69 @@ pub fn router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>) -> Rout
         .merge(links_router(n, store, desk))
 }
 
+/// The `/notify/v1/*` routes, each with its OpenAPI description.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sms_reply))
+        .routes(routes!(status_callback))
+        .routes(routes!(email_reply))
+        .routes(routes!(page, page_answer))
+}
+
+fn timeline_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(timeline))
+}
+
+fn links_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(revoke_links))
+}
+
+/// The descriptions of every route of this module (for `api::openapi`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    public_routes()
+        .merge(timeline_routes())
+        .merge(links_routes())
+        .into_openapi()
+}
+
 /// The `/notify/v1/*` routes: what providers and customers reach from the internet.
 pub fn public_router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>) -> Router {
-    Router::new()
-        .route("/notify/v1/twilio/sms", post(sms_reply))
-        .route("/notify/v1/twilio/status", post(status_callback))
-        .route("/notify/v1/email/inbound", post(email_reply))
-        .route("/notify/v1/s/{token}", get(page).post(page_answer))
+    public_routes()
+        .split_for_parts()
+        .0
         .with_state(AppState { n, store, desk })
 }
 
 /// The timeline, an API read (the API puts its token check in front of it).
 pub fn timeline_router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>) -> Router {
-    Router::new()
-        .route("/api/v1/customers/{id}/timeline", get(timeline))
+    timeline_routes()
+        .split_for_parts()
+        .0
         .with_state(AppState { n, store, desk })
 }
 
 /// Revoking a ticket's self-service links, an API write (the API puts its token check in front).
 pub fn links_router(n: Arc<Notifier>, store: Store, desk: Arc<dyn TicketDesk>) -> Router {
-    Router::new()
-        .route("/api/v1/tickets/{id}/links/revoke", post(revoke_links))
+    links_routes()
+        .split_for_parts()
+        .0
         .with_state(AppState { n, store, desk })
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+    (status, Json(ErrorBody::new(code, message))).into_response()
+}
+
+/// A body the route could not read (too large, wrong `Content-Type`): the same JSON error as
+/// the rest of the API, with the status axum chose.
+fn rejected(r: impl IntoResponse + std::fmt::Display) -> Response {
+    let status = r.into_response().status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "bad_request",
+    };
+    error(status, code, "the request body could not be read")
 }
 
 /// `X-Twilio-Signature` in the Auth Token scheme: base64 HMAC-SHA1 of the URL followed by
@@ -540,12 +577,29 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// A customer's SMS reply (Twilio webhook).
+///
+/// Carrier keywords (STOP, START, HELP) are answered in TwiML; a reply is applied to the
+/// customer's ticket.
+#[utoipa::path(post, path = "/notify/v1/twilio/sms", tag = "notify", operation_id = "twilio_sms",
+    params(TwilioHeaders),
+    request_body(description = "Twilio's webhook parameters, as a form (or JSON)", content(
+        (TwilioSmsForm = "application/x-www-form-urlencoded"), (TwilioSmsForm = "application/json"))),
+    responses(
+        (status = 200, description = "TwiML: empty, or the answer to a carrier keyword", body = String, content_type = "text/xml"),
+        (status = 403, description = "`X-Twilio-Signature` does not match", body = ErrorBody),
+        (status = 404, description = "SMS is not configured (`notify.sms`)", body = ErrorBody),
+    ))]
 async fn sms_reply(
     State(s): State<AppState>,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return rejected(r),
+    };
     if s.n.cfg.sms.is_none() {
         return error(
             StatusCode::NOT_FOUND,
@@ -708,12 +762,28 @@ pub fn ticket_ref(text: &str) -> Option<String> {
     })
 }
 
+/// A delivery status callback (Twilio webhook).
+///
+/// For an SMS or a call: delivered, or undelivered (the next channel is tried).
+#[utoipa::path(post, path = "/notify/v1/twilio/status", tag = "notify", operation_id = "twilio_status",
+    params(TwilioHeaders),
+    request_body(description = "Twilio's status callback parameters, as a form (or JSON)", content(
+        (TwilioStatusForm = "application/x-www-form-urlencoded"), (TwilioStatusForm = "application/json"))),
+    responses(
+        (status = 204, description = "Recorded (or about a message forewarn does not know)"),
+        (status = 400, description = "No message id or no status", body = ErrorBody),
+        (status = 403, description = "`X-Twilio-Signature` does not match", body = ErrorBody),
+    ))]
 async fn status_callback(
     State(s): State<AppState>,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return rejected(r),
+    };
     let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
     if !verified {
         return error(
@@ -740,13 +810,27 @@ async fn status_callback(
     }
 }
 
-/// Inbound e-mail, as Mailgun's routes forward it: the request must carry Mailgun's signature
-/// (`timestamp`, `token`, `signature` keyed with the webhook signing key), within
-/// `inbound_email_max_age` of now, and each `token` is accepted once.
+/// A customer's e-mail reply (Mailgun inbound route).
+///
+/// The request must carry Mailgun's signature (`timestamp`, `token`, `signature` keyed with the
+/// webhook signing key), within `inbound_email_max_age` of now, and each `token` is accepted
+/// once. The reply counts for the ticket and customer of the reply address it was sent to.
+#[utoipa::path(post, path = "/notify/v1/email/inbound", tag = "notify", operation_id = "inbound_email",
+    request_body(content = MailgunForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Handled: applied, kept for a person, or ignored (replay, automatic reply)", body = EmailOutcome),
+        (status = 403, description = "Mailgun's signature does not hold, or is too old", body = ErrorBody),
+        (status = 404, description = "Inbound e-mail is not configured, or the reply address names a ticket that no longer exists", body = ErrorBody),
+        (status = 409, description = "The ticket is closed, or belongs to another customer now", body = ErrorBody),
+    ))]
 async fn email_reply(
     State(s): State<AppState>,
-    Form(params): Form<Vec<(String, String)>>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
+    let params = match form {
+        Ok(Form(p)) => p,
+        Err(r) => return rejected(r),
+    };
     let Some(key) = &s.n.cfg.inbound_email_signing_key else {
         return error(
             StatusCode::NOT_FOUND,
@@ -901,7 +985,7 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
                 .inbound_ignored
                 .with_label_values(&["replay"])
                 .inc();
-            return Json(serde_json::json!({"ignored": "replay"})).into_response();
+            return Json(EmailOutcome::ignored("replay")).into_response();
         }
     }
     if message_id.is_some_and(|id| s.n.seen_inbound(&s.store, Channel::Email, id)) {
@@ -909,7 +993,7 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
             .inbound_ignored
             .with_label_values(&["replay"])
             .inc();
-        return Json(serde_json::json!({"ignored": "replay"})).into_response();
+        return Json(EmailOutcome::ignored("replay")).into_response();
     }
     // Who wrote is decided by the address they wrote to (a per-message reply address we
     // recorded when we sent), never by `From`.
@@ -935,7 +1019,11 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
         ) {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
         }
-        return Json(serde_json::json!({"kept": NEEDS_HUMAN})).into_response();
+        return Json(EmailOutcome {
+            kept: Some(NEEDS_HUMAN.into()),
+            ..EmailOutcome::default()
+        })
+        .into_response();
     };
     let ticket_id = target.ticket_id.clone();
     let Some(t) = s.desk.ticket(&ticket_id) else {
@@ -975,9 +1063,10 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
         ) {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
         }
-        return Json(
-            serde_json::json!({"ticket_id": t.id, "status": t.status, "ignored": "auto_reply"}),
-        )
+        return Json(EmailOutcome {
+            ignored: Some("auto_reply".into()),
+            ..EmailOutcome::ticket(&t)
+        })
         .into_response();
     }
     let intent = intent::parse(first_line);
@@ -993,8 +1082,11 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
         ) {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
         }
-        return Json(serde_json::json!({"ticket_id": t.id, "status": t.status, "opted_out": stop}))
-            .into_response();
+        return Json(EmailOutcome {
+            opted_out: Some(stop),
+            ..EmailOutcome::ticket(&t)
+        })
+        .into_response();
     }
     let m = Incoming {
         channel: Some(Channel::Email),
@@ -1006,18 +1098,17 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
         booking: None,
     };
     match s.n.apply_reply(&s.store, s.desk.as_ref(), &ticket_id, &m) {
-        Ok(t) => Json(serde_json::json!({
-            "ticket_id": t.id,
-            "status": t.status,
-            "needs_human": m.reply == Reply::Unclear,
-        }))
+        Ok(t) => Json(EmailOutcome {
+            needs_human: Some(m.reply == Reply::Unclear),
+            ..EmailOutcome::ticket(&t)
+        })
         .into_response(),
         Err(ReplyError::Duplicate) => {
             s.n.metrics
                 .inbound_ignored
                 .with_label_values(&["replay"])
                 .inc();
-            Json(serde_json::json!({"ignored": "replay"})).into_response()
+            Json(EmailOutcome::ignored("replay")).into_response()
         }
         Err(ReplyError::NotFound) => error(StatusCode::NOT_FOUND, "not_found", "no such ticket"),
         Err(e @ ReplyError::Closed(..)) => error(StatusCode::CONFLICT, "closed", &e.to_string()),
@@ -1292,6 +1383,16 @@ fn story_html(s: &AppState, t: &Ticket, p: &PageText) -> String {
     html
 }
 
+/// The self-service page of a signed link.
+///
+/// What is wrong, the ticket's status and story, and the customer's three answers.
+#[utoipa::path(get, path = "/notify/v1/s/{token}", tag = "notify", operation_id = "self_service_page",
+    params(("token" = String, Path, description = "The signed token of the link sent to the customer"), PageHeaders),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html"),
+        (status = 404, description = "Not a valid link, or its ticket is gone", body = String, content_type = "text/html"),
+        (status = 410, description = "The link expired or was revoked", body = String, content_type = "text/html"),
+    ))]
 async fn page(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -1305,12 +1406,27 @@ async fn page(
     page_html_in(&p.lang, p.rtl, &p.title, &page_body(&s, &t, &p, "")).into_response()
 }
 
+/// The customer's answer on the self-service page (a visit, another time, not now).
+#[utoipa::path(post, path = "/notify/v1/s/{token}", tag = "notify", operation_id = "self_service_answer",
+    params(("token" = String, Path, description = "The signed token of the link sent to the customer"), PageHeaders),
+    request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Thanks (or: confirm the change of answer)", body = String, content_type = "text/html"),
+        (status = 400, description = "`action` is not one of the answers", body = String, content_type = "text/html"),
+        (status = 404, description = "Not a valid link, or its ticket is gone", body = String, content_type = "text/html"),
+        (status = 409, description = "The answer was changed once already, or the ticket closed meanwhile", body = String, content_type = "text/html"),
+        (status = 410, description = "The link expired or was revoked", body = String, content_type = "text/html"),
+    ))]
 async fn page_answer(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(token): Path<String>,
-    Form(params): Form<Vec<(String, String)>>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
+    let params = match form {
+        Ok(Form(p)) => p,
+        Err(r) => return rejected(r),
+    };
     let (_, t) = match claims(&s, &headers, &token) {
         Ok(x) => x,
         Err(r) => return *r,
@@ -1417,8 +1533,16 @@ async fn page_answer(
     }
 }
 
-/// `POST /api/v1/tickets/{id}/links/revoke` (a write: needs the API token): every link of the
-/// ticket issued so far stops working.
+/// Revoke a ticket's self-service links.
+///
+/// Every link of the ticket issued so far stops working (a write: needs scope `write`).
+#[utoipa::path(post, path = "/api/v1/tickets/{id}/links/revoke", tag = "notify",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
+    responses(
+        (status = 204, description = "Every link of the ticket issued so far stops working"),
+        (status = 404, description = "No such ticket", body = ErrorBody),
+    ),
+    security(("bearer" = ["write"])))]
 async fn revoke_links(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     if s.desk.ticket(&id).is_none() {
         return error(StatusCode::NOT_FOUND, "not_found", "no such ticket");
@@ -1430,6 +1554,19 @@ async fn revoke_links(State(s): State<AppState>, Path(id): Path<String>) -> Resp
     }
 }
 
+/// A customer's timeline.
+///
+/// Every ticket, message, delivery, reply and decision of the customer in time order
+/// (`entries`), and one story per ticket (`stories`). `unknown-sender` holds replies from
+/// addresses no customer has.
+#[utoipa::path(get, path = "/api/v1/customers/{id}/timeline", tag = "notify",
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Customer id")),
+    responses(
+        (status = 200, description = "The timeline", body = Timeline),
+        (status = 400, description = "The id is not valid", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+    ),
+    security(("bearer" = ["read"])))]
 async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     if let Err(e) = crate::domain::validate_device_id(&id) {
         return error(
@@ -1446,9 +1583,147 @@ async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response
             // `entries` is the full record (unchanged shape); `stories` is the customer's view,
             // one per ticket.
             let stories = super::story::group(&entries);
-            Json(serde_json::json!({"customer_id": id, "entries": entries, "stories": stories}))
-                .into_response()
+            Json(Timeline {
+                customer_id: id,
+                entries,
+                stories,
+            })
+            .into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
     }
+}
+
+/// `GET /api/v1/customers/{id}/timeline`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Timeline {
+    pub customer_id: String,
+    /// The full record, oldest first.
+    pub entries: Vec<TimelineEntry>,
+    /// The customer's view: one story per ticket, by each story's first entry.
+    pub stories: Vec<super::story::Story>,
+}
+
+/// What became of an inbound e-mail (the fields that apply are present).
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmailOutcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<String>,
+    /// The ticket's status after the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Why nothing was done: `replay` (handled before) or `auto_reply` (an out-of-office).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+    /// `needs_human`: from an address that is not one of forewarn's reply addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
+    /// The reply was a STOP (`true`) or START (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opted_out: Option<bool>,
+    /// The reply was not one of the offered answers: kept for a person to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_human: Option<bool>,
+}
+
+impl EmailOutcome {
+    fn ignored(why: &str) -> EmailOutcome {
+        EmailOutcome {
+            ignored: Some(why.into()),
+            ..EmailOutcome::default()
+        }
+    }
+    fn ticket(t: &Ticket) -> EmailOutcome {
+        EmailOutcome {
+            ticket_id: Some(t.id.clone()),
+            status: Some(t.status),
+            ..EmailOutcome::default()
+        }
+    }
+}
+
+// The request shapes below only describe the webhooks in the OpenAPI document: the handlers
+// read the raw parameters (a signature covers exactly what was sent).
+
+/// The headers of a Twilio webhook.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct TwilioHeaders {
+    /// Base64 HMAC of the URL and parameters with the account's auth token (or the webhook's
+    /// shared key, per `X-Twilio-Webhooks-Signature-Settings`).
+    #[serde(rename = "X-Twilio-Signature")]
+    signature: String,
+}
+
+/// The headers the self-service page reads.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct PageHeaders {
+    /// The language of error pages when the link names no customer.
+    #[serde(rename = "Accept-Language")]
+    accept_language: Option<String>,
+}
+
+/// Twilio's SMS webhook parameters (more are sent; they count for the signature).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TwilioSmsForm {
+    #[serde(rename = "MessageSid")]
+    message_sid: Option<String>,
+    /// The customer's number (E.164).
+    #[serde(rename = "From")]
+    from: Option<String>,
+    /// The message text.
+    #[serde(rename = "Body")]
+    body: Option<String>,
+}
+
+/// Twilio's status callback parameters (`MessageSid`/`MessageStatus` for an SMS,
+/// `CallSid`/`CallStatus` for a call).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TwilioStatusForm {
+    #[serde(rename = "MessageSid")]
+    message_sid: Option<String>,
+    #[serde(rename = "MessageStatus")]
+    message_status: Option<String>,
+    #[serde(rename = "CallSid")]
+    call_sid: Option<String>,
+    #[serde(rename = "CallStatus")]
+    call_status: Option<String>,
+}
+
+/// The fields of Mailgun's forwarded message that forewarn reads.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct MailgunForm {
+    /// Mailgun's signature: Unix seconds, a one-time token, and the HMAC of both.
+    timestamp: String,
+    token: String,
+    signature: String,
+    /// The address the customer wrote to: one of forewarn's per-message reply addresses.
+    recipient: Option<String>,
+    sender: Option<String>,
+    subject: Option<String>,
+    #[serde(rename = "stripped-text")]
+    stripped_text: Option<String>,
+    #[serde(rename = "body-plain")]
+    body_plain: Option<String>,
+    /// A JSON list of `[name, value]` pairs.
+    #[serde(rename = "message-headers")]
+    message_headers: Option<String>,
+}
+
+/// The self-service page's form.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PageForm {
+    /// `confirm` (book a visit), `reschedule` (another time) or `not_now`.
+    action: String,
+    /// The visit time the customer proposes (free text, at most 100 characters kept).
+    when: Option<String>,
+    /// `yes` to confirm a change of answer.
+    confirm: Option<String>,
 }

@@ -126,7 +126,7 @@ impl Clock for ManualClock {
 }
 
 /// One line of a customer's timeline (`GET /api/v1/customers/{id}/timeline`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     /// RFC 3339 wall time.
     pub at: String,

@@ -21,7 +21,7 @@ const VISIBLE: [&str; 8] = [
     "escalation",
 ];
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Story {
     /// Empty for what concerns no ticket (an opt-out, a message about no known ticket).
     pub ticket_id: String,

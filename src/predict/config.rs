@@ -4,9 +4,10 @@ use crate::domain::Dur;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Folder of model artifacts (`*.json`), loaded at start and on SIGHUP.
     pub models_dir: PathBuf,
     /// A device is scored at most once per this much event time.
     pub interval: Dur,

@@ -95,7 +95,7 @@ pub struct OutcomeNote {
 }
 
 /// A record set aside because it could not be decoded, as `GET /api/v1/quarantine` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Quarantined {
     /// The record's key where it was found (lossy UTF-8).
     pub key: String,

@@ -2,11 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// A live ticket is re-published when its probability moves this much (0 to 1)...
     pub update_min_probability_delta: f64,
+    /// ...or its predicted failure time moves by this fraction of the time left.
     pub update_min_ttf_fraction: f64,
+    /// Top features kept as evidence on a ticket.
     pub evidence_features: usize,
 }
 

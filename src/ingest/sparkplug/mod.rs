@@ -45,7 +45,7 @@ pub const NDEATH_CODE: &str = "sparkplug_ndeath";
 pub const DDEATH_CODE: &str = "sparkplug_ddeath";
 
 /// `[ingest.sparkplug]`: Sparkplug B edge nodes and devices as a telemetry source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Subscribe to Sparkplug B topics (`spBv1.0/…`) and ingest them. Off by default.
