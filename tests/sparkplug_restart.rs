@@ -66,10 +66,8 @@ async fn a_birth_acknowledged_before_a_restart_still_reads_data_after_it() {
     .await;
     eventually("the DDATA applied", || async {
         h.app
-            .store
-            .load_state("site.gw.oven")
+            .device_state("site.gw.oven")
             .unwrap()
-            .and_then(|b| forewarn::features::DeviceState::decode(&b))
             .is_some_and(|s| s.last_ts == T0 + HOUR)
     })
     .await;

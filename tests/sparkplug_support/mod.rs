@@ -177,14 +177,12 @@ pub async fn assert_ingested(h: &Handle, run: &EdgeRun, group: &str, edge: &str,
 
     // The readings, under the template's ids, in event time: the device's hours and the node's
     // own metric from its NBIRTH.
+    // What the daemon applied (the stored state is a checkpoint that may lag it).
     let state = |id: String| {
-        let bytes = h
-            .app
-            .store
-            .load_state(&id)
+        h.app
+            .device_state(&id)
             .unwrap()
-            .unwrap_or_else(|| panic!("no state for {id}"));
-        forewarn::features::DeviceState::decode(&bytes).unwrap()
+            .unwrap_or_else(|| panic!("no state for {id}"))
     };
     let t0 = common::T0;
     let s = state(device_id.clone());
