@@ -104,8 +104,10 @@ impl Config {
 
     /// Checks the templates and groups (no I/O): `(key, message)` of the first fault.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        check_template(&self.device_id_template, true).map_err(|m| ("device_id_template", m))?;
-        check_template(&self.node_id_template, false).map_err(|m| ("node_id_template", m))?;
+        check_template(&self.device_id_template, true)
+            .map_err(|e| ("device_id_template", e.to_string()))?;
+        check_template(&self.node_id_template, false)
+            .map_err(|e| ("node_id_template", e.to_string()))?;
         if self.max_metrics == 0 {
             return Err(("max_metrics", "must be at least 1".into()));
         }
@@ -118,19 +120,42 @@ impl Config {
     }
 }
 
+/// What is wrong with a device or node id template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{0:?}: unclosed {{")]
+    Unclosed(String),
+    #[error("{template:?}: unknown placeholder {{{placeholder}}}")]
+    Unknown {
+        template: String,
+        placeholder: String,
+    },
+    #[error("{template:?} must contain {need}")]
+    Missing {
+        template: String,
+        need: &'static str,
+    },
+}
+
 /// A template may use `{group}`, `{edge}` and (for devices) `{device}`, and must tell the ids
 /// it covers apart: a device template needs `{edge}` and `{device}`, a node template `{edge}`.
-fn check_template(t: &str, device: bool) -> Result<(), String> {
+/// (`{` and `}` are one byte each, so the slices below fall on character boundaries.)
+fn check_template(t: &str, device: bool) -> Result<(), TemplateError> {
     let mut rest = t;
     while let Some(i) = rest.find('{') {
         let after = &rest[i + 1..];
         let Some(j) = after.find('}') else {
-            return Err(format!("{t:?}: unclosed {{"));
+            return Err(TemplateError::Unclosed(t.to_string()));
         };
         match &after[..j] {
             "group" | "edge" => {}
             "device" if device => {}
-            other => return Err(format!("{t:?}: unknown placeholder {{{other}}}")),
+            other => {
+                return Err(TemplateError::Unknown {
+                    template: t.to_string(),
+                    placeholder: other.to_string(),
+                })
+            }
         }
         rest = &after[j + 1..];
     }
@@ -140,7 +165,10 @@ fn check_template(t: &str, device: bool) -> Result<(), String> {
         } else {
             "{edge}"
         };
-        return Err(format!("{t:?} must contain {need}"));
+        return Err(TemplateError::Missing {
+            template: t.to_string(),
+            need,
+        });
     }
     Ok(())
 }
