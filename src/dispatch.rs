@@ -185,7 +185,11 @@ impl Dispatcher {
                     let payload = serde_json::to_vec(&row.ticket).unwrap_or_default();
                     // Queued into the client's session: with clean_session = false rumqttc
                     // re-sends it after a reconnect until the broker acknowledges it.
-                    match self.client.publish(topic, true, payload).await {
+                    match self
+                        .client
+                        .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+                        .await
+                    {
                         Ok(()) => {
                             row.mqtt_done = true;
                             m.with_label_values(&["mqtt", "ok"]).inc();

@@ -250,7 +250,10 @@ pub async fn publish_commands(
             },
         };
         // QoS 0, like the commands Sparkplug hosts send: a lost request is asked again.
-        if let Err(e) = client.publish_at_most_once(cmd.topic, cmd.payload).await {
+        if let Err(e) = client
+            .publish(cmd.topic, rumqttc::QoS::AtMostOnce, false, cmd.payload)
+            .await
+        {
             tracing::warn!("could not queue a Sparkplug rebirth request: {e}");
         }
     }

@@ -126,38 +126,22 @@ pub enum Client {
 }
 
 impl Client {
-    /// A QoS 1 publish, queued into the session (re-sent after a reconnect until acknowledged).
+    /// A publish at `qos`; QoS 1 is queued into the session (re-sent after a reconnect until
+    /// acknowledged), QoS 0 suits commands that are asked again when lost.
     pub async fn publish(
         &self,
         topic: String,
+        qos: QoS,
         retain: bool,
         payload: Vec<u8>,
     ) -> Result<(), ClientError> {
         match self {
             Client::V4(c) => c
-                .publish(topic, QoS::AtLeastOnce, retain, payload)
+                .publish(topic, qos, retain, payload)
                 .await
                 .map_err(|e| ClientError(e.to_string())),
             Client::V5(c) => c
-                .publish(topic, v5::mqttbytes::QoS::AtLeastOnce, retain, payload)
-                .await
-                .map_err(|e| ClientError(e.to_string())),
-        }
-    }
-
-    /// A QoS 0 publish (commands such as Sparkplug rebirth requests: a lost one is asked again).
-    pub async fn publish_at_most_once(
-        &self,
-        topic: String,
-        payload: Vec<u8>,
-    ) -> Result<(), ClientError> {
-        match self {
-            Client::V4(c) => c
-                .publish(topic, QoS::AtMostOnce, false, payload)
-                .await
-                .map_err(|e| ClientError(e.to_string())),
-            Client::V5(c) => c
-                .publish(topic, v5::mqttbytes::QoS::AtMostOnce, false, payload)
+                .publish(topic, qos_v5(qos), retain, payload)
                 .await
                 .map_err(|e| ClientError(e.to_string())),
         }
