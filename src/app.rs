@@ -245,8 +245,21 @@ pub struct Loss {
 
 #[derive(Debug, Clone, Copy)]
 enum LossNote {
-    Gap { prev: u64, seq: u64, missing: u64 },
-    Reset { last: u64, seq: u64 },
+    Gap {
+        prev: u64,
+        seq: u64,
+        missing: u64,
+    },
+    /// A Sparkplug edge node's `seq` counts its messages (each may carry many readings).
+    NodeGap {
+        prev: u64,
+        seq: u64,
+        missing: u64,
+    },
+    Reset {
+        last: u64,
+        seq: u64,
+    },
 }
 
 /// Limits how many reject lines are logged per minute; the rest are only counted.
@@ -1254,7 +1267,7 @@ impl App {
         tally.gaps.push(gap);
         self.note_loss(
             &g.node_id,
-            LossNote::Gap {
+            LossNote::NodeGap {
                 prev,
                 seq,
                 missing: g.missing,
@@ -1281,6 +1294,15 @@ impl App {
                  the broker drops QoS 1 messages a slow or offline subscriber has not taken \
                  beyond its queue and in-flight limits (Mosquitto: max_queued_messages, default \
                  1000; max_inflight_messages, default 20) — raise them (see the README)"
+            ),
+            LossNote::NodeGap { prev, seq, missing } => tracing::warn!(
+                device,
+                missing,
+                "{missing} Sparkplug message(s) of edge node {device} never arrived (seq {prev} \
+                 then {seq}): the broker drops QoS 1 messages a slow or \
+                 offline subscriber has not taken beyond its queue and in-flight limits \
+                 (Mosquitto: max_queued_messages, max_inflight_messages) — raise them (see the \
+                 README)"
             ),
             LossNote::Reset { last, seq } => tracing::warn!(
                 device,
