@@ -1,0 +1,448 @@
+//! Cluster mode against a real nats-server (started by the test, with JetStream and the
+//! partition mapping): the server and forewarn agree on every device's partition; three
+//! `forewarn serve` processes share a history's partitions, one is killed with SIGKILL mid-stream,
+//! the others take its partitions over within the lease time, and the tickets of the fleet are
+//! exactly the backtest's, none opened twice.
+#![cfg(feature = "embedded-broker")]
+
+mod ci_support;
+mod nats_support;
+mod parity_support;
+
+use async_nats::jetstream;
+use forewarn::cluster::partition;
+use forewarn::domain::Ticket;
+use futures_util::StreamExt;
+use nats_support::{free_port, NatsServer};
+use parity_support::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 8;
+const PREFIX: &str = "fwp";
+const TOKEN: &str = "parity-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_mapping_and_forewarn_put_every_device_in_the_same_partition() {
+    let Some(nats) = NatsServer::start("cluster_nats mapping", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "MAPPING".into(),
+            subjects: vec![format!("{PREFIX}.*.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let devices: Vec<String> = (0..200)
+        .map(|i| format!("dev-{i}"))
+        .chain(["ü-pump".to_string(), "x".to_string(), "A_b-9".to_string()])
+        .collect();
+    for d in &devices {
+        js.publish(format!("devices.{d}.telemetry"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut seen = BTreeMap::new();
+    while seen.len() < devices.len() {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("every published subject is in the stream")
+            .unwrap()
+            .unwrap();
+        let tokens: Vec<&str> = m.message.subject.as_str().split('.').collect();
+        assert_eq!(tokens.len(), 5, "{}", m.message.subject);
+        seen.insert(tokens[3].to_string(), tokens[1].parse::<u32>().unwrap());
+    }
+    let mut used = BTreeSet::new();
+    for d in &devices {
+        let server = seen[d.as_str()];
+        used.insert(server);
+        assert_eq!(
+            partition::of_device(d, PARTITIONS),
+            server,
+            "device {d}: forewarn and nats-server disagree on the partition"
+        );
+    }
+    assert_eq!(used.len() as u32, PARTITIONS, "every partition used");
+}
+
+/// A `forewarn serve` process; killed (SIGKILL) when dropped.
+struct Instance {
+    name: String,
+    child: Option<Child>,
+    api: String,
+    log: std::path::PathBuf,
+}
+
+impl Instance {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    let r = http.get(url).bearer_auth(TOKEN).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Each live instance's owned partitions, from `GET /api/v1/cluster`; with `settled`, `None`
+/// while any of them is still replaying a partition it took over.
+async fn ownership(
+    http: &reqwest::Client,
+    live: &[&Instance],
+    settled: bool,
+) -> Option<BTreeMap<String, Vec<u32>>> {
+    let mut out = BTreeMap::new();
+    for i in live {
+        let v = get_json(http, &format!("http://{}/api/v1/cluster", i.api)).await?;
+        if settled && !v["replaying"].as_array()?.is_empty() {
+            return None;
+        }
+        let owned = v["owned"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_u64().map(|p| p as u32))
+            .collect();
+        out.insert(i.name.clone(), owned);
+    }
+    Some(out)
+}
+
+/// Whether the owned sets cover every partition exactly once.
+fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
+    let mut all: Vec<u32> = own.values().flatten().copied().collect();
+    all.sort_unstable();
+    all == (0..PARTITIONS).collect::<Vec<_>>()
+}
+
+async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("http://{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tickets() {
+    let Some(nats) = NatsServer::start("cluster_nats drill", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    // The MQTT side only carries the dispatcher's ticket publishes in cluster mode.
+    let broker = forewarn::broker::start(&Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
+    let model = demo_model();
+    let lease = Duration::from_secs(3);
+
+    let mut instances = Vec::new();
+    let mut backtest = Vec::new();
+    for name in ["fw-a", "fw-b", "fw-c"] {
+        let setup = DaemonSetup {
+            broker_url: broker.url(),
+            topic_prefix: "devices".into(),
+            client_id: format!("{name}-mqtt"),
+            root: tmp.path().join(name),
+            replay_chunk: None,
+        };
+        let mut cfg = daemon_config(&setup, &model, &hist);
+        if backtest.is_empty() {
+            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
+        }
+        let api = format!("127.0.0.1:{}", free_port());
+        cfg.api.listen = api.clone();
+        cfg.cluster.url = Some(nats.url());
+        cfg.cluster.instance = Some(name.into());
+        cfg.cluster.partitions = PARTITIONS;
+        cfg.cluster.subject_prefix = PREFIX.into();
+        cfg.cluster.lease = "3s".parse().unwrap();
+        cfg.cluster.ack_wait = "3s".parse().unwrap();
+        let path = setup.root.join("forewarn.toml");
+        std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+        let log = setup.root.join("serve.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("FOREWARN_API_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        instances.push(Instance {
+            name: name.into(),
+            child: Some(child),
+            api,
+            log,
+        });
+    }
+    let modes: BTreeSet<&str> = backtest.iter().map(|t| t.failure_mode.as_str()).collect();
+    assert!(
+        backtest.len() >= 5 && modes.len() >= 2,
+        "the backtest must open tickets of several modes: {} tickets, {modes:?}",
+        backtest.len()
+    );
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: Vec<&Instance> = instances.iter().collect();
+        if let Some(own) = ownership(&http, &live, true).await {
+            if covers_all(&own) && own.values().all(|o| !o.is_empty()) {
+                eprintln!("assignment with three instances: {own:?}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three instances never shared the partitions:\n{}",
+            instances
+                .iter()
+                .map(|i| i.log_tail())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The history as devices send it: `devices.ID.telemetry|events`, acknowledged by JetStream.
+    let mut replay = forewarn::replay::History::default();
+    replay.read_telemetry_file(&hist.telemetry()).unwrap();
+    replay.read_events_file(&hist.events()).unwrap();
+    let messages: Vec<forewarn::replay::Message> = replay.messages("devices").collect();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let publish = |batch: &[forewarn::replay::Message]| {
+        let js = js.clone();
+        let batch: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .map(|m| (m.topic.replace('/', "."), m.payload.clone()))
+            .collect();
+        async move {
+            for chunk in batch.chunks(500) {
+                let mut acks = Vec::new();
+                for (subject, payload) in chunk {
+                    acks.push(
+                        js.publish(subject.clone(), payload.clone().into())
+                            .await
+                            .unwrap(),
+                    );
+                }
+                for a in acks {
+                    a.await.expect("stored by the stream");
+                }
+            }
+        }
+    };
+    let half = messages.len() / 2;
+    publish(&messages[..half]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The victim: whoever holds the most partitions.
+    let own = ownership(&http, &instances.iter().collect::<Vec<_>>(), true)
+        .await
+        .expect("ownership readable");
+    let victim = own
+        .iter()
+        .max_by_key(|(_, o)| o.len())
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    let victims_partitions = own[&victim].clone();
+    let killed_at = Instant::now();
+    instances
+        .iter_mut()
+        .find(|i| i.name == victim)
+        .unwrap()
+        .kill();
+    publish(&messages[half..]).await;
+
+    // Take-over: the survivors own every partition and have finished replaying.
+    let survivors: Vec<&Instance> = instances.iter().filter(|i| i.name != victim).collect();
+    let mut acquired = None;
+    let takeover = loop {
+        if acquired.is_none() {
+            if let Some(own) = ownership(&http, &survivors, false).await {
+                if covers_all(&own) {
+                    acquired = Some(killed_at.elapsed());
+                }
+            }
+        }
+        if let Some(own) = ownership(&http, &survivors, true).await {
+            if covers_all(&own) {
+                break killed_at.elapsed();
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the survivors never took over {victim}'s partitions {victims_partitions:?}:\n{}",
+            survivors
+                .iter()
+                .map(|i| i.log_tail())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let acquired = acquired.unwrap_or(takeover);
+    eprintln!(
+        "killed {victim} (partitions {victims_partitions:?}); the survivors held every lease \
+         {:.2} s later and had replayed the taken-over partitions {:.2} s later (lease {lease:?})",
+        acquired.as_secs_f64(),
+        takeover.as_secs_f64()
+    );
+    // Lease expiry (at most one lease after the last renewal) + the survivors' next round (a
+    // third of it), polled every 100 ms: within the lease and a half.
+    assert!(
+        acquired <= lease + lease / 2,
+        "the leases moved after {acquired:?}"
+    );
+
+    // Every partition drained: nothing pending nor unacknowledged on any durable consumer.
+    let stream = js.get_stream("FOREWARN").await.unwrap();
+    let drained = Instant::now();
+    loop {
+        let mut left = 0;
+        for p in 0..PARTITIONS {
+            match stream.consumer_info(format!("fw-p{p}")).await {
+                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
+                Err(_) => left += 1,
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(120),
+            "{left} message(s) still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The fleet's tickets: each survivor's tickets of the devices in the partitions it owns.
+    let fleet_tickets =
+        |own: BTreeMap<String, Vec<u32>>| {
+            let http = http.clone();
+            let survivors: Vec<(String, String)> = survivors
+                .iter()
+                .map(|i| (i.name.clone(), i.api.clone()))
+                .collect();
+            async move {
+                let mut all: Vec<Ticket> = Vec::new();
+                for (name, api) in survivors {
+                    let owned: BTreeSet<u32> = own[&name].iter().copied().collect();
+                    let v = get_json(&http, &format!("http://{api}/api/v1/tickets?limit=10000"))
+                        .await
+                        .expect("tickets readable");
+                    let list: Vec<Ticket> = serde_json::from_value(v).unwrap();
+                    all.extend(list.into_iter().filter(|t| {
+                        owned.contains(&partition::of_device(&t.device_id, PARTITIONS))
+                    }));
+                }
+                all
+            }
+        };
+    // The devices' last readings are held for event-time order until the idle timer (1 s).
+    let settle = Instant::now();
+    let live = loop {
+        let own = ownership(&http, &survivors, true)
+            .await
+            .expect("ownership readable");
+        let live = fleet_tickets(own).await;
+        let same = {
+            let key = |t: &Ticket| {
+                format!(
+                    "{} {} {} {:?}",
+                    t.device_id, t.failure_mode, t.opened_at, t.status
+                )
+            };
+            let a: BTreeSet<String> = backtest.iter().map(key).collect();
+            let b: BTreeSet<String> = live.iter().map(key).collect();
+            a == b
+        };
+        if same || settle.elapsed() > Duration::from_secs(20) {
+            break live;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_same_tickets(&backtest, &live);
+
+    // One claim per ticket in the fleet-wide bucket, and no claim the backtest does not have.
+    let claims = js.get_key_value("forewarn-tickets").await.unwrap();
+    let mut keys = claims.keys().await.unwrap();
+    let mut claimed = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.unwrap();
+        if k.starts_with("t.") {
+            let v = claims.get(&k).await.unwrap().unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            claimed.push(format!(
+                "{} {} {}",
+                r["device_id"].as_str().unwrap(),
+                r["failure_mode"].as_str().unwrap(),
+                r["opened_at"].as_str().unwrap()
+            ));
+        }
+    }
+    claimed.sort();
+    let mut expected: Vec<String> = backtest
+        .iter()
+        .map(|t| format!("{} {} {}", t.device_id, t.failure_mode, t.opened_at))
+        .collect();
+    expected.sort();
+    assert_eq!(claimed, expected, "fleet-wide ticket claims");
+
+    // The take-over replayed the victim's partitions rather than starting cold.
+    let mut replayed = 0.0;
+    for i in &survivors {
+        replayed += metric(&http, &i.api, "forewarn_cluster_replayed_messages_total").await;
+    }
+    assert!(
+        replayed > 0.0,
+        "the survivors replayed the partitions they took over"
+    );
+    eprintln!(
+        "{} messages, {} tickets equal to the backtest, {} claims, {replayed} messages replayed",
+        messages.len(),
+        live.len(),
+        claimed.len()
+    );
+}
