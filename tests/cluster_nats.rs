@@ -228,7 +228,12 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
     loop {
         let live: Vec<&Instance> = instances.iter().collect();
         if let Some(own) = ownership(&http, &live, true).await {
-            if covers_all(&own) && own.values().all(|o| !o.is_empty()) {
+            // Settled: each holds exactly its rendezvous share among the three.
+            let members: Vec<String> = own.keys().cloned().collect();
+            if own
+                .iter()
+                .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
+            {
                 eprintln!("assignment with three instances: {own:?}");
                 break;
             }
@@ -329,12 +334,10 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         acquired.as_secs_f64(),
         takeover.as_secs_f64()
     );
-    // Lease expiry (at most one lease after the last renewal) + the survivors' next round (a
-    // third of it), polled every 100 ms: within the lease and a half.
-    assert!(
-        acquired <= lease + lease / 2,
-        "the leases moved after {acquired:?}"
-    );
+    // Lease expiry (at most one lease after the victim's last renewal) + the survivors' next
+    // round (a third of it) + the round's own requests and this poll: 4 s and some; two leases
+    // leave room for a loaded machine.
+    assert!(acquired <= lease * 2, "the leases moved after {acquired:?}");
 
     // Every partition drained: nothing pending nor unacknowledged on any durable consumer.
     let stream = js.get_stream("FOREWARN").await.unwrap();
