@@ -448,4 +448,83 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         live.len(),
         claimed.len()
     );
+    let names: Vec<String> = survivors.iter().map(|i| i.name.clone()).collect();
+
+    // A graceful leave: SIGTERM hands the leaver's partitions on when it stops, without waiting
+    // for its leases to expire; the last instance then holds the whole fleet's tickets.
+    let (leaver, stayer) = (&names[0], &names[1]);
+    let mut child = instances
+        .iter_mut()
+        .find(|i| &i.name == leaver)
+        .and_then(|i| i.child.take())
+        .unwrap();
+    let left_at = Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            left_at.elapsed() < Duration::from_secs(30),
+            "{leaver} did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = left_at.elapsed();
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
+    let last = instances.iter().find(|i| &i.name == stayer).unwrap();
+    let handed = loop {
+        if let Some(own) = ownership(&http, &[last], false).await {
+            if covers_all(&own) {
+                break left_at.elapsed();
+            }
+        }
+        assert!(
+            left_at.elapsed() < Duration::from_secs(30),
+            "{stayer} never took over {leaver}'s partitions:\n{}",
+            last.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "SIGTERM to {leaver}: exited after {:.2} s; {stayer} held every lease {:.2} s after the \
+         signal",
+        exited.as_secs_f64(),
+        handed.as_secs_f64()
+    );
+    // Released, not expired: the next round of the one left (a third of a lease) after the exit.
+    assert!(
+        handed < exited + lease * 2 / 3,
+        "hand-off took {handed:?} after an exit at {exited:?}"
+    );
+    let settle = Instant::now();
+    let last_tickets = loop {
+        let tickets = match ownership(&http, &[last], true).await {
+            Some(_) => {
+                let v = get_json(
+                    &http,
+                    &format!("http://{}/api/v1/tickets?limit=10000", last.api),
+                )
+                .await
+                .expect("tickets readable");
+                serde_json::from_value::<Vec<Ticket>>(v).unwrap()
+            }
+            None => Vec::new(),
+        };
+        let key = |t: &Ticket| {
+            format!(
+                "{} {} {} {:?}",
+                t.device_id, t.failure_mode, t.opened_at, t.status
+            )
+        };
+        let a: BTreeSet<String> = backtest.iter().map(key).collect();
+        let b: BTreeSet<String> = tickets.iter().map(key).collect();
+        if a == b || settle.elapsed() > Duration::from_secs(20) {
+            break tickets;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_same_tickets(&backtest, &last_tickets);
 }
