@@ -82,10 +82,11 @@ pub trait Fleetwide: Send + Sync {
     /// Whether the device's partition is being replayed to rebuild its state: its ticket changes
     /// are stored but send nothing, as the partition's earlier owner committed (and sent) them.
     fn replaying(&self, device: &str) -> bool;
-    /// Claims the fleet-wide key of a ticket about to be opened, before anything is written:
-    /// `Ok(true)` when this instance holds it (just created, or created by this instance
-    /// before), `Ok(false)` when another instance opened the ticket first.
-    fn claim_ticket(&self, ticket: &Ticket) -> Result<bool, ClaimError>;
+    /// Claims the fleet-wide key of a ticket change (an opening, an update, a settlement) before
+    /// anything is written: `Ok(true)` when this instance holds it (just created, or created by
+    /// this instance before), `Ok(false)` when another instance made the same change first —
+    /// the ticket is then stored here and nothing is sent for the change.
+    fn claim(&self, change: &Change) -> Result<bool, ClaimError>;
     /// The partition assignment as this instance last saw it (`GET /api/v1/cluster`).
     fn status(&self) -> ClusterStatus;
 }
@@ -861,15 +862,15 @@ impl App {
             .with_label_values(&["late"])
             .inc_by(tally.late);
         // Cluster mode: which ticket changes are stored without sending anything (replayed, or
-        // opened first by another instance), decided before anything is written, so that a
+        // made first by another instance), decided before anything is written, so that a
         // claim that cannot be made leaves the group uncommitted.
         let mut quiet = vec![false; changes.len()];
         if let Some(f) = &self.fleetwide {
             for ((c, _), q) in changes.iter().zip(quiet.iter_mut()) {
                 if f.replaying(&c.ticket.device_id) {
                     *q = true;
-                } else if matches!(c.kind, ChangeKind::Opened) {
-                    match f.claim_ticket(&c.ticket) {
+                } else {
+                    match f.claim(c) {
                         Ok(mine) => *q = !mine,
                         Err(e) => {
                             self.metrics.commit_failures.inc();

@@ -81,6 +81,72 @@ async fn server_mapping_and_forewarn_put_every_device_in_the_same_partition() {
     assert_eq!(used.len() as u32, PARTITIONS, "every partition used");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_change_two_instances_both_make_is_claimed_by_one_of_them() {
+    use forewarn::app::Fleetwide;
+    use forewarn::cluster::Cluster;
+    use forewarn::engine::{Change, ChangeKind};
+    let Some(nats) = NatsServer::start("cluster_nats claims", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let connect = |name: &str| {
+        let cfg = forewarn::cluster::Config {
+            url: Some(nats.url()),
+            instance: Some(name.into()),
+            partitions: PARTITIONS,
+            subject_prefix: PREFIX.into(),
+            ..Default::default()
+        };
+        async move {
+            Cluster::connect(&cfg, &prometheus::Registry::new())
+                .await
+                .unwrap()
+        }
+    };
+    let a = connect("fw-a").await;
+    let b = connect("fw-b").await;
+    assert_eq!(
+        a.ticket_id_key(),
+        b.ticket_id_key(),
+        "one ticket-id secret for the fleet"
+    );
+    let ticket: Ticket = serde_json::from_value(serde_json::json!({
+        "id": "T-00112233aabbccdd", "device_id": "d1", "customer_id": null,
+        "failure_mode": "comp2", "status": "open", "priority": "high", "probability": 0.8,
+        "predicted_failure_at": null, "opened_at": "2015-01-03T06:00:00Z",
+        "updated_at": "2015-01-03T06:00:00Z", "model": {"name": "m", "version": "1"},
+        "evidence": [], "history": [], "opened_ms": 1_420_264_800_000i64
+    }))
+    .unwrap();
+    let opened = Change {
+        kind: ChangeKind::Opened,
+        previous_priority: None,
+        ticket: ticket.clone(),
+    };
+    let mut updated = opened.clone();
+    updated.kind = ChangeKind::Updated;
+    updated.ticket.updated_at = "2015-01-03T09:00:00Z".into();
+    // Claims block (they are made on the processor thread): off the async workers.
+    tokio::task::spawn_blocking(move || {
+        assert!(a.claim(&opened).unwrap(), "the first to open it sends it");
+        assert!(
+            !b.claim(&opened).unwrap(),
+            "the other instance stores it and sends nothing"
+        );
+        assert!(
+            a.claim(&opened).unwrap(),
+            "the opener again (a redelivery after a crash) still holds it"
+        );
+        assert!(b.claim(&updated).unwrap(), "b makes the update first");
+        assert!(!a.claim(&updated).unwrap(), "and a sends it no more");
+        let mut other = opened.clone();
+        other.ticket.id = "T-99112233aabbccdd".into();
+        assert!(b.claim(&other).unwrap(), "another ticket is another key");
+    })
+    .await
+    .unwrap();
+}
+
 /// A `forewarn serve` process; killed (SIGKILL) when dropped.
 struct Instance {
     name: String,

@@ -23,8 +23,10 @@
 //! No checkpoint yet: a replay costs the partition's whole retained history.
 //!
 //! One ticket fleet-wide: before a commit that opens a ticket, its key `t.ID` is created only
-//! if absent in the ticket bucket ([`Fleetwide::claim_ticket`]); ticket ids are keyed with a
-//! secret shared through the same bucket, so every instance derives the same id.
+//! if absent in the ticket bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
+//! later update or settlement, so the dispatch and notification rows of a change are written by
+//! one instance only; ticket ids are keyed with a secret shared through the same bucket, so
+//! every instance derives the same id.
 
 pub mod config;
 pub mod partition;
@@ -32,7 +34,8 @@ pub mod partition;
 pub use config::Config;
 
 use crate::app::{ClaimError, ClusterStatus, Fleetwide};
-use crate::domain::Ticket;
+use crate::domain::parse_ts;
+use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
@@ -143,13 +146,17 @@ pub struct Cluster {
     metrics: ClusterMetrics,
 }
 
-/// The claim stored under `t.ID`: who opened the ticket, and what it is about.
+/// The claim stored under `t.ID` (opening) or `c.ID.KIND.MS` (a later change at event time MS):
+/// who made the change, and what it is about.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ClaimRecord {
     instance: String,
+    /// opened, updated, settled.
+    change: String,
     device_id: String,
     failure_mode: String,
     opened_at: String,
+    updated_at: String,
 }
 
 /// A partition this instance holds.
@@ -732,13 +739,24 @@ impl Fleetwide for Cluster {
         self.view.lock().replaying.contains(&p)
     }
 
-    fn claim_ticket(&self, ticket: &Ticket) -> Result<bool, ClaimError> {
-        let key = format!("t.{}", ticket.id);
+    fn claim(&self, change: &Change) -> Result<bool, ClaimError> {
+        let ticket = &change.ticket;
+        let key = match change.kind {
+            ChangeKind::Opened => format!("t.{}", ticket.id),
+            ChangeKind::Updated | ChangeKind::Settled => match parse_ts(&ticket.updated_at) {
+                Some(ms) => format!("c.{}.{}.{ms}", ticket.id, change.kind.as_str()),
+                None => return Ok(true),
+            },
+            // Made by a person through this instance's API: nobody else makes it.
+            ChangeKind::Transition => return Ok(true),
+        };
         let record = ClaimRecord {
             instance: self.instance.clone(),
+            change: change.kind.as_str().to_string(),
             device_id: ticket.device_id.clone(),
             failure_mode: ticket.failure_mode.clone(),
             opened_at: ticket.opened_at.clone(),
+            updated_at: ticket.updated_at.clone(),
         };
         let fail = |source: BoxError| ClaimError::Unreachable {
             ticket: ticket.id.clone(),
