@@ -147,6 +147,29 @@ async fn a_ticket_change_two_instances_both_make_is_claimed_by_one_of_them() {
     .unwrap();
 }
 
+#[test]
+fn serve_cluster_flag_switches_cluster_mode_on_and_a_bad_url_is_a_usage_error() {
+    let serve = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args(["serve", "--print-config", "--cluster", url])
+            .output()
+            .unwrap()
+    };
+    let out = serve("nats://10.0.0.7:4222");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(v["cluster"]["url"].as_str(), Some("nats://10.0.0.7:4222"));
+    assert_eq!(v["cluster"]["partitions"].as_integer(), Some(16));
+    let out = serve("http://10.0.0.7:4222");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.url"), "{err}");
+}
+
 /// A `forewarn serve` process; killed (SIGKILL) when dropped.
 struct Instance {
     name: String,

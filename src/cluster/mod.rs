@@ -265,7 +265,7 @@ impl Cluster {
             h.stop.cancel();
         }
         for (p, h) in parts {
-            self.release(p, h).await;
+            self.clone().release(p, h).await;
         }
         let _ = self.leases.delete(format!("m.{}", self.instance)).await;
         self.publish_view(|v| v.owned.clear());
@@ -370,10 +370,11 @@ impl Cluster {
                     }
                 }
             } else if let Some(h) = held.remove(&p) {
-                // A member joined that should own it: hand it on.
+                // A member joined that should own it: hand it on. Apart from this round, so the
+                // drain never delays the renewal of the other leases; the key stays until the
+                // drain ends (or it expires), so the new owner waits for it.
                 h.stop.cancel();
-                self.release(p, h).await;
-                assignment.remove(&p);
+                tokio::spawn(self.clone().release(p, h));
             }
         }
         for &p in &desired {
@@ -429,7 +430,7 @@ impl Cluster {
     /// Hands a partition on: its consumer has been told to stop; waits for it, then for the
     /// acknowledgements of what it forwarded (at most `ack_wait`: what is left is redelivered
     /// to the next owner), then deletes the lease.
-    async fn release(&self, p: u32, h: Held) {
+    async fn release(self: Arc<Self>, p: u32, h: Held) {
         let _ = h.task.await;
         let deadline = Instant::now() + self.cfg.ack_wait.std();
         while h.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
