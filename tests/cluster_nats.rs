@@ -170,6 +170,70 @@ fn serve_cluster_flag_switches_cluster_mode_on_and_a_bad_url_is_a_usage_error() 
     assert!(err.contains("cluster.url"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_device_publishing_through_nats_lands_in_its_partition() {
+    let Some(nats) = NatsServer::start("cluster_nats mqtt", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "MQTTIN".into(),
+            subjects: vec![format!("{PREFIX}.*.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut opts = rumqttc::MqttOptions::new("dev-7", "127.0.0.1", nats.mqtt_port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (mqtt, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    let payload = r#"{"ts":"2015-01-01T06:00:00Z","seq":1,"metrics":{"volt":176.2}}"#;
+    mqtt.publish(
+        "devices/dev-7/telemetry",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        payload,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("MQTT through nats-server: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("nats-server acknowledged the QoS 1 publish");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("the MQTT publish reached the stream")
+        .unwrap()
+        .unwrap();
+    let p = partition::of_device("dev-7", PARTITIONS);
+    assert_eq!(
+        m.message.subject.as_str(),
+        format!("{PREFIX}.{p}.devices.dev-7.telemetry")
+    );
+    assert_eq!(
+        partition::topic(PREFIX, m.message.subject.as_str()).as_deref(),
+        Some("devices/dev-7/telemetry"),
+        "forewarn reads it as the topic the device used"
+    );
+    assert_eq!(&m.message.payload[..], payload.as_bytes());
+}
+
 /// A `forewarn serve` process; killed (SIGKILL) when dropped.
 struct Instance {
     name: String,
@@ -257,8 +321,9 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         return;
     };
     forewarn::tls::install_crypto();
-    // The MQTT side only carries the dispatcher's ticket publishes in cluster mode.
-    let broker = forewarn::broker::start(&Default::default()).unwrap();
+    // The MQTT side only carries the dispatcher's ticket publishes in cluster mode: to NATS's
+    // own MQTT listener, so the whole deployment is forewarn and one nats-server.
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
     let tmp = tempfile::tempdir().unwrap();
     let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
     let model = demo_model();
@@ -268,7 +333,7 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
     let mut backtest = Vec::new();
     for name in ["fw-a", "fw-b", "fw-c"] {
         let setup = DaemonSetup {
-            broker_url: broker.url(),
+            broker_url: broker_url.clone(),
             topic_prefix: "devices".into(),
             client_id: format!("{name}-mqtt"),
             root: tmp.path().join(name),
@@ -616,4 +681,22 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_same_tickets(&backtest, &last_tickets);
+
+    // The dispatcher's ticket publishes went out through NATS's MQTT listener.
+    let text = http
+        .get(format!("http://{}/metrics", last.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let delivered: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("forewarn_dispatch_deliveries_total{") && l.contains("result=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(delivered > 0.0, "no ticket change dispatched:\n{text}");
 }

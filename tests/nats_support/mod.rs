@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     child: Child,
     pub port: u16,
+    /// NATS's MQTT listener (topic `a/b/c` is subject `a.b.c`).
+    pub mqtt_port: u16,
     pub dir: tempfile::TempDir,
 }
 
@@ -44,8 +46,10 @@ impl NatsServer {
         };
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let mqtt_port = free_port();
         let conf = format!(
             "listen: \"127.0.0.1:{port}\"\nserver_name: \"fw-test-{port}\"\n\
+             mqtt {{ listen: \"127.0.0.1:{mqtt_port}\" }}\n\
              jetstream {{ store_dir: \"{store}\" }}\n\
              mappings = {{\n  \"devices.*.*\": \"{prefix}.{{{{partition({partitions},1)}}}}.devices.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\"\n}}\n",
             store = dir.path().join("js").display(),
@@ -69,7 +73,12 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(NatsServer { child, port, dir })
+        Some(NatsServer {
+            child,
+            port,
+            mqtt_port,
+            dir,
+        })
     }
 
     pub fn url(&self) -> String {
