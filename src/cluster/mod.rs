@@ -483,6 +483,14 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let err = partition_error(p);
         let name = format!("fw-p{p}");
+        // Set up again after an error: what the last attempt forwarded is acknowledged first,
+        // so the floor read below covers it and none of it is committed as a replay.
+        while outstanding.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
         let floor = match self.stream.consumer_info(&name).await {
             Ok(info) => {
                 // Made again below, starting after the floor: what an earlier owner was
