@@ -552,6 +552,12 @@ impl Cluster {
                     None => break,
                     Some(Err(e)) => {
                         tracing::warn!(partition = p, "reading the partition: {e}");
+                        // Not a tight loop while the error lasts (a consumer deleted by the
+                        // partition's next owner keeps failing until the lease round stops us).
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
                         continue;
                     }
                     Some(Ok(m)) => m,
