@@ -27,6 +27,8 @@
 //! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
 //!   score drift
 //! - [`app`]      the single writer: in-memory device state and the commit path
+//! - [`cluster`]  cluster mode on NATS JetStream: partitioned device subjects, partition leases
+//!   in a key-value bucket, replay on take-over, fleet-wide ticket claims (off by default)
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
 //!   health; one bearer-token check
 //! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
@@ -49,6 +51,7 @@ pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_reference;
 #[cfg(feature = "embedded-broker")]

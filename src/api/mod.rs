@@ -62,6 +62,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_rejects))
         .routes(routes!(list_quarantine))
         .routes(routes!(list_gaps))
+        .routes(routes!(get_cluster))
         .routes(routes!(metrics))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -501,6 +502,22 @@ async fn list_gaps(
     _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<crate::app::Gap>>, ApiError> {
     Ok(Json(app.gaps()))
+}
+
+/// Cluster mode as this instance sees it: members, the partitions it owns, every lease.
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "operations",
+    responses((status = 200, description = "The partition assignment (`enabled: false` in single-machine mode)", body = crate::app::ClusterStatus)),
+    security(("bearer" = ["read"])))]
+async fn get_cluster(
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
+) -> Json<crate::app::ClusterStatus> {
+    Json(
+        app.fleetwide
+            .as_ref()
+            .map(|f| f.status())
+            .unwrap_or_default(),
+    )
 }
 
 /// Stored records that could not be decoded and were set aside.

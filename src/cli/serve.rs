@@ -23,6 +23,10 @@ pub struct Args {
     /// Model artifacts directory (overrides scoring.models_dir).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
+    /// Cluster mode: read the fleet from NATS JetStream at this URL, e.g. nats://127.0.0.1:4222
+    /// (overrides cluster.url; see README, "Cluster mode").
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
     /// Validate configuration, fleet file and models, then exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
@@ -46,6 +50,9 @@ pub fn config(args: &Args) -> Result<Config, Failure> {
     }
     if let Some(m) = &args.models {
         cfg.scoring.models_dir = m.clone();
+    }
+    if let Some(c) = &args.cluster {
+        cfg.cluster.url = Some(c.clone());
     }
     cfg.validate().map_err(Failure::usage)?;
     Ok(cfg)

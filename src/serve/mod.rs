@@ -9,6 +9,10 @@
 //! waiting, while the processor goes on with the next) → the acker sends the group's acks → the
 //! dispatcher publishes the ticket changes from the outbox (rows are read durable).
 //!
+//! Cluster mode (`[cluster]`): the same processor, flusher and acker, fed by the partitions this
+//! instance leases from a JetStream stream instead of MQTT subscriptions (`cluster`); the MQTT
+//! connection then only carries the dispatcher's ticket publishes.
+//!
 //! Shutdown (one token): the polling task stops forwarding → the processor drains what it holds,
 //! commits and hands over the last acks → the acker sends them → the polling task disconnects.
 //! The API server and the dispatcher stop on the same token.
@@ -262,8 +266,20 @@ pub async fn run_with_clock(
     );
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
+    // Cluster mode: connected before anything reads, so the shared ticket-id secret is known.
+    let cluster = match cfg.cluster.enabled() {
+        true => Some(
+            crate::cluster::Cluster::connect(&cfg.cluster, &registry)
+                .await
+                .map_err(|e| ServeError::Runtime(e.to_string()))?,
+        ),
+        false => None,
+    };
     let mut engine = cfg.engine_config();
-    engine.ticket_id_key = ticket_id_key(&store)?;
+    engine.ticket_id_key = match &cluster {
+        Some(c) => c.ticket_id_key(),
+        None => ticket_id_key(&store)?,
+    };
     let settings = Settings {
         contact_policy: webhook_policy,
         ingest: cfg.ingest.clone(),
@@ -285,6 +301,9 @@ pub async fn run_with_clock(
     let mut app = App::new(settings, store, metrics, models, notifier.clone())
         .map_err(|e| ServeError::Runtime(e.to_string()))?;
     app.archive = archive;
+    if let Some(c) = &cluster {
+        app.fleetwide = Some(c.clone());
+    }
     let app = Arc::new(app);
     let auth = Arc::new(
         crate::api::Auth::new(&cfg.api).map_err(|e| ServeError::Config(format!("api: {e}")))?,
@@ -391,12 +410,20 @@ pub async fn run_with_clock(
         cfg.ingest.shared_group.as_deref(),
         data_filters,
     );
+    // Cluster mode reads the fleet from the stream; the MQTT connection only carries the
+    // dispatcher's ticket publishes.
+    let subscriptions = match &cluster {
+        Some(_) => Vec::new(),
+        None => subscriptions,
+    };
     if mqtt::ordered_subscriptions(&filters).len() > 1 {
         tracing::warn!(
             "telemetry and event topic filters differ in shape; subscribing to each: the broker \
              may deliver a device's events out of order with its readings"
         );
     }
+    // The stream's partitions forward to the same processor (cluster mode).
+    let cluster_fwd = cluster.as_ref().map(|_| fwd_tx.clone());
     tasks.push(tokio::spawn(mqtt::drive(
         eventloop,
         client.clone(),
@@ -424,11 +451,22 @@ pub async fn run_with_clock(
             shutdown.clone(),
         )));
     }
-    tasks.push(tokio::spawn(mqtt::ack_loop(
-        client.clone(),
-        ack_rx,
-        acks_flushed,
-    )));
+    match (&cluster, cluster_fwd) {
+        (Some(c), Some(fwd)) => {
+            tasks.push(c.spawn(fwd, shutdown.clone()));
+            tasks.push(tokio::spawn(crate::cluster::ack_loop(
+                c.clone(),
+                client.clone(),
+                ack_rx,
+                acks_flushed,
+            )));
+        }
+        _ => tasks.push(tokio::spawn(mqtt::ack_loop(
+            client.clone(),
+            ack_rx,
+            acks_flushed,
+        ))),
+    }
     let proc_app = app.clone();
     let group = cfg.ingest.commit_group.max(1);
     let processor = std::thread::Builder::new()
