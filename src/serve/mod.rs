@@ -13,6 +13,8 @@
 //! commits and hands over the last acks → the acker sends them → the polling task disconnects.
 //! The API server and the dispatcher stop on the same token.
 
+pub mod standby;
+
 use crate::app::{self, App, Settings};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -42,6 +44,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] standby::LockError),
     #[error("{0}")]
     Runtime(String),
 }
@@ -62,6 +66,9 @@ pub struct Handle {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     processor: std::thread::JoinHandle<()>,
+    /// The data directory's lock: released only once every stage has stopped, so a standby
+    /// cannot take the directory while this process still drains into it.
+    lock: standby::DataDirLock,
 }
 
 impl Handle {
@@ -76,6 +83,7 @@ impl Handle {
             app,
             tasks,
             processor,
+            lock,
             ..
         } = self;
         let _ = tokio::task::spawn_blocking(move || processor.join()).await;
@@ -85,6 +93,7 @@ impl Handle {
         }
         tracing::info!("stopped");
         drop(app);
+        drop(lock);
     }
 }
 
@@ -221,6 +230,47 @@ pub async fn run_with_clock(
     shutdown: CancellationToken,
     clock: Arc<dyn crate::notify::Clock>,
 ) -> Result<Handle, ServeError> {
+    start(cfg, shutdown, clock, None).await
+}
+
+/// [`run`] for a standby that got the data directory ([`standby::wait`]): on the lock and the
+/// API listener it already holds; counts the takeover and its duration.
+pub async fn run_taken_over(
+    cfg: Config,
+    shutdown: CancellationToken,
+    takeover: standby::TakeOver,
+) -> Result<Handle, ServeError> {
+    start(
+        cfg,
+        shutdown,
+        Arc::new(crate::notify::SystemClock),
+        Some(takeover),
+    )
+    .await
+}
+
+/// How long a process that has the data directory's lock waits for sled's own lock on the
+/// store: the previous holder's sled files close a moment after its lock file does.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn open_store(cfg: &Config) -> Result<Store, ServeError> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match Store::open(&cfg.store.data_dir, cfg.store.cache_bytes) {
+            Err(e) if Store::is_locked_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.map_err(ServeError::from),
+        }
+    }
+}
+
+async fn start(
+    cfg: Config,
+    shutdown: CancellationToken,
+    clock: Arc<dyn crate::notify::Clock>,
+    takeover: Option<standby::TakeOver>,
+) -> Result<Handle, ServeError> {
     crate::tls::install_crypto();
     // Checked here too (not only by `Config::load`): open reads on a public address must not
     // start whoever built the configuration.
@@ -239,7 +289,15 @@ pub async fn run_with_clock(
             cfg.store.data_dir.display()
         ))
     })?;
-    let store = Store::open(&cfg.store.data_dir, cfg.store.cache_bytes)?;
+    let (lock, prebound, waited) = match takeover {
+        Some(t) => (t.lock, t.listener, t.waited),
+        None => (
+            standby::DataDirLock::acquire_now(&cfg.store.data_dir)?,
+            None,
+            None,
+        ),
+    };
+    let store = open_store(&cfg)?;
     let base = app::load_metric_index(&store);
     let models = crate::engine::Models::with_index(artifacts, &cfg.features.window(), base)
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
@@ -302,7 +360,13 @@ pub async fn run_with_clock(
         );
     }
 
-    let listener = bind(&cfg.api.listen).await?;
+    let listener = match prebound {
+        Some(l) => tokio::net::TcpListener::from_std(l).map_err(|source| ServeError::Listen {
+            addr: cfg.api.listen.clone(),
+            source,
+        })?,
+        None => bind(&cfg.api.listen).await?,
+    };
     let api_addr = local_addr(&listener, &cfg.api.listen)?;
     let public_listener = match &cfg.api.public_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -478,6 +542,16 @@ pub async fn run_with_clock(
         models = n_models,
         "forewarn serve started"
     );
+    if let Some((locked_at, waited)) = waited {
+        let took = locked_at.elapsed();
+        app.metrics.role.takeovers.inc();
+        app.metrics.role.takeover_seconds.set(took.as_secs_f64());
+        tracing::warn!(
+            "standby: took over the data directory {} (stood by {waited:?}; store opened and              every stage started in {took:?}); resuming the broker session as {}",
+            cfg.store.data_dir.display(),
+            cfg.broker.client_id
+        );
+    }
     Ok(Handle {
         api_addr,
         public_addr,
@@ -485,6 +559,7 @@ pub async fn run_with_clock(
         shutdown,
         tasks,
         processor,
+        lock,
     })
 }
 
