@@ -70,8 +70,8 @@ pub struct RoleMetrics {
     /// Times this process took over the data directory from another (0 or 1: a process becomes
     /// active once).
     pub takeovers: IntCounter,
-    /// From getting the data directory's lock to serving (store opened and recovered, every
-    /// stage started), at this process's takeover; 0 when it did not take over.
+    /// From getting the data directory's lock to the store opened and device state recovered
+    /// (models and fleet loaded too), at this process's takeover; 0 when it did not take over.
     pub takeover_seconds: Gauge,
 }
 
@@ -88,7 +88,7 @@ impl RoleMetrics {
         let _ = r.register(Box::new(role.clone()));
         let takeover_seconds = Gauge::new(
             "forewarn_takeover_seconds",
-            "Seconds from getting the data directory's lock to serving, at this process's takeover (0: none)",
+            "Seconds from getting the data directory's lock to its store opened and recovered, at this process's takeover (0: none)",
         )
         .unwrap_or_else(|_| unreachable_metric("forewarn_takeover_seconds"));
         let _ = r.register(Box::new(takeover_seconds.clone()));

@@ -50,7 +50,29 @@ async fn metric_or(http: &reqwest::Client, addr: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_after_kill_9_with_every_reading_and_the_backtests_tickets() {
-    let Some(bin) = mosquitto_bin("drill_standby_takeover") else {
+    drill(
+        "standby_takes_over_after_kill_9_with_every_reading_and_the_backtests_tickets",
+        4,
+        None,
+    )
+    .await;
+}
+
+/// The same over MQTT 5 (session expiry instead of 3.1.1's persistent session) with
+/// `ingest.shared_group`: the pair is one member of the group, since the member is the session
+/// and the standby resumes it; the share the broker kept for it while it was away arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_resumes_an_mqtt5_session_with_a_shared_subscription() {
+    drill(
+        "standby_resumes_an_mqtt5_session_with_a_shared_subscription",
+        5,
+        Some("forewarn"),
+    )
+    .await;
+}
+
+async fn drill(test: &str, protocol: u8, shared_group: Option<&str>) {
+    let Some(bin) = mosquitto_bin(test) else {
         return;
     };
     forewarn::tls::install_crypto();
@@ -75,6 +97,9 @@ async fn standby_takes_over_after_kill_9_with_every_reading_and_the_backtests_ti
         replay_chunk: None,
     };
     let mut cfg = daemon_config(&setup, &model, &hist);
+    cfg.broker.protocol = protocol;
+    cfg.broker.session_expiry = "1h".parse().unwrap();
+    cfg.ingest.shared_group = shared_group.map(String::from);
     let backtest = evaluate_tickets(&cfg, model, &hist);
     assert!(
         backtest.len() >= 5,
@@ -220,7 +245,7 @@ async fn standby_takes_over_after_kill_9_with_every_reading_and_the_backtests_ti
     );
     let inside = metric_or(&http, &addr_b, "forewarn_takeover_seconds").await;
     eprintln!(
-        "takeover: ready {took:?} after SIGKILL (store opened and stages started in {inside:.3} s); \
+        "{test}: takeover: ready {took:?} after SIGKILL (lock to store opened and recovered: {inside:.3} s); \
          the active had taken {taken_a} of {readings} readings"
     );
     assert_eq!(
@@ -274,7 +299,7 @@ async fn standby_takes_over_after_kill_9_with_every_reading_and_the_backtests_ti
     .await;
     let taken_b = metric_or(&http, &addr_b, "forewarn_readings_total").await;
     eprintln!(
-        "the new active took {taken_b} readings ({dup_b} of them redelivered duplicates already \
+        "{test}: the new active took {taken_b} readings ({dup_b} of them redelivered duplicates already \
          committed by the killed one)"
     );
     assert_eq!(missing_b, 0.0, "no reading missing at the new active");
@@ -306,7 +331,7 @@ async fn standby_takes_over_after_kill_9_with_every_reading_and_the_backtests_ti
     let live = store.tickets(&Default::default()).unwrap();
     assert_same_tickets(&backtest, &live);
     eprintln!(
-        "{} tickets, equal to the backtest's; takeover {took:?}",
+        "{test}: {} tickets, equal to the backtest's; takeover {took:?}",
         live.len()
     );
 }

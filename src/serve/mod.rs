@@ -344,6 +344,18 @@ async fn start(
         .map_err(|e| ServeError::Runtime(e.to_string()))?;
     app.archive = archive;
     let app = Arc::new(app);
+    // Counted before the API serves, so a /readyz that says ready already shows the takeover.
+    if let Some((locked_at, waited)) = waited {
+        let took = locked_at.elapsed();
+        app.metrics.role.takeovers.inc();
+        app.metrics.role.takeover_seconds.set(took.as_secs_f64());
+        tracing::warn!(
+            "standby: took over the data directory {} (stood by {waited:?}; store opened and \
+             recovered in {took:?}); resuming the broker session as {}",
+            cfg.store.data_dir.display(),
+            cfg.broker.client_id
+        );
+    }
     let auth = Arc::new(
         crate::api::Auth::new(&cfg.api).map_err(|e| ServeError::Config(format!("api: {e}")))?,
     );
@@ -542,16 +554,6 @@ async fn start(
         models = n_models,
         "forewarn serve started"
     );
-    if let Some((locked_at, waited)) = waited {
-        let took = locked_at.elapsed();
-        app.metrics.role.takeovers.inc();
-        app.metrics.role.takeover_seconds.set(took.as_secs_f64());
-        tracing::warn!(
-            "standby: took over the data directory {} (stood by {waited:?}; store opened and              every stage started in {took:?}); resuming the broker session as {}",
-            cfg.store.data_dir.display(),
-            cfg.broker.client_id
-        );
-    }
     Ok(Handle {
         api_addr,
         public_addr,

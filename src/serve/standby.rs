@@ -197,6 +197,13 @@ pub async fn wait(
     role.set_active(false);
     let limits = crate::api::server::Limits::from_config(&cfg.api);
     let router = crate::api::server::harden(crate::api::standby_router(registry), &limits);
+    // Said before the first request can be answered.
+    tracing::info!(
+        api = %addr,
+        "standby: the data directory {} is held ({}); waiting to take over",
+        dir.display(),
+        holder(&dir)
+    );
     let standby_stop = shutdown.child_token();
     let server = tokio::spawn(crate::api::server::serve(
         serving,
@@ -205,12 +212,6 @@ pub async fn wait(
         standby_stop.clone(),
         Duration::from_secs(1),
     ));
-    tracing::info!(
-        api = %addr,
-        "standby: the data directory {} is held ({}); waiting to take over",
-        dir.display(),
-        holder(&dir)
-    );
 
     // A thread of its own: the wait is a blocking flock. If shutdown comes first the thread
     // stays blocked until the process ends; should it get the lock before then, the send
