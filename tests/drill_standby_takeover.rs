@@ -13,10 +13,14 @@
 //! status, priority, probability, predicted failure time; not the id, which each data directory
 //! keys with its own secret) — none missing, none twice.
 //!
+//! A lighter test does a planned switch: SIGTERM to the active, the standby takes over and
+//! ingests, the old active comes back as the standby and stops cleanly while standing by.
+//!
 //! Mosquitto starts per test with its own configuration; without the binary the test skips with
 //! a note, and fails under `CI=true`.
 #![cfg(feature = "embedded-broker")]
 
+mod common;
 mod drill_support;
 mod parity_support;
 
@@ -69,6 +73,101 @@ async fn standby_resumes_an_mqtt5_session_with_a_shared_subscription() {
         Some("forewarn"),
     )
     .await;
+}
+
+/// A planned switch: SIGTERM to the active (it drains, then lets go of the data directory), the
+/// standby takes over and ingests; the old active, started again with `--standby`, is the new
+/// standby, and a SIGTERM while it stands by ends it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_after_a_clean_stop_and_the_old_active_stands_by() {
+    let test = "standby_takes_over_after_a_clean_stop_and_the_old_active_stands_by";
+    let Some(bin) = mosquitto_bin(test) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let dirs = common::Dirs::new();
+    let port = free_port();
+    let _broker = Mosquitto::start(
+        &bin,
+        dirs.path(),
+        port,
+        &format!("listener {port} 127.0.0.1\n{CONF}"),
+    );
+    let broker_url = format!("mqtt://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut cfg = common::config(&broker_url, &dirs, "forewarn-ha-switch");
+    let mut node = |name: &str| {
+        let dir = dirs.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        cfg.api.listen = free_addr();
+        (
+            cfg.api.listen.clone(),
+            write_config(&dir, &cfg),
+            dir.join("serve.log"),
+        )
+    };
+    let (addr_a, config_a, log_a) = node("a");
+    let (addr_b, config_b, log_b) = node("b");
+
+    let mut a = spawn_serve_with(&config_a, &log_a, "info", &["--standby"]);
+    wait_ready(&http, &addr_a).await;
+    let mut b = spawn_serve_with(&config_b, &log_b, "info", &["--standby"]);
+    wait_until("the standby answers", Duration::from_secs(30), || async {
+        matches!(readyz(&http, &addr_b).await, Some((503, body)) if body["role"] == "standby")
+    })
+    .await;
+
+    let stopped = Instant::now();
+    assert!(sigterm(&mut a).success(), "the active stops cleanly");
+    wait_until(
+        "the standby takes over after the clean stop",
+        TAKEOVER_LIMIT,
+        || async { matches!(readyz(&http, &addr_b).await, Some((200, _))) },
+    )
+    .await;
+    eprintln!(
+        "{test}: ready {:?} after the active's SIGTERM",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        metric(&http, &addr_b, "forewarn_takeovers_total").await,
+        Some(1.0)
+    );
+
+    // The new active ingests.
+    let mut opts = forewarn::replay::PublishOptions::new(broker_url.clone());
+    opts.client_id = "forewarn-ha-switch-device".into();
+    let message = forewarn::replay::Message {
+        topic: "devices/sw-1/telemetry".into(),
+        payload: common::reading(0, 1, 70.0).into_bytes(),
+        is_reading: true,
+    };
+    forewarn::replay::publish(std::iter::once(message), &opts, |_, _| {})
+        .await
+        .expect("a device publishes");
+    wait_until(
+        "the new active applies the reading",
+        Duration::from_secs(30),
+        || async { metric_or(&http, &addr_b, "forewarn_readings_total").await >= 1.0 },
+    )
+    .await;
+
+    // The old active comes back as the standby, and stops cleanly while standing by.
+    let mut again = spawn_serve_with(&config_a, &log_a, "info", &["--standby"]);
+    wait_until(
+        "the old active stands by",
+        Duration::from_secs(30),
+        || async {
+            matches!(readyz(&http, &addr_a).await, Some((503, body)) if body["role"] == "standby")
+        },
+    )
+    .await;
+    assert!(sigterm(&mut again).success(), "a standby stops cleanly");
+    let log = std::fs::read_to_string(&log_a).unwrap();
+    assert!(log.contains("stopped while standing by"), "{log}");
+    assert!(sigterm(&mut b).success());
+    let log = std::fs::read_to_string(&log_b).unwrap();
+    assert!(log.contains("took over the data directory"), "{log}");
 }
 
 async fn drill(test: &str, protocol: u8, shared_group: Option<&str>) {
