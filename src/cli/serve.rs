@@ -74,14 +74,15 @@ pub fn run(args: Args) -> CliResult {
         print!("{text}");
         return Ok(());
     }
+    let failure = |e: crate::serve::ServeError| {
+        if e.is_config() {
+            Failure::usage(e)
+        } else {
+            Failure::runtime(e)
+        }
+    };
     if args.check_config {
-        let s = crate::serve::check(&cfg).map_err(|e| {
-            if e.is_config() {
-                Failure::usage(e)
-            } else {
-                Failure::runtime(e)
-            }
-        })?;
+        let s = crate::serve::check(&cfg).map_err(failure)?;
         println!(
             "configuration ok: {} model(s) with {} failure mode(s), {} device(s), {} customer(s) in the fleet file",
             s.models, s.modes, s.devices, s.customers
@@ -93,13 +94,6 @@ pub fn run(args: Args) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
-    let failure = |e: crate::serve::ServeError| {
-        if e.is_config() {
-            Failure::usage(e)
-        } else {
-            Failure::runtime(e)
-        }
-    };
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let grace = cfg.shutdown.grace.std();

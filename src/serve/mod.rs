@@ -12,6 +12,9 @@
 //! Shutdown (one token): the polling task stops forwarding → the processor drains what it holds,
 //! commits and hands over the last acks → the acker sends them → the polling task disconnects.
 //! The API server and the dispatcher stop on the same token.
+//!
+//! The data directory's lock ([`standby::DataDirLock`]) is taken before the store is opened and
+//! released only after everything has stopped; `serve --standby` waits on it ([`standby`]).
 
 pub mod standby;
 
