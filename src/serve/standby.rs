@@ -154,6 +154,7 @@ pub async fn wait(
     cfg: &Config,
     shutdown: CancellationToken,
 ) -> Result<Option<TakeOver>, super::ServeError> {
+    crate::tls::install_crypto();
     super::check(cfg)?;
     let dir = cfg.store.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| {
