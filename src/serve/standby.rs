@@ -141,8 +141,8 @@ fn holder(dir: &Path) -> String {
 pub struct TakeOver {
     pub(crate) lock: DataDirLock,
     pub(crate) listener: Option<std::net::TcpListener>,
-    /// When the lock was taken, if this process had to wait for it (a takeover); `None` when
-    /// the lock was free at start.
+    /// When the lock was taken and how long this process had waited for it, if it had to (a
+    /// takeover); `None` when the lock was free at start.
     pub(crate) waited: Option<(Instant, Duration)>,
 }
 
@@ -242,6 +242,9 @@ pub async fn wait(
             ),
         }
     };
+    let locked_at = Instant::now();
+    // The standby's own answers end (what it is answering finishes) before the daemon's start
+    // on the same listener.
     standby_stop.cancel();
     let _ = server.await;
     let lock = match got {
@@ -254,7 +257,7 @@ pub async fn wait(
             ))
         }
     };
-    let waited = since.elapsed();
+    let waited = locked_at.duration_since(since);
     tracing::warn!(
         "standby: got the data directory {} after {waited:?}: taking over",
         dir.display()
@@ -262,7 +265,7 @@ pub async fn wait(
     Ok(Some(TakeOver {
         lock,
         listener: Some(listener),
-        waited: Some((Instant::now(), waited)),
+        waited: Some((locked_at, waited)),
     }))
 }
 
