@@ -710,6 +710,14 @@ impl App {
                     {
                         tally.duplicates += 1
                     }
+                    // Likewise an event at or before the newest applied one of its kind: events
+                    // carry no `seq`, so that is how a redelivery is told from a late arrival.
+                    Offer::Late
+                        if matches!(&item, Item::Event(e)
+                            if slot.state.has_applied_event_like(e)) =>
+                    {
+                        tally.duplicates += 1
+                    }
                     Offer::Late => tally.late += 1,
                     Offer::Duplicate => tally.duplicates += 1,
                 }

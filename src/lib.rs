@@ -35,7 +35,8 @@
 //!   view, device, customer), sign-in, technicians and visits; changes go through `app`
 //!   (`api::openapi` reads `board::api`'s route descriptions, the one upward import, so the
 //!   OpenAPI document covers every route)
-//! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
+//! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown;
+//!   holds the data directory's lock, which `serve::standby` waits on (an active/standby pair)
 //! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation;
 //!   [`config_reference`] the reference of every key, generated from those `Config`s
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `simulate`,

@@ -538,6 +538,36 @@ async fn list_quarantine(
     Ok(Json(list))
 }
 
+/// The routes a standby answers while it waits for the data directory (`serve --standby`), on
+/// the API's own address: `/healthz` (alive), `/readyz` (503, `"role": "standby"`) and
+/// `/metrics` (its role). The documented routes of the same paths describe these answers too.
+pub fn standby_router(registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route(
+            "/readyz",
+            axum::routing::get(|| async {
+                (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness::standby())).into_response()
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = crate::metrics::render(&registry);
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
 /// Prometheus text exposition format. Open: no token.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Every metric forewarn exports", body = String, content_type = "text/plain")))]
@@ -589,6 +619,26 @@ pub struct Readiness {
     pub broker_dropped: Option<u64>,
     /// A note on the MQTT session (e.g. that the broker kept no session), if any.
     pub session: Option<String>,
+    /// `active`, or `standby` while this process waits to take over the data directory from
+    /// another (`serve --standby`; nothing else is up then).
+    pub role: String,
+}
+
+impl Readiness {
+    /// What a standby answers: not ready, nothing up.
+    fn standby() -> Readiness {
+        Readiness {
+            ready: false,
+            broker: false,
+            store: false,
+            models: false,
+            upstream_loss: UpstreamLoss::None(false),
+            seq_resets: 0,
+            broker_dropped: None,
+            session: None,
+            role: "standby".into(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -649,6 +699,7 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
             .broker_dropped
             .map(|(first, last)| last.saturating_sub(first)),
         session: app.session_note(),
+        role: "active".into(),
     };
     let status = if ready {
         StatusCode::OK

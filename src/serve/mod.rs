@@ -16,6 +16,11 @@
 //! Shutdown (one token): the polling task stops forwarding → the processor drains what it holds,
 //! commits and hands over the last acks → the acker sends them → the polling task disconnects.
 //! The API server and the dispatcher stop on the same token.
+//!
+//! The data directory's lock ([`standby::DataDirLock`]) is taken before the store is opened and
+//! released only after everything has stopped; `serve --standby` waits on it ([`standby`]).
+
+pub mod standby;
 
 use crate::app::{self, App, Settings};
 use crate::config::Config;
@@ -46,6 +51,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] standby::LockError),
     #[error("{0}")]
     Runtime(String),
 }
@@ -66,6 +73,9 @@ pub struct Handle {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     processor: std::thread::JoinHandle<()>,
+    /// The data directory's lock: released only once every stage has stopped, so a standby
+    /// cannot take the directory while this process still drains into it.
+    lock: standby::DataDirLock,
 }
 
 impl Handle {
@@ -80,6 +90,7 @@ impl Handle {
             app,
             tasks,
             processor,
+            lock,
             ..
         } = self;
         let _ = tokio::task::spawn_blocking(move || processor.join()).await;
@@ -89,6 +100,7 @@ impl Handle {
         }
         tracing::info!("stopped");
         drop(app);
+        drop(lock);
     }
 }
 
@@ -225,6 +237,47 @@ pub async fn run_with_clock(
     shutdown: CancellationToken,
     clock: Arc<dyn crate::notify::Clock>,
 ) -> Result<Handle, ServeError> {
+    start(cfg, shutdown, clock, None).await
+}
+
+/// [`run`] for a standby that got the data directory ([`standby::wait`]): on the lock and the
+/// API listener it already holds; counts the takeover and its duration.
+pub async fn run_taken_over(
+    cfg: Config,
+    shutdown: CancellationToken,
+    takeover: standby::TakeOver,
+) -> Result<Handle, ServeError> {
+    start(
+        cfg,
+        shutdown,
+        Arc::new(crate::notify::SystemClock),
+        Some(takeover),
+    )
+    .await
+}
+
+/// How long a process that has the data directory's lock waits for sled's own lock on the
+/// store: the previous holder's sled files close a moment after its lock file does.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn open_store(cfg: &Config) -> Result<Store, ServeError> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match Store::open(&cfg.store.data_dir, cfg.store.cache_bytes) {
+            Err(e) if Store::is_locked_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.map_err(ServeError::from),
+        }
+    }
+}
+
+async fn start(
+    cfg: Config,
+    shutdown: CancellationToken,
+    clock: Arc<dyn crate::notify::Clock>,
+    takeover: Option<standby::TakeOver>,
+) -> Result<Handle, ServeError> {
     crate::tls::install_crypto();
     // Checked here too (not only by `Config::load`): open reads on a public address must not
     // start whoever built the configuration.
@@ -243,7 +296,15 @@ pub async fn run_with_clock(
             cfg.store.data_dir.display()
         ))
     })?;
-    let store = Store::open(&cfg.store.data_dir, cfg.store.cache_bytes)?;
+    let (lock, prebound, waited) = match takeover {
+        Some(t) => (t.lock, t.listener, t.waited),
+        None => (
+            standby::DataDirLock::acquire_now(&cfg.store.data_dir)?,
+            None,
+            None,
+        ),
+    };
+    let store = open_store(&cfg)?;
     let base = app::load_metric_index(&store);
     let models = crate::engine::Models::with_index(artifacts, &cfg.features.window(), base)
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
@@ -305,6 +366,18 @@ pub async fn run_with_clock(
         app.fleetwide = Some(c.clone());
     }
     let app = Arc::new(app);
+    // Counted before the API serves, so a /readyz that says ready already shows the takeover.
+    if let Some((locked_at, waited)) = waited {
+        let took = locked_at.elapsed();
+        app.metrics.role.takeovers.inc();
+        app.metrics.role.takeover_seconds.set(took.as_secs_f64());
+        tracing::warn!(
+            "standby: took over the data directory {} (stood by {waited:?}; store opened and \
+             recovered in {took:?}); resuming the broker session as {}",
+            cfg.store.data_dir.display(),
+            cfg.broker.client_id
+        );
+    }
     let auth = Arc::new(
         crate::api::Auth::new(&cfg.api).map_err(|e| ServeError::Config(format!("api: {e}")))?,
     );
@@ -321,7 +394,13 @@ pub async fn run_with_clock(
         );
     }
 
-    let listener = bind(&cfg.api.listen).await?;
+    let listener = match prebound {
+        Some(l) => tokio::net::TcpListener::from_std(l).map_err(|source| ServeError::Listen {
+            addr: cfg.api.listen.clone(),
+            source,
+        })?,
+        None => bind(&cfg.api.listen).await?,
+    };
     let api_addr = local_addr(&listener, &cfg.api.listen)?;
     let public_listener = match &cfg.api.public_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -523,6 +602,7 @@ pub async fn run_with_clock(
         shutdown,
         tasks,
         processor,
+        lock,
     })
 }
 
