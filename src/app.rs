@@ -1414,6 +1414,18 @@ impl App {
         }
     }
 
+    /// Empties the watch list (the models changed).
+    fn clear_watches(&self) {
+        let mut all = self.watches.lock();
+        for w in all.values().flatten() {
+            self.metrics
+                .watched_devices
+                .with_label_values(&[w.mode.as_str()])
+                .dec();
+        }
+        all.clear();
+    }
+
     /// Every watched device and mode, by device id then mode.
     pub fn watches(&self) -> Vec<Watch> {
         let mut v: Vec<Watch> = self.watches.lock().values().flatten().cloned().collect();
@@ -1667,6 +1679,9 @@ impl App {
                             Ok(()) => {
                                 core.engine =
                                     Engine::new(self.settings.engine.clone(), Arc::new(models));
+                                // New models, new levels (and perhaps other modes): a device
+                                // is watched again from its next scoring under them.
+                                self.clear_watches();
                                 Ok(n)
                             }
                             Err(e) => Err(ReloadError::Store(e)),

@@ -102,8 +102,34 @@ async fn a_device_above_the_watch_level_is_listed_and_counted_until_its_score_fa
             .await,
         1.0
     );
+    // New models, new levels: the list starts again from the next scoring under them.
+    assert_eq!(h.app.reload_models().ok(), Some(1));
+    assert!(api
+        .get_json("/api/v1/watch")
+        .await
+        .as_array()
+        .is_some_and(|a| a.is_empty()));
+    assert_eq!(
+        api.metric("forewarn_watched_devices{mode=\"overheat\"}")
+            .await,
+        0.0
+    );
+    dev.publish("devices/watch-1/telemetry", reading(4, 5, 88.0))
+        .await;
+    eventually("watch-1 on watch again", || async {
+        api.get_json("/api/v1/watch")
+            .await
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    assert_eq!(
+        api.metric("forewarn_watched_devices{mode=\"overheat\"}")
+            .await,
+        1.0
+    );
     // Back to normal: off the list, and the gauge falls.
-    dev.publish("devices/watch-1/telemetry", reading(4, 5, 70.0))
+    dev.publish("devices/watch-1/telemetry", reading(5, 6, 70.0))
         .await;
     eventually("watch-1 off watch", || async {
         api.get_json("/api/v1/watch")
