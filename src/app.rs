@@ -278,6 +278,34 @@ pub struct Gap {
     pub noticed_at: String,
 }
 
+/// A device a mode watches: its latest score is at or above the mode's watch level, below which
+/// nothing is said and above which, unless the ticket level is reached too, nothing is done
+/// (internal: `GET /api/v1/watch` and `forewarn_watched_devices` only). Kept in memory: after a
+/// restart a device is listed again at its next scoring.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Watch {
+    pub device_id: String,
+    /// The failure mode whose score is at or above its watch level.
+    pub mode: String,
+    /// The latest score: the model's probability of this mode failing within its horizon.
+    pub probability: f64,
+    /// Event time of the first scoring of this watch (RFC 3339): the score has stayed at or
+    /// above the watch level since.
+    pub since: String,
+    /// Event time of the latest scoring (RFC 3339).
+    pub scored_at: String,
+}
+
+fn new_watch(s: &Scoring, at: String) -> Watch {
+    Watch {
+        device_id: s.device_id.clone(),
+        mode: s.mode.clone(),
+        probability: s.probability,
+        since: at.clone(),
+        scored_at: at,
+    }
+}
+
 /// Upstream loss since start, for `/readyz`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Loss {
@@ -384,6 +412,10 @@ pub struct App {
     unflushed_archive: Mutex<Vec<crate::archive::Record>>,
     /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
     gaps: Mutex<HashMap<String, Gap>>,
+    /// Per device, the modes it is watched for (bounded by devices × modes; dropped when the
+    /// device is forgotten or its score falls below the watch level). Apart from `core` so the
+    /// API reads it without waiting for a group.
+    watches: Mutex<HashMap<String, Vec<Watch>>>,
     /// Per device (from the topic), telemetry payloads rejected and not yet matched by a `seq`
     /// gap: a device's malformed message used a `seq` too, and the gap it leaves is a rejection
     /// already counted, not a loss upstream. Bounded: cleared when it holds too many devices.
@@ -486,6 +518,7 @@ impl App {
                     .collect(),
             ),
             rejected_unmatched: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
             unflushed_archive: Mutex::new(Vec::new()),
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
@@ -771,8 +804,11 @@ impl App {
                     ctx,
                     r,
                     &mut scratch,
-                    self.drift.as_ref().map(|_| &mut scored),
+                    Some(&mut scored),
                 );
+                if !scored.is_empty() {
+                    self.note_watches(&scored);
+                }
                 // The last `seq` before this reading, unless the reading restarted the counter.
                 let prev_seq = if let Some((last, seq)) = reset {
                     tally.resets += 1;
@@ -781,9 +817,11 @@ impl App {
                 } else {
                     last_seq
                 };
-                tally
-                    .scores
-                    .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
+                if self.drift.is_some() {
+                    tally
+                        .scores
+                        .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
+                }
                 if let (Observed::Applied, Some(seq), Some(prev)) = (obs, r.seq, prev_seq) {
                     let gap = seq.saturating_sub(prev.saturating_add(1));
                     // The part of the gap the device's own rejected payloads explain.
@@ -1179,6 +1217,7 @@ impl App {
             core.slots.remove(d.as_str());
             core.unregistered.remove(d.as_str());
             gaps.remove(d.as_str());
+            self.forget_watches(d);
         }
         self.metrics.devices_forgotten.inc_by(gone.len() as u64);
         self.metrics
@@ -1423,6 +1462,78 @@ impl App {
     /// What the session check found amiss at start, if anything.
     pub fn session_note(&self) -> Option<String> {
         self.session_note.lock().clone()
+    }
+
+    /// Updates the watch list from one reading's scorings: a mode at or above its watch level
+    /// is listed (or its entry refreshed), one below it is dropped.
+    fn note_watches(&self, scored: &[Scoring]) {
+        let mut all = self.watches.lock();
+        for s in scored {
+            let at = || format_ts(s.ts);
+            match all.get_mut(s.device_id.as_str()) {
+                Some(list) => match list.iter().position(|w| w.mode == s.mode) {
+                    Some(i) if s.watch => {
+                        list[i].probability = s.probability;
+                        list[i].scored_at = at();
+                    }
+                    Some(i) => {
+                        list.swap_remove(i);
+                        self.metrics
+                            .watched_devices
+                            .with_label_values(&[s.mode.as_str()])
+                            .dec();
+                    }
+                    None if s.watch => {
+                        list.push(new_watch(s, at()));
+                        self.metrics
+                            .watched_devices
+                            .with_label_values(&[s.mode.as_str()])
+                            .inc();
+                    }
+                    None => {}
+                },
+                None if s.watch => {
+                    all.insert(s.device_id.clone(), vec![new_watch(s, at())]);
+                    self.metrics
+                        .watched_devices
+                        .with_label_values(&[s.mode.as_str()])
+                        .inc();
+                }
+                None => {}
+            }
+        }
+        all.retain(|_, list| !list.is_empty());
+    }
+
+    /// Drops a device's watches (the device was forgotten).
+    fn forget_watches(&self, device: &str) {
+        if let Some(list) = self.watches.lock().remove(device) {
+            for w in list {
+                self.metrics
+                    .watched_devices
+                    .with_label_values(&[w.mode.as_str()])
+                    .dec();
+            }
+        }
+    }
+
+    /// Empties the watch list (the models changed).
+    fn clear_watches(&self) {
+        let mut all = self.watches.lock();
+        for w in all.values().flatten() {
+            self.metrics
+                .watched_devices
+                .with_label_values(&[w.mode.as_str()])
+                .dec();
+        }
+        all.clear();
+    }
+
+    /// Every watched device and mode, by device id then mode.
+    pub fn watches(&self) -> Vec<Watch> {
+        let mut v: Vec<Watch> = self.watches.lock().values().flatten().cloned().collect();
+        v.sort_by(|a, b| (&a.device_id, &a.mode).cmp(&(&b.device_id, &b.mode)));
+        v
     }
 
     /// Each device's last `seq` gap, by device id.
@@ -1673,6 +1784,9 @@ impl App {
                             Ok(()) => {
                                 core.engine =
                                     Engine::new(self.settings.engine.clone(), Arc::new(models));
+                                // New models, new levels (and perhaps other modes): a device
+                                // is watched again from its next scoring under them.
+                                self.clear_watches();
                                 Ok(n)
                             }
                             Err(e) => Err(ReloadError::Store(e)),
