@@ -73,6 +73,52 @@ pub enum CoreError {
     Transition(#[from] TransitionError),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+}
+
+/// What cluster mode (`crate::cluster`, which implements it) asks of the commit path.
+pub trait Fleetwide: Send + Sync {
+    /// Whether the device's partition is being replayed to rebuild its state: its ticket changes
+    /// are stored but send nothing, as the partition's earlier owner committed (and sent) them.
+    fn replaying(&self, device: &str) -> bool;
+    /// Claims the fleet-wide key of a ticket change (an opening, an update, a settlement) before
+    /// anything is written: `Ok(true)` when this instance holds it (just created, or created by
+    /// this instance before), `Ok(false)` when another instance made the same change first —
+    /// the ticket is then stored here and nothing is sent for the change.
+    fn claim(&self, change: &Change) -> Result<bool, ClaimError>;
+    /// The partition assignment as this instance last saw it (`GET /api/v1/cluster`).
+    fn status(&self) -> ClusterStatus;
+}
+
+/// Cluster mode as one instance sees it: `GET /api/v1/cluster`.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct ClusterStatus {
+    /// False in single-machine mode (the rest is then empty).
+    pub enabled: bool,
+    /// This instance's name in the leases.
+    pub instance: String,
+    /// Partitions of the device subjects.
+    pub partitions: u32,
+    /// Live instances (membership keys not expired), sorted.
+    pub members: Vec<String>,
+    /// Partitions whose lease this instance holds.
+    pub owned: Vec<u32>,
+    /// Owned partitions still being replayed to rebuild device state (nothing acknowledged).
+    pub replaying: Vec<u32>,
+    /// Each leased partition and its holder, as last read from the lease bucket.
+    pub assignment: std::collections::BTreeMap<u32, String>,
+}
+
+/// A fleet-wide ticket claim that could not be made: the group is not committed (nor
+/// acknowledged) and is tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("fleet-wide claim of ticket {ticket} failed: {source}")]
+    Unreachable {
+        ticket: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Why the models directory could not be (re)loaded; the models in use stay.
@@ -305,8 +351,21 @@ pub struct Loss {
 
 #[derive(Debug, Clone, Copy)]
 enum LossNote {
-    Gap { prev: u64, seq: u64, missing: u64 },
-    Reset { last: u64, seq: u64 },
+    Gap {
+        prev: u64,
+        seq: u64,
+        missing: u64,
+    },
+    /// A Sparkplug edge node's `seq` counts its messages (each may carry many readings).
+    NodeGap {
+        prev: u64,
+        seq: u64,
+        missing: u64,
+    },
+    Reset {
+        last: u64,
+        seq: u64,
+    },
 }
 
 /// Limits how many reject lines are logged per minute; the rest are only counted.
@@ -367,6 +426,8 @@ pub struct App {
     pub settings: Settings,
     /// The optional history archive, fed after each successful commit (`serve` sets it).
     pub archive: Option<crate::archive::Archive>,
+    /// Cluster mode's replay and ticket claims (`serve` sets it when `[cluster]` is on).
+    pub fleetwide: Option<Arc<dyn Fleetwide>>,
     /// Live score drift per model and mode (`forewarn_model_score_drift_psi`).
     drift: Option<crate::outcomes::Drift>,
     pub store: Store,
@@ -509,6 +570,7 @@ impl App {
             store,
             metrics,
             archive: None,
+            fleetwide: None,
             drift: None,
         };
         let mut app = app;
@@ -869,6 +931,12 @@ impl App {
             Item::Reading(r) => r.seq,
             Item::Event(_) => None,
         };
+        // Whether an event at or before the newest applied one of its kind was seen (the state
+        // only changes once the offer's releases are applied, below).
+        let event_applied = match &item {
+            Item::Event(e) => slot.state.has_applied_event_like(e),
+            Item::Reading(_) => false,
+        };
         let pending = Pending::from_item(item, received_ms);
         let step = encode_step(&Step::Offer {
             tolerance_ms: tolerance,
@@ -884,6 +952,9 @@ impl App {
             {
                 tally.duplicates += 1
             }
+            // Likewise an event at or before the newest applied one of its kind: events carry
+            // no `seq`, so that is how a redelivery is told from a late arrival.
+            Offer::Late if event_applied => tally.duplicates += 1,
             Offer::Late => tally.late += 1,
             Offer::Duplicate => tally.duplicates += 1,
         }
@@ -1039,6 +1110,26 @@ impl App {
             .dropped
             .with_label_values(&["late"])
             .inc_by(tally.late);
+        // Cluster mode: which ticket changes are stored without sending anything (replayed, or
+        // made first by another instance), decided before anything is written, so that a
+        // claim that cannot be made leaves the group uncommitted.
+        let mut quiet = vec![false; changes.len()];
+        if let Some(f) = &self.fleetwide {
+            for ((c, _), q) in changes.iter().zip(quiet.iter_mut()) {
+                if f.replaying(&c.ticket.device_id) {
+                    *q = true;
+                } else {
+                    match f.claim(c) {
+                        Ok(mine) => *q = !mine,
+                        Err(e) => {
+                            self.metrics.commit_failures.inc();
+                            self.distrust(core);
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+        }
         let mut tx = self.store.tx();
         let mut records: Vec<(&str, Vec<u8>)> = Vec::new();
         let mut logged = 0;
@@ -1057,8 +1148,12 @@ impl App {
         }
         // The notifier's clock: the wall clock, or the simulated one in the demo.
         let now_ms = self.notifier.now_ms();
-        for (c, _) in changes {
-            self.record_change(core, &mut tx, c, now_ms);
+        for ((c, _), quiet) in changes.iter().zip(&quiet) {
+            if *quiet {
+                tx.put_ticket(&c.ticket);
+            } else {
+                self.record_change(core, &mut tx, c, now_ms);
+            }
         }
         let started = Instant::now();
         let committed = if durable {
@@ -1491,7 +1586,7 @@ impl App {
         tally.gaps.push(gap);
         self.note_loss(
             &g.node_id,
-            LossNote::Gap {
+            LossNote::NodeGap {
                 prev,
                 seq,
                 missing: g.missing,
@@ -1518,6 +1613,15 @@ impl App {
                  the broker drops QoS 1 messages a slow or offline subscriber has not taken \
                  beyond its queue and in-flight limits (Mosquitto: max_queued_messages, default \
                  1000; max_inflight_messages, default 20) — raise them (see the README)"
+            ),
+            LossNote::NodeGap { prev, seq, missing } => tracing::warn!(
+                device,
+                missing,
+                "{missing} Sparkplug message(s) of edge node {device} never arrived (seq {prev} \
+                 then {seq}): the broker drops QoS 1 messages a slow or \
+                 offline subscriber has not taken beyond its queue and in-flight limits \
+                 (Mosquitto: max_queued_messages, max_inflight_messages) — raise them (see the \
+                 README)"
             ),
             LossNote::Reset { last, seq } => tracing::warn!(
                 device,
@@ -1703,6 +1807,8 @@ impl App {
             CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
             CoreError::Transition(e) => DeskError::Transition(e),
             CoreError::Invalid(m) => DeskError::Invalid(m),
+            // A transition opens no ticket, so it claims none; kept total all the same.
+            e @ CoreError::Claim(_) => DeskError::Invalid(e.to_string()),
         })
     }
 

@@ -31,6 +31,7 @@ pub struct Config {
     pub notify: crate::notify::NotifyConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub cluster: crate::cluster::Config,
 }
 
 /// `[shutdown]`: how long each stage may take to drain once the shutdown token is cancelled.
@@ -248,6 +249,12 @@ impl Config {
                 key: key.into(),
                 message,
             })?;
+        self.cluster
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })?;
         self.notify
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -273,6 +280,7 @@ mod tests {
         assert_eq!(from_file.notify, crate::notify::NotifyConfig::default());
         assert_eq!(from_file.api, crate::api::Config::default());
         assert_eq!(from_file.board, crate::board::Config::default());
+        assert_eq!(from_file.cluster, crate::cluster::Config::default());
     }
 
     #[test]

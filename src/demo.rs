@@ -223,7 +223,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     tokio::time::sleep(Duration::from_millis(500)).await;
     summary.tickets_opened = console.opened();
     if !shutdown.is_cancelled() {
-        summary.replies += converse(&cfg, &handle.app, &mut answered).await;
+        summary.replies += converse(&cfg, &handle.app, &mut answered, true).await;
         // The worker polls the outbox; give it time to send the follow-ups.
         tokio::time::sleep(cfg.notify.poll_interval.std() * 2 + Duration::from_millis(500)).await;
     }
@@ -506,6 +506,9 @@ async fn publish_fleet(
     let started = Instant::now();
     let sim_ms_per_wall_ms = opts.sim_hours_per_second * 3_600_000.0 / 1000.0;
     let mut next_ask = opts.duration / 3;
+    // After the first third, whoever has not answered yet looks again this often.
+    const GLANCE: Duration = Duration::from_secs(2);
+    let mut next_glance = next_ask;
     for (published, item) in (0_u64..).zip(fleet) {
         if shutdown.is_cancelled() || started.elapsed() >= opts.duration {
             break;
@@ -523,7 +526,11 @@ async fn publish_fleet(
         clock.0.fetch_max(ts, Ordering::Relaxed);
         if started.elapsed() >= next_ask {
             next_ask += opts.duration / 3;
-            summary.replies += converse(cfg, app, answered).await;
+            next_glance = started.elapsed() + GLANCE;
+            summary.replies += converse(cfg, app, answered, true).await;
+        } else if started.elapsed() >= next_glance && started.elapsed() >= opts.duration / 3 {
+            next_glance = started.elapsed() + GLANCE;
+            summary.replies += converse(cfg, app, answered, false).await;
         }
         let (topic, payload) = match &item {
             SimEvent::Reading(r) => {
@@ -597,12 +604,26 @@ fn report_failure(
 /// the daemon's own inbound routes, exactly as a provider or a browser would.
 /// The simulated customers who have not answered yet answer the alert they heard about last,
 /// each on their own channel; returns how many replies landed on a ticket.
-async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<String>) -> usize {
+/// `loud` also prints who had nothing to answer (at the scheduled moments); between them the
+/// customers who have not answered yet look again quietly, as a person glancing at their phone.
+async fn converse(
+    cfg: &Config,
+    app: &crate::app::App,
+    answered: &mut HashSet<String>,
+    loud: bool,
+) -> usize {
     if CUSTOMERS.iter().all(|c| answered.contains(c.0)) {
         return 0;
     }
-    println!();
-    println!("The customers answer:");
+    let mut header = false;
+    let mut say = |line: String| {
+        if !header {
+            println!();
+            println!("The customers answer:");
+            header = true;
+        }
+        println!("{line}");
+    };
     let http = reqwest::Client::new();
     let public = cfg.api.public_url.trim_end_matches('/').to_string();
     let mut landed = 0;
@@ -617,15 +638,18 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
         let mut tickets = app.store.tickets(&filter).unwrap_or_default();
         // The ticket the customer heard about last (an SMS reply without a ticket number means
         // that one) first.
+        let by_sms = locale == "th";
         let last: Option<String> = app
             .store
-            .get_kv(&format!("notify/last/{cid}"))
+            .get_kv(&crate::notify::last_warned_key(
+                cid,
+                by_sms.then_some(Channel::Sms),
+            ))
             .ok()
             .flatten();
         tickets.sort_by_key(|t| Some(&t.id) != last.as_ref());
-        // An SMS carries no ticket number: it lands on the ticket last warned about, so that
-        // is the one the SMS customer can answer.
-        let by_sms = locale == "th";
+        // An SMS carries no ticket number: it lands on the ticket whose warning last reached
+        // this phone, so that is the one the SMS customer can answer.
         let alerted = tickets.into_iter().find(|t| {
             (!by_sms || Some(&t.id) == last.as_ref())
                 && t.is_live()
@@ -637,7 +661,9 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
                     .is_some()
         });
         let Some(t) = alerted else {
-            println!("  {cid}: no alert to answer yet");
+            if loud {
+                say(format!("  {cid}: no alert to answer yet"));
+            }
             continue;
         };
         let (how, said, sent) = match locale {
@@ -751,7 +777,7 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
             landed += 1;
             answered.insert(cid.to_string());
         }
-        println!(
+        say(format!(
             "  ← {how:<6} {cid} ({locale}): {said}  →  ticket {} {}",
             t.id,
             if sent {
@@ -759,10 +785,12 @@ async fn converse(cfg: &Config, app: &crate::app::App, answered: &mut HashSet<St
             } else {
                 "not reached".into()
             }
-        );
+        ));
     }
-    println!("The follow-up messages:");
-    println!();
+    if header {
+        println!("The follow-up messages:");
+        println!();
+    }
     landed
 }
 

@@ -27,13 +27,16 @@
 //! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
 //!   score drift
 //! - [`app`]      the single writer: in-memory device state and the commit path
+//! - [`cluster`]  cluster mode on NATS JetStream: partitioned device subjects, partition leases
+//!   in a key-value bucket, replay on take-over, fleet-wide ticket claims (off by default)
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
 //!   health; one bearer-token check
 //! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
 //!   view, device, customer), sign-in, technicians and visits; changes go through `app`
 //!   (`api::openapi` reads `board::api`'s route descriptions, the one upward import, so the
 //!   OpenAPI document covers every route)
-//! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown
+//! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown;
+//!   holds the data directory's lock, which `serve::standby` waits on (an active/standby pair)
 //! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation;
 //!   [`config_reference`] the reference of every key, generated from those `Config`s
 //! - [`cli`]      one file per command (`serve`, `train`, `evaluate`, `replay`, `simulate`,
@@ -49,6 +52,7 @@ pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_reference;
 #[cfg(feature = "embedded-broker")]

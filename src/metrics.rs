@@ -5,8 +5,8 @@
 //! `result`) — never a device or ticket id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -57,6 +57,63 @@ pub struct Metrics {
     pub models_loaded: IntGauge,
     /// Model reloads by result (ok, error).
     pub model_reloads: IntCounterVec,
+    /// Active or standby (`serve --standby`), and the takeover that made this process active.
+    pub role: RoleMetrics,
+}
+
+/// The part this process plays in an active/standby pair (`serve --standby`). A standby
+/// exports only these (it holds no store, so it has no other numbers to give).
+#[derive(Clone)]
+pub struct RoleMetrics {
+    /// 1 on the role this process has now: `active` (holds the data directory) or `standby`.
+    pub role: IntGaugeVec,
+    /// Times this process took over the data directory from another (0 or 1: a process becomes
+    /// active once).
+    pub takeovers: IntCounter,
+    /// From getting the data directory's lock to the store opened and device state recovered
+    /// (models and fleet loaded too), at this process's takeover; 0 when it did not take over.
+    pub takeover_seconds: Gauge,
+}
+
+impl RoleMetrics {
+    pub fn new(r: &Registry) -> RoleMetrics {
+        let role = IntGaugeVec::new(
+            Opts::new(
+                "forewarn_role",
+                "1 on this process's role in an active/standby pair: active (holds the data directory) or standby",
+            ),
+            &["role"],
+        )
+        .unwrap_or_else(|_| unreachable_metric("forewarn_role"));
+        let _ = r.register(Box::new(role.clone()));
+        let takeover_seconds = Gauge::new(
+            "forewarn_takeover_seconds",
+            "Seconds from getting the data directory's lock to its store opened and recovered, at this process's takeover (0: none)",
+        )
+        .unwrap_or_else(|_| unreachable_metric("forewarn_takeover_seconds"));
+        let _ = r.register(Box::new(takeover_seconds.clone()));
+        let m = RoleMetrics {
+            role,
+            takeovers: counter(
+                r,
+                "forewarn_takeovers_total",
+                "Times this process took over the data directory after standing by",
+            ),
+            takeover_seconds,
+        };
+        m.set_active(true);
+        m
+    }
+
+    /// Marks this process active (`true`) or standing by (`false`).
+    pub fn set_active(&self, active: bool) {
+        self.role
+            .with_label_values(&["active"])
+            .set(i64::from(active));
+        self.role
+            .with_label_values(&["standby"])
+            .set(i64::from(!active));
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -198,6 +255,7 @@ impl Metrics {
                 "Model reloads, by result",
                 &["result"],
             ),
+            role: RoleMetrics::new(r),
         };
         // Pre-create bounded label values so dashboards see zeros rather than gaps.
         for reason in crate::domain::RejectReason::ALL {
@@ -215,8 +273,13 @@ impl Metrics {
 
     /// The Prometheus text exposition of every registered metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        render(&self.registry)
     }
+}
+
+/// The Prometheus text exposition of every metric registered on `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
 }

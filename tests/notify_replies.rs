@@ -103,6 +103,40 @@ async fn sms_reply_books_a_visit_for_a_ticket_first_notified_by_email_and_shows_
     );
 }
 
+/// A bare "1" by SMS answers the warning that phone received last — not a later ticket whose
+/// warning went out by e-mail, nor one still waiting in the outbox.
+#[tokio::test]
+async fn a_bare_sms_reply_answers_the_last_warning_that_reached_the_phone() {
+    let h = Harness::start(|_| {}).await;
+    let c = h.customer("acme", "en", &[Channel::Email, Channel::Sms]);
+    let by_sms = h.open(&c, "pump-1", Priority::Urgent, 0.9, Some(12));
+    h.run().await;
+    assert_eq!(h.fakes.delivered("sms").len(), 1, "the urgent one by SMS");
+    h.advance(Duration::from_secs(60));
+    let by_mail = h.open(&c, "pump-2", Priority::High, 0.7, Some(72));
+    h.run().await;
+    assert_eq!(h.smtp.mails().len(), 1, "the advisory one by e-mail");
+    h.advance(Duration::from_secs(60));
+    // A third warning is queued but not yet delivered when the customer answers.
+    let queued = h.open(&c, "pump-3", Priority::Urgent, 0.9, Some(12));
+    let r = h
+        .twilio_post(
+            "/notify/v1/twilio/sms",
+            &[
+                ("MessageSid", "SMreply-bare"),
+                ("AccountSid", "AC0000test"),
+                ("From", c.contacts[&Channel::Sms].as_str()),
+                ("To", "+15550100"),
+                ("Body", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.desk.ticket(&by_sms.id).unwrap().status, Status::Scheduled);
+    assert_eq!(h.desk.ticket(&by_mail.id).unwrap().status, Status::Open);
+    assert_eq!(h.desk.ticket(&queued.id).unwrap().status, Status::Open);
+}
+
 #[tokio::test]
 async fn a_forged_sms_webhook_is_refused() {
     let h = Harness::start(|_| {}).await;

@@ -62,6 +62,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_rejects))
         .routes(routes!(list_quarantine))
         .routes(routes!(list_gaps))
+        .routes(routes!(get_cluster))
         .routes(routes!(metrics))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -503,6 +504,22 @@ async fn list_gaps(
     Ok(Json(app.gaps()))
 }
 
+/// Cluster mode as this instance sees it: members, the partitions it owns, every lease.
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "operations",
+    responses((status = 200, description = "The partition assignment (`enabled: false` in single-machine mode)", body = crate::app::ClusterStatus)),
+    security(("bearer" = ["read"])))]
+async fn get_cluster(
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
+) -> Json<crate::app::ClusterStatus> {
+    Json(
+        app.fleetwide
+            .as_ref()
+            .map(|f| f.status())
+            .unwrap_or_default(),
+    )
+}
+
 /// Stored records that could not be decoded and were set aside.
 #[utoipa::path(get, path = "/api/v1/quarantine", tag = "operations",
     responses((status = 200, description = "Stored records set aside because they could not be decoded", body = Vec<crate::store::Quarantined>)),
@@ -519,6 +536,36 @@ async fn list_quarantine(
     })
     .await?;
     Ok(Json(list))
+}
+
+/// The routes a standby answers while it waits for the data directory (`serve --standby`), on
+/// the API's own address: `/healthz` (alive), `/readyz` (503, `"role": "standby"`) and
+/// `/metrics` (its role). The documented routes of the same paths describe these answers too.
+pub fn standby_router(registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route(
+            "/readyz",
+            axum::routing::get(|| async {
+                (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness::standby())).into_response()
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = crate::metrics::render(&registry);
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response()
+                }
+            }),
+        )
 }
 
 /// Prometheus text exposition format. Open: no token.
@@ -572,6 +619,26 @@ pub struct Readiness {
     pub broker_dropped: Option<u64>,
     /// A note on the MQTT session (e.g. that the broker kept no session), if any.
     pub session: Option<String>,
+    /// `active`, or `standby` while this process waits to take over the data directory from
+    /// another (`serve --standby`; nothing else is up then).
+    pub role: String,
+}
+
+impl Readiness {
+    /// What a standby answers: not ready, nothing up.
+    fn standby() -> Readiness {
+        Readiness {
+            ready: false,
+            broker: false,
+            store: false,
+            models: false,
+            upstream_loss: UpstreamLoss::None(false),
+            seq_resets: 0,
+            broker_dropped: None,
+            session: None,
+            role: "standby".into(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -632,6 +699,7 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
             .broker_dropped
             .map(|(first, last)| last.saturating_sub(first)),
         session: app.session_note(),
+        role: "active".into(),
     };
     let status = if ready {
         StatusCode::OK

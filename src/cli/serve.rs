@@ -23,6 +23,10 @@ pub struct Args {
     /// Model artifacts directory (overrides scoring.models_dir).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
+    /// Cluster mode: read the fleet from NATS JetStream at this URL, e.g. nats://127.0.0.1:4222
+    /// (overrides cluster.url; see README, "Cluster mode").
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
     /// Validate configuration, fleet file and models, then exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
@@ -30,6 +34,11 @@ pub struct Args {
     /// shown as ***, then exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Stand by for another `forewarn serve` on the same data directory: answer /healthz,
+    /// /readyz (503, role standby) and /metrics, and take over (store, broker session) when that
+    /// one stops. Without it, a data directory in use is an error at start.
+    #[arg(long)]
+    pub standby: bool,
 }
 
 /// Loads the configuration and applies the command-line overrides.
@@ -46,6 +55,9 @@ pub fn config(args: &Args) -> Result<Config, Failure> {
     }
     if let Some(m) = &args.models {
         cfg.scoring.models_dir = m.clone();
+    }
+    if let Some(c) = &args.cluster {
+        cfg.cluster.url = Some(c.clone());
     }
     cfg.validate().map_err(Failure::usage)?;
     Ok(cfg)
@@ -69,14 +81,15 @@ pub fn run(args: Args) -> CliResult {
         print!("{text}");
         return Ok(());
     }
+    let failure = |e: crate::serve::ServeError| {
+        if e.is_config() {
+            Failure::usage(e)
+        } else {
+            Failure::runtime(e)
+        }
+    };
     if args.check_config {
-        let s = crate::serve::check(&cfg).map_err(|e| {
-            if e.is_config() {
-                Failure::usage(e)
-            } else {
-                Failure::runtime(e)
-            }
-        })?;
+        let s = crate::serve::check(&cfg).map_err(failure)?;
         println!(
             "configuration ok: {} model(s) with {} failure mode(s), {} device(s), {} customer(s) in the fleet file",
             s.models, s.modes, s.devices, s.customers
@@ -91,16 +104,33 @@ pub fn run(args: Args) -> CliResult {
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let grace = cfg.shutdown.grace.std();
-        let handle = crate::serve::run(cfg, shutdown.clone())
-            .await
-            .map_err(|e| {
-                if e.is_config() {
-                    Failure::usage(e)
-                } else {
-                    Failure::runtime(e)
-                }
-            })?;
-        super::shutdown_signal().await;
+        let handle = if args.standby {
+            // A standby may wait for days: a signal meanwhile ends the wait.
+            let signalled = shutdown.clone();
+            let signals = tokio::spawn(async move {
+                super::shutdown_signal().await;
+                signalled.cancel();
+            });
+            let Some(takeover) = crate::serve::standby::wait(&cfg, shutdown.clone())
+                .await
+                .map_err(failure)?
+            else {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            };
+            let handle = crate::serve::run_taken_over(cfg, shutdown.clone(), takeover)
+                .await
+                .map_err(failure)?;
+            shutdown.cancelled().await;
+            signals.abort();
+            handle
+        } else {
+            let handle = crate::serve::run(cfg, shutdown.clone())
+                .await
+                .map_err(failure)?;
+            super::shutdown_signal().await;
+            handle
+        };
         tracing::info!("shutting down: stopping intake, draining, flushing");
         shutdown.cancel();
         handle.stopped(grace).await;

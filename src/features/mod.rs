@@ -349,6 +349,20 @@ impl DeviceState {
         Observed::Applied
     }
 
+    /// Whether an event at or before the newest applied event of its kind and code (the newest
+    /// maintenance or failure of its mode, the newest error): an event that comes back after its
+    /// release (a broker redelivery after a restart or a takeover) is such a one. Events carry no
+    /// `seq`, so this is what tells a redelivery (a duplicate) from an event that came late.
+    pub fn has_applied_event_like(&self, ev: &DeviceEvent) -> bool {
+        match ev.kind {
+            EventKind::Error => self.last_error_ts != Millis::MIN && ev.ts <= self.last_error_ts,
+            EventKind::Maintenance | EventKind::Failure => self
+                .mode_reset
+                .iter()
+                .any(|(m, t)| *m == ev.code && ev.ts <= *t),
+        }
+    }
+
     /// Applies a device event. Maintenance or failure restarts the mode's clock; a failure also
     /// clears the windows (the device was repaired or replaced, old readings describe another part).
     /// `tracked` lists the event codes whose occurrences the loaded models read.
@@ -1138,6 +1152,27 @@ mod tests {
         let back = DeviceState::decode(&st.encode()).unwrap();
         assert_eq!(back.encode(), st.encode());
         assert_eq!(back.hours_since_reset("bearing", 10 * 3_600_000), 2.0);
+    }
+
+    #[test]
+    fn an_event_at_or_before_the_newest_applied_of_its_kind_is_known() {
+        let w = WindowSpec::default();
+        let mut st = DeviceState::new(&w, 0);
+        let ev = |h: i64, kind, code: &str| DeviceEvent {
+            device_id: "d".into(),
+            ts: h * 3_600_000,
+            kind,
+            code: code.into(),
+        };
+        assert!(!st.has_applied_event_like(&ev(1, EventKind::Error, "e1")));
+        st.on_event(&ev(8, EventKind::Maintenance, "bearing"), &w, &[]);
+        st.on_event(&ev(9, EventKind::Error, "e1"), &w, &[]);
+        assert!(st.has_applied_event_like(&ev(8, EventKind::Maintenance, "bearing")));
+        assert!(st.has_applied_event_like(&ev(8, EventKind::Failure, "bearing")));
+        assert!(!st.has_applied_event_like(&ev(8, EventKind::Failure, "motor")));
+        assert!(!st.has_applied_event_like(&ev(9, EventKind::Maintenance, "bearing")));
+        assert!(st.has_applied_event_like(&ev(9, EventKind::Error, "e7")));
+        assert!(!st.has_applied_event_like(&ev(10, EventKind::Error, "e1")));
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub struct BrokerConfig {
     /// MQTT protocol version: 4 (MQTT 3.1.1, the default) or 5 (MQTT 5: session expiry,
     /// receive maximum and maximum packet size are announced to the broker).
     pub protocol: u8,
-    /// The MQTT client id; the broker keeps this client's session, so use one id per daemon.
+    /// The MQTT client id; the broker keeps this client's session, so use one id per data
+    /// directory (the two processes of an active/standby pair share it: `serve --standby`).
     pub client_id: String,
     /// MQTT user name, if the broker asks for one.
     pub username: Option<String>,

@@ -59,6 +59,19 @@ pub struct Publish {
     pub payload: bytes::Bytes,
     /// What acknowledging it needs (its packet id and QoS).
     ack: AckToken,
+    /// Set when the message came from a stream (cluster mode) rather than the MQTT broker.
+    stream: Option<StreamAck>,
+}
+
+/// How a message read from a JetStream stream (cluster mode) is acknowledged once committed.
+#[derive(Debug, Clone)]
+pub struct StreamAck {
+    /// The subject the acknowledgement is published to; `None` for a message replayed to
+    /// rebuild state, which an earlier owner acknowledged long ago.
+    pub reply: Option<String>,
+    /// The partition's count of messages handed to the processor and not yet acknowledged
+    /// (or, replayed, not yet committed): counted down after the acknowledgement.
+    pub outstanding: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +89,7 @@ impl Publish {
                 pkid: p.pkid,
                 qos: p.qos,
             },
+            stream: None,
         }
     }
 
@@ -94,6 +108,7 @@ impl Publish {
             topic,
             payload: p.payload,
             ack: AckToken { pkid: p.pkid, qos },
+            stream: None,
         }
     }
 
@@ -106,7 +121,25 @@ impl Publish {
                 pkid: 0,
                 qos: QoS::AtMostOnce,
             },
+            stream: None,
         }
+    }
+
+    /// A message read from a stream; acknowledged through `ack`, not over MQTT.
+    pub fn from_stream(
+        topic: impl Into<String>,
+        payload: impl Into<bytes::Bytes>,
+        ack: StreamAck,
+    ) -> Publish {
+        Publish {
+            stream: Some(ack),
+            ..Publish::new(topic, payload)
+        }
+    }
+
+    /// How to acknowledge it, when it came from a stream.
+    pub fn stream_ack(&self) -> Option<&StreamAck> {
+        self.stream.as_ref()
     }
 }
 
@@ -147,8 +180,12 @@ impl Client {
         }
     }
 
-    /// Acknowledges a delivered message (nothing for QoS 0).
+    /// Acknowledges a delivered message (nothing for QoS 0, nor for a message that came from a
+    /// stream: see [`StreamAck`]).
     pub async fn ack(&self, p: &Publish) -> Result<(), ClientError> {
+        if p.stream.is_some() {
+            return Ok(());
+        }
         match self {
             Client::V4(c) => {
                 let mut m = rumqttc::Publish::new("", p.ack.qos, Vec::new());
@@ -538,7 +575,13 @@ pub async fn drive(
                     tracing::info!(session_present, "connected to broker");
                     // Subscribing again is harmless with a kept session and needed without one.
                     // Not awaited here (trap 5): a request awaited in the polling task can hang.
-                    if let Err(e) = client.try_subscribe_many(&opts.subscriptions) {
+                    // None in cluster mode, where the connection only carries ticket publishes.
+                    let subscribed = if opts.subscriptions.is_empty() {
+                        Ok(())
+                    } else {
+                        client.try_subscribe_many(&opts.subscriptions)
+                    };
+                    if let Err(e) = subscribed {
                         tracing::error!("could not queue subscriptions: {e}");
                     }
                 }

@@ -691,10 +691,14 @@ fn handle_sms(s: &AppState, from: &str, body: &str, sid: Option<&str>) -> Option
     };
     let ticket = ticket_ref(body)
         .or_else(|| {
-            s.store
-                .get_kv::<String>(&format!("notify/last/{customer}"))
-                .ok()
-                .flatten()
+            // A bare "yes" answers the last warning this phone received by SMS, else the last
+            // warning that reached the customer on any channel.
+            [Some(Channel::Sms), None].into_iter().find_map(|ch| {
+                s.store
+                    .get_kv::<String>(&super::last_warned_key(&customer, ch))
+                    .ok()
+                    .flatten()
+            })
         })
         .filter(|t| {
             s.desk

@@ -269,6 +269,16 @@ pub fn contact_key(channel: Channel, address: &str) -> String {
     crate::fleet::contact_index_key(channel, address)
 }
 
+/// Key of "the ticket whose warning last reached this customer" — on `channel`, or on any
+/// channel when `None`. Written when a provider accepts the warning (not when it is queued), so
+/// a reply without a ticket number lands on the warning the customer actually received.
+pub fn last_warned_key(customer_id: &str, channel: Option<Channel>) -> String {
+    match channel {
+        Some(ch) => format!("notify/last/{customer_id}/{}", ch.as_str()),
+        None => format!("notify/last/{customer_id}"),
+    }
+}
+
 impl Notifier {
     /// Templates loaded and checked here (config error at start).
     pub fn build(
@@ -571,9 +581,6 @@ impl Notifier {
             for (ch, addr) in &c.contacts {
                 tx.put_kv(&contact_key(*ch, addr), &c.id);
             }
-        }
-        if kind.is_warning() {
-            tx.put_kv(&format!("notify/last/{cid}"), &t.id);
         }
         tx.push_timeline(
             &cid,

@@ -467,6 +467,11 @@ impl Notifier {
                 }
                 if kind.is_warning() {
                     tx.put_kv(&alerted_key(&row.ticket_id), &ch);
+                    tx.put_kv(&super::last_warned_key(&customer.id, None), &row.ticket_id);
+                    tx.put_kv(
+                        &super::last_warned_key(&customer.id, Some(ch)),
+                        &row.ticket_id,
+                    );
                 }
                 tx.push_timeline(
                     &customer.id,

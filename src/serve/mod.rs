@@ -10,9 +10,18 @@
 //! waiting, while the processor goes on with the next) → the acker sends the group's acks → the
 //! dispatcher publishes the ticket changes from the outbox (rows are read durable).
 //!
+//! Cluster mode (`[cluster]`): the same processor, flusher and acker, fed by the partitions this
+//! instance leases from a JetStream stream instead of MQTT subscriptions (`cluster`); the MQTT
+//! connection then only carries the dispatcher's ticket publishes.
+//!
 //! Shutdown (one token): the polling task stops forwarding → the processor drains what it holds,
 //! commits and hands over the last acks → the acker sends them → the polling task disconnects.
 //! The API server and the dispatcher stop on the same token.
+//!
+//! The data directory's lock ([`standby::DataDirLock`]) is taken before the store is opened and
+//! released only after everything has stopped; `serve --standby` waits on it ([`standby`]).
+
+pub mod standby;
 
 use crate::app::{self, App, Settings};
 use crate::config::Config;
@@ -43,6 +52,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] standby::LockError),
     #[error("{0}")]
     Runtime(String),
 }
@@ -63,6 +74,9 @@ pub struct Handle {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     processor: std::thread::JoinHandle<()>,
+    /// The data directory's lock: released only once every stage has stopped, so a standby
+    /// cannot take the directory while this process still drains into it.
+    lock: standby::DataDirLock,
 }
 
 impl Handle {
@@ -77,6 +91,7 @@ impl Handle {
             app,
             tasks,
             processor,
+            lock,
             ..
         } = self;
         let _ = tokio::task::spawn_blocking(move || processor.join()).await;
@@ -86,6 +101,7 @@ impl Handle {
         }
         tracing::info!("stopped");
         drop(app);
+        drop(lock);
     }
 }
 
@@ -222,6 +238,47 @@ pub async fn run_with_clock(
     shutdown: CancellationToken,
     clock: Arc<dyn crate::notify::Clock>,
 ) -> Result<Handle, ServeError> {
+    start(cfg, shutdown, clock, None).await
+}
+
+/// [`run`] for a standby that got the data directory ([`standby::wait`]): on the lock and the
+/// API listener it already holds; counts the takeover and its duration.
+pub async fn run_taken_over(
+    cfg: Config,
+    shutdown: CancellationToken,
+    takeover: standby::TakeOver,
+) -> Result<Handle, ServeError> {
+    start(
+        cfg,
+        shutdown,
+        Arc::new(crate::notify::SystemClock),
+        Some(takeover),
+    )
+    .await
+}
+
+/// How long a process that has the data directory's lock waits for sled's own lock on the
+/// store: the previous holder's sled files close a moment after its lock file does.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn open_store(cfg: &Config) -> Result<Store, ServeError> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match Store::open(&cfg.store.data_dir, cfg.store.cache_bytes) {
+            Err(e) if Store::is_locked_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.map_err(ServeError::from),
+        }
+    }
+}
+
+async fn start(
+    cfg: Config,
+    shutdown: CancellationToken,
+    clock: Arc<dyn crate::notify::Clock>,
+    takeover: Option<standby::TakeOver>,
+) -> Result<Handle, ServeError> {
     crate::tls::install_crypto();
     // Checked here too (not only by `Config::load`): open reads on a public address must not
     // start whoever built the configuration.
@@ -240,7 +297,15 @@ pub async fn run_with_clock(
             cfg.store.data_dir.display()
         ))
     })?;
-    let store = Store::open(&cfg.store.data_dir, cfg.store.cache_bytes)?;
+    let (lock, prebound, waited) = match takeover {
+        Some(t) => (t.lock, t.listener, t.waited),
+        None => (
+            standby::DataDirLock::acquire_now(&cfg.store.data_dir)?,
+            None,
+            None,
+        ),
+    };
+    let store = open_store(&cfg)?;
     let base = app::load_metric_index(&store);
     let models = crate::engine::Models::with_index(artifacts, &cfg.features.window(), base)
         .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
@@ -263,8 +328,20 @@ pub async fn run_with_clock(
     );
     let metrics = Metrics::new(&registry);
     let n_models = models.list.len();
+    // Cluster mode: connected before anything reads, so the shared ticket-id secret is known.
+    let cluster = match cfg.cluster.enabled() {
+        true => Some(
+            crate::cluster::Cluster::connect(&cfg.cluster, &registry)
+                .await
+                .map_err(|e| ServeError::Runtime(e.to_string()))?,
+        ),
+        false => None,
+    };
     let mut engine = cfg.engine_config();
-    engine.ticket_id_key = ticket_id_key(&store)?;
+    engine.ticket_id_key = match &cluster {
+        Some(c) => c.ticket_id_key(),
+        None => ticket_id_key(&store)?,
+    };
     let settings = Settings {
         contact_policy: webhook_policy,
         ingest: cfg.ingest.clone(),
@@ -286,7 +363,22 @@ pub async fn run_with_clock(
     let mut app = App::new(settings, store, metrics, models, notifier.clone())
         .map_err(|e| ServeError::Runtime(e.to_string()))?;
     app.archive = archive;
+    if let Some(c) = &cluster {
+        app.fleetwide = Some(c.clone());
+    }
     let app = Arc::new(app);
+    // Counted before the API serves, so a /readyz that says ready already shows the takeover.
+    if let Some((locked_at, waited)) = waited {
+        let took = locked_at.elapsed();
+        app.metrics.role.takeovers.inc();
+        app.metrics.role.takeover_seconds.set(took.as_secs_f64());
+        tracing::warn!(
+            "standby: took over the data directory {} (stood by {waited:?}; store opened and \
+             recovered in {took:?}); resuming the broker session as {}",
+            cfg.store.data_dir.display(),
+            cfg.broker.client_id
+        );
+    }
     let auth = Arc::new(
         crate::api::Auth::new(&cfg.api).map_err(|e| ServeError::Config(format!("api: {e}")))?,
     );
@@ -303,7 +395,13 @@ pub async fn run_with_clock(
         );
     }
 
-    let listener = bind(&cfg.api.listen).await?;
+    let listener = match prebound {
+        Some(l) => tokio::net::TcpListener::from_std(l).map_err(|source| ServeError::Listen {
+            addr: cfg.api.listen.clone(),
+            source,
+        })?,
+        None => bind(&cfg.api.listen).await?,
+    };
     let api_addr = local_addr(&listener, &cfg.api.listen)?;
     let public_listener = match &cfg.api.public_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -392,12 +490,20 @@ pub async fn run_with_clock(
         cfg.ingest.shared_group.as_deref(),
         data_filters,
     );
+    // Cluster mode reads the fleet from the stream; the MQTT connection only carries the
+    // dispatcher's ticket publishes.
+    let subscriptions = match &cluster {
+        Some(_) => Vec::new(),
+        None => subscriptions,
+    };
     if mqtt::ordered_subscriptions(&filters).len() > 1 {
         tracing::warn!(
             "telemetry and event topic filters differ in shape; subscribing to each: the broker \
              may deliver a device's events out of order with its readings"
         );
     }
+    // The stream's partitions forward to the same processor (cluster mode).
+    let cluster_fwd = cluster.as_ref().map(|_| fwd_tx.clone());
     tasks.push(tokio::spawn(mqtt::drive(
         eventloop,
         client.clone(),
@@ -425,11 +531,22 @@ pub async fn run_with_clock(
             shutdown.clone(),
         )));
     }
-    tasks.push(tokio::spawn(mqtt::ack_loop(
-        client.clone(),
-        ack_rx,
-        acks_flushed,
-    )));
+    match (&cluster, cluster_fwd) {
+        (Some(c), Some(fwd)) => {
+            tasks.push(c.spawn(fwd, shutdown.clone()));
+            tasks.push(tokio::spawn(crate::cluster::ack_loop(
+                c.clone(),
+                client.clone(),
+                ack_rx,
+                acks_flushed,
+            )));
+        }
+        _ => tasks.push(tokio::spawn(mqtt::ack_loop(
+            client.clone(),
+            ack_rx,
+            acks_flushed,
+        ))),
+    }
     let proc_app = app.clone();
     let group = cfg.ingest.commit_group.max(1);
     let processor = std::thread::Builder::new()
@@ -486,6 +603,7 @@ pub async fn run_with_clock(
         shutdown,
         tasks,
         processor,
+        lock,
     })
 }
 

@@ -426,6 +426,17 @@ impl Store {
         )
     }
 
+    /// The database's files are locked by another process (sled takes an exclusive `flock` on
+    /// its `db` file for as long as the database is open).
+    pub fn is_locked_error(e: &StoreError) -> bool {
+        match e {
+            StoreError::Sled(sled::Error::Io(io)) => {
+                io.to_string().contains("could not acquire lock")
+            }
+            _ => false,
+        }
+    }
+
     /// Starts collecting one atomic change.
     pub fn tx(&self) -> Tx {
         Tx {
@@ -795,6 +806,28 @@ mod tests {
         assert_eq!(store.get_kv::<u8>("bad").unwrap(), None);
         let e = store.outbox_put(b"o/x/1", &unencodable).unwrap_err();
         assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_second_open_of_a_database_in_use_is_refused_as_locked_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path(), 1 << 20).unwrap();
+        let e = Store::open(dir.path(), 1 << 20).err().expect("refused");
+        assert!(Store::is_locked_error(&e), "{e}");
+        drop(first);
+        // sled's background flusher lets go of the files a moment after the last handle.
+        let mut second = Store::open(dir.path(), 1 << 20);
+        for _ in 0..50 {
+            if second.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            second = Store::open(dir.path(), 1 << 20);
+        }
+        assert!(second
+            .expect("free once the first is closed")
+            .probe()
+            .is_ok());
     }
 
     #[test]

@@ -51,6 +51,11 @@ impl Drop for Serve {
 
 /// `forewarn serve --config <config>` with its stdout and stderr appended to `log`.
 pub fn spawn_serve(config: &Path, log: &Path, rust_log: &str) -> Serve {
+    spawn_serve_with(config, log, rust_log, &[])
+}
+
+/// [`spawn_serve`] with more arguments after `--config <config>` (e.g. `--standby`).
+pub fn spawn_serve_with(config: &Path, log: &Path, rust_log: &str, more: &[&str]) -> Serve {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -60,6 +65,7 @@ pub fn spawn_serve(config: &Path, log: &Path, rust_log: &str) -> Serve {
     Command::new(env!("CARGO_BIN_EXE_forewarn"))
         .args(["serve", "--config"])
         .arg(config)
+        .args(more)
         .env_remove("FOREWARN_API_TOKEN")
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::from(out))

@@ -145,11 +145,11 @@ pub fn daemon_config(s: &DaemonSetup, model: &Artifact, hist: &SimHistory) -> Co
 
 /// A device outside the history whose `error` events mark progress: the daemon only records
 /// errors for it (no tickets), and its stored state shows the newest marker the daemon committed.
-const PROBE: &str = "zz-parity-probe";
+pub const PROBE: &str = "zz-parity-probe";
 /// Event time of the first marker (2000-01-01T00:00:00Z); markers count up from it.
-const MARKER_T0: i64 = 946_684_800_000;
+pub const MARKER_T0: i64 = 946_684_800_000;
 
-fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
+pub fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
     use forewarn::domain::{DeviceEvent, EventKind};
     forewarn::replay::Message {
         topic: format!("{prefix}/{PROBE}/events"),

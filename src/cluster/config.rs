@@ -1,0 +1,104 @@
+//! `[cluster]`: several forewarn instances sharing one fleet through NATS JetStream. Off unless
+//! `url` is set (or `forewarn serve --cluster nats://HOST:PORT`): the single-machine mode (MQTT
+//! and sled, nothing else) stays the default.
+
+use crate::domain::Dur;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The NATS server, `nats://HOST:PORT`. Unset: cluster mode is off and readings come from
+    /// the MQTT broker of `[broker]` as usual.
+    pub url: Option<String>,
+    /// This instance's name in the leases; unset: `fw-` and random hex chosen at each start
+    /// (a restarted instance is then a new member, which is what a lease expiry assumes).
+    pub instance: Option<String>,
+    /// How many partitions device subjects are spread over. Must equal the `partition(P, …)`
+    /// count of the server's subject mapping (see README, "Cluster mode"); changing it
+    /// re-partitions the fleet and needs an empty stream.
+    pub partitions: u32,
+    /// The JetStream stream that keeps the partitioned device subjects.
+    pub stream: String,
+    /// First token of the partitioned subjects: the server maps `devices.ID.KIND` to
+    /// `PREFIX.N.devices.ID.KIND`, where N is the device's partition.
+    pub subject_prefix: String,
+    /// Key-value buckets are named `BUCKETS-leases` and `BUCKETS-tickets`.
+    pub buckets: String,
+    /// A partition's lease lasts this long unless renewed (every third of it); an instance that
+    /// dies loses its partitions after at most this long.
+    pub lease: Dur,
+    /// JetStream redelivers a message not acknowledged within this time (to the partition's
+    /// next owner, when its owner died holding it).
+    pub ack_wait: Dur,
+    /// Messages a partition's consumer may have delivered and not yet acknowledged.
+    pub max_ack_pending: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            url: None,
+            instance: None,
+            partitions: 16,
+            stream: "FOREWARN".into(),
+            subject_prefix: "fwp".into(),
+            buckets: "forewarn".into(),
+            lease: Dur::secs(10),
+            ack_wait: Dur::secs(30),
+            max_ack_pending: 4096,
+        }
+    }
+}
+
+/// Characters NATS accepts in stream, bucket and subject-token names without quoting.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Config {
+    /// Checks without I/O; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(u) = &self.url {
+            if !u.starts_with("nats://") {
+                return Err(("cluster.url", "must start with nats://".into()));
+            }
+        }
+        if let Some(i) = &self.instance {
+            if !is_name(i) {
+                return Err((
+                    "cluster.instance",
+                    "letters, digits, '-' and '_' only".into(),
+                ));
+            }
+        }
+        if !(1..=4096).contains(&self.partitions) {
+            return Err(("cluster.partitions", "must be between 1 and 4096".into()));
+        }
+        for (key, v) in [
+            ("cluster.stream", &self.stream),
+            ("cluster.subject_prefix", &self.subject_prefix),
+            ("cluster.buckets", &self.buckets),
+        ] {
+            if !is_name(v) {
+                return Err((key, "letters, digits, '-' and '_' only".into()));
+            }
+        }
+        if self.lease.std() < std::time::Duration::from_secs(1) {
+            return Err(("cluster.lease", "must be at least 1s".into()));
+        }
+        if self.ack_wait.std() < std::time::Duration::from_secs(1) {
+            return Err(("cluster.ack_wait", "must be at least 1s".into()));
+        }
+        if self.max_ack_pending < 1 {
+            return Err(("cluster.max_ack_pending", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+}

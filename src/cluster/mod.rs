@@ -1,0 +1,865 @@
+//! Cluster mode: several forewarn instances share one fleet through NATS JetStream
+//! (`[cluster]`, `forewarn serve --cluster nats://HOST:PORT`).
+//!
+//! The story of a reading: a device publishes on `devices.ID.telemetry` (directly, or as the MQTT
+//! topic `devices/ID/telemetry` through NATS's MQTT listener); the server's subject mapping
+//! (`{{partition(P,1)}}` on the device id, see README) turns it into `PREFIX.N.devices.ID.telemetry`;
+//! the stream `cluster.stream` keeps it. The instance holding partition N's lease reads it from
+//! the partition's durable consumer and hands it to the same processor as the MQTT path; the
+//! acknowledgement goes out only after the group's commit is durable ([`ack_loop`]).
+//!
+//! Ownership ([`Cluster::spawn`]): every instance heartbeats `m.NAME` in the lease bucket, reads
+//! the live members, and wants the partitions rendezvous hashing gives it
+//! ([`partition::share`]). A lease is the key `p.N`, created only if absent and renewed with
+//! the revision it last wrote (compare-and-set); the bucket's `max_age` is the lease time, so
+//! the keys of an instance that dies vanish and another creates them. A partition no longer
+//! wanted (a member joined) is released: its consumer stops, its acknowledgements drain, then
+//! the key is deleted.
+//!
+//! State hand-off: a new owner reads the durable consumer's acknowledgement floor, replays the
+//! partition from the stream's start up to it (effects of those messages were committed and sent
+//! by the earlier owner: ticket changes are stored, nothing is sent — [`Fleetwide::replaying`]),
+//! waits until the replay is committed, then consumes everything after the floor, in order.
+//! No checkpoint yet: a replay costs the partition's whole retained history.
+//!
+//! One ticket fleet-wide: before a commit that opens a ticket, its key `t.ID` is created only
+//! if absent in the ticket bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
+//! later update or settlement, so the dispatch and notification rows of a change are written by
+//! one instance only; ticket ids are keyed with a secret shared through the same bucket, so
+//! every instance derives the same id.
+
+pub mod config;
+pub mod partition;
+
+pub use config::Config;
+
+use crate::app::{ClaimError, ClusterStatus, Fleetwide};
+use crate::domain::parse_ts;
+use crate::engine::{Change, ChangeKind};
+use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect { url: String, source: BoxError },
+    #[error("JetStream stream {name}: {source}")]
+    Stream { name: String, source: BoxError },
+    #[error("key-value bucket {name}: {source}")]
+    Bucket { name: String, source: BoxError },
+    #[error("the shared ticket id key in {bucket}: {reason}")]
+    TicketKey { bucket: String, reason: String },
+    #[error("cluster metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("partition {partition}: {source}")]
+    Partition { partition: u32, source: BoxError },
+}
+
+fn partition_error(partition: u32) -> impl Fn(BoxError) -> ClusterError {
+    move |source| ClusterError::Partition { partition, source }
+}
+
+/// Where the ticket-id secret every instance shares is kept in the ticket bucket.
+const TICKET_ID_KEY: &str = "meta.ticket-id-key";
+/// How long a call to NATS made from the processor thread may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct ClusterMetrics {
+    owned: IntGauge,
+    leases: IntCounterVec,
+    claims: IntCounterVec,
+    replayed: IntCounter,
+}
+
+impl ClusterMetrics {
+    fn new(r: &Registry) -> Result<ClusterMetrics, prometheus::Error> {
+        let owned = IntGauge::new(
+            "forewarn_cluster_partitions_owned",
+            "Partitions whose lease this instance holds",
+        )?;
+        let leases = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_lease_events_total",
+                "Partition leases acquired, released (handed on) and lost (expired or taken)",
+            ),
+            &["event"],
+        )?;
+        let claims = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_ticket_claims_total",
+                "Fleet-wide ticket claims: created, mine (made before by this instance), other \
+                 (opened by another instance: stored here, nothing sent)",
+            ),
+            &["result"],
+        )?;
+        let replayed = IntCounter::new(
+            "forewarn_cluster_replayed_messages_total",
+            "Messages replayed to rebuild the state of partitions taken over",
+        )?;
+        r.register(Box::new(owned.clone()))?;
+        r.register(Box::new(leases.clone()))?;
+        r.register(Box::new(claims.clone()))?;
+        r.register(Box::new(replayed.clone()))?;
+        Ok(ClusterMetrics {
+            owned,
+            leases,
+            claims,
+            replayed,
+        })
+    }
+}
+
+/// What the lease loop last saw and what this instance holds.
+#[derive(Default)]
+struct View {
+    members: Vec<String>,
+    owned: BTreeSet<u32>,
+    replaying: BTreeSet<u32>,
+    assignment: BTreeMap<u32, String>,
+}
+
+/// A connected cluster member.
+pub struct Cluster {
+    cfg: Config,
+    instance: String,
+    client: async_nats::Client,
+    stream: stream::Stream,
+    leases: kv::Store,
+    tickets: kv::Store,
+    ticket_id_key: Vec<u8>,
+    /// The runtime the processor thread's claims run on.
+    rt: tokio::runtime::Handle,
+    /// std-style mutex: held for a lookup or an update, never across an `.await`.
+    view: Mutex<View>,
+    metrics: ClusterMetrics,
+}
+
+/// The claim stored under `t.ID` (opening) or `c.ID.KIND.MS` (a later change at event time MS):
+/// who made the change, and what it is about.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClaimRecord {
+    instance: String,
+    /// opened, updated, settled.
+    change: String,
+    device_id: String,
+    failure_mode: String,
+    opened_at: String,
+    updated_at: String,
+}
+
+/// A partition this instance holds.
+struct Held {
+    /// The lease key's revision this instance last wrote.
+    revision: u64,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    outstanding: Arc<AtomicUsize>,
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
+    Box::new(e)
+}
+
+impl Cluster {
+    /// Connects, and makes sure the stream and both buckets exist (created with the
+    /// configuration's settings when absent; an existing one is used as it is).
+    pub async fn connect(cfg: &Config, registry: &Registry) -> Result<Arc<Cluster>, ClusterError> {
+        let url = cfg.url.clone().unwrap_or_default();
+        let instance = cfg.instance.clone().unwrap_or_else(|| {
+            let mut b = [0u8; 4];
+            rand::Rng::fill(&mut rand::rng(), &mut b[..]);
+            format!("fw-{}", hex::encode(b))
+        });
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("forewarn {instance}"))
+            .connect(url.as_str())
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: url.clone(),
+                source: boxed(e),
+            })?;
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: cfg.stream.clone(),
+                subjects: vec![format!("{}.*.>", cfg.subject_prefix)],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Stream {
+                name: cfg.stream.clone(),
+                source: boxed(e),
+            })?;
+        let leases = bucket(&js, &format!("{}-leases", cfg.buckets), cfg.lease.std()).await?;
+        let tickets = bucket(&js, &format!("{}-tickets", cfg.buckets), Duration::ZERO).await?;
+        let ticket_id_key = shared_ticket_key(&tickets).await?;
+        let metrics = ClusterMetrics::new(registry)?;
+        tracing::info!(%instance, %url, partitions = cfg.partitions, "joined the cluster");
+        Ok(Arc::new(Cluster {
+            cfg: cfg.clone(),
+            instance,
+            client,
+            stream,
+            leases,
+            tickets,
+            ticket_id_key,
+            rt: tokio::runtime::Handle::current(),
+            view: Mutex::new(View::default()),
+            metrics,
+        }))
+    }
+
+    /// The secret ticket ids are keyed with, the same on every instance.
+    pub fn ticket_id_key(&self) -> Vec<u8> {
+        self.ticket_id_key.clone()
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Starts the lease loop, which starts and stops the partitions' consumers; they forward
+    /// to the processor over `forward`. On shutdown every partition stops, its acknowledgements
+    /// drain (at most `ack_wait`) and its lease is deleted, so the others take over at once.
+    pub fn spawn(
+        self: &Arc<Self>,
+        forward: mpsc::Sender<Inbound>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(self.clone().lease_loop(forward, shutdown))
+    }
+
+    async fn lease_loop(
+        self: Arc<Self>,
+        forward: mpsc::Sender<Inbound>,
+        shutdown: CancellationToken,
+    ) {
+        let mut held: HashMap<u32, Held> = HashMap::new();
+        let mut tick = tokio::time::interval(self.cfg.lease.std() / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.round(&mut held, &forward, &shutdown).await {
+                tracing::warn!("cluster lease round: {e}");
+            }
+        }
+        drop(forward);
+        let parts: Vec<(u32, Held)> = held.drain().collect();
+        for (_, h) in &parts {
+            h.stop.cancel();
+        }
+        for (p, h) in parts {
+            self.clone().release(p, h).await;
+        }
+        let _ = self.leases.delete(format!("m.{}", self.instance)).await;
+        self.publish_view(|v| v.owned.clear());
+    }
+
+    /// One round: heartbeat, read members and leases, renew, release, lose, acquire.
+    async fn round(
+        self: &Arc<Self>,
+        held: &mut HashMap<u32, Held>,
+        forward: &mpsc::Sender<Inbound>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ClusterError> {
+        let bucket_error = |e: BoxError| ClusterError::Bucket {
+            name: self.leases.name.clone(),
+            source: e,
+        };
+        self.leases
+            .put(
+                format!("m.{}", self.instance),
+                self.instance.clone().into_bytes().into(),
+            )
+            .await
+            .map_err(|e| bucket_error(boxed(e)))?;
+        let mut members: Vec<String> = Vec::new();
+        let mut keys = self
+            .leases
+            .keys()
+            .await
+            .map_err(|e| bucket_error(boxed(e)))?;
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| bucket_error(boxed(e)))?;
+            if let Some(m) = k.strip_prefix("m.") {
+                members.push(m.to_string());
+            }
+        }
+        if !members.contains(&self.instance) {
+            members.push(self.instance.clone());
+        }
+        members.sort();
+        let desired: BTreeSet<u32> =
+            partition::share(&self.instance, &members, self.cfg.partitions)
+                .into_iter()
+                .collect();
+        let mut assignment: BTreeMap<u32, (String, u64)> = BTreeMap::new();
+        for p in 0..self.cfg.partitions {
+            if let Some(e) = self
+                .leases
+                .entry(format!("p.{p}"))
+                .await
+                .map_err(|e| bucket_error(boxed(e)))?
+            {
+                if e.operation == kv::Operation::Put {
+                    let holder = String::from_utf8_lossy(&e.value).into_owned();
+                    assignment.insert(p, (holder, e.revision));
+                }
+            }
+        }
+        let mine: Vec<u32> = held.keys().copied().collect();
+        for p in mine {
+            let ours = assignment.get(&p).is_some_and(|(holder, rev)| {
+                *holder == self.instance && held.get(&p).is_some_and(|h| h.revision == *rev)
+            });
+            if !ours {
+                if let Some(h) = held.remove(&p) {
+                    h.stop.cancel();
+                    self.metrics.leases.with_label_values(&["lost"]).inc();
+                    tracing::warn!(
+                        partition = p,
+                        "lease lost (expired or taken): consumer stopped"
+                    );
+                }
+                continue;
+            }
+            if desired.contains(&p) {
+                let rev = held.get(&p).map_or(0, |h| h.revision);
+                match self
+                    .leases
+                    .update(
+                        format!("p.{p}"),
+                        self.instance.clone().into_bytes().into(),
+                        rev,
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(h) = held.get_mut(&p) {
+                            h.revision = r;
+                        }
+                        if let Some(a) = assignment.get_mut(&p) {
+                            a.1 = r;
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(h) = held.remove(&p) {
+                            h.stop.cancel();
+                        }
+                        self.metrics.leases.with_label_values(&["lost"]).inc();
+                        tracing::warn!(
+                            partition = p,
+                            "lease renewal refused ({e}): consumer stopped"
+                        );
+                    }
+                }
+            } else if let Some(h) = held.remove(&p) {
+                // A member joined that should own it: hand it on. Apart from this round, so the
+                // drain never delays the renewal of the other leases; the key stays until the
+                // drain ends (or it expires), so the new owner waits for it.
+                h.stop.cancel();
+                tokio::spawn(self.clone().release(p, h));
+            }
+        }
+        for &p in &desired {
+            if held.contains_key(&p) {
+                continue;
+            }
+            let created = match assignment.get(&p) {
+                None => self
+                    .leases
+                    .create(format!("p.{p}"), self.instance.clone().into_bytes().into())
+                    .await
+                    .ok(),
+                // Another holder: it releases it, or its lease expires.
+                Some(_) => None,
+            };
+            if let Some(revision) = created {
+                self.metrics.leases.with_label_values(&["acquired"]).inc();
+                tracing::info!(partition = p, "lease acquired");
+                assignment.insert(p, (self.instance.clone(), revision));
+                let stop = shutdown.child_token();
+                let outstanding = Arc::new(AtomicUsize::new(0));
+                let task = tokio::spawn(self.clone().partition_task(
+                    p,
+                    forward.clone(),
+                    stop.clone(),
+                    outstanding.clone(),
+                ));
+                held.insert(
+                    p,
+                    Held {
+                        revision,
+                        stop,
+                        task,
+                        outstanding,
+                    },
+                );
+            }
+        }
+        let owned: BTreeSet<u32> = held.keys().copied().collect();
+        self.metrics.owned.set(owned.len() as i64);
+        self.publish_view(|v| {
+            v.members = members;
+            v.owned = owned;
+            v.assignment = assignment.into_iter().map(|(p, (h, _))| (p, h)).collect();
+        });
+        Ok(())
+    }
+
+    fn publish_view(&self, f: impl FnOnce(&mut View)) {
+        f(&mut self.view.lock());
+    }
+
+    /// Hands a partition on: its consumer has been told to stop; waits for it, then for the
+    /// acknowledgements of what it forwarded (at most `ack_wait`: what is left is redelivered
+    /// to the next owner), then deletes the lease.
+    async fn release(self: Arc<Self>, p: u32, h: Held) {
+        let _ = h.task.await;
+        let deadline = Instant::now() + self.cfg.ack_wait.std();
+        while h.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self
+            .leases
+            .delete_expect_revision(format!("p.{p}"), Some(h.revision))
+            .await;
+        self.publish_view(|v| {
+            v.owned.remove(&p);
+            v.replaying.remove(&p);
+        });
+        self.metrics.leases.with_label_values(&["released"]).inc();
+        tracing::info!(partition = p, "lease released");
+    }
+
+    /// Consumes one partition until `stop`; errors are logged and the partition set up again.
+    async fn partition_task(
+        self: Arc<Self>,
+        p: u32,
+        forward: mpsc::Sender<Inbound>,
+        stop: CancellationToken,
+        outstanding: Arc<AtomicUsize>,
+    ) {
+        let mut backoff = mqtt::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        while !stop.is_cancelled() {
+            match self.consume(p, &forward, &stop, &outstanding).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!("{e}; setting the partition up again");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+        self.publish_view(|v| {
+            v.replaying.remove(&p);
+        });
+    }
+
+    async fn consume(
+        &self,
+        p: u32,
+        forward: &mpsc::Sender<Inbound>,
+        stop: &CancellationToken,
+        outstanding: &Arc<AtomicUsize>,
+    ) -> Result<(), ClusterError> {
+        let err = partition_error(p);
+        let name = format!("fw-p{p}");
+        // Set up again after an error: what the last attempt forwarded is acknowledged first,
+        // so the floor read below covers it and none of it is committed as a replay.
+        while outstanding.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        let floor = match self.stream.consumer_info(&name).await {
+            Ok(info) => {
+                // Made again below, starting after the floor: what an earlier owner was
+                // delivered and did not acknowledge then comes in stream order, not after
+                // `ack_wait` behind newer messages.
+                self.stream
+                    .delete_consumer(&name)
+                    .await
+                    .map_err(|e| err(boxed(e)))?;
+                info.ack_floor.stream_sequence
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::ConsumerInfoErrorKind::NotFound
+                ) =>
+            {
+                0
+            }
+            Err(e) => return Err(err(boxed(e))),
+        };
+        if floor > 0 {
+            self.replay(p, floor, forward, stop, outstanding).await?;
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+        }
+        let filter = partition::filter(&self.cfg.subject_prefix, p);
+        let consumer = self
+            .stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: filter,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.cfg.ack_wait.std(),
+                    max_ack_pending: self.cfg.max_ack_pending,
+                    deliver_policy: if floor > 0 {
+                        consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: floor + 1,
+                        }
+                    } else {
+                        consumer::DeliverPolicy::All
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(boxed(e)))?;
+        loop {
+            let mut messages = consumer.messages().await.map_err(|e| err(boxed(e)))?;
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    m = messages.next() => m,
+                };
+                let m = match next {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::warn!(partition = p, "reading the partition: {e}");
+                        // Not a tight loop while the error lasts (a consumer deleted by the
+                        // partition's next owner keeps failing until the lease round stops us).
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        continue;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                let reply = m.message.reply.as_ref().map(|r| r.to_string());
+                let inbound = self.inbound(&m, reply, outstanding);
+                outstanding.fetch_add(1, Ordering::SeqCst);
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        outstanding.fetch_sub(1, Ordering::SeqCst);
+                        return Ok(());
+                    }
+                    sent = forward.send(inbound) => if sent.is_err() {
+                        outstanding.fetch_sub(1, Ordering::SeqCst);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replays the partition from the stream's start through `floor` (what an earlier owner
+    /// acknowledged) and waits until all of it is committed. Meanwhile the partition is marked
+    /// replaying: its ticket changes are stored, nothing is sent.
+    async fn replay(
+        &self,
+        p: u32,
+        floor: u64,
+        forward: &mpsc::Sender<Inbound>,
+        stop: &CancellationToken,
+        outstanding: &Arc<AtomicUsize>,
+    ) -> Result<(), ClusterError> {
+        let err = partition_error(p);
+        self.publish_view(|v| {
+            v.replaying.insert(p);
+        });
+        let started = Instant::now();
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: partition::filter(&self.cfg.subject_prefix, p),
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(boxed(e)))?;
+        let mut messages = consumer.messages().await.map_err(|e| err(boxed(e)))?;
+        let mut n = 0u64;
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = messages.next() => m,
+            };
+            let m = match next {
+                None => break,
+                Some(Err(e)) => return Err(err(boxed(e))),
+                Some(Ok(m)) => m,
+            };
+            let (seq, pending) = match m.info() {
+                Ok(i) => (i.stream_sequence, i.pending),
+                Err(e) => return Err(err(e)),
+            };
+            if seq > floor {
+                break;
+            }
+            let inbound = self.inbound(&m, None, outstanding);
+            outstanding.fetch_add(1, Ordering::SeqCst);
+            if forward.send(inbound).await.is_err() {
+                return Ok(());
+            }
+            n += 1;
+            if seq >= floor || pending == 0 {
+                break;
+            }
+        }
+        drop(messages);
+        let _ = self
+            .stream
+            .delete_consumer(&consumer.cached_info().name)
+            .await;
+        while outstanding.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        self.metrics.replayed.inc_by(n);
+        self.publish_view(|v| {
+            v.replaying.remove(&p);
+        });
+        tracing::info!(
+            partition = p,
+            messages = n,
+            through = floor,
+            seconds = started.elapsed().as_secs_f64(),
+            "partition replayed: device state rebuilt"
+        );
+        Ok(())
+    }
+
+    /// A stream message as the processor takes it: the subject read as its MQTT topic, and the
+    /// time the stream stored it as the receipt time (so a replay sees the times the first
+    /// owner saw).
+    fn inbound(
+        &self,
+        m: &jetstream::Message,
+        reply: Option<String>,
+        outstanding: &Arc<AtomicUsize>,
+    ) -> Inbound {
+        let subject = m.message.subject.as_str();
+        let topic = partition::topic(&self.cfg.subject_prefix, subject)
+            .unwrap_or_else(|| subject.to_string());
+        let received_ms = m.info().map_or_else(
+            |_| chrono::Utc::now().timestamp_millis(),
+            |i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64,
+        );
+        Inbound {
+            publish: Publish::from_stream(
+                topic,
+                m.message.payload.clone(),
+                StreamAck {
+                    reply,
+                    outstanding: outstanding.clone(),
+                },
+            ),
+            received: Instant::now(),
+            received_ms,
+        }
+    }
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    let fail = |e: BoxError| ClusterError::Bucket {
+        name: name.to_string(),
+        source: e,
+    };
+    if let Ok(b) = js.get_key_value(name).await {
+        return Ok(b);
+    }
+    // The bucket's stream is made here, with the key-value layout (`KV_NAME` keeping
+    // `$KV.NAME.>`, one value per key, roll-ups, direct gets): the client's own
+    // `create_key_value` first reads the account's limits in a form nats-server 2.9 does not
+    // answer ("data did not match any variant of untagged enum Response").
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        duplicate_window: max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| fail(boxed(e)))?;
+    js.get_key_value(name).await.map_err(|e| fail(boxed(e)))
+}
+
+/// The ticket-id secret: made by the first instance that starts, read by the others.
+async fn shared_ticket_key(tickets: &kv::Store) -> Result<Vec<u8>, ClusterError> {
+    let mut key = vec![0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut key[..]);
+    let bad = |reason: String| ClusterError::TicketKey {
+        bucket: tickets.name.clone(),
+        reason,
+    };
+    match tickets.create(TICKET_ID_KEY, key.clone().into()).await {
+        Ok(_) => Ok(key),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            match tickets.get(TICKET_ID_KEY).await {
+                Ok(Some(v)) if v.len() == 32 => Ok(v.to_vec()),
+                Ok(Some(v)) => Err(bad(format!("{} bytes instead of 32", v.len()))),
+                Ok(None) => Err(bad("deleted while being read".into())),
+                Err(e) => Err(bad(e.to_string())),
+            }
+        }
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+impl Fleetwide for Cluster {
+    fn replaying(&self, device: &str) -> bool {
+        let p = partition::of_device(device, self.cfg.partitions);
+        self.view.lock().replaying.contains(&p)
+    }
+
+    fn claim(&self, change: &Change) -> Result<bool, ClaimError> {
+        let ticket = &change.ticket;
+        let key = match change.kind {
+            ChangeKind::Opened => format!("t.{}", ticket.id),
+            ChangeKind::Updated | ChangeKind::Settled => match parse_ts(&ticket.updated_at) {
+                Some(ms) => format!("c.{}.{}.{ms}", ticket.id, change.kind.as_str()),
+                None => return Ok(true),
+            },
+            // Made by a person through this instance's API: nobody else makes it.
+            ChangeKind::Transition => return Ok(true),
+        };
+        let record = ClaimRecord {
+            instance: self.instance.clone(),
+            change: change.kind.as_str().to_string(),
+            device_id: ticket.device_id.clone(),
+            failure_mode: ticket.failure_mode.clone(),
+            opened_at: ticket.opened_at.clone(),
+            updated_at: ticket.updated_at.clone(),
+        };
+        let fail = |source: BoxError| ClaimError::Unreachable {
+            ticket: ticket.id.clone(),
+            source,
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| fail(boxed(e)))?;
+        let tickets = self.tickets.clone();
+        let call = async move {
+            match tickets.create(&key, value.into()).await {
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    match tickets.get(&key).await {
+                        Ok(v) => Ok(v),
+                        Err(e) => Err(boxed(e)),
+                    }
+                }
+                Err(e) => Err(boxed(e)),
+            }
+        };
+        let got = self
+            .rt
+            .block_on(tokio::time::timeout(CALL_TIMEOUT, call))
+            .map_err(|e| fail(boxed(e)))?
+            .map_err(fail)?;
+        let result = match got {
+            None => "created",
+            Some(v) => match serde_json::from_slice::<ClaimRecord>(&v) {
+                Ok(r) if r.instance == self.instance => "mine",
+                _ => "other",
+            },
+        };
+        self.metrics.claims.with_label_values(&[result]).inc();
+        Ok(result != "other")
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let v = self.view.lock();
+        ClusterStatus {
+            enabled: true,
+            instance: self.instance.clone(),
+            partitions: self.cfg.partitions,
+            members: v.members.clone(),
+            owned: v.owned.iter().copied().collect(),
+            replaying: v.replaying.iter().copied().collect(),
+            assignment: v.assignment.clone(),
+        }
+    }
+}
+
+/// Sends the acknowledgements of committed groups: over NATS for messages from the stream
+/// (then flushed, then counted down), over MQTT for anything the MQTT connection delivered.
+/// Like [`mqtt::ack_loop`], it runs apart from the intake so a slow acknowledgement never holds
+/// up reading.
+pub async fn ack_loop(
+    cluster: Arc<Cluster>,
+    mqtt_client: mqtt::Client,
+    mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
+    flushed: CancellationToken,
+) {
+    while let Some(group) = acks.recv().await {
+        let mut done: Vec<Arc<AtomicUsize>> = Vec::new();
+        for p in &group {
+            match p.stream_ack() {
+                Some(sa) => {
+                    if let Some(reply) = &sa.reply {
+                        // Lost only with the connection; JetStream then redelivers after
+                        // `ack_wait`, and processing is idempotent.
+                        if let Err(e) = cluster
+                            .client
+                            .publish(reply.clone(), bytes::Bytes::from_static(b"+ACK"))
+                            .await
+                        {
+                            tracing::warn!("acknowledgement not sent: {e}");
+                        }
+                    }
+                    done.push(sa.outstanding.clone());
+                }
+                None => {
+                    let _ = mqtt_client.ack(p).await;
+                }
+            }
+        }
+        if let Err(e) = cluster.client.flush().await {
+            tracing::warn!("acknowledgements not flushed: {e}");
+        }
+        for d in done {
+            d.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    flushed.cancel();
+}

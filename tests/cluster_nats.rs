@@ -1,0 +1,702 @@
+//! Cluster mode against a real nats-server (started by the test, with JetStream and the
+//! partition mapping): the server and forewarn agree on every device's partition; three
+//! `forewarn serve` processes share a history's partitions, one is killed with SIGKILL mid-stream,
+//! the others take its partitions over within the lease time, and the tickets of the fleet are
+//! exactly the backtest's, none opened twice.
+#![cfg(feature = "embedded-broker")]
+
+mod ci_support;
+mod nats_support;
+mod parity_support;
+
+use async_nats::jetstream;
+use forewarn::cluster::partition;
+use forewarn::domain::Ticket;
+use futures_util::StreamExt;
+use nats_support::{free_port, NatsServer};
+use parity_support::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 8;
+const PREFIX: &str = "fwp";
+const TOKEN: &str = "parity-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_mapping_and_forewarn_put_every_device_in_the_same_partition() {
+    let Some(nats) = NatsServer::start("cluster_nats mapping", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "MAPPING".into(),
+            subjects: vec![format!("{PREFIX}.*.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let devices: Vec<String> = (0..200)
+        .map(|i| format!("dev-{i}"))
+        .chain(["ü-pump".to_string(), "x".to_string(), "A_b-9".to_string()])
+        .collect();
+    for d in &devices {
+        js.publish(format!("devices.{d}.telemetry"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut seen = BTreeMap::new();
+    while seen.len() < devices.len() {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("every published subject is in the stream")
+            .unwrap()
+            .unwrap();
+        let tokens: Vec<&str> = m.message.subject.as_str().split('.').collect();
+        assert_eq!(tokens.len(), 5, "{}", m.message.subject);
+        seen.insert(tokens[3].to_string(), tokens[1].parse::<u32>().unwrap());
+    }
+    let mut used = BTreeSet::new();
+    for d in &devices {
+        let server = seen[d.as_str()];
+        used.insert(server);
+        assert_eq!(
+            partition::of_device(d, PARTITIONS),
+            server,
+            "device {d}: forewarn and nats-server disagree on the partition"
+        );
+    }
+    assert_eq!(used.len() as u32, PARTITIONS, "every partition used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_change_two_instances_both_make_is_claimed_by_one_of_them() {
+    use forewarn::app::Fleetwide;
+    use forewarn::cluster::Cluster;
+    use forewarn::engine::{Change, ChangeKind};
+    let Some(nats) = NatsServer::start("cluster_nats claims", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let connect = |name: &str| {
+        let cfg = forewarn::cluster::Config {
+            url: Some(nats.url()),
+            instance: Some(name.into()),
+            partitions: PARTITIONS,
+            subject_prefix: PREFIX.into(),
+            ..Default::default()
+        };
+        async move {
+            Cluster::connect(&cfg, &prometheus::Registry::new())
+                .await
+                .unwrap()
+        }
+    };
+    let a = connect("fw-a").await;
+    let b = connect("fw-b").await;
+    assert_eq!(
+        a.ticket_id_key(),
+        b.ticket_id_key(),
+        "one ticket-id secret for the fleet"
+    );
+    let ticket: Ticket = serde_json::from_value(serde_json::json!({
+        "id": "T-00112233aabbccdd", "device_id": "d1", "customer_id": null,
+        "failure_mode": "comp2", "status": "open", "priority": "high", "probability": 0.8,
+        "predicted_failure_at": null, "opened_at": "2015-01-03T06:00:00Z",
+        "updated_at": "2015-01-03T06:00:00Z", "model": {"name": "m", "version": "1"},
+        "evidence": [], "history": [], "opened_ms": 1_420_264_800_000i64
+    }))
+    .unwrap();
+    let opened = Change {
+        kind: ChangeKind::Opened,
+        previous_priority: None,
+        ticket: ticket.clone(),
+    };
+    let mut updated = opened.clone();
+    updated.kind = ChangeKind::Updated;
+    updated.ticket.updated_at = "2015-01-03T09:00:00Z".into();
+    // Claims block (they are made on the processor thread): off the async workers.
+    tokio::task::spawn_blocking(move || {
+        assert!(a.claim(&opened).unwrap(), "the first to open it sends it");
+        assert!(
+            !b.claim(&opened).unwrap(),
+            "the other instance stores it and sends nothing"
+        );
+        assert!(
+            a.claim(&opened).unwrap(),
+            "the opener again (a redelivery after a crash) still holds it"
+        );
+        assert!(b.claim(&updated).unwrap(), "b makes the update first");
+        assert!(!a.claim(&updated).unwrap(), "and a sends it no more");
+        let mut other = opened.clone();
+        other.ticket.id = "T-99112233aabbccdd".into();
+        assert!(b.claim(&other).unwrap(), "another ticket is another key");
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn serve_cluster_flag_switches_cluster_mode_on_and_a_bad_url_is_a_usage_error() {
+    let serve = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args(["serve", "--print-config", "--cluster", url])
+            .output()
+            .unwrap()
+    };
+    let out = serve("nats://10.0.0.7:4222");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(v["cluster"]["url"].as_str(), Some("nats://10.0.0.7:4222"));
+    assert_eq!(v["cluster"]["partitions"].as_integer(), Some(16));
+    let out = serve("http://10.0.0.7:4222");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.url"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_device_publishing_through_nats_lands_in_its_partition() {
+    let Some(nats) = NatsServer::start("cluster_nats mqtt", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "MQTTIN".into(),
+            subjects: vec![format!("{PREFIX}.*.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut opts = rumqttc::MqttOptions::new("dev-7", "127.0.0.1", nats.mqtt_port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (mqtt, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    let payload = r#"{"ts":"2015-01-01T06:00:00Z","seq":1,"metrics":{"volt":176.2}}"#;
+    mqtt.publish(
+        "devices/dev-7/telemetry",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        payload,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("MQTT through nats-server: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("nats-server acknowledged the QoS 1 publish");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("the MQTT publish reached the stream")
+        .unwrap()
+        .unwrap();
+    let p = partition::of_device("dev-7", PARTITIONS);
+    assert_eq!(
+        m.message.subject.as_str(),
+        format!("{PREFIX}.{p}.devices.dev-7.telemetry")
+    );
+    assert_eq!(
+        partition::topic(PREFIX, m.message.subject.as_str()).as_deref(),
+        Some("devices/dev-7/telemetry"),
+        "forewarn reads it as the topic the device used"
+    );
+    assert_eq!(&m.message.payload[..], payload.as_bytes());
+}
+
+/// A `forewarn serve` process; killed (SIGKILL) when dropped.
+struct Instance {
+    name: String,
+    child: Option<Child>,
+    api: String,
+    log: std::path::PathBuf,
+}
+
+impl Instance {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    let r = http.get(url).bearer_auth(TOKEN).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Each live instance's owned partitions, from `GET /api/v1/cluster`; with `settled`, `None`
+/// while any of them is still replaying a partition it took over.
+async fn ownership(
+    http: &reqwest::Client,
+    live: &[&Instance],
+    settled: bool,
+) -> Option<BTreeMap<String, Vec<u32>>> {
+    let mut out = BTreeMap::new();
+    for i in live {
+        let v = get_json(http, &format!("http://{}/api/v1/cluster", i.api)).await?;
+        if settled && !v["replaying"].as_array()?.is_empty() {
+            return None;
+        }
+        let owned = v["owned"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_u64().map(|p| p as u32))
+            .collect();
+        out.insert(i.name.clone(), owned);
+    }
+    Some(out)
+}
+
+/// Whether the owned sets cover every partition exactly once.
+fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
+    let mut all: Vec<u32> = own.values().flatten().copied().collect();
+    all.sort_unstable();
+    all == (0..PARTITIONS).collect::<Vec<_>>()
+}
+
+async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("http://{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tickets() {
+    let Some(nats) = NatsServer::start("cluster_nats drill", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    // The MQTT side only carries the dispatcher's ticket publishes in cluster mode: to NATS's
+    // own MQTT listener, so the whole deployment is forewarn and one nats-server.
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
+    let model = demo_model();
+    let lease = Duration::from_secs(3);
+
+    let mut instances = Vec::new();
+    let mut backtest = Vec::new();
+    for name in ["fw-a", "fw-b", "fw-c"] {
+        let setup = DaemonSetup {
+            broker_url: broker_url.clone(),
+            topic_prefix: "devices".into(),
+            client_id: format!("{name}-mqtt"),
+            root: tmp.path().join(name),
+            replay_chunk: None,
+        };
+        let mut cfg = daemon_config(&setup, &model, &hist);
+        if backtest.is_empty() {
+            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
+        }
+        let api = format!("127.0.0.1:{}", free_port());
+        cfg.api.listen = api.clone();
+        cfg.cluster.url = Some(nats.url());
+        cfg.cluster.instance = Some(name.into());
+        cfg.cluster.partitions = PARTITIONS;
+        cfg.cluster.subject_prefix = PREFIX.into();
+        cfg.cluster.lease = "3s".parse().unwrap();
+        cfg.cluster.ack_wait = "3s".parse().unwrap();
+        let path = setup.root.join("forewarn.toml");
+        std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+        let log = setup.root.join("serve.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("FOREWARN_API_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        instances.push(Instance {
+            name: name.into(),
+            child: Some(child),
+            api,
+            log,
+        });
+    }
+    let modes: BTreeSet<&str> = backtest.iter().map(|t| t.failure_mode.as_str()).collect();
+    assert!(
+        backtest.len() >= 5 && modes.len() >= 2,
+        "the backtest must open tickets of several modes: {} tickets, {modes:?}",
+        backtest.len()
+    );
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: Vec<&Instance> = instances.iter().collect();
+        if let Some(own) = ownership(&http, &live, true).await {
+            // Settled: each holds exactly its rendezvous share among the three.
+            let members: Vec<String> = own.keys().cloned().collect();
+            if own
+                .iter()
+                .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
+            {
+                eprintln!("assignment with three instances: {own:?}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three instances never shared the partitions:\n{}",
+            instances
+                .iter()
+                .map(|i| i.log_tail())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The history as devices send it: `devices.ID.telemetry|events`, acknowledged by JetStream.
+    let mut replay = forewarn::replay::History::default();
+    replay.read_telemetry_file(&hist.telemetry()).unwrap();
+    replay.read_events_file(&hist.events()).unwrap();
+    let messages: Vec<forewarn::replay::Message> = replay.messages("devices").collect();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let publish = |batch: &[forewarn::replay::Message]| {
+        let js = js.clone();
+        let batch: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .map(|m| (m.topic.replace('/', "."), m.payload.clone()))
+            .collect();
+        async move {
+            for chunk in batch.chunks(500) {
+                let mut acks = Vec::new();
+                for (subject, payload) in chunk {
+                    acks.push(
+                        js.publish(subject.clone(), payload.clone().into())
+                            .await
+                            .unwrap(),
+                    );
+                }
+                for a in acks {
+                    a.await.expect("stored by the stream");
+                }
+            }
+        }
+    };
+    let half = messages.len() / 2;
+    publish(&messages[..half]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The victim: whoever holds the most partitions.
+    let own = ownership(&http, &instances.iter().collect::<Vec<_>>(), true)
+        .await
+        .expect("ownership readable");
+    let victim = own
+        .iter()
+        .max_by_key(|(_, o)| o.len())
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    let victims_partitions = own[&victim].clone();
+    let killed_at = Instant::now();
+    instances
+        .iter_mut()
+        .find(|i| i.name == victim)
+        .unwrap()
+        .kill();
+    publish(&messages[half..]).await;
+
+    // Take-over: the survivors own every partition and have finished replaying.
+    let survivors: Vec<&Instance> = instances.iter().filter(|i| i.name != victim).collect();
+    let mut acquired = None;
+    let takeover = loop {
+        if acquired.is_none() {
+            if let Some(own) = ownership(&http, &survivors, false).await {
+                if covers_all(&own) {
+                    acquired = Some(killed_at.elapsed());
+                }
+            }
+        }
+        if let Some(own) = ownership(&http, &survivors, true).await {
+            if covers_all(&own) {
+                break killed_at.elapsed();
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the survivors never took over {victim}'s partitions {victims_partitions:?}:\n{}",
+            survivors
+                .iter()
+                .map(|i| i.log_tail())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let acquired = acquired.unwrap_or(takeover);
+    eprintln!(
+        "killed {victim} (partitions {victims_partitions:?}); the survivors held every lease \
+         {:.2} s later and had replayed the taken-over partitions {:.2} s later (lease {lease:?})",
+        acquired.as_secs_f64(),
+        takeover.as_secs_f64()
+    );
+    // Lease expiry (at most one lease after the victim's last renewal) + the survivors' next
+    // round (a third of it) + the round's own requests and this poll: 4 s and some; two leases
+    // leave room for a loaded machine.
+    assert!(acquired <= lease * 2, "the leases moved after {acquired:?}");
+
+    // Every partition drained: nothing pending nor unacknowledged on any durable consumer.
+    let stream = js.get_stream("FOREWARN").await.unwrap();
+    let drained = Instant::now();
+    loop {
+        let mut left = 0;
+        for p in 0..PARTITIONS {
+            match stream.consumer_info(format!("fw-p{p}")).await {
+                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
+                Err(_) => left += 1,
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(120),
+            "{left} message(s) still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The fleet's tickets: each survivor's tickets of the devices in the partitions it owns.
+    let fleet_tickets =
+        |own: BTreeMap<String, Vec<u32>>| {
+            let http = http.clone();
+            let survivors: Vec<(String, String)> = survivors
+                .iter()
+                .map(|i| (i.name.clone(), i.api.clone()))
+                .collect();
+            async move {
+                let mut all: Vec<Ticket> = Vec::new();
+                for (name, api) in survivors {
+                    let owned: BTreeSet<u32> = own[&name].iter().copied().collect();
+                    let v = get_json(&http, &format!("http://{api}/api/v1/tickets?limit=10000"))
+                        .await
+                        .expect("tickets readable");
+                    let list: Vec<Ticket> = serde_json::from_value(v).unwrap();
+                    all.extend(list.into_iter().filter(|t| {
+                        owned.contains(&partition::of_device(&t.device_id, PARTITIONS))
+                    }));
+                }
+                all
+            }
+        };
+    // The devices' last readings are held for event-time order until the idle timer (1 s).
+    let settle = Instant::now();
+    let live = loop {
+        let own = ownership(&http, &survivors, true)
+            .await
+            .expect("ownership readable");
+        let live = fleet_tickets(own).await;
+        let same = {
+            let key = |t: &Ticket| {
+                format!(
+                    "{} {} {} {:?}",
+                    t.device_id, t.failure_mode, t.opened_at, t.status
+                )
+            };
+            let a: BTreeSet<String> = backtest.iter().map(key).collect();
+            let b: BTreeSet<String> = live.iter().map(key).collect();
+            a == b
+        };
+        if same || settle.elapsed() > Duration::from_secs(20) {
+            break live;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_same_tickets(&backtest, &live);
+
+    // One claim per ticket in the fleet-wide bucket, and no claim the backtest does not have.
+    let claims = js.get_key_value("forewarn-tickets").await.unwrap();
+    let mut keys = claims.keys().await.unwrap();
+    let mut claimed = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.unwrap();
+        if k.starts_with("t.") {
+            let v = claims.get(&k).await.unwrap().unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            claimed.push(format!(
+                "{} {} {}",
+                r["device_id"].as_str().unwrap(),
+                r["failure_mode"].as_str().unwrap(),
+                r["opened_at"].as_str().unwrap()
+            ));
+        }
+    }
+    claimed.sort();
+    let mut expected: Vec<String> = backtest
+        .iter()
+        .map(|t| format!("{} {} {}", t.device_id, t.failure_mode, t.opened_at))
+        .collect();
+    expected.sort();
+    assert_eq!(claimed, expected, "fleet-wide ticket claims");
+
+    // The take-over replayed the victim's partitions rather than starting cold.
+    let mut replayed = 0.0;
+    for i in &survivors {
+        replayed += metric(&http, &i.api, "forewarn_cluster_replayed_messages_total").await;
+    }
+    assert!(
+        replayed > 0.0,
+        "the survivors replayed the partitions they took over"
+    );
+    eprintln!(
+        "{} messages, {} tickets equal to the backtest, {} claims, {replayed} messages replayed",
+        messages.len(),
+        live.len(),
+        claimed.len()
+    );
+    let names: Vec<String> = survivors.iter().map(|i| i.name.clone()).collect();
+
+    // A graceful leave: SIGTERM hands the leaver's partitions on when it stops, without waiting
+    // for its leases to expire; the last instance then holds the whole fleet's tickets.
+    let (leaver, stayer) = (&names[0], &names[1]);
+    let mut child = instances
+        .iter_mut()
+        .find(|i| &i.name == leaver)
+        .and_then(|i| i.child.take())
+        .unwrap();
+    let left_at = Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            left_at.elapsed() < Duration::from_secs(30),
+            "{leaver} did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = left_at.elapsed();
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
+    let last = instances.iter().find(|i| &i.name == stayer).unwrap();
+    let handed = loop {
+        if let Some(own) = ownership(&http, &[last], false).await {
+            if covers_all(&own) {
+                break left_at.elapsed();
+            }
+        }
+        assert!(
+            left_at.elapsed() < Duration::from_secs(30),
+            "{stayer} never took over {leaver}'s partitions:\n{}",
+            last.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "SIGTERM to {leaver}: exited after {:.2} s; {stayer} held every lease {:.2} s after the \
+         signal",
+        exited.as_secs_f64(),
+        handed.as_secs_f64()
+    );
+    // Released, not expired: the next round of the one left (a third of a lease) after the exit.
+    assert!(
+        handed < exited + lease * 2 / 3,
+        "hand-off took {handed:?} after an exit at {exited:?}"
+    );
+    let settle = Instant::now();
+    let last_tickets = loop {
+        let tickets = match ownership(&http, &[last], true).await {
+            Some(_) => {
+                let v = get_json(
+                    &http,
+                    &format!("http://{}/api/v1/tickets?limit=10000", last.api),
+                )
+                .await
+                .expect("tickets readable");
+                serde_json::from_value::<Vec<Ticket>>(v).unwrap()
+            }
+            None => Vec::new(),
+        };
+        let key = |t: &Ticket| {
+            format!(
+                "{} {} {} {:?}",
+                t.device_id, t.failure_mode, t.opened_at, t.status
+            )
+        };
+        let a: BTreeSet<String> = backtest.iter().map(key).collect();
+        let b: BTreeSet<String> = tickets.iter().map(key).collect();
+        if a == b || settle.elapsed() > Duration::from_secs(20) {
+            break tickets;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_same_tickets(&backtest, &last_tickets);
+
+    // The dispatcher's ticket publishes went out through NATS's MQTT listener.
+    let text = http
+        .get(format!("http://{}/metrics", last.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let delivered: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("forewarn_dispatch_deliveries_total{") && l.contains("result=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(delivered > 0.0, "no ticket change dispatched:\n{text}");
+}

@@ -1,0 +1,94 @@
+//! A real nats-server with JetStream for the cluster tests: its own process, a temporary store
+//! and a free port, and the subject mapping forewarn's cluster mode expects. Without the binary a
+//! test skips with a note, and fails under `CI=true` (see `ci_support`).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    /// NATS's MQTT listener (topic `a/b/c` is subject `a.b.c`).
+    pub mqtt_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// `FOREWARN_NATS_SERVER`, else `nats-server` on the PATH or where Debian puts it.
+fn binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("FOREWARN_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl NatsServer {
+    /// Starts nats-server with JetStream and the mapping `devices.*.*` →
+    /// `{prefix}.{{partition(partitions,1)}}.devices.*.*`; `None` (after the note) when the
+    /// binary is missing outside CI.
+    pub fn start(test: &str, partitions: u32, prefix: &str) -> Option<NatsServer> {
+        let Some(bin) = binary() else {
+            crate::ci_support::cannot_run(
+                test,
+                "nats-server not found (install Debian's nats-server, or set FOREWARN_NATS_SERVER)",
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mqtt_port = free_port();
+        let conf = format!(
+            "listen: \"127.0.0.1:{port}\"\nserver_name: \"fw-test-{port}\"\n\
+             mqtt {{ listen: \"127.0.0.1:{mqtt_port}\" }}\n\
+             jetstream {{ store_dir: \"{store}\" }}\n\
+             mappings = {{\n  \"devices.*.*\": \"{prefix}.{{{{partition({partitions},1)}}}}.devices.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\"\n}}\n",
+            store = dir.path().join("js").display(),
+        );
+        let conf_path = dir.path().join("nats.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("nats.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{test}: nats-server did not listen on {port}: {}",
+                std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(NatsServer {
+            child,
+            port,
+            mqtt_port,
+            dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
