@@ -356,13 +356,22 @@ pub struct Watch {
     pub scored_at: String,
 }
 
-fn new_watch(s: &Scoring, at: String) -> Watch {
-    Watch {
-        device_id: s.device_id.clone(),
+/// A watch as the ingest path keeps it: times stay numbers until the API asks (formatting a
+/// timestamp at every scoring of a watched device cost more than the rest of the bookkeeping).
+#[derive(Debug, Clone)]
+struct WatchEntry {
+    mode: String,
+    probability: f64,
+    since: Millis,
+    scored: Millis,
+}
+
+fn new_watch(s: &Scoring) -> WatchEntry {
+    WatchEntry {
         mode: s.mode.clone(),
         probability: s.probability,
-        since: at.clone(),
-        scored_at: at,
+        since: s.ts,
+        scored: s.ts,
     }
 }
 
@@ -475,7 +484,7 @@ pub struct App {
     /// Per device, the modes it is watched for (bounded by devices × modes; dropped when the
     /// device is forgotten or its score falls below the watch level). Apart from `core` so the
     /// API reads it without waiting for a group.
-    watches: Mutex<HashMap<String, Vec<Watch>>>,
+    watches: Mutex<HashMap<String, Vec<WatchEntry>>>,
     /// Per device (from the topic), telemetry payloads rejected and not yet matched by a `seq`
     /// gap: a device's malformed message used a `seq` too, and the gap it leaves is a rejection
     /// already counted, not a loss upstream. Bounded: cleared when it holds too many devices.
@@ -1707,12 +1716,11 @@ impl App {
     fn note_watches(&self, scored: &[Scoring]) {
         let mut all = self.watches.lock();
         for s in scored {
-            let at = || format_ts(s.ts);
             match all.get_mut(s.device_id.as_str()) {
                 Some(list) => match list.iter().position(|w| w.mode == s.mode) {
                     Some(i) if s.watch => {
                         list[i].probability = s.probability;
-                        list[i].scored_at = at();
+                        list[i].scored = s.ts;
                     }
                     Some(i) => {
                         list.swap_remove(i);
@@ -1722,7 +1730,7 @@ impl App {
                             .dec();
                     }
                     None if s.watch => {
-                        list.push(new_watch(s, at()));
+                        list.push(new_watch(s));
                         self.metrics
                             .watched_devices
                             .with_label_values(&[s.mode.as_str()])
@@ -1731,7 +1739,7 @@ impl App {
                     None => {}
                 },
                 None if s.watch => {
-                    all.insert(s.device_id.clone(), vec![new_watch(s, at())]);
+                    all.insert(s.device_id.clone(), vec![new_watch(s)]);
                     self.metrics
                         .watched_devices
                         .with_label_values(&[s.mode.as_str()])
@@ -1769,7 +1777,20 @@ impl App {
 
     /// Every watched device and mode, by device id then mode.
     pub fn watches(&self) -> Vec<Watch> {
-        let mut v: Vec<Watch> = self.watches.lock().values().flatten().cloned().collect();
+        let mut v: Vec<Watch> = self
+            .watches
+            .lock()
+            .iter()
+            .flat_map(|(device, list)| {
+                list.iter().map(move |w| Watch {
+                    device_id: device.clone(),
+                    mode: w.mode.clone(),
+                    probability: w.probability,
+                    since: format_ts(w.since),
+                    scored_at: format_ts(w.scored),
+                })
+            })
+            .collect();
         v.sort_by(|a, b| (&a.device_id, &a.mode).cmp(&(&b.device_id, &b.mode)));
         v
     }
