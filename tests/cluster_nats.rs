@@ -626,8 +626,8 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         let same = {
             let key = |t: &Ticket| {
                 format!(
-                    "{} {} {} {:?}",
-                    t.device_id, t.failure_mode, t.opened_at, t.status
+                    "{} {} {} {:?} {}",
+                    t.device_id, t.failure_mode, t.opened_at, t.status, t.updated_at
                 )
             };
             let a: BTreeSet<String> = backtest.iter().map(key).collect();
@@ -768,8 +768,8 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         };
         let key = |t: &Ticket| {
             format!(
-                "{} {} {} {:?}",
-                t.device_id, t.failure_mode, t.opened_at, t.status
+                "{} {} {} {:?} {}",
+                t.device_id, t.failure_mode, t.opened_at, t.status, t.updated_at
             )
         };
         let a: BTreeSet<String> = backtest.iter().map(key).collect();
