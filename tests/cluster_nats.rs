@@ -885,4 +885,36 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(delivered > 0.0, "no ticket change dispatched:\n{text}");
+
+    // An instance that stops answering (SIGSTOP: its membership key lives on until its lease
+    // runs out) makes a fleet read fail with 503 naming it, rather than a list without its share.
+    let (stopped, asked) = (other, owner);
+    let pid = instances
+        .iter()
+        .find(|i| i.name == stopped.name)
+        .and_then(|i| i.child.as_ref())
+        .map(|c| c.id())
+        .expect("running");
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSTOP);
+    }
+    let resp = http
+        .get(format!("http://{}/api/v1/tickets", asked.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&stopped.name) && message.contains("no answer within"),
+        "the 503 names {} and says it timed out: {message}",
+        stopped.name
+    );
+    eprintln!(
+        "{} stopped: {} answered 503: {message}",
+        stopped.name, asked.name
+    );
 }

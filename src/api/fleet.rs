@@ -41,6 +41,22 @@ fn unreachable(name: &str, url: &str, why: impl std::fmt::Display) -> ApiError {
     ))
 }
 
+/// A failed call in words: a timeout says how long was waited; otherwise the innermost cause
+/// (reqwest's own message only names the URL).
+fn describe(e: &reqwest::Error, timeout: std::time::Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {timeout:?}");
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    match e.is_connect() {
+        true => format!("cannot connect: {cause}"),
+        false => cause.to_string(),
+    }
+}
+
 fn request(
     http: &reqwest::Client,
     method: reqwest::Method,
@@ -80,13 +96,13 @@ async fn gather<T: serde::de::DeserializeOwned>(
             let resp = request(http, reqwest::Method::GET, url, headers, peers)
                 .send()
                 .await
-                .map_err(|e| unreachable(name, api, e))?;
+                .map_err(|e| unreachable(name, api, describe(&e, peers.timeout)))?;
             match resp.status() {
                 s if s.is_success() => {
                     let v = resp
                         .json::<T>()
                         .await
-                        .map_err(|e| unreachable(name, api, e))?;
+                        .map_err(|e| unreachable(name, api, describe(&e, peers.timeout)))?;
                     Ok((name.clone(), Answer::Found(v)))
                 }
                 reqwest::StatusCode::NOT_FOUND => Ok((name.clone(), Answer::NotFound)),
@@ -223,10 +239,13 @@ pub async fn forward_transition(
         .json(body)
         .send()
         .await
-        .map_err(|e| unreachable(owner, api, e))?;
+        .map_err(|e| unreachable(owner, api, describe(&e, peers.timeout)))?;
     let status = axum::http::StatusCode::from_u16(resp.status().as_u16())
         .map_err(|e| unreachable(owner, api, e))?;
-    let bytes = resp.bytes().await.map_err(|e| unreachable(owner, api, e))?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| unreachable(owner, api, describe(&e, peers.timeout)))?;
     Ok(axum::response::IntoResponse::into_response((
         status,
         [(
