@@ -16,7 +16,8 @@
 # readings/s = readings published / (last reading consumed − first publish); for forewarn,
 # "consumed" is when /metrics counts every reading decoded once (duplicates apart), polled every
 # 0.1 s. Also: published vs processed, forewarn_readings_missing_total, tickets opened, daemon CPU
-# seconds and peak RSS (VmHWM). Needs `cargo build --release`; builds bench/publisher when missing.
+# seconds (and those of its processing thread) and peak RSS (VmHWM). Needs
+# `cargo build --release`; builds bench/publisher when missing.
 # The work folder (a few hundred MB for 1M readings) is removed at the end unless KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,17 @@ now() { date +%s.%N; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 metric() { curl -s "http://$API/metrics" | awk -v m="$1" '$1 == m { print $2; found=1 } END { if (!found) print 0 }'; }
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# CPU seconds of the daemon's processing thread (the one that reads, commits and applies its own
+# share of each group: the critical path when the daemon is CPU-bound).
+processor_cpu_seconds() {
+    for t in /proc/"$1"/task/*; do
+        [ "$(cat "$t/comm" 2>/dev/null)" = forewarn-proces ] || continue
+        # Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+        sed 's/.*) //' "$t/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / hz }'
+        return
+    done
+    echo 0
+}
 peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" | tail -1; }
 
@@ -140,11 +152,13 @@ for run in realistic storm; do
     start_daemon "$WORK/data-$run" "$WORK/$run"
     L0=$(loadavg)
     CPU0=$(cpu_seconds "$DAEMON")
+    PCPU0=$(processor_cpu_seconds "$DAEMON")
     publish "$run"
     wait_processed
     T1=$(now)
     PROCESSED=$(processed)
     CPU1=$(cpu_seconds "$DAEMON")
+    PCPU1=$(processor_cpu_seconds "$DAEMON")
     RSS=$(peak_rss_mb "$DAEMON")
     MISSING=$(metric forewarn_readings_missing_total)
     BROKER_DROPPED=$(metric forewarn_broker_dropped_messages)
@@ -156,10 +170,10 @@ for run in realistic storm; do
     COMMITS=$(metric forewarn_commit_seconds_count)
     COMMIT_S=$(metric forewarn_commit_seconds_sum)
     RATE[$run]=$(echo "$PUB_READINGS / ($T1 - $T0)" | bc -l)
-    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, broker-reported drops %s, duplicates %s, late %s; scorings %s, tickets opened %s (updated %s, settled %s); CPU %.1f s (%.2f cores), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
+    printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, broker-reported drops %s, duplicates %s, late %s; scorings %s, tickets opened %s (updated %s, settled %s); CPU %.1f s (%.2f cores; processing thread %.1f s), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
         "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \
         "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$BROKER_DROPPED" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" "$UPDATES" "$SETTLED" \
-        "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$RSS" "$COMMITS" "$COMMIT_S" "$L0" "$(loadavg)"
+        "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$(echo "$PCPU1 - $PCPU0" | bc -l)" "$RSS" "$COMMITS" "$COMMIT_S" "$L0" "$(loadavg)"
     kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
     rm -rf "$WORK/data-$run"
 done

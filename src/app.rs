@@ -240,6 +240,66 @@ struct Tally {
     gaps: Vec<Gap>,
     /// Sparkplug edge node states (births, aliases, `seq`) changed, written with the group.
     sparkplug: Vec<crate::ingest::sparkplug::StoredNode>,
+    /// Devices the registry does not know, first seen in this group.
+    unregistered: Vec<String>,
+}
+
+impl Tally {
+    /// Adds a shard's counts and lists (the archive's records are the caller's to order).
+    fn absorb(&mut self, o: Tally) {
+        self.duplicates += o.duplicates;
+        self.missing += o.missing;
+        self.resets += o.resets;
+        self.late += o.late;
+        self.scorings += o.scorings;
+        self.events += o.events;
+        self.archived.extend(o.archived);
+        self.scores.extend(o.scores);
+        self.gaps.extend(o.gaps);
+        self.sparkplug.extend(o.sparkplug);
+        for d in o.unregistered {
+            if !self.unregistered.contains(&d) {
+                self.unregistered.push(d);
+            }
+        }
+    }
+}
+
+/// Below this many items a group is applied on the processing thread alone: a thread's start
+/// costs more than it saves.
+const PARALLEL_MIN_ITEMS: usize = 32;
+
+/// What applying an item needs of the core besides its device's slot: read only, shared by the
+/// shards of a group.
+struct Shared<'a> {
+    engine: &'a Engine,
+    devices: &'a HashMap<String, Device>,
+    unregistered: &'a std::collections::HashSet<String>,
+}
+
+/// One item of a group waiting for its device's shard.
+struct Queued {
+    /// Its place in the group's arrival order.
+    idx: usize,
+    item: Item,
+    received_ms: i64,
+    received: Instant,
+}
+
+/// A device of the group, its slot taken out of the core while its shard applies its items.
+struct DeviceWork {
+    device: String,
+    slot: Slot,
+    items: Vec<Queued>,
+}
+
+/// What a shard made of its devices: counts, and the ticket changes and archive records tagged
+/// with the arrival index of the item that made them.
+#[derive(Default)]
+struct ShardOut {
+    tally: Tally,
+    changes: Vec<(usize, Change, i64)>,
+    archived: Vec<(usize, crate::archive::Record)>,
 }
 
 struct Core {
@@ -291,6 +351,34 @@ pub struct Gap {
     pub ts: String,
     /// Wall-clock time the gap was noticed (RFC 3339).
     pub noticed_at: String,
+}
+
+/// A device a mode watches: its latest score is at or above the mode's watch level, below which
+/// nothing is said and above which, unless the ticket level is reached too, nothing is done
+/// (internal: `GET /api/v1/watch` and `forewarn_watched_devices` only). Kept in memory: after a
+/// restart a device is listed again at its next scoring.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Watch {
+    pub device_id: String,
+    /// The failure mode whose score is at or above its watch level.
+    pub mode: String,
+    /// The latest score: the model's probability of this mode failing within its horizon.
+    pub probability: f64,
+    /// Event time of the first scoring of this watch (RFC 3339): the score has stayed at or
+    /// above the watch level since.
+    pub since: String,
+    /// Event time of the latest scoring (RFC 3339).
+    pub scored_at: String,
+}
+
+fn new_watch(s: &Scoring, at: String) -> Watch {
+    Watch {
+        device_id: s.device_id.clone(),
+        mode: s.mode.clone(),
+        probability: s.probability,
+        since: at.clone(),
+        scored_at: at,
+    }
 }
 
 /// Upstream loss since start, for `/readyz`.
@@ -399,6 +487,10 @@ pub struct App {
     unflushed_archive: Mutex<Vec<crate::archive::Record>>,
     /// Each device's last `seq` gap (bounded by the devices seen; dropped when forgotten).
     gaps: Mutex<HashMap<String, Gap>>,
+    /// Per device, the modes it is watched for (bounded by devices × modes; dropped when the
+    /// device is forgotten or its score falls below the watch level). Apart from `core` so the
+    /// API reads it without waiting for a group.
+    watches: Mutex<HashMap<String, Vec<Watch>>>,
     /// Per device (from the topic), telemetry payloads rejected and not yet matched by a `seq`
     /// gap: a device's malformed message used a `seq` too, and the gap it leaves is a rejection
     /// already counted, not a loss upstream. Bounded: cleared when it holds too many devices.
@@ -409,6 +501,8 @@ pub struct App {
     /// Plans the customer notifications of every ticket change, inside the change's commit.
     notifier: Arc<Notifier>,
     limits: Limits,
+    /// Threads applying a group (`ingest.apply_threads`, `0` resolved to the cores).
+    apply_threads: usize,
     /// Sparkplug B and SenML: asked first whether a topic is theirs.
     formats: crate::ingest::formats::Formats,
     /// Wakes the dispatch worker after a commit that added rows.
@@ -501,6 +595,7 @@ impl App {
                     .collect(),
             ),
             rejected_unmatched: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
             unflushed_archive: Mutex::new(Vec::new()),
             loss: Mutex::new(Loss::default()),
             session_note: Mutex::new(None),
@@ -511,6 +606,10 @@ impl App {
                 &metrics.registry,
             ),
             limits,
+            apply_threads: match settings.ingest.apply_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             dispatch_wake: Arc::new(Notify::new()),
             broker_connected: Arc::new(AtomicBool::new(false)),
             models_ready: AtomicBool::new(true),
@@ -592,8 +691,11 @@ impl App {
         let mut stats = GroupStats::default();
         let mut tally = Tally::default();
         let level = self.settings.ingest.device_id_level;
-        let tolerance = self.settings.window.late_tolerance_ms;
-        let mut released: Vec<(Item, i64)> = Vec::new();
+        // Every item of the group, by device (in order of first appearance), each numbered in
+        // arrival order.
+        let mut queued: Vec<(String, Vec<Queued>)> = Vec::new();
+        let mut by_device: HashMap<String, usize> = HashMap::new();
+        let mut order = 0usize;
         self.metrics.messages.inc_by(msgs.len() as u64);
         for m in msgs {
             let topic = m.publish.topic.as_str();
@@ -692,56 +794,66 @@ impl App {
                 .filter(|i| matches!(i, Item::Reading(_)))
                 .count();
             for item in items {
-                let device = match &item {
-                    Item::Reading(r) => r.device_id.clone(),
-                    Item::Event(e) => e.device_id.clone(),
-                };
+                let device = item.device_id().to_string();
                 core.slot(&self.store, &device, item.ts(), &mut dirty)?;
-                let slot = core
-                    .slots
-                    .get_mut(device.as_str())
-                    .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
-                let pending = match &item {
-                    Item::Reading(r) => Pending::reading(r, m.received_ms),
-                    Item::Event(e) => Pending::event(e, m.received_ms),
+                let idx = order;
+                order += 1;
+                let w = match by_device.get(device.as_str()) {
+                    Some(&w) => w,
+                    None => {
+                        by_device.insert(device.clone(), queued.len());
+                        queued.push((device, Vec::new()));
+                        queued.len() - 1
+                    }
                 };
-                if tolerance <= 0 {
-                    // No reorder tolerance: applied in arrival order, as before.
-                    slot.steps.push(encode_step(&Step::Apply(&pending)));
-                    self.apply(core, &item, m.received_ms, &mut tally, &mut changes)?;
-                    continue;
-                }
-                slot.last_arrival = m.received;
-                let step = encode_step(&Step::Offer {
-                    tolerance_ms: tolerance,
-                    item: &pending,
+                queued[w].1.push(Queued {
+                    idx,
+                    item,
+                    received_ms: m.received_ms,
+                    received: m.received,
                 });
-                match slot.reorder.offer(pending, tolerance) {
-                    Offer::Held => slot.steps.push(step),
-                    // A redelivery of a reading applied long ago is a duplicate, not a loss.
-                    Offer::Late
-                        if matches!(&item, Item::Reading(r)
-                            if r.seq.zip(slot.state.last_seq).is_some_and(|(s, l)| s <= l)) =>
-                    {
-                        tally.duplicates += 1
-                    }
-                    // Likewise an event at or before the newest applied one of its kind: events
-                    // carry no `seq`, so that is how a redelivery is told from a late arrival.
-                    Offer::Late
-                        if matches!(&item, Item::Event(e)
-                            if slot.state.has_applied_event_like(e)) =>
-                    {
-                        tally.duplicates += 1
-                    }
-                    Offer::Late => tally.late += 1,
-                    Offer::Duplicate => tally.duplicates += 1,
-                }
-                slot.reorder.release(&device, &mut released);
-                for (item, received_ms) in released.drain(..) {
-                    self.apply(core, &item, received_ms, &mut tally, &mut changes)?;
-                }
             }
         }
+        // Each device's items are applied in arrival order by one shard; devices are
+        // independent, so the shards run at once and their ticket changes are put back in the
+        // order one thread would have made them.
+        let mut work: Vec<DeviceWork> = Vec::with_capacity(queued.len());
+        for (device, items) in queued {
+            let Some((device, slot)) = core.slots.remove_entry(device.as_str()) else {
+                for w in work {
+                    core.slots.insert(w.device, w.slot);
+                }
+                return Err(CoreError::Invalid("device slot vanished".into()));
+            };
+            work.push(DeviceWork {
+                device,
+                slot,
+                items,
+            });
+        }
+        let outs = {
+            let shared = Shared {
+                engine: &core.engine,
+                devices: &core.devices,
+                unregistered: &core.unregistered,
+            };
+            self.run_shards(&shared, &mut work)
+        };
+        for w in work {
+            core.slots.insert(w.device, w.slot);
+        }
+        let mut tagged: Vec<(usize, Change, i64)> = Vec::new();
+        let mut archived: Vec<(usize, crate::archive::Record)> = Vec::new();
+        for out in outs {
+            tally.absorb(out.tally);
+            tagged.extend(out.changes);
+            archived.extend(out.archived);
+        }
+        // Stable: the changes of one item keep their order.
+        tagged.sort_by_key(|(idx, _, _)| *idx);
+        archived.sort_by_key(|(idx, _)| *idx);
+        changes.extend(tagged.into_iter().map(|(_, c, r)| (c, r)));
+        tally.archived.extend(archived.into_iter().map(|(_, a)| a));
         self.metrics.readings.inc_by(stats.readings as u64);
         stats.changes = changes.len();
         tally.sparkplug = self.formats.take_changed();
@@ -749,45 +861,196 @@ impl App {
         Ok(stats)
     }
 
-    /// Applies one reading or event to its device (whose slot exists) through the engine.
+    /// Runs the group's devices through [`App::offer`], split into shards (one per
+    /// `ingest.apply_threads`, devices dealt round-robin) that run on threads of their own.
+    /// Returns each shard's output.
+    fn run_shards(&self, sh: &Shared<'_>, work: &mut [DeviceWork]) -> Vec<ShardOut> {
+        let items: usize = work.iter().map(|w| w.items.len()).sum();
+        let k = self.apply_threads.min(work.len());
+        if k <= 1 || items < PARALLEL_MIN_ITEMS {
+            return vec![self.run_shard(sh, work.iter_mut())];
+        }
+        std::thread::scope(|scope| {
+            let mut shards: Vec<Vec<&mut DeviceWork>> = (0..k).map(|_| Vec::new()).collect();
+            for (i, w) in work.iter_mut().enumerate() {
+                shards[i % k].push(w);
+            }
+            let mut shards = shards.into_iter();
+            let mine = shards.next().unwrap_or_default();
+            let mut handles = Vec::new();
+            // Shards no thread could be started for: this thread does them after its own.
+            let mut inline = Vec::new();
+            for shard in shards {
+                // The shard goes over a channel once the thread runs, so a failed start leaves
+                // it here.
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<&mut DeviceWork>>();
+                let spawned = std::thread::Builder::new()
+                    .name("forewarn-apply".into())
+                    .spawn_scoped(scope, move || {
+                        rx.recv()
+                            .map(|shard| self.run_shard(sh, shard.into_iter()))
+                            .unwrap_or_default()
+                    });
+                match spawned {
+                    Ok(h) => match tx.send(shard) {
+                        Ok(()) => handles.push(h),
+                        Err(back) => inline.push(back.0),
+                    },
+                    Err(e) => {
+                        tracing::debug!("apply thread not started ({e}): applied in turn");
+                        inline.push(shard);
+                    }
+                }
+            }
+            let mut outs = vec![self.run_shard(sh, mine.into_iter())];
+            for shard in inline {
+                outs.push(self.run_shard(sh, shard.into_iter()));
+            }
+            for h in handles {
+                match h.join() {
+                    Ok(out) => outs.push(out),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            outs
+        })
+    }
+
+    /// Offers one shard's devices their items, in arrival order per device.
+    fn run_shard<'w>(
+        &self,
+        sh: &Shared<'_>,
+        work: impl Iterator<Item = &'w mut DeviceWork>,
+    ) -> ShardOut {
+        let mut out = ShardOut::default();
+        let mut scratch: Vec<(Change, i64)> = Vec::new();
+        let mut released: Vec<(Item, i64)> = Vec::new();
+        for w in work {
+            for q in w.items.drain(..) {
+                self.offer(
+                    sh,
+                    &w.device,
+                    &mut w.slot,
+                    q.item,
+                    q.received_ms,
+                    q.received,
+                    &mut out.tally,
+                    &mut scratch,
+                    &mut released,
+                );
+                out.changes
+                    .extend(scratch.drain(..).map(|(c, r)| (q.idx, c, r)));
+                out.archived
+                    .extend(out.tally.archived.drain(..).map(|a| (q.idx, a)));
+            }
+        }
+        out
+    }
+
+    /// One reading or event offered to its device: held by the reorder buffer until the
+    /// device's watermark passes it (whatever that releases is applied), or applied at once
+    /// without a reorder tolerance. Logs the step.
+    #[allow(clippy::too_many_arguments)]
+    fn offer(
+        &self,
+        sh: &Shared<'_>,
+        device: &str,
+        slot: &mut Slot,
+        item: Item,
+        received_ms: i64,
+        received: Instant,
+        tally: &mut Tally,
+        changes: &mut Vec<(Change, i64)>,
+        released: &mut Vec<(Item, i64)>,
+    ) {
+        let tolerance = self.settings.window.late_tolerance_ms;
+        if tolerance <= 0 {
+            // No reorder tolerance: applied in arrival order, as before.
+            let pending = match &item {
+                Item::Reading(r) => Pending::reading(r, received_ms),
+                Item::Event(e) => Pending::event(e, received_ms),
+            };
+            slot.steps.push(encode_step(&Step::Apply(&pending)));
+            self.apply(sh, slot, &item, received_ms, tally, changes);
+            return;
+        }
+        slot.last_arrival = received;
+        let reading_seq = match &item {
+            Item::Reading(r) => r.seq,
+            Item::Event(_) => None,
+        };
+        // Whether an event at or before the newest applied one of its kind was seen (the state
+        // only changes once the offer's releases are applied, below).
+        let event_applied = match &item {
+            Item::Event(e) => slot.state.has_applied_event_like(e),
+            Item::Reading(_) => false,
+        };
+        let pending = Pending::from_item(item, received_ms);
+        let step = encode_step(&Step::Offer {
+            tolerance_ms: tolerance,
+            item: &pending,
+        });
+        match slot.reorder.offer(pending, tolerance) {
+            Offer::Held => slot.steps.push(step),
+            // A redelivery of a reading applied long ago is a duplicate, not a loss.
+            Offer::Late
+                if reading_seq
+                    .zip(slot.state.last_seq)
+                    .is_some_and(|(s, l)| s <= l) =>
+            {
+                tally.duplicates += 1
+            }
+            // Likewise an event at or before the newest applied one of its kind: events carry
+            // no `seq`, so that is how a redelivery is told from a late arrival.
+            Offer::Late if event_applied => tally.duplicates += 1,
+            Offer::Late => tally.late += 1,
+            Offer::Duplicate => tally.duplicates += 1,
+        }
+        slot.reorder.release(device, released);
+        for (item, received_ms) in released.drain(..) {
+            self.apply(sh, slot, &item, received_ms, tally, changes);
+        }
+    }
+
+    /// Applies one reading or event to its device through the engine.
     fn apply(
         &self,
-        core: &mut Core,
+        sh: &Shared<'_>,
+        slot: &mut Slot,
         item: &Item,
         received_ms: i64,
         tally: &mut Tally,
         changes: &mut Vec<(Change, i64)>,
-    ) -> Result<(), CoreError> {
+    ) {
         let mut scratch: Vec<Change> = Vec::new();
         match item {
             Item::Reading(r) => {
-                let dev = core.devices.get(&r.device_id);
-                if dev.is_none() && !core.unregistered.contains(r.device_id.as_str()) {
-                    core.unregistered.insert(r.device_id.clone());
-                    self.metrics
-                        .unregistered_devices
-                        .set(core.unregistered.len() as i64);
+                let dev = sh.devices.get(&r.device_id);
+                if dev.is_none()
+                    && !sh.unregistered.contains(r.device_id.as_str())
+                    && !tally.unregistered.contains(&r.device_id)
+                {
+                    tally.unregistered.push(r.device_id.clone());
                 }
                 let ctx = DeviceCtx {
                     attrs: dev.map(|d| &d.attributes),
                     customer_id: dev.and_then(|d| d.customer_id.as_deref()),
                 };
-                let slot = core
-                    .slots
-                    .get_mut(r.device_id.as_str())
-                    .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
                 let before = slot.state.last_scored_ts;
                 let mut scored = Vec::new();
                 let last_seq = slot.state.last_seq;
                 let (obs, reset) = apply_reading(
-                    &core.engine,
+                    sh.engine,
                     &mut slot.state,
                     &mut slot.live,
                     ctx,
                     r,
                     &mut scratch,
-                    self.drift.as_ref().map(|_| &mut scored),
+                    Some(&mut scored),
                 );
+                if !scored.is_empty() {
+                    self.note_watches(&scored);
+                }
                 // The last `seq` before this reading, unless the reading restarted the counter.
                 let prev_seq = if let Some((last, seq)) = reset {
                     tally.resets += 1;
@@ -796,9 +1059,11 @@ impl App {
                 } else {
                     last_seq
                 };
-                tally
-                    .scores
-                    .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
+                if self.drift.is_some() {
+                    tally
+                        .scores
+                        .extend(scored.into_iter().map(|s| (s.mode, s.probability)));
+                }
                 if let (Observed::Applied, Some(seq), Some(prev)) = (obs, r.seq, prev_seq) {
                     let gap = seq.saturating_sub(prev.saturating_add(1));
                     // The part of the gap the device's own rejected payloads explain.
@@ -855,16 +1120,11 @@ impl App {
                         .archived
                         .push(crate::archive::Record::Event(ev.clone()));
                 }
-                let slot = core
-                    .slots
-                    .get_mut(ev.device_id.as_str())
-                    .ok_or_else(|| CoreError::Invalid("device slot vanished".into()))?;
-                core.engine
+                sh.engine
                     .event(&mut slot.state, &mut slot.live, ev, &mut scratch);
             }
         }
         changes.extend(scratch.into_iter().map(|c| (c, received_ms)));
-        Ok(())
     }
 
     /// Commits what a group (or an idle release) did: the dirty device states and reorder
@@ -878,6 +1138,12 @@ impl App {
         durable: bool,
     ) -> Result<(), CoreError> {
         self.metrics.events.inc_by(tally.events);
+        if !tally.unregistered.is_empty() {
+            core.unregistered.extend(tally.unregistered.iter().cloned());
+            self.metrics
+                .unregistered_devices
+                .set(core.unregistered.len() as i64);
+        }
         if tally.missing > 0 || tally.resets > 0 {
             self.metrics.readings_missing.inc_by(tally.missing);
             self.metrics.seq_resets.inc_by(tally.resets);
@@ -1194,6 +1460,7 @@ impl App {
             core.slots.remove(d.as_str());
             core.unregistered.remove(d.as_str());
             gaps.remove(d.as_str());
+            self.forget_watches(d);
         }
         self.metrics.devices_forgotten.inc_by(gone.len() as u64);
         self.metrics
@@ -1272,8 +1539,18 @@ impl App {
             }
         }
         let n = released.len();
-        for (item, received_ms) in released {
-            self.apply(core, &item, received_ms, &mut tally, &mut changes)?;
+        {
+            let shared = Shared {
+                engine: &core.engine,
+                devices: &core.devices,
+                unregistered: &core.unregistered,
+            };
+            for (item, received_ms) in released {
+                let device = item.device_id();
+                if let Some(slot) = core.slots.get_mut(device) {
+                    self.apply(&shared, slot, &item, received_ms, &mut tally, &mut changes);
+                }
+            }
         }
         self.commit_group(core, &dirty, &changes, tally, true)?;
         Ok(n)
@@ -1438,6 +1715,78 @@ impl App {
     /// What the session check found amiss at start, if anything.
     pub fn session_note(&self) -> Option<String> {
         self.session_note.lock().clone()
+    }
+
+    /// Updates the watch list from one reading's scorings: a mode at or above its watch level
+    /// is listed (or its entry refreshed), one below it is dropped.
+    fn note_watches(&self, scored: &[Scoring]) {
+        let mut all = self.watches.lock();
+        for s in scored {
+            let at = || format_ts(s.ts);
+            match all.get_mut(s.device_id.as_str()) {
+                Some(list) => match list.iter().position(|w| w.mode == s.mode) {
+                    Some(i) if s.watch => {
+                        list[i].probability = s.probability;
+                        list[i].scored_at = at();
+                    }
+                    Some(i) => {
+                        list.swap_remove(i);
+                        self.metrics
+                            .watched_devices
+                            .with_label_values(&[s.mode.as_str()])
+                            .dec();
+                    }
+                    None if s.watch => {
+                        list.push(new_watch(s, at()));
+                        self.metrics
+                            .watched_devices
+                            .with_label_values(&[s.mode.as_str()])
+                            .inc();
+                    }
+                    None => {}
+                },
+                None if s.watch => {
+                    all.insert(s.device_id.clone(), vec![new_watch(s, at())]);
+                    self.metrics
+                        .watched_devices
+                        .with_label_values(&[s.mode.as_str()])
+                        .inc();
+                }
+                None => {}
+            }
+        }
+        all.retain(|_, list| !list.is_empty());
+    }
+
+    /// Drops a device's watches (the device was forgotten).
+    fn forget_watches(&self, device: &str) {
+        if let Some(list) = self.watches.lock().remove(device) {
+            for w in list {
+                self.metrics
+                    .watched_devices
+                    .with_label_values(&[w.mode.as_str()])
+                    .dec();
+            }
+        }
+    }
+
+    /// Empties the watch list (the models changed).
+    fn clear_watches(&self) {
+        let mut all = self.watches.lock();
+        for w in all.values().flatten() {
+            self.metrics
+                .watched_devices
+                .with_label_values(&[w.mode.as_str()])
+                .dec();
+        }
+        all.clear();
+    }
+
+    /// Every watched device and mode, by device id then mode.
+    pub fn watches(&self) -> Vec<Watch> {
+        let mut v: Vec<Watch> = self.watches.lock().values().flatten().cloned().collect();
+        v.sort_by(|a, b| (&a.device_id, &a.mode).cmp(&(&b.device_id, &b.mode)));
+        v
     }
 
     /// Each device's last `seq` gap, by device id.
@@ -1688,6 +2037,9 @@ impl App {
                             Ok(()) => {
                                 core.engine =
                                     Engine::new(self.settings.engine.clone(), Arc::new(models));
+                                // New models, new levels (and perhaps other modes): a device
+                                // is watched again from its next scoring under them.
+                                self.clear_watches();
                                 Ok(n)
                             }
                             Err(e) => Err(ReloadError::Store(e)),

@@ -56,6 +56,8 @@ pub struct LoadedModel {
     /// Per mode, in `artifact.modes` order: the policy's streak key and the compiled trees.
     streak_keys: Vec<String>,
     compiled: Vec<CompiledMode>,
+    /// The artifact's feature names, for tickets' evidence (formatted once, not per change).
+    names: Vec<String>,
 }
 
 impl LoadedModel {
@@ -69,6 +71,7 @@ impl LoadedModel {
                 .map(|m| streak_key(&artifact.name, &m.mode))
                 .collect(),
             compiled: artifact.modes.iter().map(CompiledMode::new).collect(),
+            names: artifact.features.names(),
             artifact,
         }
     }
@@ -298,7 +301,8 @@ impl Engine {
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
                             t.updated_at = format_ts(r.ts);
-                            t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
+                            t.evidence =
+                                a.evidence_named(mm, &x, self.cfg.evidence_features, &lm.names);
                             t.history.push(HistoryEntry {
                                 at: format_ts(r.ts),
                                 actor: "forewarn".into(),
@@ -318,7 +322,8 @@ impl Engine {
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
                             t.updated_at = format_ts(r.ts);
-                            t.evidence = a.evidence(mm, &x, self.cfg.evidence_features);
+                            t.evidence =
+                                a.evidence_named(mm, &x, self.cfg.evidence_features, &lm.names);
                             t.history.push(HistoryEntry {
                                 at: format_ts(r.ts),
                                 actor: "forewarn".into(),
@@ -334,7 +339,7 @@ impl Engine {
                             });
                         }
                     } else if above && streak >= needed {
-                        let mut t = self.open(a, mm, r, ctx, s.probability, predicted(), prio, &x);
+                        let mut t = self.open(lm, mm, r, ctx, s.probability, predicted(), prio, &x);
                         if !alert {
                             t.history.push(HistoryEntry {
                                 at: format_ts(r.ts),
@@ -361,7 +366,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
-        a: &Artifact,
+        lm: &LoadedModel,
         mm: &ModeModel,
         r: &Reading,
         ctx: DeviceCtx<'_>,
@@ -370,6 +375,7 @@ impl Engine {
         priority: Priority,
         x: &[f64],
     ) -> Ticket {
+        let a = &lm.artifact;
         let at = format_ts(r.ts);
         Ticket {
             id: ticket_id(&self.cfg.ticket_id_key, &r.device_id, &mm.mode, r.ts),
@@ -386,7 +392,7 @@ impl Engine {
                 name: a.name.clone(),
                 version: a.version.clone(),
             },
-            evidence: a.evidence(mm, x, self.cfg.evidence_features),
+            evidence: a.evidence_named(mm, x, self.cfg.evidence_features, &lm.names),
             history: vec![HistoryEntry {
                 at,
                 actor: "forewarn".into(),

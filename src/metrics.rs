@@ -55,6 +55,9 @@ pub struct Metrics {
     pub unregistered_devices: IntGauge,
     /// Model artifacts in use.
     pub models_loaded: IntGauge,
+    /// Devices at or above a mode's watch level at their latest scoring, by mode (internal: a
+    /// watch opens no ticket and sends no message).
+    pub watched_devices: IntGaugeVec,
     /// Model reloads by result (ok, error).
     pub model_reloads: IntCounterVec,
     /// Active or standby (`serve --standby`), and the takeover that made this process active.
@@ -249,6 +252,18 @@ impl Metrics {
                 "Devices seen since start that are not in the fleet registry (scored without attributes)",
             ),
             models_loaded: gauge(r, "forewarn_models_loaded", "Model artifacts in use"),
+            watched_devices: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "forewarn_watched_devices",
+                        "Devices whose latest score of a mode is at or above the mode's watch level (internal: no ticket, no message), by mode",
+                    ),
+                    &["mode"],
+                )
+                .unwrap_or_else(|_| unreachable_metric("forewarn_watched_devices"));
+                let _ = r.register(Box::new(g.clone()));
+                g
+            },
             model_reloads: counter_vec(
                 r,
                 "forewarn_model_reloads_total",

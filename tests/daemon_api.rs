@@ -63,6 +63,89 @@ async fn mutations_without_a_valid_token_are_refused() {
     stop(h, tok).await;
 }
 
+/// The watch level is internal: a device at or above it is listed by `GET /api/v1/watch` and
+/// counted by `forewarn_watched_devices`, and leaves both when its score falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_above_the_watch_level_is_listed_and_counted_until_its_score_falls() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-watch")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let dev = mqtt(&b, "watch-pub").await;
+    // The example model's watch level is its ticket level, P(overheat) 0.5 (temp 80).
+    let temps = [70.0, 70.5, 86.0, 87.0];
+    for (i, t) in temps.iter().enumerate() {
+        dev.publish(
+            "devices/watch-1/telemetry",
+            reading(i as i64, i as u64 + 1, *t),
+        )
+        .await;
+    }
+    dev.publish("devices/calm-1/telemetry", reading(0, 1, 70.0))
+        .await;
+    // Listed since the first scoring at or above the level (hour 2), updated by the next.
+    eventually(
+        "watch-1 on watch, updated by its latest scoring",
+        || async {
+            let w = api.get_json("/api/v1/watch").await;
+            w.as_array().is_some_and(|a| a.len() == 1) && w[0]["since"] != w[0]["scored_at"]
+        },
+    )
+    .await;
+    let w = api.get_json("/api/v1/watch").await;
+    assert_eq!(w[0]["device_id"], "watch-1", "{w}");
+    assert_eq!(w[0]["mode"], "overheat");
+    assert!(w[0]["probability"].as_f64().unwrap_or(0.0) > 0.99, "{w}");
+    assert_eq!(
+        api.metric("forewarn_watched_devices{mode=\"overheat\"}")
+            .await,
+        1.0
+    );
+    // New models, new levels: the list starts again from the next scoring under them.
+    assert_eq!(h.app.reload_models().ok(), Some(1));
+    assert!(api
+        .get_json("/api/v1/watch")
+        .await
+        .as_array()
+        .is_some_and(|a| a.is_empty()));
+    assert_eq!(
+        api.metric("forewarn_watched_devices{mode=\"overheat\"}")
+            .await,
+        0.0
+    );
+    dev.publish("devices/watch-1/telemetry", reading(4, 5, 88.0))
+        .await;
+    eventually("watch-1 on watch again", || async {
+        api.get_json("/api/v1/watch")
+            .await
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    assert_eq!(
+        api.metric("forewarn_watched_devices{mode=\"overheat\"}")
+            .await,
+        1.0
+    );
+    // Back to normal: off the list, and the gauge falls.
+    dev.publish("devices/watch-1/telemetry", reading(5, 6, 70.0))
+        .await;
+    eventually("watch-1 off watch", || async {
+        api.get_json("/api/v1/watch")
+            .await
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    })
+    .await;
+    assert_eq!(
+        api.metric("forewarn_watched_devices{mode=\"overheat\"}")
+            .await,
+        0.0
+    );
+    stop(h, tok).await;
+}
+
 const READER: &str = "reader-token-5150";
 const WRITER: &str = "writer-token-2112";
 
@@ -121,6 +204,7 @@ async fn every_read_route_needs_a_token_by_default() {
         ("/api/v1/customers/acme".to_string(), Scope::Read),
         ("/api/v1/customers/acme/timeline".to_string(), Scope::Read),
         ("/api/v1/gaps".to_string(), Scope::Read),
+        ("/api/v1/watch".to_string(), Scope::Read),
         ("/api/v1/rejects".to_string(), Scope::Admin),
         ("/api/v1/quarantine".to_string(), Scope::Admin),
     ];

@@ -28,6 +28,8 @@ async fn throughput_of_the_commit_path_in_process() {
     let devices = 1000;
     let batch = 10;
     let rounds = 20; // readings = devices * batch * rounds
+                     // Received now: a receipt time before the readings' timestamps rejects them (`future_ts`).
+    let received_ms = chrono::Utc::now().timestamp_millis();
     let mut groups = Vec::new();
     for r in 0..rounds {
         let mut msgs = Vec::new();
@@ -39,7 +41,7 @@ async fn throughput_of_the_commit_path_in_process() {
                     p,
                 ),
                 received: Instant::now(),
-                received_ms: 0,
+                received_ms,
             });
         }
         groups.push(msgs);
@@ -61,6 +63,12 @@ async fn throughput_of_the_commit_path_in_process() {
     println!(
         "commit path: {n} readings of {devices} devices in {el:?}: {:.0} readings/s",
         n as f64 / el.as_secs_f64()
+    );
+    assert_eq!(n, devices * batch * rounds, "every reading applied");
+    assert_eq!(
+        h.app.metrics.readings.get(),
+        (devices * batch * rounds) as u64,
+        "every reading counted"
     );
     stop(h, tok).await;
 }

@@ -10,7 +10,7 @@ use forewarn::domain::{
 use forewarn::engine::EngineConfig;
 use forewarn::store::Store;
 use forewarn::train::csv::History;
-use forewarn::train::fit::{train, EstimatorKind, TrainOptions};
+use forewarn::train::fit::{train, EstimatorKind, ServedClassifier, TrainOptions};
 use forewarn::train::select::Target;
 use std::path::Path;
 
@@ -102,6 +102,7 @@ fn belt_positives(telemetry: &Path, events: &Path) -> (usize, History) {
         folds: 4,
         alert_cap: 0.05,
         seed: 1,
+        served: ServedClassifier::FoldMean,
         name: "export".into(),
         command: String::new(),
     };

@@ -4,7 +4,7 @@ use forewarn::engine::EngineConfig;
 use forewarn::predict::ModeEvidence;
 use forewarn::train::csv::History;
 use forewarn::train::evaluate::{evaluate, EvalOptions};
-use forewarn::train::fit::{train, EstimatorKind, TrainOptions};
+use forewarn::train::fit::{train, EstimatorKind, ServedClassifier, TrainOptions};
 use forewarn::train::select::Target;
 use std::fmt::Write as _;
 
@@ -59,6 +59,7 @@ fn a_mode_with_one_failure_gets_no_ticket_level_and_never_opens_a_ticket() {
         folds: 4,
         alert_cap: 0.05,
         seed: 1,
+        served: ServedClassifier::FoldMean,
         name: "levels".into(),
         command: String::new(),
     };

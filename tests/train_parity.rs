@@ -4,7 +4,7 @@
 use forewarn::engine::EngineConfig;
 use forewarn::train::csv::History;
 use forewarn::train::evaluate::{evaluate, EvalOptions};
-use forewarn::train::fit::{train, EstimatorKind, TrainOptions};
+use forewarn::train::fit::{train, EstimatorKind, ServedClassifier, TrainOptions};
 use forewarn::train::rows::build_rows;
 use forewarn::train::select::Target;
 use std::fmt::Write as _;
@@ -56,6 +56,7 @@ fn training_rows_score_exactly_like_the_engine_scores_the_same_readings() {
         folds: 4,
         alert_cap: 0.05,
         seed: 3,
+        served: ServedClassifier::FoldMean,
         name: "parity".into(),
         command: String::new(),
     };
@@ -145,6 +146,7 @@ fn event_code_features_are_computed_alike_in_training_and_in_the_engine() {
         folds: 5,
         alert_cap: 0.05,
         seed: 3,
+        served: ServedClassifier::FoldMean,
         name: "codes".into(),
         command: String::new(),
     };

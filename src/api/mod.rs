@@ -80,6 +80,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_quarantine))
         .routes(routes!(list_gaps))
         .routes(routes!(get_cluster))
+        .routes(routes!(list_watches))
         .routes(routes!(metrics))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -600,6 +601,18 @@ async fn get_cluster(
             .map(|f| f.status())
             .unwrap_or_default(),
     )
+}
+
+/// Devices on watch: a mode's latest score is at or above its watch level (internal: a watch
+/// opens no ticket and sends no message).
+#[utoipa::path(get, path = "/api/v1/watch", tag = "operations",
+    responses((status = 200, description = "Every device and mode whose latest score is at or above the mode's watch level", body = Vec<crate::app::Watch>)),
+    security(("bearer" = ["read"])))]
+async fn list_watches(
+    State(ApiState { app, .. }): State<ApiState>,
+    _: Authorized<NeedsRead>,
+) -> Result<Json<Vec<crate::app::Watch>>, ApiError> {
+    Ok(Json(app.watches()))
 }
 
 /// Stored records that could not be decoded and were set aside.

@@ -4,7 +4,7 @@ use super::{CliResult, Failure};
 use crate::config::Config;
 use crate::domain::Dur;
 use crate::train::csv::History;
-use crate::train::fit::{self, EstimatorKind, TrainOptions};
+use crate::train::fit::{self, EstimatorKind, ServedClassifier, TrainOptions};
 use crate::train::select::Target;
 use std::path::PathBuf;
 
@@ -50,6 +50,11 @@ pub struct Args {
     /// Seed of the device split and of the boosting subsamples.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// The classifier served per mode: fold-mean (the mean of the cross-validation folds'
+    /// classifiers, whose out-of-fold scores chose the levels) or refit (one refitted on every
+    /// device).
+    #[arg(long, value_enum, default_value = "fold-mean")]
+    pub served: ServedClassifier,
     /// Model name [default: the output file's stem].
     #[arg(long)]
     pub name: Option<String>,
@@ -97,6 +102,7 @@ pub fn run(args: Args) -> CliResult {
         folds: args.folds,
         alert_cap: args.alert_cap,
         seed: args.seed,
+        served: args.served,
         name,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };

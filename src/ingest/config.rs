@@ -75,6 +75,10 @@ pub struct Config {
     pub max_batch: usize,
     /// Messages processed and committed together before their acks are sent.
     pub commit_group: usize,
+    /// Threads that apply a commit group's readings and events (scoring, ticket policy), each
+    /// taking a share of the group's devices; `0` uses one per core. A device's items are always
+    /// applied by one thread, in arrival order, so the tickets do not depend on this.
+    pub apply_threads: usize,
     /// Rejected payloads kept for inspection through the API.
     pub recent_rejects: usize,
     /// Devices kept in memory; the least recently seen beyond this are evicted (their state stays
@@ -117,6 +121,7 @@ impl Default for Config {
             max_payload_bytes: 256 * 1024,
             max_batch: 1000,
             commit_group: 256,
+            apply_threads: 0,
             recent_rejects: 200,
             max_devices_in_memory: 1_000_000,
             reorder_idle: None,

@@ -43,6 +43,13 @@ impl Item {
             Item::Event(e) => e.ts,
         }
     }
+
+    pub fn device_id(&self) -> &str {
+        match self {
+            Item::Reading(r) => &r.device_id,
+            Item::Event(e) => &e.device_id,
+        }
+    }
 }
 
 /// What became of an offered item.
@@ -156,6 +163,28 @@ impl Pending {
 }
 
 impl Pending {
+    /// What the buffer holds of an item, taking its metrics rather than copying them.
+    pub fn from_item(item: Item, received_ms: i64) -> Pending {
+        match item {
+            Item::Reading(r) => Pending {
+                ts: r.ts,
+                event: None,
+                code: String::new(),
+                seq: r.seq,
+                metrics: r.metrics,
+                received_ms,
+            },
+            Item::Event(e) => Pending {
+                ts: e.ts,
+                event: Some(e.kind),
+                code: e.code,
+                seq: None,
+                metrics: Vec::new(),
+                received_ms,
+            },
+        }
+    }
+
     /// The reading or event again, with its receipt time.
     pub fn into_item(self, device: &str) -> (Item, i64) {
         let p = self;

@@ -831,7 +831,18 @@ impl Artifact {
 
     /// The `k` features that pushed this mode's score up the most.
     pub fn evidence(&self, mode: &ModeModel, x: &[f64], k: usize) -> Vec<Evidence> {
-        let names = self.features.names();
+        self.evidence_named(mode, x, k, &self.features.names())
+    }
+
+    /// [`Artifact::evidence`] with the feature names given (`self.features.names()`, formatted
+    /// once per loaded model rather than for every ticket change).
+    pub fn evidence_named(
+        &self,
+        mode: &ModeModel,
+        x: &[f64],
+        k: usize,
+        names: &[String],
+    ) -> Vec<Evidence> {
         let c = mode.classifier.contributions(x, names.len());
         let mut idx: Vec<usize> = (0..c.len())
             .filter(|&i| c[i] > 0.0 && c[i].is_finite())

@@ -3,7 +3,8 @@
 //!
 //! The story of a reading: the MQTT polling task (`ingest::mqtt::drive`) forwards publishes over
 //! a bounded channel → the processing thread takes what has arrived (up to
-//! `ingest.commit_group`), runs it through the engine under the core lock and applies its steps
+//! `ingest.commit_group`), runs it through the engine under the core lock (the group's devices
+//! shared out to `ingest.apply_threads` threads, each device on one) and applies its steps
 //! (one step log record), tickets and outbox rows in one atomic batch
 //! (`app::App::process_group_applied`) → the flusher makes it durable (one fsync for every group
 //! waiting, while the processor goes on with the next) → the acker sends the group's acks → the

@@ -6,9 +6,11 @@
 //! failing devices spread over the folds; never the evaluation set). Each fold's classifier is
 //! fitted on the other folds, early-stopped on its own fold and scores it: those out-of-fold
 //! scores, over every training device, choose the number of boosting rounds, the calibration,
-//! the thresholds and `consecutive`, and give the per-mode figures the artifact reports. The final
-//! classifier is then fitted on every device with the chosen rounds. A mode with too few failures,
-//! or whose out-of-fold tickets were not mostly right, may only raise a watch.
+//! the thresholds and `consecutive`, and give the per-mode figures the artifact reports. The
+//! served classifier is the mean (in log-odds) of those fold classifiers, so the levels keep on
+//! new devices the meaning they had out of fold ([`ServedClassifier`]; a classifier refitted on
+//! every device with the chosen rounds on request). A mode with too few failures, or whose
+//! out-of-fold tickets were not mostly right, may only raise a watch.
 
 use super::csv::History;
 use super::gbm::{GbmParams, Loss};
@@ -54,8 +56,25 @@ pub struct TrainOptions {
     /// Cap on false customer alerts per device-month, out of fold.
     pub alert_cap: f64,
     pub seed: u64,
+    /// Which classifier the artifact serves.
+    pub served: ServedClassifier,
     pub name: String,
     pub command: String,
+}
+
+/// Which classifier an artifact serves for each mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServedClassifier {
+    /// The mean, in log-odds, of the cross-validation folds' classifiers (the default). Each of
+    /// them is the kind of model whose out-of-fold scores chose the calibration and the levels,
+    /// so a level means on a new device what it meant out of fold. A model refitted on every
+    /// device scores the top of the range less extremely than the fold models did, and levels
+    /// chosen at the top (the customer alert's) were then never reached.
+    FoldMean,
+    /// One classifier refitted on every training device with the folds' median rounds (the
+    /// earlier default; the linear estimator always uses it).
+    Refit,
 }
 
 /// Default cap of the regression target: four horizons. Far beyond the horizon a ticket's
@@ -72,6 +91,9 @@ pub struct ModeSummary {
     pub rows: usize,
     pub positives: usize,
     pub classifier_rounds: Option<usize>,
+    /// Trees the served classifier holds (every fold's, when it is the folds' mean).
+    pub classifier_trees: Option<usize>,
+    pub served: ServedClassifier,
     pub regressor_rounds: Option<usize>,
     pub consecutive: u16,
     pub validation: ValidationMetrics,
@@ -255,6 +277,49 @@ fn fit_one(
     }
 }
 
+/// The mean in log-odds (before the link) of tree ensembles, as one ensemble: every model's
+/// trees with leaves scaled by its learning rate, at learning rate 1/n, and the mean of the
+/// bases. It scores exactly the mean of the models' raw outputs. `None` unless there are at least
+/// two models, all trees with the same link.
+pub fn mean_of_trees(models: &[Estimator]) -> Option<Estimator> {
+    if models.len() < 2 {
+        return None;
+    }
+    let n = models.len() as f64;
+    let mut base_sum = 0.0;
+    let mut all = Vec::new();
+    let mut link0 = None;
+    for m in models {
+        let Estimator::Trees {
+            base,
+            learning_rate,
+            trees,
+            link,
+        } = m
+        else {
+            return None;
+        };
+        if link0.is_some_and(|l| l != *link) {
+            return None;
+        }
+        link0 = Some(*link);
+        base_sum += base;
+        for t in trees {
+            let mut t = t.clone();
+            for node in &mut t.nodes {
+                node.value *= learning_rate;
+            }
+            all.push(t);
+        }
+    }
+    Some(Estimator::Trees {
+        base: base_sum / n,
+        learning_rate: 1.0 / n,
+        trees: all,
+        link: link0?,
+    })
+}
+
 /// Trains the artifact. `fingerprint` is the SHA-256 of the input files.
 pub fn train(
     h: &History,
@@ -367,6 +432,7 @@ pub fn train(
         // Out of fold: each fold scored by a classifier that never saw its devices.
         let mut oof = vec![f64::NAN; rows.len()];
         let mut rounds = Vec::new();
+        let mut fold_models = Vec::new();
         if k >= 2 {
             for f in 0..k {
                 let (ti, ty) = labelled(&|d| fold[d] != f);
@@ -394,21 +460,42 @@ pub fn train(
                         *o = m.estimator.predict(rows.row(i));
                     }
                 }
+                fold_models.push(m.estimator);
                 pb.inc(1);
             }
         }
         rounds.sort_unstable();
         let chosen_rounds = rounds.get(rounds.len() / 2).copied();
-        let cls = fit_one(
-            opts.estimator,
-            Loss::Logistic,
-            rows,
-            &all_i,
-            &all_y,
-            None,
-            opts.seed,
-            chosen_rounds,
-        )?;
+        let fold_mean = match opts.served {
+            ServedClassifier::FoldMean => mean_of_trees(&fold_models),
+            ServedClassifier::Refit => None,
+        };
+        let (cls, served) = match fold_mean {
+            Some(estimator) => (
+                Fitted {
+                    estimator,
+                    rounds: chosen_rounds,
+                },
+                ServedClassifier::FoldMean,
+            ),
+            None => (
+                fit_one(
+                    opts.estimator,
+                    Loss::Logistic,
+                    rows,
+                    &all_i,
+                    &all_y,
+                    None,
+                    opts.seed,
+                    chosen_rounds,
+                )?,
+                ServedClassifier::Refit,
+            ),
+        };
+        let classifier_trees = match &cls.estimator {
+            Estimator::Trees { trees, .. } => Some(trees.len()),
+            Estimator::Linear { .. } => None,
+        };
         pb.inc(1);
 
         // Regressor: early-stopped on the first fold, then refitted on every device.
@@ -600,6 +687,8 @@ pub fn train(
             rows: rows.len(),
             positives,
             classifier_rounds: cls.rounds,
+            classifier_trees,
+            served,
             regressor_rounds: reg.as_ref().and_then(|r| r.rounds),
             consecutive,
             validation: vm.clone(),
@@ -676,6 +765,62 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fold_mean_scores_the_mean_log_odds_of_the_fold_models() {
+        use crate::predict::{Link, Node, Tree, LEAF};
+        let stump = |feature: u32, threshold: f64, lo: f64, hi: f64| Tree {
+            nodes: vec![
+                Node {
+                    feature,
+                    threshold,
+                    left: 1,
+                    right: 2,
+                    value: (lo + hi) / 2.0,
+                    missing_left: true,
+                },
+                Node {
+                    feature: LEAF,
+                    threshold: 0.0,
+                    left: 0,
+                    right: 0,
+                    value: lo,
+                    missing_left: true,
+                },
+                Node {
+                    feature: LEAF,
+                    threshold: 0.0,
+                    left: 0,
+                    right: 0,
+                    value: hi,
+                    missing_left: true,
+                },
+            ],
+        };
+        let a = Estimator::Trees {
+            base: -3.0,
+            learning_rate: 0.1,
+            trees: vec![stump(0, 1.0, -2.0, 5.0), stump(1, 0.0, 1.0, -1.0)],
+            link: Link::Logistic,
+        };
+        let b = Estimator::Trees {
+            base: -1.0,
+            learning_rate: 0.3,
+            trees: vec![stump(1, 2.0, 0.5, 4.0)],
+            link: Link::Logistic,
+        };
+        let mean = mean_of_trees(&[a.clone(), b.clone()]).expect("two tree models");
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        for x in [[0.0, -1.0], [2.0, 1.0], [0.5, 3.0], [f64::NAN, 5.0]] {
+            let want = (logit(a.predict(&x)) + logit(b.predict(&x))) / 2.0;
+            let got = logit(mean.predict(&x));
+            assert!((got - want).abs() < 1e-9, "{x:?}: {got} vs {want}");
+            // Compiled for serving, it scores the same.
+            let flat = crate::predict::FlatTrees::compile(&mean).expect("compiles");
+            assert!((flat.predict(&x) - mean.predict(&x)).abs() < 1e-12);
+        }
+        assert!(mean_of_trees(&[a]).is_none(), "one model is not a mean");
+    }
 
     #[test]
     fn calibration_is_monotone_and_moves_probabilities_toward_frequencies() {
