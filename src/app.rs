@@ -89,6 +89,21 @@ pub trait Fleetwide: Send + Sync {
     fn claim(&self, change: &Change) -> Result<bool, ClaimError>;
     /// The partition assignment as this instance last saw it (`GET /api/v1/cluster`).
     fn status(&self) -> ClusterStatus;
+    /// The live instances and where their APIs answer, for the fleet-wide API (`api::fleet`).
+    fn peers(&self) -> Peers;
+    /// The instance holding the lease of the device's partition, as last read; its copy of the
+    /// device's tickets is the authoritative one.
+    fn owner(&self, device: &str) -> Option<String>;
+}
+
+/// The fleet as the API sees it: who this instance is, the live instances with the API
+/// address each advertised in its membership record, and how long to wait for one of them.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    pub me: String,
+    /// Instance name → API base URL (`None`: it advertised none, e.g. an older version).
+    pub apis: std::collections::BTreeMap<String, Option<String>>,
+    pub timeout: std::time::Duration,
 }
 
 /// Cluster mode as one instance sees it: `GET /api/v1/cluster`.

@@ -1,8 +1,10 @@
 //! Cluster mode against a real nats-server (started by the test, with JetStream and the
 //! partition mapping): the server and forewarn agree on every device's partition; three
 //! `forewarn serve` processes share a history's partitions, one is killed with SIGKILL mid-stream,
-//! the others take its partitions over within the lease time, and the tickets of the fleet are
-//! exactly the backtest's, none opened twice.
+//! the others take its partitions over within the lease time, a fourth joins mid-stream and gets
+//! its share, and the tickets of the fleet are exactly the backtest's, none opened twice; every
+//! instance answers the ticket API for the whole fleet, and a transition posted to one that does
+//! not own the ticket is made by the owner and seen from every instance.
 #![cfg(feature = "embedded-broker")]
 
 mod ci_support;
@@ -293,6 +295,37 @@ async fn ownership(
     Some(out)
 }
 
+/// `GET /api/v1/tickets` of one instance (in cluster mode: the fleet's).
+async fn fleet_list(http: &reqwest::Client, api: &str, more: &str) -> Vec<Ticket> {
+    let v = get_json(
+        http,
+        &format!("http://{api}/api/v1/tickets?limit=10000{more}"),
+    )
+    .await
+    .expect("tickets readable");
+    serde_json::from_value(v).unwrap()
+}
+
+fn assert_no_duplicates(list: &[Ticket], from: &str) {
+    let ids: BTreeSet<&str> = list.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids.len(), list.len(), "a ticket listed twice by {from}");
+    let keys: BTreeSet<(&str, &str, &str)> = list
+        .iter()
+        .map(|t| {
+            (
+                t.device_id.as_str(),
+                t.failure_mode.as_str(),
+                t.opened_at.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        list.len(),
+        "a ticket opened twice, listed by {from}"
+    );
+}
+
 /// Whether the owned sets cover every partition exactly once.
 fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
     let mut all: Vec<u32> = own.values().flatten().copied().collect();
@@ -316,7 +349,8 @@ async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tickets() {
+async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_tickets_and_any_answers_for_the_fleet(
+) {
     let Some(nats) = NatsServer::start("cluster_nats drill", PARTITIONS, PREFIX) else {
         return;
     };
@@ -329,9 +363,8 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
     let model = demo_model();
     let lease = Duration::from_secs(3);
 
-    let mut instances = Vec::new();
-    let mut backtest = Vec::new();
-    for name in ["fw-a", "fw-b", "fw-c"] {
+    // A `forewarn serve --config …` in cluster mode, its own data directory and API port.
+    let start = |name: &str| {
         let setup = DaemonSetup {
             broker_url: broker_url.clone(),
             topic_prefix: "devices".into(),
@@ -340,9 +373,7 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
             replay_chunk: None,
         };
         let mut cfg = daemon_config(&setup, &model, &hist);
-        if backtest.is_empty() {
-            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
-        }
+        let plain = cfg.clone();
         let api = format!("127.0.0.1:{}", free_port());
         cfg.api.listen = api.clone();
         cfg.cluster.url = Some(nats.url());
@@ -363,12 +394,22 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        instances.push(Instance {
+        let instance = Instance {
             name: name.into(),
             child: Some(child),
             api,
             log,
-        });
+        };
+        (instance, plain)
+    };
+    let mut instances = Vec::new();
+    let mut backtest = Vec::new();
+    for name in ["fw-a", "fw-b", "fw-c"] {
+        let (instance, cfg) = start(name);
+        if backtest.is_empty() {
+            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
+        }
+        instances.push(instance);
     }
     let modes: BTreeSet<&str> = backtest.iter().map(|t| t.failure_mode.as_str()).collect();
     assert!(
@@ -452,7 +493,8 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         .find(|i| i.name == victim)
         .unwrap()
         .kill();
-    publish(&messages[half..]).await;
+    let three_quarters = messages.len() * 3 / 4;
+    publish(&messages[half..three_quarters]).await;
 
     // Take-over: the survivors own every partition and have finished replaying.
     let survivors: Vec<&Instance> = instances.iter().filter(|i| i.name != victim).collect();
@@ -492,6 +534,43 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
     // round (a third of it) + the round's own requests and this poll: 4 s and some; two leases
     // leave room for a loaded machine.
     assert!(acquired <= lease * 2, "the leases moved after {acquired:?}");
+
+    // A fourth instance joins mid-stream: started, then the last quarter of the history is
+    // published while it joins; it takes its rendezvous share from the survivors (handed on,
+    // not expired) and replays those partitions.
+    let joined_at = Instant::now();
+    let (fourth, _) = start("fw-d");
+    instances.push(fourth);
+    publish(&messages[three_quarters..]).await;
+    let live: Vec<&Instance> = instances.iter().filter(|i| i.name != victim).collect();
+    let survivors = live;
+    loop {
+        if let Some(own) = ownership(&http, &survivors, true).await {
+            let members: Vec<String> = own.keys().cloned().collect();
+            if covers_all(&own)
+                && own
+                    .iter()
+                    .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
+            {
+                assert!(!own["fw-d"].is_empty(), "fw-d got no partition: {own:?}");
+                eprintln!(
+                    "fw-d joined: assignment {own:?} settled {:.2} s after its start",
+                    joined_at.elapsed().as_secs_f64()
+                );
+                break;
+            }
+        }
+        assert!(
+            joined_at.elapsed() < Duration::from_secs(60),
+            "fw-d never got its share:\n{}",
+            survivors
+                .iter()
+                .map(|i| i.log_tail())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Every partition drained: nothing pending nor unacknowledged on any durable consumer.
     let stream = js.get_stream("FOREWARN").await.unwrap();
@@ -547,8 +626,8 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         let same = {
             let key = |t: &Ticket| {
                 format!(
-                    "{} {} {} {:?}",
-                    t.device_id, t.failure_mode, t.opened_at, t.status
+                    "{} {} {} {:?} {}",
+                    t.device_id, t.failure_mode, t.opened_at, t.status, t.updated_at
                 )
             };
             let a: BTreeSet<String> = backtest.iter().map(key).collect();
@@ -561,6 +640,25 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_same_tickets(&backtest, &live);
+
+    // The API is the fleet's: every instance lists the whole fleet's tickets, each once, and
+    // finds any of them by id.
+    for i in &survivors {
+        let fleet = fleet_list(&http, &i.api, "").await;
+        assert_no_duplicates(&fleet, &i.name);
+        assert_same_tickets(&backtest, &fleet);
+        for t in backtest.iter().take(3) {
+            let id = &live
+                .iter()
+                .find(|l| l.device_id == t.device_id && l.opened_at == t.opened_at)
+                .expect("in the fleet")
+                .id;
+            let one = get_json(&http, &format!("http://{}/api/v1/tickets/{id}", i.api))
+                .await
+                .expect("any instance finds any ticket");
+            assert_eq!(one["id"].as_str(), Some(id.as_str()));
+        }
+    }
 
     // One claim per ticket in the fleet-wide bucket, and no claim the backtest does not have.
     let claims = js.get_key_value("forewarn-tickets").await.unwrap();
@@ -602,7 +700,12 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         live.len(),
         claimed.len()
     );
-    let names: Vec<String> = survivors.iter().map(|i| i.name.clone()).collect();
+    // Of the two first-generation survivors, one leaves; the other and fw-d stay.
+    let names: Vec<String> = survivors
+        .iter()
+        .filter(|i| i.name != "fw-d")
+        .map(|i| i.name.clone())
+        .collect();
 
     // A graceful leave: SIGTERM hands the leaver's partitions on when it stops, without waiting
     // for its leases to expire; the last instance then holds the whole fleet's tickets.
@@ -628,23 +731,27 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
     };
     let exited = left_at.elapsed();
     assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
-    let last = instances.iter().find(|i| &i.name == stayer).unwrap();
+    let remaining: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.name == *stayer || i.name == "fw-d")
+        .collect();
+    let last = remaining[0];
     let handed = loop {
-        if let Some(own) = ownership(&http, &[last], false).await {
+        if let Some(own) = ownership(&http, &remaining, false).await {
             if covers_all(&own) {
                 break left_at.elapsed();
             }
         }
         assert!(
             left_at.elapsed() < Duration::from_secs(30),
-            "{stayer} never took over {leaver}'s partitions:\n{}",
+            "{stayer} and fw-d never took over {leaver}'s partitions:\n{}",
             last.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!(
-        "SIGTERM to {leaver}: exited after {:.2} s; {stayer} held every lease {:.2} s after the \
-         signal",
+        "SIGTERM to {leaver}: exited after {:.2} s; {stayer} and fw-d held every lease {:.2} s \
+         after the signal",
         exited.as_secs_f64(),
         handed.as_secs_f64()
     );
@@ -655,22 +762,14 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
     );
     let settle = Instant::now();
     let last_tickets = loop {
-        let tickets = match ownership(&http, &[last], true).await {
-            Some(_) => {
-                let v = get_json(
-                    &http,
-                    &format!("http://{}/api/v1/tickets?limit=10000", last.api),
-                )
-                .await
-                .expect("tickets readable");
-                serde_json::from_value::<Vec<Ticket>>(v).unwrap()
-            }
-            None => Vec::new(),
+        let tickets = match ownership(&http, &remaining, true).await {
+            Some(own) if covers_all(&own) => fleet_list(&http, &last.api, "").await,
+            _ => Vec::new(),
         };
         let key = |t: &Ticket| {
             format!(
-                "{} {} {} {:?}",
-                t.device_id, t.failure_mode, t.opened_at, t.status
+                "{} {} {} {:?} {}",
+                t.device_id, t.failure_mode, t.opened_at, t.status, t.updated_at
             )
         };
         let a: BTreeSet<String> = backtest.iter().map(key).collect();
@@ -681,6 +780,93 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_same_tickets(&backtest, &last_tickets);
+    assert_no_duplicates(&last_tickets, &last.name);
+
+    // A transition posted to an instance that does not own the ticket's device lands on the
+    // owner, and every instance then shows it.
+    let own = ownership(&http, &remaining, true)
+        .await
+        .expect("ownership readable");
+    let owner_of = |device: &str| {
+        let p = partition::of_device(device, PARTITIONS);
+        own.iter()
+            .find(|(_, o)| o.contains(&p))
+            .map(|(n, _)| n.clone())
+            .expect("every partition owned")
+    };
+    let target = last_tickets
+        .iter()
+        .find(|t| t.status == forewarn::domain::Status::Open)
+        .expect("an open ticket");
+    let owner_name = owner_of(&target.device_id);
+    let owner = remaining.iter().find(|i| i.name == owner_name).unwrap();
+    let other = remaining.iter().find(|i| i.name != owner_name).unwrap();
+    let resp = http
+        .post(format!(
+            "http://{}/api/v1/tickets/{}/transitions",
+            other.api, target.id
+        ))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"to": "acknowledged", "note": "seen from the other instance"}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert!(
+        status.is_success(),
+        "transition through {} (not the owner {owner_name}): {status} {body}",
+        other.name
+    );
+    let local = |api: &str| {
+        let http = http.clone();
+        let url = format!("http://{api}/api/v1/tickets/{}", target.id);
+        async move {
+            let r = http
+                .get(url)
+                .bearer_auth(TOKEN)
+                .header("x-forewarn-scope", "instance")
+                .send()
+                .await
+                .unwrap();
+            match r.status().is_success() {
+                true => Some(r.json::<Ticket>().await.unwrap().status),
+                false => None,
+            }
+        }
+    };
+    assert_eq!(
+        local(&owner.api).await,
+        Some(forewarn::domain::Status::Acknowledged),
+        "made on the owner {owner_name}"
+    );
+    assert_ne!(
+        local(&other.api).await,
+        Some(forewarn::domain::Status::Acknowledged),
+        "not made on {}, which only forwarded it",
+        other.name
+    );
+    for i in &remaining {
+        let one = get_json(
+            &http,
+            &format!("http://{}/api/v1/tickets/{}", i.api, target.id),
+        )
+        .await
+        .expect("readable from every instance");
+        assert_eq!(one["status"], "acknowledged", "seen from {}", i.name);
+        let acked = fleet_list(&http, &i.api, "&status=acknowledged").await;
+        assert!(
+            acked.iter().any(|t| t.id == target.id),
+            "listed as acknowledged by {}",
+            i.name
+        );
+        let open = fleet_list(&http, &i.api, "&status=open").await;
+        assert!(
+            !open.iter().any(|t| t.id == target.id),
+            "a stale open copy is not listed by {}",
+            i.name
+        );
+    }
 
     // The dispatcher's ticket publishes went out through NATS's MQTT listener.
     let text = http
@@ -699,4 +885,36 @@ async fn three_instances_one_killed_take_over_and_open_exactly_the_backtests_tic
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(delivered > 0.0, "no ticket change dispatched:\n{text}");
+
+    // An instance that stops answering (SIGSTOP: its membership key lives on until its lease
+    // runs out) makes a fleet read fail with 503 naming it, rather than a list without its share.
+    let (stopped, asked) = (other, owner);
+    let pid = instances
+        .iter()
+        .find(|i| i.name == stopped.name)
+        .and_then(|i| i.child.as_ref())
+        .map(|c| c.id())
+        .expect("running");
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSTOP);
+    }
+    let resp = http
+        .get(format!("http://{}/api/v1/tickets", asked.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&stopped.name) && message.contains("no answer within"),
+        "the 503 names {} and says it timed out: {message}",
+        stopped.name
+    );
+    eprintln!(
+        "{} stopped: {} answered 503: {message}",
+        stopped.name, asked.name
+    );
 }

@@ -11,6 +11,7 @@
 pub mod auth;
 mod config;
 mod error;
+pub mod fleet;
 pub mod openapi;
 pub mod server;
 
@@ -39,6 +40,22 @@ use utoipa_axum::routes;
 struct ApiState {
     app: Arc<App>,
     auth: Arc<Auth>,
+    /// Cluster mode: the client the fleet-wide routes ask the other instances with.
+    http: Option<reqwest::Client>,
+}
+
+impl ApiState {
+    /// In cluster mode, unless the request asks for this instance only: the fleet and the
+    /// client to reach it.
+    fn fleet(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<(&dyn crate::app::Fleetwide, &reqwest::Client)> {
+        if fleet::instance_scope(headers) {
+            return None;
+        }
+        Some((self.app.fleetwide.as_deref()?, self.http.as_ref()?))
+    }
 }
 
 impl FromRef<ApiState> for Arc<Auth> {
@@ -78,7 +95,12 @@ pub(crate) fn routes_openapi() -> utoipa::openapi::OpenApi {
 /// All routes of the API with the app as state.
 pub fn router(app: Arc<App>, auth: Arc<Auth>, cfg: &Config) -> Router {
     let limit = cfg.max_body_bytes;
-    let state = ApiState { app, auth };
+    // Built only in cluster mode: `serve` has installed the TLS provider by then.
+    let http = match app.fleetwide {
+        Some(_) => reqwest::Client::builder().build().ok(),
+        None => None,
+    };
+    let state = ApiState { app, auth, http };
     let (router, _) = routes().split_for_parts();
     router
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -196,15 +218,18 @@ const MAX_LIST: usize = 10_000;
 #[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets",
     params(TicketQuery),
     responses(
-        (status = 200, description = "Tickets, newest change first", body = Vec<Ticket>),
+        (status = 200, description = "Tickets, newest change first (in cluster mode: the whole fleet's, each ticket as its owner has it)", body = Vec<Ticket>),
         (status = 400, description = "A query parameter is not valid", body = ErrorBody),
+        (status = 503, description = "Cluster mode: an instance did not answer (the message names it)", body = ErrorBody),
     ),
     security(("bearer" = ["read"])))]
 async fn list_tickets(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(state): State<ApiState>,
     _: Authorized<NeedsRead>,
+    headers: axum::http::HeaderMap,
     q: Result<Query<TicketQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Ticket>>, ApiError> {
+    let app = state.app.clone();
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -230,12 +255,31 @@ async fn list_tickets(
             check_id(what, v)?;
         }
     }
+    let limit = q.limit.unwrap_or(1000).min(MAX_LIST);
+    let fleet = state.fleet(&headers);
+    // For the fleet, every instance lists all it has under the filters a stale copy cannot
+    // fool (device, customer, `since`: the owner's copy changed no earlier than a stale one);
+    // status and limit apply to the merged list.
+    let peer_query = {
+        let mut qs = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("device_id", &q.device_id),
+            ("customer_id", &q.customer_id),
+            ("since", &q.since),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                qs.append_pair(k, v);
+            }
+        }
+        qs.append_pair("limit", &MAX_LIST.to_string());
+        qs.finish()
+    };
     let filter = TicketFilter {
-        status,
+        status: if fleet.is_some() { None } else { status },
         device_id: q.device_id,
         customer_id: q.customer_id,
         since_ms,
-        limit: Some(q.limit.unwrap_or(1000).min(MAX_LIST)),
+        limit: Some(if fleet.is_some() { MAX_LIST } else { limit }),
     };
     let app2 = app.clone();
     let list = blocking(move || {
@@ -244,32 +288,46 @@ async fn list_tickets(
             .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await?;
-    Ok(Json(list))
+    match fleet {
+        Some((fw, http)) => Ok(Json(
+            fleet::list(fw, http, &headers, &peer_query, list, status, limit).await?,
+        )),
+        None => Ok(Json(list)),
+    }
 }
 
 /// One ticket, with its evidence and history.
 #[utoipa::path(get, path = "/api/v1/tickets/{id}", tag = "tickets",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     responses(
-        (status = 200, description = "The ticket", body = Ticket),
+        (status = 200, description = "The ticket (in cluster mode: as the owner of its device's partition has it)", body = Ticket),
         (status = 400, description = "The id is not valid", body = ErrorBody),
         (status = 404, description = "No such ticket", body = ErrorBody),
+        (status = 503, description = "Cluster mode: an instance did not answer (the message names it)", body = ErrorBody),
     ),
     security(("bearer" = ["read"])))]
 async fn get_ticket(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(state): State<ApiState>,
     _: Authorized<NeedsRead>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Ticket>, ApiError> {
     check_id("ticket", &id)?;
-    match app.store.ticket(&id) {
-        Ok(Some(t)) => Ok(Json(t)),
-        Ok(None) => Err(ApiError::not_found(format!("ticket {id} not found"))),
-        Err(e) => Err(ApiError::internal(e.to_string())),
-    }
+    let mine = state
+        .app
+        .store
+        .ticket(&id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let found = match state.fleet(&headers) {
+        Some((fw, http)) => fleet::get(fw, http, &headers, &id, mine).await?,
+        None => mine,
+    };
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("ticket {id} not found")))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
     /// The status to move to.
@@ -284,7 +342,8 @@ struct TransitionBody {
     outcome: Option<crate::domain::Outcome>,
 }
 
-/// Move a ticket to another status.
+/// Move a ticket to another status (in cluster mode: made by the owner of the ticket's device's
+/// partition, to which any other instance forwards it).
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/transitions", tag = "tickets",
     params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
     request_body = TransitionBody,
@@ -293,14 +352,17 @@ struct TransitionBody {
         (status = 400, description = "The id or the body is not valid", body = ErrorBody),
         (status = 404, description = "No such ticket", body = ErrorBody),
         (status = 409, description = "The ticket cannot move from its status to `to`", body = ErrorBody),
+        (status = 503, description = "Cluster mode: the owner of the ticket's device did not answer, or the device's partition has no owner right now", body = ErrorBody),
     ),
     security(("bearer" = ["write"])))]
 async fn post_transition(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(state): State<ApiState>,
     _: Authorized<NeedsWrite>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<TransitionBody>, JsonRejection>,
-) -> Result<Json<Ticket>, ApiError> {
+) -> Result<Response, ApiError> {
+    let app = state.app.clone();
     check_id("ticket", &id)?;
     let body = json_body(body)?;
     let to = Status::parse(&body.to).ok_or_else(|| {
@@ -311,6 +373,26 @@ async fn post_transition(
     })?;
     if body.note.len() > 4096 {
         return Err(ApiError::bad_request("note is longer than 4096 bytes"));
+    }
+    if let Some((fw, http)) = state.fleet(&headers) {
+        // Only the owner of the device's partition changes its tickets: find the device (here,
+        // or from the fleet), and hand the transition to the owner unless that is us.
+        let mine = app
+            .store
+            .ticket(&id)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let ticket = match mine {
+            Some(t) => Some(t),
+            None => fleet::get(fw, http, &headers, &id, None).await?,
+        };
+        let Some(ticket) = ticket else {
+            return Err(ApiError::not_found(format!("ticket {id} not found")));
+        };
+        if let Some((owner, api)) = fleet::transition_owner(fw, &ticket.device_id)? {
+            let value =
+                serde_json::to_value(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+            return fleet::forward_transition(fw, http, &headers, &owner, &api, &id, &value).await;
+        }
     }
     let app2 = app.clone();
     let t = blocking(move || {
@@ -325,7 +407,7 @@ async fn post_transition(
         .map_err(ApiError::from)
     })
     .await?;
-    Ok(Json(t))
+    Ok(Json(t).into_response())
 }
 
 // ------------------------------------------------------------------ fleet

@@ -33,6 +33,15 @@ pub struct Config {
     pub ack_wait: Dur,
     /// Messages a partition's consumer may have delivered and not yet acknowledged.
     pub max_ack_pending: i64,
+    /// Where the other instances reach this instance's API (`http://HOST:PORT` or `https://…`),
+    /// advertised in its membership record for the fleet-wide API. Unset: `http://` and the
+    /// address `api.listen` bound, with `127.0.0.1` for an unspecified address — right only
+    /// when every instance runs on this host.
+    pub api_url: Option<String>,
+    /// How long an instance waits for another one's API when it answers for the fleet (a list
+    /// or a ticket gathered from every instance, a transition forwarded to the owner); one that
+    /// does not answer in time makes the request fail with 503 naming it.
+    pub peer_timeout: Dur,
 }
 
 impl Default for Config {
@@ -47,6 +56,8 @@ impl Default for Config {
             lease: Dur::secs(10),
             ack_wait: Dur::secs(30),
             max_ack_pending: 4096,
+            api_url: None,
+            peer_timeout: Dur::secs(2),
         }
     }
 }
@@ -91,6 +102,19 @@ impl Config {
         }
         if self.ack_wait.std() < std::time::Duration::from_secs(1) {
             return Err(("cluster.ack_wait", "must be at least 1s".into()));
+        }
+        if let Some(u) = &self.api_url {
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.contains(char::is_whitespace)
+            {
+                return Err((
+                    "cluster.api_url",
+                    "must be an http:// or https:// URL".into(),
+                ));
+            }
+        }
+        if self.peer_timeout.std() < std::time::Duration::from_millis(100) {
+            return Err(("cluster.peer_timeout", "must be at least 100ms".into()));
         }
         if self.max_ack_pending < 1 {
             return Err(("cluster.max_ack_pending", "must be at least 1".into()));

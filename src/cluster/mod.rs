@@ -33,7 +33,7 @@ pub mod partition;
 
 pub use config::Config;
 
-use crate::app::{ClaimError, ClusterStatus, Fleetwide};
+use crate::app::{ClaimError, ClusterStatus, Fleetwide, Peers};
 use crate::domain::parse_ts;
 use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
@@ -128,6 +128,16 @@ struct View {
     owned: BTreeSet<u32>,
     replaying: BTreeSet<u32>,
     assignment: BTreeMap<u32, String>,
+    /// Each live member's advertised API address, from its membership record.
+    apis: BTreeMap<String, Option<String>>,
+}
+
+/// The value of a membership key `m.NAME`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MemberRecord {
+    /// Where this member's API answers, for the fleet-wide API.
+    #[serde(default)]
+    api: Option<String>,
 }
 
 /// A connected cluster member.
@@ -143,6 +153,8 @@ pub struct Cluster {
     rt: tokio::runtime::Handle,
     /// std-style mutex: held for a lookup or an update, never across an `.await`.
     view: Mutex<View>,
+    /// This instance's API address, advertised in its membership record once the API is bound.
+    api: Mutex<Option<String>>,
     metrics: ClusterMetrics,
 }
 
@@ -218,6 +230,7 @@ impl Cluster {
             ticket_id_key,
             rt: tokio::runtime::Handle::current(),
             view: Mutex::new(View::default()),
+            api: Mutex::new(cfg.api_url.clone()),
             metrics,
         }))
     }
@@ -229,6 +242,22 @@ impl Cluster {
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Where this instance's API listens, unless `cluster.api_url` says otherwise: advertised
+    /// to the others from the next lease round on (call before [`Cluster::spawn`]).
+    pub fn set_api_addr(&self, addr: std::net::SocketAddr) {
+        let mut api = self.api.lock();
+        if api.is_none() {
+            let host = match addr.ip() {
+                ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+                ip => ip,
+            };
+            *api = Some(format!(
+                "http://{}",
+                std::net::SocketAddr::new(host, addr.port())
+            ));
+        }
     }
 
     /// Starts the lease loop, which starts and stops the partitions' consumers; they forward
@@ -282,11 +311,12 @@ impl Cluster {
             name: self.leases.name.clone(),
             source: e,
         };
+        let record = MemberRecord {
+            api: self.api.lock().clone(),
+        };
+        let record = serde_json::to_vec(&record).map_err(|e| bucket_error(boxed(e)))?;
         self.leases
-            .put(
-                format!("m.{}", self.instance),
-                self.instance.clone().into_bytes().into(),
-            )
+            .put(format!("m.{}", self.instance), record.into())
             .await
             .map_err(|e| bucket_error(boxed(e)))?;
         let mut members: Vec<String> = Vec::new();
@@ -303,6 +333,19 @@ impl Cluster {
         }
         if !members.contains(&self.instance) {
             members.push(self.instance.clone());
+        }
+        let mut apis: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for m in &members {
+            // A record that is not ours to read (gone meanwhile, or written by a version
+            // without an address) leaves the member without one: the fleet-wide API then
+            // answers 503 naming it rather than leaving its tickets out.
+            let api = match self.leases.get(format!("m.{m}")).await {
+                Ok(Some(v)) => serde_json::from_slice::<MemberRecord>(&v)
+                    .ok()
+                    .and_then(|r| r.api),
+                _ => None,
+            };
+            apis.insert(m.clone(), api);
         }
         members.sort();
         let desired: BTreeSet<u32> =
@@ -417,6 +460,7 @@ impl Cluster {
         self.metrics.owned.set(owned.len() as i64);
         self.publish_view(|v| {
             v.members = members;
+            v.apis = apis;
             v.owned = owned;
             v.assignment = assignment.into_iter().map(|(p, (h, _))| (p, h)).collect();
         });
@@ -818,6 +862,21 @@ impl Fleetwide for Cluster {
             replaying: v.replaying.iter().copied().collect(),
             assignment: v.assignment.clone(),
         }
+    }
+
+    fn peers(&self) -> Peers {
+        let mut apis = self.view.lock().apis.clone();
+        apis.insert(self.instance.clone(), self.api.lock().clone());
+        Peers {
+            me: self.instance.clone(),
+            apis,
+            timeout: self.cfg.peer_timeout.std(),
+        }
+    }
+
+    fn owner(&self, device: &str) -> Option<String> {
+        let p = partition::of_device(device, self.cfg.partitions);
+        self.view.lock().assignment.get(&p).cloned()
     }
 }
 

@@ -403,6 +403,9 @@ async fn start(
         None => bind(&cfg.api.listen).await?,
     };
     let api_addr = local_addr(&listener, &cfg.api.listen)?;
+    if let Some(c) = &cluster {
+        c.set_api_addr(api_addr);
+    }
     let public_listener = match &cfg.api.public_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
