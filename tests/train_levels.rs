@@ -126,3 +126,34 @@ fn a_mode_with_one_failure_gets_no_ticket_level_and_never_opens_a_ticket() {
     assert!(ev.tickets.iter().all(|t| t.failure_mode == "belt"));
     assert!(!ev.tickets.is_empty());
 }
+
+#[test]
+fn folds_without_a_failure_do_not_run_to_the_round_limit() {
+    // The fuse mode's single failure sits in one fold: the other folds' own devices hold no
+    // failure, so their validation loss cannot tell when to stop. They must not run to the
+    // 500-round limit (the served classifier holds every fold's trees).
+    let tmp = tempfile::tempdir().unwrap();
+    let h = fleet(tmp.path());
+    let opts = TrainOptions {
+        engine: EngineConfig::default(),
+        horizon_h: 12.0,
+        ttf_cap_h: None,
+        estimator: EstimatorKind::Gbm,
+        target: Target::BestF1,
+        match_window_h: None,
+        folds: 4,
+        alert_cap: 0.05,
+        seed: 1,
+        served: ServedClassifier::FoldMean,
+        name: "levels".into(),
+        command: String::new(),
+    };
+    let (_, summary) = train(&h, "0".repeat(64), &opts).unwrap();
+    let fuse = summary.iter().find(|s| s.mode == "fuse").unwrap();
+    let trees = fuse.classifier_trees.unwrap_or(0);
+    assert!(
+        trees <= 3 * forewarn::train::fit::UNINFORMED_FOLD_ROUNDS,
+        "{trees} trees"
+    );
+    assert_eq!(fuse.levels.evidence, ModeEvidence::TooFewFailures);
+}

@@ -58,6 +58,18 @@ pub struct AlertSummary {
     /// Scorings at or above the watch level (internal), and the devices and modes they concern.
     pub watch_scorings: usize,
     pub watched_device_modes: usize,
+    /// Share of all scorings that were on watch: the watch list's mean size as a share of the
+    /// device-modes scored.
+    pub watch_share: Option<f64>,
+    /// Times a device-mode went on watch, and those with no failure of the mode following within
+    /// the match window, per device-month.
+    pub watch_episodes: usize,
+    pub false_watch_episodes_per_device_month: Option<f64>,
+    /// Failures (with scorings in the horizon before them) whose device-mode was on watch at a
+    /// scoring in the match window before them, and of those, the ones on watch before their first ticket of
+    /// that window (or with no ticket at all).
+    pub failures_watched: usize,
+    pub failures_watched_before_ticket: usize,
 }
 
 /// How well the probabilities mean what they say, over labelled scorings.
@@ -299,6 +311,68 @@ pub fn evaluate(
     for s in scorings.iter().filter(|s| s.watch) {
         watched.insert((s.device_id.as_str(), s.mode.as_str()));
     }
+    // Watch episodes and failures seen on watch, per (device, mode), in scoring order.
+    let mut watch_rows: HashMap<(&str, &str), Vec<(Millis, bool)>> = HashMap::new();
+    for s in &scorings {
+        watch_rows
+            .entry((s.device_id.as_str(), s.mode.as_str()))
+            .or_default()
+            .push((s.ts, s.watch));
+    }
+    let mut watch_tally = TicketTally::default();
+    let (mut failures_watched, mut watched_before_ticket) = (0usize, 0usize);
+    let w_ms = (window_h * HOUR_MS) as i64;
+    for d in &h.devices {
+        for m in &modes {
+            let rows = watch_rows
+                .get(&(d.id.as_str(), m.as_str()))
+                .map_or(&[][..], |v| &v[..]);
+            let mut on = false;
+            let mut opened = Vec::new();
+            for &(ts, w) in rows {
+                if w && !on {
+                    opened.push(ts);
+                }
+                on = w;
+            }
+            let fails: Vec<Millis> = d
+                .events
+                .iter()
+                .filter(|e| &e.code == m && e.kind == EventKind::Failure)
+                .map(|e| e.ts)
+                .collect();
+            let sc: Vec<Millis> = rows.iter().map(|r| r.0).collect();
+            let t = select::match_tickets(&opened, &fails, &sc, horizon, window_h);
+            let ticket_opened: Vec<Millis> = tickets
+                .iter()
+                .filter(|t| t.device_id == d.id && &t.failure_mode == m)
+                .map(|t| t.opened_ms)
+                .collect();
+            let mut prev = Millis::MIN;
+            for &f in &fails {
+                let lo = f.saturating_sub(w_ms).max(prev.saturating_add(1));
+                let first_watch = rows
+                    .iter()
+                    .find(|&&(ts, w)| w && ts >= lo && ts <= f)
+                    .map(|r| r.0);
+                let first_ticket = ticket_opened
+                    .iter()
+                    .copied()
+                    .filter(|&o| o >= lo && o <= f)
+                    .min();
+                let hz = f.saturating_sub((horizon * HOUR_MS) as i64);
+                let due = rows.iter().any(|&(ts, _)| ts >= hz && ts <= f);
+                if let (true, Some(fw)) = (due, first_watch) {
+                    failures_watched += 1;
+                    if first_ticket.is_none_or(|ft| fw < ft) {
+                        watched_before_ticket += 1;
+                    }
+                }
+                prev = f;
+            }
+            watch_tally.add(t);
+        }
+    }
     let customer_alerts = AlertSummary {
         alerts: alerts.0,
         correct: alerts.1,
@@ -307,6 +381,13 @@ pub fn evaluate(
             .then(|| (alerts.0 - alerts.1) as f64 / device_months),
         watch_scorings: scorings.iter().filter(|s| s.watch).count(),
         watched_device_modes: watched.len(),
+        watch_share: (!scorings.is_empty())
+            .then(|| scorings.iter().filter(|s| s.watch).count() as f64 / scorings.len() as f64),
+        watch_episodes: watch_tally.tickets,
+        false_watch_episodes_per_device_month: (device_months > 0.0)
+            .then(|| (watch_tally.tickets - watch_tally.correct) as f64 / device_months),
+        failures_watched,
+        failures_watched_before_ticket: watched_before_ticket,
     };
 
     // Reading level.

@@ -116,9 +116,14 @@ pub const MIN_FAILURES: usize = 3;
 /// Out-of-fold ticket precision a mode needs before it may ticket: below it, most of its tickets
 /// would send a technician for nothing.
 pub const MIN_TICKET_PRECISION: f64 = 0.5;
+/// Boosting rounds of a fold that cannot early-stop (its devices hold one class only) when no
+/// other fold of the mode could either: as many as early stopping waits for without improvement.
+pub const UNINFORMED_FOLD_ROUNDS: usize = 40;
 /// Cap on false watch episodes (score rising to the watch level with no failure following within
-/// the match window) per device-month: a watch is internal, so it may be wrong more often.
-pub const WATCH_CAP: f64 = 1.0;
+/// the match window) per device-month, out of fold: about one false watch per device-mode in ten
+/// months. A watch is internal, so it may be wrong more often than a customer alert, but a list
+/// that holds most of the fleet tells dispatch nothing (at one per device-month it did).
+pub const WATCH_CAP: f64 = 0.1;
 
 /// Platt scaling fitted on (raw probability, label) pairs by Newton's method on the log-loss.
 /// `None` when the pairs hold one class only or the fit is not increasing (it must not reorder).
@@ -434,7 +439,21 @@ pub fn train(
         let mut rounds = Vec::new();
         let mut fold_models = Vec::new();
         if k >= 2 {
-            for f in 0..k {
+            // A fold whose own devices hold no failing (or no healthy) example cannot tell when
+            // boosting stops helping: its validation loss keeps falling as every score is pushed
+            // towards the one class it holds, so it would run to the round limit. Such folds are
+            // fitted after the others, with the median rounds of the folds that could tell.
+            let informative: Vec<bool> = (0..k)
+                .map(|f| {
+                    let (_, vy) = labelled(&|d| fold[d] == f);
+                    let vpos = vy.iter().filter(|v| **v > 0.5).count();
+                    vpos > 0 && vpos < vy.len()
+                })
+                .collect();
+            let order = (0..k)
+                .filter(|&f| informative[f])
+                .chain((0..k).filter(|&f| !informative[f]));
+            for f in order {
                 let (ti, ty) = labelled(&|d| fold[d] != f);
                 let (vi, vy) = labelled(&|d| fold[d] == f);
                 let tpos = ty.iter().filter(|v| **v > 0.5).count();
@@ -442,17 +461,28 @@ pub fn train(
                     pb.inc(1);
                     continue;
                 }
+                let (valid, fixed) = if informative[f] {
+                    (Some((&vi[..], &vy[..])), None)
+                } else {
+                    let mut told = rounds.clone();
+                    told.sort_unstable();
+                    let r = told
+                        .get(told.len() / 2)
+                        .copied()
+                        .unwrap_or(UNINFORMED_FOLD_ROUNDS);
+                    (None, Some(r))
+                };
                 let m = fit_one(
                     opts.estimator,
                     Loss::Logistic,
                     rows,
                     &ti,
                     &ty,
-                    (!vi.is_empty()).then_some((&vi[..], &vy[..])),
+                    valid,
                     opts.seed.wrapping_add(f as u64),
-                    None,
+                    fixed,
                 )?;
-                if let Some(r) = m.rounds {
+                if let (Some(r), true) = (m.rounds, informative[f]) {
                     rounds.push(r);
                 }
                 for (i, o) in oof.iter_mut().enumerate() {
