@@ -1743,6 +1743,9 @@ impl App {
                             .watched_devices
                             .with_label_values(&[s.mode.as_str()])
                             .dec();
+                        if list.is_empty() {
+                            all.remove(s.device_id.as_str());
+                        }
                     }
                     None if s.watch => {
                         list.push(new_watch(s));
@@ -1763,7 +1766,6 @@ impl App {
                 None => {}
             }
         }
-        all.retain(|_, list| !list.is_empty());
     }
 
     /// Drops a device's watches (the device was forgotten).
