@@ -163,7 +163,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     let handle = crate::serve::run_with_clock(cfg.clone(), shutdown.clone(), clock.clone()).await?;
     handle
         .app
-        .upsert_fleet(customers, devices)
+        .fleet()
+        .upsert(customers, devices)
         .map_err(|e| DemoError::Setup(e.to_string()))?;
     let api = handle.api_addr.to_string();
     println!("forewarn demo");
@@ -287,7 +288,7 @@ async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: 
             if !answered.insert((p.ticket_id.clone(), p.proposed_at.clone())) {
                 continue;
             }
-            let Some(t) = app.ticket(&p.ticket_id).filter(|t| t.is_live()) else {
+            let Some(t) = app.tickets().ticket(&p.ticket_id).filter(|t| t.is_live()) else {
                 continue;
             };
             let (Some(cid), Some(slot)) = (t.customer_id.clone(), p.slots.first()) else {

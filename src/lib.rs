@@ -14,7 +14,8 @@
 //! - [`history`]  the CSV history format: one reader with the caller's bad-row policy, the writer
 //! - [`ingest`]   payload decoding and encoding (pure, fuzzable) — forewarn's JSON, Sparkplug B
 //!   (a pure host state machine: births, aliases, `seq`, rebirth requests) and SenML — the MQTT
-//!   driver (rumqttc, manual acks), the per-device reorder buffer
+//!   driver (rumqttc, manual acks) and the stage wiring it to the processing thread, the
+//!   per-device reorder buffer
 //! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
 //! - [`error_body`] the JSON error body of every HTTP route (`{"error": {"code", "message"}}`)
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
@@ -26,16 +27,21 @@
 //! - [`archive`]  the optional history archive of accepted readings and events (`forewarn export`)
 //! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
 //!   score drift
-//! - [`app`]      the single writer: in-memory device state and the commit path
+//! - [`app`]      the single writer (`App`: in-memory device state, the commit path, the
+//!   processing thread and its timers) and the narrow handles the API and the board use:
+//!   `Tickets` (reads; transitions through the writer), `Fleet` (devices and customers, read
+//!   without the writer's lock), `Monitor` (readiness, loss, gaps, watches, rejects)
 //! - [`cluster`]  cluster mode on NATS JetStream: partitioned device subjects, partition leases
 //!   in a key-value bucket, replay on take-over, fleet-wide ticket claims (off by default)
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
-//!   health; one bearer-token check
+//!   health; one bearer-token extractor; the listeners (`api::server::Stage`)
 //! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
-//!   view, device, customer), sign-in, technicians and visits; changes go through `app`
+//!   view, device, customer), sign-in, technicians and visits; changes go through `app`'s
+//!   `Tickets` handle
 //!   (`api::openapi` reads `board::api`'s route descriptions, the one upward import, so the
 //!   OpenAPI document covers every route)
-//! - [`serve`]    the daemon: builds each stage from its config, spawns them, drains on shutdown;
+//! - [`serve`]    the daemon on one screen (`serve::run`): builds each stage from its config,
+//!   spawns them, drains on shutdown;
 //!   holds the data directory's lock, which `serve::standby` waits on (an active/standby pair)
 //! - [`config`]   aggregates the stages' own `Config`s; loading, env overrides, validation;
 //!   [`config_reference`] the reference of every key, generated from those `Config`s

@@ -316,7 +316,7 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let ticket = h.app.ticket(&tk).unwrap();
+    let ticket = h.app.tickets().ticket(&tk).unwrap();
     let link = h
         .app
         .notifier()

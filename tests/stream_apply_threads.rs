@@ -80,7 +80,7 @@ async fn run(
         .tickets(&TicketFilter::default())
         .expect("read tickets");
     let mut states = BTreeMap::new();
-    for d in app.devices() {
+    for d in app.fleet().devices() {
         if let Some(s) = app.device_state(&d.id).expect("device state") {
             states.insert(d.id.clone(), s.encode());
         }

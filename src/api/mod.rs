@@ -7,6 +7,15 @@
 //! ticket transitions and fleet upserts `write`, rejected payloads and quarantined records
 //! `admin`. Ids in paths follow the device-id rules (no `/`, `+`, `#`, whitespace or control
 //! characters, at most 128 bytes).
+//!
+//! Two deliberate exceptions, each with a check of its own: the board's HTML pages
+//! (`board::pages`) take a session cookie, since a browser following links and posting forms
+//! carries no bearer token (the session is opened with an API token and gets its scope as a
+//! role; the board's JSON twins take [`Authorized`] like the rest); and the notifier's public
+//! routes (provider callbacks, the self-service page) carry their providers' signatures or a
+//! signed link.
+//!
+//! Routes take the app's narrow handles ([`crate::app::Handles`]), never the single writer.
 
 pub mod auth;
 mod config;
@@ -20,7 +29,7 @@ pub use config::{Config, ScopedToken, TokenConfig};
 
 pub use error::{ApiError, ErrorBody};
 
-use crate::app::App;
+use crate::app::{Fleet, Handles, Monitor, Tickets};
 use crate::domain::{Status, Ticket};
 use crate::fleet::{Customer, Device};
 use crate::notify::{Notifier, TicketDesk};
@@ -36,9 +45,13 @@ use std::sync::Arc;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// Each route takes what it needs: the narrow handles, never the writer itself.
 #[derive(Clone)]
 struct ApiState {
-    app: Arc<App>,
+    tickets: Tickets,
+    fleet: Fleet,
+    monitor: Monitor,
+    metrics: crate::metrics::Metrics,
     auth: Arc<Auth>,
     /// Cluster mode: the client the fleet-wide routes ask the other instances with.
     http: Option<reqwest::Client>,
@@ -47,14 +60,14 @@ struct ApiState {
 impl ApiState {
     /// In cluster mode, unless the request asks for this instance only: the fleet and the
     /// client to reach it.
-    fn fleet(
+    fn fleetwide(
         &self,
         headers: &axum::http::HeaderMap,
     ) -> Option<(&dyn crate::app::Fleetwide, &reqwest::Client)> {
         if fleet::instance_scope(headers) {
             return None;
         }
-        Some((self.app.fleetwide.as_deref()?, self.http.as_ref()?))
+        Some((self.monitor.fleetwide()?, self.http.as_ref()?))
     }
 }
 
@@ -92,15 +105,22 @@ pub(crate) fn routes_openapi() -> utoipa::openapi::OpenApi {
     routes().into_openapi()
 }
 
-/// All routes of the API with the app as state.
-pub fn router(app: Arc<App>, auth: Arc<Auth>, cfg: &Config) -> Router {
+/// All routes of the API, on the app's handles.
+pub fn router(handles: Handles, auth: Arc<Auth>, cfg: &Config) -> Router {
     let limit = cfg.max_body_bytes;
     // Built only in cluster mode: `serve` has installed the TLS provider by then.
-    let http = match app.fleetwide {
+    let http = match handles.monitor.fleetwide() {
         Some(_) => reqwest::Client::builder().build().ok(),
         None => None,
     };
-    let state = ApiState { app, auth, http };
+    let state = ApiState {
+        tickets: handles.tickets,
+        fleet: handles.fleet,
+        monitor: handles.monitor,
+        metrics: handles.metrics,
+        auth,
+        http,
+    };
     let (router, _) = routes().split_for_parts();
     router
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -229,7 +249,6 @@ async fn list_tickets(
     headers: axum::http::HeaderMap,
     q: Result<Query<TicketQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Ticket>>, ApiError> {
-    let app = state.app.clone();
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -256,7 +275,7 @@ async fn list_tickets(
         }
     }
     let limit = q.limit.unwrap_or(1000).min(MAX_LIST);
-    let fleet = state.fleet(&headers);
+    let fleet = state.fleetwide(&headers);
     // For the fleet, every instance lists all it has under the filters a stale copy cannot
     // fool (device, customer, `since`: the owner's copy changed no earlier than a stale one);
     // status and limit apply to the merged list.
@@ -281,9 +300,10 @@ async fn list_tickets(
         since_ms,
         limit: Some(if fleet.is_some() { MAX_LIST } else { limit }),
     };
-    let app2 = app.clone();
+    let tickets = state.tickets.clone();
     let list = blocking(move || {
-        app2.store
+        tickets
+            .store()
             .tickets(&filter)
             .map_err(|e| ApiError::internal(e.to_string()))
     })
@@ -314,11 +334,11 @@ async fn get_ticket(
 ) -> Result<Json<Ticket>, ApiError> {
     check_id("ticket", &id)?;
     let mine = state
-        .app
-        .store
+        .tickets
+        .store()
         .ticket(&id)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let found = match state.fleet(&headers) {
+    let found = match state.fleetwide(&headers) {
         Some((fw, http)) => fleet::get(fw, http, &headers, &id, mine).await?,
         None => mine,
     };
@@ -362,7 +382,6 @@ async fn post_transition(
     Path(id): Path<String>,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let app = state.app.clone();
     check_id("ticket", &id)?;
     let body = json_body(body)?;
     let to = Status::parse(&body.to).ok_or_else(|| {
@@ -374,11 +393,12 @@ async fn post_transition(
     if body.note.len() > 4096 {
         return Err(ApiError::bad_request("note is longer than 4096 bytes"));
     }
-    if let Some((fw, http)) = state.fleet(&headers) {
+    if let Some((fw, http)) = state.fleetwide(&headers) {
         // Only the owner of the device's partition changes its tickets: find the device (here,
         // or from the fleet), and hand the transition to the owner unless that is us.
-        let mine = app
-            .store
+        let mine = state
+            .tickets
+            .store()
             .ticket(&id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let ticket = match mine {
@@ -394,17 +414,18 @@ async fn post_transition(
             return fleet::forward_transition(fw, http, &headers, &owner, &api, &id, &value).await;
         }
     }
-    let app2 = app.clone();
+    let tickets = state.tickets.clone();
     let t = blocking(move || {
-        app2.transition_with(
-            &id,
-            Some(to),
-            "api",
-            &body.note,
-            body.outcome,
-            |_, _| Ok(()),
-        )
-        .map_err(ApiError::from)
+        tickets
+            .transition_with(
+                &id,
+                Some(to),
+                "api",
+                &body.note,
+                body.outcome,
+                |_, _| Ok(()),
+            )
+            .map_err(ApiError::from)
     })
     .await?;
     Ok(Json(t).into_response())
@@ -417,10 +438,10 @@ async fn post_transition(
     responses((status = 200, description = "Every device of the registry", body = Vec<Device>)),
     security(("bearer" = ["read"])))]
 async fn list_devices(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { fleet, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
-    Ok(Json(app.devices()))
+    Ok(Json(fleet.devices()))
 }
 
 /// One device.
@@ -433,12 +454,13 @@ async fn list_devices(
     ),
     security(("bearer" = ["read"])))]
 async fn get_device(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { fleet, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
     Path(id): Path<String>,
 ) -> Result<Json<Device>, ApiError> {
     check_id("device", &id)?;
-    app.device(&id)
+    fleet
+        .device(&id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("device {id} not found")))
 }
@@ -473,7 +495,7 @@ fn with_path_id(mut v: serde_json::Value, id: &str) -> Result<serde_json::Value,
     ),
     security(("bearer" = ["write"])))]
 async fn put_device(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { fleet, .. }): State<ApiState>,
     _: Authorized<NeedsWrite>,
     Path(id): Path<String>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -486,10 +508,9 @@ async fn put_device(
     if let Some(c) = &d.customer_id {
         check_id("customer", c)?;
     }
-    let existed = app.device(&id).is_some();
-    let app2 = app.clone();
+    let existed = fleet.device(&id).is_some();
     let d2 = d.clone();
-    blocking(move || app2.upsert_fleet(vec![], vec![d2]).map_err(ApiError::from)).await?;
+    blocking(move || fleet.upsert(vec![], vec![d2]).map_err(ApiError::from)).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -503,10 +524,10 @@ async fn put_device(
     responses((status = 200, description = "Every customer of the registry, with their contacts", body = Vec<Customer>)),
     security(("bearer" = ["read"])))]
 async fn list_customers(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { fleet, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<Customer>>, ApiError> {
-    Ok(Json(app.customers()))
+    Ok(Json(fleet.customers()))
 }
 
 /// One customer, with contacts and preferences.
@@ -519,12 +540,13 @@ async fn list_customers(
     ),
     security(("bearer" = ["read"])))]
 async fn get_customer(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { fleet, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
     Path(id): Path<String>,
 ) -> Result<Json<Customer>, ApiError> {
     check_id("customer", &id)?;
-    app.customer(&id)
+    fleet
+        .customer(&id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("customer {id} not found")))
 }
@@ -540,7 +562,7 @@ async fn get_customer(
     ),
     security(("bearer" = ["write"])))]
 async fn put_customer(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { fleet, .. }): State<ApiState>,
     _: Authorized<NeedsWrite>,
     Path(id): Path<String>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -549,12 +571,11 @@ async fn put_customer(
     let v = with_path_id(json_body(body)?, &id)?;
     let c: Customer =
         serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    c.validate_with(&app.settings.contact_policy)
+    c.validate_with(fleet.contact_policy())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let existed = app.customer(&id).is_some();
-    let app2 = app.clone();
+    let existed = fleet.customer(&id).is_some();
     let c2 = c.clone();
-    blocking(move || app2.upsert_fleet(vec![c2], vec![]).map_err(ApiError::from)).await?;
+    blocking(move || fleet.upsert(vec![c2], vec![]).map_err(ApiError::from)).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -570,10 +591,10 @@ async fn put_customer(
     responses((status = 200, description = "The latest rejected payloads (`ingest.recent_rejects` of them)", body = Vec<crate::app::RejectRecord>)),
     security(("bearer" = ["admin"])))]
 async fn list_rejects(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { monitor, .. }): State<ApiState>,
     _: Authorized<NeedsAdmin>,
 ) -> Result<Json<Vec<crate::app::RejectRecord>>, ApiError> {
-    Ok(Json(app.rejects()))
+    Ok(Json(monitor.rejects()))
 }
 
 /// Each device's last `seq` gap: readings that never arrived.
@@ -581,10 +602,10 @@ async fn list_rejects(
     responses((status = 200, description = "Each device's last `seq` gap", body = Vec<crate::app::Gap>)),
     security(("bearer" = ["read"])))]
 async fn list_gaps(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { monitor, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<crate::app::Gap>>, ApiError> {
-    Ok(Json(app.gaps()))
+    Ok(Json(monitor.gaps()))
 }
 
 /// Cluster mode as this instance sees it: members, the partitions it owns, every lease.
@@ -592,15 +613,10 @@ async fn list_gaps(
     responses((status = 200, description = "The partition assignment (`enabled: false` in single-machine mode)", body = crate::app::ClusterStatus)),
     security(("bearer" = ["read"])))]
 async fn get_cluster(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { monitor, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
 ) -> Json<crate::app::ClusterStatus> {
-    Json(
-        app.fleetwide
-            .as_ref()
-            .map(|f| f.status())
-            .unwrap_or_default(),
-    )
+    Json(monitor.fleetwide().map(|f| f.status()).unwrap_or_default())
 }
 
 /// Devices on watch: a mode's latest score is at or above its watch level (internal: a watch
@@ -609,10 +625,10 @@ async fn get_cluster(
     responses((status = 200, description = "Every device and mode whose latest score is at or above the mode's watch level", body = Vec<crate::app::Watch>)),
     security(("bearer" = ["read"])))]
 async fn list_watches(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { monitor, .. }): State<ApiState>,
     _: Authorized<NeedsRead>,
 ) -> Result<Json<Vec<crate::app::Watch>>, ApiError> {
-    Ok(Json(app.watches()))
+    Ok(Json(monitor.watches()))
 }
 
 /// Stored records that could not be decoded and were set aside.
@@ -620,12 +636,12 @@ async fn list_watches(
     responses((status = 200, description = "Stored records set aside because they could not be decoded", body = Vec<crate::store::Quarantined>)),
     security(("bearer" = ["admin"])))]
 async fn list_quarantine(
-    State(ApiState { app, .. }): State<ApiState>,
+    State(ApiState { tickets, .. }): State<ApiState>,
     _: Authorized<NeedsAdmin>,
 ) -> Result<Json<Vec<crate::store::Quarantined>>, ApiError> {
-    let app2 = app.clone();
     let list = blocking(move || {
-        app2.store
+        tickets
+            .store()
             .quarantine_list()
             .map_err(|e| ApiError::internal(e.to_string()))
     })
@@ -666,13 +682,13 @@ pub fn standby_router(registry: prometheus::Registry) -> Router {
 /// Prometheus text exposition format. Open: no token.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Every metric forewarn exports", body = String, content_type = "text/plain")))]
-async fn metrics(State(ApiState { app, .. }): State<ApiState>) -> Response {
+async fn metrics(State(ApiState { metrics, .. }): State<ApiState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }
@@ -766,14 +782,14 @@ pub enum ReadyOrBusy {
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Not ready (the body says what is missing), or too many requests at once", body = ReadyOrBusy),
     ))]
-async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
-    let broker = app.broker_connected();
-    let models = app.models_ready();
+async fn readyz(State(ApiState { monitor, .. }): State<ApiState>) -> Response {
+    let broker = monitor.broker_connected();
+    let models = monitor.models_ready();
     // What the commit loop last saw: no write, flush or reopen happens on behalf of a probe.
-    let store = app.store_writable();
+    let store = monitor.store_writable();
     let ready = broker && store && models;
     // Loss upstream does not make forewarn unready (restarting it would lose more), but says so.
-    let loss = app.loss();
+    let loss = monitor.loss();
     let upstream_loss = if loss.readings_missing > 0 {
         UpstreamLoss::Lost(LostReadings {
             readings_missing: loss.readings_missing,
@@ -793,7 +809,7 @@ async fn readyz(State(ApiState { app, .. }): State<ApiState>) -> Response {
         broker_dropped: loss
             .broker_dropped
             .map(|(first, last)| last.saturating_sub(first)),
-        session: app.session_note(),
+        session: monitor.session_note(),
         role: "active".into(),
     };
     let status = if ready {

@@ -284,3 +284,98 @@ impl AsyncWrite for Watched {
         self.inner.is_write_vectored()
     }
 }
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    pub addr: String,
+    pub source: std::io::Error,
+}
+
+/// The API stage with its listeners bound: `api.listen` (every route, the board's pages) and,
+/// with `api.public_listen`, the public one.
+pub struct Stage {
+    private: TcpListener,
+    public: Option<TcpListener>,
+    limits: Limits,
+    /// Where the API listens (the port filled in when the configuration asked for `0`).
+    pub addr: std::net::SocketAddr,
+    pub public_addr: Option<std::net::SocketAddr>,
+}
+
+impl Stage {
+    /// Binds the listeners; `prebound`: the API listener a standby already answered on.
+    pub async fn bind(
+        cfg: &super::Config,
+        prebound: Option<std::net::TcpListener>,
+    ) -> Result<Stage, ListenError> {
+        let err = |addr: &str| {
+            let addr = addr.to_string();
+            move |source| ListenError { addr, source }
+        };
+        let private = match prebound {
+            Some(l) => TcpListener::from_std(l).map_err(err(&cfg.listen))?,
+            None => TcpListener::bind(&cfg.listen)
+                .await
+                .map_err(err(&cfg.listen))?,
+        };
+        let addr = private.local_addr().map_err(err(&cfg.listen))?;
+        let (public, public_addr) = match &cfg.public_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a).await.map_err(err(a))?;
+                let bound = l.local_addr().map_err(err(a))?;
+                (Some(l), Some(bound))
+            }
+            None => (None, None),
+        };
+        Ok(Stage {
+            private,
+            public,
+            limits: Limits::from_config(cfg),
+            addr,
+            public_addr,
+        })
+    }
+
+    /// Serves `private` and the notifier's routes until `shutdown`, each listener letting its
+    /// open connections finish for at most `grace`. With a public listener, the notifier's
+    /// public routes (provider callbacks, the self-service page) and a liveness check for the
+    /// proxy in front of it are all it serves; without one they join the private routes.
+    pub fn spawn(
+        self,
+        private: Router,
+        notify: super::NotifyRoutes,
+        shutdown: &CancellationToken,
+        grace: Duration,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let mut private = private.merge(notify.private);
+        match self.public {
+            Some(l) => {
+                let public = notify.public.route(
+                    "/healthz",
+                    axum::routing::get(|| async {
+                        axum::Json(serde_json::json!({"status": "ok"}))
+                    }),
+                );
+                tasks.push(tokio::spawn(serve(
+                    l,
+                    harden(public, &self.limits),
+                    self.limits.clone(),
+                    shutdown.clone(),
+                    grace,
+                )));
+            }
+            None => private = private.merge(notify.public),
+        }
+        tasks.push(tokio::spawn(serve(
+            self.private,
+            harden(private, &self.limits),
+            self.limits,
+            shutdown.clone(),
+            grace,
+        )));
+        tasks
+    }
+}

@@ -11,7 +11,7 @@
 //! | `GET/POST /board/login`, `POST /board/logout` | sign-in with an API token |
 //! | `/api/v1/technicians`, `/api/v1/visits`, `/api/v1/tickets/{id}/{slots,assignment,proposal,visit}` | the same as JSON, behind the API's bearer tokens |
 //!
-//! Every change goes through [`App::transition_with`] — the single writer the JSON API's
+//! Every change goes through [`Tickets::transition_with`] — the single writer the JSON API's
 //! transitions use — so a board action and an API call are the same commit: the ticket, its
 //! dispatch row, the customer's notifications, and the board's own record (an assignment, a
 //! proposal, a visit). The pages are plain HTML forms that work without JavaScript; a small
@@ -32,7 +32,7 @@ pub mod svg;
 
 pub use config::{Config, SlaConfig, Technician};
 
-use crate::app::{App, CoreError};
+use crate::app::{CoreError, Fleet, Tickets};
 use crate::domain::{
     format_ts, proposal_key, visit_key, Millis, Outcome, Priority, Proposal, Slot, Status, Ticket,
     Visit, VISIT_PREFIX,
@@ -116,7 +116,10 @@ impl Resolution {
 
 /// The board: configuration, the business calendar, sessions, and the app it works on.
 pub struct Board {
-    app: Arc<App>,
+    /// Ticket reads and transitions (through the single writer, like the API's).
+    tickets: Tickets,
+    fleet: Fleet,
+    metrics: crate::metrics::Metrics,
     auth: Arc<crate::api::Auth>,
     cfg: Config,
     cal: sla::BusinessCalendar,
@@ -139,7 +142,9 @@ pub struct BoardConfigError {
 impl Board {
     pub fn build(
         cfg: &Config,
-        app: Arc<App>,
+        tickets: Tickets,
+        fleet: Fleet,
+        metrics: crate::metrics::Metrics,
         auth: Arc<crate::api::Auth>,
         public_url: &str,
         shutdown: CancellationToken,
@@ -151,7 +156,9 @@ impl Board {
             slas: cfg.slas().map_err(err)?,
             sessions: session::Sessions::new(cfg.session_ttl.std()),
             cfg: cfg.clone(),
-            app,
+            tickets,
+            fleet,
+            metrics,
             auth,
             public_url: public_url.to_string(),
             shutdown,
@@ -168,14 +175,13 @@ impl Board {
 
     /// The clock tickets are stamped by (the demo's simulated one, or the wall clock).
     pub fn now(&self) -> Millis {
-        self.app.notifier().now_ms()
+        self.tickets.notifier().now_ms()
     }
 
     /// Grows with every ticket change and every board-only change: what live pages watch.
     pub fn version(&self) -> u64 {
         use prometheus::core::Collector;
         let tickets: u64 = self
-            .app
             .metrics
             .ticket_changes
             .collect()
@@ -210,8 +216,8 @@ impl Board {
             .map(|t| (t.id.clone(), t.clone()))
             .collect();
         for t in self
-            .app
-            .store
+            .tickets
+            .store()
             .scan_kv::<Technician>(TECHNICIAN_PREFIX)
             .unwrap_or_default()
         {
@@ -235,9 +241,9 @@ impl Board {
         if !t.hours.is_empty() {
             sla::parse_hours(&t.hours).map_err(|e| BoardError::Invalid(format!("hours: {e}")))?;
         }
-        let mut tx = self.app.store.tx();
+        let mut tx = self.tickets.store().tx();
         tx.put_kv(&format!("{TECHNICIAN_PREFIX}{}", t.id), t);
-        self.app.store.commit(tx)?;
+        self.tickets.store().commit(tx)?;
         self.local_changes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -249,8 +255,8 @@ impl Board {
     /// Every booked visit.
     pub fn visits(&self) -> Vec<Visit> {
         let mut v = self
-            .app
-            .store
+            .tickets
+            .store()
             .scan_kv::<Visit>(VISIT_PREFIX)
             .unwrap_or_default();
         v.sort_by_key(|x| x.slot.start_ms);
@@ -258,20 +264,24 @@ impl Board {
     }
 
     pub fn visit(&self, ticket_id: &str) -> Option<Visit> {
-        self.app.store.get_kv(&visit_key(ticket_id)).ok().flatten()
+        self.tickets
+            .store()
+            .get_kv(&visit_key(ticket_id))
+            .ok()
+            .flatten()
     }
 
     pub fn proposal(&self, ticket_id: &str) -> Option<Proposal> {
-        self.app
-            .store
+        self.tickets
+            .store()
             .get_kv(&proposal_key(ticket_id))
             .ok()
             .flatten()
     }
 
     pub fn assignment(&self, ticket_id: &str) -> Option<Assignment> {
-        self.app
-            .store
+        self.tickets
+            .store()
             .get_kv(&assignment_key(ticket_id))
             .ok()
             .flatten()
@@ -346,7 +356,7 @@ impl Board {
             return Err(BoardError::Invalid("note is longer than 4096 bytes".into()));
         }
         Ok(self
-            .app
+            .tickets
             .transition_with(id, to, actor, note, outcome, also)?)
     }
 
@@ -527,7 +537,7 @@ impl Board {
     // ------------------------------------------------------------ reading
 
     pub fn mode_words(&self, mode: &str) -> String {
-        self.app.notifier().templates().mode_name("en", mode)
+        self.tickets.notifier().templates().mode_name("en", mode)
     }
 
     /// The queue's rows for `tickets`, ordered.
@@ -542,20 +552,22 @@ impl Board {
         let mut rows: Vec<queue::Row> = tickets
             .iter()
             .map(|t| {
-                let device = self.app.device(&t.device_id);
+                let device = self.fleet.device(&t.device_id);
                 let cid = t
                     .customer_id
                     .clone()
                     .or_else(|| device.as_ref().and_then(|d| d.customer_id.clone()))
                     .unwrap_or_default();
-                let customer = (!cid.is_empty()).then(|| self.app.customer(&cid)).flatten();
+                let customer = (!cid.is_empty())
+                    .then(|| self.fleet.customer(&cid))
+                    .flatten();
                 let story = if cid.is_empty() {
                     None
                 } else {
                     let list = stories.entry(cid.clone()).or_insert_with(|| {
                         let entries = self
-                            .app
-                            .store
+                            .tickets
+                            .store()
                             .timeline::<TimelineEntry>(&cid)
                             .unwrap_or_default();
                         crate::notify::story::group(&entries)
@@ -615,8 +627,8 @@ impl Board {
             None => "not reached yet".to_string(),
         };
         let answer: Option<crate::notify::Answer> = self
-            .app
-            .store
+            .tickets
+            .store()
             .get_kv(&format!("notify/answer/{}", t.id))
             .ok()
             .flatten();
@@ -640,7 +652,7 @@ impl Board {
             queue::StatusFilter::All => (None, Some(5000)),
             queue::StatusFilter::One(s) => (Some(s), Some(5000)),
         };
-        let mut list = self.app.store.tickets(&TicketFilter {
+        let mut list = self.tickets.store().tickets(&TicketFilter {
             status,
             limit,
             ..TicketFilter::default()

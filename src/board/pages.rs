@@ -662,9 +662,9 @@ struct TicketPage {
 
 /// The device's window of each metric the evidence names.
 fn driving_series(b: &Board, t: &Ticket) -> Vec<super::svg::Series> {
-    let index = crate::app::load_metric_index(&b.app.store);
+    let index = crate::app::load_metric_index(b.tickets.store());
     // From the app, not the store: the stored state is a checkpoint that lags what was applied.
-    let state = b.app.device_state(&t.device_id).ok().flatten();
+    let state = b.tickets.device_state(&t.device_id).ok().flatten();
     let Some(state) = state else {
         return Vec::new();
     };
@@ -750,8 +750,8 @@ fn history(b: &Board, t: &Ticket, customer_id: &str) -> Vec<HistoryLine> {
         .collect();
     if !customer_id.is_empty() {
         let entries = b
-            .app
-            .store
+            .tickets
+            .store()
             .timeline::<crate::notify::TimelineEntry>(customer_id)
             .unwrap_or_default();
         for e in entries.iter().filter(|e| {
@@ -802,7 +802,7 @@ async fn ticket_page(
 }
 
 fn render_ticket(b: &Board, s: &Session, id: &str, flash: &Flash) -> Response {
-    let Some(t) = b.app.ticket(id) else {
+    let Some(t) = b.tickets.ticket(id) else {
         return error_page(
             Some(s),
             StatusCode::NOT_FOUND,
@@ -847,7 +847,9 @@ fn render_ticket(b: &Board, s: &Session, id: &str, flash: &Flash) -> Response {
         .map(|p| p.slots.iter().map(|s| b.slot_words(s)).collect())
         .unwrap_or_default();
     let customer_link = if t.is_live() && !view.customer_id.is_empty() && s.role.can_act() {
-        b.app.notifier().link_for(&t, &view.customer_id, b.now())
+        b.tickets
+            .notifier()
+            .link_for(&t, &view.customer_id, b.now())
     } else {
         String::new()
     };
@@ -1249,11 +1251,11 @@ async fn device_page(
     let s2 = s.clone();
     blocking(move || {
         let b = b2;
-        let device = b.app.device(&id);
-        let state = b.app.device_state(&id).ok().flatten();
+        let device = b.fleet.device(&id);
+        let state = b.tickets.device_state(&id).ok().flatten();
         let tickets = b
-            .app
-            .store
+            .tickets
+            .store()
             .tickets(&crate::store::TicketFilter {
                 device_id: Some(id.clone()),
                 limit: Some(200),
@@ -1268,7 +1270,7 @@ async fn device_page(
                 &format!("forewarn knows nothing of device {id}."),
             );
         }
-        let index = crate::app::load_metric_index(&b.app.store);
+        let index = crate::app::load_metric_index(b.tickets.store());
         let sparks = state
             .as_ref()
             .map(|st| {
@@ -1295,7 +1297,7 @@ async fn device_page(
             .and_then(|d| d.customer_id.clone())
             .unwrap_or_default();
         let customer_name = b
-            .app
+            .fleet
             .customer(&customer_id)
             .map(|c| c.name)
             .filter(|n| !n.is_empty())
@@ -1355,7 +1357,7 @@ async fn customer_page(
     let s2 = s.clone();
     blocking(move || {
         let b = b2;
-        let Some(c) = b.app.customer(&id) else {
+        let Some(c) = b.fleet.customer(&id) else {
             return error_page(
                 Some(&s2),
                 StatusCode::NOT_FOUND,
@@ -1364,8 +1366,8 @@ async fn customer_page(
             );
         };
         let tickets = b
-            .app
-            .store
+            .tickets
+            .store()
             .tickets(&crate::store::TicketFilter {
                 customer_id: Some(id.clone()),
                 limit: Some(200),
@@ -1373,8 +1375,8 @@ async fn customer_page(
             })
             .unwrap_or_default();
         let entries = b
-            .app
-            .store
+            .tickets
+            .store()
             .timeline::<crate::notify::TimelineEntry>(&id)
             .unwrap_or_default();
         let stories = crate::notify::story::group(&entries);

@@ -271,6 +271,22 @@ impl Cluster {
         tokio::spawn(self.clone().lease_loop(forward, shutdown))
     }
 
+    /// Cluster mode's intake: the partitions this instance leases feed the processor over
+    /// `forward`, and the acks of its durable groups go to the stream (`client` carries the
+    /// MQTT side of the groups, the dispatcher's publishes).
+    pub fn spawn_intake(
+        self: &Arc<Self>,
+        forward: mpsc::Sender<Inbound>,
+        client: mqtt::Client,
+        acks: crate::ingest::AckQueue,
+        shutdown: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        vec![
+            self.spawn(forward, shutdown.clone()),
+            tokio::spawn(ack_loop(self.clone(), client, acks.rx, acks.flushed)),
+        ]
+    }
+
     async fn lease_loop(
         self: Arc<Self>,
         forward: mpsc::Sender<Inbound>,

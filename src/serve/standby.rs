@@ -146,6 +146,21 @@ pub struct TakeOver {
     pub(crate) waited: Option<(Instant, Duration)>,
 }
 
+impl TakeOver {
+    /// What a process without `--standby` starts on: the data directory (created if missing)
+    /// and its lock, taken at once or not at all.
+    pub(crate) fn now(dir: &Path) -> Result<TakeOver, super::ServeError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            super::ServeError::Runtime(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        Ok(TakeOver {
+            lock: DataDirLock::acquire_now(dir)?,
+            listener: None,
+            waited: None,
+        })
+    }
+}
+
 /// `serve --standby` up to the takeover: validates the configuration (so a standby that could
 /// never take over fails now, not then), then takes the data directory's lock at once if it
 /// is free, or answers `/healthz`, `/readyz` and `/metrics` as a standby until it is. `None`

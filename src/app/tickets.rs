@@ -1,0 +1,164 @@
+//! Tickets for the API, the board and customers' replies: reads from the store, transitions
+//! through the single writer.
+
+use super::{App, CoreError};
+use crate::domain::{format_ts, HistoryEntry, Outcome, Status, Ticket};
+use crate::engine::{Change, ChangeKind};
+use crate::features::DeviceState;
+use crate::fleet::{Customer, Device};
+use crate::notify::{DeskError, Notifier, TicketDesk};
+use crate::store::{Store, Tx};
+use std::sync::Arc;
+
+/// Ticket reads and transitions. A transition commits the ticket, its dispatch row and the
+/// notifier's rows in one batch, through the writer (so it waits for a group being applied;
+/// call it from a blocking thread).
+#[derive(Clone)]
+pub struct Tickets {
+    writer: Arc<App>,
+}
+
+impl Tickets {
+    pub(super) fn new(writer: Arc<App>) -> Tickets {
+        Tickets { writer }
+    }
+
+    pub fn ticket(&self, id: &str) -> Option<Ticket> {
+        self.writer.store.ticket(id).ok().flatten()
+    }
+
+    /// The store, for reads (ticket lists, the board's own records).
+    pub fn store(&self) -> &Store {
+        &self.writer.store
+    }
+
+    /// The notifier: its clock, its templates, customers' links.
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        self.writer.notifier()
+    }
+
+    /// A device's state as the writer has applied it (see [`App::device_state`]). Waits for a
+    /// group being applied: call it from a blocking thread.
+    pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
+        self.writer.device_state(device)
+    }
+
+    /// Moves a ticket to `to` (or, with `None`, adds a history note) through the single writer,
+    /// committing the ticket, its dispatch row and the notifier's rows.
+    pub fn transition(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, CoreError> {
+        self.writer
+            .transition_with(id, to, actor, note, None, |_, _| Ok(()))
+    }
+
+    /// [`Tickets::transition`], with the outcome a person gives when resolving or dismissing
+    /// (the label for the next training run), and `also`: further records written in the same
+    /// commit as the change (the board's booked visit or assignment), given the changed ticket.
+    /// `also` runs inside the single writer: no I/O, no waiting.
+    pub fn transition_with(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        outcome: Option<Outcome>,
+        also: impl FnOnce(&Ticket, &mut Tx) -> Result<(), CoreError>,
+    ) -> Result<Ticket, CoreError> {
+        self.writer
+            .transition_with(id, to, actor, note, outcome, also)
+    }
+}
+
+/// Customer replies move tickets through the single writer, like API transitions.
+impl TicketDesk for Tickets {
+    fn ticket(&self, id: &str) -> Option<Ticket> {
+        Tickets::ticket(self, id)
+    }
+    fn customer_reply(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Ticket, DeskError> {
+        self.transition(id, to, actor, note).map_err(|e| match e {
+            CoreError::Store(e) => DeskError::Store(e),
+            CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
+            CoreError::Transition(e) => DeskError::Transition(e),
+            CoreError::Invalid(m) => DeskError::Invalid(m),
+            // A transition opens no ticket, so it claims none; kept total all the same.
+            e @ CoreError::Claim(_) => DeskError::Invalid(e.to_string()),
+        })
+    }
+    fn customer(&self, id: &str) -> Option<Customer> {
+        self.writer.registry.read().customers.get(id).cloned()
+    }
+    fn device(&self, id: &str) -> Option<Device> {
+        self.writer.registry.read().devices.get(id).cloned()
+    }
+}
+
+impl App {
+    /// See [`Tickets::transition_with`].
+    fn transition_with(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        outcome: Option<Outcome>,
+        also: impl FnOnce(&Ticket, &mut Tx) -> Result<(), CoreError>,
+    ) -> Result<Ticket, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        let mut t = self
+            .store
+            .ticket(id)?
+            .ok_or_else(|| CoreError::TicketNotFound(id.to_string()))?;
+        let now = self.notifier.now_ms();
+        let previous_priority = Some(t.priority);
+        match to {
+            Some(to) => t.transition(to, actor, now, note)?,
+            None => {
+                t.history.push(HistoryEntry {
+                    at: format_ts(now),
+                    actor: actor.to_string(),
+                    action: "note".into(),
+                    from: None,
+                    to: None,
+                    note: note.to_string(),
+                });
+            }
+        }
+        if let Some(o) = outcome {
+            if !matches!(t.status, Status::Resolved | Status::Dismissed) {
+                return Err(CoreError::Invalid(
+                    "an outcome is given only when resolving or dismissing a ticket".into(),
+                ));
+            }
+            t.outcome = Some(o);
+        }
+        let change = Change {
+            kind: ChangeKind::Transition,
+            previous_priority,
+            ticket: t.clone(),
+        };
+        let mut tx = self.store.tx();
+        also(&t, &mut tx)?;
+        self.record_change(&mut tx, &change, now);
+        self.store.commit(tx)?;
+        if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {
+            slot.live.retain(|x| x.id != t.id);
+            if t.is_live() {
+                slot.live.push(t.clone());
+            }
+        }
+        self.dispatch_wake.notify_one();
+        Ok(t)
+    }
+}

@@ -1,0 +1,86 @@
+//! What `serve` re-reads while it runs: the models and the API tokens file on SIGHUP, and the
+//! tokens file whenever it changes.
+
+use crate::app::App;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the SIGHUP handler and, with `api.tokens_file`, its watcher.
+pub(super) fn spawn(
+    app: &Arc<App>,
+    auth: &Arc<crate::api::Auth>,
+    cfg: &crate::api::Config,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(reload_on_sighup(
+        app.clone(),
+        auth.clone(),
+        shutdown.clone(),
+    ))];
+    if cfg.tokens_file.is_some() {
+        tasks.push(tokio::spawn(watch_tokens_file(
+            auth.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tasks
+}
+
+/// What re-reading the API tokens file gave; on error the tokens in force stay.
+fn log_tokens_reload(result: Result<usize, crate::api::auth::TokensFileError>) {
+    match result {
+        Ok(n) => tracing::info!("API tokens file re-read: {n} token(s)"),
+        Err(e) => tracing::warn!("{e}; the tokens read before stay in force"),
+    }
+}
+
+/// Checks the tokens file every second (a `stat`) and re-reads it when it changed.
+async fn watch_tokens_file(auth: Arc<crate::api::Auth>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(r) = auth.reload_if_changed() {
+            log_tokens_reload(r);
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(app: Arc<App>, auth: Arc<crate::api::Auth>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP (model reload disabled): {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = hup.recv() => {
+                if s.is_none() { break; }
+                let app = app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.reload_models()).await;
+                if auth.has_file() {
+                    log_tokens_reload(auth.reload());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(
+    _app: Arc<App>,
+    _auth: Arc<crate::api::Auth>,
+    shutdown: CancellationToken,
+) {
+    shutdown.cancelled().await;
+}
