@@ -1,7 +1,7 @@
 //! What `serve` builds from more than one section of the configuration: the checks made before
 //! anything is taken, the store, the single writer, the API's tokens and routes.
 
-use super::{config_error, runtime_error, ServeError};
+use super::ServeError;
 use crate::app::{self, App, Settings};
 use crate::config::Config;
 use crate::fleet::FleetFile;
@@ -10,6 +10,16 @@ use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// A configuration error (exit code 2), from anything that says what is wrong.
+fn config_error(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Config(e.to_string())
+}
+
+/// A failure at run time, from anything that says what went wrong.
+fn runtime_error(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Runtime(e.to_string())
+}
 
 /// What `--check-config` found.
 #[derive(Debug)]
@@ -157,6 +167,50 @@ pub(super) fn writer(
     Ok(Arc::new(app))
 }
 
+/// The notifier, built (templates checked, providers set up) before anything starts, so a bad
+/// template or provider table is a configuration error at start.
+pub(super) fn notifier(
+    cfg: &Config,
+    clock: Arc<dyn crate::notify::Clock>,
+    registry: &prometheus::Registry,
+) -> Result<Arc<crate::notify::Notifier>, ServeError> {
+    let notifier = crate::notify::Notifier::build(&cfg.notify, &cfg.api.public_url, registry)
+        .map_err(config_error)?;
+    Ok(Arc::new(notifier.with_clock(clock)))
+}
+
+/// Cluster mode, connected, when `[cluster]` is on.
+pub(super) async fn cluster(
+    cfg: &crate::cluster::Config,
+    registry: &prometheus::Registry,
+) -> Result<Option<Arc<crate::cluster::Cluster>>, ServeError> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let cluster = crate::cluster::Cluster::connect(cfg, registry)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Some(cluster))
+}
+
+/// The dispatch worker, publishing through the ingest stage's MQTT `client` (retained ticket
+/// publishes wait while the broker is away) and woken by the writer's commits.
+pub(super) fn dispatcher(
+    cfg: &crate::dispatch::Config,
+    app: &App,
+    client: mqtt::Client,
+) -> Result<crate::dispatch::Dispatcher, ServeError> {
+    crate::dispatch::Dispatcher::new(
+        cfg.clone(),
+        app.store.clone(),
+        app.metrics.clone(),
+        app.dispatch_wake.clone(),
+        app.broker_flag().clone(),
+        client,
+    )
+    .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))
+}
+
 /// A standby that took the data directory over counts it, before the API serves (so a
 /// `/readyz` that says ready already shows the takeover).
 pub(super) fn count_takeover(
@@ -184,14 +238,16 @@ pub(super) fn auth(cfg: &crate::api::Config) -> Result<Arc<crate::api::Auth>, Se
     Ok(Arc::new(auth))
 }
 
-/// The private listener's routes: the API and, when it is on, the dispatch board (beside the
-/// API it shares tokens with).
+/// The routes: the private listener's (the API and, when it is on, the dispatch board, beside
+/// the API it shares tokens with) and the notifier's.
 pub(super) fn routes(
     cfg: &Config,
     app: &Arc<App>,
+    notifier: &Arc<crate::notify::Notifier>,
+    desk: &Arc<dyn crate::notify::TicketDesk>,
     auth: &Arc<crate::api::Auth>,
     shutdown: &CancellationToken,
-) -> Result<axum::Router, ServeError> {
+) -> Result<(axum::Router, crate::api::NotifyRoutes), ServeError> {
     if !auth.has_tokens() {
         tracing::warn!(
             "no API tokens configured (api.tokens, api.tokens_file, FOREWARN_API_TOKEN): \
@@ -204,9 +260,16 @@ pub(super) fn routes(
             cfg.api.listen
         );
     }
+    let notify = crate::api::notify_routes(
+        notifier.clone(),
+        app.store.clone(),
+        desk.clone(),
+        auth.clone(),
+        &cfg.api,
+    );
     let router = crate::api::router(app.handles(), auth.clone(), &cfg.api);
     if !cfg.board.enabled {
-        return Ok(router);
+        return Ok((router, notify));
     }
     let board = crate::board::Board::build(
         &cfg.board,
@@ -218,7 +281,7 @@ pub(super) fn routes(
         shutdown.clone(),
     )
     .map_err(config_error)?;
-    Ok(router.merge(board.router(cfg.api.max_body_bytes)))
+    Ok((router.merge(board.router(cfg.api.max_body_bytes)), notify))
 }
 
 /// Where customers' webhook contacts may point: `[notify.webhook] allow`.

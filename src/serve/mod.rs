@@ -28,7 +28,6 @@ pub mod standby;
 
 use crate::app::{self, App};
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
 use crate::notify::TicketDesk;
 use crate::store::StoreError;
 use std::net::SocketAddr;
@@ -70,16 +69,6 @@ impl From<crate::api::server::ListenError> for ServeError {
             source: e.source,
         }
     }
-}
-
-/// A configuration error (exit code 2), from anything that says what is wrong.
-fn config_error(e: impl std::fmt::Display) -> ServeError {
-    ServeError::Config(e.to_string())
-}
-
-/// A failure at run time, from anything that says what went wrong.
-fn runtime_error(e: impl std::fmt::Display) -> ServeError {
-    ServeError::Runtime(e.to_string())
 }
 
 /// A running daemon.
@@ -181,19 +170,9 @@ async fn start(
     };
     let store = build::open_store(&cfg.store)?;
     let registry = prometheus::Registry::new();
-    let notifier = Arc::new(
-        crate::notify::Notifier::build(&cfg.notify, &cfg.api.public_url, &registry)
-            .map_err(config_error)?
-            .with_clock(clock),
-    );
-    let cluster = match cfg.cluster.enabled() {
-        true => Some(
-            crate::cluster::Cluster::connect(&cfg.cluster, &registry)
-                .await
-                .map_err(runtime_error)?,
-        ),
-        false => None,
-    };
+    let notifier = build::notifier(&cfg, clock, &registry)?;
+    // Cluster mode: connected before anything reads, so the shared ticket-id secret is known.
+    let cluster = build::cluster(&cfg.cluster, &registry).await?;
     let app = build::writer(&cfg, checked.inputs, store, &notifier, &cluster, &registry)?;
     build::count_takeover(&app, &cfg, held.waited);
     let auth = build::auth(&cfg.api)?;
@@ -201,28 +180,14 @@ async fn start(
     if let Some(c) = &cluster {
         c.set_api_addr(api.addr);
     }
+    // Customers' replies move tickets through the writer, like the API's transitions.
     let desk: Arc<dyn TicketDesk> = Arc::new(app.tickets());
-    let routes = build::routes(&cfg, &app, &auth, &shutdown)?;
-    let notify_routes = crate::api::notify_routes(
-        notifier.clone(),
-        app.store.clone(),
-        desk.clone(),
-        auth.clone(),
-        &cfg.api,
-    );
+    let (routes, notify_routes) = build::routes(&cfg, &app, &notifier, &desk, &auth, &shutdown)?;
     let ack_grace = cfg.shutdown.ack_grace.std();
     let (ingest, feed) = cfg
         .ingest
         .build(&cfg.broker, checked.mqtt, ack_grace, cluster.is_none());
-    let dispatcher = Dispatcher::new(
-        cfg.dispatch.clone(),
-        app.store.clone(),
-        app.metrics.clone(),
-        app.dispatch_wake.clone(),
-        app.broker_flag().clone(),
-        ingest.client.clone(),
-    )
-    .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))?;
+    let dispatcher = build::dispatcher(&cfg.dispatch, &app, ingest.client.clone())?;
 
     let (api_addr, public_addr) = (api.addr, api.public_addr);
     let mut tasks = api.spawn(routes, notify_routes, &shutdown, cfg.shutdown.grace.std());
