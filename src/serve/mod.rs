@@ -207,7 +207,8 @@ async fn start(
     tasks.push(notifier.spawn_worker(app.store.clone(), desk, shutdown.clone()));
     tasks.extend(app::timers::spawn(&app, &shutdown));
     tasks.extend(reload::spawn(&app, &auth, &cfg.api, &shutdown));
-    tracing::info!(api = %api_addr, broker = %cfg.broker.url, "forewarn serve started");
+    let models = app.metrics.models_loaded.get();
+    tracing::info!(api = %api_addr, broker = %cfg.broker.url, models, "forewarn serve started");
     Ok(Handle {
         api_addr,
         public_addr,
