@@ -569,7 +569,8 @@ async fn start(
         app.broker_connected.clone(),
         client,
     )
-    .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))?;
+    .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))?
+    .with_clock(notifier.clock());
     tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
     tasks.push(notifier.spawn_worker(app.store.clone(), desk, shutdown.clone()));
     if cfg.features.window().late_tolerance_ms > 0 {
