@@ -21,6 +21,8 @@
 
 #[cfg(test)]
 mod step_tests;
+#[cfg(test)]
+mod timer_tests;
 
 use super::channels::{Accepted, Found, Lookup, Outgoing, Provider, SendError};
 use super::route::{self, Decision, RouteInput};
