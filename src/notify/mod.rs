@@ -3,9 +3,10 @@
 //!
 //! Data flow: the daemon calls [`Notifier::on_ticket_change`] while it builds the atomic commit of
 //! a ticket change, which adds an outbox row (queue `notify`) and timeline entries to the same sled
-//! batch. The worker ([`Notifier::spawn_worker`]) routes each due row ([`route`]), renders it
-//! ([`templates`]), and hands it to a channel ([`channels`]) with an idempotency key; every
-//! decision and attempt lands in the customer's timeline. Replies come back through
+//! batch. The worker ([`Notifier::spawn_worker`], the [`crate::outbox`] worker running the pure
+//! [`step`]) routes each due row ([`route`]), renders it ([`templates`]), and hands it to a
+//! channel ([`channels`]) with an idempotency key; every decision and attempt lands in the
+//! customer's timeline. Replies come back through
 //! [`Notifier::routes`] and change the ticket through the daemon's [`TicketDesk`].
 //!
 //! Store keys used here (all under `k/notify/…` or the `notify` outbox queue):

@@ -331,7 +331,10 @@ impl<D: Delivery> Worker<D> {
                 return Ok(Some((current, rewritten)));
             }
             // Durable before anything leaves: after a crash the next round sees the attempt.
-            self.store.commit(tx)?;
+            // (Nothing written: the row itself was flushed when the round read it.)
+            if !tx.is_empty() {
+                self.store.commit(tx)?;
+            }
             let mut seen = Vec::with_capacity(io.len());
             for i in io {
                 seen.push(d.perform(&self.store, key, &current, &facts.known, i).await);
