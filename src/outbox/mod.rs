@@ -181,12 +181,12 @@ impl Gauges {
     }
 }
 
-/// A step that keeps asking for I/O after this many rounds on one row is cut short (logged):
-/// a row's steps take two rounds today (attempt, report).
+/// A row whose steps keep asking for I/O is left for the next round after this many (logged):
+/// a row takes two steps today (the attempt, the report).
 const MAX_STEPS: usize = 8;
 
-/// Runs a delivery type's rows: [`Worker::round`] once (tests, the demo) or [`Worker::run`]
-/// until shutdown.
+/// Runs a delivery type's rows: [`Worker::round`] once (tests stepping delivery by hand) or
+/// [`Worker::run`] until shutdown.
 pub struct Worker<D> {
     pub delivery: D,
     pub store: Store,
