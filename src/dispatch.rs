@@ -8,15 +8,19 @@
 //! A row is removed only once both targets took it; failures retry with exponential backoff, and
 //! after `dispatch.max_attempts` the row moves to the `dispatch_dead` queue (counted, logged).
 //! Rows of one (device, mode) go out in commit order, so the retained message is the latest state.
+//!
+//! The decisions are the pure [`step`]; [`Targets`] executes its effects (the publish, the POST)
+//! and the [`crate::outbox`] worker runs the queue.
 
 use crate::domain::{Dur, Ticket};
 use crate::engine::Change;
-use crate::ingest::mqtt::Backoff;
 use crate::metrics::Metrics;
+use crate::outbox::{
+    Backoff, Clock, Delivery, Effect, FactsOf, Gauges, Step, SystemClock, Update, Worker,
+};
 use crate::secret::Secret;
-use crate::store::Store;
+use crate::store::{Store, StoreError, Tx};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +59,7 @@ impl DeliveryError {
 }
 
 /// One pending dispatch of a ticket change.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DispatchRow {
     /// `opened`, `updated`, `settled` or `transition`.
     pub event: String,
@@ -92,196 +96,232 @@ pub fn webhook_body(row: &DispatchRow) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// The delivery worker: reads the `dispatch` outbox and delivers each row to MQTT and the
-/// webhook.
-pub struct Dispatcher {
+/// What the dispatch step knows about a row besides the reports of its I/O.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    /// The MQTT driver's word: retained publishes wait for the broker rather than fail.
+    pub broker_connected: bool,
+    /// `dispatch.max_attempts` (at least 1).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+/// A call to one of the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// The ticket's state, retained, QoS 1.
+    Publish,
+    /// The signed webhook POST.
+    Post,
+}
+
+/// What a call to a target reported (an error names no URL: it may carry a token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Published(Result<(), String>),
+    Posted(Result<(), String>),
+}
+
+/// What a dispatch step records besides the row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// One delivery attempt to a target (`mqtt`, `webhook`; `any` for a row given up) and its
+    /// result (`ok`, `error`, `dead`).
+    Counted {
+        target: &'static str,
+        result: &'static str,
+    },
+    /// A failed attempt, retried at the row's `next_attempt_ms`.
+    Retrying {
+        ticket: String,
+        attempt: u32,
+        wait_ms: i64,
+        error: String,
+    },
+    /// The row used up its attempts (it moves to [`DEAD_QUEUE`]).
+    GaveUp {
+        ticket: String,
+        attempts: u32,
+        error: String,
+    },
+}
+
+/// The dispatch step (pure): on a row's first step, the calls its undone targets need; on the
+/// reports, done (removed), progress kept, a retry after backoff, or the dead-letter queue
+/// after `max_attempts`.
+pub fn step(row: &DispatchRow, facts: &FactsOf<Targets>, now_ms: i64) -> Step<Targets> {
+    let known = &facts.known;
+    if row.mqtt_done && row.webhook_done {
+        return (Vec::new(), Update::Remove);
+    }
+    if facts.seen.is_empty() {
+        let mut io = Vec::new();
+        // Not connected is not a failed attempt: the row waits for the connection (the
+        // connect wakes the worker).
+        if !row.mqtt_done && known.broker_connected {
+            io.push(Effect::Io(Io::Publish));
+        }
+        if !row.webhook_done {
+            io.push(Effect::Io(Io::Post));
+        }
+        return (io, Update::Keep);
+    }
+    let mut row = row.clone();
+    let mut effects = Vec::new();
+    let mut error: Option<String> = None;
+    for seen in &facts.seen {
+        let (target, result) = match seen {
+            Seen::Published(r) => ("mqtt", r),
+            Seen::Posted(r) => ("webhook", r),
+        };
+        match result {
+            Ok(()) => {
+                match seen {
+                    Seen::Published(_) => row.mqtt_done = true,
+                    Seen::Posted(_) => row.webhook_done = true,
+                }
+                effects.push(Effect::Record(Record::Counted {
+                    target,
+                    result: "ok",
+                }));
+            }
+            Err(e) => {
+                effects.push(Effect::Record(Record::Counted {
+                    target,
+                    result: "error",
+                }));
+                error = Some(format!("{target}: {e}"));
+            }
+        }
+    }
+    if row.mqtt_done && row.webhook_done {
+        return (effects, Update::Remove);
+    }
+    let Some(error) = error else {
+        // Some progress, the rest waits for the broker: keep what went out.
+        return (effects, Update::Put(row));
+    };
+    row.attempts += 1;
+    row.last_error = Some(error.clone());
+    if row.attempts >= known.max_attempts.max(1) {
+        effects.push(Effect::Record(Record::Counted {
+            target: "any",
+            result: "dead",
+        }));
+        effects.push(Effect::Record(Record::GaveUp {
+            ticket: row.ticket.id.clone(),
+            attempts: row.attempts,
+            error,
+        }));
+        return (effects, Update::Dead(row));
+    }
+    let wait_ms = known.backoff.delay_ms(row.attempts, facts.jitter);
+    row.next_attempt_ms = now_ms + wait_ms;
+    effects.push(Effect::Record(Record::Retrying {
+        ticket: row.ticket.id.clone(),
+        attempt: row.attempts,
+        wait_ms,
+        error,
+    }));
+    (effects, Update::Put(row))
+}
+
+/// The targets of field-service dispatch (the executors of the dispatch step's effects).
+pub struct Targets {
     cfg: Config,
-    store: Store,
     metrics: Metrics,
-    /// Notified by every commit that adds rows, and by a broker (re)connection.
-    wake: Arc<Notify>,
     /// Kept by the MQTT driver: retained publishes wait for the broker rather than fail.
     broker_connected: Arc<AtomicBool>,
     client: crate::ingest::mqtt::Client,
     http: reqwest::Client,
 }
 
-impl Dispatcher {
-    pub fn new(
-        cfg: Config,
-        store: Store,
-        metrics: Metrics,
-        wake: Arc<Notify>,
-        broker_connected: Arc<AtomicBool>,
-        client: crate::ingest::mqtt::Client,
-    ) -> Result<Dispatcher, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
-            // A redirect would carry the signed body somewhere the configuration did not name.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Dispatcher {
-            cfg,
-            store,
-            metrics,
-            wake,
-            broker_connected,
-            client,
-            http,
+impl Delivery for Targets {
+    type Row = DispatchRow;
+    type Known = Known;
+    type Record = Record;
+    type Io = Io;
+    type Seen = Seen;
+    const QUEUE: &'static str = QUEUE;
+    const DEAD_QUEUE: Option<&'static str> = Some(DEAD_QUEUE);
+
+    fn due_ms(row: &DispatchRow) -> i64 {
+        row.next_attempt_ms
+    }
+
+    fn created_ms(_row: &DispatchRow) -> Option<i64> {
+        None
+    }
+
+    /// Rows of one (device, mode) go out in commit order: the retained message is the latest
+    /// state.
+    fn lane(row: &DispatchRow) -> Option<String> {
+        Some(format!(
+            "{}\u{1f}{}",
+            row.ticket.device_id, row.ticket.failure_mode
+        ))
+    }
+
+    fn step(row: &DispatchRow, facts: &FactsOf<Self>, now_ms: i64) -> Step<Self> {
+        step(row, facts, now_ms)
+    }
+
+    fn known(&self, _: &Store, _: &DispatchRow, _: i64) -> Result<Known, StoreError> {
+        Ok(Known {
+            broker_connected: self.broker_connected.load(Ordering::Relaxed),
+            max_attempts: self.cfg.max_attempts,
+            backoff: Backoff::new(self.cfg.retry_min.std(), self.cfg.retry_max.std()),
         })
     }
 
-    /// Delivers outbox rows until shutdown. Woken by commits; also retries on a timer.
-    pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            self.round().await;
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
+    fn record(&self, _: &mut Tx, record: Record) {
+        match record {
+            Record::Counted { target, result } => self
+                .metrics
+                .dispatch
+                .with_label_values(&[target, result])
+                .inc(),
+            Record::Retrying {
+                ticket,
+                attempt,
+                wait_ms,
+                error,
+            } => tracing::warn!(
+                %ticket,
+                attempt,
+                "dispatch failed, retrying in {:?}: {error}",
+                Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
+            ),
+            Record::GaveUp {
+                ticket,
+                attempts,
+                error,
+            } => tracing::error!(%ticket, "dispatch gave up after {attempts} attempts: {error}"),
         }
     }
 
-    async fn round(&self) {
-        let store = &self.store;
-        let rows = match store.outbox::<DispatchRow>(QUEUE) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("dispatch outbox unreadable: {e}");
-                return;
+    async fn perform(&self, _: &Store, key: &[u8], row: &DispatchRow, _: &Known, io: Io) -> Seen {
+        match io {
+            Io::Publish => {
+                let topic = format!(
+                    "{}/{}/{}",
+                    self.cfg.topic_prefix, row.ticket.device_id, row.ticket.failure_mode
+                );
+                let payload = serde_json::to_vec(&row.ticket).unwrap_or_default();
+                // Queued into the client's session: with clean_session = false rumqttc re-sends
+                // it after a reconnect until the broker acknowledges it.
+                let r = self
+                    .client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+                    .await;
+                Seen::Published(r.map_err(|e| e.to_string()))
             }
-        };
-        let depth = &self.metrics.outbox_depth;
-        depth.with_label_values(&[QUEUE]).set(rows.len() as i64);
-        let cfg = &self.cfg;
-        let m = &self.metrics.dispatch;
-        // (device, mode) pairs with an undelivered earlier row: later rows wait (ordering).
-        let mut blocked: HashSet<(String, String)> = HashSet::new();
-        let mut delivered: Vec<Vec<u8>> = Vec::new();
-        for (key, mut row) in rows {
-            let pair = (
-                row.ticket.device_id.clone(),
-                row.ticket.failure_mode.clone(),
-            );
-            if blocked.contains(&pair) {
-                continue;
-            }
-            let now = chrono::Utc::now().timestamp_millis();
-            if row.next_attempt_ms > now {
-                blocked.insert(pair);
-                continue;
-            }
-            let mut error: Option<String> = None;
-            let mut waiting_for_broker = false;
-            let mut progressed = false;
-            if !row.mqtt_done {
-                if self.broker_connected.load(Ordering::Relaxed) {
-                    let topic = format!(
-                        "{}/{}/{}",
-                        cfg.topic_prefix, row.ticket.device_id, row.ticket.failure_mode
-                    );
-                    let payload = serde_json::to_vec(&row.ticket).unwrap_or_default();
-                    // Queued into the client's session: with clean_session = false rumqttc
-                    // re-sends it after a reconnect until the broker acknowledges it.
-                    match self
-                        .client
-                        .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
-                        .await
-                    {
-                        Ok(()) => {
-                            row.mqtt_done = true;
-                            m.with_label_values(&["mqtt", "ok"]).inc();
-                        }
-                        Err(e) => {
-                            m.with_label_values(&["mqtt", "error"]).inc();
-                            error = Some(format!("mqtt: {e}"));
-                        }
-                    }
-                } else {
-                    // Not a failed attempt: the row simply waits for the connection (the
-                    // connect wakes this worker).
-                    waiting_for_broker = true;
-                }
-            }
-            if !row.webhook_done {
-                match self.post(&row, &key).await {
-                    Ok(()) => {
-                        row.webhook_done = true;
-                        progressed = true;
-                        m.with_label_values(&["webhook", "ok"]).inc();
-                    }
-                    Err(e) => {
-                        m.with_label_values(&["webhook", "error"]).inc();
-                        error = Some(format!("webhook: {e}"));
-                    }
-                }
-            }
-            let res = if row.mqtt_done && row.webhook_done {
-                // Removed with the round's other deliveries in one flushed batch below: a
-                // crash before it only repeats these deliveries (at least once, as ever).
-                delivered.push(key);
-                Ok(())
-            } else if error.is_none() {
-                // Only waiting for the broker; keep any webhook progress.
-                debug_assert!(waiting_for_broker);
-                blocked.insert(pair);
-                if progressed {
-                    store.outbox_put(&key, &row)
-                } else {
-                    Ok(())
-                }
-            } else {
-                row.attempts += 1;
-                row.last_error = error.clone();
-                if row.attempts >= cfg.max_attempts.max(1) {
-                    tracing::error!(
-                        ticket = %row.ticket.id,
-                        "dispatch gave up after {} attempts: {}",
-                        row.attempts,
-                        error.as_deref().unwrap_or("")
-                    );
-                    m.with_label_values(&["any", "dead"]).inc();
-                    let mut tx = store.tx();
-                    tx.push_outbox(DEAD_QUEUE, &row);
-                    tx.remove_raw(&key);
-                    store.commit(tx)
-                } else {
-                    let mut b = Backoff::new(cfg.retry_min.std(), cfg.retry_max.std());
-                    let mut wait = Duration::ZERO;
-                    for _ in 0..row.attempts {
-                        wait = b.next_delay();
-                    }
-                    row.next_attempt_ms = now + wait.as_millis() as i64;
-                    tracing::warn!(
-                        ticket = %row.ticket.id,
-                        attempt = row.attempts,
-                        "dispatch failed, retrying in {wait:?}: {}",
-                        error.as_deref().unwrap_or("")
-                    );
-                    blocked.insert(pair);
-                    store.outbox_put(&key, &row)
-                }
-            };
-            if let Err(e) = res {
-                tracing::error!("dispatch outbox update failed: {e}");
-            }
+            Io::Post => Seen::Posted(self.post(row, key).await.map_err(|e| e.to_string())),
         }
-        if !delivered.is_empty() {
-            let mut tx = store.tx();
-            for key in &delivered {
-                tx.remove_raw(key);
-            }
-            if let Err(e) = store.commit(tx) {
-                tracing::error!("dispatch outbox update failed: {e}");
-            }
-        }
-        depth
-            .with_label_values(&[QUEUE])
-            .set(store.outbox_len(QUEUE) as i64);
     }
+}
 
+impl Targets {
     async fn post(&self, row: &DispatchRow, key: &[u8]) -> Result<(), DeliveryError> {
         let cfg = &self.cfg;
         let Some(url) = &cfg.webhook_url else {
@@ -310,6 +350,65 @@ impl Dispatcher {
         } else {
             Err(DeliveryError::Status(resp.status()))
         }
+    }
+}
+
+/// The delivery worker of the `dispatch` outbox: each row to MQTT and the webhook.
+pub struct Dispatcher {
+    worker: Worker<Targets>,
+}
+
+/// Longest wait between rounds: a retry is never later than this after its due time even if
+/// the wake-up was missed.
+const POLL: Duration = Duration::from_millis(500);
+
+impl Dispatcher {
+    pub fn new(
+        cfg: Config,
+        store: Store,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+        broker_connected: Arc<AtomicBool>,
+        client: crate::ingest::mqtt::Client,
+    ) -> Result<Dispatcher, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the signed body somewhere the configuration did not name.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let gauges = Gauges {
+            depth: metrics.outbox_depth.with_label_values(&[QUEUE]),
+            oldest_age: None,
+        };
+        Ok(Dispatcher {
+            worker: Worker {
+                delivery: Targets {
+                    cfg,
+                    metrics,
+                    broker_connected,
+                    client,
+                    http,
+                },
+                store,
+                clock: Arc::new(SystemClock),
+                gauges,
+                wake,
+                poll: POLL,
+            },
+        })
+    }
+
+    /// Replaces the wall clock that due times are read from (the daemon's, shared with notify).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Dispatcher {
+        self.worker.clock = clock;
+        self
+    }
+
+    /// Delivers outbox rows until shutdown. Woken by commits and broker connections; also
+    /// wakes at the next retry's due time.
+    pub async fn run(self, shutdown: CancellationToken) {
+        self.worker.run(shutdown).await
     }
 }
 
@@ -344,3 +443,6 @@ impl Default for Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

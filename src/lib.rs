@@ -22,8 +22,13 @@
 //! - [`metrics`]  typed Prometheus metrics with bounded labels
 //! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider;
 //!   [`secret`] secrets that never print, URLs with their credentials redacted
-//! - [`notify`]   customer notifications: routing, outbox, channels, replies, timeline
-//! - [`dispatch`] field-service dispatch: the outbox row and the worker delivering it
+//! - [`outbox`]   the durable outbox: one worker for every delivery type — due times, commit
+//!   order, backoff, dead letters, gauges — executing the effects of each type's pure
+//!   `step(row, facts, now)`; the injected wall [`outbox::Clock`]
+//! - [`notify`]   customer notifications: routing, the notification row's step and its
+//!   executors (channels), replies, timeline
+//! - [`dispatch`] field-service dispatch: the dispatch row's step and its executors (MQTT, the
+//!   webhook)
 //! - [`archive`]  the optional history archive of accepted readings and events (`forewarn export`)
 //! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
 //!   score drift
@@ -74,6 +79,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod netguard;
 pub mod notify;
+pub mod outbox;
 pub mod outcomes;
 pub mod predict;
 pub mod replay;

@@ -17,7 +17,7 @@ pub struct NotifyConfig {
     /// On by default: with no provider configured every message is recorded as undeliverable
     /// (with the reason) in the customer's timeline, nothing fails.
     pub enabled: bool,
-    /// How often the worker looks at the outbox.
+    /// The longest wait between looks at the outbox (a row falling due wakes it sooner).
     pub poll_interval: Dur,
     /// HMAC key of self-service links (also FOREWARN__NOTIFY__LINK_SECRET); random per start if unset.
     pub link_secret: Option<Secret>,

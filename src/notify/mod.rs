@@ -3,9 +3,10 @@
 //!
 //! Data flow: the daemon calls [`Notifier::on_ticket_change`] while it builds the atomic commit of
 //! a ticket change, which adds an outbox row (queue `notify`) and timeline entries to the same sled
-//! batch. The worker ([`Notifier::spawn_worker`]) routes each due row ([`route`]), renders it
-//! ([`templates`]), and hands it to a channel ([`channels`]) with an idempotency key; every
-//! decision and attempt lands in the customer's timeline. Replies come back through
+//! batch. The worker ([`Notifier::spawn_worker`], the [`crate::outbox`] worker running the pure
+//! [`step`]) routes each due row ([`route`]), renders it ([`templates`]), and hands it to a
+//! channel ([`channels`]) with an idempotency key; every decision and attempt lands in the
+//! customer's timeline. Replies come back through
 //! [`Notifier::routes`] and change the ticket through the daemon's [`TicketDesk`].
 //!
 //! Store keys used here (all under `k/notify/…` or the `notify` outbox queue):
@@ -26,10 +27,10 @@ pub mod signature;
 pub mod sink;
 pub mod story;
 pub mod templates;
-mod worker;
+pub mod worker;
 
 pub use config::NotifyConfig;
-pub use worker::{fingerprint, interrupted_match, Attempt, OutboxRow};
+pub use worker::{fingerprint, interrupted_match, step, Attempt, Deliver, OutboxRow};
 
 use crate::domain::{format_ts, Priority, Ticket};
 use crate::engine::{Change, ChangeKind};
@@ -37,7 +38,6 @@ use crate::fleet::{Channel, Customer, Device};
 use channels::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use templates::{MessageKind, Templates};
 
@@ -91,39 +91,8 @@ pub trait TicketDesk: Send + Sync {
     fn device(&self, id: &str) -> Option<Device>;
 }
 
-/// Wall time, injectable so quiet hours and escalation can be tested without waiting.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> i64;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis()
-    }
-}
-
-/// A clock that moves only when told to.
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(ms: i64) -> Arc<ManualClock> {
-        Arc::new(ManualClock(AtomicI64::new(ms)))
-    }
-    pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst)
-    }
-    pub fn advance(&self, d: std::time::Duration) {
-        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+/// The clock moved to [`crate::outbox`], where the delivery worker's due times read the same one.
+pub use crate::outbox::{Clock, ManualClock, SystemClock};
 
 /// One line of a customer's timeline (`GET /api/v1/customers/{id}/timeline`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -250,7 +219,8 @@ pub struct Answer {
 }
 
 pub struct Notifier {
-    cfg: NotifyConfig,
+    /// Shared with every step of the outbox worker (its policy).
+    cfg: Arc<NotifyConfig>,
     public_url: String,
     templates: Templates,
     link_key: Vec<u8>,
@@ -362,7 +332,7 @@ impl Notifier {
             "notifications ready"
         );
         Ok(Notifier {
-            cfg: cfg.clone(),
+            cfg: Arc::new(cfg.clone()),
             public_url: public_url.trim_end_matches('/').to_string(),
             templates,
             link_key,
@@ -377,6 +347,11 @@ impl Notifier {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Notifier {
         self.clock = clock;
         self
+    }
+
+    /// The clock messages are stamped and scheduled by (the dispatcher's due times read it too).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     pub fn config(&self) -> &NotifyConfig {
@@ -602,14 +577,7 @@ impl Notifier {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let poll = self.cfg.poll_interval.std();
-            loop {
-                self.run_once(&store, desk.as_ref()).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(poll) => {}
-                }
-            }
+            self.run_worker(&store, desk.as_ref(), shutdown).await;
             tracing::info!("notification worker stopped");
         })
     }

@@ -1,6 +1,11 @@
-//! The delivery worker: due outbox rows → route → render → provider, with retries (exponential
-//! backoff with jitter, Retry-After), fallback to the next channel, reminders for unacknowledged
-//! urgent tickets, and the daily budget. Every step is recorded in the customer's timeline.
+//! Delivery of notifications: due outbox rows → route → render → provider, with retries
+//! (exponential backoff with jitter, Retry-After), fallback to the next channel, reminders for
+//! unacknowledged urgent tickets, and the daily budget. Every step is recorded in the customer's
+//! timeline.
+//!
+//! The decisions are the pure [`step`] (row, facts, now → effects, update); [`Deliver`] reads
+//! the facts and executes the effects (provider calls, store writes, counters), and the
+//! [`crate::outbox`] worker runs the queue: due times, the commit before each call, gauges.
 //!
 //! Crash safety: before calling a provider the row records the attempt ("sending", with a
 //! fingerprint of the SMS text) durably. After a kill -9 between "sent" and "recorded", the next
@@ -14,17 +19,23 @@
 //! On success the row's removal, the timeline entry, the budget count and any reminder row are
 //! one atomic commit.
 
+#[cfg(test)]
+mod step_tests;
+#[cfg(test)]
+mod timer_tests;
+
 use super::channels::{Accepted, Found, Lookup, Outgoing, Provider, SendError};
 use super::route::{self, Decision, RouteInput};
-use super::templates::Facts;
-use super::templates::MessageKind;
-use super::{Answer, Notifier, TicketDesk, TimelineEntry, QUEUE};
+use super::templates::{Facts as TemplateFacts, MessageKind, Rendered};
+use super::{Answer, Notifier, NotifyConfig, TicketDesk, TimelineEntry, QUEUE};
 use crate::domain::{Status, Ticket};
 use crate::fleet::{Channel, Customer};
-use crate::store::Store;
+use crate::outbox::{Backoff, Delivery, Effect, Facts, Gauges, Update, Worker};
+use crate::store::{Store, StoreError, Tx};
 use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -107,7 +118,7 @@ impl OutboxRow {
 }
 
 /// What a provider id (Twilio SID) refers to, for status callbacks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentRecord {
     pub row: OutboxRow,
     pub channel: Channel,
@@ -119,259 +130,768 @@ pub(crate) fn budget_key(customer: &str, day: &str) -> String {
     format!("notify/budget/{customer}/{day}")
 }
 
-impl Notifier {
-    /// One pass over the outbox: every due row is handled once. Public so tests and `demo` can
-    /// drive delivery step by step.
-    pub async fn run_once(&self, store: &Store, desk: &dyn TicketDesk) {
-        let rows = match store.outbox::<OutboxRow>(QUEUE) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "notify outbox unreadable");
-                return;
-            }
-        };
-        self.gauges(&rows);
-        let handled = rows.iter().any(|(_, r)| r.due_ms <= self.clock.now_ms());
-        for (key, row) in rows {
-            if row.due_ms > self.clock.now_ms() {
-                continue;
-            }
-            if let Err(e) = self.handle(store, desk, &key, row).await {
-                tracing::error!(error = %e, "notify outbox row could not be updated");
-            }
-        }
-        if handled {
-            if let Ok(rows) = store.outbox::<OutboxRow>(QUEUE) {
-                self.gauges(&rows);
-            }
-        }
-    }
+/// What the notification step knows about a row besides the reports of its I/O, read once
+/// per row by [`Delivery::known`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    /// The policy: routing, budget, attempts, backoff, reminders.
+    pub cfg: Arc<NotifyConfig>,
+    /// The desk's copy of the ticket (the row's own when the desk has none).
+    pub ticket: Ticket,
+    /// The customer's answer to this ticket, if any.
+    pub answered: Option<Answer>,
+    /// The customer already had an urgent alert for this ticket.
+    pub had_urgent: bool,
+    /// A warning about this ticket reached a provider (follow-ups depend on it).
+    pub alerted: bool,
+    pub customer: Option<Customer>,
+    /// The customer's local day (the budget's) and what was sent on it; `None` when the count
+    /// could not be read (counting from 0 would overspend the budget).
+    pub day: String,
+    pub sent_today: Option<u32>,
+    /// Channels with a configured provider.
+    pub available: BTreeSet<Channel>,
+    /// The customer's channels that answered STOP.
+    pub opted_out: BTreeSet<Channel>,
+    /// Channels that cannot carry this message to this customer, and why.
+    pub unusable: BTreeMap<Channel, String>,
+    /// The message in the customer's language (with a customer).
+    pub rendered: Option<Rendered>,
+    /// This message's own e-mail reply address: (token, address).
+    pub reply: Option<(String, String)>,
+}
 
-    fn gauges(&self, rows: &[(Vec<u8>, OutboxRow)]) {
-        let now = self.clock.now_ms();
-        self.metrics.depth.set(rows.len() as i64);
-        let oldest = rows.iter().map(|(_, r)| r.created_ms).min();
-        self.metrics.oldest_age.set(
-            oldest
-                .map(|o| (now - o).max(0) as f64 / 1000.0)
-                .unwrap_or(0.0),
+/// A call to a provider.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Io {
+    /// Sends the message on `channel` to `address` — unless the provider shows that one of the
+    /// `interrupted` attempts already sent it.
+    Send {
+        channel: Channel,
+        address: String,
+        interrupted: Vec<Attempt>,
+    },
+}
+
+/// What a provider call reported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    Sent {
+        channel: Channel,
+        result: Result<Accepted, SendError>,
+        /// An interrupted attempt came before this one.
+        resent: bool,
+    },
+}
+
+/// What a notification step records besides the row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Timeline {
+        customer: String,
+        at_ms: i64,
+        entry: TimelineEntry,
+    },
+    /// `forewarn_notify_messages_total{channel, outcome}`.
+    Counted {
+        channel: &'static str,
+        outcome: &'static str,
+    },
+    Fallback(Channel),
+    Latency {
+        channel: Channel,
+        seconds: f64,
+    },
+    Escalated,
+    /// Messages sent to the customer on their local day.
+    Budget {
+        customer: String,
+        day: String,
+        sent: u32,
+    },
+    /// The customer had the urgent alert of this ticket.
+    UrgentSent {
+        ticket: String,
+    },
+    /// A warning reached the customer on `channel` (follow-ups, replies without a number).
+    Warned {
+        ticket: String,
+        customer: String,
+        channel: Channel,
+    },
+    /// What a provider id refers to (status callbacks).
+    ProviderId {
+        id: String,
+        record: SentRecord,
+    },
+    /// An e-mail's own reply address, recorded before it leaves.
+    ReplyTo {
+        token: String,
+        address: String,
+        target: super::ReplyTarget,
+    },
+    /// The next reminder of an unacknowledged urgent message.
+    Reminder(OutboxRow),
+    Notified {
+        channel: Channel,
+        kind: MessageKind,
+        ticket: String,
+    },
+    Retrying {
+        channel: Channel,
+        ticket: String,
+        tries: u32,
+        wait_ms: i64,
+        error: String,
+    },
+    Undeliverable {
+        ticket: String,
+    },
+}
+
+/// Effects and update of a notification step.
+pub type NotifyStep = (Vec<Effect<Record, Io>>, Update<OutboxRow>);
+
+fn timeline(customer: &str, now: i64, entry: TimelineEntry) -> Effect<Record, Io> {
+    Effect::Record(Record::Timeline {
+        customer: customer.to_string(),
+        at_ms: now,
+        entry,
+    })
+}
+
+fn counted(channel: &'static str, outcome: &'static str) -> Effect<Record, Io> {
+    Effect::Record(Record::Counted { channel, outcome })
+}
+
+/// The notification step (pure). On a row's first step: dropped when it is stale (a reminder
+/// already answered, a follow-up to a customer never alerted, a closed ticket) or its customer
+/// is unknown; routed once (send, hold for quiet hours or budget, drop); a retry held out of
+/// quiet hours; the channel skipped when it has no contact or provider; otherwise the attempt is
+/// recorded ("sending") and the send asked for. On the provider's report: removed with the
+/// budget, timeline and reminder on success; a retry after backoff (or `Retry-After`); the next
+/// channel after `max_attempts` or a permanent failure; dropped when none is left.
+pub fn step(row: &OutboxRow, facts: &Facts<Known, Seen>, now: i64) -> NotifyStep {
+    match facts.seen.first() {
+        None => before_send(row, &facts.known, now),
+        Some(Seen::Sent {
+            channel,
+            result,
+            resent,
+        }) => after_send(row, facts, *channel, result, *resent, now),
+    }
+}
+
+fn before_send(row: &OutboxRow, k: &Known, now: i64) -> NotifyStep {
+    let ticket = &k.ticket;
+    let answered = k.answered.as_ref();
+    // Not asked again what they already answered; nothing to say about a closed ticket.
+    let stale = match row.kind {
+        MessageKind::Reminder => (ticket.status != Status::Open || answered.is_some()).then(|| {
+            format!(
+                "reminder not needed: ticket {}{}",
+                ticket.status.as_str(),
+                answered
+                    .map(|a| format!(", customer answered {:?} by {}", a.answer, a.channel))
+                    .unwrap_or_default()
+            )
+        }),
+        // Follow-ups go only to a customer notify actually alerted about this ticket.
+        MessageKind::Resolved
+        | MessageKind::VisitConfirmed
+        | MessageKind::VisitRescheduled
+        | MessageKind::NoActionNeeded => (!k.alerted)
+            .then(|| "not sent: the customer was never alerted about this ticket".to_string()),
+        // Opened already urgent (e.g. failure predicted soon) and then raised to urgent
+        // priority: the customer has had the urgent alert. (A fallback row of that alert has
+        // its plan already and goes on.)
+        MessageKind::Urgent | MessageKind::Update if row.plan.is_empty() && k.had_urgent => {
+            Some("not sent: the customer already had an urgent alert for this ticket".into())
+        }
+        _ => (!ticket.is_live())
+            .then(|| format!("not sent: ticket already {}", ticket.status.as_str())),
+    };
+    if let Some(why) = stale {
+        let e = TimelineEntry::new(now, "dropped", &row.ticket_id, why);
+        return (vec![timeline(&row.customer_id, now, e)], Update::Remove);
+    }
+    let Some(customer) = &k.customer else {
+        let e = TimelineEntry::new(now, "dropped", &row.ticket_id, "customer unknown");
+        return (
+            vec![
+                counted("none", "dropped"),
+                timeline(&row.customer_id, now, e),
+            ],
+            Update::Remove,
         );
-    }
-
-    fn timeline(&self, store: &Store, customer: &str, e: TimelineEntry) {
-        let mut tx = store.tx();
-        tx.push_timeline(customer, self.clock.now_ms(), &e);
-        if let Err(err) = store.commit(tx) {
-            tracing::error!(error = %err, "notify timeline write failed");
+    };
+    let Some(sent_today) = k.sent_today else {
+        // Left for the next round (the budget count was unreadable).
+        return (Vec::new(), Update::Keep);
+    };
+    let mut row = row.clone();
+    let mut effects = Vec::new();
+    if row.plan.is_empty() {
+        let input = RouteInput {
+            opted_out: &k.opted_out,
+            unusable: &k.unusable,
+            cfg: &k.cfg.routing,
+            available: &k.available,
+            customer,
+            urgent: row.urgent,
+            urgency_reason: &row.urgency_reason,
+            escalate_from: row.escalate_from,
+            now_ms: now,
+            sent_today,
+            budget: customer.daily_budget.unwrap_or(k.cfg.daily_budget),
+            urgent_over_budget: k.cfg.urgent_over_budget,
+        };
+        match route::route(&input) {
+            Decision::Send { channels, reason } => {
+                let Some(&first) = channels.first() else {
+                    return (Vec::new(), Update::Keep);
+                };
+                row.plan = channels;
+                row.step = 0;
+                row.tries = 0;
+                let e = TimelineEntry::new(
+                    now,
+                    "decision",
+                    &row.ticket_id,
+                    format!("{}: {reason}", first.as_str().to_uppercase()),
+                )
+                .channel(first);
+                effects.push(timeline(&customer.id, now, e));
+            }
+            Decision::Hold { until_ms, reason } => {
+                row.due_ms = until_ms;
+                let e = TimelineEntry::new(now, "decision", &row.ticket_id, reason).outcome("held");
+                return (
+                    vec![counted("none", "held"), timeline(&customer.id, now, e)],
+                    Update::Put(row),
+                );
+            }
+            Decision::Drop { reason } => {
+                let e =
+                    TimelineEntry::new(now, "decision", &row.ticket_id, reason).outcome("dropped");
+                return (
+                    vec![counted("none", "dropped"), timeline(&customer.id, now, e)],
+                    Update::Remove,
+                );
+            }
+        }
+    } else if !row.urgent {
+        // A retry of an advisory message never lands in quiet hours either.
+        if let Some((until, hhmm)) = route::quiet_until(customer, now) {
+            row.due_ms = until;
+            let e = TimelineEntry::new(
+                now,
+                "decision",
+                &row.ticket_id,
+                format!("retry held: quiet hours until {hhmm}"),
+            )
+            .outcome("held");
+            return (vec![timeline(&customer.id, now, e)], Update::Put(row));
         }
     }
+    let Some(&ch) = row.plan.get(row.step) else {
+        // A plan step past its end (a row written by hand): nothing is left to try.
+        let e = TimelineEntry::new(now, "dropped", &row.ticket_id, "no channel left");
+        effects.push(timeline(&customer.id, now, e));
+        return (effects, Update::Remove);
+    };
+    let Some(address) = customer.contacts.get(&ch).cloned() else {
+        return fall_back(row, effects, ch, "no contact on this channel".into(), now);
+    };
+    if !k.available.contains(&ch) {
+        return fall_back(row, effects, ch, "no provider configured".into(), now);
+    }
+    // Attempts on this channel that never got an answer recorded: a crash interrupted them.
+    let interrupted: Vec<Attempt> = row
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.outcome.as_str(), "sending" | "unanswered") && a.channel == ch)
+        .cloned()
+        .collect();
+    // Committed before the provider call: after a crash from here on, the next round knows an
+    // attempt may have reached the provider.
+    row.attempts.push(Attempt {
+        at_ms: now,
+        channel: ch,
+        outcome: "sending".into(),
+        detail: if interrupted.is_empty() {
+            String::new()
+        } else {
+            "after an interrupted attempt".into()
+        },
+        fingerprint: (ch == Channel::Sms)
+            .then(|| k.rendered.as_ref().map(|r| fingerprint(&r.sms)))
+            .flatten(),
+    });
+    // E-mail: this message's own reply address, known before it leaves (a reply can only come
+    // back to an address we recorded).
+    if ch == Channel::Email {
+        if let Some((token, address)) = &k.reply {
+            effects.push(Effect::Record(Record::ReplyTo {
+                token: token.clone(),
+                address: address.clone(),
+                target: super::ReplyTarget {
+                    ticket_id: row.ticket_id.clone(),
+                    customer_id: customer.id.clone(),
+                },
+            }));
+        }
+    }
+    effects.push(Effect::Io(Io::Send {
+        channel: ch,
+        address,
+        interrupted,
+    }));
+    (effects, Update::Put(row))
+}
 
-    async fn handle(
-        &self,
-        store: &Store,
-        desk: &dyn TicketDesk,
-        key: &[u8],
-        mut row: OutboxRow,
-    ) -> Result<(), crate::store::StoreError> {
-        let now = self.clock.now_ms();
-        let ticket = desk
+fn after_send(
+    row: &OutboxRow,
+    facts: &Facts<Known, Seen>,
+    ch: Channel,
+    result: &Result<Accepted, SendError>,
+    resent: bool,
+    now: i64,
+) -> NotifyStep {
+    let k = &facts.known;
+    let Some(customer) = &k.customer else {
+        return (Vec::new(), Update::Keep);
+    };
+    let mut row = row.clone();
+    let kind = row.kind;
+    match result {
+        Ok(acc) => {
+            let recovered = resent && acc.detail.starts_with(FOUND);
+            if let Some(a) = row.attempts.last_mut() {
+                a.outcome = "accepted".into();
+                a.detail = acc.detail.clone();
+            }
+            let mut effects = vec![
+                counted(ch.as_str(), "sent"),
+                Effect::Record(Record::Latency {
+                    channel: ch,
+                    seconds: (now - row.created_ms).max(0) as f64 / 1000.0,
+                }),
+                Effect::Record(Record::Budget {
+                    customer: customer.id.clone(),
+                    day: k.day.clone(),
+                    sent: k.sent_today.unwrap_or(0) + 1,
+                }),
+            ];
+            if matches!(kind, MessageKind::Urgent | MessageKind::Update) {
+                effects.push(Effect::Record(Record::UrgentSent {
+                    ticket: row.ticket_id.clone(),
+                }));
+            }
+            if kind.is_warning() {
+                effects.push(Effect::Record(Record::Warned {
+                    ticket: row.ticket_id.clone(),
+                    customer: customer.id.clone(),
+                    channel: ch,
+                }));
+            }
+            let locale = k.rendered.as_ref().map_or("", |r| r.locale.as_str());
+            let e = TimelineEntry::new(
+                now,
+                "message",
+                &row.ticket_id,
+                format!(
+                    "{} {} message accepted ({}, locale {locale}{})",
+                    ch.as_str(),
+                    kind.as_str(),
+                    acc.detail,
+                    match (resent, recovered) {
+                        (true, true) => ", not sent again",
+                        (true, false) =>
+                            ", sent again: the interrupted attempt never reached the customer",
+                        _ => "",
+                    }
+                ),
+            )
+            .channel(ch)
+            .outcome("sent")
+            .message(kind);
+            effects.push(timeline(&customer.id, now, e));
+            if let Some(pid) = &acc.provider_id {
+                if matches!(ch, Channel::Sms | Channel::Voice) {
+                    effects.push(Effect::Record(Record::ProviderId {
+                        id: pid.clone(),
+                        record: SentRecord {
+                            row: row.clone(),
+                            channel: ch,
+                            settled: false,
+                        },
+                    }));
+                }
+            }
+            let wants_ack = matches!(
+                kind,
+                MessageKind::Urgent | MessageKind::Update | MessageKind::Reminder
+            );
+            if wants_ack && k.answered.is_none() && row.reminder < k.cfg.max_reminders {
+                let due = now + k.cfg.ack_timeout.as_millis_i64();
+                let n = row.reminder + 1;
+                effects.push(Effect::Record(Record::Reminder(OutboxRow {
+                    // Unique per chain, so each reminder has its own idempotency key.
+                    id: format!("{}/r{n}", row.id),
+                    kind: MessageKind::Reminder,
+                    urgent: true,
+                    urgency_reason: format!(
+                        "urgent: not acknowledged {} after the {} message",
+                        k.cfg.ack_timeout,
+                        if row.reminder == 0 {
+                            "first"
+                        } else {
+                            "previous"
+                        }
+                    ),
+                    created_ms: due,
+                    due_ms: due,
+                    reminder: n,
+                    escalate_from: Some(ch),
+                    plan: Vec::new(),
+                    step: 0,
+                    tries: 0,
+                    attempts: Vec::new(),
+                    ..row.clone()
+                })));
+            }
+            if kind == MessageKind::Reminder {
+                effects.push(Effect::Record(Record::Escalated));
+            }
+            effects.push(Effect::Record(Record::Notified {
+                channel: ch,
+                kind,
+                ticket: row.ticket_id.clone(),
+            }));
+            (effects, Update::Remove)
+        }
+        Err(SendError::Retry { detail, after }) => {
+            let unanswered = super::channels::no_answer(detail);
+            let mut effects = vec![counted(ch.as_str(), "retry")];
+            row.tries += 1;
+            if let Some(a) = row.attempts.last_mut() {
+                // No answer: the provider may have the message; the next attempt asks first.
+                a.outcome = if unanswered { "unanswered" } else { "retry" }.into();
+                a.detail = detail.clone();
+            }
+            if row.tries >= k.cfg.max_attempts {
+                let why = format!("{detail} (after {} attempts)", k.cfg.max_attempts);
+                return fall_back(row, effects, ch, why, now);
+            }
+            let backoff = Backoff::new(k.cfg.retry_min.std(), k.cfg.retry_max.std())
+                .delay_ms(row.tries, facts.jitter);
+            let wait = after
+                .map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0)
+                .max(backoff);
+            row.due_ms = now.saturating_add(wait);
+            effects.push(Effect::Record(Record::Retrying {
+                channel: ch,
+                ticket: row.ticket_id.clone(),
+                tries: row.tries,
+                wait_ms: wait,
+                error: detail.clone(),
+            }));
+            let e = TimelineEntry::new(
+                now,
+                "attempt",
+                &row.ticket_id,
+                format!(
+                    "{} attempt {} failed: {detail}; retry in {}s",
+                    ch.as_str(),
+                    row.tries,
+                    (wait + 999) / 1000
+                ),
+            )
+            .channel(ch)
+            .outcome("retry");
+            effects.push(timeline(&customer.id, now, e));
+            (effects, Update::Put(row))
+        }
+        Err(SendError::Permanent { detail }) => {
+            if let Some(a) = row.attempts.last_mut() {
+                a.outcome = "failed".into();
+                a.detail = detail.clone();
+            }
+            fall_back(row, Vec::new(), ch, detail.clone(), now)
+        }
+    }
+}
+
+/// The channel failed for good: the next channel in the plan, or give up with the reason.
+fn fall_back(
+    mut row: OutboxRow,
+    mut effects: Vec<Effect<Record, Io>>,
+    failed: Channel,
+    detail: String,
+    now: i64,
+) -> NotifyStep {
+    effects.push(counted(failed.as_str(), "failed"));
+    if let Some(&next) = row.plan.get(row.step + 1) {
+        effects.push(Effect::Record(Record::Fallback(failed)));
+        row.step += 1;
+        row.tries = 0;
+        row.due_ms = now;
+        let e = TimelineEntry::new(
+            now,
+            "fallback",
+            &row.ticket_id,
+            format!(
+                "{} failed ({detail}); trying {} next",
+                failed.as_str(),
+                next.as_str()
+            ),
+        )
+        .channel(next);
+        effects.push(timeline(&row.customer_id, now, e));
+        (effects, Update::Put(row))
+    } else {
+        effects.push(Effect::Record(Record::Undeliverable {
+            ticket: row.ticket_id.clone(),
+        }));
+        let e = TimelineEntry::new(
+            now,
+            "dropped",
+            &row.ticket_id,
+            format!(
+                "{} failed ({detail}); no channel left: message undeliverable",
+                failed.as_str()
+            ),
+        )
+        .channel(failed)
+        .outcome("failed");
+        effects.push(timeline(&row.customer_id, now, e));
+        (effects, Update::Remove)
+    }
+}
+
+/// The notifier as the executor of notification steps, with the desk it reads tickets and
+/// customers from.
+pub struct Deliver<'a> {
+    pub notifier: &'a Notifier,
+    pub desk: &'a dyn TicketDesk,
+}
+
+impl Delivery for Deliver<'_> {
+    type Row = OutboxRow;
+    type Known = Known;
+    type Record = Record;
+    type Io = Io;
+    type Seen = Seen;
+    const QUEUE: &'static str = QUEUE;
+    // A message that failed on every channel is dropped with a timeline entry a person reads.
+    const DEAD_QUEUE: Option<&'static str> = None;
+
+    fn due_ms(row: &OutboxRow) -> i64 {
+        row.due_ms
+    }
+
+    fn created_ms(row: &OutboxRow) -> Option<i64> {
+        Some(row.created_ms)
+    }
+
+    fn step(row: &OutboxRow, facts: &Facts<Known, Seen>, now_ms: i64) -> NotifyStep {
+        step(row, facts, now_ms)
+    }
+
+    fn known(&self, store: &Store, row: &OutboxRow, now: i64) -> Result<Known, StoreError> {
+        let n = self.notifier;
+        let ticket = self
+            .desk
             .ticket(&row.ticket_id)
             .unwrap_or_else(|| row.ticket.clone());
         let answered: Option<Answer> = store
             .get_kv(&format!("notify/answer/{}", row.ticket_id))
             .ok()
             .flatten();
-        // Not asked again what they already answered; nothing to say about a closed ticket.
-        let stale = match row.kind {
-            MessageKind::Reminder => {
-                (ticket.status != Status::Open || answered.is_some()).then(|| {
-                    format!(
-                        "reminder not needed: ticket {}{}",
-                        ticket.status.as_str(),
-                        answered
-                            .as_ref()
-                            .map(|a| format!(", customer answered {:?} by {}", a.answer, a.channel))
-                            .unwrap_or_default()
-                    )
-                })
+        let had_urgent = store
+            .get_kv::<bool>(&format!("notify/urgent/{}", row.ticket_id))
+            .ok()
+            .flatten()
+            .is_some();
+        let customer = self.desk.customer(&row.customer_id);
+        let (day, sent_today, opted_out, unusable, rendered) = match &customer {
+            None => Default::default(),
+            Some(c) => {
+                let day = route::local_day(c, now);
+                let sent = store.get_kv::<u32>(&budget_key(&c.id, &day));
+                if let Err(e) = &sent {
+                    tracing::error!(error = %e, "notify budget unreadable: the row waits");
+                }
+                let mut unusable = BTreeMap::new();
+                if !n.templates.speaks(&c.locale) {
+                    unusable.insert(
+                        Channel::Voice,
+                        format!(
+                            "no text-to-speech voice for {} (notify templates: voice_language)",
+                            if c.locale.is_empty() {
+                                "this customer's language"
+                            } else {
+                                c.locale.as_str()
+                            }
+                        ),
+                    );
+                }
+                let facts = n.facts(&ticket, c, self.desk, now);
+                let rendered = n
+                    .templates
+                    .render(&c.locale, row.kind, &facts, answered.is_none());
+                (
+                    day,
+                    sent.ok().map(|s| s.unwrap_or(0)),
+                    n.opted_out(store, c),
+                    unusable,
+                    Some(rendered),
+                )
             }
-            // Follow-ups go only to a customer notify actually alerted about this ticket.
-            MessageKind::Resolved
-            | MessageKind::VisitConfirmed
-            | MessageKind::VisitRescheduled
-            | MessageKind::NoActionNeeded => (!self.was_alerted(store, &row.ticket_id))
-                .then(|| "not sent: the customer was never alerted about this ticket".to_string()),
-            // Opened already urgent (e.g. failure predicted soon) and then raised to urgent
-            // priority: the customer has had the urgent alert. (A fallback row of that alert
-            // has its plan already and goes on.)
-            MessageKind::Urgent | MessageKind::Update
-                if row.plan.is_empty()
-                    && store
-                        .get_kv::<bool>(&format!("notify/urgent/{}", row.ticket_id))
-                        .ok()
-                        .flatten()
-                        .is_some() =>
-            {
-                Some("not sent: the customer already had an urgent alert for this ticket".into())
-            }
-            _ => (!ticket.is_live())
-                .then(|| format!("not sent: ticket already {}", ticket.status.as_str())),
         };
-        if let Some(why) = stale {
-            let mut tx = store.tx();
-            tx.remove_raw(key);
-            tx.push_timeline(
-                &row.customer_id,
-                now,
-                &TimelineEntry::new(now, "dropped", &row.ticket_id, why),
-            );
-            return store.commit(tx);
-        }
-        let Some(customer) = desk.customer(&row.customer_id) else {
-            self.metrics
-                .messages
-                .with_label_values(&["none", "dropped"])
-                .inc();
-            let mut tx = store.tx();
-            tx.remove_raw(key);
-            tx.push_timeline(
-                &row.customer_id,
-                now,
-                &TimelineEntry::new(now, "dropped", &row.ticket_id, "customer unknown"),
-            );
-            return store.commit(tx);
-        };
-        let day = route::local_day(&customer, now);
-        // A read error leaves the row for the next round: counting from 0 would overspend the
-        // customer's budget.
-        let sent_today: u32 = store.get_kv(&budget_key(&customer.id, &day))?.unwrap_or(0);
-        if row.plan.is_empty() {
-            let available = self.available();
-            let opted_out = self.opted_out(store, &customer);
-            let mut unusable = std::collections::BTreeMap::new();
-            if !self.templates.speaks(&customer.locale) {
-                unusable.insert(
-                    Channel::Voice,
-                    format!(
-                        "no text-to-speech voice for {} (notify templates: voice_language)",
-                        if customer.locale.is_empty() {
-                            "this customer's language"
-                        } else {
-                            customer.locale.as_str()
-                        }
-                    ),
-                );
+        Ok(Known {
+            cfg: n.cfg.clone(),
+            alerted: n.was_alerted(store, &row.ticket_id),
+            ticket,
+            answered,
+            had_urgent,
+            customer,
+            day,
+            sent_today,
+            available: n.available(),
+            opted_out,
+            unusable,
+            rendered,
+            reply: n.reply_address(&row.id),
+        })
+    }
+
+    fn record(&self, tx: &mut Tx, record: Record) {
+        let m = &self.notifier.metrics;
+        match record {
+            Record::Timeline {
+                customer,
+                at_ms,
+                entry,
+            } => tx.push_timeline(&customer, at_ms, &entry),
+            Record::Counted { channel, outcome } => {
+                m.messages.with_label_values(&[channel, outcome]).inc()
             }
-            let input = RouteInput {
-                opted_out: &opted_out,
-                unusable: &unusable,
-                cfg: &self.cfg.routing,
-                available: &available,
-                customer: &customer,
-                urgent: row.urgent,
-                urgency_reason: &row.urgency_reason,
-                escalate_from: row.escalate_from,
-                now_ms: now,
-                sent_today,
-                budget: customer.daily_budget.unwrap_or(self.cfg.daily_budget),
-                urgent_over_budget: self.cfg.urgent_over_budget,
-            };
-            match route::route(&input) {
-                Decision::Send { channels, reason } => {
-                    row.plan = channels;
-                    row.step = 0;
-                    row.tries = 0;
-                    let first = row.plan[0];
-                    self.timeline(
-                        store,
-                        &customer.id,
-                        TimelineEntry::new(
-                            now,
-                            "decision",
-                            &row.ticket_id,
-                            format!("{}: {reason}", first.as_str().to_uppercase()),
-                        )
-                        .channel(first),
-                    );
-                }
-                Decision::Hold { until_ms, reason } => {
-                    self.metrics
-                        .messages
-                        .with_label_values(&["none", "held"])
-                        .inc();
-                    row.due_ms = until_ms;
-                    let mut tx = store.tx();
-                    tx.put_outbox_row(key, &row);
-                    tx.push_timeline(
-                        &customer.id,
-                        now,
-                        &TimelineEntry::new(now, "decision", &row.ticket_id, reason)
-                            .outcome("held"),
-                    );
-                    return store.commit(tx);
-                }
-                Decision::Drop { reason } => {
-                    self.metrics
-                        .messages
-                        .with_label_values(&["none", "dropped"])
-                        .inc();
-                    let mut tx = store.tx();
-                    tx.remove_raw(key);
-                    tx.push_timeline(
-                        &customer.id,
-                        now,
-                        &TimelineEntry::new(now, "decision", &row.ticket_id, reason)
-                            .outcome("dropped"),
-                    );
-                    return store.commit(tx);
-                }
+            Record::Fallback(ch) => m.fallbacks.with_label_values(&[ch.as_str()]).inc(),
+            Record::Latency { channel, seconds } => m
+                .latency
+                .with_label_values(&[channel.as_str()])
+                .observe(seconds),
+            Record::Escalated => m.escalations.inc(),
+            Record::Budget {
+                customer,
+                day,
+                sent,
+            } => tx.put_kv(&budget_key(&customer, &day), &sent),
+            Record::UrgentSent { ticket } => tx.put_kv(&format!("notify/urgent/{ticket}"), &true),
+            Record::Warned {
+                ticket,
+                customer,
+                channel,
+            } => {
+                tx.put_kv(&alerted_key(&ticket), &channel);
+                tx.put_kv(&super::last_warned_key(&customer, None), &ticket);
+                tx.put_kv(&super::last_warned_key(&customer, Some(channel)), &ticket);
             }
-        } else if !row.urgent {
-            // A retry of an advisory message never lands in quiet hours either.
-            if let Some((until, hhmm)) = route::quiet_until(&customer, now) {
-                row.due_ms = until;
-                let mut tx = store.tx();
-                tx.put_outbox_row(key, &row);
-                tx.push_timeline(
-                    &customer.id,
-                    now,
-                    &TimelineEntry::new(
-                        now,
-                        "decision",
-                        &row.ticket_id,
-                        format!("retry held: quiet hours until {hhmm}"),
-                    )
-                    .outcome("held"),
-                );
-                return store.commit(tx);
+            Record::ProviderId { id, record } => tx.put_kv(&format!("notify/sid/{id}"), &record),
+            Record::ReplyTo {
+                token,
+                address,
+                target,
+            } => {
+                tx.put_kv(&format!("notify/replylast/{}", target.ticket_id), &address);
+                tx.put_kv(&super::reply_key(&token), &target);
+            }
+            Record::Reminder(row) => {
+                tx.push_outbox(QUEUE, &row);
+            }
+            Record::Notified {
+                channel,
+                kind,
+                ticket,
+            } => tracing::info!(
+                channel = channel.as_str(),
+                kind = kind.as_str(),
+                %ticket,
+                "customer notified"
+            ),
+            Record::Retrying {
+                channel,
+                ticket,
+                tries,
+                wait_ms,
+                error,
+            } => tracing::warn!(
+                channel = channel.as_str(),
+                %ticket,
+                tries,
+                wait_ms,
+                %error,
+                "notification will be retried"
+            ),
+            Record::Undeliverable { ticket } => {
+                tracing::warn!(%ticket, "notification undeliverable on every channel")
             }
         }
-        let ch = row.plan[row.step];
-        let Some(address) = customer.contacts.get(&ch).cloned() else {
-            return self
-                .fall_back(store, key, row, ch, "no contact on this channel".into())
-                .map(|_| ());
+    }
+
+    async fn perform(&self, store: &Store, _: &[u8], row: &OutboxRow, k: &Known, io: Io) -> Seen {
+        let Io::Send {
+            channel: ch,
+            address,
+            interrupted,
+        } = io;
+        let resent = !interrupted.is_empty();
+        let result = self.send(store, row, k, ch, &address, &interrupted).await;
+        Seen::Sent {
+            channel: ch,
+            result,
+            resent,
+        }
+    }
+}
+
+impl Deliver<'_> {
+    /// The provider call (after asking the provider about interrupted attempts).
+    async fn send(
+        &self,
+        store: &Store,
+        row: &OutboxRow,
+        k: &Known,
+        ch: Channel,
+        address: &str,
+        interrupted: &[Attempt],
+    ) -> Result<Accepted, SendError> {
+        let n = self.notifier;
+        let (Some(customer), Some(rendered), Some(provider)) =
+            (&k.customer, &k.rendered, n.providers.get(&ch))
+        else {
+            return Err(SendError::Permanent {
+                detail: "no provider configured".into(),
+            });
         };
-        let Some(provider) = self.providers.get(&ch) else {
-            return self
-                .fall_back(store, key, row, ch, "no provider configured".into())
-                .map(|_| ());
-        };
-        let kind = row.kind;
-        let facts = self.facts(&ticket, &customer, desk, now);
-        let rendered = self
-            .templates
-            .render(&customer.locale, kind, &facts, answered.is_none());
+        let ticket = &k.ticket;
+        let now = n.clock.now_ms();
         // Machine channels' payloads are stored and forwarded by other systems: they carry a
         // short-lived link, never the customer's.
-        let machine_link = matches!(ch, Channel::Webhook | Channel::Mqtt | Channel::Push)
-            .then(|| self.machine_link(&ticket, &customer.id, now));
-        let link = kind
-            .is_warning()
-            .then(|| machine_link.as_deref().unwrap_or(facts.link.as_str()));
+        let link = row.kind.is_warning().then(|| {
+            if matches!(ch, Channel::Webhook | Channel::Mqtt | Channel::Push) {
+                n.machine_link(ticket, &customer.id, now)
+            } else {
+                n.link_for(ticket, &customer.id, now)
+            }
+        });
+        let idem = row.idempotency_key(ch);
         let json = serde_json::json!({
             "schema": "forewarn.notification/v1",
-            "kind": kind.as_str(),
+            "kind": row.kind.as_str(),
             "urgent": row.urgent,
             "ticket_id": ticket.id,
             "device_id": ticket.device_id,
@@ -383,353 +903,105 @@ impl Notifier {
             "text": rendered.push,
             "link": link,
             "locale": rendered.locale,
-            "idempotency_key": row.idempotency_key(ch),
+            "idempotency_key": idem,
         });
-        let idem = row.idempotency_key(ch);
-        // Attempts on this channel that never got an answer recorded: a crash interrupted them.
-        let interrupted: Vec<Attempt> = row
-            .attempts
-            .iter()
-            .filter(|a| matches!(a.outcome.as_str(), "sending" | "unanswered") && a.channel == ch)
-            .cloned()
-            .collect();
-        let resent = !interrupted.is_empty();
-        // Durable before the provider call: after a crash from here on, the next pass knows an
-        // attempt may have reached the provider.
-        row.attempts.push(Attempt {
-            at_ms: now,
-            channel: ch,
-            outcome: "sending".into(),
-            detail: if resent {
-                "after an interrupted attempt".into()
-            } else {
-                String::new()
-            },
-            fingerprint: (ch == Channel::Sms).then(|| fingerprint(&rendered.sms)),
-        });
-        store.outbox_put(key, &row)?;
-        // E-mail: this message's own reply address, known before it leaves (a reply can only
-        // come back to an address we recorded).
-        let reply = (ch == Channel::Email)
-            .then(|| self.reply_address(&row.id))
-            .flatten();
-        if let Some((token, addr)) = &reply {
-            let mut tx = store.tx();
-            tx.put_kv(
-                &super::reply_key(token),
-                &super::ReplyTarget {
-                    ticket_id: row.ticket_id.clone(),
-                    customer_id: customer.id.clone(),
-                },
-            );
-            tx.put_kv(&format!("notify/replylast/{}", row.ticket_id), addr);
-            store.commit(tx)?;
-        }
-        let callback = format!("{}/notify/v1/twilio/status", self.public_url);
+        let reply = (ch == Channel::Email).then_some(k.reply.as_ref()).flatten();
+        let callback = format!("{}/notify/v1/twilio/status", n.public_url);
         let out = Outgoing {
             channel: ch,
-            address: &address,
-            rendered: &rendered,
+            address,
+            rendered,
             json: &json,
             idempotency_key: &idem,
             status_callback: matches!(ch, Channel::Sms | Channel::Voice)
                 .then_some(callback.as_str()),
-            reply_to: reply.as_ref().map(|(_, a)| a.as_str()),
+            reply_to: reply.map(|(_, a)| a.as_str()),
         };
-        let result = match self
-            .recover(store, provider.as_ref(), &address, &interrupted)
-            .await
-        {
+        match recover(store, provider.as_ref(), address, interrupted).await {
             Recovery::Send => provider.send(&out).await,
             Recovery::Done(r) => r,
-        };
-        let recovered = resent && result.as_ref().is_ok_and(|a| a.detail.starts_with(FOUND));
-        let now = self.clock.now_ms();
-        match result {
-            Ok(acc) => {
-                self.metrics
-                    .messages
-                    .with_label_values(&[ch.as_str(), "sent"])
-                    .inc();
-                self.metrics
-                    .latency
-                    .with_label_values(&[ch.as_str()])
-                    .observe((now - row.created_ms).max(0) as f64 / 1000.0);
-                if let Some(a) = row.attempts.last_mut() {
-                    a.outcome = "accepted".into();
-                    a.detail = acc.detail.clone();
-                }
-                let mut tx = store.tx();
-                tx.remove_raw(key);
-                tx.put_kv(&budget_key(&customer.id, &day), &(sent_today + 1));
-                if matches!(kind, MessageKind::Urgent | MessageKind::Update) {
-                    tx.put_kv(&format!("notify/urgent/{}", row.ticket_id), &true);
-                }
-                if kind.is_warning() {
-                    tx.put_kv(&alerted_key(&row.ticket_id), &ch);
-                    tx.put_kv(&super::last_warned_key(&customer.id, None), &row.ticket_id);
-                    tx.put_kv(
-                        &super::last_warned_key(&customer.id, Some(ch)),
-                        &row.ticket_id,
-                    );
-                }
-                tx.push_timeline(
-                    &customer.id,
-                    now,
-                    &TimelineEntry::new(
-                        now,
-                        "message",
-                        &row.ticket_id,
-                        format!(
-                            "{} {} message accepted ({}, locale {}{})",
-                            ch.as_str(),
-                            kind.as_str(),
-                            acc.detail,
-                            rendered.locale,
-                            match (resent, recovered) {
-                                (true, true) => ", not sent again",
-                                (true, false) =>
-                                    ", sent again: the interrupted attempt never \
-                                                 reached the customer",
-                                _ => "",
-                            }
-                        ),
-                    )
-                    .channel(ch)
-                    .outcome("sent")
-                    .message(kind),
-                );
-                if let Some(pid) = &acc.provider_id {
-                    if matches!(ch, Channel::Sms | Channel::Voice) {
-                        tx.put_kv(
-                            &format!("notify/sid/{pid}"),
-                            &SentRecord {
-                                row: row.clone(),
-                                channel: ch,
-                                settled: false,
-                            },
-                        );
-                    }
-                }
-                let wants_ack = matches!(
-                    kind,
-                    MessageKind::Urgent | MessageKind::Update | MessageKind::Reminder
-                );
-                if wants_ack && answered.is_none() && row.reminder < self.cfg.max_reminders {
-                    let due = now + self.cfg.ack_timeout.as_millis_i64();
-                    let n = row.reminder + 1;
-                    let rem = OutboxRow {
-                        // Unique per chain, so each reminder has its own idempotency key.
-                        id: format!("{}/r{n}", row.id),
-                        kind: MessageKind::Reminder,
-                        urgent: true,
-                        urgency_reason: format!(
-                            "urgent: not acknowledged {} after the {} message",
-                            self.cfg.ack_timeout,
-                            if row.reminder == 0 {
-                                "first"
-                            } else {
-                                "previous"
-                            }
-                        ),
-                        created_ms: due,
-                        due_ms: due,
-                        reminder: n,
-                        escalate_from: Some(ch),
-                        plan: Vec::new(),
-                        step: 0,
-                        tries: 0,
-                        attempts: Vec::new(),
-                        ..row.clone()
-                    };
-                    tx.push_outbox(QUEUE, &rem);
-                }
-                store.commit(tx)?;
-                if row.kind == MessageKind::Reminder {
-                    self.metrics.escalations.inc();
-                }
-                tracing::info!(channel = ch.as_str(), kind = kind.as_str(), ticket = %row.ticket_id, "customer notified");
-                Ok(())
-            }
-            Err(SendError::Retry { detail, after }) => {
-                let unanswered = super::channels::no_answer(&detail);
-                self.metrics
-                    .messages
-                    .with_label_values(&[ch.as_str(), "retry"])
-                    .inc();
-                row.tries += 1;
-                if let Some(a) = row.attempts.last_mut() {
-                    // No answer: the provider may have the message; the next attempt asks first.
-                    a.outcome = if unanswered { "unanswered" } else { "retry" }.into();
-                    a.detail = detail.clone();
-                }
-                if row.tries >= self.cfg.max_attempts {
-                    return self
-                        .fall_back(
-                            store,
-                            key,
-                            row,
-                            ch,
-                            format!("{detail} (after {} attempts)", self.cfg.max_attempts),
-                        )
-                        .map(|_| ());
-                }
-                let backoff = self.backoff(row.tries);
-                let wait = after
-                    .map(|a| a.as_millis() as i64)
-                    .unwrap_or(0)
-                    .max(backoff);
-                row.due_ms = now + wait;
-                tracing::warn!(channel = ch.as_str(), ticket = %row.ticket_id, tries = row.tries, wait_ms = wait, error = %detail, "notification will be retried");
-                let mut tx = store.tx();
-                tx.put_outbox_row(key, &row);
-                tx.push_timeline(
-                    &customer.id,
-                    now,
-                    &TimelineEntry::new(
-                        now,
-                        "attempt",
-                        &row.ticket_id,
-                        format!(
-                            "{} attempt {} failed: {detail}; retry in {}s",
-                            ch.as_str(),
-                            row.tries,
-                            (wait + 999) / 1000
-                        ),
-                    )
-                    .channel(ch)
-                    .outcome("retry"),
-                );
-                store.commit(tx)
-            }
-            Err(SendError::Permanent { detail }) => {
-                if let Some(a) = row.attempts.last_mut() {
-                    a.outcome = "failed".into();
-                    a.detail = detail.clone();
-                }
-                self.fall_back(store, key, row, ch, detail).map(|_| ())
-            }
+        }
+    }
+}
+
+/// Before repeating an interrupted attempt: was it sent after all? Asks the provider (where it
+/// can tell) and answers what to do.
+async fn recover(
+    store: &Store,
+    provider: &dyn Provider,
+    address: &str,
+    interrupted: &[Attempt],
+) -> Recovery {
+    if interrupted.is_empty() {
+        return Recovery::Send;
+    }
+    let found = match provider.lookup(address).await {
+        Ok(Lookup::Unsupported) => return Recovery::Send,
+        Ok(Lookup::Found(f)) => f,
+        Err(e) => {
+            return Recovery::Done(Err(SendError::Retry {
+                detail: format!("not sent: an earlier attempt may have been; {e}"),
+                after: None,
+            }))
+        }
+    };
+    let known = |sid: &str| {
+        // An unreadable record counts as known: better one message too few than two.
+        !matches!(
+            store.get_kv::<SentRecord>(&format!("notify/sid/{sid}")),
+            Ok(None)
+        )
+    };
+    let attempts: Vec<&Attempt> = interrupted.iter().collect();
+    match interrupted_match(&found, &attempts, &known) {
+        None => Recovery::Send,
+        Some(f) if matches!(f.status.as_str(), "failed" | "undelivered" | "canceled") => {
+            Recovery::Done(Err(SendError::Permanent {
+                detail: format!("{FOUND} ({}): {}", f.status, f.provider_id),
+            }))
+        }
+        Some(f) => Recovery::Done(Ok(Accepted {
+            provider_id: Some(f.provider_id.clone()),
+            detail: format!("{FOUND} ({})", f.status),
+        })),
+    }
+}
+
+impl Notifier {
+    /// The outbox worker of notifications over `store` and `desk`.
+    fn worker<'a>(&'a self, store: &Store, desk: &'a dyn TicketDesk) -> Worker<Deliver<'a>> {
+        Worker {
+            delivery: Deliver {
+                notifier: self,
+                desk,
+            },
+            store: store.clone(),
+            clock: self.clock.clone(),
+            gauges: Gauges {
+                depth: self.metrics.depth.clone(),
+                oldest_age: Some(self.metrics.oldest_age.clone()),
+            },
+            // Nothing wakes notification rounds but their due times and the poll: rows are
+            // committed by the daemon's single writer, which does not know this worker.
+            wake: Arc::new(tokio::sync::Notify::new()),
+            poll: self.cfg.poll_interval.std(),
         }
     }
 
-    /// Before repeating an interrupted attempt: was it sent after all? Asks the provider
-    /// (where it can tell) and answers what to do.
-    async fn recover(
+    /// One pass over the outbox: every due row is handled once. Public so tests and `demo` can
+    /// drive delivery step by step.
+    pub async fn run_once(&self, store: &Store, desk: &dyn TicketDesk) {
+        self.worker(store, desk).round().await;
+    }
+
+    /// Delivers until `shutdown` (see [`Notifier::spawn_worker`]).
+    pub(crate) async fn run_worker(
         &self,
         store: &Store,
-        provider: &dyn Provider,
-        address: &str,
-        interrupted: &[Attempt],
-    ) -> Recovery {
-        if interrupted.is_empty() {
-            return Recovery::Send;
-        }
-        let found = match provider.lookup(address).await {
-            Ok(Lookup::Unsupported) => return Recovery::Send,
-            Ok(Lookup::Found(f)) => f,
-            Err(e) => {
-                return Recovery::Done(Err(SendError::Retry {
-                    detail: format!("not sent: an earlier attempt may have been; {e}"),
-                    after: None,
-                }))
-            }
-        };
-        let known = |sid: &str| {
-            // An unreadable record counts as known: better one message too few than two.
-            !matches!(
-                store.get_kv::<SentRecord>(&format!("notify/sid/{sid}")),
-                Ok(None)
-            )
-        };
-        let attempts: Vec<&Attempt> = interrupted.iter().collect();
-        match interrupted_match(&found, &attempts, &known) {
-            None => Recovery::Send,
-            Some(f) if matches!(f.status.as_str(), "failed" | "undelivered" | "canceled") => {
-                Recovery::Done(Err(SendError::Permanent {
-                    detail: format!("{FOUND} ({}): {}", f.status, f.provider_id),
-                }))
-            }
-            Some(f) => Recovery::Done(Ok(Accepted {
-                provider_id: Some(f.provider_id.clone()),
-                detail: format!("{FOUND} ({})", f.status),
-            })),
-        }
-    }
-
-    /// Exponential backoff with jitter: between half and all of min·2^(n-1), capped.
-    fn backoff(&self, tries: u32) -> i64 {
-        let min = self.cfg.retry_min.as_millis_i64().max(1);
-        let max = self.cfg.retry_max.as_millis_i64().max(min);
-        let exp = min
-            .saturating_mul(1i64 << tries.saturating_sub(1).min(30))
-            .min(max);
-        let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
-        ((exp as f64) * jitter) as i64
-    }
-
-    /// The channel failed for good: next channel in the plan, or give up with the reason.
-    pub(crate) fn fall_back(
-        &self,
-        store: &Store,
-        key: &[u8],
-        mut row: OutboxRow,
-        failed: Channel,
-        detail: String,
-    ) -> Result<bool, crate::store::StoreError> {
-        let now = self.clock.now_ms();
-        self.metrics
-            .messages
-            .with_label_values(&[failed.as_str(), "failed"])
-            .inc();
-        let mut tx = store.tx();
-        if row.step + 1 < row.plan.len() {
-            self.metrics
-                .fallbacks
-                .with_label_values(&[failed.as_str()])
-                .inc();
-            row.step += 1;
-            row.tries = 0;
-            row.due_ms = now;
-            let next = row.plan[row.step];
-            tx.put_outbox_row(key, &row);
-            tx.push_timeline(
-                &row.customer_id,
-                now,
-                &TimelineEntry::new(
-                    now,
-                    "fallback",
-                    &row.ticket_id,
-                    format!(
-                        "{} failed ({detail}); trying {} next",
-                        failed.as_str(),
-                        next.as_str()
-                    ),
-                )
-                .channel(next),
-            );
-            store.commit(tx)?;
-            Ok(true)
-        } else {
-            tracing::warn!(ticket = %row.ticket_id, "notification undeliverable on every channel");
-            tx.remove_raw(key);
-            tx.push_timeline(
-                &row.customer_id,
-                now,
-                &TimelineEntry::new(
-                    now,
-                    "dropped",
-                    &row.ticket_id,
-                    format!(
-                        "{} failed ({detail}); no channel left: message undeliverable",
-                        failed.as_str()
-                    ),
-                )
-                .channel(failed)
-                .outcome("failed"),
-            );
-            store.commit(tx)?;
-            Ok(false)
-        }
+        desk: &dyn TicketDesk,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        self.worker(store, desk).run(shutdown).await;
     }
 
     /// Whether a warning about this ticket reached a provider (what follow-ups depend on).
@@ -757,7 +1029,13 @@ impl Notifier {
     }
 
     /// The facts every template gets.
-    pub(crate) fn facts(&self, t: &Ticket, c: &Customer, desk: &dyn TicketDesk, now: i64) -> Facts {
+    pub(crate) fn facts(
+        &self,
+        t: &Ticket,
+        c: &Customer,
+        desk: &dyn TicketDesk,
+        now: i64,
+    ) -> TemplateFacts {
         let device = desk
             .device(&t.device_id)
             .and_then(|d| d.attributes.get("name").cloned())
@@ -773,7 +1051,7 @@ impl Notifier {
             .and_then(|ms| route::tz_of(c).timestamp_millis_opt(ms).single())
             .map(|lt| lt.naive_local());
         let visit = store_visit(t);
-        Facts {
+        TemplateFacts {
             name: if c.name.is_empty() {
                 c.id.clone()
             } else {

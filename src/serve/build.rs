@@ -194,7 +194,8 @@ pub(super) async fn cluster(
 }
 
 /// The dispatch worker, publishing through the ingest stage's MQTT `client` (retained ticket
-/// publishes wait while the broker is away) and woken by the writer's commits.
+/// publishes wait while the broker is away) and woken by the writer's commits; its due times
+/// read the notifier's clock, the daemon's one clock.
 pub(super) fn dispatcher(
     cfg: &crate::dispatch::Config,
     app: &App,
@@ -208,6 +209,7 @@ pub(super) fn dispatcher(
         app.broker_flag().clone(),
         client,
     )
+    .map(|d| d.with_clock(app.notifier().clock()))
     .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))
 }
 

@@ -1,0 +1,221 @@
+//! The dispatch step, table by table: row state × what the targets reported → effects, update.
+//! No broker, no HTTP.
+
+use super::*;
+use crate::domain::{ModelRef, Priority, Status};
+use crate::outbox::Facts;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn ticket() -> Ticket {
+    Ticket {
+        id: "T-1".into(),
+        device_id: "pump-1".into(),
+        customer_id: None,
+        failure_mode: "bearing_wear".into(),
+        status: Status::Open,
+        priority: Priority::High,
+        probability: 0.8,
+        predicted_failure_at: None,
+        opened_at: "2027-01-15T08:00:00Z".into(),
+        updated_at: "2027-01-15T08:00:00Z".into(),
+        model: ModelRef {
+            name: "m".into(),
+            version: "1".into(),
+        },
+        evidence: vec![],
+        history: vec![],
+        outcome: None,
+        opened_ms: NOW,
+    }
+}
+
+fn row(mqtt_done: bool, webhook_done: bool, attempts: u32) -> DispatchRow {
+    DispatchRow {
+        event: "opened".into(),
+        ticket: ticket(),
+        mqtt_done,
+        webhook_done,
+        attempts,
+        next_attempt_ms: 0,
+        last_error: None,
+    }
+}
+
+fn known(broker_connected: bool) -> Known {
+    Known {
+        broker_connected,
+        max_attempts: 3,
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+    }
+}
+
+fn facts(connected: bool, seen: Vec<Seen>) -> FactsOf<Targets> {
+    Facts::new(known(connected)).seen(seen).jitter(1.0)
+}
+
+fn counted(target: &'static str, result: &'static str) -> Effect<Record, Io> {
+    Effect::Record(Record::Counted { target, result })
+}
+
+#[test]
+fn a_first_step_calls_each_undone_target_the_broker_allowing() {
+    // (mqtt done, webhook done, broker connected) → calls
+    let table: [(bool, bool, bool, Vec<Io>); 6] = [
+        (false, false, true, vec![Io::Publish, Io::Post]),
+        (false, false, false, vec![Io::Post]),
+        (true, false, true, vec![Io::Post]),
+        (false, true, true, vec![Io::Publish]),
+        // Waiting for the broker is not an attempt: nothing to do, the row stays as it is.
+        (false, true, false, vec![]),
+        (true, false, false, vec![Io::Post]),
+    ];
+    for (mqtt, hook, connected, calls) in table {
+        let (effects, update) = step(&row(mqtt, hook, 0), &facts(connected, vec![]), NOW);
+        let want: Vec<Effect<Record, Io>> = calls.into_iter().map(Effect::Io).collect();
+        assert_eq!(
+            effects, want,
+            "mqtt {mqtt}, webhook {hook}, connected {connected}"
+        );
+        assert_eq!(update, Update::Keep);
+    }
+}
+
+#[test]
+fn a_row_both_targets_took_is_removed() {
+    let (effects, update) = step(
+        &row(false, false, 0),
+        &facts(true, vec![Seen::Published(Ok(())), Seen::Posted(Ok(()))]),
+        NOW,
+    );
+    assert_eq!(
+        effects,
+        vec![counted("mqtt", "ok"), counted("webhook", "ok")]
+    );
+    assert_eq!(update, Update::Remove);
+    // Already done (a row from before a crash): removed without a call.
+    assert_eq!(
+        step(&row(true, true, 2), &facts(true, vec![]), NOW),
+        (vec![], Update::Remove)
+    );
+}
+
+#[test]
+fn a_webhook_taken_while_the_broker_is_away_is_kept_as_progress() {
+    let (effects, update) = step(
+        &row(false, false, 0),
+        &facts(false, vec![Seen::Posted(Ok(()))]),
+        NOW,
+    );
+    assert_eq!(effects, vec![counted("webhook", "ok")]);
+    assert_eq!(update, Update::Put(row(false, true, 0)));
+}
+
+#[test]
+fn a_webhook_500_is_retried_at_the_backoff_and_keeps_the_publish() {
+    let (effects, update) = step(
+        &row(false, false, 0),
+        &facts(
+            true,
+            vec![
+                Seen::Published(Ok(())),
+                Seen::Posted(Err("HTTP 500 Internal Server Error".into())),
+            ],
+        ),
+        NOW,
+    );
+    let error = "webhook: HTTP 500 Internal Server Error".to_string();
+    assert_eq!(
+        effects,
+        vec![
+            counted("mqtt", "ok"),
+            counted("webhook", "error"),
+            Effect::Record(Record::Retrying {
+                ticket: "T-1".into(),
+                attempt: 1,
+                wait_ms: 1_000,
+                error: error.clone(),
+            }),
+        ]
+    );
+    let mut want = row(true, false, 1);
+    want.next_attempt_ms = NOW + 1_000;
+    want.last_error = Some(error);
+    assert_eq!(update, Update::Put(want));
+}
+
+#[test]
+fn retries_back_off_exponentially_by_attempt() {
+    // attempts before this failure → wait (jitter 1: the whole exponential step)
+    for (before, wait) in [(0, 1_000), (1, 2_000)] {
+        let (_, update) = step(
+            &row(true, false, before),
+            &facts(true, vec![Seen::Posted(Err("timed out".into()))]),
+            NOW,
+        );
+        let Update::Put(r) = update else {
+            panic!("attempt {before}: {update:?}")
+        };
+        assert_eq!(
+            r.next_attempt_ms,
+            NOW + wait,
+            "after attempt {}",
+            before + 1
+        );
+    }
+}
+
+#[test]
+fn the_last_attempt_moves_the_row_to_the_dead_letter_queue() {
+    let (effects, update) = step(
+        &row(true, false, 2),
+        &facts(true, vec![Seen::Posted(Err("HTTP 503".into()))]),
+        NOW,
+    );
+    assert_eq!(
+        effects,
+        vec![
+            counted("webhook", "error"),
+            counted("any", "dead"),
+            Effect::Record(Record::GaveUp {
+                ticket: "T-1".into(),
+                attempts: 3,
+                error: "webhook: HTTP 503".into(),
+            }),
+        ]
+    );
+    let mut want = row(true, false, 3);
+    want.last_error = Some("webhook: HTTP 503".into());
+    assert_eq!(update, Update::Dead(want));
+}
+
+#[test]
+fn a_failed_publish_is_an_attempt_like_a_failed_post() {
+    let (_, update) = step(
+        &row(false, true, 0),
+        &facts(
+            true,
+            vec![Seen::Published(Err("request queue closed".into()))],
+        ),
+        NOW,
+    );
+    let Update::Put(r) = update else {
+        panic!("{update:?}")
+    };
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.last_error.as_deref(), Some("mqtt: request queue closed"));
+}
+
+#[test]
+fn rows_written_before_the_outbox_worker_still_decode() {
+    let old = serde_json::json!({
+        "event": "settled",
+        "ticket": ticket(),
+        "mqtt_done": true,
+        "webhook_done": false,
+        "attempts": 4,
+        "next_attempt_ms": NOW,
+    });
+    let r: DispatchRow = serde_json::from_value(old).expect("old row decodes");
+    assert_eq!((r.attempts, r.last_error), (4, None));
+}
