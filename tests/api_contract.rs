@@ -6,11 +6,11 @@
 //! openapi.json` and `cargo run -- config reference > docs/config-reference.md`).
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use std::path::Path;
 use std::process::Command;
+use support::daemon::*;
 
 const REGENERATE: &str = "FOREWARN_REGENERATE";
 

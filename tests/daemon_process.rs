@@ -1,12 +1,13 @@
 //! The `forewarn serve` binary as a process: kill -9 mid-stream and `--check-config`.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::features::DeviceState;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::daemon::*;
+use support::poll::eventually;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_forewarn"))

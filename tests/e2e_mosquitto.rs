@@ -3,6 +3,8 @@
 //!
 //! Each test uses its own topic prefix, so several runs can share one broker.
 
+mod support;
+
 use forewarn::domain::Reading;
 use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits};
 use forewarn::ingest::encode::{event_payload, to_payload};
@@ -11,10 +13,7 @@ use forewarn::sim::{write_csv, Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn broker_addr() -> String {
-    std::env::var("FOREWARN_MOSQUITTO").unwrap_or_else(|_| "127.0.0.1:1883".into())
-}
+use support::mosquitto::shared_addr;
 
 fn unique_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -29,7 +28,7 @@ type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 /// A QoS 1 subscriber to `{prefix}/+/telemetry` and `{prefix}/+/events`, collecting in the
 /// background what arrives.
 async fn subscribe(prefix: &str) -> Received {
-    let (host, port) = broker_addr()
+    let (host, port) = shared_addr()
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.parse().unwrap()))
         .unwrap();
@@ -101,7 +100,7 @@ async fn publish_paced(messages: Vec<Message>, received: &Received) -> PublishSu
 }
 
 fn opts() -> PublishOptions {
-    PublishOptions::new(format!("mqtt://{}", broker_addr()))
+    PublishOptions::new(format!("mqtt://{}", shared_addr()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +258,7 @@ fn replay_command_reports_every_message_acknowledged() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
         .args(["replay", "--telemetry"])
         .arg(&tel)
-        .args(["--broker", &format!("mqtt://{}", broker_addr())])
+        .args(["--broker", &format!("mqtt://{}", shared_addr())])
         .args(["--topic-prefix", &unique_prefix("cli")])
         .output()
         .unwrap();

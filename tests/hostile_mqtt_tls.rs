@@ -5,14 +5,17 @@
 //! /readyz says the broker is the reason). Skipped with a note when mosquitto is not installed.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::{config, reading, start, stop, Dirs};
-use drill_support::*;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::process::Command;
 use std::time::Duration;
+use support::daemon;
+use support::daemon::{config, reading, start, stop, Dirs};
+use support::http::get;
+use support::mosquitto::{mosquitto_bin, Mosquitto};
+use support::net::free_port;
+use support::poll::wait_until;
 
 const USER: &str = "forewarn";
 const PASSWORD: &str = "tls-drill-password-5772";
@@ -89,7 +92,7 @@ async fn tls_with_password_connects_and_a_wrong_password_or_certificate_does_not
     cfg.broker.username = Some(USER.into());
     cfg.broker.password = Some(PASSWORD.into());
     let (h, tok) = start(cfg).await;
-    common::ready(&h).await;
+    daemon::ready(&h).await;
     let mut o = MqttOptions::new("tls-dev", "127.0.0.1", plain_port);
     o.set_credentials(USER, PASSWORD);
     let (dev, mut el) = AsyncClient::new(o, 100);

@@ -1,7 +1,7 @@
 //! A small slice of C-MAPSS FD001 (from `../shared/data` beside the repository): train on 20
 //! engines, backtest 20 test engines whose series stop before failure, scored against truth.csv.
 
-mod ci_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +35,7 @@ fn head_devices(src: &Path, dst: &Path, n: usize) {
 #[test]
 fn backtest_of_unseen_engines_reports_rmse_and_phm08_against_truth() {
     let Some(d) = data() else {
-        ci_support::cannot_run(
+        support::ci::cannot_run(
             "train_cmapss_subset",
             "../shared/data/cmapss-fd001 is not beside the repository",
         );

@@ -1,30 +1,14 @@
 //! Third-party peers run as they are, outside the test: Python's aiosmtpd as a real SMTP server
 //! process (a maildir behind it, read back with Python's own MIME parser), and the official
 //! `twilio` library's `RequestValidator` signing inbound webhooks. Missing Python packages make
-//! a test skip locally and fail under `CI=true` (`.ci/run` installs them).
+//! a test skip locally and fail under `CI=true` (`support::ci::python_can_import`; `.ci/run`
+//! installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Whether the Python modules are importable; under CI their absence is a failure.
-pub fn python_has(modules: &[&str]) -> bool {
-    let ok = Command::new("python3")
-        .arg("-c")
-        .arg(format!("import {}", modules.join(", ")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 with {modules:?} is required under CI (pip install aiosmtpd twilio)"
-        );
-        eprintln!("skipped: python3 with {modules:?} is not installed");
-    }
-    ok
-}
+use crate::support::net::{free_port, listening_within};
 
 /// `python3 -m aiosmtpd` delivering into a maildir; killed on drop.
 pub struct AioSmtpd {
@@ -38,12 +22,8 @@ impl AioSmtpd {
     pub fn start() -> AioSmtpd {
         let dir = tempfile::tempdir().unwrap();
         let maildir = dir.path().join("maildir");
-        // A free port: bind, read it, release it (aiosmtpd cannot report a port 0 binding).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // aiosmtpd cannot report a port-0 binding.
+        let port = free_port();
         let child = Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
@@ -53,11 +33,10 @@ impl AioSmtpd {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m aiosmtpd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            listening_within(port, Duration::from_secs(20)),
+            "aiosmtpd did not start"
+        );
         AioSmtpd {
             port,
             maildir,
