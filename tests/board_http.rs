@@ -7,6 +7,7 @@ mod support;
 
 use serde_json::{json, Value};
 use support::daemon::*;
+use support::http::get_text;
 
 const VIEWER: &str = "viewer-token";
 
@@ -291,14 +292,7 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         .notifier()
         .link_for(&ticket, "cust-k", chrono::Utc::now().timestamp_millis());
     let path = &link[link.find("/notify/v1/s/").unwrap()..];
-    let page = http
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, format!("{base}{path}")).await;
     let offered: Vec<String> = page
         .split("name=\"slot\" value=\"")
         .skip(1)
@@ -343,14 +337,7 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
     assert_eq!(v["slot"], free[3]);
     assert_eq!(v["technician_id"], "t-2");
     assert_eq!(v["booked_by"], "customer:link");
-    let page = http
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, format!("{base}{path}")).await;
     assert!(!page.contains("name=\"slot\""), "the proposal is used up");
 
     // Sign-out ends the session.

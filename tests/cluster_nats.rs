@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::http::get_text;
 use support::nats::NatsServer;
 use support::net::free_port;
 use support::parity::*;
@@ -353,14 +354,7 @@ fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
 }
 
 async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("http://{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(http, format!("http://{api}/metrics")).await;
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -834,14 +828,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     }
 
     // The dispatcher's ticket publishes went out through NATS's MQTT listener.
-    let text = http
-        .get(format!("http://{}/metrics", last.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, format!("http://{}/metrics", last.api)).await;
     let delivered: f64 = text
         .lines()
         .filter(|l| {

@@ -7,6 +7,7 @@ use forewarn::features::DeviceState;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::daemon::*;
+use support::http::get_text;
 use support::poll::eventually;
 
 fn bin() -> Command {
@@ -83,14 +84,7 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     let mut prev = -1.0;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let text = http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&http, &metrics_url).await;
         let n: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix("forewarn_readings_total "))

@@ -7,13 +7,12 @@ mod support;
 
 use forewarn::domain::Reading;
 use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits};
-use forewarn::ingest::encode::{event_payload, to_payload};
 use forewarn::replay::{publish, History, Message, PublishOptions, PublishSummary};
 use forewarn::sim::{write_csv, Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::mosquitto::shared_addr;
+use support::mosquitto::{shared_addr, sim_message};
 
 fn unique_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -116,26 +115,7 @@ async fn every_simulated_message_is_acknowledged_and_delivered_intact() {
         ..SimConfig::default()
     });
     let items: Vec<SimEvent> = fleet.collect();
-    let messages: Vec<Message> = items
-        .iter()
-        .map(|e| match e {
-            SimEvent::Reading(r) => Message {
-                topic: format!("{prefix}/{}/telemetry", r.device_id),
-                payload: to_payload(r),
-                is_reading: true,
-            },
-            SimEvent::Event(ev) => Message {
-                topic: format!("{prefix}/{}/events", ev.device_id),
-                payload: event_payload(ev),
-                is_reading: false,
-            },
-            SimEvent::Malformed { device_id, payload } => Message {
-                topic: format!("{prefix}/{device_id}/telemetry"),
-                payload: payload.clone(),
-                is_reading: true,
-            },
-        })
-        .collect();
+    let messages: Vec<Message> = items.iter().map(|e| sim_message(&prefix, e)).collect();
     let sum = publish_paced(messages, &received).await;
     assert_eq!(sum.published as usize, items.len());
     assert_eq!(sum.acked, sum.published, "every QoS 1 message acknowledged");

@@ -6,13 +6,12 @@
 mod support;
 
 use forewarn::features::{FeatureSpec, MetricStat, WindowSpec};
-use forewarn::ingest::encode::{event_payload, to_payload};
 use forewarn::predict::*;
 use forewarn::replay::{publish, Message, PublishOptions};
 use forewarn::sim::{Fleet, SimConfig, SimEvent};
 use std::collections::HashSet;
 use support::daemon;
-use support::mosquitto::shared_addr;
+use support::mosquitto::{shared_addr, sim_message};
 
 /// Overheating shows as a hot device: probability passes one half around 78 °C (EW mean over 5
 /// readings, so one noisy reading does not open a ticket).
@@ -96,26 +95,7 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
     let events = count(|e| matches!(e, SimEvent::Event(_)));
     let malformed = count(|e| matches!(e, SimEvent::Malformed { .. }));
     assert!(malformed > 0.0);
-    let messages: Vec<Message> = items
-        .iter()
-        .map(|e| match e {
-            SimEvent::Reading(r) => Message {
-                topic: format!("{prefix}/{}/telemetry", r.device_id),
-                payload: to_payload(r),
-                is_reading: true,
-            },
-            SimEvent::Event(ev) => Message {
-                topic: format!("{prefix}/{}/events", ev.device_id),
-                payload: event_payload(ev),
-                is_reading: false,
-            },
-            SimEvent::Malformed { device_id, payload } => Message {
-                topic: format!("{prefix}/{device_id}/telemetry"),
-                payload: payload.clone(),
-                is_reading: true,
-            },
-        })
-        .collect();
+    let messages: Vec<Message> = items.iter().map(|e| sim_message(&prefix, e)).collect();
     // In chunks below Mosquitto's default per-client queue of 1000 QoS 1 messages (beyond it the
     // broker drops messages for a subscriber that falls behind): after each chunk, wait until the
     // daemon has received it.

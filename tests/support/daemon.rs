@@ -249,14 +249,7 @@ impl Api {
         self.tickets(&query).await[0].clone()
     }
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        super::http::get_text(&self.http, format!("{}/metrics", self.base)).await
     }
     /// The value of one sample line of /metrics, e.g. `forewarn_rejected_total{reason="invalid_json"}`.
     pub async fn metric(&self, sample: &str) -> f64 {

@@ -14,6 +14,11 @@ pub async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
     Some((s, r.text().await.ok()?))
 }
 
+/// The body of a GET that must answer (any status).
+pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// One sample of a Prometheus text exposition (`name` includes any labels, e.g.
 /// `forewarn_rejected_total{reason="invalid_json"}`).
 pub fn sample(text: &str, name: &str) -> Option<f64> {

@@ -110,3 +110,28 @@ impl Drop for Mosquitto {
 pub fn shared_addr() -> String {
     std::env::var("FOREWARN_MOSQUITTO").unwrap_or_else(|_| "127.0.0.1:1883".into())
 }
+
+/// A simulated fleet's item as the device would publish it under `prefix/<device>/…`
+/// (a malformed payload goes where the device's telemetry goes).
+pub fn sim_message(prefix: &str, e: &forewarn::sim::SimEvent) -> forewarn::replay::Message {
+    use forewarn::ingest::encode::{event_payload, to_payload};
+    use forewarn::replay::Message;
+    use forewarn::sim::SimEvent;
+    match e {
+        SimEvent::Reading(r) => Message {
+            topic: format!("{prefix}/{}/telemetry", r.device_id),
+            payload: to_payload(r),
+            is_reading: true,
+        },
+        SimEvent::Event(ev) => Message {
+            topic: format!("{prefix}/{}/events", ev.device_id),
+            payload: event_payload(ev),
+            is_reading: false,
+        },
+        SimEvent::Malformed { device_id, payload } => Message {
+            topic: format!("{prefix}/{device_id}/telemetry"),
+            payload: payload.clone(),
+            is_reading: true,
+        },
+    }
+}
