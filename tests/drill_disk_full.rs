@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::daemon::{broker, config, degrading, http_with_token, mqtt, reading, Dirs, TOKEN};
-use support::http::{get, metric};
+use support::http::{get, metric, readyz};
 use support::net::free_addr;
 use support::poll::wait_until;
 use support::process::{sigterm, spawn_serve, wait_ready, write_config};
@@ -56,11 +56,6 @@ fn fill(path: &Path) -> u64 {
     }
     let _ = f.sync_all();
     n
-}
-
-async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, serde_json::Value)> {
-    let (s, body) = get(http, &format!("http://{addr}/readyz")).await?;
-    Some((s, serde_json::from_str(&body).ok()?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,7 @@ use forewarn::config::Config;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::daemon;
-use support::http::{get, metric};
+use support::http::{get, metric, readyz};
 use support::mosquitto::{mosquitto_bin, Mosquitto, ROOMY};
 use support::net::free_addr;
 use support::parity::{
@@ -42,11 +42,6 @@ const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
 
 /// Messages per second from the publisher: the replay lasts ~10 s, so the kill lands mid-stream.
 const RATE: f64 = 2000.0;
-
-async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, serde_json::Value)> {
-    let (status, body) = get(http, &format!("http://{addr}/readyz")).await?;
-    Some((status, serde_json::from_str(&body).ok()?))
-}
 
 async fn metric_or(http: &reqwest::Client, addr: &str, name: &str) -> f64 {
     metric(http, addr, name).await.unwrap_or(-1.0)

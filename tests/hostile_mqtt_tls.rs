@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 use support::daemon;
 use support::daemon::{config, reading, start, stop, Dirs};
-use support::http::get;
 use support::mosquitto::{mosquitto_bin, Mosquitto};
 use support::net::free_port;
 use support::poll::wait_until;
@@ -33,10 +32,9 @@ fn self_signed(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 }
 
 async fn readyz(http: &reqwest::Client, h: &forewarn::serve::Handle) -> (u16, serde_json::Value) {
-    let (s, body) = get(http, &format!("http://{}/readyz", h.api_addr))
+    support::http::readyz(http, &h.api_addr.to_string())
         .await
-        .unwrap();
-    (s, serde_json::from_str(&body).unwrap())
+        .expect("the daemon answers /readyz")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,13 @@ pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Str
     http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// `/readyz` of the daemon at `addr`: its status and its JSON body; `None` when it is not
+/// answering.
+pub async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, serde_json::Value)> {
+    let (status, body) = get(http, &format!("http://{addr}/readyz")).await?;
+    Some((status, serde_json::from_str(&body).ok()?))
+}
+
 /// One sample of a Prometheus text exposition (`name` includes any labels, e.g.
 /// `forewarn_rejected_total{reason="invalid_json"}`).
 pub fn sample(text: &str, name: &str) -> Option<f64> {
