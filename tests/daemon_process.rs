@@ -4,17 +4,12 @@
 mod support;
 
 use forewarn::features::DeviceState;
-use std::process::Command;
 use std::time::Duration;
 use support::daemon::*;
 use support::http::{get_text, metric, sample};
 use support::net::free_addr;
 use support::poll::eventually;
-use support::process::{spawn_serve, wait_ready, write_config, Serve};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_forewarn"))
-}
+use support::process::{forewarn, spawn_serve, wait_ready, write_config, Serve};
 
 /// `forewarn serve --config <config>`, its output in the test's `serve.log`.
 fn spawn(dirs: &Dirs, config: &std::path::Path) -> Serve {
@@ -81,7 +76,7 @@ fn check_config_exits_0_when_valid_and_2_on_a_broken_model() {
     let dirs = Dirs::new();
     let cfg = config("mqtt://127.0.0.1:1", &dirs, "fw-check");
     let path = write_config(dirs.path(), &cfg);
-    let out = bin()
+    let out = forewarn()
         .args(["serve", "--check-config", "--config"])
         .arg(&path)
         .output()
@@ -94,14 +89,14 @@ fn check_config_exits_0_when_valid_and_2_on_a_broken_model() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 model(s)"));
     std::fs::write(dirs.models().join("zz.json"), "not json").unwrap();
-    let out = bin()
+    let out = forewarn()
         .args(["serve", "--check-config", "--config"])
         .arg(&path)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zz.json"));
-    let out = bin()
+    let out = forewarn()
         .args([
             "serve",
             "--check-config",

@@ -4,8 +4,25 @@
 use super::http::get;
 use super::poll::wait_until;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+/// The `forewarn` binary under test, ready for its arguments.
+pub fn forewarn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_forewarn"))
+}
+
+/// Runs `cmd` to its end; fails the test with its standard error unless it exits 0.
+#[track_caller]
+pub fn succeeds(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 /// Writes `cfg` as `dir/forewarn.toml`, the file `spawn_serve` is given.
 pub fn write_config(dir: &Path, cfg: &forewarn::config::Config) -> PathBuf {
@@ -52,7 +69,7 @@ pub fn spawn_serve_with(config: &Path, log: &Path, rust_log: &str, more: &[&str]
         .open(log)
         .unwrap();
     let err = out.try_clone().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_forewarn"))
+    forewarn()
         .args(["serve", "--config"])
         .arg(config)
         .args(more)
