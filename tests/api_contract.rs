@@ -6,11 +6,11 @@
 //! openapi.json` and `cargo run -- config reference > docs/config-reference.md`).
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use std::path::Path;
-use std::process::Command;
+use support::daemon::*;
+use support::process::{forewarn, succeeds};
 
 const REGENERATE: &str = "FOREWARN_REGENERATE";
 
@@ -89,26 +89,17 @@ fn every_printed_key_is_in_the_reference() {
          [notify.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .args(["serve", "--print-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        forewarn()
+            .args(["serve", "--print-config", "--config"])
+            .arg(&file),
     );
     let printed: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
     let mut keys = Vec::new();
     flatten("", &printed, &mut keys);
     assert!(keys.len() > 80, "only {} keys printed", keys.len());
 
-    let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .args(["config", "reference"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = succeeds(forewarn().args(["config", "reference"]));
     let md = String::from_utf8(out.stdout).unwrap();
     let documented: Vec<String> = forewarn::config_reference::tables()
         .into_iter()

@@ -11,14 +11,12 @@
 //! installs them).
 #![cfg(feature = "embedded-broker")]
 
-mod browser_support;
-mod ci_support;
-mod common;
+mod support;
 
-use browser_support::{chromium, Driver, Viewport, ENTER, TAB};
-use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use support::browser::{chromium, Driver, Viewport, ENTER, TAB};
+use support::daemon::*;
 
 const DISPATCH_TOKEN: &str = "dispatcher-token";
 const PERSIAN: &str = "شرکت انرژی پارس";
@@ -99,24 +97,18 @@ async fn put(api: &Api, path: &str, body: Value) {
 
 async fn degrade(b: &forewarn::broker::EmbeddedBroker, device: &str) {
     let dev = mqtt(b, &format!("{device}-pub")).await;
-    for (i, (hr, t)) in degrading(40).iter().enumerate() {
-        dev.publish(
-            &format!("devices/{device}/telemetry"),
-            reading(*hr, i as u64 + 1, *t),
-        )
-        .await;
-    }
+    dev.publish_degrading(device, 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_works_a_ticket_from_the_board_and_the_customer_books_the_visit() {
     let Some((chrome, chromedriver)) = chromium() else {
-        ci_support::cannot_run("board_browser", "chromium or chromedriver is not installed");
+        support::ci::cannot_run("board_browser", "chromium or chromedriver is not installed");
         return;
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let Some(axe_src) = axe_source(&root) else {
-        ci_support::cannot_run("board_browser", "npm could not install axe-core");
+        support::ci::cannot_run("board_browser", "npm could not install axe-core");
         return;
     };
     let out = root.join("target/board-screenshots");

@@ -3,10 +3,11 @@
 //! does not fit.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::{json, Value};
+use support::daemon::*;
+use support::http::get_text;
 
 const VIEWER: &str = "viewer-token";
 
@@ -32,26 +33,42 @@ fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Signs in with `token`; returns the `Cookie` header value for the session.
-async fn sign_in(http: &reqwest::Client, base: &str, token: &str, proto: &str) -> String {
-    let r = http
-        .get(format!("{base}/board/login"))
-        .header("x-forwarded-proto", proto)
-        .send()
-        .await
-        .unwrap();
+/// The sign-in page as `proto` (the proxy's `x-forwarded-proto`, if any) sees it: the
+/// `Cookie` pair of its login cookie and its form's CSRF token.
+async fn login_form(http: &reqwest::Client, base: &str, proto: Option<&str>) -> (String, String) {
+    let mut req = http.get(format!("{base}/board/login"));
+    if let Some(p) = proto {
+        req = req.header("x-forwarded-proto", p);
+    }
+    let r = req.send().await.unwrap();
     let login = cookie_of(&r, "fw_board_login").unwrap();
     let pair = login.split(';').next().unwrap().to_string();
-    let html = r.text().await.unwrap();
+    (pair, csrf_of(&r.text().await.unwrap()))
+}
+
+/// POSTs `form` to `url` with the session (or login) cookie `cookie`.
+async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    http.post(url)
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in with `token`; returns the `Cookie` header value for the session.
+async fn sign_in(http: &reqwest::Client, base: &str, token: &str, proto: &str) -> String {
+    let (pair, csrf) = login_form(http, base, Some(proto)).await;
     let r = http
         .post(format!("{base}/board/login"))
         .header("cookie", &pair)
         .header("x-forwarded-proto", proto)
-        .form(&[
-            ("csrf", csrf_of(&html).as_str()),
-            ("token", token),
-            ("name", "Ana"),
-        ])
+        .form(&[("csrf", csrf.as_str()), ("token", token), ("name", "Ana")])
         .send()
         .await
         .unwrap();
@@ -96,34 +113,16 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         ),
         ("/api/v1/devices/pump-k", json!({"customer_id": "cust-k"})),
     ] {
-        let r = api
-            .http
-            .put(format!("{base}{path}"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = api.put(path, &body).await;
         assert!(r.status().is_success(), "{path}");
     }
 
     // Pages need a session; a wrong token or a forged sign-in form gets none.
     let r = http.get(format!("{base}/board")).send().await.unwrap();
     assert_eq!(r.status(), 303);
-    let r = http
-        .get(format!("{base}/board/login"))
-        .send()
-        .await
-        .unwrap();
-    let pair = cookie_of(&r, "fw_board_login").unwrap();
-    let pair = pair.split(';').next().unwrap().to_string();
-    let html = r.text().await.unwrap();
-    let r = http
-        .post(format!("{base}/board/login"))
-        .header("cookie", &pair)
-        .form(&[("csrf", csrf_of(&html).as_str()), ("token", "nope")])
-        .send()
-        .await
-        .unwrap();
+    let (pair, csrf) = login_form(&http, &base, None).await;
+    let login = format!("{base}/board/login");
+    let r = post_form(&http, &login, &pair, &[("csrf", &csrf), ("token", "nope")]).await;
     assert_eq!(r.status(), 401);
     assert!(cookie_of(&r, "fw_board").is_none());
     let r = http
@@ -139,15 +138,8 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
 
     // A ticket to work on.
     let dev = mqtt(&b, "pump-h-pub").await;
-    for (i, (hr, t)) in degrading(40).iter().enumerate() {
-        dev.publish("devices/pump-h/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
-    eventually("a ticket", || async {
-        !api.tickets("?device_id=pump-h").await.is_empty()
-    })
-    .await;
-    let id = api.tickets("?device_id=pump-h").await[0]["id"]
+    dev.publish_degrading("pump-h", 40).await;
+    let id = api.first_ticket("pump-h").await["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -174,13 +166,8 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
     );
     let html = page.text().await.unwrap();
     assert!(!html.contains("id=\"acknowledge\""));
-    let r = http
-        .post(format!("{base}/board/tickets/{id}/acknowledge"))
-        .header("cookie", &viewer)
-        .form(&[("csrf", csrf_of(&html).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let acknowledge = format!("{base}/board/tickets/{id}/acknowledge");
+    let r = post_form(&http, &acknowledge, &viewer, &[("csrf", &csrf_of(&html))]).await;
     assert_eq!(r.status(), 403);
 
     // A dispatcher acts only with the session's CSRF token.
@@ -196,13 +183,7 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         .unwrap();
     let csrf = csrf_of(&html);
     for bad in ["", "0000", &csrf[..csrf.len() - 1]] {
-        let r = http
-            .post(format!("{base}/board/tickets/{id}/acknowledge"))
-            .header("cookie", &admin)
-            .form(&[("csrf", bad)])
-            .send()
-            .await
-            .unwrap();
+        let r = post_form(&http, &acknowledge, &admin, &[("csrf", bad)]).await;
         assert_eq!(r.status(), 403, "csrf {bad:?}");
     }
     assert_eq!(
@@ -210,13 +191,14 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         "open",
         "nothing changed"
     );
-    let r = http
-        .post(format!("{base}/board/tickets/{id}/acknowledge"))
-        .header("cookie", &admin)
-        .form(&[("csrf", csrf.as_str()), ("note", "ยืนยันแล้ว — دیده شد")])
-        .send()
-        .await
-        .unwrap();
+    let note = "ยืนยันแล้ว — دیده شد";
+    let r = post_form(
+        &http,
+        &acknowledge,
+        &admin,
+        &[("csrf", &csrf), ("note", note)],
+    )
+    .await;
     assert_eq!(r.status(), 303);
     let t = api.get_json(&format!("/api/v1/tickets/{id}")).await;
     assert_eq!(t["status"], "acknowledged");
@@ -234,20 +216,18 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         .unwrap();
     assert_eq!(r.status(), 403);
     let r = api
-        .http
-        .put(format!("{base}/api/v1/technicians/t-2"))
-        .json(&json!({"id": "t-2", "name": "Bo", "hours": "25:00-26:00"}))
-        .send()
-        .await
-        .unwrap();
+        .put(
+            "/api/v1/technicians/t-2",
+            &json!({"id": "t-2", "name": "Bo", "hours": "25:00-26:00"}),
+        )
+        .await;
     assert_eq!(r.status(), 400, "bad hours are refused");
     let r = api
-        .http
-        .put(format!("{base}/api/v1/technicians/t-2"))
-        .json(&json!({"id": "t-2", "name": "Bo", "region": "south"}))
-        .send()
-        .await
-        .unwrap();
+        .put(
+            "/api/v1/technicians/t-2",
+            &json!({"id": "t-2", "name": "Bo", "region": "south"}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let techs: Value = api.get_json("/api/v1/technicians").await;
     assert_eq!(techs.as_array().unwrap().len(), 2);
@@ -260,20 +240,18 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
     let day = first["start_ms"].as_i64().unwrap() / 86_400_000 * 86_400_000 + 86_400_000;
     let night = json!({"start_ms": day + 3 * HOUR, "end_ms": day + 5 * HOUR});
     let r = api
-        .http
-        .post(format!("{base}/api/v1/tickets/{id}/proposal"))
-        .json(&json!({"technician_id": "t-1", "slots": [night]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/tickets/{id}/proposal"),
+            &json!({"technician_id": "t-1", "slots": [night]}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
     let r = api
-        .http
-        .post(format!("{base}/api/v1/tickets/{id}/visit"))
-        .json(&json!({"technician_id": "t-1", "slot": first}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/tickets/{id}/visit"),
+            &json!({"technician_id": "t-1", "slot": first}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         api.get_json(&format!("/api/v1/tickets/{id}")).await["status"],
@@ -293,15 +271,8 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
     // One conversation, two sides: the customer's page offers exactly the proposed slots, a
     // slot that was not proposed is refused, and the one they pick is booked.
     let dev = mqtt(&b, "pump-k-pub").await;
-    for (i, (hr, t)) in degrading(40).iter().enumerate() {
-        dev.publish("devices/pump-k/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
-    eventually("a ticket for pump-k", || async {
-        !api.tickets("?device_id=pump-k").await.is_empty()
-    })
-    .await;
-    let t = api.tickets("?device_id=pump-k").await[0].clone();
+    dev.publish_degrading("pump-k", 40).await;
+    let t = api.first_ticket("pump-k").await;
     let tk = t["id"].as_str().unwrap().to_string();
     assert_eq!(t["customer_id"], "cust-k");
     let free: Value = api
@@ -309,12 +280,11 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         .await;
     let offer = json!([free[1], free[3]]);
     let r = api
-        .http
-        .post(format!("{base}/api/v1/tickets/{tk}/proposal"))
-        .json(&json!({"technician_id": "t-2", "slots": offer}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/tickets/{tk}/proposal"),
+            &json!({"technician_id": "t-2", "slots": offer}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let ticket = h.app.tickets().ticket(&tk).unwrap();
     let link = h
@@ -322,14 +292,7 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
         .notifier()
         .link_for(&ticket, "cust-k", chrono::Utc::now().timestamp_millis());
     let path = &link[link.find("/notify/v1/s/").unwrap()..];
-    let page = http
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, format!("{base}{path}")).await;
     let offered: Vec<String> = page
         .split("name=\"slot\" value=\"")
         .skip(1)
@@ -374,24 +337,12 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
     assert_eq!(v["slot"], free[3]);
     assert_eq!(v["technician_id"], "t-2");
     assert_eq!(v["booked_by"], "customer:link");
-    let page = http
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, format!("{base}{path}")).await;
     assert!(!page.contains("name=\"slot\""), "the proposal is used up");
 
     // Sign-out ends the session.
-    let r = http
-        .post(format!("{base}/board/logout"))
-        .header("cookie", &admin)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let logout = format!("{base}/board/logout");
+    let r = post_form(&http, &logout, &admin, &[("csrf", &csrf)]).await;
     assert_eq!(r.status(), 303);
     let r = http
         .get(format!("{base}/board"))

@@ -1,7 +1,9 @@
 //! `forewarn serve --print-config`: the effective configuration (file, environment, flags) as
 //! TOML an operator can read and reuse, with every secret shown as `***`.
 
-use std::process::Command;
+mod support;
+
+use support::process::{forewarn, succeeds};
 
 #[test]
 fn print_config_shows_the_effective_settings_and_never_a_secret() {
@@ -12,23 +14,18 @@ fn print_config_shows_the_effective_settings_and_never_a_secret() {
         "[broker]\nurl = \"mqtt://broker.example:1883\"\nusername = \"fw\"\n\n[api]\ntokens = [\"file-token-abc\"]\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .args([
-            "serve",
-            "--print-config",
-            "--listen",
-            "127.0.0.1:9999",
-            "--config",
-        ])
-        .arg(&file)
-        .env("FOREWARN__BROKER__PASSWORD", "hunter2-from-env")
-        .env("FOREWARN__DISPATCH__WEBHOOK_SECRET", "whsec-xyz")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        forewarn()
+            .args([
+                "serve",
+                "--print-config",
+                "--listen",
+                "127.0.0.1:9999",
+                "--config",
+            ])
+            .arg(&file)
+            .env("FOREWARN__BROKER__PASSWORD", "hunter2-from-env")
+            .env("FOREWARN__DISPATCH__WEBHOOK_SECRET", "whsec-xyz"),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     for secret in ["hunter2-from-env", "whsec-xyz", "file-token-abc"] {

@@ -1,11 +1,9 @@
 //! `forewarn replay` and `forewarn simulate` from the outside: exit codes and messages that need
 //! no broker.
 
-use std::process::Command;
+mod support;
 
-fn forewarn() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_forewarn"))
-}
+use support::process::forewarn;
 
 #[test]
 fn usage_errors_exit_2_naming_the_flag_or_file() {

@@ -7,39 +7,61 @@
 //! not own the ticket is made by the owner and seen from every instance.
 #![cfg(feature = "embedded-broker")]
 
-mod ci_support;
-mod nats_support;
-mod parity_support;
+mod support;
 
 use async_nats::jetstream;
 use forewarn::cluster::partition;
 use forewarn::domain::Ticket;
 use futures_util::StreamExt;
-use nats_support::{free_port, NatsServer};
-use parity_support::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::http::get_text;
+use support::nats::NatsServer;
+use support::net::free_port;
+use support::parity::*;
+use support::process::{spawn_serve, write_config, Serve};
 
 const PARTITIONS: u32 = 8;
 const PREFIX: &str = "fwp";
 const TOKEN: &str = "parity-token";
+
+/// A stream over every partitioned subject (`{PREFIX}.<partition>.…`) of the server.
+async fn partitioned_stream(
+    nats: &NatsServer,
+    name: &str,
+) -> (jetstream::Context, jetstream::stream::Stream) {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{PREFIX}.*.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (js, stream)
+}
+
+/// The stream's messages from its first, read without acknowledgements.
+async fn read_from_start(stream: &jetstream::stream::Stream) -> jetstream::consumer::pull::Stream {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    consumer.messages().await.unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_mapping_and_forewarn_put_every_device_in_the_same_partition() {
     let Some(nats) = NatsServer::start("cluster_nats mapping", PARTITIONS, PREFIX) else {
         return;
     };
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: "MAPPING".into(),
-            subjects: vec![format!("{PREFIX}.*.>")],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (js, stream) = partitioned_stream(&nats, "MAPPING").await;
     let devices: Vec<String> = (0..200)
         .map(|i| format!("dev-{i}"))
         .chain(["ü-pump".to_string(), "x".to_string(), "A_b-9".to_string()])
@@ -51,14 +73,7 @@ async fn server_mapping_and_forewarn_put_every_device_in_the_same_partition() {
             .await
             .unwrap();
     }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
+    let mut messages = read_from_start(&stream).await;
     let mut seen = BTreeMap::new();
     while seen.len() < devices.len() {
         let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
@@ -177,16 +192,7 @@ async fn an_mqtt_device_publishing_through_nats_lands_in_its_partition() {
     let Some(nats) = NatsServer::start("cluster_nats mqtt", PARTITIONS, PREFIX) else {
         return;
     };
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: "MQTTIN".into(),
-            subjects: vec![format!("{PREFIX}.*.>")],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (_, stream) = partitioned_stream(&nats, "MQTTIN").await;
     let mut opts = rumqttc::MqttOptions::new("dev-7", "127.0.0.1", nats.mqtt_port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (mqtt, mut events) = rumqttc::AsyncClient::new(opts, 10);
@@ -210,14 +216,7 @@ async fn an_mqtt_device_publishing_through_nats_lands_in_its_partition() {
     })
     .await
     .expect("nats-server acknowledged the QoS 1 publish");
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
+    let mut messages = read_from_start(&stream).await;
     let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
         .await
         .expect("the MQTT publish reached the stream")
@@ -239,17 +238,15 @@ async fn an_mqtt_device_publishing_through_nats_lands_in_its_partition() {
 /// A `forewarn serve` process; killed (SIGKILL) when dropped.
 struct Instance {
     name: String,
-    child: Option<Child>,
+    child: Option<Serve>,
     api: String,
     log: std::path::PathBuf,
 }
 
 impl Instance {
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // A `Serve` kills its process when dropped.
+        self.child = None;
     }
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -258,10 +255,33 @@ impl Instance {
     }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The last lines of each instance's log, for a failure message.
+fn tails(instances: &[&Instance]) -> String {
+    instances
+        .iter()
+        .map(|i| i.log_tail())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Whether each instance owns exactly its rendezvous share among the instances listed.
+fn in_rendezvous_shares(own: &BTreeMap<String, Vec<u32>>) -> bool {
+    let members: Vec<String> = own.keys().cloned().collect();
+    own.iter()
+        .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
+}
+
+/// Whether both lists hold the same tickets in the same state (not comparing ids).
+fn same_tickets(a: &[Ticket], b: &[Ticket]) -> bool {
+    let key = |t: &Ticket| {
+        format!(
+            "{} {} {} {:?} {}",
+            t.device_id, t.failure_mode, t.opened_at, t.status, t.updated_at
+        )
+    };
+    let a: BTreeSet<String> = a.iter().map(key).collect();
+    let b: BTreeSet<String> = b.iter().map(key).collect();
+    a == b
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
@@ -334,14 +354,7 @@ fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
 }
 
 async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("http://{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(http, format!("http://{api}/metrics")).await;
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -382,18 +395,10 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         cfg.cluster.subject_prefix = PREFIX.into();
         cfg.cluster.lease = "3s".parse().unwrap();
         cfg.cluster.ack_wait = "3s".parse().unwrap();
-        let path = setup.root.join("forewarn.toml");
-        std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+        std::fs::create_dir_all(&setup.root).unwrap();
+        let path = write_config(&setup.root, &cfg);
         let log = setup.root.join("serve.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env_remove("FOREWARN_API_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_serve(&path, &log, "info");
         let instance = Instance {
             name: name.into(),
             child: Some(child),
@@ -424,11 +429,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         let live: Vec<&Instance> = instances.iter().collect();
         if let Some(own) = ownership(&http, &live, true).await {
             // Settled: each holds exactly its rendezvous share among the three.
-            let members: Vec<String> = own.keys().cloned().collect();
-            if own
-                .iter()
-                .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
-            {
+            if in_rendezvous_shares(&own) {
                 eprintln!("assignment with three instances: {own:?}");
                 break;
             }
@@ -436,20 +437,13 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         assert!(
             Instant::now() < deadline,
             "three instances never shared the partitions:\n{}",
-            instances
-                .iter()
-                .map(|i| i.log_tail())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
+            tails(&live)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // The history as devices send it: `devices.ID.telemetry|events`, acknowledged by JetStream.
-    let mut replay = forewarn::replay::History::default();
-    replay.read_telemetry_file(&hist.telemetry()).unwrap();
-    replay.read_events_file(&hist.events()).unwrap();
-    let messages: Vec<forewarn::replay::Message> = replay.messages("devices").collect();
+    let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client);
     let publish = |batch: &[forewarn::replay::Message]| {
@@ -515,11 +509,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         assert!(
             killed_at.elapsed() < Duration::from_secs(60),
             "the survivors never took over {victim}'s partitions {victims_partitions:?}:\n{}",
-            survivors
-                .iter()
-                .map(|i| i.log_tail())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
+            tails(&survivors)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -546,12 +536,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     let survivors = live;
     loop {
         if let Some(own) = ownership(&http, &survivors, true).await {
-            let members: Vec<String> = own.keys().cloned().collect();
-            if covers_all(&own)
-                && own
-                    .iter()
-                    .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
-            {
+            if covers_all(&own) && in_rendezvous_shares(&own) {
                 assert!(!own["fw-d"].is_empty(), "fw-d got no partition: {own:?}");
                 eprintln!(
                     "fw-d joined: assignment {own:?} settled {:.2} s after its start",
@@ -563,11 +548,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         assert!(
             joined_at.elapsed() < Duration::from_secs(60),
             "fw-d never got its share:\n{}",
-            survivors
-                .iter()
-                .map(|i| i.log_tail())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
+            tails(&survivors)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -605,10 +586,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
                 let mut all: Vec<Ticket> = Vec::new();
                 for (name, api) in survivors {
                     let owned: BTreeSet<u32> = own[&name].iter().copied().collect();
-                    let v = get_json(&http, &format!("http://{api}/api/v1/tickets?limit=10000"))
-                        .await
-                        .expect("tickets readable");
-                    let list: Vec<Ticket> = serde_json::from_value(v).unwrap();
+                    let list = fleet_list(&http, &api, "").await;
                     all.extend(list.into_iter().filter(|t| {
                         owned.contains(&partition::of_device(&t.device_id, PARTITIONS))
                     }));
@@ -623,18 +601,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
             .await
             .expect("ownership readable");
         let live = fleet_tickets(own).await;
-        let same = {
-            let key = |t: &Ticket| {
-                format!(
-                    "{} {} {} {:?} {}",
-                    t.device_id, t.failure_mode, t.opened_at, t.status, t.updated_at
-                )
-            };
-            let a: BTreeSet<String> = backtest.iter().map(key).collect();
-            let b: BTreeSet<String> = live.iter().map(key).collect();
-            a == b
-        };
-        if same || settle.elapsed() > Duration::from_secs(20) {
+        if same_tickets(&backtest, &live) || settle.elapsed() > Duration::from_secs(20) {
             break live;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -766,15 +733,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
             Some(own) if covers_all(&own) => fleet_list(&http, &last.api, "").await,
             _ => Vec::new(),
         };
-        let key = |t: &Ticket| {
-            format!(
-                "{} {} {} {:?} {}",
-                t.device_id, t.failure_mode, t.opened_at, t.status, t.updated_at
-            )
-        };
-        let a: BTreeSet<String> = backtest.iter().map(key).collect();
-        let b: BTreeSet<String> = tickets.iter().map(key).collect();
-        if a == b || settle.elapsed() > Duration::from_secs(20) {
+        if same_tickets(&backtest, &tickets) || settle.elapsed() > Duration::from_secs(20) {
             break tickets;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -869,14 +828,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     }
 
     // The dispatcher's ticket publishes went out through NATS's MQTT listener.
-    let text = http
-        .get(format!("http://{}/metrics", last.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, format!("http://{}/metrics", last.api)).await;
     let delivered: f64 = text
         .lines()
         .filter(|l| {

@@ -1,26 +1,19 @@
 //! The HTTP API over loopback against a running daemon.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::json;
+use support::daemon::*;
+use support::poll::eventually;
 
 async fn open_ticket(b: &forewarn::broker::EmbeddedBroker, api: &Api, device: &str) -> String {
     let dev = mqtt(b, &format!("{device}-pub")).await;
-    for (i, (hr, t)) in degrading(40).iter().enumerate() {
-        dev.publish(
-            &format!("devices/{device}/telemetry"),
-            reading(*hr, i as u64 + 1, *t),
-        )
-        .await;
-    }
-    let q = format!("?device_id={device}");
-    eventually("a ticket opened", || async {
-        !api.tickets(&q).await.is_empty()
-    })
-    .await;
-    api.tickets(&q).await[0]["id"].as_str().unwrap().to_string()
+    dev.publish_degrading(device, 40).await;
+    api.first_ticket(device).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,14 @@
 //! HTTP server.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
 use axum::http::{HeaderMap, StatusCode};
-use common::*;
 use hmac::{Hmac, Mac};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::daemon::*;
+use support::poll::eventually;
 
 type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
 
@@ -49,15 +50,8 @@ async fn ticket_is_published_retained_and_posted_signed_to_the_dispatch_webhook(
     ready(&h).await;
     let api = Api::new(&h);
     let dev = mqtt(&b, "disp-1-pub").await;
-    for (i, (hr, t)) in degrading(36).iter().enumerate() {
-        dev.publish("devices/disp-1/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
-    eventually("a ticket opened", || async {
-        !api.tickets("?device_id=disp-1").await.is_empty()
-    })
-    .await;
-    let id = api.tickets("?device_id=disp-1").await[0]["id"]
+    dev.publish_degrading("disp-1", 36).await;
+    let id = api.first_ticket("disp-1").await["id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -3,11 +3,12 @@
 //! training reader takes. Real embedded broker, real sled store, real HTTP.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::history::{read_devices, read_events, read_telemetry, BadRows};
 use std::path::Path;
+use support::daemon::*;
+use support::poll::eventually;
 
 const FLEET: &str = r#"
 [[customers]]
@@ -23,13 +24,7 @@ attributes = { model = "P200" }
 "#;
 
 async fn open_ticket_on(dev: &Mqtt, api: &Api, id: &str) -> String {
-    for (i, (hr, t)) in degrading(48).iter().enumerate() {
-        dev.publish(
-            &format!("devices/{id}/telemetry"),
-            reading(*hr, i as u64 + 1, *t),
-        )
-        .await;
-    }
+    dev.publish_degrading(id, 48).await;
     let q = format!("?status=open&device_id={id}");
     eventually("ticket opened", || async {
         api.tickets(&q).await.len() == 1
@@ -66,8 +61,7 @@ fn outcomes(path: &Path) -> Vec<(String, String, String)> {
 async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     let b = broker();
     let dirs = Dirs::new();
-    let fleet = dirs.path().join("fleet.toml");
-    std::fs::write(&fleet, FLEET).unwrap();
+    let fleet = dirs.fleet_file(FLEET);
     let mut cfg = config(&b.url(), &dirs, "fw-export");
     cfg.fleet.file = Some(fleet);
     cfg.archive.enabled = true;
@@ -96,34 +90,23 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     let c = mqtt(&b, "pump-c").await;
     let tc = open_ticket_on(&c, &api, "pump-c").await;
     let r = api
-        .http
-        .post(format!("{}/api/v1/tickets/{tc}/transitions", api.base))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"to": "dismissed", "note": "nothing wrong"}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/tickets/{tc}/transitions"),
+            &serde_json::json!({"to": "dismissed", "note": "nothing wrong"}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     // pump-d: a person resolved it after a visit that found nothing (no maintenance event).
     let dd = mqtt(&b, "pump-d").await;
     let td = open_ticket_on(&dd, &api, "pump-d").await;
-    let r = api
-        .http
-        .post(format!("{}/api/v1/tickets/{td}/transitions", api.base))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"to": "resolved", "note": "no fault found", "outcome": "false_alarm"}))
-        .send()
-        .await
-        .unwrap();
+    let r = api.post(&format!("/api/v1/tickets/{td}/transitions"), &serde_json::json!({"to": "resolved", "note": "no fault found", "outcome": "false_alarm"})).await;
     assert_eq!(r.status(), 200);
     let r = api
-        .http
-        .post(format!("{}/api/v1/tickets/{td}/transitions", api.base))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"to": "acknowledged", "outcome": "false_alarm"}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/tickets/{td}/transitions"),
+            &serde_json::json!({"to": "acknowledged", "outcome": "false_alarm"}),
+        )
+        .await;
     assert_eq!(r.status(), 409, "a resolved ticket stays resolved");
     for id in [&ta, &tb] {
         eventually("ticket settled", || async {

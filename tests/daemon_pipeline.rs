@@ -1,11 +1,11 @@
 //! The daemon end to end: real embedded broker, real sled store, real HTTP.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
-use forewarn::features::DeviceState;
 use std::time::Duration;
+use support::daemon::*;
+use support::poll::eventually;
 
 const FLEET: &str = r#"
 [[customers]]
@@ -20,21 +20,11 @@ customer_id = "acme"
 attributes = { model = "P200" }
 "#;
 
-fn stored_readings(h: &forewarn::serve::Handle, device: &str) -> u32 {
-    // The committed state: the daemon's memory, else the stored snapshot.
-    h.app
-        .device_state(device)
-        .unwrap()
-        .map(|s: DeviceState| s.readings)
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degrading_device_gets_exactly_one_ticket_before_its_failure() {
     let b = broker();
     let dirs = Dirs::new();
-    let fleet = dirs.path().join("fleet.toml");
-    std::fs::write(&fleet, FLEET).unwrap();
+    let fleet = dirs.fleet_file(FLEET);
     let mut cfg = config(&b.url(), &dirs, "fw-degrading");
     cfg.fleet.file = Some(fleet);
     let (h, tok) = start(cfg).await;

@@ -1,51 +1,19 @@
 //! The `forewarn serve` binary as a process: kill -9 mid-stream and `--check-config`.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::features::DeviceState;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::daemon::*;
+use support::http::{get_text, metric, sample};
+use support::net::free_addr;
+use support::poll::eventually;
+use support::process::{forewarn, spawn_serve, wait_ready, write_config, Serve};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_forewarn"))
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn write_config(dirs: &Dirs, cfg: &forewarn::config::Config) -> std::path::PathBuf {
-    let p = dirs.path().join("forewarn.toml");
-    std::fs::write(&p, toml::to_string(cfg).unwrap()).unwrap();
-    p
-}
-
-fn spawn(config: &std::path::Path) -> Child {
-    bin()
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_remove("FOREWARN_API_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(addr: &str) {
-    let http = reqwest::Client::new();
-    let url = format!("http://{addr}/readyz");
-    eventually("serve process ready", || async {
-        http.get(&url)
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false)
-    })
-    .await;
+/// `forewarn serve --config <config>`, its output in the test's `serve.log`.
+fn spawn(dirs: &Dirs, config: &std::path::Path) -> Serve {
+    spawn_serve(config, &dirs.path().join("serve.log"), "warn")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,9 +25,10 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     cfg.api.listen = addr.clone();
     // Small groups: many commits, so the kill lands between and inside them.
     cfg.ingest.commit_group = 4;
-    let path = write_config(&dirs, &cfg);
-    let mut first = Some(spawn(&path));
-    wait_ready(&addr).await;
+    let path = write_config(dirs.path(), &cfg);
+    let http = reqwest::Client::new();
+    let mut first = Some(spawn(&dirs, &path));
+    wait_ready(&http, &addr).await;
     let dev = mqtt(&b, "kill9-pub").await;
     let series = degrading(200);
     for (i, (hr, t)) in series.iter().enumerate() {
@@ -73,28 +42,16 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut child = spawn(&path);
-    wait_ready(&addr).await;
-    let http = reqwest::Client::new();
+    let mut child = spawn(&dirs, &path);
+    wait_ready(&http, &addr).await;
     let metrics_url = format!("http://{addr}/metrics");
     // The restarted process receives what the broker kept (everything after the last ack);
     // wait until its intake settles.
     let mut prev = -1.0;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let text = http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let n: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("forewarn_readings_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
+        let text = get_text(&http, &metrics_url).await;
+        let n = sample(&text, "forewarn_readings_total").unwrap_or(0.0);
         if n > 0.0 && n == prev {
             break;
         }
@@ -118,8 +75,8 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
 fn check_config_exits_0_when_valid_and_2_on_a_broken_model() {
     let dirs = Dirs::new();
     let cfg = config("mqtt://127.0.0.1:1", &dirs, "fw-check");
-    let path = write_config(&dirs, &cfg);
-    let out = bin()
+    let path = write_config(dirs.path(), &cfg);
+    let out = forewarn()
         .args(["serve", "--check-config", "--config"])
         .arg(&path)
         .output()
@@ -132,14 +89,14 @@ fn check_config_exits_0_when_valid_and_2_on_a_broken_model() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 model(s)"));
     std::fs::write(dirs.models().join("zz.json"), "not json").unwrap();
-    let out = bin()
+    let out = forewarn()
         .args(["serve", "--check-config", "--config"])
         .arg(&path)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zz.json"));
-    let out = bin()
+    let out = forewarn()
         .args([
             "serve",
             "--check-config",
@@ -161,27 +118,19 @@ async fn sighup_reloads_models_and_keeps_them_when_an_artifact_is_bad() {
     let mut cfg = config(&b.url(), &dirs, "fw-hup");
     let addr = free_addr();
     cfg.api.listen = addr.clone();
-    let path = write_config(&dirs, &cfg);
-    let mut child = spawn(&path);
-    wait_ready(&addr).await;
+    let path = write_config(dirs.path(), &cfg);
+    let mut child = spawn(&dirs, &path);
+    wait_ready(&reqwest::Client::new(), &addr).await;
+    // The daemon may answer ready before its SIGHUP handler (a task of its own) listens, and an
+    // unhandled SIGHUP ends the process: a fresh client and a first metrics read leave it the
+    // moment it takes, as this test always did (with the readiness client reused, it failed
+    // about one run in five).
     let http = reqwest::Client::new();
-    let metric = |name: &'static str| {
-        let http = http.clone();
-        let url = format!("http://{addr}/metrics");
-        async move {
-            let text = http.get(&url).send().await.unwrap().text().await.unwrap();
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)?
-                        .strip_prefix(' ')?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or(-1.0)
-        }
+    let read_metric = |name: &'static str| {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move { metric(&http, &addr, name).await.unwrap_or(-1.0) }
     };
-    assert_eq!(metric("forewarn_models_loaded").await, 1.0);
+    assert_eq!(read_metric("forewarn_models_loaded").await, 1.0);
     let mut second = hot_model();
     second.name = "hot2".into();
     second.save(&dirs.models().join("hot2.json")).unwrap();
@@ -189,7 +138,7 @@ async fn sighup_reloads_models_and_keeps_them_when_an_artifact_is_bad() {
         libc::kill(child.id() as i32, libc::SIGHUP);
     }
     eventually("second model loaded", || async {
-        metric("forewarn_models_loaded").await == 2.0
+        read_metric("forewarn_models_loaded").await == 2.0
     })
     .await;
     std::fs::write(dirs.models().join("hot3.json"), "{").unwrap();
@@ -197,11 +146,11 @@ async fn sighup_reloads_models_and_keeps_them_when_an_artifact_is_bad() {
         libc::kill(child.id() as i32, libc::SIGHUP);
     }
     eventually("reload error counted", || async {
-        metric("forewarn_model_reloads_total{result=\"error\"}").await == 1.0
+        read_metric("forewarn_model_reloads_total{result=\"error\"}").await == 1.0
     })
     .await;
     assert_eq!(
-        metric("forewarn_models_loaded").await,
+        read_metric("forewarn_models_loaded").await,
         2.0,
         "old models stay"
     );

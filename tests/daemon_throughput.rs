@@ -1,11 +1,11 @@
 //! Throughput of the daemon's hot path (run with `--ignored --nocapture`, ideally `--release`).
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::ingest::mqtt::Inbound;
 use std::time::{Duration, Instant};
+use support::daemon::*;
 
 fn payload(device: usize, h: i64, seq: u64, batch: usize) -> String {
     let items: Vec<String> = (0..batch as i64)

@@ -5,14 +5,16 @@
 //! binary is not installed (CI installs it).
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::{config, reading, start, stop, Dirs};
-use drill_support::*;
 use forewarn::features::DeviceState;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
+use support::daemon;
+use support::daemon::{config, reading, start, stop, Dirs};
+use support::mosquitto::{mosquitto_bin, Mosquitto};
+use support::net::free_port;
+use support::poll::wait_until;
 
 const HOURS: i64 = 60;
 
@@ -84,7 +86,7 @@ async fn a_broker_restart_mid_stream_loses_no_reading_and_changes_no_ticket() {
     let mut cfg = config(&format!("mqtt://127.0.0.1:{port}"), &dirs, "fw-restart");
     cfg.ingest.commit_group = 8;
     let (h, tok) = start(cfg).await;
-    common::ready(&h).await;
+    daemon::ready(&h).await;
     let (client, acked) = publisher(port).await;
     let mut n = 0;
     for hr in 0..HOURS {
@@ -167,7 +169,7 @@ async fn a_broker_restart_mid_stream_loses_no_reading_and_changes_no_ticket() {
             let hr = 20 + 6 * i as i64 + 5;
             (
                 format!("rs-{i}"),
-                forewarn::domain::format_ts(common::T0 + hr * common::HOUR),
+                forewarn::domain::format_ts(daemon::T0 + hr * daemon::HOUR),
             )
         })
         .collect();

@@ -5,16 +5,18 @@
 //! itself, and nothing is lost: every reading applied once, the ticket opened once.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::{broker, config, degrading, http_with_token, mqtt, reading, Dirs, TOKEN};
-use drill_support::*;
 use forewarn::features::DeviceState;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::daemon::{broker, config, degrading, http_with_token, mqtt, reading, Dirs, TOKEN};
+use support::http::{get, metric, readyz};
+use support::net::free_addr;
+use support::poll::wait_until;
+use support::process::{sigterm, spawn_serve, wait_ready, write_config};
 
 /// A tmpfs mounted for the drill, unmounted on drop.
 ///
@@ -56,18 +58,13 @@ fn fill(path: &Path) -> u64 {
     n
 }
 
-async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, serde_json::Value)> {
-    let (s, body) = get(http, &format!("http://{addr}/readyz")).await?;
-    Some((s, serde_json::from_str(&body).ok()?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_acks_and_readiness_and_recovery_loses_nothing() {
     let b = broker();
     let dirs = Dirs::new();
     let mnt = dirs.path().join("disk");
     let Some(_disk) = Tmpfs::mount(&mnt, "16m") else {
-        ci::cannot_run(
+        support::ci::cannot_run(
             "drill_disk_full",
             "cannot mount a tmpfs (needs root or CAP_SYS_ADMIN)",
         );

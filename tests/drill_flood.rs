@@ -6,12 +6,12 @@
 //! `FOREWARN_DRILL_FLOOD_DEVICES` sets the flood size (default 50 000).
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::*;
 use forewarn::features::DeviceState;
 use std::time::{Duration, Instant};
+use support::daemon::*;
+use support::poll::wait_until;
 
 const MAX_IN_MEMORY: usize = 1000;
 
@@ -46,18 +46,18 @@ async fn a_flood_of_device_ids_is_evicted_within_the_bound_and_known_devices_kee
     let dirs = Dirs::new();
     let mut cfg = config(&b.url(), &dirs, "fw-flood");
     cfg.ingest.max_devices_in_memory = MAX_IN_MEMORY;
-    let addr = drill_support::free_addr();
+    let addr = support::net::free_addr();
     cfg.api.listen = addr.clone();
-    let path = drill_support::write_config(dirs.path(), &cfg);
+    let path = support::process::write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");
     let http = http_with_token(TOKEN);
     // The daemon as its own process, so its memory is measured apart from the broker's.
-    let mut child = drill_support::spawn_serve(&path, &log, "warn");
-    drill_support::wait_ready(&http, &addr).await;
+    let mut child = support::process::spawn_serve(&path, &log, "warn");
+    support::process::wait_ready(&http, &addr).await;
     let m = |name: &'static str| {
         let (http, addr) = (http.clone(), addr.clone());
         async move {
-            drill_support::metric(&http, &addr, name)
+            support::http::metric(&http, &addr, name)
                 .await
                 .unwrap_or(0.0)
         }
@@ -116,14 +116,14 @@ async fn a_flood_of_device_ids_is_evicted_within_the_bound_and_known_devices_kee
          {peak_in_memory}; evictions {evictions}; daemon RSS {rss_start} KiB at start, \
          {rss_half} KiB half-way, {rss_end} KiB at the end, peak {hwm} KiB"
     );
-    let tickets = drill_support::get(
+    let tickets = support::http::get(
         &http,
         &format!("http://{addr}/api/v1/tickets?device_id=known-1"),
     )
     .await
     .map(|(_, b)| b.matches("\"known-1\"").count())
     .unwrap_or(0);
-    assert!(drill_support::sigterm(&mut child).success());
+    assert!(support::process::sigterm(&mut child).success());
     assert!(in_memory <= MAX_IN_MEMORY as f64, "{in_memory} in memory");
     assert!(
         peak_in_memory <= MAX_IN_MEMORY as f64 + 300.0,
@@ -203,9 +203,11 @@ async fn oversized_payloads_are_rejected_and_the_daemon_keeps_serving() {
             .unwrap()
             .map_or(0, |s: DeviceState| s.readings)
     };
-    wait_until_ok("the device after the oversized payloads is served", || {
-        state_of("after-1") == 48
-    })
+    wait_until(
+        "the device after the oversized payloads is served",
+        Duration::from_secs(20),
+        || async { state_of("after-1") == 48 },
+    )
     .await;
     // Both are over ingest.max_payload_bytes (a message redelivered after the disconnect may
     // be counted twice; it is applied never).
@@ -220,12 +222,4 @@ async fn oversized_payloads_are_rejected_and_the_daemon_keeps_serving() {
     assert_eq!(state_of("huge-1"), 0);
     assert_eq!(api.tickets("?device_id=after-1").await.len(), 1);
     stop(h, tok).await;
-}
-
-async fn wait_until_ok(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

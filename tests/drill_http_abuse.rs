@@ -4,12 +4,13 @@
 //! timeout, and the API must answer normally once the attack stops.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::daemon::*;
+use support::poll::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLOW_CLIENTS: usize = 150;

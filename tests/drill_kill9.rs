@@ -9,18 +9,17 @@
 //! Messages list instead of sending it again.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
-mod notify_support;
+mod support;
 
-use common::{broker, config, mqtt, reading, Dirs};
-use drill_support::*;
 use forewarn::features::DeviceState;
-use forewarn::notify::config::TwilioConfig;
-use notify_support::providers::{Fakes, Mode, SID, TOKEN as TWILIO_TOKEN};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::daemon::{broker, config, mqtt, reading, Dirs};
+use support::http::{get, metric};
+use support::net::free_addr;
+use support::notify::providers::{Fakes, Mode};
+use support::process::{sigterm, spawn_serve, wait_ready, write_config, Serve};
 
 const DEVICES: usize = 6;
 const HOURS: i64 = 60;
@@ -88,8 +87,7 @@ async fn setup(name: &str) -> Run {
     // between "sent" and "recorded as sent" and the restarted daemon repeats the request.
     fakes.set("sms", Mode::Hang(400));
     let dirs = Dirs::new();
-    let fleet_path = dirs.path().join("fleet.toml");
-    std::fs::write(&fleet_path, fleet()).unwrap();
+    let fleet_path = dirs.fleet_file(&fleet());
     let mut cfg = config(&broker.url(), &dirs, name);
     let addr = free_addr();
     cfg.api.listen = addr.clone();
@@ -101,13 +99,7 @@ async fn setup(name: &str) -> Run {
     cfg.notify.retry_max = "200ms".parse().unwrap();
     cfg.notify.send_timeout = "2s".parse().unwrap();
     cfg.notify.link_secret = Some("drill-link-secret-0123456789".into());
-    cfg.notify.sms = Some(TwilioConfig {
-        api_base: fakes.base.clone(),
-        account_sid: SID.into(),
-        auth_token: TWILIO_TOKEN.into(),
-        from: "+15550100".into(),
-        webhook_shared_key: None,
-    });
+    cfg.notify.sms = Some(fakes.twilio());
     let config = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");
     Run {

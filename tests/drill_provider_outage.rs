@@ -3,14 +3,14 @@
 //! outbox depth and oldest-age gauges show the outage while it lasts; when the provider comes
 //! back every customer gets their message exactly once and the age gauge falls back.
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
-use notify_support::providers::Mode;
-use notify_support::Harness;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use support::notify::providers::Mode;
+use support::notify::Harness;
 
 const TICKETS: usize = 5;
 const STEP: Duration = Duration::from_secs(30);

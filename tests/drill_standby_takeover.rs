@@ -20,21 +20,21 @@
 //! a note, and fails under `CI=true`.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
-mod parity_support;
+mod support;
 
-use drill_support::*;
-use parity_support::{
+use forewarn::config::Config;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::daemon;
+use support::http::{get, metric, readyz};
+use support::mosquitto::{mosquitto_bin, Mosquitto, ROOMY};
+use support::net::free_addr;
+use support::parity::{
     assert_same_tickets, daemon_config, demo_model, evaluate_tickets, probe_message, DaemonSetup,
     SimHistory, MARKER_T0, PROBE,
 };
-use std::time::{Duration, Instant};
-
-/// Room for the whole history in the session of an absent forewarn (nothing dropped), and an
-/// in-flight window above `ingest.commit_group`.
-const CONF: &str =
-    "allow_anonymous true\nmax_inflight_messages 1000\nmax_queued_messages 100000\npersistence false\n";
+use support::poll::wait_until;
+use support::process::{sigterm, spawn_serve, spawn_serve_with, wait_ready, write_config};
 
 /// The most a takeover may take in this drill (debug build, a loaded 2-core machine), from the
 /// SIGKILL to the standby's `/readyz` answering 200.
@@ -43,13 +43,21 @@ const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
 /// Messages per second from the publisher: the replay lasts ~10 s, so the kill lands mid-stream.
 const RATE: f64 = 2000.0;
 
-async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, serde_json::Value)> {
-    let (status, body) = get(http, &format!("http://{addr}/readyz")).await?;
-    Some((status, serde_json::from_str(&body).ok()?))
-}
-
 async fn metric_or(http: &reqwest::Client, addr: &str, name: &str) -> f64 {
     metric(http, addr, name).await.unwrap_or(-1.0)
+}
+
+/// One node of the pair under `dir/name`: `cfg` with an API address of its own (the same data
+/// directory and client id) written as its config file; its API address, config and log paths.
+fn node(dir: &Path, name: &str, cfg: &mut Config) -> (String, PathBuf, PathBuf) {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    cfg.api.listen = free_addr();
+    (
+        cfg.api.listen.clone(),
+        write_config(&dir, cfg),
+        dir.join("serve.log"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,29 +93,13 @@ async fn standby_takes_over_after_a_clean_stop_and_the_old_active_stands_by() {
         return;
     };
     forewarn::tls::install_crypto();
-    let dirs = common::Dirs::new();
-    let port = free_port();
-    let _broker = Mosquitto::start(
-        &bin,
-        dirs.path(),
-        port,
-        &format!("listener {port} 127.0.0.1\n{CONF}"),
-    );
-    let broker_url = format!("mqtt://127.0.0.1:{port}");
+    let dirs = daemon::Dirs::new();
+    let broker = Mosquitto::on_free_port(&bin, dirs.path(), ROOMY);
+    let broker_url = broker.url();
     let http = reqwest::Client::new();
-    let mut cfg = common::config(&broker_url, &dirs, "forewarn-ha-switch");
-    let mut node = |name: &str| {
-        let dir = dirs.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        cfg.api.listen = free_addr();
-        (
-            cfg.api.listen.clone(),
-            write_config(&dir, &cfg),
-            dir.join("serve.log"),
-        )
-    };
-    let (addr_a, config_a, log_a) = node("a");
-    let (addr_b, config_b, log_b) = node("b");
+    let mut cfg = daemon::config(&broker_url, &dirs, "forewarn-ha-switch");
+    let (addr_a, config_a, log_a) = node(dirs.path(), "a", &mut cfg);
+    let (addr_b, config_b, log_b) = node(dirs.path(), "b", &mut cfg);
 
     let mut a = spawn_serve_with(&config_a, &log_a, "info", &["--standby"]);
     wait_ready(&http, &addr_a).await;
@@ -139,7 +131,7 @@ async fn standby_takes_over_after_a_clean_stop_and_the_old_active_stands_by() {
     opts.client_id = "forewarn-ha-switch-device".into();
     let message = forewarn::replay::Message {
         topic: "devices/sw-1/telemetry".into(),
-        payload: common::reading(0, 1, 70.0).into_bytes(),
+        payload: daemon::reading(0, 1, 70.0).into_bytes(),
         is_reading: true,
     };
     forewarn::replay::publish(std::iter::once(message), &opts, |_, _| {})
@@ -176,14 +168,8 @@ async fn drill(test: &str, protocol: u8, shared_group: Option<&str>) {
     };
     forewarn::tls::install_crypto();
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _broker = Mosquitto::start(
-        &bin,
-        tmp.path(),
-        port,
-        &format!("listener {port} 127.0.0.1\n{CONF}"),
-    );
-    let broker_url = format!("mqtt://127.0.0.1:{port}");
+    let broker = Mosquitto::on_free_port(&bin, tmp.path(), ROOMY);
+    let broker_url = broker.url();
     let http = reqwest::Client::new();
 
     let hist = SimHistory::write(&tmp.path().join("history"), 20, 40, 17);
@@ -207,19 +193,9 @@ async fn drill(test: &str, protocol: u8, shared_group: Option<&str>) {
     );
 
     // One configuration but for the API address: same data directory, same client id.
-    let mut node = |name: &str| {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        cfg.api.listen = free_addr();
-        (
-            cfg.api.listen.clone(),
-            write_config(&dir, &cfg),
-            dir.join("serve.log"),
-        )
-    };
-    let (addr_a, config_a, log_a) = node("a");
-    let (addr_b, config_b, log_b) = node("b");
-    let (_, config_c, log_c) = node("c");
+    let (addr_a, config_a, log_a) = node(tmp.path(), "a", &mut cfg);
+    let (addr_b, config_b, log_b) = node(tmp.path(), "b", &mut cfg);
+    let (_, config_c, log_c) = node(tmp.path(), "c", &mut cfg);
 
     // Both start with --standby: the first to get the data directory works.
     let mut active = spawn_serve_with(&config_a, &log_a, "info", &["--standby"]);
@@ -295,9 +271,7 @@ async fn drill(test: &str, protocol: u8, shared_group: Option<&str>) {
     )
     .await;
 
-    let mut replay = forewarn::replay::History::default();
-    replay.read_telemetry_file(&hist.telemetry()).unwrap();
-    replay.read_events_file(&hist.events()).unwrap();
+    let replay = hist.replay();
     let messages: Vec<_> = replay.messages("ha").collect();
     let readings = replay.readings() as f64;
     let n = messages.len() as u64;

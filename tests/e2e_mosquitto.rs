@@ -3,18 +3,16 @@
 //!
 //! Each test uses its own topic prefix, so several runs can share one broker.
 
+mod support;
+
 use forewarn::domain::Reading;
 use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits};
-use forewarn::ingest::encode::{event_payload, to_payload};
 use forewarn::replay::{publish, History, Message, PublishOptions, PublishSummary};
 use forewarn::sim::{write_csv, Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn broker_addr() -> String {
-    std::env::var("FOREWARN_MOSQUITTO").unwrap_or_else(|_| "127.0.0.1:1883".into())
-}
+use support::mosquitto::{shared_addr, sim_message};
 
 fn unique_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -29,7 +27,7 @@ type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 /// A QoS 1 subscriber to `{prefix}/+/telemetry` and `{prefix}/+/events`, collecting in the
 /// background what arrives.
 async fn subscribe(prefix: &str) -> Received {
-    let (host, port) = broker_addr()
+    let (host, port) = shared_addr()
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.parse().unwrap()))
         .unwrap();
@@ -101,7 +99,7 @@ async fn publish_paced(messages: Vec<Message>, received: &Received) -> PublishSu
 }
 
 fn opts() -> PublishOptions {
-    PublishOptions::new(format!("mqtt://{}", broker_addr()))
+    PublishOptions::new(format!("mqtt://{}", shared_addr()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,26 +115,7 @@ async fn every_simulated_message_is_acknowledged_and_delivered_intact() {
         ..SimConfig::default()
     });
     let items: Vec<SimEvent> = fleet.collect();
-    let messages: Vec<Message> = items
-        .iter()
-        .map(|e| match e {
-            SimEvent::Reading(r) => Message {
-                topic: format!("{prefix}/{}/telemetry", r.device_id),
-                payload: to_payload(r),
-                is_reading: true,
-            },
-            SimEvent::Event(ev) => Message {
-                topic: format!("{prefix}/{}/events", ev.device_id),
-                payload: event_payload(ev),
-                is_reading: false,
-            },
-            SimEvent::Malformed { device_id, payload } => Message {
-                topic: format!("{prefix}/{device_id}/telemetry"),
-                payload: payload.clone(),
-                is_reading: true,
-            },
-        })
-        .collect();
+    let messages: Vec<Message> = items.iter().map(|e| sim_message(&prefix, e)).collect();
     let sum = publish_paced(messages, &received).await;
     assert_eq!(sum.published as usize, items.len());
     assert_eq!(sum.acked, sum.published, "every QoS 1 message acknowledged");
@@ -259,7 +238,7 @@ fn replay_command_reports_every_message_acknowledged() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
         .args(["replay", "--telemetry"])
         .arg(&tel)
-        .args(["--broker", &format!("mqtt://{}", broker_addr())])
+        .args(["--broker", &format!("mqtt://{}", shared_addr())])
         .args(["--topic-prefix", &unique_prefix("cli")])
         .output()
         .unwrap();

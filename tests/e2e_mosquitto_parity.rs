@@ -3,16 +3,15 @@
 //!
 //! Topics and client ids carry a per-run prefix, so runs can share one broker.
 
-mod ci_support;
-mod parity_support;
+mod support;
 
-use parity_support::*;
+use support::parity::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Mosquitto: FOREWARN_MOSQUITTO=host:port (see .ci/run)"]
 async fn daemon_behind_mosquitto_opens_exactly_the_tickets_the_backtest_opens() {
     let Ok(addr) = std::env::var("FOREWARN_MOSQUITTO") else {
-        ci_support::cannot_run(
+        support::ci::cannot_run(
             "e2e_mosquitto_parity",
             "FOREWARN_MOSQUITTO is not set (e.g. 127.0.0.1:1883)",
         );

@@ -3,18 +3,15 @@
 //!
 //! Topics carry a per-run prefix, so runs can share one broker.
 
-mod common;
+mod support;
 
 use forewarn::features::{FeatureSpec, MetricStat, WindowSpec};
-use forewarn::ingest::encode::{event_payload, to_payload};
 use forewarn::predict::*;
 use forewarn::replay::{publish, Message, PublishOptions};
 use forewarn::sim::{Fleet, SimConfig, SimEvent};
 use std::collections::HashSet;
-
-fn broker_addr() -> String {
-    std::env::var("FOREWARN_MOSQUITTO").unwrap_or_else(|_| "127.0.0.1:1883".into())
-}
+use support::daemon;
+use support::mosquitto::{shared_addr, sim_message};
 
 /// Overheating shows as a hot device: probability passes one half around 78 °C (EW mean over 5
 /// readings, so one noisy reading does not open a ticket).
@@ -66,14 +63,14 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
         .unwrap()
         .subsec_nanos();
     let prefix = format!("fw-e2e-serve-{}-{nanos}", std::process::id());
-    let dirs = common::Dirs::new();
+    let dirs = daemon::Dirs::new();
     std::fs::remove_file(dirs.models().join("hot.json")).unwrap();
     overheating_model()
         .save(&dirs.models().join("overheating.json"))
         .unwrap();
     forewarn::tls::install_crypto();
-    let mut cfg = common::config(
-        &format!("mqtt://{}", broker_addr()),
+    let mut cfg = daemon::config(
+        &format!("mqtt://{}", shared_addr()),
         &dirs,
         &format!("{prefix}-daemon"),
     );
@@ -81,9 +78,9 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
     cfg.ingest.event_topics = vec![format!("{prefix}/+/events")];
     cfg.ingest.device_id_level = Some(1);
     cfg.dispatch.topic_prefix = format!("{prefix}-tickets");
-    let (h, token) = common::start(cfg).await;
-    common::ready(&h).await;
-    let api = common::Api::new(&h);
+    let (h, token) = daemon::start(cfg).await;
+    daemon::ready(&h).await;
+    let api = daemon::Api::new(&h);
 
     let items: Vec<SimEvent> = Fleet::new(SimConfig {
         devices: 30,
@@ -98,30 +95,11 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
     let events = count(|e| matches!(e, SimEvent::Event(_)));
     let malformed = count(|e| matches!(e, SimEvent::Malformed { .. }));
     assert!(malformed > 0.0);
-    let messages: Vec<Message> = items
-        .iter()
-        .map(|e| match e {
-            SimEvent::Reading(r) => Message {
-                topic: format!("{prefix}/{}/telemetry", r.device_id),
-                payload: to_payload(r),
-                is_reading: true,
-            },
-            SimEvent::Event(ev) => Message {
-                topic: format!("{prefix}/{}/events", ev.device_id),
-                payload: event_payload(ev),
-                is_reading: false,
-            },
-            SimEvent::Malformed { device_id, payload } => Message {
-                topic: format!("{prefix}/{device_id}/telemetry"),
-                payload: payload.clone(),
-                is_reading: true,
-            },
-        })
-        .collect();
+    let messages: Vec<Message> = items.iter().map(|e| sim_message(&prefix, e)).collect();
     // In chunks below Mosquitto's default per-client queue of 1000 QoS 1 messages (beyond it the
     // broker drops messages for a subscriber that falls behind): after each chunk, wait until the
     // daemon has received it.
-    let opts = PublishOptions::new(format!("mqtt://{}", broker_addr()));
+    let opts = PublishOptions::new(format!("mqtt://{}", shared_addr()));
     let (mut published, mut acked) = (0u64, 0u64);
     for chunk in messages.chunks(400) {
         let sum = publish(chunk.iter().cloned(), &opts, |_, _| {})
@@ -156,7 +134,7 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(rejected, malformed, "malformed payloads rejected");
-    common::eventually("events applied", || async {
+    support::poll::eventually("events applied", || async {
         api.metric("forewarn_device_events_total").await == events
     })
     .await;
@@ -182,5 +160,5 @@ async fn daemon_behind_mosquitto_processes_every_published_reading_and_opens_one
         tickets.iter().any(|t| t["status"] == "resolved"),
         "no ticket settled by a failure or maintenance event"
     );
-    common::stop(h, token).await;
+    daemon::stop(h, token).await;
 }

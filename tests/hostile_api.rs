@@ -5,13 +5,12 @@
 //! API body, fleet file, history and training CSV.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod notify_support;
+mod support;
 
-use common::*;
-use forewarn::notify::config::TwilioConfig;
-use notify_support::providers::{Fakes, SID, TOKEN as TWILIO_TOKEN};
 use serde_json::json;
+use support::daemon::*;
+use support::notify::providers::Fakes;
+use support::poll::eventually;
 
 const FLEET: &str = r#"
 [[customers]]
@@ -33,21 +32,14 @@ async fn daemon(
     fakes: &Fakes,
     name: &str,
 ) -> (forewarn::serve::Handle, tokio_util::sync::CancellationToken) {
-    let fleet = dirs.path().join("fleet.toml");
-    std::fs::write(&fleet, FLEET).unwrap();
+    let fleet = dirs.fleet_file(FLEET);
     let mut cfg = config(&b.url(), dirs, name);
     cfg.fleet.file = Some(fleet);
     cfg.api.max_body_bytes = LIMIT;
     cfg.notify.poll_interval = "50ms".parse().unwrap();
     cfg.notify.link_secret = Some("hostile-link-secret-0123456789".into());
     cfg.notify.inbound_email_signing_key = Some("hostile-mailgun-signing-key".into());
-    cfg.notify.sms = Some(TwilioConfig {
-        api_base: fakes.base.clone(),
-        account_sid: SID.into(),
-        auth_token: TWILIO_TOKEN.into(),
-        from: "+15550100".into(),
-        webhook_shared_key: None,
-    });
+    cfg.notify.sms = Some(fakes.twilio());
     let (h, tok) = start(cfg).await;
     ready(&h).await;
     (h, tok)
@@ -55,10 +47,7 @@ async fn daemon(
 
 async fn open_ticket(b: &forewarn::broker::EmbeddedBroker, api: &Api) -> String {
     let dev = mqtt(b, "hostile-pump").await;
-    for (i, (hr, t)) in degrading(48).iter().enumerate() {
-        dev.publish("devices/pump-1/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
+    dev.publish_degrading("pump-1", 48).await;
     eventually("ticket opened", || async {
         !api.tickets("?device_id=pump-1").await.is_empty()
     })

@@ -10,16 +10,15 @@
 //! password and the server's answer), and a payload's type error echoes the value serde saw.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
-mod notify_support;
+mod support;
 
-use common::{broker, config, degrading, mqtt, reading, Api, Dirs, TOKEN};
-use drill_support::*;
-use forewarn::notify::config::TwilioConfig;
-use notify_support::providers::{Fakes, HOOK_SECRET, SID, TOKEN as TWILIO_TOKEN};
 use serde_json::json;
 use std::time::Duration;
+use support::daemon::{broker, config, degrading, mqtt, reading, Api, Dirs, TOKEN};
+use support::net::{free_addr, free_port};
+use support::notify::providers::{Fakes, HOOK_SECRET, TOKEN as TWILIO_TOKEN};
+use support::poll::wait_until;
+use support::process::{sigterm, spawn_serve, wait_ready, write_config};
 
 const PHONE: &str = "+66810007777";
 const EMAIL: &str = "owner.secret@acme.example";
@@ -110,13 +109,7 @@ async fn secrets_and_contact_details_never_appear_in_the_log() {
     cfg.notify.poll_interval = "50ms".parse().unwrap();
     cfg.notify.link_secret = Some(LINK_SECRET.into());
     cfg.notify.inbound_email_signing_key = Some(INBOUND_KEY.into());
-    cfg.notify.sms = Some(TwilioConfig {
-        api_base: fakes.base.clone(),
-        account_sid: SID.into(),
-        auth_token: TWILIO_TOKEN.into(),
-        from: "+15550100".into(),
-        webhook_shared_key: None,
-    });
+    cfg.notify.sms = Some(fakes.twilio());
     let path = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");
     let http = reqwest::Client::new();

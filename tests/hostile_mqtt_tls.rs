@@ -5,14 +5,16 @@
 //! /readyz says the broker is the reason). Skipped with a note when mosquitto is not installed.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::{config, reading, start, stop, Dirs};
-use drill_support::*;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::process::Command;
 use std::time::Duration;
+use support::daemon;
+use support::daemon::{config, reading, start, stop, Dirs};
+use support::mosquitto::{mosquitto_bin, Mosquitto};
+use support::net::free_port;
+use support::poll::wait_until;
 
 const USER: &str = "forewarn";
 const PASSWORD: &str = "tls-drill-password-5772";
@@ -30,10 +32,9 @@ fn self_signed(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 }
 
 async fn readyz(http: &reqwest::Client, h: &forewarn::serve::Handle) -> (u16, serde_json::Value) {
-    let (s, body) = get(http, &format!("http://{}/readyz", h.api_addr))
+    support::http::readyz(http, &h.api_addr.to_string())
         .await
-        .unwrap();
-    (s, serde_json::from_str(&body).unwrap())
+        .expect("the daemon answers /readyz")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +90,7 @@ async fn tls_with_password_connects_and_a_wrong_password_or_certificate_does_not
     cfg.broker.username = Some(USER.into());
     cfg.broker.password = Some(PASSWORD.into());
     let (h, tok) = start(cfg).await;
-    common::ready(&h).await;
+    daemon::ready(&h).await;
     let mut o = MqttOptions::new("tls-dev", "127.0.0.1", plain_port);
     o.set_credentials(USER, PASSWORD);
     let (dev, mut el) = AsyncClient::new(o, 100);

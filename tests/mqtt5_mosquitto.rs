@@ -6,24 +6,17 @@
 //! Without the mosquitto binary these tests skip, and fail under `CI=true`.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
+use support::daemon::*;
+use support::mosquitto::{mosquitto_bin, Mosquitto, ROOMY};
 
-const CONF: &str = "allow_anonymous true\nmax_inflight_messages 1000\nmax_queued_messages 100000\npersistence false\n";
-
-fn mosquitto(test: &str) -> Option<(drill_support::Mosquitto, tempfile::TempDir)> {
-    let bin = drill_support::mosquitto_bin(test)?;
+fn mosquitto(test: &str) -> Option<(Mosquitto, tempfile::TempDir)> {
+    let bin = mosquitto_bin(test)?;
     let dir = tempfile::tempdir().unwrap();
-    let port = drill_support::free_port();
-    let body = format!("listener {port} 127.0.0.1\n{CONF}");
-    Some((
-        drill_support::Mosquitto::start(&bin, dir.path(), port, &body),
-        dir,
-    ))
+    Some((Mosquitto::on_free_port(&bin, dir.path(), ROOMY), dir))
 }
 
 fn v5_config(port: u16, dirs: &Dirs, client_id: &str) -> forewarn::config::Config {

@@ -3,28 +3,17 @@
 //! honoured, an unclear reply reaches a person, and each moment gets its message (and only
 //! those). Real HTTP on loopback, real sled, the real SMTP test server.
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::{Outcome, Priority, Status};
 use forewarn::engine::ChangeKind;
 use forewarn::fleet::Channel;
 use forewarn::notify::TicketDesk;
-use notify_support::Harness;
 use std::time::Duration;
+use support::notify::Harness;
 
 async fn sms(h: &Harness, from: &str, sid: &str, body: &str) -> String {
-    let r = h
-        .twilio_post(
-            "/notify/v1/twilio/sms",
-            &[
-                ("MessageSid", sid),
-                ("AccountSid", "AC0000test"),
-                ("From", from),
-                ("To", "+15550100"),
-                ("Body", body),
-            ],
-        )
-        .await;
+    let r = h.sms_in(from, sid, body).await;
     assert_eq!(r.status(), 200);
     r.text().await.unwrap()
 }
@@ -371,7 +360,7 @@ async fn a_replayed_email_message_id_changes_nothing() {
 #[tokio::test]
 async fn a_replayed_or_stale_mailgun_request_changes_nothing() {
     use forewarn::notify::Clock;
-    use notify_support::mailgun_fields;
+    use support::notify::mailgun_fields;
     let h = Harness::start(|c| c.max_reminders = 0).await;
     let c = h.customer("acme", "en", &[Channel::Email]);
     let t = h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
@@ -575,12 +564,7 @@ fn no_input_crashes_an_inbound_route() {
                     if known {
                         assert!(h.timeline("acme").len() > before, "kept: {b:?}");
                     }
-                    let r = h
-                        .twilio_post(
-                            "/notify/v1/twilio/status",
-                            &[("MessageSid", &a), ("MessageStatus", &b)],
-                        )
-                        .await;
+                    let r = h.message_status(&a, &b).await;
                     assert_eq!(r.status(), 204, "status {a:?} {b:?}");
                     let sender = if known {
                         "acme@customer.test"

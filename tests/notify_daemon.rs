@@ -2,12 +2,12 @@
 //! (fake Twilio over HTTP), answers it through the signed webhook on the daemon's API server, and
 //! the ticket and the customer's timeline show it.
 
-mod common;
-mod notify_support;
+mod support;
 
-use common::*;
-use forewarn::notify::config::TwilioConfig;
-use notify_support::providers::{Fakes, SID, TOKEN as TWILIO_TOKEN};
+use support::daemon;
+use support::daemon::*;
+use support::notify::providers::{Fakes, TOKEN as TWILIO_TOKEN};
+use support::poll::eventually;
 
 const FLEET: &str = r#"
 [[customers]]
@@ -28,28 +28,18 @@ async fn a_ticket_opened_by_telemetry_reaches_the_customer_and_their_sms_reply_a
     let b = broker();
     let fakes = Fakes::start().await;
     let dirs = Dirs::new();
-    let fleet = dirs.path().join("fleet.toml");
-    std::fs::write(&fleet, FLEET).unwrap();
+    let fleet = dirs.fleet_file(FLEET);
     let mut cfg = config(&b.url(), &dirs, "fw-notify");
     cfg.fleet.file = Some(fleet);
     cfg.api.public_url = PUBLIC.into();
     cfg.notify.poll_interval = "50ms".parse().unwrap();
     cfg.notify.link_secret = Some("daemon-test-link-secret".into());
-    cfg.notify.sms = Some(TwilioConfig {
-        api_base: fakes.base.clone(),
-        account_sid: SID.into(),
-        auth_token: TWILIO_TOKEN.into(),
-        from: "+15550100".into(),
-        webhook_shared_key: None,
-    });
+    cfg.notify.sms = Some(fakes.twilio());
     let (h, tok) = start(cfg).await;
     ready(&h).await;
     let api = Api::new(&h);
     let dev = mqtt(&b, "pump-1").await;
-    for (i, (hr, t)) in degrading(48).iter().enumerate() {
-        dev.publish("devices/pump-1/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
+    dev.publish_degrading("pump-1", 48).await;
     eventually("the customer got an SMS", || async {
         !fakes.delivered("sms").is_empty()
     })
@@ -115,7 +105,7 @@ async fn a_ticket_opened_by_telemetry_reaches_the_customer_and_their_sms_reply_a
     assert_eq!(http.post(&revoke).send().await.unwrap().status(), 401);
     let r = http
         .post(&revoke)
-        .bearer_auth(common::TOKEN)
+        .bearer_auth(daemon::TOKEN)
         .send()
         .await
         .unwrap();

@@ -2,13 +2,13 @@
 //! fallback and retries against fake providers over HTTP, escalation, the daily budget, and a
 //! restart between "sent" and "recorded".
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
-use notify_support::providers::Mode;
-use notify_support::{smtp, Harness, HOUR};
 use std::time::Duration;
+use support::notify::providers::Mode;
+use support::notify::{smtp, Harness, HOUR};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -66,7 +66,7 @@ async fn email_is_sent_over_real_smtp_with_plain_and_html_parts() {
         "subject carries the ticket id"
     );
     // The message's own reply address: the configured one with an unguessable token.
-    let reply_to = notify_support::reply_to_of(data).unwrap();
+    let reply_to = support::notify::reply_to_of(data).unwrap();
     let token = forewarn::notify::reply_token(&reply_to).unwrap();
     assert_eq!(reply_to, format!("replies+{token}@forewarn.test"));
     let parts = smtp::parts(data);
@@ -401,12 +401,7 @@ async fn restart_between_send_and_record_finds_the_sms_at_the_provider_and_sends
     );
     // Its delivery report still lands on the ticket: the provider id was recorded.
     let sid = h.fakes.delivered("sms")[0].sid.clone();
-    let r = h
-        .twilio_post(
-            "/notify/v1/twilio/status",
-            &[("MessageSid", &sid), ("MessageStatus", "delivered")],
-        )
-        .await;
+    let r = h.message_status(&sid, "delivered").await;
     assert_eq!(r.status(), 204);
     assert!(h
         .timeline("acme")
@@ -432,7 +427,7 @@ async fn an_interrupted_attempt_that_never_reached_the_provider_is_sent_after_th
     // "sending", the provider has nothing.
     let (key, mut row) = h.store.outbox::<OutboxRow>(QUEUE).unwrap().remove(0);
     row.attempts.push(Attempt {
-        at_ms: notify_support::NOON_BKK,
+        at_ms: support::notify::NOON_BKK,
         channel: Channel::Sms,
         outcome: "sending".into(),
         detail: String::new(),
@@ -685,7 +680,7 @@ async fn email_over_tls(
 ) {
     let (ca_pem, server_cfg) = smtp::localhost_tls();
     let server = smtp::SmtpServer::start_with(mode(server_cfg)).await;
-    let fakes = notify_support::providers::Fakes::start().await;
+    let fakes = support::notify::providers::Fakes::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();

@@ -4,15 +4,15 @@
 //! the text and does not send it again (the fake, like Twilio, does not de-duplicate): the
 //! customer gets exactly one message.
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
-use notify_support::providers::{Fakes, Inner, Mode};
-use notify_support::smtp::SmtpServer;
-use notify_support::Harness;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::notify::providers::{Fakes, Inner, Mode};
+use support::notify::smtp::SmtpServer;
+use support::notify::Harness;
 
 const DIR: &str = "FOREWARN_TEST_NOTIFY_KILL_DIR";
 const BASE: &str = "FOREWARN_TEST_NOTIFY_KILL_FAKES";
@@ -42,7 +42,7 @@ async fn kill_child_sends_until_killed() {
 async fn outbox_survives_kill_9_between_send_and_record() {
     let fakes = Fakes::start().await;
     // The provider's clock agrees with the child's injected one.
-    fakes.set_clock(Arc::new(|| notify_support::NOON_BKK));
+    fakes.set_clock(Arc::new(|| support::notify::NOON_BKK));
     fakes.set("sms", Mode::Hang(60_000));
     let tmp = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())

@@ -2,58 +2,20 @@
 //! to its topic and receives the notification as JSON.
 #![cfg(feature = "embedded-broker")]
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
 use forewarn::notify::config::MqttConfig;
-use notify_support::Harness;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
-
-fn start_broker() -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg: rumqttd::Config = toml::from_str(&format!(
-        r#"
-        id = 0
-        [router]
-        max_connections = 50
-        max_outgoing_packet_count = 200
-        max_segment_size = 1048576
-        max_segment_count = 10
-        [v4.1]
-        name = "v4-1"
-        listen = "127.0.0.1:{port}"
-        next_connection_delay_ms = 1
-        [v4.1.connections]
-        connection_timeout_ms = 5000
-        max_payload_size = 65536
-        max_inflight_count = 100
-        dynamic_filters = true
-        "#
-    ))
-    .unwrap();
-    std::thread::spawn(move || {
-        let mut b = rumqttd::Broker::new(cfg);
-        let _ = b.start();
-    });
-    // rumqttd cannot bind port 0 and has no "ready" signal: poll until it accepts.
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("broker did not start");
-}
+use support::notify::Harness;
 
 #[tokio::test]
 async fn mqtt_notification_reaches_the_customers_topic() {
-    let port = start_broker();
+    // The crate's embedded broker (rumqttd), as the daemon tests use it.
+    let broker = support::daemon::broker();
+    let port = broker.addr.port();
     let h = Harness::start(|c| {
         c.mqtt = Some(MqttConfig {
             url: format!("mqtt://127.0.0.1:{port}"),

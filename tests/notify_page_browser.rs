@@ -6,15 +6,14 @@
 //! buttons. Without Chromium the test skips, and
 //! fails under `CI=true` (`.ci/run` installs `chromium` and `chromium-driver`).
 
-mod browser_support;
-mod notify_support;
+mod support;
 
-use browser_support::{find, Driver, Viewport};
 use forewarn::domain::{Priority, Status};
 use forewarn::fleet::Channel;
 use forewarn::notify::{Clock, TicketDesk};
-use notify_support::Harness;
 use std::time::{Duration, Instant};
+use support::browser::{find, Driver, Viewport};
+use support::notify::Harness;
 
 #[tokio::test]
 async fn the_page_works_in_a_browser_in_three_languages_at_360_px() {
@@ -81,12 +80,7 @@ async fn the_page_works_in_a_browser_in_three_languages_at_360_px() {
             .last()
             .map(|d| d.sid.clone())
             .unwrap();
-        let r = h
-            .twilio_post(
-                "/notify/v1/twilio/status",
-                &[("MessageSid", &sid), ("MessageStatus", "delivered")],
-            )
-            .await;
+        let r = h.message_status(&sid, "delivered").await;
         assert_eq!(r.status(), 204);
         let link = h.notifier.link(&t.id, &c.id, h.clock.now_ms());
         d.go(&link).await;

@@ -3,17 +3,18 @@
 //! fake provider (which, like Twilio, does not de-duplicate) with its segments counted; inbound
 //! SMS signed by the official `twilio` library.
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::{Outcome, Priority, Status};
 use forewarn::engine::ChangeKind;
 use forewarn::fleet::{Channel, Customer};
 use forewarn::notify::templates::sms_segments;
 use forewarn::notify::TicketDesk;
-use notify_support::peers::{python_has, twilio_library_signature, AioSmtpd};
-use notify_support::providers::TOKEN;
-use notify_support::Harness;
 use std::time::Duration;
+use support::ci::python_can_import;
+use support::notify::peers::{twilio_library_signature, AioSmtpd};
+use support::notify::providers::TOKEN;
+use support::notify::Harness;
 
 /// Walks one customer through all eight moments; returns nothing, the peers hold the result.
 async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String, smtpd: &AioSmtpd) {
@@ -68,7 +69,7 @@ async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String,
         }
     };
     // Every conversation starts at noon in Bangkok, so the dates below are the same for all.
-    h.clock.set(notify_support::NOON_BKK);
+    h.clock.set(support::notify::NOON_BKK);
     // alert → visit confirmed → no action needed (dismissed after the alert)
     let t1 = h.open(c, &format!("{}-a", c.id), Priority::High, 0.7, Some(72));
     h.run().await;
@@ -102,7 +103,10 @@ async fn conversation(h: &Harness, c: &Customer, reply: &dyn Fn(&str) -> String,
 
 #[tokio::test]
 async fn every_message_in_every_locale_reaches_real_peers_and_reads_back() {
-    if !python_has(&["aiosmtpd", "twilio"]) {
+    if !python_can_import(
+        "every_message_in_every_locale_reaches_real_peers_and_reads_back",
+        &["aiosmtpd", "twilio"],
+    ) {
         return;
     }
     let smtpd = AioSmtpd::start();
@@ -267,8 +271,11 @@ async fn every_message_in_every_locale_reaches_real_peers_and_reads_back() {
 /// `MessageSid` changes nothing and a wrong key is refused.
 #[tokio::test]
 async fn twilio_signatures_from_the_official_library_in_both_schemes() {
-    use notify_support::peers::{twilio_library_body_hash, twilio_library_signature_with};
-    if !python_has(&["twilio"]) {
+    use support::notify::peers::{twilio_library_body_hash, twilio_library_signature_with};
+    if !python_can_import(
+        "twilio_signatures_from_the_official_library_in_both_schemes",
+        &["twilio"],
+    ) {
         return;
     }
     const SHARED: &str = "webhooks-rule-shared-key-secret";

@@ -2,13 +2,13 @@
 //! (inbound parse), the signed self-service page; status callbacks drive fallback; the customer
 //! timeline shows it all in order.
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::{Priority, Status};
 use forewarn::fleet::Channel;
 use forewarn::notify::TicketDesk;
-use notify_support::Harness;
 use std::time::Duration;
+use support::notify::Harness;
 
 fn link_of(h: &Harness, t: &forewarn::domain::Ticket) -> String {
     use forewarn::notify::Clock;
@@ -37,16 +37,7 @@ async fn sms_reply_books_a_visit_for_a_ticket_first_notified_by_email_and_shows_
     assert!(h.fakes.delivered("sms").is_empty());
     h.advance(Duration::from_secs(600));
     let r = h
-        .twilio_post(
-            "/notify/v1/twilio/sms",
-            &[
-                ("MessageSid", "SMreply1"),
-                ("AccountSid", "AC0000test"),
-                ("From", c.contacts[&Channel::Sms].as_str()),
-                ("To", "+15550100"),
-                ("Body", "1"),
-            ],
-        )
+        .sms_in(c.contacts[&Channel::Sms].as_str(), "SMreply1", "1")
         .await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("<Response>"));
@@ -61,11 +52,8 @@ async fn sms_reply_books_a_visit_for_a_ticket_first_notified_by_email_and_shows_
     assert_eq!(last.note, "visit confirmed by sms: 1");
 
     let tl: serde_json::Value = h
-        .http
-        .get(format!("{}/api/v1/customers/acme/timeline", h.url))
-        .send()
+        .get("/api/v1/customers/acme/timeline")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -120,16 +108,7 @@ async fn a_bare_sms_reply_answers_the_last_warning_that_reached_the_phone() {
     // A third warning is queued but not yet delivered when the customer answers.
     let queued = h.open(&c, "pump-3", Priority::Urgent, 0.9, Some(12));
     let r = h
-        .twilio_post(
-            "/notify/v1/twilio/sms",
-            &[
-                ("MessageSid", "SMreply-bare"),
-                ("AccountSid", "AC0000test"),
-                ("From", c.contacts[&Channel::Sms].as_str()),
-                ("To", "+15550100"),
-                ("Body", "1"),
-            ],
-        )
+        .sms_in(c.contacts[&Channel::Sms].as_str(), "SMreply-bare", "1")
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(h.desk.ticket(&by_sms.id).unwrap().status, Status::Scheduled);
@@ -280,28 +259,12 @@ async fn undelivered_status_callback_falls_back_to_the_next_channel() {
     h.run().await;
     let sms = h.fakes.delivered("sms");
     assert_eq!(sms.len(), 1);
-    let r = h
-        .twilio_post(
-            "/notify/v1/twilio/status",
-            &[
-                ("MessageSid", sms[0].sid.as_str()),
-                ("MessageStatus", "sent"),
-            ],
-        )
-        .await;
+    let r = h.message_status(sms[0].sid.as_str(), "sent").await;
     assert_eq!(r.status(), 204);
     assert_eq!(h.outbox_len(), 0, "an intermediate status changes nothing");
     for _ in 0..2 {
         // Callbacks repeat; the second one is ignored.
-        let r = h
-            .twilio_post(
-                "/notify/v1/twilio/status",
-                &[
-                    ("MessageSid", sms[0].sid.as_str()),
-                    ("MessageStatus", "undelivered"),
-                ],
-            )
-            .await;
+        let r = h.message_status(sms[0].sid.as_str(), "undelivered").await;
         assert_eq!(r.status(), 204);
     }
     assert_eq!(h.outbox_len(), 1);
@@ -328,21 +291,11 @@ async fn undelivered_status_callback_falls_back_to_the_next_channel() {
 #[tokio::test]
 async fn timeline_of_an_unknown_customer_is_404() {
     let h = Harness::start(|_| {}).await;
-    let r = h
-        .http
-        .get(format!("{}/api/v1/customers/nobody/timeline", h.url))
-        .send()
-        .await
-        .unwrap();
+    let r = h.get("/api/v1/customers/nobody/timeline").await;
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
-    let r = h
-        .http
-        .get(format!("{}/api/v1/customers/a%20b/timeline", h.url))
-        .send()
-        .await
-        .unwrap();
+    let r = h.get("/api/v1/customers/a%20b/timeline").await;
     assert_eq!(r.status(), 400);
 }
 

@@ -2,12 +2,12 @@
 //! how fast the worker drains the outbox to a provider on loopback.
 //! `cargo test --release --test notify_throughput -- --ignored --nocapture`
 
-mod notify_support;
+mod support;
 
 use forewarn::domain::Priority;
 use forewarn::fleet::Channel;
-use notify_support::Harness;
 use std::time::Instant;
+use support::notify::Harness;
 
 #[tokio::test]
 #[ignore = "measurement; run by hand"]

@@ -2,10 +2,10 @@
 //! through a real broker open exactly the same tickets, settled the same way.
 #![cfg(feature = "embedded-broker")]
 
-mod parity_support;
+mod support;
 
 use forewarn::config::Config;
-use parity_support::*;
+use support::parity::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_opens_exactly_the_tickets_the_backtest_opens_for_the_same_history() {

@@ -4,9 +4,10 @@
 //! with its reason and kept for inspection.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
+use support::daemon::*;
+use support::poll::eventually;
 
 const DEVICE: &str = "urn:dev:mac:0024befffe804ff1";
 

@@ -4,12 +4,13 @@
 //! node is in `sparkplug_pysparkplug`.)
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::ingest::sparkplug::payload::payload::{metric::Value, Metric};
 use forewarn::ingest::sparkplug::payload::{DataType, Payload};
 use prost::Message as _;
+use support::daemon::*;
+use support::poll::eventually;
 
 fn payload(seq: u64, ts: i64, metrics: Vec<Metric>) -> Vec<u8> {
     Payload {

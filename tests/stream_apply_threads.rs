@@ -3,27 +3,20 @@
 //! same as with one thread, and the same as `forewarn evaluate`'s.
 #![cfg(feature = "embedded-broker")]
 
-mod parity_support;
+mod support;
 
 use forewarn::domain::Ticket;
 use forewarn::ingest::mqtt::{Inbound, Publish};
 use forewarn::store::TicketFilter;
-use parity_support::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::parity::*;
 use tokio_util::sync::CancellationToken;
 
 /// The history's messages in publishing order, as the MQTT driver hands them over.
 fn inbound(hist: &SimHistory) -> Vec<Inbound> {
-    let mut replay = forewarn::replay::History::default();
-    replay
-        .read_telemetry_file(&hist.telemetry())
-        .expect("replay telemetry");
-    replay
-        .read_events_file(&hist.events())
-        .expect("replay events");
-    assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
+    let replay = hist.replay();
     let now_ms = chrono::Utc::now().timestamp_millis();
     replay
         .messages("devices")

@@ -3,10 +3,11 @@
 //! device unseen for `ingest.forget_after` is dropped from memory and disk.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::features::DeviceState;
+use support::daemon::*;
+use support::poll::eventually;
 
 fn state(h: &forewarn::serve::Handle, device: &str) -> Option<DeviceState> {
     // The committed state: the daemon's memory, else the stored snapshot.

@@ -4,22 +4,12 @@
 //! what forewarn received plus what it reports missing is what was published.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::*;
-use forewarn::features::DeviceState;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
-
-fn stored_readings(h: &forewarn::serve::Handle, device: &str) -> u32 {
-    // The committed state: the daemon's memory, else the stored snapshot.
-    h.app
-        .device_state(device)
-        .unwrap()
-        .map(|s: DeviceState| s.readings)
-        .unwrap_or(0)
-}
+use support::daemon::*;
+use support::poll::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
@@ -192,23 +182,22 @@ async fn flood(port: u16) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_default_mosquitto_received_plus_reported_missing_is_what_was_published() {
-    let Some(bin) = drill_support::mosquitto_bin("stream_loss") else {
+    let Some(bin) = support::mosquitto::mosquitto_bin("stream_loss") else {
         return;
     };
     forewarn::tls::install_crypto();
     let dirs = Dirs::new();
     let mdir = dirs.path().join("mosquitto");
     std::fs::create_dir_all(&mdir).unwrap();
-    let port = drill_support::free_port();
     // Mosquitto's defaults: max_inflight_messages 20, max_queued_messages 1000. Its $SYS tree
     // every second (default 10 s), so its own count of dropped messages arrives within the test.
-    let _broker = drill_support::Mosquitto::start(
+    let broker = support::mosquitto::Mosquitto::on_free_port(
         &bin,
         &mdir,
-        port,
-        &format!("listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"),
+        "allow_anonymous true\nsys_interval 1\n",
     );
-    let mut cfg = config(&format!("mqtt://127.0.0.1:{port}"), &dirs, "fw-loss");
+    let port = broker.port;
+    let mut cfg = config(&broker.url(), &dirs, "fw-loss");
     cfg.ingest.broker_drops_topic = "$SYS/broker/publish/messages/dropped".into();
     let (h, tok) = start(cfg).await;
     ready(&h).await;

@@ -3,9 +3,10 @@
 //! the rest flows.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
+use support::daemon::*;
+use support::poll::eventually;
 
 /// Writes records no reader can decode straight into the store's tree, as a crash, a disk fault
 /// or an older build might have left them.
@@ -51,10 +52,7 @@ async fn corrupt_records_are_quarantined_and_tickets_still_flow_to_dispatch() {
     assert!(api.tickets("").await.is_empty());
 
     let dev = mqtt(&b, "q-1-pub").await;
-    for (i, (hr, t)) in degrading(36).iter().enumerate() {
-        dev.publish("devices/q-1/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
+    dev.publish_degrading("q-1", 36).await;
     eventually(
         "a ticket opened for the device whose state was corrupt",
         || async { !api.tickets("?device_id=q-1").await.is_empty() },

@@ -4,12 +4,12 @@
 //! opens for the history.
 #![cfg(feature = "embedded-broker")]
 
-mod parity_support;
+mod support;
 
 use forewarn::replay::Message;
-use parity_support::*;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
+use support::parity::*;
 
 const TOLERANCE_MS: i64 = 2 * 3_600_000;
 

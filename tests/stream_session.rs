@@ -2,9 +2,9 @@
 //! does not know, or when the data directory expects a session the broker no longer has.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
+use support::daemon::*;
 
 async fn readyz(h: &forewarn::serve::Handle) -> serde_json::Value {
     Api::new(h).get_json("/readyz").await

@@ -5,14 +5,14 @@
 //! never interrupted: the log is replayed through the same code.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
-mod drill_support;
+mod support;
 
-use common::*;
-use drill_support::{sigterm, spawn_serve, wait_ready, write_config};
 use forewarn::features::DeviceState;
 use forewarn::store::Store;
 use std::time::Duration;
+use support::daemon::*;
+use support::poll::eventually;
+use support::process::{sigterm, spawn_serve, wait_ready, write_config};
 
 const DEVICES: [&str; 3] = ["jr-1", "jr-2", "jr-3"];
 /// Hours published before the kill: the degrading device's first reading at the ticket level
@@ -90,8 +90,8 @@ fn outcome(store: &Store) -> (Vec<Vec<u8>>, Vec<String>) {
 
 async fn wait_readings(addr: &str, n: f64) {
     let http = reqwest::Client::new();
-    drill_support::wait_until("every reading applied", Duration::from_secs(30), || async {
-        drill_support::metric(&http, addr, "forewarn_readings_total")
+    support::poll::wait_until("every reading applied", Duration::from_secs(30), || async {
+        support::http::metric(&http, addr, "forewarn_readings_total")
             .await
             .is_some_and(|v| v >= n)
     })
@@ -137,7 +137,7 @@ async fn kill_9_between_log_and_checkpoint_restarts_to_the_uninterrupted_state_a
     // The same stream, the daemon killed with every step after the first in the log only.
     let dirs = Dirs::new();
     let mut cfg = log_config(&b, &dirs, "fw-steplog-kill");
-    let addr = drill_support::free_addr();
+    let addr = support::net::free_addr();
     cfg.api.listen = addr.clone();
     let path = write_config(dirs.path(), &cfg);
     let log = dirs.path().join("serve.log");

@@ -3,11 +3,12 @@
 //! through the running daemon's API.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::features::DeviceFeature;
 use forewarn::predict::{Estimator, Scaler};
+use support::daemon::*;
+use support::poll::eventually;
 
 /// The hot model, also reading the device attribute `age`.
 fn model_reading_attributes() -> forewarn::predict::Artifact {
@@ -48,10 +49,7 @@ async fn an_unregistered_device_is_scored_ticketed_dispatched_and_then_imported(
     ready(&h).await;
     let api = Api::new(&h);
     let dev = mqtt(&b, "stray-pub").await;
-    for (i, (hr, t)) in degrading(36).iter().enumerate() {
-        dev.publish("devices/stray-1/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
+    dev.publish_degrading("stray-1", 36).await;
     eventually("a ticket for the unregistered device", || async {
         !api.tickets("?device_id=stray-1").await.is_empty()
     })

@@ -3,10 +3,11 @@
 //! travel in SMS and e-mail replies). The key survives a restart; `evaluate` stays unkeyed.
 #![cfg(feature = "embedded-broker")]
 
-mod common;
+mod support;
 
-use common::*;
 use forewarn::tickets::ticket_id;
+use support::daemon::*;
+use support::poll::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_keys_ticket_ids_with_a_secret_that_survives_a_restart() {
@@ -17,10 +18,7 @@ async fn the_daemon_keys_ticket_ids_with_a_secret_that_survives_a_restart() {
     ready(&h).await;
     let api = Api::new(&h);
     let dev = mqtt(&b, "pump-ids").await;
-    for (i, (hr, t)) in degrading(48).iter().enumerate() {
-        dev.publish("devices/pump-ids/telemetry", reading(*hr, i as u64 + 1, *t))
-            .await;
-    }
+    dev.publish_degrading("pump-ids", 48).await;
     eventually("a ticket opened", || async {
         !api.tickets("?device_id=pump-ids").await.is_empty()
     })

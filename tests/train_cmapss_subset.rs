@@ -1,10 +1,10 @@
 //! A small slice of C-MAPSS FD001 (from `../shared/data` beside the repository): train on 20
 //! engines, backtest 20 test engines whose series stop before failure, scored against truth.csv.
 
-mod ci_support;
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use support::process::{forewarn, succeeds};
 
 fn data() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cmapss-fd001");
@@ -35,7 +35,7 @@ fn head_devices(src: &Path, dst: &Path, n: usize) {
 #[test]
 fn backtest_of_unseen_engines_reports_rmse_and_phm08_against_truth() {
     let Some(d) = data() else {
-        ci_support::cannot_run(
+        support::ci::cannot_run(
             "train_cmapss_subset",
             "../shared/data/cmapss-fd001 is not beside the repository",
         );
@@ -52,42 +52,32 @@ fn backtest_of_unseen_engines_reports_rmse_and_phm08_against_truth() {
     head_devices(&d.join("test/truth.csv"), &te.join("truth.csv"), 20);
     let model = tmp.path().join("m.json");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .args([
-            "train",
-            "--telemetry",
-            &s(&tr.join("telemetry.csv")),
-            "--events",
-        ])
-        .args([
-            &s(&tr.join("events.csv")),
-            "--horizon",
-            "30h",
-            "--estimator",
-            "linear",
-        ])
-        .args(["--out", &s(&model)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        forewarn()
+            .args([
+                "train",
+                "--telemetry",
+                &s(&tr.join("telemetry.csv")),
+                "--events",
+            ])
+            .args([
+                &s(&tr.join("events.csv")),
+                "--horizon",
+                "30h",
+                "--estimator",
+                "linear",
+            ])
+            .args(["--out", &s(&model)]),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .args(["evaluate", "--model", &s(&model), "--telemetry"])
-        .args([
-            &s(&te.join("telemetry.csv")),
-            "--events",
-            &s(&te.join("events.csv")),
-        ])
-        .args(["--rmse-cap", "125h"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        forewarn()
+            .args(["evaluate", "--model", &s(&model), "--telemetry"])
+            .args([
+                &s(&te.join("telemetry.csv")),
+                "--events",
+                &s(&te.join("events.csv")),
+            ])
+            .args(["--rmse-cap", "125h"]),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let sum: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();

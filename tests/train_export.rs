@@ -2,17 +2,18 @@
 //! read back by `forewarn train`. A maintenance that confirmed a predicted fault is a failure that
 //! was prevented, so it teaches the model as much as a failure does.
 
+mod support;
+
 use forewarn::archive::{self, Files, Record};
 use forewarn::cli::export::export;
 use forewarn::domain::{
     format_ts, DeviceEvent, EventKind, ModelRef, Outcome, Priority, Reading, Status, Ticket,
 };
-use forewarn::engine::EngineConfig;
 use forewarn::store::Store;
 use forewarn::train::csv::History;
-use forewarn::train::fit::{train, EstimatorKind, ServedClassifier, TrainOptions};
-use forewarn::train::select::Target;
+use forewarn::train::fit::{train, EstimatorKind};
 use std::path::Path;
+use support::train::options;
 
 const H: i64 = 3_600_000;
 
@@ -92,20 +93,7 @@ fn daemon_data_dir(dir: &Path) {
 
 fn belt_positives(telemetry: &Path, events: &Path) -> (usize, History) {
     let h = History::load(telemetry, events, None).unwrap();
-    let opts = TrainOptions {
-        engine: EngineConfig::default(),
-        horizon_h: 12.0,
-        ttf_cap_h: None,
-        estimator: EstimatorKind::Linear,
-        target: Target::BestF1,
-        match_window_h: None,
-        folds: 4,
-        alert_cap: 0.05,
-        seed: 1,
-        served: ServedClassifier::FoldMean,
-        name: "export".into(),
-        command: String::new(),
-    };
+    let opts = options(EstimatorKind::Linear, 4, 1, "export");
     let (_, summary) = train(&h, "0".repeat(64), &opts).unwrap();
     let belt = summary.iter().find(|m| m.mode == "belt").unwrap();
     (belt.positives, h)

@@ -1,12 +1,14 @@
 //! Levels chosen out of fold: a mode without enough failures may watch, never ticket.
 
+mod support;
+
 use forewarn::engine::EngineConfig;
 use forewarn::predict::ModeEvidence;
 use forewarn::train::csv::History;
 use forewarn::train::evaluate::{evaluate, EvalOptions};
-use forewarn::train::fit::{train, EstimatorKind, ServedClassifier, TrainOptions};
-use forewarn::train::select::Target;
+use forewarn::train::fit::{train, EstimatorKind};
 use std::fmt::Write as _;
+use support::train::{options, write_history};
 
 /// Twelve devices whose `temp` climbs before a `belt` failure; one of them also has a `fuse`
 /// failure, once, preceded by the same climb in `volt`.
@@ -38,31 +40,14 @@ fn fleet(dir: &std::path::Path) -> History {
         let ts = forewarn::domain::format_ts(life * 3_600_000);
         writeln!(ev, "d{d:02},{ts},failure,belt").unwrap();
     }
-    let t = dir.join("telemetry.csv");
-    let e = dir.join("events.csv");
-    std::fs::write(&t, tel).unwrap();
-    std::fs::write(&e, ev).unwrap();
-    History::load(&t, &e, None).unwrap()
+    write_history(dir, &tel, &ev)
 }
 
 #[test]
 fn a_mode_with_one_failure_gets_no_ticket_level_and_never_opens_a_ticket() {
     let tmp = tempfile::tempdir().unwrap();
     let h = fleet(tmp.path());
-    let opts = TrainOptions {
-        engine: EngineConfig::default(),
-        horizon_h: 12.0,
-        ttf_cap_h: None,
-        estimator: EstimatorKind::Linear,
-        target: Target::BestF1,
-        match_window_h: None,
-        folds: 4,
-        alert_cap: 0.05,
-        seed: 1,
-        served: ServedClassifier::FoldMean,
-        name: "levels".into(),
-        command: String::new(),
-    };
+    let opts = options(EstimatorKind::Linear, 4, 1, "levels");
     let (a, summary) = train(&h, "0".repeat(64), &opts).unwrap();
     let fuse = a.modes.iter().find(|m| m.mode == "fuse").unwrap();
     let levels = fuse.levels.as_ref().unwrap();
@@ -134,20 +119,7 @@ fn folds_without_a_failure_do_not_run_to_the_round_limit() {
     // 500-round limit (the served classifier holds every fold's trees).
     let tmp = tempfile::tempdir().unwrap();
     let h = fleet(tmp.path());
-    let opts = TrainOptions {
-        engine: EngineConfig::default(),
-        horizon_h: 12.0,
-        ttf_cap_h: None,
-        estimator: EstimatorKind::Gbm,
-        target: Target::BestF1,
-        match_window_h: None,
-        folds: 4,
-        alert_cap: 0.05,
-        seed: 1,
-        served: ServedClassifier::FoldMean,
-        name: "levels".into(),
-        command: String::new(),
-    };
+    let opts = options(EstimatorKind::Gbm, 4, 1, "levels");
     let (_, summary) = train(&h, "0".repeat(64), &opts).unwrap();
     let fuse = summary.iter().find(|s| s.mode == "fuse").unwrap();
     let trees = fuse.classifier_trees.unwrap_or(0);

@@ -1,13 +1,44 @@
 //! Training rows and the daemon's scorings are the same numbers: a row built by `forewarn train`
 //! scores exactly like the engine's scoring of the same reading in `forewarn evaluate`.
 
-use forewarn::engine::EngineConfig;
+mod support;
+
+use forewarn::predict::Artifact;
 use forewarn::train::csv::History;
-use forewarn::train::evaluate::{evaluate, EvalOptions};
-use forewarn::train::fit::{train, EstimatorKind, ServedClassifier, TrainOptions};
-use forewarn::train::rows::build_rows;
-use forewarn::train::select::Target;
+use forewarn::train::evaluate::{evaluate, EvalOptions, Evaluation};
+use forewarn::train::fit::{train, EstimatorKind, TrainOptions};
+use forewarn::train::rows::{build_rows, Rows};
 use std::fmt::Write as _;
+use support::train::{options, write_history};
+
+/// Both sides of the comparison: the model trained on `h`, its training rows of `mode`, and
+/// `evaluate`'s scorings of the same history with it.
+fn rows_and_scorings(h: &History, opts: &TrainOptions, mode: &str) -> (Artifact, Rows, Evaluation) {
+    let (artifact, _) = train(h, "0".repeat(64), opts).unwrap();
+    let pb = indicatif::ProgressBar::hidden();
+    let mut rows = build_rows(
+        h,
+        &artifact.features,
+        &opts.engine,
+        &[mode.to_string()],
+        12.0,
+        48.0,
+        &vec![true; h.devices.len()],
+        &pb,
+    );
+    let ev = evaluate(
+        artifact.clone(),
+        h,
+        None,
+        &EvalOptions {
+            engine: opts.engine.clone(),
+            match_window_h: None,
+            rmse_cap_h: None,
+        },
+    )
+    .unwrap();
+    (artifact, rows.swap_remove(0), ev)
+}
 
 #[test]
 fn training_rows_score_exactly_like_the_engine_scores_the_same_readings() {
@@ -40,50 +71,9 @@ fn training_rows_score_exactly_like_the_engine_scores_the_same_readings() {
         )
         .unwrap();
     }
-    let t = tmp.path().join("telemetry.csv");
-    let e = tmp.path().join("events.csv");
-    std::fs::write(&t, tel).unwrap();
-    std::fs::write(&e, ev).unwrap();
-    let h = History::load(&t, &e, None).unwrap();
-    let engine = EngineConfig::default();
-    let opts = TrainOptions {
-        engine: engine.clone(),
-        horizon_h: 12.0,
-        ttf_cap_h: None,
-        estimator: EstimatorKind::Linear,
-        target: Target::BestF1,
-        match_window_h: None,
-        folds: 4,
-        alert_cap: 0.05,
-        seed: 3,
-        served: ServedClassifier::FoldMean,
-        name: "parity".into(),
-        command: String::new(),
-    };
-    let (artifact, _) = train(&h, "0".repeat(64), &opts).unwrap();
-    let pb = indicatif::ProgressBar::hidden();
-    let rows = build_rows(
-        &h,
-        &artifact.features,
-        &engine,
-        &["belt".to_string()],
-        12.0,
-        48.0,
-        &vec![true; h.devices.len()],
-        &pb,
-    );
-    let rows = &rows[0];
-    let ev = evaluate(
-        artifact.clone(),
-        &h,
-        None,
-        &EvalOptions {
-            engine,
-            match_window_h: None,
-            rmse_cap_h: None,
-        },
-    )
-    .unwrap();
+    let h = write_history(tmp.path(), &tel, &ev);
+    let opts = options(EstimatorKind::Linear, 4, 3, "parity");
+    let (artifact, rows, ev) = rows_and_scorings(&h, &opts, "belt");
     assert_eq!(rows.len(), ev.scorings.len());
     assert!(rows.len() < h.rows / 2, "scoring interval not applied");
     for (i, s) in ev.scorings.iter().enumerate() {
@@ -130,57 +120,16 @@ fn event_code_features_are_computed_alike_in_training_and_in_the_engine() {
         )
         .unwrap();
     }
-    let t = tmp.path().join("telemetry.csv");
-    let e = tmp.path().join("events.csv");
-    std::fs::write(&t, tel).unwrap();
-    std::fs::write(&e, ev).unwrap();
-    let h = History::load(&t, &e, None).unwrap();
-    let engine = EngineConfig::default();
-    let opts = TrainOptions {
-        engine: engine.clone(),
-        horizon_h: 12.0,
-        ttf_cap_h: None,
-        estimator: EstimatorKind::Gbm,
-        target: Target::BestF1,
-        match_window_h: None,
-        folds: 5,
-        alert_cap: 0.05,
-        seed: 3,
-        served: ServedClassifier::FoldMean,
-        name: "codes".into(),
-        command: String::new(),
-    };
-    let (artifact, _) = train(&h, "0".repeat(64), &opts).unwrap();
+    let h = write_history(tmp.path(), &tel, &ev);
+    let opts = options(EstimatorKind::Gbm, 5, 3, "codes");
+    let (artifact, rows, ev) = rows_and_scorings(&h, &opts, "pump");
     assert_eq!(artifact.features.codes(), vec!["E1", "E7"]);
     let names = artifact.features.names();
     let count_e7 = names
         .iter()
         .position(|n| n.starts_with("code.E7.count"))
         .expect("a count feature for E7");
-    let pb = indicatif::ProgressBar::hidden();
-    let rows = build_rows(
-        &h,
-        &artifact.features,
-        &engine,
-        &["pump".to_string()],
-        12.0,
-        48.0,
-        &vec![true; h.devices.len()],
-        &pb,
-    );
-    let rows = &rows[0];
     assert!((0..rows.len()).any(|i| rows.row(i)[count_e7] >= 2.0));
-    let ev = evaluate(
-        artifact.clone(),
-        &h,
-        None,
-        &EvalOptions {
-            engine,
-            match_window_h: None,
-            rmse_cap_h: None,
-        },
-    )
-    .unwrap();
     assert_eq!(rows.len(), ev.scorings.len());
     let mut distinct = std::collections::BTreeSet::new();
     for (i, s) in ev.scorings.iter().enumerate() {

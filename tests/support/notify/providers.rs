@@ -72,12 +72,8 @@ impl Fakes {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
             .route(
-                "/2010-04-01/Accounts/{sid}/Messages.json",
-                post(messages).get(list_messages),
-            )
-            .route(
-                "/2010-04-01/Accounts/{sid}/Calls.json",
-                post(calls).get(list_calls),
+                "/2010-04-01/Accounts/{sid}/{resource}",
+                post(create).get(listing),
             )
             .route("/hook", post(hook))
             .route("/{topic}", post(push))
@@ -88,6 +84,16 @@ impl Fakes {
             axum::serve(l, app).await.unwrap();
         });
         Fakes { base, inner }
+    }
+    /// Twilio's settings for the daemon, pointed at these fakes (SMS or voice alike).
+    pub fn twilio(&self) -> forewarn::notify::config::TwilioConfig {
+        forewarn::notify::config::TwilioConfig {
+            api_base: self.base.clone(),
+            account_sid: SID.into(),
+            auth_token: TOKEN.into(),
+            from: "+15550100".into(),
+            webhook_shared_key: None,
+        }
     }
     /// The providers' clock from now on (message creation times).
     pub fn set_clock(&self, clock: FakeClock) {
@@ -235,105 +241,98 @@ fn list(
     Json(page).into_response()
 }
 
-async fn list_messages(
+/// Twilio's two resources the daemon uses, by the last segment of their URL.
+struct Resource {
+    service: &'static str,
+    /// What a list request of it is counted as (and can be told to fail as).
+    listed_as: &'static str,
+    /// Where a list page holds the items.
+    list_key: &'static str,
+    /// The form field with the content.
+    body_field: &'static str,
+    sid_prefix: &'static str,
+}
+
+fn resource(name: &str) -> Option<Resource> {
+    match name {
+        "Messages.json" => Some(Resource {
+            service: "sms",
+            listed_as: "sms_list",
+            list_key: "messages",
+            body_field: "Body",
+            sid_prefix: "SM",
+        }),
+        "Calls.json" => Some(Resource {
+            service: "voice",
+            listed_as: "voice_list",
+            list_key: "calls",
+            body_field: "Twiml",
+            sid_prefix: "CA",
+        }),
+        _ => None,
+    }
+}
+
+/// Twilio's list API of a resource: authorized, counted under its own name (`sms_list`).
+async fn listing(
     State(st): St,
-    Path(sid): Path<String>,
+    Path((sid, name)): Path<(String, String)>,
     h: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let Some(res) = resource(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     if !authorized(&h, &sid) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    if let Err(r) = gate(&st, "sms_list").await {
+    if let Err(r) = gate(&st, res.listed_as).await {
         return r;
     }
-    list(&st, "sms", "messages", &q)
+    list(&st, res.service, res.list_key, &q)
 }
 
-async fn list_calls(
+/// Twilio's create API (a message or a call), in the service's order: authorization, the
+/// service's mode, the request's own check (a call needs TwiML), the record; a hanging service
+/// answers late.
+async fn create(
     State(st): St,
-    Path(sid): Path<String>,
-    h: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if !authorized(&h, &sid) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    if let Err(r) = gate(&st, "voice_list").await {
-        return r;
-    }
-    list(&st, "voice", "calls", &q)
-}
-
-async fn messages(
-    State(st): St,
-    Path(sid): Path<String>,
+    Path((sid, name)): Path<(String, String)>,
     h: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
+    let Some(res) = resource(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     if !authorized(&h, &sid) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let hang = match gate(&st, "sms").await {
+    let hang = match gate(&st, res.service).await {
         Ok(h) => h,
         Err(r) => return r,
     };
     let g = |k: &str| f.get(k).cloned().unwrap_or_default();
-    let msid = record(
-        &st,
-        "sms",
-        &h,
-        (g("To"), g("From")),
-        g("Body"),
-        String::new(),
-        g("StatusCallback"),
-        "SM",
-    );
-    if let Some(ms) = hang {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    (
-        StatusCode::CREATED,
-        Json(serde_json::json!({"sid": msid, "status": "queued", "to": g("To")})),
-    )
-        .into_response()
-}
-
-async fn calls(
-    State(st): St,
-    Path(sid): Path<String>,
-    h: HeaderMap,
-    Form(f): Form<HashMap<String, String>>,
-) -> Response {
-    if !authorized(&h, &sid) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let hang = match gate(&st, "voice").await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
-    let g = |k: &str| f.get(k).cloned().unwrap_or_default();
-    if !g("Twiml").starts_with("<Response>") {
+    if res.service == "voice" && !g("Twiml").starts_with("<Response>") {
         return (StatusCode::BAD_REQUEST, "Twiml required").into_response();
     }
-    let csid = record(
+    let created = record(
         &st,
-        "voice",
+        res.service,
         &h,
         (g("To"), g("From")),
-        g("Twiml"),
+        g(res.body_field),
         String::new(),
         g("StatusCallback"),
-        "CA",
+        res.sid_prefix,
     );
     if let Some(ms) = hang {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    (
-        StatusCode::CREATED,
-        Json(serde_json::json!({"sid": csid, "status": "queued"})),
-    )
-        .into_response()
+    let mut answer = serde_json::json!({"sid": created, "status": "queued"});
+    if res.service == "sms" {
+        answer["to"] = g("To").into();
+    }
+    (StatusCode::CREATED, Json(answer)).into_response()
 }
 
 async fn push(State(st): St, Path(topic): Path<String>, h: HeaderMap, body: Bytes) -> Response {

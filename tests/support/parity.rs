@@ -1,13 +1,11 @@
 //! Shared parts of the backtest-equals-live tests: a simulated history on disk, the tickets
 //! `forewarn evaluate` would open for it, the same history replayed through a broker into the real
 //! daemon, and a readable comparison of the two ticket sets.
-#![allow(dead_code)]
 
 use forewarn::config::Config;
 use forewarn::domain::Ticket;
 use forewarn::fleet::{Device, FleetFile};
 use forewarn::predict::Artifact;
-use forewarn::serve::Handle;
 use forewarn::sim::{CsvSummary, SimConfig};
 use forewarn::store::TicketFilter;
 use forewarn::train::csv::History;
@@ -15,7 +13,9 @@ use forewarn::train::evaluate::{evaluate, EvalOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+
+use super::daemon::stop;
+use super::poll::wait_until;
 
 /// The committed demo model: trained on simulated history of the same shape (training a model
 /// of that quality takes minutes in a debug build, too long for a test).
@@ -47,6 +47,19 @@ impl SimHistory {
     }
     pub fn devices(&self) -> PathBuf {
         self.dir.join("devices.csv")
+    }
+
+    /// The history as replay's publisher reads it; every row must read.
+    pub fn replay(&self) -> forewarn::replay::History {
+        let mut replay = forewarn::replay::History::default();
+        replay
+            .read_telemetry_file(&self.telemetry())
+            .expect("replay telemetry");
+        replay
+            .read_events_file(&self.events())
+            .expect("replay events");
+        assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
+        replay
     }
 
     /// Failure modes that failed at least once, with their counts.
@@ -184,7 +197,7 @@ pub async fn daemon_tickets_arriving(
     arrival: impl FnOnce(Vec<forewarn::replay::Message>) -> Vec<forewarn::replay::Message>,
 ) -> Vec<Ticket> {
     forewarn::tls::install_crypto();
-    let shutdown = CancellationToken::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let handle = forewarn::serve::run(cfg, shutdown.clone())
         .await
         .expect("daemon starts");
@@ -213,14 +226,7 @@ pub async fn daemon_tickets_arriving(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let mut replay = forewarn::replay::History::default();
-    replay
-        .read_telemetry_file(&hist.telemetry())
-        .expect("replay telemetry");
-    replay
-        .read_events_file(&hist.events())
-        .expect("replay events");
-    assert_eq!(replay.row_errors, 0, "{:?}", replay.first_errors);
+    let replay = hist.replay();
     let messages: Vec<forewarn::replay::Message> =
         arrival(replay.messages(&s.topic_prefix).collect());
     assert_eq!(messages.len(), replay.len());
@@ -236,7 +242,7 @@ pub async fn daemon_tickets_arriving(
         wait_until(
             "the daemon has received the replayed messages",
             Duration::from_secs(60),
-            || app.metrics.messages.get() >= base + published,
+            || async { app.metrics.messages.get() >= base + published },
         )
         .await;
     }
@@ -256,7 +262,7 @@ pub async fn daemon_tickets_arriving(
     wait_until(
         "the daemon has committed every replayed message",
         Duration::from_secs(60),
-        || committed_probe(&app) == Some(done),
+        || async { committed_probe(&app) == Some(done) },
     )
     .await;
     assert_eq!(
@@ -271,19 +277,6 @@ pub async fn daemon_tickets_arriving(
     drop(app);
     stop(handle, shutdown).await;
     tickets
-}
-
-async fn stop(h: Handle, token: CancellationToken) {
-    token.cancel();
-    h.stopped(Duration::from_secs(10)).await;
-}
-
-pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// What must agree between backtest and live, one line per ticket. Not the id: the daemon's

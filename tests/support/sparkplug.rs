@@ -5,34 +5,16 @@
 //!
 //! Missing `pysparkplug` makes a test skip locally and fail under `CI=true` (`.ci/run` installs
 //! it).
-#![allow(dead_code)]
 
-use crate::ci_support;
-use crate::common::{self, Api, HOUR};
+use super::daemon::{Api, HOUR, T0};
+use super::poll::eventually;
 use forewarn::config::Config;
 use forewarn::serve::Handle;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Hourly DDATA messages the edge node publishes (the device's temperature rises after hour 30,
 /// which the test model turns into a ticket).
 pub const HOURS: i64 = 36;
-
-/// Whether `python3` can import `pysparkplug`; a failure under CI.
-pub fn pysparkplug_available(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import pysparkplug"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        ci_support::cannot_run(
-            test,
-            "python3 cannot import pysparkplug (pip install pysparkplug)",
-        );
-    }
-    ok
-}
 
 /// Sparkplug on for `group`, rebirth requests unthrottled (the script waits for each one).
 pub fn enable(cfg: &mut Config, group: &str) {
@@ -57,10 +39,7 @@ pub async fn run_edge_node(
     device: &str,
     t0: i64,
 ) -> EdgeRun {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sparkplug_support/edge_node.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/edge_node.py");
     let args: Vec<String> = vec![
         script.into(),
         "--host".into(),
@@ -115,11 +94,11 @@ pub async fn assert_ingested(h: &Handle, run: &EdgeRun, group: &str, edge: &str,
     }
     for reason in ["no_birth", "seq_gap", "unknown_alias"] {
         let sample = format!(r#"forewarn_sparkplug_rebirth_requests_total{{reason="{reason}"}}"#);
-        common::eventually(&sample, || async { api.metric(&sample).await >= 1.0 }).await;
+        eventually(&sample, || async { api.metric(&sample).await >= 1.0 }).await;
     }
 
     // The deaths: DDEATH of the device, then NDEATH of the node (the device already dead).
-    common::eventually("both deaths applied as events", || async {
+    eventually("both deaths applied as events", || async {
         api.metric("forewarn_device_events_total").await >= 2.0
     })
     .await;
@@ -184,14 +163,14 @@ pub async fn assert_ingested(h: &Handle, run: &EdgeRun, group: &str, edge: &str,
             .unwrap()
             .unwrap_or_else(|| panic!("no state for {id}"))
     };
-    let t0 = common::T0;
+    let t0 = T0;
     let s = state(device_id.clone());
     assert_eq!(s.first_ts, t0);
     assert_eq!(s.last_ts, t0 + HOURS * HOUR, "the reading after the gap");
     assert_eq!(state(node_id.clone()).first_ts, t0);
 
     // The same pipeline as JSON readings: the rising temperature opened a ticket.
-    common::eventually("a ticket for the Sparkplug device", || async {
+    eventually("a ticket for the Sparkplug device", || async {
         !api.tickets(&format!("?device_id={device_id}"))
             .await
             .is_empty()

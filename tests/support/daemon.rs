@@ -1,13 +1,14 @@
-//! Shared parts of the daemon tests: a real embedded broker, a real sled store in a tempdir, a
-//! tiny model artifact written to a temp models dir, an MQTT publisher and an HTTP client.
-#![allow(dead_code)]
+//! The daemon in-process: a real embedded broker, a real sled store in a tempdir, the crate's
+//! example model written to a temp models dir, an MQTT publisher and an HTTP client, and the
+//! telemetry fixtures the daemon tests feed it.
 
+use super::poll::eventually;
 use forewarn::config::Config;
 pub use forewarn::predict::example::hot_model;
 use forewarn::serve::{self, Handle};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-token";
@@ -37,6 +38,12 @@ impl Dirs {
     }
     pub fn path(&self) -> &Path {
         self.root.path()
+    }
+    /// Writes `toml` as the fleet registry (`fleet.toml`) and returns its path.
+    pub fn fleet_file(&self, toml: &str) -> PathBuf {
+        let p = self.root.path().join("fleet.toml");
+        std::fs::write(&p, toml).unwrap();
+        p
     }
 }
 
@@ -89,20 +96,13 @@ pub async fn ready(h: &Handle) {
     .await;
 }
 
-/// Polls `f` until it returns true (at most 15 s).
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
+/// How many readings of `device` the daemon has applied: its committed state (the daemon's
+/// memory, else the stored snapshot).
+pub fn stored_readings(h: &Handle, device: &str) -> u32 {
+    h.app
+        .device_state(device)
+        .unwrap()
+        .map_or(0, |s| s.readings)
 }
 
 /// An MQTT client for the test side, with its event loop polled in the background.
@@ -151,6 +151,14 @@ impl Mqtt {
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
             .await
             .unwrap();
+    }
+
+    /// Publishes [`degrading`]`(hours)` as `device`'s telemetry, one reading an hour.
+    pub async fn publish_degrading(&self, device: &str, hours: i64) {
+        for (i, (hr, t)) in degrading(hours).iter().enumerate() {
+            let topic = format!("devices/{device}/telemetry");
+            self.publish(&topic, reading(*hr, i as u64 + 1, *t)).await;
+        }
     }
 }
 
@@ -214,6 +222,16 @@ impl Api {
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
     }
+    /// PUTs `body` as JSON to `path`; the answer, whatever its status.
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        let url = format!("{}{}", self.base, path);
+        self.http.put(url).json(body).send().await.unwrap()
+    }
+    /// POSTs `body` as JSON to `path`; the answer, whatever its status.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        let url = format!("{}{}", self.base, path);
+        self.http.post(url).json(body).send().await.unwrap()
+    }
     pub async fn tickets(&self, query: &str) -> Vec<serde_json::Value> {
         self.get_json(&format!("/api/v1/tickets{query}"))
             .await
@@ -221,26 +239,21 @@ impl Api {
             .cloned()
             .unwrap_or_default()
     }
+    /// Waits for the first ticket of `device` and returns it.
+    pub async fn first_ticket(&self, device: &str) -> serde_json::Value {
+        let query = format!("?device_id={device}");
+        eventually(&format!("a ticket for {device}"), || async {
+            !self.tickets(&query).await.is_empty()
+        })
+        .await;
+        self.tickets(&query).await[0].clone()
+    }
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        super::http::get_text(&self.http, format!("{}/metrics", self.base)).await
     }
     /// The value of one sample line of /metrics, e.g. `forewarn_rejected_total{reason="invalid_json"}`.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        super::http::sample(&self.metrics().await, sample).unwrap_or(0.0)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Test support for the notification tests: a real SMTP server, fake cloud providers over real
 //! HTTP, a small TicketDesk over the real sled store, and a harness wiring them to a Notifier
 //! with an injected clock.
-#![allow(dead_code)]
 
 pub mod peers;
 pub mod providers;
@@ -10,7 +9,7 @@ pub mod smtp;
 use forewarn::domain::{format_ts, HistoryEntry, ModelRef, Priority, Status, Ticket};
 use forewarn::engine::{Change, ChangeKind};
 use forewarn::fleet::{Channel, Customer, Device};
-use forewarn::notify::config::{EmailConfig, PushConfig, SmtpTls, TwilioConfig, WebhookConfig};
+use forewarn::notify::config::{EmailConfig, PushConfig, SmtpTls, WebhookConfig};
 use forewarn::notify::{DeskError, ManualClock, Notifier, NotifyConfig, TicketDesk, TimelineEntry};
 use forewarn::store::Store;
 use forewarn::tickets::ticket_id;
@@ -129,13 +128,7 @@ impl TicketDesk for StoreDesk {
 }
 
 pub fn config(f: &Fakes, smtp_port: u16) -> NotifyConfig {
-    let tw = TwilioConfig {
-        api_base: f.base.clone(),
-        account_sid: SID.into(),
-        auth_token: TOKEN.into(),
-        from: "+15550100".into(),
-        webhook_shared_key: None,
-    };
+    let tw = f.twilio();
     NotifyConfig {
         email: Some(EmailConfig {
             host: "127.0.0.1".into(),
@@ -424,6 +417,39 @@ impl Harness {
             .send()
             .await
             .unwrap()
+    }
+
+    /// GETs `path` of the inbound routes' server (the notifier's API and pages).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An SMS from `from` as Twilio forwards it (signed, with its `MessageSid`).
+    pub async fn sms_in(&self, from: &str, sid: &str, body: &str) -> reqwest::Response {
+        self.twilio_post(
+            "/notify/v1/twilio/sms",
+            &[
+                ("MessageSid", sid),
+                ("AccountSid", SID),
+                ("From", from),
+                ("To", "+15550100"),
+                ("Body", body),
+            ],
+        )
+        .await
+    }
+
+    /// Twilio's status callback for the message `sid` (signed).
+    pub async fn message_status(&self, sid: &str, status: &str) -> reqwest::Response {
+        self.twilio_post(
+            "/notify/v1/twilio/status",
+            &[("MessageSid", sid), ("MessageStatus", status)],
+        )
+        .await
     }
 
     /// POSTs a Twilio-signed form to one of forewarn's inbound routes.

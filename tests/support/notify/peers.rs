@@ -1,30 +1,14 @@
 //! Third-party peers run as they are, outside the test: Python's aiosmtpd as a real SMTP server
 //! process (a maildir behind it, read back with Python's own MIME parser), and the official
 //! `twilio` library's `RequestValidator` signing inbound webhooks. Missing Python packages make
-//! a test skip locally and fail under `CI=true` (`.ci/run` installs them).
+//! a test skip locally and fail under `CI=true` (`support::ci::python_can_import`; `.ci/run`
+//! installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Whether the Python modules are importable; under CI their absence is a failure.
-pub fn python_has(modules: &[&str]) -> bool {
-    let ok = Command::new("python3")
-        .arg("-c")
-        .arg(format!("import {}", modules.join(", ")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 with {modules:?} is required under CI (pip install aiosmtpd twilio)"
-        );
-        eprintln!("skipped: python3 with {modules:?} is not installed");
-    }
-    ok
-}
+use crate::support::net::{free_port, listening_within};
 
 /// `python3 -m aiosmtpd` delivering into a maildir; killed on drop.
 pub struct AioSmtpd {
@@ -38,12 +22,8 @@ impl AioSmtpd {
     pub fn start() -> AioSmtpd {
         let dir = tempfile::tempdir().unwrap();
         let maildir = dir.path().join("maildir");
-        // A free port: bind, read it, release it (aiosmtpd cannot report a port 0 binding).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // aiosmtpd cannot report a port-0 binding.
+        let port = free_port();
         let child = Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
@@ -53,11 +33,10 @@ impl AioSmtpd {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m aiosmtpd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            listening_within(port, Duration::from_secs(20)),
+            "aiosmtpd did not start"
+        );
         AioSmtpd {
             port,
             maildir,
@@ -114,30 +93,16 @@ pub fn parse_maildir(dir: &Path) -> Vec<ParsedMail> {
     if !dir.join("new").exists() {
         return vec![];
     }
-    let out = Command::new("python3")
-        .args(["-c", PARSE])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let dir = dir.to_str().expect("a temp dir's path is UTF-8");
+    serde_json::from_str(&python(PARSE, &[dir])).unwrap()
 }
 
-/// `X-Twilio-Signature` as the official library computes it.
-pub fn twilio_library_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
-    const SIGN: &str = r#"
-import json, sys
-from twilio.request_validator import RequestValidator
-token, url, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-print(RequestValidator(token).compute_signature(url, dict(params)))
-"#;
-    let params = serde_json::to_string(params).unwrap();
+/// Runs `script` with `python3 -c` and `args`; its standard output, trimmed (a failure of the
+/// script fails the test with its standard error).
+fn python(script: &str, args: &[&str]) -> String {
     let out = Command::new("python3")
-        .args(["-c", SIGN, token, url, &params])
+        .args(["-c", script])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -146,6 +111,12 @@ print(RequestValidator(token).compute_signature(url, dict(params)))
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `X-Twilio-Signature` as the official library computes it by default (`HMAC_SHA1` with the
+/// Auth Token).
+pub fn twilio_library_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    twilio_library_signature_with(token, url, params, "HMAC_SHA1")
 }
 
 /// `X-Twilio-Signature` as the official library computes it, in the scheme named
@@ -163,16 +134,7 @@ key, url, params, alg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.a
 print(RequestValidator(key).compute_signature(url, dict(params), alg))
 "#;
     let params = serde_json::to_string(params).unwrap();
-    let out = Command::new("python3")
-        .args(["-c", SIGN, key, url, &params, algorithm])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    python(SIGN, &[key, url, &params, algorithm])
 }
 
 /// The official library's SHA-256 of a JSON body (the `bodySHA256` URL parameter).
@@ -182,10 +144,5 @@ import sys
 from twilio.request_validator import RequestValidator
 print(RequestValidator("unused").compute_hash(sys.argv[1]))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", HASH, body])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    python(HASH, &[body])
 }

@@ -1,11 +1,12 @@
 //! A real nats-server with JetStream for the cluster tests: its own process, a temporary store
 //! and a free port, and the subject mapping forewarn's cluster mode expects. Without the binary a
-//! test skips with a note, and fails under `CI=true` (see `ci_support`).
-#![allow(dead_code)]
+//! test skips with a note, and fails under `CI=true` (see `super::ci`).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::net::{free_port, listening_within};
 
 pub struct NatsServer {
     child: Child,
@@ -27,18 +28,13 @@ fn binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 impl NatsServer {
     /// Starts nats-server with JetStream and the mapping `devices.*.*` →
     /// `{prefix}.{{partition(partitions,1)}}.devices.*.*`; `None` (after the note) when the
     /// binary is missing outside CI.
     pub fn start(test: &str, partitions: u32, prefix: &str) -> Option<NatsServer> {
         let Some(bin) = binary() else {
-            crate::ci_support::cannot_run(
+            super::ci::cannot_run(
                 test,
                 "nats-server not found (install Debian's nats-server, or set FOREWARN_NATS_SERVER)",
             );
@@ -64,15 +60,11 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{test}: nats-server did not listen on {port}: {}",
-                std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            listening_within(port, Duration::from_secs(15)),
+            "{test}: nats-server did not listen on {port}: {}",
+            std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
+        );
         Some(NatsServer {
             child,
             port,

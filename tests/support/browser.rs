@@ -1,6 +1,5 @@
 //! A browser for tests: Debian's headless Chromium driven through chromedriver, spoken to
 //! directly over WebDriver's HTTP protocol (a handful of calls; no client crate).
-#![allow(dead_code)]
 
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
