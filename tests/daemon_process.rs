@@ -119,13 +119,11 @@ async fn sighup_reloads_models_and_keeps_them_when_an_artifact_is_bad() {
     let addr = free_addr();
     cfg.api.listen = addr.clone();
     let path = write_config(dirs.path(), &cfg);
-    let mut child = spawn(&dirs, &path);
-    wait_ready(&reqwest::Client::new(), &addr).await;
-    // The daemon may answer ready before its SIGHUP handler (a task of its own) listens, and an
-    // unhandled SIGHUP ends the process: a fresh client and a first metrics read leave it the
-    // moment it takes, as this test always did (with the readiness client reused, it failed
-    // about one run in five).
     let http = reqwest::Client::new();
+    let mut child = spawn(&dirs, &path);
+    // Ready means the SIGHUP handler listens: the signal may follow at once (before the handler
+    // was installed ahead of readiness, a signal this early ended the process).
+    wait_ready(&http, &addr).await;
     let read_metric = |name: &'static str| {
         let (http, addr) = (http.clone(), addr.clone());
         async move { metric(&http, &addr, name).await.unwrap_or(-1.0) }

@@ -189,6 +189,9 @@ async fn start(
         .build(&cfg.broker, checked.mqtt, ack_grace, cluster.is_none());
     let dispatcher = build::dispatcher(&cfg.dispatch, &app, ingest.client.clone())?;
 
+    // SIGHUP is handled from here on, before the API can answer ready.
+    let reloads = reload::spawn(&app, &auth, &cfg.api, &shutdown);
+
     let (api_addr, public_addr) = (api.addr, api.public_addr);
     let mut tasks = api.spawn(routes, notify_routes, &shutdown, cfg.shutdown.grace.std());
     let group = cfg.ingest.commit_group;
@@ -206,7 +209,7 @@ async fn start(
     tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
     tasks.push(notifier.spawn_worker(app.store.clone(), desk, shutdown.clone()));
     tasks.extend(app::timers::spawn(&app, &shutdown));
-    tasks.extend(reload::spawn(&app, &auth, &cfg.api, &shutdown));
+    tasks.extend(reloads);
     let models = app.metrics.models_loaded.get();
     tracing::info!(api = %api_addr, broker = %cfg.broker.url, models, "forewarn serve started");
     Ok(Handle {

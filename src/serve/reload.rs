@@ -8,6 +8,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Starts the SIGHUP handler and, with `api.tokens_file`, its watcher.
+///
+/// The handler is installed here, before `serve` reports ready, not inside the spawned task: a
+/// SIGHUP that arrives before the task first runs would otherwise meet the default action and
+/// end the process.
 pub(super) fn spawn(
     app: &Arc<App>,
     auth: &Arc<crate::api::Auth>,
@@ -15,6 +19,7 @@ pub(super) fn spawn(
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(reload_on_sighup(
+        hangups(),
         app.clone(),
         auth.clone(),
         shutdown.clone(),
@@ -52,14 +57,37 @@ async fn watch_tokens_file(auth: Arc<crate::api::Auth>, shutdown: CancellationTo
 }
 
 #[cfg(unix)]
-async fn reload_on_sighup(app: Arc<App>, auth: Arc<crate::api::Auth>, shutdown: CancellationToken) {
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// Listens for SIGHUP from now on; `None` (logged) when the handler cannot be installed.
+#[cfg(unix)]
+fn hangups() -> Option<Hangups> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!("cannot listen for SIGHUP (model reload disabled): {e}");
-            return;
+            None
         }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Option<Hangups> {
+    None
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(
+    hup: Option<Hangups>,
+    app: Arc<App>,
+    auth: Arc<crate::api::Auth>,
+    shutdown: CancellationToken,
+) {
+    let Some(mut hup) = hup else {
+        return;
     };
     loop {
         tokio::select! {
@@ -78,6 +106,7 @@ async fn reload_on_sighup(app: Arc<App>, auth: Arc<crate::api::Auth>, shutdown: 
 
 #[cfg(not(unix))]
 async fn reload_on_sighup(
+    _hup: Option<Hangups>,
     _app: Arc<App>,
     _auth: Arc<crate::api::Auth>,
     shutdown: CancellationToken,
