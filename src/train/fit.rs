@@ -670,7 +670,10 @@ pub fn train(
                 (None, Some(t)) => t,
                 (None, None) => 1.0,
             };
-            if let Some((_, wt)) = &watch {
+            // Reported at the level served: when the ticket level is below the capped watch
+            // level the watch is lowered to it, and its false episodes may then exceed the cap.
+            if watch.is_some() || ticket.is_some() {
+                let wt = select::watch_tally(&vdevs, mode, watch_th, opts.horizon_h, window_h);
                 out.watches = wt.tickets;
                 out.false_watches_per_device_month = per_month(wt.tickets - wt.correct);
             }
@@ -687,11 +690,13 @@ pub fn train(
             }
             let rule = format!(
                 "out of fold ({k} folds grouped by device); ticket: {}; needs {MIN_FAILURES} \
-                 failures and precision >= {MIN_TICKET_PRECISION}; watch: lowest score with at \
-                 most {WATCH_CAP} false watch episodes per device-month; customer alert: lowest score \
+                 failures and precision >= {MIN_TICKET_PRECISION}; watch: lowest score whose \
+                 false watch episodes plus {} of their Poisson deviation stay at most {WATCH_CAP} \
+                 per device-month, never above the ticket's; customer alert: lowest score \
                  at or above the ticket's whose false alerts plus {} of their Poisson deviation \
                  stay at most {} per device-month shared equally by the modes with a ticket level",
                 opts.target.describe(window_h),
+                select::FALSE_RATE_MARGIN_SD,
                 select::FALSE_RATE_MARGIN_SD,
                 opts.alert_cap
             );

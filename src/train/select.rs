@@ -325,22 +325,39 @@ pub struct Choice {
     pub tally: TicketTally,
 }
 
-/// Candidate thresholds: the distinct positive scores of `devices`, at most 200 (quantiles).
+/// Evenly spaced quantiles in [`candidates`], and as many again ever closer to the top.
+pub const CANDIDATE_QUANTILES: usize = 200;
+
+/// Candidate thresholds: the distinct positive scores of `devices` — all of them when there are
+/// few, else [`CANDIDATE_QUANTILES`] quantiles spread evenly over the range and as many more whose
+/// distance to the top shrinks geometrically down to the single highest score. Failures are rare,
+/// so the ticket and alert levels sit in the top percent or less of the scores: evenly spaced
+/// quantiles alone (every half percent) left a couple of candidates there, and none above the
+/// 99.5th percentile, so a level could be neither fine-tuned nor high.
 pub fn candidates(devices: &[ValidDevice<'_>]) -> Vec<f64> {
     let mut probs: Vec<f64> = devices
         .iter()
         .flat_map(|d| d.rows.iter().map(|r| r.1))
-        .filter(|p| p.is_finite())
+        .filter(|p| p.is_finite() && *p > 0.0)
         .collect();
     probs.sort_by(f64::total_cmp);
     probs.dedup();
-    let mut cands: Vec<f64> = if probs.len() <= 200 {
-        probs.clone()
-    } else {
-        (0..200).map(|i| probs[i * probs.len() / 200]).collect()
-    };
-    cands.retain(|c| *c > 0.0);
-    cands
+    let n = probs.len();
+    if n <= 2 * CANDIDATE_QUANTILES {
+        return probs;
+    }
+    let q = CANDIDATE_QUANTILES;
+    let even = (0..q).map(|i| i * n / q);
+    // Tail shares from one half down to 1/n: the last index is the highest score.
+    let ratio = (2.0 / n as f64).ln() / (q - 1) as f64;
+    let top = (0..q).map(|i| {
+        let tail = 0.5 * (ratio * i as f64).exp();
+        (((1.0 - tail) * n as f64).floor() as usize).min(n - 1)
+    });
+    let mut idx: Vec<usize> = even.chain(top).collect();
+    idx.sort_unstable();
+    idx.dedup();
+    idx.into_iter().map(|i| probs[i]).collect()
 }
 
 /// The ticket tally of the policy (threshold, consecutive) replayed on `devices`.
@@ -382,8 +399,34 @@ pub fn watch_episodes(rows: &[(Millis, f64)], threshold: f64) -> Vec<Millis> {
     out
 }
 
+/// The tally of watch episodes at `threshold` on `devices`: each episode counts as an opening.
+pub fn watch_tally(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    threshold: f64,
+    horizon_h: f64,
+    window_h: f64,
+) -> TicketTally {
+    let mut t = TicketTally::default();
+    for d in devices {
+        let opened = watch_episodes(&d.rows, threshold);
+        let fails: Vec<Millis> = d
+            .events
+            .iter()
+            .filter(|e| e.code == mode && e.kind == EventKind::Failure)
+            .map(|e| e.ts)
+            .collect();
+        let scored: Vec<Millis> = d.rows.iter().map(|r| r.0).collect();
+        t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
+    }
+    t
+}
+
 /// The lowest candidate threshold whose watch episodes not followed by a failure of the mode
-/// within the match window stay at or under `cap` per device-month; `None` when none does.
+/// within the match window stay at or under `cap` per device-month with a margin
+/// ([`false_rate_bound`]); `None` when none does. Without the margin the level sat where the
+/// out-of-fold count just met the cap, the one threshold chosen because its count came out low,
+/// and new fleets saw about twice the cap.
 pub fn watch_level(
     devices: &[ValidDevice<'_>],
     mode: &str,
@@ -395,26 +438,12 @@ pub fn watch_level(
     if device_months <= 0.0 {
         return None;
     }
-    let tally = |th: f64| {
-        let mut t = TicketTally::default();
-        for d in devices {
-            let opened = watch_episodes(&d.rows, th);
-            let fails: Vec<Millis> = d
-                .events
-                .iter()
-                .filter(|e| e.code == mode && e.kind == EventKind::Failure)
-                .map(|e| e.ts)
-                .collect();
-            let scored: Vec<Millis> = d.rows.iter().map(|r| r.0).collect();
-            t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
-        }
-        t
-    };
     // False episodes fall as the threshold rises: bisect over the sorted candidates.
     let cands = candidates(devices);
     let ok = |th: f64| {
-        let t = tally(th);
-        ((t.tickets - t.correct) as f64 / device_months <= cap_per_device_month).then_some(t)
+        let t = watch_tally(devices, mode, th, horizon_h, window_h);
+        (false_rate_bound(t.tickets - t.correct, device_months) <= cap_per_device_month)
+            .then_some(t)
     };
     let (mut lo, mut hi) = (0usize, cands.len());
     while lo < hi {
@@ -559,6 +588,28 @@ mod tests {
         // 30 in 1000: the same rate, now within the cap, and still above the measured rate.
         assert!(false_rate_bound(30, 1000.0) < 0.05);
         assert!(false_rate_bound(30, 1000.0) > 0.03);
+    }
+
+    #[test]
+    fn candidates_reach_the_top_score_and_crowd_where_the_rare_failures_are() {
+        let rows: Vec<(Millis, f64)> = (0..100_000)
+            .map(|i| (i as Millis, (i + 1) as f64 / 100_000.0))
+            .collect();
+        let devices = [ValidDevice { rows, events: &[] }];
+        let c = candidates(&devices);
+        assert!(c.len() <= 2 * CANDIDATE_QUANTILES, "{}", c.len());
+        assert!(c.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+        assert_eq!(
+            c.last().copied(),
+            Some(1.0),
+            "the highest score is a candidate"
+        );
+        // The top percent of the scores holds dozens of candidates, not two.
+        let top = c.iter().filter(|p| **p > 0.99).count();
+        assert!(top >= 50, "{top} candidates in the top percent");
+        // The whole range is still covered for modes whose levels sit low.
+        assert!(c.first().is_some_and(|p| *p < 0.01));
+        assert!(c.iter().filter(|p| **p > 0.4 && **p < 0.6).count() >= 20);
     }
 
     #[test]
