@@ -35,8 +35,9 @@ pub const DEAD_QUEUE: &str = "dispatch_dead";
 /// Why one webhook delivery failed. Neither names the URL: it may carry a token in its query.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    #[error("{0}")]
-    Http(String),
+    /// `url` is already reduced to scheme, host and path.
+    #[error("{url}: {what}")]
+    Http { url: String, what: &'static str },
     #[error("HTTP {0}")]
     Status(reqwest::StatusCode),
 }
@@ -54,7 +55,10 @@ impl DeliveryError {
         } else {
             "request failed"
         };
-        DeliveryError::Http(format!("{}: {what}", crate::secret::redact_url(url)))
+        DeliveryError::Http {
+            url: crate::secret::redact_url(url),
+            what,
+        }
     }
 }
 
