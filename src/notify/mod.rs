@@ -17,6 +17,7 @@
 pub mod calendar;
 pub mod channels;
 pub mod config;
+pub mod events;
 pub mod inbound;
 pub mod intent;
 pub mod link;
