@@ -66,7 +66,22 @@ pub struct DemoSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("demo: {0}")]
-    Setup(String),
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("demo: {path}: {source}")]
+    Models {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("demo: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("demo: notification sink: {0}")]
+    Sink(#[source] std::io::Error),
+    #[error("demo: {0}")]
+    Fleet(#[from] crate::app::CoreError),
+    #[error("demo: {0}")]
+    BrokerUrl(#[from] crate::replay::ReplayError),
+    #[error("demo: {0}")]
+    Mqtt(#[from] rumqttc::ClientError),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
 }
@@ -79,8 +94,7 @@ const CUSTOMERS: [(&str, &str, &str, &str); 3] = [
 
 /// Runs the demo; prints its story to stdout and returns the summary.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoSummary, DemoError> {
-    let broker = crate::broker::start(&crate::broker::BrokerOptions::default())
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let broker = crate::broker::start(&crate::broker::BrokerOptions::default())?;
     let data_dir = opts.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("forewarn-demo-{}", std::process::id()))
     });
@@ -88,11 +102,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     let models_dir = data_dir.join("models");
     std::fs::create_dir_all(&models_dir)
         .and_then(|_| std::fs::write(models_dir.join("demo.json"), DEMO_MODEL))
-        .map_err(|e| DemoError::Setup(format!("{}: {e}", models_dir.display())))?;
+        .map_err(|source| DemoError::Models {
+            path: models_dir.display().to_string(),
+            source,
+        })?;
 
     let mut cfg = Config::default();
     if let Some(file) = &opts.config {
-        let loaded = Config::load(Some(file)).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let loaded = Config::load(Some(file))?;
         cfg.notify = loaded.notify;
     }
     cfg.broker.url = broker.url();
@@ -135,7 +152,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     // webhook); every message is also appended to notifications.jsonl in the data folder.
     let sink = crate::notify::sink::LocalSink::start(Some(&data_dir.join("notifications.jsonl")))
         .await
-        .map_err(|e| DemoError::Setup(format!("notification sink: {e}")))?;
+        .map_err(DemoError::Sink)?;
     sink.configure(&mut cfg.notify);
     if cfg.notify.link_secret.is_none() {
         cfg.notify.link_secret = Some(crate::notify::config::Secret(format!(
@@ -161,11 +178,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
 
     let clock = Arc::new(SimClock(AtomicI64::new(fleet.config().start_ms)));
     let handle = crate::serve::run_with_clock(cfg.clone(), shutdown.clone(), clock.clone()).await?;
-    handle
-        .app
-        .fleet()
-        .upsert(customers, devices)
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    handle.app.fleet().upsert(customers, devices)?;
     let api = handle.api_addr.to_string();
     println!("forewarn demo");
     println!("  broker     {} (embedded)", broker.url());
@@ -382,15 +395,13 @@ struct Console {
 
 impl Console {
     async fn start(url: &str) -> Result<Console, DemoError> {
-        let (host, port) =
-            crate::replay::parse_broker_url(url).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let (host, port) = crate::replay::parse_broker_url(url)?;
         let mut o = MqttOptions::new("forewarn-demo-console", host, port);
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut ev) = AsyncClient::new(o, 100);
         client
             .subscribe("forewarn/tickets/#", QoS::AtLeastOnce)
-            .await
-            .map_err(|e| DemoError::Setup(e.to_string()))?;
+            .await?;
         let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let o2 = opened.clone();
         // Ticket ids already announced (the topic is retained and re-published on updates).
@@ -490,8 +501,7 @@ async fn publish_fleet(
         clock,
         broker_url: url,
     } = daemon;
-    let (host, port) =
-        crate::replay::parse_broker_url(url).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let (host, port) = crate::replay::parse_broker_url(url)?;
     let mut o = MqttOptions::new("forewarn-demo-fleet", host, port);
     o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_inflight(200);
@@ -563,8 +573,7 @@ async fn publish_fleet(
         };
         client
             .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .map_err(|e| DemoError::Setup(e.to_string()))?;
+            .await?;
     }
     poller.abort();
     Ok(())

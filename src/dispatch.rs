@@ -20,6 +20,7 @@ use crate::outbox::{
 };
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, Tx};
+use events::{Attempt, Target};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,8 +36,9 @@ pub const DEAD_QUEUE: &str = "dispatch_dead";
 /// Why one webhook delivery failed. Neither names the URL: it may carry a token in its query.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    #[error("{0}")]
-    Http(String),
+    /// `url` is already reduced to scheme, host and path.
+    #[error("{url}: {what}")]
+    Http { url: String, what: &'static str },
     #[error("HTTP {0}")]
     Status(reqwest::StatusCode),
 }
@@ -54,7 +56,10 @@ impl DeliveryError {
         } else {
             "request failed"
         };
-        DeliveryError::Http(format!("{}: {what}", crate::secret::redact_url(url)))
+        DeliveryError::Http {
+            url: crate::secret::redact_url(url),
+            what,
+        }
     }
 }
 
@@ -122,28 +127,15 @@ pub enum Seen {
     Posted(Result<(), String>),
 }
 
-/// What a dispatch step records besides the row.
+/// What a dispatch step records besides the row: the happenings of [`events`], each logged and
+/// counted by its `emit`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    /// One delivery attempt to a target (`mqtt`, `webhook`; `any` for a row given up) and its
-    /// result (`ok`, `error`, `dead`).
-    Counted {
-        target: &'static str,
-        result: &'static str,
-    },
+    Attempted(events::Attempted),
     /// A failed attempt, retried at the row's `next_attempt_ms`.
-    Retrying {
-        ticket: String,
-        attempt: u32,
-        wait_ms: i64,
-        error: String,
-    },
+    Retrying(events::Retrying),
     /// The row used up its attempts (it moves to [`DEAD_QUEUE`]).
-    GaveUp {
-        ticket: String,
-        attempts: u32,
-        error: String,
-    },
+    GaveUp(events::GaveUp),
 }
 
 /// The dispatch step (pure): on a row's first step, the calls its undone targets need; on the
@@ -171,8 +163,8 @@ pub fn step(row: &DispatchRow, facts: &FactsOf<Targets>, now_ms: i64) -> Step<Ta
     let mut error: Option<String> = None;
     for seen in &facts.seen {
         let (target, result) = match seen {
-            Seen::Published(r) => ("mqtt", r),
-            Seen::Posted(r) => ("webhook", r),
+            Seen::Published(r) => (Target::Mqtt, r),
+            Seen::Posted(r) => (Target::Webhook, r),
         };
         match result {
             Ok(()) => {
@@ -180,17 +172,17 @@ pub fn step(row: &DispatchRow, facts: &FactsOf<Targets>, now_ms: i64) -> Step<Ta
                     Seen::Published(_) => row.mqtt_done = true,
                     Seen::Posted(_) => row.webhook_done = true,
                 }
-                effects.push(Effect::Record(Record::Counted {
+                effects.push(Effect::Record(Record::Attempted(events::Attempted {
                     target,
-                    result: "ok",
-                }));
+                    result: Attempt::Ok,
+                })));
             }
             Err(e) => {
-                effects.push(Effect::Record(Record::Counted {
+                effects.push(Effect::Record(Record::Attempted(events::Attempted {
                     target,
-                    result: "error",
-                }));
-                error = Some(format!("{target}: {e}"));
+                    result: Attempt::Error,
+                })));
+                error = Some(format!("{}: {e}", target.as_str()));
             }
         }
     }
@@ -204,25 +196,21 @@ pub fn step(row: &DispatchRow, facts: &FactsOf<Targets>, now_ms: i64) -> Step<Ta
     row.attempts += 1;
     row.last_error = Some(error.clone());
     if row.attempts >= known.max_attempts.max(1) {
-        effects.push(Effect::Record(Record::Counted {
-            target: "any",
-            result: "dead",
-        }));
-        effects.push(Effect::Record(Record::GaveUp {
+        effects.push(Effect::Record(Record::GaveUp(events::GaveUp {
             ticket: row.ticket.id.clone(),
             attempts: row.attempts,
             error,
-        }));
+        })));
         return (effects, Update::Dead(row));
     }
     let wait_ms = known.backoff.delay_ms(row.attempts, facts.jitter);
     row.next_attempt_ms = now_ms + wait_ms;
-    effects.push(Effect::Record(Record::Retrying {
+    effects.push(Effect::Record(Record::Retrying(events::Retrying {
         ticket: row.ticket.id.clone(),
         attempt: row.attempts,
         wait_ms,
         error,
-    }));
+    })));
     (effects, Update::Put(row))
 }
 
@@ -276,27 +264,9 @@ impl Delivery for Targets {
 
     fn record(&self, _: &mut Tx, record: Record) {
         match record {
-            Record::Counted { target, result } => self
-                .metrics
-                .dispatch
-                .with_label_values(&[target, result])
-                .inc(),
-            Record::Retrying {
-                ticket,
-                attempt,
-                wait_ms,
-                error,
-            } => tracing::warn!(
-                %ticket,
-                attempt,
-                "dispatch failed, retrying in {:?}: {error}",
-                Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
-            ),
-            Record::GaveUp {
-                ticket,
-                attempts,
-                error,
-            } => tracing::error!(%ticket, "dispatch gave up after {attempts} attempts: {error}"),
+            Record::Attempted(e) => e.emit(&self.metrics),
+            Record::Retrying(e) => e.emit(),
+            Record::GaveUp(e) => e.emit(&self.metrics),
         }
     }
 
@@ -444,5 +414,6 @@ impl Default for Config {
     }
 }
 
+pub mod events;
 #[cfg(test)]
 mod tests;

@@ -19,16 +19,17 @@
 //! - [`netguard`] where requests made for a customer (webhooks) may go: the address policy
 //! - [`error_body`] the JSON error body of every HTTP route (`{"error": {"code", "message"}}`)
 //! - [`fleet`]    devices and customers: attributes, owners, contact channels, preferences
-//! - [`metrics`]  typed Prometheus metrics with bounded labels
+//! - [`metrics`]  typed Prometheus metrics with bounded labels (a stage's happenings are its
+//!   `events` structs: one `emit` logs and counts, labels from enums)
 //! - [`sign`]     the webhook signature and constant-time comparison; [`tls`] the TLS provider;
 //!   [`secret`] secrets that never print, URLs with their credentials redacted
 //! - [`outbox`]   the durable outbox: one worker for every delivery type — due times, commit
 //!   order, backoff, dead letters, gauges — executing the effects of each type's pure
 //!   `step(row, facts, now)`; the injected wall [`outbox::Clock`]
 //! - [`notify`]   customer notifications: routing, the notification row's step and its
-//!   executors (channels), replies, timeline
+//!   executors (channels), replies, timeline; `notify::events`, what it logs and counts
 //! - [`dispatch`] field-service dispatch: the dispatch row's step and its executors (MQTT, the
-//!   webhook)
+//!   webhook); `dispatch::events`, what it logs and counts
 //! - [`archive`]  the optional history archive of accepted readings and events (`forewarn export`)
 //! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
 //!   score drift

@@ -175,17 +175,24 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     })
 }
 
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+/// A JSON body, or the 400 saying why it is not one (shared with the board's routes).
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(v)| v).map_err(ApiError::from)
 }
 
-/// Runs a blocking store/core operation off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+/// Runs a blocking store/core operation off the async workers; its error becomes the API's
+/// (the board's routes call it with their `BoardError`).
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+        .map_err(Into::into)
 }
 
 // ------------------------------------------------------------------ tickets

@@ -13,7 +13,10 @@
 //! | `POST /api/v1/tickets/{id}/visit` | write | `{"technician_id", "slot": {"start_ms", "end_ms"}}`: books and schedules |
 
 use super::{Board, BoardError, Technician};
-use crate::api::{check_id, ApiError, Auth, Authorized, NeedsAdmin, NeedsRead, NeedsWrite};
+use crate::api::{
+    blocking, check_id, json_body as body, ApiError, Auth, Authorized, NeedsAdmin, NeedsRead,
+    NeedsWrite,
+};
 use crate::domain::{Slot, Ticket, Visit};
 use crate::error_body::ErrorBody;
 use axum::extract::rejection::JsonRejection;
@@ -65,19 +68,6 @@ impl From<BoardError> for ApiError {
             BoardError::Store(s) => ApiError::internal(s.to_string()),
         }
     }
-}
-
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v).map_err(ApiError::from)
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, BoardError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
-        .map_err(ApiError::from)
 }
 
 /// Technicians (from the configuration and the API).

@@ -38,7 +38,7 @@ use crate::domain::{
     Visit, VISIT_PREFIX,
 };
 use crate::notify::TimelineEntry;
-use crate::store::{StoreError, TicketFilter};
+use crate::store::{StoreError, TicketFilter, Tx};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +70,19 @@ pub struct Assignment {
 
 fn assignment_key(ticket_id: &str) -> String {
     format!("board/assignment/{ticket_id}")
+}
+
+/// Records that `tech` is on the ticket: assigning, proposing slots and booking a visit all do.
+fn put_assignment(tx: &mut Tx, ticket_id: &str, tech: &Technician, now: Millis, actor: &str) {
+    tx.put_kv(
+        &assignment_key(ticket_id),
+        &Assignment {
+            ticket_id: ticket_id.to_string(),
+            technician_id: tech.id.clone(),
+            at: format_ts(now),
+            by: actor.to_string(),
+        },
+    );
 }
 const TECHNICIAN_PREFIX: &str = "board/technician/";
 
@@ -137,6 +150,18 @@ pub struct Board {
 pub struct BoardConfigError {
     pub key: &'static str,
     pub message: String,
+}
+
+/// Refuses a change to a ticket that is already settled, saying what could not be done.
+fn still_live(t: &Ticket, refused: &str) -> Result<(), CoreError> {
+    if t.is_live() {
+        return Ok(());
+    }
+    Err(CoreError::Invalid(format!(
+        "ticket {} is {}: {refused}",
+        t.id,
+        t.status.as_str()
+    )))
 }
 
 impl Board {
@@ -371,22 +396,8 @@ impl Board {
         let now = self.now();
         let note = format!("assigned to {} ({})", tech.name, tech.id);
         self.change(id, None, actor, &note, None, |t, tx| {
-            if !t.is_live() {
-                return Err(CoreError::Invalid(format!(
-                    "ticket {} is {}: nothing to assign",
-                    t.id,
-                    t.status.as_str()
-                )));
-            }
-            tx.put_kv(
-                &assignment_key(&t.id),
-                &Assignment {
-                    ticket_id: t.id.clone(),
-                    technician_id: tech.id.clone(),
-                    at: format_ts(now),
-                    by: actor.to_string(),
-                },
-            );
+            still_live(t, "nothing to assign")?;
+            put_assignment(tx, &t.id, &tech, now, actor);
             Ok(())
         })
     }
@@ -421,13 +432,7 @@ impl Board {
                 .join(", ")
         );
         self.change(id, None, actor, &note, None, |t, tx| {
-            if !t.is_live() {
-                return Err(CoreError::Invalid(format!(
-                    "ticket {} is {}: no visit to propose",
-                    t.id,
-                    t.status.as_str()
-                )));
-            }
+            still_live(t, "no visit to propose")?;
             tx.put_kv(
                 &proposal_key(&t.id),
                 &Proposal {
@@ -438,15 +443,7 @@ impl Board {
                     by: actor.to_string(),
                 },
             );
-            tx.put_kv(
-                &assignment_key(&t.id),
-                &Assignment {
-                    ticket_id: t.id.clone(),
-                    technician_id: tech.id.clone(),
-                    at: format_ts(now),
-                    by: actor.to_string(),
-                },
-            );
+            put_assignment(tx, &t.id, &tech, now, actor);
             Ok(())
         })
     }
@@ -479,15 +476,7 @@ impl Board {
                 },
             );
             tx.remove_kv(&proposal_key(&t.id));
-            tx.put_kv(
-                &assignment_key(&t.id),
-                &Assignment {
-                    ticket_id: t.id.clone(),
-                    technician_id: tech.id.clone(),
-                    at: format_ts(now),
-                    by: actor.to_string(),
-                },
-            );
+            put_assignment(tx, &t.id, &tech, now, actor);
             Ok(())
         })
     }

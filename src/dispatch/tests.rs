@@ -54,8 +54,8 @@ fn facts(connected: bool, seen: Vec<Seen>) -> FactsOf<Targets> {
     Facts::new(known(connected)).seen(seen).jitter(1.0)
 }
 
-fn counted(target: &'static str, result: &'static str) -> Effect<Record, Io> {
-    Effect::Record(Record::Counted { target, result })
+fn counted(target: Target, result: Attempt) -> Effect<Record, Io> {
+    Effect::Record(Record::Attempted(events::Attempted { target, result }))
 }
 
 #[test]
@@ -90,7 +90,10 @@ fn a_row_both_targets_took_is_removed() {
     );
     assert_eq!(
         effects,
-        vec![counted("mqtt", "ok"), counted("webhook", "ok")]
+        vec![
+            counted(Target::Mqtt, Attempt::Ok),
+            counted(Target::Webhook, Attempt::Ok)
+        ]
     );
     assert_eq!(update, Update::Remove);
     // Already done (a row from before a crash): removed without a call.
@@ -107,7 +110,7 @@ fn a_webhook_taken_while_the_broker_is_away_is_kept_as_progress() {
         &facts(false, vec![Seen::Posted(Ok(()))]),
         NOW,
     );
-    assert_eq!(effects, vec![counted("webhook", "ok")]);
+    assert_eq!(effects, vec![counted(Target::Webhook, Attempt::Ok)]);
     assert_eq!(update, Update::Put(row(false, true, 0)));
 }
 
@@ -128,14 +131,14 @@ fn a_webhook_500_is_retried_at_the_backoff_and_keeps_the_publish() {
     assert_eq!(
         effects,
         vec![
-            counted("mqtt", "ok"),
-            counted("webhook", "error"),
-            Effect::Record(Record::Retrying {
+            counted(Target::Mqtt, Attempt::Ok),
+            counted(Target::Webhook, Attempt::Error),
+            Effect::Record(Record::Retrying(events::Retrying {
                 ticket: "T-1".into(),
                 attempt: 1,
                 wait_ms: 1_000,
                 error: error.clone(),
-            }),
+            })),
         ]
     );
     let mut want = row(true, false, 1);
@@ -175,13 +178,12 @@ fn the_last_attempt_moves_the_row_to_the_dead_letter_queue() {
     assert_eq!(
         effects,
         vec![
-            counted("webhook", "error"),
-            counted("any", "dead"),
-            Effect::Record(Record::GaveUp {
+            counted(Target::Webhook, Attempt::Error),
+            Effect::Record(Record::GaveUp(events::GaveUp {
                 ticket: "T-1".into(),
                 attempts: 3,
                 error: "webhook: HTTP 503".into(),
-            }),
+            })),
         ]
     );
     let mut want = row(true, false, 3);

@@ -244,8 +244,8 @@ pub enum ReplyError {
     /// This provider message was handled before.
     #[error("already handled")]
     Duplicate,
-    #[error("{0}")]
-    Desk(String),
+    #[error(transparent)]
+    Desk(#[from] super::DeskError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -372,9 +372,7 @@ impl Notifier {
             (_, false) => format!("{} by {channel}: {short}{visit_note}", reply.as_str()),
         };
         let actor = format!("customer:{channel}");
-        let t = desk
-            .customer_reply(ticket_id, to, &actor, &note)
-            .map_err(|e| ReplyError::Desk(e.to_string()))?;
+        let t = desk.customer_reply(ticket_id, to, &actor, &note)?;
         self.metrics.replies.with_label_values(&[channel]).inc();
         if reply != Reply::Unclear {
             tx.put_kv(

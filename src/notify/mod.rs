@@ -17,6 +17,7 @@
 pub mod calendar;
 pub mod channels;
 pub mod config;
+pub mod events;
 pub mod inbound;
 pub mod intent;
 pub mod link;
@@ -55,8 +56,12 @@ pub const NEEDS_HUMAN: &str = "needs_human";
 pub enum NotifyError {
     #[error("notify templates: {0}")]
     Templates(#[from] templates::TemplateError),
-    #[error("notify.{channel}: {message}")]
-    Channel { channel: String, message: String },
+    #[error("notify.http: http client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("notify.email: {0}")]
+    Email(#[from] channels::email::EmailSetupError),
+    #[error("notify.webhook: {0}")]
+    Webhook(#[from] channels::webhook::WebhookSetupError),
     #[error("notify metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -270,17 +275,10 @@ impl Notifier {
             }
         };
         let timeout = cfg.send_timeout.std();
-        let http = channels::http_client(timeout).map_err(|e| NotifyError::Channel {
-            channel: "http".into(),
-            message: format!("http client: {e}"),
-        })?;
+        let http = channels::http_client(timeout).map_err(NotifyError::HttpClient)?;
         let mut providers: BTreeMap<Channel, Box<dyn Provider>> = BTreeMap::new();
         if let Some(e) = &cfg.email {
-            let p =
-                channels::email::Email::build(e, timeout).map_err(|e| NotifyError::Channel {
-                    channel: "email".into(),
-                    message: e.to_string(),
-                })?;
+            let p = channels::email::Email::build(e, timeout)?;
             providers.insert(Channel::Email, Box::new(p));
         }
         if let Some(t) = &cfg.sms {
@@ -310,13 +308,7 @@ impl Notifier {
             );
         }
         if let Some(w) = &cfg.webhook {
-            let hook =
-                channels::webhook::Webhook::new(&w.secret, &w.allow, timeout).map_err(|e| {
-                    NotifyError::Channel {
-                        channel: "webhook".into(),
-                        message: e.to_string(),
-                    }
-                })?;
+            let hook = channels::webhook::Webhook::new(&w.secret, &w.allow, timeout)?;
             providers.insert(Channel::Webhook, Box::new(hook));
         }
         if let Some(m) = &cfg.mqtt {

@@ -181,18 +181,7 @@ async fn sms(
     h: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let g = |k: &str| f.get(k).cloned().unwrap_or_default();
-    let m = SinkMessage {
-        channel: "sms",
-        to: g("To"),
-        text: g("Body"),
-    };
-    let id = record(&st, &h, m);
-    (
-        StatusCode::CREATED,
-        Json(serde_json::json!({"sid": id, "status": "queued"})),
-    )
-        .into_response()
+    twilio_created(&st, &h, &f, "sms", "Body", "SM")
 }
 
 async fn call(
@@ -201,16 +190,29 @@ async fn call(
     h: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
+    twilio_created(&st, &h, &f, "voice", "Twiml", "CA")
+}
+
+/// Twilio's answer to a create: the message (`text` from the form's `text_key`) recorded, and
+/// the sid of what was made — `SM…` a message, `CA…` a call.
+fn twilio_created(
+    st: &Arc<Mutex<Inner>>,
+    h: &HeaderMap,
+    f: &HashMap<String, String>,
+    channel: &'static str,
+    text_key: &str,
+    sid_prefix: &str,
+) -> Response {
     let g = |k: &str| f.get(k).cloned().unwrap_or_default();
     let m = SinkMessage {
-        channel: "voice",
+        channel,
         to: g("To"),
-        text: g("Twiml"),
+        text: g(text_key),
     };
-    let id = record(&st, &h, m);
+    let id = record(st, h, m);
     (
         StatusCode::CREATED,
-        Json(serde_json::json!({"sid": id.replacen("SM", "CA", 1), "status": "queued"})),
+        Json(serde_json::json!({"sid": id.replacen("SM", sid_prefix, 1), "status": "queued"})),
     )
         .into_response()
 }

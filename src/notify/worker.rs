@@ -25,6 +25,7 @@ mod step_tests;
 mod timer_tests;
 
 use super::channels::{Accepted, Found, Lookup, Outgoing, Provider, SendError};
+use super::events::{self, Outcome};
 use super::route::{self, Decision, RouteInput};
 use super::templates::{Facts as TemplateFacts, MessageKind, Rendered};
 use super::{Answer, Notifier, NotifyConfig, TicketDesk, TimelineEntry, QUEUE};
@@ -192,11 +193,10 @@ pub enum Record {
         at_ms: i64,
         entry: TimelineEntry,
     },
-    /// `forewarn_notify_messages_total{channel, outcome}`.
-    Counted {
-        channel: &'static str,
-        outcome: &'static str,
-    },
+    /// An attempt that did not reach the provider, or a row held or dropped.
+    Attempt(events::Attempt),
+    /// A provider took the message.
+    Sent(events::Sent),
     Fallback(Channel),
     Latency {
         channel: Channel,
@@ -232,21 +232,8 @@ pub enum Record {
     },
     /// The next reminder of an unacknowledged urgent message.
     Reminder(OutboxRow),
-    Notified {
-        channel: Channel,
-        kind: MessageKind,
-        ticket: String,
-    },
-    Retrying {
-        channel: Channel,
-        ticket: String,
-        tries: u32,
-        wait_ms: i64,
-        error: String,
-    },
-    Undeliverable {
-        ticket: String,
-    },
+    Retrying(events::Retrying),
+    Undeliverable(events::Undeliverable),
 }
 
 /// Effects and update of a notification step.
@@ -260,8 +247,8 @@ fn timeline(customer: &str, now: i64, entry: TimelineEntry) -> Effect<Record, Io
     })
 }
 
-fn counted(channel: &'static str, outcome: &'static str) -> Effect<Record, Io> {
-    Effect::Record(Record::Counted { channel, outcome })
+fn counted(channel: Option<Channel>, outcome: Outcome) -> Effect<Record, Io> {
+    Effect::Record(Record::Attempt(events::Attempt { channel, outcome }))
 }
 
 /// The notification step (pure). On a row's first step: dropped when it is stale (a reminder
@@ -319,7 +306,7 @@ fn before_send(row: &OutboxRow, k: &Known, now: i64) -> NotifyStep {
         let e = TimelineEntry::new(now, "dropped", &row.ticket_id, "customer unknown");
         return (
             vec![
-                counted("none", "dropped"),
+                counted(None, Outcome::Dropped),
                 timeline(&row.customer_id, now, e),
             ],
             Update::Remove,
@@ -367,7 +354,7 @@ fn before_send(row: &OutboxRow, k: &Known, now: i64) -> NotifyStep {
                 row.due_ms = until_ms;
                 let e = TimelineEntry::new(now, "decision", &row.ticket_id, reason).outcome("held");
                 return (
-                    vec![counted("none", "held"), timeline(&customer.id, now, e)],
+                    vec![counted(None, Outcome::Held), timeline(&customer.id, now, e)],
                     Update::Put(row),
                 );
             }
@@ -375,7 +362,10 @@ fn before_send(row: &OutboxRow, k: &Known, now: i64) -> NotifyStep {
                 let e =
                     TimelineEntry::new(now, "decision", &row.ticket_id, reason).outcome("dropped");
                 return (
-                    vec![counted("none", "dropped"), timeline(&customer.id, now, e)],
+                    vec![
+                        counted(None, Outcome::Dropped),
+                        timeline(&customer.id, now, e),
+                    ],
                     Update::Remove,
                 );
             }
@@ -472,7 +462,11 @@ fn after_send(
                 a.detail = acc.detail.clone();
             }
             let mut effects = vec![
-                counted(ch.as_str(), "sent"),
+                Effect::Record(Record::Sent(events::Sent {
+                    channel: ch,
+                    kind,
+                    ticket: row.ticket_id.clone(),
+                })),
                 Effect::Record(Record::Latency {
                     channel: ch,
                     seconds: (now - row.created_ms).max(0) as f64 / 1000.0,
@@ -564,16 +558,11 @@ fn after_send(
             if kind == MessageKind::Reminder {
                 effects.push(Effect::Record(Record::Escalated));
             }
-            effects.push(Effect::Record(Record::Notified {
-                channel: ch,
-                kind,
-                ticket: row.ticket_id.clone(),
-            }));
             (effects, Update::Remove)
         }
         Err(SendError::Retry { detail, after }) => {
             let unanswered = super::channels::no_answer(detail);
-            let mut effects = vec![counted(ch.as_str(), "retry")];
+            let mut effects = vec![counted(Some(ch), Outcome::Retry)];
             row.tries += 1;
             if let Some(a) = row.attempts.last_mut() {
                 // No answer: the provider may have the message; the next attempt asks first.
@@ -591,13 +580,13 @@ fn after_send(
                 .unwrap_or(0)
                 .max(backoff);
             row.due_ms = now.saturating_add(wait);
-            effects.push(Effect::Record(Record::Retrying {
+            effects.push(Effect::Record(Record::Retrying(events::Retrying {
                 channel: ch,
                 ticket: row.ticket_id.clone(),
                 tries: row.tries,
                 wait_ms: wait,
                 error: detail.clone(),
-            }));
+            })));
             let e = TimelineEntry::new(
                 now,
                 "attempt",
@@ -632,7 +621,7 @@ fn fall_back(
     detail: String,
     now: i64,
 ) -> NotifyStep {
-    effects.push(counted(failed.as_str(), "failed"));
+    effects.push(counted(Some(failed), Outcome::Failed));
     if let Some(&next) = row.plan.get(row.step + 1) {
         effects.push(Effect::Record(Record::Fallback(failed)));
         row.step += 1;
@@ -652,9 +641,11 @@ fn fall_back(
         effects.push(timeline(&row.customer_id, now, e));
         (effects, Update::Put(row))
     } else {
-        effects.push(Effect::Record(Record::Undeliverable {
-            ticket: row.ticket_id.clone(),
-        }));
+        effects.push(Effect::Record(Record::Undeliverable(
+            events::Undeliverable {
+                ticket: row.ticket_id.clone(),
+            },
+        )));
         let e = TimelineEntry::new(
             now,
             "dropped",
@@ -776,9 +767,8 @@ impl Delivery for Deliver<'_> {
                 at_ms,
                 entry,
             } => tx.push_timeline(&customer, at_ms, &entry),
-            Record::Counted { channel, outcome } => {
-                m.messages.with_label_values(&[channel, outcome]).inc()
-            }
+            Record::Attempt(e) => e.emit(m),
+            Record::Sent(e) => e.emit(m),
             Record::Fallback(ch) => m.fallbacks.with_label_values(&[ch.as_str()]).inc(),
             Record::Latency { channel, seconds } => m
                 .latency
@@ -812,33 +802,8 @@ impl Delivery for Deliver<'_> {
             Record::Reminder(row) => {
                 tx.push_outbox(QUEUE, &row);
             }
-            Record::Notified {
-                channel,
-                kind,
-                ticket,
-            } => tracing::info!(
-                channel = channel.as_str(),
-                kind = kind.as_str(),
-                %ticket,
-                "customer notified"
-            ),
-            Record::Retrying {
-                channel,
-                ticket,
-                tries,
-                wait_ms,
-                error,
-            } => tracing::warn!(
-                channel = channel.as_str(),
-                %ticket,
-                tries,
-                wait_ms,
-                %error,
-                "notification will be retried"
-            ),
-            Record::Undeliverable { ticket } => {
-                tracing::warn!(%ticket, "notification undeliverable on every channel")
-            }
+            Record::Retrying(e) => e.emit(),
+            Record::Undeliverable(e) => e.emit(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! What `serve` builds from more than one section of the configuration: the checks made before
 //! anything is taken, the store, the single writer, the API's tokens and routes.
 
-use super::ServeError;
+use super::{CheckError, ServeError};
 use crate::app::{self, App, Settings};
 use crate::config::Config;
 use crate::fleet::FleetFile;
@@ -10,16 +10,6 @@ use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// A configuration error (exit code 2), from anything that says what is wrong.
-fn config_error(e: impl std::fmt::Display) -> ServeError {
-    ServeError::Config(e.to_string())
-}
-
-/// A failure at run time, from anything that says what went wrong.
-fn runtime_error(e: impl std::fmt::Display) -> ServeError {
-    ServeError::Runtime(e.to_string())
-}
 
 /// What `--check-config` found.
 #[derive(Debug)]
@@ -38,7 +28,7 @@ const TICKET_ID_KEY: &str = "ticket_id_key";
 fn ticket_id_key(store: &Store) -> Result<Vec<u8>, ServeError> {
     let stored = store
         .get_kv::<Vec<u8>>(TICKET_ID_KEY)
-        .map_err(|e| ServeError::Runtime(format!("ticket id key: {e}")))?;
+        .map_err(ServeError::TicketIdKey)?;
     if let Some(k) = stored.filter(|k| k.len() == 32) {
         return Ok(k);
     }
@@ -46,9 +36,7 @@ fn ticket_id_key(store: &Store) -> Result<Vec<u8>, ServeError> {
     rand::Rng::fill(&mut rand::rng(), &mut key[..]);
     let mut tx = store.tx();
     tx.put_kv(TICKET_ID_KEY, &key);
-    store
-        .commit(tx)
-        .map_err(|e| ServeError::Runtime(format!("ticket id key: {e}")))?;
+    store.commit(tx).map_err(ServeError::TicketIdKey)?;
     Ok(key)
 }
 
@@ -70,20 +58,20 @@ impl Checked {
     pub(super) fn load(cfg: &Config) -> Result<Checked, ServeError> {
         // Checked here too (not only by `Config::load`): open reads on a public address must
         // not start whoever built the configuration.
-        cfg.api.validate().map_err(|(key, message)| {
-            ServeError::Config(format!("config key api.{key}: {message}"))
-        })?;
+        cfg.api
+            .validate()
+            .map_err(|(key, message)| CheckError::Api { key, message })?;
         let fleet = load_fleet(cfg)?;
         let contact_policy = contact_policy(cfg)?;
-        let artifacts = crate::predict::load_dir(&cfg.scoring.models_dir)
-            .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
+        let artifacts =
+            crate::predict::load_dir(&cfg.scoring.models_dir).map_err(CheckError::from)?;
         Ok(Checked {
             inputs: Inputs {
                 fleet,
                 contact_policy,
                 artifacts,
             },
-            mqtt: mqtt::options(&cfg.broker, &cfg.broker.client_id).map_err(config_error)?,
+            mqtt: mqtt::options(&cfg.broker, &cfg.broker.client_id).map_err(CheckError::from)?,
         })
     }
 }
@@ -96,13 +84,13 @@ pub fn check(cfg: &Config) -> Result<CheckSummary, ServeError> {
     let modes = inputs.artifacts.iter().map(|a| a.modes.len()).sum();
     let models = inputs.artifacts.len();
     crate::engine::Models::new(inputs.artifacts, &cfg.features.window())
-        .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
+        .map_err(CheckError::from)?;
     auth(&cfg.api)?;
     crate::notify::templates::Templates::load(
         cfg.notify.templates_dir.as_deref(),
         &cfg.notify.fallback_locale,
     )
-    .map_err(|e| ServeError::Config(format!("notify templates: {e}")))?;
+    .map_err(CheckError::from)?;
     Ok(CheckSummary {
         models,
         modes,
@@ -124,7 +112,7 @@ pub(super) fn writer(
     let window = cfg.features.window();
     let base = app::load_metric_index(&store);
     let models = crate::engine::Models::with_index(inputs.artifacts, &window, base)
-        .map_err(|e| ServeError::Config(format!("config key scoring.models_dir: {e}")))?;
+        .map_err(CheckError::from)?;
     app::save_metric_index(&store, &models.index)?;
     if !inputs.fleet.customers.is_empty() || !inputs.fleet.devices.is_empty() {
         let applied = crate::fleet::apply_file(&store, &inputs.fleet)?;
@@ -155,11 +143,10 @@ pub(super) fn writer(
         snapshot_every: cfg.store.snapshot_every,
     };
     let archive = crate::archive::Archive::build(&cfg.archive, &cfg.store.data_dir, registry)
-        .map_err(config_error)?;
-    crate::outcomes::register(registry, store.clone()).map_err(runtime_error)?;
+        .map_err(CheckError::from)?;
+    crate::outcomes::register(registry, store.clone()).map_err(ServeError::Outcomes)?;
     let metrics = crate::metrics::Metrics::new(registry);
-    let mut app =
-        App::new(settings, store, metrics, models, notifier.clone()).map_err(runtime_error)?;
+    let mut app = App::new(settings, store, metrics, models, notifier.clone())?;
     app.archive = archive;
     if let Some(c) = cluster {
         app.fleetwide = Some(c.clone());
@@ -175,7 +162,7 @@ pub(super) fn notifier(
     registry: &prometheus::Registry,
 ) -> Result<Arc<crate::notify::Notifier>, ServeError> {
     let notifier = crate::notify::Notifier::build(&cfg.notify, &cfg.api.public_url, registry)
-        .map_err(config_error)?;
+        .map_err(CheckError::from)?;
     Ok(Arc::new(notifier.with_clock(clock)))
 }
 
@@ -187,9 +174,7 @@ pub(super) async fn cluster(
     if !cfg.enabled() {
         return Ok(None);
     }
-    let cluster = crate::cluster::Cluster::connect(cfg, registry)
-        .await
-        .map_err(runtime_error)?;
+    let cluster = crate::cluster::Cluster::connect(cfg, registry).await?;
     Ok(Some(cluster))
 }
 
@@ -210,7 +195,7 @@ pub(super) fn dispatcher(
         client,
     )
     .map(|d| d.with_clock(app.notifier().clock()))
-    .map_err(|e| ServeError::Runtime(format!("dispatch HTTP client: {e}")))
+    .map_err(ServeError::DispatchClient)
 }
 
 /// A standby that took the data directory over counts it, before the API serves (so a
@@ -236,7 +221,7 @@ pub(super) fn count_takeover(
 
 /// The API's tokens (`api.tokens`, `api.tokens_file`, `FOREWARN_API_TOKEN`).
 pub(super) fn auth(cfg: &crate::api::Config) -> Result<Arc<crate::api::Auth>, ServeError> {
-    let auth = crate::api::Auth::new(cfg).map_err(|e| ServeError::Config(format!("api: {e}")))?;
+    let auth = crate::api::Auth::new(cfg).map_err(CheckError::from)?;
     Ok(Arc::new(auth))
 }
 
@@ -282,7 +267,7 @@ pub(super) fn routes(
         &cfg.api.public_url,
         shutdown.clone(),
     )
-    .map_err(config_error)?;
+    .map_err(CheckError::from)?;
     Ok((router.merge(board.router(cfg.api.max_body_bytes)), notify))
 }
 
@@ -294,20 +279,18 @@ fn contact_policy(cfg: &Config) -> Result<crate::netguard::AddressPolicy, ServeE
         .as_ref()
         .map(|w| w.allow.clone())
         .unwrap_or_default();
-    crate::netguard::AddressPolicy::new(&allow)
-        .map_err(|e| ServeError::Config(format!("config key notify.webhook.allow: {e}")))
+    Ok(crate::netguard::AddressPolicy::new(&allow).map_err(CheckError::from)?)
 }
 
 /// The fleet file, with every customer's contacts checked against the address policy.
 fn load_fleet(cfg: &Config) -> Result<FleetFile, ServeError> {
     let f = match &cfg.fleet.file {
-        Some(p) => FleetFile::load(p).map_err(|e| ServeError::Config(format!("fleet file {e}")))?,
+        Some(p) => FleetFile::load(p).map_err(CheckError::FleetFile)?,
         None => FleetFile::default(),
     };
     let policy = contact_policy(cfg)?;
     for c in &f.customers {
-        c.validate_with(&policy)
-            .map_err(|e| ServeError::Config(format!("fleet file: {e}")))?;
+        c.validate_with(&policy).map_err(CheckError::FleetContact)?;
     }
     Ok(f)
 }

@@ -23,13 +23,13 @@
 //! released only after everything has stopped; `serve --standby` waits on it ([`standby`]).
 
 mod build;
+mod error;
 mod reload;
 pub mod standby;
 
 use crate::app::{self, App};
 use crate::config::Config;
 use crate::notify::TicketDesk;
-use crate::store::StoreError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,39 +37,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use build::{check, CheckSummary};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// Bad configuration, fleet file or model artifact: exit code 2.
-    #[error("{0}")]
-    Config(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Lock(#[from] standby::LockError),
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl ServeError {
-    pub fn is_config(&self) -> bool {
-        matches!(self, ServeError::Config(_))
-    }
-}
-
-impl From<crate::api::server::ListenError> for ServeError {
-    fn from(e: crate::api::server::ListenError) -> ServeError {
-        ServeError::Listen {
-            addr: e.addr,
-            source: e.source,
-        }
-    }
-}
+pub use error::{CheckError, ServeError};
 
 /// A running daemon.
 pub struct Handle {
@@ -195,8 +163,13 @@ async fn start(
     let (api_addr, public_addr) = (api.addr, api.public_addr);
     let mut tasks = api.spawn(routes, notify_routes, &shutdown, cfg.shutdown.grace.std());
     let group = cfg.ingest.commit_group;
-    let processor = app::process::spawn(app.clone(), feed, group, shutdown.clone())
-        .map_err(|e| ServeError::Runtime(format!("cannot start the processor thread: {e}")))?;
+    let processor =
+        app::process::spawn(app.clone(), feed, group, shutdown.clone()).map_err(|source| {
+            ServeError::Thread {
+                what: "processor",
+                source,
+            }
+        })?;
     let (client, forward) = (ingest.client.clone(), ingest.forward());
     let observer = app.broker_observer(&cfg.broker.url, &cfg.broker.client_id);
     let (ingest_tasks, acks) = ingest.spawn(observer, app.formats().take_commands(), &shutdown);

@@ -150,9 +150,7 @@ impl TakeOver {
     /// What a process without `--standby` starts on: the data directory (created if missing)
     /// and its lock, taken at once or not at all.
     pub(crate) fn now(dir: &Path) -> Result<TakeOver, super::ServeError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            super::ServeError::Runtime(format!("cannot create data dir {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir).map_err(|e| super::ServeError::data_dir(dir, e))?;
         Ok(TakeOver {
             lock: DataDirLock::acquire_now(dir)?,
             listener: None,
@@ -172,9 +170,7 @@ pub async fn wait(
     crate::tls::install_crypto();
     super::check(cfg)?;
     let dir = cfg.store.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        super::ServeError::Runtime(format!("cannot create data dir {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| super::ServeError::data_dir(&dir, e))?;
     match DataDirLock::acquire_now(&dir) {
         Ok(lock) => {
             tracing::info!(
@@ -239,7 +235,10 @@ pub async fn wait(
         .spawn(move || {
             let _ = tx.send(DataDirLock::acquire_blocking(&waiter));
         })
-        .map_err(|e| super::ServeError::Runtime(format!("cannot start the standby thread: {e}")))?;
+        .map_err(|source| super::ServeError::Thread {
+            what: "standby",
+            source,
+        })?;
     let since = Instant::now();
     let mut still = tokio::time::interval_at(
         tokio::time::Instant::now() + STILL_WAITING_EVERY,
@@ -266,11 +265,7 @@ pub async fn wait(
         None => return Ok(None),
         Some(Ok(Ok(lock))) => lock,
         Some(Ok(Err(e))) => return Err(e.into()),
-        Some(Err(_)) => {
-            return Err(super::ServeError::Runtime(
-                "the standby thread ended without the lock".into(),
-            ))
-        }
+        Some(Err(_)) => return Err(super::ServeError::StandbyGone),
     };
     let waited = locked_at.duration_since(since);
     tracing::warn!(

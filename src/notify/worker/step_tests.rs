@@ -145,9 +145,12 @@ fn has(effects: &[Effect<Record, Io>], r: Record) -> bool {
 }
 
 fn counted(effects: &[Effect<Record, Io>], channel: &str, outcome: &str) -> bool {
-    effects.iter().any(|e| {
-        matches!(e, Effect::Record(Record::Counted { channel: c, outcome: o })
-            if *c == channel && *o == outcome)
+    effects.iter().any(|e| match e {
+        Effect::Record(Record::Attempt(a)) => {
+            a.channel_label() == channel && a.outcome.as_str() == outcome
+        }
+        Effect::Record(Record::Sent(s)) => s.channel.as_str() == channel && outcome == "sent",
+        _ => false,
     })
 }
 
