@@ -712,11 +712,11 @@ impl App {
             self.dispatch_wake.notify_one();
         }
         if core.log_steps >= u64::from(core.snapshot_every) {
-            if let Err(e) = self.checkpoint_locked(core) {
+            if let Err(e) = self.checkpoint_locked(core, durable) {
                 tracing::warn!("checkpoint failed (tried again after the next commit): {e}");
             }
         }
-        self.evict(core);
+        self.evict(core, durable);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         Ok(())
     }

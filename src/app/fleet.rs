@@ -93,7 +93,7 @@ impl App {
         // states before it changes.
         self.recover_if_needed(&mut core)?;
         let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
-        self.snapshot_devices(&mut core, &ids)?;
+        self.snapshot_devices(&mut core, &ids, true)?;
         let mut tx = self.store.tx();
         {
             let registry = self.registry.read();

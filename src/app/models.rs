@@ -38,7 +38,7 @@ impl App {
                     // they change.
                     let checkpointed = self
                         .recover_if_needed(&mut core)
-                        .and_then(|()| self.checkpoint_locked(&mut core));
+                        .and_then(|()| self.checkpoint_locked(&mut core, true));
                     match checkpointed {
                         Err(e) => Err(ReloadError::Checkpoint(Box::new(e))),
                         Ok(_) => match save_metric_index(&self.store, &models.index) {
