@@ -584,4 +584,11 @@ impl ConnectionObserver for BrokerObserver {
         }
         self.app.metrics.broker_connected.set(0);
     }
+
+    fn closed(&self) {
+        if self.app.broker_flag().swap(false, Ordering::Relaxed) {
+            tracing::info!("disconnected from broker: shutting down");
+        }
+        self.app.metrics.broker_connected.set(0);
+    }
 }

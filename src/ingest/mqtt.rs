@@ -496,7 +496,10 @@ impl Backoff {
 pub trait ConnectionObserver: Send + Sync {
     /// Connected; `session_present` is the broker's word on whether it kept our session.
     fn connected(&self, session_present: bool);
+    /// The connection was lost (or refused); the task will try again.
     fn disconnected(&self, error: &str);
+    /// The task ended because the daemon is shutting down: an orderly end, not a fault.
+    fn closed(&self);
 }
 
 /// Settings of the polling task.
@@ -618,7 +621,7 @@ pub async fn drive(
             }
         }
     }
-    observer.disconnected("shut down");
+    observer.closed();
 }
 
 /// The largest remaining length an MQTT packet can declare.
