@@ -1,7 +1,7 @@
 //! forewarn — an IoT predictive-service daemon.
 //!
 //! The module map, bottom-up: each module imports only modules listed above it (the import graph
-//! has no cycles but the one noted at `board`).
+//! has no cycles).
 //!
 //! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time (one
 //!   parse, one format), device ids, tickets and their statuses, durations
@@ -44,8 +44,7 @@
 //! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day
 //!   view, device, customer), sign-in, technicians and visits; changes go through `app`'s
 //!   `Tickets` handle
-//!   (`api::openapi` reads `board::api`'s route descriptions, the one upward import, so the
-//!   OpenAPI document covers every route)
+//! - [`openapi`]  the OpenAPI document of every route: the API's part with the board's
 //! - [`serve`]    the daemon on one screen (`serve::run`): builds each stage from its config,
 //!   spawns them, drains on shutdown;
 //!   holds the data directory's lock, which `serve::standby` waits on (an active/standby pair)
@@ -80,6 +79,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod netguard;
 pub mod notify;
+pub mod openapi;
 pub mod outbox;
 pub mod outcomes;
 pub mod predict;

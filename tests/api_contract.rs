@@ -42,7 +42,7 @@ fn committed_is_current(file: &str, generated: &str, command: &str) {
 fn the_committed_openapi_json_is_current() {
     committed_is_current(
         "openapi.json",
-        forewarn::api::openapi::json(),
+        forewarn::openapi::json(),
         "cargo run -- openapi > openapi.json",
     );
 }
@@ -155,8 +155,7 @@ async fn the_daemon_serves_its_openapi_document_without_a_token() {
     );
     let served: serde_json::Value = r.json().await.unwrap();
     // What `forewarn openapi` prints (and the committed file holds, checked above).
-    let generated: serde_json::Value =
-        serde_json::from_str(forewarn::api::openapi::json()).unwrap();
+    let generated: serde_json::Value = serde_json::from_str(forewarn::openapi::json()).unwrap();
     assert_eq!(served, generated);
     assert_eq!(served["openapi"], "3.1.0");
     // Every route the daemon answers is described, the notifier's included.

@@ -55,6 +55,8 @@ struct ApiState {
     auth: Arc<Auth>,
     /// Cluster mode: the client the fleet-wide routes ask the other instances with.
     http: Option<reqwest::Client>,
+    /// The OpenAPI document served at `/api/v1/openapi.json` (assembled by [`crate::openapi`]).
+    openapi: &'static str,
 }
 
 impl ApiState {
@@ -105,8 +107,8 @@ pub(crate) fn routes_openapi() -> utoipa::openapi::OpenApi {
     routes().into_openapi()
 }
 
-/// All routes of the API, on the app's handles.
-pub fn router(handles: Handles, auth: Arc<Auth>, cfg: &Config) -> Router {
+/// All routes of the API, on the app's handles; `openapi` is the document the API serves.
+pub fn router(handles: Handles, auth: Arc<Auth>, cfg: &Config, openapi: &'static str) -> Router {
     let limit = cfg.max_body_bytes;
     // Built only in cluster mode: `serve` has installed the TLS provider by then.
     let http = match handles.monitor.fleetwide() {
@@ -120,6 +122,7 @@ pub fn router(handles: Handles, auth: Arc<Auth>, cfg: &Config) -> Router {
         metrics: handles.metrics,
         auth,
         http,
+        openapi,
     };
     let (router, _) = routes().split_for_parts();
     router
@@ -833,10 +836,6 @@ async fn readyz(State(ApiState { monitor, .. }): State<ApiState>) -> Response {
 /// `openapi.json`).
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = Object, content_type = "application/json")))]
-async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        openapi::json(),
-    )
-        .into_response()
+async fn openapi_json(State(s): State<ApiState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], s.openapi).into_response()
 }

@@ -1,14 +1,14 @@
-//! The OpenAPI 3.1 description of every route the daemon serves, generated from the handlers
-//! (their `#[utoipa::path]`) and the types they take and return (`ToSchema`). Served at
-//! `GET /api/v1/openapi.json`, printed by `forewarn openapi`, committed as `openapi.json` (a test
-//! fails when the committed file differs) and exercised by schemathesis in CI.
+//! The API's part of the OpenAPI 3.1 description, generated from the handlers (their
+//! `#[utoipa::path]`) and the types they take and return (`ToSchema`). The whole document
+//! ([`crate::openapi`]) adds the board's routes to it; it is served at `GET /api/v1/openapi.json`,
+//! printed by `forewarn openapi`, committed as `openapi.json` (a test fails when the committed
+//! file differs) and exercised by schemathesis in CI.
 //!
 //! What every route shares is added here, in one place, rather than repeated on each handler:
 //! the bearer scheme, 401/403 on routes that need a token, 413/415 on routes with a body, and
 //! 408, 500 and 503 (the request limits of [`super::server::harden`]) everywhere.
 
 use super::error::ErrorBody;
-use std::sync::OnceLock;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Response};
 use utoipa::OpenApi as _;
@@ -44,28 +44,19 @@ struct Base;
 /// Name of the security scheme the handlers' `security(...)` refer to.
 const BEARER: &str = "bearer";
 
-/// The whole document: the API's routes and the notifier's, with what they share.
-pub fn document() -> OpenApi {
+/// The API's part of the document: its routes and the notifier's, merged with `others` (the
+/// routes of modules above `api`, such as the board's), then what every route shares. The whole
+/// document is assembled one level up, in [`crate::openapi`], so `api` imports nothing above it.
+pub fn document(others: impl IntoIterator<Item = OpenApi>) -> OpenApi {
     let mut doc = Base::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc.merge(super::routes_openapi());
     doc.merge(crate::notify::inbound::openapi());
-    // The board's JSON routes (served with `board.enabled`, the default). The one import of a
-    // module above `api`: it only reads their descriptions, to keep one document.
-    doc.merge(crate::board::api::openapi());
+    for other in others {
+        doc.merge(other);
+    }
     shared(&mut doc);
     doc
-}
-
-/// [`document`] as pretty-printed JSON with a final newline: what `openapi.json` holds.
-pub fn json() -> &'static str {
-    static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| {
-        let mut s = serde_json::to_string_pretty(&document())
-            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-        s.push('\n');
-        s
-    })
 }
 
 fn error_response(description: &str) -> Response {

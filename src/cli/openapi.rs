@@ -7,6 +7,6 @@ use super::CliResult;
 pub struct Args {}
 
 pub fn run(_args: Args) -> CliResult {
-    print!("{}", crate::api::openapi::json());
+    print!("{}", crate::openapi::json());
     Ok(())
 }

@@ -254,7 +254,12 @@ pub(super) fn routes(
         auth.clone(),
         &cfg.api,
     );
-    let router = crate::api::router(app.handles(), auth.clone(), &cfg.api);
+    let router = crate::api::router(
+        app.handles(),
+        auth.clone(),
+        &cfg.api,
+        crate::openapi::json(),
+    );
     if !cfg.board.enabled {
         return Ok((router, notify));
     }
