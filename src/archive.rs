@@ -9,7 +9,7 @@
 //! `retention` are deleted. The ingest loop never waits for this disk: a full queue drops the
 //! batch and counts it, a write error is counted and logged, and ingest goes on.
 
-use crate::domain::{format_ts, parse_ts, DeviceEvent, Dur, Millis, Reading};
+use crate::domain::{DeviceEvent, Dur, Reading, Timestamp};
 use crate::history::{EventWriter, TelemetryWriter};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -118,7 +118,7 @@ impl Archive {
             .spawn(move || {
                 // Ends when the app drops its handle; each batch is flushed as it is written.
                 while let Ok(batch) = rx.recv() {
-                    let now = chrono::Utc::now().timestamp_millis();
+                    let now = Timestamp::from_millis(chrono::Utc::now().timestamp_millis());
                     if let Err(e) = files.write(&batch, now) {
                         errors.inc();
                         tracing::warn!(error = %e, records = batch.len(), "history archive write failed");
@@ -147,14 +147,14 @@ impl Archive {
 }
 
 struct TelFile {
-    opened_ms: Millis,
+    opened_ms: Timestamp,
     metrics: Vec<String>,
     pos: HashMap<String, usize>,
     w: TelemetryWriter<BufWriter<File>>,
 }
 
 struct EvFile {
-    opened_ms: Millis,
+    opened_ms: Timestamp,
     w: EventWriter<BufWriter<File>>,
 }
 
@@ -187,7 +187,7 @@ impl Files {
     }
 
     /// Appends a batch at wall time `now` and flushes it.
-    pub fn write(&mut self, batch: &[Record], now: Millis) -> std::io::Result<()> {
+    pub fn write(&mut self, batch: &[Record], now: Timestamp) -> std::io::Result<()> {
         let mut expired = false;
         if self
             .tel
@@ -269,7 +269,7 @@ impl Files {
         }
     }
 
-    fn open_telemetry(&mut self, now: Millis) -> std::io::Result<TelFile> {
+    fn open_telemetry(&mut self, now: Timestamp) -> std::io::Result<TelFile> {
         let path = self.new_path("telemetry", now)?;
         let names: Vec<&str> = self.metrics.iter().map(String::as_str).collect();
         let w = TelemetryWriter::new(BufWriter::new(create(&path)?), &names)?;
@@ -287,7 +287,7 @@ impl Files {
     }
 
     /// `<kind>-<opened, basic RFC 3339>-<n>.csv`: names sort in the order files were opened.
-    fn new_path(&self, kind: &str, now: Millis) -> std::io::Result<PathBuf> {
+    fn new_path(&self, kind: &str, now: Timestamp) -> std::io::Result<PathBuf> {
         let stamp = stamp(now);
         for n in 0..10_000u32 {
             let p = self.dir.join(format!("{kind}-{stamp}-{n:04}.csv"));
@@ -302,7 +302,7 @@ impl Files {
 
     /// Deletes archive files opened more than `retention` before `now` (by the time in their
     /// name, so a copied folder keeps its ages).
-    pub fn prune(&self, now: Millis) -> std::io::Result<usize> {
+    pub fn prune(&self, now: Timestamp) -> std::io::Result<usize> {
         let mut n = 0;
         for (path, opened) in list(&self.dir)? {
             // An open file is younger than `rotate`, which is at most `retention`: never deleted.
@@ -320,8 +320,8 @@ fn create(path: &Path) -> std::io::Result<File> {
 }
 
 /// `20260102T030405Z`: the RFC 3339 time without separators (safe in every file system).
-fn stamp(ms: Millis) -> String {
-    let t = format_ts(ms - ms.rem_euclid(1000));
+fn stamp(ms: Timestamp) -> String {
+    let t = (ms - ms.as_millis().rem_euclid(1000)).format();
     let t = t
         .strip_suffix(".000Z")
         .or(t.strip_suffix('Z'))
@@ -330,7 +330,7 @@ fn stamp(ms: Millis) -> String {
 }
 
 /// Reads a stamp back.
-fn parse_stamp(s: &str) -> Option<Millis> {
+fn parse_stamp(s: &str) -> Option<Timestamp> {
     let b = s.as_bytes();
     if b.len() != 16 || !s.is_ascii() {
         return None;
@@ -344,7 +344,7 @@ fn parse_stamp(s: &str) -> Option<Millis> {
         &s[11..13],
         &s[13..15]
     );
-    parse_ts(&iso)
+    Timestamp::parse(&iso)
 }
 
 /// The archive's files of one kind (`telemetry` or `events`), in the order they were opened.
@@ -365,7 +365,7 @@ pub fn files(dir: &Path, kind: &str) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Every archive file with the time it was opened.
-fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, Millis)>> {
+fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, Timestamp)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -393,7 +393,7 @@ mod tests {
 
     const HOUR: i64 = 3_600_000;
 
-    fn reading(id: &str, ts: Millis, m: &[(&str, f64)]) -> Record {
+    fn reading(id: &str, ts: Timestamp, m: &[(&str, f64)]) -> Record {
         Record::Reading(Reading {
             device_id: id.into(),
             ts,
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn stamps_read_back_and_sort_like_time() {
-        let t = 1_767_225_600_000 + 3_723_000;
+        let t = Timestamp::from_millis(1_767_225_600_000 + 3_723_000);
         assert_eq!(stamp(t), "20260101T010203Z");
         assert_eq!(parse_stamp(&stamp(t)), Some(t));
         assert!(stamp(t) < stamp(t + 10 * HOUR));
@@ -424,18 +424,26 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = Files::new(tmp.path().join("archive"), &cfg()).unwrap();
         let t0 = 1_767_225_600_000;
-        f.write(&[reading("d1", t0, &[("temp", 1.5)])], t0).unwrap();
+        f.write(
+            &[reading("d1", Timestamp::from_millis(t0), &[("temp", 1.5)])],
+            Timestamp::from_millis(t0),
+        )
+        .unwrap();
         f.write(
             &[
-                reading("d1", t0 + 1, &[("temp", 2.0), ("vib", 0.25)]),
+                reading(
+                    "d1",
+                    Timestamp::from_millis(t0 + 1),
+                    &[("temp", 2.0), ("vib", 0.25)],
+                ),
                 Record::Event(DeviceEvent {
                     device_id: "d1".into(),
-                    ts: t0 + 2,
+                    ts: Timestamp::from_millis(t0 + 2),
                     kind: EventKind::Maintenance,
                     code: "bearing".into(),
                 }),
             ],
-            t0,
+            Timestamp::from_millis(t0),
         )
         .unwrap();
         let tel = files(&tmp.path().join("archive"), "telemetry").unwrap();
@@ -476,14 +484,21 @@ mod tests {
         let t0 = 1_767_225_600_000;
         for day in 0..5 {
             let now = t0 + day * 24 * HOUR;
-            f.write(&[reading("d1", now, &[("temp", day as f64)])], now)
-                .unwrap();
+            f.write(
+                &[reading(
+                    "d1",
+                    Timestamp::from_millis(now),
+                    &[("temp", day as f64)],
+                )],
+                Timestamp::from_millis(now),
+            )
+            .unwrap();
         }
         // Days 0..=4 opened a file each; retention 48 h keeps what was opened on days 2, 3, 4.
         let left = files(&dir, "telemetry").unwrap();
         assert_eq!(left.len(), 3, "{left:?}");
         assert!(left[0]
             .to_string_lossy()
-            .contains(&stamp(t0 + 2 * 24 * HOUR)));
+            .contains(&stamp(Timestamp::from_millis(t0 + 2 * 24 * HOUR))));
     }
 }

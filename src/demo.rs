@@ -7,8 +7,8 @@
 //! tickets open *before* the simulated failures, with their lead time.
 
 use crate::config::Config;
-use crate::domain::{format_ts, Status, Ticket};
-use crate::domain::{EventKind, Millis};
+use crate::domain::EventKind;
+use crate::domain::{Status, Ticket, Timestamp};
 use crate::fleet::{Channel, Customer, Device};
 use crate::sim::{Fleet, SimConfig, SimEvent};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -176,7 +176,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
     }
     let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some());
 
-    let clock = Arc::new(SimClock(AtomicI64::new(fleet.config().start_ms)));
+    let clock = Arc::new(SimClock(AtomicI64::new(
+        fleet.config().start_ms.as_millis(),
+    )));
     let handle = crate::serve::run_with_clock(cfg.clone(), shutdown.clone(), clock.clone()).await?;
     handle.app.fleet().upsert(customers, devices)?;
     let api = handle.api_addr.to_string();
@@ -309,7 +311,7 @@ async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: 
             };
             let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
             let token = crate::notify::link::sign(secret.as_bytes(), &t.id, &cid, exp);
-            let start = slot.start_ms.to_string();
+            let start = slot.start_ms.as_millis().to_string();
             let r = http
                 .post(format!("{public}/notify/v1/s/{token}"))
                 .form(&[("action", "confirm"), ("slot", start.as_str())])
@@ -318,7 +320,7 @@ async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: 
             let ok = r.is_ok_and(|r| r.status().is_success());
             println!(
                 "  {cid} picked {} for {} on their page{}",
-                format_ts(slot.start_ms),
+                slot.start_ms.format(),
                 t.id,
                 if ok { "" } else { " (not recorded)" }
             );
@@ -534,7 +536,7 @@ async fn publish_fleet(
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        clock.0.fetch_max(ts, Ordering::Relaxed);
+        clock.0.fetch_max(ts.as_millis(), Ordering::Relaxed);
         if started.elapsed() >= next_ask {
             next_ask += opts.duration / 3;
             next_glance = started.elapsed() + GLANCE;
@@ -583,7 +585,7 @@ fn report_failure(
     app: &crate::app::App,
     device: &str,
     mode: &str,
-    ts: Millis,
+    ts: Timestamp,
     s: &mut DemoSummary,
 ) {
     s.failures += 1;
@@ -598,13 +600,13 @@ fn report_failure(
             s.lead_hours.push(lead);
             println!(
                 "[{}] FAILURE  {device:<11} {mode:<13} forewarned: ticket {} opened {lead:.0} h before",
-                short(&format_ts(ts)),
+                short(&ts.format()),
                 t.id
             );
         }
         None => println!(
             "[{}] FAILURE  {device:<11} {mode:<13} no ticket beforehand",
-            short(&format_ts(ts))
+            short(&ts.format())
         ),
     }
 }

@@ -3,8 +3,8 @@
 //! `serve` wraps it with MQTT and sled, `evaluate` with CSV files; neither adds logic of its own,
 //! so a backtest opens exactly the tickets the daemon opens for the same readings.
 
-use crate::domain::{format_ts, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
-use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
+use crate::domain::{DeviceEvent, EventKind, Reading};
+use crate::domain::{HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket, Timestamp};
 use crate::features::{
     streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
 };
@@ -184,7 +184,7 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scoring {
     pub device_id: String,
-    pub ts: Millis,
+    pub ts: Timestamp,
     pub mode: String,
     pub probability: f64,
     pub ttf_hours: Option<f64>,
@@ -221,7 +221,7 @@ impl Engine {
         Engine { cfg, models }
     }
 
-    pub fn new_state(&self, ts: Millis) -> DeviceState {
+    pub fn new_state(&self, ts: Timestamp) -> DeviceState {
         DeviceState::new(&self.cfg.window, ts)
     }
 
@@ -289,7 +289,7 @@ impl Engine {
                     // Formatted only when a ticket takes it.
                     let predicted = || {
                         s.ttf_hours
-                            .map(|h| format_ts(r.ts + (h * 3_600_000.0) as i64))
+                            .map(|h| (r.ts + (h * 3_600_000.0) as i64).format())
                     };
                     if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
                         let raise = alert
@@ -300,11 +300,11 @@ impl Engine {
                             t.probability = s.probability;
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
-                            t.updated_at = format_ts(r.ts);
+                            t.updated_at = r.ts.format();
                             t.evidence =
                                 a.evidence_named(mm, &x, self.cfg.evidence_features, &lm.names);
                             t.history.push(HistoryEntry {
-                                at: format_ts(r.ts),
+                                at: r.ts.format(),
                                 actor: "forewarn".into(),
                                 action: ALERT_RAISED.into(),
                                 from: None,
@@ -321,11 +321,11 @@ impl Engine {
                             t.probability = s.probability;
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
-                            t.updated_at = format_ts(r.ts);
+                            t.updated_at = r.ts.format();
                             t.evidence =
                                 a.evidence_named(mm, &x, self.cfg.evidence_features, &lm.names);
                             t.history.push(HistoryEntry {
-                                at: format_ts(r.ts),
+                                at: r.ts.format(),
                                 actor: "forewarn".into(),
                                 action: "updated".into(),
                                 from: None,
@@ -342,7 +342,7 @@ impl Engine {
                         let mut t = self.open(lm, mm, r, ctx, s.probability, predicted(), prio, &x);
                         if !alert {
                             t.history.push(HistoryEntry {
-                                at: format_ts(r.ts),
+                                at: r.ts.format(),
                                 actor: "forewarn".into(),
                                 action: ALERT_WITHHELD.into(),
                                 from: None,
@@ -376,7 +376,7 @@ impl Engine {
         x: &[f64],
     ) -> Ticket {
         let a = &lm.artifact;
-        let at = format_ts(r.ts);
+        let at = r.ts.format();
         Ticket {
             id: ticket_id(&self.cfg.ticket_id_key, &r.device_id, &mm.mode, r.ts),
             device_id: r.device_id.clone(),
@@ -421,7 +421,7 @@ impl Engine {
         t: &Ticket,
         p: f64,
         ttf: Option<f64>,
-        now: Millis,
+        now: Timestamp,
         prio: Priority,
     ) -> bool {
         if prio > t.priority {
@@ -430,10 +430,7 @@ impl Engine {
         if (p - t.probability).abs() >= self.cfg.update_min_probability_delta {
             return true;
         }
-        let old = t
-            .predicted_failure_at
-            .as_deref()
-            .and_then(crate::domain::parse_ts);
+        let old = t.predicted_failure_at.as_deref().and_then(Timestamp::parse);
         match (old, ttf) {
             (Some(old), Some(h)) => {
                 let new = now + (h * 3_600_000.0) as i64;
@@ -527,7 +524,7 @@ mod tests {
     fn r(h: i64, temp: f64) -> Reading {
         Reading {
             device_id: "d1".into(),
-            ts: h * 3_600_000,
+            ts: Timestamp::from_millis(h * 3_600_000),
             seq: None,
             metrics: vec![("temp".into(), temp)],
         }
@@ -542,7 +539,7 @@ mod tests {
     #[test]
     fn ticket_opens_after_consecutive_high_scores_and_only_once() {
         let e = engine();
-        let mut st = e.new_state(0);
+        let mut st = e.new_state(Timestamp::EPOCH);
         let mut live = vec![];
         let mut ch = vec![];
         for (h, t) in [(0, 70.0), (1, 85.0), (2, 86.0), (3, 87.0), (4, 87.2)] {
@@ -582,7 +579,7 @@ mod tests {
             cfg.clone(),
             Arc::new(Models::new(vec![a], &cfg.window).unwrap()),
         );
-        let mut st = e.new_state(0);
+        let mut st = e.new_state(Timestamp::EPOCH);
         let (mut live, mut ch) = (vec![], vec![]);
         for (h, t) in [(0, 70.0), (1, 85.0), (2, 86.0)] {
             e.reading(
@@ -602,7 +599,7 @@ mod tests {
     #[test]
     fn maintenance_settles_and_a_new_problem_opens_a_new_ticket() {
         let e = engine();
-        let mut st = e.new_state(0);
+        let mut st = e.new_state(Timestamp::EPOCH);
         let mut live = vec![];
         let mut ch = vec![];
         for h in 0..3 {
@@ -617,7 +614,7 @@ mod tests {
         }
         let ev = DeviceEvent {
             device_id: "d1".into(),
-            ts: 3 * 3_600_000,
+            ts: Timestamp::from_millis(3 * 3_600_000),
             kind: EventKind::Maintenance,
             code: "overheat".into(),
         };
@@ -645,13 +642,13 @@ mod tests {
     #[test]
     fn scoring_interval_limits_work_for_chatty_devices() {
         let e = engine();
-        let mut st = e.new_state(0);
+        let mut st = e.new_state(Timestamp::EPOCH);
         let mut live = vec![];
         let mut ch = vec![];
         let mut sc = vec![];
         for m in 0..120 {
             let rd = Reading {
-                ts: m * 60_000,
+                ts: Timestamp::from_millis(m * 60_000),
                 ..r(0, 50.0)
             };
             e.reading(

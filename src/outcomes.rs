@@ -152,7 +152,7 @@ mod tests {
             evidence: vec![],
             history: vec![],
             outcome,
-            opened_ms: 0,
+            opened_ms: crate::domain::Timestamp::EPOCH,
         }
     }
 

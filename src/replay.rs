@@ -8,7 +8,7 @@
 //! History files are often sorted by device rather than by time, so the rows are kept in a compact
 //! table (about 48 bytes per 4-metric reading) and sorted by time before publishing.
 
-use crate::domain::{DeviceEvent, EventKind, Millis};
+use crate::domain::{DeviceEvent, EventKind, Timestamp};
 use crate::history::{
     self, BadRows, HistoryError, ReadSummary, Refused, RowError, TelemetryReader,
 };
@@ -55,7 +55,7 @@ enum Kind {
 
 #[derive(Debug, Clone, Copy)]
 struct Item {
-    ts: Millis,
+    ts: Timestamp,
     device: u32,
     kind: Kind,
     at: u32,

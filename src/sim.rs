@@ -18,7 +18,7 @@
 
 pub mod realistic;
 
-use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
+use crate::domain::{DeviceEvent, EventKind, Reading, Timestamp};
 use crate::features::Attributes;
 use crate::history::{DeviceWriter, EventWriter, TelemetryWriter};
 use crate::ingest::encode::telemetry_payload;
@@ -67,7 +67,7 @@ pub struct SimConfig {
     pub devices: usize,
     pub seed: u64,
     /// Event time of the first tick.
-    pub start_ms: Millis,
+    pub start_ms: Timestamp,
     /// Event time between two readings of one device.
     pub interval_ms: i64,
     /// Number of ticks (readings per device) to generate.
@@ -88,7 +88,7 @@ impl Default for SimConfig {
             devices: 100,
             seed: 1,
             // 2025-01-01T00:00:00Z
-            start_ms: 1_735_689_600_000,
+            start_ms: Timestamp::from_millis(1_735_689_600_000),
             interval_ms: 3_600_000,
             ticks: 24 * 30,
             malformed_fraction: 0.0,
@@ -111,7 +111,7 @@ impl SimConfig {
     }
 
     /// Event time of the tick after the last one.
-    pub fn end_ms(&self) -> Millis {
+    pub fn end_ms(&self) -> Timestamp {
         self.start_ms
             .saturating_add(self.interval_ms.saturating_mul(self.ticks as i64))
     }
@@ -196,7 +196,7 @@ struct DeviceSim {
     wear: [f64; 3],
     /// Wear gained per hour of event time, per mode.
     rate: [f64; 3],
-    next_maintenance: Millis,
+    next_maintenance: Timestamp,
     seq: u64,
 }
 
@@ -290,7 +290,7 @@ impl Fleet {
     }
 
     /// Advances one device by one tick, queueing what it emits.
-    fn step(&mut self, i: usize, ts: Millis) {
+    fn step(&mut self, i: usize, ts: Timestamp) {
         let cfg = &self.cfg;
         let rng = &mut self.rng;
         let d = &mut self.devices[i];
@@ -383,7 +383,7 @@ impl Iterator for Fleet {
             }
             let ts = self.cfg.start_ms + self.cfg.interval_ms * self.tick as i64;
             if self.next_device == 0 {
-                let hour_of_day = (ts.rem_euclid(86_400_000)) as f64 / HOUR_MS;
+                let hour_of_day = (ts.as_millis().rem_euclid(86_400_000)) as f64 / HOUR_MS;
                 self.ambient = 3.0 * (std::f64::consts::TAU * (hour_of_day - 9.0) / 24.0).sin();
             }
             let i = self.next_device;
@@ -398,7 +398,8 @@ impl Iterator for Fleet {
 }
 
 /// A malformed payload of one of six kinds, each of which the decoder must reject.
-fn malformed_payload(kind: usize, ts: Millis, seq: u64, v: &[f64; 4]) -> Vec<u8> {
+fn malformed_payload(kind: usize, ts: Timestamp, seq: u64, v: &[f64; 4]) -> Vec<u8> {
+    let ms = ts.as_millis();
     match kind {
         // Cut off mid-way, as by a dropped connection.
         0 => {
@@ -410,9 +411,9 @@ fn malformed_payload(kind: usize, ts: Millis, seq: u64, v: &[f64; 4]) -> Vec<u8>
             full[..full.len() / 2].to_vec()
         }
         // A sensor reporting a string.
-        1 => format!(r#"{{"ts":{ts},"seq":{seq},"metrics":{{"temperature":"ERR"}}}}"#).into_bytes(),
+        1 => format!(r#"{{"ts":{ms},"seq":{seq},"metrics":{{"temperature":"ERR"}}}}"#).into_bytes(),
         // No metrics at all.
-        2 => format!(r#"{{"ts":{ts},"seq":{seq},"metrics":{{}}}}"#).into_bytes(),
+        2 => format!(r#"{{"ts":{ms},"seq":{seq},"metrics":{{}}}}"#).into_bytes(),
         // A clock that lost its mind.
         3 => format!(
             r#"{{"ts":"soon","seq":{seq},"metrics":{{"pressure":{}}}}}"#,
@@ -422,7 +423,7 @@ fn malformed_payload(kind: usize, ts: Millis, seq: u64, v: &[f64; 4]) -> Vec<u8>
         // Firmware writing Latin-1.
         4 => vec![b'{', 0xff, 0xfe, b'}'],
         // Infinity is not JSON.
-        _ => format!(r#"{{"ts":{ts},"metrics":{{"current":1e999}}}}"#).into_bytes(),
+        _ => format!(r#"{{"ts":{ms},"metrics":{{"current":1e999}}}}"#).into_bytes(),
     }
 }
 
@@ -644,7 +645,7 @@ mod tests {
             interval_ms: 60_000,
             ..SimConfig::default()
         };
-        let mut last = Millis::MIN;
+        let mut last = Timestamp::MIN;
         let mut readings = 0;
         let mut seqs = std::collections::HashMap::new();
         for e in Fleet::new(cfg.clone()) {

@@ -169,7 +169,7 @@ async fn a_broker_restart_mid_stream_loses_no_reading_and_changes_no_ticket() {
             let hr = 20 + 6 * i as i64 + 5;
             (
                 format!("rs-{i}"),
-                forewarn::domain::format_ts(daemon::T0 + hr * daemon::HOUR),
+                forewarn::domain::Timestamp::from_millis(daemon::T0 + hr * daemon::HOUR).format(),
             )
         })
         .collect();

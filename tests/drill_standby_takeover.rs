@@ -387,7 +387,7 @@ async fn drill(test: &str, protocol: u8, shared_group: Option<&str>) {
             .map(|b| forewarn::features::DeviceState::decode(&b).unwrap())
     };
     assert_eq!(
-        state(PROBE).map(|s| s.last_error_ts),
+        state(PROBE).map(|s| s.last_error_ts.as_millis()),
         Some(done),
         "the marker published after the history was applied"
     );

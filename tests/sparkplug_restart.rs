@@ -69,7 +69,7 @@ async fn a_birth_acknowledged_before_a_restart_still_reads_data_after_it() {
         h.app
             .device_state("site.gw.oven")
             .unwrap()
-            .is_some_and(|s| s.last_ts == T0 + HOUR)
+            .is_some_and(|s| s.last_ts == forewarn::domain::Timestamp::from_millis(T0 + HOUR))
     })
     .await;
     assert_eq!(

@@ -97,13 +97,13 @@ fn only_the_failure_modes_models_score_are_kept_in_device_state() {
     let cfg = EngineConfig::default();
     let models = Models::new(vec![hot_model()], &cfg.window).unwrap();
     let e = Engine::new(cfg, std::sync::Arc::new(models));
-    let mut st = e.new_state(0);
+    let mut st = e.new_state(forewarn::domain::Timestamp::EPOCH);
     let (mut live, mut changes) = (vec![], vec![]);
     for (i, code) in ["c1", "c2", "overheat", "c3"].iter().enumerate() {
         for kind in [EventKind::Maintenance, EventKind::Failure] {
             let ev = DeviceEvent {
                 device_id: "d".into(),
-                ts: i as i64 * HOUR,
+                ts: forewarn::domain::Timestamp::from_millis(i as i64 * HOUR),
                 kind,
                 code: (*code).into(),
             };

@@ -16,7 +16,9 @@ const TOLERANCE_MS: i64 = 2 * 3_600_000;
 /// Event time of a message (both payload kinds carry `ts` as RFC 3339).
 fn ts_of(m: &Message) -> i64 {
     let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("payload is JSON");
-    forewarn::domain::parse_ts(v["ts"].as_str().expect("ts")).expect("ts parses")
+    forewarn::domain::Timestamp::parse(v["ts"].as_str().expect("ts"))
+        .expect("ts parses")
+        .as_millis()
 }
 
 /// Delays every message by a random amount up to the tolerance (in event time) and publishes in

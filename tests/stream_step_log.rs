@@ -129,7 +129,7 @@ async fn kill_9_between_log_and_checkpoint_restarts_to_the_uninterrupted_state_a
         want.1
     );
     assert!(
-        want.1[0].contains(&forewarn::domain::format_ts(T0 + 35 * HOUR)),
+        want.1[0].contains(&forewarn::domain::Timestamp::from_millis(T0 + 35 * HOUR).format()),
         "opened at hour 35, its second reading at the level: {:?}",
         want.1
     );

@@ -31,13 +31,26 @@ async fn the_daemon_keys_ticket_ids_with_a_secret_that_survives_a_restart() {
         .timestamp_millis();
     assert_ne!(
         id,
-        ticket_id(&[], "pump-ids", mode, opened),
+        ticket_id(
+            &[],
+            "pump-ids",
+            mode,
+            forewarn::domain::Timestamp::from_millis(opened)
+        ),
         "the id is not the public hash of device, mode and time"
     );
     let key: Vec<u8> = h.app.store.get_kv("ticket_id_key").unwrap().unwrap();
     assert_eq!(key.len(), 32);
     assert_ne!(key, vec![0u8; 32]);
-    assert_eq!(id, ticket_id(&key, "pump-ids", mode, opened));
+    assert_eq!(
+        id,
+        ticket_id(
+            &key,
+            "pump-ids",
+            mode,
+            forewarn::domain::Timestamp::from_millis(opened)
+        )
+    );
     stop(h, tok).await;
 
     let (h, tok) = start(cfg).await;

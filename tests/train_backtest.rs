@@ -22,7 +22,7 @@ impl Rng {
 }
 
 fn ts(h: i64) -> String {
-    forewarn::domain::format_ts(1_600_000_000_000 / H * H + h * H)
+    forewarn::domain::Timestamp::from_millis(1_600_000_000_000 / H * H + h * H).format()
 }
 
 /// A fleet whose `temp` climbs during the last ~60 h before a `bearing` failure. Every fourth

@@ -7,7 +7,7 @@ mod support;
 use forewarn::archive::{self, Files, Record};
 use forewarn::cli::export::export;
 use forewarn::domain::{
-    format_ts, DeviceEvent, EventKind, ModelRef, Outcome, Priority, Reading, Status, Ticket,
+    DeviceEvent, EventKind, ModelRef, Outcome, Priority, Reading, Status, Ticket, Timestamp,
 };
 use forewarn::store::Store;
 use forewarn::train::csv::History;
@@ -32,7 +32,7 @@ fn daemon_data_dir(dir: &Path) {
             let temp = 50.0 + (h - (end - 30)).max(0) as f64 + noise;
             batch.push(Record::Reading(Reading {
                 device_id: id.clone(),
-                ts: h * H,
+                ts: Timestamp::from_millis(h * H),
                 seq: Some(h as u64 + 1),
                 metrics: vec![("temp".into(), temp)],
             }));
@@ -41,7 +41,7 @@ fn daemon_data_dir(dir: &Path) {
         for h in end..end + 24 {
             batch.push(Record::Reading(Reading {
                 device_id: id.clone(),
-                ts: h * H,
+                ts: Timestamp::from_millis(h * H),
                 seq: Some(h as u64 + 1),
                 metrics: vec![("temp".into(), 50.0)],
             }));
@@ -49,7 +49,7 @@ fn daemon_data_dir(dir: &Path) {
         let prevented = d >= 4;
         batch.push(Record::Event(DeviceEvent {
             device_id: id.clone(),
-            ts: end * H,
+            ts: Timestamp::from_millis(end * H),
             kind: if prevented {
                 EventKind::Maintenance
             } else {
@@ -57,7 +57,7 @@ fn daemon_data_dir(dir: &Path) {
             },
             code: "belt".into(),
         }));
-        files.write(&batch, 0).unwrap();
+        files.write(&batch, Timestamp::EPOCH).unwrap();
         if prevented {
             let opened = (end - 10) * H;
             tickets.push(Ticket {
@@ -69,8 +69,8 @@ fn daemon_data_dir(dir: &Path) {
                 priority: Priority::High,
                 probability: 0.9,
                 predicted_failure_at: None,
-                opened_at: format_ts(opened),
-                updated_at: format_ts(end * H),
+                opened_at: Timestamp::from_millis(opened).format(),
+                updated_at: Timestamp::from_millis(end * H).format(),
                 model: ModelRef {
                     name: "m".into(),
                     version: "1".into(),
@@ -78,7 +78,7 @@ fn daemon_data_dir(dir: &Path) {
                 evidence: vec![],
                 history: vec![],
                 outcome: Some(Outcome::ConfirmedFault),
-                opened_ms: opened,
+                opened_ms: Timestamp::from_millis(opened),
             });
         }
     }

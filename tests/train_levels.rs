@@ -30,14 +30,14 @@ fn fleet(dir: &std::path::Path) -> History {
                     }
                 })
                 + noise;
-            let ts = forewarn::domain::format_ts(h * 3_600_000);
+            let ts = forewarn::domain::Timestamp::from_millis(h * 3_600_000).format();
             writeln!(tel, "d{d:02},{ts},{temp:.2},{volt:.2}").unwrap();
         }
         if let Some(f) = fuse_at {
-            let ts = forewarn::domain::format_ts(f * 3_600_000);
+            let ts = forewarn::domain::Timestamp::from_millis(f * 3_600_000).format();
             writeln!(ev, "d{d:02},{ts},failure,fuse").unwrap();
         }
-        let ts = forewarn::domain::format_ts(life * 3_600_000);
+        let ts = forewarn::domain::Timestamp::from_millis(life * 3_600_000).format();
         writeln!(ev, "d{d:02},{ts},failure,belt").unwrap();
     }
     write_history(dir, &tel, &ev)

@@ -57,17 +57,17 @@ fn training_rows_score_exactly_like_the_engine_scores_the_same_readings() {
             } else {
                 format!("{}", (k % 9) as f64)
             };
-            let ts = forewarn::domain::format_ts(k * 1_200_000);
+            let ts = forewarn::domain::Timestamp::from_millis(k * 1_200_000).format();
             writeln!(tel, "m{d},{ts},{temp:.2},{load}").unwrap();
         }
         if d % 3 == 0 {
-            let ts = forewarn::domain::format_ts(30 * 3_600_000);
+            let ts = forewarn::domain::Timestamp::from_millis(30 * 3_600_000).format();
             writeln!(ev, "m{d},{ts},maintenance,belt").unwrap();
         }
         writeln!(
             ev,
             "m{d},{},failure,belt",
-            forewarn::domain::format_ts(life * 3_600_000)
+            forewarn::domain::Timestamp::from_millis(life * 3_600_000).format()
         )
         .unwrap();
     }
@@ -101,22 +101,22 @@ fn event_code_features_are_computed_alike_in_training_and_in_the_engine() {
             writeln!(
                 tel,
                 "m{d},{},{temp:.2}",
-                forewarn::domain::format_ts(h * 3_600_000)
+                forewarn::domain::Timestamp::from_millis(h * 3_600_000).format()
             )
             .unwrap();
             if life - h <= 20 && h % 3 == 0 {
-                let ts = forewarn::domain::format_ts(h * 3_600_000 + 600_000);
+                let ts = forewarn::domain::Timestamp::from_millis(h * 3_600_000 + 600_000).format();
                 writeln!(ev, "m{d},{ts},error,E7").unwrap();
             }
             if (h + d) % 17 == 0 {
-                let ts = forewarn::domain::format_ts(h * 3_600_000 + 900_000);
+                let ts = forewarn::domain::Timestamp::from_millis(h * 3_600_000 + 900_000).format();
                 writeln!(ev, "m{d},{ts},error,E1").unwrap();
             }
         }
         writeln!(
             ev,
             "m{d},{},failure,pump",
-            forewarn::domain::format_ts(life * 3_600_000)
+            forewarn::domain::Timestamp::from_millis(life * 3_600_000).format()
         )
         .unwrap();
     }

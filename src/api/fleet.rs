@@ -13,7 +13,7 @@
 
 use super::ApiError;
 use crate::app::{Fleetwide, Peers};
-use crate::domain::{parse_ts, Status, Ticket};
+use crate::domain::{Status, Ticket, Timestamp};
 use axum::http::{HeaderMap, HeaderValue};
 use std::collections::BTreeMap;
 
@@ -120,10 +120,10 @@ pub fn merge(
     copies: impl IntoIterator<Item = (String, Ticket)>,
     owner: impl Fn(&str) -> Option<String>,
 ) -> Vec<Ticket> {
-    let mut best: BTreeMap<String, (bool, i64, Ticket)> = BTreeMap::new();
+    let mut best: BTreeMap<String, (bool, Timestamp, Ticket)> = BTreeMap::new();
     for (from, t) in copies {
         let authoritative = owner(&t.device_id).as_deref() == Some(from.as_str());
-        let changed = parse_ts(&t.updated_at).unwrap_or(t.opened_ms);
+        let changed = Timestamp::parse(&t.updated_at).unwrap_or(t.opened_ms);
         let better = match best.get(&t.id) {
             None => true,
             Some((a, c, _)) => (authoritative, changed) > (*a, *c),

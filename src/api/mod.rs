@@ -272,7 +272,7 @@ async fn list_tickets(
         Some(s) => Some(
             s.parse::<i64>()
                 .ok()
-                .or_else(|| crate::domain::parse_ts(s))
+                .or_else(|| crate::domain::Timestamp::parse(s).map(|t| t.as_millis()))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!("since {s:?} is not RFC 3339 or epoch ms"))
                 })?,
@@ -803,7 +803,9 @@ async fn readyz(State(ApiState { monitor, .. }): State<ApiState>) -> Response {
     let upstream_loss = if loss.readings_missing > 0 {
         UpstreamLoss::Lost(LostReadings {
             readings_missing: loss.readings_missing,
-            last_gap_at: loss.last_gap_ms.map(crate::domain::format_ts),
+            last_gap_at: loss
+                .last_gap_ms
+                .map(|ms| crate::domain::Timestamp::from_millis(ms).format()),
         })
     } else {
         UpstreamLoss::None(false)

@@ -6,7 +6,7 @@ use super::state::{apply_reading, clip, encode_step, gap_key, log_record, Core, 
 use super::status::LossNote;
 use super::{App, CoreError, Gap};
 use crate::dispatch::DispatchRow;
-use crate::domain::{format_ts, RejectReason};
+use crate::domain::{RejectReason, Timestamp};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine};
 use crate::features::Observed;
 use crate::fleet::Device;
@@ -231,13 +231,13 @@ impl App {
                 if let Some(ts) = items
                     .iter()
                     .map(Item::ts)
-                    .find(|&ts| ts > m.received_ms.saturating_add(skew))
+                    .find(|&ts| ts > Timestamp::from_millis(m.received_ms).saturating_add(skew))
                 {
                     let rej = Reject::new(
                         RejectReason::FutureTs,
                         format!(
                             "timestamp {} is more than {} ahead of receipt",
-                            format_ts(ts),
+                            ts.format(),
                             self.settings.ingest.max_clock_skew
                         ),
                     );
@@ -548,8 +548,11 @@ impl App {
                             after_seq: prev,
                             next_seq: seq,
                             missing,
-                            ts: format_ts(r.ts),
-                            noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
+                            ts: r.ts.format(),
+                            noticed_at: Timestamp::from_millis(
+                                chrono::Utc::now().timestamp_millis(),
+                            )
+                            .format(),
                         };
                         self.signals
                             .gaps

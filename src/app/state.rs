@@ -3,7 +3,7 @@
 
 use super::commit::{Shared, Tally};
 use super::{App, CoreError};
-use crate::domain::{Millis, Reading, Ticket};
+use crate::domain::{Reading, Ticket, Timestamp};
 use crate::engine::{Change, DeviceCtx, Engine, Scoring};
 use crate::features::{DeviceState, Observed};
 use crate::fleet::Device;
@@ -155,7 +155,7 @@ impl App {
             let Some(list) = steps.remove(&device) else {
                 continue;
             };
-            let (mut slot, _) = core.load(&self.store, &device, Millis::MIN)?;
+            let (mut slot, _) = core.load(&self.store, &device, Timestamp::MIN)?;
             core.replay_steps(&self.registry.read().devices, &device, &mut slot, list);
             slot.logged = true;
             core.slots.insert(device, slot);
@@ -297,7 +297,7 @@ impl App {
         let Some(after) = self.settings.ingest.forget_after else {
             return Ok(0);
         };
-        let cutoff = now_ms.saturating_sub(after.as_millis_i64());
+        let cutoff = Timestamp::from_millis(now_ms).saturating_sub(after.as_millis_i64());
         let mut core = self.core.lock();
         let core = &mut *core;
         self.recover_if_needed(core)?;
@@ -307,7 +307,7 @@ impl App {
                 Some(slot) => Some(
                     slot.state
                         .last_ts
-                        .max(slot.reorder.max_seen.unwrap_or(Millis::MIN)),
+                        .max(slot.reorder.max_seen.unwrap_or(Timestamp::MIN)),
                 ),
                 None => DeviceState::decode(&bytes).map(|s| s.last_ts),
             };
@@ -373,7 +373,7 @@ impl App {
         if let Some(s) = core.slots.get(device) {
             return Ok(Some(s.state.clone()));
         }
-        let (slot, found) = core.load(&self.store, device, Millis::MIN)?;
+        let (slot, found) = core.load(&self.store, device, Timestamp::MIN)?;
         Ok(found.then_some(slot.state))
     }
 
@@ -406,7 +406,7 @@ impl App {
         let mut tally = Tally::default();
         let mut released = Vec::new();
         for d in &devices {
-            core.slot(&self.store, d, Millis::MIN, &mut dirty)?;
+            core.slot(&self.store, d, Timestamp::MIN, &mut dirty)?;
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
                 slot.steps.push(encode_step(&Step::Flush));
                 slot.reorder.flush(d, &mut released);
@@ -439,7 +439,7 @@ impl Core {
         &mut self,
         store: &Store,
         device: &str,
-        ts: i64,
+        ts: Timestamp,
         dirty: &mut Vec<String>,
     ) -> Result<(), CoreError> {
         self.tick += 1;
@@ -469,7 +469,7 @@ impl Core {
         &self,
         store: &Store,
         device: &str,
-        ts: Millis,
+        ts: Timestamp,
     ) -> Result<(Slot, bool), CoreError> {
         let state = store.load_state(device)?.and_then(|bytes| {
             let s = DeviceState::decode(&bytes);

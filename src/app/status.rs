@@ -4,7 +4,7 @@
 use super::commit::Tally;
 use super::state::clip;
 use super::{App, Fleetwide};
-use crate::domain::{format_ts, Millis};
+use crate::domain::Timestamp;
 use crate::engine::Scoring;
 use crate::ingest::decode::Reject;
 use crate::ingest::mqtt::ConnectionObserver;
@@ -100,8 +100,8 @@ pub struct Watch {
 pub(super) struct WatchEntry {
     mode: String,
     probability: f64,
-    since: Millis,
-    scored: Millis,
+    since: Timestamp,
+    scored: Timestamp,
 }
 
 pub(super) fn new_watch(s: &Scoring) -> WatchEntry {
@@ -228,8 +228,8 @@ impl App {
             after_seq: prev,
             next_seq: seq,
             missing: g.missing,
-            ts: format_ts(received_ms),
-            noticed_at: format_ts(chrono::Utc::now().timestamp_millis()),
+            ts: Timestamp::from_millis(received_ms).format(),
+            noticed_at: Timestamp::from_millis(chrono::Utc::now().timestamp_millis()).format(),
         };
         self.signals
             .gaps
@@ -397,7 +397,7 @@ impl App {
         }
         let prefix = &payload[..payload.len().min(256)];
         let rec = RejectRecord {
-            received_at: format_ts(now),
+            received_at: Timestamp::from_millis(now).format(),
             topic: clip(topic, 200).to_string(),
             reason: rej.reason.as_str(),
             detail: clip(&rej.detail, 500).to_string(),
@@ -521,8 +521,8 @@ impl Monitor {
                     device_id: device.clone(),
                     mode: w.mode.clone(),
                     probability: w.probability,
-                    since: format_ts(w.since),
-                    scored_at: format_ts(w.scored),
+                    since: w.since.format(),
+                    scored_at: w.scored.format(),
                 })
             })
             .collect();

@@ -2,7 +2,7 @@
 //! through the single writer.
 
 use super::{App, CoreError};
-use crate::domain::{format_ts, HistoryEntry, Outcome, Status, Ticket};
+use crate::domain::{HistoryEntry, Outcome, Status, Ticket, Timestamp};
 use crate::engine::{Change, ChangeKind};
 use crate::features::DeviceState;
 use crate::fleet::{Customer, Device};
@@ -120,13 +120,13 @@ impl App {
             .store
             .ticket(id)?
             .ok_or_else(|| CoreError::TicketNotFound(id.to_string()))?;
-        let now = self.notifier.now_ms();
+        let now = Timestamp::from_millis(self.notifier.now_ms());
         let previous_priority = Some(t.priority);
         match to {
             Some(to) => t.transition(to, actor, now, note)?,
             None => {
                 t.history.push(HistoryEntry {
-                    at: format_ts(now),
+                    at: now.format(),
                     actor: actor.to_string(),
                     action: "note".into(),
                     from: None,
@@ -150,7 +150,7 @@ impl App {
         };
         let mut tx = self.store.tx();
         also(&t, &mut tx)?;
-        self.record_change(&mut tx, &change, now);
+        self.record_change(&mut tx, &change, now.as_millis());
         self.store.commit(tx)?;
         if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {
             slot.live.retain(|x| x.id != t.id);

@@ -34,8 +34,8 @@ pub use config::{Config, SlaConfig, Technician};
 
 use crate::app::{CoreError, Fleet, Tickets};
 use crate::domain::{
-    format_ts, proposal_key, visit_key, Millis, Outcome, Priority, Proposal, Slot, Status, Ticket,
-    Visit, VISIT_PREFIX,
+    proposal_key, visit_key, Outcome, Priority, Proposal, Slot, Status, Ticket, Timestamp, Visit,
+    VISIT_PREFIX,
 };
 use crate::notify::TimelineEntry;
 use crate::store::{StoreError, TicketFilter, Tx};
@@ -73,13 +73,13 @@ fn assignment_key(ticket_id: &str) -> String {
 }
 
 /// Records that `tech` is on the ticket: assigning, proposing slots and booking a visit all do.
-fn put_assignment(tx: &mut Tx, ticket_id: &str, tech: &Technician, now: Millis, actor: &str) {
+fn put_assignment(tx: &mut Tx, ticket_id: &str, tech: &Technician, now: Timestamp, actor: &str) {
     tx.put_kv(
         &assignment_key(ticket_id),
         &Assignment {
             ticket_id: ticket_id.to_string(),
             technician_id: tech.id.clone(),
-            at: format_ts(now),
+            at: now.format(),
             by: actor.to_string(),
         },
     );
@@ -199,8 +199,8 @@ impl Board {
     }
 
     /// The clock tickets are stamped by (the demo's simulated one, or the wall clock).
-    pub fn now(&self) -> Millis {
-        self.tickets.notifier().now_ms()
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.tickets.notifier().now_ms())
     }
 
     /// Grows with every ticket change and every board-only change: what live pages watch.
@@ -226,7 +226,7 @@ impl Board {
     }
 
     /// When a ticket must have had a response.
-    pub fn deadline(&self, t: &Ticket) -> Millis {
+    pub fn deadline(&self, t: &Ticket) -> Timestamp {
         self.cal.deadline(t.opened_ms, self.sla_of(t.priority))
     }
 
@@ -339,21 +339,21 @@ impl Board {
         if !slots::within_hours(&self.cal, self.hours_of(tech), s) {
             return Err(BoardError::Invalid(format!(
                 "{} is outside {}'s working hours on a business day",
-                format_ts(s.start_ms),
+                s.start_ms.format(),
                 tech.name
             )));
         }
         if s.start_ms < self.now() {
             return Err(BoardError::Invalid(format!(
                 "{} has passed",
-                format_ts(s.start_ms)
+                s.start_ms.format()
             )));
         }
         if self.busy(&tech.id, ticket_id).iter().any(|b| b.overlaps(s)) {
             return Err(BoardError::Invalid(format!(
                 "{} already has a visit at {}",
                 tech.name,
-                format_ts(s.start_ms)
+                s.start_ms.format()
             )));
         }
         Ok(())
@@ -427,7 +427,7 @@ impl Board {
             tech.name,
             slots
                 .iter()
-                .map(|s| format_ts(s.start_ms))
+                .map(|s| s.start_ms.format())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -439,7 +439,7 @@ impl Board {
                     ticket_id: t.id.clone(),
                     technician_id: tech.id.clone(),
                     slots,
-                    proposed_at: format_ts(now),
+                    proposed_at: now.format(),
                     by: actor.to_string(),
                 },
             );
@@ -462,7 +462,7 @@ impl Board {
         let note = format!(
             "visit booked with {} at {}",
             tech.name,
-            format_ts(slot.start_ms)
+            slot.start_ms.format()
         );
         self.change(id, Some(Status::Scheduled), actor, &note, None, |t, tx| {
             tx.put_kv(
@@ -471,7 +471,7 @@ impl Board {
                     ticket_id: t.id.clone(),
                     technician_id: tech.id.clone(),
                     slot,
-                    booked_at: format_ts(now),
+                    booked_at: now.format(),
                     booked_by: actor.to_string(),
                 },
             );
@@ -583,10 +583,7 @@ impl Board {
                     status: t.status,
                     priority: t.priority,
                     probability: t.probability,
-                    predicted_ms: t
-                        .predicted_failure_at
-                        .as_deref()
-                        .and_then(crate::domain::parse_ts),
+                    predicted_ms: t.predicted_failure_at.as_deref().and_then(Timestamp::parse),
                     opened_ms: t.opened_ms,
                     deadline_ms: self.deadline(t),
                     responded: t.status != Status::Open,

@@ -4,7 +4,7 @@
 use super::queue::{self, Filter, StatusFilter};
 use super::session::{self, Role, Session};
 use super::{Board, BoardError, Resolution};
-use crate::domain::{format_ts, Millis, Slot, Status, Ticket};
+use crate::domain::{Slot, Status, Ticket, Timestamp};
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -171,24 +171,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 // ------------------------------------------------------------------ formatting
 
 impl Board {
-    fn local(&self, ms: Millis) -> String {
+    fn local(&self, ms: Timestamp) -> String {
         self.cal
             .tz
-            .timestamp_millis_opt(ms)
+            .timestamp_millis_opt(ms.as_millis())
             .single()
             .map(|t| t.format("%a %d %b %Y %H:%M").to_string())
-            .unwrap_or_else(|| format_ts(ms))
+            .unwrap_or_else(|| ms.format())
     }
     fn local_ts(&self, rfc: &str) -> String {
-        crate::domain::parse_ts(rfc)
+        Timestamp::parse(rfc)
             .map(|ms| self.local(ms))
             .unwrap_or_else(|| rfc.to_string())
     }
     /// "14:00" in the board's time zone.
-    fn hm(&self, ms: Millis) -> String {
+    fn hm(&self, ms: Timestamp) -> String {
         self.cal
             .tz
-            .timestamp_millis_opt(ms)
+            .timestamp_millis_opt(ms.as_millis())
             .single()
             .map(|t| t.format("%H:%M").to_string())
             .unwrap_or_default()
@@ -459,7 +459,7 @@ struct QueueQuery {
     error: Option<String>,
 }
 
-fn row_view(b: &Board, r: &queue::Row, now: Millis) -> RowView {
+fn row_view(b: &Board, r: &queue::Row, now: Timestamp) -> RowView {
     RowView {
         id: r.id.clone(),
         priority: r.priority.as_str(),
@@ -722,7 +722,7 @@ fn ticket_view(b: &Board, t: &Ticket) -> TicketView {
 
 /// The ticket's history (dispatch side) and the customer's timeline for it, in time order.
 fn history(b: &Board, t: &Ticket, customer_id: &str) -> Vec<HistoryLine> {
-    let mut lines: Vec<(Millis, HistoryLine)> = t
+    let mut lines: Vec<(Timestamp, HistoryLine)> = t
         .history
         .iter()
         .map(|h| {
@@ -734,7 +734,7 @@ fn history(b: &Board, t: &Ticket, customer_id: &str) -> Vec<HistoryLine> {
                 (None, true) => h.action.clone(),
             };
             (
-                crate::domain::parse_ts(&h.at).unwrap_or(0),
+                Timestamp::parse(&h.at).unwrap_or(Timestamp::EPOCH),
                 HistoryLine {
                     at: b.local_ts(&h.at),
                     side: if h.actor.starts_with("customer:") {
@@ -770,7 +770,7 @@ fn history(b: &Board, t: &Ticket, customer_id: &str) -> Vec<HistoryLine> {
                 _ => format!("{channel}: {}", e.detail),
             };
             lines.push((
-                crate::domain::parse_ts(&e.at).unwrap_or(0),
+                Timestamp::parse(&e.at).unwrap_or(Timestamp::EPOCH),
                 HistoryLine {
                     at: b.local_ts(&e.at),
                     side: "customer",
@@ -849,7 +849,7 @@ fn render_ticket(b: &Board, s: &Session, id: &str, flash: &Flash) -> Response {
     let customer_link = if t.is_live() && !view.customer_id.is_empty() && s.role.can_act() {
         b.tickets
             .notifier()
-            .link_for(&t, &view.customer_id, b.now())
+            .link_for(&t, &view.customer_id, b.now().as_millis())
     } else {
         String::new()
     };
@@ -890,7 +890,7 @@ fn render_ticket(b: &Board, s: &Session, id: &str, flash: &Flash) -> Response {
         free_slots: free
             .iter()
             .map(|x| SlotOpt {
-                value: x.start_ms.to_string(),
+                value: x.start_ms.as_millis().to_string(),
                 label: b.slot_words(x),
             })
             .collect(),
@@ -951,7 +951,7 @@ async fn ticket_action(
     let note = param(&f, "note").unwrap_or("").trim().to_string();
     let tech = param(&f, "technician").unwrap_or("").to_string();
     let slot_of = |v: &str, b: &Board| -> Option<Slot> {
-        let start: Millis = v.parse().ok()?;
+        let start = Timestamp::from_millis(v.parse().ok()?);
         Some(Slot {
             start_ms: start,
             end_ms: start + b.cfg.slot_length.as_millis_i64(),

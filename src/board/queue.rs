@@ -1,7 +1,7 @@
 //! The queue (pure): one row per ticket with what a dispatcher decides on, ordered by the time
 //! left before the predicted failure, and the filters.
 
-use crate::domain::{Millis, Priority, Slot, Status};
+use crate::domain::{Priority, Slot, Status, Timestamp};
 
 /// One line of the queue.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,10 +19,10 @@ pub struct Row {
     pub status: Status,
     pub priority: Priority,
     pub probability: f64,
-    pub predicted_ms: Option<Millis>,
-    pub opened_ms: Millis,
+    pub predicted_ms: Option<Timestamp>,
+    pub opened_ms: Timestamp,
     /// When a response is due (from the SLA of the priority).
-    pub deadline_ms: Millis,
+    pub deadline_ms: Timestamp,
     /// Someone acted on it: it left `open`.
     pub responded: bool,
     /// How the customer was reached ("SMS, delivered"), or that they were not (yet).
@@ -36,15 +36,15 @@ pub struct Row {
 
 impl Row {
     /// Time left before the predicted failure (negative: past it).
-    pub fn left_ms(&self, now: Millis) -> Option<Millis> {
+    pub fn left_ms(&self, now: Timestamp) -> Option<i64> {
         self.predicted_ms.map(|p| p - now)
     }
     /// How far ahead of the failure the ticket opened.
-    pub fn lead_ms(&self) -> Option<Millis> {
+    pub fn lead_ms(&self) -> Option<i64> {
         self.predicted_ms.map(|p| p - self.opened_ms)
     }
     /// Nobody responded and the deadline has passed.
-    pub fn breached(&self, now: Millis) -> bool {
+    pub fn breached(&self, now: Timestamp) -> bool {
         !self.responded && now > self.deadline_ms
     }
 }
@@ -53,7 +53,12 @@ impl Row {
 /// first; then by id, so the order is stable.
 pub fn order(rows: &mut [Row]) {
     rows.sort_by(|a, b| {
-        let key = |r: &Row| (r.predicted_ms.is_none(), r.predicted_ms.unwrap_or(0));
+        let key = |r: &Row| {
+            (
+                r.predicted_ms.is_none(),
+                r.predicted_ms.unwrap_or(Timestamp::EPOCH),
+            )
+        };
         key(a)
             .cmp(&key(b))
             .then(b.probability.total_cmp(&a.probability))
@@ -106,7 +111,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, r: &Row, now: Millis) -> bool {
+    pub fn matches(&self, r: &Row, now: Timestamp) -> bool {
         self.status.admits(r.status)
             && (self.customer.is_empty() || r.customer_id == self.customer)
             && (self.mode.is_empty() || r.mode == self.mode)
@@ -116,7 +121,7 @@ impl Filter {
 }
 
 /// A span of time as people read it: "45 min", "3 h 20 min", "2 d 4 h".
-pub fn span(ms: Millis) -> String {
+pub fn span(ms: i64) -> String {
     let m = ms.unsigned_abs() / 60_000;
     let (d, h, min) = (m / 1440, (m % 1440) / 60, m % 60);
     match (d, h) {
@@ -132,9 +137,9 @@ pub fn span(ms: Millis) -> String {
 mod tests {
     use super::*;
 
-    const H: Millis = 3_600_000;
+    const H: i64 = 3_600_000;
 
-    fn row(id: &str, predicted: Option<Millis>, p: f64) -> Row {
+    fn row(id: &str, predicted: Option<Timestamp>, p: f64) -> Row {
         Row {
             id: id.into(),
             device_id: format!("dev-{id}"),
@@ -147,8 +152,8 @@ mod tests {
             priority: Priority::High,
             probability: p,
             predicted_ms: predicted,
-            opened_ms: 0,
-            deadline_ms: 4 * H,
+            opened_ms: Timestamp::EPOCH,
+            deadline_ms: Timestamp::from_millis(4 * H),
             responded: false,
             reached: String::new(),
             answered: String::new(),
@@ -160,26 +165,26 @@ mod tests {
     #[test]
     fn the_soonest_failure_comes_first_and_unknown_times_last_by_likelihood() {
         let mut rows = vec![
-            row("a", Some(50 * H), 0.9),
+            row("a", Some(Timestamp::from_millis(50 * H)), 0.9),
             row("b", None, 0.6),
-            row("c", Some(10 * H), 0.5),
+            row("c", Some(Timestamp::from_millis(10 * H)), 0.5),
             row("d", None, 0.95),
-            row("e", Some(10 * H), 0.8),
+            row("e", Some(Timestamp::from_millis(10 * H)), 0.8),
         ];
         order(&mut rows);
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["e", "c", "a", "d", "b"]);
-        assert_eq!(rows[0].left_ms(4 * H), Some(6 * H));
+        assert_eq!(rows[0].left_ms(Timestamp::from_millis(4 * H)), Some(6 * H));
         assert_eq!(rows[0].lead_ms(), Some(10 * H));
     }
 
     #[test]
     fn a_deadline_is_breached_only_without_a_response() {
         let mut r = row("a", None, 0.9);
-        assert!(!r.breached(4 * H));
-        assert!(r.breached(4 * H + 1));
+        assert!(!r.breached(Timestamp::from_millis(4 * H)));
+        assert!(r.breached(Timestamp::from_millis(4 * H + 1)));
         r.responded = true;
-        assert!(!r.breached(10 * H));
+        assert!(!r.breached(Timestamp::from_millis(10 * H)));
     }
 
     #[test]
@@ -194,7 +199,7 @@ mod tests {
         let rows = [row("a", None, 0.9), other, closed];
         let ids = |f: &Filter| -> Vec<String> {
             rows.iter()
-                .filter(|r| f.matches(r, now))
+                .filter(|r| f.matches(r, Timestamp::from_millis(now)))
                 .map(|r| r.id.clone())
                 .collect()
         };

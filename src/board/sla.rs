@@ -1,7 +1,7 @@
 //! Response deadlines (pure): an SLA per priority, counted in clock time or in business hours,
 //! over a business calendar (opening hours, business days, holidays, in one time zone).
 
-use crate::domain::{Dur, Millis};
+use crate::domain::{Dur, Timestamp};
 use chrono::{Datelike, Duration, NaiveDate, NaiveTime, TimeZone};
 use chrono_tz::Tz;
 use std::collections::BTreeSet;
@@ -51,9 +51,9 @@ impl HourMin for NaiveTime {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sla {
     /// Within this much clock time.
-    Clock(Millis),
+    Clock(i64),
     /// Within this much business time (only open hours of business days count).
-    Business(Millis),
+    Business(i64),
     /// By the close of the business day after the one it opened on.
     NextBusinessDay,
 }
@@ -147,20 +147,20 @@ impl BusinessCalendar {
     }
 
     /// The local date of a moment.
-    pub fn date_of(&self, ms: Millis) -> Option<NaiveDate> {
+    pub fn date_of(&self, ms: Timestamp) -> Option<NaiveDate> {
         self.tz
-            .timestamp_millis_opt(ms)
+            .timestamp_millis_opt(ms.as_millis())
             .single()
             .map(|t| t.date_naive())
     }
 
     /// A local wall-clock time on `d` as epoch ms (the earlier one when a clock change repeats
     /// it, the next valid minute when one skips it).
-    pub fn at(&self, d: NaiveDate, minutes: u32) -> Option<Millis> {
+    pub fn at(&self, d: NaiveDate, minutes: u32) -> Option<Timestamp> {
         let mut naive = d.and_hms_opt(minutes / 60, minutes % 60, 0)?;
         for _ in 0..180 {
             if let Some(t) = self.tz.from_local_datetime(&naive).earliest() {
-                return Some(t.timestamp_millis());
+                return Some(Timestamp::from_millis(t.timestamp_millis()));
             }
             naive += Duration::minutes(1);
         }
@@ -168,12 +168,12 @@ impl BusinessCalendar {
     }
 
     /// The window `[from, to)` of `d` between local minutes `open` and `close`.
-    pub fn window(&self, d: NaiveDate, open: u32, close: u32) -> Option<(Millis, Millis)> {
+    pub fn window(&self, d: NaiveDate, open: u32, close: u32) -> Option<(Timestamp, Timestamp)> {
         Some((self.at(d, open)?, self.at(d, close)?))
     }
 
     /// When a ticket opened at `start` must have had a response.
-    pub fn deadline(&self, start: Millis, sla: Sla) -> Millis {
+    pub fn deadline(&self, start: Timestamp, sla: Sla) -> Timestamp {
         match sla {
             Sla::Clock(ms) => start.saturating_add(ms),
             Sla::Business(ms) => self.add_business(start, ms),
@@ -196,7 +196,7 @@ impl BusinessCalendar {
     }
 
     /// `start` plus `ms` of business time.
-    pub fn add_business(&self, start: Millis, ms: Millis) -> Millis {
+    pub fn add_business(&self, start: Timestamp, ms: i64) -> Timestamp {
         let Some(mut d) = self.date_of(start) else {
             return start;
         };
@@ -226,7 +226,7 @@ impl BusinessCalendar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{format_ts, parse_ts};
+    use crate::domain::Timestamp;
 
     fn cal(tz: &str, holidays: &[&str]) -> BusinessCalendar {
         BusinessCalendar::new(
@@ -238,8 +238,8 @@ mod tests {
         .unwrap()
     }
 
-    fn ts(s: &str) -> Millis {
-        parse_ts(s).unwrap()
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse(s).unwrap()
     }
 
     #[test]
@@ -259,7 +259,7 @@ mod tests {
         let c = cal("UTC", &[]);
         // Friday 22:00 + 4 h = Saturday 02:00.
         let d = c.deadline(ts("2026-11-27T22:00:00Z"), Sla::Clock(4 * 3_600_000));
-        assert_eq!(format_ts(d), "2026-11-28T02:00:00Z");
+        assert_eq!(d.format(), "2026-11-28T02:00:00Z");
     }
 
     #[test]
@@ -267,10 +267,10 @@ mod tests {
         let c = cal("UTC", &["2026-11-30"]);
         // Friday afternoon: Monday is a holiday, so Tuesday's close.
         let d = c.deadline(ts("2026-11-27T15:00:00Z"), Sla::NextBusinessDay);
-        assert_eq!(format_ts(d), "2026-12-01T17:00:00Z");
+        assert_eq!(d.format(), "2026-12-01T17:00:00Z");
         // Tuesday morning: Wednesday's close.
         let d = c.deadline(ts("2026-12-01T09:00:00Z"), Sla::NextBusinessDay);
-        assert_eq!(format_ts(d), "2026-12-02T17:00:00Z");
+        assert_eq!(d.format(), "2026-12-02T17:00:00Z");
     }
 
     #[test]
@@ -279,13 +279,13 @@ mod tests {
         // Thursday 15:00 + 4 business hours: 2 h on Thursday, 2 h from Friday… a holiday, so
         // Monday 10:00.
         let d = c.add_business(ts("2026-12-24T15:00:00Z"), 4 * 3_600_000);
-        assert_eq!(format_ts(d), "2026-12-28T10:00:00Z");
+        assert_eq!(d.format(), "2026-12-28T10:00:00Z");
         // Opened before opening: the count starts at 08:00.
         let d = c.add_business(ts("2026-12-22T03:00:00Z"), 3_600_000);
-        assert_eq!(format_ts(d), "2026-12-22T09:00:00Z");
+        assert_eq!(d.format(), "2026-12-22T09:00:00Z");
         // Saturday night: Monday 08:00 + 1 h.
         let d = c.add_business(ts("2026-12-26T23:00:00Z"), 3_600_000);
-        assert_eq!(format_ts(d), "2026-12-28T09:00:00Z");
+        assert_eq!(d.format(), "2026-12-28T09:00:00Z");
     }
 
     #[test]
@@ -293,11 +293,11 @@ mod tests {
         let c = cal("Asia/Bangkok", &[]);
         // 01:00 UTC is 08:00 in Bangkok: one business hour later is 02:00 UTC.
         let d = c.add_business(ts("2026-12-22T01:00:00Z"), 3_600_000);
-        assert_eq!(format_ts(d), "2026-12-22T02:00:00Z");
+        assert_eq!(d.format(), "2026-12-22T02:00:00Z");
         let c = cal("Europe/Berlin", &[]);
         // Across the spring clock change the close is still 17:00 local (15:00 UTC in summer).
         let d = c.deadline(ts("2026-03-27T12:00:00Z"), Sla::NextBusinessDay);
-        assert_eq!(format_ts(d), "2026-03-30T15:00:00Z");
+        assert_eq!(d.format(), "2026-03-30T15:00:00Z");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! after a moment, clear of the visits they already have.
 
 use super::sla::BusinessCalendar;
-use crate::domain::{Millis, Slot};
+use crate::domain::{Slot, Timestamp};
 
 /// How many days ahead free slots are looked for.
 const HORIZON_DAYS: usize = 60;
@@ -12,8 +12,8 @@ const HORIZON_DAYS: usize = 60;
 pub fn free_slots(
     cal: &BusinessCalendar,
     hours: (u32, u32),
-    slot_ms: Millis,
-    after: Millis,
+    slot_ms: i64,
+    after: Timestamp,
     busy: &[Slot],
     n: usize,
 ) -> Vec<Slot> {
@@ -66,7 +66,7 @@ pub fn within_hours(cal: &BusinessCalendar, hours: (u32, u32), slot: &Slot) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{format_ts, parse_ts};
+    use crate::domain::Timestamp;
 
     fn cal() -> BusinessCalendar {
         BusinessCalendar::new(
@@ -78,18 +78,18 @@ mod tests {
         .unwrap()
     }
 
-    const H: Millis = 3_600_000;
+    const H: i64 = 3_600_000;
 
     #[test]
     fn slots_fill_working_hours_and_skip_weekends_holidays_and_busy_time() {
         let c = cal();
-        let after = parse_ts("2026-11-27T13:30:00Z").unwrap(); // a Friday
+        let after = Timestamp::parse("2026-11-27T13:30:00Z").unwrap(); // a Friday
         let busy = [Slot {
-            start_ms: parse_ts("2026-12-01T10:00:00Z").unwrap(),
-            end_ms: parse_ts("2026-12-01T12:00:00Z").unwrap(),
+            start_ms: Timestamp::parse("2026-12-01T10:00:00Z").unwrap(),
+            end_ms: Timestamp::parse("2026-12-01T12:00:00Z").unwrap(),
         }];
         let s = free_slots(&c, (8 * 60, 17 * 60), 2 * H, after, &busy, 5);
-        let starts: Vec<String> = s.iter().map(|s| format_ts(s.start_ms)).collect();
+        let starts: Vec<String> = s.iter().map(|s| s.start_ms.format()).collect();
         assert_eq!(
             starts,
             [
@@ -109,8 +109,8 @@ mod tests {
     fn a_slot_outside_hours_or_on_a_holiday_is_not_within_hours() {
         let c = cal();
         let slot = |a: &str, b: &str| Slot {
-            start_ms: parse_ts(a).unwrap(),
-            end_ms: parse_ts(b).unwrap(),
+            start_ms: Timestamp::parse(a).unwrap(),
+            end_ms: Timestamp::parse(b).unwrap(),
         };
         let h = (8 * 60, 17 * 60);
         assert!(within_hours(

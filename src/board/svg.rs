@@ -2,18 +2,18 @@
 //! sparklines. Each SVG has `role="img"` and a label saying what it shows in words, so a
 //! screen reader gets the numbers the picture shows.
 
-use crate::domain::Millis;
+use crate::domain::Timestamp;
 use crate::notify::templates::html_escape;
 
 /// One metric's values over time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub name: String,
-    pub points: Vec<(Millis, f64)>,
+    pub points: Vec<(Timestamp, f64)>,
 }
 
 impl Series {
-    fn finite(&self) -> Vec<(Millis, f64)> {
+    fn finite(&self) -> Vec<(Timestamp, f64)> {
         self.points
             .iter()
             .copied()
@@ -33,10 +33,10 @@ fn fmt(v: f64) -> String {
 }
 
 /// The polyline of `pts` scaled into `w`×`h` (inset by `pad`).
-fn path(pts: &[(Millis, f64)], w: f64, h: f64, pad: f64) -> String {
+fn path(pts: &[(Timestamp, f64)], w: f64, h: f64, pad: f64) -> String {
     let (t0, t1) = (
-        pts.first().map_or(0, |p| p.0),
-        pts.last().map_or(0, |p| p.0),
+        pts.first().map_or(Timestamp::EPOCH, |p| p.0),
+        pts.last().map_or(Timestamp::EPOCH, |p| p.0),
     );
     let (lo, hi) = pts
         .iter()
@@ -135,7 +135,12 @@ mod tests {
     fn a_panel_says_in_words_what_it_draws() {
         let s = Series {
             name: "temp".into(),
-            points: vec![(0, 70.0), (1000, f64::NAN), (2000, 85.5), (3000, 90.4)],
+            points: vec![
+                (Timestamp::EPOCH, 70.0),
+                (Timestamp::from_millis(1000), f64::NAN),
+                (Timestamp::from_millis(2000), 85.5),
+                (Timestamp::from_millis(3000), 90.4),
+            ],
         };
         let svg = metric_panels(std::slice::from_ref(&s), 600);
         assert!(svg.contains("role=\"img\""));
@@ -161,7 +166,7 @@ mod tests {
     fn too_few_points_are_said_not_drawn_and_names_are_escaped() {
         let s = Series {
             name: "<b>".into(),
-            points: vec![(0, 1.0)],
+            points: vec![(Timestamp::EPOCH, 1.0)],
         };
         let out = metric_panels(std::slice::from_ref(&s), 600);
         assert!(out.contains("&lt;b&gt;") && !out.contains("<svg"));

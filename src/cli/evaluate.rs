@@ -102,7 +102,7 @@ pub fn run(args: Args) -> CliResult {
                 w,
                 "{},{},{},{:.6},{}",
                 s.device_id,
-                crate::domain::format_ts(s.ts),
+                s.ts.format(),
                 s.mode,
                 s.probability,
                 ttf

@@ -12,7 +12,7 @@
 
 use super::{CliResult, Failure};
 use crate::archive;
-use crate::domain::{parse_ts, DeviceEvent, EventKind, Millis, Outcome, Status};
+use crate::domain::{DeviceEvent, EventKind, Outcome, Status, Timestamp};
 use crate::fleet::Device;
 use crate::history::{
     read_events, BadRows, DeviceWriter, EventWriter, HistoryError, TelemetryReader, TelemetryWriter,
@@ -160,7 +160,7 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
             Outcome::FalseAlarm => (EventKind::Maintenance, "false_alarm"),
             Outcome::FailedBeforeService => (EventKind::Failure, "failed"),
         };
-        let settled: Millis = parse_ts(&t.updated_at).unwrap_or(Millis::MAX);
+        let settled: Timestamp = Timestamp::parse(&t.updated_at).unwrap_or(Timestamp::MAX);
         // The latest matching event in the ticket's life is the one that settled it.
         if let Some(i) = events
             .iter()
@@ -183,7 +183,7 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
     // visit: when no archived maintenance carries it, the visit itself becomes the maintenance
     // event of the mode at the resolution, with the verdict (`confirmed`, or `false_alarm` when
     // no fault was found). Dismissals had no visit and add nothing.
-    let carried: BTreeSet<(&str, &str, Millis)> = events
+    let carried: BTreeSet<(&str, &str, Timestamp)> = events
         .iter()
         .zip(&outcome)
         .filter(|(_, o)| o.is_some())
@@ -202,7 +202,7 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
                     || h.actor.starts_with("api:")
                     || h.actor.starts_with("board:"))
         });
-        let Some(settled) = parse_ts(&t.updated_at).filter(|_| by_person) else {
+        let Some(settled) = Timestamp::parse(&t.updated_at).filter(|_| by_person) else {
             continue;
         };
         let has_event = carried.iter().any(|(d, c, ts)| {

@@ -34,7 +34,7 @@ pub mod partition;
 pub use config::Config;
 
 use crate::app::{ClaimError, ClusterStatus, Fleetwide, Peers};
-use crate::domain::parse_ts;
+use crate::domain::Timestamp;
 use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -818,8 +818,14 @@ impl Fleetwide for Cluster {
         let ticket = &change.ticket;
         let key = match change.kind {
             ChangeKind::Opened => format!("t.{}", ticket.id),
-            ChangeKind::Updated | ChangeKind::Settled => match parse_ts(&ticket.updated_at) {
-                Some(ms) => format!("c.{}.{}.{ms}", ticket.id, change.kind.as_str()),
+            ChangeKind::Updated | ChangeKind::Settled => match Timestamp::parse(&ticket.updated_at)
+            {
+                Some(ms) => format!(
+                    "c.{}.{}.{}",
+                    ticket.id,
+                    change.kind.as_str(),
+                    ms.as_millis()
+                ),
                 None => return Ok(true),
             },
             // Made by a person through this instance's API: nobody else makes it.

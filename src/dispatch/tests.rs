@@ -26,7 +26,7 @@ fn ticket() -> Ticket {
         evidence: vec![],
         history: vec![],
         outcome: None,
-        opened_ms: NOW,
+        opened_ms: crate::domain::Timestamp::from_millis(NOW),
     }
 }
 

@@ -18,5 +18,5 @@ pub use duration::{Dur, DurError};
 pub use order::{apply_order, rank as order_rank};
 pub use reading::{DeviceEvent, EventKind, Reading, RejectReason};
 pub use ticket::{Evidence, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
-pub use time::{format_ts, parse_rfc3339, parse_ts, Millis};
+pub use time::{Timestamp, TimestampError};
 pub use visit::{proposal_key, visit_key, Proposal, Slot, Visit, PROPOSAL_PREFIX, VISIT_PREFIX};

@@ -3,7 +3,7 @@
 //! before readings (what was logged at 06:00 is known to the 06:00 score), and among events
 //! `failure`, then `maintenance`, then `error`, then by code.
 
-use super::{EventKind, Millis};
+use super::{EventKind, Timestamp};
 use std::cmp::Ordering;
 
 /// Where an item of this kind sits among items of the same timestamp.
@@ -19,8 +19,8 @@ pub fn rank(event: Option<EventKind>) -> u8 {
 /// Compares two items by the apply order: `(ts, kind, code)`, where `kind` is `None` for a
 /// reading (whose code is empty). Equal items keep their relative order under a stable sort.
 pub fn apply_order(
-    a: (Millis, Option<EventKind>, &str),
-    b: (Millis, Option<EventKind>, &str),
+    a: (Timestamp, Option<EventKind>, &str),
+    b: (Timestamp, Option<EventKind>, &str),
 ) -> Ordering {
     a.0.cmp(&b.0)
         .then(rank(a.1).cmp(&rank(b.1)))
@@ -41,7 +41,12 @@ mod tests {
             (4, None, ""),
             (5, Some(EventKind::Failure), "comp1"),
         ];
-        items.sort_by(|a, b| apply_order(*a, *b));
+        items.sort_by(|a, b| {
+            let at = |x: &(i64, Option<EventKind>, &'static str)| {
+                (Timestamp::from_millis(x.0), x.1, x.2)
+            };
+            apply_order(at(a), at(b))
+        });
         assert_eq!(
             items,
             vec![

@@ -1,13 +1,13 @@
 //! What devices send: telemetry readings and events, and the bounded set of reasons input is
 //! refused for.
 
-use super::Millis;
+use super::Timestamp;
 
 /// One telemetry reading of one device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub device_id: String,
-    pub ts: Millis,
+    pub ts: Timestamp,
     pub seq: Option<u64>,
     /// Metric name → finite value, in payload order.
     pub metrics: Vec<(String, f64)>,
@@ -43,7 +43,7 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceEvent {
     pub device_id: String,
-    pub ts: Millis,
+    pub ts: Timestamp,
     pub kind: EventKind,
     /// The failure mode (for failure and maintenance) or error code.
     pub code: String,

@@ -1,7 +1,7 @@
 //! Tickets as values: the promise that a device will be serviced before it fails, with typed
 //! statuses, priorities and outcomes. How a ticket moves between statuses is `tickets`' business.
 
-use super::Millis;
+use super::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// One feature behind a score, as a ticket shows it.
@@ -141,5 +141,5 @@ pub struct Ticket {
     pub outcome: Option<Outcome>,
     /// Event time of opening in epoch ms (for ordering and filters).
     #[schema(value_type = i64)]
-    pub opened_ms: Millis,
+    pub opened_ms: Timestamp,
 }

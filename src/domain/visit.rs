@@ -3,7 +3,7 @@
 //! self-service page (one conversation, two sides). Where they are kept is named here so the
 //! board and the notifier read and write the same records.
 
-use super::Millis;
+use super::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// A stretch of time `[start_ms, end_ms)`, epoch milliseconds.
@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct Slot {
     #[schema(value_type = i64)]
-    pub start_ms: Millis,
+    pub start_ms: Timestamp,
     #[schema(value_type = i64)]
-    pub end_ms: Millis,
+    pub end_ms: Timestamp,
 }
 
 impl Slot {
@@ -80,16 +80,16 @@ mod tests {
     #[test]
     fn slots_overlap_only_when_they_share_time() {
         let a = Slot {
-            start_ms: 0,
-            end_ms: 10,
+            start_ms: Timestamp::EPOCH,
+            end_ms: Timestamp::from_millis(10),
         };
         let b = Slot {
-            start_ms: 10,
-            end_ms: 20,
+            start_ms: Timestamp::from_millis(10),
+            end_ms: Timestamp::from_millis(20),
         };
         let c = Slot {
-            start_ms: 5,
-            end_ms: 15,
+            start_ms: Timestamp::from_millis(5),
+            end_ms: Timestamp::from_millis(15),
         };
         assert!(!a.overlaps(&b));
         assert!(a.overlaps(&c) && c.overlaps(&b));

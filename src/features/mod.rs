@@ -13,7 +13,7 @@ mod config;
 
 pub use config::Config;
 
-use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
+use crate::domain::{DeviceEvent, EventKind, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -198,71 +198,71 @@ pub enum Observed {
 /// Everything forewarn remembers about one device between readings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeviceState {
-    pub first_ts: Millis,
-    pub last_ts: Millis,
+    pub first_ts: Timestamp,
+    pub last_ts: Timestamp,
     pub last_seq: Option<u64>,
-    recent_ts: [Millis; RECENT_TS],
+    recent_ts: [Timestamp; RECENT_TS],
     recent_head: u8,
     /// Next slot of the ring and number of filled slots.
     head: u16,
     filled: u16,
-    ts_ring: Vec<Millis>,
+    ts_ring: Vec<Timestamp>,
     /// Indexed by `MetricIndex` id; grown on demand.
     metrics: Vec<Option<MetricWindow>>,
     /// Readings applied since the last reset of the windows.
     pub readings: u32,
     /// Per failure mode: event time of the last maintenance or failure (the mode's clock start).
-    pub mode_reset: Vec<(String, Millis)>,
+    pub mode_reset: Vec<(String, Timestamp)>,
     /// Exponentially decayed count of error events (half-life one day of event time).
     pub error_rate: f64,
-    pub last_error_ts: Millis,
+    pub last_error_ts: Timestamp,
     /// Event time of the last scoring, for the scoring interval.
-    pub last_scored_ts: Option<Millis>,
+    pub last_scored_ts: Option<Timestamp>,
     /// Consecutive scorings at or above threshold, per (model, mode) key; the ticket policy's memory.
     pub streaks: Vec<(String, u16)>,
     /// Per event code the loaded models read: event times of its latest occurrences, oldest
     /// first, at most [`CODE_MEMORY`]. Codes no model reads are not kept, so the state stays
     /// bounded whatever a device logs.
-    pub codes: Vec<(String, Vec<Millis>)>,
+    pub codes: Vec<(String, Vec<Timestamp>)>,
 }
 
 /// The layout of [`DeviceState`] before event codes were tracked, to read states stored by an
 /// older daemon (postcard is not self-describing: a field added at the end changes the bytes).
 #[derive(Deserialize)]
 struct DeviceStateV1 {
-    first_ts: Millis,
-    last_ts: Millis,
+    first_ts: Timestamp,
+    last_ts: Timestamp,
     last_seq: Option<u64>,
-    recent_ts: [Millis; RECENT_TS],
+    recent_ts: [Timestamp; RECENT_TS],
     recent_head: u8,
     head: u16,
     filled: u16,
-    ts_ring: Vec<Millis>,
+    ts_ring: Vec<Timestamp>,
     metrics: Vec<Option<MetricWindow>>,
     readings: u32,
-    mode_reset: Vec<(String, Millis)>,
+    mode_reset: Vec<(String, Timestamp)>,
     error_rate: f64,
-    last_error_ts: Millis,
-    last_scored_ts: Option<Millis>,
+    last_error_ts: Timestamp,
+    last_scored_ts: Option<Timestamp>,
     streaks: Vec<(String, u16)>,
 }
 
 impl DeviceState {
-    pub fn new(spec: &WindowSpec, first_ts: Millis) -> Self {
+    pub fn new(spec: &WindowSpec, first_ts: Timestamp) -> Self {
         DeviceState {
             first_ts,
-            last_ts: Millis::MIN,
+            last_ts: Timestamp::MIN,
             last_seq: None,
-            recent_ts: [Millis::MIN; RECENT_TS],
+            recent_ts: [Timestamp::MIN; RECENT_TS],
             recent_head: 0,
             head: 0,
             filled: 0,
-            ts_ring: vec![0; spec.window_readings],
+            ts_ring: vec![Timestamp::EPOCH; spec.window_readings],
             metrics: Vec::new(),
             readings: 0,
             mode_reset: Vec::new(),
             error_rate: 0.0,
-            last_error_ts: Millis::MIN,
+            last_error_ts: Timestamp::MIN,
             last_scored_ts: None,
             streaks: Vec::new(),
             codes: Vec::new(),
@@ -272,7 +272,7 @@ impl DeviceState {
     /// The window's values of metric `id` (a [`MetricIndex`] id), oldest first, with their
     /// event times; readings that lacked the metric are left out. For charts: the board draws
     /// what drove a score from these.
-    pub fn series(&self, id: u16) -> Vec<(Millis, f64)> {
+    pub fn series(&self, id: u16) -> Vec<(Timestamp, f64)> {
         let n = self.ts_ring.len();
         let Some(Some(mw)) = self.metrics.get(id as usize) else {
             return Vec::new();
@@ -355,7 +355,7 @@ impl DeviceState {
     /// `seq`, so this is what tells a redelivery (a duplicate) from an event that came late.
     pub fn has_applied_event_like(&self, ev: &DeviceEvent) -> bool {
         match ev.kind {
-            EventKind::Error => self.last_error_ts != Millis::MIN && ev.ts <= self.last_error_ts,
+            EventKind::Error => self.last_error_ts != Timestamp::MIN && ev.ts <= self.last_error_ts,
             EventKind::Maintenance | EventKind::Failure => self
                 .mode_reset
                 .iter()
@@ -389,7 +389,7 @@ impl DeviceState {
         }
     }
 
-    fn remember_code(&mut self, code: &str, ts: Millis) {
+    fn remember_code(&mut self, code: &str, ts: Timestamp) {
         let pos = match self.codes.iter().position(|(c, _)| c == code) {
             Some(p) => p,
             None => {
@@ -407,7 +407,7 @@ impl DeviceState {
     }
 
     /// Occurrences of `code` in `(now − hours, now]` (at most [`CODE_MEMORY`]).
-    pub fn code_count(&self, code: &str, hours: f64, now: Millis) -> f64 {
+    pub fn code_count(&self, code: &str, hours: f64, now: Timestamp) -> f64 {
         let from = now.saturating_sub((hours * HOUR_MS) as i64);
         self.codes
             .iter()
@@ -418,23 +418,23 @@ impl DeviceState {
     }
 
     /// Hours since the latest occurrence of `code` at or before `now`; `None` if none is known.
-    pub fn hours_since_code(&self, code: &str, now: Millis) -> Option<f64> {
+    pub fn hours_since_code(&self, code: &str, now: Timestamp) -> Option<f64> {
         let (_, times) = self.codes.iter().find(|(c, _)| c == code)?;
         let last = times.iter().rev().find(|&&t| t <= now)?;
-        Some((now - last) as f64 / HOUR_MS)
+        Some((now - *last) as f64 / HOUR_MS)
     }
 
     fn clear_windows(&mut self, spec: &WindowSpec) {
         self.head = 0;
         self.filled = 0;
-        self.ts_ring.iter_mut().for_each(|t| *t = 0);
+        self.ts_ring.iter_mut().for_each(|t| *t = Timestamp::EPOCH);
         self.metrics.clear();
         self.readings = 0;
         let _ = spec;
     }
 
-    fn decayed_errors(&self, now: Millis) -> f64 {
-        if self.last_error_ts == Millis::MIN {
+    fn decayed_errors(&self, now: Timestamp) -> f64 {
+        if self.last_error_ts == Timestamp::MIN {
             return 0.0;
         }
         let dt_h = (now - self.last_error_ts).max(0) as f64 / HOUR_MS;
@@ -442,7 +442,7 @@ impl DeviceState {
     }
 
     /// True (and the interval restarts) when the device is due for scoring at event time `ts`.
-    pub fn take_scoring_slot(&mut self, ts: Millis, interval_ms: i64) -> bool {
+    pub fn take_scoring_slot(&mut self, ts: Timestamp, interval_ms: i64) -> bool {
         match self.last_scored_ts {
             Some(last) if ts < last.saturating_add(interval_ms) => false,
             _ => {
@@ -453,7 +453,7 @@ impl DeviceState {
     }
 
     /// Hours since the mode's clock started: its last maintenance or failure, or the first reading.
-    pub fn hours_since_reset(&self, mode: &str, now: Millis) -> f64 {
+    pub fn hours_since_reset(&self, mode: &str, now: Timestamp) -> f64 {
         let start = self
             .mode_reset
             .iter()
@@ -733,7 +733,7 @@ impl FeatureSpec {
         state: &DeviceState,
         positions: &[usize],
         mode: &str,
-        now: Millis,
+        now: Timestamp,
         row: &mut [f64],
     ) {
         for &p in positions {
@@ -754,7 +754,7 @@ impl FeatureSpec {
         ids: &[Option<u16>],
         mode: &str,
         attrs: Option<&Attributes>,
-        now: Millis,
+        now: Timestamp,
         out: &mut Vec<f64>,
     ) {
         // Ring timestamps in hours relative to the newest, shared by every metric's slope.
@@ -770,7 +770,7 @@ impl FeatureSpec {
         let t_end = slots
             .last()
             .map(|&s| state.ts_ring[s as usize])
-            .unwrap_or(0);
+            .unwrap_or(Timestamp::EPOCH);
         for (i, &s) in slots.iter().enumerate() {
             t_hours[i] = (state.ts_ring[s as usize] - t_end) as f64 / HOUR_MS;
         }
@@ -905,7 +905,7 @@ mod tests {
     fn reading(ts_h: i64, seq: Option<u64>, v: f64) -> Reading {
         Reading {
             device_id: "d".into(),
-            ts: ts_h * 3_600_000,
+            ts: Timestamp::from_millis(ts_h * 3_600_000),
             seq,
             metrics: vec![("temp".into(), v), ("other".into(), 1.0)],
         }
@@ -925,7 +925,7 @@ mod tests {
     fn ring_statistics_follow_a_linear_trend() {
         let s = spec();
         let idx = MetricIndex::new(["temp"]);
-        let mut st = DeviceState::new(&s.window, 0);
+        let mut st = DeviceState::new(&s.window, Timestamp::EPOCH);
         for h in 0..50 {
             assert_eq!(
                 st.observe(&reading(h, None, 2.0 * h as f64), &s.window, &idx),
@@ -933,7 +933,14 @@ mod tests {
             );
         }
         let mut out = Vec::new();
-        s.extract(&st, &s.resolve(&idx), "m", None, 49 * 3_600_000, &mut out);
+        s.extract(
+            &st,
+            &s.resolve(&idx),
+            "m",
+            None,
+            Timestamp::from_millis(49 * 3_600_000),
+            &mut out,
+        );
         let names = s.names();
         assert_eq!(out.len(), names.len());
         let get = |n: &str| out[names.iter().position(|x| x == n).unwrap()];
@@ -951,17 +958,17 @@ mod tests {
     fn a_series_is_the_window_oldest_first_after_the_ring_wraps() {
         let s = spec();
         let idx = MetricIndex::new(["temp"]);
-        let mut st = DeviceState::new(&s.window, 0);
+        let mut st = DeviceState::new(&s.window, Timestamp::EPOCH);
         let n = s.window.window_readings as i64;
         for h in 0..n + 5 {
             st.observe(&reading(h, None, h as f64), &s.window, &idx);
         }
         let series = st.series(idx.get("temp").unwrap());
         assert_eq!(series.len(), n as usize);
-        assert_eq!(series[0], (5 * 3_600_000, 5.0));
+        assert_eq!(series[0], (Timestamp::from_millis(5 * 3_600_000), 5.0));
         assert_eq!(
             series.last().copied(),
-            Some(((n + 4) * 3_600_000, (n + 4) as f64))
+            Some((Timestamp::from_millis((n + 4) * 3_600_000), (n + 4) as f64))
         );
         assert!(st.series(7).is_empty());
     }
@@ -977,7 +984,7 @@ mod tests {
         };
         let idx = MetricIndex::new(["temp"]);
         let feature = |offset: f64, shift: f64| {
-            let mut st = DeviceState::new(&window, 0);
+            let mut st = DeviceState::new(&window, Timestamp::EPOCH);
             for h in 0..200i64 {
                 // A daily cycle, the device's offset, and a shift over the last day.
                 let daily = 5.0 * (h as f64 * std::f64::consts::TAU / 24.0).sin();
@@ -985,7 +992,14 @@ mod tests {
                 st.observe(&reading(h, None, v), &window, &idx);
             }
             let mut out = Vec::new();
-            s.extract(&st, &s.resolve(&idx), "m", None, 199 * 3_600_000, &mut out);
+            s.extract(
+                &st,
+                &s.resolve(&idx),
+                "m",
+                None,
+                Timestamp::from_millis(199 * 3_600_000),
+                &mut out,
+            );
             out[0]
         };
         let healthy = feature(0.0, 0.0);
@@ -1008,7 +1022,7 @@ mod tests {
             device: vec![],
         };
         let idx = MetricIndex::new(["temp"]);
-        let mut st = DeviceState::new(&window, 0);
+        let mut st = DeviceState::new(&window, Timestamp::EPOCH);
         let week_ms = 168 * 3_600_000;
         let step_ms = cadence_s * 1000;
         let mut ts = 0;
@@ -1019,7 +1033,7 @@ mod tests {
             if readings_per_gap == 0 || i % readings_per_gap != 0 {
                 let r = Reading {
                     device_id: "d".into(),
-                    ts,
+                    ts: Timestamp::from_millis(ts),
                     seq: None,
                     metrics: vec![("temp".into(), v)],
                 };
@@ -1079,7 +1093,7 @@ mod tests {
         };
         let idx = MetricIndex::new(["temp"]);
         let run = |w: &WindowSpec| {
-            let mut st = DeviceState::new(w, 0);
+            let mut st = DeviceState::new(w, Timestamp::EPOCH);
             for h in 0..100 {
                 st.observe(&reading(h * 2 + h % 3, None, (h as f64).sin()), w, &idx);
             }
@@ -1089,7 +1103,7 @@ mod tests {
         };
         assert_eq!(run(&old), run(&daemon));
         // A stored state without the baseline slots gains them on its next reading.
-        let mut st = DeviceState::new(&old, 0);
+        let mut st = DeviceState::new(&old, Timestamp::EPOCH);
         st.observe(&reading(1, None, 3.0), &old, &idx);
         st.observe(&reading(2, None, 5.0), &daemon, &idx);
         let full = FeatureSpec {
@@ -1107,7 +1121,7 @@ mod tests {
     fn redelivered_and_late_readings_are_not_applied() {
         let w = WindowSpec::default();
         let idx = MetricIndex::new(["temp"]);
-        let mut st = DeviceState::new(&w, 0);
+        let mut st = DeviceState::new(&w, Timestamp::EPOCH);
         assert_eq!(
             st.observe(&reading(10, Some(1), 1.0), &w, &idx),
             Observed::Applied
@@ -1132,35 +1146,44 @@ mod tests {
     fn maintenance_restarts_the_mode_clock_and_state_round_trips() {
         let w = WindowSpec::default();
         let idx = MetricIndex::new(["temp"]);
-        let mut st = DeviceState::new(&w, 0);
+        let mut st = DeviceState::new(&w, Timestamp::EPOCH);
         st.observe(&reading(5, None, 1.0), &w, &idx);
         *st.streak_mut(&streak_key("m1", "bearing")) = 3;
         st.on_event(
             &DeviceEvent {
                 device_id: "d".into(),
-                ts: 8 * 3_600_000,
+                ts: Timestamp::from_millis(8 * 3_600_000),
                 kind: EventKind::Maintenance,
                 code: "bearing".into(),
             },
             &w,
             &[],
         );
-        assert_eq!(st.hours_since_reset("bearing", 10 * 3_600_000), 2.0);
-        assert_eq!(st.hours_since_reset("other", 10 * 3_600_000), 10.0);
+        assert_eq!(
+            st.hours_since_reset("bearing", Timestamp::from_millis(10 * 3_600_000)),
+            2.0
+        );
+        assert_eq!(
+            st.hours_since_reset("other", Timestamp::from_millis(10 * 3_600_000)),
+            10.0
+        );
         assert!(st.streaks.is_empty());
         // NaN slots make `==` useless here: compare the encodings.
         let back = DeviceState::decode(&st.encode()).unwrap();
         assert_eq!(back.encode(), st.encode());
-        assert_eq!(back.hours_since_reset("bearing", 10 * 3_600_000), 2.0);
+        assert_eq!(
+            back.hours_since_reset("bearing", Timestamp::from_millis(10 * 3_600_000)),
+            2.0
+        );
     }
 
     #[test]
     fn an_event_at_or_before_the_newest_applied_of_its_kind_is_known() {
         let w = WindowSpec::default();
-        let mut st = DeviceState::new(&w, 0);
+        let mut st = DeviceState::new(&w, Timestamp::EPOCH);
         let ev = |h: i64, kind, code: &str| DeviceEvent {
             device_id: "d".into(),
-            ts: h * 3_600_000,
+            ts: Timestamp::from_millis(h * 3_600_000),
             kind,
             code: code.into(),
         };
@@ -1179,11 +1202,11 @@ mod tests {
     fn default_state_for_four_metrics_stays_under_two_kib() {
         let w = WindowSpec::default();
         let idx = MetricIndex::new(["a", "b", "c", "d"]);
-        let mut st = DeviceState::new(&w, 0);
+        let mut st = DeviceState::new(&w, Timestamp::EPOCH);
         for h in 0..100 {
             let r = Reading {
                 device_id: "d".into(),
-                ts: h * 60_000,
+                ts: Timestamp::from_millis(h * 60_000),
                 seq: Some(h as u64),
                 metrics: vec![
                     ("a".into(), 1.0),

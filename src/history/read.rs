@@ -2,7 +2,7 @@
 //! counts, device ids, timestamps, numbers, event kinds and codes, the line cap — and leaves one
 //! decision to the caller: what a bad row means ([`BadRows`]).
 
-use crate::domain::{parse_ts, validate_device_id, DeviceEvent, DeviceIdError, EventKind, Millis};
+use crate::domain::{validate_device_id, DeviceEvent, DeviceIdError, EventKind, Timestamp};
 use crate::features::Attributes;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -76,7 +76,7 @@ pub struct ReadSummary {
 pub struct TelemetryRow<'a> {
     pub line: u64,
     pub device_id: &'a str,
-    pub ts: Millis,
+    pub ts: Timestamp,
     pub values: &'a [f64],
 }
 
@@ -258,11 +258,11 @@ fn device_and_ts(
     rec: &csv::ByteRecord,
     id_col: usize,
     ts_col: usize,
-) -> Result<(&str, Millis), RowProblem> {
+) -> Result<(&str, Timestamp), RowProblem> {
     let id = text(rec, id_col, "device_id")?;
     validate_device_id(id)?;
     let ts_s = text(rec, ts_col, "ts")?;
-    let ts = parse_ts(ts_s).ok_or_else(|| RowProblem::Timestamp(clip(ts_s, 40)))?;
+    let ts = Timestamp::parse(ts_s).ok_or_else(|| RowProblem::Timestamp(clip(ts_s, 40)))?;
     Ok((id, ts))
 }
 
@@ -353,7 +353,7 @@ impl<R: Read> TelemetryReader<R> {
         (self.names, self.src.summary)
     }
 
-    fn parse(&mut self) -> Result<Millis, RowProblem> {
+    fn parse(&mut self) -> Result<Timestamp, RowProblem> {
         let (_, ts) = device_and_ts(&self.rec, self.id_col, self.ts_col)?;
         self.values.clear();
         for (k, &c) in self.metric_cols.iter().enumerate() {
@@ -493,7 +493,7 @@ mod tests {
     fn telemetry(
         text: &str,
         policy: BadRows,
-    ) -> Result<(Vec<(String, Millis)>, ReadSummary), HistoryError> {
+    ) -> Result<(Vec<(String, Timestamp)>, ReadSummary), HistoryError> {
         let mut rows = Vec::new();
         let (_, sum) = read_telemetry(text.as_bytes(), Path::new("t.csv"), policy, |r| {
             rows.push((r.device_id.to_string(), r.ts));
@@ -572,7 +572,7 @@ mod tests {
     fn a_short_row_is_one_bad_row_and_the_rest_is_read() {
         let text = "device_id,ts,a,b\nd,1,1\nd,2,2,3\n";
         let (rows, sum) = telemetry(text, BadRows::Skip).unwrap();
-        assert_eq!(rows, vec![("d".to_string(), 2)]);
+        assert_eq!(rows, vec![("d".to_string(), Timestamp::from_millis(2))]);
         assert_eq!(
             sum.first_errors[0].to_string(),
             "t.csv:2: 3 fields, the header has 4"

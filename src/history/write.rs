@@ -1,7 +1,7 @@
 //! The writer of history files, in the layout [`super::read`] reads back: RFC 3339 timestamps,
 //! an empty cell for a missing value, text fields quoted when they hold a separator or a quote.
 
-use crate::domain::{format_ts, DeviceEvent, Millis};
+use crate::domain::{DeviceEvent, Timestamp};
 use std::io::Write;
 
 /// Writes a text field, quoted when the CSV syntax needs it.
@@ -18,7 +18,7 @@ pub struct TelemetryWriter<W: Write> {
     out: W,
     width: usize,
     /// Consecutive readings usually share their timestamp: its text is formatted once.
-    ts_text: (Millis, String),
+    ts_text: (Timestamp, String),
 }
 
 impl<W: Write> TelemetryWriter<W> {
@@ -33,7 +33,7 @@ impl<W: Write> TelemetryWriter<W> {
         Ok(TelemetryWriter {
             out,
             width: metrics.len(),
-            ts_text: (Millis::MIN, String::new()),
+            ts_text: (Timestamp::MIN, String::new()),
         })
     }
 
@@ -42,11 +42,11 @@ impl<W: Write> TelemetryWriter<W> {
     pub fn row(
         &mut self,
         device_id: &str,
-        ts: Millis,
+        ts: Timestamp,
         values: impl IntoIterator<Item = f64>,
     ) -> std::io::Result<()> {
         if self.ts_text.0 != ts || self.ts_text.1.is_empty() {
-            self.ts_text = (ts, format_ts(ts));
+            self.ts_text = (ts, ts.format());
         }
         field(&mut self.out, device_id)?;
         write!(self.out, ",{}", self.ts_text.1)?;
@@ -116,7 +116,7 @@ impl<W: Write> EventWriter<W> {
         outcome: Option<&str>,
     ) -> std::io::Result<()> {
         field(&mut self.out, &e.device_id)?;
-        write!(self.out, ",{},{},", format_ts(e.ts), e.kind.as_str())?;
+        write!(self.out, ",{},{},", e.ts.format(), e.kind.as_str())?;
         field(&mut self.out, &e.code)?;
         if self.with_outcome {
             self.out.write_all(b",")?;
@@ -198,7 +198,7 @@ mod tests {
         ) {
             let mut w = TelemetryWriter::new(Vec::new(), &["a", "b,c"]).unwrap();
             for (id, ts, v) in &rows {
-                w.row(id, *ts, v.iter().copied()).unwrap();
+                w.row(id, Timestamp::from_millis(*ts), v.iter().copied()).unwrap();
             }
             let text = w.finish().unwrap();
             let mut back = Vec::new();
@@ -210,13 +210,13 @@ mod tests {
             prop_assert_eq!(back.len(), rows.len());
             for ((id, ts, v), (id2, ts2, v2)) in rows.iter().zip(&back) {
                 prop_assert_eq!(id, id2);
-                prop_assert_eq!(ts, ts2);
+                prop_assert_eq!(*ts, ts2.as_millis());
                 for (x, y) in v.iter().zip(v2) {
                     prop_assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
                 }
             }
 
-            let ev = DeviceEvent { device_id: "d,1".into(), ts: 5, kind: EventKind::Failure, code: format!("m{code}") };
+            let ev = DeviceEvent { device_id: "d,1".into(), ts: Timestamp::from_millis(5), kind: EventKind::Failure, code: format!("m{code}") };
             let mut w = EventWriter::new(Vec::new()).unwrap();
             w.row(&ev).unwrap();
             let text = w.finish().unwrap();

@@ -6,9 +6,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::{
-    parse_rfc3339, validate_device_id, DeviceEvent, EventKind, Millis, Reading, RejectReason,
-};
+use crate::domain::{validate_device_id, DeviceEvent, EventKind, Reading, RejectReason, Timestamp};
 
 /// A rejected payload: the reason and a human-readable detail.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,18 +80,18 @@ enum TsField {
     Float(f64),
 }
 
-fn ts_field(ts: Option<TsField>, received_at: Millis) -> Result<Millis, Reject> {
+fn ts_field(ts: Option<TsField>, received_at: Timestamp) -> Result<Timestamp, Reject> {
     match ts {
         None => Ok(received_at),
-        Some(TsField::Millis(ms)) => Ok(ms),
+        Some(TsField::Millis(ms)) => Ok(Timestamp::from_millis(ms)),
         Some(TsField::Float(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-            Ok(f as i64)
+            Ok(Timestamp::from_millis(f as i64))
         }
         Some(TsField::Float(f)) => Err(Reject::new(
             RejectReason::BadTimestamp,
             format!("timestamp {f} is not integer epoch milliseconds"),
         )),
-        Some(TsField::Text(s)) => parse_rfc3339(&s).ok_or_else(|| {
+        Some(TsField::Text(s)) => Timestamp::parse_rfc3339(&s).ok_or_else(|| {
             Reject::new(
                 RejectReason::BadTimestamp,
                 format!("timestamp {:?} is not RFC 3339", truncate(&s, 40)),
@@ -170,18 +168,19 @@ fn resolve_device(topic_id: Option<&str>, payload_id: Option<String>) -> Result<
 pub fn decode_telemetry(
     payload: &[u8],
     topic_device: Option<&str>,
-    received_at: Millis,
+    received_at: i64,
     limits: &Limits,
 ) -> Result<Vec<Reading>, Reject> {
+    let received_at = Timestamp::from_millis(received_at);
     decode_telemetry_with(payload, topic_device, received_at, limits, decode_one)
 }
 
-type DecodeOne = fn(&str, Option<&str>, Millis, &Limits) -> Result<Reading, Reject>;
+type DecodeOne = fn(&str, Option<&str>, Timestamp, &Limits) -> Result<Reading, Reject>;
 
 fn decode_telemetry_with(
     payload: &[u8],
     topic_device: Option<&str>,
-    received_at: Millis,
+    received_at: Timestamp,
     limits: &Limits,
     decode_one: DecodeOne,
 ) -> Result<Vec<Reading>, Reject> {
@@ -217,7 +216,7 @@ fn decode_telemetry_with(
 fn decode_one(
     text: &str,
     topic_device: Option<&str>,
-    received_at: Millis,
+    received_at: Timestamp,
     limits: &Limits,
 ) -> Result<Reading, Reject> {
     match fast::decode_one(text, topic_device, received_at, limits) {
@@ -232,7 +231,7 @@ fn decode_one(
 fn decode_one_exact(
     text: &str,
     topic_device: Option<&str>,
-    received_at: Millis,
+    received_at: Timestamp,
     limits: &Limits,
 ) -> Result<Reading, Reject> {
     let raw: RawReading = serde_json::from_str(text)
@@ -289,8 +288,7 @@ fn decode_one_exact(
 /// (`u64`/`i64`/`f64` as `serde_json::Value::as_f64` converts them), and the timestamp rules
 /// are the exact decoder's `TsField` rules. `decode_parity` below checks both on fuzzed input.
 mod fast {
-    use super::{resolve_device, Limits, Millis, Reading};
-    use crate::domain::parse_rfc3339;
+    use super::{resolve_device, Limits, Reading, Timestamp};
     use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
     use std::fmt;
 
@@ -302,7 +300,7 @@ mod fast {
     pub(super) fn decode_one(
         text: &str,
         topic_device: Option<&str>,
-        received_at: Millis,
+        received_at: Timestamp,
         limits: &Limits,
     ) -> Option<Reading> {
         let mut de = serde_json::Deserializer::from_str(text);
@@ -324,7 +322,7 @@ mod fast {
     #[derive(Default)]
     struct Fields {
         /// `None` when absent or null: the time of receipt.
-        ts: Option<Millis>,
+        ts: Option<Timestamp>,
         seq: Option<u64>,
         metrics: Option<Vec<(String, f64)>>,
         device_id: Option<String>,
@@ -413,14 +411,14 @@ mod fast {
     struct TsSeed;
 
     impl<'de> DeserializeSeed<'de> for TsSeed {
-        type Value = Option<Millis>;
+        type Value = Option<Timestamp>;
         fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_any(self)
         }
     }
 
     impl Visitor<'_> for TsSeed {
-        type Value = Option<Millis>;
+        type Value = Option<Timestamp>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a timestamp")
         }
@@ -428,20 +426,22 @@ mod fast {
             Ok(None)
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v))
+            Ok(Some(Timestamp::from_millis(v)))
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            i64::try_from(v).map(Some).map_err(|_| bail())
+            i64::try_from(v)
+                .map(|v| Some(Timestamp::from_millis(v)))
+                .map_err(|_| bail())
         }
         fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
             if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 {
-                Ok(Some(f as i64))
+                Ok(Some(Timestamp::from_millis(f as i64)))
             } else {
                 Err(bail())
             }
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-            parse_rfc3339(s).map(Some).ok_or_else(bail)
+            Timestamp::parse_rfc3339(s).map(Some).ok_or_else(bail)
         }
     }
 
@@ -511,9 +511,10 @@ fn parse_metric_pairs(text: &str) -> Result<Vec<(String, serde_json::Value)>, Re
 pub fn decode_events(
     payload: &[u8],
     topic_device: Option<&str>,
-    received_at: Millis,
+    received_at: i64,
     limits: &Limits,
 ) -> Result<Vec<DeviceEvent>, Reject> {
+    let received_at = Timestamp::from_millis(received_at);
     let text = check_size(payload, limits)?;
     let raws: Vec<RawEvent> = if text.trim_start().starts_with('[') {
         serde_json::from_str(text)
@@ -592,7 +593,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].ts, 1_420_092_000_000);
+        assert_eq!(r[0].ts, Timestamp::from_millis(1_420_092_000_000));
         assert_eq!(r[0].seq, Some(17));
         assert_eq!(
             r[0].metrics,
@@ -602,10 +603,13 @@ mod tests {
 
     #[test]
     fn missing_time_means_time_of_receipt_and_millis_are_accepted() {
-        assert_eq!(dec(r#"{"metrics":{"a":1}}"#).unwrap()[0].ts, 1_000);
+        assert_eq!(
+            dec(r#"{"metrics":{"a":1}}"#).unwrap()[0].ts,
+            Timestamp::from_millis(1_000)
+        );
         assert_eq!(
             dec(r#"{"ts":5000,"metrics":{"a":1}}"#).unwrap()[0].ts,
-            5_000
+            Timestamp::from_millis(5_000)
         );
     }
 
@@ -695,7 +699,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn exact(p: &[u8], topic: Option<&str>, l: &Limits) -> Result<Vec<Reading>, Reject> {
-            decode_telemetry_with(p, topic, 7, l, decode_one_exact)
+            decode_telemetry_with(p, topic, Timestamp::from_millis(7), l, decode_one_exact)
         }
 
         fn assert_same(p: &[u8], topic: Option<&str>, l: &Limits) {

@@ -2,7 +2,7 @@
 //! events — the inverse of [`super::decode`], which the round-trip property below holds it to.
 //! Used by the simulator, replay, the demo and the tests that play devices.
 
-use crate::domain::{format_ts, DeviceEvent, Millis, Reading};
+use crate::domain::{DeviceEvent, Reading, Timestamp};
 use std::io::Write;
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
@@ -28,13 +28,13 @@ fn push_number(out: &mut Vec<u8>, x: f64) {
 
 /// A telemetry payload from its parts (what [`to_payload`] writes for a whole reading).
 pub fn telemetry_payload<'a>(
-    ts: Millis,
+    ts: Timestamp,
     seq: Option<u64>,
     metrics: impl Iterator<Item = (&'a str, f64)>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"ts\":\"");
-    out.extend_from_slice(format_ts(ts).as_bytes());
+    out.extend_from_slice(ts.format().as_bytes());
     out.push(b'"');
     if let Some(seq) = seq {
         let _ = write!(out, ",\"seq\":{seq}");
@@ -61,7 +61,7 @@ pub fn to_payload(r: &Reading) -> Vec<u8> {
 pub fn event_payload(e: &DeviceEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(80);
     out.extend_from_slice(b"{\"ts\":\"");
-    out.extend_from_slice(format_ts(e.ts).as_bytes());
+    out.extend_from_slice(e.ts.format().as_bytes());
     out.extend_from_slice(b"\",\"kind\":\"");
     out.extend_from_slice(e.kind.as_str().as_bytes());
     out.extend_from_slice(b"\",\"code\":");
@@ -92,7 +92,7 @@ mod tests {
         )
             .prop_map(|(device_id, ts, seq, metrics)| Reading {
                 device_id,
-                ts,
+                ts: Timestamp::from_millis(ts),
                 seq,
                 metrics,
             })
@@ -119,7 +119,7 @@ mod tests {
             kind in prop_oneof![Just(EventKind::Failure), Just(EventKind::Maintenance), Just(EventKind::Error)],
             code in "[a-z0-9 \"\\\\é_]{1,20}",
         ) {
-            let e = DeviceEvent { device_id, ts, kind, code };
+            let e = DeviceEvent { device_id, ts: Timestamp::from_millis(ts), kind, code };
             let back = decode_events(&event_payload(&e), Some(&e.device_id), 0, &Limits::default())
                 .map_err(|err| TestCaseError::fail(err.to_string()))?;
             prop_assert_eq!(back, vec![e]);

@@ -11,13 +11,13 @@
 //! the step log, and the buffer itself is stored with the device's state at checkpoints, so an
 //! acknowledged message is never only in memory.
 
-use crate::domain::{apply_order, DeviceEvent, EventKind, Millis, Reading};
+use crate::domain::{apply_order, DeviceEvent, EventKind, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// What the buffer holds of a reading or event (the device id is the buffer's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
-    pub ts: Millis,
+    pub ts: Timestamp,
     /// `None` for a reading.
     pub event: Option<EventKind>,
     /// The event's code; empty for a reading.
@@ -37,7 +37,7 @@ pub enum Item {
 }
 
 impl Item {
-    pub fn ts(&self) -> Millis {
+    pub fn ts(&self) -> Timestamp {
         match self {
             Item::Reading(r) => r.ts,
             Item::Event(e) => e.ts,
@@ -66,9 +66,9 @@ pub enum Offer {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Buffer {
     /// Newest event time accepted.
-    pub max_seen: Option<Millis>,
+    pub max_seen: Option<Timestamp>,
     /// Items older than this are released; arrivals older than this are late.
-    pub watermark: Option<Millis>,
+    pub watermark: Option<Timestamp>,
     /// Held items, kept sorted in apply order (stable: arrival order among equals).
     pub pending: Vec<Pending>,
 }
@@ -210,9 +210,9 @@ impl Pending {
 mod tests {
     use super::*;
 
-    fn r(ts: Millis, seq: u64) -> Pending {
+    fn r(ts: i64, seq: u64) -> Pending {
         Pending {
-            ts,
+            ts: Timestamp::from_millis(ts),
             event: None,
             code: String::new(),
             seq: Some(seq),
@@ -221,9 +221,9 @@ mod tests {
         }
     }
 
-    fn e(ts: Millis, kind: EventKind, code: &str) -> Pending {
+    fn e(ts: i64, kind: EventKind, code: &str) -> Pending {
         Pending {
-            ts,
+            ts: Timestamp::from_millis(ts),
             event: Some(kind),
             code: code.into(),
             seq: None,
@@ -232,11 +232,11 @@ mod tests {
         }
     }
 
-    fn order(out: &[(Item, i64)]) -> Vec<(Millis, &'static str)> {
+    fn order(out: &[(Item, i64)]) -> Vec<(i64, &'static str)> {
         out.iter()
             .map(|(i, _)| match i {
-                Item::Reading(r) => (r.ts, "r"),
-                Item::Event(e) => (e.ts, e.kind.as_str()),
+                Item::Reading(r) => (r.ts.as_millis(), "r"),
+                Item::Event(e) => (e.ts.as_millis(), e.kind.as_str()),
             })
             .collect()
     }

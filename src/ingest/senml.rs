@@ -15,7 +15,7 @@
 //! that is not a map, a label of the wrong type, a name outside the RFC's characters, an unknown
 //! label ending in `_`, a record with no value at all) is rejected whole (`bad_senml`).
 
-use crate::domain::{validate_device_id, Millis, Reading, RejectReason};
+use crate::domain::{validate_device_id, Reading, RejectReason, Timestamp};
 use crate::ingest::decode::{Limits, Reject};
 use serde::{Deserialize, Serialize};
 
@@ -172,7 +172,7 @@ pub fn decode(
     payload: &[u8],
     topic: &str,
     cfg: &Config,
-    received_at: Millis,
+    received_at: i64,
     limits: &Limits,
 ) -> Result<Decoded, Reject> {
     if payload.len() > limits.max_payload_bytes {
@@ -204,7 +204,12 @@ pub fn decode(
         }
         DeviceIdFrom::BaseName => None,
     };
-    resolve(records, topic_device, received_at, limits)
+    resolve(
+        records,
+        topic_device,
+        Timestamp::from_millis(received_at),
+        limits,
+    )
 }
 
 fn json_records(payload: &[u8], limits: &Limits) -> Result<Vec<Rec>, Reject> {
@@ -326,7 +331,7 @@ fn clip(s: &str, n: usize) -> &str {
 fn resolve(
     records: Vec<Rec>,
     topic_device: Option<&str>,
-    received_at: Millis,
+    received_at: Timestamp,
     limits: &Limits,
 ) -> Result<Decoded, Reject> {
     let mut bn = String::new();
@@ -394,7 +399,7 @@ fn resolve(
         let ts = if time.abs() < RELATIVE_LIMIT {
             Some(received_at.saturating_add(ms as i64))
         } else if ms.is_finite() && ms.abs() < 9.0e15 {
-            Some(ms as i64)
+            Some(Timestamp::from_millis(ms as i64))
         } else {
             None
         }
@@ -465,7 +470,7 @@ mod tests {
     use super::*;
 
     /// 2^28 seconds and more: absolute.
-    const NOW: Millis = 1_700_000_000_000;
+    const NOW: i64 = 1_700_000_000_000;
 
     fn dec(pack: &str) -> Result<Decoded, Reject> {
         decode(
@@ -502,14 +507,14 @@ mod tests {
         assert_eq!(d.readings.len(), 3);
         let r = &d.readings[0];
         assert_eq!(r.device_id, "urn:dev:ow:10e2073a01080063");
-        assert_eq!(r.ts, t0);
+        assert_eq!(r.ts, Timestamp::from_millis(t0));
         assert_eq!(
             r.metrics,
             vec![("humidity".into(), 20.0), ("lon".into(), 24.30621)]
         );
-        assert_eq!(d.readings[1].ts, t0 + 60_000);
+        assert_eq!(d.readings[1].ts, Timestamp::from_millis(t0 + 60_000));
         assert_eq!(d.readings[1].metrics, vec![("temp".into(), 23.1)]);
-        assert_eq!(d.readings[2].ts, t0 + 120_000);
+        assert_eq!(d.readings[2].ts, Timestamp::from_millis(t0 + 120_000));
     }
 
     #[test]
@@ -518,11 +523,11 @@ mod tests {
             r#"[{"bn":"dev-1:","n":"a","v":1},{"n":"a","t":-5,"v":2},{"n":"b","t":-5.5,"v":3}]"#,
         )
         .unwrap();
-        let ts: Vec<Millis> = d.readings.iter().map(|r| r.ts).collect();
+        let ts: Vec<i64> = d.readings.iter().map(|r| r.ts.as_millis()).collect();
         assert_eq!(ts, vec![NOW, NOW - 5_000, NOW - 5_500]);
         // A base time in the relative range moves the records too.
         let d = dec(r#"[{"bn":"dev-1:","bt":-60,"n":"a","v":1,"t":10}]"#).unwrap();
-        assert_eq!(d.readings[0].ts, NOW - 50_000);
+        assert_eq!(d.readings[0].ts, Timestamp::from_millis(NOW - 50_000));
     }
 
     #[test]
@@ -538,7 +543,7 @@ mod tests {
         assert_eq!(d.readings.len(), 1);
         let r = &d.readings[0];
         assert_eq!(r.device_id, "meter-9");
-        assert_eq!(r.ts, 1_700_000_000_000);
+        assert_eq!(r.ts, Timestamp::from_millis(1_700_000_000_000));
         assert_eq!(
             r.metrics,
             vec![
@@ -696,9 +701,9 @@ mod tests {
         .unwrap();
         assert_eq!(d.readings.len(), 2);
         assert_eq!(d.readings[0].device_id, "urn:dev:ow:10e2073a0108006");
-        assert_eq!(d.readings[0].ts, 1_276_020_076_001);
+        assert_eq!(d.readings[0].ts, Timestamp::from_millis(1_276_020_076_001));
         assert_eq!(d.readings[0].metrics, vec![("voltage".into(), 120.1)]);
-        assert_eq!(d.readings[1].ts, 1_276_020_071_001);
+        assert_eq!(d.readings[1].ts, Timestamp::from_millis(1_276_020_071_001));
         assert_eq!(d.readings[1].metrics, vec![("current".into(), 1.2)]);
         // Truncated CBOR: rejected, not a panic.
         let e = decode(

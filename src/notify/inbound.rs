@@ -14,7 +14,7 @@ use super::link::{self, LinkError};
 use super::templates::{Facts, PageText};
 use super::worker::SentRecord;
 use super::{contact_key, Answer, Notifier, TicketDesk, TimelineEntry, NEEDS_HUMAN, QUEUE};
-use crate::domain::{format_ts, Status, Ticket};
+use crate::domain::{Status, Ticket, Timestamp};
 use crate::error_body::ErrorBody;
 use crate::fleet::Channel;
 use crate::store::Store;
@@ -313,7 +313,7 @@ impl Notifier {
         let short: String = m.text.chars().take(200).collect();
         let mut tx = store.tx();
         if let Some(k) = &provider_key {
-            tx.put_kv(k, &format_ts(now));
+            tx.put_kv(k, &Timestamp::from_millis(now).format());
         }
         if !t.is_live() {
             tx.push_timeline(
@@ -380,7 +380,7 @@ impl Notifier {
                 &Answer {
                     answer: reply.as_str().into(),
                     channel: channel.into(),
-                    at: format_ts(now),
+                    at: Timestamp::from_millis(now).format(),
                     // A different answer than before, given on the page, is a change.
                     changes: prev.as_ref().map_or(0, |p| p.changes)
                         + u32::from(m.channel.is_none() && prev.is_some()),
@@ -421,7 +421,10 @@ impl Notifier {
         let now = self.clock.now_ms();
         let mut tx = store.tx();
         if let Some(id) = provider_id {
-            tx.put_kv(&super::inbound_key(channel, id), &format_ts(now));
+            tx.put_kv(
+                &super::inbound_key(channel, id),
+                &Timestamp::from_millis(now).format(),
+            );
         }
         tx.push_timeline(
             customer,
@@ -450,7 +453,7 @@ impl Notifier {
             tx.put_kv(
                 &key,
                 &super::OptOut {
-                    at: format_ts(now),
+                    at: Timestamp::from_millis(now).format(),
                     keyword: keyword.chars().take(20).collect(),
                 },
             );
@@ -975,7 +978,7 @@ fn handle_email(s: &AppState, params: &[(String, String)]) -> Response {
             let seen = s.store.get_kv::<String>(&key).ok().flatten().is_some();
             if !seen {
                 let mut tx = s.store.tx();
-                tx.put_kv(&key, &format_ts(s.n.clock.now_ms()));
+                tx.put_kv(&key, &Timestamp::from_millis(s.n.clock.now_ms()).format());
                 if let Err(e) = s.store.commit(tx) {
                     return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string());
                 }
@@ -1301,7 +1304,7 @@ fn proposal(s: &AppState, t: &Ticket) -> Option<crate::domain::Proposal> {
 }
 
 /// A moment in the ticket's customer's time zone, calendar and digits.
-fn customer_moment(s: &AppState, t: &Ticket, ms: i64) -> String {
+fn customer_moment(s: &AppState, t: &Ticket, ms: Timestamp) -> String {
     use chrono::TimeZone;
     let customer = t.customer_id.as_deref().and_then(|c| s.desk.customer(c));
     let tz = customer
@@ -1309,7 +1312,7 @@ fn customer_moment(s: &AppState, t: &Ticket, ms: i64) -> String {
         .map(super::route::tz_of)
         .unwrap_or(chrono_tz::Tz::UTC);
     let locale = customer.map(|c| c.locale).unwrap_or_default();
-    tz.timestamp_millis_opt(ms)
+    tz.timestamp_millis_opt(ms.as_millis())
         .single()
         .map(|lt| s.n.templates.date(&locale, lt.naive_local()))
         .unwrap_or_default()
@@ -1327,7 +1330,7 @@ fn proposed_slots_html(s: &AppState, t: &Ticket, p: &PageText) -> String {
         html.push_str(&format!(
             "<label class=\"slot\"><input type=\"radio\" name=\"slot\" value=\"{v}\" id=\"slot-{i}\"{c}> \
              <span dir=\"auto\">{w}</span></label>",
-            v = slot.start_ms,
+            v = slot.start_ms.as_millis(),
             c = if i == 0 { " checked" } else { "" },
             w = e(&customer_moment(s, t, slot.start_ms)),
         ));
@@ -1370,8 +1373,8 @@ fn story_html(s: &AppState, t: &Ticket, p: &PageText) -> String {
     }
     let mut html = format!("<section id=\"story\"><h2>{}</h2><ol>", e(&p.story.title));
     for l in lines {
-        let when = crate::domain::parse_ts(&l.at)
-            .and_then(|ms| tz.timestamp_millis_opt(ms).single())
+        let when = Timestamp::parse(&l.at)
+            .and_then(|ms| tz.timestamp_millis_opt(ms.as_millis()).single())
             .map(|lt| s.n.templates.date(&locale, lt.naive_local()))
             .unwrap_or_default();
         html.push_str(&format!(
@@ -1446,10 +1449,14 @@ async fn page_answer(
     let mut booking = None;
     if let (Reply::Confirm, Some(v)) = (reply, param(&params, "slot")) {
         let prop = proposal(&s, &t);
-        let chosen = v.parse::<i64>().ok().and_then(|start| {
-            prop.as_ref()
-                .and_then(|p| p.slots.iter().find(|x| x.start_ms == start).copied())
-        });
+        let chosen = v
+            .parse::<i64>()
+            .ok()
+            .map(Timestamp::from_millis)
+            .and_then(|start| {
+                prop.as_ref()
+                    .and_then(|p| p.slots.iter().find(|x| x.start_ms == start).copied())
+            });
         let (Some(prop), Some(slot)) = (prop, chosen) else {
             return page_error(&s, &locale, StatusCode::BAD_REQUEST, |p| &p.choose);
         };
@@ -1458,7 +1465,7 @@ async fn page_answer(
             ticket_id: t.id.clone(),
             technician_id: prop.technician_id.clone(),
             slot,
-            booked_at: format_ts(s.n.clock.now_ms()),
+            booked_at: Timestamp::from_millis(s.n.clock.now_ms()).format(),
             booked_by: "customer:link".into(),
         });
     }

@@ -33,7 +33,7 @@ pub mod worker;
 pub use config::NotifyConfig;
 pub use worker::{fingerprint, interrupted_match, step, Attempt, Deliver, OutboxRow};
 
-use crate::domain::{format_ts, Priority, Ticket};
+use crate::domain::{Priority, Ticket, Timestamp};
 use crate::engine::{Change, ChangeKind};
 use crate::fleet::{Channel, Customer, Device};
 use channels::Provider;
@@ -124,7 +124,7 @@ pub struct TimelineEntry {
 impl TimelineEntry {
     pub fn new(at_ms: i64, kind: &str, ticket_id: &str, detail: impl Into<String>) -> Self {
         TimelineEntry {
-            at: format_ts(at_ms),
+            at: Timestamp::from_millis(at_ms).format(),
             kind: kind.into(),
             ticket_id: ticket_id.into(),
             channel: None,

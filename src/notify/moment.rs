@@ -123,7 +123,7 @@ mod tests {
             evidence: vec![],
             history: vec![],
             outcome: None,
-            opened_ms: 0,
+            opened_ms: crate::domain::Timestamp::EPOCH,
         }
     }
 
@@ -162,7 +162,13 @@ mod tests {
     #[test]
     fn transitions_say_what_changed() {
         let mut t = ticket();
-        t.transition(Status::Scheduled, "api:ops", 1, "").unwrap();
+        t.transition(
+            Status::Scheduled,
+            "api:ops",
+            crate::domain::Timestamp::from_millis(1),
+            "",
+        )
+        .unwrap();
         let m = for_change(
             &change(ChangeKind::Transition, t),
             false,
@@ -171,7 +177,13 @@ mod tests {
         );
         assert_eq!(m, Moment::Send(MessageKind::VisitConfirmed));
         let mut t = ticket();
-        t.transition(Status::Dismissed, "api:ops", 1, "").unwrap();
+        t.transition(
+            Status::Dismissed,
+            "api:ops",
+            crate::domain::Timestamp::from_millis(1),
+            "",
+        )
+        .unwrap();
         let m = for_change(
             &change(ChangeKind::Transition, t),
             false,
@@ -183,7 +195,7 @@ mod tests {
         t.transition(
             Status::Acknowledged,
             "customer:sms",
-            1,
+            crate::domain::Timestamp::from_millis(1),
             &format!("{ANOTHER_TIME} by sms: 2"),
         )
         .unwrap();
@@ -195,8 +207,13 @@ mod tests {
         );
         assert_eq!(m, Moment::Send(MessageKind::VisitRescheduled));
         let mut t = ticket();
-        t.transition(Status::Acknowledged, "customer:sms", 1, "not now by sms: 3")
-            .unwrap();
+        t.transition(
+            Status::Acknowledged,
+            "customer:sms",
+            crate::domain::Timestamp::from_millis(1),
+            "not now by sms: 3",
+        )
+        .unwrap();
         let m = for_change(
             &change(ChangeKind::Transition, t),
             false,

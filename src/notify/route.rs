@@ -11,14 +11,15 @@ use std::collections::BTreeSet;
 /// ticket's own event time (its latest update), so a replay of history routes like the live
 /// stream did; `now_ms` is the fallback when that time is unreadable.
 pub fn urgency(cfg: &RoutingConfig, t: &Ticket, now_ms: i64) -> (bool, String) {
-    let now_ms = crate::domain::parse_ts(&t.updated_at).unwrap_or(now_ms);
+    let now_ms = crate::domain::Timestamp::parse(&t.updated_at).map_or(now_ms, |t| t.as_millis());
     if t.priority >= cfg.urgent_priority {
         return (true, format!("urgent: priority {}", t.priority.as_str()));
     }
     if let Some(at) = t
         .predicted_failure_at
         .as_deref()
-        .and_then(crate::domain::parse_ts)
+        .and_then(crate::domain::Timestamp::parse)
+        .map(crate::domain::Timestamp::as_millis)
     {
         if at - now_ms < cfg.urgent_within.as_millis_i64() {
             return (

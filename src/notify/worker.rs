@@ -1008,7 +1008,8 @@ impl Notifier {
         let at = t
             .predicted_failure_at
             .as_deref()
-            .and_then(crate::domain::parse_ts);
+            .and_then(crate::domain::Timestamp::parse)
+            .map(crate::domain::Timestamp::as_millis);
         // Never a time in the past: within the next hour (or gone) it is "as soon as possible".
         let soon = at.is_some_and(|ms| ms <= now + 3_600_000);
         let when = at

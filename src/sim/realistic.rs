@@ -20,7 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{CsvSummary, Rng};
-use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
+use crate::domain::{DeviceEvent, EventKind, Reading, Timestamp};
 use crate::features::Attributes;
 use std::io::Write;
 use std::path::Path;
@@ -71,7 +71,7 @@ pub struct RealisticConfig {
     pub days: u64,
     pub seed: u64,
     /// Event time of the first tick.
-    pub start_ms: Millis,
+    pub start_ms: Timestamp,
     /// Nominal time between two readings of a device (the actual stamps are jittered).
     pub interval_ms: i64,
     /// Mean time between scheduled maintenance visits.
@@ -87,7 +87,7 @@ impl Default for RealisticConfig {
             days: 365,
             seed: 1,
             // 2025-01-01T00:00:00Z
-            start_ms: 1_735_689_600_000,
+            start_ms: Timestamp::from_millis(1_735_689_600_000),
             interval_ms: 3_600_000,
             maintenance_every_h: 60.0 * 24.0,
             id_prefix: "m-".into(),
@@ -253,7 +253,7 @@ pub fn generate(cfg: &RealisticConfig) -> RealisticHistory {
         for tick in 0..ticks {
             let h = tick as f64 * dt_h;
             let t_ms = cfg.start_ms + (h * 3_600_000.0) as i64;
-            let ev = |kind, code: &str, ts: Millis| DeviceEvent {
+            let ev = |kind, code: &str, ts: Timestamp| DeviceEvent {
                 device_id: u.info.id.clone(),
                 ts,
                 kind,
@@ -336,7 +336,7 @@ pub fn generate(cfg: &RealisticConfig) -> RealisticHistory {
             if rng.uniform() < 0.03 {
                 continue;
             }
-            let hour_of_day = ((t_ms.rem_euclid(86_400_000)) as f64) / 3_600_000.0;
+            let hour_of_day = ((t_ms.as_millis().rem_euclid(86_400_000)) as f64) / 3_600_000.0;
             let daily = (std::f64::consts::TAU * (hour_of_day - 8.0) / 24.0).sin();
             let load = (0.75 + 0.2 * daily + u.load_noise).clamp(0.2, 1.2);
             let s = |c: usize| u.parts[c].fault(h).powf(1.5);
@@ -434,7 +434,7 @@ pub fn write_csv(
     let mut tel = open("telemetry.csv")?;
     writeln!(tel, "device_id,ts,{}", METRICS.join(","))?;
     for r in &h.readings {
-        write!(tel, "{},{}", r.device_id, crate::domain::format_ts(r.ts))?;
+        write!(tel, "{},{}", r.device_id, r.ts.format())?;
         for m in METRICS {
             match r.metrics.iter().find(|(n, _)| n == m) {
                 Some((_, x)) => write!(tel, ",{x}")?,
@@ -460,7 +460,7 @@ pub fn write_csv(
             evs,
             "{},{},{},{}",
             e.device_id,
-            crate::domain::format_ts(e.ts),
+            e.ts.format(),
             e.kind.as_str(),
             e.code
         )?;
@@ -527,7 +527,7 @@ mod tests {
     #[test]
     fn sampling_is_irregular_with_gaps_and_missing_cells() {
         let h = fleet(4);
-        let mut last: HashMap<&str, Millis> = HashMap::new();
+        let mut last: HashMap<&str, Timestamp> = HashMap::new();
         let (mut gaps, mut off_grid, mut short) = (0, 0, 0);
         for r in &h.readings {
             if let Some(prev) = last.insert(&r.device_id, r.ts) {
@@ -537,7 +537,7 @@ mod tests {
                     gaps += 1;
                 }
             }
-            if r.ts % 3_600_000 != 0 {
+            if r.ts.as_millis() % 3_600_000 != 0 {
                 off_grid += 1;
             }
             if r.metrics.len() < METRICS.len() {
@@ -559,7 +559,7 @@ mod tests {
         let mut total = [0usize; 6];
         for seed in 1..=4 {
             let h = fleet(seed);
-            let ctrl_fail: Vec<(&str, Millis)> = h
+            let ctrl_fail: Vec<(&str, Timestamp)> = h
                 .events
                 .iter()
                 .filter(|e| e.kind == EventKind::Failure && e.code == "controller")

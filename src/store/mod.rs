@@ -685,8 +685,8 @@ impl Store {
                 continue;
             }
             if let Some(since) = f.since_ms {
-                let upd = crate::domain::parse_ts(&t.updated_at).unwrap_or(t.opened_ms);
-                if upd < since {
+                let upd = crate::domain::Timestamp::parse(&t.updated_at).unwrap_or(t.opened_ms);
+                if upd.as_millis() < since {
                     continue;
                 }
             }
@@ -785,7 +785,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{format_ts, ModelRef, Priority, Status};
+    use crate::domain::{ModelRef, Priority, Status, Timestamp};
 
     #[test]
     fn a_value_that_cannot_be_encoded_fails_the_whole_commit() {
@@ -868,8 +868,8 @@ mod tests {
             priority: Priority::High,
             probability: 0.8,
             predicted_failure_at: None,
-            opened_at: format_ts(0),
-            updated_at: format_ts(0),
+            opened_at: Timestamp::EPOCH.format(),
+            updated_at: Timestamp::EPOCH.format(),
             model: ModelRef {
                 name: "x".into(),
                 version: "1".into(),
@@ -877,7 +877,7 @@ mod tests {
             evidence: vec![],
             history: vec![],
             outcome: None,
-            opened_ms: 0,
+            opened_ms: Timestamp::EPOCH,
         }
     }
 

@@ -7,7 +7,7 @@ mod config;
 
 pub use config::Config;
 
-use crate::domain::{format_ts, HistoryEntry, Millis, Outcome, Status, Ticket};
+use crate::domain::{HistoryEntry, Outcome, Status, Ticket, Timestamp};
 
 impl Status {
     /// Whether a transition from `self` to `to` is allowed.
@@ -28,7 +28,7 @@ impl Status {
 /// device, mode and opening time under that key: nobody without the key can compute the id of
 /// another device's ticket (ids appear in SMS and e-mail replies). Without one (`evaluate`,
 /// `train`: no secret involved) it is a plain SHA-256, the same for everyone.
-pub fn ticket_id(key: &[u8], device_id: &str, mode: &str, opened_ms: Millis) -> String {
+pub fn ticket_id(key: &[u8], device_id: &str, mode: &str, opened_ms: Timestamp) -> String {
     use hmac::{Hmac, Mac};
     use sha2::{Digest, Sha256};
     let parts: [&[u8]; 5] = [
@@ -36,7 +36,7 @@ pub fn ticket_id(key: &[u8], device_id: &str, mode: &str, opened_ms: Millis) -> 
         &[0x1f],
         mode.as_bytes(),
         &[0x1f],
-        &opened_ms.to_be_bytes(),
+        &opened_ms.as_millis().to_be_bytes(),
     ];
     let d: Vec<u8> = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mut mac) if !key.is_empty() => {
@@ -68,7 +68,7 @@ impl Ticket {
         &mut self,
         to: Status,
         actor: &str,
-        at: Millis,
+        at: Timestamp,
         note: &str,
     ) -> Result<(), TransitionError> {
         if !self.status.can_become(to) {
@@ -82,9 +82,9 @@ impl Ticket {
         if to == Status::Dismissed && self.outcome.is_none() {
             self.outcome = Some(Outcome::FalseAlarm);
         }
-        self.updated_at = format_ts(at);
+        self.updated_at = at.format();
         self.history.push(HistoryEntry {
-            at: format_ts(at),
+            at: at.format(),
             actor: actor.to_string(),
             action: to.as_str().to_string(),
             from: Some(from),
@@ -106,7 +106,7 @@ mod tests {
 
     fn t() -> Ticket {
         Ticket {
-            id: ticket_id(&[], "d", "m", 0),
+            id: ticket_id(&[], "d", "m", Timestamp::EPOCH),
             device_id: "d".into(),
             customer_id: None,
             failure_mode: "m".into(),
@@ -114,8 +114,8 @@ mod tests {
             priority: Priority::High,
             probability: 0.9,
             predicted_failure_at: None,
-            opened_at: format_ts(0),
-            updated_at: format_ts(0),
+            opened_at: Timestamp::EPOCH.format(),
+            updated_at: Timestamp::EPOCH.format(),
             model: ModelRef {
                 name: "x".into(),
                 version: "1".into(),
@@ -123,43 +123,80 @@ mod tests {
             evidence: vec![],
             history: vec![],
             outcome: None,
-            opened_ms: 0,
+            opened_ms: Timestamp::EPOCH,
         }
     }
 
     #[test]
     fn lifecycle_moves_forward_and_keeps_history() {
         let mut tk = t();
-        tk.transition(Status::Acknowledged, "api", 1000, "")
+        tk.transition(
+            Status::Acknowledged,
+            "api",
+            Timestamp::from_millis(1000),
+            "",
+        )
+        .unwrap();
+        tk.transition(
+            Status::Scheduled,
+            "api",
+            Timestamp::from_millis(2000),
+            "tue 10:00",
+        )
+        .unwrap();
+        tk.transition(Status::Resolved, "api", Timestamp::from_millis(3000), "")
             .unwrap();
-        tk.transition(Status::Scheduled, "api", 2000, "tue 10:00")
-            .unwrap();
-        tk.transition(Status::Resolved, "api", 3000, "").unwrap();
         assert_eq!(tk.history.len(), 3);
         assert_eq!(tk.history[1].note, "tue 10:00");
-        let e = tk.transition(Status::Open, "api", 4000, "").unwrap_err();
+        let e = tk
+            .transition(Status::Open, "api", Timestamp::from_millis(4000), "")
+            .unwrap_err();
         assert_eq!(e.to_string(), "ticket is resolved, it cannot become open");
     }
 
     #[test]
     fn dismissal_records_a_false_alarm() {
         let mut tk = t();
-        tk.transition(Status::Dismissed, "api", 1, "").unwrap();
+        tk.transition(Status::Dismissed, "api", Timestamp::from_millis(1), "")
+            .unwrap();
         assert_eq!(tk.outcome, Some(Outcome::FalseAlarm));
         assert!(!tk.is_live());
     }
 
     #[test]
     fn ids_are_stable_per_opening() {
-        assert_eq!(ticket_id(&[], "a", "m", 5), ticket_id(&[], "a", "m", 5));
-        assert_ne!(ticket_id(&[], "a", "m", 5), ticket_id(&[], "a", "m", 6));
+        assert_eq!(
+            ticket_id(&[], "a", "m", Timestamp::from_millis(5)),
+            ticket_id(&[], "a", "m", Timestamp::from_millis(5))
+        );
+        assert_ne!(
+            ticket_id(&[], "a", "m", Timestamp::from_millis(5)),
+            ticket_id(&[], "a", "m", Timestamp::from_millis(6))
+        );
         // Keyed: stable under one key, unrelated across keys and to the unkeyed id.
         let k1 = [7u8; 32];
         let k2 = [8u8; 32];
-        assert_eq!(ticket_id(&k1, "a", "m", 5), ticket_id(&k1, "a", "m", 5));
-        assert_ne!(ticket_id(&k1, "a", "m", 5), ticket_id(&k2, "a", "m", 5));
-        assert_ne!(ticket_id(&k1, "a", "m", 5), ticket_id(&[], "a", "m", 5));
-        assert_eq!(ticket_id(&k1, "a", "m", 5).chars().count(), 18);
-        assert_eq!(format_ts(1_420_092_000_000), "2015-01-01T06:00:00Z");
+        assert_eq!(
+            ticket_id(&k1, "a", "m", Timestamp::from_millis(5)),
+            ticket_id(&k1, "a", "m", Timestamp::from_millis(5))
+        );
+        assert_ne!(
+            ticket_id(&k1, "a", "m", Timestamp::from_millis(5)),
+            ticket_id(&k2, "a", "m", Timestamp::from_millis(5))
+        );
+        assert_ne!(
+            ticket_id(&k1, "a", "m", Timestamp::from_millis(5)),
+            ticket_id(&[], "a", "m", Timestamp::from_millis(5))
+        );
+        assert_eq!(
+            ticket_id(&k1, "a", "m", Timestamp::from_millis(5))
+                .chars()
+                .count(),
+            18
+        );
+        assert_eq!(
+            Timestamp::from_millis(1_420_092_000_000).format(),
+            "2015-01-01T06:00:00Z"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! [`BadRows::Fail`] (every bad row is an error naming `file:line`).
 
 use super::TrainError;
-use crate::domain::{DeviceEvent, EventKind, Millis, Reading};
+use crate::domain::{DeviceEvent, EventKind, Reading, Timestamp};
 use crate::features::Attributes;
 use crate::history::{self, BadRows, HistoryError, RowError};
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +13,7 @@ use std::path::Path;
 #[derive(Debug, Clone, Default)]
 pub struct DeviceHistory {
     pub id: String,
-    pub ts: Vec<Millis>,
+    pub ts: Vec<Timestamp>,
     /// Row-major, `ts.len() × metrics.len()`; NaN where the cell was empty.
     pub values: Vec<f64>,
     /// Sorted by event time.
@@ -119,9 +119,9 @@ impl DeviceHistory {
     }
 
     /// Last event time observed for this device (reading or event).
-    pub fn observed_until(&self) -> Millis {
-        let r = self.ts.last().copied().unwrap_or(Millis::MIN);
-        let e = self.events.last().map_or(Millis::MIN, |e| e.ts);
+    pub fn observed_until(&self) -> Timestamp {
+        let r = self.ts.last().copied().unwrap_or(Timestamp::MIN);
+        let e = self.events.last().map_or(Timestamp::MIN, |e| e.ts);
         r.max(e)
     }
 }

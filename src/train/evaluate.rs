@@ -7,7 +7,7 @@ use super::labels::label;
 use super::select::{self, TicketTally};
 use super::TrainError;
 use crate::domain::Ticket;
-use crate::domain::{EventKind, Millis};
+use crate::domain::{EventKind, Timestamp};
 use crate::engine::{ChangeKind, DeviceCtx, Engine, EngineConfig, Models, Scoring};
 use crate::features::HOUR_MS;
 use crate::predict::Artifact;
@@ -186,7 +186,7 @@ pub fn evaluate(
                 .into_iter()
                 .chain(d.events.first().map(|e| e.ts))
                 .min()
-                .unwrap_or(0);
+                .unwrap_or(Timestamp::EPOCH);
         device_months += (d.observed_until() - first).max(0) as f64 / (30.0 * 24.0 * HOUR_MS);
         let mut state = engine.new_state(first);
         let mut live: Vec<Ticket> = Vec::new();
@@ -229,7 +229,7 @@ pub fn evaluate(
         .map(|(i, d)| (d.id.as_str(), i))
         .collect();
     let mut tally = TicketTally::default();
-    let mut scored: HashMap<(&str, &str), Vec<Millis>> = HashMap::new();
+    let mut scored: HashMap<(&str, &str), Vec<Timestamp>> = HashMap::new();
     for s in &scorings {
         scored
             .entry((s.device_id.as_str(), s.mode.as_str()))
@@ -238,12 +238,12 @@ pub fn evaluate(
     }
     for d in &h.devices {
         for m in &modes {
-            let opened: Vec<Millis> = tickets
+            let opened: Vec<Timestamp> = tickets
                 .iter()
                 .filter(|t| t.device_id == d.id && &t.failure_mode == m)
                 .map(|t| t.opened_ms)
                 .collect();
-            let fails: Vec<Millis> = d
+            let fails: Vec<Timestamp> = d
                 .events
                 .iter()
                 .filter(|e| &e.code == m && e.kind == EventKind::Failure)
@@ -288,7 +288,7 @@ pub fn evaluate(
             t.history
                 .iter()
                 .find(|e| e.action == crate::engine::ALERT_RAISED)
-                .and_then(|e| crate::domain::parse_ts(&e.at))
+                .and_then(|e| Timestamp::parse(&e.at))
         } else {
             Some(t.opened_ms)
         };
@@ -312,7 +312,7 @@ pub fn evaluate(
         watched.insert((s.device_id.as_str(), s.mode.as_str()));
     }
     // Watch episodes and failures seen on watch, per (device, mode), in scoring order.
-    let mut watch_rows: HashMap<(&str, &str), Vec<(Millis, bool)>> = HashMap::new();
+    let mut watch_rows: HashMap<(&str, &str), Vec<(Timestamp, bool)>> = HashMap::new();
     for s in &scorings {
         watch_rows
             .entry((s.device_id.as_str(), s.mode.as_str()))
@@ -335,20 +335,20 @@ pub fn evaluate(
                 }
                 on = w;
             }
-            let fails: Vec<Millis> = d
+            let fails: Vec<Timestamp> = d
                 .events
                 .iter()
                 .filter(|e| &e.code == m && e.kind == EventKind::Failure)
                 .map(|e| e.ts)
                 .collect();
-            let sc: Vec<Millis> = rows.iter().map(|r| r.0).collect();
+            let sc: Vec<Timestamp> = rows.iter().map(|r| r.0).collect();
             let t = select::match_tickets(&opened, &fails, &sc, horizon, window_h);
-            let ticket_opened: Vec<Millis> = tickets
+            let ticket_opened: Vec<Timestamp> = tickets
                 .iter()
                 .filter(|t| t.device_id == d.id && &t.failure_mode == m)
                 .map(|t| t.opened_ms)
                 .collect();
-            let mut prev = Millis::MIN;
+            let mut prev = Timestamp::MIN;
             for &f in &fails {
                 let lo = f.saturating_sub(w_ms).max(prev.saturating_add(1));
                 let first_watch = rows
@@ -458,7 +458,7 @@ pub fn evaluate(
             let last = scorings
                 .iter()
                 .filter(|s| s.device_id == d.id && s.ttf_hours.is_some())
-                .fold(None::<(Millis, f64)>, |acc, s| {
+                .fold(None::<(Timestamp, f64)>, |acc, s| {
                     let v = s.ttf_hours.unwrap_or(f64::INFINITY);
                     match acc {
                         Some((ts, best)) if ts > s.ts => Some((ts, best)),

@@ -18,7 +18,7 @@ use super::linear;
 use super::rows::{build_rows, build_spec, Rows};
 use super::select::{self, Target, ValidDevice};
 use super::TrainError;
-use crate::domain::EventKind;
+use crate::domain::{EventKind, Timestamp};
 use crate::engine::EngineConfig;
 use crate::features::HOUR_MS;
 use crate::features::{FeatureSpec, MetricStat};
@@ -389,7 +389,7 @@ pub fn train(
                     .into_iter()
                     .chain(d.events.first().map(|e| e.ts))
                     .min()
-                    .unwrap_or(0);
+                    .unwrap_or(Timestamp::EPOCH);
             (d.observed_until() - first).max(0) as f64 / (30.0 * 24.0 * HOUR_MS)
         })
         .collect();
@@ -598,7 +598,7 @@ pub fn train(
         let mut oof_devices: Vec<usize> = Vec::new();
         let mut vdevs: Vec<ValidDevice> = Vec::new();
         for d in 0..h.devices.len() {
-            let r: Vec<(i64, f64)> = (0..rows.len())
+            let r: Vec<(Timestamp, f64)> = (0..rows.len())
                 .filter(|&i| rows.device[i] as usize == d && oof[i].is_finite())
                 .map(|i| (rows.ts[i], calibrate(oof[i])))
                 .collect();

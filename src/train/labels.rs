@@ -9,7 +9,7 @@
 //!   is censored (unknown) and is not used by the classifier. The regressor gets the cap when that
 //!   span covers the cap, else the row is censored for it too.
 
-use crate::domain::{DeviceEvent, EventKind, Millis};
+use crate::domain::{DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,8 +27,8 @@ pub struct Label {
 pub fn label(
     events: &[DeviceEvent],
     mode: &str,
-    t: Millis,
-    end: Millis,
+    t: Timestamp,
+    end: Timestamp,
     horizon_h: f64,
     cap_h: f64,
 ) -> Label {
@@ -63,7 +63,7 @@ mod tests {
     fn ev(h: i64, kind: EventKind) -> DeviceEvent {
         DeviceEvent {
             device_id: "d".into(),
-            ts: h * 3_600_000,
+            ts: Timestamp::from_millis(h * 3_600_000),
             kind,
             code: "pump".into(),
         }
@@ -72,7 +72,7 @@ mod tests {
     #[test]
     fn maintenance_resets_the_clock_so_a_later_failure_is_not_a_positive() {
         let evs = vec![ev(10, EventKind::Maintenance), ev(15, EventKind::Failure)];
-        let h = |x: i64| x * 3_600_000;
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
         // 8 h before maintenance, 13 h before the failure: censored, not positive.
         let l = label(&evs, "pump", h(2), h(20), 24.0, 100.0);
         assert_eq!(l.positive, None);
@@ -96,7 +96,14 @@ mod tests {
     #[test]
     fn far_failures_are_negatives_with_capped_targets() {
         let evs = vec![ev(200, EventKind::Failure)];
-        let l = label(&evs, "pump", 0, 200 * 3_600_000, 24.0, 96.0);
+        let l = label(
+            &evs,
+            "pump",
+            Timestamp::EPOCH,
+            Timestamp::from_millis(200 * 3_600_000),
+            24.0,
+            96.0,
+        );
         assert_eq!(l.positive, Some(false));
         assert_eq!(l.target, Some(96.0));
         assert_eq!(l.ttf_hours, Some(200.0));

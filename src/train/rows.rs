@@ -2,7 +2,7 @@
 
 use super::csv::{History, Step};
 use super::labels::{label, Label};
-use crate::domain::{EventKind, Millis};
+use crate::domain::{EventKind, Timestamp};
 use crate::engine::{observe_and_slot, EngineConfig};
 use crate::features::{
     DeviceFeature, DeviceState, FeatureSpec, MetricIndex, MetricStat, WindowSpec,
@@ -179,7 +179,7 @@ pub struct Rows {
     pub x: Vec<f64>,
     /// Index into `History::devices`.
     pub device: Vec<u32>,
-    pub ts: Vec<Millis>,
+    pub ts: Vec<Timestamp>,
     pub labels: Vec<Label>,
 }
 
@@ -236,7 +236,7 @@ pub fn build_rows(
                 .into_iter()
                 .chain(d.events.first().map(|e| e.ts))
                 .min()
-                .unwrap_or(0);
+                .unwrap_or(Timestamp::EPOCH);
         let mut state = DeviceState::new(&cfg.window, first);
         for step in d.steps() {
             match step {

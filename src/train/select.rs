@@ -1,7 +1,7 @@
 //! Honest model selection: validation devices, ranking metrics, the ticket-level match rule and
 //! the choice of threshold and consecutive scorings on validation.
 
-use crate::domain::{DeviceEvent, EventKind, Millis};
+use crate::domain::{DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
 
 /// Splits devices into (training, validation) by a seeded hash of their ids, so a device's rows
@@ -209,9 +209,9 @@ impl TicketTally {
 /// is due when the device was scored in `[f − horizon, f]`, and detected when a ticket opened in
 /// `[f − window, f]` after the previous failure. All slices sorted.
 pub fn match_tickets(
-    opened: &[Millis],
-    failures: &[Millis],
-    scored: &[Millis],
+    opened: &[Timestamp],
+    failures: &[Timestamp],
+    scored: &[Timestamp],
     horizon_h: f64,
     window_h: f64,
 ) -> TicketTally {
@@ -226,7 +226,7 @@ pub fn match_tickets(
             t.correct += 1;
         }
     }
-    let mut prev = Millis::MIN;
+    let mut prev = Timestamp::MIN;
     for &f in failures {
         let lo = f.saturating_sub(hz);
         let due = scored.iter().any(|&s| s >= lo && s <= f);
@@ -251,12 +251,12 @@ pub fn match_tickets(
 /// `consecutive` scorings at or above `threshold` and stays live until a failure or maintenance of
 /// the mode settles it (which also resets the streak). Returns the opening times.
 pub fn simulate_openings(
-    rows: &[(Millis, f64)],
+    rows: &[(Timestamp, f64)],
     events: &[DeviceEvent],
     mode: &str,
     threshold: f64,
     consecutive: u16,
-) -> Vec<Millis> {
+) -> Vec<Timestamp> {
     let mut out = Vec::new();
     let mut evs = events
         .iter()
@@ -313,7 +313,7 @@ impl Target {
 
 /// One validation device for threshold selection.
 pub struct ValidDevice<'a> {
-    pub rows: Vec<(Millis, f64)>,
+    pub rows: Vec<(Timestamp, f64)>,
     pub events: &'a [DeviceEvent],
 }
 
@@ -372,13 +372,13 @@ pub fn tally_at(
     let mut t = TicketTally::default();
     for d in devices {
         let opened = simulate_openings(&d.rows, d.events, mode, threshold, consecutive);
-        let fails: Vec<Millis> = d
+        let fails: Vec<Timestamp> = d
             .events
             .iter()
             .filter(|e| e.code == mode && e.kind == EventKind::Failure)
             .map(|e| e.ts)
             .collect();
-        let scored: Vec<Millis> = d.rows.iter().map(|r| r.0).collect();
+        let scored: Vec<Timestamp> = d.rows.iter().map(|r| r.0).collect();
         t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
     }
     t
@@ -386,7 +386,7 @@ pub fn tally_at(
 
 /// Watch episodes of one device: the times its score rises to `threshold` or above after being
 /// below it (a watch is not held like a ticket: it ends when the score falls back).
-pub fn watch_episodes(rows: &[(Millis, f64)], threshold: f64) -> Vec<Millis> {
+pub fn watch_episodes(rows: &[(Timestamp, f64)], threshold: f64) -> Vec<Timestamp> {
     let mut out = Vec::new();
     let mut on = false;
     for &(ts, p) in rows {
@@ -410,13 +410,13 @@ pub fn watch_tally(
     let mut t = TicketTally::default();
     for d in devices {
         let opened = watch_episodes(&d.rows, threshold);
-        let fails: Vec<Millis> = d
+        let fails: Vec<Timestamp> = d
             .events
             .iter()
             .filter(|e| e.code == mode && e.kind == EventKind::Failure)
             .map(|e| e.ts)
             .collect();
-        let scored: Vec<Millis> = d.rows.iter().map(|r| r.0).collect();
+        let scored: Vec<Timestamp> = d.rows.iter().map(|r| r.0).collect();
         t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
     }
     t
@@ -592,8 +592,8 @@ mod tests {
 
     #[test]
     fn candidates_reach_the_top_score_and_crowd_where_the_rare_failures_are() {
-        let rows: Vec<(Millis, f64)> = (0..100_000)
-            .map(|i| (i as Millis, (i + 1) as f64 / 100_000.0))
+        let rows: Vec<(Timestamp, f64)> = (0..100_000)
+            .map(|i| (Timestamp::from_millis(i), (i + 1) as f64 / 100_000.0))
             .collect();
         let devices = [ValidDevice { rows, events: &[] }];
         let c = candidates(&devices);
@@ -623,7 +623,7 @@ mod tests {
 
     #[test]
     fn tickets_match_failures_within_the_window_and_count_lead_time() {
-        let h = |x: i64| x * 3_600_000;
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
         let t = match_tickets(
             &[h(10), h(100)],
             &[h(40), h(300)],
@@ -685,14 +685,14 @@ mod tests {
 
     #[test]
     fn policy_prefers_early_warnings_and_ignores_a_lone_spike() {
-        let h = |x: i64| x * 3_600_000;
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
         let fail = vec![DeviceEvent {
             device_id: "a".into(),
             ts: h(200),
             kind: EventKind::Failure,
             code: "m".into(),
         }];
-        let failing: Vec<(Millis, f64)> = (0..200)
+        let failing: Vec<(Timestamp, f64)> = (0..200)
             .map(|t| {
                 let p = match 200 - t {
                     d if d <= 20 => 0.95,
@@ -702,7 +702,7 @@ mod tests {
                 (h(t), p)
             })
             .collect();
-        let healthy: Vec<(Millis, f64)> = (0..200)
+        let healthy: Vec<(Timestamp, f64)> = (0..200)
             .map(|t| (h(t), if t == 77 { 0.58 } else { 0.1 }))
             .collect();
         let devices = [
@@ -719,7 +719,7 @@ mod tests {
         assert!(c.threshold <= 0.6, "{c:?}");
         assert!(simulate_openings(&healthy, &[], "m", c.threshold, c.consecutive).is_empty());
         let opened = simulate_openings(&failing, &fail, "m", c.threshold, c.consecutive);
-        assert!(h(200) - opened[0] >= h(12), "{c:?}");
+        assert!(h(200) - opened[0] >= 12 * 3_600_000, "{c:?}");
         assert_eq!(c.tally.precision(), Some(1.0));
     }
 }

@@ -168,7 +168,7 @@ pub fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
         topic: format!("{prefix}/{PROBE}/events"),
         payload: forewarn::ingest::encode::event_payload(&DeviceEvent {
             device_id: PROBE.into(),
-            ts,
+            ts: forewarn::domain::Timestamp::from_millis(ts),
             kind: EventKind::Error,
             code: "probe".into(),
         }),
@@ -180,7 +180,7 @@ pub fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
 fn committed_probe(app: &forewarn::app::App) -> Option<i64> {
     // Committed: the processor holds the core lock from a group's first message to its commit.
     let state = app.device_state(PROBE).ok()??;
-    Some(state.last_error_ts)
+    Some(state.last_error_ts.as_millis())
 }
 
 /// Starts the real daemon, replays the history through the broker (QoS 1, every PUBACK awaited),

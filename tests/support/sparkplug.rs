@@ -165,9 +165,16 @@ pub async fn assert_ingested(h: &Handle, run: &EdgeRun, group: &str, edge: &str,
     };
     let t0 = T0;
     let s = state(device_id.clone());
-    assert_eq!(s.first_ts, t0);
-    assert_eq!(s.last_ts, t0 + HOURS * HOUR, "the reading after the gap");
-    assert_eq!(state(node_id.clone()).first_ts, t0);
+    assert_eq!(s.first_ts, forewarn::domain::Timestamp::from_millis(t0));
+    assert_eq!(
+        s.last_ts,
+        forewarn::domain::Timestamp::from_millis(t0 + HOURS * HOUR),
+        "the reading after the gap"
+    );
+    assert_eq!(
+        state(node_id.clone()).first_ts,
+        forewarn::domain::Timestamp::from_millis(t0)
+    );
 
     // The same pipeline as JSON readings: the rising temperature opened a ticket.
     eventually("a ticket for the Sparkplug device", || async {

@@ -25,7 +25,7 @@
 pub mod payload;
 
 use crate::domain::{
-    validate_device_id, DeviceEvent, Dur, EventKind, Millis, Reading, RejectReason,
+    validate_device_id, DeviceEvent, Dur, EventKind, Reading, RejectReason, Timestamp,
 };
 use crate::ingest::decode::{Limits, Reject};
 use payload::payload::metric::Value;
@@ -514,9 +514,10 @@ impl Host {
         &mut self,
         topic: &str,
         payload: &[u8],
-        received_at: Millis,
+        received_at: i64,
         now_ms: i64,
     ) -> Option<Outcome> {
+        let received_at = Timestamp::from_millis(received_at);
         let t = match parse_topic(topic)? {
             Ok(TopicKind::Message(t)) => t,
             Ok(TopicKind::Other) => return Some(Outcome::default()),
@@ -569,7 +570,7 @@ impl Host {
         &mut self,
         t: &Topic,
         p: Payload,
-        received_at: Millis,
+        received_at: Timestamp,
         now_ms: i64,
         out: &mut Outcome,
     ) -> Result<(), Reject> {
@@ -785,8 +786,8 @@ fn step_seq(node: &mut Node, seq: Option<u8>, node_id: &str) -> Option<SeqGap> {
     }
 }
 
-fn to_millis(ts: u64) -> Result<Millis, Reject> {
-    i64::try_from(ts).map_err(|_| {
+fn to_millis(ts: u64) -> Result<Timestamp, Reject> {
+    i64::try_from(ts).map(Timestamp::from_millis).map_err(|_| {
         Reject::new(
             RejectReason::BadTimestamp,
             format!("timestamp {ts} is not epoch milliseconds"),
@@ -794,7 +795,7 @@ fn to_millis(ts: u64) -> Result<Millis, Reject> {
     })
 }
 
-fn death(device_id: &str, ts: Millis, code: &str) -> DeviceEvent {
+fn death(device_id: &str, ts: Timestamp, code: &str) -> DeviceEvent {
     DeviceEvent {
         device_id: device_id.to_string(),
         ts,
@@ -850,11 +851,11 @@ fn readings(
     device_id: &str,
     metrics: &[Metric],
     table: &Table,
-    payload_ts: Option<Millis>,
-    received_at: Millis,
+    payload_ts: Option<Timestamp>,
+    received_at: Timestamp,
     out: &mut Outcome,
 ) {
-    let mut by_ts: Vec<(Millis, Vec<(String, f64)>)> = Vec::new();
+    let mut by_ts: Vec<(Timestamp, Vec<(String, f64)>)> = Vec::new();
     for m in metrics {
         let (name, birth_type) = match (&m.name, m.alias) {
             (Some(n), _) => (n.as_str(), table.types.get(n).copied()),
@@ -889,6 +890,7 @@ fn readings(
         let ts = m
             .timestamp
             .and_then(|t| i64::try_from(t).ok())
+            .map(Timestamp::from_millis)
             .or(payload_ts)
             .unwrap_or(received_at);
         match by_ts.iter_mut().find(|(t, _)| *t == ts) {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const T: Millis = 1_700_000_000_000;
+const T: i64 = 1_700_000_000_000;
 
 fn host() -> Host {
     Host::new(Config::default(), Limits::default())
@@ -130,7 +130,7 @@ fn data_by_alias_becomes_readings_of_the_device_with_birth_datatypes() {
         o.readings,
         vec![Reading {
             device_id: "plant.gw1.press".into(),
-            ts: T + 1000,
+            ts: Timestamp::from_millis(T + 1000),
             seq: None,
             metrics: vec![
                 ("Temp".into(), 21.25),
@@ -158,7 +158,11 @@ fn metric_timestamps_split_a_message_into_readings() {
             T,
         )
         .unwrap();
-    let got: Vec<(Millis, usize)> = o.readings.iter().map(|r| (r.ts, r.metrics.len())).collect();
+    let got: Vec<(i64, usize)> = o
+        .readings
+        .iter()
+        .map(|r| (r.ts.as_millis(), r.metrics.len()))
+        .collect();
     // No payload timestamp: the metric without one is stamped with the receipt.
     assert_eq!(got, vec![(T + 10, 1), (T + 20, 1), (T + 99, 1)]);
 }
@@ -303,7 +307,7 @@ fn deaths_are_error_events_and_a_stale_ndeath_is_ignored() {
         o.events,
         vec![DeviceEvent {
             device_id: "plant.gw1.press".into(),
-            ts: T + 50,
+            ts: Timestamp::from_millis(T + 50),
             kind: EventKind::Error,
             code: DDEATH_CODE.into(),
         }]
@@ -337,10 +341,10 @@ fn deaths_are_error_events_and_a_stale_ndeath_is_ignored() {
             T,
         )
         .unwrap();
-    let got: Vec<(&str, Millis, &str)> = o
+    let got: Vec<(&str, i64, &str)> = o
         .events
         .iter()
-        .map(|e| (e.device_id.as_str(), e.ts, e.code.as_str()))
+        .map(|e| (e.device_id.as_str(), e.ts.as_millis(), e.code.as_str()))
         .collect();
     assert_eq!(
         got,

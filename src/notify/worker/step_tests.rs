@@ -2,12 +2,12 @@
 //! provider, no clock: what the worker and the channels execute is pinned here.
 
 use super::*;
-use crate::domain::{parse_ts, ModelRef, Priority};
+use crate::domain::{ModelRef, Priority, Timestamp};
 use std::time::Duration;
 
 /// Noon in Bangkok (UTC+7).
 fn noon() -> i64 {
-    parse_ts("2027-01-15T05:00:00Z").expect("time")
+    (Timestamp::parse("2027-01-15T05:00:00Z").expect("time")).as_millis()
 }
 const HOUR: i64 = 3_600_000;
 
@@ -30,7 +30,7 @@ fn ticket(status: Status) -> Ticket {
         evidence: vec![],
         history: vec![],
         outcome: None,
-        opened_ms: noon(),
+        opened_ms: Timestamp::from_millis(noon()),
     }
 }
 

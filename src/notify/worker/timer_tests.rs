@@ -46,8 +46,8 @@ fn ticket() -> Ticket {
         priority: crate::domain::Priority::Urgent,
         probability: 0.97,
         predicted_failure_at: None,
-        opened_at: crate::domain::format_ts(T0),
-        updated_at: crate::domain::format_ts(T0),
+        opened_at: crate::domain::Timestamp::from_millis(T0).format(),
+        updated_at: crate::domain::Timestamp::from_millis(T0).format(),
         model: crate::domain::ModelRef {
             name: "m".into(),
             version: "1".into(),
@@ -55,7 +55,7 @@ fn ticket() -> Ticket {
         evidence: vec![],
         history: vec![],
         outcome: None,
-        opened_ms: T0,
+        opened_ms: crate::domain::Timestamp::from_millis(T0),
     }
 }
 
@@ -137,7 +137,9 @@ async fn a_reminder_waits_for_its_due_time_then_is_dropped_for_an_acknowledged_t
         (
             "dropped",
             "reminder not needed: ticket acknowledged",
-            crate::domain::format_ts(clock.now_ms()).as_str()
+            crate::domain::Timestamp::from_millis(clock.now_ms())
+                .format()
+                .as_str()
         )
     );
     token.cancel();

@@ -6,7 +6,7 @@ pub mod peers;
 pub mod providers;
 pub mod smtp;
 
-use forewarn::domain::{format_ts, HistoryEntry, ModelRef, Priority, Status, Ticket};
+use forewarn::domain::{HistoryEntry, ModelRef, Priority, Status, Ticket, Timestamp};
 use forewarn::engine::{Change, ChangeKind};
 use forewarn::fleet::{Channel, Customer, Device};
 use forewarn::notify::config::{EmailConfig, PushConfig, SmtpTls, WebhookConfig};
@@ -91,9 +91,9 @@ impl TicketDesk for StoreDesk {
             .ok_or_else(|| DeskError::TicketNotFound(id.into()))?;
         let now = self.clock.now_ms();
         match to {
-            Some(s) => t.transition(s, actor, now, note)?,
+            Some(s) => t.transition(s, actor, Timestamp::from_millis(now), note)?,
             None => t.history.push(HistoryEntry {
-                at: format_ts(now),
+                at: Timestamp::from_millis(now).format(),
                 actor: actor.into(),
                 action: "note".into(),
                 from: None,
@@ -289,16 +289,17 @@ impl Harness {
         use forewarn::notify::Clock;
         let now = self.clock.now_ms();
         let t = Ticket {
-            id: ticket_id(&[], device, "bearing_wear", now),
+            id: ticket_id(&[], device, "bearing_wear", Timestamp::from_millis(now)),
             device_id: device.into(),
             customer_id: Some(customer.id.clone()),
             failure_mode: "bearing_wear".into(),
             status: Status::Open,
             priority,
             probability,
-            predicted_failure_at: fails_in_hours.map(|h| format_ts(now + h * HOUR)),
-            opened_at: format_ts(now),
-            updated_at: format_ts(now),
+            predicted_failure_at: fails_in_hours
+                .map(|h| Timestamp::from_millis(now + h * HOUR).format()),
+            opened_at: Timestamp::from_millis(now).format(),
+            updated_at: Timestamp::from_millis(now).format(),
             model: ModelRef {
                 name: "m".into(),
                 version: "1".into(),
@@ -306,7 +307,7 @@ impl Harness {
             evidence: vec![],
             history: vec![],
             outcome: None,
-            opened_ms: now,
+            opened_ms: Timestamp::from_millis(now),
         };
         let change = Change {
             kind: ChangeKind::Opened,
