@@ -255,6 +255,119 @@ impl Instance {
     }
 }
 
+/// A `forewarn serve --config …` in cluster mode (lease and ack wait 3 s), its own data
+/// directory under `root` and API port; with the single-machine configuration it was made from
+/// (for the backtest).
+fn start_instance(
+    nats: &NatsServer,
+    broker_url: &str,
+    root: &std::path::Path,
+    name: &str,
+    model: &forewarn::predict::Artifact,
+    hist: &SimHistory,
+) -> (Instance, forewarn::config::Config) {
+    let setup = DaemonSetup {
+        broker_url: broker_url.to_string(),
+        topic_prefix: "devices".into(),
+        client_id: format!("{name}-mqtt"),
+        root: root.join(name),
+        replay_chunk: None,
+    };
+    let mut cfg = daemon_config(&setup, model, hist);
+    let plain = cfg.clone();
+    let api = format!("127.0.0.1:{}", free_port());
+    cfg.api.listen = api.clone();
+    cfg.cluster.url = Some(nats.url());
+    cfg.cluster.instance = Some(name.into());
+    cfg.cluster.partitions = PARTITIONS;
+    cfg.cluster.subject_prefix = PREFIX.into();
+    cfg.cluster.lease = "3s".parse().unwrap();
+    cfg.cluster.ack_wait = "3s".parse().unwrap();
+    std::fs::create_dir_all(&setup.root).unwrap();
+    let path = write_config(&setup.root, &cfg);
+    let log = setup.root.join("serve.log");
+    let child = spawn_serve(&path, &log, "info");
+    let instance = Instance {
+        name: name.into(),
+        child: Some(child),
+        api,
+        log,
+    };
+    (instance, plain)
+}
+
+/// `GET /readyz`: the status code and the body.
+async fn readyz(http: &reqwest::Client, api: &str) -> Option<(u16, serde_json::Value)> {
+    let r = http.get(format!("http://{api}/readyz")).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_cluster_and_says_when_nats_is_gone() {
+    let Some(mut nats) = NatsServer::start("cluster_nats readyz", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 4, 3, 5);
+    let model = demo_model();
+    let (instance, _) = start_instance(&nats, &broker_url, tmp.path(), "fw-r", &model, &hist);
+    let http = reqwest::Client::new();
+
+    // Alone, it owns every partition: ready once it has joined and set each of them up.
+    let started = Instant::now();
+    let body = loop {
+        if let Some((200, body)) = readyz(&http, &instance.api).await {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never ready: {:?}\n{}",
+            readyz(&http, &instance.api).await,
+            instance.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = &body["cluster"];
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(c["ready"], true, "{body}");
+    assert_eq!(c["instance"], "fw-r", "{body}");
+    assert_eq!(c["nats"], true, "{body}");
+    assert_eq!(c["joined"], true, "{body}");
+    assert_eq!(c["lease_view"], true, "{body}");
+    assert_eq!(c["replaying"], serde_json::json!([]), "{body}");
+    let own = ownership(&http, &[&instance], false)
+        .await
+        .expect("cluster status");
+    assert_eq!(
+        own["fw-r"].len(),
+        PARTITIONS as usize,
+        "alone, it owns all: {own:?}"
+    );
+
+    // The NATS server goes away: not ready, and the body says why.
+    nats.stop();
+    let stopped = Instant::now();
+    let body = loop {
+        if let Some((503, body)) = readyz(&http, &instance.api).await {
+            if body["cluster"]["nats"] == false {
+                break body;
+            }
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "still ready without NATS: {:?}",
+            readyz(&http, &instance.api).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["ready"], false, "{body}");
+    let reason = body["cluster"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("NATS"), "the reason names NATS: {body}");
+}
+
 /// The last lines of each instance's log, for a failure message.
 fn tails(instances: &[&Instance]) -> String {
     instances
@@ -376,37 +489,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     let model = demo_model();
     let lease = Duration::from_secs(3);
 
-    // A `forewarn serve --config …` in cluster mode, its own data directory and API port.
-    let start = |name: &str| {
-        let setup = DaemonSetup {
-            broker_url: broker_url.clone(),
-            topic_prefix: "devices".into(),
-            client_id: format!("{name}-mqtt"),
-            root: tmp.path().join(name),
-            replay_chunk: None,
-        };
-        let mut cfg = daemon_config(&setup, &model, &hist);
-        let plain = cfg.clone();
-        let api = format!("127.0.0.1:{}", free_port());
-        cfg.api.listen = api.clone();
-        cfg.cluster.url = Some(nats.url());
-        cfg.cluster.instance = Some(name.into());
-        cfg.cluster.partitions = PARTITIONS;
-        cfg.cluster.subject_prefix = PREFIX.into();
-        cfg.cluster.lease = "3s".parse().unwrap();
-        cfg.cluster.ack_wait = "3s".parse().unwrap();
-        std::fs::create_dir_all(&setup.root).unwrap();
-        let path = write_config(&setup.root, &cfg);
-        let log = setup.root.join("serve.log");
-        let child = spawn_serve(&path, &log, "info");
-        let instance = Instance {
-            name: name.into(),
-            child: Some(child),
-            api,
-            log,
-        };
-        (instance, plain)
-    };
+    let start = |name: &str| start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist);
     let mut instances = Vec::new();
     let mut backtest = Vec::new();
     for name in ["fw-a", "fw-b", "fw-c"] {

@@ -21,6 +21,53 @@ pub trait Fleetwide: Send + Sync {
     /// The instance holding the lease of the device's partition, as last read; its copy of the
     /// device's tickets is the authoritative one.
     fn owner(&self, device: &str) -> Option<String>;
+    /// Whether this instance can serve its share of the fleet (`/readyz` in cluster mode).
+    fn readiness(&self) -> ClusterReadiness;
+}
+
+/// Cluster mode's part of `/readyz`: ready once the instance is connected to NATS, has joined
+/// (its membership key written), holds a fresh view of the leases (a lease round succeeded
+/// within one lease time) and has finished replaying every partition it owns. An instance that
+/// owns no partition (more instances than partitions, or waiting for a lease to be handed on)
+/// is ready: it serves the fleet-wide API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ClusterReadiness {
+    /// All of the below hold.
+    pub ready: bool,
+    /// This instance's name in the leases.
+    pub instance: String,
+    /// Connected to the NATS server now.
+    pub nats: bool,
+    /// Its membership key was written at least once.
+    pub joined: bool,
+    /// The last lease round succeeded within one lease time.
+    pub lease_view: bool,
+    /// Owned partitions not yet consumed live: their state is still being rebuilt from the
+    /// stream.
+    pub replaying: Vec<u32>,
+    /// Why it is not ready, in words (`null` when ready).
+    pub reason: Option<String>,
+}
+
+impl ClusterReadiness {
+    /// Fills `ready` and `reason` from the facts.
+    pub fn judge(mut self) -> ClusterReadiness {
+        let mut why: Vec<String> = Vec::new();
+        if !self.nats {
+            why.push("lost the connection to NATS".into());
+        }
+        if !self.joined {
+            why.push("has not joined the cluster yet".into());
+        } else if !self.lease_view {
+            why.push("no lease round succeeded within one lease time".into());
+        }
+        if !self.replaying.is_empty() {
+            why.push(format!("partitions {:?} still replaying", self.replaying));
+        }
+        self.ready = why.is_empty();
+        self.reason = (!why.is_empty()).then(|| why.join("; "));
+        self
+    }
 }
 
 /// The fleet as the API sees it: who this instance is, the live instances with the API
@@ -61,4 +108,43 @@ pub enum ClaimError {
         ticket: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> ClusterReadiness {
+        ClusterReadiness {
+            instance: "fw-a".into(),
+            nats: true,
+            joined: true,
+            lease_view: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_owning_nothing_but_joined_and_connected_is_ready() {
+        let r = facts().judge();
+        assert!(r.ready);
+        assert_eq!(r.reason, None);
+    }
+
+    #[test]
+    fn replaying_partitions_and_a_lost_connection_are_named() {
+        let mut f = facts();
+        f.replaying = vec![3, 5];
+        f.nats = false;
+        let r = f.judge();
+        assert!(!r.ready);
+        let why = r.reason.unwrap_or_default();
+        assert!(why.contains("[3, 5]") && why.contains("NATS"), "{why}");
+        let mut f = facts();
+        f.joined = false;
+        f.lease_view = false;
+        let r = f.judge();
+        assert!(!r.ready);
+        assert_eq!(r.reason.as_deref(), Some("has not joined the cluster yet"));
+    }
 }

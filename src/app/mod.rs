@@ -26,7 +26,7 @@ mod status;
 mod tickets;
 pub mod timers;
 
-pub use cluster::{ClaimError, ClusterStatus, Fleetwide, Peers};
+pub use cluster::{ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers};
 pub use commit::GroupStats;
 pub use fleet::Fleet;
 pub use models::ReloadError;

@@ -33,7 +33,7 @@ pub mod partition;
 
 pub use config::Config;
 
-use crate::app::{ClaimError, ClusterStatus, Fleetwide, Peers};
+use crate::app::{ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers};
 use crate::domain::parse_ts;
 use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
@@ -127,6 +127,11 @@ struct View {
     members: Vec<String>,
     owned: BTreeSet<u32>,
     replaying: BTreeSet<u32>,
+    /// Owned partitions whose live consumer is not up yet (being set up, or replaying): the
+    /// instance is not ready while there are any.
+    starting: BTreeSet<u32>,
+    /// When a lease round last succeeded (`None`: never, the instance has not joined).
+    last_round: Option<Instant>,
     assignment: BTreeMap<u32, String>,
     /// Each live member's advertised API address, from its membership record.
     apis: BTreeMap<String, Option<String>>,
@@ -313,7 +318,10 @@ impl Cluster {
             self.clone().release(p, h).await;
         }
         let _ = self.leases.delete(format!("m.{}", self.instance)).await;
-        self.publish_view(|v| v.owned.clear());
+        self.publish_view(|v| {
+            v.owned.clear();
+            v.starting.clear();
+        });
     }
 
     /// One round: heartbeat, read members and leases, renew, release, lose, acquire.
@@ -453,6 +461,9 @@ impl Cluster {
                 self.metrics.leases.with_label_values(&["acquired"]).inc();
                 tracing::info!(partition = p, "lease acquired");
                 assignment.insert(p, (self.instance.clone(), revision));
+                self.publish_view(|v| {
+                    v.starting.insert(p);
+                });
                 let stop = shutdown.child_token();
                 let outstanding = Arc::new(AtomicUsize::new(0));
                 let task = tokio::spawn(self.clone().partition_task(
@@ -475,6 +486,8 @@ impl Cluster {
         let owned: BTreeSet<u32> = held.keys().copied().collect();
         self.metrics.owned.set(owned.len() as i64);
         self.publish_view(|v| {
+            v.starting.retain(|p| owned.contains(p));
+            v.last_round = Some(Instant::now());
             v.members = members;
             v.apis = apis;
             v.owned = owned;
@@ -503,6 +516,7 @@ impl Cluster {
         self.publish_view(|v| {
             v.owned.remove(&p);
             v.replaying.remove(&p);
+            v.starting.remove(&p);
         });
         self.metrics.leases.with_label_values(&["released"]).inc();
         tracing::info!(partition = p, "lease released");
@@ -531,6 +545,7 @@ impl Cluster {
         }
         self.publish_view(|v| {
             v.replaying.remove(&p);
+            v.starting.remove(&p);
         });
     }
 
@@ -601,6 +616,10 @@ impl Cluster {
             )
             .await
             .map_err(|e| err(boxed(e)))?;
+        // State rebuilt, consuming live from here on: this partition no longer holds `/readyz`.
+        self.publish_view(|v| {
+            v.starting.remove(&p);
+        });
         loop {
             let mut messages = consumer.messages().await.map_err(|e| err(boxed(e)))?;
             loop {
@@ -893,6 +912,23 @@ impl Fleetwide for Cluster {
     fn owner(&self, device: &str) -> Option<String> {
         let p = partition::of_device(device, self.cfg.partitions);
         self.view.lock().assignment.get(&p).cloned()
+    }
+
+    fn readiness(&self) -> ClusterReadiness {
+        let nats = self.client.connection_state() == async_nats::connection::State::Connected;
+        let v = self.view.lock();
+        ClusterReadiness {
+            ready: false,
+            instance: self.instance.clone(),
+            nats,
+            joined: v.last_round.is_some(),
+            lease_view: v
+                .last_round
+                .is_some_and(|t| t.elapsed() <= self.cfg.lease.std()),
+            replaying: v.starting.iter().copied().collect(),
+            reason: None,
+        }
+        .judge()
     }
 }
 
