@@ -164,6 +164,70 @@ async fn a_ticket_change_two_instances_both_make_is_claimed_by_one_of_them() {
     .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_retention_reaches_the_stream_and_the_claims_bucket() {
+    use forewarn::cluster::Cluster;
+    let Some(nats) = NatsServer::start("cluster_nats retention", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let day = Duration::from_secs(24 * 3600);
+    let connect = |stream_days: u64, claims_days: u64, bytes: Option<u64>| {
+        let cfg = forewarn::cluster::Config {
+            url: Some(nats.url()),
+            instance: Some("fw-ret".into()),
+            partitions: PARTITIONS,
+            subject_prefix: PREFIX.into(),
+            stream_max_age: format!("{stream_days}d").parse().unwrap(),
+            claims_max_age: format!("{claims_days}d").parse().unwrap(),
+            stream_max_bytes: bytes,
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        async move {
+            Cluster::connect(&cfg, &prometheus::Registry::new())
+                .await
+                .unwrap()
+        }
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let limits = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut s = js.get_stream(name).await.unwrap();
+            let c = s.info().await.unwrap().config.clone();
+            (c.max_age, c.max_bytes)
+        }
+    };
+
+    // Created with the settings.
+    drop(connect(3, 4, Some(1 << 30)).await);
+    assert_eq!(limits("FOREWARN").await, (day * 3, 1 << 30), "the stream");
+    assert_eq!(limits("KV_forewarn-claims").await.0, day * 4, "the claims");
+    assert_eq!(
+        limits("KV_forewarn-tickets").await.0,
+        Duration::ZERO,
+        "the shared ticket-id secret never expires"
+    );
+    // Changed settings reach the existing stream and bucket at the next start.
+    drop(connect(5, 6, None).await);
+    assert_eq!(
+        limits("FOREWARN").await,
+        (day * 5, -1),
+        "the stream, updated"
+    );
+    assert_eq!(
+        limits("KV_forewarn-claims").await.0,
+        day * 6,
+        "the claims, updated"
+    );
+
+    // A claims age below the stream's is a configuration error naming the key.
+    let mut bad = forewarn::cluster::Config::default();
+    bad.claims_max_age = "1d".parse().unwrap();
+    assert_eq!(bad.validate().unwrap_err().0, "cluster.claims_max_age");
+}
+
 #[test]
 fn serve_cluster_flag_switches_cluster_mode_on_and_a_bad_url_is_a_usage_error() {
     let serve = |url: &str| {
@@ -711,7 +775,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     }
 
     // One claim per ticket in the fleet-wide bucket, and no claim the backtest does not have.
-    let claims = js.get_key_value("forewarn-tickets").await.unwrap();
+    let claims = js.get_key_value("forewarn-claims").await.unwrap();
     let mut keys = claims.keys().await.unwrap();
     let mut claimed = Vec::new();
     while let Some(k) = keys.next().await {

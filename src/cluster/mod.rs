@@ -152,7 +152,8 @@ pub struct Cluster {
     client: async_nats::Client,
     stream: stream::Stream,
     leases: kv::Store,
-    tickets: kv::Store,
+    /// Fleet-wide ticket claims, expiring after `claims_max_age`.
+    claims: kv::Store,
     ticket_id_key: Vec<u8>,
     /// The runtime the processor thread's claims run on.
     rt: tokio::runtime::Handle,
@@ -208,20 +209,16 @@ impl Cluster {
                 source: boxed(e),
             })?;
         let js = jetstream::new(client.clone());
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: cfg.stream.clone(),
-                subjects: vec![format!("{}.*.>", cfg.subject_prefix)],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Stream {
-                name: cfg.stream.clone(),
-                source: boxed(e),
-            })?;
+        let stream = device_stream(&js, cfg).await?;
         let leases = bucket(&js, &format!("{}-leases", cfg.buckets), cfg.lease.std()).await?;
+        // Holds the shared ticket-id secret, which never expires.
         let tickets = bucket(&js, &format!("{}-tickets", cfg.buckets), Duration::ZERO).await?;
+        let claims = bucket(
+            &js,
+            &format!("{}-claims", cfg.buckets),
+            cfg.claims_max_age.std(),
+        )
+        .await?;
         let ticket_id_key = shared_ticket_key(&tickets).await?;
         let metrics = ClusterMetrics::new(registry)?;
         tracing::info!(%instance, %url, partitions = cfg.partitions, "joined the cluster");
@@ -231,7 +228,7 @@ impl Cluster {
             client,
             stream,
             leases,
-            tickets,
+            claims,
             ticket_id_key,
             rt: tokio::runtime::Handle::current(),
             view: Mutex::new(View::default()),
@@ -770,6 +767,65 @@ impl Cluster {
     }
 }
 
+/// The stream of the partitioned device subjects, with the configured retention: created when
+/// absent; an existing one keeps its other settings and gets `stream_max_age` and
+/// `stream_max_bytes` when they differ (so a changed retention reaches the server at the next
+/// start).
+async fn device_stream(
+    js: &jetstream::Context,
+    cfg: &Config,
+) -> Result<stream::Stream, ClusterError> {
+    let fail = |e: BoxError| ClusterError::Stream {
+        name: cfg.stream.clone(),
+        source: e,
+    };
+    let max_age = cfg.stream_max_age.std();
+    let max_bytes = cfg
+        .stream_max_bytes
+        .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let mut stream = js
+        .get_or_create_stream(stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![format!("{}.*.>", cfg.subject_prefix)],
+            storage: stream::StorageType::File,
+            max_age,
+            max_bytes,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail(boxed(e)))?;
+    let current = stream
+        .info()
+        .await
+        .map_err(|e| fail(boxed(e)))?
+        .config
+        .clone();
+    if current.max_age != max_age || current.max_bytes != max_bytes {
+        tracing::info!(
+            stream = %cfg.stream,
+            max_age = ?max_age,
+            max_bytes,
+            "applying the configured retention to the existing stream"
+        );
+        js.update_stream(stream::Config {
+            max_age,
+            max_bytes,
+            // JetStream wants the duplicate window within the age limit.
+            duplicate_window: current.duplicate_window.min(max_age),
+            ..current
+        })
+        .await
+        .map_err(|e| fail(boxed(e)))?;
+        stream = js
+            .get_stream(&cfg.stream)
+            .await
+            .map_err(|e| fail(boxed(e)))?;
+    }
+    Ok(stream)
+}
+
+/// A key-value bucket whose values expire after `max_age` (zero: never). An existing bucket
+/// gets `max_age` when it differs (the claims' age limit reaches the server at the next start).
 async fn bucket(
     js: &jetstream::Context,
     name: &str,
@@ -780,6 +836,26 @@ async fn bucket(
         source: e,
     };
     if let Ok(b) = js.get_key_value(name).await {
+        let mut backing = js
+            .get_stream(format!("KV_{name}"))
+            .await
+            .map_err(|e| fail(boxed(e)))?;
+        let current = backing
+            .info()
+            .await
+            .map_err(|e| fail(boxed(e)))?
+            .config
+            .clone();
+        if current.max_age != max_age {
+            tracing::info!(bucket = name, max_age = ?max_age, "applying the configured age limit");
+            js.update_stream(stream::Config {
+                max_age,
+                duplicate_window: dedup_window(max_age),
+                ..current
+            })
+            .await
+            .map_err(|e| fail(boxed(e)))?;
+        }
         return Ok(b);
     }
     // The bucket's stream is made here, with the key-value layout (`KV_NAME` keeping
@@ -791,7 +867,7 @@ async fn bucket(
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         max_age,
-        duplicate_window: max_age,
+        duplicate_window: dedup_window(max_age),
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
@@ -803,6 +879,17 @@ async fn bucket(
     .await
     .map_err(|e| fail(boxed(e)))?;
     js.get_key_value(name).await.map_err(|e| fail(boxed(e)))
+}
+
+/// A bucket's duplicate window: within its age limit (JetStream requires it), and no longer
+/// than two minutes (key-value writes carry no message ids; a long window only costs memory).
+fn dedup_window(max_age: Duration) -> Duration {
+    let two_minutes = Duration::from_secs(120);
+    if max_age.is_zero() {
+        two_minutes
+    } else {
+        max_age.min(two_minutes)
+    }
 }
 
 /// The ticket-id secret: made by the first instance that starts, read by the others.
@@ -857,7 +944,7 @@ impl Fleetwide for Cluster {
             source,
         };
         let value = serde_json::to_vec(&record).map_err(|e| fail(boxed(e)))?;
-        let tickets = self.tickets.clone();
+        let tickets = self.claims.clone();
         let call = async move {
             match tickets.create(&key, value.into()).await {
                 Ok(_) => Ok(None),
