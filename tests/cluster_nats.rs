@@ -1022,4 +1022,80 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         "{} stopped: {} answered 503: {message}",
         stopped.name, asked.name
     );
+
+    // The transition survives a hand-off: the owner that accepted it is killed, and the other
+    // instance, which rebuilds the partition from the stream, has the ticket acknowledged too.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGCONT);
+    }
+    let resumed = Instant::now();
+    loop {
+        if let Some(own) = ownership(&http, &remaining, true).await {
+            if covers_all(&own) && in_rendezvous_shares(&own) {
+                break;
+            }
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(60),
+            "{} never got its share back after SIGCONT:\n{}",
+            stopped.name,
+            tails(&remaining)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (owner_name, other_name, other_api) =
+        (owner.name.clone(), other.name.clone(), other.api.clone());
+    let killed_at = Instant::now();
+    instances
+        .iter_mut()
+        .find(|i| i.name == owner_name)
+        .unwrap()
+        .kill();
+    let heir: Vec<&Instance> = instances.iter().filter(|i| i.name == other_name).collect();
+    loop {
+        if let Some(own) = ownership(&http, &heir, true).await {
+            if covers_all(&own) {
+                break;
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "{other_name} never took over from {owner_name}:\n{}",
+            tails(&heir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = loop {
+        match readyz(&http, &other_api).await {
+            Some((200, body)) => break body,
+            other => assert!(
+                killed_at.elapsed() < Duration::from_secs(60),
+                "{other_name} not ready after the take-over: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        ready["cluster"]["replaying"],
+        serde_json::json!([]),
+        "{ready}"
+    );
+    assert_eq!(
+        local(&other_api).await,
+        Some(forewarn::domain::Status::Acknowledged),
+        "the new owner {other_name} rebuilt the ticket with its transition"
+    );
+    let applied = metric(
+        &http,
+        &other_api,
+        "forewarn_cluster_transitions_total{result=\"applied\"}",
+    )
+    .await;
+    assert!(applied >= 1.0, "the transition was applied from the stream");
+    eprintln!(
+        "killed {owner_name}: {other_name} owned every partition, replayed, with ticket {} \
+         acknowledged, {:.2} s later",
+        target.id,
+        killed_at.elapsed().as_secs_f64()
+    );
 }

@@ -1,8 +1,10 @@
 //! What cluster mode (`crate::cluster`, which implements [`Fleetwide`]) provides the commit
 //! path and the API.
 
+use super::{App, CoreError};
+use crate::domain::{format_ts, HistoryEntry, Outcome, Status, Ticket};
 use crate::engine::Change;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What cluster mode (`crate::cluster`, which implements it) asks of the commit path.
 pub trait Fleetwide: Send + Sync {
@@ -23,6 +25,115 @@ pub trait Fleetwide: Send + Sync {
     fn owner(&self, device: &str) -> Option<String>;
     /// Whether this instance can serve its share of the fleet (`/readyz` in cluster mode).
     fn readiness(&self) -> ClusterReadiness;
+    /// Records a transition accepted here (API, board, customer reply) where the partition's
+    /// next owner will find it: in the stream, after the device's readings so far. Called before
+    /// the transition is stored; an error leaves it unmade.
+    fn record_transition(&self, t: &RecordedTransition) -> Result<(), ClaimError>;
+}
+
+/// A ticket transition as cluster mode records it in the stream (JSON), so that the owner that
+/// rebuilds the partition from the stream applies it at the same place among the readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedTransition {
+    pub ticket: String,
+    pub device_id: String,
+    /// `None`: a note only.
+    pub to: Option<Status>,
+    pub actor: String,
+    pub note: String,
+    pub outcome: Option<Outcome>,
+    /// When it was made (epoch milliseconds), as its history entry says.
+    pub at_ms: i64,
+    /// The instance that accepted it (filled in by cluster mode).
+    #[serde(default)]
+    pub instance: String,
+}
+
+/// What applying a recorded transition did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Stored (nothing sent: the instance that accepted it sent what it had to).
+    Applied,
+    /// Already in the ticket's history (made here, or applied before).
+    Already,
+    /// Not applicable to the ticket as rebuilt here (gone, or in a status it cannot leave that
+    /// way); counted and skipped.
+    Refused(String),
+}
+
+impl App {
+    /// Applies a transition read from the stream (cluster mode: a partition's replay, or one
+    /// accepted by another instance): the ticket is stored with it, and nothing is sent. One
+    /// already in the ticket's history is not applied twice.
+    pub fn apply_recorded(&self, r: &RecordedTransition) -> Result<Applied, CoreError> {
+        let mut core = self.core.lock();
+        let Some(mut t) = self.store.ticket(&r.ticket)? else {
+            return Ok(Applied::Refused(format!("ticket {} not found", r.ticket)));
+        };
+        if recorded_in(&t, r) {
+            return Ok(Applied::Already);
+        }
+        match r.to {
+            Some(to) => {
+                if let Err(e) = t.transition(to, &r.actor, r.at_ms, &r.note) {
+                    return Ok(Applied::Refused(e.to_string()));
+                }
+            }
+            None => t.history.push(HistoryEntry {
+                at: format_ts(r.at_ms),
+                actor: r.actor.clone(),
+                action: "note".into(),
+                from: None,
+                to: None,
+                note: r.note.clone(),
+            }),
+        }
+        if let Some(o) = r.outcome {
+            t.outcome = Some(o);
+        }
+        let mut tx = self.store.tx();
+        tx.put_ticket(&t);
+        self.store.commit(tx)?;
+        // The engine's copy of the device's live tickets is the one its next change starts from.
+        if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {
+            slot.live.retain(|x| x.id != t.id);
+            if t.is_live() {
+                slot.live.push(t);
+            }
+        }
+        Ok(Applied::Applied)
+    }
+}
+
+/// Whether the ticket's history already holds the recorded transition.
+fn recorded_in(t: &Ticket, r: &RecordedTransition) -> bool {
+    let at = format_ts(r.at_ms);
+    t.history
+        .iter()
+        .any(|h| h.at == at && h.actor == r.actor && h.note == r.note && h.to == r.to)
+}
+
+impl RecordedTransition {
+    /// The record of `to` (or a note) made on `ticket` at `at_ms`.
+    pub fn new(
+        ticket: &Ticket,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        outcome: Option<Outcome>,
+        at_ms: i64,
+    ) -> RecordedTransition {
+        RecordedTransition {
+            ticket: ticket.id.clone(),
+            device_id: ticket.device_id.clone(),
+            to,
+            actor: actor.to_string(),
+            note: note.to_string(),
+            outcome,
+            at_ms,
+            instance: String::new(),
+        }
+    }
 }
 
 /// Cluster mode's part of `/readyz`: ready once the instance is connected to NATS, has joined

@@ -150,6 +150,11 @@ impl App {
         };
         let mut tx = self.store.tx();
         also(&t, &mut tx)?;
+        if let Some(f) = &self.fleetwide {
+            // Cluster mode: in the stream before it is stored, for the partition's next owner.
+            let r = super::RecordedTransition::new(&t, to, actor, note, outcome, now);
+            f.record_transition(&r)?;
+        }
         self.record_change(&mut tx, &change, now);
         self.store.commit(tx)?;
         if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {

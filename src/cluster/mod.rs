@@ -33,7 +33,9 @@ pub mod partition;
 
 pub use config::Config;
 
-use crate::app::{ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers};
+use crate::app::{
+    App, Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
+};
 use crate::domain::parse_ts;
 use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
@@ -81,6 +83,7 @@ struct ClusterMetrics {
     leases: IntCounterVec,
     claims: IntCounterVec,
     replayed: IntCounter,
+    transitions: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -111,12 +114,23 @@ impl ClusterMetrics {
         r.register(Box::new(owned.clone()))?;
         r.register(Box::new(leases.clone()))?;
         r.register(Box::new(claims.clone()))?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_transitions_total",
+                "Ticket transitions: recorded (in the stream, accepted here), applied (read from \
+                 the stream: replayed or made elsewhere), already (in the ticket's history), \
+                 refused (not applicable to the ticket as rebuilt here)",
+            ),
+            &["result"],
+        )?;
         r.register(Box::new(replayed.clone()))?;
+        r.register(Box::new(transitions.clone()))?;
         Ok(ClusterMetrics {
             owned,
             leases,
             claims,
             replayed,
+            transitions,
         })
     }
 }
@@ -161,6 +175,10 @@ pub struct Cluster {
     view: Mutex<View>,
     /// This instance's API address, advertised in its membership record once the API is bound.
     api: Mutex<Option<String>>,
+    /// The writer that applies transitions read from the stream (set by [`Cluster::spawn_intake`];
+    /// weak, as the writer holds this cluster).
+    writer: std::sync::OnceLock<std::sync::Weak<App>>,
+    js: jetstream::Context,
     metrics: ClusterMetrics,
 }
 
@@ -233,6 +251,8 @@ impl Cluster {
             rt: tokio::runtime::Handle::current(),
             view: Mutex::new(View::default()),
             api: Mutex::new(cfg.api_url.clone()),
+            writer: std::sync::OnceLock::new(),
+            js,
             metrics,
         }))
     }
@@ -278,11 +298,13 @@ impl Cluster {
     /// MQTT side of the groups, the dispatcher's publishes).
     pub fn spawn_intake(
         self: &Arc<Self>,
+        writer: &Arc<App>,
         forward: mpsc::Sender<Inbound>,
         client: mqtt::Client,
         acks: crate::ingest::AckQueue,
         shutdown: &CancellationToken,
     ) -> Vec<JoinHandle<()>> {
+        let _ = self.writer.set(Arc::downgrade(writer));
         vec![
             self.spawn(forward, shutdown.clone()),
             tokio::spawn(ack_loop(self.clone(), client, acks.rx, acks.flushed)),
@@ -638,6 +660,17 @@ impl Cluster {
                     }
                     Some(Ok(m)) => m,
                 };
+                if partition::is_transition(&self.cfg.subject_prefix, m.message.subject.as_str()) {
+                    // Applied after everything before it is committed; acknowledged once
+                    // stored (unless the partition stops meanwhile: redelivered then).
+                    if !self.apply_transition(p, &m, stop, outstanding).await? {
+                        return Ok(());
+                    }
+                    if let Err(e) = m.ack().await {
+                        tracing::warn!(partition = p, "acknowledging a transition: {e}");
+                    }
+                    continue;
+                }
                 let reply = m.message.reply.as_ref().map(|r| r.to_string());
                 let inbound = self.inbound(&m, reply, outstanding);
                 outstanding.fetch_add(1, Ordering::SeqCst);
@@ -701,10 +734,16 @@ impl Cluster {
             if seq > floor {
                 break;
             }
-            let inbound = self.inbound(&m, None, outstanding);
-            outstanding.fetch_add(1, Ordering::SeqCst);
-            if forward.send(inbound).await.is_err() {
-                return Ok(());
+            if partition::is_transition(&self.cfg.subject_prefix, m.message.subject.as_str()) {
+                if !self.apply_transition(p, &m, stop, outstanding).await? {
+                    return Ok(());
+                }
+            } else {
+                let inbound = self.inbound(&m, None, outstanding);
+                outstanding.fetch_add(1, Ordering::SeqCst);
+                if forward.send(inbound).await.is_err() {
+                    return Ok(());
+                }
             }
             n += 1;
             if seq >= floor || pending == 0 {
@@ -734,6 +773,61 @@ impl Cluster {
             "partition replayed: device state rebuilt"
         );
         Ok(())
+    }
+
+    /// Applies a recorded transition read from partition `p`'s stream once everything forwarded
+    /// before it is committed (so its ticket is as the readings before it left it). `Ok(false)`:
+    /// the partition is stopping, nothing applied. An unreadable record is counted as refused
+    /// and skipped; a store that cannot take it is an error (the partition is set up again).
+    async fn apply_transition(
+        &self,
+        p: u32,
+        m: &jetstream::Message,
+        stop: &CancellationToken,
+        outstanding: &Arc<AtomicUsize>,
+    ) -> Result<bool, ClusterError> {
+        while outstanding.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        let record: RecordedTransition = match serde_json::from_slice(&m.message.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(partition = p, "unreadable transition record skipped: {e}");
+                self.metrics
+                    .transitions
+                    .with_label_values(&["refused"])
+                    .inc();
+                return Ok(true);
+            }
+        };
+        let Some(writer) = self.writer.get().and_then(std::sync::Weak::upgrade) else {
+            // Shutting down: the writer is gone.
+            return Ok(false);
+        };
+        let applied = tokio::task::spawn_blocking(move || {
+            let r = writer.apply_recorded(&record);
+            (record, r)
+        })
+        .await
+        .map_err(|e| partition_error(p)(boxed(e)))?;
+        let result = match applied {
+            (_, Ok(Applied::Applied)) => "applied",
+            (_, Ok(Applied::Already)) => "already",
+            (r, Ok(Applied::Refused(why))) => {
+                tracing::info!(
+                    partition = p,
+                    ticket = %r.ticket,
+                    "recorded transition not applicable here: {why}"
+                );
+                "refused"
+            }
+            (_, Err(e)) => return Err(partition_error(p)(boxed(e))),
+        };
+        self.metrics.transitions.with_label_values(&[result]).inc();
+        Ok(true)
     }
 
     /// A stream message as the processor takes it: the subject read as its MQTT topic, and the
@@ -999,6 +1093,36 @@ impl Fleetwide for Cluster {
     fn owner(&self, device: &str) -> Option<String> {
         let p = partition::of_device(device, self.cfg.partitions);
         self.view.lock().assignment.get(&p).cloned()
+    }
+
+    fn record_transition(&self, t: &RecordedTransition) -> Result<(), ClaimError> {
+        let fail = |source: BoxError| ClaimError::Unreachable {
+            ticket: t.ticket.clone(),
+            source,
+        };
+        let mut record = t.clone();
+        record.instance = self.instance.clone();
+        let payload = serde_json::to_vec(&record).map_err(|e| fail(boxed(e)))?;
+        let p = partition::of_device(&t.device_id, self.cfg.partitions);
+        let subject = partition::transitions(&self.cfg.subject_prefix, p);
+        let js = self.js.clone();
+        // Stored by the stream (its acknowledgement awaited) before the transition is.
+        let call = async move {
+            js.publish(subject, payload.into())
+                .await
+                .map_err(boxed)?
+                .await
+                .map_err(boxed)
+        };
+        self.rt
+            .block_on(tokio::time::timeout(CALL_TIMEOUT, call))
+            .map_err(|e| fail(boxed(e)))?
+            .map_err(fail)?;
+        self.metrics
+            .transitions
+            .with_label_values(&["recorded"])
+            .inc();
+        Ok(())
     }
 
     fn readiness(&self) -> ClusterReadiness {
