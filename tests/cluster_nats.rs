@@ -432,6 +432,58 @@ async fn readyz_waits_for_the_cluster_and_says_when_nats_is_gone() {
     assert!(reason.contains("NATS"), "the reason names NATS: {body}");
 }
 
+/// The value of a hidden `csrf` field in a board page.
+fn csrf_of(html: &str) -> String {
+    let Some((_, rest)) = html.split_once("name=\"csrf\" value=\"") else {
+        panic!("a csrf field in {html}");
+    };
+    rest.chars().take_while(|c| *c != '"').collect()
+}
+
+/// The `name=value` pair of the cookie `name` the response sets.
+fn cookie_pair(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+}
+
+/// The board's queue page of one instance, signed in with [`TOKEN`].
+async fn board_queue(api: &str) -> (u16, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("http://{api}");
+    let r = http
+        .get(format!("{base}/board/login"))
+        .send()
+        .await
+        .unwrap();
+    let login = cookie_pair(&r, "fw_board_login");
+    let csrf = csrf_of(&r.text().await.unwrap());
+    let r = http
+        .post(format!("{base}/board/login"))
+        .header("cookie", &login)
+        .form(&[("csrf", csrf.as_str()), ("token", TOKEN), ("name", "drill")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "signed in to the board of {api}");
+    let session = cookie_pair(&r, "fw_board");
+    let r = http
+        .get(format!("{base}/board"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 /// The last lines of each instance's log, for a failure message.
 fn tails(instances: &[&Instance]) -> String {
     instances
@@ -976,6 +1028,29 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         assert!(
             !open.iter().any(|t| t.id == target.id),
             "a stale open copy is not listed by {}",
+            i.name
+        );
+    }
+
+    // The dispatch board works against any instance: its queue lists the fleet's live tickets,
+    // including those of partitions the instance never owned.
+    let fleet_live: Vec<Ticket> = fleet_list(&http, &last.api, "")
+        .await
+        .into_iter()
+        .filter(|t| t.is_live())
+        .collect();
+    assert!(!fleet_live.is_empty(), "live tickets in the fleet");
+    for i in &remaining {
+        let (status, html) = board_queue(&i.api).await;
+        assert_eq!(status, 200, "the board of {}: {html}", i.name);
+        let missing: Vec<&str> = fleet_live
+            .iter()
+            .map(|t| t.id.as_str())
+            .filter(|id| !html.contains(id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the board of {} misses the fleet's live tickets {missing:?}",
             i.name
         );
     }

@@ -32,6 +32,11 @@ impl Tickets {
         &self.writer.store
     }
 
+    /// Cluster mode's view of the fleet, when it is on (the board's fleet-wide queue).
+    pub fn fleetwide(&self) -> Option<Arc<dyn super::Fleetwide>> {
+        self.writer.fleetwide.clone()
+    }
+
     /// The notifier: its clock, its templates, customers' links.
     pub fn notifier(&self) -> &Arc<Notifier> {
         self.writer.notifier()
