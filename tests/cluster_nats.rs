@@ -223,8 +223,10 @@ async fn the_configured_retention_reaches_the_stream_and_the_claims_bucket() {
     );
 
     // A claims age below the stream's is a configuration error naming the key.
-    let mut bad = forewarn::cluster::Config::default();
-    bad.claims_max_age = "1d".parse().unwrap();
+    let bad = forewarn::cluster::Config {
+        claims_max_age: "1d".parse().unwrap(),
+        ..Default::default()
+    };
     assert_eq!(bad.validate().unwrap_err().0, "cluster.claims_max_age");
 }
 
