@@ -20,13 +20,19 @@
 //! partition from the stream's start up to it (effects of those messages were committed and sent
 //! by the earlier owner: ticket changes are stored, nothing is sent — [`Fleetwide::replaying`]),
 //! waits until the replay is committed, then consumes everything after the floor, in order.
-//! No checkpoint yet: a replay costs the partition's whole retained history.
+//! No checkpoint yet: a replay costs the partition's whole retained history (the stream keeps
+//! `stream_max_age`, so that is also how far back a new owner can rebuild).
+//!
+//! Transitions: one accepted here is published on the partition's `PREFIX.N.forewarn.transition`
+//! before it is stored ([`Fleetwide::record_transition`]); replays and the live consumer apply
+//! such records in stream order ([`App::apply_recorded`]), so a ticket's transitions move with
+//! its partition.
 //!
 //! One ticket fleet-wide: before a commit that opens a ticket, its key `t.ID` is created only
-//! if absent in the ticket bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
+//! if absent in the claims bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
 //! later update or settlement, so the dispatch and notification rows of a change are written by
-//! one instance only; ticket ids are keyed with a secret shared through the same bucket, so
-//! every instance derives the same id.
+//! one instance only; claims expire after `claims_max_age`. Ticket ids are keyed with a secret
+//! shared through the ticket bucket (which never expires), so every instance derives the same id.
 
 pub mod config;
 pub mod partition;
