@@ -164,6 +164,72 @@ async fn a_ticket_change_two_instances_both_make_is_claimed_by_one_of_them() {
     .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_retention_reaches_the_stream_and_the_claims_bucket() {
+    use forewarn::cluster::Cluster;
+    let Some(nats) = NatsServer::start("cluster_nats retention", PARTITIONS, PREFIX) else {
+        return;
+    };
+    let day = Duration::from_secs(24 * 3600);
+    let connect = |stream_days: u64, claims_days: u64, bytes: Option<u64>| {
+        let cfg = forewarn::cluster::Config {
+            url: Some(nats.url()),
+            instance: Some("fw-ret".into()),
+            partitions: PARTITIONS,
+            subject_prefix: PREFIX.into(),
+            stream_max_age: format!("{stream_days}d").parse().unwrap(),
+            claims_max_age: format!("{claims_days}d").parse().unwrap(),
+            stream_max_bytes: bytes,
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        async move {
+            Cluster::connect(&cfg, &prometheus::Registry::new())
+                .await
+                .unwrap()
+        }
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let limits = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut s = js.get_stream(name).await.unwrap();
+            let c = s.info().await.unwrap().config.clone();
+            (c.max_age, c.max_bytes)
+        }
+    };
+
+    // Created with the settings.
+    drop(connect(3, 4, Some(1 << 30)).await);
+    assert_eq!(limits("FOREWARN").await, (day * 3, 1 << 30), "the stream");
+    assert_eq!(limits("KV_forewarn-claims").await.0, day * 4, "the claims");
+    assert_eq!(
+        limits("KV_forewarn-tickets").await.0,
+        Duration::ZERO,
+        "the shared ticket-id secret never expires"
+    );
+    // Changed settings reach the existing stream and bucket at the next start.
+    drop(connect(5, 6, None).await);
+    assert_eq!(
+        limits("FOREWARN").await,
+        (day * 5, -1),
+        "the stream, updated"
+    );
+    assert_eq!(
+        limits("KV_forewarn-claims").await.0,
+        day * 6,
+        "the claims, updated"
+    );
+
+    // A claims age below the stream's is a configuration error naming the key.
+    let bad = forewarn::cluster::Config {
+        claims_max_age: "1d".parse().unwrap(),
+        ..Default::default()
+    };
+    assert_eq!(bad.validate().unwrap_err().0, "cluster.claims_max_age");
+}
+
 #[test]
 fn serve_cluster_flag_switches_cluster_mode_on_and_a_bad_url_is_a_usage_error() {
     let serve = |url: &str| {
@@ -253,6 +319,171 @@ impl Instance {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+}
+
+/// A `forewarn serve --config …` in cluster mode (lease and ack wait 3 s), its own data
+/// directory under `root` and API port; with the single-machine configuration it was made from
+/// (for the backtest).
+fn start_instance(
+    nats: &NatsServer,
+    broker_url: &str,
+    root: &std::path::Path,
+    name: &str,
+    model: &forewarn::predict::Artifact,
+    hist: &SimHistory,
+) -> (Instance, forewarn::config::Config) {
+    let setup = DaemonSetup {
+        broker_url: broker_url.to_string(),
+        topic_prefix: "devices".into(),
+        client_id: format!("{name}-mqtt"),
+        root: root.join(name),
+        replay_chunk: None,
+    };
+    let mut cfg = daemon_config(&setup, model, hist);
+    let plain = cfg.clone();
+    let api = format!("127.0.0.1:{}", free_port());
+    cfg.api.listen = api.clone();
+    cfg.cluster.url = Some(nats.url());
+    cfg.cluster.instance = Some(name.into());
+    cfg.cluster.partitions = PARTITIONS;
+    cfg.cluster.subject_prefix = PREFIX.into();
+    cfg.cluster.lease = "3s".parse().unwrap();
+    cfg.cluster.ack_wait = "3s".parse().unwrap();
+    std::fs::create_dir_all(&setup.root).unwrap();
+    let path = write_config(&setup.root, &cfg);
+    let log = setup.root.join("serve.log");
+    let child = spawn_serve(&path, &log, "info");
+    let instance = Instance {
+        name: name.into(),
+        child: Some(child),
+        api,
+        log,
+    };
+    (instance, plain)
+}
+
+/// `GET /readyz`: the status code and the body.
+async fn readyz(http: &reqwest::Client, api: &str) -> Option<(u16, serde_json::Value)> {
+    let r = http.get(format!("http://{api}/readyz")).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_cluster_and_says_when_nats_is_gone() {
+    let Some(mut nats) = NatsServer::start("cluster_nats readyz", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 4, 3, 5);
+    let model = demo_model();
+    let (instance, _) = start_instance(&nats, &broker_url, tmp.path(), "fw-r", &model, &hist);
+    let http = reqwest::Client::new();
+
+    // Alone, it owns every partition: ready once it has joined and set each of them up.
+    let started = Instant::now();
+    let body = loop {
+        if let Some((200, body)) = readyz(&http, &instance.api).await {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never ready: {:?}\n{}",
+            readyz(&http, &instance.api).await,
+            instance.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = &body["cluster"];
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(c["ready"], true, "{body}");
+    assert_eq!(c["instance"], "fw-r", "{body}");
+    assert_eq!(c["nats"], true, "{body}");
+    assert_eq!(c["joined"], true, "{body}");
+    assert_eq!(c["lease_view"], true, "{body}");
+    assert_eq!(c["replaying"], serde_json::json!([]), "{body}");
+    let own = ownership(&http, &[&instance], false)
+        .await
+        .expect("cluster status");
+    assert_eq!(
+        own["fw-r"].len(),
+        PARTITIONS as usize,
+        "alone, it owns all: {own:?}"
+    );
+
+    // The NATS server goes away: not ready, and the body says why.
+    nats.stop();
+    let stopped = Instant::now();
+    let body = loop {
+        if let Some((503, body)) = readyz(&http, &instance.api).await {
+            if body["cluster"]["nats"] == false {
+                break body;
+            }
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "still ready without NATS: {:?}",
+            readyz(&http, &instance.api).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["ready"], false, "{body}");
+    let reason = body["cluster"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("NATS"), "the reason names NATS: {body}");
+}
+
+/// The value of a hidden `csrf` field in a board page.
+fn csrf_of(html: &str) -> String {
+    let Some((_, rest)) = html.split_once("name=\"csrf\" value=\"") else {
+        panic!("a csrf field in {html}");
+    };
+    rest.chars().take_while(|c| *c != '"').collect()
+}
+
+/// The `name=value` pair of the cookie `name` the response sets.
+fn cookie_pair(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+}
+
+/// The board's queue page of one instance, signed in with [`TOKEN`].
+async fn board_queue(api: &str) -> (u16, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("http://{api}");
+    let r = http
+        .get(format!("{base}/board/login"))
+        .send()
+        .await
+        .unwrap();
+    let login = cookie_pair(&r, "fw_board_login");
+    let csrf = csrf_of(&r.text().await.unwrap());
+    let r = http
+        .post(format!("{base}/board/login"))
+        .header("cookie", &login)
+        .form(&[("csrf", csrf.as_str()), ("token", TOKEN), ("name", "drill")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "signed in to the board of {api}");
+    let session = cookie_pair(&r, "fw_board");
+    let r = http
+        .get(format!("{base}/board"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 /// The last lines of each instance's log, for a failure message.
@@ -376,37 +607,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     let model = demo_model();
     let lease = Duration::from_secs(3);
 
-    // A `forewarn serve --config …` in cluster mode, its own data directory and API port.
-    let start = |name: &str| {
-        let setup = DaemonSetup {
-            broker_url: broker_url.clone(),
-            topic_prefix: "devices".into(),
-            client_id: format!("{name}-mqtt"),
-            root: tmp.path().join(name),
-            replay_chunk: None,
-        };
-        let mut cfg = daemon_config(&setup, &model, &hist);
-        let plain = cfg.clone();
-        let api = format!("127.0.0.1:{}", free_port());
-        cfg.api.listen = api.clone();
-        cfg.cluster.url = Some(nats.url());
-        cfg.cluster.instance = Some(name.into());
-        cfg.cluster.partitions = PARTITIONS;
-        cfg.cluster.subject_prefix = PREFIX.into();
-        cfg.cluster.lease = "3s".parse().unwrap();
-        cfg.cluster.ack_wait = "3s".parse().unwrap();
-        std::fs::create_dir_all(&setup.root).unwrap();
-        let path = write_config(&setup.root, &cfg);
-        let log = setup.root.join("serve.log");
-        let child = spawn_serve(&path, &log, "info");
-        let instance = Instance {
-            name: name.into(),
-            child: Some(child),
-            api,
-            log,
-        };
-        (instance, plain)
-    };
+    let start = |name: &str| start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist);
     let mut instances = Vec::new();
     let mut backtest = Vec::new();
     for name in ["fw-a", "fw-b", "fw-c"] {
@@ -628,7 +829,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     }
 
     // One claim per ticket in the fleet-wide bucket, and no claim the backtest does not have.
-    let claims = js.get_key_value("forewarn-tickets").await.unwrap();
+    let claims = js.get_key_value("forewarn-claims").await.unwrap();
     let mut keys = claims.keys().await.unwrap();
     let mut claimed = Vec::new();
     while let Some(k) = keys.next().await {
@@ -833,6 +1034,29 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         );
     }
 
+    // The dispatch board works against any instance: its queue lists the fleet's live tickets,
+    // including those of partitions the instance never owned.
+    let fleet_live: Vec<Ticket> = fleet_list(&http, &last.api, "")
+        .await
+        .into_iter()
+        .filter(|t| t.is_live())
+        .collect();
+    assert!(!fleet_live.is_empty(), "live tickets in the fleet");
+    for i in &remaining {
+        let (status, html) = board_queue(&i.api).await;
+        assert_eq!(status, 200, "the board of {}: {html}", i.name);
+        let missing: Vec<&str> = fleet_live
+            .iter()
+            .map(|t| t.id.as_str())
+            .filter(|id| !html.contains(id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the board of {} misses the fleet's live tickets {missing:?}",
+            i.name
+        );
+    }
+
     // The dispatcher's ticket publishes went out through NATS's MQTT listener.
     let text = get_text(&http, format!("http://{}/metrics", last.api)).await;
     let delivered: f64 = text
@@ -874,5 +1098,81 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     eprintln!(
         "{} stopped: {} answered 503: {message}",
         stopped.name, asked.name
+    );
+
+    // The transition survives a hand-off: the owner that accepted it is killed, and the other
+    // instance, which rebuilds the partition from the stream, has the ticket acknowledged too.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGCONT);
+    }
+    let resumed = Instant::now();
+    loop {
+        if let Some(own) = ownership(&http, &remaining, true).await {
+            if covers_all(&own) && in_rendezvous_shares(&own) {
+                break;
+            }
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(60),
+            "{} never got its share back after SIGCONT:\n{}",
+            stopped.name,
+            tails(&remaining)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (owner_name, other_name, other_api) =
+        (owner.name.clone(), other.name.clone(), other.api.clone());
+    let killed_at = Instant::now();
+    instances
+        .iter_mut()
+        .find(|i| i.name == owner_name)
+        .unwrap()
+        .kill();
+    let heir: Vec<&Instance> = instances.iter().filter(|i| i.name == other_name).collect();
+    loop {
+        if let Some(own) = ownership(&http, &heir, true).await {
+            if covers_all(&own) {
+                break;
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "{other_name} never took over from {owner_name}:\n{}",
+            tails(&heir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = loop {
+        match readyz(&http, &other_api).await {
+            Some((200, body)) => break body,
+            other => assert!(
+                killed_at.elapsed() < Duration::from_secs(60),
+                "{other_name} not ready after the take-over: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        ready["cluster"]["replaying"],
+        serde_json::json!([]),
+        "{ready}"
+    );
+    assert_eq!(
+        local(&other_api).await,
+        Some(forewarn::domain::Status::Acknowledged),
+        "the new owner {other_name} rebuilt the ticket with its transition"
+    );
+    let applied = metric(
+        &http,
+        &other_api,
+        "forewarn_cluster_transitions_total{result=\"applied\"}",
+    )
+    .await;
+    assert!(applied >= 1.0, "the transition was applied from the stream");
+    eprintln!(
+        "killed {owner_name}: {other_name} owned every partition, replayed, with ticket {} \
+         acknowledged, {:.2} s later",
+        target.id,
+        killed_at.elapsed().as_secs_f64()
     );
 }

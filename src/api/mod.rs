@@ -743,6 +743,10 @@ pub struct Readiness {
     /// `active`, or `standby` while this process waits to take over the data directory from
     /// another (`serve --standby`; nothing else is up then).
     pub role: String,
+    /// Cluster mode only (absent otherwise): connected to NATS, joined, a fresh view of the
+    /// leases, and which owned partitions are still being replayed; `ready` needs it ready too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::app::ClusterReadiness>,
 }
 
 impl Readiness {
@@ -758,6 +762,7 @@ impl Readiness {
             broker_dropped: None,
             session: None,
             role: "standby".into(),
+            cluster: None,
         }
     }
 }
@@ -786,7 +791,8 @@ pub enum ReadyOrBusy {
     Busy(ErrorBody),
 }
 
-/// Readiness: broker connected, store writable, models loaded. Open: no token.
+/// Readiness: broker connected, store writable, models loaded (in cluster mode also: connected
+/// to NATS, joined, a fresh lease view, no owned partition still replaying). Open: no token.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -797,7 +803,8 @@ async fn readyz(State(ApiState { monitor, .. }): State<ApiState>) -> Response {
     let models = monitor.models_ready();
     // What the commit loop last saw: no write, flush or reopen happens on behalf of a probe.
     let store = monitor.store_writable();
-    let ready = broker && store && models;
+    let cluster = monitor.fleetwide().map(|f| f.readiness());
+    let ready = broker && store && models && cluster.as_ref().is_none_or(|c| c.ready);
     // Loss upstream does not make forewarn unready (restarting it would lose more), but says so.
     let loss = monitor.loss();
     let upstream_loss = if loss.readings_missing > 0 {
@@ -823,6 +830,7 @@ async fn readyz(State(ApiState { monitor, .. }): State<ApiState>) -> Response {
             .map(|(first, last)| last.saturating_sub(first)),
         session: monitor.session_note(),
         role: "active".into(),
+        cluster,
     };
     let status = if ready {
         StatusCode::OK

@@ -1,8 +1,10 @@
 //! What cluster mode (`crate::cluster`, which implements [`Fleetwide`]) provides the commit
 //! path and the API.
 
+use super::{App, CoreError};
+use crate::domain::{HistoryEntry, Outcome, Status, Ticket, Timestamp};
 use crate::engine::Change;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What cluster mode (`crate::cluster`, which implements it) asks of the commit path.
 pub trait Fleetwide: Send + Sync {
@@ -21,6 +23,162 @@ pub trait Fleetwide: Send + Sync {
     /// The instance holding the lease of the device's partition, as last read; its copy of the
     /// device's tickets is the authoritative one.
     fn owner(&self, device: &str) -> Option<String>;
+    /// Whether this instance can serve its share of the fleet (`/readyz` in cluster mode).
+    fn readiness(&self) -> ClusterReadiness;
+    /// Records a transition accepted here (API, board, customer reply) where the partition's
+    /// next owner will find it: in the stream, after the device's readings so far. Called before
+    /// the transition is stored; an error leaves it unmade.
+    fn record_transition(&self, t: &RecordedTransition) -> Result<(), ClaimError>;
+}
+
+/// A ticket transition as cluster mode records it in the stream (JSON), so that the owner that
+/// rebuilds the partition from the stream applies it at the same place among the readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedTransition {
+    pub ticket: String,
+    pub device_id: String,
+    /// `None`: a note only.
+    pub to: Option<Status>,
+    pub actor: String,
+    pub note: String,
+    pub outcome: Option<Outcome>,
+    /// When it was made (epoch milliseconds), as its history entry says.
+    pub at_ms: Timestamp,
+    /// The instance that accepted it (filled in by cluster mode).
+    #[serde(default)]
+    pub instance: String,
+}
+
+/// What applying a recorded transition did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Stored (nothing sent: the instance that accepted it sent what it had to).
+    Applied,
+    /// Already in the ticket's history (made here, or applied before).
+    Already,
+    /// Not applicable to the ticket as rebuilt here (gone, or in a status it cannot leave that
+    /// way); counted and skipped.
+    Refused(String),
+}
+
+impl App {
+    /// Applies a transition read from the stream (cluster mode: a partition's replay, or one
+    /// accepted by another instance): the ticket is stored with it, and nothing is sent. One
+    /// already in the ticket's history is not applied twice.
+    pub fn apply_recorded(&self, r: &RecordedTransition) -> Result<Applied, CoreError> {
+        let mut core = self.core.lock();
+        let Some(mut t) = self.store.ticket(&r.ticket)? else {
+            return Ok(Applied::Refused(format!("ticket {} not found", r.ticket)));
+        };
+        if recorded_in(&t, r) {
+            return Ok(Applied::Already);
+        }
+        match r.to {
+            Some(to) => {
+                if let Err(e) = t.transition(to, &r.actor, r.at_ms, &r.note) {
+                    return Ok(Applied::Refused(e.to_string()));
+                }
+            }
+            None => t.history.push(HistoryEntry {
+                at: r.at_ms.format(),
+                actor: r.actor.clone(),
+                action: "note".into(),
+                from: None,
+                to: None,
+                note: r.note.clone(),
+            }),
+        }
+        if let Some(o) = r.outcome {
+            t.outcome = Some(o);
+        }
+        let mut tx = self.store.tx();
+        tx.put_ticket(&t);
+        self.store.commit(tx)?;
+        // The engine's copy of the device's live tickets is the one its next change starts from.
+        if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {
+            slot.live.retain(|x| x.id != t.id);
+            if t.is_live() {
+                slot.live.push(t);
+            }
+        }
+        Ok(Applied::Applied)
+    }
+}
+
+/// Whether the ticket's history already holds the recorded transition.
+fn recorded_in(t: &Ticket, r: &RecordedTransition) -> bool {
+    let at = r.at_ms.format();
+    t.history
+        .iter()
+        .any(|h| h.at == at && h.actor == r.actor && h.note == r.note && h.to == r.to)
+}
+
+impl RecordedTransition {
+    /// The record of `to` (or a note) made on `ticket` at `at_ms`.
+    pub fn new(
+        ticket: &Ticket,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        outcome: Option<Outcome>,
+        at_ms: Timestamp,
+    ) -> RecordedTransition {
+        RecordedTransition {
+            ticket: ticket.id.clone(),
+            device_id: ticket.device_id.clone(),
+            to,
+            actor: actor.to_string(),
+            note: note.to_string(),
+            outcome,
+            at_ms,
+            instance: String::new(),
+        }
+    }
+}
+
+/// Cluster mode's part of `/readyz`: ready once the instance is connected to NATS, has joined
+/// (its membership key written), holds a fresh view of the leases (a lease round succeeded
+/// within one lease time) and has finished replaying every partition it owns. An instance that
+/// owns no partition (more instances than partitions, or waiting for a lease to be handed on)
+/// is ready: it serves the fleet-wide API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ClusterReadiness {
+    /// All of the below hold.
+    pub ready: bool,
+    /// This instance's name in the leases.
+    pub instance: String,
+    /// Connected to the NATS server now.
+    pub nats: bool,
+    /// Its membership key was written at least once.
+    pub joined: bool,
+    /// The last lease round succeeded within one lease time.
+    pub lease_view: bool,
+    /// Owned partitions not yet consumed live: their state is still being rebuilt from the
+    /// stream.
+    pub replaying: Vec<u32>,
+    /// Why it is not ready, in words (`null` when ready).
+    pub reason: Option<String>,
+}
+
+impl ClusterReadiness {
+    /// Fills `ready` and `reason` from the facts.
+    pub fn judge(mut self) -> ClusterReadiness {
+        let mut why: Vec<String> = Vec::new();
+        if !self.nats {
+            why.push("lost the connection to NATS".into());
+        }
+        if !self.joined {
+            why.push("has not joined the cluster yet".into());
+        } else if !self.lease_view {
+            why.push("no lease round succeeded within one lease time".into());
+        }
+        if !self.replaying.is_empty() {
+            why.push(format!("partitions {:?} still replaying", self.replaying));
+        }
+        self.ready = why.is_empty();
+        self.reason = (!why.is_empty()).then(|| why.join("; "));
+        self
+    }
 }
 
 /// The fleet as the API sees it: who this instance is, the live instances with the API
@@ -61,4 +219,43 @@ pub enum ClaimError {
         ticket: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> ClusterReadiness {
+        ClusterReadiness {
+            instance: "fw-a".into(),
+            nats: true,
+            joined: true,
+            lease_view: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_owning_nothing_but_joined_and_connected_is_ready() {
+        let r = facts().judge();
+        assert!(r.ready);
+        assert_eq!(r.reason, None);
+    }
+
+    #[test]
+    fn replaying_partitions_and_a_lost_connection_are_named() {
+        let mut f = facts();
+        f.replaying = vec![3, 5];
+        f.nats = false;
+        let r = f.judge();
+        assert!(!r.ready);
+        let why = r.reason.unwrap_or_default();
+        assert!(why.contains("[3, 5]") && why.contains("NATS"), "{why}");
+        let mut f = facts();
+        f.joined = false;
+        f.lease_view = false;
+        let r = f.judge();
+        assert!(!r.ready);
+        assert_eq!(r.reason.as_deref(), Some("has not joined the cluster yet"));
+    }
 }

@@ -26,7 +26,9 @@ mod status;
 mod tickets;
 pub mod timers;
 
-pub use cluster::{ClaimError, ClusterStatus, Fleetwide, Peers};
+pub use cluster::{
+    Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
+};
 pub use commit::GroupStats;
 pub use fleet::Fleet;
 pub use models::ReloadError;

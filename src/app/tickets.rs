@@ -32,6 +32,11 @@ impl Tickets {
         &self.writer.store
     }
 
+    /// Cluster mode's view of the fleet, when it is on (the board's fleet-wide queue).
+    pub fn fleetwide(&self) -> Option<Arc<dyn super::Fleetwide>> {
+        self.writer.fleetwide.clone()
+    }
+
     /// The notifier: its clock, its templates, customers' links.
     pub fn notifier(&self) -> &Arc<Notifier> {
         self.writer.notifier()
@@ -150,6 +155,11 @@ impl App {
         };
         let mut tx = self.store.tx();
         also(&t, &mut tx)?;
+        if let Some(f) = &self.fleetwide {
+            // Cluster mode: in the stream before it is stored, for the partition's next owner.
+            let r = super::RecordedTransition::new(&t, to, actor, note, outcome, now);
+            f.record_transition(&r)?;
+        }
         self.record_change(&mut tx, &change, now.as_millis());
         self.store.commit(tx)?;
         if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {

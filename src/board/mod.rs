@@ -142,6 +142,18 @@ pub struct Board {
     shutdown: CancellationToken,
     /// Bumped by changes that are not ticket changes (technicians), so live pages refresh.
     local_changes: AtomicU64,
+    /// Cluster mode: the client the queue asks the other instances with.
+    fleet_http: Option<reqwest::Client>,
+}
+
+/// Why the queue's tickets could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the store could not be read")]
+    Store,
+    /// Cluster mode: an instance did not answer (the error names it).
+    #[error(transparent)]
+    Fleet(crate::api::ApiError),
 }
 
 /// Why the board could not be built from its configuration.
@@ -176,6 +188,7 @@ impl Board {
     ) -> Result<Arc<Board>, BoardConfigError> {
         let err = |(key, message)| BoardConfigError { key, message };
         cfg.validate().map_err(err)?;
+        let tickets_fleetwide = tickets.fleetwide().is_some();
         Ok(Arc::new(Board {
             cal: cfg.calendar().map_err(err)?,
             slas: cfg.slas().map_err(err)?,
@@ -188,6 +201,10 @@ impl Board {
             public_url: public_url.to_string(),
             shutdown,
             local_changes: AtomicU64::new(0),
+            // Built only in cluster mode: `serve` has installed the TLS provider by then.
+            fleet_http: tickets_fleetwide
+                .then(|| reqwest::Client::builder().build().ok())
+                .flatten(),
         }))
     }
 
@@ -628,6 +645,59 @@ impl Board {
             answered.push_str("a message waits for a person");
         }
         (reached, answered)
+    }
+
+    /// The queue's tickets ([`Board::tickets`]); in cluster mode the fleet's, each as the owner
+    /// of its device's partition has it, gathered from every instance like
+    /// `GET /api/v1/tickets` with the token the person signed in with: the board works against
+    /// any instance.
+    pub async fn queue_tickets(
+        self: &Arc<Self>,
+        status: queue::StatusFilter,
+        bearer: &crate::secret::Secret,
+    ) -> Result<Vec<Ticket>, QueueError> {
+        let fleetwide = self.tickets.fleetwide().zip(self.fleet_http.clone());
+        let b = self.clone();
+        let here_only = fleetwide.is_none();
+        let mine = tokio::task::spawn_blocking(move || match here_only {
+            true => b.tickets(status),
+            // Every instance lists all it has (a stale copy's status may differ from the
+            // owner's); the status applies to the merged list, as in the API.
+            false => b.tickets.store().tickets(&TicketFilter {
+                limit: Some(10_000),
+                ..TicketFilter::default()
+            }),
+        })
+        .await
+        .map_err(|_| QueueError::Store)?
+        .map_err(|_| QueueError::Store)?;
+        let Some((fw, http)) = fleetwide else {
+            return Ok(mine);
+        };
+        let mut headers = axum::http::HeaderMap::new();
+        if let Ok(v) = format!("Bearer {}", bearer.0).parse() {
+            headers.insert(axum::http::header::AUTHORIZATION, v);
+        }
+        let (one, limit) = match status {
+            queue::StatusFilter::One(s) => (Some(s), 5000),
+            queue::StatusFilter::All => (None, 5000),
+            queue::StatusFilter::Live => (None, usize::MAX),
+        };
+        let mut list = crate::api::fleet::list(
+            fw.as_ref(),
+            &http,
+            &headers,
+            "limit=10000",
+            mine,
+            one,
+            limit,
+        )
+        .await
+        .map_err(QueueError::Fleet)?;
+        if status == queue::StatusFilter::Live {
+            list.retain(Ticket::is_live);
+        }
+        Ok(list)
     }
 
     /// Tickets for the queue: every live one (however old), or for another status filter the

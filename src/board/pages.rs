@@ -3,7 +3,7 @@
 
 use super::queue::{self, Filter, StatusFilter};
 use super::session::{self, Role, Session};
-use super::{Board, BoardError, Resolution};
+use super::{Board, BoardError, QueueError, Resolution};
 use crate::domain::{Slot, Status, Ticket, Timestamp};
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
@@ -316,7 +316,9 @@ async fn login(
     let role = Role::from_scope(scope);
     let name = param(&f, "name").unwrap_or("").trim();
     let name = if name.is_empty() { role.as_str() } else { name };
-    let (id, _) = b.sessions.create(role, name);
+    let (id, _) =
+        b.sessions
+            .create_with_bearer(role, name, crate::secret::Secret(token.to_string()));
     let secure = b.cfg.secure_cookies || session::over_tls(&headers, &b.public_url);
     let mut r = Redirect::to("/board").into_response();
     let h = r.headers_mut();
@@ -522,14 +524,24 @@ async fn queue_page(
         region: q.region.clone().unwrap_or_default(),
         breached_only: q.breached.as_deref() == Some("1"),
     };
-    let b2 = b.clone();
-    let Some(Ok(tickets)) = blocking(move || b2.tickets(status)).await else {
-        return error_page(
-            Some(&s),
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The store could not be read",
-            "Try again in a moment.",
-        );
+    let tickets = match b.queue_tickets(status, &s.bearer).await {
+        Ok(t) => t,
+        Err(QueueError::Store) => {
+            return error_page(
+                Some(&s),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The store could not be read",
+                "Try again in a moment.",
+            )
+        }
+        Err(QueueError::Fleet(e)) => {
+            return error_page(
+                Some(&s),
+                e.status,
+                "An instance of the cluster did not answer",
+                &e.message,
+            )
+        }
     };
     let b2 = b.clone();
     let all = blocking(move || b2.rows(&tickets))

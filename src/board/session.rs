@@ -58,6 +58,9 @@ pub struct Session {
     pub name: String,
     /// The token every form of this session must carry.
     pub csrf: String,
+    /// The API token it signed in with, kept in memory only: in cluster mode the board asks the
+    /// other instances for their tickets with it, as the API forwards a caller's token.
+    pub bearer: crate::secret::Secret,
     expires: Instant,
 }
 
@@ -106,12 +109,28 @@ impl Sessions {
         self.create_at(role, name, Instant::now())
     }
 
+    /// [`Sessions::create`], keeping the API token the person signed in with.
+    pub fn create_with_bearer(
+        &self,
+        role: Role,
+        name: &str,
+        bearer: crate::secret::Secret,
+    ) -> (String, Session) {
+        let (id, mut s) = self.create_at(role, name, Instant::now());
+        s.bearer = bearer.clone();
+        if let Some(kept) = self.map.lock().get_mut(&digest(&id)) {
+            kept.bearer = bearer;
+        }
+        (id, s)
+    }
+
     fn create_at(&self, role: Role, name: &str, now: Instant) -> (String, Session) {
         let id = random_token();
         let s = Session {
             role,
             name: name.chars().take(64).collect(),
             csrf: random_token(),
+            bearer: crate::secret::Secret::default(),
             expires: now + self.ttl,
         };
         let mut map = self.map.lock();

@@ -23,8 +23,24 @@ pub struct Config {
     /// First token of the partitioned subjects: the server maps `devices.ID.KIND` to
     /// `PREFIX.N.devices.ID.KIND`, where N is the device's partition.
     pub subject_prefix: String,
-    /// Key-value buckets are named `BUCKETS-leases` and `BUCKETS-tickets`.
+    /// Key-value buckets are named `BUCKETS-leases` (members and partition leases),
+    /// `BUCKETS-tickets` (the shared ticket-id secret) and `BUCKETS-claims` (fleet-wide ticket
+    /// claims, kept `claims_max_age`).
     pub buckets: String,
+    /// The stream drops messages older than this. It is also how far back a partition's new
+    /// owner can rebuild device state (there is no state checkpoint yet): after an outage longer
+    /// than this, a hand-off starts from the readings the stream still holds. Default 7 days:
+    /// several times the longest feature window and a long weekend's outage. Applied to an
+    /// existing stream at start.
+    pub stream_max_age: Dur,
+    /// The stream drops its oldest messages beyond this many bytes; unset: no byte limit (only
+    /// `stream_max_age`). Applied to an existing stream at start.
+    pub stream_max_bytes: Option<u64>,
+    /// Fleet-wide ticket claims expire after this long. At least `stream_max_age`: a claim is
+    /// written after the message that made it was stored, so it outlives every message of the
+    /// stream that could be redelivered and make the same change again. Applied to an existing
+    /// bucket at start.
+    pub claims_max_age: Dur,
     /// A partition's lease lasts this long unless renewed (every third of it); an instance that
     /// dies loses its partitions after at most this long.
     pub lease: Dur,
@@ -53,6 +69,9 @@ impl Default for Config {
             stream: "FOREWARN".into(),
             subject_prefix: "fwp".into(),
             buckets: "forewarn".into(),
+            stream_max_age: Dur::hours(7 * 24),
+            stream_max_bytes: None,
+            claims_max_age: Dur::hours(7 * 24),
             lease: Dur::secs(10),
             ack_wait: Dur::secs(30),
             max_ack_pending: 4096,
@@ -115,6 +134,26 @@ impl Config {
         }
         if self.peer_timeout.std() < std::time::Duration::from_millis(100) {
             return Err(("cluster.peer_timeout", "must be at least 100ms".into()));
+        }
+        if self.stream_max_age.std() < std::time::Duration::from_secs(60) {
+            return Err(("cluster.stream_max_age", "must be at least 1m".into()));
+        }
+        if self.claims_max_age.std() < self.stream_max_age.std() {
+            return Err((
+                "cluster.claims_max_age",
+                "must be at least cluster.stream_max_age (a claim must outlive the messages \
+                 that could make its change again)"
+                    .into(),
+            ));
+        }
+        if self
+            .stream_max_bytes
+            .is_some_and(|b| b < 1024 * 1024 || b > i64::MAX as u64)
+        {
+            return Err((
+                "cluster.stream_max_bytes",
+                "must be at least 1 MiB (or unset)".into(),
+            ));
         }
         if self.max_ack_pending < 1 {
             return Err(("cluster.max_ack_pending", "must be at least 1".into()));

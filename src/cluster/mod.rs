@@ -20,20 +20,28 @@
 //! partition from the stream's start up to it (effects of those messages were committed and sent
 //! by the earlier owner: ticket changes are stored, nothing is sent — [`Fleetwide::replaying`]),
 //! waits until the replay is committed, then consumes everything after the floor, in order.
-//! No checkpoint yet: a replay costs the partition's whole retained history.
+//! No checkpoint yet: a replay costs the partition's whole retained history (the stream keeps
+//! `stream_max_age`, so that is also how far back a new owner can rebuild).
+//!
+//! Transitions: one accepted here is published on the partition's `PREFIX.N.forewarn.transition`
+//! before it is stored ([`Fleetwide::record_transition`]); replays and the live consumer apply
+//! such records in stream order ([`App::apply_recorded`]), so a ticket's transitions move with
+//! its partition.
 //!
 //! One ticket fleet-wide: before a commit that opens a ticket, its key `t.ID` is created only
-//! if absent in the ticket bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
+//! if absent in the claims bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
 //! later update or settlement, so the dispatch and notification rows of a change are written by
-//! one instance only; ticket ids are keyed with a secret shared through the same bucket, so
-//! every instance derives the same id.
+//! one instance only; claims expire after `claims_max_age`. Ticket ids are keyed with a secret
+//! shared through the ticket bucket (which never expires), so every instance derives the same id.
 
 pub mod config;
 pub mod partition;
 
 pub use config::Config;
 
-use crate::app::{ClaimError, ClusterStatus, Fleetwide, Peers};
+use crate::app::{
+    App, Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
+};
 use crate::domain::Timestamp;
 use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
@@ -81,6 +89,7 @@ struct ClusterMetrics {
     leases: IntCounterVec,
     claims: IntCounterVec,
     replayed: IntCounter,
+    transitions: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -111,12 +120,23 @@ impl ClusterMetrics {
         r.register(Box::new(owned.clone()))?;
         r.register(Box::new(leases.clone()))?;
         r.register(Box::new(claims.clone()))?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_transitions_total",
+                "Ticket transitions: recorded (in the stream, accepted here), applied (read from \
+                 the stream: replayed or made elsewhere), already (in the ticket's history), \
+                 refused (not applicable to the ticket as rebuilt here)",
+            ),
+            &["result"],
+        )?;
         r.register(Box::new(replayed.clone()))?;
+        r.register(Box::new(transitions.clone()))?;
         Ok(ClusterMetrics {
             owned,
             leases,
             claims,
             replayed,
+            transitions,
         })
     }
 }
@@ -127,6 +147,11 @@ struct View {
     members: Vec<String>,
     owned: BTreeSet<u32>,
     replaying: BTreeSet<u32>,
+    /// Owned partitions whose live consumer is not up yet (being set up, or replaying): the
+    /// instance is not ready while there are any.
+    starting: BTreeSet<u32>,
+    /// When a lease round last succeeded (`None`: never, the instance has not joined).
+    last_round: Option<Instant>,
     assignment: BTreeMap<u32, String>,
     /// Each live member's advertised API address, from its membership record.
     apis: BTreeMap<String, Option<String>>,
@@ -147,7 +172,8 @@ pub struct Cluster {
     client: async_nats::Client,
     stream: stream::Stream,
     leases: kv::Store,
-    tickets: kv::Store,
+    /// Fleet-wide ticket claims, expiring after `claims_max_age`.
+    claims: kv::Store,
     ticket_id_key: Vec<u8>,
     /// The runtime the processor thread's claims run on.
     rt: tokio::runtime::Handle,
@@ -155,6 +181,10 @@ pub struct Cluster {
     view: Mutex<View>,
     /// This instance's API address, advertised in its membership record once the API is bound.
     api: Mutex<Option<String>>,
+    /// The writer that applies transitions read from the stream (set by [`Cluster::spawn_intake`];
+    /// weak, as the writer holds this cluster).
+    writer: std::sync::OnceLock<std::sync::Weak<App>>,
+    js: jetstream::Context,
     metrics: ClusterMetrics,
 }
 
@@ -203,20 +233,16 @@ impl Cluster {
                 source: boxed(e),
             })?;
         let js = jetstream::new(client.clone());
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: cfg.stream.clone(),
-                subjects: vec![format!("{}.*.>", cfg.subject_prefix)],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Stream {
-                name: cfg.stream.clone(),
-                source: boxed(e),
-            })?;
+        let stream = device_stream(&js, cfg).await?;
         let leases = bucket(&js, &format!("{}-leases", cfg.buckets), cfg.lease.std()).await?;
+        // Holds the shared ticket-id secret, which never expires.
         let tickets = bucket(&js, &format!("{}-tickets", cfg.buckets), Duration::ZERO).await?;
+        let claims = bucket(
+            &js,
+            &format!("{}-claims", cfg.buckets),
+            cfg.claims_max_age.std(),
+        )
+        .await?;
         let ticket_id_key = shared_ticket_key(&tickets).await?;
         let metrics = ClusterMetrics::new(registry)?;
         tracing::info!(%instance, %url, partitions = cfg.partitions, "joined the cluster");
@@ -226,11 +252,13 @@ impl Cluster {
             client,
             stream,
             leases,
-            tickets,
+            claims,
             ticket_id_key,
             rt: tokio::runtime::Handle::current(),
             view: Mutex::new(View::default()),
             api: Mutex::new(cfg.api_url.clone()),
+            writer: std::sync::OnceLock::new(),
+            js,
             metrics,
         }))
     }
@@ -276,11 +304,13 @@ impl Cluster {
     /// MQTT side of the groups, the dispatcher's publishes).
     pub fn spawn_intake(
         self: &Arc<Self>,
+        writer: &Arc<App>,
         forward: mpsc::Sender<Inbound>,
         client: mqtt::Client,
         acks: crate::ingest::AckQueue,
         shutdown: &CancellationToken,
     ) -> Vec<JoinHandle<()>> {
+        let _ = self.writer.set(Arc::downgrade(writer));
         vec![
             self.spawn(forward, shutdown.clone()),
             tokio::spawn(ack_loop(self.clone(), client, acks.rx, acks.flushed)),
@@ -313,7 +343,10 @@ impl Cluster {
             self.clone().release(p, h).await;
         }
         let _ = self.leases.delete(format!("m.{}", self.instance)).await;
-        self.publish_view(|v| v.owned.clear());
+        self.publish_view(|v| {
+            v.owned.clear();
+            v.starting.clear();
+        });
     }
 
     /// One round: heartbeat, read members and leases, renew, release, lose, acquire.
@@ -453,6 +486,9 @@ impl Cluster {
                 self.metrics.leases.with_label_values(&["acquired"]).inc();
                 tracing::info!(partition = p, "lease acquired");
                 assignment.insert(p, (self.instance.clone(), revision));
+                self.publish_view(|v| {
+                    v.starting.insert(p);
+                });
                 let stop = shutdown.child_token();
                 let outstanding = Arc::new(AtomicUsize::new(0));
                 let task = tokio::spawn(self.clone().partition_task(
@@ -475,6 +511,8 @@ impl Cluster {
         let owned: BTreeSet<u32> = held.keys().copied().collect();
         self.metrics.owned.set(owned.len() as i64);
         self.publish_view(|v| {
+            v.starting.retain(|p| owned.contains(p));
+            v.last_round = Some(Instant::now());
             v.members = members;
             v.apis = apis;
             v.owned = owned;
@@ -503,6 +541,7 @@ impl Cluster {
         self.publish_view(|v| {
             v.owned.remove(&p);
             v.replaying.remove(&p);
+            v.starting.remove(&p);
         });
         self.metrics.leases.with_label_values(&["released"]).inc();
         tracing::info!(partition = p, "lease released");
@@ -531,6 +570,7 @@ impl Cluster {
         }
         self.publish_view(|v| {
             v.replaying.remove(&p);
+            v.starting.remove(&p);
         });
     }
 
@@ -601,6 +641,10 @@ impl Cluster {
             )
             .await
             .map_err(|e| err(boxed(e)))?;
+        // State rebuilt, consuming live from here on: this partition no longer holds `/readyz`.
+        self.publish_view(|v| {
+            v.starting.remove(&p);
+        });
         loop {
             let mut messages = consumer.messages().await.map_err(|e| err(boxed(e)))?;
             loop {
@@ -622,6 +666,17 @@ impl Cluster {
                     }
                     Some(Ok(m)) => m,
                 };
+                if partition::is_transition(&self.cfg.subject_prefix, m.message.subject.as_str()) {
+                    // Applied after everything before it is committed; acknowledged once
+                    // stored (unless the partition stops meanwhile: redelivered then).
+                    if !self.apply_transition(p, &m, stop, outstanding).await? {
+                        return Ok(());
+                    }
+                    if let Err(e) = m.ack().await {
+                        tracing::warn!(partition = p, "acknowledging a transition: {e}");
+                    }
+                    continue;
+                }
                 let reply = m.message.reply.as_ref().map(|r| r.to_string());
                 let inbound = self.inbound(&m, reply, outstanding);
                 outstanding.fetch_add(1, Ordering::SeqCst);
@@ -685,10 +740,16 @@ impl Cluster {
             if seq > floor {
                 break;
             }
-            let inbound = self.inbound(&m, None, outstanding);
-            outstanding.fetch_add(1, Ordering::SeqCst);
-            if forward.send(inbound).await.is_err() {
-                return Ok(());
+            if partition::is_transition(&self.cfg.subject_prefix, m.message.subject.as_str()) {
+                if !self.apply_transition(p, &m, stop, outstanding).await? {
+                    return Ok(());
+                }
+            } else {
+                let inbound = self.inbound(&m, None, outstanding);
+                outstanding.fetch_add(1, Ordering::SeqCst);
+                if forward.send(inbound).await.is_err() {
+                    return Ok(());
+                }
             }
             n += 1;
             if seq >= floor || pending == 0 {
@@ -718,6 +779,61 @@ impl Cluster {
             "partition replayed: device state rebuilt"
         );
         Ok(())
+    }
+
+    /// Applies a recorded transition read from partition `p`'s stream once everything forwarded
+    /// before it is committed (so its ticket is as the readings before it left it). `Ok(false)`:
+    /// the partition is stopping, nothing applied. An unreadable record is counted as refused
+    /// and skipped; a store that cannot take it is an error (the partition is set up again).
+    async fn apply_transition(
+        &self,
+        p: u32,
+        m: &jetstream::Message,
+        stop: &CancellationToken,
+        outstanding: &Arc<AtomicUsize>,
+    ) -> Result<bool, ClusterError> {
+        while outstanding.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        let record: RecordedTransition = match serde_json::from_slice(&m.message.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(partition = p, "unreadable transition record skipped: {e}");
+                self.metrics
+                    .transitions
+                    .with_label_values(&["refused"])
+                    .inc();
+                return Ok(true);
+            }
+        };
+        let Some(writer) = self.writer.get().and_then(std::sync::Weak::upgrade) else {
+            // Shutting down: the writer is gone.
+            return Ok(false);
+        };
+        let applied = tokio::task::spawn_blocking(move || {
+            let r = writer.apply_recorded(&record);
+            (record, r)
+        })
+        .await
+        .map_err(|e| partition_error(p)(boxed(e)))?;
+        let result = match applied {
+            (_, Ok(Applied::Applied)) => "applied",
+            (_, Ok(Applied::Already)) => "already",
+            (r, Ok(Applied::Refused(why))) => {
+                tracing::info!(
+                    partition = p,
+                    ticket = %r.ticket,
+                    "recorded transition not applicable here: {why}"
+                );
+                "refused"
+            }
+            (_, Err(e)) => return Err(partition_error(p)(boxed(e))),
+        };
+        self.metrics.transitions.with_label_values(&[result]).inc();
+        Ok(true)
     }
 
     /// A stream message as the processor takes it: the subject read as its MQTT topic, and the
@@ -751,6 +867,65 @@ impl Cluster {
     }
 }
 
+/// The stream of the partitioned device subjects, with the configured retention: created when
+/// absent; an existing one keeps its other settings and gets `stream_max_age` and
+/// `stream_max_bytes` when they differ (so a changed retention reaches the server at the next
+/// start).
+async fn device_stream(
+    js: &jetstream::Context,
+    cfg: &Config,
+) -> Result<stream::Stream, ClusterError> {
+    let fail = |e: BoxError| ClusterError::Stream {
+        name: cfg.stream.clone(),
+        source: e,
+    };
+    let max_age = cfg.stream_max_age.std();
+    let max_bytes = cfg
+        .stream_max_bytes
+        .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let mut stream = js
+        .get_or_create_stream(stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![format!("{}.*.>", cfg.subject_prefix)],
+            storage: stream::StorageType::File,
+            max_age,
+            max_bytes,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail(boxed(e)))?;
+    let current = stream
+        .info()
+        .await
+        .map_err(|e| fail(boxed(e)))?
+        .config
+        .clone();
+    if current.max_age != max_age || current.max_bytes != max_bytes {
+        tracing::info!(
+            stream = %cfg.stream,
+            max_age = ?max_age,
+            max_bytes,
+            "applying the configured retention to the existing stream"
+        );
+        js.update_stream(stream::Config {
+            max_age,
+            max_bytes,
+            // JetStream wants the duplicate window within the age limit.
+            duplicate_window: current.duplicate_window.min(max_age),
+            ..current
+        })
+        .await
+        .map_err(|e| fail(boxed(e)))?;
+        stream = js
+            .get_stream(&cfg.stream)
+            .await
+            .map_err(|e| fail(boxed(e)))?;
+    }
+    Ok(stream)
+}
+
+/// A key-value bucket whose values expire after `max_age` (zero: never). An existing bucket
+/// gets `max_age` when it differs (the claims' age limit reaches the server at the next start).
 async fn bucket(
     js: &jetstream::Context,
     name: &str,
@@ -761,6 +936,26 @@ async fn bucket(
         source: e,
     };
     if let Ok(b) = js.get_key_value(name).await {
+        let mut backing = js
+            .get_stream(format!("KV_{name}"))
+            .await
+            .map_err(|e| fail(boxed(e)))?;
+        let current = backing
+            .info()
+            .await
+            .map_err(|e| fail(boxed(e)))?
+            .config
+            .clone();
+        if current.max_age != max_age {
+            tracing::info!(bucket = name, max_age = ?max_age, "applying the configured age limit");
+            js.update_stream(stream::Config {
+                max_age,
+                duplicate_window: dedup_window(max_age),
+                ..current
+            })
+            .await
+            .map_err(|e| fail(boxed(e)))?;
+        }
         return Ok(b);
     }
     // The bucket's stream is made here, with the key-value layout (`KV_NAME` keeping
@@ -772,7 +967,7 @@ async fn bucket(
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         max_age,
-        duplicate_window: max_age,
+        duplicate_window: dedup_window(max_age),
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
@@ -784,6 +979,17 @@ async fn bucket(
     .await
     .map_err(|e| fail(boxed(e)))?;
     js.get_key_value(name).await.map_err(|e| fail(boxed(e)))
+}
+
+/// A bucket's duplicate window: within its age limit (JetStream requires it), and no longer
+/// than two minutes (key-value writes carry no message ids; a long window only costs memory).
+fn dedup_window(max_age: Duration) -> Duration {
+    let two_minutes = Duration::from_secs(120);
+    if max_age.is_zero() {
+        two_minutes
+    } else {
+        max_age.min(two_minutes)
+    }
 }
 
 /// The ticket-id secret: made by the first instance that starts, read by the others.
@@ -844,7 +1050,7 @@ impl Fleetwide for Cluster {
             source,
         };
         let value = serde_json::to_vec(&record).map_err(|e| fail(boxed(e)))?;
-        let tickets = self.tickets.clone();
+        let tickets = self.claims.clone();
         let call = async move {
             match tickets.create(&key, value.into()).await {
                 Ok(_) => Ok(None),
@@ -899,6 +1105,53 @@ impl Fleetwide for Cluster {
     fn owner(&self, device: &str) -> Option<String> {
         let p = partition::of_device(device, self.cfg.partitions);
         self.view.lock().assignment.get(&p).cloned()
+    }
+
+    fn record_transition(&self, t: &RecordedTransition) -> Result<(), ClaimError> {
+        let fail = |source: BoxError| ClaimError::Unreachable {
+            ticket: t.ticket.clone(),
+            source,
+        };
+        let mut record = t.clone();
+        record.instance = self.instance.clone();
+        let payload = serde_json::to_vec(&record).map_err(|e| fail(boxed(e)))?;
+        let p = partition::of_device(&t.device_id, self.cfg.partitions);
+        let subject = partition::transitions(&self.cfg.subject_prefix, p);
+        let js = self.js.clone();
+        // Stored by the stream (its acknowledgement awaited) before the transition is.
+        let call = async move {
+            js.publish(subject, payload.into())
+                .await
+                .map_err(boxed)?
+                .await
+                .map_err(boxed)
+        };
+        self.rt
+            .block_on(tokio::time::timeout(CALL_TIMEOUT, call))
+            .map_err(|e| fail(boxed(e)))?
+            .map_err(fail)?;
+        self.metrics
+            .transitions
+            .with_label_values(&["recorded"])
+            .inc();
+        Ok(())
+    }
+
+    fn readiness(&self) -> ClusterReadiness {
+        let nats = self.client.connection_state() == async_nats::connection::State::Connected;
+        let v = self.view.lock();
+        ClusterReadiness {
+            ready: false,
+            instance: self.instance.clone(),
+            nats,
+            joined: v.last_round.is_some(),
+            lease_view: v
+                .last_round
+                .is_some_and(|t| t.elapsed() <= self.cfg.lease.std()),
+            replaying: v.starting.iter().copied().collect(),
+            reason: None,
+        }
+        .judge()
     }
 }
 

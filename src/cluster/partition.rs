@@ -51,6 +51,24 @@ pub fn filter(prefix: &str, n: u32) -> String {
     format!("{prefix}.{n}.>")
 }
 
+/// Where ticket transitions accepted for devices of partition `n` are recorded:
+/// `PREFIX.N.forewarn.transition`, among the partition's device subjects, so a replay meets them
+/// in order with the readings.
+pub fn transitions(prefix: &str, n: u32) -> String {
+    format!("{prefix}.{n}.forewarn.transition")
+}
+
+/// Whether a partitioned subject is a partition's transitions subject.
+pub fn is_transition(prefix: &str, subject: &str) -> bool {
+    subject
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(n, rest)| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && rest == "forewarn.transition"
+        })
+}
+
 /// The MQTT topic a partitioned subject stands for: `PREFIX.N.devices.d1.telemetry` →
 /// `devices/d1/telemetry` (NATS's MQTT listener maps topic levels to subject tokens the same
 /// way). `None` when the subject is not under `PREFIX.N.`.
@@ -115,5 +133,8 @@ mod tests {
         assert_eq!(topic("fwp", "fwp.x.devices"), None);
         assert_eq!(topic("fwp", "fwp.3"), None);
         assert_eq!(filter("fwp", 3), "fwp.3.>");
+        assert!(is_transition("fwp", &transitions("fwp", 12)));
+        assert!(!is_transition("fwp", "fwp.12.devices.forewarn.transition"));
+        assert!(!is_transition("fwp", "fwp.x.forewarn.transition"));
     }
 }

@@ -176,7 +176,7 @@ async fn start(
     tasks.extend(ingest_tasks);
     tasks.extend(match &cluster {
         // The stream's partitions feed the processor too, and their acks go to the stream.
-        Some(c) => c.spawn_intake(forward, client, acks, &shutdown),
+        Some(c) => c.spawn_intake(&app, forward, client, acks, &shutdown),
         None => vec![acks.spawn_mqtt(client)],
     });
     tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));

@@ -73,6 +73,12 @@ impl NatsServer {
         })
     }
 
+    /// Stops the server (SIGKILL), as a crash or a lost network would.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
