@@ -149,8 +149,11 @@ pub struct Board {
 /// Why the queue's tickets could not be gathered.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("the store could not be read")]
-    Store,
+    #[error("the store could not be read: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking read did not finish (the runtime is shutting down).
+    #[error("the store read was cancelled")]
+    Cancelled,
     /// Cluster mode: an instance did not answer (the error names it).
     #[error(transparent)]
     Fleet(crate::api::ApiError),
@@ -669,8 +672,7 @@ impl Board {
             }),
         })
         .await
-        .map_err(|_| QueueError::Store)?
-        .map_err(|_| QueueError::Store)?;
+        .map_err(|_| QueueError::Cancelled)??;
         let Some((fw, http)) = fleetwide else {
             return Ok(mine);
         };

@@ -526,13 +526,14 @@ async fn queue_page(
     };
     let tickets = match b.queue_tickets(status, &s.bearer).await {
         Ok(t) => t,
-        Err(QueueError::Store) => {
+        Err(e @ (QueueError::Store(_) | QueueError::Cancelled)) => {
+            tracing::warn!("board queue: {e}");
             return error_page(
                 Some(&s),
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The store could not be read",
                 "Try again in a moment.",
-            )
+            );
         }
         Err(QueueError::Fleet(e)) => {
             return error_page(
