@@ -379,7 +379,7 @@ impl Engine {
         let at = r.ts.format();
         Ticket {
             id: ticket_id(&self.cfg.ticket_id_key, &r.device_id, &mm.mode, r.ts),
-            device_id: r.device_id.to_string(),
+            device_id: r.device_id.clone(),
             customer_id: ctx.customer_id.map(str::to_string),
             failure_mode: mm.mode.clone(),
             status: Status::Open,

@@ -62,7 +62,7 @@ fn daemon_data_dir(dir: &Path) {
             let opened = (end - 10) * H;
             tickets.push(Ticket {
                 id: format!("t{d}"),
-                device_id: id,
+                device_id: forewarn::domain::DeviceId::parse(&id).unwrap(),
                 customer_id: None,
                 failure_mode: "belt".into(),
                 status: Status::Resolved,

@@ -737,7 +737,7 @@ impl App {
         // Notifications integration point: the notifier writes its outbox rows into the same
         // commit as the ticket change.
         let registry = self.registry.read();
-        let device = registry.devices.get(&c.ticket.device_id);
+        let device = registry.devices.get(c.ticket.device_id.as_str());
         let customer = c
             .ticket
             .customer_id

@@ -12,7 +12,7 @@
 
 use super::{CliResult, Failure};
 use crate::archive;
-use crate::domain::{DeviceEvent, DeviceId, EventKind, Outcome, Status, Timestamp};
+use crate::domain::{DeviceEvent, EventKind, Outcome, Status, Timestamp};
 use crate::fleet::Device;
 use crate::history::{
     read_events, BadRows, DeviceWriter, EventWriter, HistoryError, TelemetryReader, TelemetryWriter,
@@ -206,16 +206,12 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
             continue;
         };
         let has_event = carried.iter().any(|(d, c, ts)| {
-            *d == t.device_id && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
+            t.device_id == **d && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
         });
-        // A stored ticket's id passed the rule when its reading came in.
-        let Ok(device_id) = DeviceId::parse(&t.device_id) else {
-            continue;
-        };
         if !has_event {
             visits.push((
                 DeviceEvent {
-                    device_id,
+                    device_id: t.device_id.clone(),
                     ts: settled,
                     kind: EventKind::Maintenance,
                     code: t.failure_mode.clone(),
