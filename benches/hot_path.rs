@@ -41,7 +41,7 @@ fn stream() -> Stream {
     });
     let msgs = fleet
         .filter_map(|e| match e {
-            SimEvent::Reading(r) => Some((r.device_id.clone(), to_payload(&r))),
+            SimEvent::Reading(r) => Some((r.device_id.to_string(), to_payload(&r))),
             _ => None,
         })
         .collect();
@@ -82,10 +82,10 @@ fn run_engine(engine: &Engine, s: &Stream, iters: u64) -> Duration {
                 Err(_) => continue,
             };
             for r in &readings {
-                let (state, live) = match devices.get_mut(&r.device_id) {
+                let (state, live) = match devices.get_mut(r.device_id.as_str()) {
                     Some(x) => x,
                     None => devices
-                        .entry(r.device_id.clone())
+                        .entry(r.device_id.to_string())
                         .or_insert_with(|| (engine.new_state(r.ts), Vec::new())),
                 };
                 changes.clear();

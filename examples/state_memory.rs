@@ -51,10 +51,10 @@ fn main() {
     let mut n = 0u64;
     for e in fleet {
         if let SimEvent::Reading(r) = e {
-            let st = match states.get_mut(&r.device_id) {
+            let st = match states.get_mut(r.device_id.as_str()) {
                 Some(s) => s,
                 None => states
-                    .entry(r.device_id.clone())
+                    .entry(r.device_id.to_string())
                     .or_insert_with(|| engine.new_state(r.ts)),
             };
             live.clear();

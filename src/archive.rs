@@ -395,7 +395,7 @@ mod tests {
 
     fn reading(id: &str, ts: Timestamp, m: &[(&str, f64)]) -> Record {
         Record::Reading(Reading {
-            device_id: id.into(),
+            device_id: crate::domain::DeviceId::parse(id).unwrap(),
             ts,
             seq: None,
             metrics: m.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -437,7 +437,7 @@ mod tests {
                     &[("temp", 2.0), ("vib", 0.25)],
                 ),
                 Record::Event(DeviceEvent {
-                    device_id: "d1".into(),
+                    device_id: crate::domain::DeviceId::parse("d1").unwrap(),
                     ts: Timestamp::from_millis(t0 + 2),
                     kind: EventKind::Maintenance,
                     code: "bearing".into(),

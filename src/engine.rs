@@ -266,7 +266,7 @@ impl Engine {
                     let s = a.score_mode_compiled(mm, &lm.compiled[k], &x);
                     if let Some(out) = scorings.as_deref_mut() {
                         out.push(Scoring {
-                            device_id: r.device_id.clone(),
+                            device_id: r.device_id.to_string(),
                             ts: r.ts,
                             mode: mm.mode.clone(),
                             probability: s.probability,
@@ -523,7 +523,7 @@ mod tests {
 
     fn r(h: i64, temp: f64) -> Reading {
         Reading {
-            device_id: "d1".into(),
+            device_id: crate::domain::DeviceId::parse("d1").unwrap(),
             ts: Timestamp::from_millis(h * 3_600_000),
             seq: None,
             metrics: vec![("temp".into(), temp)],
@@ -613,7 +613,7 @@ mod tests {
             );
         }
         let ev = DeviceEvent {
-            device_id: "d1".into(),
+            device_id: crate::domain::DeviceId::parse("d1").unwrap(),
             ts: Timestamp::from_millis(3 * 3_600_000),
             kind: EventKind::Maintenance,
             code: "overheat".into(),

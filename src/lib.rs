@@ -3,8 +3,9 @@
 //! The module map, bottom-up: each module imports only modules listed above it (the import graph
 //! has no cycles).
 //!
-//! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time (one
-//!   parse, one format), device ids, tickets and their statuses, durations
+//! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time
+//!   (`Timestamp`: one parse, one format), device ids (`DeviceId`: checked where they arrive),
+//!   tickets and their statuses, durations
 //! - [`features`] per-device rolling windows and feature extraction, in event time (pure)
 //! - [`predict`]  model artifacts (load, version check) and scoring (pure)
 //! - [`tickets`]  the ticket state machine (pure)

@@ -136,7 +136,7 @@ mod tests {
     fn ticket(id: &str, mode: &str, outcome: Option<Outcome>) -> Ticket {
         Ticket {
             id: id.into(),
-            device_id: "d1".into(),
+            device_id: crate::domain::DeviceId::parse("d1").unwrap(),
             customer_id: None,
             failure_mode: mode.into(),
             status: Status::Resolved,

@@ -8,7 +8,7 @@
 //! History files are often sorted by device rather than by time, so the rows are kept in a compact
 //! table (about 48 bytes per 4-metric reading) and sorted by time before publishing.
 
-use crate::domain::{DeviceEvent, EventKind, Timestamp};
+use crate::domain::{DeviceEvent, DeviceId, EventKind, Timestamp};
 use crate::history::{
     self, BadRows, HistoryError, ReadSummary, Refused, RowError, TelemetryReader,
 };
@@ -74,8 +74,8 @@ pub struct Message {
 /// time; otherwise file order).
 #[derive(Debug, Default)]
 pub struct History {
-    devices: Vec<String>,
-    device_ids: HashMap<String, u32>,
+    devices: Vec<DeviceId>,
+    device_ids: HashMap<DeviceId, u32>,
     metrics: Vec<String>,
     /// Row-major: one row of `metrics.len()` values per reading; NaN is an empty cell.
     values: Vec<f64>,
@@ -131,13 +131,13 @@ impl History {
             .extend(summary.first_errors.into_iter().take(room));
     }
 
-    fn device(&mut self, id: &str) -> u32 {
-        if let Some(&d) = self.device_ids.get(id) {
+    fn device(&mut self, id: &DeviceId) -> u32 {
+        if let Some(&d) = self.device_ids.get(id.as_str()) {
             return d;
         }
         let d = self.devices.len() as u32;
-        self.devices.push(id.to_string());
-        self.device_ids.insert(id.to_string(), d);
+        self.devices.push(id.clone());
+        self.device_ids.insert(id.clone(), d);
         d
     }
 
@@ -169,7 +169,15 @@ impl History {
                 rows.refuse(line, Refused("row has no metric values".into()))?;
                 continue;
             }
-            let device = self.device(row.device_id);
+            let id = match DeviceId::parse(row.device_id) {
+                Ok(id) => id,
+                Err(e) => {
+                    let line = row.line;
+                    rows.refuse(line, Refused(e.to_string()))?;
+                    continue;
+                }
+            };
+            let device = self.device(&id);
             let at = (self.values.len() / self.metrics.len()) as u32;
             self.values.extend_from_slice(row.values);
             self.items.push(Item {

@@ -18,7 +18,7 @@
 
 pub mod realistic;
 
-use crate::domain::{DeviceEvent, EventKind, Reading, Timestamp};
+use crate::domain::{DeviceEvent, DeviceId, EventKind, Reading, Timestamp};
 use crate::features::Attributes;
 use crate::history::{DeviceWriter, EventWriter, TelemetryWriter};
 use crate::ingest::encode::telemetry_payload;
@@ -78,7 +78,8 @@ pub struct SimConfig {
     pub maintenance_every_ms: i64,
     /// Error events per device-hour for a new device (grows with wear).
     pub error_rate_per_hour: f64,
-    /// Device ids are `{id_prefix}{n:06}`.
+    /// Device ids are `{id_prefix}{n:06}`; a prefix that makes them invalid device ids (a `/`,
+    /// `+`, `#`, whitespace or a control character) leaves the fleet empty.
     pub id_prefix: String,
 }
 
@@ -191,6 +192,8 @@ impl Rng {
 #[derive(Debug, Clone)]
 struct DeviceSim {
     info: SimDevice,
+    /// `info.id` as the readings and events carry it.
+    key: DeviceId,
     baseline: [f64; 4],
     /// Wear per mode: 0 is new, 1.0 is failure.
     wear: [f64; 3],
@@ -246,9 +249,14 @@ impl Fleet {
             }
             let next_maintenance =
                 cfg.start_ms + (rng.uniform() * cfg.maintenance_every_ms as f64) as i64;
+            let id = format!("{}{:0width$}", cfg.id_prefix, i);
+            let Ok(key) = DeviceId::parse(&id) else {
+                continue;
+            };
             devices.push(DeviceSim {
+                key,
                 info: SimDevice {
-                    id: format!("{}{:0width$}", cfg.id_prefix, i),
+                    id,
                     model,
                     install_year,
                 },
@@ -316,11 +324,11 @@ impl Fleet {
             v[k] = ((v[k] + n * NOISE[k]) * 1000.0).round() / 1000.0;
         }
         d.seq += 1;
-        let device_id = d.info.id.clone();
+        let device_id = d.key.clone();
         if cfg.malformed_fraction > 0.0 && rng.uniform() < cfg.malformed_fraction {
             let payload = malformed_payload(rng.below(6), ts, d.seq, &v);
             self.pending.push_back(SimEvent::Malformed {
-                device_id: device_id.clone(),
+                device_id: d.info.id.clone(),
                 payload,
             });
         } else {
@@ -718,10 +726,10 @@ mod tests {
                     for (k, (_, x)) in r.metrics.iter().enumerate() {
                         v[k] = *x;
                     }
-                    hist.entry(r.device_id).or_default().push(v);
+                    hist.entry(r.device_id.into_string()).or_default().push(v);
                 }
                 SimEvent::Event(e) if e.kind == EventKind::Failure => {
-                    let h = hist.entry(e.device_id).or_default();
+                    let h = hist.entry(e.device_id.into_string()).or_default();
                     if h.len() >= 200 {
                         let m = MODES.iter().position(|x| *x == e.code).unwrap();
                         let late = &h[h.len() - 12..];

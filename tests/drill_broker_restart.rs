@@ -158,7 +158,7 @@ async fn a_broker_restart_mid_stream_loses_no_reading_and_changes_no_ticket() {
     let tickets = store.tickets(&Default::default()).unwrap();
     let mut got: Vec<(String, String)> = tickets
         .iter()
-        .map(|t| (t.device_id.clone(), t.opened_at.clone()))
+        .map(|t| (t.device_id.to_string(), t.opened_at.clone()))
         .collect();
     got.sort();
     // The uninterrupted stream opens on the second scoring at or above the threshold: 80.0 at

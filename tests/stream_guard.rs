@@ -102,7 +102,7 @@ fn only_the_failure_modes_models_score_are_kept_in_device_state() {
     for (i, code) in ["c1", "c2", "overheat", "c3"].iter().enumerate() {
         for kind in [EventKind::Maintenance, EventKind::Failure] {
             let ev = DeviceEvent {
-                device_id: "d".into(),
+                device_id: forewarn::domain::DeviceId::parse("d").unwrap(),
                 ts: forewarn::domain::Timestamp::from_millis(i as i64 * HOUR),
                 kind,
                 code: (*code).into(),

@@ -66,7 +66,7 @@ fn each_mode_scores_what_its_own_extraction_and_stored_trees_give() {
             _ => continue,
         };
         let (st, live) = states
-            .entry(r.device_id.clone())
+            .entry(r.device_id.to_string())
             .or_insert_with(|| (e.new_state(r.ts), vec![]));
         if i == 600 {
             // One mode's clock restarts: its rows now differ from the other modes'.

@@ -31,7 +31,7 @@ fn daemon_data_dir(dir: &Path) {
             let noise = ((h * 7 + d * 3) % 5) as f64 * 0.3;
             let temp = 50.0 + (h - (end - 30)).max(0) as f64 + noise;
             batch.push(Record::Reading(Reading {
-                device_id: id.clone(),
+                device_id: forewarn::domain::DeviceId::parse(&id).unwrap(),
                 ts: Timestamp::from_millis(h * H),
                 seq: Some(h as u64 + 1),
                 metrics: vec![("temp".into(), temp)],
@@ -40,7 +40,7 @@ fn daemon_data_dir(dir: &Path) {
         // A day of healthy running after the repair, so the device's history goes on.
         for h in end..end + 24 {
             batch.push(Record::Reading(Reading {
-                device_id: id.clone(),
+                device_id: forewarn::domain::DeviceId::parse(&id).unwrap(),
                 ts: Timestamp::from_millis(h * H),
                 seq: Some(h as u64 + 1),
                 metrics: vec![("temp".into(), 50.0)],
@@ -48,7 +48,7 @@ fn daemon_data_dir(dir: &Path) {
         }
         let prevented = d >= 4;
         batch.push(Record::Event(DeviceEvent {
-            device_id: id.clone(),
+            device_id: forewarn::domain::DeviceId::parse(&id).unwrap(),
             ts: Timestamp::from_millis(end * H),
             kind: if prevented {
                 EventKind::Maintenance
@@ -62,7 +62,7 @@ fn daemon_data_dir(dir: &Path) {
             let opened = (end - 10) * H;
             tickets.push(Ticket {
                 id: format!("t{d}"),
-                device_id: id,
+                device_id: forewarn::domain::DeviceId::parse(&id).unwrap(),
                 customer_id: None,
                 failure_mode: "belt".into(),
                 status: Status::Resolved,

@@ -386,7 +386,6 @@ impl App {
             for q in w.items.drain(..) {
                 self.offer(
                     sh,
-                    &w.device,
                     &mut w.slot,
                     q.item,
                     q.received_ms,
@@ -411,7 +410,6 @@ impl App {
     fn offer(
         &self,
         sh: &Shared<'_>,
-        device: &str,
         slot: &mut Slot,
         item: Item,
         received_ms: i64,
@@ -442,7 +440,7 @@ impl App {
             Item::Event(e) => slot.state.has_applied_event_like(e),
             Item::Reading(_) => false,
         };
-        let pending = Pending::from_item(item, received_ms);
+        let (pending, id) = Pending::from_item(item, received_ms);
         let step = encode_step(&Step::Offer {
             tolerance_ms: tolerance,
             item: &pending,
@@ -463,7 +461,7 @@ impl App {
             Offer::Late => tally.late += 1,
             Offer::Duplicate => tally.duplicates += 1,
         }
-        slot.reorder.release(device, released);
+        slot.reorder.release(&id, released);
         for (item, received_ms) in released.drain(..) {
             self.apply(sh, slot, &item, received_ms, tally, changes);
         }
@@ -482,12 +480,12 @@ impl App {
         let mut scratch: Vec<Change> = Vec::new();
         match item {
             Item::Reading(r) => {
-                let dev = sh.devices.get(&r.device_id);
+                let dev = sh.devices.get(r.device_id.as_str());
                 if dev.is_none()
                     && !sh.unregistered.contains(r.device_id.as_str())
-                    && !tally.unregistered.contains(&r.device_id)
+                    && !tally.unregistered.iter().any(|d| *d == *r.device_id)
                 {
-                    tally.unregistered.push(r.device_id.clone());
+                    tally.unregistered.push(r.device_id.to_string());
                 }
                 let ctx = DeviceCtx {
                     attrs: dev.map(|d| &d.attributes),
@@ -544,7 +542,7 @@ impl App {
                         let missing = gap - explained;
                         tally.missing += missing;
                         let gap = Gap {
-                            device_id: r.device_id.clone(),
+                            device_id: r.device_id.to_string(),
                             after_seq: prev,
                             next_seq: seq,
                             missing,
@@ -557,7 +555,7 @@ impl App {
                         self.signals
                             .gaps
                             .lock()
-                            .insert(r.device_id.clone(), gap.clone());
+                            .insert(r.device_id.to_string(), gap.clone());
                         tally.gaps.push(gap);
                         self.note_loss(&r.device_id, LossNote::Gap { prev, seq, missing });
                     }
@@ -739,7 +737,7 @@ impl App {
         // Notifications integration point: the notifier writes its outbox rows into the same
         // commit as the ticket change.
         let registry = self.registry.read();
-        let device = registry.devices.get(&c.ticket.device_id);
+        let device = registry.devices.get(c.ticket.device_id.as_str());
         let customer = c
             .ticket
             .customer_id

@@ -3,7 +3,7 @@
 
 use super::commit::{Shared, Tally};
 use super::{App, CoreError};
-use crate::domain::{Reading, Ticket, Timestamp};
+use crate::domain::{DeviceId, Reading, Ticket, Timestamp};
 use crate::engine::{Change, DeviceCtx, Engine, Scoring};
 use crate::features::{DeviceState, Observed};
 use crate::fleet::Device;
@@ -406,10 +406,16 @@ impl App {
         let mut tally = Tally::default();
         let mut released = Vec::new();
         for d in &devices {
+            // Slots are keyed by ids that passed the rule on the way in; one that does not (a
+            // store written by hand) keeps its buffer rather than release readings without an id.
+            let Ok(id) = DeviceId::parse(d) else {
+                tracing::warn!(device = %clip(d, 200), "reorder buffer of an invalid device id left held");
+                continue;
+            };
             core.slot(&self.store, d, Timestamp::MIN, &mut dirty)?;
             if let Some(slot) = core.slots.get_mut(d.as_str()) {
                 slot.steps.push(encode_step(&Step::Flush));
-                slot.reorder.flush(d, &mut released);
+                slot.reorder.flush(&id, &mut released);
             }
         }
         let n = released.len();
@@ -516,6 +522,11 @@ impl Core {
         slot: &mut Slot,
         steps: Vec<Vec<u8>>,
     ) {
+        // The step log is keyed by ids that passed the rule on the way in.
+        let Ok(id) = DeviceId::parse(device) else {
+            tracing::error!(device = %clip(device, 200), "logged steps of an invalid device id skipped");
+            return;
+        };
         let mut released = Vec::new();
         for (i, bytes) in steps.into_iter().enumerate() {
             let step = match postcard::from_bytes::<Step<Pending>>(&bytes) {
@@ -533,11 +544,11 @@ impl Core {
             match step {
                 Step::Offer { tolerance_ms, item } => {
                     if slot.reorder.offer(item, tolerance_ms) == Offer::Held {
-                        slot.reorder.release(device, &mut released);
+                        slot.reorder.release(&id, &mut released);
                     }
                 }
-                Step::Apply(item) => released.push(item.into_item(device)),
-                Step::Flush => slot.reorder.flush(device, &mut released),
+                Step::Apply(item) => released.push(item.into_item(&id)),
+                Step::Flush => slot.reorder.flush(&id, &mut released),
             }
             for (item, _) in released.drain(..) {
                 self.replay(devices, &mut slot.state, &item);
@@ -557,7 +568,7 @@ impl Core {
         let mut live = Vec::new();
         match item {
             Item::Reading(r) => {
-                let dev = devices.get(&r.device_id);
+                let dev = devices.get(r.device_id.as_str());
                 let ctx = DeviceCtx {
                     attrs: dev.map(|d| &d.attributes),
                     customer_id: dev.and_then(|d| d.customer_id.as_deref()),

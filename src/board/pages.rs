@@ -711,7 +711,7 @@ fn ticket_view(b: &Board, t: &Ticket) -> TicketView {
         status: t.status.as_str(),
         outcome: outcome_words(t),
         priority: t.priority.as_str(),
-        device_id: t.device_id.clone(),
+        device_id: t.device_id.to_string(),
         region: get(|r| r.region.clone()),
         customer_id: get(|r| r.customer_id.clone()),
         customer_name: get(|r| r.customer_name.clone()),

@@ -206,7 +206,7 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
             continue;
         };
         let has_event = carried.iter().any(|(d, c, ts)| {
-            *d == t.device_id && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
+            t.device_id == **d && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
         });
         if !has_event {
             visits.push((

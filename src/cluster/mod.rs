@@ -1040,7 +1040,7 @@ impl Fleetwide for Cluster {
         let record = ClaimRecord {
             instance: self.instance.clone(),
             change: change.kind.as_str().to_string(),
-            device_id: ticket.device_id.clone(),
+            device_id: ticket.device_id.to_string(),
             failure_mode: ticket.failure_mode.clone(),
             opened_at: ticket.opened_at.clone(),
             updated_at: ticket.updated_at.clone(),

@@ -10,7 +10,7 @@ const NOW: i64 = 1_800_000_000_000;
 fn ticket() -> Ticket {
     Ticket {
         id: "T-1".into(),
-        device_id: "pump-1".into(),
+        device_id: crate::domain::DeviceId::parse("pump-1").unwrap(),
         customer_id: None,
         failure_mode: "bearing_wear".into(),
         status: Status::Open,

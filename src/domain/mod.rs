@@ -13,7 +13,7 @@ mod ticket;
 mod time;
 mod visit;
 
-pub use device::{validate_device_id, DeviceIdError, MAX_DEVICE_ID_LEN};
+pub use device::{validate_device_id, DeviceId, DeviceIdError, MAX_DEVICE_ID_LEN};
 pub use duration::{Dur, DurError};
 pub use order::{apply_order, rank as order_rank};
 pub use reading::{DeviceEvent, EventKind, Reading, RejectReason};

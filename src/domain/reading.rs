@@ -1,12 +1,12 @@
 //! What devices send: telemetry readings and events, and the bounded set of reasons input is
 //! refused for.
 
-use super::Timestamp;
+use super::{DeviceId, Timestamp};
 
 /// One telemetry reading of one device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
-    pub device_id: String,
+    pub device_id: DeviceId,
     pub ts: Timestamp,
     pub seq: Option<u64>,
     /// Metric name → finite value, in payload order.
@@ -42,7 +42,7 @@ impl EventKind {
 /// A device event: a failure, a maintenance visit or an error code.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceEvent {
-    pub device_id: String,
+    pub device_id: DeviceId,
     pub ts: Timestamp,
     pub kind: EventKind,
     /// The failure mode (for failure and maintenance) or error code.

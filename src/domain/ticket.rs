@@ -1,7 +1,7 @@
 //! Tickets as values: the promise that a device will be serviced before it fails, with typed
 //! statuses, priorities and outcomes. How a ticket moves between statuses is `tickets`' business.
 
-use super::Timestamp;
+use super::{DeviceId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One feature behind a score, as a ticket shows it.
@@ -122,7 +122,8 @@ pub struct HistoryEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ticket {
     pub id: String,
-    pub device_id: String,
+    #[schema(value_type = String)]
+    pub device_id: DeviceId,
     pub customer_id: Option<String>,
     pub failure_mode: String,
     pub status: Status,

@@ -904,7 +904,7 @@ mod tests {
 
     fn reading(ts_h: i64, seq: Option<u64>, v: f64) -> Reading {
         Reading {
-            device_id: "d".into(),
+            device_id: crate::domain::DeviceId::parse("d").unwrap(),
             ts: Timestamp::from_millis(ts_h * 3_600_000),
             seq,
             metrics: vec![("temp".into(), v), ("other".into(), 1.0)],
@@ -1032,7 +1032,7 @@ mod tests {
             let v = if ts < 2 * week_ms { 10.0 } else { 20.0 };
             if readings_per_gap == 0 || i % readings_per_gap != 0 {
                 let r = Reading {
-                    device_id: "d".into(),
+                    device_id: crate::domain::DeviceId::parse("d").unwrap(),
                     ts: Timestamp::from_millis(ts),
                     seq: None,
                     metrics: vec![("temp".into(), v)],
@@ -1151,7 +1151,7 @@ mod tests {
         *st.streak_mut(&streak_key("m1", "bearing")) = 3;
         st.on_event(
             &DeviceEvent {
-                device_id: "d".into(),
+                device_id: crate::domain::DeviceId::parse("d").unwrap(),
                 ts: Timestamp::from_millis(8 * 3_600_000),
                 kind: EventKind::Maintenance,
                 code: "bearing".into(),
@@ -1182,7 +1182,7 @@ mod tests {
         let w = WindowSpec::default();
         let mut st = DeviceState::new(&w, Timestamp::EPOCH);
         let ev = |h: i64, kind, code: &str| DeviceEvent {
-            device_id: "d".into(),
+            device_id: crate::domain::DeviceId::parse("d").unwrap(),
             ts: Timestamp::from_millis(h * 3_600_000),
             kind,
             code: code.into(),
@@ -1205,7 +1205,7 @@ mod tests {
         let mut st = DeviceState::new(&w, Timestamp::EPOCH);
         for h in 0..100 {
             let r = Reading {
-                device_id: "d".into(),
+                device_id: crate::domain::DeviceId::parse("d").unwrap(),
                 ts: Timestamp::from_millis(h * 60_000),
                 seq: Some(h as u64),
                 metrics: vec![

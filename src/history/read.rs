@@ -2,7 +2,9 @@
 //! counts, device ids, timestamps, numbers, event kinds and codes, the line cap — and leaves one
 //! decision to the caller: what a bad row means ([`BadRows`]).
 
-use crate::domain::{validate_device_id, DeviceEvent, DeviceIdError, EventKind, Timestamp};
+use crate::domain::{
+    validate_device_id, DeviceEvent, DeviceId, DeviceIdError, EventKind, Timestamp,
+};
 use crate::features::Attributes;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -419,7 +421,7 @@ pub fn read_events<R: Read>(
                 return Err(RowProblem::BadCode);
             }
             Ok(DeviceEvent {
-                device_id: id.to_string(),
+                device_id: DeviceId::parse(id)?,
                 ts,
                 kind,
                 code: code.to_string(),

@@ -216,7 +216,7 @@ mod tests {
                 }
             }
 
-            let ev = DeviceEvent { device_id: "d,1".into(), ts: Timestamp::from_millis(5), kind: EventKind::Failure, code: format!("m{code}") };
+            let ev = DeviceEvent { device_id: crate::domain::DeviceId::parse("d,1").unwrap(), ts: Timestamp::from_millis(5), kind: EventKind::Failure, code: format!("m{code}") };
             let mut w = EventWriter::new(Vec::new()).unwrap();
             w.row(&ev).unwrap();
             let text = w.finish().unwrap();

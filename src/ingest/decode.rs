@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::{validate_device_id, DeviceEvent, EventKind, Reading, RejectReason, Timestamp};
+use crate::domain::{DeviceEvent, DeviceId, EventKind, Reading, RejectReason, Timestamp};
 
 /// A rejected payload: the reason and a human-readable detail.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -145,7 +145,7 @@ fn check_size<'a>(payload: &'a [u8], limits: &Limits) -> Result<&'a str, Reject>
         .map_err(|e| Reject::new(RejectReason::NotUtf8, format!("payload is not UTF-8: {e}")))
 }
 
-fn resolve_device(topic_id: Option<&str>, payload_id: Option<String>) -> Result<String, Reject> {
+fn resolve_device(topic_id: Option<&str>, payload_id: Option<String>) -> Result<DeviceId, Reject> {
     let id = match (topic_id, payload_id) {
         (Some(t), _) => t.to_string(),
         (None, Some(p)) => p,
@@ -156,8 +156,7 @@ fn resolve_device(topic_id: Option<&str>, payload_id: Option<String>) -> Result<
             ))
         }
     };
-    validate_device_id(&id).map_err(|e| Reject::new(RejectReason::BadDeviceId, e.to_string()))?;
-    Ok(id)
+    DeviceId::try_from(id).map_err(|e| Reject::new(RejectReason::BadDeviceId, e.to_string()))
 }
 
 /// Decodes a telemetry payload (one reading or a JSON array of them).

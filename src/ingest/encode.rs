@@ -91,7 +91,7 @@ mod tests {
             ),
         )
             .prop_map(|(device_id, ts, seq, metrics)| Reading {
-                device_id,
+                device_id: crate::domain::DeviceId::try_from(device_id).unwrap(),
                 ts: Timestamp::from_millis(ts),
                 seq,
                 metrics,
@@ -119,6 +119,7 @@ mod tests {
             kind in prop_oneof![Just(EventKind::Failure), Just(EventKind::Maintenance), Just(EventKind::Error)],
             code in "[a-z0-9 \"\\\\é_]{1,20}",
         ) {
+            let device_id = crate::domain::DeviceId::try_from(device_id).unwrap();
             let e = DeviceEvent { device_id, ts: Timestamp::from_millis(ts), kind, code };
             let back = decode_events(&event_payload(&e), Some(&e.device_id), 0, &Limits::default())
                 .map_err(|err| TestCaseError::fail(err.to_string()))?;

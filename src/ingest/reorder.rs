@@ -11,7 +11,7 @@
 //! the step log, and the buffer itself is stored with the device's state at checkpoints, so an
 //! acknowledged message is never only in memory.
 
-use crate::domain::{apply_order, DeviceEvent, EventKind, Reading, Timestamp};
+use crate::domain::{apply_order, DeviceEvent, DeviceId, EventKind, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// What the buffer holds of a reading or event (the device id is the buffer's).
@@ -100,7 +100,7 @@ impl Buffer {
     }
 
     /// Moves the items older than the watermark, in apply order, to `out`.
-    pub fn release(&mut self, device: &str, out: &mut Vec<(Item, i64)>) {
+    pub fn release(&mut self, device: &DeviceId, out: &mut Vec<(Item, i64)>) {
         let Some(w) = self.watermark else { return };
         let n = self.pending.partition_point(|q| q.ts < w);
         out.extend(self.pending.drain(..n).map(|p| p.into_item(device)));
@@ -110,7 +110,7 @@ impl Buffer {
     /// time seen, so what arrives later before it counts as late. An item stamped exactly at
     /// that time is still accepted (a reading that follows its same-time event after a pause of
     /// the publisher), at the price of the equal-time order against what was released.
-    pub fn flush(&mut self, device: &str, out: &mut Vec<(Item, i64)>) {
+    pub fn flush(&mut self, device: &DeviceId, out: &mut Vec<(Item, i64)>) {
         if let Some(m) = self.max_seen {
             self.watermark = Some(self.watermark.map_or(m, |old| old.max(m)));
         }
@@ -163,40 +163,47 @@ impl Pending {
 }
 
 impl Pending {
-    /// What the buffer holds of an item, taking its metrics rather than copying them.
-    pub fn from_item(item: Item, received_ms: i64) -> Pending {
+    /// What the buffer holds of an item, taking its metrics rather than copying them, and the
+    /// item's device id (the buffer is per device and does not keep it).
+    pub fn from_item(item: Item, received_ms: i64) -> (Pending, DeviceId) {
         match item {
-            Item::Reading(r) => Pending {
-                ts: r.ts,
-                event: None,
-                code: String::new(),
-                seq: r.seq,
-                metrics: r.metrics,
-                received_ms,
-            },
-            Item::Event(e) => Pending {
-                ts: e.ts,
-                event: Some(e.kind),
-                code: e.code,
-                seq: None,
-                metrics: Vec::new(),
-                received_ms,
-            },
+            Item::Reading(r) => (
+                Pending {
+                    ts: r.ts,
+                    event: None,
+                    code: String::new(),
+                    seq: r.seq,
+                    metrics: r.metrics,
+                    received_ms,
+                },
+                r.device_id,
+            ),
+            Item::Event(e) => (
+                Pending {
+                    ts: e.ts,
+                    event: Some(e.kind),
+                    code: e.code,
+                    seq: None,
+                    metrics: Vec::new(),
+                    received_ms,
+                },
+                e.device_id,
+            ),
         }
     }
 
     /// The reading or event again, with its receipt time.
-    pub fn into_item(self, device: &str) -> (Item, i64) {
+    pub fn into_item(self, device: &DeviceId) -> (Item, i64) {
         let p = self;
         let item = match p.event {
             None => Item::Reading(Reading {
-                device_id: device.to_string(),
+                device_id: device.clone(),
                 ts: p.ts,
                 seq: p.seq,
                 metrics: p.metrics,
             }),
             Some(kind) => Item::Event(DeviceEvent {
-                device_id: device.to_string(),
+                device_id: device.clone(),
                 ts: p.ts,
                 kind,
                 code: p.code,
@@ -244,6 +251,7 @@ mod tests {
     #[test]
     fn out_of_order_arrivals_within_the_tolerance_are_released_in_event_time_order() {
         let mut b = Buffer::default();
+        let d = crate::domain::DeviceId::parse("d").unwrap();
         let mut out = vec![];
         for p in [
             r(10, 2),
@@ -253,7 +261,7 @@ mod tests {
             r(21, 3),
         ] {
             assert_eq!(b.offer(p, 10), Offer::Held);
-            b.release("d", &mut out);
+            b.release(&d, &mut out);
         }
         assert_eq!(
             order(&out),
@@ -262,7 +270,7 @@ mod tests {
         assert_eq!(b.offer(r(9, 9), 10), Offer::Late);
         assert_eq!(b.offer(r(21, 3), 10), Offer::Duplicate);
         out.clear();
-        b.flush("d", &mut out);
+        b.flush(&d, &mut out);
         assert_eq!(order(&out), vec![(21, "r")]);
         assert_eq!(b.offer(r(20, 4), 10), Offer::Late, "flushed past");
         assert_eq!(

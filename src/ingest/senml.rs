@@ -15,7 +15,9 @@
 //! that is not a map, a label of the wrong type, a name outside the RFC's characters, an unknown
 //! label ending in `_`, a record with no value at all) is rejected whole (`bad_senml`).
 
-use crate::domain::{validate_device_id, Reading, RejectReason, Timestamp};
+use crate::domain::{
+    validate_device_id, DeviceId, DeviceIdError, Reading, RejectReason, Timestamp,
+};
 use crate::ingest::decode::{Limits, Reject};
 use serde::{Deserialize, Serialize};
 
@@ -419,12 +421,14 @@ fn resolve(
                 ))
             })?,
         };
-        validate_device_id(&device).map_err(|e| {
+        let bad_id = |e: DeviceIdError, device: &str| {
             Reject::new(
                 RejectReason::BadDeviceId,
-                format!("record {i}: device id {:?}: {e}", clip(&device, 64)),
+                format!("record {i}: device id {:?}: {e}", clip(device, 64)),
             )
-        })?;
+        };
+        validate_device_id(&device).map_err(|e| bad_id(e, &device))?;
+        let device = DeviceId::try_from(device).map_err(|e| bad_id(e, ""))?;
         match groups
             .iter_mut()
             .find(|r| r.ts == ts && r.device_id == device)

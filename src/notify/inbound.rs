@@ -1175,7 +1175,7 @@ fn page_text(s: &AppState, t: &Ticket) -> (PageText, String) {
         }
         None => {
             let facts = Facts {
-                device: t.device_id.clone(),
+                device: t.device_id.to_string(),
                 failure_mode: t.failure_mode.clone(),
                 ticket: t.id.clone(),
                 ..Facts::default()

@@ -107,7 +107,7 @@ mod tests {
     fn ticket() -> Ticket {
         Ticket {
             id: "T-1".into(),
-            device_id: "d".into(),
+            device_id: crate::domain::DeviceId::parse("d").unwrap(),
             customer_id: Some("c".into()),
             failure_mode: "bearing_wear".into(),
             status: Status::Open,

@@ -1004,7 +1004,7 @@ impl Notifier {
         let device = desk
             .device(&t.device_id)
             .and_then(|d| d.attributes.get("name").cloned())
-            .unwrap_or_else(|| t.device_id.clone());
+            .unwrap_or_else(|| t.device_id.to_string());
         let at = t
             .predicted_failure_at
             .as_deref()

@@ -20,7 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{CsvSummary, Rng};
-use crate::domain::{DeviceEvent, EventKind, Reading, Timestamp};
+use crate::domain::{DeviceEvent, DeviceId, EventKind, Reading, Timestamp};
 use crate::features::Attributes;
 use std::io::Write;
 use std::path::Path;
@@ -76,7 +76,8 @@ pub struct RealisticConfig {
     pub interval_ms: i64,
     /// Mean time between scheduled maintenance visits.
     pub maintenance_every_h: f64,
-    /// Device ids are `{id_prefix}{n:03}`.
+    /// Device ids are `{id_prefix}{n:03}`; a prefix that makes them invalid device ids (a `/`,
+    /// `+`, `#`, whitespace or a control character) leaves the history without readings or events.
     pub id_prefix: String,
 }
 
@@ -249,12 +250,15 @@ pub fn generate(cfg: &RealisticConfig) -> RealisticHistory {
     let mut readings = Vec::new();
     let mut events = Vec::new();
     for u in units.iter_mut() {
+        let Ok(id) = DeviceId::parse(&u.info.id) else {
+            continue;
+        };
         let mut seq = 0u64;
         for tick in 0..ticks {
             let h = tick as f64 * dt_h;
             let t_ms = cfg.start_ms + (h * 3_600_000.0) as i64;
             let ev = |kind, code: &str, ts: Timestamp| DeviceEvent {
-                device_id: u.info.id.clone(),
+                device_id: id.clone(),
                 ts,
                 kind,
                 code: code.into(),
@@ -376,7 +380,7 @@ pub fn generate(cfg: &RealisticConfig) -> RealisticHistory {
             // Hourly-ish: stamped up to a fifth of the interval late.
             let jitter = (rng.uniform() * 0.2 * cfg.interval_ms as f64) as i64;
             readings.push(Reading {
-                device_id: u.info.id.clone(),
+                device_id: id.clone(),
                 ts: t_ms + jitter,
                 seq: Some(seq),
                 metrics,
@@ -570,7 +574,7 @@ mod tests {
                 total[k] += 1;
                 if ctrl_fail
                     .iter()
-                    .any(|(d, f)| *d == e.device_id && *f >= e.ts && *f - e.ts <= 72 * 3_600_000)
+                    .any(|(d, f)| e.device_id == *d && *f >= e.ts && *f - e.ts <= 72 * 3_600_000)
                 {
                     near[k] += 1;
                 }

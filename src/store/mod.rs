@@ -861,7 +861,7 @@ mod tests {
     fn ticket(id: &str, status: Status) -> Ticket {
         Ticket {
             id: id.into(),
-            device_id: "d1".into(),
+            device_id: crate::domain::DeviceId::parse("d1").unwrap(),
             customer_id: Some("c1".into()),
             failure_mode: "m".into(),
             status,

@@ -107,7 +107,7 @@ mod tests {
     fn t() -> Ticket {
         Ticket {
             id: ticket_id(&[], "d", "m", Timestamp::EPOCH),
-            device_id: "d".into(),
+            device_id: crate::domain::DeviceId::parse("d").unwrap(),
             customer_id: None,
             failure_mode: "m".into(),
             status: Status::Open,

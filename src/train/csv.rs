@@ -3,16 +3,16 @@
 //! [`BadRows::Fail`] (every bad row is an error naming `file:line`).
 
 use super::TrainError;
-use crate::domain::{DeviceEvent, EventKind, Reading, Timestamp};
+use crate::domain::{DeviceEvent, DeviceId, EventKind, Reading, Timestamp};
 use crate::features::Attributes;
 use crate::history::{self, BadRows, HistoryError, RowError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// One device's history: readings sorted by event time, and its events.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DeviceHistory {
-    pub id: String,
+    pub id: DeviceId,
     pub ts: Vec<Timestamp>,
     /// Row-major, `ts.len() × metrics.len()`; NaN where the cell was empty.
     pub values: Vec<f64>,
@@ -74,6 +74,16 @@ pub enum Step<'a> {
 }
 
 impl DeviceHistory {
+    fn new(id: DeviceId) -> DeviceHistory {
+        DeviceHistory {
+            id,
+            ts: Vec::new(),
+            values: Vec::new(),
+            events: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
     pub fn row(&self, i: usize, n_metrics: usize) -> &[f64] {
         &self.values[i * n_metrics..(i + 1) * n_metrics]
     }
@@ -135,20 +145,17 @@ impl History {
     ) -> Result<History, TrainError> {
         let mut h = read_telemetry(telemetry)?;
         let evs = read_events_with_outcomes(events)?;
-        let mut by_id: HashMap<String, usize> = h
+        let mut by_id: HashMap<DeviceId, usize> = h
             .devices
             .iter()
             .enumerate()
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
         for (ev, outcome) in evs {
-            let i = match by_id.get(&ev.device_id) {
+            let i = match by_id.get(ev.device_id.as_str()) {
                 Some(&i) => i,
                 None => {
-                    h.devices.push(DeviceHistory {
-                        id: ev.device_id.clone(),
-                        ..Default::default()
-                    });
+                    h.devices.push(DeviceHistory::new(ev.device_id.clone()));
                     by_id.insert(ev.device_id.clone(), h.devices.len() - 1);
                     h.devices.len() - 1
                 }
@@ -216,17 +223,16 @@ impl From<HistoryError> for TrainError {
 /// is an error naming `file:line`.
 pub fn read_telemetry(path: &Path) -> Result<History, TrainError> {
     let mut devices: Vec<DeviceHistory> = Vec::new();
-    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut by_id: HashMap<DeviceId, usize> = HashMap::new();
     let (metrics, summary) =
         history::read_telemetry(history::open(path)?, path, BadRows::Fail, |row| {
             let i = match by_id.get(row.device_id) {
                 Some(&i) => i,
                 None => {
-                    devices.push(DeviceHistory {
-                        id: row.device_id.to_string(),
-                        ..Default::default()
-                    });
-                    by_id.insert(row.device_id.to_string(), devices.len() - 1);
+                    let id = DeviceId::parse(row.device_id)
+                        .map_err(|e| history::Refused(e.to_string()))?;
+                    devices.push(DeviceHistory::new(id.clone()));
+                    by_id.insert(id, devices.len() - 1);
                     devices.len() - 1
                 }
             };

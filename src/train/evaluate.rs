@@ -173,7 +173,7 @@ pub fn evaluate(
     let mut changes = Vec::new();
     let mut device_months = 0.0;
     for d in &h.devices {
-        let attrs = h.attrs.get(&d.id);
+        let attrs = h.attrs.get(d.id.as_str());
         let ctx = DeviceCtx {
             attrs,
             customer_id: attrs
@@ -451,7 +451,7 @@ pub fn evaluate(
     let truth_summary = truth.map(|truth| {
         let mut pairs = Vec::new();
         for d in &h.devices {
-            let (Some(&rul), Some(&last_ts)) = (truth.get(&d.id), d.ts.last()) else {
+            let (Some(&rul), Some(&last_ts)) = (truth.get(d.id.as_str()), d.ts.last()) else {
                 continue;
             };
             // With several modes the device fails at its soonest predicted mode.

@@ -360,7 +360,7 @@ pub fn train(
             "every telemetry metric is constant or empty: nothing to learn from".into(),
         ));
     }
-    let ids: Vec<String> = h.devices.iter().map(|d| d.id.clone()).collect();
+    let ids: Vec<String> = h.devices.iter().map(|d| d.id.to_string()).collect();
     let failed: Vec<Vec<String>> = h
         .devices
         .iter()

@@ -62,7 +62,7 @@ mod tests {
 
     fn ev(h: i64, kind: EventKind) -> DeviceEvent {
         DeviceEvent {
-            device_id: "d".into(),
+            device_id: crate::domain::DeviceId::parse("d").unwrap(),
             ts: Timestamp::from_millis(h * 3_600_000),
             kind,
             code: "pump".into(),

@@ -228,7 +228,7 @@ pub fn build_rows(
     let thin = h.rows.div_ceil(ROW_BUDGET).max(1);
     let mut far_seen = vec![0usize; modes.len()];
     for (di, d) in h.devices.iter().enumerate() {
-        let attrs = h.attrs.get(&d.id);
+        let attrs = h.attrs.get(d.id.as_str());
         let end = d.observed_until();
         let first =
             d.ts.first()

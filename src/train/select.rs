@@ -687,7 +687,7 @@ mod tests {
     fn policy_prefers_early_warnings_and_ignores_a_lone_spike() {
         let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
         let fail = vec![DeviceEvent {
-            device_id: "a".into(),
+            device_id: crate::domain::DeviceId::parse("a").unwrap(),
             ts: h(200),
             kind: EventKind::Failure,
             code: "m".into(),

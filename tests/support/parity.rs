@@ -167,7 +167,7 @@ pub fn probe_message(prefix: &str, ts: i64) -> forewarn::replay::Message {
     forewarn::replay::Message {
         topic: format!("{prefix}/{PROBE}/events"),
         payload: forewarn::ingest::encode::event_payload(&DeviceEvent {
-            device_id: PROBE.into(),
+            device_id: forewarn::domain::DeviceId::parse(PROBE).unwrap(),
             ts: forewarn::domain::Timestamp::from_millis(ts),
             kind: EventKind::Error,
             code: "probe".into(),

@@ -25,7 +25,8 @@
 pub mod payload;
 
 use crate::domain::{
-    validate_device_id, DeviceEvent, Dur, EventKind, Reading, RejectReason, Timestamp,
+    validate_device_id, DeviceEvent, DeviceId, DeviceIdError, Dur, EventKind, Reading,
+    RejectReason, Timestamp,
 };
 use crate::ingest::decode::{Limits, Reject};
 use payload::payload::metric::Value;
@@ -579,18 +580,8 @@ impl Host {
             Some(d) => fill(&self.cfg.device_id_template, t.group, t.edge, d),
             None => node_id.clone(),
         };
-        validate_device_id(&node_id).map_err(|e| {
-            Reject::new(
-                RejectReason::BadDeviceId,
-                format!("edge node id {node_id:?} from the topic: {e}"),
-            )
-        })?;
-        validate_device_id(&device_id).map_err(|e| {
-            Reject::new(
-                RejectReason::BadDeviceId,
-                format!("device id {device_id:?} from the topic: {e}"),
-            )
-        })?;
+        let node_id = topic_id(node_id, "edge node id")?;
+        let device_id = topic_id(device_id, "device id")?;
         let seq = match p.seq {
             None => None,
             Some(s) => Some(u8::try_from(s).map_err(|_| {
@@ -640,7 +631,7 @@ impl Host {
                 out.events.push(death(&node_id, received_at, NDEATH_CODE));
                 for d in devices {
                     let id = fill(&self.cfg.device_id_template, t.group, t.edge, d);
-                    if validate_device_id(&id).is_ok() {
+                    if let Ok(id) = DeviceId::try_from(id) {
                         out.events.push(death(&id, received_at, NDEATH_CODE));
                     }
                 }
@@ -795,9 +786,23 @@ fn to_millis(ts: u64) -> Result<Timestamp, Reject> {
     })
 }
 
-fn death(device_id: &str, ts: Timestamp, code: &str) -> DeviceEvent {
+/// A device id filled in from the topic: `what` names it in the rejection.
+fn topic_id(text: String, what: &str) -> Result<DeviceId, Reject> {
+    let bad = |e: DeviceIdError, text: &str| {
+        Reject::new(
+            RejectReason::BadDeviceId,
+            format!("{what} {text:?} from the topic: {e}"),
+        )
+    };
+    if let Err(e) = validate_device_id(&text) {
+        return Err(bad(e, &text));
+    }
+    DeviceId::try_from(text).map_err(|e| bad(e, ""))
+}
+
+fn death(device_id: &DeviceId, ts: Timestamp, code: &str) -> DeviceEvent {
     DeviceEvent {
-        device_id: device_id.to_string(),
+        device_id: device_id.clone(),
         ts,
         kind: EventKind::Error,
         code: code.to_string(),
@@ -848,7 +853,7 @@ fn numeric(m: &Metric, datatype: u32) -> Result<f64, Skip> {
 /// The numeric metrics of a message as readings of `device_id`, one per distinct timestamp (in
 /// the order first seen); what is not numeric or cannot be named is counted in `out.skipped`.
 fn readings(
-    device_id: &str,
+    device_id: &DeviceId,
     metrics: &[Metric],
     table: &Table,
     payload_ts: Option<Timestamp>,
@@ -903,7 +908,7 @@ fn readings(
     }
     out.readings
         .extend(by_ts.into_iter().map(|(ts, metrics)| Reading {
-            device_id: device_id.to_string(),
+            device_id: device_id.clone(),
             ts,
             seq: None,
             metrics,

@@ -129,7 +129,7 @@ fn data_by_alias_becomes_readings_of_the_device_with_birth_datatypes() {
     assert_eq!(
         o.readings,
         vec![Reading {
-            device_id: "plant.gw1.press".into(),
+            device_id: crate::domain::DeviceId::parse("plant.gw1.press").unwrap(),
             ts: Timestamp::from_millis(T + 1000),
             seq: None,
             metrics: vec![
@@ -306,7 +306,7 @@ fn deaths_are_error_events_and_a_stale_ndeath_is_ignored() {
     assert_eq!(
         o.events,
         vec![DeviceEvent {
-            device_id: "plant.gw1.press".into(),
+            device_id: crate::domain::DeviceId::parse("plant.gw1.press").unwrap(),
             ts: Timestamp::from_millis(T + 50),
             kind: EventKind::Error,
             code: DDEATH_CODE.into(),

@@ -14,7 +14,7 @@ const HOUR: i64 = 3_600_000;
 fn ticket(status: Status) -> Ticket {
     Ticket {
         id: "T-1".into(),
-        device_id: "pump-1".into(),
+        device_id: crate::domain::DeviceId::parse("pump-1").unwrap(),
         customer_id: Some("acme".into()),
         failure_mode: "bearing_wear".into(),
         status,

@@ -39,7 +39,7 @@ impl TicketDesk for Desk {
 fn ticket() -> Ticket {
     Ticket {
         id: "T-1".into(),
-        device_id: "pump-1".into(),
+        device_id: crate::domain::DeviceId::parse("pump-1").unwrap(),
         customer_id: Some("acme".into()),
         failure_mode: "bearing_wear".into(),
         status: Status::Acknowledged,

@@ -290,7 +290,7 @@ impl Harness {
         let now = self.clock.now_ms();
         let t = Ticket {
             id: ticket_id(&[], device, "bearing_wear", Timestamp::from_millis(now)),
-            device_id: device.into(),
+            device_id: forewarn::domain::DeviceId::parse(device).unwrap(),
             customer_id: Some(customer.id.clone()),
             failure_mode: "bearing_wear".into(),
             status: Status::Open,
