@@ -2,7 +2,7 @@
 //! path and the API.
 
 use super::{App, CoreError};
-use crate::domain::{HistoryEntry, Outcome, Status, Ticket, Timestamp};
+use crate::domain::{DeviceId, HistoryEntry, Outcome, Status, Ticket, Timestamp};
 use crate::engine::Change;
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +36,7 @@ pub trait Fleetwide: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedTransition {
     pub ticket: String,
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// `None`: a note only.
     pub to: Option<Status>,
     pub actor: String,
