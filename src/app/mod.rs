@@ -4,7 +4,8 @@
 //!   path. Every change (a group of MQTT messages, an API or board transition, a fleet upsert)
 //!   runs under its `core` mutex and ends in one atomic store commit — the ticket, its dispatch
 //!   row and the notifier's rows together. The processing thread drives it ([`process`]);
-//!   [`timers`] release what silent devices hold and forget the unseen.
+//!   [`timers`] release what silent devices hold and forget the unseen. Every "now" it reads
+//!   comes from the daemon's one injected clock (`serve` passes it; tests pause it).
 //! - [`Tickets`]: ticket reads (from the store) and transitions (through the writer) — the API,
 //!   the board and customers' replies.
 //! - [`Fleet`]: devices and customers. Reads take only the registry's read lock, never the
@@ -14,7 +15,8 @@
 //!
 //! Files by concern: `commit` (a group through the engine into one batch), `state` (device
 //! slots, the step log, recovery, checkpoints, eviction), `status`, `tickets`, `fleet`, `models`
-//! (reload, the metric index), `cluster` (what cluster mode provides the commit path).
+//! (reload, the metric index), `cluster` (what cluster mode provides the commit path), `timers`
+//! (`testkit`: the unit tests' writer).
 
 mod cluster;
 mod commit;
@@ -23,6 +25,8 @@ mod models;
 pub mod process;
 mod state;
 mod status;
+#[cfg(test)]
+mod testkit;
 mod tickets;
 pub mod timers;
 
@@ -39,6 +43,7 @@ use crate::features::WindowSpec;
 use crate::ingest::decode::Limits;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::outbox::Clock;
 use crate::store::{Store, StoreError};
 use crate::tickets::TransitionError;
 use fleet::Registry;
@@ -135,6 +140,9 @@ pub struct App {
     formats: crate::ingest::formats::Formats,
     /// Wakes the dispatch worker after a commit that added rows.
     pub dispatch_wake: Arc<Notify>,
+    /// The daemon's one wall clock (the notifier's and the outbox workers' too): what ticket
+    /// changes, gaps and rejects are stamped with, the timers' "now", the log budgets' minute.
+    clock: Arc<dyn Clock>,
 }
 
 impl App {
@@ -143,17 +151,30 @@ impl App {
         &self.notifier
     }
 
+    /// The daemon's wall clock, as the writer reads it.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The daemon's wall clock, for the stages that share it (the outbox workers' due times).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// The Sparkplug B and SenML decoders (`serve` publishes their rebirth requests).
     pub fn formats(&self) -> &crate::ingest::formats::Formats {
         &self.formats
     }
 
+    /// The writer on `store`; `clock` is the daemon's one wall clock, the one `notifier`
+    /// stamps and schedules customer messages by.
     pub(crate) fn new(
         settings: Settings,
         store: Store,
         metrics: Metrics,
         models: Models,
         notifier: Arc<Notifier>,
+        clock: Arc<dyn Clock>,
     ) -> Result<App, CoreError> {
         let registry = Registry::load(&store)?;
         let limits = Limits {
@@ -204,6 +225,7 @@ impl App {
                 n => n,
             },
             dispatch_wake: Arc::new(Notify::new()),
+            clock,
             settings,
             store,
             metrics,

@@ -120,7 +120,7 @@ impl App {
             .store
             .ticket(id)?
             .ok_or_else(|| CoreError::TicketNotFound(id.to_string()))?;
-        let now = self.notifier.now_ms();
+        let now = self.now_ms();
         let previous_priority = Some(t.priority);
         match to {
             Some(to) => t.transition(to, actor, now, note)?,
