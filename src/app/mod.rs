@@ -6,8 +6,8 @@
 //!   row and the notifier's rows together. The processing thread drives it ([`process`]);
 //!   [`timers`] release what silent devices hold and forget the unseen. Every "now" it reads
 //!   comes from the daemon's one injected clock (`serve` passes it; tests pause it).
-//! - [`Tickets`]: ticket reads (from the store) and transitions (through the writer) — the API,
-//!   the board and customers' replies.
+//! - [`Tickets`]: ticket reads (from the store) and [`Transition`]s (through the writer) — the
+//!   API, the board and customers' replies.
 //! - [`Fleet`]: devices and customers. Reads take only the registry's read lock, never the
 //!   core the processor holds across a group's commit and flush; upserts go through the writer.
 //! - [`Monitor`]: readiness, upstream loss, gaps, watches and rejects, each behind its own small
@@ -36,7 +36,7 @@ pub use fleet::Fleet;
 pub use models::ReloadError;
 pub(crate) use models::{load_metric_index, save_metric_index};
 pub use status::{session_verdict, BrokerSession, Gap, Loss, Monitor, RejectRecord, Watch};
-pub use tickets::Tickets;
+pub use tickets::{Tickets, Transition};
 
 use crate::engine::{Engine, EngineConfig, Models};
 use crate::features::WindowSpec;
