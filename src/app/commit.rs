@@ -684,6 +684,8 @@ impl App {
         }
         core.log.extend(log_seq);
         core.log_steps += logged;
+        self.views
+            .publish(dirty, |d| core.slots.get(d).map(|s| &s.state));
         let done = Instant::now();
         self.metrics
             .commit_seconds

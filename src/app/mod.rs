@@ -7,16 +7,17 @@
 //!   [`timers`] release what silent devices hold and forget the unseen. Every "now" it reads
 //!   comes from the daemon's one injected clock (`serve` passes it; tests pause it).
 //! - [`Tickets`]: ticket reads (from the store) and [`Transition`]s (through the writer) — the
-//!   API, the board and customers' replies.
+//!   API, the board and customers' replies; and the device states the board's pages show,
+//!   which the writer publishes after each commit (`views`), read without the core.
 //! - [`Fleet`]: devices and customers. Reads take only the registry's read lock, never the
 //!   core the processor holds across a group's commit and flush; upserts go through the writer.
 //! - [`Monitor`]: readiness, upstream loss, gaps, watches and rejects, each behind its own small
 //!   lock the writer updates.
 //!
 //! Files by concern: `commit` (a group through the engine into one batch), `state` (device
-//! slots, the step log, recovery, checkpoints, eviction), `status`, `tickets`, `fleet`, `models`
-//! (reload, the metric index), `cluster` (what cluster mode provides the commit path), `timers`
-//! (`testkit`: the unit tests' writer).
+//! slots, the step log, recovery, checkpoints, eviction), `status`, `tickets`, `views` (the
+//! board's device states), `fleet`, `models` (reload, the metric index), `cluster` (what
+//! cluster mode provides the commit path), `timers` (`testkit`: the unit tests' writer).
 
 mod cluster;
 mod commit;
@@ -29,6 +30,7 @@ mod status;
 mod testkit;
 mod tickets;
 pub mod timers;
+mod views;
 
 pub use cluster::{ClaimError, ClusterStatus, Fleetwide, Peers};
 pub use commit::GroupStats;
@@ -121,6 +123,8 @@ pub struct App {
     registry: Arc<RwLock<Registry>>,
     /// What the writer reports and [`Monitor`] reads.
     signals: Arc<Signals>,
+    /// Device states the board reads without `core`, published after each commit.
+    views: views::Views,
     log_budget: Mutex<LogBudget>,
     /// Budget of the loss and reset log lines (per minute), apart from rejects'.
     loss_log_budget: Mutex<LogBudget>,
@@ -209,6 +213,7 @@ impl App {
                     .map(|g| (g.device_id.clone(), g))
                     .collect(),
             )),
+            views: views::Views::default(),
             log_budget: Mutex::new(LogBudget::default()),
             loss_log_budget: Mutex::new(LogBudget::default()),
             rejected_unmatched: Mutex::new(HashMap::new()),

@@ -37,10 +37,12 @@ impl Tickets {
         self.writer.notifier()
     }
 
-    /// A device's state as the writer has applied it (see [`App::device_state`]). Waits for a
-    /// group being applied: call it from a blocking thread.
-    pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
-        self.writer.device_state(device)
+    /// A device's state as the writer has applied it, for the board's pages: after the first
+    /// look (through the writer, which may wait for a group being applied: call it from a
+    /// blocking thread), as the writer published it after its last commit, without waiting
+    /// (see [`App::device_view`]).
+    pub fn device_state(&self, device: &str) -> Result<Option<Arc<DeviceState>>, CoreError> {
+        self.writer.device_view(device)
     }
 
     /// Makes `t` through the single writer, committing the ticket, its dispatch row and the
