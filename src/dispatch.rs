@@ -33,32 +33,66 @@ pub const QUEUE: &str = "dispatch";
 /// Rows that used up `dispatch.max_attempts`.
 pub const DEAD_QUEUE: &str = "dispatch_dead";
 
-/// Why one webhook delivery failed. Neither names the URL: it may carry a token in its query.
-#[derive(Debug, thiserror::Error)]
+/// Why a call to one of dispatch's targets failed: what [`Seen`] reports and the step turns
+/// into a retry or a dead letter. None names the URL: it may carry a token in its query.
+///
+/// A publish fails only when the MQTT client cannot queue it (its event loop is gone): a broker
+/// that is not connected is waited for rather than tried, and the broker's acknowledgement is not
+/// awaited (the client's session re-sends the publish after a reconnect).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
-    /// `url` is already reduced to scheme, host and path.
+    /// The MQTT client did not take the publish; its own words.
+    #[error("{0}")]
+    Client(String),
+    /// The webhook was not reached, or did not answer. `url` is already reduced to scheme, host
+    /// and path.
     #[error("{url}: {what}")]
-    Http { url: String, what: &'static str },
-    #[error("HTTP {0}")]
-    Status(reqwest::StatusCode),
+    Transport { url: String, what: Transport },
+    /// The webhook answered with a status other than 2xx.
+    #[error("HTTP {code}{}", .reason.map(|r| format!(" {r}")).unwrap_or_default())]
+    Status {
+        code: u16,
+        reason: Option<&'static str>,
+    },
+}
+
+/// How a webhook request failed below HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Transport {
+    #[error("timed out")]
+    TimedOut,
+    #[error("connection failed")]
+    Connect,
+    #[error("redirected (not followed)")]
+    Redirected,
+    #[error("request failed")]
+    Other,
 }
 
 impl DeliveryError {
     /// What went wrong, with the URL reduced to scheme, host and path (never reqwest's own
     /// message, which carries the whole URL).
-    fn http(url: &str, e: reqwest::Error) -> DeliveryError {
+    fn transport(url: &str, e: reqwest::Error) -> DeliveryError {
         let what = if e.is_timeout() {
-            "timed out"
+            Transport::TimedOut
         } else if e.is_connect() {
-            "connection failed"
+            Transport::Connect
         } else if e.is_redirect() {
-            "redirected (not followed)"
+            Transport::Redirected
         } else {
-            "request failed"
+            Transport::Other
         };
-        DeliveryError::Http {
+        DeliveryError::Transport {
             url: crate::secret::redact_url(url),
             what,
+        }
+    }
+
+    /// A status the webhook answered with, worded as the HTTP library words it.
+    fn status(s: reqwest::StatusCode) -> DeliveryError {
+        DeliveryError::Status {
+            code: s.as_u16(),
+            reason: Some(s.canonical_reason().unwrap_or("<unknown status code>")),
         }
     }
 }
@@ -123,8 +157,8 @@ pub enum Io {
 /// What a call to a target reported (an error names no URL: it may carry a token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    Published(Result<(), String>),
-    Posted(Result<(), String>),
+    Published(Result<(), DeliveryError>),
+    Posted(Result<(), DeliveryError>),
 }
 
 /// What a dispatch step records besides the row: the happenings of [`events`], each logged and
@@ -284,9 +318,9 @@ impl Delivery for Targets {
                     .client
                     .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
                     .await;
-                Seen::Published(r.map_err(|e| e.to_string()))
+                Seen::Published(r.map_err(|e| DeliveryError::Client(e.to_string())))
             }
-            Io::Post => Seen::Posted(self.post(row, key).await.map_err(|e| e.to_string())),
+            Io::Post => Seen::Posted(self.post(row, key).await),
         }
     }
 }
@@ -314,11 +348,11 @@ impl Targets {
             .body(body)
             .send()
             .await
-            .map_err(|e| DeliveryError::http(url.expose(), e))?;
+            .map_err(|e| DeliveryError::transport(url.expose(), e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(DeliveryError::Status(resp.status()))
+            Err(DeliveryError::status(resp.status()))
         }
     }
 }

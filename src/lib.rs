@@ -11,7 +11,8 @@
 //! - [`tickets`]  the ticket state machine (pure)
 //! - [`engine`]   the per-reading pipeline shared by `serve` and `evaluate`: window → features →
 //!   score → ticket policy (pure)
-//! - [`store`]    sled: one atomic batch per state change, flushed before acks
+//! - [`store`]    sled: one atomic batch per state change, flushed before acks; a record that
+//!   does not decode is set aside (`store::events`)
 //! - [`history`]  the CSV history format: one reader with the caller's bad-row policy, the writer
 //! - [`ingest`]   payload decoding and encoding (pure, fuzzable) — forewarn's JSON, Sparkplug B
 //!   (a pure host state machine: births, aliases, `seq`, rebirth requests) and SenML — the MQTT
@@ -35,8 +36,9 @@
 //! - [`outcomes`] what settled tickets and live scores say about the models: realised precision,
 //!   score drift
 //! - [`app`]      the single writer (`App`: in-memory device state, the commit path, the
-//!   processing thread and its timers) and the narrow handles the API and the board use:
-//!   `Tickets` (reads; transitions through the writer), `Fleet` (devices and customers, read
+//!   processing thread and its timers, on the daemon's one injected clock) and the narrow
+//!   handles the API and the board use: `Tickets` (reads, the board's device states without
+//!   the writer's lock; transitions through the writer), `Fleet` (devices and customers, read
 //!   without the writer's lock), `Monitor` (readiness, loss, gaps, watches, rejects)
 //! - [`cluster`]  cluster mode on NATS JetStream: partitioned device subjects, partition leases
 //!   in a key-value bucket, replay on take-over, fleet-wide ticket claims (off by default)

@@ -8,7 +8,7 @@
 
 mod support;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::time::Duration;
 use support::daemon::*;
 use support::mosquitto::{mosquitto_bin, Mosquitto, ROOMY};
@@ -31,27 +31,7 @@ async fn publisher(port: u16, id: &str) -> AsyncClient {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_inflight(100);
-    let (client, mut el) = AsyncClient::new(o, 1000);
-    let (up_tx, up_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut up = Some(up_tx);
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(u) = up.take() {
-                        let _ = u.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), up_rx)
-        .await
-        .unwrap()
-        .unwrap();
-    client
+    connect(o).await.client
 }
 
 /// Publishes `n` hourly readings for each of `devices` devices and waits until the broker has

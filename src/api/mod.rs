@@ -29,7 +29,7 @@ pub use config::{Config, ScopedToken, TokenConfig};
 
 pub use error::{ApiError, ErrorBody};
 
-use crate::app::{Fleet, Handles, Monitor, Tickets};
+use crate::app::{Fleet, Handles, Monitor, Tickets, Transition};
 use crate::domain::{Status, Ticket};
 use crate::fleet::{Customer, Device};
 use crate::notify::{Notifier, TicketDesk};
@@ -427,14 +427,7 @@ async fn post_transition(
     let tickets = state.tickets.clone();
     let t = blocking(move || {
         tickets
-            .transition_with(
-                &id,
-                Some(to),
-                "api",
-                &body.note,
-                body.outcome,
-                |_, _| Ok(()),
-            )
+            .transition(Transition::to(&id, to, "api", &body.note).outcome(body.outcome))
             .map_err(ApiError::from)
     })
     .await?;

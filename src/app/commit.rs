@@ -13,6 +13,7 @@ use crate::fleet::Device;
 use crate::ingest::decode::{self, Reject};
 use crate::ingest::mqtt::{topic_matches, Inbound};
 use crate::ingest::reorder::{Item, Offer, Pending};
+use crate::outbox::Clock;
 use crate::store::Tx;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -547,10 +548,7 @@ impl App {
                             next_seq: seq,
                             missing,
                             ts: r.ts.format(),
-                            noticed_at: Timestamp::from_millis(
-                                chrono::Utc::now().timestamp_millis(),
-                            )
-                            .format(),
+                            noticed_at: Timestamp::from_millis(self.now_ms()).format(),
                         };
                         self.signals
                             .gaps
@@ -612,7 +610,7 @@ impl App {
             l.readings_missing += tally.missing;
             l.seq_resets += tally.resets;
             if tally.missing > 0 {
-                l.last_gap_ms = Some(chrono::Utc::now().timestamp_millis());
+                l.last_gap_ms = Some(self.now_ms());
             }
         }
         self.metrics.scorings.inc_by(tally.scorings);
@@ -660,8 +658,8 @@ impl App {
         for n in &tally.sparkplug {
             tx.put_kv(&n.key(), n);
         }
-        // The notifier's clock: the wall clock, or the simulated one in the demo.
-        let now_ms = self.notifier.now_ms();
+        // The daemon's clock: the wall clock, or the simulated one in the demo.
+        let now_ms = self.now_ms();
         for ((c, _), quiet) in changes.iter().zip(&quiet) {
             if *quiet {
                 tx.put_ticket(&c.ticket);
@@ -684,6 +682,8 @@ impl App {
         }
         core.log.extend(log_seq);
         core.log_steps += logged;
+        self.views
+            .publish(dirty, |d| core.slots.get(d).map(|s| &s.state));
         let done = Instant::now();
         self.metrics
             .commit_seconds
@@ -701,7 +701,9 @@ impl App {
         if let Some(d) = &self.drift {
             d.observe_scorings(&core.engine.models, tally.scores);
         }
-        let done_ms = chrono::Utc::now().timestamp_millis();
+        // A latency, not a stamp: measured on the clock the MQTT driver stamped `received_ms`
+        // with (the system's), whichever clock the daemon reasons in.
+        let done_ms = crate::outbox::SystemClock.now_ms();
         for (c, received_ms) in changes {
             if matches!(c.kind, ChangeKind::Opened | ChangeKind::Updated) {
                 self.metrics

@@ -125,36 +125,9 @@ impl App {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::writer;
     use super::*;
-    use crate::engine::Models;
-    use crate::features::MetricIndex;
     use std::time::Duration;
-
-    /// A writer on a fresh store, with the default configuration and no models.
-    fn writer(dir: &std::path::Path) -> Arc<App> {
-        let cfg = crate::config::Config::default();
-        let store = Store::open(dir, cfg.store.cache_bytes).expect("store");
-        let registry = prometheus::Registry::new();
-        let notifier = crate::notify::Notifier::build(&cfg.notify, &cfg.api.public_url, &registry)
-            .expect("notifier");
-        let window = cfg.features.window();
-        let models =
-            Models::with_index(Vec::new(), &window, MetricIndex::default()).expect("models");
-        let settings = super::super::Settings {
-            contact_policy: AddressPolicy::new(&[]).expect("policy"),
-            ingest: cfg.ingest.clone(),
-            engine: cfg.engine_config(),
-            window,
-            models_dir: cfg.scoring.models_dir.clone(),
-            rejects_per_minute: 10,
-            has_webhook: false,
-            reorder_idle: Duration::from_secs(1),
-            snapshot_every: cfg.store.snapshot_every,
-        };
-        let metrics = crate::metrics::Metrics::new(&registry);
-        let app = App::new(settings, store, metrics, models, Arc::new(notifier)).expect("app");
-        Arc::new(app)
-    }
 
     #[test]
     fn fleet_reads_answer_while_the_writer_holds_its_core() {

@@ -4,17 +4,20 @@
 //!   path. Every change (a group of MQTT messages, an API or board transition, a fleet upsert)
 //!   runs under its `core` mutex and ends in one atomic store commit — the ticket, its dispatch
 //!   row and the notifier's rows together. The processing thread drives it ([`process`]);
-//!   [`timers`] release what silent devices hold and forget the unseen.
-//! - [`Tickets`]: ticket reads (from the store) and transitions (through the writer) — the API,
-//!   the board and customers' replies.
+//!   [`timers`] release what silent devices hold and forget the unseen. Every "now" it reads
+//!   comes from the daemon's one injected clock (`serve` passes it; tests pause it).
+//! - [`Tickets`]: ticket reads (from the store) and [`Transition`]s (through the writer) — the
+//!   API, the board and customers' replies; and the device states the board's pages show,
+//!   which the writer publishes after each commit (`views`), read without the core.
 //! - [`Fleet`]: devices and customers. Reads take only the registry's read lock, never the
 //!   core the processor holds across a group's commit and flush; upserts go through the writer.
 //! - [`Monitor`]: readiness, upstream loss, gaps, watches and rejects, each behind its own small
 //!   lock the writer updates.
 //!
 //! Files by concern: `commit` (a group through the engine into one batch), `state` (device
-//! slots, the step log, recovery, checkpoints, eviction), `status`, `tickets`, `fleet`, `models`
-//! (reload, the metric index), `cluster` (what cluster mode provides the commit path).
+//! slots, the step log, recovery, checkpoints, eviction), `status`, `tickets`, `views` (the
+//! board's device states), `fleet`, `models` (reload, the metric index), `cluster` (what
+//! cluster mode provides the commit path), `timers` (`testkit`: the unit tests' writer).
 
 mod cluster;
 mod commit;
@@ -23,8 +26,11 @@ mod models;
 pub mod process;
 mod state;
 mod status;
+#[cfg(test)]
+mod testkit;
 mod tickets;
 pub mod timers;
+mod views;
 
 pub use cluster::{
     Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
@@ -34,13 +40,14 @@ pub use fleet::Fleet;
 pub use models::ReloadError;
 pub(crate) use models::{load_metric_index, save_metric_index};
 pub use status::{session_verdict, BrokerSession, Gap, Loss, Monitor, RejectRecord, Watch};
-pub use tickets::Tickets;
+pub use tickets::{Tickets, Transition};
 
 use crate::engine::{Engine, EngineConfig, Models};
 use crate::features::WindowSpec;
 use crate::ingest::decode::Limits;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::outbox::Clock;
 use crate::store::{Store, StoreError};
 use crate::tickets::TransitionError;
 use fleet::Registry;
@@ -118,6 +125,8 @@ pub struct App {
     registry: Arc<RwLock<Registry>>,
     /// What the writer reports and [`Monitor`] reads.
     signals: Arc<Signals>,
+    /// Device states the board reads without `core`, published after each commit.
+    views: views::Views,
     log_budget: Mutex<LogBudget>,
     /// Budget of the loss and reset log lines (per minute), apart from rejects'.
     loss_log_budget: Mutex<LogBudget>,
@@ -137,6 +146,9 @@ pub struct App {
     formats: crate::ingest::formats::Formats,
     /// Wakes the dispatch worker after a commit that added rows.
     pub dispatch_wake: Arc<Notify>,
+    /// The daemon's one wall clock (the notifier's and the outbox workers' too): what ticket
+    /// changes, gaps and rejects are stamped with, the timers' "now", the log budgets' minute.
+    clock: Arc<dyn Clock>,
 }
 
 impl App {
@@ -145,17 +157,30 @@ impl App {
         &self.notifier
     }
 
+    /// The daemon's wall clock, as the writer reads it.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The daemon's wall clock, for the stages that share it (the outbox workers' due times).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// The Sparkplug B and SenML decoders (`serve` publishes their rebirth requests).
     pub fn formats(&self) -> &crate::ingest::formats::Formats {
         &self.formats
     }
 
+    /// The writer on `store`; `clock` is the daemon's one wall clock, the one `notifier`
+    /// stamps and schedules customer messages by.
     pub(crate) fn new(
         settings: Settings,
         store: Store,
         metrics: Metrics,
         models: Models,
         notifier: Arc<Notifier>,
+        clock: Arc<dyn Clock>,
     ) -> Result<App, CoreError> {
         let registry = Registry::load(&store)?;
         let limits = Limits {
@@ -190,6 +215,7 @@ impl App {
                     .map(|g| (g.device_id.clone(), g))
                     .collect(),
             )),
+            views: views::Views::default(),
             log_budget: Mutex::new(LogBudget::default()),
             loss_log_budget: Mutex::new(LogBudget::default()),
             rejected_unmatched: Mutex::new(HashMap::new()),
@@ -206,6 +232,7 @@ impl App {
                 n => n,
             },
             dispatch_wake: Arc::new(Notify::new()),
+            clock,
             settings,
             store,
             metrics,

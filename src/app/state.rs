@@ -11,6 +11,7 @@ use crate::ingest::reorder::{self, Item, Offer, Pending};
 use crate::store::{Store, Tx};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A device's in-memory state.
@@ -113,6 +114,7 @@ impl App {
     /// next user of the core rebuilds them from the snapshots and the step log.
     pub(super) fn distrust(&self, core: &mut Core) {
         core.slots.clear();
+        self.views.clear();
         core.needs_recovery = true;
         self.metrics.devices_in_memory.set(0);
     }
@@ -329,6 +331,7 @@ impl App {
         let log_seq = tx.put_log(log_record(&marks));
         self.store.commit(tx)?;
         core.log.push(log_seq);
+        self.views.forget(&gone);
         let mut gaps = self.signals.gaps.lock();
         for d in &gone {
             core.slots.remove(d.as_str());
@@ -368,13 +371,33 @@ impl App {
     /// for a device the daemon has no state of.
     pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
         let mut core = self.core.lock();
-        let core = &mut *core;
+        self.device_state_locked(&mut core, device)
+    }
+
+    fn device_state_locked(
+        &self,
+        core: &mut Core,
+        device: &str,
+    ) -> Result<Option<DeviceState>, CoreError> {
         self.recover_if_needed(core)?;
         if let Some(s) = core.slots.get(device) {
             return Ok(Some(s.state.clone()));
         }
         let (slot, found) = core.load(&self.store, device, Timestamp::MIN)?;
         Ok(found.then_some(slot.state))
+    }
+
+    /// A device's state for the board: published by the writer after each commit once the
+    /// device is watched, so read without the core lock; the first look goes through the
+    /// writer (see [`views`](super::views)).
+    pub fn device_view(&self, device: &str) -> Result<Option<Arc<DeviceState>>, CoreError> {
+        if let Some(state) = self.views.get(device) {
+            return Ok(state);
+        }
+        let mut core = self.core.lock();
+        let state = self.device_state_locked(&mut core, device)?.map(Arc::new);
+        self.views.watch(device, state.clone());
+        Ok(state)
     }
 
     /// Releases what devices silent for `reorder_idle` still hold in their reorder buffers (and,

@@ -195,7 +195,7 @@ impl App {
             l.broker_dropped = Some((first, n));
             n > last
         };
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.now_ms();
         if rose
             && self.loss_log_budget.lock().allow(
                 now,
@@ -229,7 +229,7 @@ impl App {
             next_seq: seq,
             missing: g.missing,
             ts: Timestamp::from_millis(received_ms).format(),
-            noticed_at: Timestamp::from_millis(chrono::Utc::now().timestamp_millis()).format(),
+            noticed_at: Timestamp::from_millis(self.now_ms()).format(),
         };
         self.signals
             .gaps
@@ -248,7 +248,7 @@ impl App {
 
     /// Logs a `seq` gap or reset, within the per-minute budget (the rest are only counted).
     pub(super) fn note_loss(&self, device: &str, note: LossNote) {
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.now_ms();
         if !self.loss_log_budget.lock().allow(
             now,
             self.settings.rejects_per_minute,
@@ -381,7 +381,7 @@ impl App {
             .rejected
             .with_label_values(&[rej.reason.as_str()])
             .inc();
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.now_ms();
         if self
             .log_budget
             .lock()

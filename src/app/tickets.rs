@@ -42,40 +42,70 @@ impl Tickets {
         self.writer.notifier()
     }
 
-    /// A device's state as the writer has applied it (see [`App::device_state`]). Waits for a
-    /// group being applied: call it from a blocking thread.
-    pub fn device_state(&self, device: &str) -> Result<Option<DeviceState>, CoreError> {
-        self.writer.device_state(device)
+    /// A device's state as the writer has applied it, for the board's pages: after the first
+    /// look (through the writer, which may wait for a group being applied: call it from a
+    /// blocking thread), as the writer published it after its last commit, without waiting
+    /// (see [`App::device_view`]).
+    pub fn device_state(&self, device: &str) -> Result<Option<Arc<DeviceState>>, CoreError> {
+        self.writer.device_view(device)
     }
 
-    /// Moves a ticket to `to` (or, with `None`, adds a history note) through the single writer,
-    /// committing the ticket, its dispatch row and the notifier's rows.
-    pub fn transition(
-        &self,
-        id: &str,
-        to: Option<Status>,
-        actor: &str,
-        note: &str,
-    ) -> Result<Ticket, CoreError> {
-        self.writer
-            .transition_with(id, to, actor, note, None, |_, _| Ok(()))
+    /// Makes `t` through the single writer, committing the ticket, its dispatch row and the
+    /// notifier's rows.
+    pub fn transition(&self, t: Transition<'_>) -> Result<Ticket, CoreError> {
+        self.writer.transition_with(t, |_, _| Ok(()))
     }
 
-    /// [`Tickets::transition`], with the outcome a person gives when resolving or dismissing
-    /// (the label for the next training run), and `also`: further records written in the same
-    /// commit as the change (the board's booked visit or assignment), given the changed ticket.
-    /// `also` runs inside the single writer: no I/O, no waiting.
+    /// [`Tickets::transition`], with `also`: further records written in the same commit as the
+    /// change (the board's booked visit or assignment), given the changed ticket. `also` runs
+    /// inside the single writer: no I/O, no waiting.
     pub fn transition_with(
         &self,
-        id: &str,
-        to: Option<Status>,
-        actor: &str,
-        note: &str,
-        outcome: Option<Outcome>,
+        t: Transition<'_>,
         also: impl FnOnce(&Ticket, &mut Tx) -> Result<(), CoreError>,
     ) -> Result<Ticket, CoreError> {
-        self.writer
-            .transition_with(id, to, actor, note, outcome, also)
+        self.writer.transition_with(t, also)
+    }
+}
+
+/// What a person asks of a ticket (through the API, the board or a reply): a move to `to`, or
+/// with `to: None` a note in its history; `outcome` (when resolving or dismissing) is the label
+/// for the next training run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transition<'a> {
+    pub id: &'a str,
+    pub to: Option<Status>,
+    pub actor: &'a str,
+    pub note: &'a str,
+    pub outcome: Option<Outcome>,
+}
+
+impl<'a> Transition<'a> {
+    /// Ticket `id` to status `to`.
+    pub fn to(id: &'a str, to: Status, actor: &'a str, note: &'a str) -> Transition<'a> {
+        Transition {
+            id,
+            to: Some(to),
+            actor,
+            note,
+            outcome: None,
+        }
+    }
+
+    /// A note in ticket `id`'s history, its status unchanged.
+    pub fn note(id: &'a str, actor: &'a str, note: &'a str) -> Transition<'a> {
+        Transition {
+            id,
+            to: None,
+            actor,
+            note,
+            outcome: None,
+        }
+    }
+
+    /// With how the ticket ended.
+    pub fn outcome(self, outcome: Option<Outcome>) -> Transition<'a> {
+        Transition { outcome, ..self }
     }
 }
 
@@ -91,7 +121,14 @@ impl TicketDesk for Tickets {
         actor: &str,
         note: &str,
     ) -> Result<Ticket, DeskError> {
-        self.transition(id, to, actor, note).map_err(|e| match e {
+        let t = Transition {
+            id,
+            to,
+            actor,
+            note,
+            outcome: None,
+        };
+        self.transition(t).map_err(|e| match e {
             CoreError::Store(e) => DeskError::Store(e),
             CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
             CoreError::Transition(e) => DeskError::Transition(e),
@@ -112,11 +149,13 @@ impl App {
     /// See [`Tickets::transition_with`].
     fn transition_with(
         &self,
-        id: &str,
-        to: Option<Status>,
-        actor: &str,
-        note: &str,
-        outcome: Option<Outcome>,
+        Transition {
+            id,
+            to,
+            actor,
+            note,
+            outcome,
+        }: Transition<'_>,
         also: impl FnOnce(&Ticket, &mut Tx) -> Result<(), CoreError>,
     ) -> Result<Ticket, CoreError> {
         let mut core = self.core.lock();
@@ -125,7 +164,7 @@ impl App {
             .store
             .ticket(id)?
             .ok_or_else(|| CoreError::TicketNotFound(id.to_string()))?;
-        let now = Timestamp::from_millis(self.notifier.now_ms());
+        let now = Timestamp::from_millis(self.now_ms());
         let previous_priority = Some(t.priority);
         match to {
             Some(to) => t.transition(to, actor, now, note)?,

@@ -1,70 +1,123 @@
 //! The writer's timers: the reorder idle release and the sweep of devices unseen for
-//! `ingest.forget_after`, each on its own task, calling the writer from a blocking thread.
+//! `ingest.forget_after`. One mechanism runs both: a tokio interval (so paused time drives it in
+//! tests) calling the writer from a blocking thread, reading "now" off the writer's clock.
 
-use super::App;
+use super::{App, CoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// A job the writer runs every `period`, and the words its failures are logged with.
+struct Timer {
+    period: Duration,
+    /// Given the writer and its clock's "now" (epoch ms); returns what it did (unused).
+    job: fn(&App, i64) -> Result<usize, CoreError>,
+    /// The warning when the job fails (nothing was committed: the next tick tries again).
+    failed: &'static str,
+    /// The error when the blocking task itself fails.
+    task: &'static str,
+}
+
 /// Starts the timers the writer's settings ask for: the idle release when readings may be held
 /// (`features.late_tolerance` above zero), the sweep when `ingest.forget_after` is set.
 pub fn spawn(app: &Arc<App>, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    if app.settings.window.late_tolerance_ms > 0 {
-        tasks.push(tokio::spawn(release_idle_loop(
-            app.clone(),
-            shutdown.clone(),
-        )));
-    }
-    if let Some(after) = app.settings.ingest.forget_after {
-        tasks.push(tokio::spawn(forget_loop(
-            app.clone(),
-            after.std(),
-            shutdown.clone(),
-        )));
-    }
-    tasks
+    timers(&app.settings)
+        .into_iter()
+        .map(|t| tokio::spawn(every(t, app.clone(), shutdown.clone())))
+        .collect()
 }
 
-/// Sweeps the states of devices unseen for `ingest.forget_after`, ten times per period (at most
-/// hourly, at least every half second).
-async fn forget_loop(app: Arc<App>, after: Duration, shutdown: CancellationToken) {
-    let period = (after / 10).clamp(Duration::from_millis(500), Duration::from_secs(3600));
-    let mut tick = tokio::time::interval(period);
+fn timers(settings: &super::Settings) -> Vec<Timer> {
+    let mut out = Vec::new();
+    if settings.window.late_tolerance_ms > 0 {
+        // Releases what silent devices still hold, a few times per idle period.
+        out.push(Timer {
+            period: (settings.reorder_idle / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+            job: |app, _| app.release_idle(),
+            failed: "releasing held readings of idle devices failed",
+            task: "idle release task failed",
+        });
+    }
+    if let Some(after) = settings.ingest.forget_after {
+        // Sweeps ten times per period (at most hourly, at least every half second).
+        out.push(Timer {
+            period: (after.std() / 10).clamp(Duration::from_millis(500), Duration::from_secs(3600)),
+            job: |app, now| app.forget_unseen(now),
+            failed: "forgetting unseen devices failed",
+            task: "forget task failed",
+        });
+    }
+    out
+}
+
+/// Runs `t` on its interval until shutdown; a late tick is delayed, not made up for.
+async fn every(t: Timer, app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(t.period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let a = app.clone();
-        let now = chrono::Utc::now().timestamp_millis();
-        match tokio::task::spawn_blocking(move || a.forget_unseen(now)).await {
+        let (a, job) = (app.clone(), t.job);
+        let now = app.now_ms();
+        match tokio::task::spawn_blocking(move || job(&a, now)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("forgetting unseen devices failed: {e}"),
-            Err(e) => tracing::error!("forget task failed: {e}"),
+            Ok(Err(e)) => tracing::warn!("{}: {e}", t.failed),
+            Err(e) => tracing::error!("{}: {e}", t.task),
         }
     }
 }
 
-/// The reorder idle timer: releases what silent devices still hold, a few times per idle period.
-async fn release_idle_loop(app: Arc<App>, shutdown: CancellationToken) {
-    let period =
-        (app.settings.reorder_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let a = app.clone();
-        match tokio::task::spawn_blocking(move || a.release_idle()).await {
-            Ok(Ok(_)) => {}
-            // Nothing was committed: the items stay held and the next tick tries again.
-            Ok(Err(e)) => tracing::warn!("releasing held readings of idle devices failed: {e}"),
-            Err(e) => tracing::error!("idle release task failed: {e}"),
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{reading, writer_with};
+    use super::*;
+    use crate::domain::Dur;
+    use crate::outbox::TokioClock;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    /// Sleeps on tokio's paused clock (it jumps, no real time passes) to `at` after the start.
+    async fn until(start: tokio::time::Instant, at: Duration) {
+        tokio::time::sleep_until(start + at).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unseen_device_is_forgotten_within_a_sweep_of_forget_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = crate::config::Config::default();
+        cfg.ingest.forget_after = Some(Dur::secs(600));
+        // Readings are applied as they come: nothing held for the idle release.
+        cfg.features.late_tolerance = Dur::secs(0);
+        let start = tokio::time::Instant::now();
+        let app = writer_with(dir.path(), &cfg, TokioClock::new(T0));
+        app.process_group(&[reading("pump-1", T0, 1, r#"{"volt": 170.0}"#)])
+            .expect("group commits");
+        assert_eq!(app.store.state_count(), 1);
+        let shutdown = CancellationToken::new();
+        let tasks = spawn(&app, &shutdown);
+        assert_eq!(tasks.len(), 1, "only the sweep runs");
+
+        // The sweep runs every minute (a tenth of forget_after); the device was last seen at
+        // the start, so the sweep at ten minutes still keeps it...
+        until(start, Duration::from_secs(10 * 60 + 30)).await;
+        assert_eq!(
+            app.store.state_count(),
+            1,
+            "kept until forget_after has passed"
+        );
+        assert_eq!(app.metrics.devices_forgotten.get(), 0);
+        // ...and the one at eleven forgets it.
+        until(start, Duration::from_secs(11 * 60 + 30)).await;
+        assert_eq!(app.store.state_count(), 0, "forgotten after forget_after");
+        assert_eq!(app.metrics.devices_forgotten.get(), 1);
+
+        shutdown.cancel();
+        for t in tasks {
+            t.await.expect("timer stops on shutdown");
         }
     }
 }

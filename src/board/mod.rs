@@ -32,7 +32,7 @@ pub mod svg;
 
 pub use config::{Config, SlaConfig, Technician};
 
-use crate::app::{CoreError, Fleet, Tickets};
+use crate::app::{CoreError, Fleet, Tickets, Transition};
 use crate::domain::{
     proposal_key, visit_key, Outcome, Priority, Proposal, Slot, Status, Ticket, Timestamp, Visit,
     VISIT_PREFIX,
@@ -390,32 +390,25 @@ impl Board {
     /// board's records in the same commit.
     fn change(
         &self,
-        id: &str,
-        to: Option<Status>,
-        actor: &str,
-        note: &str,
-        outcome: Option<Outcome>,
+        t: Transition<'_>,
         also: impl FnOnce(&Ticket, &mut crate::store::Tx) -> Result<(), CoreError>,
     ) -> Result<Ticket, BoardError> {
-        if note.len() > 4096 {
+        if t.note.len() > 4096 {
             return Err(BoardError::Invalid("note is longer than 4096 bytes".into()));
         }
-        Ok(self
-            .tickets
-            .transition_with(id, to, actor, note, outcome, also)?)
+        Ok(self.tickets.transition_with(t, also)?)
     }
 
     pub fn acknowledge(&self, id: &str, actor: &str, note: &str) -> Result<Ticket, BoardError> {
-        self.change(id, Some(Status::Acknowledged), actor, note, None, |_, _| {
-            Ok(())
-        })
+        let t = Transition::to(id, Status::Acknowledged, actor, note);
+        self.change(t, |_, _| Ok(()))
     }
 
     pub fn assign(&self, id: &str, technician: &str, actor: &str) -> Result<Ticket, BoardError> {
         let tech = self.known_technician(technician)?;
         let now = self.now();
         let note = format!("assigned to {} ({})", tech.name, tech.id);
-        self.change(id, None, actor, &note, None, |t, tx| {
+        self.change(Transition::note(id, actor, &note), |t, tx| {
             still_live(t, "nothing to assign")?;
             put_assignment(tx, &t.id, &tech, now, actor);
             Ok(())
@@ -451,7 +444,7 @@ impl Board {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        self.change(id, None, actor, &note, None, |t, tx| {
+        self.change(Transition::note(id, actor, &note), |t, tx| {
             still_live(t, "no visit to propose")?;
             tx.put_kv(
                 &proposal_key(&t.id),
@@ -484,7 +477,8 @@ impl Board {
             tech.name,
             slot.start_ms.format()
         );
-        self.change(id, Some(Status::Scheduled), actor, &note, None, |t, tx| {
+        let scheduled = Transition::to(id, Status::Scheduled, actor, &note);
+        self.change(scheduled, |t, tx| {
             tx.put_kv(
                 &visit_key(&t.id),
                 &Visit {
@@ -514,33 +508,22 @@ impl Board {
         } else {
             format!("{}: {}", how.words(), note.trim())
         };
-        self.change(
-            id,
-            Some(Status::Resolved),
-            actor,
-            &note,
-            Some(how.outcome()),
-            |t, tx| {
-                tx.remove_kv(&proposal_key(&t.id));
-                Ok(())
-            },
-        )
+        let t = Transition::to(id, Status::Resolved, actor, &note).outcome(Some(how.outcome()));
+        self.change(t, |t, tx| {
+            tx.remove_kv(&proposal_key(&t.id));
+            Ok(())
+        })
     }
 
     /// Dismisses as a false alarm (the label: the prediction was wrong).
     pub fn dismiss(&self, id: &str, note: &str, actor: &str) -> Result<Ticket, BoardError> {
-        self.change(
-            id,
-            Some(Status::Dismissed),
-            actor,
-            note,
-            Some(Outcome::FalseAlarm),
-            |t, tx| {
-                tx.remove_kv(&proposal_key(&t.id));
-                tx.remove_kv(&visit_key(&t.id));
-                Ok(())
-            },
-        )
+        let t =
+            Transition::to(id, Status::Dismissed, actor, note).outcome(Some(Outcome::FalseAlarm));
+        self.change(t, |t, tx| {
+            tx.remove_kv(&proposal_key(&t.id));
+            tx.remove_kv(&visit_key(&t.id));
+            Ok(())
+        })
     }
 
     // ------------------------------------------------------------ reading

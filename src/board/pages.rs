@@ -1249,35 +1249,56 @@ fn ticket_lines(b: &Board, list: &[Ticket]) -> Vec<TicketLine> {
         .collect()
 }
 
+/// The frame of a page about one device or customer (`what`): signed in, a valid id, the page
+/// built by `build` on a blocking thread (it reads through the store and the writer's handles).
+async fn record_page(
+    b: Arc<Board>,
+    headers: &HeaderMap,
+    what: &'static str,
+    id: String,
+    build: impl FnOnce(&Board, &Session, String) -> Response + Send + 'static,
+) -> Response {
+    let Some(s) = signed(&b, headers) else {
+        return to_login();
+    };
+    if crate::api::check_id(what, &id).is_err() {
+        let title = format!("Not a {what} id");
+        return error_page(Some(&s), StatusCode::BAD_REQUEST, &title, "");
+    }
+    blocking(move || build(b.as_ref(), &s, id))
+        .await
+        .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The latest tickets `filter` selects (at most 200), for a device's or a customer's page.
+fn latest_tickets(b: &Board, filter: crate::store::TicketFilter) -> Vec<Ticket> {
+    b.tickets
+        .store()
+        .tickets(&crate::store::TicketFilter {
+            limit: Some(200),
+            ..filter
+        })
+        .unwrap_or_default()
+}
+
 async fn device_page(
     State(b): State<Arc<Board>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
-    if crate::api::check_id("device", &id).is_err() {
-        return error_page(Some(&s), StatusCode::BAD_REQUEST, "Not a device id", "");
-    }
-    let b2 = b.clone();
-    let s2 = s.clone();
-    blocking(move || {
-        let b = b2;
+    record_page(b, &headers, "device", id, |b, s2, id| {
         let device = b.fleet.device(&id);
         let state = b.tickets.device_state(&id).ok().flatten();
-        let tickets = b
-            .tickets
-            .store()
-            .tickets(&crate::store::TicketFilter {
+        let tickets = latest_tickets(
+            b,
+            crate::store::TicketFilter {
                 device_id: Some(id.clone()),
-                limit: Some(200),
                 ..Default::default()
-            })
-            .unwrap_or_default();
+            },
+        );
         if device.is_none() && state.is_none() && tickets.is_empty() {
             return error_page(
-                Some(&s2),
+                Some(s2),
                 StatusCode::NOT_FOUND,
                 "No such device",
                 &format!("forewarn knows nothing of device {id}."),
@@ -1316,7 +1337,7 @@ async fn device_page(
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| customer_id.clone());
         page(&DevicePage {
-            c: Chrome::of(&s2, &Flash::default()),
+            c: Chrome::of(s2, &Flash::default()),
             attributes: device
                 .as_ref()
                 .map(|d| {
@@ -1334,12 +1355,11 @@ async fn device_page(
             customer_id,
             customer_name,
             sparks,
-            tickets: ticket_lines(&b, &tickets),
+            tickets: ticket_lines(b, &tickets),
             id,
         })
     })
     .await
-    .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[derive(Template)]
@@ -1360,33 +1380,22 @@ async fn customer_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
-    if crate::api::check_id("customer", &id).is_err() {
-        return error_page(Some(&s), StatusCode::BAD_REQUEST, "Not a customer id", "");
-    }
-    let b2 = b.clone();
-    let s2 = s.clone();
-    blocking(move || {
-        let b = b2;
+    record_page(b, &headers, "customer", id, |b, s2, id| {
         let Some(c) = b.fleet.customer(&id) else {
             return error_page(
-                Some(&s2),
+                Some(s2),
                 StatusCode::NOT_FOUND,
                 "No such customer",
                 &format!("There is no customer {id}."),
             );
         };
-        let tickets = b
-            .tickets
-            .store()
-            .tickets(&crate::store::TicketFilter {
+        let tickets = latest_tickets(
+            b,
+            crate::store::TicketFilter {
                 customer_id: Some(id.clone()),
-                limit: Some(200),
                 ..Default::default()
-            })
-            .unwrap_or_default();
+            },
+        );
         let entries = b
             .tickets
             .store()
@@ -1425,7 +1434,7 @@ async fn customer_page(
             .collect();
         timeline.sort_by(|a, b| a.0.cmp(&b.0));
         page(&CustomerPage {
-            c: Chrome::of(&s2, &Flash::default()).live(),
+            c: Chrome::of(s2, &Flash::default()).live(),
             name: if c.name.is_empty() {
                 c.id.clone()
             } else {
@@ -1446,13 +1455,12 @@ async fn customer_page(
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-            tickets: ticket_lines(&b, &tickets),
+            tickets: ticket_lines(b, &tickets),
             timeline: timeline.into_iter().map(|(_, l)| l).collect(),
             id,
         })
     })
     .await
-    .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[cfg(test)]

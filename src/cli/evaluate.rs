@@ -1,10 +1,8 @@
 //! `forewarn evaluate`: backtest a model over history with the daemon's own engine.
 
-use super::{CliResult, Failure};
-use crate::config::Config;
+use super::{load_config, CliResult, Failure, HistoryFiles};
 use crate::domain::Dur;
 use crate::predict::Artifact;
-use crate::train::csv::History;
 use crate::train::evaluate::{self, EvalOptions};
 use crate::train::report;
 use std::io::Write;
@@ -15,12 +13,8 @@ pub struct Args {
     /// Model artifact written by `forewarn train`.
     #[arg(long)]
     pub model: PathBuf,
-    #[arg(long)]
-    pub telemetry: PathBuf,
-    #[arg(long)]
-    pub events: PathBuf,
-    #[arg(long)]
-    pub devices: Option<PathBuf>,
+    #[command(flatten)]
+    pub history: HistoryFiles,
     /// Every ticket the daemon would have opened, one JSON object per line (final state).
     #[arg(long)]
     pub tickets_out: Option<PathBuf>,
@@ -51,7 +45,7 @@ fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>, Failure> {
 
 pub fn run(args: Args) -> CliResult {
     let started = std::time::Instant::now();
-    let cfg = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
+    let cfg = load_config(args.config.as_deref())?;
     let artifact = Artifact::load(&args.model).map_err(Failure::usage)?;
     if !cfg.features.window().serves(&artifact.features.window) {
         return Err(Failure::usage(format!(
@@ -61,10 +55,9 @@ pub fn run(args: Args) -> CliResult {
             cfg.features.window()
         )));
     }
-    let history = History::load(&args.telemetry, &args.events, args.devices.as_deref())
-        .map_err(Failure::runtime)?;
+    let history = args.history.load()?;
     let truth_path = args.truth.clone().or_else(|| {
-        let p = args.telemetry.parent()?.join("truth.csv");
+        let p = args.history.telemetry.parent()?.join("truth.csv");
         p.exists().then_some(p)
     });
     let truth = truth_path

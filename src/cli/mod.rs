@@ -48,6 +48,41 @@ pub enum Command {
     Openapi(openapi::Args),
 }
 
+/// The history files `train` and `evaluate` read, in the contract's CSV layout.
+#[derive(clap::Args, Debug)]
+pub struct HistoryFiles {
+    /// telemetry.csv: device_id,ts,<metric>…
+    #[arg(long)]
+    pub telemetry: std::path::PathBuf,
+    /// events.csv: device_id,ts,kind,code (failure modes are the codes of failure events)
+    #[arg(long)]
+    pub events: std::path::PathBuf,
+    /// devices.csv: device_id,<attribute>… (optional)
+    #[arg(long)]
+    pub devices: Option<std::path::PathBuf>,
+}
+
+impl HistoryFiles {
+    /// The files read whole (a bad row fails the command, naming its file and line).
+    pub fn load(&self) -> Result<crate::train::csv::History, Failure> {
+        crate::train::csv::History::load(&self.telemetry, &self.events, self.devices.as_deref())
+            .map_err(Failure::runtime)
+    }
+
+    /// The files given, in the order above.
+    pub fn paths(&self) -> Vec<&std::path::Path> {
+        let mut files = vec![self.telemetry.as_path(), self.events.as_path()];
+        files.extend(self.devices.as_deref());
+        files
+    }
+}
+
+/// The configuration `--config` names (the defaults without it); what is wrong with it is a
+/// usage error.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<crate::config::Config, Failure> {
+    crate::config::Config::load(path).map_err(Failure::usage)
+}
+
 /// A command's failure: its message (one line, naming the file/line/key at fault) and exit code.
 #[derive(Debug)]
 pub struct Failure {

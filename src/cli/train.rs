@@ -1,24 +1,15 @@
 //! `forewarn train`: fit failure predictors from history files into a model artifact.
 
-use super::{CliResult, Failure};
-use crate::config::Config;
+use super::{load_config, CliResult, Failure, HistoryFiles};
 use crate::domain::Dur;
-use crate::train::csv::History;
 use crate::train::fit::{self, EstimatorKind, ServedClassifier, TrainOptions};
 use crate::train::select::Target;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// telemetry.csv: device_id,ts,<metric>…
-    #[arg(long)]
-    pub telemetry: PathBuf,
-    /// events.csv: device_id,ts,kind,code (failure modes are the codes of failure events)
-    #[arg(long)]
-    pub events: PathBuf,
-    /// devices.csv: device_id,<attribute>… (optional)
-    #[arg(long)]
-    pub devices: Option<PathBuf>,
+    #[command(flatten)]
+    pub history: HistoryFiles,
     /// The classifier predicts a failure within this much event time.
     #[arg(long, default_value = "24h")]
     pub horizon: Dur,
@@ -62,7 +53,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> CliResult {
     let started = std::time::Instant::now();
-    let cfg = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
+    let cfg = load_config(args.config.as_deref())?;
     if let Some(p) = args.min_precision {
         if !(0.0..=1.0).contains(&p) {
             return Err(Failure::usage("--min-precision must be between 0 and 1"));
@@ -77,13 +68,8 @@ pub fn run(args: Args) -> CliResult {
     if args.horizon.as_hours_f64() <= 0.0 {
         return Err(Failure::usage("--horizon must be positive"));
     }
-    let history = History::load(&args.telemetry, &args.events, args.devices.as_deref())
-        .map_err(Failure::runtime)?;
-    let mut files = vec![args.telemetry.as_path(), args.events.as_path()];
-    if let Some(d) = &args.devices {
-        files.push(d.as_path());
-    }
-    let fingerprint = fit::fingerprint(&files).map_err(Failure::runtime)?;
+    let history = args.history.load()?;
+    let fingerprint = fit::fingerprint(&args.history.paths()).map_err(Failure::runtime)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.out
             .file_stem()

@@ -122,7 +122,10 @@ fn a_webhook_500_is_retried_at_the_backoff_and_keeps_the_publish() {
             true,
             vec![
                 Seen::Published(Ok(())),
-                Seen::Posted(Err("HTTP 500 Internal Server Error".into())),
+                Seen::Posted(Err(DeliveryError::Status {
+                    code: 500,
+                    reason: Some("Internal Server Error"),
+                })),
             ],
         ),
         NOW,
@@ -153,7 +156,13 @@ fn retries_back_off_exponentially_by_attempt() {
     for (before, wait) in [(0, 1_000), (1, 2_000)] {
         let (_, update) = step(
             &row(true, false, before),
-            &facts(true, vec![Seen::Posted(Err("timed out".into()))]),
+            &facts(
+                true,
+                vec![Seen::Posted(Err(DeliveryError::Transport {
+                    url: "https://fs.example/hook".into(),
+                    what: Transport::TimedOut,
+                }))],
+            ),
             NOW,
         );
         let Update::Put(r) = update else {
@@ -172,7 +181,13 @@ fn retries_back_off_exponentially_by_attempt() {
 fn the_last_attempt_moves_the_row_to_the_dead_letter_queue() {
     let (effects, update) = step(
         &row(true, false, 2),
-        &facts(true, vec![Seen::Posted(Err("HTTP 503".into()))]),
+        &facts(
+            true,
+            vec![Seen::Posted(Err(DeliveryError::Status {
+                code: 503,
+                reason: None,
+            }))],
+        ),
         NOW,
     );
     assert_eq!(
@@ -197,7 +212,9 @@ fn a_failed_publish_is_an_attempt_like_a_failed_post() {
         &row(false, true, 0),
         &facts(
             true,
-            vec![Seen::Published(Err("request queue closed".into()))],
+            vec![Seen::Published(Err(DeliveryError::Client(
+                "request queue closed".into(),
+            )))],
         ),
         NOW,
     );
@@ -220,4 +237,12 @@ fn rows_written_before_the_outbox_worker_still_decode() {
     });
     let r: DispatchRow = serde_json::from_value(old).expect("old row decodes");
     assert_eq!((r.attempts, r.last_error), (4, None));
+}
+
+#[test]
+fn a_webhook_status_reads_as_the_http_library_words_it() {
+    for code in [500, 503, 404, 599] {
+        let s = reqwest::StatusCode::from_u16(code).expect("status");
+        assert_eq!(DeliveryError::status(s).to_string(), format!("HTTP {s}"));
+    }
 }

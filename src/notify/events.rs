@@ -1,6 +1,8 @@
-//! What the notification worker tells the operator, one struct per happening: an `emit` that
-//! counts also writes the log line, so the two cannot drift apart. Labels of
-//! `forewarn_notify_messages_total{channel, outcome}` come from the enums here.
+//! What the notifier tells the operator, one struct per happening: an `emit` that counts also
+//! writes the log line, so the two cannot drift apart. Labels of
+//! `forewarn_notify_messages_total{channel, outcome}` and `forewarn_notify_fallbacks_total{channel}`
+//! come from the enums here. The worker's attempts come first, then the providers' status
+//! callbacks (`inbound`).
 
 use super::metrics::NotifyMetrics;
 use super::templates::MessageKind;
@@ -114,5 +116,116 @@ pub struct Undeliverable {
 impl Undeliverable {
     pub fn emit(&self) {
         tracing::warn!(ticket = %self.ticket, "notification undeliverable on every channel");
+    }
+}
+
+/// A provider's final word on a message, from its status callback: the `outcome` label
+/// `delivered` or `undelivered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// `delivered`, `completed` (a call) or `read`.
+    Delivered,
+    /// `undelivered`, `failed`, `busy`, `no-answer` or `canceled`.
+    Undelivered,
+}
+
+impl Delivery {
+    /// The final result a provider's status word gives; `None` for one on the way (`queued`,
+    /// `sent`, `ringing`…).
+    pub fn of(status: &str) -> Option<Delivery> {
+        match status {
+            "delivered" | "completed" | "read" => Some(Delivery::Delivered),
+            "undelivered" | "failed" | "busy" | "no-answer" | "canceled" => {
+                Some(Delivery::Undelivered)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Undelivered => "undelivered",
+        }
+    }
+}
+
+/// A provider reported how a message it accepted ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported {
+    pub channel: Channel,
+    pub delivery: Delivery,
+    pub ticket: String,
+}
+
+impl Reported {
+    pub fn emit(&self, m: &NotifyMetrics) {
+        tracing::debug!(
+            channel = self.channel.as_str(),
+            outcome = self.delivery.as_str(),
+            ticket = %self.ticket,
+            "provider delivery status"
+        );
+        m.messages
+            .with_label_values(&[self.channel.as_str(), self.delivery.as_str()])
+            .inc();
+    }
+}
+
+/// An undelivered message goes on to the plan's next channel: counted under the channel that
+/// failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FellBack {
+    pub from: Channel,
+    pub to: Channel,
+    pub ticket: String,
+}
+
+impl FellBack {
+    pub fn emit(&self, m: &NotifyMetrics) {
+        tracing::info!(
+            channel = self.from.as_str(),
+            next = self.to.as_str(),
+            ticket = %self.ticket,
+            "notification undelivered, trying the next channel"
+        );
+        m.fallbacks.with_label_values(&[self.from.as_str()]).inc();
+    }
+}
+
+/// A status callback whose effects could not be committed (the provider is answered all the
+/// same; the message stays unsettled).
+#[derive(Debug)]
+pub struct StatusNotRecorded<'a> {
+    pub error: &'a crate::store::StoreError,
+}
+
+impl StatusNotRecorded<'_> {
+    pub fn emit(&self) {
+        tracing::error!(error = %self.error, "status callback not recorded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_final_status_settles_a_message() {
+        for (status, want) in [
+            ("delivered", Some(Delivery::Delivered)),
+            ("completed", Some(Delivery::Delivered)),
+            ("read", Some(Delivery::Delivered)),
+            ("undelivered", Some(Delivery::Undelivered)),
+            ("failed", Some(Delivery::Undelivered)),
+            ("busy", Some(Delivery::Undelivered)),
+            ("no-answer", Some(Delivery::Undelivered)),
+            ("canceled", Some(Delivery::Undelivered)),
+            ("queued", None),
+            ("sent", None),
+            ("ringing", None),
+        ] {
+            assert_eq!(Delivery::of(status), want, "{status}");
+        }
     }
 }

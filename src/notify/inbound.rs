@@ -9,6 +9,7 @@
 //! | `GET/POST /notify/v1/s/{token}` | signed self-service page: confirm a visit, another time, not now |
 //! | `GET /api/v1/customers/{id}/timeline` | every ticket, message, delivery, reply and decision in time order (`entries`), and one story per ticket (`stories`) |
 
+use super::events::{Delivery, FellBack, Reported, StatusNotRecorded};
 use super::intent::{self, Intent};
 use super::link::{self, LinkError};
 use super::templates::{Facts, PageText};
@@ -492,44 +493,35 @@ impl Notifier {
         }
         let now = self.clock.now_ms();
         let ch = rec.channel.as_str();
-        let delivered = matches!(status, "delivered" | "completed" | "read");
-        let failed = matches!(
-            status,
-            "undelivered" | "failed" | "busy" | "no-answer" | "canceled"
-        );
-        if !delivered && !failed {
+        let Some(delivery) = Delivery::of(status) else {
             return true; // queued, sent, ringing…: wait for the final one
-        }
+        };
         rec.settled = true;
         let mut tx = store.tx();
         tx.put_kv(&key, &rec);
         let row = &rec.row;
-        self.metrics
-            .messages
-            .with_label_values(&[
-                ch,
-                if delivered {
-                    "delivered"
-                } else {
-                    "undelivered"
-                },
-            ])
-            .inc();
+        Reported {
+            channel: rec.channel,
+            delivery,
+            ticket: row.ticket_id.clone(),
+        }
+        .emit(&self.metrics);
         tx.push_timeline(
             &row.customer_id,
             now,
             &TimelineEntry::new(now, "delivery", &row.ticket_id, format!("{ch} {status}"))
                 .channel(rec.channel)
-                .outcome(if delivered {
-                    "delivered"
-                } else {
-                    "undelivered"
-                }),
+                .outcome(delivery.as_str()),
         );
-        if failed {
+        if delivery == Delivery::Undelivered {
             let pos = row.plan.iter().position(|c| *c == rec.channel);
             if let Some(next) = pos.map(|p| p + 1).filter(|p| *p < row.plan.len()) {
-                self.metrics.fallbacks.with_label_values(&[ch]).inc();
+                FellBack {
+                    from: rec.channel,
+                    to: row.plan[next],
+                    ticket: row.ticket_id.clone(),
+                }
+                .emit(&self.metrics);
                 let mut again = row.clone();
                 again.id = format!("{}/after-{ch}", row.id);
                 again.step = next;
@@ -550,8 +542,8 @@ impl Notifier {
                 );
             }
         }
-        if let Err(e) = store.commit(tx) {
-            tracing::error!(error = %e, "status callback not recorded");
+        if let Err(error) = store.commit(tx) {
+            StatusNotRecorded { error: &error }.emit();
             return false;
         }
         true

@@ -107,6 +107,7 @@ pub(super) fn writer(
     store: Store,
     notifier: &Arc<crate::notify::Notifier>,
     cluster: &Option<Arc<crate::cluster::Cluster>>,
+    clock: Arc<dyn crate::outbox::Clock>,
     registry: &prometheus::Registry,
 ) -> Result<Arc<App>, ServeError> {
     let window = cfg.features.window();
@@ -146,7 +147,7 @@ pub(super) fn writer(
         .map_err(CheckError::from)?;
     crate::outcomes::register(registry, store.clone()).map_err(ServeError::Outcomes)?;
     let metrics = crate::metrics::Metrics::new(registry);
-    let mut app = App::new(settings, store, metrics, models, notifier.clone())?;
+    let mut app = App::new(settings, store, metrics, models, notifier.clone(), clock)?;
     app.archive = archive;
     if let Some(c) = cluster {
         app.fleetwide = Some(c.clone());
@@ -180,7 +181,7 @@ pub(super) async fn cluster(
 
 /// The dispatch worker, publishing through the ingest stage's MQTT `client` (retained ticket
 /// publishes wait while the broker is away) and woken by the writer's commits; its due times
-/// read the notifier's clock, the daemon's one clock.
+/// read the writer's clock, the daemon's one clock.
 pub(super) fn dispatcher(
     cfg: &crate::dispatch::Config,
     app: &App,
@@ -194,7 +195,7 @@ pub(super) fn dispatcher(
         app.broker_flag().clone(),
         client,
     )
-    .map(|d| d.with_clock(app.notifier().clock()))
+    .map(|d| d.with_clock(app.clock()))
     .map_err(ServeError::DispatchClient)
 }
 

@@ -138,10 +138,20 @@ async fn start(
     };
     let store = build::open_store(&cfg.store)?;
     let registry = prometheus::Registry::new();
-    let notifier = build::notifier(&cfg, clock, &registry)?;
+    // The daemon's one wall clock: the notifier's, the writer's and its timers', the outbox
+    // workers' due times.
+    let notifier = build::notifier(&cfg, clock.clone(), &registry)?;
     // Cluster mode: connected before anything reads, so the shared ticket-id secret is known.
     let cluster = build::cluster(&cfg.cluster, &registry).await?;
-    let app = build::writer(&cfg, checked.inputs, store, &notifier, &cluster, &registry)?;
+    let app = build::writer(
+        &cfg,
+        checked.inputs,
+        store,
+        &notifier,
+        &cluster,
+        clock,
+        &registry,
+    )?;
     build::count_takeover(&app, &cfg, held.waited);
     let auth = build::auth(&cfg.api)?;
     let api = crate::api::server::Stage::bind(&cfg.api, held.listener).await?;

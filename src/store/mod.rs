@@ -30,6 +30,7 @@
 //! `q/` under its own key (one atomic batch), counts it, logs it and goes on.
 
 mod config;
+pub mod events;
 
 pub use config::Config;
 
@@ -632,14 +633,13 @@ impl Store {
                 Ok(())
             })
             .is_ok();
-        self.quarantined.inc();
         self.bump_outcome_epoch();
-        tracing::error!(
-            key = %rec.key,
+        events::SetAside {
+            key: rec.key,
+            detail: rec.detail,
             moved,
-            "stored record could not be decoded and was set aside: {}",
-            rec.detail
-        );
+        }
+        .emit(&self.quarantined);
     }
 
     /// Records set aside by [`Store::quarantine`], in key order.

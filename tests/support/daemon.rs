@@ -115,6 +115,12 @@ pub async fn mqtt(broker: &forewarn::broker::EmbeddedBroker, id: &str) -> Mqtt {
     let mut o = MqttOptions::new(id, "127.0.0.1", broker.addr.port());
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
+    connect(o).await
+}
+
+/// A test-side client connected with `o` (its event loop polled in the background, retrying
+/// every 50 ms), once the broker has acknowledged the connection (at most 10 s).
+pub async fn connect(o: MqttOptions) -> Mqtt {
     let (client, mut el) = AsyncClient::new(o, 1000);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (up_tx, up_rx) = tokio::sync::oneshot::channel();
