@@ -454,8 +454,9 @@ fn cookie_pair(r: &reqwest::Response, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} cookie"))
 }
 
-/// The board's queue page of one instance, signed in with [`TOKEN`].
-async fn board_queue(api: &str) -> (u16, String) {
+/// A client (redirects not followed) signed in to the board of one instance with [`TOKEN`],
+/// and the session cookie (`name=value`).
+async fn board_session(api: &str) -> (reqwest::Client, String) {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -476,14 +477,24 @@ async fn board_queue(api: &str) -> (u16, String) {
         .await
         .unwrap();
     assert_eq!(r.status(), 303, "signed in to the board of {api}");
-    let session = cookie_pair(&r, "fw_board");
+    (http, cookie_pair(&r, "fw_board"))
+}
+
+/// A board page of one instance (`path` from `/board`), signed in with [`TOKEN`].
+async fn board_page(http: &reqwest::Client, session: &str, api: &str, path: &str) -> (u16, String) {
     let r = http
-        .get(format!("{base}/board"))
-        .header("cookie", &session)
+        .get(format!("http://{api}{path}"))
+        .header("cookie", session)
         .send()
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The board's queue page of one instance, signed in with [`TOKEN`].
+async fn board_queue(api: &str) -> (u16, String) {
+    let (http, session) = board_session(api).await;
+    board_page(&http, &session, api, "/board").await
 }
 
 /// The last lines of each instance's log, for a failure message.
@@ -1056,6 +1067,122 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
             i.name
         );
     }
+
+    // All the way: a ticket owned by one instance is opened, with its device's page, and
+    // acted on through the other instance's board; the owner makes the changes.
+    let picked = fleet_live
+        .iter()
+        .find(|t| {
+            t.status == forewarn::domain::Status::Open
+                && t.id != target.id
+                && owner_of(&t.device_id) == owner_name
+        })
+        .expect("another open ticket owned by the same instance");
+    let (bhttp, session) = board_session(&other.api).await;
+    let page = format!("/board/tickets/{}", picked.id);
+    let (status, html) = board_page(&bhttp, &session, &other.api, &page).await;
+    assert_eq!(
+        status, 200,
+        "ticket {} (owned by {owner_name}) on the board of {}: {html}",
+        picked.id, other.name
+    );
+    assert!(html.contains(&picked.device_id), "the ticket page: {html}");
+    let device_page = format!("/board/devices/{}", picked.device_id);
+    let (status, html) = board_page(&bhttp, &session, &other.api, &device_page).await;
+    assert_eq!(status, 200, "device page on {}: {html}", other.name);
+    assert!(
+        html.contains(&picked.id),
+        "the device page of {} on {} lists its ticket {}: {html}",
+        picked.device_id,
+        other.name,
+        picked.id
+    );
+    let (_, html) = board_page(&bhttp, &session, &other.api, &page).await;
+    let csrf = csrf_of(&html);
+    for (action, form, expected) in [
+        (
+            "acknowledge",
+            vec![("csrf", csrf.as_str()), ("note", "seen on the other board")],
+            forewarn::domain::Status::Acknowledged,
+        ),
+        (
+            "resolve",
+            vec![
+                ("csrf", csrf.as_str()),
+                ("outcome", "replaced_part"),
+                ("note", "bearing swapped"),
+            ],
+            forewarn::domain::Status::Resolved,
+        ),
+    ] {
+        let r = bhttp
+            .post(format!("http://{}{page}/{action}", other.api))
+            .header("cookie", &session)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        let location = r
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let status = r.status();
+        assert!(
+            status == 303 && location.contains("done="),
+            "{action} through the board of {} (owner {owner_name}): {status} {location} {}",
+            other.name,
+            r.text().await.unwrap_or_default()
+        );
+        let local_of = |api: &str| {
+            let http = http.clone();
+            let url = format!("http://{api}/api/v1/tickets/{}", picked.id);
+            async move {
+                let r = http
+                    .get(url)
+                    .bearer_auth(TOKEN)
+                    .header("x-forewarn-scope", "instance")
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().is_success() {
+                    true => Some(r.json::<Ticket>().await.unwrap()),
+                    false => None,
+                }
+            }
+        };
+        let made = local_of(&owner.api).await.expect("the owner has it");
+        assert_eq!(
+            made.status, expected,
+            "{action} made on the owner {owner_name}"
+        );
+        if action == "resolve" {
+            assert_eq!(
+                made.outcome,
+                Some(forewarn::domain::Outcome::ConfirmedFault),
+                "the resolution's label"
+            );
+        }
+        assert_ne!(
+            local_of(&other.api).await.map(|t| t.status),
+            Some(expected),
+            "not made on {}, which only forwarded it",
+            other.name
+        );
+        let (status, html) = board_page(&bhttp, &session, &other.api, &page).await;
+        assert_eq!(status, 200, "{html}");
+        assert!(
+            html.contains(&format!("data-status=\"{}\"", expected.as_str())),
+            "the board of {} shows the owner's {}: {html}",
+            other.name,
+            expected.as_str()
+        );
+    }
+    eprintln!(
+        "ticket {} of {owner_name} opened, acknowledged and resolved through the board of {}",
+        picked.id, other.name
+    );
 
     // The dispatcher's ticket publishes went out through NATS's MQTT listener.
     let text = get_text(&http, format!("http://{}/metrics", last.api)).await;
