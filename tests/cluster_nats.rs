@@ -1303,3 +1303,226 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         killed_at.elapsed().as_secs_f64()
     );
 }
+
+/// Publishes `batch` to JetStream as devices send it (`devices.ID.telemetry|events`), waiting
+/// for the stream to store each chunk.
+async fn publish_history(js: &jetstream::Context, batch: &[forewarn::replay::Message]) {
+    for chunk in batch.chunks(500) {
+        let mut acks = Vec::new();
+        for m in chunk {
+            acks.push(
+                js.publish(m.topic.replace('/', "."), m.payload.clone().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for a in acks {
+            a.await.expect("stored by the stream");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing() {
+    let Some(mut nats) = NatsServer::start("cluster_nats nats restart", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
+    let model = demo_model();
+
+    let mut instances = Vec::new();
+    let mut backtest = Vec::new();
+    for name in ["fw-a", "fw-b", "fw-c"] {
+        let (instance, cfg) = start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist);
+        if backtest.is_empty() {
+            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
+        }
+        instances.push(instance);
+    }
+    assert!(backtest.len() >= 5, "the backtest opens tickets");
+    let live: Vec<&Instance> = instances.iter().collect();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(own) = ownership(&http, &live, true).await {
+            if in_rendezvous_shares(&own) && covers_all(&own) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three instances never shared the partitions:\n{}",
+            tails(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The first half of the history, then the server dies (SIGKILL) while the instances are
+    // still working through it.
+    let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
+    let half = messages.len() / 2;
+    let in_flight = {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        publish_history(&js, &messages[..half]).await;
+        // How much of it the instances had yet to consume or acknowledge (for the record).
+        let mut left = 0;
+        if let Ok(mut stream) = js.get_stream("FOREWARN").await {
+            for p in 0..PARTITIONS {
+                if let Ok(i) = stream.consumer_info(format!("fw-p{p}")).await {
+                    left += i.num_pending + i.num_ack_pending as u64;
+                }
+            }
+        }
+        left
+    };
+    nats.stop();
+    let killed_at = Instant::now();
+
+    // Every instance says it is not ready, and names NATS.
+    for i in &live {
+        loop {
+            if let Some((503, body)) = readyz(&http, &i.api).await {
+                let reason = body["cluster"]["reason"].as_str().unwrap_or_default();
+                if body["cluster"]["nats"] == false {
+                    assert!(reason.contains("NATS"), "{}: {body}", i.name);
+                    break;
+                }
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "{} still ready without NATS: {:?}",
+                i.name,
+                readyz(&http, &i.api).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let noticed = killed_at.elapsed();
+    // Down for longer than a lease (3 s), so every lease has run out when it comes back.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(noticed)).await;
+    nats.restart();
+    let restarted_at = Instant::now();
+
+    // Each recovers by itself: ready again, with every partition owned and replayed.
+    let mut ready_after = BTreeMap::new();
+    loop {
+        for i in &live {
+            if !ready_after.contains_key(&i.name) {
+                if let Some((200, _)) = readyz(&http, &i.api).await {
+                    ready_after.insert(i.name.clone(), restarted_at.elapsed());
+                }
+            }
+        }
+        if ready_after.len() == live.len() {
+            if let Some(own) = ownership(&http, &live, true).await {
+                if covers_all(&own) {
+                    break;
+                }
+            }
+        }
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(90),
+            "not all ready after the restart: {ready_after:?}\n{}",
+            tails(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = restarted_at.elapsed();
+    eprintln!(
+        "nats-server killed with {in_flight} of {half} readings not yet consumed and \
+         acknowledged: every instance not ready within {:.2} s; restarted after {:.2} s; \
+         ready again {:?} after the restart; every partition owned and replayed {:.2} s after it",
+        noticed.as_secs_f64(),
+        restarted_at.duration_since(killed_at).as_secs_f64(),
+        ready_after
+            .iter()
+            .map(|(n, d)| format!("{n} {:.2} s", d.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        settled.as_secs_f64()
+    );
+
+    // The rest of the history, through a new connection.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    publish_history(&js, &messages[half..]).await;
+
+    // No reading lost: the stream holds every message, and every durable consumer drained it.
+    let mut stream = js.get_stream("FOREWARN").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert!(
+        info.state.messages >= messages.len() as u64,
+        "the stream kept {} of {} readings",
+        info.state.messages,
+        messages.len()
+    );
+    let drained = Instant::now();
+    loop {
+        let mut left = 0;
+        for p in 0..PARTITIONS {
+            match stream.consumer_info(format!("fw-p{p}")).await {
+                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
+                Err(_) => left += 1,
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(120),
+            "{left} message(s) still pending:\n{}",
+            tails(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The tickets are the backtest's, each once, from any instance.
+    let settle = Instant::now();
+    let tickets = loop {
+        let list = fleet_list(&http, &live[0].api, "").await;
+        if same_tickets(&backtest, &list) || settle.elapsed() > Duration::from_secs(20) {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_same_tickets(&backtest, &tickets);
+    for i in &live {
+        let list = fleet_list(&http, &i.api, "").await;
+        assert_no_duplicates(&list, &i.name);
+        assert_same_tickets(&backtest, &list);
+    }
+
+    // One claim per ticket.
+    let claims = js.get_key_value("forewarn-claims").await.unwrap();
+    let mut keys = claims.keys().await.unwrap();
+    let mut claimed = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.unwrap();
+        if k.starts_with("t.") {
+            let v = claims.get(&k).await.unwrap().unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            claimed.push(format!(
+                "{} {} {}",
+                r["device_id"].as_str().unwrap(),
+                r["failure_mode"].as_str().unwrap(),
+                r["opened_at"].as_str().unwrap()
+            ));
+        }
+    }
+    claimed.sort();
+    let mut expected: Vec<String> = backtest
+        .iter()
+        .map(|t| format!("{} {} {}", t.device_id, t.failure_mode, t.opened_at))
+        .collect();
+    expected.sort();
+    assert_eq!(claimed, expected, "one fleet-wide claim per ticket");
+    eprintln!(
+        "{} readings, {} tickets equal to the backtest, {} claims after the restart",
+        messages.len(),
+        tickets.len(),
+        claimed.len()
+    );
+}
