@@ -220,21 +220,21 @@ pub fn transition_owner(
     }
 }
 
-/// Forwards a transition to the owner and hands back its answer as it is (status and body).
-pub async fn forward_transition(
+/// POSTs `body` as JSON to `path` (from `/api/v1/…`) of the instance `owner` at `api`, marked
+/// [`INSTANCE_SCOPE`] and with the caller's `Authorization`: the owner's status and body, as
+/// they are. What the API's transitions and the board's actions use to change a ticket where
+/// its device's partition is owned.
+pub async fn post_to_owner(
     fw: &dyn Fleetwide,
     http: &reqwest::Client,
     headers: &HeaderMap,
     owner: &str,
     api: &str,
-    id: &str,
+    path: &str,
     body: &serde_json::Value,
-) -> Result<axum::response::Response, ApiError> {
+) -> Result<(axum::http::StatusCode, axum::body::Bytes), ApiError> {
     let peers = fw.peers();
-    let url = format!(
-        "{}/api/v1/tickets/{id}/transitions",
-        api.trim_end_matches('/')
-    );
+    let url = format!("{}{path}", api.trim_end_matches('/'));
     let resp = request(http, reqwest::Method::POST, url, headers, &peers)
         .json(body)
         .send()
@@ -246,6 +246,21 @@ pub async fn forward_transition(
         .bytes()
         .await
         .map_err(|e| unreachable(owner, api, describe(&e, peers.timeout)))?;
+    Ok((status, bytes))
+}
+
+/// Forwards a transition to the owner and hands back its answer as it is (status and body).
+pub async fn forward_transition(
+    fw: &dyn Fleetwide,
+    http: &reqwest::Client,
+    headers: &HeaderMap,
+    owner: &str,
+    api: &str,
+    id: &str,
+    body: &serde_json::Value,
+) -> Result<axum::response::Response, ApiError> {
+    let path = format!("/api/v1/tickets/{id}/transitions");
+    let (status, bytes) = post_to_owner(fw, http, headers, owner, api, &path, body).await?;
     Ok(axum::response::IntoResponse::into_response((
         status,
         [(

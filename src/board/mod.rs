@@ -159,6 +159,87 @@ pub enum QueueError {
     Fleet(crate::api::ApiError),
 }
 
+/// A board action on a ticket, as its form gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Acknowledge {
+        note: String,
+    },
+    Assign {
+        technician: String,
+    },
+    Propose {
+        technician: String,
+        slots: Vec<Slot>,
+    },
+    Schedule {
+        technician: String,
+        slot: Slot,
+    },
+    Resolve {
+        how: Resolution,
+        note: String,
+    },
+    Dismiss {
+        note: String,
+    },
+}
+
+impl Action {
+    /// What it is done, in words (the page's notice).
+    pub fn done(&self) -> String {
+        match self {
+            Action::Acknowledge { .. } => "Acknowledged.".into(),
+            Action::Assign { .. } => "Technician assigned.".into(),
+            Action::Propose { slots, .. } => {
+                format!("{} slot(s) proposed to the customer.", slots.len())
+            }
+            Action::Schedule { .. } => "Visit booked; the ticket is scheduled.".into(),
+            Action::Resolve { how, .. } => format!("Resolved: {}.", how.words()),
+            Action::Dismiss { .. } => "Dismissed as a false alarm.".into(),
+        }
+    }
+
+    /// The same action as the API takes it: the route under `/api/v1/tickets/{id}/` and the
+    /// JSON body (what an instance that does not own the ticket sends to the owner).
+    pub fn request(&self) -> (&'static str, serde_json::Value) {
+        use serde_json::json;
+        match self {
+            Action::Acknowledge { note } => (
+                "transitions",
+                json!({"to": Status::Acknowledged.as_str(), "note": note}),
+            ),
+            Action::Assign { technician } => ("assignment", json!({"technician_id": technician})),
+            Action::Propose { technician, slots } => (
+                "proposal",
+                json!({"technician_id": technician, "slots": slots}),
+            ),
+            Action::Schedule { technician, slot } => {
+                ("visit", json!({"technician_id": technician, "slot": slot}))
+            }
+            Action::Resolve { how, note } => (
+                "transitions",
+                json!({"to": Status::Resolved.as_str(), "note": resolution_note(*how, note),
+                       "outcome": how.outcome()}),
+            ),
+            Action::Dismiss { note } => (
+                "transitions",
+                json!({"to": Status::Dismissed.as_str(), "note": note,
+                       "outcome": Outcome::FalseAlarm}),
+            ),
+        }
+    }
+}
+
+/// A resolution's history note: how it ended, and the person's note if any.
+fn resolution_note(how: Resolution, note: &str) -> String {
+    if note.trim().is_empty() {
+        how.words().to_string()
+    } else {
+        format!("{}: {}", how.words(), note.trim())
+    }
+}
+
 /// Why the board could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("config key board.{key}: {message}")]
@@ -503,11 +584,7 @@ impl Board {
         note: &str,
         actor: &str,
     ) -> Result<Ticket, BoardError> {
-        let note = if note.trim().is_empty() {
-            how.words().to_string()
-        } else {
-            format!("{}: {}", how.words(), note.trim())
-        };
+        let note = resolution_note(how, note);
         let t = Transition::to(id, Status::Resolved, actor, &note).outcome(Some(how.outcome()));
         self.change(t, |t, tx| {
             tx.remove_kv(&proposal_key(&t.id));
@@ -659,10 +736,7 @@ impl Board {
         let Some((fw, http)) = fleetwide else {
             return Ok(mine);
         };
-        let mut headers = axum::http::HeaderMap::new();
-        if let Ok(v) = format!("Bearer {}", bearer.0).parse() {
-            headers.insert(axum::http::header::AUTHORIZATION, v);
-        }
+        let headers = Self::fleet_headers(bearer);
         let (one, limit) = match status {
             queue::StatusFilter::One(s) => (Some(s), 5000),
             queue::StatusFilter::All => (None, 5000),
@@ -683,6 +757,125 @@ impl Board {
             list.retain(Ticket::is_live);
         }
         Ok(list)
+    }
+
+    /// The API headers a fleet-wide call makes on behalf of a signed-in person: their token.
+    fn fleet_headers(bearer: &crate::secret::Secret) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        if let Ok(v) = format!("Bearer {}", bearer.0).parse() {
+            headers.insert(axum::http::header::AUTHORIZATION, v);
+        }
+        headers
+    }
+
+    /// One ticket as the board shows it: this instance's copy, or in cluster mode the fleet's
+    /// (the copy of the owner of the device's partition, as `GET /api/v1/tickets/{id}` has it).
+    pub async fn ticket(
+        self: &Arc<Self>,
+        id: &str,
+        bearer: &crate::secret::Secret,
+    ) -> Result<Option<Ticket>, QueueError> {
+        let b = self.clone();
+        let id2 = id.to_string();
+        let mine = tokio::task::spawn_blocking(move || b.tickets.store().ticket(&id2))
+            .await
+            .map_err(|_| QueueError::Cancelled)??;
+        let Some((fw, http)) = self.tickets.fleetwide().zip(self.fleet_http.clone()) else {
+            return Ok(mine);
+        };
+        crate::api::fleet::get(fw.as_ref(), &http, &Self::fleet_headers(bearer), id, mine)
+            .await
+            .map_err(QueueError::Fleet)
+    }
+
+    /// A device's tickets (newest first, at most 200); in cluster mode the fleet's.
+    pub async fn device_tickets(
+        self: &Arc<Self>,
+        device: &str,
+        bearer: &crate::secret::Secret,
+    ) -> Result<Vec<Ticket>, QueueError> {
+        let fleetwide = self.tickets.fleetwide().zip(self.fleet_http.clone());
+        let b = self.clone();
+        let device2 = device.to_string();
+        let mine = tokio::task::spawn_blocking(move || {
+            b.tickets.store().tickets(&TicketFilter {
+                device_id: Some(device2),
+                limit: Some(if fleetwide.is_some() { 10_000 } else { 200 }),
+                ..TicketFilter::default()
+            })
+        })
+        .await
+        .map_err(|_| QueueError::Cancelled)??;
+        let Some((fw, http)) = self.tickets.fleetwide().zip(self.fleet_http.clone()) else {
+            return Ok(mine);
+        };
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("device_id", device)
+            .append_pair("limit", "10000")
+            .finish();
+        crate::api::fleet::list(
+            fw.as_ref(),
+            &http,
+            &Self::fleet_headers(bearer),
+            &query,
+            mine,
+            None,
+            200,
+        )
+        .await
+        .map_err(QueueError::Fleet)
+    }
+
+    /// Cluster mode: where an action on `t` must be made — `None` here, or the owner of its
+    /// device's partition (name and API address) when that is another instance.
+    pub fn action_owner(&self, t: &Ticket) -> Result<Option<(String, String)>, QueueError> {
+        let Some(fw) = self.tickets.fleetwide() else {
+            return Ok(None);
+        };
+        crate::api::fleet::transition_owner(fw.as_ref(), &t.device_id).map_err(QueueError::Fleet)
+    }
+
+    /// Makes `action` on ticket `id` through the owner's API (its JSON twin: a transition, an
+    /// assignment, a proposal or a visit), as the signed-in person: the owner's status and
+    /// body.
+    pub async fn forward_action(
+        &self,
+        id: &str,
+        action: &Action,
+        owner: &str,
+        api: &str,
+        bearer: &crate::secret::Secret,
+    ) -> Result<(axum::http::StatusCode, axum::body::Bytes), QueueError> {
+        let (Some(fw), Some(http)) = (self.tickets.fleetwide(), self.fleet_http.as_ref()) else {
+            return Err(QueueError::Fleet(crate::api::ApiError::unavailable(
+                "not in cluster mode",
+            )));
+        };
+        let (what, body) = action.request();
+        let path = format!("/api/v1/tickets/{id}/{what}");
+        crate::api::fleet::post_to_owner(
+            fw.as_ref(),
+            http,
+            &Self::fleet_headers(bearer),
+            owner,
+            api,
+            &path,
+            &body,
+        )
+        .await
+        .map_err(QueueError::Fleet)
+    }
+
+    /// Makes `action` on ticket `id` here.
+    pub fn act(&self, id: &str, action: &Action, actor: &str) -> Result<Ticket, BoardError> {
+        match action {
+            Action::Acknowledge { note } => self.acknowledge(id, actor, note),
+            Action::Assign { technician } => self.assign(id, technician, actor),
+            Action::Propose { technician, slots } => self.propose(id, technician, slots, actor),
+            Action::Schedule { technician, slot } => self.schedule(id, technician, *slot, actor),
+            Action::Resolve { how, note } => self.resolve(id, *how, note, actor),
+            Action::Dismiss { note } => self.dismiss(id, note, actor),
+        }
     }
 
     /// Tickets for the queue: every live one (however old), or for another status filter the
@@ -719,5 +912,36 @@ mod tests {
             assert_eq!(Resolution::parse(r.as_str()), Some(r));
         }
         assert_eq!(Resolution::parse("fixed"), None);
+    }
+
+    #[test]
+    fn a_forwarded_action_is_the_apis_twin_with_the_same_note_and_label() {
+        let (route, body) = Action::Resolve {
+            how: Resolution::NoFaultFound,
+            note: " looked fine ".into(),
+        }
+        .request();
+        assert_eq!(route, "transitions");
+        assert_eq!(body["to"], "resolved");
+        assert_eq!(body["note"], "no fault found: looked fine");
+        assert_eq!(body["outcome"], "false_alarm");
+        let slot = Slot {
+            start_ms: Timestamp::from_millis(3_600_000),
+            end_ms: Timestamp::from_millis(7_200_000),
+        };
+        let (route, body) = Action::Schedule {
+            technician: "t1".into(),
+            slot,
+        }
+        .request();
+        assert_eq!(route, "visit");
+        assert_eq!(body["technician_id"], "t1");
+        let back: Slot = serde_json::from_value(body["slot"].clone()).expect("a slot");
+        assert_eq!(back, slot);
+        let (route, body) = Action::Dismiss { note: "n".into() }.request();
+        assert_eq!(
+            (route, &body["outcome"]),
+            ("transitions", &serde_json::json!("false_alarm"))
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use super::queue::{self, Filter, StatusFilter};
 use super::session::{self, Role, Session};
-use super::{Board, BoardError, QueueError, Resolution};
+use super::{Action, Board, BoardError, QueueError, Resolution};
 use crate::domain::{Slot, Status, Ticket, Timestamp};
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
@@ -807,22 +807,57 @@ async fn ticket_page(
         return to_login();
     };
     let flash = q.map(|Query(q)| q).unwrap_or_default();
-    let b2 = b.clone();
-    let s2 = s.clone();
-    blocking(move || render_ticket(&b2, &s2, &id, &flash))
-        .await
-        .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-fn render_ticket(b: &Board, s: &Session, id: &str, flash: &Flash) -> Response {
-    let Some(t) = b.tickets.ticket(id) else {
+    if crate::api::check_id("ticket", &id).is_err() {
         return error_page(
-            Some(s),
+            Some(&s),
             StatusCode::NOT_FOUND,
             "No such ticket",
             &format!("There is no ticket {id}."),
         );
+    }
+    // In cluster mode the fleet's copy: the one the queue listed, wherever it is owned.
+    let t = match b.ticket(&id, &s.bearer).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return error_page(
+                Some(&s),
+                StatusCode::NOT_FOUND,
+                "No such ticket",
+                &format!("There is no ticket {id}."),
+            )
+        }
+        Err(e) => return fleet_error(&s, e),
     };
+    let b2 = b.clone();
+    let s2 = s.clone();
+    blocking(move || render_ticket(&b2, &s2, &t, &flash))
+        .await
+        .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The page for a ticket (or a device's tickets) that could not be read.
+fn fleet_error(s: &Session, e: QueueError) -> Response {
+    match e {
+        QueueError::Fleet(e) => error_page(
+            Some(s),
+            e.status,
+            "An instance of the cluster did not answer",
+            &e.message,
+        ),
+        e => {
+            tracing::warn!("board: {e}");
+            error_page(
+                Some(s),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The store could not be read",
+                "Try again in a moment.",
+            )
+        }
+    }
+}
+
+fn render_ticket(b: &Board, s: &Session, t: &Ticket, flash: &Flash) -> Response {
+    let t = t.clone();
     let view = ticket_view(b, &t);
     let region = view.region.clone();
     let assigned = b.assignment(&t.id).map(|a| a.technician_id);
@@ -961,72 +996,48 @@ async fn ticket_action(
         return error_page(Some(&s), StatusCode::BAD_REQUEST, "No such ticket", "");
     }
     let actor = format!("board:{}", s.name);
-    let note = param(&f, "note").unwrap_or("").trim().to_string();
-    let tech = param(&f, "technician").unwrap_or("").to_string();
-    let slot_of = |v: &str, b: &Board| -> Option<Slot> {
-        let start = Timestamp::from_millis(v.parse().ok()?);
-        Some(Slot {
-            start_ms: start,
-            end_ms: start + b.cfg.slot_length.as_millis_i64(),
-        })
+    let action = match parse_action(&b, &action, &f) {
+        Ok(a) => a,
+        Err(BoardError::NotFound(m)) => {
+            return error_page(Some(&s), StatusCode::NOT_FOUND, "Not found", &m)
+        }
+        Err(e) => return back(&id, "error", &e.to_string()),
     };
-    let slots: Vec<Option<Slot>> = f
-        .iter()
-        .filter(|(k, _)| k == "slot")
-        .map(|(_, v)| slot_of(v, &b))
-        .collect();
-    let outcome = param(&f, "outcome").map(str::to_string);
+    // Cluster mode: a ticket of a partition another instance owns is changed there, through
+    // its API with the person's token, as the API's transitions are.
+    if b.tickets.fleetwide().is_some() {
+        let t = match b.ticket(&id, &s.bearer).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return error_page(
+                    Some(&s),
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    &format!("ticket {id} not found"),
+                )
+            }
+            Err(e) => return fleet_error(&s, e),
+        };
+        match b.action_owner(&t) {
+            Ok(None) => {}
+            Ok(Some((owner, api))) => {
+                return match b
+                    .forward_action(&id, &action, &owner, &api, &s.bearer)
+                    .await
+                {
+                    Ok((status, body)) => forwarded(&s, &id, &action, &owner, status, &body),
+                    Err(e) => fleet_error(&s, e),
+                }
+            }
+            Err(e) => return fleet_error(&s, e),
+        }
+    }
     let b2 = b.clone();
     let id2 = id.clone();
     let action2 = action.clone();
-    let result = blocking(move || -> Result<String, BoardError> {
-        let b = b2;
-        let id = id2;
-        match action2.as_str() {
-            "acknowledge" => b
-                .acknowledge(&id, &actor, &note)
-                .map(|_| "Acknowledged.".into()),
-            "assign" => b
-                .assign(&id, &tech, &actor)
-                .map(|_| "Technician assigned.".into()),
-            "propose" => {
-                let slots: Option<Vec<Slot>> = slots.into_iter().collect();
-                let slots =
-                    slots.ok_or_else(|| BoardError::Invalid("a slot is not a time".into()))?;
-                if slots.is_empty() {
-                    return Err(BoardError::Invalid(
-                        "tick at least one slot to propose".into(),
-                    ));
-                }
-                b.propose(&id, &tech, &slots, &actor)
-                    .map(|_| format!("{} slot(s) proposed to the customer.", slots.len()))
-            }
-            "schedule" => {
-                let slot = slots
-                    .into_iter()
-                    .next()
-                    .flatten()
-                    .ok_or_else(|| BoardError::Invalid("choose a slot".into()))?;
-                b.schedule(&id, &tech, slot, &actor)
-                    .map(|_| "Visit booked; the ticket is scheduled.".into())
-            }
-            "resolve" => {
-                let how = outcome
-                    .as_deref()
-                    .and_then(Resolution::parse)
-                    .ok_or_else(|| BoardError::Invalid("choose how it ended".into()))?;
-                b.resolve(&id, how, &note, &actor)
-                    .map(|_| format!("Resolved: {}.", how.words()))
-            }
-            "dismiss" => b
-                .dismiss(&id, &note, &actor)
-                .map(|_| "Dismissed as a false alarm.".into()),
-            other => Err(BoardError::NotFound(format!("no action {other}"))),
-        }
-    })
-    .await;
+    let result = blocking(move || b2.act(&id2, &action2, &actor)).await;
     match result {
-        Some(Ok(done)) => back(&id, "done", &done),
+        Some(Ok(_)) => back(&id, "done", &action.done()),
         Some(Err(BoardError::NotFound(m))) => {
             error_page(Some(&s), StatusCode::NOT_FOUND, "Not found", &m)
         }
@@ -1041,6 +1052,85 @@ async fn ticket_action(
         }
         Some(Err(e)) => back(&id, "error", &e.to_string()),
         None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The action a ticket form asks for, checked as far as it can be without the ticket.
+fn parse_action(b: &Board, action: &str, f: &[(String, String)]) -> Result<Action, BoardError> {
+    let note = param(f, "note").unwrap_or("").trim().to_string();
+    let technician = param(f, "technician").unwrap_or("").to_string();
+    let slot_of = |v: &str| -> Option<Slot> {
+        let start = Timestamp::from_millis(v.parse().ok()?);
+        Some(Slot {
+            start_ms: start,
+            end_ms: start + b.cfg.slot_length.as_millis_i64(),
+        })
+    };
+    let slots: Vec<Option<Slot>> = f
+        .iter()
+        .filter(|(k, _)| k == "slot")
+        .map(|(_, v)| slot_of(v))
+        .collect();
+    if note.len() > 4096 {
+        return Err(BoardError::Invalid("note is longer than 4096 bytes".into()));
+    }
+    Ok(match action {
+        "acknowledge" => Action::Acknowledge { note },
+        "assign" => Action::Assign { technician },
+        "propose" => {
+            let slots: Option<Vec<Slot>> = slots.into_iter().collect();
+            let slots = slots.ok_or_else(|| BoardError::Invalid("a slot is not a time".into()))?;
+            if slots.is_empty() {
+                return Err(BoardError::Invalid(
+                    "tick at least one slot to propose".into(),
+                ));
+            }
+            Action::Propose { technician, slots }
+        }
+        "schedule" => {
+            let slot = slots
+                .into_iter()
+                .next()
+                .flatten()
+                .ok_or_else(|| BoardError::Invalid("choose a slot".into()))?;
+            Action::Schedule { technician, slot }
+        }
+        "resolve" => {
+            let how = param(f, "outcome")
+                .and_then(Resolution::parse)
+                .ok_or_else(|| BoardError::Invalid("choose how it ended".into()))?;
+            Action::Resolve { how, note }
+        }
+        "dismiss" => Action::Dismiss { note },
+        other => return Err(BoardError::NotFound(format!("no action {other}"))),
+    })
+}
+
+/// The page after an action the owner `owner` made (or refused): as if made here.
+fn forwarded(
+    s: &Session,
+    id: &str,
+    action: &Action,
+    owner: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Response {
+    if status.is_success() {
+        return back(id, "done", &action.done());
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("cluster instance {owner} answered {status}"));
+    match status {
+        StatusCode::NOT_FOUND => error_page(Some(s), status, "Not found", &message),
+        StatusCode::BAD_REQUEST | StatusCode::CONFLICT => back(id, "error", &message),
+        _ => error_page(
+            Some(s),
+            status,
+            "Not recorded",
+            &format!("cluster instance {owner}, which owns the ticket, did not make the change: {message}"),
+        ),
     }
 }
 
@@ -1286,16 +1376,21 @@ async fn device_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    record_page(b, &headers, "device", id, |b, s2, id| {
+    let Some(s) = signed(&b, &headers) else {
+        return to_login();
+    };
+    if crate::api::check_id("device", &id).is_err() {
+        return error_page(Some(&s), StatusCode::BAD_REQUEST, "Not a device id", "");
+    }
+    // In cluster mode the fleet's tickets of the device, wherever its partition is owned.
+    let tickets = match b.device_tickets(&id, &s.bearer).await {
+        Ok(t) => t,
+        Err(e) => return fleet_error(&s, e),
+    };
+    blocking(move || {
+        let (b, s2) = (b.as_ref(), &s);
         let device = b.fleet.device(&id);
         let state = b.tickets.device_state(&id).ok().flatten();
-        let tickets = latest_tickets(
-            b,
-            crate::store::TicketFilter {
-                device_id: Some(id.clone()),
-                ..Default::default()
-            },
-        );
         if device.is_none() && state.is_none() && tickets.is_empty() {
             return error_page(
                 Some(s2),
@@ -1360,6 +1455,7 @@ async fn device_page(
         })
     })
     .await
+    .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[derive(Template)]

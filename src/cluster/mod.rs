@@ -50,7 +50,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -186,6 +186,25 @@ pub struct Cluster {
     writer: std::sync::OnceLock<std::sync::Weak<App>>,
     js: jetstream::Context,
     metrics: ClusterMetrics,
+    /// Partitions whose lease was lost while their consumer had forwarded messages not yet
+    /// committed: the task and its count of those messages, waited for before the partition is
+    /// consumed (or replayed) again here.
+    lost: Mutex<HashMap<u32, Vec<Lost>>>,
+    /// How many times the connection to NATS was lost. A partition's consumer set up before
+    /// the last loss is set up again: what the server had delivered to it and that never
+    /// arrived would otherwise come back only after `ack_wait`, behind newer readings.
+    disconnects: Arc<AtomicU64>,
+}
+
+/// What is left of a partition whose lease was lost: its stopped consumer task, and how many
+/// of the messages it forwarded are not yet committed and acknowledged. Those may still be
+/// committed (a group retrying its claims while NATS is away commits once it is back); if the
+/// partition is acquired again meanwhile, its replay must not start before they are, or they
+/// would be committed as replayed — stored, but neither claimed nor dispatched — and their
+/// redelivery dropped as duplicates.
+struct Lost {
+    task: JoinHandle<()>,
+    outstanding: Arc<AtomicUsize>,
 }
 
 /// The claim stored under `t.ID` (opening) or `c.ID.KIND.MS` (a later change at event time MS):
@@ -224,8 +243,18 @@ impl Cluster {
             rand::Rng::fill(&mut rand::rng(), &mut b[..]);
             format!("fw-{}", hex::encode(b))
         });
+        let disconnects = Arc::new(AtomicU64::new(0));
+        let counted = disconnects.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("forewarn {instance}"))
+            .event_callback(move |event| {
+                let counted = counted.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected) {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
             .connect(url.as_str())
             .await
             .map_err(|e| ClusterError::Connect {
@@ -260,6 +289,8 @@ impl Cluster {
             writer: std::sync::OnceLock::new(),
             js,
             metrics,
+            lost: Mutex::new(HashMap::new()),
+            disconnects,
         }))
     }
 
@@ -423,6 +454,7 @@ impl Cluster {
             if !ours {
                 if let Some(h) = held.remove(&p) {
                     h.stop.cancel();
+                    self.keep_lost(p, h);
                     self.metrics.leases.with_label_values(&["lost"]).inc();
                     tracing::warn!(
                         partition = p,
@@ -453,6 +485,7 @@ impl Cluster {
                     Err(e) => {
                         if let Some(h) = held.remove(&p) {
                             h.stop.cancel();
+                            self.keep_lost(p, h);
                         }
                         self.metrics.leases.with_label_values(&["lost"]).inc();
                         tracing::warn!(
@@ -491,11 +524,13 @@ impl Cluster {
                 });
                 let stop = shutdown.child_token();
                 let outstanding = Arc::new(AtomicUsize::new(0));
+                let previous = self.lost.lock().remove(&p).unwrap_or_default();
                 let task = tokio::spawn(self.clone().partition_task(
                     p,
                     forward.clone(),
                     stop.clone(),
                     outstanding.clone(),
+                    previous,
                 ));
                 held.insert(
                     p,
@@ -519,6 +554,18 @@ impl Cluster {
             v.assignment = assignment.into_iter().map(|(p, (h, _))| (p, h)).collect();
         });
         Ok(())
+    }
+
+    /// Keeps what is left of a partition whose lease was lost, for its next acquisition here.
+    fn keep_lost(&self, p: u32, h: Held) {
+        let mut lost = self.lost.lock();
+        let left = lost.entry(p).or_default();
+        // Those already done need no waiting for.
+        left.retain(|l| !l.task.is_finished() || l.outstanding.load(Ordering::SeqCst) > 0);
+        left.push(Lost {
+            task: h.task,
+            outstanding: h.outstanding,
+        });
     }
 
     fn publish_view(&self, f: impl FnOnce(&mut View)) {
@@ -554,7 +601,37 @@ impl Cluster {
         forward: mpsc::Sender<Inbound>,
         stop: CancellationToken,
         outstanding: Arc<AtomicUsize>,
+        previous: Vec<Lost>,
     ) {
+        // Acquired again after losing it: what the earlier consumer forwarded is committed (and
+        // claimed) first, as itself, not as part of the replay below.
+        let waited = !previous.is_empty();
+        let since = Instant::now();
+        for l in previous {
+            let _ = l.task.await;
+            let mut said = false;
+            while l.outstanding.load(Ordering::SeqCst) > 0 {
+                if !said && since.elapsed() > self.cfg.ack_wait.std() {
+                    said = true;
+                    tracing::warn!(
+                        partition = p,
+                        left = l.outstanding.load(Ordering::SeqCst),
+                        "waiting for the messages the lost lease's consumer forwarded to be \
+                         committed before replaying"
+                    );
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        }
+        if waited {
+            // The earlier task cleared the partition's marks as it ended.
+            self.publish_view(|v| {
+                v.starting.insert(p);
+            });
+        }
         let mut backoff = mqtt::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while !stop.is_cancelled() {
             match self.consume(p, &forward, &stop, &outstanding).await {
@@ -591,6 +668,15 @@ impl Cluster {
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
+        let generation = self.disconnects.load(Ordering::SeqCst);
+        let reconnected = || -> Result<(), ClusterError> {
+            match self.disconnects.load(Ordering::SeqCst) == generation {
+                true => Ok(()),
+                false => Err(err(
+                    "the connection to NATS was lost: set up again, in order".into(),
+                )),
+            }
+        };
         let floor = match self.stream.consumer_info(&name).await {
             Ok(info) => {
                 // Made again below, starting after the floor: what an earlier owner was
@@ -617,6 +703,8 @@ impl Cluster {
             if stop.is_cancelled() {
                 return Ok(());
             }
+            // A replay cut short by a lost connection may have missed messages.
+            reconnected()?;
         }
         let filter = partition::filter(&self.cfg.subject_prefix, p);
         let consumer = self
@@ -645,16 +733,23 @@ impl Cluster {
         self.publish_view(|v| {
             v.starting.remove(&p);
         });
+        let mut watch = tokio::time::interval(Duration::from_millis(100));
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut messages = consumer.messages().await.map_err(|e| err(boxed(e)))?;
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
+                    _ = watch.tick() => {
+                        reconnected()?;
+                        continue;
+                    }
                     m = messages.next() => m,
                 };
                 let m = match next {
                     None => break,
                     Some(Err(e)) => {
+                        reconnected()?;
                         tracing::warn!(partition = p, "reading the partition: {e}");
                         // Not a tight loop while the error lasts (a consumer deleted by the
                         // partition's next owner keeps failing until the lease round stops us).
@@ -723,9 +818,21 @@ impl Cluster {
             .map_err(|e| err(boxed(e)))?;
         let mut messages = consumer.messages().await.map_err(|e| err(boxed(e)))?;
         let mut n = 0u64;
+        let generation = self.disconnects.load(Ordering::SeqCst);
+        let mut watch = tokio::time::interval(Duration::from_millis(100));
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
+                _ = watch.tick() => {
+                    if self.disconnects.load(Ordering::SeqCst) != generation {
+                        return Err(err(
+                            "the connection to NATS was lost during the replay: set up again"
+                                .into(),
+                        ));
+                    }
+                    continue;
+                }
                 m = messages.next() => m,
             };
             let m = match next {

@@ -14,6 +14,8 @@ pub struct NatsServer {
     /// NATS's MQTT listener (topic `a/b/c` is subject `a.b.c`).
     pub mqtt_port: u16,
     pub dir: tempfile::TempDir,
+    bin: PathBuf,
+    test: String,
 }
 
 /// `FOREWARN_NATS_SERVER`, else `nats-server` on the PATH or where Debian puts it.
@@ -52,25 +54,27 @@ impl NatsServer {
         );
         let conf_path = dir.path().join("nats.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("nats.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
-        assert!(
-            listening_within(port, Duration::from_secs(15)),
-            "{test}: nats-server did not listen on {port}: {}",
-            std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
-        );
+        let child = spawn(test, &bin, dir.path(), port);
         Some(NatsServer {
             child,
             port,
             mqtt_port,
             dir,
+            bin,
+            test: test.to_string(),
         })
+    }
+
+    /// Starts the server again after [`NatsServer::stop`]: the same port, configuration and
+    /// JetStream store, as a restarted machine would.
+    pub fn restart(&mut self) {
+        let _ = self.child.try_wait();
+        self.child = spawn(&self.test, &self.bin, self.dir.path(), self.port);
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the server (SIGKILL), as a crash or a lost network would.
@@ -89,4 +93,27 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs nats-server on `dir`'s configuration (its log appended to `dir/nats.log`) and waits
+/// until it listens on `port`.
+fn spawn(test: &str, bin: &std::path::Path, dir: &std::path::Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("nats.log"))
+        .unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
+    assert!(
+        listening_within(port, Duration::from_secs(15)),
+        "{test}: nats-server did not listen on {port}: {}",
+        std::fs::read_to_string(dir.join("nats.log")).unwrap_or_default()
+    );
+    child
 }
