@@ -162,6 +162,9 @@ for run in realistic storm; do
     RSS=$(peak_rss_mb "$DAEMON")
     MISSING=$(metric forewarn_readings_missing_total)
     BROKER_DROPPED=$(metric forewarn_broker_dropped_messages)
+    # -1: the broker never sent its count. Mosquitto publishes $SYS/broker/publish/messages/dropped
+    # (every sys_interval) only once it differs from 0, i.e. after its first drop: no report = none.
+    [ "$BROKER_DROPPED" = -1 ] && BROKER_DROPPED="0 (none reported: Mosquitto publishes the count only after a first drop)"
     LATE=$(metric 'forewarn_readings_dropped_total{reason="late"}')
     SCORINGS=$(metric forewarn_scorings_total)
     TICKETS=$(metric 'forewarn_ticket_changes_total{kind="opened"}')

@@ -113,9 +113,11 @@ impl App {
         self.process(msgs, true)
     }
 
-    /// Like [`App::process_group`], but the batch is only applied: the caller acknowledges the
-    /// group after a successful [`Store::flush`] that began after this returned, and calls
-    /// [`App::distrust_memory`] if that flush fails.
+    /// Like [`App::process_group`], but the batch is only handed to the store
+    /// ([`Store::defer`](crate::store::Store::defer)): the caller acknowledges the group after a
+    /// successful [`Store::flush`](crate::store::Store::flush) that began after this returned,
+    /// if [`Store::epoch`](crate::store::Store::epoch) has not moved since before this call,
+    /// and calls [`App::distrust_memory`] otherwise.
     pub fn process_group_applied(&self, msgs: &[Inbound]) -> Result<GroupStats, CoreError> {
         self.process(msgs, false)
     }
@@ -671,7 +673,8 @@ impl App {
         let committed = if durable {
             self.store.commit(tx)
         } else {
-            self.store.apply(tx)
+            // Applied by the flusher (or whoever touches the store first), in order.
+            self.store.defer(tx)
         };
         if let Err(e) = committed {
             // Nothing was written: forget what these messages did in memory so a redelivery

@@ -26,15 +26,20 @@ pub fn spawn(
 }
 
 /// The single writer of ingest: takes what has arrived (up to `group` messages), processes it
-/// and applies its effects in one atomic batch, then hands the group to the flusher, which
-/// makes it durable and only then passes its publishes to the acker. The flusher takes every
-/// group waiting at once (one fsync for all of them), and the next group is processed while it
-/// flushes: the two cores work at once.
+/// and hands its effects, one atomic batch, to the store without applying it
+/// ([`Store::defer`](crate::store::Store::defer)), then hands the group to the flusher, which
+/// applies the batches waiting (sled's share of a commit), makes them durable and only then
+/// passes the groups' publishes to the acker. The flusher takes every group waiting at once
+/// (one fsync for all of them), and the next group is processed while it applies and flushes:
+/// the two cores work at once. Every other store operation applies the deferred batches first,
+/// so nothing written later (an API transition, a checkpoint) is overwritten by an older batch.
 ///
 /// A failed commit or flush is retried with backoff (nothing is acknowledged meanwhile, so the
 /// channel fills and the broker holds back): memory is rebuilt from the store, the groups the
 /// flusher could not make durable are processed again, oldest first, each flushed before its
-/// acks. On shutdown what is not durable is left unacknowledged for the broker to redeliver.
+/// acks. A deferred batch that cannot be applied is dropped with every batch after it (the
+/// store's epoch moves): every group handed over before is handed back, as for a failed
+/// flush. On shutdown what is not durable is left unacknowledged for the broker to redeliver.
 fn run(
     app: Arc<App>,
     mut rx: mpsc::Receiver<Inbound>,
@@ -48,8 +53,9 @@ fn run(
     // Groups handed to the flusher and not yet acknowledged or handed back.
     let in_flusher = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Unbounded: at most the broker's in-flight window is ever unacknowledged.
-    // A group and what it gives the history archive once durable.
-    type Applied = (Vec<Inbound>, Vec<crate::archive::Record>);
+    // A group, what it gives the history archive once durable, and the store's epoch before
+    // it was processed (its batches count only if that has not moved by its flush).
+    type Applied = (Vec<Inbound>, Vec<crate::archive::Record>, u64);
     let (to_flush, flush_rx) = std::sync::mpsc::channel::<Applied>();
     let (failed_tx, failed_rx) = std::sync::mpsc::channel::<Vec<Inbound>>();
     let flusher = std::thread::Builder::new()
@@ -61,21 +67,30 @@ fn run(
                     let mut groups = vec![first];
                     groups.extend(flush_rx.try_iter());
                     let n = groups.len();
-                    match app.store.flush() {
-                        Ok(()) => {
-                            for (g, archived) in groups {
-                                app.archive_durable(archived);
-                                let _ = acks.send(g.into_iter().map(|m| m.publish).collect());
-                            }
+                    let flushed = app.store.flush();
+                    let epoch = app.store.epoch();
+                    let (durable, lost): (Vec<_>, Vec<_>) = groups
+                        .into_iter()
+                        .partition(|(_, _, e)| flushed.is_ok() && *e == epoch);
+                    for (g, archived, _) in durable {
+                        app.archive_durable(archived);
+                        let _ = acks.send(g.into_iter().map(|m| m.publish).collect());
+                    }
+                    if !lost.is_empty() {
+                        // A commit that did not reach the disk.
+                        app.metrics.commit_failures.inc();
+                        app.set_store_writable(false);
+                        match &flushed {
+                            Err(e) => tracing::error!(
+                                "flush of {n} group(s) failed, not acknowledged: {e}"
+                            ),
+                            Ok(()) => tracing::error!(
+                                "{} group(s) not acknowledged: their batches were dropped",
+                                lost.len()
+                            ),
                         }
-                        Err(e) => {
-                            // A commit that did not reach the disk.
-                            app.metrics.commit_failures.inc();
-                            app.set_store_writable(false);
-                            tracing::error!("flush of {n} group(s) failed, not acknowledged: {e}");
-                            for (g, _) in groups {
-                                let _ = failed_tx.send(g);
-                            }
+                        for (g, _, _) in lost {
+                            let _ = failed_tx.send(g);
                         }
                     }
                     in_flusher.fetch_sub(n, Ordering::SeqCst);
@@ -100,6 +115,8 @@ fn run(
         failed_rx.try_iter().collect::<Vec<_>>()
     };
     let mut buf: Vec<Inbound> = Vec::with_capacity(group);
+    // The store's epoch this thread last knew: when it moves, deferred batches were dropped.
+    let mut epoch = app.store.epoch();
     loop {
         // A group, or (every 100 ms while idle) a look at what the flusher handed back.
         let first = match rt.block_on(tokio::time::timeout(Duration::from_millis(100), rx.recv())) {
@@ -117,13 +134,16 @@ fn run(
             }
         }
         let mut redo = failed_rx.try_iter().collect::<Vec<_>>();
-        if !redo.is_empty() {
+        if !redo.is_empty() || app.store.epoch() != epoch {
+            // Whatever the flusher holds from before is handed back too: redone in order,
+            // before anything newer is applied.
             redo.extend(settle(&failed_rx));
             app.distrust_memory();
             app.set_store_writable(false);
             for g in redo {
                 commit_sync(&app, g, &acks, &shutdown);
             }
+            epoch = app.store.epoch();
         }
         if buf.is_empty() {
             continue;
@@ -137,11 +157,18 @@ fn run(
                 app.set_store_writable(true);
                 in_flusher.fetch_add(1, Ordering::SeqCst);
                 let archived = app.take_unflushed_archive();
-                if let Err(back) = to_flush.send((std::mem::take(&mut buf), archived)) {
-                    // The flusher is gone: this group is already applied, flush it here.
+                if let Err(back) = to_flush.send((std::mem::take(&mut buf), archived, epoch)) {
+                    // The flusher is gone: this group is already deferred, flush it here.
                     in_flusher.fetch_sub(1, Ordering::SeqCst);
-                    let (g, archived) = back.0;
-                    match app.store.flush() {
+                    let (g, archived, e) = back.0;
+                    let flushed = app.store.flush().and_then(|()| {
+                        if app.store.epoch() == e {
+                            Ok(())
+                        } else {
+                            Err(crate::store::StoreError::Discarded)
+                        }
+                    });
+                    match flushed {
                         Ok(()) => {
                             app.archive_durable(archived);
                             let _ = acks.send(g.into_iter().map(|m| m.publish).collect());
@@ -159,11 +186,17 @@ fn run(
                     "commit of {} messages failed, not acknowledged: {e}",
                     buf.len()
                 );
-                // What the flusher could not make durable is older: it goes first.
-                for g in settle(&failed_rx) {
+                // What the flusher could not make durable is older: it goes first, on memory
+                // rebuilt from the store (it holds those groups' effects).
+                let redo = settle(&failed_rx);
+                if !redo.is_empty() {
+                    app.distrust_memory();
+                }
+                for g in redo {
                     commit_sync(&app, g, &acks, &shutdown);
                 }
                 commit_sync(&app, std::mem::take(&mut buf), &acks, &shutdown);
+                epoch = app.store.epoch();
             }
         }
     }

@@ -116,6 +116,9 @@ impl App {
         core.slots.clear();
         self.views.clear();
         core.needs_recovery = true;
+        // Memory is rebuilt from the store (which applies what is still deferred first) before
+        // the next group is applied: deferring may go on.
+        self.store.trust_deferred();
         self.metrics.devices_in_memory.set(0);
     }
 
@@ -181,8 +184,9 @@ impl App {
     /// at most 512), each followed by its mark in the log. A failed commit leaves the core to
     /// be rebuilt from the store.
     ///
-    /// With `durable` false the commits are only applied: the caller is the commit path of a
-    /// group whose flush (the flusher's) comes after them and covers them. sled makes a prefix
+    /// With `durable` false the commits are only deferred (applied in order by the flusher):
+    /// the caller is the commit path of a group whose flush (the flusher's) comes after them
+    /// and covers them. sled makes a prefix
     /// of the applied batches durable, so a crash before that flush loses the snapshots and the
     /// group together and the step log still holds what they replaced; an fsync per chunk on
     /// the processing thread (21 of them per checkpoint of 10,000 devices) is saved.
@@ -210,7 +214,7 @@ impl App {
             let written = if durable {
                 self.store.commit(tx)
             } else {
-                self.store.apply(tx)
+                self.store.defer(tx)
             };
             if let Err(e) = written {
                 self.distrust(core);
@@ -243,7 +247,7 @@ impl App {
             if durable {
                 self.store.commit(tx)?;
             } else {
-                self.store.apply(tx)?;
+                self.store.defer(tx)?;
             }
         }
         core.log.clear();

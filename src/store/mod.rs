@@ -56,6 +56,11 @@ pub enum StoreError {
     Schema { path: String, found: String },
     #[error("store: being reopened after an I/O error")]
     Reopening,
+    /// A deferred batch could not be applied: it and every batch queued after it were dropped,
+    /// and further deferred batches are refused until the writer has rebuilt its memory from
+    /// the store ([`Store::trust_deferred`]).
+    #[error("store: an earlier deferred batch could not be applied; deferred writes wait for memory to be rebuilt")]
+    Discarded,
     /// A value could not be serialised: the whole transaction is refused rather than an empty
     /// record written.
     #[error("store: cannot encode {key}: {source}")]
@@ -84,6 +89,35 @@ pub struct Store {
     /// Outcomes written by commits since the last [`Store::take_outcomes`], once
     /// [`Store::track_outcomes`] turned it on (off by default, so nothing accumulates unread).
     outcome_log: Arc<parking_lot::Mutex<Option<Vec<OutcomeNote>>>>,
+    /// Batches handed over by [`Store::defer`] and not applied yet.
+    deferred: Arc<Deferred>,
+}
+
+/// Batches the ingest path hands over without applying them ([`Store::defer`]), applied in the
+/// order handed over by whichever thread touches the store next (normally the flusher).
+///
+/// The rule that keeps this invisible: **every operation on the tree first applies every
+/// deferred batch** (reads and writes alike, on any thread), so the store behaves exactly as if
+/// each batch had been applied when it was deferred — a synchronous write (an API transition,
+/// an outbox update, a quarantine) can never be overwritten by an older batch still queued, and
+/// a read never misses one. Only the thread that does sled's work changes.
+#[derive(Default)]
+struct Deferred {
+    queue: parking_lot::Mutex<std::collections::VecDeque<(sled::Batch, Vec<OutcomeNote>)>>,
+    /// Held while batches are taken from the queue and applied, so that they are applied one
+    /// at a time in queue order, and so that a thread finding the queue empty knows the last
+    /// batch taken is in the tree. Taken before `inner`.
+    applying: parking_lot::Mutex<()>,
+    /// Batches queued or being applied; 0 lets every operation skip the lock.
+    pending: std::sync::atomic::AtomicUsize,
+    /// Moves each time queued batches are dropped because one could not be applied: whoever
+    /// waits for a batch to be durable compares it with its value when the batch was deferred.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Set when batches were dropped: deferring is refused until [`Store::trust_deferred`].
+    refused: std::sync::atomic::AtomicBool,
+    /// Tests: the next apply of a deferred batch fails as an I/O error would.
+    #[cfg(test)]
+    fail_next: std::sync::atomic::AtomicBool,
 }
 
 /// A ticket written with an outcome (for summaries kept up to date without rescanning).
@@ -333,6 +367,7 @@ impl Store {
             quarantined,
             outcome_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             outcome_log: Arc::new(parking_lot::Mutex::new(None)),
+            deferred: Arc::new(Deferred::default()),
         })
     }
 
@@ -368,7 +403,15 @@ impl Store {
         Ok(Open { db, tree })
     }
 
+    /// The open database, once every deferred batch is applied (see [`Deferred`]): every
+    /// operation on the tree goes through here.
     fn h(&self) -> Result<Open> {
+        self.apply_deferred()?;
+        self.raw()
+    }
+
+    /// The open database as it is, deferred batches or not (sequence numbers, sizes).
+    fn raw(&self) -> Result<Open> {
         let current = self.inner.read().clone();
         match current {
             Some(open) => Ok(open),
@@ -380,10 +423,130 @@ impl Store {
         }
     }
 
+    /// Hands a transaction over to be applied later, in order, by whichever thread touches the
+    /// store next (see [`Deferred`]); the caller's own later reads see it. Durable after the
+    /// next [`Store::flush`] that began after this returned, provided [`Store::epoch`] has not
+    /// moved meanwhile (then it may have been dropped: nothing of it or of what was deferred
+    /// after it is in the store). Refused while dropped batches are not yet accounted for.
+    pub fn defer(&self, tx: Tx) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if let Some(e) = tx.encode_error {
+            return Err(e);
+        }
+        if tx.ops == 0 {
+            return Ok(());
+        }
+        if tx.db.is_none() {
+            // Built while the database was closed: its sequence numbers are placeholders.
+            return Err(StoreError::Reopening);
+        }
+        let d = &self.deferred;
+        let mut q = d.queue.lock();
+        // Checked under the queue's lock: a drop of the queue cannot slip between.
+        if d.refused.load(Ordering::SeqCst) {
+            return Err(StoreError::Discarded);
+        }
+        q.push_back((tx.batch, tx.outcomes));
+        d.pending.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Moves each time deferred batches are dropped (see [`Store::defer`]).
+    pub fn epoch(&self) -> u64 {
+        self.deferred
+            .epoch
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The writer has rebuilt its memory from the store after deferred batches were dropped:
+    /// deferring is allowed again.
+    pub fn trust_deferred(&self) {
+        self.deferred
+            .refused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Applies every deferred batch, oldest first. When one cannot be applied, it and every
+    /// batch queued after it are dropped (they were built on it), the epoch moves and deferring
+    /// is refused until [`Store::trust_deferred`].
+    fn apply_deferred(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let d = &self.deferred;
+        if d.pending.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let _applying = d.applying.lock();
+        loop {
+            let Some((batch, outcomes)) = d.queue.lock().pop_front() else {
+                return Ok(());
+            };
+            #[cfg(test)]
+            let injected = d.fail_next.swap(false, Ordering::SeqCst);
+            #[cfg(not(test))]
+            let injected = false;
+            let epoch = d.epoch.load(Ordering::SeqCst);
+            let applied = match self.raw() {
+                Ok(_) if injected => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                    "injected failure",
+                )))),
+                Ok(h) if d.epoch.load(Ordering::SeqCst) == epoch => {
+                    h.tree.apply_batch(batch).map_err(StoreError::from)
+                }
+                Ok(_) => {
+                    // Reopened meanwhile: the queue is dropped, and so is this batch.
+                    d.pending.fetch_sub(1, Ordering::SeqCst);
+                    return Err(StoreError::Discarded);
+                }
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(()) => {
+                    d.pending.fetch_sub(1, Ordering::SeqCst);
+                    if !outcomes.is_empty() {
+                        if let Some(log) = self.outcome_log.lock().as_mut() {
+                            log.extend(outcomes);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let later = self.drop_deferred(1);
+                    tracing::error!(
+                        "a deferred batch could not be applied ({e}): it and {later} later one(s) dropped"
+                    );
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Drops every queued deferred batch (and counts `in_progress` taken ones as done with),
+    /// moves the epoch and refuses deferring until [`Store::trust_deferred`]. Returns how many
+    /// queued batches were dropped.
+    fn drop_deferred(&self, in_progress: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        let d = &self.deferred;
+        let mut q = d.queue.lock();
+        let n = q.len();
+        if n + in_progress == 0 {
+            return 0;
+        }
+        q.clear();
+        d.pending.fetch_sub(n + in_progress, Ordering::SeqCst);
+        d.refused.store(true, Ordering::SeqCst);
+        d.epoch.fetch_add(1, Ordering::SeqCst);
+        n
+    }
+
     /// Closes the database and opens it again from disk (what was flushed is all there is: a
     /// failed commit was never acknowledged). Fails while the disk still refuses writes or
     /// while another thread still holds a handle of the old database (try again later).
     pub fn reopen(&self) -> Result<()> {
+        // Batches deferred for the old database were built on what it held in memory, not on
+        // what reached its disk: they do not go to the new one.
+        let dropped = self.drop_deferred(0);
+        if dropped > 0 {
+            tracing::warn!("{dropped} deferred batch(es) dropped: the store is reopened");
+        }
         let mut g = self.inner.write();
         if let Some(old) = g.take() {
             drop(old);
@@ -444,7 +607,7 @@ impl Store {
             batch: sled::Batch::default(),
             ops: 0,
             encode_error: None,
-            db: self.h().ok().map(|o| o.db),
+            db: self.raw().ok().map(|o| o.db),
             outcomes: Vec::new(),
         }
     }
@@ -455,9 +618,9 @@ impl Store {
         self.flush()
     }
 
-    /// Applies the transaction atomically, without waiting for the disk: readers see it at
-    /// once; it is durable after the next [`Store::flush`] (or sled's own, within a second).
-    /// Whoever acknowledges what it holds flushes first.
+    /// Applies the transaction atomically (after every deferred batch), without waiting for the
+    /// disk: readers see it at once; it is durable after the next [`Store::flush`] (or sled's
+    /// own, within a second). Whoever acknowledges what it holds flushes first.
     pub fn apply(&self, tx: Tx) -> Result<()> {
         if let Some(e) = tx.encode_error {
             return Err(e);
@@ -479,8 +642,8 @@ impl Store {
         Ok(())
     }
 
-    /// Makes everything applied so far durable (one fsync for every transaction applied since
-    /// the last one).
+    /// Makes everything applied or deferred so far durable (the deferred batches applied, then
+    /// one fsync for every transaction since the last one).
     pub fn flush(&self) -> Result<()> {
         self.h()?.db.flush()?;
         Ok(())
@@ -775,7 +938,7 @@ impl Store {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.h()
+        self.raw()
             .ok()
             .and_then(|h| h.db.size_on_disk().ok())
             .unwrap_or(0)
@@ -1000,6 +1163,136 @@ mod tests {
                 .contains("schema version 3, this build uses 2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_deferred_batch_is_read_back_at_once_and_never_overwrites_a_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut tx = s.tx();
+        tx.put_ticket(&ticket("T-1", Status::Open));
+        tx.put_state("d1", vec![1]);
+        s.defer(tx).unwrap();
+        // Read before anything flushed it: the writer's next group sees its last one.
+        assert_eq!(s.load_state("d1").unwrap(), Some(vec![1]));
+        let mut tx = s.tx();
+        tx.put_state("d1", vec![2]);
+        s.defer(tx).unwrap();
+        // A synchronous change made after the deferral (an API transition) comes after it,
+        // although nothing has applied the queued batches yet.
+        let mut tx = s.tx();
+        tx.put_ticket(&ticket("T-1", Status::Acknowledged));
+        s.commit(tx).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            s.ticket("T-1").unwrap().map(|t| t.status),
+            Some(Status::Acknowledged),
+            "the older deferred ticket did not overwrite the newer one"
+        );
+        assert_eq!(
+            s.load_state("d1").unwrap(),
+            Some(vec![2]),
+            "in deferral order"
+        );
+    }
+
+    #[test]
+    fn deferred_batches_apply_in_order_while_other_threads_flush_and_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 8 << 20).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The flusher, and an outbox worker writing keys of its own.
+        let flusher = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    s.flush().unwrap();
+                }
+            })
+        };
+        let worker = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mut tx = s.tx();
+                    tx.put_kv("worker", &i);
+                    s.apply(tx).unwrap();
+                    i += 1;
+                }
+            })
+        };
+        for i in 0..2000u64 {
+            let mut tx = s.tx();
+            tx.put_kv("n", &i);
+            tx.put_log(i.to_be_bytes().to_vec());
+            s.defer(tx).unwrap();
+            assert_eq!(
+                s.get_kv::<u64>("n").unwrap(),
+                Some(i),
+                "the deferring thread reads its last batch"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        flusher.join().unwrap();
+        worker.join().unwrap();
+        s.flush().unwrap();
+        let logged: Vec<u64> = s
+            .log()
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| u64::from_be_bytes(v.try_into().unwrap()))
+            .collect();
+        assert_eq!(logged, (0..2000).collect::<Vec<_>>(), "applied in order");
+        assert_eq!(s.get_kv::<u64>("n").unwrap(), Some(1999));
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_applied_drops_the_later_ones_and_refuses_more_until_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut tx = s.tx();
+        tx.put_state("d0", vec![0]);
+        s.defer(tx).unwrap();
+        s.flush().unwrap();
+        let epoch = s.epoch();
+        for d in ["d1", "d2"] {
+            let mut tx = s.tx();
+            tx.put_state(d, vec![1]);
+            s.defer(tx).unwrap();
+        }
+        s.deferred
+            .fail_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(s.flush().is_err(), "the failure reaches whoever applied");
+        assert_ne!(
+            s.epoch(),
+            epoch,
+            "the epoch moved: those groups are not durable"
+        );
+        assert_eq!(s.load_state("d1").unwrap(), None, "dropped");
+        assert_eq!(
+            s.load_state("d2").unwrap(),
+            None,
+            "built on the dropped one: dropped too"
+        );
+        assert_eq!(s.load_state("d0").unwrap(), Some(vec![0]));
+        let mut tx = s.tx();
+        tx.put_state("d3", vec![3]);
+        assert!(matches!(s.defer(tx), Err(StoreError::Discarded)));
+        // Synchronous writes go on meanwhile.
+        let mut tx = s.tx();
+        tx.put_state("d4", vec![4]);
+        s.commit(tx).unwrap();
+        s.trust_deferred();
+        let mut tx = s.tx();
+        tx.put_state("d3", vec![3]);
+        s.defer(tx).unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.load_state("d3").unwrap(), Some(vec![3]));
+        assert_eq!(s.load_state("d4").unwrap(), Some(vec![4]));
     }
 
     #[test]
