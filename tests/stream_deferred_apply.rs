@@ -7,6 +7,7 @@
 
 mod support;
 
+use forewarn::app::Transition;
 use forewarn::domain::{Status, Ticket};
 use forewarn::ingest::mqtt::{Inbound, Publish};
 use forewarn::store::{Store, TicketFilter};
@@ -109,7 +110,12 @@ async fn run(
                     .is_some_and(|d| d % 2 == 0);
                 if even {
                     tickets
-                        .transition(&t.id, Some(Status::Acknowledged), "tester", "seen")
+                        .transition(Transition::to(
+                            &t.id,
+                            Status::Acknowledged,
+                            "tester",
+                            "seen",
+                        ))
                         .expect("acknowledged");
                     acked += 1;
                 }
