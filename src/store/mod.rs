@@ -428,17 +428,10 @@ impl Store {
     /// next [`Store::flush`] that began after this returned, provided [`Store::epoch`] has not
     /// moved meanwhile (then it may have been dropped: nothing of it or of what was deferred
     /// after it is in the store). Refused while dropped batches are not yet accounted for.
-    pub fn defer(&self, tx: Tx) -> Result<()> {
+    pub fn defer(&self, mut tx: Tx) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if let Some(e) = tx.encode_error {
-            return Err(e);
-        }
-        if tx.ops == 0 {
+        if !has_work(&mut tx)? {
             return Ok(());
-        }
-        if tx.db.is_none() {
-            // Built while the database was closed: its sequence numbers are placeholders.
-            return Err(StoreError::Reopening);
         }
         let d = &self.deferred;
         let mut q = d.queue.lock();
@@ -621,16 +614,9 @@ impl Store {
     /// Applies the transaction atomically (after every deferred batch), without waiting for the
     /// disk: readers see it at once; it is durable after the next [`Store::flush`] (or sled's
     /// own, within a second). Whoever acknowledges what it holds flushes first.
-    pub fn apply(&self, tx: Tx) -> Result<()> {
-        if let Some(e) = tx.encode_error {
-            return Err(e);
-        }
-        if tx.ops == 0 {
+    pub fn apply(&self, mut tx: Tx) -> Result<()> {
+        if !has_work(&mut tx)? {
             return Ok(());
-        }
-        if tx.db.is_none() {
-            // Built while the database was closed: its sequence numbers are placeholders.
-            return Err(StoreError::Reopening);
         }
         let h = self.h()?;
         h.tree.apply_batch(tx.batch)?;
@@ -943,6 +929,22 @@ impl Store {
             .and_then(|h| h.db.size_on_disk().ok())
             .unwrap_or(0)
     }
+}
+
+/// What [`Store::apply`] and [`Store::defer`] check first: a record that could not be encoded
+/// fails the transaction, an empty one has nothing to do (`Ok(false)`), and one built while the
+/// database was closed holds placeholder sequence numbers.
+fn has_work(tx: &mut Tx) -> Result<bool> {
+    if let Some(e) = tx.encode_error.take() {
+        return Err(e);
+    }
+    if tx.ops == 0 {
+        return Ok(false);
+    }
+    if tx.db.is_none() {
+        return Err(StoreError::Reopening);
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
