@@ -223,6 +223,13 @@ async fn secrets_and_contact_details_never_appear_in_the_log() {
         text.lines().count() > 10,
         "the daemon logged at debug:\n{text}"
     );
+    assert!(
+        !text.contains('\u{1b}'),
+        "a log written to a file carries terminal colour codes:\n{}",
+        text.lines()
+            .find(|l| l.contains('\u{1b}'))
+            .unwrap_or_default()
+    );
     eprintln!(
         "{} log lines; sample:\n{}",
         text.lines().count(),

@@ -49,12 +49,7 @@ pub fn run(args: Args) -> CliResult {
     if args.devices == 0 || args.speed.is_nan() || args.speed <= 0.0 {
         return Err(Failure::usage("--devices and --speed must be positive"));
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    super::init_logging("warn,rumqttd=off");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

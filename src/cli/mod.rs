@@ -109,6 +109,22 @@ impl Failure {
 
 pub type CliResult = Result<(), Failure>;
 
+/// Logs go to stderr, filtered by `RUST_LOG` when it is set and parses, else by `default_filter`.
+/// Colour codes only when stderr is a terminal and `NO_COLOR` is unset: under systemd, in a pipe
+/// or a file the lines stay plain text.
+pub(crate) fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {

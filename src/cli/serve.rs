@@ -63,16 +63,6 @@ pub fn config(args: &Args) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 pub fn run(args: Args) -> CliResult {
     let cfg = config(&args)?;
     if args.print_config {
@@ -96,7 +86,7 @@ pub fn run(args: Args) -> CliResult {
         );
         return Ok(());
     }
-    init_tracing(&cfg.log.filter);
+    super::init_logging(&cfg.log.filter);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
