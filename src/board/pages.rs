@@ -465,7 +465,7 @@ fn row_view(b: &Board, r: &queue::Row, now: Timestamp) -> RowView {
     RowView {
         id: r.id.clone(),
         priority: r.priority.as_str(),
-        device_id: r.device_id.clone(),
+        device_id: r.device_id.to_string(),
         customer_id: r.customer_id.clone(),
         customer_name: if r.customer_name.is_empty() {
             r.customer_id.clone()
@@ -815,18 +815,9 @@ async fn ticket_page(
             &format!("There is no ticket {id}."),
         );
     }
-    // In cluster mode the fleet's copy: the one the queue listed, wherever it is owned.
-    let t = match b.ticket(&id, &s.bearer).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return error_page(
-                Some(&s),
-                StatusCode::NOT_FOUND,
-                "No such ticket",
-                &format!("There is no ticket {id}."),
-            )
-        }
-        Err(e) => return fleet_error(&s, e),
+    let t = match fleet_ticket(&b, &s, &id).await {
+        Ok(t) => t,
+        Err(page) => return page,
     };
     let b2 = b.clone();
     let s2 = s.clone();
@@ -836,6 +827,21 @@ async fn ticket_page(
 }
 
 /// The page for a ticket (or a device's tickets) that could not be read.
+/// Ticket `id` as the queue lists it (in cluster mode the fleet's copy, wherever it is owned),
+/// or the page saying there is none or that the fleet did not answer.
+async fn fleet_ticket(b: &Arc<Board>, s: &Session, id: &str) -> Result<Ticket, Response> {
+    match b.ticket(id, &s.bearer).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(error_page(
+            Some(s),
+            StatusCode::NOT_FOUND,
+            "No such ticket",
+            &format!("There is no ticket {id}."),
+        )),
+        Err(e) => Err(fleet_error(s, e)),
+    }
+}
+
 fn fleet_error(s: &Session, e: QueueError) -> Response {
     match e {
         QueueError::Fleet(e) => error_page(
@@ -1006,17 +1012,9 @@ async fn ticket_action(
     // Cluster mode: a ticket of a partition another instance owns is changed there, through
     // its API with the person's token, as the API's transitions are.
     if b.tickets.fleetwide().is_some() {
-        let t = match b.ticket(&id, &s.bearer).await {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                return error_page(
-                    Some(&s),
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    &format!("ticket {id} not found"),
-                )
-            }
-            Err(e) => return fleet_error(&s, e),
+        let t = match fleet_ticket(&b, &s, &id).await {
+            Ok(t) => t,
+            Err(page) => return page,
         };
         match b.action_owner(&t) {
             Ok(None) => {}

@@ -119,15 +119,22 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
     )
 }
 
-/// A Twilio webhook as it arrived: its parameters read from the raw body (form or JSON), and
-/// whether its signature holds for the URL Twilio requested (the public URL with the path and
-/// query string of this request).
+/// A Twilio webhook as it arrived: its parameters read from the raw body (form or JSON) when
+/// its signature holds for the URL Twilio requested (the public URL with the path and query
+/// string of this request); otherwise the 403 to answer.
 fn twilio_request(
     n: &Notifier,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> (Vec<(String, String)>, bool) {
+) -> Result<Vec<(String, String)>, Response> {
+    let bad_signature = || {
+        error(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "X-Twilio-Signature does not match",
+        )
+    };
     let json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -150,7 +157,7 @@ fn twilio_request(
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
     else {
-        return (params, false);
+        return Err(bad_signature());
     };
     let path = uri
         .path_and_query()
@@ -190,7 +197,10 @@ fn twilio_request(
     let ok = shared_keys
         .iter()
         .any(|k| super::signature::twilio_valid(&tokens, *k, &req));
-    (params, ok)
+    if !ok {
+        return Err(bad_signature());
+    }
+    Ok(params)
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -600,14 +610,10 @@ async fn sms_reply(
             "SMS is not configured",
         );
     }
-    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
-    if !verified {
-        return error(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "X-Twilio-Signature does not match",
-        );
-    }
+    let params = match twilio_request(&s.n, &uri, &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let from = param(&params, "From").unwrap_or("").to_string();
     let body = param(&params, "Body").unwrap_or("").to_string();
     let sid = param(&params, "MessageSid")
@@ -781,14 +787,10 @@ async fn status_callback(
         Ok(b) => b,
         Err(r) => return rejected(r),
     };
-    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
-    if !verified {
-        return error(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "X-Twilio-Signature does not match",
-        );
-    }
+    let params = match twilio_request(&s.n, &uri, &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let sid = param(&params, "MessageSid").or_else(|| param(&params, "CallSid"));
     let status = param(&params, "MessageStatus").or_else(|| param(&params, "CallStatus"));
     match (sid, status) {
