@@ -29,7 +29,7 @@ pub struct Config {
 pub struct Device {
     /// Optional in a `PUT /api/v1/devices/{id}` body (the path's id is used); always present in
     /// answers and the fleet file.
-    /// Checked as it is read (JSON, TOML, a stored record): a `Device` always holds a valid id.
+    // Checked as it is read (JSON, TOML, a stored record): a `Device` always holds a valid id.
     #[schema(required = false, value_type = String)]
     pub id: DeviceId,
     #[serde(default)]
