@@ -159,6 +159,20 @@ fn to_login() -> Response {
     Redirect::to("/board/login").into_response()
 }
 
+/// The person signed in to a board page; a request without a session is sent to sign in.
+struct SignedIn(Session);
+
+impl axum::extract::FromRequestParts<Arc<Board>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        b: &Arc<Board>,
+    ) -> Result<SignedIn, Response> {
+        signed(b, &parts.headers).map(SignedIn).ok_or_else(to_login)
+    }
+}
+
 fn param<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
     f.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
@@ -502,12 +516,9 @@ fn row_view(b: &Board, r: &queue::Row, now: Timestamp) -> RowView {
 
 async fn queue_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     q: Result<Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let Some(status) = StatusFilter::parse(q.status.as_deref().unwrap_or("")) else {
         return error_page(
@@ -799,13 +810,10 @@ fn history(b: &Board, t: &Ticket, customer_id: &str) -> Vec<HistoryLine> {
 
 async fn ticket_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     q: Result<Query<Flash>, axum::extract::rejection::QueryRejection>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     let flash = q.map(|Query(q)| q).unwrap_or_default();
     if crate::api::check_id("ticket", &id).is_err() {
         return error_page(
@@ -975,13 +983,10 @@ fn back(id: &str, key: &str, msg: &str) -> Response {
 
 async fn ticket_action(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
+    SignedIn(s): SignedIn,
     Form(f): Form<Vec<(String, String)>>,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     if !s.csrf_ok(param(&f, "csrf").unwrap_or("")) {
         return error_page(
             Some(&s),
@@ -1169,12 +1174,9 @@ struct DayQuery {
 
 async fn day_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     q: Result<Query<DayQuery>, axum::extract::rejection::QueryRejection>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let today = b
         .cal
@@ -1337,18 +1339,16 @@ fn ticket_lines(b: &Board, list: &[Ticket]) -> Vec<TicketLine> {
         .collect()
 }
 
-/// The frame of a page about one device or customer (`what`): signed in, a valid id, the page
-/// built by `build` on a blocking thread (it reads through the store and the writer's handles).
+/// The frame of a page about one device or customer (`what`) for the signed-in `s`: a valid id,
+/// the page built by `build` on a blocking thread (it reads through the store and the writer's
+/// handles).
 async fn record_page(
     b: Arc<Board>,
-    headers: &HeaderMap,
+    s: Session,
     what: &'static str,
     id: String,
     build: impl FnOnce(&Board, &Session, String) -> Response + Send + 'static,
 ) -> Response {
-    let Some(s) = signed(&b, headers) else {
-        return to_login();
-    };
     if crate::api::check_id(what, &id).is_err() {
         let title = format!("Not a {what} id");
         return error_page(Some(&s), StatusCode::BAD_REQUEST, &title, "");
@@ -1371,12 +1371,9 @@ fn latest_tickets(b: &Board, filter: crate::store::TicketFilter) -> Vec<Ticket> 
 
 async fn device_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     if crate::api::check_id("device", &id).is_err() {
         return error_page(Some(&s), StatusCode::BAD_REQUEST, "Not a device id", "");
     }
@@ -1471,10 +1468,10 @@ struct CustomerPage {
 
 async fn customer_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    record_page(b, &headers, "customer", id, |b, s2, id| {
+    record_page(b, s, "customer", id, |b, s2, id| {
         let Some(c) = b.fleet.customer(&id) else {
             return error_page(
                 Some(s2),
