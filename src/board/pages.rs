@@ -155,6 +155,11 @@ fn signed(b: &Board, headers: &HeaderMap) -> Option<Session> {
     session::cookie(headers, session::COOKIE).and_then(|id| b.sessions.get(id))
 }
 
+/// How a person or a customer is shown: their name, or their id when they have none.
+fn shown_name(name: &str, id: &str) -> String {
+    if name.is_empty() { id } else { name }.to_string()
+}
+
 fn to_login() -> Response {
     Redirect::to("/board/login").into_response()
 }
@@ -481,11 +486,7 @@ fn row_view(b: &Board, r: &queue::Row, now: Timestamp) -> RowView {
         priority: r.priority.as_str(),
         device_id: r.device_id.to_string(),
         customer_id: r.customer_id.clone(),
-        customer_name: if r.customer_name.is_empty() {
-            r.customer_id.clone()
-        } else {
-            r.customer_name.clone()
-        },
+        customer_name: shown_name(&r.customer_name, &r.customer_id),
         region: r.region.clone(),
         mode_words: r.mode_words.clone(),
         probability: pct(r.probability),
@@ -566,11 +567,7 @@ async fn queue_page(
     let mut regions = BTreeSet::new();
     for r in all.iter().filter(|r| status.admits(r.status)) {
         if !r.customer_id.is_empty() {
-            let name = if r.customer_name.is_empty() {
-                r.customer_id.clone()
-            } else {
-                r.customer_name.clone()
-            };
+            let name = shown_name(&r.customer_name, &r.customer_id);
             customers.insert(r.customer_id.clone(), name);
         }
         modes.insert(r.mode.clone(), r.mode_words.clone());
@@ -884,7 +881,7 @@ fn render_ticket(b: &Board, s: &Session, t: &Ticket, flash: &Flash) -> Response 
             value: x.id.clone(),
             label: format!(
                 "{}{}{}",
-                if x.name.is_empty() { &x.id } else { &x.name },
+                shown_name(&x.name, &x.id),
                 if x.region.is_empty() {
                     String::new()
                 } else {
@@ -1262,11 +1259,7 @@ async fn day_page(
                 }
             }
             TechRow {
-                name: if t.name.is_empty() {
-                    t.id.clone()
-                } else {
-                    t.name.clone()
-                },
+                name: shown_name(&t.name, &t.id),
                 detail: format!(
                     "{}{}",
                     if t.skills.is_empty() {
@@ -1526,11 +1519,7 @@ async fn customer_page(
         timeline.sort_by(|a, b| a.0.cmp(&b.0));
         page(&CustomerPage {
             c: Chrome::of(s2, &Flash::default()).live(),
-            name: if c.name.is_empty() {
-                c.id.clone()
-            } else {
-                c.name.clone()
-            },
+            name: shown_name(&c.name, &c.id),
             locale: c.locale.clone(),
             tz: c.time_zone.clone(),
             channels: if c.preferences.is_empty() {
