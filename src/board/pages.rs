@@ -78,6 +78,19 @@ struct Chrome {
 }
 
 impl Chrome {
+    /// The frame of a page nobody is signed in to (sign-in, an error before sign-in).
+    fn signed_out(error: &str) -> Chrome {
+        Chrome {
+            signed_in: false,
+            user: String::new(),
+            role: "",
+            csrf: String::new(),
+            live: String::new(),
+            notice: String::new(),
+            error: error.into(),
+        }
+    }
+
     fn of(s: &Session, q: &Flash) -> Chrome {
         Chrome {
             signed_in: true,
@@ -131,15 +144,7 @@ struct ErrorPage {
 fn error_page(s: Option<&Session>, status: StatusCode, title: &str, message: &str) -> Response {
     let c = match s {
         Some(s) => Chrome::of(s, &Flash::default()),
-        None => Chrome {
-            signed_in: false,
-            user: String::new(),
-            role: "",
-            csrf: String::new(),
-            live: String::new(),
-            notice: String::new(),
-            error: String::new(),
-        },
+        None => Chrome::signed_out(""),
     };
     let mut r = page(&ErrorPage {
         c,
@@ -271,15 +276,7 @@ fn login_form(b: &Board, headers: &HeaderMap, error: &str) -> Response {
     let token = session::random_token();
     let secure = b.cfg.secure_cookies || session::over_tls(headers, &b.public_url);
     let mut r = page(&LoginPage {
-        c: Chrome {
-            signed_in: false,
-            user: String::new(),
-            role: "",
-            csrf: String::new(),
-            live: String::new(),
-            notice: String::new(),
-            error: error.into(),
-        },
+        c: Chrome::signed_out(error),
         login_csrf: token.clone(),
     });
     if let Ok(v) = session::set_cookie(
