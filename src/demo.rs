@@ -84,6 +84,8 @@ pub enum DemoError {
     Mqtt(#[from] rumqttc::ClientError),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
+    #[error("demo: simulated device: {0}")]
+    DeviceId(#[from] crate::domain::DeviceIdError),
 }
 
 const CUSTOMERS: [(&str, &str, &str, &str); 3] = [
@@ -174,7 +176,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
             ..Default::default()
         });
     }
-    let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some());
+    let (customers, devices) = registry(&fleet, &sink.webhook_url(), cfg.notify.email.is_some())?;
 
     let clock = Arc::new(SimClock(AtomicI64::new(
         fleet.config().start_ms.as_millis(),
@@ -283,12 +285,6 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<DemoS
 async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: CancellationToken) {
     let http = reqwest::Client::new();
     let public = cfg.api.public_url.clone();
-    let secret = cfg
-        .notify
-        .link_secret
-        .as_ref()
-        .map(|s| s.0.clone())
-        .unwrap_or_default();
     let mut answered: HashSet<(String, String)> = HashSet::new();
     loop {
         tokio::select! {
@@ -309,11 +305,9 @@ async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: 
             let (Some(cid), Some(slot)) = (t.customer_id.clone(), p.slots.first()) else {
                 continue;
             };
-            let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
-            let token = crate::notify::link::sign(secret.as_bytes(), &t.id, &cid, exp);
             let start = slot.start_ms.as_millis().to_string();
             let r = http
-                .post(format!("{public}/notify/v1/s/{token}"))
+                .post(page_url(&cfg, &public, &t.id, &cid))
                 .form(&[("action", "confirm"), ("slot", start.as_str())])
                 .send()
                 .await;
@@ -326,6 +320,15 @@ async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: 
             );
         }
     }
+}
+
+/// The customer's self-service page for `ticket` at `public`, as a message's link names it
+/// (signed with the demo's link secret, valid for a day).
+fn page_url(cfg: &Config, public: &str, ticket: &str, customer: &str) -> String {
+    let secret = cfg.notify.link_secret.as_ref().map_or("", |s| s.0.as_str());
+    let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
+    let token = crate::notify::link::sign(secret.as_bytes(), ticket, customer, exp);
+    format!("{public}/notify/v1/s/{token}")
 }
 
 fn pick_listen(wanted: &str) -> String {
@@ -345,7 +348,11 @@ fn pick_listen(wanted: &str) -> String {
 /// (so, depending on the hour, the demo shows advisories held until morning).
 /// The English customer prefers e-mail (written to `mail/` in the data folder, or through the SMTP
 /// server of `--config`).
-fn registry(fleet: &Fleet, webhook: &str, email: bool) -> (Vec<Customer>, Vec<Device>) {
+fn registry(
+    fleet: &Fleet,
+    webhook: &str,
+    email: bool,
+) -> Result<(Vec<Customer>, Vec<Device>), DemoError> {
     let customers: Vec<Customer> = CUSTOMERS
         .iter()
         .enumerate()
@@ -381,13 +388,15 @@ fn registry(fleet: &Fleet, webhook: &str, email: bool) -> (Vec<Customer>, Vec<De
     let devices = fleet
         .devices()
         .enumerate()
-        .map(|(i, d)| Device {
-            id: d.id.clone(),
-            customer_id: Some(CUSTOMERS[i % CUSTOMERS.len()].0.to_string()),
-            attributes: d.attributes(),
+        .map(|(i, d)| {
+            Ok(Device {
+                id: crate::domain::DeviceId::parse(&d.id)?,
+                customer_id: Some(CUSTOMERS[i % CUSTOMERS.len()].0.to_string()),
+                attributes: d.attributes(),
+            })
         })
-        .collect();
-    (customers, devices)
+        .collect::<Result<_, DemoError>>()?;
+    Ok((customers, devices))
 }
 
 /// The field-service side: subscribes to the ticket topic and announces each new ticket.
@@ -715,14 +724,6 @@ async fn converse(
             // reached them (without an e-mail provider there is no reply address to answer:
             // e-mail replies count only on the address the message was sent with).
             l if l == "fa" || crate::notify::last_reply_address(&app.store, &t.id).is_none() => {
-                let secret = cfg
-                    .notify
-                    .link_secret
-                    .as_ref()
-                    .map(|s| s.0.clone())
-                    .unwrap_or_default();
-                let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
-                let token = crate::notify::link::sign(secret.as_bytes(), &t.id, cid, exp);
                 let (action, when, said) = if l == "fa" {
                     ("reschedule", "فردا صبح", "«درخواست زمان دیگر» (فردا صبح)")
                 } else {
@@ -733,7 +734,7 @@ async fn converse(
                     )
                 };
                 let r = http
-                    .post(format!("{public}/notify/v1/s/{token}"))
+                    .post(page_url(cfg, &public, &t.id, cid))
                     .form(&[("action", action), ("when", when)])
                     .send()
                     .await;

@@ -8,6 +8,7 @@
 //! in the file since the last import, is written. Whatever is replaced is kept as history
 //! (`k/fleet_history/…`), never silently lost.
 
+use crate::domain::DeviceId;
 use crate::features::Attributes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,8 +29,9 @@ pub struct Config {
 pub struct Device {
     /// Optional in a `PUT /api/v1/devices/{id}` body (the path's id is used); always present in
     /// answers and the fleet file.
-    #[schema(required = false)]
-    pub id: String,
+    // Checked as it is read (JSON, TOML, a stored record): a `Device` always holds a valid id.
+    #[schema(required = false, value_type = String)]
+    pub id: DeviceId,
     #[serde(default)]
     pub customer_id: Option<String>,
     /// Static attributes (model type, install year, site…) that models may select on or read.
@@ -150,16 +152,6 @@ pub enum FleetError {
         id: String,
         message: String,
     },
-}
-
-impl Device {
-    pub fn validate(&self) -> Result<(), FleetError> {
-        crate::domain::validate_device_id(&self.id).map_err(|e| FleetError::Invalid {
-            what: "device",
-            id: self.id.clone(),
-            message: e.to_string(),
-        })
-    }
 }
 
 impl Customer {
@@ -387,11 +379,9 @@ impl FleetFile {
     }
 
     pub fn validate(&self) -> Result<(), FleetError> {
+        // A device's only rule is its id's, which `DeviceId` checked as the file was read.
         for c in &self.customers {
             c.validate()?;
-        }
-        for d in &self.devices {
-            d.validate()?;
         }
         Ok(())
     }
@@ -410,17 +400,22 @@ pub fn devices_from_csv(path: &Path) -> Result<Vec<Device>, FleetError> {
         crate::history::BadRows::Fail,
     )
     .map_err(file_error)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, attributes)| Device {
-            customer_id: attributes
-                .get("customer_id")
-                .or_else(|| attributes.get("customer"))
-                .cloned(),
-            id,
-            attributes,
+    rows.into_iter()
+        .map(|(id, attributes)| {
+            let id = DeviceId::try_from(id).map_err(|e| FleetError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            Ok(Device {
+                customer_id: attributes
+                    .get("customer_id")
+                    .or_else(|| attributes.get("customer"))
+                    .cloned(),
+                id,
+                attributes,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Columns of a `customers.csv` besides `customer_id`.
@@ -524,10 +519,7 @@ pub fn apply_file(
     store: &crate::store::Store,
     file: &FleetFile,
 ) -> Result<Applied, crate::store::StoreError> {
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut applied = Applied::default();
-    let mut tx = store.tx();
-    let stored_devices: BTreeMap<String, Device> = store
+    let stored_devices: BTreeMap<DeviceId, Device> = store
         .fleet_devices::<Device>()?
         .into_iter()
         .map(|d| (d.id.clone(), d))
@@ -537,39 +529,73 @@ pub fn apply_file(
         .into_iter()
         .map(|c| (c.id.clone(), c))
         .collect();
+    let mut import = Import {
+        store,
+        tx: store.tx(),
+        now: chrono::Utc::now().timestamp_millis(),
+        applied: Applied::default(),
+    };
     for c in &file.customers {
-        let mark = format!("fleet_file/customer/{}", c.id);
-        let last: Option<Customer> = store.get_kv(&mark)?;
         let stored = stored_customers.get(&c.id);
-        if last.as_ref() == Some(c) && stored.is_some() {
-            applied.kept += 1;
-            continue;
+        let put = crate::store::Tx::put_fleet_customer::<Customer>;
+        if let Some(old) = import.record("customer", &c.id, c, stored, put)? {
+            prune_contact_index(store, &mut import.tx, old, c)?;
         }
-        if let Some(old) = stored.filter(|s| *s != c) {
-            tx.put_kv(&format!("fleet_history/customer/{}/{now}", c.id), old);
-            prune_contact_index(store, &mut tx, old, c)?;
-        }
-        tx.put_fleet_customer(&c.id, c);
-        tx.put_kv(&mark, c);
-        applied.written += 1;
     }
     for d in &file.devices {
-        let mark = format!("fleet_file/device/{}", d.id);
-        let last: Option<Device> = store.get_kv(&mark)?;
         let stored = stored_devices.get(&d.id);
-        if last.as_ref() == Some(d) && stored.is_some() {
-            applied.kept += 1;
-            continue;
-        }
-        if let Some(old) = stored.filter(|s| *s != d) {
-            tx.put_kv(&format!("fleet_history/device/{}/{now}", d.id), old);
-        }
-        tx.put_fleet_device(&d.id, d);
-        tx.put_kv(&mark, d);
-        applied.written += 1;
+        import.record(
+            "device",
+            &d.id,
+            d,
+            stored,
+            crate::store::Tx::put_fleet_device::<Device>,
+        )?;
     }
-    store.commit(tx)?;
-    Ok(applied)
+    store.commit(import.tx)?;
+    Ok(import.applied)
+}
+
+/// [`apply_file`]'s commit in the making.
+struct Import<'a> {
+    store: &'a crate::store::Store,
+    tx: crate::store::Tx,
+    now: i64,
+    applied: Applied,
+}
+
+impl Import<'_> {
+    /// One record of the file, a `what` ("customer", "device") with `id`: kept when the store
+    /// has a version and the file's is the one imported last; otherwise written with `put` and
+    /// marked as imported. Returns the stored version it replaces when that one differs (kept as
+    /// history).
+    fn record<'s, T>(
+        &mut self,
+        what: &str,
+        id: &str,
+        record: &T,
+        stored: Option<&'s T>,
+        put: fn(&mut crate::store::Tx, &str, &T),
+    ) -> Result<Option<&'s T>, crate::store::StoreError>
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq,
+    {
+        let mark = format!("fleet_file/{what}/{id}");
+        let last: Option<T> = self.store.get_kv(&mark)?;
+        if last.as_ref() == Some(record) && stored.is_some() {
+            self.applied.kept += 1;
+            return Ok(None);
+        }
+        let replaced = stored.filter(|s| *s != record);
+        if let Some(old) = replaced {
+            let history = format!("fleet_history/{what}/{id}/{}", self.now);
+            self.tx.put_kv(&history, old);
+        }
+        put(&mut self.tx, id, record);
+        self.tx.put_kv(&mark, record);
+        self.applied.written += 1;
+        Ok(replaced)
+    }
 }
 
 #[cfg(test)]
@@ -581,7 +607,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path(), 1 << 20).unwrap();
         let dev = |model: &str| Device {
-            id: "pump-1".into(),
+            id: DeviceId::parse("pump-1").unwrap(),
             customer_id: None,
             attributes: [("model".to_string(), model.to_string())].into(),
         };
@@ -768,6 +794,42 @@ mod tests {
             get(contact_index_key(Channel::Sms, "+66810000009")).as_deref(),
             Some("other")
         );
+    }
+
+    /// A device record written when `Device::id` was a `String` reads back as the same device,
+    /// and a device writes the same bytes it did then: `DeviceId` is the plain string on the wire.
+    #[test]
+    fn a_device_stored_before_ids_were_typed_still_decodes() {
+        #[derive(Serialize)]
+        struct StringIdDevice {
+            id: String,
+            customer_id: Option<String>,
+            attributes: BTreeMap<String, String>,
+        }
+        let old = StringIdDevice {
+            id: "pompe-é-7".into(),
+            customer_id: Some("acme".into()),
+            attributes: [("model".to_string(), "P200".to_string())].into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 1 << 20).unwrap();
+        let mut tx = store.tx();
+        tx.put_fleet_device(&old.id, &old);
+        store.commit(tx).unwrap();
+        let devices = store.fleet_devices::<Device>().unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].id, "pompe-é-7");
+        assert_eq!(devices[0].customer_id.as_deref(), Some("acme"));
+        assert_eq!(devices[0].attributes["model"], "P200");
+        assert_eq!(
+            serde_json::to_vec(&devices[0]).unwrap(),
+            serde_json::to_vec(&old).unwrap()
+        );
+        // A file naming a device by an id the rule refuses is refused as it is read.
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, "[[devices]]\nid = \"plant/pump\"\n").unwrap();
+        let e = FleetFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("forbidden character '/'"), "{e}");
     }
 
     #[test]

@@ -131,28 +131,14 @@ pub fn register(registry: &prometheus::Registry, store: Store) -> Result<(), pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ModelRef, Priority, Status};
+    use crate::domain::Status;
 
     fn ticket(id: &str, mode: &str, outcome: Option<Outcome>) -> Ticket {
         Ticket {
-            id: id.into(),
-            device_id: crate::domain::DeviceId::parse("d1").unwrap(),
-            customer_id: None,
             failure_mode: mode.into(),
             status: Status::Resolved,
-            priority: Priority::High,
-            probability: 0.9,
-            predicted_failure_at: None,
-            opened_at: "2026-01-01T00:00:00Z".into(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            model: ModelRef {
-                name: "m".into(),
-                version: "1".into(),
-            },
-            evidence: vec![],
-            history: vec![],
             outcome,
-            opened_ms: crate::domain::Timestamp::EPOCH,
+            ..Ticket::example(id, "d1", crate::domain::Timestamp::EPOCH)
         }
     }
 

@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::{json, Value};
 use support::daemon::*;
-use support::http::get_text;
+use support::http::{get_text, text_of};
 
 const VIEWER: &str = "viewer-token";
 
@@ -172,15 +172,11 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
 
     // A dispatcher acts only with the session's CSRF token.
     let admin = sign_in(&http, &base, TOKEN, "http").await;
-    let html = http
-        .get(format!("{base}/board/tickets/{id}"))
-        .header("cookie", &admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = text_of(
+        http.get(format!("{base}/board/tickets/{id}"))
+            .header("cookie", &admin),
+    )
+    .await;
     let csrf = csrf_of(&html);
     for bad in ["", "0000", &csrf[..csrf.len() - 1]] {
         let r = post_form(&http, &acknowledge, &admin, &[("csrf", bad)]).await;

@@ -5,6 +5,7 @@ mod support;
 
 use serde_json::json;
 use support::daemon::*;
+use support::http::json_of;
 use support::poll::eventually;
 
 async fn open_ticket(b: &forewarn::broker::EmbeddedBroker, api: &Api, device: &str) -> String {
@@ -649,14 +650,8 @@ async fn api_transitions_racing_readings_never_leave_two_live_tickets() {
         tokio::spawn(async move {
             let mut n = 0u32;
             while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let list: Vec<serde_json::Value> = http
-                    .get(format!("{base}/api/v1/tickets?status=open"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let list: Vec<serde_json::Value> =
+                    json_of(http.get(format!("{base}/api/v1/tickets?status=open"))).await;
                 for t in list {
                     n += 1;
                     let to = if n % 2 == 0 {

@@ -10,19 +10,6 @@ use std::path::Path;
 use support::daemon::*;
 use support::poll::eventually;
 
-const FLEET: &str = r#"
-[[customers]]
-id = "acme"
-name = "Acme Pumps"
-contacts = { email = "ops@acme.example" }
-preferences = ["email"]
-
-[[devices]]
-id = "pump-a"
-customer_id = "acme"
-attributes = { model = "P200" }
-"#;
-
 async fn open_ticket_on(dev: &Mqtt, api: &Api, id: &str) -> String {
     dev.publish_degrading(id, 48).await;
     let q = format!("?status=open&device_id={id}");
@@ -61,7 +48,7 @@ fn outcomes(path: &Path) -> Vec<(String, String, String)> {
 async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
     let b = broker();
     let dirs = Dirs::new();
-    let fleet = dirs.fleet_file(FLEET);
+    let fleet = dirs.fleet_file(&acme_fleet("pump-a"));
     let mut cfg = config(&b.url(), &dirs, "fw-export");
     cfg.fleet.file = Some(fleet);
     cfg.archive.enabled = true;

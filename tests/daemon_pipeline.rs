@@ -7,24 +7,11 @@ use std::time::Duration;
 use support::daemon::*;
 use support::poll::eventually;
 
-const FLEET: &str = r#"
-[[customers]]
-id = "acme"
-name = "Acme Pumps"
-contacts = { email = "ops@acme.example" }
-preferences = ["email"]
-
-[[devices]]
-id = "pump-1"
-customer_id = "acme"
-attributes = { model = "P200" }
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degrading_device_gets_exactly_one_ticket_before_its_failure() {
     let b = broker();
     let dirs = Dirs::new();
-    let fleet = dirs.fleet_file(FLEET);
+    let fleet = dirs.fleet_file(&acme_fleet("pump-1"));
     let mut cfg = config(&b.url(), &dirs, "fw-degrading");
     cfg.fleet.file = Some(fleet);
     let (h, tok) = start(cfg).await;
@@ -36,10 +23,7 @@ async fn degrading_device_gets_exactly_one_ticket_before_its_failure() {
         dev.publish("devices/pump-1/telemetry", reading(*hr, i as u64 + 1, *t))
             .await;
     }
-    eventually("all readings applied", || async {
-        stored_readings(&h, "pump-1") == 48
-    })
-    .await;
+    readings_applied(&h, "pump-1", 48, "all readings applied").await;
     let open = api.tickets("?status=open&device_id=pump-1").await;
     assert_eq!(open.len(), 1, "{open:?}");
     let t = &open[0];
@@ -103,10 +87,7 @@ async fn redelivered_and_duplicated_readings_do_not_duplicate_the_ticket() {
     })
     .await;
     // The newest reading is held for event-time order until the device's idle timer.
-    eventually("every reading applied", || async {
-        stored_readings(&h, "pump-2") == 45
-    })
-    .await;
+    readings_applied(&h, "pump-2", 45, "every reading applied").await;
     assert_eq!(
         api.metric("forewarn_readings_dropped_total{reason=\"duplicate\"}")
             .await,
@@ -145,10 +126,7 @@ async fn restart_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (h, tok) = start(cfg).await;
     ready(&h).await;
     let api = Api::new(&h);
-    eventually("every reading applied once", || async {
-        stored_readings(&h, "pump-3") == 60
-    })
-    .await;
+    readings_applied(&h, "pump-3", 60, "every reading applied once").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_readings(&h, "pump-3"), 60, "nothing applied twice");
     let all = api.tickets("?device_id=pump-3").await;
@@ -181,10 +159,7 @@ async fn malformed_payloads_are_rejected_counted_and_acknowledged_while_good_rea
         .await;
     dev.publish("devices/pump-4/telemetry", reading(2, 3, 70.0))
         .await;
-    eventually("good readings applied", || async {
-        stored_readings(&h, "pump-4") == 3
-    })
-    .await;
+    readings_applied(&h, "pump-4", 3, "good readings applied").await;
     eventually("all rejects counted", || async {
         api.metric("forewarn_rejected_total{reason=\"bad_event\"}")
             .await
@@ -217,10 +192,7 @@ async fn malformed_payloads_are_rejected_counted_and_acknowledged_while_good_rea
     let api = Api::new(&h);
     dev.publish("devices/pump-4/telemetry", reading(3, 4, 70.0))
         .await;
-    eventually("the next reading applied", || async {
-        stored_readings(&h, "pump-4") == 4
-    })
-    .await;
+    readings_applied(&h, "pump-4", 4, "the next reading applied").await;
     assert_eq!(api.metric("forewarn_readings_total").await, 1.0);
     let rejected: f64 = api
         .metrics()
@@ -249,21 +221,13 @@ async fn broker_loss_reconnects_and_receives_what_the_broker_kept() {
         dev.publish("devices/pump-5/telemetry", reading(h, h as u64 + 1, 70.0))
             .await;
     }
-    eventually("first readings applied", || async {
-        stored_readings(&h, "pump-5") == 10
-    })
-    .await;
+    readings_applied(&h, "pump-5", 10, "first readings applied").await;
     proxy.cut();
     eventually("daemon sees the loss", || async {
         api.metric("forewarn_broker_connected").await == 0.0
     })
     .await;
-    let r = api
-        .http
-        .get(format!("{}/readyz", api.base))
-        .send()
-        .await
-        .unwrap();
+    let r = api.readyz().await;
     assert_eq!(r.status(), 503, "not ready without the broker");
     for h in 10..30 {
         dev.publish("devices/pump-5/telemetry", reading(h, h as u64 + 1, 70.0))
@@ -307,10 +271,7 @@ async fn evicted_devices_resume_from_the_store_when_they_speak_again() {
             .await;
         }
     }
-    eventually("others applied", || async {
-        stored_readings(&h, "e20") == 3
-    })
-    .await;
+    readings_applied(&h, "e20", 3, "others applied").await;
     assert!(api.metric("forewarn_device_evictions_total").await >= 15.0);
     assert!(api.metric("forewarn_devices_in_memory").await <= 5.0);
     // e0 comes back: its window, seq and live ticket come from the store.
@@ -321,7 +282,7 @@ async fn evicted_devices_resume_from_the_store_when_they_speak_again() {
     // A redelivery of an old reading is still recognised after the reload.
     dev.publish("devices/e0/telemetry", reading(10, 11, 70.0))
         .await;
-    eventually("e0 applied", || async { stored_readings(&h, "e0") == 45 }).await;
+    readings_applied(&h, "e0", 45, "e0 applied").await;
     eventually("duplicate counted", || async {
         api.metric("forewarn_readings_dropped_total{reason=\"duplicate\"}")
             .await

@@ -11,7 +11,7 @@ use forewarn::features::DeviceState;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
 use support::daemon;
-use support::daemon::{config, reading, start, stop, Dirs};
+use support::daemon::{config, reading, start, stop, temperature, Dirs};
 use support::mosquitto::{mosquitto_bin, Mosquitto};
 use support::net::free_port;
 use support::poll::wait_until;
@@ -20,12 +20,7 @@ const HOURS: i64 = 60;
 
 /// Devices 0 and 1 degrade (from hours 20 and 26), device 2 stays healthy.
 fn temp(i: usize, h: i64) -> f64 {
-    let start = 20 + 6 * i as i64;
-    if i >= 2 || h < start {
-        70.0 + (h % 3) as f64 * 0.5
-    } else {
-        74.0 + (h - start) as f64 * 1.5
-    }
+    temperature(h, (i < 2).then(|| 20 + 6 * i as i64))
 }
 
 /// A device-side client that keeps its session and retries unacknowledged publishes after

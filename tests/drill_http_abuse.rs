@@ -181,12 +181,7 @@ async fn slowloris_and_a_readyz_flood_leave_ingest_committing_and_the_api_recove
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(started.elapsed() < Duration::from_secs(2));
-    let r = api
-        .http
-        .get(format!("{}/readyz", api.base))
-        .send()
-        .await
-        .unwrap();
+    let r = api.readyz().await;
     assert_eq!(r.status(), 200);
     for (name, want) in [
         ("cache-control", "no-store"),

@@ -15,7 +15,7 @@ use forewarn::features::DeviceState;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support::daemon::{broker, config, mqtt, reading, Dirs};
+use support::daemon::{broker, config, mqtt, reading, temperature, Dirs};
 use support::http::{get, metric};
 use support::net::free_addr;
 use support::notify::providers::{Fakes, Mode};
@@ -34,12 +34,7 @@ fn phone(i: usize) -> String {
 
 /// Device i: the first four degrade (at different hours), the last two stay healthy.
 fn temp(i: usize, h: i64) -> f64 {
-    let start = 20 + 4 * i as i64;
-    if i >= 4 || h < start {
-        70.0 + (h % 3) as f64 * 0.5
-    } else {
-        74.0 + (h - start) as f64 * 1.5
-    }
+    temperature(h, (i < 4).then(|| 20 + 4 * i as i64))
 }
 
 /// Every reading of the replay, interleaved across devices in event-time order.

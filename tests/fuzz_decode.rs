@@ -2,35 +2,20 @@
 //! near-valid JSON never panic, are rejected with a reason, or decode to readings whose values are
 //! finite and whose device ids are usable.
 
+mod support;
+
 use forewarn::domain::{validate_device_id, EventKind, Reading};
 use forewarn::ingest::decode::{decode_events, decode_telemetry, Limits};
 use proptest::prelude::*;
-
-fn limits() -> Limits {
-    Limits {
-        max_payload_bytes: 4096,
-        max_batch: 8,
-        max_metrics: 16,
-    }
-}
+use support::decoders::{check_accepted, limits};
 
 /// A reading's metrics, in payload order.
 type Metrics = Vec<(String, f64)>;
 
-/// What every accepted reading must satisfy.
+/// What every accepted batch must satisfy: 1 to `max_batch` readings, each acceptable.
 fn check_readings(rs: &[Reading], l: &Limits) {
     assert!(!rs.is_empty() && rs.len() <= l.max_batch);
-    for r in rs {
-        assert!(
-            validate_device_id(&r.device_id).is_ok(),
-            "{:?}",
-            r.device_id
-        );
-        assert!(!r.metrics.is_empty() && r.metrics.len() <= l.max_metrics);
-        for (_, v) in &r.metrics {
-            assert!(v.is_finite(), "{v}");
-        }
-    }
+    check_accepted(rs, l);
 }
 
 /// A JSON string literal of `s`.

@@ -2,36 +2,16 @@
 //! bytes, truncated and mutated valid payloads never panic; what they accept has finite values,
 //! usable device ids and at most the limit of metrics per reading.
 
-use forewarn::domain::{validate_device_id, Reading};
-use forewarn::ingest::decode::Limits;
+mod support;
+
+use forewarn::domain::validate_device_id;
 use forewarn::ingest::senml;
 use forewarn::ingest::sparkplug::payload::payload::{metric::Value, Metric};
 use forewarn::ingest::sparkplug::payload::Payload;
 use forewarn::ingest::sparkplug::{Config, Host};
 use proptest::prelude::*;
 use prost::Message as _;
-
-fn limits() -> Limits {
-    Limits {
-        max_payload_bytes: 4096,
-        max_batch: 8,
-        max_metrics: 16,
-    }
-}
-
-fn check(rs: &[Reading], l: &Limits) {
-    for r in rs {
-        assert!(
-            validate_device_id(&r.device_id).is_ok(),
-            "{:?}",
-            r.device_id
-        );
-        assert!(!r.metrics.is_empty() && r.metrics.len() <= l.max_metrics);
-        for (_, v) in &r.metrics {
-            assert!(v.is_finite(), "{v}");
-        }
-    }
-}
+use support::decoders::{check_accepted as check, limits};
 
 fn topic() -> impl Strategy<Value = String> {
     let kind = prop::sample::select(vec![

@@ -12,18 +12,6 @@ use support::daemon::*;
 use support::notify::providers::Fakes;
 use support::poll::eventually;
 
-const FLEET: &str = r#"
-[[customers]]
-id = "acme"
-name = "Acme Pumps"
-contacts = { sms = "+66810000001", email = "ops@acme.example" }
-preferences = ["sms", "email"]
-
-[[devices]]
-id = "pump-1"
-customer_id = "acme"
-"#;
-
 const LIMIT: usize = 4096;
 
 async fn daemon(
@@ -32,7 +20,7 @@ async fn daemon(
     fakes: &Fakes,
     name: &str,
 ) -> (forewarn::serve::Handle, tokio_util::sync::CancellationToken) {
-    let fleet = dirs.fleet_file(FLEET);
+    let fleet = dirs.fleet_file(ACME_SMS_FLEET);
     let mut cfg = config(&b.url(), dirs, name);
     cfg.fleet.file = Some(fleet);
     cfg.api.max_body_bytes = LIMIT;

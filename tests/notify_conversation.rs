@@ -239,14 +239,8 @@ async fn an_unclear_reply_is_kept_for_a_person_and_changes_no_status() {
     // A text from a number no customer has is kept for a person too.
     sms(&h, "+4915100000000", "SMstranger", "Hallo, wer ist da?").await;
     let tl: serde_json::Value = h
-        .http
-        .get(format!(
-            "{}/api/v1/customers/unknown-sender/timeline",
-            h.url
-        ))
-        .send()
+        .get("/api/v1/customers/unknown-sender/timeline")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -9,18 +9,6 @@ use support::daemon::*;
 use support::notify::providers::{Fakes, TOKEN as TWILIO_TOKEN};
 use support::poll::eventually;
 
-const FLEET: &str = r#"
-[[customers]]
-id = "acme"
-name = "Acme Pumps"
-contacts = { sms = "+66810000001", email = "ops@acme.example" }
-preferences = ["sms", "email"]
-
-[[devices]]
-id = "pump-1"
-customer_id = "acme"
-"#;
-
 const PUBLIC: &str = "https://forewarn.example";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +16,7 @@ async fn a_ticket_opened_by_telemetry_reaches_the_customer_and_their_sms_reply_a
     let b = broker();
     let fakes = Fakes::start().await;
     let dirs = Dirs::new();
-    let fleet = dirs.fleet_file(FLEET);
+    let fleet = dirs.fleet_file(ACME_SMS_FLEET);
     let mut cfg = config(&b.url(), &dirs, "fw-notify");
     cfg.fleet.file = Some(fleet);
     cfg.api.public_url = PUBLIC.into();

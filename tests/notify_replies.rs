@@ -8,6 +8,7 @@ use forewarn::domain::{Priority, Status};
 use forewarn::fleet::Channel;
 use forewarn::notify::TicketDesk;
 use std::time::Duration;
+use support::http::text_of;
 use support::notify::Harness;
 
 fn link_of(h: &Harness, t: &forewarn::domain::Ticket) -> String {
@@ -307,15 +308,7 @@ async fn the_self_service_page_speaks_the_customers_language() {
     h.run().await;
     let sms = h.fakes.delivered("sms");
     assert!(sms[0].body.contains("فرسودگی بلبرینگ"), "{}", sms[0].body);
-    let html = h
-        .http
-        .get(link_of(&h, &t))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = text_of(h.http.get(link_of(&h, &t))).await;
     assert!(html.contains("lang=\"fa\" dir=\"rtl\""), "{html}");
     assert!(
         html.contains("تأیید بازدید") && html.contains("pump-fa"),

@@ -75,7 +75,7 @@ async fn run(
     let mut states = BTreeMap::new();
     for d in app.fleet().devices() {
         if let Some(s) = app.device_state(&d.id).expect("device state") {
-            states.insert(d.id.clone(), s.encode());
+            states.insert(d.id.to_string(), s.encode());
         }
     }
     drop(app);

@@ -25,10 +25,7 @@ async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
         dev.publish("devices/gap-1/telemetry", reading(hr, hr as u64 + 1, 70.0))
             .await;
     }
-    eventually("17 readings applied", || async {
-        stored_readings(&h, "gap-1") == 17
-    })
-    .await;
+    readings_applied(&h, "gap-1", 17, "17 readings applied").await;
     assert_eq!(api.metric("forewarn_readings_missing_total").await, 3.0);
     let gaps = api.get_json("/api/v1/gaps").await;
     let g = &gaps.as_array().unwrap()[0];
@@ -38,12 +35,7 @@ async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
         (Some(10), Some(14))
     );
     assert_eq!(g["missing"], 3);
-    let r = api
-        .http
-        .get(format!("{}/readyz", api.base))
-        .send()
-        .await
-        .unwrap();
+    let r = api.readyz().await;
     assert_eq!(
         r.status(),
         200,
@@ -57,10 +49,7 @@ async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
         dev.publish("devices/gap-1/telemetry", reading(hr, i as u64 + 1, 70.0))
             .await;
     }
-    eventually("the readings after the reboot applied", || async {
-        stored_readings(&h, "gap-1") == 27
-    })
-    .await;
+    readings_applied(&h, "gap-1", 27, "the readings after the reboot applied").await;
     assert_eq!(api.metric("forewarn_seq_resets_total").await, 1.0);
     assert_eq!(
         api.metric("forewarn_readings_dropped_total{reason=\"duplicate\"}")
@@ -99,9 +88,12 @@ async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
     // seq 7 and 8 lost upstream, seq 9 arrives.
     dev.publish("devices/gap-2/telemetry", reading(8, 9, 70.0))
         .await;
-    eventually("the readings around the rejected one applied", || async {
-        stored_readings(&h, "gap-2") == 6
-    })
+    readings_applied(
+        &h,
+        "gap-2",
+        6,
+        "the readings around the rejected one applied",
+    )
     .await;
     assert_eq!(
         api.metric("forewarn_rejected_total{reason=\"bad_timestamp\"}")

@@ -18,8 +18,9 @@ use axum::http::{HeaderMap, HeaderValue};
 use std::collections::BTreeMap;
 
 /// Request header that asks for this instance's own store only (what one instance sends to
-/// another while answering for the fleet). Anyone may send it: the answer is a subset of what
-/// the same token reads without it.
+/// another while answering for the fleet). Anyone may send it, as the OpenAPI description of
+/// the ticket routes says: a read's answer is a subset of what the same token reads without
+/// it; a transition is made on this instance's copy rather than forwarded to the owner.
 pub const INSTANCE_SCOPE: &str = "x-forewarn-scope";
 
 /// Whether the request asks for this instance's own answer only.

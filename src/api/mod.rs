@@ -227,6 +227,30 @@ struct TicketQuery {
     limit: Option<usize>,
 }
 
+/// The [`fleet::INSTANCE_SCOPE`] header, as the ticket routes' OpenAPI description shows it.
+/// Only describes the header; the handlers read it with [`fleet::instance_scope`].
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct ScopeHeader {
+    /// Cluster mode: `instance` answers from this instance's own store, without asking the
+    /// other instances (what one instance sends another while answering for the fleet). Any
+    /// caller may send it, with the route's own scope: on a read the answer is a subset of what
+    /// the same token reads without it; on a transition the change is made on this instance's
+    /// copy, not forwarded to the owner of the device's partition. Ignored outside cluster mode.
+    #[serde(rename = "x-forewarn-scope")]
+    #[param(value_type = Option<ScopeValue>)]
+    scope: Option<String>,
+}
+
+/// The one value [`ScopeHeader`] takes.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum ScopeValue {
+    Instance,
+}
+
 /// `status` as the query takes it: a status, or empty for any (what a form with nothing chosen
 /// sends). Only describes the parameter; the handler reads the text.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -246,7 +270,7 @@ const MAX_LIST: usize = 10_000;
 
 /// List tickets, newest change first.
 #[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets",
-    params(TicketQuery),
+    params(TicketQuery, ScopeHeader),
     responses(
         (status = 200, description = "Tickets, newest change first (in cluster mode: the whole fleet's, each ticket as its owner has it)", body = Vec<Ticket>),
         (status = 400, description = "A query parameter is not valid", body = ErrorBody),
@@ -328,7 +352,7 @@ async fn list_tickets(
 
 /// One ticket, with its evidence and history.
 #[utoipa::path(get, path = "/api/v1/tickets/{id}", tag = "tickets",
-    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes"), ScopeHeader),
     responses(
         (status = 200, description = "The ticket (in cluster mode: as the owner of its device's partition has it)", body = Ticket),
         (status = 400, description = "The id is not valid", body = ErrorBody),
@@ -375,7 +399,7 @@ struct TransitionBody {
 /// Move a ticket to another status (in cluster mode: made by the owner of the ticket's device's
 /// partition, to which any other instance forwards it).
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/transitions", tag = "tickets",
-    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes"), ScopeHeader),
     request_body = TransitionBody,
     responses(
         (status = 200, description = "The ticket after the transition", body = Ticket),
@@ -504,22 +528,12 @@ async fn put_device(
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     check_id("device", &id)?;
-    let v = with_path_id(json_body(body)?, &id)?;
-    let d: Device = serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    d.validate()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let d: Device = record_body(body, &id)?;
     if let Some(c) = &d.customer_id {
         check_id("customer", c)?;
     }
     let existed = fleet.device(&id).is_some();
-    let d2 = d.clone();
-    blocking(move || fleet.upsert(vec![], vec![d2]).map_err(ApiError::from)).await?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(d)).into_response())
+    upserted(fleet, existed, vec![], vec![d.clone()], d).await
 }
 
 /// List the customers of the registry.
@@ -571,20 +585,39 @@ async fn put_customer(
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     check_id("customer", &id)?;
-    let v = with_path_id(json_body(body)?, &id)?;
-    let c: Customer =
-        serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let c: Customer = record_body(body, &id)?;
     c.validate_with(fleet.contact_policy())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let existed = fleet.customer(&id).is_some();
-    let c2 = c.clone();
-    blocking(move || fleet.upsert(vec![c2], vec![]).map_err(ApiError::from)).await?;
+    upserted(fleet, existed, vec![c.clone()], vec![], c).await
+}
+
+/// A `PUT`'s record: the JSON body, its `id` filled from the path when missing (a different one
+/// is refused).
+fn record_body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+    id: &str,
+) -> Result<T, ApiError> {
+    let v = with_path_id(json_body(body)?, id)?;
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Writes the records through the single writer and answers with `record`: 200 when it
+/// `existed`, 201 when it is new.
+async fn upserted<T: Serialize>(
+    fleet: Fleet,
+    existed: bool,
+    customers: Vec<Customer>,
+    devices: Vec<Device>,
+    record: T,
+) -> Result<Response, ApiError> {
+    blocking(move || fleet.upsert(customers, devices).map_err(ApiError::from)).await?;
     let status = if existed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(c)).into_response())
+    Ok((status, Json(record)).into_response())
 }
 
 // ------------------------------------------------------------------ operations

@@ -9,7 +9,9 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The fleet registry in memory, as the store holds it.
+/// The fleet registry in memory, as the store holds it. Keyed by the id's text (not
+/// `DeviceId`): the commit path looks devices up by the `&str` of a reading's id with this map's
+/// type in its signatures.
 #[derive(Default)]
 pub(super) struct Registry {
     pub(super) devices: HashMap<String, Device>,
@@ -22,7 +24,7 @@ impl Registry {
             devices: store
                 .fleet_devices::<Device>()?
                 .into_iter()
-                .map(|d| (d.id.clone(), d))
+                .map(|d| (d.id.to_string(), d))
                 .collect(),
             customers: store
                 .fleet_customers::<Customer>()?
@@ -92,7 +94,7 @@ impl App {
         // The step log replays under the registry of the day: write these devices' whole
         // states before it changes.
         self.recover_if_needed(&mut core)?;
-        let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+        let ids: Vec<String> = devices.iter().map(|d| d.id.to_string()).collect();
         self.snapshot_devices(&mut core, &ids, true)?;
         let mut tx = self.store.tx();
         {
@@ -114,7 +116,7 @@ impl App {
         }
         for d in devices {
             core.unregistered.remove(d.id.as_str());
-            registry.devices.insert(d.id.clone(), d);
+            registry.devices.insert(d.id.to_string(), d);
         }
         self.metrics
             .unregistered_devices
@@ -135,7 +137,7 @@ mod tests {
         let app = writer(dir.path());
         let fleet = app.fleet();
         let device = Device {
-            id: "press-7".into(),
+            id: crate::domain::DeviceId::parse("press-7").expect("device id"),
             customer_id: None,
             attributes: Default::default(),
         };

@@ -651,7 +651,7 @@ impl Board {
                     .unwrap_or_default();
                 queue::Row {
                     id: t.id.clone(),
-                    device_id: t.device_id.to_string(),
+                    device_id: t.device_id.clone(),
                     customer_name: customer.map(|c| c.name).unwrap_or_default(),
                     customer_id: cid,
                     mode: t.failure_mode.clone(),

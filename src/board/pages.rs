@@ -78,6 +78,19 @@ struct Chrome {
 }
 
 impl Chrome {
+    /// The frame of a page nobody is signed in to (sign-in, an error before sign-in).
+    fn signed_out(error: &str) -> Chrome {
+        Chrome {
+            signed_in: false,
+            user: String::new(),
+            role: "",
+            csrf: String::new(),
+            live: String::new(),
+            notice: String::new(),
+            error: error.into(),
+        }
+    }
+
     fn of(s: &Session, q: &Flash) -> Chrome {
         Chrome {
             signed_in: true,
@@ -131,15 +144,7 @@ struct ErrorPage {
 fn error_page(s: Option<&Session>, status: StatusCode, title: &str, message: &str) -> Response {
     let c = match s {
         Some(s) => Chrome::of(s, &Flash::default()),
-        None => Chrome {
-            signed_in: false,
-            user: String::new(),
-            role: "",
-            csrf: String::new(),
-            live: String::new(),
-            notice: String::new(),
-            error: String::new(),
-        },
+        None => Chrome::signed_out(""),
     };
     let mut r = page(&ErrorPage {
         c,
@@ -155,8 +160,27 @@ fn signed(b: &Board, headers: &HeaderMap) -> Option<Session> {
     session::cookie(headers, session::COOKIE).and_then(|id| b.sessions.get(id))
 }
 
+/// How a person or a customer is shown: their name, or their id when they have none.
+fn shown_name(name: &str, id: &str) -> String {
+    if name.is_empty() { id } else { name }.to_string()
+}
+
 fn to_login() -> Response {
     Redirect::to("/board/login").into_response()
+}
+
+/// The person signed in to a board page; a request without a session is sent to sign in.
+struct SignedIn(Session);
+
+impl axum::extract::FromRequestParts<Arc<Board>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        b: &Arc<Board>,
+    ) -> Result<SignedIn, Response> {
+        signed(b, &parts.headers).map(SignedIn).ok_or_else(to_login)
+    }
 }
 
 fn param<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -252,15 +276,7 @@ fn login_form(b: &Board, headers: &HeaderMap, error: &str) -> Response {
     let token = session::random_token();
     let secure = b.cfg.secure_cookies || session::over_tls(headers, &b.public_url);
     let mut r = page(&LoginPage {
-        c: Chrome {
-            signed_in: false,
-            user: String::new(),
-            role: "",
-            csrf: String::new(),
-            live: String::new(),
-            notice: String::new(),
-            error: error.into(),
-        },
+        c: Chrome::signed_out(error),
         login_csrf: token.clone(),
     });
     if let Ok(v) = session::set_cookie(
@@ -465,13 +481,9 @@ fn row_view(b: &Board, r: &queue::Row, now: Timestamp) -> RowView {
     RowView {
         id: r.id.clone(),
         priority: r.priority.as_str(),
-        device_id: r.device_id.clone(),
+        device_id: r.device_id.to_string(),
         customer_id: r.customer_id.clone(),
-        customer_name: if r.customer_name.is_empty() {
-            r.customer_id.clone()
-        } else {
-            r.customer_name.clone()
-        },
+        customer_name: shown_name(&r.customer_name, &r.customer_id),
         region: r.region.clone(),
         mode_words: r.mode_words.clone(),
         probability: pct(r.probability),
@@ -502,12 +514,9 @@ fn row_view(b: &Board, r: &queue::Row, now: Timestamp) -> RowView {
 
 async fn queue_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     q: Result<Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let Some(status) = StatusFilter::parse(q.status.as_deref().unwrap_or("")) else {
         return error_page(
@@ -555,11 +564,7 @@ async fn queue_page(
     let mut regions = BTreeSet::new();
     for r in all.iter().filter(|r| status.admits(r.status)) {
         if !r.customer_id.is_empty() {
-            let name = if r.customer_name.is_empty() {
-                r.customer_id.clone()
-            } else {
-                r.customer_name.clone()
-            };
+            let name = shown_name(&r.customer_name, &r.customer_id);
             customers.insert(r.customer_id.clone(), name);
         }
         modes.insert(r.mode.clone(), r.mode_words.clone());
@@ -799,13 +804,10 @@ fn history(b: &Board, t: &Ticket, customer_id: &str) -> Vec<HistoryLine> {
 
 async fn ticket_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     q: Result<Query<Flash>, axum::extract::rejection::QueryRejection>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     let flash = q.map(|Query(q)| q).unwrap_or_default();
     if crate::api::check_id("ticket", &id).is_err() {
         return error_page(
@@ -815,18 +817,9 @@ async fn ticket_page(
             &format!("There is no ticket {id}."),
         );
     }
-    // In cluster mode the fleet's copy: the one the queue listed, wherever it is owned.
-    let t = match b.ticket(&id, &s.bearer).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return error_page(
-                Some(&s),
-                StatusCode::NOT_FOUND,
-                "No such ticket",
-                &format!("There is no ticket {id}."),
-            )
-        }
-        Err(e) => return fleet_error(&s, e),
+    let t = match fleet_ticket(&b, &s, &id).await {
+        Ok(t) => t,
+        Err(page) => return page,
     };
     let b2 = b.clone();
     let s2 = s.clone();
@@ -836,6 +829,21 @@ async fn ticket_page(
 }
 
 /// The page for a ticket (or a device's tickets) that could not be read.
+/// Ticket `id` as the queue lists it (in cluster mode the fleet's copy, wherever it is owned),
+/// or the page saying there is none or that the fleet did not answer.
+async fn fleet_ticket(b: &Arc<Board>, s: &Session, id: &str) -> Result<Ticket, Response> {
+    match b.ticket(id, &s.bearer).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(error_page(
+            Some(s),
+            StatusCode::NOT_FOUND,
+            "No such ticket",
+            &format!("There is no ticket {id}."),
+        )),
+        Err(e) => Err(fleet_error(s, e)),
+    }
+}
+
 fn fleet_error(s: &Session, e: QueueError) -> Response {
     match e {
         QueueError::Fleet(e) => error_page(
@@ -870,7 +878,7 @@ fn render_ticket(b: &Board, s: &Session, t: &Ticket, flash: &Flash) -> Response 
             value: x.id.clone(),
             label: format!(
                 "{}{}{}",
-                if x.name.is_empty() { &x.id } else { &x.name },
+                shown_name(&x.name, &x.id),
                 if x.region.is_empty() {
                     String::new()
                 } else {
@@ -969,13 +977,10 @@ fn back(id: &str, key: &str, msg: &str) -> Response {
 
 async fn ticket_action(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
+    SignedIn(s): SignedIn,
     Form(f): Form<Vec<(String, String)>>,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     if !s.csrf_ok(param(&f, "csrf").unwrap_or("")) {
         return error_page(
             Some(&s),
@@ -1006,17 +1011,9 @@ async fn ticket_action(
     // Cluster mode: a ticket of a partition another instance owns is changed there, through
     // its API with the person's token, as the API's transitions are.
     if b.tickets.fleetwide().is_some() {
-        let t = match b.ticket(&id, &s.bearer).await {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                return error_page(
-                    Some(&s),
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    &format!("ticket {id} not found"),
-                )
-            }
-            Err(e) => return fleet_error(&s, e),
+        let t = match fleet_ticket(&b, &s, &id).await {
+            Ok(t) => t,
+            Err(page) => return page,
         };
         match b.action_owner(&t) {
             Ok(None) => {}
@@ -1171,12 +1168,9 @@ struct DayQuery {
 
 async fn day_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     q: Result<Query<DayQuery>, axum::extract::rejection::QueryRejection>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let today = b
         .cal
@@ -1262,11 +1256,7 @@ async fn day_page(
                 }
             }
             TechRow {
-                name: if t.name.is_empty() {
-                    t.id.clone()
-                } else {
-                    t.name.clone()
-                },
+                name: shown_name(&t.name, &t.id),
                 detail: format!(
                     "{}{}",
                     if t.skills.is_empty() {
@@ -1339,18 +1329,16 @@ fn ticket_lines(b: &Board, list: &[Ticket]) -> Vec<TicketLine> {
         .collect()
 }
 
-/// The frame of a page about one device or customer (`what`): signed in, a valid id, the page
-/// built by `build` on a blocking thread (it reads through the store and the writer's handles).
+/// The frame of a page about one device or customer (`what`) for the signed-in `s`: a valid id,
+/// the page built by `build` on a blocking thread (it reads through the store and the writer's
+/// handles).
 async fn record_page(
     b: Arc<Board>,
-    headers: &HeaderMap,
+    s: Session,
     what: &'static str,
     id: String,
     build: impl FnOnce(&Board, &Session, String) -> Response + Send + 'static,
 ) -> Response {
-    let Some(s) = signed(&b, headers) else {
-        return to_login();
-    };
     if crate::api::check_id(what, &id).is_err() {
         let title = format!("Not a {what} id");
         return error_page(Some(&s), StatusCode::BAD_REQUEST, &title, "");
@@ -1373,12 +1361,9 @@ fn latest_tickets(b: &Board, filter: crate::store::TicketFilter) -> Vec<Ticket> 
 
 async fn device_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    let Some(s) = signed(&b, &headers) else {
-        return to_login();
-    };
     if crate::api::check_id("device", &id).is_err() {
         return error_page(Some(&s), StatusCode::BAD_REQUEST, "Not a device id", "");
     }
@@ -1473,10 +1458,10 @@ struct CustomerPage {
 
 async fn customer_page(
     State(b): State<Arc<Board>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    SignedIn(s): SignedIn,
 ) -> Response {
-    record_page(b, &headers, "customer", id, |b, s2, id| {
+    record_page(b, s, "customer", id, |b, s2, id| {
         let Some(c) = b.fleet.customer(&id) else {
             return error_page(
                 Some(s2),
@@ -1531,11 +1516,7 @@ async fn customer_page(
         timeline.sort_by(|a, b| a.0.cmp(&b.0));
         page(&CustomerPage {
             c: Chrome::of(s2, &Flash::default()).live(),
-            name: if c.name.is_empty() {
-                c.id.clone()
-            } else {
-                c.name.clone()
-            },
+            name: shown_name(&c.name, &c.id),
             locale: c.locale.clone(),
             tz: c.time_zone.clone(),
             channels: if c.preferences.is_empty() {

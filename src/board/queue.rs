@@ -1,13 +1,13 @@
 //! The queue (pure): one row per ticket with what a dispatcher decides on, ordered by the time
 //! left before the predicted failure, and the filters.
 
-use crate::domain::{Priority, Slot, Status, Timestamp};
+use crate::domain::{DeviceId, Priority, Slot, Status, Timestamp};
 
 /// One line of the queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub id: String,
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// Empty when the device has no known owner.
     pub customer_id: String,
     pub customer_name: String,
@@ -142,7 +142,7 @@ mod tests {
     fn row(id: &str, predicted: Option<Timestamp>, p: f64) -> Row {
         Row {
             id: id.into(),
-            device_id: format!("dev-{id}"),
+            device_id: DeviceId::parse(&format!("dev-{id}")).unwrap(),
             customer_id: "c1".into(),
             customer_name: "Acme".into(),
             mode: "bearing_wear".into(),

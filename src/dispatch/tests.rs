@@ -2,31 +2,14 @@
 //! No broker, no HTTP.
 
 use super::*;
-use crate::domain::{ModelRef, Priority, Status};
 use crate::outbox::Facts;
 
 const NOW: i64 = 1_800_000_000_000;
 
 fn ticket() -> Ticket {
     Ticket {
-        id: "T-1".into(),
-        device_id: crate::domain::DeviceId::parse("pump-1").unwrap(),
-        customer_id: None,
-        failure_mode: "bearing_wear".into(),
-        status: Status::Open,
-        priority: Priority::High,
         probability: 0.8,
-        predicted_failure_at: None,
-        opened_at: "2027-01-15T08:00:00Z".into(),
-        updated_at: "2027-01-15T08:00:00Z".into(),
-        model: ModelRef {
-            name: "m".into(),
-            version: "1".into(),
-        },
-        evidence: vec![],
-        history: vec![],
-        outcome: None,
-        opened_ms: crate::domain::Timestamp::from_millis(NOW),
+        ..Ticket::example("T-1", "pump-1", crate::domain::Timestamp::from_millis(NOW))
     }
 }
 

@@ -144,3 +144,33 @@ pub struct Ticket {
     #[schema(value_type = i64)]
     pub opened_ms: Timestamp,
 }
+
+#[cfg(test)]
+impl Ticket {
+    /// The ticket unit tests start from: `id` on `device`, open, high priority, probability 0.9,
+    /// a `bearing_wear` prediction of model `m` version 1, no customer, opened (and last changed)
+    /// at `opened`. A test sets what it is about on top:
+    /// `Ticket { priority: Priority::Urgent, ..Ticket::example("T-1", "pump-1", t0) }`.
+    pub(crate) fn example(id: &str, device: &str, opened: Timestamp) -> Ticket {
+        Ticket {
+            id: id.to_string(),
+            device_id: DeviceId::parse(device).expect("a valid device id"),
+            customer_id: None,
+            failure_mode: "bearing_wear".into(),
+            status: Status::Open,
+            priority: Priority::High,
+            probability: 0.9,
+            predicted_failure_at: None,
+            opened_at: opened.format(),
+            updated_at: opened.format(),
+            model: ModelRef {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            evidence: vec![],
+            history: vec![],
+            outcome: None,
+            opened_ms: opened,
+        }
+    }
+}

@@ -119,15 +119,15 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
     )
 }
 
-/// A Twilio webhook as it arrived: its parameters read from the raw body (form or JSON), and
-/// whether its signature holds for the URL Twilio requested (the public URL with the path and
-/// query string of this request).
+/// A Twilio webhook as it arrived: its parameters read from the raw body (form or JSON) when
+/// its signature holds for the URL Twilio requested (the public URL with the path and query
+/// string of this request); `None` when it does not ([`bad_signature`] is the answer).
 fn twilio_request(
     n: &Notifier,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> (Vec<(String, String)>, bool) {
+) -> Option<Vec<(String, String)>> {
     let json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -146,12 +146,9 @@ fn twilio_request(
     } else {
         form_urlencoded::parse(body).into_owned().collect()
     };
-    let Some(sig) = headers
+    let sig = headers
         .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return (params, false);
-    };
+        .and_then(|v| v.to_str().ok())?;
     let path = uri
         .path_and_query()
         .map(|p| p.as_str())
@@ -190,7 +187,16 @@ fn twilio_request(
     let ok = shared_keys
         .iter()
         .any(|k| super::signature::twilio_valid(&tokens, *k, &req));
-    (params, ok)
+    ok.then_some(params)
+}
+
+/// The answer to a Twilio webhook whose signature does not hold.
+fn bad_signature() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        "bad_signature",
+        "X-Twilio-Signature does not match",
+    )
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -600,14 +606,9 @@ async fn sms_reply(
             "SMS is not configured",
         );
     }
-    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
-    if !verified {
-        return error(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "X-Twilio-Signature does not match",
-        );
-    }
+    let Some(params) = twilio_request(&s.n, &uri, &headers, &body) else {
+        return bad_signature();
+    };
     let from = param(&params, "From").unwrap_or("").to_string();
     let body = param(&params, "Body").unwrap_or("").to_string();
     let sid = param(&params, "MessageSid")
@@ -781,14 +782,9 @@ async fn status_callback(
         Ok(b) => b,
         Err(r) => return rejected(r),
     };
-    let (params, verified) = twilio_request(&s.n, &uri, &headers, &body);
-    if !verified {
-        return error(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "X-Twilio-Signature does not match",
-        );
-    }
+    let Some(params) = twilio_request(&s.n, &uri, &headers, &body) else {
+        return bad_signature();
+    };
     let sid = param(&params, "MessageSid").or_else(|| param(&params, "CallSid"));
     let status = param(&params, "MessageStatus").or_else(|| param(&params, "CallStatus"));
     match (sid, status) {

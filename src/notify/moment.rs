@@ -102,144 +102,100 @@ pub fn for_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ModelRef, Ticket};
+    use crate::domain::{Ticket, Timestamp};
 
     fn ticket() -> Ticket {
         Ticket {
-            id: "T-1".into(),
-            device_id: crate::domain::DeviceId::parse("d").unwrap(),
             customer_id: Some("c".into()),
-            failure_mode: "bearing_wear".into(),
-            status: Status::Open,
-            priority: Priority::High,
             probability: 0.5,
-            predicted_failure_at: None,
-            opened_at: "2026-01-01T00:00:00Z".into(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            model: ModelRef {
-                name: "m".into(),
-                version: "1".into(),
-            },
-            evidence: vec![],
-            history: vec![],
-            outcome: None,
-            opened_ms: crate::domain::Timestamp::EPOCH,
+            ..Ticket::example("T-1", "d", Timestamp::EPOCH)
         }
     }
 
-    fn change(kind: ChangeKind, t: Ticket) -> Change {
-        Change {
+    /// The moment of a `kind` change of `t` (`urgent`: routing says so), resolutions notified.
+    fn moment(kind: ChangeKind, t: Ticket, urgent: bool) -> Moment {
+        let change = Change {
             kind,
             previous_priority: Some(Priority::High),
             ticket: t,
-        }
+        };
+        for_change(&change, urgent, Priority::Urgent, true)
+    }
+
+    /// The moment of moving the example ticket to `to` by `actor` with `note`.
+    fn after_transition(to: Status, actor: &str, note: &str) -> Moment {
+        let mut t = ticket();
+        t.transition(to, actor, Timestamp::from_millis(1), note)
+            .unwrap();
+        moment(ChangeKind::Transition, t, false)
+    }
+
+    fn settled(outcome: Outcome) -> Moment {
+        let mut t = ticket();
+        t.status = Status::Resolved;
+        t.outcome = Some(outcome);
+        moment(ChangeKind::Settled, t, false)
     }
 
     #[test]
     fn a_failure_gets_a_person_not_a_message() {
-        let mut t = ticket();
-        t.status = Status::Resolved;
-        t.outcome = Some(Outcome::FailedBeforeService);
-        let m = for_change(
-            &change(ChangeKind::Settled, t),
-            false,
-            Priority::Urgent,
-            true,
-        );
+        let m = settled(Outcome::FailedBeforeService);
         assert!(matches!(m, Moment::FollowUp(_)), "{m:?}");
-        let mut t = ticket();
-        t.status = Status::Resolved;
-        t.outcome = Some(Outcome::ConfirmedFault);
-        let m = for_change(
-            &change(ChangeKind::Settled, t),
-            false,
-            Priority::Urgent,
-            true,
+        assert_eq!(
+            settled(Outcome::ConfirmedFault),
+            Moment::Send(MessageKind::Resolved)
         );
-        assert_eq!(m, Moment::Send(MessageKind::Resolved));
     }
 
     #[test]
     fn transitions_say_what_changed() {
-        let mut t = ticket();
-        t.transition(
-            Status::Scheduled,
-            "api:ops",
-            crate::domain::Timestamp::from_millis(1),
-            "",
-        )
-        .unwrap();
-        let m = for_change(
-            &change(ChangeKind::Transition, t),
-            false,
-            Priority::Urgent,
-            true,
-        );
-        assert_eq!(m, Moment::Send(MessageKind::VisitConfirmed));
-        let mut t = ticket();
-        t.transition(
-            Status::Dismissed,
-            "api:ops",
-            crate::domain::Timestamp::from_millis(1),
-            "",
-        )
-        .unwrap();
-        let m = for_change(
-            &change(ChangeKind::Transition, t),
-            false,
-            Priority::Urgent,
-            true,
-        );
-        assert_eq!(m, Moment::Send(MessageKind::NoActionNeeded));
-        let mut t = ticket();
-        t.transition(
-            Status::Acknowledged,
-            "customer:sms",
-            crate::domain::Timestamp::from_millis(1),
-            &format!("{ANOTHER_TIME} by sms: 2"),
-        )
-        .unwrap();
-        let m = for_change(
-            &change(ChangeKind::Transition, t),
-            false,
-            Priority::Urgent,
-            true,
-        );
-        assert_eq!(m, Moment::Send(MessageKind::VisitRescheduled));
-        let mut t = ticket();
-        t.transition(
-            Status::Acknowledged,
-            "customer:sms",
-            crate::domain::Timestamp::from_millis(1),
-            "not now by sms: 3",
-        )
-        .unwrap();
-        let m = for_change(
-            &change(ChangeKind::Transition, t),
-            false,
-            Priority::Urgent,
-            true,
-        );
-        assert_eq!(m, Moment::Nothing);
+        let another_time = format!("{ANOTHER_TIME} by sms: 2");
+        let table = [
+            (
+                Status::Scheduled,
+                "api:ops",
+                "",
+                Moment::Send(MessageKind::VisitConfirmed),
+            ),
+            (
+                Status::Dismissed,
+                "api:ops",
+                "",
+                Moment::Send(MessageKind::NoActionNeeded),
+            ),
+            (
+                Status::Acknowledged,
+                "customer:sms",
+                another_time.as_str(),
+                Moment::Send(MessageKind::VisitRescheduled),
+            ),
+            (
+                Status::Acknowledged,
+                "customer:sms",
+                "not now by sms: 3",
+                Moment::Nothing,
+            ),
+        ];
+        for (to, actor, note, expected) in table {
+            assert_eq!(
+                after_transition(to, actor, note),
+                expected,
+                "{to:?} {note:?}"
+            );
+        }
     }
 
     #[test]
     fn probability_updates_are_not_messages() {
-        let m = for_change(
-            &change(ChangeKind::Updated, ticket()),
-            false,
-            Priority::Urgent,
-            true,
+        assert_eq!(
+            moment(ChangeKind::Updated, ticket(), false),
+            Moment::Nothing
         );
-        assert_eq!(m, Moment::Nothing);
         let mut t = ticket();
         t.priority = Priority::Urgent;
-        let m = for_change(
-            &change(ChangeKind::Updated, t),
-            true,
-            Priority::Urgent,
-            true,
+        assert_eq!(
+            moment(ChangeKind::Updated, t, true),
+            Moment::Send(MessageKind::Update)
         );
-        assert_eq!(m, Moment::Send(MessageKind::Update));
     }
 }

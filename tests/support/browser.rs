@@ -1,6 +1,7 @@
 //! A browser for tests: Debian's headless Chromium driven through chromedriver, spoken to
 //! directly over WebDriver's HTTP protocol (a handful of calls; no client crate).
 
+use super::http::json_of;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,15 +113,7 @@ impl Driver {
         }
         options["args"] = json!(args);
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": options}}});
-        let r: Value = http
-            .post(format!("{base}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = json_of(http.post(format!("{base}/session")).json(&caps)).await;
         let session = r["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {r}"))
@@ -142,7 +135,7 @@ impl Driver {
         } else {
             req.json(&body)
         };
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        let v: Value = json_of(req).await;
         v["value"].clone()
     }
 

@@ -47,6 +47,39 @@ impl Dirs {
     }
 }
 
+/// The fleet the daemon tests run: the customer `acme` (Acme Pumps, reached by e-mail) owning
+/// one device, `device`, a model P200 (what the example model selects on).
+pub fn acme_fleet(device: &str) -> String {
+    format!(
+        r#"
+[[customers]]
+id = "acme"
+name = "Acme Pumps"
+contacts = {{ email = "ops@acme.example" }}
+preferences = ["email"]
+
+[[devices]]
+id = "{device}"
+customer_id = "acme"
+attributes = {{ model = "P200" }}
+"#
+    )
+}
+
+/// The fleet of the notifier's daemon tests: `acme` reached by SMS first, then e-mail, owning
+/// `pump-1` (no attributes).
+pub const ACME_SMS_FLEET: &str = r#"
+[[customers]]
+id = "acme"
+name = "Acme Pumps"
+contacts = { sms = "+66810000001", email = "ops@acme.example" }
+preferences = ["sms", "email"]
+
+[[devices]]
+id = "pump-1"
+customer_id = "acme"
+"#;
+
 pub fn broker() -> forewarn::broker::EmbeddedBroker {
     // The test's own HTTP clients need rustls' provider too.
     forewarn::tls::install_crypto();
@@ -103,6 +136,12 @@ pub fn stored_readings(h: &Handle, device: &str) -> u32 {
         .device_state(device)
         .unwrap()
         .map_or(0, |s| s.readings)
+}
+
+/// Waits (as [`eventually`], `what` naming the wait) until the daemon has applied `n` readings
+/// of `device`.
+pub async fn readings_applied(h: &Handle, device: &str, n: u32, what: &str) {
+    eventually(what, || async { stored_readings(h, device) == n }).await;
 }
 
 /// An MQTT client for the test side, with its event loop polled in the background.
@@ -176,16 +215,16 @@ pub fn reading(h: i64, seq: u64, temp: f64) -> String {
 
 /// A degrading device: 30 hours of normal temperature, then rising above 80.
 pub fn degrading(hours: i64) -> Vec<(i64, f64)> {
-    (0..hours)
-        .map(|h| {
-            let t = if h < 30 {
-                70.0 + (h % 3) as f64 * 0.5
-            } else {
-                74.0 + (h - 30) as f64 * 1.5
-            };
-            (h, t)
-        })
-        .collect()
+    (0..hours).map(|h| (h, temperature(h, Some(30)))).collect()
+}
+
+/// The temperature of the test fleet's curve at hour `h`: a healthy ripple around 70, and from
+/// the hour `degrades_from` (if any) a steady rise from 74 that the example model flags.
+pub fn temperature(h: i64, degrades_from: Option<i64>) -> f64 {
+    match degrades_from {
+        Some(start) if h >= start => 74.0 + (h - start) as f64 * 1.5,
+        _ => 70.0 + (h % 3) as f64 * 0.5,
+    }
 }
 
 /// An HTTP client for the daemon's API that sends [`TOKEN`] (reads need one by default).
@@ -253,6 +292,11 @@ impl Api {
         })
         .await;
         self.tickets(&query).await[0].clone()
+    }
+    /// `GET /readyz`; the answer, whatever its status.
+    pub async fn readyz(&self) -> reqwest::Response {
+        let url = format!("{}/readyz", self.base);
+        self.http.get(url).send().await.unwrap()
     }
     pub async fn metrics(&self) -> String {
         super::http::get_text(&self.http, format!("{}/metrics", self.base)).await

@@ -16,7 +16,17 @@ pub async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
 
 /// The body of a GET that must answer (any status).
 pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
-    http.get(url).send().await.unwrap().text().await.unwrap()
+    text_of(http.get(url)).await
+}
+
+/// Sends `req`, which must be answered, and reads the body as text (any status).
+pub async fn text_of(req: reqwest::RequestBuilder) -> String {
+    req.send().await.unwrap().text().await.unwrap()
+}
+
+/// Sends `req`, which must be answered, and reads the body as JSON (any status).
+pub async fn json_of<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> T {
+    req.send().await.unwrap().json().await.unwrap()
 }
 
 /// `/readyz` of the daemon at `addr`: its status and its JSON body; `None` when it is not

@@ -12,6 +12,8 @@
 //! - `notify`: the notification harness, fake providers, an SMTP server and real peers.
 //! - `browser`: headless Chromium through chromedriver.
 //! - `train`: a small history on disk and training options for the training tests.
+//! - `decoders`: the payload decoders' property tests' limits and what an accepted reading
+//!   must satisfy.
 //! - `http`, `net`, `poll`: reading /metrics, free ports, and waiting for a condition.
 //! - `ci`: the rule for tests that need something from the machine (skip locally, fail in CI).
 
@@ -22,6 +24,7 @@
 pub mod browser;
 pub mod ci;
 pub mod daemon;
+pub mod decoders;
 pub mod http;
 pub mod mosquitto;
 pub mod nats;

@@ -85,7 +85,7 @@ impl SimHistory {
             devices: attrs
                 .into_iter()
                 .map(|(id, attributes)| Device {
-                    id,
+                    id: forewarn::domain::DeviceId::try_from(id).expect("device id"),
                     customer_id: None,
                     attributes,
                 })

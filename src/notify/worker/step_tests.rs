@@ -2,7 +2,7 @@
 //! provider, no clock: what the worker and the channels execute is pinned here.
 
 use super::*;
-use crate::domain::{ModelRef, Priority, Timestamp};
+use crate::domain::{Priority, Timestamp};
 use std::time::Duration;
 
 /// Noon in Bangkok (UTC+7).
@@ -13,24 +13,11 @@ const HOUR: i64 = 3_600_000;
 
 fn ticket(status: Status) -> Ticket {
     Ticket {
-        id: "T-1".into(),
-        device_id: crate::domain::DeviceId::parse("pump-1").unwrap(),
         customer_id: Some("acme".into()),
-        failure_mode: "bearing_wear".into(),
         status,
         priority: Priority::Urgent,
         probability: 0.97,
-        predicted_failure_at: None,
-        opened_at: "2027-01-15T05:00:00Z".into(),
-        updated_at: "2027-01-15T05:00:00Z".into(),
-        model: ModelRef {
-            name: "m".into(),
-            version: "1".into(),
-        },
-        evidence: vec![],
-        history: vec![],
-        outcome: None,
-        opened_ms: Timestamp::from_millis(noon()),
+        ..Ticket::example("T-1", "pump-1", Timestamp::from_millis(noon()))
     }
 }
 

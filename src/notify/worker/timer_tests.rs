@@ -38,24 +38,11 @@ impl TicketDesk for Desk {
 
 fn ticket() -> Ticket {
     Ticket {
-        id: "T-1".into(),
-        device_id: crate::domain::DeviceId::parse("pump-1").unwrap(),
         customer_id: Some("acme".into()),
-        failure_mode: "bearing_wear".into(),
         status: Status::Acknowledged,
         priority: crate::domain::Priority::Urgent,
         probability: 0.97,
-        predicted_failure_at: None,
-        opened_at: crate::domain::Timestamp::from_millis(T0).format(),
-        updated_at: crate::domain::Timestamp::from_millis(T0).format(),
-        model: crate::domain::ModelRef {
-            name: "m".into(),
-            version: "1".into(),
-        },
-        evidence: vec![],
-        history: vec![],
-        outcome: None,
-        opened_ms: crate::domain::Timestamp::from_millis(T0),
+        ..Ticket::example("T-1", "pump-1", crate::domain::Timestamp::from_millis(T0))
     }
 }
 

@@ -120,7 +120,7 @@ impl TicketDesk for StoreDesk {
     }
     fn device(&self, id: &str) -> Option<Device> {
         Some(Device {
-            id: id.into(),
+            id: forewarn::domain::DeviceId::parse(id).ok()?,
             customer_id: None,
             attributes: Default::default(),
         })
