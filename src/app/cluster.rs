@@ -105,6 +105,133 @@ impl App {
     }
 }
 
+/// One device's state as a partition checkpoint carries it: the encoded [`DeviceState`] and
+/// reorder buffer, as the store keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceBlob {
+    pub device: String,
+    pub state: Vec<u8>,
+    /// `None`: nothing held for event-time order.
+    pub reorder: Option<Vec<u8>>,
+}
+
+/// The devices of one partition as this instance has applied them, with every stored ticket of
+/// those devices: what cluster mode hands to a partition's next owner instead of the whole
+/// retained history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceStates {
+    pub devices: Vec<DeviceBlob>,
+    pub tickets: Vec<Ticket>,
+}
+
+impl App {
+    /// The state of every device `belongs` selects (in memory, else as stored) and all their
+    /// tickets. The caller makes sure nothing of those devices is being processed (cluster
+    /// mode: the partition's consumer is paused and what it forwarded is committed); the core
+    /// is held meanwhile, so no group is half applied.
+    pub fn export_devices(
+        &self,
+        belongs: &dyn Fn(&str) -> bool,
+    ) -> Result<DeviceStates, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        self.recover_if_needed(core)?;
+        let mut devices: Vec<DeviceBlob> = core
+            .slots
+            .iter()
+            .filter(|(d, _)| belongs(d))
+            .map(|(d, slot)| DeviceBlob {
+                device: d.clone(),
+                state: slot.state.encode(),
+                reorder: (!slot.reorder.is_empty()).then(|| slot.reorder.encode()),
+            })
+            .collect();
+        for (device, state) in self.store.states()? {
+            if belongs(&device) && !core.slots.contains_key(device.as_str()) {
+                let reorder = self.store.load_reorder(&device)?;
+                devices.push(DeviceBlob {
+                    device,
+                    state,
+                    reorder,
+                });
+            }
+        }
+        devices.sort_by(|a, b| a.device.cmp(&b.device));
+        let tickets = self
+            .store
+            .tickets(&crate::store::TicketFilter::default())?
+            .into_iter()
+            .filter(|t| belongs(t.device_id.as_str()))
+            .collect();
+        Ok(DeviceStates { devices, tickets })
+    }
+
+    /// Takes over the given device states and tickets as this instance's own, in one durable
+    /// commit (each device's mark in the step log, so a recovery does not replay older steps
+    /// over it); the devices are reloaded from the store at their next message. A state that
+    /// does not decode is left out (counted in the return's second member). Returns how many
+    /// devices were adopted and how many were left out.
+    pub fn adopt_devices(&self, s: &DeviceStates) -> Result<(usize, usize), CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        self.recover_if_needed(core)?;
+        let mut tx = self.store.tx();
+        let mut adopted: Vec<(&DeviceBlob, crate::features::DeviceState)> = Vec::new();
+        let mut refused = 0;
+        for d in &s.devices {
+            let Some(state) = crate::features::DeviceState::decode(&d.state) else {
+                refused += 1;
+                continue;
+            };
+            if d.reorder
+                .as_ref()
+                .is_some_and(|b| crate::ingest::reorder::Buffer::decode(b).is_none())
+            {
+                refused += 1;
+                continue;
+            }
+            tx.put_state(&d.device, d.state.clone());
+            match &d.reorder {
+                Some(b) => tx.put_reorder(&d.device, b.clone()),
+                None => tx.remove_reorder(&d.device),
+            }
+            adopted.push((d, state));
+        }
+        // The live index has one entry per (device, mode), which a settled ticket's write
+        // removes: the settled ones go first, so a live one of the same mode stays indexed.
+        for t in s.tickets.iter().filter(|t| !t.is_live()) {
+            tx.put_ticket(t);
+        }
+        for t in s.tickets.iter().filter(|t| t.is_live()) {
+            tx.put_ticket(t);
+        }
+        let marks: Vec<(&str, Vec<u8>)> = adopted
+            .iter()
+            .map(|(d, _)| (d.device.as_str(), Vec::new()))
+            .collect();
+        let log_seq = (!marks.is_empty()).then(|| tx.put_log(super::state::log_record(&marks)));
+        self.store.commit(tx)?;
+        core.log.extend(log_seq);
+        let now = std::time::Instant::now();
+        for (d, _) in &adopted {
+            core.slots.remove(d.device.as_str());
+            core.held_on_disk.remove(d.device.as_str());
+            if d.reorder.is_some() {
+                // Released by the idle timer like any buffer held on disk.
+                core.held_on_disk.insert(d.device.clone(), now);
+            }
+        }
+        let names: Vec<String> = adopted.iter().map(|(d, _)| d.device.clone()).collect();
+        let by_name: std::collections::HashMap<&str, &crate::features::DeviceState> = adopted
+            .iter()
+            .map(|(d, s)| (d.device.as_str(), s))
+            .collect();
+        self.views.publish(&names, |d| by_name.get(d).copied());
+        self.metrics.devices_in_memory.set(core.slots.len() as i64);
+        Ok((adopted.len(), refused))
+    }
+}
+
 /// Whether the ticket's history already holds the recorded transition.
 fn recorded_in(t: &Ticket, r: &RecordedTransition) -> bool {
     let at = r.at_ms.format();
