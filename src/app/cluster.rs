@@ -362,6 +362,86 @@ mod tests {
         }
     }
 
+    fn ticket(id: &str, status: &str, opened_at: &str) -> Ticket {
+        let opened_ms = Timestamp::parse(opened_at).map_or(0, |t| t.as_millis());
+        serde_json::from_value(serde_json::json!({
+            "id": id, "device_id": "d1", "customer_id": null,
+            "failure_mode": "comp2", "status": status, "priority": "high", "probability": 0.8,
+            "predicted_failure_at": null, "opened_at": opened_at,
+            "updated_at": opened_at, "model": {"name": "m", "version": "1"},
+            "evidence": [], "history": [], "opened_ms": opened_ms
+        }))
+        .expect("ticket")
+    }
+
+    #[test]
+    fn a_partitions_devices_move_to_another_writer_with_their_tickets_and_a_live_one_stays_live() {
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = crate::app::testkit::writer(da.path());
+        let t0 = 1_420_070_400_000;
+        let group: Vec<_> = (0..3)
+            .map(|i| {
+                crate::app::testkit::reading(
+                    "d1",
+                    t0 + i * 3_600_000,
+                    i as u64 + 1,
+                    r#"{"volt": 170.5}"#,
+                )
+            })
+            .chain([crate::app::testkit::reading(
+                "d2",
+                t0,
+                1,
+                r#"{"volt": 1.0}"#,
+            )])
+            .collect();
+        a.process_group(&group).expect("group");
+        // The store lists the newer (live) ticket first; a settled one of the same device and
+        // mode after it must not take the live one out of the device's live index.
+        let live = ticket("T-0000000000000002", "open", "2015-01-03T06:00:00Z");
+        let settled = ticket("T-0000000000000001", "dismissed", "2015-01-01T06:00:00Z");
+        let mut tx = a.store.tx();
+        tx.put_ticket(&settled);
+        tx.put_ticket(&live);
+        a.store.commit(tx).expect("commit");
+
+        let states = a.export_devices(&|d| d == "d1").expect("export");
+        assert_eq!(states.devices.len(), 1, "only the partition's device");
+        assert!(
+            states.devices[0].reorder.is_some(),
+            "its held reading moves too"
+        );
+        let order: Vec<&str> = states.tickets.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(
+            order,
+            [live.id.as_str(), settled.id.as_str()],
+            "newest first"
+        );
+
+        let b = crate::app::testkit::writer(db.path());
+        assert_eq!(b.adopt_devices(&states).expect("adopt"), (1, 0));
+        assert_eq!(
+            b.device_state("d1").expect("state"),
+            a.device_state("d1").expect("state")
+        );
+        assert_eq!(b.device_state("d2").expect("state"), None);
+        let ids: Vec<String> = b
+            .store
+            .live_tickets("d1")
+            .expect("live")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, vec![live.id.clone()]);
+        assert_eq!(
+            b.store.ticket(&settled.id).expect("read").map(|t| t.status),
+            Some(crate::domain::Status::Dismissed)
+        );
+    }
+
     #[test]
     fn an_instance_owning_nothing_but_joined_and_connected_is_ready() {
         let r = facts().judge();
