@@ -41,7 +41,8 @@
 //!   the writer's lock; transitions through the writer), `Fleet` (devices and customers, read
 //!   without the writer's lock), `Monitor` (readiness, loss, gaps, watches, rejects)
 //! - [`cluster`]  cluster mode on NATS JetStream: partitioned device subjects, partition leases
-//!   in a key-value bucket, replay on take-over, fleet-wide ticket claims (off by default)
+//!   in a key-value bucket, partition checkpoints and replay on take-over, fleet-wide ticket
+//!   claims (off by default)
 //! - [`api`]      every HTTP route (axum): tickets, fleet, rejects, the notifier's, `/metrics`,
 //!   health; one bearer-token extractor; the listeners (`api::server::Stage`)
 //! - [`board`]    the dispatch board: server-rendered pages for dispatchers (queue, ticket, day

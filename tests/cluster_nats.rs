@@ -28,6 +28,8 @@ use support::process::{spawn_serve, write_config, Serve};
 const PARTITIONS: u32 = 8;
 const PREFIX: &str = "fwp";
 const TOKEN: &str = "parity-token";
+/// `cluster.checkpoint_every` of the drills' instances.
+const CHECKPOINT_EVERY: u64 = 200;
 
 /// A stream over every partitioned subject (`{PREFIX}.<partition>.…`) of the server.
 async fn partitioned_stream(
@@ -324,7 +326,8 @@ impl Instance {
     }
 }
 
-/// A `forewarn serve --config …` in cluster mode (lease and ack wait 3 s), its own data
+/// A `forewarn serve --config …` in cluster mode (lease and ack wait 3 s, a checkpoint every
+/// [`CHECKPOINT_EVERY`] messages of a partition), its own data
 /// directory under `root` and API port; with the single-machine configuration it was made from
 /// (for the backtest).
 fn start_instance(
@@ -352,6 +355,8 @@ fn start_instance(
     cfg.cluster.subject_prefix = PREFIX.into();
     cfg.cluster.lease = "3s".parse().unwrap();
     cfg.cluster.ack_wait = "3s".parse().unwrap();
+    // Often, so that a take-over resumes from a checkpoint well inside the history.
+    cfg.cluster.checkpoint_every = CHECKPOINT_EVERY;
     std::fs::create_dir_all(&setup.root).unwrap();
     let path = write_config(&setup.root, &cfg);
     let log = setup.root.join("serve.log");
@@ -606,6 +611,114 @@ async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Three instances `fw-a`, `fw-b`, `fw-c` started and settled (each holding its rendezvous
+/// share, every partition owned and set up), with the backtest's tickets on the same history
+/// (at least 5).
+async fn start_three(
+    nats: &NatsServer,
+    broker_url: &str,
+    root: &std::path::Path,
+    model: &forewarn::predict::Artifact,
+    hist: &SimHistory,
+    http: &reqwest::Client,
+) -> (Vec<Instance>, Vec<Ticket>) {
+    let mut instances = Vec::new();
+    let mut backtest = Vec::new();
+    for name in ["fw-a", "fw-b", "fw-c"] {
+        let (instance, cfg) = start_instance(nats, broker_url, root, name, model, hist);
+        if backtest.is_empty() {
+            backtest = evaluate_tickets(&cfg, model.clone(), hist);
+        }
+        instances.push(instance);
+    }
+    assert!(
+        backtest.len() >= 5,
+        "the backtest must open tickets: {}",
+        backtest.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: Vec<&Instance> = instances.iter().collect();
+        if let Some(own) = ownership(http, &live, true).await {
+            if in_rendezvous_shares(&own) && covers_all(&own) {
+                eprintln!("assignment with three instances: {own:?}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three instances never shared the partitions:\n{}",
+            tails(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (instances, backtest)
+}
+
+/// The opening claims in the fleet-wide bucket and the backtest's tickets, each as
+/// `device mode opened_at`, sorted.
+async fn claims_and_expected(
+    js: &jetstream::Context,
+    backtest: &[Ticket],
+) -> (Vec<String>, Vec<String>) {
+    let claims = js.get_key_value("forewarn-claims").await.unwrap();
+    let mut keys = claims.keys().await.unwrap();
+    let mut claimed = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.unwrap();
+        if k.starts_with("t.") {
+            let v = claims.get(&k).await.unwrap().unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            claimed.push(format!(
+                "{} {} {}",
+                r["device_id"].as_str().unwrap(),
+                r["failure_mode"].as_str().unwrap(),
+                r["opened_at"].as_str().unwrap()
+            ));
+        }
+    }
+    claimed.sort();
+    let mut expected: Vec<String> = backtest
+        .iter()
+        .map(|t| format!("{} {} {}", t.device_id, t.failure_mode, t.opened_at))
+        .collect();
+    expected.sort();
+    (claimed, expected)
+}
+
+/// Waits (up to 120 s) until no durable partition consumer has anything pending or
+/// unacknowledged.
+async fn wait_drained(stream: &jetstream::stream::Stream, live: &[&Instance]) {
+    let drained = Instant::now();
+    loop {
+        let mut left = 0;
+        for p in 0..PARTITIONS {
+            match stream.consumer_info(format!("fw-p{p}")).await {
+                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
+                Err(_) => left += 1,
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(120),
+            "{left} message(s) still pending:\n{}",
+            tails(live)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The sum of a metric (all its series) over the instances.
+async fn metric_sum(http: &reqwest::Client, live: &[&Instance], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for i in live {
+        sum += metric(http, &i.api, name).await;
+    }
+    sum
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_tickets_and_any_answers_for_the_fleet(
 ) {
@@ -622,40 +735,14 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     let lease = Duration::from_secs(3);
 
     let start = |name: &str| start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist);
-    let mut instances = Vec::new();
-    let mut backtest = Vec::new();
-    for name in ["fw-a", "fw-b", "fw-c"] {
-        let (instance, cfg) = start(name);
-        if backtest.is_empty() {
-            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
-        }
-        instances.push(instance);
-    }
+    let http = reqwest::Client::new();
+    let (mut instances, backtest) =
+        start_three(&nats, &broker_url, tmp.path(), &model, &hist, &http).await;
     let modes: BTreeSet<&str> = backtest.iter().map(|t| t.failure_mode.as_str()).collect();
     assert!(
-        backtest.len() >= 5 && modes.len() >= 2,
-        "the backtest must open tickets of several modes: {} tickets, {modes:?}",
-        backtest.len()
+        modes.len() >= 2,
+        "the backtest must open tickets of several modes: {modes:?}"
     );
-
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let live: Vec<&Instance> = instances.iter().collect();
-        if let Some(own) = ownership(&http, &live, true).await {
-            // Settled: each holds exactly its rendezvous share among the three.
-            if in_rendezvous_shares(&own) {
-                eprintln!("assignment with three instances: {own:?}");
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "three instances never shared the partitions:\n{}",
-            tails(&live)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     // The history as devices send it: `devices.ID.telemetry|events`, acknowledged by JetStream.
     let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
@@ -740,6 +827,59 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     // leave room for a loaded machine.
     assert!(acquired <= lease * 2, "the leases moved after {acquired:?}");
 
+    // The survivors resumed the victim's partitions from their checkpoints and replayed only
+    // what came after, not the partitions' history from the start. (Ready: every partition's
+    // live consumer is up, so each resumed and replayed first.)
+    for i in &survivors {
+        loop {
+            if let Some((200, _)) = readyz(&http, &i.api).await {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(60),
+                "{} not ready after the take-over:\n{}",
+                i.name,
+                tails(&survivors)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let resumed = metric_sum(
+        &http,
+        &survivors,
+        "forewarn_cluster_checkpoints_total{event=\"resumed\"}",
+    )
+    .await;
+    let replayed_at_takeover = metric_sum(
+        &http,
+        &survivors,
+        "forewarn_cluster_replayed_messages_total",
+    )
+    .await;
+    let victims: BTreeSet<u32> = victims_partitions.iter().copied().collect();
+    let full_replay = messages[..three_quarters]
+        .iter()
+        .filter(|m| {
+            let device = m.topic.split('/').nth(1).unwrap_or_default();
+            victims.contains(&partition::of_device(device, PARTITIONS))
+        })
+        .count();
+    eprintln!(
+        "take-over: {resumed} partition(s) resumed from a checkpoint, {replayed_at_takeover} \
+         message(s) replayed after them (the victim's partitions held {full_replay} messages: \
+         a replay from the start would have read up to that many)"
+    );
+    assert!(
+        resumed >= 1.0,
+        "no partition of {victim} resumed from a checkpoint:\n{}",
+        tails(&survivors)
+    );
+    assert!(
+        replayed_at_takeover < full_replay as f64 / 2.0,
+        "{replayed_at_takeover} messages replayed, from the start rather than the checkpoints \
+         ({full_replay} in the victim's partitions)"
+    );
+
     // A fourth instance joins mid-stream: started, then the last quarter of the history is
     // published while it joins; it takes its rendezvous share from the survivors (handed on,
     // not expired) and replays those partitions.
@@ -770,24 +910,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
 
     // Every partition drained: nothing pending nor unacknowledged on any durable consumer.
     let stream = js.get_stream("FOREWARN").await.unwrap();
-    let drained = Instant::now();
-    loop {
-        let mut left = 0;
-        for p in 0..PARTITIONS {
-            match stream.consumer_info(format!("fw-p{p}")).await {
-                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
-                Err(_) => left += 1,
-            }
-        }
-        if left == 0 {
-            break;
-        }
-        assert!(
-            drained.elapsed() < Duration::from_secs(120),
-            "{left} message(s) still pending"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_drained(&stream, &survivors).await;
 
     // The fleet's tickets: each survivor's tickets of the devices in the partitions it owns.
     let fleet_tickets =
@@ -843,38 +966,25 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     }
 
     // One claim per ticket in the fleet-wide bucket, and no claim the backtest does not have.
-    let claims = js.get_key_value("forewarn-claims").await.unwrap();
-    let mut keys = claims.keys().await.unwrap();
-    let mut claimed = Vec::new();
-    while let Some(k) = keys.next().await {
-        let k = k.unwrap();
-        if k.starts_with("t.") {
-            let v = claims.get(&k).await.unwrap().unwrap();
-            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
-            claimed.push(format!(
-                "{} {} {}",
-                r["device_id"].as_str().unwrap(),
-                r["failure_mode"].as_str().unwrap(),
-                r["opened_at"].as_str().unwrap()
-            ));
-        }
-    }
-    claimed.sort();
-    let mut expected: Vec<String> = backtest
-        .iter()
-        .map(|t| format!("{} {} {}", t.device_id, t.failure_mode, t.opened_at))
-        .collect();
-    expected.sort();
+    let (claimed, expected) = claims_and_expected(&js, &backtest).await;
     assert_eq!(claimed, expected, "fleet-wide ticket claims");
 
-    // The take-over replayed the victim's partitions rather than starting cold.
-    let mut replayed = 0.0;
-    for i in &survivors {
-        replayed += metric(&http, &i.api, "forewarn_cluster_replayed_messages_total").await;
-    }
+    // The take-overs started warm: from checkpoints, and a replay of what came after them.
+    let replayed = metric_sum(
+        &http,
+        &survivors,
+        "forewarn_cluster_replayed_messages_total",
+    )
+    .await;
+    let resumed = metric_sum(
+        &http,
+        &survivors,
+        "forewarn_cluster_checkpoints_total{event=\"resumed\"}",
+    )
+    .await;
     assert!(
-        replayed > 0.0,
-        "the survivors replayed the partitions they took over"
+        resumed >= 1.0,
+        "the survivors resumed the partitions they took over from checkpoints"
     );
     eprintln!(
         "{} messages, {} tickets equal to the backtest, {} claims, {replayed} messages replayed",
@@ -1328,11 +1438,6 @@ async fn publish_history(js: &jetstream::Context, batch: &[forewarn::replay::Mes
     }
 }
 
-// Ignored in `cargo test` (run it with `--ignored`): after the session-7 fixes it still failed
-// once in a clean-clone CI run — one settled ticket's probability differed from the backtest's,
-// the signature of readings redelivered after the restart behind newer ones. A known, open
-// fault of cluster mode (RELIABILITY.md), not a flaky harness.
-#[ignore = "known open fault: after a NATS restart a ticket's probability can differ from the backtest (RELIABILITY.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing() {
     let Some(mut nats) = NatsServer::start("cluster_nats nats restart", PARTITIONS, PREFIX) else {
@@ -1344,32 +1449,10 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
     let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
     let model = demo_model();
 
-    let mut instances = Vec::new();
-    let mut backtest = Vec::new();
-    for name in ["fw-a", "fw-b", "fw-c"] {
-        let (instance, cfg) = start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist);
-        if backtest.is_empty() {
-            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
-        }
-        instances.push(instance);
-    }
-    assert!(backtest.len() >= 5, "the backtest opens tickets");
-    let live: Vec<&Instance> = instances.iter().collect();
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(own) = ownership(&http, &live, true).await {
-            if in_rendezvous_shares(&own) && covers_all(&own) {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "three instances never shared the partitions:\n{}",
-            tails(&live)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (instances, backtest) =
+        start_three(&nats, &broker_url, tmp.path(), &model, &hist, &http).await;
+    let live: Vec<&Instance> = instances.iter().collect();
 
     // The first half of the history, then the server dies (SIGKILL) while the instances are
     // still working through it.
@@ -1470,25 +1553,7 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
         info.state.messages,
         messages.len()
     );
-    let drained = Instant::now();
-    loop {
-        let mut left = 0;
-        for p in 0..PARTITIONS {
-            match stream.consumer_info(format!("fw-p{p}")).await {
-                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
-                Err(_) => left += 1,
-            }
-        }
-        if left == 0 {
-            break;
-        }
-        assert!(
-            drained.elapsed() < Duration::from_secs(120),
-            "{left} message(s) still pending:\n{}",
-            tails(&live)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_drained(&stream, &live).await;
 
     // The tickets are the backtest's, each once, from any instance.
     let settle = Instant::now();
@@ -1507,33 +1572,133 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
     }
 
     // One claim per ticket.
-    let claims = js.get_key_value("forewarn-claims").await.unwrap();
-    let mut keys = claims.keys().await.unwrap();
-    let mut claimed = Vec::new();
-    while let Some(k) = keys.next().await {
-        let k = k.unwrap();
-        if k.starts_with("t.") {
-            let v = claims.get(&k).await.unwrap().unwrap();
-            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
-            claimed.push(format!(
-                "{} {} {}",
-                r["device_id"].as_str().unwrap(),
-                r["failure_mode"].as_str().unwrap(),
-                r["opened_at"].as_str().unwrap()
-            ));
-        }
-    }
-    claimed.sort();
-    let mut expected: Vec<String> = backtest
-        .iter()
-        .map(|t| format!("{} {} {}", t.device_id, t.failure_mode, t.opened_at))
-        .collect();
-    expected.sort();
+    let (claimed, expected) = claims_and_expected(&js, &backtest).await;
     assert_eq!(claimed, expected, "one fleet-wide claim per ticket");
+    let skipped = metric_sum(&http, &live, "forewarn_cluster_redelivered_skipped_total").await;
+    let replayed = metric_sum(&http, &live, "forewarn_cluster_replayed_messages_total").await;
     eprintln!(
-        "{} readings, {} tickets equal to the backtest, {} claims after the restart",
+        "{} readings, {} tickets equal to the backtest, {} claims after the restart; \
+         {skipped} redelivered message(s) skipped as already applied, {replayed} replayed",
         messages.len(),
         tickets.len(),
         claimed.len()
+    );
+}
+
+/// An instance frozen (SIGSTOP) for longer than its lease loses its partitions to the others;
+/// woken up, it still believes it holds them until its next lease round. It must not consume
+/// them meanwhile (two pullers on one durable consumer would split a partition's messages
+/// between two states), and it gets its share back through hand-offs with checkpoints: the
+/// tickets are still the backtest's, each opened once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost() {
+    let Some(nats) = NatsServer::start("cluster_nats frozen", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
+    let model = demo_model();
+    let http = reqwest::Client::new();
+    let (instances, backtest) =
+        start_three(&nats, &broker_url, tmp.path(), &model, &hist, &http).await;
+    let live: Vec<&Instance> = instances.iter().collect();
+    let own = ownership(&http, &live, true).await.expect("ownership");
+    let frozen = own
+        .iter()
+        .max_by_key(|(_, o)| o.len())
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    let pid = instances
+        .iter()
+        .find(|i| i.name == frozen)
+        .and_then(|i| i.child.as_ref())
+        .map(|c| c.id())
+        .expect("running");
+    let others: Vec<&Instance> = instances.iter().filter(|i| i.name != frozen).collect();
+
+    let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let half = messages.len() / 2;
+    publish_history(&js, &messages[..half]).await;
+    // Frozen mid-stream, while the others take its partitions over and a quarter more arrives.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSTOP);
+    }
+    let frozen_at = Instant::now();
+    let three_quarters = messages.len() * 3 / 4;
+    publish_history(&js, &messages[half..three_quarters]).await;
+    loop {
+        if let Some(own) = ownership(&http, &others, true).await {
+            if covers_all(&own) {
+                break;
+            }
+        }
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(60),
+            "the others never took {frozen}'s partitions over:\n{}",
+            tails(&others)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{frozen} frozen: the others held every partition {:.2} s later",
+        frozen_at.elapsed().as_secs_f64()
+    );
+    unsafe {
+        libc::kill(pid as i32, libc::SIGCONT);
+    }
+    publish_history(&js, &messages[three_quarters..]).await;
+
+    // It gets its share back, everything drains, and the fleet's tickets are the backtest's.
+    let woken = Instant::now();
+    loop {
+        if let Some(own) = ownership(&http, &live, true).await {
+            if covers_all(&own) && in_rendezvous_shares(&own) {
+                break;
+            }
+        }
+        assert!(
+            woken.elapsed() < Duration::from_secs(60),
+            "{frozen} never got its share back:\n{}",
+            tails(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stream = js.get_stream("FOREWARN").await.unwrap();
+    wait_drained(&stream, &live).await;
+    let settle = Instant::now();
+    let tickets = loop {
+        let list = fleet_list(&http, &live[0].api, "").await;
+        if same_tickets(&backtest, &list) || settle.elapsed() > Duration::from_secs(20) {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_same_tickets(&backtest, &tickets);
+    for i in &live {
+        let list = fleet_list(&http, &i.api, "").await;
+        assert_no_duplicates(&list, &i.name);
+        assert_same_tickets(&backtest, &list);
+    }
+    let (claimed, expected) = claims_and_expected(&js, &backtest).await;
+    assert_eq!(claimed, expected, "one fleet-wide claim per ticket");
+    let log = std::fs::read_to_string(&instances.iter().find(|i| i.name == frozen).unwrap().log)
+        .unwrap_or_default();
+    let refused = log.matches("its lease is not this instance's now").count();
+    let gaps = log.matches("deliveries went elsewhere").count();
+    let resumed = metric_sum(
+        &http,
+        &live,
+        "forewarn_cluster_checkpoints_total{event=\"resumed\"}",
+    )
+    .await;
+    eprintln!(
+        "woken {frozen}: {refused} set-up(s) refused for a lease no longer its own, {gaps} \
+         delivery gap(s); {resumed} partition(s) resumed from checkpoints in all; {} tickets \
+         equal to the backtest, one claim each",
+        tickets.len()
     );
 }

@@ -105,6 +105,133 @@ impl App {
     }
 }
 
+/// One device's state as a partition checkpoint carries it: the encoded [`DeviceState`] and
+/// reorder buffer, as the store keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceBlob {
+    pub device: String,
+    pub state: Vec<u8>,
+    /// `None`: nothing held for event-time order.
+    pub reorder: Option<Vec<u8>>,
+}
+
+/// The devices of one partition as this instance has applied them, with every stored ticket of
+/// those devices: what cluster mode hands to a partition's next owner instead of the whole
+/// retained history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceStates {
+    pub devices: Vec<DeviceBlob>,
+    pub tickets: Vec<Ticket>,
+}
+
+impl App {
+    /// The state of every device `belongs` selects (in memory, else as stored) and all their
+    /// tickets. The caller makes sure nothing of those devices is being processed (cluster
+    /// mode: the partition's consumer is paused and what it forwarded is committed); the core
+    /// is held meanwhile, so no group is half applied.
+    pub fn export_devices(
+        &self,
+        belongs: &dyn Fn(&str) -> bool,
+    ) -> Result<DeviceStates, CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        self.recover_if_needed(core)?;
+        let mut devices: Vec<DeviceBlob> = core
+            .slots
+            .iter()
+            .filter(|(d, _)| belongs(d))
+            .map(|(d, slot)| DeviceBlob {
+                device: d.clone(),
+                state: slot.state.encode(),
+                reorder: (!slot.reorder.is_empty()).then(|| slot.reorder.encode()),
+            })
+            .collect();
+        for (device, state) in self.store.states()? {
+            if belongs(&device) && !core.slots.contains_key(device.as_str()) {
+                let reorder = self.store.load_reorder(&device)?;
+                devices.push(DeviceBlob {
+                    device,
+                    state,
+                    reorder,
+                });
+            }
+        }
+        devices.sort_by(|a, b| a.device.cmp(&b.device));
+        let tickets = self
+            .store
+            .tickets(&crate::store::TicketFilter::default())?
+            .into_iter()
+            .filter(|t| belongs(t.device_id.as_str()))
+            .collect();
+        Ok(DeviceStates { devices, tickets })
+    }
+
+    /// Takes over the given device states and tickets as this instance's own, in one durable
+    /// commit (each device's mark in the step log, so a recovery does not replay older steps
+    /// over it); the devices are reloaded from the store at their next message. A state that
+    /// does not decode is left out (counted in the return's second member). Returns how many
+    /// devices were adopted and how many were left out.
+    pub fn adopt_devices(&self, s: &DeviceStates) -> Result<(usize, usize), CoreError> {
+        let mut core = self.core.lock();
+        let core = &mut *core;
+        self.recover_if_needed(core)?;
+        let mut tx = self.store.tx();
+        let mut adopted: Vec<(&DeviceBlob, crate::features::DeviceState)> = Vec::new();
+        let mut refused = 0;
+        for d in &s.devices {
+            let Some(state) = crate::features::DeviceState::decode(&d.state) else {
+                refused += 1;
+                continue;
+            };
+            if d.reorder
+                .as_ref()
+                .is_some_and(|b| crate::ingest::reorder::Buffer::decode(b).is_none())
+            {
+                refused += 1;
+                continue;
+            }
+            tx.put_state(&d.device, d.state.clone());
+            match &d.reorder {
+                Some(b) => tx.put_reorder(&d.device, b.clone()),
+                None => tx.remove_reorder(&d.device),
+            }
+            adopted.push((d, state));
+        }
+        // The live index has one entry per (device, mode), which a settled ticket's write
+        // removes: the settled ones go first, so a live one of the same mode stays indexed.
+        for t in s.tickets.iter().filter(|t| !t.is_live()) {
+            tx.put_ticket(t);
+        }
+        for t in s.tickets.iter().filter(|t| t.is_live()) {
+            tx.put_ticket(t);
+        }
+        let marks: Vec<(&str, Vec<u8>)> = adopted
+            .iter()
+            .map(|(d, _)| (d.device.as_str(), Vec::new()))
+            .collect();
+        let log_seq = (!marks.is_empty()).then(|| tx.put_log(super::state::log_record(&marks)));
+        self.store.commit(tx)?;
+        core.log.extend(log_seq);
+        let now = std::time::Instant::now();
+        for (d, _) in &adopted {
+            core.slots.remove(d.device.as_str());
+            core.held_on_disk.remove(d.device.as_str());
+            if d.reorder.is_some() {
+                // Released by the idle timer like any buffer held on disk.
+                core.held_on_disk.insert(d.device.clone(), now);
+            }
+        }
+        let names: Vec<String> = adopted.iter().map(|(d, _)| d.device.clone()).collect();
+        let by_name: std::collections::HashMap<&str, &crate::features::DeviceState> = adopted
+            .iter()
+            .map(|(d, s)| (d.device.as_str(), s))
+            .collect();
+        self.views.publish(&names, |d| by_name.get(d).copied());
+        self.metrics.devices_in_memory.set(core.slots.len() as i64);
+        Ok((adopted.len(), refused))
+    }
+}
+
 /// Whether the ticket's history already holds the recorded transition.
 fn recorded_in(t: &Ticket, r: &RecordedTransition) -> bool {
     let at = r.at_ms.format();
@@ -233,6 +360,86 @@ mod tests {
             lease_view: true,
             ..Default::default()
         }
+    }
+
+    fn ticket(id: &str, status: &str, opened_at: &str) -> Ticket {
+        let opened_ms = Timestamp::parse(opened_at).map_or(0, |t| t.as_millis());
+        serde_json::from_value(serde_json::json!({
+            "id": id, "device_id": "d1", "customer_id": null,
+            "failure_mode": "comp2", "status": status, "priority": "high", "probability": 0.8,
+            "predicted_failure_at": null, "opened_at": opened_at,
+            "updated_at": opened_at, "model": {"name": "m", "version": "1"},
+            "evidence": [], "history": [], "opened_ms": opened_ms
+        }))
+        .expect("ticket")
+    }
+
+    #[test]
+    fn a_partitions_devices_move_to_another_writer_with_their_tickets_and_a_live_one_stays_live() {
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = crate::app::testkit::writer(da.path());
+        let t0 = 1_420_070_400_000;
+        let group: Vec<_> = (0..3)
+            .map(|i| {
+                crate::app::testkit::reading(
+                    "d1",
+                    t0 + i * 3_600_000,
+                    i as u64 + 1,
+                    r#"{"volt": 170.5}"#,
+                )
+            })
+            .chain([crate::app::testkit::reading(
+                "d2",
+                t0,
+                1,
+                r#"{"volt": 1.0}"#,
+            )])
+            .collect();
+        a.process_group(&group).expect("group");
+        // The store lists the newer (live) ticket first; a settled one of the same device and
+        // mode after it must not take the live one out of the device's live index.
+        let live = ticket("T-0000000000000002", "open", "2015-01-03T06:00:00Z");
+        let settled = ticket("T-0000000000000001", "dismissed", "2015-01-01T06:00:00Z");
+        let mut tx = a.store.tx();
+        tx.put_ticket(&settled);
+        tx.put_ticket(&live);
+        a.store.commit(tx).expect("commit");
+
+        let states = a.export_devices(&|d| d == "d1").expect("export");
+        assert_eq!(states.devices.len(), 1, "only the partition's device");
+        assert!(
+            states.devices[0].reorder.is_some(),
+            "its held reading moves too"
+        );
+        let order: Vec<&str> = states.tickets.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(
+            order,
+            [live.id.as_str(), settled.id.as_str()],
+            "newest first"
+        );
+
+        let b = crate::app::testkit::writer(db.path());
+        assert_eq!(b.adopt_devices(&states).expect("adopt"), (1, 0));
+        assert_eq!(
+            b.device_state("d1").expect("state"),
+            a.device_state("d1").expect("state")
+        );
+        assert_eq!(b.device_state("d2").expect("state"), None);
+        let ids: Vec<String> = b
+            .store
+            .live_tickets("d1")
+            .expect("live")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, vec![live.id.clone()]);
+        assert_eq!(
+            b.store.ticket(&settled.id).expect("read").map(|t| t.status),
+            Some(crate::domain::Status::Dismissed)
+        );
     }
 
     #[test]

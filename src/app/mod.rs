@@ -33,7 +33,8 @@ pub mod timers;
 mod views;
 
 pub use cluster::{
-    Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
+    Applied, ClaimError, ClusterReadiness, ClusterStatus, DeviceBlob, DeviceStates, Fleetwide,
+    Peers, RecordedTransition,
 };
 pub use commit::GroupStats;
 pub use fleet::Fleet;

@@ -24,14 +24,14 @@ pub struct Config {
     /// `PREFIX.N.devices.ID.KIND`, where N is the device's partition.
     pub subject_prefix: String,
     /// Key-value buckets are named `BUCKETS-leases` (members and partition leases),
-    /// `BUCKETS-tickets` (the shared ticket-id secret) and `BUCKETS-claims` (fleet-wide ticket
-    /// claims, kept `claims_max_age`).
+    /// `BUCKETS-tickets` (the shared ticket-id secret), `BUCKETS-claims` (fleet-wide ticket
+    /// claims, kept `claims_max_age`) and `BUCKETS-state` (partition checkpoints).
     pub buckets: String,
-    /// The stream drops messages older than this. It is also how far back a partition's new
-    /// owner can rebuild device state (there is no state checkpoint yet): after an outage longer
-    /// than this, a hand-off starts from the readings the stream still holds. Default 7 days:
-    /// several times the longest feature window and a long weekend's outage. Applied to an
-    /// existing stream at start.
+    /// The stream drops messages older than this. A partition's new owner starts from the
+    /// partition's checkpoint (`checkpoint_every`) and replays what the stream holds after it;
+    /// with no checkpoint readable it rebuilds from the readings the stream still holds.
+    /// Default 7 days: several times the longest feature window and a long weekend's outage.
+    /// Applied to an existing stream at start.
     pub stream_max_age: Dur,
     /// The stream drops its oldest messages beyond this many bytes; unset: no byte limit (only
     /// `stream_max_age`). Applied to an existing stream at start.
@@ -49,6 +49,12 @@ pub struct Config {
     pub ack_wait: Dur,
     /// Messages a partition's consumer may have delivered and not yet acknowledged.
     pub max_ack_pending: i64,
+    /// A partition's owner writes a checkpoint (its devices' states and tickets, and the stream
+    /// sequence they cover) to the bucket `BUCKETS-state` after every this many of the
+    /// partition's messages, and whenever it hands the partition on; the next owner resumes
+    /// from it and replays only what came after. 0: only at hand-off. Each checkpoint pauses the
+    /// partition until what it forwarded is committed, and writes every device of the partition.
+    pub checkpoint_every: u64,
     /// Where the other instances reach this instance's API (`http://HOST:PORT` or `https://…`),
     /// advertised in its membership record for the fleet-wide API. Unset: `http://` and the
     /// address `api.listen` bound, with `127.0.0.1` for an unspecified address — right only
@@ -75,6 +81,7 @@ impl Default for Config {
             lease: Dur::secs(10),
             ack_wait: Dur::secs(30),
             max_ack_pending: 4096,
+            checkpoint_every: 10_000,
             api_url: None,
             peer_timeout: Dur::secs(2),
         }

@@ -16,12 +16,24 @@
 //! wanted (a member joined) is released: its consumer stops, its acknowledgements drain, then
 //! the key is deleted.
 //!
-//! State hand-off: a new owner reads the durable consumer's acknowledgement floor, replays the
-//! partition from the stream's start up to it (effects of those messages were committed and sent
-//! by the earlier owner: ticket changes are stored, nothing is sent — [`Fleetwide::replaying`]),
-//! waits until the replay is committed, then consumes everything after the floor, in order.
-//! No checkpoint yet: a replay costs the partition's whole retained history (the stream keeps
-//! `stream_max_age`, so that is also how far back a new owner can rebuild).
+//! State hand-off: a partition's owner writes a checkpoint — its devices' states and tickets
+//! and the stream sequence they cover — to the bucket `BUCKETS-state` every `checkpoint_every`
+//! messages and when it hands the partition on ([`checkpoint`]). A new owner takes the
+//! checkpoint (unless its own state of the partition is further on), reads the durable
+//! consumer's acknowledgement floor, replays the partition from after the checkpoint up to the
+//! floor (effects of those messages were committed and sent by the earlier owner: ticket
+//! changes are stored, nothing is sent — [`Fleetwide::replaying`]), waits until the replay is
+//! committed, then consumes everything after it, in order. Without a readable checkpoint the
+//! replay starts at the stream's start (the stream keeps `stream_max_age`).
+//!
+//! No message is applied twice to a state that holds it: the instance remembers, per
+//! partition, the last stream sequence its state holds everything up to (`applied`); a
+//! consumer re-made after a lost connection, or a partition taken again, starts after it, and a
+//! message delivered again below it is skipped. (Before, a NATS restart made the consumer start
+//! again at its acknowledgement floor — the acknowledgements of committed groups lost with the
+//! connection — and replayed the partition from the start over the live state; a device whose
+//! reorder buffer the idle timer had emptied meanwhile took an error event at its newest time
+//! again, counting it twice.)
 //!
 //! Transitions: one accepted here is published on the partition's `PREFIX.N.forewarn.transition`
 //! before it is stored ([`Fleetwide::record_transition`]); replays and the live consumer apply
@@ -34,6 +46,7 @@
 //! one instance only; claims expire after `claims_max_age`. Ticket ids are keyed with a secret
 //! shared through the ticket bucket (which never expires), so every instance derives the same id.
 
+pub mod checkpoint;
 pub mod config;
 pub mod partition;
 
@@ -90,6 +103,9 @@ struct ClusterMetrics {
     claims: IntCounterVec,
     replayed: IntCounter,
     transitions: IntCounterVec,
+    skipped: IntCounter,
+    checkpoints: IntCounterVec,
+    checkpoint_bytes: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -131,12 +147,35 @@ impl ClusterMetrics {
         )?;
         r.register(Box::new(replayed.clone()))?;
         r.register(Box::new(transitions.clone()))?;
+        let skipped = IntCounter::new(
+            "forewarn_cluster_redelivered_skipped_total",
+            "Messages delivered again (after a lost connection, a re-made consumer or an \
+             acknowledgement wait) that this instance's state already holds: not applied twice",
+        )?;
+        let checkpoints = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_checkpoints_total",
+                "Partition checkpoints: written, superseded (a newer one was there), failed, \
+                 resumed (a partition taken over started from one), unreadable",
+            ),
+            &["event"],
+        )?;
+        let checkpoint_bytes = IntGauge::new(
+            "forewarn_cluster_checkpoint_bytes",
+            "Size of the last partition checkpoint this instance wrote",
+        )?;
+        r.register(Box::new(skipped.clone()))?;
+        r.register(Box::new(checkpoints.clone()))?;
+        r.register(Box::new(checkpoint_bytes.clone()))?;
         Ok(ClusterMetrics {
             owned,
             leases,
             claims,
             replayed,
             transitions,
+            skipped,
+            checkpoints,
+            checkpoint_bytes,
         })
     }
 }
@@ -174,6 +213,14 @@ pub struct Cluster {
     leases: kv::Store,
     /// Fleet-wide ticket claims, expiring after `claims_max_age`.
     claims: kv::Store,
+    /// Partition checkpoints ([`checkpoint`]), never expiring.
+    checkpoints: kv::Store,
+    /// Per partition, the last stream sequence this instance's device state holds every message
+    /// of the partition up to (forwarded in stream order and committed, or taken from a
+    /// checkpoint), in this process's life. A partition consumed again here (a re-made
+    /// consumer after a lost connection, a lease lost and taken again) starts after it, so no
+    /// message is applied twice to a state that already holds it.
+    applied: Mutex<HashMap<u32, u64>>,
     ticket_id_key: Vec<u8>,
     /// The runtime the processor thread's claims run on.
     rt: tokio::runtime::Handle,
@@ -272,6 +319,7 @@ impl Cluster {
             cfg.claims_max_age.std(),
         )
         .await?;
+        let checkpoints = bucket(&js, &format!("{}-state", cfg.buckets), Duration::ZERO).await?;
         let ticket_id_key = shared_ticket_key(&tickets).await?;
         let metrics = ClusterMetrics::new(registry)?;
         tracing::info!(%instance, %url, partitions = cfg.partitions, "joined the cluster");
@@ -282,6 +330,8 @@ impl Cluster {
             stream,
             leases,
             claims,
+            checkpoints,
+            applied: Mutex::new(HashMap::new()),
             ticket_id_key,
             rt: tokio::runtime::Handle::current(),
             view: Mutex::new(View::default()),
@@ -581,6 +631,10 @@ impl Cluster {
         while h.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if h.outstanding.load(Ordering::SeqCst) == 0 {
+            // Everything it forwarded is committed: the next owner starts from here.
+            self.write_checkpoint(p, "hand-off").await;
+        }
         let _ = self
             .leases
             .delete_expect_revision(format!("p.{p}"), Some(h.revision))
@@ -668,6 +722,9 @@ impl Cluster {
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
+        // Never two consumers of one partition: after an outage the lease may have expired and
+        // gone to another instance before this one's lease round notices.
+        self.check_lease(p).await?;
         let generation = self.disconnects.load(Ordering::SeqCst);
         let reconnected = || -> Result<(), ClusterError> {
             match self.disconnects.load(Ordering::SeqCst) == generation {
@@ -698,14 +755,23 @@ impl Cluster {
             }
             Err(e) => return Err(err(boxed(e))),
         };
-        if floor > 0 {
-            self.replay(p, floor, forward, stop, outstanding).await?;
+        // Where this instance's state of the partition starts: what it already holds, or the
+        // partition's checkpoint when that is further on.
+        self.resume_from_checkpoint(p).await;
+        let base = self.applied_through(p);
+        if floor > base {
+            self.replay(p, base, floor, forward, stop, outstanding)
+                .await?;
             if stop.is_cancelled() {
                 return Ok(());
             }
             // A replay cut short by a lost connection may have missed messages.
             reconnected()?;
         }
+        // What lies between the floor and what this state holds (committed, its
+        // acknowledgements lost with the connection, or a checkpoint's) is not delivered again.
+        let start = floor.max(base);
+        self.check_lease(p).await?;
         let filter = partition::filter(&self.cfg.subject_prefix, p);
         let consumer = self
             .stream
@@ -717,9 +783,9 @@ impl Cluster {
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.cfg.ack_wait.std(),
                     max_ack_pending: self.cfg.max_ack_pending,
-                    deliver_policy: if floor > 0 {
+                    deliver_policy: if start > 0 {
                         consumer::DeliverPolicy::ByStartSequence {
-                            start_sequence: floor + 1,
+                            start_sequence: start + 1,
                         }
                     } else {
                         consumer::DeliverPolicy::All
@@ -735,6 +801,11 @@ impl Cluster {
         });
         let mut watch = tokio::time::interval(Duration::from_millis(100));
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Messages taken in since the last checkpoint.
+        let mut since_checkpoint = 0u64;
+        // The consumer sequence of the last delivery: every delivery of the consumer made
+        // above must reach this task, one after the other.
+        let mut delivered = 0u64;
         loop {
             let mut messages = consumer.messages().await.map_err(|e| err(boxed(e)))?;
             loop {
@@ -761,40 +832,86 @@ impl Cluster {
                     }
                     Some(Ok(m)) => m,
                 };
+                let (seq, dseq) = m
+                    .info()
+                    .map_or((0, 0), |i| (i.stream_sequence, i.consumer_sequence));
+                if dseq > 0 {
+                    if dseq != delivered + 1 {
+                        // A delivery went elsewhere: another process pulling from this
+                        // consumer (an owner that has not noticed its lease is gone), or a pull
+                        // lost with the connection. What it took would be missing here, or
+                        // come later out of order: set up again after what this state holds.
+                        return Err(err(format!(
+                            "delivery {dseq} of the partition's consumer after {delivered}: \
+                             deliveries went elsewhere; set up again, in order"
+                        )
+                        .into()));
+                    }
+                    delivered = dseq;
+                }
+                if seq > 0 && seq <= self.applied_through(p) {
+                    // Delivered again (its acknowledgement wait ran out while its group was
+                    // being committed): the state holds it already. Acknowledged here once
+                    // everything forwarded is committed; otherwise the first delivery's
+                    // acknowledgement covers it.
+                    self.metrics.skipped.inc();
+                    if outstanding.load(Ordering::SeqCst) == 0 {
+                        let _ = m.ack().await;
+                    }
+                    continue;
+                }
                 if partition::is_transition(&self.cfg.subject_prefix, m.message.subject.as_str()) {
                     // Applied after everything before it is committed; acknowledged once
                     // stored (unless the partition stops meanwhile: redelivered then).
                     if !self.apply_transition(p, &m, stop, outstanding).await? {
                         return Ok(());
                     }
+                    self.note_applied(p, seq);
                     if let Err(e) = m.ack().await {
                         tracing::warn!(partition = p, "acknowledging a transition: {e}");
                     }
-                    continue;
+                } else {
+                    let reply = m.message.reply.as_ref().map(|r| r.to_string());
+                    let inbound = self.inbound(&m, reply, outstanding);
+                    outstanding.fetch_add(1, Ordering::SeqCst);
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            outstanding.fetch_sub(1, Ordering::SeqCst);
+                            return Ok(());
+                        }
+                        sent = forward.send(inbound) => if sent.is_err() {
+                            outstanding.fetch_sub(1, Ordering::SeqCst);
+                            return Ok(());
+                        }
+                    }
+                    self.note_applied(p, seq);
                 }
-                let reply = m.message.reply.as_ref().map(|r| r.to_string());
-                let inbound = self.inbound(&m, reply, outstanding);
-                outstanding.fetch_add(1, Ordering::SeqCst);
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        outstanding.fetch_sub(1, Ordering::SeqCst);
-                        return Ok(());
+                since_checkpoint += 1;
+                let every = self.cfg.checkpoint_every;
+                if every > 0 && since_checkpoint >= every {
+                    // The checkpoint covers exactly what was forwarded: wait until it is all
+                    // committed (the partition pauses meanwhile).
+                    while outstanding.load(Ordering::SeqCst) > 0 {
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        }
                     }
-                    sent = forward.send(inbound) => if sent.is_err() {
-                        outstanding.fetch_sub(1, Ordering::SeqCst);
-                        return Ok(());
-                    }
+                    self.write_checkpoint(p, "periodic").await;
+                    since_checkpoint = 0;
                 }
             }
         }
     }
 
-    /// Replays the partition from the stream's start through `floor` (what an earlier owner
-    /// acknowledged) and waits until all of it is committed. Meanwhile the partition is marked
-    /// replaying: its ticket changes are stored, nothing is sent.
+    /// Replays the partition from after `after` (what this instance's state holds already: 0,
+    /// the stream's start) through `floor` (what an earlier owner acknowledged) and waits until
+    /// all of it is committed. Meanwhile the partition is marked replaying: its ticket changes
+    /// are stored, nothing is sent.
     async fn replay(
         &self,
         p: u32,
+        after: u64,
         floor: u64,
         forward: &mpsc::Sender<Inbound>,
         stop: &CancellationToken,
@@ -810,7 +927,13 @@ impl Cluster {
             .create_consumer(consumer::pull::Config {
                 filter_subject: partition::filter(&self.cfg.subject_prefix, p),
                 ack_policy: consumer::AckPolicy::None,
-                deliver_policy: consumer::DeliverPolicy::All,
+                deliver_policy: if after > 0 {
+                    consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    }
+                } else {
+                    consumer::DeliverPolicy::All
+                },
                 inactive_threshold: Duration::from_secs(60),
                 ..Default::default()
             })
@@ -821,7 +944,13 @@ impl Cluster {
         let generation = self.disconnects.load(Ordering::SeqCst);
         let mut watch = tokio::time::interval(Duration::from_millis(100));
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Nothing of the partition after `after` (the floor can name a later sequence of
+        // another partition): no message would ever end the loop below.
+        let empty = consumer.cached_info().num_pending == 0;
         loop {
+            if empty {
+                break;
+            }
             let next = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = watch.tick() => {
@@ -858,6 +987,7 @@ impl Cluster {
                     return Ok(());
                 }
             }
+            self.note_applied(p, seq);
             n += 1;
             if seq >= floor || pending == 0 {
                 break;
@@ -881,11 +1011,217 @@ impl Cluster {
         tracing::info!(
             partition = p,
             messages = n,
+            after,
             through = floor,
             seconds = started.elapsed().as_secs_f64(),
             "partition replayed: device state rebuilt"
         );
         Ok(())
+    }
+
+    /// Fails unless partition `p`'s lease key names this instance now.
+    async fn check_lease(&self, p: u32) -> Result<(), ClusterError> {
+        let err = partition_error(p);
+        let entry = self
+            .leases
+            .entry(format!("p.{p}"))
+            .await
+            .map_err(|e| err(boxed(e)))?;
+        match entry {
+            Some(e)
+                if e.operation == kv::Operation::Put
+                    && e.value.as_ref() == self.instance.as_bytes() =>
+            {
+                Ok(())
+            }
+            _ => Err(err(
+                "its lease is not this instance's now: not consumed until the lease round \
+                 settles it"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The last stream sequence of partition `p` this instance's state holds every message up
+    /// to (0: none known).
+    fn applied_through(&self, p: u32) -> u64 {
+        self.applied.lock().get(&p).copied().unwrap_or(0)
+    }
+
+    /// Partition `p`'s message `seq` was forwarded in stream order (or applied, a transition).
+    fn note_applied(&self, p: u32, seq: u64) {
+        if seq > 0 {
+            let mut a = self.applied.lock();
+            let e = a.entry(p).or_insert(0);
+            *e = (*e).max(seq);
+        }
+    }
+
+    /// Takes partition `p`'s checkpoint as this instance's state when it is further on than
+    /// what the instance holds: its devices' states and tickets replace the local ones, and the
+    /// partition is then consumed after its sequence. Nothing readable (none yet, NATS
+    /// unreachable, a torn or foreign checkpoint): the local state stands, and the replay
+    /// starts where it ends.
+    async fn resume_from_checkpoint(&self, p: u32) {
+        let started = Instant::now();
+        let ck = match tokio::time::timeout(CALL_TIMEOUT, checkpoint::read(&self.checkpoints, p))
+            .await
+        {
+            Ok(Ok(Some(ck))) => ck,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["unreadable"])
+                    .inc();
+                tracing::warn!(partition = p, "{e}: replaying without it");
+                return;
+            }
+            Err(_) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["unreadable"])
+                    .inc();
+                tracing::warn!(
+                    partition = p,
+                    "checkpoint not read in time: replaying without it"
+                );
+                return;
+            }
+        };
+        let held = self.applied_through(p);
+        if ck.seq <= held {
+            tracing::info!(
+                partition = p,
+                held,
+                checkpoint = ck.seq,
+                "this instance's state is at least as recent as the partition's checkpoint"
+            );
+            return;
+        }
+        let Some(writer) = self.writer.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let (seq, from) = (ck.seq, ck.instance.clone());
+        let (devices, tickets) = (ck.states.devices.len(), ck.states.tickets.len());
+        let adopted = tokio::task::spawn_blocking(move || writer.adopt_devices(&ck.states)).await;
+        match adopted {
+            Ok(Ok((n, refused))) => {
+                self.applied.lock().insert(p, seq);
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["resumed"])
+                    .inc();
+                tracing::info!(
+                    partition = p,
+                    through = seq,
+                    written_by = %from,
+                    devices = n,
+                    refused,
+                    tickets,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "partition resumed from its checkpoint"
+                );
+            }
+            Ok(Err(e)) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["unreadable"])
+                    .inc();
+                tracing::warn!(
+                    partition = p,
+                    devices,
+                    "checkpoint not adopted ({e}): replaying without it"
+                );
+            }
+            Err(e) => tracing::warn!(partition = p, "checkpoint not adopted: {e}"),
+        }
+    }
+
+    /// Writes partition `p`'s checkpoint at the last sequence forwarded; the caller makes sure
+    /// all of it is committed and nothing more is forwarded meanwhile. A failure is logged and
+    /// counted: the previous checkpoint stays, and the next owner replays from there.
+    async fn write_checkpoint(&self, p: u32, why: &'static str) {
+        let seq = self.applied_through(p);
+        if seq == 0 {
+            return;
+        }
+        let Some(writer) = self.writer.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let started = Instant::now();
+        let partitions = self.cfg.partitions;
+        let exported = tokio::task::spawn_blocking(move || {
+            writer.export_devices(&|d| partition::of_device(d, partitions) == p)
+        })
+        .await;
+        let states = match exported {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(partition = p, "checkpoint not written: {e}");
+                return;
+            }
+            Err(e) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(partition = p, "checkpoint not written: {e}");
+                return;
+            }
+        };
+        let (devices, tickets) = (states.devices.len(), states.tickets.len());
+        let ck = checkpoint::Checkpoint {
+            partition: p,
+            seq,
+            instance: self.instance.clone(),
+            states,
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, checkpoint::write(&self.checkpoints, &ck)).await {
+            Ok(Ok(checkpoint::Written::Stored(bytes))) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["written"])
+                    .inc();
+                self.metrics
+                    .checkpoint_bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                tracing::info!(
+                    partition = p,
+                    through = seq,
+                    devices,
+                    tickets,
+                    bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    why,
+                    "checkpoint written"
+                );
+            }
+            Ok(Ok(checkpoint::Written::Superseded)) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["superseded"])
+                    .inc();
+            }
+            Ok(Err(e)) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(partition = p, "{e}");
+            }
+            Err(_) => {
+                self.metrics
+                    .checkpoints
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(partition = p, "checkpoint not written in time");
+            }
+        }
     }
 
     /// Applies a recorded transition read from partition `p`'s stream once everything forwarded
@@ -1001,12 +1337,7 @@ async fn device_stream(
         })
         .await
         .map_err(|e| fail(boxed(e)))?;
-    let current = stream
-        .info()
-        .await
-        .map_err(|e| fail(boxed(e)))?
-        .config
-        .clone();
+    let current = current_config(&mut stream).await.map_err(fail)?;
     if current.max_age != max_age || current.max_bytes != max_bytes {
         tracing::info!(
             stream = %cfg.stream,
@@ -1031,6 +1362,11 @@ async fn device_stream(
     Ok(stream)
 }
 
+/// A stream's configuration as the server has it now.
+async fn current_config(stream: &mut stream::Stream) -> Result<stream::Config, BoxError> {
+    Ok(stream.info().await.map_err(boxed)?.config.clone())
+}
+
 /// A key-value bucket whose values expire after `max_age` (zero: never). An existing bucket
 /// gets `max_age` when it differs (the claims' age limit reaches the server at the next start).
 async fn bucket(
@@ -1047,12 +1383,7 @@ async fn bucket(
             .get_stream(format!("KV_{name}"))
             .await
             .map_err(|e| fail(boxed(e)))?;
-        let current = backing
-            .info()
-            .await
-            .map_err(|e| fail(boxed(e)))?
-            .config
-            .clone();
+        let current = current_config(&mut backing).await.map_err(fail)?;
         if current.max_age != max_age {
             tracing::info!(bucket = name, max_age = ?max_age, "applying the configured age limit");
             js.update_stream(stream::Config {
