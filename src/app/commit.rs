@@ -730,11 +730,18 @@ impl App {
     /// Writes one ticket change into the transaction: the ticket, its dispatch outbox row and
     /// whatever the notifier adds. Called by the writer, holding the core.
     pub(super) fn record_change(&self, tx: &mut Tx, c: &Change, now_ms: i64) {
-        tx.put_ticket(&c.ticket);
-        tx.push_outbox(
-            crate::dispatch::QUEUE,
-            &DispatchRow::new(c, self.settings.has_webhook),
-        );
+        // The ticket is encoded once: its record and its dispatch row carry the same JSON.
+        match serde_json::to_vec(&c.ticket) {
+            Ok(json) => {
+                tx.push_outbox_json(
+                    crate::dispatch::QUEUE,
+                    DispatchRow::new_json(c.kind, &json, self.settings.has_webhook),
+                );
+                tx.put_ticket_json(&c.ticket, json);
+            }
+            // Remembered by the transaction, whose commit then fails.
+            Err(_) => tx.put_ticket(&c.ticket),
+        }
         self.metrics
             .ticket_changes
             .with_label_values(&[c.kind.as_str()])
