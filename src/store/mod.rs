@@ -1043,26 +1043,7 @@ mod tests {
     }
 
     fn ticket(id: &str, status: Status) -> Ticket {
-        Ticket {
-            id: id.into(),
-            device_id: crate::domain::DeviceId::parse("d1").unwrap(),
-            customer_id: Some("c1".into()),
-            failure_mode: "m".into(),
-            status,
-            priority: Priority::High,
-            probability: 0.8,
-            predicted_failure_at: None,
-            opened_at: Timestamp::EPOCH.format(),
-            updated_at: Timestamp::EPOCH.format(),
-            model: ModelRef {
-                name: "x".into(),
-                version: "1".into(),
-            },
-            evidence: vec![],
-            history: vec![],
-            outcome: None,
-            opened_ms: Timestamp::EPOCH,
-        }
+        crate::tickets::bare(id, "d1", status)
     }
 
     #[test]
