@@ -71,8 +71,8 @@ impl Tally {
     }
 }
 
-/// Below this many items a group is applied on the processing thread alone: a thread's start
-/// costs more than it saves.
+/// Below this many items a group is applied on the processing thread alone: handing a shard to
+/// an apply thread and waiting for it costs more than it saves.
 const PARALLEL_MIN_ITEMS: usize = 32;
 
 /// What applying an item needs of the core besides its device's slot: read only, shared by the

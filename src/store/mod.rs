@@ -969,7 +969,7 @@ fn has_work(tx: &mut Tx) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ModelRef, Priority, Status, Timestamp};
+    use crate::domain::Status;
 
     #[test]
     fn a_value_that_cannot_be_encoded_fails_the_whole_commit() {

@@ -130,7 +130,6 @@ pub(crate) fn bare(id: &str, device: &str, status: Status) -> Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ModelRef, Priority};
 
     fn t() -> Ticket {
         bare(
