@@ -41,41 +41,16 @@ NATS=${FOREWARN_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-ser
 [ -x "$NATS" ] || { echo "no nats-server (set FOREWARN_NATS_SERVER)" >&2; exit 2; }
 command -v jq >/dev/null || { echo "needs jq" >&2; exit 2; }
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ "${KEEP:-0}" = 1 ] && echo "work folder kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { while :; do p=$((20000 + RANDOM % 40000)); accepts "$p" || { echo "$p"; return; }; done; }
-wait_port() { for _ in $(seq 1 100); do accepts "$1" && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
-now_ms() { date +%s%3N; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m { print $2; found=1 } END { if (!found) print 0 }'; }
-cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
-field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" | tail -1; }
+. bench/lib.sh
+# The metrics polled here are summed: an unreadable one counts as 0 until the next poll.
+metric() { metric_num "$1" "$2"; }
 
 echo "== machine ($(date -u '+%Y-%m-%d %H:%M UTC'))"
-echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(uname -m), $(free -g | awk '/^Mem:/ { print $2 " GiB RAM" }'), load average $(loadavg)"
+machine_line
 echo "$("$NATS" --version); forewarn $PROFILE build"
 
 echo "== data"
-TICKS=$(( (READINGS + DEVICES - 1) / DEVICES ))
-DAYS=$(( (TICKS + 23) / 24 ))
-"$BIN" simulate --out "$WORK/full" --devices "$DEVICES" --days "$DAYS" --interval 3600000ms --seed 11 >/dev/null
-mkdir -p "$WORK/fleet"
-head -n $(( READINGS + 1 )) "$WORK/full/telemetry.csv" >"$WORK/fleet/telemetry.csv"
-LAST_TS=$(tail -n 1 "$WORK/fleet/telemetry.csv" | cut -d, -f2)
-awk -F, -v last="$LAST_TS" 'NR == 1 || $2 <= last' "$WORK/full/events.csv" >"$WORK/fleet/events.csv"
-rm -rf "$WORK/full"
-N_READINGS=$(( $(wc -l <"$WORK/fleet/telemetry.csv") - 1 ))
-N_EVENTS=$(( $(wc -l <"$WORK/fleet/events.csv") - 1 ))
-TOTAL=$(( N_READINGS + N_EVENTS ))
-echo "$N_READINGS readings and $N_EVENTS events from $DEVICES devices (hourly, up to $LAST_TS)"
+simulated_history "$BIN" "$DEVICES" "$READINGS"
 
 start_nats() { # $1: run label; sets NATS_URL, MQTT_PORT, NATS_PID
     local port; port=$(free_port); MQTT_PORT=$(free_port)

@@ -25,26 +25,12 @@ READINGS=${2:-1000000}
 BIN=${FOREWARN_BIN:-target/release/forewarn}
 [ -x "$BIN" ] || { echo "no $BIN: run cargo build --release first" >&2; exit 2; }
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ "${KEEP:-0}" = 1 ] && echo "work folder kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { while :; do p=$((20000 + RANDOM % 40000)); accepts "$p" || { echo "$p"; return; }; done; }
-wait_port() { for _ in $(seq 1 100); do accepts "$1" && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
+. bench/lib.sh
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-now() { date +%s.%N; }
-metric() { curl -s "http://$API/metrics" | awk -v m="$1" '$1 == m { print $2; found=1 } END { if (!found) print 0 }'; }
-cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
-peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+metric() { metric_read "$API" "$1"; }
 
 echo "== machine"
-echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(uname -m)"
+machine_line
 
 echo "== Mosquitto"
 MOSQ=$(command -v mosquitto || true)
@@ -70,20 +56,7 @@ BROKER="mqtt://127.0.0.1:$PORT"
 echo "broker $BROKER ($("$MOSQ" -h 2>/dev/null | head -1))"
 
 echo "== data"
-TICKS=$(( (READINGS + DEVICES - 1) / DEVICES ))
-INTERVAL_MS=$(( 3600000 ))
-DAYS=$(( (TICKS + 23) / 24 ))
-"$BIN" simulate --out "$WORK/full" --devices "$DEVICES" --days "$DAYS" --interval "${INTERVAL_MS}ms" --seed 11
-# Keep exactly READINGS readings (the file is in time order) and the events up to the last one.
-mkdir -p "$WORK/fleet"
-head -n $(( READINGS + 1 )) "$WORK/full/telemetry.csv" >"$WORK/fleet/telemetry.csv"
-LAST_TS=$(tail -n 1 "$WORK/fleet/telemetry.csv" | cut -d, -f2)
-awk -F, -v last="$LAST_TS" 'NR == 1 || $2 <= last' "$WORK/full/events.csv" >"$WORK/fleet/events.csv"
-rm -rf "$WORK/full"
-N_READINGS=$(( $(wc -l <"$WORK/fleet/telemetry.csv") - 1 ))
-N_EVENTS=$(( $(wc -l <"$WORK/fleet/events.csv") - 1 ))
-TOTAL=$(( N_READINGS + N_EVENTS ))
-echo "$N_READINGS readings and $N_EVENTS events from $DEVICES devices"
+simulated_history "$BIN" "$DEVICES" "$READINGS"
 "$BIN" simulate --out "$WORK/train" --devices 150 --days 45 --seed 12 >/dev/null
 mkdir -p "$WORK/models"
 "$BIN" train --telemetry "$WORK/train/telemetry.csv" --events "$WORK/train/events.csv" \
@@ -117,7 +90,7 @@ start_daemon() { # $1: data dir
     echo "daemon not ready; its log:" >&2; tail -20 "$1.log" >&2; return 1
 }
 # Until every published reading was processed once (duplicates are counted apart), at most 5 min.
-processed() { echo $(( $(metric forewarn_readings_total) - $(metric 'forewarn_readings_dropped_total{reason="duplicate"}') )); }
+processed() { echo $(( $(metric_num "$API" forewarn_readings_total) - $(metric_num "$API" 'forewarn_readings_dropped_total{reason="duplicate"}') )); }
 wait_processed() {
     for _ in $(seq 1 3000); do
         [ "$(processed)" -ge "$N_READINGS" ] && return 0

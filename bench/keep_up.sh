@@ -31,22 +31,9 @@ CONNECTIONS=${CONNECTIONS:-2}
 [ -x "$PUB" ] || cargo build --release --manifest-path bench/publisher/Cargo.toml
 command -v jq >/dev/null || { echo "needs jq" >&2; exit 2; }
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ "${KEEP:-0}" = 1 ] && echo "work folder kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { while :; do p=$((20000 + RANDOM % 40000)); accepts "$p" || { echo "$p"; return; }; done; }
-wait_port() { for _ in $(seq 1 100); do accepts "$1" && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
-now() { date +%s.%N; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-metric() { curl -s "http://$API/metrics" | awk -v m="$1" '$1 == m { print $2; found=1 } END { if (!found) print 0 }'; }
-cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+. bench/lib.sh
+# What is printed: the value, or `unreadable` (see bench/lib.sh). What is polled: a number.
+metric() { metric_read "$API" "$1"; }
 # CPU seconds of the daemon's processing thread (the one that reads, commits and applies its own
 # share of each group: the critical path when the daemon is CPU-bound).
 processor_cpu_seconds() {
@@ -58,11 +45,9 @@ processor_cpu_seconds() {
     done
     echo 0
 }
-peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
-field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" | tail -1; }
 
 echo "== machine ($(date -u '+%Y-%m-%d %H:%M UTC'))"
-echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(uname -m), $(free -g | awk '/^Mem:/ { print $2 " GiB RAM" }'), load average $(loadavg)"
+machine_line
 
 echo "== Mosquitto"
 MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
@@ -82,18 +67,7 @@ BROKER="127.0.0.1:$PORT"
 echo "broker mqtt://$BROKER ($("$MOSQ" -h 2>/dev/null | head -1)), config: $(grep -v '^#' "$WORK/mosquitto.conf" | tail -n +2 | paste -sd ';')"
 
 echo "== data"
-TICKS=$(( (READINGS + DEVICES - 1) / DEVICES ))
-DAYS=$(( (TICKS + 23) / 24 ))
-"$BIN" simulate --out "$WORK/full" --devices "$DEVICES" --days "$DAYS" --interval 3600000ms --seed 11 >/dev/null
-mkdir -p "$WORK/fleet"
-head -n $(( READINGS + 1 )) "$WORK/full/telemetry.csv" >"$WORK/fleet/telemetry.csv"
-LAST_TS=$(tail -n 1 "$WORK/fleet/telemetry.csv" | cut -d, -f2)
-awk -F, -v last="$LAST_TS" 'NR == 1 || $2 <= last' "$WORK/full/events.csv" >"$WORK/fleet/events.csv"
-rm -rf "$WORK/full"
-N_READINGS=$(( $(wc -l <"$WORK/fleet/telemetry.csv") - 1 ))
-N_EVENTS=$(( $(wc -l <"$WORK/fleet/events.csv") - 1 ))
-TOTAL=$(( N_READINGS + N_EVENTS ))
-echo "$N_READINGS readings and $N_EVENTS events from $DEVICES devices (hourly, up to $LAST_TS)"
+simulated_history "$BIN" "$DEVICES" "$READINGS"
 mkdir -p "$WORK/realistic" "$WORK/storm"
 cp models/demo.json "$WORK/realistic/demo.json"
 jq '.name = "storm" | .consecutive = 1 | .modes[] |= (.threshold = 1e-9 | .levels = null)' \
@@ -138,7 +112,19 @@ start_daemon() { # $1: data dir, $2: models dir
     echo "daemon not ready; its log:" >&2; tail -20 "$1.log" >&2; return 1
 }
 duplicates() { metric 'forewarn_readings_dropped_total{reason="duplicate"}'; }
-processed() { echo $(( $(metric forewarn_readings_total) - $(duplicates) )); }
+processed() { echo $(( $(metric_num "$API" forewarn_readings_total) - $(metric_num "$API" 'forewarn_readings_dropped_total{reason="duplicate"}') )); }
+# The broker's own drop count as the daemon last heard it, said plainly: a count the broker
+# reported; none reported (-1: Mosquitto publishes $SYS/broker/publish/messages/dropped, every
+# sys_interval, only once it differs from 0, i.e. after a first drop); or not read at all.
+broker_dropped() {
+    local v
+    v=$(metric forewarn_broker_dropped_messages)
+    case "$v" in
+        unreadable) echo "unreadable (the scrape of /metrics failed or had no forewarn_broker_dropped_messages line)" ;;
+        -1) echo "none reported (Mosquitto publishes its count only after a first drop)" ;;
+        *) echo "$v (reported by the broker)" ;;
+    esac
+}
 wait_processed() { # every published reading decoded once, at most 10 min
     for _ in $(seq 1 6000); do
         [ "$(processed)" -ge "$N_READINGS" ] && return 0
@@ -161,17 +147,14 @@ for run in realistic storm; do
     PCPU1=$(processor_cpu_seconds "$DAEMON")
     RSS=$(peak_rss_mb "$DAEMON")
     MISSING=$(metric forewarn_readings_missing_total)
-    BROKER_DROPPED=$(metric forewarn_broker_dropped_messages)
-    # -1: the broker never sent its count. Mosquitto publishes $SYS/broker/publish/messages/dropped
-    # (every sys_interval) only once it differs from 0, i.e. after its first drop: no report = none.
-    [ "$BROKER_DROPPED" = -1 ] && BROKER_DROPPED="0 (none reported: Mosquitto publishes the count only after a first drop)"
+    BROKER_DROPPED=$(broker_dropped)
     LATE=$(metric 'forewarn_readings_dropped_total{reason="late"}')
     SCORINGS=$(metric forewarn_scorings_total)
     TICKETS=$(metric 'forewarn_ticket_changes_total{kind="opened"}')
     UPDATES=$(metric 'forewarn_ticket_changes_total{kind="updated"}')
     SETTLED=$(metric 'forewarn_ticket_changes_total{kind="settled"}')
     COMMITS=$(metric forewarn_commit_seconds_count)
-    COMMIT_S=$(metric forewarn_commit_seconds_sum)
+    COMMIT_S=$(metric_num "$API" forewarn_commit_seconds_sum)
     RATE[$run]=$(echo "$PUB_READINGS / ($T1 - $T0)" | bc -l)
     printf '%s: %.0f readings/s (%.1f s) = %.2fx baseline; published %s readings (%s messages, publisher alone %s msg/s), processed %s, missing %s, broker-reported drops %s, duplicates %s, late %s; scorings %s, tickets opened %s (updated %s, settled %s); CPU %.1f s (%.2f cores; processing thread %.1f s), peak RSS %s MB; %s commits, %.1f s in commits; load average before %s, after %s\n' \
         "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \

@@ -6,27 +6,12 @@
 mod support;
 
 use forewarn::domain::Ticket;
-use forewarn::ingest::mqtt::{Inbound, Publish};
 use forewarn::store::TicketFilter;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::parity::*;
 use tokio_util::sync::CancellationToken;
-
-/// The history's messages in publishing order, as the MQTT driver hands them over.
-fn inbound(hist: &SimHistory) -> Vec<Inbound> {
-    let replay = hist.replay();
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    replay
-        .messages("devices")
-        .map(|m| Inbound {
-            publish: Publish::new(m.topic, m.payload),
-            received: Instant::now(),
-            received_ms: now_ms,
-        })
-        .collect()
-}
 
 /// Runs the history through a daemon applying with `threads` threads, fed straight into its
 /// commit path in groups of 256 messages (every group holds many devices); returns its tickets
@@ -37,15 +22,7 @@ async fn run(
     root: &Path,
     threads: usize,
 ) -> (Vec<Ticket>, BTreeMap<String, Vec<u8>>) {
-    let broker = forewarn::broker::start(&Default::default()).unwrap();
-    let setup = DaemonSetup {
-        broker_url: broker.url(),
-        topic_prefix: "devices".into(),
-        client_id: format!("fw-apply-{threads}"),
-        root: root.to_path_buf(),
-        replay_chunk: None,
-    };
-    let mut cfg = daemon_config(&setup, &demo_model(), hist);
+    let (_broker, mut cfg) = fed_daemon_config(hist, root, &format!("fw-apply-{threads}"));
     cfg.ingest.apply_threads = threads;
     cfg.ingest.reorder_idle = Some("50ms".parse().unwrap());
     let shutdown = CancellationToken::new();

@@ -9,25 +9,12 @@ mod support;
 
 use forewarn::app::Transition;
 use forewarn::domain::{Status, Ticket};
-use forewarn::ingest::mqtt::{Inbound, Publish};
 use forewarn::store::{Store, TicketFilter};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::parity::*;
 use tokio_util::sync::CancellationToken;
-
-fn inbound(hist: &SimHistory) -> Vec<Inbound> {
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    hist.replay()
-        .messages("devices")
-        .map(|m| Inbound {
-            publish: Publish::new(m.topic, m.payload),
-            received: Instant::now(),
-            received_ms: now_ms,
-        })
-        .collect()
-}
 
 /// A ticket as both runs must agree on it: not its id (each data directory keys ids with its
 /// own secret) nor wall-clock times, but its status, probability and the actions of its history.
@@ -63,15 +50,7 @@ async fn run(
     root: &Path,
     deferred: bool,
 ) -> (BTreeMap<String, String>, BTreeMap<String, Vec<u8>>, usize) {
-    let broker = forewarn::broker::start(&Default::default()).unwrap();
-    let setup = DaemonSetup {
-        broker_url: broker.url(),
-        topic_prefix: "devices".into(),
-        client_id: format!("fw-deferred-{deferred}"),
-        root: root.to_path_buf(),
-        replay_chunk: None,
-    };
-    let mut cfg = daemon_config(&setup, &demo_model(), hist);
+    let (_broker, mut cfg) = fed_daemon_config(hist, root, &format!("fw-deferred-{deferred}"));
     // No idle release during the run: the daemon's timer would apply held items (and settle
     // tickets) between a group and the transitions that follow it, differently in each run.
     cfg.ingest.reorder_idle = Some("1h".parse().unwrap());

@@ -18,6 +18,8 @@ use crate::store::Tx;
 use std::collections::HashMap;
 use std::time::Instant;
 
+mod workers;
+
 /// Result of processing one group.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GroupStats {
@@ -69,8 +71,8 @@ impl Tally {
     }
 }
 
-/// Below this many items a group is applied on the processing thread alone: a thread's start
-/// costs more than it saves.
+/// Below this many items a group is applied on the processing thread alone: handing a shard to
+/// an apply thread and waiting for it costs more than it saves.
 const PARALLEL_MIN_ITEMS: usize = 32;
 
 /// What applying an item needs of the core besides its device's slot: read only, shared by the
@@ -322,7 +324,8 @@ impl App {
     }
 
     /// Runs the group's devices through [`App::offer`], split into shards (one per
-    /// `ingest.apply_threads`, devices dealt round-robin) that run on threads of their own.
+    /// `ingest.apply_threads`, devices dealt round-robin): this thread runs the first, the apply
+    /// threads (started once, [`workers`]) the others.
     /// Returns each shard's output.
     fn run_shards(&self, sh: &Shared<'_>, work: &mut [DeviceWork]) -> Vec<ShardOut> {
         let items: usize = work.iter().map(|w| w.items.len()).sum();
@@ -330,50 +333,17 @@ impl App {
         if k <= 1 || items < PARALLEL_MIN_ITEMS {
             return vec![self.run_shard(sh, work.iter_mut())];
         }
-        std::thread::scope(|scope| {
-            let mut shards: Vec<Vec<&mut DeviceWork>> = (0..k).map(|_| Vec::new()).collect();
-            for (i, w) in work.iter_mut().enumerate() {
-                shards[i % k].push(w);
-            }
-            let mut shards = shards.into_iter();
-            let mine = shards.next().unwrap_or_default();
-            let mut handles = Vec::new();
-            // Shards no thread could be started for: this thread does them after its own.
-            let mut inline = Vec::new();
-            for shard in shards {
-                // The shard goes over a channel once the thread runs, so a failed start leaves
-                // it here.
-                let (tx, rx) = std::sync::mpsc::channel::<Vec<&mut DeviceWork>>();
-                let spawned = std::thread::Builder::new()
-                    .name("forewarn-apply".into())
-                    .spawn_scoped(scope, move || {
-                        rx.recv()
-                            .map(|shard| self.run_shard(sh, shard.into_iter()))
-                            .unwrap_or_default()
-                    });
-                match spawned {
-                    Ok(h) => match tx.send(shard) {
-                        Ok(()) => handles.push(h),
-                        Err(back) => inline.push(back.0),
-                    },
-                    Err(e) => {
-                        tracing::debug!("apply thread not started ({e}): applied in turn");
-                        inline.push(shard);
-                    }
-                }
-            }
-            let mut outs = vec![self.run_shard(sh, mine.into_iter())];
-            for shard in inline {
-                outs.push(self.run_shard(sh, shard.into_iter()));
-            }
-            for h in handles {
-                match h.join() {
-                    Ok(out) => outs.push(out),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            outs
-        })
+        let mut shards: Vec<Vec<&mut DeviceWork>> = (0..k).map(|_| Vec::new()).collect();
+        for (i, w) in work.iter_mut().enumerate() {
+            shards[i % k].push(w);
+        }
+        let mut shards = shards.into_iter();
+        let mine = shards.next().unwrap_or_default();
+        type Job<'a> = Box<dyn FnOnce() -> ShardOut + Send + 'a>;
+        let jobs: Vec<Job<'_>> = shards
+            .map(|shard| Box::new(move || self.run_shard(sh, shard.into_iter())) as Job<'_>)
+            .collect();
+        workers::run(|| self.run_shard(sh, mine.into_iter()), jobs)
     }
 
     /// Offers one shard's devices their items, in arrival order per device.
@@ -730,11 +700,18 @@ impl App {
     /// Writes one ticket change into the transaction: the ticket, its dispatch outbox row and
     /// whatever the notifier adds. Called by the writer, holding the core.
     pub(super) fn record_change(&self, tx: &mut Tx, c: &Change, now_ms: i64) {
-        tx.put_ticket(&c.ticket);
-        tx.push_outbox(
-            crate::dispatch::QUEUE,
-            &DispatchRow::new(c, self.settings.has_webhook),
-        );
+        // The ticket is encoded once: its record and its dispatch row carry the same JSON.
+        match serde_json::to_vec(&c.ticket) {
+            Ok(json) => {
+                tx.push_outbox_json(
+                    crate::dispatch::QUEUE,
+                    DispatchRow::new_json(c.kind, &json, self.settings.has_webhook),
+                );
+                tx.put_ticket_json(&c.ticket, json);
+            }
+            // Remembered by the transaction, whose commit then fails.
+            Err(_) => tx.put_ticket(&c.ticket),
+        }
         self.metrics
             .ticket_changes
             .with_label_values(&[c.kind.as_str()])

@@ -229,3 +229,49 @@ fn a_webhook_status_reads_as_the_http_library_words_it() {
         assert_eq!(DeliveryError::status(s).to_string(), format!("HTTP {s}"));
     }
 }
+
+#[test]
+fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
+    // A ticket with every optional part filled, and one with none.
+    let mut full = ticket();
+    full.customer_id = Some("c-\"1\"".into());
+    full.predicted_failure_at = Some("2027-01-20T08:00:00Z".into());
+    full.evidence = vec![crate::domain::Evidence {
+        feature: "attr.âge".into(),
+        value: None,
+        weight: -0.25,
+    }];
+    full.history = vec![crate::domain::HistoryEntry {
+        at: "2027-01-15T08:00:00Z".into(),
+        actor: "api:ops".into(),
+        action: "acknowledged".into(),
+        from: Some(Status::Open),
+        to: Some(Status::Acknowledged),
+        note: "on it".into(),
+    }];
+    full.outcome = Some(crate::domain::Outcome::FalseAlarm);
+    for t in [ticket(), full] {
+        let ticket_json = serde_json::to_vec(&t).unwrap();
+        for kind in [
+            ChangeKind::Opened,
+            ChangeKind::Updated,
+            ChangeKind::Settled,
+            ChangeKind::Transition,
+        ] {
+            for has_webhook in [false, true] {
+                let change = Change {
+                    kind,
+                    previous_priority: None,
+                    ticket: t.clone(),
+                };
+                let want = serde_json::to_vec(&DispatchRow::new(&change, has_webhook)).unwrap();
+                let got = DispatchRow::new_json(kind, &ticket_json, has_webhook);
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&want),
+                    "{kind:?}, webhook {has_webhook}"
+                );
+            }
+        }
+    }
+}

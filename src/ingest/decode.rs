@@ -130,7 +130,8 @@ struct RawEvent {
     device_id: Option<String>,
 }
 
-fn check_size<'a>(payload: &'a [u8], limits: &Limits) -> Result<&'a str, Reject> {
+/// Refuses a payload over `limits.max_payload_bytes` (`too_large`), whatever its format.
+pub(crate) fn check_len(payload: &[u8], limits: &Limits) -> Result<(), Reject> {
     if payload.len() > limits.max_payload_bytes {
         return Err(Reject::new(
             RejectReason::TooLarge,
@@ -141,6 +142,11 @@ fn check_size<'a>(payload: &'a [u8], limits: &Limits) -> Result<&'a str, Reject>
             ),
         ));
     }
+    Ok(())
+}
+
+fn check_size<'a>(payload: &'a [u8], limits: &Limits) -> Result<&'a str, Reject> {
+    check_len(payload, limits)?;
     std::str::from_utf8(payload)
         .map_err(|e| Reject::new(RejectReason::NotUtf8, format!("payload is not UTF-8: {e}")))
 }

@@ -177,16 +177,7 @@ pub fn decode(
     received_at: i64,
     limits: &Limits,
 ) -> Result<Decoded, Reject> {
-    if payload.len() > limits.max_payload_bytes {
-        return Err(Reject::new(
-            RejectReason::TooLarge,
-            format!(
-                "payload of {} bytes exceeds the limit of {}",
-                payload.len(),
-                limits.max_payload_bytes
-            ),
-        ));
-    }
+    super::decode::check_len(payload, limits)?;
     let records = match payload.first() {
         // A CBOR array (major type 4); JSON text never starts with these bytes.
         Some(0x80..=0x9f) => cbor_records(payload, limits)?,

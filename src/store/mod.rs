@@ -184,14 +184,14 @@ impl Tx {
     fn insert_json<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
         match serde_json::to_vec(value) {
             Ok(json) => self.batch.insert(key, json),
-            Err(source) => {
-                if self.encode_error.is_none() {
-                    self.encode_error = Some(StoreError::Encode {
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        source,
-                    });
-                }
-            }
+            Err(source) => self.encode_failed(String::from_utf8_lossy(&key).into_owned(), source),
+        }
+    }
+
+    /// Remembers the first value that could not be encoded: the commit fails with it.
+    fn encode_failed(&mut self, key: String, source: serde_json::Error) {
+        if self.encode_error.is_none() {
+            self.encode_error = Some(StoreError::Encode { key, source });
         }
     }
 
@@ -234,6 +234,16 @@ impl Tx {
 
     /// Stores a ticket and keeps the live index in step with its status.
     pub fn put_ticket(&mut self, t: &Ticket) {
+        match serde_json::to_vec(t) {
+            Ok(json) => self.put_ticket_json(t, json),
+            Err(source) => self.encode_failed(format!("t/{}", t.id), source),
+        }
+    }
+
+    /// [`Tx::put_ticket`] for a caller that already has the ticket's JSON
+    /// (`serde_json::to_vec(t)`, e.g. to build the dispatch row around it): the ticket is
+    /// encoded once per commit, not once per row that carries it.
+    pub fn put_ticket_json(&mut self, t: &Ticket, json: Vec<u8>) {
         if let Some(outcome) = t.outcome {
             self.outcomes.push(OutcomeNote {
                 ticket: t.id.clone(),
@@ -242,7 +252,7 @@ impl Tx {
                 outcome,
             });
         }
-        self.insert_json(key2(b"t/", &t.id), t);
+        self.batch.insert(key2(b"t/", &t.id), json);
         let mut lk = key2(b"l/", &t.device_id);
         lk.push(SEP);
         lk.extend_from_slice(t.failure_mode.as_bytes());
@@ -268,6 +278,15 @@ impl Tx {
         let seq = self.seq();
         let k = outbox_key(queue, seq);
         self.insert_json(k.clone(), row);
+        self.ops += 1;
+        k
+    }
+
+    /// [`Tx::push_outbox`] for a row the caller has already encoded as JSON.
+    pub fn push_outbox_json(&mut self, queue: &str, json: Vec<u8>) -> Vec<u8> {
+        let seq = self.seq();
+        let k = outbox_key(queue, seq);
+        self.batch.insert(k.clone(), json);
         self.ops += 1;
         k
     }
@@ -950,7 +969,7 @@ fn has_work(tx: &mut Tx) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ModelRef, Priority, Status, Timestamp};
+    use crate::domain::Status;
 
     #[test]
     fn a_value_that_cannot_be_encoded_fails_the_whole_commit() {
@@ -1024,26 +1043,7 @@ mod tests {
     }
 
     fn ticket(id: &str, status: Status) -> Ticket {
-        Ticket {
-            id: id.into(),
-            device_id: crate::domain::DeviceId::parse("d1").unwrap(),
-            customer_id: Some("c1".into()),
-            failure_mode: "m".into(),
-            status,
-            priority: Priority::High,
-            probability: 0.8,
-            predicted_failure_at: None,
-            opened_at: Timestamp::EPOCH.format(),
-            updated_at: Timestamp::EPOCH.format(),
-            model: ModelRef {
-                name: "x".into(),
-                version: "1".into(),
-            },
-            evidence: vec![],
-            history: vec![],
-            outcome: None,
-            opened_ms: Timestamp::EPOCH,
-        }
+        crate::tickets::bare(id, "d1", status)
     }
 
     #[test]

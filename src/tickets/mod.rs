@@ -99,32 +99,44 @@ impl Ticket {
     }
 }
 
+/// A ticket with nothing but its identity and status (mode `m`, model `x` 1, high priority,
+/// probability 0.9, opened at the epoch): the tests' starting point wherever a ticket is stored,
+/// moved or sent.
+#[cfg(test)]
+pub(crate) fn bare(id: &str, device: &str, status: Status) -> Ticket {
+    use crate::domain::{ModelRef, Priority};
+    Ticket {
+        id: id.into(),
+        device_id: crate::domain::DeviceId::parse(device).expect("a valid test device id"),
+        customer_id: None,
+        failure_mode: "m".into(),
+        status,
+        priority: Priority::High,
+        probability: 0.9,
+        predicted_failure_at: None,
+        opened_at: Timestamp::EPOCH.format(),
+        updated_at: Timestamp::EPOCH.format(),
+        model: ModelRef {
+            name: "x".into(),
+            version: "1".into(),
+        },
+        evidence: vec![],
+        history: vec![],
+        outcome: None,
+        opened_ms: Timestamp::EPOCH,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ModelRef, Priority};
 
     fn t() -> Ticket {
-        Ticket {
-            id: ticket_id(&[], "d", "m", Timestamp::EPOCH),
-            device_id: crate::domain::DeviceId::parse("d").unwrap(),
-            customer_id: None,
-            failure_mode: "m".into(),
-            status: Status::Open,
-            priority: Priority::High,
-            probability: 0.9,
-            predicted_failure_at: None,
-            opened_at: Timestamp::EPOCH.format(),
-            updated_at: Timestamp::EPOCH.format(),
-            model: ModelRef {
-                name: "x".into(),
-                version: "1".into(),
-            },
-            evidence: vec![],
-            history: vec![],
-            outcome: None,
-            opened_ms: Timestamp::EPOCH,
-        }
+        bare(
+            &ticket_id(&[], "d", "m", Timestamp::EPOCH),
+            "d",
+            Status::Open,
+        )
     }
 
     #[test]

@@ -325,3 +325,38 @@ pub fn assert_same_tickets(backtest: &[Ticket], live: &[Ticket]) {
         live.len()
     );
 }
+
+/// The history's messages in publishing order as the MQTT driver hands them to the processing
+/// thread (all received now): for tests that feed a daemon's commit path themselves.
+pub fn inbound(hist: &SimHistory) -> Vec<forewarn::ingest::mqtt::Inbound> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    hist.replay()
+        .messages("devices")
+        .map(|m| forewarn::ingest::mqtt::Inbound {
+            publish: forewarn::ingest::mqtt::Publish::new(m.topic, m.payload),
+            received: Instant::now(),
+            received_ms: now_ms,
+        })
+        .collect()
+}
+
+/// An in-process broker and the parity configuration of a daemon under `root` whose commit path
+/// the test feeds itself ([`inbound`]): the broker only carries what the daemon publishes. Keep
+/// the broker for as long as the daemon runs.
+#[cfg(feature = "embedded-broker")]
+pub fn fed_daemon_config(
+    hist: &SimHistory,
+    root: &Path,
+    client_id: &str,
+) -> (forewarn::broker::EmbeddedBroker, Config) {
+    let broker = forewarn::broker::start(&Default::default()).expect("in-process broker");
+    let setup = DaemonSetup {
+        broker_url: broker.url(),
+        topic_prefix: "devices".into(),
+        client_id: client_id.into(),
+        root: root.to_path_buf(),
+        replay_chunk: None,
+    };
+    let cfg = daemon_config(&setup, &demo_model(), hist);
+    (broker, cfg)
+}
