@@ -8,7 +8,7 @@ use crate::domain::{HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket, T
 use crate::features::{
     streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
 };
-use crate::predict::{Artifact, CompiledMode, ModeModel};
+use crate::predict::{Artifact, CompiledMode, ModeModel, OpenRule};
 use crate::tickets::ticket_id;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -25,7 +25,8 @@ pub struct EngineConfig {
     pub update_min_ttf_fraction: f64,
     /// Number of top features kept as a ticket's evidence.
     pub evidence_features: usize,
-    /// Consecutive scorings required before opening; `None` uses each model's own value.
+    /// Scorings in a row required before opening (at most [`OpenRule::MAX_N`]); `None` uses each
+    /// model's own rule.
     pub consecutive_override: Option<u16>,
     /// The key ticket ids are derived under (see [`crate::tickets::ticket_id`]); empty in
     /// `evaluate` and `train`.
@@ -277,14 +278,13 @@ impl Engine {
                     // A mode without evidence has no ticket level: it can only be watched.
                     let above = mm.ticket_threshold().is_some_and(|t| s.probability >= t);
                     let alert = mm.alert_threshold().is_some_and(|t| s.probability >= t);
-                    let streak = state.streak_mut(&lm.streak_keys[k]);
-                    *streak = if above { streak.saturating_add(1) } else { 0 };
-                    let streak = *streak;
-                    let needed = self
+                    let recent = state.streak_mut(&lm.streak_keys[k]);
+                    *recent = OpenRule::remember(*recent, above);
+                    let recent = *recent;
+                    let rule = self
                         .cfg
                         .consecutive_override
-                        .unwrap_or_else(|| mm.consecutive(a.consecutive))
-                        .max(1);
+                        .map_or_else(|| mm.open_rule(a.consecutive), OpenRule::in_a_row);
                     let prio = priority(s.ttf_hours, a.horizon_hours, s.probability);
                     // Formatted only when a ticket takes it.
                     let predicted = || {
@@ -338,7 +338,7 @@ impl Engine {
                                 ticket: t.clone(),
                             });
                         }
-                    } else if above && streak >= needed {
+                    } else if above && rule.met(recent) {
                         let mut t = self.open(lm, mm, r, ctx, s.probability, predicted(), prio, &x);
                         if !alert {
                             t.history.push(HistoryEntry {
@@ -572,6 +572,7 @@ mod tests {
             rule: String::new(),
             out_of_fold: Default::default(),
             consecutive: Some(1),
+            of_last: None,
         });
         assert_eq!(a.consecutive, 2);
         let cfg = EngineConfig::default();

@@ -90,6 +90,22 @@ fn forewarn(args: &[&str]) -> Output {
         .expect("run forewarn")
 }
 
+/// `forewarn train` on `telemetry` and `events`, with `more` arguments after them.
+fn train(telemetry: &Path, events: &Path, more: &[&str]) -> Output {
+    let mut args = vec!["train", "--telemetry", s(telemetry), "--events", s(events)];
+    args.extend_from_slice(more);
+    forewarn(&args)
+}
+
+/// Fails the test with the command's stderr unless it succeeded.
+fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn last_json(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
@@ -114,24 +130,12 @@ fn trained_model_warns_before_unseen_failures_and_evaluate_reports_it() {
     std::fs::create_dir_all(&test_dir).unwrap();
     let (t, e, d) = fleet(&train_dir, 24, 11);
     let model = tmp.path().join("pump.json");
-    let out = forewarn(&[
-        "train",
-        "--telemetry",
-        s(&t),
-        "--events",
-        s(&e),
-        "--devices",
-        s(&d),
-        "--horizon",
-        "24h",
-        "--out",
-        s(&model),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = train(
+        &t,
+        &e,
+        &["--devices", s(&d), "--horizon", "24h", "--out", s(&model)],
     );
+    assert_succeeded(&out);
     let summary = last_json(&out);
     assert_eq!(summary["modes"][0]["mode"], "bearing");
 
@@ -172,11 +176,7 @@ fn trained_model_warns_before_unseen_failures_and_evaluate_reports_it() {
         "--report-dir",
         s(&report),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let sum = last_json(&out);
     eprintln!("{sum}");
     let recall = sum["tickets"]["recall"].as_f64().unwrap();
@@ -236,24 +236,19 @@ fn linear_baseline_trains_and_is_servable() {
     let tmp = tempfile::tempdir().unwrap();
     let (t, e, _) = fleet(tmp.path(), 15, 5);
     let model = tmp.path().join("base.json");
-    let out = forewarn(&[
-        "train",
-        "--telemetry",
-        s(&t),
-        "--events",
-        s(&e),
-        "--horizon",
-        "24h",
-        "--estimator",
-        "linear",
-        "--out",
-        s(&model),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = train(
+        &t,
+        &e,
+        &[
+            "--horizon",
+            "24h",
+            "--estimator",
+            "linear",
+            "--out",
+            s(&model),
+        ],
     );
+    assert_succeeded(&out);
     let a = Artifact::load(&model).unwrap();
     assert!(matches!(
         a.modes[0].classifier,
@@ -269,15 +264,7 @@ fn a_bad_row_is_reported_with_its_file_and_line_and_exit_code_1() {
     body.push_str("pump-x,2020-01-01T00:00:00Z,NaN,1,5\n");
     let lines = body.lines().count();
     std::fs::write(&t, body).unwrap();
-    let out = forewarn(&[
-        "train",
-        "--telemetry",
-        s(&t),
-        "--events",
-        s(&e),
-        "--out",
-        s(&tmp.path().join("m.json")),
-    ]);
+    let out = train(&t, &e, &["--out", s(&tmp.path().join("m.json"))]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -291,17 +278,7 @@ fn a_bad_row_is_reported_with_its_file_and_line_and_exit_code_1() {
 fn usage_and_unsupported_artifacts_exit_with_2() {
     let tmp = tempfile::tempdir().unwrap();
     let (t, e, _) = fleet(tmp.path(), 3, 3);
-    let out = forewarn(&[
-        "train",
-        "--telemetry",
-        s(&t),
-        "--events",
-        s(&e),
-        "--horizon",
-        "soon",
-        "--out",
-        "m.json",
-    ]);
+    let out = train(&t, &e, &["--horizon", "soon", "--out", "m.json"]);
     assert_eq!(out.status.code(), Some(2));
     let model = tmp.path().join("future.json");
     std::fs::write(&model, r#"{"format":"forewarn-model","format_version":99}"#).unwrap();

@@ -218,7 +218,10 @@ pub struct DeviceState {
     pub last_error_ts: Timestamp,
     /// Event time of the last scoring, for the scoring interval.
     pub last_scored_ts: Option<Timestamp>,
-    /// Consecutive scorings at or above threshold, per (model, mode) key; the ticket policy's memory.
+    /// Per (model, mode) key, the ticket policy's memory: which of the latest 16 scorings were at
+    /// or above the ticket level, one bit each, the latest in bit 0
+    /// ([`crate::predict::OpenRule::remember`]). States stored when this held a count of
+    /// scorings in a row read it as bits; the difference is gone after 16 scorings.
     pub streaks: Vec<(String, u16)>,
     /// Per event code the loaded models read: event times of its latest occurrences, oldest
     /// first, at most [`CODE_MEMORY`]. Codes no model reads are not kept, so the state stays

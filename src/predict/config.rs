@@ -11,7 +11,8 @@ pub struct Config {
     pub models_dir: PathBuf,
     /// A device is scored at most once per this much event time.
     pub interval: Dur,
-    /// Override every model's "consecutive scorings above threshold" (unset: the model's own).
+    /// Override every model's ticket rule with this many scorings above threshold in a row, at
+    /// most 16 (unset: the model's own rule).
     pub consecutive: Option<u16>,
 }
 

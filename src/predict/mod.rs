@@ -148,6 +148,33 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// A tree of one split: `below` where feature `feature` is at most `threshold` (or missing),
+    /// `above` beyond it; the root holds their mean. Small hand-made models in tests and examples.
+    pub fn stump(feature: u32, threshold: f64, below: f64, above: f64) -> Tree {
+        let leaf = |value| Node {
+            feature: LEAF,
+            threshold: 0.0,
+            left: 0,
+            right: 0,
+            value,
+            missing_left: true,
+        };
+        Tree {
+            nodes: vec![
+                Node {
+                    feature,
+                    threshold,
+                    left: 1,
+                    right: 2,
+                    value: (below + above) / 2.0,
+                    missing_left: true,
+                },
+                leaf(below),
+                leaf(above),
+            ],
+        }
+    }
+
     #[inline]
     pub fn predict(&self, x: &[f64]) -> f64 {
         let mut i = 0usize;
@@ -560,13 +587,20 @@ impl ModeModel {
             None => Some(self.threshold),
         }
     }
-    /// Scorings in a row at or above the ticket level that open a ticket: the mode's own choice,
+    /// Scorings at or above the ticket level that open a ticket: the mode's own choice,
     /// else `artifact_default` (the artifact's `consecutive`).
     pub fn consecutive(&self, artifact_default: u16) -> u16 {
         self.levels
             .as_ref()
             .and_then(|l| l.consecutive)
             .unwrap_or(artifact_default)
+    }
+    /// When this mode opens a ticket: `consecutive` of its last `of_last` scorings at or above
+    /// the ticket level (in a row when the artifact names no `of_last`).
+    pub fn open_rule(&self, artifact_default: u16) -> OpenRule {
+        let k = self.consecutive(artifact_default);
+        let n = self.levels.as_ref().and_then(|l| l.of_last).unwrap_or(k);
+        OpenRule::new(k, n)
     }
     /// Score at which a device is watched (internal: API and metrics only).
     pub fn watch_threshold(&self) -> f64 {
@@ -651,10 +685,55 @@ pub struct Levels {
     /// How each level was chosen, in words.
     pub rule: String,
     pub out_of_fold: OutOfFold,
-    /// Scorings in a row at or above the ticket level before a ticket opens, as chosen with the
+    /// Scorings at or above the ticket level before a ticket opens, as chosen with the
     /// threshold for this mode; `None` (older artifacts): the artifact's `consecutive`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive: Option<u16>,
+    /// Out of how many of the latest scorings the `consecutive` ones count; `None` (older
+    /// artifacts) or equal to `consecutive`: they must be in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of_last: Option<u16>,
+}
+
+/// When a ticket opens: the latest scoring at or above the ticket level, and at least `k` of the
+/// last `n` scorings (the latest included). `k` of `k` is `k` in a row. A fault whose score
+/// flickers around the level (above, below, above) never gives three in a row however close the
+/// failure, while a rule such as two of the last four still asks for more than one lone spike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRule {
+    pub k: u16,
+    pub n: u16,
+}
+
+impl OpenRule {
+    /// Scorings the engine remembers per (model, mode): the bits of a `u16`.
+    pub const MAX_N: u16 = 16;
+
+    /// `k` of the last `n`, with 1 ≤ k ≤ n ≤ [`OpenRule::MAX_N`] (larger values are clamped).
+    pub fn new(k: u16, n: u16) -> OpenRule {
+        let k = k.clamp(1, Self::MAX_N);
+        OpenRule {
+            k,
+            n: n.clamp(k, Self::MAX_N),
+        }
+    }
+
+    /// `k` scorings in a row.
+    pub fn in_a_row(k: u16) -> OpenRule {
+        OpenRule::new(k, k)
+    }
+
+    /// The memory after one more scoring: bit 0 is the latest scoring (1: at or above the
+    /// level), bit i the one i scorings before.
+    pub fn remember(recent: u16, above: bool) -> u16 {
+        (recent << 1) | u16::from(above)
+    }
+
+    /// Whether the memory `recent` ([`OpenRule::remember`]) opens a ticket.
+    pub fn met(&self, recent: u16) -> bool {
+        let window = u16::MAX >> (Self::MAX_N - self.n.clamp(1, Self::MAX_N));
+        recent & 1 == 1 && (recent & window).count_ones() >= u32::from(self.k.max(1))
+    }
 }
 /// Where a model came from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -876,6 +955,31 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Artifact>, ArtifactError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ticket_rule_counts_the_latest_scorings_and_needs_the_latest_above() {
+        // (k, n, scorings oldest first, opens at the last one)
+        let table: [(u16, u16, &[bool], bool); 9] = [
+            (1, 1, &[true], true),
+            (1, 1, &[true, false], false),
+            (2, 2, &[true, true], true),
+            (2, 2, &[true, false, true], false),
+            (2, 3, &[true, false, true], true),
+            (2, 3, &[true, true, false], false),
+            (2, 4, &[true, false, false, true], true),
+            (2, 4, &[true, false, false, false, true], false),
+            (3, 6, &[true, false, true, false, false, true], true),
+        ];
+        for (k, n, seq, want) in table {
+            let recent = seq.iter().fold(0u16, |m, a| OpenRule::remember(m, *a));
+            assert_eq!(OpenRule::new(k, n).met(recent), want, "{k} of {n}: {seq:?}");
+        }
+        // k above n, or either beyond the memory, is clamped to a rule that can be met.
+        assert_eq!(OpenRule::new(3, 2), OpenRule { k: 3, n: 3 });
+        assert_eq!(OpenRule::new(40, 50), OpenRule { k: 16, n: 16 });
+        assert!(OpenRule::in_a_row(16).met(u16::MAX));
+        assert!(!OpenRule::in_a_row(16).met(u16::MAX - 2));
+    }
     use crate::features::{FeatureSpec, WindowSpec};
 
     fn tiny() -> Artifact {
@@ -900,34 +1004,7 @@ mod tests {
                     base: -2.0,
                     learning_rate: 1.0,
                     link: Link::Logistic,
-                    trees: vec![Tree {
-                        nodes: vec![
-                            Node {
-                                feature: 0,
-                                threshold: 80.0,
-                                left: 1,
-                                right: 2,
-                                value: 0.0,
-                                missing_left: true,
-                            },
-                            Node {
-                                feature: LEAF,
-                                threshold: 0.0,
-                                left: 0,
-                                right: 0,
-                                value: -1.0,
-                                missing_left: true,
-                            },
-                            Node {
-                                feature: LEAF,
-                                threshold: 0.0,
-                                left: 0,
-                                right: 0,
-                                value: 4.0,
-                                missing_left: true,
-                            },
-                        ],
-                    }],
+                    trees: vec![Tree::stump(0, 80.0, -1.0, 4.0)],
                 },
                 regressor: None,
                 threshold: 0.5,

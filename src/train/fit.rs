@@ -23,8 +23,8 @@ use crate::engine::EngineConfig;
 use crate::features::HOUR_MS;
 use crate::features::{FeatureSpec, MetricStat};
 use crate::predict::{
-    AppliesTo, Artifact, Calibration, Estimator, Levels, ModeEvidence, ModeModel, OutOfFold,
-    TrainingInfo, ValidationMetrics, ARTIFACT_FORMAT, ARTIFACT_VERSION,
+    AppliesTo, Artifact, Calibration, Estimator, Levels, ModeEvidence, ModeModel, OpenRule,
+    OutOfFold, TrainingInfo, ValidationMetrics, ARTIFACT_FORMAT, ARTIFACT_VERSION,
 };
 use linfa::Dataset;
 use ndarray::{Array1, Array2};
@@ -106,7 +106,7 @@ struct PendingAlert<'a> {
     at: usize,
     /// The ticket level: an alert is never below it.
     floor: f64,
-    consecutive: u16,
+    rule: OpenRule,
     months: f64,
     devices: Vec<ValidDevice<'a>>,
 }
@@ -630,6 +630,7 @@ pub fn train(
                     rule: "no out-of-fold predictions (too few devices to cross-validate)".into(),
                     out_of_fold: out,
                     consecutive: None,
+                    of_last: None,
                 },
                 2,
             )
@@ -683,7 +684,7 @@ pub fn train(
                 pending_alerts.push(PendingAlert {
                     at: summaries.len(),
                     floor: t,
-                    consecutive: c.consecutive,
+                    rule: c.rule,
                     months: oof_months,
                     devices: vdevs,
                 });
@@ -708,9 +709,10 @@ pub fn train(
                     evidence,
                     rule,
                     out_of_fold: out,
-                    consecutive: ticket.map(|_| c.consecutive),
+                    consecutive: ticket.map(|_| c.rule.k),
+                    of_last: ticket.map(|_| c.rule.n),
                 },
-                c.consecutive,
+                c.rule.k,
             )
         };
         // Only a mode that may ticket has a say in the artifact's `consecutive`.
@@ -754,7 +756,7 @@ pub fn train(
             &p.devices,
             &summary.mode,
             p.floor,
-            p.consecutive,
+            p.rule,
             share,
             p.months,
             true,
@@ -803,35 +805,8 @@ mod tests {
 
     #[test]
     fn the_fold_mean_scores_the_mean_log_odds_of_the_fold_models() {
-        use crate::predict::{Link, Node, Tree, LEAF};
-        let stump = |feature: u32, threshold: f64, lo: f64, hi: f64| Tree {
-            nodes: vec![
-                Node {
-                    feature,
-                    threshold,
-                    left: 1,
-                    right: 2,
-                    value: (lo + hi) / 2.0,
-                    missing_left: true,
-                },
-                Node {
-                    feature: LEAF,
-                    threshold: 0.0,
-                    left: 0,
-                    right: 0,
-                    value: lo,
-                    missing_left: true,
-                },
-                Node {
-                    feature: LEAF,
-                    threshold: 0.0,
-                    left: 0,
-                    right: 0,
-                    value: hi,
-                    missing_left: true,
-                },
-            ],
-        };
+        use crate::predict::{Link, Tree};
+        let stump = Tree::stump;
         let a = Estimator::Trees {
             base: -3.0,
             learning_rate: 0.1,

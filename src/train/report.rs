@@ -6,7 +6,9 @@
 
 use super::evaluate::Evaluation;
 use super::TrainError;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use std::ops::Range;
 use std::path::Path;
 
 const W: u32 = 640;
@@ -51,6 +53,34 @@ fn annotate(svg: String, title: &str, x: &str, y: &str, xr: (f64, f64), yr: (f64
     }
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A white page with an unlabelled mesh over `x` × `y`, handed to `paint` for the series; the SVG.
+fn draw(
+    x: Range<f64>,
+    y: Range<f64>,
+    paint: impl FnOnce(&mut Chart<'_, '_>) -> Result<(), TrainError>,
+) -> Result<String, TrainError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let area = root.margin(MARGIN, MARGIN, MARGIN, MARGIN);
+        let mut chart = ChartBuilder::on(&area)
+            .build_cartesian_2d(x, y)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(plot_err)?;
+        paint(&mut chart)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
 fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = v
         .filter(|x| x.is_finite())
@@ -76,51 +106,25 @@ fn histogram(values: &[f64], title: &str, xname: &str) -> Result<String, TrainEr
         counts[b] += 1;
     }
     let ymax = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let area = root.margin(MARGIN, MARGIN, MARGIN, MARGIN);
-        let mut chart = ChartBuilder::on(&area)
-            .build_cartesian_2d(lo..hi, 0.0..ymax * 1.05)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_labels(0)
-            .y_labels(0)
-            .draw()
-            .map_err(plot_err)?;
+    let svg = draw(lo..hi, 0.0..ymax * 1.05, |chart| {
         chart
             .draw_series(counts.iter().enumerate().map(|(i, &c)| {
                 let x0 = lo + i as f64 * width;
                 Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], BLUE.mix(0.6).filled())
             }))
             .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
+        Ok(())
+    })?;
     Ok(annotate(svg, title, xname, "count", (lo, hi), (0.0, ymax)))
 }
 
 fn curve(points: &[(f64, f64)], title: &str, x: &str, y: &str) -> Result<String, TrainError> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let area = root.margin(MARGIN, MARGIN, MARGIN, MARGIN);
-        let mut chart = ChartBuilder::on(&area)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.02)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_labels(0)
-            .y_labels(0)
-            .draw()
-            .map_err(plot_err)?;
+    let svg = draw(0.0..1.0, 0.0..1.02, |chart| {
         chart
             .draw_series(LineSeries::new(points.iter().copied(), RED.stroke_width(2)))
             .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
+        Ok(())
+    })?;
     Ok(annotate(svg, title, x, y, (0.0, 1.0), (0.0, 1.0)))
 }
 
@@ -128,20 +132,7 @@ fn scatter(pairs: &[(f64, f64)], title: &str) -> Result<String, TrainError> {
     let (lo, hi) = range(pairs.iter().flat_map(|(a, b)| [*a, *b]));
     // At most 20k points keep the SVG small; strided, so every part of the data shows.
     let stride = (pairs.len() / 20_000).max(1);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let area = root.margin(MARGIN, MARGIN, MARGIN, MARGIN);
-        let mut chart = ChartBuilder::on(&area)
-            .build_cartesian_2d(lo..hi, lo..hi)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_labels(0)
-            .y_labels(0)
-            .draw()
-            .map_err(plot_err)?;
+    let svg = draw(lo..hi, lo..hi, |chart| {
         chart
             .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.stroke_width(1)))
             .map_err(plot_err)?;
@@ -153,8 +144,8 @@ fn scatter(pairs: &[(f64, f64)], title: &str) -> Result<String, TrainError> {
                     .map(|&(t, p)| Circle::new((t, p), 2, BLUE.mix(0.3).filled())),
             )
             .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
+        Ok(())
+    })?;
     Ok(annotate(
         svg,
         title,
@@ -168,20 +159,7 @@ fn scatter(pairs: &[(f64, f64)], title: &str) -> Result<String, TrainError> {
 /// Reliability diagram: observed frequency against mean predicted probability per tenth, with
 /// the diagonal a calibrated model follows.
 fn reliability(points: &[(f64, f64, usize)], brier: Option<f64>) -> Result<String, TrainError> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let area = root.margin(MARGIN, MARGIN, MARGIN, MARGIN);
-        let mut chart = ChartBuilder::on(&area)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_labels(0)
-            .y_labels(0)
-            .draw()
-            .map_err(plot_err)?;
+    let svg = draw(0.0..1.0, 0.0..1.0, |chart| {
         chart
             .draw_series(LineSeries::new(
                 [(0.0, 0.0), (1.0, 1.0)],
@@ -201,8 +179,8 @@ fn reliability(points: &[(f64, f64, usize)], brier: Option<f64>) -> Result<Strin
                     .map(|p| Circle::new((p.0, p.1), 4, RED.filled())),
             )
             .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
+        Ok(())
+    })?;
     let title = match brier {
         Some(b) => format!("Reliability (Brier score {b:.4})"),
         None => "Reliability".to_string(),

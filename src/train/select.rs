@@ -3,6 +3,7 @@
 
 use crate::domain::{DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
+use crate::predict::OpenRule;
 
 /// Splits devices into (training, validation) by a seeded hash of their ids, so a device's rows
 /// never sit on both sides. Devices that fail and devices that do not are split separately, so the
@@ -247,34 +248,31 @@ pub fn match_tickets(
     t
 }
 
-/// Replays the ticket policy of the engine on scored rows of one device: a ticket opens after
-/// `consecutive` scorings at or above `threshold` and stays live until a failure or maintenance of
-/// the mode settles it (which also resets the streak). Returns the opening times.
+/// Replays the ticket policy of the engine on scored rows of one device: a ticket opens when
+/// `rule` is met by the scorings at or above `threshold` and stays live until a failure or
+/// maintenance of the mode settles it (which also clears the memory of recent scorings). Returns
+/// the opening times.
 pub fn simulate_openings(
     rows: &[(Timestamp, f64)],
     events: &[DeviceEvent],
     mode: &str,
     threshold: f64,
-    consecutive: u16,
+    rule: OpenRule,
 ) -> Vec<Timestamp> {
     let mut out = Vec::new();
     let mut evs = events
         .iter()
         .filter(|e| e.code == mode && matches!(e.kind, EventKind::Failure | EventKind::Maintenance))
         .peekable();
-    let (mut streak, mut live) = (0u16, false);
+    let (mut recent, mut live) = (0u16, false);
     for &(ts, p) in rows {
         while evs.peek().is_some_and(|e| e.ts < ts) {
             evs.next();
-            streak = 0;
+            recent = 0;
             live = false;
         }
-        streak = if p >= threshold {
-            streak.saturating_add(1)
-        } else {
-            0
-        };
-        if !live && p >= threshold && streak >= consecutive.max(1) {
+        recent = OpenRule::remember(recent, p >= threshold);
+        if !live && rule.met(recent) {
             out.push(ts);
             live = true;
         }
@@ -321,9 +319,23 @@ pub struct ValidDevice<'a> {
 #[derive(Debug, Clone)]
 pub struct Choice {
     pub threshold: f64,
-    pub consecutive: u16,
+    pub rule: OpenRule,
     pub tally: TicketTally,
 }
+
+/// The ticket rules a mode chooses among with its threshold: one to three scorings in a row, or
+/// two or three of a few more, simplest first (ties go to the earliest). Six scorings at most:
+/// a rule remembering longer would open on signs scattered over a quarter of the horizon.
+pub const OPEN_RULES: [(u16, u16); 8] = [
+    (1, 1),
+    (2, 2),
+    (2, 3),
+    (3, 3),
+    (2, 4),
+    (3, 4),
+    (3, 5),
+    (3, 6),
+];
 
 /// Evenly spaced quantiles in [`candidates`], and as many again ever closer to the top.
 pub const CANDIDATE_QUANTILES: usize = 200;
@@ -360,18 +372,32 @@ pub fn candidates(devices: &[ValidDevice<'_>]) -> Vec<f64> {
     idx.into_iter().map(|i| probs[i]).collect()
 }
 
-/// The ticket tally of the policy (threshold, consecutive) replayed on `devices`.
+/// The ticket tally of the policy (threshold, rule) replayed on `devices`.
 pub fn tally_at(
     devices: &[ValidDevice<'_>],
     mode: &str,
     threshold: f64,
-    consecutive: u16,
+    rule: OpenRule,
     horizon_h: f64,
     window_h: f64,
 ) -> TicketTally {
+    tally_openings(devices, mode, horizon_h, window_h, |d| {
+        simulate_openings(&d.rows, d.events, mode, threshold, rule)
+    })
+}
+
+/// The tally over `devices` of the openings `open` finds on each, matched against the device's
+/// failures of `mode`.
+fn tally_openings(
+    devices: &[ValidDevice<'_>],
+    mode: &str,
+    horizon_h: f64,
+    window_h: f64,
+    open: impl Fn(&ValidDevice<'_>) -> Vec<Timestamp>,
+) -> TicketTally {
     let mut t = TicketTally::default();
     for d in devices {
-        let opened = simulate_openings(&d.rows, d.events, mode, threshold, consecutive);
+        let opened = open(d);
         let fails: Vec<Timestamp> = d
             .events
             .iter()
@@ -407,19 +433,9 @@ pub fn watch_tally(
     horizon_h: f64,
     window_h: f64,
 ) -> TicketTally {
-    let mut t = TicketTally::default();
-    for d in devices {
-        let opened = watch_episodes(&d.rows, threshold);
-        let fails: Vec<Timestamp> = d
-            .events
-            .iter()
-            .filter(|e| e.code == mode && e.kind == EventKind::Failure)
-            .map(|e| e.ts)
-            .collect();
-        let scored: Vec<Timestamp> = d.rows.iter().map(|r| r.0).collect();
-        t.add(match_tickets(&opened, &fails, &scored, horizon_h, window_h));
-    }
-    t
+    tally_openings(devices, mode, horizon_h, window_h, |d| {
+        watch_episodes(&d.rows, threshold)
+    })
 }
 
 /// The lowest candidate threshold whose watch episodes not followed by a failure of the mode
@@ -479,7 +495,7 @@ pub fn lowest_under_cap(
     devices: &[ValidDevice<'_>],
     mode: &str,
     floor: f64,
-    consecutive: u16,
+    rule: OpenRule,
     cap_per_device_month: f64,
     device_months: f64,
     need_detection: bool,
@@ -493,14 +509,14 @@ pub fn lowest_under_cap(
         .into_iter()
         .filter(|c| *c >= floor)
         .find_map(|th| {
-            let t = tally_at(devices, mode, th, consecutive, horizon_h, window_h);
+            let t = tally_at(devices, mode, th, rule, horizon_h, window_h);
             let false_rate = false_rate_bound(t.tickets - t.correct, device_months);
             (false_rate <= cap_per_device_month && (!need_detection || t.detected > 0))
                 .then_some((th, t))
         })
 }
 
-/// Chooses threshold and consecutive scorings (1–3) on validation devices for `target`.
+/// Chooses threshold and ticket rule (among [`OPEN_RULES`]) on validation devices for `target`.
 pub fn choose_policy(
     devices: &[ValidDevice<'_>],
     mode: &str,
@@ -509,11 +525,13 @@ pub fn choose_policy(
     target: Target,
 ) -> Choice {
     let cands = candidates(devices);
-    let tally_for = |th: f64, k: u16| tally_at(devices, mode, th, k, horizon_h, window_h);
+    let rules = OPEN_RULES.map(|(k, n)| OpenRule::new(k, n));
+    let tally_for =
+        |th: f64, rule: OpenRule| tally_at(devices, mode, th, rule, horizon_h, window_h);
     let mut scored: Vec<(f64, Choice)> = Vec::new();
-    for k in 1..=3u16 {
+    for &rule in &rules {
         for &th in &cands {
-            let tally = tally_for(th, k);
+            let tally = tally_for(th, rule);
             let full = FULL_CREDIT_LEAD * horizon_h;
             let f1 = tally.lead_weighted_f1(full);
             let score = match target {
@@ -530,7 +548,7 @@ pub fn choose_policy(
                 score,
                 Choice {
                     threshold: th,
-                    consecutive: k,
+                    rule,
                     tally,
                 },
             ));
@@ -539,27 +557,29 @@ pub fn choose_policy(
     let Some(top) = scored.iter().map(|s| s.0).max_by(f64::total_cmp) else {
         return Choice {
             threshold: 0.5,
-            consecutive: 2,
+            rule: OpenRule::in_a_row(2),
             tally: TicketTally::default(),
         };
     };
-    // Several policies often tie on a small validation set. Take the `consecutive` with the most
-    // tied thresholds, and the median of those: the middle of the good range is the choice least
-    // sensitive to the shift from validation devices to unseen ones.
+    // Several policies often tie on a small validation set. Take the rule with the most tied
+    // thresholds (the simplest on equal counts), and the median of those: the middle of the good
+    // range is the choice least sensitive to the shift from validation devices to unseen ones.
     let tied: Vec<&Choice> = scored
         .iter()
         .filter(|s| s.0 >= top - 1e-9)
         .map(|s| &s.1)
         .collect();
-    let k = (1..=3u16)
-        .max_by_key(|k| {
+    let rule = rules
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, r)| {
             (
-                tied.iter().filter(|c| c.consecutive == *k).count(),
-                std::cmp::Reverse(*k),
+                tied.iter().filter(|c| c.rule == **r).count(),
+                std::cmp::Reverse(*i),
             )
         })
-        .unwrap_or(2);
-    let mut of_k: Vec<&Choice> = tied.into_iter().filter(|c| c.consecutive == k).collect();
+        .map_or(OpenRule::in_a_row(2), |(_, r)| *r);
+    let mut of_k: Vec<&Choice> = tied.into_iter().filter(|c| c.rule == rule).collect();
     of_k.sort_by(|a, b| a.threshold.total_cmp(&b.threshold));
     of_k[of_k.len() / 2].clone()
 }
@@ -684,6 +704,61 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_that_flickers_is_caught_by_k_of_the_last_n_and_lone_spikes_are_not() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        let failure = |d: &str, at: i64| DeviceEvent {
+            device_id: crate::domain::DeviceId::parse(d).unwrap(),
+            ts: h(at),
+            kind: EventKind::Failure,
+            code: "m".into(),
+        };
+        let fails: Vec<Vec<DeviceEvent>> = (0..4).map(|i| vec![failure("f", 300 + i)]).collect();
+        // Failing devices: in the 30 h before the failure the score is high every other scoring,
+        // never twice in a row.
+        let failing = |end: i64| -> Vec<(Timestamp, f64)> {
+            (0..end)
+                .map(|t| {
+                    let p = if end - t <= 30 && t % 2 == 0 {
+                        0.7
+                    } else {
+                        0.05
+                    };
+                    (h(t), p)
+                })
+                .collect()
+        };
+        // Healthy devices: a lone spike as high every fifty scorings.
+        let healthy: Vec<(Timestamp, f64)> = (0..400)
+            .map(|t| (h(t), if t % 50 == 25 { 0.7 } else { 0.05 }))
+            .collect();
+        let mut devices: Vec<ValidDevice> = fails
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ValidDevice {
+                rows: failing(300 + i as i64),
+                events: f,
+            })
+            .collect();
+        for _ in 0..4 {
+            devices.push(ValidDevice {
+                rows: healthy.clone(),
+                events: &[],
+            });
+        }
+        let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
+        assert!(c.rule.n > c.rule.k && c.rule.k >= 2, "{c:?}");
+        assert_eq!(
+            (c.tally.precision(), c.tally.recall()),
+            (Some(1.0), Some(1.0))
+        );
+        // No rule of scorings in a row gets there: one opens on every spike, more never opens.
+        for k in 1..=3 {
+            let t = tally_at(&devices, "m", 0.7, OpenRule::in_a_row(k), 24.0, 48.0);
+            assert!(t.f1() < c.tally.f1(), "{k} in a row: {t:?}");
+        }
+    }
+
+    #[test]
     fn policy_prefers_early_warnings_and_ignores_a_lone_spike() {
         let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
         let fail = vec![DeviceEvent {
@@ -717,8 +792,8 @@ mod tests {
         ];
         let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
         assert!(c.threshold <= 0.6, "{c:?}");
-        assert!(simulate_openings(&healthy, &[], "m", c.threshold, c.consecutive).is_empty());
-        let opened = simulate_openings(&failing, &fail, "m", c.threshold, c.consecutive);
+        assert!(simulate_openings(&healthy, &[], "m", c.threshold, c.rule).is_empty());
+        let opened = simulate_openings(&failing, &fail, "m", c.threshold, c.rule);
         assert!(h(200) - opened[0] >= 12 * 3_600_000, "{c:?}");
         assert_eq!(c.tally.precision(), Some(1.0));
     }
