@@ -245,8 +245,8 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
         at: "2027-01-15T08:00:00Z".into(),
         actor: "api:ops".into(),
         action: "acknowledged".into(),
-        from: Some(Status::Open),
-        to: Some(Status::Acknowledged),
+        from: Some(crate::domain::Status::Open),
+        to: Some(crate::domain::Status::Acknowledged),
         note: "on it".into(),
     }];
     full.outcome = Some(crate::domain::Outcome::FalseAlarm);
