@@ -518,29 +518,14 @@ impl Notifier {
             return;
         }
         let urgent = matches!(kind, MessageKind::Urgent | MessageKind::Update);
-        let row = OutboxRow {
-            id: format!("{}/{}/{}", t.id, kind.as_str(), now_wall_ms),
-            ticket_id: t.id.clone(),
-            customer_id: cid.clone(),
-            kind,
-            urgent,
-            urgency_reason: if !kind.is_warning() {
-                format!("advisory: {}", kind.as_str().replace('_', " "))
-            } else if urgent && !why.starts_with("urgent") {
-                format!("urgent: priority rose to {}", Priority::Urgent.as_str())
-            } else {
-                why
-            },
-            ticket: t.clone(),
-            created_ms: now_wall_ms,
-            due_ms: now_wall_ms,
-            reminder: 0,
-            escalate_from: None,
-            plan: Vec::new(),
-            step: 0,
-            tries: 0,
-            attempts: Vec::new(),
+        let reason = if !kind.is_warning() {
+            format!("advisory: {}", kind.as_str().replace('_', " "))
+        } else if urgent && !why.starts_with("urgent") {
+            format!("urgent: priority rose to {}", Priority::Urgent.as_str())
+        } else {
+            why
         };
+        let row = OutboxRow::queued(t, &cid, kind, urgent, reason, now_wall_ms);
         tx.push_outbox(QUEUE, &row);
         // Replies arrive by address: index the contacts we are about to write to (a hash, so
         // no contact detail appears in a key).

@@ -111,6 +111,35 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
+    /// The first message of a chain, queued at `now_ms` for `ticket`'s `customer_id`: nothing
+    /// routed or tried yet, due at once; its id is `<ticket>/<kind>/<now_ms>`.
+    pub fn queued(
+        ticket: &Ticket,
+        customer_id: &str,
+        kind: MessageKind,
+        urgent: bool,
+        urgency_reason: String,
+        now_ms: i64,
+    ) -> OutboxRow {
+        OutboxRow {
+            id: format!("{}/{}/{now_ms}", ticket.id, kind.as_str()),
+            ticket_id: ticket.id.clone(),
+            customer_id: customer_id.to_string(),
+            kind,
+            urgent,
+            urgency_reason,
+            ticket: ticket.clone(),
+            created_ms: now_ms,
+            due_ms: now_ms,
+            reminder: 0,
+            escalate_from: None,
+            plan: Vec::new(),
+            step: 0,
+            tries: 0,
+            attempts: Vec::new(),
+        }
+    }
+
     pub fn idempotency_key(&self, ch: Channel) -> String {
         use sha2::{Digest, Sha256};
         let d = Sha256::digest(format!("{}\x1f{}", self.id, ch.as_str()).as_bytes());

@@ -39,27 +39,15 @@ fn customer() -> Customer {
 }
 
 fn row(kind: MessageKind, urgent: bool) -> OutboxRow {
+    let reason = if urgent {
+        "urgent: test"
+    } else {
+        "advisory: test"
+    };
+    let t = ticket(Status::Open);
     OutboxRow {
         id: format!("T-1/{}/0", kind.as_str()),
-        ticket_id: "T-1".into(),
-        customer_id: "acme".into(),
-        kind,
-        urgent,
-        urgency_reason: if urgent {
-            "urgent: test"
-        } else {
-            "advisory: test"
-        }
-        .into(),
-        ticket: ticket(Status::Open),
-        created_ms: noon(),
-        due_ms: noon(),
-        reminder: 0,
-        escalate_from: None,
-        plan: Vec::new(),
-        step: 0,
-        tries: 0,
-        attempts: Vec::new(),
+        ..OutboxRow::queued(&t, "acme", kind, urgent, reason.into(), noon())
     }
 }
 

@@ -47,22 +47,19 @@ fn ticket() -> Ticket {
 }
 
 fn reminder(due_ms: i64) -> OutboxRow {
+    let reason = "urgent: not acknowledged 2h after the first message";
     OutboxRow {
         id: "T-1/urgent/0/r1".into(),
-        ticket_id: "T-1".into(),
-        customer_id: "acme".into(),
-        kind: MessageKind::Reminder,
-        urgent: true,
-        urgency_reason: "urgent: not acknowledged 2h after the first message".into(),
-        ticket: ticket(),
-        created_ms: due_ms,
-        due_ms,
         reminder: 1,
         escalate_from: Some(Channel::Sms),
-        plan: Vec::new(),
-        step: 0,
-        tries: 0,
-        attempts: Vec::new(),
+        ..OutboxRow::queued(
+            &ticket(),
+            "acme",
+            MessageKind::Reminder,
+            true,
+            reason.into(),
+            due_ms,
+        )
     }
 }
 
