@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
 # Train on one realistic simulated fleet, evaluate on another, one table row per split.
 #
-#   bench/fleet_splits.sh [-b BINARY] [-d FLEETS] [-o OUT] [-j JOBS] [SPLIT...]
+#   bench/fleet_splits.sh [-b BINARY] [-d FLEETS] [-o OUT] [-j JOBS] [-t] [SPLIT...]
 #
 # SPLIT is TRAIN:TEST (seeds), default 1:2 3:4 5:6 7:8 9:10 11:12. Fleets are read from
 # FLEETS/sN (default reports/fleets), simulated with `simulate --profile realistic --seed N`
 # when missing. Models, evaluation summaries, tickets, predictions and training times go to
 # OUT/<train>_<test>/ (default reports/fleet-runs). At most JOBS splits (default 2) run at
-# once: one training is about 90 s of CPU.
+# once: one training is about 90 s of CPU. -t prints the table of runs already in OUT, running
+# nothing.
 set -euo pipefail
 
 bin=target/release/forewarn
 fleets=reports/fleets
 out=reports/fleet-runs
 jobs=2
-while getopts "b:d:o:j:" opt; do
+table_only=
+while getopts "b:d:o:j:t" opt; do
     case $opt in
         b) bin=$OPTARG ;;
         d) fleets=$OPTARG ;;
         o) out=$OPTARG ;;
         j) jobs=$OPTARG ;;
-        *) echo "usage: $0 [-b BINARY] [-d FLEETS] [-o OUT] [-j JOBS] [TRAIN:TEST...]" >&2; exit 2 ;;
+        t) table_only=1 ;;
+        *) echo "usage: $0 [-b BINARY] [-d FLEETS] [-o OUT] [-j JOBS] [-t] [TRAIN:TEST...]" >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -50,7 +53,7 @@ run_split() {
 }
 
 running=0
-for s in "${splits[@]}"; do
+[ -n "$table_only" ] || for s in "${splits[@]}"; do
     run_split "$s" &
     running=$((running + 1))
     if [ "$running" -ge "$jobs" ]; then
