@@ -1069,25 +1069,8 @@ impl Cluster {
         {
             Ok(Ok(Some(ck))) => ck,
             Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["unreadable"])
-                    .inc();
-                tracing::warn!(partition = p, "{e}: replaying without it");
-                return;
-            }
-            Err(_) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["unreadable"])
-                    .inc();
-                tracing::warn!(
-                    partition = p,
-                    "checkpoint not read in time: replaying without it"
-                );
-                return;
-            }
+            Ok(Err(e)) => return self.checkpoint_unreadable(p, &e),
+            Err(_) => return self.checkpoint_unreadable(p, &"checkpoint not read in time"),
         };
         let held = self.applied_through(p);
         if ck.seq <= held {
@@ -1108,10 +1091,7 @@ impl Cluster {
         match adopted {
             Ok(Ok((n, refused))) => {
                 self.applied.lock().insert(p, seq);
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["resumed"])
-                    .inc();
+                self.count_checkpoint("resumed");
                 tracing::info!(
                     partition = p,
                     through = seq,
@@ -1123,19 +1103,30 @@ impl Cluster {
                     "partition resumed from its checkpoint"
                 );
             }
-            Ok(Err(e)) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["unreadable"])
-                    .inc();
-                tracing::warn!(
-                    partition = p,
-                    devices,
-                    "checkpoint not adopted ({e}): replaying without it"
-                );
-            }
+            Ok(Err(e)) => self.checkpoint_unreadable(
+                p,
+                &format_args!("checkpoint of {devices} devices not adopted ({e})"),
+            ),
             Err(e) => tracing::warn!(partition = p, "checkpoint not adopted: {e}"),
         }
+    }
+
+    /// Counts a checkpoint event (`forewarn_cluster_checkpoints_total{event}`).
+    fn count_checkpoint(&self, event: &str) {
+        self.metrics.checkpoints.with_label_values(&[event]).inc();
+    }
+
+    /// Partition `p`'s checkpoint could not be used: counted, logged, and the partition replays
+    /// its stream without it.
+    fn checkpoint_unreadable(&self, p: u32, why: &dyn std::fmt::Display) {
+        self.count_checkpoint("unreadable");
+        tracing::warn!(partition = p, "{why}: replaying without it");
+    }
+
+    /// Partition `p`'s checkpoint was not written: counted and logged; the previous one stays.
+    fn checkpoint_failed(&self, p: u32, why: &dyn std::fmt::Display) {
+        self.count_checkpoint("failed");
+        tracing::warn!(partition = p, "{why}");
     }
 
     /// Writes partition `p`'s checkpoint at the last sequence forwarded; the caller makes sure
@@ -1158,20 +1149,10 @@ impl Cluster {
         let states = match exported {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::warn!(partition = p, "checkpoint not written: {e}");
-                return;
+                return self.checkpoint_failed(p, &format_args!("checkpoint not written: {e}"))
             }
             Err(e) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::warn!(partition = p, "checkpoint not written: {e}");
-                return;
+                return self.checkpoint_failed(p, &format_args!("checkpoint not written: {e}"))
             }
         };
         let (devices, tickets) = (states.devices.len(), states.tickets.len());
@@ -1183,10 +1164,7 @@ impl Cluster {
         };
         match tokio::time::timeout(CALL_TIMEOUT, checkpoint::write(&self.checkpoints, &ck)).await {
             Ok(Ok(checkpoint::Written::Stored(bytes))) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["written"])
-                    .inc();
+                self.count_checkpoint("written");
                 self.metrics
                     .checkpoint_bytes
                     .set(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -1202,25 +1180,10 @@ impl Cluster {
                 );
             }
             Ok(Ok(checkpoint::Written::Superseded)) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["superseded"])
-                    .inc();
+                self.count_checkpoint("superseded");
             }
-            Ok(Err(e)) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::warn!(partition = p, "{e}");
-            }
-            Err(_) => {
-                self.metrics
-                    .checkpoints
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::warn!(partition = p, "checkpoint not written in time");
-            }
+            Ok(Err(e)) => self.checkpoint_failed(p, &e),
+            Err(_) => self.checkpoint_failed(p, &"checkpoint not written in time"),
         }
     }
 

@@ -134,6 +134,25 @@ impl DeviceHistory {
         let e = self.events.last().map_or(Timestamp::MIN, |e| e.ts);
         r.max(e)
     }
+
+    /// First event time observed for this device (reading or event); the epoch when it has
+    /// neither.
+    pub fn observed_from(&self) -> Timestamp {
+        self.ts
+            .first()
+            .copied()
+            .into_iter()
+            .chain(self.events.first().map(|e| e.ts))
+            .min()
+            .unwrap_or(Timestamp::EPOCH)
+    }
+
+    /// How long the device was observed, in months of 30 days (the unit of the false-alarm
+    /// rates per device-month).
+    pub fn observed_months(&self) -> f64 {
+        (self.observed_until() - self.observed_from()).max(0) as f64
+            / (30.0 * 24.0 * crate::features::HOUR_MS)
+    }
 }
 
 impl History {

@@ -180,14 +180,8 @@ pub fn evaluate(
                 .and_then(|a| a.get("customer_id").or_else(|| a.get("customer")))
                 .map(String::as_str),
         };
-        let first =
-            d.ts.first()
-                .copied()
-                .into_iter()
-                .chain(d.events.first().map(|e| e.ts))
-                .min()
-                .unwrap_or(Timestamp::EPOCH);
-        device_months += (d.observed_until() - first).max(0) as f64 / (30.0 * 24.0 * HOUR_MS);
+        let first = d.observed_from();
+        device_months += d.observed_months();
         let mut state = engine.new_state(first);
         let mut live: Vec<Ticket> = Vec::new();
         for step in d.steps() {

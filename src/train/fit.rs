@@ -20,7 +20,6 @@ use super::select::{self, Target, ValidDevice};
 use super::TrainError;
 use crate::domain::{EventKind, Timestamp};
 use crate::engine::EngineConfig;
-use crate::features::HOUR_MS;
 use crate::features::{FeatureSpec, MetricStat};
 use crate::predict::{
     AppliesTo, Artifact, Calibration, Estimator, Levels, ModeEvidence, ModeModel, OpenRule,
@@ -379,20 +378,7 @@ pub fn train(
     let k = opts.folds.clamp(1, h.devices.len().max(1));
     let fold = select::device_folds(&ids, &failed, k, opts.seed);
     // Device-months of history, for false alarms per device-month out of fold.
-    let months: Vec<f64> = h
-        .devices
-        .iter()
-        .map(|d| {
-            let first =
-                d.ts.first()
-                    .copied()
-                    .into_iter()
-                    .chain(d.events.first().map(|e| e.ts))
-                    .min()
-                    .unwrap_or(Timestamp::EPOCH);
-            (d.observed_until() - first).max(0) as f64 / (30.0 * 24.0 * HOUR_MS)
-        })
-        .collect();
+    let months: Vec<f64> = h.devices.iter().map(|d| d.observed_months()).collect();
 
     let pb = super::progress(h.devices.len() as u64, "features");
     // Every device's rows are replayed by the out-of-fold ticket policy: none is thinned.

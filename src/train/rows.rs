@@ -230,13 +230,7 @@ pub fn build_rows(
     for (di, d) in h.devices.iter().enumerate() {
         let attrs = h.attrs.get(d.id.as_str());
         let end = d.observed_until();
-        let first =
-            d.ts.first()
-                .copied()
-                .into_iter()
-                .chain(d.events.first().map(|e| e.ts))
-                .min()
-                .unwrap_or(Timestamp::EPOCH);
+        let first = d.observed_from();
         let mut state = DeviceState::new(&cfg.window, first);
         for step in d.steps() {
             match step {
