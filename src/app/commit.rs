@@ -6,7 +6,7 @@ use super::state::{apply_reading, clip, encode_step, gap_key, log_record, Core, 
 use super::status::LossNote;
 use super::{App, CoreError, Gap};
 use crate::dispatch::DispatchRow;
-use crate::domain::{RejectReason, Timestamp};
+use crate::domain::{DeviceId, RejectReason, Timestamp};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine};
 use crate::features::Observed;
 use crate::fleet::Device;
@@ -79,7 +79,7 @@ const PARALLEL_MIN_ITEMS: usize = 32;
 /// shards of a group.
 pub(super) struct Shared<'a> {
     pub(super) engine: &'a Engine,
-    pub(super) devices: &'a HashMap<String, Device>,
+    pub(super) devices: &'a HashMap<DeviceId, Device>,
     pub(super) unregistered: &'a std::collections::HashSet<String>,
 }
 

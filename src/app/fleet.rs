@@ -2,6 +2,7 @@
 //! and the board use.
 
 use super::{App, CoreError};
+use crate::domain::DeviceId;
 use crate::fleet::{Customer, Device};
 use crate::netguard::AddressPolicy;
 use crate::store::Store;
@@ -9,12 +10,12 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The fleet registry in memory, as the store holds it. Keyed by the id's text (not
-/// `DeviceId`): the commit path looks devices up by the `&str` of a reading's id with this map's
-/// type in its signatures.
+/// The fleet registry in memory, as the store holds it. Devices are keyed by their `DeviceId`,
+/// which borrows as `str`: the commit path looks a device up by a reading's id without building
+/// one.
 #[derive(Default)]
 pub(super) struct Registry {
-    pub(super) devices: HashMap<String, Device>,
+    pub(super) devices: HashMap<DeviceId, Device>,
     pub(super) customers: HashMap<String, Customer>,
 }
 
@@ -24,7 +25,7 @@ impl Registry {
             devices: store
                 .fleet_devices::<Device>()?
                 .into_iter()
-                .map(|d| (d.id.to_string(), d))
+                .map(|d| (d.id.clone(), d))
                 .collect(),
             customers: store
                 .fleet_customers::<Customer>()?
@@ -116,7 +117,7 @@ impl App {
         }
         for d in devices {
             core.unregistered.remove(d.id.as_str());
-            registry.devices.insert(d.id.to_string(), d);
+            registry.devices.insert(d.id.clone(), d);
         }
         self.metrics
             .unregistered_devices

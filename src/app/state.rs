@@ -544,7 +544,7 @@ impl Core {
     /// decode is skipped and logged.
     pub(super) fn replay_steps(
         &self,
-        devices: &HashMap<String, Device>,
+        devices: &HashMap<DeviceId, Device>,
         device: &str,
         slot: &mut Slot,
         steps: Vec<Vec<u8>>,
@@ -587,7 +587,7 @@ impl Core {
     /// already committed (ticket changes, counts, gaps).
     pub(super) fn replay(
         &self,
-        devices: &HashMap<String, Device>,
+        devices: &HashMap<DeviceId, Device>,
         state: &mut DeviceState,
         item: &Item,
     ) {
