@@ -83,11 +83,7 @@ start_daemon() { # $1: data dir
         "$BIN" serve --broker "$BROKER" --listen "$API" --data-dir "$1" --models "$WORK/models" >"$1.log" 2>&1 &
     DAEMON=$!
     PIDS+=($DAEMON)
-    for _ in $(seq 1 200); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$API/readyz")" = 200 ] && return 0
-        sleep 0.1
-    done
-    echo "daemon not ready; its log:" >&2; tail -20 "$1.log" >&2; return 1
+    wait_ready "$API" "$1.log" 200
 }
 # Until every published reading was processed once (duplicates are counted apart), at most 5 min.
 processed() { echo $(( $(metric_num "$API" forewarn_readings_total) - $(metric_num "$API" 'forewarn_readings_dropped_total{reason="duplicate"}') )); }

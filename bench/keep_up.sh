@@ -105,11 +105,7 @@ start_daemon() { # $1: data dir, $2: models dir
         "$BIN" serve --broker "mqtt://$BROKER" --listen "$API" --data-dir "$1" --models "$2" >"$1.log" 2>&1 &
     DAEMON=$!
     PIDS+=($DAEMON)
-    for _ in $(seq 1 300); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$API/readyz")" = 200 ] && return 0
-        sleep 0.1
-    done
-    echo "daemon not ready; its log:" >&2; tail -20 "$1.log" >&2; return 1
+    wait_ready "$API" "$1.log" 300
 }
 duplicates() { metric 'forewarn_readings_dropped_total{reason="duplicate"}'; }
 processed() { echo $(( $(metric_num "$API" forewarn_readings_total) - $(metric_num "$API" 'forewarn_readings_dropped_total{reason="duplicate"}') )); }

@@ -17,6 +17,15 @@ trap cleanup EXIT
 accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() { while :; do p=$((20000 + RANDOM % 40000)); accepts "$p" || { echo "$p"; return; }; done; }
 wait_port() { for _ in $(seq 1 100); do accepts "$1" && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
+# wait_ready API LOG TENTHS: until http://API/readyz answers 200, at most TENTHS × 0.1 s; else
+# the daemon's log tail on stderr and failure.
+wait_ready() {
+    for _ in $(seq 1 "$3"); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$1/readyz")" = 200 ] && return 0
+        sleep 0.1
+    done
+    echo "daemon not ready; its log:" >&2; tail -20 "$2" >&2; return 1
+}
 now() { date +%s.%N; }
 now_ms() { date +%s%3N; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }

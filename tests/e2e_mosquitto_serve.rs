@@ -5,7 +5,7 @@
 
 mod support;
 
-use forewarn::features::{FeatureSpec, MetricStat, WindowSpec};
+use forewarn::features::MetricStat;
 use forewarn::predict::*;
 use forewarn::replay::{publish, Message, PublishOptions};
 use forewarn::sim::{Fleet, SimConfig, SimEvent};
@@ -16,42 +16,25 @@ use support::mosquitto::{shared_addr, sim_message};
 /// Overheating shows as a hot device: probability passes one half around 78 °C (EW mean over 5
 /// readings, so one noisy reading does not open a ticket).
 fn overheating_model() -> Artifact {
-    let window = WindowSpec::default();
-    Artifact {
-        format: ARTIFACT_FORMAT.into(),
-        format_version: ARTIFACT_VERSION,
-        name: "overheat-e2e".into(),
-        version: "1".into(),
-        applies_to: AppliesTo::All,
-        horizon_hours: 48.0,
-        consecutive: 2,
-        features: FeatureSpec {
-            window,
-            metrics: vec!["temperature".into()],
-            stats: vec![MetricStat::Ewm(0)],
-            device: vec![],
+    let mut a = daemon::hot_model();
+    a.name = "overheat-e2e".into();
+    a.horizon_hours = 48.0;
+    a.features.metrics = vec!["temperature".into()];
+    a.features.stats = vec![MetricStat::Ewm(0)];
+    let m = &mut a.modes[0];
+    m.mode = "overheating".into();
+    m.classifier = Estimator::Linear {
+        scaler: Scaler {
+            mean: vec![78.0],
+            std: vec![1.0],
         },
-        modes: vec![ModeModel {
-            mode: "overheating".into(),
-            classifier: Estimator::Linear {
-                scaler: Scaler {
-                    mean: vec![78.0],
-                    std: vec![1.0],
-                },
-                weights: vec![1.5],
-                bias: 0.0,
-                link: Link::Logistic,
-            },
-            regressor: None,
-            threshold: 0.5,
-            threshold_rule: "e2e".into(),
-            ttf_cap_hours: None,
-            validation: ValidationMetrics::default(),
-            calibration: None,
-            levels: None,
-        }],
-        training: TrainingInfo::default(),
-    }
+        weights: vec![1.5],
+        bias: 0.0,
+        link: Link::Logistic,
+    };
+    m.regressor = None;
+    m.threshold_rule = "e2e".into();
+    a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

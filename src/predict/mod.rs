@@ -980,42 +980,19 @@ mod tests {
         assert!(OpenRule::in_a_row(16).met(u16::MAX));
         assert!(!OpenRule::in_a_row(16).met(u16::MAX - 2));
     }
-    use crate::features::{FeatureSpec, WindowSpec};
 
+    /// The shared example model with a one-stump tree classifier and no regressor.
     fn tiny() -> Artifact {
-        let window = WindowSpec::default();
-        Artifact {
-            format: ARTIFACT_FORMAT.into(),
-            format_version: ARTIFACT_VERSION,
-            name: "tiny".into(),
-            version: "1".into(),
-            applies_to: AppliesTo::All,
-            horizon_hours: 24.0,
-            consecutive: 2,
-            features: FeatureSpec {
-                stats: vec![crate::features::MetricStat::Last],
-                window,
-                metrics: vec!["temp".into()],
-                device: vec![],
-            },
-            modes: vec![ModeModel {
-                mode: "overheat".into(),
-                classifier: Estimator::Trees {
-                    base: -2.0,
-                    learning_rate: 1.0,
-                    link: Link::Logistic,
-                    trees: vec![Tree::stump(0, 80.0, -1.0, 4.0)],
-                },
-                regressor: None,
-                threshold: 0.5,
-                threshold_rule: "test".into(),
-                ttf_cap_hours: None,
-                validation: ValidationMetrics::default(),
-                calibration: None,
-                levels: None,
-            }],
-            training: TrainingInfo::default(),
-        }
+        let mut a = super::example::hot_model();
+        a.name = "tiny".into();
+        a.modes[0].classifier = Estimator::Trees {
+            base: -2.0,
+            learning_rate: 1.0,
+            link: Link::Logistic,
+            trees: vec![Tree::stump(0, 80.0, -1.0, 4.0)],
+        };
+        a.modes[0].regressor = None;
+        a
     }
 
     #[test]
