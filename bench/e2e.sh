@@ -26,32 +26,13 @@ BIN=${FOREWARN_BIN:-target/release/forewarn}
 [ -x "$BIN" ] || { echo "no $BIN: run cargo build --release first" >&2; exit 2; }
 
 . bench/lib.sh
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 metric() { metric_read "$API" "$1"; }
 
 echo "== machine"
 machine_line
 
 echo "== Mosquitto"
-MOSQ=$(command -v mosquitto || true)
-[ -z "$MOSQ" ] && [ -x /usr/sbin/mosquitto ] && MOSQ=/usr/sbin/mosquitto
-if [ -z "$MOSQ" ] || ! command -v mosquitto_sub >/dev/null; then
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients
-    MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-fi
-PORT=$(free_port)
-cat >"$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-# forewarn needs the broker to queue, not drop, QoS 1 messages while it commits a group.
-max_queued_messages 0
-max_inflight_messages 1000
-CONF
-"$MOSQ" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
-PIDS+=($!)
-wait_port "$PORT"
+start_mosquitto 0 1000
 BROKER="mqtt://127.0.0.1:$PORT"
 echo "broker $BROKER ($("$MOSQ" -h 2>/dev/null | head -1))"
 

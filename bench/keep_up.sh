@@ -50,19 +50,7 @@ echo "== machine ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 machine_line
 
 echo "== Mosquitto"
-MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-PORT=$(free_port)
-cat >"$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-# Queue, do not drop, QoS 1 messages for a subscriber that falls behind.
-max_queued_messages 100000000
-max_inflight_messages ${MAX_INFLIGHT:-1000}
-CONF
-"$MOSQ" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
-PIDS+=($!)
-wait_port "$PORT"
+start_mosquitto 100000000 "${MAX_INFLIGHT:-1000}"
 BROKER="127.0.0.1:$PORT"
 echo "broker mqtt://$BROKER ($("$MOSQ" -h 2>/dev/null | head -1)), config: $(grep -v '^#' "$WORK/mosquitto.conf" | tail -n +2 | paste -sd ';')"
 

@@ -71,3 +71,29 @@ simulated_history() {
     TOTAL=$(( N_READINGS + N_EVENTS ))
     echo "$N_READINGS readings and $N_EVENTS events from $devices devices (hourly, up to $LAST_TS)"
 }
+
+# start_mosquitto QUEUED INFLIGHT: a Mosquitto of the run's own on a free loopback port
+# (installed with apt-get when missing), no persistence, `max_queued_messages QUEUED` (0: no
+# limit) and `max_inflight_messages INFLIGHT`; sets MOSQ (its binary) and PORT.
+start_mosquitto() {
+    MOSQ=$(command -v mosquitto || true)
+    [ -z "$MOSQ" ] && [ -x /usr/sbin/mosquitto ] && MOSQ=/usr/sbin/mosquitto
+    if [ -z "$MOSQ" ] || ! command -v mosquitto_sub >/dev/null; then
+        if [ "$(id -u)" -eq 0 ]; then sudo_=(); else sudo_=(sudo); fi
+        "${sudo_[@]}" apt-get update
+        "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients
+        MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    fi
+    PORT=$(free_port)
+    cat >"$WORK/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+persistence false
+# Queue, do not drop, QoS 1 messages for a subscriber that falls behind.
+max_queued_messages $1
+max_inflight_messages $2
+CONF
+    "$MOSQ" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$PORT"
+}
