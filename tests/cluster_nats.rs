@@ -686,6 +686,32 @@ async fn claims_and_expected(
     (claimed, expected)
 }
 
+/// Once the devices' held readings are released (up to 20 s): every live instance lists the
+/// backtest's tickets, each once, and the claims bucket holds one opening claim per ticket.
+async fn assert_fleet_is_the_backtests(
+    http: &reqwest::Client,
+    js: &jetstream::Context,
+    live: &[&Instance],
+    backtest: &[Ticket],
+) {
+    let settle = Instant::now();
+    let tickets = loop {
+        let list = fleet_list(http, &live[0].api, "").await;
+        if same_tickets(backtest, &list) || settle.elapsed() > Duration::from_secs(20) {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_same_tickets(backtest, &tickets);
+    for i in live {
+        let list = fleet_list(http, &i.api, "").await;
+        assert_no_duplicates(&list, &i.name);
+        assert_same_tickets(backtest, &list);
+    }
+    let (claimed, expected) = claims_and_expected(js, backtest).await;
+    assert_eq!(claimed, expected, "one fleet-wide claim per ticket");
+}
+
 /// Waits (up to 120 s) until no durable partition consumer has anything pending or
 /// unacknowledged.
 async fn wait_drained(stream: &jetstream::stream::Stream, live: &[&Instance]) {
@@ -1555,33 +1581,15 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
     );
     wait_drained(&stream, &live).await;
 
-    // The tickets are the backtest's, each once, from any instance.
-    let settle = Instant::now();
-    let tickets = loop {
-        let list = fleet_list(&http, &live[0].api, "").await;
-        if same_tickets(&backtest, &list) || settle.elapsed() > Duration::from_secs(20) {
-            break list;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_same_tickets(&backtest, &tickets);
-    for i in &live {
-        let list = fleet_list(&http, &i.api, "").await;
-        assert_no_duplicates(&list, &i.name);
-        assert_same_tickets(&backtest, &list);
-    }
-
-    // One claim per ticket.
-    let (claimed, expected) = claims_and_expected(&js, &backtest).await;
-    assert_eq!(claimed, expected, "one fleet-wide claim per ticket");
+    // The tickets are the backtest's, each once, from any instance, one claim per ticket.
+    assert_fleet_is_the_backtests(&http, &js, &live, &backtest).await;
     let skipped = metric_sum(&http, &live, "forewarn_cluster_redelivered_skipped_total").await;
     let replayed = metric_sum(&http, &live, "forewarn_cluster_replayed_messages_total").await;
     eprintln!(
-        "{} readings, {} tickets equal to the backtest, {} claims after the restart; \
+        "{} readings, {} tickets equal to the backtest, one claim each, after the restart; \
          {skipped} redelivered message(s) skipped as already applied, {replayed} replayed",
         messages.len(),
-        tickets.len(),
-        claimed.len()
+        backtest.len()
     );
 }
 
@@ -1669,22 +1677,7 @@ async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost(
     }
     let stream = js.get_stream("FOREWARN").await.unwrap();
     wait_drained(&stream, &live).await;
-    let settle = Instant::now();
-    let tickets = loop {
-        let list = fleet_list(&http, &live[0].api, "").await;
-        if same_tickets(&backtest, &list) || settle.elapsed() > Duration::from_secs(20) {
-            break list;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_same_tickets(&backtest, &tickets);
-    for i in &live {
-        let list = fleet_list(&http, &i.api, "").await;
-        assert_no_duplicates(&list, &i.name);
-        assert_same_tickets(&backtest, &list);
-    }
-    let (claimed, expected) = claims_and_expected(&js, &backtest).await;
-    assert_eq!(claimed, expected, "one fleet-wide claim per ticket");
+    assert_fleet_is_the_backtests(&http, &js, &live, &backtest).await;
     let log = std::fs::read_to_string(&instances.iter().find(|i| i.name == frozen).unwrap().log)
         .unwrap_or_default();
     let refused = log.matches("its lease is not this instance's now").count();
@@ -1699,6 +1692,6 @@ async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost(
         "woken {frozen}: {refused} set-up(s) refused for a lease no longer its own, {gaps} \
          delivery gap(s); {resumed} partition(s) resumed from checkpoints in all; {} tickets \
          equal to the backtest, one claim each",
-        tickets.len()
+        backtest.len()
     );
 }
