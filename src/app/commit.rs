@@ -18,8 +18,6 @@ use crate::store::Tx;
 use std::collections::HashMap;
 use std::time::Instant;
 
-mod workers;
-
 /// Result of processing one group.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GroupStats {
@@ -324,8 +322,7 @@ impl App {
     }
 
     /// Runs the group's devices through [`App::offer`], split into shards (one per
-    /// `ingest.apply_threads`, devices dealt round-robin): this thread runs the first, the apply
-    /// threads (started once, [`workers`]) the others.
+    /// `ingest.apply_threads`, devices dealt round-robin) that run on threads of their own.
     /// Returns each shard's output.
     fn run_shards(&self, sh: &Shared<'_>, work: &mut [DeviceWork]) -> Vec<ShardOut> {
         let items: usize = work.iter().map(|w| w.items.len()).sum();
@@ -333,17 +330,50 @@ impl App {
         if k <= 1 || items < PARALLEL_MIN_ITEMS {
             return vec![self.run_shard(sh, work.iter_mut())];
         }
-        let mut shards: Vec<Vec<&mut DeviceWork>> = (0..k).map(|_| Vec::new()).collect();
-        for (i, w) in work.iter_mut().enumerate() {
-            shards[i % k].push(w);
-        }
-        let mut shards = shards.into_iter();
-        let mine = shards.next().unwrap_or_default();
-        type Job<'a> = Box<dyn FnOnce() -> ShardOut + Send + 'a>;
-        let jobs: Vec<Job<'_>> = shards
-            .map(|shard| Box::new(move || self.run_shard(sh, shard.into_iter())) as Job<'_>)
-            .collect();
-        workers::run(|| self.run_shard(sh, mine.into_iter()), jobs)
+        std::thread::scope(|scope| {
+            let mut shards: Vec<Vec<&mut DeviceWork>> = (0..k).map(|_| Vec::new()).collect();
+            for (i, w) in work.iter_mut().enumerate() {
+                shards[i % k].push(w);
+            }
+            let mut shards = shards.into_iter();
+            let mine = shards.next().unwrap_or_default();
+            let mut handles = Vec::new();
+            // Shards no thread could be started for: this thread does them after its own.
+            let mut inline = Vec::new();
+            for shard in shards {
+                // The shard goes over a channel once the thread runs, so a failed start leaves
+                // it here.
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<&mut DeviceWork>>();
+                let spawned = std::thread::Builder::new()
+                    .name("forewarn-apply".into())
+                    .spawn_scoped(scope, move || {
+                        rx.recv()
+                            .map(|shard| self.run_shard(sh, shard.into_iter()))
+                            .unwrap_or_default()
+                    });
+                match spawned {
+                    Ok(h) => match tx.send(shard) {
+                        Ok(()) => handles.push(h),
+                        Err(back) => inline.push(back.0),
+                    },
+                    Err(e) => {
+                        tracing::debug!("apply thread not started ({e}): applied in turn");
+                        inline.push(shard);
+                    }
+                }
+            }
+            let mut outs = vec![self.run_shard(sh, mine.into_iter())];
+            for shard in inline {
+                outs.push(self.run_shard(sh, shard.into_iter()));
+            }
+            for h in handles {
+                match h.join() {
+                    Ok(out) => outs.push(out),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            outs
+        })
     }
 
     /// Offers one shard's devices their items, in arrival order per device.
