@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::net::{free_port, listening_within};
+use super::net::{free_ports, listening_within};
 
 pub struct NatsServer {
     child: Child,
@@ -43,8 +43,7 @@ impl NatsServer {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mqtt_port = free_port();
+        let [port, mqtt_port] = free_ports::<2>();
         let conf = format!(
             "listen: \"127.0.0.1:{port}\"\nserver_name: \"fw-test-{port}\"\n\
              mqtt {{ listen: \"127.0.0.1:{mqtt_port}\" }}\n\

@@ -11,6 +11,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free loopback ports: each is held until all are bound, so two of them cannot be
+/// the same port handed out twice (as two calls of [`free_port`] in a row can be).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    std::array::from_fn(|i| {
+        held[i]
+            .local_addr()
+            .expect("a bound listener has an address")
+            .port()
+    })
+}
+
 /// `127.0.0.1:<free port>`.
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
