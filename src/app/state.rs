@@ -322,7 +322,9 @@ impl App {
                 gone.push(device);
             }
         }
-        if gone.is_empty() {
+        // Sparkplug edge nodes unseen as long go too (their alias tables and `seq`).
+        let nodes = self.formats.forget_unseen(cutoff.as_millis());
+        if gone.is_empty() && nodes.is_empty() {
             return Ok(0);
         }
         let mut tx = self.store.tx();
@@ -330,11 +332,14 @@ impl App {
             tx.remove_device_state(d);
             tx.remove_kv(&gap_key(d));
         }
+        for key in &nodes {
+            tx.remove_kv(key);
+        }
         // Marks in the step log: a replay must not bring back what the log holds of them.
         let marks: Vec<(&str, Vec<u8>)> = gone.iter().map(|d| (d.as_str(), Vec::new())).collect();
-        let log_seq = tx.put_log(log_record(&marks));
+        let log_seq = (!marks.is_empty()).then(|| tx.put_log(log_record(&marks)));
         self.store.commit(tx)?;
-        core.log.push(log_seq);
+        core.log.extend(log_seq);
         self.views.forget(&gone);
         let mut gaps = self.signals.gaps.lock();
         for d in &gone {
@@ -349,8 +354,9 @@ impl App {
             .set(core.unregistered.len() as i64);
         self.metrics.devices_in_memory.set(core.slots.len() as i64);
         tracing::info!(
-            "forgot the state of {} device(s) unseen for {after}",
-            gone.len()
+            "forgot the state of {} device(s) and {} Sparkplug edge node(s) unseen for {after}",
+            gone.len(),
+            nodes.len()
         );
         Ok(gone.len())
     }

@@ -120,4 +120,61 @@ mod tests {
             t.await.expect("timer stops on shutdown");
         }
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sparkplug_edge_node_unseen_for_forget_after_is_forgotten_from_memory_and_disk() {
+        use crate::ingest::mqtt::{Inbound, Publish};
+        use crate::ingest::sparkplug::payload::{payload::metric::Value, payload::Metric, Payload};
+        use prost::Message;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = crate::config::Config::default();
+        cfg.ingest.forget_after = Some(Dur::secs(600));
+        cfg.ingest.sparkplug.enabled = true;
+        cfg.features.late_tolerance = Dur::secs(0);
+        let start = tokio::time::Instant::now();
+        let app = writer_with(dir.path(), &cfg, TokioClock::new(T0));
+        let birth = Payload {
+            timestamp: u64::try_from(T0).ok(),
+            seq: Some(0),
+            metrics: vec![Metric {
+                name: Some("bdSeq".into()),
+                datatype: Some(4),
+                value: Some(Value::LongValue(1)),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        };
+        let inbound = Inbound {
+            publish: Publish::new(
+                "spBv1.0/plant/NBIRTH/gw1".to_string(),
+                birth.encode_to_vec(),
+            ),
+            received: std::time::Instant::now(),
+            received_ms: T0,
+        };
+        app.process_group(&[inbound]).expect("group commits");
+        let stored = || {
+            app.store
+                .scan_kv::<crate::ingest::sparkplug::StoredNode>(
+                    crate::ingest::sparkplug::STATE_PREFIX,
+                )
+                .expect("scan")
+                .len()
+        };
+        assert_eq!(stored(), 1, "the birth is kept");
+        let shutdown = CancellationToken::new();
+        let tasks = spawn(&app, &shutdown);
+        until(start, Duration::from_secs(10 * 60 + 30)).await;
+        assert_eq!(stored(), 1, "kept until forget_after has passed");
+        until(start, Duration::from_secs(11 * 60 + 30)).await;
+        assert_eq!(stored(), 0, "forgotten on disk");
+        assert!(
+            app.formats().node("plant", "gw1").is_none(),
+            "and in memory"
+        );
+        shutdown.cancel();
+        for t in tasks {
+            t.await.expect("timer stops on shutdown");
+        }
+    }
 }

@@ -92,7 +92,8 @@ pub struct Config {
     /// `0s` accepts any timestamp.
     pub max_clock_skew: Dur,
     /// The state of a device whose newest timestamp is older than this (a device retired or
-    /// renamed) is dropped from memory and disk, its live tickets kept. Unset: kept forever.
+    /// renamed) is dropped from memory and disk, its live tickets kept; so is a Sparkplug edge
+    /// node's (its births and `seq`) unseen as long. Unset: kept forever.
     pub forget_after: Option<Dur>,
     /// A topic where the broker publishes how many messages it has dropped (Mosquitto:
     /// `$SYS/broker/publish/messages/dropped`, every `sys_interval`): a rise is logged and shown

@@ -161,6 +161,21 @@ impl Formats {
         }
     }
 
+    /// What the Sparkplug host knows of an edge node (a copy), if Sparkplug is on and it was seen.
+    #[cfg(test)]
+    pub fn node(&self, group: &str, edge: &str) -> Option<sparkplug::Node> {
+        self.sparkplug.as_ref()?.lock().node(group, edge).cloned()
+    }
+
+    /// Forgets the Sparkplug edge nodes last seen before `cutoff_ms`; the store keys of their
+    /// states.
+    pub fn forget_unseen(&self, cutoff_ms: i64) -> Vec<String> {
+        match &self.sparkplug {
+            Some(host) => host.lock().forget_unseen(cutoff_ms),
+            None => Vec::new(),
+        }
+    }
+
     /// The commands (rebirth requests) to publish, once.
     pub fn take_commands(&self) -> Option<mpsc::Receiver<Command>> {
         self.commands_rx.lock().take()

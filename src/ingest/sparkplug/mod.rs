@@ -441,6 +441,11 @@ pub struct Node {
     /// Wall time (epoch ms) of the last rebirth request.
     #[serde(skip)]
     pub last_rebirth_ms: Option<i64>,
+    /// The newest time (epoch ms; the payload's, else its receipt) of a message of the node or
+    /// one of its devices: what `ingest.forget_after` compares. `None` in a state stored before it
+    /// was kept (such a node is kept until its next message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<i64>,
 }
 
 /// An edge node's state as the store keeps it, so births (aliases, datatypes, `bdSeq`) and the
@@ -455,8 +460,13 @@ pub struct StoredNode {
 impl StoredNode {
     /// The store key (`group` and `edge` cannot contain `/`).
     pub fn key(&self) -> String {
-        format!("{STATE_PREFIX}{}/{}", self.group, self.edge)
+        node_key(&self.group, &self.edge)
     }
+}
+
+/// The store key of an edge node's state.
+fn node_key(group: &str, edge: &str) -> String {
+    format!("{STATE_PREFIX}{group}/{edge}")
 }
 
 /// Where edge node states are kept in the store's key-value space.
@@ -501,6 +511,26 @@ impl Host {
             .collect();
         out.sort_by(|a, b| (&a.group, &a.edge).cmp(&(&b.group, &b.edge)));
         out
+    }
+
+    /// Forgets the edge nodes (and the tables of their devices) last seen before `cutoff_ms`;
+    /// returns the store keys of their states, to be removed with the sweep's commit.
+    pub fn forget_unseen(&mut self, cutoff_ms: i64) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.nodes.retain(|(group, edge), node| {
+            let keep = node.last_seen_ms.is_none_or(|t| t >= cutoff_ms);
+            if !keep {
+                gone.push((group.clone(), edge.clone()));
+            }
+            keep
+        });
+        gone.sort();
+        gone.into_iter()
+            .map(|key| {
+                self.changed.remove(&key);
+                node_key(&key.0, &key.1)
+            })
+            .collect()
     }
 
     /// The state of an edge node, if it has been seen.
@@ -593,6 +623,8 @@ impl Host {
         let rebirth_ms = self.cfg.rebirth_interval.as_millis_i64();
         self.changed.insert(key.clone());
         let node = self.nodes.entry(key).or_default();
+        let seen = payload_ts.unwrap_or(received_at).as_millis();
+        node.last_seen_ms = Some(node.last_seen_ms.map_or(seen, |t| t.max(seen)));
         let mut want_rebirth = None;
         match t.kind {
             Kind::NBirth => {

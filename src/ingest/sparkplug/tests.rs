@@ -555,3 +555,41 @@ fn a_reading_over_max_metrics_is_rejected_but_the_birth_aliases_are_kept() {
     assert_eq!(o.reject, None);
     assert_eq!(o.readings[0].metrics, vec![("m3".into(), 2.0)]);
 }
+
+#[test]
+fn an_edge_node_unseen_past_the_cutoff_is_forgotten_with_its_devices() {
+    let mut h = host();
+    born(&mut h);
+    // A node stored before `last_seen_ms` was kept reads back without it, and is kept.
+    let json = r#"{"group":"old","edge":"gw0","node":{"online":true,"bd_seq":1,"last_seq":4,"table":{"aliases":{},"types":{}},"devices":{}}}"#;
+    let old: StoredNode = serde_json::from_str(json).unwrap();
+    assert_eq!(old.node.last_seen_ms, None);
+    h.restore(vec![old]);
+    let later = T + 3_600_000;
+    let dd = payload(
+        Some(2),
+        Some(later as u64),
+        vec![by_alias(1, Value::DoubleValue(5.0))],
+    );
+    h.handle("spBv1.0/plant/DDATA/gw1/press", &dd, later, later)
+        .unwrap();
+    assert_eq!(
+        h.node("plant", "gw1").and_then(|n| n.last_seen_ms),
+        Some(later),
+        "the newest message's time, the device's included"
+    );
+    assert!(
+        h.forget_unseen(later).is_empty(),
+        "seen at the cutoff: kept"
+    );
+    assert!(h.node("old", "gw0").is_some(), "no time known: kept");
+    h.take_changed();
+    assert_eq!(h.forget_unseen(later + 1), vec!["sparkplug/plant/gw1"]);
+    assert!(h.node("plant", "gw1").is_none());
+    assert!(h.take_changed().is_empty(), "nothing left to write for it");
+    // Its device must be born again: data now is data before any birth.
+    let o = h
+        .handle("spBv1.0/plant/DDATA/gw1/press", &dd, later, later)
+        .unwrap();
+    assert!(o.reject.is_some());
+}
