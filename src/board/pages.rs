@@ -1172,10 +1172,8 @@ async fn day_page(
     SignedIn(s): SignedIn,
 ) -> Response {
     let q = q.map(|Query(q)| q).unwrap_or_default();
-    let today = b
-        .cal
-        .date_of(b.now())
-        .unwrap_or_else(|| chrono::Utc::now().date_naive());
+    // The board's clock (the daemon's), so a simulated or test clock opens its own day.
+    let today = b.cal.day_of(b.now());
     let date = match q.date.as_deref().filter(|d| !d.is_empty()) {
         Some(d) => match chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d") {
             Ok(x) => x,
