@@ -156,7 +156,7 @@ struct Open {
 #[derive(Debug, Clone, Default)]
 pub struct TicketFilter {
     pub status: Option<crate::domain::Status>,
-    pub device_id: Option<String>,
+    pub device_id: Option<crate::domain::DeviceId>,
     pub customer_id: Option<String>,
     /// Only tickets updated (event time, epoch ms) at or after this.
     pub since_ms: Option<i64>,
