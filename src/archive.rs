@@ -4,11 +4,13 @@
 //! After a group's store commit, the accepted readings and device events go to a bounded queue;
 //! a writer thread appends them under `DATA_DIR/archive/` in the layout of the history files
 //! (`telemetry-<opened>-<n>.csv`, `events-<opened>-<n>.csv`, written by [`crate::history`]'s
-//! writers). A file is closed after `rotate` of wall time, or when a reading brings a metric
+//! writers). A file is closed after `rotate` of wall time (read off the daemon's injected
+//! clock), or when a reading brings a metric
 //! the header lacks (the next file's header is the wider one); files opened longer ago than
 //! `retention` are deleted. The ingest loop never waits for this disk: a full queue drops the
 //! batch and counts it, a write error is counted and logged, and ingest goes on.
 
+use crate::clock::Clock;
 use crate::domain::{DeviceEvent, Dur, Reading, Timestamp};
 use crate::history::{EventWriter, TelemetryWriter};
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -92,11 +94,13 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Starts the writer thread when the archive is enabled; `None` when it is off.
+    /// Starts the writer thread when the archive is enabled; `None` when it is off. Files are
+    /// opened, named, rotated and pruned by `clock`'s time.
     pub fn build(
         cfg: &Config,
         data_dir: &Path,
         registry: &prometheus::Registry,
+        clock: Arc<dyn Clock>,
     ) -> Result<Option<Archive>, ArchiveError> {
         if !cfg.enabled {
             return Ok(None);
@@ -118,7 +122,7 @@ impl Archive {
             .spawn(move || {
                 // Ends when the app drops its handle; each batch is flushed as it is written.
                 while let Ok(batch) = rx.recv() {
-                    let now = Timestamp::from_millis(chrono::Utc::now().timestamp_millis());
+                    let now = Timestamp::from_millis(clock.now_ms());
                     if let Err(e) = files.write(&batch, now) {
                         errors.inc();
                         tracing::warn!(error = %e, records = batch.len(), "history archive write failed");
@@ -474,6 +478,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got[0].code, "bearing");
+    }
+
+    /// The opening times in the names of the telemetry files, once the writer thread has opened
+    /// `n` of them (it is given at most 10 s).
+    fn opened(dir: &Path, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let got = files(dir, "telemetry").unwrap();
+            if got.len() >= n || std::time::Instant::now() > deadline {
+                return got
+                    .iter()
+                    .filter_map(|p| p.file_name()?.to_str()?.get(10..26).map(str::to_string))
+                    .collect();
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn the_writer_names_and_rotates_files_by_the_injected_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, not today
+        let clock = crate::clock::ManualClock::new(t0 + 5 * HOUR);
+        let registry = prometheus::Registry::new();
+        let archive = Archive::build(&cfg(), tmp.path(), &registry, clock.clone())
+            .unwrap()
+            .expect("enabled");
+        let dir = dir(tmp.path());
+        let send = |temp: f64| {
+            let at = Timestamp::from_millis(t0);
+            archive.send(vec![reading("d1", at, &[("temp", temp)])]);
+        };
+        send(1.0);
+        assert_eq!(opened(&dir, 1), ["20260101T050000Z"]);
+        // A day (`rotate`) after it opened, by the clock: a new file, named by the clock's time.
+        clock.advance(std::time::Duration::from_secs(24 * 3600));
+        send(2.0);
+        assert_eq!(opened(&dir, 2), ["20260101T050000Z", "20260102T050000Z"]);
     }
 
     #[test]

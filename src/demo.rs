@@ -307,7 +307,7 @@ async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: 
             };
             let start = slot.start_ms.as_millis().to_string();
             let r = http
-                .post(page_url(&cfg, &public, &t.id, &cid))
+                .post(page_url(&cfg, &public, &t.id, &cid, app.now_ms()))
                 .form(&[("action", "confirm"), ("slot", start.as_str())])
                 .send()
                 .await;
@@ -323,10 +323,11 @@ async fn customers_pick_slots(cfg: Config, app: Arc<crate::app::App>, shutdown: 
 }
 
 /// The customer's self-service page for `ticket` at `public`, as a message's link names it
-/// (signed with the demo's link secret, valid for a day).
-fn page_url(cfg: &Config, public: &str, ticket: &str, customer: &str) -> String {
+/// (signed with the demo's link secret, valid for a day from `now_ms`: the daemon's clock, the
+/// simulated one the page checks the expiry against).
+fn page_url(cfg: &Config, public: &str, ticket: &str, customer: &str, now_ms: i64) -> String {
     let secret = cfg.notify.link_secret.as_ref().map_or("", |s| s.0.as_str());
-    let exp = chrono::Utc::now().timestamp_millis() + 86_400_000;
+    let exp = now_ms.saturating_add(86_400_000);
     let token = crate::notify::link::sign(secret.as_bytes(), ticket, customer, exp);
     format!("{public}/notify/v1/s/{token}")
 }
@@ -734,7 +735,7 @@ async fn converse(
                     )
                 };
                 let r = http
-                    .post(page_url(cfg, &public, &t.id, cid))
+                    .post(page_url(cfg, &public, &t.id, cid, app.now_ms()))
                     .form(&[("action", action), ("when", when)])
                     .send()
                     .await;

@@ -12,12 +12,11 @@
 //! The decisions are the pure [`step`]; [`Targets`] executes its effects (the publish, the POST)
 //! and the [`crate::outbox`] worker runs the queue.
 
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{Dur, Ticket};
 use crate::engine::{Change, ChangeKind};
 use crate::metrics::Metrics;
-use crate::outbox::{
-    Backoff, Clock, Delivery, Effect, FactsOf, Gauges, Step, SystemClock, Update, Worker,
-};
+use crate::outbox::{Backoff, Delivery, Effect, FactsOf, Gauges, Step, Update, Worker};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, Tx};
 use events::{Attempt, Target};

@@ -3,7 +3,7 @@
 //! `serve` wraps it with MQTT and sled, `evaluate` with CSV files; neither adds logic of its own,
 //! so a backtest opens exactly the tickets the daemon opens for the same readings.
 
-use crate::domain::{DeviceEvent, EventKind, Reading};
+use crate::domain::{DeviceEvent, DeviceId, EventKind, Reading};
 use crate::domain::{HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket, Timestamp};
 use crate::features::{
     streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
@@ -184,7 +184,7 @@ pub struct Change {
 /// One scoring, as written by `evaluate --predictions-out`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scoring {
-    pub device_id: String,
+    pub device_id: DeviceId,
     pub ts: Timestamp,
     pub mode: String,
     pub probability: f64,
@@ -267,7 +267,7 @@ impl Engine {
                     let s = a.score_mode_compiled(mm, &lm.compiled[k], &x);
                     if let Some(out) = scorings.as_deref_mut() {
                         out.push(Scoring {
-                            device_id: r.device_id.to_string(),
+                            device_id: r.device_id.clone(),
                             ts: r.ts,
                             mode: mm.mode.clone(),
                             probability: s.probability,

@@ -514,10 +514,11 @@ pub struct Applied {
 }
 
 /// Brings the fleet file's own changes into the store's registry (see the module comment for the
-/// rule), in one commit.
+/// rule), in one commit; `now_ms` (the daemon's clock) stamps the history of what it replaced.
 pub fn apply_file(
     store: &crate::store::Store,
     file: &FleetFile,
+    now_ms: i64,
 ) -> Result<Applied, crate::store::StoreError> {
     let stored_devices: BTreeMap<DeviceId, Device> = store
         .fleet_devices::<Device>()?
@@ -532,7 +533,7 @@ pub fn apply_file(
     let mut import = Import {
         store,
         tx: store.tx(),
-        now: chrono::Utc::now().timestamp_millis(),
+        now: now_ms,
         applied: Applied::default(),
     };
     for c in &file.customers {
@@ -615,22 +616,27 @@ mod tests {
             customers: vec![],
             devices: vec![dev("P200")],
         };
-        assert_eq!(apply_file(&store, &file).unwrap().written, 1);
+        // Each start's import, at a time of the daemon's clock.
+        const START: i64 = 1_767_225_600_000;
+        assert_eq!(apply_file(&store, &file, START).unwrap().written, 1);
         // Changed through the API, then the daemon restarts with the same file.
         let mut tx = store.tx();
         tx.put_fleet_device("pump-1", &dev("P300"));
         store.commit(tx).unwrap();
-        assert_eq!(apply_file(&store, &file).unwrap().kept, 1);
+        assert_eq!(apply_file(&store, &file, START + 1).unwrap().kept, 1);
         assert_eq!(store.fleet_devices::<Device>().unwrap(), vec![dev("P300")]);
         // The file is edited: its change wins, the API's version is kept as history.
         let edited = FleetFile {
             customers: vec![],
             devices: vec![dev("P400")],
         };
-        assert_eq!(apply_file(&store, &edited).unwrap().written, 1);
+        assert_eq!(apply_file(&store, &edited, START + 2).unwrap().written, 1);
         assert_eq!(store.fleet_devices::<Device>().unwrap(), vec![dev("P400")]);
         let hist: Vec<Device> = store.scan_kv("fleet_history/device/pump-1/").unwrap();
         assert_eq!(hist, vec![dev("P300")]);
+        // Kept under the time of the import that replaced it, by the clock it was given.
+        let at = format!("fleet_history/device/pump-1/{}", START + 2);
+        assert_eq!(store.get_kv::<Device>(&at).unwrap(), Some(dev("P300")));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - [`domain`]   the shared vocabulary, importing nothing: readings, events, event time
 //!   (`Timestamp`: one parse, one format), device ids (`DeviceId`: checked where they arrive),
 //!   tickets and their statuses, durations
+//! - [`clock`]    the daemon's one injected wall clock, importing nothing: `serve` builds it once
+//!   and every stage that reads the time of day takes it (the system's in production, the
+//!   demo's simulated one, a manual or paused-tokio one in tests)
 //! - [`features`] per-device rolling windows and feature extraction, in event time (pure)
 //! - [`predict`]  model artifacts (load, version check) and scoring (pure)
 //! - [`tickets`]  the ticket state machine (pure)
@@ -27,7 +30,7 @@
 //!   [`secret`] secrets that never print, URLs with their credentials redacted
 //! - [`outbox`]   the durable outbox: one worker for every delivery type — due times, commit
 //!   order, backoff, dead letters, gauges — executing the effects of each type's pure
-//!   `step(row, facts, now)`; the injected wall [`outbox::Clock`]
+//!   `step(row, facts, now)`
 //! - [`notify`]   customer notifications: routing, the notification row's step and its
 //!   executors (channels), replies, timeline; `notify::events`, what it logs and counts
 //! - [`dispatch`] field-service dispatch: the dispatch row's step and its executors (MQTT, the
@@ -67,6 +70,7 @@ pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod config_reference;

@@ -349,3 +349,29 @@ async fn sign_in_roles_csrf_and_the_json_twins_hold() {
     assert_eq!(r.status(), 303, "signed out");
     stop(h, tok).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_day_view_opens_on_the_day_of_the_daemons_clock() {
+    let b = broker();
+    let dirs = Dirs::new();
+    let mut cfg = config(&b.url(), &dirs, "fw-board-day");
+    cfg.board.time_zone = "Asia/Bangkok".into();
+    // 2026-01-01T20:00:00Z: already 2 January in Bangkok, and not today.
+    let clock = forewarn::notify::ManualClock::new(1_767_297_600_000);
+    let tok = tokio_util::sync::CancellationToken::new();
+    let h = forewarn::serve::run_with_clock(cfg, tok.clone(), clock.clone())
+        .await
+        .unwrap();
+    ready(&h).await;
+    let base = format!("http://{}", h.api_addr);
+    let http = no_redirects();
+    let session = sign_in(&http, &base, TOKEN, "http").await;
+    let day = format!("{base}/board/day");
+    let page = text_of(http.get(&day).header("cookie", &session)).await;
+    assert!(page.contains("value=\"2026-01-02\""), "{page}");
+    // The clock moves a day on: so does the page's default day.
+    clock.advance(std::time::Duration::from_secs(24 * 3600));
+    let page = text_of(http.get(&day).header("cookie", &session)).await;
+    assert!(page.contains("value=\"2026-01-03\""), "{page}");
+    stop(h, tok).await;
+}

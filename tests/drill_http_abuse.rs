@@ -111,7 +111,7 @@ async fn slowloris_and_a_readyz_flood_leave_ingest_committing_and_the_api_recove
     while t0.elapsed() < Duration::from_secs(20) {
         let has_ticket = store
             .tickets(&forewarn::store::TicketFilter {
-                device_id: Some("siege-1".into()),
+                device_id: Some(forewarn::domain::DeviceId::parse("siege-1").expect("an id")),
                 ..Default::default()
             })
             .map(|t| !t.is_empty())

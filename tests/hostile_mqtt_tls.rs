@@ -179,6 +179,7 @@ async fn notify_channel_over_tls(
         idempotency_key: key,
         status_callback: None,
         reply_to: None,
+        now_ms: 1_767_225_600_000,
     };
     let cfg = |ca: &std::path::Path| MqttConfig {
         url: url.to_string(),

@@ -170,12 +170,20 @@ pub fn notify_routes(
 
 /// Refuses ids that could not be a device, customer or ticket id.
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    crate::domain::validate_device_id(id).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{what} id: {}",
-            e.to_string().replace("device id", "id")
-        ))
-    })
+    crate::domain::validate_device_id(id).map_err(|e| id_error(what, e))
+}
+
+/// [`check_id`] for a device id, keeping what passed as the type.
+pub fn device_id_param(id: &str) -> Result<crate::domain::DeviceId, ApiError> {
+    crate::domain::DeviceId::parse(id).map_err(|e| id_error("device", e))
+}
+
+/// The 400 of an id that breaks the rule, naming what kind of id it is.
+fn id_error(what: &str, e: crate::domain::DeviceIdError) -> ApiError {
+    ApiError::bad_request(format!(
+        "{what} id: {}",
+        e.to_string().replace("device id", "id")
+    ))
 }
 
 /// A JSON body, or the 400 saying why it is not one (shared with the board's routes).
@@ -303,10 +311,9 @@ async fn list_tickets(
         ),
         None => None,
     };
-    for (what, v) in [("device", &q.device_id), ("customer", &q.customer_id)] {
-        if let Some(v) = v {
-            check_id(what, v)?;
-        }
+    let device_id = q.device_id.as_deref().map(device_id_param).transpose()?;
+    if let Some(v) = &q.customer_id {
+        check_id("customer", v)?;
     }
     let limit = q.limit.unwrap_or(1000).min(MAX_LIST);
     let fleet = state.fleetwide(&headers);
@@ -329,7 +336,7 @@ async fn list_tickets(
     };
     let filter = TicketFilter {
         status: if fleet.is_some() { None } else { status },
-        device_id: q.device_id,
+        device_id,
         customer_id: q.customer_id,
         since_ms,
         limit: Some(if fleet.is_some() { MAX_LIST } else { limit }),

@@ -5,6 +5,7 @@
 use super::state::{apply_reading, clip, encode_step, gap_key, log_record, Core, Slot, Step};
 use super::status::LossNote;
 use super::{App, CoreError, Gap};
+use crate::clock::Clock;
 use crate::dispatch::DispatchRow;
 use crate::domain::{DeviceId, RejectReason, Timestamp};
 use crate::engine::{Change, ChangeKind, DeviceCtx, Engine};
@@ -13,7 +14,6 @@ use crate::fleet::Device;
 use crate::ingest::decode::{self, Reject};
 use crate::ingest::mqtt::{topic_matches, Inbound};
 use crate::ingest::reorder::{Item, Offer, Pending};
-use crate::outbox::Clock;
 use crate::store::Tx;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -165,10 +165,12 @@ impl App {
                 .telemetry_topics
                 .iter()
                 .any(|f| topic_matches(f, topic));
-            let items: Vec<Item> = if let Some(d) =
-                self.formats
-                    .decode(topic, &m.publish.payload, m.received_ms)
-            {
+            let items: Vec<Item> = if let Some(d) = self.formats.decode(
+                topic,
+                &m.publish.payload,
+                m.received_ms,
+                self.clock.now_ms(),
+            ) {
                 if let Some(g) = d.gap {
                     self.sparkplug_gap(g, m.received_ms, &mut tally);
                 }
@@ -706,7 +708,7 @@ impl App {
         }
         // A latency, not a stamp: measured on the clock the MQTT driver stamped `received_ms`
         // with (the system's), whichever clock the daemon reasons in.
-        let done_ms = crate::outbox::SystemClock.now_ms();
+        let done_ms = crate::clock::SystemClock.now_ms();
         for (c, received_ms) in changes {
             if matches!(c.kind, ChangeKind::Opened | ChangeKind::Updated) {
                 self.metrics

@@ -43,12 +43,12 @@ pub(crate) use models::{load_metric_index, save_metric_index};
 pub use status::{session_verdict, BrokerSession, Gap, Loss, Monitor, RejectRecord, Watch};
 pub use tickets::{Tickets, Transition};
 
+use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig, Models};
 use crate::features::WindowSpec;
 use crate::ingest::decode::Limits;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::outbox::Clock;
 use crate::store::{Store, StoreError};
 use crate::tickets::TransitionError;
 use fleet::Registry;

@@ -4,7 +4,7 @@
 use super::commit::Tally;
 use super::state::clip;
 use super::{App, Fleetwide};
-use crate::domain::Timestamp;
+use crate::domain::{DeviceId, Timestamp};
 use crate::engine::Scoring;
 use crate::ingest::decode::Reject;
 use crate::ingest::mqtt::ConnectionObserver;
@@ -82,7 +82,8 @@ pub struct Gap {
 /// restart a device is listed again at its next scoring.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Watch {
-    pub device_id: String,
+    #[schema(value_type = String)]
+    pub device_id: DeviceId,
     /// The failure mode whose score is at or above its watch level.
     pub mode: String,
     /// The latest score: the model's probability of this mode failing within its horizon.
@@ -431,7 +432,7 @@ pub(super) struct Signals {
     pub(super) gaps: Mutex<HashMap<String, Gap>>,
     /// Per device, the modes it is watched for (bounded by devices × modes; dropped when the
     /// device is forgotten or its score falls below the watch level).
-    pub(super) watches: Mutex<HashMap<String, Vec<WatchEntry>>>,
+    pub(super) watches: Mutex<HashMap<DeviceId, Vec<WatchEntry>>>,
     pub(super) loss: Mutex<Loss>,
     /// What the session check at the first broker connection found amiss, for `/readyz`.
     pub(super) session_note: Mutex<Option<String>>,

@@ -2,11 +2,11 @@
 //! and readings as the MQTT driver hands them over.
 
 use super::{App, Settings};
+use crate::clock::{Clock, SystemClock};
 use crate::engine::Models;
 use crate::features::MetricIndex;
 use crate::ingest::mqtt::{Inbound, Publish};
 use crate::netguard::AddressPolicy;
-use crate::outbox::{Clock, SystemClock};
 use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

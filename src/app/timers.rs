@@ -75,8 +75,8 @@ async fn every(t: Timer, app: Arc<App>, shutdown: CancellationToken) {
 mod tests {
     use super::super::testkit::{reading, writer_with};
     use super::*;
+    use crate::clock::TokioClock;
     use crate::domain::Dur;
-    use crate::outbox::TokioClock;
 
     const T0: i64 = 1_800_000_000_000;
 

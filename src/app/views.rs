@@ -118,8 +118,8 @@ impl Views {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::{reading, writer_with};
+    use crate::clock::SystemClock;
     use crate::domain::{Dur, Timestamp};
-    use crate::outbox::SystemClock;
     use std::sync::Arc;
     use std::time::Duration;
 

@@ -34,8 +34,8 @@ pub use config::{Config, SlaConfig, Technician};
 
 use crate::app::{CoreError, Fleet, Tickets, Transition};
 use crate::domain::{
-    proposal_key, visit_key, Outcome, Priority, Proposal, Slot, Status, Ticket, Timestamp, Visit,
-    VISIT_PREFIX,
+    proposal_key, visit_key, DeviceId, Outcome, Priority, Proposal, Slot, Status, Ticket,
+    Timestamp, Visit, VISIT_PREFIX,
 };
 use crate::notify::TimelineEntry;
 use crate::store::{StoreError, TicketFilter, Tx};
@@ -791,12 +791,12 @@ impl Board {
     /// A device's tickets (newest first, at most 200); in cluster mode the fleet's.
     pub async fn device_tickets(
         self: &Arc<Self>,
-        device: &str,
+        device: &DeviceId,
         bearer: &crate::secret::Secret,
     ) -> Result<Vec<Ticket>, QueueError> {
         let fleetwide = self.tickets.fleetwide().zip(self.fleet_http.clone());
         let b = self.clone();
-        let device2 = device.to_string();
+        let device2 = device.clone();
         let mine = tokio::task::spawn_blocking(move || {
             b.tickets.store().tickets(&TicketFilter {
                 device_id: Some(device2),

@@ -4,7 +4,7 @@
 use super::queue::{self, Filter, StatusFilter};
 use super::session::{self, Role, Session};
 use super::{Action, Board, BoardError, QueueError, Resolution};
-use crate::domain::{Slot, Status, Ticket, Timestamp};
+use crate::domain::{DeviceId, Slot, Status, Ticket, Timestamp};
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -427,7 +427,7 @@ fn opts(all: &str, items: impl IntoIterator<Item = (String, String)>, chosen: &s
 struct RowView {
     id: String,
     priority: &'static str,
-    device_id: String,
+    device_id: DeviceId,
     customer_id: String,
     customer_name: String,
     region: String,
@@ -481,7 +481,7 @@ fn row_view(b: &Board, r: &queue::Row, now: Timestamp) -> RowView {
     RowView {
         id: r.id.clone(),
         priority: r.priority.as_str(),
-        device_id: r.device_id.to_string(),
+        device_id: r.device_id.clone(),
         customer_id: r.customer_id.clone(),
         customer_name: shown_name(&r.customer_name, &r.customer_id),
         region: r.region.clone(),
@@ -627,7 +627,7 @@ struct TicketView {
     status: &'static str,
     outcome: String,
     priority: &'static str,
-    device_id: String,
+    device_id: DeviceId,
     region: String,
     customer_id: String,
     customer_name: String,
@@ -716,7 +716,7 @@ fn ticket_view(b: &Board, t: &Ticket) -> TicketView {
         status: t.status.as_str(),
         outcome: outcome_words(t),
         priority: t.priority.as_str(),
-        device_id: t.device_id.to_string(),
+        device_id: t.device_id.clone(),
         region: get(|r| r.region.clone()),
         customer_id: get(|r| r.customer_id.clone()),
         customer_name: get(|r| r.customer_name.clone()),
@@ -1172,10 +1172,8 @@ async fn day_page(
     SignedIn(s): SignedIn,
 ) -> Response {
     let q = q.map(|Query(q)| q).unwrap_or_default();
-    let today = b
-        .cal
-        .date_of(b.now())
-        .unwrap_or_else(|| chrono::Utc::now().date_naive());
+    // The board's clock (the daemon's), so a simulated or test clock opens its own day.
+    let today = b.cal.day_of(b.now());
     let date = match q.date.as_deref().filter(|d| !d.is_empty()) {
         Some(d) => match chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d") {
             Ok(x) => x,
@@ -1364,11 +1362,11 @@ async fn device_page(
     Path(id): Path<String>,
     SignedIn(s): SignedIn,
 ) -> Response {
-    if crate::api::check_id("device", &id).is_err() {
+    let Ok(device_id) = DeviceId::parse(&id) else {
         return error_page(Some(&s), StatusCode::BAD_REQUEST, "Not a device id", "");
-    }
+    };
     // In cluster mode the fleet's tickets of the device, wherever its partition is owned.
-    let tickets = match b.device_tickets(&id, &s.bearer).await {
+    let tickets = match b.device_tickets(&device_id, &s.bearer).await {
         Ok(t) => t,
         Err(e) => return fleet_error(&s, e),
     };

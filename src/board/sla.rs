@@ -154,6 +154,16 @@ impl BusinessCalendar {
             .map(|t| t.date_naive())
     }
 
+    /// The local day `now` falls on; the UTC day of `now` for a moment outside what the time
+    /// zone can place (never the system's today: `now` is the caller's clock).
+    pub fn day_of(&self, now: Timestamp) -> NaiveDate {
+        self.date_of(now)
+            .or_else(|| {
+                chrono::DateTime::from_timestamp_millis(now.as_millis()).map(|t| t.date_naive())
+            })
+            .unwrap_or_default()
+    }
+
     /// A local wall-clock time on `d` as epoch ms (the earlier one when a clock change repeats
     /// it, the next valid minute when one skips it).
     pub fn at(&self, d: NaiveDate, minutes: u32) -> Option<Timestamp> {

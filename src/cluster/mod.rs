@@ -55,6 +55,7 @@ pub use config::Config;
 use crate::app::{
     App, Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
 };
+use crate::clock::Clock as _;
 use crate::domain::Timestamp;
 use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
@@ -1254,8 +1255,10 @@ impl Cluster {
         let subject = m.message.subject.as_str();
         let topic = partition::topic(&self.cfg.subject_prefix, subject)
             .unwrap_or_else(|| subject.to_string());
+        // Without the stream's time, the receipt time as the MQTT driver takes it (the system's
+        // wall clock: latency and clock skew are measured against it).
         let received_ms = m.info().map_or_else(
-            |_| chrono::Utc::now().timestamp_millis(),
+            |_| crate::clock::SystemClock.now_ms(),
             |i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64,
         );
         Inbound {

@@ -182,14 +182,21 @@ impl Formats {
     }
 
     /// Decodes a message when its topic belongs to Sparkplug B or SenML; `None` otherwise.
-    pub fn decode(&self, topic: &str, payload: &[u8], received_ms: i64) -> Option<Decoded> {
+    /// `now_ms` is the daemon's clock (when a rebirth may be asked for again, and the request's
+    /// own timestamp).
+    pub fn decode(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        received_ms: i64,
+        now_ms: i64,
+    ) -> Option<Decoded> {
         if let Some(host) = &self.sparkplug {
             if self
                 .sparkplug_filters
                 .iter()
                 .any(|f| topic_matches(f, topic))
             {
-                let now_ms = chrono::Utc::now().timestamp_millis();
                 let out = host.lock().handle(topic, payload, received_ms, now_ms)?;
                 return Some(self.sparkplug_outcome(out));
             }

@@ -29,6 +29,7 @@
 //! - `ack_loop`, which sends the acks through the `AsyncClient`.
 
 use super::config::BrokerConfig;
+use crate::clock::Clock as _;
 use rand::Rng;
 use rumqttc::v5;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
@@ -557,7 +558,9 @@ pub async fn drive(
                         let msg = Inbound {
                             publish: p,
                             received: Instant::now(),
-                            received_ms: chrono::Utc::now().timestamp_millis(),
+                            // Real wall time, not the daemon's clock: a device's clock skew
+                            // and the reading-to-ticket latency are measured against it.
+                            received_ms: crate::clock::SystemClock.now_ms(),
                         };
                         if f.send(msg).await.is_err() {
                             forward = None;

@@ -97,7 +97,7 @@ pub trait TicketDesk: Send + Sync {
 }
 
 /// The clock moved to [`crate::outbox`], where the delivery worker's due times read the same one.
-pub use crate::outbox::{Clock, ManualClock, SystemClock};
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 /// One line of a customer's timeline (`GET /api/v1/customers/{id}/timeline`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -910,8 +910,9 @@ impl Deliver<'_> {
             status_callback: matches!(ch, Channel::Sms | Channel::Voice)
                 .then_some(callback.as_str()),
             reply_to: reply.map(|(_, a)| a.as_str()),
+            now_ms: now,
         };
-        match recover(store, provider.as_ref(), address, interrupted).await {
+        match recover(store, provider.as_ref(), address, now, interrupted).await {
             Recovery::Send => provider.send(&out).await,
             Recovery::Done(r) => r,
         }
@@ -924,12 +925,13 @@ async fn recover(
     store: &Store,
     provider: &dyn Provider,
     address: &str,
+    now_ms: i64,
     interrupted: &[Attempt],
 ) -> Recovery {
     if interrupted.is_empty() {
         return Recovery::Send;
     }
-    let found = match provider.lookup(address).await {
+    let found = match provider.lookup(address, now_ms).await {
         Ok(Lookup::Unsupported) => return Recovery::Send,
         Ok(Lookup::Found(f)) => f,
         Err(e) => {

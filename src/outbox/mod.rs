@@ -14,10 +14,7 @@
 //! depth and oldest-age gauges. The split follows rumqttc's `state.rs` (state changes, no
 //! network) and `eventloop.rs` (the network, driving the state).
 
-pub mod clock;
-
-pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
-
+use crate::clock::Clock;
 use crate::store::{Store, StoreError, Tx};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -2,6 +2,7 @@
 //! delivery type, on paused tokio time.
 
 use super::*;
+use crate::clock::TokioClock;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;

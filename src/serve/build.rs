@@ -107,7 +107,7 @@ pub(super) fn writer(
     store: Store,
     notifier: &Arc<crate::notify::Notifier>,
     cluster: &Option<Arc<crate::cluster::Cluster>>,
-    clock: Arc<dyn crate::outbox::Clock>,
+    clock: Arc<dyn crate::clock::Clock>,
     registry: &prometheus::Registry,
 ) -> Result<Arc<App>, ServeError> {
     let window = cfg.features.window();
@@ -116,7 +116,7 @@ pub(super) fn writer(
         .map_err(CheckError::from)?;
     app::save_metric_index(&store, &models.index)?;
     if !inputs.fleet.customers.is_empty() || !inputs.fleet.devices.is_empty() {
-        let applied = crate::fleet::apply_file(&store, &inputs.fleet)?;
+        let applied = crate::fleet::apply_file(&store, &inputs.fleet, clock.now_ms())?;
         tracing::info!(
             "fleet file: {} record(s) written, {} left as the registry has them",
             applied.written,
@@ -143,8 +143,9 @@ pub(super) fn writer(
         ),
         snapshot_every: cfg.store.snapshot_every,
     };
-    let archive = crate::archive::Archive::build(&cfg.archive, &cfg.store.data_dir, registry)
-        .map_err(CheckError::from)?;
+    let archive =
+        crate::archive::Archive::build(&cfg.archive, &cfg.store.data_dir, registry, clock.clone())
+            .map_err(CheckError::from)?;
     crate::outcomes::register(registry, store.clone()).map_err(ServeError::Outcomes)?;
     let metrics = crate::metrics::Metrics::new(registry);
     let mut app = App::new(settings, store, metrics, models, notifier.clone(), clock)?;

@@ -136,10 +136,10 @@ async fn start(
         Some(t) => t,
         None => standby::TakeOver::now(&cfg.store.data_dir)?,
     };
-    let store = build::open_store(&cfg.store)?;
-    let registry = prometheus::Registry::new();
     // The daemon's one wall clock: the notifier's, the writer's and its timers', the outbox
-    // workers' due times.
+    // workers' due times, the store's quarantine stamps, the archive's rotation.
+    let store = build::open_store(&cfg.store)?.with_clock(clock.clone());
+    let registry = prometheus::Registry::new();
     let notifier = build::notifier(&cfg, clock.clone(), &registry)?;
     // Cluster mode: connected before anything reads, so the shared ticket-id secret is known.
     let cluster = build::cluster(&cfg.cluster, &registry).await?;

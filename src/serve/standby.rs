@@ -18,6 +18,7 @@
 //! Why a blocking `flock` in a thread rather than polling: the kernel wakes the waiter the
 //! moment the lock is free, so the takeover starts at once and nothing polls meanwhile.
 
+use crate::clock::Clock as _;
 use crate::config::Config;
 use std::fs::File;
 use std::io::Write;
@@ -114,11 +115,12 @@ impl DataDirLock {
     /// Writes who holds the lock into the file, for the standby's log. Best effort: the lock
     /// is what counts, not the text.
     fn stamped(mut file: File) -> DataDirLock {
-        let text = format!(
-            "pid {} since {}\n",
-            std::process::id(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
+        // The operator's wall time, not the daemon's injected clock (the demo's is simulated):
+        // the note says when this process took the directory.
+        let since = chrono::DateTime::from_timestamp_millis(crate::clock::SystemClock.now_ms())
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        let text = format!("pid {} since {since}\n", std::process::id());
         let _ = file
             .set_len(0)
             .and_then(|_| file.write_all(text.as_bytes()))

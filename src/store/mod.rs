@@ -34,6 +34,7 @@ pub mod events;
 
 pub use config::Config;
 
+use crate::clock::{Clock, SystemClock};
 use crate::domain::Ticket;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
@@ -91,6 +92,9 @@ pub struct Store {
     outcome_log: Arc<parking_lot::Mutex<Option<Vec<OutcomeNote>>>>,
     /// Batches handed over by [`Store::defer`] and not applied yet.
     deferred: Arc<Deferred>,
+    /// What a quarantined record's `at_ms` is read from: the daemon's one clock once `serve`
+    /// hands it over ([`Store::with_clock`]), the system's until then.
+    clock: Arc<dyn Clock>,
 }
 
 /// Batches the ingest path hands over without applying them ([`Store::defer`]), applied in the
@@ -152,7 +156,7 @@ struct Open {
 #[derive(Debug, Clone, Default)]
 pub struct TicketFilter {
     pub status: Option<crate::domain::Status>,
-    pub device_id: Option<String>,
+    pub device_id: Option<crate::domain::DeviceId>,
     pub customer_id: Option<String>,
     /// Only tickets updated (event time, epoch ms) at or after this.
     pub since_ms: Option<i64>,
@@ -387,7 +391,15 @@ impl Store {
             outcome_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             outcome_log: Arc::new(parking_lot::Mutex::new(None)),
             deferred: Arc::new(Deferred::default()),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The store on `clock` (the daemon's one clock): what quarantined records are stamped with.
+    /// Clones made after this share it.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Store {
+        self.clock = clock;
+        self
     }
 
     fn open_db(dir: &Path, cache_bytes: u64) -> Result<Open> {
@@ -785,7 +797,7 @@ impl Store {
         let rec = Quarantined {
             key: String::from_utf8_lossy(key).into_owned(),
             detail: detail.to_string(),
-            at_ms: chrono::Utc::now().timestamp_millis(),
+            at_ms: self.clock.now_ms(),
             value: String::from_utf8_lossy(value).into_owned(),
         };
         let mut qk = b"q/".to_vec();
@@ -990,6 +1002,31 @@ mod tests {
         assert_eq!(store.get_kv::<u8>("bad").unwrap(), None);
         let e = store.outbox_put(b"o/x/1", &unencodable).unwrap_err();
         assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_quarantined_record_is_stamped_by_the_injected_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::ManualClock::new(1_767_225_600_000);
+        let store = Store::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_clock(clock.clone());
+        store.quarantine(b"t/broken", b"{not json", "unreadable");
+        clock.advance(std::time::Duration::from_secs(90));
+        store.clone().quarantine(b"t/later", b"[", "unreadable");
+        let at: Vec<(String, i64)> = store
+            .quarantine_list()
+            .unwrap()
+            .into_iter()
+            .map(|q| (q.key, q.at_ms))
+            .collect();
+        assert_eq!(
+            at,
+            vec![
+                ("t/broken".to_string(), 1_767_225_600_000),
+                ("t/later".to_string(), 1_767_225_690_000),
+            ]
+        );
     }
 
     #[test]

@@ -775,6 +775,7 @@ pub fn train(
             fingerprint,
             devices: h.devices.len(),
             rows: h.rows,
+            // When the artifact was made: real wall time (training runs outside the daemon).
             trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             command: opts.command.clone(),
         },

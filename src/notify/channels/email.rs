@@ -124,7 +124,11 @@ impl Email {
             .from(self.from.clone())
             .to(to)
             .subject(r.email_subject.clone())
-            .message_id(Some(format!("<{}@forewarn>", m.idempotency_key)));
+            .message_id(Some(format!("<{}@forewarn>", m.idempotency_key)))
+            // The notifier's clock (the demo's simulated day), not the moment lettre builds it.
+            .date(
+                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(m.now_ms).unwrap_or(0)),
+            );
         let own = m.reply_to.and_then(|a| a.parse::<Mailbox>().ok());
         if let Some(rt) = own.as_ref().or(self.reply_to.as_ref()) {
             b = b.reply_to(rt.clone());
@@ -225,6 +229,8 @@ mod tests {
             idempotency_key: "k-1",
             status_callback: None,
             reply_to: Some("service+tok@forewarn.example"),
+            // 2026-01-02T03:04:05Z on the notifier's clock.
+            now_ms: 1_767_323_045_000,
         };
         let accepted = email.send(&m).await.unwrap();
         assert_eq!(accepted.provider_id.as_deref(), Some("<k-1@forewarn>"));
@@ -240,5 +246,9 @@ mod tests {
             "{eml}"
         );
         assert!(eml.contains("Message-ID: <k-1@forewarn>"), "{eml}");
+        assert!(
+            eml.contains("Date: Fri, 02 Jan 2026 03:04:05 +0000"),
+            "dated by the notifier's clock: {eml}"
+        );
     }
 }

@@ -29,6 +29,9 @@ pub struct Outgoing<'a> {
     /// E-mail: this message's own reply address (`replies+<token>@…`), instead of the
     /// configured one.
     pub reply_to: Option<&'a str>,
+    /// When this attempt is made, by the notifier's clock (epoch ms): the e-mail's `Date`, and
+    /// what a `Retry-After` given as a date is measured from.
+    pub now_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,8 +85,9 @@ pub trait Provider: Send + Sync {
     fn send<'a>(&'a self, m: &'a Outgoing<'a>) -> SendFuture<'a>;
 
     /// The provider's recent messages to `address`, asked before repeating an attempt that was
-    /// interrupted between the request and its record (at most once where this is supported).
-    fn lookup<'a>(&'a self, _address: &'a str) -> LookupFuture<'a> {
+    /// interrupted between the request and its record (at most once where this is supported);
+    /// `now_ms` is the notifier's clock, as in [`Outgoing::now_ms`].
+    fn lookup<'a>(&'a self, _address: &'a str, _now_ms: i64) -> LookupFuture<'a> {
         Box::pin(async { Ok(Lookup::Unsupported) })
     }
 }
@@ -98,9 +102,11 @@ pub fn no_answer(detail: &str) -> bool {
     detail == NO_ANSWER_TIMEOUT || detail == NO_ANSWER_ERROR
 }
 
-/// Maps an HTTP answer to the outcome classes above.
+/// Maps an HTTP answer to the outcome classes above; a `Retry-After` date is read against
+/// `now_ms` (the notifier's clock).
 pub(crate) async fn classify(
     r: Result<reqwest::Response, reqwest::Error>,
+    now_ms: i64,
 ) -> Result<(reqwest::StatusCode, String), SendError> {
     let resp = match r {
         Ok(r) => r,
@@ -123,7 +129,7 @@ pub(crate) async fn classify(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(retry_after);
+        .and_then(|v| retry_after(v, now_ms));
     let body = resp.text().await.unwrap_or_default();
     if status.is_success() {
         return Ok((status, body));
@@ -173,15 +179,16 @@ pub fn sanitize_provider_text(body: &str, max: usize) -> String {
     cut.trim_end().to_string()
 }
 
-/// `Retry-After`: delta-seconds or an HTTP-date.
-pub fn retry_after(v: &str) -> Option<Duration> {
+/// `Retry-After`: delta-seconds, or an HTTP-date measured from `now_ms` (the notifier's clock;
+/// a date already past waits nothing).
+pub fn retry_after(v: &str, now_ms: i64) -> Option<Duration> {
     let v = v.trim();
     if let Ok(s) = v.parse::<u64>() {
         return Some(Duration::from_secs(s));
     }
     let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let ms = (at.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
-    Some(Duration::from_millis(ms as u64))
+    let ms = at.timestamp_millis().saturating_sub(now_ms).max(0);
+    Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
 /// HTTP client shared by the HTTP channels.
@@ -206,19 +213,27 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_takes_seconds_or_an_http_date() {
+    fn retry_after_takes_seconds_or_an_http_date_measured_from_the_given_clock() {
         use std::time::Duration;
-        assert_eq!(super::retry_after(" 120 "), Some(Duration::from_secs(120)));
+        // 2026-01-01T00:00:00Z: the notifier's clock, not today.
+        let now = 1_767_225_600_000;
         assert_eq!(
-            super::retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            super::retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            super::retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
             Some(Duration::ZERO)
         );
-        let later = (chrono::Utc::now() + chrono::Duration::seconds(300)).to_rfc2822();
-        let d = super::retry_after(&later).unwrap();
-        assert!(
-            d > Duration::from_secs(290) && d <= Duration::from_secs(300),
-            "{d:?}"
+        assert_eq!(
+            super::retry_after("Thu, 01 Jan 2026 00:05:00 GMT", now),
+            Some(Duration::from_secs(300))
         );
-        assert_eq!(super::retry_after("soon"), None);
+        // The same date seen from a clock that is already past it: no wait.
+        assert_eq!(
+            super::retry_after("Thu, 01 Jan 2026 00:05:00 GMT", now + 600_000),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(super::retry_after("soon", now), None);
     }
 }

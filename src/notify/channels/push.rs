@@ -42,7 +42,7 @@ impl Provider for Push {
             if let Some(t) = &self.cfg.token {
                 req = req.bearer_auth(&t.0);
             }
-            let (_status, body) = classify(req.send().await).await?;
+            let (_status, body) = classify(req.send().await, m.now_ms).await?;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             Ok(Accepted {
                 provider_id: v.get("id").and_then(|s| s.as_str()).map(str::to_string),

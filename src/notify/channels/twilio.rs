@@ -93,7 +93,7 @@ impl Provider for Twilio {
                 .form(&form)
                 .send()
                 .await;
-            let (status, body) = classify(r).await?;
+            let (status, body) = classify(r, m.now_ms).await?;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let psid = v.get("sid").and_then(|s| s.as_str()).map(str::to_string);
             if psid.is_none() {
@@ -112,7 +112,7 @@ impl Provider for Twilio {
         })
     }
 
-    fn lookup<'a>(&'a self, address: &'a str) -> LookupFuture<'a> {
+    fn lookup<'a>(&'a self, address: &'a str, now_ms: i64) -> LookupFuture<'a> {
         Box::pin(async move {
             let base = self.cfg.api_base.trim_end_matches('/');
             let sid = &self.cfg.account_sid;
@@ -140,7 +140,7 @@ impl Provider for Twilio {
                 .send()
                 .await;
             // A refused or failed look-up is never a reason to send: the row waits and retries.
-            let (_, body) = classify(r).await.map_err(|e| match e {
+            let (_, body) = classify(r, now_ms).await.map_err(|e| match e {
                 SendError::Permanent { detail } => SendError::Retry {
                     detail: format!("look-up refused: {detail}"),
                     after: None,

@@ -78,7 +78,7 @@ impl Provider for Webhook {
                     });
                 }
             }
-            let (status, _) = classify(r).await?;
+            let (status, _) = classify(r, m.now_ms).await?;
             Ok(Accepted {
                 provider_id: None,
                 detail: format!("webhook answered {status}"),
@@ -107,7 +107,8 @@ mod tests {
     use crate::notify::templates::Rendered;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A loopback receiver: `/hook` answers 200, `/moved` redirects to `/hook`; counts hits.
+    /// A loopback receiver: `/hook` answers 200, `/moved` redirects to `/hook`, `/busy` answers
+    /// 503 with a `Retry-After` date (2026-01-01T00:05:00Z); counts hits.
     async fn receiver() -> (String, Arc<AtomicUsize>) {
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
@@ -127,6 +128,18 @@ mod tests {
                         [(axum::http::header::LOCATION, "/hook")],
                     )
                 }),
+            )
+            .route(
+                "/busy",
+                axum::routing::post(|| async {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [(
+                            axum::http::header::RETRY_AFTER,
+                            "Thu, 01 Jan 2026 00:05:00 GMT",
+                        )],
+                    )
+                }),
             );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
@@ -134,6 +147,7 @@ mod tests {
         (base, hits)
     }
 
+    /// Sends at 2026-01-01T00:00:00Z by the notifier's clock.
     async fn send(hook: &Webhook, url: &str) -> Result<Accepted, SendError> {
         let rendered = Rendered {
             locale: "en".into(),
@@ -149,6 +163,7 @@ mod tests {
             idempotency_key: "k1",
             status_callback: None,
             reply_to: None,
+            now_ms: 1_767_225_600_000,
         };
         hook.send(&m).await
     }
@@ -176,5 +191,22 @@ mod tests {
         let e = send(&allowed, &format!("{base}/moved")).await.unwrap_err();
         assert!(e.to_string().contains("302"), "{e}");
         assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_date_is_waited_for_from_the_notifiers_clock() {
+        crate::tls::install_crypto();
+        let (base, _) = receiver().await;
+        let secret = Secret::new("a-webhook-secret-of-16+");
+        let hook = Webhook::new(&secret, &["127.0.0.1".into()], Duration::from_secs(5)).unwrap();
+        let e = send(&hook, &format!("{base}/busy")).await.unwrap_err();
+        // Five minutes after the send's own time, whatever the system's clock says.
+        assert_eq!(
+            e,
+            SendError::Retry {
+                detail: "provider answered 503 Service Unavailable".into(),
+                after: Some(Duration::from_secs(300)),
+            }
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! the policy uses, wake it — not a poll.
 
 use super::*;
-use crate::outbox::{Clock, TokioClock};
+use crate::clock::{Clock, TokioClock};
 use std::time::Duration;
 
 /// 05:00 UTC of a day: noon in Bangkok (UTC+7).

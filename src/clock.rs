@@ -1,5 +1,10 @@
-//! Wall time, injected: the one clock that stamps customer messages, decides quiet hours and
-//! budgets, and says when an outbox row is due.
+//! Wall time, injected: the daemon's one clock. `serve` builds it once (the system's, or the
+//! demo's simulated one) and hands it to every stage that reads the time of day: it stamps
+//! ticket changes, customer messages, quarantined records and fleet imports, decides quiet hours
+//! and budgets, says when an outbox row is due and when an archive file rotates. Tests give a
+//! [`ManualClock`] or a [`TokioClock`] under `tokio::time::pause()` and see their own time.
+//!
+//! A leaf, like `domain`: it imports nothing from the crate, so every stage can take one.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
