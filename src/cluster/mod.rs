@@ -40,10 +40,20 @@
 //! such records in stream order ([`App::apply_recorded`]), so a ticket's transitions move with
 //! its partition.
 //!
+//! The board's records beside a transition (an assignment, a proposal, a booked visit) travel
+//! in its record, and the device's tickets' records in the partition's checkpoint.
+//!
+//! The applied sequence of each partition is also kept in the store (written after each
+//! acknowledged group), so a restart on the same store without a readable checkpoint replays
+//! only what follows it ([`Cluster::keep_applied`]).
+//!
 //! One ticket fleet-wide: before a commit that opens a ticket, its key `t.ID` is created only
 //! if absent in the claims bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
 //! later update or settlement, so the dispatch and notification rows of a change are written by
-//! one instance only; claims expire after `claims_max_age`. Ticket ids are keyed with a secret
+//! one instance only; claims expire after `claims_max_age`. Once every row a claimed change
+//! wrote has left the claimant's outboxes, its sent mark `s.KEY` is written; a partition's
+//! owner takes over the unmarked claims of departed instances and sends them again
+//! ([`Cluster::send_departed`]: at least once across a crash). Ticket ids are keyed with a secret
 //! shared through the ticket bucket (which never expires), so every instance derives the same id.
 
 pub mod checkpoint;
@@ -432,8 +442,9 @@ impl Cluster {
         ]
     }
 
-    /// Once a lease: tells the fleet which changes claimed here are sent, and sends those a
-    /// departed instance claimed and did not ([`Cluster::sweep_outbox`]).
+    /// Once a lease: tells the fleet which changes claimed here are sent
+    /// ([`Cluster::mark_sent`]), and sends those a departed instance claimed and did not
+    /// ([`Cluster::send_departed`]).
     async fn outbox_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.cfg.lease.std());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
