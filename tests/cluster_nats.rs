@@ -338,6 +338,24 @@ fn start_instance(
     model: &forewarn::predict::Artifact,
     hist: &SimHistory,
 ) -> (Instance, forewarn::config::Config) {
+    start_instance_with(nats, broker_url, root, name, model, hist, |_| {})
+}
+
+/// The board's technician every drill instance knows.
+const TECH: &str = "tech-1";
+const TECH_NAME: &str = "Drill Tech";
+
+/// [`start_instance`], its configuration changed by `tweak` before it is written (a root
+/// used before keeps its data directory: the same instance started again).
+fn start_instance_with(
+    nats: &NatsServer,
+    broker_url: &str,
+    root: &std::path::Path,
+    name: &str,
+    model: &forewarn::predict::Artifact,
+    hist: &SimHistory,
+    tweak: impl FnOnce(&mut forewarn::config::Config),
+) -> (Instance, forewarn::config::Config) {
     let setup = DaemonSetup {
         broker_url: broker_url.to_string(),
         topic_prefix: "devices".into(),
@@ -357,6 +375,14 @@ fn start_instance(
     cfg.cluster.ack_wait = "3s".parse().unwrap();
     // Often, so that a take-over resumes from a checkpoint well inside the history.
     cfg.cluster.checkpoint_every = CHECKPOINT_EVERY;
+    cfg.board.technicians = vec![forewarn::board::Technician {
+        id: TECH.into(),
+        name: TECH_NAME.into(),
+        skills: Vec::new(),
+        region: String::new(),
+        hours: String::new(),
+    }];
+    tweak(&mut cfg);
     std::fs::create_dir_all(&setup.root).unwrap();
     let path = write_config(&setup.root, &cfg);
     let log = setup.root.join("serve.log");
@@ -622,10 +648,24 @@ async fn start_three(
     hist: &SimHistory,
     http: &reqwest::Client,
 ) -> (Vec<Instance>, Vec<Ticket>) {
+    start_three_with(nats, |_| broker_url.to_string(), root, model, hist, http).await
+}
+
+/// [`start_three`], each instance's MQTT broker (the dispatcher's publishes) given by
+/// `broker_of` its name.
+async fn start_three_with(
+    nats: &NatsServer,
+    broker_of: impl Fn(&str) -> String,
+    root: &std::path::Path,
+    model: &forewarn::predict::Artifact,
+    hist: &SimHistory,
+    http: &reqwest::Client,
+) -> (Vec<Instance>, Vec<Ticket>) {
     let mut instances = Vec::new();
     let mut backtest = Vec::new();
     for name in ["fw-a", "fw-b", "fw-c"] {
-        let (instance, cfg) = start_instance(nats, broker_url, root, name, model, hist);
+        let broker_url = broker_of(name);
+        let (instance, cfg) = start_instance(nats, &broker_url, root, name, model, hist);
         if backtest.is_empty() {
             backtest = evaluate_tickets(&cfg, model.clone(), hist);
         }
@@ -745,6 +785,49 @@ async fn metric_sum(http: &reqwest::Client, live: &[&Instance], name: &str) -> f
     sum
 }
 
+/// Waits (up to 30 s) until every ticket change claimed in the fleet-wide bucket (`t.…`,
+/// `c.…`) has its sent mark (`s.<claim>`); answers how many there are, and the claims an
+/// instance took over from another (claim key, the instance it was taken from).
+async fn all_claims_marked_sent(
+    js: &jetstream::Context,
+    live: &[&Instance],
+) -> (usize, Vec<(String, String)>) {
+    let claims = js.get_key_value("forewarn-claims").await.unwrap();
+    let started = Instant::now();
+    loop {
+        let mut keys = claims.keys().await.unwrap();
+        let mut all = BTreeSet::new();
+        while let Some(k) = keys.next().await {
+            all.insert(k.unwrap());
+        }
+        let changes: Vec<&String> = all
+            .iter()
+            .filter(|k| k.starts_with("t.") || k.starts_with("c."))
+            .collect();
+        let missing: Vec<&&String> = changes
+            .iter()
+            .filter(|k| !all.contains(&format!("s.{k}")))
+            .collect();
+        if missing.is_empty() {
+            let mut taken = Vec::new();
+            for k in &changes {
+                let v = claims.get(k.as_str()).await.unwrap().unwrap();
+                let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
+                if let Some(from) = r["taken_from"].as_str() {
+                    taken.push((k.to_string(), from.to_string()));
+                }
+            }
+            return (changes.len(), taken);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "claimed ticket changes never marked sent: {missing:?}\n{}",
+            tails(live)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_tickets_and_any_answers_for_the_fleet(
 ) {
@@ -762,8 +845,44 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
 
     let start = |name: &str| start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist);
     let http = reqwest::Client::new();
+    // The victim-to-be (the instance rendezvous hashing gives the most partitions among the
+    // three) cannot reach its MQTT broker: the ticket changes it claims stay unsent in its
+    // outbox until it is killed, and their partitions' next owners must send them.
+    let three: Vec<String> = ["fw-a", "fw-b", "fw-c"].map(String::from).to_vec();
+    let planned: BTreeMap<String, Vec<u32>> = three
+        .iter()
+        .map(|n| (n.clone(), partition::share(n, &three, PARTITIONS)))
+        .collect();
+    let planned_victim = planned
+        .iter()
+        .max_by_key(|(_, o)| o.len())
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    let dead_broker = format!("mqtt://127.0.0.1:{}", free_port());
+    let broker_of = |name: &str| match name == planned_victim {
+        true => dead_broker.clone(),
+        false => broker_url.clone(),
+    };
+    // Every ticket publish that reaches NATS's MQTT listener (the dispatcher's topic
+    // `devices/tickets/<device>/<mode>`), by ticket id.
+    let dispatched: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>> = Default::default();
+    {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut sub = client.subscribe("devices.tickets.>").await.unwrap();
+        let seen = dispatched.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(m) = sub.next().await {
+                if let Ok(t) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                    if let Some(id) = t["id"].as_str() {
+                        seen.lock().unwrap().insert(id.to_string());
+                    }
+                }
+            }
+        });
+    }
     let (mut instances, backtest) =
-        start_three(&nats, &broker_url, tmp.path(), &model, &hist, &http).await;
+        start_three_with(&nats, broker_of, tmp.path(), &model, &hist, &http).await;
     let modes: BTreeSet<&str> = backtest.iter().map(|t| t.failure_mode.as_str()).collect();
     assert!(
         modes.len() >= 2,
@@ -808,6 +927,10 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         .max_by_key(|(_, o)| o.len())
         .map(|(n, _)| n.clone())
         .unwrap();
+    assert_eq!(
+        victim, planned_victim,
+        "the instance without a broker is the victim"
+    );
     let victims_partitions = own[&victim].clone();
     let killed_at = Instant::now();
     instances
@@ -994,6 +1117,55 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     // One claim per ticket in the fleet-wide bucket, and no claim the backtest does not have.
     let (claimed, expected) = claims_and_expected(&js, &backtest).await;
     assert_eq!(claimed, expected, "fleet-wide ticket claims");
+
+    // No message lost: every claimed ticket change was sent (its claim has its sent mark),
+    // those the victim claimed and could not send included: its partitions' new owners took
+    // the claims over and sent them, and the tickets reached NATS's MQTT listener.
+    let (changes, taken) = all_claims_marked_sent(&js, &survivors).await;
+    let from_victim: Vec<&String> = taken
+        .iter()
+        .filter(|(_, from)| *from == victim)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        !from_victim.is_empty(),
+        "{victim} claimed ticket changes it could not send (no broker); none was taken over: \
+         {taken:?}"
+    );
+    let requeued = metric_sum(
+        &http,
+        &survivors,
+        "forewarn_cluster_outbox_claims_total{event=\"requeued\"}",
+    )
+    .await;
+    assert!(requeued >= from_victim.len() as f64, "{requeued} requeued");
+    let sent_at = Instant::now();
+    loop {
+        let missing: Vec<&String> = {
+            let seen = dispatched.lock().unwrap();
+            from_victim
+                .iter()
+                .copied()
+                .filter(|k| {
+                    let id = k.split('.').nth(1).unwrap_or_default();
+                    !seen.contains(id)
+                })
+                .collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(20),
+            "the tickets of {missing:?} ({victim}'s unsent changes) never reached the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "{changes} claimed ticket changes, each marked sent; {} of them claimed by {victim} \
+         (no broker) and sent by the partitions' new owners",
+        from_victim.len()
+    );
 
     // The take-overs started warm: from checkpoints, and a replay of what came after them.
     let replayed = metric_sum(
@@ -1241,11 +1413,39 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     );
     let (_, html) = board_page(&bhttp, &session, &other.api, &page).await;
     let csrf = csrf_of(&html);
+    // A free visit slot of the technician, as the owner books them.
+    let slots = get_json(
+        &http,
+        &format!(
+            "http://{}/api/v1/tickets/{}/slots?technician={TECH}",
+            owner.api, picked.id
+        ),
+    )
+    .await
+    .expect("the owner's free slots");
+    let slot = slots[0]["start_ms"]
+        .as_i64()
+        .expect("a free slot")
+        .to_string();
     for (action, form, expected) in [
         (
             "acknowledge",
             vec![("csrf", csrf.as_str()), ("note", "seen on the other board")],
             forewarn::domain::Status::Acknowledged,
+        ),
+        (
+            "assign",
+            vec![("csrf", csrf.as_str()), ("technician", TECH)],
+            forewarn::domain::Status::Acknowledged,
+        ),
+        (
+            "schedule",
+            vec![
+                ("csrf", csrf.as_str()),
+                ("technician", TECH),
+                ("slot", slot.as_str()),
+            ],
+            forewarn::domain::Status::Scheduled,
         ),
         (
             "resolve",
@@ -1321,8 +1521,39 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
             expected.as_str()
         );
     }
+    // Made by the owner for the person signed in to the other board, and named so; the
+    // owner's board records (assignment, visit) show on the other board's ticket page.
+    let made: Ticket = {
+        let r = http
+            .get(format!("http://{}/api/v1/tickets/{}", owner.api, picked.id))
+            .bearer_auth(TOKEN)
+            .header("x-forewarn-scope", "instance")
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    };
+    let by_person = made
+        .history
+        .iter()
+        .filter(|h| h.actor == "board:drill")
+        .count();
+    assert!(
+        by_person >= 4 && !made.history.iter().any(|h| h.actor == "api"),
+        "the owner's history names the board's person for each action: {:?}",
+        made.history
+    );
+    let (_, html) = board_page(&bhttp, &session, &other.api, &page).await;
+    assert!(
+        html.contains(&format!("id=\"technician\">{TECH_NAME}<"))
+            && !html.contains("id=\"visit\">none booked<"),
+        "the board of {} shows the owner's assignment and visit: {html}",
+        other.name
+    );
+    let picked_id = picked.id.clone();
     eprintln!(
-        "ticket {} of {owner_name} opened, acknowledged and resolved through the board of {}",
+        "ticket {} of {owner_name} opened, acknowledged, assigned, scheduled and resolved \
+         through the board of {}",
         picked.id, other.name
     );
 
@@ -1438,6 +1669,24 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     )
     .await;
     assert!(applied >= 1.0, "the transition was applied from the stream");
+    // The board's records moved with the partition: the assignment and the booked visit
+    // made through the other board are the new owner's now, in its own store.
+    let records = get_json(&http, &format!("http://{other_api}/api/v1/board/records"))
+        .await
+        .expect("the new owner's board records");
+    let of_picked = records
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["ticket_id"] == picked_id.as_str()))
+        .unwrap_or_else(|| panic!("{other_name} has no board records of {picked_id}: {records}"));
+    assert_eq!(
+        of_picked["assignment"]["technician_id"], TECH,
+        "{of_picked}"
+    );
+    assert_eq!(of_picked["visit"]["technician_id"], TECH, "{of_picked}");
+    assert_eq!(
+        of_picked["visit"]["booked_by"], "board:drill",
+        "{of_picked}"
+    );
     eprintln!(
         "killed {owner_name}: {other_name} owned every partition, replayed, with ticket {} \
          acknowledged, {:.2} s later",
@@ -1693,5 +1942,221 @@ async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost(
          delivery gap(s); {resumed} partition(s) resumed from checkpoints in all; {} tickets \
          equal to the backtest, one claim each",
         backtest.len()
+    );
+}
+
+/// Waits (up to 60 s) until the instance answers `/readyz` 200.
+async fn wait_ready(http: &reqwest::Client, i: &Instance) {
+    let started = Instant::now();
+    loop {
+        if let Some((200, _)) = readyz(http, &i.api).await {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} never ready: {:?}\n{}",
+            i.name,
+            readyz(http, &i.api).await,
+            i.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An instance killed with SIGKILL and started again on its store, with no checkpoint to
+/// resume from (periodic checkpoints off, none written at a kill): its store says how far its
+/// state holds each partition, so it replays only what lies after that, not the retained
+/// stream from its start; the tickets are still the backtest's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_restarted_without_a_checkpoint_replays_only_what_its_store_lacks() {
+    let Some(nats) = NatsServer::start("cluster_nats restart", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
+    let model = demo_model();
+    let http = reqwest::Client::new();
+    let no_checkpoints = |c: &mut forewarn::config::Config| c.cluster.checkpoint_every = 0;
+    let (mut first, cfg) = start_instance_with(
+        &nats,
+        &broker_url,
+        tmp.path(),
+        "fw-s",
+        &model,
+        &hist,
+        no_checkpoints,
+    );
+    let backtest = evaluate_tickets(&cfg, model.clone(), &hist);
+    wait_ready(&http, &first).await;
+
+    let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    publish_history(&js, &messages).await;
+    let stream = js.get_stream("FOREWARN").await.unwrap();
+    wait_drained(&stream, &[&first]).await;
+    assert_fleet_is_the_backtests(&http, &js, &[&first], &backtest).await;
+
+    first.kill();
+    let killed_at = Instant::now();
+    let (second, _) = start_instance_with(
+        &nats,
+        &broker_url,
+        tmp.path(),
+        "fw-s",
+        &model,
+        &hist,
+        no_checkpoints,
+    );
+    // Its old leases run out (3 s), then it takes every partition and replays.
+    wait_ready(&http, &second).await;
+    loop {
+        if let Some(own) = ownership(&http, &[&second], true).await {
+            if covers_all(&own) {
+                break;
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "never owned every partition again:\n{}",
+            second.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replayed = metric(
+        &http,
+        &second.api,
+        "forewarn_cluster_replayed_messages_total",
+    )
+    .await;
+    let resumed = metric(
+        &http,
+        &second.api,
+        "forewarn_cluster_checkpoints_total{event=\"resumed\"}",
+    )
+    .await;
+    eprintln!(
+        "restarted without a checkpoint ({resumed} resumed): {replayed} of {} messages \
+         replayed, ready {:.2} s after the kill",
+        messages.len(),
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(resumed, 0.0, "no checkpoint to resume from");
+    assert!(
+        replayed < messages.len() as f64 / 10.0,
+        "{replayed} of {} messages replayed: from the stream's start, not after what the store \
+         holds",
+        messages.len()
+    );
+    assert_fleet_is_the_backtests(&http, &js, &[&second], &backtest).await;
+}
+
+/// The board's customer page of any instance shows the fleet's tickets of the customer and
+/// every instance's timeline entries of them (each instance records the changes it made), not
+/// only those of the partitions it owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_boards_customer_page_answers_for_the_fleet() {
+    let Some(nats) = NatsServer::start("cluster_nats customer", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
+    let model = demo_model();
+    let http = reqwest::Client::new();
+    // One customer owns every device (no contacts: nothing is sent to it, its timeline
+    // records the tickets).
+    let one_customer = |c: &mut forewarn::config::Config| {
+        let path = c.fleet.file.clone().expect("a fleet file");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut fleet: forewarn::fleet::FleetFile = toml::from_str(&text).unwrap();
+        fleet.customers =
+            vec![toml::from_str("id = \"acme\"\nname = \"Acme Pumps\"").expect("a customer")];
+        for d in &mut fleet.devices {
+            d.customer_id = Some("acme".into());
+        }
+        std::fs::write(&path, toml::to_string(&fleet).unwrap()).unwrap();
+    };
+    let mut instances = Vec::new();
+    let mut backtest = Vec::new();
+    for name in ["fw-a", "fw-b"] {
+        let (i, cfg) = start_instance_with(
+            &nats,
+            &broker_url,
+            tmp.path(),
+            name,
+            &model,
+            &hist,
+            one_customer,
+        );
+        if backtest.is_empty() {
+            backtest = evaluate_tickets(&cfg, model.clone(), &hist);
+        }
+        instances.push(i);
+    }
+    let live: Vec<&Instance> = instances.iter().collect();
+    let started = Instant::now();
+    loop {
+        if let Some(own) = ownership(&http, &live, true).await {
+            if covers_all(&own) && in_rendezvous_shares(&own) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "two instances never shared the partitions:\n{}",
+            tails(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    publish_history(&js, &messages).await;
+    let stream = js.get_stream("FOREWARN").await.unwrap();
+    wait_drained(&stream, &live).await;
+    assert_fleet_is_the_backtests(&http, &js, &live, &backtest).await;
+    let fleet = fleet_list(&http, &live[0].api, "").await;
+    let own = ownership(&http, &live, true).await.expect("ownership");
+    for i in &live {
+        let owned: BTreeSet<u32> = own[&i.name].iter().copied().collect();
+        let elsewhere = fleet
+            .iter()
+            .filter(|t| !owned.contains(&partition::of_device(&t.device_id, PARTITIONS)))
+            .count();
+        assert!(elsewhere > 0, "{} owns every ticket's partition", i.name);
+        let (bhttp, session) = board_session(&i.api).await;
+        let (status, html) = board_page(&bhttp, &session, &i.api, "/board/customers/acme").await;
+        assert_eq!(status, 200, "the customer page of {}: {html}", i.name);
+        let missing: Vec<&str> = fleet
+            .iter()
+            .map(|t| t.id.as_str())
+            .filter(|id| !html.contains(id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the customer page of {} misses the fleet's tickets {missing:?}",
+            i.name
+        );
+        // The timeline's lines name their ticket (`<a …>ID</a>: what`): every ticket's
+        // entries are there, those recorded by the other instance included.
+        let untold: Vec<&str> = fleet
+            .iter()
+            .map(|t| t.id.as_str())
+            .filter(|id| !html.contains(&format!("{id}</a>: ")))
+            .collect();
+        assert!(
+            untold.is_empty(),
+            "the customer page of {} has no timeline entries of {untold:?}: {html}",
+            i.name
+        );
+    }
+    eprintln!(
+        "the customer page of each of two instances lists the fleet's {} tickets and their \
+         openings",
+        fleet.len()
     );
 }

@@ -23,6 +23,44 @@ use std::collections::BTreeMap;
 /// it; a transition is made on this instance's copy rather than forwarded to the owner.
 pub const INSTANCE_SCOPE: &str = "x-forewarn-scope";
 
+/// Request header of a board action made on the owner for a person signed in to another
+/// instance's board: `board=<name>` (form-encoded), so the owner's history names the person
+/// (`board:<name>`) as its own board would, not `api`. Read only on a request marked
+/// [`INSTANCE_SCOPE`]; it grants nothing: the token's scope still decides, and a name given
+/// at the board's sign-in is the person's own word there too.
+pub const ACTOR: &str = "x-forewarn-actor";
+
+/// The [`ACTOR`] header's value for the board user `name`.
+pub fn actor_header(name: &str) -> Option<HeaderValue> {
+    let v = form_urlencoded::Serializer::new(String::new())
+        .append_pair("board", name)
+        .finish();
+    HeaderValue::from_str(&v).ok()
+}
+
+/// Who makes a change the API was asked for: `board:<name>` for a board action forwarded by
+/// another instance ([`ACTOR`]), else `api`.
+pub fn actor(headers: &HeaderMap) -> String {
+    if !instance_scope(headers) {
+        return "api".into();
+    }
+    headers
+        .get(ACTOR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            form_urlencoded::parse(v.as_bytes())
+                .find(|(k, _)| k == "board")
+                .map(|(_, n)| {
+                    n.chars()
+                        .filter(|c| !c.is_control())
+                        .take(64)
+                        .collect::<String>()
+                })
+        })
+        .filter(|n| !n.trim().is_empty())
+        .map_or_else(|| "api".to_string(), |n| format!("board:{n}"))
+}
+
 /// Whether the request asks for this instance's own answer only.
 pub fn instance_scope(headers: &HeaderMap) -> bool {
     headers
@@ -72,6 +110,10 @@ fn request(
     if let Some(a) = headers.get(axum::http::header::AUTHORIZATION) {
         r = r.header(reqwest::header::AUTHORIZATION, a.as_bytes());
     }
+    // A board action made on the owner for a person signed in here.
+    if let Some(a) = headers.get(ACTOR) {
+        r = r.header(ACTOR, a.as_bytes());
+    }
     r
 }
 
@@ -114,6 +156,26 @@ async fn gather<T: serde::de::DeserializeOwned>(
         .await
         .into_iter()
         .collect()
+}
+
+/// GETs `path_and_query` from every other live instance, each answering from its own store:
+/// `(instance, its answer)`, `None` for a 404 (nothing there, or an instance without the
+/// route). The first instance without an address, or that does not answer, is the error.
+pub async fn from_each<T: serde::de::DeserializeOwned>(
+    fw: &dyn Fleetwide,
+    http: &reqwest::Client,
+    headers: &HeaderMap,
+    path_and_query: &str,
+) -> Result<Vec<(String, Option<T>)>, ApiError> {
+    let peers = fw.peers();
+    Ok(gather::<T>(http, &peers, headers, path_and_query)
+        .await?
+        .into_iter()
+        .map(|(name, a)| match a {
+            Answer::Found(v) => (name, Some(v)),
+            Answer::NotFound => (name, None),
+        })
+        .collect())
 }
 
 /// Merges each instance's copies: one ticket per id, the owner's copy when there is one.
@@ -287,6 +349,25 @@ mod tests {
         .expect("a ticket");
         t.status = status;
         t
+    }
+
+    #[test]
+    fn a_forwarded_board_action_names_the_person_and_anything_else_is_the_apis() {
+        let mut h = HeaderMap::new();
+        h.insert(ACTOR, actor_header("Zoë Dispatch").expect("a header"));
+        assert_eq!(
+            actor(&h),
+            "api",
+            "only on a forwarded (instance-scoped) request"
+        );
+        h.insert(INSTANCE_SCOPE, HeaderValue::from_static("instance"));
+        assert_eq!(actor(&h), "board:Zoë Dispatch");
+        h.insert(ACTOR, HeaderValue::from_static("board="));
+        assert_eq!(actor(&h), "api", "no name");
+        h.insert(ACTOR, HeaderValue::from_static("board=a%0Ab"));
+        assert_eq!(actor(&h), "board:ab", "no control characters");
+        h.remove(ACTOR);
+        assert_eq!(actor(&h), "api");
     }
 
     #[test]

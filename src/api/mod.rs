@@ -235,6 +235,20 @@ struct TicketQuery {
     limit: Option<usize>,
 }
 
+/// The [`fleet::ACTOR`] header, as the OpenAPI description of the routes that change a ticket
+/// shows it. Only describes the header; the handlers read it with [`fleet::actor`].
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct ActorHeader {
+    /// Cluster mode, with `x-forewarn-scope: instance`: `board=<name>` (form-encoded) names the
+    /// person another instance's board makes the change for, so the ticket's history says
+    /// `board:<name>` rather than `api`. It grants nothing: the token's scope decides. Ignored
+    /// without `x-forewarn-scope: instance`.
+    #[serde(rename = "x-forewarn-actor")]
+    actor: Option<String>,
+}
+
 /// The [`fleet::INSTANCE_SCOPE`] header, as the ticket routes' OpenAPI description shows it.
 /// Only describes the header; the handlers read it with [`fleet::instance_scope`].
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -406,7 +420,7 @@ struct TransitionBody {
 /// Move a ticket to another status (in cluster mode: made by the owner of the ticket's device's
 /// partition, to which any other instance forwards it).
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/transitions", tag = "tickets",
-    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes"), ScopeHeader),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id: no `/`, `+`, `#`, whitespace or control characters, at most 128 bytes"), ScopeHeader, ActorHeader),
     request_body = TransitionBody,
     responses(
         (status = 200, description = "The ticket after the transition", body = Ticket),
@@ -456,9 +470,10 @@ async fn post_transition(
         }
     }
     let tickets = state.tickets.clone();
+    let actor = fleet::actor(&headers);
     let t = blocking(move || {
         tickets
-            .transition(Transition::to(&id, to, "api", &body.note).outcome(body.outcome))
+            .transition(Transition::to(&id, to, &actor, &body.note).outcome(body.outcome))
             .map_err(ApiError::from)
     })
     .await?;

@@ -3,7 +3,7 @@
 
 use super::{App, CoreError};
 use crate::domain::{DeviceId, HistoryEntry, Outcome, Status, Ticket, Timestamp};
-use crate::engine::Change;
+use crate::engine::{Change, ChangeKind};
 use serde::{Deserialize, Serialize};
 
 /// What cluster mode (`crate::cluster`, which implements it) asks of the commit path.
@@ -47,6 +47,96 @@ pub struct RecordedTransition {
     /// The instance that accepted it (filled in by cluster mode).
     #[serde(default)]
     pub instance: String,
+    /// What the board wrote beside it in the same commit (an assignment, a proposal, a booked
+    /// visit, or their removal), so the partition's next owner has them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<TicketRecord>,
+}
+
+/// One of the board's records beside a ticket ([`crate::domain::ticket_record_keys`]): its
+/// store key and value, `None` for a removal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketRecord {
+    pub key: String,
+    pub value: Option<serde_json::Value>,
+}
+
+impl TicketRecord {
+    /// The records of `captured` (from [`crate::store::Tx::take_captured`]) that are ticket
+    /// `id`'s board records; others (and a value that is not JSON) are left out.
+    pub fn of_ticket(id: &str, captured: Vec<(String, Option<Vec<u8>>)>) -> Vec<TicketRecord> {
+        let keys = crate::domain::ticket_record_keys(id);
+        captured
+            .into_iter()
+            .filter(|(k, _)| keys.contains(k))
+            .filter_map(|(key, v)| match v {
+                None => Some(TicketRecord { key, value: None }),
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .ok()
+                    .map(|value| TicketRecord {
+                        key,
+                        value: Some(value),
+                    }),
+            })
+            .collect()
+    }
+}
+
+/// The fleet-wide claim key of a ticket change ([`Fleetwide::claim`]): `t.ID` for an opening,
+/// `c.ID.KIND.MS` for a later update or settlement at event time MS. `None` for a transition
+/// (made by a person through one instance: nobody else makes it) and a change whose time does
+/// not read.
+pub fn claim_key(change: &Change) -> Option<String> {
+    let t = &change.ticket;
+    match change.kind {
+        ChangeKind::Opened => Some(format!("t.{}", t.id)),
+        ChangeKind::Updated | ChangeKind::Settled => Timestamp::parse(&t.updated_at)
+            .map(|ms| format!("c.{}.{}.{}", t.id, change.kind.as_str(), ms.as_millis())),
+        ChangeKind::Transition => None,
+    }
+}
+
+/// A claim key read back: the ticket id, the kind of change and, for a later change, its
+/// event time (epoch ms). `None` for any other key.
+pub fn parse_claim_key(key: &str) -> Option<(String, ChangeKind, Option<i64>)> {
+    if let Some(id) = key.strip_prefix("t.") {
+        return (!id.is_empty() && !id.contains('.'))
+            .then(|| (id.to_string(), ChangeKind::Opened, None));
+    }
+    let rest = key.strip_prefix("c.")?;
+    let mut parts = rest.rsplitn(3, '.');
+    let ms: i64 = parts.next()?.parse().ok()?;
+    let kind = match parts.next()? {
+        "updated" => ChangeKind::Updated,
+        "settled" => ChangeKind::Settled,
+        _ => return None,
+    };
+    let id = parts.next()?;
+    (!id.is_empty() && !id.contains('.')).then(|| (id.to_string(), kind, Some(ms)))
+}
+
+/// Where this instance notes, until they have left its outboxes, the rows of a ticket change
+/// it claimed fleet-wide (written in the change's commit): `cluster/unsent/<claim key>`.
+pub const UNSENT_PREFIX: &str = "cluster/unsent/";
+
+/// The outbox rows a claimed change wrote, by full store key (hex).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unsent {
+    pub claim: String,
+    pub rows: Vec<String>,
+}
+
+/// Where this instance keeps, per partition, the stream sequence its committed state holds
+/// every message of the partition up to: `cluster/applied/<partition>`.
+pub const APPLIED_PREFIX: &str = "cluster/applied/";
+
+/// A partition's applied sequence as kept in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamApplied {
+    pub partition: u32,
+    pub seq: u64,
+    /// When the stream these sequences are of was created (epoch ms).
+    pub stream_created_ms: i64,
 }
 
 /// What applying a recorded transition did.
@@ -62,6 +152,118 @@ pub enum Applied {
 }
 
 impl App {
+    /// [`App::record_change`] of a change this instance claimed fleet-wide as `claim`: with,
+    /// in the same commit, the note of its outbox rows ([`Unsent`]), which
+    /// [`App::sent_claims`] reads until every row has left the outboxes.
+    pub(super) fn record_claimed(
+        &self,
+        tx: &mut crate::store::Tx,
+        c: &Change,
+        now_ms: i64,
+        claim: Option<String>,
+    ) {
+        let Some(claim) = claim else {
+            return self.record_change(tx, c, now_ms);
+        };
+        tx.capture_outbox();
+        self.record_change(tx, c, now_ms);
+        let rows = tx.take_pushed().iter().map(hex::encode).collect();
+        tx.put_kv(&format!("{UNSENT_PREFIX}{claim}"), &Unsent { claim, rows });
+    }
+
+    /// Cluster mode: the partitions' applied sequences kept in the store.
+    pub fn stream_applied(&self) -> Result<Vec<StreamApplied>, CoreError> {
+        Ok(self.store.scan_kv::<StreamApplied>(APPLIED_PREFIX)?)
+    }
+
+    /// Keeps these partitions' applied sequences (applied, not flushed: the next flush of
+    /// the store makes them durable; one lost to a crash leaves an earlier one, which only
+    /// makes the next replay longer).
+    pub fn keep_stream_applied(&self, marks: &[StreamApplied]) -> Result<(), CoreError> {
+        let mut tx = self.store.tx();
+        for m in marks {
+            tx.put_kv(&format!("{APPLIED_PREFIX}{}", m.partition), m);
+        }
+        self.store.apply(tx)?;
+        Ok(())
+    }
+
+    /// Cluster mode: the claimed changes whose rows have all left the outboxes (delivered, or
+    /// given up into a dead-letter queue), by claim key; their notes are removed by
+    /// [`App::forget_unsent`] once the fleet knows.
+    pub fn sent_claims(&self) -> Result<Vec<String>, CoreError> {
+        let mut sent = Vec::new();
+        for u in self.store.scan_kv::<Unsent>(UNSENT_PREFIX)? {
+            let mut left = false;
+            for r in &u.rows {
+                if let Ok(k) = hex::decode(r) {
+                    left |= self.store.contains_raw(&k)?;
+                }
+            }
+            if !left {
+                sent.push(u.claim);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Whether the rows of a change claimed here as `claim` are noted as not all sent yet.
+    pub fn has_unsent(&self, claim: &str) -> Result<bool, CoreError> {
+        Ok(self
+            .store
+            .get_kv_json(&format!("{UNSENT_PREFIX}{claim}"))?
+            .is_some())
+    }
+
+    /// Removes the notes of these claims' rows (the fleet has their `sent` marks).
+    pub fn forget_unsent(&self, claims: &[String]) -> Result<(), CoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.tx();
+        for c in claims {
+            tx.remove_kv(&format!("{UNSENT_PREFIX}{c}"));
+        }
+        self.store.commit(tx)?;
+        Ok(())
+    }
+
+    /// Whether this instance's copy of ticket `id` has reached the change a claim names: it
+    /// exists, and for a later change it was updated at or after `at_ms`.
+    pub fn has_change(&self, id: &str, at_ms: Option<i64>) -> Result<bool, CoreError> {
+        let Some(t) = self.store.ticket(id)? else {
+            return Ok(false);
+        };
+        Ok(match at_ms {
+            None => true,
+            Some(ms) => Timestamp::parse(&t.updated_at).is_some_and(|u| u.as_millis() >= ms),
+        })
+    }
+
+    /// Cluster mode: writes again the dispatch and notification rows of a change another
+    /// instance claimed and died before sending (its claim is this instance's now), from the
+    /// ticket as this instance has it, noted like a change claimed here. `false` when the
+    /// ticket is not here.
+    pub fn requeue_claimed(&self, claim: &str) -> Result<bool, CoreError> {
+        let Some((id, kind, _)) = parse_claim_key(claim) else {
+            return Ok(false);
+        };
+        let _core = self.core.lock();
+        let Some(ticket) = self.store.ticket(&id)? else {
+            return Ok(false);
+        };
+        let change = Change {
+            kind,
+            previous_priority: None,
+            ticket,
+        };
+        let mut tx = self.store.tx();
+        self.record_claimed(&mut tx, &change, self.now_ms(), Some(claim.to_string()));
+        self.store.commit(tx)?;
+        self.dispatch_wake.notify_one();
+        Ok(true)
+    }
+
     /// Applies a transition read from the stream (cluster mode: a partition's replay, or one
     /// accepted by another instance): the ticket is stored with it, and nothing is sent. One
     /// already in the ticket's history is not applied twice.
@@ -93,6 +295,17 @@ impl App {
         }
         let mut tx = self.store.tx();
         tx.put_ticket(&t);
+        // Only the ticket's own board records: a record cannot write anything else here.
+        let keys = crate::domain::ticket_record_keys(&r.ticket);
+        for rec in r.records.iter().filter(|rec| keys.contains(&rec.key)) {
+            match &rec.value {
+                Some(v) => match serde_json::to_vec(v) {
+                    Ok(json) => tx.put_kv_json(&rec.key, json),
+                    Err(e) => tracing::warn!(key = %rec.key, "board record not stored: {e}"),
+                },
+                None => tx.remove_kv(&rec.key),
+            }
+        }
         self.store.commit(tx)?;
         // The engine's copy of the device's live tickets is the one its next change starts from.
         if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {
@@ -122,6 +335,10 @@ pub struct DeviceBlob {
 pub struct DeviceStates {
     pub devices: Vec<DeviceBlob>,
     pub tickets: Vec<Ticket>,
+    /// The board's records beside those tickets (assignments, proposals, booked visits): store
+    /// key and JSON. `None`: the checkpoint was written before they were carried (an adopting
+    /// instance then keeps its own).
+    pub records: Option<Vec<(String, Vec<u8>)>>,
 }
 
 impl App {
@@ -157,13 +374,25 @@ impl App {
             }
         }
         devices.sort_by(|a, b| a.device.cmp(&b.device));
-        let tickets = self
+        let tickets: Vec<Ticket> = self
             .store
             .tickets(&crate::store::TicketFilter::default())?
             .into_iter()
             .filter(|t| belongs(t.device_id.as_str()))
             .collect();
-        Ok(DeviceStates { devices, tickets })
+        let mut records = Vec::new();
+        for t in &tickets {
+            for key in crate::domain::ticket_record_keys(&t.id) {
+                if let Some(json) = self.store.get_kv_json(&key)? {
+                    records.push((key, json));
+                }
+            }
+        }
+        Ok(DeviceStates {
+            devices,
+            tickets,
+            records: Some(records),
+        })
     }
 
     /// Takes over the given device states and tickets as this instance's own, in one durable
@@ -204,6 +433,20 @@ impl App {
         }
         for t in s.tickets.iter().filter(|t| t.is_live()) {
             tx.put_ticket(t);
+        }
+        // The board's records of those tickets become the checkpoint's: present ones written,
+        // the others removed (a visit cancelled since this instance last had the ticket).
+        if let Some(records) = &s.records {
+            let by_key: std::collections::HashMap<&str, &Vec<u8>> =
+                records.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            for t in &s.tickets {
+                for key in crate::domain::ticket_record_keys(&t.id) {
+                    match by_key.get(key.as_str()) {
+                        Some(json) => tx.put_kv_json(&key, (*json).clone()),
+                        None => tx.remove_kv(&key),
+                    }
+                }
+            }
         }
         let marks: Vec<(&str, Vec<u8>)> = adopted
             .iter()
@@ -259,7 +502,13 @@ impl RecordedTransition {
             outcome,
             at_ms,
             instance: String::new(),
+            records: Vec::new(),
         }
+    }
+
+    /// With the board's records written beside it.
+    pub fn with_records(self, records: Vec<TicketRecord>) -> RecordedTransition {
+        RecordedTransition { records, ..self }
     }
 }
 
@@ -439,6 +688,190 @@ mod tests {
         assert_eq!(
             b.store.ticket(&settled.id).expect("read").map(|t| t.status),
             Some(crate::domain::Status::Dismissed)
+        );
+    }
+
+    #[test]
+    fn the_boards_records_move_with_a_checkpoint_and_with_a_recorded_transition() {
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = crate::app::testkit::writer(da.path());
+        let b = crate::app::testkit::writer(db.path());
+        let t = ticket("T-00cc", "scheduled", "2015-01-03T06:00:00Z");
+        let [assignment, proposal, visit] = crate::domain::ticket_record_keys(&t.id);
+        let mut tx = a.store.tx();
+        tx.put_ticket(&t);
+        tx.put_kv(&assignment, &serde_json::json!({"technician_id": "t1"}));
+        tx.put_kv(
+            &visit,
+            &serde_json::json!({"technician_id": "t1", "booked_by": "board:x"}),
+        );
+        tx.put_kv(
+            "board/assignment/T-other",
+            &serde_json::json!({"technician_id": "t9"}),
+        );
+        a.store.commit(tx).expect("commit");
+        // The next owner had a proposal of that ticket from before: the checkpoint's records
+        // replace it.
+        let mut tx = b.store.tx();
+        tx.put_kv(&proposal, &serde_json::json!({"slots": []}));
+        b.store.commit(tx).expect("commit");
+
+        let states = a.export_devices(&|d| d == "d1").expect("export");
+        let keys: Vec<&str> = states
+            .records
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [assignment.as_str(), visit.as_str()],
+            "the ticket's only"
+        );
+        b.adopt_devices(&states).expect("adopt");
+        let json = |s: &crate::store::Store, k: &str| {
+            s.get_kv_json(k)
+                .expect("read")
+                .map(|v| serde_json::from_slice::<serde_json::Value>(&v).expect("json"))
+        };
+        assert_eq!(
+            json(&b.store, &visit).map(|v| v["booked_by"].clone()),
+            Some(serde_json::json!("board:x"))
+        );
+        assert!(json(&b.store, &assignment).is_some());
+        assert_eq!(
+            json(&b.store, &proposal),
+            None,
+            "not in the checkpoint: removed"
+        );
+
+        // A recorded transition carries what the board wrote beside it, and nothing else.
+        let mut r = RecordedTransition::new(
+            &t,
+            None,
+            "board:y",
+            "assigned to T2 (t2)",
+            None,
+            Timestamp::from_millis(1_420_300_000_000),
+        );
+        r.records = vec![
+            TicketRecord {
+                key: assignment.clone(),
+                value: Some(serde_json::json!({"technician_id": "t2"})),
+            },
+            TicketRecord {
+                key: visit.clone(),
+                value: None,
+            },
+            TicketRecord {
+                key: "board/technician/t2".into(),
+                value: Some(serde_json::json!({"id": "t2"})),
+            },
+        ];
+        let wire: RecordedTransition =
+            serde_json::from_slice(&serde_json::to_vec(&r).expect("json")).expect("back");
+        assert_eq!(b.apply_recorded(&wire).expect("apply"), Applied::Applied);
+        assert_eq!(
+            json(&b.store, &assignment).map(|v| v["technician_id"].clone()),
+            Some(serde_json::json!("t2"))
+        );
+        assert_eq!(json(&b.store, &visit), None, "removed as recorded");
+        assert_eq!(
+            json(&b.store, "board/technician/t2"),
+            None,
+            "not one of the ticket's records"
+        );
+    }
+
+    #[test]
+    fn a_claim_key_reads_back_as_the_change_it_names() {
+        let mut t = ticket("T-00aa", "open", "2015-01-03T06:00:00Z");
+        let opened = Change {
+            kind: ChangeKind::Opened,
+            previous_priority: None,
+            ticket: t.clone(),
+        };
+        let key = claim_key(&opened).expect("a key");
+        assert_eq!(key, "t.T-00aa");
+        assert_eq!(
+            parse_claim_key(&key),
+            Some(("T-00aa".into(), ChangeKind::Opened, None))
+        );
+        t.updated_at = "2015-01-04T00:00:00Z".into();
+        let settled = Change {
+            kind: ChangeKind::Settled,
+            previous_priority: None,
+            ticket: t,
+        };
+        let key = claim_key(&settled).expect("a key");
+        assert_eq!(
+            parse_claim_key(&key),
+            Some((
+                "T-00aa".into(),
+                ChangeKind::Settled,
+                Some(1_420_329_600_000)
+            ))
+        );
+        assert_eq!(
+            parse_claim_key("s.t.T-00aa"),
+            None,
+            "a sent mark is no claim"
+        );
+        assert_eq!(parse_claim_key("c.T-1.transition.5"), None);
+    }
+
+    #[test]
+    fn a_claimed_changes_rows_are_noted_until_they_leave_the_outbox() {
+        let d = tempfile::tempdir().expect("dir");
+        let a = crate::app::testkit::writer(d.path());
+        let t = ticket("T-00bb", "open", "2015-01-03T06:00:00Z");
+        let c = Change {
+            kind: ChangeKind::Opened,
+            previous_priority: None,
+            ticket: t,
+        };
+        let mut tx = a.store.tx();
+        a.record_claimed(&mut tx, &c, 0, claim_key(&c));
+        a.store.commit(tx).expect("commit");
+        assert!(
+            a.sent_claims().expect("read").is_empty(),
+            "its row is queued"
+        );
+        let rows = a
+            .store
+            .outbox::<serde_json::Value>(crate::dispatch::QUEUE)
+            .expect("outbox");
+        assert_eq!(rows.len(), 1);
+        let mut tx = a.store.tx();
+        tx.remove_raw(&rows[0].0);
+        a.store.commit(tx).expect("commit");
+        assert_eq!(a.sent_claims().expect("read"), vec!["t.T-00bb".to_string()]);
+        a.forget_unsent(&["t.T-00bb".to_string()]).expect("forget");
+        assert!(a.sent_claims().expect("read").is_empty());
+        // Taken over from a departed claimant: written again from the ticket as stored here,
+        // and noted until sent, like a change claimed here.
+        assert!(
+            a.requeue_claimed("t.T-00bb").expect("requeue"),
+            "the ticket is here"
+        );
+        assert_eq!(
+            a.store
+                .outbox::<serde_json::Value>(crate::dispatch::QUEUE)
+                .expect("outbox")
+                .len(),
+            1
+        );
+        assert!(a.has_unsent("t.T-00bb").expect("read"));
+        assert!(
+            a.sent_claims().expect("read").is_empty(),
+            "its row is queued"
+        );
+        assert!(
+            !a.requeue_claimed("t.T-none").expect("requeue"),
+            "no such ticket here"
         );
     }
 

@@ -664,11 +664,15 @@ impl App {
         }
         // The daemon's clock: the wall clock, or the simulated one in the demo.
         let now_ms = self.now_ms();
+        let claimed = self.fleetwide.is_some();
         for ((c, _), quiet) in changes.iter().zip(&quiet) {
             if *quiet {
                 tx.put_ticket(&c.ticket);
             } else {
-                self.record_change(&mut tx, c, now_ms);
+                // Cluster mode: a claimed change's rows are noted until they are sent, so the
+                // fleet learns it (and a partition's next owner sends what was not).
+                let claim = claimed.then(|| super::claim_key(c)).flatten();
+                self.record_claimed(&mut tx, c, now_ms, claim);
             }
         }
         let started = Instant::now();

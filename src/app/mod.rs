@@ -33,8 +33,9 @@ pub mod timers;
 mod views;
 
 pub use cluster::{
-    Applied, ClaimError, ClusterReadiness, ClusterStatus, DeviceBlob, DeviceStates, Fleetwide,
-    Peers, RecordedTransition,
+    claim_key, parse_claim_key, Applied, ClaimError, ClusterReadiness, ClusterStatus, DeviceBlob,
+    DeviceStates, Fleetwide, Peers, RecordedTransition, StreamApplied, TicketRecord, Unsent,
+    UNSENT_PREFIX,
 };
 pub use commit::GroupStats;
 pub use fleet::Fleet;

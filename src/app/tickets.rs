@@ -128,20 +128,52 @@ impl TicketDesk for Tickets {
             note,
             outcome: None,
         };
-        self.transition(t).map_err(|e| match e {
-            CoreError::Store(e) => DeskError::Store(e),
-            CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
-            CoreError::Transition(e) => DeskError::Transition(e),
-            CoreError::Invalid(m) => DeskError::Invalid(m),
-            // A transition opens no ticket, so it claims none; kept total all the same.
-            e @ CoreError::Claim(_) => DeskError::Invalid(e.to_string()),
+        self.transition(t).map_err(desk_error)
+    }
+    fn customer_booking(
+        &self,
+        id: &str,
+        to: Option<Status>,
+        actor: &str,
+        note: &str,
+        visit: &crate::domain::Visit,
+    ) -> Result<(Ticket, bool), DeskError> {
+        let t = Transition {
+            id,
+            to,
+            actor,
+            note,
+            outcome: None,
+        };
+        self.transition_with(t, |t, tx| {
+            // The customer picked one of the proposed slots: the visit is booked and the
+            // proposal used up, in the transition's commit (and its cluster record).
+            if t.status == Status::Scheduled {
+                tx.put_kv(&crate::domain::visit_key(&t.id), visit);
+                tx.remove_kv(&crate::domain::proposal_key(&t.id));
+            }
+            Ok(())
         })
+        .map(|t| (t, true))
+        .map_err(desk_error)
     }
     fn customer(&self, id: &str) -> Option<Customer> {
         self.writer.registry.read().customers.get(id).cloned()
     }
     fn device(&self, id: &str) -> Option<Device> {
         self.writer.registry.read().devices.get(id).cloned()
+    }
+}
+
+/// A writer's error as the notifier's desk words it.
+fn desk_error(e: CoreError) -> DeskError {
+    match e {
+        CoreError::Store(e) => DeskError::Store(e),
+        CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
+        CoreError::Transition(e) => DeskError::Transition(e),
+        CoreError::Invalid(m) => DeskError::Invalid(m),
+        // A transition opens no ticket, so it claims none; kept total all the same.
+        e @ CoreError::Claim(_) => DeskError::Invalid(e.to_string()),
     }
 }
 
@@ -193,10 +225,16 @@ impl App {
             ticket: t.clone(),
         };
         let mut tx = self.store.tx();
+        if self.fleetwide.is_some() {
+            tx.capture_kv();
+        }
         also(&t, &mut tx)?;
         if let Some(f) = &self.fleetwide {
-            // Cluster mode: in the stream before it is stored, for the partition's next owner.
-            let r = super::RecordedTransition::new(&t, to, actor, note, outcome, now);
+            // Cluster mode: in the stream before it is stored, for the partition's next owner,
+            // with the board's records written beside it.
+            let records = super::TicketRecord::of_ticket(&t.id, tx.take_captured());
+            let r = super::RecordedTransition::new(&t, to, actor, note, outcome, now)
+                .with_records(records);
             f.record_transition(&r)?;
         }
         self.record_change(&mut tx, &change, now.as_millis());

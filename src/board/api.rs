@@ -7,12 +7,13 @@
 //! | `GET /api/v1/technicians` | read | technicians (configuration and API) |
 //! | `PUT /api/v1/technicians/{id}` | admin | add or replace one |
 //! | `GET /api/v1/visits` | read | booked visits |
+//! | `GET /api/v1/board/records` | read | each ticket's assignment, proposal and visit in this instance's store |
 //! | `GET /api/v1/tickets/{id}/slots?technician=` | read | the technician's free slots |
 //! | `POST /api/v1/tickets/{id}/assignment` | write | `{"technician_id"}` |
 //! | `POST /api/v1/tickets/{id}/proposal` | write | `{"technician_id", "slots": [{"start_ms", "end_ms"}]}` |
 //! | `POST /api/v1/tickets/{id}/visit` | write | `{"technician_id", "slot": {"start_ms", "end_ms"}}`: books and schedules |
 
-use super::{Board, BoardError, Technician};
+use super::{Board, BoardError, Technician, TicketRecords};
 use crate::api::{
     blocking, check_id, json_body as body, ApiError, Auth, Authorized, NeedsAdmin, NeedsRead,
     NeedsWrite,
@@ -44,6 +45,7 @@ fn described() -> OpenApiRouter<St> {
         .routes(routes!(list_technicians))
         .routes(routes!(put_technician))
         .routes(routes!(list_visits))
+        .routes(routes!(list_records))
         .routes(routes!(free_slots))
         .routes(routes!(assign))
         .routes(routes!(propose))
@@ -116,6 +118,21 @@ async fn list_visits(State(St { b }): State<St>, _: Authorized<NeedsRead>) -> Js
     Json(b.visits())
 }
 
+/// What the board keeps beside each ticket in this instance's store: assignments, proposals,
+/// booked visits. In cluster mode the board of any instance asks every instance for these and
+/// shows, for each ticket, the copy of the owner of its device's partition.
+#[utoipa::path(get, path = "/api/v1/board/records", tag = "board",
+    responses((status = 200, description = "Each ticket with a record here, with its records", body = Vec<TicketRecords>)),
+    security(("bearer" = ["read"])))]
+async fn list_records(
+    State(St { b }): State<St>,
+    _: Authorized<NeedsRead>,
+) -> Result<Json<Vec<TicketRecords>>, ApiError> {
+    Ok(Json(
+        blocking(move || Ok::<_, ApiError>(b.records_here())).await?,
+    ))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -155,7 +172,7 @@ struct AssignBody {
 
 /// Assign a ticket to a technician.
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/assignment", tag = "board",
-    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id"), crate::api::ActorHeader),
     request_body = AssignBody,
     responses(
         (status = 200, description = "The ticket, assigned", body = Ticket),
@@ -167,13 +184,15 @@ struct AssignBody {
 async fn assign(
     State(St { b }): State<St>,
     _: Authorized<NeedsWrite>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     a: Result<Json<AssignBody>, JsonRejection>,
 ) -> Result<Json<Ticket>, ApiError> {
     check_id("ticket", &id)?;
     let a = body(a)?;
+    let actor = crate::api::fleet::actor(&headers);
     Ok(Json(
-        blocking(move || b.assign(&id, &a.technician_id, "api")).await?,
+        blocking(move || b.assign(&id, &a.technician_id, &actor)).await?,
     ))
 }
 
@@ -186,7 +205,7 @@ struct ProposalBody {
 
 /// Offer the customer visit slots for a ticket.
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/proposal", tag = "board",
-    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id"), crate::api::ActorHeader),
     request_body = ProposalBody,
     responses(
         (status = 200, description = "The ticket, with the proposal in its history", body = Ticket),
@@ -198,13 +217,15 @@ struct ProposalBody {
 async fn propose(
     State(St { b }): State<St>,
     _: Authorized<NeedsWrite>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     p: Result<Json<ProposalBody>, JsonRejection>,
 ) -> Result<Json<Ticket>, ApiError> {
     check_id("ticket", &id)?;
     let p = body(p)?;
+    let actor = crate::api::fleet::actor(&headers);
     Ok(Json(
-        blocking(move || b.propose(&id, &p.technician_id, &p.slots, "api")).await?,
+        blocking(move || b.propose(&id, &p.technician_id, &p.slots, &actor)).await?,
     ))
 }
 
@@ -217,7 +238,7 @@ struct VisitBody {
 
 /// Book a visit: the ticket becomes scheduled.
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/visit", tag = "board",
-    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id")),
+    params(("id" = String, Path, pattern = r"^[^/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,128}$", description = "Ticket id"), crate::api::ActorHeader),
     request_body = VisitBody,
     responses(
         (status = 200, description = "The ticket, scheduled", body = Ticket),
@@ -229,12 +250,14 @@ struct VisitBody {
 async fn book(
     State(St { b }): State<St>,
     _: Authorized<NeedsWrite>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     v: Result<Json<VisitBody>, JsonRejection>,
 ) -> Result<Json<Ticket>, ApiError> {
     check_id("ticket", &id)?;
     let v = body(v)?;
+    let actor = crate::api::fleet::actor(&headers);
     Ok(Json(
-        blocking(move || b.schedule(&id, &v.technician_id, v.slot, "api")).await?,
+        blocking(move || b.schedule(&id, &v.technician_id, v.slot, &actor)).await?,
     ))
 }

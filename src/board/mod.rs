@@ -34,8 +34,8 @@ pub use config::{Config, SlaConfig, Technician};
 
 use crate::app::{CoreError, Fleet, Tickets, Transition};
 use crate::domain::{
-    proposal_key, visit_key, DeviceId, Outcome, Priority, Proposal, Slot, Status, Ticket,
-    Timestamp, Visit, VISIT_PREFIX,
+    assignment_key, proposal_key, visit_key, DeviceId, Outcome, Priority, Proposal, Slot, Status,
+    Ticket, Timestamp, Visit, ASSIGNMENT_PREFIX, PROPOSAL_PREFIX, VISIT_PREFIX,
 };
 use crate::notify::TimelineEntry;
 use crate::store::{StoreError, TicketFilter, Tx};
@@ -59,17 +59,13 @@ pub enum BoardError {
 }
 
 /// Who a ticket is assigned to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     pub ticket_id: String,
     pub technician_id: String,
     /// RFC 3339.
     pub at: String,
     pub by: String,
-}
-
-fn assignment_key(ticket_id: &str) -> String {
-    format!("board/assignment/{ticket_id}")
 }
 
 /// Records that `tech` is on the ticket: assigning, proposing slots and booking a visit all do.
@@ -85,6 +81,16 @@ fn put_assignment(tx: &mut Tx, ticket_id: &str, tech: &Technician, now: Timestam
     );
 }
 const TECHNICIAN_PREFIX: &str = "board/technician/";
+
+/// What the board keeps beside one ticket: who is on it, the slots offered to the customer,
+/// the visit booked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TicketRecords {
+    pub ticket_id: String,
+    pub assignment: Option<Assignment>,
+    pub proposal: Option<Proposal>,
+    pub visit: Option<Visit>,
+}
 
 /// How a person says a ticket ended; each maps onto the training label ([`Outcome`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +419,101 @@ impl Board {
             .flatten()
     }
 
+    /// Ticket `id`'s records in this instance's store.
+    pub fn records_of(&self, id: &str) -> TicketRecords {
+        TicketRecords {
+            ticket_id: id.to_string(),
+            assignment: self.assignment(id),
+            proposal: self.proposal(id),
+            visit: self.visit(id),
+        }
+    }
+
+    /// The records of every ticket that has one in this instance's store, by ticket id.
+    pub fn records_here(&self) -> Vec<TicketRecords> {
+        fn entry<'a>(
+            by: &'a mut std::collections::BTreeMap<String, TicketRecords>,
+            id: &str,
+        ) -> &'a mut TicketRecords {
+            by.entry(id.to_string()).or_insert_with(|| TicketRecords {
+                ticket_id: id.to_string(),
+                ..TicketRecords::default()
+            })
+        }
+        let store = self.tickets.store();
+        let mut by = std::collections::BTreeMap::new();
+        for a in store
+            .scan_kv::<Assignment>(ASSIGNMENT_PREFIX)
+            .unwrap_or_default()
+        {
+            let id = a.ticket_id.clone();
+            entry(&mut by, &id).assignment = Some(a);
+        }
+        for p in store
+            .scan_kv::<Proposal>(PROPOSAL_PREFIX)
+            .unwrap_or_default()
+        {
+            let id = p.ticket_id.clone();
+            entry(&mut by, &id).proposal = Some(p);
+        }
+        for v in store.scan_kv::<Visit>(VISIT_PREFIX).unwrap_or_default() {
+            let id = v.ticket_id.clone();
+            entry(&mut by, &id).visit = Some(v);
+        }
+        by.into_values().collect()
+    }
+
+    /// The board's records of `tickets`, by ticket id (tickets without any are left out). In
+    /// cluster mode each ticket's are the owner's of its device's partition (another
+    /// instance's copy is stale), gathered from every instance with the person's token like
+    /// the queue; with no owner right now, this instance's.
+    pub async fn records(
+        self: &Arc<Self>,
+        tickets: &[Ticket],
+        bearer: &crate::secret::Secret,
+    ) -> Result<HashMap<String, TicketRecords>, QueueError> {
+        let fleetwide = self.tickets.fleetwide().zip(self.fleet_http.clone());
+        let b = self.clone();
+        let ids: Vec<String> = tickets.iter().map(|t| t.id.clone()).collect();
+        let here_only = fleetwide.is_none();
+        let mine: Vec<TicketRecords> = tokio::task::spawn_blocking(move || match here_only {
+            true => ids.iter().map(|id| b.records_of(id)).collect(),
+            false => b.records_here(),
+        })
+        .await
+        .map_err(|_| QueueError::Cancelled)?;
+        let Some((fw, http)) = fleetwide else {
+            return Ok(mine.into_iter().map(|r| (r.ticket_id.clone(), r)).collect());
+        };
+        let others = crate::api::fleet::from_each::<Vec<TicketRecords>>(
+            fw.as_ref(),
+            &http,
+            &Self::fleet_headers(bearer),
+            "/api/v1/board/records",
+        )
+        .await
+        .map_err(QueueError::Fleet)?;
+        let me = fw.peers().me;
+        let mut by_instance: HashMap<String, HashMap<String, TicketRecords>> = HashMap::new();
+        let others = others
+            .into_iter()
+            .map(|(name, list)| (name, list.unwrap_or_default()));
+        for (name, list) in std::iter::once((me.clone(), mine)).chain(others) {
+            by_instance.insert(
+                name,
+                list.into_iter().map(|r| (r.ticket_id.clone(), r)).collect(),
+            );
+        }
+        let mut out = HashMap::new();
+        for t in tickets {
+            let from = fw.owner(&t.device_id).unwrap_or_else(|| me.clone());
+            if let Some(r) = by_instance.get(&from).and_then(|m| m.get(&t.id)) {
+                out.insert(t.id.clone(), r.clone());
+            }
+        }
+        Ok(out)
+    }
+
     /// The technician's booked time, apart from `except`'s visit (a ticket being rebooked).
     fn busy(&self, technician: &str, except: &str) -> Vec<Slot> {
         self.visits()
@@ -609,15 +710,15 @@ impl Board {
         self.tickets.notifier().templates().mode_name("en", mode)
     }
 
-    /// The queue's rows for `tickets`, ordered.
-    pub fn rows(&self, tickets: &[Ticket]) -> Vec<queue::Row> {
+    /// The queue's rows for `tickets`, ordered, with the board's records of them
+    /// ([`Board::records`]).
+    pub fn rows(
+        &self,
+        tickets: &[Ticket],
+        records: &HashMap<String, TicketRecords>,
+    ) -> Vec<queue::Row> {
         let mut stories: HashMap<String, Vec<crate::notify::story::Story>> = HashMap::new();
         let techs = self.technicians();
-        let visits: HashMap<String, Visit> = self
-            .visits()
-            .into_iter()
-            .map(|v| (v.ticket_id.clone(), v))
-            .collect();
         let mut rows: Vec<queue::Row> = tickets
             .iter()
             .map(|t| {
@@ -644,8 +745,9 @@ impl Board {
                     list.iter().find(|s| s.ticket_id == t.id).cloned()
                 };
                 let (reached, answered) = self.contact_words(t, story.as_ref());
-                let technician = self
-                    .assignment(&t.id)
+                let on = records.get(&t.id);
+                let technician = on
+                    .and_then(|r| r.assignment.as_ref())
                     .and_then(|a| techs.iter().find(|x| x.id == a.technician_id))
                     .map(|x| x.name.clone())
                     .unwrap_or_default();
@@ -670,7 +772,7 @@ impl Board {
                     reached,
                     answered,
                     technician,
-                    visit: visits.get(&t.id).map(|v| v.slot),
+                    visit: on.and_then(|r| r.visit.as_ref()).map(|v| v.slot),
                 }
             })
             .collect();
@@ -768,6 +870,16 @@ impl Board {
         headers
     }
 
+    /// [`Board::fleet_headers`] of an action: also the person's name, so the owner's history
+    /// names them as its own board would (`board:<name>`).
+    fn action_headers(bearer: &crate::secret::Secret, name: &str) -> axum::http::HeaderMap {
+        let mut headers = Self::fleet_headers(bearer);
+        if let Some(v) = crate::api::fleet::actor_header(name) {
+            headers.insert(crate::api::fleet::ACTOR, v);
+        }
+        headers
+    }
+
     /// One ticket as the board shows it: this instance's copy, or in cluster mode the fleet's
     /// (the copy of the owner of the device's partition, as `GET /api/v1/tickets/{id}` has it).
     pub async fn ticket(
@@ -826,6 +938,65 @@ impl Board {
         .map_err(QueueError::Fleet)
     }
 
+    /// A customer's tickets (newest first, at most 200) and timeline (what was sent to them and
+    /// what they answered, in time order); in cluster mode the fleet's: the tickets merged as
+    /// the API merges them, the timeline entries of every instance (each instance records what
+    /// it sent and received).
+    pub async fn customer_view(
+        self: &Arc<Self>,
+        customer: &str,
+        bearer: &crate::secret::Secret,
+    ) -> Result<(Vec<Ticket>, Vec<TimelineEntry>), QueueError> {
+        let fleetwide = self.tickets.fleetwide().zip(self.fleet_http.clone());
+        let b = self.clone();
+        let id = customer.to_string();
+        let limit = if fleetwide.is_some() { 10_000 } else { 200 };
+        let (mine, mut entries) = tokio::task::spawn_blocking(move || {
+            let tickets = b.tickets.store().tickets(&TicketFilter {
+                customer_id: Some(id.clone()),
+                limit: Some(limit),
+                ..TicketFilter::default()
+            })?;
+            let entries = b.tickets.store().timeline::<TimelineEntry>(&id)?;
+            Ok::<_, StoreError>((tickets, entries))
+        })
+        .await
+        .map_err(|_| QueueError::Cancelled)??;
+        let Some((fw, http)) = fleetwide else {
+            return Ok((mine, entries));
+        };
+        let headers = Self::fleet_headers(bearer);
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("customer_id", customer)
+            .append_pair("limit", "10000")
+            .finish();
+        let tickets =
+            crate::api::fleet::list(fw.as_ref(), &http, &headers, &query, mine, None, 200)
+                .await
+                .map_err(QueueError::Fleet)?;
+        /// The part of a peer's `GET /api/v1/customers/{id}/timeline` the page shows.
+        #[derive(Deserialize)]
+        struct PeerTimeline {
+            entries: Vec<TimelineEntry>,
+        }
+        let path = format!(
+            "/api/v1/customers/{}/timeline",
+            form_urlencoded::byte_serialize(customer.as_bytes()).collect::<String>()
+        );
+        let others =
+            crate::api::fleet::from_each::<PeerTimeline>(fw.as_ref(), &http, &headers, &path)
+                .await
+                .map_err(QueueError::Fleet)?;
+        entries.extend(
+            others
+                .into_iter()
+                .flat_map(|(_, t)| t.map(|t| t.entries))
+                .flatten(),
+        );
+        entries.sort_by(|a, b| a.at.cmp(&b.at));
+        Ok((tickets, entries))
+    }
+
     /// Cluster mode: where an action on `t` must be made — `None` here, or the owner of its
     /// device's partition (name and API address) when that is another instance.
     pub fn action_owner(&self, t: &Ticket) -> Result<Option<(String, String)>, QueueError> {
@@ -836,8 +1007,8 @@ impl Board {
     }
 
     /// Makes `action` on ticket `id` through the owner's API (its JSON twin: a transition, an
-    /// assignment, a proposal or a visit), as the signed-in person: the owner's status and
-    /// body.
+    /// assignment, a proposal or a visit), as the signed-in person (their token, and their
+    /// `name` for the history): the owner's status and body.
     pub async fn forward_action(
         &self,
         id: &str,
@@ -845,6 +1016,7 @@ impl Board {
         owner: &str,
         api: &str,
         bearer: &crate::secret::Secret,
+        name: &str,
     ) -> Result<(axum::http::StatusCode, axum::body::Bytes), QueueError> {
         let (Some(fw), Some(http)) = (self.tickets.fleetwide(), self.fleet_http.as_ref()) else {
             return Err(QueueError::Fleet(crate::api::ApiError::unavailable(
@@ -856,7 +1028,7 @@ impl Board {
         crate::api::fleet::post_to_owner(
             fw.as_ref(),
             http,
-            &Self::fleet_headers(bearer),
+            &Self::action_headers(bearer, name),
             owner,
             api,
             &path,

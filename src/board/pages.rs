@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::TimeZone;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -553,8 +553,12 @@ async fn queue_page(
             )
         }
     };
+    let records = match b.records(&tickets, &s.bearer).await {
+        Ok(r) => r,
+        Err(e) => return fleet_error(&s, e),
+    };
     let b2 = b.clone();
-    let all = blocking(move || b2.rows(&tickets))
+    let all = blocking(move || b2.rows(&tickets, &records))
         .await
         .unwrap_or_default();
     let now = b.now();
@@ -705,9 +709,10 @@ fn driving_series(b: &Board, t: &Ticket) -> Vec<super::svg::Series> {
         .collect()
 }
 
-fn ticket_view(b: &Board, t: &Ticket) -> TicketView {
+fn ticket_view(b: &Board, t: &Ticket, records: &super::TicketRecords) -> TicketView {
     let now = b.now();
-    let row = b.rows(std::slice::from_ref(t)).into_iter().next();
+    let one = HashMap::from([(t.id.clone(), records.clone())]);
+    let row = b.rows(std::slice::from_ref(t), &one).into_iter().next();
     let rv = row.as_ref().map(|r| row_view(b, r, now));
     let rv = rv.as_ref();
     let get = |f: fn(&RowView) -> String| rv.map(f).unwrap_or_default();
@@ -821,9 +826,14 @@ async fn ticket_page(
         Ok(t) => t,
         Err(page) => return page,
     };
+    // The board's records beside it: the owner's, in cluster mode.
+    let records = match b.records(std::slice::from_ref(&t), &s.bearer).await {
+        Ok(mut r) => r.remove(&t.id).unwrap_or_default(),
+        Err(e) => return fleet_error(&s, e),
+    };
     let b2 = b.clone();
     let s2 = s.clone();
-    blocking(move || render_ticket(&b2, &s2, &t, &flash))
+    blocking(move || render_ticket(&b2, &s2, &t, &flash, &records))
         .await
         .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
@@ -864,11 +874,17 @@ fn fleet_error(s: &Session, e: QueueError) -> Response {
     }
 }
 
-fn render_ticket(b: &Board, s: &Session, t: &Ticket, flash: &Flash) -> Response {
+fn render_ticket(
+    b: &Board,
+    s: &Session,
+    t: &Ticket,
+    flash: &Flash,
+    records: &super::TicketRecords,
+) -> Response {
     let t = t.clone();
-    let view = ticket_view(b, &t);
+    let view = ticket_view(b, &t, records);
     let region = view.region.clone();
-    let assigned = b.assignment(&t.id).map(|a| a.technician_id);
+    let assigned = records.assignment.as_ref().map(|a| a.technician_id.clone());
     let mut techs: Vec<super::Technician> = b.technicians();
     // Those who fit (skill and region) first.
     techs.sort_by_key(|x| !x.fits(&t.failure_mode, &region));
@@ -898,8 +914,9 @@ fn render_ticket(b: &Board, s: &Session, t: &Ticket, flash: &Flash) -> Response 
         .as_ref()
         .map(|x| b.free_slots(x, &t.id))
         .unwrap_or_default();
-    let proposal = b
-        .proposal(&t.id)
+    let proposal = records
+        .proposal
+        .as_ref()
         .map(|p| p.slots.iter().map(|s| b.slot_words(s)).collect())
         .unwrap_or_default();
     let customer_link = if t.is_live() && !view.customer_id.is_empty() && s.role.can_act() {
@@ -1019,7 +1036,7 @@ async fn ticket_action(
             Ok(None) => {}
             Ok(Some((owner, api))) => {
                 return match b
-                    .forward_action(&id, &action, &owner, &api, &s.bearer)
+                    .forward_action(&id, &action, &owner, &api, &s.bearer, &s.name)
                     .await
                 {
                     Ok((status, body)) => forwarded(&s, &id, &action, &owner, status, &body),
@@ -1346,17 +1363,6 @@ async fn record_page(
         .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// The latest tickets `filter` selects (at most 200), for a device's or a customer's page.
-fn latest_tickets(b: &Board, filter: crate::store::TicketFilter) -> Vec<Ticket> {
-    b.tickets
-        .store()
-        .tickets(&crate::store::TicketFilter {
-            limit: Some(200),
-            ..filter
-        })
-        .unwrap_or_default()
-}
-
 async fn device_page(
     State(b): State<Arc<Board>>,
     Path(id): Path<String>,
@@ -1459,7 +1465,15 @@ async fn customer_page(
     Path(id): Path<String>,
     SignedIn(s): SignedIn,
 ) -> Response {
-    record_page(b, s, "customer", id, |b, s2, id| {
+    if crate::api::check_id("customer", &id).is_err() {
+        return error_page(Some(&s), StatusCode::BAD_REQUEST, "Not a customer id", "");
+    }
+    // In cluster mode the fleet's tickets of the customer and every instance's timeline.
+    let (tickets, entries) = match b.customer_view(&id, &s.bearer).await {
+        Ok(v) => v,
+        Err(e) => return fleet_error(&s, e),
+    };
+    record_page(b, s, "customer", id, move |b, s2, id| {
         let Some(c) = b.fleet.customer(&id) else {
             return error_page(
                 Some(s2),
@@ -1468,18 +1482,6 @@ async fn customer_page(
                 &format!("There is no customer {id}."),
             );
         };
-        let tickets = latest_tickets(
-            b,
-            crate::store::TicketFilter {
-                customer_id: Some(id.clone()),
-                ..Default::default()
-            },
-        );
-        let entries = b
-            .tickets
-            .store()
-            .timeline::<crate::notify::TimelineEntry>(&id)
-            .unwrap_or_default();
         let stories = crate::notify::story::group(&entries);
         let mut timeline: Vec<(String, HistoryLine)> = stories
             .iter()

@@ -20,8 +20,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Chunk size: well under NATS's default 1 MiB message limit.
 pub const CHUNK: usize = 512 * 1024;
-/// The envelope's format; a reader refuses another.
-const VERSION: u32 = 1;
+/// The envelope's format; a reader refuses any but this and [`VERSION_1`].
+const VERSION: u32 = 2;
+/// The first format, without the board's records: still read (the records then stay as the
+/// adopting instance has them).
+const VERSION_1: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -58,7 +61,8 @@ pub struct Checkpoint {
 }
 
 /// What is encoded: tickets as JSON text (their serde form has optional fields postcard
-/// cannot skip), device states as the store's bytes.
+/// cannot skip), device states as the store's bytes, the board's records beside the tickets
+/// as store key and JSON.
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     version: u32,
@@ -67,6 +71,24 @@ struct Envelope {
     instance: String,
     devices: Vec<DeviceBlob>,
     tickets: Vec<String>,
+    records: Vec<(String, Vec<u8>)>,
+}
+
+/// [`VERSION_1`]'s envelope: [`Envelope`] without the records.
+#[derive(Deserialize)]
+struct EnvelopeV1 {
+    version: u32,
+    partition: u32,
+    seq: u64,
+    instance: String,
+    devices: Vec<DeviceBlob>,
+    tickets: Vec<String>,
+}
+
+/// The leading field every envelope starts with.
+#[derive(Deserialize)]
+struct Version {
+    version: u32,
 }
 
 pub fn head_key(partition: u32) -> String {
@@ -106,6 +128,7 @@ pub fn encode(c: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
         instance: c.instance.clone(),
         devices: c.states.devices.clone(),
         tickets,
+        records: c.states.records.clone().unwrap_or_default(),
     };
     postcard::to_allocvec(&env).map_err(|e| fail(e.to_string()))
 }
@@ -113,13 +136,27 @@ pub fn encode(c: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
 /// Decodes what [`encode`] made, checking it is the partition's. Pure.
 pub fn decode(partition: u32, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let bad = |reason: String| CheckpointError::Unreadable { partition, reason };
-    let env: Envelope = postcard::from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
-    if env.version != VERSION {
-        return Err(bad(format!(
-            "format {} (this version reads {VERSION})",
-            env.version
-        )));
-    }
+    let version: Version = postcard::from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+    let env = match version.version {
+        VERSION => postcard::from_bytes::<Envelope>(bytes).map_err(|e| bad(e.to_string()))?,
+        VERSION_1 => {
+            let v1: EnvelopeV1 = postcard::from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+            Envelope {
+                version: v1.version,
+                partition: v1.partition,
+                seq: v1.seq,
+                instance: v1.instance,
+                devices: v1.devices,
+                tickets: v1.tickets,
+                records: Vec::new(),
+            }
+        }
+        other => {
+            return Err(bad(format!(
+                "format {other} (this version reads {VERSION_1} and {VERSION})"
+            )))
+        }
+    };
     if env.partition != partition {
         return Err(bad(format!("it is partition {}'s", env.partition)));
     }
@@ -136,6 +173,7 @@ pub fn decode(partition: u32, bytes: &[u8]) -> Result<Checkpoint, CheckpointErro
         states: DeviceStates {
             devices: env.devices,
             tickets,
+            records: (env.version != VERSION_1).then_some(env.records),
         },
     })
 }
@@ -314,6 +352,10 @@ mod tests {
                     },
                 ],
                 tickets: vec![ticket],
+                records: Some(vec![(
+                    "visits/visit/T-00112233aabbccdd".into(),
+                    br#"{"ticket_id":"T-00112233aabbccdd","technician_id":"t1"}"#.to_vec(),
+                )]),
             },
         }
     }
@@ -323,6 +365,38 @@ mod tests {
         let c = sample();
         let bytes = encode(&c).expect("encodes");
         assert_eq!(decode(3, &bytes).expect("decodes"), c);
+    }
+
+    #[test]
+    fn a_first_format_checkpoint_still_reads_and_carries_no_board_records() {
+        #[derive(Serialize)]
+        struct V1 {
+            version: u32,
+            partition: u32,
+            seq: u64,
+            instance: String,
+            devices: Vec<DeviceBlob>,
+            tickets: Vec<String>,
+        }
+        let c = sample();
+        let old = V1 {
+            version: VERSION_1,
+            partition: 3,
+            seq: c.seq,
+            instance: c.instance.clone(),
+            devices: c.states.devices.clone(),
+            tickets: c
+                .states
+                .tickets
+                .iter()
+                .map(|t| serde_json::to_string(t).expect("json"))
+                .collect(),
+        };
+        let bytes = postcard::to_allocvec(&old).expect("encodes");
+        let back = decode(3, &bytes).expect("decodes");
+        assert_eq!(back.states.tickets, c.states.tickets);
+        assert_eq!(back.states.devices, c.states.devices);
+        assert_eq!(back.states.records, None, "none carried: kept as they are");
     }
 
     #[test]

@@ -40,10 +40,20 @@
 //! such records in stream order ([`App::apply_recorded`]), so a ticket's transitions move with
 //! its partition.
 //!
+//! The board's records beside a transition (an assignment, a proposal, a booked visit) travel
+//! in its record, and the device's tickets' records in the partition's checkpoint.
+//!
+//! The applied sequence of each partition is also kept in the store (written after each
+//! acknowledged group), so a restart on the same store without a readable checkpoint replays
+//! only what follows it ([`Cluster::keep_applied`]).
+//!
 //! One ticket fleet-wide: before a commit that opens a ticket, its key `t.ID` is created only
 //! if absent in the claims bucket ([`Fleetwide::claim`]), and likewise `c.ID.KIND.MS` before a
 //! later update or settlement, so the dispatch and notification rows of a change are written by
-//! one instance only; claims expire after `claims_max_age`. Ticket ids are keyed with a secret
+//! one instance only; claims expire after `claims_max_age`. Once every row a claimed change
+//! wrote has left the claimant's outboxes, its sent mark `s.KEY` is written; a partition's
+//! owner takes over the unmarked claims of departed instances and sends them again
+//! ([`Cluster::send_departed`]: at least once across a crash). Ticket ids are keyed with a secret
 //! shared through the ticket bucket (which never expires), so every instance derives the same id.
 
 pub mod checkpoint;
@@ -56,8 +66,7 @@ use crate::app::{
     App, Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
 };
 use crate::clock::Clock as _;
-use crate::domain::Timestamp;
-use crate::engine::{Change, ChangeKind};
+use crate::engine::Change;
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
@@ -107,6 +116,7 @@ struct ClusterMetrics {
     skipped: IntCounter,
     checkpoints: IntCounterVec,
     checkpoint_bytes: IntGauge,
+    outbox: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -168,6 +178,17 @@ impl ClusterMetrics {
         r.register(Box::new(skipped.clone()))?;
         r.register(Box::new(checkpoints.clone()))?;
         r.register(Box::new(checkpoint_bytes.clone()))?;
+        let outbox = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_outbox_claims_total",
+                "Claimed ticket changes and their outbox rows: marked (every row of a change \
+                 claimed here has left the outboxes: its sent mark written), requeued (claimed \
+                 by an instance that left without marking it sent: its rows written again here, \
+                 the owner of the device's partition)",
+            ),
+            &["event"],
+        )?;
+        r.register(Box::new(outbox.clone()))?;
         Ok(ClusterMetrics {
             owned,
             leases,
@@ -177,6 +198,7 @@ impl ClusterMetrics {
             skipped,
             checkpoints,
             checkpoint_bytes,
+            outbox,
         })
     }
 }
@@ -222,6 +244,13 @@ pub struct Cluster {
     /// consumer after a lost connection, a lease lost and taken again) starts after it, so no
     /// message is applied twice to a state that already holds it.
     applied: Mutex<HashMap<u32, u64>>,
+    /// Per partition, the sequence last written to this instance's store as what its state
+    /// holds (`App::keep_stream_applied`): read back at the next start, so a restart without
+    /// a readable checkpoint replays after it rather than from the stream's start.
+    kept: Mutex<HashMap<u32, u64>>,
+    /// When the stream was created (epoch ms): a kept sequence of another stream by the same
+    /// name (deleted and made again, its sequences starting over) is not used.
+    stream_created_ms: i64,
     ticket_id_key: Vec<u8>,
     /// The runtime the processor thread's claims run on.
     rt: tokio::runtime::Handle,
@@ -266,6 +295,15 @@ struct ClaimRecord {
     failure_mode: String,
     opened_at: String,
     updated_at: String,
+    /// Made by a version that marks a claimed change sent (`s.KEY`) once its rows have left
+    /// the claimant's outboxes: only such a claim without its mark is sent again by the
+    /// partition's next owner (an older claim has no mark, sent or not).
+    #[serde(default)]
+    tracked: bool,
+    /// Set when this instance took the claim over from a departed one (named here) to send
+    /// the change itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    taken_from: Option<String>,
 }
 
 /// A partition this instance holds.
@@ -322,6 +360,8 @@ impl Cluster {
         .await?;
         let checkpoints = bucket(&js, &format!("{}-state", cfg.buckets), Duration::ZERO).await?;
         let ticket_id_key = shared_ticket_key(&tickets).await?;
+        let stream_created_ms =
+            (stream.cached_info().created.unix_timestamp_nanos() / 1_000_000) as i64;
         let metrics = ClusterMetrics::new(registry)?;
         tracing::info!(%instance, %url, partitions = cfg.partitions, "joined the cluster");
         Ok(Arc::new(Cluster {
@@ -333,6 +373,8 @@ impl Cluster {
             claims,
             checkpoints,
             applied: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
+            stream_created_ms,
             ticket_id_key,
             rt: tokio::runtime::Handle::current(),
             view: Mutex::new(View::default()),
@@ -393,10 +435,162 @@ impl Cluster {
         shutdown: &CancellationToken,
     ) -> Vec<JoinHandle<()>> {
         let _ = self.writer.set(Arc::downgrade(writer));
+        self.load_applied(writer);
         vec![
             self.spawn(forward, shutdown.clone()),
             tokio::spawn(ack_loop(self.clone(), client, acks.rx, acks.flushed)),
+            tokio::spawn(self.clone().outbox_loop(shutdown.clone())),
         ]
+    }
+
+    /// Once a lease: tells the fleet which changes claimed here are sent
+    /// ([`Cluster::mark_sent`]), and sends those a departed instance claimed and did not
+    /// ([`Cluster::send_departed`]).
+    async fn outbox_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.lease.std());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<(Vec<String>, BTreeSet<u32>)> = None;
+        let mut rounds: u32 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.mark_sent().await {
+                tracing::warn!("cluster outbox: marking sent changes: {e}");
+            }
+            // The claims bucket is listed when the members or the partitions consumed here
+            // changed since the last listing, and every tenth lease otherwise.
+            let now = {
+                let v = self.view.lock();
+                let live: BTreeSet<u32> = v
+                    .owned
+                    .iter()
+                    .filter(|p| !v.starting.contains(p) && !v.replaying.contains(p))
+                    .copied()
+                    .collect();
+                (v.members.clone(), live)
+            };
+            rounds += 1;
+            if last.as_ref() == Some(&now) && rounds % 10 != 0 {
+                continue;
+            }
+            match self.send_departed(&now.0, &now.1).await {
+                Ok(()) => last = Some(now),
+                Err(e) => tracing::warn!("cluster outbox: changes of departed instances: {e}"),
+            }
+        }
+    }
+
+    fn app(&self) -> Option<Arc<App>> {
+        self.writer.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Writes the sent mark `s.KEY` of every change claimed here whose rows have all left this
+    /// instance's outboxes (delivered, or given up into a dead-letter queue).
+    async fn mark_sent(&self) -> Result<(), BoxError> {
+        let Some(app) = self.app() else {
+            return Ok(());
+        };
+        let a = app.clone();
+        let sent = tokio::task::spawn_blocking(move || a.sent_claims()).await??;
+        let mut marked = Vec::new();
+        for k in sent {
+            self.claims
+                .put(format!("s.{k}"), self.instance.clone().into_bytes().into())
+                .await?;
+            self.metrics.outbox.with_label_values(&["marked"]).inc();
+            marked.push(k);
+        }
+        tokio::task::spawn_blocking(move || app.forget_unsent(&marked)).await??;
+        Ok(())
+    }
+
+    /// Sends the changes claimed by instances that are no longer members and not marked sent,
+    /// for devices of the partitions this instance consumes (`live`): the claim is taken over
+    /// (compare-and-set on its revision, so one instance does it) and the change's rows are
+    /// written again here from the ticket as this instance has it, once it has reached that
+    /// change. A row the departed instance sent just before it died goes again: at least once.
+    async fn send_departed(
+        &self,
+        members: &[String],
+        live: &BTreeSet<u32>,
+    ) -> Result<(), BoxError> {
+        let Some(app) = self.app() else {
+            return Ok(());
+        };
+        if live.is_empty() {
+            return Ok(());
+        }
+        let mut keys = self.claims.keys().await?;
+        let mut all: BTreeSet<String> = BTreeSet::new();
+        while let Some(k) = keys.next().await {
+            all.insert(k?);
+        }
+        for k in &all {
+            if k.starts_with("s.") || all.contains(&format!("s.{k}")) {
+                continue;
+            }
+            let Some((id, _, at)) = crate::app::parse_claim_key(k) else {
+                continue;
+            };
+            let Some(entry) = self.claims.entry(k).await? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let Ok(mut record) = serde_json::from_slice::<ClaimRecord>(&entry.value) else {
+                continue;
+            };
+            let take_over = record.tracked
+                && record.instance != self.instance
+                && !members.contains(&record.instance);
+            // Taken over here before, and its rows not written (the instance stopped between
+            // the two): written now.
+            let again = record.instance == self.instance && record.taken_from.is_some();
+            if !(take_over || again)
+                || !live.contains(&partition::of_device(
+                    &record.device_id,
+                    self.cfg.partitions,
+                ))
+            {
+                continue;
+            }
+            let a = app.clone();
+            let k2 = k.clone();
+            let ready = tokio::task::spawn_blocking(move || {
+                Ok::<_, crate::app::CoreError>(
+                    a.has_change(&id, at)? && !(again && a.has_unsent(&k2)?),
+                )
+            })
+            .await??;
+            if !ready {
+                continue;
+            }
+            let from = record
+                .taken_from
+                .clone()
+                .unwrap_or_else(|| record.instance.clone());
+            if take_over {
+                record.instance = self.instance.clone();
+                record.taken_from = Some(from.clone());
+                let value = serde_json::to_vec(&record)?;
+                match self.claims.update(k, value.into(), entry.revision).await {
+                    Ok(_) => {}
+                    // Another instance took it over first.
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(boxed(e)),
+                }
+            }
+            let a = app.clone();
+            let k2 = k.clone();
+            if tokio::task::spawn_blocking(move || a.requeue_claimed(&k2)).await?? {
+                self.metrics.outbox.with_label_values(&["requeued"]).inc();
+                tracing::info!(claim = %k, from = %from, "a departed instance's claimed change was not marked sent: sent from here");
+            }
+        }
+        Ok(())
     }
 
     async fn lease_loop(
@@ -873,7 +1067,7 @@ impl Cluster {
                     }
                 } else {
                     let reply = m.message.reply.as_ref().map(|r| r.to_string());
-                    let inbound = self.inbound(&m, reply, outstanding);
+                    let inbound = self.inbound(p, &m, reply, outstanding);
                     outstanding.fetch_add(1, Ordering::SeqCst);
                     tokio::select! {
                         _ = stop.cancelled() => {
@@ -982,7 +1176,7 @@ impl Cluster {
                     return Ok(());
                 }
             } else {
-                let inbound = self.inbound(&m, None, outstanding);
+                let inbound = self.inbound(p, &m, None, outstanding);
                 outstanding.fetch_add(1, Ordering::SeqCst);
                 if forward.send(inbound).await.is_err() {
                     return Ok(());
@@ -1043,6 +1237,64 @@ impl Cluster {
         }
     }
 
+    /// Takes what the store says this instance's state holds of each partition (written by
+    /// [`Cluster::keep_applied`] in an earlier life of the same store, for the same stream).
+    fn load_applied(&self, writer: &App) {
+        let marks = match writer.stream_applied() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("cluster: the partitions' applied sequences unreadable: {e}");
+                return;
+            }
+        };
+        let mut applied = self.applied.lock();
+        let mut kept = self.kept.lock();
+        for m in marks
+            .into_iter()
+            .filter(|m| m.stream_created_ms == self.stream_created_ms)
+        {
+            tracing::info!(
+                partition = m.partition,
+                seq = m.seq,
+                "this instance's state holds the partition up to this sequence (from its store)"
+            );
+            let a = applied.entry(m.partition).or_insert(0);
+            *a = (*a).max(m.seq);
+            kept.insert(m.partition, m.seq);
+        }
+    }
+
+    /// Writes to the store, per partition, the sequence its committed state now holds
+    /// everything up to, where it moved on (not flushed: a crash before the next flush keeps
+    /// an earlier one, which only replays more).
+    async fn keep_applied(&self, through: &BTreeMap<u32, u64>) {
+        let marks: Vec<crate::app::StreamApplied> = {
+            let mut kept = self.kept.lock();
+            let mut marks = Vec::new();
+            for (&p, &seq) in through {
+                if seq > 0 && kept.get(&p).is_none_or(|k| seq > *k) {
+                    kept.insert(p, seq);
+                    marks.push(crate::app::StreamApplied {
+                        partition: p,
+                        seq,
+                        stream_created_ms: self.stream_created_ms,
+                    });
+                }
+            }
+            marks
+        };
+        if marks.is_empty() {
+            return;
+        }
+        let Some(app) = self.app() else {
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || app.keep_stream_applied(&marks)).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!("cluster: the partitions' applied sequences not kept: {e}");
+        }
+    }
+
     /// The last stream sequence of partition `p` this instance's state holds every message up
     /// to (0: none known).
     fn applied_through(&self, p: u32) -> u64 {
@@ -1092,6 +1344,7 @@ impl Cluster {
         match adopted {
             Ok(Ok((n, refused))) => {
                 self.applied.lock().insert(p, seq);
+                self.keep_applied(&BTreeMap::from([(p, seq)])).await;
                 self.count_checkpoint("resumed");
                 tracing::info!(
                     partition = p,
@@ -1248,6 +1501,7 @@ impl Cluster {
     /// owner saw).
     fn inbound(
         &self,
+        p: u32,
         m: &jetstream::Message,
         reply: Option<String>,
         outstanding: &Arc<AtomicUsize>,
@@ -1268,6 +1522,8 @@ impl Cluster {
                 StreamAck {
                     reply,
                     outstanding: outstanding.clone(),
+                    partition: p,
+                    seq: m.info().map_or(0, |i| i.stream_sequence),
                 },
             ),
             received: Instant::now(),
@@ -1426,20 +1682,10 @@ impl Fleetwide for Cluster {
 
     fn claim(&self, change: &Change) -> Result<bool, ClaimError> {
         let ticket = &change.ticket;
-        let key = match change.kind {
-            ChangeKind::Opened => format!("t.{}", ticket.id),
-            ChangeKind::Updated | ChangeKind::Settled => match Timestamp::parse(&ticket.updated_at)
-            {
-                Some(ms) => format!(
-                    "c.{}.{}.{}",
-                    ticket.id,
-                    change.kind.as_str(),
-                    ms.as_millis()
-                ),
-                None => return Ok(true),
-            },
-            // Made by a person through this instance's API: nobody else makes it.
-            ChangeKind::Transition => return Ok(true),
+        // No key: a transition (made by a person through this instance's API: nobody else
+        // makes it), or a change whose time does not read.
+        let Some(key) = crate::app::claim_key(change) else {
+            return Ok(true);
         };
         let record = ClaimRecord {
             instance: self.instance.clone(),
@@ -1448,6 +1694,8 @@ impl Fleetwide for Cluster {
             failure_mode: ticket.failure_mode.clone(),
             opened_at: ticket.opened_at.clone(),
             updated_at: ticket.updated_at.clone(),
+            tracked: true,
+            taken_from: None,
         };
         let fail = |source: BoxError| ClaimError::Unreachable {
             ticket: ticket.id.clone(),
@@ -1571,9 +1819,13 @@ pub async fn ack_loop(
 ) {
     while let Some(group) = acks.recv().await {
         let mut done: Vec<Arc<AtomicUsize>> = Vec::new();
+        // Committed: each partition's state holds its messages up to these.
+        let mut through: BTreeMap<u32, u64> = BTreeMap::new();
         for p in &group {
             match p.stream_ack() {
                 Some(sa) => {
+                    let t = through.entry(sa.partition).or_insert(0);
+                    *t = (*t).max(sa.seq);
                     if let Some(reply) = &sa.reply {
                         // Lost only with the connection; JetStream then redelivers after
                         // `ack_wait`, and processing is idempotent.
@@ -1595,6 +1847,7 @@ pub async fn ack_loop(
         if let Err(e) = cluster.client.flush().await {
             tracing::warn!("acknowledgements not flushed: {e}");
         }
+        cluster.keep_applied(&through).await;
         for d in done {
             d.fetch_sub(1, Ordering::SeqCst);
         }

@@ -19,4 +19,7 @@ pub use order::{apply_order, rank as order_rank};
 pub use reading::{DeviceEvent, EventKind, Reading, RejectReason};
 pub use ticket::{Evidence, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
 pub use time::{Timestamp, TimestampError};
-pub use visit::{proposal_key, visit_key, Proposal, Slot, Visit, PROPOSAL_PREFIX, VISIT_PREFIX};
+pub use visit::{
+    assignment_key, proposal_key, ticket_record_keys, visit_key, Proposal, Slot, Visit,
+    ASSIGNMENT_PREFIX, PROPOSAL_PREFIX, VISIT_PREFIX,
+};

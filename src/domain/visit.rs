@@ -34,7 +34,7 @@ impl Slot {
 }
 
 /// The slots a dispatcher offered the customer for a ticket's visit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Proposal {
     pub ticket_id: String,
     pub technician_id: String,
@@ -66,6 +66,25 @@ pub fn proposal_key(ticket_id: &str) -> String {
 pub fn visit_key(ticket_id: &str) -> String {
     format!("visits/visit/{ticket_id}")
 }
+
+/// Store key of a ticket's assignment (the board's record of who is on it).
+pub fn assignment_key(ticket_id: &str) -> String {
+    format!("board/assignment/{ticket_id}")
+}
+
+/// The keys of what the board keeps beside a ticket: its assignment, proposal and booked
+/// visit. Cluster mode carries these with the ticket (in a transition's stream record and in a
+/// partition's checkpoint).
+pub fn ticket_record_keys(ticket_id: &str) -> [String; 3] {
+    [
+        assignment_key(ticket_id),
+        proposal_key(ticket_id),
+        visit_key(ticket_id),
+    ]
+}
+
+/// Prefix of every assignment's key.
+pub const ASSIGNMENT_PREFIX: &str = "board/assignment/";
 
 /// Prefix of every proposal's key.
 pub const PROPOSAL_PREFIX: &str = "visits/proposal/";

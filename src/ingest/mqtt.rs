@@ -73,6 +73,11 @@ pub struct StreamAck {
     /// The partition's count of messages handed to the processor and not yet acknowledged
     /// (or, replayed, not yet committed): counted down after the acknowledgement.
     pub outstanding: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The message's partition and stream sequence: once its group is committed, the
+    /// partition's state holds everything up to it (kept in the store, see
+    /// `crate::cluster`).
+    pub partition: u32,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, Copy)]

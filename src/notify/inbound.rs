@@ -379,7 +379,10 @@ impl Notifier {
             (_, false) => format!("{} by {channel}: {short}{visit_note}", reply.as_str()),
         };
         let actor = format!("customer:{channel}");
-        let t = desk.customer_reply(ticket_id, to, &actor, &note)?;
+        let (t, booked) = match m.booking.as_ref() {
+            Some(v) => desk.customer_booking(ticket_id, to, &actor, &note, v)?,
+            None => (desk.customer_reply(ticket_id, to, &actor, &note)?, false),
+        };
         self.metrics.replies.with_label_values(&[channel]).inc();
         if reply != Reply::Unclear {
             tx.put_kv(
@@ -394,7 +397,11 @@ impl Notifier {
                 },
             );
         }
-        if let Some(v) = m.booking.as_ref().filter(|_| t.status == Status::Scheduled) {
+        if let Some(v) = m
+            .booking
+            .as_ref()
+            .filter(|_| !booked && t.status == Status::Scheduled)
+        {
             // The customer picked one of the slots the dispatcher proposed: the visit is booked
             // and the proposal is used up.
             tx.put_kv(&crate::domain::visit_key(ticket_id), v);

@@ -92,6 +92,22 @@ pub trait TicketDesk: Send + Sync {
         actor: &str,
         note: &str,
     ) -> Result<Ticket, DeskError>;
+    /// [`TicketDesk::customer_reply`] for a reply that books `visit` (a slot the dispatcher
+    /// proposed): a desk that can writes the visit (and removes the proposal) in the
+    /// transition's own commit when the reply schedules the ticket, so that cluster mode
+    /// records them with it. Answers the ticket and whether the desk wrote them; the default
+    /// does not, and the caller then does.
+    fn customer_booking(
+        &self,
+        id: &str,
+        to: Option<crate::domain::Status>,
+        actor: &str,
+        note: &str,
+        visit: &crate::domain::Visit,
+    ) -> Result<(Ticket, bool), DeskError> {
+        let _ = visit;
+        self.customer_reply(id, to, actor, note).map(|t| (t, false))
+    }
     fn customer(&self, id: &str) -> Option<Customer>;
     fn device(&self, id: &str) -> Option<Device>;
 }

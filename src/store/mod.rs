@@ -173,6 +173,11 @@ pub struct Tx {
     db: Option<sled::Db>,
     /// Tickets written with an outcome (see `Store::take_outcomes`).
     outcomes: Vec<OutcomeNote>,
+    /// While `Some` ([`Tx::capture_kv`]): every `k/` record written or removed, as JSON (`None`
+    /// for a removal), so that cluster mode can carry a change's side records with it.
+    captured: Option<Vec<(String, Option<Vec<u8>>)>>,
+    /// While `Some` ([`Tx::capture_outbox`]): the keys of the outbox rows pushed.
+    pushed: Option<Vec<Vec<u8>>>,
 }
 
 impl Tx {
@@ -283,7 +288,20 @@ impl Tx {
         let k = outbox_key(queue, seq);
         self.insert_json(k.clone(), row);
         self.ops += 1;
+        if let Some(p) = &mut self.pushed {
+            p.push(k.clone());
+        }
         k
+    }
+
+    /// From now on, remembers the keys of the outbox rows pushed (see [`Tx::take_pushed`]).
+    pub fn capture_outbox(&mut self) {
+        self.pushed.get_or_insert_with(Vec::new);
+    }
+
+    /// The keys of the outbox rows pushed since [`Tx::capture_outbox`]; capturing stops.
+    pub fn take_pushed(&mut self) -> Vec<Vec<u8>> {
+        self.pushed.take().unwrap_or_default()
     }
 
     /// [`Tx::push_outbox`] for a row the caller has already encoded as JSON.
@@ -292,6 +310,9 @@ impl Tx {
         let k = outbox_key(queue, seq);
         self.batch.insert(k.clone(), json);
         self.ops += 1;
+        if let Some(p) = &mut self.pushed {
+            p.push(k.clone());
+        }
         k
     }
 
@@ -319,13 +340,38 @@ impl Tx {
     }
 
     pub fn put_kv<T: Serialize>(&mut self, name: &str, value: &T) {
-        self.insert_json(key2(b"k/", name), value);
+        match serde_json::to_vec(value) {
+            Ok(json) => self.put_kv_json(name, json),
+            Err(source) => self.encode_failed(format!("k/{name}"), source),
+        }
+    }
+
+    /// [`Tx::put_kv`] for a value already encoded as JSON (as [`Store::get_kv_json`] reads it).
+    pub fn put_kv_json(&mut self, name: &str, json: Vec<u8>) {
+        if let Some(c) = &mut self.captured {
+            c.push((name.to_string(), Some(json.clone())));
+        }
+        self.batch.insert(key2(b"k/", name), json);
         self.ops += 1;
     }
 
     pub fn remove_kv(&mut self, name: &str) {
+        if let Some(c) = &mut self.captured {
+            c.push((name.to_string(), None));
+        }
         self.batch.remove(key2(b"k/", name));
         self.ops += 1;
+    }
+
+    /// From now on, remembers every `k/` record written or removed (see [`Tx::take_captured`]).
+    pub fn capture_kv(&mut self) {
+        self.captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The `k/` records written (JSON) or removed (`None`) since [`Tx::capture_kv`], in order;
+    /// capturing stops.
+    pub fn take_captured(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.captured.take().unwrap_or_default()
     }
 
     pub fn put_fleet_device<T: Serialize>(&mut self, id: &str, v: &T) {
@@ -633,6 +679,8 @@ impl Store {
             encode_error: None,
             db: self.raw().ok().map(|o| o.db),
             outcomes: Vec::new(),
+            captured: None,
+            pushed: None,
         }
     }
 
@@ -930,6 +978,16 @@ impl Store {
             Some(v) => Ok(self.decode_or_quarantine(&k, &v)),
             None => Ok(None),
         }
+    }
+
+    /// Whether a row is stored under the full key `key` (an outbox row still queued).
+    pub fn contains_raw(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.h()?.tree.contains_key(key)?)
+    }
+
+    /// A `k/` record's stored JSON, undecoded (what [`Tx::put_kv_json`] writes back).
+    pub fn get_kv_json(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.h()?.tree.get(key2(b"k/", name))?.map(|v| v.to_vec()))
     }
 
     /// Every `k/` record whose name starts with `prefix`, in key order.
