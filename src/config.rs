@@ -140,6 +140,7 @@ impl Config {
             update_min_probability_delta: self.tickets.update_min_probability_delta,
             update_min_ttf_fraction: self.tickets.update_min_ttf_fraction,
             evidence_features: self.tickets.evidence_features,
+            history_updates_kept: self.tickets.history_updates_kept,
             consecutive_override: self.scoring.consecutive,
             ticket_id_key: Vec::new(),
         }
@@ -207,6 +208,9 @@ impl Config {
         }
         if self.features.ew_spans.len() > 8 || self.features.ew_spans.contains(&0) {
             return bad("features.ew_spans", "at most 8 spans, each at least 1");
+        }
+        if self.tickets.history_updates_kept == 0 {
+            return bad("tickets.history_updates_kept", "must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.tickets.update_min_probability_delta) {
             return bad(

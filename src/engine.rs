@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub update_min_ttf_fraction: f64,
     /// Number of top features kept as a ticket's evidence.
     pub evidence_features: usize,
+    /// The newest automatic `updated` lines a ticket's history keeps.
+    pub history_updates_kept: usize,
     /// Scorings in a row required before opening (at most [`OpenRule::MAX_N`]); `None` uses each
     /// model's own rule.
     pub consecutive_override: Option<u16>,
@@ -41,6 +43,7 @@ impl Default for EngineConfig {
             update_min_probability_delta: 0.05,
             update_min_ttf_fraction: 0.2,
             evidence_features: 5,
+            history_updates_kept: 20,
             consecutive_override: None,
             ticket_id_key: Vec::new(),
         }
@@ -324,14 +327,18 @@ impl Engine {
                             t.updated_at = r.ts.format();
                             t.evidence =
                                 a.evidence_named(mm, &x, self.cfg.evidence_features, &lm.names);
-                            t.history.push(HistoryEntry {
-                                at: r.ts.format(),
-                                actor: "forewarn".into(),
-                                action: "updated".into(),
-                                from: None,
-                                to: None,
-                                note: format!("probability {:.2}", s.probability),
-                            });
+                            push_update(
+                                &mut t.history,
+                                HistoryEntry {
+                                    at: r.ts.format(),
+                                    actor: "forewarn".into(),
+                                    action: UPDATED.into(),
+                                    from: None,
+                                    to: None,
+                                    note: format!("probability {:.2}", s.probability),
+                                },
+                                self.cfg.history_updates_kept,
+                            );
                             changes.push(Change {
                                 kind: ChangeKind::Updated,
                                 previous_priority,
@@ -504,6 +511,21 @@ pub fn observe_and_slot(
     (obs, state.take_scoring_slot(r.ts, cfg.scoring_interval_ms))
 }
 
+/// The history action of an automatic update (a new probability or predicted time).
+const UPDATED: &str = "updated";
+
+/// Appends an automatic update to a ticket's history, dropping the oldest update beyond `kept`
+/// (transitions and notifications are never dropped): a ticket live for months would otherwise
+/// carry, and rewrite with every change, hundreds of lines nobody reads.
+fn push_update(history: &mut Vec<HistoryEntry>, entry: HistoryEntry, kept: usize) {
+    history.push(entry);
+    if history.iter().filter(|h| h.action == UPDATED).count() > kept.max(1) {
+        if let Some(i) = history.iter().position(|h| h.action == UPDATED) {
+            history.remove(i);
+        }
+    }
+}
+
 /// Urgency from how soon the failure is predicted, relative to the model's horizon.
 pub fn priority(ttf_hours: Option<f64>, horizon_hours: f64, probability: f64) -> Priority {
     match ttf_hours {
@@ -595,6 +617,51 @@ mod tests {
         let opened: Vec<_> = ch.iter().filter(|c| c.kind == ChangeKind::Opened).collect();
         assert_eq!(opened.len(), 1);
         assert_eq!(opened[0].ticket.opened_at, "1970-01-01T01:00:00Z");
+    }
+
+    #[test]
+    fn a_ticket_keeps_its_newest_updates_and_every_other_line() {
+        let cfg = EngineConfig {
+            history_updates_kept: 3,
+            ..EngineConfig::default()
+        };
+        let models = Models::new(vec![hot_model()], &cfg.window).unwrap();
+        let e = Engine::new(cfg, Arc::new(models));
+        let mut st = e.new_state(Timestamp::EPOCH);
+        let (mut live, mut ch) = (vec![], vec![]);
+        // Opens at the third hot hour, then climbs and falls: every swing is an update.
+        let temps = [
+            70.0, 85.0, 86.0, 87.0, 95.0, 86.0, 99.0, 86.0, 99.0, 86.0, 99.0, 86.0,
+        ];
+        for (h, t) in temps.into_iter().enumerate() {
+            e.reading(
+                &mut st,
+                &mut live,
+                DeviceCtx::default(),
+                &r(h as i64, t),
+                &mut ch,
+                None,
+            );
+        }
+        let updates = ch.iter().filter(|c| c.kind == ChangeKind::Updated).count();
+        assert!(updates > 3, "the swings update the ticket ({updates})");
+        let history = &live[0].history;
+        let kept: Vec<&str> = history
+            .iter()
+            .filter(|h| h.action == UPDATED)
+            .map(|h| h.at.as_str())
+            .collect();
+        assert_eq!(kept.len(), 3, "{history:?}");
+        let newest = ch.last().map(|c| c.ticket.updated_at.clone()).unwrap();
+        assert_eq!(
+            kept.last().copied(),
+            Some(newest.as_str()),
+            "the newest kept"
+        );
+        assert_eq!(
+            history[0].action, "opened",
+            "the opening line is never dropped"
+        );
     }
 
     #[test]

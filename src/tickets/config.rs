@@ -11,6 +11,9 @@ pub struct Config {
     pub update_min_ttf_fraction: f64,
     /// Top features kept as evidence on a ticket.
     pub evidence_features: usize,
+    /// The newest automatic `updated` lines a ticket's history keeps (at least 1); older ones are
+    /// dropped as new ones come. Transitions and notifications are all kept.
+    pub history_updates_kept: usize,
 }
 
 impl Default for Config {
@@ -19,6 +22,7 @@ impl Default for Config {
             update_min_probability_delta: 0.05,
             update_min_ttf_fraction: 0.2,
             evidence_features: 5,
+            history_updates_kept: 20,
         }
     }
 }
