@@ -129,6 +129,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // Carries only what the daemon publishes (its tickets); kept until the end of `main`.
     let broker = forewarn::broker::start(&Default::default()).expect("in-process broker");
     let mut cfg = forewarn::config::Config::default();
     cfg.broker.url = broker.url();
@@ -176,5 +177,4 @@ fn main() {
     drop(app);
     shutdown.cancel();
     rt.block_on(handle.stopped(Duration::from_secs(10)));
-    drop(broker);
 }
