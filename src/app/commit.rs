@@ -152,8 +152,10 @@ impl App {
         let level = self.settings.ingest.device_id_level;
         // Every item of the group, by device (in order of first appearance), each numbered in
         // arrival order.
-        let mut queued: Vec<(String, Vec<Queued>)> = Vec::new();
-        let mut by_device: HashMap<String, usize> = HashMap::new();
+        // Sized for a group of distinct devices (the usual case with many devices), so neither
+        // grows and rehashes while the group is read.
+        let mut queued: Vec<(String, Vec<Queued>)> = Vec::with_capacity(msgs.len());
+        let mut by_device: HashMap<String, usize> = HashMap::with_capacity(msgs.len());
         let mut order = 0usize;
         self.metrics.messages.inc_by(msgs.len() as u64);
         for m in msgs {
@@ -304,7 +306,8 @@ impl App {
         for w in work {
             core.slots.insert(w.device, w.slot);
         }
-        let mut tagged: Vec<(usize, Change, i64)> = Vec::new();
+        let n_changes: usize = outs.iter().map(|o| o.changes.len()).sum();
+        let mut tagged: Vec<(usize, Change, i64)> = Vec::with_capacity(n_changes);
         let mut archived: Vec<(usize, crate::archive::Record)> = Vec::new();
         for out in outs {
             tally.absorb(out.tally);
