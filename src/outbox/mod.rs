@@ -170,15 +170,10 @@ pub struct Gauges {
 
 impl Gauges {
     fn set<D: Delivery + ?Sized>(&self, rows: &[(Vec<u8>, D::Row)], now_ms: i64) {
-        let oldest = rows.iter().filter_map(|(_, r)| D::created_ms(r)).min();
-        self.set_counted(rows.len(), oldest, now_ms);
-    }
-
-    /// The gauges from a count of rows and the oldest one's creation time.
-    fn set_counted(&self, depth: usize, oldest_ms: Option<i64>, now_ms: i64) {
-        self.depth.set(depth as i64);
+        self.depth.set(rows.len() as i64);
         if let Some(g) = &self.oldest_age {
-            g.set(oldest_ms.map_or(0.0, |o| (now_ms - o).max(0) as f64 / 1000.0));
+            let oldest = rows.iter().filter_map(|(_, r)| D::created_ms(r)).min();
+            g.set(oldest.map_or(0.0, |o| (now_ms - o).max(0) as f64 / 1000.0));
         }
     }
 }
@@ -235,36 +230,21 @@ impl<D: Delivery> Worker<D> {
         let mut blocked: HashSet<String> = HashSet::new();
         let mut next_due: Option<i64> = None;
         let mut handled = false;
-        // What this round leaves in the queue, for the gauges: how many rows, and the oldest
-        // one's creation time (a row keeps it when it is rewritten).
-        let mut left_rows = 0usize;
-        let mut left_oldest: Option<i64> = None;
-        let mut keep = |created: Option<i64>| {
-            left_rows += 1;
-            left_oldest = match (left_oldest, created) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        };
         for (key, row) in rows {
-            let created = D::created_ms(&row);
             let lane = D::lane(&row);
             if lane.as_ref().is_some_and(|l| blocked.contains(l)) {
-                keep(created);
                 continue;
             }
             let due = D::due_ms(&row);
             if due > self.clock.now_ms() {
                 next_due = Some(next_due.map_or(due, |n| n.min(due)));
                 blocked.extend(lane);
-                keep(created);
                 continue;
             }
             handled = true;
             match self.handle(&key, row).await {
                 Ok(None) => {}
                 Ok(Some((left, rewritten))) => {
-                    keep(created);
                     // A row rewritten due now (the next channel of a fallback) goes in the next
                     // round at once; one left unchanged waits for a wake-up or the poll.
                     let due = D::due_ms(&left);
@@ -276,7 +256,6 @@ impl<D: Delivery> Worker<D> {
                 Err(e) => {
                     tracing::error!(queue = D::QUEUE, error = %e, "outbox row could not be updated");
                     blocked.extend(lane);
-                    keep(created);
                 }
             }
         }
@@ -286,11 +265,9 @@ impl<D: Delivery> Worker<D> {
             if let Err(e) = self.store.flush() {
                 tracing::error!(queue = D::QUEUE, error = %e, "outbox flush failed");
             }
-            // What the round left, counted as it went: reading the queue again would decode
-            // every row once more (and flush once more). Rows committed during the round are
-            // counted by the next one, which their commit's wake-up starts.
-            self.gauges
-                .set_counted(left_rows, left_oldest, self.clock.now_ms());
+            if let Ok(rows) = self.store.outbox::<D::Row>(D::QUEUE) {
+                self.gauges.set::<D>(&rows, self.clock.now_ms());
+            }
         }
         next_due
     }
