@@ -13,7 +13,7 @@
 //! | `POST /api/v1/tickets/{id}/proposal` | write | `{"technician_id", "slots": [{"start_ms", "end_ms"}]}` |
 //! | `POST /api/v1/tickets/{id}/visit` | write | `{"technician_id", "slot": {"start_ms", "end_ms"}}`: books and schedules |
 
-use super::{Board, BoardError, Technician, TicketRecords};
+use super::{Board, BoardError, QueueError, Technician, TicketRecords};
 use crate::api::{
     blocking, check_id, json_body as body, ApiError, Auth, Authorized, NeedsAdmin, NeedsRead,
     NeedsWrite,
@@ -110,12 +110,31 @@ async fn put_technician(
     Ok(Json(t))
 }
 
-/// Booked visits.
+/// Booked visits, earliest first. In cluster mode the fleet's: every live instance's visits of
+/// the tickets it owns (a request marked `x-forewarn-scope: instance` gets this instance's
+/// only).
 #[utoipa::path(get, path = "/api/v1/visits", tag = "board",
-    responses((status = 200, description = "Every booked visit", body = Vec<Visit>)),
+    responses(
+        (status = 200, description = "Every booked visit", body = Vec<Visit>),
+        (status = 503, description = "Cluster mode: an instance did not answer", body = ErrorBody),
+    ),
     security(("bearer" = ["read"])))]
-async fn list_visits(State(St { b }): State<St>, _: Authorized<NeedsRead>) -> Json<Vec<Visit>> {
-    Json(b.visits())
+async fn list_visits(
+    State(St { b }): State<St>,
+    _: Authorized<NeedsRead>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Vec<Visit>>, ApiError> {
+    if crate::api::fleet::instance_scope(&headers) {
+        return Ok(Json(
+            blocking(move || Ok::<_, ApiError>(b.visits_here())).await?,
+        ));
+    }
+    match b.fleet_visits(&headers).await {
+        Ok(v) => Ok(Json(v)),
+        Err(QueueError::Fleet(e)) => Err(e),
+        Err(QueueError::Store(e)) => Err(ApiError::internal(e.to_string())),
+        Err(QueueError::Cancelled) => Err(ApiError::unavailable("the store read was cancelled")),
+    }
 }
 
 /// What the board keeps beside each ticket in this instance's store: assignments, proposals,
