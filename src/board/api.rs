@@ -110,14 +110,13 @@ async fn put_technician(
     Ok(Json(t))
 }
 
-/// Booked visits, earliest first. In cluster mode the fleet's: every live instance's visits of
-/// the tickets it owns (a request marked `x-forewarn-scope: instance` gets this instance's
-/// only).
+/// Booked visits, earliest first.
+///
+/// In cluster mode the fleet's: every live instance's visits of the tickets whose partitions it
+/// owns (503 when an instance does not answer; a request marked `x-forewarn-scope: instance`
+/// gets this instance's only).
 #[utoipa::path(get, path = "/api/v1/visits", tag = "board",
-    responses(
-        (status = 200, description = "Every booked visit", body = Vec<Visit>),
-        (status = 503, description = "Cluster mode: an instance did not answer", body = ErrorBody),
-    ),
+    responses((status = 200, description = "Every booked visit", body = Vec<Visit>)),
     security(("bearer" = ["read"])))]
 async fn list_visits(
     State(St { b }): State<St>,
