@@ -30,8 +30,6 @@ const PREFIX: &str = "fwp";
 const TOKEN: &str = "parity-token";
 /// `cluster.checkpoint_every` of the drills' instances.
 const CHECKPOINT_EVERY: u64 = 200;
-/// Percent of the history the visits test publishes.
-const CUT: usize = 70;
 
 /// A stream over every partitioned subject (`{PREFIX}.<partition>.…`) of the server.
 async fn partitioned_stream(
