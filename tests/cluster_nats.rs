@@ -7,7 +7,8 @@
 //! not own the ticket is made by the owner and seen from every instance; a ticket is opened and
 //! acted on through the board of an instance that does not own it. Apart, the nats-server itself
 //! is killed mid-stream and restarted: the instances recover by themselves, nothing lost, nothing
-//! claimed twice.
+//! claimed twice. Two owners booking one technician's slot at once end with one visit, which
+//! every instance's visit list and day view show.
 #![cfg(feature = "embedded-broker")]
 
 mod support;

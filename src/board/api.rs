@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `GET /api/v1/technicians` | read | technicians (configuration and API) |
 //! | `PUT /api/v1/technicians/{id}` | admin | add or replace one |
-//! | `GET /api/v1/visits` | read | booked visits |
+//! | `GET /api/v1/visits` | read | booked visits (in cluster mode the fleet's) |
 //! | `GET /api/v1/board/records` | read | each ticket's assignment, proposal and visit in this instance's store |
 //! | `GET /api/v1/tickets/{id}/slots?technician=` | read | the technician's free slots |
 //! | `POST /api/v1/tickets/{id}/assignment` | write | `{"technician_id"}` |

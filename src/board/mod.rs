@@ -5,7 +5,7 @@
 //! | `GET /board` | the queue: live tickets, soonest predicted failure first, with filters |
 //! | `GET /board/tickets/{id}` | evidence in words and charts, history, the actions |
 //! | `POST /board/tickets/{id}/{action}` | acknowledge, assign, propose, schedule, resolve, dismiss |
-//! | `GET /board/day` | technicians against the hours of a day, with their visits |
+//! | `GET /board/day` | technicians against the hours of a day, with their visits (the fleet's in cluster mode) |
 //! | `GET /board/devices/{id}`, `/board/customers/{id}` | a device's windows and tickets; a customer's timeline |
 //! | `GET /board/events` | server-sent events: the queue changed |
 //! | `GET/POST /board/login`, `POST /board/logout` | sign-in with an API token |
