@@ -2333,6 +2333,29 @@ async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_show
         );
     }
 
+    // The loser's owner no longer offers the slot for its ticket.
+    let offered = get_json(
+        &http,
+        &format!(
+            "http://{}/api/v1/tickets/{}/slots?technician={TECH}",
+            loser.api, lost.id
+        ),
+    )
+    .await
+    .expect("free slots");
+    let starts: Vec<i64> = offered
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|s| s["start_ms"].as_i64())
+        .collect();
+    assert!(
+        !starts.is_empty() && !starts.contains(&start),
+        "{} offers {TECH}'s slot booked on {}: {starts:?}",
+        loser.name,
+        winner.name
+    );
+
     // The winner moves its visit to the next slot: the first is free for the fleet again.
     let (status, body) = book(winner.api.clone(), won.id.clone(), next.clone()).await;
     assert_eq!(status, 200, "the visit moved: {body}");

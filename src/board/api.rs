@@ -179,7 +179,9 @@ async fn free_slots(
     let tech = b
         .technician(&q.technician)
         .ok_or_else(|| ApiError::not_found(format!("technician {} not found", q.technician)))?;
-    Ok(Json(b.free_slots(&tech, &id)))
+    Ok(Json(
+        blocking(move || Ok::<_, ApiError>(b.free_slots(&tech, &id))).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

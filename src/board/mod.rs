@@ -585,16 +585,31 @@ impl Board {
             .collect()
     }
 
-    /// The technician's next free slots for a ticket.
+    /// The technician's next free slots for a ticket. In cluster mode a slot reserved for
+    /// another ticket's visit (booked on any instance) is left out: more are computed, those
+    /// reserved elsewhere dropped (a reservation that cannot be read is not held against a
+    /// slot: booking it checks again). Reads NATS: call from a blocking thread.
     pub fn free_slots(&self, technician: &Technician, ticket_id: &str) -> Vec<Slot> {
-        slots::free_slots(
+        let fw = self.tickets.fleetwide();
+        let wanted = self.cfg.slots_offered;
+        // Three times as many: enough unless the technician is mostly booked elsewhere.
+        let computed = if fw.is_some() { wanted * 3 } else { wanted };
+        let mut free = slots::free_slots(
             &self.cal,
             self.hours_of(technician),
             self.cfg.slot_length.as_millis_i64(),
             self.now(),
             &self.busy(&technician.id, ticket_id),
-            self.cfg.slots_offered,
-        )
+            computed,
+        );
+        if let Some(fw) = fw {
+            free.retain(|s| {
+                !matches!(fw.slot_holder(&technician.id, s.start_ms),
+                          Ok(Some(holder)) if holder != ticket_id)
+            });
+            free.truncate(wanted);
+        }
+        free
     }
 
     /// A slot the technician can take for this ticket: working hours, a business day, ahead,
