@@ -7,7 +7,8 @@
 //! not own the ticket is made by the owner and seen from every instance; a ticket is opened and
 //! acted on through the board of an instance that does not own it. Apart, the nats-server itself
 //! is killed mid-stream and restarted: the instances recover by themselves, nothing lost, nothing
-//! claimed twice.
+//! claimed twice. Two owners booking one technician's slot at once end with one visit, which
+//! every instance's visit list and day view show.
 #![cfg(feature = "embedded-broker")]
 
 mod support;
@@ -2159,4 +2160,216 @@ async fn the_boards_customer_page_answers_for_the_fleet() {
          openings",
         fleet.len()
     );
+}
+
+/// `POST` of `body` to `path` of the API at `api`, with the drill's token: the status and body.
+async fn post_json(
+    http: &reqwest::Client,
+    api: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let r = http
+        .post(format!("http://{api}{path}"))
+        .bearer_auth(TOKEN)
+        .json(body)
+        .send()
+        .await
+        .expect("the API answers");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// `GET /api/v1/visits` of one instance: `(ticket, technician, start_ms)` of each visit.
+async fn visits_of(http: &reqwest::Client, api: &str) -> Vec<(String, String, i64)> {
+    let v = get_json(http, &format!("http://{api}/api/v1/visits"))
+        .await
+        .expect("visits readable");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| {
+            (
+                v["ticket_id"].as_str().unwrap_or_default().to_string(),
+                v["technician_id"].as_str().unwrap_or_default().to_string(),
+                v["slot"]["start_ms"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_shows_the_visit() {
+    let Some(nats) = NatsServer::start("cluster_nats visits", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
+    let model = demo_model();
+    let http = reqwest::Client::new();
+    let mut instances = Vec::new();
+    for name in ["fw-a", "fw-b"] {
+        instances.push(start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist).0);
+    }
+    let live: Vec<&Instance> = instances.iter().collect();
+    let started = Instant::now();
+    loop {
+        if let Some(own) = ownership(&http, &live, true).await {
+            if covers_all(&own) && in_rendezvous_shares(&own) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "two instances never shared the partitions:\n{}",
+            tails(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    // The readings without the devices' events: no failure settles a ticket, so both
+    // instances own live ones.
+    let readings: Vec<forewarn::replay::Message> = messages
+        .into_iter()
+        .filter(|m| !m.topic.ends_with("/events"))
+        .collect();
+    publish_history(&js, &readings).await;
+    let stream = js.get_stream("FOREWARN").await.unwrap();
+    wait_drained(&stream, &live).await;
+    let own = ownership(&http, &live, true).await.expect("ownership");
+    let owned_by = |name: &str, t: &Ticket| {
+        own[name].contains(&partition::of_device(&t.device_id, PARTITIONS))
+    };
+    // The readings held for reordering are released by the idle timer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fleet = fleet_list(&http, &live[0].api, "").await;
+    let (a, b) = (&instances[0], &instances[1]);
+    let of_a = fleet
+        .iter()
+        .find(|t| t.is_live() && owned_by(&a.name, t))
+        .expect("a live ticket owned by fw-a");
+    let of_b = fleet
+        .iter()
+        .find(|t| t.is_live() && owned_by(&b.name, t))
+        .expect("a live ticket owned by fw-b");
+    // The technician's first free slots, as fw-a offers them (nobody has a visit yet).
+    let slots = get_json(
+        &http,
+        &format!(
+            "http://{}/api/v1/tickets/{}/slots?technician={TECH}",
+            a.api, of_a.id
+        ),
+    )
+    .await
+    .expect("free slots");
+    let (slot, next) = (slots[0].clone(), slots[1].clone());
+    let start = slot["start_ms"].as_i64().expect("a free slot");
+
+    // Both owners book the same technician and slot at once, each for a ticket it owns.
+    let book = |api: String, id: String, slot: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let body = serde_json::json!({"technician_id": TECH, "slot": slot});
+            post_json(&http, &api, &format!("/api/v1/tickets/{id}/visit"), &body).await
+        }
+    };
+    let (ra, rb) = tokio::join!(
+        book(a.api.clone(), of_a.id.clone(), slot.clone()),
+        book(b.api.clone(), of_b.id.clone(), slot.clone())
+    );
+    let mut codes = [ra.0, rb.0];
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        [200, 400],
+        "one booking of the slot wins, the other is refused: fw-a {ra:?}, fw-b {rb:?}"
+    );
+    let (winner, loser, won, lost, refusal) = if ra.0 == 200 {
+        (a, b, of_a, of_b, rb.1)
+    } else {
+        (b, a, of_b, of_a, ra.1)
+    };
+    assert!(
+        refusal.contains("already has a visit"),
+        "the board's usual answer: {refusal}"
+    );
+    eprintln!(
+        "{} booked {TECH} at {start} for {}; {} was refused: {refusal}",
+        winner.name, won.id, loser.name
+    );
+
+    // Every instance lists the one visit, the instance that does not own its ticket too, and
+    // the day view of each shows it.
+    let date = chrono::DateTime::from_timestamp_millis(start)
+        .expect("a time")
+        .format("%Y-%m-%d")
+        .to_string();
+    for i in &live {
+        let visits = visits_of(&http, &i.api).await;
+        let at_slot: Vec<&(String, String, i64)> = visits
+            .iter()
+            .filter(|(_, tech, s)| tech == TECH && *s == start)
+            .collect();
+        assert_eq!(
+            at_slot,
+            vec![&(won.id.clone(), TECH.to_string(), start)],
+            "GET /api/v1/visits of {}: {visits:?}",
+            i.name
+        );
+        let (bhttp, session) = board_session(&i.api).await;
+        let (status, html) =
+            board_page(&bhttp, &session, &i.api, &format!("/board/day?date={date}")).await;
+        assert_eq!(status, 200, "the day view of {}: {html}", i.name);
+        assert!(
+            html.contains(&won.id),
+            "the day view of {} shows the visit of {} booked on {}: {html}",
+            i.name,
+            won.id,
+            winner.name
+        );
+    }
+
+    // The loser's owner no longer offers the slot for its ticket.
+    let offered = get_json(
+        &http,
+        &format!(
+            "http://{}/api/v1/tickets/{}/slots?technician={TECH}",
+            loser.api, lost.id
+        ),
+    )
+    .await
+    .expect("free slots");
+    let starts: Vec<i64> = offered
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|s| s["start_ms"].as_i64())
+        .collect();
+    assert!(
+        !starts.is_empty() && !starts.contains(&start),
+        "{} offers {TECH}'s slot booked on {}: {starts:?}",
+        loser.name,
+        winner.name
+    );
+
+    // The winner moves its visit to the next slot: the first is free for the fleet again.
+    let (status, body) = book(winner.api.clone(), won.id.clone(), next.clone()).await;
+    assert_eq!(status, 200, "the visit moved: {body}");
+    let (status, body) = book(loser.api.clone(), lost.id.clone(), slot.clone()).await;
+    assert_eq!(
+        status, 200,
+        "the freed slot is booked by {}: {body}",
+        loser.name
+    );
+    let visits = visits_of(&http, &loser.api).await;
+    let mut mine: Vec<&(String, String, i64)> =
+        visits.iter().filter(|(_, tech, _)| tech == TECH).collect();
+    mine.sort_by_key(|v| v.2);
+    assert_eq!(mine.len(), 2, "two visits in the fleet: {visits:?}");
+    assert_eq!(mine[0].0, lost.id, "{visits:?}");
+    assert_eq!(mine[1].0, won.id, "{visits:?}");
 }

@@ -29,6 +29,36 @@ pub trait Fleetwide: Send + Sync {
     /// next owner will find it: in the stream, after the device's readings so far. Called before
     /// the transition is stored; an error leaves it unmade.
     fn record_transition(&self, t: &RecordedTransition) -> Result<(), ClaimError>;
+    /// Reserves, fleet-wide, the visit of `technician` starting at `start` for ticket `ticket`
+    /// (create-if-absent on a key per technician and slot start): `Ok(None)` when the slot is
+    /// now this ticket's (just reserved, or reserved by it before), `Ok(Some(other))` when
+    /// ticket `other` holds it. Without a fleet (the default), every slot is free here.
+    fn reserve_slot(
+        &self,
+        _technician: &str,
+        _start: Timestamp,
+        _ticket: &str,
+    ) -> Result<Option<String>, ClaimError> {
+        Ok(None)
+    }
+    /// The ticket holding the fleet-wide reservation of `technician`'s slot at `start`.
+    fn slot_holder(
+        &self,
+        _technician: &str,
+        _start: Timestamp,
+    ) -> Result<Option<String>, ClaimError> {
+        Ok(None)
+    }
+    /// Gives up ticket `ticket`'s reservation of `technician`'s slot at `start` (a reservation
+    /// held by another ticket is left alone).
+    fn release_slot(
+        &self,
+        _technician: &str,
+        _start: Timestamp,
+        _ticket: &str,
+    ) -> Result<(), ClaimError> {
+        Ok(())
+    }
 }
 
 /// A ticket transition as cluster mode records it in the stream (JSON), so that the owner that

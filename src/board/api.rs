@@ -6,14 +6,14 @@
 //! |---|---|---|
 //! | `GET /api/v1/technicians` | read | technicians (configuration and API) |
 //! | `PUT /api/v1/technicians/{id}` | admin | add or replace one |
-//! | `GET /api/v1/visits` | read | booked visits |
+//! | `GET /api/v1/visits` | read | booked visits (in cluster mode the fleet's) |
 //! | `GET /api/v1/board/records` | read | each ticket's assignment, proposal and visit in this instance's store |
 //! | `GET /api/v1/tickets/{id}/slots?technician=` | read | the technician's free slots |
 //! | `POST /api/v1/tickets/{id}/assignment` | write | `{"technician_id"}` |
 //! | `POST /api/v1/tickets/{id}/proposal` | write | `{"technician_id", "slots": [{"start_ms", "end_ms"}]}` |
 //! | `POST /api/v1/tickets/{id}/visit` | write | `{"technician_id", "slot": {"start_ms", "end_ms"}}`: books and schedules |
 
-use super::{Board, BoardError, Technician, TicketRecords};
+use super::{Board, BoardError, QueueError, Technician, TicketRecords};
 use crate::api::{
     blocking, check_id, json_body as body, ApiError, Auth, Authorized, NeedsAdmin, NeedsRead,
     NeedsWrite,
@@ -110,12 +110,30 @@ async fn put_technician(
     Ok(Json(t))
 }
 
-/// Booked visits.
+/// Booked visits, earliest first.
+///
+/// In cluster mode the fleet's: every live instance's visits of the tickets whose partitions it
+/// owns (503 when an instance does not answer; a request marked `x-forewarn-scope: instance`
+/// gets this instance's only).
 #[utoipa::path(get, path = "/api/v1/visits", tag = "board",
     responses((status = 200, description = "Every booked visit", body = Vec<Visit>)),
     security(("bearer" = ["read"])))]
-async fn list_visits(State(St { b }): State<St>, _: Authorized<NeedsRead>) -> Json<Vec<Visit>> {
-    Json(b.visits())
+async fn list_visits(
+    State(St { b }): State<St>,
+    _: Authorized<NeedsRead>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Vec<Visit>>, ApiError> {
+    if crate::api::fleet::instance_scope(&headers) {
+        return Ok(Json(
+            blocking(move || Ok::<_, ApiError>(b.visits_here())).await?,
+        ));
+    }
+    match b.fleet_visits(&headers).await {
+        Ok(v) => Ok(Json(v)),
+        Err(QueueError::Fleet(e)) => Err(e),
+        Err(QueueError::Store(e)) => Err(ApiError::internal(e.to_string())),
+        Err(QueueError::Cancelled) => Err(ApiError::unavailable("the store read was cancelled")),
+    }
 }
 
 /// What the board keeps beside each ticket in this instance's store: assignments, proposals,
@@ -161,7 +179,9 @@ async fn free_slots(
     let tech = b
         .technician(&q.technician)
         .ok_or_else(|| ApiError::not_found(format!("technician {} not found", q.technician)))?;
-    Ok(Json(b.free_slots(&tech, &id)))
+    Ok(Json(
+        blocking(move || Ok::<_, ApiError>(b.free_slots(&tech, &id))).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -5,7 +5,7 @@
 //! | `GET /board` | the queue: live tickets, soonest predicted failure first, with filters |
 //! | `GET /board/tickets/{id}` | evidence in words and charts, history, the actions |
 //! | `POST /board/tickets/{id}/{action}` | acknowledge, assign, propose, schedule, resolve, dismiss |
-//! | `GET /board/day` | technicians against the hours of a day, with their visits |
+//! | `GET /board/day` | technicians against the hours of a day, with their visits (the fleet's in cluster mode) |
 //! | `GET /board/devices/{id}`, `/board/customers/{id}` | a device's windows and tickets; a customer's timeline |
 //! | `GET /board/events` | server-sent events: the queue changed |
 //! | `GET/POST /board/login`, `POST /board/logout` | sign-in with an API token |
@@ -395,6 +395,68 @@ impl Board {
         v
     }
 
+    /// The visits this instance answers for: in cluster mode those of the tickets whose
+    /// device's partition it owns, or that has no owner right now (a previous owner's copy is
+    /// stale); otherwise every one.
+    pub fn visits_here(&self) -> Vec<Visit> {
+        let mut visits = self.visits();
+        if let Some(fw) = self.tickets.fleetwide() {
+            let me = fw.peers().me;
+            let store = self.tickets.store();
+            visits.retain(|v| match store.ticket(&v.ticket_id) {
+                Ok(Some(t)) => fw.owner(&t.device_id).is_none_or(|o| o == me),
+                _ => false,
+            });
+        }
+        visits
+    }
+
+    /// Every booked visit, earliest first; in cluster mode the fleet's: each instance's
+    /// [`Board::visits_here`], gathered from every live instance with `headers` (the caller's
+    /// token) like the ticket list, one visit per ticket (the latest booked, should a
+    /// partition between owners give two).
+    pub async fn fleet_visits(
+        self: &Arc<Self>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Vec<Visit>, QueueError> {
+        let b = self.clone();
+        let mine = tokio::task::spawn_blocking(move || b.visits_here())
+            .await
+            .map_err(|_| QueueError::Cancelled)?;
+        let Some((fw, http)) = self.tickets.fleetwide().zip(self.fleet_http.clone()) else {
+            return Ok(mine);
+        };
+        let others = crate::api::fleet::from_each::<Vec<Visit>>(
+            fw.as_ref(),
+            &http,
+            headers,
+            "/api/v1/visits",
+        )
+        .await
+        .map_err(QueueError::Fleet)?;
+        let mut by_ticket: HashMap<String, Visit> = HashMap::new();
+        let theirs = others.into_iter().flat_map(|(_, l)| l.unwrap_or_default());
+        for v in mine.into_iter().chain(theirs) {
+            match by_ticket.get(&v.ticket_id) {
+                Some(kept) if kept.booked_at >= v.booked_at => {}
+                _ => {
+                    by_ticket.insert(v.ticket_id.clone(), v);
+                }
+            }
+        }
+        let mut all: Vec<Visit> = by_ticket.into_values().collect();
+        all.sort_by(|a, b| (a.slot.start_ms, &a.ticket_id).cmp(&(b.slot.start_ms, &b.ticket_id)));
+        Ok(all)
+    }
+
+    /// [`Board::fleet_visits`] for a signed-in person (their token).
+    pub async fn fleet_visits_for(
+        self: &Arc<Self>,
+        bearer: &crate::secret::Secret,
+    ) -> Result<Vec<Visit>, QueueError> {
+        self.fleet_visits(&Self::fleet_headers(bearer)).await
+    }
+
     pub fn visit(&self, ticket_id: &str) -> Option<Visit> {
         self.tickets
             .store()
@@ -523,16 +585,31 @@ impl Board {
             .collect()
     }
 
-    /// The technician's next free slots for a ticket.
+    /// The technician's next free slots for a ticket. In cluster mode a slot reserved for
+    /// another ticket's visit (booked on any instance) is left out: more are computed, those
+    /// reserved elsewhere dropped (a reservation that cannot be read is not held against a
+    /// slot: booking it checks again). Reads NATS: call from a blocking thread.
     pub fn free_slots(&self, technician: &Technician, ticket_id: &str) -> Vec<Slot> {
-        slots::free_slots(
+        let fw = self.tickets.fleetwide();
+        let wanted = self.cfg.slots_offered;
+        // Three times as many: enough unless the technician is mostly booked elsewhere.
+        let computed = if fw.is_some() { wanted * 3 } else { wanted };
+        let mut free = slots::free_slots(
             &self.cal,
             self.hours_of(technician),
             self.cfg.slot_length.as_millis_i64(),
             self.now(),
             &self.busy(&technician.id, ticket_id),
-            self.cfg.slots_offered,
-        )
+            computed,
+        );
+        if let Some(fw) = fw {
+            free.retain(|s| {
+                !matches!(fw.slot_holder(&technician.id, s.start_ms),
+                          Ok(Some(holder)) if holder != ticket_id)
+            });
+            free.truncate(wanted);
+        }
+        free
     }
 
     /// A slot the technician can take for this ticket: working hours, a business day, ahead,
@@ -551,12 +628,24 @@ impl Board {
                 s.start_ms.format()
             )));
         }
-        if self.busy(&tech.id, ticket_id).iter().any(|b| b.overlaps(s)) {
-            return Err(BoardError::Invalid(format!(
+        let taken = || {
+            BoardError::Invalid(format!(
                 "{} already has a visit at {}",
                 tech.name,
                 s.start_ms.format()
-            )));
+            ))
+        };
+        if self.busy(&tech.id, ticket_id).iter().any(|b| b.overlaps(s)) {
+            return Err(taken());
+        }
+        // Cluster mode: a visit another instance booked holds the slot's reservation.
+        if let Some(fw) = self.tickets.fleetwide() {
+            let holder = fw
+                .slot_holder(&tech.id, s.start_ms)
+                .map_err(CoreError::from)?;
+            if holder.is_some_and(|h| h != ticket_id) {
+                return Err(taken());
+            }
         }
         Ok(())
     }
@@ -653,6 +742,55 @@ impl Board {
     ) -> Result<Ticket, BoardError> {
         let tech = self.known_technician(technician)?;
         self.check_slot(&tech, id, &slot)?;
+        // Cluster mode: the slot is reserved fleet-wide before the visit is written, so two
+        // owners booking the technician's slot at once end with one visit.
+        let fw = self.tickets.fleetwide();
+        let before = self.visit(id);
+        let same_as_before =
+            |v: &Visit| v.technician_id == tech.id && v.slot.start_ms == slot.start_ms;
+        if let Some(fw) = &fw {
+            if fw
+                .reserve_slot(&tech.id, slot.start_ms, id)
+                .map_err(CoreError::from)?
+                .is_some()
+            {
+                return Err(BoardError::Invalid(format!(
+                    "{} already has a visit at {}",
+                    tech.name,
+                    slot.start_ms.format()
+                )));
+            }
+        }
+        let booked = self.book(id, &tech, slot, actor);
+        if let Some(fw) = &fw {
+            // The reservation no visit holds any more: the new one if the booking failed, the
+            // old one if it moved.
+            let unheld = match &booked {
+                Err(_) if !before.as_ref().is_some_and(same_as_before) => {
+                    Some((tech.id.clone(), slot.start_ms))
+                }
+                Ok(_) => before
+                    .filter(|v| !same_as_before(v))
+                    .map(|v| (v.technician_id, v.slot.start_ms)),
+                Err(_) => None,
+            };
+            if let Some((who, start)) = unheld {
+                if let Err(e) = fw.release_slot(&who, start, id) {
+                    tracing::warn!(ticket = id, error = %e, "a visit slot's reservation was not released");
+                }
+            }
+        }
+        booked
+    }
+
+    /// The visit's commit: the ticket scheduled, the visit written, the proposal gone.
+    fn book(
+        &self,
+        id: &str,
+        tech: &Technician,
+        slot: Slot,
+        actor: &str,
+    ) -> Result<Ticket, BoardError> {
         let now = self.now();
         let note = format!(
             "visit booked with {} at {}",
@@ -672,7 +810,7 @@ impl Board {
                 },
             );
             tx.remove_kv(&proposal_key(&t.id));
-            put_assignment(tx, &t.id, &tech, now, actor);
+            put_assignment(tx, &t.id, tech, now, actor);
             Ok(())
         })
     }
@@ -697,11 +835,19 @@ impl Board {
     pub fn dismiss(&self, id: &str, note: &str, actor: &str) -> Result<Ticket, BoardError> {
         let t =
             Transition::to(id, Status::Dismissed, actor, note).outcome(Some(Outcome::FalseAlarm));
-        self.change(t, |t, tx| {
+        let visit = self.visit(id);
+        let dismissed = self.change(t, |t, tx| {
             tx.remove_kv(&proposal_key(&t.id));
             tx.remove_kv(&visit_key(&t.id));
             Ok(())
-        })
+        })?;
+        // Cluster mode: the cancelled visit's slot is free for the fleet again.
+        if let Some((fw, v)) = self.tickets.fleetwide().zip(visit) {
+            if let Err(e) = fw.release_slot(&v.technician_id, v.slot.start_ms, id) {
+                tracing::warn!(ticket = id, error = %e, "a visit slot's reservation was not released");
+            }
+        }
+        Ok(dismissed)
     }
 
     // ------------------------------------------------------------ reading

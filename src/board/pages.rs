@@ -1216,7 +1216,10 @@ async fn day_page(
         .unwrap_or(b.cal.close)
         .div_ceil(60);
     let hours: Vec<u32> = (first..last.max(first + 1)).collect();
-    let visits = b.visits();
+    let visits = match b.fleet_visits_for(&s.bearer).await {
+        Ok(v) => v,
+        Err(e) => return fleet_error(&s, e),
+    };
     let rows = techs
         .iter()
         .zip(&spans)

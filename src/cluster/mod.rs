@@ -55,6 +55,12 @@
 //! owner takes over the unmarked claims of departed instances and sends them again
 //! ([`Cluster::send_departed`]: at least once across a crash). Ticket ids are keyed with a secret
 //! shared through the ticket bucket (which never expires), so every instance derives the same id.
+//!
+//! One visit per technician and slot fleet-wide: before the board books a visit, the key
+//! `s.TECH.START` (the technician id in hex, the slot's start in epoch ms) is created only if
+//! absent in the visits bucket with the ticket id as its value ([`Fleetwide::reserve_slot`]);
+//! a slot held by another ticket is refused as taken. The key is deleted when the visit moves
+//! or the board dismisses the ticket.
 
 pub mod checkpoint;
 pub mod config;
@@ -66,6 +72,7 @@ use crate::app::{
     App, Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
 };
 use crate::clock::Clock as _;
+use crate::domain::Timestamp;
 use crate::engine::Change;
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -238,6 +245,9 @@ pub struct Cluster {
     claims: kv::Store,
     /// Partition checkpoints ([`checkpoint`]), never expiring.
     checkpoints: kv::Store,
+    /// Fleet-wide reservations of technicians' visit slots (`s.TECH.START`, the technician id
+    /// in hex), never expiring: a key is deleted when its visit is cancelled or moved.
+    visits: kv::Store,
     /// Per partition, the last stream sequence this instance's device state holds every message
     /// of the partition up to (forwarded in stream order and committed, or taken from a
     /// checkpoint), in this process's life. A partition consumed again here (a re-made
@@ -359,6 +369,7 @@ impl Cluster {
         )
         .await?;
         let checkpoints = bucket(&js, &format!("{}-state", cfg.buckets), Duration::ZERO).await?;
+        let visits = bucket(&js, &format!("{}-visits", cfg.buckets), Duration::ZERO).await?;
         let ticket_id_key = shared_ticket_key(&tickets).await?;
         let stream_created_ms =
             (stream.cached_info().created.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -372,6 +383,7 @@ impl Cluster {
             leases,
             claims,
             checkpoints,
+            visits,
             applied: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
             stream_created_ms,
@@ -1589,6 +1601,35 @@ async fn current_config(stream: &mut stream::Stream) -> Result<stream::Config, B
     Ok(stream.info().await.map_err(boxed)?.config.clone())
 }
 
+/// The key of `technician`'s visit slot starting at `start` in the visits bucket: the id in
+/// hex (an id may hold characters a key may not).
+fn slot_key(technician: &str, start: Timestamp) -> String {
+    format!(
+        "s.{}.{}",
+        hex::encode(technician.as_bytes()),
+        start.as_millis()
+    )
+}
+
+impl Cluster {
+    /// Runs a call on the visits bucket from a blocking thread (the board's actions run on
+    /// one), within [`CALL_TIMEOUT`].
+    fn slot_call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, BoxError>>,
+    ) -> Result<T, ClaimError> {
+        let fail = |source: BoxError| ClaimError::Unreachable {
+            ticket: what.to_string(),
+            source,
+        };
+        self.rt
+            .block_on(tokio::time::timeout(CALL_TIMEOUT, call))
+            .map_err(|e| fail(boxed(e)))?
+            .map_err(fail)
+    }
+}
+
 /// A key-value bucket whose values expire after `max_age` (zero: never). An existing bucket
 /// gets `max_age` when it differs (the claims' age limit reaches the server at the next start).
 async fn bucket(
@@ -1787,6 +1828,66 @@ impl Fleetwide for Cluster {
             .with_label_values(&["recorded"])
             .inc();
         Ok(())
+    }
+
+    fn reserve_slot(
+        &self,
+        technician: &str,
+        start: Timestamp,
+        ticket: &str,
+    ) -> Result<Option<String>, ClaimError> {
+        let key = slot_key(technician, start);
+        let visits = self.visits.clone();
+        let value = ticket.as_bytes().to_vec();
+        let call = async move {
+            match visits.create(&key, value.into()).await {
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    visits.get(&key).await.map_err(boxed)
+                }
+                Err(e) => Err(boxed(e)),
+            }
+        };
+        let held = self.slot_call(ticket, call)?;
+        Ok(held
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .filter(|holder| holder != ticket))
+    }
+
+    fn slot_holder(
+        &self,
+        technician: &str,
+        start: Timestamp,
+    ) -> Result<Option<String>, ClaimError> {
+        let key = slot_key(technician, start);
+        let visits = self.visits.clone();
+        let call = async move { visits.get(&key).await.map_err(boxed) };
+        Ok(self
+            .slot_call(technician, call)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn release_slot(
+        &self,
+        technician: &str,
+        start: Timestamp,
+        ticket: &str,
+    ) -> Result<(), ClaimError> {
+        let key = slot_key(technician, start);
+        let visits = self.visits.clone();
+        let mine = ticket.as_bytes().to_vec();
+        // Deleted only at the revision read as this ticket's: a reservation another ticket
+        // made meanwhile stays.
+        let call = async move {
+            match visits.entry(&key).await.map_err(boxed)? {
+                Some(e) if e.operation == kv::Operation::Put && e.value[..] == mine[..] => visits
+                    .delete_expect_revision(&key, Some(e.revision))
+                    .await
+                    .map_err(boxed),
+                _ => Ok(()),
+            }
+        };
+        self.slot_call(ticket, call)
     }
 
     fn readiness(&self) -> ClusterReadiness {
