@@ -29,6 +29,14 @@ pub trait Fleetwide: Send + Sync {
     /// next owner will find it: in the stream, after the device's readings so far. Called before
     /// the transition is stored; an error leaves it unmade.
     fn record_transition(&self, t: &RecordedTransition) -> Result<(), ClaimError>;
+    /// Puts fleet records committed here where every instance applies them (the registry
+    /// bucket, which each instance watches). Called after the local commit; an error means the
+    /// others have not got them (the caller is told, rather than the fleet silently diverging).
+    fn share_registry(
+        &self,
+        customers: &[crate::fleet::Customer],
+        devices: &[crate::fleet::Device],
+    ) -> Result<(), ShareError>;
 }
 
 /// A ticket transition as cluster mode records it in the stream (JSON), so that the owner that
@@ -594,6 +602,21 @@ pub enum ClaimError {
     Unreachable {
         ticket: String,
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Fleet records committed here that could not be put in the fleet-wide registry.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("stored on this instance but not shared with the fleet: {key}: {source}")]
+    Unreachable {
+        key: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("fleet record {key} cannot be encoded: {source}")]
+    Encode {
+        key: String,
+        source: serde_json::Error,
     },
 }
 
