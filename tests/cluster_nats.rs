@@ -8,7 +8,9 @@
 //! acted on through the board of an instance that does not own it. Apart, the nats-server itself
 //! is killed mid-stream and restarted: the instances recover by themselves, nothing lost, nothing
 //! claimed twice. Two owners booking one technician's slot at once end with one visit, which
-//! every instance's visit list and day view show.
+//! every instance's visit list and day view show. A customer and a device written through one
+//! instance's API (ids in Thai and Persian) are answered by every instance, one started
+//! afterwards included.
 #![cfg(feature = "embedded-broker")]
 
 mod support;
@@ -2372,4 +2374,162 @@ async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_show
     assert_eq!(mine.len(), 2, "two visits in the fleet: {visits:?}");
     assert_eq!(mine[0].0, lost.id, "{visits:?}");
     assert_eq!(mine[1].0, won.id, "{visits:?}");
+}
+
+/// `GET` of a registry record from one instance's API: the JSON once it answers 200.
+async fn registry_record(
+    http: &reqwest::Client,
+    api: &str,
+    path: &str,
+) -> Option<serde_json::Value> {
+    let r = http
+        .get(format!("http://{api}/api/v1/{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != reqwest::StatusCode::OK {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Waits (at most `within`) until `path` answers on `api` with a record whose `field` is
+/// `want`.
+async fn await_record(
+    http: &reqwest::Client,
+    i: &Instance,
+    path: &str,
+    field: &str,
+    want: &serde_json::Value,
+    within: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let got = registry_record(http, &i.api, path).await;
+        if got.as_ref().map(|v| &v[field]) == Some(want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} never answered {path} with {field} = {want}: {got:?}\n{}",
+            i.name,
+            i.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_and_a_device_upserted_on_one_instance_are_known_to_every_instance() {
+    let Some(nats) = NatsServer::start("cluster_nats registry", PARTITIONS, PREFIX) else {
+        return;
+    };
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), 4, 3, 5);
+    let model = demo_model();
+    let http = reqwest::Client::new();
+    let (a, _) = start_instance(&nats, &broker_url, tmp.path(), "fw-a", &model, &hist);
+    let (b, _) = start_instance(&nats, &broker_url, tmp.path(), "fw-b", &model, &hist);
+    wait_ready(&http, &a).await;
+    wait_ready(&http, &b).await;
+
+    // Thai and Persian ids: not valid key-value keys as they are.
+    let customer = "ลูกค้า-۱";
+    let device = "ปั๊ม.น้ำ-7";
+    let put = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        let api = a.api.clone();
+        async move {
+            let r = http
+                .put(format!("http://{api}/api/v1/{path}"))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("PUT");
+            r.status().as_u16()
+        }
+    };
+    let status = put(
+        format!("customers/{customer}"),
+        serde_json::json!({"name": "บริษัท ปั๊ม", "locale": "th"}),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "PUT customer: {status}");
+    let status = put(
+        format!("devices/{device}"),
+        serde_json::json!({"customer_id": customer, "attributes": {"site": "ชลบุรี"}}),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "PUT device: {status}");
+
+    let within = Duration::from_secs(5);
+    let name = serde_json::json!("บริษัท ปั๊ม");
+    let owner = serde_json::json!(customer);
+    await_record(
+        &http,
+        &b,
+        &format!("customers/{customer}"),
+        "name",
+        &name,
+        within,
+    )
+    .await;
+    await_record(
+        &http,
+        &b,
+        &format!("devices/{device}"),
+        "customer_id",
+        &owner,
+        within,
+    )
+    .await;
+
+    // Replaced on B: A has the new record.
+    let status = {
+        let r = http
+            .put(format!("http://{}/api/v1/customers/{customer}", b.api))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"name": "renamed", "locale": "fa"}))
+            .send()
+            .await
+            .expect("PUT on B");
+        r.status().as_u16()
+    };
+    assert_eq!(status, 200, "the customer is known on B");
+    let renamed = serde_json::json!("renamed");
+    await_record(
+        &http,
+        &a,
+        &format!("customers/{customer}"),
+        "name",
+        &renamed,
+        within,
+    )
+    .await;
+
+    // An instance started afterwards gets the whole registry.
+    let (c, _) = start_instance(&nats, &broker_url, tmp.path(), "fw-c", &model, &hist);
+    wait_ready(&http, &c).await;
+    await_record(
+        &http,
+        &c,
+        &format!("customers/{customer}"),
+        "name",
+        &renamed,
+        within,
+    )
+    .await;
+    await_record(
+        &http,
+        &c,
+        &format!("devices/{device}"),
+        "customer_id",
+        &owner,
+        within,
+    )
+    .await;
 }

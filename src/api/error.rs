@@ -92,7 +92,7 @@ impl From<CoreError> for ApiError {
             CoreError::Transition(_) => ApiError::conflict(e.to_string()),
             CoreError::Invalid(m) => ApiError::bad_request(m),
             CoreError::Store(_) => ApiError::internal(e.to_string()),
-            CoreError::Claim(_) => ApiError::unavailable(e.to_string()),
+            CoreError::Claim(_) | CoreError::Share(_) => ApiError::unavailable(e.to_string()),
         }
     }
 }

@@ -59,6 +59,14 @@ pub trait Fleetwide: Send + Sync {
     ) -> Result<(), ClaimError> {
         Ok(())
     }
+    /// Puts fleet records committed here where every instance applies them (the registry
+    /// bucket, which each instance watches). Called after the local commit; an error means the
+    /// others have not got them (the caller is told, rather than the fleet silently diverging).
+    fn share_registry(
+        &self,
+        customers: &[crate::fleet::Customer],
+        devices: &[crate::fleet::Device],
+    ) -> Result<(), ShareError>;
 }
 
 /// A ticket transition as cluster mode records it in the stream (JSON), so that the owner that
@@ -624,6 +632,21 @@ pub enum ClaimError {
     Unreachable {
         ticket: String,
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Fleet records committed here that could not be put in the fleet-wide registry.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("stored on this instance but not shared with the fleet: {key}: {source}")]
+    Unreachable {
+        key: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("fleet record {key} cannot be encoded: {source}")]
+    Encode {
+        key: String,
+        source: serde_json::Error,
     },
 }
 

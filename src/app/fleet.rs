@@ -79,9 +79,42 @@ impl Fleet {
     }
 
     /// Inserts or replaces fleet records (validated by the caller) in one commit, through the
-    /// single writer. Blocking: call it from a blocking thread.
+    /// single writer. In cluster mode they are then put in the fleet-wide registry, which every
+    /// instance applies; an error there is returned (the records are stored here, and the
+    /// others do not have them until they are written again). Blocking: call it from a
+    /// blocking thread.
     pub fn upsert(&self, customers: Vec<Customer>, devices: Vec<Device>) -> Result<(), CoreError> {
-        self.writer.upsert_fleet(customers, devices)
+        match &self.writer.fleetwide {
+            None => self.writer.upsert_fleet(customers, devices),
+            Some(fleetwide) => {
+                self.writer
+                    .upsert_fleet(customers.clone(), devices.clone())?;
+                fleetwide.share_registry(&customers, &devices)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl App {
+    /// Applies fleet records read from the fleet-wide registry (cluster mode) through the same
+    /// upsert as the API's; records this instance already holds as they are are left out (the
+    /// instance's own, seen again). Returns how many were written. Blocking.
+    pub fn apply_shared_fleet(
+        &self,
+        mut customers: Vec<Customer>,
+        mut devices: Vec<Device>,
+    ) -> Result<usize, CoreError> {
+        {
+            let registry = self.registry.read();
+            customers.retain(|c| registry.customers.get(&c.id) != Some(c));
+            devices.retain(|d| registry.devices.get(d.id.as_str()) != Some(d));
+        }
+        let n = customers.len() + devices.len();
+        if n > 0 {
+            self.upsert_fleet(customers, devices)?;
+        }
+        Ok(n)
     }
 }
 

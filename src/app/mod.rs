@@ -34,8 +34,8 @@ mod views;
 
 pub use cluster::{
     claim_key, parse_claim_key, Applied, ClaimError, ClusterReadiness, ClusterStatus, DeviceBlob,
-    DeviceStates, Fleetwide, Peers, RecordedTransition, StreamApplied, TicketRecord, Unsent,
-    UNSENT_PREFIX,
+    DeviceStates, Fleetwide, Peers, RecordedTransition, ShareError, StreamApplied, TicketRecord,
+    Unsent, UNSENT_PREFIX,
 };
 pub use commit::GroupStats;
 pub use fleet::Fleet;
@@ -83,6 +83,8 @@ pub enum CoreError {
     Invalid(String),
     #[error(transparent)]
     Claim(#[from] ClaimError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
 }
 
 /// What the single writer needs from the configuration.

@@ -173,7 +173,7 @@ fn desk_error(e: CoreError) -> DeskError {
         CoreError::Transition(e) => DeskError::Transition(e),
         CoreError::Invalid(m) => DeskError::Invalid(m),
         // A transition opens no ticket, so it claims none; kept total all the same.
-        e @ CoreError::Claim(_) => DeskError::Invalid(e.to_string()),
+        e @ (CoreError::Claim(_) | CoreError::Share(_)) => DeskError::Invalid(e.to_string()),
     }
 }
 

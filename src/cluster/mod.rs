@@ -35,6 +35,13 @@
 //! reorder buffer the idle timer had emptied meanwhile took an error event at its newest time
 //! again, counting it twice.)
 //!
+//! The fleet registry (devices, customers) is the fleet's: a record accepted through an
+//! instance's API is committed there, then put in the bucket `BUCKETS-registry`
+//! ([`Fleetwide::share_registry`], [`registry`]); every instance watches the bucket — its
+//! whole content at start, then each change — and applies what it sees through the same
+//! upsert ([`Cluster::registry_loop`]), so the registries converge on the bucket's last
+//! value of each record.
+//!
 //! Transitions: one accepted here is published on the partition's `PREFIX.N.forewarn.transition`
 //! before it is stored ([`Fleetwide::record_transition`]); replays and the live consumer apply
 //! such records in stream order ([`App::apply_recorded`]), so a ticket's transitions move with
@@ -65,11 +72,13 @@
 pub mod checkpoint;
 pub mod config;
 pub mod partition;
+pub mod registry;
 
 pub use config::Config;
 
 use crate::app::{
-    App, Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers, RecordedTransition,
+    App, Applied, ClaimError, ClusterReadiness, ClusterStatus, Fleetwide, Peers,
+    RecordedTransition, ShareError,
 };
 use crate::clock::Clock as _;
 use crate::domain::Timestamp;
@@ -124,6 +133,7 @@ struct ClusterMetrics {
     checkpoints: IntCounterVec,
     checkpoint_bytes: IntGauge,
     outbox: IntCounterVec,
+    registry: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -196,6 +206,16 @@ impl ClusterMetrics {
             &["event"],
         )?;
         r.register(Box::new(outbox.clone()))?;
+        let registry = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_registry_records_total",
+                "Fleet registry records (devices, customers): shared (put in the fleet-wide \
+                 bucket after a commit here), applied (read from the bucket and written here), \
+                 unreadable (skipped), failed (a batch not written here)",
+            ),
+            &["event"],
+        )?;
+        r.register(Box::new(registry.clone()))?;
         Ok(ClusterMetrics {
             owned,
             leases,
@@ -206,6 +226,7 @@ impl ClusterMetrics {
             checkpoints,
             checkpoint_bytes,
             outbox,
+            registry,
         })
     }
 }
@@ -248,6 +269,8 @@ pub struct Cluster {
     /// Fleet-wide reservations of technicians' visit slots (`s.TECH.START`, the technician id
     /// in hex), never expiring: a key is deleted when its visit is cancelled or moved.
     visits: kv::Store,
+    /// The fleet registry ([`registry`]), never expiring.
+    fleet_registry: kv::Store,
     /// Per partition, the last stream sequence this instance's device state holds every message
     /// of the partition up to (forwarded in stream order and committed, or taken from a
     /// checkpoint), in this process's life. A partition consumed again here (a re-made
@@ -370,6 +393,8 @@ impl Cluster {
         .await?;
         let checkpoints = bucket(&js, &format!("{}-state", cfg.buckets), Duration::ZERO).await?;
         let visits = bucket(&js, &format!("{}-visits", cfg.buckets), Duration::ZERO).await?;
+        let fleet_registry =
+            bucket(&js, &format!("{}-registry", cfg.buckets), Duration::ZERO).await?;
         let ticket_id_key = shared_ticket_key(&tickets).await?;
         let stream_created_ms =
             (stream.cached_info().created.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -384,6 +409,7 @@ impl Cluster {
             claims,
             checkpoints,
             visits,
+            fleet_registry,
             applied: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
             stream_created_ms,
@@ -452,7 +478,102 @@ impl Cluster {
             self.spawn(forward, shutdown.clone()),
             tokio::spawn(ack_loop(self.clone(), client, acks.rx, acks.flushed)),
             tokio::spawn(self.clone().outbox_loop(shutdown.clone())),
+            tokio::spawn(self.clone().registry_loop(shutdown.clone())),
         ]
+    }
+
+    /// Applies the fleet registry bucket to this instance's registry: its whole content first,
+    /// then each change as it is put. A lost watch starts again from the whole content (what
+    /// is held already is left out by the writer). Records put together by one upsert
+    /// elsewhere arrive one by one; those already waiting are applied in one commit.
+    async fn registry_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        use futures_util::FutureExt as _;
+        const BATCH: usize = 512;
+        loop {
+            let mut watch = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                w = self.fleet_registry.watch_with_history(">") => match w {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!("cluster registry: cannot watch the bucket: {e}");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                },
+            };
+            loop {
+                let first = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    e = watch.next() => e,
+                };
+                let mut entries = match first {
+                    Some(Ok(e)) => vec![e],
+                    Some(Err(e)) => {
+                        tracing::warn!("cluster registry: watch: {e}");
+                        break;
+                    }
+                    None => break,
+                };
+                while entries.len() < BATCH {
+                    match watch.next().now_or_never() {
+                        Some(Some(Ok(e))) => entries.push(e),
+                        _ => break,
+                    }
+                }
+                self.apply_registry(entries).await;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn apply_registry(&self, entries: Vec<kv::Entry>) {
+        let Some(app) = self.app() else { return };
+        let mut customers = Vec::new();
+        let mut devices = Vec::new();
+        for e in entries {
+            if e.operation != kv::Operation::Put {
+                continue;
+            }
+            match registry::decode(&e.key, &e.value) {
+                Ok(registry::Record::Customer(c)) => {
+                    customers.retain(|o: &crate::fleet::Customer| o.id != c.id);
+                    customers.push(c);
+                }
+                Ok(registry::Record::Device(d)) => {
+                    devices.retain(|o: &crate::fleet::Device| o.id != d.id);
+                    devices.push(d);
+                }
+                Err(err) => {
+                    self.metrics
+                        .registry
+                        .with_label_values(&["unreadable"])
+                        .inc();
+                    tracing::warn!("cluster registry: skipped: {err}");
+                }
+            }
+        }
+        if customers.is_empty() && devices.is_empty() {
+            return;
+        }
+        let applied =
+            tokio::task::spawn_blocking(move || app.apply_shared_fleet(customers, devices)).await;
+        match applied {
+            Ok(Ok(n)) => self
+                .metrics
+                .registry
+                .with_label_values(&["applied"])
+                .inc_by(n as u64),
+            Ok(Err(e)) => {
+                self.metrics.registry.with_label_values(&["failed"]).inc();
+                tracing::warn!("cluster registry: applying records: {e}");
+            }
+            Err(e) => tracing::warn!("cluster registry: applying records: {e}"),
+        }
     }
 
     /// Once a lease: tells the fleet which changes claimed here are sent
@@ -1888,6 +2009,47 @@ impl Fleetwide for Cluster {
             }
         };
         self.slot_call(ticket, call)
+    }
+
+    fn share_registry(
+        &self,
+        customers: &[crate::fleet::Customer],
+        devices: &[crate::fleet::Device],
+    ) -> Result<(), ShareError> {
+        let mut puts = Vec::with_capacity(customers.len() + devices.len());
+        for c in customers {
+            let key = registry::customer_key(&c.id);
+            let value = serde_json::to_vec(c).map_err(|source| ShareError::Encode {
+                key: key.clone(),
+                source,
+            })?;
+            puts.push((key, value));
+        }
+        for d in devices {
+            let key = registry::device_key(&d.id);
+            let value = serde_json::to_vec(d).map_err(|source| ShareError::Encode {
+                key: key.clone(),
+                source,
+            })?;
+            puts.push((key, value));
+        }
+        for (key, value) in puts {
+            let bucket = self.fleet_registry.clone();
+            let k = key.clone();
+            let call = async move { bucket.put(k, value.into()).await.map_err(boxed) };
+            self.rt
+                .block_on(tokio::time::timeout(CALL_TIMEOUT, call))
+                .map_err(|e| ShareError::Unreachable {
+                    key: key.clone(),
+                    source: boxed(e),
+                })?
+                .map_err(|source| ShareError::Unreachable {
+                    key: key.clone(),
+                    source,
+                })?;
+            self.metrics.registry.with_label_values(&["shared"]).inc();
+        }
+        Ok(())
     }
 
     fn readiness(&self) -> ClusterReadiness {
