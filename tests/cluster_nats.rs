@@ -64,6 +64,35 @@ async fn read_from_start(stream: &jetstream::stream::Stream) -> jetstream::consu
     consumer.messages().await.unwrap()
 }
 
+/// What most drills below start from: their own nats-server (with JetStream and its MQTT
+/// listener), that listener's URL, a temporary folder with a simulated history of `devices`
+/// devices over `days` days, the demo model and an HTTP client. `None` when nats-server is not
+/// installed (outside CI; under `CI=true` that fails instead).
+type Drill = (
+    NatsServer,
+    String,
+    tempfile::TempDir,
+    SimHistory,
+    forewarn::predict::Artifact,
+    reqwest::Client,
+);
+
+fn drill(name: &str, devices: usize, days: u64, seed: u64) -> Option<Drill> {
+    let nats = NatsServer::start(name, PARTITIONS, PREFIX)?;
+    forewarn::tls::install_crypto();
+    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let hist = SimHistory::write(&tmp.path().join("history"), devices, days, seed);
+    Some((
+        nats,
+        broker_url,
+        tmp,
+        hist,
+        demo_model(),
+        reqwest::Client::new(),
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_mapping_and_forewarn_put_every_device_in_the_same_partition() {
     let Some(nats) = NatsServer::start("cluster_nats mapping", PARTITIONS, PREFIX) else {
@@ -1852,15 +1881,10 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
 /// tickets are still the backtest's, each opened once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost() {
-    let Some(nats) = NatsServer::start("cluster_nats frozen", PARTITIONS, PREFIX) else {
+    let Some((nats, broker_url, tmp, hist, model, http)) = drill("cluster_nats frozen", 24, 45, 11)
+    else {
         return;
     };
-    forewarn::tls::install_crypto();
-    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
-    let tmp = tempfile::tempdir().unwrap();
-    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
-    let model = demo_model();
-    let http = reqwest::Client::new();
     let (instances, backtest) =
         start_three(&nats, &broker_url, tmp.path(), &model, &hist, &http).await;
     let live: Vec<&Instance> = instances.iter().collect();
@@ -1972,15 +1996,11 @@ async fn wait_ready(http: &reqwest::Client, i: &Instance) {
 /// stream from its start; the tickets are still the backtest's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_restarted_without_a_checkpoint_replays_only_what_its_store_lacks() {
-    let Some(nats) = NatsServer::start("cluster_nats restart", PARTITIONS, PREFIX) else {
+    let Some((nats, broker_url, tmp, hist, model, http)) =
+        drill("cluster_nats restart", 24, 45, 11)
+    else {
         return;
     };
-    forewarn::tls::install_crypto();
-    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
-    let tmp = tempfile::tempdir().unwrap();
-    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
-    let model = demo_model();
-    let http = reqwest::Client::new();
     let no_checkpoints = |c: &mut forewarn::config::Config| c.cluster.checkpoint_every = 0;
     let (mut first, cfg) = start_instance_with(
         &nats,
@@ -2061,15 +2081,11 @@ async fn an_instance_restarted_without_a_checkpoint_replays_only_what_its_store_
 /// only those of the partitions it owns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_boards_customer_page_answers_for_the_fleet() {
-    let Some(nats) = NatsServer::start("cluster_nats customer", PARTITIONS, PREFIX) else {
+    let Some((nats, broker_url, tmp, hist, model, http)) =
+        drill("cluster_nats customer", 24, 45, 11)
+    else {
         return;
     };
-    forewarn::tls::install_crypto();
-    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
-    let tmp = tempfile::tempdir().unwrap();
-    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
-    let model = demo_model();
-    let http = reqwest::Client::new();
     // One customer owns every device (no contacts: nothing is sent to it, its timeline
     // records the tickets).
     let one_customer = |c: &mut forewarn::config::Config| {
@@ -2202,15 +2218,10 @@ async fn visits_of(http: &reqwest::Client, api: &str) -> Vec<(String, String, i6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_shows_the_visit() {
-    let Some(nats) = NatsServer::start("cluster_nats visits", PARTITIONS, PREFIX) else {
+    let Some((nats, broker_url, tmp, hist, model, http)) = drill("cluster_nats visits", 24, 45, 11)
+    else {
         return;
     };
-    forewarn::tls::install_crypto();
-    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
-    let tmp = tempfile::tempdir().unwrap();
-    let hist = SimHistory::write(&tmp.path().join("history"), 24, 45, 11);
-    let model = demo_model();
-    let http = reqwest::Client::new();
     let mut instances = Vec::new();
     for name in ["fw-a", "fw-b"] {
         instances.push(start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist).0);
@@ -2422,15 +2433,10 @@ async fn await_record(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_and_a_device_upserted_on_one_instance_are_known_to_every_instance() {
-    let Some(nats) = NatsServer::start("cluster_nats registry", PARTITIONS, PREFIX) else {
+    let Some((nats, broker_url, tmp, hist, model, http)) = drill("cluster_nats registry", 4, 3, 5)
+    else {
         return;
     };
-    forewarn::tls::install_crypto();
-    let broker_url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
-    let tmp = tempfile::tempdir().unwrap();
-    let hist = SimHistory::write(&tmp.path().join("history"), 4, 3, 5);
-    let model = demo_model();
-    let http = reqwest::Client::new();
     let (a, _) = start_instance(&nats, &broker_url, tmp.path(), "fw-a", &model, &hist);
     let (b, _) = start_instance(&nats, &broker_url, tmp.path(), "fw-b", &model, &hist);
     wait_ready(&http, &a).await;
