@@ -661,6 +661,29 @@ fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
     all == (0..PARTITIONS).collect::<Vec<_>>()
 }
 
+/// Waits (at most 60 s) until the `live` instances own every partition between them, each its
+/// rendezvous share; fails with `what` and the instances' log tails. The assignment.
+async fn await_shares(
+    http: &reqwest::Client,
+    live: &[&Instance],
+    what: &str,
+) -> BTreeMap<String, Vec<u32>> {
+    let started = Instant::now();
+    loop {
+        if let Some(own) = ownership(http, live, true).await {
+            if covers_all(&own) && in_rendezvous_shares(&own) {
+                return own;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}:\n{}",
+            tails(live)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
     let text = get_text(http, format!("http://{api}/metrics")).await;
     text.lines()
@@ -1637,21 +1660,12 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     unsafe {
         libc::kill(pid as i32, libc::SIGCONT);
     }
-    let resumed = Instant::now();
-    loop {
-        if let Some(own) = ownership(&http, &remaining, true).await {
-            if covers_all(&own) && in_rendezvous_shares(&own) {
-                break;
-            }
-        }
-        assert!(
-            resumed.elapsed() < Duration::from_secs(60),
-            "{} never got its share back after SIGCONT:\n{}",
-            stopped.name,
-            tails(&remaining)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_shares(
+        &http,
+        &remaining,
+        &format!("{} never got its share back after SIGCONT", stopped.name),
+    )
+    .await;
     let (owner_name, other_name, other_api) =
         (owner.name.clone(), other.name.clone(), other.api.clone());
     let killed_at = Instant::now();
@@ -1937,20 +1951,7 @@ async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost(
     publish_history(&js, &messages[three_quarters..]).await;
 
     // It gets its share back, everything drains, and the fleet's tickets are the backtest's.
-    let woken = Instant::now();
-    loop {
-        if let Some(own) = ownership(&http, &live, true).await {
-            if covers_all(&own) && in_rendezvous_shares(&own) {
-                break;
-            }
-        }
-        assert!(
-            woken.elapsed() < Duration::from_secs(60),
-            "{frozen} never got its share back:\n{}",
-            tails(&live)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_shares(&http, &live, &format!("{frozen} never got its share back")).await;
     let stream = js.get_stream("FOREWARN").await.unwrap();
     wait_drained(&stream, &live).await;
     assert_fleet_is_the_backtests(&http, &js, &live, &backtest).await;
@@ -2117,20 +2118,7 @@ async fn the_boards_customer_page_answers_for_the_fleet() {
         instances.push(i);
     }
     let live: Vec<&Instance> = instances.iter().collect();
-    let started = Instant::now();
-    loop {
-        if let Some(own) = ownership(&http, &live, true).await {
-            if covers_all(&own) && in_rendezvous_shares(&own) {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "two instances never shared the partitions:\n{}",
-            tails(&live)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_shares(&http, &live, "two instances never shared the partitions").await;
     let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client);
@@ -2227,20 +2215,7 @@ async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_show
         instances.push(start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist).0);
     }
     let live: Vec<&Instance> = instances.iter().collect();
-    let started = Instant::now();
-    loop {
-        if let Some(own) = ownership(&http, &live, true).await {
-            if covers_all(&own) && in_rendezvous_shares(&own) {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "two instances never shared the partitions:\n{}",
-            tails(&live)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_shares(&http, &live, "two instances never shared the partitions").await;
     let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client);
