@@ -840,7 +840,8 @@ pub enum ReadyOrBusy {
 }
 
 /// Readiness: broker connected, store writable, models loaded (in cluster mode also: connected
-/// to NATS, joined, a fresh lease view, no owned partition still replaying). Open: no token.
+/// to NATS, joined, a fresh lease view, the fleet registry loaded, no owned partition still
+/// replaying). Open: no token.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),

@@ -552,9 +552,10 @@ impl RecordedTransition {
 
 /// Cluster mode's part of `/readyz`: ready once the instance is connected to NATS, has joined
 /// (its membership key written), holds a fresh view of the leases (a lease round succeeded
-/// within one lease time) and has finished replaying every partition it owns. An instance that
-/// owns no partition (more instances than partitions, or waiting for a lease to be handed on)
-/// is ready: it serves the fleet-wide API.
+/// within one lease time), has loaded the fleet registry from the cluster once (so no device
+/// is scored without its attributes) and has finished replaying every partition it owns. An
+/// instance that owns no partition (more instances than partitions, or waiting for a lease to
+/// be handed on) is ready: it serves the fleet-wide API.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ClusterReadiness {
     /// All of the below hold.
@@ -570,6 +571,10 @@ pub struct ClusterReadiness {
     /// Owned partitions not yet consumed live: their state is still being rebuilt from the
     /// stream.
     pub replaying: Vec<u32>,
+    /// The fleet registry (devices, customers) shared through NATS has been read and applied
+    /// here once; until then no partition is consumed.
+    #[serde(default)]
+    pub registry_loaded: bool,
     /// Why it is not ready, in words (`null` when ready).
     pub reason: Option<String>,
 }
@@ -585,6 +590,9 @@ impl ClusterReadiness {
             why.push("has not joined the cluster yet".into());
         } else if !self.lease_view {
             why.push("no lease round succeeded within one lease time".into());
+        }
+        if !self.registry_loaded {
+            why.push("the fleet registry has not been loaded from NATS yet".into());
         }
         if !self.replaying.is_empty() {
             why.push(format!("partitions {:?} still replaying", self.replaying));
@@ -660,6 +668,7 @@ mod tests {
             nats: true,
             joined: true,
             lease_view: true,
+            registry_loaded: true,
             ..Default::default()
         }
     }
@@ -950,5 +959,17 @@ mod tests {
         let r = f.judge();
         assert!(!r.ready);
         assert_eq!(r.reason.as_deref(), Some("has not joined the cluster yet"));
+    }
+
+    #[test]
+    fn an_instance_without_the_fleet_registry_is_not_ready_and_says_so() {
+        let mut f = facts();
+        f.registry_loaded = false;
+        let r = f.judge();
+        assert!(!r.ready);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("the fleet registry has not been loaded from NATS yet")
+        );
     }
 }

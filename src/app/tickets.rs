@@ -190,8 +190,8 @@ impl App {
         }: Transition<'_>,
         also: impl FnOnce(&Ticket, &mut Tx) -> Result<(), CoreError>,
     ) -> Result<Ticket, CoreError> {
-        let mut core = self.core.lock();
-        let core = &mut *core;
+        let mut guard = self.core.lock();
+        let core = &mut *guard;
         let mut t = self
             .store
             .ticket(id)?
@@ -228,6 +228,25 @@ impl App {
         if self.fleetwide.is_some() {
             tx.capture_kv();
         }
+        // Settled, whoever settles it (the API, the board, a customer's reply): a proposal is
+        // void; a dismissal cancels the booked visit, a resolution keeps it as history. Either
+        // gives up the visit's fleet-wide slot reservation once committed.
+        let settled = to.is_some_and(|s| matches!(s, Status::Resolved | Status::Dismissed));
+        let visit: Option<crate::domain::Visit> = match settled {
+            // An unreadable visit record is set aside by the store; it cannot stop the change.
+            true => self
+                .store
+                .get_kv(&crate::domain::visit_key(&t.id))
+                .ok()
+                .flatten(),
+            false => None,
+        };
+        if settled {
+            tx.remove_kv(&crate::domain::proposal_key(&t.id));
+        }
+        if to == Some(Status::Dismissed) {
+            tx.remove_kv(&crate::domain::visit_key(&t.id));
+        }
         also(&t, &mut tx)?;
         if let Some(f) = &self.fleetwide {
             // Cluster mode: in the stream before it is stored, for the partition's next owner,
@@ -245,7 +264,15 @@ impl App {
                 slot.live.push(t.clone());
             }
         }
+        drop(guard);
         self.dispatch_wake.notify_one();
+        if let Some((fw, v)) = self.fleetwide.as_ref().zip(visit) {
+            // The slot is free for the fleet again. Not released (NATS away): it is pruned
+            // once its day is past.
+            if let Err(e) = fw.release_slot(&v.technician_id, v.slot.start_ms, &t.id) {
+                tracing::warn!(ticket = %t.id, error = %e, "a visit slot's reservation was not released");
+            }
+        }
         Ok(t)
     }
 }

@@ -825,29 +825,18 @@ impl Board {
     ) -> Result<Ticket, BoardError> {
         let note = resolution_note(how, note);
         let t = Transition::to(id, Status::Resolved, actor, &note).outcome(Some(how.outcome()));
-        self.change(t, |t, tx| {
-            tx.remove_kv(&proposal_key(&t.id));
-            Ok(())
-        })
+        // The writer's transition removes the proposal (the visit stays as history) and, in
+        // cluster mode, releases the visit's slot reservation.
+        self.change(t, |_, _| Ok(()))
     }
 
     /// Dismisses as a false alarm (the label: the prediction was wrong).
     pub fn dismiss(&self, id: &str, note: &str, actor: &str) -> Result<Ticket, BoardError> {
         let t =
             Transition::to(id, Status::Dismissed, actor, note).outcome(Some(Outcome::FalseAlarm));
-        let visit = self.visit(id);
-        let dismissed = self.change(t, |t, tx| {
-            tx.remove_kv(&proposal_key(&t.id));
-            tx.remove_kv(&visit_key(&t.id));
-            Ok(())
-        })?;
-        // Cluster mode: the cancelled visit's slot is free for the fleet again.
-        if let Some((fw, v)) = self.tickets.fleetwide().zip(visit) {
-            if let Err(e) = fw.release_slot(&v.technician_id, v.slot.start_ms, id) {
-                tracing::warn!(ticket = id, error = %e, "a visit slot's reservation was not released");
-            }
-        }
-        Ok(dismissed)
+        // The writer's transition removes the proposal and the visit and, in cluster mode,
+        // releases the visit's slot reservation, as for a dismissal through the API.
+        self.change(t, |_, _| Ok(()))
     }
 
     // ------------------------------------------------------------ reading

@@ -40,7 +40,9 @@
 //! ([`Fleetwide::share_registry`], [`registry`]); every instance watches the bucket — its
 //! whole content at start, then each change — and applies what it sees through the same
 //! upsert ([`Cluster::registry_loop`]), so the registries converge on the bucket's last
-//! value of each record.
+//! value of each record. The fleet file is brought into the bucket at start
+//! ([`Cluster::import_fleet_file`]), and no partition is consumed before the bucket's first
+//! load.
 //!
 //! Transitions: one accepted here is published on the partition's `PREFIX.N.forewarn.transition`
 //! before it is stored ([`Fleetwide::record_transition`]); replays and the live consumer apply
@@ -67,12 +69,14 @@
 //! `s.TECH.START` (the technician id in hex, the slot's start in epoch ms) is created only if
 //! absent in the visits bucket with the ticket id as its value ([`Fleetwide::reserve_slot`]);
 //! a slot held by another ticket is refused as taken. The key is deleted when the visit moves
-//! or the board dismisses the ticket.
+//! or its ticket is dismissed or resolved by a person (the writer's transition, whatever made
+//! it), and pruned a day after its slot by the holder of partition 0 ([`visits`]).
 
 pub mod checkpoint;
 pub mod config;
 pub mod partition;
 pub mod registry;
+mod visits;
 
 pub use config::Config;
 
@@ -134,6 +138,7 @@ struct ClusterMetrics {
     checkpoint_bytes: IntGauge,
     outbox: IntCounterVec,
     registry: IntCounterVec,
+    visits: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -210,12 +215,23 @@ impl ClusterMetrics {
             Opts::new(
                 "forewarn_cluster_registry_records_total",
                 "Fleet registry records (devices, customers): shared (put in the fleet-wide \
-                 bucket after a commit here), applied (read from the bucket and written here), \
-                 unreadable (skipped), failed (a batch not written here)",
+                 bucket after a commit here), imported (written to the bucket from the fleet \
+                 file at start), applied (read from the bucket and written here), unreadable \
+                 (skipped), failed (a batch not written here)",
             ),
             &["event"],
         )?;
         r.register(Box::new(registry.clone()))?;
+        let visits = IntCounterVec::new(
+            Opts::new(
+                "forewarn_cluster_visit_reservations_total",
+                "Fleet-wide reservations of technicians' visit slots: released (given up by \
+                 the ticket holding it: its visit moved or cancelled, the ticket resolved or \
+                 dismissed), pruned (its slot's day past, removed by the holder of partition 0)",
+            ),
+            &["event"],
+        )?;
+        r.register(Box::new(visits.clone()))?;
         Ok(ClusterMetrics {
             owned,
             leases,
@@ -227,6 +243,7 @@ impl ClusterMetrics {
             checkpoint_bytes,
             outbox,
             registry,
+            visits,
         })
     }
 }
@@ -267,10 +284,15 @@ pub struct Cluster {
     /// Partition checkpoints ([`checkpoint`]), never expiring.
     checkpoints: kv::Store,
     /// Fleet-wide reservations of technicians' visit slots (`s.TECH.START`, the technician id
-    /// in hex), never expiring: a key is deleted when its visit is cancelled or moved.
+    /// in hex), never expiring: a key is deleted when its visit is cancelled or moved, or its
+    /// ticket settled, and pruned a day after its slot.
     visits: kv::Store,
     /// The fleet registry ([`registry`]), never expiring.
     fleet_registry: kv::Store,
+    /// Whether the registry bucket's whole content has been applied here once (its first
+    /// load): until then no partition is consumed and the instance is not ready, so no device
+    /// is scored without the attributes the fleet gave it.
+    registry_loaded: tokio::sync::watch::Sender<bool>,
     /// Per partition, the last stream sequence this instance's device state holds every message
     /// of the partition up to (forwarded in stream order and committed, or taken from a
     /// checkpoint), in this process's life. A partition consumed again here (a re-made
@@ -410,6 +432,7 @@ impl Cluster {
             checkpoints,
             visits,
             fleet_registry,
+            registry_loaded: tokio::sync::watch::Sender::new(false),
             applied: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
             stream_created_ms,
@@ -474,22 +497,47 @@ impl Cluster {
     ) -> Vec<JoinHandle<()>> {
         let _ = self.writer.set(Arc::downgrade(writer));
         self.load_applied(writer);
+        // No partition is consumed before the fleet registry's first load.
+        let leases = {
+            let (me, stop) = (self.clone(), shutdown.clone());
+            let mut loaded = self.registry_loaded.subscribe();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = loaded.wait_for(|l| *l) => {}
+                }
+                me.lease_loop(forward, stop).await;
+            })
+        };
         vec![
-            self.spawn(forward, shutdown.clone()),
+            leases,
             tokio::spawn(ack_loop(self.clone(), client, acks.rx, acks.flushed)),
             tokio::spawn(self.clone().outbox_loop(shutdown.clone())),
             tokio::spawn(self.clone().registry_loop(shutdown.clone())),
+            tokio::spawn(self.clone().visits_loop(shutdown.clone())),
         ]
     }
 
     /// Applies the fleet registry bucket to this instance's registry: its whole content first,
     /// then each change as it is put. A lost watch starts again from the whole content (what
     /// is held already is left out by the writer). Records put together by one upsert
-    /// elsewhere arrive one by one; those already waiting are applied in one commit.
+    /// elsewhere arrive one by one; those already waiting are applied in one commit. The first
+    /// load is over once the watch has caught up (an entry with nothing pending after it, or
+    /// an empty bucket) and what it read is applied.
     async fn registry_loop(self: Arc<Self>, shutdown: CancellationToken) {
         use futures_util::FutureExt as _;
         const BATCH: usize = 512;
         loop {
+            if !*self.registry_loaded.borrow() {
+                let mut backing = self.fleet_registry.stream.clone();
+                match backing.info().await {
+                    Ok(info) if info.state.messages == 0 => {
+                        self.registry_loaded.send_replace(true);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cluster registry: cannot read the bucket: {e}"),
+                }
+            }
             let mut watch = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 w = self.fleet_registry.watch_with_history(">") => match w {
@@ -522,7 +570,12 @@ impl Cluster {
                         _ => break,
                     }
                 }
+                let caught_up = entries.last().is_some_and(|e| e.delta == 0);
                 self.apply_registry(entries).await;
+                if caught_up && !*self.registry_loaded.borrow() {
+                    tracing::info!("cluster registry: loaded");
+                    self.registry_loaded.send_replace(true);
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -536,7 +589,7 @@ impl Cluster {
         let mut customers = Vec::new();
         let mut devices = Vec::new();
         for e in entries {
-            if e.operation != kv::Operation::Put {
+            if e.operation != kv::Operation::Put || registry::is_file_mark(&e.key) {
                 continue;
             }
             match registry::decode(&e.key, &e.value) {
@@ -2004,11 +2057,15 @@ impl Fleetwide for Cluster {
                 Some(e) if e.operation == kv::Operation::Put && e.value[..] == mine[..] => visits
                     .delete_expect_revision(&key, Some(e.revision))
                     .await
+                    .map(|()| true)
                     .map_err(boxed),
-                _ => Ok(()),
+                _ => Ok(false),
             }
         };
-        self.slot_call(ticket, call)
+        if self.slot_call(ticket, call)? {
+            self.metrics.visits.with_label_values(&["released"]).inc();
+        }
+        Ok(())
     }
 
     fn share_registry(
@@ -2064,6 +2121,7 @@ impl Fleetwide for Cluster {
                 .last_round
                 .is_some_and(|t| t.elapsed() <= self.cfg.lease.std()),
             replaying: v.starting.iter().copied().collect(),
+            registry_loaded: *self.registry_loaded.borrow(),
             reason: None,
         }
         .judge()

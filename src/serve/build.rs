@@ -115,7 +115,10 @@ pub(super) fn writer(
     let models = crate::engine::Models::with_index(inputs.artifacts, &window, base)
         .map_err(CheckError::from)?;
     app::save_metric_index(&store, &models.index)?;
-    if !inputs.fleet.customers.is_empty() || !inputs.fleet.devices.is_empty() {
+    // Cluster mode: the fleet file went to the fleet-wide registry instead
+    // ([`crate::cluster::Cluster::import_fleet_file`]), which this store gets through its watch.
+    let has_file = !inputs.fleet.customers.is_empty() || !inputs.fleet.devices.is_empty();
+    if has_file && cluster.is_none() {
         let applied = crate::fleet::apply_file(&store, &inputs.fleet, clock.now_ms())?;
         tracing::info!(
             "fleet file: {} record(s) written, {} left as the registry has them",

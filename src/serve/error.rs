@@ -39,6 +39,9 @@ pub enum ServeError {
     Outcomes(#[source] prometheus::Error),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// Cluster mode: the fleet file could not be brought into the fleet-wide registry.
+    #[error(transparent)]
+    FleetImport(#[from] crate::cluster::registry::ImportError),
     #[error("dispatch HTTP client: {0}")]
     DispatchClient(#[source] reqwest::Error),
 }

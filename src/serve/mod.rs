@@ -143,6 +143,19 @@ async fn start(
     let notifier = build::notifier(&cfg, clock.clone(), &registry)?;
     // Cluster mode: connected before anything reads, so the shared ticket-id secret is known.
     let cluster = build::cluster(&cfg.cluster, &registry).await?;
+    if let Some(c) = &cluster {
+        // Cluster mode: the fleet file goes to the fleet-wide registry, under the same rule
+        // as single-machine mode's, before this instance reads the registry.
+        let file = &checked.inputs.fleet;
+        if !file.customers.is_empty() || !file.devices.is_empty() {
+            let applied = c.import_fleet_file(&store, file, clock.now_ms()).await?;
+            tracing::info!(
+                "fleet file: {} record(s) written to the cluster's registry, {} left as it has them",
+                applied.written,
+                applied.kept
+            );
+        }
+    }
     let app = build::writer(
         &cfg,
         checked.inputs,
