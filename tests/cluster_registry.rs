@@ -239,7 +239,10 @@ async fn the_fleet_file_reaches_every_instance_and_an_api_change_outlives_a_rest
             "imported",
         )
         .await;
-    assert_eq!(imported, 4.0, "one customer and three devices, written once");
+    assert_eq!(
+        imported, 4.0,
+        "one customer and three devices, written once"
+    );
     for i in [&a, &b] {
         for id in ["pump-r", "ปั๊ม-๒", "پمپ-۳"] {
             await_model(&http, i, id, "P200").await;
@@ -266,7 +269,9 @@ async fn the_fleet_file_reaches_every_instance_and_an_api_change_outlives_a_rest
     );
     // Its partitions were taken only after the registry was loaded.
     let log = std::fs::read_to_string(c.root.join("serve.log")).unwrap();
-    let loaded = log.find("cluster registry: loaded").expect("loaded, logged");
+    let loaded = log
+        .find("cluster registry: loaded")
+        .expect("loaded, logged");
     if let Some(first_lease) = log.find("lease acquired") {
         assert!(loaded < first_lease, "a lease before the registry:\n{log}");
     }
@@ -351,12 +356,37 @@ async fn owned(http: &reqwest::Client, i: &Instance) -> Vec<u32> {
     let v = get(http, &i.api, "/api/v1/cluster")
         .await
         .expect("cluster status");
+    if !v["replaying"].as_array().is_some_and(|r| r.is_empty()) {
+        return Vec::new();
+    }
     v["owned"]
         .as_array()
         .expect("owned")
         .iter()
         .filter_map(|p| p.as_u64().map(|p| p as u32))
         .collect()
+}
+
+/// The partitions each of `a` and `b` owns once they hold all of them between them, nothing
+/// replaying, the same on two reads a second apart.
+async fn settled(http: &reqwest::Client, a: &Instance, b: &Instance) -> (Vec<u32>, Vec<u32>) {
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let (oa, ob) = (owned(http, a).await, owned(http, b).await);
+        let mut all: Vec<u32> = oa.iter().chain(&ob).copied().collect();
+        all.sort_unstable();
+        let whole = all == (0..PARTITIONS).collect::<Vec<_>>();
+        if whole && last.as_ref() == Some(&(oa.clone(), ob.clone())) {
+            return (oa, ob);
+        }
+        last = whole.then_some((oa, ob));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never settled: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The visits `GET /api/v1/visits` of instance `i` lists (the fleet's): `(ticket, start_ms)`.
@@ -390,21 +420,8 @@ async fn a_visits_slot_is_freed_for_the_fleet_when_its_ticket_is_dismissed_or_re
         .collect();
     let mut a = start(&nats, tmp.path(), "fw-a", Some(&fleet));
     let mut b = start(&nats, tmp.path(), "fw-b", Some(&fleet));
-    // Settled: every partition owned, each by one of the two.
-    let started = Instant::now();
-    let (own_a, own_b) = loop {
-        wait_ready(&http, &a).await;
-        wait_ready(&http, &b).await;
-        let (oa, ob) = (owned(&http, &a).await, owned(&http, &b).await);
-        if !oa.is_empty() && !ob.is_empty() && oa.len() + ob.len() == PARTITIONS as usize {
-            break (oa, ob);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never shared: {oa:?} {ob:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    wait_ready(&http, &a).await;
+    wait_ready(&http, &b).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     for id in &devices {
         publish_degrading(&client, id, 40).await;
@@ -432,10 +449,13 @@ async fn a_visits_slot_is_freed_for_the_fleet_when_its_ticket_is_dismissed_or_re
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let (own_a, own_b) = settled(&http, &a, &b).await;
     let of = |own: &[u32]| -> Vec<String> {
         tickets
             .iter()
-            .filter(|(_, dev)| own.contains(&forewarn::cluster::partition::of_device(dev, PARTITIONS)))
+            .filter(|(_, dev)| {
+                own.contains(&forewarn::cluster::partition::of_device(dev, PARTITIONS))
+            })
             .map(|(id, _)| id.clone())
             .collect()
     };
@@ -507,7 +527,10 @@ async fn a_visits_slot_is_freed_for_the_fleet_when_its_ticket_is_dismissed_or_re
         "a resolved ticket's visit stays listed: {v:?}"
     );
     let (status, text) = book(&a, &of_a[1]).await;
-    assert_eq!(status, 200, "the resolved ticket's slot, booked by fw-a: {text}");
+    assert_eq!(
+        status, 200,
+        "the resolved ticket's slot, booked by fw-a: {text}"
+    );
     let released = metric(
         &http,
         &a,
@@ -551,7 +574,13 @@ async fn a_visits_slot_is_freed_for_the_fleet_when_its_ticket_is_dismissed_or_re
         "the reservation ahead stays"
     );
     assert_eq!(
-        metric(&http, &a, "forewarn_cluster_visit_reservations_total", "pruned").await,
+        metric(
+            &http,
+            &a,
+            "forewarn_cluster_visit_reservations_total",
+            "pruned"
+        )
+        .await,
         1.0
     );
 }

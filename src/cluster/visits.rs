@@ -49,7 +49,10 @@ impl Cluster {
                 Ok(n) => {
                     last = Some(Instant::now());
                     if n > 0 {
-                        tracing::info!(pruned = n, "cluster visits: reservations of past slots pruned");
+                        tracing::info!(
+                            pruned = n,
+                            "cluster visits: reservations of past slots pruned"
+                        );
                     }
                 }
                 Err(e) => tracing::warn!("cluster visits: pruning past reservations: {e}"),
@@ -74,10 +77,7 @@ impl Cluster {
                 .purge()
                 .filter(format!("{}{k}", self.visits.prefix))
                 .await?;
-            self.metrics
-                .visits
-                .with_label_values(&["pruned"])
-                .inc();
+            self.metrics.visits.with_label_values(&["pruned"]).inc();
         }
         Ok(past.len())
     }

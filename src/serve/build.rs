@@ -42,7 +42,7 @@ fn ticket_id_key(store: &Store) -> Result<Vec<u8>, ServeError> {
 
 /// What the checks at start read, for the writer.
 pub(super) struct Inputs {
-    fleet: FleetFile,
+    pub(super) fleet: FleetFile,
     contact_policy: crate::netguard::AddressPolicy,
     artifacts: Vec<crate::predict::Artifact>,
 }
