@@ -243,7 +243,7 @@ async fn a_persons_transition_left_unsent_by_a_killed_instance_is_sent_by_the_ne
     let http = reqwest::Client::new();
     let (hook, hook_url) = Webhook::start().await;
     let start = |name: &str| Instance::start(&nats, tmp.path(), name, &model, &hist, &hook_url);
-    let mut instances = vec![start("fw-a"), start("fw-b")];
+    let mut instances = [start("fw-a"), start("fw-b")];
     {
         let live: Vec<&Instance> = instances.iter().collect();
         until(

@@ -1097,8 +1097,14 @@ mod tests {
         assert_eq!(sent, all, "each claim marked sent once the row is gone");
 
         // Sent by another instance while this one was gone: the rows still here are dropped.
-        assert!(a.requeue_claims(&[transition.clone()]).expect("requeue"));
-        assert_eq!(a.drop_unsent(&[transition.clone()]).expect("drop"), 1);
+        assert!(a
+            .requeue_claims(std::slice::from_ref(&transition))
+            .expect("requeue"));
+        assert_eq!(
+            a.drop_unsent(std::slice::from_ref(&transition))
+                .expect("drop"),
+            1
+        );
         assert!(!a.has_unsent(&transition).expect("read"));
         assert!(a
             .store
