@@ -1194,6 +1194,28 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     )
     .await;
     assert!(requeued >= from_victim.len() as f64, "{requeued} requeued");
+    // Coalesced per ticket: each taken-over ticket's dispatch row written again once (more
+    // only if its changes became ready in different rounds), not once per change.
+    let rewritten = metric_sum(
+        &http,
+        &survivors,
+        "forewarn_cluster_outbox_claims_total{event=\"rewritten\"}",
+    )
+    .await;
+    let victims_tickets: BTreeSet<&str> = from_victim
+        .iter()
+        .filter_map(|k| k.split('.').nth(1))
+        .collect();
+    eprintln!(
+        "{requeued} changes of {} tickets taken over from {victim}: written again as \
+         {rewritten} dispatch rows (publishes)",
+        victims_tickets.len()
+    );
+    assert!(
+        rewritten >= victims_tickets.len() as f64 && rewritten <= requeued,
+        "{rewritten} rows for {requeued} changes of {} tickets",
+        victims_tickets.len()
+    );
     let sent_at = Instant::now();
     loop {
         let missing: Vec<&String> = {

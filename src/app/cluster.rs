@@ -16,6 +16,9 @@ pub trait Fleetwide: Send + Sync {
     /// this instance before), `Ok(false)` when another instance made the same change first —
     /// the ticket is then stored here and nothing is sent for the change.
     fn claim(&self, change: &Change) -> Result<bool, ClaimError>;
+    /// [`Fleetwide::claim`] under a key the caller derived (a person's transition:
+    /// [`transition_claim_key`]).
+    fn claim_as(&self, key: &str, change: &Change) -> Result<bool, ClaimError>;
     /// The partition assignment as this instance last saw it (`GET /api/v1/cluster`).
     fn status(&self) -> ClusterStatus;
     /// The live instances and where their APIs answer, for the fleet-wide API (`api::fleet`).
@@ -122,8 +125,8 @@ impl TicketRecord {
 
 /// The fleet-wide claim key of a ticket change ([`Fleetwide::claim`]): `t.ID` for an opening,
 /// `c.ID.KIND.MS` for a later update or settlement at event time MS. `None` for a transition
-/// (made by a person through one instance: nobody else makes it) and a change whose time does
-/// not read.
+/// (its key is [`transition_claim_key`], from the time it was made) and a change whose time
+/// does not read.
 pub fn claim_key(change: &Change) -> Option<String> {
     let t = &change.ticket;
     match change.kind {
@@ -134,8 +137,15 @@ pub fn claim_key(change: &Change) -> Option<String> {
     }
 }
 
-/// A claim key read back: the ticket id, the kind of change and, for a later change, its
-/// event time (epoch ms). `None` for any other key.
+/// The fleet-wide claim key of a transition a person made on ticket `id` at `at` (the time of
+/// its history entry): `c.ID.transition.MS`. Claimed by the instance that accepts it, so that
+/// its rows are sent by another instance if that one dies first.
+pub fn transition_claim_key(id: &str, at: Timestamp) -> String {
+    format!("c.{id}.transition.{}", at.as_millis())
+}
+
+/// A claim key read back: the ticket id, the kind of change and, for a later change (or a
+/// transition), its time (epoch ms). `None` for any other key.
 pub fn parse_claim_key(key: &str) -> Option<(String, ChangeKind, Option<i64>)> {
     if let Some(id) = key.strip_prefix("t.") {
         return (!id.is_empty() && !id.contains('.'))
@@ -147,6 +157,7 @@ pub fn parse_claim_key(key: &str) -> Option<(String, ChangeKind, Option<i64>)> {
     let kind = match parts.next()? {
         "updated" => ChangeKind::Updated,
         "settled" => ChangeKind::Settled,
+        "transition" => ChangeKind::Transition,
         _ => return None,
     };
     let id = parts.next()?;
@@ -206,7 +217,29 @@ impl App {
         tx.capture_outbox();
         self.record_change(tx, c, now_ms);
         let rows = tx.take_pushed().iter().map(hex::encode).collect();
-        tx.put_kv(&format!("{UNSENT_PREFIX}{claim}"), &Unsent { claim, rows });
+        self.note_unsent(tx, &[claim], rows);
+    }
+
+    /// Notes `rows` as the rows of each of `claims` (in `tx`), kept with the rows a note of the
+    /// same claim already lists (two transitions of one ticket within a millisecond share a
+    /// key: the note waits for the rows of both).
+    fn note_unsent(&self, tx: &mut crate::store::Tx, claims: &[String], rows: Vec<String>) {
+        for claim in claims {
+            let key = format!("{UNSENT_PREFIX}{claim}");
+            let mut all = rows.clone();
+            if let Ok(Some(json)) = self.store.get_kv_json(&key) {
+                if let Ok(before) = serde_json::from_slice::<Unsent>(&json) {
+                    all.extend(before.rows.into_iter().filter(|r| !rows.contains(r)));
+                }
+            }
+            tx.put_kv(
+                &key,
+                &Unsent {
+                    claim: claim.clone(),
+                    rows: all,
+                },
+            );
+        }
     }
 
     /// Cluster mode: the partitions' applied sequences kept in the store.
@@ -266,37 +299,105 @@ impl App {
         Ok(())
     }
 
-    /// Whether this instance's copy of ticket `id` has reached the change a claim names: it
-    /// exists, and for a later change it was updated at or after `at_ms`.
-    pub fn has_change(&self, id: &str, at_ms: Option<i64>) -> Result<bool, CoreError> {
-        let Some(t) = self.store.ticket(id)? else {
+    /// Whether this instance's copy of the ticket has reached the change claim `claim` names:
+    /// the ticket exists; for a later change it was updated at or after the change's time; for
+    /// a transition its history has the entry made at that time (applied from the stream).
+    pub fn has_change(&self, claim: &str) -> Result<bool, CoreError> {
+        let Some((id, kind, at_ms)) = parse_claim_key(claim) else {
             return Ok(false);
         };
-        Ok(match at_ms {
-            None => true,
-            Some(ms) => Timestamp::parse(&t.updated_at).is_some_and(|u| u.as_millis() >= ms),
+        let Some(t) = self.store.ticket(&id)? else {
+            return Ok(false);
+        };
+        Ok(match (kind, at_ms) {
+            (_, None) => true,
+            (ChangeKind::Transition, Some(ms)) => {
+                let at = Timestamp::from_millis(ms).format();
+                t.history.iter().any(|h| h.at == at)
+            }
+            (_, Some(ms)) => Timestamp::parse(&t.updated_at).is_some_and(|u| u.as_millis() >= ms),
         })
     }
 
-    /// Cluster mode: writes again the dispatch and notification rows of a change another
-    /// instance claimed and died before sending (its claim is this instance's now), from the
-    /// ticket as this instance has it, noted like a change claimed here. `false` when the
-    /// ticket is not here.
-    pub fn requeue_claimed(&self, claim: &str) -> Result<bool, CoreError> {
-        let Some((id, kind, _)) = parse_claim_key(claim) else {
+    /// The claims of the changes whose rows this instance has noted as not all sent.
+    pub fn unsent_claims(&self) -> Result<Vec<String>, CoreError> {
+        Ok(self
+            .store
+            .scan_kv::<Unsent>(UNSENT_PREFIX)?
+            .into_iter()
+            .map(|u| u.claim)
+            .collect())
+    }
+
+    /// Removes from the outboxes the rows still there of these claims' changes, and their
+    /// notes: the changes were sent by another instance (which took their claims over while
+    /// this one was gone). Returns how many rows were removed.
+    pub fn drop_unsent(&self, claims: &[String]) -> Result<usize, CoreError> {
+        let _core = self.core.lock();
+        let mut tx = self.store.tx();
+        let mut dropped = 0;
+        for claim in claims {
+            let key = format!("{UNSENT_PREFIX}{claim}");
+            let Some(json) = self.store.get_kv_json(&key)? else {
+                continue;
+            };
+            if let Ok(u) = serde_json::from_slice::<Unsent>(&json) {
+                for row in u.rows.iter().filter_map(|r| hex::decode(r).ok()) {
+                    if self.store.contains_raw(&row)? {
+                        tx.remove_raw(&row);
+                        dropped += 1;
+                    }
+                }
+            }
+            tx.remove_kv(&key);
+        }
+        self.store.commit(tx)?;
+        Ok(dropped)
+    }
+
+    /// Cluster mode: writes again the dispatch and notification rows of changes of one ticket
+    /// that another instance claimed and died before sending (their claims are this
+    /// instance's now), from the ticket as this instance has it, noted like changes claimed
+    /// here. Coalesced: one dispatch row for all of them (it carries the ticket's current
+    /// state, whichever change it announces: the newest one's kind), and the notifier's rows
+    /// once per kind of change among them (an opening and a settlement say different things).
+    /// `false` when the ticket is not here (or `claims` names none, or several tickets).
+    pub fn requeue_claims(&self, claims: &[String]) -> Result<bool, CoreError> {
+        let mut parsed: Vec<(String, ChangeKind, Option<i64>)> =
+            claims.iter().filter_map(|c| parse_claim_key(c)).collect();
+        let Some(id) = parsed.first().map(|(id, _, _)| id.clone()) else {
             return Ok(false);
         };
+        if parsed.len() != claims.len() || parsed.iter().any(|(i, _, _)| *i != id) {
+            return Ok(false);
+        }
+        // In the order they were made: the opening (no time) first.
+        parsed.sort_by_key(|(_, _, at)| at.unwrap_or(i64::MIN));
+        let mut kinds: Vec<ChangeKind> = Vec::new();
+        for (_, k, _) in &parsed {
+            if !kinds.contains(k) {
+                kinds.push(*k);
+            }
+        }
+        let newest = parsed.last().map_or(ChangeKind::Updated, |(_, k, _)| *k);
         let _core = self.core.lock();
         let Some(ticket) = self.store.ticket(&id)? else {
             return Ok(false);
         };
-        let change = Change {
+        let now_ms = self.now_ms();
+        let mut tx = self.store.tx();
+        tx.capture_outbox();
+        let change = |kind| Change {
             kind,
             previous_priority: None,
-            ticket,
+            ticket: ticket.clone(),
         };
-        let mut tx = self.store.tx();
-        self.record_claimed(&mut tx, &change, self.now_ms(), Some(claim.to_string()));
+        self.record_change(&mut tx, &change(newest), now_ms);
+        for k in kinds.into_iter().filter(|k| *k != newest) {
+            self.notify_change(&mut tx, &change(k), now_ms);
+        }
+        let rows: Vec<String> = tx.take_pushed().iter().map(hex::encode).collect();
+        self.note_unsent(&mut tx, claims, rows);
         self.store.commit(tx)?;
         self.dispatch_wake.notify_one();
         Ok(true)
@@ -882,7 +983,11 @@ mod tests {
             None,
             "a sent mark is no claim"
         );
-        assert_eq!(parse_claim_key("c.T-1.transition.5"), None);
+        assert_eq!(
+            parse_claim_key("c.T-1.transition.5"),
+            Some(("T-1".into(), ChangeKind::Transition, Some(5)))
+        );
+        assert_eq!(parse_claim_key("c.T-1.noted.5"), None);
     }
 
     #[test]
@@ -916,7 +1021,8 @@ mod tests {
         // Taken over from a departed claimant: written again from the ticket as stored here,
         // and noted until sent, like a change claimed here.
         assert!(
-            a.requeue_claimed("t.T-00bb").expect("requeue"),
+            a.requeue_claims(&["t.T-00bb".to_string()])
+                .expect("requeue"),
             "the ticket is here"
         );
         assert_eq!(
@@ -932,9 +1038,88 @@ mod tests {
             "its row is queued"
         );
         assert!(
-            !a.requeue_claimed("t.T-none").expect("requeue"),
+            !a.requeue_claims(&["t.T-none".to_string()])
+                .expect("requeue"),
             "no such ticket here"
         );
+    }
+
+    #[test]
+    fn a_tickets_taken_over_changes_are_sent_in_one_dispatch_row_and_noted_under_each_claim() {
+        let d = tempfile::tempdir().expect("dir");
+        let a = crate::app::testkit::writer(d.path());
+        let mut t = ticket("T-00dd", "acknowledged", "2015-01-03T06:00:00Z");
+        t.updated_at = "2015-01-04T00:00:00Z".into();
+        t.history.push(HistoryEntry {
+            at: Timestamp::from_millis(1_700_000_000_123).format(),
+            actor: "api".into(),
+            action: "transition".into(),
+            from: Some(Status::Open),
+            to: Some(Status::Acknowledged),
+            note: "ดูแล้ว".into(),
+        });
+        let mut tx = a.store.tx();
+        tx.put_ticket(&t);
+        a.store.commit(tx).expect("commit");
+        let transition = transition_claim_key(&t.id, Timestamp::from_millis(1_700_000_000_123));
+        let claims = vec![
+            "t.T-00dd".to_string(),
+            "c.T-00dd.updated.1420329600000".to_string(),
+            transition.clone(),
+        ];
+        for c in &claims {
+            assert!(a.has_change(c).expect("read"), "{c} is in the ticket here");
+        }
+        assert!(
+            !a.has_change("c.T-00dd.transition.1700000000999")
+                .expect("read"),
+            "a transition not in its history is not"
+        );
+        assert!(a.requeue_claims(&claims).expect("requeue"));
+        let rows = a
+            .store
+            .outbox::<serde_json::Value>(crate::dispatch::QUEUE)
+            .expect("outbox");
+        assert_eq!(
+            rows.len(),
+            1,
+            "one dispatch row for the ticket's three changes"
+        );
+        assert_eq!(rows[0].1["event"], "transition", "the newest change's kind");
+        assert_eq!(
+            rows[0].1["ticket"]["status"], "acknowledged",
+            "its current state"
+        );
+        for c in &claims {
+            assert!(
+                a.has_unsent(c).expect("read"),
+                "{c} noted until the row leaves"
+            );
+        }
+        let mut tx = a.store.tx();
+        tx.remove_raw(&rows[0].0);
+        a.store.commit(tx).expect("commit");
+        let mut sent = a.sent_claims().expect("read");
+        sent.sort();
+        let mut all = claims.clone();
+        all.sort();
+        assert_eq!(sent, all, "each claim marked sent once the row is gone");
+
+        // Sent by another instance while this one was gone: the rows still here are dropped.
+        assert!(a
+            .requeue_claims(std::slice::from_ref(&transition))
+            .expect("requeue"));
+        assert_eq!(
+            a.drop_unsent(std::slice::from_ref(&transition))
+                .expect("drop"),
+            1
+        );
+        assert!(!a.has_unsent(&transition).expect("read"));
+        assert!(a
+            .store
+            .outbox::<serde_json::Value>(crate::dispatch::QUEUE)
+            .expect("outbox")
+            .is_empty());
     }
 
     #[test]

@@ -755,6 +755,11 @@ impl App {
             .ticket_changes
             .with_label_values(&[c.kind.as_str()])
             .inc();
+        self.notify_change(tx, c, now_ms);
+    }
+
+    /// The notifier's part of [`App::record_change`]: its rows for the change, in `tx`.
+    pub(super) fn notify_change(&self, tx: &mut Tx, c: &Change, now_ms: i64) {
         // Notifications integration point: the notifier writes its outbox rows into the same
         // commit as the ticket change.
         let registry = self.registry.read();

@@ -33,9 +33,9 @@ pub mod timers;
 mod views;
 
 pub use cluster::{
-    claim_key, parse_claim_key, Applied, ClaimError, ClusterReadiness, ClusterStatus, DeviceBlob,
-    DeviceStates, Fleetwide, Peers, RecordedTransition, ShareError, StreamApplied, TicketRecord,
-    Unsent, UNSENT_PREFIX,
+    claim_key, parse_claim_key, transition_claim_key, Applied, ClaimError, ClusterReadiness,
+    ClusterStatus, DeviceBlob, DeviceStates, Fleetwide, Peers, RecordedTransition, ShareError,
+    StreamApplied, TicketRecord, Unsent, UNSENT_PREFIX,
 };
 pub use commit::GroupStats;
 pub use fleet::Fleet;

@@ -172,7 +172,8 @@ fn desk_error(e: CoreError) -> DeskError {
         CoreError::TicketNotFound(id) => DeskError::TicketNotFound(id),
         CoreError::Transition(e) => DeskError::Transition(e),
         CoreError::Invalid(m) => DeskError::Invalid(m),
-        // A transition opens no ticket, so it claims none; kept total all the same.
+        // Cluster mode could not claim or record the transition (NATS unreachable): refused
+        // with the reason, nothing stored.
         e @ (CoreError::Claim(_) | CoreError::Share(_)) => DeskError::Invalid(e.to_string()),
     }
 }
@@ -248,15 +249,22 @@ impl App {
             tx.remove_kv(&crate::domain::visit_key(&t.id));
         }
         also(&t, &mut tx)?;
+        let mut claim = None;
         if let Some(f) = &self.fleetwide {
-            // Cluster mode: in the stream before it is stored, for the partition's next owner,
-            // with the board's records written beside it.
+            // Cluster mode: claimed like an automatic change (so that, should this instance
+            // die before its rows are sent, the partition's next owner sends them), then in
+            // the stream before it is stored, for that owner, with the board's records
+            // written beside it.
+            let key = super::transition_claim_key(&t.id, now);
+            // Held by another instance (a transition of this ticket made there within the same
+            // millisecond): its rows are sent from here all the same, not tracked.
+            claim = f.claim_as(&key, &change)?.then_some(key);
             let records = super::TicketRecord::of_ticket(&t.id, tx.take_captured());
             let r = super::RecordedTransition::new(&t, to, actor, note, outcome, now)
                 .with_records(records);
             f.record_transition(&r)?;
         }
-        self.record_change(&mut tx, &change, now.as_millis());
+        self.record_claimed(&mut tx, &change, now.as_millis(), claim);
         self.store.commit(tx)?;
         if let Some(slot) = core.slots.get_mut(t.device_id.as_str()) {
             slot.live.retain(|x| x.id != t.id);

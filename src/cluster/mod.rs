@@ -206,7 +206,10 @@ impl ClusterMetrics {
                 "Claimed ticket changes and their outbox rows: marked (every row of a change \
                  claimed here has left the outboxes: its sent mark written), requeued (claimed \
                  by an instance that left without marking it sent: its rows written again here, \
-                 the owner of the device's partition)",
+                 the owner of the device's partition), rewritten (one per ticket whose requeued \
+                 changes were written again together), dropped (a change this instance claimed \
+                 and had not sent when it stopped, sent meanwhile by the instance that took it \
+                 over: its rows removed from the outboxes at start)",
             ),
             &["event"],
         )?;
@@ -326,6 +329,24 @@ pub struct Cluster {
     /// the last loss is set up again: what the server had delivered to it and that never
     /// arrived would otherwise come back only after `ack_wait`, behind newer readings.
     disconnects: Arc<AtomicU64>,
+    /// Changes claimed by this instance (taken over from a departed one before a restart)
+    /// whose rows are not written here yet: written once this instance's copy of the ticket
+    /// has the change ([`Cluster::reconcile`] finds them at start).
+    again: Mutex<BTreeSet<String>>,
+}
+
+/// The claims bucket's index key of claim `claim` while `instance` has not sent its change:
+/// written before the claim is made, deleted when its sent mark is written, so a departed
+/// instance's unsent changes are listed by the subject filter `u.INSTANCE.>` rather than by
+/// listing the bucket.
+fn unsent_key(instance: &str, claim: &str) -> String {
+    format!("u.{instance}.{claim}")
+}
+
+/// The claims bucket's key naming an instance that claims changes (`i.INSTANCE`), refreshed
+/// while it runs: how the others know whose index to look at once it is gone.
+fn claimant_key(instance: &str) -> String {
+    format!("i.{instance}")
 }
 
 /// What is left of a partition whose lease was lost: its stopped consumer task, and how many
@@ -445,6 +466,7 @@ impl Cluster {
             metrics,
             lost: Mutex::new(HashMap::new()),
             disconnects,
+            again: Mutex::new(BTreeSet::new()),
         }))
     }
 
@@ -685,6 +707,11 @@ impl Cluster {
             self.claims
                 .put(format!("s.{k}"), self.instance.clone().into_bytes().into())
                 .await?;
+            if let Err(e) = self.claims.delete(unsent_key(&self.instance, &k)).await {
+                // Left behind, it is only looked at if this instance departs (and then
+                // dropped: the change has its sent mark).
+                tracing::warn!(claim = %k, "cluster outbox: index key not deleted: {e}");
+            }
             self.metrics.outbox.with_label_values(&["marked"]).inc();
             marked.push(k);
         }
@@ -693,10 +720,13 @@ impl Cluster {
     }
 
     /// Sends the changes claimed by instances that are no longer members and not marked sent,
-    /// for devices of the partitions this instance consumes (`live`): the claim is taken over
-    /// (compare-and-set on its revision, so one instance does it) and the change's rows are
-    /// written again here from the ticket as this instance has it, once it has reached that
-    /// change. A row the departed instance sent just before it died goes again: at least once.
+    /// for devices of the partitions this instance consumes (`live`). A departed instance's
+    /// unsent changes are found under its index keys (`u.NAME.>`, [`unsent_key`]); the claims
+    /// bucket is not listed. Each claim is taken over (compare-and-set on its revision, so one
+    /// instance does it) and the changes of one ticket are written again here together, from
+    /// the ticket as this instance has it, once it has reached them
+    /// ([`App::requeue_claims`]). A row the departed instance sent just before it died goes
+    /// again: at least once.
     async fn send_departed(
         &self,
         members: &[String],
@@ -705,37 +735,81 @@ impl Cluster {
         let Some(app) = self.app() else {
             return Ok(());
         };
+        // Kept fresh well within the bucket's max_age, so this instance's index is looked at
+        // should it depart.
+        self.claims
+            .put(claimant_key(&self.instance), bytes::Bytes::new())
+            .await?;
         if live.is_empty() {
             return Ok(());
         }
-        let mut keys = self.claims.keys().await?;
-        let mut all: BTreeSet<String> = BTreeSet::new();
-        while let Some(k) = keys.next().await {
-            all.insert(k?);
+        self.send_again(&app, live).await?;
+        for key in list_keys(&self.client, &self.claims, "i.>").await? {
+            let Some(name) = key.strip_prefix("i.") else {
+                continue;
+            };
+            if name == self.instance || members.iter().any(|m| m == name) {
+                continue;
+            }
+            let index = list_keys(&self.client, &self.claims, &format!("u.{name}.>")).await?;
+            if index.is_empty() {
+                // Nothing of it left unsent (it comes back if the instance starts again).
+                if let Err(e) = self.claims.delete(&key).await {
+                    tracing::warn!(instance = %name, "cluster outbox: claimant key not deleted: {e}");
+                }
+                continue;
+            }
+            self.take_over(&app, name, &index, members, live).await?;
         }
-        for k in &all {
-            if k.starts_with("s.") || all.contains(&format!("s.{k}")) {
+        Ok(())
+    }
+
+    /// Takes over and sends the changes under departed instance `from`'s index keys `index`
+    /// that belong to the partitions consumed here; drops the index keys that no longer name
+    /// an unsent change of `from` (sent, expired, or held by another instance).
+    async fn take_over(
+        &self,
+        app: &Arc<App>,
+        from: &str,
+        index: &[String],
+        members: &[String],
+        live: &BTreeSet<u32>,
+    ) -> Result<(), BoxError> {
+        let prefix = format!("u.{from}.");
+        let mut by_ticket: BTreeMap<String, Vec<(String, u64, ClaimRecord)>> = BTreeMap::new();
+        for ukey in index {
+            let Some(claim) = ukey.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((id, _, _)) = crate::app::parse_claim_key(claim) else {
+                self.drop_index(ukey).await;
+                continue;
+            };
+            let entry = self
+                .claims
+                .entry(claim)
+                .await?
+                .filter(|e| e.operation == kv::Operation::Put);
+            let record = entry.as_ref().and_then(|e| {
+                serde_json::from_slice::<ClaimRecord>(&e.value)
+                    .ok()
+                    .map(|r| (e.revision, r))
+            });
+            let Some((revision, record)) = record else {
+                // Expired, or not a claim this version reads.
+                self.drop_index(ukey).await;
+                continue;
+            };
+            // Held by a live instance (this one, or one that took it over), or by another
+            // departed one that took it over (its own index names it), or sent already.
+            if record.instance != from
+                || members.contains(&record.instance)
+                || self.claims.get(format!("s.{claim}")).await?.is_some()
+            {
+                self.drop_index(ukey).await;
                 continue;
             }
-            let Some((id, _, at)) = crate::app::parse_claim_key(k) else {
-                continue;
-            };
-            let Some(entry) = self.claims.entry(k).await? else {
-                continue;
-            };
-            if entry.operation != kv::Operation::Put {
-                continue;
-            }
-            let Ok(mut record) = serde_json::from_slice::<ClaimRecord>(&entry.value) else {
-                continue;
-            };
-            let take_over = record.tracked
-                && record.instance != self.instance
-                && !members.contains(&record.instance);
-            // Taken over here before, and its rows not written (the instance stopped between
-            // the two): written now.
-            let again = record.instance == self.instance && record.taken_from.is_some();
-            if !(take_over || again)
+            if !record.tracked
                 || !live.contains(&partition::of_device(
                     &record.device_id,
                     self.cfg.partitions,
@@ -743,37 +817,226 @@ impl Cluster {
             {
                 continue;
             }
+            by_ticket
+                .entry(id)
+                .or_default()
+                .push((claim.to_string(), revision, record));
+        }
+        for (id, claims) in by_ticket {
             let a = app.clone();
-            let k2 = k.clone();
             let ready = tokio::task::spawn_blocking(move || {
-                Ok::<_, crate::app::CoreError>(
-                    a.has_change(&id, at)? && !(again && a.has_unsent(&k2)?),
-                )
+                let mut ready = Vec::new();
+                for c in claims {
+                    if a.has_change(&c.0)? {
+                        ready.push(c);
+                    }
+                }
+                Ok::<_, crate::app::CoreError>(ready)
             })
             .await??;
-            if !ready {
-                continue;
-            }
-            let from = record
-                .taken_from
-                .clone()
-                .unwrap_or_else(|| record.instance.clone());
-            if take_over {
+            let mut taken = Vec::new();
+            for (claim, revision, mut record) in ready {
+                // Indexed as this instance's before the claim names it, so that it is found
+                // should this instance die before sending it too.
+                let mine = unsent_key(&self.instance, &claim);
+                self.claims.put(&mine, bytes::Bytes::new()).await?;
                 record.instance = self.instance.clone();
-                record.taken_from = Some(from.clone());
+                record.taken_from = Some(from.to_string());
                 let value = serde_json::to_vec(&record)?;
-                match self.claims.update(k, value.into(), entry.revision).await {
+                match self.claims.update(&claim, value.into(), revision).await {
                     Ok(_) => {}
                     // Another instance took it over first.
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        self.drop_index(&mine).await;
+                        continue;
+                    }
                     Err(e) => return Err(boxed(e)),
                 }
+                self.drop_index(&unsent_key(from, &claim)).await;
+                taken.push(claim);
             }
+            if !taken.is_empty() {
+                self.requeue(app, &id, taken, from).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes again, together, the rows of these changes of ticket `id`, whose claims this
+    /// instance holds now; remembered to try again ([`Cluster::send_again`]) if the ticket
+    /// cannot be written.
+    async fn requeue(
+        &self,
+        app: &Arc<App>,
+        id: &str,
+        claims: Vec<String>,
+        from: &str,
+    ) -> Result<(), BoxError> {
+        let a = app.clone();
+        let c = claims.clone();
+        let written = tokio::task::spawn_blocking(move || a.requeue_claims(&c)).await?;
+        match written {
+            Ok(true) => {
+                let n = claims.len() as u64;
+                self.metrics
+                    .outbox
+                    .with_label_values(&["requeued"])
+                    .inc_by(n);
+                self.metrics.outbox.with_label_values(&["rewritten"]).inc();
+                let mut again = self.again.lock();
+                for c in &claims {
+                    again.remove(c);
+                }
+                tracing::info!(ticket = %id, changes = n, from = %from, "changes claimed by a departed instance were not marked sent: sent from here");
+                Ok(())
+            }
+            Ok(false) => {
+                self.again.lock().extend(claims);
+                Ok(())
+            }
+            Err(e) => {
+                self.again.lock().extend(claims);
+                Err(boxed(e))
+            }
+        }
+    }
+
+    /// Writes the rows of the changes this instance holds the claims of without having written
+    /// them (taken over before a restart, or before a store error), for the partitions it
+    /// consumes, once its copy of each ticket has the change and no note of its rows is here.
+    async fn send_again(&self, app: &Arc<App>, live: &BTreeSet<u32>) -> Result<(), BoxError> {
+        let pending: Vec<String> = self.again.lock().iter().cloned().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let a = app.clone();
+        let partitions = self.cfg.partitions;
+        let live = live.clone();
+        // By ticket: those whose ticket is here, of a partition consumed here, and has them.
+        let groups = tokio::task::spawn_blocking(move || {
+            let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut settled = Vec::new();
+            for claim in pending {
+                let Some((id, _, _)) = crate::app::parse_claim_key(&claim) else {
+                    settled.push(claim);
+                    continue;
+                };
+                if a.has_unsent(&claim)? {
+                    // Written here meanwhile (a redelivery claimed again): noted already.
+                    settled.push(claim);
+                    continue;
+                }
+                let Some(t) = a.store.ticket(&id)? else {
+                    continue;
+                };
+                if live.contains(&partition::of_device(&t.device_id, partitions))
+                    && a.has_change(&claim)?
+                {
+                    groups.entry(id).or_default().push(claim);
+                }
+            }
+            Ok::<_, crate::app::CoreError>((groups, settled))
+        })
+        .await??;
+        {
+            let mut again = self.again.lock();
+            for c in &groups.1 {
+                again.remove(c);
+            }
+        }
+        for (id, claims) in groups.0 {
+            let from = self.instance.clone();
+            self.requeue(app, &id, claims, &from).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an index key that no longer names an unsent change of its instance (best
+    /// effort: one left behind is looked at again, and dropped again, at the next listing).
+    async fn drop_index(&self, key: &str) {
+        if let Err(e) = self.claims.delete(key).await {
+            tracing::warn!(key = %key, "cluster outbox: index key not deleted: {e}");
+        }
+    }
+
+    /// At start, before the outboxes are sent: the changes this instance claimed and had not
+    /// sent when it stopped, and which the instance that took their claims over has sent (the
+    /// claim names another instance now, or has its sent mark), are removed from the outboxes
+    /// and counted (`dropped`) rather than sent again. The others are indexed (the index key
+    /// written again: a store from a version without the index gets it). Index keys of this
+    /// instance without a note here are dropped, or, for a claim this instance holds without
+    /// having written its rows (taken over just before it stopped), kept to be sent
+    /// ([`Cluster::send_again`]). A NATS failure here is logged: the rows are then sent (at
+    /// least once).
+    pub async fn reconcile(&self, app: &Arc<App>) {
+        if let Err(e) = self.try_reconcile(app).await {
+            tracing::warn!("cluster outbox: checking this instance's unsent changes at start: {e}");
+        }
+    }
+
+    async fn try_reconcile(&self, app: &Arc<App>) -> Result<(), BoxError> {
+        self.claims
+            .put(claimant_key(&self.instance), bytes::Bytes::new())
+            .await?;
+        let a = app.clone();
+        let noted = tokio::task::spawn_blocking(move || a.unsent_claims()).await??;
+        let mut sent_elsewhere = Vec::new();
+        for claim in &noted {
+            let holder = self
+                .claims
+                .entry(claim)
+                .await?
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| serde_json::from_slice::<ClaimRecord>(&e.value).ok())
+                .map(|r| r.instance);
+            let taken = holder.is_some_and(|h| h != self.instance);
+            if taken || self.claims.get(format!("s.{claim}")).await?.is_some() {
+                sent_elsewhere.push(claim.clone());
+            } else {
+                self.claims
+                    .put(unsent_key(&self.instance, claim), bytes::Bytes::new())
+                    .await?;
+            }
+        }
+        if !sent_elsewhere.is_empty() {
             let a = app.clone();
-            let k2 = k.clone();
-            if tokio::task::spawn_blocking(move || a.requeue_claimed(&k2)).await?? {
-                self.metrics.outbox.with_label_values(&["requeued"]).inc();
-                tracing::info!(claim = %k, from = %from, "a departed instance's claimed change was not marked sent: sent from here");
+            let d = sent_elsewhere.clone();
+            let rows = tokio::task::spawn_blocking(move || a.drop_unsent(&d)).await??;
+            for claim in &sent_elsewhere {
+                self.drop_index(&unsent_key(&self.instance, claim)).await;
+            }
+            self.metrics
+                .outbox
+                .with_label_values(&["dropped"])
+                .inc_by(sent_elsewhere.len() as u64);
+            tracing::info!(
+                changes = sent_elsewhere.len(),
+                rows,
+                "changes claimed here and not sent before the stop were sent by another instance: \
+                 their rows dropped from the outboxes"
+            );
+        }
+        let noted: BTreeSet<String> = noted.into_iter().collect();
+        let prefix = format!("u.{}.", self.instance);
+        let index = list_keys(&self.client, &self.claims, &format!("{prefix}>")).await?;
+        for ukey in index {
+            let Some(claim) = ukey.strip_prefix(&prefix) else {
+                continue;
+            };
+            if noted.contains(claim) {
+                continue;
+            }
+            let mine = self
+                .claims
+                .entry(claim)
+                .await?
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| serde_json::from_slice::<ClaimRecord>(&e.value).ok())
+                .is_some_and(|r| r.instance == self.instance);
+            if mine && self.claims.get(format!("s.{claim}")).await?.is_none() {
+                self.again.lock().insert(claim.to_string());
+            } else {
+                self.drop_index(&ukey).await;
             }
         }
         Ok(())
@@ -1889,6 +2152,56 @@ async fn shared_ticket_key(tickets: &kv::Store) -> Result<Vec<u8>, ClusterError>
     }
 }
 
+/// The keys of `store` matching the subject filter `filter` (`u.NAME.>`), live ones only
+/// (deleted and purged keys left out): [`kv::Store::keys`] for part of a bucket.
+async fn list_keys(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    filter: &str,
+) -> Result<Vec<String>, BoxError> {
+    let call = async {
+        let consumer = store
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                description: Some("forewarn key listing".into()),
+                filter_subject: format!("{}{filter}", store.prefix),
+                headers_only: true,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(boxed)?;
+        let mut keys = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(keys);
+        }
+        let mut messages = consumer.messages().await.map_err(boxed)?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(boxed)?;
+            let pending = m.info().map_err(|e| e.to_string())?.pending;
+            let removed = m.headers.as_ref().is_some_and(|h| {
+                h.get("KV-Operation")
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+                    || h.get("Nats-Marker-Reason").is_some()
+            });
+            if !removed {
+                if let Some(k) = m.subject.as_str().strip_prefix(store.prefix.as_str()) {
+                    keys.push(k.to_string());
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(keys)
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(boxed)?
+}
+
 impl Fleetwide for Cluster {
     fn replaying(&self, device: &str) -> bool {
         let p = partition::of_device(device, self.cfg.partitions);
@@ -1896,12 +2209,16 @@ impl Fleetwide for Cluster {
     }
 
     fn claim(&self, change: &Change) -> Result<bool, ClaimError> {
+        // No key: a transition (claimed under the key of the time it was made, by the instance
+        // accepting it: `claim_as`), or a change whose time does not read.
+        match crate::app::claim_key(change) {
+            Some(key) => self.claim_as(&key, change),
+            None => Ok(true),
+        }
+    }
+
+    fn claim_as(&self, key: &str, change: &Change) -> Result<bool, ClaimError> {
         let ticket = &change.ticket;
-        // No key: a transition (made by a person through this instance's API: nobody else
-        // makes it), or a change whose time does not read.
-        let Some(key) = crate::app::claim_key(change) else {
-            return Ok(true);
-        };
         let record = ClaimRecord {
             instance: self.instance.clone(),
             change: change.kind.as_str().to_string(),
@@ -1918,17 +2235,33 @@ impl Fleetwide for Cluster {
         };
         let value = serde_json::to_vec(&record).map_err(|e| fail(boxed(e)))?;
         let tickets = self.claims.clone();
+        let key = key.to_string();
+        let index = unsent_key(&self.instance, &key);
+        let me = self.instance.clone();
         let call = async move {
-            match tickets.create(&key, value.into()).await {
-                Ok(_) => Ok(None),
+            // Indexed first: should this instance die once the claim is made, its next owner
+            // finds it under this instance's index, whether or not the change was committed.
+            tickets
+                .put(&index, bytes::Bytes::new())
+                .await
+                .map_err(boxed)?;
+            let held = match tickets.create(&key, value.into()).await {
+                Ok(_) => return Ok(None),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    match tickets.get(&key).await {
-                        Ok(v) => Ok(v),
-                        Err(e) => Err(boxed(e)),
-                    }
+                    tickets.get(&key).await.map_err(boxed)?
                 }
-                Err(e) => Err(boxed(e)),
+                Err(e) => return Err(boxed(e)),
+            };
+            let mine = held
+                .as_ref()
+                .and_then(|v| serde_json::from_slice::<ClaimRecord>(v).ok())
+                .is_some_and(|r| r.instance == me);
+            if !mine {
+                // Another instance's change: not in this instance's index (one left behind is
+                // dropped when the index is read).
+                let _ = tickets.delete(&index).await;
             }
+            Ok(held)
         };
         let got = self
             .rt

@@ -202,6 +202,11 @@ async fn start(
         Some(c) => c.spawn_intake(&app, forward, client, acks, &shutdown),
         None => vec![acks.spawn_mqtt(client)],
     });
+    if let Some(c) = &cluster {
+        // Before the outboxes are sent: what this instance left unsent when it stopped and
+        // another instance sent meanwhile is dropped, not sent again.
+        c.reconcile(&app).await;
+    }
     tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
     tasks.push(notifier.spawn_worker(app.store.clone(), desk, shutdown.clone()));
     tasks.extend(app::timers::spawn(&app, &shutdown));
