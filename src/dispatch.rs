@@ -13,7 +13,7 @@
 //! and the [`crate::outbox`] worker runs the queue.
 
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{Dur, Ticket};
+use crate::domain::{DeviceId, Dur, Ticket};
 use crate::engine::{Change, ChangeKind};
 use crate::metrics::Metrics;
 use crate::outbox::{Backoff, Delivery, Effect, FactsOf, Gauges, Step, Update, Worker};
@@ -21,6 +21,7 @@ use crate::secret::Secret;
 use crate::store::{Store, StoreError, Tx};
 use events::{Attempt, Target};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,10 +99,12 @@ impl DeliveryError {
 
 /// One pending dispatch of a ticket change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredRow")]
 pub struct DispatchRow {
     /// `opened`, `updated`, `settled` or `transition`.
     pub event: String,
-    pub ticket: Ticket,
+    /// The ticket's JSON, published as it is stored.
+    pub ticket: TicketJson,
     pub mqtt_done: bool,
     pub webhook_done: bool,
     pub attempts: u32,
@@ -109,19 +112,135 @@ pub struct DispatchRow {
     pub next_attempt_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Stored as `"ticket_as_sent": true`: the row's `ticket` is the JSON to send, byte for
+    /// byte. Rows written before it hold a ticket that is decoded and encoded again on reading,
+    /// as it was then sent.
+    pub ticket_as_sent: AsSent,
+}
+
+/// The `ticket_as_sent` mark of a [`DispatchRow`] (always `true` once read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AsSent;
+
+impl Serialize for AsSent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(true)
+    }
+}
+
+/// A dispatch row as stored: the ticket left as JSON text.
+#[derive(Deserialize)]
+struct StoredRow {
+    event: String,
+    ticket: Box<RawValue>,
+    mqtt_done: bool,
+    webhook_done: bool,
+    attempts: u32,
+    next_attempt_ms: i64,
+    #[serde(default)]
+    last_error: Option<String>,
+    #[serde(default)]
+    ticket_as_sent: bool,
+}
+
+impl TryFrom<StoredRow> for DispatchRow {
+    type Error = serde_json::Error;
+
+    fn try_from(r: StoredRow) -> Result<DispatchRow, serde_json::Error> {
+        let ticket = if r.ticket_as_sent {
+            TicketJson::from_raw(r.ticket)?
+        } else {
+            TicketJson::new(&serde_json::from_str::<Ticket>(r.ticket.get())?)?
+        };
+        Ok(DispatchRow {
+            event: r.event,
+            ticket,
+            mqtt_done: r.mqtt_done,
+            webhook_done: r.webhook_done,
+            attempts: r.attempts,
+            next_attempt_ms: r.next_attempt_ms,
+            last_error: r.last_error,
+            ticket_as_sent: AsSent,
+        })
+    }
+}
+
+/// A ticket as its dispatch row holds it: the JSON that is published (and posted inside the
+/// webhook's body), with the fields the worker reads. Reading a row scans the ticket's JSON
+/// but builds none of it (evidence, history), and publishing sends it without encoding it.
+#[derive(Debug, Clone)]
+pub struct TicketJson {
+    pub id: String,
+    pub device_id: DeviceId,
+    pub failure_mode: String,
+    json: Box<RawValue>,
+}
+
+/// The fields of a ticket's JSON that [`TicketJson`] reads.
+#[derive(Deserialize)]
+struct TicketHead {
+    id: String,
+    device_id: DeviceId,
+    failure_mode: String,
+}
+
+impl TicketJson {
+    /// Encodes `t`: the JSON `serde_json::to_vec(t)` gives.
+    pub fn new(t: &Ticket) -> Result<TicketJson, serde_json::Error> {
+        Ok(TicketJson {
+            id: t.id.clone(),
+            device_id: t.device_id.clone(),
+            failure_mode: t.failure_mode.clone(),
+            json: serde_json::value::to_raw_value(t)?,
+        })
+    }
+
+    /// A ticket's JSON as written by [`TicketJson::new`] (or `serde_json::to_vec` of a ticket).
+    pub fn from_raw(json: Box<RawValue>) -> Result<TicketJson, serde_json::Error> {
+        let head: TicketHead = serde_json::from_str(json.get())?;
+        Ok(TicketJson {
+            id: head.id,
+            device_id: head.device_id,
+            failure_mode: head.failure_mode,
+            json,
+        })
+    }
+
+    /// The JSON, as published.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.json.get().as_bytes()
+    }
+
+    /// The whole ticket.
+    pub fn decode(&self) -> Result<Ticket, serde_json::Error> {
+        serde_json::from_str(self.json.get())
+    }
+}
+
+impl PartialEq for TicketJson {
+    fn eq(&self, other: &TicketJson) -> bool {
+        self.json.get() == other.json.get()
+    }
+}
+
+impl Serialize for TicketJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(s)
+    }
 }
 
 impl DispatchRow {
-    pub fn new(c: &Change, has_webhook: bool) -> DispatchRow {
-        DispatchRow {
+    pub fn new(c: &Change, has_webhook: bool) -> Result<DispatchRow, serde_json::Error> {
+        Ok(DispatchRow {
             event: c.kind.as_str().to_string(),
-            ticket: c.ticket.clone(),
+            ticket: TicketJson::new(&c.ticket)?,
             mqtt_done: false,
             webhook_done: !has_webhook,
             attempts: 0,
             next_attempt_ms: 0,
             last_error: None,
-        }
+            ticket_as_sent: AsSent,
+        })
     }
 }
 
@@ -131,9 +250,9 @@ impl DispatchRow {
     /// `serde_json::to_vec` of the row gives, without cloning or encoding the ticket again (a
     /// test holds the two equal for every kind of change).
     pub fn new_json(kind: ChangeKind, ticket_json: &[u8], has_webhook: bool) -> Vec<u8> {
-        const TAIL: &[u8] = b",\"attempts\":0,\"next_attempt_ms\":0}";
+        const TAIL: &[u8] = b",\"attempts\":0,\"next_attempt_ms\":0,\"ticket_as_sent\":true}";
         let event = kind.as_str();
-        let mut out = Vec::with_capacity(ticket_json.len() + event.len() + 80);
+        let mut out = Vec::with_capacity(ticket_json.len() + event.len() + 100);
         // The kinds are plain lower-case words: nothing in them needs escaping.
         out.extend_from_slice(b"{\"event\":\"");
         out.extend_from_slice(event.as_bytes());
@@ -146,11 +265,13 @@ impl DispatchRow {
     }
 }
 
-/// The webhook body of a row.
+/// The webhook body of a row: `{"event": "ticket.<kind>", "ticket": …}`, the ticket as a JSON
+/// value (as the body has always carried it).
 pub fn webhook_body(row: &DispatchRow) -> Vec<u8> {
+    let ticket: serde_json::Value = serde_json::from_str(row.ticket.json.get()).unwrap_or_default();
     serde_json::to_vec(&serde_json::json!({
         "event": format!("ticket.{}", row.event),
-        "ticket": row.ticket,
+        "ticket": ticket,
     }))
     .unwrap_or_default()
 }
@@ -331,7 +452,8 @@ impl Delivery for Targets {
                     "{}/{}/{}",
                     self.cfg.topic_prefix, row.ticket.device_id, row.ticket.failure_mode
                 );
-                let payload = serde_json::to_vec(&row.ticket).unwrap_or_default();
+                // The ticket's JSON as the commit encoded it (see `TicketJson`).
+                let payload = row.ticket.as_bytes().to_vec();
                 // Queued into the client's session: with clean_session = false rumqttc re-sends
                 // it after a reconnect until the broker acknowledges it.
                 let r = self

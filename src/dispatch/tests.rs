@@ -16,12 +16,13 @@ fn ticket() -> Ticket {
 fn row(mqtt_done: bool, webhook_done: bool, attempts: u32) -> DispatchRow {
     DispatchRow {
         event: "opened".into(),
-        ticket: ticket(),
+        ticket: TicketJson::new(&ticket()).unwrap(),
         mqtt_done,
         webhook_done,
         attempts,
         next_attempt_ms: 0,
         last_error: None,
+        ticket_as_sent: AsSent,
     }
 }
 
@@ -223,6 +224,53 @@ fn rows_written_before_the_outbox_worker_still_decode() {
 }
 
 #[test]
+fn a_row_without_the_as_sent_mark_publishes_its_ticket_encoded_again() {
+    // Written by an older version: a ticket without the fields added since, its keys in
+    // another order. It goes out as it always did: decoded, then encoded as today.
+    let mut old = serde_json::to_value(ticket()).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    fields.remove("customer_id");
+    fields.remove("predicted_failure_at");
+    let stored = serde_json::json!({
+        "event": "opened",
+        "ticket": old,
+        "mqtt_done": false,
+        "webhook_done": true,
+        "attempts": 0,
+        "next_attempt_ms": 0,
+    });
+    let r: DispatchRow = serde_json::from_value(stored).expect("old row decodes");
+    assert_eq!(r.ticket.as_bytes(), serde_json::to_vec(&ticket()).unwrap());
+    assert_eq!(
+        (r.ticket.id.as_str(), r.ticket.failure_mode.as_str()),
+        ("T-1", "bearing_wear")
+    );
+    // Rewritten (an attempt recorded), it is marked and reads back the same.
+    let again: DispatchRow = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+    assert_eq!(again, r);
+}
+
+#[test]
+fn a_row_whose_ticket_is_not_a_ticket_is_refused() {
+    for ticket in [
+        serde_json::json!({"id": "T-1"}),
+        serde_json::json!({"id": "T-1", "device_id": "", "failure_mode": "m"}),
+        serde_json::json!([1, 2]),
+    ] {
+        for as_sent in [true, false] {
+            let stored = serde_json::json!({
+                "event": "opened", "ticket": ticket, "mqtt_done": false, "webhook_done": true,
+                "attempts": 0, "next_attempt_ms": 0, "ticket_as_sent": as_sent,
+            });
+            assert!(
+                serde_json::from_value::<DispatchRow>(stored).is_err(),
+                "{ticket}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_webhook_status_reads_as_the_http_library_words_it() {
     for code in [500, 503, 404, 599] {
         let s = reqwest::StatusCode::from_u16(code).expect("status");
@@ -264,13 +312,26 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
                     previous_priority: None,
                     ticket: t.clone(),
                 };
-                let want = serde_json::to_vec(&DispatchRow::new(&change, has_webhook)).unwrap();
+                let row = DispatchRow::new(&change, has_webhook).unwrap();
+                let want = serde_json::to_vec(&row).unwrap();
                 let got = DispatchRow::new_json(kind, &ticket_json, has_webhook);
                 assert_eq!(
                     String::from_utf8_lossy(&got),
                     String::from_utf8_lossy(&want),
                     "{kind:?}, webhook {has_webhook}"
                 );
+                // Read back, it publishes the commit's bytes and posts what the body always
+                // held: the ticket as a JSON value.
+                let read: DispatchRow = serde_json::from_slice(&got).unwrap();
+                assert_eq!(read, row);
+                assert_eq!(read.ticket.as_bytes(), &ticket_json[..]);
+                assert_eq!(read.ticket.decode().unwrap(), t);
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "event": format!("ticket.{}", kind.as_str()),
+                    "ticket": t,
+                }))
+                .unwrap();
+                assert_eq!(webhook_body(&read), body);
             }
         }
     }

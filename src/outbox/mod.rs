@@ -265,7 +265,12 @@ impl<D: Delivery> Worker<D> {
             if let Err(e) = self.store.flush() {
                 tracing::error!(queue = D::QUEUE, error = %e, "outbox flush failed");
             }
-            if let Ok(rows) = self.store.outbox::<D::Row>(D::QUEUE) {
+            if self.gauges.oldest_age.is_none() {
+                // The depth alone: counting the rows needs none of them decoded.
+                self.gauges
+                    .depth
+                    .set(self.store.outbox_len(D::QUEUE) as i64);
+            } else if let Ok(rows) = self.store.outbox::<D::Row>(D::QUEUE) {
                 self.gauges.set::<D>(&rows, self.clock.now_ms());
             }
         }

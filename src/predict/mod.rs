@@ -7,8 +7,10 @@
 
 mod config;
 pub mod example;
+mod flat;
 
 pub use config::Config;
+pub use flat::{FlatTrees, SplitRow, MAX_COMPLETE_DEPTH, ROW_FEATURES};
 
 use crate::domain::Evidence;
 use crate::features::{Attributes, FeatureSpec};
@@ -194,175 +196,13 @@ impl Tree {
     }
 }
 
-/// A tree ensemble compiled for scoring, built from [`Estimator::Trees`] when models are loaded
-/// and never serialized: all trees' nodes in one array of 16-byte nodes, breadth-first, the two
-/// children of a node side by side (right = left + 1). It walks the same comparisons and sums
-/// the same leaves in the same order as [`Estimator::predict`], so it gives the same bits.
-#[derive(Debug, Clone)]
-pub struct FlatTrees {
-    base: f64,
-    learning_rate: f64,
-    link: Link,
-    roots: Vec<u32>,
-    nodes: Vec<FlatNode>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FlatNode {
-    /// The threshold of an inner node, the output of a leaf.
-    value: f64,
-    /// Feature index, with the leaf and missing-goes-left flags in the top bits.
-    meta: u32,
-    /// Index of the left child; the right child follows it.
-    left: u32,
-}
-
-const FLAT_LEAF: u32 = 1 << 31;
-const FLAT_MISSING_LEFT: u32 = 1 << 30;
-const FLAT_FEATURE: u32 = FLAT_MISSING_LEFT - 1;
-
-impl FlatNode {
-    const EMPTY: FlatNode = FlatNode {
-        value: 0.0,
-        meta: FLAT_LEAF,
-        left: 0,
-    };
-
-    #[inline(always)]
-    fn is_leaf(&self) -> bool {
-        self.meta & FLAT_LEAF != 0
-    }
-
-    /// The child `x` goes to: exactly `Tree::predict`'s test.
-    #[inline(always)]
-    fn next(&self, x: &[f64]) -> usize {
-        let v = x[(self.meta & FLAT_FEATURE) as usize];
-        let left = if v.is_nan() {
-            self.meta & FLAT_MISSING_LEFT != 0
-        } else {
-            v <= self.value
-        };
-        self.left as usize + usize::from(!left)
-    }
-}
-
-impl FlatTrees {
-    /// Compiles a tree ensemble; `None` for a linear model, or for trees that are not plain
-    /// trees (a node reached twice), which are then walked as stored.
-    pub fn compile(e: &Estimator) -> Option<FlatTrees> {
-        let Estimator::Trees {
-            base,
-            learning_rate,
-            trees,
-            link,
-        } = e
-        else {
-            return None;
-        };
-        let mut nodes = Vec::with_capacity(trees.iter().map(|t| t.nodes.len()).sum());
-        let mut roots = Vec::with_capacity(trees.len());
-        for t in trees {
-            roots.push(u32::try_from(nodes.len()).ok()?);
-            Self::compile_tree(t, &mut nodes)?;
-        }
-        Some(FlatTrees {
-            base: *base,
-            learning_rate: *learning_rate,
-            link: *link,
-            roots,
-            nodes,
-        })
-    }
-
-    fn compile_tree(t: &Tree, out: &mut Vec<FlatNode>) -> Option<()> {
-        let mut seen = vec![false; t.nodes.len()];
-        let mut queue = std::collections::VecDeque::new();
-        *seen.first_mut()? = true;
-        queue.push_back((0usize, out.len()));
-        out.push(FlatNode::EMPTY);
-        while let Some((orig, at)) = queue.pop_front() {
-            let n = t.nodes.get(orig)?;
-            if n.feature == LEAF {
-                out[at] = FlatNode {
-                    value: n.value,
-                    meta: FLAT_LEAF,
-                    left: 0,
-                };
-                continue;
-            }
-            if n.feature > FLAT_FEATURE {
-                return None;
-            }
-            let left = out.len();
-            out.push(FlatNode::EMPTY);
-            out.push(FlatNode::EMPTY);
-            for (child, slot) in [(n.left, left), (n.right, left + 1)] {
-                let c = child as usize;
-                if std::mem::replace(seen.get_mut(c)?, true) {
-                    return None;
-                }
-                queue.push_back((c, slot));
-            }
-            out[at] = FlatNode {
-                value: n.threshold,
-                meta: n.feature | if n.missing_left { FLAT_MISSING_LEFT } else { 0 },
-                left: u32::try_from(left).ok()?,
-            };
-        }
-        Some(())
-    }
-
-    fn leaf(&self, mut i: usize, x: &[f64]) -> f64 {
-        loop {
-            let n = &self.nodes[i];
-            if n.is_leaf() {
-                return n.value;
-            }
-            i = n.next(x);
-        }
-    }
-
-    /// Same as [`Estimator::predict`] on the estimator this was compiled from.
-    pub fn predict(&self, x: &[f64]) -> f64 {
-        const LANES: usize = 8;
-        let mut z = self.base;
-        // Eight trees walked in lockstep so their node loads overlap; their leaves are then
-        // added one by one in tree order, as the stored walker adds them.
-        let mut chunks = self.roots.chunks_exact(LANES);
-        for c in &mut chunks {
-            let mut at = [0usize; LANES];
-            for (a, &r) in at.iter_mut().zip(c) {
-                *a = r as usize;
-            }
-            loop {
-                let mut walking = false;
-                for a in &mut at {
-                    let n = &self.nodes[*a];
-                    if !n.is_leaf() {
-                        *a = n.next(x);
-                        walking = true;
-                    }
-                }
-                if !walking {
-                    break;
-                }
-            }
-            for a in at {
-                z += self.learning_rate * self.nodes[a].value;
-            }
-        }
-        for &r in chunks.remainder() {
-            z += self.learning_rate * self.leaf(r as usize, x);
-        }
-        self.link.apply(z)
-    }
-}
-
 /// A mode's estimators compiled for serving (see [`FlatTrees`]).
 #[derive(Debug, Clone)]
 pub struct CompiledMode {
     classifier: Option<FlatTrees>,
     regressor: Option<FlatTrees>,
+    /// Whether either reads a [`SplitRow`]: then a scoring prepares one for both.
+    reads_row: bool,
 }
 
 impl CompiledMode {
@@ -372,17 +212,25 @@ impl CompiledMode {
     }
 
     pub fn new(m: &ModeModel) -> CompiledMode {
+        let classifier = FlatTrees::compile(&m.classifier);
+        let regressor = m.regressor.as_ref().and_then(FlatTrees::compile);
+        let reads_row = classifier
+            .iter()
+            .chain(regressor.iter())
+            .any(FlatTrees::is_complete);
         CompiledMode {
-            classifier: FlatTrees::compile(&m.classifier),
-            regressor: m.regressor.as_ref().and_then(FlatTrees::compile),
+            classifier,
+            regressor,
+            reads_row,
         }
     }
 }
 
-fn predict_with(e: &Estimator, flat: Option<&FlatTrees>, x: &[f64]) -> f64 {
-    match flat {
-        Some(f) => f.predict(x),
-        None => e.predict(x),
+fn predict_with(e: &Estimator, flat: Option<&FlatTrees>, x: &[f64], row: Option<&SplitRow>) -> f64 {
+    match (flat, row) {
+        (Some(f), Some(row)) => f.predict_prepared(x, row),
+        (Some(f), None) => f.predict(x),
+        (None, _) => e.predict(x),
     }
 }
 
@@ -889,14 +737,29 @@ impl Artifact {
     }
 
     fn score(mode: &ModeModel, compiled: Option<&CompiledMode>, x: &[f64]) -> ModeScore {
+        match compiled {
+            // One prepared row for the classifier and the regressor.
+            Some(c) if c.reads_row => {
+                flat::with_row(x, |row| Self::score_on(mode, compiled, x, Some(row)))
+            }
+            _ => Self::score_on(mode, compiled, x, None),
+        }
+    }
+
+    fn score_on(
+        mode: &ModeModel,
+        compiled: Option<&CompiledMode>,
+        x: &[f64],
+        row: Option<&SplitRow>,
+    ) -> ModeScore {
         let flat_cls = compiled.and_then(|c| c.classifier.as_ref());
         let flat_reg = compiled.and_then(|c| c.regressor.as_ref());
-        let mut p = predict_with(&mode.classifier, flat_cls, x).clamp(0.0, 1.0);
+        let mut p = predict_with(&mode.classifier, flat_cls, x, row).clamp(0.0, 1.0);
         if let (Some(c), false) = (&mode.calibration, p.is_nan()) {
             p = c.apply(p);
         }
         let ttf = mode.regressor.as_ref().map(|r| {
-            let v = predict_with(r, flat_reg, x).max(0.0);
+            let v = predict_with(r, flat_reg, x, row).max(0.0);
             match mode.ttf_cap_hours {
                 Some(cap) => v.min(cap),
                 None => v,
