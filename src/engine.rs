@@ -8,7 +8,7 @@ use crate::domain::{HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket, T
 use crate::features::{
     streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
 };
-use crate::predict::{Artifact, CompiledMode, ModeModel, OpenRule};
+use crate::predict::{within_hold_back, Artifact, CompiledMode, ModeModel, OpenRule};
 use crate::tickets::ticket_id;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -288,6 +288,9 @@ impl Engine {
                         .cfg
                         .consecutive_override
                         .map_or_else(|| mm.open_rule(a.consecutive), OpenRule::in_a_row);
+                    // The hold-back: beyond it (predicted time to failure too far out) no ticket
+                    // or customer alert opens; the scoring still counts in the rule's memory.
+                    let within = within_hold_back(mm.hold_back_hours(), s.ttf_hours);
                     let prio = priority(s.ttf_hours, a.horizon_hours, s.probability);
                     // Formatted only when a ticket takes it.
                     let predicted = || {
@@ -296,6 +299,7 @@ impl Engine {
                     };
                     if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
                         let raise = alert
+                            && within
                             && t.history.iter().any(|h| h.action == ALERT_WITHHELD)
                             && !t.history.iter().any(|h| h.action == ALERT_RAISED);
                         if raise {
@@ -345,7 +349,7 @@ impl Engine {
                                 ticket: t.clone(),
                             });
                         }
-                    } else if above && rule.met(recent) {
+                    } else if above && within && rule.met(recent) {
                         let mut t = self.open(lm, mm, r, ctx, s.probability, predicted(), prio, &x);
                         if !alert {
                             t.history.push(HistoryEntry {
@@ -595,6 +599,7 @@ mod tests {
             out_of_fold: Default::default(),
             consecutive: Some(1),
             of_last: None,
+            hold_back_hours: None,
         });
         assert_eq!(a.consecutive, 2);
         let cfg = EngineConfig::default();

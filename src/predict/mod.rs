@@ -21,8 +21,10 @@ pub const ARTIFACT_FORMAT: &str = "forewarn-model";
 /// Bumped on any change a previous daemon could not read correctly. Version 2 added calibration,
 /// the three levels (watch, ticket, customer alert) with their out-of-fold evidence, event-code
 /// features and event-time windows; version 1 artifacts still load (their one threshold serves as
-/// every level, as it did).
-pub const ARTIFACT_VERSION: u32 = 2;
+/// every level, as it did). Version 3 added a mode's hold-back (`levels.hold_back_hours`: a ticket
+/// opens only while the predicted time to failure is within it); version 2 artifacts still load,
+/// with no hold-back.
+pub const ARTIFACT_VERSION: u32 = 3;
 /// The oldest artifact version this build reads.
 pub const ARTIFACT_MIN_VERSION: u32 = 1;
 
@@ -450,6 +452,10 @@ impl ModeModel {
         let n = self.levels.as_ref().and_then(|l| l.of_last).unwrap_or(k);
         OpenRule::new(k, n)
     }
+    /// Hours of predicted time to failure beyond which no ticket or customer alert opens.
+    pub fn hold_back_hours(&self) -> Option<f64> {
+        self.levels.as_ref().and_then(|l| l.hold_back_hours)
+    }
     /// Score at which a device is watched (internal: API and metrics only).
     pub fn watch_threshold(&self) -> f64 {
         self.levels.as_ref().map_or(self.threshold, |l| l.watch)
@@ -541,6 +547,21 @@ pub struct Levels {
     /// artifacts) or equal to `consecutive`: they must be in a row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub of_last: Option<u16>,
+    /// Hold-back: a ticket (and a customer alert) opens only while the mode's predicted time to
+    /// failure is at most this many hours, chosen out of fold with the level and the rule;
+    /// `None` (also every artifact before version 3): no bound. The watch is never held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_back_hours: Option<f64>,
+}
+
+/// Whether a scoring with predicted time to failure `ttf_hours` is within the hold-back `bound`:
+/// always without a bound; never when a bound is set and nothing was predicted. Training's
+/// out-of-fold replay and the engine decide with this one function.
+pub fn within_hold_back(bound: Option<f64>, ttf_hours: Option<f64>) -> bool {
+    match bound {
+        None => true,
+        Some(b) => ttf_hours.is_some_and(|h| h <= b),
+    }
 }
 
 /// When a ticket opens: the latest scoring at or above the ticket level, and at least `k` of the
@@ -709,6 +730,22 @@ impl Artifact {
                     m.mode, m.threshold
                 )
                 .into());
+            }
+            if let Some(b) = m.hold_back_hours() {
+                if !b.is_finite() || b <= 0.0 {
+                    return Err(format!(
+                        "mode {:?} hold_back_hours {b} is not a positive number of hours",
+                        m.mode
+                    )
+                    .into());
+                }
+                if m.regressor.is_none() {
+                    return Err(format!(
+                        "mode {:?} has hold_back_hours but no time-to-failure regressor to bound",
+                        m.mode
+                    )
+                    .into());
+                }
             }
         }
         Ok(())

@@ -102,11 +102,28 @@ pub struct TruthSummary {
     pub phm08_score: Option<f64>,
 }
 
+/// How one mode of the model opens tickets, as the engine applies it in this backtest.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeRule {
+    pub mode: String,
+    /// The ticket level; `None`: the mode is only watched.
+    pub ticket: Option<f64>,
+    pub customer_alert: Option<f64>,
+    /// `consecutive` of the last `of_last` scorings at or above the ticket level.
+    pub consecutive: u16,
+    pub of_last: u16,
+    /// Tickets and customer alerts open only while the predicted time to failure is at most
+    /// this; `None`: no bound.
+    pub hold_back_hours: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub model: String,
     pub model_version: String,
     pub horizon_hours: f64,
+    /// Per mode, the levels, rule and hold-back the tickets below were opened by.
+    pub modes: Vec<ModeRule>,
     pub devices: usize,
     pub readings: usize,
     pub tickets: TicketSummary,
@@ -164,6 +181,24 @@ pub fn evaluate(
     let name = artifact.name.clone();
     let version = artifact.version.clone();
     let modes: Vec<String> = artifact.modes.iter().map(|m| m.mode.clone()).collect();
+    let mode_rules: Vec<ModeRule> = artifact
+        .modes
+        .iter()
+        .map(|m| {
+            let rule = opts.engine.consecutive_override.map_or_else(
+                || m.open_rule(artifact.consecutive),
+                crate::predict::OpenRule::in_a_row,
+            );
+            ModeRule {
+                mode: m.mode.clone(),
+                ticket: m.ticket_threshold(),
+                customer_alert: m.alert_threshold(),
+                consecutive: rule.k,
+                of_last: rule.n,
+                hold_back_hours: m.hold_back_hours(),
+            }
+        })
+        .collect();
     let models = Models::new(vec![artifact], &opts.engine.window)
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let engine = Engine::new(opts.engine.clone(), Arc::new(models));
@@ -489,6 +524,7 @@ pub fn evaluate(
             model: name,
             model_version: version,
             horizon_hours: horizon,
+            modes: mode_rules,
             devices: h.devices.len(),
             readings: h.rows,
             tickets: tickets_summary,

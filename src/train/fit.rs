@@ -18,7 +18,7 @@ use super::linear;
 use super::rows::{build_rows, build_spec, Rows};
 use super::select::{self, Target, ValidDevice};
 use super::TrainError;
-use crate::domain::{EventKind, Timestamp};
+use crate::domain::EventKind;
 use crate::engine::EngineConfig;
 use crate::features::{FeatureSpec, MetricStat};
 use crate::predict::{
@@ -106,6 +106,8 @@ struct PendingAlert<'a> {
     /// The ticket level: an alert is never below it.
     floor: f64,
     rule: OpenRule,
+    /// The ticket's hold-back: an alert is held back as the ticket is.
+    hold_back: Option<f64>,
     months: f64,
     devices: Vec<ValidDevice<'a>>,
 }
@@ -395,7 +397,7 @@ pub fn train(
     );
     pb.finish_and_clear();
 
-    let pb = super::progress(modes.len() as u64 * (k as u64 + 2), "fitting");
+    let pb = super::progress(modes.len() as u64 * (2 * k as u64 + 2), "fitting");
     let mut mode_models = Vec::new();
     let mut summaries = Vec::new();
     let mut consecutive_votes = Vec::new();
@@ -514,51 +516,90 @@ pub fn train(
         };
         pb.inc(1);
 
-        // Regressor: early-stopped on the first fold, then refitted on every device.
-        let (rt, ry): (Vec<usize>, Vec<f64>) = (0..rows.len())
-            .filter(|&i| k < 2 || fold[rows.device[i] as usize] != 0)
-            .filter_map(|i| rows.labels[i].target.map(|t| (i, t)))
-            .unzip();
-        let (rv, rvy): (Vec<usize>, Vec<f64>) = (0..rows.len())
-            .filter(|&i| k >= 2 && fold[rows.device[i] as usize] == 0)
-            .filter_map(|i| rows.labels[i].target.map(|t| (i, t)))
-            .unzip();
+        // Regressor, chosen like the classifier: each fold's is fitted on the other folds and
+        // early-stopped on its own (a fold whose targets are all alike cannot tell when to stop:
+        // it takes the told folds' median), predicts its own rows (the out-of-fold time to
+        // failure the hold-back is chosen on), and the median of the folds' rounds is refitted
+        // on every device. Stopping on one fold alone stopped some modes after two rounds: most
+        // targets sit at the cap, and a fold with few failures of the mode barely moves.
+        let targeted = |keep: &dyn Fn(usize) -> bool| -> (Vec<usize>, Vec<f64>) {
+            (0..rows.len())
+                .filter(|&i| keep(rows.device[i] as usize))
+                .filter_map(|i| rows.labels[i].target.map(|t| (i, t)))
+                .unzip()
+        };
+        let (reg_i, reg_y) = targeted(&|_| true);
         let mut vm = ValidationMetrics::default();
-        let reg = if rt.len() + rv.len() >= 10 {
-            let first = fit_one(
+        let mut oof_ttf = vec![f64::NAN; rows.len()];
+        let reg = if reg_i.len() >= 10 {
+            let mut reg_rounds = Vec::new();
+            if k >= 2 {
+                let varied = |ys: &[f64]| ys.iter().any(|y| (y - ys[0]).abs() > 1e-9);
+                let informative: Vec<bool> = (0..k)
+                    .map(|f| varied(&targeted(&|d| fold[d] == f).1))
+                    .collect();
+                let order = (0..k)
+                    .filter(|&f| informative[f])
+                    .chain((0..k).filter(|&f| !informative[f]));
+                for f in order {
+                    let (ti, ty) = targeted(&|d| fold[d] != f);
+                    let (vi, vy) = targeted(&|d| fold[d] == f);
+                    if ti.len() < 10 {
+                        pb.inc(1);
+                        continue;
+                    }
+                    let (valid, fixed) = if informative[f] {
+                        (Some((&vi[..], &vy[..])), None)
+                    } else {
+                        let mut told = reg_rounds.clone();
+                        told.sort_unstable();
+                        let r = told
+                            .get(told.len() / 2)
+                            .copied()
+                            .unwrap_or(UNINFORMED_FOLD_ROUNDS);
+                        (None, Some(r))
+                    };
+                    let m = fit_one(
+                        opts.estimator,
+                        Loss::SquaredError,
+                        rows,
+                        &ti,
+                        &ty,
+                        valid,
+                        opts.seed.wrapping_add(f as u64),
+                        fixed,
+                    )?;
+                    if let (Some(r), true) = (m.rounds, informative[f]) {
+                        reg_rounds.push(r);
+                    }
+                    for (i, o) in oof_ttf.iter_mut().enumerate() {
+                        if fold[rows.device[i] as usize] == f {
+                            *o = m.estimator.predict(rows.row(i)).clamp(0.0, cap);
+                        }
+                    }
+                    pb.inc(1);
+                }
+                let (mut se, mut n) = (0.0, 0usize);
+                for (&i, t) in reg_i.iter().zip(&reg_y) {
+                    if oof_ttf[i].is_finite() {
+                        se += (oof_ttf[i] - t).powi(2);
+                        n += 1;
+                    }
+                }
+                vm.rmse_hours = (n > 0).then(|| (se / n as f64).sqrt());
+            }
+            reg_rounds.sort_unstable();
+            let chosen = reg_rounds.get(reg_rounds.len() / 2).copied();
+            Some(fit_one(
                 opts.estimator,
                 Loss::SquaredError,
                 rows,
-                &rt,
-                &ry,
-                (!rv.is_empty()).then_some((&rv[..], &rvy[..])),
-                opts.seed,
+                &reg_i,
+                &reg_y,
                 None,
-            )?;
-            if !rv.is_empty() {
-                let se: f64 = rv
-                    .iter()
-                    .zip(&rvy)
-                    .map(|(&i, t)| {
-                        (first.estimator.predict(rows.row(i)).clamp(0.0, cap) - t).powi(2)
-                    })
-                    .sum();
-                vm.rmse_hours = Some((se / rv.len() as f64).sqrt());
-                let all: Vec<usize> = rt.iter().chain(&rv).copied().collect();
-                let ally: Vec<f64> = ry.iter().chain(&rvy).copied().collect();
-                Some(fit_one(
-                    opts.estimator,
-                    Loss::SquaredError,
-                    rows,
-                    &all,
-                    &ally,
-                    None,
-                    opts.seed,
-                    first.rounds,
-                )?)
-            } else {
-                Some(first)
-            }
+                opts.seed,
+                chosen,
+            )?)
         } else {
             None
         };
@@ -584,14 +625,23 @@ pub fn train(
         let mut oof_devices: Vec<usize> = Vec::new();
         let mut vdevs: Vec<ValidDevice> = Vec::new();
         for d in 0..h.devices.len() {
-            let r: Vec<(Timestamp, f64)> = (0..rows.len())
+            let at: Vec<usize> = (0..rows.len())
                 .filter(|&i| rows.device[i] as usize == d && oof[i].is_finite())
-                .map(|i| (rows.ts[i], calibrate(oof[i])))
                 .collect();
-            if !r.is_empty() {
+            if !at.is_empty() {
                 oof_devices.push(d);
                 vdevs.push(ValidDevice {
-                    rows: r,
+                    rows: at
+                        .iter()
+                        .map(|&i| (rows.ts[i], calibrate(oof[i])))
+                        .collect(),
+                    // A hold-back bounds what the served regressor predicts: only a mode that
+                    // has one chooses it.
+                    ttf: if reg.is_some() {
+                        at.iter().map(|&i| oof_ttf[i]).collect()
+                    } else {
+                        Vec::new()
+                    },
                     events: &h.devices[d].labels,
                 });
             }
@@ -617,6 +667,7 @@ pub fn train(
                     out_of_fold: out,
                     consecutive: None,
                     of_last: None,
+                    hold_back_hours: None,
                 },
                 2,
             )
@@ -671,6 +722,7 @@ pub fn train(
                     at: summaries.len(),
                     floor: t,
                     rule: c.rule,
+                    hold_back: c.hold_back,
                     months: oof_months,
                     devices: vdevs,
                 });
@@ -681,11 +733,14 @@ pub fn train(
                  false watch episodes plus {} of their Poisson deviation stay at most {WATCH_CAP} \
                  per device-month, never above the ticket's; customer alert: lowest score \
                  at or above the ticket's whose false alerts plus {} of their Poisson deviation \
-                 stay at most {} per device-month shared equally by the modes with a ticket level",
+                 stay at most {} per device-month shared equally by the modes with a ticket level; \
+                 hold-back (tickets and alerts open only while the out-of-fold predicted time to \
+                 failure is within it): none, or {:?} horizons when it scores strictly higher",
                 opts.target.describe(window_h),
                 select::FALSE_RATE_MARGIN_SD,
                 select::FALSE_RATE_MARGIN_SD,
-                opts.alert_cap
+                opts.alert_cap,
+                select::HOLD_BACK_HORIZONS,
             );
             (
                 Levels {
@@ -697,6 +752,7 @@ pub fn train(
                     out_of_fold: out,
                     consecutive: ticket.map(|_| c.rule.k),
                     of_last: ticket.map(|_| c.rule.n),
+                    hold_back_hours: ticket.and(c.hold_back),
                 },
                 c.rule.k,
             )
@@ -743,6 +799,7 @@ pub fn train(
             &summary.mode,
             p.floor,
             p.rule,
+            p.hold_back,
             share,
             p.months,
             true,

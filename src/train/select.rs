@@ -3,7 +3,7 @@
 
 use crate::domain::{DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
-use crate::predict::OpenRule;
+use crate::predict::{within_hold_back, OpenRule};
 
 /// Splits devices into (training, validation) by a seeded hash of their ids, so a device's rows
 /// never sit on both sides. Devices that fail and devices that do not are split separately, so the
@@ -230,7 +230,10 @@ pub fn match_tickets(
     let mut prev = Timestamp::MIN;
     for &f in failures {
         let lo = f.saturating_sub(hz);
-        let due = scored.iter().any(|&s| s >= lo && s <= f);
+        // `scored` is sorted: the first scoring at or after `lo` decides (this runs for every
+        // candidate policy, so a scan of the device's scorings per failure would dominate).
+        let first = scored.partition_point(|&s| s < lo);
+        let due = scored.get(first).is_some_and(|&s| s <= f);
         if due {
             t.due += 1;
             let first = opened
@@ -249,15 +252,18 @@ pub fn match_tickets(
 }
 
 /// Replays the ticket policy of the engine on scored rows of one device: a ticket opens when
-/// `rule` is met by the scorings at or above `threshold` and stays live until a failure or
-/// maintenance of the mode settles it (which also clears the memory of recent scorings). Returns
-/// the opening times.
+/// `rule` is met by the scorings at or above `threshold` while the predicted time to failure
+/// (`ttf[i]` for `rows[i]`, NaN or missing: none) is within `hold_back`, and stays live until a
+/// failure or maintenance of the mode settles it (which also clears the memory of recent
+/// scorings). Returns the opening times.
 pub fn simulate_openings(
     rows: &[(Timestamp, f64)],
+    ttf: &[f64],
     events: &[DeviceEvent],
     mode: &str,
     threshold: f64,
     rule: OpenRule,
+    hold_back: Option<f64>,
 ) -> Vec<Timestamp> {
     let mut out = Vec::new();
     let mut evs = events
@@ -265,14 +271,15 @@ pub fn simulate_openings(
         .filter(|e| e.code == mode && matches!(e.kind, EventKind::Failure | EventKind::Maintenance))
         .peekable();
     let (mut recent, mut live) = (0u16, false);
-    for &(ts, p) in rows {
+    for (i, &(ts, p)) in rows.iter().enumerate() {
         while evs.peek().is_some_and(|e| e.ts < ts) {
             evs.next();
             recent = 0;
             live = false;
         }
         recent = OpenRule::remember(recent, p >= threshold);
-        if !live && rule.met(recent) {
+        let predicted = ttf.get(i).copied().filter(|h| h.is_finite());
+        if !live && rule.met(recent) && within_hold_back(hold_back, predicted) {
             out.push(ts);
             live = true;
         }
@@ -312,6 +319,9 @@ impl Target {
 /// One validation device for threshold selection.
 pub struct ValidDevice<'a> {
     pub rows: Vec<(Timestamp, f64)>,
+    /// Predicted hours to failure at each of `rows` (out of fold), NaN where none; empty when the
+    /// mode has no regressor.
+    pub ttf: Vec<f64>,
     pub events: &'a [DeviceEvent],
 }
 
@@ -320,7 +330,21 @@ pub struct ValidDevice<'a> {
 pub struct Choice {
     pub threshold: f64,
     pub rule: OpenRule,
+    /// Tickets open only while the predicted time to failure is at most this; `None`: always.
+    pub hold_back: Option<f64>,
     pub tally: TicketTally,
+}
+
+/// The hold-backs a mode chooses among, as multiples of the horizon, after "none" (which wins
+/// ties: a bound must earn its place out of fold). From the horizon to the default match window:
+/// a ticket whose failure is predicted further out than the window would be counted early.
+pub const HOLD_BACK_HORIZONS: [f64; 3] = [2.0, 1.5, 1.0];
+
+/// The hold-back candidates for `horizon_h`: none, then each of [`HOLD_BACK_HORIZONS`].
+pub fn hold_back_candidates(horizon_h: f64) -> Vec<Option<f64>> {
+    std::iter::once(None)
+        .chain(HOLD_BACK_HORIZONS.iter().map(|m| Some(m * horizon_h)))
+        .collect()
 }
 
 /// The ticket rules a mode chooses among with its threshold: one to three scorings in a row, or
@@ -372,17 +396,19 @@ pub fn candidates(devices: &[ValidDevice<'_>]) -> Vec<f64> {
     idx.into_iter().map(|i| probs[i]).collect()
 }
 
-/// The ticket tally of the policy (threshold, rule) replayed on `devices`.
+/// The ticket tally of the policy (threshold, rule, hold-back) replayed on `devices`.
+#[allow(clippy::too_many_arguments)]
 pub fn tally_at(
     devices: &[ValidDevice<'_>],
     mode: &str,
     threshold: f64,
     rule: OpenRule,
+    hold_back: Option<f64>,
     horizon_h: f64,
     window_h: f64,
 ) -> TicketTally {
     tally_openings(devices, mode, horizon_h, window_h, |d| {
-        simulate_openings(&d.rows, d.events, mode, threshold, rule)
+        simulate_openings(&d.rows, &d.ttf, d.events, mode, threshold, rule, hold_back)
     })
 }
 
@@ -496,6 +522,7 @@ pub fn lowest_under_cap(
     mode: &str,
     floor: f64,
     rule: OpenRule,
+    hold_back: Option<f64>,
     cap_per_device_month: f64,
     device_months: f64,
     need_detection: bool,
@@ -509,14 +536,18 @@ pub fn lowest_under_cap(
         .into_iter()
         .filter(|c| *c >= floor)
         .find_map(|th| {
-            let t = tally_at(devices, mode, th, rule, horizon_h, window_h);
+            let t = tally_at(devices, mode, th, rule, hold_back, horizon_h, window_h);
             let false_rate = false_rate_bound(t.tickets - t.correct, device_months);
             (false_rate <= cap_per_device_month && (!need_detection || t.detected > 0))
                 .then_some((th, t))
         })
 }
 
-/// Chooses threshold and ticket rule (among [`OPEN_RULES`]) on validation devices for `target`.
+/// Chooses threshold, ticket rule (among [`OPEN_RULES`]) and hold-back (among
+/// [`hold_back_candidates`], when the devices carry predicted times to failure) on validation
+/// devices for `target`. A hold-back is chosen only when its best policy scores strictly higher
+/// than every looser one's: where the predicted time does not tell early signs from late ones,
+/// a bound only loses detections, and "none" stays.
 pub fn choose_policy(
     devices: &[ValidDevice<'_>],
     mode: &str,
@@ -525,12 +556,50 @@ pub fn choose_policy(
     target: Target,
 ) -> Choice {
     let cands = candidates(devices);
+    let predicted = devices.iter().any(|d| d.ttf.iter().any(|h| h.is_finite()));
+    let bounds = if predicted {
+        hold_back_candidates(horizon_h)
+    } else {
+        vec![None]
+    };
+    let mut best: Option<(f64, Choice)> = None;
+    for bound in bounds {
+        let Some((score, c)) =
+            choose_for_hold_back(devices, &cands, mode, horizon_h, window_h, target, bound)
+        else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|b| score > b.0 + 1e-9) {
+            best = Some((score, c));
+        }
+    }
+    best.map_or(
+        Choice {
+            threshold: 0.5,
+            rule: OpenRule::in_a_row(2),
+            hold_back: None,
+            tally: TicketTally::default(),
+        },
+        |b| b.1,
+    )
+}
+
+/// The best (threshold, rule) under one hold-back, with its score; `None` without candidates.
+fn choose_for_hold_back(
+    devices: &[ValidDevice<'_>],
+    cands: &[f64],
+    mode: &str,
+    horizon_h: f64,
+    window_h: f64,
+    target: Target,
+    hold_back: Option<f64>,
+) -> Option<(f64, Choice)> {
     let rules = OPEN_RULES.map(|(k, n)| OpenRule::new(k, n));
     let tally_for =
-        |th: f64, rule: OpenRule| tally_at(devices, mode, th, rule, horizon_h, window_h);
+        |th: f64, rule: OpenRule| tally_at(devices, mode, th, rule, hold_back, horizon_h, window_h);
     let mut scored: Vec<(f64, Choice)> = Vec::new();
     for &rule in &rules {
-        for &th in &cands {
+        for &th in cands {
             let tally = tally_for(th, rule);
             let full = FULL_CREDIT_LEAD * horizon_h;
             let f1 = tally.lead_weighted_f1(full);
@@ -549,18 +618,13 @@ pub fn choose_policy(
                 Choice {
                     threshold: th,
                     rule,
+                    hold_back,
                     tally,
                 },
             ));
         }
     }
-    let Some(top) = scored.iter().map(|s| s.0).max_by(f64::total_cmp) else {
-        return Choice {
-            threshold: 0.5,
-            rule: OpenRule::in_a_row(2),
-            tally: TicketTally::default(),
-        };
-    };
+    let top = scored.iter().map(|s| s.0).max_by(f64::total_cmp)?;
     // Several policies often tie on a small validation set. Take the rule with the most tied
     // thresholds (the simplest on equal counts), and the median of those: the middle of the good
     // range is the choice least sensitive to the shift from validation devices to unseen ones.
@@ -581,7 +645,7 @@ pub fn choose_policy(
         .map_or(OpenRule::in_a_row(2), |(_, r)| *r);
     let mut of_k: Vec<&Choice> = tied.into_iter().filter(|c| c.rule == rule).collect();
     of_k.sort_by(|a, b| a.threshold.total_cmp(&b.threshold));
-    of_k[of_k.len() / 2].clone()
+    Some((top, of_k.get(of_k.len() / 2).copied()?.clone()))
 }
 
 /// The q-quantile (0..=1) of a sample, by linear interpolation; `None` when empty.
@@ -615,7 +679,11 @@ mod tests {
         let rows: Vec<(Timestamp, f64)> = (0..100_000)
             .map(|i| (Timestamp::from_millis(i), (i + 1) as f64 / 100_000.0))
             .collect();
-        let devices = [ValidDevice { rows, events: &[] }];
+        let devices = [ValidDevice {
+            rows,
+            ttf: vec![],
+            events: &[],
+        }];
         let c = candidates(&devices);
         assert!(c.len() <= 2 * CANDIDATE_QUANTILES, "{}", c.len());
         assert!(c.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
@@ -736,12 +804,14 @@ mod tests {
             .enumerate()
             .map(|(i, f)| ValidDevice {
                 rows: failing(300 + i as i64),
+                ttf: vec![],
                 events: f,
             })
             .collect();
         for _ in 0..4 {
             devices.push(ValidDevice {
                 rows: healthy.clone(),
+                ttf: vec![],
                 events: &[],
             });
         }
@@ -753,7 +823,7 @@ mod tests {
         );
         // No rule of scorings in a row gets there: one opens on every spike, more never opens.
         for k in 1..=3 {
-            let t = tally_at(&devices, "m", 0.7, OpenRule::in_a_row(k), 24.0, 48.0);
+            let t = tally_at(&devices, "m", 0.7, OpenRule::in_a_row(k), None, 24.0, 48.0);
             assert!(t.f1() < c.tally.f1(), "{k} in a row: {t:?}");
         }
     }
@@ -783,18 +853,96 @@ mod tests {
         let devices = [
             ValidDevice {
                 rows: failing.clone(),
+                ttf: vec![],
                 events: &fail,
             },
             ValidDevice {
                 rows: healthy.clone(),
+                ttf: vec![],
                 events: &[],
             },
         ];
         let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
         assert!(c.threshold <= 0.6, "{c:?}");
-        assert!(simulate_openings(&healthy, &[], "m", c.threshold, c.rule).is_empty());
-        let opened = simulate_openings(&failing, &fail, "m", c.threshold, c.rule);
+        assert!(simulate_openings(&healthy, &[], &[], "m", c.threshold, c.rule, None).is_empty());
+        let opened = simulate_openings(&failing, &[], &fail, "m", c.threshold, c.rule, None);
         assert!(h(200) - opened[0] >= 12 * 3_600_000, "{c:?}");
         assert_eq!(c.tally.precision(), Some(1.0));
+    }
+
+    #[test]
+    fn a_hold_back_is_chosen_only_where_the_predicted_time_tells_early_signs_from_late_ones() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        let fails: Vec<Vec<DeviceEvent>> = (0..4)
+            .map(|i| {
+                vec![DeviceEvent {
+                    device_id: crate::domain::DeviceId::parse("f").unwrap(),
+                    ts: h(300 + i),
+                    kind: EventKind::Failure,
+                    code: "m".into(),
+                }]
+            })
+            .collect();
+        // Each failing device scores as high in a burst 200 h before its failure as in its
+        // last 20 h: the score alone cannot tell them apart, and a ticket opened on the burst
+        // stays live (and wrong) until the failure.
+        let rows = |end: i64| -> Vec<(Timestamp, f64)> {
+            (0..end)
+                .map(|t| {
+                    let late = end - t <= 20;
+                    let burst = (end - 210..end - 200).contains(&t);
+                    (h(t), if late || burst { 0.7 } else { 0.05 })
+                })
+                .collect()
+        };
+        // Out-of-fold predicted hours to failure at each row: without `flat`, the true hours
+        // capped at 96 (the burst far out, the last day close); with it, `flat` everywhere.
+        let ttf = |end: i64, flat: Option<f64>| -> Vec<f64> {
+            (0..end)
+                .map(|t| match flat {
+                    None => ((end - t) as f64).min(96.0),
+                    Some(v) => v,
+                })
+                .collect()
+        };
+        let devices = |pred: Option<f64>| -> Vec<ValidDevice<'_>> {
+            fails
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let end = 300 + i as i64;
+                    ValidDevice {
+                        rows: rows(end),
+                        ttf: ttf(end, pred),
+                        events: f,
+                    }
+                })
+                .collect()
+        };
+
+        let c = choose_policy(&devices(None), "m", 24.0, 48.0, Target::BestF1);
+        assert_eq!(c.hold_back, Some(48.0), "{c:?}");
+        assert_eq!(
+            (c.tally.precision(), c.tally.recall()),
+            (Some(1.0), Some(1.0))
+        );
+        let unbounded = tally_at(&devices(None), "m", c.threshold, c.rule, None, 24.0, 48.0);
+        assert!(unbounded.f1() < c.tally.f1(), "{unbounded:?}");
+
+        // A regressor stuck near its cap, or one that predicts the same everywhere: a bound
+        // either holds back every ticket or none, so none is chosen.
+        for flat in [90.0, 30.0] {
+            let c = choose_policy(&devices(Some(flat)), "m", 24.0, 48.0, Target::BestF1);
+            assert_eq!(c.hold_back, None, "predicted {flat} h everywhere: {c:?}");
+        }
+        // Without predictions there is nothing to bound.
+        let mut none = devices(None);
+        for d in &mut none {
+            d.ttf.clear();
+        }
+        assert_eq!(
+            choose_policy(&none, "m", 24.0, 48.0, Target::BestF1).hold_back,
+            None
+        );
     }
 }
