@@ -283,6 +283,46 @@ fn fit_one(
     }
 }
 
+/// Runs `f` on every job, on up to as many threads as the machine has cores, and returns the
+/// results in the jobs' order. A panic in a job is raised again here.
+fn in_parallel<T: Send>(jobs: &[usize], f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len());
+    if workers <= 1 {
+        return jobs.iter().map(|&j| f(j)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut out: Vec<Option<T>> = jobs.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&job) = jobs.get(i) else { break };
+                        done.push((i, f(job)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(done) => {
+                    for (i, t) in done {
+                        out[i] = Some(t);
+                    }
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    out.into_iter().flatten().collect()
+}
+
 /// The mean in log-odds (before the link) of tree ensembles, as one ensemble: every model's
 /// trees with leaves scaled by its learning rate, at learning rate 1/n, and the mean of the
 /// bases. It scores exactly the mean of the models' raw outputs. `None` unless there are at least
@@ -438,29 +478,18 @@ pub fn train(
                     vpos > 0 && vpos < vy.len()
                 })
                 .collect();
-            let order = (0..k)
-                .filter(|&f| informative[f])
-                .chain((0..k).filter(|&f| !informative[f]));
-            for f in order {
+            // The folds are fitted at once, on up to every core: each fit is a function of its
+            // own rows and seed alone, so the models (and their order) are the same whatever
+            // the number of threads.
+            let fit_fold = |f: usize, fixed: Option<usize>| -> Result<Option<Fitted>, TrainError> {
                 let (ti, ty) = labelled(&|d| fold[d] != f);
-                let (vi, vy) = labelled(&|d| fold[d] == f);
                 let tpos = ty.iter().filter(|v| **v > 0.5).count();
                 if tpos == 0 || tpos == ty.len() {
-                    pb.inc(1);
-                    continue;
+                    return Ok(None);
                 }
-                let (valid, fixed) = if informative[f] {
-                    (Some((&vi[..], &vy[..])), None)
-                } else {
-                    let mut told = rounds.clone();
-                    told.sort_unstable();
-                    let r = told
-                        .get(told.len() / 2)
-                        .copied()
-                        .unwrap_or(UNINFORMED_FOLD_ROUNDS);
-                    (None, Some(r))
-                };
-                let m = fit_one(
+                let own = fixed.is_none().then(|| labelled(&|d| fold[d] == f));
+                let valid = own.as_ref().map(|(vi, vy)| (&vi[..], &vy[..]));
+                fit_one(
                     opts.estimator,
                     Loss::Logistic,
                     rows,
@@ -469,17 +498,38 @@ pub fn train(
                     valid,
                     opts.seed.wrapping_add(f as u64),
                     fixed,
-                )?;
-                if let (Some(r), true) = (m.rounds, informative[f]) {
+                )
+                .map(Some)
+            };
+            let (told, untold): (Vec<usize>, Vec<usize>) = (0..k).partition(|&f| informative[f]);
+            let first = in_parallel(&told, |f| fit_fold(f, None));
+            let mut fitted = Vec::with_capacity(k);
+            for (&f, m) in told.iter().zip(first) {
+                let m = m?;
+                if let Some(r) = m.as_ref().and_then(|m| m.rounds) {
                     rounds.push(r);
                 }
+                fitted.push((f, m));
+            }
+            let mut sorted = rounds.clone();
+            sorted.sort_unstable();
+            let median = sorted
+                .get(sorted.len() / 2)
+                .copied()
+                .unwrap_or(UNINFORMED_FOLD_ROUNDS);
+            let rest = in_parallel(&untold, |f| fit_fold(f, Some(median)));
+            for (&f, m) in untold.iter().zip(rest) {
+                fitted.push((f, m?));
+            }
+            for (f, m) in fitted {
+                pb.inc(1);
+                let Some(m) = m else { continue };
                 for (i, o) in oof.iter_mut().enumerate() {
                     if fold[rows.device[i] as usize] == f {
                         *o = m.estimator.predict(rows.row(i));
                     }
                 }
                 fold_models.push(m.estimator);
-                pb.inc(1);
             }
         }
         rounds.sort_unstable();
@@ -538,46 +588,55 @@ pub fn train(
                 let informative: Vec<bool> = (0..k)
                     .map(|f| varied(&targeted(&|d| fold[d] == f).1))
                     .collect();
-                let order = (0..k)
-                    .filter(|&f| informative[f])
-                    .chain((0..k).filter(|&f| !informative[f]));
-                for f in order {
-                    let (ti, ty) = targeted(&|d| fold[d] != f);
-                    let (vi, vy) = targeted(&|d| fold[d] == f);
-                    if ti.len() < 10 {
-                        pb.inc(1);
-                        continue;
-                    }
-                    let (valid, fixed) = if informative[f] {
-                        (Some((&vi[..], &vy[..])), None)
-                    } else {
-                        let mut told = reg_rounds.clone();
-                        told.sort_unstable();
-                        let r = told
-                            .get(told.len() / 2)
-                            .copied()
-                            .unwrap_or(UNINFORMED_FOLD_ROUNDS);
-                        (None, Some(r))
+                let fit_fold =
+                    |f: usize, fixed: Option<usize>| -> Result<Option<Fitted>, TrainError> {
+                        let (ti, ty) = targeted(&|d| fold[d] != f);
+                        if ti.len() < 10 {
+                            return Ok(None);
+                        }
+                        let own = fixed.is_none().then(|| targeted(&|d| fold[d] == f));
+                        let valid = own.as_ref().map(|(vi, vy)| (&vi[..], &vy[..]));
+                        fit_one(
+                            opts.estimator,
+                            Loss::SquaredError,
+                            rows,
+                            &ti,
+                            &ty,
+                            valid,
+                            opts.seed.wrapping_add(f as u64),
+                            fixed,
+                        )
+                        .map(Some)
                     };
-                    let m = fit_one(
-                        opts.estimator,
-                        Loss::SquaredError,
-                        rows,
-                        &ti,
-                        &ty,
-                        valid,
-                        opts.seed.wrapping_add(f as u64),
-                        fixed,
-                    )?;
-                    if let (Some(r), true) = (m.rounds, informative[f]) {
+                let (told, untold): (Vec<usize>, Vec<usize>) =
+                    (0..k).partition(|&f| informative[f]);
+                let first = in_parallel(&told, |f| fit_fold(f, None));
+                let mut fitted = Vec::with_capacity(k);
+                for (&f, m) in told.iter().zip(first) {
+                    let m = m?;
+                    if let Some(r) = m.as_ref().and_then(|m| m.rounds) {
                         reg_rounds.push(r);
                     }
+                    fitted.push((f, m));
+                }
+                let mut sorted = reg_rounds.clone();
+                sorted.sort_unstable();
+                let median = sorted
+                    .get(sorted.len() / 2)
+                    .copied()
+                    .unwrap_or(UNINFORMED_FOLD_ROUNDS);
+                let rest = in_parallel(&untold, |f| fit_fold(f, Some(median)));
+                for (&f, m) in untold.iter().zip(rest) {
+                    fitted.push((f, m?));
+                }
+                for (f, m) in fitted {
+                    pb.inc(1);
+                    let Some(m) = m else { continue };
                     for (i, o) in oof_ttf.iter_mut().enumerate() {
                         if fold[rows.device[i] as usize] == f {
                             *o = m.estimator.predict(rows.row(i)).clamp(0.0, cap);
                         }
                     }
-                    pb.inc(1);
                 }
                 let (mut se, mut n) = (0.0, 0usize);
                 for (&i, t) in reg_i.iter().zip(&reg_y) {
