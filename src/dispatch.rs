@@ -541,8 +541,15 @@ impl Dispatcher {
                 gauges,
                 wake,
                 poll: POLL,
+                gate: None,
             },
         })
+    }
+
+    /// Sends only while `gate` is open (cluster mode: while the instance is in good standing).
+    pub fn with_gate(mut self, gate: Option<Arc<dyn crate::outbox::Gate>>) -> Dispatcher {
+        self.worker.gate = gate;
+        self
     }
 
     /// Replaces the wall clock that due times are read from (the daemon's, shared with notify).

@@ -577,7 +577,7 @@ async fn worker_task_delivers_and_stops_on_shutdown() {
     let job = h
         .notifier
         .clone()
-        .spawn_worker(h.store.clone(), h.desk.clone(), token.clone());
+        .spawn_worker(h.store.clone(), h.desk.clone(), None, token.clone());
     h.open(&c, "pump-1", Priority::High, 0.7, Some(72));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while h.fakes.delivered("push").is_empty() && std::time::Instant::now() < deadline {

@@ -319,8 +319,11 @@ impl App {
         })
     }
 
-    /// The claims of the changes whose rows this instance has noted as not all sent.
+    /// The claims of the changes whose rows this instance has noted as not all sent. Read
+    /// under the writer's lock, so a claim being made and committed meanwhile is read with its
+    /// note.
     pub fn unsent_claims(&self) -> Result<Vec<String>, CoreError> {
+        let _core = self.core.lock();
         Ok(self
             .store
             .scan_kv::<Unsent>(UNSENT_PREFIX)?
@@ -742,6 +745,13 @@ pub enum ClaimError {
         ticket: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// This instance's membership is not known live (it was frozen or stalled for most of a
+    /// lease): it claims nothing until it has rejoined.
+    #[error(
+        "ticket {ticket}: this instance's cluster membership lapsed; nothing is claimed until \
+         it has rejoined (within a lease)"
+    )]
+    Lapsed { ticket: String },
 }
 
 /// Fleet records committed here that could not be put in the fleet-wide registry.

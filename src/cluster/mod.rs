@@ -65,6 +65,17 @@
 //! ([`Cluster::send_departed`]: at least once across a crash). Ticket ids are keyed with a secret
 //! shared through the ticket bucket (which never expires), so every instance derives the same id.
 //!
+//! Fencing: an instance acts as a member (sends from its outboxes, claims, forwards and
+//! acknowledges what its consumers read, takes over departed instances' changes) only while
+//! its membership key is known live ([`Standing`]: three quarters of a lease after its last
+//! continuous heartbeat). A process that wakes from a pause past that (SIGSTOP, a stall)
+//! sends nothing before its next heartbeat has rejoined it ([`Cluster::rejoin`]): the rows of
+//! the changes another instance took over and sent meanwhile are dropped, and the claims it
+//! keeps are written again at the revision it read, which a take-over based on an earlier read
+//! cannot pass ([`Cluster::take_over`] reads the membership key after the claims). A departed
+//! instance's claim of a transition whose record never reached the stream is deleted
+//! ([`Cluster::abandon_unrecorded`]).
+//!
 //! One visit per technician and slot fleet-wide: before the board books a visit, the key
 //! `s.TECH.START` (the technician id in hex, the slot's start in epoch ms) is created only if
 //! absent in the visits bucket with the ticket id as its value ([`Fleetwide::reserve_slot`]);
@@ -86,7 +97,7 @@ use crate::app::{
 };
 use crate::clock::Clock as _;
 use crate::domain::Timestamp;
-use crate::engine::Change;
+use crate::engine::{Change, ChangeKind};
 use crate::ingest::mqtt::{self, Inbound, Publish, StreamAck};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
@@ -150,7 +161,10 @@ impl ClusterMetrics {
         let leases = IntCounterVec::new(
             Opts::new(
                 "forewarn_cluster_lease_events_total",
-                "Partition leases acquired, released (handed on) and lost (expired or taken)",
+                "Partition leases acquired, released (handed on) and lost (expired or taken); \
+                 lapsed: this instance's membership no longer known live (frozen or stalled for \
+                 three quarters of a lease), so it stopped sending, claiming and consuming until \
+                 it rejoined",
             ),
             &["event"],
         )?;
@@ -208,8 +222,10 @@ impl ClusterMetrics {
                  by an instance that left without marking it sent: its rows written again here, \
                  the owner of the device's partition), rewritten (one per ticket whose requeued \
                  changes were written again together), dropped (a change this instance claimed \
-                 and had not sent when it stopped, sent meanwhile by the instance that took it \
-                 over: its rows removed from the outboxes at start)",
+                 and had not sent when it stopped or lapsed, sent meanwhile by the instance \
+                 that took it over: its rows removed from the outboxes when it rejoined), \
+                 abandoned (a departed instance's claim of a person's transition whose record \
+                 never reached the stream, or could not be applied: deleted)",
             ),
             &["event"],
         )?;
@@ -331,8 +347,31 @@ pub struct Cluster {
     disconnects: Arc<AtomicU64>,
     /// Changes claimed by this instance (taken over from a departed one before a restart)
     /// whose rows are not written here yet: written once this instance's copy of the ticket
-    /// has the change ([`Cluster::reconcile`] finds them at start).
+    /// has the change ([`Cluster::rejoin`] finds them).
     again: Mutex<BTreeSet<String>>,
+    /// Whether this instance is in good standing: its membership key known live. Nothing is
+    /// sent, claimed or consumed here outside it ([`Cluster::standing`]).
+    standing: Mutex<Standing>,
+}
+
+/// How long this instance's membership key is known to live, and how many times it has
+/// rejoined. A membership key put at `t` lives until at least `t + lease` on the server (the
+/// bucket's `max_age`; the put reaches the server after `t`), so until then no other instance
+/// can take this one for departed and take its claims over. The instance acts as a member —
+/// sends from its outboxes, claims ticket changes, forwards what its partitions' consumers
+/// read — only before `until`, set three quarters of a lease after the start of the last
+/// heartbeat that found the membership continuous: the quarter left is the margin for a
+/// decision taken just before `until` (its send, its claim) to land while the key still lives.
+/// Past `until` (a process frozen by SIGSTOP, a long stall, NATS unreachable for most of a
+/// lease), the instance has lapsed: the next heartbeat that succeeds is a rejoin, and only
+/// once [`Cluster::rejoin`] has settled what it left unsent does it act again.
+#[derive(Default)]
+struct Standing {
+    /// `None`: never joined, or lapsed and not yet rejoined.
+    until: Option<Instant>,
+    /// Bumped at every rejoin: a claim or a partition consumer begun in an earlier standing is
+    /// not trusted in a later one (it may straddle the lapse).
+    epoch: u64,
 }
 
 /// The claims bucket's index key of claim `claim` while `instance` has not sent its change:
@@ -358,6 +397,27 @@ fn claimant_key(instance: &str) -> String {
 struct Lost {
     task: JoinHandle<()>,
     outstanding: Arc<AtomicUsize>,
+}
+
+/// A departed instance's claim found under its index key ([`Cluster::take_over`]).
+struct Found {
+    claim: String,
+    /// The claim's revision as read: it is taken over (or deleted) only at it.
+    revision: u64,
+    /// When that revision was written (the server's time).
+    created: time::OffsetDateTime,
+    partition: u32,
+    record: ClaimRecord,
+}
+
+/// Who holds a claim this instance made, as its rejoin finds it ([`Cluster::hold_again`]).
+enum Holding {
+    /// This instance, unsent: written again at the revision read.
+    Mine,
+    /// Another instance (that took it over), or it has its sent mark: sent elsewhere.
+    Elsewhere,
+    /// No claim (expired, deleted) or one this version does not read: kept as this instance's.
+    Absent,
 }
 
 /// The claim stored under `t.ID` (opening) or `c.ID.KIND.MS` (a later change at event time MS):
@@ -467,6 +527,7 @@ impl Cluster {
             lost: Mutex::new(HashMap::new()),
             disconnects,
             again: Mutex::new(BTreeSet::new()),
+            standing: Mutex::new(Standing::default()),
         }))
     }
 
@@ -477,6 +538,26 @@ impl Cluster {
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// The epoch of this instance's standing while its membership key is known live (see
+    /// [`Standing`]); `None` while it has lapsed (or before it first joined).
+    fn standing(&self) -> Option<u64> {
+        let s = self.standing.lock();
+        s.until
+            .is_some_and(|u| Instant::now() < u)
+            .then_some(s.epoch)
+    }
+
+    /// A heartbeat begun at `put_at` succeeded and, if the instance had lapsed, its rejoin is
+    /// done: it stands until three quarters of a lease after `put_at` (a rejoin starts a new
+    /// epoch).
+    fn stand(&self, put_at: Instant, rejoined: bool) {
+        let mut s = self.standing.lock();
+        s.until = Some(put_at + self.cfg.lease.std() * 3 / 4);
+        if rejoined {
+            s.epoch += 1;
+        }
     }
 
     /// Where this instance's API listens, unless `cluster.api_url` says otherwise: advertised
@@ -683,6 +764,12 @@ impl Cluster {
             if last.as_ref() == Some(&now) && rounds % 10 != 0 {
                 continue;
             }
+            if self.standing().is_none() {
+                // Lapsed: its view of the members and of its partitions may be stale; it takes
+                // nothing over before it has rejoined.
+                last = None;
+                continue;
+            }
             match self.send_departed(&now.0, &now.1).await {
                 Ok(()) => last = Some(now),
                 Err(e) => tracing::warn!("cluster outbox: changes of departed instances: {e}"),
@@ -766,7 +853,9 @@ impl Cluster {
 
     /// Takes over and sends the changes under departed instance `from`'s index keys `index`
     /// that belong to the partitions consumed here; drops the index keys that no longer name
-    /// an unsent change of `from` (sent, expired, or held by another instance).
+    /// an unsent change of `from` (sent, expired, or held by another instance). A person's
+    /// transition `from` claimed and never recorded in the stream (it died between the two)
+    /// is deleted with its index key ([`Cluster::abandon_unrecorded`]).
     async fn take_over(
         &self,
         app: &Arc<App>,
@@ -776,7 +865,7 @@ impl Cluster {
         live: &BTreeSet<u32>,
     ) -> Result<(), BoxError> {
         let prefix = format!("u.{from}.");
-        let mut by_ticket: BTreeMap<String, Vec<(String, u64, ClaimRecord)>> = BTreeMap::new();
+        let mut by_ticket: BTreeMap<String, Vec<Found>> = BTreeMap::new();
         for ukey in index {
             let Some(claim) = ukey.strip_prefix(&prefix) else {
                 continue;
@@ -793,9 +882,9 @@ impl Cluster {
             let record = entry.as_ref().and_then(|e| {
                 serde_json::from_slice::<ClaimRecord>(&e.value)
                     .ok()
-                    .map(|r| (e.revision, r))
+                    .map(|r| (e.revision, e.created, r))
             });
-            let Some((revision, record)) = record else {
+            let Some((revision, created, record)) = record else {
                 // Expired, or not a claim this version reads.
                 self.drop_index(ukey).await;
                 continue;
@@ -809,33 +898,57 @@ impl Cluster {
                 self.drop_index(ukey).await;
                 continue;
             }
-            if !record.tracked
-                || !live.contains(&partition::of_device(
-                    &record.device_id,
-                    self.cfg.partitions,
-                ))
-            {
+            let p = partition::of_device(&record.device_id, self.cfg.partitions);
+            if !record.tracked || !live.contains(&p) {
                 continue;
             }
-            by_ticket
-                .entry(id)
-                .or_default()
-                .push((claim.to_string(), revision, record));
+            by_ticket.entry(id).or_default().push(Found {
+                claim: claim.to_string(),
+                revision,
+                created,
+                partition: p,
+                record,
+            });
+        }
+        if by_ticket.is_empty() {
+            return Ok(());
+        }
+        // Read after the claims, and the claims are taken over only at the revisions read:
+        // an instance that was frozen, not dead, and is back writes its membership key before
+        // it writes again the claims it keeps (its rejoin), so either this finds the key, or
+        // the take-over meets a revision it did not read and fails.
+        if self.leases.get(format!("m.{from}")).await?.is_some() {
+            tracing::info!(instance = %from, "a departed instance is back: its claims are its own");
+            return Ok(());
         }
         for (id, claims) in by_ticket {
             let a = app.clone();
-            let ready = tokio::task::spawn_blocking(move || {
-                let mut ready = Vec::new();
+            let (ready, waiting) = tokio::task::spawn_blocking(move || {
+                let (mut ready, mut waiting) = (Vec::new(), Vec::new());
                 for c in claims {
-                    if a.has_change(&c.0)? {
-                        ready.push(c);
+                    match a.has_change(&c.claim)? {
+                        true => ready.push(c),
+                        false => waiting.push(c),
                     }
                 }
-                Ok::<_, crate::app::CoreError>(ready)
+                Ok::<_, crate::app::CoreError>((ready, waiting))
             })
             .await??;
+            for c in waiting {
+                if let Some((_, ChangeKind::Transition, Some(ms))) =
+                    crate::app::parse_claim_key(&c.claim)
+                {
+                    self.abandon_unrecorded(app, from, &id, ms, &c).await?;
+                }
+            }
             let mut taken = Vec::new();
-            for (claim, revision, mut record) in ready {
+            for Found {
+                claim,
+                revision,
+                mut record,
+                ..
+            } in ready
+            {
                 // Indexed as this instance's before the claim names it, so that it is found
                 // should this instance die before sending it too.
                 let mine = unsent_key(&self.instance, &claim);
@@ -845,7 +958,7 @@ impl Cluster {
                 let value = serde_json::to_vec(&record)?;
                 match self.claims.update(&claim, value.into(), revision).await {
                     Ok(_) => {}
-                    // Another instance took it over first.
+                    // Another instance took it over first, or its claimant came back.
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                         self.drop_index(&mine).await;
                         continue;
@@ -860,6 +973,113 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// A person's transition of ticket `id` made at `ms` that departed instance `from` claimed
+    /// (`found`), and which this instance's copy of the ticket does not have: if its record is
+    /// not in the partition's stream (`from` died after the claim and before the publish: the
+    /// transition was never made, its caller was refused), or it is there but was not
+    /// applicable here (its sequence is behind this instance's state of the partition), the
+    /// claim and its index key are deleted and counted (`abandoned`) instead of being read
+    /// again at every listing until the bucket's `max_age`. A record this instance has not
+    /// reached yet leaves the claim to a later listing.
+    async fn abandon_unrecorded(
+        &self,
+        app: &Arc<App>,
+        from: &str,
+        id: &str,
+        ms: i64,
+        found: &Found,
+    ) -> Result<(), BoxError> {
+        let p = found.partition;
+        let recorded =
+            tokio::time::timeout(CALL_TIMEOUT, self.find_transition(p, id, ms, found.created))
+                .await
+                .map_err(boxed)??;
+        let why = match recorded {
+            None => "its record never reached the stream",
+            Some(seq) if seq <= self.applied_through(p) => {
+                // Applied since the ticket was looked at? Then it is taken over at the next
+                // listing, not deleted.
+                let (a, claim) = (app.clone(), found.claim.clone());
+                if tokio::task::spawn_blocking(move || a.has_change(&claim)).await?? {
+                    return Ok(());
+                }
+                "its record was not applicable to the ticket here"
+            }
+            Some(_) => return Ok(()),
+        };
+        match self
+            .claims
+            .delete_expect_revision(&found.claim, Some(found.revision))
+            .await
+        {
+            Ok(()) => {}
+            // Taken over, or written again by its claimant come back: not ours to delete.
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => return Ok(()),
+            Err(e) => return Err(boxed(e)),
+        }
+        self.drop_index(&unsent_key(from, &found.claim)).await;
+        self.metrics.outbox.with_label_values(&["abandoned"]).inc();
+        tracing::info!(
+            ticket = %id,
+            claim = %found.claim,
+            from = %from,
+            "a departed instance's claim of a transition deleted: {why}"
+        );
+        Ok(())
+    }
+
+    /// The stream sequence of the transition record of ticket `id` made at `ms` in partition
+    /// `p`'s stream, if it is there. Read on the partition's transition subject only, from a
+    /// minute before the claim was made: before the claim's revision was written (`created`,
+    /// the server's time; the record is published after its claim) or before `ms` (the
+    /// accepting instance's clock), whichever is earlier (a claim written again by its
+    /// claimant's rejoin has a later revision than its record).
+    async fn find_transition(
+        &self,
+        p: u32,
+        id: &str,
+        ms: i64,
+        created: time::OffsetDateTime,
+    ) -> Result<Option<u64>, BoxError> {
+        let created_ms = i64::try_from(created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let before = Duration::from_millis(u64::try_from(created_ms - ms).unwrap_or(0))
+            + Duration::from_secs(60);
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: partition::transitions(&self.cfg.subject_prefix, p),
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy: consumer::DeliverPolicy::ByStartTime {
+                    start_time: created - before,
+                },
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(boxed)?;
+        let name = consumer.cached_info().name.clone();
+        let mut found = None;
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.map_err(boxed)?;
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(boxed)?;
+                let info = m.info().map_err(|e| e.to_string())?;
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                if let Ok(r) = serde_json::from_slice::<RecordedTransition>(&m.message.payload) {
+                    if r.ticket == id && r.at_ms.as_millis() == ms {
+                        found = Some(seq);
+                        break;
+                    }
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        let _ = self.stream.delete_consumer(&name).await;
+        Ok(found)
     }
 
     /// Writes again, together, the rows of these changes of ticket `id`, whose claims this
@@ -959,43 +1179,37 @@ impl Cluster {
         }
     }
 
-    /// At start, before the outboxes are sent: the changes this instance claimed and had not
-    /// sent when it stopped, and which the instance that took their claims over has sent (the
-    /// claim names another instance now, or has its sent mark), are removed from the outboxes
-    /// and counted (`dropped`) rather than sent again. The others are indexed (the index key
-    /// written again: a store from a version without the index gets it). Index keys of this
-    /// instance without a note here are dropped, or, for a claim this instance holds without
-    /// having written its rows (taken over just before it stopped), kept to be sent
-    /// ([`Cluster::send_again`]). A NATS failure here is logged: the rows are then sent (at
-    /// least once).
-    pub async fn reconcile(&self, app: &Arc<App>) {
-        if let Err(e) = self.try_reconcile(app).await {
-            tracing::warn!("cluster outbox: checking this instance's unsent changes at start: {e}");
-        }
-    }
-
-    async fn try_reconcile(&self, app: &Arc<App>) -> Result<(), BoxError> {
+    /// Run at this instance's first heartbeat and at the first after a lapse, before it sends,
+    /// claims or consumes anything (outside its standing nothing is: [`Standing`]). The
+    /// changes this instance claimed and has not sent, and which the instance that took their
+    /// claims over meanwhile has sent (the claim names another instance now, or has its sent
+    /// mark), are removed from the outboxes and counted (`dropped`) rather than sent again —
+    /// after a restart, and after a freeze past its membership's expiry alike. Each claim it
+    /// keeps is written again at the revision it read (compare-and-set), so an instance that
+    /// read it before this rejoin, and took this one for departed, can no longer take it over
+    /// ([`Cluster::take_over`] reads the membership key after the claim, and takes it over
+    /// only at the revision it read); its index key is written again too (a store from a
+    /// version without the index gets it). Index keys of this instance without a note here
+    /// are dropped, or, for a claim this instance holds without having written its rows
+    /// (taken over just before it stopped), kept to be sent ([`Cluster::send_again`]). An
+    /// error fails the round: the instance stays out of standing and tries again at the next.
+    async fn rejoin(&self, app: &Arc<App>) -> Result<(), BoxError> {
         self.claims
             .put(claimant_key(&self.instance), bytes::Bytes::new())
             .await?;
         let a = app.clone();
+        // Read under the writer's lock: a claim made before the lapse whose commit the pause
+        // held up is committed, and noted, first.
         let noted = tokio::task::spawn_blocking(move || a.unsent_claims()).await??;
         let mut sent_elsewhere = Vec::new();
         for claim in &noted {
-            let holder = self
-                .claims
-                .entry(claim)
-                .await?
-                .filter(|e| e.operation == kv::Operation::Put)
-                .and_then(|e| serde_json::from_slice::<ClaimRecord>(&e.value).ok())
-                .map(|r| r.instance);
-            let taken = holder.is_some_and(|h| h != self.instance);
-            if taken || self.claims.get(format!("s.{claim}")).await?.is_some() {
-                sent_elsewhere.push(claim.clone());
-            } else {
-                self.claims
-                    .put(unsent_key(&self.instance, claim), bytes::Bytes::new())
-                    .await?;
+            match self.hold_again(claim).await? {
+                Holding::Elsewhere => sent_elsewhere.push(claim.clone()),
+                Holding::Mine | Holding::Absent => {
+                    self.claims
+                        .put(unsent_key(&self.instance, claim), bytes::Bytes::new())
+                        .await?;
+                }
             }
         }
         if !sent_elsewhere.is_empty() {
@@ -1012,8 +1226,8 @@ impl Cluster {
             tracing::info!(
                 changes = sent_elsewhere.len(),
                 rows,
-                "changes claimed here and not sent before the stop were sent by another instance: \
-                 their rows dropped from the outboxes"
+                "changes claimed here and not sent before a stop or a lapse were sent by another \
+                 instance: their rows dropped from the outboxes"
             );
         }
         let noted: BTreeSet<String> = noted.into_iter().collect();
@@ -1026,20 +1240,44 @@ impl Cluster {
             if noted.contains(claim) {
                 continue;
             }
-            let mine = self
-                .claims
-                .entry(claim)
-                .await?
-                .filter(|e| e.operation == kv::Operation::Put)
-                .and_then(|e| serde_json::from_slice::<ClaimRecord>(&e.value).ok())
-                .is_some_and(|r| r.instance == self.instance);
-            if mine && self.claims.get(format!("s.{claim}")).await?.is_none() {
+            if matches!(self.hold_again(claim).await?, Holding::Mine) {
                 self.again.lock().insert(claim.to_string());
             } else {
                 self.drop_index(&ukey).await;
             }
         }
         Ok(())
+    }
+
+    /// Who holds claim `claim` now, as seen at this instance's rejoin; one this instance holds,
+    /// unsent, is written again at the revision read (so a take-over based on an earlier read
+    /// fails).
+    async fn hold_again(&self, claim: &str) -> Result<Holding, BoxError> {
+        for _ in 0..3 {
+            let Some(e) = self
+                .claims
+                .entry(claim)
+                .await?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                return Ok(Holding::Absent);
+            };
+            let Ok(record) = serde_json::from_slice::<ClaimRecord>(&e.value) else {
+                return Ok(Holding::Absent);
+            };
+            if record.instance != self.instance
+                || self.claims.get(format!("s.{claim}")).await?.is_some()
+            {
+                return Ok(Holding::Elsewhere);
+            }
+            match self.claims.update(claim, e.value.clone(), e.revision).await {
+                Ok(_) => return Ok(Holding::Mine),
+                // Written meanwhile (taken over, most likely): read again.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(boxed(e)),
+            }
+        }
+        Err(format!("claim {claim} kept changing while this instance rejoined").into())
     }
 
     async fn lease_loop(
@@ -1089,10 +1327,43 @@ impl Cluster {
             api: self.api.lock().clone(),
         };
         let record = serde_json::to_vec(&record).map_err(|e| bucket_error(boxed(e)))?;
+        let record_again = record.clone();
+        let put_at = Instant::now();
         self.leases
             .put(format!("m.{}", self.instance), record.into())
             .await
             .map_err(|e| bucket_error(boxed(e)))?;
+        if self.standing().is_none() {
+            // First join, or back after a lapse (a freeze, a stall): nothing was sent, claimed
+            // or consumed here since standing ran out; settle what was left unsent before
+            // anything is again.
+            let first = self.standing.lock().epoch == 0;
+            if !first {
+                self.metrics.leases.with_label_values(&["lapsed"]).inc();
+                tracing::warn!(
+                    "this instance's membership lapsed (no heartbeat for most of a lease): \
+                     rejoining before it sends, claims or consumes again"
+                );
+            }
+            if let Some(app) = self.app() {
+                self.rejoin(&app).await.map_err(|e| ClusterError::Bucket {
+                    name: self.claims.name.clone(),
+                    source: e,
+                })?;
+            }
+            // The rejoin took some round trips: standing counts from a heartbeat after it.
+            let put_at = Instant::now();
+            self.leases
+                .put(format!("m.{}", self.instance), record_again.into())
+                .await
+                .map_err(|e| bucket_error(boxed(e)))?;
+            self.stand(put_at, true);
+            if !first {
+                tracing::info!("rejoined the cluster: sending, claiming and consuming again");
+            }
+        } else {
+            self.stand(put_at, false);
+        }
         let mut members: Vec<String> = Vec::new();
         let mut keys = self
             .leases
@@ -1366,6 +1637,27 @@ impl Cluster {
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
+        // Consumed only while this instance is in good standing; a consumer set up in an
+        // earlier standing is set up again (after a lapse the partition may be another's).
+        let epoch = loop {
+            if let Some(e) = self.standing() {
+                break e;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        };
+        let in_standing = || -> Result<(), ClusterError> {
+            match self.standing() == Some(epoch) {
+                true => Ok(()),
+                false => Err(err(
+                    "this instance's membership lapsed: nothing more forwarded or acknowledged \
+                     from this consumer; set up again once rejoined, if the lease is still ours"
+                        .into(),
+                )),
+            }
+        };
         // Never two consumers of one partition: after an outage the lease may have expired and
         // gone to another instance before this one's lease round notices.
         self.check_lease(p).await?;
@@ -1457,6 +1749,7 @@ impl Cluster {
                     _ = stop.cancelled() => return Ok(()),
                     _ = watch.tick() => {
                         reconnected()?;
+                        in_standing()?;
                         continue;
                     }
                     m = messages.next() => m,
@@ -1465,6 +1758,7 @@ impl Cluster {
                     None => break,
                     Some(Err(e)) => {
                         reconnected()?;
+                        in_standing()?;
                         tracing::warn!(partition = p, "reading the partition: {e}");
                         // Not a tight loop while the error lasts (a consumer deleted by the
                         // partition's next owner keeps failing until the lease round stops us).
@@ -1476,6 +1770,11 @@ impl Cluster {
                     }
                     Some(Ok(m)) => m,
                 };
+                // Woken from a pause past the lease, this consumer may have pulled from a
+                // durable consumer another instance has made again since: nothing it read is
+                // forwarded or acknowledged (an acknowledgement would move that owner's floor
+                // over a message it never had).
+                in_standing()?;
                 let (seq, dseq) = m
                     .info()
                     .map_or((0, 0), |i| (i.stream_sequence, i.consumer_sequence));
@@ -2219,6 +2518,11 @@ impl Fleetwide for Cluster {
 
     fn claim_as(&self, key: &str, change: &Change) -> Result<bool, ClaimError> {
         let ticket = &change.ticket;
+        let Some(epoch) = self.standing() else {
+            return Err(ClaimError::Lapsed {
+                ticket: ticket.id.clone(),
+            });
+        };
         let record = ClaimRecord {
             instance: self.instance.clone(),
             change: change.kind.as_str().to_string(),
@@ -2268,6 +2572,14 @@ impl Fleetwide for Cluster {
             .block_on(tokio::time::timeout(CALL_TIMEOUT, call))
             .map_err(|e| fail(boxed(e)))?
             .map_err(fail)?;
+        if self.standing() != Some(epoch) {
+            // The claim straddled a lapse: another instance may have taken it over meanwhile.
+            // Not committed: tried again once rejoined (then found held, by this instance or
+            // by the one that took it).
+            return Err(ClaimError::Lapsed {
+                ticket: ticket.id.clone(),
+            });
+        }
         let result = match got {
             None => "created",
             Some(v) => match serde_json::from_slice::<ClaimRecord>(&v) {
@@ -2312,6 +2624,11 @@ impl Fleetwide for Cluster {
             ticket: t.ticket.clone(),
             source,
         };
+        if self.standing().is_none() {
+            return Err(ClaimError::Lapsed {
+                ticket: t.ticket.clone(),
+            });
+        }
         let mut record = t.clone();
         record.instance = self.instance.clone();
         let payload = serde_json::to_vec(&record).map_err(|e| fail(boxed(e)))?;
@@ -2458,6 +2775,13 @@ impl Fleetwide for Cluster {
             reason: None,
         }
         .judge()
+    }
+}
+
+impl crate::outbox::Gate for Cluster {
+    /// Open while this instance is in good standing ([`Standing`]).
+    fn open(&self) -> bool {
+        self.standing().is_some()
     }
 }
 

@@ -562,15 +562,17 @@ impl Notifier {
         );
     }
 
-    /// Delivery worker (outbox → providers, retries, fallback, escalation timers) until `shutdown`.
+    /// Delivery worker (outbox → providers, retries, fallback, escalation timers) until
+    /// `shutdown`, sending only while `gate` is open (`None`: always).
     pub fn spawn_worker(
         self: Arc<Self>,
         store: crate::store::Store,
         desk: Arc<dyn TicketDesk>,
+        gate: Option<Arc<dyn crate::outbox::Gate>>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            self.run_worker(&store, desk.as_ref(), shutdown).await;
+            self.run_worker(&store, desk.as_ref(), gate, shutdown).await;
             tracing::info!("notification worker stopped");
         })
     }

@@ -965,7 +965,12 @@ async fn recover(
 
 impl Notifier {
     /// The outbox worker of notifications over `store` and `desk`.
-    fn worker<'a>(&'a self, store: &Store, desk: &'a dyn TicketDesk) -> Worker<Deliver<'a>> {
+    fn worker<'a>(
+        &'a self,
+        store: &Store,
+        desk: &'a dyn TicketDesk,
+        gate: Option<Arc<dyn crate::outbox::Gate>>,
+    ) -> Worker<Deliver<'a>> {
         Worker {
             delivery: Deliver {
                 notifier: self,
@@ -981,13 +986,14 @@ impl Notifier {
             // committed by the daemon's single writer, which does not know this worker.
             wake: Arc::new(tokio::sync::Notify::new()),
             poll: self.cfg.poll_interval.std(),
+            gate,
         }
     }
 
     /// One pass over the outbox: every due row is handled once. Public so tests and `demo` can
     /// drive delivery step by step.
     pub async fn run_once(&self, store: &Store, desk: &dyn TicketDesk) {
-        self.worker(store, desk).round().await;
+        self.worker(store, desk, None).round().await;
     }
 
     /// Delivers until `shutdown` (see [`Notifier::spawn_worker`]).
@@ -995,9 +1001,10 @@ impl Notifier {
         &self,
         store: &Store,
         desk: &dyn TicketDesk,
+        gate: Option<Arc<dyn crate::outbox::Gate>>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        self.worker(store, desk).run(shutdown).await;
+        self.worker(store, desk, gate).run(shutdown).await;
     }
 
     /// Whether a warning about this ticket reached a provider (what follow-ups depend on).

@@ -178,6 +178,18 @@ impl Gauges {
     }
 }
 
+/// Whether this process may send now. Cluster mode closes it while the instance's membership
+/// is not known live (`crate::cluster`): a process that wakes from a pause longer than its
+/// lease sends nothing before it has rejoined and dropped the rows of the changes another
+/// instance took over and sent meanwhile. Checked before each row: a send already under way
+/// when the pause began is not stopped (nothing in the process can stop it).
+pub trait Gate: Send + Sync {
+    fn open(&self) -> bool;
+}
+
+/// How soon a worker whose gate is closed looks again.
+const GATE_RETRY_MS: i64 = 100;
+
 /// A row whose steps keep asking for I/O is left for the next round after this many (logged):
 /// a row takes two steps today (the attempt, the report).
 const MAX_STEPS: usize = 8;
@@ -194,6 +206,8 @@ pub struct Worker<D> {
     /// The longest sleep between rounds, however far the next due row: rows committed without
     /// a wake-up are found within it.
     pub poll: Duration,
+    /// Nothing is sent while it is closed (`None`: always open).
+    pub gate: Option<Arc<dyn Gate>>,
 }
 
 impl<D: Delivery> Worker<D> {
@@ -231,6 +245,11 @@ impl<D: Delivery> Worker<D> {
         let mut next_due: Option<i64> = None;
         let mut handled = false;
         for (key, row) in rows {
+            if self.gate.as_ref().is_some_and(|g| !g.open()) {
+                // Looked at again shortly; the rows stay as they are.
+                next_due = Some(self.clock.now_ms() + GATE_RETRY_MS);
+                break;
+            }
             let lane = D::lane(&row);
             if lane.as_ref().is_some_and(|l| blocked.contains(l)) {
                 continue;

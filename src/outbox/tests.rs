@@ -116,6 +116,7 @@ fn bench(answers: &[bool], poll: Duration) -> Bench {
         },
         wake: Arc::new(Notify::new()),
         poll,
+        gate: None,
     };
     Bench {
         _dir: dir,
@@ -295,4 +296,37 @@ async fn the_oldest_age_gauge_counts_from_when_the_row_was_queued() {
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(b.worker.round().await, Some(T0 + 60_000));
     assert_eq!(b.oldest_age(), 30.0);
+}
+
+/// A gate opened and closed by hand (cluster mode's is the instance's standing).
+struct Switch(std::sync::atomic::AtomicBool);
+
+impl Gate for Switch {
+    fn open(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_sent_while_the_gate_is_closed_and_every_row_once_it_opens() {
+    let switch = Arc::new(Switch(std::sync::atomic::AtomicBool::new(false)));
+    let mut b = bench(&[], Duration::from_secs(1));
+    Arc::get_mut(&mut b.worker).expect("not shared yet").gate = Some(switch.clone());
+    b.push(&[row("a", "l", T0), row("b", "m", T0)]);
+    let (token, job) = b.spawn();
+    for _ in 0..50 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    assert!(b.calls().is_empty(), "sent while closed: {:?}", b.calls());
+    assert_eq!(b.left("test").len(), 2, "the rows stay as they were");
+    switch.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(GATE_RETRY_MS as u64)).await;
+    settle().await;
+    let mut sent: Vec<String> = b.calls().into_iter().map(|(id, _)| id).collect();
+    sent.sort();
+    assert_eq!(sent, ["a", "b"], "each once, soon after the gate opened");
+    assert!(b.left("test").is_empty());
+    token.cancel();
+    let _ = job.await;
 }

@@ -202,13 +202,16 @@ async fn start(
         Some(c) => c.spawn_intake(&app, forward, client, acks, &shutdown),
         None => vec![acks.spawn_mqtt(client)],
     });
-    if let Some(c) = &cluster {
-        // Before the outboxes are sent: what this instance left unsent when it stopped and
-        // another instance sent meanwhile is dropped, not sent again.
-        c.reconcile(&app).await;
-    }
-    tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
-    tasks.push(notifier.spawn_worker(app.store.clone(), desk, shutdown.clone()));
+    // Cluster mode: the outboxes send only while this instance is in good standing (its
+    // membership known live), first after its first heartbeat, which drops what it left unsent
+    // when it stopped and another instance sent meanwhile (and the same after a freeze).
+    let gate = cluster
+        .as_ref()
+        .map(|c| c.clone() as Arc<dyn crate::outbox::Gate>);
+    tasks.push(tokio::spawn(
+        dispatcher.with_gate(gate.clone()).run(shutdown.clone()),
+    ));
+    tasks.push(notifier.spawn_worker(app.store.clone(), desk, gate, shutdown.clone()));
     tasks.extend(app::timers::spawn(&app, &shutdown));
     tasks.extend(reloads);
     let models = app.metrics.models_loaded.get();

@@ -105,7 +105,7 @@ async fn a_reminder_waits_for_its_due_time_then_is_dropped_for_an_acknowledged_t
     let token = tokio_util::sync::CancellationToken::new();
     let job = notifier
         .clone()
-        .spawn_worker(store.clone(), desk, token.clone());
+        .spawn_worker(store.clone(), desk, None, token.clone());
     settle().await;
     assert_eq!(store.outbox_len(QUEUE), 1);
     tokio::time::advance(Duration::from_millis(2 * HOUR as u64 - 1)).await;
