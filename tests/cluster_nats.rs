@@ -22,14 +22,16 @@ use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::cluster::{
+    announced_claim, claim_keys, covers_all, get_json, in_rendezvous_shares, metric, metric_sum,
+    ownership, publish_history, readyz, spawn_member, tails, unmarked, until, wait_drained,
+    wait_ready, Member, Webhook, PARTITIONS, PREFIX,
+};
 use support::http::get_text;
 use support::nats::NatsServer;
 use support::net::free_port;
 use support::parity::*;
-use support::process::{spawn_serve, write_config, Serve};
 
-const PARTITIONS: u32 = 8;
-const PREFIX: &str = "fwp";
 const TOKEN: &str = "parity-token";
 /// `cluster.checkpoint_every` of the drills' instances.
 const CHECKPOINT_EVERY: u64 = 200;
@@ -338,26 +340,6 @@ async fn an_mqtt_device_publishing_through_nats_lands_in_its_partition() {
     assert_eq!(&m.message.payload[..], payload.as_bytes());
 }
 
-/// A `forewarn serve` process; killed (SIGKILL) when dropped.
-struct Instance {
-    name: String,
-    child: Option<Serve>,
-    api: String,
-    log: std::path::PathBuf,
-}
-
-impl Instance {
-    fn kill(&mut self) {
-        // A `Serve` kills its process when dropped.
-        self.child = None;
-    }
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
 /// A `forewarn serve --config …` in cluster mode (lease and ack wait 3 s, a checkpoint every
 /// [`CHECKPOINT_EVERY`] messages of a partition), its own data
 /// directory under `root` and API port; with the single-machine configuration it was made from
@@ -369,7 +351,7 @@ fn start_instance(
     name: &str,
     model: &forewarn::predict::Artifact,
     hist: &SimHistory,
-) -> (Instance, forewarn::config::Config) {
+) -> (Member, forewarn::config::Config) {
     start_instance_with(nats, broker_url, root, name, model, hist, |_| {})
 }
 
@@ -387,7 +369,7 @@ fn start_instance_with(
     model: &forewarn::predict::Artifact,
     hist: &SimHistory,
     tweak: impl FnOnce(&mut forewarn::config::Config),
-) -> (Instance, forewarn::config::Config) {
+) -> (Member, forewarn::config::Config) {
     let setup = DaemonSetup {
         broker_url: broker_url.to_string(),
         topic_prefix: "devices".into(),
@@ -397,14 +379,6 @@ fn start_instance_with(
     };
     let mut cfg = daemon_config(&setup, model, hist);
     let plain = cfg.clone();
-    let api = format!("127.0.0.1:{}", free_port());
-    cfg.api.listen = api.clone();
-    cfg.cluster.url = Some(nats.url());
-    cfg.cluster.instance = Some(name.into());
-    cfg.cluster.partitions = PARTITIONS;
-    cfg.cluster.subject_prefix = PREFIX.into();
-    cfg.cluster.lease = "3s".parse().unwrap();
-    cfg.cluster.ack_wait = "3s".parse().unwrap();
     // Often, so that a take-over resumes from a checkpoint well inside the history.
     cfg.cluster.checkpoint_every = CHECKPOINT_EVERY;
     cfg.board.technicians = vec![forewarn::board::Technician {
@@ -415,24 +389,8 @@ fn start_instance_with(
         hours: String::new(),
     }];
     tweak(&mut cfg);
-    std::fs::create_dir_all(&setup.root).unwrap();
-    let path = write_config(&setup.root, &cfg);
-    let log = setup.root.join("serve.log");
-    let child = spawn_serve(&path, &log, "info");
-    let instance = Instance {
-        name: name.into(),
-        child: Some(child),
-        api,
-        log,
-    };
+    let instance = spawn_member(nats, &setup.root, name, cfg);
     (instance, plain)
-}
-
-/// `GET /readyz`: the status code and the body.
-async fn readyz(http: &reqwest::Client, api: &str) -> Option<(u16, serde_json::Value)> {
-    let r = http.get(format!("http://{api}/readyz")).send().await.ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.json().await.ok()?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,7 +428,7 @@ async fn readyz_waits_for_the_cluster_and_says_when_nats_is_gone() {
     assert_eq!(c["joined"], true, "{body}");
     assert_eq!(c["lease_view"], true, "{body}");
     assert_eq!(c["replaying"], serde_json::json!([]), "{body}");
-    let own = ownership(&http, &[&instance], false)
+    let own = ownership(&http, &[&instance], TOKEN, false)
         .await
         .expect("cluster status");
     assert_eq!(
@@ -563,22 +521,6 @@ async fn board_queue(api: &str) -> (u16, String) {
     board_page(&http, &session, api, "/board").await
 }
 
-/// The last lines of each instance's log, for a failure message.
-fn tails(instances: &[&Instance]) -> String {
-    instances
-        .iter()
-        .map(|i| i.log_tail())
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
-
-/// Whether each instance owns exactly its rendezvous share among the instances listed.
-fn in_rendezvous_shares(own: &BTreeMap<String, Vec<u32>>) -> bool {
-    let members: Vec<String> = own.keys().cloned().collect();
-    own.iter()
-        .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
-}
-
 /// Whether both lists hold the same tickets in the same state (not comparing ids).
 fn same_tickets(a: &[Ticket], b: &[Ticket]) -> bool {
     let key = |t: &Ticket| {
@@ -592,42 +534,12 @@ fn same_tickets(a: &[Ticket], b: &[Ticket]) -> bool {
     a == b
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
-    let r = http.get(url).bearer_auth(TOKEN).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
-}
-
-/// Each live instance's owned partitions, from `GET /api/v1/cluster`; with `settled`, `None`
-/// while any of them is still replaying a partition it took over.
-async fn ownership(
-    http: &reqwest::Client,
-    live: &[&Instance],
-    settled: bool,
-) -> Option<BTreeMap<String, Vec<u32>>> {
-    let mut out = BTreeMap::new();
-    for i in live {
-        let v = get_json(http, &format!("http://{}/api/v1/cluster", i.api)).await?;
-        if settled && !v["replaying"].as_array()?.is_empty() {
-            return None;
-        }
-        let owned = v["owned"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| p.as_u64().map(|p| p as u32))
-            .collect();
-        out.insert(i.name.clone(), owned);
-    }
-    Some(out)
-}
-
 /// `GET /api/v1/tickets` of one instance (in cluster mode: the fleet's).
 async fn fleet_list(http: &reqwest::Client, api: &str, more: &str) -> Vec<Ticket> {
     let v = get_json(
         http,
         &format!("http://{api}/api/v1/tickets?limit=10000{more}"),
+        TOKEN,
     )
     .await
     .expect("tickets readable");
@@ -654,23 +566,16 @@ fn assert_no_duplicates(list: &[Ticket], from: &str) {
     );
 }
 
-/// Whether the owned sets cover every partition exactly once.
-fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
-    let mut all: Vec<u32> = own.values().flatten().copied().collect();
-    all.sort_unstable();
-    all == (0..PARTITIONS).collect::<Vec<_>>()
-}
-
 /// Waits (at most 60 s) until the `live` instances own every partition between them, each its
 /// rendezvous share; fails with `what` and the instances' log tails. The assignment.
 async fn await_shares(
     http: &reqwest::Client,
-    live: &[&Instance],
+    live: &[&Member],
     what: &str,
 ) -> BTreeMap<String, Vec<u32>> {
     let started = Instant::now();
     loop {
-        if let Some(own) = ownership(http, live, true).await {
+        if let Some(own) = ownership(http, live, TOKEN, true).await {
             if covers_all(&own) && in_rendezvous_shares(&own) {
                 return own;
             }
@@ -684,14 +589,6 @@ async fn await_shares(
     }
 }
 
-async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
-    let text = get_text(http, format!("http://{api}/metrics")).await;
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Three instances `fw-a`, `fw-b`, `fw-c` started and settled (each holding its rendezvous
 /// share, every partition owned and set up), with the backtest's tickets on the same history
 /// (at least 5).
@@ -702,25 +599,27 @@ async fn start_three(
     model: &forewarn::predict::Artifact,
     hist: &SimHistory,
     http: &reqwest::Client,
-) -> (Vec<Instance>, Vec<Ticket>) {
-    start_three_with(nats, |_| broker_url.to_string(), root, model, hist, http).await
+) -> (Vec<Member>, Vec<Ticket>) {
+    start_three_with(nats, broker_url, |_, _| {}, root, model, hist, http).await
 }
 
-/// [`start_three`], each instance's MQTT broker (the dispatcher's publishes) given by
-/// `broker_of` its name.
+/// [`start_three`], each instance's configuration changed by `tweak` (given its name)
+/// before it is written.
 async fn start_three_with(
     nats: &NatsServer,
-    broker_of: impl Fn(&str) -> String,
+    broker_url: &str,
+    tweak: impl Fn(&str, &mut forewarn::config::Config),
     root: &std::path::Path,
     model: &forewarn::predict::Artifact,
     hist: &SimHistory,
     http: &reqwest::Client,
-) -> (Vec<Instance>, Vec<Ticket>) {
+) -> (Vec<Member>, Vec<Ticket>) {
     let mut instances = Vec::new();
     let mut backtest = Vec::new();
     for name in ["fw-a", "fw-b", "fw-c"] {
-        let broker_url = broker_of(name);
-        let (instance, cfg) = start_instance(nats, &broker_url, root, name, model, hist);
+        let (instance, cfg) = start_instance_with(nats, broker_url, root, name, model, hist, |c| {
+            tweak(name, c)
+        });
         if backtest.is_empty() {
             backtest = evaluate_tickets(&cfg, model.clone(), hist);
         }
@@ -733,8 +632,8 @@ async fn start_three_with(
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let live: Vec<&Instance> = instances.iter().collect();
-        if let Some(own) = ownership(http, &live, true).await {
+        let live: Vec<&Member> = instances.iter().collect();
+        if let Some(own) = ownership(http, &live, TOKEN, true).await {
             if in_rendezvous_shares(&own) && covers_all(&own) {
                 eprintln!("assignment with three instances: {own:?}");
                 break;
@@ -786,7 +685,7 @@ async fn claims_and_expected(
 async fn assert_fleet_is_the_backtests(
     http: &reqwest::Client,
     js: &jetstream::Context,
-    live: &[&Instance],
+    live: &[&Member],
     backtest: &[Ticket],
 ) {
     let settle = Instant::now();
@@ -807,45 +706,12 @@ async fn assert_fleet_is_the_backtests(
     assert_eq!(claimed, expected, "one fleet-wide claim per ticket");
 }
 
-/// Waits (up to 120 s) until no durable partition consumer has anything pending or
-/// unacknowledged.
-async fn wait_drained(stream: &jetstream::stream::Stream, live: &[&Instance]) {
-    let drained = Instant::now();
-    loop {
-        let mut left = 0;
-        for p in 0..PARTITIONS {
-            match stream.consumer_info(format!("fw-p{p}")).await {
-                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
-                Err(_) => left += 1,
-            }
-        }
-        if left == 0 {
-            break;
-        }
-        assert!(
-            drained.elapsed() < Duration::from_secs(120),
-            "{left} message(s) still pending:\n{}",
-            tails(live)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The sum of a metric (all its series) over the instances.
-async fn metric_sum(http: &reqwest::Client, live: &[&Instance], name: &str) -> f64 {
-    let mut sum = 0.0;
-    for i in live {
-        sum += metric(http, &i.api, name).await;
-    }
-    sum
-}
-
 /// Waits (up to 30 s) until every ticket change claimed in the fleet-wide bucket (`t.…`,
 /// `c.…`) has its sent mark (`s.<claim>`); answers how many there are, and the claims an
 /// instance took over from another (claim key, the instance it was taken from).
 async fn all_claims_marked_sent(
     js: &jetstream::Context,
-    live: &[&Instance],
+    live: &[&Member],
 ) -> (usize, Vec<(String, String)>) {
     let claims = js.get_key_value("forewarn-claims").await.unwrap();
     let started = Instant::now();
@@ -914,9 +780,10 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         .map(|(n, _)| n.clone())
         .unwrap();
     let dead_broker = format!("mqtt://127.0.0.1:{}", free_port());
-    let broker_of = |name: &str| match name == planned_victim {
-        true => dead_broker.clone(),
-        false => broker_url.clone(),
+    let broker_of = |name: &str, cfg: &mut forewarn::config::Config| {
+        if name == planned_victim {
+            cfg.broker.url = dead_broker.clone();
+        }
     };
     // Every ticket publish that reaches NATS's MQTT listener (the dispatcher's topic
     // `devices/tickets/<device>/<mode>`), by ticket id.
@@ -936,8 +803,16 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
             }
         });
     }
-    let (mut instances, backtest) =
-        start_three_with(&nats, broker_of, tmp.path(), &model, &hist, &http).await;
+    let (mut instances, backtest) = start_three_with(
+        &nats,
+        &broker_url,
+        broker_of,
+        tmp.path(),
+        &model,
+        &hist,
+        &http,
+    )
+    .await;
     let modes: BTreeSet<&str> = backtest.iter().map(|t| t.failure_mode.as_str()).collect();
     assert!(
         modes.len() >= 2,
@@ -974,7 +849,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     publish(&messages[..half]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The victim: whoever holds the most partitions.
-    let own = ownership(&http, &instances.iter().collect::<Vec<_>>(), true)
+    let own = ownership(&http, &instances.iter().collect::<Vec<_>>(), TOKEN, true)
         .await
         .expect("ownership readable");
     let victim = own
@@ -997,17 +872,17 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     publish(&messages[half..three_quarters]).await;
 
     // Take-over: the survivors own every partition and have finished replaying.
-    let survivors: Vec<&Instance> = instances.iter().filter(|i| i.name != victim).collect();
+    let survivors: Vec<&Member> = instances.iter().filter(|i| i.name != victim).collect();
     let mut acquired = None;
     let takeover = loop {
         if acquired.is_none() {
-            if let Some(own) = ownership(&http, &survivors, false).await {
+            if let Some(own) = ownership(&http, &survivors, TOKEN, false).await {
                 if covers_all(&own) {
                     acquired = Some(killed_at.elapsed());
                 }
             }
         }
-        if let Some(own) = ownership(&http, &survivors, true).await {
+        if let Some(own) = ownership(&http, &survivors, TOKEN, true).await {
             if covers_all(&own) {
                 break killed_at.elapsed();
             }
@@ -1091,10 +966,10 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     let (fourth, _) = start("fw-d");
     instances.push(fourth);
     publish(&messages[three_quarters..]).await;
-    let live: Vec<&Instance> = instances.iter().filter(|i| i.name != victim).collect();
+    let live: Vec<&Member> = instances.iter().filter(|i| i.name != victim).collect();
     let survivors = live;
     loop {
-        if let Some(own) = ownership(&http, &survivors, true).await {
+        if let Some(own) = ownership(&http, &survivors, TOKEN, true).await {
             if covers_all(&own) && in_rendezvous_shares(&own) {
                 assert!(!own["fw-d"].is_empty(), "fw-d got no partition: {own:?}");
                 eprintln!(
@@ -1139,7 +1014,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     // The devices' last readings are held for event-time order until the idle timer (1 s).
     let settle = Instant::now();
     let live = loop {
-        let own = ownership(&http, &survivors, true)
+        let own = ownership(&http, &survivors, TOKEN, true)
             .await
             .expect("ownership readable");
         let live = fleet_tickets(own).await;
@@ -1162,9 +1037,13 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
                 .find(|l| l.device_id == t.device_id && l.opened_at == t.opened_at)
                 .expect("in the fleet")
                 .id;
-            let one = get_json(&http, &format!("http://{}/api/v1/tickets/{id}", i.api))
-                .await
-                .expect("any instance finds any ticket");
+            let one = get_json(
+                &http,
+                &format!("http://{}/api/v1/tickets/{id}", i.api),
+                TOKEN,
+            )
+            .await
+            .expect("any instance finds any ticket");
             assert_eq!(one["id"].as_str(), Some(id.as_str()));
         }
     }
@@ -1298,13 +1177,13 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     };
     let exited = left_at.elapsed();
     assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
-    let remaining: Vec<&Instance> = instances
+    let remaining: Vec<&Member> = instances
         .iter()
         .filter(|i| i.name == *stayer || i.name == "fw-d")
         .collect();
     let last = remaining[0];
     let handed = loop {
-        if let Some(own) = ownership(&http, &remaining, false).await {
+        if let Some(own) = ownership(&http, &remaining, TOKEN, false).await {
             if covers_all(&own) {
                 break left_at.elapsed();
             }
@@ -1329,7 +1208,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     );
     let settle = Instant::now();
     let last_tickets = loop {
-        let tickets = match ownership(&http, &remaining, true).await {
+        let tickets = match ownership(&http, &remaining, TOKEN, true).await {
             Some(own) if covers_all(&own) => fleet_list(&http, &last.api, "").await,
             _ => Vec::new(),
         };
@@ -1343,7 +1222,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
 
     // A transition posted to an instance that does not own the ticket's device lands on the
     // owner, and every instance then shows it.
-    let own = ownership(&http, &remaining, true)
+    let own = ownership(&http, &remaining, TOKEN, true)
         .await
         .expect("ownership readable");
     let owner_of = |device: &str| {
@@ -1411,7 +1290,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         let url = format!("http://{}/api/v1/tickets/{}", i.api, target.id);
         let mut one = None;
         for _ in 0..20 {
-            one = get_json(&http, &url).await;
+            one = get_json(&http, &url, TOKEN).await;
             if one.is_some() {
                 break;
             }
@@ -1497,6 +1376,7 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
             "http://{}/api/v1/tickets/{}/slots?technician={TECH}",
             owner.api, picked.id
         ),
+        TOKEN,
     )
     .await
     .expect("the owner's free slots");
@@ -1696,9 +1576,9 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
         .find(|i| i.name == owner_name)
         .unwrap()
         .kill();
-    let heir: Vec<&Instance> = instances.iter().filter(|i| i.name == other_name).collect();
+    let heir: Vec<&Member> = instances.iter().filter(|i| i.name == other_name).collect();
     loop {
-        if let Some(own) = ownership(&http, &heir, true).await {
+        if let Some(own) = ownership(&http, &heir, TOKEN, true).await {
             if covers_all(&own) {
                 break;
             }
@@ -1739,9 +1619,13 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     assert!(applied >= 1.0, "the transition was applied from the stream");
     // The board's records moved with the partition: the assignment and the booked visit
     // made through the other board are the new owner's now, in its own store.
-    let records = get_json(&http, &format!("http://{other_api}/api/v1/board/records"))
-        .await
-        .expect("the new owner's board records");
+    let records = get_json(
+        &http,
+        &format!("http://{other_api}/api/v1/board/records"),
+        TOKEN,
+    )
+    .await
+    .expect("the new owner's board records");
     let of_picked = records
         .as_array()
         .and_then(|l| l.iter().find(|r| r["ticket_id"] == picked_id.as_str()))
@@ -1763,24 +1647,6 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     );
 }
 
-/// Publishes `batch` to JetStream as devices send it (`devices.ID.telemetry|events`), waiting
-/// for the stream to store each chunk.
-async fn publish_history(js: &jetstream::Context, batch: &[forewarn::replay::Message]) {
-    for chunk in batch.chunks(500) {
-        let mut acks = Vec::new();
-        for m in chunk {
-            acks.push(
-                js.publish(m.topic.replace('/', "."), m.payload.clone().into())
-                    .await
-                    .unwrap(),
-            );
-        }
-        for a in acks {
-            a.await.expect("stored by the stream");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing() {
     let Some(mut nats) = NatsServer::start("cluster_nats nats restart", PARTITIONS, PREFIX) else {
@@ -1795,7 +1661,7 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
     let http = reqwest::Client::new();
     let (instances, backtest) =
         start_three(&nats, &broker_url, tmp.path(), &model, &hist, &http).await;
-    let live: Vec<&Instance> = instances.iter().collect();
+    let live: Vec<&Member> = instances.iter().collect();
 
     // The first half of the history, then the server dies (SIGKILL) while the instances are
     // still working through it.
@@ -1855,7 +1721,7 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
             }
         }
         if ready_after.len() == live.len() {
-            if let Some(own) = ownership(&http, &live, true).await {
+            if let Some(own) = ownership(&http, &live, TOKEN, true).await {
                 if covers_all(&own) {
                     break;
                 }
@@ -1910,75 +1776,184 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
     );
 }
 
-/// An instance frozen (SIGSTOP) for longer than its lease loses its partitions to the others;
-/// woken up, it still believes it holds them until its next lease round. It must not consume
-/// them meanwhile (two pullers on one durable consumer would split a partition's messages
-/// between two states), and it gets its share back through hand-offs with checkpoints: the
-/// tickets are still the backtest's, each opened once.
+/// An instance frozen (SIGSTOP) for longer than its lease, holding ticket changes it claimed
+/// and could not send (its webhook answers 503), loses its partitions to the others, and its
+/// unsent changes too: they take the claims over and send them. Woken (SIGCONT, its webhook
+/// answering again), it still believes it holds its partitions and its rows until its next
+/// lease round. It must neither send those rows (the changes would reach the webhook twice)
+/// nor consume what it lost meanwhile (two pullers on one durable consumer would split a
+/// partition's messages between two states): it finds its membership lapsed, drops the rows
+/// the others sent, rejoins, and gets its share back through hand-offs with checkpoints. Every
+/// claimed change ends sent, none reaches the webhook twice, and the tickets are still the
+/// backtest's, each opened once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost() {
+async fn an_instance_frozen_past_its_lease_sends_nothing_twice_and_consumes_nothing_it_lost() {
     let Some((nats, broker_url, tmp, hist, model, http)) = drill("cluster_nats frozen", 24, 45, 11)
     else {
         return;
     };
-    let (instances, backtest) =
-        start_three(&nats, &broker_url, tmp.path(), &model, &hist, &http).await;
-    let live: Vec<&Instance> = instances.iter().collect();
-    let own = ownership(&http, &live, true).await.expect("ownership");
-    let frozen = own
+    let hook = Webhook::start().await;
+    let (instances, backtest) = start_three_with(
+        &nats,
+        &broker_url,
+        |name, cfg| {
+            cfg.dispatch.webhook_url = Some(hook.url_of(name).into());
+            cfg.dispatch.webhook_secret = Some("frozen-drill-secret".into());
+            cfg.dispatch.retry_min = "200ms".parse().unwrap();
+            cfg.dispatch.retry_max = "500ms".parse().unwrap();
+            cfg.dispatch.max_attempts = 10_000;
+        },
+        tmp.path(),
+        &model,
+        &hist,
+        &http,
+    )
+    .await;
+    let live: Vec<&Member> = instances.iter().collect();
+    let own = ownership(&http, &live, TOKEN, true)
+        .await
+        .expect("ownership");
+    let name = own
         .iter()
         .max_by_key(|(_, o)| o.len())
         .map(|(n, _)| n.clone())
         .unwrap();
-    let pid = instances
-        .iter()
-        .find(|i| i.name == frozen)
-        .and_then(|i| i.child.as_ref())
-        .map(|c| c.id())
-        .expect("running");
-    let others: Vec<&Instance> = instances.iter().filter(|i| i.name != frozen).collect();
+    let frozen = instances.iter().find(|i| i.name == name).unwrap();
+    let others: Vec<&Member> = instances.iter().filter(|i| i.name != name).collect();
+    hook.set_up(&name, false);
 
+    // Half the history, all of it consumed: the changes the instance to be frozen claimed
+    // stay in its outbox.
     let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client);
+    let stream = js.get_stream("FOREWARN").await.unwrap();
     let half = messages.len() / 2;
     publish_history(&js, &messages[..half]).await;
-    // Frozen mid-stream, while the others take its partitions over and a quarter more arrives.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGSTOP);
-    }
+    wait_drained(&stream, &live).await;
+    // The devices' held readings released (idle timer), their changes claimed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = claim_keys(&js)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("u.{name}.")))
+        .count();
+    assert!(
+        held > 0,
+        "{name} holds no unsent change: the drill would prove nothing\n{}",
+        frozen.log_tail()
+    );
+
+    // Frozen: the others take its partitions over, then its unsent changes, and send them.
+    frozen.freeze(true);
     let frozen_at = Instant::now();
+    until(
+        Duration::from_secs(60),
+        &format!("the others never took {name}'s partitions over"),
+        &others,
+        || {
+            let (http, others) = (&http, &others);
+            async move {
+                ownership(http, others, TOKEN, true)
+                    .await
+                    .is_some_and(|own| covers_all(&own))
+            }
+        },
+    )
+    .await;
+    let partitions_after = frozen_at.elapsed();
+    until(
+        Duration::from_secs(60),
+        &format!("{name}'s unsent changes were never all taken over and sent"),
+        &others,
+        || {
+            let js = js.clone();
+            let prefix = format!("u.{name}.");
+            async move {
+                let keys = claim_keys(&js).await;
+                !keys.iter().any(|k| k.starts_with(&prefix)) && unmarked(&keys).is_empty()
+            }
+        },
+    )
+    .await;
+    let sent_after = frozen_at.elapsed();
+    // A quarter more while it is still frozen.
     let three_quarters = messages.len() * 3 / 4;
     publish_history(&js, &messages[half..three_quarters]).await;
-    loop {
-        if let Some(own) = ownership(&http, &others, true).await {
-            if covers_all(&own) {
-                break;
-            }
-        }
-        assert!(
-            frozen_at.elapsed() < Duration::from_secs(60),
-            "the others never took {frozen}'s partitions over:\n{}",
-            tails(&others)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "{frozen} frozen: the others held every partition {:.2} s later",
-        frozen_at.elapsed().as_secs_f64()
-    );
-    unsafe {
-        libc::kill(pid as i32, libc::SIGCONT);
-    }
+
+    // Woken, its webhook answering: whatever it sent now would be taken.
+    hook.set_up(&name, true);
+    frozen.freeze(false);
+    let frozen_for = frozen_at.elapsed();
     publish_history(&js, &messages[three_quarters..]).await;
 
     // It gets its share back, everything drains, and the fleet's tickets are the backtest's.
-    await_shares(&http, &live, &format!("{frozen} never got its share back")).await;
-    let stream = js.get_stream("FOREWARN").await.unwrap();
+    await_shares(&http, &live, &format!("{name} never got its share back")).await;
     wait_drained(&stream, &live).await;
     assert_fleet_is_the_backtests(&http, &js, &live, &backtest).await;
-    let log = std::fs::read_to_string(&instances.iter().find(|i| i.name == frozen).unwrap().log)
-        .unwrap_or_default();
+    let (changes, taken) = all_claims_marked_sent(&js, &live).await;
+    let from_frozen: BTreeSet<String> = taken
+        .iter()
+        .filter(|(_, from)| *from == name)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(
+        !from_frozen.is_empty(),
+        "nothing of {name}'s taken over: {taken:?}"
+    );
+
+    // Nothing reached the webhook twice: the woken instance sent none of the changes taken
+    // from it, and no change was taken twice by the webhook, from anyone.
+    let seen = hook.seen();
+    let again: Vec<String> = seen
+        .iter()
+        .filter(|(m, ok, _)| *m == name && *ok)
+        .filter_map(|(_, _, body)| announced_claim(body))
+        .filter(|c| from_frozen.contains(c))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "{name} sent again what the others had sent: {again:?}\n{}",
+        frozen.log_tail()
+    );
+    let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, ok, body) in &seen {
+        if *ok {
+            let change = format!(
+                "{} {} {} {}",
+                body["event"],
+                body["ticket"]["id"],
+                body["ticket"]["updated_at"],
+                body["ticket"]["status"]
+            );
+            *deliveries.entry(change).or_default() += 1;
+        }
+    }
+    let twice: Vec<&String> = deliveries
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(c, _)| c)
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    let dropped = metric(
+        &http,
+        &frozen.api,
+        "forewarn_cluster_outbox_claims_total{event=\"dropped\"}",
+    )
+    .await;
+    let lapsed = metric(
+        &http,
+        &frozen.api,
+        "forewarn_cluster_lease_events_total{event=\"lapsed\"}",
+    )
+    .await;
+    assert!(
+        dropped >= 1.0 && lapsed >= 1.0,
+        "{name} woke without dropping what the others sent (dropped {dropped}, lapsed \
+         {lapsed}):\n{}",
+        frozen.log_tail()
+    );
+    let log = std::fs::read_to_string(&frozen.log).unwrap_or_default();
     let refused = log.matches("its lease is not this instance's now").count();
     let gaps = log.matches("deliveries went elsewhere").count();
     let resumed = metric_sum(
@@ -1988,29 +1963,20 @@ async fn an_instance_frozen_longer_than_its_lease_does_not_consume_what_it_lost(
     )
     .await;
     eprintln!(
-        "woken {frozen}: {refused} set-up(s) refused for a lease no longer its own, {gaps} \
-         delivery gap(s); {resumed} partition(s) resumed from checkpoints in all; {} tickets \
-         equal to the backtest, one claim each",
+        "{name} frozen with {held} unsent change(s) for {:.2} s: the others held every partition \
+         {:.2} s and had sent its {} taken-over change(s) {:.2} s after the freeze; woken, it \
+         lapsed {lapsed} time(s), dropped {dropped} change(s) sent elsewhere, sent none again; \
+         {} webhook deliveries, none twice; {refused} set-up(s) refused for a lease no longer \
+         its own, {gaps} delivery gap(s); {resumed} partition(s) resumed from checkpoints; \
+         {changes} claimed changes all marked sent; {} tickets equal to the backtest, one \
+         claim each",
+        frozen_for.as_secs_f64(),
+        partitions_after.as_secs_f64(),
+        from_frozen.len(),
+        sent_after.as_secs_f64(),
+        deliveries.len(),
         backtest.len()
     );
-}
-
-/// Waits (up to 60 s) until the instance answers `/readyz` 200.
-async fn wait_ready(http: &reqwest::Client, i: &Instance) {
-    let started = Instant::now();
-    loop {
-        if let Some((200, _)) = readyz(http, &i.api).await {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} never ready: {:?}\n{}",
-            i.name,
-            readyz(http, &i.api).await,
-            i.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// An instance killed with SIGKILL and started again on its store, with no checkpoint to
@@ -2059,7 +2025,7 @@ async fn an_instance_restarted_without_a_checkpoint_replays_only_what_its_store_
     // Its old leases run out (3 s), then it takes every partition and replays.
     wait_ready(&http, &second).await;
     loop {
-        if let Some(own) = ownership(&http, &[&second], true).await {
+        if let Some(own) = ownership(&http, &[&second], TOKEN, true).await {
             if covers_all(&own) {
                 break;
             }
@@ -2139,7 +2105,7 @@ async fn the_boards_customer_page_answers_for_the_fleet() {
         }
         instances.push(i);
     }
-    let live: Vec<&Instance> = instances.iter().collect();
+    let live: Vec<&Member> = instances.iter().collect();
     await_shares(&http, &live, "two instances never shared the partitions").await;
     let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -2149,7 +2115,9 @@ async fn the_boards_customer_page_answers_for_the_fleet() {
     wait_drained(&stream, &live).await;
     assert_fleet_is_the_backtests(&http, &js, &live, &backtest).await;
     let fleet = fleet_list(&http, &live[0].api, "").await;
-    let own = ownership(&http, &live, true).await.expect("ownership");
+    let own = ownership(&http, &live, TOKEN, true)
+        .await
+        .expect("ownership");
     for i in &live {
         let owned: BTreeSet<u32> = own[&i.name].iter().copied().collect();
         let elsewhere = fleet
@@ -2210,7 +2178,7 @@ async fn post_json(
 
 /// `GET /api/v1/visits` of one instance: `(ticket, technician, start_ms)` of each visit.
 async fn visits_of(http: &reqwest::Client, api: &str) -> Vec<(String, String, i64)> {
-    let v = get_json(http, &format!("http://{api}/api/v1/visits"))
+    let v = get_json(http, &format!("http://{api}/api/v1/visits"), TOKEN)
         .await
         .expect("visits readable");
     v.as_array()
@@ -2236,7 +2204,7 @@ async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_show
     for name in ["fw-a", "fw-b"] {
         instances.push(start_instance(&nats, &broker_url, tmp.path(), name, &model, &hist).0);
     }
-    let live: Vec<&Instance> = instances.iter().collect();
+    let live: Vec<&Member> = instances.iter().collect();
     await_shares(&http, &live, "two instances never shared the partitions").await;
     let messages: Vec<forewarn::replay::Message> = hist.replay().messages("devices").collect();
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -2250,7 +2218,9 @@ async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_show
     publish_history(&js, &readings).await;
     let stream = js.get_stream("FOREWARN").await.unwrap();
     wait_drained(&stream, &live).await;
-    let own = ownership(&http, &live, true).await.expect("ownership");
+    let own = ownership(&http, &live, TOKEN, true)
+        .await
+        .expect("ownership");
     let owned_by = |name: &str, t: &Ticket| {
         own[name].contains(&partition::of_device(&t.device_id, PARTITIONS))
     };
@@ -2273,6 +2243,7 @@ async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_show
             "http://{}/api/v1/tickets/{}/slots?technician={TECH}",
             a.api, of_a.id
         ),
+        TOKEN,
     )
     .await
     .expect("free slots");
@@ -2350,6 +2321,7 @@ async fn a_technicians_slot_is_booked_once_for_the_fleet_and_every_day_view_show
             "http://{}/api/v1/tickets/{}/slots?technician={TECH}",
             loser.api, lost.id
         ),
+        TOKEN,
     )
     .await
     .expect("free slots");
@@ -2406,7 +2378,7 @@ async fn registry_record(
 /// `want`.
 async fn await_record(
     http: &reqwest::Client,
-    i: &Instance,
+    i: &Member,
     path: &str,
     field: &str,
     want: &serde_json::Value,

@@ -15,42 +15,18 @@ mod support;
 use async_nats::jetstream;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::cluster::{spawn_member, wait_ready, Member, PARTITIONS, PREFIX};
 use support::daemon::{self as d, Dirs, TOKEN};
 use support::http::get_text;
 use support::nats::NatsServer;
-use support::net::free_port;
-use support::process::{forewarn, sigterm, spawn_serve, write_config, Serve};
+use support::process::forewarn;
 
-const PARTITIONS: u32 = 8;
-const PREFIX: &str = "fwp";
 const TECH: &str = "t-1";
-
-/// A `forewarn serve` process in cluster mode; killed when dropped.
-struct Instance {
-    name: String,
-    child: Option<Serve>,
-    api: String,
-    root: std::path::PathBuf,
-}
-
-impl Instance {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.root.join("serve.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-    /// SIGTERM, and waits for the process to end (its leases released, its store closed).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            sigterm(&mut c);
-        }
-    }
-}
 
 /// Starts `forewarn serve` as cluster member `name` (its data under `root/name`, kept across
 /// restarts), with `fleet` as its fleet file when given; the example model (which scores
 /// devices of model P200 only), one technician working every day 08:00–17:00 UTC.
-fn start(nats: &NatsServer, root: &std::path::Path, name: &str, fleet: Option<&str>) -> Instance {
+fn start(nats: &NatsServer, root: &std::path::Path, name: &str, fleet: Option<&str>) -> Member {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("models")).unwrap();
     d::hot_model().save(&dir.join("models/hot.json")).unwrap();
@@ -58,8 +34,6 @@ fn start(nats: &NatsServer, root: &std::path::Path, name: &str, fleet: Option<&s
     cfg.broker.url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
     cfg.broker.client_id = format!("{name}-mqtt");
     cfg.api.tokens = vec![forewarn::api::TokenConfig::Bare(TOKEN.into())];
-    let api = format!("127.0.0.1:{}", free_port());
-    cfg.api.listen = api.clone();
     cfg.store.data_dir = dir.join("data");
     cfg.store.cache_bytes = 8 << 20;
     cfg.scoring.models_dir = dir.join("models");
@@ -69,12 +43,6 @@ fn start(nats: &NatsServer, root: &std::path::Path, name: &str, fleet: Option<&s
         std::fs::write(&p, toml).unwrap();
         p
     });
-    cfg.cluster.url = Some(nats.url());
-    cfg.cluster.instance = Some(name.into());
-    cfg.cluster.partitions = PARTITIONS;
-    cfg.cluster.subject_prefix = PREFIX.into();
-    cfg.cluster.lease = "3s".parse().unwrap();
-    cfg.cluster.ack_wait = "3s".parse().unwrap();
     cfg.board.business_days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
         .map(String::from)
         .to_vec();
@@ -85,38 +53,7 @@ fn start(nats: &NatsServer, root: &std::path::Path, name: &str, fleet: Option<&s
         region: String::new(),
         hours: "08:00-17:00".into(),
     }];
-    let path = write_config(&dir, &cfg);
-    let child = spawn_serve(&path, &dir.join("serve.log"), "info");
-    Instance {
-        name: name.into(),
-        child: Some(child),
-        api,
-        root: dir,
-    }
-}
-
-async fn readyz(http: &reqwest::Client, api: &str) -> Option<(u16, Value)> {
-    let r = http.get(format!("http://{api}/readyz")).send().await.ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.json().await.ok()?))
-}
-
-/// Waits (at most 60 s) for `/readyz` 200; its body.
-async fn wait_ready(http: &reqwest::Client, i: &Instance) -> Value {
-    let started = Instant::now();
-    loop {
-        if let Some((200, body)) = readyz(http, &i.api).await {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} never ready: {:?}\n{}",
-            i.name,
-            readyz(http, &i.api).await,
-            i.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    spawn_member(nats, &dir, name, cfg)
 }
 
 async fn get(http: &reqwest::Client, api: &str, path: &str) -> Option<Value> {
@@ -151,13 +88,13 @@ async fn send(
 }
 
 /// The `model` attribute of device `id` as instance `i` has it.
-async fn model_of(http: &reqwest::Client, i: &Instance, id: &str) -> Option<String> {
+async fn model_of(http: &reqwest::Client, i: &Member, id: &str) -> Option<String> {
     let v = get(http, &i.api, &format!("/api/v1/devices/{id}")).await?;
     v["attributes"]["model"].as_str().map(str::to_string)
 }
 
 /// Waits (at most 10 s) until instance `i` has device `id` of model `want`.
-async fn await_model(http: &reqwest::Client, i: &Instance, id: &str, want: &str) {
+async fn await_model(http: &reqwest::Client, i: &Member, id: &str, want: &str) {
     let started = Instant::now();
     loop {
         let got = model_of(http, i, id).await;
@@ -175,7 +112,7 @@ async fn await_model(http: &reqwest::Client, i: &Instance, id: &str, want: &str)
 }
 
 /// The sum of the samples of metric `name` whose labels contain `label`.
-async fn metric(http: &reqwest::Client, i: &Instance, name: &str, label: &str) -> f64 {
+async fn metric(http: &reqwest::Client, i: &Member, name: &str, label: &str) -> f64 {
     let text = get_text(http, format!("http://{}/metrics", i.api)).await;
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(label))
@@ -268,7 +205,7 @@ async fn the_fleet_file_reaches_every_instance_and_an_api_change_outlives_a_rest
         "{customer:?}"
     );
     // Its partitions were taken only after the registry was loaded.
-    let log = std::fs::read_to_string(c.root.join("serve.log")).unwrap();
+    let log = std::fs::read_to_string(&c.log).unwrap();
     let loaded = log
         .find("cluster registry: loaded")
         .expect("loaded, logged");
@@ -352,7 +289,7 @@ async fn publish_degrading(client: &async_nats::Client, device: &str, hours: i64
 }
 
 /// Each live instance's owned partitions.
-async fn owned(http: &reqwest::Client, i: &Instance) -> Vec<u32> {
+async fn owned(http: &reqwest::Client, i: &Member) -> Vec<u32> {
     let v = get(http, &i.api, "/api/v1/cluster")
         .await
         .expect("cluster status");
@@ -369,7 +306,7 @@ async fn owned(http: &reqwest::Client, i: &Instance) -> Vec<u32> {
 
 /// The partitions each of `a` and `b` owns once they hold all of them between them, nothing
 /// replaying, the same on two reads a second apart.
-async fn settled(http: &reqwest::Client, a: &Instance, b: &Instance) -> (Vec<u32>, Vec<u32>) {
+async fn settled(http: &reqwest::Client, a: &Member, b: &Member) -> (Vec<u32>, Vec<u32>) {
     let started = Instant::now();
     let mut last = None;
     loop {
@@ -390,7 +327,7 @@ async fn settled(http: &reqwest::Client, a: &Instance, b: &Instance) -> (Vec<u32
 }
 
 /// The visits `GET /api/v1/visits` of instance `i` lists (the fleet's): `(ticket, start_ms)`.
-async fn visits(http: &reqwest::Client, i: &Instance) -> Vec<(String, i64)> {
+async fn visits(http: &reqwest::Client, i: &Member) -> Vec<(String, i64)> {
     let v = get(http, &i.api, "/api/v1/visits").await.expect("visits");
     v.as_array()
         .expect("a list")
@@ -473,7 +410,7 @@ async fn a_visits_slot_is_freed_for_the_fleet_when_its_ticket_is_dismissed_or_re
     .expect("free slots");
     let slot = slots[0].clone();
     let start_ms = slot["start_ms"].as_i64().expect("a slot");
-    let book = |i: &Instance, id: &str| {
+    let book = |i: &Member, id: &str| {
         let (http, api, path) = (
             http.clone(),
             i.api.clone(),
@@ -482,7 +419,7 @@ async fn a_visits_slot_is_freed_for_the_fleet_when_its_ticket_is_dismissed_or_re
         let body = json!({"technician_id": TECH, "slot": slot});
         async move { send(&http, reqwest::Method::POST, &api, &path, &body).await }
     };
-    let transition = |i: &Instance, id: &str, body: Value| {
+    let transition = |i: &Member, id: &str, body: Value| {
         let (http, api, path) = (
             http.clone(),
             i.api.clone(),

@@ -6,6 +6,8 @@
 //! - `process`: the real `forewarn serve` binary as a child process, with a config file.
 //! - `mosquitto`: a Mosquitto broker process started by the test.
 //! - `nats`: a nats-server with JetStream for the cluster tests.
+//! - `cluster`: `forewarn serve` cluster members against it, what the cluster tests wait for
+//!   and read (readiness, ownership, the claims bucket, drained consumers), a dispatch webhook.
 //! - `parity`: backtest-equals-live: a simulated history, `evaluate`'s tickets, the same
 //!   history replayed into the daemon, and a readable diff of the two.
 //! - `sparkplug`: a third-party Sparkplug B edge node (`edge_node.py`) against the daemon.
@@ -23,6 +25,7 @@
 
 pub mod browser;
 pub mod ci;
+pub mod cluster;
 pub mod daemon;
 pub mod decoders;
 pub mod http;

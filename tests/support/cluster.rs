@@ -1,0 +1,394 @@
+//! Cluster mode's test processes: `forewarn serve` members of one cluster (each its own
+//! process, data directory and API port) against a [`super::nats::NatsServer`], and what the
+//! cluster tests wait for and read — readiness, the partitions each member owns, the claims
+//! bucket, the durable consumers draining — and a dispatch webhook on loopback that each
+//! member reaches under its own path.
+
+use super::http::get_text;
+use super::nats::NatsServer;
+use super::net::free_port;
+use super::process::{sigterm, spawn_serve, write_config, Serve};
+use async_nats::jetstream;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use forewarn::cluster::partition;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The partitions of every cluster test (the server's subject mapping has as many).
+pub const PARTITIONS: u32 = 8;
+/// The partitioned subjects' prefix.
+pub const PREFIX: &str = "fwp";
+/// The claims bucket (`cluster.buckets` left at its default).
+pub const CLAIMS: &str = "forewarn-claims";
+
+/// A `forewarn serve` process in cluster mode; killed (SIGKILL) when dropped.
+pub struct Member {
+    pub name: String,
+    pub child: Option<Serve>,
+    /// `HOST:PORT` of its API.
+    pub api: String,
+    /// Its folder: configuration, data directory, `serve.log`.
+    pub root: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Member {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        // A `Serve` kills its process when dropped.
+        self.child = None;
+    }
+
+    /// SIGTERM, and waits for the process to end (its leases released, its store closed).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigterm(&mut c);
+        }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGSTOP (`freeze: true`) or SIGCONT: a process paused, as a long stall would.
+    pub fn freeze(&self, freeze: bool) {
+        let pid = self.pid().expect("running") as i32;
+        let signal = if freeze { libc::SIGSTOP } else { libc::SIGCONT };
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// The last 30 lines of its log, named.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        format!("--- {} ---\n{tail}", self.name)
+    }
+}
+
+/// Starts `forewarn serve` as cluster member `name` of `nats` from `cfg`, in `dir` (kept
+/// across restarts: the same member started again): a free API port, the cluster's URL, the
+/// member's name, [`PARTITIONS`] under [`PREFIX`], lease and acknowledgement wait 3 s (what
+/// `cfg` says of the rest of `[cluster]` stands).
+pub fn spawn_member(
+    nats: &NatsServer,
+    dir: &Path,
+    name: &str,
+    mut cfg: forewarn::config::Config,
+) -> Member {
+    let api = format!("127.0.0.1:{}", free_port());
+    cfg.api.listen = api.clone();
+    cfg.cluster.url = Some(nats.url());
+    cfg.cluster.instance = Some(name.into());
+    cfg.cluster.partitions = PARTITIONS;
+    cfg.cluster.subject_prefix = PREFIX.into();
+    cfg.cluster.lease = "3s".parse().unwrap();
+    cfg.cluster.ack_wait = "3s".parse().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let path = write_config(dir, &cfg);
+    let log = dir.join("serve.log");
+    let child = spawn_serve(&path, &log, "info");
+    Member {
+        name: name.into(),
+        child: Some(child),
+        api,
+        root: dir.to_path_buf(),
+        log,
+    }
+}
+
+/// The last lines of each member's log, for a failure message.
+pub fn tails(members: &[&Member]) -> String {
+    members
+        .iter()
+        .map(|m| m.log_tail())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `GET /readyz`: the status code and the body.
+pub async fn readyz(http: &reqwest::Client, api: &str) -> Option<(u16, serde_json::Value)> {
+    let r = http.get(format!("http://{api}/readyz")).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+/// Waits (at most 60 s) until the member answers `/readyz` 200; its body.
+pub async fn wait_ready(http: &reqwest::Client, m: &Member) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if let Some((200, body)) = readyz(http, &m.api).await {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} never ready: {:?}\n{}",
+            m.name,
+            readyz(http, &m.api).await,
+            m.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `GET` with the bearer token `token`: the JSON body of a 2xx answer.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Option<serde_json::Value> {
+    let r = http.get(url).bearer_auth(token).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// The sum of the series of metric `name` (a prefix of the line: a name, or a name and its
+/// labels) in the member's `/metrics`.
+pub async fn metric(http: &reqwest::Client, api: &str, name: &str) -> f64 {
+    let text = get_text(http, format!("http://{api}/metrics")).await;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`metric`] summed over the members.
+pub async fn metric_sum(http: &reqwest::Client, live: &[&Member], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for m in live {
+        sum += metric(http, &m.api, name).await;
+    }
+    sum
+}
+
+/// Waits (up to `limit`) for `ok`, polling every 200 ms; fails with `what` and the log tails.
+pub async fn until<F, Fut>(limit: Duration, what: &str, live: &[&Member], mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !ok().await {
+        assert!(started.elapsed() < limit, "{what}:\n{}", tails(live));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each member's owned partitions, from `GET /api/v1/cluster` (read with `token`); with
+/// `settled`, `None` while any of them is still replaying a partition it took over.
+pub async fn ownership(
+    http: &reqwest::Client,
+    live: &[&Member],
+    token: &str,
+    settled: bool,
+) -> Option<BTreeMap<String, Vec<u32>>> {
+    let mut out = BTreeMap::new();
+    for m in live {
+        let v = get_json(http, &format!("http://{}/api/v1/cluster", m.api), token).await?;
+        if settled && !v["replaying"].as_array()?.is_empty() {
+            return None;
+        }
+        let owned = v["owned"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_u64().map(|p| p as u32))
+            .collect();
+        out.insert(m.name.clone(), owned);
+    }
+    Some(out)
+}
+
+/// Whether the owned sets cover every partition exactly once.
+pub fn covers_all(own: &BTreeMap<String, Vec<u32>>) -> bool {
+    let mut all: Vec<u32> = own.values().flatten().copied().collect();
+    all.sort_unstable();
+    all == (0..PARTITIONS).collect::<Vec<_>>()
+}
+
+/// Whether each member owns exactly its rendezvous share among the members listed.
+pub fn in_rendezvous_shares(own: &BTreeMap<String, Vec<u32>>) -> bool {
+    let members: Vec<String> = own.keys().cloned().collect();
+    own.iter()
+        .all(|(name, o)| *o == partition::share(name, &members, PARTITIONS))
+}
+
+/// Whether every member is ready and, between them, they own every partition.
+pub async fn settled(http: &reqwest::Client, live: &[&Member], token: &str) -> bool {
+    for m in live {
+        if !matches!(readyz(http, &m.api).await, Some((200, _))) {
+            return false;
+        }
+    }
+    ownership(http, live, token, false)
+        .await
+        .is_some_and(|own| covers_all(&own))
+}
+
+/// The claims bucket's live keys.
+pub async fn claim_keys(js: &jetstream::Context) -> BTreeSet<String> {
+    let claims = js.get_key_value(CLAIMS).await.unwrap();
+    let mut keys = claims.keys().await.unwrap();
+    let mut all = BTreeSet::new();
+    while let Some(k) = keys.next().await {
+        all.insert(k.unwrap());
+    }
+    all
+}
+
+/// The claimed ticket changes (`t.…`, `c.…`) without their sent mark.
+pub fn unmarked(keys: &BTreeSet<String>) -> Vec<String> {
+    keys.iter()
+        .filter(|k| k.starts_with("t.") || k.starts_with("c."))
+        .filter(|k| !keys.contains(&format!("s.{k}")))
+        .cloned()
+        .collect()
+}
+
+/// Publishes `batch` to JetStream as devices send it (`devices.ID.telemetry|events`), waiting
+/// for the stream to store each chunk.
+pub async fn publish_history(js: &jetstream::Context, batch: &[forewarn::replay::Message]) {
+    for chunk in batch.chunks(500) {
+        let mut acks = Vec::new();
+        for m in chunk {
+            acks.push(
+                js.publish(m.topic.replace('/', "."), m.payload.clone().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for a in acks {
+            a.await.expect("stored by the stream");
+        }
+    }
+}
+
+/// Waits (up to 120 s) until no durable partition consumer has anything pending or
+/// unacknowledged.
+pub async fn wait_drained(stream: &jetstream::stream::Stream, live: &[&Member]) {
+    let drained = Instant::now();
+    loop {
+        let mut left = 0;
+        for p in 0..PARTITIONS {
+            match stream.consumer_info(format!("fw-p{p}")).await {
+                Ok(i) => left += i.num_pending + i.num_ack_pending as u64,
+                Err(_) => left += 1,
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(120),
+            "{left} message(s) still pending:\n{}",
+            tails(live)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A field-service webhook on loopback: `POST /dispatch/<member>` answers 200, or 503 while
+/// that member's path is down (all paths are up at first); every request is kept, with its
+/// path's member, whether it was taken, and its body (as JSON).
+#[derive(Default)]
+pub struct Webhook {
+    down: Mutex<BTreeSet<String>>,
+    /// `(member, taken, body)` of every request, in arrival order.
+    seen: Mutex<Vec<(String, bool, serde_json::Value)>>,
+    /// Whether any path is down for everyone (`set_all_up(false)`).
+    all_down: AtomicBool,
+    base: String,
+}
+
+impl Webhook {
+    pub async fn start() -> Arc<Webhook> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hook = Arc::new(Webhook {
+            base: format!("http://{addr}/dispatch"),
+            ..Webhook::default()
+        });
+        let app = axum::Router::new()
+            .route(
+                "/dispatch/{member}",
+                axum::routing::post(
+                    |State(h): State<Arc<Webhook>>,
+                     UrlPath(member): UrlPath<String>,
+                     body: axum::body::Bytes| async move {
+                        let up = !h.all_down.load(Ordering::SeqCst)
+                            && !h.down.lock().unwrap().contains(&member);
+                        let json = serde_json::from_slice(&body).unwrap_or_default();
+                        h.seen.lock().unwrap().push((member, up, json));
+                        if up {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                    },
+                ),
+            )
+            .with_state(hook.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        hook
+    }
+
+    /// The URL member `name` dispatches to.
+    pub fn url_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+
+    /// Every path answers 503 (`false`) or as its own setting says (`true`).
+    pub fn set_all_up(&self, up: bool) {
+        self.all_down.store(!up, Ordering::SeqCst);
+    }
+
+    /// Member `name`'s path answers 200 (`true`) or 503.
+    pub fn set_up(&self, name: &str, up: bool) {
+        let mut down = self.down.lock().unwrap();
+        if up {
+            down.remove(name);
+        } else {
+            down.insert(name.to_string());
+        }
+    }
+
+    /// Every request so far: `(member, taken, body)`.
+    pub fn seen(&self) -> Vec<(String, bool, serde_json::Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests announced transition `to` of ticket `id`: `(answered 503, taken)`.
+    pub fn transitions(&self, id: &str, to: &str) -> (usize, usize) {
+        let seen = self.seen.lock().unwrap();
+        let of = seen.iter().filter(|(_, _, b)| {
+            b["event"] == "ticket.transition"
+                && b["ticket"]["id"] == id
+                && b["ticket"]["status"] == to
+        });
+        let (taken, refused): (Vec<_>, Vec<_>) = of.partition(|(_, taken, _)| *taken);
+        (refused.len(), taken.len())
+    }
+}
+
+/// The claim key a dispatch webhook body announces (`t.ID` for an opening, `c.ID.KIND.MS` for
+/// an update or a settlement at its `updated_at`); `None` for a transition (its key is the
+/// time of its history entry) or a body that does not read.
+pub fn announced_claim(body: &serde_json::Value) -> Option<String> {
+    let id = body["ticket"]["id"].as_str()?;
+    let kind = body["event"].as_str()?.strip_prefix("ticket.")?;
+    match kind {
+        "opened" => Some(format!("t.{id}")),
+        "updated" | "settled" => {
+            let at = forewarn::domain::Timestamp::parse(body["ticket"]["updated_at"].as_str()?)?;
+            Some(format!("c.{id}.{kind}.{}", at.as_millis()))
+        }
+        _ => None,
+    }
+}
