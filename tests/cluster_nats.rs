@@ -161,6 +161,9 @@ async fn a_ticket_change_two_instances_both_make_is_claimed_by_one_of_them() {
     };
     let a = connect("fw-a").await;
     let b = connect("fw-b").await;
+    // Members in good standing (an instance claims nothing outside it), without a lease loop.
+    a.heartbeat().await.unwrap();
+    b.heartbeat().await.unwrap();
     assert_eq!(
         a.ticket_id_key(),
         b.ticket_id_key(),
