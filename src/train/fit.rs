@@ -323,6 +323,10 @@ fn in_parallel<T: Send>(jobs: &[usize], f: impl Fn(usize) -> T + Sync) -> Vec<T>
     out.into_iter().flatten().collect()
 }
 
+/// The (row, target) pairs of the devices a filter accepts: labelled rows for the classifier,
+/// rows with a time to failure for the regressor.
+type SelectRows<'a> = dyn Fn(&dyn Fn(usize) -> bool) -> (Vec<usize>, Vec<f64>) + Sync + 'a;
+
 /// What every fold of one model shares: the folds, the mode's rows and the loss.
 struct FoldJob<'a> {
     k: usize,
@@ -353,7 +357,7 @@ struct Folds {
 /// same whatever the number of threads.
 fn fit_folds(
     job: &FoldJob<'_>,
-    select: &(dyn Fn(&dyn Fn(usize) -> bool) -> (Vec<usize>, Vec<f64>) + Sync),
+    select: &SelectRows<'_>,
     informative: impl Fn(&[f64]) -> bool,
     trainable: impl Fn(&[f64]) -> bool + Sync,
 ) -> Result<Folds, TrainError> {
