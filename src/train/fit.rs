@@ -323,6 +323,97 @@ fn in_parallel<T: Send>(jobs: &[usize], f: impl Fn(usize) -> T + Sync) -> Vec<T>
     out.into_iter().flatten().collect()
 }
 
+/// The (row, target) pairs of the devices a filter accepts: labelled rows for the classifier,
+/// rows with a time to failure for the regressor.
+type SelectRows<'a> = dyn Fn(&dyn Fn(usize) -> bool) -> (Vec<usize>, Vec<f64>) + Sync + 'a;
+
+/// What every fold of one model shares: the folds, the mode's rows and the loss.
+struct FoldJob<'a> {
+    k: usize,
+    /// Fold of each device.
+    fold: &'a [usize],
+    rows: &'a Rows,
+    loss: Loss,
+    opts: &'a TrainOptions,
+}
+
+/// The fold models of one mode's classifier or regressor.
+struct Folds {
+    /// `(fold, model)`: the folds that could early-stop first, in fold order, then the others;
+    /// `None` where the other folds' rows could not be fitted.
+    fitted: Vec<(usize, Option<Fitted>)>,
+    /// Rounds of the folds that early-stopped on their own rows, in fold order.
+    rounds: Vec<usize>,
+}
+
+/// Fits one model per fold on the other folds' rows, early-stopped on its own fold's rows.
+/// `select(keep)` gives the (row, target) pairs of the devices `keep` accepts. A fold whose own
+/// targets are not `informative` cannot tell when boosting stops helping (its validation loss
+/// keeps falling as every prediction is pushed towards what it holds, so it would run to the
+/// round limit): such folds are fitted after the others, with the median rounds of the folds
+/// that could tell ([`UNINFORMED_FOLD_ROUNDS`] when none could). A fold whose training targets
+/// are not `trainable` gets no model. The folds are fitted at once, on up to every core: each
+/// fit is a function of its own rows and seed alone, so the models (and their order) are the
+/// same whatever the number of threads.
+fn fit_folds(
+    job: &FoldJob<'_>,
+    select: &SelectRows<'_>,
+    informative: impl Fn(&[f64]) -> bool,
+    trainable: impl Fn(&[f64]) -> bool + Sync,
+) -> Result<Folds, TrainError> {
+    let FoldJob {
+        k,
+        fold,
+        rows,
+        loss,
+        opts,
+    } = *job;
+    let informed: Vec<bool> = (0..k)
+        .map(|f| informative(&select(&|d| fold[d] == f).1))
+        .collect();
+    let fit_fold = |f: usize, fixed: Option<usize>| -> Result<Option<Fitted>, TrainError> {
+        let (ti, ty) = select(&|d| fold[d] != f);
+        if !trainable(&ty) {
+            return Ok(None);
+        }
+        let own = fixed.is_none().then(|| select(&|d| fold[d] == f));
+        let valid = own.as_ref().map(|(vi, vy)| (&vi[..], &vy[..]));
+        fit_one(
+            opts.estimator,
+            loss,
+            rows,
+            &ti,
+            &ty,
+            valid,
+            opts.seed.wrapping_add(f as u64),
+            fixed,
+        )
+        .map(Some)
+    };
+    let (told, untold): (Vec<usize>, Vec<usize>) = (0..k).partition(|&f| informed[f]);
+    let first = in_parallel(&told, |f| fit_fold(f, None));
+    let mut fitted = Vec::with_capacity(k);
+    let mut rounds = Vec::new();
+    for (&f, m) in told.iter().zip(first) {
+        let m = m?;
+        if let Some(r) = m.as_ref().and_then(|m| m.rounds) {
+            rounds.push(r);
+        }
+        fitted.push((f, m));
+    }
+    let mut sorted = rounds.clone();
+    sorted.sort_unstable();
+    let median = sorted
+        .get(sorted.len() / 2)
+        .copied()
+        .unwrap_or(UNINFORMED_FOLD_ROUNDS);
+    let rest = in_parallel(&untold, |f| fit_fold(f, Some(median)));
+    for (&f, m) in untold.iter().zip(rest) {
+        fitted.push((f, m?));
+    }
+    Ok(Folds { fitted, rounds })
+}
+
 /// The mean in log-odds (before the link) of tree ensembles, as one ensemble: every model's
 /// trees with leaves scaled by its learning rate, at learning rate 1/n, and the mean of the
 /// bases. It scores exactly the mean of the models' raw outputs. `None` unless there are at least
@@ -469,59 +560,25 @@ pub fn train(
         if k >= 2 {
             // A fold whose own devices hold no failing (or no healthy) example cannot tell when
             // boosting stops helping: its validation loss keeps falling as every score is pushed
-            // towards the one class it holds, so it would run to the round limit. Such folds are
-            // fitted after the others, with the median rounds of the folds that could tell.
-            let informative: Vec<bool> = (0..k)
-                .map(|f| {
-                    let (_, vy) = labelled(&|d| fold[d] == f);
-                    let vpos = vy.iter().filter(|v| **v > 0.5).count();
-                    vpos > 0 && vpos < vy.len()
-                })
-                .collect();
-            // The folds are fitted at once, on up to every core: each fit is a function of its
-            // own rows and seed alone, so the models (and their order) are the same whatever
-            // the number of threads.
-            let fit_fold = |f: usize, fixed: Option<usize>| -> Result<Option<Fitted>, TrainError> {
-                let (ti, ty) = labelled(&|d| fold[d] != f);
-                let tpos = ty.iter().filter(|v| **v > 0.5).count();
-                if tpos == 0 || tpos == ty.len() {
-                    return Ok(None);
-                }
-                let own = fixed.is_none().then(|| labelled(&|d| fold[d] == f));
-                let valid = own.as_ref().map(|(vi, vy)| (&vi[..], &vy[..]));
-                fit_one(
-                    opts.estimator,
-                    Loss::Logistic,
-                    rows,
-                    &ti,
-                    &ty,
-                    valid,
-                    opts.seed.wrapping_add(f as u64),
-                    fixed,
-                )
-                .map(Some)
+            // towards the one class it holds, so it would run to the round limit.
+            let both_classes = |ys: &[f64]| {
+                let pos = ys.iter().filter(|v| **v > 0.5).count();
+                pos > 0 && pos < ys.len()
             };
-            let (told, untold): (Vec<usize>, Vec<usize>) = (0..k).partition(|&f| informative[f]);
-            let first = in_parallel(&told, |f| fit_fold(f, None));
-            let mut fitted = Vec::with_capacity(k);
-            for (&f, m) in told.iter().zip(first) {
-                let m = m?;
-                if let Some(r) = m.as_ref().and_then(|m| m.rounds) {
-                    rounds.push(r);
-                }
-                fitted.push((f, m));
-            }
-            let mut sorted = rounds.clone();
-            sorted.sort_unstable();
-            let median = sorted
-                .get(sorted.len() / 2)
-                .copied()
-                .unwrap_or(UNINFORMED_FOLD_ROUNDS);
-            let rest = in_parallel(&untold, |f| fit_fold(f, Some(median)));
-            for (&f, m) in untold.iter().zip(rest) {
-                fitted.push((f, m?));
-            }
-            for (f, m) in fitted {
+            let folds = fit_folds(
+                &FoldJob {
+                    k,
+                    fold: &fold,
+                    rows,
+                    loss: Loss::Logistic,
+                    opts,
+                },
+                &labelled,
+                both_classes,
+                both_classes,
+            )?;
+            rounds = folds.rounds;
+            for (f, m) in folds.fitted {
                 pb.inc(1);
                 let Some(m) = m else { continue };
                 for (i, o) in oof.iter_mut().enumerate() {
@@ -582,54 +639,24 @@ pub fn train(
         let mut vm = ValidationMetrics::default();
         let mut oof_ttf = vec![f64::NAN; rows.len()];
         let reg = if reg_i.len() >= 10 {
-            let mut reg_rounds = Vec::new();
+            let mut reg_rounds: Vec<usize> = Vec::new();
             if k >= 2 {
+                // A fold whose targets are all alike cannot tell when to stop.
                 let varied = |ys: &[f64]| ys.iter().any(|y| (y - ys[0]).abs() > 1e-9);
-                let informative: Vec<bool> = (0..k)
-                    .map(|f| varied(&targeted(&|d| fold[d] == f).1))
-                    .collect();
-                let fit_fold =
-                    |f: usize, fixed: Option<usize>| -> Result<Option<Fitted>, TrainError> {
-                        let (ti, ty) = targeted(&|d| fold[d] != f);
-                        if ti.len() < 10 {
-                            return Ok(None);
-                        }
-                        let own = fixed.is_none().then(|| targeted(&|d| fold[d] == f));
-                        let valid = own.as_ref().map(|(vi, vy)| (&vi[..], &vy[..]));
-                        fit_one(
-                            opts.estimator,
-                            Loss::SquaredError,
-                            rows,
-                            &ti,
-                            &ty,
-                            valid,
-                            opts.seed.wrapping_add(f as u64),
-                            fixed,
-                        )
-                        .map(Some)
-                    };
-                let (told, untold): (Vec<usize>, Vec<usize>) =
-                    (0..k).partition(|&f| informative[f]);
-                let first = in_parallel(&told, |f| fit_fold(f, None));
-                let mut fitted = Vec::with_capacity(k);
-                for (&f, m) in told.iter().zip(first) {
-                    let m = m?;
-                    if let Some(r) = m.as_ref().and_then(|m| m.rounds) {
-                        reg_rounds.push(r);
-                    }
-                    fitted.push((f, m));
-                }
-                let mut sorted = reg_rounds.clone();
-                sorted.sort_unstable();
-                let median = sorted
-                    .get(sorted.len() / 2)
-                    .copied()
-                    .unwrap_or(UNINFORMED_FOLD_ROUNDS);
-                let rest = in_parallel(&untold, |f| fit_fold(f, Some(median)));
-                for (&f, m) in untold.iter().zip(rest) {
-                    fitted.push((f, m?));
-                }
-                for (f, m) in fitted {
+                let folds = fit_folds(
+                    &FoldJob {
+                        k,
+                        fold: &fold,
+                        rows,
+                        loss: Loss::SquaredError,
+                        opts,
+                    },
+                    &targeted,
+                    varied,
+                    |ys: &[f64]| ys.len() >= 10,
+                )?;
+                reg_rounds = folds.rounds;
+                for (f, m) in folds.fitted {
                     pb.inc(1);
                     let Some(m) = m else { continue };
                     for (i, o) in oof_ttf.iter_mut().enumerate() {

@@ -104,7 +104,9 @@ impl Binner {
                     .map(|r| x[[r, f]])
                     .filter(|v| v.is_finite())
                     .collect();
-                v.sort_by(f64::total_cmp);
+                // Values equal under `total_cmp` are the same bits, so an unstable sort gives
+                // the same cuts.
+                v.sort_unstable_by(f64::total_cmp);
                 v.dedup();
                 if v.len() <= 1 {
                     return Vec::new();
@@ -178,14 +180,27 @@ struct Grower<'a> {
     g: &'a [f64],
     h: &'a [f64],
     nodes: Vec<Node>,
+    /// Per node of `nodes`, the bin of its split (`bin <= split` goes left): the tree walked on
+    /// binned rows ([`BinnedTree`]).
+    node_bins: Vec<u8>,
     scratch: Vec<u32>,
     threads: usize,
+    /// Histograms of finished nodes, reused (zeroed) for the next ones instead of allocated.
+    pool: Vec<Vec<Bin>>,
 }
 
 impl Grower<'_> {
-    fn hist(&self, rows: &[u32]) -> Vec<Bin> {
+    fn hist(&mut self, rows: &[u32]) -> Vec<Bin> {
         // Indexed by position in `self.features` (this tree's sample of features), not by id.
-        let mut hist = vec![Bin::default(); self.features.len() * BINS];
+        let len = self.features.len() * BINS;
+        let mut hist = match self.pool.pop() {
+            Some(mut h) => {
+                h.clear();
+                h.resize(len, Bin::default());
+                h
+            }
+            None => vec![Bin::default(); len],
+        };
         let mut slots: Vec<(usize, &mut [Bin])> = self
             .features
             .iter()
@@ -295,10 +310,13 @@ impl Grower<'_> {
             value: self.leaf_value(tot.g, tot.h),
             missing_left: true,
         });
+        self.node_bins.push(0);
         if depth >= self.p.max_depth || rows.len() < 2 * self.p.min_leaf.max(1) {
+            self.pool.push(hist);
             return id;
         }
         let Some(split) = self.best_split(&hist, tot) else {
+            self.pool.push(hist);
             return id;
         };
         // Stable partition: left rows first.
@@ -349,8 +367,45 @@ impl Grower<'_> {
         n.left = l;
         n.right = r;
         n.missing_left = split.missing_left;
+        // At most the number of cuts (254): a u8.
+        self.node_bins[id as usize] = split.bin as u8;
         id
     }
+}
+
+/// A tree as grown, walked on the binned rows it was grown on: `v <= cuts[b]` exactly when
+/// `bin(v) <= b`, and a split after the last cut (threshold `f64::MAX`) sends every finite value
+/// left, so each row reaches the leaf the stored tree gives it, at the cost of a byte per node
+/// instead of a feature value from a wide row. Not for rows holding +∞, which the stored tree
+/// sends right of such a split and the bins left.
+struct BinnedTree<'a> {
+    nodes: &'a [Node],
+    bins: &'a [u8],
+}
+
+impl BinnedTree<'_> {
+    /// The leaf value of row `r` of the column-major `bins` of `n_rows` rows.
+    fn predict(&self, bins: &[u8], n_rows: usize, r: usize) -> f64 {
+        let mut i = 0usize;
+        loop {
+            let n = &self.nodes[i];
+            if n.feature == LEAF {
+                return n.value;
+            }
+            let b = bins[n.feature as usize * n_rows + r];
+            let left = if b == NAN_BIN {
+                n.missing_left
+            } else {
+                b <= self.bins[i]
+            };
+            i = if left { n.left } else { n.right } as usize;
+        }
+    }
+}
+
+/// Whether the binned walk gives every row of `x` its stored tree's leaf (no +∞ anywhere).
+fn binned_walk_is_exact(x: &ArrayView2<f64>) -> bool {
+    !x.iter().any(|v| *v == f64::INFINITY)
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -409,6 +464,14 @@ impl GbmParams {
         };
         let binner = Binner::fit(x, self.max_bins);
         let bins = binner.apply(x);
+        // Each round adds the new tree to every row's prediction: walked on the bins (a byte per
+        // node, column by column) instead of the rows' values, the same leaves (see
+        // [`BinnedTree`]); validation rows are binned once with the training cuts.
+        let binned = binned_walk_is_exact(&x);
+        let vbins: Option<Vec<u8>> = valid
+            .map(|v| v.records().view())
+            .filter(|vx| binned && binned_walk_is_exact(vx))
+            .map(|vx| binner.apply(vx));
         let nf = x.ncols();
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut pred = vec![base; n];
@@ -423,6 +486,7 @@ impl GbmParams {
             .map_or(1, |n| n.get())
             .min(8);
         let usable: Vec<usize> = (0..nf).filter(|&f| !binner.cuts[f].is_empty()).collect();
+        let mut pool: Vec<Vec<Bin>> = Vec::new();
         if usable.is_empty() {
             return Ok(Gbm {
                 estimator: Estimator::Trees {
@@ -469,29 +533,44 @@ impl GbmParams {
                 g: &g,
                 h: &h,
                 nodes: Vec::new(),
+                node_bins: Vec::new(),
                 scratch: Vec::new(),
                 threads,
+                pool: std::mem::take(&mut pool),
             };
             let root_hist = grower.hist(&rows);
             grower.grow(&mut rows, root_hist, 0);
+            pool = grower.pool;
+            let node_bins = grower.node_bins;
             let tree = Tree {
                 nodes: grower.nodes,
             };
-            for (i, p) in pred.iter_mut().enumerate() {
-                *p += self.learning_rate * tree.predict(row_of(&x, i, &mut buf));
+            let walk = BinnedTree {
+                nodes: &tree.nodes,
+                bins: &node_bins,
+            };
+            if binned {
+                for (i, p) in pred.iter_mut().enumerate() {
+                    *p += self.learning_rate * walk.predict(&bins, n, i);
+                }
+            } else {
+                for (i, p) in pred.iter_mut().enumerate() {
+                    *p += self.learning_rate * tree.predict(row_of(&x, i, &mut buf));
+                }
             }
-            trees.push(tree);
             if let Some(v) = valid {
                 let vx = v.records().view();
                 let vy = v.targets();
                 let vw = v.weights();
-                let t = trees.last().map(|t| t as &Tree);
+                let vn = vx.nrows();
                 let mut loss = 0.0;
                 let mut wtot = 0.0;
                 for (i, p) in vpred.iter_mut().enumerate() {
-                    if let Some(t) = t {
-                        *p += self.learning_rate * t.predict(row_of(&vx, i, &mut buf));
-                    }
+                    *p += self.learning_rate
+                        * match &vbins {
+                            Some(vb) => walk.predict(vb, vn, i),
+                            None => tree.predict(row_of(&vx, i, &mut buf)),
+                        };
                     let wi = vw.and_then(|w| w.get(i)).map_or(1.0, |&w| w as f64);
                     loss += wi
                         * match self.loss {
@@ -505,6 +584,7 @@ impl GbmParams {
                 }
                 let loss = loss / wtot.max(1e-12);
                 valid_loss.push(loss);
+                trees.push(tree);
                 if loss < best_loss - 1e-12 {
                     best_loss = loss;
                     best_rounds = round + 1;
@@ -512,6 +592,7 @@ impl GbmParams {
                     break;
                 }
             } else {
+                trees.push(tree);
                 best_rounds = round + 1;
             }
         }

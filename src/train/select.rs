@@ -562,10 +562,40 @@ pub fn choose_policy(
     } else {
         vec![None]
     };
+    let rules = OPEN_RULES.map(|(k, n)| OpenRule::new(k, n));
+    // Every policy's tally, `tallies[bound][rule][candidate]`: the scorings at or above a
+    // candidate are found once and replayed under every rule and bound.
+    let prepared: Vec<Replay> = devices.iter().map(|d| Replay::new(d, mode)).collect();
+    let mut tallies = vec![vec![Vec::with_capacity(cands.len()); rules.len()]; bounds.len()];
+    let mut above: Vec<Vec<u32>> = vec![Vec::new(); devices.len()];
+    for &th in &cands {
+        for (a, d) in above.iter_mut().zip(devices) {
+            a.clear();
+            a.extend(
+                d.rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.1 >= th)
+                    .map(|(i, _)| i as u32),
+            );
+        }
+        for (b, &bound) in bounds.iter().enumerate() {
+            for (r, &rule) in rules.iter().enumerate() {
+                let mut t = TicketTally::default();
+                for ((d, rp), a) in devices.iter().zip(&prepared).zip(&above) {
+                    let opened = rp.openings(d, a, rule, bound);
+                    t.add(match_tickets(
+                        &opened, &rp.fails, &rp.scored, horizon_h, window_h,
+                    ));
+                }
+                tallies[b][r].push(t);
+            }
+        }
+    }
     let mut best: Option<(f64, Choice)> = None;
-    for bound in bounds {
+    for (bound, per_rule) in bounds.into_iter().zip(&tallies) {
         let Some((score, c)) =
-            choose_for_hold_back(devices, &cands, mode, horizon_h, window_h, target, bound)
+            choose_for_hold_back(&cands, &rules, per_rule, horizon_h, target, bound)
         else {
             continue;
         };
@@ -584,23 +614,99 @@ pub fn choose_policy(
     )
 }
 
+/// One device's scorings prepared for replaying many ticket policies of one mode: what
+/// [`simulate_openings`] and [`tally_at`] compute, found for every policy at once.
+struct Replay {
+    /// The scorings' times.
+    scored: Vec<Timestamp>,
+    /// The mode's failures.
+    fails: Vec<Timestamp>,
+    /// Per scoring, how many of the mode's failures and maintenances the replay has passed
+    /// before it: each ends a live ticket and clears the memory of recent scorings.
+    segment: Vec<u32>,
+}
+
+impl Replay {
+    fn new(d: &ValidDevice<'_>, mode: &str) -> Replay {
+        let mut evs = d
+            .events
+            .iter()
+            .filter(|e| {
+                e.code == mode && matches!(e.kind, EventKind::Failure | EventKind::Maintenance)
+            })
+            .peekable();
+        let mut seg = 0u32;
+        let segment = d
+            .rows
+            .iter()
+            .map(|&(ts, _)| {
+                while evs.peek().is_some_and(|e| e.ts < ts) {
+                    evs.next();
+                    seg += 1;
+                }
+                seg
+            })
+            .collect();
+        Replay {
+            scored: d.rows.iter().map(|r| r.0).collect(),
+            fails: d
+                .events
+                .iter()
+                .filter(|e| e.code == mode && e.kind == EventKind::Failure)
+                .map(|e| e.ts)
+                .collect(),
+            segment,
+        }
+    }
+
+    /// The openings [`simulate_openings`] finds for `rule` and `hold_back` at the threshold whose
+    /// scorings at or above it are `above` (indices, ascending). A ticket opens only at a scoring
+    /// at or above the level, so only those are visited: each counts the others among the last
+    /// `n` scorings of its segment, and after an opening the rest of the segment is skipped.
+    fn openings(
+        &self,
+        d: &ValidDevice<'_>,
+        above: &[u32],
+        rule: OpenRule,
+        hold_back: Option<f64>,
+    ) -> Vec<Timestamp> {
+        let mut out = Vec::new();
+        let n = u32::from(rule.n.clamp(1, OpenRule::MAX_N));
+        let k = usize::from(rule.k.max(1));
+        let mut a = 0;
+        while let Some(&i) = above.get(a) {
+            let seg = self.segment[i as usize];
+            let recent = 1 + above[..a]
+                .iter()
+                .rev()
+                .take_while(|&&j| i - j < n && self.segment[j as usize] == seg)
+                .count();
+            let predicted = d.ttf.get(i as usize).copied().filter(|h| h.is_finite());
+            if recent >= k && within_hold_back(hold_back, predicted) {
+                out.push(self.scored[i as usize]);
+                // Live until the segment ends.
+                a += above[a..].partition_point(|&j| self.segment[j as usize] <= seg);
+            } else {
+                a += 1;
+            }
+        }
+        out
+    }
+}
+
 /// The best (threshold, rule) under one hold-back, with its score; `None` without candidates.
+/// `tallies[rule][candidate]` is each policy's tally under that hold-back.
 fn choose_for_hold_back(
-    devices: &[ValidDevice<'_>],
     cands: &[f64],
-    mode: &str,
+    rules: &[OpenRule],
+    tallies: &[Vec<TicketTally>],
     horizon_h: f64,
-    window_h: f64,
     target: Target,
     hold_back: Option<f64>,
 ) -> Option<(f64, Choice)> {
-    let rules = OPEN_RULES.map(|(k, n)| OpenRule::new(k, n));
-    let tally_for =
-        |th: f64, rule: OpenRule| tally_at(devices, mode, th, rule, hold_back, horizon_h, window_h);
     let mut scored: Vec<(f64, Choice)> = Vec::new();
-    for &rule in &rules {
-        for &th in cands {
-            let tally = tally_for(th, rule);
+    for (&rule, per_th) in rules.iter().zip(tallies) {
+        for (&th, tally) in cands.iter().zip(per_th) {
             let full = FULL_CREDIT_LEAD * horizon_h;
             let f1 = tally.lead_weighted_f1(full);
             let score = match target {
@@ -619,7 +725,7 @@ fn choose_for_hold_back(
                     threshold: th,
                     rule,
                     hold_back,
-                    tally,
+                    tally: tally.clone(),
                 },
             ));
         }
@@ -944,5 +1050,86 @@ mod tests {
             choose_policy(&none, "m", 24.0, 48.0, Target::BestF1).hold_back,
             None
         );
+    }
+
+    #[test]
+    fn the_prepared_replay_opens_exactly_where_the_engine_policy_does() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        let id = crate::domain::DeviceId::parse("d").expect("valid id");
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut events_of = Vec::new();
+        for _ in 0..12 {
+            // Failures and maintenances of the mode (some at a scoring's very time), and other
+            // modes' events, which neither end a ticket nor clear the memory.
+            let mut evs = Vec::new();
+            let mut t = 0i64;
+            while t < 600 {
+                t += rng.random_range(20..150);
+                let kind = match rng.random_range(0..3) {
+                    0 => EventKind::Maintenance,
+                    _ => EventKind::Failure,
+                };
+                let code = if rng.random_bool(0.8) { "m" } else { "other" };
+                evs.push(DeviceEvent {
+                    device_id: id.clone(),
+                    ts: h(t),
+                    kind,
+                    code: code.into(),
+                });
+            }
+            events_of.push(evs);
+        }
+        let devices: Vec<ValidDevice<'_>> = events_of
+            .iter()
+            .map(|evs| {
+                let n = rng.random_range(0..600);
+                let mut t = 0i64;
+                let mut rows = Vec::new();
+                let mut ttf = Vec::new();
+                for _ in 0..n {
+                    t += rng.random_range(1..3);
+                    rows.push((h(t), rng.random::<f64>().powi(3)));
+                    ttf.push(if rng.random_bool(0.1) {
+                        f64::NAN
+                    } else {
+                        rng.random_range(0.0..96.0)
+                    });
+                }
+                ValidDevice {
+                    rows,
+                    ttf,
+                    events: evs,
+                }
+            })
+            .collect();
+        let mut checked = 0;
+        for d in &devices {
+            let replay = Replay::new(d, "m");
+            for th in [0.0, 0.01, 0.1, 0.3, 0.5, 0.8, 0.95, 1.1] {
+                let above: Vec<u32> = d
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.1 >= th)
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                for (k, n) in OPEN_RULES.into_iter().chain([(1, 16), (5, 16)]) {
+                    let rule = OpenRule::new(k, n);
+                    for bound in hold_back_candidates(24.0) {
+                        let want =
+                            simulate_openings(&d.rows, &d.ttf, d.events, "m", th, rule, bound);
+                        assert_eq!(replay.openings(d, &above, rule, bound), want);
+                        checked += want.len();
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "the cases open tickets: {checked}");
+        // And the policy chosen from the prepared replays is the one the reference tallies give.
+        let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
+        let t = tally_at(&devices, "m", c.threshold, c.rule, c.hold_back, 24.0, 48.0);
+        assert_eq!(c.tally, t);
     }
 }
