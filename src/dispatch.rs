@@ -97,8 +97,10 @@ impl DeliveryError {
     }
 }
 
-/// One pending dispatch of a ticket change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One pending dispatch of a ticket change. Stored with its ticket's id, device and mode beside
+/// the ticket (`"head"`, see [`DispatchRow::new_json`]), so that reading a row scans the ticket's
+/// JSON once (to find its end) and decodes none of it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "StoredRow")]
 pub struct DispatchRow {
     /// `opened`, `updated`, `settled` or `transition`.
@@ -128,6 +130,34 @@ impl Serialize for AsSent {
     }
 }
 
+impl Serialize for DispatchRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut row = s.serialize_struct("DispatchRow", 9)?;
+        row.serialize_field("event", &self.event)?;
+        row.serialize_field("ticket", &self.ticket)?;
+        row.serialize_field("mqtt_done", &self.mqtt_done)?;
+        row.serialize_field("webhook_done", &self.webhook_done)?;
+        row.serialize_field("attempts", &self.attempts)?;
+        row.serialize_field("next_attempt_ms", &self.next_attempt_ms)?;
+        match &self.last_error {
+            Some(e) => row.serialize_field("last_error", e)?,
+            None => row.skip_field("last_error")?,
+        }
+        row.serialize_field("ticket_as_sent", &self.ticket_as_sent)?;
+        row.serialize_field("head", &self.ticket.head())?;
+        row.end()
+    }
+}
+
+/// A row's `"head"`: the fields of its ticket the worker reads, as written.
+#[derive(Serialize)]
+struct HeadRef<'a> {
+    id: &'a str,
+    device_id: &'a str,
+    failure_mode: &'a str,
+}
+
 /// A dispatch row as stored: the ticket left as JSON text.
 #[derive(Deserialize)]
 struct StoredRow {
@@ -141,16 +171,25 @@ struct StoredRow {
     last_error: Option<String>,
     #[serde(default)]
     ticket_as_sent: bool,
+    /// Absent from rows written before it: then the ticket's JSON is read for these.
+    #[serde(default)]
+    head: Option<TicketHead>,
 }
 
 impl TryFrom<StoredRow> for DispatchRow {
     type Error = serde_json::Error;
 
     fn try_from(r: StoredRow) -> Result<DispatchRow, serde_json::Error> {
-        let ticket = if r.ticket_as_sent {
-            TicketJson::from_raw(r.ticket)?
-        } else {
-            TicketJson::new(&serde_json::from_str::<Ticket>(r.ticket.get())?)?
+        let ticket = match (r.ticket_as_sent, r.head) {
+            // Written beside the ticket by the same commit: nothing of the ticket is decoded.
+            (true, Some(head)) => TicketJson {
+                id: head.id,
+                device_id: head.device_id,
+                failure_mode: head.failure_mode,
+                json: r.ticket,
+            },
+            (true, None) => TicketJson::from_raw(r.ticket)?,
+            (false, _) => TicketJson::new(&serde_json::from_str::<Ticket>(r.ticket.get())?)?,
         };
         Ok(DispatchRow {
             event: r.event,
@@ -206,6 +245,14 @@ impl TicketJson {
         })
     }
 
+    fn head(&self) -> HeadRef<'_> {
+        HeadRef {
+            id: &self.id,
+            device_id: &self.device_id,
+            failure_mode: &self.failure_mode,
+        }
+    }
+
     /// The JSON, as published.
     pub fn as_bytes(&self) -> &[u8] {
         self.json.get().as_bytes()
@@ -245,14 +292,21 @@ impl DispatchRow {
 }
 
 impl DispatchRow {
-    /// The stored JSON of `DispatchRow::new(c, has_webhook)`, built around `ticket_json`, the
-    /// JSON of `c.ticket` the commit already made for the ticket's own record: byte for byte what
+    /// The stored JSON of `DispatchRow::new(c, has_webhook)` for `t` = `c.ticket`, built around
+    /// `ticket_json`, the JSON of `t` the commit already made for the ticket's own record, with
+    /// `t`'s id, device and mode as the row's `"head"`: byte for byte what
     /// `serde_json::to_vec` of the row gives, without cloning or encoding the ticket again (a
     /// test holds the two equal for every kind of change).
-    pub fn new_json(kind: ChangeKind, ticket_json: &[u8], has_webhook: bool) -> Vec<u8> {
-        const TAIL: &[u8] = b",\"attempts\":0,\"next_attempt_ms\":0,\"ticket_as_sent\":true}";
+    pub fn new_json(
+        kind: ChangeKind,
+        t: &Ticket,
+        ticket_json: &[u8],
+        has_webhook: bool,
+    ) -> Vec<u8> {
+        const TAIL: &[u8] =
+            b",\"attempts\":0,\"next_attempt_ms\":0,\"ticket_as_sent\":true,\"head\":";
         let event = kind.as_str();
-        let mut out = Vec::with_capacity(ticket_json.len() + event.len() + 100);
+        let mut out = Vec::with_capacity(ticket_json.len() + event.len() + 160);
         // The kinds are plain lower-case words: nothing in them needs escaping.
         out.extend_from_slice(b"{\"event\":\"");
         out.extend_from_slice(event.as_bytes());
@@ -261,6 +315,14 @@ impl DispatchRow {
         out.extend_from_slice(b",\"mqtt_done\":false,\"webhook_done\":");
         out.extend_from_slice(if has_webhook { b"false" } else { b"true" });
         out.extend_from_slice(TAIL);
+        let head = HeadRef {
+            id: &t.id,
+            device_id: &t.device_id,
+            failure_mode: &t.failure_mode,
+        };
+        // Three strings into a Vec: cannot fail.
+        let _ = serde_json::to_writer(&mut out, &head);
+        out.push(b'}');
         out
     }
 }

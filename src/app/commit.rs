@@ -744,7 +744,7 @@ impl App {
             Ok(json) => {
                 tx.push_outbox_json(
                     crate::dispatch::QUEUE,
-                    DispatchRow::new_json(c.kind, &json, self.settings.has_webhook),
+                    DispatchRow::new_json(c.kind, &c.ticket, &json, self.settings.has_webhook),
                 );
                 tx.put_ticket_json(&c.ticket, json);
             }

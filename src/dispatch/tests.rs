@@ -314,7 +314,7 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
                 };
                 let row = DispatchRow::new(&change, has_webhook).unwrap();
                 let want = serde_json::to_vec(&row).unwrap();
-                let got = DispatchRow::new_json(kind, &ticket_json, has_webhook);
+                let got = DispatchRow::new_json(kind, &t, &ticket_json, has_webhook);
                 assert_eq!(
                     String::from_utf8_lossy(&got),
                     String::from_utf8_lossy(&want),
@@ -326,6 +326,15 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
                 assert_eq!(read, row);
                 assert_eq!(read.ticket.as_bytes(), &ticket_json[..]);
                 assert_eq!(read.ticket.decode().unwrap(), t);
+                // The head stored beside the ticket is what the worker reads.
+                assert_eq!(
+                    (
+                        read.ticket.id.as_str(),
+                        read.ticket.device_id.as_str(),
+                        read.ticket.failure_mode.as_str()
+                    ),
+                    (t.id.as_str(), t.device_id.as_str(), t.failure_mode.as_str())
+                );
                 let body = serde_json::to_vec(&serde_json::json!({
                     "event": format!("ticket.{}", kind.as_str()),
                     "ticket": t,
