@@ -14,7 +14,7 @@ use forewarn::cluster::partition;
 use forewarn::domain::Ticket;
 use std::time::{Duration, Instant};
 use support::cluster::{
-    claim_keys, get_json, metric, publish_history, settled, spawn_member, tails, unmarked, until,
+    claim_keys, get_json, metric, publish_readings, settled, spawn_member, tails, unmarked, until,
     wait_drained, Member, Webhook, CLAIMS, PARTITIONS, PREFIX,
 };
 use support::nats::NatsServer;
@@ -77,19 +77,10 @@ async fn a_persons_transition_left_unsent_by_a_killed_instance_is_sent_by_the_ne
 
     // The history's readings, as devices send them; every ticket change they make is sent (the
     // webhook is up) and marked sent in the claims bucket.
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
-    // Readings only: no failure or maintenance event settles a ticket, so some stay open.
-    let messages: Vec<forewarn::replay::Message> = hist
-        .replay()
-        .messages("devices")
-        .filter(|m| m.topic.ends_with("/telemetry"))
-        .collect();
-    publish_history(&js, &messages).await;
+    let (js, stream) = publish_readings(&nats, &hist).await;
     let both: Vec<&Member> = instances.iter().collect();
     // Every partition consumed, and the devices' last readings released from the reorder
     // buffers (idle timer, 1 s): the tickets are as the history leaves them.
-    let stream = js.get_stream("FOREWARN").await.unwrap();
     wait_drained(&stream, &both).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     until(
@@ -328,16 +319,7 @@ async fn a_transition_claimed_by_an_instance_that_died_before_recording_it_is_de
         )
         .await;
     }
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
-    // Readings only, so tickets stay open.
-    let messages: Vec<forewarn::replay::Message> = hist
-        .replay()
-        .messages("devices")
-        .filter(|m| m.topic.ends_with("/telemetry"))
-        .collect();
-    publish_history(&js, &messages).await;
-    let stream = js.get_stream("FOREWARN").await.unwrap();
+    let (js, stream) = publish_readings(&nats, &hist).await;
     wait_drained(&stream, &[&owner]).await;
     let waited = Instant::now();
     let ticket: Ticket = loop {

@@ -555,6 +555,14 @@ impl Cluster {
     /// runs the loop: its first round would then skip the rejoin that settles what it left
     /// unsent.
     pub async fn heartbeat(&self) -> Result<(), ClusterError> {
+        let put_at = self.put_membership().await?;
+        self.stand(put_at, true);
+        Ok(())
+    }
+
+    /// Writes this instance's membership key (its API address) and returns when the write
+    /// began: what standing counts from.
+    async fn put_membership(&self) -> Result<Instant, ClusterError> {
         let bucket_error = |e: BoxError| ClusterError::Bucket {
             name: self.leases.name.clone(),
             source: e,
@@ -568,8 +576,7 @@ impl Cluster {
             .put(format!("m.{}", self.instance), record.into())
             .await
             .map_err(|e| bucket_error(boxed(e)))?;
-        self.stand(put_at, true);
-        Ok(())
+        Ok(put_at)
     }
 
     /// A heartbeat begun at `put_at` succeeded and, if the instance had lapsed, its rejoin is
@@ -1346,16 +1353,7 @@ impl Cluster {
             name: self.leases.name.clone(),
             source: e,
         };
-        let record = MemberRecord {
-            api: self.api.lock().clone(),
-        };
-        let record = serde_json::to_vec(&record).map_err(|e| bucket_error(boxed(e)))?;
-        let record_again = record.clone();
-        let put_at = Instant::now();
-        self.leases
-            .put(format!("m.{}", self.instance), record.into())
-            .await
-            .map_err(|e| bucket_error(boxed(e)))?;
+        let put_at = self.put_membership().await?;
         if self.standing().is_none() {
             // First join, or back after a lapse (a freeze, a stall): nothing was sent, claimed
             // or consumed here since standing ran out; settle what was left unsent before
@@ -1375,11 +1373,7 @@ impl Cluster {
                 })?;
             }
             // The rejoin took some round trips: standing counts from a heartbeat after it.
-            let put_at = Instant::now();
-            self.leases
-                .put(format!("m.{}", self.instance), record_again.into())
-                .await
-                .map_err(|e| bucket_error(boxed(e)))?;
+            let put_at = self.put_membership().await?;
             self.stand(put_at, true);
             if !first {
                 tracing::info!("rejoined the cluster: sending, claiming and consuming again");

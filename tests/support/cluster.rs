@@ -268,6 +268,25 @@ pub async fn publish_history(js: &jetstream::Context, batch: &[forewarn::replay:
     }
 }
 
+/// Publishes the history's readings only, as devices send them (no failure or maintenance
+/// event settles a ticket, so some stay open), and returns the JetStream context and the
+/// deployment's stream.
+pub async fn publish_readings(
+    nats: &NatsServer,
+    hist: &super::parity::SimHistory,
+) -> (jetstream::Context, jetstream::stream::Stream) {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let messages: Vec<forewarn::replay::Message> = hist
+        .replay()
+        .messages("devices")
+        .filter(|m| m.topic.ends_with("/telemetry"))
+        .collect();
+    publish_history(&js, &messages).await;
+    let stream = js.get_stream("FOREWARN").await.unwrap();
+    (js, stream)
+}
+
 /// Waits (up to 120 s) until no durable partition consumer has anything pending or
 /// unacknowledged.
 pub async fn wait_drained(stream: &jetstream::stream::Stream, live: &[&Member]) {
