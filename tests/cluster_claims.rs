@@ -50,19 +50,49 @@ fn start_member(
     spawn_member(nats, &setup.root, name, cfg)
 }
 
+/// What each test here starts from: a NATS server, a simulated history on disk, the demo model,
+/// an HTTP client and the dispatch webhook (None where no nats-server can run, outside CI).
+struct Setup {
+    nats: NatsServer,
+    tmp: tempfile::TempDir,
+    hist: SimHistory,
+    model: forewarn::predict::Artifact,
+    http: reqwest::Client,
+    hook: std::sync::Arc<Webhook>,
+}
+
+impl Setup {
+    async fn start(what: &str) -> Option<Setup> {
+        let nats = NatsServer::start(what, PARTITIONS, PREFIX)?;
+        forewarn::tls::install_crypto();
+        let tmp = tempfile::tempdir().unwrap();
+        let hist = SimHistory::write(&tmp.path().join("history"), 16, 30, 5);
+        Some(Setup {
+            nats,
+            hist,
+            tmp,
+            model: demo_model(),
+            http: reqwest::Client::new(),
+            hook: Webhook::start().await,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persons_transition_left_unsent_by_a_killed_instance_is_sent_by_the_next_owner_and_not_again_after_its_restart(
 ) {
     let _one_at_a_time = support::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
-    let Some(nats) = NatsServer::start("cluster_claims transition", PARTITIONS, PREFIX) else {
+    let Some(Setup {
+        nats,
+        tmp,
+        hist,
+        model,
+        http,
+        hook,
+    }) = Setup::start("cluster_claims transition").await
+    else {
         return;
     };
-    forewarn::tls::install_crypto();
-    let tmp = tempfile::tempdir().unwrap();
-    let hist = SimHistory::write(&tmp.path().join("history"), 16, 30, 5);
-    let model = demo_model();
-    let http = reqwest::Client::new();
-    let hook = Webhook::start().await;
     let start = |name: &str| start_member(&nats, tmp.path(), name, &model, &hist, &hook);
     let mut instances = [start("fw-a"), start("fw-b")];
     {
@@ -301,15 +331,17 @@ async fn ghost_claims_transition(js: &jetstream::Context, ticket: &Ticket, at_ms
 async fn a_transition_claimed_by_an_instance_that_died_before_recording_it_is_deleted_by_the_next_owner(
 ) {
     let _one_at_a_time = support::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
-    let Some(nats) = NatsServer::start("cluster_claims unrecorded", PARTITIONS, PREFIX) else {
+    let Some(Setup {
+        nats,
+        tmp,
+        hist,
+        model,
+        http,
+        hook,
+    }) = Setup::start("cluster_claims unrecorded").await
+    else {
         return;
     };
-    forewarn::tls::install_crypto();
-    let tmp = tempfile::tempdir().unwrap();
-    let hist = SimHistory::write(&tmp.path().join("history"), 16, 30, 5);
-    let model = demo_model();
-    let http = reqwest::Client::new();
-    let hook = Webhook::start().await;
     let mut owner = start_member(&nats, tmp.path(), "fw-a", &model, &hist, &hook);
     {
         let alone = [&owner];
