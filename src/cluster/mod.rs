@@ -1555,8 +1555,10 @@ impl Cluster {
         });
     }
 
-    /// One round: read members and leases, renew, release, lose, acquire. The heartbeat is not
-    /// part of it ([`Cluster::membership_loop`]); the bucket is read in one listing (members,
+    /// One round: renew, read members and leases, release, acquire. The heartbeat is not part
+    /// of it ([`Cluster::membership_loop`]). The leases held here are renewed first, each by a
+    /// compare-and-set on the revision this instance last wrote (refused: lost), so a slow
+    /// listing never holds a renewal up; then the bucket is read in one listing (members,
     /// their API addresses and the partitions' holders), not a read per key.
     async fn round(
         self: &Arc<Self>,
@@ -1568,7 +1570,40 @@ impl Cluster {
             name: self.leases.name.clone(),
             source: e,
         };
-        let entries = list_entries(&self.client, &self.leases, ">", self.cfg.lease.std())
+        let mine: Vec<u32> = held.keys().copied().collect();
+        for p in mine {
+            let rev = held.get(&p).map_or(0, |h| h.revision);
+            let asked = Instant::now();
+            match self
+                .leases
+                .update(
+                    format!("p.{p}"),
+                    self.instance.clone().into_bytes().into(),
+                    rev,
+                )
+                .await
+            {
+                Ok(r) => {
+                    self.renewed.lock().insert(p, asked);
+                    if let Some(h) = held.get_mut(&p) {
+                        h.revision = r;
+                    }
+                }
+                Err(e) => {
+                    self.renewed.lock().remove(&p);
+                    if let Some(h) = held.remove(&p) {
+                        h.stop.cancel();
+                        self.keep_lost(p, h);
+                    }
+                    self.metrics.leases.with_label_values(&["lost"]).inc();
+                    tracing::warn!(
+                        partition = p,
+                        "lease lost (expired or taken; renewal refused: {e}): consumer stopped"
+                    );
+                }
+            }
+        }
+        let entries = list_entries(&self.client, &self.leases, ">", CALL_TIMEOUT)
             .await
             .map_err(bucket_error)?;
         let mut members: Vec<String> = Vec::new();
@@ -1591,6 +1626,11 @@ impl Cluster {
                 }
             }
         }
+        // What this instance renewed above is its own, whatever the listing (read after it)
+        // saw.
+        for (p, h) in held.iter() {
+            assignment.insert(*p, (self.instance.clone(), h.revision));
+        }
         if !members.contains(&self.instance) {
             members.push(self.instance.clone());
         }
@@ -1599,59 +1639,13 @@ impl Cluster {
             partition::share(&self.instance, &members, self.cfg.partitions)
                 .into_iter()
                 .collect();
-        let mine: Vec<u32> = held.keys().copied().collect();
-        for p in mine {
-            let ours = assignment.get(&p).is_some_and(|(holder, rev)| {
-                *holder == self.instance && held.get(&p).is_some_and(|h| h.revision == *rev)
-            });
-            if !ours {
-                self.renewed.lock().remove(&p);
-                if let Some(h) = held.remove(&p) {
-                    h.stop.cancel();
-                    self.keep_lost(p, h);
-                    self.metrics.leases.with_label_values(&["lost"]).inc();
-                    tracing::warn!(
-                        partition = p,
-                        "lease lost (expired or taken): consumer stopped"
-                    );
-                }
-                continue;
-            }
-            if desired.contains(&p) {
-                let rev = held.get(&p).map_or(0, |h| h.revision);
-                let asked = Instant::now();
-                match self
-                    .leases
-                    .update(
-                        format!("p.{p}"),
-                        self.instance.clone().into_bytes().into(),
-                        rev,
-                    )
-                    .await
-                {
-                    Ok(r) => {
-                        self.renewed.lock().insert(p, asked);
-                        if let Some(h) = held.get_mut(&p) {
-                            h.revision = r;
-                        }
-                        if let Some(a) = assignment.get_mut(&p) {
-                            a.1 = r;
-                        }
-                    }
-                    Err(e) => {
-                        self.renewed.lock().remove(&p);
-                        if let Some(h) = held.remove(&p) {
-                            h.stop.cancel();
-                            self.keep_lost(p, h);
-                        }
-                        self.metrics.leases.with_label_values(&["lost"]).inc();
-                        tracing::warn!(
-                            partition = p,
-                            "lease renewal refused ({e}): consumer stopped"
-                        );
-                    }
-                }
-            } else if let Some(h) = held.remove(&p) {
+        let unwanted: Vec<u32> = held
+            .keys()
+            .filter(|p| !desired.contains(p))
+            .copied()
+            .collect();
+        for p in unwanted {
+            if let Some(h) = held.remove(&p) {
                 // A member joined that should own it: hand it on. Apart from this round, so the
                 // drain never delays the renewal of the other leases; the key stays until the
                 // drain ends (or it expires), so the new owner waits for it.
