@@ -250,6 +250,9 @@ impl<D: Delivery> Worker<D> {
         let mut blocked: HashSet<String> = HashSet::new();
         let mut next_due: Option<i64> = None;
         let mut handled = false;
+        // The removals of rows delivered this round that record nothing else, applied together
+        // at the round's end (before its flush): one store batch instead of one per row.
+        let mut removed = self.store.tx();
         for (key, row) in rows {
             if self.gate.as_ref().is_some_and(|g| !g.open()) {
                 // Looked at again shortly; the rows stay as they are.
@@ -267,7 +270,7 @@ impl<D: Delivery> Worker<D> {
                 continue;
             }
             handled = true;
-            match self.handle(&key, row).await {
+            match self.handle(&key, row, &mut removed).await {
                 Ok(None) => {}
                 Ok(Some((left, rewritten))) => {
                     // A row rewritten due now (the next channel of a fallback) goes in the next
@@ -282,6 +285,12 @@ impl<D: Delivery> Worker<D> {
                     tracing::error!(queue = D::QUEUE, error = %e, "outbox row could not be updated");
                     blocked.extend(lane);
                 }
+            }
+        }
+        if !removed.is_empty() {
+            if let Err(e) = self.store.apply(removed) {
+                // Left in the queue: sent again next round, as at-least-once allows.
+                tracing::error!(queue = D::QUEUE, error = %e, "delivered outbox rows could not be removed");
             }
         }
         if handled {
@@ -304,10 +313,13 @@ impl<D: Delivery> Worker<D> {
 
     /// Steps one due row; answers the row if it stays in the queue, and whether it was
     /// rewritten.
+    /// Steps one row until it waits; a removal that records nothing else goes into `removed`
+    /// (applied by the round), any other update is applied here.
     async fn handle(
         &self,
         key: &[u8],
         mut row: D::Row,
+        removed: &mut Tx,
     ) -> Result<Option<(D::Row, bool)>, StoreError> {
         let d = &self.delivery;
         let known = d.known(&self.store, &row, self.clock.now_ms())?;
@@ -329,6 +341,11 @@ impl<D: Delivery> Worker<D> {
                     tx.put_outbox_row(key, &r);
                     rewritten = true;
                     Some(r)
+                }
+                Update::Remove if tx.is_empty() => {
+                    // Nothing else to write: removed with the round's other removals.
+                    removed.remove_raw(key);
+                    return Ok(None);
                 }
                 Update::Remove => {
                     tx.remove_raw(key);
