@@ -148,6 +148,7 @@ async fn a_hold_back_keeps_the_same_tickets_back_in_the_backtest_and_the_daemon(
         consecutive: None,
         of_last: None,
         hold_back_hours: None,
+        hold_back_in_rule: false,
     });
     levels.hold_back_hours = Some(bound);
 
