@@ -278,8 +278,13 @@ impl Engine {
                             watch: s.probability >= mm.watch_threshold(),
                         });
                     }
+                    // The hold-back: beyond it (predicted time to failure too far out) no ticket
+                    // or customer alert opens; the scoring still counts in the rule's memory
+                    // unless the mode counts only scorings within the bound.
+                    let within = within_hold_back(mm.hold_back_hours(), s.ttf_hours);
                     // A mode without evidence has no ticket level: it can only be watched.
-                    let above = mm.ticket_threshold().is_some_and(|t| s.probability >= t);
+                    let above = mm.ticket_threshold().is_some_and(|t| s.probability >= t)
+                        && (within || !mm.hold_back_in_rule());
                     let alert = mm.alert_threshold().is_some_and(|t| s.probability >= t);
                     let recent = state.streak_mut(&lm.streak_keys[k]);
                     *recent = OpenRule::remember(*recent, above);
@@ -288,9 +293,6 @@ impl Engine {
                         .cfg
                         .consecutive_override
                         .map_or_else(|| mm.open_rule(a.consecutive), OpenRule::in_a_row);
-                    // The hold-back: beyond it (predicted time to failure too far out) no ticket
-                    // or customer alert opens; the scoring still counts in the rule's memory.
-                    let within = within_hold_back(mm.hold_back_hours(), s.ttf_hours);
                     let prio = priority(s.ttf_hours, a.horizon_hours, s.probability);
                     // Formatted only when a ticket takes it.
                     let predicted = || {
@@ -600,6 +602,7 @@ mod tests {
             consecutive: Some(1),
             of_last: None,
             hold_back_hours: None,
+            hold_back_in_rule: false,
         });
         assert_eq!(a.consecutive, 2);
         let cfg = EngineConfig::default();

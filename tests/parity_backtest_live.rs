@@ -148,8 +148,21 @@ async fn a_hold_back_keeps_the_same_tickets_back_in_the_backtest_and_the_daemon(
         consecutive: None,
         of_last: None,
         hold_back_hours: None,
+        hold_back_in_rule: false,
     });
     levels.hold_back_hours = Some(bound);
+    // The same bound counted in a rule of two of the last three scorings (version 4).
+    let mut in_rule = model.clone();
+    if let Some(l) = in_rule
+        .modes
+        .iter_mut()
+        .find(|m| m.mode == mode)
+        .and_then(|m| m.levels.as_mut())
+    {
+        l.hold_back_in_rule = true;
+        l.consecutive = Some(2);
+        l.of_last = Some(3);
+    }
 
     let cfg = daemon_config(&setup, &model, &hist);
     let bounded = backtest_with_predictions(&cfg, model, &hist);
@@ -190,6 +203,27 @@ async fn a_hold_back_keeps_the_same_tickets_back_in_the_backtest_and_the_daemon(
     );
 
     let backtest: Vec<forewarn::domain::Ticket> = bounded.into_iter().map(|(t, _)| t).collect();
+    let live = daemon_tickets(cfg, &setup, &hist).await;
+    assert_same_tickets(&backtest, &live);
+
+    // Counted in the rule, the bound still holds every ticket of the mode, and the daemon opens
+    // what the backtest opens.
+    let setup = DaemonSetup {
+        client_id: "fw-parity-hold-back-in-rule".into(),
+        root: tmp.path().join("daemon-in-rule"),
+        ..setup
+    };
+    let cfg = daemon_config(&setup, &in_rule, &hist);
+    let counted = backtest_with_predictions(&cfg, in_rule, &hist);
+    assert!(
+        counted.iter().any(|(t, _)| t.failure_mode == mode),
+        "{mode}: the rule of two within the bound still opens tickets"
+    );
+    for (t, ttf) in counted.iter().filter(|(t, _)| t.failure_mode == mode) {
+        let h = ttf.unwrap_or_else(|| panic!("{}: opened with no predicted time", t.id));
+        assert!(h <= bound, "{mode}: {} opened {h:.1} h out", t.id);
+    }
+    let backtest: Vec<forewarn::domain::Ticket> = counted.into_iter().map(|(t, _)| t).collect();
     let live = daemon_tickets(cfg, &setup, &hist).await;
     assert_same_tickets(&backtest, &live);
 }

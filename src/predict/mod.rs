@@ -23,8 +23,10 @@ pub const ARTIFACT_FORMAT: &str = "forewarn-model";
 /// features and event-time windows; version 1 artifacts still load (their one threshold serves as
 /// every level, as it did). Version 3 added a mode's hold-back (`levels.hold_back_hours`: a ticket
 /// opens only while the predicted time to failure is within it); version 2 artifacts still load,
-/// with no hold-back.
-pub const ARTIFACT_VERSION: u32 = 3;
+/// with no hold-back. Version 4 added `levels.hold_back_in_rule` (a scoring counts toward the
+/// ticket rule only when it is also within the hold-back); version 3 artifacts still load, with
+/// the hold-back checked at the opening scoring alone, as before.
+pub const ARTIFACT_VERSION: u32 = 4;
 /// The oldest artifact version this build reads.
 pub const ARTIFACT_MIN_VERSION: u32 = 1;
 
@@ -456,6 +458,10 @@ impl ModeModel {
     pub fn hold_back_hours(&self) -> Option<f64> {
         self.levels.as_ref().and_then(|l| l.hold_back_hours)
     }
+    /// Whether a scoring beyond the hold-back also does not count toward the ticket rule.
+    pub fn hold_back_in_rule(&self) -> bool {
+        self.levels.as_ref().is_some_and(|l| l.hold_back_in_rule)
+    }
     /// Score at which a device is watched (internal: API and metrics only).
     pub fn watch_threshold(&self) -> f64 {
         self.levels.as_ref().map_or(self.threshold, |l| l.watch)
@@ -552,6 +558,12 @@ pub struct Levels {
     /// `None` (also every artifact before version 3): no bound. The watch is never held back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_back_hours: Option<f64>,
+    /// Whether a scoring counts toward the ticket rule (`consecutive` of `of_last`) only when it
+    /// is also within the hold-back, so one dip of the predicted time under the bound does not
+    /// open a ticket where the rule asks for more than one scoring. `false` (every artifact
+    /// before version 4): the bound is checked at the opening scoring alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_back_in_rule: bool,
 }
 
 /// Whether a scoring with predicted time to failure `ttf_hours` is within the hold-back `bound`:

@@ -754,6 +754,7 @@ pub fn train(
                     consecutive: None,
                     of_last: None,
                     hold_back_hours: None,
+                    hold_back_in_rule: false,
                 },
                 2,
             )
@@ -821,7 +822,8 @@ pub fn train(
                  at or above the ticket's whose false alerts plus {} of their Poisson deviation \
                  stay at most {} per device-month shared equally by the modes with a ticket level; \
                  hold-back (tickets and alerts open only while the out-of-fold predicted time to \
-                 failure is within it): none, or {:?} horizons when it scores strictly higher",
+                 failure is within it, and only scorings within it count toward the rule): none, \
+                 or {:?} horizons when it scores strictly higher",
                 opts.target.describe(window_h),
                 select::FALSE_RATE_MARGIN_SD,
                 select::FALSE_RATE_MARGIN_SD,
@@ -839,6 +841,7 @@ pub fn train(
                     consecutive: ticket.map(|_| c.rule.k),
                     of_last: ticket.map(|_| c.rule.n),
                     hold_back_hours: ticket.and(c.hold_back),
+                    hold_back_in_rule: ticket.and(c.hold_back).is_some(),
                 },
                 c.rule.k,
             )

@@ -252,9 +252,10 @@ pub fn match_tickets(
 }
 
 /// Replays the ticket policy of the engine on scored rows of one device: a ticket opens when
-/// `rule` is met by the scorings at or above `threshold` while the predicted time to failure
-/// (`ttf[i]` for `rows[i]`, NaN or missing: none) is within `hold_back`, and stays live until a
-/// failure or maintenance of the mode settles it (which also clears the memory of recent
+/// `rule` is met by the scorings at or above `threshold` whose predicted time to failure
+/// (`ttf[i]` for `rows[i]`, NaN or missing: none) is within `hold_back` (the hold-back counts in
+/// the rule, as the artifacts training writes ask: `levels.hold_back_in_rule`), and stays live
+/// until a failure or maintenance of the mode settles it (which also clears the memory of recent
 /// scorings). Returns the opening times.
 pub fn simulate_openings(
     rows: &[(Timestamp, f64)],
@@ -277,9 +278,10 @@ pub fn simulate_openings(
             recent = 0;
             live = false;
         }
-        recent = OpenRule::remember(recent, p >= threshold);
         let predicted = ttf.get(i).copied().filter(|h| h.is_finite());
-        if !live && rule.met(recent) && within_hold_back(hold_back, predicted) {
+        let within = within_hold_back(hold_back, predicted);
+        recent = OpenRule::remember(recent, p >= threshold && within);
+        if !live && rule.met(recent) && within {
             out.push(ts);
             live = true;
         }
@@ -580,10 +582,16 @@ pub fn choose_policy(
             );
         }
         for (b, &bound) in bounds.iter().enumerate() {
+            // A scoring beyond the bound does not count toward the rule.
+            let counted: Vec<Vec<u32>> = devices
+                .iter()
+                .zip(&above)
+                .map(|(d, a)| Replay::within(d, a, bound))
+                .collect();
             for (r, &rule) in rules.iter().enumerate() {
                 let mut t = TicketTally::default();
-                for ((d, rp), a) in devices.iter().zip(&prepared).zip(&above) {
-                    let opened = rp.openings(d, a, rule, bound);
+                for (rp, a) in prepared.iter().zip(&counted) {
+                    let opened = rp.openings(a, rule);
                     t.add(match_tickets(
                         &opened, &rp.fails, &rp.scored, horizon_h, window_h,
                     ));
@@ -659,17 +667,25 @@ impl Replay {
         }
     }
 
-    /// The openings [`simulate_openings`] finds for `rule` and `hold_back` at the threshold whose
-    /// scorings at or above it are `above` (indices, ascending). A ticket opens only at a scoring
-    /// at or above the level, so only those are visited: each counts the others among the last
-    /// `n` scorings of its segment, and after an opening the rest of the segment is skipped.
-    fn openings(
-        &self,
-        d: &ValidDevice<'_>,
-        above: &[u32],
-        rule: OpenRule,
-        hold_back: Option<f64>,
-    ) -> Vec<Timestamp> {
+    /// The scorings among `above` (indices, ascending) whose predicted time to failure is within
+    /// `hold_back`: the ones that count toward the rule.
+    fn within(d: &ValidDevice<'_>, above: &[u32], hold_back: Option<f64>) -> Vec<u32> {
+        above
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let predicted = d.ttf.get(i as usize).copied().filter(|h| h.is_finite());
+                within_hold_back(hold_back, predicted)
+            })
+            .collect()
+    }
+
+    /// The openings [`simulate_openings`] finds for `rule` at the threshold and hold-back whose
+    /// counted scorings (at or above the level and within the bound: [`Replay::within`]) are
+    /// `above` (indices, ascending). A ticket opens only at a counted scoring, so only those are
+    /// visited: each counts the others among the last `n` scorings of its segment, and after an
+    /// opening the rest of the segment is skipped.
+    fn openings(&self, above: &[u32], rule: OpenRule) -> Vec<Timestamp> {
         let mut out = Vec::new();
         let n = u32::from(rule.n.clamp(1, OpenRule::MAX_N));
         let k = usize::from(rule.k.max(1));
@@ -681,8 +697,7 @@ impl Replay {
                 .rev()
                 .take_while(|&&j| i - j < n && self.segment[j as usize] == seg)
                 .count();
-            let predicted = d.ttf.get(i as usize).copied().filter(|h| h.is_finite());
-            if recent >= k && within_hold_back(hold_back, predicted) {
+            if recent >= k {
                 out.push(self.scored[i as usize]);
                 // Live until the segment ends.
                 a += above[a..].partition_point(|&j| self.segment[j as usize] <= seg);
@@ -1053,6 +1068,24 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_dip_of_the_predicted_time_under_the_bound_does_not_count_toward_the_rule() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        // The score is above the level throughout; the predicted time dips under the 48 h bound
+        // for one scoring at hour 10, and stays under it from hour 50.
+        let rows: Vec<(Timestamp, f64)> = (0..60).map(|t| (h(t), 0.9)).collect();
+        let ttf: Vec<f64> = (0..60)
+            .map(|t| if t == 10 || t >= 50 { 40.0 } else { 70.0 })
+            .collect();
+        let two = OpenRule::in_a_row(2);
+        let opened = simulate_openings(&rows, &ttf, &[], "m", 0.5, two, Some(48.0));
+        assert_eq!(opened, vec![h(51)], "two scorings within the bound");
+        // One scoring is all a rule of one asks for: the dip opens it.
+        let one = OpenRule::in_a_row(1);
+        let opened = simulate_openings(&rows, &ttf, &[], "m", 0.5, one, Some(48.0));
+        assert_eq!(opened, vec![h(10)]);
+    }
+
+    #[test]
     fn the_prepared_replay_opens_exactly_where_the_engine_policy_does() {
         use rand::rngs::StdRng;
         use rand::{Rng, SeedableRng};
@@ -1120,7 +1153,8 @@ mod tests {
                     for bound in hold_back_candidates(24.0) {
                         let want =
                             simulate_openings(&d.rows, &d.ttf, d.events, "m", th, rule, bound);
-                        assert_eq!(replay.openings(d, &above, rule, bound), want);
+                        let counted = Replay::within(d, &above, bound);
+                        assert_eq!(replay.openings(&counted, rule), want);
                         checked += want.len();
                     }
                 }
