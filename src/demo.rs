@@ -27,7 +27,8 @@ pub struct DemoOptions {
     pub devices: usize,
     /// Simulated hours of event time per wall-clock second.
     pub sim_hours_per_second: f64,
-    /// How long the fleet publishes.
+    /// How long the fleet publishes on an idle machine: with `sim_hours_per_second`, the span
+    /// of event time the demo shows (a busy machine takes longer, up to ten times this).
     pub duration: Duration,
     /// Where the API listens (falls back to a free port when taken).
     pub listen: String,
@@ -41,6 +42,10 @@ pub struct DemoOptions {
     /// Fraction of readings the simulated devices send malformed (the CLI's default: 0.0005).
     pub malformed_fraction: f64,
 }
+
+/// How many times its publishing duration the demo waits for a busy machine before it stops
+/// the fleet early (and says so).
+const WALL_GUARD_FACTOR: u32 = 10;
 
 /// The share of malformed payloads the demo's devices send unless told otherwise.
 pub const MALFORMED_FRACTION: f64 = 0.0005;
@@ -528,12 +533,19 @@ async fn publish_fleet(
     let start_ms = fleet.config().start_ms;
     let started = Instant::now();
     let sim_ms_per_wall_ms = opts.sim_hours_per_second * 3_600_000.0 / 1000.0;
-    let mut next_ask = opts.duration / 3;
+    // The fleet publishes a fixed span of event time (speed × duration), however long that takes:
+    // a busy machine takes longer instead of showing less of the story, so the readings, tickets
+    // and failures are the same on every run. The wall-clock guard only stops a machine so slow
+    // that the demo would not end in a reasonable time, and says so.
+    let span_ms = (opts.duration.as_secs_f64() * sim_ms_per_wall_ms * 1000.0) as i64;
+    let guard = opts.duration.saturating_mul(WALL_GUARD_FACTOR);
+    // The customers answer at each third of the span (event time, like the rest of the story).
+    let mut next_ask_ms = span_ms / 3;
     // After the first third, whoever has not answered yet looks again this often.
     const GLANCE: Duration = Duration::from_secs(2);
-    let mut next_glance = next_ask;
+    let mut next_glance = started.elapsed();
     for (published, item) in (0_u64..).zip(fleet) {
-        if shutdown.is_cancelled() || started.elapsed() >= opts.duration {
+        if shutdown.is_cancelled() {
             break;
         }
         let ts = match &item {
@@ -541,17 +553,30 @@ async fn publish_fleet(
             SimEvent::Event(e) => e.ts,
             SimEvent::Malformed { .. } => start_ms,
         };
+        let sim_elapsed_ms = ts - start_ms;
+        if sim_elapsed_ms >= span_ms {
+            break;
+        }
+        if started.elapsed() >= guard {
+            println!(
+                "(the machine is too busy: stopped after {:.1} of {:.1} simulated days in {} s)",
+                sim_elapsed_ms as f64 / 86_400_000.0,
+                span_ms as f64 / 86_400_000.0,
+                guard.as_secs()
+            );
+            break;
+        }
         // Pace event time against the wall clock.
-        let due = Duration::from_secs_f64(((ts - start_ms) as f64 / sim_ms_per_wall_ms) / 1000.0);
+        let due = Duration::from_secs_f64((sim_elapsed_ms as f64 / sim_ms_per_wall_ms) / 1000.0);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
         clock.0.fetch_max(ts.as_millis(), Ordering::Relaxed);
-        if started.elapsed() >= next_ask {
-            next_ask += opts.duration / 3;
+        if sim_elapsed_ms >= next_ask_ms {
+            next_ask_ms += span_ms / 3;
             next_glance = started.elapsed() + GLANCE;
             summary.replies += converse(cfg, app, answered, true).await;
-        } else if started.elapsed() >= next_glance && started.elapsed() >= opts.duration / 3 {
+        } else if started.elapsed() >= next_glance && sim_elapsed_ms >= span_ms / 3 {
             next_glance = started.elapsed() + GLANCE;
             summary.replies += converse(cfg, app, answered, false).await;
         }

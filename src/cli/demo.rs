@@ -15,7 +15,8 @@ pub struct Args {
     /// Simulated hours of event time per second of wall time.
     #[arg(long, default_value_t = 24.0)]
     pub speed: f64,
-    /// How long the fleet publishes.
+    /// How long the fleet publishes on an idle machine; with --speed, the span of simulated
+    /// time shown (a busy machine takes longer to publish it, at most ten times this).
     #[arg(long, default_value = "60s")]
     pub duration: Dur,
     /// API listen address (a free port is used when it is taken).
