@@ -251,7 +251,8 @@ impl<D: Delivery> Worker<D> {
         let mut next_due: Option<i64> = None;
         let mut handled = false;
         // The removals of rows delivered this round that record nothing else, applied together
-        // at the round's end (before its flush): one store batch instead of one per row.
+        // at the round's end (before its flush): one store batch instead of one per row. Not
+        // used in cluster mode (see `handle`).
         let mut removed = self.store.tx();
         for (key, row) in rows {
             if self.gate.as_ref().is_some_and(|g| !g.open()) {
@@ -311,10 +312,9 @@ impl<D: Delivery> Worker<D> {
         next_due
     }
 
-    /// Steps one due row; answers the row if it stays in the queue, and whether it was
-    /// rewritten.
-    /// Steps one row until it waits; a removal that records nothing else goes into `removed`
-    /// (applied by the round), any other update is applied here.
+    /// Steps one due row until it waits; answers the row if it stays in the queue, and whether
+    /// it was rewritten. Outside cluster mode a removal that records nothing else goes into
+    /// `removed` (applied by the round); any other update is applied here.
     async fn handle(
         &self,
         key: &[u8],
@@ -342,8 +342,12 @@ impl<D: Delivery> Worker<D> {
                     rewritten = true;
                     Some(r)
                 }
-                Update::Remove if tx.is_empty() => {
-                    // Nothing else to write: removed with the round's other removals.
+                // Nothing else to write: removed with the round's other removals. Not in
+                // cluster mode (a gate): there a row's absence is what tells the fleet that
+                // its change was sent (`App::sent_claims`), and an instance paused between a
+                // send and the round's end would leave sent rows looking unsent, for another
+                // instance to take over and send again.
+                Update::Remove if tx.is_empty() && self.gate.is_none() => {
                     removed.remove_raw(key);
                     return Ok(None);
                 }
