@@ -98,8 +98,9 @@ impl DeliveryError {
 }
 
 /// One pending dispatch of a ticket change. Stored with its ticket's id, device and mode beside
-/// the ticket (`"head"`, see [`DispatchRow::new_json`]), so that reading a row scans the ticket's
-/// JSON once (to find its end) and decodes none of it.
+/// the ticket (`"head"`, see [`DispatchRow::new_json`]), so that reading a row decodes none of
+/// the ticket's JSON; a row laid out as [`DispatchRow::new_json`] writes it is read without
+/// scanning it either ([`DispatchRow::read_stored`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "StoredRow")]
 pub struct DispatchRow {
@@ -158,6 +159,73 @@ struct HeadRef<'a> {
     failure_mode: &'a str,
 }
 
+/// The fields of a stored dispatch row after its ticket (see [`DispatchRow::read_stored`]).
+#[derive(Deserialize)]
+struct StoredTail {
+    mqtt_done: bool,
+    webhook_done: bool,
+    attempts: u32,
+    next_attempt_ms: i64,
+    #[serde(default)]
+    last_error: Option<String>,
+    #[serde(default)]
+    ticket_as_sent: bool,
+    #[serde(default)]
+    head: Option<TicketHead>,
+}
+
+impl DispatchRow {
+    /// Reads a stored row laid out as [`DispatchRow::new_json`] and [`DispatchRow`]'s
+    /// `Serialize` write it — `{"event":"<kind>","ticket":<ticket>,"mqtt_done":…,"head":{…}}`,
+    /// marked as sent as it is and with its head — without scanning the ticket's JSON: the
+    /// ticket ends where the row's own `,"mqtt_done":` begins (the last one in the row: what
+    /// follows the ticket is the row's few fields, whose strings cannot hold an unescaped
+    /// quote), and only those fields are decoded. The ticket's bytes are the JSON the commit
+    /// encoded for the ticket's own record, stored under sled's checksums; they are published
+    /// as they are, as before. `None` for any other layout (an older row, a row this does not
+    /// recognise): the caller then decodes it as JSON, which quarantines what cannot be read.
+    pub fn read_stored(bytes: &[u8]) -> Option<DispatchRow> {
+        const MARK: &[u8] = b",\"mqtt_done\":";
+        let rest = bytes.strip_prefix(b"{\"event\":\"")?;
+        let quote = rest.iter().position(|&b| b == b'"')?;
+        let event = match &rest[..quote] {
+            b"opened" => ChangeKind::Opened,
+            b"updated" => ChangeKind::Updated,
+            b"settled" => ChangeKind::Settled,
+            b"transition" => ChangeKind::Transition,
+            _ => return None,
+        };
+        let rest = rest[quote..].strip_prefix(b"\",\"ticket\":")?;
+        let end = rest.windows(MARK.len()).rposition(|w| w == MARK)?;
+        let (ticket, tail) = rest.split_at(end);
+        if ticket.first() != Some(&b'{') || ticket.last() != Some(&b'}') {
+            return None;
+        }
+        // `{` and the tail without its leading comma: an object of the row's own fields.
+        let mut fields = Vec::with_capacity(tail.len());
+        fields.push(b'{');
+        fields.extend_from_slice(tail.get(1..)?);
+        let t: StoredTail = serde_json::from_slice(&fields).ok()?;
+        let head = t.head.filter(|_| t.ticket_as_sent)?;
+        let json = std::str::from_utf8(ticket).ok()?;
+        Some(DispatchRow {
+            event: event.as_str().to_string(),
+            ticket: TicketJson {
+                id: head.id,
+                device_id: head.device_id,
+                failure_mode: head.failure_mode,
+                json: json.into(),
+            },
+            mqtt_done: t.mqtt_done,
+            webhook_done: t.webhook_done,
+            attempts: t.attempts,
+            next_attempt_ms: t.next_attempt_ms,
+            last_error: t.last_error,
+            ticket_as_sent: AsSent,
+        })
+    }
+}
+
 /// A dispatch row as stored: the ticket left as JSON text.
 #[derive(Deserialize)]
 struct StoredRow {
@@ -186,7 +254,7 @@ impl TryFrom<StoredRow> for DispatchRow {
                 id: head.id,
                 device_id: head.device_id,
                 failure_mode: head.failure_mode,
-                json: r.ticket,
+                json: r.ticket.into(),
             },
             (true, None) => TicketJson::from_raw(r.ticket)?,
             (false, _) => TicketJson::new(&serde_json::from_str::<Ticket>(r.ticket.get())?)?,
@@ -212,7 +280,8 @@ pub struct TicketJson {
     pub id: String,
     pub device_id: DeviceId,
     pub failure_mode: String,
-    json: Box<RawValue>,
+    /// The ticket's JSON text (valid JSON: encoded by the commit, or checked when read).
+    json: Box<str>,
 }
 
 /// The fields of a ticket's JSON that [`TicketJson`] reads.
@@ -230,7 +299,7 @@ impl TicketJson {
             id: t.id.clone(),
             device_id: t.device_id.clone(),
             failure_mode: t.failure_mode.clone(),
-            json: serde_json::value::to_raw_value(t)?,
+            json: serde_json::to_string(t)?.into(),
         })
     }
 
@@ -241,7 +310,7 @@ impl TicketJson {
             id: head.id,
             device_id: head.device_id,
             failure_mode: head.failure_mode,
-            json,
+            json: json.into(),
         })
     }
 
@@ -255,24 +324,26 @@ impl TicketJson {
 
     /// The JSON, as published.
     pub fn as_bytes(&self) -> &[u8] {
-        self.json.get().as_bytes()
+        self.json.as_bytes()
     }
 
     /// The whole ticket.
     pub fn decode(&self) -> Result<Ticket, serde_json::Error> {
-        serde_json::from_str(self.json.get())
+        serde_json::from_str(&self.json)
     }
 }
 
 impl PartialEq for TicketJson {
     fn eq(&self, other: &TicketJson) -> bool {
-        self.json.get() == other.json.get()
+        self.json == other.json
     }
 }
 
 impl Serialize for TicketJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.json.serialize(s)
+        // Written as it is (checked, so that a row never carries what cannot be read back).
+        let raw: &RawValue = serde_json::from_str(&self.json).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 }
 
@@ -330,7 +401,7 @@ impl DispatchRow {
 /// The webhook body of a row: `{"event": "ticket.<kind>", "ticket": …}`, the ticket as a JSON
 /// value (as the body has always carried it).
 pub fn webhook_body(row: &DispatchRow) -> Vec<u8> {
-    let ticket: serde_json::Value = serde_json::from_str(row.ticket.json.get()).unwrap_or_default();
+    let ticket: serde_json::Value = serde_json::from_str(&row.ticket.json).unwrap_or_default();
     serde_json::to_vec(&serde_json::json!({
         "event": format!("ticket.{}", row.event),
         "ticket": ticket,
@@ -472,6 +543,10 @@ impl Delivery for Targets {
 
     fn due_ms(row: &DispatchRow) -> i64 {
         row.next_attempt_ms
+    }
+
+    fn read_row(bytes: &[u8]) -> Option<DispatchRow> {
+        DispatchRow::read_stored(bytes)
     }
 
     fn created_ms(_row: &DispatchRow) -> Option<i64> {

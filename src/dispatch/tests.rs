@@ -324,6 +324,8 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
                 // held: the ticket as a JSON value.
                 let read: DispatchRow = serde_json::from_slice(&got).unwrap();
                 assert_eq!(read, row);
+                // The worker's reader, which does not scan the ticket, reads the same row.
+                assert_eq!(DispatchRow::read_stored(&got).as_ref(), Some(&read));
                 assert_eq!(read.ticket.as_bytes(), &ticket_json[..]);
                 assert_eq!(read.ticket.decode().unwrap(), t);
                 // The head stored beside the ticket is what the worker reads.
@@ -343,5 +345,73 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
                 assert_eq!(webhook_body(&read), body);
             }
         }
+    }
+}
+
+#[test]
+fn the_workers_reader_reads_what_the_worker_rewrites_and_leaves_other_layouts_to_json() {
+    // A ticket whose text holds the row's own marker: inside a string its quotes are escaped,
+    // so it cannot be taken for the row's field.
+    let mut t = ticket();
+    t.history.push(crate::domain::HistoryEntry {
+        at: "2027-01-15T08:00:00Z".into(),
+        actor: "api:ops".into(),
+        action: "note".into(),
+        from: None,
+        to: None,
+        note: r#"x,"mqtt_done":true,"head":{} ünïcode"#.into(),
+    });
+    let change = Change {
+        kind: ChangeKind::Updated,
+        previous_priority: None,
+        ticket: t.clone(),
+    };
+    let json = serde_json::to_vec(&t).unwrap();
+    let stored = DispatchRow::new_json(ChangeKind::Updated, &t, &json, true);
+    let read = DispatchRow::read_stored(&stored).expect("read without scanning the ticket");
+    assert_eq!(read, DispatchRow::new(&change, true).unwrap());
+    assert_eq!(read.ticket.as_bytes(), &json[..]);
+    // Rewritten by the worker after a failed attempt (an error with quotes in it): the same.
+    let mut retried = read.clone();
+    retried.attempts = 2;
+    retried.mqtt_done = true;
+    retried.next_attempt_ms = NOW;
+    retried.last_error = Some(r#"webhook: "quoted", \ and ,"mqtt_done":"#.into());
+    let rewritten = serde_json::to_vec(&retried).unwrap();
+    assert_eq!(DispatchRow::read_stored(&rewritten), Some(retried.clone()));
+    assert_eq!(
+        serde_json::from_slice::<DispatchRow>(&rewritten).unwrap(),
+        retried
+    );
+    // Other layouts are left to the JSON decoder: rows written before the head or the as-sent
+    // mark, other field orders, an unknown event, a ticket that is not an object, a tail that
+    // does not decode.
+    let ticket_value = serde_json::to_value(&t).unwrap();
+    let others = [
+        serde_json::to_vec(&serde_json::json!({
+            "event": "opened", "ticket": ticket_value, "mqtt_done": false,
+            "webhook_done": true, "attempts": 0, "next_attempt_ms": 0,
+        }))
+        .unwrap(),
+        serde_json::to_vec(&serde_json::json!({
+            "event": "opened", "ticket": ticket_value, "mqtt_done": false,
+            "webhook_done": true, "attempts": 0, "next_attempt_ms": 0, "ticket_as_sent": true,
+        }))
+        .unwrap(),
+        String::from_utf8(stored.clone())
+            .unwrap()
+            .replacen("\"updated\"", "\"reopened\"", 1)
+            .into_bytes(),
+        br#"{"event":"opened","ticket":[1],"mqtt_done":false,"webhook_done":true,"attempts":0,"next_attempt_ms":0,"ticket_as_sent":true,"head":{"id":"T-1","device_id":"d","failure_mode":"m"}}"#.to_vec(),
+        br#"{"event":"opened","ticket":{},"mqtt_done":"no","webhook_done":true,"attempts":0,"next_attempt_ms":0,"ticket_as_sent":true,"head":{"id":"T-1","device_id":"d","failure_mode":"m"}}"#.to_vec(),
+        br#"{"ticket":{},"event":"opened","mqtt_done":false,"webhook_done":true,"attempts":0,"next_attempt_ms":0,"ticket_as_sent":true,"head":{"id":"T-1","device_id":"d","failure_mode":"m"}}"#.to_vec(),
+    ];
+    for bytes in others {
+        assert_eq!(
+            DispatchRow::read_stored(&bytes),
+            None,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
     }
 }

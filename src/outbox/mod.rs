@@ -107,6 +107,12 @@ pub trait Delivery: Sync {
     fn due_ms(row: &Self::Row) -> i64;
     /// When the row was queued (the oldest-age gauge), if known.
     fn created_ms(row: &Self::Row) -> Option<i64>;
+    /// A faster read of a stored row than decoding its JSON, for the layouts the type writes
+    /// itself; `None` (the default) has the row decoded as JSON, which quarantines a row that
+    /// cannot be read.
+    fn read_row(_bytes: &[u8]) -> Option<Self::Row> {
+        None
+    }
     /// Rows of one lane go out in commit order: a later row waits while an earlier one stays.
     fn lane(_row: &Self::Row) -> Option<String> {
         None
@@ -233,7 +239,7 @@ impl<D: Delivery> Worker<D> {
     /// One pass: every due row is stepped until it asks for no more I/O. Answers the due time
     /// of the earliest row left waiting for its time.
     pub async fn round(&self) -> Option<i64> {
-        let rows = match self.store.outbox::<D::Row>(D::QUEUE) {
+        let rows = match self.store.outbox_read::<D::Row>(D::QUEUE, D::read_row) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(queue = D::QUEUE, error = %e, "outbox unreadable");
@@ -244,6 +250,10 @@ impl<D: Delivery> Worker<D> {
         let mut blocked: HashSet<String> = HashSet::new();
         let mut next_due: Option<i64> = None;
         let mut handled = false;
+        // The removals of rows delivered this round that record nothing else, applied together
+        // at the round's end (before its flush): one store batch instead of one per row. Not
+        // used in cluster mode (see `handle`).
+        let mut removed = self.store.tx();
         for (key, row) in rows {
             if self.gate.as_ref().is_some_and(|g| !g.open()) {
                 // Looked at again shortly; the rows stay as they are.
@@ -261,7 +271,7 @@ impl<D: Delivery> Worker<D> {
                 continue;
             }
             handled = true;
-            match self.handle(&key, row).await {
+            match self.handle(&key, row, &mut removed).await {
                 Ok(None) => {}
                 Ok(Some((left, rewritten))) => {
                     // A row rewritten due now (the next channel of a fallback) goes in the next
@@ -278,6 +288,12 @@ impl<D: Delivery> Worker<D> {
                 }
             }
         }
+        if !removed.is_empty() {
+            if let Err(e) = self.store.apply(removed) {
+                // Left in the queue: sent again next round, as at-least-once allows.
+                tracing::error!(queue = D::QUEUE, error = %e, "delivered outbox rows could not be removed");
+            }
+        }
         if handled {
             // Final updates were applied without waiting for the disk (below): one flush for
             // the round. A crash before it repeats those deliveries, as at-least-once allows.
@@ -289,19 +305,21 @@ impl<D: Delivery> Worker<D> {
                 self.gauges
                     .depth
                     .set(self.store.outbox_len(D::QUEUE) as i64);
-            } else if let Ok(rows) = self.store.outbox::<D::Row>(D::QUEUE) {
+            } else if let Ok(rows) = self.store.outbox_read::<D::Row>(D::QUEUE, D::read_row) {
                 self.gauges.set::<D>(&rows, self.clock.now_ms());
             }
         }
         next_due
     }
 
-    /// Steps one due row; answers the row if it stays in the queue, and whether it was
-    /// rewritten.
+    /// Steps one due row until it waits; answers the row if it stays in the queue, and whether
+    /// it was rewritten. Outside cluster mode a removal that records nothing else goes into
+    /// `removed` (applied by the round); any other update is applied here.
     async fn handle(
         &self,
         key: &[u8],
         mut row: D::Row,
+        removed: &mut Tx,
     ) -> Result<Option<(D::Row, bool)>, StoreError> {
         let d = &self.delivery;
         let known = d.known(&self.store, &row, self.clock.now_ms())?;
@@ -323,6 +341,15 @@ impl<D: Delivery> Worker<D> {
                     tx.put_outbox_row(key, &r);
                     rewritten = true;
                     Some(r)
+                }
+                // Nothing else to write: removed with the round's other removals. Not in
+                // cluster mode (a gate): there a row's absence is what tells the fleet that
+                // its change was sent (`App::sent_claims`), and an instance paused between a
+                // send and the round's end would leave sent rows looking unsent, for another
+                // instance to take over and send again.
+                Update::Remove if tx.is_empty() && self.gate.is_none() => {
+                    removed.remove_raw(key);
+                    return Ok(None);
                 }
                 Update::Remove => {
                     tx.remove_raw(key);

@@ -33,6 +33,8 @@ fn row(id: &str, lane: &str, due_ms: i64) -> Row {
 struct Scripted {
     answers: Mutex<VecDeque<bool>>,
     calls: Mutex<Vec<(String, i64)>>,
+    /// Rows in the queue (the one being sent included) at each call.
+    queued: Mutex<Vec<usize>>,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -76,8 +78,12 @@ impl Delivery for Scripted {
         Ok(())
     }
     fn record(&self, _: &mut Tx, _: ()) {}
-    async fn perform(&self, _: &Store, _: &[u8], row: &Row, _: &(), _: ()) -> bool {
+    async fn perform(&self, store: &Store, _: &[u8], row: &Row, _: &(), _: ()) -> bool {
         let at = self.clock.as_ref().map_or(0, |c| c.now_ms());
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store.outbox_len(Self::QUEUE));
         self.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -106,6 +112,7 @@ fn bench(answers: &[bool], poll: Duration) -> Bench {
         delivery: Scripted {
             answers: Mutex::new(answers.iter().copied().collect()),
             calls: Mutex::default(),
+            queued: Mutex::default(),
             clock: Some(clock.clone()),
         },
         store: store.clone(),
@@ -329,4 +336,48 @@ async fn nothing_is_sent_while_the_gate_is_closed_and_every_row_once_it_opens() 
     assert!(b.left("test").is_empty());
     token.cancel();
     let _ = job.await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_cluster_mode_a_delivered_row_leaves_the_queue_before_the_next_send() {
+    // A row's absence is what tells the fleet its change was sent: a removal kept for the
+    // round's end would leave a sent change looking unsent while the instance is paused.
+    let switch = Arc::new(Switch(std::sync::atomic::AtomicBool::new(true)));
+    let mut b = bench(&[], Duration::from_secs(1));
+    Arc::get_mut(&mut b.worker).expect("not shared yet").gate = Some(switch);
+    b.push(&[row("a", "l", T0), row("b", "m", T0), row("c", "n", T0)]);
+    b.worker.round().await;
+    let queued = b
+        .worker
+        .delivery
+        .queued
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        queued,
+        [3, 2, 1],
+        "each send finds the rows sent before it gone"
+    );
+    assert!(b.left("test").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn alone_a_round_removes_its_delivered_rows_together_at_its_end() {
+    let b = bench(&[], Duration::from_secs(1));
+    b.push(&[row("a", "l", T0), row("b", "m", T0), row("c", "n", T0)]);
+    b.worker.round().await;
+    let queued = b
+        .worker
+        .delivery
+        .queued
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        queued,
+        [3, 3, 3],
+        "removed in one batch after the round's sends"
+    );
+    assert!(b.left("test").is_empty(), "and removed by the round's end");
 }
