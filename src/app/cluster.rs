@@ -668,8 +668,15 @@ pub struct ClusterReadiness {
     pub instance: String,
     /// Connected to the NATS server now.
     pub nats: bool,
-    /// Its membership key was written at least once.
+    /// It has joined the cluster: its membership key written, and what an earlier life left
+    /// unsent settled.
     pub joined: bool,
+    /// In good standing: its membership unbroken since it last joined, so it sends, claims and
+    /// consumes. False from a lapse (no heartbeat landed for most of a lease: frozen, starved
+    /// or cut off) until it has rejoined. A heartbeat merely late (less than a lease) leaves it
+    /// true: the instance holds back until that heartbeat lands, then goes on without a rejoin.
+    #[serde(default)]
+    pub standing: bool,
     /// The last lease round succeeded within one lease time.
     pub lease_view: bool,
     /// Owned partitions not yet consumed live: their state is still being rebuilt from the
@@ -692,8 +699,17 @@ impl ClusterReadiness {
         }
         if !self.joined {
             why.push("has not joined the cluster yet".into());
-        } else if !self.lease_view {
-            why.push("no lease round succeeded within one lease time".into());
+        } else {
+            if !self.standing {
+                why.push(
+                    "not in good standing (its membership lapsed): sending, claiming and \
+                     consuming nothing until it has rejoined"
+                        .into(),
+                );
+            }
+            if !self.lease_view {
+                why.push("no lease round succeeded within one lease time".into());
+            }
         }
         if !self.registry_loaded {
             why.push("the fleet registry has not been loaded from NATS yet".into());
@@ -778,6 +794,7 @@ mod tests {
             instance: "fw-a".into(),
             nats: true,
             joined: true,
+            standing: true,
             lease_view: true,
             registry_loaded: true,
             ..Default::default()
@@ -1154,6 +1171,16 @@ mod tests {
         let r = f.judge();
         assert!(!r.ready);
         assert_eq!(r.reason.as_deref(), Some("has not joined the cluster yet"));
+    }
+
+    #[test]
+    fn an_instance_out_of_good_standing_is_not_ready_and_says_so() {
+        let mut f = facts();
+        f.standing = false;
+        let r = f.judge();
+        assert!(!r.ready);
+        let why = r.reason.unwrap_or_default();
+        assert!(why.starts_with("not in good standing"), "{why}");
     }
 
     #[test]
