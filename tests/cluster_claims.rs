@@ -81,6 +81,7 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persons_transition_left_unsent_by_a_killed_instance_is_sent_by_the_next_owner_and_not_again_after_its_restart(
 ) {
+    let _one_at_a_time = support::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(Setup {
         nats,
         tmp,
@@ -329,6 +330,7 @@ async fn ghost_claims_transition(js: &jetstream::Context, ticket: &Ticket, at_ms
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transition_claimed_by_an_instance_that_died_before_recording_it_is_deleted_by_the_next_owner(
 ) {
+    let _one_at_a_time = support::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(Setup {
         nats,
         tmp,

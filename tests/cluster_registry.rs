@@ -148,6 +148,7 @@ attributes = {{ model = "P200" }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_file_reaches_every_instance_and_an_api_change_outlives_a_restart_with_it() {
+    let _one_at_a_time = support::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(nats) = NatsServer::start("cluster_registry fleet file", PARTITIONS, PREFIX) else {
         return;
     };
@@ -344,6 +345,7 @@ async fn visits(http: &reqwest::Client, i: &Member) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visits_slot_is_freed_for_the_fleet_when_its_ticket_is_dismissed_or_resolved_through_the_api(
 ) {
+    let _one_at_a_time = support::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(nats) = NatsServer::start("cluster_registry visits", PARTITIONS, PREFIX) else {
         return;
     };
