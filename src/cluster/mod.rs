@@ -3018,6 +3018,12 @@ impl crate::outbox::Gate for Cluster {
     fn open(&self) -> bool {
         self.standing().is_some()
     }
+
+    /// The standing's epoch: bumped by each rejoin, after it removed the rows of changes sent
+    /// elsewhere, so rows an outbox worker read before the rejoin are read again, not sent.
+    fn epoch(&self) -> u64 {
+        self.standing.lock().epoch
+    }
 }
 
 /// Sends the acknowledgements of committed groups: over NATS for messages from the stream
