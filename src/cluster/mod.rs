@@ -2608,22 +2608,30 @@ async fn bucket(
     // `$KV.NAME.>`, one value per key, roll-ups, direct gets): the client's own
     // `create_key_value` first reads the account's limits in a form nats-server 2.9 does not
     // answer ("data did not match any variant of untagged enum Response").
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        duplicate_window: dedup_window(max_age),
-        storage: stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| fail(boxed(e)))?;
+    let made = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            duplicate_window: dedup_window(max_age),
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = made {
+        // Instances started at once both find no bucket and both make it; the server refuses
+        // the second ("subjects overlap with an existing stream"): the other one's is as good.
+        return match js.get_key_value(name).await {
+            Ok(b) => Ok(b),
+            Err(_) => Err(fail(boxed(e))),
+        };
+    }
     js.get_key_value(name).await.map_err(|e| fail(boxed(e)))
 }
 
