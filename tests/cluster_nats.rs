@@ -537,16 +537,29 @@ fn same_tickets(a: &[Ticket], b: &[Ticket]) -> bool {
     a == b
 }
 
-/// `GET /api/v1/tickets` of one instance (in cluster mode: the fleet's).
+/// `GET /api/v1/tickets` of one instance (in cluster mode: the fleet's). Read again for up to
+/// 10 s while it answers 503: just after a take-over the instance asked may not have seen the
+/// new owner yet (its next lease round), and a partition it knows no live owner of makes the
+/// read refuse rather than leave that partition's tickets out.
 async fn fleet_list(http: &reqwest::Client, api: &str, more: &str) -> Vec<Ticket> {
-    let v = get_json(
-        http,
-        &format!("http://{api}/api/v1/tickets?limit=10000{more}"),
-        TOKEN,
-    )
-    .await
-    .expect("tickets readable");
-    serde_json::from_value(v).unwrap()
+    let url = format!("http://{api}/api/v1/tickets?limit=10000{more}");
+    let started = Instant::now();
+    loop {
+        let r = http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        let status = r.status();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "tickets not readable ({status}): {body}"
+        );
+        return serde_json::from_str(&body).unwrap();
+    }
 }
 
 fn assert_no_duplicates(list: &[Ticket], from: &str) {
@@ -1549,10 +1562,13 @@ async fn three_instances_one_killed_a_fourth_joining_open_exactly_the_backtests_
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // Timed out asking it; or, on a machine loaded enough that its membership had already
+    // expired, its partitions have no live owner yet: either way the 503 names it.
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains(&stopped.name) && message.contains("no answer within"),
-        "the 503 names {} and says it timed out: {message}",
+        message.contains(&stopped.name)
+            && (message.contains("no answer within") || message.contains("no live owner")),
+        "the 503 names {} and says it timed out or left its partitions unowned: {message}",
         stopped.name
     );
     eprintln!(

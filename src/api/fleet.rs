@@ -118,13 +118,18 @@ fn request(
 }
 
 /// GETs `path_and_query` from every live instance but this one; each answer is `(instance,
-/// answer)`. The first instance without an address, or that does not answer, is the error.
+/// answer)`. The first instance without an address, or that does not answer, is the error;
+/// so is a partition no live instance answers for (its owner's membership expired and no one
+/// has taken it over yet), which no answer can make up for.
 async fn gather<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     peers: &Peers,
     headers: &HeaderMap,
     path_and_query: &str,
 ) -> Result<Vec<(String, Answer<T>)>, ApiError> {
+    if let Some(why) = peers.incomplete() {
+        return Err(ApiError::unavailable(why));
+    }
     let calls = peers
         .apis
         .iter()

@@ -668,8 +668,15 @@ pub struct ClusterReadiness {
     pub instance: String,
     /// Connected to the NATS server now.
     pub nats: bool,
-    /// Its membership key was written at least once.
+    /// It has joined the cluster: its membership key written, and what an earlier life left
+    /// unsent settled.
     pub joined: bool,
+    /// In good standing: its membership unbroken since it last joined, so it sends, claims and
+    /// consumes. False from a lapse (no heartbeat landed for most of a lease: frozen, starved
+    /// or cut off) until it has rejoined. A heartbeat merely late (less than a lease) leaves it
+    /// true: the instance holds back until that heartbeat lands, then goes on without a rejoin.
+    #[serde(default)]
+    pub standing: bool,
     /// The last lease round succeeded within one lease time.
     pub lease_view: bool,
     /// Owned partitions not yet consumed live: their state is still being rebuilt from the
@@ -692,8 +699,17 @@ impl ClusterReadiness {
         }
         if !self.joined {
             why.push("has not joined the cluster yet".into());
-        } else if !self.lease_view {
-            why.push("no lease round succeeded within one lease time".into());
+        } else {
+            if !self.standing {
+                why.push(
+                    "not in good standing (its membership lapsed): sending, claiming and \
+                     consuming nothing until it has rejoined"
+                        .into(),
+                );
+            }
+            if !self.lease_view {
+                why.push("no lease round succeeded within one lease time".into());
+            }
         }
         if !self.registry_loaded {
             why.push("the fleet registry has not been loaded from NATS yet".into());
@@ -708,13 +724,50 @@ impl ClusterReadiness {
 }
 
 /// The fleet as the API sees it: who this instance is, the live instances with the API
-/// address each advertised in its membership record, and how long to wait for one of them.
+/// address each advertised in its membership record, how long to wait for one of them, and
+/// the partitions none of them answers for.
 #[derive(Debug, Clone)]
 pub struct Peers {
     pub me: String,
     /// Instance name → API base URL (`None`: it advertised none, e.g. an older version).
     pub apis: std::collections::BTreeMap<String, Option<String>>,
     pub timeout: std::time::Duration,
+    /// Partitions whose tickets no live instance is known to hold now, each with the instance
+    /// that held its lease last (if one was seen): its lease is held by an instance that is no
+    /// longer a member, or by nobody while its last holder is gone too (its membership expired
+    /// and no one has taken it over yet). A fleet read then cannot be whole. A partition
+    /// between two live owners (handed on, its key deleted, not yet created by the next) is
+    /// not here: the instance that handed it on still answers with its copies.
+    pub unowned: std::collections::BTreeMap<u32, Option<String>>,
+}
+
+impl Peers {
+    /// Why a fleet read cannot answer for the whole fleet now (`None`: it can, as far as this
+    /// instance knows): some partitions have no live owner.
+    pub fn incomplete(&self) -> Option<String> {
+        if self.unowned.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self.unowned.keys().map(u32::to_string).collect();
+        let last: std::collections::BTreeSet<&str> = self
+            .unowned
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let last = match last.is_empty() {
+            true => String::new(),
+            false => format!(
+                " (last held by {}, no longer a live member)",
+                last.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        Some(format!(
+            "partitions {} have no live owner right now{last}: the fleet's answer would miss \
+             their devices' tickets until another instance takes them over; try again",
+            parts.join(", ")
+        ))
+    }
 }
 
 /// Cluster mode as one instance sees it: `GET /api/v1/cluster`.
@@ -778,6 +831,7 @@ mod tests {
             instance: "fw-a".into(),
             nats: true,
             joined: true,
+            standing: true,
             lease_view: true,
             registry_loaded: true,
             ..Default::default()
@@ -1154,6 +1208,45 @@ mod tests {
         let r = f.judge();
         assert!(!r.ready);
         assert_eq!(r.reason.as_deref(), Some("has not joined the cluster yet"));
+    }
+
+    fn peers(unowned: &[(u32, Option<&str>)]) -> Peers {
+        Peers {
+            me: "fw-a".into(),
+            apis: Default::default(),
+            timeout: std::time::Duration::from_secs(2),
+            unowned: unowned
+                .iter()
+                .map(|(p, h)| (*p, h.map(str::to_string)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_fleet_with_every_partition_owned_by_a_live_member_can_be_read_whole() {
+        assert_eq!(peers(&[]).incomplete(), None);
+    }
+
+    #[test]
+    fn a_fleet_read_says_which_partitions_have_no_live_owner_and_who_held_them_last() {
+        let why = peers(&[(1, Some("fw-b")), (3, Some("fw-b")), (6, None)])
+            .incomplete()
+            .unwrap_or_default();
+        assert!(
+            why.starts_with("partitions 1, 3, 6 have no live owner"),
+            "{why}"
+        );
+        assert!(why.contains("last held by fw-b,"), "{why}");
+    }
+
+    #[test]
+    fn an_instance_out_of_good_standing_is_not_ready_and_says_so() {
+        let mut f = facts();
+        f.standing = false;
+        let r = f.judge();
+        assert!(!r.ready);
+        let why = r.reason.unwrap_or_default();
+        assert!(why.starts_with("not in good standing"), "{why}");
     }
 
     #[test]

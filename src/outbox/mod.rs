@@ -187,10 +187,17 @@ impl Gauges {
 /// Whether this process may send now. Cluster mode closes it while the instance's membership
 /// is not known live (`crate::cluster`): a process that wakes from a pause longer than its
 /// lease sends nothing before it has rejoined and dropped the rows of the changes another
-/// instance took over and sent meanwhile. Checked before each row: a send already under way
-/// when the pause began is not stopped (nothing in the process can stop it).
+/// instance took over and sent meanwhile. Checked before each row and again just before its
+/// I/O (after the commit of the attempt, which can take a while): a send whose request had
+/// started to leave when the pause began is not stopped (nothing in the process can stop it).
 pub trait Gate: Send + Sync {
     fn open(&self) -> bool;
+    /// Changes each time the gate opens again after the rows may have been changed behind the
+    /// worker's back (cluster mode: each rejoin, which removes rows sent elsewhere): rows read
+    /// in one epoch are not sent in another, but read again.
+    fn epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// How soon a worker whose gate is closed looks again.
@@ -239,6 +246,8 @@ impl<D: Delivery> Worker<D> {
     /// One pass: every due row is stepped until it asks for no more I/O. Answers the due time
     /// of the earliest row left waiting for its time.
     pub async fn round(&self) -> Option<i64> {
+        // Before the rows are read: a gate that reopened since may have seen some removed.
+        let epoch = self.gate.as_ref().map(|g| g.epoch());
         let rows = match self.store.outbox_read::<D::Row>(D::QUEUE, D::read_row) {
             Ok(r) => r,
             Err(e) => {
@@ -255,8 +264,8 @@ impl<D: Delivery> Worker<D> {
         // used in cluster mode (see `handle`).
         let mut removed = self.store.tx();
         for (key, row) in rows {
-            if self.gate.as_ref().is_some_and(|g| !g.open()) {
-                // Looked at again shortly; the rows stay as they are.
+            if !self.may_send(epoch) {
+                // Looked at again shortly (read afresh); the rows stay as they are.
                 next_due = Some(self.clock.now_ms() + GATE_RETRY_MS);
                 break;
             }
@@ -271,7 +280,7 @@ impl<D: Delivery> Worker<D> {
                 continue;
             }
             handled = true;
-            match self.handle(&key, row, &mut removed).await {
+            match self.handle(&key, row, epoch, &mut removed).await {
                 Ok(None) => {}
                 Ok(Some((left, rewritten))) => {
                     // A row rewritten due now (the next channel of a fallback) goes in the next
@@ -312,6 +321,13 @@ impl<D: Delivery> Worker<D> {
         next_due
     }
 
+    /// Whether the gate is open in the epoch the round read its rows in.
+    fn may_send(&self, epoch: Option<u64>) -> bool {
+        self.gate
+            .as_ref()
+            .is_none_or(|g| g.open() && Some(g.epoch()) == epoch)
+    }
+
     /// Steps one due row until it waits; answers the row if it stays in the queue, and whether
     /// it was rewritten. Outside cluster mode a removal that records nothing else goes into
     /// `removed` (applied by the round); any other update is applied here.
@@ -319,6 +335,7 @@ impl<D: Delivery> Worker<D> {
         &self,
         key: &[u8],
         mut row: D::Row,
+        epoch: Option<u64>,
         removed: &mut Tx,
     ) -> Result<Option<(D::Row, bool)>, StoreError> {
         let d = &self.delivery;
@@ -382,6 +399,11 @@ impl<D: Delivery> Worker<D> {
             // (Nothing written: the row itself was flushed when the round read it.)
             if !tx.is_empty() {
                 self.store.commit(tx)?;
+            }
+            if !self.may_send(epoch) {
+                // Closed during the commit (a pause, a lapse): nothing leaves; the row stays,
+                // its attempt counted, and is looked at again once the gate opens.
+                return Ok(Some((current, rewritten)));
             }
             let mut seen = Vec::with_capacity(io.len());
             for i in io {

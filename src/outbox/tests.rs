@@ -381,3 +381,52 @@ async fn alone_a_round_removes_its_delivered_rows_together_at_its_end() {
     );
     assert!(b.left("test").is_empty(), "and removed by the round's end");
 }
+
+/// A gate that reopens in a new epoch between a round's reading of its rows and its first
+/// row, removing row `b` as it does — as a cluster instance's rejoin removes the rows of
+/// changes another instance sent meanwhile.
+struct Rejoining {
+    store: Store,
+    epoch_reads: std::sync::atomic::AtomicU64,
+}
+
+impl Gate for Rejoining {
+    fn open(&self) -> bool {
+        true
+    }
+    fn epoch(&self) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let read = self.epoch_reads.fetch_add(1, SeqCst);
+        if read == 1 {
+            let mut tx = self.store.tx();
+            for (key, r) in self.store.outbox::<Row>("test").expect("outbox") {
+                if r.id == "b" {
+                    tx.remove_raw(&key);
+                }
+            }
+            self.store.apply(tx).expect("removed");
+        }
+        u64::from(read >= 1)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_read_before_the_gate_reopened_in_a_new_epoch_are_read_again_not_sent() {
+    let mut b = bench(&[], Duration::from_secs(1));
+    let gate = Arc::new(Rejoining {
+        store: b.store.clone(),
+        epoch_reads: Default::default(),
+    });
+    Arc::get_mut(&mut b.worker).expect("not shared yet").gate = Some(gate);
+    b.push(&[row("a", "l", T0), row("b", "m", T0)]);
+    b.worker.round().await;
+    assert!(
+        b.calls().is_empty(),
+        "sent from a stale read: {:?}",
+        b.calls()
+    );
+    b.worker.round().await;
+    let sent: Vec<String> = b.calls().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(sent, ["a"], "the row removed meanwhile is never sent");
+    assert!(b.left("test").is_empty());
+}

@@ -71,12 +71,70 @@ impl Member {
         }
     }
 
+    /// Starves the process of CPU until the returned guard is dropped: it runs `run`, then is
+    /// stopped (SIGSTOP) for `stopped`, over and over, as a process that gets a sliver of a
+    /// loaded machine's CPU does (every wait it makes, a round trip to NATS included, can last
+    /// up to `stopped`). Dropping the guard lets it run (SIGCONT) for good.
+    pub fn starve(&self, run: Duration, stopped: Duration) -> Starved {
+        let pid = self.pid().expect("running") as i32;
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let cycles = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = cycles.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(run);
+                unsafe {
+                    libc::kill(pid, libc::SIGSTOP);
+                }
+                std::thread::sleep(stopped);
+                unsafe {
+                    libc::kill(pid, libc::SIGCONT);
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Starved {
+            pid,
+            done,
+            cycles,
+            thread: Some(thread),
+        }
+    }
+
     /// The last 30 lines of its log, named.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(30)..].join("\n");
         format!("--- {} ---\n{tail}", self.name)
+    }
+}
+
+/// A process being starved of CPU ([`Member::starve`]); let run for good when dropped.
+pub struct Starved {
+    pid: i32,
+    done: Arc<AtomicBool>,
+    cycles: Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Starved {
+    /// How many times it has been stopped and let run again so far.
+    pub fn cycles(&self) -> u64 {
+        self.cycles.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        unsafe {
+            libc::kill(self.pid, libc::SIGCONT);
+        }
     }
 }
 

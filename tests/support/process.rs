@@ -7,9 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-/// The `forewarn` binary under test, ready for its arguments.
+/// The `forewarn` binary under test, ready for its arguments: this build's, or the one
+/// `FOREWARN_TEST_BINARY` names (to run a drill against another build, e.g. the previous
+/// version's, and see it fail there).
 pub fn forewarn() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_forewarn"))
+    match std::env::var_os("FOREWARN_TEST_BINARY") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_forewarn")),
+    }
 }
 
 /// Runs `cmd` to its end; fails the test with its standard error unless it exits 0.
