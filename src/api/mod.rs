@@ -296,7 +296,7 @@ const MAX_LIST: usize = 10_000;
     responses(
         (status = 200, description = "Tickets, newest change first (in cluster mode: the whole fleet's, each ticket as its owner has it)", body = Vec<Ticket>),
         (status = 400, description = "A query parameter is not valid", body = ErrorBody),
-        (status = 503, description = "Cluster mode: an instance did not answer (the message names it)", body = ErrorBody),
+        (status = 503, description = "Cluster mode: an instance did not answer, or a partition has no live owner (the message names them)", body = ErrorBody),
     ),
     security(("bearer" = ["read"])))]
 async fn list_tickets(
@@ -378,7 +378,7 @@ async fn list_tickets(
         (status = 200, description = "The ticket (in cluster mode: as the owner of its device's partition has it)", body = Ticket),
         (status = 400, description = "The id is not valid", body = ErrorBody),
         (status = 404, description = "No such ticket", body = ErrorBody),
-        (status = 503, description = "Cluster mode: an instance did not answer (the message names it)", body = ErrorBody),
+        (status = 503, description = "Cluster mode: an instance did not answer, or a partition has no live owner (the message names them)", body = ErrorBody),
     ),
     security(("bearer" = ["read"])))]
 async fn get_ticket(
