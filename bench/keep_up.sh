@@ -46,11 +46,22 @@ processor_cpu_seconds() {
     echo 0
 }
 
+# CPU seconds per thread name of process $1 (threads of one name summed), largest first:
+# where the daemon's CPU goes, beside the whole process's figure.
+threads_cpu() {
+    for t in /proc/"$1"/task/*; do
+        printf '%s\t' "$(cat "$t/comm" 2>/dev/null)"
+        sed 's/.*) //' "$t/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($12 + $13) / hz }'
+    done | awk -F'\t' '{ s[$1] += $2 } END { for (k in s) printf "%.1f %s\n", s[k], k }' |
+        sort -rn | awk '{ printf "%s%s=%s", (NR > 1 ? ", " : ""), $2, $1 }'
+}
+
 echo "== machine ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 machine_line
 
 echo "== Mosquitto"
 start_mosquitto 100000000 "${MAX_INFLIGHT:-1000}"
+BROKER_PID=${PIDS[-1]}
 BROKER="127.0.0.1:$PORT"
 echo "broker mqtt://$BROKER ($("$MOSQ" -h 2>/dev/null | head -1)), config: $(grep -v '^#' "$WORK/mosquitto.conf" | tail -n +2 | paste -sd ';')"
 
@@ -121,6 +132,7 @@ for run in realistic storm; do
     echo "== forewarn serve, $run model"
     start_daemon "$WORK/data-$run" "$WORK/$run"
     L0=$(loadavg)
+    BROKER_CPU0=$(cpu_seconds "$BROKER_PID")
     CPU0=$(cpu_seconds "$DAEMON")
     PCPU0=$(processor_cpu_seconds "$DAEMON")
     publish "$run"
@@ -130,6 +142,8 @@ for run in realistic storm; do
     CPU1=$(cpu_seconds "$DAEMON")
     PCPU1=$(processor_cpu_seconds "$DAEMON")
     RSS=$(peak_rss_mb "$DAEMON")
+    THREADS=$(threads_cpu "$DAEMON")
+    BROKER_CPU=$(echo "$(cpu_seconds "$BROKER_PID") - $BROKER_CPU0" | bc -l)
     MISSING=$(metric forewarn_readings_missing_total)
     BROKER_DROPPED=$(broker_dropped)
     LATE=$(metric 'forewarn_readings_dropped_total{reason="late"}')
@@ -144,6 +158,8 @@ for run in realistic storm; do
         "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \
         "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$BROKER_DROPPED" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" "$UPDATES" "$SETTLED" \
         "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$(echo "$PCPU1 - $PCPU0" | bc -l)" "$RSS" "$COMMITS" "$COMMIT_S" "$L0" "$(loadavg)"
+    printf '%s: daemon CPU by thread since start (s): %s; the broker (mosquitto) %.1f s over the pass\n' \
+        "$run" "$THREADS" "$BROKER_CPU"
     kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
     rm -rf "$WORK/data-$run"
 done

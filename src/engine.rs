@@ -191,6 +191,8 @@ pub struct Scoring {
     pub ts: Timestamp,
     pub mode: String,
     pub probability: f64,
+    /// The regressor's estimate: always from an engine made [`Engine::estimating_every_scoring`]
+    /// (`evaluate`); otherwise only where something read it (see [`Engine::reading`]).
     pub ttf_hours: Option<f64>,
     /// At or above the mode's watch level (internal: API and metrics only).
     pub watch: bool,
@@ -214,6 +216,9 @@ pub struct DeviceCtx<'a> {
 pub struct Engine {
     pub cfg: EngineConfig,
     pub models: Arc<Models>,
+    /// Runs every mode's regressor at every scoring, read or not (for `evaluate`'s
+    /// predictions); a daemon runs it only where its result is read.
+    estimate_always: bool,
 }
 
 thread_local! {
@@ -222,7 +227,18 @@ thread_local! {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, models: Arc<Models>) -> Engine {
-        Engine { cfg, models }
+        Engine {
+            cfg,
+            models,
+            estimate_always: false,
+        }
+    }
+
+    /// This engine with the time-to-failure estimate computed at every scoring, so that every
+    /// [`Scoring`] carries it; the tickets are the same either way.
+    pub fn estimating_every_scoring(mut self) -> Engine {
+        self.estimate_always = true;
+        self
     }
 
     pub fn new_state(&self, ts: Timestamp) -> DeviceState {
@@ -267,7 +283,17 @@ impl Engine {
                     if k > 0 {
                         FeatureSpec::patch_mode(state, &lm.mode_positions, &mm.mode, r.ts, &mut x);
                     }
-                    let s = a.score_mode_compiled(mm, &lm.compiled[k], &x);
+                    // The regressor's estimate (the predicted time to failure) is read only by
+                    // a live ticket's update, a scoring that may open a ticket (at or above the
+                    // ticket level: the hold-back, the priority) and `evaluate`'s predictions;
+                    // below the level with no live ticket nothing reads it, and most scorings
+                    // are there.
+                    let estimate =
+                        self.estimate_always || live.iter().any(|t| t.failure_mode == mm.mode);
+                    let ticket_level = mm.ticket_threshold();
+                    let s = a.score_mode_compiled_if(mm, &lm.compiled[k], &x, |p| {
+                        estimate || ticket_level.is_some_and(|t| p >= t)
+                    });
                     if let Some(out) = scorings.as_deref_mut() {
                         out.push(Scoring {
                             device_id: r.device_id.clone(),
@@ -585,6 +611,64 @@ mod tests {
         assert_eq!(opened[0].ticket.opened_at, "1970-01-01T02:00:00Z");
         assert!(opened[0].ticket.predicted_failure_at.is_some());
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn the_regressor_skipped_below_the_level_changes_no_ticket() {
+        // A hold-back makes the estimate decide the opening; the daemon's engine runs the
+        // regressor only where it is read, `evaluate`'s at every scoring: the same changes.
+        let mut a = hot_model();
+        let th = a.modes[0].threshold;
+        a.modes[0].levels = Some(crate::predict::Levels {
+            watch: th / 2.0,
+            ticket: Some(th),
+            customer_alert: Some(th),
+            evidence: crate::predict::ModeEvidence::Sufficient,
+            rule: String::new(),
+            out_of_fold: Default::default(),
+            consecutive: Some(2),
+            of_last: None,
+            hold_back_hours: Some(48.0),
+            hold_back_in_rule: true,
+        });
+        let cfg = EngineConfig::default();
+        let models = Arc::new(Models::new(vec![a], &cfg.window).unwrap());
+        let lazy = Engine::new(cfg.clone(), models.clone());
+        let every = Engine::new(cfg, models).estimating_every_scoring();
+        let temps = [
+            70.0, 71.0, 85.0, 70.0, 86.0, 88.0, 90.0, 72.0, 95.0, 99.0, 60.0, 91.0, 93.0,
+        ];
+        let run = |e: &Engine| {
+            let mut st = e.new_state(Timestamp::EPOCH);
+            let (mut live, mut ch, mut sc) = (vec![], vec![], vec![]);
+            for (h, t) in temps.iter().enumerate() {
+                e.reading(
+                    &mut st,
+                    &mut live,
+                    DeviceCtx::default(),
+                    &r(h as i64, *t),
+                    &mut ch,
+                    Some(&mut sc),
+                );
+            }
+            let ch: Vec<String> = ch
+                .iter()
+                .map(|c| serde_json::to_string(&c.ticket).unwrap())
+                .collect();
+            (ch, sc)
+        };
+        let (lazy_changes, lazy_scorings) = run(&lazy);
+        let (every_changes, every_scorings) = run(&every);
+        assert!(!every_changes.is_empty());
+        assert_eq!(lazy_changes, every_changes);
+        assert!(every_scorings.iter().all(|s| s.ttf_hours.is_some()));
+        assert!(lazy_scorings.iter().any(|s| s.ttf_hours.is_none()));
+        for (l, e) in lazy_scorings.iter().zip(&every_scorings) {
+            assert_eq!(l.probability, e.probability);
+            if l.ttf_hours.is_some() {
+                assert_eq!(l.ttf_hours, e.ttf_hours);
+            }
+        }
     }
 
     #[test]

@@ -772,7 +772,7 @@ impl Artifact {
 
     /// Scores one mode on a feature row.
     pub fn score_mode(&self, mode: &ModeModel, x: &[f64]) -> ModeScore {
-        Self::score(mode, None, x)
+        Self::score(mode, None, x, |_| true)
     }
 
     /// [`Artifact::score_mode`] with the mode's compiled trees: the same numbers, faster.
@@ -782,16 +782,35 @@ impl Artifact {
         compiled: &CompiledMode,
         x: &[f64],
     ) -> ModeScore {
-        Self::score(mode, Some(compiled), x)
+        Self::score(mode, Some(compiled), x, |_| true)
     }
 
-    fn score(mode: &ModeModel, compiled: Option<&CompiledMode>, x: &[f64]) -> ModeScore {
+    /// [`Artifact::score_mode_compiled`] that runs the regressor only when `needs_ttf`, given
+    /// the probability, says its estimate is used; otherwise `ttf_hours` is `None`. The
+    /// probability is the same either way; a caller that passes `|_| true` gets exactly
+    /// [`Artifact::score_mode_compiled`].
+    pub fn score_mode_compiled_if(
+        &self,
+        mode: &ModeModel,
+        compiled: &CompiledMode,
+        x: &[f64],
+        needs_ttf: impl FnOnce(f64) -> bool,
+    ) -> ModeScore {
+        Self::score(mode, Some(compiled), x, needs_ttf)
+    }
+
+    fn score(
+        mode: &ModeModel,
+        compiled: Option<&CompiledMode>,
+        x: &[f64],
+        needs_ttf: impl FnOnce(f64) -> bool,
+    ) -> ModeScore {
         match compiled {
             // One prepared row for the classifier and the regressor.
-            Some(c) if c.reads_row => {
-                flat::with_row(x, |row| Self::score_on(mode, compiled, x, Some(row)))
-            }
-            _ => Self::score_on(mode, compiled, x, None),
+            Some(c) if c.reads_row => flat::with_row(x, |row| {
+                Self::score_on(mode, compiled, x, Some(row), needs_ttf)
+            }),
+            _ => Self::score_on(mode, compiled, x, None, needs_ttf),
         }
     }
 
@@ -800,6 +819,7 @@ impl Artifact {
         compiled: Option<&CompiledMode>,
         x: &[f64],
         row: Option<&SplitRow>,
+        needs_ttf: impl FnOnce(f64) -> bool,
     ) -> ModeScore {
         let flat_cls = compiled.and_then(|c| c.classifier.as_ref());
         let flat_reg = compiled.and_then(|c| c.regressor.as_ref());
@@ -807,7 +827,9 @@ impl Artifact {
         if let (Some(c), false) = (&mode.calibration, p.is_nan()) {
             p = c.apply(p);
         }
-        let ttf = mode.regressor.as_ref().map(|r| {
+        let probability = if p.is_nan() { 0.0 } else { p };
+        let regressor = mode.regressor.as_ref().filter(|_| needs_ttf(probability));
+        let ttf = regressor.map(|r| {
             let v = predict_with(r, flat_reg, x, row).max(0.0);
             match mode.ttf_cap_hours {
                 Some(cap) => v.min(cap),
@@ -815,7 +837,7 @@ impl Artifact {
             }
         });
         ModeScore {
-            probability: if p.is_nan() { 0.0 } else { p },
+            probability,
             ttf_hours: ttf.filter(|v| v.is_finite()),
         }
     }

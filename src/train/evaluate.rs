@@ -201,7 +201,7 @@ pub fn evaluate(
         .collect();
     let models = Models::new(vec![artifact], &opts.engine.window)
         .map_err(|e| TrainError::Data(e.to_string()))?;
-    let engine = Engine::new(opts.engine.clone(), Arc::new(models));
+    let engine = Engine::new(opts.engine.clone(), Arc::new(models)).estimating_every_scoring();
 
     let pb = super::progress(h.devices.len() as u64, "backtest");
     let mut scorings = Vec::new();
