@@ -27,35 +27,9 @@ pub fn apply_order(
         .then_with(|| a.2.cmp(b.2))
 }
 
-/// Whether an event stamped `event` is applied before a reading stamped `reading`: the
-/// [`apply_order`] of one event and one reading, for code that walks a device's events beside
-/// its scorings instead of merging them (training's labels and its replay of the ticket policy).
-/// At equal timestamps it is, as in the engine: a failure or maintenance logged at 06:00 has
-/// restarted its mode before the 06:00 reading is scored.
-pub fn event_applies_before(event: Timestamp, reading: Timestamp) -> bool {
-    event <= reading
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_event_applies_before_a_reading_of_its_own_time_as_the_apply_order_sorts_them() {
-        for kind in [EventKind::Failure, EventKind::Maintenance, EventKind::Error] {
-            for (e, r) in [(4, 5), (5, 5), (6, 5)] {
-                let (e, r) = (Timestamp::from_millis(e), Timestamp::from_millis(r));
-                let sorted = apply_order((e, Some(kind), "m"), (r, None, "")).is_lt();
-                assert_eq!(
-                    event_applies_before(e, r),
-                    sorted,
-                    "{kind:?} at {e:?}, reading at {r:?}"
-                );
-            }
-        }
-        let t = Timestamp::from_millis(5);
-        assert!(event_applies_before(t, t));
-    }
 
     #[test]
     fn equal_timestamps_put_events_first_failure_maintenance_error_then_code() {

@@ -1,6 +1,6 @@
 //! `forewarn evaluate`: history replayed through the daemon's [`Engine`], unchanged, in event time
-//! (per device, readings and events merged in the apply order: an event before a reading stamped
-//! at the same time), then scored at ticket level and reading level.
+//! (per device, readings and events merged by timestamp, a reading before an event stamped at the
+//! same time), then scored at ticket level and reading level.
 
 use super::csv::{History, Step};
 use super::labels::label;

@@ -2,8 +2,6 @@
 //!
 //! For a row at event time `t` and a failure mode, only the NEXT event of that mode counts: a
 //! maintenance replaces the part and restarts its clock, so a failure after it is another part's.
-//! An event stamped at `t` itself is not next: events apply before readings of their own time
-//! (contract, section 7), so the row at `t` is already the new part's, as the engine scores it.
 //!
 //! - next event is a failure at `f`: time to failure `f − t`; positive when within the horizon.
 //! - next event is a maintenance at `m`, or nothing was observed until `end`: no failure for at
@@ -11,7 +9,7 @@
 //!   is censored (unknown) and is not used by the classifier. The regressor gets the cap when that
 //!   span covers the cap, else the row is censored for it too.
 
-use crate::domain::{event_applies_before, DeviceEvent, EventKind, Timestamp};
+use crate::domain::{DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,7 +23,7 @@ pub struct Label {
 }
 
 /// Labels a row at `t` for `mode`. `events` are the device's events sorted by time, `end` the
-/// last event time observed for the device. The next event is the first one stamped after `t`.
+/// last event time observed for the device.
 pub fn label(
     events: &[DeviceEvent],
     mode: &str,
@@ -35,9 +33,7 @@ pub fn label(
     cap_h: f64,
 ) -> Label {
     let next = events.iter().find(|e| {
-        !event_applies_before(e.ts, t)
-            && e.code == mode
-            && matches!(e.kind, EventKind::Failure | EventKind::Maintenance)
+        e.ts >= t && e.code == mode && matches!(e.kind, EventKind::Failure | EventKind::Maintenance)
     });
     match next {
         Some(e) if e.kind == EventKind::Failure => {
@@ -95,29 +91,6 @@ mod tests {
             label(&evs, "fan", h(0), h(30), 24.0, 10.0).target,
             Some(10.0)
         );
-    }
-
-    #[test]
-    fn an_event_stamped_at_the_rows_own_time_applies_before_it_and_is_not_its_next_event() {
-        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
-        // The failure at hour 10 has restarted the part before the reading of hour 10 is scored:
-        // that row is the new part's, and no failure of it was observed.
-        let evs = vec![ev(10, EventKind::Failure)];
-        let l = label(&evs, "pump", h(10), h(10), 24.0, 100.0);
-        assert_eq!(l.ttf_hours, None);
-        assert_eq!(l.positive, None);
-        // With the new part's own failure 20 h later, that is the row's.
-        let evs = vec![ev(10, EventKind::Failure), ev(30, EventKind::Failure)];
-        let l = label(&evs, "pump", h(10), h(40), 24.0, 100.0);
-        assert_eq!(l.ttf_hours, Some(20.0));
-        assert_eq!(l.positive, Some(true));
-        // A maintenance at the row's time: the failure 5 h later is the replaced part's.
-        let evs = vec![ev(10, EventKind::Maintenance), ev(15, EventKind::Failure)];
-        let l = label(&evs, "pump", h(10), h(20), 24.0, 100.0);
-        assert_eq!(l.target, Some(5.0));
-        assert_eq!(l.positive, Some(true));
-        // One hour earlier the maintenance still comes next: censored.
-        assert_eq!(label(&evs, "pump", h(9), h(20), 24.0, 100.0).positive, None);
     }
 
     #[test]

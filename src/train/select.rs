@@ -1,7 +1,7 @@
 //! Honest model selection: validation devices, ranking metrics, the ticket-level match rule and
 //! the choice of threshold and consecutive scorings on validation.
 
-use crate::domain::{event_applies_before, DeviceEvent, EventKind, Timestamp};
+use crate::domain::{DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
 use crate::predict::{within_hold_back, OpenRule};
 
@@ -256,8 +256,7 @@ pub fn match_tickets(
 /// (`ttf[i]` for `rows[i]`, NaN or missing: none) is within `hold_back` (the hold-back counts in
 /// the rule, as the artifacts training writes ask: `levels.hold_back_in_rule`), and stays live
 /// until a failure or maintenance of the mode settles it (which also clears the memory of recent
-/// scorings). An event stamped at a scoring's own time applies before that scoring, as in the
-/// engine ([`event_applies_before`]). Returns the opening times.
+/// scorings). Returns the opening times.
 pub fn simulate_openings(
     rows: &[(Timestamp, f64)],
     ttf: &[f64],
@@ -274,7 +273,7 @@ pub fn simulate_openings(
         .peekable();
     let (mut recent, mut live) = (0u16, false);
     for (i, &(ts, p)) in rows.iter().enumerate() {
-        while evs.peek().is_some_and(|e| event_applies_before(e.ts, ts)) {
+        while evs.peek().is_some_and(|e| e.ts < ts) {
             evs.next();
             recent = 0;
             live = false;
@@ -630,9 +629,8 @@ struct Replay {
     scored: Vec<Timestamp>,
     /// The mode's failures.
     fails: Vec<Timestamp>,
-    /// Per scoring, how many of the mode's failures and maintenances apply before it (those
-    /// stamped at or before its time: [`event_applies_before`]): each ends a live ticket and
-    /// clears the memory of recent scorings.
+    /// Per scoring, how many of the mode's failures and maintenances the replay has passed
+    /// before it: each ends a live ticket and clears the memory of recent scorings.
     segment: Vec<u32>,
 }
 
@@ -650,7 +648,7 @@ impl Replay {
             .rows
             .iter()
             .map(|&(ts, _)| {
-                while evs.peek().is_some_and(|e| event_applies_before(e.ts, ts)) {
+                while evs.peek().is_some_and(|e| e.ts < ts) {
                     evs.next();
                     seg += 1;
                 }
@@ -1085,122 +1083,6 @@ mod tests {
         let one = OpenRule::in_a_row(1);
         let opened = simulate_openings(&rows, &ttf, &[], "m", 0.5, one, Some(48.0));
         assert_eq!(opened, vec![h(10)]);
-    }
-
-    #[test]
-    fn an_event_at_a_scorings_own_time_settles_the_ticket_and_clears_the_memory_before_it() {
-        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
-        let id = crate::domain::DeviceId::parse("d").expect("valid id");
-        let rows: Vec<(Timestamp, f64)> = (0..9).map(|t| (h(t), 0.9)).collect();
-        let events = vec![DeviceEvent {
-            device_id: id,
-            ts: h(3),
-            kind: EventKind::Failure,
-            code: "m".into(),
-        }];
-        let two = OpenRule::in_a_row(2);
-        // Hours 0 and 1 open; the failure at hour 3 applies before hour 3's scoring, so hours 3
-        // and 4 are the first two of the new part.
-        let opened = simulate_openings(&rows, &[], &events, "m", 0.5, two, None);
-        assert_eq!(opened, vec![h(1), h(4)]);
-        let d = ValidDevice {
-            rows,
-            ttf: Vec::new(),
-            events: &events,
-        };
-        let all: Vec<u32> = (0..9).collect();
-        assert_eq!(Replay::new(&d, "m").openings(&all, two), opened);
-    }
-
-    #[test]
-    fn training_replays_the_engines_openings_with_events_stamped_at_readings_times() {
-        use crate::domain::Reading;
-        use crate::engine::{ChangeKind, DeviceCtx, Engine, EngineConfig, Models};
-        use crate::predict::example::hot_model;
-        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
-        let id = crate::domain::DeviceId::parse("d1").expect("valid id");
-        let cfg = EngineConfig::default();
-        let model = hot_model();
-        let mode = model.modes[0].mode.clone();
-        let threshold = model.modes[0].ticket_threshold().expect("a ticket level");
-        let rule = model.modes[0].open_rule(model.consecutive);
-        let engine = Engine::new(
-            cfg.clone(),
-            std::sync::Arc::new(Models::new(vec![model], &cfg.window).expect("models load")),
-        );
-        // Hot (scores near 1) but for a few cool hours; every event shares a reading's time.
-        let temp = |t: i64| {
-            if [7, 8, 25, 26].contains(&t) {
-                70.0
-            } else {
-                90.0
-            }
-        };
-        let ev = |t: i64, kind: EventKind, code: &str| DeviceEvent {
-            device_id: id.clone(),
-            ts: h(t),
-            kind,
-            code: code.into(),
-        };
-        let events = vec![
-            ev(5, EventKind::Maintenance, &mode),
-            ev(12, EventKind::Failure, &mode),
-            ev(20, EventKind::Failure, "other"),
-            ev(22, EventKind::Maintenance, &mode),
-            ev(30, EventKind::Failure, &mode),
-        ];
-        // The engine, fed in the apply order: at equal times the event first.
-        let (mut state, mut live, mut changes, mut scorings) =
-            (engine.new_state(h(0)), Vec::new(), Vec::new(), Vec::new());
-        let mut next_event = events.iter().peekable();
-        for t in 0..36 {
-            while let Some(e) = next_event.next_if(|e| e.ts <= h(t)) {
-                engine.event(&mut state, &mut live, e, &mut changes);
-            }
-            let r = Reading {
-                device_id: id.clone(),
-                ts: h(t),
-                seq: None,
-                metrics: vec![("temp".into(), temp(t))],
-            };
-            engine.reading(
-                &mut state,
-                &mut live,
-                DeviceCtx::default(),
-                &r,
-                &mut changes,
-                Some(&mut scorings),
-            );
-        }
-        let by_engine: Vec<Timestamp> = changes
-            .iter()
-            .filter(|c| c.kind == ChangeKind::Opened)
-            .map(|c| c.ticket.opened_ms)
-            .collect();
-        // The failure at hour 12 settles the ticket before hour 12 is scored: hours 12 and 13
-        // open the next one.
-        assert!(by_engine.contains(&h(13)), "{by_engine:?}");
-        let rows: Vec<(Timestamp, f64)> = scorings
-            .iter()
-            .filter(|s| s.mode == mode)
-            .map(|s| (s.ts, s.probability))
-            .collect();
-        let ttf: Vec<f64> = scorings
-            .iter()
-            .filter(|s| s.mode == mode)
-            .map(|s| s.ttf_hours.unwrap_or(f64::NAN))
-            .collect();
-        let replayed = simulate_openings(&rows, &ttf, &events, &mode, threshold, rule, None);
-        assert_eq!(replayed, by_engine);
-        let d = ValidDevice {
-            rows,
-            ttf,
-            events: &events,
-        };
-        let above: Vec<u32> = (0..d.rows.len() as u32)
-            .filter(|&i| d.rows[i as usize].1 >= threshold)
-            .collect();
-        assert_eq!(Replay::new(&d, &mode).openings(&above, rule), by_engine);
     }
 
     #[test]
