@@ -108,7 +108,21 @@ async fn run(
     drop(app);
     shutdown.cancel();
     handle.stopped(Duration::from_secs(10)).await;
-    let store = Store::open(&data, 16 << 20).expect("reopen the data directory");
+    // A task that outlived the stop's grace on a loaded machine still holds the store (sled
+    // locks its directory while any handle is open): reopen once the last handle is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let store = loop {
+        match Store::open(&data, 16 << 20) {
+            Ok(s) => break s,
+            Err(e)
+                if format!("{e:?}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("reopen the data directory: {e}"),
+        }
+    };
     let tickets = store.tickets(&TicketFilter::default()).expect("tickets");
     let states = store
         .states()
