@@ -28,8 +28,11 @@ pub struct DemoOptions {
     /// Simulated hours of event time per wall-clock second.
     pub sim_hours_per_second: f64,
     /// How long the fleet publishes on an idle machine: with `sim_hours_per_second`, the span
-    /// of event time the demo shows (a busy machine takes longer, up to ten times this).
+    /// of event time the demo shows (a busy machine takes longer, up to `wall_guard`).
     pub duration: Duration,
+    /// The longest the fleet publishes on a busy machine before it stops early and says so
+    /// (the CLI: ten times `duration`, [`DemoOptions::default_wall_guard`]).
+    pub wall_guard: Duration,
     /// Where the API listens (falls back to a free port when taken).
     pub listen: String,
     /// Keep the daemon and API up after the fleet stops, until Ctrl-C.
@@ -44,8 +47,15 @@ pub struct DemoOptions {
 }
 
 /// How many times its publishing duration the demo waits for a busy machine before it stops
-/// the fleet early (and says so).
+/// the fleet early (and says so), unless told otherwise.
 const WALL_GUARD_FACTOR: u32 = 10;
+
+impl DemoOptions {
+    /// The CLI's wall-clock guard for a publishing `duration`: ten times it.
+    pub fn default_wall_guard(duration: Duration) -> Duration {
+        duration.saturating_mul(WALL_GUARD_FACTOR)
+    }
+}
 
 /// The share of malformed payloads the demo's devices send unless told otherwise.
 pub const MALFORMED_FRACTION: f64 = 0.0005;
@@ -538,7 +548,7 @@ async fn publish_fleet(
     // and failures are the same on every run. The wall-clock guard only stops a machine so slow
     // that the demo would not end in a reasonable time, and says so.
     let span_ms = (opts.duration.as_secs_f64() * sim_ms_per_wall_ms * 1000.0) as i64;
-    let guard = opts.duration.saturating_mul(WALL_GUARD_FACTOR);
+    let guard = opts.wall_guard.max(opts.duration);
     // The customers answer at each third of the span (event time, like the rest of the story).
     let mut next_ask_ms = span_ms / 3;
     // After the first third, whoever has not answered yet looks again this often.

@@ -32,10 +32,12 @@ async fn demo_forewarns_failures_rejects_bad_payloads_and_messages_customers() {
     let opts = DemoOptions {
         devices: 90,
         // 10 s at 24 simulated hours per second: 10 days of a 90-device fleet, published in
-        // full however long a loaded runner takes (up to ten times that). The default seed has
-        // its first forewarned failure on day 5 and four by day 8.
+        // full however long a loaded runner takes (a debug build beside the other tests on a
+        // slow 2-core machine took over 100 s). The default seed has its first forewarned
+        // failure on day 5 and four by day 8.
         sim_hours_per_second: 24.0,
         duration: Duration::from_secs(10),
+        wall_guard: Duration::from_secs(900),
         listen: listen.clone(),
         keep_running: false,
         seed: 42,

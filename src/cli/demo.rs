@@ -66,6 +66,7 @@ pub fn run(args: Args) -> CliResult {
             devices: args.devices,
             sim_hours_per_second: args.speed,
             duration: args.duration.std(),
+            wall_guard: crate::demo::DemoOptions::default_wall_guard(args.duration.std()),
             listen: args.listen,
             keep_running: !args.exit,
             seed: args.seed,
