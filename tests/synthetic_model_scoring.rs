@@ -48,7 +48,9 @@ fn each_mode_scores_what_its_own_extraction_and_stored_trees_give() {
     let a = synthetic_model(3, 30, 5, 3);
     let models = Models::new(vec![a.clone()], &cfg.window).unwrap();
     let ids = a.features.resolve(&models.index);
-    let e = Engine::new(cfg, Arc::new(models));
+    // Every scoring with its estimate, as `evaluate` asks (a daemon runs the regressor only
+    // where its estimate is read).
+    let e = Engine::new(cfg, Arc::new(models)).estimating_every_scoring();
     let fleet = Fleet::new(SimConfig {
         devices: 3,
         ticks: 400,
