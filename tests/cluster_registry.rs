@@ -15,7 +15,7 @@ mod support;
 use async_nats::jetstream;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::cluster::{spawn_member, wait_ready, Member, PARTITIONS, PREFIX};
+use support::cluster::{member_config, spawn_member, wait_ready, Member, PARTITIONS, PREFIX};
 use support::daemon::{self as d, Dirs, TOKEN};
 use support::http::get_text;
 use support::nats::NatsServer;
@@ -28,16 +28,7 @@ const TECH: &str = "t-1";
 /// devices of model P200 only), one technician working every day 08:00–17:00 UTC.
 fn start(nats: &NatsServer, root: &std::path::Path, name: &str, fleet: Option<&str>) -> Member {
     let dir = root.join(name);
-    std::fs::create_dir_all(dir.join("models")).unwrap();
-    d::hot_model().save(&dir.join("models/hot.json")).unwrap();
-    let mut cfg = forewarn::config::Config::default();
-    cfg.broker.url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
-    cfg.broker.client_id = format!("{name}-mqtt");
-    cfg.api.tokens = vec![forewarn::api::TokenConfig::Bare(TOKEN.into())];
-    cfg.store.data_dir = dir.join("data");
-    cfg.store.cache_bytes = 8 << 20;
-    cfg.scoring.models_dir = dir.join("models");
-    cfg.ingest.reorder_idle = Some("100ms".parse().unwrap());
+    let mut cfg = member_config(nats, &dir, name);
     cfg.fleet.file = fleet.map(|toml| {
         let p = dir.join("fleet.toml");
         std::fs::write(&p, toml).unwrap();

@@ -13,7 +13,8 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::cluster::{
-    publish_history, readyz, spawn_member, wait_drained, wait_ready, Member, PARTITIONS, PREFIX,
+    member_config, publish_history, readyz, spawn_member, wait_drained, wait_ready, Member,
+    PARTITIONS, PREFIX,
 };
 use support::daemon::{self as d, TOKEN};
 use support::nats::NatsServer;
@@ -22,16 +23,7 @@ use support::nats::NatsServer;
 /// example model (which scores devices of model P200) and `fleet` as its fleet file.
 fn start(nats: &NatsServer, root: &std::path::Path, name: &str, fleet: &str) -> Member {
     let dir = root.join(name);
-    std::fs::create_dir_all(dir.join("models")).unwrap();
-    d::hot_model().save(&dir.join("models/hot.json")).unwrap();
-    let mut cfg = forewarn::config::Config::default();
-    cfg.broker.url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
-    cfg.broker.client_id = format!("{name}-mqtt");
-    cfg.api.tokens = vec![forewarn::api::TokenConfig::Bare(TOKEN.into())];
-    cfg.store.data_dir = dir.join("data");
-    cfg.store.cache_bytes = 8 << 20;
-    cfg.scoring.models_dir = dir.join("models");
-    cfg.ingest.reorder_idle = Some("100ms".parse().unwrap());
+    let mut cfg = member_config(nats, &dir, name);
     let file = dir.join("fleet.toml");
     std::fs::write(&file, fleet).unwrap();
     cfg.fleet.file = Some(file);

@@ -142,6 +142,28 @@ impl Drop for Starved {
 /// across restarts: the same member started again): a free API port, the cluster's URL, the
 /// member's name, [`PARTITIONS`] under [`PREFIX`], lease and acknowledgement wait 3 s (what
 /// `cfg` says of the rest of `[cluster]` stands).
+/// The configuration of cluster member `name` whose files live under `dir`: NATS's MQTT
+/// listener as its broker, the example model (which scores devices of model P200) saved into
+/// `dir/models`, the test token, its store in `dir/data` with a small cache, and a 100 ms idle
+/// release of the reorder buffer.
+pub fn member_config(nats: &NatsServer, dir: &Path, name: &str) -> forewarn::config::Config {
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    super::daemon::hot_model()
+        .save(&dir.join("models/hot.json"))
+        .unwrap();
+    let mut cfg = forewarn::config::Config::default();
+    cfg.broker.url = format!("mqtt://127.0.0.1:{}", nats.mqtt_port);
+    cfg.broker.client_id = format!("{name}-mqtt");
+    cfg.api.tokens = vec![forewarn::api::TokenConfig::Bare(
+        super::daemon::TOKEN.into(),
+    )];
+    cfg.store.data_dir = dir.join("data");
+    cfg.store.cache_bytes = 8 << 20;
+    cfg.scoring.models_dir = dir.join("models");
+    cfg.ingest.reorder_idle = Some("100ms".parse().unwrap());
+    cfg
+}
+
 pub fn spawn_member(
     nats: &NatsServer,
     dir: &Path,
