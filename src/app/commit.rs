@@ -15,7 +15,7 @@ use crate::ingest::decode::{self, Reject};
 use crate::ingest::mqtt::{topic_matches, Inbound};
 use crate::ingest::reorder::{Item, Offer, Pending};
 use crate::store::Tx;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// Result of processing one group.
@@ -157,6 +157,9 @@ impl App {
         let mut queued: Vec<(String, Vec<Queued>)> = Vec::with_capacity(msgs.len());
         let mut by_device: HashMap<String, usize> = HashMap::with_capacity(msgs.len());
         let mut order = 0usize;
+        // Cluster mode: the devices with an item from a message read live (not replayed), whose
+        // ticket changes are claimed and sent even if their partition is being set up again.
+        let mut live: HashSet<String> = HashSet::new();
         self.metrics.messages.inc_by(msgs.len() as u64);
         for m in msgs {
             let topic = m.publish.topic.as_str();
@@ -258,6 +261,9 @@ impl App {
                 .count();
             for item in items {
                 let device = item.device_id().to_string();
+                if self.fleetwide.is_some() && !m.publish.is_replayed() && !live.contains(&device) {
+                    live.insert(device.clone());
+                }
                 core.slot(&self.store, &device, item.ts(), &mut dirty)?;
                 let idx = order;
                 order += 1;
@@ -322,7 +328,7 @@ impl App {
         self.metrics.readings.inc_by(stats.readings as u64);
         stats.changes = changes.len();
         tally.sparkplug = self.formats.take_changed();
-        self.commit_group(core, &dirty, &changes, tally, durable)?;
+        self.commit_group(core, &dirty, &changes, &live, tally, durable)?;
         Ok(stats)
     }
 
@@ -600,6 +606,7 @@ impl App {
         core: &mut Core,
         dirty: &[String],
         changes: &[(Change, i64)],
+        live: &HashSet<String>,
         tally: Tally,
         durable: bool,
     ) -> Result<(), CoreError> {
@@ -631,11 +638,15 @@ impl App {
             .inc_by(tally.late);
         // Cluster mode: which ticket changes are stored without sending anything (replayed, or
         // made first by another instance), decided before anything is written, so that a
-        // claim that cannot be made leaves the group uncommitted.
+        // claim that cannot be made leaves the group uncommitted. A device's change is taken
+        // as replayed only when none of its items in this group was read live: a group read
+        // live before its partition's connection was lost, processed while the partition is
+        // set up again (and so marked replaying), still claims and sends what it changed.
         let mut quiet = vec![false; changes.len()];
         if let Some(f) = &self.fleetwide {
             for ((c, _), q) in changes.iter().zip(quiet.iter_mut()) {
-                if f.replaying(&c.ticket.device_id) {
+                let device = c.ticket.device_id.as_str();
+                if !live.contains(device) && f.replaying(device) {
                     *q = true;
                 } else {
                     match f.claim(c) {

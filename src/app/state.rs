@@ -10,7 +10,7 @@ use crate::fleet::Device;
 use crate::ingest::reorder::{self, Item, Offer, Pending};
 use crate::store::{Store, Tx};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -466,7 +466,7 @@ impl App {
                 }
             }
         }
-        self.commit_group(core, &dirty, &changes, tally, true)?;
+        self.commit_group(core, &dirty, &changes, &HashSet::new(), tally, true)?;
         Ok(n)
     }
 }

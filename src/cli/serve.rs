@@ -23,9 +23,10 @@ pub struct Args {
     /// Model artifacts directory (overrides scoring.models_dir).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Cluster mode: read the fleet from NATS JetStream at this URL, e.g. nats://127.0.0.1:4222
-    /// (overrides cluster.url; see README, "Cluster mode").
-    #[arg(long, value_name = "URL")]
+    /// Cluster mode: read the fleet from NATS JetStream at this URL, e.g. nats://127.0.0.1:4222,
+    /// or the servers of a NATS cluster separated by commas (overrides cluster.url; see README,
+    /// "Cluster mode").
+    #[arg(long, value_name = "URL[,URL…]")]
     pub cluster: Option<String>,
     /// Validate configuration, fleet file and models, then exit (0 valid, 2 invalid).
     #[arg(long)]

@@ -8,9 +8,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The NATS server, `nats://HOST:PORT`. Unset: cluster mode is off and readings come from
-    /// the MQTT broker of `[broker]` as usual.
+    /// The NATS server, `nats://HOST:PORT`, or several servers of one NATS cluster separated by
+    /// commas (`nats://a:4222,nats://b:4222,nats://c:4222`): the instance connects to one of
+    /// them and moves to another when it loses it. Unset: cluster mode is off and readings come
+    /// from the MQTT broker of `[broker]` as usual.
     pub url: Option<String>,
+    /// How many servers of the NATS cluster keep a copy of the stream and of every bucket
+    /// (1 to 5; 3 survives the loss of any one server). More than the cluster has servers is
+    /// refused by the server at start. Used when forewarn makes the stream and buckets, and
+    /// applied to existing ones at start.
+    pub replicas: usize,
     /// This instance's name in the leases; unset: `fw-` and random hex chosen at each start
     /// (a restarted instance is then a new member, which is what a lease expiry assumes).
     pub instance: Option<String>,
@@ -70,6 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             url: None,
+            replicas: 1,
             instance: None,
             partitions: 16,
             stream: "FOREWARN".into(),
@@ -99,9 +107,20 @@ impl Config {
     /// Checks without I/O; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Some(u) = &self.url {
-            if !u.starts_with("nats://") {
-                return Err(("cluster.url", "must start with nats://".into()));
+            for server in u.split(',').map(str::trim) {
+                if !server.starts_with("nats://") || server.len() == "nats://".len() {
+                    return Err((
+                        "cluster.url",
+                        format!(
+                            "each server must be a nats://HOST:PORT URL (several separated by \
+                             commas); found {server:?}"
+                        ),
+                    ));
+                }
             }
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(("cluster.replicas", "must be between 1 and 5".into()));
         }
         if let Some(i) = &self.instance {
             if !is_name(i) {
@@ -170,5 +189,59 @@ impl Config {
 
     pub fn enabled(&self) -> bool {
         self.url.is_some()
+    }
+
+    /// The servers `url` names, in its order (empty when cluster mode is off).
+    pub fn servers(&self) -> Vec<String> {
+        self.url
+            .iter()
+            .flat_map(|u| u.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_url(url: &str) -> Config {
+        Config {
+            url: Some(url.into()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn several_servers_are_a_comma_separated_list() {
+        let c = with_url("nats://a:4222, nats://b:4222,nats://c:4222");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.servers(),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(with_url("nats://a:4222").servers(), ["nats://a:4222"]);
+        assert!(Config::default().servers().is_empty());
+    }
+
+    #[test]
+    fn a_server_that_is_not_a_nats_url_is_named() {
+        let (key, why) = with_url("nats://a:4222,b:4222").validate().unwrap_err();
+        assert_eq!(key, "cluster.url");
+        assert!(why.contains("\"b:4222\""), "{why}");
+        assert!(with_url("nats://a:4222,").validate().is_err());
+        assert!(with_url("nats://").validate().is_err());
+    }
+
+    #[test]
+    fn replicas_are_one_to_five() {
+        for (n, ok) in [(0, false), (1, true), (3, true), (5, true), (6, false)] {
+            let c = Config {
+                replicas: n,
+                ..Config::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "replicas {n}");
+        }
     }
 }

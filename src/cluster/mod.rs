@@ -515,6 +515,7 @@ impl Cluster {
     /// configuration's settings when absent; an existing one is used as it is).
     pub async fn connect(cfg: &Config, registry: &Registry) -> Result<Arc<Cluster>, ClusterError> {
         let url = cfg.url.clone().unwrap_or_default();
+        let servers = cfg.servers();
         let instance = cfg.instance.clone().unwrap_or_else(|| {
             let mut b = [0u8; 4];
             rand::Rng::fill(&mut rand::rng(), &mut b[..]);
@@ -532,7 +533,8 @@ impl Cluster {
                     }
                 }
             })
-            .connect(url.as_str())
+            // A list: the client reads one string as one address, commas and all.
+            .connect(servers.as_slice())
             .await
             .map_err(|e| ClusterError::Connect {
                 url: url.clone(),
@@ -540,19 +542,49 @@ impl Cluster {
             })?;
         let js = jetstream::new(client.clone());
         let stream = device_stream(&js, cfg).await?;
-        let leases = bucket(&js, &format!("{}-leases", cfg.buckets), cfg.lease.std()).await?;
+        let leases = bucket(
+            &js,
+            &format!("{}-leases", cfg.buckets),
+            cfg.lease.std(),
+            cfg.replicas,
+        )
+        .await?;
         // Holds the shared ticket-id secret, which never expires.
-        let tickets = bucket(&js, &format!("{}-tickets", cfg.buckets), Duration::ZERO).await?;
+        let tickets = bucket(
+            &js,
+            &format!("{}-tickets", cfg.buckets),
+            Duration::ZERO,
+            cfg.replicas,
+        )
+        .await?;
         let claims = bucket(
             &js,
             &format!("{}-claims", cfg.buckets),
             cfg.claims_max_age.std(),
+            cfg.replicas,
         )
         .await?;
-        let checkpoints = bucket(&js, &format!("{}-state", cfg.buckets), Duration::ZERO).await?;
-        let visits = bucket(&js, &format!("{}-visits", cfg.buckets), Duration::ZERO).await?;
-        let fleet_registry =
-            bucket(&js, &format!("{}-registry", cfg.buckets), Duration::ZERO).await?;
+        let checkpoints = bucket(
+            &js,
+            &format!("{}-state", cfg.buckets),
+            Duration::ZERO,
+            cfg.replicas,
+        )
+        .await?;
+        let visits = bucket(
+            &js,
+            &format!("{}-visits", cfg.buckets),
+            Duration::ZERO,
+            cfg.replicas,
+        )
+        .await?;
+        let fleet_registry = bucket(
+            &js,
+            &format!("{}-registry", cfg.buckets),
+            Duration::ZERO,
+            cfg.replicas,
+        )
+        .await?;
         let ticket_id_key = shared_ticket_key(&tickets).await?;
         let stream_created_ms =
             (stream.cached_info().created.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -1299,6 +1331,9 @@ impl Cluster {
                     start_time: created - before,
                 },
                 inactive_threshold: Duration::from_secs(60),
+                // As many copies as the stream: on a NATS cluster with a server down, a
+                // one-copy consumer may be placed on that server and never answer.
+                num_replicas: self.cfg.replicas,
                 ..Default::default()
             })
             .await
@@ -2137,6 +2172,8 @@ impl Cluster {
                     consumer::DeliverPolicy::All
                 },
                 inactive_threshold: Duration::from_secs(60),
+                // As many copies as the stream (see `find_transition`'s consumer).
+                num_replicas: self.cfg.replicas,
                 ..Default::default()
             })
             .await
@@ -2562,21 +2599,27 @@ async fn device_stream(
             storage: stream::StorageType::File,
             max_age,
             max_bytes,
+            num_replicas: cfg.replicas,
             ..Default::default()
         })
         .await
         .map_err(|e| fail(boxed(e)))?;
     let current = current_config(&mut stream).await.map_err(fail)?;
-    if current.max_age != max_age || current.max_bytes != max_bytes {
+    if current.max_age != max_age
+        || current.max_bytes != max_bytes
+        || current.num_replicas != cfg.replicas
+    {
         tracing::info!(
             stream = %cfg.stream,
             max_age = ?max_age,
             max_bytes,
-            "applying the configured retention to the existing stream"
+            replicas = cfg.replicas,
+            "applying the configured retention and replicas to the existing stream"
         );
         js.update_stream(stream::Config {
             max_age,
             max_bytes,
+            num_replicas: cfg.replicas,
             // JetStream wants the duplicate window within the age limit.
             duplicate_window: current.duplicate_window.min(max_age),
             ..current
@@ -2631,6 +2674,47 @@ async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    let fail = |e: BoxError| ClusterError::Bucket {
+        name: name.to_string(),
+        source: e,
+    };
+    let b = made_bucket(js, name, max_age, replicas).await?;
+    answering(&b).await.map_err(fail)?;
+    Ok(b)
+}
+
+/// How long a bucket just made or found may take to answer its first read at start (a NATS
+/// cluster's new bucket answers once its copies have a leader), and each try.
+const FIRST_READ_WITHIN: Duration = Duration::from_secs(60);
+const FIRST_READ_TRY: Duration = Duration::from_secs(3);
+
+/// Waits until `b` answers a read (of a key nobody writes), at most [`FIRST_READ_WITHIN`]: on a
+/// NATS cluster a bucket another instance has just made can time out reads for a few seconds
+/// while its copies elect a leader, and a start-up read that failed would stop the instance.
+async fn answering(b: &kv::Store) -> Result<(), BoxError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let why = match tokio::time::timeout(FIRST_READ_TRY, b.get("meta.first-read")).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {FIRST_READ_TRY:?}"),
+        };
+        if started.elapsed() >= FIRST_READ_WITHIN {
+            return Err(format!("not answering reads after {FIRST_READ_WITHIN:?}: {why}").into());
+        }
+        tracing::info!(bucket = %b.name, "the bucket does not answer reads yet ({why}); waiting");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// [`bucket`] without the first read.
+async fn made_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
     let fail = |e: BoxError| ClusterError::Bucket {
         name: name.to_string(),
@@ -2642,11 +2726,17 @@ async fn bucket(
             .await
             .map_err(|e| fail(boxed(e)))?;
         let current = current_config(&mut backing).await.map_err(fail)?;
-        if current.max_age != max_age {
-            tracing::info!(bucket = name, max_age = ?max_age, "applying the configured age limit");
+        if current.max_age != max_age || current.num_replicas != replicas {
+            tracing::info!(
+                bucket = name,
+                max_age = ?max_age,
+                replicas,
+                "applying the configured age limit and replicas"
+            );
             js.update_stream(stream::Config {
                 max_age,
                 duplicate_window: dedup_window(max_age),
+                num_replicas: replicas,
                 ..current
             })
             .await
@@ -2670,7 +2760,7 @@ async fn bucket(
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await;
@@ -2741,53 +2831,62 @@ async fn list_entries(
 }
 
 async fn list(
-    client: &async_nats::Client,
+    _client: &async_nats::Client,
     store: &kv::Store,
     filter: &str,
     headers_only: bool,
     within: Duration,
 ) -> Result<Vec<(String, bytes::Bytes, u64)>, BoxError> {
+    // The keys from the bucket's stream's subjects (answered by the stream's leader), then each
+    // key's last value read by key (direct gets, answered by any copy), a few at a time. Not a
+    // consumer: on a NATS cluster with a server down, nats-server 2.9 can place a listing's
+    // ephemeral consumer on that server, and every listing then times out.
     let call = async {
-        let consumer = store
+        let mut subjects = store
             .stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                description: Some("forewarn key listing".into()),
-                filter_subject: format!("{}{filter}", store.prefix),
-                headers_only,
-                replay_policy: consumer::ReplayPolicy::Instant,
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
+            .info_with_subjects(format!("{}{filter}", store.prefix))
             .await
             .map_err(boxed)?;
-        let mut entries = Vec::new();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(entries);
-        }
-        let mut messages = consumer.messages().await.map_err(boxed)?;
-        while let Some(m) = messages.next().await {
-            let m = m.map_err(boxed)?;
-            let info = m.info().map_err(|e| e.to_string())?;
-            let (pending, revision) = (info.pending, info.stream_sequence);
-            let removed = m.headers.as_ref().is_some_and(|h| {
-                h.get("KV-Operation")
-                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
-                    || h.get("Nats-Marker-Reason").is_some()
-            });
-            if !removed {
-                if let Some(k) = m.subject.as_str().strip_prefix(store.prefix.as_str()) {
-                    entries.push((k.to_string(), m.payload.clone(), revision));
-                }
+        let mut keys = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(boxed)?;
+            if let Some(k) = subject.strip_prefix(store.prefix.as_str()) {
+                keys.push(k.to_string());
             }
-            if pending == 0 {
-                break;
+        }
+        keys.sort();
+        let read: Vec<Result<Option<kv::Entry>, kv::EntryError>> =
+            futures_util::stream::iter(keys.clone())
+                .map(|k| {
+                    let store = store.clone();
+                    async move { store.entry(k).await }
+                })
+                .buffered(LIST_READS_AT_ONCE)
+                .collect()
+                .await;
+        let mut entries = Vec::new();
+        for (k, e) in keys.into_iter().zip(read) {
+            // Gone since the subjects were read (deleted, or expired and removed), or a
+            // delete marker: not a live key.
+            let Some(e) = e.map_err(boxed)? else {
+                continue;
+            };
+            if e.operation == kv::Operation::Put {
+                let value = if headers_only {
+                    bytes::Bytes::new()
+                } else {
+                    e.value
+                };
+                entries.push((k, value, e.revision));
             }
         }
         Ok(entries)
     };
     tokio::time::timeout(within, call).await.map_err(boxed)?
 }
+
+/// Keys a listing reads at once.
+const LIST_READS_AT_ONCE: usize = 16;
 
 impl Fleetwide for Cluster {
     fn replaying(&self, device: &str) -> bool {

@@ -147,6 +147,12 @@ impl Publish {
     pub fn stream_ack(&self) -> Option<&StreamAck> {
         self.stream.as_ref()
     }
+
+    /// Read from a stream only to rebuild state (cluster mode's replay): an earlier owner
+    /// committed it and sent what it changed.
+    pub fn is_replayed(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.reply.is_none())
+    }
 }
 
 fn qos_v5(q: QoS) -> v5::mqttbytes::QoS {

@@ -172,11 +172,18 @@ pub fn spawn_member(
 ) -> Member {
     let api = format!("127.0.0.1:{}", free_port());
     cfg.api.listen = api.clone();
-    cfg.cluster.url = Some(nats.url());
+    // `nats`, and the drills' short lease (3 s), unless the configuration names its own (a
+    // drill on a NATS cluster: every server, and a lease longer than a leader election).
+    let defaults = forewarn::cluster::Config::default();
+    if cfg.cluster.url.is_none() {
+        cfg.cluster.url = Some(nats.url());
+    }
+    if cfg.cluster.lease == defaults.lease {
+        cfg.cluster.lease = "3s".parse().unwrap();
+    }
     cfg.cluster.instance = Some(name.into());
     cfg.cluster.partitions = PARTITIONS;
     cfg.cluster.subject_prefix = PREFIX.into();
-    cfg.cluster.lease = "3s".parse().unwrap();
     cfg.cluster.ack_wait = "3s".parse().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let path = write_config(dir, &cfg);
@@ -316,15 +323,50 @@ pub async fn settled(http: &reqwest::Client, live: &[&Member], token: &str) -> b
         .is_some_and(|own| covers_all(&own))
 }
 
-/// The claims bucket's live keys.
+/// The claims bucket's live keys. A listing that fails or does not end within 10 s (a NATS
+/// cluster moving a leader) is made again, for at most 30 s.
 pub async fn claim_keys(js: &jetstream::Context) -> BTreeSet<String> {
-    let claims = js.get_key_value(CLAIMS).await.unwrap();
-    let mut keys = claims.keys().await.unwrap();
-    let mut all = BTreeSet::new();
-    while let Some(k) = keys.next().await {
-        all.insert(k.unwrap());
+    let started = Instant::now();
+    loop {
+        let listed = tokio::time::timeout(Duration::from_secs(10), try_claim_keys(js))
+            .await
+            .unwrap_or_else(|_| Err("no end of the listing within 10 s".into()));
+        match listed {
+            Ok(all) => return all,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the claims bucket could not be listed for 30 s: {e}"
+                );
+                eprintln!("listing the claims bucket failed ({e}); listing it again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
-    all
+}
+
+/// The keys from the bucket stream's subjects, each kept if its last value is not a delete
+/// (not the client's `keys()`: its listing consumer can be placed on a server that is down).
+async fn try_claim_keys(js: &jetstream::Context) -> Result<BTreeSet<String>, String> {
+    let claims = js.get_key_value(CLAIMS).await.map_err(|e| e.to_string())?;
+    let prefix = format!("$KV.{CLAIMS}.");
+    let mut subjects = claims
+        .stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut all = BTreeSet::new();
+    while let Some(s) = subjects.next().await {
+        let (subject, _) = s.map_err(|e| e.to_string())?;
+        let Some(key) = subject.strip_prefix(prefix.as_str()) else {
+            continue;
+        };
+        let entry = claims.entry(key).await.map_err(|e| e.to_string())?;
+        if entry.is_some_and(|e| e.operation == async_nats::jetstream::kv::Operation::Put) {
+            all.insert(key.to_string());
+        }
+    }
+    Ok(all)
 }
 
 /// The claimed ticket changes (`t.…`, `c.…`) without their sent mark.
@@ -352,6 +394,60 @@ pub async fn publish_history(js: &jetstream::Context, batch: &[forewarn::replay:
             a.await.expect("stored by the stream");
         }
     }
+}
+
+/// Publishes `batch` as [`publish_history`] does, through a NATS cluster that may be electing
+/// a new stream leader. Each message carries an id (`Nats-Msg-Id`: `first` plus its place in
+/// `batch`), so the stream stores a message published again only once. The first message is
+/// published alone until it is stored (the stream has a leader again); then a chunk not
+/// wholly stored is published again in full, in order. Fails after 60 s.
+pub async fn publish_history_retrying(
+    js: &jetstream::Context,
+    batch: &[forewarn::replay::Message],
+    first: usize,
+) {
+    let started = Instant::now();
+    let mut from = 0;
+    while from < batch.len() {
+        let size = if from == 0 { 1 } else { 500 };
+        let chunk = &batch[from..(from + size).min(batch.len())];
+        match publish_with_ids(js, chunk, first + from).await {
+            Ok(()) => from += chunk.len(),
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the stream stored nothing new for 60 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Publishes `chunk` with ids `m<first>`, `m<first + 1>`, …; whether JetStream stored all.
+async fn publish_with_ids(
+    js: &jetstream::Context,
+    chunk: &[forewarn::replay::Message],
+    first: usize,
+) -> Result<(), String> {
+    let mut acks = Vec::new();
+    for (i, m) in chunk.iter().enumerate() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("m{}", first + i).as_str(),
+        );
+        let subject = m.topic.replace('/', ".");
+        let ack = js
+            .publish_with_headers(subject, headers, m.payload.clone().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        acks.push(ack);
+    }
+    for a in acks {
+        a.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Publishes the history's readings only, as devices send them (no failure or maintenance

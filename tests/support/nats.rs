@@ -64,6 +64,59 @@ impl NatsServer {
         })
     }
 
+    /// Starts `n` servers routed into one NATS cluster with JetStream (each with the same
+    /// mapping, its own store, client and MQTT port) and waits until JetStream answers with a
+    /// stream of `n` replicas (the cluster has elected its leaders); `None` as [`NatsServer::start`].
+    pub async fn start_cluster(
+        test: &str,
+        n: usize,
+        partitions: u32,
+        prefix: &str,
+    ) -> Option<Vec<NatsServer>> {
+        let Some(bin) = binary() else {
+            super::ci::cannot_run(
+                test,
+                "nats-server not found (install Debian's nats-server, or set FOREWARN_NATS_SERVER)",
+            );
+            return None;
+        };
+        assert!((1..=3).contains(&n), "{test}: one to three servers");
+        let ports = free_ports::<9>();
+        let (clients, mqtts, routes) = (&ports[..n], &ports[3..3 + n], &ports[6..6 + n]);
+        let route_list = routes
+            .iter()
+            .map(|r| format!("\"nats-route://127.0.0.1:{r}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let (port, mqtt_port) = (clients[i], mqtts[i]);
+            let conf = format!(
+                "listen: \"127.0.0.1:{port}\"\nserver_name: \"fw-test-{port}\"\n\
+                 mqtt {{ listen: \"127.0.0.1:{mqtt_port}\" }}\n\
+                 jetstream {{ store_dir: \"{store}\" }}\n\
+                 cluster {{ name: \"fw-test-{first}\", listen: \"127.0.0.1:{route}\", routes: [{route_list}] }}\n\
+                 mappings = {{\n  \"devices.*.*\": \"{prefix}.{{{{partition({partitions},1)}}}}.devices.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\"\n}}\n",
+                store = dir.path().join("js").display(),
+                first = clients[0],
+                route = routes[i],
+            );
+            std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+            let child = spawn(test, &bin, dir.path(), port);
+            servers.push(NatsServer {
+                child,
+                port,
+                mqtt_port,
+                dir,
+                bin: bin.clone(),
+                test: test.to_string(),
+            });
+        }
+        wait_jetstream(test, &cluster_urls(&servers), n).await;
+        Some(servers)
+    }
+
     /// Starts the server again after [`NatsServer::stop`]: the same port, configuration and
     /// JetStream store, as a restarted machine would.
     pub fn restart(&mut self) {
@@ -85,6 +138,48 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+}
+
+/// The servers' client URLs, as `cluster.url` takes several: separated by commas.
+pub fn cluster_urls(servers: &[NatsServer]) -> String {
+    servers
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Waits (at most 60 s) until a stream of `replicas` copies can be made and removed through
+/// `urls`: a new cluster elects its JetStream leaders a few seconds after its servers listen.
+async fn wait_jetstream(test: &str, urls: &str, replicas: usize) {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        let list: Vec<&str> = urls.split(',').collect();
+        match async_nats::connect(list.as_slice()).await {
+            Ok(client) => {
+                let js = async_nats::jetstream::new(client);
+                let made = js
+                    .create_stream(async_nats::jetstream::stream::Config {
+                        name: "READY-PROBE".into(),
+                        subjects: vec!["ready-probe".into()],
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await;
+                match made {
+                    Ok(_) => {
+                        let _ = js.delete_stream("READY-PROBE").await;
+                        return;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{test}: the NATS cluster's JetStream did not answer within 60 s: {last}");
 }
 
 impl Drop for NatsServer {
