@@ -347,12 +347,14 @@ fn page_url(cfg: &Config, public: &str, ticket: &str, customer: &str, now_ms: i6
     format!("{public}/notify/v1/s/{token}")
 }
 
+/// The address to listen on: `wanted` as it binds (port 0 becomes the port it got, so the
+/// links and the replies the demo posts reach the API), or a free loopback port when taken.
 fn pick_listen(wanted: &str) -> String {
     match std::net::TcpListener::bind(wanted) {
-        Ok(l) => {
-            drop(l);
-            wanted.to_string()
-        }
+        Ok(l) => l
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| wanted.to_string()),
         Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.to_string())
