@@ -1743,13 +1743,7 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
     // Each recovers by itself: ready again, with every partition owned and replayed.
     let mut ready_after = BTreeMap::new();
     loop {
-        for i in &live {
-            if !ready_after.contains_key(&i.name) {
-                if let Some((200, _)) = readyz(&http, &i.api).await {
-                    ready_after.insert(i.name.clone(), restarted_at.elapsed());
-                }
-            }
-        }
+        note_ready(&http, &live, restarted_at, &mut ready_after).await;
         if ready_after.len() == live.len() {
             if let Some(own) = ownership(&http, &live, TOKEN, true).await {
                 if covers_all(&own) {
@@ -1804,6 +1798,23 @@ async fn the_nats_server_killed_mid_stream_and_restarted_loses_nothing_and_dupli
         messages.len(),
         backtest.len()
     );
+}
+
+/// Notes, for each of `live` not yet in `ready` that answers `/readyz` with 200 now, how long
+/// after `since` it was seen ready.
+async fn note_ready(
+    http: &reqwest::Client,
+    live: &[&Member],
+    since: Instant,
+    ready: &mut BTreeMap<String, Duration>,
+) {
+    for i in live {
+        if !ready.contains_key(&i.name) {
+            if let Some((200, _)) = readyz(http, &i.api).await {
+                ready.insert(i.name.clone(), since.elapsed());
+            }
+        }
+    }
 }
 
 /// The stream's leader: the index in `servers` of the server its leader is (by name,
@@ -1920,13 +1931,7 @@ async fn the_stream_leader_of_a_three_server_nats_cluster_killed_mid_stream_lose
     assert_fleet_is_the_backtests(&http, &js, &live, &backtest).await;
     let mut ready_within = BTreeMap::new();
     loop {
-        for i in &live {
-            if !ready_within.contains_key(&i.name) {
-                if let Some((200, _)) = readyz(&http, &i.api).await {
-                    ready_within.insert(i.name.clone(), killed_at.elapsed());
-                }
-            }
-        }
+        note_ready(&http, &live, killed_at, &mut ready_within).await;
         if ready_within.len() == live.len() {
             break;
         }
