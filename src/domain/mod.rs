@@ -15,7 +15,7 @@ mod visit;
 
 pub use device::{validate_device_id, DeviceId, DeviceIdError, MAX_DEVICE_ID_LEN};
 pub use duration::{Dur, DurError};
-pub use order::{apply_order, rank as order_rank};
+pub use order::{apply_order, event_applies_before, rank as order_rank};
 pub use reading::{DeviceEvent, EventKind, Reading, RejectReason};
 pub use ticket::{Evidence, HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket};
 pub use time::{Timestamp, TimestampError};

@@ -27,9 +27,30 @@ pub fn apply_order(
         .then_with(|| a.2.cmp(b.2))
 }
 
+/// Whether an event stamped `event` has been applied when a reading stamped `reading` is scored:
+/// every event up to and including the reading's own time (events first at equal timestamps).
+/// Training's labels, its replay of the ticket policy and the matching of tickets to failures ask
+/// this, so they see a scoring exactly as the engine makes it.
+pub fn event_applies_before(event: Timestamp, reading: Timestamp) -> bool {
+    event <= reading
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_applies_before_a_reading_exactly_when_the_apply_order_sorts_it_first() {
+        let kinds = [EventKind::Failure, EventKind::Maintenance, EventKind::Error];
+        for e in 3..=7 {
+            for kind in kinds {
+                let (et, rt) = (Timestamp::from_millis(e), Timestamp::from_millis(5));
+                let sorted_first =
+                    apply_order((et, Some(kind), "zz"), (rt, None, "")) == Ordering::Less;
+                assert_eq!(event_applies_before(et, rt), sorted_first, "event at {e}");
+            }
+        }
+    }
 
     #[test]
     fn equal_timestamps_put_events_first_failure_maintenance_error_then_code() {

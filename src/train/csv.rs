@@ -111,7 +111,7 @@ impl DeviceHistory {
             let r = self.ts.get(i);
             let e = self.events.get(j);
             match (r, e) {
-                (Some(&rt), Some(ev)) if rt < ev.ts => {
+                (Some(&rt), Some(ev)) if !crate::domain::event_applies_before(ev.ts, rt) => {
                     i += 1;
                     Some(Step::Reading(i - 1))
                 }

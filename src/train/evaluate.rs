@@ -1,6 +1,6 @@
 //! `forewarn evaluate`: history replayed through the daemon's [`Engine`], unchanged, in event time
-//! (per device, readings and events merged by timestamp, a reading before an event stamped at the
-//! same time), then scored at ticket level and reading level.
+//! (per device, readings and events merged in the apply order: an event stamped at a reading's
+//! own time before the reading), then scored at ticket level and reading level.
 
 use super::csv::{History, Step};
 use super::labels::label;
@@ -328,7 +328,7 @@ pub fn evaluate(
             h.devices[di].events.iter().any(|e| {
                 e.kind == EventKind::Failure
                     && e.code == t.failure_mode
-                    && e.ts >= at
+                    && !crate::domain::event_applies_before(e.ts, at)
                     && e.ts <= at.saturating_add(w)
             })
         });
@@ -379,18 +379,19 @@ pub fn evaluate(
                 .collect();
             let mut prev = Timestamp::MIN;
             for &f in &fails {
-                let lo = f.saturating_sub(w_ms).max(prev.saturating_add(1));
+                // A scoring at a failure's own time comes after it (events first).
+                let lo = f.saturating_sub(w_ms).max(prev);
                 let first_watch = rows
                     .iter()
-                    .find(|&&(ts, w)| w && ts >= lo && ts <= f)
+                    .find(|&&(ts, w)| w && ts >= lo && ts < f)
                     .map(|r| r.0);
                 let first_ticket = ticket_opened
                     .iter()
                     .copied()
-                    .filter(|&o| o >= lo && o <= f)
+                    .filter(|&o| o >= lo && o < f)
                     .min();
                 let hz = f.saturating_sub((horizon * HOUR_MS) as i64);
-                let due = rows.iter().any(|&(ts, _)| ts >= hz && ts <= f);
+                let due = rows.iter().any(|&(ts, _)| ts >= hz && ts < f);
                 if let (true, Some(fw)) = (due, first_watch) {
                     failures_watched += 1;
                     if first_ticket.is_none_or(|ft| fw < ft) {

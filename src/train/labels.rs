@@ -9,7 +9,7 @@
 //!   is censored (unknown) and is not used by the classifier. The regressor gets the cap when that
 //!   span covers the cap, else the row is censored for it too.
 
-use crate::domain::{DeviceEvent, EventKind, Timestamp};
+use crate::domain::{event_applies_before, DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,8 +32,12 @@ pub fn label(
     horizon_h: f64,
     cap_h: f64,
 ) -> Label {
+    // An event stamped at the row's own time has been applied before the row is scored (the
+    // windows cleared, the mode's clock restarted): the row is the new part's, not the old one's.
     let next = events.iter().find(|e| {
-        e.ts >= t && e.code == mode && matches!(e.kind, EventKind::Failure | EventKind::Maintenance)
+        !event_applies_before(e.ts, t)
+            && e.code == mode
+            && matches!(e.kind, EventKind::Failure | EventKind::Maintenance)
     });
     match next {
         Some(e) if e.kind == EventKind::Failure => {
@@ -91,6 +95,23 @@ mod tests {
             label(&evs, "fan", h(0), h(30), 24.0, 10.0).target,
             Some(10.0)
         );
+    }
+
+    #[test]
+    fn an_event_stamped_at_the_rows_own_time_applies_before_it_and_is_not_its_next_event() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        let evs = vec![ev(10, EventKind::Failure), ev(40, EventKind::Failure)];
+        // The row at the failure's own hour is scored after the failure (events first): it is
+        // the new part's, 30 h before the next failure, not the old part's with 0 h left.
+        let l = label(&evs, "pump", h(10), h(50), 24.0, 100.0);
+        assert_eq!(l.ttf_hours, Some(30.0));
+        assert_eq!(l.positive, Some(false));
+        // An hour earlier it is the old part's.
+        let l = label(&evs, "pump", h(9), h(50), 24.0, 100.0);
+        assert_eq!((l.ttf_hours, l.positive), (Some(1.0), Some(true)));
+        // After the last failure, at its own time: nothing follows within the observed end.
+        let l = label(&evs, "pump", h(40), h(40), 24.0, 100.0);
+        assert_eq!((l.ttf_hours, l.positive), (None, None));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Honest model selection: validation devices, ranking metrics, the ticket-level match rule and
 //! the choice of threshold and consecutive scorings on validation.
 
-use crate::domain::{DeviceEvent, EventKind, Timestamp};
+use crate::domain::{event_applies_before, DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
 use crate::predict::{within_hold_back, OpenRule};
 
@@ -206,9 +206,10 @@ impl TicketTally {
 
 /// Matches one device's tickets for one mode against its failures of that mode.
 ///
-/// A ticket opened at `o` is correct when a failure follows in `[o, o + window]`. A failure at `f`
-/// is due when the device was scored in `[f − horizon, f]`, and detected when a ticket opened in
-/// `[f − window, f]` after the previous failure. All slices sorted.
+/// A ticket opened at `o` is correct when a failure follows in `(o, o + window]`. A failure at `f`
+/// is due when the device was scored in `[f − horizon, f)`, and detected when a ticket opened in
+/// `[f − window, f)` after the previous failure. The open ends are the apply order's: a failure
+/// stamped at a scoring's time is applied before it. All slices sorted.
 pub fn match_tickets(
     opened: &[Timestamp],
     failures: &[Timestamp],
@@ -222,8 +223,14 @@ pub fn match_tickets(
         tickets: opened.len(),
         ..Default::default()
     };
+    // A failure stamped at a scoring's own time was applied before that scoring (events first):
+    // the scoring, and a ticket it opens, belong to the part after the failure.
+    let before = |o: Timestamp, f: Timestamp| !event_applies_before(f, o);
     for &o in opened {
-        if failures.iter().any(|&f| f >= o && f <= o.saturating_add(w)) {
+        if failures
+            .iter()
+            .any(|&f| before(o, f) && f <= o.saturating_add(w))
+        {
             t.correct += 1;
         }
     }
@@ -233,13 +240,17 @@ pub fn match_tickets(
         // `scored` is sorted: the first scoring at or after `lo` decides (this runs for every
         // candidate policy, so a scan of the device's scorings per failure would dominate).
         let first = scored.partition_point(|&s| s < lo);
-        let due = scored.get(first).is_some_and(|&s| s <= f);
+        let due = scored.get(first).is_some_and(|&s| before(s, f));
         if due {
             t.due += 1;
             let first = opened
                 .iter()
                 .copied()
-                .filter(|&o| o > prev && o <= f && o >= f.saturating_sub(w))
+                .filter(|&o| {
+                    (prev == Timestamp::MIN || !before(o, prev))
+                        && before(o, f)
+                        && o >= f.saturating_sub(w)
+                })
                 .min();
             if let Some(o) = first {
                 t.detected += 1;
@@ -273,7 +284,7 @@ pub fn simulate_openings(
         .peekable();
     let (mut recent, mut live) = (0u16, false);
     for (i, &(ts, p)) in rows.iter().enumerate() {
-        while evs.peek().is_some_and(|e| e.ts < ts) {
+        while evs.peek().is_some_and(|e| event_applies_before(e.ts, ts)) {
             evs.next();
             recent = 0;
             live = false;
@@ -648,7 +659,7 @@ impl Replay {
             .rows
             .iter()
             .map(|&(ts, _)| {
-                while evs.peek().is_some_and(|e| e.ts < ts) {
+                while evs.peek().is_some_and(|e| event_applies_before(e.ts, ts)) {
                     evs.next();
                     seg += 1;
                 }
@@ -746,14 +757,27 @@ fn choose_for_hold_back(
         }
     }
     let top = scored.iter().map(|s| s.0).max_by(f64::total_cmp)?;
-    // Several policies often tie on a small validation set. Take the rule with the most tied
-    // thresholds (the simplest on equal counts), and the median of those: the middle of the good
-    // range is the choice least sensitive to the shift from validation devices to unseen ones.
-    let tied: Vec<&Choice> = scored
+    // Several policies often tie on a small validation set (or on an easy one, where nearly every
+    // policy is perfect). Of those, keep the earliest warners (next), then take the rule with the
+    // most of them (the simplest on equal counts), and the median of its thresholds: the middle of
+    // the good range is the choice least sensitive to the shift from validation devices to unseen
+    // ones.
+    let mut tied: Vec<&Choice> = scored
         .iter()
         .filter(|s| s.0 >= top - 1e-9)
         .map(|s| &s.1)
         .collect();
+    // Where every tied policy's warnings leave the lead the score asks for (half the horizon),
+    // the score cannot tell them apart, though some warn hours earlier than others. Keep those
+    // that would still have warned if each device's history had stopped at a random point within
+    // the horizon before its failure (a device that goes quiet, a series cut short): the
+    // detections counted in proportion to their lead up to the whole horizon.
+    let earliest = |c: &Choice| c.tally.lead_weighted_recall(horizon_h).unwrap_or(0.0);
+    let best = tied
+        .iter()
+        .map(|c| earliest(c))
+        .fold(f64::NEG_INFINITY, f64::max);
+    tied.retain(|c| earliest(c) >= best - 1e-9);
     let rule = rules
         .iter()
         .enumerate()
@@ -843,6 +867,50 @@ mod tests {
         assert_eq!((t.tickets, t.correct), (2, 1));
         assert_eq!((t.due, t.detected), (2, 1));
         assert_eq!(t.lead_hours, vec![30.0]);
+    }
+
+    #[test]
+    fn a_failure_at_a_scorings_own_time_is_applied_before_that_scoring() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        // A ticket opened at the failure's own time was opened after it (events first): not a
+        // detection of it, not correct for it; a scoring at that time alone does not make the
+        // failure due.
+        let t = match_tickets(&[h(40)], &[h(40)], &[h(40)], 24.0, 48.0);
+        assert_eq!((t.tickets, t.correct, t.due, t.detected), (1, 0, 0, 0));
+        // An hour earlier it is.
+        let t = match_tickets(&[h(39)], &[h(40)], &[h(39), h(40)], 24.0, 48.0);
+        assert_eq!((t.tickets, t.correct, t.due, t.detected), (1, 1, 1, 1));
+        // A ticket opened at the previous failure's time warns of the next one.
+        let t = match_tickets(&[h(10)], &[h(10), h(40)], &[h(10), h(39)], 24.0, 48.0);
+        assert_eq!((t.correct, t.due, t.detected), (1, 1, 1));
+        assert_eq!(t.lead_hours, vec![30.0]);
+    }
+
+    #[test]
+    fn an_event_at_a_scorings_own_time_settles_the_ticket_and_clears_the_memory_before_it() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        let id = crate::domain::DeviceId::parse("d").expect("valid id");
+        let fail = |t: i64| DeviceEvent {
+            device_id: id.clone(),
+            ts: h(t),
+            kind: EventKind::Failure,
+            code: "m".into(),
+        };
+        let rows: Vec<(Timestamp, f64)> = (0..20).map(|t| (h(t), 0.9)).collect();
+        let ttf = vec![10.0; rows.len()];
+        let events = vec![fail(5)];
+        let two = OpenRule::in_a_row(2);
+        // Hours 0 and 1 open; the failure at hour 5 settles it before hour 5's scoring, which
+        // starts the memory again: hours 5 and 6 open the next ticket.
+        let opened = simulate_openings(&rows, &ttf, &events, "m", 0.5, two, None);
+        assert_eq!(opened, vec![h(1), h(6)]);
+        let d = ValidDevice {
+            rows: rows.clone(),
+            ttf: ttf.clone(),
+            events: &events,
+        };
+        let all: Vec<u32> = (0..rows.len() as u32).collect();
+        assert_eq!(Replay::new(&d, "m").openings(&all, two), opened);
     }
 
     #[test]
@@ -989,6 +1057,48 @@ mod tests {
         let opened = simulate_openings(&failing, &[], &fail, "m", c.threshold, c.rule, None);
         assert!(h(200) - opened[0] >= 12 * 3_600_000, "{c:?}");
         assert_eq!(c.tally.precision(), Some(1.0));
+    }
+
+    #[test]
+    fn of_policies_that_tie_the_one_that_warns_earliest_within_the_horizon_is_chosen() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        let fail = vec![DeviceEvent {
+            device_id: crate::domain::DeviceId::parse("a").expect("valid id"),
+            ts: h(200),
+            kind: EventKind::Failure,
+            code: "m".into(),
+        }];
+        // A faint sign 30 h ahead and a strong one 15 h ahead: both leave at least half the
+        // 24 h horizon, so every level from 0.3 to 0.9 scores a perfect ticket F1, and so does
+        // every rule. Only the faint sign's level still warns if the history stops 15–24 h
+        // before the failure.
+        let failing: Vec<(Timestamp, f64)> = (0..200)
+            .map(|t| {
+                let p = match 200 - t {
+                    d if d <= 15 => 0.9,
+                    d if d <= 30 => 0.3,
+                    _ => 0.05,
+                };
+                (h(t), p)
+            })
+            .collect();
+        let healthy: Vec<(Timestamp, f64)> = (0..200).map(|t| (h(t), 0.05)).collect();
+        let devices = [
+            ValidDevice {
+                rows: failing.clone(),
+                ttf: vec![],
+                events: &fail,
+            },
+            ValidDevice {
+                rows: healthy,
+                ttf: vec![],
+                events: &[],
+            },
+        ];
+        let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
+        assert_eq!(c.tally.precision(), Some(1.0), "{c:?}");
+        assert!(c.threshold <= 0.3, "{c:?}");
+        assert!(c.tally.lead_hours.iter().all(|&l| l >= 24.0), "{c:?}");
     }
 
     #[test]
