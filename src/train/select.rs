@@ -1017,25 +1017,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn policy_prefers_early_warnings_and_ignores_a_lone_spike() {
+    /// A device failing at hour 200, scored hourly from hour 0: `steps` (hours before the
+    /// failure, score) ascending by hours, `base` before the first sign.
+    fn failing_at_200(
+        steps: &[(i64, f64)],
+        base: f64,
+    ) -> (Vec<DeviceEvent>, Vec<(Timestamp, f64)>) {
         let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
         let fail = vec![DeviceEvent {
-            device_id: crate::domain::DeviceId::parse("a").unwrap(),
+            device_id: crate::domain::DeviceId::parse("a").expect("valid id"),
             ts: h(200),
             kind: EventKind::Failure,
             code: "m".into(),
         }];
-        let failing: Vec<(Timestamp, f64)> = (0..200)
+        let rows = (0..200)
             .map(|t| {
-                let p = match 200 - t {
-                    d if d <= 20 => 0.95,
-                    d if d <= 40 => 0.6,
-                    _ => 0.1,
-                };
+                let p = steps
+                    .iter()
+                    .find(|(d, _)| 200 - t <= *d)
+                    .map_or(base, |s| s.1);
                 (h(t), p)
             })
             .collect();
+        (fail, rows)
+    }
+
+    #[test]
+    fn policy_prefers_early_warnings_and_ignores_a_lone_spike() {
+        let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
+        let (fail, failing) = failing_at_200(&[(20, 0.95), (40, 0.6)], 0.1);
         let healthy: Vec<(Timestamp, f64)> = (0..200)
             .map(|t| (h(t), if t == 77 { 0.58 } else { 0.1 }))
             .collect();
@@ -1062,26 +1072,11 @@ mod tests {
     #[test]
     fn of_policies_that_tie_the_one_that_warns_earliest_within_the_horizon_is_chosen() {
         let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
-        let fail = vec![DeviceEvent {
-            device_id: crate::domain::DeviceId::parse("a").expect("valid id"),
-            ts: h(200),
-            kind: EventKind::Failure,
-            code: "m".into(),
-        }];
         // A faint sign 30 h ahead and a strong one 15 h ahead: both leave at least half the
         // 24 h horizon, so every level from 0.3 to 0.9 scores a perfect ticket F1, and so does
         // every rule. Only the faint sign's level still warns if the history stops 15–24 h
         // before the failure.
-        let failing: Vec<(Timestamp, f64)> = (0..200)
-            .map(|t| {
-                let p = match 200 - t {
-                    d if d <= 15 => 0.9,
-                    d if d <= 30 => 0.3,
-                    _ => 0.05,
-                };
-                (h(t), p)
-            })
-            .collect();
+        let (fail, failing) = failing_at_200(&[(15, 0.9), (30, 0.3)], 0.05);
         let healthy: Vec<(Timestamp, f64)> = (0..200).map(|t| (h(t), 0.05)).collect();
         let devices = [
             ValidDevice {
