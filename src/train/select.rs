@@ -1042,6 +1042,27 @@ mod tests {
         (fail, rows)
     }
 
+    /// The validation devices of a one-failure test: the failing device and a healthy one,
+    /// without predicted times.
+    fn failing_and_healthy<'a>(
+        failing: &[(Timestamp, f64)],
+        fail: &'a [DeviceEvent],
+        healthy: &[(Timestamp, f64)],
+    ) -> [ValidDevice<'a>; 2] {
+        [
+            ValidDevice {
+                rows: failing.to_vec(),
+                ttf: vec![],
+                events: fail,
+            },
+            ValidDevice {
+                rows: healthy.to_vec(),
+                ttf: vec![],
+                events: &[],
+            },
+        ]
+    }
+
     #[test]
     fn policy_prefers_early_warnings_and_ignores_a_lone_spike() {
         let h = |x: i64| Timestamp::from_millis(x * 3_600_000);
@@ -1049,18 +1070,7 @@ mod tests {
         let healthy: Vec<(Timestamp, f64)> = (0..200)
             .map(|t| (h(t), if t == 77 { 0.58 } else { 0.1 }))
             .collect();
-        let devices = [
-            ValidDevice {
-                rows: failing.clone(),
-                ttf: vec![],
-                events: &fail,
-            },
-            ValidDevice {
-                rows: healthy.clone(),
-                ttf: vec![],
-                events: &[],
-            },
-        ];
+        let devices = failing_and_healthy(&failing, &fail, &healthy);
         let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
         assert!(c.threshold <= 0.6, "{c:?}");
         assert!(simulate_openings(&healthy, &[], &[], "m", c.threshold, c.rule, None).is_empty());
@@ -1078,18 +1088,7 @@ mod tests {
         // before the failure.
         let (fail, failing) = failing_at_200(&[(15, 0.9), (30, 0.3)], 0.05);
         let healthy: Vec<(Timestamp, f64)> = (0..200).map(|t| (h(t), 0.05)).collect();
-        let devices = [
-            ValidDevice {
-                rows: failing.clone(),
-                ttf: vec![],
-                events: &fail,
-            },
-            ValidDevice {
-                rows: healthy,
-                ttf: vec![],
-                events: &[],
-            },
-        ];
+        let devices = failing_and_healthy(&failing, &fail, &healthy);
         let c = choose_policy(&devices, "m", 24.0, 48.0, Target::BestF1);
         assert_eq!(c.tally.precision(), Some(1.0), "{c:?}");
         assert!(c.threshold <= 0.3, "{c:?}");
