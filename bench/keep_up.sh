@@ -18,6 +18,8 @@
 # 0.1 s. Also: published vs processed, forewarn_readings_missing_total, tickets opened, daemon CPU
 # seconds (and those of its processing thread) and peak RSS (VmHWM). Needs
 # `cargo build --release`; builds bench/publisher when missing.
+# PERF_OUT=DIR also records a CPU profile of the daemon over each pass (`perf record --call-graph dwarf`) into
+# DIR/realistic.data and DIR/storm.data.
 # The work folder (a few hundred MB for 1M readings) is removed at the end unless KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,9 +137,15 @@ for run in realistic storm; do
     BROKER_CPU0=$(cpu_seconds "$BROKER_PID")
     CPU0=$(cpu_seconds "$DAEMON")
     PCPU0=$(processor_cpu_seconds "$DAEMON")
+    if [ -n "${PERF_OUT:-}" ]; then # a CPU profile of the daemon over the pass
+        mkdir -p "$PERF_OUT"
+        perf record -q --call-graph dwarf,32768 -F 199 -p "$DAEMON" -o "$PERF_OUT/$run.data" 2>/dev/null &
+        PERF_PID=$!
+    fi
     publish "$run"
     wait_processed
     T1=$(now)
+    [ -n "${PERF_OUT:-}" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; }
     PROCESSED=$(processed)
     CPU1=$(cpu_seconds "$DAEMON")
     PCPU1=$(processor_cpu_seconds "$DAEMON")

@@ -147,15 +147,35 @@ mod tests {
         let reg = prometheus::Registry::new();
         let d = Drift::build(&reg).unwrap();
         let same = (0..2 * DRIFT_REFERENCE).map(|i| (i % 100) as f64 / 100.0);
-        d.observe("m", "a", same);
+        d.observe("m", "a", None, same);
         let low = (0..DRIFT_REFERENCE).map(|i| (i % 100) as f64 / 100.0);
-        d.observe("m", "b", low);
-        d.observe("m", "b", (0..DRIFT_REFERENCE).map(|_| 0.95));
+        d.observe("m", "b", None, low);
+        d.observe("m", "b", None, (0..DRIFT_REFERENCE).map(|_| 0.95));
         let a = d.gauge.with_label_values(&["m", "a"]).get();
         let b = d.gauge.with_label_values(&["m", "b"]).get();
         assert!(a < 0.01, "same distribution: {a}");
         assert!(b > 1.0, "all scores moved to the top bin: {b}");
         assert_eq!(psi(&[0, 0], &[1, 1]), None);
+    }
+
+    #[test]
+    fn a_model_that_carries_its_training_scores_is_measured_against_them_from_the_first_score() {
+        let reg = prometheus::Registry::new();
+        let d = Drift::build(&reg).unwrap();
+        // Trained: nearly every row scored low.
+        let mut trained = vec![0u64; BINS];
+        trained[0] = 9_000;
+        trained[9] = 100;
+        // Live from the start: all high. Without the reference the first 500 would be taken as
+        // normal and nothing would show.
+        d.observe("m", "a", Some(&trained), (0..100).map(|_| 0.97));
+        let a = d.gauge.with_label_values(&["m", "a"]).get();
+        assert!(a > 1.0, "{a}");
+        // Live like training: small.
+        let like = (0..DRIFT_REFERENCE).map(|i| if i % 90 == 0 { 0.95 } else { 0.01 });
+        d.observe("m", "b", Some(&trained), like);
+        let b = d.gauge.with_label_values(&["m", "b"]).get();
+        assert!(b < 0.05, "{b}");
     }
 
     #[test]
@@ -173,11 +193,11 @@ mod tests {
     }
 }
 
-/// Scores per (model, mode) that make the reference distribution. The artifact carries no
-/// training score distribution, so the first scores the daemon computes after start are the
-/// reference, and the drift statistic compares the latest as many scores against them.
+/// Latest scores per (model, mode) the drift statistic compares with the reference: the training
+/// scores the artifact carries (`score_reference`, version 5), or for an older artifact the
+/// first as many scores the daemon computes after start.
 pub const DRIFT_REFERENCE: usize = 500;
-const BINS: usize = 10;
+const BINS: usize = crate::predict::SCORE_BINS;
 
 #[derive(Default)]
 struct ScoreHist {
@@ -221,7 +241,7 @@ impl Drift {
         let gauge = GaugeVec::new(
             Opts::new(
                 "forewarn_model_score_drift_psi",
-                "Population stability index of the latest live scores against the first scores after start (10 bins over 0..1), per model and mode",
+                "Population stability index of the latest 500 live scores against the training scores the model carries (10 bins over 0..1), or against the first 500 scores after start for a model without them, per model and mode",
             ),
             &["model", "mode"],
         )?;
@@ -240,26 +260,43 @@ impl Drift {
             by.entry(mode).or_default().push(p);
         }
         for (mode, ps) in by {
-            let model = models
-                .list
-                .iter()
-                .find(|m| m.artifact.modes.iter().any(|mm| mm.mode == mode))
-                .map_or("", |m| m.artifact.name.as_str());
-            self.observe(model, &mode, ps);
+            let found = models.list.iter().find_map(|m| {
+                m.artifact
+                    .modes
+                    .iter()
+                    .find(|mm| mm.mode == mode)
+                    .map(|mm| (m.artifact.name.as_str(), mm.score_reference.as_deref()))
+            });
+            let (model, reference) = found.unwrap_or(("", None));
+            self.observe(model, &mode, reference, ps);
         }
     }
 
     /// Adds scores (probabilities in 0..1) of one (model, mode) and updates its gauge.
-    pub fn observe(&self, model: &str, mode: &str, scores: impl IntoIterator<Item = f64>) {
+    /// `reference` is the training score distribution the model carries ([`BINS`] counts); without
+    /// it the first [`DRIFT_REFERENCE`] scores are the reference.
+    pub fn observe(
+        &self,
+        model: &str,
+        mode: &str,
+        reference: Option<&[u64]>,
+        scores: impl IntoIterator<Item = f64>,
+    ) {
         let mut hists = self.hists.lock();
         let key = (model.to_string(), mode.to_string());
         let h = hists.entry(key).or_default();
+        if h.reference_n == 0 {
+            if let Some(r) = reference.filter(|r| r.len() == BINS && r.iter().any(|&c| c > 0)) {
+                h.reference.copy_from_slice(r);
+                h.reference_n = DRIFT_REFERENCE;
+            }
+        }
         let mut recent = false;
         for p in scores {
             if !p.is_finite() {
                 continue;
             }
-            let b = ((p.clamp(0.0, 1.0) * BINS as f64) as usize).min(BINS - 1);
+            let b = crate::predict::score_bin(p);
             if h.reference_n < DRIFT_REFERENCE {
                 h.reference[b] += 1;
                 h.reference_n += 1;

@@ -605,6 +605,7 @@ pub fn synthetic_model(
             validation: ValidationMetrics::default(),
             calibration: None,
             levels: None,
+            score_reference: None,
         })
         .collect();
     Artifact {

@@ -177,6 +177,14 @@ async fn a_run_exports_history_with_outcomes_that_the_training_reader_takes() {
         ],
         "the dismissed ticket had no visit, so it adds no event; the visit that found nothing does"
     );
+    // The dismissal goes to dismissals.csv instead, for `train --dismissals`.
+    assert_eq!(sum.dismissals, 1);
+    let dis = forewarn::train::csv::read_dismissals(&out.join("dismissals.csv")).unwrap();
+    assert_eq!(dis.len(), 1);
+    assert_eq!(
+        (dis[0].0.as_str(), dis[0].1.mode.as_str()),
+        ("pump-c", "overheat")
+    );
     // The training loader takes the three files, the `outcome` column included.
     let with = forewarn::train::csv::read_events_with_outcomes(&ev).unwrap();
     let confirmed = with

@@ -10,7 +10,7 @@ use forewarn::domain::{
     DeviceEvent, EventKind, ModelRef, Outcome, Priority, Reading, Status, Ticket, Timestamp,
 };
 use forewarn::store::Store;
-use forewarn::train::csv::History;
+use forewarn::train::csv::{read_dismissals, History};
 use forewarn::train::fit::{train, EstimatorKind};
 use std::path::Path;
 use support::train::options;
@@ -140,4 +140,85 @@ fn confirmed_maintenance_in_an_export_trains_like_the_failure_it_prevented() {
         2 * without,
         "four prevented failures count like the four failures"
     );
+}
+
+/// A ninth device, sound all along, whose data ends 4 h after a belt ticket that a person
+/// dismissed through the API without a visit (no event carries that verdict).
+fn dismissed_without_a_visit(dir: &Path) {
+    let id = forewarn::domain::DeviceId::parse("d8").unwrap();
+    let mut files = Files::new(archive::dir(dir), &archive::Config::default()).unwrap();
+    let batch: Vec<Record> = (0..100i64)
+        .map(|h| {
+            Record::Reading(Reading {
+                device_id: id.clone(),
+                ts: Timestamp::from_millis(h * H),
+                seq: Some(h as u64 + 1),
+                metrics: vec![("temp".into(), 50.0 + (h % 4) as f64 * 0.3)],
+            })
+        })
+        .collect();
+    files.write(&batch, Timestamp::EPOCH).unwrap();
+    files.close();
+    let store = Store::open(dir, 16 << 20).unwrap();
+    let mut tx = store.tx();
+    tx.put_ticket(&Ticket {
+        id: "t8".into(),
+        device_id: id,
+        customer_id: None,
+        failure_mode: "belt".into(),
+        status: Status::Dismissed,
+        priority: Priority::Advisory,
+        probability: 0.4,
+        predicted_failure_at: None,
+        opened_at: Timestamp::from_millis(93 * H).format(),
+        updated_at: Timestamp::from_millis(95 * H).format(),
+        model: ModelRef {
+            name: "m".into(),
+            version: "1".into(),
+        },
+        evidence: vec![],
+        history: vec![],
+        outcome: Some(Outcome::FalseAlarm),
+        opened_ms: Timestamp::from_millis(93 * H),
+    });
+    store.commit(tx).unwrap();
+}
+
+fn belt_negatives(h: &History) -> usize {
+    let opts = options(EstimatorKind::Linear, 4, 1, "export");
+    let (artifact, summary) = train(h, "0".repeat(64), &opts).unwrap();
+    let belt = summary.iter().find(|m| m.mode == "belt").unwrap();
+    // The artifact carries how the model scores rows it was not fitted on (every row, out of
+    // fold): the reference of the live drift statistic.
+    let reference = artifact.modes[0].score_reference.as_ref().unwrap();
+    assert_eq!(reference.len(), forewarn::predict::SCORE_BINS);
+    assert_eq!(reference.iter().sum::<u64>() as usize, belt.rows);
+    belt.negatives
+}
+
+#[test]
+fn a_dismissal_without_a_visit_is_exported_and_trains_its_rows_as_no_fault() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("export");
+    daemon_data_dir(&data);
+    dismissed_without_a_visit(&data);
+    let sum = export(&data, &out).unwrap();
+    assert_eq!(sum.dismissals, 1, "{sum:?}");
+    assert_eq!(sum.events, 8, "a dismissal adds no event: {sum:?}");
+    let dis = out.join("dismissals.csv");
+    assert_eq!(
+        std::fs::read_to_string(&dis).unwrap(),
+        "device_id,failure_mode,opened,dismissed\n\
+         d8,belt,1970-01-04T21:00:00Z,1970-01-04T23:00:00Z\n"
+    );
+
+    let (tel, ev) = (out.join("telemetry.csv"), out.join("events.csv"));
+    let plain = History::load(&tel, &ev, None).unwrap();
+    let mut with = History::load(&tel, &ev, None).unwrap();
+    let list = read_dismissals(&dis).unwrap();
+    assert_eq!(with.add_dismissals(list), 1);
+    // d8's data ends at 99 h: with a 12 h horizon its rows from 87 h on are censored. The
+    // dismissal vouches for 93, 94 and 95 h: three more rows say "no failure", nothing else moves.
+    assert_eq!(belt_negatives(&with), belt_negatives(&plain) + 3);
 }

@@ -5,8 +5,8 @@
 //! Each settled ticket's outcome goes on the event that settled it: the maintenance of its mode
 //! (`confirmed`) or the failure of its mode (`failed`) on its device, at or after the ticket
 //! opened and at or before it settled. A ticket dismissed through the API without any visit has
-//! no event to carry its outcome, so it adds nothing to `events.csv` (it still counts in
-//! `forewarn_model_realised_precision`). A ticket a person resolved with a verdict (the board's
+//! no event to carry its outcome: it goes to `dismissals.csv` (`device_id,failure_mode,opened,
+//! dismissed`), which `forewarn train --dismissals` reads as evidence of no fault. A ticket a person resolved with a verdict (the board's
 //! "fault confirmed", "replaced part" or "no fault found", or the API's `outcome`) was a visit:
 //! when no archived maintenance carries it, that visit is written as the maintenance event.
 
@@ -28,7 +28,8 @@ pub struct Args {
     /// The daemon's data dir (`store.data_dir`); the daemon must be stopped.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Folder to write telemetry.csv, events.csv and devices.csv into (created if missing).
+    /// Folder to write telemetry.csv, events.csv, devices.csv and dismissals.csv into (created
+    /// if missing).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -56,16 +57,19 @@ pub struct Summary {
     /// Events that carry an outcome.
     pub outcomes: u64,
     pub devices: u64,
+    /// Tickets dismissed without a visit (`dismissals.csv`).
+    pub dismissals: u64,
 }
 
 pub fn run(a: Args) -> CliResult {
     let s = export(&a.data_dir, &a.out).map_err(Failure::runtime)?;
     println!(
-        "exported {} readings, {} events ({} with an outcome), {} devices to {}",
+        "exported {} readings, {} events ({} with an outcome), {} devices, {} dismissals without a visit to {}",
         s.readings,
         s.events,
         s.outcomes,
         s.devices,
+        s.dismissals,
         a.out.display()
     );
     Ok(())
@@ -182,7 +186,7 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
     // A ticket a person resolved with a verdict (on the board or through the API) records a
     // visit: when no archived maintenance carries it, the visit itself becomes the maintenance
     // event of the mode at the resolution, with the verdict (`confirmed`, or `false_alarm` when
-    // no fault was found). Dismissals had no visit and add nothing.
+    // no fault was found). Dismissals had no visit: they go to `dismissals.csv` (below).
     let carried: BTreeSet<(&str, &str, Timestamp)> = events
         .iter()
         .zip(&outcome)
@@ -220,6 +224,40 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
             ));
         }
     }
+    // A dismissal whose verdict no event carries had no visit: the person's word that the part
+    // was sound, for training to read as evidence of no fault.
+    let dismissals: Vec<&crate::domain::Ticket> = tickets
+        .iter()
+        .filter(|t| t.status == Status::Dismissed)
+        .filter(|t| {
+            let settled = Timestamp::parse(&t.updated_at).unwrap_or(Timestamp::MAX);
+            !carried.iter().any(|(d, c, ts)| {
+                t.device_id == **d && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
+            })
+        })
+        .collect();
+    let dis_path = out.join("dismissals.csv");
+    let mut dw = csv::Writer::from_writer(BufWriter::new(
+        File::create(&dis_path).map_err(io(&dis_path))?,
+    ));
+    let csv_err = |e: csv::Error| io(&dis_path)(std::io::Error::other(e));
+    dw.write_record(crate::train::csv::DISMISSALS_HEADER)
+        .map_err(csv_err)?;
+    for t in &dismissals {
+        let Some(dismissed) = Timestamp::parse(&t.updated_at) else {
+            continue;
+        };
+        dw.write_record([
+            t.device_id.as_str(),
+            t.failure_mode.as_str(),
+            &t.opened_ms.format(),
+            &dismissed.format(),
+        ])
+        .map_err(csv_err)?;
+        sum.dismissals += 1;
+    }
+    dw.flush().map_err(io(&dis_path))?;
+
     let mut rows: Vec<(DeviceEvent, Option<&'static str>)> =
         events.into_iter().zip(outcome).chain(visits).collect();
     rows.sort_by(|a, b| (&a.0.device_id, a.0.ts).cmp(&(&b.0.device_id, b.0.ts)));

@@ -46,6 +46,11 @@ pub struct Args {
     /// device).
     #[arg(long, value_enum, default_value = "fold-mean")]
     pub served: ServedClassifier,
+    /// dismissals.csv from `forewarn export` (`device_id,failure_mode,opened,dismissed`): tickets
+    /// a person dismissed as false alarms without a visit. Rows of the mode while such a ticket
+    /// was live, which the history alone leaves unknown, are trained as "no failure".
+    #[arg(long)]
+    pub dismissals: Option<PathBuf>,
     /// Model name [default: the output file's stem].
     #[arg(long)]
     pub name: Option<String>,
@@ -68,8 +73,19 @@ pub fn run(args: Args) -> CliResult {
     if args.horizon.as_hours_f64() <= 0.0 {
         return Err(Failure::usage("--horizon must be positive"));
     }
-    let history = args.history.load()?;
-    let fingerprint = fit::fingerprint(&args.history.paths()).map_err(Failure::runtime)?;
+    let mut history = args.history.load()?;
+    let dismissals = match &args.dismissals {
+        Some(p) => {
+            let list = crate::train::csv::read_dismissals(p).map_err(Failure::runtime)?;
+            let read = list.len();
+            let used = history.add_dismissals(list);
+            Some(serde_json::json!({"read": read, "of_devices_in_the_data": used}))
+        }
+        None => None,
+    };
+    let mut files = args.history.paths();
+    files.extend(args.dismissals.as_deref());
+    let fingerprint = fit::fingerprint(&files).map_err(Failure::runtime)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.out
             .file_stem()
@@ -96,7 +112,7 @@ pub fn run(args: Args) -> CliResult {
     artifact
         .save(&args.out)
         .map_err(|e| Failure::runtime(format!("{}: {e}", args.out.display())))?;
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "model": artifact.name,
         "version": artifact.version,
         "out": args.out.display().to_string(),
@@ -108,6 +124,9 @@ pub fn run(args: Args) -> CliResult {
         "modes": modes,
         "seconds": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
     });
+    if let Some(d) = dismissals {
+        summary["dismissals"] = d;
+    }
     println!("{summary}");
     Ok(())
 }

@@ -51,6 +51,7 @@ pub fn hot_model() -> Artifact {
             validation: ValidationMetrics::default(),
             calibration: None,
             levels: None,
+            score_reference: None,
         }],
         training: TrainingInfo::default(),
     }

@@ -25,8 +25,10 @@ pub const ARTIFACT_FORMAT: &str = "forewarn-model";
 /// opens only while the predicted time to failure is within it); version 2 artifacts still load,
 /// with no hold-back. Version 4 added `levels.hold_back_in_rule` (a scoring counts toward the
 /// ticket rule only when it is also within the hold-back); version 3 artifacts still load, with
-/// the hold-back checked at the opening scoring alone, as before.
-pub const ARTIFACT_VERSION: u32 = 4;
+/// the hold-back checked at the opening scoring alone, as before. Version 5 added a mode's
+/// `score_reference` (the training scores the live drift statistic compares against); older
+/// artifacts still load, their drift measured against the first scores after start.
+pub const ARTIFACT_VERSION: u32 = 5;
 /// The oldest artifact version this build reads.
 pub const ARTIFACT_MIN_VERSION: u32 = 1;
 
@@ -429,6 +431,20 @@ pub struct ModeModel {
     /// `threshold` serves as every level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub levels: Option<Levels>,
+    /// How the served model scores the training data: the out-of-fold calibrated probabilities
+    /// of the training rows counted in [`SCORE_BINS`] equal bins of 0..1 (version 5). The
+    /// reference of `forewarn_model_score_drift_psi`; `None` before version 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_reference: Option<Vec<u64>>,
+}
+
+/// Bins of a score distribution (equal widths over 0..1): the artifact's `score_reference` and
+/// the live drift statistic's.
+pub const SCORE_BINS: usize = 10;
+
+/// The bin of a probability among [`SCORE_BINS`] (out-of-range values in the end bins).
+pub fn score_bin(p: f64) -> usize {
+    ((p.clamp(0.0, 1.0) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
 }
 
 impl ModeModel {
@@ -736,6 +752,15 @@ impl Artifact {
                     }
                 }
             }
+            if let Some(r) = &m.score_reference {
+                if r.len() != SCORE_BINS || r.iter().all(|&c| c == 0) {
+                    return Err(format!(
+                        "mode {:?} score_reference must be {SCORE_BINS} counts, not all zero",
+                        m.mode
+                    )
+                    .into());
+                }
+            }
             if !(0.0..=1.0).contains(&m.threshold) {
                 return Err(format!(
                     "mode {:?} threshold {} is not a probability",
@@ -957,6 +982,14 @@ mod tests {
         let e = Artifact::from_json(&serde_json::to_string(&a).unwrap(), Path::new("m.json"))
             .unwrap_err();
         assert!(e.to_string().contains("reads feature 0"), "{e}");
+        let mut a = tiny();
+        a.modes[0].score_reference = Some(vec![1, 2, 3]);
+        let e = Artifact::from_json(&serde_json::to_string(&a).unwrap(), Path::new("m.json"))
+            .unwrap_err();
+        assert!(e.to_string().contains("score_reference"), "{e}");
+        a.modes[0].score_reference = Some(vec![5; SCORE_BINS]);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(Artifact::from_json(&json, Path::new("m.json")).unwrap(), a);
     }
 
     #[test]

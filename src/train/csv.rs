@@ -2,6 +2,7 @@
 //! events, and the fleet's attributes — read with [`crate::history`]'s reader under
 //! [`BadRows::Fail`] (every bad row is an error naming `file:line`).
 
+use super::labels::Dismissal;
 use super::TrainError;
 use crate::domain::{DeviceEvent, DeviceId, EventKind, Reading, Timestamp};
 use crate::features::Attributes;
@@ -23,6 +24,9 @@ pub struct DeviceHistory {
     /// left out (the part was fine: rows before it are not censored by it). Without an `outcome`
     /// column, the same as `events`.
     pub labels: Vec<DeviceEvent>,
+    /// Tickets dismissed as false alarms without a visit (`--dismissals`): rows they vouch for
+    /// are negatives (see [`super::labels::with_dismissals`]).
+    pub dismissals: Vec<Dismissal>,
 }
 
 /// The optional fifth column of `events.csv`: what a ticket's visit found.
@@ -81,6 +85,7 @@ impl DeviceHistory {
             values: Vec::new(),
             events: Vec::new(),
             labels: Vec::new(),
+            dismissals: Vec::new(),
         }
     }
 
@@ -199,6 +204,19 @@ impl History {
             h.attrs = read_devices(p)?;
         }
         Ok(h)
+    }
+
+    /// Gives each device its dismissals; returns how many reached a device of the data set (a
+    /// device without readings has no rows for them to label).
+    pub fn add_dismissals(&mut self, list: Vec<(DeviceId, Dismissal)>) -> usize {
+        let mut n = 0;
+        for (id, d) in list {
+            if let Ok(i) = self.devices.binary_search_by(|h| h.id.cmp(&id)) {
+                self.devices[i].dismissals.push(d);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Failure modes named by failure events (and confirmed maintenance), sorted.
@@ -354,6 +372,76 @@ fn read_outcomes(path: &Path) -> Result<HashMap<u64, EventOutcome>, TrainError> 
     Ok(out)
 }
 
+/// The columns of `dismissals.csv`, as `forewarn export` writes it.
+pub const DISMISSALS_HEADER: [&str; 4] = ["device_id", "failure_mode", "opened", "dismissed"];
+
+/// `dismissals.csv` (`device_id,failure_mode,opened,dismissed`, columns found by name, times in
+/// RFC 3339): the tickets dismissed as false alarms without a visit. The first bad row is an
+/// error naming `file:line`.
+pub fn read_dismissals(path: &Path) -> Result<Vec<(DeviceId, Dismissal)>, TrainError> {
+    let mut rdr = csv::ReaderBuilder::new().from_reader(history::open(path)?);
+    let header = rdr
+        .headers()
+        .map_err(|e| TrainError::csv(path, 1, e.to_string()))?
+        .clone();
+    let mut cols = [0usize; 4];
+    for (c, name) in cols.iter_mut().zip(DISMISSALS_HEADER) {
+        *c = header
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| {
+                TrainError::csv(
+                    path,
+                    1,
+                    format!(
+                        "no column {name:?} (expected {})",
+                        DISMISSALS_HEADER.join(",")
+                    ),
+                )
+            })?;
+    }
+    let mut out = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| {
+            TrainError::csv(path, e.position().map_or(0, |p| p.line()), e.to_string())
+        })?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let cell = |i: usize| rec.get(cols[i]).unwrap_or_default().trim();
+        let id = DeviceId::parse(cell(0))
+            .map_err(|e| TrainError::csv(path, line, format!("device_id: {e}")))?;
+        let mode = cell(1);
+        if mode.is_empty() {
+            return Err(TrainError::csv(path, line, "failure_mode is empty"));
+        }
+        let time = |i: usize| {
+            Timestamp::parse(cell(i)).ok_or_else(|| {
+                TrainError::csv(
+                    path,
+                    line,
+                    format!(
+                        "{} {:?} is not an RFC 3339 time",
+                        DISMISSALS_HEADER[i],
+                        cell(i)
+                    ),
+                )
+            })
+        };
+        let (opened, dismissed) = (time(2)?, time(3)?);
+        if dismissed < opened {
+            return Err(TrainError::csv(path, line, "dismissed before it opened"));
+        }
+        out.push((
+            id,
+            Dismissal {
+                mode: mode.to_string(),
+                opened,
+                dismissed,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 /// devices.csv: `device_id,<attribute>…`. The first bad row is an error naming `file:line`.
 pub fn read_devices(path: &Path) -> Result<BTreeMap<String, Attributes>, TrainError> {
     let (attrs, _) = history::read_devices(history::open(path)?, path, BadRows::Fail)?;
@@ -372,6 +460,37 @@ mod tests {
             .write_all(body.as_bytes())
             .unwrap();
         p
+    }
+
+    #[test]
+    fn dismissals_read_back_by_column_name_and_bad_rows_name_their_line() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = file(
+            &d,
+            "dismissals.csv",
+            "opened,device_id,dismissed,failure_mode\n\
+             2020-01-01T00:00:00Z,pompe-é,2020-01-01T06:00:00Z,روغن\n",
+        );
+        let got = read_dismissals(&ok).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.as_str(), "pompe-é");
+        assert_eq!(got[0].1.mode, "روغن");
+        assert_eq!(got[0].1.dismissed - got[0].1.opened, 6 * 3_600_000);
+        for (body, want) in [
+            ("device_id,failure_mode,opened\n", "no column \"dismissed\""),
+            (
+                "device_id,failure_mode,opened,dismissed\na,pump,yesterday,2020-01-01T00:00:00Z\n",
+                "bad.csv:2",
+            ),
+            (
+                "device_id,failure_mode,opened,dismissed\na,pump,2020-01-02T00:00:00Z,2020-01-01T00:00:00Z\n",
+                "before it opened",
+            ),
+        ] {
+            let bad = file(&d, "bad.csv", body);
+            let err = read_dismissals(&bad).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct ModeSummary {
     pub mode: String,
     pub rows: usize,
     pub positives: usize,
+    /// Rows labelled "no failure within the horizon" (the rest of `rows` less `positives` is
+    /// censored: not trained on).
+    pub negatives: usize,
     pub classifier_rounds: Option<usize>,
     /// Trees the served classifier holds (every fold's, when it is the folds' mean).
     pub classifier_trees: Option<usize>,
@@ -701,6 +704,16 @@ pub fn train(
         }
         let calibration = fit_platt(&op, &oy);
         let calibrate = |p: f64| calibration.as_ref().map_or(p, |c| c.apply(p));
+        // How the served model scores data it was not fitted on: every row's out-of-fold
+        // probability, labelled or not (the daemon scores them all), calibrated.
+        let mut score_reference = vec![0u64; crate::predict::SCORE_BINS];
+        for p in oof.iter().filter(|p| p.is_finite()) {
+            score_reference[crate::predict::score_bin(calibrate(*p))] += 1;
+        }
+        let score_reference = score_reference
+            .iter()
+            .any(|&c| c > 0)
+            .then_some(score_reference);
         let op_cal: Vec<f64> = op.iter().map(|p| calibrate(*p)).collect();
         vm.rows = op.len();
         vm.positives = oy.iter().filter(|v| **v).count();
@@ -854,6 +867,7 @@ pub fn train(
             mode: mode.clone(),
             rows: rows.len(),
             positives,
+            negatives: all_y.len() - positives,
             classifier_rounds: cls.rounds,
             classifier_trees,
             served,
@@ -872,6 +886,7 @@ pub fn train(
             validation: vm,
             calibration,
             levels: Some(levels),
+            score_reference,
         });
     }
     pb.finish_and_clear();

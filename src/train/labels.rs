@@ -8,6 +8,9 @@
 //!   least `m − t` (or `end − t`) hours. Negative only if that covers the horizon; otherwise the row
 //!   is censored (unknown) and is not used by the classifier. The regressor gets the cap when that
 //!   span covers the cap, else the row is censored for it too.
+//! - a ticket of the mode that a person dismissed as a false alarm, without a visit
+//!   ([`Dismissal`], `forewarn export`'s `dismissals.csv`): a row while it was live that the
+//!   history leaves censored is a negative (see [`with_dismissals`]).
 
 use crate::domain::{event_applies_before, DeviceEvent, EventKind, Timestamp};
 use crate::features::HOUR_MS;
@@ -20,6 +23,34 @@ pub struct Label {
     pub positive: Option<bool>,
     /// Regression target: time to failure capped at the cap; `None` when censored.
     pub target: Option<f64>,
+}
+
+/// A ticket dismissed as a false alarm without a visit: a person's word that the mode's part was
+/// sound from the ticket's opening to its dismissal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dismissal {
+    pub mode: String,
+    pub opened: Timestamp,
+    pub dismissed: Timestamp,
+}
+
+/// `l`, the label of a row at `t` for `mode`, with the dismissals of the row's device: a row in a
+/// dismissed ticket's span (opening to dismissal, both included) whose label the history leaves
+/// open — censored, because a maintenance or the end of the data comes within the horizon — is a
+/// negative. A failure observed within the horizon still wins (then the dismissal was the
+/// mistake), and a row the history already settles is left as it is. The regression target is
+/// not touched: a dismissal says nothing about how long the part would have lasted.
+pub fn with_dismissals(l: Label, dismissals: &[Dismissal], mode: &str, t: Timestamp) -> Label {
+    if l.positive.is_some() {
+        return l;
+    }
+    let vouched = dismissals
+        .iter()
+        .any(|d| d.mode == mode && d.opened <= t && t <= d.dismissed);
+    Label {
+        positive: if vouched { Some(false) } else { None },
+        ..l
+    }
 }
 
 /// Labels a row at `t` for `mode`. `events` are the device's events sorted by time, `end` the
@@ -63,6 +94,46 @@ pub fn label(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dismissal_turns_censored_rows_in_its_span_into_negatives_and_no_more() {
+        let at = |h: i64| Timestamp::from_millis(h * 3_600_000);
+        let d = [Dismissal {
+            mode: "pump".into(),
+            opened: at(90),
+            dismissed: at(96),
+        }];
+        // The data ends at 100 h; horizon 24 h: rows after 76 h are censored.
+        let end = at(100);
+        let row = |h: i64, events: &[DeviceEvent]| {
+            with_dismissals(
+                label(events, "pump", at(h), end, 24.0, 96.0),
+                &d,
+                "pump",
+                at(h),
+            )
+        };
+        assert_eq!(row(80, &[]).positive, None, "before the ticket opened");
+        assert_eq!(row(90, &[]).positive, Some(false), "at its opening");
+        assert_eq!(row(96, &[]).positive, Some(false), "at its dismissal");
+        assert_eq!(row(97, &[]).positive, None, "after it");
+        assert_eq!(
+            row(93, &[]).target,
+            None,
+            "the regression target stays unknown"
+        );
+        // Another mode's rows are not vouched for.
+        let other = with_dismissals(
+            label(&[], "seal", at(93), end, 24.0, 96.0),
+            &d,
+            "seal",
+            at(93),
+        );
+        assert_eq!(other.positive, None);
+        // A failure within the horizon wins over the dismissal.
+        let failed = [ev(99, EventKind::Failure)];
+        assert_eq!(row(93, &failed).positive, Some(true));
+    }
 
     fn ev(h: i64, kind: EventKind) -> DeviceEvent {
         DeviceEvent {

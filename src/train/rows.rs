@@ -1,7 +1,7 @@
 //! The feature spec a data set supports, and training rows taken exactly where the daemon scores.
 
 use super::csv::{History, Step};
-use super::labels::{label, Label};
+use super::labels::{label, with_dismissals, Label};
 use crate::domain::{EventKind, Timestamp};
 use crate::engine::{observe_and_slot, EngineConfig};
 use crate::features::{
@@ -242,7 +242,12 @@ pub fn build_rows(
                         continue;
                     }
                     for (m, (mode, rows)) in modes.iter().zip(out.iter_mut()).enumerate() {
-                        let l = label(&d.labels, mode, r.ts, end, horizon_h, cap_h);
+                        let l = with_dismissals(
+                            label(&d.labels, mode, r.ts, end, horizon_h, cap_h),
+                            &d.dismissals,
+                            mode,
+                            r.ts,
+                        );
                         let far =
                             l.positive == Some(false) && l.ttf_hours.is_none_or(|t| t >= cap_h);
                         if far && thin > 1 && !keep_all.get(di).copied().unwrap_or(false) {
