@@ -14,9 +14,6 @@ extern "C" {
 /// `mi_option_purge_delay` in mimalloc 2's and 3's `mi_option_e` (libmimalloc-sys 0.1.49).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-/// `mi_option_allow_thp` in mimalloc 3's `mi_option_e` (libmimalloc-sys 0.1.49).
-const MI_OPTION_ALLOW_THP: std::ffi::c_int = 43;
-
 /// How long mimalloc keeps freed memory before giving it back to the kernel. Its default (10 ms)
 /// gives back what the processing thread frees between groups and takes again in the next one,
 /// and the kernel zeroes every page again at the next touch: ~12 % of the daemon's CPU in the
@@ -27,14 +24,6 @@ fn tune_allocator() {
         // SAFETY: sets one integer option of the allocator linked in through `GLOBAL` (any value
         // is valid; -1 never purges), first thing in `main`, before forewarn starts a thread.
         unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
-    }
-    // With transparent huge pages allowed, every first touch of freshly mapped memory (sled's
-    // node buffers, a group's batch) has the kernel zero a whole 2 MiB page: about 9 % of the
-    // daemon's CPU in the keep-up benchmark, where a 4 KiB page would do. Off unless
-    // `MIMALLOC_ALLOW_THP` says otherwise.
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: as above; 0 only stops mimalloc asking the kernel for huge pages.
-        unsafe { mi_option_set(MI_OPTION_ALLOW_THP, 0) };
     }
 }
 
