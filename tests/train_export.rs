@@ -5,7 +5,7 @@
 mod support;
 
 use forewarn::archive::{self, Files, Record};
-use forewarn::cli::export::export;
+use forewarn::cli::export::{export, Summary};
 use forewarn::domain::{
     DeviceEvent, EventKind, ModelRef, Outcome, Priority, Reading, Status, Ticket, Timestamp,
 };
@@ -99,13 +99,21 @@ fn belt_positives(telemetry: &Path, events: &Path) -> (usize, History) {
     (belt.positives, h)
 }
 
-#[test]
-fn confirmed_maintenance_in_an_export_trains_like_the_failure_it_prevented() {
+/// The eight devices' data dir, with whatever `more` adds to it, exported: the folder (kept
+/// alive by the returned guard), the export folder and what the export wrote.
+fn exported(more: impl FnOnce(&Path)) -> (tempfile::TempDir, std::path::PathBuf, Summary) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let out = tmp.path().join("export");
     daemon_data_dir(&data);
+    more(&data);
     let sum = export(&data, &out).unwrap();
+    (tmp, out, sum)
+}
+
+#[test]
+fn confirmed_maintenance_in_an_export_trains_like_the_failure_it_prevented() {
+    let (tmp, out, sum) = exported(|_| {});
     assert_eq!(sum.outcomes, 4, "{sum:?}");
     assert_eq!(sum.events, 8, "{sum:?}");
 
@@ -198,12 +206,7 @@ fn belt_negatives(h: &History) -> usize {
 
 #[test]
 fn a_dismissal_without_a_visit_is_exported_and_trains_its_rows_as_no_fault() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let out = tmp.path().join("export");
-    daemon_data_dir(&data);
-    dismissed_without_a_visit(&data);
-    let sum = export(&data, &out).unwrap();
+    let (_tmp, out, sum) = exported(dismissed_without_a_visit);
     assert_eq!(sum.dismissals, 1, "{sum:?}");
     assert_eq!(sum.events, 8, "a dismissal adds no event: {sum:?}");
     let dis = out.join("dismissals.csv");
