@@ -288,6 +288,7 @@ impl Drift {
         if h.reference_n == 0 {
             if let Some(r) = reference.filter(|r| r.len() == BINS && r.iter().any(|&c| c > 0)) {
                 h.reference.copy_from_slice(r);
+                // Full: every score from now on is a live one.
                 h.reference_n = DRIFT_REFERENCE;
             }
         }

@@ -6,9 +6,10 @@
 //! (`confirmed`) or the failure of its mode (`failed`) on its device, at or after the ticket
 //! opened and at or before it settled. A ticket dismissed through the API without any visit has
 //! no event to carry its outcome: it goes to `dismissals.csv` (`device_id,failure_mode,opened,
-//! dismissed`), which `forewarn train --dismissals` reads as evidence of no fault. A ticket a person resolved with a verdict (the board's
-//! "fault confirmed", "replaced part" or "no fault found", or the API's `outcome`) was a visit:
-//! when no archived maintenance carries it, that visit is written as the maintenance event.
+//! dismissed`), which `forewarn train --dismissals` reads as evidence of no fault. A ticket a
+//! person resolved with a verdict (the board's "fault confirmed", "replaced part" or "no fault
+//! found", or the API's `outcome`) was a visit: when no archived maintenance carries it, that
+//! visit is written as the maintenance event.
 
 use super::{CliResult, Failure};
 use crate::archive;
@@ -73,6 +74,18 @@ pub fn run(a: Args) -> CliResult {
         a.out.display()
     );
     Ok(())
+}
+
+/// Whether an event of `t`'s device and mode that carries an outcome lies in the ticket's life
+/// (from its opening to `settled`): then the verdict already has its event.
+fn carried_in_life(
+    carried: &BTreeSet<(&str, &str, Timestamp)>,
+    t: &crate::domain::Ticket,
+    settled: Timestamp,
+) -> bool {
+    carried.iter().any(|(d, c, ts)| {
+        t.device_id == **d && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
@@ -209,10 +222,7 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
         let Some(settled) = Timestamp::parse(&t.updated_at).filter(|_| by_person) else {
             continue;
         };
-        let has_event = carried.iter().any(|(d, c, ts)| {
-            t.device_id == **d && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
-        });
-        if !has_event {
+        if !carried_in_life(&carried, t, settled) {
             visits.push((
                 DeviceEvent {
                     device_id: t.device_id.clone(),
@@ -226,16 +236,6 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
     }
     // A dismissal whose verdict no event carries had no visit: the person's word that the part
     // was sound, for training to read as evidence of no fault.
-    let dismissals: Vec<&crate::domain::Ticket> = tickets
-        .iter()
-        .filter(|t| t.status == Status::Dismissed)
-        .filter(|t| {
-            let settled = Timestamp::parse(&t.updated_at).unwrap_or(Timestamp::MAX);
-            !carried.iter().any(|(d, c, ts)| {
-                t.device_id == **d && *c == t.failure_mode && *ts >= t.opened_ms && *ts <= settled
-            })
-        })
-        .collect();
     let dis_path = out.join("dismissals.csv");
     let mut dw = csv::Writer::from_writer(BufWriter::new(
         File::create(&dis_path).map_err(io(&dis_path))?,
@@ -243,10 +243,13 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
     let csv_err = |e: csv::Error| io(&dis_path)(std::io::Error::other(e));
     dw.write_record(crate::train::csv::DISMISSALS_HEADER)
         .map_err(csv_err)?;
-    for t in &dismissals {
+    for t in tickets.iter().filter(|t| t.status == Status::Dismissed) {
         let Some(dismissed) = Timestamp::parse(&t.updated_at) else {
             continue;
         };
+        if carried_in_life(&carried, t, dismissed) {
+            continue;
+        }
         dw.write_record([
             t.device_id.as_str(),
             t.failure_mode.as_str(),

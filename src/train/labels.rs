@@ -48,7 +48,7 @@ pub fn with_dismissals(l: Label, dismissals: &[Dismissal], mode: &str, t: Timest
         .iter()
         .any(|d| d.mode == mode && d.opened <= t && t <= d.dismissed);
     Label {
-        positive: if vouched { Some(false) } else { None },
+        positive: vouched.then_some(false),
         ..l
     }
 }
