@@ -48,6 +48,9 @@ pub enum DeliveryError {
     /// and path.
     #[error("{url}: {what}")]
     Transport { url: String, what: Transport },
+    /// The ticket a row names is not in the store, or could not be read there.
+    #[error("ticket {0} could not be read from the store")]
+    Unreadable(String),
     /// The webhook answered with a status other than 2xx.
     #[error("HTTP {code}{}", .reason.map(|r| format!(" {r}")).unwrap_or_default())]
     Status {
@@ -97,16 +100,19 @@ impl DeliveryError {
     }
 }
 
-/// One pending dispatch of a ticket change. Stored with its ticket's id, device and mode beside
-/// the ticket (`"head"`, see [`DispatchRow::new_json`]), so that reading a row decodes none of
-/// the ticket's JSON; a row laid out as [`DispatchRow::new_json`] writes it is read without
-/// scanning it either ([`DispatchRow::read_stored`]).
+/// One pending dispatch of a ticket change, stored with its ticket's id, device and mode
+/// (`"head"`, see [`DispatchRow::new_json`]). With a webhook the row carries the ticket's JSON
+/// as the change left it, sent byte for byte ([`DispatchRow::read_stored`] reads such a row
+/// without scanning the ticket); without one the row names its ticket, and what is published
+/// is the ticket as stored when the row goes out — the state the change left, or a later one
+/// whose own row follows in the same lane (see [`DispatchRow::new`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "StoredRow")]
 pub struct DispatchRow {
     /// `opened`, `updated`, `settled` or `transition`.
     pub event: String,
-    /// The ticket's JSON, published as it is stored.
+    /// The ticket the row announces a change of (and, in rows written before the row named
+    /// its ticket, the JSON to send).
     pub ticket: TicketJson,
     pub mqtt_done: bool,
     pub webhook_done: bool,
@@ -115,9 +121,9 @@ pub struct DispatchRow {
     pub next_attempt_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// Stored as `"ticket_as_sent": true`: the row's `ticket` is the JSON to send, byte for
-    /// byte. Rows written before it hold a ticket that is decoded and encoded again on reading,
-    /// as it was then sent.
+    /// Stored as `"ticket_as_sent": true` in a row that carries its ticket's JSON: the JSON to
+    /// send, byte for byte. Rows written before it hold a ticket that is decoded and encoded
+    /// again on reading, as it was then sent. A row that names its ticket does not write it.
     pub ticket_as_sent: AsSent,
 }
 
@@ -136,7 +142,12 @@ impl Serialize for DispatchRow {
         use serde::ser::SerializeStruct;
         let mut row = s.serialize_struct("DispatchRow", 9)?;
         row.serialize_field("event", &self.event)?;
-        row.serialize_field("ticket", &self.ticket)?;
+        let carried = self.ticket.json.is_some();
+        if carried {
+            row.serialize_field("ticket", &self.ticket)?;
+        } else {
+            row.skip_field("ticket")?;
+        }
         row.serialize_field("mqtt_done", &self.mqtt_done)?;
         row.serialize_field("webhook_done", &self.webhook_done)?;
         row.serialize_field("attempts", &self.attempts)?;
@@ -145,7 +156,11 @@ impl Serialize for DispatchRow {
             Some(e) => row.serialize_field("last_error", e)?,
             None => row.skip_field("last_error")?,
         }
-        row.serialize_field("ticket_as_sent", &self.ticket_as_sent)?;
+        if carried {
+            row.serialize_field("ticket_as_sent", &self.ticket_as_sent)?;
+        } else {
+            row.skip_field("ticket_as_sent")?;
+        }
         row.serialize_field("head", &self.ticket.head())?;
         row.end()
     }
@@ -175,8 +190,9 @@ struct StoredTail {
 }
 
 impl DispatchRow {
-    /// Reads a stored row laid out as [`DispatchRow::new_json`] and [`DispatchRow`]'s
-    /// `Serialize` write it — `{"event":"<kind>","ticket":<ticket>,"mqtt_done":…,"head":{…}}`,
+    /// Reads a stored row that carries its ticket, laid out as [`DispatchRow::new_json`] and
+    /// [`DispatchRow`]'s `Serialize` write it —
+    /// `{"event":"<kind>","ticket":<ticket>,"mqtt_done":…,"head":{…}}`,
     /// marked as sent as it is and with its head — without scanning the ticket's JSON: the
     /// ticket ends where the row's own `,"mqtt_done":` begins (the last one in the row: what
     /// follows the ticket is the row's few fields, whose strings cannot hold an unescaped
@@ -214,7 +230,7 @@ impl DispatchRow {
                 id: head.id,
                 device_id: head.device_id,
                 failure_mode: head.failure_mode,
-                json: json.into(),
+                json: Some(json.into()),
             },
             mqtt_done: t.mqtt_done,
             webhook_done: t.webhook_done,
@@ -226,11 +242,12 @@ impl DispatchRow {
     }
 }
 
-/// A dispatch row as stored: the ticket left as JSON text.
+/// A dispatch row as stored: the ticket left as JSON text, when the row carries it.
 #[derive(Deserialize)]
 struct StoredRow {
     event: String,
-    ticket: Box<RawValue>,
+    #[serde(default)]
+    ticket: Option<Box<RawValue>>,
     mqtt_done: bool,
     webhook_done: bool,
     attempts: u32,
@@ -248,16 +265,30 @@ impl TryFrom<StoredRow> for DispatchRow {
     type Error = serde_json::Error;
 
     fn try_from(r: StoredRow) -> Result<DispatchRow, serde_json::Error> {
-        let ticket = match (r.ticket_as_sent, r.head) {
-            // Written beside the ticket by the same commit: nothing of the ticket is decoded.
-            (true, Some(head)) => TicketJson {
+        let ticket = match (r.ticket, r.ticket_as_sent, r.head) {
+            // Names its ticket: sent as stored when the attempt is made.
+            (None, _, Some(head)) => TicketJson {
                 id: head.id,
                 device_id: head.device_id,
                 failure_mode: head.failure_mode,
-                json: r.ticket.into(),
+                json: None,
             },
-            (true, None) => TicketJson::from_raw(r.ticket)?,
-            (false, _) => TicketJson::new(&serde_json::from_str::<Ticket>(r.ticket.get())?)?,
+            (None, _, None) => {
+                return Err(serde::de::Error::custom(
+                    "a dispatch row with neither a ticket nor its head",
+                ))
+            }
+            // Written beside the ticket by the same commit: nothing of the ticket is decoded.
+            (Some(json), true, Some(head)) => TicketJson {
+                id: head.id,
+                device_id: head.device_id,
+                failure_mode: head.failure_mode,
+                json: Some(json.into()),
+            },
+            (Some(json), true, None) => TicketJson::from_raw(json)?,
+            (Some(json), false, _) => {
+                TicketJson::new(&serde_json::from_str::<Ticket>(json.get())?)?
+            }
         };
         Ok(DispatchRow {
             event: r.event,
@@ -272,16 +303,18 @@ impl TryFrom<StoredRow> for DispatchRow {
     }
 }
 
-/// A ticket as its dispatch row holds it: the JSON that is published (and posted inside the
-/// webhook's body), with the fields the worker reads. Reading a row scans the ticket's JSON
-/// but builds none of it (evidence, history), and publishing sends it without encoding it.
+/// A ticket as its dispatch row holds it: the fields the worker reads and, in a row that
+/// carries it, the JSON that is published (and posted inside the webhook's body). Reading such
+/// a row scans the ticket's JSON but builds none of it (evidence, history), and publishing
+/// sends it without encoding it.
 #[derive(Debug, Clone)]
 pub struct TicketJson {
     pub id: String,
     pub device_id: DeviceId,
     pub failure_mode: String,
-    /// The ticket's JSON text (valid JSON: encoded by the commit, or checked when read).
-    json: Box<str>,
+    /// The ticket's JSON text (valid JSON: encoded by the commit, or checked when read);
+    /// `None` in a row that names its ticket: the ticket is read from the store when sent.
+    json: Option<Box<str>>,
 }
 
 /// The fields of a ticket's JSON that [`TicketJson`] reads.
@@ -299,8 +332,18 @@ impl TicketJson {
             id: t.id.clone(),
             device_id: t.device_id.clone(),
             failure_mode: t.failure_mode.clone(),
-            json: serde_json::to_string(t)?.into(),
+            json: Some(serde_json::to_string(t)?.into()),
         })
+    }
+
+    /// Names `t`: the row carries no copy of it.
+    pub fn named(t: &Ticket) -> TicketJson {
+        TicketJson {
+            id: t.id.clone(),
+            device_id: t.device_id.clone(),
+            failure_mode: t.failure_mode.clone(),
+            json: None,
+        }
     }
 
     /// A ticket's JSON as written by [`TicketJson::new`] (or `serde_json::to_vec` of a ticket).
@@ -310,7 +353,7 @@ impl TicketJson {
             id: head.id,
             device_id: head.device_id,
             failure_mode: head.failure_mode,
-            json: json.into(),
+            json: Some(json.into()),
         })
     }
 
@@ -322,14 +365,9 @@ impl TicketJson {
         }
     }
 
-    /// The JSON, as published.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.json.as_bytes()
-    }
-
-    /// The whole ticket.
-    pub fn decode(&self) -> Result<Ticket, serde_json::Error> {
-        serde_json::from_str(&self.json)
+    /// The JSON the row carries, as published; `None` when the row names its ticket.
+    pub fn carried(&self) -> Option<&[u8]> {
+        self.json.as_deref().map(str::as_bytes)
     }
 }
 
@@ -342,16 +380,28 @@ impl PartialEq for TicketJson {
 impl Serialize for TicketJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Written as it is (checked, so that a row never carries what cannot be read back).
-        let raw: &RawValue = serde_json::from_str(&self.json).map_err(serde::ser::Error::custom)?;
+        let Some(json) = &self.json else {
+            return Err(serde::ser::Error::custom("the row names its ticket"));
+        };
+        let raw: &RawValue = serde_json::from_str(json).map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
     }
 }
 
 impl DispatchRow {
+    /// The row of a change. With a webhook it carries the ticket's JSON: the webhook's body is
+    /// the change's own state, byte for byte, however late it goes out. Without one it names
+    /// the ticket: the retained MQTT message is the ticket's current state, so the ticket as
+    /// stored when the row goes out is what it should hold, and the ticket's JSON, the largest
+    /// thing a commit writes, is written once instead of twice.
     pub fn new(c: &Change, has_webhook: bool) -> Result<DispatchRow, serde_json::Error> {
         Ok(DispatchRow {
             event: c.kind.as_str().to_string(),
-            ticket: TicketJson::new(&c.ticket)?,
+            ticket: if has_webhook {
+                TicketJson::new(&c.ticket)?
+            } else {
+                TicketJson::named(&c.ticket)
+            },
             mqtt_done: false,
             webhook_done: !has_webhook,
             attempts: 0,
@@ -360,32 +410,35 @@ impl DispatchRow {
             ticket_as_sent: AsSent,
         })
     }
-}
 
-impl DispatchRow {
-    /// The stored JSON of `DispatchRow::new(c, has_webhook)` for `t` = `c.ticket`, built around
-    /// `ticket_json`, the JSON of `t` the commit already made for the ticket's own record, with
-    /// `t`'s id, device and mode as the row's `"head"`: byte for byte what
-    /// `serde_json::to_vec` of the row gives, without cloning or encoding the ticket again (a
-    /// test holds the two equal for every kind of change).
+    /// The stored JSON of `DispatchRow::new(c, has_webhook)` for `t` = `c.ticket`, written
+    /// without building the row: byte for byte what `serde_json::to_vec` of the row gives (a
+    /// test holds the two equal for every kind of change). `ticket_json` is the JSON of `t`
+    /// the commit already made for the ticket's own record; the row carries it only when there
+    /// is a webhook (see [`DispatchRow::new`]).
     pub fn new_json(
         kind: ChangeKind,
         t: &Ticket,
         ticket_json: &[u8],
         has_webhook: bool,
     ) -> Vec<u8> {
-        const TAIL: &[u8] =
-            b",\"attempts\":0,\"next_attempt_ms\":0,\"ticket_as_sent\":true,\"head\":";
         let event = kind.as_str();
-        let mut out = Vec::with_capacity(ticket_json.len() + event.len() + 160);
+        let carried = if has_webhook { ticket_json } else { &[] };
+        let mut out = Vec::with_capacity(carried.len() + event.len() + 160);
         // The kinds are plain lower-case words: nothing in them needs escaping.
         out.extend_from_slice(b"{\"event\":\"");
         out.extend_from_slice(event.as_bytes());
-        out.extend_from_slice(b"\",\"ticket\":");
-        out.extend_from_slice(ticket_json);
-        out.extend_from_slice(b",\"mqtt_done\":false,\"webhook_done\":");
-        out.extend_from_slice(if has_webhook { b"false" } else { b"true" });
-        out.extend_from_slice(TAIL);
+        if has_webhook {
+            out.extend_from_slice(b"\",\"ticket\":");
+            out.extend_from_slice(ticket_json);
+            out.extend_from_slice(b",\"mqtt_done\":false,\"webhook_done\":false");
+            out.extend_from_slice(
+                b",\"attempts\":0,\"next_attempt_ms\":0,\"ticket_as_sent\":true,\"head\":",
+            );
+        } else {
+            out.extend_from_slice(b"\",\"mqtt_done\":false,\"webhook_done\":true");
+            out.extend_from_slice(b",\"attempts\":0,\"next_attempt_ms\":0,\"head\":");
+        }
         let head = HeadRef {
             id: &t.id,
             device_id: &t.device_id,
@@ -398,15 +451,37 @@ impl DispatchRow {
     }
 }
 
-/// The webhook body of a row: `{"event": "ticket.<kind>", "ticket": …}`, the ticket as a JSON
-/// value (as the body has always carried it).
-pub fn webhook_body(row: &DispatchRow) -> Vec<u8> {
-    let ticket: serde_json::Value = serde_json::from_str(&row.ticket.json).unwrap_or_default();
+/// The webhook body of a change: `{"event": "ticket.<kind>", "ticket": …}`, the ticket as a
+/// JSON value (as the body has always carried it).
+pub fn webhook_body(event: &str, ticket_json: &[u8]) -> Vec<u8> {
+    let ticket: serde_json::Value = serde_json::from_slice(ticket_json).unwrap_or_default();
     serde_json::to_vec(&serde_json::json!({
-        "event": format!("ticket.{}", row.event),
+        "event": format!("ticket.{event}"),
         "ticket": ticket,
     }))
     .unwrap_or_default()
+}
+
+/// The JSON a row sends: the one it carries, or its ticket's as stored now. A stored ticket
+/// that is absent, or whose JSON is not the ticket the row names, is an error of the attempt
+/// (retried, then a dead letter); one that cannot be decoded is quarantined by the read.
+fn ticket_json(store: &Store, row: &DispatchRow) -> Result<Vec<u8>, DeliveryError> {
+    if let Some(json) = row.ticket.carried() {
+        return Ok(json.to_vec());
+    }
+    let unreadable = || DeliveryError::Unreadable(row.ticket.id.clone());
+    let json = store
+        .ticket_json(&row.ticket.id)
+        .map_err(|_| unreadable())?
+        .ok_or_else(unreadable)?;
+    match serde_json::from_slice::<TicketHead>(&json) {
+        Ok(head) if head.id == row.ticket.id => Ok(json),
+        _ => {
+            // Decoding it whole sets it aside when it cannot be read.
+            let _ = store.ticket(&row.ticket.id);
+            Err(unreadable())
+        }
+    }
 }
 
 /// What the dispatch step knows about a row besides the reports of its I/O.
@@ -582,15 +657,31 @@ impl Delivery for Targets {
         }
     }
 
-    async fn perform(&self, _: &Store, key: &[u8], row: &DispatchRow, _: &Known, io: Io) -> Seen {
+    async fn perform(
+        &self,
+        store: &Store,
+        key: &[u8],
+        row: &DispatchRow,
+        _: &Known,
+        io: Io,
+    ) -> Seen {
+        // The ticket's JSON as a commit encoded it (see `TicketJson`).
+        let json = match ticket_json(store, row) {
+            Ok(json) => json,
+            Err(e) => {
+                return match io {
+                    Io::Publish => Seen::Published(Err(e)),
+                    Io::Post => Seen::Posted(Err(e)),
+                }
+            }
+        };
         match io {
             Io::Publish => {
                 let topic = format!(
                     "{}/{}/{}",
                     self.cfg.topic_prefix, row.ticket.device_id, row.ticket.failure_mode
                 );
-                // The ticket's JSON as the commit encoded it (see `TicketJson`).
-                let payload = row.ticket.as_bytes().to_vec();
+                let payload = json;
                 // Queued into the client's session: with clean_session = false rumqttc re-sends
                 // it after a reconnect until the broker acknowledges it.
                 let r = self
@@ -599,18 +690,18 @@ impl Delivery for Targets {
                     .await;
                 Seen::Published(r.map_err(|e| DeliveryError::Client(e.to_string())))
             }
-            Io::Post => Seen::Posted(self.post(row, key).await),
+            Io::Post => Seen::Posted(self.post(row, &json, key).await),
         }
     }
 }
 
 impl Targets {
-    async fn post(&self, row: &DispatchRow, key: &[u8]) -> Result<(), DeliveryError> {
+    async fn post(&self, row: &DispatchRow, json: &[u8], key: &[u8]) -> Result<(), DeliveryError> {
         let cfg = &self.cfg;
         let Some(url) = &cfg.webhook_url else {
             return Ok(());
         };
-        let body = webhook_body(row);
+        let body = webhook_body(&row.event, json);
         let mut req = self
             .http
             .post(url.expose())

@@ -1150,8 +1150,16 @@ mod tests {
             "one dispatch row for the ticket's three changes"
         );
         assert_eq!(rows[0].1["event"], "transition", "the newest change's kind");
+        // No webhook: the row names the ticket, sent as stored (its current state).
+        assert_eq!(rows[0].1["head"]["id"], "T-00dd");
+        assert!(rows[0].1.get("ticket").is_none(), "{}", rows[0].1);
         assert_eq!(
-            rows[0].1["ticket"]["status"], "acknowledged",
+            a.store
+                .ticket("T-00dd")
+                .expect("read")
+                .expect("stored")
+                .status,
+            Status::Acknowledged,
             "its current state"
         );
         for c in &claims {

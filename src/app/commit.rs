@@ -750,7 +750,8 @@ impl App {
     /// Writes one ticket change into the transaction: the ticket, its dispatch outbox row and
     /// whatever the notifier adds. Called by the writer, holding the core.
     pub(super) fn record_change(&self, tx: &mut Tx, c: &Change, now_ms: i64) {
-        // The ticket is encoded once: its record and its dispatch row carry the same JSON.
+        // The ticket is encoded once: its record and, with a webhook, its dispatch row carry
+        // the same JSON (without one the row names the ticket).
         match serde_json::to_vec(&c.ticket) {
             Ok(json) => {
                 tx.push_outbox_json(

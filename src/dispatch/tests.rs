@@ -240,7 +240,10 @@ fn a_row_without_the_as_sent_mark_publishes_its_ticket_encoded_again() {
         "next_attempt_ms": 0,
     });
     let r: DispatchRow = serde_json::from_value(stored).expect("old row decodes");
-    assert_eq!(r.ticket.as_bytes(), serde_json::to_vec(&ticket()).unwrap());
+    assert_eq!(
+        r.ticket.carried(),
+        Some(&serde_json::to_vec(&ticket()).unwrap()[..])
+    );
     assert_eq!(
         (r.ticket.id.as_str(), r.ticket.failure_mode.as_str()),
         ("T-1", "bearing_wear")
@@ -279,7 +282,7 @@ fn a_webhook_status_reads_as_the_http_library_words_it() {
 }
 
 #[test]
-fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
+fn a_new_row_carries_its_ticket_for_a_webhook_names_it_otherwise_and_is_its_own_json() {
     // A ticket with every optional part filled, and one with none.
     let mut full = ticket();
     full.customer_id = Some("c-\"1\"".into());
@@ -298,6 +301,7 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
         note: "on it".into(),
     }];
     full.outcome = Some(crate::domain::Outcome::FalseAlarm);
+    full.device_id = crate::domain::DeviceId::parse("ปั๊ม-\"۱\"").unwrap();
     for t in [ticket(), full] {
         let ticket_json = serde_json::to_vec(&t).unwrap();
         for kind in [
@@ -320,15 +324,24 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
                     String::from_utf8_lossy(&want),
                     "{kind:?}, webhook {has_webhook}"
                 );
-                // Read back, it publishes the commit's bytes and posts what the body always
-                // held: the ticket as a JSON value.
                 let read: DispatchRow = serde_json::from_slice(&got).unwrap();
                 assert_eq!(read, row);
-                // The worker's reader, which does not scan the ticket, reads the same row.
-                assert_eq!(DispatchRow::read_stored(&got).as_ref(), Some(&read));
-                assert_eq!(read.ticket.as_bytes(), &ticket_json[..]);
-                assert_eq!(read.ticket.decode().unwrap(), t);
-                // The head stored beside the ticket is what the worker reads.
+                let text = String::from_utf8(got.clone()).unwrap();
+                if has_webhook {
+                    // The webhook's body is the change's own state: the row carries it, and
+                    // the worker's reader, which does not scan the ticket, reads the same row.
+                    assert_eq!(read.ticket.carried(), Some(&ticket_json[..]));
+                    assert_eq!(DispatchRow::read_stored(&got).as_ref(), Some(&read));
+                } else {
+                    // MQTT only: the row names its ticket; no copy of it (history, evidence).
+                    assert_eq!(read.ticket.carried(), None);
+                    assert!(
+                        !text.contains("\"ticket\"") && !text.contains("on it"),
+                        "{text}"
+                    );
+                    assert_eq!(DispatchRow::read_stored(&got), None, "left to JSON");
+                }
+                // The head is what the worker reads.
                 assert_eq!(
                     (
                         read.ticket.id.as_str(),
@@ -337,15 +350,79 @@ fn a_row_built_around_the_tickets_json_is_the_rows_own_json() {
                     ),
                     (t.id.as_str(), t.device_id.as_str(), t.failure_mode.as_str())
                 );
+                // Posted, the body is what it always held: the ticket as a JSON value.
                 let body = serde_json::to_vec(&serde_json::json!({
                     "event": format!("ticket.{}", kind.as_str()),
                     "ticket": t,
                 }))
                 .unwrap();
-                assert_eq!(webhook_body(&read), body);
+                assert_eq!(webhook_body(&read.event, &ticket_json), body);
             }
         }
     }
+}
+
+#[test]
+fn a_row_with_neither_ticket_nor_head_is_refused() {
+    let stored = br#"{"event":"opened","mqtt_done":false,"webhook_done":true,"attempts":0,"next_attempt_ms":0}"#;
+    assert!(serde_json::from_slice::<DispatchRow>(stored).is_err());
+}
+
+#[test]
+fn a_row_sends_its_tickets_json_as_stored_when_sent_and_an_absent_or_foreign_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).expect("store");
+    let mut t = ticket();
+    let change = Change {
+        kind: ChangeKind::Opened,
+        previous_priority: None,
+        ticket: t.clone(),
+    };
+    let row = DispatchRow::new(&change, false).unwrap();
+    // Not stored (yet): an error of the attempt, naming the ticket.
+    let absent = ticket_json(&store, &row).unwrap_err();
+    assert_eq!(absent, DeliveryError::Unreadable("T-1".into()));
+    assert!(absent.to_string().contains("T-1"), "{absent}");
+    let mut tx = store.tx();
+    tx.put_ticket(&t);
+    store.commit(tx).unwrap();
+    assert_eq!(
+        ticket_json(&store, &row).unwrap(),
+        serde_json::to_vec(&t).unwrap()
+    );
+    // Changed since the row was written: the row sends the ticket as it is now.
+    t.status = crate::domain::Status::Acknowledged;
+    let mut tx = store.tx();
+    tx.put_ticket(&t);
+    store.commit(tx).unwrap();
+    assert_eq!(
+        ticket_json(&store, &row).unwrap(),
+        serde_json::to_vec(&t).unwrap()
+    );
+    // A row that carries its ticket sends what it carries.
+    let carried = DispatchRow {
+        ticket: TicketJson::new(&ticket()).unwrap(),
+        ..row.clone()
+    };
+    assert_eq!(
+        ticket_json(&store, &carried).unwrap(),
+        serde_json::to_vec(&ticket()).unwrap()
+    );
+    // A row naming a ticket whose record holds another ticket: not sent.
+    let other = DispatchRow {
+        ticket: TicketJson::named(&Ticket::example(
+            "T-2",
+            "pump-1",
+            crate::domain::Timestamp::from_millis(NOW),
+        )),
+        ..row
+    };
+    // T-1's JSON under T-2's key.
+    store.outbox_put(b"t/T-2", &ticket()).unwrap();
+    assert_eq!(
+        ticket_json(&store, &other).unwrap_err(),
+        DeliveryError::Unreadable("T-2".into())
+    );
 }
 
 #[test]
@@ -367,10 +444,15 @@ fn the_workers_reader_reads_what_the_worker_rewrites_and_leaves_other_layouts_to
         ticket: t.clone(),
     };
     let json = serde_json::to_vec(&t).unwrap();
-    let stored = DispatchRow::new_json(ChangeKind::Updated, &t, &json, true);
+    // A row that carries its ticket, as commits wrote them before rows named their ticket.
+    let carrying = DispatchRow {
+        ticket: TicketJson::new(&t).unwrap(),
+        ..DispatchRow::new(&change, true).unwrap()
+    };
+    let stored = serde_json::to_vec(&carrying).unwrap();
     let read = DispatchRow::read_stored(&stored).expect("read without scanning the ticket");
-    assert_eq!(read, DispatchRow::new(&change, true).unwrap());
-    assert_eq!(read.ticket.as_bytes(), &json[..]);
+    assert_eq!(read, carrying);
+    assert_eq!(read.ticket.carried(), Some(&json[..]));
     // Rewritten by the worker after a failed attempt (an error with quotes in it): the same.
     let mut retried = read.clone();
     retried.attempts = 2;
