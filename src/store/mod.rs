@@ -410,6 +410,28 @@ fn outbox_key(queue: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// sled's log segment size for a new store. sled writes a page larger than a quarter of a
+/// segment as a file of its own (a "blob": created, written, later removed), and a page is a
+/// whole leaf of up to 17 entries: with the default 512 KiB, the leaf holding the newest step
+/// log records (one of ~26 kB per group of 256 readings) went out as a blob at nearly every
+/// commit. At 4 MiB a leaf of step log records stays in the log.
+const SEGMENT_SIZE: usize = 4 << 20;
+
+/// The segment size to open `dir` with: the one it was created with (sled refuses another),
+/// [`SEGMENT_SIZE`] for a new store.
+fn segment_size(dir: &Path) -> usize {
+    // sled's `conf`: `key: value` lines, then a 4-byte checksum (not text).
+    std::fs::read(dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            String::from_utf8_lossy(&conf)
+                .lines()
+                .find_map(|l| l.strip_prefix("segment_size:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(SEGMENT_SIZE)
+}
+
 fn decode<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T> {
     serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(k).into_owned(),
@@ -453,6 +475,7 @@ impl Store {
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(1000))
+            .segment_size(segment_size(dir))
             .open()?;
         let tree = db.open_tree("forewarn")?;
         match tree.get(b"meta/schema")? {
@@ -817,6 +840,12 @@ impl Store {
         }
     }
 
+    /// A ticket's stored JSON as it is, undecoded (dispatch sends it as it is); `None` when
+    /// absent.
+    pub fn ticket_json(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.h()?.tree.get(key2(b"t/", id))?.map(|v| v.to_vec()))
+    }
+
     /// The counter of quarantined records, for the app to register.
     pub fn quarantined_counter(&self) -> prometheus::IntCounter {
         self.quarantined.clone()
@@ -1070,6 +1099,50 @@ mod tests {
         assert_eq!(store.get_kv::<u8>("bad").unwrap(), None);
         let e = store.outbox_put(b"o/x/1", &unencodable).unwrap_err();
         assert!(matches!(e, StoreError::Encode { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_store_written_with_sleds_default_segment_size_opens_with_it_and_a_new_one_gets_4_mib() {
+        // As an earlier build wrote it: sled's defaults, a ticket and the schema mark.
+        let old = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(old.path()).open().unwrap();
+            let tree = db.open_tree("forewarn").unwrap();
+            tree.insert(b"meta/schema", SCHEMA_VERSION.to_string().as_bytes())
+                .unwrap();
+            let t = crate::domain::Ticket::example(
+                "T-ปั๊ม-۱",
+                "d1",
+                crate::domain::Timestamp::from_millis(0),
+            );
+            tree.insert(key2(b"t/", &t.id), serde_json::to_vec(&t).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(segment_size(old.path()), 512 * 1024);
+        let store = Store::open(old.path(), 1 << 20).expect("an earlier store opens");
+        assert_eq!(
+            store.ticket("T-ปั๊ม-۱").unwrap().unwrap().device_id.as_str(),
+            "d1"
+        );
+        drop(store);
+        let new = tempfile::tempdir().unwrap();
+        assert_eq!(segment_size(new.path()), SEGMENT_SIZE);
+        let store = Store::open(new.path(), 1 << 20).unwrap();
+        // Step log records of a large group in one leaf: written and read back, and the
+        // store reopens with the size it was created with.
+        let record = vec![7u8; 30_000];
+        for _ in 0..20 {
+            let mut tx = store.tx();
+            tx.put_log(record.clone());
+            store.commit(tx).unwrap();
+        }
+        drop(store);
+        assert_eq!(segment_size(new.path()), SEGMENT_SIZE);
+        let store = Store::open(new.path(), 1 << 20).unwrap();
+        let log = store.log().unwrap();
+        assert_eq!(log.len(), 20);
+        assert!(log.iter().all(|(_, r)| *r == record));
     }
 
     #[test]
