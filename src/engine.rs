@@ -442,7 +442,7 @@ impl Engine {
                     "probability {:.2} ≥ threshold {:.2} ({}){}",
                     probability,
                     mm.ticket_threshold().unwrap_or(mm.threshold),
-                    mm.threshold_rule,
+                    rule_summary(&mm.threshold_rule),
                     if ctx.attrs.is_none() {
                         "; device not in registry: scored without its attributes"
                     } else {
@@ -569,9 +569,44 @@ pub fn priority(ttf_hours: Option<f64>, horizon_hours: f64, probability: f64) ->
     }
 }
 
+/// The first clause of a mode's threshold rule (up to its first `;` outside parentheses): how
+/// the threshold was chosen, in the words of a ticket's opening note. The whole rule — every
+/// level's criterion, a thousand characters for a trained model — stays in the model file;
+/// written into every ticket it was half of each ticket's JSON, stored, published and posted
+/// with every change.
+fn rule_summary(rule: &str) -> &str {
+    let mut depth = 0u32;
+    for (i, c) in rule.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ';' if depth == 0 => return rule[..i].trim_end(),
+            _ => {}
+        }
+    }
+    rule
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tickets_opening_note_names_the_first_clause_of_the_threshold_rule_only() {
+        let rule = "out of fold (5 folds; grouped by device); ticket: best F1 (a ticket is \
+                    correct when …); watch: lowest score";
+        assert_eq!(
+            rule_summary(rule),
+            "out of fold (5 folds; grouped by device)"
+        );
+        assert_eq!(rule_summary("synthetic"), "synthetic");
+        assert_eq!(
+            rule_summary("เลือกจาก F1 (ข้อมูล; ทดสอบ) ; انتخاب"),
+            "เลือกจาก F1 (ข้อมูล; ทดสอบ)"
+        );
+        assert_eq!(rule_summary("آستانه) نامتوازن; بقیه"), "آستانه) نامتوازن");
+        assert_eq!(rule_summary(""), "");
+    }
 
     use crate::predict::example::hot_model;
 
