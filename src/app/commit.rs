@@ -333,58 +333,37 @@ impl App {
     }
 
     /// Runs the group's devices through [`App::offer`], split into shards (one per
-    /// `ingest.apply_threads`, devices dealt round-robin) that run on threads of their own.
-    /// Returns each shard's output.
+    /// `ingest.apply_threads`, devices dealt round-robin): the processing thread applies the
+    /// first, the apply pool's threads the others. Returns each shard's output.
     fn run_shards(&self, sh: &Shared<'_>, work: &mut [DeviceWork]) -> Vec<ShardOut> {
         let items: usize = work.iter().map(|w| w.items.len()).sum();
         let k = self.apply_threads.min(work.len());
-        if k <= 1 || items < PARALLEL_MIN_ITEMS {
-            return vec![self.run_shard(sh, work.iter_mut())];
+        let pool = match &self.apply_pool {
+            Some(pool) if k > 1 && items >= PARALLEL_MIN_ITEMS => pool,
+            _ => return vec![self.run_shard(sh, work.iter_mut())],
+        };
+        let mut shards: Vec<Vec<&mut DeviceWork>> = (0..k).map(|_| Vec::new()).collect();
+        for (i, w) in work.iter_mut().enumerate() {
+            shards[i % k].push(w);
         }
-        std::thread::scope(|scope| {
-            let mut shards: Vec<Vec<&mut DeviceWork>> = (0..k).map(|_| Vec::new()).collect();
-            for (i, w) in work.iter_mut().enumerate() {
-                shards[i % k].push(w);
-            }
-            let mut shards = shards.into_iter();
-            let mine = shards.next().unwrap_or_default();
-            let mut handles = Vec::new();
-            // Shards no thread could be started for: this thread does them after its own.
-            let mut inline = Vec::new();
+        let mut shards = shards.into_iter();
+        let mine = shards.next().unwrap_or_default();
+        let theirs = parking_lot::Mutex::new(Vec::with_capacity(k - 1));
+        // Runs here (not on the pool) and returns once every spawned shard is done; a panic in
+        // one is raised here.
+        let own = pool.in_place_scope(|scope| {
             for shard in shards {
-                // The shard goes over a channel once the thread runs, so a failed start leaves
-                // it here.
-                let (tx, rx) = std::sync::mpsc::channel::<Vec<&mut DeviceWork>>();
-                let spawned = std::thread::Builder::new()
-                    .name("forewarn-apply".into())
-                    .spawn_scoped(scope, move || {
-                        rx.recv()
-                            .map(|shard| self.run_shard(sh, shard.into_iter()))
-                            .unwrap_or_default()
-                    });
-                match spawned {
-                    Ok(h) => match tx.send(shard) {
-                        Ok(()) => handles.push(h),
-                        Err(back) => inline.push(back.0),
-                    },
-                    Err(e) => {
-                        tracing::debug!("apply thread not started ({e}): applied in turn");
-                        inline.push(shard);
-                    }
-                }
+                let theirs = &theirs;
+                scope.spawn(move |_| {
+                    let out = self.run_shard(sh, shard.into_iter());
+                    theirs.lock().push(out);
+                });
             }
-            let mut outs = vec![self.run_shard(sh, mine.into_iter())];
-            for shard in inline {
-                outs.push(self.run_shard(sh, shard.into_iter()));
-            }
-            for h in handles {
-                match h.join() {
-                    Ok(out) => outs.push(out),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            outs
-        })
+            self.run_shard(sh, mine.into_iter())
+        });
+        let mut outs = theirs.into_inner();
+        outs.push(own);
+        outs
     }
 
     /// Offers one shard's devices their items, in arrival order per device.

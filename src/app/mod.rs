@@ -146,6 +146,10 @@ pub struct App {
     limits: Limits,
     /// Threads applying a group (`ingest.apply_threads`, `0` resolved to the cores).
     apply_threads: usize,
+    /// The `apply_threads - 1` threads that take a group's other shards (the processing thread
+    /// applies one itself), kept between groups; `None` with one apply thread, or when they
+    /// could not be started (then every shard is applied by the processing thread, in turn).
+    apply_pool: Option<rayon::ThreadPool>,
     /// Sparkplug B and SenML: asked first whether a topic is theirs.
     formats: crate::ingest::formats::Formats,
     /// Wakes the dispatch worker after a commit that added rows.
@@ -198,6 +202,10 @@ impl App {
             .registry
             .register(Box::new(store.quarantined_counter()));
         let engine = Engine::new(settings.engine.clone(), Arc::new(models));
+        let apply_threads = match settings.ingest.apply_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let app = App {
             core: Mutex::new(Core {
                 engine,
@@ -231,10 +239,21 @@ impl App {
                 &metrics.registry,
             ),
             limits,
-            apply_threads: match settings.ingest.apply_threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            },
+            apply_threads,
+            apply_pool: (apply_threads > 1)
+                .then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(apply_threads - 1)
+                        .thread_name(|i| format!("forewarn-apply-{i}"))
+                        .build()
+                        .map_err(|e| {
+                            tracing::warn!(
+                                "apply threads not started ({e}): each group applied by one thread"
+                            )
+                        })
+                        .ok()
+                })
+                .flatten(),
             dispatch_wake: Arc::new(Notify::new()),
             clock,
             settings,
