@@ -105,3 +105,58 @@ async fn ticket_is_published_retained_and_posted_signed_to_the_dispatch_webhook(
     assert_eq!(t["status"], "open");
     stop(h, tok).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_webhook_the_retained_message_is_the_ticket_as_stored_after_each_change() {
+    // No webhook: the dispatch rows name their ticket; what is published is the ticket as the
+    // store holds it when the row goes out, byte for byte what the API reads back.
+    let b = broker();
+    let dirs = Dirs::new();
+    let (h, tok) = start(config(&b.url(), &dirs, "fw-dispatch-named")).await;
+    ready(&h).await;
+    let api = Api::new(&h);
+    let dev = mqtt(&b, "disp-2-pub").await;
+    dev.publish_degrading("ปั๊ม-۲", 36).await;
+    let id = api.first_ticket("ปั๊ม-۲").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let topic = "forewarn/tickets/ปั๊ม-۲/overheat";
+    let latest = |status: &'static str| {
+        let (b, api, id) = (&b, &api, id.clone());
+        async move {
+            eventually("the retained ticket", || async {
+                let mut w = mqtt(b, &format!("watcher-{status}")).await;
+                w.client
+                    .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+                    .await
+                    .unwrap();
+                let Ok(Some(p)) =
+                    tokio::time::timeout(Duration::from_secs(5), w.incoming.recv()).await
+                else {
+                    return false;
+                };
+                let t: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                let stored = api.get_json(&format!("/api/v1/tickets/{id}")).await;
+                p.retain && t["status"] == status && t == stored
+            })
+            .await;
+        }
+    };
+    latest("open").await;
+    let r = api
+        .post(
+            &format!("/api/v1/tickets/{id}/transitions"),
+            &serde_json::json!({"to": "acknowledged", "note": "รับทราบ — دیده شد"}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    latest("acknowledged").await;
+    eventually("outbox drained", || async {
+        api.metric("forewarn_outbox_depth{queue=\"dispatch\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    stop(h, tok).await;
+}
