@@ -367,7 +367,7 @@ impl Engine {
                                     action: UPDATED.into(),
                                     from: None,
                                     to: None,
-                                    note: format!("probability {:.2}", s.probability),
+                                    note: format!("probability {}", two_digits(s.probability)),
                                 },
                                 self.cfg.history_updates_kept,
                             );
@@ -439,9 +439,9 @@ impl Engine {
                 from: None,
                 to: Some(Status::Open),
                 note: format!(
-                    "probability {:.2} ≥ threshold {:.2} ({}){}",
-                    probability,
-                    mm.ticket_threshold().unwrap_or(mm.threshold),
+                    "probability {} ≥ threshold {} ({}){}",
+                    two_digits(probability),
+                    two_digits(mm.ticket_threshold().unwrap_or(mm.threshold)),
                     rule_summary(&mm.threshold_rule),
                     if ctx.attrs.is_none() {
                         "; device not in registry: scored without its attributes"
@@ -569,6 +569,16 @@ pub fn priority(ttf_hours: Option<f64>, horizon_hours: f64, probability: f64) ->
     }
 }
 
+/// A probability for a person to read: two decimals, or below 0.01 its first two significant
+/// digits ("0.0042", not "0.00", which read as "probability 0.00 ≥ threshold 0.00").
+fn two_digits(p: f64) -> String {
+    if !(p > 0.0 && p < 0.01) {
+        return format!("{p:.2}");
+    }
+    let decimals = (1.0 - p.log10().floor()).clamp(3.0, 12.0) as usize;
+    format!("{p:.decimals$}")
+}
+
 /// The first clause of a mode's threshold rule (up to its first `;` outside parentheses): how
 /// the threshold was chosen, in the words of a ticket's opening note. The whole rule — every
 /// level's criterion, a thousand characters for a trained model — stays in the model file;
@@ -590,6 +600,18 @@ fn rule_summary(rule: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probabilities_in_notes_keep_two_significant_digits_below_a_hundredth() {
+        assert_eq!(two_digits(0.934), "0.93");
+        assert_eq!(two_digits(0.01), "0.01");
+        assert_eq!(two_digits(0.0042), "0.0042");
+        assert_eq!(two_digits(0.00063566), "0.00064");
+        assert_eq!(two_digits(1e-9), "0.0000000010");
+        assert_eq!(two_digits(0.0), "0.00");
+        assert_eq!(two_digits(1.0), "1.00");
+        assert_eq!(two_digits(f64::NAN), "NaN");
+    }
 
     #[test]
     fn a_tickets_opening_note_names_the_first_clause_of_the_threshold_rule_only() {
