@@ -226,12 +226,7 @@ impl DispatchRow {
         let json = std::str::from_utf8(ticket).ok()?;
         Some(DispatchRow {
             event: event.as_str().to_string(),
-            ticket: TicketJson {
-                id: head.id,
-                device_id: head.device_id,
-                failure_mode: head.failure_mode,
-                json: Some(json.into()),
-            },
+            ticket: head.with(Some(json.into())),
             mqtt_done: t.mqtt_done,
             webhook_done: t.webhook_done,
             attempts: t.attempts,
@@ -267,24 +262,14 @@ impl TryFrom<StoredRow> for DispatchRow {
     fn try_from(r: StoredRow) -> Result<DispatchRow, serde_json::Error> {
         let ticket = match (r.ticket, r.ticket_as_sent, r.head) {
             // Names its ticket: sent as stored when the attempt is made.
-            (None, _, Some(head)) => TicketJson {
-                id: head.id,
-                device_id: head.device_id,
-                failure_mode: head.failure_mode,
-                json: None,
-            },
+            (None, _, Some(head)) => head.with(None),
             (None, _, None) => {
                 return Err(serde::de::Error::custom(
                     "a dispatch row with neither a ticket nor its head",
                 ))
             }
             // Written beside the ticket by the same commit: nothing of the ticket is decoded.
-            (Some(json), true, Some(head)) => TicketJson {
-                id: head.id,
-                device_id: head.device_id,
-                failure_mode: head.failure_mode,
-                json: Some(json.into()),
-            },
+            (Some(json), true, Some(head)) => head.with(Some(json.into())),
             (Some(json), true, None) => TicketJson::from_raw(json)?,
             (Some(json), false, _) => {
                 TicketJson::new(&serde_json::from_str::<Ticket>(json.get())?)?
@@ -325,14 +310,24 @@ struct TicketHead {
     failure_mode: String,
 }
 
+impl TicketHead {
+    /// The row's ticket: this head, with the JSON the row carries (`None`: it names it).
+    fn with(self, json: Option<Box<str>>) -> TicketJson {
+        TicketJson {
+            id: self.id,
+            device_id: self.device_id,
+            failure_mode: self.failure_mode,
+            json,
+        }
+    }
+}
+
 impl TicketJson {
     /// Encodes `t`: the JSON `serde_json::to_vec(t)` gives.
     pub fn new(t: &Ticket) -> Result<TicketJson, serde_json::Error> {
         Ok(TicketJson {
-            id: t.id.clone(),
-            device_id: t.device_id.clone(),
-            failure_mode: t.failure_mode.clone(),
             json: Some(serde_json::to_string(t)?.into()),
+            ..TicketJson::named(t)
         })
     }
 
@@ -349,12 +344,7 @@ impl TicketJson {
     /// A ticket's JSON as written by [`TicketJson::new`] (or `serde_json::to_vec` of a ticket).
     pub fn from_raw(json: Box<RawValue>) -> Result<TicketJson, serde_json::Error> {
         let head: TicketHead = serde_json::from_str(json.get())?;
-        Ok(TicketJson {
-            id: head.id,
-            device_id: head.device_id,
-            failure_mode: head.failure_mode,
-            json: Some(json.into()),
-        })
+        Ok(head.with(Some(json.into())))
     }
 
     fn head(&self) -> HeadRef<'_> {
@@ -373,7 +363,12 @@ impl TicketJson {
 
 impl PartialEq for TicketJson {
     fn eq(&self, other: &TicketJson) -> bool {
+        // The JSON when carried (its head is read from it); the head itself when named.
         self.json == other.json
+            && (self.json.is_some()
+                || (self.id == other.id
+                    && self.device_id == other.device_id
+                    && self.failure_mode == other.failure_mode))
     }
 }
 
@@ -423,8 +418,8 @@ impl DispatchRow {
         has_webhook: bool,
     ) -> Vec<u8> {
         let event = kind.as_str();
-        let carried = if has_webhook { ticket_json } else { &[] };
-        let mut out = Vec::with_capacity(carried.len() + event.len() + 160);
+        let carried = if has_webhook { ticket_json.len() } else { 0 };
+        let mut out = Vec::with_capacity(carried + event.len() + 160);
         // The kinds are plain lower-case words: nothing in them needs escaping.
         out.extend_from_slice(b"{\"event\":\"");
         out.extend_from_slice(event.as_bytes());
@@ -465,9 +460,12 @@ pub fn webhook_body(event: &str, ticket_json: &[u8]) -> Vec<u8> {
 /// The JSON a row sends: the one it carries, or its ticket's as stored now. A stored ticket
 /// that is absent, or whose JSON is not the ticket the row names, is an error of the attempt
 /// (retried, then a dead letter); one that cannot be decoded is quarantined by the read.
-fn ticket_json(store: &Store, row: &DispatchRow) -> Result<Vec<u8>, DeliveryError> {
+fn ticket_json<'r>(
+    store: &Store,
+    row: &'r DispatchRow,
+) -> Result<std::borrow::Cow<'r, [u8]>, DeliveryError> {
     if let Some(json) = row.ticket.carried() {
-        return Ok(json.to_vec());
+        return Ok(json.into());
     }
     let unreadable = || DeliveryError::Unreadable(row.ticket.id.clone());
     let json = store
@@ -475,7 +473,7 @@ fn ticket_json(store: &Store, row: &DispatchRow) -> Result<Vec<u8>, DeliveryErro
         .map_err(|_| unreadable())?
         .ok_or_else(unreadable)?;
     match serde_json::from_slice::<TicketHead>(&json) {
-        Ok(head) if head.id == row.ticket.id => Ok(json),
+        Ok(head) if head.id == row.ticket.id => Ok(json.into()),
         _ => {
             // Decoding it whole sets it aside when it cannot be read.
             let _ = store.ticket(&row.ticket.id);
@@ -681,7 +679,7 @@ impl Delivery for Targets {
                     "{}/{}/{}",
                     self.cfg.topic_prefix, row.ticket.device_id, row.ticket.failure_mode
                 );
-                let payload = json;
+                let payload = json.into_owned();
                 // Queued into the client's session: with clean_session = false rumqttc re-sends
                 // it after a reconnect until the broker acknowledges it.
                 let r = self
