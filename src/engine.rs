@@ -8,7 +8,7 @@ use crate::domain::{HistoryEntry, ModelRef, Outcome, Priority, Status, Ticket, T
 use crate::features::{
     streak_key, Attributes, DeviceState, FeatureSpec, MetricIndex, Observed, WindowSpec,
 };
-use crate::predict::{within_hold_back, Artifact, CompiledMode, ModeModel, OpenRule};
+use crate::predict::{within_hold_back, Artifact, CompiledMode, OpenRule};
 use crate::tickets::ticket_id;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -336,8 +336,13 @@ impl Engine {
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
                             t.updated_at = r.ts.format();
-                            t.evidence =
-                                a.evidence_named(mm, &x, self.cfg.evidence_features, &lm.names);
+                            t.evidence = a.evidence_named(
+                                mm,
+                                Some(&lm.compiled[k]),
+                                &x,
+                                self.cfg.evidence_features,
+                                &lm.names,
+                            );
                             t.history.push(HistoryEntry {
                                 at: r.ts.format(),
                                 actor: "forewarn".into(),
@@ -357,8 +362,13 @@ impl Engine {
                             t.predicted_failure_at = predicted();
                             t.priority = t.priority.max(prio);
                             t.updated_at = r.ts.format();
-                            t.evidence =
-                                a.evidence_named(mm, &x, self.cfg.evidence_features, &lm.names);
+                            t.evidence = a.evidence_named(
+                                mm,
+                                Some(&lm.compiled[k]),
+                                &x,
+                                self.cfg.evidence_features,
+                                &lm.names,
+                            );
                             push_update(
                                 &mut t.history,
                                 HistoryEntry {
@@ -378,7 +388,7 @@ impl Engine {
                             });
                         }
                     } else if above && within && rule.met(recent) {
-                        let mut t = self.open(lm, mm, r, ctx, s.probability, predicted(), prio, &x);
+                        let mut t = self.open(lm, k, r, ctx, s.probability, predicted(), prio, &x);
                         if !alert {
                             t.history.push(HistoryEntry {
                                 at: r.ts.format(),
@@ -406,7 +416,7 @@ impl Engine {
     fn open(
         &self,
         lm: &LoadedModel,
-        mm: &ModeModel,
+        k: usize,
         r: &Reading,
         ctx: DeviceCtx<'_>,
         probability: f64,
@@ -415,6 +425,7 @@ impl Engine {
         x: &[f64],
     ) -> Ticket {
         let a = &lm.artifact;
+        let mm = &a.modes[k];
         let at = r.ts.format();
         Ticket {
             id: ticket_id(&self.cfg.ticket_id_key, &r.device_id, &mm.mode, r.ts),
@@ -431,7 +442,13 @@ impl Engine {
                 name: a.name.clone(),
                 version: a.version.clone(),
             },
-            evidence: a.evidence_named(mm, x, self.cfg.evidence_features, &lm.names),
+            evidence: a.evidence_named(
+                mm,
+                Some(&lm.compiled[k]),
+                x,
+                self.cfg.evidence_features,
+                &lm.names,
+            ),
             history: vec![HistoryEntry {
                 at,
                 actor: "forewarn".into(),

@@ -128,6 +128,12 @@ struct Complete {
     slots: Vec<u16>,
     /// Every tree's leaves (output × learning rate), tree after tree, left to right.
     leaves: Vec<f64>,
+    /// For evidence ([`FlatTrees::contributions`]): every tree's stored node values (an inner
+    /// node's mean output below, a leaf's output) at their heap places, `2 × 2^depth` entries
+    /// a tree (entry 0 and the places under a shallow leaf unused, the bottom places
+    /// `2^depth` on).
+    means: Vec<f64>,
+    learning_rate: f64,
 }
 
 /// Consecutive trees of one depth.
@@ -139,12 +145,19 @@ struct Group {
     start: u32,
 }
 
-/// What [`fill`] writes a complete tree into: its `2^depth` entries of each array.
+/// What [`fill`] writes a complete tree into: its `2^depth` entries of each array (`means`:
+/// twice that).
 struct TreeOut<'a> {
     thresholds: &'a mut [f64],
     slots: &'a mut [u16],
     leaves: &'a mut [f64],
+    means: &'a mut [f64],
 }
+
+/// The slot of a place that is not a stored split (a shallow leaf, or below one). Walks for a
+/// score read it like any slot (masked, it is a real slot; every way leads to the same leaf);
+/// the walk for evidence stops there.
+const NOT_A_SPLIT: u16 = u16::MAX;
 
 /// Trees as linked 16-byte nodes, all in one array, breadth-first, the two children of a node
 /// side by side.
@@ -241,15 +254,61 @@ impl FlatTrees {
         };
         self.link.apply(z)
     }
+
+    /// [`Estimator::contributions`] of the estimator this was compiled from, the same bits
+    /// (the same additions in the same order), walking the complete layout, whose splits the
+    /// scoring has just read; `None` for the linked layout.
+    pub fn contributions(&self, x: &[f64], n_features: usize) -> Option<Vec<f64>> {
+        let Layout::Complete(c) = &self.layout else {
+            return None;
+        };
+        let mut out = vec![0.0; n_features];
+        with_row(x, |row| c.contributions(row, &mut out));
+        Some(out)
+    }
 }
 
 impl Complete {
+    /// Adds, for every split on each tree's path, the learning rate × (the value of the child
+    /// taken − the split's value) to its feature's entry of `c` (features beyond `c` apart), in
+    /// tree order and path order: exactly the stored walk's additions.
+    fn contributions(&self, row: &SplitRow, c: &mut [f64]) {
+        for g in &self.groups {
+            let w = 1usize << g.depth;
+            for k in 0..g.trees as usize {
+                let s0 = g.start as usize + k * w;
+                let (Some(th), Some(sl), Some(means)) = (
+                    self.thresholds.get(s0..s0 + w),
+                    self.slots.get(s0..s0 + w),
+                    self.means.get(2 * s0..2 * s0 + 2 * w),
+                ) else {
+                    return;
+                };
+                let mut a = 1usize;
+                while a < w {
+                    let slot = sl[a];
+                    if slot == NOT_A_SPLIT {
+                        break;
+                    }
+                    let next = 2 * a + usize::from(row.at(slot) > th[a]);
+                    let feature = usize::from(slot) % ROW_FEATURES;
+                    if let Some(e) = c.get_mut(feature) {
+                        *e += self.learning_rate * (means[next] - means[a]);
+                    }
+                    a = next;
+                }
+            }
+        }
+    }
+
     fn compile(trees: &[Tree], learning_rate: f64) -> Option<Complete> {
         let mut out = Complete {
             groups: Vec::new(),
             thresholds: Vec::new(),
             slots: Vec::new(),
             leaves: Vec::new(),
+            means: Vec::new(),
+            learning_rate,
         };
         for t in trees {
             let depth = complete_depth(t)?;
@@ -266,8 +325,9 @@ impl Complete {
             let s0 = out.leaves.len();
             // Entries below a shallow leaf are never read as splits: any values do.
             out.thresholds.resize(s0 + width, 0.0);
-            out.slots.resize(s0 + width, 0);
+            out.slots.resize(s0 + width, NOT_A_SPLIT);
             out.leaves.resize(s0 + width, 0.0);
+            out.means.resize(2 * (s0 + width), 0.0);
             let at = Place {
                 node: 0,
                 heap: 1,
@@ -277,6 +337,7 @@ impl Complete {
                 thresholds: &mut out.thresholds[s0..],
                 slots: &mut out.slots[s0..],
                 leaves: &mut out.leaves[s0..],
+                means: &mut out.means[2 * s0..],
             };
             fill(t, at, learning_rate, &mut tree)?;
         }
@@ -383,6 +444,7 @@ struct Place {
 /// for a leaf its output × `learning_rate` into every bottom place under it.
 fn fill(t: &Tree, at: Place, learning_rate: f64, out: &mut TreeOut<'_>) -> Option<()> {
     let n = t.nodes.get(at.node)?;
+    *out.means.get_mut(at.heap)? = n.value;
     if n.feature == LEAF {
         // The bottom places under heap node h, `below` levels down, are h·2^below onwards;
         // a leaf's number is its bottom place less the tree's width.
@@ -621,6 +683,18 @@ mod tests {
             assert_eq!(flat.predict(x).to_bits(), want, "compiled, {x:?}");
             row.set(x);
             assert_eq!(flat.predict_prepared(x, &row).to_bits(), want, "{x:?}");
+            // Evidence: the complete layout's walk adds what the stored walk adds, bit for
+            // bit, for every feature, and leaves out the features beyond the count asked.
+            for n in [x.len(), x.len() / 2] {
+                let stored: Vec<u64> = e.contributions(x, n).iter().map(|v| v.to_bits()).collect();
+                match flat.contributions(x, n) {
+                    Some(c) => {
+                        let c: Vec<u64> = c.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(c, stored, "contributions of {n} features, {x:?}");
+                    }
+                    None => assert!(!flat.is_complete(), "a complete layout walks for evidence"),
+                }
+            }
         }
         flat
     }
