@@ -737,7 +737,13 @@ impl App {
                     crate::dispatch::QUEUE,
                     DispatchRow::new_json(c.kind, &c.ticket, &json, self.settings.has_webhook),
                 );
-                tx.put_ticket_json(&c.ticket, json);
+                // An automatic update moves a live ticket's numbers, never its status: its
+                // live index entry stays as written when it opened.
+                if c.kind == ChangeKind::Updated && c.ticket.is_live() {
+                    tx.put_unmoved_ticket_json(&c.ticket, json);
+                } else {
+                    tx.put_ticket_json(&c.ticket, json);
+                }
             }
             // Remembered by the transaction, whose commit then fails.
             Err(_) => tx.put_ticket(&c.ticket),

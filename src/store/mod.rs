@@ -253,6 +253,30 @@ impl Tx {
     /// (`serde_json::to_vec(t)`, e.g. to build the dispatch row around it): the ticket is
     /// encoded once per commit, not once per row that carries it.
     pub fn put_ticket_json(&mut self, t: &Ticket, json: Vec<u8>) {
+        let mut lk = key2(b"l/", &t.device_id);
+        lk.push(SEP);
+        lk.extend_from_slice(t.failure_mode.as_bytes());
+        if t.is_live() {
+            self.batch.insert(lk, t.id.as_bytes());
+        } else {
+            self.batch.remove(lk);
+        }
+        self.put_ticket_record(t, json);
+    }
+
+    /// [`Tx::put_ticket_json`] for a change that leaves the live index as it is: a live
+    /// ticket that stays live under its id, device and mode (the engine's automatic updates,
+    /// most of a busy fleet's changes), whose index entry was written when it became live.
+    pub fn put_unmoved_ticket_json(&mut self, t: &Ticket, json: Vec<u8>) {
+        debug_assert!(
+            t.is_live(),
+            "only a live ticket's change leaves the live index as it is"
+        );
+        self.put_ticket_record(t, json);
+    }
+
+    /// The ticket's record (and its outcome's note) without the live index.
+    fn put_ticket_record(&mut self, t: &Ticket, json: Vec<u8>) {
         if let Some(outcome) = t.outcome {
             self.outcomes.push(OutcomeNote {
                 ticket: t.id.clone(),
@@ -262,14 +286,6 @@ impl Tx {
             });
         }
         self.batch.insert(key2(b"t/", &t.id), json);
-        let mut lk = key2(b"l/", &t.device_id);
-        lk.push(SEP);
-        lk.extend_from_slice(t.failure_mode.as_bytes());
-        if t.is_live() {
-            self.batch.insert(lk, t.id.as_bytes());
-        } else {
-            self.batch.remove(lk);
-        }
         self.ops += 1;
     }
 
@@ -1222,6 +1238,37 @@ mod tests {
 
     fn ticket(id: &str, status: Status) -> Ticket {
         crate::tickets::bare(id, "d1", status)
+    }
+
+    #[test]
+    fn an_unmoved_update_keeps_the_live_index_entry_its_opening_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut t = crate::tickets::bare("T-ข้อ-۱", "d1", Status::Open);
+        let mut tx = s.tx();
+        tx.put_ticket(&t);
+        s.commit(tx).unwrap();
+        for p in [0.5, 0.75] {
+            t.probability = p;
+            let mut tx = s.tx();
+            tx.put_unmoved_ticket_json(&t, serde_json::to_vec(&t).unwrap());
+            s.commit(tx).unwrap();
+            let live = s.live_tickets("d1").unwrap();
+            assert_eq!(live.len(), 1);
+            assert_eq!(
+                live[0].probability, p,
+                "the live index reads the newest record"
+            );
+        }
+        t.status = Status::Resolved;
+        let mut tx = s.tx();
+        tx.put_ticket(&t);
+        s.commit(tx).unwrap();
+        assert!(s.live_tickets("d1").unwrap().is_empty());
+        assert_eq!(
+            s.ticket("T-ข้อ-۱").unwrap().map(|t| t.probability),
+            Some(0.75)
+        );
     }
 
     #[test]
