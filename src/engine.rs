@@ -288,8 +288,9 @@ impl Engine {
                     // ticket level: the hold-back, the priority) and `evaluate`'s predictions;
                     // below the level with no live ticket nothing reads it, and most scorings
                     // are there.
-                    let estimate =
-                        self.estimate_always || live.iter().any(|t| t.failure_mode == mm.mode);
+                    // The mode's live ticket, looked up once per scoring.
+                    let live_at = live.iter().position(|t| t.failure_mode == mm.mode);
+                    let estimate = self.estimate_always || live_at.is_some();
                     let ticket_level = mm.ticket_threshold();
                     let s = a.score_mode_compiled_if(mm, &lm.compiled[k], &x, |p| {
                         estimate || ticket_level.is_some_and(|t| p >= t)
@@ -312,7 +313,7 @@ impl Engine {
                     let above = mm.ticket_threshold().is_some_and(|t| s.probability >= t)
                         && (within || !mm.hold_back_in_rule());
                     let alert = mm.alert_threshold().is_some_and(|t| s.probability >= t);
-                    let recent = state.streak_mut(&lm.streak_keys[k]);
+                    let recent = state.streak_mut_at(k, &lm.streak_keys[k]);
                     *recent = OpenRule::remember(*recent, above);
                     let recent = *recent;
                     let rule = self
@@ -325,7 +326,7 @@ impl Engine {
                         s.ttf_hours
                             .map(|h| (r.ts + (h * 3_600_000.0) as i64).format())
                     };
-                    if let Some(t) = live.iter_mut().find(|t| t.failure_mode == mm.mode) {
+                    if let Some(t) = live_at.and_then(|i| live.get_mut(i)) {
                         let raise = alert
                             && within
                             && t.history.iter().any(|h| h.action == ALERT_WITHHELD)

@@ -121,6 +121,15 @@ impl MetricIndex {
         }
         self.ids.get(name).copied()
     }
+    /// [`MetricIndex::get`] looking first at id `hint` (a reading's `k`-th metric is usually
+    /// the index's `k`-th: devices send their metrics in one order): one comparison instead of
+    /// one per name before it. The same answer.
+    pub fn get_hinted(&self, hint: usize, name: &str) -> Option<u16> {
+        match self.names.get(hint) {
+            Some(n) if n == name && self.ids.len() == self.names.len() => Some(hint as u16),
+            _ => self.get(name),
+        }
+    }
     pub fn names(&self) -> &[String] {
         &self.names
     }
@@ -327,8 +336,8 @@ impl DeviceState {
             for m in self.metrics.iter_mut().flatten() {
                 m.ring[slot] = f32::NAN;
             }
-            for (name, v) in &r.metrics {
-                if let Some(id) = index.get(name) {
+            for (k, (name, v)) in r.metrics.iter().enumerate() {
+                if let Some(id) = index.get_hinted(k, name) {
                     let id = id as usize;
                     if self.metrics.len() <= id {
                         self.metrics.resize(id + 1, None);
@@ -467,7 +476,20 @@ impl DeviceState {
     }
 
     pub fn streak_mut(&mut self, key: &str) -> &mut u16 {
-        let pos = match self.streaks.iter().position(|(k, _)| k == key) {
+        self.streak_mut_at(usize::MAX, key)
+    }
+
+    /// [`DeviceState::streak_mut`] looking first at place `hint`, where the key usually is (a
+    /// model's modes are scored in one order, so each device's streaks were made in it): one
+    /// comparison instead of one per key before it.
+    pub fn streak_mut_at(&mut self, hint: usize, key: &str) -> &mut u16 {
+        let hinted = self.streaks.get(hint).is_some_and(|(k, _)| k == key);
+        let found = if hinted {
+            Some(hint)
+        } else {
+            self.streaks.iter().position(|(k, _)| k == key)
+        };
+        let pos = match found {
             Some(p) => p,
             None => {
                 self.streaks.push((key.to_string(), 0));
@@ -1143,6 +1165,37 @@ mod tests {
         );
         assert_eq!(st.observe(&reading(2, None, 1.0), &w, &idx), Observed::Late);
         assert_eq!(st.readings, 2);
+    }
+
+    #[test]
+    fn a_hint_finds_what_the_plain_lookup_finds_wherever_it_points() {
+        // Few names (compared) and many (hashed), Thai and Persian among them.
+        for n in [3usize, 40] {
+            let mut names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+            names[1] = "อุณหภูมิ".into();
+            names[2] = "دما".into();
+            let idx = MetricIndex::new(names.clone());
+            for name in names.iter().map(String::as_str).chain(["absent", "دم", ""]) {
+                for hint in [0, 1, 2, n - 1, n, usize::MAX] {
+                    assert_eq!(
+                        idx.get_hinted(hint, name),
+                        idx.get(name),
+                        "{name} at {hint}"
+                    );
+                }
+            }
+        }
+        let w = WindowSpec::default();
+        let mut st = DeviceState::new(&w, Timestamp::EPOCH);
+        *st.streak_mut("a") = 1;
+        *st.streak_mut("ب") = 2;
+        for hint in [0, 1, 2, usize::MAX] {
+            assert_eq!(*st.streak_mut_at(hint, "a"), 1);
+            assert_eq!(*st.streak_mut_at(hint, "ب"), 2);
+        }
+        *st.streak_mut_at(0, "ค") = 3;
+        assert_eq!(st.streaks.len(), 3, "a key not there is added once");
+        assert_eq!(*st.streak_mut_at(2, "ค"), 3);
     }
 
     #[test]
