@@ -62,6 +62,8 @@ pub struct LoadedModel {
     compiled: Vec<CompiledMode>,
     /// The artifact's feature names, for tickets' evidence (formatted once, not per change).
     names: Vec<String>,
+    /// Per mode: its name as every [`Scoring`] carries it (shared, not copied per scoring).
+    mode_names: Vec<Arc<str>>,
 }
 
 impl LoadedModel {
@@ -76,6 +78,11 @@ impl LoadedModel {
                 .collect(),
             compiled: artifact.modes.iter().map(CompiledMode::new).collect(),
             names: artifact.features.names(),
+            mode_names: artifact
+                .modes
+                .iter()
+                .map(|m| Arc::from(m.mode.as_str()))
+                .collect(),
             artifact,
         }
     }
@@ -189,7 +196,7 @@ pub struct Change {
 pub struct Scoring {
     pub device_id: DeviceId,
     pub ts: Timestamp,
-    pub mode: String,
+    pub mode: Arc<str>,
     pub probability: f64,
     /// The regressor's estimate: always from an engine made [`Engine::estimating_every_scoring`]
     /// (`evaluate`); otherwise only where something read it (see [`Engine::reading`]).
@@ -299,7 +306,7 @@ impl Engine {
                         out.push(Scoring {
                             device_id: r.device_id.clone(),
                             ts: r.ts,
-                            mode: mm.mode.clone(),
+                            mode: Arc::clone(&lm.mode_names[k]),
                             probability: s.probability,
                             ttf_hours: s.ttf_hours,
                             watch: s.probability >= mm.watch_threshold(),

@@ -254,8 +254,12 @@ impl Drift {
 
     /// Adds the (mode, probability) pairs of a commit, each under the first loaded model that
     /// scores the mode (exact when no two models share a mode).
-    pub fn observe_scorings(&self, models: &crate::engine::Models, scores: Vec<(String, f64)>) {
-        let mut by: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    pub fn observe_scorings(
+        &self,
+        models: &crate::engine::Models,
+        scores: Vec<(std::sync::Arc<str>, f64)>,
+    ) {
+        let mut by: std::collections::BTreeMap<std::sync::Arc<str>, Vec<f64>> = Default::default();
         for (mode, p) in scores {
             by.entry(mode).or_default().push(p);
         }
@@ -264,7 +268,7 @@ impl Drift {
                 m.artifact
                     .modes
                     .iter()
-                    .find(|mm| mm.mode == mode)
+                    .find(|mm| *mm.mode == *mode)
                     .map(|mm| (m.artifact.name.as_str(), mm.score_reference.as_deref()))
             });
             let (model, reference) = found.unwrap_or(("", None));

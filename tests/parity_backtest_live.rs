@@ -81,7 +81,7 @@ fn backtest_with_predictions(
                 .scorings
                 .iter()
                 .find(|s| {
-                    s.device_id == t.device_id && s.ts == t.opened_ms && s.mode == t.failure_mode
+                    s.device_id == t.device_id && s.ts == t.opened_ms && *s.mode == *t.failure_mode
                 })
                 .and_then(|s| s.ttf_hours);
             (t, ttf)

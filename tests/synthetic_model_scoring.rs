@@ -86,7 +86,7 @@ fn each_mode_scores_what_its_own_extraction_and_stored_trees_give() {
             x.clear();
             a.features.extract(st, &ids, &mm.mode, None, r.ts, &mut x);
             let want = a.score_mode(mm, &x);
-            assert_eq!(s.mode, mm.mode);
+            assert_eq!(&*s.mode, mm.mode.as_str());
             assert_eq!(s.probability.to_bits(), want.probability.to_bits());
             assert_eq!(
                 s.ttf_hours.map(f64::to_bits),

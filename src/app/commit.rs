@@ -39,7 +39,7 @@ pub(super) struct Tally {
     /// Accepted readings and events for the history archive (only collected when it is on).
     pub(super) archived: Vec<crate::archive::Record>,
     /// (mode, probability) of each scoring, for the drift statistic.
-    pub(super) scores: Vec<(String, f64)>,
+    pub(super) scores: Vec<(std::sync::Arc<str>, f64)>,
     /// Gaps noticed, written with the group.
     pub(super) gaps: Vec<Gap>,
     /// Sparkplug edge node states (births, aliases, `seq`) changed, written with the group.

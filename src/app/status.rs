@@ -107,7 +107,7 @@ pub(super) struct WatchEntry {
 
 pub(super) fn new_watch(s: &Scoring) -> WatchEntry {
     WatchEntry {
-        mode: s.mode.clone(),
+        mode: s.mode.to_string(),
         probability: s.probability,
         since: s.ts,
         scored: s.ts,
@@ -317,7 +317,7 @@ impl App {
         let mut all = self.signals.watches.lock();
         for s in scored {
             match all.get_mut(s.device_id.as_str()) {
-                Some(list) => match list.iter().position(|w| w.mode == s.mode) {
+                Some(list) => match list.iter().position(|w| *w.mode == *s.mode) {
                     Some(i) if s.watch => {
                         list[i].probability = s.probability;
                         list[i].scored = s.ts;
@@ -326,7 +326,7 @@ impl App {
                         list.swap_remove(i);
                         self.metrics
                             .watched_devices
-                            .with_label_values(&[s.mode.as_str()])
+                            .with_label_values(&[&*s.mode])
                             .dec();
                         if list.is_empty() {
                             all.remove(s.device_id.as_str());
@@ -336,7 +336,7 @@ impl App {
                         list.push(new_watch(s));
                         self.metrics
                             .watched_devices
-                            .with_label_values(&[s.mode.as_str()])
+                            .with_label_values(&[&*s.mode])
                             .inc();
                     }
                     None => {}
@@ -345,7 +345,7 @@ impl App {
                     all.insert(s.device_id.clone(), vec![new_watch(s)]);
                     self.metrics
                         .watched_devices
-                        .with_label_values(&[s.mode.as_str()])
+                        .with_label_values(&[&*s.mode])
                         .inc();
                 }
                 None => {}

@@ -261,7 +261,7 @@ pub fn evaluate(
     let mut scored: HashMap<(&str, &str), Vec<Timestamp>> = HashMap::new();
     for s in &scorings {
         scored
-            .entry((s.device_id.as_str(), s.mode.as_str()))
+            .entry((s.device_id.as_str(), &*s.mode))
             .or_default()
             .push(s.ts);
     }
@@ -338,13 +338,13 @@ pub fn evaluate(
     }
     let mut watched: std::collections::HashSet<(&str, &str)> = Default::default();
     for s in scorings.iter().filter(|s| s.watch) {
-        watched.insert((s.device_id.as_str(), s.mode.as_str()));
+        watched.insert((s.device_id.as_str(), &*s.mode));
     }
     // Watch episodes and failures seen on watch, per (device, mode), in scoring order.
     let mut watch_rows: HashMap<(&str, &str), Vec<(Timestamp, bool)>> = HashMap::new();
     for s in &scorings {
         watch_rows
-            .entry((s.device_id.as_str(), s.mode.as_str()))
+            .entry((s.device_id.as_str(), &*s.mode))
             .or_default()
             .push((s.ts, s.watch));
     }
