@@ -333,24 +333,30 @@ impl Engine {
                         s.ttf_hours
                             .map(|h| (r.ts + (h * 3_600_000.0) as i64).format())
                     };
+                    // A live ticket takes this scoring's numbers and evidence; returns its
+                    // priority before.
+                    let refresh = |t: &mut Ticket| {
+                        let before = Some(t.priority);
+                        t.probability = s.probability;
+                        t.predicted_failure_at = predicted();
+                        t.priority = t.priority.max(prio);
+                        t.updated_at = r.ts.format();
+                        t.evidence = a.evidence_named(
+                            mm,
+                            Some(&lm.compiled[k]),
+                            &x,
+                            self.cfg.evidence_features,
+                            &lm.names,
+                        );
+                        before
+                    };
                     if let Some(t) = live_at.and_then(|i| live.get_mut(i)) {
                         let raise = alert
                             && within
                             && t.history.iter().any(|h| h.action == ALERT_WITHHELD)
                             && !t.history.iter().any(|h| h.action == ALERT_RAISED);
                         if raise {
-                            let previous_priority = Some(t.priority);
-                            t.probability = s.probability;
-                            t.predicted_failure_at = predicted();
-                            t.priority = t.priority.max(prio);
-                            t.updated_at = r.ts.format();
-                            t.evidence = a.evidence_named(
-                                mm,
-                                Some(&lm.compiled[k]),
-                                &x,
-                                self.cfg.evidence_features,
-                                &lm.names,
-                            );
+                            let previous_priority = refresh(t);
                             t.history.push(HistoryEntry {
                                 at: r.ts.format(),
                                 actor: "forewarn".into(),
@@ -365,18 +371,7 @@ impl Engine {
                                 ticket: t.clone(),
                             });
                         } else if self.should_update(t, s.probability, s.ttf_hours, r.ts, prio) {
-                            let previous_priority = Some(t.priority);
-                            t.probability = s.probability;
-                            t.predicted_failure_at = predicted();
-                            t.priority = t.priority.max(prio);
-                            t.updated_at = r.ts.format();
-                            t.evidence = a.evidence_named(
-                                mm,
-                                Some(&lm.compiled[k]),
-                                &x,
-                                self.cfg.evidence_features,
-                                &lm.names,
-                            );
+                            let previous_priority = refresh(t);
                             push_update(
                                 &mut t.history,
                                 HistoryEntry {
