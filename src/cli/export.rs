@@ -95,9 +95,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
     }
 }
 
+/// How long export waits for sled's lock on the store: a store closed a moment ago in this
+/// process (sled's background writes hold its files a little past the close) opens within
+/// it; a running daemon's does not, and export then says so.
+const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn open_store(data_dir: &Path) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match Store::open(data_dir, 16 << 20) {
+            Err(e) if Store::is_locked_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Writes the three files from `data_dir` into `out`.
 pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
-    let store = Store::open(data_dir, 16 << 20).map_err(|source| ExportError::Locked {
+    let store = open_store(data_dir).map_err(|source| ExportError::Locked {
         dir: data_dir.to_path_buf(),
         source,
     })?;
