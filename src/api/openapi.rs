@@ -37,7 +37,7 @@ use utoipa::OpenApi as _;
         (name = "board", description = "The dispatch board's JSON routes: technicians, visits, slots, assignment, proposals, bookings (served with `board.enabled`)"),
         (name = "operations", description = "Metrics, health, rejected and quarantined input, this document"),
     ),
-    components(schemas(ErrorBody, super::StatusFilter))
+    components(schemas(ErrorBody))
 )]
 struct Base;
 
