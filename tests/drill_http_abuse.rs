@@ -277,16 +277,9 @@ async fn idle_slow_and_excess_clients_are_cut_and_slots_come_back() {
     })
     .await;
     // Four connections hold every connection slot; a fifth is closed as soon as it is accepted.
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        held.push(c);
-    }
+    // The server frees a closed connection's slot when it sees the close, a moment after the
+    // client's: until the four earlier ones are gone, one of the four may be refused; try again.
+    let held = hold_every_slot(addr, 4).await;
     let mut fifth = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _ = fifth
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -308,6 +301,41 @@ async fn idle_slow_and_excess_clients_are_cut_and_slots_come_back() {
     })
     .await;
     stop_daemon(h, tok).await;
+}
+
+/// Opens `n` kept-alive connections that are each answered, retrying for up to 10 s while one
+/// of them is refused because a connection closed a moment ago still holds its slot.
+async fn hold_every_slot(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let answered = c
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .is_ok()
+                && matches!(
+                    tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await,
+                    Ok(Ok(k)) if k > 0
+                );
+            if !answered {
+                break;
+            }
+            held.push(c);
+        }
+        if held.len() == n {
+            return held;
+        }
+        assert!(
+            Instant::now() < until,
+            "only {} of {n} connections were answered for 10 s after every earlier one closed",
+            held.len()
+        );
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn stop_daemon(h: forewarn::serve::Handle, tok: tokio_util::sync::CancellationToken) {

@@ -11,8 +11,13 @@ use std::time::Duration;
 use support::daemon::*;
 use support::poll::eventually;
 
+/// The two tests run one after the other: the flood saturates both cores, and the gap test's
+/// daemon, started beside it, could miss its readiness wait.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seq_gap_is_reported_and_a_seq_restart_is_a_reset_not_duplicates() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let b = broker();
     let dirs = Dirs::new();
     let cfg = config(&b.url(), &dirs, "fw-gaps");
@@ -176,6 +181,7 @@ async fn flood(port: u16, round: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_default_mosquitto_received_plus_reported_missing_is_what_was_published() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(bin) = support::mosquitto::mosquitto_bin("stream_loss") else {
         return;
     };

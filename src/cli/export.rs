@@ -100,23 +100,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 /// it; a running daemon's does not, and export then says so.
 const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn open_store(data_dir: &Path) -> Result<Store, StoreError> {
-    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
-    loop {
-        match Store::open(data_dir, 16 << 20) {
-            Err(e) if Store::is_locked_error(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
-}
-
 /// Writes the three files from `data_dir` into `out`.
 pub fn export(data_dir: &Path, out: &Path) -> Result<Summary, ExportError> {
-    let store = open_store(data_dir).map_err(|source| ExportError::Locked {
-        dir: data_dir.to_path_buf(),
-        source,
+    let store = Store::open_waiting(data_dir, 16 << 20, STORE_LOCK_WAIT).map_err(|source| {
+        ExportError::Locked {
+            dir: data_dir.to_path_buf(),
+            source,
+        }
     })?;
     std::fs::create_dir_all(out).map_err(io(out))?;
     let dir = archive::dir(data_dir);

@@ -310,13 +310,9 @@ fn load_fleet(cfg: &Config) -> Result<FleetFile, ServeError> {
 const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 pub(super) fn open_store(cfg: &crate::store::Config) -> Result<Store, ServeError> {
-    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
-    loop {
-        match Store::open(&cfg.data_dir, cfg.cache_bytes) {
-            Err(e) if Store::is_locked_error(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r.map_err(ServeError::from),
-        }
-    }
+    Ok(Store::open_waiting(
+        &cfg.data_dir,
+        cfg.cache_bytes,
+        STORE_LOCK_WAIT,
+    )?)
 }

@@ -699,6 +699,22 @@ impl Store {
         )
     }
 
+    /// [`Store::open`], waiting up to `wait` while sled's lock on the files is held: a store
+    /// closed a moment ago (sled's background writes keep its files a little past the close)
+    /// opens within it; a store another process keeps open does not, and the lock error is
+    /// returned.
+    pub fn open_waiting(dir: &Path, cache_bytes: u64, wait: std::time::Duration) -> Result<Store> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Self::open(dir, cache_bytes) {
+                Err(e) if Self::is_locked_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The database's files are locked by another process (sled takes an exclusive `flock` on
     /// its `db` file for as long as the database is open).
     pub fn is_locked_error(e: &StoreError) -> bool {
