@@ -809,13 +809,25 @@ impl FeatureSpec {
             // Time windows end at `now` (the scoring's event time), not at the newest reading:
             // after a gap the window holds fewer readings, or none.
             let lag_h = (now - t_end) as f64 / HOUR_MS;
-            let timed = |h: f64| {
+            // A time window's statistics, computed once per metric and span however many of
+            // the spec's stats read them (the demo model reads the 24-hour window four times).
+            let mut memo = [(0u64, RingStats::EMPTY); TIMED_MEMO];
+            let mut memoized = 0;
+            let mut timed = |h: f64| {
+                if let Some((_, r)) = memo[..memoized].iter().find(|(b, _)| *b == h.to_bits()) {
+                    return *r;
+                }
                 let from = slots
                     .iter()
                     .enumerate()
                     .position(|(i, _)| t_hours[i] - lag_h > -h)
                     .unwrap_or(slots.len());
-                RingStats::compute(mw, &slots[from..], &t_hours[from..slots.len()])
+                let r = RingStats::compute(mw, &slots[from..], &t_hours[from..slots.len()]);
+                if let Some(m) = memo.get_mut(memoized) {
+                    *m = (h.to_bits(), r);
+                    memoized += 1;
+                }
+                r
             };
             for s in &self.stats {
                 out.push(match *s {
@@ -868,6 +880,10 @@ impl FeatureSpec {
     }
 }
 
+/// Distinct time-window spans one metric's extraction remembers (more are computed each time).
+const TIMED_MEMO: usize = 8;
+
+#[derive(Clone, Copy)]
 struct RingStats {
     mean: f64,
     std: f64,
@@ -877,6 +893,14 @@ struct RingStats {
 }
 
 impl RingStats {
+    const EMPTY: RingStats = RingStats {
+        mean: f64::NAN,
+        std: f64::NAN,
+        min: f64::NAN,
+        max: f64::NAN,
+        slope: f64::NAN,
+    };
+
     fn compute(mw: &MetricWindow, slots: &[u16], t: &[f64]) -> Self {
         let (mut n, mut sx, mut sxx, mut st, mut stt, mut stx) = (0f64, 0., 0., 0., 0., 0.);
         let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -897,13 +921,7 @@ impl RingStats {
             max = max.max(v);
         }
         if n == 0.0 {
-            return RingStats {
-                mean: f64::NAN,
-                std: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-                slope: f64::NAN,
-            };
+            return RingStats::EMPTY;
         }
         let mean = sx / n;
         let var = (sxx / n - mean * mean).max(0.0);
@@ -977,6 +995,59 @@ mod tests {
         assert!(get("absent.last").is_nan());
         assert_eq!(get("hours_since_reset"), 49.0);
         assert_eq!(get("readings"), 50.0);
+    }
+
+    #[test]
+    fn each_time_window_stat_reads_its_own_span_however_the_spans_repeat_and_interleave() {
+        let window = WindowSpec::default();
+        let s = FeatureSpec {
+            stats: vec![
+                MetricStat::MeanHours(3.0),
+                MetricStat::MeanHours(24.0),
+                MetricStat::StdHours(3.0),
+                MetricStat::StdHours(24.0),
+                MetricStat::MeanHoursLessEwm(24.0, 0),
+                MetricStat::MeanHours(3.0),
+                MetricStat::MeanHours(12.0),
+            ],
+            window: window.clone(),
+            metrics: vec!["temp".into(), "other".into()],
+            device: vec![],
+        };
+        let idx = MetricIndex::new(["temp", "other"]);
+        let mut st = DeviceState::new(&window, Timestamp::EPOCH);
+        for h in 0..30i64 {
+            st.observe(&reading(h, None, h as f64), &window, &idx);
+        }
+        let mut out = Vec::new();
+        s.extract(
+            &st,
+            &s.resolve(&idx),
+            "m",
+            None,
+            Timestamp::from_millis(29 * 3_600_000),
+            &mut out,
+        );
+        // The readings of the last `h` hours, (29 − h, 29]: 27..=29, 6..=29, 18..=29.
+        let ewm = st.metric(0).unwrap().ew[0].0;
+        let std24 = ((24.0f64 * 24.0 - 1.0) / 12.0).sqrt();
+        let want = [
+            28.0,
+            17.5,
+            (2.0f64 / 3.0).sqrt(),
+            std24,
+            17.5 - ewm,
+            28.0,
+            23.5,
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert!((out[i] - w).abs() < 1e-9, "temp stat {i}: {} ≠ {w}", out[i]);
+        }
+        // The second metric is constant: its own windows, not the first metric's.
+        assert_eq!(&out[7..9], &[1.0, 1.0]);
+        assert!(out[9].abs() < 1e-9 && out[10].abs() < 1e-9);
+        assert_eq!(out[12], 1.0);
+        assert_eq!(out[13], 1.0);
     }
 
     #[test]
