@@ -954,6 +954,14 @@ mod tests {
         }
     }
 
+    /// `s`'s features of `st` at hour `at_h`, no attributes.
+    fn features_at(s: &FeatureSpec, st: &DeviceState, idx: &MetricIndex, at_h: i64) -> Vec<f64> {
+        let mut out = Vec::new();
+        let now = Timestamp::from_millis(at_h * 3_600_000);
+        s.extract(st, &s.resolve(idx), "m", None, now, &mut out);
+        out
+    }
+
     fn spec() -> FeatureSpec {
         let window = WindowSpec::default();
         FeatureSpec {
@@ -975,15 +983,7 @@ mod tests {
                 Observed::Applied
             );
         }
-        let mut out = Vec::new();
-        s.extract(
-            &st,
-            &s.resolve(&idx),
-            "m",
-            None,
-            Timestamp::from_millis(49 * 3_600_000),
-            &mut out,
-        );
+        let out = features_at(&s, &st, &idx, 49);
         let names = s.names();
         assert_eq!(out.len(), names.len());
         let get = |n: &str| out[names.iter().position(|x| x == n).unwrap()];
@@ -1019,15 +1019,7 @@ mod tests {
         for h in 0..30i64 {
             st.observe(&reading(h, None, h as f64), &window, &idx);
         }
-        let mut out = Vec::new();
-        s.extract(
-            &st,
-            &s.resolve(&idx),
-            "m",
-            None,
-            Timestamp::from_millis(29 * 3_600_000),
-            &mut out,
-        );
+        let out = features_at(&s, &st, &idx, 29);
         // The readings of the last `h` hours, (29 − h, 29]: 27..=29, 6..=29, 18..=29.
         let ewm = st.metric(0).unwrap().ew[0].0;
         let std24 = ((24.0f64 * 24.0 - 1.0) / 12.0).sqrt();
@@ -1087,15 +1079,7 @@ mod tests {
                 let v = 50.0 + offset + daily + if h >= 176 { shift } else { 0.0 };
                 st.observe(&reading(h, None, v), &window, &idx);
             }
-            let mut out = Vec::new();
-            s.extract(
-                &st,
-                &s.resolve(&idx),
-                "m",
-                None,
-                Timestamp::from_millis(199 * 3_600_000),
-                &mut out,
-            );
+            let out = features_at(&s, &st, &idx, 199);
             out[0]
         };
         let healthy = feature(0.0, 0.0);
