@@ -407,7 +407,13 @@ impl<D: Delivery> Worker<D> {
             }
             let mut seen = Vec::with_capacity(io.len());
             for i in io {
-                seen.push(d.perform(&self.store, key, &current, &facts.known, i).await);
+                let perform = d.perform(&self.store, key, &current, &facts.known, i);
+                let Some(s) = fenced(|| self.may_send(epoch), perform).await else {
+                    // Closed while it was under way (a pause past the standing): what had not
+                    // left stays unsent; the row stays, its attempt counted, as above.
+                    return Ok(Some((current, rewritten)));
+                };
+                seen.push(s);
             }
             facts.seen = seen;
             row = current;
@@ -418,6 +424,22 @@ impl<D: Delivery> Worker<D> {
         );
         Ok(Some((row, rewritten)))
     }
+}
+
+/// Runs `io` only while `open` holds when it is polled: checked before every poll, so a process
+/// paused (SIGSTOP, a stall) past its standing while a delivery was under way — connecting, or
+/// between an MQTT publish and a webhook post — takes it no further once it wakes (`None`).
+/// What the I/O had already handed to the kernel or to a connection's own task before the pause
+/// still goes out: at least once, as a receiver expects.
+async fn fenced<T>(open: impl Fn() -> bool, io: impl std::future::Future<Output = T>) -> Option<T> {
+    let mut io = std::pin::pin!(io);
+    std::future::poll_fn(|cx| {
+        if !open() {
+            return std::task::Poll::Ready(None);
+        }
+        io.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -430,3 +430,73 @@ async fn rows_read_before_the_gate_reopened_in_a_new_epoch_are_read_again_not_se
     assert_eq!(sent, ["a"], "the row removed meanwhile is never sent");
     assert!(b.left("test").is_empty());
 }
+
+/// A delivery in two steps (a poll that waits, then one that sends), counting what it did.
+struct TwoSteps<'a> {
+    polled: &'a std::sync::atomic::AtomicUsize,
+    sent: &'a std::sync::atomic::AtomicBool,
+}
+
+impl std::future::Future for TwoSteps<'_> {
+    type Output = &'static str;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<&'static str> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.polled.fetch_add(1, SeqCst) == 0 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        self.sent.store(true, SeqCst);
+        std::task::Poll::Ready("sent")
+    }
+}
+
+#[tokio::test]
+async fn a_fenced_delivery_goes_no_further_once_the_gate_closes_between_its_polls() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    // Open throughout: the delivery runs to its end.
+    let (polled, sent) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let r = fenced(
+        || true,
+        TwoSteps {
+            polled: &polled,
+            sent: &sent,
+        },
+    )
+    .await;
+    assert_eq!(
+        (r, polled.load(SeqCst), sent.load(SeqCst)),
+        (Some("sent"), 2, true)
+    );
+    // Closed before it starts: never polled.
+    let (polled, sent) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let r = fenced(
+        || false,
+        TwoSteps {
+            polled: &polled,
+            sent: &sent,
+        },
+    )
+    .await;
+    assert_eq!(
+        (r, polled.load(SeqCst), sent.load(SeqCst)),
+        (None, 0, false)
+    );
+    // Closed after its first poll (a pause past the standing while it waited): the step that
+    // would send is never taken.
+    let (polled, sent) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let r = fenced(
+        || polled.load(SeqCst) == 0,
+        TwoSteps {
+            polled: &polled,
+            sent: &sent,
+        },
+    )
+    .await;
+    assert_eq!(
+        (r, polled.load(SeqCst), sent.load(SeqCst)),
+        (None, 1, false)
+    );
+}
