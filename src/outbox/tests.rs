@@ -453,50 +453,26 @@ impl std::future::Future for TwoSteps<'_> {
     }
 }
 
+/// Runs a [`TwoSteps`] delivery fenced by `open` (given the polls so far): what it answered,
+/// how often it was polled, whether it sent.
+async fn fenced_two_steps(open: impl Fn(usize) -> bool) -> (Option<&'static str>, usize, bool) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let (polled, sent) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let io = TwoSteps {
+        polled: &polled,
+        sent: &sent,
+    };
+    let r = fenced(|| open(polled.load(SeqCst)), io).await;
+    (r, polled.load(SeqCst), sent.load(SeqCst))
+}
+
 #[tokio::test]
 async fn a_fenced_delivery_goes_no_further_once_the_gate_closes_between_its_polls() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
     // Open throughout: the delivery runs to its end.
-    let (polled, sent) = (AtomicUsize::new(0), AtomicBool::new(false));
-    let r = fenced(
-        || true,
-        TwoSteps {
-            polled: &polled,
-            sent: &sent,
-        },
-    )
-    .await;
-    assert_eq!(
-        (r, polled.load(SeqCst), sent.load(SeqCst)),
-        (Some("sent"), 2, true)
-    );
+    assert_eq!(fenced_two_steps(|_| true).await, (Some("sent"), 2, true));
     // Closed before it starts: never polled.
-    let (polled, sent) = (AtomicUsize::new(0), AtomicBool::new(false));
-    let r = fenced(
-        || false,
-        TwoSteps {
-            polled: &polled,
-            sent: &sent,
-        },
-    )
-    .await;
-    assert_eq!(
-        (r, polled.load(SeqCst), sent.load(SeqCst)),
-        (None, 0, false)
-    );
+    assert_eq!(fenced_two_steps(|_| false).await, (None, 0, false));
     // Closed after its first poll (a pause past the standing while it waited): the step that
     // would send is never taken.
-    let (polled, sent) = (AtomicUsize::new(0), AtomicBool::new(false));
-    let r = fenced(
-        || polled.load(SeqCst) == 0,
-        TwoSteps {
-            polled: &polled,
-            sent: &sent,
-        },
-    )
-    .await;
-    assert_eq!(
-        (r, polled.load(SeqCst), sent.load(SeqCst)),
-        (None, 1, false)
-    );
+    assert_eq!(fenced_two_steps(|polls| polls == 0).await, (None, 1, false));
 }
