@@ -48,6 +48,12 @@ processor_cpu_seconds() {
     echo 0
 }
 
+# Bytes process $1 has had written to storage (`write_bytes` in /proc/PID/io: what it wrote
+# to its files, whichever thread wrote them).
+written_bytes() { awk '/^write_bytes:/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
+# Page faults of process $1 so far (minor + major: fresh or given-back memory touched again).
+page_faults() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $8 + $10 }'; }
+
 # CPU seconds per thread name of process $1 (threads of one name summed), largest first:
 # where the daemon's CPU goes, beside the whole process's figure.
 threads_cpu() {
@@ -139,6 +145,8 @@ for run in realistic storm; do
     BROKER_CPU0=$(cpu_seconds "$BROKER_PID")
     CPU0=$(cpu_seconds "$DAEMON")
     PCPU0=$(processor_cpu_seconds "$DAEMON")
+    W0=$(written_bytes "$DAEMON")
+    F0=$(page_faults "$DAEMON")
     if [ -n "${PERF_OUT:-}" ]; then # a CPU profile of the daemon over the pass
         mkdir -p "$PERF_OUT"
         perf record -q --call-graph dwarf,32768 -F 199 -p "$DAEMON" -o "$PERF_OUT/$run.data" 2>/dev/null &
@@ -152,6 +160,8 @@ for run in realistic storm; do
     CPU1=$(cpu_seconds "$DAEMON")
     PCPU1=$(processor_cpu_seconds "$DAEMON")
     RSS=$(peak_rss_mb "$DAEMON")
+    WRITTEN=$(( $(written_bytes "$DAEMON") - W0 ))
+    FAULTS=$(( $(page_faults "$DAEMON") - F0 ))
     THREADS=$(threads_cpu "$DAEMON")
     BROKER_CPU=$(echo "$(cpu_seconds "$BROKER_PID") - $BROKER_CPU0" | bc -l)
     MISSING=$(metric forewarn_readings_missing_total)
@@ -168,8 +178,8 @@ for run in realistic storm; do
         "$run" "${RATE[$run]}" "$(echo "$T1 - $T0" | bc -l)" "$(echo "${RATE[$run]} / ${RATE[baseline]}" | bc -l)" \
         "$PUB_READINGS" "$PUB_N" "$PUB_RATE" "$PROCESSED" "$MISSING" "$BROKER_DROPPED" "$(duplicates)" "$LATE" "$SCORINGS" "$TICKETS" "$UPDATES" "$SETTLED" \
         "$(echo "$CPU1 - $CPU0" | bc -l)" "$(echo "($CPU1 - $CPU0) / ($T1 - $T0)" | bc -l)" "$(echo "$PCPU1 - $PCPU0" | bc -l)" "$RSS" "$COMMITS" "$COMMIT_S" "$L0" "$(loadavg)"
-    printf '%s: daemon CPU by thread since start (s): %s; the broker (mosquitto) %.1f s over the pass\n' \
-        "$run" "$THREADS" "$BROKER_CPU"
+    printf '%s: daemon CPU by thread since start (s): %s; the broker (mosquitto) %.1f s over the pass; the daemon wrote %.0f MB to its data directory over the pass (%.0f bytes per reading), %s page faults\n' \
+        "$run" "$THREADS" "$BROKER_CPU" "$(echo "$WRITTEN / 1000000" | bc -l)" "$(echo "$WRITTEN / $PUB_READINGS" | bc -l)" "$FAULTS"
     kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
     rm -rf "$WORK/data-$run"
 done
