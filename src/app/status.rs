@@ -312,12 +312,34 @@ impl App {
     }
 
     /// Updates the watch list from one reading's scorings: a mode at or above its watch level
-    /// is listed (or its entry refreshed), one below it is dropped.
+    /// is listed (or its entry refreshed), one below it is dropped. The device's entry is
+    /// looked up once for all its modes.
     pub(super) fn note_watches(&self, scored: &[Scoring]) {
         let mut all = self.signals.watches.lock();
-        for s in scored {
-            match all.get_mut(s.device_id.as_str()) {
-                Some(list) => match list.iter().position(|w| *w.mode == *s.mode) {
+        for same in scored.chunk_by(|a, b| a.device_id == b.device_id) {
+            let Some(first) = same.first() else {
+                continue;
+            };
+            let device = first.device_id.as_str();
+            let Some(list) = all.get_mut(device) else {
+                let listed: Vec<WatchEntry> = same
+                    .iter()
+                    .filter(|s| s.watch)
+                    .map(|s| {
+                        self.metrics
+                            .watched_devices
+                            .with_label_values(&[&*s.mode])
+                            .inc();
+                        new_watch(s)
+                    })
+                    .collect();
+                if !listed.is_empty() {
+                    all.insert(first.device_id.clone(), listed);
+                }
+                continue;
+            };
+            for s in same {
+                match list.iter().position(|w| *w.mode == *s.mode) {
                     Some(i) if s.watch => {
                         list[i].probability = s.probability;
                         list[i].scored = s.ts;
@@ -328,9 +350,6 @@ impl App {
                             .watched_devices
                             .with_label_values(&[&*s.mode])
                             .dec();
-                        if list.is_empty() {
-                            all.remove(s.device_id.as_str());
-                        }
                     }
                     None if s.watch => {
                         list.push(new_watch(s));
@@ -340,15 +359,10 @@ impl App {
                             .inc();
                     }
                     None => {}
-                },
-                None if s.watch => {
-                    all.insert(s.device_id.clone(), vec![new_watch(s)]);
-                    self.metrics
-                        .watched_devices
-                        .with_label_values(&[&*s.mode])
-                        .inc();
                 }
-                None => {}
+            }
+            if list.is_empty() {
+                all.remove(device);
             }
         }
     }
@@ -591,5 +605,113 @@ impl ConnectionObserver for BrokerObserver {
             tracing::info!("disconnected from broker: shutting down");
         }
         self.app.metrics.broker_connected.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scoring(device: &str, mode: &str, probability: f64, hour: i64, watch: bool) -> Scoring {
+        Scoring {
+            device_id: DeviceId::parse(device).expect("id"),
+            ts: Timestamp::from_millis(hour * 3_600_000),
+            mode: Arc::from(mode),
+            probability,
+            ttf_hours: None,
+            watch,
+        }
+    }
+
+    /// (device, mode, probability, since hour, scored hour), sorted.
+    fn listed(app: &App) -> Vec<(String, String, f64, i64, i64)> {
+        let mut v: Vec<_> = app
+            .signals
+            .watches
+            .lock()
+            .iter()
+            .flat_map(|(d, list)| {
+                list.iter().map(move |w| {
+                    let hour = |t: Timestamp| t.as_millis() / 3_600_000;
+                    (
+                        d.to_string(),
+                        w.mode.clone(),
+                        w.probability,
+                        hour(w.since),
+                        hour(w.scored),
+                    )
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        v
+    }
+
+    fn gauge(app: &App, mode: &str) -> i64 {
+        app.metrics.watched_devices.with_label_values(&[mode]).get()
+    }
+
+    #[test]
+    fn each_scoring_lists_refreshes_or_drops_its_mode_and_a_device_with_none_left_goes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let app = super::super::testkit::writer(dir.path());
+        let own = |s: &str| s.to_string();
+        // Hour 1: modes a and b of d1 reach their watch level, c does not; d2's x does.
+        app.note_watches(&[
+            scoring("d1", "a", 0.5, 1, true),
+            scoring("d1", "b", 0.6, 1, true),
+            scoring("d1", "c", 0.1, 1, false),
+            scoring("d2", "x", 0.7, 1, true),
+        ]);
+        assert_eq!(
+            listed(&app),
+            vec![
+                (own("d1"), own("a"), 0.5, 1, 1),
+                (own("d1"), own("b"), 0.6, 1, 1),
+                (own("d2"), own("x"), 0.7, 1, 1),
+            ]
+        );
+        // Hour 2: a stays (refreshed, listed since hour 1), b falls below, c rises.
+        app.note_watches(&[
+            scoring("d1", "a", 0.55, 2, true),
+            scoring("d1", "b", 0.2, 2, false),
+            scoring("d1", "c", 0.4, 2, true),
+        ]);
+        assert_eq!(
+            listed(&app),
+            vec![
+                (own("d1"), own("a"), 0.55, 1, 2),
+                (own("d1"), own("c"), 0.4, 2, 2),
+                (own("d2"), own("x"), 0.7, 1, 1),
+            ]
+        );
+        // Hour 3: a and c fall below, then a rises again in the same call (a device emptied
+        // and listed again by one call keeps the one entry).
+        app.note_watches(&[
+            scoring("d1", "a", 0.1, 3, false),
+            scoring("d1", "c", 0.1, 3, false),
+            scoring("d1", "a", 0.8, 3, true),
+        ]);
+        assert_eq!(
+            listed(&app),
+            vec![
+                (own("d1"), own("a"), 0.8, 3, 3),
+                (own("d2"), own("x"), 0.7, 1, 1),
+            ]
+        );
+        // Hour 4: d1's last mode falls below: the device leaves the list.
+        app.note_watches(&[scoring("d1", "a", 0.1, 4, false)]);
+        assert_eq!(listed(&app), vec![(own("d2"), own("x"), 0.7, 1, 1)]);
+        assert!(!app.signals.watches.lock().contains_key("d1"));
+        for (mode, n) in [("a", 0), ("b", 0), ("c", 0), ("x", 1)] {
+            assert_eq!(
+                gauge(&app, mode),
+                n,
+                "forewarn_watched_devices of mode {mode}"
+            );
+        }
+        // A device not listed whose scorings are all below: nothing listed, nothing counted.
+        app.note_watches(&[scoring("d3", "a", 0.1, 4, false)]);
+        assert_eq!(listed(&app).len(), 1);
     }
 }
