@@ -16,7 +16,8 @@
 # readings/s = readings published / (last reading consumed − first publish); for forewarn,
 # "consumed" is when /metrics counts every reading decoded once (duplicates apart), polled every
 # 0.1 s. Also: published vs processed, forewarn_readings_missing_total, tickets opened, daemon CPU
-# seconds (and those of its processing thread) and peak RSS (VmHWM). Needs
+# seconds (and those of its processing thread), peak RSS (VmHWM), bytes written to its data
+# directory and page faults over the pass. Needs
 # `cargo build --release`; builds bench/publisher when missing.
 # PERF_OUT=DIR also records a CPU profile of the daemon over each pass (`perf record --call-graph dwarf`) into
 # DIR/realistic.data and DIR/storm.data.
