@@ -32,6 +32,11 @@ pub struct Metrics {
     /// Wall time from MQTT receipt of the reading to the commit of the ticket change it caused.
     pub reading_to_ticket: Histogram,
     pub commits: IntCounter,
+    /// Steps (readings and events) logged since the last checkpoint: what a restart after a
+    /// crash replays now (at most `store.snapshot_every`).
+    pub step_log_steps: IntGauge,
+    /// Checkpoints written: every device with logged steps saved whole, the step log emptied.
+    pub checkpoints: IntCounter,
     pub commit_failures: IntCounter,
     pub commit_seconds: Histogram,
     /// Rows waiting in a durable outbox, by queue.
@@ -197,6 +202,16 @@ impl Metrics {
                 lat.clone(),
             ),
             commits: counter(r, "forewarn_commits_total", "Store commits of message groups"),
+            step_log_steps: gauge(
+                r,
+                "forewarn_step_log_steps",
+                "Readings and events logged since the last checkpoint: what a restart after a crash replays (at most store.snapshot_every)",
+            ),
+            checkpoints: counter(
+                r,
+                "forewarn_checkpoints_total",
+                "Checkpoints written (every device with logged steps saved whole, the step log emptied)",
+            ),
             commit_failures: counter(
                 r,
                 "forewarn_commit_failures_total",

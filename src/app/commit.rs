@@ -684,6 +684,9 @@ impl App {
         }
         core.log.extend(log_seq);
         core.log_steps += logged;
+        self.metrics
+            .step_log_steps
+            .set(i64::try_from(core.log_steps).unwrap_or(i64::MAX));
         self.views
             .publish(dirty, |d| core.slots.get(d).map(|s| &s.state));
         let done = Instant::now();

@@ -252,6 +252,8 @@ impl App {
         }
         core.log.clear();
         core.log_steps = 0;
+        self.metrics.step_log_steps.set(0);
+        self.metrics.checkpoints.inc();
         Ok(())
     }
 

@@ -16,7 +16,8 @@ pub struct Config {
     /// commit. Also bounds what is replayed at start-up after a crash (6–10 µs a step on the
     /// 2-core machines of BENCHMARKS.md: 6–10 s for the default). A checkpoint costs about one whole state write
     /// per device with steps in the log (~100 MB of disk writes for 10,000 devices), so a
-    /// smaller value spends that more often during a burst.
+    /// smaller value spends that more often during a burst. `forewarn_step_log_steps` shows
+    /// what a crash would replay now.
     pub snapshot_every: u32,
 }
 
