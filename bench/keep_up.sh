@@ -27,14 +27,11 @@ cd "$(dirname "$0")/.."
 
 DEVICES=${1:-10000}
 READINGS=${2:-1000000}
-BIN=${FOREWARN_BIN:-target/release/forewarn}
-PUB=bench/publisher/target/release/forewarn-bench-publisher
 CONNECTIONS=${CONNECTIONS:-2}
-[ -x "$BIN" ] || { echo "no $BIN: run cargo build --release first" >&2; exit 2; }
-[ -x "$PUB" ] || cargo build --release --manifest-path bench/publisher/Cargo.toml
 command -v jq >/dev/null || { echo "needs jq" >&2; exit 2; }
 
 . bench/lib.sh
+release_binaries
 # What is printed: the value, or `unreadable` (see bench/lib.sh). What is polled: a number.
 metric() { metric_read "$API" "$1"; }
 # CPU seconds of the daemon's processing thread (the one that reads, commits and applies its own

@@ -26,6 +26,14 @@ wait_ready() {
     done
     echo "daemon not ready; its log:" >&2; tail -20 "$2" >&2; return 1
 }
+# release_binaries: sets BIN (FOREWARN_BIN, else the release build; stops without it) and PUB
+# (bench/publisher's binary, built when missing).
+release_binaries() {
+    BIN=${FOREWARN_BIN:-target/release/forewarn}
+    PUB=bench/publisher/target/release/forewarn-bench-publisher
+    [ -x "$BIN" ] || { echo "no $BIN: run cargo build --release first" >&2; exit 2; }
+    [ -x "$PUB" ] || cargo build --release --manifest-path bench/publisher/Cargo.toml
+}
 now() { date +%s.%N; }
 now_ms() { date +%s%3N; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }

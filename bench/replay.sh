@@ -16,12 +16,9 @@ cd "$(dirname "$0")/.."
 
 DEVICES=${1:-10000}
 READINGS=${2:-1000000}
-BIN=${FOREWARN_BIN:-target/release/forewarn}
-PUB=bench/publisher/target/release/forewarn-bench-publisher
-[ -x "$BIN" ] || { echo "no $BIN: run cargo build --release first" >&2; exit 2; }
-[ -x "$PUB" ] || cargo build --release --manifest-path bench/publisher/Cargo.toml
 
 . bench/lib.sh
+release_binaries
 
 echo "== machine ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 machine_line

@@ -204,65 +204,72 @@ async fn kill_9_between_log_and_checkpoint_restarts_to_the_uninterrupted_state_a
     );
 }
 
+/// Starts a daemon on `cfg`, publishes every device's hours and waits until the last readings
+/// (held for event-time order until the idle timer) are applied and logged. Returns the daemon,
+/// its API address and `forewarn_checkpoints_total` as it was once ready.
+async fn run_stream(
+    b: &forewarn::broker::EmbeddedBroker,
+    cfg: forewarn::config::Config,
+    publisher: &str,
+) -> (
+    forewarn::serve::Handle,
+    tokio_util::sync::CancellationToken,
+    String,
+    Option<f64>,
+) {
+    let (h, tok) = start(cfg).await;
+    ready(&h).await;
+    let addr = h.api_addr.to_string();
+    let at_start = metric(&addr, "forewarn_checkpoints_total").await;
+    let dev = mqtt(b, publisher).await;
+    publish(&dev, 0..HOURS).await;
+    wait_readings(&addr, (DEVICES.len() as i64 * HOURS) as f64).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (h, tok, addr, at_start)
+}
+
+async fn metric(addr: &str, name: &str) -> Option<f64> {
+    support::http::metric(&reqwest::Client::new(), addr, name).await
+}
+
 /// What a crash would replay is on `/metrics`: `forewarn_step_log_steps` counts the steps
 /// logged since the last checkpoint and `forewarn_checkpoints_total` the checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_steps_a_crash_would_replay_and_the_checkpoints_are_metrics() {
     let b = broker();
-    let http = reqwest::Client::new();
     let readings = (DEVICES.len() as i64 * HOURS) as f64;
     let devices = DEVICES.len() as f64;
-    let m = |addr: String, name: &'static str| {
-        let http = http.clone();
-        async move { support::http::metric(&http, &addr, name).await }
-    };
 
     // No checkpoint while the stream flows: every step after a device's first commit (which
     // writes its whole state) stays in the log, with the idle releases.
     let dirs = Dirs::new();
-    let (h, tok) = start(log_config(&b, &dirs, "fw-steplog-gauge")).await;
-    ready(&h).await;
-    let addr = h.api_addr.to_string();
-    let at_start = m(addr.clone(), "forewarn_checkpoints_total").await;
+    let cfg = log_config(&b, &dirs, "fw-steplog-gauge");
+    let (h, tok, addr, at_start) = run_stream(&b, cfg, "steplog-gauge-pub").await;
     assert_eq!(at_start, Some(1.0), "the checkpoint at start-up");
-    let dev = mqtt(&b, "steplog-gauge-pub").await;
-    publish(&dev, 0..HOURS).await;
-    wait_readings(&addr, readings).await;
-    // The last readings wait for the idle timer (100 ms) before they are applied and logged.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let logged = m(addr.clone(), "forewarn_step_log_steps")
-        .await
-        .expect("forewarn_step_log_steps");
+    let logged = metric(&addr, "forewarn_step_log_steps").await;
     assert!(
-        logged >= readings - devices && logged <= readings + devices,
-        "{logged} steps logged for {readings} readings of {devices} devices"
+        logged.is_some_and(|n| n >= readings - devices && n <= readings + devices),
+        "{logged:?} steps logged for {readings} readings of {devices} devices"
     );
-    assert_eq!(m(addr, "forewarn_checkpoints_total").await, at_start);
+    assert_eq!(metric(&addr, "forewarn_checkpoints_total").await, at_start);
     stop(h, tok).await;
 
     // A checkpoint every 10 steps: the count grows, and what is left to replay stays below.
     let dirs = Dirs::new();
     let mut cfg = log_config(&b, &dirs, "fw-steplog-gauge-10");
     cfg.store.snapshot_every = 10;
-    let (h, tok) = start(cfg).await;
-    ready(&h).await;
-    let addr = h.api_addr.to_string();
-    let dev = mqtt(&b, "steplog-gauge-10-pub").await;
-    publish(&dev, 0..HOURS).await;
-    wait_readings(&addr, readings).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let checkpoints = m(addr.clone(), "forewarn_checkpoints_total")
-        .await
-        .expect("forewarn_checkpoints_total");
+    let (h, tok, addr, _) = run_stream(&b, cfg, "steplog-gauge-10-pub").await;
     // At least one checkpoint per 20 steps logged (a commit of up to 4 readings and an idle
     // release may take the log past 10 before the checkpoint).
+    let checkpoints = metric(&addr, "forewarn_checkpoints_total").await;
     assert!(
-        checkpoints >= 1.0 + ((readings - devices) / 20.0).floor(),
-        "{checkpoints} checkpoints for {readings} readings"
+        checkpoints.is_some_and(|n| n >= 1.0 + ((readings - devices) / 20.0).floor()),
+        "{checkpoints:?} checkpoints for {readings} readings"
     );
-    let left = m(addr, "forewarn_step_log_steps")
-        .await
-        .expect("forewarn_step_log_steps");
-    assert!(left < 10.0, "{left} steps left in the log");
+    let left = metric(&addr, "forewarn_step_log_steps").await;
+    assert!(
+        left.is_some_and(|n| n < 10.0),
+        "{left:?} steps left in the log"
+    );
     stop(h, tok).await;
 }

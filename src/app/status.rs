@@ -623,16 +623,17 @@ mod tests {
         }
     }
 
-    /// (device, mode, probability, since hour, scored hour), sorted.
-    fn listed(app: &App) -> Vec<(String, String, f64, i64, i64)> {
-        let mut v: Vec<_> = app
+    /// Asserts the watch list: (device, mode, probability, since hour, scored hour), sorted.
+    #[track_caller]
+    fn assert_listed(app: &App, want: &[(&str, &str, f64, i64, i64)]) {
+        let hour = |t: Timestamp| t.as_millis() / 3_600_000;
+        let mut got: Vec<(String, String, f64, i64, i64)> = app
             .signals
             .watches
             .lock()
             .iter()
             .flat_map(|(d, list)| {
                 list.iter().map(move |w| {
-                    let hour = |t: Timestamp| t.as_millis() / 3_600_000;
                     (
                         d.to_string(),
                         w.mode.clone(),
@@ -643,8 +644,12 @@ mod tests {
                 })
             })
             .collect();
-        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        v
+        got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let want: Vec<(String, String, f64, i64, i64)> = want
+            .iter()
+            .map(|&(d, m, p, since, scored)| (d.to_string(), m.to_string(), p, since, scored))
+            .collect();
+        assert_eq!(got, want);
     }
 
     fn gauge(app: &App, mode: &str) -> i64 {
@@ -655,7 +660,6 @@ mod tests {
     fn each_scoring_lists_refreshes_or_drops_its_mode_and_a_device_with_none_left_goes() {
         let dir = tempfile::tempdir().expect("dir");
         let app = super::super::testkit::writer(dir.path());
-        let own = |s: &str| s.to_string();
         // Hour 1: modes a and b of d1 reach their watch level, c does not; d2's x does.
         app.note_watches(&[
             scoring("d1", "a", 0.5, 1, true),
@@ -663,13 +667,13 @@ mod tests {
             scoring("d1", "c", 0.1, 1, false),
             scoring("d2", "x", 0.7, 1, true),
         ]);
-        assert_eq!(
-            listed(&app),
-            vec![
-                (own("d1"), own("a"), 0.5, 1, 1),
-                (own("d1"), own("b"), 0.6, 1, 1),
-                (own("d2"), own("x"), 0.7, 1, 1),
-            ]
+        assert_listed(
+            &app,
+            &[
+                ("d1", "a", 0.5, 1, 1),
+                ("d1", "b", 0.6, 1, 1),
+                ("d2", "x", 0.7, 1, 1),
+            ],
         );
         // Hour 2: a stays (refreshed, listed since hour 1), b falls below, c rises.
         app.note_watches(&[
@@ -677,13 +681,13 @@ mod tests {
             scoring("d1", "b", 0.2, 2, false),
             scoring("d1", "c", 0.4, 2, true),
         ]);
-        assert_eq!(
-            listed(&app),
-            vec![
-                (own("d1"), own("a"), 0.55, 1, 2),
-                (own("d1"), own("c"), 0.4, 2, 2),
-                (own("d2"), own("x"), 0.7, 1, 1),
-            ]
+        assert_listed(
+            &app,
+            &[
+                ("d1", "a", 0.55, 1, 2),
+                ("d1", "c", 0.4, 2, 2),
+                ("d2", "x", 0.7, 1, 1),
+            ],
         );
         // Hour 3: a and c fall below, then a rises again in the same call (a device emptied
         // and listed again by one call keeps the one entry).
@@ -692,16 +696,10 @@ mod tests {
             scoring("d1", "c", 0.1, 3, false),
             scoring("d1", "a", 0.8, 3, true),
         ]);
-        assert_eq!(
-            listed(&app),
-            vec![
-                (own("d1"), own("a"), 0.8, 3, 3),
-                (own("d2"), own("x"), 0.7, 1, 1),
-            ]
-        );
+        assert_listed(&app, &[("d1", "a", 0.8, 3, 3), ("d2", "x", 0.7, 1, 1)]);
         // Hour 4: d1's last mode falls below: the device leaves the list.
         app.note_watches(&[scoring("d1", "a", 0.1, 4, false)]);
-        assert_eq!(listed(&app), vec![(own("d2"), own("x"), 0.7, 1, 1)]);
+        assert_listed(&app, &[("d2", "x", 0.7, 1, 1)]);
         assert!(!app.signals.watches.lock().contains_key("d1"));
         for (mode, n) in [("a", 0), ("b", 0), ("c", 0), ("x", 1)] {
             assert_eq!(
@@ -712,6 +710,6 @@ mod tests {
         }
         // A device not listed whose scorings are all below: nothing listed, nothing counted.
         app.note_watches(&[scoring("d3", "a", 0.1, 4, false)]);
-        assert_eq!(listed(&app).len(), 1);
+        assert_listed(&app, &[("d2", "x", 0.7, 1, 1)]);
     }
 }
