@@ -321,21 +321,13 @@ impl App {
                 continue;
             };
             let device = first.device_id.as_str();
-            let Some(list) = all.get_mut(device) else {
-                let listed: Vec<WatchEntry> = same
-                    .iter()
-                    .filter(|s| s.watch)
-                    .map(|s| {
-                        self.metrics
-                            .watched_devices
-                            .with_label_values(&[&*s.mode])
-                            .inc();
-                        new_watch(s)
-                    })
-                    .collect();
-                if !listed.is_empty() {
-                    all.insert(first.device_id.clone(), listed);
+            if !all.contains_key(device) {
+                if !same.iter().any(|s| s.watch) {
+                    continue;
                 }
+                all.insert(first.device_id.clone(), Vec::new());
+            }
+            let Some(list) = all.get_mut(device) else {
                 continue;
             };
             for s in same {

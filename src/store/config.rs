@@ -14,10 +14,10 @@ pub struct Config {
     /// many logged steps (readings and events of the whole fleet); in between, a commit writes
     /// one step log record for its group instead of each device's state. 1 checkpoints at every
     /// commit. Also bounds what is replayed at start-up after a crash (6–10 µs a step on the
-    /// 2-core machines of BENCHMARKS.md: 6–10 s for the default). A checkpoint costs about one whole state write
-    /// per device with steps in the log (~100 MB of disk writes for 10,000 devices), so a
-    /// smaller value spends that more often during a burst. `forewarn_step_log_steps` shows
-    /// what a crash would replay now.
+    /// 2-core machines of BENCHMARKS.md: 6–10 s for the default). A checkpoint costs about one
+    /// whole state write per device with steps in the log (~100 MB of disk writes for 10,000
+    /// devices), so a smaller value spends that more often during a burst.
+    /// `forewarn_step_log_steps` shows what a crash would replay now.
     pub snapshot_every: u32,
 }
 
